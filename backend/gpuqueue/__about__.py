@@ -1,0 +1,3 @@
+"""Version of the jupyter-gpuqueue distribution."""
+
+__version__ = "0.1.0"

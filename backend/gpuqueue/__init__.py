@@ -1,0 +1,1 @@
+"""gpuqueue: the engine (job model, scheduler, store, executors, job-side API)."""

@@ -1,0 +1,179 @@
+"""Queue configuration: pools, their nodes, limits and policy knobs, read from one TOML file.
+
+Example (see docs/config.md for every key and default)::
+
+    [pools.dev]
+    nodes = { "dev-1" = 2 }          # node name = GPUs on it
+    preemptible = true
+    max_runtime = "1h"
+
+    [pools.prod]
+    nodes = { "gpu-1" = 8, "gpu-2" = 8 }
+    max_runtime = "48h"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .durations import parse_duration
+from .errors import BadRequest
+
+
+def _seconds(v: Any) -> Optional[float]:
+    return None if v is None else parse_duration(v)
+
+
+class PoolConfig(BaseModel):
+    """One pool: a set of nodes and the rules for jobs that run there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nodes: dict[str, int] = Field(..., description="node name -> number of GPUs on it")
+    preemptible: bool = Field(False, description="jobs here may be preempted")
+    max_runtime: Optional[float] = Field(None, description="seconds; longer time limits rejected")
+    default_timeout: Optional[float] = Field(None, description="seconds; when a job sets none")
+    starvation_timeout: float = Field(3600.0, description="seconds of waiting before a boost")
+    max_queued: int = Field(10_000, ge=1, description="queue depth limit of the pool")
+    max_gpus_per_user: Optional[int] = Field(None, ge=0, description="GPUs a user may hold here")
+    allow_preemption: bool = Field(
+        True,
+        description="preemptible jobs here (the pool's own, or jobs that opt in) may be "
+        "preempted for higher-priority or under-share demand; false: never preempt here",
+    )
+
+    @field_validator("max_runtime", "default_timeout", "starvation_timeout", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Optional[float]:
+        return _seconds(v)
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, v: dict[str, int]) -> dict[str, int]:
+        if not v:
+            raise ValueError("a pool needs at least one node, e.g. nodes = { \"gpu-1\" = 8 }")
+        for name, gpus in v.items():
+            if gpus < 0:
+                raise ValueError(f"node {name!r} has a negative GPU count")
+        return v
+
+    @property
+    def total_gpus(self) -> int:
+        """GPUs over all the pool's nodes."""
+        return sum(self.nodes.values())
+
+
+class UserLimits(BaseModel):
+    """Per-user quotas and share weight (``[users.NAME]`` tables override ``[defaults]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: float = Field(1.0, gt=0, description="fair-share weight")
+    max_gpus: Optional[int] = Field(None, ge=0, description="GPUs held at once, all pools")
+    max_running: Optional[int] = Field(None, ge=0, description="jobs running at once")
+    max_queued: int = Field(1000, ge=1, description="jobs queued at once; more are rejected")
+
+
+class PolicyConfig(BaseModel):
+    """Knobs of the fair-share policy (``[policy]`` table); see docs/scheduling.md."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    half_life: float = Field(7 * 86400.0, description="seconds; usage decay half-life")
+    charge_ahead: float = Field(
+        3600.0, description="seconds of a job's GPU time charged at admission, then per chunk"
+    )
+    starvation_boost_cap: int = Field(
+        3, ge=0, le=3, description="tier steps a starving job may climb (never above high)"
+    )
+    reservations: bool = Field(True, description="reserve GPUs for the first blocked job")
+    backfill_depth: int = Field(500, ge=0, description="jobs examined past the first blocked one")
+    min_runtime: float = Field(600.0, ge=0, description="seconds before a job may be preempted")
+    grace: float = Field(120.0, ge=0, description="seconds a preempted job has to checkpoint")
+    max_preemptions_per_job: int = Field(3, ge=0, description="then the job is no longer a victim")
+    preemption_budget: float = Field(
+        30.0, ge=0, description="preemptions a pool may issue per preemption_window (token bucket)"
+    )
+    preemption_window: float = Field(3600.0, gt=0, description="seconds; refill period of the budget")
+    timeout_warning: float = Field(300.0, ge=0, description="seconds of warning before a timeout")
+    retry_jitter: float = Field(0.25, ge=0, le=1, description="backoff is scaled by 1 ± jitter")
+
+    @field_validator(
+        "half_life", "charge_ahead", "min_runtime", "grace", "preemption_window",
+        "timeout_warning", mode="before",
+    )
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        if isinstance(v, (int, float)) and v == 0:
+            return 0.0
+        return parse_duration(v)
+
+
+class QueueConfig(BaseModel):
+    """The whole configuration file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pools: dict[str, PoolConfig]
+    defaults: UserLimits = Field(default_factory=UserLimits)
+    users: dict[str, UserLimits] = Field(default_factory=dict)
+    retries: int = Field(3, ge=0, le=20, description="retries after a failure, by default")
+    retry_backoff: float = Field(10.0, gt=0, description="seconds before the first retry")
+    retry_backoff_max: float = Field(600.0, gt=0, description="cap on the backoff")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="scheduler policy knobs")
+
+    @field_validator("pools")
+    @classmethod
+    def _pools(cls, v: dict[str, PoolConfig]) -> dict[str, PoolConfig]:
+        if not v:
+            raise ValueError("at least one [pools.NAME] table is needed")
+        seen: dict[str, str] = {}
+        for pool, cfg in v.items():
+            for node in cfg.nodes:
+                if node in seen:
+                    raise ValueError(f"node {node!r} is in pools {seen[node]!r} and {pool!r}")
+                seen[node] = pool
+        return v
+
+    @property
+    def default_pool(self) -> str:
+        """The first pool in the file: where jobs that name none go."""
+        return next(iter(self.pools))
+
+    def limits_for(self, user: str) -> UserLimits:
+        """The user's own table, or the defaults."""
+        return self.users.get(user, self.defaults)
+
+
+def single_node_config(gpus: int, node: str = "local", pool: str = "default") -> QueueConfig:
+    """The embedded mode's default: one pool holding this machine with ``gpus`` GPUs."""
+    return QueueConfig(pools={pool: PoolConfig(nodes={node: gpus})})
+
+
+def load_config(path: str | Path) -> QueueConfig:
+    """Read and validate a TOML config. Raises BadRequest with the file, key and fix."""
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise BadRequest(f"config file {p} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise BadRequest(f"config file {p} is not valid TOML: {e}") from None
+    try:
+        return QueueConfig.model_validate(raw)
+    except ValidationError as e:
+        raise BadRequest(f"config file {p}: {format_validation_error(e)}") from None
+
+
+def format_validation_error(e: ValidationError) -> str:
+    """One line per problem: ``key.path: message``."""
+    lines = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top)"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {msg}")
+    return "; ".join(lines)

@@ -1,0 +1,107 @@
+"""The job process of a cell job: ``python -m gpuqueue.jobmain JOB_DIR``.
+
+Runs under the notebook kernel's interpreter and working directory. Loads the payload, checks it
+was pickled by a compatible Python and cloudpickle, rebuilds the cell's inputs, executes the
+cell, and stores the names it assigned in ``result.pkl`` (or the error in ``error.json``) in the
+attempt folder named by ``GPUQUEUE_ATTEMPT_DIR``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import linecache
+import os
+import pickle
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from . import channel
+from .jobdir import write_bytes_atomic, write_json_atomic
+from .payload import pack_results, version_mismatch
+
+CELL_FILENAME = "<gpuqueue-cell>"
+
+
+def _fail(attempt_dir: Path, kind: str, message: str, tb: str = "") -> int:
+    write_json_atomic(attempt_dir / "error.json", {"type": kind, "message": message, "traceback": tb})
+    channel.emit("info", {"error": {"type": kind, "message": message}})
+    print(f"{kind}: {message}", file=sys.stderr)
+    return 1
+
+
+def _cell_traceback(exc: BaseException) -> str:
+    """The traceback from the cell's first frame on (the runner's own frames are noise)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != CELL_FILENAME:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
+
+
+def run(job_dir: Path, attempt_dir: Path) -> int:
+    """Execute the cell; 0 on success."""
+    payload: dict[str, Any] = pickle.loads((job_dir / "payload.pkl").read_bytes())
+    why = version_mismatch(payload)
+    if why:
+        return _fail(attempt_dir, "EnvironmentMismatch", why)
+    for p in reversed(payload.get("sys_path", [])):
+        if p not in sys.path:
+            sys.path.append(p)
+    import cloudpickle
+
+    ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+    try:
+        for alias, modname in payload["modules"].items():
+            ns[alias] = importlib.import_module(modname)
+        for name, raw in payload["inputs"].items():
+            ns[name] = cloudpickle.loads(raw)
+    except Exception as e:  # noqa: BLE001 - reported to the user as the job's error
+        return _fail(
+            attempt_dir,
+            type(e).__name__,
+            f"an input could not be rebuilt in the job: {e}",
+            traceback.format_exc(),
+        )
+    # __main__ must be the cell's namespace so that pickled classes/functions resolve
+    main_mod = sys.modules["__main__"]
+    main_mod.__dict__.update(ns)
+    ns = main_mod.__dict__
+    source: str = payload["source"]
+    linecache.cache[CELL_FILENAME] = (len(source), None, source.splitlines(True), CELL_FILENAME)
+    channel.install_stop_handler()
+    try:
+        code = compile(source, CELL_FILENAME, "exec")
+        exec(code, ns)  # noqa: S102 - running the user's own cell is the point
+    except channel.JobStopped as e:
+        return _fail(attempt_dir, "JobStopped", str(e))
+    except BaseException as e:  # noqa: BLE001 - SystemExit too: the cell ended abnormally
+        if isinstance(e, SystemExit) and e.code in (0, None):
+            pass
+        else:
+            return _fail(attempt_dir, type(e).__name__, str(e), _cell_traceback(e))
+    blob, unreturnable = pack_results(ns, payload["outputs"])
+    write_bytes_atomic(attempt_dir / "result.pkl", blob)
+    returned = [n for n in payload["outputs"] if n in ns and n not in unreturnable]
+    write_json_atomic(attempt_dir / "result.json", {"names": returned, "unreturnable": unreturnable})
+    channel.emit("result", {"names": returned, "unreturnable": unreturnable})
+    for name, reason in unreturnable.items():
+        print(f"gpuqueue: {name!r} cannot come back to the notebook: {reason}", file=sys.stderr)
+    return 0
+
+
+def main() -> int:
+    """Entry point."""
+    if len(sys.argv) != 2:
+        print("usage: python -m gpuqueue.jobmain JOB_DIR", file=sys.stderr)
+        return 2
+    attempt_dir = Path(os.environ.get("GPUQUEUE_ATTEMPT_DIR", "."))
+    return run(Path(sys.argv[1]), attempt_dir)
+
+
+if __name__ == "__main__":
+    code = main()
+    channel.run_exit_hooks()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # do not wait for stray non-daemon threads of the cell

@@ -1,0 +1,52 @@
+"""How a job attempt is launched: the argv, environment and working directory the runner uses.
+
+One place for it, shared by the embedded executor and the cluster worker.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from .models import JobSpec
+
+
+def build_launch(
+    job_id: str,
+    spec: JobSpec,
+    job_dir: Path,
+    attempt_dir: Path,
+    attempt: int,
+    devices: list[int],
+    node: str,
+) -> dict[str, Any]:
+    """The ``launch.json`` content for one attempt.
+
+    ``devices`` are the physical GPU indices this attempt may use; the job sees them (and only
+    them) through ``CUDA_VISIBLE_DEVICES``. A ``--gpus 0`` job sees none and runs on the CPU.
+    """
+    python = spec.python or sys.executable
+    if spec.kind == "cell":
+        argv = [python, "-m", "gpuqueue.jobmain", str(job_dir)]
+    else:
+        argv = list(spec.command or [])
+    env = dict(spec.env)
+    env.update(
+        {
+            "CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices),
+            "GPUQUEUE_JOB_ID": job_id,
+            "GPUQUEUE_ATTEMPT": str(attempt),
+            "GPUQUEUE_JOB_DIR": str(job_dir),
+            "GPUQUEUE_ATTEMPT_DIR": str(attempt_dir),
+            "GPUQUEUE_NODE": node,
+            "GPUQUEUE_NUM_GPUS": str(len(devices)),
+        }
+    )
+    if spec.precision:
+        env["GPUQUEUE_PRECISION"] = spec.precision
+    if spec.grad_checkpointing:
+        env["GPUQUEUE_GRAD_CHECKPOINTING"] = "1"
+    if spec.resume_from:
+        env["GPUQUEUE_RESUME_FROM"] = spec.resume_from
+    return {"argv": argv, "env": env, "cwd": spec.cwd}

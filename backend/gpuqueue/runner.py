@@ -1,0 +1,222 @@
+"""The runner: one small supervisor process per job attempt.
+
+``python -m gpuqueue.runner ATTEMPT_DIR`` reads ``launch.json``, starts the job process in its
+own process group with ``CUDA_VISIBLE_DEVICES`` set, and writes everything the attempt says into
+``events.jsonl``: stdout and stderr line by line as they are printed, and the structured events
+the job-side API sends over the pipe named by ``GPUQUEUE_EVENT_FD``. It ends with an ``exit``
+record and ``exit.json``.
+
+It runs in a session of its own, so it outlives the Jupyter server (or Celery worker) that
+started it; whoever restarts simply goes on reading ``events.jsonl`` from where it stopped.
+Stop requests arrive as ``control.json`` plus SIGUSR1: the runner sends SIGTERM to the job's
+process group, waits the grace period, then SIGKILL.
+
+It imports nothing heavy, so a job starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any, Optional
+
+PARTIAL_LINE_FLUSH_S = 0.5  # a line with no newline yet is shown after this long
+MAX_LINE = 16_384  # longer lines are cut (with a marker) so one line cannot flood the log
+
+
+class EventWriter:
+    """Appends JSON records to events.jsonl; thread-safe; each record flushed at once."""
+
+    def __init__(self, path: Path):
+        self._f: IO[str] = open(path, "a", buffering=1)
+        self._lock = threading.Lock()
+
+    def write(self, type_: str, data: dict[str, Any], t: Optional[float] = None) -> None:
+        """Write one record: ``{"t": time, "type": ..., "data": {...}}``."""
+        line = json.dumps({"t": t or time.time(), "type": type_, "data": data})
+        with self._lock:
+            self._f.write(line + "\n")
+
+    def close(self) -> None:
+        """Flush and close the file."""
+        with self._lock:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+
+
+def _pump_output(fd: int, stream: str, out: EventWriter) -> None:
+    """Turn a pipe's bytes into ``log`` records, one per line; ``\\r`` rewrites a line."""
+    buf = b""
+    last_partial = 0.0
+    with os.fdopen(fd, "rb", buffering=0) as f:
+        while True:
+            chunk = f.read(65536)
+            if not chunk:
+                break
+            buf += chunk
+            while True:
+                nl = buf.find(b"\n")
+                if nl < 0:
+                    break
+                line, buf = buf[:nl], buf[nl + 1 :]
+                replace = False
+                if b"\r" in line.rstrip(b"\r"):
+                    line = line.rstrip(b"\r").rsplit(b"\r", 1)[-1]
+                    replace = True
+                _emit_line(out, stream, line.rstrip(b"\r"), replace)
+            # a progress bar redraws with \r and no \n: show its latest state now and then
+            if b"\r" in buf and time.monotonic() - last_partial > PARTIAL_LINE_FLUSH_S:
+                last_partial = time.monotonic()
+                current = buf.rstrip(b"\r").rsplit(b"\r", 1)[-1]
+                if current:
+                    _emit_line(out, stream, current, True)
+                buf = buf[buf.rfind(b"\r") + 1 :] if not buf.endswith(b"\r") else b""
+    if buf.strip(b"\r"):
+        _emit_line(out, stream, buf.rstrip(b"\r").rsplit(b"\r", 1)[-1], False)
+
+
+def _emit_line(out: EventWriter, stream: str, raw: bytes, replace: bool) -> None:
+    text = raw.decode("utf-8", "replace")
+    if len(text) > MAX_LINE:
+        text = text[:MAX_LINE] + " …[line cut]"
+    data: dict[str, Any] = {"stream": stream, "line": text}
+    if replace:
+        data["replace"] = True
+    out.write("log", data)
+
+
+def _pump_events(fd: int, out: EventWriter) -> None:
+    """Copy the job-side API's JSON records (metrics, progress, checkpoints) into the log."""
+    with os.fdopen(fd, "rb") as f:
+        for raw in f:
+            try:
+                rec = json.loads(raw)
+                type_ = rec.pop("type")
+                t = rec.pop("t", None)
+            except (ValueError, KeyError, AttributeError):
+                continue  # a torn or foreign line is not worth crashing the runner for
+            out.write(str(type_), rec.get("data", rec), t)
+
+
+class Runner:
+    """Supervises one attempt: start, watch, stop on request, record the end."""
+
+    def __init__(self, attempt_dir: Path):
+        self.dir = attempt_dir
+        self.launch: dict[str, Any] = json.loads((attempt_dir / "launch.json").read_text())
+        self.out = EventWriter(attempt_dir / "events.jsonl")
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.stop_reason: Optional[str] = None
+        self.kill_at: Optional[float] = None
+        self._wake = threading.Event()
+
+    def run(self) -> int:
+        """Start the job, wait for it, write exit records. Returns the job's exit code."""
+        signal.signal(signal.SIGUSR1, lambda *_: self._wake.set())
+        signal.signal(signal.SIGTERM, self._on_sigterm)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        ev_r, ev_w = os.pipe()
+        env = dict(os.environ)
+        env.update(self.launch.get("env", {}))
+        env["GPUQUEUE_EVENT_FD"] = str(ev_w)
+        env["PYTHONUNBUFFERED"] = "1"
+        started = time.time()
+        try:
+            self.proc = subprocess.Popen(
+                self.launch["argv"],
+                cwd=self.launch.get("cwd") or None,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out_w,
+                stderr=err_w,
+                pass_fds=(ev_w,),
+                start_new_session=True,
+            )
+        except OSError as e:
+            for fd in (out_r, out_w, err_r, err_w, ev_r, ev_w):
+                os.close(fd)
+            self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot start the job: {e}"})
+            return self._finish(127, started)
+        for fd in (out_w, err_w, ev_w):
+            os.close(fd)
+        self.out.write("runner", {"pid": self.proc.pid, "runner_pid": os.getpid()})
+        pumps = [
+            threading.Thread(target=_pump_output, args=(out_r, "stdout", self.out), daemon=True),
+            threading.Thread(target=_pump_output, args=(err_r, "stderr", self.out), daemon=True),
+            threading.Thread(target=_pump_events, args=(ev_r, self.out), daemon=True),
+        ]
+        for p in pumps:
+            p.start()
+        while self.proc.poll() is None:
+            self._wake.wait(0.2)
+            self._wake.clear()
+            self._check_control()
+            if self.kill_at is not None and time.time() >= self.kill_at:
+                self._signal_group(signal.SIGKILL)
+                self.kill_at = None
+        for p in pumps:
+            p.join(timeout=5)
+        # children that outlived the job's main process must not keep its GPUs
+        self._signal_group(signal.SIGKILL)
+        return self._finish(self.proc.returncode, started)
+
+    def _on_sigterm(self, *_: Any) -> None:
+        # only set flags here: the main loop does the work (no locks taken in a signal handler)
+        self._terminated = True
+        self._wake.set()
+
+    def _check_control(self) -> None:
+        if getattr(self, "_terminated", False) and self.stop_reason is None:
+            self._request_stop("terminated", 10.0)
+        try:
+            ctl = json.loads((self.dir / "control.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        if self.stop_reason is None:
+            self._request_stop(ctl.get("reason", "cancelled"), float(ctl.get("grace_s", 10.0)))
+
+    def _request_stop(self, reason: str, grace_s: float) -> None:
+        if self.stop_reason is not None or self.proc is None:
+            return
+        self.stop_reason = reason
+        self.out.write("state", {"stopping": reason, "grace_s": grace_s})
+        self._signal_group(signal.SIGTERM)
+        self.kill_at = time.time() + grace_s
+
+    def _signal_group(self, sig: int) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _finish(self, code: int, started: float) -> int:
+        record = {"exit_code": code, "stop_reason": self.stop_reason, "started": started, "ended": time.time()}
+        self.out.write("exit", record)
+        self.out.close()
+        tmp = self.dir / "exit.json.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, self.dir / "exit.json")
+        return code
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point: ``python -m gpuqueue.runner ATTEMPT_DIR``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m gpuqueue.runner ATTEMPT_DIR", file=sys.stderr)
+        return 2
+    return Runner(Path(args[0])).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Scheduler core: pure policies behind one protocol (see ``base.Scheduler``)."""
+
+from .base import (  # noqa: F401
+    Decision,
+    Explanation,
+    JobRequest,
+    Placement,
+    Preempt,
+    Reject,
+    Retry,
+    Scheduler,
+    Start,
+    TimeOut,
+    Warn,
+)
+from .fairshare import FairShareScheduler  # noqa: F401
+from .fifo import FifoScheduler  # noqa: F401
+
+POLICIES = ("gpuqueue", "fifo")
+
+
+def make_scheduler(config, policy: str = "gpuqueue"):
+    """The scheduler for ``policy`` ('gpuqueue' or 'fifo') over ``config``."""
+    if policy == "fifo":
+        return FifoScheduler(config, strict=True)
+    if policy == "gpuqueue":
+        return FairShareScheduler(config)
+    raise ValueError(f"unknown policy {policy!r}: use one of {', '.join(POLICIES)}")

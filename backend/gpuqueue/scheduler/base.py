@@ -1,0 +1,142 @@
+"""The scheduler seam: the types every policy takes and returns, and the Scheduler protocol.
+
+A scheduler is a pure, deterministic object with the clock passed in. It does no I/O: the
+embedded loop, the cluster daemon and the trace simulator feed it events and carry out the
+decisions it returns. The store, not the scheduler, owns job state: on start, the shell
+rebuilds the scheduler from the store with ``submit(..., restoring=True)`` and ``restore_running``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol, Union
+
+from ..states import Outcome, Priority
+
+Placement = dict[str, tuple[int, ...]]
+"""node name -> GPU indices on that node (0-based, within the node)."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What the scheduler knows of a job."""
+
+    id: str
+    user: str
+    pool: str
+    gpus: int
+    priority: Priority = Priority.MEDIUM
+    submit_time: float = 0.0
+    nodes: int = 1
+    time_limit: Optional[float] = None  # seconds of runtime allowed (None: pool max or none)
+    preemptible: bool = False
+    max_retries: int = 3
+    failures: int = 0  # failed attempts so far (preemption and node loss do not count)
+    not_before: float = 0.0  # retry backoff: not eligible to start before this time
+
+
+@dataclass(frozen=True)
+class Start:
+    """Launch the job on these GPUs now. The GPUs are allocated from this moment."""
+
+    job_id: str
+    placement: Placement
+
+
+@dataclass(frozen=True)
+class Preempt:
+    """Ask the job to checkpoint and stop within ``grace_s``; report ``finished(PREEMPTED)``."""
+
+    job_id: str
+    grace_s: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class TimeOut:
+    """The job ran past its time limit: stop it and report ``finished(TIMED_OUT)``."""
+
+    job_id: str
+
+
+@dataclass(frozen=True)
+class Warn:
+    """Tell the job something ahead of an action (e.g. its time limit is near)."""
+
+    job_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    """The attempt ended without success; the job is queued again, eligible from ``at``."""
+
+    job_id: str
+    at: float
+    counted: bool  # False for preemption and node loss
+
+
+@dataclass(frozen=True)
+class Reject:
+    """The job cannot be accepted; ``reason`` tells the user what to change."""
+
+    job_id: str
+    reason: str
+
+
+Decision = Union[Start, Preempt, TimeOut, Warn, Retry, Reject]
+
+
+@dataclass
+class Explanation:
+    """Why a pending job waits, for ``gpuqueue show`` and the UI."""
+
+    reason: str  # a code, e.g. "resources", "priority", "quota_gpus", "backoff"
+    message: str  # a sentence for people
+    position: int  # 1-based position in its pool's order
+    priority_terms: dict[str, float] = field(default_factory=dict)
+    eta_s: Optional[float] = None  # seconds from now to the expected start, if known
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "reason": self.reason,
+            "message": self.message,
+            "position": self.position,
+            "priority_terms": self.priority_terms,
+            "eta_s": self.eta_s,
+        }
+
+
+class Scheduler(Protocol):
+    """What every policy implements. All methods are deterministic in their arguments."""
+
+    def submit(self, job: JobRequest, now: float, restoring: bool = False) -> Optional[Reject]:
+        """Accept a job into the queue, or say why not. ``restoring`` skips admission limits."""
+
+    def restore_running(self, job: JobRequest, placement: Placement, started_at: float) -> None:
+        """At rebuild: this job already holds these GPUs."""
+
+    def started(self, job_id: str, now: float) -> None:
+        """The job process is confirmed running (its runtime clock starts)."""
+
+    def finished(self, job_id: str, outcome: Outcome, now: float) -> list[Decision]:
+        """An attempt ended; its GPUs are free. May return a Retry for the job."""
+
+    def cancel(self, job_id: str, now: float) -> None:
+        """Forget a job (queued or running); a running one's GPUs are freed."""
+
+    def node_up(self, node: str, pool: str, gpus: int, now: float) -> None:
+        """A node joined (or came back)."""
+
+    def node_down(self, node: str, now: float) -> list[Decision]:
+        """A node is gone: its jobs are lost and come back as Retry decisions."""
+
+    def tick(self, now: float) -> list[Decision]:
+        """One scheduling pass: starts, preemptions, timeouts."""
+
+    def explain(self, job_id: str, now: float) -> Optional[Explanation]:
+        """Why a queued job waits; None if it is not queued."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """Pools with GPUs total/used, queue lengths: for the queue summary and metrics."""

@@ -1,0 +1,990 @@
+"""The gpuqueue policy: priority tiers inside weighted fair queuing between users.
+
+Pure and deterministic: no I/O, no wall clock, no randomness (retry jitter is a hash of the
+job id and attempt). The exact formula and every default are in ``docs/scheduling.md``;
+in short, a pool's pending jobs are ordered by
+
+    (tier, starved-first, user share key, submit time, submission sequence)
+
+where ``tier = 0`` for high, ``2`` for medium, ``4`` for low, lowered by one step per
+``starvation_timeout`` waited (at most ``starvation_boost_cap`` steps, never to 0 unless high),
+and ``share key = decayed GPU-hours charged to the user / user weight``. GPU-hours are charged
+at admission, ``charge_ahead`` seconds of the job's GPUs at a time, and trued up at the end.
+The first job that does not fit gets a reservation (EASY backfill); jobs behind it start only
+where they cannot delay it. In pools that allow it, the reserved job may preempt preemptible
+work of strictly lower base priority, or of a user over its fair share when its own user has
+nothing running there.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import zlib
+from bisect import bisect_left, insort
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
+
+from ..config import PoolConfig, QueueConfig
+from ..states import Outcome
+from .admission import inadmissible
+from .base import (
+    Decision,
+    Explanation,
+    JobRequest,
+    Placement,
+    Preempt,
+    Reject,
+    Retry,
+    Start,
+    TimeOut,
+    Warn,
+)
+from .cluster import Cluster, NodeState
+
+INF = math.inf
+N_TIERS = 5
+TIER_NAMES = {0: "high", 1: "boosted", 2: "medium", 3: "boosted", 4: "low"}
+
+# job states inside the policy
+WAITING = "waiting"  # in retry backoff (not_before in the future)
+PENDING = "pending"  # in its pool's queue
+RUNNING = "running"  # holds GPUs
+STOPPING = "stopping"  # holds GPUs, asked to stop (preempted)
+
+
+@dataclass(eq=False)
+class _Job:
+    req: JobRequest
+    seq: int
+    state: str = PENDING
+    tier: int = 0
+    starved: bool = False
+    loc_version: int = 0  # bumps whenever the job moves between queue structures
+    attempt: int = 0
+    placement: Optional[Placement] = None
+    started_at: float = 0.0
+    charged_scaled: float = 0.0  # usage added (scaled units) for this attempt so far
+    charged_until: float = 0.0  # runtime seconds charged ahead so far
+    preemptions: int = 0
+    preempt_for: Optional[str] = None
+    stop_by: float = 0.0
+    warned: bool = False
+    timeout_sent: bool = False
+    reason: str = "new"
+    reason_msg: str = "not yet considered by a scheduling pass"
+
+    @property
+    def lkey(self) -> tuple[float, int, str]:
+        return (self.req.submit_time, self.seq, self.req.id)
+
+
+@dataclass(eq=False)
+class _User:
+    name: str
+    weight: float
+    scaled: float = 0.0  # usage * 2**((t - t0) / half_life), summed over charges
+    version: int = 0
+    gpus: int = 0
+    running: int = 0
+    pool_gpus: dict[str, int] = field(default_factory=dict)
+    pool_jobs: dict[str, int] = field(default_factory=dict)  # pending + running, by pool
+    lists: dict[tuple[str, int], list[tuple[float, int, str]]] = field(default_factory=dict)
+    in_heap: set[tuple[str, int]] = field(default_factory=set)
+
+    @property
+    def key(self) -> float:
+        return self.scaled / self.weight
+
+
+@dataclass(eq=False)
+class _Pool:
+    name: str
+    cfg: PoolConfig
+    nodes: list[NodeState] = field(default_factory=list)  # up nodes, by name
+    total: int = 0
+    free: int = 0
+    queued: int = 0  # pending + waiting
+    sizes: dict[int, int] = field(default_factory=dict)  # pending GPU request -> count
+    uheap: list[list[tuple[float, str, int]]] = field(
+        default_factory=lambda: [[] for _ in range(N_TIERS)]
+    )
+    starved: list[list[tuple[float, int, str, int]]] = field(
+        default_factory=lambda: [[] for _ in range(N_TIERS)]
+    )
+    dirty: bool = True
+    recheck_at: float = INF
+    tokens: float = 0.0
+    tokens_at: float = 0.0
+    active_weight: float = 0.0
+    preemptible_running: int = 0
+    reserved_for: Optional[str] = None
+    shadow: float = INF
+
+
+@dataclass
+class _Pass:
+    res: Optional[_Job] = None
+    res_ready: bool = False
+    shadow: float = INF
+    spare: dict[str, int] = field(default_factory=dict)
+    budget: int = 0
+    blocked_users: set[str] = field(default_factory=set)
+    stop: bool = False
+
+
+class FairShareScheduler:
+    """The gpuqueue policy (see the module docstring and docs/scheduling.md)."""
+
+    def __init__(self, config: QueueConfig, cluster: Optional[Cluster] = None):
+        self.config = config
+        self.p = config.policy
+        self.cluster = cluster or Cluster.from_config(config)
+        self.jobs: dict[str, _Job] = {}
+        self.users: dict[str, _User] = {}
+        self.pools: dict[str, _Pool] = {}
+        self.node_jobs: dict[str, set[str]] = {}
+        self._seq = 0
+        self._t0 = 0.0
+        self._now = 0.0
+        self._boosts: list[tuple[float, int, str, int]] = []
+        self._waits: list[tuple[float, int, str, int]] = []
+        self._deadlines: list[tuple[float, int, str, int, int]] = []
+        self._accruals: list[tuple[float, int, str, int]] = []
+        self.preempt_counts: dict[str, int] = {}
+        self._stopping_for: dict[str, int] = {}
+        for name, pc in config.pools.items():
+            self.pools[name] = _Pool(name, pc, tokens=self.p.preemption_budget)
+        self._rebuild_pools()
+
+    # ---------------------------------------------------------------- bookkeeping helpers
+    def _rebuild_pools(self) -> None:
+        for P in self.pools.values():
+            P.nodes = []
+        for n in sorted(self.cluster.nodes.values(), key=lambda n: n.name):
+            if n.pool not in self.pools:
+                self.pools[n.pool] = _Pool(
+                    n.pool, PoolConfig(nodes={n.name: n.gpus}), tokens=self.p.preemption_budget
+                )
+            if n.up:
+                self.pools[n.pool].nodes.append(n)
+            self.node_jobs.setdefault(n.name, set())
+        for P in self.pools.values():
+            P.total = sum(n.gpus for n in P.nodes)
+            P.free = sum(len(n.free) for n in P.nodes)
+            P.dirty = True
+
+    def _user(self, name: str) -> _User:
+        u = self.users.get(name)
+        if u is None:
+            u = _User(name, self.config.limits_for(name).weight)
+            self.users[name] = u
+        return u
+
+    def _scale(self, t: float) -> float:
+        return 2.0 ** ((t - self._t0) / self.p.half_life)
+
+    def _charge(self, u: _User, scaled: float) -> None:
+        if scaled == 0:
+            return
+        u.scaled = max(0.0, u.scaled + scaled)
+        u.version += 1
+        u.in_heap.clear()
+        for (pool, tier), lst in u.lists.items():
+            if lst:
+                self._push_user(u, pool, tier)
+                self.pools[pool].dirty = True
+
+    def _maybe_renormalize(self, now: float) -> None:
+        if (now - self._t0) / self.p.half_life < 60:
+            return
+        f = self._scale(now)
+        self._t0 = now
+        for u in self.users.values():
+            u.scaled /= f
+            u.version += 1
+            u.in_heap.clear()
+        for j in self.jobs.values():
+            j.charged_scaled /= f
+        for P in self.pools.values():
+            P.uheap = [[] for _ in range(N_TIERS)]
+        for u in self.users.values():
+            for (pool, tier), lst in u.lists.items():
+                if lst:
+                    self._push_user(u, pool, tier)
+
+    def _push_user(self, u: _User, pool: str, tier: int) -> None:
+        if (pool, tier) in u.in_heap:
+            return
+        u.in_heap.add((pool, tier))
+        heapq.heappush(self.pools[pool].uheap[tier], (u.key, u.name, u.version))
+
+    def usage(self, user: str, now: float) -> float:
+        """The user's decayed GPU-hours as of ``now`` (charges ahead included)."""
+        u = self.users.get(user)
+        return 0.0 if u is None else u.scaled / self._scale(now)
+
+    def _limit(self, req: JobRequest) -> Optional[float]:
+        pc = self.pools[req.pool].cfg
+        lim = req.time_limit if req.time_limit is not None else pc.default_timeout
+        if pc.max_runtime is not None:
+            lim = pc.max_runtime if lim is None else min(lim, pc.max_runtime)
+        return lim
+
+    def _tier_at(self, job: _Job, now: float) -> tuple[int, bool, float]:
+        """(tier, starved, time of the next boost or INF)."""
+        req = job.req
+        T = self.pools[req.pool].cfg.starvation_timeout
+        rank = req.priority.rank
+        steps = int(max(0.0, now - req.submit_time) // T) if T > 0 else 0
+        starved = steps >= 1
+        if rank == 0:
+            return 0, starved, (INF if starved else req.submit_time + T)
+        b = min(steps, self.p.starvation_boost_cap)
+        tier = max(2 * rank - b, 1)
+        final = tier == 1 or b >= self.p.starvation_boost_cap
+        nxt = INF if (final and starved) else req.submit_time + (steps + 1) * T
+        if final and not starved:
+            nxt = req.submit_time + T  # becomes starved (reservation order) later
+        return tier, starved, nxt
+
+    def _set_pool_job_count(self, u: _User, pool: str, delta: int) -> None:
+        before = u.pool_jobs.get(pool, 0)
+        after = before + delta
+        u.pool_jobs[pool] = after
+        P = self.pools[pool]
+        if before == 0 and after > 0:
+            P.active_weight += u.weight
+        elif before > 0 and after == 0:
+            P.active_weight -= u.weight
+
+    # ------------------------------------------------------------------- queue in / out
+    def _enqueue(self, job: _Job, now: float) -> None:
+        """Put a job (new, retried or requeued) into its pool's queue or the backoff heap."""
+        req = job.req
+        job.loc_version += 1
+        if req.not_before > now:
+            job.state = WAITING
+            heapq.heappush(self._waits, (req.not_before, job.seq, req.id, job.loc_version))
+            return
+        job.state = PENDING
+        P = self.pools[req.pool]
+        P.sizes[req.gpus] = P.sizes.get(req.gpus, 0) + 1
+        P.dirty = True
+        tier, starved, nxt = self._tier_at(job, now)
+        job.tier, job.starved = tier, starved
+        if starved:
+            heapq.heappush(P.starved[tier], (req.submit_time, job.seq, req.id, job.loc_version))
+        else:
+            u = self._user(req.user)
+            lst = u.lists.setdefault((req.pool, tier), [])
+            insort(lst, job.lkey)
+            self._push_user(u, req.pool, tier)
+        if nxt < INF:
+            heapq.heappush(self._boosts, (nxt, job.seq, req.id, job.loc_version))
+
+    def _dequeue(self, job: _Job) -> None:
+        """Take a pending job out of the queue structures (starved heaps are lazy)."""
+        req = job.req
+        P = self.pools[req.pool]
+        P.sizes[req.gpus] -= 1
+        if not P.sizes[req.gpus]:
+            del P.sizes[req.gpus]
+        if not job.starved:
+            lst = self.users[req.user].lists.get((req.pool, job.tier), [])
+            i = bisect_left(lst, job.lkey)
+            if i < len(lst) and lst[i] == job.lkey:
+                del lst[i]
+        job.loc_version += 1
+
+    # --------------------------------------------------------------------------- events
+    def submit(self, job: JobRequest, now: float, restoring: bool = False) -> Optional[Reject]:
+        """Accept a job into its pool's queue, or say why not (admission and depth limits)."""
+        self._now = max(self._now, now)
+        if job.id in self.jobs:
+            if not restoring:
+                return Reject(job.id, f"job {job.id!r} is already queued or running")
+            self._forget(job.id, now)
+        why = inadmissible(job, self.config, self.cluster)
+        if why and not restoring:
+            return Reject(job.id, why)
+        if job.pool not in self.pools:
+            return Reject(job.id, why or f"unknown pool {job.pool!r}")
+        P = self.pools[job.pool]
+        lim = self.config.limits_for(job.user)
+        if not restoring:
+            if lim.max_gpus is not None and job.gpus > lim.max_gpus:
+                return Reject(job.id, f"{job.gpus} GPUs is over your quota of {lim.max_gpus} GPUs; ask for at most {lim.max_gpus}")
+            if P.cfg.max_gpus_per_user is not None and job.gpus > P.cfg.max_gpus_per_user:
+                return Reject(job.id, f"{job.gpus} GPUs is over pool {job.pool!r}'s per-user limit of {P.cfg.max_gpus_per_user}")
+            if P.queued >= P.cfg.max_queued:
+                return Reject(job.id, f"pool {job.pool!r} queue is full ({P.queued} jobs, limit {P.cfg.max_queued}); try again later or use another pool")
+            u = self.users.get(job.user)
+            mine = 0 if u is None else sum(u.pool_jobs.values()) - u.running
+            if mine >= lim.max_queued:
+                return Reject(job.id, f"you have {mine} queued jobs, the limit is {lim.max_queued}; wait for some to start or cancel some")
+        self._seq += 1
+        j = _Job(job, self._seq, preemptions=self.preempt_counts.get(job.id, 0))
+        self.jobs[job.id] = j
+        u = self._user(job.user)
+        self._set_pool_job_count(u, job.pool, +1)
+        P.queued += 1
+        self._enqueue(j, now)
+        return None
+
+    def restore_running(self, job: JobRequest, placement: Placement, started_at: float) -> None:
+        """At rebuild: this job already holds these GPUs (its charges are in the imported state)."""
+        if job.id in self.jobs:
+            self._forget(job.id, started_at)
+        self._seq += 1
+        j = _Job(job, self._seq, state=RUNNING)
+        self.jobs[job.id] = j
+        u = self._user(job.user)
+        self._set_pool_job_count(u, job.pool, +1)
+        self._occupy(j, placement, started_at)
+        elapsed = max(0.0, self._now - started_at)
+        chunk = self.p.charge_ahead
+        j.charged_until = (math.floor(elapsed / chunk) + 1) * chunk if chunk > 0 else elapsed
+        j.charged_scaled = job.gpus * j.charged_until / 3600.0 * self._scale(started_at)
+        if chunk > 0:
+            heapq.heappush(self._accruals, (started_at + j.charged_until, j.seq, job.id, j.attempt))
+        self._push_deadlines(j)
+
+    def started(self, job_id: str, now: float) -> None:
+        """The job process is confirmed running: its runtime clock (time limit) restarts now."""
+        j = self.jobs.get(job_id)
+        if j is None or j.state != RUNNING:
+            return
+        j.started_at = now
+        j.warned = False
+        self._push_deadlines(j)
+
+    def finished(self, job_id: str, outcome: Outcome, now: float) -> list[Decision]:
+        """An attempt ended: free its GPUs, true up its charge, and requeue or retry it."""
+        self._now = max(self._now, now)
+        j = self.jobs.get(job_id)
+        if j is None or j.state not in (RUNNING, STOPPING):
+            return []
+        self._vacate(j, now)
+        req = j.req
+        if outcome in (Outcome.PREEMPTED, Outcome.LOST):
+            if outcome == Outcome.PREEMPTED:
+                j.preemptions += 1
+                self.preempt_counts[job_id] = j.preemptions
+            j.req = replace(req, not_before=now)
+            self._requeue(j, now)
+            return [Retry(job_id, now, counted=False)]
+        if outcome == Outcome.FAILED and req.failures < req.max_retries:
+            at = now + self.backoff(req.id, req.failures)
+            j.req = replace(req, failures=req.failures + 1, not_before=at)
+            self._requeue(j, now)
+            return [Retry(job_id, at, counted=True)]
+        self._drop(j)
+        return []
+
+    def backoff(self, job_id: str, failures: int) -> float:
+        """Seconds before retry number ``failures + 1``: exponential, capped, with hashed jitter."""
+        base = min(self.config.retry_backoff * 2.0**failures, self.config.retry_backoff_max)
+        h = zlib.crc32(f"{job_id}:{failures}".encode()) / 0xFFFFFFFF  # in [0, 1]
+        return base * (1.0 + self.p.retry_jitter * (2.0 * h - 1.0))
+
+    def cancel(self, job_id: str, now: float) -> None:
+        """Forget a job; a running one's GPUs are freed and its usage trued up."""
+        self._now = max(self._now, now)
+        self._forget(job_id, now)
+
+    def _forget(self, job_id: str, now: float) -> None:
+        j = self.jobs.get(job_id)
+        if j is None:
+            return
+        if j.state in (RUNNING, STOPPING):
+            self._vacate(j, now)
+        elif j.state == PENDING:
+            self._dequeue(j)
+            self.pools[j.req.pool].queued -= 1
+        else:
+            j.loc_version += 1
+            self.pools[j.req.pool].queued -= 1
+        self._drop(j)
+
+    def _drop(self, j: _Job) -> None:
+        self._set_pool_job_count(self.users[j.req.user], j.req.pool, -1)
+        del self.jobs[j.req.id]
+        self.preempt_counts.pop(j.req.id, None)
+
+    def _requeue(self, j: _Job, now: float) -> None:
+        self.pools[j.req.pool].queued += 1
+        self._enqueue(j, now)
+
+    def node_up(self, node: str, pool: str, gpus: int, now: float) -> None:
+        """A node joined or came back (with all its GPUs free)."""
+        self._now = max(self._now, now)
+        old = self.cluster.nodes.get(node)
+        if old is not None and old.up:
+            self.node_down(node, now)  # jobs there are lost; the shell hears via finished()
+        self.cluster.nodes[node] = NodeState(node, pool, gpus, up=True)
+        self.node_jobs[node] = set()
+        self._rebuild_pools()
+
+    def node_down(self, node: str, now: float) -> list[Decision]:
+        """A node is gone: its jobs are lost (not failures) and requeued; Retry for each."""
+        self._now = max(self._now, now)
+        out: list[Decision] = []
+        for job_id in sorted(self.node_jobs.get(node, ())):
+            out += self.finished(job_id, Outcome.LOST, now)
+        n = self.cluster.nodes.get(node)
+        if n is not None:
+            n.up = False
+            n.free = set()
+        self._rebuild_pools()
+        return out
+
+    # --------------------------------------------------------------- occupy / vacate GPUs
+    def _occupy(self, j: _Job, placement: Placement, now: float) -> None:
+        self.cluster.allocate(placement)
+        req = j.req
+        P = self.pools[req.pool]
+        P.free -= req.gpus
+        j.state = RUNNING
+        j.placement = placement
+        j.started_at = now
+        j.attempt += 1
+        j.warned = j.timeout_sent = False
+        j.preempt_for = None
+        for node in placement:
+            self.node_jobs.setdefault(node, set()).add(req.id)
+        u = self.users[req.user]
+        u.gpus += req.gpus
+        u.running += 1
+        u.pool_gpus[req.pool] = u.pool_gpus.get(req.pool, 0) + req.gpus
+        if self._victim_kind(P, j):
+            P.preemptible_running += 1
+
+    @staticmethod
+    def _victim_kind(P: _Pool, j: _Job) -> bool:
+        return j.req.preemptible or P.cfg.preemptible
+
+    def _vacate(self, j: _Job, now: float) -> None:
+        req = j.req
+        P = self.pools[req.pool]
+        assert j.placement is not None
+        for node, ids in j.placement.items():
+            n = self.cluster.nodes.get(node)
+            if n is not None and n.up:
+                P.free += len(ids)
+            self.node_jobs.get(node, set()).discard(req.id)
+        self.cluster.release(j.placement)
+        j.placement = None
+        u = self.users[req.user]
+        u.gpus -= req.gpus
+        u.running -= 1
+        u.pool_gpus[req.pool] -= req.gpus
+        actual = req.gpus * max(0.0, now - j.started_at) / 3600.0 * self._scale(now)
+        self._charge(u, actual - j.charged_scaled)
+        j.charged_scaled = 0.0
+        j.charged_until = 0.0
+        if self._victim_kind(P, j):
+            P.preemptible_running -= 1
+        if j.state == STOPPING and j.preempt_for is not None:
+            self._stopping_for[j.preempt_for] -= 1
+            if not self._stopping_for[j.preempt_for]:
+                del self._stopping_for[j.preempt_for]
+        j.preempt_for = None
+        for Q in self.pools.values():
+            Q.dirty = True  # freed GPUs here; freed quota everywhere
+
+    def _start(self, j: _Job, placement: Placement, now: float, out: list[Decision]) -> None:
+        self._dequeue(j)
+        P = self.pools[j.req.pool]
+        P.queued -= 1
+        self._occupy(j, placement, now)
+        j.reason, j.reason_msg = "running", "started"
+        chunk = self.p.charge_ahead
+        lim = self._limit(j.req)
+        first = chunk if lim is None else min(chunk, lim)
+        if chunk > 0:
+            j.charged_until = first
+            scaled = j.req.gpus * first / 3600.0 * self._scale(now)
+            j.charged_scaled = scaled
+            self._charge(self.users[j.req.user], scaled)
+            if lim is None or first < lim:
+                heapq.heappush(self._accruals, (now + first, j.seq, j.req.id, j.attempt))
+        self._push_deadlines(j)
+        P.dirty = True
+        out.append(Start(j.req.id, placement))
+
+    def _push_deadlines(self, j: _Job) -> None:
+        lim = self._limit(j.req)
+        if lim is None:
+            return
+        warn = min(self.p.timeout_warning, 0.1 * lim)
+        end = j.started_at + lim
+        if warn > 0:
+            heapq.heappush(self._deadlines, (end - warn, j.seq, j.req.id, j.attempt, 0))
+        heapq.heappush(self._deadlines, (end, j.seq, j.req.id, j.attempt, 1))
+
+    # ------------------------------------------------------------------------------ tick
+    def tick(self, now: float) -> list[Decision]:
+        """One scheduling pass: timeouts and warnings, boosts, retries due, starts, preemptions."""
+        self._now = max(self._now, now)
+        self._maybe_renormalize(now)
+        out: list[Decision] = []
+        self._timers(now, out)
+        for P in self.pools.values():
+            if P.recheck_at <= now:
+                P.recheck_at = INF
+                P.dirty = True
+            if P.dirty:
+                P.dirty = False
+                self._schedule_pool(P, now, out)
+        return out
+
+    def _timers(self, now: float, out: list[Decision]) -> None:
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            t, _, jid, attempt, kind = heapq.heappop(dl)
+            j = self.jobs.get(jid)
+            if j is None or j.state not in (RUNNING, STOPPING) or j.attempt != attempt:
+                continue
+            lim = self._limit(j.req)
+            if lim is None:
+                continue
+            end = j.started_at + lim
+            if kind == 0 and not j.warned and not j.timeout_sent and t <= end:
+                if abs((end - min(self.p.timeout_warning, 0.1 * lim)) - t) < 1e-6:
+                    j.warned = True
+                    out.append(Warn(jid, f"time limit reached in {end - now:.0f}s: save a checkpoint"))
+            elif kind == 1 and not j.timeout_sent and abs(end - t) < 1e-6:
+                j.timeout_sent = True
+                out.append(TimeOut(jid))
+        ac = self._accruals
+        while ac and ac[0][0] <= now:
+            t, _, jid, attempt = heapq.heappop(ac)
+            j = self.jobs.get(jid)
+            if j is None or j.state not in (RUNNING, STOPPING) or j.attempt != attempt:
+                continue
+            lim = self._limit(j.req)
+            nxt = j.charged_until + self.p.charge_ahead
+            if lim is not None:
+                nxt = min(nxt, lim)
+            add = j.req.gpus * (nxt - j.charged_until) / 3600.0 * self._scale(t)
+            j.charged_until = nxt
+            j.charged_scaled += add
+            self._charge(self.users[j.req.user], add)
+            if lim is None or nxt < lim:
+                heapq.heappush(ac, (j.started_at + nxt, j.seq, jid, attempt))
+        ws = self._waits
+        while ws and ws[0][0] <= now:
+            _, _, jid, ver = heapq.heappop(ws)
+            j = self.jobs.get(jid)
+            if j is not None and j.state == WAITING and j.loc_version == ver:
+                self._enqueue(j, now)
+        bs = self._boosts
+        while bs and bs[0][0] <= now:
+            _, _, jid, ver = heapq.heappop(bs)
+            j = self.jobs.get(jid)
+            if j is not None and j.state == PENDING and j.loc_version == ver:
+                self._dequeue(j)
+                self._enqueue(j, now)
+
+    def next_wakeup(self) -> Optional[float]:
+        """The earliest time at which ``tick`` has timed work (timeouts, boosts, retries,
+        usage charges, preemption rechecks); None if there is none. Shells may tick then."""
+        cands = [h[0][0] for h in (self._deadlines, self._accruals, self._waits, self._boosts) if h]
+        cands += [P.recheck_at for P in self.pools.values() if P.recheck_at < INF]
+        return min(cands) if cands else None
+
+    # ---------------------------------------------------------------------- the pass
+    def _schedule_pool(self, P: _Pool, now: float, out: list[Decision]) -> None:
+        P.reserved_for, P.shadow = None, INF
+        if not P.sizes or not P.nodes:
+            return
+        ctx = _Pass(budget=self.p.backfill_depth)
+        for t in range(N_TIERS):
+            if self._scan_starved(P, t, ctx, now, out) or self._scan_users(P, t, ctx, now, out):
+                break
+        if ctx.res is not None:
+            P.reserved_for = ctx.res.req.id
+            if ctx.res_ready:
+                P.shadow = ctx.shadow
+            self._try_preempt(P, ctx.res, now, out)
+
+    def _done(self, P: _Pool, ctx: _Pass) -> bool:
+        if ctx.res is None:
+            return False
+        if ctx.budget <= 0:
+            return True
+        smallest = min(P.sizes) if P.sizes else 0
+        return P.free < smallest
+
+    def _scan_starved(self, P: _Pool, t: int, ctx: _Pass, now: float, out: list[Decision]) -> bool:
+        heap = P.starved[t]
+        kept: list[tuple[float, int, str, int]] = []
+        stop = False
+        while heap:
+            if self._done(P, ctx):
+                stop = True
+                break
+            entry = heapq.heappop(heap)
+            j = self.jobs.get(entry[2])
+            if j is None or j.state != PENDING or j.loc_version != entry[3]:
+                continue
+            if self._consider(P, j, ctx, now, out) != "started":
+                kept.append(entry)
+        for e in kept:
+            heapq.heappush(heap, e)
+        return stop
+
+    def _scan_users(self, P: _Pool, t: int, ctx: _Pass, now: float, out: list[Decision]) -> bool:
+        heap = P.uheap[t]
+        idx: dict[str, int] = {}
+        popped: list[_User] = []
+        stop = False
+        while heap:
+            if self._done(P, ctx):
+                stop = True
+                break
+            key, name, ver = heap[0]
+            u = self.users[name]
+            if ver != u.version or (P.name, t) not in u.in_heap:
+                heapq.heappop(heap)
+                continue
+            lst = u.lists.get((P.name, t))
+            i = idx.get(name, 0)
+            if not lst or i >= len(lst) or name in ctx.blocked_users:
+                heapq.heappop(heap)
+                u.in_heap.discard((P.name, t))
+                if lst:
+                    popped.append(u)
+                continue
+            j = self.jobs[lst[i][2]]
+            r = self._consider(P, j, ctx, now, out)
+            if r == "blocked":
+                idx[name] = i + 1
+            elif r == "user":
+                ctx.blocked_users.add(name)
+            # "started": the charge bumped the user's version and re-pushed its entry
+        for u in popped:
+            if u.lists.get((P.name, t)):
+                self._push_user(u, P.name, t)
+        return stop
+
+    def _quota(self, P: _Pool, req: JobRequest) -> Optional[tuple[str, str]]:
+        u = self.users[req.user]
+        lim = self.config.limits_for(req.user)
+        if lim.max_running is not None and u.running + 1 > lim.max_running:
+            return "quota_running", f"you have {u.running} jobs running, your limit is {lim.max_running}"
+        if lim.max_gpus is not None and u.gpus + req.gpus > lim.max_gpus:
+            return "quota_gpus", f"you hold {u.gpus} GPUs, your limit is {lim.max_gpus}"
+        cap = P.cfg.max_gpus_per_user
+        if cap is not None and u.pool_gpus.get(P.name, 0) + req.gpus > cap:
+            return "quota_pool_gpus", f"you hold {u.pool_gpus.get(P.name, 0)} GPUs in pool {P.name!r}, its per-user limit is {cap}"
+        return None
+
+    def _consider(self, P: _Pool, j: _Job, ctx: _Pass, now: float, out: list[Decision]) -> str:
+        req = j.req
+        q = self._quota(P, req)
+        if q is not None:
+            j.reason, j.reason_msg = q
+            return "user"
+        placement = None
+        if req.gpus <= P.free:
+            placement = self._place(P, req, ctx, now)
+        if placement is not None:
+            self._start(j, placement, now, out)
+            return "started"
+        if ctx.res is None:
+            ctx.res = j
+            j.reason = "resources"
+            j.reason_msg = f"waiting for {req.gpus} GPUs in pool {P.name!r} ({P.free}/{P.total} free); GPUs are reserved for it"
+        else:
+            ctx.budget -= 1
+            if req.gpus <= P.free and self._place(P, req, None, now) is not None:
+                j.reason = "reservation"
+                j.reason_msg = f"starting now would delay the reserved start of job {ctx.res.req.id}"
+            else:
+                j.reason = "resources" if ctx.res.req.priority.rank >= req.priority.rank else "priority"
+                j.reason_msg = f"waiting for {req.gpus} GPUs in pool {P.name!r} ({P.free}/{P.total} free) behind job {ctx.res.req.id}"
+        return "blocked"
+
+    def _end_estimate(self, j: _Job) -> float:
+        if j.state == STOPPING:
+            return j.stop_by
+        lim = self._limit(j.req)
+        return INF if lim is None else j.started_at + lim
+
+    def _reserve(self, P: _Pool, ctx: _Pass, now: float) -> None:
+        """Pick the nodes and the earliest start (shadow time) for the reserved job."""
+        ctx.res_ready = True
+        req = ctx.res.req  # type: ignore[union-attr]
+        cands: list[tuple[float, int, str, int]] = []
+        per = req.gpus // max(1, req.nodes)
+        for n in P.nodes:
+            if n.gpus < per:
+                continue
+            ends = sorted(
+                (self._end_estimate(self.jobs[jid]), self.jobs[jid].req.gpus)
+                for jid in self.node_jobs.get(n.name, ())
+                if jid in self.jobs and self.jobs[jid].placement and n.name in self.jobs[jid].placement
+            )
+            f = len(n.free)
+            need = per if req.nodes == 1 else n.gpus
+            t_fit = now if f >= need else INF
+            for end, g in ends:
+                if f >= need:
+                    break
+                f += g
+                t_fit = max(now, end)
+            if f < need:
+                t_fit = INF
+            cands.append((t_fit, -len(n.free), n.name, n.gpus))
+        cands.sort()
+        chosen = cands[: max(1, req.nodes)]
+        if len(chosen) < max(1, req.nodes):
+            ctx.shadow = INF
+            ctx.spare = {}
+            return
+        ctx.shadow = max(c[0] for c in chosen)
+        ctx.spare = {}
+        for t_fit, _, name, gpus in chosen:
+            if req.nodes > 1:
+                ctx.spare[name] = 0
+                continue
+            n = self.cluster.nodes[name]
+            f = len(n.free)
+            for jid in self.node_jobs.get(name, ()):
+                jj = self.jobs.get(jid)
+                if jj is not None and jj.placement and self._end_estimate(jj) <= ctx.shadow:
+                    f += len(jj.placement.get(name, ()))
+            ctx.spare[name] = max(0, f - per)
+
+    def _place(self, P: _Pool, req: JobRequest, ctx: Optional[_Pass], now: float) -> Optional[Placement]:
+        """Best-fit gang placement that leaves the reservation (if any) undisturbed."""
+        g = req.gpus
+        spare: dict[str, int] = {}
+        fits_before = True
+        if ctx is not None and ctx.res is not None:
+            if not ctx.res_ready:
+                self._reserve(P, ctx, now)
+            spare = ctx.spare
+            lim = self._limit(req)
+            end = INF if lim is None else now + lim
+            fits_before = ctx.shadow < INF and end <= ctx.shadow
+        if req.nodes <= 1:
+            best: Optional[NodeState] = None
+            bf = 1 << 30
+            for n in P.nodes:
+                f = len(n.free)
+                if f < g or f >= bf:
+                    continue
+                if not fits_before and n.name in spare and g > spare[n.name]:
+                    continue
+                best, bf = n, f
+                if f == g:
+                    break
+            if best is None:
+                return None
+            if not fits_before and best.name in spare:
+                spare[best.name] -= g
+            return {best.name: tuple(sorted(best.free)[:g])}
+        per = g // req.nodes
+        idle = [
+            n for n in P.nodes
+            if len(n.free) == n.gpus and n.gpus >= per
+            and (fits_before or n.name not in spare or spare[n.name] >= n.gpus)
+        ]
+        if len(idle) < req.nodes:
+            return None
+        idle.sort(key=lambda n: (n.gpus, n.name))
+        return {n.name: tuple(sorted(n.free)[:per]) for n in idle[: req.nodes]}
+
+    # ---------------------------------------------------------------------- preemption
+    def _victim_ok(self, P: _Pool, v: _Job, r: _Job, now: float) -> bool:
+        if v.state != RUNNING or not (v.req.preemptible or P.cfg.preemptible):
+            return False
+        if v.preemptions >= self.p.max_preemptions_per_job or now - v.started_at < self.p.min_runtime:
+            return False
+        if r.req.priority.rank < v.req.priority.rank:
+            return True
+        # under-share demand: r's user has nothing here, v's user is over its share, r fits its share
+        ru, vu = self.users[r.req.user], self.users[v.req.user]
+        if ru.pool_gpus.get(P.name, 0) > 0 or P.active_weight <= 0:
+            return False
+        fair_r = P.total * ru.weight / P.active_weight
+        fair_v = P.total * vu.weight / P.active_weight
+        return vu.pool_gpus.get(P.name, 0) > fair_v and r.req.gpus <= fair_r
+
+    def _try_preempt(self, P: _Pool, r: _Job, now: float, out: list[Decision]) -> None:
+        if not P.cfg.allow_preemption or self.p.preemption_budget <= 0:
+            return
+        if not P.preemptible_running or r.req.id in self._stopping_for:
+            return  # nothing to preempt, or victims are already stopping for it
+        rate = self.p.preemption_budget / self.p.preemption_window
+        P.tokens = min(self.p.preemption_budget, P.tokens + (now - P.tokens_at) * rate)
+        P.tokens_at = now
+        if P.tokens < 1:
+            P.recheck_at = min(P.recheck_at, now + (1 - P.tokens) / rate)
+            return
+        req = r.req
+        per = req.gpus // max(1, req.nodes)
+        soonest = INF
+        plans: list[tuple[tuple, str, list[_Job]]] = []
+        for n in P.nodes:
+            if n.gpus < per:
+                continue
+            jobs = [self.jobs[j] for j in sorted(self.node_jobs[n.name]) if j in self.jobs]
+            stopping = sum(len(v.placement.get(n.name, ())) for v in jobs if v.state == STOPPING and v.placement)
+            ok, young = [], []
+            for v in jobs:
+                if v.state != RUNNING:
+                    continue
+                if self._victim_ok(P, v, r, now):
+                    ok.append(v)
+                elif (v.req.preemptible or P.cfg.preemptible) and now - v.started_at < self.p.min_runtime:
+                    young.append(v)
+            for v in young:
+                soonest = min(soonest, v.started_at + self.p.min_runtime)
+            ok.sort(key=lambda v: (-v.req.priority.rank, -self.users[v.req.user].key, -v.started_at, v.req.id))
+            f = len(n.free) + stopping
+            need = per if req.nodes == 1 else n.gpus
+            chosen: list[_Job] = []
+            for v in ok:
+                if f >= need:
+                    break
+                chosen.append(v)
+                f += len(v.placement.get(n.name, ())) if v.placement else 0
+            if f < need or not chosen:
+                continue
+            if any(v.req.nodes > 1 for v in chosen):
+                continue  # multi-node victims would free GPUs elsewhere too; keep it simple
+            worst = min((v.req.priority.rank for v in chosen))
+            cost = (-worst, sum(v.req.gpus for v in chosen), len(chosen), n.name)
+            plans.append((cost, n.name, chosen))
+        if len(plans) < max(1, req.nodes):
+            if soonest < INF:
+                P.recheck_at = min(P.recheck_at, soonest)
+            return
+        plans.sort(key=lambda p: p[0])
+        victims = [v for _, _, vs in plans[: max(1, req.nodes)] for v in vs]
+        if len(victims) > P.tokens:
+            return
+        P.tokens -= len(victims)
+        for v in victims:
+            v.state = STOPPING
+            v.preempt_for = req.id
+            self._stopping_for[req.id] = self._stopping_for.get(req.id, 0) + 1
+            v.stop_by = now + self.p.grace
+            out.append(Preempt(v.req.id, self.p.grace, f"preempted for job {req.id} ({req.priority.value} priority, user {req.user})"))
+
+    # ---------------------------------------------------------------------- introspection
+    def _order(self, pool: str, now: float) -> list[_Job]:
+        """The pool's pending jobs in scheduling order (ignoring share changes within a pass)."""
+        P = self.pools[pool]
+        res: list[_Job] = []
+        for t in range(N_TIERS):
+            st = sorted(e for e in P.starved[t])
+            for e in st:
+                j = self.jobs.get(e[2])
+                if j is not None and j.state == PENDING and j.loc_version == e[3]:
+                    res.append(j)
+            us = sorted(
+                (u.key, u.name) for u in self.users.values() if u.lists.get((pool, t))
+            )
+            for _, name in us:
+                res += [self.jobs[k[2]] for k in self.users[name].lists[(pool, t)]]
+        return res
+
+    def priority_terms(self, job_id: str, now: float) -> dict[str, float]:
+        """The terms of a job's place in the order (see docs/scheduling.md)."""
+        j = self.jobs[job_id]
+        u = self.users[j.req.user]
+        tier, starved, _ = self._tier_at(j, now) if j.state == PENDING else (j.tier, j.starved, 0)
+        return {
+            "tier": float(tier),
+            "base_tier": float(2 * j.req.priority.rank),
+            "starvation_boost": float(2 * j.req.priority.rank - tier),
+            "starved": 1.0 if starved else 0.0,
+            "usage_gpu_hours": round(self.usage(j.req.user, now), 6),
+            "weight": u.weight,
+            "share_key": round(u.scaled / self._scale(now) / u.weight, 6),
+            "wait_s": max(0.0, now - j.req.submit_time),
+        }
+
+    def explain(self, job_id: str, now: float) -> Optional[Explanation]:
+        """Reason code, 1-based position, priority terms and ETA of a queued job."""
+        j = self.jobs.get(job_id)
+        if j is None or j.state not in (PENDING, WAITING):
+            return None
+        terms = self.priority_terms(job_id, now)
+        P = self.pools[j.req.pool]
+        if j.state == WAITING:
+            return Explanation(
+                "backoff", f"retrying after a failure, eligible in {j.req.not_before - now:.0f}s",
+                0, terms, max(0.0, j.req.not_before - now),
+            )
+        order = self._order(j.req.pool, now)
+        pos = next(i for i, x in enumerate(order, 1) if x is j)
+        eta: Optional[float] = None
+        if P.reserved_for == job_id and P.shadow < INF:
+            eta = max(0.0, P.shadow - now)
+        reason, msg = j.reason, j.reason_msg
+        if reason == "new":
+            reason, msg = "pending", "waiting for the next scheduling pass"
+        return Explanation(reason, msg, pos, terms, eta)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Pools with GPUs total/used and queue lengths, plus per-user GPUs held."""
+        pools = {}
+        for name, P in self.pools.items():
+            pools[name] = {
+                "gpus_total": P.total,
+                "gpus_used": P.total - P.free,
+                "queued": P.queued,
+                "running": sum(
+                    1 for j in self.jobs.values() if j.req.pool == name and j.state in (RUNNING, STOPPING)
+                ),
+                "reserved_for": P.reserved_for,
+            }
+        users = {
+            n: {"gpus": u.gpus, "running": u.running, "usage_gpu_hours": round(self.usage(n, self._now), 6)}
+            for n, u in sorted(self.users.items())
+        }
+        return {"pools": pools, "users": users}
+
+    def export_state(self) -> dict[str, Any]:
+        """JSON-ready state worth keeping across restarts: decayed usage, budgets, preemption counts."""
+        now = self._now
+        return {
+            "version": 1,
+            "at": now,
+            "usage_gpu_hours": {n: self.usage(n, now) for n, u in sorted(self.users.items()) if u.scaled > 0},
+            "preemption_tokens": {n: [P.tokens, P.tokens_at] for n, P in sorted(self.pools.items())},
+            "job_preemptions": dict(sorted(self.preempt_counts.items())),
+        }
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Load what ``export_state`` wrote (call before restoring jobs)."""
+        at = float(state.get("at", 0.0))
+        self._now = max(self._now, at)
+        f = self._scale(at)
+        for name, usage in state.get("usage_gpu_hours", {}).items():
+            u = self._user(name)
+            u.scaled = float(usage) * f
+            u.version += 1
+            u.in_heap.clear()
+        for name, (tokens, tat) in state.get("preemption_tokens", {}).items():
+            if name in self.pools:
+                self.pools[name].tokens = float(tokens)
+                self.pools[name].tokens_at = float(tat)
+        self.preempt_counts.update({k: int(v) for k, v in state.get("job_preemptions", {}).items()})
+        for jid, n in self.preempt_counts.items():
+            if jid in self.jobs:
+                self.jobs[jid].preemptions = n
+        for P in self.pools.values():
+            P.uheap = [[] for _ in range(N_TIERS)]
+            P.dirty = True
+        for u in self.users.values():
+            u.in_heap.clear()
+            for (pool, tier), lst in u.lists.items():
+                if lst:
+                    self._push_user(u, pool, tier)

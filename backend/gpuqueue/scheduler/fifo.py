@@ -1,0 +1,173 @@
+"""The first policy: priority, then first come first served, no backfill.
+
+It is the embedded mode's simplest correct scheduler and the simulator's baseline
+(``--policy fifo`` with ``strict=True`` ignores priorities too: strict arrival order).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ..config import QueueConfig
+from ..states import Outcome
+from .admission import inadmissible
+from .base import (
+    Decision,
+    Explanation,
+    JobRequest,
+    Placement,
+    Reject,
+    Retry,
+    Start,
+    TimeOut,
+)
+from .cluster import Cluster
+
+
+class FifoScheduler:
+    """Priority then arrival order; the head of a pool's queue blocks the jobs behind it."""
+
+    def __init__(self, config: QueueConfig, strict: bool = False, cluster: Optional[Cluster] = None):
+        self.config = config
+        self.strict = strict
+        self.cluster = cluster or Cluster.from_config(config)
+        self.pending: dict[str, JobRequest] = {}
+        self.running: dict[str, tuple[JobRequest, Placement, float]] = {}
+
+    # -- ordering -------------------------------------------------------------------------
+    def _key(self, job: JobRequest) -> tuple:
+        if self.strict:
+            return (job.submit_time, job.id)
+        return (job.priority.rank, job.submit_time, job.id)
+
+    def _ordered(self, pool: Optional[str] = None) -> list[JobRequest]:
+        jobs = [j for j in self.pending.values() if pool is None or j.pool == pool]
+        return sorted(jobs, key=self._key)
+
+    # -- events ---------------------------------------------------------------------------
+    def submit(self, job: JobRequest, now: float, restoring: bool = False) -> Optional[Reject]:
+        if not restoring:
+            why = inadmissible(job, self.config, self.cluster)
+            if why:
+                return Reject(job.id, why)
+            queued = sum(1 for j in self.pending.values() if j.pool == job.pool)
+            if queued >= self.config.pools[job.pool].max_queued:
+                return Reject(job.id, f"pool {job.pool!r} queue is full ({queued} jobs); try later")
+            mine = sum(1 for j in self.pending.values() if j.user == job.user)
+            limit = self.config.limits_for(job.user).max_queued
+            if mine >= limit:
+                return Reject(job.id, f"you have {mine} queued jobs, the limit is {limit}")
+        self.pending[job.id] = job
+        return None
+
+    def restore_running(self, job: JobRequest, placement: Placement, started_at: float) -> None:
+        self.cluster.allocate(placement)
+        self.running[job.id] = (job, placement, started_at)
+
+    def started(self, job_id: str, now: float) -> None:
+        if job_id in self.running:
+            job, placement, _ = self.running[job_id]
+            self.running[job_id] = (job, placement, now)
+
+    def finished(self, job_id: str, outcome: Outcome, now: float) -> list[Decision]:
+        entry = self.running.pop(job_id, None)
+        if entry is None:
+            return []
+        job, placement, _ = entry
+        self.cluster.release(placement)
+        return self._maybe_retry(job, outcome, now)
+
+    def _maybe_retry(self, job: JobRequest, outcome: Outcome, now: float) -> list[Decision]:
+        if outcome in (Outcome.PREEMPTED, Outcome.LOST):
+            self.pending[job.id] = job
+            return [Retry(job.id, now, counted=False)]
+        if outcome == Outcome.FAILED and job.failures < job.max_retries:
+            delay = min(
+                self.config.retry_backoff * 2**job.failures, self.config.retry_backoff_max
+            )
+            again = _replace(job, failures=job.failures + 1, not_before=now + delay)
+            self.pending[job.id] = again
+            return [Retry(job.id, now + delay, counted=True)]
+        return []
+
+    def cancel(self, job_id: str, now: float) -> None:
+        self.pending.pop(job_id, None)
+        entry = self.running.pop(job_id, None)
+        if entry is not None:
+            self.cluster.release(entry[1])
+
+    def node_up(self, node: str, pool: str, gpus: int, now: float) -> None:
+        from .cluster import NodeState
+
+        self.cluster.nodes[node] = NodeState(node, pool, gpus, up=True)
+
+    def node_down(self, node: str, now: float) -> list[Decision]:
+        n = self.cluster.nodes.get(node)
+        if n is not None:
+            n.up = False
+            n.free = set()
+        out: list[Decision] = []
+        for job_id, (job, placement, _) in list(self.running.items()):
+            if node in placement:
+                del self.running[job_id]
+                self.cluster.release(placement)
+                out += self._maybe_retry(job, Outcome.LOST, now)
+        return out
+
+    def tick(self, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        for job_id, (job, _, started_at) in self.running.items():
+            limit = self._time_limit(job)
+            if limit is not None and now - started_at >= limit:
+                out.append(TimeOut(job_id))
+        blocked: set[str] = set()
+        for job in self._ordered():
+            if job.pool in blocked or job.not_before > now:
+                continue
+            placement = self.cluster.place(job.pool, job.gpus, job.nodes)
+            if placement is None:
+                blocked.add(job.pool)  # strict order: nobody jumps the head of the queue
+                continue
+            self.cluster.allocate(placement)
+            del self.pending[job.id]
+            self.running[job.id] = (job, placement, now)
+            out.append(Start(job.id, placement))
+        return out
+
+    def _time_limit(self, job: JobRequest) -> Optional[float]:
+        pc = self.config.pools.get(job.pool)
+        limits = [x for x in (job.time_limit, pc.max_runtime if pc else None) if x is not None]
+        return min(limits) if limits else None
+
+    def explain(self, job_id: str, now: float) -> Optional[Explanation]:
+        job = self.pending.get(job_id)
+        if job is None:
+            return None
+        order = self._ordered(job.pool)
+        position = next(i for i, j in enumerate(order, 1) if j.id == job_id)
+        if job.not_before > now:
+            return Explanation("backoff", f"retrying after a failure, in {job.not_before - now:.0f}s", position)
+        if position > 1:
+            return Explanation("priority", f"{position - 1} jobs are ahead in pool {job.pool!r}", position)
+        total, free = self.cluster.capacity(job.pool)
+        return Explanation(
+            "resources", f"waiting for {job.gpus} GPUs in pool {job.pool!r} ({free}/{total} free)", position
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        pools = {}
+        for pool in self.config.pools:
+            total, free = self.cluster.capacity(pool)
+            pools[pool] = {
+                "gpus_total": total,
+                "gpus_used": total - free,
+                "queued": sum(1 for j in self.pending.values() if j.pool == pool),
+                "running": sum(1 for j, _, _ in self.running.values() if j.pool == pool),
+            }
+        return {"pools": pools}
+
+
+def _replace(job: JobRequest, **changes: Any) -> JobRequest:
+    from dataclasses import replace
+
+    return replace(job, **changes)

@@ -1,0 +1,629 @@
+"""The embedded queue: scheduler + local executor + SQLite store, in one asyncio service.
+
+This is the one manager object the Jupyter server extension holds (handlers delegate every verb
+to it). It runs the scheduling loop, launches each attempt through ``gpuqueue.runner`` (a
+process in its own session that outlives this one), copies each attempt's ``events.jsonl`` into
+the store, and turns exits into state changes. On start it rebuilds the scheduler from the store
+and re-adopts running attempts, so a server restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import fcntl
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Optional
+
+from .config import QueueConfig, single_node_config
+from .errors import BadRequest, Conflict, Forbidden, NotFound, Rejected
+from .jobdir import attempt_dir, job_dir, read_json, write_bytes_atomic, write_json_atomic
+from .launch import build_launch
+from .models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
+from .scheduler import make_scheduler
+from .scheduler.base import JobRequest, Preempt, Retry, Start, TimeOut, Warn
+from .states import JobState, Outcome
+from .store import SqliteStore
+
+log = logging.getLogger("gpuqueue.service")
+
+TAIL_INTERVAL_S = 0.05  # how often running attempts' event files are read
+TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/finish)
+STATE_SAVE_INTERVAL_S = 30.0
+
+Listener = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class Caller:
+    """Who is asking: the server-side identity, never a field of a request body."""
+
+    name: str
+    admin: bool = False
+
+
+class QueueService:
+    """Embedded-mode queue manager. Every public method is called on the event loop thread."""
+
+    def __init__(
+        self,
+        state_dir: str | Path,
+        config: Optional[QueueConfig] = None,
+        gpus: int = 0,
+        policy: str = "gpuqueue",
+        stop_grace_s: float = 10.0,
+        max_payload_bytes: int = 200 * 1024 * 1024,
+    ):
+        self.state_dir = Path(state_dir)
+        self.config = config or single_node_config(gpus)
+        self.policy = policy
+        self.stop_grace_s = stop_grace_s
+        self.max_payload_bytes = max_payload_bytes
+        self.devices = self._device_map(self.config)
+        self.store: Optional[SqliteStore] = None
+        self.scheduler: Any = None
+        self.listeners: list[Listener] = []
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}  # runners we started (to reap)
+        self._wake = asyncio.Event()
+        self._changed: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock_file: Any = None
+        self._last_state_save = 0.0
+        self._last_liveness = 0.0
+
+    @staticmethod
+    def _device_map(config: QueueConfig) -> dict[str, list[int]]:
+        """Each configured node's GPU indices mapped onto this machine's devices, in order."""
+        out: dict[str, list[int]] = {}
+        offset = 0
+        for pool in config.pools.values():
+            for node, count in pool.nodes.items():
+                out[node] = list(range(offset, offset + count))
+                offset += count
+        return out
+
+    # -- life cycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the store, rebuild the scheduler, re-adopt running jobs, start the loops."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.state_dir / "queue.lock", "a+")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(
+                f"another Jupyter server already runs the queue in {self.state_dir}; "
+                f"stop it, or give this one its own GPUQUEUE_STATE_DIR"
+            ) from None
+        self.store = SqliteStore(self.state_dir / "queue.sqlite")
+        self.scheduler = make_scheduler(self.config, self.policy)
+        saved = self.store.get_meta("scheduler_state")
+        if saved and hasattr(self.scheduler, "import_state"):
+            self.scheduler.import_state(saved)
+        self._restore()
+        self._tasks = [
+            asyncio.create_task(self._schedule_loop()),
+            asyncio.create_task(self._tail_loop()),
+        ]
+
+    async def stop(self) -> None:
+        """Stop the loops. Running jobs go on: the next start re-adopts them."""
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except asyncio.CancelledError:
+                pass
+        self._tasks = []
+        if self.store is not None:
+            self._tail_all()
+            self._save_scheduler_state(force=True)
+            self.store.close()
+            self.store = None
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _restore(self) -> None:
+        assert self.store is not None
+        now = time.time()
+        active = (JobState.QUEUED, JobState.RETRYING, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTED)
+        for job in sorted(self.store.list(states=active, limit=1_000_000), key=lambda j: j.created_at):
+            if job.state in (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED):
+                self.scheduler.submit(self._request(job), now, restoring=True)
+                continue
+            a = job.current_attempt
+            assert a is not None
+            placement = {n: tuple(ids) for n, ids in a.placement.items()}
+            try:
+                self.scheduler.restore_running(self._request(job), placement, a.started_at)
+            except (RuntimeError, KeyError) as e:
+                log.warning("job %s: cannot restore its placement (%s); treating as lost", job.id, e)
+            if not self._runner_alive(a):
+                self._tail_job(job)  # copy what it wrote before it ended, then settle it
+                job = self._get(job.id)
+                if not job.state.is_terminal and job.current_attempt and job.current_attempt.outcome is None:
+                    self._attempt_ended(job, self._read_exit(job))
+            else:
+                log.info("job %s: re-adopted running attempt %s (pid %s)", job.id, a.number, a.pid)
+
+    # -- user verbs -------------------------------------------------------------------------
+    def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
+        """Queue a job (or find the same cell's active job). Returns (job, attached)."""
+        assert self.store is not None
+        spec = req.spec
+        if not req.new and spec.cell_id and spec.source_hash:
+            for job in self.store.list(owner=caller.name, states=_LIVE_STATES, limit=10_000):
+                s = job.spec
+                if (s.notebook, s.cell_id, s.source_hash) == (spec.notebook, spec.cell_id, spec.source_hash):
+                    return self._with_pending(job), True
+        payload = None
+        if spec.kind == "cell":
+            if not req.payload_b64:
+                raise BadRequest("a cell job needs payload_b64 (the pickled cell)")
+            try:
+                payload = base64.b64decode(req.payload_b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest("payload_b64 is not valid base64") from None
+            if len(payload) > self.max_payload_bytes:
+                raise BadRequest(
+                    f"the payload is {len(payload) / 1e6:.1f} MB, over the "
+                    f"{self.max_payload_bytes / 1e6:.0f} MB limit: pass big data as a file path"
+                )
+        elif req.payload_b64:
+            raise BadRequest("a command job takes no payload")
+        spec = self._with_defaults(spec)
+        job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
+        rejected = self.scheduler.submit(self._request(job), time.time())
+        if rejected is not None:
+            raise Rejected(rejected.reason)
+        try:
+            d = job_dir(self.state_dir, job.id)
+            d.mkdir(parents=True)
+            write_json_atomic(d / "spec.json", spec.model_dump(mode="json"))
+            if payload is not None:
+                write_bytes_atomic(d / "payload.pkl", payload)
+            self.store.put(job)
+        except Exception:
+            self.scheduler.cancel(job.id, time.time())
+            raise
+        self._event(job.id, "state", {"state": "queued"})
+        self._notify("submitted", job)
+        self._wake.set()
+        return self._with_pending(job), False
+
+    def _with_defaults(self, spec: JobSpec) -> JobSpec:
+        pool_name = spec.pool or self.config.default_pool
+        pool = self.config.pools.get(pool_name)
+        if pool is None:
+            raise Rejected(
+                f"unknown pool {pool_name!r}: the pools are {', '.join(self.config.pools)}"
+            )
+        changes: dict[str, Any] = {"pool": pool_name}
+        if spec.preemptible is None:
+            changes["preemptible"] = pool.preemptible
+        if spec.timeout_s is None and pool.default_timeout:
+            changes["timeout_s"] = pool.default_timeout
+        if spec.retries is None:
+            changes["retries"] = self.config.retries
+        return spec.model_copy(update=changes)
+
+    def list_jobs(self, caller: Caller, all_users: bool = False, limit: int = 500) -> list[JobRecord]:
+        """The caller's jobs (an admin's ``all_users`` lists everyone's), newest first."""
+        assert self.store is not None
+        owner = None if (all_users and caller.admin) else caller.name
+        return [self._with_pending(j) for j in self.store.list(owner=owner, limit=limit)]
+
+    def get_job(self, caller: Caller, job_id: str) -> JobRecord:
+        """One job the caller may see; NotFound otherwise (never says it exists)."""
+        job = self.store.get(job_id) if self.store else None
+        if job is None or (job.owner != caller.name and not caller.admin):
+            raise NotFound(f"no job {job_id!r} (see `gpuqueue ls` for yours)")
+        return self._with_pending(job)
+
+    def cancel(self, caller: Caller, job_id: str) -> JobRecord:
+        """Cancel a queued job at once, or ask a running one to stop (grace, then kill)."""
+        job = self.get_job(caller, job_id)
+        if job.state.is_terminal:
+            return job
+        if job.state in (JobState.STARTING, JobState.RUNNING):
+            self._request_stop(job, "cancelled", self.stop_grace_s)
+            return self._with_pending(self._get(job_id))
+        self.scheduler.cancel(job.id, time.time())
+        self._set_state(job, JobState.CANCELLED, note=f"cancelled by {caller.name}")
+        return job
+
+    def preempt(self, caller: Caller, job_id: str) -> JobRecord:
+        """Admin: preempt a running job now (it checkpoints, stops and is queued again)."""
+        if not caller.admin:
+            raise Forbidden("only admins may preempt jobs")
+        job = self.get_job(caller, job_id)
+        if job.state not in (JobState.STARTING, JobState.RUNNING):
+            raise Conflict(f"job {job_id} is {job.state.value}, not running: nothing to preempt")
+        self._request_stop(job, "preempted", self.stop_grace_s)
+        return self._get(job_id)
+
+    def events(self, caller: Caller, job_id: str, after: int = 0, limit: int = 10_000) -> list[Event]:
+        """The job's events with seq > ``after``."""
+        self.get_job(caller, job_id)
+        assert self.store is not None
+        return self.store.read_events(job_id, after, limit)
+
+    async def follow(self, caller: Caller, job_id: str, after: int = 0, keepalive_s: float = 15.0) -> AsyncIterator[Optional[Event]]:
+        """Replay events after ``after``, then yield new ones live until the job ends.
+        Yields None as a keep-alive when nothing happened for ``keepalive_s``."""
+        self.get_job(caller, job_id)
+        while True:
+            assert self.store is not None
+            batch = self.store.read_events(job_id, after, 2000)
+            for ev in batch:
+                after = ev.seq
+                yield ev
+            if batch:
+                continue
+            job = self._get(job_id)
+            if job.state.is_terminal:
+                return
+            ev_flag = self._changed.setdefault(job_id, asyncio.Event())
+            ev_flag.clear()
+            if self.store.last_seq(job_id) > after:
+                continue
+            try:
+                await asyncio.wait_for(ev_flag.wait(), keepalive_s)
+            except asyncio.TimeoutError:
+                yield None
+
+    def result(self, caller: Caller, job_id: str) -> bytes:
+        """The pickled names a succeeded cell job assigned."""
+        job = self.get_job(caller, job_id)
+        if job.state != JobState.SUCCEEDED:
+            raise Conflict(f"job {job_id} is {job.state.value}: results come once it has succeeded")
+        a = job.current_attempt
+        path = attempt_dir(self.state_dir, job_id, a.number if a else 0) / "result.pkl"
+        if not path.exists():
+            raise NotFound(f"job {job_id} has no stored results (a command job returns none)")
+        return path.read_bytes()
+
+    def summary(self, caller: Caller) -> dict[str, Any]:
+        """Pools with GPUs used/free and queue lengths, and the caller's own job counts."""
+        assert self.store is not None
+        snap = self.scheduler.snapshot()
+        mine: dict[str, int] = {}
+        for j in self.store.list(owner=caller.name, states=_LIVE_STATES, limit=100_000):
+            mine[j.state.value] = mine.get(j.state.value, 0) + 1
+        out = {"mode": "embedded", "pools": snap.get("pools", {}), "me": {"user": caller.name, "admin": caller.admin, "jobs": mine}}
+        if "users" in snap:
+            out["users"] = snap["users"]
+        return out
+
+    # -- the loops --------------------------------------------------------------------------
+    async def _schedule_loop(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), TICK_INTERVAL_S)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - one bad pass must not stop the queue
+                log.exception("scheduling pass failed")
+
+    def tick(self) -> None:
+        """One scheduling pass: carry out what the scheduler decides."""
+        t0 = time.perf_counter()
+        now = time.time()
+        for d in self.scheduler.tick(now):
+            if isinstance(d, Start):
+                self._launch(d.job_id, d.placement)
+            elif isinstance(d, Preempt):
+                job = self._get(d.job_id)
+                self._request_stop(job, "preempted", d.grace_s)
+                self._event(d.job_id, "warning", {"message": f"preempted: {d.reason}"})
+            elif isinstance(d, TimeOut):
+                self._request_stop(self._get(d.job_id), "timed_out", self.stop_grace_s)
+            elif isinstance(d, Warn):
+                self._event(d.job_id, "warning", {"message": d.message})
+        self._notify("pass", {"seconds": time.perf_counter() - t0})
+        self._save_scheduler_state()
+
+    def _save_scheduler_state(self, force: bool = False) -> None:
+        if not hasattr(self.scheduler, "export_state") or self.store is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_state_save > STATE_SAVE_INTERVAL_S:
+            self._last_state_save = now
+            self.store.set_meta("scheduler_state", self.scheduler.export_state())
+
+    async def _tail_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TAIL_INTERVAL_S)
+            try:
+                self._tail_all()
+            except Exception:  # noqa: BLE001
+                log.exception("reading job events failed")
+
+    def _tail_all(self) -> None:
+        assert self.store is not None
+        for pid, proc in list(self._procs.items()):
+            if proc.poll() is not None:
+                del self._procs[pid]
+        check_liveness = time.monotonic() - self._last_liveness > 1.0
+        if check_liveness:
+            self._last_liveness = time.monotonic()
+        for job in self.store.list(states=(JobState.STARTING, JobState.RUNNING), limit=100_000):
+            self._tail_job(job)
+            if check_liveness:
+                job = self._get(job.id)
+                a = job.current_attempt
+                if job.state.is_active and a and a.outcome is None and not self._runner_alive(a):
+                    self._tail_job(job)
+                    job = self._get(job.id)
+                    if job.state.is_active and job.current_attempt.outcome is None:
+                        self._attempt_ended(job, self._read_exit(job))
+
+    def _tail_job(self, job: JobRecord) -> None:
+        """Copy new complete lines of the current attempt's events.jsonl into the store."""
+        assert self.store is not None
+        a = job.current_attempt
+        if a is None:
+            return
+        path = attempt_dir(self.state_dir, job.id, a.number) / "events.jsonl"
+        offset = self.store.tail_offset(job.id, a.number)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(4 * 1024 * 1024)
+        except FileNotFoundError:
+            return
+        end = data.rfind(b"\n")
+        if end < 0:
+            return
+        events: list[tuple[float, str, dict[str, Any]]] = []
+        exit_record: Optional[dict[str, Any]] = None
+        started = False
+        for raw in data[: end + 1].splitlines():
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            type_, data_ = rec.get("type"), rec.get("data", {})
+            if type_ == "exit":
+                exit_record = data_
+                continue
+            if type_ == "runner":
+                started = True
+                continue
+            events.append((float(rec.get("t", time.time())), str(type_), data_))
+        if started and job.state == JobState.STARTING:
+            self._set_state(job, JobState.RUNNING, node=a.node, gpus=a.gpu_ids)
+            self.scheduler.started(job.id, time.time())
+            self._notify("started", job)
+        self.store.append_events(job.id, events, tail=(a.number, offset + end + 1))
+        self._poke(job.id)
+        for type_, payload in ((e[1], e[2]) for e in events):
+            self._notify("event", {"job": job, "type": type_, "data": payload})
+        if exit_record is not None:
+            self._attempt_ended(self._get(job.id), exit_record)
+
+    # -- launching and ending attempts ------------------------------------------------------
+    def _launch(self, job_id: str, placement: dict[str, tuple[int, ...]]) -> None:
+        job = self._get(job_id)
+        number = len(job.attempts) + 1
+        node = next(iter(placement)) if placement else next(iter(self.devices), "local")
+        devices = [self.devices[n][i] for n, ids in placement.items() for i in ids]
+        adir = attempt_dir(self.state_dir, job_id, number)
+        adir.mkdir(parents=True, exist_ok=True)
+        launch = build_launch(job_id, job.spec, job_dir(self.state_dir, job_id), adir, number, devices, node)
+        write_json_atomic(adir / "launch.json", launch)
+        attempt = Attempt(
+            number=number,
+            node=node,
+            gpu_ids=devices,
+            placement={n: list(ids) for n, ids in placement.items()},
+            started_at=time.time(),
+        )
+        job.attempts.append(attempt)
+        job.state = JobState.STARTING
+        self.store.put(job)
+        self._event(job_id, "state", {"state": "starting", "attempt": number, "node": node, "gpus": devices})
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gpuqueue.runner", str(adir)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=open(adir / "runner.log", "ab"),
+                start_new_session=True,
+                close_fds=True,
+                env=_runner_env(),
+            )
+        except OSError as e:
+            self._attempt_ended(job, {"exit_code": 127, "stop_reason": None, "error": f"cannot start the runner: {e}"})
+            return
+        self._procs[proc.pid] = proc
+        attempt.pid = proc.pid
+        attempt.pid_started = _process_start_time(proc.pid)
+        self.store.put(job)
+
+    def _request_stop(self, job: JobRecord, reason: str, grace_s: float) -> None:
+        a = job.current_attempt
+        if a is None or a.stop_requested:
+            return
+        a.stop_requested = reason
+        self.store.put(job)
+        write_json_atomic(
+            attempt_dir(self.state_dir, job.id, a.number) / "control.json",
+            {"reason": reason, "grace_s": grace_s, "time": time.time()},
+        )
+        if a.pid and self._runner_alive(a):
+            try:
+                os.kill(a.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+        self._event(job.id, "info", {"message": f"stopping ({reason}); grace {grace_s:.0f}s"})
+
+    def _read_exit(self, job: JobRecord) -> dict[str, Any]:
+        a = job.current_attempt
+        rec = read_json(attempt_dir(self.state_dir, job.id, a.number) / "exit.json") if a else None
+        return rec or {"exit_code": None, "stop_reason": None, "lost": True}
+
+    def _attempt_ended(self, job: JobRecord, rec: dict[str, Any]) -> None:
+        """Settle an attempt from its exit record: outcome, scheduler, next state."""
+        a = job.current_attempt
+        if a is None or a.outcome is not None:
+            return
+        now = time.time()
+        code = rec.get("exit_code")
+        reason = rec.get("stop_reason") or a.stop_requested
+        adir = attempt_dir(self.state_dir, job.id, a.number)
+        if reason == "cancelled":
+            outcome = Outcome.CANCELLED
+        elif reason == "preempted":
+            outcome = Outcome.PREEMPTED
+        elif reason == "timed_out":
+            outcome = Outcome.TIMED_OUT
+        elif rec.get("lost") or reason == "terminated":
+            outcome = Outcome.LOST
+        elif code == 0 and (job.spec.kind == "command" or (adir / "result.pkl").exists()):
+            outcome = Outcome.SUCCEEDED
+        else:
+            outcome = Outcome.FAILED
+        a.outcome, a.exit_code, a.ended_at = outcome, code, now
+        err = read_json(adir / "error.json")
+        if outcome == Outcome.FAILED:
+            if err:
+                job.error = f"{err['type']}: {err['message']}"
+                a.message = err.get("traceback") or job.error
+            else:
+                job.error = rec.get("error") or f"the job process exited with code {code}"
+                a.message = job.error
+        if outcome == Outcome.LOST:
+            a.message = "the job process vanished without an exit record"
+        decisions = self.scheduler.finished(job.id, outcome, now)
+        retry = next((d for d in decisions if isinstance(d, Retry) and d.job_id == job.id), None)
+        if outcome == Outcome.SUCCEEDED:
+            res = read_json(adir / "result.json") or {}
+            job.result_names = res.get("names", [])
+            job.unreturnable = res.get("unreturnable", {})
+            self._set_state(job, JobState.SUCCEEDED, exit_code=code)
+        elif retry is not None:
+            if retry.counted:
+                job.failures += 1
+            if outcome == Outcome.PREEMPTED:
+                job.preemptions += 1
+            job.not_before = retry.at if retry.at > now else None
+            state = JobState.RETRYING if retry.at > now else JobState.QUEUED
+            self._set_state(job, state, after=outcome.value, retry_at=retry.at, error=job.error)
+        else:
+            final = {
+                Outcome.CANCELLED: JobState.CANCELLED,
+                Outcome.TIMED_OUT: JobState.TIMED_OUT,
+            }.get(outcome, JobState.FAILED)
+            if outcome == Outcome.LOST:
+                job.error = job.error or "the job process was lost and no retries are left"
+            self._set_state(job, final, exit_code=code, error=job.error, traceback=a.message if final == JobState.FAILED else None)
+        self._notify("attempt_ended", {"job": job, "outcome": outcome.value})
+        self._wake.set()
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _request(self, job: JobRecord) -> JobRequest:
+        s = job.spec
+        pool = s.pool or self.config.default_pool
+        pc = self.config.pools.get(pool)
+        return JobRequest(
+            id=job.id,
+            user=job.owner,
+            pool=pool,
+            gpus=s.gpus,
+            priority=s.priority,
+            submit_time=job.created_at,
+            nodes=s.nodes,
+            time_limit=s.timeout_s,
+            preemptible=bool(s.preemptible if s.preemptible is not None else (pc.preemptible if pc else False)),
+            max_retries=s.retries if s.retries is not None else self.config.retries,
+            failures=job.failures,
+            not_before=job.not_before or 0.0,
+        )
+
+    def _get(self, job_id: str) -> JobRecord:
+        assert self.store is not None
+        job = self.store.get(job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}")
+        return job
+
+    def _with_pending(self, job: JobRecord) -> JobRecord:
+        if job.state in (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED):
+            ex = self.scheduler.explain(job.id, time.time())
+            job.pending = ex.as_dict() if ex else None
+        return job
+
+    def _set_state(self, job: JobRecord, state: JobState, **info: Any) -> None:
+        old = job.state
+        job.state = state
+        self.store.put(job)
+        data = {"state": state.value}
+        data.update({k: v for k, v in info.items() if v is not None})
+        self._event(job.id, "state", data)
+        self._notify("state", {"job": job, "old": old.value, "new": state.value})
+
+    def _event(self, job_id: str, type_: str, data: dict[str, Any]) -> None:
+        assert self.store is not None
+        self.store.append_events(job_id, [(time.time(), type_, data)])
+        self._poke(job_id)
+
+    def _poke(self, job_id: str) -> None:
+        flag = self._changed.get(job_id)
+        if flag is not None:
+            flag.set()
+
+    def _notify(self, what: str, data: Any) -> None:
+        for fn in self.listeners:
+            try:
+                fn(what, data if isinstance(data, dict) else {"job": data})
+            except Exception:  # noqa: BLE001 - observers must never break the queue
+                log.exception("listener failed on %s", what)
+
+    def _runner_alive(self, a: Attempt) -> bool:
+        if not a.pid:
+            return False
+        proc = self._procs.get(a.pid)
+        if proc is not None:
+            return proc.poll() is None
+        started = _process_start_time(a.pid)
+        if started is None:
+            return False
+        return a.pid_started is None or abs(started - a.pid_started) < 1.0
+
+
+_LIVE_STATES = (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED, JobState.STARTING, JobState.RUNNING)
+
+
+def _runner_env() -> dict[str, str]:
+    """The runner runs with this interpreter; make sure it can import gpuqueue."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _process_start_time(pid: int) -> Optional[float]:
+    """When process ``pid`` started (seconds since the epoch), or None if it is gone/zombie."""
+    try:
+        import psutil
+
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return p.create_time()
+    except Exception:  # noqa: BLE001 - NoSuchProcess, AccessDenied, ImportError
+        return None

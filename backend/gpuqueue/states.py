@@ -1,0 +1,61 @@
+"""The one vocabulary of job states, shared by the store, the REST API, the CLI and the UI."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class JobState(str, Enum):
+    """Where a job is in its life. Values are the strings the API and the CLI show."""
+
+    QUEUED = "queued"  # accepted, waiting for GPUs (or for its retry time)
+    STARTING = "starting"  # GPUs assigned, the job process is being launched
+    RUNNING = "running"  # the job process is alive and reporting
+    PREEMPTED = "preempted"  # transient: stopped to make room, will be queued again
+    RETRYING = "retrying"  # transient: an attempt failed, waiting for its backoff to pass
+    SUCCEEDED = "succeeded"  # the cell (or command) ended without error; results are stored
+    FAILED = "failed"  # the last allowed attempt raised or exited non-zero, or it could not start
+    CANCELLED = "cancelled"  # the owner or an admin cancelled it
+    TIMED_OUT = "timed_out"  # it ran past its time limit and was stopped
+
+    @property
+    def is_terminal(self) -> bool:
+        """True once the job will never run again."""
+        return self in TERMINAL_STATES
+
+    @property
+    def is_active(self) -> bool:
+        """True while the job holds (or is about to hold) GPUs."""
+        return self in (JobState.STARTING, JobState.RUNNING)
+
+
+TERMINAL_STATES = frozenset(
+    {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
+)
+
+
+class Priority(str, Enum):
+    """The three priority levels a user may ask for."""
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """0 for high, 1 for medium, 2 for low: lower sorts first."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.HIGH: 0, Priority.MEDIUM: 1, Priority.LOW: 2}
+
+
+class Outcome(str, Enum):
+    """How one attempt ended (an attempt is one launch of the job process)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # the code raised, or the process exited non-zero
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
+    PREEMPTED = "preempted"  # stopped by the scheduler; not counted as a failure
+    LOST = "lost"  # the process or its node vanished without a word; not counted as a failure

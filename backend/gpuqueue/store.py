@@ -1,0 +1,153 @@
+"""The embedded mode's job store: one SQLite file in WAL mode.
+
+The store, not a process, owns a job's state. It holds the job records, each job's event
+stream (append-only, ``seq`` from 1 with no gaps), how far each attempt's ``events.jsonl`` has
+been copied in (so a restarted server goes on exactly where the last one stopped), and small
+key/value metadata (e.g. the scheduler's fair-share state).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from .models import Event, JobRecord
+from .states import JobState
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, created_at);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time REAL NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE IF NOT EXISTS tails (
+    job_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    offset INTEGER NOT NULL,
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+class SqliteStore:
+    """Job records and event streams in one SQLite file. Use from one thread."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.db.close()
+
+    # -- jobs -----------------------------------------------------------------------------
+    def put(self, job: JobRecord) -> None:
+        """Insert or replace a job record."""
+        job.updated_at = time.time()
+        self.db.execute(
+            "INSERT OR REPLACE INTO jobs (id, owner, state, created_at, record) VALUES (?,?,?,?,?)",
+            (job.id, job.owner, job.state.value, job.created_at, job.model_dump_json(exclude={"pending"})),
+        )
+
+    def get(self, job_id: str) -> Optional[JobRecord]:
+        """The job, or None."""
+        row = self.db.execute("SELECT record FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return JobRecord.model_validate_json(row[0]) if row else None
+
+    def list(
+        self,
+        owner: Optional[str] = None,
+        states: Optional[Iterable[JobState]] = None,
+        limit: int = 1000,
+    ) -> list[JobRecord]:
+        """Jobs, newest first, optionally of one owner and in some states."""
+        sql, args = "SELECT record FROM jobs WHERE 1=1", []
+        if owner is not None:
+            sql += " AND owner=?"
+            args.append(owner)
+        if states is not None:
+            st = [s.value for s in states]
+            sql += f" AND state IN ({','.join('?' * len(st))})"
+            args += st
+        sql += " ORDER BY created_at DESC LIMIT ?"
+        args.append(limit)
+        return [JobRecord.model_validate_json(r[0]) for r in self.db.execute(sql, args)]
+
+    # -- events ---------------------------------------------------------------------------
+    def append_events(
+        self,
+        job_id: str,
+        events: list[tuple[float, str, dict[str, Any]]],
+        tail: Optional[tuple[int, int]] = None,
+    ) -> int:
+        """Append (time, type, data) events and, in the same transaction, an attempt's
+        ``events.jsonl`` offset. Returns the last seq."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self.db.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id=?", (job_id,)
+            ).fetchone()
+            seq = row[0]
+            rows = []
+            for t, type_, data in events:
+                seq += 1
+                rows.append((job_id, seq, t, type_, json.dumps(data, default=str)))
+            self.db.executemany("INSERT INTO events VALUES (?,?,?,?,?)", rows)
+            if tail is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO tails VALUES (?,?,?)", (job_id, tail[0], tail[1])
+                )
+        return seq
+
+    def read_events(self, job_id: str, after: int = 0, limit: int = 10_000) -> list[Event]:
+        """Events with seq > ``after``, in order."""
+        rows = self.db.execute(
+            "SELECT seq, time, type, data FROM events WHERE job_id=? AND seq>? ORDER BY seq LIMIT ?",
+            (job_id, after, limit),
+        )
+        return [Event(seq=s, time=t, type=ty, data=json.loads(d)) for s, t, ty, d in rows]
+
+    def last_seq(self, job_id: str) -> int:
+        """The newest event's seq (0 when none)."""
+        row = self.db.execute(
+            "SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id=?", (job_id,)
+        ).fetchone()
+        return int(row[0])
+
+    def tail_offset(self, job_id: str, attempt: int) -> int:
+        """How many bytes of the attempt's events.jsonl are already in the stream."""
+        row = self.db.execute(
+            "SELECT offset FROM tails WHERE job_id=? AND attempt=?", (job_id, attempt)
+        ).fetchone()
+        return int(row[0]) if row else 0
+
+    # -- metadata -------------------------------------------------------------------------
+    def get_meta(self, key: str) -> Optional[Any]:
+        """A stored JSON value, or None."""
+        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        """Store a JSON value."""
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, json.dumps(value)))

@@ -1,0 +1,147 @@
+"""The Jupyter server extension: an ExtensionApp that owns the queue service and its REST API."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from jupyter_core.paths import jupyter_data_dir
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Float, Int, List, Unicode, default
+
+from gpuqueue.config import load_config
+from gpuqueue.gpus import local_gpu_count
+from gpuqueue.service import QueueService
+
+from .handlers import handlers
+
+
+class GPUQueueApp(ExtensionApp):
+    """GPU queue for Jupyter. Configure with ``c.GPUQueueApp.<trait>`` in jupyter_server_config."""
+
+    name = "jupyter_gpuqueue"
+    load_other_extensions = True
+
+    state_dir = Unicode(
+        help="Folder of the embedded queue's SQLite file and job folders. "
+        "Default: $GPUQUEUE_STATE_DIR, else <jupyter data dir>/gpuqueue.",
+    ).tag(config=True)
+
+    gpus = Int(
+        None,
+        allow_none=True,
+        help="GPUs to schedule on this machine. Default: $GPUQUEUE_GPUS, else what NVML finds, else 0. "
+        "Declaring a count on a machine without GPUs is how demos and tests run.",
+    ).tag(config=True)
+
+    config_file = Unicode(
+        "",
+        help="TOML file with pools, quotas and policy (docs/config.md). Default: $GPUQUEUE_CONFIG; "
+        "without one, a single pool 'default' holds this machine's GPUs.",
+    ).tag(config=True)
+
+    policy = Unicode("gpuqueue", help="Scheduling policy: 'gpuqueue' (fair share) or 'fifo'.").tag(
+        config=True
+    )
+
+    admin_users = List(
+        Unicode(),
+        help="Users who see and manage every job. The server's own user is always an admin "
+        "in embedded mode.",
+    ).tag(config=True)
+
+    stop_grace_s = Float(
+        10.0, help="Seconds a job has to stop (and checkpoint) after cancel/preempt/timeout."
+    ).tag(config=True)
+
+    max_payload_mb = Float(200.0, help="Largest cell payload (inputs) accepted, in MB.").tag(
+        config=True
+    )
+
+    export_env = Bool(
+        True,
+        help="Set GPUQUEUE_URL and GPUQUEUE_TOKEN in the server's environment so kernels it "
+        "starts find it with no configuration.",
+    ).tag(config=True)
+
+    @default("state_dir")
+    def _default_state_dir(self) -> str:
+        return os.environ.get("GPUQUEUE_STATE_DIR") or str(Path(jupyter_data_dir()) / "gpuqueue")
+
+    @default("config_file")
+    def _default_config_file(self) -> str:
+        return os.environ.get("GPUQUEUE_CONFIG", "")
+
+    def initialize_settings(self) -> None:
+        """Build the service (started later, once the event loop runs)."""
+        config = load_config(self.config_file) if self.config_file else None
+        self.service = QueueService(
+            state_dir=self.state_dir,
+            config=config,
+            gpus=local_gpu_count(self.gpus),
+            policy=self.policy,
+            stop_grace_s=self.stop_grace_s,
+            max_payload_bytes=int(self.max_payload_mb * 1e6),
+        )
+        self.settings["gpuqueue_service"] = self.service
+        self.settings["gpuqueue_app"] = self
+        self.log.info(
+            "gpuqueue: embedded queue in %s, pools %s",
+            self.state_dir,
+            {p: c.total_gpus for p, c in self.service.config.pools.items()},
+        )
+
+    def initialize_handlers(self) -> None:
+        """Register the REST routes under <base_url>gpuqueue/api/."""
+        self.handlers.extend(handlers())
+
+    async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
+        await self.service.start()
+        if self.export_env:
+            self._export_env(serverapp)
+
+    def _export_env(self, serverapp: Any) -> None:
+        url = f"http://127.0.0.1:{serverapp.port}{serverapp.base_url}"
+        os.environ["GPUQUEUE_URL"] = url
+        token = getattr(serverapp.identity_provider, "token", "") or ""
+        if token:
+            os.environ["GPUQUEUE_TOKEN"] = token
+
+    async def stop_extension(self) -> None:
+        """Stop the loops; running jobs go on and are re-adopted by the next server."""
+        await self.service.stop()
+
+    identity = Unicode(
+        "auto",
+        help="Who owns a job: 'user' (the authenticated user's name, as with JupyterHub), "
+        "'server_owner' (everyone who can reach this personal server is its owner), or 'auto' "
+        "(server_owner with jupyter_server's own token/password login, which names each "
+        "token request a random anonymous user; user otherwise).",
+    ).tag(config=True)
+
+    def owner_of(self, user: Any) -> str:
+        """The job owner for an authenticated request's user."""
+        mode = self.identity
+        if mode == "auto":
+            provider = type(self.serverapp.identity_provider)
+            mode = "server_owner" if provider.__module__.startswith("jupyter_server.") else "user"
+        if mode == "server_owner":
+            return os.environ.get("JUPYTERHUB_USER") or _os_user() or "owner"
+        return getattr(user, "username", None) or str(user)
+
+    def is_admin(self, username: str) -> bool:
+        """Admins: those listed, and the server's own user (the embedded mode's owner)."""
+        if username in self.admin_users:
+            return True
+        own = os.environ.get("JUPYTERHUB_USER") or _os_user()
+        return username == own or not os.environ.get("JUPYTERHUB_USER")
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return ""
