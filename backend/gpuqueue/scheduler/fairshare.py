@@ -118,6 +118,7 @@ class _Pool:
     tokens_at: float = 0.0
     active_weight: float = 0.0
     preemptible_running: int = 0
+    prank: list[int] = field(default_factory=lambda: [0, 0, 0])
     reserved_for: Optional[str] = None
     shadow: float = INF
 
@@ -129,6 +130,7 @@ class _Pass:
     shadow: float = INF
     spare: dict[str, int] = field(default_factory=dict)
     budget: int = 0
+    fail_min: float = INF  # smallest single-node request that failed without a bounded end
     blocked_users: set[str] = field(default_factory=set)
     stop: bool = False
 
@@ -153,6 +155,7 @@ class FairShareScheduler:
         self._accruals: list[tuple[float, int, str, int]] = []
         self.preempt_counts: dict[str, int] = {}
         self._stopping_for: dict[str, int] = {}
+        self._limit_memo: dict[tuple[str, Optional[float]], Optional[float]] = {}
         for name, pc in config.pools.items():
             self.pools[name] = _Pool(name, pc, tokens=self.p.preemption_budget)
         self._rebuild_pools()
@@ -225,6 +228,15 @@ class FairShareScheduler:
         return 0.0 if u is None else u.scaled / self._scale(now)
 
     def _limit(self, req: JobRequest) -> Optional[float]:
+        key = (req.pool, req.time_limit)
+        lim = self._limit_memo.get(key, -1.0)
+        if lim != -1.0:
+            return lim
+        lim = self._limit_calc(req)
+        self._limit_memo[key] = lim
+        return lim
+
+    def _limit_calc(self, req: JobRequest) -> Optional[float]:
         pc = self.pools[req.pool].cfg
         lim = req.time_limit if req.time_limit is not None else pc.default_timeout
         if pc.max_runtime is not None:
@@ -459,6 +471,7 @@ class FairShareScheduler:
         u.pool_gpus[req.pool] = u.pool_gpus.get(req.pool, 0) + req.gpus
         if self._victim_kind(P, j):
             P.preemptible_running += 1
+            P.prank[req.priority.rank] += 1
 
     @staticmethod
     def _victim_kind(P: _Pool, j: _Job) -> bool:
@@ -485,6 +498,7 @@ class FairShareScheduler:
         j.charged_until = 0.0
         if self._victim_kind(P, j):
             P.preemptible_running -= 1
+            P.prank[req.priority.rank] -= 1
         if j.state == STOPPING and j.preempt_for is not None:
             self._stopping_for[j.preempt_for] -= 1
             if not self._stopping_for[j.preempt_for]:
@@ -615,7 +629,10 @@ class FairShareScheduler:
         if ctx.budget <= 0:
             return True
         smallest = min(P.sizes) if P.sizes else 0
-        return P.free < smallest
+        if P.free < smallest:
+            return True
+        # every pending size already failed to fit, and nothing can end before the shadow
+        return smallest >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)
 
     def _scan_starved(self, P: _Pool, t: int, ctx: _Pass, now: float, out: list[Decision]) -> bool:
         heap = P.starved[t]
@@ -688,8 +705,13 @@ class FairShareScheduler:
             j.reason, j.reason_msg = q
             return "user"
         placement = None
-        if req.gpus <= P.free:
+        if req.gpus <= P.free and not (req.nodes <= 1 and req.gpus >= ctx.fail_min
+                                       and (not ctx.res_ready or ctx.shadow == INF)):
             placement = self._place(P, req, ctx, now)
+            if placement is None and req.nodes <= 1 and ctx.res is not None:
+                lim = self._limit(req)
+                if lim is None or not ctx.res_ready or ctx.shadow == INF or now + lim > ctx.shadow:
+                    ctx.fail_min = min(ctx.fail_min, req.gpus)
         if placement is not None:
             self._start(j, placement, now, out)
             return "started"
@@ -699,7 +721,7 @@ class FairShareScheduler:
             j.reason_msg = f"waiting for {req.gpus} GPUs in pool {P.name!r} ({P.free}/{P.total} free); GPUs are reserved for it"
         else:
             ctx.budget -= 1
-            if req.gpus <= P.free and self._place(P, req, None, now) is not None:
+            if req.gpus <= P.free:
                 j.reason = "reservation"
                 j.reason_msg = f"starting now would delay the reserved start of job {ctx.res.req.id}"
             else:
@@ -819,6 +841,9 @@ class FairShareScheduler:
             return
         if not P.preemptible_running or r.req.id in self._stopping_for:
             return  # nothing to preempt, or victims are already stopping for it
+        rank = r.req.priority.rank
+        if not any(P.prank[k] for k in range(rank + 1, 3)) and self.users[r.req.user].pool_gpus.get(P.name, 0) > 0:
+            return  # no lower-priority victims, and the under-share rule does not apply
         rate = self.p.preemption_budget / self.p.preemption_window
         P.tokens = min(self.p.preemption_budget, P.tokens + (now - P.tokens_at) * rate)
         P.tokens_at = now

@@ -1,0 +1,456 @@
+"""Trace-driven simulator: replays a job trace through the very scheduler the service uses.
+
+``gpuqueue simulate TRACE.csv --cluster prod=64x8[,dev=2x1] [--config FILE]
+[--policy gpuqueue|fifo] [--json OUT] [--plot OUT.png]``
+
+Event-driven: submissions and finishes are events; the scheduler is ticked at every event time
+and at its own ``next_wakeup``. The scheduler never sees durations: the simulator alone knows
+when a job ends. Metric definitions are in docs/scheduling.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import heapq
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from .config import PoolConfig, QueueConfig, UserLimits, load_config
+from .errors import GPUQueueError
+from .scheduler import make_scheduler
+from .scheduler.base import JobRequest, Preempt, Reject, Start, TimeOut
+from .states import Outcome, Priority
+
+REQUIRED = ("job_id", "user", "submit_time", "duration", "gpus")
+OPTIONAL = ("priority", "pool", "preemptible", "time_limit")
+_BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False, "": None}
+
+
+class TraceError(ValueError):
+    """A bad trace row or argument: the message names the line and the fix."""
+
+
+@dataclass
+class SimJob:
+    """One trace row plus what happened to it."""
+
+    id: str
+    user: str
+    submit: float
+    duration: float
+    gpus: int
+    priority: Priority
+    pool: str
+    preemptible: bool
+    time_limit: Optional[float]
+    remaining: float = 0.0
+    run_s: float = 0.0
+    start: Optional[float] = None  # current attempt's start
+    attempt: int = 0
+    end: Optional[float] = None
+    outcome: str = ""
+    rejected: str = ""
+    preemptions: int = 0
+    stopping: bool = False
+
+
+def parse_cluster(spec: str) -> dict[str, tuple[int, int]]:
+    """``prod=64x8,dev=2x1`` -> {pool: (nodes, gpus per node)}."""
+    out: dict[str, tuple[int, int]] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        try:
+            pool, size = part.split("=")
+            n, g = size.lower().split("x")
+            out[pool.strip()] = (int(n), int(g))
+        except ValueError:
+            raise TraceError(f"--cluster {spec!r}: write POOL=NODESxGPUS[,POOL=NODESxGPUS], e.g. prod=64x8,dev=2x1") from None
+        if out[pool.strip()][0] < 1 or out[pool.strip()][1] < 1 or not pool.strip():
+            raise TraceError(f"--cluster {part!r}: need at least one node with at least one GPU")
+    return out
+
+
+def build_config(cluster: dict[str, tuple[int, int]], base: Optional[QueueConfig]) -> QueueConfig:
+    """Pools sized by ``--cluster``; their rules from ``base``'s pool of the same name, else the
+    product defaults (``dev``: preemptible, 1 h max; others: not preemptible, no max)."""
+    pools: dict[str, PoolConfig] = {}
+    for name, (n, g) in cluster.items():
+        nodes = {f"{name}-{i:04d}": g for i in range(n)}
+        if base is not None and name in base.pools:
+            pools[name] = base.pools[name].model_copy(update={"nodes": nodes})
+        elif name == "dev":
+            pools[name] = PoolConfig(nodes=nodes, preemptible=True, max_runtime=3600.0, max_queued=10**9)
+        else:
+            pools[name] = PoolConfig(nodes=nodes, max_queued=10**9)
+    if base is None:
+        return QueueConfig(pools=pools, defaults=UserLimits(max_queued=10**9))
+    return base.model_copy(update={"pools": pools})
+
+
+def read_trace(path: str, config: QueueConfig, time_scale: float = 1.0) -> list[SimJob]:
+    """Parse the CSV; raises TraceError naming the line of the first bad row."""
+    try:
+        f = open(path, newline="")
+    except OSError as e:
+        raise TraceError(f"cannot read trace {path}: {e.strerror}") from None
+    jobs: list[SimJob] = []
+    seen: set[str] = set()
+    with f:
+        reader = csv.reader(f)
+        try:
+            header = [h.strip() for h in next(reader)]
+        except StopIteration:
+            raise TraceError(f"{path}: empty file; the header needs {','.join(REQUIRED)}") from None
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise TraceError(f"{path} line 1: header lacks {', '.join(missing)} (need {','.join(REQUIRED)}; optional {','.join(OPTIONAL)})")
+        col = {c: i for i, c in enumerate(header)}
+        for row in reader:
+            line = reader.line_num
+            if not row or all(not c.strip() for c in row):
+                continue
+            try:
+                jobs.append(_row(row, col, config, time_scale, seen))
+            except TraceError as e:
+                raise TraceError(f"{path} line {line}: {e}") from None
+    jobs.sort(key=lambda j: j.submit)
+    return jobs
+
+
+def _row(row: list[str], col: dict[str, int], config: QueueConfig, scale: float, seen: set[str]) -> SimJob:
+    if len(row) != len(col):
+        raise TraceError(f"{len(row)} fields, the header has {len(col)}")
+
+    def get(c: str) -> str:
+        return row[col[c]].strip() if c in col else ""
+
+    def num(c: str, kind: type = float) -> Any:
+        v = get(c)
+        try:
+            x = kind(v)
+        except ValueError:
+            raise TraceError(f"{c} {v!r} is not a {'whole ' if kind is int else ''}number") from None
+        if isinstance(x, float) and not math.isfinite(x):
+            raise TraceError(f"{c} {v!r} is not finite")
+        return x
+
+    jid, user = get("job_id"), get("user")
+    if not jid or not user:
+        raise TraceError("job_id and user must not be empty")
+    if jid in seen:
+        raise TraceError(f"job_id {jid!r} appears twice")
+    seen.add(jid)
+    submit, duration, gpus = num("submit_time"), num("duration"), num("gpus", int)
+    if submit < 0:
+        raise TraceError(f"submit_time {submit} is negative")
+    if duration <= 0:
+        raise TraceError(f"duration {duration} must be positive (seconds)")
+    if gpus < 0:
+        raise TraceError(f"gpus {gpus} is negative")
+    pr = get("priority").lower() or "medium"
+    if pr not in ("high", "medium", "low"):
+        raise TraceError(f"priority {pr!r} is not high, medium or low")
+    pool = get("pool") or config.default_pool
+    if pool not in config.pools:
+        raise TraceError(f"pool {pool!r} is not in the cluster ({', '.join(config.pools)})")
+    pre = get("preemptible").lower()
+    if pre not in _BOOL:
+        raise TraceError(f"preemptible {pre!r} is not true or false")
+    tl = num("time_limit") if get("time_limit") else None
+    if tl is not None and tl <= 0:
+        raise TraceError(f"time_limit {tl} must be positive (seconds)")
+    return SimJob(jid, user, submit / scale, duration, gpus, Priority(pr), pool,
+                  bool(_BOOL[pre]), tl, remaining=duration)
+
+
+@dataclass
+class _UserAcct:
+    pending: int = 0
+    used: int = 0
+    last: float = 0.0
+    g_last: float = 0.0
+    received: float = 0.0
+    entitled: float = 0.0
+    backlog_s: float = 0.0
+    weight: float = 1.0
+
+
+@dataclass
+class Simulation:
+    """Runs one trace through one scheduler."""
+
+    config: QueueConfig
+    policy: str
+    jobs: list[SimJob]
+    resume_on_preempt: bool = True
+    stop_delay: float = 30.0
+    series: list[tuple[float, int, int]] = field(default_factory=list)
+
+    def run(self) -> dict[str, Any]:
+        t_wall = time.perf_counter()
+        sched = make_scheduler(self.config, self.policy)
+        wake = getattr(sched, "next_wakeup", None)
+        total = sum(sum(pc.nodes.values()) for pc in self.config.pools.values())
+        byid = {j.id: j for j in self.jobs}
+        ev: list[tuple[float, int, int, str, int]] = []  # (time, kind, seq, job id, attempt)
+        seq = 0
+        for j in self.jobs:
+            seq += 1
+            ev.append((j.submit, 1, seq, j.id, 0))
+        heapq.heapify(ev)
+        used = 0
+        queued = 0
+        busy_s = 0.0
+        busy_q_s = 0.0
+        queued_s = 0.0
+        last_t = self.jobs[0].submit if self.jobs else 0.0
+        t_first = last_t
+        preemptions = 0
+        wasted = 0.0
+        accts: dict[str, _UserAcct] = {}
+        g_int = 0.0  # integral of total / sum(weights of backlogged users)
+        bw = 0.0  # sum of weights of backlogged users
+
+        def acct(u: str, now: float) -> _UserAcct:
+            a = accts.get(u)
+            if a is None:
+                a = accts[u] = _UserAcct(last=now, g_last=g_int, weight=self.config.limits_for(u).weight)
+            if a.pending > 0:
+                dt = now - a.last
+                a.backlog_s += dt
+                a.received += a.used * dt
+                a.entitled += a.weight * (g_int - a.g_last)
+            a.last, a.g_last = now, g_int
+            return a
+
+        def change(u: str, now: float, dpend: int = 0, dused: int = 0) -> None:
+            nonlocal bw, queued
+            a = acct(u, now)
+            before = a.pending > 0
+            a.pending += dpend
+            a.used += dused
+            queued += dpend
+            after = a.pending > 0
+            if before != after:
+                bw += a.weight if after else -a.weight
+
+        def end_attempt(j: SimJob, now: float) -> None:
+            nonlocal used
+            ran = now - j.start if j.start is not None else 0.0
+            j.run_s += ran
+            used -= j.gpus
+            change(j.user, now, dused=-j.gpus)
+            j.start = None
+
+        def apply(decisions: list, now: float) -> None:
+            nonlocal seq, used, preemptions, wasted
+            for d in decisions:
+                j = byid[d.job_id]
+                if isinstance(d, Start):
+                    j.start = now
+                    j.attempt += 1
+                    j.stopping = False
+                    used += j.gpus
+                    change(j.user, now, dpend=-1, dused=j.gpus)
+                    sched.started(j.id, now)
+                    seq += 1
+                    heapq.heappush(ev, (now + j.remaining, 0, seq, j.id, j.attempt))
+                elif isinstance(d, Preempt):
+                    if j.start is None or j.stopping:
+                        continue
+                    j.stopping = True
+                    seq += 1
+                    stop = now + min(self.stop_delay, d.grace_s)
+                    heapq.heappush(ev, (stop, 2, seq, j.id, j.attempt))
+                elif isinstance(d, TimeOut):
+                    if j.start is None:
+                        continue
+                    j.remaining -= now - j.start
+                    end_attempt(j, now)
+                    j.end, j.outcome = now, "timed_out"
+                    apply(sched.finished(j.id, Outcome.TIMED_OUT, now), now)
+
+        while ev:
+            now = ev[0][0]
+            dt = now - last_t
+            if dt > 0:
+                busy_s += used * dt
+                if queued > 0:
+                    busy_q_s += used * dt
+                    queued_s += dt
+                if bw > 0:
+                    g_int += total / bw * dt
+                last_t = now
+            while ev and ev[0][0] <= now:
+                _, kind, _, jid, attempt = heapq.heappop(ev)
+                if kind == 3:
+                    continue
+                j = byid[jid]
+                if kind == 1:
+                    r = sched.submit(self._request(j), now)
+                    if isinstance(r, Reject):
+                        j.rejected = r.reason
+                    else:
+                        change(j.user, now, dpend=1)
+                elif j.attempt == attempt and j.start is not None and j.end is None:
+                    if kind == 0:
+                        end_attempt(j, now)
+                        j.remaining = 0.0
+                        j.end, j.outcome = now, "succeeded"
+                        apply(sched.finished(jid, Outcome.SUCCEEDED, now), now)
+                    elif kind == 2:
+                        ran = now - j.start
+                        if self.resume_on_preempt:
+                            j.remaining -= ran
+                        else:
+                            wasted += j.gpus * ran
+                        end_attempt(j, now)
+                        preemptions += 1
+                        j.preemptions += 1
+                        sched.finished(jid, Outcome.PREEMPTED, now)
+                        change(j.user, now, dpend=1)
+            apply(sched.tick(now), now)
+            if len(self.series) < 200_000:
+                self.series.append((now, queued, used))
+            if wake is not None:
+                w = wake()
+                if w is not None and w > now and (not ev or w < ev[0][0]):
+                    seq += 1
+                    heapq.heappush(ev, (w, 3, seq, "", 0))  # a bare tick
+        for a_name in list(accts):
+            acct(a_name, last_t)
+        return self._metrics(total, t_first, last_t, busy_s, busy_q_s, queued_s, preemptions,
+                             wasted, accts, time.perf_counter() - t_wall)
+
+    def _request(self, j: SimJob) -> JobRequest:
+        return JobRequest(
+            id=j.id, user=j.user, pool=j.pool, gpus=j.gpus, priority=j.priority,
+            submit_time=j.submit, time_limit=j.time_limit, preemptible=j.preemptible,
+        )
+
+    def _metrics(self, total: int, t0: float, t1: float, busy_s: float, busy_q_s: float,
+                 queued_s: float, preemptions: int, wasted: float, accts: dict[str, _UserAcct],
+                 wall: float) -> dict[str, Any]:
+        done = [j for j in self.jobs if j.end is not None]
+        jct = sorted(j.end - j.submit for j in done)  # type: ignore[operator]
+        wait = sorted(max(0.0, j.end - j.submit - j.run_s) for j in done)  # type: ignore[operator]
+        span = max(t1 - t0, 1e-9)
+        by: dict[str, dict[str, float]] = {}
+        for p in ("high", "medium", "low"):
+            w = sorted(max(0.0, j.end - j.submit - j.run_s) for j in done if j.priority.value == p)  # type: ignore[operator]
+            by[p] = {"jobs": len(w), "avg": _avg(w), "p99": _pct(w, 99), "max": w[-1] if w else 0.0}
+        min_backlog = 0.01 * span
+        shares = [a.received / a.entitled for a in accts.values() if a.entitled > 0 and a.backlog_s >= min_backlog]
+        jain = (sum(shares) ** 2 / (len(shares) * sum(x * x for x in shares))) if shares and any(shares) else 1.0
+        return {
+            "policy": self.policy,
+            "jobs": len(self.jobs),
+            "completed": len(done),
+            "rejected": sum(1 for j in self.jobs if j.rejected),
+            "timed_out": sum(1 for j in done if j.outcome == "timed_out"),
+            "gpus": total,
+            "avg_jct_s": _avg(jct),
+            "p50_jct_s": _pct(jct, 50),
+            "p99_jct_s": _pct(jct, 99),
+            "avg_wait_s": _avg(wait),
+            "p99_wait_s": _pct(wait, 99),
+            "max_wait_s": wait[-1] if wait else 0.0,
+            "wait_by_priority": by,
+            "utilization": busy_s / (total * span),
+            "utilization_while_queued": (busy_q_s / (total * queued_s)) if queued_s > 0 else 1.0,
+            "jain_fairness": jain,
+            "jain_users": len(shares),
+            "preemptions": preemptions,
+            "wasted_gpu_hours": wasted / 3600.0,
+            "makespan_s": span,
+            "sim_wall_s": wall,
+        }
+
+
+def _avg(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def _pct(xs: list[float], p: float) -> float:
+    """Nearest-rank percentile of a sorted list."""
+    if not xs:
+        return 0.0
+    k = max(0, min(len(xs) - 1, math.ceil(p / 100 * len(xs)) - 1))
+    return xs[k]
+
+
+def plot(sim: Simulation, path: str) -> None:
+    """Queue length and utilization over time, and the wait CDF by priority."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = sim.series
+    step = max(1, len(s) // 5000)
+    s = s[::step]
+    total = sum(sum(pc.nodes.values()) for pc in sim.config.pools.values())
+    t = [(x[0] - s[0][0]) / 3600 for x in s] if s else []
+    fig, ax = plt.subplots(3, 1, figsize=(9, 10))
+    ax[0].plot(t, [x[1] for x in s], lw=0.8)
+    ax[0].set_ylabel("queued jobs")
+    ax[1].plot(t, [x[2] / total for x in s], lw=0.8)
+    ax[1].set_ylabel("GPU utilization")
+    ax[1].set_xlabel("hours")
+    for p in ("high", "medium", "low"):
+        w = sorted(max(0.0, j.end - j.submit - j.run_s) / 3600 for j in sim.jobs if j.end is not None and j.priority.value == p)  # type: ignore[operator]
+        if w:
+            ax[2].plot(w, [(i + 1) / len(w) for i in range(len(w))], label=p)
+    ax[2].set_xscale("symlog", linthresh=0.01)
+    ax[2].set_xlabel("wait (hours)")
+    ax[2].set_ylabel("CDF")
+    ax[2].legend()
+    fig.suptitle(f"policy {sim.policy}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def cli_main(argv: list[str]) -> int:
+    """``gpuqueue simulate``: returns the exit code (2 for bad input, with one line on stderr)."""
+    ap = argparse.ArgumentParser(prog="gpuqueue simulate", description=__doc__.splitlines()[0])
+    ap.add_argument("trace", help="CSV: job_id,user,submit_time,duration,gpus[,priority,pool,preemptible,time_limit]")
+    ap.add_argument("--cluster", required=True, help="pools, e.g. prod=64x8,dev=2x1")
+    ap.add_argument("--config", help="TOML config: pool rules, users, policy knobs")
+    ap.add_argument("--policy", default="gpuqueue", choices=["gpuqueue", "fifo"])
+    ap.add_argument("--json", help="write the metrics here")
+    ap.add_argument("--plot", help="write a PNG plot here")
+    ap.add_argument("--time-scale", type=float, default=1.0,
+                    help="divide submit times by this (compress arrivals to add load)")
+    ap.add_argument("--preempt", choices=["resume", "restart"], default="resume",
+                    help="preempted jobs resume from their grace-period checkpoint, or restart")
+    args = ap.parse_args(argv)
+    try:
+        if args.time_scale <= 0:
+            raise TraceError("--time-scale must be positive")
+        base = load_config(args.config) if args.config else None
+        config = build_config(parse_cluster(args.cluster), base)
+        jobs = read_trace(args.trace, config, args.time_scale)
+    except (TraceError, GPUQueueError) as e:
+        print(f"gpuqueue simulate: error: {e}", file=sys.stderr)
+        return 2
+    sim = Simulation(config, args.policy, jobs, resume_on_preempt=args.preempt == "resume")
+    result = sim.run()
+    text = json.dumps(result, indent=2)
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(text + "\n")
+    else:
+        print(text)
+    if args.plot:
+        plot(sim, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli_main(sys.argv[1:]))
