@@ -1,0 +1,283 @@
+"""``%%train`` and ``%gpuqueue``: run a cell as a queued GPU job, and manage jobs.
+
+``%%train --priority high --gpus 2`` packages the cell with the notebook names it reads, sends
+it to the Jupyter server's queue, shows its output live, and when it succeeds puts the names the
+cell assigned back into the notebook. Interrupting the kernel stops waiting, not the job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+from typing import Any, Optional
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+
+from gpuqueue.client import Client
+from gpuqueue.durations import parse_duration
+from gpuqueue.errors import GPUQueueError
+from gpuqueue.payload import PreflightError, build_payload, source_hash, unpack_results
+
+from .display import JobView, TextView
+
+TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+
+
+class RemoteJobError(Exception):
+    """The job failed; shown like a local error, with the job's own traceback."""
+
+    def __init__(self, job: dict[str, Any]):
+        self.job = job
+        attempt = (job.get("attempts") or [{}])[-1]
+        self.remote_traceback = attempt.get("message") or job.get("error") or ""
+        super().__init__(f"job {job['id']} {job['state']}: {job.get('error') or job['state']}")
+
+    def _render_traceback_(self) -> list[str]:
+        """IPython shows this instead of a local traceback."""
+        head = f"Job {self.job['id']} {self.job['state']} (attempt {len(self.job.get('attempts', []))})"
+        lines = [head, "Remote traceback:"] if self.remote_traceback else [head]
+        lines += self.remote_traceback.rstrip("\n").splitlines()
+        if not self.remote_traceback:
+            lines.append(str(self))
+        return lines
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (a clean message in the cell) instead of exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+
+    def exit(self, status: int = 0, message: Optional[str] = None) -> None:  # type: ignore[override]
+        raise UsageError(message or self.format_help())
+
+
+def _names(text: Optional[str]) -> Optional[list[str]]:
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if not n.isidentifier()]
+    if bad:
+        raise UsageError(f"not Python names: {', '.join(bad)} (write e.g. --inputs data,config)")
+    return names
+
+
+def train_parser() -> _Parser:
+    """The ``%%train`` option parser."""
+    p = _Parser(prog="%%train", add_help=True, description="Run this cell as a queued GPU job.")
+    p.add_argument("--priority", choices=["high", "medium", "low"], default="medium")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs (default 0: CPU)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes to span (Ray)")
+    p.add_argument("--pool", help="pool name (default: the first configured)")
+    p.add_argument("--name", help="a name for the job")
+    p.add_argument("--timeout", help="time limit, e.g. 30m or 2h")
+    p.add_argument(
+        "--retries", type=int, default=0,
+        help="retries after a failure (default 0: an exception in a cell is usually not worth "
+        "re-running; preemption and node loss always requeue)",
+    )
+    p.add_argument("--inputs", help="names to send, comma-separated (default: what the cell reads)")
+    p.add_argument("--outputs", help="names to bring back (default: what the cell assigns)")
+    p.add_argument("--background", action="store_true", help="return at once; the job goes on")
+    p.add_argument("--new", action="store_true", help="submit even if this cell's job is still active")
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
+    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--resume-from", help="checkpoint to resume from")
+    return p
+
+
+@magics_class
+class GPUQueueMagics(Magics):
+    """The magics; one Client per kernel, made on first use."""
+
+    view_factory: Any = TextView  # replaced by the widget view where widgets render
+
+    def __init__(self, shell: Any):
+        super().__init__(shell)
+        self._client: Optional[Client] = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            try:
+                self._client = Client()
+            except GPUQueueError as e:
+                raise UsageError(str(e)) from None
+        return self._client
+
+    # -- %%train ----------------------------------------------------------------------------
+    @cell_magic
+    def train(self, line: str, cell: str) -> None:
+        """Run the cell as a queued job: ``%%train --gpus 1 --priority high``."""
+        try:
+            args = train_parser().parse_args(shlex.split(line))
+        except ValueError as e:
+            raise UsageError(f"%%train: cannot read the options: {e}") from None
+        spec = self._spec(args, cell)
+        try:
+            payload, inputs, outputs = build_payload(
+                cell, self.shell.user_ns, _names(args.inputs), _names(args.outputs)
+            )
+        except SyntaxError as e:
+            raise UsageError(f"the cell has a syntax error at line {e.lineno}: {e.msg}") from None
+        except PreflightError as e:
+            raise UsageError(str(e)) from None
+        spec.update(inputs=inputs, outputs=outputs)
+        try:
+            job = self.client.submit(spec, payload, new=args.new)
+        except GPUQueueError as e:
+            raise UsageError(f"the job was not queued: {e}") from None
+        self._follow(job, background=args.background)
+
+    def _spec(self, args: argparse.Namespace, cell: str) -> dict[str, Any]:
+        for flag, value in (("--gpus", args.gpus), ("--nodes", args.nodes)):
+            if value < 0 or (flag == "--nodes" and value < 1):
+                raise UsageError(f"{flag} must be {'1' if flag == '--nodes' else '0'} or more, got {value}")
+        spec: dict[str, Any] = {
+            "kind": "cell",
+            "priority": args.priority,
+            "gpus": args.gpus,
+            "nodes": args.nodes,
+            "python": sys.executable,
+            "cwd": os.getcwd(),
+            "source_hash": source_hash(cell),
+            "grad_checkpointing": args.grad_checkpointing,
+        }
+        if args.timeout:
+            try:
+                spec["timeout_s"] = parse_duration(args.timeout)
+            except ValueError as e:
+                raise UsageError(f"--timeout: {e}") from None
+        for key in ("pool", "name", "retries", "precision", "resume_from"):
+            if getattr(args, key) is not None:
+                spec[key] = getattr(args, key)
+        notebook, cell_id = self._where()
+        if notebook:
+            spec["notebook"] = notebook
+        if cell_id:
+            spec["cell_id"] = cell_id
+        return spec
+
+    def _where(self) -> tuple[Optional[str], Optional[str]]:
+        """The notebook path and the running cell's id, when the frontend says them."""
+        notebook = os.environ.get("JPY_SESSION_NAME")
+        cell_id = None
+        kernel = getattr(self.shell, "kernel", None)
+        if kernel is not None:
+            try:
+                cell_id = (kernel.get_parent() or {}).get("metadata", {}).get("cellId")
+            except Exception:  # noqa: BLE001 - older ipykernel: no parent header access
+                cell_id = None
+        return notebook, cell_id
+
+    def _follow(self, job: dict[str, Any], background: bool = False, after: int = 0) -> None:
+        view: JobView = self.view_factory()
+        view.start(job)
+        if background:
+            print(
+                f"[gpuqueue] running in the background; `%gpuqueue attach {job['id']}` to watch, "
+                f"`%gpuqueue result {job['id']}` for its results",
+                flush=True,
+            )
+            return
+        try:
+            for ev in self.client.follow(job["id"], after):
+                view.event(ev)
+        except KeyboardInterrupt:
+            print(
+                f"\n[gpuqueue] stopped waiting; job {job['id']} goes on. "
+                f"`%gpuqueue attach {job['id']}` re-attaches, `%gpuqueue cancel {job['id']}` cancels.",
+                flush=True,
+            )
+            return
+        except GPUQueueError as e:
+            raise UsageError(str(e)) from None
+        final = self.client.get(job["id"])
+        view.finish(final)
+        self._conclude(final)
+
+    def _conclude(self, job: dict[str, Any]) -> None:
+        """Bring the results back, or raise the job's error."""
+        if job["state"] != "succeeded":
+            raise RemoteJobError(job)
+        self._pull_results(job)
+
+    def _pull_results(self, job: dict[str, Any]) -> None:
+        if job["spec"]["kind"] != "cell":
+            return
+        values, failed = unpack_results(self.client.result(job["id"]))
+        self.shell.user_ns.update(values)
+        if values:
+            print(f"[gpuqueue] {job['id']} succeeded; back in the notebook: {', '.join(values)}", flush=True)
+        else:
+            print(f"[gpuqueue] {job['id']} succeeded", flush=True)
+        for name, why in failed.items():
+            print(f"[gpuqueue] not returned: {name}: {why}", file=sys.stderr, flush=True)
+
+    # -- %gpuqueue --------------------------------------------------------------------------
+    @line_magic
+    def gpuqueue(self, line: str) -> Any:
+        """``%gpuqueue list | status ID | logs ID | cancel ID | attach ID | result ID | preempt ID``"""
+        parts = shlex.split(line)
+        if not parts:
+            raise UsageError(_GPUQUEUE_USAGE)
+        verb, rest = parts[0], parts[1:]
+        handler = getattr(self, f"_cmd_{verb}", None)
+        if handler is None:
+            raise UsageError(f"unknown verb {verb!r}.\n{_GPUQUEUE_USAGE}")
+        try:
+            return handler(*rest)
+        except TypeError:
+            raise UsageError(f"%gpuqueue {verb}: wrong arguments.\n{_GPUQUEUE_USAGE}") from None
+        except GPUQueueError as e:
+            raise UsageError(str(e)) from None
+
+    def _cmd_list(self, *flags: str) -> None:
+        jobs = self.client.list(all_users="--all" in flags)
+        if not jobs:
+            print("no jobs")
+        for j in jobs:
+            info = f"  #{j['pending']['position']} {j['pending']['reason']}" if j.get("pending") else ""
+            print(f"{j['id']}  {j['state']:<10} {j['priority']:<6} gpus={j['gpus']}  {j.get('name') or ''}{info}")
+
+    def _cmd_status(self, job_id: str) -> dict[str, Any]:
+        job = self.client.get(job_id)
+        line = f"{job['id']}: {job['state']}"
+        if job.get("pending"):
+            line += f" (#{job['pending']['position']}: {job['pending']['message']})"
+        if job.get("error"):
+            line += f" - {job['error']}"
+        print(line)
+        return None  # type: ignore[return-value]
+
+    def _cmd_logs(self, job_id: str) -> None:
+        for ev in self.client.events(job_id):
+            if ev["type"] == "log" and not ev["data"].get("replace"):
+                print(ev["data"].get("line", ""))
+
+    def _cmd_cancel(self, job_id: str) -> None:
+        job = self.client.cancel(job_id)
+        print(f"{job['id']}: {'stopping' if job['state'] in ('running', 'starting') else job['state']}")
+
+    def _cmd_preempt(self, job_id: str) -> None:
+        self.client.preempt(job_id)
+        print(f"{job_id}: preempting; it checkpoints, stops and is queued again")
+
+    def _cmd_attach(self, job_id: str) -> None:
+        job = self.client.get(job_id)
+        job["attached"] = True
+        self._follow(job, after=0)
+
+    def _cmd_result(self, job_id: str) -> None:
+        job = self.client.get(job_id)
+        if job["state"] not in TERMINAL:
+            raise UsageError(f"job {job_id} is {job['state']}: `%gpuqueue attach {job_id}` waits for it")
+        self._conclude(job)
+
+
+_GPUQUEUE_USAGE = (
+    "usage: %gpuqueue list [--all] | status ID | logs ID | cancel ID | attach ID | result ID | preempt ID"
+)

@@ -1,0 +1,228 @@
+"""The ``gpuqueue`` command line: the magic's verbs, against the same REST API.
+
+    gpuqueue submit [--gpus N --priority high ...] -- python train.py   # prints the job id
+    gpuqueue ls | show ID | logs [-f] ID | cancel ID | wait ID | preempt ID
+    gpuqueue simulate TRACE.csv --cluster prod=64x8 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable, Optional
+
+from .durations import parse_duration
+from .errors import GPUQueueError
+
+EXIT_USAGE = 2
+
+
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--priority", choices=["high", "medium", "low"], default="medium")
+    p.add_argument("--gpus", type=int, default=0, help="GPUs in all (default 0: CPU)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes to span (default 1)")
+    p.add_argument("--pool", help="pool (default: the first configured)")
+    p.add_argument("--name", help="a name to recognise the job by")
+    p.add_argument("--timeout", help="time limit, e.g. 90m or 2h")
+    p.add_argument("--retries", type=int, help="retries after a failure (default: config)")
+    p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra environment")
+    p.add_argument("--cwd", default=None, help="working directory (default: here)")
+
+
+def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """A JobSpec dict from the shared job options (raises ValueError naming the bad option)."""
+    spec: dict[str, Any] = {"priority": args.priority, "gpus": args.gpus, "nodes": args.nodes}
+    for key in ("pool", "name", "retries"):
+        if getattr(args, key, None) is not None:
+            spec[key] = getattr(args, key)
+    if args.timeout:
+        spec["timeout_s"] = parse_duration(args.timeout)
+    env = {}
+    for item in args.env:
+        if "=" not in item:
+            raise ValueError(f"--env {item!r}: write KEY=VALUE")
+        k, v = item.split("=", 1)
+        env[k] = v
+    if env:
+        spec["env"] = env
+    return spec
+
+
+def _client() -> Any:
+    from .client import Client
+
+    return Client()
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    command = [a for a in args.command if a != "--"] if args.command else []
+    if not command:
+        raise ValueError("nothing to run: gpuqueue submit [options] -- python train.py")
+    spec = spec_from_args(args)
+    spec.update(kind="command", command=command, cwd=os.path.abspath(args.cwd or os.getcwd()))
+    job = _client().submit(spec)
+    print(job["id"])
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    jobs = _client().list(all_users=args.all)
+    if args.json:
+        print(json.dumps(jobs, indent=2))
+        return 0
+    rows = [("ID", "NAME", "OWNER", "STATE", "PRIO", "GPUS", "POOL", "NODE", "INFO")]
+    for j in jobs:
+        info = ""
+        if j.get("pending"):
+            p = j["pending"]
+            info = f"#{p['position']} {p['reason']}"
+        rows.append((j["id"], (j.get("name") or "")[:24], j["owner"], j["state"], j["priority"],
+                     str(j["gpus"]), j.get("pool") or "", j.get("node") or "", info))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_client().get(args.id), indent=2))
+    return 0
+
+
+def _print_event(ev: dict[str, Any], out: Any = sys.stdout) -> None:
+    d = ev["data"]
+    if ev["type"] == "log":
+        stream = sys.stderr if d.get("stream") == "stderr" and out is sys.stdout else out
+        print(d.get("line", ""), file=stream, flush=True)
+    elif ev["type"] == "state":
+        extra = {k: v for k, v in d.items() if k not in ("state", "traceback")}
+        print(f"[gpuqueue] {d['state']}" + (f" {extra}" if extra else ""), file=sys.stderr, flush=True)
+        if d.get("traceback"):
+            print(d["traceback"], file=sys.stderr, flush=True)
+    elif ev["type"] in ("warning", "info") and d.get("message"):
+        print(f"[gpuqueue] {d['message']}", file=sys.stderr, flush=True)
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    c = _client()
+    events = c.follow(args.id) if args.follow else c.events(args.id)
+    for ev in events:
+        if ev["type"] == "log" or args.follow:
+            _print_event(ev)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    job = _client().cancel(args.id)
+    print(f"{job['id']}: {job['state']}" + (" (stopping)" if job["state"] in ("running", "starting") else ""))
+    return 0
+
+
+def cmd_preempt(args: argparse.Namespace) -> int:
+    job = _client().preempt(args.id)
+    print(f"{job['id']}: preempting (it will checkpoint, stop and be queued again)")
+    return 0
+
+
+def cmd_wait(args: argparse.Namespace) -> int:
+    c = _client()
+    for ev in c.follow(args.id):
+        if args.logs:
+            _print_event(ev)
+    job = c.get(args.id)
+    print(f"{job['id']}: {job['state']}", file=sys.stderr)
+    return 0 if job["state"] == "succeeded" else 1
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    q = _client().queue()
+    if args.json:
+        print(json.dumps(q, indent=2))
+        return 0
+    for name, p in q.get("pools", {}).items():
+        print(f"{name}: {p.get('gpus_used', 0)}/{p.get('gpus_total', 0)} GPUs used, "
+              f"{p.get('queued', 0)} queued, {p.get('running', 0)} running")
+    return 0
+
+
+def _delegate(module: str, attr: str = "cli_main") -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        import importlib
+
+        return int(getattr(importlib.import_module(module), attr)(argv))
+
+    return run
+
+
+# Subcommands implemented in their own modules, which parse their own arguments.
+DELEGATED = {
+    "simulate": _delegate("gpuqueue.simulate"),
+    "scheduler": _delegate("gpuqueue.cluster.daemon"),
+    "worker": _delegate("gpuqueue.cluster.worker"),
+    "api": _delegate("gpuqueue.cluster.api"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (public for the docs and tests)."""
+    p = argparse.ArgumentParser(prog="gpuqueue", description="Queue GPU jobs; see `gpuqueue COMMAND -h`.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("submit", help="queue a command; prints the job id")
+    _add_job_options(s)
+    s.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
+    s.set_defaults(fn=cmd_submit)
+    s = sub.add_parser("ls", help="list your jobs")
+    s.add_argument("--all", action="store_true", help="everyone's (admins)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_ls)
+    for name, fn, helptext in (
+        ("show", cmd_show, "a job as JSON (state, attempts, why it waits)"),
+        ("cancel", cmd_cancel, "cancel a job"),
+        ("preempt", cmd_preempt, "preempt a running job (admins)"),
+    ):
+        s = sub.add_parser(name, help=helptext)
+        s.add_argument("id")
+        s.set_defaults(fn=fn)
+    s = sub.add_parser("logs", help="a job's output")
+    s.add_argument("-f", "--follow", action="store_true", help="go on until the job ends")
+    s.add_argument("id")
+    s.set_defaults(fn=cmd_logs)
+    s = sub.add_parser("wait", help="wait for a job; exit 0 only if it succeeded")
+    s.add_argument("--logs", action="store_true", help="print its output meanwhile")
+    s.add_argument("id")
+    s.set_defaults(fn=cmd_wait)
+    s = sub.add_parser("queue", help="pools and GPUs in use")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_queue)
+    for name in DELEGATED:
+        sub.add_parser(name, help=f"see `gpuqueue {name} -h`", add_help=False)
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the ``gpuqueue`` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in DELEGATED:
+        try:
+            return DELEGATED[argv[0]](argv[1:])
+        except ModuleNotFoundError as e:
+            print(f"gpuqueue {argv[0]}: not available in this installation ({e})", file=sys.stderr)
+            return EXIT_USAGE
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except (GPUQueueError, ValueError) as e:
+        print(f"gpuqueue: {e}", file=sys.stderr)
+        return 1 if isinstance(e, GPUQueueError) else EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ngpuqueue: stopped waiting; the job goes on", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `gpuqueue show ID | head`
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -328,8 +328,14 @@ class Simulation:
                              wasted, accts, time.perf_counter() - t_wall)
 
     def _request(self, j: SimJob) -> JobRequest:
+        """The job as the scheduler sees it (no duration). A job larger than the pool's biggest
+        node spans whole nodes: ``nodes = gpus / node size`` when that divides evenly."""
+        biggest = max(self.config.pools[j.pool].nodes.values())
+        nodes = 1
+        if j.gpus > biggest and j.gpus % biggest == 0:
+            nodes = j.gpus // biggest
         return JobRequest(
-            id=j.id, user=j.user, pool=j.pool, gpus=j.gpus, priority=j.priority,
+            id=j.id, user=j.user, pool=j.pool, gpus=j.gpus, priority=j.priority, nodes=nodes,
             submit_time=j.submit, time_limit=j.time_limit, preemptible=j.preemptible,
         )
 

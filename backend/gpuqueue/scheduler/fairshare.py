@@ -119,6 +119,9 @@ class _Pool:
     active_weight: float = 0.0
     preemptible_running: int = 0
     prank: list[int] = field(default_factory=lambda: [0, 0, 0])
+    timed_running: int = 0  # running jobs with a time limit, plus stopping ones
+    victim_epoch: int = 0  # bumps when a preemptible job starts
+    last_fail: tuple[str, int, float] = ("", -1, 0.0)
     reserved_for: Optional[str] = None
     shadow: float = INF
 
@@ -472,6 +475,9 @@ class FairShareScheduler:
         if self._victim_kind(P, j):
             P.preemptible_running += 1
             P.prank[req.priority.rank] += 1
+            P.victim_epoch += 1
+        if self._limit(req) is not None:
+            P.timed_running += 1
 
     @staticmethod
     def _victim_kind(P: _Pool, j: _Job) -> bool:
@@ -499,6 +505,8 @@ class FairShareScheduler:
         if self._victim_kind(P, j):
             P.preemptible_running -= 1
             P.prank[req.priority.rank] -= 1
+        if self._limit(req) is not None or j.state == STOPPING:
+            P.timed_running -= 1
         if j.state == STOPPING and j.preempt_for is not None:
             self._stopping_for[j.preempt_for] -= 1
             if not self._stopping_for[j.preempt_for]:
@@ -741,6 +749,18 @@ class FairShareScheduler:
         req = ctx.res.req  # type: ignore[union-attr]
         cands: list[tuple[float, int, str, int]] = []
         per = req.gpus // max(1, req.nodes)
+        if P.timed_running == 0:  # no end is known: the nodes closest to fitting, shadow unknown
+            for n in P.nodes:
+                if n.gpus >= per:
+                    need = per if req.nodes == 1 else n.gpus
+                    cands.append((now if len(n.free) >= need else INF, -len(n.free), n.name, n.gpus))
+            cands.sort()
+            chosen = cands[: max(1, req.nodes)]
+            ctx.shadow = max((c[0] for c in chosen), default=INF)
+            if len(chosen) < max(1, req.nodes):
+                ctx.shadow = INF
+            ctx.spare = {c[2]: (0 if req.nodes > 1 else c[3] - per) for c in chosen}
+            return
         for n in P.nodes:
             if n.gpus < per:
                 continue
@@ -844,6 +864,8 @@ class FairShareScheduler:
         rank = r.req.priority.rank
         if not any(P.prank[k] for k in range(rank + 1, 3)) and self.users[r.req.user].pool_gpus.get(P.name, 0) > 0:
             return  # no lower-priority victims, and the under-share rule does not apply
+        if P.last_fail[0] == r.req.id and P.last_fail[1] == P.victim_epoch and now < P.last_fail[2]:
+            return  # nothing changed since the last failed attempt for this job
         rate = self.p.preemption_budget / self.p.preemption_window
         P.tokens = min(self.p.preemption_budget, P.tokens + (now - P.tokens_at) * rate)
         P.tokens_at = now
@@ -888,6 +910,7 @@ class FairShareScheduler:
         if len(plans) < max(1, req.nodes):
             if soonest < INF:
                 P.recheck_at = min(P.recheck_at, soonest)
+            P.last_fail = (req.id, P.victim_epoch, soonest)
             return
         plans.sort(key=lambda p: p[0])
         victims = [v for _, _, vs in plans[: max(1, req.nodes)] for v in vs]
@@ -895,6 +918,8 @@ class FairShareScheduler:
             return
         P.tokens -= len(victims)
         for v in victims:
+            if self._limit(v.req) is None:
+                P.timed_running += 1
             v.state = STOPPING
             v.preempt_for = req.id
             self._stopping_for[req.id] = self._stopping_for.get(req.id, 0) + 1

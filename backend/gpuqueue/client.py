@@ -1,0 +1,168 @@
+"""A small synchronous client of the REST API, used by the CLI and the notebook magic.
+
+Where the server is: ``GPUQUEUE_URL`` (the Jupyter server's base URL, e.g.
+``http://127.0.0.1:8888/``, or the cluster API service) and ``GPUQUEUE_TOKEN``. Inside a kernel
+started by a Jupyter server with the extension, both are already set; ``discover()`` also finds
+the server from ``JPY_PARENT_PID`` in the running-server files.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional
+
+import requests
+
+from .errors import BadRequest, Conflict, Forbidden, GPUQueueError, NotFound
+
+API = "gpuqueue/api/"
+
+
+class NoServer(GPUQueueError):
+    """No gpuqueue server could be found; the message says how to point at one."""
+
+
+@dataclass
+class ServerInfo:
+    """Where the API is and how to authenticate."""
+
+    url: str
+    token: str = ""
+
+
+def discover() -> ServerInfo:
+    """Find the server: GPUQUEUE_URL/GPUQUEUE_TOKEN, else the Jupyter server that started us."""
+    url = os.environ.get("GPUQUEUE_URL")
+    if url:
+        return ServerInfo(url if url.endswith("/") else url + "/", os.environ.get("GPUQUEUE_TOKEN", ""))
+    parent = os.environ.get("JPY_PARENT_PID")
+    if parent:
+        try:
+            from jupyter_server.serverapp import list_running_servers
+
+            for info in list_running_servers():
+                if str(info.get("pid")) == parent:
+                    return ServerInfo(info["url"], info.get("token", ""))
+        except ImportError:
+            pass
+    raise NoServer(
+        "no gpuqueue server found: run this inside a notebook served by Jupyter with "
+        "jupyter-gpuqueue installed, or set GPUQUEUE_URL (e.g. http://127.0.0.1:8888/) and "
+        "GPUQUEUE_TOKEN"
+    )
+
+
+class Client:
+    """Verbs of the REST API. Errors come back as GPUQueueError subclasses with the server's
+    message."""
+
+    reconnect_attempts = 150  # ~5 minutes of retries while following a job's events
+
+    def __init__(self, server: Optional[ServerInfo] = None, timeout: float = 30.0):
+        self.server = server or discover()
+        self.timeout = timeout
+        self.session = requests.Session()
+        self.session.trust_env = False  # never send a local server's token through a proxy
+        if self.server.token:
+            self.session.headers["Authorization"] = f"token {self.server.token}"
+
+    def _url(self, path: str) -> str:
+        return self.server.url + API + path
+
+    def _check(self, r: requests.Response) -> requests.Response:
+        if r.status_code < 400:
+            return r
+        try:
+            message = r.json().get("message") or r.reason
+        except ValueError:
+            message = r.text[:500] or r.reason
+        cls = {400: BadRequest, 403: Forbidden, 404: NotFound, 409: Conflict}.get(r.status_code, GPUQueueError)
+        if r.status_code in (401,):
+            message = f"not authenticated ({message}): check GPUQUEUE_TOKEN"
+        raise cls(message)
+
+    def _request(self, method: str, path: str, **kw: Any) -> requests.Response:
+        try:
+            r = self.session.request(method, self._url(path), timeout=kw.pop("timeout", self.timeout), **kw)
+        except requests.ConnectionError:
+            raise NoServer(
+                f"cannot reach the gpuqueue server at {self.server.url}: is it running? "
+                f"(GPUQUEUE_URL sets where to look)"
+            ) from None
+        return self._check(r)
+
+    def submit(self, spec: dict[str, Any], payload: Optional[bytes] = None, new: bool = False) -> dict[str, Any]:
+        """Submit a job; returns the job record (with ``attached`` when it joined an active one)."""
+        body: dict[str, Any] = {"spec": spec, "new": new}
+        if payload is not None:
+            body["payload_b64"] = base64.b64encode(payload).decode()
+        return self._request("POST", "jobs", data=json.dumps(body), timeout=max(self.timeout, 300)).json()
+
+    def list(self, all_users: bool = False) -> list[dict[str, Any]]:
+        """Job summaries, newest first."""
+        return self._request("GET", "jobs", params={"all": "1" if all_users else "0"}).json()["jobs"]
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """A job record in full."""
+        return self._request("GET", f"jobs/{job_id}").json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel; returns the job record."""
+        return self._request("POST", f"jobs/{job_id}/cancel").json()
+
+    def preempt(self, job_id: str) -> dict[str, Any]:
+        """Admin: preempt a running job."""
+        return self._request("POST", f"jobs/{job_id}/preempt").json()
+
+    def result(self, job_id: str) -> bytes:
+        """The pickled results of a succeeded cell job."""
+        return self._request("GET", f"jobs/{job_id}/result", timeout=max(self.timeout, 300)).content
+
+    def queue(self) -> dict[str, Any]:
+        """The queue summary."""
+        return self._request("GET", "queue").json()
+
+    def events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+        """Events with seq > after, without waiting."""
+        return self._request("GET", f"jobs/{job_id}/events", params={"after": after}).json()["events"]
+
+    def follow(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Events after ``after``, live, until the job ends (SSE). Resumes after a dropped
+        connection from the last seq seen."""
+        import time
+
+        failures = 0
+        while True:
+            try:
+                r = self._request(
+                    "GET",
+                    f"jobs/{job_id}/events",
+                    params={"after": after, "follow": "1"},
+                    stream=True,
+                    timeout=(10, 60),
+                )
+                with r:
+                    event_type = None
+                    for raw in r.iter_lines(decode_unicode=True):
+                        if raw.startswith("event:"):
+                            event_type = raw[6:].strip()
+                        elif raw.startswith("data:"):
+                            if event_type == "end":
+                                return
+                            ev = json.loads(raw[5:])
+                            after = ev["seq"]
+                            failures = 0
+                            yield ev
+                return
+            except (NoServer, requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout):
+                # the server restarted or the network blipped: resume from `after`
+                failures += 1
+                if failures > self.reconnect_attempts:
+                    raise NoServer(
+                        f"lost the connection to {self.server.url} and could not reconnect; "
+                        f"the job goes on: re-attach later"
+                    ) from None
+                time.sleep(min(2.0, 0.2 * failures))

@@ -1,0 +1,1 @@
+"""Test helpers that start real processes: a Jupyter server, kernels, redis-server."""
