@@ -186,7 +186,14 @@ class QueueHandler(BaseHandler):
 def handlers() -> list[tuple[str, type]]:
     """The routes, relative to the server's base URL."""
     api = "/gpuqueue/api"
-    return [
+    routes: list[tuple[str, type]] = []
+    try:  # Prometheus metrics of the embedded queue (see docs/metrics.md)
+        from .metrics_handler import MetricsHandler
+
+        routes.append(("/gpuqueue/metrics", MetricsHandler))
+    except ImportError:
+        pass
+    return routes + [
         (url_path_join(api, "jobs"), JobsHandler),
         (url_path_join(api, "jobs", JOB), JobHandler),
         (url_path_join(api, "jobs", JOB, "cancel"), CancelHandler),

@@ -271,6 +271,17 @@ class GPUQueueMagics(Magics):
         job["attached"] = True
         self._follow(job, after=0)
 
+    def _cmd_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's checkpoints (from its ``checkpoint`` events), oldest first."""
+        cps = [ev["data"] for ev in self.client.events(job_id) if ev["type"] == "checkpoint"]
+        if not cps:
+            print(f"{job_id}: no checkpoints yet")
+        for cp in cps:
+            best = "  (best)" if cp.get("best") else ""
+            metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (cp.get("metrics") or {}).items())
+            print(f"step {cp.get('step')}: {cp.get('path')}  {metrics}{best}")
+        return None  # type: ignore[return-value]
+
     def _cmd_result(self, job_id: str) -> None:
         job = self.client.get(job_id)
         if job["state"] not in TERMINAL:
@@ -279,5 +290,6 @@ class GPUQueueMagics(Magics):
 
 
 _GPUQUEUE_USAGE = (
-    "usage: %gpuqueue list [--all] | status ID | logs ID | cancel ID | attach ID | result ID | preempt ID"
+    "usage: %gpuqueue list [--all] | status ID | logs ID | cancel ID | attach ID | result ID | "
+    "preempt ID | checkpoints ID"
 )
