@@ -67,7 +67,27 @@ class Kernel:
         self.client = BlockingKernelClient()
         self.client.load_connection_file(str(cf))
         self.client.start_channels()
-        self.client.wait_for_ready(timeout=60)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait for a kernel_info reply (no heartbeat check: a busy 2-core CI box can miss beats)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            msg_id = self.client.kernel_info()
+            t_end = time.monotonic() + 2
+            while time.monotonic() < t_end:
+                try:
+                    reply = self.client.get_shell_msg(timeout=0.5)
+                except Exception:  # noqa: BLE001 - queue.Empty
+                    continue
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    # drain iopub so later cells only see their own messages
+                    while True:
+                        try:
+                            self.client.get_iopub_msg(timeout=0.2)
+                        except Exception:  # noqa: BLE001
+                            return
+        raise AssertionError(f"kernel {self.id} did not answer kernel_info in {timeout}s")
 
     def run(
         self,
@@ -117,7 +137,25 @@ class Kernel:
             elif t in ("display_data", "execute_result", "update_display_data"):
                 res.outputs.append(c)
             elif t == "status" and c["execution_state"] == "idle":
+                self._read_reply(msg_id, res)
                 return res
+
+    def _read_reply(self, msg_id: str, res: CellResult) -> None:
+        """A UsageError is printed to stderr, not sent as an error message; the execute reply
+        still says it failed. Record it as the cell's error too."""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                reply = self.client.get_shell_msg(timeout=1)
+            except Exception:  # noqa: BLE001
+                continue
+            if reply["parent_header"].get("msg_id") != msg_id:
+                continue
+            c = reply["content"]
+            if c.get("status") == "error" and res.error is None:
+                res.error = {"ename": c.get("ename", ""), "evalue": c.get("evalue", ""),
+                             "traceback": "\n".join(c.get("traceback", [])) or res.stderr}
+            return
 
     def interrupt(self) -> None:
         """Interrupt the kernel through the server, as the notebook's stop button does."""
@@ -126,7 +164,7 @@ class Kernel:
     def restart(self) -> None:
         """Restart the kernel through the server (its namespace is lost)."""
         self.server.api("POST", f"api/kernels/{self.id}/restart")
-        self.client.wait_for_ready(timeout=60)
+        self.wait_ready()
 
     def close(self) -> None:
         self.client.stop_channels()

@@ -1,0 +1,224 @@
+"""%%train end to end: a real Jupyter server subprocess, a real kernel it started, real jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from helpers.servers import wait_until
+
+TRAIN_CELL = """%%train --name tiny-regression
+import torch
+torch.manual_seed(0)
+model = torch.nn.Linear(3, 1)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+losses = []
+for step in range(50):
+    loss = ((model(X) - y) ** 2).mean()
+    opt.zero_grad(); loss.backward(); opt.step()
+    losses.append(loss.item())
+    if step % 10 == 0:
+        print(f"step {step} loss {loss.item():.4f}")
+"""
+
+
+def _jobs(server):
+    return server.client().list()
+
+
+def test_torch_cell_returns_model_and_losses(jupyter_server):
+    k = jupyter_server.start_kernel()
+    assert k.run("%load_ext jupyter_gpuqueue").error is None
+    setup = k.run(
+        "import torch\ntorch.manual_seed(1)\nX = torch.randn(64, 3)\n"
+        "y = X @ torch.tensor([[1.0], [-2.0], [0.5]])"
+    )
+    assert setup.error is None, setup.error
+    res = k.run(TRAIN_CELL, timeout=180)
+    assert res.error is None, res.text
+    assert "step 0 loss" in res.stdout and "step 40 loss" in res.stdout
+    assert "back in the notebook" in res.stdout and "model" in res.stdout
+    check = k.run(
+        "print(type(model).__name__, len(losses), losses[-1] < losses[0] * 0.1)\n"
+        "print(float(((model(X) - y) ** 2).mean()) < 0.05)"
+    )
+    assert check.error is None, check.error
+    assert check.stdout.split() == ["Linear", "50", "True", "True"]
+    [job] = _jobs(jupyter_server)
+    assert job["state"] == "succeeded" and job["name"] == "tiny-regression"
+
+
+def test_log_lines_stream_before_the_job_ends(jupyter_server):
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run(
+        "%%train\nimport time\nfor i in range(3):\n    print('tick', i, flush=True)\n    time.sleep(1.0)\nprint('done')",
+        timeout=60,
+    )
+    assert res.error is None, res.text
+    times = {text.strip(): t for t, text in res.stream_times}
+    tick0 = next(t for line, t in times.items() if line.startswith("tick 0"))
+    done = next(t for line, t in times.items() if line.endswith("done") or "done" in line.split())
+    # the first line reached the cell output about 2 s before the job printed its last
+    assert done - tick0 > 1.5, res.stream_times
+
+
+def test_cancel_stops_the_process(jupyter_server, tmp_path):
+    marker = tmp_path / "alive"
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run(
+        "%%train --background --name sleeper\nimport os, time, pathlib\n"
+        f"p = pathlib.Path({str(marker)!r})\n"
+        "for i in range(600):\n    p.write_text(str(os.getpid()))\n    time.sleep(0.1)"
+    )
+    assert res.error is None, res.text
+    [job] = _jobs(jupyter_server)
+    wait_until(marker.exists, 30, what="the job to start")
+    pid = int(marker.read_text())
+    out = k.run(f"%gpuqueue cancel {job['id']}")
+    assert "stopping" in out.stdout or "cancelled" in out.stdout
+    client = jupyter_server.client()
+    wait_until(lambda: client.get(job["id"])["state"] == "cancelled", 30, what="cancelled state")
+    import psutil
+
+    wait_until(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie", 10,
+               what="the job process to exit")
+    attempt = client.get(job["id"])["attempts"][-1]
+    assert attempt["outcome"] == "cancelled"
+
+
+def test_running_job_survives_server_restart(jupyter_server):
+    client = jupyter_server.client()
+    code = (
+        "import time\n"
+        "for i in range(40):\n"
+        "    print('line', i, flush=True)\n"
+        "    time.sleep(0.1)\n"
+    )
+    import sys
+
+    job = client.submit({"kind": "command", "command": [sys.executable, "-c", code], "name": "survivor"})
+    wait_until(lambda: any(e["type"] == "log" for e in client.events(job["id"])), 30, what="first line")
+    runner_pids = jupyter_server.job_pids()
+    assert runner_pids, "the job's runner should be running"
+    jupyter_server.stop()  # the server goes away; the job must not
+    time.sleep(1.0)
+    assert all(_alive(p) for p in runner_pids), "the job died with the server"
+    jupyter_server.start()
+    client = jupyter_server.client()
+    wait_until(lambda: client.get(job["id"])["state"] == "succeeded", 60, what="the job to finish")
+    lines = [e["data"]["line"] for e in client.events(job["id"]) if e["type"] == "log"]
+    assert lines == [f"line {i}" for i in range(40)], lines
+    assert len(client.get(job["id"])["attempts"]) == 1
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    return psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"
+
+
+def test_two_one_gpu_jobs_share_two_gpus_and_two_gpu_jobs_take_turns(jupyter_server, tmp_path):
+    import sys
+
+    client = jupyter_server.client()
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import json, os, sys, time\n"
+        "start = time.time(); time.sleep(1.5)\n"
+        "print(json.dumps({'cvd': os.environ['CUDA_VISIBLE_DEVICES'], 'start': start, 'end': time.time()}))\n"
+    )
+    one = [client.submit({"kind": "command", "command": [sys.executable, str(script)], "gpus": 1}) for _ in range(2)]
+    two = [client.submit({"kind": "command", "command": [sys.executable, str(script)], "gpus": 2}) for _ in range(2)]
+
+    def report(job_id):
+        wait_until(lambda: client.get(job_id)["state"] in ("succeeded", "failed"), 60, what=job_id)
+        assert client.get(job_id)["state"] == "succeeded"
+        line = [e["data"]["line"] for e in client.events(job_id) if e["type"] == "log"][-1]
+        return json.loads(line)
+
+    a, b = (report(j["id"]) for j in one)
+    assert {a["cvd"], b["cvd"]} == {"0", "1"}  # disjoint devices
+    assert a["start"] < b["end"] and b["start"] < a["end"]  # at the same time
+    c, d = (report(j["id"]) for j in two)
+    assert c["cvd"] == d["cvd"] == "0,1"
+    assert c["end"] <= d["start"] or d["end"] <= c["start"]  # one after the other
+
+
+BAD_CELLS = [
+    ("%%train\nprint(lock)", "input 'lock'"),
+    ("%%train --gpus 99\nprint(1)", "99 GPUs do not fit"),
+    ("%%train --pool nowhere\nprint(1)", "unknown pool 'nowhere'"),
+    ("%%train --priority urgent\nprint(1)", "invalid choice: 'urgent'"),
+    ("%%train --gpus two\nprint(1)", "invalid int value: 'two'"),
+    ("%%train --gpus -1\nprint(1)", "--gpus must be 0 or more"),
+    ("%%train --timeout soon\nprint(1)", "cannot read duration 'soon'"),
+    ("%%train --bogus\nprint(1)", "unrecognized arguments: --bogus"),
+    ("%%train --inputs not-a-name\nprint(1)", "not Python names: not-a-name"),
+    ("%%train --inputs ghost\nprint(1)", "ghost, which the notebook does not define"),
+    ("%%train\nprint(1", "syntax error"),
+]
+
+
+def test_bad_input_is_a_clear_error_and_queues_nothing(jupyter_server):
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue\nimport threading\nlock = threading.Lock()")
+    for cell, message in BAD_CELLS:
+        res = k.run(cell)
+        assert res.error is not None, (cell, res.text)
+        assert res.error["ename"] == "UsageError", (cell, res.error)
+        assert message in res.stderr, (cell, res.stderr)
+        assert "Traceback" not in res.stderr, (cell, res.stderr)
+    assert _jobs(jupyter_server) == []
+
+
+def test_failed_cell_shows_the_remote_traceback(jupyter_server):
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train\ndef f(x):\n    return 1 / x\ny = f(0)")
+    assert res.error is not None
+    assert res.error["ename"] == "RemoteJobError"
+    tb = res.error["traceback"]
+    assert "ZeroDivisionError" in tb and "return 1 / x" in tb and "<gpuqueue-cell>" in tb
+    [job] = _jobs(jupyter_server)
+    assert job["state"] == "failed" and job["attempts"] == 1  # a cell's exception is not retried
+
+
+def test_interrupt_leaves_the_job_running_and_attach_brings_results(jupyter_server):
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run(
+        "%%train\nimport time\nfor i in range(8):\n    print('step', i, flush=True)\n    time.sleep(0.5)\nanswer = 42",
+        interrupt_after=2.0,
+        timeout=60,
+    )
+    assert "stopped waiting" in res.stdout and "goes on" in res.stdout, res.text
+    [job] = _jobs(jupyter_server)
+    assert job["state"] in ("queued", "starting", "running")
+    k.restart()  # a fresh namespace: the results must come back through attach
+    k.run("%load_ext jupyter_gpuqueue")
+    out = k.run(f"%gpuqueue attach {job['id']}", timeout=60)
+    assert out.error is None, out.text
+    steps = [line for line in out.stdout.splitlines() if line.startswith("step ")]
+    assert steps == [f"step {i}" for i in range(8)]  # replayed from the start, once, in order
+    assert k.run("print(answer)").stdout.strip() == "42"
+
+
+def test_gpuqueue_verbs(jupyter_server):
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    k.run("%%train --name verbs\nprint('hello from the job')\nz = 7")
+    [job] = _jobs(jupyter_server)
+    assert job["id"] in k.run("%gpuqueue list").stdout
+    assert "succeeded" in k.run(f"%gpuqueue status {job['id']}").stdout
+    assert "hello from the job" in k.run(f"%gpuqueue logs {job['id']}").stdout
+    k.run("del z")
+    assert k.run(f"%gpuqueue result {job['id']}").error is None
+    assert k.run("print(z)").stdout.strip() == "7"
+    bad = k.run("%gpuqueue frobnicate")
+    assert bad.error["ename"] == "UsageError" and "unknown verb" in bad.stderr
+    missing = k.run("%gpuqueue status j-000000000000")
+    assert missing.error["ename"] == "UsageError" and "no job" in missing.stderr
