@@ -1,10 +1,19 @@
 """How a job shows in a cell. ``TextView`` prints (works in any frontend and in tests);
-richer views (the ipywidgets job widget) implement the same three methods."""
+``jupyter_gpuqueue.widget.JobWidget`` (the ipywidgets job view) implements the same methods.
+
+Which one a cell gets: ``GPUQUEUE_VIEW=text`` or ``widget`` forces it; the default (``auto``)
+uses the widget when a widget frontend is connected to the kernel (JupyterLab, Notebook 7 and
+VS Code open the ``jupyter.widget.control`` comm when they connect) and text otherwise (a raw
+kernel client, nbconvert, a console).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
+
+VIEW_ENV = "GPUQUEUE_VIEW"
 
 
 class JobView(Protocol):
@@ -20,6 +29,32 @@ class JobView(Protocol):
         """The job ended (or we stopped following it)."""
 
 
+def start_line(job: dict[str, Any]) -> str:
+    """``[gpuqueue] submitted j-… (name): queued, position 2: …`` for a job just submitted."""
+    verb = "attached to" if job.get("attached") else "submitted"
+    name = f" ({job['spec']['name']})" if job.get("spec", {}).get("name") else ""
+    line = f"[gpuqueue] {verb} {job['id']}{name}: {job['state']}"
+    pending = job.get("pending")
+    if pending and job["state"] in ("queued", "retrying"):
+        line += f", position {pending.get('position')}: {pending.get('message')}"
+    return line
+
+
+def state_event_line(d: dict[str, Any]) -> Optional[str]:
+    """The text line for a ``state`` event, or None when it says nothing new."""
+    state = d.get("state")
+    if state == "starting":
+        gpus = d.get("gpus") or []
+        where = f" on {d.get('node')}" + (f" GPUs {gpus}" if gpus else " (CPU)")
+        return f"[gpuqueue] starting attempt {d.get('attempt')}{where}"
+    if state in ("queued", "retrying") and d.get("after"):
+        again = "queued again" if state == "queued" else "will retry"
+        return f"[gpuqueue] attempt ended ({d['after']}); {again}"
+    if state not in ("queued", "starting"):
+        return f"[gpuqueue] {state}"
+    return None
+
+
 class TextView:
     """Plain text: a state line per change, log lines as they arrive."""
 
@@ -28,13 +63,7 @@ class TextView:
         self.err = err or sys.stderr
 
     def start(self, job: dict[str, Any]) -> None:
-        verb = "attached to" if job.get("attached") else "submitted"
-        name = f" ({job['spec']['name']})" if job.get("spec", {}).get("name") else ""
-        line = f"[gpuqueue] {verb} {job['id']}{name}: {job['state']}"
-        pending = job.get("pending")
-        if pending and job["state"] in ("queued", "retrying"):
-            line += f", position {pending['position']}: {pending['message']}"
-        print(line, file=self.out, flush=True)
+        print(start_line(job), file=self.out, flush=True)
 
     def event(self, ev: dict[str, Any]) -> None:
         d = ev.get("data", {})
@@ -44,16 +73,9 @@ class TextView:
                 return  # progress-bar redraws: the final line arrives with its newline
             print(d.get("line", ""), file=self.err if d.get("stream") == "stderr" else self.out, flush=True)
         elif t == "state":
-            state = d.get("state")
-            if state == "starting":
-                gpus = d.get("gpus") or []
-                where = f" on {d.get('node')}" + (f" GPUs {gpus}" if gpus else " (CPU)")
-                print(f"[gpuqueue] starting attempt {d.get('attempt')}{where}", file=self.out, flush=True)
-            elif state in ("queued", "retrying") and d.get("after"):
-                again = "queued again" if state == "queued" else "will retry"
-                print(f"[gpuqueue] attempt ended ({d['after']}); {again}", file=self.out, flush=True)
-            elif state not in ("queued", "starting"):
-                print(f"[gpuqueue] {state}", file=self.out, flush=True)
+            line = state_event_line(d)
+            if line:
+                print(line, file=self.out, flush=True)
         elif t == "warning":
             print(f"[gpuqueue] warning: {d.get('message')}", file=self.out, flush=True)
         elif t == "checkpoint":
@@ -61,3 +83,39 @@ class TextView:
 
     def finish(self, job: dict[str, Any]) -> None:
         pass
+
+
+def view_mode() -> str:
+    """``text``, ``widget`` or ``auto`` (from ``GPUQUEUE_VIEW``, read at each use)."""
+    mode = os.environ.get(VIEW_ENV, "auto").strip().lower() or "auto"
+    if mode not in ("auto", "text", "widget"):
+        print(
+            f"[gpuqueue] warning: {VIEW_ENV}={mode!r} is not text, widget or auto; using auto",
+            file=sys.stderr,
+        )
+        mode = "auto"
+    return mode
+
+
+def widget_frontend_connected() -> bool:
+    """True when a frontend that renders ipywidgets is connected to this kernel.
+
+    Widget managers (JupyterLab, Notebook 7, VS Code) open the ``jupyter.widget.control``
+    comm when they connect to a kernel; ipywidgets keeps it on ``Widget._control_comm``."""
+    try:
+        from ipywidgets import Widget
+    except ImportError:
+        return False
+    return getattr(Widget, "_control_comm", None) is not None
+
+
+def use_widgets() -> bool:
+    """Whether the next job view should be the widget."""
+    mode = view_mode()
+    if mode == "text":
+        return False
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return mode == "widget" or widget_frontend_connected()

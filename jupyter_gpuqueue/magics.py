@@ -11,6 +11,7 @@ import argparse
 import os
 import shlex
 import sys
+import threading
 from typing import Any, Optional
 
 from IPython.core.error import UsageError
@@ -21,7 +22,7 @@ from gpuqueue.durations import parse_duration
 from gpuqueue.errors import GPUQueueError
 from gpuqueue.payload import PreflightError, build_payload, source_hash, unpack_results
 
-from .display import JobView, TextView
+from .display import JobView, TextView, use_widgets
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 
@@ -93,11 +94,13 @@ def train_parser() -> _Parser:
 class GPUQueueMagics(Magics):
     """The magics; one Client per kernel, made on first use."""
 
-    view_factory: Any = TextView  # replaced by the widget view where widgets render
+    view_factory: Any = TextView  # the text view; the widget is used where widgets render
 
     def __init__(self, shell: Any):
         super().__init__(shell)
         self._client: Optional[Client] = None
+        self.last_view: Any = None  # the newest job widget (tests and debugging read it)
+        self.last_dashboard: Any = None
 
     @property
     def client(self) -> Client:
@@ -174,6 +177,9 @@ class GPUQueueMagics(Magics):
         return notebook, cell_id
 
     def _follow(self, job: dict[str, Any], background: bool = False, after: int = 0) -> None:
+        if use_widgets():
+            self._follow_widget(job, background, after)
+            return
         view: JobView = self.view_factory()
         view.start(job)
         if background:
@@ -198,6 +204,48 @@ class GPUQueueMagics(Magics):
         final = self.client.get(job["id"])
         view.finish(final)
         self._conclude(final)
+
+    def _follow_widget(self, job: dict[str, Any], background: bool, after: int) -> None:
+        """Show the job widget, fed by a follower thread. In the foreground the main thread
+        waits interruptibly: Kernel > Interrupt stops waiting and leaves the job running."""
+        from .widget import JobWidget
+
+        follower = _Follower(self._thread_client(), job["id"], after)
+        refresh_client = self._thread_client()
+        view = JobWidget(cancel=lambda jid: self.client.cancel(jid), detach=follower.stop,
+                         refresh=refresh_client.get)
+        follower.view = view
+        self.last_view = view
+        view.start(job)
+        follower.start()
+        if background:
+            print(
+                f"[gpuqueue] running in the background; `%gpuqueue attach {job['id']}` to watch, "
+                f"`%gpuqueue result {job['id']}` for its results",
+                flush=True,
+            )
+            return
+        try:
+            while not follower.done.wait(0.1):
+                pass
+        except KeyboardInterrupt:
+            follower.stop()
+            view.request_detach()
+            print(
+                f"\n[gpuqueue] stopped waiting; job {job['id']} goes on. "
+                f"`%gpuqueue attach {job['id']}` re-attaches, `%gpuqueue cancel {job['id']}` cancels.",
+                flush=True,
+            )
+            return
+        if follower.error is not None:
+            raise UsageError(str(follower.error))
+        if follower.final is None:  # detached
+            return
+        self._conclude(follower.final)
+
+    def _thread_client(self) -> Client:
+        """A client of its own for a background thread (a requests.Session is not shared)."""
+        return Client(self.client.server)
 
     def _conclude(self, job: dict[str, Any]) -> None:
         """Bring the results back, or raise the job's error."""
@@ -271,6 +319,18 @@ class GPUQueueMagics(Magics):
         job["attached"] = True
         self._follow(job, after=0)
 
+    def _cmd_dashboard(self, *flags: str) -> None:
+        """The live queue dashboard (text where widgets cannot render)."""
+        from .dashboard import Dashboard, text_dashboard
+
+        if not use_widgets():
+            print(text_dashboard(self.client.queue(), self.client.list(all_users="--all" in flags)))
+            return
+        if self.last_dashboard is not None:
+            self.last_dashboard.stop()
+        self.last_dashboard = Dashboard(self._thread_client, all_users="--all" in flags)
+        self.last_dashboard.show()
+
     def _cmd_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
         """The job's checkpoints (from its ``checkpoint`` events), oldest first."""
         cps = [ev["data"] for ev in self.client.events(job_id) if ev["type"] == "checkpoint"]
@@ -291,5 +351,44 @@ class GPUQueueMagics(Magics):
 
 _GPUQUEUE_USAGE = (
     "usage: %gpuqueue list [--all] | status ID | logs ID | cancel ID | attach ID | result ID | "
-    "preempt ID | checkpoints ID"
+    "preempt ID | checkpoints ID | dashboard [--all]"
 )
+
+
+class _Follower(threading.Thread):
+    """Feeds a job's events to a view from a background thread until the job ends or
+    ``stop()``; then ``final`` is the job record (None when stopped) and ``done`` is set."""
+
+    def __init__(self, client: Client, job_id: str, after: int = 0):
+        super().__init__(name=f"gpuqueue-follow-{job_id}", daemon=True)
+        self.client = client
+        self.job_id = job_id
+        self.after = after
+        self.view: Any = None
+        self.final: Optional[dict[str, Any]] = None
+        self.error: Optional[BaseException] = None
+        self.done = threading.Event()
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """Stop following (the job goes on); the thread ends at the next event or keep-alive."""
+        self._stopped.set()
+        self.done.set()
+
+    def run(self) -> None:
+        try:
+            for ev in self.client.follow(self.job_id, self.after):
+                if self._stopped.is_set():
+                    return
+                self.view.event(ev)
+            if self._stopped.is_set():
+                return
+            final = self.client.get(self.job_id)
+            self.view.finish(final)
+            self.final = final
+        except Exception as e:  # noqa: BLE001 - shown by the waiting cell / in the widget
+            self.error = e
+            self.view.note = f"lost the job's stream: {e}"
+            self.view.close_updates()
+        finally:
+            self.done.set()

@@ -1,0 +1,422 @@
+"""The job widget a ``%%train`` cell shows: state line, progress bar, live loss curve, log tail,
+checkpoints, Cancel / Detach.
+
+Events arrive on a follower thread (``event``) and only change plain Python state under a
+lock; a ticker thread copies that state into the widget models at most ``REDRAW_HZ`` times a
+second (ipykernel 7 sends widget state from any thread; nothing here prints from a thread). A
+job logging thousands of lines a second therefore costs the frontend a few small updates a
+second. The log tail keeps the last ``LOG_LINES`` lines; the curve keeps a bounded, evenly
+thinned series.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from collections import deque
+from typing import Any, Callable, Optional
+
+import ipywidgets as W
+
+from .display import start_line
+
+REDRAW_HZ = 4.0
+LOG_LINES = 400
+CURVE_POINTS = 2000  # kept; thinned by 2 when full
+CURVE_DRAWN = 300  # drawn
+PENDING_REFRESH_S = 3.0
+TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+CURVE_KEYS = ("loss", "train_loss", "eval_loss")
+
+
+def fmt_duration(seconds: Optional[float]) -> str:
+    """``1h02m``, ``3m05s``, ``42s``."""
+    if seconds is None:
+        return "?"
+    s = max(0, int(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+def svg_curve(points: list[tuple[float, float]], label: str, width: int = 420, height: int = 130) -> str:
+    """An inline SVG line chart of ``points`` (step, value): cheap to send, renders anywhere."""
+    if not points:
+        return ""
+    if len(points) > CURVE_DRAWN:
+        stride = len(points) / CURVE_DRAWN
+        pts = [points[int(i * stride)] for i in range(CURVE_DRAWN)] + [points[-1]]
+    else:
+        pts = points
+    xs = [p[0] for p in pts]
+    ys = [p[1] for p in pts]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = min(ys), max(ys)
+    dx = (x1 - x0) or 1.0
+    dy = (y1 - y0) or 1.0
+    pad_l, pad_r, pad_t, pad_b = 46, 8, 8, 18
+    w, h = width - pad_l - pad_r, height - pad_t - pad_b
+    coords = " ".join(
+        f"{pad_l + (x - x0) / dx * w:.1f},{pad_t + (1 - (y - y0) / dy) * h:.1f}" for x, y in pts
+    )
+    last = points[-1]
+    return (
+        f'<svg class="gpuqueue-curve" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="{html.escape(label)} curve">'
+        f'<rect x="{pad_l}" y="{pad_t}" width="{w}" height="{h}" fill="none" stroke="#ccc"/>'
+        f'<text x="{pad_l - 4}" y="{pad_t + 9}" font-size="10" text-anchor="end">{y1:.4g}</text>'
+        f'<text x="{pad_l - 4}" y="{pad_t + h}" font-size="10" text-anchor="end">{y0:.4g}</text>'
+        f'<text x="{pad_l}" y="{height - 4}" font-size="10">step {x0:g}</text>'
+        f'<text x="{width - pad_r}" y="{height - 4}" font-size="10" text-anchor="end">'
+        f"{html.escape(label)} {last[1]:.4g} @ step {last[0]:g}</text>"
+        f'<polyline fill="none" stroke="#1f77b4" stroke-width="1.5" points="{coords}"/></svg>'
+    )
+
+
+class _JobBox(W.VBox):
+    """The widget's root; its plain-text form (static renderers) is the state line."""
+
+    view: Optional["JobWidget"] = None
+
+    def __repr__(self) -> str:
+        return self.view.text_summary() if self.view else "gpuqueue job"
+
+
+class JobWidget:
+    """An ipywidgets view of one job; implements ``display.JobView``.
+
+    ``cancel(job_id)`` is called by the Cancel button; ``detach()`` by Detach (the magic stops
+    following). ``refresh(job_id)`` returns the job record (for a queued job's position/ETA).
+    """
+
+    def __init__(
+        self,
+        cancel: Optional[Callable[[str], Any]] = None,
+        detach: Optional[Callable[[], None]] = None,
+        refresh: Optional[Callable[[str], dict[str, Any]]] = None,
+        show: bool = True,
+    ):
+        self._cancel_fn = cancel
+        self._detach_fn = detach
+        self._refresh_fn = refresh
+        self._show = show
+        self._lock = threading.RLock()
+        self._flush_lock = threading.Lock()
+        self._dirty = threading.Event()
+        self._closed = threading.Event()
+        # state (guarded by _lock)
+        self.job: dict[str, Any] = {}
+        self.state = "?"
+        self.pending: Optional[dict[str, Any]] = None
+        self.node: Optional[str] = None
+        self.gpus: list[int] = []
+        self.attempt: Optional[int] = None
+        self.started: Optional[float] = None
+        self.ended: Optional[float] = None
+        self.done: Optional[float] = None
+        self.total: Optional[float] = None
+        self.curve_key: Optional[str] = None
+        self.points: list[tuple[float, float]] = []
+        self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
+        self.lines_total = 0
+        self.live_line = ""  # the last \r-redrawn line (tqdm)
+        self.checkpoints: list[dict[str, Any]] = []
+        self.note = ""
+        self.last_seq = 0
+        self.redraws = 0
+        self._last_refresh = 0.0
+        # widgets
+        self.title = W.HTML()
+        self.status = W.HTML()
+        self.progress = W.FloatProgress(value=0.0, min=0.0, max=1.0, bar_style="info",
+                                        layout=W.Layout(width="320px", visibility="hidden"))
+        self.progress_text = W.HTML()
+        self.curve = W.HTML(layout=W.Layout(display="none"))
+        self.log = W.HTML()
+        self.log_box = W.Accordion(children=[self.log], titles=("Log",), selected_index=0)
+        self.ckpts = W.HTML(layout=W.Layout(display="none"))
+        self.cancel_button = W.Button(description="Cancel", button_style="danger", icon="stop",
+                                      tooltip="cancel the job (it stops after its grace period)")
+        self.detach_button = W.Button(description="Detach", icon="unlink",
+                                      tooltip="stop watching; the job goes on")
+        self.cancel_button.on_click(lambda _b: self.request_cancel())
+        self.detach_button.on_click(lambda _b: self.request_detach())
+        self.root = _JobBox(
+            children=[
+                W.HBox([self.title, self.status]),
+                W.HBox([self.progress, self.progress_text]),
+                self.curve,
+                self.log_box,
+                self.ckpts,
+                W.HBox([self.cancel_button, self.detach_button]),
+            ],
+            layout=W.Layout(border="1px solid #ddd", padding="4px 8px"),
+        )
+        self.root.add_class("gpuqueue-job")
+        self.root.view = self
+        self._ticker = threading.Thread(target=self._tick_loop, name="gpuqueue-widget", daemon=True)
+
+    # -- JobView --------------------------------------------------------------------------
+    def start(self, job: dict[str, Any]) -> None:
+        """Show the widget for a submitted or attached job."""
+        with self._lock:
+            self.job = job
+            self.state = job["state"]
+            self.pending = job.get("pending")
+            attempt = (job.get("attempts") or [None])[-1]
+            if attempt:
+                self.node = attempt.get("node")
+                self.gpus = attempt.get("gpu_ids") or []
+                self.attempt = attempt.get("number")
+                self.started = attempt.get("started_at")
+            self.note = "attached" if job.get("attached") else ""
+        self._flush()
+        if self._show:
+            from IPython.display import display
+
+            display(self.root)
+        self._ticker.start()
+
+    def event(self, ev: dict[str, Any]) -> None:
+        """Fold one event into the view's state (cheap; drawn by the ticker)."""
+        d = ev.get("data") or {}
+        t = ev.get("type")
+        with self._lock:
+            self.last_seq = max(self.last_seq, int(ev.get("seq") or 0))
+            if t == "log":
+                line = str(d.get("line", ""))
+                if d.get("replace"):
+                    self.live_line = line
+                else:
+                    self.live_line = ""
+                    self.log_lines.append(line)
+                    self.lines_total += 1
+            elif t == "progress":
+                self.done, self.total = d.get("done"), d.get("total")
+            elif t == "metrics":
+                self._add_metrics(d)
+            elif t == "state":
+                self._add_state(d, ev.get("time"))
+            elif t == "checkpoint":
+                self.checkpoints.append(d)
+            elif t in ("warning", "info"):
+                self.log_lines.append(f"[gpuqueue] {t}: {d.get('message')}")
+                self.lines_total += 1
+        self._dirty.set()
+
+    def finish(self, job: dict[str, Any]) -> None:
+        """The job ended (or we stopped following): final state, buttons off."""
+        with self._lock:
+            self.job = job
+            self.state = job["state"]
+            self.pending = job.get("pending")
+            if job["state"] in TERMINAL:
+                attempt = (job.get("attempts") or [None])[-1]
+                self.ended = (attempt or {}).get("ended_at") or time.time()
+                if job["state"] == "succeeded" and self.total:
+                    self.done = self.total
+        self.close_updates()
+
+    # -- buttons --------------------------------------------------------------------------
+    def request_cancel(self) -> None:
+        """The Cancel button: ask the server to cancel the job."""
+        job_id = self.job.get("id")
+        if not job_id or self._cancel_fn is None:
+            return
+        try:
+            self._cancel_fn(job_id)
+            note = "cancel requested"
+        except Exception as e:  # noqa: BLE001 - shown in the widget, never a traceback
+            note = f"cancel failed: {e}"
+        with self._lock:
+            self.note = note
+        self._flush()
+
+    def request_detach(self) -> None:
+        """The Detach button: stop following; the job goes on."""
+        if self._detach_fn is not None:
+            self._detach_fn()
+        with self._lock:
+            self.note = f"detached: %gpuqueue attach {self.job.get('id')} re-attaches"
+        self.close_updates()
+
+    def close_updates(self) -> None:
+        """Draw the last state and stop the ticker."""
+        self._closed.set()
+        self._flush()
+        with self._flush_lock:
+            ended = self.state in TERMINAL or self._detach_fn is None or "detached" in self.note
+            self.detach_button.disabled = True
+            if self.state in TERMINAL:
+                self.cancel_button.disabled = True
+            if ended:
+                self.detach_button.disabled = True
+
+    # -- drawing --------------------------------------------------------------------------
+    def _add_metrics(self, d: dict[str, Any]) -> None:
+        step = d.get("step")
+        if step is None:
+            step = len(self.points)
+        if self.curve_key is None:
+            self.curve_key = next((k for k in CURVE_KEYS if isinstance(d.get(k), (int, float))), None)
+            if self.curve_key is None:
+                self.curve_key = next(
+                    (k for k, v in d.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)),
+                    None,
+                )
+        value = d.get(self.curve_key) if self.curve_key else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            self.points.append((float(step), float(value)))
+            if len(self.points) > CURVE_POINTS:
+                self.points = self.points[::2]
+
+    def _add_state(self, d: dict[str, Any], when: Optional[float]) -> None:
+        state = d.get("state") or self.state
+        self.state = state
+        if state == "starting":
+            self.node = d.get("node")
+            self.gpus = d.get("gpus") or []
+            self.attempt = d.get("attempt")
+            self.started = when or time.time()
+            self.pending = None
+        elif state == "running" and self.started is None:
+            self.started = when or time.time()
+        elif state in ("queued", "retrying"):
+            if d.get("after"):
+                self.log_lines.append(f"[gpuqueue] attempt ended ({d['after']}); "
+                                      f"{'queued again' if state == 'queued' else 'will retry'}")
+                self.lines_total += 1
+            self.started = None
+        if state in TERMINAL:
+            self.ended = when or time.time()
+
+    def state_text(self) -> str:
+        """The state line: queued → position, ETA, reason; running → node, GPUs, elapsed."""
+        with self._lock:
+            s = self.state
+            if s in ("queued", "retrying", "preempted") and self.pending:
+                p = self.pending
+                eta = f", ETA {fmt_duration(p['eta_s'])}" if p.get("eta_s") is not None else ""
+                text = f"{s}: position {p.get('position')}{eta}: {p.get('message') or p.get('reason')}"
+            elif s in ("starting", "running"):
+                gpus = f"GPUs {self.gpus}" if self.gpus else "CPU"
+                elapsed = fmt_duration(time.time() - self.started) if self.started else "0s"
+                text = f"{s} on {self.node or '?'} ({gpus}), elapsed {elapsed}"
+                if self.attempt and self.attempt > 1:
+                    text += f", attempt {self.attempt}"
+            elif s in TERMINAL:
+                took = ""
+                if self.started and self.ended:
+                    took = f" after {fmt_duration(self.ended - self.started)}"
+                text = f"{s}{took}"
+                if s != "succeeded" and self.job.get("error"):
+                    text += f": {str(self.job['error']).splitlines()[0][:200]}"
+            else:
+                text = s
+            if self.note:
+                text += f" ({self.note})"
+            return text
+
+    def progress_fraction(self) -> Optional[float]:
+        with self._lock:
+            if self.total and self.done is not None:
+                return max(0.0, min(1.0, float(self.done) / float(self.total)))
+            return None
+
+    def text_summary(self) -> str:
+        """One plain line for frontends that cannot render widgets."""
+        frac = self.progress_fraction()
+        prog = f" [{frac:.0%}]" if frac is not None else ""
+        return f"[gpuqueue] {self.job.get('id', '?')}: {self.state_text()}{prog}"
+
+    def _flush(self) -> None:
+        """Copy the state into the widget models (any thread; serialised)."""
+        with self._lock:
+            name = (self.job.get("spec") or {}).get("name") or self.job.get("name") or ""
+            title = f"<b>{html.escape(self.job.get('id', ''))}</b> {html.escape(name)}"
+            state = self.state
+            status = self.state_text()
+            frac = self.progress_fraction()
+            done, total = self.done, self.total
+            curve = svg_curve(self.points, self.curve_key or "") if self.points else ""
+            lines = list(self.log_lines)
+            if self.live_line:
+                lines.append(self.live_line)
+            skipped = self.lines_total - len(self.log_lines)
+            cps = list(self.checkpoints)
+        colour = {"succeeded": "green", "failed": "#c00", "timed_out": "#c00", "cancelled": "#a60"}.get(state, "inherit")
+        log_html = "<pre class='gpuqueue-log' style='max-height:16em;overflow:auto;margin:0'>"
+        if skipped > 0:
+            log_html += html.escape(f"… {skipped} earlier lines (%gpuqueue logs ID shows them all)\n")
+        log_html += html.escape("\n".join(lines)) + "</pre>"
+        with self._flush_lock:
+            self.redraws += 1
+            if self.title.value != title:
+                self.title.value = title
+            self.status.value = f"<span style='color:{colour}'>{html.escape(status)}</span>"
+            if frac is not None:
+                self.progress.layout.visibility = "visible"
+                self.progress.value = frac
+                self.progress.bar_style = "success" if state == "succeeded" else (
+                    "danger" if state in ("failed", "timed_out") else "info")
+                self.progress_text.value = f"{done:g} / {total:g} ({frac:.0%})"
+            if curve and self.curve.value != curve:
+                self.curve.value = curve
+                self.curve.layout.display = None
+            if self.log.value != log_html:
+                self.log.value = log_html
+                self.log_box.titles = (f"Log ({self.lines_total} lines)",)
+            if cps:
+                items = "".join(
+                    f"<li>step {html.escape(str(c.get('step')))}: <code>{html.escape(str(c.get('path')))}</code>"
+                    f"{' <b>(best)</b>' if c.get('best') else ''}</li>"
+                    for c in cps[-20:]
+                )
+                self.ckpts.value = f"<b>Checkpoints</b><ul style='margin:0'>{items}</ul>"
+                self.ckpts.layout.display = None
+
+    def _tick_loop(self) -> None:
+        period = 1.0 / REDRAW_HZ
+        last_status = 0.0
+        while not self._closed.is_set():
+            self._closed.wait(period)
+            if self._closed.is_set():
+                return
+            now = time.monotonic()
+            if self._refresh_fn and self.state in ("queued", "retrying", "preempted") \
+                    and now - self._last_refresh > PENDING_REFRESH_S:
+                self._last_refresh = now
+                try:
+                    job = self._refresh_fn(self.job["id"])
+                    with self._lock:
+                        if job["state"] == self.state:
+                            self.pending = job.get("pending")
+                    self._dirty.set()
+                except Exception:  # noqa: BLE001 - the next refresh may work
+                    pass
+            # the elapsed time moves once a second even when nothing arrives
+            if self._dirty.is_set() or (self.state == "running" and now - last_status >= 1.0):
+                self._dirty.clear()
+                last_status = now
+                self._flush()
+
+    def model_state(self) -> dict[str, Any]:
+        """What the widget shows, as plain values (for tests and debugging)."""
+        return {
+            "state": self.state,
+            "status": self.status.value,
+            "progress": self.progress.value if self.progress.layout.visibility == "visible" else None,
+            "progress_text": self.progress_text.value,
+            "curve_points": self.curve.value.count(",") if self.curve.value else 0,
+            "curve_svg": self.curve.value,
+            "points": list(self.points),
+            "log": self.log.value,
+            "lines_total": self.lines_total,
+            "checkpoints": self.ckpts.value,
+            "redraws": self.redraws,
+            "cancel_disabled": self.cancel_button.disabled,
+        }

@@ -1,0 +1,139 @@
+"""The cell widget, driven by real jobs in a kernel started by a real Jupyter server.
+
+A raw kernel client renders no widgets, but the widget models live in the kernel: the tests
+read them with a cell (``last_view.model_state()``) or from the ``comm_msg`` updates the
+kernel sends on iopub, exactly what a frontend would receive."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+from helpers.servers import Kernel, wait_until
+
+SETUP = """
+%load_ext jupyter_gpuqueue
+import os, json
+os.environ["GPUQUEUE_VIEW"] = "{mode}"
+_gq = get_ipython().magics_manager.registry["GPUQueueMagics"]
+"""
+
+JOB = """%%train {flags}
+import time
+from gpuqueue import channel
+for i in range({n}):
+    print(f"line {{i}}", flush=True)
+    channel.emit("metrics", {{"step": i, "loss": 1.0 / (i + 1)}})
+    channel.emit("progress", {{"done": i + 1, "total": {n}}})
+    time.sleep({pause})
+time.sleep({hold})
+answer = 42
+"""
+
+PEEK = "print('STATE=' + json.dumps(_gq.last_view.model_state()))"
+
+
+def peek(kernel: Kernel) -> dict[str, Any]:
+    """The widget's model values, read in the kernel."""
+    res = kernel.run(PEEK)
+    assert res.error is None, res.error
+    return json.loads(res.stdout.split("STATE=", 1)[1])
+
+
+def polyline_points(svg: str) -> int:
+    m = re.search(r'<polyline[^>]*points="([^"]*)"', svg)
+    return len(m.group(1).split()) if m else 0
+
+
+def test_widget_follows_a_background_job(jupyter_server):
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="widget")).error is None
+    res = k.run(JOB.format(flags="--background --name curve", n=30, pause=0.1, hold=2.0))
+    assert res.error is None, res.error
+    assert any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in res.outputs)
+    assert "[gpuqueue] running in the background" in res.stdout
+
+    # while it runs: state line, progress, curve points and log lines move
+    st = wait_until(lambda: (s := peek(k))["progress"] and s["progress"] >= 0.5 and s, 60, 0.3,
+                    "the widget's progress to pass 50%")
+    assert st["state"] == "running"
+    assert "running on" in st["status"] and "elapsed" in st["status"]
+    assert polyline_points(st["curve_svg"]) >= 14
+    assert "line 14" in st["log"]
+    assert st["lines_total"] >= 15
+    # the final state
+    st = wait_until(lambda: (s := peek(k))["state"] == "succeeded" and s, 60, 0.3, "the job to succeed")
+    assert st["progress"] == 1.0
+    assert "30 / 30" in st["progress_text"]
+    assert st["lines_total"] == 30
+    assert [f"line {i}" for i in range(30)] == re.findall(r"line \d+", st["log"])
+    assert polyline_points(st["curve_svg"]) == 30 and "loss 0.03333 @ step 29" in st["curve_svg"]
+    assert st["cancel_disabled"] is True
+    # throttled: far fewer redraws than the 90 events it folded in
+    assert st["redraws"] < 40, st["redraws"]
+
+
+def test_foreground_widget_updates_over_comm_and_brings_results_back(jupyter_server):
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="widget")).error is None
+    updates: list[tuple[float, dict[str, Any]]] = []
+
+    def on_output(m: dict[str, Any]) -> None:
+        if m["msg_type"] == "comm_msg" and m["content"]["data"].get("method") == "update":
+            updates.append((time.monotonic(), m["content"]["data"]["state"]))
+
+    res = k.run(JOB.format(flags="--name fg", n=20, pause=0.1, hold=0.5), on_output=on_output)
+    assert res.error is None, res.error
+    assert re.search(r"back in the notebook: .*answer", res.stdout), res.stdout
+    assert k.run("print(answer)").stdout.strip() == "42"
+    statuses = [u["value"] for _, u in updates if "value" in u and isinstance(u["value"], str)]
+    assert any("running on" in s for s in statuses), statuses[:5]
+    assert any("succeeded" in s for s in statuses)
+    progress = [u["value"] for _, u in updates if isinstance(u.get("value"), float)]
+    assert progress and progress[-1] == 1.0 and 0 < min(progress) < 1.0
+    # a log line shows up in the log tail's HTML
+    assert any("line 19" in u.get("value", "") for _, u in updates if isinstance(u.get("value"), str))
+
+
+def test_rerunning_the_cell_attaches_and_new_submits_again(jupyter_server):
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="text")).error is None
+    cell = JOB.format(flags="--background", n=5, pause=0.1, hold=20)
+    first = k.run(cell, cell_id="cell-1")
+    assert "[gpuqueue] submitted" in first.stdout, first.text
+    again = k.run(cell, cell_id="cell-1")
+    assert "[gpuqueue] attached to" in again.stdout, again.text
+    client = jupyter_server.client()
+    assert len(client.list()) == 1
+    forced = k.run(cell.replace("--background", "--background --new"), cell_id="cell-1")
+    assert "[gpuqueue] submitted" in forced.stdout
+    jobs = client.list()
+    assert len(jobs) == 2
+    for j in jobs:
+        client.cancel(j["id"])
+
+
+def test_attach_after_kernel_restart_replays_every_line_once_then_goes_live(jupyter_server):
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="text")).error is None
+    res = k.run(JOB.format(flags="--background", n=60, pause=0.05, hold=0), cell_id="c")
+    job_id = re.search(r"submitted (j-[0-9a-f]+)", res.stdout).group(1)
+    client = jupyter_server.client()
+    wait_until(lambda: any(e["type"] == "log" for e in client.events(job_id)), 60, 0.2, "first log line")
+    k.restart()
+    assert k.run(SETUP.format(mode="text")).error is None
+    out = k.run(f"%gpuqueue attach {job_id}")
+    assert out.error is None, out.error
+    lines = re.findall(r"^line \d+$", out.stdout, re.M)
+    assert lines == [f"line {i}" for i in range(60)], lines
+    assert f"{job_id} succeeded; back in the notebook: " in out.stdout
+
+    # the widget view replays the same, once each, in order
+    assert k.run(SETUP.format(mode="widget")).error is None
+    out = k.run(f"%gpuqueue attach {job_id}")
+    assert out.error is None, out.error
+    st = peek(k)
+    assert st["state"] == "succeeded" and st["lines_total"] == 60
+    assert re.findall(r"line \d+", st["log"]) == [f"line {i}" for i in range(60)]
