@@ -1,0 +1,606 @@
+"""``gpuqueue scheduler --redis URL [--config FILE]``: the cluster's scheduler daemon.
+
+One daemon leads (a lock in Redis with a fencing token: every write it makes is refused once
+another has taken over); a second one waits as a standby. At start the leader rebuilds the
+scheduler from the store: the same core the embedded mode runs (``make_scheduler``), fed the
+same events (submit, started, finished, node up/down, tick). It sends a job to a node's own
+Celery queue only once the scheduler has placed it on that node's free GPUs, so the broker never
+orders work. Workers report starts and exits back through the ``daemon`` stream; a node whose
+heartbeat lapses is lost and its jobs are queued again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import redis
+
+from ..config import PoolConfig, QueueConfig, load_config
+from ..errors import GPUQueueError
+from ..models import Attempt, JobRecord
+from ..scheduler import make_scheduler
+from ..scheduler.base import Decision, JobRequest, Preempt, Retry, Start, TimeOut, Warn
+from ..states import JobState, Outcome
+from .celeryconfig import TASK_NAME, make_app, node_queue
+from .redis_store import Fenced, Op, RedisStore
+
+log = logging.getLogger("gpuqueue.daemon")
+
+
+class LostLeadership(Exception):
+    """Another daemon holds the lock now: this one must stop writing."""
+
+
+@dataclass
+class NodeSeen:
+    """What the daemon knows of one node's heartbeats."""
+
+    instance: str
+    pool: str
+    gpus: int
+    beat: Any
+    last_change: float  # monotonic
+
+
+def job_request(job: JobRecord, config: QueueConfig) -> JobRequest:
+    """What the scheduler knows of a job (as ``QueueService._request`` builds it)."""
+    s = job.spec
+    pool = s.pool or config.default_pool
+    pc = config.pools.get(pool)
+    return JobRequest(
+        id=job.id,
+        user=job.owner,
+        pool=pool,
+        gpus=s.gpus,
+        priority=s.priority,
+        submit_time=job.created_at,
+        nodes=s.nodes,
+        time_limit=s.timeout_s,
+        preemptible=bool(s.preemptible if s.preemptible is not None else (pc.preemptible if pc else False)),
+        max_retries=s.retries if s.retries is not None else config.retries,
+        failures=job.failures,
+        not_before=job.not_before or 0.0,
+    )
+
+
+def attempt_outcome(job: JobRecord, rec: dict[str, Any]) -> Outcome:
+    """How an attempt ended, from the worker's exit record (the embedded rules)."""
+    a = job.current_attempt
+    code = rec.get("exit_code")
+    reason = rec.get("stop_reason") or (a.stop_requested if a else None)
+    if reason == "cancelled":
+        return Outcome.CANCELLED
+    if reason == "preempted":
+        return Outcome.PREEMPTED
+    if reason == "timed_out":
+        return Outcome.TIMED_OUT
+    if rec.get("lost") or reason in ("terminated", "fenced"):
+        return Outcome.LOST
+    if code == 0 and (job.spec.kind == "command" or rec.get("result_stored")):
+        return Outcome.SUCCEEDED
+    return Outcome.FAILED
+
+
+class Daemon:
+    """The leader's loop. Single-threaded: one Redis connection pool, one scheduler."""
+
+    def __init__(
+        self,
+        store: RedisStore,
+        config: Optional[QueueConfig] = None,
+        policy: str = "gpuqueue",
+        node_timeout: float = 60.0,
+        leader_ttl: float = 10.0,
+        start_timeout: float = 120.0,
+        stop_grace: float = 30.0,
+        name: str = "",
+    ):
+        self.store = store
+        self.file_config = config
+        self.policy = policy
+        self.node_timeout = node_timeout
+        self.leader_ttl_ms = int(leader_ttl * 1000)
+        self.start_timeout = start_timeout
+        self.stop_grace = stop_grace
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.token: Optional[str] = None
+        self.celery = make_app(store.url)
+        self.config: QueueConfig = config or _empty_config()
+        self.scheduler: Any = None
+        self.nodes: dict[str, NodeSeen] = {}
+        self.known: set[str] = set()  # non-terminal jobs the scheduler holds
+        self.dispatched: dict[str, tuple[int, float]] = {}  # job -> (attempt, monotonic) until claimed
+        self.cursor = "0-0"
+        self._stopping = False
+        self._last_renew = 0.0
+        self._last_nodes = 0.0
+        self._last_publish = 0.0
+        self._last_pending = 0.0
+        self._last_state = 0.0
+        self._last_gc = 0.0
+
+    # -- leadership -----------------------------------------------------------------------
+    def wait_for_lead(self) -> None:
+        """Block (as a standby) until this daemon holds the leader lock."""
+        said = False
+        while not self._stopping:
+            try:
+                tok = self.store.try_lead(self.name, self.leader_ttl_ms)
+            except redis.RedisError as e:
+                log.warning("redis unavailable (%s); retrying", e)
+                time.sleep(1.0)
+                continue
+            if tok:
+                self.token = tok
+                log.info("leader now (token %s)", tok)
+                return
+            if not said:
+                log.info("another scheduler daemon leads; standing by")
+                said = True
+            time.sleep(min(1.0, self.leader_ttl_ms / 4000))
+
+    def _renew(self) -> None:
+        now = time.monotonic()
+        if now - self._last_renew < self.leader_ttl_ms / 3000:
+            return
+        if not self.store.renew_lead(self.token or "", self.leader_ttl_ms):
+            raise LostLeadership("the leader lock is held by another daemon")
+        self._last_renew = now
+
+    def _exec(self, ops: list[Op]) -> None:
+        try:
+            self.store.exec(ops, guards=[(self.store.k("leader"), self.token or "")])
+        except Fenced as e:
+            raise LostLeadership(str(e)) from None
+
+    # -- rebuild --------------------------------------------------------------------------
+    def rebuild(self) -> None:
+        """Rebuild the scheduler from the store: nodes that beat, queued and running jobs."""
+        st = self.store
+        now = time.time()
+        self.scheduler = make_scheduler(self.config, self.policy)
+        saved = st.get_json("sched_state")
+        if saved and hasattr(self.scheduler, "import_state"):
+            self.scheduler.import_state(saved)
+        for pool in self.config.pools.values():
+            for node in pool.nodes:
+                self.scheduler.node_down(node, now)  # down until its worker beats
+        self.nodes.clear()
+        self._check_nodes(initial=True)
+        self.known.clear()
+        self.dispatched.clear()
+        resend: list[JobRecord] = []
+        for job in st.active_jobs():
+            req = job_request(job, self.config)
+            if job.state in (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED):
+                self.scheduler.submit(req, now, restoring=True)
+                self.known.add(job.id)
+                continue
+            a = job.current_attempt
+            if a is None:
+                continue
+            exit_rec = st.get_json("exit", job.id, a.number)
+            claim = st.r.get(st.k("claim", job.id, a.number))
+            node = self.nodes.get(a.node)
+            alive = node is not None and (claim is None or claim == node.instance)
+            if alive:
+                try:
+                    placement = {n: tuple(ids) for n, ids in a.placement.items()}
+                    self.scheduler.restore_running(req, placement, a.started_at)
+                    self.known.add(job.id)
+                except (RuntimeError, KeyError) as e:
+                    log.warning("job %s: cannot restore its placement (%s)", job.id, e)
+                    alive = False
+            if not alive:
+                self._lost_unplaced(job, "its node is gone")
+                continue
+            if exit_rec is not None:
+                self._settle(job, exit_rec)
+            elif job.state == JobState.STARTING:
+                started = st.get_json("started", job.id, a.number)
+                if started is not None:
+                    self._on_started(job, started)
+                elif claim is None:
+                    resend.append(job)
+        self.cursor = st.r.get(st.k("daemon", "cursor")) or "0-0"
+        for job in resend:  # the launch message may have been lost with the old leader
+            self._send_launch(job)
+        log.info("rebuilt: %d jobs, nodes %s", len(self.known), sorted(self.nodes))
+
+    def _lost_unplaced(self, job: JobRecord, why: str) -> None:
+        """A running job found at rebuild on a node that is gone: queue it again."""
+        a = job.current_attempt
+        assert a is not None
+        a.outcome, a.ended_at, a.message = Outcome.LOST, time.time(), f"lost: {why}"
+        job.state = JobState.QUEUED
+        job.not_before = None
+        self.scheduler.submit(job_request(job, self.config), time.time(), restoring=True)
+        self.known.add(job.id)
+        self._exec(
+            self.store.job_ops(job)
+            + [["SET", self.store.k("fence", job.id), f"{a.number}:settled"]]
+            + [self.store.event_op(job.id, "state", {"state": "queued", "after": "lost"})]
+        )
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> int:
+        """Lead until stopped; returns the process exit code."""
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stopping", True))
+        signal.signal(signal.SIGINT, lambda *_: setattr(self, "_stopping", True))
+        self.wait_for_lead()
+        if self._stopping:
+            return 0
+        self._publish_config()
+        self.rebuild()
+        self._last_renew = time.monotonic()
+        outage = False
+        while not self._stopping:
+            try:
+                if outage:
+                    # after an outage nobody could beat: give every node a fresh timeout
+                    for n in self.nodes.values():
+                        n.last_change = time.monotonic()
+                    outage = False
+                    log.info("redis is back")
+                self._renew()
+                self.step()
+            except LostLeadership as e:
+                log.error("stepping down: %s", e)
+                return 3
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                if not outage:
+                    log.warning("redis unavailable (%s); retrying", e)
+                outage = True
+                time.sleep(0.5)
+        self._save_state(force=True)
+        # hand the lock over at once
+        try:
+            if self.store.r.get(self.store.k("leader")) == self.token:
+                self.store.r.delete(self.store.k("leader"))
+        except redis.RedisError:
+            pass
+        return 0
+
+    def step(self, block_ms: int = 200) -> None:
+        """Read messages (waiting up to ``block_ms``), check nodes, run a scheduling pass."""
+        st = self.store
+        rows = st.r.xread({st.k("daemon"): self.cursor}, count=1000, block=block_ms)
+        if rows:
+            for mid, fields in rows[0][1]:
+                try:
+                    self._handle(json.loads(fields["m"]))
+                except (LostLeadership, redis.ConnectionError, redis.TimeoutError):
+                    raise
+                except Exception:  # noqa: BLE001 - one bad message must not stop the queue
+                    log.exception("message %s failed", mid)
+                self.cursor = mid
+            self._exec([["SET", st.k("daemon", "cursor"), self.cursor]])
+        now_m = time.monotonic()
+        if now_m - self._last_nodes > 0.2:
+            self._last_nodes = now_m
+            self._check_nodes()
+            self._check_starts()
+        self.tick()
+        self._publish()
+        self._save_state()
+
+    def tick(self) -> None:
+        """One scheduling pass: carry out what the scheduler decides (as the embedded tick)."""
+        for d in self.scheduler.tick(time.time()):
+            if isinstance(d, Start):
+                self._start(d.job_id, d.placement)
+            elif isinstance(d, Preempt):
+                job = self.store.get_job(d.job_id)
+                if job:
+                    self._request_stop(job, "preempted", d.grace_s, f"preempted: {d.reason}")
+            elif isinstance(d, TimeOut):
+                job = self.store.get_job(d.job_id)
+                if job:
+                    self._request_stop(job, "timed_out", self.stop_grace)
+            elif isinstance(d, Warn):
+                self._exec([self.store.event_op(d.job_id, "warning", {"message": d.message})])
+
+    # -- messages -------------------------------------------------------------------------
+    def _handle(self, m: dict[str, Any]) -> None:
+        op = m.get("op")
+        job = self.store.get_job(m.get("job", ""))
+        if job is None:
+            return
+        if op == "submit":
+            if job.id in self.known or job.state != JobState.QUEUED:
+                return
+            rej = self.scheduler.submit(job_request(job, self.config), time.time())
+            if rej is not None:
+                job.error = f"rejected: {rej.reason}"
+                self._set_state(job, JobState.FAILED, error=job.error)
+            else:
+                self.known.add(job.id)
+        elif op == "cancel":
+            if job.state.is_terminal:
+                return
+            if job.state in (JobState.STARTING, JobState.RUNNING):
+                self._request_stop(job, "cancelled", self.stop_grace, by=m.get("by"))
+            else:
+                self.scheduler.cancel(job.id, time.time())
+                self.known.discard(job.id)
+                self._set_state(job, JobState.CANCELLED, note=f"cancelled by {m.get('by')}")
+        elif op == "preempt":
+            if job.state in (JobState.STARTING, JobState.RUNNING):
+                self._request_stop(job, "preempted", self.stop_grace, by=m.get("by"))
+        elif op == "started":
+            a = job.current_attempt
+            if a and a.number == m.get("attempt") and job.state == JobState.STARTING:
+                self._on_started(job, m)
+        elif op == "exit":
+            a = job.current_attempt
+            if a and a.number == m.get("attempt") and a.outcome is None and job.state.is_active:
+                self._settle(job, m.get("rec", {}))
+
+    def _on_started(self, job: JobRecord, m: dict[str, Any]) -> None:
+        a = job.current_attempt
+        assert a is not None
+        self.dispatched.pop(job.id, None)
+        a.started_at = float(m.get("t") or time.time())
+        a.pid = m.get("pid")
+        self.scheduler.started(job.id, time.time())
+        self._set_state(job, JobState.RUNNING, node=a.node, gpus=a.gpu_ids)
+
+    # -- starting and stopping ------------------------------------------------------------
+    def _start(self, job_id: str, placement: dict[str, tuple[int, ...]]) -> None:
+        job = self.store.get_job(job_id)
+        if job is None or job.state.is_terminal:
+            self.scheduler.cancel(job_id, time.time())
+            self.known.discard(job_id)
+            return
+        number = len(job.attempts) + 1
+        node = next(iter(placement))
+        devices = list(placement[node])
+        job.attempts.append(
+            Attempt(number=number, node=node, gpu_ids=devices,
+                    placement={n: list(ids) for n, ids in placement.items()}, started_at=time.time())
+        )
+        job.state = JobState.STARTING
+        job.not_before = None
+        self._exec(
+            self.store.job_ops(job)
+            + [["SET", self.store.k("fence", job.id), f"{number}:{node}"]]
+            + [self.store.event_op(job.id, "state", {"state": "starting", "attempt": number, "node": node, "gpus": devices})]
+        )
+        self._send_launch(job)
+
+    def _send_launch(self, job: JobRecord) -> None:
+        a = job.current_attempt
+        assert a is not None
+        self.dispatched[job.id] = (a.number, time.monotonic())
+        self.celery.send_task(
+            TASK_NAME,
+            kwargs={"job_id": job.id, "attempt": a.number, "node": a.node, "devices": a.gpu_ids,
+                    "spec": job.spec.model_dump(mode="json")},
+            queue=node_queue(a.node),
+        )
+
+    def _request_stop(self, job: JobRecord, reason: str, grace_s: float, message: str = "", by: Any = None) -> None:
+        a = job.current_attempt
+        if a is None or a.stop_requested:
+            return
+        a.stop_requested = reason
+        ctl = {"job": job.id, "attempt": a.number, "reason": reason, "grace_s": grace_s}
+        self._exec(
+            self.store.job_ops(job)
+            + [["RPUSH", self.store.k("ctl", a.node), json.dumps(ctl)]]
+            + [self.store.event_op(job.id, "warning" if message else "info",
+                                   {"message": message or f"stopping ({reason}); grace {grace_s:.0f}s"})]
+        )
+
+    def _check_starts(self) -> None:
+        """An attempt nobody claimed in ``start_timeout`` is lost (its message, or its node)."""
+        now = time.monotonic()
+        for job_id, (number, t) in list(self.dispatched.items()):
+            if now - t < self.start_timeout:
+                continue
+            del self.dispatched[job_id]
+            job = self.store.get_job(job_id)
+            if job is None or job.state != JobState.STARTING or job.current_attempt.number != number:
+                continue
+            if self.store.r.get(self.store.k("claim", job_id, number)):
+                continue
+            self._settle(job, {"exit_code": None, "lost": True, "error": "no worker took the job in time"})
+
+    # -- nodes ----------------------------------------------------------------------------
+    def _check_nodes(self, initial: bool = False) -> None:
+        st = self.store
+        names = sorted(st.r.smembers(st.k("nodes")))
+        beats = st.r.mget([st.k("hb", n) for n in names]) if names else []
+        now_m = time.monotonic()
+        for name, raw in zip(names, beats):
+            seen = self.nodes.get(name)
+            if raw is None:
+                continue
+            hb = json.loads(raw)
+            if seen is not None and seen.instance == hb["instance"]:
+                if hb.get("seq") != seen.beat:
+                    seen.beat, seen.last_change = hb.get("seq"), now_m
+                continue
+            if initial and hb.get("stopped"):
+                continue
+            if seen is not None:  # the worker restarted: its old runners died with it
+                log.warning("node %s restarted (instance %s)", name, hb["instance"])
+                self._node_lost(name)
+            if hb.get("stopped"):
+                continue
+            pool = self._pool_of(name, hb.get("pool"), int(hb["gpus"]))
+            self.nodes[name] = NodeSeen(hb["instance"], pool, int(hb["gpus"]), hb.get("seq"), now_m)
+            self.scheduler.node_up(name, pool, int(hb["gpus"]), time.time())
+            log.info("node %s up: %s GPUs in pool %s", name, hb["gpus"], pool)
+            if not initial:
+                self._publish_config()
+        for name, seen in list(self.nodes.items()):
+            raw = beats[names.index(name)] if name in names else None
+            stopped = raw is not None and json.loads(raw).get("stopped") and json.loads(raw)["instance"] == seen.instance
+            if stopped or now_m - seen.last_change > self.node_timeout:
+                log.warning("node %s lost (%s)", name, "worker stopped" if stopped else "heartbeat lapsed")
+                self._node_lost(name)
+
+    def _pool_of(self, node: str, wanted: Optional[str], gpus: int) -> str:
+        """The node's pool: the config's, else the worker's ``--pool`` (or the default pool),
+        which then lists it so admission checks count its GPUs."""
+        for pname, pc in self.config.pools.items():
+            if node in pc.nodes:
+                return pname
+        pool = wanted if wanted in self.config.pools else self.config.default_pool
+        self.config.pools[pool].nodes[node] = gpus
+        return pool
+
+    def _node_lost(self, name: str) -> None:
+        seen = self.nodes.pop(name, None)
+        if seen is None:
+            return
+        decisions = self.scheduler.node_down(name, time.time())
+        for d in decisions:
+            if isinstance(d, Retry):
+                job = self.store.get_job(d.job_id)
+                if job and job.state.is_active:
+                    self._settle(job, {"exit_code": None, "lost": True}, decisions=[d])
+
+    # -- ending attempts ------------------------------------------------------------------
+    def _settle(self, job: JobRecord, rec: dict[str, Any], decisions: Optional[list[Decision]] = None) -> None:
+        """Settle an attempt (the embedded ``_attempt_ended`` rules): outcome, scheduler,
+        next state, and the fence moved on so the attempt's late writes are refused."""
+        a = job.current_attempt
+        if a is None or a.outcome is not None:
+            return
+        self.dispatched.pop(job.id, None)
+        now = time.time()
+        outcome = attempt_outcome(job, rec)
+        code = rec.get("exit_code")
+        a.outcome, a.exit_code, a.ended_at = outcome, code, float(rec.get("ended") or now)
+        err = rec.get("error_record")
+        if outcome == Outcome.FAILED:
+            if err:
+                job.error = f"{err['type']}: {err['message']}"
+                a.message = err.get("traceback") or job.error
+            else:
+                job.error = rec.get("error") or f"the job process exited with code {code}"
+                a.message = job.error
+        if outcome == Outcome.LOST:
+            a.message = rec.get("error") or "the job process or its node vanished without an exit record"
+        if decisions is None:
+            decisions = self.scheduler.finished(job.id, outcome, now)
+        retry = next((d for d in decisions if isinstance(d, Retry) and d.job_id == job.id), None)
+        ops: list[Op] = [["SET", self.store.k("fence", job.id), f"{a.number}:settled"]]
+        if outcome == Outcome.SUCCEEDED:
+            res = rec.get("result") or {}
+            job.result_names = res.get("names", [])
+            job.unreturnable = res.get("unreturnable", {})
+            state, info = JobState.SUCCEEDED, {"exit_code": code}
+        elif retry is not None:
+            if retry.counted:
+                job.failures += 1
+            if outcome == Outcome.PREEMPTED:
+                job.preemptions += 1
+            job.not_before = retry.at if retry.at > now else None
+            state = JobState.RETRYING if retry.at > now else JobState.QUEUED
+            info = {"after": outcome.value, "retry_at": retry.at, "error": job.error}
+        else:
+            state = {Outcome.CANCELLED: JobState.CANCELLED, Outcome.TIMED_OUT: JobState.TIMED_OUT}.get(outcome, JobState.FAILED)
+            if outcome == Outcome.LOST:
+                job.error = job.error or "the job process was lost and no retries are left"
+            info = {"exit_code": code, "error": job.error,
+                    "traceback": a.message if state == JobState.FAILED else None}
+        if state.is_terminal:
+            self.known.discard(job.id)
+        self._set_state(job, state, extra=ops, **info)
+
+    def _set_state(self, job: JobRecord, state: JobState, extra: Optional[list[Op]] = None, **info: Any) -> None:
+        job.state = state
+        data = {"state": state.value}
+        data.update({k: v for k, v in info.items() if v is not None})
+        self._exec(self.store.job_ops(job) + (extra or []) + [self.store.event_op(job.id, "state", data)])
+
+    # -- publishing -----------------------------------------------------------------------
+    def _publish_config(self) -> None:
+        """Publish the effective config: the API uses it for defaults and admission checks."""
+        self._exec([["SET", self.store.k("config"), self.config.model_dump_json()]])
+
+    def _publish(self) -> None:
+        now = time.monotonic()
+        if now - self._last_publish < 0.5:
+            return
+        self._last_publish = now
+        snap = self.scheduler.snapshot()
+        snap["nodes"] = {n: {"pool": s.pool, "gpus": s.gpus} for n, s in self.nodes.items()}
+        snap["leader"] = self.name
+        ops: list[Op] = [["SET", self.store.k("snapshot"), json.dumps(snap, default=str)]]
+        if now - self._last_pending > 2.0:
+            self._last_pending = now
+            ops.append(["DEL", self.store.k("pending")])
+            t = time.time()
+            n = 0
+            for job_id in self.known:
+                ex = self.scheduler.explain(job_id, t)
+                if ex is not None:
+                    ops.append(["HSET", self.store.k("pending"), job_id, json.dumps(ex.as_dict(), default=str)])
+                    n += 1
+                    if n >= 2000:
+                        break
+        self._exec(ops)
+
+    def _save_state(self, force: bool = False) -> None:
+        if not hasattr(self.scheduler, "export_state"):
+            return
+        now = time.monotonic()
+        if force or now - self._last_state > 30.0:
+            self._last_state = now
+            try:
+                self._exec([["SET", self.store.k("sched_state"), json.dumps(self.scheduler.export_state())]])
+            except (LostLeadership, redis.RedisError):
+                pass
+
+
+def _empty_config() -> QueueConfig:
+    """Without a config file: one pool 'default' that grows as workers join."""
+    cfg = QueueConfig(pools={"default": PoolConfig(nodes={"-": 0})})
+    cfg.pools["default"].nodes.clear()
+    return cfg
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``gpuqueue scheduler`` options."""
+    p = argparse.ArgumentParser(prog="gpuqueue scheduler", description="Run the cluster's scheduler daemon (one leads, others stand by).")
+    p.add_argument("--redis", default=os.environ.get("GPUQUEUE_REDIS_URL"), help="redis://[:password@]host:6379/0 (or $GPUQUEUE_REDIS_URL)")
+    p.add_argument("--config", default=os.environ.get("GPUQUEUE_CONFIG"), help="pools TOML (docs/config.md); default: pool 'default' of whatever workers join")
+    p.add_argument("--policy", default="gpuqueue", choices=["gpuqueue", "fifo"])
+    p.add_argument("--node-timeout", type=float, default=60.0, help="seconds without a heartbeat before a node is lost and its jobs requeued (default 60)")
+    p.add_argument("--leader-ttl", type=float, default=10.0, help="seconds the leader lock lasts without renewal (default 10)")
+    p.add_argument("--start-timeout", type=float, default=120.0, help="seconds a dispatched attempt may wait for its worker (default 120)")
+    p.add_argument("--stop-grace", type=float, default=30.0, help="seconds to stop after cancel/timeout (default 30)")
+    p.add_argument("--prefix", default="gq", help="Redis key prefix (default gq)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def cli_main(argv: list[str]) -> int:
+    """Entry point of ``gpuqueue scheduler``."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.redis:
+        print("gpuqueue scheduler: --redis URL is required (e.g. --redis redis://127.0.0.1:6379/0)", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config) if args.config else None
+    except GPUQueueError as e:
+        print(f"gpuqueue scheduler: {e}", file=sys.stderr)
+        return 2
+    d = Daemon(RedisStore(args.redis, args.prefix), config, args.policy, args.node_timeout,
+               args.leader_ttl, args.start_timeout, args.stop_grace)
+    return d.run()

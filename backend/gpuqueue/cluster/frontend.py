@@ -1,0 +1,221 @@
+"""The queue's verbs over the Redis store: what the API service delegates to.
+
+Same verbs and errors as the embedded ``QueueService``. Stateless: several API services may run
+side by side. It writes only new job records and their payloads; every other change (cancel,
+preempt) is a message to the scheduler daemon, which owns job state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import time
+from typing import Any, AsyncIterator, Optional
+
+import redis.asyncio as aioredis
+
+from ..config import QueueConfig
+from ..errors import BadRequest, Conflict, Forbidden, NotFound, Rejected
+from ..models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
+from ..scheduler.admission import inadmissible
+from ..scheduler.cluster import Cluster
+from ..service import Caller
+from ..states import JobState
+from .daemon import job_request
+from .redis_store import LIVE_STATES, RedisStore, _event
+
+CONFIG_REFRESH_S = 2.0
+
+
+class ClusterFrontend:
+    """Queue verbs for one API process. Sync verbs use a blocking client (sub-millisecond on a
+    LAN); ``follow`` blocks on the event stream with an asyncio client."""
+
+    def __init__(self, store: RedisStore, max_payload_bytes: int = 64 * 1024 * 1024, wait_s: float = 3.0):
+        self.store = store
+        self.max_payload_bytes = max_payload_bytes
+        self.wait_s = wait_s
+        self._config: Optional[QueueConfig] = None
+        self._config_at = 0.0
+        self._aio: Optional[aioredis.Redis] = None
+
+    # -- config (published by the daemon) -------------------------------------------------
+    def config(self) -> Optional[QueueConfig]:
+        """The daemon's effective config, cached for a moment."""
+        now = time.monotonic()
+        if now - self._config_at > CONFIG_REFRESH_S:
+            raw = self.store.get_json("config")
+            self._config = QueueConfig.model_validate(raw) if raw else None
+            self._config_at = now
+        return self._config
+
+    # -- verbs ----------------------------------------------------------------------------
+    def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
+        """Queue a job (or find the same cell's active job). Returns (job, attached)."""
+        spec = req.spec
+        if not req.new and spec.cell_id and spec.source_hash:
+            for job in self._live(caller.name):
+                s = job.spec
+                if (s.notebook, s.cell_id, s.source_hash) == (spec.notebook, spec.cell_id, spec.source_hash):
+                    return self._with_pending(job), True
+        payload = None
+        if spec.kind == "cell":
+            if not req.payload_b64:
+                raise BadRequest("a cell job needs payload_b64 (the pickled cell)")
+            try:
+                payload = base64.b64decode(req.payload_b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest("payload_b64 is not valid base64") from None
+            if len(payload) > self.max_payload_bytes:
+                raise BadRequest(
+                    f"the payload is {len(payload) / 1e6:.1f} MB, over the cluster's "
+                    f"{self.max_payload_bytes / 1e6:.0f} MB limit: pass big data as a file path on shared storage"
+                )
+        elif req.payload_b64:
+            raise BadRequest("a command job takes no payload")
+        if spec.nodes > 1:
+            raise BadRequest("a job spanning several nodes runs on Ray, not on the Celery workers: use --nodes 1")
+        spec = self._with_defaults(spec)
+        job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
+        cfg = self.config()
+        if cfg is not None:
+            why = inadmissible(job_request(job, cfg), cfg, Cluster.from_config(cfg))
+            if why:
+                raise Rejected(why)
+        st = self.store
+        if payload is not None:
+            st.rb.set(st.k("payload", job.id), payload)
+        st.exec(st.job_ops(job) + [st.event_op(job.id, "state", {"state": "queued"}),
+                                   st.tell_daemon_op({"op": "submit", "job": job.id})])
+        return job, False
+
+    def _with_defaults(self, spec: JobSpec) -> JobSpec:
+        cfg = self.config()
+        if cfg is None:
+            return spec.model_copy(update={"pool": spec.pool or "default"})
+        pool_name = spec.pool or cfg.default_pool
+        pool = cfg.pools.get(pool_name)
+        if pool is None:
+            raise Rejected(f"unknown pool {pool_name!r}: the pools are {', '.join(cfg.pools)}")
+        changes: dict[str, Any] = {"pool": pool_name}
+        if spec.preemptible is None:
+            changes["preemptible"] = pool.preemptible
+        if spec.timeout_s is None and pool.default_timeout:
+            changes["timeout_s"] = pool.default_timeout
+        if spec.retries is None:
+            changes["retries"] = cfg.retries
+        return spec.model_copy(update=changes)
+
+    def list_jobs(self, caller: Caller, all_users: bool = False, limit: int = 500) -> list[JobRecord]:
+        """The caller's jobs (an admin's ``all_users`` lists everyone's), newest first."""
+        owner = None if (all_users and caller.admin) else caller.name
+        return self._with_pending_many(self.store.list_jobs(owner, limit))
+
+    def get_job(self, caller: Caller, job_id: str) -> JobRecord:
+        """One job the caller may see; NotFound otherwise (never says it exists)."""
+        job = self.store.get_job(job_id)
+        if job is None or (job.owner != caller.name and not caller.admin):
+            raise NotFound(f"no job {job_id!r} (see `gpuqueue ls` for yours)")
+        return self._with_pending(job)
+
+    def cancel(self, caller: Caller, job_id: str) -> JobRecord:
+        """Ask the daemon to cancel; returns the record once it has acted (or after a moment)."""
+        job = self.get_job(caller, job_id)
+        if job.state.is_terminal:
+            return job
+        self.store.tell_daemon({"op": "cancel", "job": job_id, "by": caller.name})
+        return self._wait(caller, job_id, lambda j: j.state.is_terminal or bool(j.current_attempt and j.current_attempt.stop_requested))
+
+    def preempt(self, caller: Caller, job_id: str) -> JobRecord:
+        """Admin: preempt a running job now (it checkpoints, stops and is queued again)."""
+        if not caller.admin:
+            raise Forbidden("only admins may preempt jobs")
+        job = self.get_job(caller, job_id)
+        if job.state not in (JobState.STARTING, JobState.RUNNING):
+            raise Conflict(f"job {job_id} is {job.state.value}, not running: nothing to preempt")
+        self.store.tell_daemon({"op": "preempt", "job": job_id, "by": caller.name})
+        return self._wait(caller, job_id, lambda j: not j.state.is_active or bool(j.current_attempt and j.current_attempt.stop_requested))
+
+    def _wait(self, caller: Caller, job_id: str, done: Any) -> JobRecord:
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            job = self.get_job(caller, job_id)
+            if done(job) or time.monotonic() > deadline:
+                return job
+            time.sleep(0.01)
+
+    def events(self, caller: Caller, job_id: str, after: int = 0, limit: int = 10_000) -> list[Event]:
+        """The job's events with seq > ``after``."""
+        self.get_job(caller, job_id)
+        return self.store.read_events(job_id, after, limit)
+
+    async def follow(self, caller: Caller, job_id: str, after: int = 0, keepalive_s: float = 15.0) -> AsyncIterator[Optional[Event]]:
+        """Replay events after ``after``, then yield new ones live until the job ends.
+        Yields None as a keep-alive when nothing happened for ``keepalive_s``."""
+        self.get_job(caller, job_id)
+        if self._aio is None:
+            self._aio = aioredis.Redis.from_url(self.store.url, decode_responses=True)
+        key = self.store.k("ev", job_id)
+        while True:
+            batch = self.store.read_events(job_id, after, 2000)
+            for ev in batch:
+                after = ev.seq
+                yield ev
+            if batch:
+                continue
+            job = self.store.get_job(job_id)
+            if job is None or job.state.is_terminal:
+                return
+            try:
+                rows = await self._aio.xread({key: f"{after}-0"}, count=2000, block=int(keepalive_s * 1000))
+            except (aioredis.ConnectionError, aioredis.TimeoutError):
+                await asyncio.sleep(0.5)
+                continue
+            if not rows:
+                yield None
+                continue
+            for eid, fields in rows[0][1]:
+                ev = _event(eid, fields)
+                after = ev.seq
+                yield ev
+
+    def result(self, caller: Caller, job_id: str) -> bytes:
+        """The pickled names a succeeded cell job assigned."""
+        job = self.get_job(caller, job_id)
+        if job.state != JobState.SUCCEEDED:
+            raise Conflict(f"job {job_id} is {job.state.value}: results come once it has succeeded")
+        blob = self.store.rb.get(self.store.k("result", job_id))
+        if blob is None:
+            raise NotFound(f"job {job_id} has no stored results (a command job returns none)")
+        return blob
+
+    def summary(self, caller: Caller) -> dict[str, Any]:
+        """Pools with GPUs used/free and queue lengths, and the caller's own job counts."""
+        snap = self.store.get_json("snapshot") or {}
+        mine: dict[str, int] = {}
+        for j in self._live(caller.name):
+            mine[j.state.value] = mine.get(j.state.value, 0) + 1
+        out = {"mode": "cluster", "pools": snap.get("pools", {}), "nodes": snap.get("nodes", {}),
+               "me": {"user": caller.name, "admin": caller.admin, "jobs": mine}}
+        if "users" in snap and caller.admin:
+            out["users"] = snap["users"]
+        if not snap:
+            out["warning"] = "no scheduler daemon has published the queue yet: is `gpuqueue scheduler` running?"
+        return out
+
+    # -- helpers --------------------------------------------------------------------------
+    def _live(self, owner: str) -> list[JobRecord]:
+        return [j for j in self.store.list_jobs(owner, 10_000) if j.state in LIVE_STATES]
+
+    def _with_pending(self, job: JobRecord) -> JobRecord:
+        return self._with_pending_many([job])[0]
+
+    def _with_pending_many(self, jobs: list[JobRecord]) -> list[JobRecord]:
+        waiting = [j for j in jobs if j.state in (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED)]
+        if waiting:
+            raws = self.store.r.hmget(self.store.k("pending"), [j.id for j in waiting])
+            for j, raw in zip(waiting, raws):
+                j.pending = json.loads(raw) if raw else {"reason": "pending", "message": "waiting for the next scheduling pass", "position": 0}
+        return jobs

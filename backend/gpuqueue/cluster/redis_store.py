@@ -1,0 +1,217 @@
+"""The cluster's job store in Redis: job records, per-job event streams, node heartbeats, the
+leader lock, and the daemon's inbox.
+
+The store, not the broker, owns a job's state. Every write that must not come from a stale
+process goes through :meth:`RedisStore.exec`, one Lua script that first checks *guards*
+(``GET key == value``) and then applies a list of commands atomically:
+
+* the daemon guards with the leader key == its token (a deposed leader's writes are refused);
+* a worker guards with ``fence:<job>`` == ``"<attempt>:<node>"`` (a zombie worker holding an
+  old attempt number is refused) and with its tail offset (a retried write is not doubled).
+
+Keys (prefix ``gq`` by default)::
+
+    job:<id>            JSON JobRecord              jobs / owner:<name>   ZSETs by created_at
+    active              SET of non-terminal ids     ev:<id> / evseq:<id>  event stream, seq counter
+    payload:<id>        cell payload (bytes)        result:<id>           pickled results (bytes)
+    fence:<id>          "<attempt>:<node>" while the attempt may run, "<attempt>:settled" after
+    claim:<id>:<n>      the worker instance that launched attempt n
+    started:<id>:<n> / exit:<id>:<n>   what the worker reported (for a daemon restart)
+    tail:<id>:<n>       bytes of events.jsonl already copied
+    daemon              STREAM of messages to the daemon; daemon:cursor = last handled id
+    leader / epoch      the leader lock (token "<epoch>:<uuid>") and the fencing counter
+    nodes / hb:<node>   registered nodes, and each node's last heartbeat (JSON)
+    ctl:<node>          LIST of stop requests for the node's worker
+    config / snapshot / pending / sched_state   published by the daemon
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Iterable, Optional, Sequence
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from ..models import Event, JobRecord
+from ..states import JobState
+
+Op = list[Any]
+Guard = tuple[str, str]
+
+_EXEC = """
+local req = cjson.decode(ARGV[1])
+for _, g in ipairs(req.g) do
+  local v = redis.call('GET', g[1])
+  if (v or '') ~= g[2] then return {0, g[1], v or ''} end
+end
+local seqs = {}
+for _, op in ipairs(req.o) do
+  if op[1] == 'EVENT' then
+    local s = redis.call('INCR', req.p .. ':evseq:' .. op[2])
+    redis.call('XADD', req.p .. ':ev:' .. op[2], s .. '-0', 't', op[3], 'type', op[4], 'data', op[5])
+    seqs[#seqs + 1] = s
+  else
+    redis.call(unpack(op))
+  end
+end
+return {1, '', cjson.encode(seqs)}
+"""
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class Fenced(Exception):
+    """A guarded write was refused: the writer is stale (old leader, old attempt)."""
+
+    def __init__(self, key: str, found: str):
+        super().__init__(f"write refused: {key} is {found!r}")
+        self.key = key
+        self.found = found
+
+
+def connect(url: str, decode: bool = True) -> redis.Redis:
+    """A Redis client that rides out short outages (a restart, a failover) by retrying."""
+    return redis.Redis.from_url(
+        url,
+        decode_responses=decode,
+        socket_timeout=30,
+        socket_connect_timeout=5,
+        health_check_interval=10,
+        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 3),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+    )
+
+
+class RedisStore:
+    """Typed access to the cluster's keys. Thread-safe (redis-py pools connections)."""
+
+    def __init__(self, url: str, prefix: str = "gq"):
+        self.url = url
+        self.p = prefix
+        self.r = connect(url)
+        self.rb = connect(url, decode=False)
+        self._exec = self.r.register_script(_EXEC)
+        self._renew = self.r.register_script(_RENEW)
+
+    # -- keys -----------------------------------------------------------------------------
+    def k(self, *parts: Any) -> str:
+        """``<prefix>:<part>:<part>...``"""
+        return ":".join([self.p, *map(str, parts)])
+
+    # -- guarded writes -------------------------------------------------------------------
+    def exec(self, ops: Sequence[Op], guards: Iterable[Guard] = ()) -> list[int]:
+        """Apply ``ops`` atomically if every guard holds; raise :class:`Fenced` otherwise.
+        ``["EVENT", job_id, t, type, data_json]`` appends to the job's stream; other ops are
+        Redis commands. Returns the seqs of the appended events."""
+        req = {"p": self.p, "g": [list(g) for g in guards], "o": [list(map(_s, op)) for op in ops]}
+        res = self._exec(args=[json.dumps(req)])
+        if int(res[0]) != 1:
+            raise Fenced(res[1], res[2])
+        return [int(x) for x in json.loads(res[2])] if res[2] not in ("", "{}") else []
+
+    @staticmethod
+    def event_op(job_id: str, type_: str, data: dict[str, Any], t: Optional[float] = None) -> Op:
+        """An op appending one event to a job's stream."""
+        return ["EVENT", job_id, repr(t or time.time()), type_, json.dumps(data, default=str)]
+
+    def job_ops(self, job: JobRecord) -> list[Op]:
+        """Ops that save a job record and keep the indexes right."""
+        job.updated_at = time.time()
+        ops: list[Op] = [
+            ["SET", self.k("job", job.id), job.model_dump_json(exclude={"pending"})],
+            ["ZADD", self.k("jobs"), repr(job.created_at), job.id],
+            ["ZADD", self.k("owner", job.owner), repr(job.created_at), job.id],
+        ]
+        ops.append(["SREM" if job.state.is_terminal else "SADD", self.k("active"), job.id])
+        return ops
+
+    # -- jobs -----------------------------------------------------------------------------
+    def get_job(self, job_id: str) -> Optional[JobRecord]:
+        """One job record, or None."""
+        raw = self.r.get(self.k("job", job_id))
+        return JobRecord.model_validate_json(raw) if raw else None
+
+    def get_jobs(self, ids: Sequence[str]) -> list[JobRecord]:
+        """Records of ``ids`` that exist, in order."""
+        if not ids:
+            return []
+        out = []
+        for i in range(0, len(ids), 1000):
+            for raw in self.r.mget([self.k("job", j) for j in ids[i : i + 1000]]):
+                if raw:
+                    out.append(JobRecord.model_validate_json(raw))
+        return out
+
+    def list_jobs(self, owner: Optional[str] = None, limit: int = 500) -> list[JobRecord]:
+        """Newest first; one owner's or everyone's."""
+        key = self.k("owner", owner) if owner else self.k("jobs")
+        return self.get_jobs(self.r.zrevrange(key, 0, limit - 1))
+
+    def active_jobs(self) -> list[JobRecord]:
+        """Every job that is not terminal, oldest first."""
+        jobs = self.get_jobs(sorted(self.r.smembers(self.k("active"))))
+        return sorted(jobs, key=lambda j: j.created_at)
+
+    # -- events ---------------------------------------------------------------------------
+    def read_events(self, job_id: str, after: int = 0, limit: int = 10_000) -> list[Event]:
+        """Events with seq > ``after``."""
+        rows = self.r.xrange(self.k("ev", job_id), f"{after + 1}-0", "+", count=limit)
+        return [_event(eid, f) for eid, f in rows]
+
+    def last_seq(self, job_id: str) -> int:
+        """The newest event's seq (0 if none)."""
+        return int(self.r.get(self.k("evseq", job_id)) or 0)
+
+    # -- daemon inbox ---------------------------------------------------------------------
+    def tell_daemon_op(self, msg: dict[str, Any]) -> Op:
+        """An op that queues a message for the daemon."""
+        return ["XADD", self.k("daemon"), "*", "m", json.dumps(msg)]
+
+    def tell_daemon(self, msg: dict[str, Any]) -> None:
+        """Queue a message for the daemon (unguarded)."""
+        self.r.xadd(self.k("daemon"), {"m": json.dumps(msg)})
+
+    # -- published by the daemon ----------------------------------------------------------
+    def get_json(self, *key: Any) -> Any:
+        """The JSON value at ``k(*key)``, or None."""
+        raw = self.r.get(self.k(*key))
+        return json.loads(raw) if raw else None
+
+    # -- leadership -----------------------------------------------------------------------
+    def try_lead(self, owner: str, ttl_ms: int) -> Optional[str]:
+        """Take the leader lock if free; returns the token ``"<epoch>:<owner>"`` or None."""
+        if self.r.exists(self.k("leader")):
+            return None
+        epoch = self.r.incr(self.k("epoch"))
+        token = f"{epoch}:{owner}"
+        if self.r.set(self.k("leader"), token, nx=True, px=ttl_ms):
+            return token
+        return None
+
+    def renew_lead(self, token: str, ttl_ms: int) -> bool:
+        """Extend the lock if it is still ours."""
+        return bool(self._renew(keys=[self.k("leader")], args=[token, ttl_ms]))
+
+    def close(self) -> None:
+        """Close the connection pools."""
+        self.r.close()
+        self.rb.close()
+
+
+def _s(v: Any) -> Any:
+    return v if isinstance(v, str) else (repr(v) if isinstance(v, float) else str(v))
+
+
+def _event(eid: str, f: dict[str, str]) -> Event:
+    return Event(seq=int(eid.split("-", 1)[0]), time=float(f["t"]), type=f["type"], data=json.loads(f["data"]))
+
+
+LIVE_STATES = (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED, JobState.STARTING, JobState.RUNNING)

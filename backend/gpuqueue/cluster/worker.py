@@ -1,0 +1,415 @@
+"""``gpuqueue worker --redis URL --node NAME [--gpus N] [--pool POOL]``: one Celery worker per
+GPU node.
+
+It registers the node's inventory (NVML, or the declared count) and heartbeats. The daemon sends
+it "launch attempt N of job J on GPUs [...]" on the node's own Celery queue; the worker claims
+the attempt in the store (refused if the attempt is superseded or already claimed), starts it
+with the same runner as the embedded mode (``python -m gpuqueue.runner``), copies the attempt's
+``events.jsonl`` into the job's Redis Stream, and reports the start and the exit to the daemon.
+
+Fencing: every write for an attempt is guarded by ``fence:<job> == "<attempt>:<node>"``. Once
+the daemon has settled or requeued an attempt, its events, start, checkpoint and result records
+are refused, and the worker stops the process if it is still running (a zombie is fenced off).
+Runners die with the worker (``PR_SET_PDEATHSIG``), so a killed worker never leaves a job
+running that the daemon is about to requeue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import redis
+
+from ..gpus import local_gpu_count
+from ..jobdir import attempt_dir, job_dir, read_json, write_bytes_atomic, write_json_atomic
+from ..launch import build_launch
+from ..models import JobSpec
+from .celeryconfig import TASK_NAME, make_app, node_queue
+from .redis_store import Fenced, Op, RedisStore
+
+log = logging.getLogger("gpuqueue.worker")
+
+TAIL_INTERVAL_S = 0.02
+
+
+@dataclass
+class LocalAttempt:
+    """One attempt this worker launched."""
+
+    job_id: str
+    number: int
+    kind: str
+    dir: Path
+    proc: subprocess.Popen[bytes]
+    offset: int = 0
+    started: bool = False
+    fenced: bool = False
+    stop_sent: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the runner stops its job if we die
+    except OSError:
+        pass
+
+
+class NodeAgent:
+    """The node's side of the store: heartbeats, launches, event tailing, stop requests."""
+
+    def __init__(self, store: RedisStore, node: str, gpus: int, pool: Optional[str], state_dir: Path,
+                 heartbeat_s: float = 10.0, max_result_bytes: int = 200_000_000):
+        self.store = store
+        self.node = node
+        self.gpus = gpus
+        self.pool = pool
+        self.state_dir = state_dir
+        self.heartbeat_s = heartbeat_s
+        self.max_result_bytes = max_result_bytes
+        self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.attempts: dict[tuple[str, int], LocalAttempt] = {}
+        self.pending_stops: dict[tuple[str, int], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._launches: "queue.Queue[tuple[dict[str, Any], Future[str]]]" = queue.Queue()
+        self._stop = threading.Event()
+        self._seq = 0
+        self._threads: list[threading.Thread] = []
+
+    def fence(self, job_id: str, number: int) -> tuple[str, str]:
+        """The guard every write of this attempt carries."""
+        return (self.store.k("fence", job_id), f"{number}:{self.node}")
+
+    # -- life cycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Register, then run the heartbeat, tail and launcher threads."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.beat()
+        for target in (self._beat_loop, self._tail_loop, self._launch_loop):
+            t = threading.Thread(target=target, name=target.__name__, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def shutdown(self, grace_s: float = 15.0) -> None:
+        """Stop our attempts (they are queued again elsewhere), report them, say goodbye."""
+        with self._lock:
+            live = list(self.attempts.values())
+        for la in live:
+            self._signal_stop(la, "terminated", min(grace_s, 10.0))
+        deadline = time.time() + grace_s + 2
+        while time.time() < deadline and self.attempts:
+            time.sleep(0.1)
+        self._stop.set()
+        try:
+            self.beat(stopped=True)
+        except redis.RedisError:
+            pass
+
+    def beat(self, stopped: bool = False) -> None:
+        """Write the heartbeat (inventory, a counter, the attempts running here)."""
+        self._seq += 1
+        hb = {"instance": self.instance, "pool": self.pool, "gpus": self.gpus, "seq": self._seq,
+              "time": time.time(), "running": [f"{j}:{n}" for j, n in self.attempts], "stopped": stopped}
+        p = self.store.r.pipeline(transaction=True)
+        p.sadd(self.store.k("nodes"), self.node)
+        p.set(self.store.k("hb", self.node), json.dumps(hb), px=86_400_000)
+        p.execute()
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self.beat()
+                self._read_control()
+                self._check_fences()
+            except redis.RedisError as e:
+                log.warning("redis unavailable (%s); jobs go on, retrying", e)
+            except Exception:  # noqa: BLE001
+                log.exception("heartbeat failed")
+
+    # -- launching ------------------------------------------------------------------------
+    def launch(self, msg: dict[str, Any]) -> str:
+        """Claim and start one attempt (called from a Celery task). Returns what happened."""
+        job_id, number = msg["job_id"], int(msg["attempt"])
+        if msg.get("node") != self.node:
+            return "wrong node"
+        try:
+            self.store.exec([["SET", self.store.k("claim", job_id, number), self.instance]],
+                            guards=[self.fence(job_id, number), (self.store.k("claim", job_id, number), "")])
+        except Fenced as e:
+            log.info("attempt %s/%s refused: %s", job_id, number, e)
+            return "refused"
+        fut: Future[str] = Future()
+        self._launches.put((msg, fut))
+        return fut.result(timeout=120)
+
+    def _launch_loop(self) -> None:
+        # Runners are started from this one long-lived thread: PR_SET_PDEATHSIG fires when the
+        # thread that forked exits, so it must be one that lives as long as the worker.
+        while not self._stop.is_set():
+            try:
+                msg, fut = self._launches.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                fut.set_result(self._spawn(msg))
+            except Exception as e:  # noqa: BLE001 - report it as the attempt's failure
+                log.exception("launch failed")
+                self._report_exit_error(msg["job_id"], int(msg["attempt"]), f"cannot start the job on {self.node}: {e}")
+                fut.set_result("failed")
+
+    def _spawn(self, msg: dict[str, Any]) -> str:
+        job_id, number = msg["job_id"], int(msg["attempt"])
+        spec = JobSpec.model_validate(msg["spec"])
+        jdir = job_dir(self.state_dir, job_id)
+        adir = attempt_dir(self.state_dir, job_id, number)
+        adir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(jdir / "spec.json", msg["spec"])
+        if spec.kind == "cell" and not (jdir / "payload.pkl").exists():
+            blob = self.store.rb.get(self.store.k("payload", job_id))
+            if blob is None:
+                raise RuntimeError("its cell payload is missing from the store")
+            write_bytes_atomic(jdir / "payload.pkl", blob)
+        launch = build_launch(job_id, spec, jdir, adir, number, list(msg.get("devices", [])), self.node)
+        write_json_atomic(adir / "launch.json", launch)
+        stop = self.pending_stops.pop((job_id, number), None)
+        if stop:
+            write_json_atomic(adir / "control.json", stop)
+        env = dict(os.environ)
+        here = str(Path(__file__).resolve().parent.parent.parent)
+        env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gpuqueue.runner", str(adir)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(adir / "runner.log", "ab"),
+            start_new_session=True, close_fds=True, env=env, preexec_fn=_die_with_parent,
+        )
+        with self._lock:
+            self.attempts[(job_id, number)] = LocalAttempt(job_id, number, spec.kind, adir, proc)
+        return "started"
+
+    # -- tailing --------------------------------------------------------------------------
+    def _tail_loop(self) -> None:
+        while not self._stop.is_set():
+            time.sleep(TAIL_INTERVAL_S)
+            with self._lock:
+                live = list(self.attempts.values())
+            for la in live:
+                try:
+                    self._tail(la)
+                except redis.RedisError as e:
+                    log.warning("redis unavailable (%s); will copy %s's events later", e, la.job_id)
+                    time.sleep(0.5)
+                except Exception:  # noqa: BLE001
+                    log.exception("tailing %s failed", la.job_id)
+
+    def _tail(self, la: LocalAttempt) -> None:
+        ended = la.proc.poll() is not None
+        try:
+            with open(la.dir / "events.jsonl", "rb") as f:
+                f.seek(la.offset)
+                data = f.read(4 * 1024 * 1024)
+        except FileNotFoundError:
+            data = b""
+        end = data.rfind(b"\n")
+        exit_rec: Optional[dict[str, Any]] = None
+        ops: list[Op] = []
+        started: Optional[dict[str, Any]] = None
+        for raw in data[: end + 1].splitlines() if end >= 0 else []:
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            type_, d = rec.get("type"), rec.get("data", {})
+            if type_ == "exit":
+                exit_rec = d
+            elif type_ == "runner":
+                started = {"t": rec.get("t"), "pid": d.get("runner_pid")}
+            else:
+                ops.append(self.store.event_op(la.job_id, str(type_), d, rec.get("t")))
+        new_offset = la.offset + end + 1 if end >= 0 else la.offset
+        if la.fenced:  # refused: nothing of a stale attempt reaches the store
+            la.offset = new_offset
+            if ended:
+                self._forget(la)
+            return
+        if started and not la.started:
+            msg = {"op": "started", "job": la.job_id, "attempt": la.number, "node": self.node, **started}
+            ops += [["SET", self.store.k("started", la.job_id, la.number), json.dumps(msg)], self.store.tell_daemon_op(msg)]
+        if exit_rec is None and ended and end < 0:
+            exit_rec = {"exit_code": la.proc.returncode, "lost": True, "error": "the runner ended without an exit record"}
+        if exit_rec is not None:
+            ops += self._exit_ops(la, exit_rec)
+        if not ops and new_offset == la.offset:
+            return
+        tail_key = self.store.k("tail", la.job_id, la.number)
+        ops.append(["SET", tail_key, str(new_offset)])
+        try:
+            self.store.exec(ops, guards=[self.fence(la.job_id, la.number), (tail_key, str(la.offset) if la.offset else "")])
+        except Fenced as e:
+            if e.key == tail_key:  # our own earlier write went through after all
+                la.offset = int(e.found or 0)
+                return
+            log.warning("attempt %s/%s is fenced off (%s): stopping it, its records are refused", la.job_id, la.number, e)
+            la.fenced = True
+            self._signal_stop(la, "fenced", 5.0)
+            return
+        la.offset = new_offset
+        if started:
+            la.started = True
+        if exit_rec is not None:
+            self._forget(la)
+
+    def _exit_ops(self, la: LocalAttempt, exit_rec: dict[str, Any]) -> list[Op]:
+        rec = dict(exit_rec)
+        rec["error_record"] = read_json(la.dir / "error.json")
+        rec["result"] = read_json(la.dir / "result.json")
+        ops: list[Op] = []
+        pkl = la.dir / "result.pkl"
+        if la.kind == "cell" and rec.get("exit_code") == 0 and pkl.exists():
+            size = pkl.stat().st_size
+            if size > self.max_result_bytes:
+                rec["exit_code"] = 1
+                rec["error"] = (f"the results are {size / 1e6:.0f} MB, over the {self.max_result_bytes / 1e6:.0f} MB "
+                                f"limit: save big objects to shared storage and return their path")
+            else:
+                tmp = self.store.k("result", la.job_id, la.number)
+                self.store.rb.set(tmp, pkl.read_bytes(), px=3_600_000)
+                ops.append(["RENAME", tmp, self.store.k("result", la.job_id)])
+                ops.append(["PERSIST", self.store.k("result", la.job_id)])
+                rec["result_stored"] = True
+        msg = {"op": "exit", "job": la.job_id, "attempt": la.number, "node": self.node, "rec": rec}
+        return ops + [["SET", self.store.k("exit", la.job_id, la.number), json.dumps(msg["rec"])], self.store.tell_daemon_op(msg)]
+
+    def _report_exit_error(self, job_id: str, number: int, error: str) -> None:
+        rec = {"exit_code": 127, "stop_reason": None, "error": error}
+        msg = {"op": "exit", "job": job_id, "attempt": number, "node": self.node, "rec": rec}
+        try:
+            self.store.exec([["SET", self.store.k("exit", job_id, number), json.dumps(rec)], self.store.tell_daemon_op(msg)],
+                            guards=[self.fence(job_id, number)])
+        except Fenced:
+            pass
+
+    def _forget(self, la: LocalAttempt) -> None:
+        with self._lock:
+            self.attempts.pop((la.job_id, la.number), None)
+
+    # -- stopping -------------------------------------------------------------------------
+    def _read_control(self) -> None:
+        key = self.store.k("ctl", self.node)
+        while True:
+            raw = self.store.r.lpop(key)
+            if raw is None:
+                return
+            msg = json.loads(raw)
+            with self._lock:
+                la = self.attempts.get((msg["job"], int(msg["attempt"])))
+            if la is None:
+                self.pending_stops[(msg["job"], int(msg["attempt"]))] = {"reason": msg["reason"], "grace_s": msg["grace_s"], "time": time.time()}
+            else:
+                self._signal_stop(la, msg["reason"], float(msg["grace_s"]))
+
+    def _check_fences(self) -> None:
+        with self._lock:
+            live = [la for la in self.attempts.values() if not la.fenced]
+        if not live:
+            return
+        values = self.store.r.mget([self.store.k("fence", la.job_id) for la in live])
+        for la, v in zip(live, values):
+            if v != f"{la.number}:{self.node}":
+                log.warning("attempt %s/%s was superseded (%s): stopping it", la.job_id, la.number, v)
+                la.fenced = True
+                self._signal_stop(la, "fenced", 5.0)
+
+    def _signal_stop(self, la: LocalAttempt, reason: str, grace_s: float) -> None:
+        """As the embedded service does: control.json, then SIGUSR1 to the runner."""
+        if la.stop_sent:
+            return
+        la.stop_sent = True
+        write_json_atomic(la.dir / "control.json", {"reason": reason, "grace_s": grace_s, "time": time.time()})
+        if la.proc.poll() is None:
+            try:
+                os.kill(la.proc.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+
+
+_AGENT: Optional[NodeAgent] = None
+
+
+def make_celery(broker_url: str) -> Any:
+    """The Celery app with the launch task bound to this process's node agent."""
+    app = make_app(broker_url)
+
+    @app.task(name=TASK_NAME, acks_late=True)
+    def launch_attempt(**msg: Any) -> str:
+        if _AGENT is None:
+            raise RuntimeError("no node agent in this process")
+        return _AGENT.launch(msg)
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``gpuqueue worker`` options."""
+    p = argparse.ArgumentParser(prog="gpuqueue worker", description="Run this GPU node's Celery worker.")
+    p.add_argument("--redis", default=os.environ.get("GPUQUEUE_REDIS_URL"), help="redis://[:password@]host:6379/0 (or $GPUQUEUE_REDIS_URL)")
+    p.add_argument("--node", default=socket.gethostname(), help="this node's name, as in the pools config (default: host name)")
+    p.add_argument("--gpus", type=int, default=None, help="GPUs to offer (default: $GPUQUEUE_GPUS, else NVML)")
+    p.add_argument("--pool", default=None, help="pool, for a node the config does not list")
+    p.add_argument("--state-dir", default=None, help="job folders (default: $GPUQUEUE_STATE_DIR or ~/.local/share/gpuqueue/worker-NODE)")
+    p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
+    p.add_argument("--concurrency", type=int, default=4, help="launch threads (default 4)")
+    p.add_argument("--prefix", default="gq")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def cli_main(argv: list[str]) -> int:
+    """Entry point of ``gpuqueue worker``."""
+    global _AGENT
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not args.redis:
+        print("gpuqueue worker: --redis URL is required (e.g. --redis redis://127.0.0.1:6379/0)", file=sys.stderr)
+        return 2
+    try:
+        gpus = local_gpu_count(args.gpus)
+    except ValueError as e:
+        print(f"gpuqueue worker: {e}", file=sys.stderr)
+        return 2
+    state_dir = Path(args.state_dir or os.environ.get("GPUQUEUE_STATE_DIR") or Path.home() / ".local/share/gpuqueue" / f"worker-{args.node}")
+    store = RedisStore(args.redis, args.prefix)
+    _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat)
+    try:
+        _AGENT.start()
+    except redis.RedisError as e:
+        print(f"gpuqueue worker: cannot reach Redis at {args.redis}: {e}", file=sys.stderr)
+        return 1
+    log.info("node %s: %d GPUs, queue %s, jobs in %s", args.node, gpus, node_queue(args.node), state_dir)
+    app = make_celery(args.redis)
+    worker = app.Worker(
+        hostname=f"{args.node}@gpuqueue", queues=[node_queue(args.node)], pool_cls="threads",
+        concurrency=args.concurrency, loglevel=args.log_level.upper(), without_heartbeat=True,
+        without_mingle=True, without_gossip=True, quiet=True,
+    )
+    try:
+        worker.start()
+    finally:
+        _AGENT.shutdown()
+    return int(getattr(worker, "exitcode", 0) or 0)
