@@ -1,0 +1,116 @@
+/**
+ * The gpuqueue REST API, as the sidebar uses it (GET queue, GET jobs, GET jobs/ID/events,
+ * POST jobs/ID/cancel), through the Jupyter server's authenticated connection.
+ */
+import { URLExt } from '@jupyterlab/coreutils';
+import { ServerConnection } from '@jupyterlab/services';
+
+/** Why a queued job waits, where it stands, when it may start. */
+export interface IPending {
+  reason?: string;
+  message?: string;
+  position?: number;
+  eta_s?: number | null;
+}
+
+/** A job as ``GET gpuqueue/api/jobs`` lists it. */
+export interface IJobSummary {
+  id: string;
+  name?: string | null;
+  owner: string;
+  state: string;
+  priority: string;
+  gpus: number;
+  pool?: string | null;
+  created_at: number;
+  started_at?: number | null;
+  ended_at?: number | null;
+  node?: string | null;
+  gpu_ids?: number[];
+  attempts: number;
+  pending?: IPending | null;
+}
+
+/** One pool in ``GET gpuqueue/api/queue``. */
+export interface IPool {
+  gpus_total: number;
+  gpus_used: number;
+  queued: number;
+  running: number;
+}
+
+/** ``GET gpuqueue/api/queue``. ``users`` (fair-share usage) is optional and free-form. */
+export interface IQueue {
+  mode: string;
+  pools: { [name: string]: IPool };
+  me: { user: string; admin: boolean; jobs: { [state: string]: number } };
+  users?: unknown;
+}
+
+/** One event of a job's stream. */
+export interface IEvent {
+  seq: number;
+  time: number;
+  type: string;
+  data: { [key: string]: any };
+}
+
+export const ACTIVE = ['queued', 'retrying', 'preempted', 'starting', 'running'];
+export const WAITING = ['queued', 'retrying', 'preempted'];
+
+/** An error with the server's own message. */
+export class ApiError extends Error {}
+
+/** Calls the REST API under ``<base_url>gpuqueue/api/``. */
+export class GPUQueueAPI {
+  constructor(
+    readonly settings: ServerConnection.ISettings = ServerConnection.makeSettings()
+  ) {}
+
+  /** Requests made so far (for the idle-load measurement). */
+  requests = 0;
+
+  private async call<T>(path: string, init: RequestInit = {}): Promise<T> {
+    const url = URLExt.join(this.settings.baseUrl, 'gpuqueue/api', path);
+    this.requests += 1;
+    let response: Response;
+    try {
+      response = await ServerConnection.makeRequest(url, init, this.settings);
+    } catch (error) {
+      throw new ApiError(`cannot reach the Jupyter server: ${error}`);
+    }
+    const text = await response.text();
+    let body: any = null;
+    try {
+      body = text ? JSON.parse(text) : null;
+    } catch {
+      body = null;
+    }
+    if (!response.ok) {
+      throw new ApiError(body?.message ?? `${response.status} ${response.statusText}`);
+    }
+    return body as T;
+  }
+
+  queue(): Promise<IQueue> {
+    return this.call<IQueue>('queue');
+  }
+
+  async jobs(all = false): Promise<IJobSummary[]> {
+    const body = await this.call<{ jobs: IJobSummary[] }>(`jobs?all=${all ? 1 : 0}`);
+    return body.jobs;
+  }
+
+  async events(jobId: string, after: number): Promise<IEvent[]> {
+    const body = await this.call<{ events: IEvent[] }>(
+      `jobs/${encodeURIComponent(jobId)}/events?after=${after}`
+    );
+    return body.events;
+  }
+
+  cancel(jobId: string): Promise<IJobSummary> {
+    return this.call<IJobSummary>(`jobs/${encodeURIComponent(jobId)}/cancel`, {
+      method: 'POST'
+    });
+  }
+}
