@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import channel
+from . import channel, jobapi
 from .jobdir import write_bytes_atomic, write_json_atomic
 from .payload import pack_results, version_mismatch
 
@@ -25,8 +25,11 @@ CELL_FILENAME = "<gpuqueue-cell>"
 
 
 def _fail(attempt_dir: Path, kind: str, message: str, tb: str = "") -> int:
-    write_json_atomic(attempt_dir / "error.json", {"type": kind, "message": message, "traceback": tb})
-    channel.emit("info", {"error": {"type": kind, "message": message}})
+    # in a multi-rank job, a rank stopped because another failed must not hide that error
+    stopped_only = kind == "JobStopped" and (attempt_dir / "error.json").exists()
+    if not stopped_only and (jobapi.is_main_process() or kind != "JobStopped"):
+        write_json_atomic(attempt_dir / "error.json", {"type": kind, "message": message, "traceback": tb})
+        jobapi.emit("info", {"error": {"type": kind, "message": message}})
     print(f"{kind}: {message}", file=sys.stderr)
     return 1
 
@@ -70,6 +73,9 @@ def run(job_dir: Path, attempt_dir: Path) -> int:
     source: str = payload["source"]
     linecache.cache[CELL_FILENAME] = (len(source), None, source.splitlines(True), CELL_FILENAME)
     channel.install_stop_handler()
+    from . import hf
+
+    hf.install_hook()  # attaches to transformers.Trainer if the cell imports it; imports nothing now
     try:
         code = compile(source, CELL_FILENAME, "exec")
         exec(code, ns)  # noqa: S102 - running the user's own cell is the point
@@ -80,11 +86,13 @@ def run(job_dir: Path, attempt_dir: Path) -> int:
             pass
         else:
             return _fail(attempt_dir, type(e).__name__, str(e), _cell_traceback(e))
+    if not jobapi.is_main_process():
+        return 0  # rank 0 brings the results back
     blob, unreturnable = pack_results(ns, payload["outputs"])
     write_bytes_atomic(attempt_dir / "result.pkl", blob)
     returned = [n for n in payload["outputs"] if n in ns and n not in unreturnable]
     write_json_atomic(attempt_dir / "result.json", {"names": returned, "unreturnable": unreturnable})
-    channel.emit("result", {"names": returned, "unreturnable": unreturnable})
+    jobapi.emit("result", {"names": returned, "unreturnable": unreturnable})
     for name, reason in unreturnable.items():
         print(f"gpuqueue: {name!r} cannot come back to the notebook: {reason}", file=sys.stderr)
     return 0

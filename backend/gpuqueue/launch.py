@@ -5,10 +5,12 @@ One place for it, shared by the embedded executor and the cluster worker.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from .distributed import launch_argv
 from .models import JobSpec
 
 
@@ -31,7 +33,14 @@ def build_launch(
         argv = [python, "-m", "gpuqueue.jobmain", str(job_dir)]
     else:
         argv = list(spec.command or [])
+    # several processes: torchrun (one node) or Ray Train (several nodes); see gpuqueue.distributed
+    argv = launch_argv(spec.kind, argv, spec.gpus, spec.nodes, spec.env, python)
     env = dict(spec.env)
+    if spec.kind == "command" and spec.env.get("GPUQUEUE_HF_HOOK", "1") != "0":
+        # Python commands get the transformers hook through a chained sitecustomize (gpuqueue.hf)
+        site = str(Path(__file__).resolve().parent / "_site")
+        existing = spec.env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+        env["PYTHONPATH"] = site + (os.pathsep + existing if existing else "")
     env.update(
         {
             "CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices),
