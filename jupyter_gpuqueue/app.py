@@ -127,15 +127,17 @@ class GPUQueueApp(ExtensionApp):
             provider = type(self.serverapp.identity_provider)
             mode = "server_owner" if provider.__module__.startswith("jupyter_server.") else "user"
         if mode == "server_owner":
-            return os.environ.get("JUPYTERHUB_USER") or _os_user() or "owner"
+            return _server_owner()
         return getattr(user, "username", None) or str(user)
 
     def is_admin(self, username: str) -> bool:
-        """Admins: those listed, and the server's own user (the embedded mode's owner)."""
-        if username in self.admin_users:
-            return True
-        own = os.environ.get("JUPYTERHUB_USER") or _os_user()
-        return username == own or not os.environ.get("JUPYTERHUB_USER")
+        """Admins: those listed in ``admin_users``, and the server's own user (in embedded
+        mode on a personal server, its owner manages the whole queue)."""
+        return username in self.admin_users or username == _server_owner()
+
+
+def _server_owner() -> str:
+    return os.environ.get("JUPYTERHUB_USER") or _os_user() or "owner"
 
 
 def _os_user() -> str:

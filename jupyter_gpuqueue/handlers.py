@@ -130,8 +130,7 @@ class ResultHandler(BaseHandler):
     @authorized
     async def get(self, job_id: str) -> None:
         blob = self.service.result(self.caller, job_id)
-        self.set_header("Content-Type", "application/octet-stream")
-        self.finish(blob)
+        self.finish(blob, set_content_type="application/octet-stream")
 
 
 class EventsHandler(BaseHandler):
