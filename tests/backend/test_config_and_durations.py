@@ -1,0 +1,61 @@
+"""Config files and durations: bad input gets a message naming the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuqueue.config import load_config, single_node_config
+from gpuqueue.durations import format_duration, parse_duration
+from gpuqueue.errors import BadRequest
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("2h", 7200), ("1h30m", 5400), ("2d", 172800), ("45", 45)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "2x", "", "-5", "0", "1h-"])
+def test_bad_durations_say_how_to_write_one(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_format_duration():
+    assert format_duration(45) == "45s" and format_duration(3900) == "1h05m"
+
+
+def test_config_file(tmp_path):
+    p = tmp_path / "q.toml"
+    p.write_text('[pools.dev]\nnodes = { "dev-1" = 2 }\npreemptible = true\nmax_runtime = "1h"\n'
+                 '[pools.prod]\nnodes = { "gpu-1" = 8, "gpu-2" = 8 }\nmax_runtime = "48h"\n')
+    cfg = load_config(p)
+    assert cfg.default_pool == "dev"
+    assert cfg.pools["dev"].max_runtime == 3600 and cfg.pools["prod"].total_gpus == 16
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[pools.dev\n", "not valid TOML"),
+        ("[pools.dev]\nnodes = {}\n", "at least one node"),
+        ('[pools.dev]\nnodes = { "a" = 2 }\nmax_runtime = "soon"\n', "max_runtime"),
+        ('[pools.dev]\nnodes = { "a" = 2 }\ncolour = "red"\n', "colour"),
+        ('[pools.a]\nnodes = { "n" = 2 }\n[pools.b]\nnodes = { "n" = 2 }\n', "is in pools"),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, text, message):
+    p = tmp_path / "q.toml"
+    p.write_text(text)
+    with pytest.raises(BadRequest) as e:
+        load_config(p)
+    assert message in str(e.value) and str(p) in str(e.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(BadRequest, match="does not exist"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_single_node_default():
+    cfg = single_node_config(4)
+    assert cfg.pools["default"].nodes == {"local": 4}
