@@ -23,6 +23,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import kombu.exceptions
 import redis
 
 from ..config import PoolConfig, QueueConfig, load_config
@@ -120,6 +121,7 @@ class Daemon:
         self.nodes: dict[str, NodeSeen] = {}
         self.known: set[str] = set()  # non-terminal jobs the scheduler holds
         self.dispatched: dict[str, tuple[int, float]] = {}  # job -> (attempt, monotonic) until claimed
+        self.unsent: dict[str, JobRecord] = {}  # launches the broker did not take yet
         self.cursor = "0-0"
         self._stopping = False
         self._last_renew = 0.0
@@ -179,6 +181,7 @@ class Daemon:
         self._check_nodes(initial=True)
         self.known.clear()
         self.dispatched.clear()
+        self.unsent.clear()
         resend: list[JobRecord] = []
         for job in st.active_jobs():
             req = job_request(job, self.config)
@@ -247,19 +250,24 @@ class Daemon:
         while not self._stopping:
             try:
                 if outage:
-                    # after an outage nobody could beat: give every node a fresh timeout
-                    for n in self.nodes.values():
-                        n.last_change = time.monotonic()
+                    # a pass may have stopped half-way: the store is the truth, rebuild from it
+                    # (nodes that beat get a fresh timeout: nobody could beat during the outage)
+                    self.store.r.ping()
+                    log.info("redis is back; rebuilding from the store")
+                    self.rebuild()
                     outage = False
-                    log.info("redis is back")
                 self._renew()
                 self.step()
             except LostLeadership as e:
                 log.error("stepping down: %s", e)
                 return 3
-            except (redis.ConnectionError, redis.TimeoutError) as e:
+            except (redis.ConnectionError, redis.TimeoutError, OSError, kombu.exceptions.OperationalError) as e:
                 if not outage:
                     log.warning("redis unavailable (%s); retrying", e)
+                outage = True
+                time.sleep(0.5)
+            except Exception:  # noqa: BLE001 - a bug in one pass must not stop the queue
+                log.exception("scheduling step failed; rebuilding from the store")
                 outage = True
                 time.sleep(0.5)
         self._save_state(force=True)
@@ -274,6 +282,8 @@ class Daemon:
     def step(self, block_ms: int = 200) -> None:
         """Read messages (waiting up to ``block_ms``), check nodes, run a scheduling pass."""
         st = self.store
+        for job in list(self.unsent.values()):
+            self._send_launch(job)
         rows = st.r.xread({st.k("daemon"): self.cursor}, count=1000, block=block_ms)
         if rows:
             for mid, fields in rows[0][1]:
@@ -379,15 +389,23 @@ class Daemon:
         self._send_launch(job)
 
     def _send_launch(self, job: JobRecord) -> None:
+        """Put the launch on the node's queue; if the broker is away, try again next step."""
         a = job.current_attempt
         assert a is not None
         self.dispatched[job.id] = (a.number, time.monotonic())
-        self.celery.send_task(
-            TASK_NAME,
-            kwargs={"job_id": job.id, "attempt": a.number, "node": a.node, "devices": a.gpu_ids,
-                    "spec": job.spec.model_dump(mode="json")},
-            queue=node_queue(a.node),
-        )
+        self.unsent[job.id] = job
+        try:
+            self.celery.send_task(
+                TASK_NAME,
+                kwargs={"job_id": job.id, "attempt": a.number, "node": a.node, "devices": a.gpu_ids,
+                        "spec": job.spec.model_dump(mode="json")},
+                queue=node_queue(a.node),
+                retry=False,
+            )
+        except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as e:
+            log.warning("cannot send job %s to %s yet (%s); will retry", job.id, a.node, e)
+            return
+        self.unsent.pop(job.id, None)
 
     def _request_stop(self, job: JobRecord, reason: str, grace_s: float, message: str = "", by: Any = None) -> None:
         a = job.current_attempt
@@ -480,6 +498,7 @@ class Daemon:
         if a is None or a.outcome is not None:
             return
         self.dispatched.pop(job.id, None)
+        self.unsent.pop(job.id, None)
         now = time.time()
         outcome = attempt_outcome(job, rec)
         code = rec.get("exit_code")

@@ -1,0 +1,210 @@
+"""A real cluster for tests: redis-server, the scheduler daemon, Celery workers declaring GPUs,
+and the API service, all subprocesses that a test may kill -9 and restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import psutil
+import pytest
+import requests
+
+from gpuqueue.client import Client, ServerInfo
+from helpers.servers import RedisServer, free_port, wait_until
+
+PY = sys.executable
+TOKENS = {"alice": "alice-token-1", "bob": "bob-token-22", "root": "root-token-333"}
+
+JOB_SCRIPT = r'''
+import os, sys, time
+out, ticks = sys.argv[1], int(sys.argv[2])
+job, att = os.environ["GPUQUEUE_JOB_ID"], os.environ["GPUQUEUE_ATTEMPT"]
+def mark(what):
+    with open(out, "a") as f:
+        f.write(f"{what} {job} {att} {time.time():.4f} {os.environ.get('CUDA_VISIBLE_DEVICES', '')}\n")
+mark("start")
+print(f"hello from {job} attempt {att}", flush=True)
+for i in range(ticks):
+    time.sleep(0.1)
+    mark("alive")
+mark("end")
+'''
+
+
+class Cluster:
+    """Processes of one test cluster; ``close()`` kills them all (and their job processes)."""
+
+    def __init__(self, root: Path, redis: RedisServer, nodes: dict[str, int], node_timeout: float = 2.0):
+        self.root = root
+        self.redis = redis
+        self.nodes = nodes
+        self.node_timeout = node_timeout
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        root.mkdir(parents=True, exist_ok=True)
+        self.marks = root / "marks.txt"
+        self.marks.touch()
+        self.script = root / "job.py"
+        self.script.write_text(JOB_SCRIPT)
+        self.config = root / "pools.toml"
+        nodes_toml = ", ".join(f'"{n}" = {g}' for n, g in nodes.items())
+        self.config.write_text(f"retries = 3\nretry_backoff = 0.2\n[pools.gpu]\nnodes = {{ {nodes_toml} }}\n")
+        self.users = root / "users.toml"
+        self.users.write_text("".join(
+            f'[[user]]\nname = "{n}"\ntoken = "{t}"\nadmin = {"true" if n == "root" else "false"}\n' for n, t in TOKENS.items()
+        ))
+        self.api_port = free_port()
+
+    # -- processes ------------------------------------------------------------------------
+    def _spawn(self, key: str, args: list[str]) -> subprocess.Popen[bytes]:
+        log = open(self.root / f"{key}.log", "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        p = subprocess.Popen([PY, "-m", "gpuqueue.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root)
+        self.procs[key] = p
+        return p
+
+    def start_daemon(self, key: str = "daemon") -> subprocess.Popen[bytes]:
+        return self._spawn(key, ["scheduler", "--redis", self.redis.url, "--config", str(self.config),
+                                 "--node-timeout", str(self.node_timeout), "--leader-ttl", "1.5",
+                                 "--start-timeout", "5", "--stop-grace", "3"])
+
+    def start_worker(self, node: str) -> subprocess.Popen[bytes]:
+        return self._spawn(f"worker-{node}", ["worker", "--redis", self.redis.url, "--node", node,
+                                              "--gpus", str(self.nodes[node]), "--heartbeat", "0.2",
+                                              "--state-dir", str(self.root / f"node-{node}"), "--log-level", "INFO"])
+
+    def start_api(self) -> subprocess.Popen[bytes]:
+        p = self._spawn("api", ["api", "--redis", self.redis.url, "--port", str(self.api_port), "--users", str(self.users)])
+        wait_until(lambda: _ok(f"{self.url}healthz"), 30, 0.1, "the API service")
+        return p
+
+    def start(self) -> "Cluster":
+        self.start_daemon()
+        for n in self.nodes:
+            self.start_worker(n)
+        self.start_api()
+        self.wait_nodes(set(self.nodes))
+        return self
+
+    def wait_nodes(self, names: set[str], timeout: float = 30) -> None:
+        c = self.client("root")
+        wait_until(lambda: set(c.queue().get("nodes", {})) >= names, timeout, 0.1, f"nodes {names} up")
+
+    def log(self, key: str) -> str:
+        return (self.root / f"{key}.log").read_text(errors="replace")
+
+    def kill(self, key: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs[key]
+        if p.poll() is None:
+            p.send_signal(sig)
+            p.wait(15)
+
+    def tree(self, key: str) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.procs[key].pid)
+            return [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def close(self) -> None:
+        kids: list[psutil.Process] = []
+        for key in self.procs:
+            for p in self.tree(key):
+                kids.append(p)
+                try:
+                    p.resume()
+                except psutil.Error:
+                    pass
+        for key, p in self.procs.items():
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        for k in kids:
+            try:
+                k.kill()
+            except psutil.Error:
+                pass
+        for rp in psutil.process_iter(["cmdline"]):  # runners of this test whose worker died
+            try:
+                if any(str(self.root) in a for a in (rp.info["cmdline"] or [])):
+                    rp.kill()
+            except psutil.Error:
+                pass
+
+    # -- users ----------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}/"
+
+    def client(self, user: str) -> Client:
+        return Client(ServerInfo(self.url, TOKENS[user]), timeout=10)
+
+    def submit(self, user: str = "alice", ticks: int = 10, gpus: int = 1, **spec: Any) -> str:
+        body = {"kind": "command", "gpus": gpus, "command": [PY, str(self.script), str(self.marks), str(ticks)], **spec}
+        return self.client(user).submit(body)["id"]
+
+    def cli(self, user: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, GPUQUEUE_URL=self.url, GPUQUEUE_TOKEN=TOKENS[user])
+        return subprocess.run([PY, "-m", "gpuqueue.cli", *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=self.root)
+
+    def wait_done(self, ids: list[str], timeout: float = 60) -> dict[str, dict[str, Any]]:
+        c = self.client("root")
+
+        def done() -> Any:
+            jobs = {i: c.get(i) for i in ids}
+            return jobs if all(j["state"] in ("succeeded", "failed", "cancelled", "timed_out") for j in jobs.values()) else None
+
+        return wait_until(done, timeout, 0.2, f"jobs {ids} to end")
+
+    # -- the proof of "once, never twice at a time" ---------------------------------------
+    def runs(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """job -> attempt -> {start, last, end} from the jobs' own marks."""
+        out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+        for line in self.marks.read_text().splitlines():
+            what, job, att, t = line.split()[:4]
+            r = out[job].setdefault(att, {"start": None, "last": None, "end": None})
+            if what == "start":
+                r["start"] = float(t)
+            if what == "end":
+                r["end"] = float(t)
+            r["last"] = float(t)
+        return out
+
+    def assert_once(self, ids: list[str]) -> None:
+        """Each job ended exactly once and its attempts never overlapped in time."""
+        runs = self.runs()
+        for job in ids:
+            atts = sorted(runs[job].values(), key=lambda r: r["start"])
+            ends = [a for a in atts if a["end"] is not None]
+            assert len(ends) == 1, f"{job} completed {len(ends)} times: {atts}"
+            for a, b in zip(atts, atts[1:]):
+                assert a["last"] < b["start"], f"{job} ran twice at once: {atts}"
+
+
+def _ok(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path, redis_factory: Callable[..., RedisServer]) -> Iterator[Callable[..., Cluster]]:
+    """``cluster_factory(nodes={"n1": 2, "n2": 2}, start=True)`` -> a running Cluster."""
+    made: list[Cluster] = []
+
+    def make(nodes: Optional[dict[str, int]] = None, start: bool = True, **kw: Any) -> Cluster:
+        r = redis_factory(appendonly=True)
+        c = Cluster(tmp_path / f"cluster{len(made)}", r, nodes or {"n1": 2, "n2": 2}, **kw)
+        made.append(c)
+        return c.start() if start else c
+
+    yield make
+    for c in made:
+        c.close()

@@ -1,0 +1,59 @@
+"""The API service: the gpuqueue CLI against it, and who may see and change which jobs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from gpuqueue.errors import Forbidden, NotFound
+from helpers.servers import wait_until
+
+
+def test_cli_and_user_isolation(cluster_factory) -> None:
+    c = cluster_factory(nodes={"n1": 2})
+    # the CLI, unchanged, against the API service (GPUQUEUE_URL / GPUQUEUE_TOKEN)
+    r = c.cli("alice", "submit", "--gpus", "1", "--", "python", str(c.script), str(c.marks), "2")
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip()
+    w = c.cli("alice", "wait", job)
+    assert w.returncode == 0 and "succeeded" in w.stderr, w.stderr
+    logs = c.cli("alice", "logs", job)
+    assert f"hello from {job} attempt 1" in logs.stdout
+    ls = c.cli("alice", "ls")
+    assert job in ls.stdout and "succeeded" in ls.stdout
+    assert c.cli("alice", "submit", "--gpus", "9", "--", "true").stderr.strip().endswith("ask for at most 2")
+    assert '"state": "succeeded"' in c.cli("alice", "show", job).stdout
+
+    # bob cannot see, read the logs of, or cancel alice's jobs
+    running = c.submit("alice", ticks=100)
+    for args in (("show", running), ("logs", running), ("cancel", running)):
+        r = c.cli("bob", *args)
+        assert r.returncode == 1 and f"no job '{running}'" in r.stderr, (args, r.stderr)
+    assert job not in c.cli("bob", "ls", "--all").stdout  # --all is for admins only
+    bob = c.client("bob")
+    try:
+        bob.events(running)
+        raise AssertionError("bob read alice's events")
+    except NotFound:
+        pass
+    # alice may not preempt; an admin sees everything, preempts and cancels alice's job
+    try:
+        c.client("alice").preempt(running)
+        raise AssertionError("a non-admin preempted")
+    except Forbidden as e:
+        assert "only admins" in str(e)
+    assert running in c.cli("root", "ls", "--all").stdout
+    wait_until(lambda: c.client("root").get(running)["state"] == "running", 20, 0.1, "running")
+    assert "preempting" in c.cli("root", "preempt", running).stdout
+    wait_until(lambda: c.client("root").get(running)["preemptions"] == 1, 20, 0.1, "preempted")
+    wait_until(lambda: c.client("root").get(running)["state"] == "running", 20, 0.1, "running again")
+    assert c.cli("root", "cancel", running).returncode == 0
+    final = c.wait_done([running], 20)[running]
+    assert final["state"] == "cancelled" and len(final["attempts"]) == 2
+    c.assert_once([job])
+
+    # no token, a wrong token: 401 with a message naming the fix
+    env = dict(os.environ, GPUQUEUE_URL=c.url, GPUQUEUE_TOKEN="wrong-token")
+    r = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "ls"], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "GPUQUEUE_TOKEN" in r.stderr
