@@ -222,3 +222,28 @@ def test_gpuqueue_verbs(jupyter_server):
     assert bad.error["ename"] == "UsageError" and "unknown verb" in bad.stderr
     missing = k.run("%gpuqueue status j-000000000000")
     assert missing.error["ename"] == "UsageError" and "no job" in missing.stderr
+
+
+def test_job_that_died_while_the_server_was_down_is_retried_and_queued_jobs_stay(jupyter_server, tmp_path):
+    import sys
+
+    client = jupyter_server.client()
+    script = tmp_path / "flaky.py"
+    script.write_text(
+        "import os, time\n"
+        "print('attempt', os.environ['GPUQUEUE_ATTEMPT'], flush=True)\n"
+        "if os.environ['GPUQUEUE_ATTEMPT'] == '1':\n    time.sleep(300)\n"
+    )
+    first = client.submit({"kind": "command", "command": [sys.executable, str(script)], "gpus": 2})
+    waiting = client.submit({"kind": "command", "command": [sys.executable, "-c", "print('my turn')"], "gpus": 2})
+    wait_until(lambda: client.get(first["id"])["state"] == "running", 30, what="first job running")
+    assert client.get(waiting["id"])["state"] == "queued"
+    jupyter_server.stop()
+    jupyter_server.kill_jobs()  # the node lost the job while nobody was watching
+    jupyter_server.start()
+    client = jupyter_server.client()
+    wait_until(lambda: client.get(first["id"])["state"] == "succeeded", 60, what="the retry to succeed")
+    job = client.get(first["id"])
+    assert [a["outcome"] for a in job["attempts"]] == ["lost", "succeeded"]
+    assert job["failures"] == 0  # a lost process is not the job's failure
+    wait_until(lambda: client.get(waiting["id"])["state"] == "succeeded", 60, what="the queued job to run")

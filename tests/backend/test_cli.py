@@ -1,0 +1,72 @@
+"""The gpuqueue command line against a real jupyter server (subprocesses all the way)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from helpers.servers import wait_until
+
+
+def gq(server, *args, timeout=120):
+    env = dict(os.environ, GPUQUEUE_URL=server.url, GPUQUEUE_TOKEN=server.token)
+    return subprocess.run([sys.executable, "-m", "gpuqueue.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=timeout, cwd=server.work_dir)
+
+
+def test_submit_show_logs_wait(jupyter_server):
+    r = gq(jupyter_server, "submit", "--gpus", "1", "--name", "cli-job", "--", sys.executable, "-c",
+           "import os; print('on', os.environ['CUDA_VISIBLE_DEVICES']); print('bye')")
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.strip()
+    assert job_id.startswith("j-") and "\n" not in job_id  # the id alone on stdout
+    w = gq(jupyter_server, "wait", job_id)
+    assert w.returncode == 0, w.stderr
+    show = json.loads(gq(jupyter_server, "show", job_id).stdout)
+    assert show["id"] == job_id and show["state"] == "succeeded"
+    [attempt] = show["attempts"]
+    assert attempt["node"] == "local" and attempt["gpu_ids"] in ([0], [1])
+    assert attempt["started_at"] <= attempt["ended_at"] and attempt["outcome"] == "succeeded"
+    logs = gq(jupyter_server, "logs", job_id)
+    assert logs.stdout.splitlines() == [f"on {attempt['gpu_ids'][0]}", "bye"]
+    follow = gq(jupyter_server, "logs", "-f", job_id)
+    assert "bye" in follow.stdout and "succeeded" in follow.stderr
+    ls = gq(jupyter_server, "ls")
+    assert job_id in ls.stdout and "cli-job" in ls.stdout
+
+
+def test_wait_fails_for_a_failed_job_and_cancel_works(jupyter_server):
+    fail = gq(jupyter_server, "submit", "--retries", "0", "--", sys.executable, "-c", "raise SystemExit(3)").stdout.strip()
+    assert gq(jupyter_server, "wait", fail).returncode == 1
+    job = json.loads(gq(jupyter_server, "show", fail).stdout)
+    assert job["state"] == "failed" and job["attempts"][-1]["exit_code"] == 3
+    slow = gq(jupyter_server, "submit", "--", sys.executable, "-c", "import time; time.sleep(60)").stdout.strip()
+    client = jupyter_server.client()
+    wait_until(lambda: client.get(slow)["state"] == "running", 30, what="running")
+    c = gq(jupyter_server, "cancel", slow)
+    assert c.returncode == 0 and slow in c.stdout
+    assert gq(jupyter_server, "wait", slow).returncode == 1
+    assert client.get(slow)["state"] == "cancelled"
+
+
+def test_user_mistakes_are_one_line_errors(jupyter_server):
+    cases = [
+        (("submit", "--gpus", "9", "--", "true"), "9 GPUs do not fit"),
+        (("submit", "--timeout", "later", "--", "true"), "cannot read duration"),
+        (("submit", "--"), "nothing to run"),
+        (("show", "j-0123456789ab"), "no job"),
+        (("submit", "--env", "NOEQUALS", "--", "true"), "KEY=VALUE"),
+    ]
+    for args, message in cases:
+        r = gq(jupyter_server, *args)
+        assert r.returncode != 0, args
+        assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+    assert jupyter_server.client().list() == []
+
+
+def test_no_server_configured_says_what_to_set(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JPY_"))}
+    r = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "ls"], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "GPUQUEUE_URL" in r.stderr and "Traceback" not in r.stderr
