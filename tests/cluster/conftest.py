@@ -60,6 +60,7 @@ class Cluster:
             f'[[user]]\nname = "{n}"\ntoken = "{t}"\nadmin = {"true" if n == "root" else "false"}\n' for n, t in TOKENS.items()
         ))
         self.api_port = free_port()
+        self.metrics_port = free_port()
 
     # -- processes ------------------------------------------------------------------------
     def _spawn(self, key: str, args: list[str]) -> subprocess.Popen[bytes]:
@@ -72,7 +73,8 @@ class Cluster:
     def start_daemon(self, key: str = "daemon") -> subprocess.Popen[bytes]:
         return self._spawn(key, ["scheduler", "--redis", self.redis.url, "--config", str(self.config),
                                  "--node-timeout", str(self.node_timeout), "--leader-ttl", "1.5",
-                                 "--start-timeout", "5", "--stop-grace", "3"])
+                                 "--start-timeout", "5", "--stop-grace", "3"]
+                           + (["--metrics-port", str(self.metrics_port)] if key == "daemon" else []))
 
     def start_worker(self, node: str) -> subprocess.Popen[bytes]:
         return self._spawn(f"worker-{node}", ["worker", "--redis", self.redis.url, "--node", node,

@@ -53,6 +53,14 @@ def test_cli_and_user_isolation(cluster_factory) -> None:
     assert final["state"] == "cancelled" and len(final["attempts"]) == 2
     c.assert_once([job])
 
+    # Prometheus metrics: the daemon's queue, the API's request latency
+    import requests
+    daemon = requests.get(f"http://127.0.0.1:{c.metrics_port}/metrics", timeout=5).text
+    assert "gpuqueue_scheduler_leader 1.0" in daemon
+    assert 'gpuqueue_jobs_finished_total{outcome="succeeded",pool="gpu"} 1.0' in daemon
+    api = requests.get(f"{c.url}metrics", timeout=5).text
+    assert "gpuqueue_api_request_duration_seconds_count" in api
+
     # no token, a wrong token: 401 with a message naming the fix
     env = dict(os.environ, GPUQUEUE_URL=c.url, GPUQUEUE_TOKEN="wrong-token")
     r = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "ls"], env=env, capture_output=True, text=True)

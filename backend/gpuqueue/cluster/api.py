@@ -118,11 +118,31 @@ class HealthHandler(web.RequestHandler):
         self.finish({"ok": True})
 
 
+class MetricsHandler(web.RequestHandler):
+    """``GET /metrics``: Prometheus metrics of this API process (request latency, process)."""
+
+    def get(self) -> None:
+        from .. import metrics
+
+        body, ctype = metrics.render(self.settings["gpuqueue_metrics"].registry, self.request.headers.get("Accept"))
+        self.set_header("Content-Type", ctype)
+        self.finish(body)
+
+
 def make_app(store: RedisStore, users: dict[str, User], **kw: Any) -> web.Application:
-    """The tornado application (routes under ``/gpuqueue/api``)."""
+    """The tornado application (routes under ``/gpuqueue/api``, plus /healthz and /metrics)."""
+    from .. import metrics
+
+    m = metrics.QueueMetrics(metrics.process_registry("api", nvml=False), mode="cluster")
     routes: list[Any] = [(path, _authed(h)) for path, h in rest.routes()]
-    routes.append(("/healthz", HealthHandler))
-    return web.Application(routes, gpuqueue_service=ClusterFrontend(store, **kw), gpuqueue_users=users)
+    routes += [("/healthz", HealthHandler), ("/metrics", MetricsHandler)]
+    return web.Application(routes, gpuqueue_service=ClusterFrontend(store, **kw), gpuqueue_users=users,
+                           gpuqueue_metrics=m, log_function=metrics.tornado_log_function(m, _quiet_log))
+
+
+def _quiet_log(handler: web.RequestHandler) -> None:
+    if handler.get_status() >= 500:
+        log.error("%s %s %s", handler.get_status(), handler.request.method, handler.request.uri)
 
 
 def build_parser() -> argparse.ArgumentParser:

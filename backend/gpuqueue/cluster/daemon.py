@@ -18,6 +18,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -121,6 +122,9 @@ class Daemon:
         self.nodes: dict[str, NodeSeen] = {}
         self.known: set[str] = set()  # non-terminal jobs the scheduler holds
         self.dispatched: dict[str, tuple[int, float]] = {}  # job -> (attempt, monotonic) until claimed
+        self.metrics: Any = None
+        self.listeners: list[Any] = []  # fn(what, data), as QueueService.listeners (metrics)
+        self.lock = threading.Lock()  # held while the scheduler changes (a metrics scrape reads it)
         self.unsent: dict[str, JobRecord] = {}  # launches the broker did not take yet
         self.cursor = "0-0"
         self._stopping = False
@@ -145,6 +149,8 @@ class Daemon:
             if tok:
                 self.token = tok
                 log.info("leader now (token %s)", tok)
+                if self.metrics is not None:
+                    self.metrics.set_leader(True)
                 return
             if not said:
                 log.info("another scheduler daemon leads; standing by")
@@ -285,6 +291,11 @@ class Daemon:
         for job in list(self.unsent.values()):
             self._send_launch(job)
         rows = st.r.xread({st.k("daemon"): self.cursor}, count=1000, block=block_ms)
+        with self.lock:
+            self._step(rows)
+
+    def _step(self, rows: Any) -> None:
+        st = self.store
         if rows:
             for mid, fields in rows[0][1]:
                 try:
@@ -306,6 +317,7 @@ class Daemon:
 
     def tick(self) -> None:
         """One scheduling pass: carry out what the scheduler decides (as the embedded tick)."""
+        t0 = time.perf_counter()
         for d in self.scheduler.tick(time.time()):
             if isinstance(d, Start):
                 self._start(d.job_id, d.placement)
@@ -319,6 +331,14 @@ class Daemon:
                     self._request_stop(job, "timed_out", self.stop_grace)
             elif isinstance(d, Warn):
                 self._exec([self.store.event_op(d.job_id, "warning", {"message": d.message})])
+        self._notify("pass", {"seconds": time.perf_counter() - t0})
+
+    def _notify(self, what: str, data: dict[str, Any]) -> None:
+        for fn in self.listeners:
+            try:
+                fn(what, data)
+            except Exception:  # noqa: BLE001 - observers must never break the queue
+                log.exception("listener failed on %s", what)
 
     # -- messages -------------------------------------------------------------------------
     def _handle(self, m: dict[str, Any]) -> None:
@@ -335,6 +355,7 @@ class Daemon:
                 self._set_state(job, JobState.FAILED, error=job.error)
             else:
                 self.known.add(job.id)
+                self._notify("submitted", {"job": job})
         elif op == "cancel":
             if job.state.is_terminal:
                 return
@@ -364,6 +385,7 @@ class Daemon:
         a.pid = m.get("pid")
         self.scheduler.started(job.id, time.time())
         self._set_state(job, JobState.RUNNING, node=a.node, gpus=a.gpu_ids)
+        self._notify("started", {"job": job})
 
     # -- starting and stopping ------------------------------------------------------------
     def _start(self, job_id: str, placement: dict[str, tuple[int, ...]]) -> None:
@@ -539,12 +561,15 @@ class Daemon:
         if state.is_terminal:
             self.known.discard(job.id)
         self._set_state(job, state, extra=ops, **info)
+        self._notify("attempt_ended", {"job": job, "outcome": outcome.value})
 
     def _set_state(self, job: JobRecord, state: JobState, extra: Optional[list[Op]] = None, **info: Any) -> None:
+        old = job.state
         job.state = state
         data = {"state": state.value}
         data.update({k: v for k, v in info.items() if v is not None})
         self._exec(self.store.job_ops(job) + (extra or []) + [self.store.event_op(job.id, "state", data)])
+        self._notify("state", {"job": job, "old": old.value, "new": state.value})
 
     # -- publishing -----------------------------------------------------------------------
     def _publish_config(self) -> None:
@@ -604,6 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-timeout", type=float, default=120.0, help="seconds a dispatched attempt may wait for its worker (default 120)")
     p.add_argument("--stop-grace", type=float, default=30.0, help="seconds to stop after cancel/timeout (default 30)")
     p.add_argument("--prefix", default="gq", help="Redis key prefix (default gq)")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -622,4 +648,9 @@ def cli_main(argv: list[str]) -> int:
         return 2
     d = Daemon(RedisStore(args.redis, args.prefix), config, args.policy, args.node_timeout,
                args.leader_ttl, args.start_timeout, args.stop_grace)
+    if args.metrics_port:
+        from .. import metrics
+
+        d.metrics = metrics.attach(d, mode="cluster", lock=d.lock, nvml=False, leader=False)
+        metrics.serve_metrics(args.metrics_port, d.metrics.registry)
     return d.run()

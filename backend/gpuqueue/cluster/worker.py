@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
     p.add_argument("--concurrency", type=int, default=4, help="launch threads (default 4)")
     p.add_argument("--prefix", default="gq")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics (process, NVML GPUs) on this port")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -402,6 +403,10 @@ def cli_main(argv: list[str]) -> int:
         print(f"gpuqueue worker: cannot reach Redis at {args.redis}: {e}", file=sys.stderr)
         return 1
     log.info("node %s: %d GPUs, queue %s, jobs in %s", args.node, gpus, node_queue(args.node), state_dir)
+    if args.metrics_port:
+        from .. import metrics
+
+        metrics.serve_metrics(args.metrics_port, metrics.process_registry("worker", node=args.node))
     app = make_celery(args.redis)
     worker = app.Worker(
         hostname=f"{args.node}@gpuqueue", queues=[node_queue(args.node)], pool_cls="threads",
