@@ -348,11 +348,11 @@ class SchedulerCollector:
     """
 
     def __init__(self, get_scheduler: Callable[[], Any], lock: Any = None,
-                 clock: Callable[[], float] = time.time, errors: Optional[Counter] = None):
+                 clock: Callable[[], float] = time.time):
         self.get_scheduler = get_scheduler
         self.lock = lock
         self.clock = clock
-        self.errors = errors
+        self.errors = 0
 
     def describe(self) -> list[Any]:
         return []
@@ -378,14 +378,17 @@ class SchedulerCollector:
 
     def collect(self) -> Iterable[Any]:
         sched = self.get_scheduler()
-        if sched is None:
-            return
-        try:
-            snap, pend, nodes = self._read(sched)
-        except Exception:  # noqa: BLE001 - a scrape must not fail because of the scheduler
-            log.exception("reading the scheduler for metrics failed")
-            if self.errors is not None:
-                self.errors.inc()
+        snap = None
+        if sched is not None:
+            try:
+                snap, pend, nodes = self._read(sched)
+            except Exception:  # noqa: BLE001 - a scrape must not fail because of the scheduler
+                log.exception("reading the scheduler for metrics failed")
+                self.errors += 1
+        yield CounterMetricFamily("gpuqueue_metrics_read_errors", "Scrapes in which reading the "
+                                  "scheduler failed (its gauges are missing from those scrapes)",
+                                  value=self.errors)
+        if snap is None:
             return
         now = self.clock()
         pools = snap.get("pools") or {}
@@ -495,8 +498,6 @@ class QueueMetrics:
         self.api_latency = Histogram("gpuqueue_api_request_duration_seconds", "REST API request "
                                      "latency (streaming requests excluded)", ["handler", "method", "code"],
                                      buckets=API_BUCKETS, registry=r)
-        self.scrape_errors = Counter("gpuqueue_metrics_read_errors", "Scrapes in which reading the "
-                                     "scheduler failed", registry=r)
         self.running = RunningJobs(
             r,
             max_jobs=max_jobs if max_jobs is not None else _env_int("GPUQUEUE_METRICS_MAX_JOBS", DEFAULT_MAX_JOBS),
@@ -526,7 +527,7 @@ class QueueMetrics:
     def collect_scheduler(self, get_scheduler: Callable[[], Any], lock: Any = None) -> SchedulerCollector:
         """Add the scrape-time scheduler gauges (once)."""
         if self._scheduler_collector is None:
-            self._scheduler_collector = SchedulerCollector(get_scheduler, lock, errors=self.scrape_errors)
+            self._scheduler_collector = SchedulerCollector(get_scheduler, lock)
             self.registry.register(self._scheduler_collector)
         return self._scheduler_collector
 

@@ -161,15 +161,19 @@ def read_gpus(session: Optional[NvmlSession] = None) -> list[dict[str, Any]]:
     ``row_remap_pending``, ``row_remap_failed``, and, when the XID watcher runs in this process,
     ``xid_errors_total`` and ``last_xid``. A value the GPU does not support is None.
     """
-    s = session or default_session()
+    return _read_gpus(session or default_session()) or []
+
+
+def _read_gpus(s: NvmlSession) -> Optional[list[dict[str, Any]]]:
+    """The GPUs, or None when NVML is missing or stopped answering."""
     nv = s.get()
     if nv is None:
-        return []
+        return None
     try:
         count = int(nv.nvmlDeviceGetCount())
     except Exception as e:  # noqa: BLE001 - the driver went away under us
         s.reset(f"NVML stopped answering: {e}")
-        return []
+        return None
     gpus = [_read_one(nv, i) for i in range(count)]
     watcher = _watchers.get(id(s))
     if watcher is not None:
@@ -303,8 +307,8 @@ class NvmlCollector:
 
         try:
             watcher = ensure_xid_watcher(self.session) if self.watch_xid else None
-            gpus = read_gpus(self.session)
-            up = self.session.get() is not None
+            read = _read_gpus(self.session)
+            gpus, up = read or [], read is not None
         except Exception:  # noqa: BLE001 - a scrape must never fail because of NVML
             log.exception("reading NVML failed")
             gpus, up, watcher = [], False, None

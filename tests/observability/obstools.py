@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import queue
 import shutil
 import subprocess
+import types
 from typing import Any, Optional
 
 import pytest
@@ -55,3 +57,78 @@ def scrape_server(server: Any, accept: Optional[str] = None) -> Scrape:
     r = requests.get(server.url + "gpuqueue/metrics", headers=headers, timeout=30)
     assert r.status_code == 200, r.text
     return Scrape(r.text)
+
+
+# ------------------------------------------------------------------ a stand-in NVML library
+class NVMLError(Exception):
+    pass
+
+
+class NVMLError_NotSupported(NVMLError):
+    pass
+
+
+class NVMLError_Timeout(NVMLError):
+    pass
+
+
+class NVMLError_GpuIsLost(NVMLError):
+    pass
+
+
+def fake_nvml(gpus: list[dict[str, Any]], events: "queue.Queue[tuple[int, int]]") -> types.ModuleType:
+    """A module with pynvml's API over ``gpus``; ``events`` feeds (gpu index, xid) pairs."""
+    m = types.ModuleType("fake_pynvml")
+    m.NVMLError, m.NVMLError_NotSupported, m.NVMLError_Timeout = NVMLError, NVMLError_NotSupported, NVMLError_Timeout
+    m.NVML_TEMPERATURE_GPU = 0
+    m.NVML_MEMORY_ERROR_TYPE_CORRECTED, m.NVML_MEMORY_ERROR_TYPE_UNCORRECTED = 0, 1
+    m.NVML_VOLATILE_ECC = 0
+    m.nvmlEventTypeXidCriticalError = 8
+    m.inits = 0
+
+    def need(g: dict[str, Any], key: str) -> Any:
+        if g.get(key) is None:
+            raise NVMLError_NotSupported("Not Supported")
+        return g[key]
+
+    def init() -> None:
+        m.inits += 1
+
+    def handle(i: int) -> dict[str, Any]:
+        if gpus[i].get("lost"):
+            raise NVMLError_GpuIsLost("GPU is lost")
+        return gpus[i]
+
+    m.nvmlInit = init
+    m.nvmlShutdown = lambda: None
+    m.nvmlSystemGetDriverVersion = lambda: b"550.54.15"
+    m.nvmlDeviceGetCount = lambda: len(gpus)
+    m.nvmlDeviceGetHandleByIndex = handle
+    m.nvmlDeviceGetUUID = lambda h: h["uuid"].encode()
+    m.nvmlDeviceGetName = lambda h: "NVIDIA H200"
+    m.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=need(h, "util"), memory=need(h, "mutil"))
+    m.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=h["used"], total=h["total"], free=h["total"] - h["used"])
+    m.nvmlDeviceGetTemperature = lambda h, sensor: need(h, "temp")
+    m.nvmlDeviceGetPowerUsage = lambda h: need(h, "mw")
+    m.nvmlDeviceGetEnforcedPowerLimit = lambda h: 700_000
+    m.nvmlDeviceGetTotalEccErrors = lambda h, kind, counter: need(h, "ecc")[kind]
+    m.nvmlDeviceGetRemappedRows = lambda h: need(h, "remap")
+    m.nvmlEventSetCreate = lambda: "set"
+    m.nvmlEventSetFree = lambda es: None
+
+    def register(h: dict[str, Any], kind: int, es: Any) -> None:
+        if h.get("no_events"):
+            raise NVMLError_NotSupported("Not Supported")
+
+    def wait(es: Any, timeout_ms: int) -> Any:
+        try:
+            i, xid = events.get(timeout=timeout_ms / 1000)
+        except queue.Empty:
+            raise NVMLError_Timeout("Timeout") from None
+        return types.SimpleNamespace(device=gpus[i], eventType=8, eventData=xid)
+
+    m.nvmlDeviceRegisterEvents = register
+    m.nvmlEventSetWait_v2 = wait
+    return m
+
+
