@@ -1,0 +1,258 @@
+"""Load test of cluster mode: many users submit short jobs through the API service.
+
+    python benchmarks/cluster_load.py [--users 100 --jobs 2000 --workers 3 --gpus 4]
+
+Starts its own redis-server (AOF on), the scheduler daemon, the Celery workers (each declaring
+GPUs) and the API service, then ``--clients`` processes with ``--users / --clients`` threads
+each submit the jobs over HTTP (one token per user). Every job appends ``start``/``end`` marks
+to a shared file, which proves afterwards that
+
+* every job completed exactly once,
+* no GPU ever ran two jobs at once and no user ever held more GPUs than the quota,
+
+and gives the dispatch latency: from a GPU going free (the previous job's process ending) to
+the next job's process starting on it, counted when work was waiting. Prints submissions/s,
+p50/p99 submit latency and p50/p99 dispatch latency. Exit status 0 only if the checks hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import requests
+
+PY = sys.executable
+JOB = ('echo "start $GQ_USER $GPUQUEUE_JOB_ID $GPUQUEUE_ATTEMPT $GPUQUEUE_NODE $CUDA_VISIBLE_DEVICES $(date +%s.%N)" >> {marks}; '
+       'sleep {secs}; '
+       'echo "end $GQ_USER $GPUQUEUE_JOB_ID $GPUQUEUE_ATTEMPT $GPUQUEUE_NODE $CUDA_VISIBLE_DEVICES $(date +%s.%N)" >> {marks}')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(xs: list[float], p: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
+
+
+def client_proc(url: str, users: list[tuple[str, str]], jobs_per_user: int, marks: str, secs: float,
+                start_at: float, out: "mp.Queue[Any]") -> None:
+    """One client process: a thread per user, each submitting its jobs back to back."""
+    import threading
+
+    results: list[tuple[str, str, float, float]] = []  # (user, job, t_submit, latency)
+    lock = threading.Lock()
+    errors: list[str] = []
+
+    def user_thread(name: str, token: str) -> None:
+        s = requests.Session()
+        s.trust_env = False
+        s.headers["Authorization"] = f"token {token}"
+        cmd = ["/bin/sh", "-c", JOB.format(marks=marks, secs=secs)]
+        while time.time() < start_at:
+            time.sleep(0.001)
+        for _ in range(jobs_per_user):
+            body = {"spec": {"kind": "command", "gpus": 1, "command": cmd, "env": {"GQ_USER": name}}}
+            t0 = time.perf_counter()
+            ts = time.time()
+            r = s.post(f"{url}gpuqueue/api/jobs", json=body, timeout=30)
+            lat = time.perf_counter() - t0
+            if r.status_code != 201:
+                errors.append(f"{r.status_code} {r.text[:200]}")
+                continue
+            with lock:
+                results.append((name, r.json()["id"], ts, lat))
+
+    threads = [threading.Thread(target=user_thread, args=u) for u in users]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    out.put((results, errors))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--users", type=int, default=100)
+    ap.add_argument("--jobs", type=int, default=2000)
+    ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--gpus", type=int, default=4, help="GPUs declared per worker")
+    ap.add_argument("--quota", type=int, default=2, help="GPUs a user may hold at once")
+    ap.add_argument("--job-seconds", type=float, default=0.05)
+    ap.add_argument("--clients", type=int, default=4, help="client processes")
+    ap.add_argument("--api-processes", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="gq-load-"))
+    marks = work / "marks.txt"
+    marks.touch()
+    port, api_port = free_port(), free_port()
+    redis_url = f"redis://127.0.0.1:{port}/0"
+    nodes = {f"node{i + 1}": args.gpus for i in range(args.workers)}
+    (work / "pools.toml").write_text(
+        f"[defaults]\nmax_gpus = {args.quota}\nmax_queued = 100000\n"
+        f"[pools.gpu]\nmax_queued = 100000\nnodes = {{ {', '.join(f'{n!r} = {g}'.replace(chr(39), chr(34)) for n, g in nodes.items())} }}\n"
+    )
+    users = [(f"user{i:03d}", f"token-of-user{i:03d}") for i in range(args.users)]
+    (work / "users.toml").write_text("".join(f'[[user]]\nname = "{n}"\ntoken = "{t}"\nadmin = false\n' for n, t in users)
+                                     + '[[user]]\nname = "admin"\ntoken = "admin-token-0"\nadmin = true\n')
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def spawn(name: str, argv: list[str]) -> None:
+        procs.append(subprocess.Popen(argv, stdout=open(work / f"{name}.log", "ab"), stderr=subprocess.STDOUT, cwd=work))
+
+    try:
+        spawn("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(work),
+                        "--appendonly", "yes", "--appendfsync", "everysec", "--save", ""])
+        time.sleep(0.5)
+        gq = [PY, "-m", "gpuqueue.cli"]
+        spawn("daemon", gq + ["scheduler", "--redis", redis_url, "--config", str(work / "pools.toml"), "--log-level", "WARNING"])
+        for n in nodes:
+            spawn(f"worker-{n}", gq + ["worker", "--redis", redis_url, "--node", n, "--gpus", str(args.gpus),
+                                       "--state-dir", str(work / n), "--heartbeat", "2", "--log-level", "WARNING"])
+        spawn("api", gq + ["api", "--redis", redis_url, "--port", str(api_port), "--users", str(work / "users.toml"),
+                           "--processes", str(args.api_processes)])
+        url = f"http://127.0.0.1:{api_port}/"
+        admin = requests.Session()
+        admin.headers["Authorization"] = "token admin-token-0"
+        deadline = time.time() + 60
+        while True:
+            try:
+                q = admin.get(f"{url}gpuqueue/api/queue", timeout=2).json()
+                if len(q.get("nodes", {})) == len(nodes):
+                    break
+            except (requests.RequestException, ValueError):
+                pass
+            if time.time() > deadline:
+                print("the cluster did not come up; logs in", work, file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        print(f"cluster up: {len(nodes)} workers x {args.gpus} GPUs, {args.users} users, quota {args.quota} GPUs/user")
+
+        per_user = args.jobs // args.users
+        out: "mp.Queue[Any]" = mp.Queue()
+        start_at = time.time() + 1.0
+        chunks = [users[i :: args.clients] for i in range(args.clients)]
+        cps = [mp.Process(target=client_proc, args=(url, ch, per_user, str(marks), args.job_seconds, start_at, out)) for ch in chunks]
+        for p in cps:
+            p.start()
+        results: list[tuple[str, str, float, float]] = []
+        errors: list[str] = []
+        for _ in cps:
+            r, e = out.get()
+            results += r
+            errors += e
+        for p in cps:
+            p.join()
+        sub_end = max(ts + lat for _, _, ts, lat in results)
+        sub_wall = sub_end - start_at
+        lats = [lat for *_, lat in results]
+        print(f"submitted {len(results)} jobs in {sub_wall:.2f}s: {len(results) / sub_wall:.0f} submissions/s; "
+              f"submit latency p50 {pct(lats, 50) * 1000:.1f} ms, p99 {pct(lats, 99) * 1000:.1f} ms"
+              + (f"; {len(errors)} errors, e.g. {errors[0]}" if errors else ""))
+
+        ids = {job for _, job, _, _ in results}
+        submitted_at = {job: ts for _, job, ts, _ in results}
+        t_all = time.time()
+        while True:
+            done = _ends(marks)
+            if len(done & ids) == len(ids) or time.time() - t_all > args.timeout:
+                break
+            time.sleep(1.0)
+        run_wall = time.time() - start_at
+        ok = _check(marks, ids, submitted_at, args.quota, args.gpus, run_wall)
+        return 0 if ok and not errors else 1
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if args.keep:
+            print("work folder:", work)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _ends(marks: Path) -> set[str]:
+    return {line.split()[2] for line in marks.read_text().splitlines() if line.startswith("end ")}
+
+
+def _check(marks: Path, ids: set[str], submitted_at: dict[str, float], quota: int, gpus: int, wall: float) -> bool:
+    starts: dict[str, list[tuple[float, str, str, str]]] = defaultdict(list)
+    ends: dict[str, list[float]] = defaultdict(list)
+    events: list[tuple[float, int, str, str]] = []  # (t, +1/-1, user, node:gpu)
+    for line in marks.read_text().splitlines():
+        parts = line.split()
+        if len(parts) != 7:
+            continue
+        what, user, job, att, node, gpu, t = parts
+        tt = float(t)
+        if what == "start":
+            starts[job].append((tt, user, node, gpu))
+            events.append((tt, +1, user, f"{node}:{gpu}"))
+        else:
+            ends[job].append(tt)
+            events.append((tt, -1, user, f"{node}:{gpu}"))
+    ok = True
+    missing = ids - set(ends)
+    twice = [j for j in ids if len(ends.get(j, [])) > 1 or len(starts.get(j, [])) > 1]
+    print(f"completed: {len(ids) - len(missing)}/{len(ids)} (exactly once: {len(ids) - len(missing) - len(twice)}); "
+          f"all done {wall:.1f}s after the first submission")
+    if missing or twice:
+        ok = False
+        print(f"FAIL: {len(missing)} never completed, {len(twice)} ran more than once", file=sys.stderr)
+    held: dict[str, int] = defaultdict(int)
+    busy: dict[str, int] = defaultdict(int)
+    max_user = max_gpu = 0
+    for t, d, user, dev in sorted(events, key=lambda e: (e[0], e[1])):  # ends before starts at a tie
+        held[user] += d
+        busy[dev] += d
+        max_user = max(max_user, held[user])
+        max_gpu = max(max_gpu, busy[dev])
+    print(f"quota: most GPUs one user held at once = {max_user} (quota {quota}); most jobs on one GPU at once = {max_gpu}")
+    if max_user > quota or max_gpu > 1:
+        ok = False
+        print("FAIL: a quota or a GPU was oversubscribed", file=sys.stderr)
+    # dispatch latency: a GPU's previous job ended -> the next job's process started on it, when
+    # the next job had been submitted before the GPU went free (so it was waiting for it)
+    by_dev: dict[str, list[tuple[float, float, str]]] = defaultdict(list)
+    for job, ss in starts.items():
+        if job in ends and ss:
+            t0, _, node, gpu = ss[0]
+            by_dev[f"{node}:{gpu}"].append((t0, ends[job][0], job))
+    gaps = []
+    for seq in by_dev.values():
+        seq.sort()
+        for (s0, e0, _), (s1, _, j1) in zip(seq, seq[1:]):
+            if submitted_at.get(j1, 1e18) < e0:
+                gaps.append(s1 - e0)
+    print(f"dispatch latency (GPU free -> next job's process started), {len(gaps)} samples: "
+          f"p50 {pct(gaps, 50) * 1000:.0f} ms, p99 {pct(gaps, 99) * 1000:.0f} ms")
+    return ok
+
+
+if __name__ == "__main__":
+    sys.exit(main())
