@@ -302,40 +302,47 @@ def pending_summary(scheduler: Any, snapshot: dict[str, Any], now: float) -> dic
             }
         return out
 
-    def entry(pool: str) -> dict[str, Any]:
-        e = out.get(pool)
-        if e is None:
-            e = out[pool] = {"depth": {}, "oldest": {}, "eligible": 0, "backoff": 0}
-        return e
-
-    def count(req: Any, eligible: bool) -> None:
-        e = entry(str(req.pool))
-        pr = _value(req.priority)
-        e["depth"][pr] = e["depth"].get(pr, 0) + 1
-        t = float(getattr(req, "submit_time", now) or now)
-        if t < e["oldest"].get(pr, math.inf):
-            e["oldest"][pr] = t
-        if eligible:
-            e["eligible"] += 1
-        else:
-            e["backoff"] += 1
-
+    # one tight pass over the jobs: (pool, priority, eligible) -> [count, earliest submit time]
+    groups: dict[tuple[Any, Any, bool], list[float]] = {}
     jobs = getattr(scheduler, "jobs", None)
     pending = getattr(scheduler, "pending", None)
     if isinstance(jobs, dict):
         for j in list(jobs.values()):
-            st = getattr(j, "state", None)
+            st = j.state
             if st == "pending" or st == "waiting":
-                count(j.req, st == "pending")
+                r = j.req
+                k = (r.pool, r.priority, st == "pending")
+                g = groups.get(k)
+                if g is None:
+                    groups[k] = [1, r.submit_time]
+                else:
+                    g[0] += 1
+                    if r.submit_time < g[1]:
+                        g[1] = r.submit_time
     elif isinstance(pending, dict):
-        for req in list(pending.values()):
-            count(req, float(getattr(req, "not_before", 0.0) or 0.0) <= now)
+        for r in list(pending.values()):
+            k = (r.pool, r.priority, (r.not_before or 0.0) <= now)
+            g = groups.get(k)
+            if g is None:
+                groups[k] = [1, r.submit_time]
+            else:
+                g[0] += 1
+                if r.submit_time < g[1]:
+                    g[1] = r.submit_time
     else:  # an unknown scheduler: only the pools' totals
         for name, p in pools.items():
             n = int((p or {}).get("queued", 0))
-            e = entry(name)
-            e["depth"]["unknown"] = n
-            e["eligible"] = n
+            out[name] = {"depth": {"unknown": n}, "oldest": {}, "eligible": n, "backoff": 0}
+        return out
+    for (pool, prio, eligible), (n, t) in groups.items():
+        e = out.get(str(pool))
+        if e is None:
+            e = out[str(pool)] = {"depth": {}, "oldest": {}, "eligible": 0, "backoff": 0}
+        pr = _value(prio)
+        e["depth"][pr] = e["depth"].get(pr, 0) + int(n)
+        if t is not None and t < e["oldest"].get(pr, math.inf):
+            e["oldest"][pr] = float(t)
+        e["eligible" if eligible else "backoff"] += int(n)
     return out
 
 
