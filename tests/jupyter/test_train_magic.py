@@ -247,3 +247,20 @@ def test_job_that_died_while_the_server_was_down_is_retried_and_queued_jobs_stay
     assert [a["outcome"] for a in job["attempts"]] == ["lost", "succeeded"]
     assert job["failures"] == 0  # a lost process is not the job's failure
     wait_until(lambda: client.get(waiting["id"])["state"] == "succeeded", 60, what="the queued job to run")
+
+
+def test_job_runs_with_the_kernels_directory_interpreter_and_relative_paths(jupyter_server, tmp_path):
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    where = tmp_path / "project"
+    where.mkdir()
+    (where / "data.txt").write_text("42\n")
+    k.run(f"import os, sys\nos.chdir({str(where)!r})\nkernel_python = sys.executable")
+    res = k.run(
+        "%%train --gpus 0\nimport os, sys\n"
+        "answer = int(open('data.txt').read())\n"  # a relative path, as in the notebook
+        "job_cwd, job_python, job_cvd = os.getcwd(), sys.executable, os.environ['CUDA_VISIBLE_DEVICES']"
+    )
+    assert res.error is None, res.text
+    out = k.run("print(answer, job_cwd == os.getcwd(), job_python == kernel_python, repr(job_cvd))")
+    assert out.stdout.split() == ["42", "True", "True", "''"]
