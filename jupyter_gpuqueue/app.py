@@ -73,8 +73,32 @@ class GPUQueueApp(ExtensionApp):
     def _default_config_file(self) -> str:
         return os.environ.get("GPUQUEUE_CONFIG", "")
 
+    api_url = Unicode(
+        "",
+        help="Cluster mode: URL of the `gpuqueue api` service (e.g. http://gpuqueue-api:8780/). "
+        "When set, every REST verb is forwarded there instead of running an embedded queue.",
+    ).tag(config=True)
+
+    api_token = Unicode(
+        "",
+        help="Cluster mode: this server's token for the API service (its users file names the "
+        "user it stands for). Default: $GPUQUEUE_API_TOKEN.",
+    ).tag(config=True)
+
+    @default("api_token")
+    def _default_api_token(self) -> str:
+        return os.environ.get("GPUQUEUE_API_TOKEN", "")
+
     def initialize_settings(self) -> None:
         """Build the service (started later, once the event loop runs)."""
+        if self.api_url:  # cluster mode: forward to the API service (no Redis credentials here)
+            from .remote import RemoteService
+
+            self.service = RemoteService(self.api_url, self.api_token)
+            self.settings["gpuqueue_service"] = self.service
+            self.settings["gpuqueue_app"] = self
+            self.log.info("gpuqueue: cluster mode, forwarding to %s", self.api_url)
+            return
         config = load_config(self.config_file) if self.config_file else None
         self.service = QueueService(
             state_dir=self.state_dir,

@@ -1,0 +1,46 @@
+"""Cluster mode through the Jupyter server extension: it forwards to the API service."""
+
+from __future__ import annotations
+
+import sys
+
+import requests
+
+from helpers.servers import wait_until
+
+from .conftest import TOKENS
+
+
+def test_server_extension_forwards_to_the_api_service(cluster_factory, jupyter_server_factory) -> None:
+    c = cluster_factory(nodes={"n1": 2})
+    server = jupyter_server_factory(
+        gpus=0, args=[f"--GPUQueueApp.api_url={c.url}", f"--GPUQueueApp.api_token={TOKENS['alice']}"]
+    )
+    q = server.client().queue()
+    assert q["mode"] == "cluster" and q["me"]["user"] == "alice" and "n1" in q["nodes"]
+
+    # a notebook cell: payload to the node through Redis, results back into the kernel
+    k = server.start_kernel()
+    assert k.run("%load_ext jupyter_gpuqueue").error is None
+    k.run("base = 40")
+    res = k.run("%%train --gpus 1\nimport os\nanswer = base + 2\ndevices = os.environ['CUDA_VISIBLE_DEVICES']\nprint('on', os.environ['GPUQUEUE_NODE'])", timeout=120)
+    assert res.error is None, res.error
+    assert "on n1" in res.text, res.text
+    out = k.run("print(answer, devices)")
+    assert out.stdout.strip() == "42 0", out.stdout
+
+    # the job is alice's in the cluster; bob's jobs are invisible through alice's server
+    jobs = server.client().list()
+    assert jobs and all(j["owner"] == "alice" for j in jobs)
+    bobs = c.submit("bob", ticks=1)
+    r = server.api("GET", f"gpuqueue/api/jobs/{bobs}")
+    assert r.status_code == 404 and r.json()["message"].startswith(f"no job '{bobs}'")
+    r = server.api("POST", "gpuqueue/api/jobs", json={"spec": {"kind": "command", "command": ["true"], "gpus": 7}})
+    assert r.status_code == 400 and "ask for at most 2" in r.json()["message"]
+
+    # SSE relayed from the API service, to the end of the job
+    job = server.client().submit({"kind": "command", "gpus": 1, "command": [sys.executable, str(c.script), str(c.marks), "3"]})
+    events = list(server.client().follow(job["id"]))
+    assert events[-1]["type"] == "state" and events[-1]["data"]["state"] == "succeeded"
+    assert any(e["type"] == "log" and e["data"]["line"].startswith("hello from") for e in events)
+    c.assert_once([job["id"]])
