@@ -514,6 +514,7 @@ class QueueMetrics:
             ],
         )
         self._scheduler_collector: Optional[SchedulerCollector] = None
+        self.is_leader = False
 
     # -- setup ----------------------------------------------------------------------------
     def init_pools(self, pools: Iterable[str]) -> None:
@@ -550,6 +551,9 @@ class QueueMetrics:
             self.running.add(job)
 
     def set_leader(self, leader: bool) -> None:
+        """Whether this process runs the scheduler. Queue gauges (``attach``) are only reported
+        while it does, so a standby daemon never doubles the leader's figures."""
+        self.is_leader = bool(leader)
         self.leader.set(1 if leader else 0)
 
     # -- events ---------------------------------------------------------------------------
@@ -636,8 +640,10 @@ def attach(service: Any, registry: Optional[CollectorRegistry] = None, *, mode: 
     """Metrics for a queue service, once per service (a second call returns the first's).
 
     ``service`` needs ``listeners`` (a list of ``fn(what, data)``), ``scheduler`` (read at each
-    scrape; None on a standby) and optionally ``config.pools`` (zero series per pool),
-    ``policy``, and ``store.list(states=...)`` (jobs already running). ``QueueService`` has all.
+    scrape while ``leader``; call ``set_leader`` as leadership changes) and optionally
+    ``config.pools`` (zero series per pool), ``policy``, and ``store.list(states=...)`` (jobs
+    already running). ``QueueService`` has all. ``lock``: held by the thread that changes the
+    scheduler, when scrapes come from another thread (``serve_metrics``).
     """
     with _attach_lock:
         m = _attached.get(service)
@@ -646,7 +652,7 @@ def attach(service: Any, registry: Optional[CollectorRegistry] = None, *, mode: 
         m = QueueMetrics(registry, mode=mode, policy=str(getattr(service, "policy", "") or ""), **opts)
         pools = getattr(getattr(service, "config", None), "pools", None) or {}
         m.init_pools(pools)
-        m.collect_scheduler(lambda: getattr(service, "scheduler", None), lock)
+        m.collect_scheduler(lambda: getattr(service, "scheduler", None) if m.is_leader else None, lock)
         if nvml:
             m.add_nvml()
         store = getattr(service, "store", None)
@@ -658,6 +664,7 @@ def attach(service: Any, registry: Optional[CollectorRegistry] = None, *, mode: 
             except Exception:  # noqa: BLE001 - a store without list(): no seeding
                 log.debug("could not list running jobs for metrics", exc_info=True)
         m.set_leader(leader)
+        m.last_pass.set(time.time())  # a loop that never passes still trips the stall alert
         service.listeners.append(m.on_event)
         _attached[service] = m
         return m

@@ -224,3 +224,29 @@ def test_request_timer_skips_event_streams() -> None:
     x = scrape(m)
     assert x.get("gpuqueue_api_request_duration_seconds_count", handler="SimpleNamespace", method="GET", code="200") == 1
     assert len(seen) == 2  # Jupyter's own request log still sees every request
+
+
+def test_attach_once_and_only_the_leader_reports_the_queue() -> None:
+    from gpuqueue.metrics import attach
+
+    class Daemon:  # what attach() needs of a queue process (the cluster daemon has the same)
+        def __init__(self) -> None:
+            self.listeners: list = []
+            self.config = config()
+            self.policy = "gpuqueue"
+            self.scheduler = busy_scheduler("gpuqueue")
+            self.lock = threading.Lock()
+
+    d = Daemon()
+    m = attach(d, mode="cluster", lock=d.lock, nvml=False, leader=False)
+    assert attach(d) is m and d.listeners == [m.on_event]
+    x = scrape(m)
+    assert x.get("gpuqueue_scheduler_leader") == 0
+    assert not x.series("gpuqueue_queue_depth")  # a standby never doubles the leader's figures
+    assert x.get("gpuqueue_jobs_finished_total", pool="a100", outcome="failed") == 0  # zero series
+    assert x.get("gpuqueue_build_info", version=x.series("gpuqueue_build_info")[0]["version"],
+                 mode="cluster", policy="gpuqueue") == 1
+    m.set_leader(True)
+    x = scrape(m)
+    assert x.get("gpuqueue_queue_depth", pool="a100", priority="high") == 1
+    assert time.time() - x.get("gpuqueue_scheduler_last_pass_timestamp_seconds") < 60
