@@ -262,5 +262,6 @@ def setup_logging(
     target.setLevel(lvl)
     if logger:
         target.propagate = False
-    logging.captureWarnings(True)
+    else:
+        logging.captureWarnings(True)  # Python warnings become records too (a process of our own)
     return handler
