@@ -35,12 +35,15 @@ import os
 import sys
 import time
 from contextlib import contextmanager
-from typing import IO, Any, Iterator, Optional
+from types import MappingProxyType
+from typing import IO, Any, Iterator, Mapping, Optional
 
 CONTEXT_FIELDS = ("job_id", "user", "attempt", "node")
 FORMATS = ("json", "human")
 
-_context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("gpuqueue_log_context", default={})
+_context: contextvars.ContextVar[Mapping[str, Any]] = contextvars.ContextVar(
+    "gpuqueue_log_context", default=MappingProxyType({})
+)
 _process: dict[str, Any] = {}
 
 # LogRecord attributes that are not "extra" fields (everything else a record carries is)

@@ -50,7 +50,7 @@ def test_scheduler_gauges_fairshare_and_fifo() -> None:
     for policy in ("gpuqueue", "fifo"):
         s = busy_scheduler(policy)
         m = QueueMetrics(policy=policy)
-        m.collect_scheduler(lambda: s).clock = lambda: NOW
+        m.collect_scheduler(lambda s=s: s).clock = lambda: NOW
         x = scrape(m)
         assert x.get("gpuqueue_pool_gpus", pool="a100") == 8, policy
         assert x.get("gpuqueue_pool_gpus_allocated", pool="a100") == 7

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import generate_latest
 
 from gpuqueue import nvml
 from gpuqueue.config import PoolConfig, QueueConfig
