@@ -10,6 +10,10 @@ To let anyone who can reach the port scrape without a token, set either
 The metrics hold user names, job ids and training metric values: only open them on a network
 you trust. A scrape does not count as user activity (it never keeps an idle server alive).
 
+In cluster mode (``c.GPUQueueApp.api_url`` set) the server runs no queue: the endpoint then
+reports only this server's API latency and ``gpuqueue_build_info{mode="forwarding"}``; the queue,
+GPU and job metrics come from the cluster's own processes.
+
 The first request attaches the metrics to the queue service (once per server; ``setup_metrics``
 may also be called earlier, e.g. when the extension starts) and installs the request timer
 behind ``gpuqueue_api_request_duration_seconds``: the tornado ``log_function`` setting is wrapped
@@ -59,7 +63,11 @@ def setup_metrics(settings: dict[str, Any]) -> QueueMetrics:
     if m is not None:
         return m
     service = settings["gpuqueue_service"]
-    m = attach(service, mode="embedded")
+    # cluster mode: the extension forwards to the API service and runs no queue (no store); it
+    # reports its own API latency only, and the cluster's processes report the queue
+    forwarding = not hasattr(service, "store")
+    m = attach(service, mode="forwarding" if forwarding else "embedded", leader=not forwarding,
+               nvml=not forwarding)
     inner = settings.get("log_function")
     if getattr(inner, "_gpuqueue_metrics", None) is None:
         settings["log_function"] = tornado_log_function(m, inner, include=_is_gpuqueue_handler)
@@ -85,7 +93,7 @@ class MetricsHandler(JupyterHandler):
             if not ok:
                 raise web.HTTPError(403, reason="not allowed to read gpuqueue metrics")
         service = self.settings.get("gpuqueue_service")
-        if service is None or getattr(service, "store", None) is None:
+        if service is None or (hasattr(service, "store") and service.store is None):
             raise web.HTTPError(503, reason="the gpuqueue queue has not started yet")
         m = setup_metrics(self.settings)
         body, content_type = render(m.registry, self.request.headers.get("Accept"))

@@ -250,3 +250,17 @@ def test_attach_once_and_only_the_leader_reports_the_queue() -> None:
     x = scrape(m)
     assert x.get("gpuqueue_queue_depth", pool="a100", priority="high") == 1
     assert time.time() - x.get("gpuqueue_scheduler_last_pass_timestamp_seconds") < 60
+
+
+def test_forwarding_extension_reports_no_queue() -> None:
+    """In cluster mode the Jupyter extension forwards to the API service and holds no queue."""
+    from jupyter_gpuqueue.metrics_handler import setup_metrics
+    from jupyter_gpuqueue.remote import RemoteService
+
+    settings = {"gpuqueue_service": RemoteService("http://127.0.0.1:9", "t")}
+    m = setup_metrics(settings)
+    assert setup_metrics(settings) is m and callable(settings["log_function"])
+    x = scrape(m)
+    assert x.get("gpuqueue_scheduler_leader") == 0
+    assert not x.series("gpuqueue_pool_gpus") and not x.series("gpuqueue_nvml_up")
+    assert x.series("gpuqueue_build_info")[0]["mode"] == "forwarding"
