@@ -100,6 +100,8 @@ def main() -> int:
     ap.add_argument("--api-processes", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--workers-after-submit", action="store_true",
+                    help="start the workers once every job is submitted (measures the API alone)")
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="gq-load-"))
@@ -126,9 +128,13 @@ def main() -> int:
         time.sleep(0.5)
         gq = [PY, "-m", "gpuqueue.cli"]
         spawn("daemon", gq + ["scheduler", "--redis", redis_url, "--config", str(work / "pools.toml"), "--log-level", "WARNING"])
-        for n in nodes:
-            spawn(f"worker-{n}", gq + ["worker", "--redis", redis_url, "--node", n, "--gpus", str(args.gpus),
-                                       "--state-dir", str(work / n), "--heartbeat", "2", "--log-level", "WARNING"])
+        def start_workers() -> None:
+            for n in nodes:
+                spawn(f"worker-{n}", gq + ["worker", "--redis", redis_url, "--node", n, "--gpus", str(args.gpus),
+                                           "--state-dir", str(work / n), "--heartbeat", "2", "--log-level", "WARNING"])
+
+        if not args.workers_after_submit:
+            start_workers()
         spawn("api", gq + ["api", "--redis", redis_url, "--port", str(api_port), "--users", str(work / "users.toml"),
                            "--processes", str(args.api_processes)])
         url = f"http://127.0.0.1:{api_port}/"
@@ -138,7 +144,7 @@ def main() -> int:
         while True:
             try:
                 q = admin.get(f"{url}gpuqueue/api/queue", timeout=2).json()
-                if len(q.get("nodes", {})) == len(nodes):
+                if len(q.get("nodes", {})) == (0 if args.workers_after_submit else len(nodes)) and q.get("pools"):
                     break
             except (requests.RequestException, ValueError):
                 pass
@@ -170,6 +176,8 @@ def main() -> int:
               f"submit latency p50 {pct(lats, 50) * 1000:.1f} ms, p99 {pct(lats, 99) * 1000:.1f} ms"
               + (f"; {len(errors)} errors, e.g. {errors[0]}" if errors else ""))
 
+        if args.workers_after_submit:
+            start_workers()
         ids = {job for _, job, _, _ in results}
         submitted_at = {job: ts for _, job, ts, _ in results}
         t_all = time.time()

@@ -177,6 +177,9 @@ def cli_main(argv: list[str]) -> int:
     sockets = netutil.bind_sockets(args.port, args.address)
     if args.processes > 1:
         process.fork_processes(args.processes)
+        from .worker import _die_with_parent
+
+        _die_with_parent()  # a child must not outlive the parent systemd (or a test) stops
     store = RedisStore(args.redis, args.prefix)
     app = make_app(store, users, max_payload_bytes=int(args.max_payload_mb * 1e6))
 

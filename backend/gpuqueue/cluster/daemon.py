@@ -38,6 +38,9 @@ from .redis_store import Fenced, Op, RedisStore
 
 log = logging.getLogger("gpuqueue.daemon")
 
+MAX_MESSAGES_PER_STEP = 250  # a pass between batches keeps dispatch latency low under a flood
+MAX_EXPLAINED = 300  # queued jobs whose "why it waits" is published per round
+
 
 class LostLeadership(Exception):
     """Another daemon holds the lock now: this one must stop writing."""
@@ -128,12 +131,15 @@ class Daemon:
         self.unsent: dict[str, JobRecord] = {}  # launches the broker did not take yet
         self.cursor = "0-0"
         self._stopping = False
+        self._lost = False
         self._last_renew = 0.0
         self._last_nodes = 0.0
         self._last_publish = 0.0
         self._last_pending = 0.0
         self._last_state = 0.0
         self._last_gc = 0.0
+        self._explain_from = 0
+        self._explained: set[str] = set()
 
     # -- leadership -----------------------------------------------------------------------
     def wait_for_lead(self) -> None:
@@ -157,13 +163,19 @@ class Daemon:
                 said = True
             time.sleep(min(1.0, self.leader_ttl_ms / 4000))
 
+    def _renew_loop(self) -> None:
+        """Keep the lock from a thread of its own, so a long pass never lets it lapse."""
+        while not self._stopping and not self._lost:
+            time.sleep(self.leader_ttl_ms / 4000)
+            try:
+                if not self.store.renew_lead(self.token or "", self.leader_ttl_ms):
+                    self._lost = True
+            except redis.RedisError:
+                pass  # an outage: the main loop notices too; the lock's TTL decides
+
     def _renew(self) -> None:
-        now = time.monotonic()
-        if now - self._last_renew < self.leader_ttl_ms / 3000:
-            return
-        if not self.store.renew_lead(self.token or "", self.leader_ttl_ms):
-            raise LostLeadership("the leader lock is held by another daemon")
-        self._last_renew = now
+        if self._lost:
+            raise LostLeadership("the leader lock lapsed or is held by another daemon")
 
     def _exec(self, ops: list[Op]) -> None:
         try:
@@ -249,9 +261,9 @@ class Daemon:
         self.wait_for_lead()
         if self._stopping:
             return 0
+        threading.Thread(target=self._renew_loop, name="leader-lock", daemon=True).start()
         self._publish_config()
         self.rebuild()
-        self._last_renew = time.monotonic()
         outage = False
         while not self._stopping:
             try:
@@ -290,7 +302,7 @@ class Daemon:
         st = self.store
         for job in list(self.unsent.values()):
             self._send_launch(job)
-        rows = st.r.xread({st.k("daemon"): self.cursor}, count=1000, block=block_ms)
+        rows = st.r.xread({st.k("daemon"): self.cursor}, count=MAX_MESSAGES_PER_STEP, block=block_ms)
         with self.lock:
             self._step(rows)
 
@@ -587,16 +599,21 @@ class Daemon:
         ops: list[Op] = [["SET", self.store.k("snapshot"), json.dumps(snap, default=str)]]
         if now - self._last_pending > 2.0:
             self._last_pending = now
-            ops.append(["DEL", self.store.k("pending")])
+            ops.append(["HDEL", self.store.k("pending"), *(self._explained - self.known)] if self._explained - self.known else ["PING"])
+            self._explained = set(self.known)
             t = time.time()
             n = 0
-            for job_id in self.known:
+            # a rotating window of the queued jobs: explaining one costs up to a pass of its pool
+            ids = sorted(self.known)
+            start = self._explain_from if self._explain_from < len(ids) else 0
+            for job_id in ids[start:] + ids[:start]:
                 ex = self.scheduler.explain(job_id, t)
                 if ex is not None:
                     ops.append(["HSET", self.store.k("pending"), job_id, json.dumps(ex.as_dict(), default=str)])
                     n += 1
-                    if n >= 2000:
+                    if n >= MAX_EXPLAINED:
                         break
+            self._explain_from = start + MAX_EXPLAINED
         self._exec(ops)
 
     def _save_state(self, force: bool = False) -> None:
