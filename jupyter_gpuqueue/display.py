@@ -2,9 +2,11 @@
 ``jupyter_gpuqueue.widget.JobWidget`` (the ipywidgets job view) implements the same methods.
 
 Which one a cell gets: ``GPUQUEUE_VIEW=text`` or ``widget`` forces it; the default (``auto``)
-uses the widget when a widget frontend is connected to the kernel (JupyterLab, Notebook 7 and
-VS Code open the ``jupyter.widget.control`` comm when they connect) and text otherwise (a raw
-kernel client, nbconvert, a console).
+uses the widget when the cell was run by a frontend that renders widgets, and text otherwise (a
+raw kernel client, nbconvert, a console). Signs of a widget frontend: the widget manager opened
+the ``jupyter.widget.control`` comm (it does when it connects, if ipywidgets was imported);
+the execute request carries JupyterLab's / Notebook 7's cell metadata (``deletedCells``,
+``recordTiming``); or the kernel was started by VS Code (``VSCODE_PID``).
 """
 
 from __future__ import annotations
@@ -109,8 +111,13 @@ def widget_frontend_connected() -> bool:
     return getattr(Widget, "_control_comm", None) is not None
 
 
-def use_widgets() -> bool:
-    """Whether the next job view should be the widget."""
+def request_from_widget_frontend(metadata: Optional[dict[str, Any]]) -> bool:
+    """True when an execute request's metadata says JupyterLab or Notebook 7 sent it."""
+    return bool(metadata) and ("deletedCells" in metadata or "recordTiming" in metadata)  # type: ignore[operator]
+
+
+def use_widgets(request_metadata: Optional[dict[str, Any]] = None) -> bool:
+    """Whether the next job view should be the widget (see the module's docstring)."""
     mode = view_mode()
     if mode == "text":
         return False
@@ -118,4 +125,9 @@ def use_widgets() -> bool:
         import ipywidgets  # noqa: F401
     except ImportError:
         return False
-    return mode == "widget" or widget_frontend_connected()
+    return (
+        mode == "widget"
+        or widget_frontend_connected()
+        or request_from_widget_frontend(request_metadata)
+        or "VSCODE_PID" in os.environ
+    )

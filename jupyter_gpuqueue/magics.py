@@ -176,8 +176,16 @@ class GPUQueueMagics(Magics):
                 cell_id = None
         return notebook, cell_id
 
+    def _request_metadata(self) -> dict[str, Any]:
+        """The metadata of the execute request being run (says which frontend sent it)."""
+        kernel = getattr(self.shell, "kernel", None)
+        try:
+            return dict((kernel.get_parent() or {}).get("metadata") or {}) if kernel else {}
+        except Exception:  # noqa: BLE001 - older ipykernel
+            return {}
+
     def _follow(self, job: dict[str, Any], background: bool = False, after: int = 0) -> None:
-        if use_widgets():
+        if use_widgets(self._request_metadata()):
             self._follow_widget(job, background, after)
             return
         view: JobView = self.view_factory()
@@ -323,7 +331,7 @@ class GPUQueueMagics(Magics):
         """The live queue dashboard (text where widgets cannot render)."""
         from .dashboard import Dashboard, text_dashboard
 
-        if not use_widgets():
+        if not use_widgets(self._request_metadata()):
             print(text_dashboard(self.client.queue(), self.client.list(all_users="--all" in flags)))
             return
         if self.last_dashboard is not None:
