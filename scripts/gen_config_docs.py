@@ -1,0 +1,143 @@
+"""Write docs/config.md from the code: the TOML config models and the server extension's
+traitlets, so the reference cannot drift. ``python scripts/gen_config_docs.py [--check]``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from gpuqueue.config import PolicyConfig, PoolConfig, QueueConfig, UserLimits
+
+OUT = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+
+HEAD = """# Configuration reference
+
+*Generated from the code by `python scripts/gen_config_docs.py`; a test keeps it current.*
+
+There are two places to configure:
+
+1. **The queue file** (TOML): pools, their nodes, limits, quotas, share weights and the
+   scheduler's knobs. The same file serves the embedded mode (`c.GPUQueueApp.config_file` or
+   `GPUQUEUE_CONFIG`) and the cluster daemon (`gpuqueue scheduler --config FILE`). Without one,
+   the embedded mode has a single pool `default` holding this machine's GPUs. Durations accept
+   `90s`, `15m`, `2h`, `1h30m`, `2d` or a number of seconds. A bad file is refused with the key
+   and the fix, and nothing starts.
+2. **The Jupyter server extension** (traitlets): `c.GPUQueueApp.<name>` in
+   `jupyter_server_config.py`, or `--GPUQueueApp.<name>=...` on the command line.
+
+Example queue file (the product's default pools):
+
+```toml
+retries = 3
+
+[pools.dev]                       # the first pool is the default one
+nodes = { "dev-1" = 2 }           # node name = GPUs on it
+preemptible = true
+max_runtime = "1h"
+starvation_timeout = "30m"
+
+[pools.prod]
+nodes = { "gpu-1" = 8, "gpu-2" = 8 }
+max_runtime = "48h"
+
+[defaults]                        # every user
+max_gpus = 8
+max_running = 4
+
+[users.alice]                     # one user's own limits and share weight
+weight = 2.0
+max_gpus = 16
+
+[policy]
+half_life = "7d"
+```
+"""
+
+ENV = """
+## Environment variables
+
+| variable | meaning |
+| --- | --- |
+| `GPUQUEUE_STATE_DIR` | embedded mode: folder of the SQLite file and job folders (default `<jupyter data dir>/gpuqueue`) |
+| `GPUQUEUE_GPUS` | GPUs to schedule on this machine when there is no NVML (or to override it), e.g. `4` |
+| `GPUQUEUE_CONFIG` | the queue file, when `c.GPUQueueApp.config_file` is not set |
+| `GPUQUEUE_URL`, `GPUQUEUE_TOKEN` | where the CLI and the magic find the REST API (set by the extension for the kernels it starts) |
+| `GPUQUEUE_VIEW` | `text` forces the plain-text cell view instead of the widget |
+
+Inside a job: `CUDA_VISIBLE_DEVICES`, `GPUQUEUE_JOB_ID`, `GPUQUEUE_ATTEMPT`, `GPUQUEUE_JOB_DIR`,
+`GPUQUEUE_ATTEMPT_DIR`, `GPUQUEUE_NODE`, `GPUQUEUE_NUM_GPUS`, and where asked
+`GPUQUEUE_PRECISION`, `GPUQUEUE_GRAD_CHECKPOINTING`, `GPUQUEUE_RESUME_FROM`.
+"""
+
+
+def _default(field: Any) -> str:
+    if field.is_required():
+        return "*required*"
+    if field.default_factory is not None:
+        value = field.default_factory()
+        if isinstance(value, BaseModel):
+            return "(table)"
+        return f"`{value!r}`"
+    return f"`{field.default!r}`"
+
+
+def _type(field: Any) -> str:
+    import typing
+
+    ann = field.annotation
+    args = [a for a in typing.get_args(ann) if a is not type(None)]
+    if typing.get_origin(ann) is typing.Union and len(args) == 1:
+        return f"{getattr(args[0], '__name__', args[0])} or none"
+    return getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+
+
+def model_table(model: type[BaseModel]) -> str:
+    rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for name, field in model.model_fields.items():
+        desc = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{name}` | {_type(field)} | {_default(field)} | {desc} |")
+    return "\n".join(rows)
+
+
+def traitlets_table() -> str:
+    from jupyter_gpuqueue.app import GPUQueueApp
+
+    rows = ["| `c.GPUQueueApp.` | type | default | meaning |", "| --- | --- | --- | --- |"]
+    app_traits = GPUQueueApp.class_own_traits(config=True)
+    for name in sorted(app_traits):
+        t = app_traits[name]
+        shown = "(computed)" if name in ("state_dir", "config_file") else f"`{t.default_value_repr()}`"
+        helptext = " ".join((t.help or "").split()).replace("|", "\\|")
+        rows.append(f"| `{name}` | {type(t).__name__} | {shown} | {helptext} |")
+    return "\n".join(rows)
+
+
+def render() -> str:
+    parts = [
+        HEAD,
+        "## Top level of the queue file\n\n" + model_table(QueueConfig),
+        "## `[pools.NAME]`\n\n" + model_table(PoolConfig),
+        "## `[defaults]` and `[users.NAME]`\n\n" + model_table(UserLimits),
+        "## `[policy]`\n\nThe formula these knobs enter is in [scheduling.md](scheduling.md).\n\n" + model_table(PolicyConfig),
+        "## The server extension (`GPUQueueApp`)\n\n" + traitlets_table(),
+        ENV,
+    ]
+    return "\n\n".join(p.strip("\n") for p in parts) + "\n"
+
+
+def main() -> int:
+    text = render()
+    if "--check" in sys.argv:
+        if OUT.read_text() != text:
+            print("docs/config.md is out of date: run python scripts/gen_config_docs.py", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
