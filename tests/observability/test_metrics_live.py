@@ -9,7 +9,7 @@ from pathlib import Path
 import requests
 
 from helpers.servers import JupyterServer, wait_until
-from obstools import PROMTOOL, Scrape, needs_promtool, promtool_check_metrics, scrape_server
+from obstools import PROMTOOL, Scrape, promtool_check_metrics, scrape_server
 
 EXPECTED_TYPES = {
     "gpuqueue_build_info": "gauge",
@@ -59,7 +59,7 @@ def job(release: Path, code: int, **spec):
     return {"kind": "command", "command": [sys.executable, "-c", JOB, str(release), str(code)], "gpus": 1, **spec}
 
 
-def test_scrape_needs_the_token(jupyter_server: JupyterServer) -> None:
+def test_scrape_needs_the_token_and_passes_promtool(jupyter_server: JupyterServer) -> None:
     r = requests.get(jupyter_server.url + "gpuqueue/metrics", timeout=10)
     assert r.status_code == 403
     assert "token" in r.text
@@ -70,8 +70,19 @@ def test_scrape_needs_the_token(jupyter_server: JupyterServer) -> None:
                      headers={"Authorization": f"Bearer {jupyter_server.token}"}, timeout=10)
     assert r.status_code == 200
     assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    # promtool lints the Prometheus text format; it does not read OpenMetrics, which the
+    # endpoint serves when asked (checked with prometheus_client's parser instead)
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+
+    jupyter_server.client().submit({"kind": "command", "command": [sys.executable, "-c", "pass"], "gpus": 1})
+    if PROMTOOL:
+        lint = promtool_check_metrics(scrape_server(jupyter_server).text)
+        assert lint.returncode == 0, lint.stdout + lint.stderr
     om = scrape_server(jupyter_server, accept="application/openmetrics-text; version=1.0.0")
     assert om.text.rstrip().endswith("# EOF")
+    families = {f.name: f.type for f in om_parse(om.text)}
+    assert families["gpuqueue_jobs_submitted"] == "counter"
+    assert families["gpuqueue_queue_wait_seconds"] == "histogram"
 
 
 def test_public_scrape_when_configured(jupyter_server_factory) -> None:
@@ -169,19 +180,3 @@ def test_metrics_follow_real_jobs(jupyter_server: JupyterServer, tmp_path: Path)
     if PROMTOOL:
         lint = promtool_check_metrics(end.text)
         assert lint.returncode == 0, lint.stdout + lint.stderr
-
-
-@needs_promtool
-def test_promtool_accepts_the_live_output(jupyter_server: JupyterServer) -> None:
-    """promtool lints the Prometheus text format (it does not read OpenMetrics, which the
-    endpoint also serves when asked; that one is checked with prometheus_client's parser)."""
-    from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
-
-    jupyter_server.client().submit({"kind": "command", "command": [sys.executable, "-c", "pass"], "gpus": 1})
-    s = scrape_server(jupyter_server)
-    lint = promtool_check_metrics(s.text)
-    assert lint.returncode == 0, lint.stdout + lint.stderr
-    om = scrape_server(jupyter_server, accept="application/openmetrics-text; version=1.0.0")
-    families = {f.name: f.type for f in om_parse(om.text)}
-    assert families["gpuqueue_jobs_submitted"] == "counter"
-    assert families["gpuqueue_queue_wait_seconds"] == "histogram"
