@@ -173,22 +173,32 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
     Connects to ``GPUQUEUE_RAY_ADDRESS`` (or ``RAY_ADDRESS``) if set, else starts a local Ray
     cluster on this machine with ``GPUQUEUE_RAY_CPUS`` CPUs (default: one per worker + 1)."""
     _detach_event_pipe()
-    import ray
-    from ray.train import RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    try:
+        import ray
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+    except ImportError as e:
+        print(f"gpuqueue: a job on several nodes runs through Ray Train, which is not usable here "
+              f"({e}). Install it in the job's environment: pip install 'ray[train]'", file=sys.stderr)
+        return 1
 
     address = os.environ.get("GPUQUEUE_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
     use_gpu = gpus_per_worker > 0 and _cuda_available()
+    keep = {k: v for k, v in os.environ.items() if k.startswith(("GPUQUEUE_", "CUDA_", "PYTHON"))}
+    keep.pop("GPUQUEUE_EVENT_FD", None)
     init_kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
     if address:
         init_kw["address"] = address
-    else:
-        init_kw["num_cpus"] = int(os.environ.get("GPUQUEUE_RAY_CPUS", str(workers + 1)))
+    else:  # a one-node cluster of this job's own, on the GPUs the scheduler gave it
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        init_kw["num_cpus"] = int(os.environ.get("GPUQUEUE_RAY_CPUS", str(workers + 1)))
         init_kw["num_gpus"] = len(visible) if use_gpu else 0
-    keep = {k: v for k, v in os.environ.items() if k.startswith(("GPUQUEUE_", "CUDA_", "PYTHON"))}
-    keep.pop("GPUQUEUE_EVENT_FD", None)
-    ray.init(**init_kw)
+        os.environ.setdefault("RAY_raylet_start_wait_time_s", "240")
+    try:
+        ray.init(**init_kw)
+    except Exception as e:  # noqa: BLE001 - tell the user what failed, not Ray's traceback
+        print(f"gpuqueue: could not start or reach the Ray cluster ({address or 'local'}): {e}", file=sys.stderr)
+        return 1
     stop = {"asked": False}
 
     def on_term(*_: Any) -> None:  # the ranks see control.json; just wait for them

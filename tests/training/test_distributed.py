@@ -1,0 +1,84 @@
+"""Several processes through the real embedded queue: a 2-rank DDP job under torchrun (gloo on
+CPU) that is preempted and resumes, and a 2-worker Ray Train job on a local Ray cluster."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+from training.jobs import by_attempt, logs, submit_script, wait_done, wait_metric_step
+
+
+def kill_job_groups(server, job: str) -> None:
+    """Kill the process groups of the job's attempts (the launcher and the Ray cluster it
+    started), in case the test ends while one still runs."""
+    for f in (server.state_dir / "jobs" / job).glob("attempt-*/events.jsonl"):
+        for line in f.read_text().splitlines():
+            ev = json.loads(line)
+            if ev["type"] == "runner":
+                try:
+                    os.killpg(ev["data"]["pid"], signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+
+
+def rank_files(out: Path) -> dict[str, str]:
+    return {p.name: p.read_text().strip() for p in sorted(out.glob("rank-*.txt"))}
+
+
+def test_gpus_2_runs_two_ddp_ranks_that_stop_together_and_resume(jupyter_server, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    job = submit_script(jupyter_server, "ddp_train.py", [str(out), "30"], gpus=2,
+                        env={"GPUQUEUE_LAUNCHER": "torchrun", "STEP_SLEEP": "0.15"})
+    wait_metric_step(jupyter_server, job, 7)
+    jupyter_server.client().preempt(job)
+    rec = wait_done(jupyter_server, job)
+    evs = jupyter_server.client().events(job)
+    assert rec["state"] == "succeeded", logs(evs)[-3000:]
+    assert [a["outcome"] for a in rec["attempts"]] == ["preempted", "succeeded"]
+    files = rank_files(out)
+    assert set(files) == {"rank-0-1.txt", "rank-1-1.txt", "rank-0-2.txt", "rank-1-2.txt"}, files
+    # both ranks of attempt 1 stopped at the same step, on the notice; both saw the 2 GPUs
+    stop0 = re.search(r"stopped=(\d+)", files["rank-0-1.txt"]).group(1)
+    assert f"stopped={stop0}" in files["rank-1-1.txt"]
+    assert all("world=2" in v and "cuda=0,1" in v for v in files.values())
+    # attempt 2 resumed right after the notice's checkpoint, on both ranks
+    assert f"start={int(stop0) + 1}" in files["rank-0-2.txt"] and f"start={int(stop0) + 1}" in files["rank-1-2.txt"]
+    first, second = by_attempt(evs)
+    assert [e["data"]["step"] for e in first if e["type"] == "checkpoint"][-1] == int(stop0)
+    # rank 0 alone reports: one metrics record per step
+    steps = [e["data"]["step"] for e in second if e["type"] == "metrics"]
+    assert steps == list(range(int(stop0) + 1, 30))
+    assert all(e["data"]["world"] == 2 for e in evs if e["type"] == "metrics")
+    assert any(e["type"] == "checkpoint" and e["data"]["step"] == 25 for e in second)
+
+
+RAY_CONFIG = """
+[pools.default]
+nodes = { "node-a" = 1, "node-b" = 1 }
+"""
+
+
+def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_server_factory, tmp_path: Path) -> None:
+    cfg = tmp_path / "pools.toml"
+    cfg.write_text(RAY_CONFIG)
+    server = jupyter_server_factory(gpus=2, env={"GPUQUEUE_CONFIG": str(cfg), "GPUQUEUE_RAY_CPUS": "2"})
+    out = tmp_path / "out"
+    out.mkdir()
+    job = submit_script(server, "ddp_train.py", [str(out), "12"], gpus=2, nodes=2)
+    try:
+        rec = wait_done(server, job, timeout=270)  # the launcher shuts its local Ray cluster down
+    finally:
+        kill_job_groups(server, job)
+    evs = server.client().events(job)
+    assert rec["state"] == "succeeded", logs(evs)[-4000:]
+    files = rank_files(out)
+    assert set(files) == {"rank-0-1.txt", "rank-1-1.txt"}, (files, logs(evs)[-3000:])
+    assert all("world=2" in v for v in files.values())
+    assert [e["data"]["step"] for e in evs if e["type"] == "metrics"] == list(range(12))
+    assert [e["data"]["step"] for e in evs if e["type"] == "checkpoint"] == [5, 10]
+    assert any(e["type"] == "progress" and e["data"]["done"] == 12 for e in evs)
