@@ -89,8 +89,18 @@ class GPUQueueApp(ExtensionApp):
     def _default_api_token(self) -> str:
         return os.environ.get("GPUQUEUE_API_TOKEN", "")
 
+    log_format = Unicode(
+        "",
+        help="Format of gpuqueue's own log records: 'json' (one object a line, with job id, "
+        "user, attempt and node), 'human', or '' for $GPUQUEUE_LOG_FORMAT, else human on a "
+        "terminal and JSON otherwise.",
+    ).tag(config=True)
+
     def initialize_settings(self) -> None:
         """Build the service (started later, once the event loop runs)."""
+        from gpuqueue.logs import setup_logging
+
+        setup_logging(self.log_format or None, logger="gpuqueue", component="jupyter")
         if self.api_url:  # cluster mode: forward to the API service (no Redis credentials here)
             from .remote import RemoteService
 
@@ -122,6 +132,9 @@ class GPUQueueApp(ExtensionApp):
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.service.start()
+        from .metrics_handler import setup_metrics
+
+        setup_metrics(serverapp.web_app.settings)  # count from the start, not the first scrape
         if self.export_env:
             self._export_env(serverapp)
 

@@ -28,6 +28,7 @@ from .config import QueueConfig, single_node_config
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Rejected
 from .jobdir import attempt_dir, job_dir, read_json, write_bytes_atomic, write_json_atomic
 from .launch import build_launch
+from .logs import job_fields
 from .models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from .scheduler import make_scheduler
 from .scheduler.base import JobRequest, Preempt, Retry, Start, TimeOut, Warn
@@ -147,14 +148,16 @@ class QueueService:
             try:
                 self.scheduler.restore_running(self._request(job), placement, a.started_at)
             except (RuntimeError, KeyError) as e:
-                log.warning("job %s: cannot restore its placement (%s); treating as lost", job.id, e)
+                log.warning("job %s: cannot restore its placement (%s); treating as lost", job.id, e,
+                            extra=job_fields(job))
             if not self._runner_alive(a):
                 self._tail_job(job)  # copy what it wrote before it ended, then settle it
                 job = self._get(job.id)
                 if not job.state.is_terminal and job.current_attempt and job.current_attempt.outcome is None:
                     self._attempt_ended(job, self._read_exit(job))
             else:
-                log.info("job %s: re-adopted running attempt %s (pid %s)", job.id, a.number, a.pid)
+                log.info("job %s: re-adopted running attempt %s (pid %s)", job.id, a.number, a.pid,
+                         extra=job_fields(job))
 
     # -- user verbs -------------------------------------------------------------------------
     def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
@@ -450,6 +453,7 @@ class QueueService:
             self._attempt_ended(job, {"exit_code": 127, "stop_reason": None, "error": f"cannot start the runner: {e}"})
             return
         self._procs[proc.pid] = proc
+        log.info("job %s: attempt %s launched on %s GPUs %s", job_id, number, node, devices, extra=job_fields(job))
         attempt.pid = proc.pid
         attempt.pid_started = _process_start_time(proc.pid)
         self.store.put(job)
@@ -531,6 +535,8 @@ class QueueService:
             if outcome == Outcome.LOST:
                 job.error = job.error or "the job process was lost and no retries are left"
             self._set_state(job, final, exit_code=code, error=job.error, traceback=a.message if final == JobState.FAILED else None)
+        log.info("job %s: attempt %s ended %s; job %s", job.id, a.number, outcome.value, job.state.value,
+                 extra=job_fields(job))
         self._notify("attempt_ended", {"job": job, "outcome": outcome.value})
         self._wake.set()
 
