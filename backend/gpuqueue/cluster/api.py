@@ -162,7 +162,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str]) -> int:
     """Entry point of ``gpuqueue api``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from ..logs import setup_logging
+
+    setup_logging(level=args.log_level.upper(), component="api")
     if not args.redis:
         print("gpuqueue api: --redis URL is required (e.g. --redis redis://127.0.0.1:6379/0)", file=sys.stderr)
         return 2

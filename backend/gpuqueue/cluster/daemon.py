@@ -549,6 +549,11 @@ class Daemon:
             a.message = rec.get("error") or "the job process or its node vanished without an exit record"
         if decisions is None:
             decisions = self.scheduler.finished(job.id, outcome, now)
+        elif outcome not in (Outcome.LOST, Outcome.PREEMPTED):
+            # the node was lost under a job that was being cancelled or timed out: the
+            # scheduler requeued it as lost, but the user's (or the limit's) word stands
+            self.scheduler.cancel(job.id, now)
+            decisions = []
         retry = next((d for d in decisions if isinstance(d, Retry) and d.job_id == job.id), None)
         ops: list[Op] = [["SET", self.store.k("fence", job.id), f"{a.number}:settled"]]
         if outcome == Outcome.SUCCEEDED:
@@ -647,14 +652,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-grace", type=float, default=30.0, help="seconds to stop after cancel/timeout (default 30)")
     p.add_argument("--prefix", default="gq", help="Redis key prefix (default gq)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
     return p
 
 
 def cli_main(argv: list[str]) -> int:
     """Entry point of ``gpuqueue scheduler``."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from ..logs import setup_logging
+
+    setup_logging(level=args.log_level.upper(), component="scheduler")
     if not args.redis:
         print("gpuqueue scheduler: --redis URL is required (e.g. --redis redis://127.0.0.1:6379/0)", file=sys.stderr)
         return 2

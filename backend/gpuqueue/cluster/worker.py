@@ -410,7 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=4, help="launch threads (default 4)")
     p.add_argument("--prefix", default="gq")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics (process, NVML GPUs) on this port")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
     return p
 
 
@@ -418,7 +418,9 @@ def cli_main(argv: list[str]) -> int:
     """Entry point of ``gpuqueue worker``."""
     global _AGENT
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from ..logs import setup_logging
+
+    setup_logging(level=args.log_level.upper(), component="worker", node=args.node)
     if not args.redis:
         print("gpuqueue worker: --redis URL is required (e.g. --redis redis://127.0.0.1:6379/0)", file=sys.stderr)
         return 2
