@@ -265,7 +265,8 @@ class JobWidget:
             self.curve_key = next((k for k in CURVE_KEYS if isinstance(d.get(k), (int, float))), None)
             if self.curve_key is None:
                 self.curve_key = next(
-                    (k for k, v in d.items() if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)),
+                    (k for k, v in d.items()
+                     if k not in ("step", "t", "time", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool)),
                     None,
                 )
         value = d.get(self.curve_key) if self.curve_key else None
@@ -349,10 +350,12 @@ class JobWidget:
             skipped = self.lines_total - len(self.log_lines)
             cps = list(self.checkpoints)
         colour = {"succeeded": "green", "failed": "#c00", "timed_out": "#c00", "cancelled": "#a60"}.get(state, "inherit")
-        log_html = "<pre class='gpuqueue-log' style='max-height:16em;overflow:auto;margin:0'>"
+        # column-reverse keeps the box scrolled to the newest line, as a tail should
+        log_html = ("<div style='max-height:16em;overflow:auto;display:flex;flex-direction:column-reverse'>"
+                    "<pre class='gpuqueue-log' style='margin:0'>")
         if skipped > 0:
-            log_html += html.escape(f"… {skipped} earlier lines (%gpuqueue logs ID shows them all)\n")
-        log_html += html.escape("\n".join(lines)) + "</pre>"
+            log_html += html.escape(f"… {skipped} earlier lines (%gpuqueue logs {self.job.get('id')} shows them all)\n")
+        log_html += html.escape("\n".join(lines)) + "</pre></div>"
         with self._flush_lock:
             self.redraws += 1
             if self.title.value != title:

@@ -54,6 +54,14 @@ def notebook(cells: list[str]) -> dict:
     }
 
 
+def dismiss_news(page) -> None:
+    """Answer JupyterLab's "get notified about news?" toast so it covers no screenshot."""
+    try:
+        page.locator(".jp-Notification-Toast button", has_text="No").click(timeout=5_000)
+    except Exception:  # noqa: BLE001 - not shown in this version
+        pass
+
+
 def lab_has_extension() -> bool:
     from jupyter_core.paths import jupyter_path
 
@@ -77,6 +85,7 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{server.url}lab/tree/demo.ipynb?token={server.token}")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+            dismiss_news(page)
             # the "GPU Queue" tab in the left panel
             tab = page.locator('.jp-SideBar [data-id="gpuqueue-sidebar"]')
             assert tab.get_attribute("title") == "GPU Queue"
@@ -120,7 +129,6 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             sidebar.locator('.jp-GPUQueue-job[data-state="succeeded"]', has_text="demo-train").wait_for(
                 timeout=90_000
             )
-            page.screenshot(path="/tmp/dbg-page.png")
             widget = page.locator(".gpuqueue-job")
             widget.wait_for(timeout=20_000)
             page.wait_for_function(
