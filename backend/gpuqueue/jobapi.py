@@ -20,6 +20,7 @@ in append mode, so lines never interleave.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import os
@@ -105,32 +106,35 @@ def emit(type_: str, data: dict[str, Any]) -> bool:
 
 # -- metrics ---------------------------------------------------------------------------------
 class _MetricsBatcher:
-    """Collects ``log()`` calls and sends them from a background thread."""
+    """Collects ``log()`` calls and sends them from a background thread.
+
+    ``add`` is a deque append (atomic under the GIL, no lock, no I/O); the thread wakes every
+    ``FLUSH_INTERVAL_S`` and writes what piled up."""
 
     def __init__(self) -> None:
-        self._buf: list[dict[str, Any]] = []
+        self._buf: collections.deque[dict[str, Any]] = collections.deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._pid = os.getpid()
+        self._pid = 0  # the process whose flusher thread runs (a fork needs its own)
 
     def add(self, rec: dict[str, Any]) -> None:
-        with self._lock:
-            if self._thread is None or self._pid != os.getpid():
-                self._start()
-            self._buf.append(rec)
-            if len(self._buf) >= MAX_BATCH:
-                self._wake.set()
+        if self._pid != os.getpid():
+            self._start()
+        self._buf.append(rec)
+        if len(self._buf) >= MAX_BATCH:
+            self._wake.set()
 
     def _start(self) -> None:
-        self._pid = os.getpid()
-        self._buf = []
-        self._thread = threading.Thread(target=self._loop, name="gpuqueue-metrics", daemon=True)
-        self._thread.start()
-        channel.on_exit(self.flush)
-        import atexit
+        with self._lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            self._buf = collections.deque()
+            threading.Thread(target=self._loop, name="gpuqueue-metrics", daemon=True).start()
+            channel.on_exit(self.flush)
+            import atexit
 
-        atexit.register(self.flush)
+            atexit.register(self.flush)
 
     def _loop(self) -> None:
         while True:
@@ -139,11 +143,11 @@ class _MetricsBatcher:
             self.flush()
 
     def flush(self) -> None:
-        """Send everything collected so far."""
+        """Send everything collected so far, in order."""
         with self._lock:
-            batch, self._buf = self._buf, []
-        for rec in batch:
-            emit("metrics", rec)
+            buf = self._buf
+            while buf:
+                emit("metrics", buf.popleft())
 
 
 _metrics = _MetricsBatcher()
