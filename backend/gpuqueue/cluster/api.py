@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
+import json
 import logging
 import os
 import sys
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import redis
 from tornado import httpserver, netutil, process, web
 
 from .. import rest
@@ -89,6 +91,16 @@ class AuthMixin:
     def get_caller(self) -> Caller:
         u: User = self._gq_user
         return Caller(name=u.name, admin=u.admin)
+
+    def _handle_request_exception(self, e: BaseException) -> None:  # tornado hook
+        if isinstance(e, redis.RedisError) and not self._finished:  # type: ignore[attr-defined]
+            log.warning("redis unavailable: %s", e)
+            self.set_status(503)  # type: ignore[attr-defined]
+            self.set_header("Content-Type", "application/json")  # type: ignore[attr-defined]
+            self.finish(json.dumps({"message": "the queue's store (Redis) is unavailable right now; "  # type: ignore[attr-defined]
+                                               "nothing was changed: try again in a moment"}))
+            return
+        super()._handle_request_exception(e)  # type: ignore[misc]
 
 
 def _match(users: dict[str, User], token: str) -> Optional[User]:
