@@ -167,8 +167,9 @@ def resume_checkpoint(trainer: Any) -> Optional[str]:
     point = ck.resume_point()
     if point is None:
         return None
-    jobapi.emit("info", {"message": f"resuming from checkpoint step {point.step}: {point.path}",
-                         "resumed_step": point.step}) if jobapi.is_main_process() else None
+    if jobapi.is_main_process():
+        jobapi.emit("info", {"message": f"resuming from checkpoint step {point.step}: {point.path}",
+                             "resumed_step": point.step})
     return ck.local_path(point)
 
 
