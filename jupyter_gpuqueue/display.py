@@ -6,7 +6,8 @@ uses the widget when the cell was run by a frontend that renders widgets, and te
 raw kernel client, nbconvert, a console). Signs of a widget frontend: the widget manager opened
 the ``jupyter.widget.control`` comm (it does when it connects, if ipywidgets was imported);
 the execute request carries JupyterLab's / Notebook 7's cell metadata (``deletedCells``,
-``recordTiming``); or the kernel was started by VS Code (``VSCODE_PID``).
+``recordTiming``); or the kernel was started by VS Code itself (``VSCODE_PID`` without
+``JPY_PARENT_PID``).
 """
 
 from __future__ import annotations
@@ -129,5 +130,5 @@ def use_widgets(request_metadata: Optional[dict[str, Any]] = None) -> bool:
         mode == "widget"
         or widget_frontend_connected()
         or request_from_widget_frontend(request_metadata)
-        or "VSCODE_PID" in os.environ
+        or ("VSCODE_PID" in os.environ and "JPY_PARENT_PID" not in os.environ)  # VS Code's own kernel
     )

@@ -221,7 +221,7 @@ class GPUQueueMagics(Magics):
         follower = _Follower(self._thread_client(), job["id"], after)
         refresh_client = self._thread_client()
         view = JobWidget(cancel=lambda jid: self.client.cancel(jid), detach=follower.stop,
-                         refresh=refresh_client.get)
+                         refresh=refresh_client.get, foreground=not background)
         follower.view = view
         self.last_view = view
         view.start(job)

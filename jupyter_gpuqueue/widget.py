@@ -99,6 +99,7 @@ class JobWidget:
         detach: Optional[Callable[[], None]] = None,
         refresh: Optional[Callable[[str], dict[str, Any]]] = None,
         show: bool = True,
+        foreground: bool = False,
     ):
         self._cancel_fn = cancel
         self._detach_fn = detach
@@ -137,7 +138,10 @@ class JobWidget:
         self.progress_text = W.HTML()
         self.curve = W.HTML(layout=W.Layout(display="none"))
         self.log = W.HTML()
-        self.log_box = W.Accordion(children=[self.log], titles=("Log",), selected_index=0)
+        # a column-reverse box stays scrolled to its newest line, as a tail should
+        self.log_scroll = W.Box([self.log], layout=W.Layout(
+            display="flex", flex_flow="column-reverse", max_height="16em", overflow="auto"))
+        self.log_box = W.Accordion(children=[self.log_scroll], titles=("Log",), selected_index=0)
         self.ckpts = W.HTML(layout=W.Layout(display="none"))
         self.cancel_button = W.Button(description="Cancel", button_style="danger", icon="stop",
                                       tooltip="cancel the job (it stops after its grace period)")
@@ -156,6 +160,12 @@ class JobWidget:
             ],
             layout=W.Layout(border="1px solid #ddd", padding="4px 8px"),
         )
+        if foreground:
+            # the kernel is busy while the cell waits: clicks would only act once it is idle
+            busy = "the kernel is busy waiting for this job: Kernel > Interrupt stops waiting " \
+                   "(the job goes on); the GPU Queue sidebar cancels at any time"
+            for b in (self.cancel_button, self.detach_button):
+                b.disabled, b.tooltip = True, busy
         self.root.add_class("gpuqueue-job")
         self.root.view = self
         self._ticker = threading.Thread(target=self._tick_loop, name="gpuqueue-widget", daemon=True)
@@ -245,16 +255,15 @@ class JobWidget:
         self.close_updates()
 
     def close_updates(self) -> None:
-        """Draw the last state and stop the ticker."""
+        """Draw the last state and stop the ticker; Cancel stays usable while the job is
+        active (after a detach the kernel is idle again)."""
         self._closed.set()
         self._flush()
         with self._flush_lock:
-            ended = self.state in TERMINAL or self._detach_fn is None or "detached" in self.note
             self.detach_button.disabled = True
-            if self.state in TERMINAL:
-                self.cancel_button.disabled = True
-            if ended:
-                self.detach_button.disabled = True
+            self.cancel_button.disabled = self.state in TERMINAL
+            if not self.cancel_button.disabled:
+                self.cancel_button.tooltip = "cancel the job (it stops after its grace period)"
 
     # -- drawing --------------------------------------------------------------------------
     def _add_metrics(self, d: dict[str, Any]) -> None:
@@ -350,12 +359,10 @@ class JobWidget:
             skipped = self.lines_total - len(self.log_lines)
             cps = list(self.checkpoints)
         colour = {"succeeded": "green", "failed": "#c00", "timed_out": "#c00", "cancelled": "#a60"}.get(state, "inherit")
-        # column-reverse keeps the box scrolled to the newest line, as a tail should
-        log_html = ("<div style='max-height:16em;overflow:auto;display:flex;flex-direction:column-reverse'>"
-                    "<pre class='gpuqueue-log' style='margin:0'>")
+        log_html = "<pre class='gpuqueue-log' style='margin:0'>"
         if skipped > 0:
             log_html += html.escape(f"… {skipped} earlier lines (%gpuqueue logs {self.job.get('id')} shows them all)\n")
-        log_html += html.escape("\n".join(lines)) + "</pre></div>"
+        log_html += html.escape("\n".join(lines)) + "</pre>"
         with self._flush_lock:
             self.redraws += 1
             if self.title.value != title:

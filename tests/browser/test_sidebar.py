@@ -54,10 +54,10 @@ def notebook(cells: list[str]) -> dict:
     }
 
 
-def dismiss_news(page) -> None:
+def dismiss_news(page, timeout_ms: int = 5_000) -> None:
     """Answer JupyterLab's "get notified about news?" toast so it covers no screenshot."""
     try:
-        page.locator(".jp-Notification-Toast button", has_text="No").click(timeout=5_000)
+        page.get_by_role("button", name="No", exact=True).click(timeout=timeout_ms)
     except Exception:  # noqa: BLE001 - not shown in this version
         pass
 
@@ -113,6 +113,7 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
                        f"queued row: {row.get_attribute('data-state')} {client.get(queued['id'])['state']} {client.list()}")
             sidebar.locator(".jp-GPUQueue-queue li", has_text="waiting-job").wait_for(timeout=10_000)
             sidebar.locator(".jp-GPUQueue-progress").first.wait_for(timeout=20_000)
+            dismiss_news(page, 500)
             sidebar.screenshot(path=str(IMAGES / "sidebar.png"))
 
             row.locator("button", has_text="Cancel").click()
@@ -139,6 +140,7 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             page.locator(".jp-OutputArea-output", has_text="back in the notebook").wait_for(timeout=20_000)
             cell = page.locator(".jp-Notebook .jp-Cell").nth(1)
             cell.scroll_into_view_if_needed()
+            dismiss_news(page, 500)
             cell.screenshot(path=str(IMAGES / "cell-widget.png"))
 
             # idle: count the sidebar's requests for IDLE_SECONDS

@@ -137,3 +137,19 @@ def test_attach_after_kernel_restart_replays_every_line_once_then_goes_live(jupy
     st = peek(k)
     assert st["state"] == "succeeded" and st["lines_total"] == 60
     assert re.findall(r"line \d+", st["log"]) == [f"line {i}" for i in range(60)]
+
+
+def test_interrupt_detaches_the_foreground_widget_and_its_cancel_button_cancels(jupyter_server):
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="widget")).error is None
+    res = k.run(JOB.format(flags="--name long", n=3, pause=0.1, hold=60), interrupt_after=4)
+    assert "stopped waiting" in res.stdout and "goes on" in res.stdout, res.text
+    job_id = re.search(r"job (j-[0-9a-f]+) goes on", res.stdout).group(1)
+    client = jupyter_server.client()
+    assert client.get(job_id)["state"] in ("queued", "starting", "running")
+    st = peek(k)
+    assert "detached" in st["status"] and st["cancel_disabled"] is False
+    # the Cancel button's handler (what a click runs, now that the kernel is idle)
+    assert k.run("_gq.last_view.request_cancel()").error is None
+    wait_until(lambda: client.get(job_id)["state"] == "cancelled", 30, 0.2, "the job to be cancelled")
+    assert "cancel requested" in peek(k)["status"]
