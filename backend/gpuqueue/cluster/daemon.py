@@ -29,9 +29,10 @@ import redis
 
 from ..config import PoolConfig, QueueConfig, load_config
 from ..errors import GPUQueueError
+from ..lifecycle import attempt_outcome, job_request, settle
 from ..models import Attempt, JobRecord
 from ..scheduler import make_scheduler
-from ..scheduler.base import Decision, JobRequest, Preempt, Retry, Start, TimeOut, Warn
+from ..scheduler.base import Decision, Preempt, Retry, Start, TimeOut, Warn
 from ..states import JobState, Outcome
 from .celeryconfig import TASK_NAME, make_app, node_queue
 from .redis_store import Fenced, Op, RedisStore
@@ -55,45 +56,6 @@ class NodeSeen:
     gpus: int
     beat: Any
     last_change: float  # monotonic
-
-
-def job_request(job: JobRecord, config: QueueConfig) -> JobRequest:
-    """What the scheduler knows of a job (as ``QueueService._request`` builds it)."""
-    s = job.spec
-    pool = s.pool or config.default_pool
-    pc = config.pools.get(pool)
-    return JobRequest(
-        id=job.id,
-        user=job.owner,
-        pool=pool,
-        gpus=s.gpus,
-        priority=s.priority,
-        submit_time=job.created_at,
-        nodes=s.nodes,
-        time_limit=s.timeout_s,
-        preemptible=bool(s.preemptible if s.preemptible is not None else (pc.preemptible if pc else False)),
-        max_retries=s.retries if s.retries is not None else config.retries,
-        failures=job.failures,
-        not_before=job.not_before or 0.0,
-    )
-
-
-def attempt_outcome(job: JobRecord, rec: dict[str, Any]) -> Outcome:
-    """How an attempt ended, from the worker's exit record (the embedded rules)."""
-    a = job.current_attempt
-    code = rec.get("exit_code")
-    reason = rec.get("stop_reason") or (a.stop_requested if a else None)
-    if reason == "cancelled":
-        return Outcome.CANCELLED
-    if reason == "preempted":
-        return Outcome.PREEMPTED
-    if reason == "timed_out":
-        return Outcome.TIMED_OUT
-    if rec.get("lost") or reason in ("terminated", "fenced"):
-        return Outcome.LOST
-    if code == 0 and (job.spec.kind == "command" or rec.get("result_stored")):
-        return Outcome.SUCCEEDED
-    return Outcome.FAILED
 
 
 class Daemon:
@@ -165,13 +127,28 @@ class Daemon:
 
     def _renew_loop(self) -> None:
         """Keep the lock from a thread of its own, so a long pass never lets it lapse."""
-        while not self._stopping and not self._lost:
+        while not self._stopping:
             time.sleep(self.leader_ttl_ms / 4000)
+            if self._lost:
+                continue
             try:
                 if not self.store.renew_lead(self.token or "", self.leader_ttl_ms):
                     self._lost = True
             except redis.RedisError:
                 pass  # an outage: the main loop notices too; the lock's TTL decides
+
+    def _retake(self) -> bool:
+        """After the lock lapsed (e.g. Redis was down longer than its TTL): take it again if no
+        other daemon has. Its fencing token is new, so nothing written under the old one can
+        slip in afterwards."""
+        try:
+            tok = self.store.try_lead(self.name, self.leader_ttl_ms)
+        except redis.RedisError:
+            return False
+        if tok is None:
+            return False
+        self.token, self._lost = tok, False
+        return True
 
     def _renew(self) -> None:
         if self._lost:
@@ -277,6 +254,10 @@ class Daemon:
                 self._renew()
                 self.step()
             except LostLeadership as e:
+                if self._retake():
+                    log.warning("the leader lock lapsed (%s) and nobody took it: leading again", e)
+                    outage = True  # rebuild with the new token
+                    continue
                 log.error("stepping down: %s", e)
                 return 3
             except (redis.ConnectionError, redis.TimeoutError, OSError, kombu.exceptions.OperationalError) as e:
@@ -534,19 +515,7 @@ class Daemon:
         self.dispatched.pop(job.id, None)
         self.unsent.pop(job.id, None)
         now = time.time()
-        outcome = attempt_outcome(job, rec)
-        code = rec.get("exit_code")
-        a.outcome, a.exit_code, a.ended_at = outcome, code, float(rec.get("ended") or now)
-        err = rec.get("error_record")
-        if outcome == Outcome.FAILED:
-            if err:
-                job.error = f"{err['type']}: {err['message']}"
-                a.message = err.get("traceback") or job.error
-            else:
-                job.error = rec.get("error") or f"the job process exited with code {code}"
-                a.message = job.error
-        if outcome == Outcome.LOST:
-            a.message = rec.get("error") or "the job process or its node vanished without an exit record"
+        outcome = attempt_outcome(job, rec, bool(rec.get("result_stored")))
         if decisions is None:
             decisions = self.scheduler.finished(job.id, outcome, now)
         elif outcome not in (Outcome.LOST, Outcome.PREEMPTED):
@@ -554,27 +523,8 @@ class Daemon:
             # scheduler requeued it as lost, but the user's (or the limit's) word stands
             self.scheduler.cancel(job.id, now)
             decisions = []
-        retry = next((d for d in decisions if isinstance(d, Retry) and d.job_id == job.id), None)
+        state, info = settle(job, outcome, rec, decisions, now, rec.get("error_record"), rec.get("result"))
         ops: list[Op] = [["SET", self.store.k("fence", job.id), f"{a.number}:settled"]]
-        if outcome == Outcome.SUCCEEDED:
-            res = rec.get("result") or {}
-            job.result_names = res.get("names", [])
-            job.unreturnable = res.get("unreturnable", {})
-            state, info = JobState.SUCCEEDED, {"exit_code": code}
-        elif retry is not None:
-            if retry.counted:
-                job.failures += 1
-            if outcome == Outcome.PREEMPTED:
-                job.preemptions += 1
-            job.not_before = retry.at if retry.at > now else None
-            state = JobState.RETRYING if retry.at > now else JobState.QUEUED
-            info = {"after": outcome.value, "retry_at": retry.at, "error": job.error}
-        else:
-            state = {Outcome.CANCELLED: JobState.CANCELLED, Outcome.TIMED_OUT: JobState.TIMED_OUT}.get(outcome, JobState.FAILED)
-            if outcome == Outcome.LOST:
-                job.error = job.error or "the job process was lost and no retries are left"
-            info = {"exit_code": code, "error": job.error,
-                    "traceback": a.message if state == JobState.FAILED else None}
         if state.is_terminal:
             self.known.discard(job.id)
         self._set_state(job, state, extra=ops, **info)

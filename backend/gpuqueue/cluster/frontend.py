@@ -23,7 +23,7 @@ from ..scheduler.admission import inadmissible
 from ..scheduler.cluster import Cluster
 from ..service import Caller
 from ..states import JobState
-from .daemon import job_request
+from ..lifecycle import job_request, with_defaults
 from .redis_store import LIVE_STATES, RedisStore, _event
 
 CONFIG_REFRESH_S = 2.0
@@ -93,20 +93,9 @@ class ClusterFrontend:
 
     def _with_defaults(self, spec: JobSpec) -> JobSpec:
         cfg = self.config()
-        if cfg is None:
+        if cfg is None:  # no daemon has published its config yet: it checks the job later
             return spec.model_copy(update={"pool": spec.pool or "default"})
-        pool_name = spec.pool or cfg.default_pool
-        pool = cfg.pools.get(pool_name)
-        if pool is None:
-            raise Rejected(f"unknown pool {pool_name!r}: the pools are {', '.join(cfg.pools)}")
-        changes: dict[str, Any] = {"pool": pool_name}
-        if spec.preemptible is None:
-            changes["preemptible"] = pool.preemptible
-        if spec.timeout_s is None and pool.default_timeout:
-            changes["timeout_s"] = pool.default_timeout
-        if spec.retries is None:
-            changes["retries"] = cfg.retries
-        return spec.model_copy(update=changes)
+        return with_defaults(spec, cfg)
 
     def list_jobs(self, caller: Caller, all_users: bool = False, limit: int = 500) -> list[JobRecord]:
         """The caller's jobs (an admin's ``all_users`` lists everyone's), newest first."""

@@ -1,0 +1,118 @@
+"""The rules of a job's life that every queue shell applies the same way: the embedded
+``QueueService`` and the cluster's daemon and API service.
+
+Pure functions over records: the spec's defaults from the pool, what the scheduler is told of a
+job, how an attempt ended, and the job's next state once it has. No I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .config import QueueConfig
+from .errors import Rejected
+from .models import JobRecord, JobSpec
+from .scheduler.base import Decision, JobRequest, Retry
+from .states import JobState, Outcome
+
+
+def with_defaults(spec: JobSpec, config: QueueConfig) -> JobSpec:
+    """The spec with its pool's defaults filled in; Rejected for an unknown pool."""
+    pool_name = spec.pool or config.default_pool
+    pool = config.pools.get(pool_name)
+    if pool is None:
+        raise Rejected(f"unknown pool {pool_name!r}: the pools are {', '.join(config.pools)}")
+    changes: dict[str, Any] = {"pool": pool_name}
+    if spec.preemptible is None:
+        changes["preemptible"] = pool.preemptible
+    if spec.timeout_s is None and pool.default_timeout:
+        changes["timeout_s"] = pool.default_timeout
+    if spec.retries is None:
+        changes["retries"] = config.retries
+    return spec.model_copy(update=changes)
+
+
+def job_request(job: JobRecord, config: QueueConfig) -> JobRequest:
+    """What the scheduler knows of a job."""
+    s = job.spec
+    pool = s.pool or config.default_pool
+    pc = config.pools.get(pool)
+    return JobRequest(
+        id=job.id,
+        user=job.owner,
+        pool=pool,
+        gpus=s.gpus,
+        priority=s.priority,
+        submit_time=job.created_at,
+        nodes=s.nodes,
+        time_limit=s.timeout_s,
+        preemptible=bool(s.preemptible if s.preemptible is not None else (pc.preemptible if pc else False)),
+        max_retries=s.retries if s.retries is not None else config.retries,
+        failures=job.failures,
+        not_before=job.not_before or 0.0,
+    )
+
+
+def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: bool) -> Outcome:
+    """How the current attempt ended, from the runner's exit record (``exit_code``,
+    ``stop_reason``, ``lost``) and whether a cell job stored its results."""
+    a = job.current_attempt
+    code = exit_record.get("exit_code")
+    reason = exit_record.get("stop_reason") or (a.stop_requested if a else None)
+    if reason == "cancelled":
+        return Outcome.CANCELLED
+    if reason == "preempted":
+        return Outcome.PREEMPTED
+    if reason == "timed_out":
+        return Outcome.TIMED_OUT
+    if exit_record.get("lost") or reason in ("terminated", "fenced"):
+        return Outcome.LOST
+    if code == 0 and (job.spec.kind == "command" or has_result):
+        return Outcome.SUCCEEDED
+    return Outcome.FAILED
+
+
+def settle(
+    job: JobRecord,
+    outcome: Outcome,
+    exit_record: dict[str, Any],
+    decisions: list[Decision],
+    now: float,
+    error_record: Optional[dict[str, Any]] = None,
+    result_record: Optional[dict[str, Any]] = None,
+) -> tuple[JobState, dict[str, Any]]:
+    """Record the attempt's end on ``job`` (outcome, error, results, counters) and return the
+    job's next state with the data of its ``state`` event. ``decisions`` are what the scheduler
+    returned for the attempt's end (a Retry means the job is queued again)."""
+    a = job.current_attempt
+    assert a is not None
+    code = exit_record.get("exit_code")
+    a.outcome, a.exit_code, a.ended_at = outcome, code, float(exit_record.get("ended") or now)
+    if outcome == Outcome.FAILED:
+        if error_record:
+            job.error = f"{error_record['type']}: {error_record['message']}"
+            a.message = error_record.get("traceback") or job.error
+        else:
+            job.error = exit_record.get("error") or f"the job process exited with code {code}"
+            a.message = job.error
+    if outcome == Outcome.LOST:
+        a.message = exit_record.get("error") or "the job process (or its node) vanished without an exit record"
+    retry = next((d for d in decisions if isinstance(d, Retry) and d.job_id == job.id), None)
+    if outcome == Outcome.SUCCEEDED:
+        res = result_record or {}
+        job.result_names = res.get("names", [])
+        job.unreturnable = res.get("unreturnable", {})
+        return JobState.SUCCEEDED, {"exit_code": code}
+    if retry is not None:
+        if retry.counted:
+            job.failures += 1
+        if outcome == Outcome.PREEMPTED:
+            job.preemptions += 1
+        job.not_before = retry.at if retry.at > now else None
+        state = JobState.RETRYING if retry.at > now else JobState.QUEUED
+        return state, {"after": outcome.value, "retry_at": retry.at, "error": job.error}
+    final = {Outcome.CANCELLED: JobState.CANCELLED, Outcome.TIMED_OUT: JobState.TIMED_OUT}.get(outcome, JobState.FAILED)
+    if outcome == Outcome.LOST:
+        job.error = job.error or "the job process was lost and no retries are left"
+    return final, {"exit_code": code, "error": job.error,
+                   "traceback": a.message if final == JobState.FAILED else None}
