@@ -24,7 +24,7 @@ CHROMIUM = os.environ.get("GPUQUEUE_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
-IDLE_SECONDS = float(os.environ.get("GPUQUEUE_IDLE_SECONDS", "30"))
+IDLE_SECONDS = float(os.environ.get("GPUQUEUE_IDLE_SECONDS", "15"))  # docs: 30
 
 pytestmark = [
     pytest.mark.browser,
