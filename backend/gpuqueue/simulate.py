@@ -315,6 +315,11 @@ class Simulation:
                         sched.finished(jid, Outcome.PREEMPTED, now)
                         change(j.user, now, dpend=1)
             apply(sched.tick(now), now)
+            for _ in range(10):  # decisions (e.g. a timeout) may have made more work now
+                w = wake() if wake is not None else None
+                if w is None or w > now:
+                    break
+                apply(sched.tick(now), now)
             if len(self.series) < 200_000:
                 self.series.append((now, queued, used))
             if wake is not None:

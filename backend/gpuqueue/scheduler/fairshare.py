@@ -158,6 +158,7 @@ class FairShareScheduler:
         self._accruals: list[tuple[float, int, str, int]] = []
         self.preempt_counts: dict[str, int] = {}
         self._stopping_for: dict[str, int] = {}
+        self._preempted_pairs: set[tuple[str, str]] = set()  # (victim, preemptor)
         self._limit_memo: dict[tuple[str, Optional[float]], Optional[float]] = {}
         for name, pc in config.pools.items():
             self.pools[name] = _Pool(name, pc, tokens=self.p.preemption_budget)
@@ -188,7 +189,11 @@ class FairShareScheduler:
         return u
 
     def _scale(self, t: float) -> float:
-        return 2.0 ** ((t - self._t0) / self.p.half_life)
+        e = (t - self._t0) / self.p.half_life
+        if e > 60:  # e.g. the first call with wall-clock time: rebase before 2**e overflows
+            self._maybe_renormalize(t)
+            e = (t - self._t0) / self.p.half_life
+        return 2.0 ** e
 
     def _charge(self, u: _User, scaled: float) -> None:
         if scaled == 0:
@@ -204,7 +209,7 @@ class FairShareScheduler:
     def _maybe_renormalize(self, now: float) -> None:
         if (now - self._t0) / self.p.half_life < 60:
             return
-        f = self._scale(now)
+        f = 2.0 ** min((now - self._t0) / self.p.half_life, 1000.0)  # capped: no overflow
         self._t0 = now
         for u in self.users.values():
             u.scaled /= f
@@ -423,6 +428,9 @@ class FairShareScheduler:
         self._drop(j)
 
     def _drop(self, j: _Job) -> None:
+        P = self.pools[j.req.pool]
+        if P.reserved_for == j.req.id:
+            P.reserved_for, P.shadow = None, INF
         self._set_pool_job_count(self.users[j.req.user], j.req.pool, -1)
         del self.jobs[j.req.id]
         self.preempt_counts.pop(j.req.id, None)
@@ -610,9 +618,25 @@ class FairShareScheduler:
                 self._enqueue(j, now)
 
     def next_wakeup(self) -> Optional[float]:
-        """The earliest time at which ``tick`` has timed work (timeouts, boosts, retries,
-        usage charges, preemption rechecks); None if there is none. Shells may tick then."""
+        """The earliest time at which ``tick`` has work (timeouts, boosts, retries, usage
+        charges, preemption rechecks, or events since the last pass: then the latest time
+        seen); None if there is none. Shells should tick then."""
+        def live_q(e: tuple, state: str) -> bool:
+            j = self.jobs.get(e[2])
+            return j is not None and j.state == state and j.loc_version == e[3]
+
+        def live_r(e: tuple) -> bool:
+            j = self.jobs.get(e[2])
+            return j is not None and j.state in (RUNNING, STOPPING) and j.attempt == e[3]
+
+        for h, ok in ((self._deadlines, live_r), (self._accruals, live_r),
+                      (self._waits, lambda e: live_q(e, WAITING)),
+                      (self._boosts, lambda e: live_q(e, PENDING))):
+            while h and not ok(h[0]):
+                heapq.heappop(h)
         cands = [h[0][0] for h in (self._deadlines, self._accruals, self._waits, self._boosts) if h]
+        if any(P.dirty and P.sizes for P in self.pools.values()):
+            cands.append(self._now)  # something changed since the last pass: tick again now
         cands += [P.recheck_at for P in self.pools.values() if P.recheck_at < INF]
         return min(cands) if cands else None
 
@@ -844,8 +868,10 @@ class FairShareScheduler:
     def _victim_ok(self, P: _Pool, v: _Job, r: _Job, now: float) -> bool:
         if v.state != RUNNING or not (v.req.preemptible or P.cfg.preemptible):
             return False
-        if v.preemptions >= self.p.max_preemptions_per_job or now - v.started_at < self.p.min_runtime:
+        if v.preemptions >= self.p.max_preemptions_per_job or v.started_at + self.p.min_runtime > now:
             return False
+        if (r.req.id, v.req.id) in self._preempted_pairs:
+            return False  # v once preempted r: never the other way round (no cycles)
         if r.req.priority.rank < v.req.priority.rank:
             return True
         # under-share demand: r's user has nothing here, v's user is over its share, r fits its share
@@ -887,7 +913,7 @@ class FairShareScheduler:
                     continue
                 if self._victim_ok(P, v, r, now):
                     ok.append(v)
-                elif (v.req.preemptible or P.cfg.preemptible) and now - v.started_at < self.p.min_runtime:
+                elif (v.req.preemptible or P.cfg.preemptible) and v.started_at + self.p.min_runtime > now:
                     young.append(v)
             for v in young:
                 soonest = min(soonest, v.started_at + self.p.min_runtime)
@@ -922,6 +948,7 @@ class FairShareScheduler:
                 P.timed_running += 1
             v.state = STOPPING
             v.preempt_for = req.id
+            self._preempted_pairs.add((v.req.id, req.id))
             self._stopping_for[req.id] = self._stopping_for.get(req.id, 0) + 1
             v.stop_by = now + self.p.grace
             out.append(Preempt(v.req.id, self.p.grace, f"preempted for job {req.id} ({req.priority.value} priority, user {req.user})"))
@@ -978,7 +1005,9 @@ class FairShareScheduler:
         if P.reserved_for == job_id and P.shadow < INF:
             eta = max(0.0, P.shadow - now)
         reason, msg = j.reason, j.reason_msg
-        if reason == "new":
+        if P.reserved_for != job_id and reason in ("new", "resources") and pos > 1:
+            reason, msg = "priority", f"{pos - 1} jobs are ahead of it in pool {P.name!r}"
+        elif reason == "new":
             reason, msg = "pending", "waiting for the next scheduling pass"
         return Explanation(reason, msg, pos, terms, eta)
 

@@ -1,0 +1,300 @@
+"""Unit tests of each rule of the gpuqueue policy."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuqueue.config import UserLimits
+from gpuqueue.scheduler import FairShareScheduler, make_scheduler
+from gpuqueue.scheduler.base import Preempt, Reject, Retry, Start, TimeOut, Warn
+from gpuqueue.states import Outcome
+
+from schedtools import Shell, config, job
+
+
+def starts(decisions) -> list[str]:
+    return [d.job_id for d in decisions if isinstance(d, Start)]
+
+
+def test_make_scheduler_returns_the_policy():
+    cfg = config({"p": {"n1": 4}})
+    assert isinstance(make_scheduler(cfg, "gpuqueue"), FairShareScheduler)
+    with pytest.raises(ValueError):
+        make_scheduler(cfg, "nope")
+
+
+def test_priority_tiers_then_fair_share():
+    s = FairShareScheduler(config({"p": {"n1": 1}}))
+    s.submit(job("low", pr="low"), 0)
+    s.submit(job("med", pr="medium"), 0)
+    s.submit(job("high", pr="high"), 0)
+    assert starts(s.tick(0)) == ["high"]
+
+
+def test_burst_cannot_jump_ahead_charged_at_admission():
+    s = FairShareScheduler(config({"p": {"n1": 2}}))
+    for i in range(5):
+        s.submit(job(f"a{i}", user="alice"), 0)
+    s.submit(job("b0", user="bob", t=1), 1)
+    first = starts(s.tick(1))
+    assert first == ["a0", "b0"]  # alice's first start charged her, so bob comes next
+
+
+def test_decayed_usage_orders_users():
+    s = FairShareScheduler(config({"p": {"n1": 1}}, half_life=3600))
+    sh = Shell(s)
+    s.submit(job("a0", user="alice"), 0)
+    sh.apply(s.tick(0), 0)
+    sh.finish("a0", Outcome.SUCCEEDED, 7200)  # alice used 2 GPU-hours
+    assert s.usage("alice", 7200) == pytest.approx(2.0)
+    assert s.usage("alice", 7200 + 3600) == pytest.approx(1.0)  # half-life
+    s.submit(job("a1", user="alice", t=7200), 7200)
+    s.submit(job("b1", user="bob", t=7201), 7201)
+    assert starts(s.tick(7201)) == ["b1"]
+
+
+def test_weights_divide_usage():
+    users = {"heavy": UserLimits(weight=4.0)}
+    s = FairShareScheduler(config({"p": {"n1": 1}}, users=users))
+    sh = Shell(s)
+    for u in ("heavy", "light"):
+        s.submit(job(f"{u}0", user=u), 0)
+    sh.apply(s.tick(0), 0)  # one of them starts, gets charged 1 GPU-hour
+    first = next(iter(sh.running))
+    sh.finish(first, Outcome.SUCCEEDED, 3600)
+    terms = s.explain("light0" if first == "heavy0" else "heavy0", 3600).priority_terms
+    assert terms["weight"] in (1.0, 4.0)
+
+
+def test_quota_waits_with_reason_and_depth_rejects():
+    users = {"alice": UserLimits(max_gpus=2, max_running=5, max_queued=3)}
+    s = FairShareScheduler(config({"p": {"n1": 8}}, users=users))
+    for i in range(3):
+        assert s.submit(job(f"a{i}", user="alice"), 0) is None
+    r = s.submit(job("a3", user="alice"), 0)
+    assert isinstance(r, Reject) and "limit is 3" in r.reason
+    assert starts(s.tick(0)) == ["a0", "a1"]
+    e = s.explain("a2", 0)
+    assert e.reason == "quota_gpus"
+    too_big = s.submit(job("big", user="alice", gpus=4), 0)
+    assert isinstance(too_big, Reject) and "quota" in too_big.reason
+
+
+def test_pool_queue_depth_rejected():
+    cfg = config({"p": {"n1": 1}})
+    cfg.pools["p"].max_queued = 2
+    s = FairShareScheduler(cfg)
+    assert s.submit(job("a"), 0) is None and s.submit(job("b"), 0) is None
+    r = s.submit(job("c"), 0)
+    assert isinstance(r, Reject) and "queue is full" in r.reason
+
+
+def test_unknown_pool_and_too_big_rejected():
+    s = FairShareScheduler(config({"p": {"n1": 4}}))
+    assert "unknown pool" in s.submit(job("x", pool="zz"), 0).reason
+    assert "do not fit on one node" in s.submit(job("y", gpus=5), 0).reason
+
+
+def test_gang_packing_best_fit_and_whole_nodes():
+    s = FairShareScheduler(config({"p": {"a": 8, "b": 8, "c": 8}}))
+    sh = Shell(s)
+    s.submit(job("one", gpus=6), 0)
+    sh.apply(s.tick(0), 0)
+    s.submit(job("two", gpus=2, t=1), 1)
+    sh.apply(s.tick(1), 1)
+    assert list(sh.running["two"]) == list(sh.running["one"])  # packed on the same node
+    s.submit(job("multi", gpus=16, nodes=2, t=2), 2)
+    sh.apply(s.tick(2), 2)
+    assert sorted(sh.running["multi"]) == ["b", "c"]
+    assert all(len(v) == 8 for v in sh.running["multi"].values())
+
+
+def test_reservation_blocks_unbounded_backfill_but_allows_bounded():
+    s = FairShareScheduler(config({"p": {"n1": 4}}))
+    sh = Shell(s)
+    s.submit(job("r0", gpus=2, time_limit=1000), 0)
+    sh.apply(s.tick(0), 0)  # 2 of 4 busy until t=1000 at most
+    s.submit(job("big", gpus=4, t=1), 1)
+    s.submit(job("long", gpus=1, t=2), 2)  # no limit: would delay big
+    s.submit(job("short", gpus=1, t=3, time_limit=500), 3)  # ends before the shadow (1000)
+    got = starts(s.tick(3))
+    assert got == ["short"]
+    assert s.explain("big", 3).reason == "resources"
+    assert s.explain("big", 3).eta_s == pytest.approx(997)
+    assert s.explain("long", 3).reason == "reservation"
+
+
+def test_starvation_boost_is_capped_below_high():
+    s = FairShareScheduler(config({"p": {"n1": 1}}))
+    s.submit(job("low", pr="low", t=0), 0)
+    s.tick(0)  # starts
+    sh = Shell(s)
+    sh.running["low"] = {"n1": (0,)}
+    s.submit(job("old_low", pr="low", t=0), 0)
+    s.submit(job("high", pr="high", t=10000), 10000)
+    s.submit(job("med", pr="medium", t=10000), 10000)
+    s.tick(10000)
+    terms = s.explain("old_low", 10000).priority_terms
+    assert terms["tier"] == 1 and terms["starvation_boost"] == 3
+    sh.finish("low", Outcome.SUCCEEDED, 10001)
+    assert starts(s.tick(10001)) == ["high"]  # fresh high still first
+    sh.finish("high", Outcome.SUCCEEDED, 10002)
+    assert starts(s.tick(10002)) == ["old_low"]  # boosted low beats fresh medium
+
+
+def test_preemption_of_lower_priority_after_min_runtime_with_grace_and_requeue():
+    s = FairShareScheduler(config({"p": {"n1": 2}}, min_runtime=100, grace=30))
+    sh = Shell(s)
+    s.submit(job("low", pr="low", gpus=2, preemptible=True), 0)
+    sh.apply(s.tick(0), 0)
+    s.submit(job("high", pr="high", gpus=2, t=50), 50)
+    out = s.tick(50)
+    assert not [d for d in out if isinstance(d, Preempt)]  # too young
+    assert s.next_wakeup() <= 100
+    out = s.tick(100)
+    pre = [d for d in out if isinstance(d, Preempt)]
+    assert [p.job_id for p in pre] == ["low"] and pre[0].grace_s == 30
+    assert s.tick(101) == []  # no second preemption while it stops
+    r = sh.finish("low", Outcome.PREEMPTED, 120)
+    assert r == [Retry("low", 120, counted=False)]
+    assert starts(s.tick(120)) == ["high"]
+    assert s.jobs["low"].req.failures == 0
+
+
+def test_non_preemptible_never_preempted():
+    s = FairShareScheduler(config({"p": {"n1": 2}}, min_runtime=0))
+    sh = Shell(s)
+    s.submit(job("low", pr="low", gpus=2), 0)
+    sh.apply(s.tick(0), 0)
+    s.submit(job("high", pr="high", gpus=2), 1)
+    assert s.tick(5000) == []
+
+
+def test_pool_without_preemption():
+    cfg = config({"p": {"n1": 2}}, min_runtime=0)
+    cfg.pools["p"].allow_preemption = False
+    s = FairShareScheduler(cfg)
+    sh = Shell(s)
+    s.submit(job("low", pr="low", gpus=2, preemptible=True), 0)
+    sh.apply(s.tick(0), 0)
+    s.submit(job("high", pr="high", gpus=2), 1)
+    assert s.tick(5000) == []
+
+
+def test_anti_thrash_budget_and_per_job_cap():
+    s = FairShareScheduler(config({"p": {"n1": 1}}, min_runtime=0, preemption_budget=1, preemption_window=3600, max_preemptions_per_job=1))
+    sh = Shell(s)
+    s.submit(job("low", pr="low", preemptible=True), 0)
+    sh.apply(s.tick(0), 0)
+    s.submit(job("h1", pr="high"), 1)
+    sh.apply(s.tick(1), 1)
+    sh.finish("low", Outcome.PREEMPTED, 2)
+    sh.apply(s.tick(2), 2)
+    assert "h1" in sh.running
+    sh.finish("h1", Outcome.SUCCEEDED, 3)
+    sh.apply(s.tick(3), 3)
+    assert "low" in sh.running
+    s.submit(job("h2", pr="high"), 4)
+    assert not [d for d in s.tick(10_000) if isinstance(d, Preempt)]  # per-job cap reached
+
+
+def test_timeout_with_warning_first():
+    cfg = config({"p": {"n1": 1}}, timeout_warning=60)
+    cfg.pools["p"].max_runtime = 1000
+    s = FairShareScheduler(cfg)
+    sh = Shell(s)
+    s.submit(job("j"), 0)
+    sh.apply(s.tick(0), 0)
+    assert s.next_wakeup() == 940
+    w = s.tick(940)
+    assert len(w) == 1 and isinstance(w[0], Warn)
+    assert s.tick(999) == []
+    assert s.tick(1000) == [TimeOut("j")]
+    assert s.tick(1001) == []
+    assert s.finished("j", Outcome.TIMED_OUT, 1001) == []  # not retried
+    assert "j" not in s.jobs
+
+
+def test_retry_backoff_exponential_deterministic_jitter():
+    s = FairShareScheduler(config({"p": {"n1": 1}}))
+    sh = Shell(s)
+    s.submit(job("j", max_retries=3), 0)
+    ats = []
+    now = 0.0
+    for k in range(3):
+        sh.apply(s.tick(now), now)
+        (r,) = sh.finish("j", Outcome.FAILED, now + 1)
+        assert r.counted and r.at > now + 1
+        ats.append(r.at - (now + 1))
+        assert s.explain("j", now + 1).reason == "backoff"
+        now = r.at
+    assert ats[0] < ats[1] < ats[2]
+    base = s.config.retry_backoff
+    for k, d in enumerate(ats):
+        assert base * 2**k * 0.75 <= d <= base * 2**k * 1.25
+    sh.apply(s.tick(now), now)
+    assert sh.finish("j", Outcome.FAILED, now + 1) == []  # 3 retries used
+    assert s.backoff("x", 1) == FairShareScheduler(config({"p": {"n1": 1}})).backoff("x", 1)
+
+
+def test_node_loss_is_not_a_failure():
+    s = FairShareScheduler(config({"p": {"a": 1, "b": 1}}))
+    sh = Shell(s)
+    s.submit(job("j"), 0)
+    sh.apply(s.tick(0), 0)
+    node = next(iter(sh.running["j"]))
+    out = s.node_down(node, 5)
+    sh.running.pop("j")
+    assert out == [Retry("j", 5, counted=False)]
+    assert s.jobs["j"].req.failures == 0
+    sh.apply(s.tick(5), 5)
+    assert "j" in sh.running and node not in sh.running["j"]
+    s.node_up(node, "p", 1, 6)
+    assert s.snapshot()["pools"]["p"]["gpus_total"] == 2
+
+
+def test_explain_position_and_terms():
+    s = FairShareScheduler(config({"p": {"n1": 1}}))
+    for i in range(3):
+        s.submit(job(f"j{i}", t=i), i)
+    s.tick(3)
+    e = s.explain("j2", 3)
+    assert e.position == 2 and set(e.priority_terms) >= {"tier", "usage_gpu_hours", "weight", "share_key", "wait_s"}
+    assert s.explain("j0", 3) is None  # running
+    assert e.as_dict()["reason"] in ("resources", "priority", "reservation")
+
+
+def test_export_import_state_round_trip():
+    s = FairShareScheduler(config({"p": {"n1": 1}}))
+    sh = Shell(s)
+    s.submit(job("a", user="alice"), 0)
+    sh.apply(s.tick(0), 0)
+    sh.finish("a", Outcome.SUCCEEDED, 7200)
+    import json
+
+    state = json.loads(json.dumps(s.export_state()))
+    t = FairShareScheduler(config({"p": {"n1": 1}}))
+    t.import_state(state)
+    assert t.usage("alice", 7200) == pytest.approx(s.usage("alice", 7200))
+    t.submit(job("a2", user="alice", t=7200), 7200)
+    t.submit(job("b", user="bob", t=7201), 7201)
+    assert starts(t.tick(7201)) == ["b"]
+
+
+def test_restore_running_holds_gpus():
+    s = FairShareScheduler(config({"p": {"n1": 2}}))
+    s.restore_running(job("r", gpus=2), {"n1": (0, 1)}, 0)
+    s.submit(job("x"), 1)
+    assert s.tick(1) == []
+    s.finished("r", Outcome.SUCCEEDED, 2)
+    assert starts(s.tick(2)) == ["x"]
+
+
+def test_cancel_pending_and_running():
+    s = FairShareScheduler(config({"p": {"n1": 1}}))
+    s.submit(job("a"), 0)
+    s.submit(job("b"), 0)
+    s.tick(0)
+    s.cancel("b", 1)
+    s.cancel("a", 1)
+    assert s.snapshot()["pools"]["p"] == {"gpus_total": 1, "gpus_used": 0, "queued": 0, "running": 0, "reserved_for": None}
