@@ -48,6 +48,10 @@ def test_cli_and_user_isolation(cluster_factory) -> None:
     assert "preempting" in c.cli("root", "preempt", running).stdout
     wait_until(lambda: c.client("root").get(running)["preemptions"] == 1, 20, 0.1, "preempted")
     wait_until(lambda: c.client("root").get(running)["state"] == "running", 20, 0.1, "running again")
+    waiting = c.submit("alice", ticks=1, gpus=2)  # cannot start while `running` holds a GPU
+    assert c.client("alice").get(waiting)["state"] == "queued"
+    r = c.cli("alice", "cancel", waiting)
+    assert r.stdout.strip() == f"{waiting}: cancelled", r.stdout + r.stderr
     assert c.cli("root", "cancel", running).returncode == 0
     final = c.wait_done([running], 20)[running]
     assert final["state"] == "cancelled" and len(final["attempts"]) == 2

@@ -109,15 +109,15 @@ class ClusterFrontend:
             raise NotFound(f"no job {job_id!r} (see `gpuqueue ls` for yours)")
         return self._with_pending(job)
 
-    def cancel(self, caller: Caller, job_id: str) -> JobRecord:
+    async def cancel(self, caller: Caller, job_id: str) -> JobRecord:
         """Ask the daemon to cancel; returns the record once it has acted (or after a moment)."""
         job = self.get_job(caller, job_id)
         if job.state.is_terminal:
             return job
         self.store.tell_daemon({"op": "cancel", "job": job_id, "by": caller.name})
-        return self._wait(caller, job_id, lambda j: j.state.is_terminal or bool(j.current_attempt and j.current_attempt.stop_requested))
+        return await self._wait(caller, job_id, lambda j: j.state.is_terminal or bool(j.current_attempt and j.current_attempt.stop_requested))
 
-    def preempt(self, caller: Caller, job_id: str) -> JobRecord:
+    async def preempt(self, caller: Caller, job_id: str) -> JobRecord:
         """Admin: preempt a running job now (it checkpoints, stops and is queued again)."""
         if not caller.admin:
             raise Forbidden("only admins may preempt jobs")
@@ -125,15 +125,16 @@ class ClusterFrontend:
         if job.state not in (JobState.STARTING, JobState.RUNNING):
             raise Conflict(f"job {job_id} is {job.state.value}, not running: nothing to preempt")
         self.store.tell_daemon({"op": "preempt", "job": job_id, "by": caller.name})
-        return self._wait(caller, job_id, lambda j: not j.state.is_active or bool(j.current_attempt and j.current_attempt.stop_requested))
+        return await self._wait(caller, job_id, lambda j: not j.state.is_active or bool(j.current_attempt and j.current_attempt.stop_requested))
 
-    def _wait(self, caller: Caller, job_id: str, done: Any) -> JobRecord:
+    async def _wait(self, caller: Caller, job_id: str, done: Any) -> JobRecord:
+        """The job once the daemon has acted on our message (or as it is after ``wait_s``)."""
         deadline = time.monotonic() + self.wait_s
         while True:
             job = self.get_job(caller, job_id)
             if done(job) or time.monotonic() > deadline:
                 return job
-            time.sleep(0.01)
+            await asyncio.sleep(0.02)
 
     def events(self, caller: Caller, job_id: str, after: int = 0, limit: int = 10_000) -> list[Event]:
         """The job's events with seq > ``after``."""
