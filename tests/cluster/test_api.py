@@ -69,3 +69,19 @@ def test_cli_and_user_isolation(cluster_factory) -> None:
     env = dict(os.environ, GPUQUEUE_URL=c.url, GPUQUEUE_TOKEN="wrong-token")
     r = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "ls"], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "GPUQUEUE_TOKEN" in r.stderr
+
+
+def test_timeouts_failures_and_retries_as_in_embedded_mode(cluster_factory) -> None:
+    c = cluster_factory(nodes={"n1": 2})
+    slow = c.submit("alice", ticks=200, timeout_s=1.5)
+    failing = c.client("alice").submit({"kind": "command", "gpus": 1, "retries": 1,
+                                        "command": [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"]})["id"]
+    jobs = c.wait_done([slow, failing], 60)
+    assert jobs[slow]["state"] == "timed_out", jobs[slow]
+    f = jobs[failing]
+    assert f["state"] == "failed" and f["failures"] == 1 and len(f["attempts"]) == 2, f
+    assert f["error"] == "the job process exited with code 3"
+    states = [e["data"]["state"] for e in c.client("alice").events(failing) if e["type"] == "state"]
+    assert "retrying" in states or states.count("queued") == 2, states
+    r = c.cli("alice", "wait", failing)
+    assert r.returncode == 1 and "failed" in r.stderr
