@@ -96,7 +96,7 @@ def settle(
             job.error = exit_record.get("error") or f"the job process exited with code {code}"
             a.message = job.error
     if outcome == Outcome.LOST:
-        a.message = exit_record.get("error") or "the job process (or its node) vanished without an exit record"
+        a.message = exit_record.get("error") or "the job process vanished without an exit record"
     retry = next((d for d in decisions if isinstance(d, Retry) and d.job_id == job.id), None)
     if outcome == Outcome.SUCCEEDED:
         res = result_record or {}

@@ -28,11 +28,12 @@ from .config import QueueConfig, single_node_config
 from .errors import BadRequest, Conflict, Forbidden, NotFound, Rejected
 from .jobdir import attempt_dir, job_dir, read_json, write_bytes_atomic, write_json_atomic
 from .launch import build_launch
+from .lifecycle import attempt_outcome, job_request, settle, with_defaults
 from .logs import job_fields
 from .models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from .scheduler import make_scheduler
-from .scheduler.base import JobRequest, Preempt, Retry, Start, TimeOut, Warn
-from .states import JobState, Outcome
+from .scheduler.base import JobRequest, Preempt, Start, TimeOut, Warn
+from .states import JobState
 from .store import SqliteStore
 
 log = logging.getLogger("gpuqueue.service")
@@ -205,20 +206,7 @@ class QueueService:
         return self._with_pending(job), False
 
     def _with_defaults(self, spec: JobSpec) -> JobSpec:
-        pool_name = spec.pool or self.config.default_pool
-        pool = self.config.pools.get(pool_name)
-        if pool is None:
-            raise Rejected(
-                f"unknown pool {pool_name!r}: the pools are {', '.join(self.config.pools)}"
-            )
-        changes: dict[str, Any] = {"pool": pool_name}
-        if spec.preemptible is None:
-            changes["preemptible"] = pool.preemptible
-        if spec.timeout_s is None and pool.default_timeout:
-            changes["timeout_s"] = pool.default_timeout
-        if spec.retries is None:
-            changes["retries"] = self.config.retries
-        return spec.model_copy(update=changes)
+        return with_defaults(spec, self.config)
 
     def list_jobs(self, caller: Caller, all_users: bool = False, limit: int = 500) -> list[JobRecord]:
         """The caller's jobs (an admin's ``all_users`` lists everyone's), newest first."""
@@ -486,55 +474,11 @@ class QueueService:
         if a is None or a.outcome is not None:
             return
         now = time.time()
-        code = rec.get("exit_code")
-        reason = rec.get("stop_reason") or a.stop_requested
         adir = attempt_dir(self.state_dir, job.id, a.number)
-        if reason == "cancelled":
-            outcome = Outcome.CANCELLED
-        elif reason == "preempted":
-            outcome = Outcome.PREEMPTED
-        elif reason == "timed_out":
-            outcome = Outcome.TIMED_OUT
-        elif rec.get("lost") or reason == "terminated":
-            outcome = Outcome.LOST
-        elif code == 0 and (job.spec.kind == "command" or (adir / "result.pkl").exists()):
-            outcome = Outcome.SUCCEEDED
-        else:
-            outcome = Outcome.FAILED
-        a.outcome, a.exit_code, a.ended_at = outcome, code, now
-        err = read_json(adir / "error.json")
-        if outcome == Outcome.FAILED:
-            if err:
-                job.error = f"{err['type']}: {err['message']}"
-                a.message = err.get("traceback") or job.error
-            else:
-                job.error = rec.get("error") or f"the job process exited with code {code}"
-                a.message = job.error
-        if outcome == Outcome.LOST:
-            a.message = "the job process vanished without an exit record"
+        outcome = attempt_outcome(job, rec, (adir / "result.pkl").exists())
         decisions = self.scheduler.finished(job.id, outcome, now)
-        retry = next((d for d in decisions if isinstance(d, Retry) and d.job_id == job.id), None)
-        if outcome == Outcome.SUCCEEDED:
-            res = read_json(adir / "result.json") or {}
-            job.result_names = res.get("names", [])
-            job.unreturnable = res.get("unreturnable", {})
-            self._set_state(job, JobState.SUCCEEDED, exit_code=code)
-        elif retry is not None:
-            if retry.counted:
-                job.failures += 1
-            if outcome == Outcome.PREEMPTED:
-                job.preemptions += 1
-            job.not_before = retry.at if retry.at > now else None
-            state = JobState.RETRYING if retry.at > now else JobState.QUEUED
-            self._set_state(job, state, after=outcome.value, retry_at=retry.at, error=job.error)
-        else:
-            final = {
-                Outcome.CANCELLED: JobState.CANCELLED,
-                Outcome.TIMED_OUT: JobState.TIMED_OUT,
-            }.get(outcome, JobState.FAILED)
-            if outcome == Outcome.LOST:
-                job.error = job.error or "the job process was lost and no retries are left"
-            self._set_state(job, final, exit_code=code, error=job.error, traceback=a.message if final == JobState.FAILED else None)
+        state, info = settle(job, outcome, rec, decisions, now, read_json(adir / "error.json"), read_json(adir / "result.json"))
+        self._set_state(job, state, **info)
         log.info("job %s: attempt %s ended %s; job %s", job.id, a.number, outcome.value, job.state.value,
                  extra=job_fields(job))
         self._notify("attempt_ended", {"job": job, "outcome": outcome.value})
@@ -542,23 +486,7 @@ class QueueService:
 
     # -- helpers ----------------------------------------------------------------------------
     def _request(self, job: JobRecord) -> JobRequest:
-        s = job.spec
-        pool = s.pool or self.config.default_pool
-        pc = self.config.pools.get(pool)
-        return JobRequest(
-            id=job.id,
-            user=job.owner,
-            pool=pool,
-            gpus=s.gpus,
-            priority=s.priority,
-            submit_time=job.created_at,
-            nodes=s.nodes,
-            time_limit=s.timeout_s,
-            preemptible=bool(s.preemptible if s.preemptible is not None else (pc.preemptible if pc else False)),
-            max_retries=s.retries if s.retries is not None else self.config.retries,
-            failures=job.failures,
-            not_before=job.not_before or 0.0,
-        )
+        return job_request(job, self.config)
 
     def _get(self, job_id: str) -> JobRecord:
         assert self.store is not None
