@@ -19,9 +19,9 @@ def jupyter_server_factory(tmp_path: Path) -> Iterator[Callable[..., JupyterServ
     servers: list[JupyterServer] = []
 
     def make(gpus: int = 2, name: str = "server", **kw) -> JupyterServer:
-        s = JupyterServer(tmp_path / name, gpus=gpus, **kw).start()
-        servers.append(s)
-        return s
+        s = JupyterServer(tmp_path / name, gpus=gpus, **kw)
+        servers.append(s)  # registered first, so a server that never answers is still stopped
+        return s.start()
 
     yield make
     for s in servers:
@@ -41,9 +41,9 @@ def redis_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]:
     servers: list[RedisServer] = []
 
     def make(name: str = "redis", **kw) -> RedisServer:
-        r = RedisServer(tmp_path / name, **kw).start()
+        r = RedisServer(tmp_path / name, **kw)
         servers.append(r)
-        return r
+        return r.start()
 
     yield make
     for r in servers:

@@ -225,7 +225,11 @@ class JupyterServer:
             except requests.ConnectionError:
                 return False
 
-        wait_until(up, 60, 0.1, "the jupyter server to answer")
+        try:
+            wait_until(up, 90, 0.1, "the jupyter server to answer")
+        except AssertionError:
+            self.stop(signal.SIGKILL)
+            raise
         return self
 
     @property
