@@ -11,6 +11,7 @@ import argparse
 import os
 import shlex
 import sys
+import types
 import threading
 from typing import Any, Optional
 
@@ -266,8 +267,9 @@ class GPUQueueMagics(Magics):
             return
         values, failed = unpack_results(self.client.result(job["id"]))
         self.shell.user_ns.update(values)
-        if values:
-            print(f"[gpuqueue] {job['id']} succeeded; back in the notebook: {', '.join(values)}", flush=True)
+        data = [n for n, v in values.items() if not isinstance(v, types.ModuleType)]
+        if data:
+            print(f"[gpuqueue] {job['id']} succeeded; back in the notebook: {', '.join(data)}", flush=True)
         else:
             print(f"[gpuqueue] {job['id']} succeeded", flush=True)
         for name, why in failed.items():
