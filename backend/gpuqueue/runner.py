@@ -155,6 +155,9 @@ class Runner:
         ]
         for p in pumps:
             p.start()
+        proc = self.proc
+        # wake the loop the moment the job exits (no polling delay before the exit record)
+        threading.Thread(target=lambda: (proc.wait(), self._wake.set()), daemon=True).start()
         while self.proc.poll() is None:
             self._wake.wait(0.2)
             self._wake.clear()
@@ -210,12 +213,25 @@ class Runner:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point: ``python -m gpuqueue.runner ATTEMPT_DIR``."""
+    """Entry point: ``python -m gpuqueue.runner ATTEMPT_DIR``.
+
+    ``python -m gpuqueue.runner -`` is a *warm* runner: started ahead of time, it waits for the
+    attempt folder on stdin, so a launch costs a write instead of an interpreter start. Its
+    stderr then goes to the attempt's ``runner.log``. EOF on stdin: it exits, having run nothing.
+    """
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m gpuqueue.runner ATTEMPT_DIR", file=sys.stderr)
+        print("usage: python -m gpuqueue.runner ATTEMPT_DIR | -", file=sys.stderr)
         return 2
-    return Runner(Path(args[0])).run()
+    target = args[0]
+    if target == "-":
+        target = sys.stdin.readline().strip()
+        if not target:
+            return 0
+        fd = os.open(os.path.join(target, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
+    return Runner(Path(target)).run()
 
 
 if __name__ == "__main__":

@@ -75,6 +75,7 @@ class QueueService:
         self.scheduler: Any = None
         self.listeners: list[Listener] = []
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # runners we started (to reap)
+        self._warm: Optional[subprocess.Popen[bytes]] = None  # the next launch's runner
         self._wake = asyncio.Event()
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -126,6 +127,14 @@ class QueueService:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
+        if self._warm is not None:
+            if self._warm.stdin is not None:
+                self._warm.stdin.close()  # EOF: it exits without running anything
+            try:
+                self._warm.wait(5)
+            except subprocess.TimeoutExpired:
+                self._warm.kill()
+            self._warm = None
         if self.store is not None:
             self._tail_all()
             self._save_scheduler_state(force=True)
@@ -325,6 +334,7 @@ class QueueService:
             elif isinstance(d, Warn):
                 self._event(d.job_id, "warning", {"message": d.message})
         self._notify("pass", {"seconds": time.perf_counter() - t0})
+        self._keep_runner_warm()
         self._save_scheduler_state()
 
     def _save_scheduler_state(self, force: bool = False) -> None:
@@ -428,16 +438,11 @@ class QueueService:
         self.store.put(job)
         self._event(job_id, "state", {"state": "starting", "attempt": number, "node": node, "gpus": devices})
         try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gpuqueue.runner", str(adir)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=open(adir / "runner.log", "ab"),
-                start_new_session=True,
-                close_fds=True,
-                env=_runner_env(),
-            )
-        except OSError as e:
+            proc = self._take_runner()
+            assert proc.stdin is not None
+            proc.stdin.write(str(adir).encode() + b"\n")  # go: it reads launch.json now
+            proc.stdin.close()
+        except (OSError, ValueError) as e:
             self._attempt_ended(job, {"exit_code": 127, "stop_reason": None, "error": f"cannot start the runner: {e}"})
             return
         self._procs[proc.pid] = proc
@@ -445,6 +450,33 @@ class QueueService:
         attempt.pid = proc.pid
         attempt.pid_started = _process_start_time(proc.pid)
         self.store.put(job)
+
+    def _take_runner(self) -> subprocess.Popen[bytes]:
+        """The warm runner (started ahead of time) if it is alive, else a new one."""
+        proc = self._warm
+        self._warm = None
+        if proc is None or proc.poll() is not None:
+            proc = self._new_runner()
+        return proc
+
+    def _new_runner(self) -> subprocess.Popen[bytes]:
+        """A runner in its own session (it outlives this server), waiting on stdin."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "gpuqueue.runner", "-"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            env=_runner_env(),
+        )
+
+    def _keep_runner_warm(self) -> None:
+        if self._warm is None or self._warm.poll() is not None:
+            try:
+                self._warm = self._new_runner()
+            except OSError as e:
+                log.warning("cannot start a warm runner: %s", e)
 
     def _request_stop(self, job: JobRecord, reason: str, grace_s: float) -> None:
         a = job.current_attempt

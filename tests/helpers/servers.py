@@ -271,15 +271,31 @@ class JupyterServer:
         self.kernels = []
         return self.start()
 
+    def _runner_records(self) -> list[dict[str, int]]:
+        """The ``runner`` records (runner pid, job pid) of every attempt this server launched."""
+        out = []
+        for events in self.state_dir.glob("jobs/*/attempt-*/events.jsonl"):
+            for line in events.read_text().splitlines():
+                if '"type": "runner"' in line:
+                    out.append(json.loads(line)["data"])
+        return out
+
     def job_pids(self) -> list[int]:
         """PIDs of the runner processes of this server's jobs still alive."""
-        out = subprocess.run(["pgrep", "-f", f"gpuqueue.runner {self.state_dir}"], capture_output=True, text=True)
-        return [int(p) for p in out.stdout.split()]
+        import psutil
+
+        return [r["runner_pid"] for r in self._runner_records()
+                if psutil.pid_exists(r["runner_pid"]) and psutil.Process(r["runner_pid"]).status() != "zombie"]
 
     def kill_jobs(self) -> None:
         """Kill every job process this server started (test clean-up)."""
-        for pat in (f"gpuqueue.runner {self.state_dir}", f"gpuqueue.jobmain {self.state_dir}"):
-            subprocess.run(["pkill", "-9", "-f", pat], capture_output=True)
+        for r in self._runner_records():
+            for pid, group in ((r["runner_pid"], False), (r["pid"], True)):
+                try:
+                    os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        subprocess.run(["pkill", "-9", "-f", f"gpuqueue.jobmain {self.state_dir}"], capture_output=True)
 
 
 class RedisServer:
