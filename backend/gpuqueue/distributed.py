@@ -193,12 +193,17 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
         init_kw["num_cpus"] = int(os.environ.get("GPUQUEUE_RAY_CPUS", str(workers + 1)))
         init_kw["num_gpus"] = len(visible) if use_gpu else 0
-        os.environ.setdefault("RAY_raylet_start_wait_time_s", "240")
-    try:
-        ray.init(**init_kw)
-    except Exception as e:  # noqa: BLE001 - tell the user what failed, not Ray's traceback
-        print(f"gpuqueue: could not start or reach the Ray cluster ({address or 'local'}): {e}", file=sys.stderr)
-        return 1
+    for attempt in range(1, 4):
+        try:
+            ray.init(**init_kw)
+            break
+        except Exception as e:  # noqa: BLE001 - tell the user what failed, not Ray's traceback
+            # a busy node can miss Ray's fixed ~15 s limit for its agents to start: try again
+            ray.shutdown()
+            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+            print(f"gpuqueue: could not start or reach {where} (try {attempt} of 3): {e}", file=sys.stderr)
+            if attempt == 3:
+                return 1
     stop = {"asked": False}
 
     def on_term(*_: Any) -> None:  # the ranks see control.json; just wait for them
