@@ -257,6 +257,11 @@ class FairShareScheduler:
         T = self.pools[req.pool].cfg.starvation_timeout
         rank = req.priority.rank
         steps = int(max(0.0, now - req.submit_time) // T) if T > 0 else 0
+        if T > 0:  # float-safe: the step count must agree with submit + k * T <= now
+            while req.submit_time + (steps + 1) * T <= now:
+                steps += 1
+            while steps > 0 and req.submit_time + steps * T > now:
+                steps -= 1
         starved = steps >= 1
         if rank == 0:
             return 0, starved, (INF if starved else req.submit_time + T)
