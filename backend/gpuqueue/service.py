@@ -309,7 +309,7 @@ class QueueService:
     async def _schedule_loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._wake.wait(), TICK_INTERVAL_S)
+                await asyncio.wait_for(self._wake.wait(), self._until_next_pass())
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
@@ -317,6 +317,15 @@ class QueueService:
                 self.tick()
             except Exception:  # noqa: BLE001 - one bad pass must not stop the queue
                 log.exception("scheduling pass failed")
+
+    def _until_next_pass(self) -> float:
+        """Seconds to sleep before the next pass: at most TICK_INTERVAL_S, less when the
+        scheduler says it has work sooner (a timeout, a boost, a retry coming due)."""
+        wakeup = getattr(self.scheduler, "next_wakeup", None)
+        when = wakeup() if wakeup is not None else None
+        if when is None:
+            return TICK_INTERVAL_S
+        return min(TICK_INTERVAL_S, max(0.01, when - time.time()))  # never a busy loop
 
     def tick(self) -> None:
         """One scheduling pass: carry out what the scheduler decides."""

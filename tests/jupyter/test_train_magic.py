@@ -264,3 +264,16 @@ def test_job_runs_with_the_kernels_directory_interpreter_and_relative_paths(jupy
     assert res.error is None, res.text
     out = k.run("print(answer, job_cwd == os.getcwd(), job_python == kernel_python, repr(job_cvd))")
     assert out.stdout.split() == ["42", "True", "True", "''"]
+
+
+def test_time_limit_stops_the_job_with_a_warning_first(jupyter_server):
+    import sys
+
+    client = jupyter_server.client()
+    job = client.submit({"kind": "command", "command": [sys.executable, "-c", "import time; time.sleep(120)"],
+                         "timeout_s": 3})
+    wait_until(lambda: client.get(job["id"])["state"] == "timed_out", 60, what="the time limit")
+    done = client.get(job["id"])
+    assert [a["outcome"] for a in done["attempts"]] == ["timed_out"]  # a timeout is final
+    kinds = [e["type"] for e in client.events(job["id"])]
+    assert "warning" in kinds
