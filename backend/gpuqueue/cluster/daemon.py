@@ -259,6 +259,8 @@ class Daemon:
                     outage = True  # rebuild with the new token
                     continue
                 log.error("stepping down: %s", e)
+                if self.metrics is not None:
+                    self.metrics.set_leader(False)
                 return 3
             except (redis.ConnectionError, redis.TimeoutError, OSError, kombu.exceptions.OperationalError) as e:
                 if not outage:
