@@ -124,6 +124,10 @@ class _Pool:
     last_fail: tuple[str, int, float] = ("", -1, 0.0)
     reserved_for: Optional[str] = None
     shadow: float = INF
+    # free-GPU index of the up nodes: free count -> node names (sorted), for O(1)-ish best fit
+    bk: dict[int, list[str]] = field(default_factory=dict)
+    nmap: dict[str, NodeState] = field(default_factory=dict)
+    maxg: int = 0
 
 
 @dataclass
@@ -160,6 +164,9 @@ class FairShareScheduler:
         self._stopping_for: dict[str, int] = {}
         self._preempted_pairs: set[tuple[str, str]] = set()  # (victim, preemptor)
         self._limit_memo: dict[tuple[str, Optional[float]], Optional[float]] = {}
+        self._nfree: dict[str, int] = {}  # node -> free count as indexed in its pool's bk
+        self._ends: dict[str, list[tuple[float, int]]] = {}  # node -> sorted (end, gpus) of its jobs
+        self._tfit: dict[str, dict[int, float]] = {}  # node -> need -> raw fit time (see _reserve)
         for name, pc in config.pools.items():
             self.pools[name] = _Pool(name, pc, tokens=self.p.preemption_budget)
         self._rebuild_pools()
@@ -176,10 +183,38 @@ class FairShareScheduler:
             if n.up:
                 self.pools[n.pool].nodes.append(n)
             self.node_jobs.setdefault(n.name, set())
+        self._nfree = {}
+        self._ends = {}
+        self._tfit = {}
         for P in self.pools.values():
             P.total = sum(n.gpus for n in P.nodes)
             P.free = sum(len(n.free) for n in P.nodes)
             P.dirty = True
+            P.bk = {}
+            P.nmap = {n.name: n for n in P.nodes}
+            P.maxg = max((n.gpus for n in P.nodes), default=0)
+            for n in P.nodes:  # P.nodes is by name: the buckets come out sorted
+                f = len(n.free)
+                P.bk.setdefault(f, []).append(n.name)
+                self._nfree[n.name] = f
+
+    def _touch(self, nodes: Any) -> None:
+        """Nodes whose jobs or free GPUs changed: re-bucket them, drop their cached end times."""
+        for name in nodes:
+            self._ends.pop(name, None)
+            self._tfit.pop(name, None)
+            old = self._nfree.get(name)
+            if old is None:
+                continue  # down or unknown: not indexed
+            n = self.cluster.nodes[name]
+            new = len(n.free)
+            if new == old:
+                continue
+            P = self.pools[n.pool]
+            lst = P.bk[old]
+            del lst[bisect_left(lst, name)]
+            insort(P.bk.setdefault(new, []), name)
+            self._nfree[name] = new
 
     def _user(self, name: str) -> _User:
         u = self.users.get(name)
@@ -382,6 +417,8 @@ class FairShareScheduler:
             return
         j.started_at = now
         j.warned = False
+        if j.placement:
+            self._touch(j.placement)
         self._push_deadlines(j)
 
     def finished(self, job_id: str, outcome: Outcome, now: float) -> list[Decision]:
@@ -481,6 +518,7 @@ class FairShareScheduler:
         j.preempt_for = None
         for node in placement:
             self.node_jobs.setdefault(node, set()).add(req.id)
+        self._touch(placement)
         u = self.users[req.user]
         u.gpus += req.gpus
         u.running += 1
@@ -506,6 +544,7 @@ class FairShareScheduler:
                 P.free += len(ids)
             self.node_jobs.get(node, set()).discard(req.id)
         self.cluster.release(j.placement)
+        self._touch(j.placement)
         j.placement = None
         u = self.users[req.user]
         u.gpus -= req.gpus
@@ -841,33 +880,31 @@ class FairShareScheduler:
             lim = self._limit(req)
             end = INF if lim is None else now + lim
             fits_before = ctx.shadow < INF and end <= ctx.shadow
+        bk = P.bk
         if req.nodes <= 1:
-            best: Optional[NodeState] = None
-            bf = 1 << 30
-            for n in P.nodes:
-                f = len(n.free)
-                if f < g or f >= bf:
+            # best fit: the fewest free GPUs that still fit, ties by name (buckets are sorted)
+            check = not fits_before and bool(spare)
+            for f in range(g, P.maxg + 1):
+                lst = bk.get(f)
+                if not lst:
                     continue
-                if not fits_before and n.name in spare and g > spare[n.name]:
-                    continue
-                best, bf = n, f
-                if f == g:
-                    break
-            if best is None:
-                return None
-            if not fits_before and best.name in spare:
-                spare[best.name] -= g
-            return {best.name: tuple(sorted(best.free)[:g])}
-        per = g // req.nodes
-        idle = [
-            n for n in P.nodes
-            if len(n.free) == n.gpus and n.gpus >= per
-            and (fits_before or n.name not in spare or spare[n.name] >= n.gpus)
-        ]
-        if len(idle) < req.nodes:
+                for name in lst:
+                    if check and name in spare and g > spare[name]:
+                        continue
+                    if check and name in spare:
+                        spare[name] -= g
+                    return {name: tuple(sorted(P.nmap[name].free)[:g])}
             return None
-        idle.sort(key=lambda n: (n.gpus, n.name))
-        return {n.name: tuple(sorted(n.free)[:per]) for n in idle[: req.nodes]}
+        per = g // req.nodes
+        idle: list[NodeState] = []
+        for f in range(max(per, 0), P.maxg + 1):  # idle nodes by (gpus, name)
+            for name in bk.get(f, ()):
+                n = P.nmap[name]
+                if n.gpus == f and (fits_before or name not in spare or spare[name] >= n.gpus):
+                    idle.append(n)
+                    if len(idle) == req.nodes:
+                        return {n.name: tuple(sorted(n.free)[:per]) for n in idle}
+        return None
 
     # ---------------------------------------------------------------------- preemption
     def _victim_ok(self, P: _Pool, v: _Job, r: _Job, now: float) -> bool:
@@ -952,6 +989,8 @@ class FairShareScheduler:
             if self._limit(v.req) is None:
                 P.timed_running += 1
             v.state = STOPPING
+            if v.placement:
+                self._touch(v.placement)
             v.preempt_for = req.id
             self._preempted_pairs.add((v.req.id, req.id))
             self._stopping_for[req.id] = self._stopping_for.get(req.id, 0) + 1
