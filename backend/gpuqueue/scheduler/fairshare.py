@@ -829,27 +829,25 @@ class FairShareScheduler:
                 ctx.shadow = INF
             ctx.spare = {c[2]: (0 if req.nodes > 1 else c[3] - per) for c in chosen}
             return
+        tfit_all = self._tfit
         for n in P.nodes:
             if n.gpus < per:
                 continue
-            ends = sorted(
-                (self._end_estimate(self.jobs[jid]), self.jobs[jid].req.gpus)
-                for jid in self.node_jobs.get(n.name, ())
-                if jid in self.jobs and self.jobs[jid].placement and n.name in self.jobs[jid].placement
-            )
-            f = len(n.free)
             need = per if req.nodes == 1 else n.gpus
-            t_fit = now if f >= need else INF
-            for end, g in ends:
-                if f >= need:
-                    break
-                f += g
-                t_fit = max(now, end)
-            if f < need:
-                t_fit = INF
+            tf = tfit_all.get(n.name)
+            if tf is None:
+                tf = tfit_all[n.name] = {}
+            raw = tf.get(need)
+            if raw is None:
+                raw = tf[need] = self._fit_time(n, need)
+            # raw: -INF fits now, INF never (by known ends), else the end that makes it fit
+            t_fit = now if raw == -INF else (INF if raw == INF else max(now, raw))
             cands.append((t_fit, -len(n.free), n.name, n.gpus))
-        cands.sort()
-        chosen = cands[: max(1, req.nodes)]
+        if req.nodes <= 1:
+            chosen = [min(cands)] if cands else []
+        else:
+            cands.sort()
+            chosen = cands[: req.nodes]
         if len(chosen) < max(1, req.nodes):
             ctx.shadow = INF
             ctx.spare = {}
@@ -867,6 +865,33 @@ class FairShareScheduler:
                 if jj is not None and jj.placement and self._end_estimate(jj) <= ctx.shadow:
                     f += len(jj.placement.get(name, ()))
             ctx.spare[name] = max(0, f - per)
+
+    def _node_ends(self, name: str) -> list[tuple[float, int]]:
+        """Sorted (end estimate, job GPUs) of the jobs on a node (cached; _touch drops it)."""
+        ends = self._ends.get(name)
+        if ends is None:
+            jobs = self.jobs
+            ends = sorted(
+                (self._end_estimate(jobs[jid]), jobs[jid].req.gpus)
+                for jid in self.node_jobs.get(name, ())
+                if jid in jobs and jobs[jid].placement and name in jobs[jid].placement
+            )
+            self._ends[name] = ends
+        return ends
+
+    def _fit_time(self, n: NodeState, need: int) -> float:
+        """-INF if ``need`` GPUs are free on the node now; else the known end time after which
+        they are (before clamping to now); INF if known ends never free enough."""
+        f = len(n.free)
+        if f >= need:
+            return -INF
+        t = INF
+        for end, g in self._node_ends(n.name):
+            if f >= need:
+                break
+            f += g
+            t = end
+        return t if f >= need else INF
 
     def _place(self, P: _Pool, req: JobRequest, ctx: Optional[_Pass], now: float) -> Optional[Placement]:
         """Best-fit gang placement that leaves the reservation (if any) undisturbed."""
