@@ -128,6 +128,7 @@ class _Pool:
     bk: dict[int, list[str]] = field(default_factory=dict)
     nmap: dict[str, NodeState] = field(default_factory=dict)
     maxg: int = 0
+    victims: set[str] = field(default_factory=set)  # running/stopping jobs of a preemptible kind
 
 
 @dataclass
@@ -524,6 +525,7 @@ class FairShareScheduler:
         u.running += 1
         u.pool_gpus[req.pool] = u.pool_gpus.get(req.pool, 0) + req.gpus
         if self._victim_kind(P, j):
+            P.victims.add(req.id)
             P.preemptible_running += 1
             P.prank[req.priority.rank] += 1
             P.victim_epoch += 1
@@ -555,6 +557,7 @@ class FairShareScheduler:
         j.charged_scaled = 0.0
         j.charged_until = 0.0
         if self._victim_kind(P, j):
+            P.victims.discard(req.id)
             P.preemptible_running -= 1
             P.prank[req.priority.rank] -= 1
         if self._limit(req) is not None or j.state == STOPPING:
@@ -969,8 +972,24 @@ class FairShareScheduler:
         per = req.gpus // max(1, req.nodes)
         soonest = INF
         plans: list[tuple[tuple, str, list[_Job]]] = []
+        # Only nodes holding a job that may be preempted now can give a plan; young preemptible
+        # jobs elsewhere only move `soonest`. Find both from the pool's preemptible jobs.
+        nodes_ok: set[str] = set()
+        min_rt = self.p.min_runtime
+        nmap = P.nmap
+        for vid in P.victims:
+            v = self.jobs.get(vid)
+            if v is None or v.state != RUNNING or not v.placement:
+                continue
+            if self._victim_ok(P, v, r, now):
+                nodes_ok.update(v.placement)
+            elif v.started_at + min_rt > now:
+                for name in v.placement:
+                    n = nmap.get(name)
+                    if n is not None and n.gpus >= per:
+                        soonest = min(soonest, v.started_at + min_rt)
         for n in P.nodes:
-            if n.gpus < per:
+            if n.gpus < per or n.name not in nodes_ok:
                 continue
             jobs = [self.jobs[j] for j in sorted(self.node_jobs[n.name]) if j in self.jobs]
             stopping = sum(len(v.placement.get(n.name, ())) for v in jobs if v.state == STOPPING and v.placement)
