@@ -46,9 +46,16 @@ def first_line_latency(client, source: str, marker: str) -> float:
 
 
 def bare_import_torch() -> float:
+    """Seconds from starting ``python -c "import torch; print('ready')"`` to reading its line
+    (the same end point as the queued measure: the first line, not the process exit)."""
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch; print('ready')"], check=True, capture_output=True)
-    return time.perf_counter() - t0
+    p = subprocess.Popen([sys.executable, "-u", "-c", "import torch; print('ready')"], stdout=subprocess.PIPE)
+    assert p.stdout is not None
+    line = p.stdout.readline()
+    dt = time.perf_counter() - t0
+    p.wait()
+    assert line.strip() == b"ready", line
+    return dt
 
 
 def main() -> None:
