@@ -72,7 +72,7 @@ class _Job:
     warned: bool = False
     timeout_sent: bool = False
     reason: str = "new"
-    reason_msg: str = "not yet considered by a scheduling pass"
+    reason_msg: Any = "not yet considered by a scheduling pass"  # str, or a tuple for _msg()
 
     @property
     def lkey(self) -> tuple[float, int, str]:
@@ -141,6 +141,9 @@ class _Pass:
     fail_min: float = INF  # smallest single-node request that failed without a bounded end
     blocked_users: set[str] = field(default_factory=set)
     stop: bool = False
+    # single-node "does not fit now" memo (free GPUs and spare only shrink within a pass):
+    nofit_all: float = INF  # smallest size that fit on no node at all
+    nofit_strict: float = INF  # smallest size that fit on no node outside the reserved spare
 
 
 class FairShareScheduler:
@@ -753,6 +756,17 @@ class FairShareScheduler:
                 if lst:
                     popped.append(u)
                 continue
+            if ctx.res is not None:
+                # backfill: walk this user's jobs while nothing changes (no start), the user
+                # stays on top of the heap; a job that surely cannot start is handled inline
+                i, r = self._backfill_run(P, u, lst, i, ctx, now, out)
+                idx[name] = i
+                if r == "user":
+                    ctx.blocked_users.add(name)
+                elif r == "stop":
+                    stop = True
+                    break
+                continue
             j = self.jobs[lst[i][2]]
             r = self._consider(P, j, ctx, now, out)
             if r == "blocked":
@@ -764,6 +778,69 @@ class FairShareScheduler:
             if u.lists.get((P.name, t)):
                 self._push_user(u, P.name, t)
         return stop
+
+    def _backfill_run(self, P: _Pool, u: _User, lst: list[tuple[float, int, str]], i: int,
+                      ctx: _Pass, now: float, out: list[Decision]) -> tuple[int, str]:
+        """Consider ``u``'s jobs from ``lst[i]`` on, exactly as ``_consider`` one by one would,
+        until one starts ("started"), the user hits a quota ("user"), the pass is done ("stop")
+        or the list ends ("end"). Returns the next index and that outcome."""
+        res = ctx.res
+        assert res is not None
+        jobs = self.jobs
+        lim = self.config.limits_for(u.name)
+        mr, mg, cap = lim.max_running, lim.max_gpus, P.cfg.max_gpus_per_user
+        run_block = mr is not None and u.running + 1 > mr
+        room = (mg - u.gpus) if mg is not None else (1 << 62)
+        if cap is not None:
+            room = min(room, cap - u.pool_gpus.get(P.name, 0))
+        smallest = min(P.sizes) if P.sizes else 0
+        free, total, pname = P.free, P.total, P.name
+        res_id, res_rank = res.req.id, res.req.priority.rank
+        limit = self._limit
+        n = len(lst)
+        while i < n:
+            # _done(), with P.free and P.sizes fixed while nothing starts
+            if ctx.budget <= 0 or free < smallest or (
+                smallest >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)
+            ):
+                return i, "stop"
+            j = jobs[lst[i][2]]
+            req = j.req
+            g = req.gpus
+            if run_block or g > room:
+                r = self._consider(P, j, ctx, now, out)  # the quota message
+                return (i, r) if r != "blocked" else (i + 1, r)
+            if g <= free:
+                single = req.nodes <= 1
+                if not (single and g >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)):
+                    if not (single and ctx.res_ready):
+                        r = self._consider(P, j, ctx, now, out)
+                        if r != "blocked":
+                            return i, r
+                        i += 1
+                        continue
+                    lm = limit(req)
+                    shadow = ctx.shadow
+                    fits_before = shadow < INF and (INF if lm is None else now + lm) <= shadow
+                    check = not fits_before and bool(ctx.spare)
+                    if not (g >= ctx.nofit_all or (check and g >= ctx.nofit_strict)):
+                        r = self._consider(P, j, ctx, now, out)  # may fit: place it for real
+                        if r != "blocked":
+                            return i, r
+                        i += 1
+                        continue
+                    # known not to fit (memo): what _consider does after a failed _place
+                    if lm is None or shadow == INF or now + lm > shadow:
+                        ctx.fail_min = min(ctx.fail_min, g)
+                ctx.budget -= 1
+                j.reason = "reservation"
+                j.reason_msg = (0, res_id)
+            else:
+                ctx.budget -= 1
+                j.reason = "resources" if res_rank >= req.priority.rank else "priority"
+                j.reason_msg = (1, g, pname, free, total, res_id)
+            i += 1
+        return i, "end"
 
     def _quota(self, P: _Pool, req: JobRequest) -> Optional[tuple[str, str]]:
         u = self.users[req.user]
@@ -802,10 +879,10 @@ class FairShareScheduler:
             ctx.budget -= 1
             if req.gpus <= P.free:
                 j.reason = "reservation"
-                j.reason_msg = f"starting now would delay the reserved start of job {ctx.res.req.id}"
+                j.reason_msg = (0, ctx.res.req.id)
             else:
                 j.reason = "resources" if ctx.res.req.priority.rank >= req.priority.rank else "priority"
-                j.reason_msg = f"waiting for {req.gpus} GPUs in pool {P.name!r} ({P.free}/{P.total} free) behind job {ctx.res.req.id}"
+                j.reason_msg = (1, req.gpus, P.name, P.free, P.total, ctx.res.req.id)
         return "blocked"
 
     def _end_estimate(self, j: _Job) -> float:
@@ -910,8 +987,10 @@ class FairShareScheduler:
             fits_before = ctx.shadow < INF and end <= ctx.shadow
         bk = P.bk
         if req.nodes <= 1:
-            # best fit: the fewest free GPUs that still fit, ties by name (buckets are sorted)
             check = not fits_before and bool(spare)
+            if ctx is not None and (g >= ctx.nofit_all or (check and g >= ctx.nofit_strict)):
+                return None  # a smaller or equal request already failed this pass
+            # best fit: the fewest free GPUs that still fit, ties by name (buckets are sorted)
             for f in range(g, P.maxg + 1):
                 lst = bk.get(f)
                 if not lst:
@@ -922,6 +1001,11 @@ class FairShareScheduler:
                     if check and name in spare:
                         spare[name] -= g
                     return {name: tuple(sorted(P.nmap[name].free)[:g])}
+            if ctx is not None:
+                if check:
+                    ctx.nofit_strict = min(ctx.nofit_strict, g)
+                else:
+                    ctx.nofit_all = min(ctx.nofit_all, g)
             return None
         per = g // req.nodes
         idle: list[NodeState] = []
@@ -1075,6 +1159,16 @@ class FairShareScheduler:
             "wait_s": max(0.0, now - j.req.submit_time),
         }
 
+    @staticmethod
+    def _msg(m: Any) -> str:
+        """A reason message; the pass stores the hot ones as tuples and they are formatted here."""
+        if isinstance(m, str):
+            return m
+        if m[0] == 0:
+            return f"starting now would delay the reserved start of job {m[1]}"
+        _, gpus, pool, free, total, res = m
+        return f"waiting for {gpus} GPUs in pool {pool!r} ({free}/{total} free) behind job {res}"
+
     def explain(self, job_id: str, now: float) -> Optional[Explanation]:
         """Reason code, 1-based position, priority terms and ETA of a queued job."""
         j = self.jobs.get(job_id)
@@ -1092,7 +1186,7 @@ class FairShareScheduler:
         eta: Optional[float] = None
         if P.reserved_for == job_id and P.shadow < INF:
             eta = max(0.0, P.shadow - now)
-        reason, msg = j.reason, j.reason_msg
+        reason, msg = j.reason, self._msg(j.reason_msg)
         if P.reserved_for != job_id and reason in ("new", "resources") and pos > 1:
             reason, msg = "priority", f"{pos - 1} jobs are ahead of it in pool {P.name!r}"
         elif reason == "new":
