@@ -192,11 +192,7 @@ class GPUQueueMagics(Magics):
         view: JobView = self.view_factory()
         view.start(job)
         if background:
-            print(
-                f"[gpuqueue] running in the background; `%gpuqueue attach {job['id']}` to watch, "
-                f"`%gpuqueue result {job['id']}` for its results",
-                flush=True,
-            )
+            _say_background(job["id"])
             return
         try:
             for ev in self.client.follow(job["id"], after):
@@ -228,11 +224,7 @@ class GPUQueueMagics(Magics):
         view.start(job)
         follower.start()
         if background:
-            print(
-                f"[gpuqueue] running in the background; `%gpuqueue attach {job['id']}` to watch, "
-                f"`%gpuqueue result {job['id']}` for its results",
-                flush=True,
-            )
+            _say_background(job["id"])
             return
         try:
             while not follower.done.wait(0.1):
@@ -402,3 +394,12 @@ class _Follower(threading.Thread):
             self.view.close_updates()
         finally:
             self.done.set()
+
+
+def _say_background(job_id: str) -> None:
+    """What a cell says when its job goes on in the background."""
+    print(
+        f"[gpuqueue] running in the background; `%gpuqueue attach {job_id}` to watch, "
+        f"`%gpuqueue result {job_id}` for its results",
+        flush=True,
+    )

@@ -7,13 +7,45 @@ job, how an attempt ended, and the job's next state once it has. No I/O.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import base64
+import binascii
+from typing import Any, Iterable, Optional
 
 from .config import QueueConfig
-from .errors import Rejected
-from .models import JobRecord, JobSpec
+from .errors import BadRequest, Rejected
+from .models import JobRecord, JobSpec, SubmitRequest
 from .scheduler.base import Decision, JobRequest, Retry
 from .states import JobState, Outcome
+
+
+def same_cell_job(req: SubmitRequest, live_jobs: Iterable[JobRecord]) -> Optional[JobRecord]:
+    """The caller's live job of the same notebook cell and source (re-attach), unless the
+    request asks for a new one."""
+    spec = req.spec
+    if req.new or not (spec.cell_id and spec.source_hash):
+        return None
+    key = (spec.notebook, spec.cell_id, spec.source_hash)
+    return next((j for j in live_jobs if (j.spec.notebook, j.spec.cell_id, j.spec.source_hash) == key), None)
+
+
+def decode_payload(req: SubmitRequest, max_bytes: int, where: str = "") -> Optional[bytes]:
+    """The cell payload's bytes (None for a command job); BadRequest naming the fix."""
+    if req.spec.kind != "cell":
+        if req.payload_b64:
+            raise BadRequest("a command job takes no payload")
+        return None
+    if not req.payload_b64:
+        raise BadRequest("a cell job needs payload_b64 (the pickled cell)")
+    try:
+        payload = base64.b64decode(req.payload_b64, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("payload_b64 is not valid base64") from None
+    if len(payload) > max_bytes:
+        raise BadRequest(
+            f"the payload is {len(payload) / 1e6:.1f} MB, over the {where}{max_bytes / 1e6:.0f} MB "
+            f"limit: pass big data as a file path{' on shared storage' if where else ''}"
+        )
+    return payload
 
 
 def with_defaults(spec: JobSpec, config: QueueConfig) -> JobSpec:

@@ -10,8 +10,6 @@ and re-adopts running attempts, so a server restart loses nothing.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import fcntl
 import json
 import logging
@@ -25,10 +23,10 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional
 
 from .config import QueueConfig, single_node_config
-from .errors import BadRequest, Conflict, Forbidden, NotFound, Rejected
+from .errors import Conflict, Forbidden, NotFound, Rejected
 from .jobdir import attempt_dir, job_dir, read_json, write_bytes_atomic, write_json_atomic
 from .launch import build_launch
-from .lifecycle import attempt_outcome, job_request, settle, with_defaults
+from .lifecycle import attempt_outcome, decode_payload, job_request, same_cell_job, settle, with_defaults
 from .logs import job_fields
 from .models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from .scheduler import make_scheduler
@@ -173,27 +171,11 @@ class QueueService:
     def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
         """Queue a job (or find the same cell's active job). Returns (job, attached)."""
         assert self.store is not None
+        attached = same_cell_job(req, self.store.list(owner=caller.name, states=_LIVE_STATES, limit=10_000))
+        if attached is not None:
+            return self._with_pending(attached), True
+        payload = decode_payload(req, self.max_payload_bytes)
         spec = req.spec
-        if not req.new and spec.cell_id and spec.source_hash:
-            for job in self.store.list(owner=caller.name, states=_LIVE_STATES, limit=10_000):
-                s = job.spec
-                if (s.notebook, s.cell_id, s.source_hash) == (spec.notebook, spec.cell_id, spec.source_hash):
-                    return self._with_pending(job), True
-        payload = None
-        if spec.kind == "cell":
-            if not req.payload_b64:
-                raise BadRequest("a cell job needs payload_b64 (the pickled cell)")
-            try:
-                payload = base64.b64decode(req.payload_b64, validate=True)
-            except (binascii.Error, ValueError):
-                raise BadRequest("payload_b64 is not valid base64") from None
-            if len(payload) > self.max_payload_bytes:
-                raise BadRequest(
-                    f"the payload is {len(payload) / 1e6:.1f} MB, over the "
-                    f"{self.max_payload_bytes / 1e6:.0f} MB limit: pass big data as a file path"
-                )
-        elif req.payload_b64:
-            raise BadRequest("a command job takes no payload")
         spec = self._with_defaults(spec)
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
         rejected = self.scheduler.submit(self._request(job), time.time())

@@ -8,8 +8,6 @@ preempt) is a message to the scheduler daemon, which owns job state.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import json
 import time
 from typing import Any, AsyncIterator, Optional
@@ -23,7 +21,7 @@ from ..scheduler.admission import inadmissible
 from ..scheduler.cluster import Cluster
 from ..service import Caller
 from ..states import JobState
-from ..lifecycle import job_request, with_defaults
+from ..lifecycle import decode_payload, job_request, same_cell_job, with_defaults
 from .redis_store import LIVE_STATES, RedisStore, _event
 
 CONFIG_REFRESH_S = 2.0
@@ -54,27 +52,11 @@ class ClusterFrontend:
     # -- verbs ----------------------------------------------------------------------------
     def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
         """Queue a job (or find the same cell's active job). Returns (job, attached)."""
+        attached = same_cell_job(req, self._live(caller.name))
+        if attached is not None:
+            return self._with_pending(attached), True
+        payload = decode_payload(req, self.max_payload_bytes, where="cluster's ")
         spec = req.spec
-        if not req.new and spec.cell_id and spec.source_hash:
-            for job in self._live(caller.name):
-                s = job.spec
-                if (s.notebook, s.cell_id, s.source_hash) == (spec.notebook, spec.cell_id, spec.source_hash):
-                    return self._with_pending(job), True
-        payload = None
-        if spec.kind == "cell":
-            if not req.payload_b64:
-                raise BadRequest("a cell job needs payload_b64 (the pickled cell)")
-            try:
-                payload = base64.b64decode(req.payload_b64, validate=True)
-            except (binascii.Error, ValueError):
-                raise BadRequest("payload_b64 is not valid base64") from None
-            if len(payload) > self.max_payload_bytes:
-                raise BadRequest(
-                    f"the payload is {len(payload) / 1e6:.1f} MB, over the cluster's "
-                    f"{self.max_payload_bytes / 1e6:.0f} MB limit: pass big data as a file path on shared storage"
-                )
-        elif req.payload_b64:
-            raise BadRequest("a command job takes no payload")
         if spec.nodes > 1:
             raise BadRequest("a job spanning several nodes runs on Ray, not on the Celery workers: use --nodes 1")
         spec = self._with_defaults(spec)
