@@ -739,20 +739,31 @@ class FairShareScheduler:
         idx: dict[str, int] = {}
         popped: list[_User] = []
         stop = False
+        users = self.users
+        pt = (P.name, t)
+        heappop = heapq.heappop
+        blocked = ctx.blocked_users
         while heap:
-            if self._done(P, ctx):
-                stop = True
-                break
+            if ctx.res is not None:  # self._done(P, ctx), inline
+                if ctx.budget <= 0:
+                    stop = True
+                    break
+                smallest = min(P.sizes) if P.sizes else 0
+                if P.free < smallest or (
+                    smallest >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)
+                ):
+                    stop = True
+                    break
             key, name, ver = heap[0]
-            u = self.users[name]
-            if ver != u.version or (P.name, t) not in u.in_heap:
-                heapq.heappop(heap)
+            u = users[name]
+            if ver != u.version or pt not in u.in_heap:
+                heappop(heap)
                 continue
-            lst = u.lists.get((P.name, t))
+            lst = u.lists.get(pt)
             i = idx.get(name, 0)
-            if not lst or i >= len(lst) or name in ctx.blocked_users:
-                heapq.heappop(heap)
-                u.in_heap.discard((P.name, t))
+            if not lst or i >= len(lst) or name in blocked:
+                heappop(heap)
+                u.in_heap.discard(pt)
                 if lst:
                     popped.append(u)
                 continue
