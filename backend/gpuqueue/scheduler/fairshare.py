@@ -740,16 +740,28 @@ class FairShareScheduler:
         popped: list[_User] = []
         stop = False
         users = self.users
+        jobs = self.jobs
         pt = (P.name, t)
         heappop = heapq.heappop
         blocked = ctx.blocked_users
+        limits_for = self.config.limits_for
+        limit = self._limit
+        cap = P.cfg.max_gpus_per_user
+        pname, total = P.name, P.total
+        BIG = 1 << 62
+        # backfill-mode constants, valid until a start (P.free / P.sizes change) or ctx.res is set
+        fresh = False
+        free = smallest = 0
+        res_id, res_rank = "", 0
         while heap:
-            if ctx.res is not None:  # self._done(P, ctx), inline
-                if ctx.budget <= 0:
-                    stop = True
-                    break
-                smallest = min(P.sizes) if P.sizes else 0
-                if P.free < smallest or (
+            res = ctx.res
+            if res is not None:  # self._done(P, ctx), inline
+                if not fresh:
+                    free = P.free
+                    smallest = min(P.sizes) if P.sizes else 0
+                    res_id, res_rank = res.req.id, res.req.priority.rank
+                    fresh = True
+                if ctx.budget <= 0 or free < smallest or (
                     smallest >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)
                 ):
                     stop = True
@@ -761,97 +773,87 @@ class FairShareScheduler:
                 continue
             lst = u.lists.get(pt)
             i = idx.get(name, 0)
-            if not lst or i >= len(lst) or name in blocked:
+            n = len(lst) if lst else 0
+            if i >= n or name in blocked:
                 heappop(heap)
                 u.in_heap.discard(pt)
                 if lst:
                     popped.append(u)
                 continue
-            if ctx.res is not None:
-                # backfill: walk this user's jobs while nothing changes (no start), the user
-                # stays on top of the heap; a job that surely cannot start is handled inline
-                i, r = self._backfill_run(P, u, lst, i, ctx, now, out)
-                idx[name] = i
-                if r == "user":
-                    ctx.blocked_users.add(name)
-                elif r == "stop":
-                    stop = True
-                    break
+            if res is None:
+                j = jobs[lst[i][2]]
+                r = self._consider(P, j, ctx, now, out)
+                fresh = False
+                if r == "blocked":
+                    idx[name] = i + 1
+                elif r == "user":
+                    blocked.add(name)
+                # "started": the charge bumped the user's version and re-pushed its entry
                 continue
-            j = self.jobs[lst[i][2]]
-            r = self._consider(P, j, ctx, now, out)
-            if r == "blocked":
-                idx[name] = i + 1
-            elif r == "user":
-                ctx.blocked_users.add(name)
-            # "started": the charge bumped the user's version and re-pushed its entry
+            # Backfill: walk this user's jobs while nothing starts (the user stays on top of
+            # the heap), exactly as _consider one by one would; a job that surely cannot
+            # start is handled inline.
+            lim = limits_for(name)
+            mr, mg = lim.max_running, lim.max_gpus
+            run_block = mr is not None and u.running + 1 > mr
+            room = (mg - u.gpus) if mg is not None else BIG
+            if cap is not None:
+                room = min(room, cap - u.pool_gpus.get(pname, 0))
+            r = ""
+            while i < n:
+                if i > idx.get(name, 0) and (ctx.budget <= 0 or free < smallest or (
+                    smallest >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)
+                )):
+                    r = "stop"
+                    break
+                j = jobs[lst[i][2]]
+                req = j.req
+                g = req.gpus
+                if run_block or g > room:
+                    r = self._consider(P, j, ctx, now, out)  # the quota message
+                    if r == "blocked":
+                        i += 1
+                    break
+                if g <= free:
+                    single = req.nodes <= 1
+                    if not (single and g >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)):
+                        if single and ctx.res_ready:
+                            lm = limit(req)
+                            shadow = ctx.shadow
+                            fb = shadow < INF and (INF if lm is None else now + lm) <= shadow
+                            known = g >= ctx.nofit_all or (
+                                not fb and bool(ctx.spare) and g >= ctx.nofit_strict)
+                        else:
+                            known = False
+                        if not known:
+                            r = self._consider(P, j, ctx, now, out)  # may fit: place it for real
+                            if r != "blocked":
+                                break
+                            i += 1
+                            continue
+                        # known not to fit (memo): what _consider does after a failed _place
+                        if lm is None or shadow == INF or now + lm > shadow:
+                            ctx.fail_min = min(ctx.fail_min, g)
+                    ctx.budget -= 1
+                    j.reason = "reservation"
+                    j.reason_msg = (0, res_id)
+                else:
+                    ctx.budget -= 1
+                    j.reason = "resources" if res_rank >= req.priority.rank else "priority"
+                    j.reason_msg = (1, g, pname, free, total, res_id)
+                i += 1
+            idx[name] = i
+            if r == "user":
+                blocked.add(name)
+            elif r == "started":
+                fresh = False
+            elif r == "stop":
+                stop = True
+                break
         for u in popped:
-            if u.lists.get((P.name, t)):
+            if u.lists.get(pt):
                 self._push_user(u, P.name, t)
         return stop
-
-    def _backfill_run(self, P: _Pool, u: _User, lst: list[tuple[float, int, str]], i: int,
-                      ctx: _Pass, now: float, out: list[Decision]) -> tuple[int, str]:
-        """Consider ``u``'s jobs from ``lst[i]`` on, exactly as ``_consider`` one by one would,
-        until one starts ("started"), the user hits a quota ("user"), the pass is done ("stop")
-        or the list ends ("end"). Returns the next index and that outcome."""
-        res = ctx.res
-        assert res is not None
-        jobs = self.jobs
-        lim = self.config.limits_for(u.name)
-        mr, mg, cap = lim.max_running, lim.max_gpus, P.cfg.max_gpus_per_user
-        run_block = mr is not None and u.running + 1 > mr
-        room = (mg - u.gpus) if mg is not None else (1 << 62)
-        if cap is not None:
-            room = min(room, cap - u.pool_gpus.get(P.name, 0))
-        smallest = min(P.sizes) if P.sizes else 0
-        free, total, pname = P.free, P.total, P.name
-        res_id, res_rank = res.req.id, res.req.priority.rank
-        limit = self._limit
-        n = len(lst)
-        while i < n:
-            # _done(), with P.free and P.sizes fixed while nothing starts
-            if ctx.budget <= 0 or free < smallest or (
-                smallest >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)
-            ):
-                return i, "stop"
-            j = jobs[lst[i][2]]
-            req = j.req
-            g = req.gpus
-            if run_block or g > room:
-                r = self._consider(P, j, ctx, now, out)  # the quota message
-                return (i, r) if r != "blocked" else (i + 1, r)
-            if g <= free:
-                single = req.nodes <= 1
-                if not (single and g >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)):
-                    if not (single and ctx.res_ready):
-                        r = self._consider(P, j, ctx, now, out)
-                        if r != "blocked":
-                            return i, r
-                        i += 1
-                        continue
-                    lm = limit(req)
-                    shadow = ctx.shadow
-                    fits_before = shadow < INF and (INF if lm is None else now + lm) <= shadow
-                    check = not fits_before and bool(ctx.spare)
-                    if not (g >= ctx.nofit_all or (check and g >= ctx.nofit_strict)):
-                        r = self._consider(P, j, ctx, now, out)  # may fit: place it for real
-                        if r != "blocked":
-                            return i, r
-                        i += 1
-                        continue
-                    # known not to fit (memo): what _consider does after a failed _place
-                    if lm is None or shadow == INF or now + lm > shadow:
-                        ctx.fail_min = min(ctx.fail_min, g)
-                ctx.budget -= 1
-                j.reason = "reservation"
-                j.reason_msg = (0, res_id)
-            else:
-                ctx.budget -= 1
-                j.reason = "resources" if res_rank >= req.priority.rank else "priority"
-                j.reason_msg = (1, g, pname, free, total, res_id)
-            i += 1
-        return i, "end"
 
     def _quota(self, P: _Pool, req: JobRequest) -> Optional[tuple[str, str]]:
         u = self.users[req.user]
