@@ -746,6 +746,7 @@ class FairShareScheduler:
         blocked = ctx.blocked_users
         limits_for = self.config.limits_for
         limit = self._limit
+        limit_memo = self._limit_memo
         cap = P.cfg.max_gpus_per_user
         pname, total = P.name, P.total
         BIG = 1 << 62
@@ -818,7 +819,9 @@ class FairShareScheduler:
                     single = req.nodes <= 1
                     if not (single and g >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)):
                         if single and ctx.res_ready:
-                            lm = limit(req)
+                            lm = limit_memo.get((req.pool, req.time_limit), -1.0)
+                            if lm == -1.0:
+                                lm = limit(req)  # fills the memo
                             shadow = ctx.shadow
                             fb = shadow < INF and (INF if lm is None else now + lm) <= shadow
                             known = g >= ctx.nofit_all or (
@@ -850,9 +853,11 @@ class FairShareScheduler:
             elif r == "stop":
                 stop = True
                 break
-        for u in popped:
-            if u.lists.get(pt):
-                self._push_user(u, P.name, t)
+        heappush = heapq.heappush
+        for u in popped:  # self._push_user(u, P.name, t), inline
+            if u.lists.get(pt) and pt not in u.in_heap:
+                u.in_heap.add(pt)
+                heappush(heap, (u.scaled / u.weight, u.name, u.version))
         return stop
 
     def _quota(self, P: _Pool, req: JobRequest) -> Optional[tuple[str, str]]:
