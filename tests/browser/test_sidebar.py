@@ -34,12 +34,12 @@ pytestmark = [
 
 TRAIN_CELL = """%%train --gpus 1 --name demo-train
 import time
-from gpuqueue import channel
+import gpuqueue
 for step in range(80):
     loss = 2.0 * 0.93 ** step + 0.05
     print(f"step {step}: loss {loss:.3f}", flush=True)
-    channel.emit("metrics", {"step": step, "loss": loss})
-    channel.emit("progress", {"done": step + 1, "total": 80})
+    gpuqueue.log(step=step, loss=loss)
+    gpuqueue.progress(step + 1, 80)
     time.sleep(0.25)
 model_loss = loss
 """
