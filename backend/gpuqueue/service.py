@@ -74,6 +74,7 @@ class QueueService:
         self.listeners: list[Listener] = []
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # runners we started (to reap)
         self._warm: Optional[subprocess.Popen[bytes]] = None  # the next launch's runner
+        self._sizes: dict[str, tuple[Path, int]] = {}  # active job -> (events file, size seen)
         self._wake = asyncio.Event()
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -345,23 +346,42 @@ class QueueService:
                 log.exception("reading job events failed")
 
     def _tail_all(self) -> None:
+        """Copy what active attempts wrote. Every 50 ms only their event files' sizes are
+        looked at (a stat each); the store is read once a second, with the liveness check."""
         assert self.store is not None
         for pid, proc in list(self._procs.items()):
             if proc.poll() is not None:
                 del self._procs[pid]
-        check_liveness = time.monotonic() - self._last_liveness > 1.0
-        if check_liveness:
-            self._last_liveness = time.monotonic()
+        if time.monotonic() - self._last_liveness <= 1.0:
+            for job_id, (path, seen) in list(self._sizes.items()):
+                try:
+                    size = os.stat(path).st_size
+                except FileNotFoundError:
+                    continue
+                if size != seen:
+                    self._sizes[job_id] = (path, size)
+                    job = self._get(job_id)
+                    if job.state.is_active:
+                        self._tail_job(job)
+            return
+        self._last_liveness = time.monotonic()
+        sizes: dict[str, tuple[Path, int]] = {}
         for job in self.store.list(states=(JobState.STARTING, JobState.RUNNING), limit=100_000):
             self._tail_job(job)
-            if check_liveness:
+            job = self._get(job.id)
+            a = job.current_attempt
+            if job.state.is_active and a and a.outcome is None and not self._runner_alive(a):
+                self._tail_job(job)
                 job = self._get(job.id)
-                a = job.current_attempt
-                if job.state.is_active and a and a.outcome is None and not self._runner_alive(a):
-                    self._tail_job(job)
-                    job = self._get(job.id)
-                    if job.state.is_active and job.current_attempt.outcome is None:
-                        self._attempt_ended(job, self._read_exit(job))
+                if job.state.is_active and job.current_attempt.outcome is None:
+                    self._attempt_ended(job, self._read_exit(job))
+            a = job.current_attempt
+            if job.state.is_active and a is not None:
+                sizes[job.id] = self._sizes.get(job.id, (self._events_path(job.id, a.number), -1))
+        self._sizes = sizes
+
+    def _events_path(self, job_id: str, attempt: int) -> Path:
+        return attempt_dir(self.state_dir, job_id, attempt) / "events.jsonl"
 
     def _tail_job(self, job: JobRecord) -> None:
         """Copy new complete lines of the current attempt's events.jsonl into the store."""
@@ -369,7 +389,7 @@ class QueueService:
         a = job.current_attempt
         if a is None:
             return
-        path = attempt_dir(self.state_dir, job.id, a.number) / "events.jsonl"
+        path = self._events_path(job.id, a.number)
         offset = self.store.tail_offset(job.id, a.number)
         try:
             with open(path, "rb") as f:
@@ -437,6 +457,7 @@ class QueueService:
             self._attempt_ended(job, {"exit_code": 127, "stop_reason": None, "error": f"cannot start the runner: {e}"})
             return
         self._procs[proc.pid] = proc
+        self._sizes[job_id] = (adir / "events.jsonl", -1)
         log.info("job %s: attempt %s launched on %s GPUs %s", job_id, number, node, devices, extra=job_fields(job))
         attempt.pid = proc.pid
         attempt.pid_started = _process_start_time(proc.pid)
