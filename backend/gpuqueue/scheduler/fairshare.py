@@ -73,6 +73,7 @@ class _Job:
     timeout_sent: bool = False
     reason: str = "new"
     reason_msg: Any = "not yet considered by a scheduling pass"  # str, or a tuple for _msg()
+    seen: int = -1  # the pool's pass_no when the reason was set
 
     @property
     def lkey(self) -> tuple[float, int, str]:
@@ -89,8 +90,9 @@ class _User:
     running: int = 0
     pool_gpus: dict[str, int] = field(default_factory=dict)
     pool_jobs: dict[str, int] = field(default_factory=dict)  # pending + running, by pool
-    lists: dict[tuple[str, int], list[tuple[float, int, str]]] = field(default_factory=dict)
-    in_heap: set[tuple[str, int]] = field(default_factory=set)
+    # (pool, tier, GPUs) -> the user's pending jobs there, by (submit time, seq, id)
+    lists: dict[tuple[str, int, int], list[tuple[float, int, str]]] = field(default_factory=dict)
+    in_heap: set[tuple[str, int, int]] = field(default_factory=set)
 
     @property
     def key(self) -> float:
@@ -106,11 +108,18 @@ class _Pool:
     free: int = 0
     queued: int = 0  # pending + waiting
     sizes: dict[int, int] = field(default_factory=dict)  # pending GPU request -> count
-    uheap: list[list[tuple[float, str, int]]] = field(
-        default_factory=lambda: [[] for _ in range(N_TIERS)]
+    # pending jobs by (GPUs, nodes, time limit or INF) -> count: lets a pass stop as soon as
+    # no class of pending job can start on what is left (see _fit_sizes)
+    classes: dict[tuple[int, int, float], int] = field(default_factory=dict)
+    pass_no: int = 0  # bumps at each pass; a job's reason is current if it was seen in this one
+    # per tier, per GPU count: a heap of users (share key, name, version) with pending jobs
+    # of that size, and a heap of the starved jobs of that size (submit time, seq, id, version).
+    # Split by size so that backfill visits only the sizes that can still fit.
+    uheap: list[dict[int, list[tuple[float, str, int]]]] = field(
+        default_factory=lambda: [{} for _ in range(N_TIERS)]
     )
-    starved: list[list[tuple[float, int, str, int]]] = field(
-        default_factory=lambda: [[] for _ in range(N_TIERS)]
+    starved: list[dict[int, list[tuple[float, int, str, int]]]] = field(
+        default_factory=lambda: [{} for _ in range(N_TIERS)]
     )
     dirty: bool = True
     recheck_at: float = INF
@@ -144,6 +153,9 @@ class _Pass:
     # single-node "does not fit now" memo (free GPUs and spare only shrink within a pass):
     nofit_all: float = INF  # smallest size that fit on no node at all
     nofit_strict: float = INF  # smallest size that fit on no node outside the reserved spare
+    now: float = 0.0
+    hsig: tuple = ()  # the inputs _fit_sizes last answered for, and its answer
+    fits: frozenset[int] = frozenset()
 
 
 class FairShareScheduler:
@@ -240,9 +252,9 @@ class FairShareScheduler:
         u.scaled = max(0.0, u.scaled + scaled)
         u.version += 1
         u.in_heap.clear()
-        for (pool, tier), lst in u.lists.items():
+        for (pool, tier, g), lst in u.lists.items():
             if lst:
-                self._push_user(u, pool, tier)
+                self._push_user(u, pool, tier, g)
                 self.pools[pool].dirty = True
 
     def _maybe_renormalize(self, now: float) -> None:
@@ -257,17 +269,18 @@ class FairShareScheduler:
         for j in self.jobs.values():
             j.charged_scaled /= f
         for P in self.pools.values():
-            P.uheap = [[] for _ in range(N_TIERS)]
+            P.uheap = [{} for _ in range(N_TIERS)]
         for u in self.users.values():
-            for (pool, tier), lst in u.lists.items():
+            for (pool, tier, g), lst in u.lists.items():
                 if lst:
-                    self._push_user(u, pool, tier)
+                    self._push_user(u, pool, tier, g)
 
-    def _push_user(self, u: _User, pool: str, tier: int) -> None:
-        if (pool, tier) in u.in_heap:
+    def _push_user(self, u: _User, pool: str, tier: int, g: int) -> None:
+        k = (pool, tier, g)
+        if k in u.in_heap:
             return
-        u.in_heap.add((pool, tier))
-        heapq.heappush(self.pools[pool].uheap[tier], (u.key, u.name, u.version))
+        u.in_heap.add(k)
+        heapq.heappush(self.pools[pool].uheap[tier].setdefault(g, []), (u.key, u.name, u.version))
 
     def usage(self, user: str, now: float) -> float:
         """The user's decayed GPU-hours as of ``now`` (charges ahead included)."""
@@ -289,6 +302,10 @@ class FairShareScheduler:
         if pc.max_runtime is not None:
             lim = pc.max_runtime if lim is None else min(lim, pc.max_runtime)
         return lim
+
+    def _class(self, req: JobRequest) -> tuple[int, int, float]:
+        lim = self._limit(req)
+        return (req.gpus, req.nodes, INF if lim is None else lim)
 
     def _tier_at(self, job: _Job, now: float) -> tuple[int, bool, float]:
         """(tier, starved, time of the next boost or INF)."""
@@ -334,16 +351,19 @@ class FairShareScheduler:
         job.state = PENDING
         P = self.pools[req.pool]
         P.sizes[req.gpus] = P.sizes.get(req.gpus, 0) + 1
+        c = self._class(req)
+        P.classes[c] = P.classes.get(c, 0) + 1
         P.dirty = True
         tier, starved, nxt = self._tier_at(job, now)
         job.tier, job.starved = tier, starved
         if starved:
-            heapq.heappush(P.starved[tier], (req.submit_time, job.seq, req.id, job.loc_version))
+            heapq.heappush(P.starved[tier].setdefault(req.gpus, []),
+                           (req.submit_time, job.seq, req.id, job.loc_version))
         else:
             u = self._user(req.user)
-            lst = u.lists.setdefault((req.pool, tier), [])
+            lst = u.lists.setdefault((req.pool, tier, req.gpus), [])
             insort(lst, job.lkey)
-            self._push_user(u, req.pool, tier)
+            self._push_user(u, req.pool, tier, req.gpus)
         if nxt < INF:
             heapq.heappush(self._boosts, (nxt, job.seq, req.id, job.loc_version))
 
@@ -354,8 +374,12 @@ class FairShareScheduler:
         P.sizes[req.gpus] -= 1
         if not P.sizes[req.gpus]:
             del P.sizes[req.gpus]
+        c = self._class(req)
+        P.classes[c] -= 1
+        if not P.classes[c]:
+            del P.classes[c]
         if not job.starved:
-            lst = self.users[req.user].lists.get((req.pool, job.tier), [])
+            lst = self.users[req.user].lists.get((req.pool, job.tier, req.gpus), [])
             i = bisect_left(lst, job.lkey)
             if i < len(lst) and lst[i] == job.lkey:
                 del lst[i]
@@ -695,7 +719,8 @@ class FairShareScheduler:
         P.reserved_for, P.shadow = None, INF
         if not P.sizes or not P.nodes:
             return
-        ctx = _Pass(budget=self.p.backfill_depth)
+        P.pass_no += 1
+        ctx = _Pass(budget=self.p.backfill_depth, now=now)
         for t in range(N_TIERS):
             if self._scan_starved(P, t, ctx, now, out) or self._scan_users(P, t, ctx, now, out):
                 break
@@ -705,159 +730,139 @@ class FairShareScheduler:
                 P.shadow = ctx.shadow
             self._try_preempt(P, ctx.res, now, out)
 
-    def _done(self, P: _Pool, ctx: _Pass) -> bool:
+    def _fit_sizes(self, P: _Pool, ctx: _Pass) -> Optional[frozenset[int]]:
+        """The pending job sizes that may still start in this pass; None before the reservation
+        (every size is tried, in order). After it, a size is out when every class of pending
+        job of that size (nodes, time limit) is too big for the free GPUs, or the pass already
+        saw a job of that size or smaller fail to fit: anywhere, or outside the reserved GPUs
+        when it would not end before the shadow time. Free GPUs only shrink within a pass, so
+        this is exact. Memoized on its inputs."""
         if ctx.res is None:
-            return False
-        if ctx.budget <= 0:
-            return True
-        smallest = min(P.sizes) if P.sizes else 0
-        if P.free < smallest:
-            return True
-        # every pending size already failed to fit, and nothing can end before the shadow
-        return smallest >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)
+            return None
+        sig = (P.free, ctx.nofit_all, ctx.nofit_strict, ctx.fail_min, ctx.shadow, ctx.res_ready,
+               bool(ctx.spare), len(P.classes))
+        if sig == ctx.hsig:
+            return ctx.fits
+        ctx.hsig = sig
+        free, shadow, bk, now = P.free, ctx.shadow, P.bk, ctx.now
+        unbounded = not ctx.res_ready or shadow == INF
+        fits: set[int] = set()
+        for g, nodes, lim in P.classes:
+            if g in fits or g > free or g >= ctx.nofit_all:
+                continue
+            if nodes > 1:  # needs `nodes` idle nodes: at least that many with `per` GPUs free
+                if sum(len(v) for f, v in bk.items() if f >= g // nodes) >= nodes:
+                    fits.add(g)
+                continue
+            if unbounded and g >= ctx.fail_min:
+                continue
+            if ctx.spare and g >= ctx.nofit_strict and not (shadow < INF and now + lim <= shadow):
+                continue
+            fits.add(g)
+        ctx.fits = frozenset(fits)
+        return ctx.fits
 
     def _scan_starved(self, P: _Pool, t: int, ctx: _Pass, now: float, out: list[Decision]) -> bool:
-        heap = P.starved[t]
-        kept: list[tuple[float, int, str, int]] = []
+        """Starved jobs of tier ``t``, oldest first (a merge of the per-size heaps). Returns
+        True when the pass is over (budget spent or nothing left can fit)."""
+        heaps = P.starved[t]
+        if not heaps:
+            return False
+        jobs = self.jobs
+        heappop = heapq.heappop
+        kept: list[tuple[list, tuple[float, int, str, int]]] = []
         stop = False
-        while heap:
-            if self._done(P, ctx):
+        while True:
+            allowed = self._fit_sizes(P, ctx)
+            if allowed is not None and (ctx.budget <= 0 or not allowed):
                 stop = True
                 break
-            entry = heapq.heappop(heap)
-            j = self.jobs.get(entry[2])
-            if j is None or j.state != PENDING or j.loc_version != entry[3]:
-                continue
-            if self._consider(P, j, ctx, now, out) != "started":
-                kept.append(entry)
-        for e in kept:
-            heapq.heappush(heap, e)
+            best: Optional[tuple[float, int, str, int]] = None
+            bh: list = []
+            for g, h in heaps.items():
+                if allowed is not None and g not in allowed:
+                    continue
+                while h:
+                    e = h[0]
+                    j = jobs.get(e[2])
+                    if j is None or j.state != PENDING or j.loc_version != e[3]:
+                        heappop(h)
+                        continue
+                    if best is None or e < best:
+                        best, bh = e, h
+                    break
+            if best is None:
+                break
+            heappop(bh)
+            if self._consider(P, jobs[best[2]], ctx, now, out) != "started":
+                kept.append((bh, best))
+        for h, e in kept:
+            heapq.heappush(h, e)
         return stop
 
     def _scan_users(self, P: _Pool, t: int, ctx: _Pass, now: float, out: list[Decision]) -> bool:
-        heap = P.uheap[t]
-        idx: dict[str, int] = {}
-        popped: list[_User] = []
-        stop = False
-        users = self.users
-        jobs = self.jobs
-        pt = (P.name, t)
+        """Non-starved jobs of tier ``t``: users by share key (a merge of the per-size user
+        heaps), each user's jobs oldest first. Returns True when the pass is over."""
+        heaps = P.uheap[t]
+        if not heaps:
+            return False
+        users, jobs = self.users, self.jobs
         heappop = heapq.heappop
         blocked = ctx.blocked_users
-        limits_for = self.config.limits_for
-        limit = self._limit
-        limit_memo = self._limit_memo
-        cap = P.cfg.max_gpus_per_user
-        pname, total = P.name, P.total
-        BIG = 1 << 62
-        # backfill-mode constants, valid until a start (P.free / P.sizes change) or ctx.res is set
-        fresh = False
-        free = smallest = 0
-        res_id, res_rank = "", 0
-        while heap:
-            res = ctx.res
-            if res is not None:  # self._done(P, ctx), inline
-                if not fresh:
-                    free = P.free
-                    smallest = min(P.sizes) if P.sizes else 0
-                    res_id, res_rank = res.req.id, res.req.priority.rank
-                    fresh = True
-                if ctx.budget <= 0 or free < smallest or (
-                    smallest >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)
-                ):
-                    stop = True
-                    break
-            key, name, ver = heap[0]
-            u = users[name]
-            if ver != u.version or pt not in u.in_heap:
-                heappop(heap)
-                continue
-            lst = u.lists.get(pt)
-            i = idx.get(name, 0)
-            n = len(lst) if lst else 0
-            if i >= n or name in blocked:
-                heappop(heap)
-                u.in_heap.discard(pt)
-                if lst:
-                    popped.append(u)
-                continue
-            if res is None:
-                j = jobs[lst[i][2]]
-                r = self._consider(P, j, ctx, now, out)
-                fresh = False
-                if r == "blocked":
-                    idx[name] = i + 1
-                elif r == "user":
-                    blocked.add(name)
-                # "started": the charge bumped the user's version and re-pushed its entry
-                continue
-            # Backfill: walk this user's jobs while nothing starts (the user stays on top of
-            # the heap), exactly as _consider one by one would; a job that surely cannot
-            # start is handled inline.
-            lim = limits_for(name)
-            mr, mg = lim.max_running, lim.max_gpus
-            run_block = mr is not None and u.running + 1 > mr
-            room = (mg - u.gpus) if mg is not None else BIG
-            if cap is not None:
-                room = min(room, cap - u.pool_gpus.get(pname, 0))
-            r = ""
-            while i < n:
-                if i > idx.get(name, 0) and (ctx.budget <= 0 or free < smallest or (
-                    smallest >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)
-                )):
-                    r = "stop"
-                    break
-                j = jobs[lst[i][2]]
-                req = j.req
-                g = req.gpus
-                if run_block or g > room:
-                    r = self._consider(P, j, ctx, now, out)  # the quota message
-                    if r == "blocked":
-                        i += 1
-                    break
-                if g <= free:
-                    single = req.nodes <= 1
-                    if not (single and g >= ctx.fail_min and (not ctx.res_ready or ctx.shadow == INF)):
-                        if single and ctx.res_ready:
-                            lm = limit_memo.get((req.pool, req.time_limit), -1.0)
-                            if lm == -1.0:
-                                lm = limit(req)  # fills the memo
-                            shadow = ctx.shadow
-                            fb = shadow < INF and (INF if lm is None else now + lm) <= shadow
-                            known = g >= ctx.nofit_all or (
-                                not fb and bool(ctx.spare) and g >= ctx.nofit_strict)
-                        else:
-                            known = False
-                        if not known:
-                            r = self._consider(P, j, ctx, now, out)  # may fit: place it for real
-                            if r != "blocked":
-                                break
-                            i += 1
-                            continue
-                        # known not to fit (memo): what _consider does after a failed _place
-                        if lm is None or shadow == INF or now + lm > shadow:
-                            ctx.fail_min = min(ctx.fail_min, g)
-                    ctx.budget -= 1
-                    j.reason = "reservation"
-                    j.reason_msg = (0, res_id)
-                else:
-                    ctx.budget -= 1
-                    j.reason = "resources" if res_rank >= req.priority.rank else "priority"
-                    j.reason_msg = (1, g, pname, free, total, res_id)
-                i += 1
-            idx[name] = i
-            if r == "user":
-                blocked.add(name)
-            elif r == "started":
-                fresh = False
-            elif r == "stop":
+        pname = P.name
+        idx: dict[tuple[str, int], int] = {}  # (user, size) -> jobs of that list passed over
+        popped: list[tuple[_User, int]] = []
+        stop = False
+        while True:
+            allowed = self._fit_sizes(P, ctx)
+            if allowed is not None and (ctx.budget <= 0 or not allowed):
                 stop = True
                 break
-        heappush = heapq.heappush
-        for u in popped:  # self._push_user(u, P.name, t), inline
-            if u.lists.get(pt) and pt not in u.in_heap:
-                u.in_heap.add(pt)
-                heappush(heap, (u.scaled / u.weight, u.name, u.version))
+            best: Optional[tuple[float, str]] = None
+            for g, h in heaps.items():
+                if allowed is not None and g not in allowed:
+                    continue
+                ptg = (pname, t, g)
+                while h:
+                    key, name, ver = h[0]
+                    u = users[name]
+                    if ver != u.version or ptg not in u.in_heap:
+                        heappop(h)
+                        continue
+                    lst = u.lists.get(ptg)
+                    if not lst or idx.get((name, g), 0) >= len(lst) or name in blocked:
+                        heappop(h)
+                        u.in_heap.discard(ptg)
+                        if lst:
+                            popped.append((u, g))
+                        continue
+                    if best is None or (key, name) < best:
+                        best = (key, name)
+                    break
+            if best is None:
+                break
+            name = best[1]
+            u = users[name]
+            first: Optional[tuple[float, int, str]] = None
+            fg = 0
+            for g in heaps:  # the user's oldest job among the sizes still in play
+                if allowed is not None and g not in allowed:
+                    continue
+                lst = u.lists.get((pname, t, g))
+                if lst:
+                    i = idx.get((name, g), 0)
+                    if i < len(lst) and (first is None or lst[i] < first):
+                        first, fg = lst[i], g
+            assert first is not None
+            r = self._consider(P, jobs[first[2]], ctx, now, out)
+            if r == "blocked":
+                idx[(name, fg)] = idx.get((name, fg), 0) + 1
+            elif r == "user":
+                blocked.add(name)
+            # "started": the charge bumped the user's version and re-pushed its entries
+        for u, g in popped:
+            if u.lists.get((pname, t, g)):
+                self._push_user(u, pname, t, g)
         return stop
 
     def _quota(self, P: _Pool, req: JobRequest) -> Optional[tuple[str, str]]:
@@ -874,6 +879,7 @@ class FairShareScheduler:
 
     def _consider(self, P: _Pool, j: _Job, ctx: _Pass, now: float, out: list[Decision]) -> str:
         req = j.req
+        j.seen = P.pass_no
         q = self._quota(P, req)
         if q is not None:
             j.reason, j.reason_msg = q
@@ -1149,16 +1155,17 @@ class FairShareScheduler:
         P = self.pools[pool]
         res: list[_Job] = []
         for t in range(N_TIERS):
-            st = sorted(e for e in P.starved[t])
+            st = sorted(e for h in P.starved[t].values() for e in h)
             for e in st:
                 j = self.jobs.get(e[2])
                 if j is not None and j.state == PENDING and j.loc_version == e[3]:
                     res.append(j)
-            us = sorted(
-                (u.key, u.name) for u in self.users.values() if u.lists.get((pool, t))
-            )
-            for _, name in us:
-                res += [self.jobs[k[2]] for k in self.users[name].lists[(pool, t)]]
+            mine = {
+                u.name: sorted(k for (p, tt, _), lst in u.lists.items() if p == pool and tt == t for k in lst)
+                for u in self.users.values()
+            }
+            for _, name in sorted((self.users[n].key, n) for n, ks in mine.items() if ks):
+                res += [self.jobs[k[2]] for k in mine[name]]
         return res
 
     def priority_terms(self, job_id: str, now: float) -> dict[str, float]:
@@ -1205,6 +1212,8 @@ class FairShareScheduler:
         if P.reserved_for == job_id and P.shadow < INF:
             eta = max(0.0, P.shadow - now)
         reason, msg = j.reason, self._msg(j.reason_msg)
+        if j.seen != P.pass_no and reason != "new":
+            reason = "resources"  # the last pass stopped before it: nothing free could fit it
         if P.reserved_for != job_id and reason in ("new", "resources") and pos > 1:
             reason, msg = "priority", f"{pos - 1} jobs are ahead of it in pool {P.name!r}"
         elif reason == "new":
@@ -1260,10 +1269,10 @@ class FairShareScheduler:
             if jid in self.jobs:
                 self.jobs[jid].preemptions = n
         for P in self.pools.values():
-            P.uheap = [[] for _ in range(N_TIERS)]
+            P.uheap = [{} for _ in range(N_TIERS)]
             P.dirty = True
         for u in self.users.values():
             u.in_heap.clear()
-            for (pool, tier), lst in u.lists.items():
+            for (pool, tier, g), lst in u.lists.items():
                 if lst:
-                    self._push_user(u, pool, tier)
+                    self._push_user(u, pool, tier, g)
