@@ -43,6 +43,10 @@ from .base import (
 from .cluster import Cluster, NodeState
 
 INF = math.inf
+QKey = tuple[int, bool]
+"""How pending jobs are grouped in the queue structures: (GPUs, has a time limit). Backfill
+visits only the groups that may still start; a job without a time limit can never end before
+a reservation's shadow time, so it is a group of its own."""
 N_TIERS = 5
 TIER_NAMES = {0: "high", 1: "boosted", 2: "medium", 3: "boosted", 4: "low"}
 
@@ -90,9 +94,9 @@ class _User:
     running: int = 0
     pool_gpus: dict[str, int] = field(default_factory=dict)
     pool_jobs: dict[str, int] = field(default_factory=dict)  # pending + running, by pool
-    # (pool, tier, GPUs) -> the user's pending jobs there, by (submit time, seq, id)
-    lists: dict[tuple[str, int, int], list[tuple[float, int, str]]] = field(default_factory=dict)
-    in_heap: set[tuple[str, int, int]] = field(default_factory=set)
+    # (pool, tier, queue key) -> the user's pending jobs there, by (submit time, seq, id)
+    lists: dict[tuple[str, int, QKey], list[tuple[float, int, str]]] = field(default_factory=dict)
+    in_heap: set[tuple[str, int, QKey]] = field(default_factory=set)
 
     @property
     def key(self) -> float:
@@ -112,13 +116,13 @@ class _Pool:
     # no class of pending job can start on what is left (see _fit_sizes)
     classes: dict[tuple[int, int, float], int] = field(default_factory=dict)
     pass_no: int = 0  # bumps at each pass; a job's reason is current if it was seen in this one
-    # per tier, per GPU count: a heap of users (share key, name, version) with pending jobs
-    # of that size, and a heap of the starved jobs of that size (submit time, seq, id, version).
-    # Split by size so that backfill visits only the sizes that can still fit.
-    uheap: list[dict[int, list[tuple[float, str, int]]]] = field(
+    # per tier, per queue key (QKey): a heap of users (share key, name, version) with pending
+    # jobs of that key, and a heap of its starved jobs (submit time, seq, id, version). Split so
+    # that backfill visits only the groups that can still start.
+    uheap: list[dict[QKey, list[tuple[float, str, int]]]] = field(
         default_factory=lambda: [{} for _ in range(N_TIERS)]
     )
-    starved: list[dict[int, list[tuple[float, int, str, int]]]] = field(
+    starved: list[dict[QKey, list[tuple[float, int, str, int]]]] = field(
         default_factory=lambda: [{} for _ in range(N_TIERS)]
     )
     dirty: bool = True
@@ -155,7 +159,7 @@ class _Pass:
     nofit_strict: float = INF  # smallest size that fit on no node outside the reserved spare
     now: float = 0.0
     hsig: tuple = ()  # the inputs _fit_sizes last answered for, and its answer
-    fits: frozenset[int] = frozenset()
+    fits: frozenset[QKey] = frozenset()
 
 
 class FairShareScheduler:
@@ -275,7 +279,7 @@ class FairShareScheduler:
                 if lst:
                     self._push_user(u, pool, tier, g)
 
-    def _push_user(self, u: _User, pool: str, tier: int, g: int) -> None:
+    def _push_user(self, u: _User, pool: str, tier: int, g: QKey) -> None:
         k = (pool, tier, g)
         if k in u.in_heap:
             return
@@ -356,14 +360,15 @@ class FairShareScheduler:
         P.dirty = True
         tier, starved, nxt = self._tier_at(job, now)
         job.tier, job.starved = tier, starved
+        qk = (req.gpus, c[2] < INF)
         if starved:
-            heapq.heappush(P.starved[tier].setdefault(req.gpus, []),
+            heapq.heappush(P.starved[tier].setdefault(qk, []),
                            (req.submit_time, job.seq, req.id, job.loc_version))
         else:
             u = self._user(req.user)
-            lst = u.lists.setdefault((req.pool, tier, req.gpus), [])
+            lst = u.lists.setdefault((req.pool, tier, qk), [])
             insort(lst, job.lkey)
-            self._push_user(u, req.pool, tier, req.gpus)
+            self._push_user(u, req.pool, tier, qk)
         if nxt < INF:
             heapq.heappush(self._boosts, (nxt, job.seq, req.id, job.loc_version))
 
@@ -379,7 +384,8 @@ class FairShareScheduler:
         if not P.classes[c]:
             del P.classes[c]
         if not job.starved:
-            lst = self.users[req.user].lists.get((req.pool, job.tier, req.gpus), [])
+            qk = (req.gpus, self._limit(req) is not None)
+            lst = self.users[req.user].lists.get((req.pool, job.tier, qk), [])
             i = bisect_left(lst, job.lkey)
             if i < len(lst) and lst[i] == job.lkey:
                 del lst[i]
@@ -730,13 +736,13 @@ class FairShareScheduler:
                 P.shadow = ctx.shadow
             self._try_preempt(P, ctx.res, now, out)
 
-    def _fit_sizes(self, P: _Pool, ctx: _Pass) -> Optional[frozenset[int]]:
-        """The pending job sizes that may still start in this pass; None before the reservation
-        (every size is tried, in order). After it, a size is out when every class of pending
-        job of that size (nodes, time limit) is too big for the free GPUs, or the pass already
-        saw a job of that size or smaller fail to fit: anywhere, or outside the reserved GPUs
-        when it would not end before the shadow time. Free GPUs only shrink within a pass, so
-        this is exact. Memoized on its inputs."""
+    def _fit_sizes(self, P: _Pool, ctx: _Pass) -> Optional[frozenset[QKey]]:
+        """The queue keys (GPUs, has a time limit) of pending jobs that may still start in this
+        pass; None before the reservation (every job is tried, in order). After it, a key is out
+        when every class of pending job under it (nodes, time limit) is too big for the free
+        GPUs, or the pass already saw a job of that size or smaller fail to fit: anywhere, or
+        outside the reserved GPUs when it would not end before the shadow time. Free GPUs only
+        shrink within a pass, so this is exact. Memoized on its inputs."""
         if ctx.res is None:
             return None
         sig = (P.free, ctx.nofit_all, ctx.nofit_strict, ctx.fail_min, ctx.shadow, ctx.res_ready,
@@ -746,19 +752,20 @@ class FairShareScheduler:
         ctx.hsig = sig
         free, shadow, bk, now = P.free, ctx.shadow, P.bk, ctx.now
         unbounded = not ctx.res_ready or shadow == INF
-        fits: set[int] = set()
+        fits: set[QKey] = set()
         for g, nodes, lim in P.classes:
-            if g in fits or g > free or g >= ctx.nofit_all:
+            qk = (g, lim < INF)
+            if qk in fits or g > free or g >= ctx.nofit_all:
                 continue
             if nodes > 1:  # needs `nodes` idle nodes: at least that many with `per` GPUs free
                 if sum(len(v) for f, v in bk.items() if f >= g // nodes) >= nodes:
-                    fits.add(g)
+                    fits.add(qk)
                 continue
             if unbounded and g >= ctx.fail_min:
                 continue
             if ctx.spare and g >= ctx.nofit_strict and not (shadow < INF and now + lim <= shadow):
                 continue
-            fits.add(g)
+            fits.add(qk)
         ctx.fits = frozenset(fits)
         return ctx.fits
 
@@ -810,8 +817,8 @@ class FairShareScheduler:
         heappop = heapq.heappop
         blocked = ctx.blocked_users
         pname = P.name
-        idx: dict[tuple[str, int], int] = {}  # (user, size) -> jobs of that list passed over
-        popped: list[tuple[_User, int]] = []
+        idx: dict[tuple[str, QKey], int] = {}  # (user, key) -> jobs of that list passed over
+        popped: list[tuple[_User, QKey]] = []
         stop = False
         while True:
             allowed = self._fit_sizes(P, ctx)
@@ -844,7 +851,7 @@ class FairShareScheduler:
             name = best[1]
             u = users[name]
             first: Optional[tuple[float, int, str]] = None
-            fg = 0
+            fg: QKey = (0, False)
             for g in heaps:  # the user's oldest job among the sizes still in play
                 if allowed is not None and g not in allowed:
                     continue
