@@ -90,6 +90,10 @@ class PolicyConfig(BaseModel):
     starvation_boost_cap: int = Field(
         3, ge=0, le=3, description="tier steps a starving job may climb (never above high)"
     )
+    oldest_first_after: float = Field(
+        7 * 86400.0, ge=0,
+        description="seconds of waiting after which a job goes before the other jobs of its tier, oldest first, whatever its user's share (0: never)",
+    )
     reservations: bool = Field(True, description="reserve GPUs for the first blocked job")
     backfill_depth: int = Field(500, ge=0, description="jobs examined past the first blocked one")
     min_runtime: float = Field(600.0, ge=0, description="seconds before a job may be preempted")
@@ -104,7 +108,7 @@ class PolicyConfig(BaseModel):
 
     @field_validator(
         "half_life", "charge_ahead", "min_runtime", "grace", "preemption_window",
-        "timeout_warning", mode="before",
+        "timeout_warning", "oldest_first_after", mode="before",
     )
     @classmethod
     def _duration(cls, v: Any) -> float:

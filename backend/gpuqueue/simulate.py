@@ -57,6 +57,7 @@ class SimJob:
     rejected: str = ""
     preemptions: int = 0
     stopping: bool = False
+    placement: Optional[dict[str, tuple[int, ...]]] = None
 
 
 def parse_cluster(spec: str) -> dict[str, tuple[int, int]]:
@@ -170,14 +171,72 @@ def _row(row: list[str], col: dict[str, int], config: QueueConfig, scale: float,
 
 @dataclass
 class _UserAcct:
-    pending: int = 0
-    used: int = 0
-    last: float = 0.0
-    g_last: float = 0.0
-    received: float = 0.0
-    entitled: float = 0.0
+    pending: int = 0  # queued jobs
+    used: int = 0  # GPUs held
+    received: float = 0.0  # GPU-seconds held while backlogged
+    entitled: float = 0.0  # GPU-seconds of max-min fair share while backlogged
     backlog_s: float = 0.0
     weight: float = 1.0
+
+
+class _FitTracker:
+    """Per pool: free GPUs per node and the pending job shapes, to tell whether some queued
+    job would fit on the GPUs free right now (one node with enough free GPUs, or enough idle
+    nodes for a multi-node job)."""
+
+    def __init__(self, config: QueueConfig):
+        self.pool_of: dict[str, str] = {}
+        self.free: dict[str, int] = {}
+        self.size: dict[str, int] = {}
+        self.by_free: dict[str, list[int]] = {}  # pool -> [number of nodes with f free GPUs]
+        self.pending: dict[str, dict[tuple[int, int], int]] = {}
+        for pool, pc in config.pools.items():
+            self.by_free[pool] = [0] * (max(pc.nodes.values()) + 1)
+            self.pending[pool] = {}
+            for node, g in pc.nodes.items():
+                self.pool_of[node], self.free[node], self.size[node] = pool, g, g
+                self.by_free[pool][g] += 1
+
+    def take(self, placement: dict[str, tuple[int, ...]], sign: int) -> None:
+        """Allocate (sign -1) or release (+1) the GPUs of a placement."""
+        for node, ids in placement.items():
+            bf = self.by_free[self.pool_of[node]]
+            bf[self.free[node]] -= 1
+            self.free[node] += sign * len(ids)
+            bf[self.free[node]] += 1
+
+    def queue(self, pool: str, shape: tuple[int, int], delta: int) -> None:
+        """A job of this (GPUs, nodes) shape joined (+1) or left (-1) the pool's queue."""
+        d = self.pending[pool]
+        d[shape] = d.get(shape, 0) + delta
+        if not d[shape]:
+            del d[shape]
+
+    def fits(self, pool: str) -> bool:
+        """Would some queued job of the pool fit on its free GPUs now?"""
+        bf = self.by_free[pool]
+        best = max((f for f in range(len(bf)) if bf[f]), default=0)
+        for g, nodes in self.pending[pool]:
+            if nodes <= 1 and g <= best:
+                return True
+            if nodes > 1 and bf[-1] >= nodes:
+                return True
+        return False
+
+
+def water_fill(capacity: float, demand: dict[str, float], weight: dict[str, float]) -> dict[str, float]:
+    """Weighted max-min fair shares of ``capacity``: every user gets ``w_u * L`` GPUs, or its
+    whole demand if that is less, with the level ``L`` set so the shares add up to the capacity
+    (or every demand is met)."""
+    out: dict[str, float] = {}
+    left, wsum = float(capacity), sum(weight[u] for u in demand)
+    for u in sorted(demand, key=lambda u: (demand[u] / weight[u], u)):
+        level = left / wsum if wsum > 0 else 0.0
+        share = min(demand[u], weight[u] * level)
+        out[u] = share
+        left -= share
+        wsum -= weight[u]
+    return out
 
 
 @dataclass
@@ -208,43 +267,71 @@ class Simulation:
         busy_s = 0.0
         busy_q_s = 0.0
         queued_s = 0.0
+        fitter = _FitTracker(self.config)
+        pool_used = {p: 0 for p in self.config.pools}
+        pool_fits = {p: False for p in self.config.pools}
+        busy_fit = cap_fit = 0.0  # GPU-seconds busy / available while a queued job fit
+        fit_s = 0.0  # seconds during which some queued job fit on the free GPUs
+        shapes = {j.id: (j.gpus, self._request(j).nodes) for j in self.jobs}
         last_t = self.jobs[0].submit if self.jobs else 0.0
         t_first = last_t
         preemptions = 0
         wasted = 0.0
         accts: dict[str, _UserAcct] = {}
-        g_int = 0.0  # integral of total / sum(weights of backlogged users)
-        bw = 0.0  # sum of weights of backlogged users
+        # fairness: per pool, each user's demand (GPUs held + queued); the max-min fair shares
+        # of the backlogged users are recomputed when a demand changed (see docs/scheduling.md)
+        capacity = {p: sum(pc.nodes.values()) for p, pc in self.config.pools.items()}
+        demand: dict[str, dict[str, float]] = {p: {} for p in capacity}
+        weights: dict[str, float] = {}
+        backlogged: set[str] = set()
+        fair: dict[str, float] = {}
+        fair_dirty = False
 
-        def acct(u: str, now: float) -> _UserAcct:
+        def acct(u: str) -> _UserAcct:
             a = accts.get(u)
             if a is None:
-                a = accts[u] = _UserAcct(last=now, g_last=g_int, weight=self.config.limits_for(u).weight)
-            if a.pending > 0:
-                dt = now - a.last
-                a.backlog_s += dt
-                a.received += a.used * dt
-                a.entitled += a.weight * (g_int - a.g_last)
-            a.last, a.g_last = now, g_int
+                a = accts[u] = _UserAcct(weight=self.config.limits_for(u).weight)
+                weights[u] = a.weight
             return a
 
-        def change(u: str, now: float, dpend: int = 0, dused: int = 0) -> None:
-            nonlocal bw, queued
-            a = acct(u, now)
-            before = a.pending > 0
+        def change(j: SimJob, dpend: int = 0, dused: int = 0, ddemand: int = 0) -> None:
+            nonlocal queued, fair_dirty
+            a = acct(j.user)
             a.pending += dpend
             a.used += dused
             queued += dpend
-            after = a.pending > 0
-            if before != after:
-                bw += a.weight if after else -a.weight
+            if a.pending > 0:
+                backlogged.add(j.user)
+            else:
+                backlogged.discard(j.user)
+            if ddemand:
+                d = demand[j.pool]
+                d[j.user] = d.get(j.user, 0) + ddemand
+                if not d[j.user]:
+                    del d[j.user]
+            fair_dirty = True
+
+        def fair_shares() -> dict[str, float]:
+            nonlocal fair, fair_dirty
+            if fair_dirty:
+                fair = {}
+                for p, d in demand.items():
+                    if d and any(u in backlogged for u in d):
+                        for u, x in water_fill(capacity[p], d, weights).items():
+                            fair[u] = fair.get(u, 0.0) + x
+                fair_dirty = False
+            return fair
 
         def end_attempt(j: SimJob, now: float) -> None:
             nonlocal used
             ran = now - j.start if j.start is not None else 0.0
             j.run_s += ran
             used -= j.gpus
-            change(j.user, now, dused=-j.gpus)
+            pool_used[j.pool] -= j.gpus
+            if j.placement is not None:
+                fitter.take(j.placement, +1)
+                j.placement = None
+            change(j, dused=-j.gpus, ddemand=-j.gpus)
             j.start = None
 
         def apply(decisions: list, now: float) -> None:
@@ -256,7 +343,11 @@ class Simulation:
                     j.attempt += 1
                     j.stopping = False
                     used += j.gpus
-                    change(j.user, now, dpend=-1, dused=j.gpus)
+                    pool_used[j.pool] += j.gpus
+                    j.placement = d.placement
+                    fitter.take(d.placement, -1)
+                    fitter.queue(j.pool, shapes[j.id], -1)
+                    change(j, dpend=-1, dused=j.gpus)
                     sched.started(j.id, now)
                     seq += 1
                     heapq.heappush(ev, (now + j.remaining, 0, seq, j.id, j.attempt))
@@ -283,8 +374,19 @@ class Simulation:
                 if queued > 0:
                     busy_q_s += used * dt
                     queued_s += dt
-                if bw > 0:
-                    g_int += total / bw * dt
+                    if any(pool_fits.values()):
+                        fit_s += dt
+                    for p, f in pool_fits.items():
+                        if f:
+                            busy_fit += pool_used[p] * dt
+                            cap_fit += capacity[p] * dt
+                if backlogged:
+                    shares = fair_shares()
+                    for u in backlogged:
+                        a = accts[u]
+                        a.backlog_s += dt
+                        a.received += a.used * dt
+                        a.entitled += shares.get(u, 0.0) * dt
                 last_t = now
             while ev and ev[0][0] <= now:
                 _, kind, _, jid, attempt = heapq.heappop(ev)
@@ -296,7 +398,8 @@ class Simulation:
                     if isinstance(r, Reject):
                         j.rejected = r.reason
                     else:
-                        change(j.user, now, dpend=1)
+                        fitter.queue(j.pool, shapes[j.id], +1)
+                        change(j, dpend=1, ddemand=j.gpus)
                 elif j.attempt == attempt and j.start is not None and j.end is None:
                     if kind == 0:
                         end_attempt(j, now)
@@ -313,13 +416,16 @@ class Simulation:
                         preemptions += 1
                         j.preemptions += 1
                         sched.finished(jid, Outcome.PREEMPTED, now)
-                        change(j.user, now, dpend=1)
+                        fitter.queue(j.pool, shapes[j.id], +1)
+                        change(j, dpend=1, ddemand=j.gpus)
             apply(sched.tick(now), now)
             for _ in range(10):  # decisions (e.g. a timeout) may have made more work now
                 w = wake() if wake is not None else None
                 if w is None or w > now:
                     break
                 apply(sched.tick(now), now)
+            for p in pool_fits:
+                pool_fits[p] = bool(fitter.pending[p]) and fitter.fits(p)
             if len(self.series) < 200_000:
                 self.series.append((now, queued, used))
             if wake is not None:
@@ -327,9 +433,8 @@ class Simulation:
                 if w is not None and w > now and (not ev or w < ev[0][0]):
                     seq += 1
                     heapq.heappush(ev, (w, 3, seq, "", 0))  # a bare tick
-        for a_name in list(accts):
-            acct(a_name, last_t)
-        return self._metrics(total, t_first, last_t, busy_s, busy_q_s, queued_s, preemptions,
+        fit = (busy_fit / cap_fit if cap_fit > 0 else 1.0, fit_s / queued_s if queued_s > 0 else 0.0)
+        return self._metrics(total, t_first, last_t, busy_s, busy_q_s, queued_s, fit, preemptions,
                              wasted, accts, time.perf_counter() - t_wall)
 
     def _request(self, j: SimJob) -> JobRequest:
@@ -345,7 +450,7 @@ class Simulation:
         )
 
     def _metrics(self, total: int, t0: float, t1: float, busy_s: float, busy_q_s: float,
-                 queued_s: float, preemptions: int, wasted: float, accts: dict[str, _UserAcct],
+                 queued_s: float, fit: tuple[float, float], preemptions: int, wasted: float, accts: dict[str, _UserAcct],
                  wall: float) -> dict[str, Any]:
         done = [j for j in self.jobs if j.end is not None]
         jct = sorted(j.end - j.submit for j in done)  # type: ignore[operator]
@@ -374,6 +479,8 @@ class Simulation:
             "wait_by_priority": by,
             "utilization": busy_s / (total * span),
             "utilization_while_queued": (busy_q_s / (total * queued_s)) if queued_s > 0 else 1.0,
+            "utilization_while_fits": fit[0],
+            "fits_share_of_queued_time": fit[1],
             "jain_fairness": jain,
             "jain_users": len(shares),
             "preemptions": preemptions,

@@ -142,6 +142,42 @@ def test_starvation_boost_is_capped_below_high():
     assert starts(s.tick(10002)) == ["old_low"]  # boosted low beats fresh medium
 
 
+def test_jobs_waiting_past_oldest_first_after_go_oldest_first_within_their_tier():
+    s = FairShareScheduler(config({"p": {"n1": 1}}, oldest_first_after=5000))
+    sh = Shell(s)
+    s.submit(job("hog", user="heavy"), 0)
+    sh.apply(s.tick(0), 0)
+    sh.finish("hog", Outcome.SUCCEEDED, 3600)  # heavy used a GPU-hour
+    s.submit(job("blocker", user="other", t=3600), 3600)
+    sh.apply(s.tick(3600), 3600)
+    s.submit(job("old", user="heavy", t=3600), 3600)
+    s.submit(job("fresh", user="light", t=3700), 3700)
+    sh.finish("blocker", Outcome.SUCCEEDED, 4000)
+    assert starts(s.tick(4000)) == ["fresh"]  # fair share: light goes before heavy
+    s.submit(job("fresh2", user="light", t=8000), 8000)
+    sh.finish("fresh", Outcome.SUCCEEDED, 8700)
+    # "old" has now waited 5100 s > 5000: oldest first, whatever heavy's usage
+    assert starts(s.tick(8700)) == ["old"]
+    assert s.explain("fresh2", 8700).reason in ("resources", "priority")
+
+
+def test_backfill_skips_sizes_that_cannot_fit_and_reaches_a_small_job_far_behind():
+    # two 8-GPU nodes, 5 GPUs busy on each (no end known); many 8-GPU jobs ahead of a 1-GPU one
+    s = FairShareScheduler(config({"p": {"a": 8, "b": 8}}, backfill_depth=3))
+    sh = Shell(s)
+    s.submit(job("r1", user="z1", gpus=5), 0)
+    s.submit(job("r2", user="z2", gpus=5), 0)
+    sh.apply(s.tick(0), 0)
+    for i in range(20):
+        s.submit(job(f"big{i}", user=f"u{i}", gpus=8, pr="high", t=1), 1)
+    s.submit(job("small", user="late", gpus=1, pr="low", t=2), 2)
+    got = starts(s.tick(2))
+    assert got == ["small"]  # 20 blocked 8-GPU jobs are not walked one by one
+    assert s.explain("big0", 2).reason == "resources"
+    assert s.explain("big0", 2).position == 1
+    assert s.explain("big1", 2).position == 2  # users u0, u1, u10, ... (equal shares: by name)
+
+
 def test_preemption_of_lower_priority_after_min_runtime_with_grace_and_requeue():
     s = FairShareScheduler(config({"p": {"n1": 2}}, min_runtime=100, grace=30))
     sh = Shell(s)

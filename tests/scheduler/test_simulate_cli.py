@@ -10,7 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"jobs", "avg_jct_s", "p50_jct_s", "p99_jct_s", "avg_wait_s", "p99_wait_s", "max_wait_s",
-        "wait_by_priority", "utilization", "jain_fairness", "preemptions", "wasted_gpu_hours", "sim_wall_s"}
+        "wait_by_priority", "utilization", "utilization_while_queued", "utilization_while_fits",
+        "jain_fairness", "jain_users", "preemptions", "wasted_gpu_hours", "sim_wall_s"}
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -79,3 +80,30 @@ def test_deterministic(tmp_path):
         d.pop("sim_wall_s")
         outs.append(d)
     assert outs[0] == outs[1]
+
+
+def test_water_fill_is_weighted_max_min():
+    from gpuqueue.simulate import water_fill
+
+    # 10 GPUs: a wants 1 (gets it all), b and c share the rest 2:1 by weight, d capped at 2
+    got = water_fill(10, {"a": 1, "b": 20, "c": 20, "d": 2}, {"a": 1, "b": 2, "c": 1, "d": 1})
+    assert got["a"] == 1 and got["d"] == 2
+    assert abs(got["b"] - 14 / 3) < 1e-9 and abs(got["c"] - 7 / 3) < 1e-9
+    assert abs(sum(got.values()) - 10) < 1e-9
+    assert water_fill(10, {"a": 3, "b": 4}, {"a": 1, "b": 1}) == {"a": 3, "b": 4}  # all demand met
+
+
+def test_fairness_and_fit_metrics_tell_fifo_from_fair_share(tmp_path):
+    # one node of 4 GPUs; "flood" queues 40 one-GPU jobs at t=0, "late" queues 10 at t=1
+    rows = [f"f{i},flood,0,100,1" for i in range(40)] + [f"l{i},late,1,100,1" for i in range(10)]
+    trace = write(tmp_path, "job_id,user,submit_time,duration,gpus\n" + "\n".join(rows) + "\n")
+    got = {}
+    for policy in ("gpuqueue", "fifo"):
+        out = tmp_path / f"{policy}.json"
+        assert run(trace, "--cluster", "prod=1x4", "--policy", policy, "--json", str(out)).returncode == 0
+        got[policy] = json.loads(out.read_text())
+    # fair share serves "late" beside "flood" at once; FIFO makes it wait for all 40
+    assert got["gpuqueue"]["jain_fairness"] > 0.95 > got["fifo"]["jain_fairness"]
+    assert got["gpuqueue"]["jain_users"] == got["fifo"]["jain_users"] == 2
+    # nothing queued ever fits on idle GPUs while both policies keep the node full
+    assert got["gpuqueue"]["utilization_while_queued"] == got["fifo"]["utilization_while_queued"] == 1.0

@@ -4,11 +4,12 @@ Pure and deterministic: no I/O, no wall clock, no randomness (retry jitter is a 
 job id and attempt). The exact formula and every default are in ``docs/scheduling.md``;
 in short, a pool's pending jobs are ordered by
 
-    (tier, starved-first, user share key, submit time, submission sequence)
+    (tier, aged-first, user share key, submit time, submission sequence)
 
 where ``tier = 0`` for high, ``2`` for medium, ``4`` for low, lowered by one step per
 ``starvation_timeout`` waited (at most ``starvation_boost_cap`` steps, never to 0 unless high),
-and ``share key = decayed GPU-hours charged to the user / user weight``. GPU-hours are charged
+``share key = decayed GPU-hours charged to the user / user weight``, and a job that waited past
+``oldest_first_after`` (7 days) is *aged*: it goes before the rest of its tier, oldest first. GPU-hours are charged
 at admission, ``charge_ahead`` seconds of the job's GPUs at a time, and trued up at the end.
 The first job that does not fit gets a reservation (EASY backfill); jobs behind it start only
 where they cannot delay it. In pools that allow it, the reserved job may preempt preemptible
@@ -63,7 +64,7 @@ class _Job:
     seq: int
     state: str = PENDING
     tier: int = 0
-    starved: bool = False
+    aged: bool = False  # waited past oldest_first_after: in its pool's aged heap
     loc_version: int = 0  # bumps whenever the job moves between queue structures
     attempt: int = 0
     placement: Optional[Placement] = None
@@ -117,12 +118,12 @@ class _Pool:
     classes: dict[tuple[int, int, float], int] = field(default_factory=dict)
     pass_no: int = 0  # bumps at each pass; a job's reason is current if it was seen in this one
     # per tier, per queue key (QKey): a heap of users (share key, name, version) with pending
-    # jobs of that key, and a heap of its starved jobs (submit time, seq, id, version). Split so
+    # jobs of that key, and a heap of its aged jobs (submit time, seq, id, version). Split so
     # that backfill visits only the groups that can still start.
     uheap: list[dict[QKey, list[tuple[float, str, int]]]] = field(
         default_factory=lambda: [{} for _ in range(N_TIERS)]
     )
-    starved: list[dict[QKey, list[tuple[float, int, str, int]]]] = field(
+    aged: list[dict[QKey, list[tuple[float, int, str, int]]]] = field(
         default_factory=lambda: [{} for _ in range(N_TIERS)]
     )
     dirty: bool = True
@@ -312,26 +313,27 @@ class FairShareScheduler:
         return (req.gpus, req.nodes, INF if lim is None else lim)
 
     def _tier_at(self, job: _Job, now: float) -> tuple[int, bool, float]:
-        """(tier, starved, time of the next boost or INF)."""
+        """(tier, aged, time of the job's next change of place or INF). ``aged``: waited past
+        ``oldest_first_after``, so it goes before the non-aged jobs of its tier, oldest first."""
         req = job.req
         T = self.pools[req.pool].cfg.starvation_timeout
         rank = req.priority.rank
-        steps = int(max(0.0, now - req.submit_time) // T) if T > 0 else 0
-        if T > 0:  # float-safe: the step count must agree with submit + k * T <= now
-            while req.submit_time + (steps + 1) * T <= now:
-                steps += 1
-            while steps > 0 and req.submit_time + steps * T > now:
-                steps -= 1
-        starved = steps >= 1
-        if rank == 0:
-            return 0, starved, (INF if starved else req.submit_time + T)
+        A = self.p.oldest_first_after
+        aged = A > 0 and req.submit_time + A <= now
+        t_aged = req.submit_time + A if A > 0 and not aged else INF
+        if rank == 0 or T <= 0:
+            return (0 if rank == 0 else 2 * rank), aged, t_aged
+        steps = int(max(0.0, now - req.submit_time) // T)
+        # float-safe: the step count must agree with submit + k * T <= now
+        while req.submit_time + (steps + 1) * T <= now:
+            steps += 1
+        while steps > 0 and req.submit_time + steps * T > now:
+            steps -= 1
         b = min(steps, self.p.starvation_boost_cap)
         tier = max(2 * rank - b, 1)
         final = tier == 1 or b >= self.p.starvation_boost_cap
-        nxt = INF if (final and starved) else req.submit_time + (steps + 1) * T
-        if final and not starved:
-            nxt = req.submit_time + T  # becomes starved (reservation order) later
-        return tier, starved, nxt
+        t_boost = INF if final else req.submit_time + (steps + 1) * T
+        return tier, aged, min(t_boost, t_aged)
 
     def _set_pool_job_count(self, u: _User, pool: str, delta: int) -> None:
         before = u.pool_jobs.get(pool, 0)
@@ -358,11 +360,11 @@ class FairShareScheduler:
         c = self._class(req)
         P.classes[c] = P.classes.get(c, 0) + 1
         P.dirty = True
-        tier, starved, nxt = self._tier_at(job, now)
-        job.tier, job.starved = tier, starved
+        tier, aged, nxt = self._tier_at(job, now)
+        job.tier, job.aged = tier, aged
         qk = (req.gpus, c[2] < INF)
-        if starved:
-            heapq.heappush(P.starved[tier].setdefault(qk, []),
+        if aged:
+            heapq.heappush(P.aged[tier].setdefault(qk, []),
                            (req.submit_time, job.seq, req.id, job.loc_version))
         else:
             u = self._user(req.user)
@@ -373,7 +375,7 @@ class FairShareScheduler:
             heapq.heappush(self._boosts, (nxt, job.seq, req.id, job.loc_version))
 
     def _dequeue(self, job: _Job) -> None:
-        """Take a pending job out of the queue structures (starved heaps are lazy)."""
+        """Take a pending job out of the queue structures (aged heaps are lazy)."""
         req = job.req
         P = self.pools[req.pool]
         P.sizes[req.gpus] -= 1
@@ -383,7 +385,7 @@ class FairShareScheduler:
         P.classes[c] -= 1
         if not P.classes[c]:
             del P.classes[c]
-        if not job.starved:
+        if not job.aged:
             qk = (req.gpus, self._limit(req) is not None)
             lst = self.users[req.user].lists.get((req.pool, job.tier, qk), [])
             i = bisect_left(lst, job.lkey)
@@ -728,7 +730,7 @@ class FairShareScheduler:
         P.pass_no += 1
         ctx = _Pass(budget=self.p.backfill_depth, now=now)
         for t in range(N_TIERS):
-            if self._scan_starved(P, t, ctx, now, out) or self._scan_users(P, t, ctx, now, out):
+            if self._scan_aged(P, t, ctx, now, out) or self._scan_users(P, t, ctx, now, out):
                 break
         if ctx.res is not None:
             P.reserved_for = ctx.res.req.id
@@ -769,10 +771,10 @@ class FairShareScheduler:
         ctx.fits = frozenset(fits)
         return ctx.fits
 
-    def _scan_starved(self, P: _Pool, t: int, ctx: _Pass, now: float, out: list[Decision]) -> bool:
-        """Starved jobs of tier ``t``, oldest first (a merge of the per-size heaps). Returns
+    def _scan_aged(self, P: _Pool, t: int, ctx: _Pass, now: float, out: list[Decision]) -> bool:
+        """Aged jobs of tier ``t`` (waited past ``oldest_first_after``), oldest first (a merge of the per-size heaps). Returns
         True when the pass is over (budget spent or nothing left can fit)."""
-        heaps = P.starved[t]
+        heaps = P.aged[t]
         if not heaps:
             return False
         jobs = self.jobs
@@ -808,7 +810,7 @@ class FairShareScheduler:
         return stop
 
     def _scan_users(self, P: _Pool, t: int, ctx: _Pass, now: float, out: list[Decision]) -> bool:
-        """Non-starved jobs of tier ``t``: users by share key (a merge of the per-size user
+        """Other jobs of tier ``t``: users by share key (a merge of the per-size user
         heaps), each user's jobs oldest first. Returns True when the pass is over."""
         heaps = P.uheap[t]
         if not heaps:
@@ -1162,7 +1164,7 @@ class FairShareScheduler:
         P = self.pools[pool]
         res: list[_Job] = []
         for t in range(N_TIERS):
-            st = sorted(e for h in P.starved[t].values() for e in h)
+            st = sorted(e for h in P.aged[t].values() for e in h)
             for e in st:
                 j = self.jobs.get(e[2])
                 if j is not None and j.state == PENDING and j.loc_version == e[3]:
@@ -1179,12 +1181,12 @@ class FairShareScheduler:
         """The terms of a job's place in the order (see docs/scheduling.md)."""
         j = self.jobs[job_id]
         u = self.users[j.req.user]
-        tier, starved, _ = self._tier_at(j, now) if j.state == PENDING else (j.tier, j.starved, 0)
+        tier, aged, _ = self._tier_at(j, now) if j.state == PENDING else (j.tier, j.aged, 0)
         return {
             "tier": float(tier),
             "base_tier": float(2 * j.req.priority.rank),
             "starvation_boost": float(2 * j.req.priority.rank - tier),
-            "starved": 1.0 if starved else 0.0,
+            "oldest_first": 1.0 if aged else 0.0,
             "usage_gpu_hours": round(self.usage(j.req.user, now), 6),
             "weight": u.weight,
             "share_key": round(u.scaled / self._scale(now) / u.weight, 6),
