@@ -6,6 +6,8 @@ It is the embedded mode's simplest correct scheduler and the simulator's baselin
 
 from __future__ import annotations
 
+import heapq
+from bisect import bisect_left, insort
 from typing import Any, Optional
 
 from ..config import QueueConfig
@@ -33,6 +35,9 @@ class FifoScheduler:
         self.cluster = cluster or Cluster.from_config(config)
         self.pending: dict[str, JobRequest] = {}
         self.running: dict[str, tuple[JobRequest, Placement, float]] = {}
+        self._order: dict[str, list[tuple]] = {}  # pool -> sorted (key..., job id) of pending jobs
+        self._queued_by_user: dict[str, int] = {}
+        self._deadlines: list[tuple[float, str, float]] = []  # (time limit end, job id, started at)
 
     # -- ordering -------------------------------------------------------------------------
     def _key(self, job: JobRequest) -> tuple:
@@ -41,8 +46,22 @@ class FifoScheduler:
         return (job.priority.rank, job.submit_time, job.id)
 
     def _ordered(self, pool: Optional[str] = None) -> list[JobRequest]:
-        jobs = [j for j in self.pending.values() if pool is None or j.pool == pool]
-        return sorted(jobs, key=self._key)
+        pools = [pool] if pool is not None else sorted(self._order)
+        keys = sorted(k for p in pools for k in self._order.get(p, ()))
+        return [self.pending[k[-1]] for k in keys]
+
+    def _enqueue(self, job: JobRequest) -> None:
+        self.pending[job.id] = job
+        insort(self._order.setdefault(job.pool, []), self._key(job))
+        self._queued_by_user[job.user] = self._queued_by_user.get(job.user, 0) + 1
+
+    def _dequeue(self, job_id: str) -> Optional[JobRequest]:
+        job = self.pending.pop(job_id, None)
+        if job is not None:
+            lst = self._order[job.pool]
+            del lst[bisect_left(lst, self._key(job))]
+            self._queued_by_user[job.user] -= 1
+        return job
 
     # -- events ---------------------------------------------------------------------------
     def submit(self, job: JobRequest, now: float, restoring: bool = False) -> Optional[Reject]:
@@ -50,24 +69,31 @@ class FifoScheduler:
             why = inadmissible(job, self.config, self.cluster)
             if why:
                 return Reject(job.id, why)
-            queued = sum(1 for j in self.pending.values() if j.pool == job.pool)
+            queued = len(self._order.get(job.pool, ()))
             if queued >= self.config.pools[job.pool].max_queued:
                 return Reject(job.id, f"pool {job.pool!r} queue is full ({queued} jobs); try later")
-            mine = sum(1 for j in self.pending.values() if j.user == job.user)
+            mine = self._queued_by_user.get(job.user, 0)
             limit = self.config.limits_for(job.user).max_queued
             if mine >= limit:
                 return Reject(job.id, f"you have {mine} queued jobs, the limit is {limit}")
-        self.pending[job.id] = job
+        self._dequeue(job.id)
+        self._enqueue(job)
         return None
 
     def restore_running(self, job: JobRequest, placement: Placement, started_at: float) -> None:
         self.cluster.allocate(placement)
+        self._run(job, placement, started_at)
+
+    def _run(self, job: JobRequest, placement: Placement, started_at: float) -> None:
         self.running[job.id] = (job, placement, started_at)
+        limit = self._time_limit(job)
+        if limit is not None:
+            heapq.heappush(self._deadlines, (started_at + limit, job.id, started_at))
 
     def started(self, job_id: str, now: float) -> None:
         if job_id in self.running:
             job, placement, _ = self.running[job_id]
-            self.running[job_id] = (job, placement, now)
+            self._run(job, placement, now)
 
     def finished(self, job_id: str, outcome: Outcome, now: float) -> list[Decision]:
         entry = self.running.pop(job_id, None)
@@ -79,19 +105,19 @@ class FifoScheduler:
 
     def _maybe_retry(self, job: JobRequest, outcome: Outcome, now: float) -> list[Decision]:
         if outcome in (Outcome.PREEMPTED, Outcome.LOST):
-            self.pending[job.id] = job
+            self._enqueue(job)
             return [Retry(job.id, now, counted=False)]
         if outcome == Outcome.FAILED and job.failures < job.max_retries:
             delay = min(
                 self.config.retry_backoff * 2**job.failures, self.config.retry_backoff_max
             )
             again = _replace(job, failures=job.failures + 1, not_before=now + delay)
-            self.pending[job.id] = again
+            self._enqueue(again)
             return [Retry(job.id, now + delay, counted=True)]
         return []
 
     def cancel(self, job_id: str, now: float) -> None:
-        self.pending.pop(job_id, None)
+        self._dequeue(job_id)
         entry = self.running.pop(job_id, None)
         if entry is not None:
             self.cluster.release(entry[1])
@@ -116,22 +142,28 @@ class FifoScheduler:
 
     def tick(self, now: float) -> list[Decision]:
         out: list[Decision] = []
-        for job_id, (job, _, started_at) in self.running.items():
-            limit = self._time_limit(job)
-            if limit is not None and now - started_at >= limit:
+        dl = self._deadlines
+        while dl and dl[0][0] <= now:
+            _, job_id, started_at = heapq.heappop(dl)
+            entry = self.running.get(job_id)
+            if entry is not None and entry[2] == started_at:
                 out.append(TimeOut(job_id))
-        blocked: set[str] = set()
-        for job in self._ordered():
-            if job.pool in blocked or job.not_before > now:
-                continue
-            placement = self.cluster.place(job.pool, job.gpus, job.nodes)
-            if placement is None:
-                blocked.add(job.pool)  # strict order: nobody jumps the head of the queue
-                continue
-            self.cluster.allocate(placement)
-            del self.pending[job.id]
-            self.running[job.id] = (job, placement, now)
-            out.append(Start(job.id, placement))
+        for pool in sorted(self._order):
+            lst = self._order[pool]
+            started: list[tuple] = []
+            for key in lst:  # strict order: nobody jumps the head of the queue
+                job = self.pending[key[-1]]
+                if job.not_before > now:
+                    continue
+                placement = self.cluster.place(job.pool, job.gpus, job.nodes)
+                if placement is None:
+                    break
+                self.cluster.allocate(placement)
+                started.append(key)
+                self._run(job, placement, now)
+                out.append(Start(job.id, placement))
+            for key in started:
+                self._dequeue(key[-1])
         return out
 
     def _time_limit(self, job: JobRequest) -> Optional[float]:
@@ -161,7 +193,7 @@ class FifoScheduler:
             pools[pool] = {
                 "gpus_total": total,
                 "gpus_used": total - free,
-                "queued": sum(1 for j in self.pending.values() if j.pool == pool),
+                "queued": len(self._order.get(pool, ())),
                 "running": sum(1 for j, _, _ in self.running.values() if j.pool == pool),
             }
         return {"pools": pools}
