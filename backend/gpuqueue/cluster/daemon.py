@@ -41,6 +41,8 @@ log = logging.getLogger("gpuqueue.daemon")
 
 MAX_MESSAGES_PER_STEP = 250  # a pass between batches keeps dispatch latency low under a flood
 MAX_EXPLAINED = 300  # queued jobs whose "why it waits" is published per round
+EXPLAIN_BUDGET_S = 0.025  # and at most this much CPU per round (every 2 s): an explanation costs
+# a sort of its pool's queue, so 300 of them on a deep queue would take a core's tenth
 
 
 class LostLeadership(Exception):
@@ -86,6 +88,10 @@ class Daemon:
         self.scheduler: Any = None
         self.nodes: dict[str, NodeSeen] = {}
         self.known: set[str] = set()  # non-terminal jobs the scheduler holds
+        # Records of non-terminal jobs, as last written or read. The daemon is the only writer
+        # of an existing job's record (the API only creates them), so this saves a read and a
+        # parse per change; it is dropped at every rebuild and whenever a change fails.
+        self.jobs: dict[str, JobRecord] = {}
         self.dispatched: dict[str, tuple[int, float]] = {}  # job -> (attempt, monotonic) until claimed
         self.metrics: Any = None
         self.listeners: list[Any] = []  # fn(what, data), as QueueService.listeners (metrics)
@@ -177,8 +183,13 @@ class Daemon:
         self.known.clear()
         self.dispatched.clear()
         self.unsent.clear()
+        self.jobs.clear()
         resend: list[JobRecord] = []
-        for job in st.active_jobs():
+        active = st.active_jobs()
+        for i in range(0, len(active), 500):  # the per-user indexes (for stores written before them)
+            self._exec([op for job in active[i : i + 500] for op in st.index_ops(job)])
+        for job in active:
+            self.jobs[job.id] = job
             req = job_request(job, self.config)
             if job.state in (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED):
                 self.scheduler.submit(req, now, restoring=True)
@@ -292,14 +303,23 @@ class Daemon:
     def _step(self, rows: Any) -> None:
         st = self.store
         if rows:
+            msgs = []
             for mid, fields in rows[0][1]:
                 try:
-                    self._handle(json.loads(fields["m"]))
+                    msgs.append((mid, json.loads(fields["m"])))
+                except ValueError:
+                    log.warning("message %s is not JSON: dropped", mid)
+            self._prefetch([m.get("job", "") for _, m in msgs])  # one MGET for the batch's new jobs
+            for mid, m in msgs:
+                try:
+                    self._handle(m)
                 except (LostLeadership, redis.ConnectionError, redis.TimeoutError):
                     raise
                 except Exception:  # noqa: BLE001 - one bad message must not stop the queue
                     log.exception("message %s failed", mid)
-                self.cursor = mid
+                    self.jobs.pop(m.get("job", ""), None)  # re-read it from the store next time
+            if rows[0][1]:
+                self.cursor = rows[0][1][-1][0]
             self._exec([["SET", st.k("daemon", "cursor"), self.cursor]])
         now_m = time.monotonic()
         if now_m - self._last_nodes > 0.2:
@@ -317,11 +337,11 @@ class Daemon:
             if isinstance(d, Start):
                 self._start(d.job_id, d.placement)
             elif isinstance(d, Preempt):
-                job = self.store.get_job(d.job_id)
+                job = self._job(d.job_id)
                 if job:
                     self._request_stop(job, "preempted", d.grace_s, f"preempted: {d.reason}")
             elif isinstance(d, TimeOut):
-                job = self.store.get_job(d.job_id)
+                job = self._job(d.job_id)
                 if job:
                     self._request_stop(job, "timed_out", self.stop_grace)
             elif isinstance(d, Warn):
@@ -336,9 +356,24 @@ class Daemon:
                 log.exception("listener failed on %s", what)
 
     # -- messages -------------------------------------------------------------------------
+    def _job(self, job_id: str) -> Optional[JobRecord]:
+        """A job's record: the cached one, else from the store."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            job = self.store.get_job(job_id)
+            if job is not None and not job.state.is_terminal:
+                self.jobs[job_id] = job
+        return job
+
+    def _prefetch(self, ids: list[str]) -> None:
+        missing = sorted({i for i in ids if i and i not in self.jobs})
+        for job in self.store.get_jobs(missing):
+            if not job.state.is_terminal:
+                self.jobs[job.id] = job
+
     def _handle(self, m: dict[str, Any]) -> None:
         op = m.get("op")
-        job = self.store.get_job(m.get("job", ""))
+        job = self._job(m.get("job", ""))
         if job is None:
             return
         if op == "submit":
@@ -384,7 +419,7 @@ class Daemon:
 
     # -- starting and stopping ------------------------------------------------------------
     def _start(self, job_id: str, placement: dict[str, tuple[int, ...]]) -> None:
-        job = self.store.get_job(job_id)
+        job = self._job(job_id)
         if job is None or job.state.is_terminal:
             self.scheduler.cancel(job_id, time.time())
             self.known.discard(job_id)
@@ -418,6 +453,8 @@ class Daemon:
                         "spec": job.spec.model_dump(mode="json")},
                 queue=node_queue(a.node),
                 retry=False,
+                # what Celery's logs show of the message; given, it skips a costly saferepr
+                argsrepr="()", kwargsrepr=f"{{'job_id': {job.id!r}, 'attempt': {a.number}, 'node': {a.node!r}}}",
             )
         except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as e:
             log.warning("cannot send job %s to %s yet (%s); will retry", job.id, a.node, e)
@@ -444,7 +481,7 @@ class Daemon:
             if now - t < self.start_timeout:
                 continue
             del self.dispatched[job_id]
-            job = self.store.get_job(job_id)
+            job = self._job(job_id)
             if job is None or job.state != JobState.STARTING or job.current_attempt.number != number:
                 continue
             if self.store.r.get(self.store.k("claim", job_id, number)):
@@ -503,7 +540,7 @@ class Daemon:
         decisions = self.scheduler.node_down(name, time.time())
         for d in decisions:
             if isinstance(d, Retry):
-                job = self.store.get_job(d.job_id)
+                job = self._job(d.job_id)
                 if job and job.state.is_active:
                     self._settle(job, {"exit_code": None, "lost": True}, decisions=[d])
 
@@ -537,6 +574,8 @@ class Daemon:
         job.state = state
         data = {"state": state.value}
         data.update({k: v for k, v in info.items() if v is not None})
+        if state.is_terminal:
+            self.jobs.pop(job.id, None)
         self._exec(self.store.job_ops(job) + (extra or []) + [self.store.event_op(job.id, "state", data)])
         self._notify("state", {"job": job, "old": old.value, "new": state.value})
 
@@ -559,18 +598,20 @@ class Daemon:
             ops.append(["HDEL", self.store.k("pending"), *(self._explained - self.known)] if self._explained - self.known else ["PING"])
             self._explained = set(self.known)
             t = time.time()
-            n = 0
+            n = seen = 0
             # a rotating window of the queued jobs: explaining one costs up to a pass of its pool
             ids = sorted(self.known)
             start = self._explain_from if self._explain_from < len(ids) else 0
+            stop_at = time.perf_counter() + EXPLAIN_BUDGET_S
             for job_id in ids[start:] + ids[:start]:
+                seen += 1
                 ex = self.scheduler.explain(job_id, t)
                 if ex is not None:
                     ops.append(["HSET", self.store.k("pending"), job_id, json.dumps(ex.as_dict(), default=str)])
                     n += 1
-                    if n >= MAX_EXPLAINED:
+                    if n >= MAX_EXPLAINED or time.perf_counter() > stop_at:
                         break
-            self._explain_from = start + MAX_EXPLAINED
+            self._explain_from = start + seen
         self._exec(ops)
 
     def _save_state(self, force: bool = False) -> None:

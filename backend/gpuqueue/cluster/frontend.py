@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, Iterator, Optional
 
 import redis.asyncio as aioredis
 
@@ -38,6 +38,8 @@ class ClusterFrontend:
         self._config: Optional[QueueConfig] = None
         self._config_at = 0.0
         self._aio: Optional[aioredis.Redis] = None
+        self._cluster_cache: Any = None
+        self._cluster_of: Optional[QueueConfig] = None
 
     # -- config (published by the daemon) -------------------------------------------------
     def config(self) -> Optional[QueueConfig]:
@@ -51,30 +53,46 @@ class ClusterFrontend:
 
     # -- verbs ----------------------------------------------------------------------------
     def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
-        """Queue a job (or find the same cell's active job). Returns (job, attached)."""
-        attached = same_cell_job(req, self._live(caller.name))
+        """Queue a job (or find the same cell's active job). Returns (job, attached).
+
+        One Redis round trip for a new job: the record, its indexes, its payload, its first
+        event and the daemon's message are written by one script, which also refuses the job
+        if the user's (``max_queued``) or the pool's queue is full at that moment."""
+        attached = same_cell_job(req, self._iter_live(caller.name))  # reads only for a cell re-attach
         if attached is not None:
             return self._with_pending(attached), True
         payload = decode_payload(req, self.max_payload_bytes, where="cluster's ")
         spec = req.spec
         if spec.nodes > 1:
             raise BadRequest("a job spanning several nodes runs on Ray, not on the Celery workers: use --nodes 1")
-        spec = self._with_defaults(spec)
-        job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
         cfg = self.config()
+        spec = self._with_defaults(spec, cfg)
+        job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
+        user_limit = pool_limit = None
         if cfg is not None:
-            why = inadmissible(job_request(job, cfg), cfg, Cluster.from_config(cfg))
+            why = inadmissible(job_request(job, cfg), cfg, self._cluster(cfg))
             if why:
                 raise Rejected(why)
-        st = self.store
-        if payload is not None:
-            st.rb.set(st.k("payload", job.id), payload)
-        st.exec(st.job_ops(job) + [st.event_op(job.id, "state", {"state": "queued"}),
-                                   st.tell_daemon_op({"op": "submit", "job": job.id})])
+            user_limit = cfg.limits_for(caller.name).max_queued
+            pc = cfg.pools.get(spec.pool or "")
+            pool_limit = pc.max_queued if pc is not None else None
+        full = self.store.submit_job(job, payload, {"op": "submit", "job": job.id}, user_limit, pool_limit)
+        if full is not None:
+            which, n = full
+            if which == "user":
+                raise Rejected(f"you have {n} queued jobs, the limit (max_queued) is {user_limit}; "
+                               f"wait for some to start or cancel some")
+            raise Rejected(f"pool {spec.pool!r} queue is full ({n} jobs, limit max_queued = {pool_limit}); "
+                           f"try again later or use another pool")
         return job, False
 
-    def _with_defaults(self, spec: JobSpec) -> JobSpec:
-        cfg = self.config()
+    def _cluster(self, cfg: QueueConfig) -> Cluster:
+        """The inventory of ``cfg`` for admission checks, built once per config."""
+        if self._cluster_of is not cfg:
+            self._cluster_cache, self._cluster_of = Cluster.from_config(cfg), cfg
+        return self._cluster_cache
+
+    def _with_defaults(self, spec: JobSpec, cfg: Optional[QueueConfig]) -> JobSpec:
         if cfg is None:  # no daemon has published its config yet: it checks the job later
             return spec.model_copy(update={"pool": spec.pool or "default"})
         return with_defaults(spec, cfg)
@@ -179,7 +197,11 @@ class ClusterFrontend:
 
     # -- helpers --------------------------------------------------------------------------
     def _live(self, owner: str) -> list[JobRecord]:
-        return [j for j in self.store.list_jobs(owner, 10_000) if j.state in LIVE_STATES]
+        return [j for j in self.store.live_jobs(owner) if j.state in LIVE_STATES]
+
+    def _iter_live(self, owner: str) -> Iterator[JobRecord]:
+        """The owner's live jobs, read from Redis only once iterated."""
+        yield from self._live(owner)
 
     def _with_pending(self, job: JobRecord) -> JobRecord:
         return self._with_pending_many([job])[0]

@@ -13,6 +13,9 @@ Keys (prefix ``gq`` by default)::
 
     job:<id>            JSON JobRecord              jobs / owner:<name>   ZSETs by created_at
     active              SET of non-terminal ids     ev:<id> / evseq:<id>  event stream, seq counter
+    live:<name>         SET of the user's non-terminal ids
+    waiting:<name> / waitpool:<pool>   SETs of waiting (queued, retrying, preempted) ids: the
+                        queue-depth limits the API checks at submit
     payload:<id>        cell payload (bytes)        result:<id>           pickled results (bytes)
     fence:<id>          "<attempt>:<node>" while the attempt may run, "<attempt>:settled" after
     claim:<id>:<n>      the worker instance that launched attempt n
@@ -60,6 +63,35 @@ end
 return {1, '', cjson.encode(seqs)}
 """
 
+# A new job in one round trip: the depth limits checked and every key written atomically, so two
+# API processes can never both slip past a limit. ARGV: prefix, id, owner, pool, created_at,
+# record JSON, event time, event data, daemon message, user limit, pool limit (-1: none),
+# payload ('' for none). Returns {1, seq} or {0, 'user'|'pool', count}.
+_SUBMIT = """
+local p, id, owner, pool = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ulim, plim = tonumber(ARGV[10]), tonumber(ARGV[11])
+if ulim >= 0 then
+  local n = redis.call('SCARD', p .. ':waiting:' .. owner)
+  if n >= ulim then return {0, 'user', n} end
+end
+if plim >= 0 then
+  local n = redis.call('SCARD', p .. ':waitpool:' .. pool)
+  if n >= plim then return {0, 'pool', n} end
+end
+if ARGV[12] ~= '' then redis.call('SET', p .. ':payload:' .. id, ARGV[12]) end
+redis.call('SET', p .. ':job:' .. id, ARGV[6])
+redis.call('ZADD', p .. ':jobs', ARGV[5], id)
+redis.call('ZADD', p .. ':owner:' .. owner, ARGV[5], id)
+redis.call('SADD', p .. ':active', id)
+redis.call('SADD', p .. ':live:' .. owner, id)
+redis.call('SADD', p .. ':waiting:' .. owner, id)
+redis.call('SADD', p .. ':waitpool:' .. pool, id)
+local s = redis.call('INCR', p .. ':evseq:' .. id)
+redis.call('XADD', p .. ':ev:' .. id, s .. '-0', 't', ARGV[7], 'type', 'state', 'data', ARGV[8])
+redis.call('XADD', p .. ':daemon', '*', 'm', ARGV[9])
+return {1, s}
+"""
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -100,6 +132,7 @@ class RedisStore:
         self.rb = connect(url, decode=False)
         self._exec = self.r.register_script(_EXEC)
         self._renew = self.r.register_script(_RENEW)
+        self._submit = self.r.register_script(_SUBMIT)
 
     # -- keys -----------------------------------------------------------------------------
     def k(self, *parts: Any) -> str:
@@ -125,13 +158,39 @@ class RedisStore:
     def job_ops(self, job: JobRecord) -> list[Op]:
         """Ops that save a job record and keep the indexes right."""
         job.updated_at = time.time()
-        ops: list[Op] = [
+        return [
             ["SET", self.k("job", job.id), job.model_dump_json(exclude={"pending"})],
             ["ZADD", self.k("jobs"), repr(job.created_at), job.id],
             ["ZADD", self.k("owner", job.owner), repr(job.created_at), job.id],
+        ] + self.index_ops(job)
+
+    def index_ops(self, job: JobRecord) -> list[Op]:
+        """Ops that put a job in (or take it out of) the sets of live and waiting jobs."""
+        live = "SREM" if job.state.is_terminal else "SADD"
+        waiting = "SADD" if job.state in WAITING_STATES else "SREM"
+        return [
+            [live, self.k("active"), job.id],
+            [live, self.k("live", job.owner), job.id],
+            [waiting, self.k("waiting", job.owner), job.id],
+            [waiting, self.k("waitpool", job.spec.pool or ""), job.id],
         ]
-        ops.append(["SREM" if job.state.is_terminal else "SADD", self.k("active"), job.id])
-        return ops
+
+    def submit_job(self, job: JobRecord, payload: Optional[bytes], daemon_msg: dict[str, Any],
+                   user_limit: Optional[int] = None, pool_limit: Optional[int] = None) -> Optional[tuple[str, int]]:
+        """Store a new queued job (its record, indexes, payload, first ``state`` event and the
+        daemon's message) in one atomic round trip, unless the owner already has
+        ``user_limit`` waiting jobs or its pool ``pool_limit``. Returns None once stored, else
+        ``("user" | "pool", jobs waiting)``."""
+        job.updated_at = time.time()
+        res = self._submit(args=[
+            self.p, job.id, job.owner, job.spec.pool or "", repr(job.created_at),
+            job.model_dump_json(exclude={"pending"}), repr(time.time()), '{"state": "queued"}',
+            json.dumps(daemon_msg), -1 if user_limit is None else user_limit,
+            -1 if pool_limit is None else pool_limit, payload or "",
+        ])
+        if int(res[0]) == 1:
+            return None
+        return str(res[1]), int(res[2])
 
     # -- jobs -----------------------------------------------------------------------------
     def get_job(self, job_id: str) -> Optional[JobRecord]:
@@ -154,6 +213,11 @@ class RedisStore:
         """Newest first; one owner's or everyone's."""
         key = self.k("owner", owner) if owner else self.k("jobs")
         return self.get_jobs(self.r.zrevrange(key, 0, limit - 1))
+
+    def live_jobs(self, owner: str) -> list[JobRecord]:
+        """One user's non-terminal jobs, oldest first."""
+        jobs = self.get_jobs(sorted(self.r.smembers(self.k("live", owner))))
+        return sorted(jobs, key=lambda j: j.created_at)
 
     def active_jobs(self) -> list[JobRecord]:
         """Every job that is not terminal, oldest first."""
@@ -214,4 +278,5 @@ def _event(eid: str, f: dict[str, str]) -> Event:
     return Event(seq=int(eid.split("-", 1)[0]), time=float(f["t"]), type=f["type"], data=json.loads(f["data"]))
 
 
+WAITING_STATES = frozenset((JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED))
 LIVE_STATES = (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED, JobState.STARTING, JobState.RUNNING)
