@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -34,9 +35,11 @@ from typing import Any
 import requests
 
 PY = sys.executable
-JOB = ('echo "start $GQ_USER $GPUQUEUE_JOB_ID $GPUQUEUE_ATTEMPT $GPUQUEUE_NODE $CUDA_VISIBLE_DEVICES $(date +%s.%N)" >> {marks}; '
+# The job: bash stamps its start and end with $EPOCHREALTIME (no `date` process to wait for, so
+# the start mark is the moment the job's process runs its first command).
+JOB = ('echo "start $GQ_USER $GPUQUEUE_JOB_ID $GPUQUEUE_ATTEMPT $GPUQUEUE_NODE $CUDA_VISIBLE_DEVICES $EPOCHREALTIME" >> {marks}; '
        'sleep {secs}; '
-       'echo "end $GQ_USER $GPUQUEUE_JOB_ID $GPUQUEUE_ATTEMPT $GPUQUEUE_NODE $CUDA_VISIBLE_DEVICES $(date +%s.%N)" >> {marks}')
+       'echo "end $GQ_USER $GPUQUEUE_JOB_ID $GPUQUEUE_ATTEMPT $GPUQUEUE_NODE $CUDA_VISIBLE_DEVICES $EPOCHREALTIME" >> {marks}')
 
 
 def free_port() -> int:
@@ -52,40 +55,62 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(round(p / 100 * (len(xs) - 1))))]
 
 
-def client_proc(url: str, users: list[tuple[str, str]], jobs_per_user: int, marks: str, secs: float,
-                start_at: float, out: "mp.Queue[Any]") -> None:
-    """One client process: a thread per user, each submitting its jobs back to back."""
+def client_proc(url: str, users: list[tuple[int, str, str]], n_users: int, jobs_per_user: int, marks: str,
+                secs: float, start_at: float, rate: float, out: "mp.Queue[Any]") -> None:
+    """One client process: a thread per user, each with its own keep-alive HTTP connection and
+    token. Without ``rate`` each user submits its jobs back to back (a closed loop: the
+    throughput test); with ``rate`` (submissions/s over all users) user ``i`` sends its k-th job
+    at ``start_at + (k * n_users + i) / rate`` and its latency counts from that moment, so a
+    slow answer also delays (and is charged to) the submissions queued behind it."""
+    import http.client
+    import json
     import threading
+    from urllib.parse import urlsplit
 
-    results: list[tuple[str, str, float, float]] = []  # (user, job, t_submit, latency)
+    results: list[tuple[str, str, float, float, float]] = []  # (user, job, t_sent, t_answered, latency)
     lock = threading.Lock()
     errors: list[str] = []
+    u = urlsplit(url)
+    path = f"{u.path.rstrip('/')}/gpuqueue/api/jobs"
 
-    def user_thread(name: str, token: str) -> None:
-        s = requests.Session()
-        s.trust_env = False
-        s.headers["Authorization"] = f"token {token}"
-        cmd = ["/bin/sh", "-c", JOB.format(marks=marks, secs=secs)]
+    def user_thread(index: int, name: str, token: str) -> None:
+        conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+        headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
+        cmd = ["/bin/bash", "--norc", "--noprofile", "-c", JOB.format(marks=marks, secs=secs)]
+        body = json.dumps({"spec": {"kind": "command", "gpus": 1, "command": cmd, "env": {"GQ_USER": name}}}).encode()
         while time.time() < start_at:
             time.sleep(0.001)
-        for _ in range(jobs_per_user):
-            body = {"spec": {"kind": "command", "gpus": 1, "command": cmd, "env": {"GQ_USER": name}}}
-            t0 = time.perf_counter()
+        for k in range(jobs_per_user):
+            due = start_at + (k * n_users + index) / rate if rate else 0.0
+            if due:
+                wait = due - time.time()
+                if wait > 0:
+                    time.sleep(wait)
             ts = time.time()
-            r = s.post(f"{url}gpuqueue/api/jobs", json=body, timeout=30)
-            lat = time.perf_counter() - t0
-            if r.status_code != 201:
-                errors.append(f"{r.status_code} {r.text[:200]}")
+            try:
+                conn.request("POST", path, body, headers)
+                r = conn.getresponse()
+                data = r.read()
+            except (OSError, http.client.HTTPException) as e:
+                errors.append(f"{type(e).__name__}: {e}")
+                conn.close()
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+                continue
+            done = time.time()
+            if r.status != 201:
+                errors.append(f"{r.status} {data[:200]!r}")
                 continue
             with lock:
-                results.append((name, r.json()["id"], ts, lat))
+                results.append((name, json.loads(data)["id"], ts, done, done - (due or ts)))
+        conn.close()
 
     threads = [threading.Thread(target=user_thread, args=u) for u in users]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    out.put((results, errors))
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    out.put((results, errors, ru.ru_utime + ru.ru_stime))
 
 
 def main() -> int:
@@ -97,9 +122,15 @@ def main() -> int:
     ap.add_argument("--quota", type=int, default=2, help="GPUs a user may hold at once")
     ap.add_argument("--job-seconds", type=float, default=0.05)
     ap.add_argument("--clients", type=int, default=4, help="client processes")
+    ap.add_argument("--rate", type=float, default=0.0,
+                    help="offered load, submissions/s over all users (open loop); default: each user "
+                         "submits back to back (closed loop, the most the service takes)")
     ap.add_argument("--api-processes", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also print where the dispatch latency goes, stage by stage (from the runners' "
+                         "event files and the Redis streams)")
     ap.add_argument("--workers-after-submit", action="store_true",
                     help="start the workers once every job is submitted (measures the API alone)")
     args = ap.parse_args()
@@ -118,8 +149,10 @@ def main() -> int:
     (work / "users.toml").write_text("".join(f'[[user]]\nname = "{n}"\ntoken = "{t}"\nadmin = false\n' for n, t in users)
                                      + '[[user]]\nname = "admin"\ntoken = "admin-token-0"\nadmin = true\n')
     procs: list[subprocess.Popen[bytes]] = []
+    names: list[str] = []
 
     def spawn(name: str, argv: list[str]) -> None:
+        names.append(name)
         procs.append(subprocess.Popen(argv, stdout=open(work / f"{name}.log", "ab"), stderr=subprocess.STDOUT, cwd=work))
 
     try:
@@ -157,29 +190,35 @@ def main() -> int:
         per_user = args.jobs // args.users
         out: "mp.Queue[Any]" = mp.Queue()
         start_at = time.time() + 1.0
-        chunks = [users[i :: args.clients] for i in range(args.clients)]
-        cps = [mp.Process(target=client_proc, args=(url, ch, per_user, str(marks), args.job_seconds, start_at, out)) for ch in chunks]
+        indexed = [(i, n, t) for i, (n, t) in enumerate(users)]
+        chunks = [indexed[i :: args.clients] for i in range(args.clients)]
+        cps = [mp.Process(target=client_proc, args=(url, ch, len(users), per_user, str(marks), args.job_seconds,
+                                                    start_at, args.rate, out)) for ch in chunks]
         for p in cps:
             p.start()
-        results: list[tuple[str, str, float, float]] = []
+        results: list[tuple[str, str, float, float, float]] = []
         errors: list[str] = []
+        client_cpu = 0.0
         for _ in cps:
-            r, e = out.get()
+            r, e, c = out.get()
             results += r
             errors += e
+            client_cpu += c
         for p in cps:
             p.join()
-        sub_end = max(ts + lat for _, _, ts, lat in results)
+        sub_end = max(done for _, _, _, done, _ in results)
         sub_wall = sub_end - start_at
         lats = [lat for *_, lat in results]
-        print(f"submitted {len(results)} jobs in {sub_wall:.2f}s: {len(results) / sub_wall:.0f} submissions/s; "
-              f"submit latency p50 {pct(lats, 50) * 1000:.1f} ms, p99 {pct(lats, 99) * 1000:.1f} ms"
+        mode = f"offered {args.rate:.0f}/s (open loop)" if args.rate else "back to back (closed loop)"
+        print(f"submitted {len(results)} jobs in {sub_wall:.2f}s, {mode}: {len(results) / sub_wall:.0f} submissions/s; "
+              f"submit latency p50 {pct(lats, 50) * 1000:.1f} ms, p99 {pct(lats, 99) * 1000:.1f} ms, "
+              f"max {max(lats, default=0) * 1000:.1f} ms"
               + (f"; {len(errors)} errors, e.g. {errors[0]}" if errors else ""))
 
         if args.workers_after_submit:
             start_workers()
-        ids = {job for _, job, _, _ in results}
-        submitted_at = {job: ts for _, job, ts, _ in results}
+        ids = {job for _, job, _, _, _ in results}
+        submitted_at = {job: done for _, job, _, done, _ in results}  # queued for sure once answered
         t_all = time.time()
         while True:
             done = _ends(marks)
@@ -187,7 +226,10 @@ def main() -> int:
                 break
             time.sleep(1.0)
         run_wall = time.time() - start_at
-        ok = _check(marks, ids, submitted_at, args.quota, args.gpus, run_wall)
+        ok = _check(marks, ids, submitted_at, args.quota, args.gpus, run_wall, sub_end)
+        _cpu_report(procs, names, client_cpu, len(results))
+        if args.breakdown:
+            _breakdown(marks, work, redis_url, submitted_at)
         return 0 if ok and not errors else 1
     finally:
         for p in reversed(procs):
@@ -204,11 +246,99 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _cpu_report(procs: list[Any], names: list[str], client_cpu: float, n: int) -> None:
+    """CPU seconds each part used (its own, its live children's and its reaped children's:
+    a worker's figure includes its runners and their jobs), and per submitted job."""
+    import psutil
+
+    parts: dict[str, float] = defaultdict(float)
+    for name, p in zip(names, procs):
+        key = name.split("-")[0]
+        try:
+            root = psutil.Process(p.pid)
+            tree = [root] + root.children(recursive=True)
+        except psutil.NoSuchProcess:
+            continue
+        for q in tree:
+            try:
+                t = q.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            if key == "worker":  # the Celery worker itself / the runners and jobs it started
+                parts[key if q is root else "runners+jobs"] += t.user + t.system
+                parts["runners+jobs"] += t.children_user + t.children_system
+            else:
+                parts[key] += t.user + t.system + t.children_user + t.children_system
+    parts["clients"] = client_cpu
+    total = sum(parts.values())
+    print(f"CPU seconds (ms per job): " + ", ".join(f"{k} {v:.1f} ({v / max(n, 1) * 1000:.1f})" for k, v in parts.items())
+          + f"; total {total:.1f} ({total / max(n, 1) * 1000:.1f})")
+
+
+def _breakdown(marks: Path, work: Path, redis_url: str, submitted_at: dict[str, float]) -> None:
+    """Each dispatch gap split into stages: the runner sees its job end and writes the exit
+    record; the worker copies it to Redis (the daemon's inbox); the daemon settles it, runs a
+    pass and starts the next job; Celery carries the launch to the worker, which forks a runner
+    that starts the job process; the job's first command runs."""
+    import json
+
+    import redis
+
+    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    exit_msg: dict[str, float] = {}
+    for mid, f in r.xrange("gq:daemon"):
+        m = json.loads(f["m"])
+        if m.get("op") == "exit":
+            exit_msg[m["job"]] = int(mid.split("-")[0]) / 1000
+    rows: dict[str, dict[str, float]] = defaultdict(dict)
+    starts: dict[str, tuple[float, str]] = {}
+    ends: dict[str, float] = {}
+    for line in marks.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 7:
+            (starts if parts[0] == "start" else ends)[parts[2]] = (float(parts[6]), f"{parts[4]}:{parts[5]}") if parts[0] == "start" else float(parts[6])  # type: ignore[index]
+    for job, (_, dev) in starts.items():
+        node = dev.split(":")[0]
+        try:
+            for raw in (work / node / "jobs" / job / "attempt-1" / "events.jsonl").read_text().splitlines():
+                rec = json.loads(raw)
+                if rec["type"] in ("runner", "exit"):
+                    rows[job][rec["type"]] = rec["t"]
+        except (OSError, ValueError):
+            pass
+        for _, f in r.xrange(f"gq:ev:{job}"):
+            if f["type"] == "state" and json.loads(f["data"]).get("state") == "starting":
+                rows[job]["starting"] = float(f["t"])
+    by_dev: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for job, (t, dev) in starts.items():
+        by_dev[dev].append((t, job))
+    stages: dict[str, list[float]] = defaultdict(list)
+    names = ["job end -> runner's exit record", "-> exit message in Redis (worker)", "-> next job starting (daemon)",
+             "-> runner started the job (Celery, worker, fork)", "-> job's first command"]
+    for seq in by_dev.values():
+        seq.sort()
+        for (_, a), (s1, b) in zip(seq, seq[1:]):
+            e0 = ends.get(a)
+            if e0 is None or submitted_at.get(b, 1e18) >= e0:
+                continue
+            ra, rb = rows.get(a, {}), rows.get(b, {})
+            pts = [e0, ra.get("exit"), exit_msg.get(a), rb.get("starting"), rb.get("runner"), s1]
+            if any(p is None for p in pts):
+                continue
+            for name, x, y in zip(names, pts, pts[1:]):
+                stages[name].append(y - x)  # type: ignore[operator]
+    print("dispatch latency by stage, ms (p50 / p99):")
+    for name in names:
+        xs = stages[name]
+        print(f"  {name:52s} {pct(xs, 50) * 1000:6.1f} / {pct(xs, 99) * 1000:6.1f}   ({len(xs)} samples)")
+
+
 def _ends(marks: Path) -> set[str]:
     return {line.split()[2] for line in marks.read_text().splitlines() if line.startswith("end ")}
 
 
-def _check(marks: Path, ids: set[str], submitted_at: dict[str, float], quota: int, gpus: int, wall: float) -> bool:
+def _check(marks: Path, ids: set[str], submitted_at: dict[str, float], quota: int, gpus: int, wall: float,
+           sub_end: float) -> bool:
     starts: dict[str, list[tuple[float, str, str, str]]] = defaultdict(list)
     ends: dict[str, list[float]] = defaultdict(list)
     events: list[tuple[float, int, str, str]] = []  # (t, +1/-1, user, node:gpu)
@@ -251,14 +381,19 @@ def _check(marks: Path, ids: set[str], submitted_at: dict[str, float], quota: in
         if job in ends and ss:
             t0, _, node, gpu = ss[0]
             by_dev[f"{node}:{gpu}"].append((t0, ends[job][0], job))
-    gaps = []
+    gaps: list[tuple[float, float]] = []  # (GPU free at, latency)
     for seq in by_dev.values():
         seq.sort()
         for (s0, e0, _), (s1, _, j1) in zip(seq, seq[1:]):
             if submitted_at.get(j1, 1e18) < e0:
-                gaps.append(s1 - e0)
-    print(f"dispatch latency (GPU free -> next job's process started), {len(gaps)} samples: "
-          f"p50 {pct(gaps, 50) * 1000:.0f} ms, p99 {pct(gaps, 99) * 1000:.0f} ms")
+                gaps.append((e0, s1 - e0))
+    lat = [g for _, g in gaps]
+    during = [g for t, g in gaps if t <= sub_end]
+    after = [g for t, g in gaps if t > sub_end]
+    print(f"dispatch latency (GPU free -> next job's process started), {len(lat)} samples: "
+          f"p50 {pct(lat, 50) * 1000:.0f} ms, p99 {pct(lat, 99) * 1000:.0f} ms, max {max(lat, default=0) * 1000:.0f} ms "
+          f"(while submissions arrive, {len(during)}: p50 {pct(during, 50) * 1000:.0f} / p99 {pct(during, 99) * 1000:.0f} ms; "
+          f"after, {len(after)}: p50 {pct(after, 50) * 1000:.0f} / p99 {pct(after, 99) * 1000:.0f} ms)")
     return ok
 
 
