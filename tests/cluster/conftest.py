@@ -41,7 +41,8 @@ mark("end")
 class Cluster:
     """Processes of one test cluster; ``close()`` kills them all (and their job processes)."""
 
-    def __init__(self, root: Path, redis: RedisServer, nodes: dict[str, int], node_timeout: float = 2.0):
+    def __init__(self, root: Path, redis: RedisServer, nodes: dict[str, int], node_timeout: float = 2.0,
+                 config_extra: str = "", daemon_args: tuple[str, ...] = ()):
         self.root = root
         self.redis = redis
         self.nodes = nodes
@@ -54,11 +55,12 @@ class Cluster:
         self.script.write_text(JOB_SCRIPT)
         self.config = root / "pools.toml"
         nodes_toml = ", ".join(f'"{n}" = {g}' for n, g in nodes.items())
-        self.config.write_text(f"retries = 3\nretry_backoff = 0.2\n[pools.gpu]\nnodes = {{ {nodes_toml} }}\n")
+        self.config.write_text(f"retries = 3\nretry_backoff = 0.2\n{config_extra}\n[pools.gpu]\nnodes = {{ {nodes_toml} }}\n")
         self.users = root / "users.toml"
         self.users.write_text("".join(
             f'[[user]]\nname = "{n}"\ntoken = "{t}"\nadmin = {"true" if n == "root" else "false"}\n' for n, t in TOKENS.items()
         ))
+        self.daemon_args = list(daemon_args)
         self.api_port = free_port()
         self.metrics_port = free_port()
 
@@ -73,7 +75,7 @@ class Cluster:
     def start_daemon(self, key: str = "daemon") -> subprocess.Popen[bytes]:
         return self._spawn(key, ["scheduler", "--redis", self.redis.url, "--config", str(self.config),
                                  "--node-timeout", str(self.node_timeout), "--leader-ttl", "1.5",
-                                 "--start-timeout", "5", "--stop-grace", "3"]
+                                 "--start-timeout", "5", "--stop-grace", "3", *self.daemon_args]
                            + (["--metrics-port", str(self.metrics_port)] if key == "daemon" else []))
 
     def start_worker(self, node: str) -> subprocess.Popen[bytes]:
@@ -143,6 +145,12 @@ class Cluster:
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.api_port}/"
+
+    def redis_client(self) -> Any:
+        """A plain Redis client on the cluster's store (for checks of what is kept)."""
+        import redis
+
+        return redis.Redis.from_url(self.redis.url, decode_responses=True)
 
     def client(self, user: str) -> Client:
         return Client(ServerInfo(self.url, TOKENS[user]), timeout=10)

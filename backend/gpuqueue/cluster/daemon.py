@@ -28,6 +28,7 @@ import kombu.exceptions
 import redis
 
 from ..config import PoolConfig, QueueConfig, load_config
+from ..durations import format_duration, parse_duration
 from ..errors import GPUQueueError
 from ..lifecycle import attempt_outcome, job_request, settle
 from ..models import Attempt, JobRecord
@@ -40,6 +41,9 @@ from .redis_store import Fenced, Op, RedisStore
 log = logging.getLogger("gpuqueue.daemon")
 
 MAX_MESSAGES_PER_STEP = 250  # a pass between batches keeps dispatch latency low under a flood
+DEFAULT_KEEP_FINISHED_S = 30 * 86400.0  # finished jobs are deleted from Redis this long after they end
+EXPIRE_SCAN = 2000  # oldest job ids looked at per expiry round
+EXPIRE_BATCH = 200  # jobs deleted per guarded write
 MAX_EXPLAINED = 300  # queued jobs whose "why it waits" is published per round
 EXPLAIN_BUDGET_S = 0.025  # and at most this much CPU per round (every 2 s): an explanation costs
 # a sort of its pool's queue, so 300 of them on a deep queue would take a core's tenth
@@ -73,6 +77,7 @@ class Daemon:
         start_timeout: float = 120.0,
         stop_grace: float = 30.0,
         name: str = "",
+        keep_finished: Optional[float] = DEFAULT_KEEP_FINISHED_S,
     ):
         self.store = store
         self.file_config = config
@@ -81,6 +86,7 @@ class Daemon:
         self.leader_ttl_ms = int(leader_ttl * 1000)
         self.start_timeout = start_timeout
         self.stop_grace = stop_grace
+        self.keep_finished = keep_finished
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.token: Optional[str] = None
         self.celery = make_app(store.url)
@@ -329,6 +335,7 @@ class Daemon:
         self.tick()
         self._publish()
         self._save_state()
+        self._expire()
 
     def tick(self) -> None:
         """One scheduling pass: carry out what the scheduler decides (as the embedded tick)."""
@@ -614,6 +621,37 @@ class Daemon:
             self._explain_from = start + seen
         self._exec(ops)
 
+    def _expire(self) -> None:
+        """Delete finished jobs (record, events, payload, results, bookkeeping) that ended more
+        than ``keep_finished`` seconds ago. Runs every minute (sooner for a short retention) and
+        looks at the oldest jobs first, a bounded number per round."""
+        if self.keep_finished is None:
+            return
+        now_m = time.monotonic()
+        if now_m - self._last_gc < min(60.0, self.keep_finished / 4):
+            return
+        self._last_gc = now_m
+        st = self.store
+        cutoff = time.time() - self.keep_finished
+        offset = 0
+        gone: list[JobRecord] = []
+        while offset < EXPIRE_SCAN:
+            # created before the cutoff is necessary (a job ends after it is created), not enough
+            ids = st.r.zrangebyscore(st.k("jobs"), "-inf", cutoff, start=offset, num=500)
+            if not ids:
+                break
+            jobs = st.get_jobs(ids)
+            missing = set(ids) - {j.id for j in jobs}  # records deleted by hand: drop the index entry
+            if missing:
+                self._exec([["ZREM", st.k("jobs"), *sorted(missing)]])
+            expired = [j for j in jobs if j.state.is_terminal and j.updated_at < cutoff]
+            gone += expired
+            offset += len(ids) - len(missing) - len(expired)
+            for i in range(0, len(expired), EXPIRE_BATCH):
+                self._exec([op for j in expired[i : i + EXPIRE_BATCH] for op in st.delete_job_ops(j)])
+        if gone:
+            log.info("deleted %d jobs that finished over %s ago", len(gone), format_duration(self.keep_finished))
+
     def _save_state(self, force: bool = False) -> None:
         if not hasattr(self.scheduler, "export_state"):
             return
@@ -633,6 +671,15 @@ def _empty_config() -> QueueConfig:
     return cfg
 
 
+def _retention(text: str) -> Optional[float]:
+    if text.strip().lower() in ("forever", "never", "0", "none"):
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{e} (or 'forever')") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """``gpuqueue scheduler`` options."""
     p = argparse.ArgumentParser(prog="gpuqueue scheduler", description="Run the cluster's scheduler daemon (one leads, others stand by).")
@@ -643,6 +690,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leader-ttl", type=float, default=10.0, help="seconds the leader lock lasts without renewal (default 10)")
     p.add_argument("--start-timeout", type=float, default=120.0, help="seconds a dispatched attempt may wait for its worker (default 120)")
     p.add_argument("--stop-grace", type=float, default=30.0, help="seconds to stop after cancel/timeout (default 30)")
+    p.add_argument("--keep-finished", default="30d", type=_retention, metavar="DURATION",
+                   help="delete a finished job (record, events, results) this long after it ended, "
+                        "e.g. 7d, 12h; 'forever' keeps them (default 30d)")
     p.add_argument("--prefix", default="gq", help="Redis key prefix (default gq)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
@@ -664,7 +714,7 @@ def cli_main(argv: list[str]) -> int:
         print(f"gpuqueue scheduler: {e}", file=sys.stderr)
         return 2
     d = Daemon(RedisStore(args.redis, args.prefix), config, args.policy, args.node_timeout,
-               args.leader_ttl, args.start_timeout, args.stop_grace)
+               args.leader_ttl, args.start_timeout, args.stop_grace, keep_finished=args.keep_finished)
     if args.metrics_port:
         from .. import metrics
 

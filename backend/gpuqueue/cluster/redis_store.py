@@ -26,6 +26,9 @@ Keys (prefix ``gq`` by default)::
     nodes / hb:<node>   registered nodes, and each node's last heartbeat (JSON)
     ctl:<node>          LIST of stop requests for the node's worker
     config / snapshot / pending / sched_state   published by the daemon
+
+A finished job's keys are deleted by the daemon ``--keep-finished`` (default 30 days) after it
+ended.
 """
 
 from __future__ import annotations
@@ -174,6 +177,18 @@ class RedisStore:
             [waiting, self.k("waiting", job.owner), job.id],
             [waiting, self.k("waitpool", job.spec.pool or ""), job.id],
         ]
+
+    def delete_job_ops(self, job: JobRecord) -> list[Op]:
+        """Ops that delete a job and everything kept for it (for finished jobs only)."""
+        i = job.id
+        per_attempt = [self.k(what, i, a.number) for a in job.attempts for what in ("claim", "started", "exit", "tail", "result")]
+        return [
+            ["DEL", self.k("job", i), self.k("ev", i), self.k("evseq", i), self.k("payload", i),
+             self.k("result", i), self.k("fence", i), *per_attempt],
+            ["ZREM", self.k("jobs"), i],
+            ["ZREM", self.k("owner", job.owner), i],
+            ["HDEL", self.k("pending"), i],
+        ] + self.index_ops(job)  # a finished job's: out of the live and waiting sets
 
     def submit_job(self, job: JobRecord, payload: Optional[bytes], daemon_msg: dict[str, Any],
                    user_limit: Optional[int] = None, pool_limit: Optional[int] = None) -> Optional[tuple[str, int]]:
