@@ -143,6 +143,7 @@ class _Pool:
     nmap: dict[str, NodeState] = field(default_factory=dict)
     maxg: int = 0
     victims: set[str] = field(default_factory=set)  # running/stopping jobs of a preemptible kind
+    victims_by_rank: list[set[str]] = field(default_factory=lambda: [set(), set(), set()])
 
 
 @dataclass
@@ -561,6 +562,7 @@ class FairShareScheduler:
         u.pool_gpus[req.pool] = u.pool_gpus.get(req.pool, 0) + req.gpus
         if self._victim_kind(P, j):
             P.victims.add(req.id)
+            P.victims_by_rank[req.priority.rank].add(req.id)
             P.preemptible_running += 1
             P.prank[req.priority.rank] += 1
             P.victim_epoch += 1
@@ -593,6 +595,7 @@ class FairShareScheduler:
         j.charged_until = 0.0
         if self._victim_kind(P, j):
             P.victims.discard(req.id)
+            P.victims_by_rank[req.priority.rank].discard(req.id)
             P.preemptible_running -= 1
             P.prank[req.priority.rank] -= 1
         if self._limit(req) is not None or j.state == STOPPING:
@@ -1094,7 +1097,11 @@ class FairShareScheduler:
         nodes_ok: set[str] = set()
         min_rt = self.p.min_runtime
         nmap = P.nmap
-        for vid in P.victims:
+        if self.users[req.user].pool_gpus.get(P.name, 0) > 0:  # only lower priorities qualify
+            cands: Any = [vid for k in range(rank + 1, 3) for vid in P.victims_by_rank[k]]
+        else:
+            cands = P.victims
+        for vid in cands:
             v = self.jobs.get(vid)
             if v is None or v.state != RUNNING or not v.placement:
                 continue
