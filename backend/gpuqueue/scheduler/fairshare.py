@@ -810,6 +810,8 @@ class FairShareScheduler:
                 kept.append((bh, best))
         for h, e in kept:
             heapq.heappush(h, e)
+        for g in [g for g, h in heaps.items() if not h]:
+            del heaps[g]
         return stop
 
     def _scan_users(self, P: _Pool, t: int, ctx: _Pass, now: float, out: list[Decision]) -> bool:
@@ -875,6 +877,8 @@ class FairShareScheduler:
         for u, g in popped:
             if u.lists.get((pname, t, g)):
                 self._push_user(u, pname, t, g)
+        for g in [g for g, h in heaps.items() if not h]:
+            del heaps[g]
         return stop
 
     def _quota(self, P: _Pool, req: JobRequest) -> Optional[tuple[str, str]]:
