@@ -44,6 +44,7 @@ MAX_MESSAGES_PER_STEP = 250  # a pass between batches keeps dispatch latency low
 DEFAULT_KEEP_FINISHED_S = 30 * 86400.0  # finished jobs are deleted from Redis this long after they end
 EXPIRE_SCAN = 2000  # oldest job ids looked at per expiry round
 EXPIRE_BATCH = 200  # jobs deleted per guarded write
+MESSAGES_KEPT_S = 3600.0  # handled inbox messages are trimmed after this long
 MAX_EXPLAINED = 300  # queued jobs whose "why it waits" is published per round
 EXPLAIN_BUDGET_S = 0.025  # and at most this much CPU per round (every 2 s): an explanation costs
 # a sort of its pool's queue, so 300 of them on a deep queue would take a core's tenth
@@ -103,7 +104,9 @@ class Daemon:
         self.listeners: list[Any] = []  # fn(what, data), as QueueService.listeners (metrics)
         self.lock = threading.Lock()  # held while the scheduler changes (a metrics scrape reads it)
         self.unsent: dict[str, JobRecord] = {}  # launches the broker did not take yet
-        self.cursor = "0-0"
+        self.cursor = "0-0"  # last message handled from the API's stream (``daemon``)
+        self.reports_cursor = "0-0"  # and from the workers' (``reports``)
+        self._last_trim = 0.0
         self._stopping = False
         self._lost = False
         self._last_renew = 0.0
@@ -228,6 +231,7 @@ class Daemon:
                 elif claim is None:
                     resend.append(job)
         self.cursor = st.r.get(st.k("daemon", "cursor")) or "0-0"
+        self.reports_cursor = st.r.get(st.k("reports", "cursor")) or "0-0"
         for job in resend:  # the launch message may have been lost with the old leader
             self._send_launch(job)
         log.info("rebuilt: %d jobs, nodes %s", len(self.known), sorted(self.nodes))
@@ -302,30 +306,24 @@ class Daemon:
         st = self.store
         for job in list(self.unsent.values()):
             self._send_launch(job)
-        rows = st.r.xread({st.k("daemon"): self.cursor}, count=MAX_MESSAGES_PER_STEP, block=block_ms)
+        rows = st.r.xread({st.k("reports"): self.reports_cursor, st.k("daemon"): self.cursor},
+                          count=MAX_MESSAGES_PER_STEP, block=block_ms)
         with self.lock:
             self._step(rows)
 
     def _step(self, rows: Any) -> None:
         st = self.store
-        if rows:
-            msgs = []
-            for mid, fields in rows[0][1]:
-                try:
-                    msgs.append((mid, json.loads(fields["m"])))
-                except ValueError:
-                    log.warning("message %s is not JSON: dropped", mid)
-            self._prefetch([m.get("job", "") for _, m in msgs])  # one MGET for the batch's new jobs
-            for mid, m in msgs:
-                try:
-                    self._handle(m)
-                except (LostLeadership, redis.ConnectionError, redis.TimeoutError):
-                    raise
-                except Exception:  # noqa: BLE001 - one bad message must not stop the queue
-                    log.exception("message %s failed", mid)
-                    self.jobs.pop(m.get("job", ""), None)  # re-read it from the store next time
-            if rows[0][1]:
-                self.cursor = rows[0][1][-1][0]
+        batches = {name: entries for name, entries in rows or []}
+        reports, inbox = batches.get(st.k("reports"), []), batches.get(st.k("daemon"), [])
+        if reports:  # the workers' starts and exits go first: a flood of submissions never delays them
+            self._handle_batch(reports)
+            self.reports_cursor = reports[-1][0]
+            self._exec([["SET", st.k("reports", "cursor"), self.reports_cursor]])
+            if inbox:
+                self.tick()  # GPUs that went free go to the waiting jobs before the new ones are read
+        if inbox:
+            self._handle_batch(inbox)
+            self.cursor = inbox[-1][0]
             self._exec([["SET", st.k("daemon", "cursor"), self.cursor]])
         now_m = time.monotonic()
         if now_m - self._last_nodes > 0.2:
@@ -336,6 +334,7 @@ class Daemon:
         self._publish()
         self._save_state()
         self._expire()
+        self._trim()
 
     def tick(self) -> None:
         """One scheduling pass: carry out what the scheduler decides (as the embedded tick)."""
@@ -363,6 +362,23 @@ class Daemon:
                 log.exception("listener failed on %s", what)
 
     # -- messages -------------------------------------------------------------------------
+    def _handle_batch(self, entries: list[Any]) -> None:
+        msgs = []
+        for mid, fields in entries:
+            try:
+                msgs.append((mid, json.loads(fields["m"])))
+            except ValueError:
+                log.warning("message %s is not JSON: dropped", mid)
+        self._prefetch([m.get("job", "") for _, m in msgs])  # one MGET for the batch's new jobs
+        for mid, m in msgs:
+            try:
+                self._handle(m)
+            except (LostLeadership, redis.ConnectionError, redis.TimeoutError):
+                raise
+            except Exception:  # noqa: BLE001 - one bad message must not stop the queue
+                log.exception("message %s failed", mid)
+                self.jobs.pop(m.get("job", ""), None)  # re-read it from the store next time
+
     def _job(self, job_id: str) -> Optional[JobRecord]:
         """A job's record: the cached one, else from the store."""
         job = self.jobs.get(job_id)
@@ -651,6 +667,23 @@ class Daemon:
                 self._exec([op for j in expired[i : i + EXPIRE_BATCH] for op in st.delete_job_ops(j)])
         if gone:
             log.info("deleted %d jobs that finished over %s ago", len(gone), format_duration(self.keep_finished))
+
+    def _trim(self) -> None:
+        """Drop handled messages older than an hour from the two inbound streams (the hour is
+        kept for debugging)."""
+        now_m = time.monotonic()
+        if now_m - self._last_trim < 60.0:
+            return
+        self._last_trim = now_m
+        hour_ago = (int((time.time() - MESSAGES_KEPT_S) * 1000), 0)
+        ops: list[Op] = []
+        for key, cursor in (("daemon", self.cursor), ("reports", self.reports_cursor)):
+            ms, _, seq = cursor.partition("-")
+            upto = min(hour_ago, (int(ms), int(seq or 0)))
+            if upto > (0, 0):
+                ops.append(["XTRIM", self.store.k(key), "MINID", f"{upto[0]}-{upto[1]}"])
+        if ops:
+            self._exec(ops)
 
     def _save_state(self, force: bool = False) -> None:
         if not hasattr(self.scheduler, "export_state"):

@@ -22,6 +22,7 @@ Keys (prefix ``gq`` by default)::
     started:<id>:<n> / exit:<id>:<n>   what the worker reported (for a daemon restart)
     tail:<id>:<n>       bytes of events.jsonl already copied
     daemon              STREAM of messages to the daemon; daemon:cursor = last handled id
+    reports             STREAM of the workers' reports (starts, exits); reports:cursor
     leader / epoch      the leader lock (token "<epoch>:<uuid>") and the fencing counter
     nodes / hb:<node>   registered nodes, and each node's last heartbeat (JSON)
     ctl:<node>          LIST of stop requests for the node's worker
@@ -250,9 +251,10 @@ class RedisStore:
         return int(self.r.get(self.k("evseq", job_id)) or 0)
 
     # -- daemon inbox ---------------------------------------------------------------------
-    def tell_daemon_op(self, msg: dict[str, Any]) -> Op:
-        """An op that queues a message for the daemon."""
-        return ["XADD", self.k("daemon"), "*", "m", json.dumps(msg)]
+    def report_op(self, msg: dict[str, Any]) -> Op:
+        """An op that queues a worker's report (a start, an exit) for the daemon. Reports have a
+        stream of their own, which the daemon reads first."""
+        return ["XADD", self.k("reports"), "*", "m", json.dumps(msg)]
 
     def tell_daemon(self, msg: dict[str, Any]) -> None:
         """Queue a message for the daemon (unguarded)."""

@@ -267,7 +267,7 @@ class NodeAgent:
             return
         if started and not la.started:
             msg = {"op": "started", "job": la.job_id, "attempt": la.number, "node": self.node, **started}
-            ops += [["SET", self.store.k("started", la.job_id, la.number), json.dumps(msg)], self.store.tell_daemon_op(msg)]
+            ops += [["SET", self.store.k("started", la.job_id, la.number), json.dumps(msg)], self.store.report_op(msg)]
         if exit_rec is None and ended and end < 0:
             exit_rec = {"exit_code": la.proc.returncode, "lost": True, "error": "the runner ended without an exit record"}
         if exit_rec is not None:
@@ -311,13 +311,13 @@ class NodeAgent:
                 ops.append(["PERSIST", self.store.k("result", la.job_id)])
                 rec["result_stored"] = True
         msg = {"op": "exit", "job": la.job_id, "attempt": la.number, "node": self.node, "rec": rec}
-        return ops + [["SET", self.store.k("exit", la.job_id, la.number), json.dumps(msg["rec"])], self.store.tell_daemon_op(msg)]
+        return ops + [["SET", self.store.k("exit", la.job_id, la.number), json.dumps(msg["rec"])], self.store.report_op(msg)]
 
     def _report_exit_error(self, job_id: str, number: int, error: str) -> None:
         rec = {"exit_code": 127, "stop_reason": None, "error": error}
         msg = {"op": "exit", "job": job_id, "attempt": number, "node": self.node, "rec": rec}
         try:
-            self.store.exec([["SET", self.store.k("exit", job_id, number), json.dumps(rec)], self.store.tell_daemon_op(msg)],
+            self.store.exec([["SET", self.store.k("exit", job_id, number), json.dumps(rec)], self.store.report_op(msg)],
                             guards=[self.fence(job_id, number)])
         except Fenced:
             pass
