@@ -419,20 +419,19 @@ class Simulation:
                         fitter.queue(j.pool, shapes[j.id], +1)
                         change(j, dpend=1, ddemand=j.gpus)
             apply(sched.tick(now), now)
+            w = wake() if wake is not None else None
             for _ in range(10):  # decisions (e.g. a timeout) may have made more work now
-                w = wake() if wake is not None else None
                 if w is None or w > now:
                     break
                 apply(sched.tick(now), now)
+                w = wake() if wake is not None else None
             for p in pool_fits:
                 pool_fits[p] = bool(fitter.pending[p]) and fitter.fits(p)
             if len(self.series) < 200_000:
                 self.series.append((now, queued, used))
-            if wake is not None:
-                w = wake()
-                if w is not None and w > now and (not ev or w < ev[0][0]):
-                    seq += 1
-                    heapq.heappush(ev, (w, 3, seq, "", 0))  # a bare tick
+            if w is not None and w > now and (not ev or w < ev[0][0]):
+                seq += 1
+                heapq.heappush(ev, (w, 3, seq, "", 0))  # a bare tick
         fit = (busy_fit / cap_fit if cap_fit > 0 else 1.0, fit_s / queued_s if queued_s > 0 else 0.0)
         return self._metrics(total, t_first, last_t, busy_s, busy_q_s, queued_s, fit, preemptions,
                              wasted, accts, time.perf_counter() - t_wall)

@@ -144,6 +144,9 @@ class _Pool:
     maxg: int = 0
     victims: set[str] = field(default_factory=set)  # running/stopping jobs of a preemptible kind
     victims_by_rank: list[set[str]] = field(default_factory=lambda: [set(), set(), set()])
+    # per GPU need: a lazy heap of (fit time, -free, node, node version) for single-node
+    # reservations, and the nodes touched since it was last brought up to date
+    rheaps: dict[int, tuple[list[tuple[float, int, str, int]], set[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -189,6 +192,7 @@ class FairShareScheduler:
         self._nfree: dict[str, int] = {}  # node -> free count as indexed in its pool's bk
         self._ends: dict[str, list[tuple[float, int]]] = {}  # node -> sorted (end, gpus) of its jobs
         self._tfit: dict[str, dict[int, float]] = {}  # node -> need -> raw fit time (see _reserve)
+        self._nver: dict[str, int] = {}  # node -> version, bumped by _touch (see _Pool.rheaps)
         for name, pc in config.pools.items():
             self.pools[name] = _Pool(name, pc, tokens=self.p.preemption_budget)
         self._rebuild_pools()
@@ -197,6 +201,7 @@ class FairShareScheduler:
     def _rebuild_pools(self) -> None:
         for P in self.pools.values():
             P.nodes = []
+            P.rheaps = {}
         for n in sorted(self.cluster.nodes.values(), key=lambda n: n.name):
             if n.pool not in self.pools:
                 self.pools[n.pool] = _Pool(
@@ -229,6 +234,9 @@ class FairShareScheduler:
             if old is None:
                 continue  # down or unknown: not indexed
             n = self.cluster.nodes[name]
+            self._nver[name] = self._nver.get(name, 0) + 1
+            for _, dirty in self.pools[n.pool].rheaps.values():
+                dirty.add(name)
             new = len(n.free)
             if new == old:
                 continue
@@ -949,6 +957,14 @@ class FairShareScheduler:
                 ctx.shadow = INF
             ctx.spare = {c[2]: (0 if req.nodes > 1 else c[3] - per) for c in chosen}
             return
+        if req.nodes <= 1:
+            chosen = self._soonest_node(P, per, now)
+            if not chosen:
+                ctx.shadow = INF
+                ctx.spare = {}
+                return
+            self._set_spare(ctx, chosen, per, False)
+            return
         tfit_all = self._tfit
         for n in P.nodes:
             if n.gpus < per:
@@ -972,10 +988,14 @@ class FairShareScheduler:
             ctx.shadow = INF
             ctx.spare = {}
             return
+        self._set_spare(ctx, chosen, per, req.nodes > 1)
+
+    def _set_spare(self, ctx: _Pass, chosen: list[tuple[float, int, str, int]], per: int, multi: bool) -> None:
+        """Shadow time and spare GPUs of the chosen (fit time, -free, node, GPUs) nodes."""
         ctx.shadow = max(c[0] for c in chosen)
         ctx.spare = {}
         for t_fit, _, name, gpus in chosen:
-            if req.nodes > 1:
+            if multi:
                 ctx.spare[name] = 0
                 continue
             n = self.cluster.nodes[name]
@@ -985,6 +1005,39 @@ class FairShareScheduler:
                 if jj is not None and jj.placement and self._end_estimate(jj) <= ctx.shadow:
                     f += len(jj.placement.get(name, ()))
             ctx.spare[name] = max(0, f - per)
+
+    def _soonest_node(self, P: _Pool, need: int, now: float) -> list[tuple[float, int, str, int]]:
+        """The node where ``need`` GPUs are free soonest by known ends, as [(fit time, -free,
+        name, GPUs)] (empty if none has enough GPUs): min by (max(now, fit time), -free, name),
+        from a per-need heap brought up to date with the nodes touched since its last use."""
+        entry = P.rheaps.get(need)
+        if entry is None:
+            entry = P.rheaps[need] = ([], {n.name for n in P.nodes})
+        heap, dirty = entry
+        nver, nmap = self._nver, P.nmap
+        for name in dirty:
+            n = nmap.get(name)
+            if n is not None and n.gpus >= need:
+                heapq.heappush(heap, (self._fit_time(n, need), -len(n.free), name, nver.get(name, 0)))
+        dirty.clear()
+        due: list[tuple[float, int, str, int]] = []  # fit times already reached tie at `now`
+        while heap:
+            raw, negfree, name, ver = heap[0]
+            if ver != nver.get(name, 0) or name not in nmap:
+                heapq.heappop(heap)
+                continue
+            if raw > now or due and raw == INF:
+                break
+            due.append(heapq.heappop(heap))
+        for e in due:
+            heapq.heappush(heap, e)
+        if due:
+            best = min((max(now, e[0]) if e[0] < INF else INF, e[1], e[2]) for e in due)
+        elif heap:
+            best = heap[0][:3]
+        else:
+            return []
+        return [(best[0] if best[0] == INF else max(now, best[0]), best[1], best[2], nmap[best[2]].gpus)]
 
     def _node_ends(self, name: str) -> list[tuple[float, int]]:
         """Sorted (end estimate, job GPUs) of the jobs on a node (cached; _touch drops it)."""
