@@ -309,7 +309,7 @@ class Simulation:
                 d[j.user] = d.get(j.user, 0) + ddemand
                 if not d[j.user]:
                     del d[j.user]
-            fair_dirty = True
+                fair_dirty = True  # (a start moves GPUs from queued to held: same demand)
 
         def fair_shares() -> dict[str, float]:
             nonlocal fair, fair_dirty

@@ -192,6 +192,7 @@ class FairShareScheduler:
         self._nfree: dict[str, int] = {}  # node -> free count as indexed in its pool's bk
         self._ends: dict[str, list[tuple[float, int]]] = {}  # node -> sorted (end, gpus) of its jobs
         self._tfit: dict[str, dict[int, float]] = {}  # node -> need -> raw fit time (see _reserve)
+        self._stop_g: dict[str, int] = {}  # node -> GPUs of its jobs asked to stop (preempted)
         self._nver: dict[str, int] = {}  # node -> version, bumped by _touch (see _Pool.rheaps)
         for name, pc in config.pools.items():
             self.pools[name] = _Pool(name, pc, tokens=self.p.preemption_budget)
@@ -585,6 +586,9 @@ class FairShareScheduler:
         req = j.req
         P = self.pools[req.pool]
         assert j.placement is not None
+        if j.state == STOPPING:
+            for node, ids in j.placement.items():
+                self._stop_g[node] -= len(ids)
         for node, ids in j.placement.items():
             n = self.cluster.nodes.get(node)
             if n is not None and n.up:
@@ -741,7 +745,9 @@ class FairShareScheduler:
         P.pass_no += 1
         ctx = _Pass(budget=self.p.backfill_depth, now=now)
         for t in range(N_TIERS):
-            if self._scan_aged(P, t, ctx, now, out) or self._scan_users(P, t, ctx, now, out):
+            if (P.aged[t] and self._scan_aged(P, t, ctx, now, out)) or (
+                P.uheap[t] and self._scan_users(P, t, ctx, now, out)
+            ):
                 break
         if ctx.res is not None:
             P.reserved_for = ctx.res.req.id
@@ -1151,7 +1157,7 @@ class FairShareScheduler:
         plans: list[tuple[tuple, str, list[_Job]]] = []
         # Only nodes holding a job that may be preempted now can give a plan; young preemptible
         # jobs elsewhere only move `soonest`. Find both from the pool's preemptible jobs.
-        nodes_ok: set[str] = set()
+        gain: dict[str, int] = {}  # node -> GPUs its preemptable-now jobs hold there
         min_rt = self.p.min_runtime
         nmap = P.nmap
         if self.users[req.user].pool_gpus.get(P.name, 0) > 0:  # only lower priorities qualify
@@ -1163,15 +1169,18 @@ class FairShareScheduler:
             if v is None or v.state != RUNNING or not v.placement:
                 continue
             if self._victim_ok(P, v, r, now):
-                nodes_ok.update(v.placement)
+                for name, ids in v.placement.items():
+                    gain[name] = gain.get(name, 0) + len(ids)
             elif v.started_at + min_rt > now:
                 for name in v.placement:
                     n = nmap.get(name)
                     if n is not None and n.gpus >= per:
                         soonest = min(soonest, v.started_at + min_rt)
         for n in P.nodes:
-            if n.gpus < per or n.name not in nodes_ok:
+            if n.gpus < per or n.name not in gain:
                 continue
+            if len(n.free) + self._stop_g.get(n.name, 0) + gain[n.name] < (per if req.nodes == 1 else n.gpus):
+                continue  # even preempting every candidate there would not free enough
             jobs = [self.jobs[j] for j in sorted(self.node_jobs[n.name]) if j in self.jobs]
             stopping = sum(len(v.placement.get(n.name, ())) for v in jobs if v.state == STOPPING and v.placement)
             ok, young = [], []
@@ -1215,6 +1224,8 @@ class FairShareScheduler:
                 P.timed_running += 1
             v.state = STOPPING
             if v.placement:
+                for name, ids in v.placement.items():
+                    self._stop_g[name] = self._stop_g.get(name, 0) + len(ids)
                 self._touch(v.placement)
             v.preempt_for = req.id
             self._preempted_pairs.add((v.req.id, req.id))
