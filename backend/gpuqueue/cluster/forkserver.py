@@ -1,16 +1,25 @@
 """A fork server for runners: one small process per worker that has loaded
-``gpuqueue.runner`` once and forks a runner per attempt.
+``gpuqueue.runner`` once and keeps a few runners forked ahead of time.
 
 Starting a runner as a fresh interpreter costs ~35 ms of CPU (the interpreter, then the
-imports); forking this already-loaded, single-threaded process costs about one millisecond.
-Each forked runner is exactly ``python -m gpuqueue.runner ATTEMPT_DIR`` in all but timing: a
-session of its own, stderr to the attempt's ``runner.log``, and it dies with the fork server
+imports); forking this already-loaded, single-threaded process costs about one millisecond, and
+doing it *before* the launch takes the fork (and the new process's first scheduling, which the
+kernel delays for a new task) off the path from a free GPU to the job's start.
+
+Each runner is exactly ``python -m gpuqueue.runner ATTEMPT_DIR`` in all but timing: a session of
+its own, stderr to the attempt's ``runner.log``, and it dies with the fork server
 (``PR_SET_PDEATHSIG``), which dies with the worker's launch thread, so a killed worker still
 leaves no job running.
 
-Protocol (lines of text): the worker writes an attempt folder to the server's stdin; the server
-answers ``pid <PID>`` on stdout once it has forked, and ``exit <PID> <CODE>`` when that runner
-ends (the server reaps its children). EOF on stdin: the server exits.
+How they talk:
+
+* the worker sends an attempt folder as one datagram on a socket pair; whichever spare runner
+  receives it runs that attempt (a datagram is read whole, by exactly one reader);
+* that runner writes ``pid <PID> <FOLDER>`` to the status pipe (the server's stdout, which the
+  worker reads) and tells the server, which forks a replacement spare;
+* the server reaps its children and writes ``exit <PID> <CODE>`` to the status pipe;
+* EOF on the server's stdin (the worker closed it, or died): the server exits, and its runners
+  get SIGTERM.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import gc
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +39,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 PR_SET_PDEATHSIG = 1
+SPARES = 2  # runners kept waiting for a launch
+MAX_DIR = 3800  # a status line (with the folder) stays under PIPE_BUF, so it is written whole
 
 
 def _pdeathsig(sig: int = signal.SIGTERM) -> None:
@@ -40,86 +52,94 @@ def _pdeathsig(sig: int = signal.SIGTERM) -> None:
 
 
 # -- the server process -----------------------------------------------------------------------
-def serve() -> int:
-    """The fork server's loop (runs in its own process)."""
+def serve(launch_fd: int) -> int:
+    """The fork server's loop (runs in its own process). ``launch_fd``: the receiving end of
+    the worker's datagram socket pair."""
     from ..runner import Runner  # loaded once, shared copy-on-write by every runner
 
     gc.freeze()  # what is loaded stays out of the children's collections (fewer copied pages)
     me = os.getpid()
+    launches = socket.socket(fileno=launch_fd)
+    taken_r, taken_w = os.pipe()  # a spare says "taken" here, the server forks its replacement
     wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_w, False)
-    os.set_blocking(wake_r, False)
+    for fd in (taken_r, wake_r, wake_w):
+        os.set_blocking(fd, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    status = sys.stdout.fileno()
     inp = sys.stdin.fileno()
-    out = sys.stdout.fileno()
-    buf = b""
+    spares: set[int] = set()  # pids of the runners waiting for a launch
 
     def say(line: str) -> None:
-        os.write(out, line.encode() + b"\n")
+        os.write(status, line.encode() + b"\n")
 
-    def reap() -> None:
-        while True:
+    def spare() -> None:
+        pid = os.fork()
+        if pid:
+            spares.add(pid)
+            return
+        code = 1
+        try:  # a spare runner: ready before its launch arrives
+            os.setsid()
+            _pdeathsig()
+            if os.getppid() != me:  # the server died before prctl took hold
+                os._exit(1)
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            for fd in (taken_r, wake_r, wake_w, inp):
+                os.close(fd)
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, 0)
+            adir = launches.recv(MAX_DIR).decode()
+            os.write(taken_w, f"{os.getpid()}\n".encode())
+            os.close(taken_w)
+            launches.close()
+            os.write(status, f"pid {os.getpid()} {adir}\n".encode())
+            os.dup2(null, 1)
+            os.close(null)
+            log = os.open(os.path.join(adir, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(log, 2)
+            os.close(log)
+            code = Runner(Path(adir)).run()
+        except BaseException:  # noqa: BLE001 - report it in runner.log, never return to the loop
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            say(f"exit {pid} {os.waitstatus_to_exitcode(status)}")
+                traceback.print_exc()
+                sys.stderr.flush()
+            except BaseException:  # noqa: BLE001
+                pass
+        finally:
+            os._exit(code & 0xFF if code >= 0 else 1)
 
     while True:
+        while len(spares) < SPARES:
+            spare()
         try:
-            ready, _, _ = select.select([inp, wake_r], [], [])
+            ready, _, _ = select.select([inp, taken_r, wake_r], [], [])
         except InterruptedError:
             continue
+        if taken_r in ready:
+            try:
+                for taken in os.read(taken_r, 4096).split():
+                    spares.discard(int(taken))
+            except BlockingIOError:
+                pass
         if wake_r in ready:
             try:
                 while os.read(wake_r, 4096):
                     pass
             except BlockingIOError:
                 pass
-        reap()
-        if inp not in ready:
-            continue
-        chunk = os.read(inp, 65536)
-        if not chunk:
+        while True:  # reap
+            try:
+                pid, st = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            spares.discard(pid)
+            say(f"exit {pid} {os.waitstatus_to_exitcode(st)}")
+        if inp in ready and not os.read(inp, 4096):
             return 0  # the worker is gone or done: our runners get SIGTERM as we exit
-        buf += chunk
-        while b"\n" in buf:
-            line, buf = buf.split(b"\n", 1)
-            adir = line.decode().strip()
-            if not adir:
-                continue
-            pid = os.fork()
-            if pid == 0:  # the runner
-                code = 1
-                try:
-                    os.setsid()
-                    _pdeathsig()
-                    if os.getppid() != me:  # the server died before prctl took hold
-                        os._exit(1)
-                    signal.set_wakeup_fd(-1)
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    for fd in (wake_r, wake_w):
-                        os.close(fd)
-                    null = os.open(os.devnull, os.O_RDWR)
-                    os.dup2(null, 0)
-                    os.dup2(null, 1)
-                    log = os.open(os.path.join(adir, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-                    os.dup2(log, 2)
-                    os.close(null)
-                    os.close(log)
-                    code = Runner(Path(adir)).run()
-                except BaseException:  # noqa: BLE001 - report it in runner.log, never return to the loop
-                    try:
-                        traceback.print_exc()
-                        sys.stderr.flush()
-                    except BaseException:  # noqa: BLE001
-                        pass
-                finally:
-                    os._exit(code & 0xFF if code >= 0 else 1)
-            say(f"pid {pid}")
 
 
 # -- the worker's side ------------------------------------------------------------------------
@@ -146,22 +166,22 @@ class RunnerHandle:
 
 
 class ForkServer:
-    """The worker's handle on its fork server. ``launch`` is called from one thread (the
-    worker's launch thread, which must also be the one that created the server: the server's
-    ``PR_SET_PDEATHSIG`` fires when that thread ends)."""
+    """The worker's handle on its fork server. It must be created by a thread that lives as
+    long as the worker (the server's ``PR_SET_PDEATHSIG`` fires when that thread ends);
+    ``launch`` may be called from any thread."""
 
     def __init__(self, env: dict[str, str], on_exit: Optional[Callable[[], None]] = None):
+        self._send, recv = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        code = f"import sys; from gpuqueue.cluster.forkserver import serve; sys.exit(serve({recv.fileno()}))"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from gpuqueue.cluster.forkserver import serve; sys.exit(serve())"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, start_new_session=True,
-            close_fds=True, env=env, preexec_fn=_pdeathsig,
+            [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+            start_new_session=True, close_fds=True, pass_fds=(recv.fileno(),), env=env, preexec_fn=_pdeathsig,
         )
+        recv.close()
         self.gone = False
         self._on_exit = on_exit
-        self._launch_lock = threading.Lock()
-        self._handles: dict[int, RunnerHandle] = {}
-        self._early: dict[int, int] = {}  # exits reported before their pid line was read
-        self._pids: list[int] = []
+        self._handles: dict[int, RunnerHandle] = {}  # runners that took a launch, until they end
+        self._started: dict[str, RunnerHandle] = {}  # attempt folder -> its runner, until launch returns
         self._cond = threading.Condition()
         threading.Thread(target=self._read, name="forkserver-reader", daemon=True).start()
 
@@ -170,44 +190,37 @@ class ForkServer:
         return not self.gone and self.proc.poll() is None
 
     def launch(self, attempt_dir: Path, timeout: float = 30.0) -> RunnerHandle:
-        """Fork a runner for ``attempt_dir``; returns once it exists. Thread-safe."""
-        with self._launch_lock:  # one launch at a time: answers come in order
-            return self._launch(attempt_dir, timeout)
-
-    def _launch(self, attempt_dir: Path, timeout: float) -> RunnerHandle:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(str(attempt_dir).encode() + b"\n")
-        self.proc.stdin.flush()
+        """Hand ``attempt_dir`` to a waiting runner; returns once it has taken it."""
+        key = str(attempt_dir)
+        if len(key.encode()) >= MAX_DIR:
+            raise RuntimeError(f"the attempt folder's path is over {MAX_DIR} bytes: use a shorter --state-dir")
+        self._send.send(key.encode())
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not self._pids:
+            while key not in self._started:
                 left = deadline - time.monotonic()
                 if self.gone or left <= 0:
-                    raise RuntimeError("the runner fork server did not answer")
+                    raise RuntimeError("no runner took the launch (the runner fork server is not answering)")
                 self._cond.wait(left)
-            pid = self._pids.pop(0)
-            h = RunnerHandle(pid, self)
-            if pid in self._early:
-                h.returncode = self._early.pop(pid)
-            self._handles[pid] = h
-            return h
+            return self._started.pop(key)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for raw in self.proc.stdout:
-            parts = raw.decode(errors="replace").split()
+            what, _, rest = raw.decode(errors="replace").rstrip("\n").partition(" ")
             with self._cond:
-                if len(parts) == 2 and parts[0] == "pid":
-                    self._pids.append(int(parts[1]))
+                if what == "pid":
+                    pid, _, adir = rest.partition(" ")
+                    h = RunnerHandle(int(pid), self)
+                    self._handles[h.pid] = h
+                    self._started[adir] = h
                     self._cond.notify_all()
-                elif len(parts) == 3 and parts[0] == "exit":
-                    pid, code = int(parts[1]), int(parts[2])
-                    h = self._handles.pop(pid, None)
+                elif what == "exit":
+                    pid, _, code = rest.partition(" ")
+                    h = self._handles.pop(int(pid), None)  # None: a spare that never ran anything
                     if h is not None:
-                        h.returncode = code
-                    else:
-                        self._early[pid] = code
-            if parts and parts[0] == "exit" and self._on_exit is not None:
+                        h.returncode = int(code)
+            if what == "exit" and self._on_exit is not None:
                 self._on_exit()
         with self._cond:
             self.gone = True
@@ -220,3 +233,4 @@ class ForkServer:
                 self.proc.stdin.close()
         except OSError:
             pass
+        self._send.close()

@@ -191,7 +191,7 @@ class NodeAgent:
 
     def _new_fork_server(self) -> ForkServer:
         """The runner fork server (``forkserver.py``): the interpreter and ``gpuqueue.runner``
-        loaded once, so a launch costs a fork, not an interpreter start (~35 ms of CPU)."""
+        loaded once, so a launch costs a fork made ahead of time, not an interpreter start (~35 ms of CPU)."""
         env = dict(os.environ)
         here = str(Path(__file__).resolve().parent.parent.parent)
         env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
