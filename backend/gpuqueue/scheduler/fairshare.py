@@ -1296,8 +1296,9 @@ class FairShareScheduler:
         if P.reserved_for == job_id and P.shadow < INF:
             eta = max(0.0, P.shadow - now)
         reason, msg = j.reason, self._msg(j.reason_msg)
-        if j.seen != P.pass_no and reason != "new":
-            reason = "resources"  # the last pass stopped before it: nothing free could fit it
+        if j.seen != P.pass_no and reason in ("reservation", "priority", "resources"):
+            # the last pass stopped before it (nothing free could fit it): not its old message
+            reason, msg = "resources", f"waiting for {j.req.gpus} GPUs in pool {P.name!r} ({P.free}/{P.total} free)"
         if P.reserved_for != job_id and reason in ("new", "resources") and pos > 1:
             reason, msg = "priority", f"{pos - 1} jobs are ahead of it in pool {P.name!r}"
         elif reason == "new":
