@@ -40,7 +40,7 @@ from .redis_store import Fenced, Op, RedisStore
 
 log = logging.getLogger("gpuqueue.daemon")
 
-MAX_MESSAGES_PER_STEP = 250  # a pass between batches keeps dispatch latency low under a flood
+MAX_MESSAGES_PER_STEP = 50  # per stream: the workers' reports wait at most one such batch of submissions
 DEFAULT_KEEP_FINISHED_S = 30 * 86400.0  # finished jobs are deleted from Redis this long after they end
 EXPIRE_SCAN = 2000  # oldest job ids looked at per expiry round
 EXPIRE_BATCH = 200  # jobs deleted per guarded write
