@@ -4,14 +4,15 @@ GPU node.
 It registers the node's inventory (NVML, or the declared count) and heartbeats. The daemon sends
 it "launch attempt N of job J on GPUs [...]" on the node's own Celery queue; the worker claims
 the attempt in the store (refused if the attempt is superseded or already claimed), starts it
-with the same runner as the embedded mode (``python -m gpuqueue.runner``), copies the attempt's
+with the same runner as the embedded mode (``gpuqueue.runner``, forked ahead of time by the
+worker's fork server, ``forkserver.py``), copies the attempt's
 ``events.jsonl`` into the job's Redis Stream, and reports the start and the exit to the daemon.
 
 Fencing: every write for an attempt is guarded by ``fence:<job> == "<attempt>:<node>"``. Once
 the daemon has settled or requeued an attempt, its events, start, checkpoint and result records
 are refused, and the worker stops the process if it is still running (a zombie is fenced off).
-Runners die with the worker (``PR_SET_PDEATHSIG``), so a killed worker never leaves a job
-running that the daemon is about to requeue.
+Runners die with the worker (``PR_SET_PDEATHSIG``, through the fork server), so a killed worker
+never leaves a job running that the daemon is about to requeue.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import os
 import queue
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
