@@ -78,6 +78,10 @@ def client_proc(url: str, users: list[tuple[int, str, str]], n_users: int, jobs_
         headers = {"Authorization": f"token {token}", "Content-Type": "application/json"}
         cmd = ["/bin/bash", "--norc", "--noprofile", "-c", JOB.format(marks=marks, secs=secs)]
         body = json.dumps({"spec": {"kind": "command", "gpus": 1, "command": cmd, "env": {"GQ_USER": name}}}).encode()
+        try:
+            conn.connect()  # connected before the clock starts, as a keep-alive client is
+        except OSError as e:
+            errors.append(f"connect: {e}")
         while time.time() < start_at:
             time.sleep(0.001)
         for k in range(jobs_per_user):

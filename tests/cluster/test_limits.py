@@ -37,6 +37,8 @@ def test_max_queued_is_refused_at_submit_and_holds_under_concurrency(cluster_fac
     # a refused submission left nothing behind: alice has her running job and three queued
     assert sorted(j["id"] for j in alice.list()) == sorted([running, *queued])
     assert all(alice.get(j)["state"] == "queued" for j in queued)
+    # the daemon publishes why each waits (its place in the queue)
+    wait_until(lambda: all(alice.get(j)["pending"]["position"] >= 1 for j in queued), 15, 0.2, "why the jobs wait")
 
     # the CLI shows the same message; other users are not affected
     r = c.cli("alice", "submit", "--gpus", "1", "--", "true")

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -48,6 +49,7 @@ MESSAGES_KEPT_S = 3600.0  # handled inbox messages are trimmed after this long
 MAX_EXPLAINED = 300  # queued jobs whose "why it waits" is published per round
 EXPLAIN_BUDGET_S = 0.025  # and at most this much CPU per round (every 2 s): an explanation costs
 # a sort of its pool's queue, so 300 of them on a deep queue would take a core's tenth
+EXPLAIN_SLICE_S = 0.004  # explained per step, so that a worker's report never waits long behind it
 
 
 class LostLeadership(Exception):
@@ -116,6 +118,9 @@ class Daemon:
         self._last_state = 0.0
         self._last_gc = 0.0
         self._explain_from = 0
+        self._to_explain: deque[str] = deque()
+        self._explain_budget = 0.0
+        self._explain_left = 0
         self._explained: set[str] = set()
 
     # -- leadership -----------------------------------------------------------------------
@@ -608,34 +613,43 @@ class Daemon:
         self._exec([["SET", self.store.k("config"), self.config.model_dump_json()]])
 
     def _publish(self) -> None:
+        """Publish the queue's snapshot (every 0.5 s) and why queued jobs wait (a round every
+        2 s, explained a slice per step so that no step is held up for long)."""
         now = time.monotonic()
-        if now - self._last_publish < 0.5:
-            return
-        self._last_publish = now
-        snap = self.scheduler.snapshot()
-        snap["nodes"] = {n: {"pool": s.pool, "gpus": s.gpus} for n, s in self.nodes.items()}
-        snap["leader"] = self.name
-        ops: list[Op] = [["SET", self.store.k("snapshot"), json.dumps(snap, default=str)]]
-        if now - self._last_pending > 2.0:
-            self._last_pending = now
-            ops.append(["HDEL", self.store.k("pending"), *(self._explained - self.known)] if self._explained - self.known else ["PING"])
-            self._explained = set(self.known)
-            t = time.time()
-            n = seen = 0
-            # a rotating window of the queued jobs: explaining one costs up to a pass of its pool
-            ids = sorted(self.known)
-            start = self._explain_from if self._explain_from < len(ids) else 0
-            stop_at = time.perf_counter() + EXPLAIN_BUDGET_S
-            for job_id in ids[start:] + ids[:start]:
-                seen += 1
-                ex = self.scheduler.explain(job_id, t)
+        ops: list[Op] = []
+        if now - self._last_publish >= 0.5:
+            self._last_publish = now
+            snap = self.scheduler.snapshot()
+            snap["nodes"] = {n: {"pool": s.pool, "gpus": s.gpus} for n, s in self.nodes.items()}
+            snap["leader"] = self.name
+            ops.append(["SET", self.store.k("snapshot"), json.dumps(snap, default=str)])
+            if now - self._last_pending > 2.0:
+                self._last_pending = now
+                if self._explained - self.known:
+                    ops.append(["HDEL", self.store.k("pending"), *(self._explained - self.known)])
+                self._explained = set(self.known)
+                # a rotating window of the queued jobs: explaining one costs up to a pass of its pool
+                ids = sorted(self.known)
+                start = self._explain_from if self._explain_from < len(ids) else 0
+                self._explain_from = start
+                self._to_explain = deque(ids[start:] + ids[:start])
+                self._explain_budget = EXPLAIN_BUDGET_S
+                self._explain_left = MAX_EXPLAINED
+        if self._to_explain:
+            t, t0 = time.time(), time.perf_counter()
+            stop_at = t0 + min(EXPLAIN_SLICE_S, self._explain_budget)
+            while self._to_explain and self._explain_left > 0 and time.perf_counter() < stop_at:
+                job_id = self._to_explain.popleft()
+                self._explain_from += 1
+                ex = self.scheduler.explain(job_id, t) if job_id in self.known else None
                 if ex is not None:
                     ops.append(["HSET", self.store.k("pending"), job_id, json.dumps(ex.as_dict(), default=str)])
-                    n += 1
-                    if n >= MAX_EXPLAINED or time.perf_counter() > stop_at:
-                        break
-            self._explain_from = start + seen
-        self._exec(ops)
+                    self._explain_left -= 1
+            self._explain_budget -= time.perf_counter() - t0
+            if self._explain_budget <= 0 or self._explain_left <= 0:
+                self._to_explain.clear()  # this round is done; the window goes on from here next round
+        if ops:
+            self._exec(ops)
 
     def _expire(self) -> None:
         """Delete finished jobs (record, events, payload, results, bookkeeping) that ended more
