@@ -192,6 +192,8 @@ class FairShareScheduler:
         self._nfree: dict[str, int] = {}  # node -> free count as indexed in its pool's bk
         self._ends: dict[str, list[tuple[float, int]]] = {}  # node -> sorted (end, gpus) of its jobs
         self._tfit: dict[str, dict[int, float]] = {}  # node -> need -> raw fit time (see _reserve)
+        self._order_epoch = 0  # bumps when any pool's order may change (see _positions)
+        self._positions: dict[str, tuple[int, dict[str, int]]] = {}  # pool -> (epoch, id -> position)
         self._stop_g: dict[str, int] = {}  # node -> GPUs of its jobs asked to stop (preempted)
         self._nver: dict[str, int] = {}  # node -> version, bumped by _touch (see _Pool.rheaps)
         for name, pc in config.pools.items():
@@ -271,12 +273,14 @@ class FairShareScheduler:
             if lst:
                 self._push_user(u, pool, tier, g)
                 self.pools[pool].dirty = True
+                self._order_epoch += 1
 
     def _maybe_renormalize(self, now: float) -> None:
         if (now - self._t0) / self.p.half_life < 60:
             return
         f = 2.0 ** min((now - self._t0) / self.p.half_life, 1000.0)  # capped: no overflow
         self._t0 = now
+        self._order_epoch += 1
         for u in self.users.values():
             u.scaled /= f
             u.version += 1
@@ -365,6 +369,7 @@ class FairShareScheduler:
             heapq.heappush(self._waits, (req.not_before, job.seq, req.id, job.loc_version))
             return
         job.state = PENDING
+        self._order_epoch += 1
         P = self.pools[req.pool]
         P.sizes[req.gpus] = P.sizes.get(req.gpus, 0) + 1
         c = self._class(req)
@@ -386,6 +391,7 @@ class FairShareScheduler:
 
     def _dequeue(self, job: _Job) -> None:
         """Take a pending job out of the queue structures (aged heaps are lazy)."""
+        self._order_epoch += 1
         req = job.req
         P = self.pools[req.pool]
         P.sizes[req.gpus] -= 1
@@ -1252,6 +1258,16 @@ class FairShareScheduler:
                 res += [self.jobs[k[2]] for k in mine[name]]
         return res
 
+    def _position(self, pool: str, job_id: str, now: float) -> int:
+        """1-based place of a pending job in its pool's order; the order is computed once and
+        kept until the queue or a user's share changes, so explaining every queued job costs
+        one sort, not one per job."""
+        hit = self._positions.get(pool)
+        if hit is None or hit[0] != self._order_epoch:
+            order = {x.req.id: i for i, x in enumerate(self._order(pool, now), 1)}
+            hit = self._positions[pool] = (self._order_epoch, order)
+        return hit[1][job_id]
+
     def priority_terms(self, job_id: str, now: float) -> dict[str, float]:
         """The terms of a job's place in the order (see docs/scheduling.md)."""
         j = self.jobs[job_id]
@@ -1290,8 +1306,7 @@ class FairShareScheduler:
                 "backoff", f"retrying after a failure, eligible in {j.req.not_before - now:.0f}s",
                 0, terms, max(0.0, j.req.not_before - now),
             )
-        order = self._order(j.req.pool, now)
-        pos = next(i for i, x in enumerate(order, 1) if x is j)
+        pos = self._position(j.req.pool, job_id, now)
         eta: Optional[float] = None
         if P.reserved_for == job_id and P.shadow < INF:
             eta = max(0.0, P.shadow - now)
@@ -1340,6 +1355,7 @@ class FairShareScheduler:
         at = float(state.get("at", 0.0))
         self._now = max(self._now, at)
         f = self._scale(at)
+        self._order_epoch += 1
         for name, usage in state.get("usage_gpu_hours", {}).items():
             u = self._user(name)
             u.scaled = float(usage) * f
