@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+READ_CHUNK = 4 * 1024 * 1024  # bytes of events.jsonl read at a time
 
 
 def job_dir(state_dir: str | Path, job_id: str) -> Path:
@@ -56,3 +59,44 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except FileNotFoundError:
         return None
+
+
+@dataclass
+class EventBatch:
+    """What an attempt appended to its events.jsonl since an offset (complete lines only)."""
+
+    events: list[tuple[Optional[float], str, dict[str, Any]]] = field(default_factory=list)
+    runner: Optional[dict[str, Any]] = None  # the runner's own first record: {"t", "data"}
+    exit: Optional[dict[str, Any]] = None  # the exit record's data, if it came
+    offset: int = 0  # where the next read starts
+    complete_line: bool = False  # False: nothing new, or only a partial line
+
+
+def read_events(path: Path, offset: int) -> EventBatch:
+    """Parse the complete lines of ``path`` from ``offset`` (at most ``READ_CHUNK`` bytes);
+    the runner's ``runner`` and ``exit`` records are set apart from the job's own events.
+    Unparsable lines are skipped; a missing file reads as nothing new."""
+    out = EventBatch(offset=offset)
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(READ_CHUNK)
+    except FileNotFoundError:
+        return out
+    end = data.rfind(b"\n")
+    if end < 0:
+        return out
+    out.offset, out.complete_line = offset + end + 1, True
+    for raw in data[: end + 1].splitlines():
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        type_, d = rec.get("type"), rec.get("data", {})
+        if type_ == "exit":
+            out.exit = d
+        elif type_ == "runner":
+            out.runner = {"t": rec.get("t"), "data": d}
+        else:
+            out.events.append((rec.get("t"), str(type_), d))
+    return out

@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 
 from .config import QueueConfig, single_node_config
 from .errors import Conflict, Forbidden, NotFound, Rejected
-from .jobdir import attempt_dir, job_dir, read_json, write_bytes_atomic, write_json_atomic
+from .jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
 from .launch import build_launch
 from .lifecycle import attempt_outcome, decode_payload, job_request, same_cell_job, settle, with_defaults
 from .logs import job_fields
@@ -389,38 +389,19 @@ class QueueService:
         a = job.current_attempt
         if a is None:
             return
-        path = self._events_path(job.id, a.number)
         offset = self.store.tail_offset(job.id, a.number)
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read(4 * 1024 * 1024)
-        except FileNotFoundError:
+        batch = read_events(self._events_path(job.id, a.number), offset)
+        if not batch.complete_line:
             return
-        end = data.rfind(b"\n")
-        if end < 0:
-            return
-        events: list[tuple[float, str, dict[str, Any]]] = []
-        exit_record: Optional[dict[str, Any]] = None
-        started = False
-        for raw in data[: end + 1].splitlines():
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            type_, data_ = rec.get("type"), rec.get("data", {})
-            if type_ == "exit":
-                exit_record = data_
-                continue
-            if type_ == "runner":
-                started = True
-                continue
-            events.append((float(rec.get("t", time.time())), str(type_), data_))
+        now = time.time()
+        events = [(now if t is None else float(t), type_, d) for t, type_, d in batch.events]
+        exit_record = batch.exit
+        started = batch.runner is not None
         if started and job.state == JobState.STARTING:
             self._set_state(job, JobState.RUNNING, node=a.node, gpus=a.gpu_ids)
             self.scheduler.started(job.id, time.time())
             self._notify("started", job)
-        self.store.append_events(job.id, events, tail=(a.number, offset + end + 1))
+        self.store.append_events(job.id, events, tail=(a.number, batch.offset))
         self._poke(job.id)
         for type_, payload in ((e[1], e[2]) for e in events):
             self._notify("event", {"job": job, "type": type_, "data": payload})

@@ -37,7 +37,7 @@ from typing import Any, Optional
 import redis
 
 from ..gpus import local_gpu_count
-from ..jobdir import attempt_dir, job_dir, read_json, write_bytes_atomic, write_json_atomic
+from ..jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
 from ..launch import build_launch
 from ..models import JobSpec
 from .celeryconfig import TASK_NAME, make_app, node_queue
@@ -237,29 +237,13 @@ class NodeAgent:
 
     def _tail(self, la: LocalAttempt) -> None:
         ended = la.proc.poll() is not None
-        try:
-            with open(la.dir / "events.jsonl", "rb") as f:
-                f.seek(la.offset)
-                data = f.read(4 * 1024 * 1024)
-        except FileNotFoundError:
-            data = b""
-        end = data.rfind(b"\n")
-        exit_rec: Optional[dict[str, Any]] = None
-        ops: list[Op] = []
+        batch = read_events(la.dir / "events.jsonl", la.offset)
+        exit_rec = batch.exit
+        ops: list[Op] = [self.store.event_op(la.job_id, type_, d, t) for t, type_, d in batch.events]
         started: Optional[dict[str, Any]] = None
-        for raw in data[: end + 1].splitlines() if end >= 0 else []:
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            type_, d = rec.get("type"), rec.get("data", {})
-            if type_ == "exit":
-                exit_rec = d
-            elif type_ == "runner":
-                started = {"t": rec.get("t"), "pid": d.get("runner_pid")}
-            else:
-                ops.append(self.store.event_op(la.job_id, str(type_), d, rec.get("t")))
-        new_offset = la.offset + end + 1 if end >= 0 else la.offset
+        if batch.runner is not None:
+            started = {"t": batch.runner["t"], "pid": batch.runner["data"].get("runner_pid")}
+        new_offset = batch.offset
         if la.fenced:  # refused: nothing of a stale attempt reaches the store
             la.offset = new_offset
             if ended:
@@ -268,7 +252,7 @@ class NodeAgent:
         if started and not la.started:
             msg = {"op": "started", "job": la.job_id, "attempt": la.number, "node": self.node, **started}
             ops += [["SET", self.store.k("started", la.job_id, la.number), json.dumps(msg)], self.store.report_op(msg)]
-        if exit_rec is None and ended and end < 0:
+        if exit_rec is None and ended and not batch.complete_line:
             exit_rec = {"exit_code": la.proc.returncode, "lost": True, "error": "the runner ended without an exit record"}
         if exit_rec is not None:
             ops += self._exit_ops(la, exit_rec)
