@@ -158,15 +158,22 @@ def single_node_config(gpus: int, node: str = "local", pool: str = "default") ->
     return QueueConfig(pools={pool: PoolConfig(nodes={node: gpus})})
 
 
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """The TOML table in ``path``; BadRequest naming ``what`` (e.g. "config file") and the
+    problem if it is missing or not TOML."""
+    p = Path(path)
+    try:
+        return tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise BadRequest(f"{what} {p} does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise BadRequest(f"{what} {p} is not valid TOML: {e}") from None
+
+
 def load_config(path: str | Path) -> QueueConfig:
     """Read and validate a TOML config. Raises BadRequest with the file, key and fix."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise BadRequest(f"config file {p} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise BadRequest(f"config file {p} is not valid TOML: {e}") from None
+    raw = read_toml(p, "config file")
     try:
         return QueueConfig.model_validate(raw)
     except ValidationError as e:

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import sys
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -31,6 +30,7 @@ import redis
 from tornado import httpserver, netutil, process, web
 
 from .. import rest
+from ..config import read_toml
 from ..errors import BadRequest
 from ..service import Caller
 from .frontend import ClusterFrontend
@@ -51,13 +51,7 @@ class User:
 def load_users(path: str | Path) -> dict[str, User]:
     """token -> User. Raises BadRequest naming the file, the entry and the fix."""
     p = Path(path)
-    try:
-        raw = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise BadRequest(f"users file {p} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise BadRequest(f"users file {p} is not valid TOML: {e}") from None
-    entries = raw.get("user")
+    entries = read_toml(p, "users file").get("user")
     if not isinstance(entries, list) or not entries:
         raise BadRequest(f"users file {p}: add one [[user]] table per user, with name, token and admin")
     out: dict[str, User] = {}
