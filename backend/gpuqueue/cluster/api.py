@@ -29,6 +29,7 @@ from typing import Any, Optional
 import redis
 from tornado import httpserver, netutil, process, web
 
+from . import redis_url
 from .. import rest
 from ..config import read_toml
 from ..errors import BadRequest
@@ -154,7 +155,7 @@ def _quiet_log(handler: web.RequestHandler) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """``gpuqueue api`` options."""
     p = argparse.ArgumentParser(prog="gpuqueue api", description="Run the cluster's REST API service.")
-    p.add_argument("--redis", default=os.environ.get("GPUQUEUE_REDIS_URL"), help="redis://[:password@]host:6379/0 (or $GPUQUEUE_REDIS_URL)")
+    p.add_argument("--redis", default=os.environ.get("GPUQUEUE_REDIS_URL"), help="redis://[:password@]host:6379/0, or redis+sentinel://host:26379[,host:port...]/SERVICE[/DB] (or $GPUQUEUE_REDIS_URL)")
     p.add_argument("--port", type=int, default=8780)
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--users", required=False, help="users TOML file: [[user]] name, token, admin")
@@ -173,6 +174,10 @@ def cli_main(argv: list[str]) -> int:
     setup_logging(level=args.log_level.upper(), component="api")
     if not args.redis:
         print("gpuqueue api: --redis URL is required (e.g. --redis redis://127.0.0.1:6379/0)", file=sys.stderr)
+        return 2
+    bad_url = redis_url.check(args.redis)
+    if bad_url:
+        print(f"gpuqueue api: {bad_url}", file=sys.stderr)
         return 2
     if not args.users:
         print("gpuqueue api: --users FILE is required (TOML: [[user]] name, token, admin)", file=sys.stderr)

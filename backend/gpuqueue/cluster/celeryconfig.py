@@ -13,6 +13,8 @@ from typing import Any
 
 from celery import Celery
 
+from . import redis_url
+
 TASK_NAME = "gpuqueue.launch_attempt"
 MAX_RUNTIME_S = float(os.environ.get("GPUQUEUE_MAX_RUNTIME_S", 7 * 86400))
 
@@ -23,9 +25,10 @@ def node_queue(node: str) -> str:
 
 
 def settings(broker_url: str) -> dict[str, Any]:
-    """The Celery configuration for ``broker_url``."""
+    """The Celery configuration for ``broker_url`` (a Redis or Sentinel URL, see redis_url.py)."""
+    broker, transport = redis_url.celery_broker(broker_url)
     return {
-        "broker_url": broker_url,
+        "broker_url": broker,
         # JSON only: a message can never make a worker unpickle anything.
         "task_serializer": "json",
         "accept_content": ["json"],
@@ -46,6 +49,7 @@ def settings(broker_url: str) -> dict[str, Any]:
             "socket_keepalive": True,
             "retry_on_timeout": True,
             "health_check_interval": 10,
+            **transport,
         },
         # Retries are the scheduler's (backoff, counting, requeue on node loss), never Celery's.
         "task_annotations": {TASK_NAME: {"max_retries": 0}},

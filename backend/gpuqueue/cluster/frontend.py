@@ -22,6 +22,7 @@ from ..scheduler.cluster import Cluster
 from ..service import Caller
 from ..states import JobState
 from ..lifecycle import decode_payload, job_request, same_cell_job, with_defaults
+from . import redis_url
 from .redis_store import LIVE_STATES, RedisStore, _event
 
 CONFIG_REFRESH_S = 2.0
@@ -146,7 +147,7 @@ class ClusterFrontend:
         Yields None as a keep-alive when nothing happened for ``keepalive_s``."""
         self.get_job(caller, job_id)
         if self._aio is None:
-            self._aio = aioredis.Redis.from_url(self.store.url, decode_responses=True)
+            self._aio = redis_url.async_client(self.store.url, decode_responses=True)
         key = self.store.k("ev", job_id)
         while True:
             batch = self.store.read_events(job_id, after, 2000)

@@ -44,6 +44,7 @@ from redis.retry import Retry
 
 from ..models import Event, JobRecord
 from ..states import JobState
+from . import redis_url
 
 Op = list[Any]
 Guard = tuple[str, str]
@@ -114,8 +115,9 @@ class Fenced(Exception):
 
 
 def connect(url: str, decode: bool = True) -> redis.Redis:
-    """A Redis client that rides out short outages (a restart, a failover) by retrying."""
-    return redis.Redis.from_url(
+    """A Redis client that rides out short outages (a restart, a failover) by retrying.
+    ``url`` may name Sentinels (see redis_url.py): the client then follows the primary."""
+    return redis_url.client(
         url,
         decode_responses=decode,
         socket_timeout=30,

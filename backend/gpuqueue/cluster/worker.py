@@ -36,6 +36,7 @@ from typing import Any, Optional
 
 import redis
 
+from . import redis_url
 from ..gpus import local_gpu_count
 from ..jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
 from ..launch import build_launch
@@ -377,7 +378,7 @@ def make_celery(broker_url: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """``gpuqueue worker`` options."""
     p = argparse.ArgumentParser(prog="gpuqueue worker", description="Run this GPU node's Celery worker.")
-    p.add_argument("--redis", default=os.environ.get("GPUQUEUE_REDIS_URL"), help="redis://[:password@]host:6379/0 (or $GPUQUEUE_REDIS_URL)")
+    p.add_argument("--redis", default=os.environ.get("GPUQUEUE_REDIS_URL"), help="redis://[:password@]host:6379/0, or redis+sentinel://host:26379[,host:port...]/SERVICE[/DB] (or $GPUQUEUE_REDIS_URL)")
     p.add_argument("--node", default=socket.gethostname(), help="this node's name, as in the pools config (default: host name)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs to offer (default: $GPUQUEUE_GPUS, else NVML)")
     p.add_argument("--pool", default=None, help="pool, for a node the config does not list")
@@ -399,6 +400,10 @@ def cli_main(argv: list[str]) -> int:
     setup_logging(level=args.log_level.upper(), component="worker", node=args.node)
     if not args.redis:
         print("gpuqueue worker: --redis URL is required (e.g. --redis redis://127.0.0.1:6379/0)", file=sys.stderr)
+        return 2
+    bad_url = redis_url.check(args.redis)
+    if bad_url:
+        print(f"gpuqueue worker: {bad_url}", file=sys.stderr)
         return 2
     try:
         gpus = local_gpu_count(args.gpus)
