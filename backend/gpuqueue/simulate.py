@@ -187,14 +187,13 @@ class _FitTracker:
     def __init__(self, config: QueueConfig):
         self.pool_of: dict[str, str] = {}
         self.free: dict[str, int] = {}
-        self.size: dict[str, int] = {}
         self.by_free: dict[str, list[int]] = {}  # pool -> [number of nodes with f free GPUs]
         self.pending: dict[str, dict[tuple[int, int], int]] = {}
         for pool, pc in config.pools.items():
             self.by_free[pool] = [0] * (max(pc.nodes.values()) + 1)
             self.pending[pool] = {}
             for node, g in pc.nodes.items():
-                self.pool_of[node], self.free[node], self.size[node] = pool, g, g
+                self.pool_of[node], self.free[node] = pool, g
                 self.by_free[pool][g] += 1
 
     def take(self, placement: dict[str, tuple[int, ...]], sign: int) -> None:
@@ -272,7 +271,7 @@ class Simulation:
         pool_fits = {p: False for p in self.config.pools}
         busy_fit = cap_fit = 0.0  # GPU-seconds busy / available while a queued job fit
         fit_s = 0.0  # seconds during which some queued job fit on the free GPUs
-        shapes = {j.id: (j.gpus, self._request(j).nodes) for j in self.jobs}
+        shapes: dict[str, tuple[int, int]] = {}  # job -> (GPUs, nodes), from its request
         last_t = self.jobs[0].submit if self.jobs else 0.0
         t_first = last_t
         preemptions = 0
@@ -295,11 +294,17 @@ class Simulation:
             return a
 
         def change(j: SimJob, dpend: int = 0, dused: int = 0, ddemand: int = 0) -> None:
-            nonlocal queued, fair_dirty
+            """A job joined (dpend 1) or left (-1) the queue, took or gave back GPUs (dused),
+            changed its user's demand (ddemand): update every tally that depends on it."""
+            nonlocal queued, used, fair_dirty
             a = acct(j.user)
             a.pending += dpend
             a.used += dused
             queued += dpend
+            used += dused
+            pool_used[j.pool] += dused
+            if dpend:
+                fitter.queue(j.pool, shapes[j.id], dpend)
             if a.pending > 0:
                 backlogged.add(j.user)
             else:
@@ -323,11 +328,8 @@ class Simulation:
             return fair
 
         def end_attempt(j: SimJob, now: float) -> None:
-            nonlocal used
             ran = now - j.start if j.start is not None else 0.0
             j.run_s += ran
-            used -= j.gpus
-            pool_used[j.pool] -= j.gpus
             if j.placement is not None:
                 fitter.take(j.placement, +1)
                 j.placement = None
@@ -335,18 +337,15 @@ class Simulation:
             j.start = None
 
         def apply(decisions: list, now: float) -> None:
-            nonlocal seq, used, preemptions, wasted
+            nonlocal seq, preemptions, wasted
             for d in decisions:
                 j = byid[d.job_id]
                 if isinstance(d, Start):
                     j.start = now
                     j.attempt += 1
                     j.stopping = False
-                    used += j.gpus
-                    pool_used[j.pool] += j.gpus
                     j.placement = d.placement
                     fitter.take(d.placement, -1)
-                    fitter.queue(j.pool, shapes[j.id], -1)
                     change(j, dpend=-1, dused=j.gpus)
                     sched.started(j.id, now)
                     seq += 1
@@ -394,11 +393,12 @@ class Simulation:
                     continue
                 j = byid[jid]
                 if kind == 1:
-                    r = sched.submit(self._request(j), now)
+                    req = self._request(j)
+                    r = sched.submit(req, now)
                     if isinstance(r, Reject):
                         j.rejected = r.reason
                     else:
-                        fitter.queue(j.pool, shapes[j.id], +1)
+                        shapes[j.id] = (j.gpus, req.nodes)
                         change(j, dpend=1, ddemand=j.gpus)
                 elif j.attempt == attempt and j.start is not None and j.end is None:
                     if kind == 0:
@@ -416,7 +416,6 @@ class Simulation:
                         preemptions += 1
                         j.preemptions += 1
                         sched.finished(jid, Outcome.PREEMPTED, now)
-                        fitter.queue(j.pool, shapes[j.id], +1)
                         change(j, dpend=1, ddemand=j.gpus)
             apply(sched.tick(now), now)
             w = wake() if wake is not None else None

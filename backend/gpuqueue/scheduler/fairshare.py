@@ -112,7 +112,6 @@ class _Pool:
     total: int = 0
     free: int = 0
     queued: int = 0  # pending + waiting
-    sizes: dict[int, int] = field(default_factory=dict)  # pending GPU request -> count
     # pending jobs by (GPUs, nodes, time limit or INF) -> count: lets a pass stop as soon as
     # no class of pending job can start on what is left (see _fit_sizes)
     classes: dict[tuple[int, int, float], int] = field(default_factory=dict)
@@ -131,8 +130,6 @@ class _Pool:
     tokens: float = 0.0
     tokens_at: float = 0.0
     active_weight: float = 0.0
-    preemptible_running: int = 0
-    prank: list[int] = field(default_factory=lambda: [0, 0, 0])
     timed_running: int = 0  # running jobs with a time limit, plus stopping ones
     victim_epoch: int = 0  # bumps when a preemptible job starts
     last_fail: tuple[str, int, float] = ("", -1, 0.0)
@@ -142,7 +139,7 @@ class _Pool:
     bk: dict[int, list[str]] = field(default_factory=dict)
     nmap: dict[str, NodeState] = field(default_factory=dict)
     maxg: int = 0
-    victims: set[str] = field(default_factory=set)  # running/stopping jobs of a preemptible kind
+    # running/stopping jobs of a preemptible kind, by priority rank (high, medium, low)
     victims_by_rank: list[set[str]] = field(default_factory=lambda: [set(), set(), set()])
     # per GPU need: a lazy heap of (fit time, -free, node, node version) for single-node
     # reservations, and the nodes touched since it was last brought up to date
@@ -158,7 +155,6 @@ class _Pass:
     budget: int = 0
     fail_min: float = INF  # smallest single-node request that failed without a bounded end
     blocked_users: set[str] = field(default_factory=set)
-    stop: bool = False
     # single-node "does not fit now" memo (free GPUs and spare only shrink within a pass):
     nofit_all: float = INF  # smallest size that fit on no node at all
     nofit_strict: float = INF  # smallest size that fit on no node outside the reserved spare
@@ -371,7 +367,6 @@ class FairShareScheduler:
         job.state = PENDING
         self._order_epoch += 1
         P = self.pools[req.pool]
-        P.sizes[req.gpus] = P.sizes.get(req.gpus, 0) + 1
         c = self._class(req)
         P.classes[c] = P.classes.get(c, 0) + 1
         P.dirty = True
@@ -394,9 +389,6 @@ class FairShareScheduler:
         self._order_epoch += 1
         req = job.req
         P = self.pools[req.pool]
-        P.sizes[req.gpus] -= 1
-        if not P.sizes[req.gpus]:
-            del P.sizes[req.gpus]
         c = self._class(req)
         P.classes[c] -= 1
         if not P.classes[c]:
@@ -576,10 +568,7 @@ class FairShareScheduler:
         u.running += 1
         u.pool_gpus[req.pool] = u.pool_gpus.get(req.pool, 0) + req.gpus
         if self._victim_kind(P, j):
-            P.victims.add(req.id)
             P.victims_by_rank[req.priority.rank].add(req.id)
-            P.preemptible_running += 1
-            P.prank[req.priority.rank] += 1
             P.victim_epoch += 1
         if self._limit(req) is not None:
             P.timed_running += 1
@@ -612,10 +601,7 @@ class FairShareScheduler:
         j.charged_scaled = 0.0
         j.charged_until = 0.0
         if self._victim_kind(P, j):
-            P.victims.discard(req.id)
             P.victims_by_rank[req.priority.rank].discard(req.id)
-            P.preemptible_running -= 1
-            P.prank[req.priority.rank] -= 1
         if self._limit(req) is not None or j.state == STOPPING:
             P.timed_running -= 1
         if j.state == STOPPING and j.preempt_for is not None:
@@ -738,7 +724,7 @@ class FairShareScheduler:
             while h and not ok(h[0]):
                 heapq.heappop(h)
         cands = [h[0][0] for h in (self._deadlines, self._accruals, self._waits, self._boosts) if h]
-        if any(P.dirty and P.sizes for P in self.pools.values()):
+        if any(P.dirty and P.classes for P in self.pools.values()):
             cands.append(self._now)  # something changed since the last pass: tick again now
         cands += [P.recheck_at for P in self.pools.values() if P.recheck_at < INF]
         return min(cands) if cands else None
@@ -746,7 +732,7 @@ class FairShareScheduler:
     # ---------------------------------------------------------------------- the pass
     def _schedule_pool(self, P: _Pool, now: float, out: list[Decision]) -> None:
         P.reserved_for, P.shadow = None, INF
-        if not P.sizes or not P.nodes:
+        if not P.classes or not P.nodes:
             return
         P.pass_no += 1
         ctx = _Pass(budget=self.p.backfill_depth, now=now)
@@ -1144,10 +1130,10 @@ class FairShareScheduler:
     def _try_preempt(self, P: _Pool, r: _Job, now: float, out: list[Decision]) -> None:
         if not P.cfg.allow_preemption or self.p.preemption_budget <= 0:
             return
-        if not P.preemptible_running or r.req.id in self._stopping_for:
+        if not any(P.victims_by_rank) or r.req.id in self._stopping_for:
             return  # nothing to preempt, or victims are already stopping for it
         rank = r.req.priority.rank
-        if not any(P.prank[k] for k in range(rank + 1, 3)) and self.users[r.req.user].pool_gpus.get(P.name, 0) > 0:
+        if not any(P.victims_by_rank[rank + 1:]) and self.users[r.req.user].pool_gpus.get(P.name, 0) > 0:
             return  # no lower-priority victims, and the under-share rule does not apply
         if P.last_fail[0] == r.req.id and P.last_fail[1] == P.victim_epoch and now < P.last_fail[2]:
             return  # nothing changed since the last failed attempt for this job
@@ -1166,10 +1152,9 @@ class FairShareScheduler:
         gain: dict[str, int] = {}  # node -> GPUs its preemptable-now jobs hold there
         min_rt = self.p.min_runtime
         nmap = P.nmap
-        if self.users[req.user].pool_gpus.get(P.name, 0) > 0:  # only lower priorities qualify
-            cands: Any = [vid for k in range(rank + 1, 3) for vid in P.victims_by_rank[k]]
-        else:
-            cands = P.victims
+        # only lower priorities qualify unless the under-share rule may apply
+        low = rank + 1 if self.users[req.user].pool_gpus.get(P.name, 0) > 0 else 0
+        cands = [vid for ids in P.victims_by_rank[low:] for vid in ids]
         for vid in cands:
             v = self.jobs.get(vid)
             if v is None or v.state != RUNNING or not v.placement:
@@ -1188,7 +1173,7 @@ class FairShareScheduler:
             if len(n.free) + self._stop_g.get(n.name, 0) + gain[n.name] < (per if req.nodes == 1 else n.gpus):
                 continue  # even preempting every candidate there would not free enough
             jobs = [self.jobs[j] for j in sorted(self.node_jobs[n.name]) if j in self.jobs]
-            stopping = sum(len(v.placement.get(n.name, ())) for v in jobs if v.state == STOPPING and v.placement)
+            stopping = self._stop_g.get(n.name, 0)
             ok, young = [], []
             for v in jobs:
                 if v.state != RUNNING:
