@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=2000)
     ap.add_argument("--policy", default="gpuqueue")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--explain", action="store_true", help="also time explain() of every queued job")
     a = ap.parse_args()
     rng = random.Random(a.seed)
     nodes = {f"n{i:04d}": 8 for i in range(a.gpus // 8)}
@@ -84,6 +85,9 @@ def main() -> None:
     passes.sort()
     total = sum(passes)
     pending = s.snapshot()["pools"]["prod"]["queued"]
+    t = time.perf_counter()  # what `gpuqueue ls` / the sidebar ask for every queued job
+    explained = sum(s.explain(f"j{i}", now) is not None for i in range(1, seq + 1)) if a.explain else 0
+    explain_s = time.perf_counter() - t
     print(json.dumps({
         "policy": a.policy, "pending": pending, "users": a.users, "gpus": a.gpus,
         "passes": len(passes), "decisions": decisions,
@@ -93,6 +97,7 @@ def main() -> None:
         "p99_pass_ms": round(passes[int(len(passes) * 0.99) - 1] * 1000, 3),
         "max_pass_ms": round(passes[-1] * 1000, 3),
         "setup_s": round(setup_s, 2), "initial_starts": len(fill),
+        **({"explained": explained, "explain_all_ms": round(explain_s * 1000, 1)} if a.explain else {}),
     }))
 
 
