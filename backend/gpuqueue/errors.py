@@ -37,3 +37,9 @@ class Conflict(GPUQueueError):
     """The job is not in a state that allows this (e.g. no result yet)."""
 
     http_status = 409
+
+
+class Unavailable(GPUQueueError):
+    """A service the queue needs (e.g. the cluster's Redis) does not answer; nothing was changed."""
+
+    http_status = 503

@@ -59,3 +59,12 @@ def build_launch(
     if spec.resume_from:
         env["GPUQUEUE_RESUME_FROM"] = spec.resume_from
     return {"argv": argv, "env": env, "cwd": spec.cwd}
+
+
+def runner_env() -> dict[str, str]:
+    """The environment to start a runner in: this one, with gpuqueue importable (the runner
+    runs with this interpreter)."""
+    env = dict(os.environ)
+    here = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -25,7 +24,7 @@ from typing import Any, AsyncIterator, Callable, Optional
 from .config import QueueConfig, single_node_config
 from .errors import Conflict, Forbidden, NotFound, Rejected
 from .jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
-from .launch import build_launch
+from .launch import build_launch, runner_env
 from .lifecycle import attempt_outcome, decode_payload, job_request, same_cell_job, settle, with_defaults
 from .logs import job_fields
 from .models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
@@ -461,7 +460,7 @@ class QueueService:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
-            env=_runner_env(),
+            env=runner_env(),
         )
 
     def _keep_runner_warm(self) -> None:
@@ -565,14 +564,6 @@ class QueueService:
 
 
 _LIVE_STATES = (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED, JobState.STARTING, JobState.RUNNING)
-
-
-def _runner_env() -> dict[str, str]:
-    """The runner runs with this interpreter; make sure it can import gpuqueue."""
-    env = dict(os.environ)
-    here = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
 
 
 def _process_start_time(pid: int) -> Optional[float]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
-import json
 import logging
 import os
 import sys
@@ -32,7 +31,7 @@ from tornado import httpserver, netutil, process, web
 from . import redis_url
 from .. import rest
 from ..config import read_toml
-from ..errors import BadRequest
+from ..errors import BadRequest, Unavailable
 from ..service import Caller
 from .frontend import ClusterFrontend
 from .redis_store import RedisStore
@@ -88,13 +87,9 @@ class AuthMixin:
         return Caller(name=u.name, admin=u.admin)
 
     def _handle_request_exception(self, e: BaseException) -> None:  # tornado hook
-        if isinstance(e, redis.RedisError) and not self._finished:  # type: ignore[attr-defined]
+        if isinstance(e, redis.RedisError):
             log.warning("redis unavailable: %s", e)
-            self.set_status(503)  # type: ignore[attr-defined]
-            self.set_header("Content-Type", "application/json")  # type: ignore[attr-defined]
-            self.finish(json.dumps({"message": "the queue's store (Redis) is unavailable right now; "  # type: ignore[attr-defined]
-                                               "nothing was changed: try again in a moment"}))
-            return
+            e = Unavailable("the queue's store (Redis) is unavailable right now; nothing was changed: try again in a moment")
         super()._handle_request_exception(e)  # type: ignore[misc]
 
 
@@ -190,9 +185,9 @@ def cli_main(argv: list[str]) -> int:
     sockets = netutil.bind_sockets(args.port, args.address)
     if args.processes > 1:
         process.fork_processes(args.processes)
-        from .worker import _die_with_parent
+        from .forkserver import die_with_parent
 
-        _die_with_parent()  # a child must not outlive the parent systemd (or a test) stops
+        die_with_parent()  # a child must not outlive the parent systemd (or a test) stops
     store = RedisStore(args.redis, args.prefix)
     app = make_app(store, users, max_payload_bytes=int(args.max_payload_mb * 1e6))
 

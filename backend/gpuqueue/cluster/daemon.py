@@ -38,7 +38,7 @@ from ..scheduler import make_scheduler
 from ..scheduler.base import Decision, Preempt, Retry, Start, TimeOut, Warn
 from ..states import JobState, Outcome
 from .celeryconfig import TASK_NAME, make_app, node_queue
-from .redis_store import Fenced, Op, RedisStore
+from .redis_store import WAITING_STATES, Fenced, Op, RedisStore
 
 log = logging.getLogger("gpuqueue.daemon")
 
@@ -84,7 +84,6 @@ class Daemon:
         keep_finished: Optional[float] = DEFAULT_KEEP_FINISHED_S,
     ):
         self.store = store
-        self.file_config = config
         self.policy = policy
         self.node_timeout = node_timeout
         self.leader_ttl_ms = int(leader_ttl * 1000)
@@ -112,7 +111,6 @@ class Daemon:
         self._last_trim = 0.0
         self._stopping = False
         self._lost = False
-        self._last_renew = 0.0
         self._last_nodes = 0.0
         self._last_publish = 0.0
         self._last_pending = 0.0
@@ -200,13 +198,10 @@ class Daemon:
         self.unsent.clear()
         self.jobs.clear()
         resend: list[JobRecord] = []
-        active = st.active_jobs()
-        for i in range(0, len(active), 500):  # the per-user indexes (for stores written before them)
-            self._exec([op for job in active[i : i + 500] for op in st.index_ops(job)])
-        for job in active:
+        for job in st.active_jobs():
             self.jobs[job.id] = job
             req = job_request(job, self.config)
-            if job.state in (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED):
+            if job.state in WAITING_STATES:
                 self.scheduler.submit(req, now, restoring=True)
                 self.known.add(job.id)
                 continue

@@ -43,7 +43,8 @@ SPARES = 2  # runners kept waiting for a launch
 MAX_DIR = 3800  # a status line (with the folder) stays under PIPE_BUF, so it is written whole
 
 
-def _pdeathsig(sig: int = signal.SIGTERM) -> None:
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux)."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, sig)
@@ -81,7 +82,7 @@ def serve(launch_fd: int) -> int:
         code = 1
         try:  # a spare runner: ready before its launch arrives
             os.setsid()
-            _pdeathsig()
+            die_with_parent()
             if os.getppid() != me:  # the server died before prctl took hold
                 os._exit(1)
             signal.set_wakeup_fd(-1)
@@ -175,7 +176,7 @@ class ForkServer:
         code = f"import sys; from gpuqueue.cluster.forkserver import serve; sys.exit(serve({recv.fileno()}))"
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
-            start_new_session=True, close_fds=True, pass_fds=(recv.fileno(),), env=env, preexec_fn=_pdeathsig,
+            start_new_session=True, close_fds=True, pass_fds=(recv.fileno(),), env=env, preexec_fn=die_with_parent,
         )
         recv.close()
         self.gone = False

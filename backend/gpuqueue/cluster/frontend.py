@@ -23,7 +23,7 @@ from ..service import Caller
 from ..states import JobState
 from ..lifecycle import decode_payload, job_request, same_cell_job, with_defaults
 from . import redis_url
-from .redis_store import LIVE_STATES, RedisStore, _event
+from .redis_store import LIVE_STATES, WAITING_STATES, RedisStore, _event
 
 CONFIG_REFRESH_S = 2.0
 
@@ -75,8 +75,7 @@ class ClusterFrontend:
             if why:
                 raise Rejected(why)
             user_limit = cfg.limits_for(caller.name).max_queued
-            pc = cfg.pools.get(spec.pool or "")
-            pool_limit = pc.max_queued if pc is not None else None
+            pool_limit = cfg.pools[spec.pool or cfg.default_pool].max_queued  # with_defaults checked it
         full = self.store.submit_job(job, payload, {"op": "submit", "job": job.id}, user_limit, pool_limit)
         if full is not None:
             which, n = full
@@ -208,7 +207,7 @@ class ClusterFrontend:
         return self._with_pending_many([job])[0]
 
     def _with_pending_many(self, jobs: list[JobRecord]) -> list[JobRecord]:
-        waiting = [j for j in jobs if j.state in (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED)]
+        waiting = [j for j in jobs if j.state in WAITING_STATES]
         if waiting:
             raws = self.store.r.hmget(self.store.k("pending"), [j.id for j in waiting])
             for j, raw in zip(waiting, raws):

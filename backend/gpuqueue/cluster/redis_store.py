@@ -298,4 +298,4 @@ def _event(eid: str, f: dict[str, str]) -> Event:
 
 
 WAITING_STATES = frozenset((JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED))
-LIVE_STATES = (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED, JobState.STARTING, JobState.RUNNING)
+LIVE_STATES = WAITING_STATES | {JobState.STARTING, JobState.RUNNING}

@@ -18,7 +18,6 @@ never leaves a job running that the daemon is about to requeue.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import logging
 import os
@@ -39,7 +38,7 @@ import redis
 from . import redis_url
 from ..gpus import local_gpu_count
 from ..jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
-from ..launch import build_launch
+from ..launch import build_launch, runner_env
 from ..models import JobSpec
 from .celeryconfig import TASK_NAME, make_app, node_queue
 from .forkserver import ForkServer, RunnerHandle
@@ -64,14 +63,6 @@ class LocalAttempt:
     fenced: bool = False
     stop_sent: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG: the runner stops its job if we die
-    except OSError:
-        pass
 
 
 class NodeAgent:
@@ -193,10 +184,7 @@ class NodeAgent:
     def _new_fork_server(self) -> ForkServer:
         """The runner fork server (``forkserver.py``): the interpreter and ``gpuqueue.runner``
         loaded once, so a launch costs a fork made ahead of time, not an interpreter start (~35 ms of CPU)."""
-        env = dict(os.environ)
-        here = str(Path(__file__).resolve().parent.parent.parent)
-        env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        return ForkServer(env, on_exit=self._tail_wake.set)
+        return ForkServer(runner_env(), on_exit=self._tail_wake.set)
 
     def _spawn(self, msg: dict[str, Any], forks: ForkServer) -> str:
         job_id, number = msg["job_id"], int(msg["attempt"])
