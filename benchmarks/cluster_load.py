@@ -310,7 +310,7 @@ def _cpu_report(before: dict[str, float], after: dict[str, float], client_cpu: f
     parts = {k: after[k] - before.get(k, 0.0) for k in after}
     parts["clients"] = client_cpu
     total = sum(parts.values())
-    print(f"CPU seconds (ms per job): " + ", ".join(f"{k} {v:.1f} ({v / max(n, 1) * 1000:.1f})" for k, v in parts.items())
+    print("CPU seconds (ms per job): " + ", ".join(f"{k} {v:.1f} ({v / max(n, 1) * 1000:.1f})" for k, v in parts.items())
           + f"; total {total:.1f} ({total / max(n, 1) * 1000:.1f}); "
           f"{total / wall:.2f} of {os.cpu_count()} cores over {wall:.1f}s, other processes "
           f"{max(0.0, busy - total) / wall:.2f} cores")

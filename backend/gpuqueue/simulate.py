@@ -337,7 +337,7 @@ class Simulation:
             j.start = None
 
         def apply(decisions: list, now: float) -> None:
-            nonlocal seq, preemptions, wasted
+            nonlocal seq
             for d in decisions:
                 j = byid[d.job_id]
                 if isinstance(d, Start):

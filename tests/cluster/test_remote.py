@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import sys
 
-import requests
-
-from helpers.servers import wait_until
-
 from .conftest import TOKENS
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 from gpuqueue.config import PolicyConfig, PoolConfig, QueueConfig, UserLimits
 from gpuqueue.scheduler import FairShareScheduler
-from gpuqueue.scheduler.base import JobRequest, Preempt, Retry, Start, TimeOut
+from gpuqueue.scheduler.base import JobRequest, Preempt, Start, TimeOut
 from gpuqueue.states import Outcome, Priority
 
 

@@ -120,7 +120,6 @@ def test_no_preemption_cycles(sc):
     pairs = set()
     for victim, preemptor in sh.preempted_by:
         pairs.add((victim, preemptor))
-    users = {}
     for victim, preemptor in pairs:
         assert (preemptor, victim) not in pairs, "two jobs preempted each other"
 
