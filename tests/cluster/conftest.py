@@ -41,7 +41,8 @@ class Cluster:
     """Processes of one test cluster; ``close()`` kills them all (and their job processes)."""
 
     def __init__(self, root: Path, redis: RedisServer, nodes: dict[str, int], node_timeout: float = 2.0,
-                 config_extra: str = "", daemon_args: tuple[str, ...] = ()):
+                 config_extra: str = "", daemon_args: tuple[str, ...] = (),
+                 worker_args: tuple[str, ...] = ("--identities", "none")):
         self.root = root
         self.redis = redis
         self.nodes = nodes
@@ -60,6 +61,9 @@ class Cluster:
             f'[[user]]\nname = "{n}"\ntoken = "{t}"\nadmin = {"true" if n == "root" else "false"}\n' for n, t in TOKENS.items()
         ))
         self.daemon_args = list(daemon_args)
+        # these tests' jobs write one shared marks file with this interpreter: they run as the
+        # worker's user; tests/cluster/test_isolation.py runs workers with per-user identities
+        self.worker_args = list(worker_args)
         self.api_port = free_port()
         self.metrics_port = free_port()
 
@@ -80,7 +84,8 @@ class Cluster:
     def start_worker(self, node: str) -> subprocess.Popen[bytes]:
         return self._spawn(f"worker-{node}", ["worker", "--redis", self.redis.url, "--node", node,
                                               "--gpus", str(self.nodes[node]), "--heartbeat", "0.2",
-                                              "--state-dir", str(self.root / f"node-{node}"), "--log-level", "INFO"])
+                                              "--state-dir", str(self.root / f"node-{node}"), "--log-level", "INFO",
+                                              *self.worker_args])
 
     def start_api(self) -> subprocess.Popen[bytes]:
         p = self._spawn("api", ["api", "--redis", self.redis.url, "--port", str(self.api_port), "--users", str(self.users)])
