@@ -77,6 +77,9 @@ def check_ids(user: str, uid: int, gid: int, where: str) -> None:
     if gid < limits["GID_MIN"] and gid != USERS_GID:
         raise IdentityError(f"{where} maps user {user!r} to gid {gid}, a system group (below GID_MIN "
                             f"{limits['GID_MIN']}): give the user's own group")
+    if uid in (65534, 65535) or gid in (65534, 65535):
+        raise IdentityError(f"{where} maps user {user!r} to nobody (uid {uid}, gid {gid}): files of nobody are "
+                            f"everyone's; give the user an account of their own")
     if uid >= 2**31 - 1 or gid >= 2**31 - 1:
         raise IdentityError(f"{where} maps user {user!r} to uid {uid} / gid {gid}: over 2^31-2")
 

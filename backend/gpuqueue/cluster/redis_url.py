@@ -88,7 +88,7 @@ def check(url: str) -> Optional[str]:
     if url.startswith("rediss+sentinel://"):
         return "TLS through Sentinel is not supported yet: use redis+sentinel:// on a trusted network, or rediss:// to a TLS proxy that follows the primary"
     if not url.startswith(("redis://", "rediss://", "unix://") + SCHEMES):
-        return f"--redis {mask(url)!r}: use redis://host:6379/0, rediss://… or {EXAMPLE}"
+        return f"the Redis URL {mask(url)!r}: use redis://host:6379/0, rediss://… or {EXAMPLE}"
     try:
         parse_sentinel(url)
     except ValueError as e:

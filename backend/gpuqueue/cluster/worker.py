@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", default=socket.gethostname(), help="this node's name, as in the pools config (default: host name)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs to offer (default: $GPUQUEUE_GPUS, else NVML)")
     p.add_argument("--pool", default=None, help="pool, for a node the config does not list")
-    p.add_argument("--state-dir", default=None, help="job folders (default: $GPUQUEUE_STATE_DIR or ~/.local/share/gpuqueue/worker-NODE)")
+    p.add_argument("--state-dir", default=None, help="job folders (default: $GPUQUEUE_STATE_DIR, else /var/lib/gpuqueue/worker-NODE as root, ~/.local/share/gpuqueue/worker-NODE otherwise)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
     p.add_argument("--concurrency", type=int, default=4, help="launch threads (default 4)")
     p.add_argument("--prefix", default="gq")
@@ -486,7 +486,8 @@ def cli_main(argv: list[str]) -> int:
         return 2
     os.environ.pop(redis_url.ENV, None)  # nothing this process starts inherits it
     not_dumpable()  # /proc/<worker>/environ and memory: root's, whatever uid the jobs run as
-    state_dir = Path(args.state_dir or os.environ.get("GPUQUEUE_STATE_DIR") or Path.home() / ".local/share/gpuqueue" / f"worker-{args.node}")
+    home = Path("/var/lib/gpuqueue") if os.geteuid() == 0 else Path.home() / ".local/share/gpuqueue"
+    state_dir = Path(args.state_dir or os.environ.get("GPUQUEUE_STATE_DIR") or home / f"worker-{args.node}")
     store = RedisStore(url, args.prefix)
     try:
         uid_range = identities.parse_range(args.uid_range)
