@@ -180,6 +180,23 @@ class JobEventsFile:
             self.fd = None
 
 
+IDENTITY_HINT = ": the job's identity must be able to run the interpreter and enter the working folder"
+
+
+def _enter(cwd: str, who: str) -> Any:
+    """The ``preexec_fn`` that enters ``cwd`` in the job's process once it runs as the job's
+    user; on failure it says why on the job's stderr and exits 127."""
+
+    def enter() -> None:
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            os.write(2, f"gpuqueue: cannot start the job{who}: {e}{IDENTITY_HINT}\n".encode(errors="replace"))
+            os._exit(127)
+
+    return enter
+
+
 class Runner:
     """Supervises one attempt: start, watch, stop on request, record the end."""
 
@@ -210,13 +227,18 @@ class Runner:
         env["GPUQUEUE_EVENT_FD"] = str(ev_w)
         env["PYTHONUNBUFFERED"] = "1"
         started = time.time()
+        cwd = self.launch.get("cwd") or None
         as_user: dict[str, Any] = {}
         if self.user is not None:
-            as_user = {"user": int(self.user["uid"]), "group": int(self.user["gid"]), "extra_groups": [], "umask": 0o077}
+            # the working folder is entered as the job's user, after the switch: a chdir done as
+            # root would hand the job a folder it may not reach (e.g. inside a home of mode 700)
+            as_user = {"user": int(self.user["uid"]), "group": int(self.user["gid"]), "extra_groups": [],
+                       "umask": 0o077, "preexec_fn": _enter(cwd, self._who()) if cwd else None}
+            cwd = None
         try:
             self.proc = subprocess.Popen(
                 self.launch["argv"],
-                cwd=self.launch.get("cwd") or None,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
@@ -228,10 +250,8 @@ class Runner:
         except OSError as e:
             for fd in (out_r, out_w, err_r, err_w, ev_r, ev_w):
                 os.close(fd)
-            who = f" as uid {self.user['uid']} (user {self.user['name']})" if self.user else ""
-            hint = (": the job's identity must be able to run the interpreter and enter the working folder"
-                    if self.user and isinstance(e, PermissionError) else "")
-            self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot start the job{who}: {e}{hint}"})
+            hint = IDENTITY_HINT if self.user and isinstance(e, PermissionError) else ""
+            self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot start the job{self._who()}: {e}{hint}"})
             return self._finish(127, started)
         for fd in (out_w, err_w, ev_w):
             os.close(fd)
@@ -264,6 +284,9 @@ class Runner:
             job_events.drain(self.out)
             job_events.close()
         return self._finish(self.proc.returncode, started)
+
+    def _who(self) -> str:
+        return f" as uid {self.user['uid']} (user {self.user['name']})" if self.user else ""
 
     def _on_sigterm(self, *_: Any) -> None:
         # only set flags here: the main loop does the work (no locks taken in a signal handler)

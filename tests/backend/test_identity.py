@@ -73,3 +73,12 @@ def test_bad_uid_ranges_are_named(text: str, words: str) -> None:
     with pytest.raises(ValueError, match=words):
         parse_range(text)
     assert parse_range("61184-65519") == (61184, 65519)
+
+
+def test_without_root_jobs_run_as_the_worker_and_asking_for_identities_is_refused(monkeypatch) -> None:
+    from gpuqueue import identity
+
+    monkeypatch.setattr(identity.os, "geteuid", lambda: 1000)
+    assert identity.from_option("auto") is None and identity.from_option("none") is None
+    with pytest.raises(IdentityError, match="needs a worker that runs as root"):
+        identity.from_option("passwd")

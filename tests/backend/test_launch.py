@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,7 @@ import pytest
 from gpuqueue.identity import Identity
 from gpuqueue.launch import build_launch, passed_env, runner_env
 from gpuqueue.models import JobSpec
+from helpers.servers import wait_until
 
 SECRETS = {
     "GPUQUEUE_REDIS_URL": "redis://:s3cret@redis:6379/0",
@@ -66,3 +69,17 @@ def test_a_job_under_its_own_identity_gets_its_own_home_and_folder(host: None, t
     # without an identity: as before, the launching process's HOME and working directory
     plain = _launch(tmp_path)
     assert plain["cwd"] is None and "user" not in plain
+
+
+def test_an_embedded_job_gets_neither_the_servers_token_nor_its_secrets(jupyter_server_factory) -> None:
+    """The real Jupyter server exports its own URL and token into its environment (for the
+    kernels it starts); a job it launches sees neither, nor the hub's token."""
+    server = jupyter_server_factory(gpus=0, env={"JUPYTERHUB_API_TOKEN": "hub-s3cret", "DB_PASSWORD": "pw-s3cret"})
+    code = "import os, json; print(json.dumps(dict(os.environ)))"
+    c = server.client()
+    job = c.submit({"kind": "command", "command": [sys.executable, "-c", code]})["id"]
+    wait_until(lambda: c.get(job)["state"] == "succeeded", 60, 0.1, "the job")
+    env = json.loads(next(e["data"]["line"] for e in c.events(job) if e["type"] == "log"))
+    assert server.token not in json.dumps(env)
+    assert not {"GPUQUEUE_TOKEN", "GPUQUEUE_URL", "JUPYTERHUB_API_TOKEN", "DB_PASSWORD"} & set(env)
+    assert env["GPUQUEUE_JOB_ID"] == job and "PATH" in env

@@ -144,3 +144,17 @@ def test_root_reads_only_the_owners_regular_files_and_never_follows_a_link(open_
     a.symlink_to(open_root)
     with pytest.raises(OSError):
         OwnedDir(paths.job.parent, [paths.job.name, a.name], UID, UID)
+
+
+@root_only
+def test_a_job_its_identity_cannot_start_says_why(open_root: Path, tmp_path: Path) -> None:
+    paths = prepare_owned(open_root, "j-3", 1, UID, UID)
+    private = tmp_path / "private"  # under pytest's folder of mode 700
+    private.mkdir()
+    launch = {"argv": ["/bin/true"], "cwd": str(private), "job_dir": str(paths.job), "attempt_dir": str(paths.attempt),
+              "user": {"name": "ana", "uid": UID, "gid": UID}, "env": {"PATH": "/usr/bin:/bin"}}
+    events = _run(paths.records, launch, runner_env())
+    line = next(e["data"]["line"] for e in events if e["type"] == "log")
+    assert line.startswith(f"gpuqueue: cannot start the job as uid {UID} (user ana): [Errno 13] Permission denied")
+    assert "must be able to run the interpreter and enter the working folder" in line
+    assert events[-1]["data"]["exit_code"] == 127

@@ -213,3 +213,11 @@ def _bob_values(c: Cluster, job: str) -> dict[str, Any]:
     values, failed = unpack_results(c.client("bob").result(job))
     assert failed == {}
     return values
+
+
+def test_a_root_worker_refuses_a_state_folder_its_jobs_cannot_reach(tmp_path: Path) -> None:
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "worker", "--redis", "redis://127.0.0.1:1/0", "--gpus", "1",
+                        "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "use a --state-dir every user may traverse" in r.stderr, r.stderr
