@@ -178,6 +178,8 @@ def test_a_job_reaches_no_credential_nor_another_users_files(cluster: Cluster) -
     bob_uid, bob_gid, bob_groups = _bob_values(c, bob)["who"]
     assert report["uid"] != bob_uid and report["uid"] != 0 and report["groups"] == [] and bob_groups == []
     assert [p for p in report["read"] if bob in p] == []
+    home = Path(report["env"]["HOME"])  # its own, on the node
+    assert home.name == str(report["uid"]) and (os.stat(home).st_uid, stat.S_IMODE(os.stat(home).st_mode)) == (report["uid"], 0o700)
     assert report["wrote"] == [] and report["made"] == []
     assert report["redis"].startswith("-NOAUTH"), report["redis"]
     bnode = c.root / f"node-{jobs[bob]['attempts'][-1]['node']}"

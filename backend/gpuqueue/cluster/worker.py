@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,7 @@ class NodeAgent:
         self.heartbeat_s = heartbeat_s
         self.max_result_bytes = max_result_bytes
         self.identities = identities  # None: jobs run as this worker's own user
+        self._homes: set[int] = set()  # uids whose HOME on this node is made
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.attempts: dict[tuple[str, int], LocalAttempt] = {}
         self.pending_stops: dict[tuple[str, int], dict[str, Any]] = {}
@@ -208,7 +210,7 @@ class NodeAgent:
             paths.records.mkdir(parents=True, exist_ok=True)
         payload: Optional[bytes] = None
         if spec.kind == "cell":
-            if ident is not None or not (paths.job / "payload.pkl").exists():
+            if not os.path.lexists(paths.job / "payload.pkl"):  # <job> cannot be a job's link: its parent is ours
                 payload = self.store.rb.get(self.store.k("payload", job_id))
                 if payload is None:
                     raise RuntimeError("its cell payload is missing from the store")
@@ -246,10 +248,12 @@ class NodeAgent:
         """HOME of a dynamic identity on this node: ``<state>/home/<uid>``, its own, kept
         between its jobs (caches)."""
         homes = self.state_dir / "home"
-        homes.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(homes, 0o711)
-        with OwnedDir(homes, [str(ident.uid)], ident.uid, ident.gid, create=True):
-            pass
+        if ident.uid not in self._homes:
+            homes.mkdir(mode=0o711, exist_ok=True)
+            os.chmod(homes, 0o711)
+            with OwnedDir(homes, [str(ident.uid)], ident.uid, ident.gid, create=True):
+                pass
+            self._homes.add(ident.uid)
         return homes / str(ident.uid)
 
     # -- tailing --------------------------------------------------------------------------
@@ -520,6 +524,10 @@ def cli_main(argv: list[str]) -> int:
         from .. import metrics
 
         metrics.serve_metrics(args.metrics_port, metrics.process_registry("worker", node=args.node))
+    if os.geteuid() == 0:  # by design (it switches jobs to their users); Celery's warning is noise here
+        from celery.exceptions import SecurityWarning
+
+        warnings.filterwarnings("ignore", category=SecurityWarning)
     app = make_celery(url)
     worker = app.Worker(
         hostname=f"{args.node}@gpuqueue", queues=[node_queue(args.node)], pool_cls="threads",
