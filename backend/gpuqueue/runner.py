@@ -212,14 +212,21 @@ class Runner:
         self.user: Optional[dict[str, Any]] = user if isinstance(user, dict) else None
         self.job_dir: Optional[str] = self.launch.get("job_dir")
         self.own: Optional[OwnedDir] = None  # the job's attempt folder, where it runs as its own user
+        self.own_error: Optional[OSError] = None
         if self.user is not None and self.job_dir and self.launch.get("attempt_dir"):
             jd, ad = Path(self.job_dir), Path(self.launch["attempt_dir"])
-            self.own = OwnedDir(jd.parent, [jd.name, ad.name], int(self.user["uid"]), int(self.user["gid"]))
+            try:
+                self.own = OwnedDir(jd.parent, [jd.name, ad.name], int(self.user["uid"]), int(self.user["gid"]))
+            except OSError as e:  # gone, or replaced by a link: the attempt fails, with the reason
+                self.own_error = e
 
     def run(self) -> int:
         """Start the job, wait for it, write exit records. Returns the job's exit code."""
         signal.signal(signal.SIGUSR1, lambda *_: self._wake.set())
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self.own_error is not None:
+            self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot open the attempt's folder: {self.own_error}"})
+            return self._finish(127, time.time())
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         ev_r, ev_w = os.pipe()

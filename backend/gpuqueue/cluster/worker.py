@@ -454,9 +454,8 @@ NOT_ROOT_WARNING = (
     "this worker does not run as root, so every job runs as its user (uid %d): jobs of different "
     "users can read and change each other's files, results and checkpoints on this node, and the "
     "worker's own files. What remains: no job gets the store URL or a token (not in its "
-    "environment, command line or /proc: the worker and its runners are not dumpable), jobs see "
-    "only their own GPUs. Run the worker as root to give each user's jobs their own identity "
-    "(docs/deploy.md, Security model)")
+    "environment, command line or /proc: the worker and its runners are not dumpable). Run the "
+    "worker as root to give each user's jobs their own identity (docs/deploy.md, Security model)")
 
 
 def _unreachable(path: Path) -> Optional[Path]:
