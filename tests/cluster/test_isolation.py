@@ -115,7 +115,7 @@ who = (os.getuid(), os.getgid(), os.getgroups())
 
 
 @pytest.fixture
-def cluster(redis_factory: Any) -> Iterator[Cluster]:
+def cluster() -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="gq-isolation-"))
     root.chmod(0o711)  # job identities may traverse it, as /var/lib: the modes inside must hold
     (root / "redis").mkdir(mode=0o700)  # its data files hold every job's payload and results
