@@ -143,6 +143,9 @@ def main() -> int:
     ap.add_argument("--breakdown", action="store_true",
                     help="also print where the dispatch latency goes, stage by stage (from the runners' "
                          "event files and the Redis streams)")
+    ap.add_argument("--identities", default="none",
+                    help="the workers' --identities (default none: these jobs run this interpreter and write one "
+                         "shared marks file, so they run as the workers' user)")
     ap.add_argument("--workers-after-submit", action="store_true",
                     help="start the workers once every job is submitted (measures the API alone)")
     args = ap.parse_args()
@@ -181,7 +184,8 @@ def main() -> int:
         def start_workers() -> None:
             for n in nodes:
                 spawn(f"worker-{n}", gq + ["worker", "--redis", redis_url, "--node", n, "--gpus", str(args.gpus),
-                                           "--state-dir", str(nodes_root / n), "--heartbeat", "2", "--log-level", "WARNING"])
+                                           "--state-dir", str(nodes_root / n), "--heartbeat", "2", "--log-level", "WARNING",
+                                           "--identities", args.identities])
 
         if not args.workers_after_submit:
             start_workers()

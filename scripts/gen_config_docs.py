@@ -66,10 +66,15 @@ ENV = """
 | `GPUQUEUE_CONFIG` | the queue file, when `c.GPUQueueApp.config_file` is not set |
 | `GPUQUEUE_URL`, `GPUQUEUE_TOKEN` | where the CLI and the magic find the REST API (set by the extension for the kernels it starts) |
 | `GPUQUEUE_VIEW` | `text` forces the plain-text cell view instead of the widget |
+| `GPUQUEUE_PASS_ENV` | more variables a job takes from the environment of the Jupyter server (or worker) that launches it, e.g. `HF_HOME,WANDB_*` (names, or prefixes with `*`); names of credentials (`*TOKEN*`, `*PASSWORD*`, `*SECRET*`, `*_KEY`, `JPY_*`, `JUPYTER*`, `GPUQUEUE_REDIS*`, `GPUQUEUE_URL`, `GPUQUEUE_API*`) never pass |
 
 Inside a job: `CUDA_VISIBLE_DEVICES`, `GPUQUEUE_JOB_ID`, `GPUQUEUE_ATTEMPT`, `GPUQUEUE_JOB_DIR`,
 `GPUQUEUE_ATTEMPT_DIR`, `GPUQUEUE_NODE`, `GPUQUEUE_NUM_GPUS`, and where asked
-`GPUQUEUE_PRECISION`, `GPUQUEUE_GRAD_CHECKPOINTING`, `GPUQUEUE_RESUME_FROM`.
+`GPUQUEUE_PRECISION`, `GPUQUEUE_GRAD_CHECKPOINTING`, `GPUQUEUE_RESUME_FROM`. Nothing else of the
+launching process's environment reaches a job but an allow-list (`gpuqueue.launch.PASS_ENV`: `PATH`,
+`PYTHONPATH`, `LANG`/`LC_*`, `TZ`, `TMPDIR`, `HOME`, `CUDA_*`, `NVIDIA_*`, `NCCL_*`,
+`LD_LIBRARY_PATH`, CA bundles, the Ray address, ...), `GPUQUEUE_PASS_ENV`, and the job's own
+`env`: no token or store URL of the server or worker.
 """
 
 

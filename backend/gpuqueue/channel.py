@@ -16,6 +16,10 @@ import threading
 import time
 from typing import Any, Optional
 
+# The records a job may send (gpuqueue.jobapi, checkpoints, the cell's result); the runner drops
+# any other type, so a job cannot write the runner's "exit", "runner", "state" or "log" records.
+JOB_EVENT_TYPES = frozenset({"metrics", "progress", "info", "checkpoint", "result"})
+
 _lock = threading.Lock()
 _stream: Optional[Any] = None
 _stop = threading.Event()

@@ -1,17 +1,62 @@
-"""How a job attempt is launched: the argv, environment and working directory the runner uses.
+"""How a job attempt is launched: the argv, environment, working directory and identity the
+runner uses.
 
-One place for it, shared by the embedded executor and the cluster worker.
+One place for it, shared by the embedded executor and the cluster worker. A job is untrusted
+code: its environment is built from an allow-list (:data:`PASS_ENV`), never copied from the
+Jupyter server's or the worker's, so no store URL, token or password reaches it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Optional
 
 from .distributed import launch_argv
+from .identity import Identity
 from .models import JobSpec
+
+# What a job takes from the environment of the process that launches it (the Jupyter server,
+# the worker): names, or prefixes ending in "*". Admins add more with $GPUQUEUE_PASS_ENV
+# ("NAME,PREFIX*"). Whatever matches NEVER_PASS is left out in any case.
+PASS_ENV = (
+    "PATH", "PYTHONPATH", "LANG", "LANGUAGE", "LC_*", "TZ", "TMPDIR", "TERM", "HOME", "USER", "LOGNAME",
+    "SHELL", "CUDA_*", "NVIDIA_*", "NCCL_*", "LD_LIBRARY_PATH", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
+    "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE",
+    "RAY_ADDRESS", "GPUQUEUE_RAY_ADDRESS", "GPUQUEUE_RAY_CPUS", "GPUQUEUE_CHECKPOINT_DIR",
+)
+NEVER_PASS = re.compile(
+    r"TOKEN|PASSWORD|PASSWD|SECRET|CREDENTIAL|_KEY$|_AUTH|COOKIE|^JPY_|^JUPYTER|^GPUQUEUE_(REDIS|URL$|API)",
+    re.IGNORECASE,
+)
+# where the job runs under its own identity, these describe the worker's user, not the job's
+_OWN_ACCOUNT = ("HOME", "USER", "LOGNAME", "SHELL")
+
+
+def _patterns(environ: Mapping[str, str]) -> list[str]:
+    extra = [p.strip() for p in environ.get("GPUQUEUE_PASS_ENV", "").split(",") if p.strip()]
+    return list(PASS_ENV) + extra
+
+
+def passed_env(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
+    """The part of ``environ`` (default: this process's) that a job or a runner may see."""
+    env = os.environ if environ is None else environ
+    pats = _patterns(env)
+    return {k: v for k, v in env.items()
+            if any(fnmatch.fnmatchcase(k, p) for p in pats) and not NEVER_PASS.search(k)}
+
+
+def package_root() -> str:
+    """The folder that holds the ``gpuqueue`` package (put on PYTHONPATH where it must import)."""
+    return str(Path(__file__).resolve().parent.parent)
+
+
+def _join(*parts: str) -> str:
+    return os.pathsep.join(p for p in parts if p)
 
 
 def build_launch(
@@ -22,11 +67,16 @@ def build_launch(
     attempt: int,
     devices: list[int],
     node: str,
+    identity: Optional[Identity] = None,
+    home: Optional[str] = None,
 ) -> dict[str, Any]:
     """The ``launch.json`` content for one attempt.
 
     ``devices`` are the physical GPU indices this attempt may use; the job sees them (and only
     them) through ``CUDA_VISIBLE_DEVICES``. A ``--gpus 0`` job sees none and runs on the CPU.
+    ``job_dir`` / ``attempt_dir`` are the job's own folders. ``identity``: the user the job runs
+    as (None: the launching process's own); ``home``: its HOME when the identity has none.
+    ``env`` is the job's whole environment.
     """
     python = spec.python or sys.executable
     if spec.kind == "cell":
@@ -35,12 +85,20 @@ def build_launch(
         argv = list(spec.command or [])
     # several processes: torchrun (one node) or Ray Train (several nodes); see gpuqueue.distributed
     argv = launch_argv(spec.kind, argv, spec.gpus, spec.nodes, spec.env, python)
-    env = dict(spec.env)
-    if spec.kind == "command" and spec.env.get("GPUQUEUE_HF_HOOK", "1") != "0":
+    env = passed_env()
+    if identity is not None:
+        for k in _OWN_ACCOUNT:
+            env.pop(k, None)
+        env["USER"] = env["LOGNAME"] = identity.account or identity.user
+        if identity.home or home:
+            env["HOME"] = str(identity.home or home)
+    env.update(spec.env)
+    user_path = spec.env.get("PYTHONPATH", env.get("PYTHONPATH", ""))
+    if spec.kind == "cell":
+        env["PYTHONPATH"] = _join(package_root(), user_path)  # python -m gpuqueue.jobmain
+    elif spec.env.get("GPUQUEUE_HF_HOOK", "1") != "0":
         # Python commands get the transformers hook through a chained sitecustomize (gpuqueue.hf)
-        site = str(Path(__file__).resolve().parent / "_site")
-        existing = spec.env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
-        env["PYTHONPATH"] = site + (os.pathsep + existing if existing else "")
+        env["PYTHONPATH"] = _join(str(Path(__file__).resolve().parent / "_site"), user_path)
     env.update(
         {
             "CUDA_VISIBLE_DEVICES": ",".join(str(d) for d in devices),
@@ -58,13 +116,18 @@ def build_launch(
         env["GPUQUEUE_GRAD_CHECKPOINTING"] = "1"
     if spec.resume_from:
         env["GPUQUEUE_RESUME_FROM"] = spec.resume_from
-    return {"argv": argv, "env": env, "cwd": spec.cwd}
+    cwd = spec.cwd or (str(job_dir) if identity is not None else None)
+    out: dict[str, Any] = {"argv": argv, "env": env, "cwd": cwd,
+                           "job_dir": str(job_dir), "attempt_dir": str(attempt_dir)}
+    if identity is not None:
+        out["user"] = {"name": identity.user, "uid": identity.uid, "gid": identity.gid}
+    return out
 
 
 def runner_env() -> dict[str, str]:
-    """The environment to start a runner in: this one, with gpuqueue importable (the runner
-    runs with this interpreter)."""
-    env = dict(os.environ)
-    here = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = here + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    """The environment to start a runner (or the worker's runner fork server) in: the
+    allow-listed part of this one (no credentials), with gpuqueue importable (the runner runs
+    with this interpreter). The job's own environment comes from ``launch.json``."""
+    env = passed_env()
+    env["PYTHONPATH"] = _join(package_root(), env.get("PYTHONPATH", ""))
     return env

@@ -1,10 +1,13 @@
 """The runner: one small supervisor process per job attempt.
 
 ``python -m gpuqueue.runner ATTEMPT_DIR`` reads ``launch.json``, starts the job process in its
-own process group with ``CUDA_VISIBLE_DEVICES`` set, and writes everything the attempt says into
-``events.jsonl``: stdout and stderr line by line as they are printed, and the structured events
-the job-side API sends over the pipe named by ``GPUQUEUE_EVENT_FD``. It ends with an ``exit``
-record and ``exit.json``.
+own process group with ``CUDA_VISIBLE_DEVICES`` set (and, where ``launch.json`` names a user,
+under that user's uid/gid with no supplementary groups and umask 077), and writes everything the
+attempt says into ``events.jsonl``: stdout and stderr line by line as they are printed, and the
+structured events the job-side API sends over the pipe named by ``GPUQUEUE_EVENT_FD`` (or, from
+processes without the pipe, appends to the job's own ``events.jsonl``). Of those it keeps only
+the job-side types (``channel.JOB_EVENT_TYPES``): a job cannot write the runner's ``exit``,
+``runner`` or ``state`` records. It ends with an ``exit`` record and ``exit.json``.
 
 It runs in a session of its own, so it outlives the Jupyter server (or Celery worker) that
 started it; whoever restarts simply goes on reading ``events.jsonl`` from where it stopped.
@@ -26,8 +29,13 @@ import time
 from pathlib import Path
 from typing import IO, Any, Optional
 
+from .channel import JOB_EVENT_TYPES
+from .jobdir import OwnedDir
+
 PARTIAL_LINE_FLUSH_S = 0.5  # a line with no newline yet is shown after this long
 MAX_LINE = 16_384  # longer lines are cut (with a marker) so one line cannot flood the log
+MAX_EVENT = 1_048_576  # a job-side event record longer than this is dropped
+JOB_EVENTS_POLL_S = 0.1  # how often the job's own events.jsonl is read (identity mode)
 
 
 class EventWriter:
@@ -92,17 +100,101 @@ def _emit_line(out: EventWriter, stream: str, raw: bytes, replace: bool) -> None
     out.write("log", data)
 
 
-def _pump_events(fd: int, out: EventWriter) -> None:
+def job_event(raw: bytes, job_dir: Optional[str] = None) -> Optional[tuple[str, dict[str, Any], Optional[float]]]:
+    """One record a job sent, as (type, data, time), or None if it is not a job-side event
+    (a torn line, a foreign one, or a type only the runner may write: ``exit``, ``runner``,
+    ``state``, ``log``). A checkpoint record says whether its path lies in the job's own folder
+    (``in_job_folder``): one that does not is the job's claim, nothing more."""
+    if len(raw) > MAX_EVENT:
+        return None
+    try:
+        rec = json.loads(raw)
+        type_ = rec["type"]
+        t = rec.get("t")
+        data = rec.get("data", {})
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if type_ not in JOB_EVENT_TYPES or not isinstance(data, dict):
+        return None
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t < 1e11:
+        t = None
+    if type_ == "checkpoint":
+        data = dict(data, in_job_folder=_inside(data.get("path"), job_dir))
+    return str(type_), data, t
+
+
+def _inside(path: Any, folder: Optional[str]) -> bool:
+    if not isinstance(path, str) or not folder or "://" in path:
+        return False
+    real, root = os.path.realpath(path), os.path.realpath(folder)
+    return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _pump_events(fd: int, out: EventWriter, job_dir: Optional[str]) -> None:
     """Copy the job-side API's JSON records (metrics, progress, checkpoints) into the log."""
     with os.fdopen(fd, "rb") as f:
-        for raw in f:
-            try:
-                rec = json.loads(raw)
-                type_ = rec.pop("type")
-                t = rec.pop("t", None)
-            except (ValueError, KeyError, AttributeError):
-                continue  # a torn or foreign line is not worth crashing the runner for
-            out.write(str(type_), rec.get("data", rec), t)
+        while True:
+            raw = f.readline(MAX_EVENT + 1)
+            if not raw:
+                break
+            if not raw.endswith(b"\n") and len(raw) > MAX_EVENT:
+                while raw and not raw.endswith(b"\n"):  # skip the rest of an oversized line
+                    raw = f.readline(MAX_EVENT + 1)
+                continue
+            ev = job_event(raw, job_dir)
+            if ev is not None:
+                out.write(ev[0], ev[1], ev[2])
+
+
+class JobEventsFile:
+    """The job's own ``events.jsonl`` (identity mode): what processes without the runner's pipe
+    (torchrun ranks, Ray workers) append. Opened once, without following links, and read from
+    where the last read stopped; only job-side records pass."""
+
+    def __init__(self, folder: OwnedDir, job_dir: Optional[str]):
+        self.fd = folder.open_file("events.jsonl")
+        self.job_dir = job_dir
+        self.buf = b""
+
+    def drain(self, out: EventWriter) -> None:
+        """Copy the complete new lines."""
+        if self.fd is None:
+            return
+        while True:
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                return
+            self.buf += chunk
+            *lines, self.buf = self.buf.split(b"\n")
+            if len(self.buf) > MAX_EVENT:
+                self.buf = b""  # an endless line: dropped
+            for raw in lines:
+                ev = job_event(raw, self.job_dir)
+                if ev is not None:
+                    out.write(ev[0], ev[1], ev[2])
+
+    def close(self) -> None:
+        """Close the file."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+IDENTITY_HINT = ": the job's identity must be able to run the interpreter and enter the working folder"
+
+
+def _enter(cwd: str, who: str) -> Any:
+    """The ``preexec_fn`` that enters ``cwd`` in the job's process once it runs as the job's
+    user; on failure it says why on the job's stderr and exits 127."""
+
+    def enter() -> None:
+        try:
+            os.chdir(cwd)
+        except OSError as e:
+            os.write(2, f"gpuqueue: cannot start the job{who}: {e}{IDENTITY_HINT}\n".encode(errors="replace"))
+            os._exit(127)
+
+    return enter
 
 
 class Runner:
@@ -116,34 +208,57 @@ class Runner:
         self.stop_reason: Optional[str] = None
         self.kill_at: Optional[float] = None
         self._wake = threading.Event()
+        user = self.launch.get("user")
+        self.user: Optional[dict[str, Any]] = user if isinstance(user, dict) else None
+        self.job_dir: Optional[str] = self.launch.get("job_dir")
+        self.own: Optional[OwnedDir] = None  # the job's attempt folder, where it runs as its own user
+        self.own_error: Optional[OSError] = None
+        if self.user is not None and self.job_dir and self.launch.get("attempt_dir"):
+            jd, ad = Path(self.job_dir), Path(self.launch["attempt_dir"])
+            try:
+                self.own = OwnedDir(jd.parent, [jd.name, ad.name], int(self.user["uid"]), int(self.user["gid"]))
+            except OSError as e:  # gone, or replaced by a link: the attempt fails, with the reason
+                self.own_error = e
 
     def run(self) -> int:
         """Start the job, wait for it, write exit records. Returns the job's exit code."""
         signal.signal(signal.SIGUSR1, lambda *_: self._wake.set())
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        if self.own_error is not None:
+            self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot open the attempt's folder: {self.own_error}"})
+            return self._finish(127, time.time())
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         ev_r, ev_w = os.pipe()
-        env = dict(os.environ)
-        env.update(self.launch.get("env", {}))
+        env = dict(self.launch.get("env", {}))  # the job's whole environment (see gpuqueue.launch)
         env["GPUQUEUE_EVENT_FD"] = str(ev_w)
         env["PYTHONUNBUFFERED"] = "1"
         started = time.time()
+        cwd = self.launch.get("cwd") or None
+        as_user: dict[str, Any] = {}
+        if self.user is not None:
+            # the working folder is entered as the job's user, after the switch: a chdir done as
+            # root would hand the job a folder it may not reach (e.g. inside a home of mode 700)
+            as_user = {"user": int(self.user["uid"]), "group": int(self.user["gid"]), "extra_groups": [],
+                       "umask": 0o077, "preexec_fn": _enter(cwd, self._who()) if cwd else None}
+            cwd = None
         try:
             self.proc = subprocess.Popen(
                 self.launch["argv"],
-                cwd=self.launch.get("cwd") or None,
+                cwd=cwd,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out_w,
                 stderr=err_w,
                 pass_fds=(ev_w,),
                 start_new_session=True,
+                **as_user,
             )
         except OSError as e:
             for fd in (out_r, out_w, err_r, err_w, ev_r, ev_w):
                 os.close(fd)
-            self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot start the job: {e}"})
+            hint = IDENTITY_HINT if self.user and isinstance(e, PermissionError) else ""
+            self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot start the job{self._who()}: {e}{hint}"})
             return self._finish(127, started)
         for fd in (out_w, err_w, ev_w):
             os.close(fd)
@@ -151,16 +266,19 @@ class Runner:
         pumps = [
             threading.Thread(target=_pump_output, args=(out_r, "stdout", self.out), daemon=True),
             threading.Thread(target=_pump_output, args=(err_r, "stderr", self.out), daemon=True),
-            threading.Thread(target=_pump_events, args=(ev_r, self.out), daemon=True),
+            threading.Thread(target=_pump_events, args=(ev_r, self.out, self.job_dir), daemon=True),
         ]
+        job_events = JobEventsFile(self.own, self.job_dir) if self.own is not None else None
         for p in pumps:
             p.start()
         proc = self.proc
         # wake the loop the moment the job exits (no polling delay before the exit record)
         threading.Thread(target=lambda: (proc.wait(), self._wake.set()), daemon=True).start()
         while self.proc.poll() is None:
-            self._wake.wait(0.2)
+            self._wake.wait(JOB_EVENTS_POLL_S if job_events is not None else 0.2)
             self._wake.clear()
+            if job_events is not None:
+                job_events.drain(self.out)
             self._check_control()
             if self.kill_at is not None and time.time() >= self.kill_at:
                 self._signal_group(signal.SIGKILL)
@@ -169,7 +287,13 @@ class Runner:
             p.join(timeout=5)
         # children that outlived the job's main process must not keep its GPUs
         self._signal_group(signal.SIGKILL)
+        if job_events is not None:
+            job_events.drain(self.out)
+            job_events.close()
         return self._finish(self.proc.returncode, started)
+
+    def _who(self) -> str:
+        return f" as uid {self.user['uid']} (user {self.user['name']})" if self.user else ""
 
     def _on_sigterm(self, *_: Any) -> None:
         # only set flags here: the main loop does the work (no locks taken in a signal handler)
@@ -191,6 +315,11 @@ class Runner:
             return
         self.stop_reason = reason
         self.out.write("state", {"stopping": reason, "grace_s": grace_s})
+        if self.own is not None:  # the job cannot read the records: its copy of the request
+            try:
+                self.own.write("control.json", json.dumps({"reason": reason, "grace_s": grace_s}).encode())
+            except OSError as e:
+                print(f"gpuqueue runner: cannot copy the stop request to the job's folder: {e}", file=sys.stderr)
         self._signal_group(signal.SIGTERM)
         self.kill_at = time.time() + grace_s
 
@@ -228,7 +357,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         target = sys.stdin.readline().strip()
         if not target:
             return 0
-        fd = os.open(os.path.join(target, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = os.open(os.path.join(target, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(fd, 2)
         os.close(fd)
     return Runner(Path(target)).run()

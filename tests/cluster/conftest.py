@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from gpuqueue.client import Client, ServerInfo
+from gpuqueue.cluster import redis_url
 from helpers.servers import RedisServer, free_port, wait_until
 
 PY = sys.executable
@@ -41,7 +42,8 @@ class Cluster:
     """Processes of one test cluster; ``close()`` kills them all (and their job processes)."""
 
     def __init__(self, root: Path, redis: RedisServer, nodes: dict[str, int], node_timeout: float = 2.0,
-                 config_extra: str = "", daemon_args: tuple[str, ...] = ()):
+                 config_extra: str = "", daemon_args: tuple[str, ...] = (),
+                 worker_args: tuple[str, ...] = ("--identities", "none")):
         self.root = root
         self.redis = redis
         self.nodes = nodes
@@ -60,30 +62,53 @@ class Cluster:
             f'[[user]]\nname = "{n}"\ntoken = "{t}"\nadmin = {"true" if n == "root" else "false"}\n' for n, t in TOKENS.items()
         ))
         self.daemon_args = list(daemon_args)
+        # these tests' jobs write one shared marks file with this interpreter: they run as the
+        # worker's user; tests/cluster/test_isolation.py runs workers with per-user identities
+        self.worker_args = list(worker_args)
+        self.role_urls: dict[str, str] = {}  # "scheduler" / "api" / "worker" -> its own URL (ACL user)
+        self.redis_file_for: set[str] = set()  # processes that read the URL from --redis-file
         self.api_port = free_port()
         self.metrics_port = free_port()
 
     # -- processes ------------------------------------------------------------------------
-    def _spawn(self, key: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _redis(self, role: str, key: str) -> tuple[list[str], dict[str, str]]:
+        """How process ``key`` gets the store URL: on its command line when the URL has no
+        password; else in its environment, or in a file of mode 600 (``redis_file_for``)."""
+        url = self.role_urls.get(role, self.redis.url)
+        if not redis_url.has_password(url):
+            return ["--redis", url], {}
+        if key in self.redis_file_for:
+            f = self.root / f"{key}.redis-url"
+            f.touch(mode=0o600)
+            f.write_text(url + "\n")
+            return ["--redis-file", str(f)], {}
+        return [], {redis_url.ENV: url}
+
+    def _spawn(self, key: str, args: list[str], role: str = "") -> subprocess.Popen[bytes]:
         log = open(self.root / f"{key}.log", "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if role:
+            more, extra_env = self._redis(role, key)
+            args = [args[0], *more, *args[1:]]
+            env.update(extra_env)
         p = subprocess.Popen([PY, "-m", "gpuqueue.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.root)
         self.procs[key] = p
         return p
 
     def start_daemon(self, key: str = "daemon") -> subprocess.Popen[bytes]:
-        return self._spawn(key, ["scheduler", "--redis", self.redis.url, "--config", str(self.config),
+        return self._spawn(key, ["scheduler", "--config", str(self.config),
                                  "--node-timeout", str(self.node_timeout), "--leader-ttl", "1.5",
                                  "--start-timeout", "5", "--stop-grace", "3", *self.daemon_args]
-                           + (["--metrics-port", str(self.metrics_port)] if key == "daemon" else []))
+                           + (["--metrics-port", str(self.metrics_port)] if key == "daemon" else []), role="scheduler")
 
     def start_worker(self, node: str) -> subprocess.Popen[bytes]:
-        return self._spawn(f"worker-{node}", ["worker", "--redis", self.redis.url, "--node", node,
+        return self._spawn(f"worker-{node}", ["worker", "--node", node,
                                               "--gpus", str(self.nodes[node]), "--heartbeat", "0.2",
-                                              "--state-dir", str(self.root / f"node-{node}"), "--log-level", "INFO"])
+                                              "--state-dir", str(self.root / f"node-{node}"), "--log-level", "INFO",
+                                              *self.worker_args], role="worker")
 
     def start_api(self) -> subprocess.Popen[bytes]:
-        p = self._spawn("api", ["api", "--redis", self.redis.url, "--port", str(self.api_port), "--users", str(self.users)])
+        p = self._spawn("api", ["api", "--port", str(self.api_port), "--users", str(self.users)], role="api")
         wait_until(lambda: _ok(f"{self.url}healthz"), 30, 0.1, "the API service")
         return p
 

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gpuqueue.cluster.forkserver import SPARES, ForkServer
 from helpers.servers import wait_until
+
+UID = 61998
 
 
 def _attempt(root: Path, name: str, argv: list[str]) -> Path:
@@ -71,3 +76,23 @@ def _children(pid: int) -> list[int]:
     import psutil
 
     return [c.pid for c in psutil.Process(pid).children()]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/usr/bin/python3"), reason="needs root and /usr/bin/python3")
+def test_a_process_of_the_same_uid_cannot_read_a_not_dumpable_ones_environment() -> None:
+    """What a job of the worker's own uid (a worker that is not root) meets: the fork server and
+    its runners call not_dumpable(), so their /proc/PID/environ is closed to it."""
+    backend = str(Path(__file__).resolve().parents[2] / "backend")
+    code = "import sys, time; from gpuqueue.cluster.forkserver import not_dumpable; {}; print('up', flush=True); time.sleep(30)"
+    seen = {}
+    for closed in (False, True):
+        p = subprocess.Popen(["/usr/bin/python3", "-c", code.format("not_dumpable()" if closed else "pass")],
+                             user=UID, group=UID, env={"PYTHONPATH": backend, "SECRET": "s3"}, stdout=subprocess.PIPE)
+        try:
+            assert p.stdout is not None and p.stdout.readline() == b"up\n"
+            r = subprocess.run(["/bin/cat", f"/proc/{p.pid}/environ"], user=UID, group=UID, capture_output=True)
+            seen[closed] = b"SECRET=s3" in r.stdout
+        finally:
+            p.kill()
+            p.wait()
+    assert seen == {False: True, True: False}

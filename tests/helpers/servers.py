@@ -301,22 +301,33 @@ class JupyterServer:
 class RedisServer:
     """A ``redis-server`` on a free port, in its own folder, that a test can kill and restart."""
 
-    def __init__(self, root: Path, appendonly: bool = True):
+    def __init__(self, root: Path, appendonly: bool = True, password: Optional[str] = None, conf: str = ""):
+        """``password``: the default user's (``requirepass``); ``conf``: more redis.conf lines
+        (e.g. ACL users). Both go in a redis.conf of mode 600, never on the command line."""
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.appendonly = appendonly
+        self.password = password
+        self.conf = conf + (f"\nrequirepass {password}\n" if password else "")
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self) -> "RedisServer":
+        conf: list[str] = []
+        if self.conf:
+            path = self.root / "redis.conf"
+            path.touch(mode=0o600)
+            path.write_text(self.conf)
+            conf = [str(path)]
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root),
+            ["redis-server", *conf, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.root),
              "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "always",
              "--save", "", "--daemonize", "no", "--logfile", str(self.root / "redis.log")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -55,7 +55,8 @@ def test_daemons_and_worker_serve_metrics(redis_factory, procs, tmp_path: Path) 
     wait_until(lambda: (s := _scrape(ports["leader"])) and s.get("gpuqueue_scheduler_leader") == 1,
                60, 0.2, "the first daemon to lead")
     start("standby", "scheduler")
-    start("worker", "worker", "--node", "n1", "--gpus", "2", "--state-dir", str(tmp_path / "w"))
+    # as root, per-user identities would need a state folder others may enter: tmp_path is not
+    start("worker", "worker", "--node", "n1", "--gpus", "2", "--state-dir", str(tmp_path / "w"), "--identities", "none")
 
     lead = wait_until(lambda: (s := _scrape(ports["leader"])) and s.get("gpuqueue_node_up", node="n1", pool="default") == 1 and s,
                       60, 0.2, "the worker's node to join")

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import hmac
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,7 +149,7 @@ def _quiet_log(handler: web.RequestHandler) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """``gpuqueue api`` options."""
     p = argparse.ArgumentParser(prog="gpuqueue api", description="Run the cluster's REST API service.")
-    p.add_argument("--redis", default=os.environ.get("GPUQUEUE_REDIS_URL"), help="redis://[:password@]host:6379/0, or redis+sentinel://host:26379[,host:port...]/SERVICE[/DB] (or $GPUQUEUE_REDIS_URL)")
+    redis_url.add_arguments(p)
     p.add_argument("--port", type=int, default=8780)
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--users", required=False, help="users TOML file: [[user]] name, token, admin")
@@ -167,12 +166,10 @@ def cli_main(argv: list[str]) -> int:
     from ..logs import setup_logging
 
     setup_logging(level=args.log_level.upper(), component="api")
-    if not args.redis:
-        print("gpuqueue api: --redis URL is required (e.g. --redis redis://127.0.0.1:6379/0)", file=sys.stderr)
-        return 2
-    bad_url = redis_url.check(args.redis)
-    if bad_url:
-        print(f"gpuqueue api: {bad_url}", file=sys.stderr)
+    try:
+        url = redis_url.from_args(args)
+    except ValueError as e:
+        print(f"gpuqueue api: {e}", file=sys.stderr)
         return 2
     if not args.users:
         print("gpuqueue api: --users FILE is required (TOML: [[user]] name, token, admin)", file=sys.stderr)
@@ -188,7 +185,7 @@ def cli_main(argv: list[str]) -> int:
         from .forkserver import die_with_parent
 
         die_with_parent()  # a child must not outlive the parent systemd (or a test) stops
-    store = RedisStore(args.redis, args.prefix)
+    store = RedisStore(url, args.prefix)
     app = make_app(store, users, max_payload_bytes=int(args.max_payload_mb * 1e6))
 
     async def serve() -> None:

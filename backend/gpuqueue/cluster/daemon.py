@@ -726,7 +726,7 @@ def _retention(text: str) -> Optional[float]:
 def build_parser() -> argparse.ArgumentParser:
     """``gpuqueue scheduler`` options."""
     p = argparse.ArgumentParser(prog="gpuqueue scheduler", description="Run the cluster's scheduler daemon (one leads, others stand by).")
-    p.add_argument("--redis", default=os.environ.get("GPUQUEUE_REDIS_URL"), help="redis://[:password@]host:6379/0, or redis+sentinel://host:26379[,host:port...]/SERVICE[/DB] (or $GPUQUEUE_REDIS_URL)")
+    redis_url.add_arguments(p)
     p.add_argument("--config", default=os.environ.get("GPUQUEUE_CONFIG"), help="pools TOML (docs/config.md); default: pool 'default' of whatever workers join")
     p.add_argument("--policy", default="gpuqueue", choices=["gpuqueue", "fifo"])
     p.add_argument("--node-timeout", type=float, default=60.0, help="seconds without a heartbeat before a node is lost and its jobs requeued (default 60)")
@@ -748,19 +748,17 @@ def cli_main(argv: list[str]) -> int:
     from ..logs import setup_logging
 
     setup_logging(level=args.log_level.upper(), component="scheduler")
-    if not args.redis:
-        print("gpuqueue scheduler: --redis URL is required (e.g. --redis redis://127.0.0.1:6379/0)", file=sys.stderr)
-        return 2
-    bad_url = redis_url.check(args.redis)
-    if bad_url:
-        print(f"gpuqueue scheduler: {bad_url}", file=sys.stderr)
+    try:
+        url = redis_url.from_args(args)
+    except ValueError as e:
+        print(f"gpuqueue scheduler: {e}", file=sys.stderr)
         return 2
     try:
         config = load_config(args.config) if args.config else None
     except GPUQueueError as e:
         print(f"gpuqueue scheduler: {e}", file=sys.stderr)
         return 2
-    d = Daemon(RedisStore(args.redis, args.prefix), config, args.policy, args.node_timeout,
+    d = Daemon(RedisStore(url, args.prefix), config, args.policy, args.node_timeout,
                args.leader_ttl, args.start_timeout, args.stop_grace, keep_finished=args.keep_finished)
     if args.metrics_port:
         from .. import metrics

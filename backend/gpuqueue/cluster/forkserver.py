@@ -9,7 +9,8 @@ kernel delays for a new task) off the path from a free GPU to the job's start.
 Each runner is exactly ``python -m gpuqueue.runner ATTEMPT_DIR`` in all but timing: a session of
 its own, stderr to the attempt's ``runner.log``, and it dies with the fork server
 (``PR_SET_PDEATHSIG``), which dies with the worker's launch thread, so a killed worker still
-leaves no job running.
+leaves no job running. The server starts with the allow-listed environment of
+``gpuqueue.launch.runner_env`` (no credentials) and is not dumpable, nor are its runners.
 
 How they talk:
 
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 SPARES = 2  # runners kept waiting for a launch
 MAX_DIR = 3800  # a status line (with the folder) stays under PIPE_BUF, so it is written whole
 
@@ -52,11 +54,23 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
         pass
 
 
+def not_dumpable() -> None:
+    """Make this process's ``/proc`` entries root's and refuse ptrace by its own uid (Linux), so
+    a job running under the same uid cannot read its environment or memory. Lasts until exec."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_DUMPABLE, 0)
+    except OSError:
+        pass
+
+
 # -- the server process -----------------------------------------------------------------------
 def serve(launch_fd: int) -> int:
     """The fork server's loop (runs in its own process). ``launch_fd``: the receiving end of
     the worker's datagram socket pair."""
     from ..runner import Runner  # loaded once, shared copy-on-write by every runner
+
+    not_dumpable()  # and every runner forked from here
 
     gc.freeze()  # what is loaded stays out of the children's collections (fewer copied pages)
     me = os.getpid()
@@ -98,7 +112,7 @@ def serve(launch_fd: int) -> int:
             os.write(status, f"pid {os.getpid()} {adir}\n".encode())
             os.dup2(null, 1)
             os.close(null)
-            log = os.open(os.path.join(adir, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            log = os.open(os.path.join(adir, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.dup2(log, 2)
             os.close(log)
             code = Runner(Path(adir)).run()

@@ -13,6 +13,9 @@ is the Redis servers' (AUTH / ACL), not the Sentinels'.
 
 from __future__ import annotations
 
+import os
+import re
+import stat
 from dataclasses import dataclass
 from typing import Any, Optional
 from urllib.parse import unquote
@@ -60,17 +63,96 @@ def parse_sentinel(url: str) -> Optional[SentinelURL]:
     return SentinelURL(tuple(sentinels), unquote(parts[0]), db, username, password)
 
 
+# user:password@ in any URL (the user part may be empty); the password is what gets masked
+_AUTH = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^\s/]*)@", re.I)
+_QUERY_PW = re.compile(r"(?P<key>[?&;](?:password|pass|pwd)=)[^&#\s]*", re.I)
+MASK = "***"
+
+
+def mask(text: str) -> str:
+    """``text`` with the password of every URL in it masked, for logs and messages:
+    ``redis://:s3cret@h:6379/0`` -> ``redis://:***@h:6379/0``. Use it wherever a URL, or an error
+    that may quote one, is shown."""
+    text = _AUTH.sub(lambda m: f"{m['scheme']}{m['user']}:{MASK}@", str(text))
+    return _QUERY_PW.sub(lambda m: m["key"] + MASK, text)
+
+
+def has_password(url: str) -> bool:
+    """Whether ``url`` carries a password (in its authority or its query)."""
+    return mask(url) != url
+
+
 def check(url: str) -> Optional[str]:
-    """None if ``url`` is a Redis or Sentinel URL the cluster can use, else what to fix."""
+    """None if ``url`` is a Redis or Sentinel URL the cluster can use, else what to fix
+    (the URL quoted with its password masked)."""
     if url.startswith("rediss+sentinel://"):
         return "TLS through Sentinel is not supported yet: use redis+sentinel:// on a trusted network, or rediss:// to a TLS proxy that follows the primary"
     if not url.startswith(("redis://", "rediss://", "unix://") + SCHEMES):
-        return f"--redis {url!r}: use redis://host:6379/0, rediss://… or {EXAMPLE}"
+        return f"the Redis URL {mask(url)!r}: use redis://host:6379/0, rediss://… or {EXAMPLE}"
     try:
         parse_sentinel(url)
     except ValueError as e:
-        return str(e)
+        return mask(str(e))
     return None
+
+
+ENV = "GPUQUEUE_REDIS_URL"
+CLI_HELP = (f"redis://host:6379/0 or redis+sentinel://host:26379[,host:port...]/SERVICE[/DB]; a URL with a "
+            f"password goes in ${ENV} or --redis-file, never on the command line")
+FILE_HELP = f"a file (mode 600) holding the Redis URL, password included (instead of ${ENV})"
+
+
+def add_arguments(parser: Any) -> None:
+    """The ``--redis`` / ``--redis-file`` options every cluster process takes."""
+    parser.add_argument("--redis", default=None, help=CLI_HELP)
+    parser.add_argument("--redis-file", default=None, metavar="PATH", help=FILE_HELP)
+
+
+def from_args(args: Any, environ: Optional[dict[str, str]] = None) -> str:
+    """The store URL of a cluster process: ``--redis`` (refused if it holds a password: every
+    user can read a process's command line in ``/proc``), else ``--redis-file``, else
+    ``$GPUQUEUE_REDIS_URL``. Raises ValueError with the fix; its message never holds a password."""
+    env = os.environ if environ is None else environ
+    if args.redis and args.redis_file:
+        raise ValueError("give --redis or --redis-file, not both")
+    if args.redis:
+        if has_password(args.redis):
+            raise ValueError(f"--redis {mask(args.redis)!r} holds a password, and every user of this machine can read "
+                             f"a command line (/proc/PID/cmdline): put the URL in ${ENV} (e.g. a systemd EnvironmentFile "
+                             f"of mode 600) or in a file of mode 600 named by --redis-file")
+        url = args.redis
+    elif args.redis_file:
+        url = read_url_file(args.redis_file)
+    else:
+        url = env.get(ENV, "")
+    if not url:
+        raise ValueError(f"--redis URL is required: set ${ENV} (a URL with a password goes there or in "
+                         f"--redis-file PATH), or --redis redis://127.0.0.1:6379/0")
+    bad = check(url)
+    if bad:
+        raise ValueError(bad)
+    return url
+
+
+def read_url_file(path: str) -> str:
+    """The URL in ``path`` (first non-empty, non-comment line; ``GPUQUEUE_REDIS_URL=`` may prefix
+    it, so a systemd EnvironmentFile works too). Refused if others may read the file."""
+    try:
+        st = os.stat(path)
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        raise ValueError(f"--redis-file {path}: {e.strerror or e}") from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"--redis-file {path} is mode {stat.S_IMODE(st.st_mode):03o}: others may read the "
+                         f"password in it; chmod 600 {path}")
+    for line in lines:
+        line = line.strip()
+        if line and not line.startswith("#"):
+            if line.startswith(ENV + "="):
+                line = line[len(ENV) + 1:].strip().strip("'\"")
+            return line
+    raise ValueError(f"--redis-file {path} holds no URL (one line: redis://[user]:PASSWORD@host:6379/0)")
 
 
 def _server_kwargs(s: SentinelURL, kw: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,12 @@ the daemon has settled or requeued an attempt, its events, start, checkpoint and
 are refused, and the worker stops the process if it is still running (a zombie is fenced off).
 Runners die with the worker (``PR_SET_PDEATHSIG``, through the fork server), so a killed worker
 never leaves a job running that the daemon is about to requeue.
+
+Isolation: run as root, the worker starts each job under its owner's own Unix identity
+(``gpuqueue.identity``; ``--identities``), with the job's folders its own and the runner's
+records out of its reach (``gpuqueue.jobdir``). What the job produced (results, its error) is
+read from that attempt's own folder only, refusing links and files that are not the job's, and
+written only under that job's keys, fenced. Not root, it says at start what isolation is left.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import sys
 import threading
 import time
 import uuid
+import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +43,15 @@ from typing import Any, Optional
 import redis
 
 from . import redis_url
+from .. import identity as identities
 from ..gpus import local_gpu_count
-from ..jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
+from ..identity import Identities, Identity, IdentityError
+from ..jobdir import (AttemptPaths, OwnedDir, attempt_paths, job_dir, prepare_owned, read_events,
+                      write_bytes_atomic, write_json_atomic)
 from ..launch import build_launch, runner_env
 from ..models import JobSpec
 from .celeryconfig import TASK_NAME, make_app, node_queue
-from .forkserver import ForkServer, RunnerHandle
+from .forkserver import ForkServer, RunnerHandle, not_dumpable
 from .redis_store import Fenced, Op, RedisStore
 
 log = logging.getLogger("gpuqueue.worker")
@@ -56,8 +66,10 @@ class LocalAttempt:
     job_id: str
     number: int
     kind: str
-    dir: Path
+    dir: Path  # the runner's records
     proc: RunnerHandle
+    paths: Optional[AttemptPaths] = None
+    ident: Optional[Identity] = None
     offset: int = 0
     started: bool = False
     fenced: bool = False
@@ -69,7 +81,8 @@ class NodeAgent:
     """The node's side of the store: heartbeats, launches, event tailing, stop requests."""
 
     def __init__(self, store: RedisStore, node: str, gpus: int, pool: Optional[str], state_dir: Path,
-                 heartbeat_s: float = 10.0, max_result_bytes: int = 200_000_000):
+                 heartbeat_s: float = 10.0, max_result_bytes: int = 200_000_000,
+                 identities: Optional[Identities] = None):
         self.store = store
         self.node = node
         self.gpus = gpus
@@ -77,6 +90,8 @@ class NodeAgent:
         self.state_dir = state_dir
         self.heartbeat_s = heartbeat_s
         self.max_result_bytes = max_result_bytes
+        self.identities = identities  # None: jobs run as this worker's own user
+        self._homes: set[int] = set()  # uids whose HOME on this node is made
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.attempts: dict[tuple[str, int], LocalAttempt] = {}
         self.pending_stops: dict[tuple[str, int], dict[str, Any]] = {}
@@ -189,24 +204,57 @@ class NodeAgent:
     def _spawn(self, msg: dict[str, Any], forks: ForkServer) -> str:
         job_id, number = msg["job_id"], int(msg["attempt"])
         spec = JobSpec.model_validate(msg["spec"])
-        jdir = job_dir(self.state_dir, job_id)
-        adir = attempt_dir(self.state_dir, job_id, number)
-        adir.mkdir(parents=True, exist_ok=True)
-        _write_json(jdir / "spec.json", msg["spec"])
-        if spec.kind == "cell" and not (jdir / "payload.pkl").exists():
-            blob = self.store.rb.get(self.store.k("payload", job_id))
-            if blob is None:
-                raise RuntimeError("its cell payload is missing from the store")
-            write_bytes_atomic(jdir / "payload.pkl", blob)
-        launch = build_launch(job_id, spec, jdir, adir, number, list(msg.get("devices", [])), self.node)
-        _write_json(adir / "launch.json", launch)
+        ident = self._identity(job_id)
+        paths = attempt_paths(self.state_dir, job_id, number, split=ident is not None)
+        if ident is None:
+            paths.records.mkdir(parents=True, exist_ok=True)
+        payload: Optional[bytes] = None
+        if spec.kind == "cell":
+            if not os.path.lexists(paths.job / "payload.pkl"):  # <job> cannot be a job's link: its parent is ours
+                payload = self.store.rb.get(self.store.k("payload", job_id))
+                if payload is None:
+                    raise RuntimeError("its cell payload is missing from the store")
+        home = None
+        if ident is not None:
+            prepare_owned(self.state_dir, job_id, number, ident.uid, ident.gid, payload)
+            home = None if ident.home else str(self._home(ident))
+        elif payload is not None:
+            write_bytes_atomic(paths.job / "payload.pkl", payload)
+        _write_json(job_dir(self.state_dir, job_id) / "spec.json", msg["spec"])
+        launch = build_launch(job_id, spec, paths.job, paths.attempt, number, list(msg.get("devices", [])), self.node,
+                              identity=ident, home=home)
+        _write_json(paths.records / "launch.json", launch)
         stop = self.pending_stops.pop((job_id, number), None)
         if stop:
-            write_json_atomic(adir / "control.json", stop)
-        proc = forks.launch(adir)  # go: the runner reads launch.json now
+            write_json_atomic(paths.records / "control.json", stop)
+        proc = forks.launch(paths.records)  # go: the runner reads launch.json now
         with self._lock:
-            self.attempts[(job_id, number)] = LocalAttempt(job_id, number, spec.kind, adir, proc)
+            self.attempts[(job_id, number)] = LocalAttempt(job_id, number, spec.kind, paths.records, proc, paths, ident)
         return "started"
+
+    def _identity(self, job_id: str) -> Optional[Identity]:
+        """The identity the job's owner's jobs run as here (None: this worker's own user)."""
+        if self.identities is None:
+            return None
+        owner = self.store.get_job(job_id)
+        if owner is None:
+            raise RuntimeError("its record is missing from the store")
+        try:
+            return self.identities.resolve(owner.owner)
+        except IdentityError as e:
+            raise RuntimeError(str(e)) from None
+
+    def _home(self, ident: Identity) -> Path:
+        """HOME of a dynamic identity on this node: ``<state>/home/<uid>``, its own, kept
+        between its jobs (caches)."""
+        homes = self.state_dir / "home"
+        if ident.uid not in self._homes:
+            homes.mkdir(mode=0o711, exist_ok=True)
+            os.chmod(homes, 0o711)
+            with OwnedDir(homes, [str(ident.uid)], ident.uid, ident.gid, create=True):
+                pass
+            self._homes.add(ident.uid)
+        return homes / str(ident.uid)
 
     # -- tailing --------------------------------------------------------------------------
     def _tail_loop(self) -> None:
@@ -267,24 +315,40 @@ class NodeAgent:
 
     def _exit_ops(self, la: LocalAttempt, exit_rec: dict[str, Any]) -> list[Op]:
         rec = dict(exit_rec)
-        rec["error_record"] = read_json(la.dir / "error.json")
-        rec["result"] = read_json(la.dir / "result.json")
         ops: list[Op] = []
-        pkl = la.dir / "result.pkl"
-        if la.kind == "cell" and rec.get("exit_code") == 0 and pkl.exists():
-            size = pkl.stat().st_size
-            if size > self.max_result_bytes:
+        try:
+            own = self._attempt_folder(la)
+        except OSError as e:  # gone, or replaced by a link: nothing of it is taken
+            log.warning("attempt %s/%s: its folder cannot be read (%s)", la.job_id, la.number, e)
+            own = None
+        try:
+            rec["error_record"] = own.read_json("error.json") if own else None
+            rec["result"] = own.read_json("result.json") if own else None
+            size = own.size("result.pkl") if own and la.kind == "cell" and rec.get("exit_code") == 0 else None
+            if size is not None and size > self.max_result_bytes:
                 rec["exit_code"] = 1
                 rec["error"] = (f"the results are {size / 1e6:.0f} MB, over the {self.max_result_bytes / 1e6:.0f} MB "
                                 f"limit: save big objects to shared storage and return their path")
-            else:
+            elif size is not None and own is not None:
+                blob = own.read("result.pkl", self.max_result_bytes)
                 tmp = self.store.k("result", la.job_id, la.number)
-                self.store.rb.set(tmp, pkl.read_bytes(), px=3_600_000)
+                self.store.rb.set(tmp, blob or b"", px=3_600_000)
                 ops.append(["RENAME", tmp, self.store.k("result", la.job_id)])
                 ops.append(["PERSIST", self.store.k("result", la.job_id)])
                 rec["result_stored"] = True
+        finally:
+            if own is not None:
+                own.close()
         msg = {"op": "exit", "job": la.job_id, "attempt": la.number, "node": self.node, "rec": rec}
         return ops + [["SET", self.store.k("exit", la.job_id, la.number), json.dumps(msg["rec"])], self.store.report_op(msg)]
+
+    def _attempt_folder(self, la: LocalAttempt) -> OwnedDir:
+        """The attempt's own folder, opened as :class:`OwnedDir` (no links followed; only the
+        owner's regular files read)."""
+        paths = la.paths or attempt_paths(self.state_dir, la.job_id, la.number, split=False)
+        if la.ident is None:
+            return OwnedDir(paths.attempt.parent, [paths.attempt.name])
+        return OwnedDir(paths.job.parent, [paths.job.name, paths.attempt.name], la.ident.uid, la.ident.gid)
 
     def _report_exit_error(self, job_id: str, number: int, error: str) -> None:
         rec = {"exit_code": 127, "stop_reason": None, "error": error}
@@ -366,17 +430,44 @@ def make_celery(broker_url: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """``gpuqueue worker`` options."""
     p = argparse.ArgumentParser(prog="gpuqueue worker", description="Run this GPU node's Celery worker.")
-    p.add_argument("--redis", default=os.environ.get("GPUQUEUE_REDIS_URL"), help="redis://[:password@]host:6379/0, or redis+sentinel://host:26379[,host:port...]/SERVICE[/DB] (or $GPUQUEUE_REDIS_URL)")
+    redis_url.add_arguments(p)
     p.add_argument("--node", default=socket.gethostname(), help="this node's name, as in the pools config (default: host name)")
     p.add_argument("--gpus", type=int, default=None, help="GPUs to offer (default: $GPUQUEUE_GPUS, else NVML)")
     p.add_argument("--pool", default=None, help="pool, for a node the config does not list")
-    p.add_argument("--state-dir", default=None, help="job folders (default: $GPUQUEUE_STATE_DIR or ~/.local/share/gpuqueue/worker-NODE)")
+    p.add_argument("--state-dir", default=None, help="job folders (default: $GPUQUEUE_STATE_DIR, else /var/lib/gpuqueue/worker-NODE as root, ~/.local/share/gpuqueue/worker-NODE otherwise)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
     p.add_argument("--concurrency", type=int, default=4, help="launch threads (default 4)")
     p.add_argument("--prefix", default="gq")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics (process, NVML GPUs) on this port")
     p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
+    p.add_argument("--identities", default="auto", metavar="MODE",
+                   help="whose uid each job runs as (the worker must be root): 'dynamic' (a uid per user from "
+                        "--uid-range, the same on every node), 'passwd' (the OS account of the user's name), "
+                        "FILE.toml (user = UID or {uid, gid}), or 'none' (the worker's own user: no isolation "
+                        "between users). Default 'auto': dynamic as root, else none")
+    p.add_argument("--uid-range", default="%d-%d" % identities.DEFAULT_RANGE, metavar="FIRST-LAST",
+                   help="uids (and gids) of dynamic identities (default %(default)s)")
     return p
+
+
+NOT_ROOT_WARNING = (
+    "this worker does not run as root, so every job runs as its user (uid %d): jobs of different "
+    "users can read and change each other's files, results and checkpoints on this node, and the "
+    "worker's own files. What remains: no job gets the store URL or a token (not in its "
+    "environment, command line or /proc: the worker and its runners are not dumpable). Run the "
+    "worker as root to give each user's jobs their own identity (docs/deploy.md, Security model)")
+
+
+def _unreachable(path: Path) -> Optional[Path]:
+    """The first folder on the way to ``path`` that other users may not enter (no ``o+x``)."""
+    p = path.resolve()
+    for d in [*reversed(p.parents), p]:
+        try:
+            if not os.stat(d).st_mode & 0o001:
+                return d
+        except FileNotFoundError:
+            return None
+    return None
 
 
 def cli_main(argv: list[str]) -> int:
@@ -386,32 +477,57 @@ def cli_main(argv: list[str]) -> int:
     from ..logs import setup_logging
 
     setup_logging(level=args.log_level.upper(), component="worker", node=args.node)
-    if not args.redis:
-        print("gpuqueue worker: --redis URL is required (e.g. --redis redis://127.0.0.1:6379/0)", file=sys.stderr)
-        return 2
-    bad_url = redis_url.check(args.redis)
-    if bad_url:
-        print(f"gpuqueue worker: {bad_url}", file=sys.stderr)
+    try:
+        url = redis_url.from_args(args)
+    except ValueError as e:
+        print(f"gpuqueue worker: {e}", file=sys.stderr)
         return 2
     try:
         gpus = local_gpu_count(args.gpus)
     except ValueError as e:
         print(f"gpuqueue worker: {e}", file=sys.stderr)
         return 2
-    state_dir = Path(args.state_dir or os.environ.get("GPUQUEUE_STATE_DIR") or Path.home() / ".local/share/gpuqueue" / f"worker-{args.node}")
-    store = RedisStore(args.redis, args.prefix)
-    _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat)
+    os.environ.pop(redis_url.ENV, None)  # nothing this process starts inherits it
+    not_dumpable()  # /proc/<worker>/environ and memory: root's, whatever uid the jobs run as
+    home = Path("/var/lib/gpuqueue") if os.geteuid() == 0 else Path.home() / ".local/share/gpuqueue"
+    state_dir = Path(args.state_dir or os.environ.get("GPUQUEUE_STATE_DIR") or home / f"worker-{args.node}")
+    store = RedisStore(url, args.prefix)
+    try:
+        uid_range = identities.parse_range(args.uid_range)
+        idents = identities.from_option(args.identities, store.r, store.k("identity"), uid_range)
+    except (ValueError, IdentityError) as e:
+        print(f"gpuqueue worker: {e}", file=sys.stderr)
+        return 2
+    if idents is not None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        closed = _unreachable(state_dir)
+        if closed is not None:
+            print(f"gpuqueue worker: jobs run under their users' own identities, which must reach {state_dir}, "
+                  f"but {closed} is mode {os.stat(closed).st_mode & 0o777:03o}: use a --state-dir every user may "
+                  f"traverse (e.g. /var/lib/gpuqueue), or chmod o+x {closed}", file=sys.stderr)
+            return 2
+    elif os.geteuid() != 0:
+        log.warning(NOT_ROOT_WARNING, os.geteuid())
+    else:
+        log.warning("--identities none: every job runs as root on this node, with no isolation between users "
+                    "and full access to the node; use it only where nothing else runs")
+    _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents)
     try:
         _AGENT.start()
     except redis.RedisError as e:
-        print(f"gpuqueue worker: cannot reach Redis at {args.redis}: {e}", file=sys.stderr)
+        print(f"gpuqueue worker: cannot reach Redis at {redis_url.mask(url)}: {redis_url.mask(str(e))}", file=sys.stderr)
         return 1
-    log.info("node %s: %d GPUs, queue %s, jobs in %s", args.node, gpus, node_queue(args.node), state_dir)
+    log.info("node %s: %d GPUs, queue %s, jobs in %s, jobs run as %s", args.node, gpus, node_queue(args.node), state_dir,
+             f"their users' own identities ({args.identities})" if idents is not None else f"uid {os.geteuid()}")
     if args.metrics_port:
         from .. import metrics
 
         metrics.serve_metrics(args.metrics_port, metrics.process_registry("worker", node=args.node))
-    app = make_celery(args.redis)
+    if os.geteuid() == 0:  # by design (it switches jobs to their users); Celery's warning is noise here
+        from celery.exceptions import SecurityWarning
+
+        warnings.filterwarnings("ignore", category=SecurityWarning)
+    app = make_celery(url)
     worker = app.Worker(
         hostname=f"{args.node}@gpuqueue", queues=[node_queue(args.node)], pool_cls="threads",
         concurrency=args.concurrency, loglevel=args.log_level.upper(), without_heartbeat=True,

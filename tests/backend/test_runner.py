@@ -1,0 +1,160 @@
+"""The runner keeps a job to its own records: only job-side event types pass, the job gets only
+the environment of launch.json, and, as root, it runs under its owner's identity."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from gpuqueue.jobdir import OwnedDir, prepare_owned
+from gpuqueue.launch import runner_env
+from gpuqueue.runner import job_event
+from helpers.servers import wait_until
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: switches to another uid")
+UID = 61999
+
+
+def _run(records: Path, launch: dict[str, Any], env: dict[str, str]) -> list[dict[str, Any]]:
+    records.mkdir(parents=True, exist_ok=True)
+    (records / "launch.json").write_text(json.dumps(launch))
+    subprocess.run([sys.executable, "-m", "gpuqueue.runner", str(records)], env=env, timeout=60, check=False)
+    return [json.loads(x) for x in (records / "events.jsonl").read_text().splitlines()]
+
+
+def test_job_event_keeps_only_job_side_types(tmp_path: Path) -> None:
+    ok = job_event(b'{"type": "metrics", "t": 5.0, "data": {"loss": 1}}')
+    assert ok == ("metrics", {"loss": 1}, 5.0)
+    for forged in ("exit", "runner", "state", "log", "warning"):
+        assert job_event(json.dumps({"type": forged, "data": {"exit_code": 0}}).encode()) is None
+    assert job_event(b'{"type": "info", "data": "not a dict"}') is None
+    assert job_event(b"torn {") is None
+    assert job_event(b'{"type": "info", "t": 1e300, "data": {}}') == ("info", {}, None)  # a time that is not one
+    inside = job_event(json.dumps({"type": "checkpoint", "data": {"path": str(tmp_path / "checkpoints" / "s1")}}).encode(),
+                       str(tmp_path))
+    outside = job_event(b'{"type": "checkpoint", "data": {"path": "/elsewhere/s1"}}', str(tmp_path))
+    link = tmp_path / "link"
+    link.symlink_to("/elsewhere")
+    via_link = job_event(json.dumps({"type": "checkpoint", "data": {"path": str(link / "s1")}}).encode(), str(tmp_path))
+    assert inside and inside[1]["in_job_folder"] is True
+    assert outside and outside[1]["in_job_folder"] is False and via_link and via_link[1]["in_job_folder"] is False
+
+
+FORGER = r'''
+import json, os, sys
+fd = int(os.environ["GPUQUEUE_EVENT_FD"])
+for t in ("exit", "runner", "state", "log"):
+    os.write(fd, (json.dumps({"type": t, "data": {"forged": True, "exit_code": 0}}) + "\n").encode())
+os.write(fd, b'{"type": "info", "data": {"message": "' + b"x" * 2_000_000 + b'"}}\n')  # over the limit
+os.write(fd, b'{"type": "metrics", "data": {"step": 1}}\n')
+print("secret" if "s3cret" in repr(dict(os.environ)) else "clean", sorted(os.environ))
+sys.exit(3)
+'''
+
+
+def test_a_job_cannot_write_the_runners_records_nor_see_its_environment(tmp_path: Path) -> None:
+    env = dict(runner_env(), GPUQUEUE_REDIS_URL="redis://:s3cret@h/0", RUNNER_ONLY="s3cret")
+    events = _run(tmp_path / "a", {"argv": [sys.executable, "-c", FORGER], "env": {"MINE": "1"}, "cwd": str(tmp_path)}, env)
+    types = [e["type"] for e in events]
+    assert types.count("exit") == 1 and types.count("runner") == 1 and types[-1] == "exit"
+    assert events[-1]["data"]["exit_code"] == 3
+    assert not any(e["data"].get("forged") for e in events)
+    assert [e["data"] for e in events if e["type"] == "metrics"] == [{"step": 1}]
+    assert not any(e["type"] == "info" for e in events)
+    line = next(e["data"]["line"] for e in events if e["type"] == "log")
+    assert line.startswith("clean") and "MINE" in line and "RUNNER_ONLY" not in line
+
+
+@pytest.fixture
+def open_root() -> Iterator[Path]:
+    """A state folder that other uids may traverse (as /var/lib/gpuqueue)."""
+    d = Path(tempfile.mkdtemp(prefix="gq-runner-"))
+    d.chmod(0o711)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+JOB = r'''
+trap '' TERM
+echo "ids $(id -u) $(id -g) [$(id -G)] $(umask)"
+echo '{"type": "exit", "data": {"forged": true}}' >> "$GPUQUEUE_ATTEMPT_DIR/events.jsonl"
+echo '{"type": "progress", "data": {"done": 1, "total": 2}}' >> "$GPUQUEUE_ATTEMPT_DIR/events.jsonl"
+touch "$GPUQUEUE_ATTEMPT_DIR/ready"
+while [ ! -f "$GPUQUEUE_ATTEMPT_DIR/control.json" ]; do sleep 0.05; done
+echo "asked $(cat "$GPUQUEUE_ATTEMPT_DIR/control.json")"
+(echo x > "$GPUQUEUE_JOB_DIR/../not-mine") 2>/dev/null || echo "cannot write outside"
+ls "$(dirname "$GPUQUEUE_ATTEMPT_DIR")/../../jobs" 2>/dev/null || echo "cannot list records"
+'''
+
+
+@root_only
+def test_as_root_the_job_runs_as_its_owner_and_reaches_only_its_own_folders(open_root: Path) -> None:
+    paths = prepare_owned(open_root, "j-1", 1, UID, UID, payload=b"cell")
+    launch = {"argv": ["/bin/sh", "-c", JOB], "cwd": str(paths.job), "job_dir": str(paths.job),
+              "attempt_dir": str(paths.attempt), "user": {"name": "ana", "uid": UID, "gid": UID},
+              "env": {"PATH": "/usr/bin:/bin", "GPUQUEUE_JOB_DIR": str(paths.job), "GPUQUEUE_ATTEMPT_DIR": str(paths.attempt)}}
+    (paths.records / "launch.json").write_text(json.dumps(launch))
+    runner = subprocess.Popen([sys.executable, "-m", "gpuqueue.runner", str(paths.records)], env=runner_env())
+    wait_until(lambda: (paths.attempt / "ready").exists(), 20, 0.05, "the job to start")
+    (paths.records / "control.json").write_text(json.dumps({"reason": "cancelled", "grace_s": 5}))
+    runner.send_signal(signal.SIGUSR1)
+    assert runner.wait(30) == 0
+    events = [json.loads(x) for x in (paths.records / "events.jsonl").read_text().splitlines()]
+    lines = [e["data"]["line"] for e in events if e["type"] == "log"]
+    assert lines[0] == f"ids {UID} {UID} [{UID}] 0077"
+    assert lines[1] == 'asked {"reason": "cancelled", "grace_s": 5.0}'  # its copy of the stop request
+    assert lines[2:] == ["cannot write outside", "cannot list records"]
+    # its own events file: the progress passes, the forged exit does not
+    assert [e["data"] for e in events if e["type"] == "progress"] == [{"done": 1, "total": 2}]
+    assert [e["type"] for e in events].count("exit") == 1 and not any(e["data"].get("forged") for e in events)
+    for d, owner, mode in ((paths.job, UID, 0o700), (paths.attempt, UID, 0o700), (paths.records, 0, 0o700),
+                           (paths.records.parent, 0, 0o700), (paths.job / "payload.pkl", UID, 0o600)):
+        st = os.stat(d)
+        assert (st.st_uid, st.st_mode & 0o777) == (owner, mode), d
+
+
+@root_only
+def test_root_reads_only_the_owners_regular_files_and_never_follows_a_link(open_root: Path) -> None:
+    paths = prepare_owned(open_root, "j-2", 1, UID, UID)
+    secret = open_root / "secret"
+    secret.write_text("root's")
+    a = paths.attempt
+    (a / "link").symlink_to(secret)
+    os.link(secret, a / "hard")  # root's own file, linked in (a job cannot, with protected_hardlinks)
+    (a / "roots").write_text("root's")
+    os.mkfifo(a / "fifo")
+    (a / "mine").write_text("ok")
+    os.chown(a / "mine", UID, UID)
+    with OwnedDir(paths.job.parent, [paths.job.name, a.name], UID, UID) as own:
+        assert own.read("mine", 100) == b"ok"
+        assert [own.read(n, 100) for n in ("link", "hard", "roots", "fifo", "missing")] == [None] * 5
+        own.write("link", b"new")  # replaces the link, does not write through it
+    assert secret.read_text() == "root's" and not (a / "link").is_symlink() and os.stat(a / "link").st_uid == UID
+    # a planted link in place of the attempt folder is not followed either
+    shutil.rmtree(a)
+    a.symlink_to(open_root)
+    with pytest.raises(OSError):
+        OwnedDir(paths.job.parent, [paths.job.name, a.name], UID, UID)
+
+
+@root_only
+def test_a_job_its_identity_cannot_start_says_why(open_root: Path, tmp_path: Path) -> None:
+    paths = prepare_owned(open_root, "j-3", 1, UID, UID)
+    private = tmp_path / "private"  # under pytest's folder of mode 700
+    private.mkdir()
+    launch = {"argv": ["/bin/true"], "cwd": str(private), "job_dir": str(paths.job), "attempt_dir": str(paths.attempt),
+              "user": {"name": "ana", "uid": UID, "gid": UID}, "env": {"PATH": "/usr/bin:/bin"}}
+    events = _run(paths.records, launch, runner_env())
+    line = next(e["data"]["line"] for e in events if e["type"] == "log")
+    assert line.startswith(f"gpuqueue: cannot start the job as uid {UID} (user ana): [Errno 13] Permission denied")
+    assert "must be able to run the interpreter and enter the working folder" in line
+    assert events[-1]["data"]["exit_code"] == 127
