@@ -7,11 +7,17 @@ kernel sends on iopub, exactly what a frontend would receive."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from helpers.servers import Kernel, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SETUP = """
 %load_ext jupyter_gpuqueue
@@ -205,8 +211,32 @@ def kernel_cpu_seconds(pid: int) -> float:
     return t.user + t.system
 
 
-def test_cancel_button_of_a_waiting_cell_cancels_and_the_cell_returns(jupyter_server):
-    k = jupyter_server.start_kernel()
+IPYKERNEL6 = os.environ.get("GPUQUEUE_IPYKERNEL6_PYTHON", str(ROOT / ".venv-ipykernel6" / "bin" / "python"))
+
+
+def start_kernel(server: Any, ipykernel: int) -> Kernel:
+    """A kernel of the venv's ipykernel (7), or of an ipykernel 6 beside it (scripts/test.sh
+    makes one: ``.venv-ipykernel6``, whose other packages are the venv's)."""
+    if ipykernel == 7:
+        return server.start_kernel()
+    if not Path(IPYKERNEL6).exists():
+        pytest.skip(f"no ipykernel 6 interpreter at {IPYKERNEL6} (scripts/test.sh makes one)")
+    spec = server.root / "data" / "kernels" / "ipykernel6"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [IPYKERNEL6, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel 6)", "language": "python"}))
+    r = server.api("POST", "api/kernels", json={"name": "ipykernel6"})
+    r.raise_for_status()
+    k = Kernel(server, r.json()["id"])
+    server.kernels.append(k)
+    assert k.run("import ipykernel; print(ipykernel.version_info[0])").stdout == "6\n"
+    return k
+
+
+@pytest.mark.parametrize("ipykernel", [7, 6])
+def test_cancel_button_of_a_waiting_cell_cancels_and_the_cell_returns(jupyter_server, ipykernel):
+    k = start_kernel(jupyter_server, ipykernel)
     assert k.run(SETUP.format(mode="widget")).error is None
     pid = int(k.run("print(os.getpid())").stdout)
     client = jupyter_server.client()
