@@ -348,7 +348,8 @@ class JobWidget:
                 eta = f", ETA {fmt_duration(p['eta_s'])}" if p.get("eta_s") is not None else ""
                 text = f"{s}: position {p.get('position')}{eta}: {p.get('message') or p.get('reason')}"
             elif s in ("starting", "running"):
-                gpus = f"GPUs {self.gpus}" if self.gpus else "CPU"
+                ids = ", ".join(str(i) for i in self.gpus)
+                gpus = f"GPU{'s' if len(self.gpus) > 1 else ''} {ids}" if self.gpus else "CPU"
                 elapsed = fmt_duration(time.time() - self.started) if self.started else "0s"
                 text = f"{s} on {self.node or '?'} ({gpus}), elapsed {elapsed}"
                 if self.attempt and self.attempt > 1:

@@ -194,7 +194,8 @@ export class GPUQueuePanel extends Widget {
     if (WAITING.includes(j.state) && j.pending) {
       bits.push(waitingLine(j.pending));
     } else if (j.state === 'running' || j.state === 'starting') {
-      const gpus = j.gpu_ids && j.gpu_ids.length ? `GPUs ${j.gpu_ids.join(',')}` : `${j.gpus} GPUs`;
+      const ids = j.gpu_ids ?? [];
+      const gpus = ids.length ? `GPU${ids.length === 1 ? '' : 's'} ${ids.join(',')}` : j.gpus ? `${j.gpus} GPUs` : 'CPU';
       const elapsed = j.started_at ? `, ${duration(Date.now() / 1000 - j.started_at)}` : '';
       bits.push(`on ${j.node ?? '?'} (${gpus})${elapsed}`);
     } else if (j.ended_at) {
