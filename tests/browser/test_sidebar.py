@@ -175,5 +175,59 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             browser.close()
 
 
+def test_sidebar_gpu_map_in_cluster_mode(jupyter_server_factory, redis_factory, tmp_path):
+    """bob's JupyterLab in cluster mode (the extension forwards to a real cluster's API): alice's
+    GPUs are only busy, his own are his, a node whose worker died is not answering."""
+    if not lab_has_extension():
+        pytest.skip("the lab extension is not built/installed (pip install . builds it)")
+    from playwright.sync_api import sync_playwright
+
+    from cluster.conftest import TOKENS, Cluster
+
+    c = Cluster(tmp_path / "cluster", redis_factory(), {"n1": 2, "n2": 1, "n3": 1})
+    try:
+        c.start()
+        alice = c.submit("alice", ticks=600, gpus=2, name="alice-secret-run")
+        bob = c.submit("bob", ticks=600, gpus=1, name="bob-train")
+        root = c.client("root")
+        wait_until(lambda: all(root.get(j)["state"] == "running" for j in (alice, bob)), 30, 0.1, "both running")
+        bob_node = root.get(bob)["attempts"][-1]["node"]
+        idle_node = ({"n2", "n3"} - {bob_node}).pop()
+        c.kill(f"worker-{idle_node}")
+        server = jupyter_server_factory(args=[f"--GPUQueueApp.api_url={c.url}",
+                                              f"--GPUQueueApp.api_token={TOKENS['bob']}"])
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.goto(f"{server.url}lab?token={server.token}")
+                page.locator('.jp-SideBar [data-id="gpuqueue-sidebar"]').click(timeout=60_000)
+                dismiss_news(page, 2_000)
+                sidebar = page.locator("#gpuqueue-sidebar")
+
+                def states() -> dict[str, list[str]]:
+                    return sidebar.locator(".jp-GPUQueue-node").evaluate_all(
+                        """ns => Object.fromEntries(ns.map(n => [n.dataset.node,
+                               [...n.querySelectorAll('.jp-GPUQueue-gpu')].map(g => g.dataset.state)]))""")
+
+                expected = {"n1": ["busy", "busy"], bob_node: ["mine"], idle_node: ["down"]}
+                wait_until(lambda: states() == expected, 30, 0.3, f"the map {expected} (node timeout 2 s)")
+                n1 = sidebar.locator('.jp-GPUQueue-node[data-node="n1"] .jp-GPUQueue-gpu').first
+                assert n1.get_attribute("title") == "n1 GPU 0: busy (other user)"
+                mine = sidebar.locator(f'.jp-GPUQueue-node[data-node="{bob_node}"] .jp-GPUQueue-gpu')
+                assert "your job bob-train" in mine.get_attribute("title")
+                html = sidebar.inner_html()
+                assert "alice" not in html and "secret" not in html  # nothing of another user's job
+                assert "other user" in sidebar.locator(".jp-GPUQueue-legend").inner_text()
+                assert "not answering" in sidebar.locator(".jp-GPUQueue-legend").inner_text()
+                assert sidebar.locator('dd[data-share="place"]').inner_text().endswith("of 2 users")
+                assert wrapped_pieces(page, "#gpuqueue-sidebar") == []
+                screenshot_content(page, "#gpuqueue-sidebar", IMAGES / "sidebar-cluster.png")
+            finally:
+                browser.close()
+    finally:
+        c.close()
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q", "-s"]))
