@@ -24,8 +24,6 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
-from .display import start_line
-
 REDRAW_HZ = 4.0
 LOG_LINES = 400
 CURVE_POINTS = 2000  # kept; thinned by 2 when full

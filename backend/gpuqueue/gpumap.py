@@ -12,6 +12,9 @@ name and owner.
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from typing import Any, Iterable, Mapping, Optional
 
 from .config import QueueConfig
@@ -56,15 +59,17 @@ def gpu_map(
             job = held.get((n["node"], i))
             mine = job is not None and job.owner == caller.name
             state = "mine" if mine else "busy" if job is not None else "free" if n["up"] else "down"
-            seen = job is not None and (mine or caller.admin)
-            gpus.append({"index": i, "state": state, "job": {
-                "id": job.id, "name": job.spec.name, "owner": job.owner, "priority": job.spec.priority.value,
-            } if seen else None})
+            shown = None
+            if job is not None and (mine or caller.admin):
+                shown = {"id": job.id, "name": job.spec.name, "owner": job.owner,
+                         "priority": job.spec.priority.value}
+            gpus.append({"index": i, "state": state, "job": shown})
         out.append({"node": n["node"], "pool": n["pool"], "up": n["up"], "gpus": gpus})
     return out
 
 
-def share(config: Optional[QueueConfig], users: Optional[Mapping[str, Mapping[str, Any]]], caller: Any) -> Optional[dict[str, Any]]:
+def share(config: Optional[QueueConfig], users: Optional[Mapping[str, Mapping[str, Any]]],
+          caller: Any) -> Optional[dict[str, Any]]:
     """The caller's fair-share standing, or None where the policy keeps no usage (fifo).
 
     ``usage_gpu_hours`` is the decayed usage, ``weight`` the configured weight; the queue
@@ -79,7 +84,8 @@ def share(config: Optional[QueueConfig], users: Optional[Mapping[str, Mapping[st
     mine = users.get(caller.name) or {}
     usage = float(mine.get("usage_gpu_hours") or 0.0)
     key = usage / weight(caller.name)
-    others = [float(u.get("usage_gpu_hours") or 0.0) / weight(n) for n, u in users.items() if n != caller.name]
+    others = [float(u.get("usage_gpu_hours") or 0.0) / weight(n)
+              for n, u in users.items() if n != caller.name]
     return {
         "usage_gpu_hours": round(usage, 4),
         "weight": weight(caller.name),
@@ -103,10 +109,23 @@ def embedded_view(service: Any, snapshot: Mapping[str, Any], caller: Any) -> dic
     return cluster_view(service.config, None, jobs, snapshot, caller)
 
 
-def redis_view(store: Any, config: Optional[QueueConfig], snapshot: Mapping[str, Any], caller: Any) -> dict[str, Any]:
+REDIS_READ_EVERY_S = 1.0
+_holding: "weakref.WeakKeyDictionary[Any, tuple[float, list[JobRecord]]]" = weakref.WeakKeyDictionary()
+_holding_lock = threading.Lock()
+
+
+def redis_view(store: Any, config: Optional[QueueConfig], snapshot: Mapping[str, Any],
+               caller: Any) -> dict[str, Any]:
     """``cluster_view`` of the cluster's store: nodes up as the daemon's snapshot says, and the
     jobs holding GPUs (live but not waiting: one ``SDIFF`` of the store's indexes, then only
-    those records)."""
-    pools = list(config.pools) if config else []
-    ids = store.r.sdiff([store.k("active"), store.k("waitpool", ""), *(store.k("waitpool", p) for p in pools)])
-    return cluster_view(config, snapshot.get("nodes") or {}, store.get_jobs(sorted(ids)), snapshot, caller)
+    those records), read at most once per ``REDIS_READ_EVERY_S`` per API process however many
+    sidebars ask."""
+    now = time.monotonic()
+    with _holding_lock:
+        at, jobs = _holding.get(store, (-1e9, []))
+        if now - at >= REDIS_READ_EVERY_S:
+            pools = list(config.pools) if config else []
+            waiting = [store.k("waitpool", ""), *(store.k("waitpool", p) for p in pools)]
+            jobs = store.get_jobs(sorted(store.r.sdiff([store.k("active"), *waiting])))
+            _holding[store] = (now, jobs)
+    return cluster_view(config, snapshot.get("nodes") or {}, jobs, snapshot, caller)
