@@ -65,7 +65,7 @@ export class GPUQueuePanel extends Widget {
     this.title.caption = 'GPU Queue';
     this.node.innerHTML =
       '<div class="jp-GPUQueue-header"><h2>GPU Queue</h2>' +
-      '<span class="jp-GPUQueue-status"></span></div>' +
+      '<span class="jp-GPUQueue-status jp-GPUQueue-nowrap"></span></div>' +
       '<div class="jp-GPUQueue-body"></div>';
     this.node.addEventListener('click', event => this.onClick(event));
     this.poll = new Poll({
