@@ -29,23 +29,41 @@ def _num(v: Any) -> str:
     return html.escape(str(v))
 
 
+def ordinal(n: int) -> str:
+    """``1st``, ``2nd``, ``3rd``, ``4th``, ``11th``."""
+    suffix = "th" if 11 <= n % 100 <= 13 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def gpu_hours(h: float) -> str:
+    """``0 GPU-hours``, ``0.42 GPU-hours``, ``1 GPU-hour``, ``12.5 GPU-hours``."""
+    n = "0" if h == 0 else f"{h:.0f}" if h >= 100 else f"{h:.1f}" if h >= 10 else f"{h:.2g}"
+    return f"{n} GPU-hour{'' if n == '1' else 's'}"
+
+
+def span(seconds: float) -> str:
+    """``7 days``, ``12 hours``, ``30m00s``."""
+    for unit, size in (("day", 86400), ("hour", 3600)):
+        if seconds >= size:
+            n = f"{seconds / size:.1f}".removesuffix(".0")
+            return f"{n} {unit}{'' if n == '1' else 's'}"
+    return fmt_duration(seconds)
+
+
 def fair_share_rows(queue: dict[str, Any]) -> list[tuple[str, str]]:
-    """My standing from the queue summary's optional ``users`` part, whatever its shape:
-    a dict keyed by user, or a list of dicts with a ``user``/``name`` key."""
-    me = (queue.get("me") or {}).get("user")
-    users = queue.get("users")
-    mine: Any = None
-    if isinstance(users, dict):
-        mine = users.get(me)
-    elif isinstance(users, list):
-        mine = next((u for u in users if isinstance(u, dict) and me in (u.get("user"), u.get("name"))), None)
+    """My fair-share standing in words, from the queue summary's ``share`` (the same words as
+    the sidebar), and my active jobs."""
     rows: list[tuple[str, str]] = []
-    if isinstance(mine, dict):
-        rows += [(str(k), _num(v)) for k, v in mine.items() if k not in ("user", "name")]
-    elif mine is not None:
-        rows.append(("standing", _num(mine)))
-    if isinstance(users, (dict, list)) and users:
-        rows.append(("users with usage", str(len(users))))
+    s = queue.get("share")
+    if s:
+        half = f" (halves every {span(s['half_life_s'])})" if s.get("half_life_s") else ""
+        users = f"user{'' if s['of'] == 1 else 's'}"
+        running = (f"{s['running']} job{'' if s['running'] == 1 else 's'} on {s['gpus_held']} "
+                   f"GPU{'' if s['gpus_held'] == 1 else 's'}") if s.get("running") else "nothing running"
+        rows += [("your recent use", html.escape(gpu_hours(s["usage_gpu_hours"]) + half)),
+                 ("your weight", _num(s["weight"])),
+                 ("your turn", f"{ordinal(s['place'])} of {s['of']} {users} (least use per weight goes first)"),
+                 ("now", running)]
     counts = (queue.get("me") or {}).get("jobs") or {}
     if counts:
         rows.append(("my active jobs", ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))))

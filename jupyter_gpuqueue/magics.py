@@ -8,12 +8,13 @@ cell assigned back into the notebook. Interrupting the kernel stops waiting, not
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shlex
 import sys
 import types
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -198,11 +199,7 @@ class GPUQueueMagics(Magics):
             for ev in self.client.follow(job["id"], after):
                 view.event(ev)
         except KeyboardInterrupt:
-            print(
-                f"\n[gpuqueue] stopped waiting; job {job['id']} goes on. "
-                f"`%gpuqueue attach {job['id']}` re-attaches, `%gpuqueue cancel {job['id']}` cancels.",
-                flush=True,
-            )
+            print(f"\n[gpuqueue] stopped waiting; {_goes_on(job['id'])}", flush=True)
             return
         except GPUQueueError as e:
             raise UsageError(str(e)) from None
@@ -211,36 +208,46 @@ class GPUQueueMagics(Magics):
         self._conclude(final)
 
     def _follow_widget(self, job: dict[str, Any], background: bool, after: int) -> None:
-        """Show the job widget, fed by a follower thread. In the foreground the main thread
-        waits interruptibly: Kernel > Interrupt stops waiting and leaves the job running."""
+        """Show the job widget, fed by a follower thread. In the foreground the cell waits in a
+        ``CommWaiter``: the widget's Cancel and Detach work meanwhile (no CPU spent waiting),
+        and Kernel > Interrupt stops waiting and leaves the job running."""
+        from .commwait import CommWaiter
         from .widget import JobWidget
 
         follower = _Follower(self._thread_client(), job["id"], after)
-        refresh_client = self._thread_client()
-        view = JobWidget(cancel=lambda jid: self.client.cancel(jid), detach=follower.stop,
-                         refresh=refresh_client.get, foreground=not background)
+        waiter = None if background else CommWaiter.open()
+        cancel_client, refresh_client = self._thread_client(), self._thread_client()
+        view = JobWidget(cancel=cancel_client.cancel, detach=follower.stop, refresh=refresh_client.get,
+                         foreground=not background, buttons_live=background or waiter is not None)
         follower.view = view
         self.last_view = view
         view.start(job)
-        follower.start()
         if background:
+            follower.start()
             _say_background(job["id"])
             return
+        if waiter is not None:
+            follower.on_done = waiter.wake
+        follower.start()
         try:
-            while not follower.done.wait(0.1):
-                pass
+            with waiter if waiter is not None else contextlib.nullcontext():
+                while not follower.done.is_set():
+                    if waiter is not None:
+                        waiter.wait(1.0)
+                    else:
+                        follower.done.wait(0.1)
         except KeyboardInterrupt:
             follower.stop()
             view.request_detach()
-            print(
-                f"\n[gpuqueue] stopped waiting; job {job['id']} goes on. "
-                f"`%gpuqueue attach {job['id']}` re-attaches, `%gpuqueue cancel {job['id']}` cancels.",
-                flush=True,
-            )
+            print(f"\n[gpuqueue] stopped waiting; {_goes_on(job['id'])}", flush=True)
             return
         if follower.error is not None:
             raise UsageError(str(follower.error))
-        if follower.final is None:  # detached
+        if follower.final is None:  # the Detach button
+            print(f"[gpuqueue] detached; {_goes_on(job['id'])}", flush=True)
+            return
+        if follower.final["state"] == "cancelled" and view.cancel_requested:
+            print(f"[gpuqueue] {job['id']} cancelled (its Cancel button); nothing came back", flush=True)
             return
         self._conclude(follower.final)
 
@@ -370,12 +377,18 @@ class _Follower(threading.Thread):
         self.final: Optional[dict[str, Any]] = None
         self.error: Optional[BaseException] = None
         self.done = threading.Event()
+        self.on_done: Optional[Callable[[], None]] = None  # called (any thread) once done is set
         self._stopped = threading.Event()
+
+    def _set_done(self) -> None:
+        self.done.set()
+        if self.on_done is not None:
+            self.on_done()
 
     def stop(self) -> None:
         """Stop following (the job goes on); the thread ends at the next event or keep-alive."""
         self._stopped.set()
-        self.done.set()
+        self._set_done()
 
     def run(self) -> None:
         try:
@@ -393,7 +406,13 @@ class _Follower(threading.Thread):
             self.view.note = f"lost the job's stream: {e}"
             self.view.close_updates()
         finally:
-            self.done.set()
+            self._set_done()
+
+
+def _goes_on(job_id: str) -> str:
+    """What a cell says when it stops waiting for a job that goes on."""
+    return (f"job {job_id} goes on. `%gpuqueue attach {job_id}` re-attaches, "
+            f"`%gpuqueue cancel {job_id}` cancels.")
 
 
 def _say_background(job_id: str) -> None:

@@ -1,6 +1,11 @@
 """The job widget a ``%%train`` cell shows: state line, progress bar, live loss curve, log tail,
 checkpoints, Cancel / Detach.
 
+Cancel asks for a second click within ``CONFIRM_S`` seconds, then cancels the job; Detach stops
+following it (the job goes on). Both work while a foreground cell waits: the magic waits in a
+``commwait.CommWaiter``, which lets the kernel handle the clicks meanwhile (where a kernel cannot,
+the buttons stay off until the wait ends and say why).
+
 Events arrive on a follower thread (``event``) and only change plain Python state under a
 lock; a ticker thread copies that state into the widget models at most ``REDRAW_HZ`` times a
 second (ipykernel 7 sends widget state from any thread; nothing here prints from a thread). A
@@ -19,13 +24,12 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
-from .display import start_line
-
 REDRAW_HZ = 4.0
 LOG_LINES = 400
 CURVE_POINTS = 2000  # kept; thinned by 2 when full
 CURVE_DRAWN = 300  # drawn
 PENDING_REFRESH_S = 3.0
+CONFIRM_S = 5.0  # how long a first click on Cancel waits for the second
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 CURVE_KEYS = ("loss", "train_loss", "eval_loss")
 
@@ -100,6 +104,7 @@ class JobWidget:
         refresh: Optional[Callable[[str], dict[str, Any]]] = None,
         show: bool = True,
         foreground: bool = False,
+        buttons_live: bool = True,
     ):
         self._cancel_fn = cancel
         self._detach_fn = detach
@@ -130,6 +135,8 @@ class JobWidget:
         self.last_seq = 0
         self.redraws = 0
         self._last_refresh = 0.0
+        self.cancel_requested = False  # the Cancel button asked the server to cancel the job
+        self._confirm_until = 0.0  # a first click arms Cancel until then; a second one cancels
         # widgets
         self.title = W.HTML()
         self.status = W.HTML()
@@ -160,8 +167,8 @@ class JobWidget:
             ],
             layout=W.Layout(border="1px solid #ddd", padding="4px 8px"),
         )
-        if foreground:
-            # the kernel is busy while the cell waits: clicks would only act once it is idle
+        if foreground and not buttons_live:
+            # this kernel cannot take the clicks while the cell waits (see commwait.py)
             busy = "the kernel is busy waiting for this job: Kernel > Interrupt stops waiting " \
                    "(the job goes on); the GPU Queue sidebar cancels at any time"
             for b in (self.cancel_button, self.detach_button):
@@ -232,19 +239,45 @@ class JobWidget:
         self.close_updates()
 
     # -- buttons --------------------------------------------------------------------------
-    def request_cancel(self) -> None:
-        """The Cancel button: ask the server to cancel the job."""
+    def request_cancel(self, confirmed: bool = False) -> None:
+        """The Cancel button. A first click arms it ("Confirm cancel" for ``CONFIRM_S``
+        seconds); a second one asks the server to cancel the job (``confirmed`` skips the
+        first step). Any thread: the kernel may run it while the cell waits."""
         job_id = self.job.get("id")
-        if not job_id or self._cancel_fn is None:
+        if not job_id or self._cancel_fn is None or self.state in TERMINAL:
             return
+        now = time.monotonic()
+        if not confirmed and now > self._confirm_until:
+            self._confirm_until = now + CONFIRM_S
+            with self._flush_lock:
+                self.cancel_button.description = "Confirm cancel"
+                self.cancel_button.tooltip = f"click again within {CONFIRM_S:.0f} s to cancel {job_id}"
+            disarm = threading.Timer(CONFIRM_S, self._disarm_cancel)
+            disarm.daemon = True
+            disarm.start()
+            return
+        self._confirm_until = 0.0
         try:
             self._cancel_fn(job_id)
-            note = "cancel requested"
+            note = "cancelling: the job gets its grace period to stop"
+            self.cancel_requested = True
         except Exception as e:  # noqa: BLE001 - shown in the widget, never a traceback
             note = f"cancel failed: {e}"
         with self._lock:
             self.note = note
+        with self._flush_lock:
+            self.cancel_button.description = "Cancel"
+            self.cancel_button.tooltip = "cancel the job (it stops after its grace period)"
+            self.cancel_button.disabled = self.cancel_requested
         self._flush()
+
+    def _disarm_cancel(self) -> None:
+        """Not confirmed in time: back to a plain Cancel."""
+        if self._confirm_until and time.monotonic() >= self._confirm_until:
+            self._confirm_until = 0.0
+            with self._flush_lock:
+                self.cancel_button.description = "Cancel"
+                self.cancel_button.tooltip = "cancel the job (it stops after its grace period)"
 
     def request_detach(self) -> None:
         """The Detach button: stop following; the job goes on."""
@@ -261,7 +294,7 @@ class JobWidget:
         self._flush()
         with self._flush_lock:
             self.detach_button.disabled = True
-            self.cancel_button.disabled = self.state in TERMINAL
+            self.cancel_button.disabled = self.state in TERMINAL or self.cancel_requested
             if not self.cancel_button.disabled:
                 self.cancel_button.tooltip = "cancel the job (it stops after its grace period)"
 
@@ -313,7 +346,8 @@ class JobWidget:
                 eta = f", ETA {fmt_duration(p['eta_s'])}" if p.get("eta_s") is not None else ""
                 text = f"{s}: position {p.get('position')}{eta}: {p.get('message') or p.get('reason')}"
             elif s in ("starting", "running"):
-                gpus = f"GPUs {self.gpus}" if self.gpus else "CPU"
+                ids = ", ".join(str(i) for i in self.gpus)
+                gpus = f"GPU{'s' if len(self.gpus) > 1 else ''} {ids}" if self.gpus else "CPU"
                 elapsed = fmt_duration(time.time() - self.started) if self.started else "0s"
                 text = f"{s} on {self.node or '?'} ({gpus}), elapsed {elapsed}"
                 if self.attempt and self.attempt > 1:
@@ -429,4 +463,6 @@ class JobWidget:
             "checkpoints": self.ckpts.value,
             "redraws": self.redraws,
             "cancel_disabled": self.cancel_button.disabled,
+            "cancel_label": self.cancel_button.description,
+            "detach_disabled": self.detach_button.disabled,
         }

@@ -13,4 +13,11 @@ fi
 bash scripts/install.sh "dev,train,cluster,ray"
 # shellcheck disable=SC1091
 . .venv/bin/activate
+# An ipykernel 6 kernel beside the venv's ipykernel 7 (every other package is the venv's): the
+# widget tests click a waiting cell's buttons in both, whose internals differ (commwait.py).
+python -m venv --without-pip .venv-ipykernel6
+k6_site=$(.venv-ipykernel6/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "import site; site.addsitedir('$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+  >"$k6_site/zz-venv.pth"
+python -m pip --python .venv-ipykernel6/bin/python install -q --no-deps "ipykernel>=6.25,<7" "nest_asyncio>=1.5"
 python -m pytest "$@"

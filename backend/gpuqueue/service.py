@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Optional
 
+from . import gpumap
 from .config import QueueConfig, single_node_config
 from .errors import Conflict, Forbidden, NotFound, Rejected
 from .jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
@@ -285,6 +286,7 @@ class QueueService:
         out = {"mode": "embedded", "pools": snap.get("pools", {}), "me": {"user": caller.name, "admin": caller.admin, "jobs": mine}}
         if "users" in snap:
             out["users"] = snap["users"]
+        out.update(gpumap.embedded_view(self, snap, caller))
         return out
 
     # -- the loops --------------------------------------------------------------------------

@@ -39,12 +39,41 @@ export interface IPool {
   running: number;
 }
 
-/** ``GET gpuqueue/api/queue``. ``users`` (fair-share usage) is optional and free-form. */
+/** One GPU of the map: ``mine`` (the caller's job), ``busy`` (another user's), ``free``, ``down``. */
+export interface IGpu {
+  index: number;
+  state: 'free' | 'mine' | 'busy' | 'down';
+  /** The job on it: the caller's own (every job for an admin); null for another user's. */
+  job: { id: string; name?: string | null; owner: string; priority: string } | null;
+}
+
+/** One node of the map. */
+export interface IGpuNode {
+  node: string;
+  pool: string | null;
+  up: boolean;
+  gpus: IGpu[];
+}
+
+/** The caller's fair-share standing (null where the policy keeps no usage). */
+export interface IShare {
+  usage_gpu_hours: number;
+  weight: number;
+  half_life_s: number | null;
+  gpus_held: number;
+  running: number;
+  place: number;
+  of: number;
+}
+
+/** ``GET gpuqueue/api/queue`` (docs/openapi.yaml). */
 export interface IQueue {
   mode: string;
   pools: { [name: string]: IPool };
   me: { user: string; admin: boolean; jobs: { [state: string]: number } };
-  users?: unknown;
+  gpu_map?: IGpuNode[];
+  share?: IShare | null;
+  warning?: string;
 }
 
 /** One event of a job's stream. */

@@ -1,6 +1,7 @@
 /**
- * The "GPU Queue" sidebar: pools (GPUs used/free), my jobs with state and progress, the queue
- * with positions and reasons, my fair-share standing, and Cancel (with a confirmation).
+ * The "GPU Queue" sidebar: the cluster (pools, and a map of every node's GPUs: mine, another
+ * user's, free, down), my jobs with state and progress (waiting ones with their place in line,
+ * expected start and reason), my fair-share standing in words, and Cancel (with a confirmation).
  *
  * It polls the REST API: every ``activeInterval`` seconds while I have active jobs, every
  * ``idleInterval`` seconds otherwise, backing off on errors, and not at all while the panel is
@@ -13,7 +14,10 @@ import { Widget } from '@lumino/widgets';
 import {
   ACTIVE,
   GPUQueueAPI,
+  IGpu,
+  IGpuNode,
   IJobSummary,
+  IPending,
   IQueue,
   WAITING
 } from './api';
@@ -61,7 +65,7 @@ export class GPUQueuePanel extends Widget {
     this.title.caption = 'GPU Queue';
     this.node.innerHTML =
       '<div class="jp-GPUQueue-header"><h2>GPU Queue</h2>' +
-      '<span class="jp-GPUQueue-status"></span></div>' +
+      '<span class="jp-GPUQueue-status jp-GPUQueue-nowrap"></span></div>' +
       '<div class="jp-GPUQueue-body"></div>';
     this.node.addEventListener('click', event => this.onClick(event));
     this.poll = new Poll({
@@ -188,11 +192,10 @@ export class GPUQueuePanel extends Widget {
   private jobLine(j: IJobSummary): string {
     const bits: string[] = [];
     if (WAITING.includes(j.state) && j.pending) {
-      const p = j.pending;
-      const eta = p.eta_s !== null && p.eta_s !== undefined ? `, ETA ${duration(p.eta_s)}` : '';
-      bits.push(`#${p.position ?? '?'}${eta}: ${p.message ?? p.reason ?? ''}`);
+      bits.push(waitingLine(j.pending));
     } else if (j.state === 'running' || j.state === 'starting') {
-      const gpus = j.gpu_ids && j.gpu_ids.length ? `GPUs ${j.gpu_ids.join(',')}` : `${j.gpus} GPUs`;
+      const ids = j.gpu_ids ?? [];
+      const gpus = ids.length ? `GPU${ids.length === 1 ? '' : 's'} ${ids.join(',')}` : j.gpus ? `${j.gpus} GPUs` : 'CPU';
       const elapsed = j.started_at ? `, ${duration(Date.now() / 1000 - j.started_at)}` : '';
       bits.push(`on ${j.node ?? '?'} (${gpus})${elapsed}`);
     } else if (j.ended_at) {
@@ -214,18 +217,10 @@ export class GPUQueuePanel extends Widget {
       return;
     }
     const q = this.queue;
-    const pools = Object.entries(q.pools ?? {})
-      .map(([name, p]) => {
-        const pct = p.gpus_total ? (100 * p.gpus_used) / p.gpus_total : 0;
-        return (
-          `<tr class="jp-GPUQueue-pool" data-pool="${esc(name)}"><td>${esc(name)}</td>` +
-          `<td><div class="jp-GPUQueue-bar"><div style="width:${pct.toFixed(0)}%"></div></div></td>` +
-          `<td>${p.gpus_used}/${p.gpus_total} used, ${p.gpus_total - p.gpus_used} free</td>` +
-          `<td>${p.running} running, ${p.queued} queued</td></tr>`
-        );
-      })
-      .join('');
-    const active = this.jobs.filter(j => ACTIVE.includes(j.state));
+    // running first, then waiting jobs in their order in line
+    const rank = (j: IJobSummary): number =>
+      WAITING.includes(j.state) ? 1000 + (j.pending?.position || 999) : 0;
+    const active = this.jobs.filter(j => ACTIVE.includes(j.state)).sort((a, b) => rank(a) - rank(b));
     const finished = this.jobs
       .filter(j => !ACTIVE.includes(j.state))
       .slice(0, this.settings.recentFinished);
@@ -234,8 +229,9 @@ export class GPUQueuePanel extends Widget {
       const pct = prog && prog.total ? Math.min(100, (100 * prog.done) / prog.total) : null;
       const bar =
         pct !== null && ACTIVE.includes(j.state)
-          ? `<div class="jp-GPUQueue-bar jp-GPUQueue-progress" title="${prog!.done}/${prog!.total}">` +
-            `<div style="width:${pct.toFixed(0)}%"></div></div> ${pct.toFixed(0)}%`
+          ? `<span class="jp-GPUQueue-nowrap"><span class="jp-GPUQueue-bar jp-GPUQueue-progress" ` +
+            `title="${prog!.done}/${prog!.total}"><span style="width:${pct.toFixed(0)}%"></span></span> ` +
+            `${pct.toFixed(0)}%</span>`
           : '';
       const cancel = ACTIVE.includes(j.state)
         ? `<button class="jp-Button jp-mod-styled jp-mod-warn jp-GPUQueue-cancel" ` +
@@ -244,17 +240,14 @@ export class GPUQueuePanel extends Widget {
       const owner = this.settings.showAllUsers ? ` <span class="jp-GPUQueue-owner">${esc(j.owner)}</span>` : '';
       return (
         `<li class="jp-GPUQueue-job" data-job-id="${esc(j.id)}" data-state="${esc(j.state)}">` +
-        `<div><span class="jp-GPUQueue-state jp-GPUQueue-state-${esc(j.state)}">${esc(j.state)}</span> ` +
-        `<b>${esc(j.name || j.id)}</b>${owner} <code>${esc(j.id)}</code> ${cancel}</div>` +
+        `<div class="jp-GPUQueue-jobhead">${cancel}<span class="jp-GPUQueue-state jp-GPUQueue-state-${esc(j.state)}">` +
+        `${esc(j.state)}</span> <b>${esc(j.name || j.id)}</b>${owner} <code>${esc(j.id)}</code></div>` +
         `<div class="jp-GPUQueue-detail">${esc(this.jobLine(j))} ${bar}</div></li>`
       );
     };
-    const waiting = this.jobs
-      .filter(j => WAITING.includes(j.state) && j.pending)
-      .sort((a, b) => (a.pending!.position ?? 0) - (b.pending!.position ?? 0));
-    const fair = fairShare(q);
     body.innerHTML =
-      `<h3>Pools</h3><table class="jp-GPUQueue-pools">${pools}</table>` +
+      (q.warning ? `<p class="jp-GPUQueue-error">${esc(q.warning)}</p>` : '') +
+      `<h3>Cluster</h3>${clusterView(q)}` +
       `<h3>My jobs</h3>` +
       (active.length
         ? `<ul class="jp-GPUQueue-jobs jp-GPUQueue-active">${active.map(row).join('')}</ul>`
@@ -262,50 +255,158 @@ export class GPUQueuePanel extends Widget {
       (finished.length
         ? `<h4>Recently finished</h4><ul class="jp-GPUQueue-jobs jp-GPUQueue-finished">${finished.map(row).join('')}</ul>`
         : '') +
-      `<h3>Queue</h3>` +
-      (waiting.length
-        ? `<ol class="jp-GPUQueue-queue">${waiting
-            .map(
-              j =>
-                `<li value="${j.pending!.position ?? 0}">${esc(j.name || j.id)}: ` +
-                `${esc(j.pending!.message ?? j.pending!.reason ?? '')}</li>`
-            )
-            .join('')}</ol>`
-        : '<p class="jp-GPUQueue-empty">nothing waiting</p>') +
-      `<h3>Fair share</h3>` +
-      (fair.length
-        ? `<table class="jp-GPUQueue-fair">${fair
-            .map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(v)}</td></tr>`)
-            .join('')}</table>`
-        : '<p class="jp-GPUQueue-empty">no usage recorded yet</p>');
+      `<h3>Fair share</h3>${shareView(q)}`;
   }
 }
 
-/** My standing from the queue summary's optional, free-form ``users`` part. */
-export function fairShare(q: IQueue): [string, string][] {
-  const me = q.me?.user;
-  const users: any = q.users;
-  let mine: any = undefined;
-  if (Array.isArray(users)) {
-    mine = users.find(u => u && (u.user === me || u.name === me));
-  } else if (users && typeof users === 'object') {
-    mine = users[me];
+/** ``1st``, ``2nd``, ``3rd``, ``4th``, ``11th``, ``22nd``. */
+export function ordinal(n: number): string {
+  const tens = n % 100;
+  const suffix = tens >= 11 && tens <= 13 ? 'th' : ({ 1: 'st', 2: 'nd', 3: 'rd' } as any)[n % 10] ?? 'th';
+  return `${n}${suffix}`;
+}
+
+/** GPU-hours the way a person writes them: ``0 GPU-hours``, ``0.42 GPU-hours``, ``1 GPU-hour``. */
+export function gpuHours(h: number): string {
+  const n = h === 0 ? '0' : h >= 100 ? h.toFixed(0) : h >= 10 ? h.toFixed(1) : h.toPrecision(2).replace(/\.?0+$/, '');
+  return `${n} GPU-hour${n === '1' ? '' : 's'}`;
+}
+
+/** A long span in words: ``7 days``, ``1 day``, ``12 hours``, else ``duration``. */
+export function span(seconds: number): string {
+  const round = (x: number): string => String(Math.round(x * 10) / 10);
+  if (seconds >= 86400) {
+    const d = round(seconds / 86400);
+    return `${d} day${d === '1' ? '' : 's'}`;
   }
-  const rows: [string, string][] = [];
-  const fmt = (v: any): string =>
-    typeof v === 'number' && !Number.isInteger(v) ? v.toPrecision(3) : String(v);
-  if (mine && typeof mine === 'object') {
-    for (const [k, v] of Object.entries(mine)) {
-      if (k !== 'user' && k !== 'name') {
-        rows.push([k, typeof v === 'object' ? JSON.stringify(v) : fmt(v)]);
-      }
-    }
-  } else if (mine !== undefined) {
-    rows.push(['standing', fmt(mine)]);
+  if (seconds >= 3600) {
+    const h = round(seconds / 3600);
+    return `${h} hour${h === '1' ? '' : 's'}`;
   }
-  const counts = Object.entries(q.me?.jobs ?? {});
-  if (counts.length) {
-    rows.push(['my active jobs', counts.map(([k, v]) => `${v} ${k}`).join(', ')]);
+  return duration(seconds);
+}
+
+/** Why a job waits, in words: place in line, expected start, the scheduler's reason. */
+export function waitingLine(p: IPending): string {
+  const place = p.position ? `${ordinal(p.position)} in line` : 'waiting';
+  const eta =
+    p.eta_s !== null && p.eta_s !== undefined
+      ? `expected to start in ${duration(p.eta_s)}`
+      : 'start time not known yet';
+  const why = p.message ?? p.reason ?? '';
+  return [place, eta, why].filter(Boolean).join(' · ');
+}
+
+/** A stable colour for a user (admins see every user's GPUs in their own colour). */
+export function userColour(user: string): string {
+  let h = 0;
+  for (const c of user) {
+    h = (h * 31 + c.charCodeAt(0)) % 360;
   }
-  return rows;
+  return `hsl(${h}, 55%, 50%)`;
+}
+
+function gpuTitle(node: IGpuNode, g: IGpu, me: string): string {
+  const where = `${node.node} GPU ${g.index}`;
+  if (g.state === 'down') {
+    return `${where}: node not answering`;
+  }
+  if (g.state === 'free') {
+    return `${where}: free`;
+  }
+  if (!g.job) {
+    return `${where}: busy (other user)`;
+  }
+  const whose = g.job.owner === me ? 'your job' : `${g.job.owner}'s job`;
+  return `${where}: ${whose} ${g.job.name ? g.job.name + ' ' : ''}(${g.job.id})`;
+}
+
+/** Pools with their GPUs in use, and the map: one square per GPU, nodes grouped by pool. */
+export function clusterView(q: IQueue): string {
+  const me = q.me?.user ?? '';
+  const admin = !!q.me?.admin;
+  const nodes = q.gpu_map ?? [];
+  const owners = new Set<string>();
+  const pools = Object.entries(q.pools ?? {}).map(([name, p]) => {
+    const free = p.gpus_total - p.gpus_used;
+    const pct = p.gpus_total ? (100 * p.gpus_used) / p.gpus_total : 0;
+    const rows = nodes
+      .filter(n => n.pool === name)
+      .map(n => {
+        const squares = n.gpus
+          .map(g => {
+            const colour = admin && g.job && g.state !== 'mine' ? ` style="background:${userColour(g.job.owner)}"` : '';
+            if (g.job && g.job.owner !== me) {
+              owners.add(g.job.owner);
+            }
+            return (
+              `<span class="jp-GPUQueue-gpu" data-state="${g.state}" data-index="${g.index}"` +
+              `${g.job ? ` data-job-id="${esc(g.job.id)}"` : ''}${colour} ` +
+              `title="${esc(gpuTitle(n, g, me))}"></span>`
+            );
+          })
+          .join('');
+        return (
+          `<div class="jp-GPUQueue-node" data-node="${esc(n.node)}" data-up="${n.up}">` +
+          `<span class="jp-GPUQueue-nodename" title="${esc(n.node)}${n.up ? '' : ' (not answering)'}">` +
+          `${esc(n.node)}</span><span class="jp-GPUQueue-gpus">${squares}</span></div>`
+        );
+      })
+      .join('');
+    return (
+      `<div class="jp-GPUQueue-pool" data-pool="${esc(name)}"><div class="jp-GPUQueue-poolhead">` +
+      `<b class="jp-GPUQueue-poolname" title="pool ${esc(name)}">${esc(name)}</b>` +
+      `<span class="jp-GPUQueue-bar" title="${p.gpus_used} of ${p.gpus_total} GPUs in use">` +
+      `<span style="width:${pct.toFixed(0)}%"></span></span>` +
+      `<span class="jp-GPUQueue-nowrap">${free} of ${p.gpus_total} free</span>` +
+      `<span class="jp-GPUQueue-nowrap">${p.running} running</span>` +
+      `<span class="jp-GPUQueue-nowrap">${p.queued} waiting</span></div>${rows}</div>`
+    );
+  });
+  const anyDown = nodes.some(n => !n.up);
+  const legend =
+    `<div class="jp-GPUQueue-legend"><span class="jp-GPUQueue-nowrap"><span class="jp-GPUQueue-gpu" data-state="mine"></span> yours</span>` +
+    (admin
+      ? [...owners]
+          .sort()
+          .map(
+            o =>
+              `<span class="jp-GPUQueue-nowrap"><span class="jp-GPUQueue-gpu" data-state="busy" ` +
+              `style="background:${userColour(o)}"></span> ${esc(o)}</span>`
+          )
+          .join('')
+      : `<span class="jp-GPUQueue-nowrap"><span class="jp-GPUQueue-gpu" data-state="busy"></span> other user</span>`) +
+    `<span class="jp-GPUQueue-nowrap"><span class="jp-GPUQueue-gpu" data-state="free"></span> free</span>` +
+    (anyDown ? `<span class="jp-GPUQueue-nowrap"><span class="jp-GPUQueue-gpu" data-state="down"></span> not answering</span>` : '') +
+    '</div>';
+  return `<div class="jp-GPUQueue-cluster">${pools.join('')}${nodes.length ? legend : ''}</div>`;
+}
+
+/** My fair-share standing, in words. */
+export function shareView(q: IQueue): string {
+  const s = q.share;
+  if (!s) {
+    return '<p class="jp-GPUQueue-empty">this queue does not use fair share (first come, first served)</p>';
+  }
+  const halfLife = s.half_life_s ? ` <span class="jp-GPUQueue-hint">(halves every ${span(s.half_life_s)})</span>` : '';
+  const now = s.running
+    ? `${s.running} job${s.running === 1 ? '' : 's'} on ${s.gpus_held} GPU${s.gpus_held === 1 ? '' : 's'}`
+    : 'nothing running';
+  const rows: [string, string, string][] = [
+    ['usage', 'Your recent use', `<span class="jp-GPUQueue-nowrap">${gpuHours(s.usage_gpu_hours)}</span>${halfLife}`],
+    ['weight', 'Your weight', `<span class="jp-GPUQueue-nowrap">${s.weight}</span>`],
+    [
+      'place',
+      'Your turn',
+      `<span class="jp-GPUQueue-nowrap">${ordinal(s.place)} of ${s.of} user${s.of === 1 ? '' : 's'}</span>`
+    ],
+    ['now', 'Now', `<span class="jp-GPUQueue-nowrap">${esc(now)}</span>`]
+  ];
+  return (
+    `<dl class="jp-GPUQueue-share">${rows
+      .map(([k, label, value]) => `<dt>${label}</dt><dd data-share="${k}">${value}</dd>`)
+      .join('')}</dl>` +
+    '<p class="jp-GPUQueue-hint">Among jobs of the same priority, the user who has used the least ' +
+    '(GPU-hours divided by weight) goes first.</p>'
+  );
 }

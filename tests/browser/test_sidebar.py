@@ -1,36 +1,31 @@
 """A real JupyterLab in Debian's chromium: the "GPU Queue" sidebar and the cell widget.
 
-Runs a ``%%train`` cell of a notebook, follows the job in the sidebar from running to
-succeeded, cancels a queued job from the sidebar (with its confirmation dialog), saves the
-screenshots the README shows, and counts the sidebar's requests while idle.
+Runs a notebook: a ``%%train`` cell the sidebar follows from running to succeeded (its GPU on
+the map, the user's share standing), a job queued behind it that the sidebar cancels (with its
+confirmation dialog), then a long ``%%train`` cell cancelled from its own widget while the cell
+waits (the job ends cancelled, its process is gone, the cell returns and the next cell runs).
+Saves the screenshots the docs show (light and dark theme), and counts the sidebar's requests
+while idle.
 
 Needs ``/usr/bin/chromium`` (``apt-get install chromium``) and the built lab extension
-(``pip install .``, or ``jlpm --cwd labextension build`` + ``jupyter labextension develop .``).
+(``pip install .``, or ``jlpm --cwd labextension build`` with the build on JUPYTER_PATH).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-from pathlib import Path
 
 import pytest
 
+from browsertools import (ARGS, CHROMIUM, IMAGES, click_widget_cancel, contrast, dismiss_news,
+                          lab_has_extension, needs_chromium, notebook, screenshot_content, wrapped_pieces)
 from helpers.servers import wait_until
 
-CHROMIUM = os.environ.get("GPUQUEUE_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-IMAGES = Path(__file__).resolve().parents[2] / "docs" / "images"
 IDLE_SECONDS = float(os.environ.get("GPUQUEUE_IDLE_SECONDS", "15"))  # docs: 30
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is not installed (apt-get install chromium)"),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, needs_chromium]
 
 TRAIN_CELL = """%%train --gpus 1 --name demo-train
 import time
@@ -44,28 +39,14 @@ for step in range(80):
 model_loss = loss
 """
 
+LONG_CELL = """%%train --gpus 1 --name long-train
+import time
+for step in range(1000):
+    print(f"step {step}", flush=True)
+    time.sleep(0.5)
+"""
 
-def notebook(cells: list[str]) -> dict:
-    return {
-        "cells": [{"cell_type": "code", "execution_count": None, "id": f"cell-{i}", "metadata": {},
-                   "outputs": [], "source": src} for i, src in enumerate(cells)],
-        "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
-        "nbformat": 4, "nbformat_minor": 5,
-    }
-
-
-def dismiss_news(page, timeout_ms: int = 5_000) -> None:
-    """Answer JupyterLab's "get notified about news?" toast so it covers no screenshot."""
-    try:
-        page.get_by_role("button", name="No", exact=True).click(timeout=timeout_ms)
-    except Exception:  # noqa: BLE001 - not shown in this version
-        pass
-
-
-def lab_has_extension() -> bool:
-    from jupyter_core.paths import jupyter_path
-
-    return any((Path(d) / "jupyter-gpuqueue" / "package.json").exists() for d in jupyter_path("labextensions"))
+NEXT_CELL = "print('the next cell ran')"
 
 
 def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
@@ -75,7 +56,7 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
 
     server = jupyter_server_factory(gpus=1, args=["--LabApp.expose_app_in_browser=True"])
     (server.work_dir / "demo.ipynb").write_text(
-        json.dumps(notebook(["%load_ext jupyter_gpuqueue", TRAIN_CELL]))
+        json.dumps(notebook(["%load_ext jupyter_gpuqueue", TRAIN_CELL, LONG_CELL, NEXT_CELL]))
     )
     client = server.client()
     IMAGES.mkdir(parents=True, exist_ok=True)
@@ -86,13 +67,16 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             page.goto(f"{server.url}lab/tree/demo.ipynb?token={server.token}")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
             dismiss_news(page)
-            # the "GPU Queue" tab in the left panel
+            # the "GPU Queue" tab in the left panel, at JupyterLab's default width
             tab = page.locator('.jp-SideBar [data-id="gpuqueue-sidebar"]')
             assert tab.get_attribute("title") == "GPU Queue"
             tab.click()
             sidebar = page.locator("#gpuqueue-sidebar")
             sidebar.locator("text=no active jobs").wait_for(timeout=20_000)
-            assert "1 free" in sidebar.locator(".jp-GPUQueue-pools").inner_text()
+            pool = sidebar.locator('.jp-GPUQueue-pool[data-pool="default"]')
+            assert "1 of 1 free" in pool.inner_text()
+            assert sidebar.locator('.jp-GPUQueue-node[data-node="local"] .jp-GPUQueue-gpu').evaluate_all(
+                "els => els.map(e => e.dataset.state)") == ["free"]
 
             # wait for the kernel, then run the notebook
             page.wait_for_function(
@@ -104,17 +88,40 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             running = sidebar.locator('.jp-GPUQueue-job[data-state="running"]', has_text="demo-train")
             running.wait_for(timeout=60_000)
 
-            # another job waits for the only GPU: it shows in the queue, then we cancel it
+            # another job waits for the only GPU: it shows in my jobs with its place in line
             queued = client.submit({"kind": "command", "command": [sys.executable, "-c", "pass"],
                                     "gpus": 1, "name": "waiting-job"})
             row = sidebar.locator(f'.jp-GPUQueue-job[data-job-id="{queued["id"]}"]')
             row.wait_for(timeout=20_000)
             wait_until(lambda: "queued" == row.get_attribute("data-state"), 10, 0.2,
-                       f"queued row: {row.get_attribute('data-state')} {client.get(queued['id'])['state']} {client.list()}")
-            sidebar.locator(".jp-GPUQueue-queue li", has_text="waiting-job").wait_for(timeout=10_000)
+                       f"queued row: {row.get_attribute('data-state')} {client.get(queued['id'])['state']}")
+            row.locator(".jp-GPUQueue-detail", has_text="1st in line").wait_for(timeout=10_000)
             sidebar.locator(".jp-GPUQueue-progress").first.wait_for(timeout=20_000)
+            # the GPU map: my job on the one GPU; the share view in words
+            gpu = sidebar.locator('.jp-GPUQueue-node .jp-GPUQueue-gpu[data-state="mine"]')
+            gpu.wait_for(timeout=10_000)
+            assert "local GPU 0: your job demo-train" in gpu.get_attribute("title")
+            assert "0 of 1 free" in pool.inner_text()
+            wait_until(lambda: sidebar.locator('dd[data-share="now"]').inner_text() == "1 job on 1 GPU", 10, 0.2,
+                       "the share view to count the running job")
+            assert "GPU-hour" in sidebar.locator('dd[data-share="usage"]').inner_text()
+            assert sidebar.locator('dd[data-share="place"]').inner_text() == "1st of 1 user"
+            assert "usage_gpu_hours" not in sidebar.inner_text()  # words, not field names
+            assert wrapped_pieces(page, "#gpuqueue-sidebar") == []  # no number broken over lines
+            width = sidebar.bounding_box()["width"]
             dismiss_news(page, 500)
-            sidebar.screenshot(path=str(IMAGES / "sidebar.png"))
+            screenshot_content(page, "#gpuqueue-sidebar", IMAGES / "sidebar.png")
+            # the dark theme: the same page, legible
+            page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', "
+                          "{theme: 'JupyterLab Dark'})")
+            page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'", timeout=20_000)
+            page.wait_for_timeout(500)
+            for sel in ('#gpuqueue-sidebar dd[data-share="usage"]', "#gpuqueue-sidebar .jp-GPUQueue-poolhead",
+                        "#gpuqueue-sidebar .jp-GPUQueue-share dt"):
+                assert contrast(page, sel) >= 4.5, sel
+            screenshot_content(page, "#gpuqueue-sidebar", IMAGES / "sidebar-dark.png")
+            page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', "
+                          "{theme: 'JupyterLab Light'})")
 
             row.locator("button", has_text="Cancel").click()
             dialog = page.locator(".jp-Dialog")
@@ -130,7 +137,7 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             sidebar.locator('.jp-GPUQueue-job[data-state="succeeded"]', has_text="demo-train").wait_for(
                 timeout=90_000
             )
-            widget = page.locator(".gpuqueue-job")
+            widget = page.locator(".gpuqueue-job").first
             widget.wait_for(timeout=20_000)
             page.wait_for_function(
                 "() => document.querySelector('.gpuqueue-job')?.innerText.includes('succeeded')", timeout=30_000
@@ -143,15 +150,83 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             dismiss_news(page, 500)
             cell.screenshot(path=str(IMAGES / "cell-widget.png"))
 
+            # the next cell waits for its long job; Cancel in its own widget ends it
+            long_widget = page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".gpuqueue-job")
+            long_widget.locator("text=running on").wait_for(timeout=60_000)
+            [long_job] = [j for j in client.list() if j["name"] == "long-train"]
+            click_widget_cancel(long_widget)
+            long_widget.locator("text=cancelled after").wait_for(timeout=30_000)
+            assert client.get(long_job["id"])["state"] == "cancelled"
+            assert server.job_pids() == []  # its process is gone
+            page.locator(".jp-Notebook .jp-Cell").nth(2).locator(
+                ".jp-OutputArea-output", has_text="cancelled (its Cancel button)").wait_for(timeout=20_000)
+            page.locator(".jp-Notebook .jp-Cell").nth(3).locator(
+                ".jp-OutputArea-output", has_text="the next cell ran").wait_for(timeout=20_000)
+
             # idle: count the sidebar's requests for IDLE_SECONDS
             api_requests: list[str] = []
             page.on("request", lambda r: api_requests.append(r.url) if "/gpuqueue/api/" in r.url else None)
             page.wait_for_timeout(IDLE_SECONDS * 1000)
             rate = len(api_requests) / IDLE_SECONDS
-            print(f"\nidle sidebar: {len(api_requests)} gpuqueue requests in {IDLE_SECONDS:.0f} s = {rate:.2f}/s")
+            print(f"\nsidebar width {width:.0f} px; idle sidebar: {len(api_requests)} gpuqueue requests in "
+                  f"{IDLE_SECONDS:.0f} s = {rate:.2f}/s")
             assert rate <= 1.0, api_requests
         finally:
             browser.close()
+
+
+def test_sidebar_gpu_map_in_cluster_mode(jupyter_server_factory, redis_factory, tmp_path):
+    """bob's JupyterLab in cluster mode (the extension forwards to a real cluster's API): alice's
+    GPUs are only busy, his own are his, a node whose worker died is not answering."""
+    if not lab_has_extension():
+        pytest.skip("the lab extension is not built/installed (pip install . builds it)")
+    from playwright.sync_api import sync_playwright
+
+    from cluster.conftest import TOKENS, Cluster
+
+    c = Cluster(tmp_path / "cluster", redis_factory(), {"n1": 2, "n2": 1, "n3": 1})
+    try:
+        c.start()
+        alice = c.submit("alice", ticks=600, gpus=2, name="alice-secret-run")
+        bob = c.submit("bob", ticks=600, gpus=1, name="bob-train")
+        root = c.client("root")
+        wait_until(lambda: all(root.get(j)["state"] == "running" for j in (alice, bob)), 30, 0.1, "both running")
+        bob_node = root.get(bob)["attempts"][-1]["node"]
+        idle_node = ({"n2", "n3"} - {bob_node}).pop()
+        c.kill(f"worker-{idle_node}")
+        server = jupyter_server_factory(args=[f"--GPUQueueApp.api_url={c.url}",
+                                              f"--GPUQueueApp.api_token={TOKENS['bob']}"])
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.goto(f"{server.url}lab?token={server.token}")
+                page.locator('.jp-SideBar [data-id="gpuqueue-sidebar"]').click(timeout=60_000)
+                dismiss_news(page, 2_000)
+                sidebar = page.locator("#gpuqueue-sidebar")
+
+                def states() -> dict[str, list[str]]:
+                    return sidebar.locator(".jp-GPUQueue-node").evaluate_all(
+                        """ns => Object.fromEntries(ns.map(n => [n.dataset.node,
+                               [...n.querySelectorAll('.jp-GPUQueue-gpu')].map(g => g.dataset.state)]))""")
+
+                expected = {"n1": ["busy", "busy"], bob_node: ["mine"], idle_node: ["down"]}
+                wait_until(lambda: states() == expected, 30, 0.3, f"the map {expected} (node timeout 2 s)")
+                n1 = sidebar.locator('.jp-GPUQueue-node[data-node="n1"] .jp-GPUQueue-gpu').first
+                assert n1.get_attribute("title") == "n1 GPU 0: busy (other user)"
+                mine = sidebar.locator(f'.jp-GPUQueue-node[data-node="{bob_node}"] .jp-GPUQueue-gpu')
+                assert "your job bob-train" in mine.get_attribute("title")
+                html = sidebar.inner_html()
+                assert "alice" not in html and "secret" not in html  # nothing of another user's job
+                assert "other user" in sidebar.locator(".jp-GPUQueue-legend").inner_text()
+                assert "not answering" in sidebar.locator(".jp-GPUQueue-legend").inner_text()
+                assert sidebar.locator('dd[data-share="place"]').inner_text().endswith("of 2 users")
+                assert wrapped_pieces(page, "#gpuqueue-sidebar") == []
+                screenshot_content(page, "#gpuqueue-sidebar", IMAGES / "sidebar-cluster.png")
+            finally:
+                browser.close()
+    finally:
+        c.close()
 
 
 if __name__ == "__main__":  # pragma: no cover

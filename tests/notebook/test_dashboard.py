@@ -46,6 +46,9 @@ def test_dashboard_widget_shows_the_queue_and_cancels(jupyter_server_factory):
     assert f"{waiting['id']} second: queued #1" in lines
     assert "second" in st["queue"] and "waiting for 1 GPUs" in st["queue"]
     assert "my active jobs" in st["fair"]
+    # the share standing in words, never raw field names
+    assert "your turn" in st["fair"] and "1st of 1 user" in st["fair"] and "GPU-hour" in st["fair"]
+    assert "usage_gpu_hours" not in st["fair"]
     # its Cancel button (the same handler a click runs)
     assert k.run(f"_gq.last_dashboard.cancel({waiting['id']!r})").error is None
     assert client.get(waiting["id"])["state"] == "cancelled"
@@ -63,4 +66,6 @@ def test_dashboard_text_form(jupyter_server):
     assert out.error is None, out.error
     assert "pool default: 1/2 GPUs used, 1 free" in out.stdout
     assert f"{job['id']} txt: running on local" in out.stdout
+    assert "fair share: your recent use 1 GPU-hour (halves every 7 days); your weight 1; your turn 1st of 1 user" \
+        in out.stdout
     jupyter_server.client().cancel(job["id"])

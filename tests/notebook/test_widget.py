@@ -7,11 +7,17 @@ kernel sends on iopub, exactly what a frontend would receive."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from helpers.servers import Kernel, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SETUP = """
 %load_ext jupyter_gpuqueue
@@ -149,7 +155,169 @@ def test_interrupt_detaches_the_foreground_widget_and_its_cancel_button_cancels(
     assert client.get(job_id)["state"] in ("queued", "starting", "running")
     st = peek(k)
     assert "detached" in st["status"] and st["cancel_disabled"] is False
-    # the Cancel button's handler (what a click runs, now that the kernel is idle)
-    assert k.run("_gq.last_view.request_cancel()").error is None
+    # the Cancel button's handler (what a confirmed click runs, now that the kernel is idle)
+    assert k.run("_gq.last_view.request_cancel(confirmed=True)").error is None
     wait_until(lambda: client.get(job_id)["state"] == "cancelled", 30, 0.2, "the job to be cancelled")
-    assert "cancel requested" in peek(k)["status"]
+    assert "cancelling" in peek(k)["status"]
+
+
+# -- the buttons of a waiting foreground cell, clicked over the kernel protocol -----------------
+# A frontend sends a Button click as a comm_msg on the shell channel, exactly as below; the kernel
+# is busy running the waiting cell all the while.
+
+def click(k: Kernel, comm_id: str) -> None:
+    """What a frontend sends when a Button is clicked."""
+    msg = k.client.session.msg("comm_msg", {"comm_id": comm_id,
+                                            "data": {"method": "custom", "content": {"event": "click"}}})
+    k.client.shell_channel.send(msg)
+
+
+class Buttons:
+    """Collects the cell's Button comms (by label) and its state lines from iopub."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, str] = {}
+        self.labels: list[str] = []  # new button labels, in order
+        self.status: list[str] = []
+
+    def __call__(self, m: dict[str, Any]) -> None:
+        c = m["content"]
+        state = c.get("data", {}).get("state", {})
+        if m["msg_type"] == "comm_open" and state.get("_model_name") == "ButtonModel":
+            self.ids[state["description"]] = c["comm_id"]
+        elif m["msg_type"] == "comm_msg":
+            if isinstance(state.get("value"), str):
+                self.status.append(state["value"])
+            if "description" in state:
+                self.labels.append(state["description"])
+
+    def running(self) -> bool:
+        return any("running on" in s for s in self.status)
+
+
+def alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def kernel_cpu_seconds(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+IPYKERNEL6 = os.environ.get("GPUQUEUE_IPYKERNEL6_PYTHON", str(ROOT / ".venv-ipykernel6" / "bin" / "python"))
+
+
+def start_kernel(server: Any, ipykernel: int) -> Kernel:
+    """A kernel of the venv's ipykernel (7), or of an ipykernel 6 beside it (scripts/test.sh
+    makes one: ``.venv-ipykernel6``, whose other packages are the venv's)."""
+    if ipykernel == 7:
+        return server.start_kernel()
+    if not Path(IPYKERNEL6).exists():
+        pytest.skip(f"no ipykernel 6 interpreter at {IPYKERNEL6} (scripts/test.sh makes one)")
+    spec = server.root / "data" / "kernels" / "ipykernel6"
+    spec.mkdir(parents=True, exist_ok=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [IPYKERNEL6, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (ipykernel 6)", "language": "python"}))
+    r = server.api("POST", "api/kernels", json={"name": "ipykernel6"})
+    r.raise_for_status()
+    k = Kernel(server, r.json()["id"])
+    server.kernels.append(k)
+    assert k.run("import ipykernel; print(ipykernel.version_info[0])").stdout == "6\n"
+    return k
+
+
+@pytest.mark.parametrize("ipykernel", [7, 6])
+def test_cancel_button_of_a_waiting_cell_cancels_and_the_cell_returns(jupyter_server, ipykernel):
+    k = start_kernel(jupyter_server, ipykernel)
+    assert k.run(SETUP.format(mode="widget")).error is None
+    pid = int(k.run("print(os.getpid())").stdout)
+    client = jupyter_server.client()
+    buttons = Buttons()
+    clicked: dict[str, float] = {}
+    nxt: dict[str, str] = {}
+
+    def on_output(m: dict[str, Any]) -> None:
+        buttons(m)
+        if "cpu" not in clicked and buttons.running():
+            clicked["cpu"], clicked["cpu_t"] = kernel_cpu_seconds(pid), time.monotonic()
+        elif "first" not in clicked and buttons.running() and time.monotonic() - clicked["cpu_t"] > 3:
+            clicked["cpu_used"] = kernel_cpu_seconds(pid) - clicked["cpu"]
+            nxt["id"] = k.client.execute("print('the next cell ran')")  # queued behind this one
+            click(k, buttons.ids["Cancel"])  # arms it: "Confirm cancel"
+            clicked["first"] = time.monotonic()
+        elif "second" not in clicked and "Confirm cancel" in buttons.labels:
+            click(k, buttons.ids["Cancel"])
+            clicked["second"] = time.monotonic()
+
+    res = k.run(JOB.format(flags="--name doomed", n=3, pause=0.1, hold=120), on_output=on_output, timeout=90)
+    assert res.error is None, res.error
+    [job] = client.list()
+    job_id = job["id"]
+    assert f"{job_id} cancelled (its Cancel button)" in res.stdout, res.text
+    job = client.get(job_id)
+    assert job["state"] == "cancelled"
+    # its processes are gone: the runner and the job's own
+    assert jupyter_server.job_pids() == []
+    assert [r["pid"] for r in jupyter_server._runner_records() if alive(r["pid"])] == []
+    # while it waited the kernel spent almost no CPU (no busy loop), and the next cell ran after it
+    print(f"\nkernel CPU while the cell waited: {clicked['cpu_used']:.2f} s in 3 s; "
+          f"second click -> cell returned: {res.stream_times[-1][0] - clicked['second']:.1f} s")
+    assert clicked["cpu_used"] < 0.6, clicked
+    out = wait_for_reply(k, nxt["id"])
+    assert out == "the next cell ran\n"
+    st = peek(k)
+    assert st["state"] == "cancelled" and st["cancel_disabled"] is True
+
+
+def test_detach_button_of_a_waiting_cell_returns_at_once_and_the_job_goes_on(jupyter_server):
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="widget")).error is None
+    buttons = Buttons()
+    clicked: dict[str, float] = {}
+
+    def on_output(m: dict[str, Any]) -> None:
+        buttons(m)
+        if "at" not in clicked and buttons.running():
+            click(k, buttons.ids["Detach"])
+            clicked["at"] = time.monotonic()
+
+    res = k.run(JOB.format(flags="--name detached", n=20, pause=0.2, hold=0), on_output=on_output, timeout=60)
+    returned = time.monotonic()
+    assert res.error is None, res.error
+    assert "[gpuqueue] detached; job" in res.stdout and "goes on" in res.stdout, res.text
+    print(f"\nDetach click -> cell returned: {returned - clicked['at']:.2f} s")
+    assert returned - clicked["at"] < 2.0
+    job_id = re.search(r"job (j-[0-9a-f]+) goes on", res.stdout).group(1)
+    client = jupyter_server.client()
+    assert client.get(job_id)["state"] == "running"
+    assert k.run("'answer' in dir()").outputs[-1]["data"]["text/plain"] == "False"
+    assert k.run("print('idle again')").stdout == "idle again\n"
+    # attach: the job's results come back
+    out = k.run(f"%gpuqueue attach {job_id}", timeout=60)
+    assert out.error is None, out.error
+    assert k.run("print(answer)").stdout.strip() == "42"
+
+
+def wait_for_reply(k: Kernel, msg_id: str, timeout: float = 30) -> str:
+    """The stdout of a request sent with ``k.client.execute``, once it is done."""
+    text, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            m = k.client.get_iopub_msg(timeout=1)
+        except Exception:  # noqa: BLE001 - queue.Empty
+            continue
+        if m["parent_header"].get("msg_id") != msg_id:
+            continue
+        if m["msg_type"] == "stream":
+            text += m["content"]["text"]
+        elif m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
+            return text
+    raise AssertionError(f"request {msg_id} did not finish in {timeout}s")

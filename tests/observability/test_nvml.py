@@ -1,7 +1,7 @@
 """The NVML collector: without NVML it says so and never fails; with a GPU it maps NVML's
-readings to metrics. This machine has no NVIDIA GPU, so the GPU case runs against a stand-in for
-the NVML library (the hardware is the one thing tests fake); benchmarks/gpu_check.py reads a
-real one on a GPU machine."""
+readings to metrics. The GPU case runs against a stand-in for the NVML library (the hardware is
+the one thing tests fake), on any machine; the no-driver cases are skipped where NVML answers, and
+benchmarks/gpu_check.py reads a real GPU there."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gpuqueue import nvml
+from helpers.hardware import needs_no_nvidia_gpu
 from obstools import PROMTOOL, NVMLError, Scrape, fake_nvml, promtool_check_metrics
 
 
@@ -24,6 +25,7 @@ def _scrape(collector: Any) -> Scrape:
     return Scrape(generate_latest(reg).decode())
 
 
+@needs_no_nvidia_gpu
 def test_missing_nvml_library_is_reported_not_raised() -> None:
     # this machine: nvidia-ml-py is installed, the driver's libnvidia-ml.so is not
     session = nvml.NvmlSession()
@@ -53,6 +55,7 @@ def test_missing_pynvml_module(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _scrape(nvml.NvmlCollector(session)).get("gpuqueue_nvml_up") == 0
 
 
+@needs_no_nvidia_gpu
 def test_command_line_prints_status(tmp_path: Any) -> None:
     import json
     import subprocess

@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Iterator, Optional
 
 import redis.asyncio as aioredis
 
+from .. import gpumap
 from ..config import QueueConfig
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, Rejected
 from ..models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
@@ -193,6 +194,7 @@ class ClusterFrontend:
             out["users"] = snap["users"]
         if not snap:
             out["warning"] = "no scheduler daemon has published the queue yet: is `gpuqueue scheduler` running?"
+        out.update(gpumap.redis_view(self.store, self.config() if snap else None, snap, caller))
         return out
 
     # -- helpers --------------------------------------------------------------------------
