@@ -334,3 +334,20 @@ def test_cancel_pending_and_running():
     s.cancel("b", 1)
     s.cancel("a", 1)
     assert s.snapshot()["pools"]["p"] == {"gpus_total": 1, "gpus_used": 0, "queued": 0, "running": 0, "reserved_for": None}
+
+
+@pytest.mark.parametrize("policy", ["gpuqueue", "fifo"])
+@pytest.mark.parametrize("limit", [float("inf"), float("nan"), 1e308, None, 600.0])
+def test_any_time_limit_is_queued_and_removed_under_the_same_key(policy, limit):
+    # issue 11: time_limit inf was filed under one queue key and removed under another
+    # (KeyError, then no job started any more). The edge refuses such values; the core must not break.
+    s = make_scheduler(config({"p": {"n1": 1}}), policy)
+    assert s.submit(job("a", time_limit=limit), 0) is None
+    assert s.submit(job("b", time_limit=limit, t=1), 1) is None
+    assert s.submit(job("c", time_limit=limit, t=2), 2) is None
+    assert starts(s.tick(2)) == ["a"]
+    assert s.explain("b", 3) is not None
+    s.cancel("b", 3)  # a queued job leaves the queue
+    s.finished("a", Outcome.SUCCEEDED, 4)
+    assert starts(s.tick(4)) == ["c"]  # the queue still schedules
+    assert s.snapshot()["pools"]["p"]["queued"] == 0

@@ -48,6 +48,14 @@ QKey = tuple[int, bool]
 """How pending jobs are grouped in the queue structures: (GPUs, has a time limit). Backfill
 visits only the groups that may still start; a job without a time limit can never end before
 a reservation's shadow time, so it is a group of its own."""
+
+
+def class_key(cls: tuple[int, int, float]) -> QKey:
+    """The queue key of a job class (GPUs, nodes, time limit or INF): the one place it is
+    computed, so a job is filed and removed under the same key whatever its time limit."""
+    return (cls[0], cls[2] < INF)
+
+
 N_TIERS = 5
 TIER_NAMES = {0: "high", 1: "boosted", 2: "medium", 3: "boosted", 4: "low"}
 
@@ -312,15 +320,23 @@ class FairShareScheduler:
         return lim
 
     def _limit_calc(self, req: JobRequest) -> Optional[float]:
+        """min(job time limit or pool default_timeout, pool max_runtime); a limit that is not a
+        finite number (inf, nan) counts as none, so every structure agrees on it."""
         pc = self.pools[req.pool].cfg
         lim = req.time_limit if req.time_limit is not None else pc.default_timeout
-        if pc.max_runtime is not None:
+        if lim is not None and not math.isfinite(lim):
+            lim = None
+        if pc.max_runtime is not None and math.isfinite(pc.max_runtime):
             lim = pc.max_runtime if lim is None else min(lim, pc.max_runtime)
         return lim
 
     def _class(self, req: JobRequest) -> tuple[int, int, float]:
         lim = self._limit(req)
         return (req.gpus, req.nodes, INF if lim is None else lim)
+
+    def _queue_key(self, req: JobRequest) -> QKey:
+        """The job's queue key: see ``class_key``."""
+        return class_key(self._class(req))
 
     def _tier_at(self, job: _Job, now: float) -> tuple[int, bool, float]:
         """(tier, aged, time of the job's next change of place or INF). ``aged``: waited past
@@ -372,7 +388,7 @@ class FairShareScheduler:
         P.dirty = True
         tier, aged, nxt = self._tier_at(job, now)
         job.tier, job.aged = tier, aged
-        qk = (req.gpus, c[2] < INF)
+        qk = self._queue_key(req)
         if aged:
             heapq.heappush(P.aged[tier].setdefault(qk, []),
                            (req.submit_time, job.seq, req.id, job.loc_version))
@@ -394,7 +410,7 @@ class FairShareScheduler:
         if not P.classes[c]:
             del P.classes[c]
         if not job.aged:
-            qk = (req.gpus, self._limit(req) is not None)
+            qk = self._queue_key(req)
             lst = self.users[req.user].lists.get((req.pool, job.tier, qk), [])
             i = bisect_left(lst, job.lkey)
             if i < len(lst) and lst[i] == job.lkey:
@@ -765,7 +781,7 @@ class FairShareScheduler:
         unbounded = not ctx.res_ready or shadow == INF
         fits: set[QKey] = set()
         for g, nodes, lim in P.classes:
-            qk = (g, lim < INF)
+            qk = class_key((g, nodes, lim))
             if qk in fits or g > free or g >= ctx.nofit_all:
                 continue
             if nodes > 1:  # needs `nodes` idle nodes: at least that many with `per` GPUs free

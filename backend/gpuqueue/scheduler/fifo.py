@@ -7,6 +7,7 @@ It is the embedded mode's simplest correct scheduler and the simulator's baselin
 from __future__ import annotations
 
 import heapq
+import math
 from bisect import bisect_left, insort
 from typing import Any, Optional
 
@@ -167,8 +168,10 @@ class FifoScheduler:
         return out
 
     def _time_limit(self, job: JobRequest) -> Optional[float]:
+        """min(job time limit, pool max_runtime); a limit that is not finite counts as none."""
         pc = self.config.pools.get(job.pool)
-        limits = [x for x in (job.time_limit, pc.max_runtime if pc else None) if x is not None]
+        limits = [x for x in (job.time_limit, pc.max_runtime if pc else None)
+                  if x is not None and math.isfinite(x)]
         return min(limits) if limits else None
 
     def explain(self, job_id: str, now: float) -> Optional[Explanation]:
