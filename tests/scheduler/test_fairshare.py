@@ -194,7 +194,7 @@ def test_preemption_of_lower_priority_after_min_runtime_with_grace_and_requeue()
     r = sh.finish("low", Outcome.PREEMPTED, 120)
     assert r == [Retry("low", 120, counted=False)]
     assert starts(s.tick(120)) == ["high"]
-    assert s.jobs["low"].req.failures == 0
+    assert s.jobs["low"].request.failures == 0
 
 
 def test_non_preemptible_never_preempted():
@@ -282,7 +282,7 @@ def test_node_loss_is_not_a_failure():
     out = s.node_down(node, 5)
     sh.running.pop("j")
     assert out == [Retry("j", 5, counted=False)]
-    assert s.jobs["j"].req.failures == 0
+    assert s.jobs["j"].request.failures == 0
     sh.apply(s.tick(5), 5)
     assert "j" in sh.running and node not in sh.running["j"]
     s.node_up(node, "p", 1, 6)
