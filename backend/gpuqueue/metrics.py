@@ -5,9 +5,9 @@ Two kinds of source, so that scraping costs the scheduler nothing between scrape
 * **Events** (counters and histograms): ``QueueMetrics.on_event`` is a ``service.listeners``
   callback. It turns "submitted", "started", "state", "attempt_ended", "pass" and "event"
   notifications into counter increments and histogram observations (a dict lookup and an add).
-* **State** (gauges): ``SchedulerCollector`` reads ``scheduler.snapshot()`` and the scheduler's
-  pending jobs *at scrape time*: queue depth by pool and priority, GPUs total/allocated/idle,
-  per-user decayed usage, nodes. Nothing is kept up to date in between.
+* **State** (gauges): ``SchedulerCollector`` reads the scheduler's ``snapshot()``,
+  ``pending_summary()`` and ``node_views()`` *at scrape time*: queue depth by pool and priority,
+  GPUs total/allocated/idle, per-user decayed usage, nodes. Nothing is kept up to date in between.
 
 Embedded mode: ``attach(service)`` does both (the Jupyter extension's ``/gpuqueue/metrics``
 handler calls it once). Cluster processes::
@@ -27,16 +27,20 @@ Every metric is described in ``docs/metrics.md``; the names follow Prometheus' r
 from __future__ import annotations
 
 import logging
-import math
 import os
 import threading
 import time
 import weakref
 from contextlib import nullcontext
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from .scheduler.base import NodeView
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .scheduler.base import Scheduler
 
 log = logging.getLogger("gpuqueue.metrics")
 
@@ -282,68 +286,15 @@ class RunningJobs:
 
 
 # ----------------------------------------------------------------------- scheduler state
-def pending_summary(scheduler: Any, snapshot: dict[str, Any], now: float) -> dict[str, dict[str, Any]]:
+def pending_summary(scheduler: "Scheduler", now: float) -> dict[str, dict[str, Any]]:
     """Per pool: ``depth`` {priority: jobs waiting}, ``oldest`` {priority: earliest submit time},
-    ``eligible`` (waiting and past any retry backoff) and ``backoff`` (in retry backoff).
-
-    Uses the snapshot's ``queued_by_priority`` / ``oldest_submit_by_priority`` / ``eligible``
-    when the scheduler provides them, else walks the scheduler's pending jobs (FairShare's
-    ``jobs``, FIFO's ``pending``); O(pending jobs), once per scrape."""
-    pools = snapshot.get("pools") or {}
-    out: dict[str, dict[str, Any]] = {}
-    if pools and all(isinstance(p, dict) and "queued_by_priority" in p for p in pools.values()):
-        for name, p in pools.items():
-            depth = {k: int(v) for k, v in (p.get("queued_by_priority") or {}).items()}
-            out[name] = {
-                "depth": depth,
-                "oldest": dict(p.get("oldest_submit_by_priority") or {}),
-                "eligible": int(p.get("eligible", sum(depth.values()))),
-                "backoff": int(p.get("backoff", 0)),
-            }
-        return out
-
-    # one tight pass over the jobs: (pool, priority, eligible) -> [count, earliest submit time]
-    groups: dict[tuple[Any, Any, bool], list[float]] = {}
-    jobs = getattr(scheduler, "jobs", None)
-    pending = getattr(scheduler, "pending", None)
-    if isinstance(jobs, dict):
-        for j in list(jobs.values()):
-            st = j.state
-            if st == "pending" or st == "waiting":
-                r = j.req
-                k = (r.pool, r.priority, st == "pending")
-                g = groups.get(k)
-                if g is None:
-                    groups[k] = [1, r.submit_time]
-                else:
-                    g[0] += 1
-                    if r.submit_time < g[1]:
-                        g[1] = r.submit_time
-    elif isinstance(pending, dict):
-        for r in list(pending.values()):
-            k = (r.pool, r.priority, (r.not_before or 0.0) <= now)
-            g = groups.get(k)
-            if g is None:
-                groups[k] = [1, r.submit_time]
-            else:
-                g[0] += 1
-                if r.submit_time < g[1]:
-                    g[1] = r.submit_time
-    else:  # an unknown scheduler: only the pools' totals
-        for name, p in pools.items():
-            n = int((p or {}).get("queued", 0))
-            out[name] = {"depth": {"unknown": n}, "oldest": {}, "eligible": n, "backoff": 0}
-        return out
-    for (pool, prio, eligible), (n, t) in groups.items():
-        e = out.get(str(pool))
-        if e is None:
-            e = out[str(pool)] = {"depth": {}, "oldest": {}, "eligible": 0, "backoff": 0}
-        pr = _value(prio)
-        e["depth"][pr] = e["depth"].get(pr, 0) + int(n)
-        if t is not None and t < e["oldest"].get(pr, math.inf):
-            e["oldest"][pr] = float(t)
-        e["eligible" if eligible else "backoff"] += int(n)
-    return out
+    ``eligible`` (waiting and past any retry backoff) and ``backoff`` (in retry backoff), from
+    the scheduler's ``pending_summary``; O(pending jobs), once per scrape."""
+    return {
+        pool: {"depth": dict(p.depth), "oldest": dict(p.oldest_submit), "eligible": p.eligible,
+               "backoff": p.backoff}
+        for pool, p in scheduler.pending_summary(now).items()
+    }
 
 
 class SchedulerCollector:
@@ -354,7 +305,7 @@ class SchedulerCollector:
     it mutates the scheduler; without one, a read that races a change is retried (up to 3 times).
     """
 
-    def __init__(self, get_scheduler: Callable[[], Any], lock: Any = None,
+    def __init__(self, get_scheduler: Callable[[], Optional["Scheduler"]], lock: Any = None,
                  clock: Callable[[], float] = time.time):
         self.get_scheduler = get_scheduler
         self.lock = lock
@@ -364,20 +315,15 @@ class SchedulerCollector:
     def describe(self) -> list[Any]:
         return []
 
-    def _read(self, sched: Any) -> tuple[dict[str, Any], dict[str, Any], list[tuple[str, str, int, int, bool]]]:
+    def _read(self, sched: "Scheduler") -> tuple[dict[str, Any], dict[str, Any], list[NodeView]]:
         now = self.clock()
         last: Optional[Exception] = None
         for _ in range(3):
             try:
                 with self.lock if self.lock is not None else nullcontext():
                     snap = sched.snapshot() or {}
-                    pend = pending_summary(sched, snap, now)
-                    nodes = []
-                    cluster_nodes = getattr(getattr(sched, "cluster", None), "nodes", None)
-                    if isinstance(cluster_nodes, dict):
-                        for n in list(cluster_nodes.values()):
-                            free = getattr(n, "free", ())
-                            nodes.append((str(n.name), str(n.pool), int(n.gpus), len(free), bool(n.up)))
+                    pend = pending_summary(sched, now)
+                    nodes = sched.node_views()
                 return snap, pend, nodes
             except RuntimeError as e:  # "dictionary changed size during iteration"
                 last = e
@@ -652,7 +598,7 @@ def attach(service: Any, registry: Optional[CollectorRegistry] = None, *, mode: 
         m = QueueMetrics(registry, mode=mode, policy=str(getattr(service, "policy", "") or ""), **opts)
         pools = getattr(getattr(service, "config", None), "pools", None) or {}
         m.init_pools(pools)
-        m.collect_scheduler(lambda: getattr(service, "scheduler", None) if m.is_leader else None, lock)
+        m.collect_scheduler(lambda: service.scheduler if m.is_leader else None, lock)
         if nvml:
             m.add_nvml()
         store = getattr(service, "store", None)

@@ -252,7 +252,6 @@ class Simulation:
     def run(self) -> dict[str, Any]:
         t_wall = time.perf_counter()
         sched = make_scheduler(self.config, self.policy)
-        wake = getattr(sched, "next_wakeup", None)
         total = sum(sum(pc.nodes.values()) for pc in self.config.pools.values())
         byid = {j.id: j for j in self.jobs}
         ev: list[tuple[float, int, int, str, int]] = []  # (time, kind, seq, job id, attempt)
@@ -418,12 +417,12 @@ class Simulation:
                         sched.finished(jid, Outcome.PREEMPTED, now)
                         change(j, dpend=1, ddemand=j.gpus)
             apply(sched.tick(now), now)
-            w = wake() if wake is not None else None
+            w = sched.next_wakeup()
             for _ in range(10):  # decisions (e.g. a timeout) may have made more work now
                 if w is None or w > now:
                     break
                 apply(sched.tick(now), now)
-                w = wake() if wake is not None else None
+                w = sched.next_wakeup()
             for p in pool_fits:
                 pool_fits[p] = bool(fitter.pending[p]) and fitter.fits(p)
             if len(self.series) < 200_000:

@@ -10,7 +10,7 @@ import types
 from prometheus_client import generate_latest
 
 from gpuqueue.config import PoolConfig, QueueConfig
-from gpuqueue.metrics import QueueMetrics, pending_summary, queue_wait_seconds, tornado_log_function
+from gpuqueue.metrics import QueueMetrics, queue_wait_seconds, tornado_log_function
 from gpuqueue.models import Attempt, JobRecord, JobSpec
 from gpuqueue.scheduler import make_scheduler
 from gpuqueue.scheduler.base import JobRequest, Start
@@ -74,14 +74,6 @@ def test_scheduler_gauges_fairshare_and_fifo() -> None:
             assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
-def test_snapshot_keys_win_when_the_scheduler_provides_them() -> None:
-    snap = {"pools": {"p": {"gpus_total": 4, "gpus_used": 4, "queued": 3, "running": 1,
-                            "queued_by_priority": {"high": 2, "low": 1},
-                            "oldest_submit_by_priority": {"high": NOW - 5}, "eligible": 3}}}
-    out = pending_summary(None, snap, NOW)
-    assert out["p"]["depth"] == {"high": 2, "low": 1} and out["p"]["eligible"] == 3
-
-
 def test_standby_and_broken_schedulers_do_not_break_a_scrape() -> None:
     m = QueueMetrics(mode="cluster")
     m.collect_scheduler(lambda: None)  # a standby daemon: no queue gauges
@@ -100,15 +92,6 @@ def test_standby_and_broken_schedulers_do_not_break_a_scrape() -> None:
     assert x.get("gpuqueue_metrics_read_errors_total") == 1
     assert not x.series("gpuqueue_pool_gpus")
 
-    class Minimal:  # a scheduler whose snapshot has only pool totals, no pending jobs to walk
-        def snapshot(self):
-            return {"pools": {"p": {"gpus_total": 2, "gpus_used": 0, "queued": 5}}}
-
-    m3 = QueueMetrics()
-    m3.collect_scheduler(lambda: Minimal())
-    x = scrape(m3)
-    assert x.get("gpuqueue_queue_depth", pool="p", priority="unknown") == 5
-    assert x.get("gpuqueue_pool_gpus_idle_while_work_waits", pool="p") == 2
 
 
 def test_scrapes_from_a_thread_while_the_scheduler_changes() -> None:

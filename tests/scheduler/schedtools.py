@@ -68,7 +68,7 @@ class Shell:
                 assert not (ids & n.free), f"{node}: GPUs both free and used"
         per_user: dict[str, list[int]] = {}
         for jid, placement in self.running.items():
-            j = self.s.jobs[jid].req
+            j = self.s.jobs[jid].request
             assert sum(len(v) for v in placement.values()) == j.gpus
             if j.nodes > 1:
                 assert len(placement) == j.nodes

@@ -194,7 +194,7 @@ def test_preemption_of_lower_priority_after_min_runtime_with_grace_and_requeue()
     r = sh.finish("low", Outcome.PREEMPTED, 120)
     assert r == [Retry("low", 120, counted=False)]
     assert starts(s.tick(120)) == ["high"]
-    assert s.jobs["low"].req.failures == 0
+    assert s.jobs["low"].request.failures == 0
 
 
 def test_non_preemptible_never_preempted():
@@ -282,7 +282,7 @@ def test_node_loss_is_not_a_failure():
     out = s.node_down(node, 5)
     sh.running.pop("j")
     assert out == [Retry("j", 5, counted=False)]
-    assert s.jobs["j"].req.failures == 0
+    assert s.jobs["j"].request.failures == 0
     sh.apply(s.tick(5), 5)
     assert "j" in sh.running and node not in sh.running["j"]
     s.node_up(node, "p", 1, 6)
@@ -334,3 +334,20 @@ def test_cancel_pending_and_running():
     s.cancel("b", 1)
     s.cancel("a", 1)
     assert s.snapshot()["pools"]["p"] == {"gpus_total": 1, "gpus_used": 0, "queued": 0, "running": 0, "reserved_for": None}
+
+
+@pytest.mark.parametrize("policy", ["gpuqueue", "fifo"])
+@pytest.mark.parametrize("limit", [float("inf"), float("nan"), 1e308, None, 600.0])
+def test_any_time_limit_is_queued_and_removed_under_the_same_key(policy, limit):
+    # issue 11: time_limit inf was filed under one queue key and removed under another
+    # (KeyError, then no job started any more). The edge refuses such values; the core must not break.
+    s = make_scheduler(config({"p": {"n1": 1}}), policy)
+    assert s.submit(job("a", time_limit=limit), 0) is None
+    assert s.submit(job("b", time_limit=limit, t=1), 1) is None
+    assert s.submit(job("c", time_limit=limit, t=2), 2) is None
+    assert starts(s.tick(2)) == ["a"]
+    assert s.explain("b", 3) is not None
+    s.cancel("b", 3)  # a queued job leaves the queue
+    s.finished("a", Outcome.SUCCEEDED, 4)
+    assert starts(s.tick(4)) == ["c"]  # the queue still schedules
+    assert s.snapshot()["pools"]["p"]["queued"] == 0

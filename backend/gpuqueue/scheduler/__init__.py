@@ -1,10 +1,13 @@
 """Scheduler core: pure policies behind one protocol (see ``base.Scheduler``)."""
 
+from ..config import QueueConfig
 from .base import (  # noqa: F401
     Decision,
     Explanation,
     JobRequest,
+    NodeView,
     Placement,
+    PoolPending,
     Preempt,
     Reject,
     Retry,
@@ -19,7 +22,7 @@ from .fifo import FifoScheduler  # noqa: F401
 POLICIES = ("gpuqueue", "fifo")
 
 
-def make_scheduler(config, policy: str = "gpuqueue"):
+def make_scheduler(config: QueueConfig, policy: str = "gpuqueue") -> Scheduler:
     """The scheduler for ``policy`` ('gpuqueue' or 'fifo') over ``config``."""
     if policy == "fifo":
         return FifoScheduler(config, strict=True)

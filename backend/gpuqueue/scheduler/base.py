@@ -9,7 +9,7 @@ rebuilds the scheduler from the store with ``submit(..., restoring=True)`` and `
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol, Union
+from typing import Any, NamedTuple, Optional, Protocol, Union
 
 from ..states import Outcome, Priority
 
@@ -108,6 +108,37 @@ class Explanation:
         }
 
 
+@dataclass
+class PoolPending:
+    """The jobs waiting in one pool, for the queue gauges: counts and oldest submit time by
+    priority value ("high", "medium", "low"), and how many are past / still in retry backoff."""
+
+    depth: dict[str, int] = field(default_factory=dict)
+    oldest_submit: dict[str, float] = field(default_factory=dict)
+    eligible: int = 0  # waiting and past any retry backoff
+    backoff: int = 0  # waiting for their retry backoff to pass
+
+    def add(self, priority: str, submit_time: float, eligible: bool) -> None:
+        """Count one waiting job."""
+        self.depth[priority] = self.depth.get(priority, 0) + 1
+        if submit_time < self.oldest_submit.get(priority, float("inf")):
+            self.oldest_submit[priority] = submit_time
+        if eligible:
+            self.eligible += 1
+        else:
+            self.backoff += 1
+
+
+class NodeView(NamedTuple):
+    """One node as the scheduler counts it."""
+
+    name: str
+    pool: str
+    gpus: int
+    free: int  # GPUs not allocated to a job (0 when the node is down)
+    up: bool
+
+
 class Scheduler(Protocol):
     """What every policy implements. All methods are deterministic in their arguments."""
 
@@ -140,3 +171,19 @@ class Scheduler(Protocol):
 
     def snapshot(self) -> dict[str, Any]:
         """Pools with GPUs total/used, queue lengths: for the queue summary and metrics."""
+
+    def pending_summary(self, now: float) -> dict[str, PoolPending]:
+        """Per pool (every configured pool, empty ones too): the jobs waiting there."""
+
+    def node_views(self) -> list[NodeView]:
+        """Every node the scheduler knows, up or down, by name."""
+
+    def next_wakeup(self) -> Optional[float]:
+        """The earliest time ``tick`` has work to do (a timeout, a boost, a retry coming due,
+        or events since the last pass: then the latest time seen), or None: shells tick then."""
+
+    def export_state(self) -> dict[str, Any]:
+        """JSON-ready state worth keeping across restarts (the store keeps it)."""
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Load what ``export_state`` wrote; call before restoring jobs."""

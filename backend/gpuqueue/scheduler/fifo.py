@@ -7,6 +7,7 @@ It is the embedded mode's simplest correct scheduler and the simulator's baselin
 from __future__ import annotations
 
 import heapq
+import math
 from bisect import bisect_left, insort
 from typing import Any, Optional
 
@@ -17,13 +18,15 @@ from .base import (
     Decision,
     Explanation,
     JobRequest,
+    NodeView,
     Placement,
+    PoolPending,
     Reject,
     Retry,
     Start,
     TimeOut,
 )
-from .cluster import Cluster
+from .cluster import Cluster, NodeState
 
 
 class FifoScheduler:
@@ -38,6 +41,9 @@ class FifoScheduler:
         self._order: dict[str, list[tuple]] = {}  # pool -> sorted (key..., job id) of pending jobs
         self._queued_by_user: dict[str, int] = {}
         self._deadlines: list[tuple[float, str, float]] = []  # (time limit end, job id, started at)
+        self._backoffs: list[tuple[float, str]] = []  # (not before, job id) of jobs in retry backoff
+        self._changed = False  # an event since the last pass: tick again
+        self._now = 0.0
 
     # -- ordering -------------------------------------------------------------------------
     def _key(self, job: JobRequest) -> tuple:
@@ -51,6 +57,9 @@ class FifoScheduler:
         return [self.pending[k[-1]] for k in keys]
 
     def _enqueue(self, job: JobRequest) -> None:
+        self._changed = True
+        if job.not_before > self._now:
+            heapq.heappush(self._backoffs, (job.not_before, job.id))
         self.pending[job.id] = job
         insort(self._order.setdefault(job.pool, []), self._key(job))
         self._queued_by_user[job.user] = self._queued_by_user.get(job.user, 0) + 1
@@ -65,6 +74,7 @@ class FifoScheduler:
 
     # -- events ---------------------------------------------------------------------------
     def submit(self, job: JobRequest, now: float, restoring: bool = False) -> Optional[Reject]:
+        self._now = max(self._now, now)
         if not restoring:
             why = inadmissible(job, self.config, self.cluster)
             if why:
@@ -96,11 +106,13 @@ class FifoScheduler:
             self._run(job, placement, now)
 
     def finished(self, job_id: str, outcome: Outcome, now: float) -> list[Decision]:
+        self._now = max(self._now, now)
         entry = self.running.pop(job_id, None)
         if entry is None:
             return []
         job, placement, _ = entry
         self.cluster.release(placement)
+        self._changed = True
         return self._maybe_retry(job, outcome, now)
 
     def _maybe_retry(self, job: JobRequest, outcome: Outcome, now: float) -> list[Decision]:
@@ -117,15 +129,17 @@ class FifoScheduler:
         return []
 
     def cancel(self, job_id: str, now: float) -> None:
+        self._now = max(self._now, now)
         self._dequeue(job_id)
         entry = self.running.pop(job_id, None)
         if entry is not None:
             self.cluster.release(entry[1])
+            self._changed = True
 
     def node_up(self, node: str, pool: str, gpus: int, now: float) -> None:
-        from .cluster import NodeState
-
+        self._now = max(self._now, now)
         self.cluster.nodes[node] = NodeState(node, pool, gpus, up=True)
+        self._changed = True
 
     def node_down(self, node: str, now: float) -> list[Decision]:
         n = self.cluster.nodes.get(node)
@@ -141,6 +155,10 @@ class FifoScheduler:
         return out
 
     def tick(self, now: float) -> list[Decision]:
+        self._now = max(self._now, now)
+        self._changed = False
+        while self._backoffs and self._backoffs[0][0] <= now:
+            heapq.heappop(self._backoffs)  # eligible from this pass on
         out: list[Decision] = []
         dl = self._deadlines
         while dl and dl[0][0] <= now:
@@ -167,8 +185,10 @@ class FifoScheduler:
         return out
 
     def _time_limit(self, job: JobRequest) -> Optional[float]:
+        """min(job time limit, pool max_runtime); a limit that is not finite counts as none."""
         pc = self.config.pools.get(job.pool)
-        limits = [x for x in (job.time_limit, pc.max_runtime if pc else None) if x is not None]
+        limits = [x for x in (job.time_limit, pc.max_runtime if pc else None)
+                  if x is not None and math.isfinite(x)]
         return min(limits) if limits else None
 
     def explain(self, job_id: str, now: float) -> Optional[Explanation]:
@@ -197,6 +217,40 @@ class FifoScheduler:
                 "running": sum(1 for j, _, _ in self.running.values() if j.pool == pool),
             }
         return {"pools": pools}
+
+
+    def pending_summary(self, now: float) -> dict[str, PoolPending]:
+        """Per pool: the waiting jobs by priority, and how many are past their retry backoff."""
+        out = {name: PoolPending() for name in self.config.pools}
+        for r in list(self.pending.values()):
+            out.setdefault(r.pool, PoolPending()).add(r.priority.value, r.submit_time, r.not_before <= now)
+        return out
+
+    def node_views(self) -> list[NodeView]:
+        """Every node, up or down, by name."""
+        return [NodeView(n.name, n.pool, n.gpus, len(n.free), n.up)
+                for n in sorted(self.cluster.nodes.values(), key=lambda n: n.name)]
+
+    def next_wakeup(self) -> Optional[float]:
+        """The earliest time-limit end or end of a retry backoff; the latest time seen if
+        events came since the last pass; None if there is nothing to do."""
+        dl = self._deadlines
+        while dl and (dl[0][1] not in self.running or self.running[dl[0][1]][2] != dl[0][2]):
+            heapq.heappop(dl)
+        bo = self._backoffs
+        while bo and (bo[0][1] not in self.pending or self.pending[bo[0][1]].not_before != bo[0][0]):
+            heapq.heappop(bo)
+        cands = [h[0][0] for h in (dl, bo) if h]
+        if self._changed and self.pending:
+            cands.append(self._now)
+        return min(cands) if cands else None
+
+    def export_state(self) -> dict[str, Any]:
+        """FIFO keeps no state beyond the jobs (the store has those)."""
+        return {"version": 1}
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Nothing to load (see ``export_state``)."""
 
 
 def _replace(job: JobRequest, **changes: Any) -> JobRequest:

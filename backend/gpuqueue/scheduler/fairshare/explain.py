@@ -1,0 +1,95 @@
+"""Explanations: why a queued job waits, its place in its pool's order, and the terms of that
+place (see docs/scheduling.md). Reads the policy's state; changes nothing but its own cache."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from ..base import Explanation
+from .records import INF, N_TIERS, PENDING, WAITING, Job
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .policy import FairShareScheduler
+
+
+class Explainer:
+    """Explanations of one policy's queued jobs; a pool's order is sorted once and kept until
+    the queue or a share changes (``FairShareScheduler.order_epoch``), so explaining every
+    queued job costs one sort, not one per job."""
+
+    def __init__(self, policy: "FairShareScheduler") -> None:
+        self.policy = policy
+        self._positions: dict[str, tuple[int, dict[str, int]]] = {}  # pool -> (epoch, id -> position)
+
+    def order(self, pool: str) -> list[Job]:
+        """The pool's pending jobs in scheduling order (ignoring share changes within a pass)."""
+        policy = self.policy
+        queue = policy.pools[pool].queue
+        jobs, users = policy.jobs, policy.ledger.users
+        res: list[Job] = []
+        for t in range(N_TIERS):
+            for e in sorted(e for h in queue.aged_heaps[t].values() for e in h):
+                j = jobs.get(e.job_id)
+                if j is not None and j.state == PENDING and j.queue_version == e.queue_version:
+                    res.append(j)
+            mine = dict(queue.tier_lists(t))
+            for _, name in sorted((users[n].share_key, n) for n in mine):
+                res += [jobs[k[2]] for k in mine[name]]
+        return res
+
+    def position(self, pool: str, job_id: str) -> int:
+        """1-based place of a pending job in its pool's order."""
+        epoch = self.policy.order_epoch
+        hit = self._positions.get(pool)
+        if hit is None or hit[0] != epoch:
+            order = {x.request.id: i for i, x in enumerate(self.order(pool), 1)}
+            hit = self._positions[pool] = (epoch, order)
+        return hit[1][job_id]
+
+    def priority_terms(self, job_id: str, now: float) -> dict[str, float]:
+        """The terms of a job's place in the order (see docs/scheduling.md)."""
+        policy = self.policy
+        j = policy.jobs[job_id]
+        req = j.request
+        u = policy.ledger.users[req.user]
+        tier, aged, _ = policy.tier_at(j, now) if j.state == PENDING else (j.tier, j.aged, 0)
+        return {
+            "tier": float(tier),
+            "base_tier": float(2 * req.priority.rank),
+            "starvation_boost": float(2 * req.priority.rank - tier),
+            "oldest_first": 1.0 if aged else 0.0,
+            "usage_gpu_hours": round(policy.ledger.usage(req.user, now), 6),
+            "weight": u.weight,
+            "share_key": round(u.scaled / policy.ledger.scale(now) / u.weight, 6),
+            "wait_s": max(0.0, now - req.submit_time),
+        }
+
+    def explain(self, job_id: str, now: float) -> Optional[Explanation]:
+        """Reason code, 1-based position, priority terms and ETA of a queued job."""
+        policy = self.policy
+        j = policy.jobs.get(job_id)
+        if j is None or j.state not in (PENDING, WAITING):
+            return None
+        terms = self.priority_terms(job_id, now)
+        req = j.request
+        pool = policy.pools[req.pool]
+        if j.state == WAITING:
+            return Explanation(
+                "backoff", f"retrying after a failure, eligible in {req.not_before - now:.0f}s",
+                0, terms, max(0.0, req.not_before - now),
+            )
+        pos = self.position(req.pool, job_id)
+        eta: Optional[float] = None
+        if pool.reserved_for == job_id and pool.shadow < INF:
+            eta = max(0.0, pool.shadow - now)
+        reason, msg = j.reason, str(j.reason_message)
+        nodes = pool.nodes
+        if j.seen_in_pass != pool.pass_no and reason in ("reservation", "priority", "resources"):
+            # the last pass stopped before it (nothing free could fit it): not its old message
+            reason = "resources"
+            msg = f"waiting for {req.gpus} GPUs in pool {pool.name!r} ({nodes.free}/{nodes.total} free)"
+        if pool.reserved_for != job_id and reason in ("new", "resources") and pos > 1:
+            reason, msg = "priority", f"{pos - 1} jobs are ahead of it in pool {pool.name!r}"
+        elif reason == "new":
+            reason, msg = "pending", "waiting for the next scheduling pass"
+        return Explanation(reason, msg, pos, terms, eta)

@@ -1,0 +1,218 @@
+"""The node index: which nodes of a pool are up, their free GPUs by count (for best fit in a few
+steps), the jobs on each node and when they are expected to end (for reservations).
+
+End estimates are time limits (``min(job limit, pool max_runtime)`` or the pool's
+``default_timeout``), or the stop deadline of a job asked to stop; INF when unknown. They are
+cached per node and dropped whenever the node's jobs or free GPUs change (``touch``).
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, insort
+from typing import Callable, Iterable, Optional
+
+from ..base import Placement
+from ..cluster import NodeState
+from .records import INF, Job
+
+FitEntry = tuple[float, int, str, int]
+"""(fit time, -free GPUs, node, node version): an entry of a pool's lazy fit-time heap."""
+
+
+class PoolNodes:
+    """The up nodes of one pool: by name, and by free GPU count."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.nodes: list[NodeState] = []  # up nodes, by name
+        self.by_name: dict[str, NodeState] = {}
+        self.total = 0  # GPUs of the up nodes
+        self.free = 0  # free GPUs of the up nodes
+        self.max_gpus = 0  # GPUs of the biggest up node
+        # free GPU count -> names of the nodes with that many free (sorted): best fit in a few steps
+        self.by_free: dict[int, list[str]] = {}
+        # per GPU need: a lazy heap of when each node has that many free, and the nodes touched
+        # since it was last brought up to date (see NodeIndex.soonest_node)
+        self.fit_heaps: dict[int, tuple[list[FitEntry], set[str]]] = {}
+
+    def reset(self, nodes: list[NodeState]) -> None:
+        """Index these up nodes (sorted by name)."""
+        self.nodes = nodes
+        self.by_name = {n.name: n for n in nodes}
+        self.total = sum(n.gpus for n in nodes)
+        self.free = sum(len(n.free) for n in nodes)
+        self.max_gpus = max((n.gpus for n in nodes), default=0)
+        self.by_free = {}
+        self.fit_heaps = {}
+        for n in nodes:  # by name: the lists come out sorted
+            self.by_free.setdefault(len(n.free), []).append(n.name)
+
+    def best_fit(self, gpus: int, spare: dict[str, int], check_spare: bool) -> Optional[Placement]:
+        """One node with ``gpus`` free: the fewest free GPUs that still fit, ties by name. With
+        ``check_spare``, a reserved node (in ``spare``) only if the job fits its spare GPUs,
+        which are then used up."""
+        by_free = self.by_free
+        for f in range(gpus, self.max_gpus + 1):
+            names = by_free.get(f)
+            if not names:
+                continue
+            for name in names:
+                if check_spare and name in spare:
+                    if gpus > spare[name]:
+                        continue
+                    spare[name] -= gpus
+                return {name: tuple(sorted(self.by_name[name].free)[:gpus])}
+        return None
+
+    def idle_nodes(self, gpus: int, nodes: int, spare: dict[str, int], fits_before: bool) -> Optional[Placement]:
+        """``nodes`` whole idle nodes with at least ``gpus / nodes`` GPUs, by (GPUs, name); a
+        reserved node only if the job ends before the reservation or the node is all spare."""
+        per = gpus // nodes
+        idle: list[NodeState] = []
+        for f in range(max(per, 0), self.max_gpus + 1):
+            for name in self.by_free.get(f, ()):
+                n = self.by_name[name]
+                if n.gpus == f and (fits_before or name not in spare or spare[name] >= n.gpus):
+                    idle.append(n)
+                    if len(idle) == nodes:
+                        return {n.name: tuple(sorted(n.free)[:per]) for n in idle}
+        return None
+
+    def idle_count(self, per: int) -> int:
+        """Nodes with at least ``per`` GPUs free."""
+        return sum(len(v) for f, v in self.by_free.items() if f >= per)
+
+
+class NodeIndex:
+    """Every pool's ``PoolNodes``, the jobs on each node, and their end estimates."""
+
+    def __init__(self, jobs: dict[str, Job], end_estimate: Callable[[Job], float]) -> None:
+        self.jobs = jobs
+        self.end_estimate = end_estimate
+        self.pools: dict[str, PoolNodes] = {}
+        self.jobs_on: dict[str, set[str]] = {}  # node -> ids of the jobs holding GPUs there
+        self.stopping_gpus: dict[str, int] = {}  # node -> GPUs of its jobs asked to stop
+        self._indexed_free: dict[str, int] = {}  # node -> free count as filed in by_free
+        self._pool_of: dict[str, PoolNodes] = {}  # up node -> its pool's index
+        self._ends: dict[str, list[tuple[float, int]]] = {}  # node -> sorted (end, GPUs) of its jobs
+        self._fit_times: dict[str, dict[int, float]] = {}  # node -> need -> fit time (see fit_time)
+        self._version: dict[str, int] = {}  # node -> bumps on every touch (fit heaps go stale)
+
+    def rebuild(self, nodes: Iterable[NodeState]) -> None:
+        """Index the up nodes of every pool again (after a node joined or left)."""
+        by_pool: dict[str, list[NodeState]] = {name: [] for name in self.pools}
+        for n in sorted(nodes, key=lambda n: n.name):
+            by_pool.setdefault(n.pool, [])
+            if n.up:
+                by_pool[n.pool].append(n)
+            self.jobs_on.setdefault(n.name, set())
+        self._indexed_free = {}
+        self._pool_of = {}
+        self._ends = {}
+        self._fit_times = {}
+        for name, up in by_pool.items():
+            pn = self.pools.get(name)
+            if pn is None:
+                pn = self.pools[name] = PoolNodes(name)
+            pn.reset(up)
+            for n in up:
+                self._indexed_free[n.name] = len(n.free)
+                self._pool_of[n.name] = pn
+
+    def touch(self, names: Iterable[str]) -> None:
+        """These nodes' jobs or free GPUs changed: re-file them by free count, drop their cached
+        end times, and mark them for the fit-time heaps."""
+        for name in names:
+            self._ends.pop(name, None)
+            self._fit_times.pop(name, None)
+            old = self._indexed_free.get(name)
+            if old is None:
+                continue  # down or unknown: not indexed
+            pool = self._pool_of[name]
+            self._version[name] = self._version.get(name, 0) + 1
+            for _, dirty in pool.fit_heaps.values():
+                dirty.add(name)
+            n = pool.by_name[name]
+            new = len(n.free)
+            if new == old:
+                continue
+            lst = pool.by_free[old]
+            del lst[bisect_left(lst, name)]
+            insort(pool.by_free.setdefault(new, []), name)
+            self._indexed_free[name] = new
+
+    def node(self, name: str) -> NodeState:
+        """An up node by name."""
+        return self._pool_of[name].by_name[name]
+
+    # ------------------------------------------------------------------ end estimates
+    def node_ends(self, name: str) -> list[tuple[float, int]]:
+        """Sorted (end estimate, job GPUs) of the jobs on a node (cached until touched)."""
+        ends = self._ends.get(name)
+        if ends is None:
+            jobs = self.jobs
+            ends = sorted(
+                (self.end_estimate(jobs[jid]), jobs[jid].request.gpus)
+                for jid in self.jobs_on.get(name, ())
+                if jid in jobs and jobs[jid].placement and name in jobs[jid].placement  # type: ignore[operator]
+            )
+            self._ends[name] = ends
+        return ends
+
+    def fit_time(self, n: NodeState, need: int) -> float:
+        """-INF if ``need`` GPUs are free on the node now; else the known end time after which
+        they are (before clamping to now); INF if known ends never free enough."""
+        f = len(n.free)
+        if f >= need:
+            return -INF
+        t = INF
+        for end, g in self.node_ends(n.name):
+            if f >= need:
+                break
+            f += g
+            t = end
+        return t if f >= need else INF
+
+    def cached_fit_time(self, n: NodeState, need: int) -> float:
+        """``fit_time``, cached per node and need until the node is touched."""
+        per_node = self._fit_times.get(n.name)
+        if per_node is None:
+            per_node = self._fit_times[n.name] = {}
+        t = per_node.get(need)
+        if t is None:
+            t = per_node[need] = self.fit_time(n, need)
+        return t
+
+    def soonest_node(self, pool: PoolNodes, need: int, now: float) -> list[tuple[float, int, str, int]]:
+        """The node where ``need`` GPUs are free soonest by known ends, as [(fit time, -free,
+        name, GPUs)] (empty if none has enough GPUs): min by (max(now, fit time), -free, name),
+        from a per-need heap brought up to date with the nodes touched since its last use."""
+        entry = pool.fit_heaps.get(need)
+        if entry is None:
+            entry = pool.fit_heaps[need] = ([], {n.name for n in pool.nodes})
+        heap, dirty = entry
+        version, by_name = self._version, pool.by_name
+        for name in dirty:
+            n = by_name.get(name)
+            if n is not None and n.gpus >= need:
+                heapq.heappush(heap, (self.fit_time(n, need), -len(n.free), name, version.get(name, 0)))
+        dirty.clear()
+        due: list[FitEntry] = []  # fit times already reached tie at `now`
+        while heap:
+            raw, negfree, name, ver = heap[0]
+            if ver != version.get(name, 0) or name not in by_name:
+                heapq.heappop(heap)
+                continue
+            if raw > now or due and raw == INF:
+                break
+            due.append(heapq.heappop(heap))
+        for e in due:
+            heapq.heappush(heap, e)
+        if due:
+            best = min((max(now, e[0]) if e[0] < INF else INF, e[1], e[2]) for e in due)
+        elif heap:
+            best = heap[0][:3]
+        else:
+            return []
+        return [(best[0] if best[0] == INF else max(now, best[0]), best[1], best[2], by_name[best[2]].gpus)]

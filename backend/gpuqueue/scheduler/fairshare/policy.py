@@ -1,0 +1,632 @@
+"""The fair-share policy object: events in (submit, started, finished, cancel, node up/down,
+tick), decisions out. It keeps the jobs and drives the parts that own the rest: the usage
+ledger (``ledger``), each pool's pending queue (``queue``) and node index (``nodes``), the pass
+(``scheduling_pass``), reservations, the preemption planner and explanations.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import replace
+from typing import Any, Optional
+
+from ...config import PoolConfig, QueueConfig
+from ...states import Outcome
+from ..admission import inadmissible
+from ..base import (
+    Decision,
+    Explanation,
+    JobRequest,
+    NodeView,
+    Placement,
+    PoolPending,
+    Preempt,
+    Reject,
+    Retry,
+    Start,
+    TimeOut,
+    Warn,
+)
+from ..cluster import Cluster, NodeState
+from . import preemption, quotas
+from .explain import Explainer
+from .ledger import UsageLedger, User
+from .nodes import NodeIndex, PoolNodes
+from .ordering import tier_at
+from .pool import Pool
+from .queue import PoolQueue
+from .records import (
+    INF,
+    PENDING,
+    RUNNING,
+    STOPPING,
+    WAITING,
+    Job,
+    JobClass,
+    QueueKey,
+    class_key,
+)
+from .scheduling_pass import SchedulingPass
+from .timers import TIMEOUT, WARN, Timers
+
+
+
+class FairShareScheduler:
+    """The gpuqueue policy (see the package docstring and docs/scheduling.md)."""
+
+    def __init__(self, config: QueueConfig, cluster: Optional[Cluster] = None):
+        self.config = config
+        self.knobs = config.policy
+        self.cluster = cluster or Cluster.from_config(config)
+        self.jobs: dict[str, Job] = {}
+        self.ledger = UsageLedger(self.knobs.half_life, lambda name: config.limits_for(name).weight,
+                                  self._renormalized)
+        self.node_index = NodeIndex(self.jobs, self.end_estimate)
+        self.pools: dict[str, Pool] = {}
+        self.explainer = Explainer(self)
+        self.order_epoch = 0  # bumps when any pool's order may change (explanations cache on it)
+        self._seq = 0
+        self._now = 0.0
+        self.timers = Timers()
+        self.preempt_counts: dict[str, int] = {}
+        self.stopping_for: dict[str, int] = {}  # preemptor -> victims still stopping for it
+        self.preempted_pairs: set[tuple[str, str]] = set()  # (victim, preemptor)
+        self._limits: dict[tuple[str, Optional[float]], Optional[float]] = {}
+        for name, pc in config.pools.items():
+            self._add_pool(name, pc)
+        self._rebuild_pools()
+
+    # ---------------------------------------------------------------- bookkeeping helpers
+    def _add_pool(self, name: str, pc: PoolConfig) -> Pool:
+        nodes = self.node_index.pools.get(name)
+        if nodes is None:
+            nodes = self.node_index.pools[name] = PoolNodes(name)
+        pool = self.pools[name] = Pool(name, pc, PoolQueue(), nodes, tokens=self.knobs.preemption_budget)
+        return pool
+
+    def _rebuild_pools(self) -> None:
+        for n in sorted(self.cluster.nodes.values(), key=lambda n: n.name):
+            if n.pool not in self.pools:
+                self._add_pool(n.pool, PoolConfig(nodes={n.name: n.gpus}))
+        self.node_index.rebuild(self.cluster.nodes.values())
+        for pool in self.pools.values():
+            pool.dirty = True
+
+    def _user(self, name: str) -> User:
+        return self.ledger.user(name)
+
+    def _charge(self, u: User, scaled: float) -> None:
+        """Add to a user's usage and re-key it wherever it has pending jobs."""
+        if not self.ledger.add(u, scaled):
+            return
+        for pool in self.pools.values():
+            if pool.queue.rekey(u):
+                pool.dirty = True
+                self.order_epoch += 1
+
+    def _renormalized(self, factor: float) -> None:
+        """The ledger moved its decay origin: per-job charges and user heaps follow."""
+        self.order_epoch += 1
+        for j in self.jobs.values():
+            j.charged_scaled /= factor
+        for pool in self.pools.values():
+            pool.queue.rebuild_user_heaps(self.ledger.users)
+
+    def usage(self, user: str, now: float) -> float:
+        """The user's decayed GPU-hours as of ``now`` (charges ahead included)."""
+        return self.ledger.usage(user, now)
+
+    def limit(self, req: JobRequest) -> Optional[float]:
+        """The job's runtime limit in seconds, or None: min(job time limit or the pool's
+        default_timeout, the pool's max_runtime); a limit that is not a finite number counts as
+        none, so every structure agrees on it."""
+        key = (req.pool, req.time_limit)
+        lim = self._limits.get(key, -1.0)
+        if lim != -1.0:
+            return lim
+        pc = self.pools[req.pool].config
+        lim = req.time_limit if req.time_limit is not None else pc.default_timeout
+        if lim is not None and not math.isfinite(lim):
+            lim = None
+        if pc.max_runtime is not None and math.isfinite(pc.max_runtime):
+            lim = pc.max_runtime if lim is None else min(lim, pc.max_runtime)
+        self._limits[key] = lim
+        return lim
+
+    def job_class(self, req: JobRequest) -> JobClass:
+        """(GPUs, nodes, time limit or INF)."""
+        lim = self.limit(req)
+        return (req.gpus, req.nodes, INF if lim is None else lim)
+
+    def queue_key(self, req: JobRequest) -> QueueKey:
+        """The job's queue key: see ``records.class_key``."""
+        return class_key(self.job_class(req))
+
+    def tier_at(self, job: Job, now: float) -> tuple[int, bool, float]:
+        """(tier, aged, next change of place): see ``ordering.tier_at``."""
+        req = job.request
+        return tier_at(req, self.pools[req.pool].config.starvation_timeout, self.knobs, now)
+
+    def _count_pool_job(self, u: User, pool: str, delta: int) -> None:
+        before = u.pool_jobs.get(pool, 0)
+        after = before + delta
+        u.pool_jobs[pool] = after
+        p = self.pools[pool]
+        if before == 0 and after > 0:
+            p.active_weight += u.weight
+        elif before > 0 and after == 0:
+            p.active_weight -= u.weight
+
+    # ------------------------------------------------------------------- queue in / out
+    def _enqueue(self, job: Job, now: float) -> None:
+        """Put a job (new, retried or requeued) into its pool's queue or the backoff heap."""
+        req = job.request
+        job.queue_version += 1
+        if req.not_before > now:
+            job.state = WAITING
+            self.timers.retry_at(job, req.not_before)
+            return
+        job.state = PENDING
+        self.order_epoch += 1
+        pool = self.pools[req.pool]
+        cls = self.job_class(req)
+        pool.queue.count_class(cls, +1)
+        pool.dirty = True
+        tier, aged, nxt = self.tier_at(job, now)
+        job.tier, job.aged = tier, aged
+        key = class_key(cls)
+        if aged:
+            pool.queue.add_aged(job, tier, key)
+        else:
+            pool.queue.add(job, self._user(req.user), tier, key)
+        if nxt < INF:
+            self.timers.boost_at(job, nxt)
+
+    def _dequeue(self, job: Job) -> None:
+        """Take a pending job out of the queue structures (aged heaps are lazy)."""
+        self.order_epoch += 1
+        req = job.request
+        queue = self.pools[req.pool].queue
+        cls = self.job_class(req)
+        queue.count_class(cls, -1)
+        if not job.aged:
+            queue.remove(job, job.tier, class_key(cls))
+        job.queue_version += 1
+
+    # --------------------------------------------------------------------------- events
+    def submit(self, job: JobRequest, now: float, restoring: bool = False) -> Optional[Reject]:
+        """Accept a job into its pool's queue, or say why not (admission and depth limits)."""
+        self._now = max(self._now, now)
+        if job.id in self.jobs:
+            if not restoring:
+                return Reject(job.id, f"job {job.id!r} is already queued or running")
+            self._forget(job.id, now)
+        why = inadmissible(job, self.config, self.cluster)
+        if why and not restoring:
+            return Reject(job.id, why)
+        if job.pool not in self.pools:
+            return Reject(job.id, why or f"unknown pool {job.pool!r}")
+        pool = self.pools[job.pool]
+        if not restoring:
+            refused = quotas.refusal(self.config, pool, self.ledger.users.get(job.user), job)
+            if refused is not None:
+                return Reject(job.id, refused)
+        self._seq += 1
+        j = Job(job, self._seq, preemptions=self.preempt_counts.get(job.id, 0))
+        self.jobs[job.id] = j
+        u = self._user(job.user)
+        self._count_pool_job(u, job.pool, +1)
+        pool.queue.queued += 1
+        self._enqueue(j, now)
+        return None
+
+    def restore_running(self, job: JobRequest, placement: Placement, started_at: float) -> None:
+        """At rebuild: this job already holds these GPUs (its charges are in the imported state)."""
+        if job.id in self.jobs:
+            self._forget(job.id, started_at)
+        self._seq += 1
+        j = Job(job, self._seq, state=RUNNING)
+        self.jobs[job.id] = j
+        u = self._user(job.user)
+        self._count_pool_job(u, job.pool, +1)
+        self._occupy(j, placement, started_at)
+        elapsed = max(0.0, self._now - started_at)
+        chunk = self.knobs.charge_ahead
+        j.charged_until = (math.floor(elapsed / chunk) + 1) * chunk if chunk > 0 else elapsed
+        j.charged_scaled = job.gpus * j.charged_until / 3600.0 * self.ledger.scale(started_at)
+        if chunk > 0:
+            self.timers.charge_at(j, started_at + j.charged_until)
+        self._push_deadlines(j)
+
+    def started(self, job_id: str, now: float) -> None:
+        """The job process is confirmed running: its runtime clock (time limit) restarts now."""
+        j = self.jobs.get(job_id)
+        if j is None or j.state != RUNNING:
+            return
+        j.started_at = now
+        j.warned = False
+        if j.placement:
+            self.node_index.touch(j.placement)
+        self._push_deadlines(j)
+
+    def finished(self, job_id: str, outcome: Outcome, now: float) -> list[Decision]:
+        """An attempt ended: free its GPUs, true up its charge, and requeue or retry it."""
+        self._now = max(self._now, now)
+        j = self.jobs.get(job_id)
+        if j is None or j.state not in (RUNNING, STOPPING):
+            return []
+        self._vacate(j, now)
+        req = j.request
+        if outcome in (Outcome.PREEMPTED, Outcome.LOST):
+            if outcome == Outcome.PREEMPTED:
+                j.preemptions += 1
+                self.preempt_counts[job_id] = j.preemptions
+            j.request = replace(req, not_before=now)
+            self._requeue(j, now)
+            return [Retry(job_id, now, counted=False)]
+        if outcome == Outcome.FAILED and req.failures < req.max_retries:
+            at = now + self.backoff(req.id, req.failures)
+            j.request = replace(req, failures=req.failures + 1, not_before=at)
+            self._requeue(j, now)
+            return [Retry(job_id, at, counted=True)]
+        self._drop(j)
+        return []
+
+    def backoff(self, job_id: str, failures: int) -> float:
+        """Seconds before retry number ``failures + 1``: exponential, capped, with hashed jitter."""
+        base = min(self.config.retry_backoff * 2.0**failures, self.config.retry_backoff_max)
+        h = zlib.crc32(f"{job_id}:{failures}".encode()) / 0xFFFFFFFF  # in [0, 1]
+        return base * (1.0 + self.knobs.retry_jitter * (2.0 * h - 1.0))
+
+    def cancel(self, job_id: str, now: float) -> None:
+        """Forget a job; a running one's GPUs are freed and its usage trued up."""
+        self._now = max(self._now, now)
+        self._forget(job_id, now)
+
+    def _forget(self, job_id: str, now: float) -> None:
+        j = self.jobs.get(job_id)
+        if j is None:
+            return
+        if j.state in (RUNNING, STOPPING):
+            self._vacate(j, now)
+        elif j.state == PENDING:
+            self._dequeue(j)
+            self.pools[j.request.pool].queue.queued -= 1
+        else:
+            j.queue_version += 1
+            self.pools[j.request.pool].queue.queued -= 1
+        self._drop(j)
+
+    def _drop(self, j: Job) -> None:
+        req = j.request
+        pool = self.pools[req.pool]
+        if pool.reserved_for == req.id:
+            pool.reserved_for, pool.shadow = None, INF
+        self._count_pool_job(self.ledger.users[req.user], req.pool, -1)
+        del self.jobs[req.id]
+        self.preempt_counts.pop(req.id, None)
+
+    def _requeue(self, j: Job, now: float) -> None:
+        self.pools[j.request.pool].queue.queued += 1
+        self._enqueue(j, now)
+
+    def node_up(self, node: str, pool: str, gpus: int, now: float) -> None:
+        """A node joined or came back (with all its GPUs free)."""
+        self._now = max(self._now, now)
+        old = self.cluster.nodes.get(node)
+        if old is not None and old.up:
+            self.node_down(node, now)  # jobs there are lost; the shell hears via finished()
+        self.cluster.nodes[node] = NodeState(node, pool, gpus, up=True)
+        self.node_index.jobs_on[node] = set()
+        self._rebuild_pools()
+
+    def node_down(self, node: str, now: float) -> list[Decision]:
+        """A node is gone: its jobs are lost (not failures) and requeued; Retry for each."""
+        self._now = max(self._now, now)
+        out: list[Decision] = []
+        for job_id in sorted(self.node_index.jobs_on.get(node, ())):
+            out += self.finished(job_id, Outcome.LOST, now)
+        n = self.cluster.nodes.get(node)
+        if n is not None:
+            n.up = False
+            n.free = set()
+        self._rebuild_pools()
+        return out
+
+    # --------------------------------------------------------------- occupy / vacate GPUs
+    def _occupy(self, j: Job, placement: Placement, now: float) -> None:
+        self.cluster.allocate(placement)
+        req = j.request
+        pool = self.pools[req.pool]
+        pool.nodes.free -= req.gpus
+        j.state = RUNNING
+        j.placement = placement
+        j.started_at = now
+        j.attempt += 1
+        j.warned = j.timeout_sent = False
+        j.preempted_for = None
+        jobs_on = self.node_index.jobs_on
+        for node in placement:
+            jobs_on.setdefault(node, set()).add(req.id)
+        self.node_index.touch(placement)
+        u = self.ledger.users[req.user]
+        u.gpus += req.gpus
+        u.running += 1
+        u.pool_gpus[req.pool] = u.pool_gpus.get(req.pool, 0) + req.gpus
+        if req.preemptible or pool.config.preemptible:
+            pool.victims_by_rank[req.priority.rank].add(req.id)
+            pool.victim_epoch += 1
+        if self.limit(req) is not None:
+            pool.timed_running += 1
+
+    def _vacate(self, j: Job, now: float) -> None:
+        req = j.request
+        pool = self.pools[req.pool]
+        assert j.placement is not None
+        index = self.node_index
+        if j.state == STOPPING:
+            for node, ids in j.placement.items():
+                index.stopping_gpus[node] -= len(ids)
+        for node, ids in j.placement.items():
+            n = self.cluster.nodes.get(node)
+            if n is not None and n.up:
+                pool.nodes.free += len(ids)
+            index.jobs_on.get(node, set()).discard(req.id)
+        self.cluster.release(j.placement)
+        index.touch(j.placement)
+        j.placement = None
+        u = self.ledger.users[req.user]
+        u.gpus -= req.gpus
+        u.running -= 1
+        u.pool_gpus[req.pool] -= req.gpus
+        actual = req.gpus * max(0.0, now - j.started_at) / 3600.0 * self.ledger.scale(now)
+        self._charge(u, actual - j.charged_scaled)
+        j.charged_scaled = 0.0
+        j.charged_until = 0.0
+        if req.preemptible or pool.config.preemptible:
+            pool.victims_by_rank[req.priority.rank].discard(req.id)
+        if self.limit(req) is not None or j.state == STOPPING:
+            pool.timed_running -= 1
+        if j.state == STOPPING and j.preempted_for is not None:
+            self.stopping_for[j.preempted_for] -= 1
+            if not self.stopping_for[j.preempted_for]:
+                del self.stopping_for[j.preempted_for]
+        j.preempted_for = None
+        for p in self.pools.values():
+            p.dirty = True  # freed GPUs here; freed quota everywhere
+
+    def start(self, j: Job, placement: Placement, now: float, out: list[Decision]) -> None:
+        """Start a pending job on ``placement``: charge its first chunk, arm its timers."""
+        self._dequeue(j)
+        pool = self.pools[j.request.pool]
+        pool.queue.queued -= 1
+        self._occupy(j, placement, now)
+        j.reason, j.reason_message = "running", "started"
+        chunk = self.knobs.charge_ahead
+        lim = self.limit(j.request)
+        first = chunk if lim is None else min(chunk, lim)
+        if chunk > 0:
+            j.charged_until = first
+            scaled = j.request.gpus * first / 3600.0 * self.ledger.scale(now)
+            j.charged_scaled = scaled
+            self._charge(self.ledger.users[j.request.user], scaled)
+            if lim is None or first < lim:
+                self.timers.charge_at(j, now + first)
+        self._push_deadlines(j)
+        pool.dirty = True
+        out.append(Start(j.request.id, placement))
+
+    def _push_deadlines(self, j: Job) -> None:
+        lim = self.limit(j.request)
+        if lim is None:
+            return
+        self.timers.limit_at(j, j.started_at + lim, min(self.knobs.timeout_warning, 0.1 * lim))
+
+    def end_estimate(self, j: Job) -> float:
+        """When the job is expected to give its GPUs back: its stop deadline when asked to
+        stop, else the end of its time limit (INF without one)."""
+        if j.state == STOPPING:
+            return j.stop_by
+        lim = self.limit(j.request)
+        return INF if lim is None else j.started_at + lim
+
+    # ------------------------------------------------------------------------------ tick
+    def tick(self, now: float) -> list[Decision]:
+        """One scheduling pass: timeouts and warnings, boosts, retries due, starts, preemptions."""
+        self._now = max(self._now, now)
+        self.ledger.renormalize(now)
+        out: list[Decision] = []
+        self._timers(now, out)
+        for pool in self.pools.values():
+            if pool.recheck_at <= now:
+                pool.recheck_at = INF
+                pool.dirty = True
+            if pool.dirty:
+                pool.dirty = False
+                SchedulingPass(self, pool, now, out).run()
+        return out
+
+    def _timers(self, now: float, out: list[Decision]) -> None:
+        jobs, timers, due = self.jobs, self.timers, Timers.due
+        for t, _, jid, attempt, kind in due(timers.deadlines, now):
+            j = jobs.get(jid)
+            if j is None or j.state not in (RUNNING, STOPPING) or j.attempt != attempt:
+                continue
+            lim = self.limit(j.request)
+            if lim is None:
+                continue
+            end = j.started_at + lim
+            if kind == WARN and not j.warned and not j.timeout_sent and t <= end:
+                if abs((end - min(self.knobs.timeout_warning, 0.1 * lim)) - t) < 1e-6:
+                    j.warned = True
+                    out.append(Warn(jid, f"time limit reached in {end - now:.0f}s: save a checkpoint"))
+            elif kind == TIMEOUT and not j.timeout_sent and abs(end - t) < 1e-6:
+                j.timeout_sent = True
+                out.append(TimeOut(jid))
+        for t, _, jid, attempt, _ in due(timers.charges, now):
+            j = jobs.get(jid)
+            if j is None or j.state not in (RUNNING, STOPPING) or j.attempt != attempt:
+                continue
+            lim = self.limit(j.request)
+            nxt = j.charged_until + self.knobs.charge_ahead
+            if lim is not None:
+                nxt = min(nxt, lim)
+            add = j.request.gpus * (nxt - j.charged_until) / 3600.0 * self.ledger.scale(t)
+            j.charged_until = nxt
+            j.charged_scaled += add
+            self._charge(self.ledger.users[j.request.user], add)
+            if lim is None or nxt < lim:
+                timers.charge_at(j, j.started_at + nxt)
+        for e in due(timers.retries, now):
+            j = jobs.get(e.job_id)
+            if j is not None and j.state == WAITING and j.queue_version == e.queue_version:
+                self._enqueue(j, now)
+        for e in due(timers.boosts, now):
+            j = jobs.get(e.job_id)
+            if j is not None and j.state == PENDING and j.queue_version == e.queue_version:
+                self._dequeue(j)
+                self._enqueue(j, now)
+
+    def next_wakeup(self) -> Optional[float]:
+        """The earliest time at which ``tick`` has work (timeouts, boosts, retries, usage
+        charges, preemption rechecks, or events since the last pass: then the latest time
+        seen); None if there is none. Shells should tick then."""
+        cands = [t for t in (self.timers.earliest(self.jobs),) if t is not None]
+        if any(p.dirty and p.queue.classes for p in self.pools.values()):
+            cands.append(self._now)  # something changed since the last pass: tick again now
+        cands += [p.recheck_at for p in self.pools.values() if p.recheck_at < INF]
+        return min(cands) if cands else None
+
+    # ---------------------------------------------------------------------- the pass's calls
+    def quota_reason(self, pool: Pool, req: JobRequest) -> Optional[tuple[str, str]]:
+        """(reason code, message) when starting the job now would break a quota, else None."""
+        return quotas.over_quota(self.config, pool, self.ledger.users[req.user], req)
+
+    def try_preempt(self, pool: Pool, r: Job, now: float, out: list[Decision]) -> None:
+        """Preempt for the reserved job ``r`` if the pool allows it, a plan exists and the
+        pool's budget (a token bucket) covers it."""
+        knobs = self.knobs
+        if not pool.config.allow_preemption or knobs.preemption_budget <= 0:
+            return
+        if not any(pool.victims_by_rank) or r.request.id in self.stopping_for:
+            return  # nothing to preempt, or victims are already stopping for it
+        req = r.request
+        rank = req.priority.rank
+        holds_here = self.ledger.users[req.user].pool_gpus.get(pool.name, 0) > 0
+        if not any(pool.victims_by_rank[rank + 1:]) and holds_here:
+            return  # no lower-priority victims, and the under-share rule does not apply
+        last = pool.last_failed_plan
+        if last[0] == req.id and last[1] == pool.victim_epoch and now < last[2]:
+            return  # nothing changed since the last failed attempt for this job
+        rate = knobs.preemption_budget / knobs.preemption_window
+        pool.tokens = min(knobs.preemption_budget, pool.tokens + (now - pool.tokens_at) * rate)
+        pool.tokens_at = now
+        if pool.tokens < 1:
+            pool.recheck_at = min(pool.recheck_at, now + (1 - pool.tokens) / rate)
+            return
+        rules = preemption.PreemptionRules(
+            pool.name, pool.nodes.total, pool.config.preemptible, pool.active_weight,
+            knobs.min_runtime, knobs.max_preemptions_per_job, self.preempted_pairs)
+        # only lower priorities qualify unless the under-share rule may apply
+        low = rank + 1 if holds_here else 0
+        candidates = [vid for ids in pool.victims_by_rank[low:] for vid in ids]
+        found = preemption.plan(rules, self.ledger.users, self.jobs, r, candidates, pool.nodes,
+                                self.node_index, now)
+        if not found.victims:
+            if found.retry_at < INF:
+                pool.recheck_at = min(pool.recheck_at, found.retry_at)
+            pool.last_failed_plan = (req.id, pool.victim_epoch, found.retry_at)
+            return
+        victims = found.victims
+        if len(victims) > pool.tokens:
+            return
+        pool.tokens -= len(victims)
+        stopping = self.node_index.stopping_gpus
+        for v in victims:
+            if self.limit(v.request) is None:
+                pool.timed_running += 1
+            v.state = STOPPING
+            if v.placement:
+                for name, ids in v.placement.items():
+                    stopping[name] = stopping.get(name, 0) + len(ids)
+                self.node_index.touch(v.placement)
+            v.preempted_for = req.id
+            self.preempted_pairs.add((v.request.id, req.id))
+            self.stopping_for[req.id] = self.stopping_for.get(req.id, 0) + 1
+            v.stop_by = now + knobs.grace
+            out.append(Preempt(v.request.id, knobs.grace,
+                               f"preempted for job {req.id} ({req.priority.value} priority, user {req.user})"))
+
+    # ---------------------------------------------------------------------- introspection
+    def priority_terms(self, job_id: str, now: float) -> dict[str, float]:
+        """The terms of a job's place in the order (see docs/scheduling.md)."""
+        return self.explainer.priority_terms(job_id, now)
+
+    def explain(self, job_id: str, now: float) -> Optional[Explanation]:
+        """Reason code, 1-based position, priority terms and ETA of a queued job."""
+        return self.explainer.explain(job_id, now)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Pools with GPUs total/used and queue lengths, plus per-user GPUs held."""
+        pools = {}
+        for name, p in self.pools.items():
+            pools[name] = {
+                "gpus_total": p.nodes.total,
+                "gpus_used": p.nodes.total - p.nodes.free,
+                "queued": p.queue.queued,
+                "running": sum(
+                    1 for j in self.jobs.values() if j.request.pool == name and j.state in (RUNNING, STOPPING)
+                ),
+                "reserved_for": p.reserved_for,
+            }
+        users = {
+            n: {"gpus": u.gpus, "running": u.running, "usage_gpu_hours": round(self.usage(n, self._now), 6)}
+            for n, u in sorted(self.ledger.users.items())
+        }
+        return {"pools": pools, "users": users}
+
+    def pending_summary(self, now: float) -> dict[str, PoolPending]:
+        """Per pool: the waiting jobs by priority, and how many are past their retry backoff."""
+        out = {name: PoolPending() for name in self.pools}
+        for j in list(self.jobs.values()):
+            st = j.state
+            if st == PENDING or st == WAITING:
+                r = j.request
+                out[r.pool].add(r.priority.value, r.submit_time, st == PENDING)
+        return out
+
+    def node_views(self) -> list[NodeView]:
+        """Every node, up or down, by name."""
+        return [NodeView(n.name, n.pool, n.gpus, len(n.free), n.up)
+                for n in sorted(self.cluster.nodes.values(), key=lambda n: n.name)]
+
+    def export_state(self) -> dict[str, Any]:
+        """JSON-ready state worth keeping across restarts: decayed usage, budgets, preemption counts."""
+        now = self._now
+        return {
+            "version": 1,
+            "at": now,
+            "usage_gpu_hours": {u.name: self.usage(u.name, now) for u in self.ledger.with_usage()},
+            "preemption_tokens": {n: [p.tokens, p.tokens_at] for n, p in sorted(self.pools.items())},
+            "job_preemptions": dict(sorted(self.preempt_counts.items())),
+        }
+
+    def import_state(self, state: dict[str, Any]) -> None:
+        """Load what ``export_state`` wrote (call before restoring jobs)."""
+        at = float(state.get("at", 0.0))
+        self._now = max(self._now, at)
+        self.order_epoch += 1
+        for name, usage in state.get("usage_gpu_hours", {}).items():
+            self.ledger.set_usage(name, float(usage), at)
+        for name, (tokens, tokens_at) in state.get("preemption_tokens", {}).items():
+            if name in self.pools:
+                self.pools[name].tokens = float(tokens)
+                self.pools[name].tokens_at = float(tokens_at)
+        self.preempt_counts.update({k: int(v) for k, v in state.get("job_preemptions", {}).items()})
+        for jid, n in self.preempt_counts.items():
+            if jid in self.jobs:
+                self.jobs[jid].preemptions = n
+        for p in self.pools.values():
+            p.queue.rebuild_user_heaps(self.ledger.users)
+            p.dirty = True

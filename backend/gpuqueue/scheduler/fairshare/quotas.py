@@ -1,0 +1,43 @@
+"""Quotas: what a user may queue (checked at submit) and hold (checked before each start)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from ...config import QueueConfig
+from ..base import JobRequest
+from .ledger import User
+from .pool import Pool
+
+
+def refusal(config: QueueConfig, pool: Pool, user: Optional[User], job: JobRequest) -> Optional[str]:
+    """Why a new job is refused by a quota or a queue depth limit, or None."""
+    lim = config.limits_for(job.user)
+    cap = pool.config.max_gpus_per_user
+    queued = pool.queue.queued
+    if lim.max_gpus is not None and job.gpus > lim.max_gpus:
+        return f"{job.gpus} GPUs is over your quota of {lim.max_gpus} GPUs; ask for at most {lim.max_gpus}"
+    if cap is not None and job.gpus > cap:
+        return f"{job.gpus} GPUs is over pool {job.pool!r}'s per-user limit of {cap}"
+    if queued >= pool.config.max_queued:
+        return (f"pool {job.pool!r} queue is full ({queued} jobs, limit {pool.config.max_queued}); "
+                "try again later or use another pool")
+    mine = 0 if user is None else sum(user.pool_jobs.values()) - user.running
+    if mine >= lim.max_queued:
+        return (f"you have {mine} queued jobs, the limit is {lim.max_queued}; "
+                "wait for some to start or cancel some")
+    return None
+
+
+def over_quota(config: QueueConfig, pool: Pool, u: User, req: JobRequest) -> Optional[tuple[str, str]]:
+    """(reason code, message) when starting the job now would break a quota, else None."""
+    lim = config.limits_for(req.user)
+    if lim.max_running is not None and u.running + 1 > lim.max_running:
+        return "quota_running", f"you have {u.running} jobs running, your limit is {lim.max_running}"
+    if lim.max_gpus is not None and u.gpus + req.gpus > lim.max_gpus:
+        return "quota_gpus", f"you hold {u.gpus} GPUs, your limit is {lim.max_gpus}"
+    cap = pool.config.max_gpus_per_user
+    held = u.pool_gpus.get(pool.name, 0)
+    if cap is not None and held + req.gpus > cap:
+        return "quota_pool_gpus", f"you hold {held} GPUs in pool {pool.name!r}, its per-user limit is {cap}"
+    return None

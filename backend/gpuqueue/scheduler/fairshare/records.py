@@ -1,0 +1,127 @@
+"""The fair-share policy's records: a job as the policy tracks it, its states, the reasons it
+waits, and the keys the queue structures group jobs by."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Optional, Union
+
+from ..base import JobRequest, Placement
+
+INF = math.inf
+
+QueueKey = tuple[int, bool]
+"""How pending jobs are grouped in the queue structures: (GPUs, has a time limit). Backfill
+visits only the groups that may still start; a job without a time limit can never end before
+a reservation's shadow time, so it is a group of its own."""
+
+JobClass = tuple[int, int, float]
+"""(GPUs, nodes, time limit or INF): the pending jobs of a pool are counted by class, so a pass
+can tell when nothing left can start (see ``scheduling_pass.fit_keys``)."""
+
+
+def class_key(job_class: JobClass) -> QueueKey:
+    """The queue key of a job class: the one place it is computed, so a job is filed and
+    removed under the same key whatever its time limit."""
+    return (job_class[0], job_class[2] < INF)
+
+
+N_TIERS = 5
+TIER_NAMES = {0: "high", 1: "boosted", 2: "medium", 3: "boosted", 4: "low"}
+
+# A job's state inside the policy (plain strings: compared in the hottest loops)
+WAITING = "waiting"  # in retry backoff (not_before in the future)
+PENDING = "pending"  # in its pool's queue
+RUNNING = "running"  # holds GPUs
+STOPPING = "stopping"  # holds GPUs, asked to stop (preempted)
+
+
+class BehindReservation(NamedTuple):
+    """Starting this job now would delay the reserved start of ``reserved``."""
+
+    reserved: str
+
+    def __str__(self) -> str:
+        return f"starting now would delay the reserved start of job {self.reserved}"
+
+
+class WaitingForGpus(NamedTuple):
+    """Not enough GPUs are free for this job; ``reserved`` holds the pool's reservation."""
+
+    gpus: int
+    pool: str
+    free: int
+    total: int
+    reserved: str
+
+    def __str__(self) -> str:
+        return (f"waiting for {self.gpus} GPUs in pool {self.pool!r} ({self.free}/{self.total} free) "
+                f"behind job {self.reserved}")
+
+
+ReasonMessage = Union[str, BehindReservation, WaitingForGpus]
+"""What ``explain`` says; the pass stores the frequent ones as records, formatted on demand."""
+
+
+@dataclass(eq=False)
+class Job:
+    """A job as the policy tracks it, from submission until it ends or is cancelled."""
+
+    request: JobRequest
+    seq: int  # submission order (ties of submit time)
+    state: str = PENDING
+    tier: int = 0
+    aged: bool = False  # waited past oldest_first_after: in its pool's aged heap
+    queue_version: int = 0  # bumps whenever the job moves between queue structures
+    attempt: int = 0
+    placement: Optional[Placement] = None
+    started_at: float = 0.0
+    charged_scaled: float = 0.0  # usage added (scaled units, see ledger) for this attempt so far
+    charged_until: float = 0.0  # runtime seconds charged ahead so far
+    preemptions: int = 0
+    preempted_for: Optional[str] = None  # the job it stops for, while STOPPING
+    stop_by: float = 0.0
+    warned: bool = False
+    timeout_sent: bool = False
+    reason: str = "new"
+    reason_message: ReasonMessage = "not yet considered by a scheduling pass"
+    seen_in_pass: int = -1  # the pool's pass number when the reason was set
+
+    @property
+    def order_key(self) -> tuple[float, int, str]:
+        """(submit time, seq, id): a user's jobs go oldest first."""
+        return (self.request.submit_time, self.seq, self.request.id)
+
+
+UserEntry = tuple[float, str, int]
+"""(share key, user, version): a user in a pool's user heap (lazy: stale when ``version`` is not
+the user's). A plain tuple: pushed at every charge, the hottest allocation of the policy."""
+
+
+class AgedEntry(NamedTuple):
+    """A job in a pool's aged heap (lazy: stale when ``queue_version`` is not the job's)."""
+
+    submit_time: float
+    seq: int
+    job_id: str
+    queue_version: int
+
+
+class JobTimer(NamedTuple):
+    """A retry or boost due at ``at`` (stale when the job's queue_version moved on)."""
+
+    at: float
+    seq: int
+    job_id: str
+    queue_version: int
+
+
+class AttemptTimer(NamedTuple):
+    """A usage charge (``kind`` None), time-limit warning (0) or timeout (1) of an attempt."""
+
+    at: float
+    seq: int
+    job_id: str
+    attempt: int
+    kind: int = 0

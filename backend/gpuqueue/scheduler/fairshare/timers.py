@@ -1,0 +1,67 @@
+"""The policy's timers: when a pending job changes tier, a waiting job's backoff ends, a running
+attempt gets its time-limit warning and timeout, and its next usage chunk is charged. Lazy heaps:
+an entry whose job moved on (another queue version or attempt) is skipped when it comes due."""
+
+from __future__ import annotations
+
+import heapq
+from typing import Iterator, Optional, TypeVar
+
+from .records import PENDING, RUNNING, STOPPING, WAITING, AttemptTimer, Job, JobTimer
+
+WARN, TIMEOUT, CHARGE = 0, 1, 2  # AttemptTimer kinds
+
+Entry = TypeVar("Entry", JobTimer, AttemptTimer)
+
+
+class Timers:
+    """The four timer heaps (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self.boosts: list[JobTimer] = []  # a pending job's next change of tier (or aging)
+        self.retries: list[JobTimer] = []  # a waiting job's end of backoff
+        self.deadlines: list[AttemptTimer] = []  # time-limit warnings and timeouts
+        self.charges: list[AttemptTimer] = []  # the next usage chunk of a running attempt
+
+    def retry_at(self, job: Job, at: float) -> None:
+        """The waiting job becomes eligible at ``at``."""
+        heapq.heappush(self.retries, JobTimer(at, job.seq, job.request.id, job.queue_version))
+
+    def boost_at(self, job: Job, at: float) -> None:
+        """The pending job's place in the order changes at ``at``."""
+        heapq.heappush(self.boosts, JobTimer(at, job.seq, job.request.id, job.queue_version))
+
+    def charge_at(self, job: Job, at: float) -> None:
+        """Charge the running attempt's next usage chunk at ``at``."""
+        heapq.heappush(self.charges, AttemptTimer(at, job.seq, job.request.id, job.attempt, CHARGE))
+
+    def limit_at(self, job: Job, end: float, warning: float) -> None:
+        """Warn ``warning`` seconds before ``end`` (if > 0), time out at ``end``."""
+        if warning > 0:
+            heapq.heappush(self.deadlines, AttemptTimer(end - warning, job.seq, job.request.id, job.attempt, WARN))
+        heapq.heappush(self.deadlines, AttemptTimer(end, job.seq, job.request.id, job.attempt, TIMEOUT))
+
+    @staticmethod
+    def due(heap: list[Entry], now: float) -> Iterator[Entry]:
+        """Pop the entries due by ``now``, earliest first (entries pushed meanwhile included)."""
+        while heap and heap[0].at <= now:
+            yield heapq.heappop(heap)
+
+    def earliest(self, jobs: dict[str, Job]) -> Optional[float]:
+        """The earliest live timer, dropping stale ones from the heap tops; None if none."""
+
+        def live_job(e: JobTimer, state: str) -> bool:
+            j = jobs.get(e.job_id)
+            return j is not None and j.state == state and j.queue_version == e.queue_version
+
+        def live_attempt(e: AttemptTimer) -> bool:
+            j = jobs.get(e.job_id)
+            return j is not None and j.state in (RUNNING, STOPPING) and j.attempt == e.attempt
+
+        for h, ok in ((self.deadlines, live_attempt), (self.charges, live_attempt),
+                      (self.retries, lambda e: live_job(e, WAITING)),
+                      (self.boosts, lambda e: live_job(e, PENDING))):
+            while h and not ok(h[0]):  # type: ignore[operator]
+                heapq.heappop(h)  # type: ignore[arg-type]
+        tops = [h[0].at for h in (self.deadlines, self.charges, self.retries, self.boosts) if h]
+        return min(tops) if tops else None
