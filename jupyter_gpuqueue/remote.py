@@ -12,23 +12,16 @@ JupyterHub, give each user's server its own). The user's server never holds Redi
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any, AsyncIterator, Optional
 from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from gpuqueue.errors import BadRequest, Conflict, Forbidden, GPUQueueError, NotFound
+from gpuqueue.errors import GPUQueueError, Unavailable, error_for_status
 from gpuqueue.models import Event, JobRecord, SubmitRequest
 from gpuqueue.service import Caller
-
-_ERRORS = {400: BadRequest, 403: Forbidden, 404: NotFound, 409: Conflict}
-
-
-class Unavailable(GPUQueueError):
-    """The API service cannot be reached or refused our token."""
-
-    http_status = 503
 
 
 class RemoteService:
@@ -68,23 +61,26 @@ class RemoteService:
         return r.body
 
     def _error(self, e: HTTPClientError) -> GPUQueueError:
-        message = str(e)
+        message = f"{e.code} {e.message}"
         if e.response is not None and e.response.body:
             try:
-                message = json.loads(e.response.body).get("message") or message
-            except ValueError:
-                pass
+                message = str(json.loads(e.response.body).get("message") or message)
+            except (ValueError, AttributeError):
+                pass  # not our JSON (e.g. a proxy's HTML page): the status line says enough
         if e.code == 401:
             return Unavailable(f"the gpuqueue API service refused this server's token ({message}): "
                                f"check c.GPUQueueApp.api_token")
         if e.code == 599:
             return Unavailable(f"cannot reach the gpuqueue API service at {self.url}: is it running?")
-        return _ERRORS.get(e.code, GPUQueueError)(message)
+        return error_for_status(e.code, message)
 
     # -- verbs ----------------------------------------------------------------------------
     async def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
-        """Submit through the API service (it stamps the owner from the token)."""
-        out = await self._call("POST", "jobs", req.model_dump_json(exclude_none=True).encode())
+        """Submit through the API service (it stamps the owner from the token, and checks the
+        request again). The body goes on as it came; a request built here is encoded in a
+        thread (a large payload would hold up the event loop)."""
+        body = req._raw if req._raw is not None else await asyncio.to_thread(_encode, req)
+        out = await self._call("POST", "jobs", body)
         attached = bool(out.pop("attached", False))
         return JobRecord.model_validate(out), attached
 
@@ -154,7 +150,7 @@ class RemoteService:
             if ended:
                 return
             r = fetch.result()
-            if r.code in _ERRORS or r.code == 401:
+            if r.code in (400, 401, 403, 404, 409):
                 raise self._error(HTTPClientError(r.code, response=r))
             failures += 1
             if failures > 150:
@@ -174,6 +170,13 @@ class RemoteService:
         if data is None:
             return None, ended  # a keep-alive comment
         return Event.model_validate_json(data), ended
+
+
+def _encode(req: SubmitRequest) -> bytes:
+    data = req.model_dump(mode="json", exclude_none=True)
+    if req._payload is not None:
+        data["payload_b64"] = base64.b64encode(req._payload).decode()
+    return json.dumps(data).encode()
 
 
 class _Summary:

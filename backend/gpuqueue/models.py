@@ -1,16 +1,33 @@
-"""Records and request schemas (pydantic): what a job is, what one attempt was, what an event says."""
+"""Records and request schemas (pydantic): what a job is, what one attempt was, what an event says.
+
+The request models (:class:`JobSpec`, :class:`SubmitRequest`) are the one place where what a
+client sends is checked: every number finite and bounded, every string free of what cannot work
+where it goes (a NUL byte in an argument, a control character in a name), every list and mapping
+bounded. A failed check names the field and the fix.
+"""
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from .durations import MAX_TIMEOUT_S
 from .states import JobState, Outcome, Priority
+from .text import CONTROL_CHARS
 
 MAX_NAME_LEN = 200
+MAX_ARGS = 4096  # arguments of a command
+MAX_ARG_LEN = 128 * 1024  # Linux's limit on one argument or environment string (MAX_ARG_STRLEN)
+MAX_ENV = 1024  # extra environment variables
+MAX_PATH_LEN = 4096  # PATH_MAX
+MAX_ID_LEN = 256  # pool names, cell ids, hashes
+MAX_NAMES = 4096  # inputs / outputs of a cell
+
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def new_job_id() -> str:
@@ -18,40 +35,81 @@ def new_job_id() -> str:
     return "j-" + secrets.token_hex(6)
 
 
+def _no_nul(v: str) -> str:
+    if "\x00" in v:
+        raise ValueError("contains a NUL byte, which no program argument, environment string or path can hold: remove it")
+    return v
+
+
+def _one_line(v: str) -> str:
+    m = CONTROL_CHARS.search(v)
+    if m:
+        raise ValueError(f"contains the control character {m.group()!r} at position {m.start()}: use printable text only")
+    return v
+
+
+def _env_key(v: str) -> str:
+    if not _ENV_KEY.fullmatch(v):
+        raise ValueError(f"{v[:50]!r} is not an environment variable name: use letters, digits and _, not starting with a digit")
+    return v
+
+
+def _identifier(v: str) -> str:
+    if not v.isidentifier():
+        raise ValueError(f"{v[:50]!r} is not a Python name (write e.g. data or config)")
+    return v
+
+
+Arg = Annotated[str, Field(max_length=MAX_ARG_LEN), AfterValidator(_no_nul)]
+"""A command-line argument or environment value: any text but NUL (newlines and tabs work)."""
+Line = Annotated[str, AfterValidator(_one_line)]
+"""A name, path or id shown in listings and terminals: printable text on one line."""
+Path_ = Annotated[str, Field(max_length=MAX_PATH_LEN), AfterValidator(_one_line)]
+Id = Annotated[str, Field(max_length=MAX_ID_LEN), AfterValidator(_one_line)]
+EnvKey = Annotated[str, Field(max_length=MAX_ID_LEN), AfterValidator(_env_key)]
+PyName = Annotated[str, Field(max_length=MAX_ID_LEN), AfterValidator(_identifier)]
+
+
 class JobSpec(BaseModel):
     """What a user asks for. Never carries the owner: the server stamps that from its own auth."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     kind: Literal["cell", "command"] = Field(
         "cell", description="'cell': a pickled notebook cell; 'command': an argv to run"
     )
-    name: Optional[str] = Field(None, max_length=MAX_NAME_LEN)
+    name: Optional[Annotated[Line, Field(max_length=MAX_NAME_LEN)]] = None
     priority: Priority = Priority.MEDIUM
     gpus: int = Field(0, ge=0, le=4096, description="GPUs in all (over all nodes)")
     nodes: int = Field(1, ge=1, le=512, description="nodes the job spans")
-    pool: Optional[str] = Field(None, description="pool name; default: the first pool")
-    timeout_s: Optional[float] = Field(None, gt=0, description="time limit in seconds")
+    pool: Optional[Id] = Field(None, description="pool name; default: the first pool")
+    timeout_s: Optional[float] = Field(
+        None, gt=0, le=MAX_TIMEOUT_S, description="time limit in seconds (at most 366 days)"
+    )
     retries: Optional[int] = Field(None, ge=0, le=20, description="retries after a failure")
     preemptible: Optional[bool] = Field(None, description="default: the pool's setting")
-    command: Optional[list[str]] = Field(None, description="argv, for kind 'command'")
-    cwd: Optional[str] = Field(None, description="working directory of the job process")
-    python: Optional[str] = Field(None, description="interpreter that runs the job")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment")
-    inputs: list[str] = Field(default_factory=list, description="names sent with the cell")
-    outputs: list[str] = Field(default_factory=list, description="names brought back")
-    notebook: Optional[str] = Field(None, description="notebook path, for re-attach")
-    cell_id: Optional[str] = Field(None, description="cell id, for re-attach")
-    source_hash: Optional[str] = Field(None, description="hash of the cell source, for re-attach")
+    command: Optional[list[Arg]] = Field(
+        None, min_length=1, max_length=MAX_ARGS, description="argv, for kind 'command'"
+    )
+    cwd: Optional[Path_] = Field(None, description="working directory of the job process")
+    python: Optional[Path_] = Field(None, description="interpreter that runs the job")
+    env: dict[EnvKey, Arg] = Field(default_factory=dict, max_length=MAX_ENV, description="extra environment")
+    inputs: list[PyName] = Field(default_factory=list, max_length=MAX_NAMES, description="names sent with the cell")
+    outputs: list[PyName] = Field(default_factory=list, max_length=MAX_NAMES, description="names brought back")
+    notebook: Optional[Path_] = Field(None, description="notebook path, for re-attach")
+    cell_id: Optional[Id] = Field(None, description="cell id, for re-attach")
+    source_hash: Optional[Id] = Field(None, description="hash of the cell source, for re-attach")
     precision: Optional[Literal["bf16", "fp16", "fp32"]] = None
     grad_checkpointing: bool = False
-    resume_from: Optional[str] = Field(None, description="checkpoint to resume from")
+    resume_from: Optional[Path_] = Field(None, description="checkpoint to resume from")
 
-    @field_validator("command")
+    @field_validator("timeout_s", mode="before")
     @classmethod
-    def _command_not_empty(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        if v is not None and (not v or not all(isinstance(a, str) for a in v)):
-            raise ValueError("command must be a non-empty list of strings")
+    def _timeout(cls, v: Any) -> Any:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 < v <= MAX_TIMEOUT_S:
+            shown = f"{v:.6g}" if isinstance(v, float) else str(v) if abs(v) < 10**15 else f"a {len(str(abs(v)))}-digit number"
+            raise ValueError(f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:.0f} "
+                             f"(366 days), got {shown}")
         return v
 
     @model_validator(mode="after")
@@ -68,11 +126,15 @@ class JobSpec(BaseModel):
 class SubmitRequest(BaseModel):
     """The body of ``POST /gpuqueue/api/jobs``: the spec, and the cell payload for cell jobs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     spec: JobSpec
     payload_b64: Optional[str] = Field(None, description="base64 of the cloudpickled cell")
     new: bool = Field(False, description="submit even if the same cell's job is still active")
+    # Set by the REST edge (``gpuqueue.jsonbody``), which decodes the payload off the event loop:
+    # the payload's bytes, and the request's JSON as received (forwarded as is in cluster mode).
+    _payload: Optional[bytes] = PrivateAttr(None)
+    _raw: Optional[bytes] = PrivateAttr(None)
 
 
 class Attempt(BaseModel):

@@ -7,23 +7,55 @@ summary); a verb may return its value or an awaitable. Subclasses say who is cal
 (``gpuqueue.cluster.api``) with tokens from its users file.
 
 Errors are JSON ``{"message": ...}`` with a 4xx status for user mistakes; a 500 means a bug.
+Answers are standard JSON (a non-finite number is sent as ``null``). The submit body is read,
+parsed and decoded off the event loop (``gpuqueue.jsonbody``), so a large payload never holds
+up other requests. No log line holds a token: request URIs are logged with query tokens masked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
+import math
+import re
 from typing import Any, Optional
 
-from pydantic import ValidationError
 from tornado import web
 from tornado.iostream import StreamClosedError
+from tornado.log import app_log, gen_log
 
-from .config import format_validation_error
-from .errors import GPUQueueError
-from .models import SubmitRequest
+from .errors import BadRequest, GPUQueueError
+from .jsonbody import read_submit
 
 JOB = r"(?P<job_id>j-[0-9a-f]+)"
+MAX_AFTER = 2**63 - 1  # event seqs are 64-bit (SQLite INTEGER, Redis stream ids)
+_SECRET_PARAM = re.compile(r"(?i)([^&=]*(?:token|auth|key|secret|password|xsrf)[^&=]*=)[^&]*")
+
+
+def scrub_uri(uri: str) -> str:
+    """``uri`` with the value of every query parameter that may hold a credential masked,
+    as Jupyter does: ``/x?token=abc`` -> ``/x?token=[secret]``."""
+    path, sep, query = uri.partition("?")
+    return path + sep + _SECRET_PARAM.sub(r"\1[secret]", query) if sep else uri
+
+
+def standard_json(data: Any) -> str:
+    """``json.dumps`` that never writes ``NaN`` or ``Infinity`` (they become ``null``)."""
+    try:
+        return json.dumps(data, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(data), default=str, allow_nan=False)
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
 
 async def maybe_await(value: Any) -> Any:
@@ -49,21 +81,26 @@ class RestHandler(web.RequestHandler):
     def caller(self) -> Any:
         return self.get_caller()
 
-    def body_json(self) -> Any:
-        try:
-            return json.loads(self.request.body or b"null")
-        except ValueError as e:
-            raise web.HTTPError(400, reason=f"the body is not valid JSON: {e}") from None
-
     def send(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(data, default=str))
+        self.finish(standard_json(data))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:  # tornado hook
+        """tornado's, with the URI's tokens masked (tornado logs ``request.uri`` as is)."""
+        where = f"{self.request.method} {scrub_uri(self.request.uri or '')}"
+        if isinstance(value, web.HTTPError):
+            if value.log_message:
+                gen_log.warning("%d %s: %s", value.status_code, where,
+                                value.log_message % value.args if value.args else value.log_message)
+        else:
+            app_log.error("uncaught exception in %s", where, exc_info=(typ, value, tb))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, web.HTTPError):
-            message = exc.reason or exc.log_message or str(status_code)
+            detail = exc.log_message % exc.args if exc.log_message and exc.args else exc.log_message
+            message = exc.reason or detail or self._reason
         elif status_code >= 500:
             message = "internal error in gpuqueue (see the server log)"
         else:
@@ -81,8 +118,17 @@ class RestHandler(web.RequestHandler):
         super()._handle_request_exception(e)
 
 
+@web.stream_request_body
 class JobsHandler(RestHandler):
-    """``GET`` lists jobs (``?all=1`` for admins), ``POST`` submits one."""
+    """``GET`` lists jobs (``?all=1`` for admins), ``POST`` submits one. The body arrives in
+    chunks (after authentication), and is joined, parsed and decoded in a thread."""
+
+    _chunks: Optional[list[bytes]] = None
+
+    def data_received(self, chunk: bytes) -> None:  # tornado hook (stream_request_body)
+        if self._chunks is None:
+            self._chunks = []
+        self._chunks.append(chunk)
 
     async def get(self) -> None:
         everyone = self.get_argument("all", "0") in ("1", "true")
@@ -90,10 +136,8 @@ class JobsHandler(RestHandler):
         self.send({"jobs": [j.summary() for j in jobs]})
 
     async def post(self) -> None:
-        try:
-            req = SubmitRequest.model_validate(self.body_json())
-        except ValidationError as e:
-            raise web.HTTPError(400, reason=format_validation_error(e)) from None
+        chunks, self._chunks = self._chunks or [], None
+        req = await asyncio.to_thread(lambda: read_submit(b"".join(chunks)))
         job, attached = await maybe_await(self.service.submit(self.caller, req))
         out = job.model_dump(mode="json")
         out["attached"] = attached
@@ -165,10 +209,12 @@ class EventsHandler(RestHandler):
 
     def _after(self) -> int:
         raw: Optional[str] = self.get_argument("after", None) or self.request.headers.get("Last-Event-ID")
-        try:
-            return max(0, int(raw or 0))
-        except ValueError:
-            raise web.HTTPError(400, reason=f"after must be a whole number, got {raw!r}") from None
+        text = (raw or "0").strip()
+        if not (text.isdigit() and text.isascii()) or len(text) > 19 or int(text) > MAX_AFTER:
+            shown = repr(text) if len(text) <= 30 else repr(text[:30])[:-1] + "...'"
+            raise BadRequest(f"after must be a whole number from 0 to {MAX_AFTER} (the last event "
+                             f"seq seen), got {shown}")
+        return int(text)
 
 
 class QueueHandler(RestHandler):
