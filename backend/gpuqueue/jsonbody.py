@@ -27,7 +27,7 @@ from pydantic import ValidationError
 
 from .config import format_validation_error
 from .errors import BadRequest
-from .models import SubmitRequest
+from .models import EDGE, SubmitRequest
 
 MAX_DEPTH = 32  # a submit body is 3 deep
 MAX_VALUES = 100_000  # strings, arrays and objects (escaped quotes count too)
@@ -112,7 +112,7 @@ def read_submit(body: bytes) -> SubmitRequest:
         raise BadRequest(f"{where}: this string is too long ({BIG // 1024} KB at most; "
                          f"only payload_b64 may be longer)")
     try:
-        req = SubmitRequest.model_validate(data)
+        req = SubmitRequest.model_validate(data, context=EDGE)
     except ValidationError as e:
         raise BadRequest(format_validation_error(e)) from None
     if payload is None and req.payload_b64 is not None:

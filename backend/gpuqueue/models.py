@@ -3,21 +3,28 @@
 The request models (:class:`JobSpec`, :class:`SubmitRequest`) are the one place where what a
 client sends is checked: every number finite and bounded, every string free of what cannot work
 where it goes (a NUL byte in an argument, a control character in a name), every list and mapping
-bounded. A failed check names the field and the fix.
+bounded. A failed check names the field and the fix. These checks apply to requests, validated
+with ``context=EDGE`` (``gpuqueue.jsonbody``); records already stored are read as they are, so a
+job stored by an older version never makes a listing, or a restart, fail.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import secrets
 import time
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator,
+                      model_validator)
 
 from .durations import MAX_TIMEOUT_S
 from .states import JobState, Outcome, Priority
 from .text import CONTROL_CHARS
+
+EDGE = {"edge": True}
+"""Validation context of a client's request: the request checks below apply."""
 
 MAX_NAME_LEN = 200
 MAX_ARGS = 4096  # arguments of a command
@@ -35,67 +42,95 @@ def new_job_id() -> str:
     return "j-" + secrets.token_hex(6)
 
 
-def _no_nul(v: str) -> str:
+def _at_edge(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("edge"))
+
+
+def _edge(check: Callable[[Any], None]) -> AfterValidator:
+    """A validator that runs ``check`` (raising ValueError) on a request's value only."""
+
+    def run(v: Any, info: ValidationInfo) -> Any:
+        if _at_edge(info):
+            check(v)
+        return v
+
+    return AfterValidator(run)
+
+
+def _max_len(n: int, what: str = "characters") -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if len(v) > n:
+            raise ValueError(f"has {len(v)} {what}, more than the {n} allowed")
+    return check
+
+
+def _arg(v: str) -> None:
+    _max_len(MAX_ARG_LEN)(v)
     if "\x00" in v:
-        raise ValueError("contains a NUL byte, which no program argument, environment string or path can hold: remove it")
-    return v
+        raise ValueError("contains a NUL byte, which no program argument or environment string can hold: remove it")
 
 
-def _one_line(v: str) -> str:
-    m = CONTROL_CHARS.search(v)
-    if m:
-        raise ValueError(f"contains the control character {m.group()!r} at position {m.start()}: use printable text only")
-    return v
+def _one_line(n: int) -> Callable[[str], None]:
+    def check(v: str) -> None:
+        _max_len(n)(v)
+        m = CONTROL_CHARS.search(v)
+        if m:
+            raise ValueError(f"contains the control character {m.group()!r} at position {m.start()}: "
+                             f"use printable text on one line")
+    return check
 
 
-def _env_key(v: str) -> str:
-    if not _ENV_KEY.fullmatch(v):
-        raise ValueError(f"{v[:50]!r} is not an environment variable name: use letters, digits and _, not starting with a digit")
-    return v
+def _env_key(v: str) -> None:
+    if not _ENV_KEY.fullmatch(v) or len(v) > MAX_ID_LEN:
+        raise ValueError(f"{v[:50]!r} is not an environment variable name: use letters, digits and _, "
+                         f"not starting with a digit")
 
 
-def _identifier(v: str) -> str:
-    if not v.isidentifier():
+def _identifier(v: str) -> None:
+    if not v.isidentifier() or len(v) > MAX_ID_LEN:
         raise ValueError(f"{v[:50]!r} is not a Python name (write e.g. data or config)")
-    return v
 
 
-Arg = Annotated[str, Field(max_length=MAX_ARG_LEN), AfterValidator(_no_nul)]
+Arg = Annotated[str, _edge(_arg)]
 """A command-line argument or environment value: any text but NUL (newlines and tabs work)."""
-Line = Annotated[str, AfterValidator(_one_line)]
-"""A name, path or id shown in listings and terminals: printable text on one line."""
-Path_ = Annotated[str, Field(max_length=MAX_PATH_LEN), AfterValidator(_one_line)]
-Id = Annotated[str, Field(max_length=MAX_ID_LEN), AfterValidator(_one_line)]
-EnvKey = Annotated[str, Field(max_length=MAX_ID_LEN), AfterValidator(_env_key)]
-PyName = Annotated[str, Field(max_length=MAX_ID_LEN), AfterValidator(_identifier)]
+Name = Annotated[str, _edge(_one_line(MAX_NAME_LEN))]
+Path_ = Annotated[str, _edge(_one_line(MAX_PATH_LEN))]
+"""A path shown in listings and terminals: printable text on one line."""
+Id = Annotated[str, _edge(_one_line(MAX_ID_LEN))]
+EnvKey = Annotated[str, _edge(_env_key)]
+PyName = Annotated[str, _edge(_identifier)]
 
 
 class JobSpec(BaseModel):
     """What a user asks for. Never carries the owner: the server stamps that from its own auth."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid")
 
     kind: Literal["cell", "command"] = Field(
         "cell", description="'cell': a pickled notebook cell; 'command': an argv to run"
     )
-    name: Optional[Annotated[Line, Field(max_length=MAX_NAME_LEN)]] = None
+    name: Optional[Name] = Field(None, max_length=MAX_NAME_LEN)
     priority: Priority = Priority.MEDIUM
     gpus: int = Field(0, ge=0, le=4096, description="GPUs in all (over all nodes)")
     nodes: int = Field(1, ge=1, le=512, description="nodes the job spans")
     pool: Optional[Id] = Field(None, description="pool name; default: the first pool")
-    timeout_s: Optional[float] = Field(
-        None, gt=0, le=MAX_TIMEOUT_S, description="time limit in seconds (at most 366 days)"
-    )
+    timeout_s: Optional[float] = Field(None, gt=0, description="time limit in seconds (at most 366 days)")
     retries: Optional[int] = Field(None, ge=0, le=20, description="retries after a failure")
     preemptible: Optional[bool] = Field(None, description="default: the pool's setting")
-    command: Optional[list[Arg]] = Field(
-        None, min_length=1, max_length=MAX_ARGS, description="argv, for kind 'command'"
+    command: Optional[Annotated[list[Arg], _edge(_max_len(MAX_ARGS, "arguments"))]] = Field(
+        None, min_length=1, description="argv, for kind 'command'"
     )
     cwd: Optional[Path_] = Field(None, description="working directory of the job process")
     python: Optional[Path_] = Field(None, description="interpreter that runs the job")
-    env: dict[EnvKey, Arg] = Field(default_factory=dict, max_length=MAX_ENV, description="extra environment")
-    inputs: list[PyName] = Field(default_factory=list, max_length=MAX_NAMES, description="names sent with the cell")
-    outputs: list[PyName] = Field(default_factory=list, max_length=MAX_NAMES, description="names brought back")
+    env: Annotated[dict[EnvKey, Arg], _edge(_max_len(MAX_ENV, "variables"))] = Field(
+        default_factory=dict, description="extra environment"
+    )
+    inputs: Annotated[list[PyName], _edge(_max_len(MAX_NAMES, "names"))] = Field(
+        default_factory=list, description="names sent with the cell"
+    )
+    outputs: Annotated[list[PyName], _edge(_max_len(MAX_NAMES, "names"))] = Field(
+        default_factory=list, description="names brought back"
+    )
     notebook: Optional[Path_] = Field(None, description="notebook path, for re-attach")
     cell_id: Optional[Id] = Field(None, description="cell id, for re-attach")
     source_hash: Optional[Id] = Field(None, description="hash of the cell source, for re-attach")
@@ -103,14 +138,18 @@ class JobSpec(BaseModel):
     grad_checkpointing: bool = False
     resume_from: Optional[Path_] = Field(None, description="checkpoint to resume from")
 
-    @field_validator("timeout_s", mode="before")
+    @field_validator("timeout_s", mode="wrap")
     @classmethod
-    def _timeout(cls, v: Any) -> Any:
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and not 0 < v <= MAX_TIMEOUT_S:
-            shown = f"{v:.6g}" if isinstance(v, float) else str(v) if abs(v) < 10**15 else f"a {len(str(abs(v)))}-digit number"
-            raise ValueError(f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:.0f} "
-                             f"(366 days), got {shown}")
-        return v
+    def _timeout(cls, v: Any, handler: Any, info: ValidationInfo) -> Any:
+        if not _at_edge(info):
+            return handler(v)
+        bad = f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:.0f} (366 days)"
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10**15:
+            raise ValueError(f"{bad}, got a {len(str(abs(v)))}-digit number")
+        value = handler(v)
+        if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+            raise ValueError(f"{bad}, got {value:.6g}")
+        return value
 
     @model_validator(mode="after")
     def _kind_matches(self) -> "JobSpec":
@@ -126,7 +165,7 @@ class JobSpec(BaseModel):
 class SubmitRequest(BaseModel):
     """The body of ``POST /gpuqueue/api/jobs``: the spec, and the cell payload for cell jobs."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid")
 
     spec: JobSpec
     payload_b64: Optional[str] = Field(None, description="base64 of the cloudpickled cell")

@@ -25,10 +25,11 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
-from .errors import BadRequest, GPUQueueError
+from .errors import BadRequest, GPUQueueError, NotFound
 from .jsonbody import read_submit
 
-JOB = r"(?P<job_id>j-[0-9a-f]+)"
+JOB = r"(?P<job_id>[^/]+)"  # any segment: one that is not a job id is a 404 in JSON, not a page
+_JOB_ID = re.compile(r"j-[0-9a-f]{1,64}")
 MAX_AFTER = 2**63 - 1  # event seqs are 64-bit (SQLite INTEGER, Redis stream ids)
 _SECRET_PARAM = re.compile(r"(?i)([^&=]*(?:token|auth|key|secret|password|xsrf)[^&=]*=)[^&]*")
 
@@ -80,6 +81,12 @@ class RestHandler(web.RequestHandler):
     @property
     def caller(self) -> Any:
         return self.get_caller()
+
+    def job_id(self, raw: str) -> str:
+        """``raw`` if it can be a job id; NotFound (the same answer as an unknown job) if not."""
+        if not _JOB_ID.fullmatch(raw):
+            raise NotFound(f"no job {raw[:60]!r}: job ids look like j-3f9c2a71d0b4 (see `gpuqueue ls`)")
+        return raw
 
     def send(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
@@ -148,7 +155,7 @@ class JobHandler(RestHandler):
     """``GET`` one job in full (attempts, pending reason, error)."""
 
     async def get(self, job_id: str) -> None:
-        job = await maybe_await(self.service.get_job(self.caller, job_id))
+        job = await maybe_await(self.service.get_job(self.caller, self.job_id(job_id)))
         self.send(job.model_dump(mode="json"))
 
 
@@ -156,7 +163,7 @@ class CancelHandler(RestHandler):
     """``POST`` cancels a job."""
 
     async def post(self, job_id: str) -> None:
-        job = await maybe_await(self.service.cancel(self.caller, job_id))
+        job = await maybe_await(self.service.cancel(self.caller, self.job_id(job_id)))
         self.send(job.model_dump(mode="json"))
 
 
@@ -164,7 +171,7 @@ class PreemptHandler(RestHandler):
     """``POST`` preempts a running job (admins)."""
 
     async def post(self, job_id: str) -> None:
-        job = await maybe_await(self.service.preempt(self.caller, job_id))
+        job = await maybe_await(self.service.preempt(self.caller, self.job_id(job_id)))
         self.send(job.model_dump(mode="json"))
 
 
@@ -172,7 +179,7 @@ class ResultHandler(RestHandler):
     """``GET`` the pickled results of a succeeded cell job (opaque bytes for the kernel)."""
 
     async def get(self, job_id: str) -> None:
-        blob = await maybe_await(self.service.result(self.caller, job_id))
+        blob = await maybe_await(self.service.result(self.caller, self.job_id(job_id)))
         self.set_header("Content-Type", "application/octet-stream")
         self.finish(blob)
 
@@ -187,10 +194,10 @@ class EventsHandler(RestHandler):
             self.request.headers.get("Accept", "")
         )
         if not follow:
-            events = await maybe_await(self.service.events(self.caller, job_id, after))
+            events = await maybe_await(self.service.events(self.caller, self.job_id(job_id), after))
             self.send({"events": [e.model_dump(mode="json") for e in events]})
             return
-        await maybe_await(self.service.get_job(self.caller, job_id))  # 404 before the stream starts
+        await maybe_await(self.service.get_job(self.caller, self.job_id(job_id)))  # 404 before the stream starts
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
