@@ -40,3 +40,8 @@ def test_server_extension_forwards_to_the_api_service(cluster_factory, jupyter_s
     assert events[-1]["type"] == "state" and events[-1]["data"]["state"] == "succeeded"
     assert any(e["type"] == "log" and e["data"]["line"].startswith("hello from") for e in events)
     c.assert_once([job["id"]])
+
+    # the API service's 503 reaches the user as a 503 that names the cause
+    c.redis.kill()
+    r = server.api("GET", "gpuqueue/api/jobs")
+    assert r.status_code == 503 and "(Redis) cannot be reached" in r.json()["message"], r.text
