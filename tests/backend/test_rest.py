@@ -30,6 +30,13 @@ def command(code: str, **spec) -> dict:
     return {"spec": {"kind": "command", "command": [sys.executable, "-c", code], **spec}}
 
 
+def test_answers_are_standard_json_and_logged_uris_hold_no_token():
+    from gpuqueue.rest import scrub_uri, standard_json
+
+    assert strict_json(standard_json({"loss": float("nan"), "x": [1.5, float("-inf")]})) == {"loss": None, "x": [1.5, None]}
+    assert scrub_uri("/gpuqueue/api/jobs?after=3&token=abc&api_key=k") == "/gpuqueue/api/jobs?after=3&token=[secret]&api_key=[secret]"
+
+
 BAD_BODIES = [
     (b'{"spec": {"kind": "command", "command": ["true"], "timeout_s": 1e400}}', "spec.timeout_s"),
     (b'{"spec": {"kind": "command", "command": ["true"], "timeout_s": Infinity}}', "366 days"),
