@@ -20,6 +20,7 @@ from urllib.parse import urlencode
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from gpuqueue.errors import GPUQueueError, Unavailable, error_for_status
+from gpuqueue.jsonbody import Buffer
 from gpuqueue.models import Event, JobRecord, SubmitRequest
 from gpuqueue.service import Caller
 
@@ -41,14 +42,23 @@ class RemoteService:
         """Nothing to stop."""
 
     # -- HTTP -----------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: Optional[bytes] = None, **params: Any) -> HTTPRequest:
+    def _request(self, method: str, path: str, body: Optional[Buffer] = None, **params: Any) -> HTTPRequest:
         url = self.url + "gpuqueue/api/" + path + (("?" + urlencode(params)) if params else "")
+        headers = {"Authorization": f"token {self.token}", "Content-Type": "application/json"}
         if method == "POST" and body is None:
             body = b""
-        return HTTPRequest(url, method=method, body=body, request_timeout=self.timeout,
-                           headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"})
+        if body is None or isinstance(body, bytes):
+            return HTTPRequest(url, method=method, body=body, request_timeout=self.timeout, headers=headers)
+        mapped = body  # a large body as it came (a memory map): sent a slice at a time
 
-    async def _call(self, method: str, path: str, body: Optional[bytes] = None, **params: Any) -> Any:
+        async def produce(write: Any) -> None:
+            for i in range(0, len(mapped), 1 << 20):
+                await write(mapped[i:i + (1 << 20)])
+
+        headers["Content-Length"] = str(len(mapped))
+        return HTTPRequest(url, method=method, body_producer=produce, request_timeout=self.timeout, headers=headers)
+
+    async def _call(self, method: str, path: str, body: Optional[Buffer] = None, **params: Any) -> Any:
         try:
             r = await AsyncHTTPClient().fetch(self._request(method, path, body, **params))
         except HTTPClientError as e:

@@ -9,8 +9,10 @@ for long, so the event loop keeps answering other requests while a 200 MB payloa
   the payload are refused (400) before anything is parsed;
 - strings longer than :data:`BIG` are cut out of the text, so ``json.loads`` (which holds the
   GIL for its whole run) only ever parses the small rest; only ``payload_b64`` may be that long;
-- the payload's base64 is decoded slice by slice, and the slices joined with ``bytes.join``,
-  which lets go of the GIL while it copies.
+- the payload's base64 is decoded slice by slice;
+- a large body and its decoded payload live in anonymous memory maps, not ``bytes``: freeing
+  200 MB of ``bytes`` holds the GIL for tens of milliseconds (the pages are unmapped under it),
+  while :func:`release` unmaps them from a thread without it.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import mmap
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from pydantic import ValidationError
 
@@ -34,16 +38,57 @@ MAX_VALUES = 100_000  # strings, arrays and objects (escaped quotes count too)
 BIG = 256 * 1024  # strings longer than this are cut out of the text before parsing
 MAX_REST = 8 * 1024 * 1024  # the body apart from its long strings
 SLICE = 1 << 18  # bytes handled while holding the GIL, at most (~2 ms of base64)
+MAPPED = 1 << 20  # bodies and payloads from this size on are kept in memory maps
+
+Buffer = Union[bytes, mmap.mmap]
+"""Bytes, or an anonymous memory map holding them (indexing, slicing, ``find`` and ``re`` work
+the same on both)."""
 
 _STRUCTURE = re.compile(rb'["\[\]{}]')
 _BACKSLASH = re.compile(rb"\\")
+
+
+def join_chunks(chunks: list[bytes]) -> Buffer:
+    """The body from the chunks it arrived in (the list is emptied as they are copied). Meant
+    for a thread: a large body is copied a chunk at a time into a memory map."""
+    total = sum(map(len, chunks))
+    if total < MAPPED:
+        body = b"".join(chunks)
+        chunks.clear()
+        return body
+    m = mmap.mmap(-1, total)
+    chunks.reverse()
+    pos = 0
+    while chunks:
+        c = chunks.pop()
+        m[pos:pos + len(c)] = c
+        pos += len(c)
+        if not pos % SLICE:
+            time.sleep(0)  # let the event loop's thread take the GIL now
+    return m
+
+
+def release(req: SubmitRequest) -> None:
+    """Let go of the request's body and payload, unmapping those that are memory maps (which
+    ``mmap.close`` does without holding the GIL). Meant for a thread, once the job is stored."""
+    for buf in (req._raw, req._payload):
+        if isinstance(buf, mmap.mmap) and not buf.closed:
+            try:
+                if hasattr(mmap, "MADV_DONTNEED"):  # free the pages a few MB at a time: one
+                    for i in range(0, len(buf), 4 << 20):  # big munmap stalls the process's mmaps
+                        buf.madvise(mmap.MADV_DONTNEED, i, min(4 << 20, len(buf) - i))
+                        time.sleep(0)
+                buf.close()
+            except BufferError:  # still exported somewhere: freed with its last reference
+                pass
+    req._raw = req._payload = None
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, never by the body
 class _Span:
     """A long JSON string left in the body: its content is ``body[start:end]``."""
 
-    body: bytes = field(repr=False)
+    body: Buffer = field(repr=False)
     start: int
     end: int
 
@@ -51,7 +96,7 @@ class _Span:
         return self.end - self.start
 
 
-def read_json(body: bytes) -> Any:
+def read_json(body: Buffer) -> Any:
     """``json.loads(body)`` within the bounds above; strings longer than :data:`BIG` come back
     as spans of the body, not parsed. Raises BadRequest naming the problem."""
     if b"\x00" in body[:4]:
@@ -100,13 +145,11 @@ def read_json(body: bytes) -> Any:
     return data
 
 
-def read_submit(body: bytes) -> SubmitRequest:
+def read_submit(body: Buffer) -> SubmitRequest:
     """The ``POST /jobs`` body as a SubmitRequest, its payload decoded (``req._payload``) and
     the body kept as received (``req._raw``). Raises BadRequest naming the field and the fix."""
     data = read_json(body)
-    payload: Optional[bytes] = None
-    if isinstance(data, dict) and isinstance(data.get("payload_b64"), _Span):
-        payload = _b64decode_span(data.pop("payload_b64"))
+    span = data.pop("payload_b64") if isinstance(data, dict) and isinstance(data.get("payload_b64"), _Span) else None
     where = _find_span(data)
     if where is not None:
         raise BadRequest(f"{where}: this string is too long ({BIG // 1024} KB at most; "
@@ -115,12 +158,25 @@ def read_submit(body: bytes) -> SubmitRequest:
         req = SubmitRequest.model_validate(data, context=EDGE)
     except ValidationError as e:
         raise BadRequest(format_validation_error(e)) from None
-    if payload is None and req.payload_b64 is not None:
-        payload = b64decode(req.payload_b64)
+    if span is not None:
+        req._payload = _b64decode_span(span)
+    elif req.payload_b64 is not None:
+        req._payload = b64decode(req.payload_b64)
         req.payload_b64 = None
-    req._payload = payload
     req._raw = body
     return req
+
+
+def read_submit_chunks(chunks: list[bytes]) -> SubmitRequest:
+    """:func:`read_submit` of the body that arrived in ``chunks``; a refused body is unmapped
+    at once."""
+    body = join_chunks(chunks)
+    try:
+        return read_submit(body)
+    except BaseException:
+        if isinstance(body, mmap.mmap):
+            body.close()
+        raise
 
 
 def b64decode(text: str | bytes) -> bytes:
@@ -132,7 +188,7 @@ def b64decode(text: str | bytes) -> bytes:
 
 
 # -- helpers ------------------------------------------------------------------------------
-def _search(pattern: re.Pattern[bytes], body: bytes, pos: int, end: Optional[int] = None) -> int:
+def _search(pattern: re.Pattern[bytes], body: Buffer, pos: int, end: Optional[int] = None) -> int:
     """Where ``pattern`` next matches in ``body[pos:end]`` (-1: nowhere), a slice at a time."""
     n = len(body) if end is None else end
     while pos < n:
@@ -140,10 +196,11 @@ def _search(pattern: re.Pattern[bytes], body: bytes, pos: int, end: Optional[int
         if m:
             return m.start()
         pos += SLICE
+        time.sleep(0)  # let the event loop's thread take the GIL now
     return -1
 
 
-def _string_end(body: bytes, start: int) -> tuple[int, int]:
+def _string_end(body: Buffer, start: int) -> tuple[int, int]:
     """The index of the quote that closes the string opened before ``start``, and how many
     quotes were looked at (escaped quotes count against MAX_VALUES)."""
     n, pos, quotes = len(body), start, 1
@@ -162,7 +219,7 @@ def _string_end(body: bytes, start: int) -> tuple[int, int]:
         pos = q + 1
 
 
-def _backslashes_before(body: bytes, q: int, start: int) -> int:
+def _backslashes_before(body: Buffer, q: int, start: int) -> int:
     k = q
     while k > start:
         lo = max(start, k - 65536)
@@ -199,13 +256,29 @@ def _find_span(value: Any, path: str = "") -> Optional[str]:
     return None
 
 
-def _b64decode_span(span: _Span) -> bytes:
-    """The bytes a long base64 string holds, decoded a slice at a time."""
-    if _search(_BACKSLASH, span.body, span.start, span.end) >= 0:  # escaped (e.g. "\/"): rare, one go
+def _b64decode_span(span: _Span) -> Buffer:
+    """The bytes a long base64 string holds, decoded a slice at a time (into a memory map when
+    they are many)."""
+    body, start, end = span.body, span.start, span.end
+    if _search(_BACKSLASH, body, start, end) >= 0:  # escaped (e.g. "\/"): rare, one go
         try:
-            return b64decode(json.loads(span.body[span.start - 1:span.end + 1]))
+            return b64decode(json.loads(body[start - 1:end + 1]))
         except ValueError:
             raise BadRequest("the body is not valid JSON: payload_b64 has a bad escape") from None
-    step = SLICE // 4 * 4
-    parts = [b64decode(span.body[i:min(i + step, span.end)]) for i in range(span.start, span.end, step)]
-    return b"".join(parts)  # bytes.join copies without holding the GIL
+    size = (end - start) // 4 * 3 - body[max(start, end - 2):end].count(b"=")
+    if (end - start) % 4 or size < MAPPED:
+        return b64decode(body[start:end])
+    out = mmap.mmap(-1, size)
+    pos = 0
+    try:
+        for i in range(start, end, SLICE):
+            part = b64decode(body[i:min(i + SLICE, end)])
+            out[pos:pos + len(part)] = part
+            pos += len(part)
+            time.sleep(0)  # let the event loop's thread take the GIL now
+    except (ValueError, IndexError, BadRequest):  # not base64, or padding in the middle
+        pos = -1
+    if pos != size:
+        out.close()
+        raise BadRequest("payload_b64 is not valid base64")
+    return out

@@ -26,7 +26,7 @@ from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
 from .errors import BadRequest, GPUQueueError, NotFound
-from .jsonbody import read_submit
+from .jsonbody import read_submit_chunks, release
 
 JOB = r"(?P<job_id>[^/]+)"  # any segment: one that is not a job id is a 404 in JSON, not a page
 _JOB_ID = re.compile(r"j-[0-9a-f]{1,64}")
@@ -144,8 +144,11 @@ class JobsHandler(RestHandler):
 
     async def post(self) -> None:
         chunks, self._chunks = self._chunks or [], None
-        req = await asyncio.to_thread(lambda: read_submit(b"".join(chunks)))
-        job, attached = await maybe_await(self.service.submit(self.caller, req))
+        req = await asyncio.to_thread(read_submit_chunks, chunks)
+        try:
+            job, attached = await maybe_await(self.service.submit(self.caller, req))
+        finally:
+            await asyncio.to_thread(release, req)  # a large body is unmapped off the event loop
         out = job.model_dump(mode="json")
         out["attached"] = attached
         self.send(out, status=200 if attached else 201)

@@ -84,7 +84,15 @@ class ClusterFrontend:
                 raise Rejected(why)
             user_limit = cfg.limits_for(caller.name).max_queued
             pool_limit = cfg.pools[spec.pool or cfg.default_pool].max_queued  # with_defaults checked it
-        full = self.store.submit_job(job, payload, {"op": "submit", "job": job.id}, user_limit, pool_limit)
+        view = memoryview(payload) if payload is not None else None  # redis-py takes no mmap
+        try:
+            full = self.store.submit_job(job, view, {"op": "submit", "job": job.id}, user_limit, pool_limit)
+        finally:
+            if view is not None:
+                try:
+                    view.release()
+                except BufferError:  # still held by the client: freed with it
+                    pass
         if full is not None:
             which, n = full
             if which == "user":
