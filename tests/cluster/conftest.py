@@ -82,8 +82,8 @@ class Cluster:
                                               "--gpus", str(self.nodes[node]), "--heartbeat", "0.2",
                                               "--state-dir", str(self.root / f"node-{node}"), "--log-level", "INFO"])
 
-    def start_api(self, *args: str) -> subprocess.Popen[bytes]:
-        p = self._spawn("api", ["api", "--redis", self.redis.url, "--port", str(self.api_port), "--users", str(self.users), *args])
+    def start_api(self) -> subprocess.Popen[bytes]:
+        p = self._spawn("api", ["api", "--redis", self.redis.url, "--port", str(self.api_port), "--users", str(self.users)])
         wait_until(lambda: _ok(f"{self.url}healthz"), 30, 0.1, "the API service")
         return p
 

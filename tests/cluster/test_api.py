@@ -95,7 +95,7 @@ def _api_only(cluster_factory):
     """redis-server, the scheduler daemon and the API service (no workers: jobs stay queued)."""
     c = cluster_factory(nodes={"n1": 2}, start=False)
     c.start_daemon()
-    c.start_api("--log-level", "INFO")
+    c.start_api()
     return c
 
 
