@@ -113,6 +113,7 @@ class RestHandler(web.RequestHandler):
         else:
             message = self._reason
         self.set_header("Content-Type", "application/json")
+        self._close_if_body_unread()
         self.finish(json.dumps({"message": message}))
 
     def _handle_request_exception(self, e: BaseException) -> None:  # tornado hook
@@ -120,9 +121,18 @@ class RestHandler(web.RequestHandler):
             if not self._finished:
                 self.set_status(e.http_status)
                 self.set_header("Content-Type", "application/json")
+                self._close_if_body_unread()
                 self.finish(json.dumps({"message": str(e)}))
             return
         super()._handle_request_exception(e)
+
+    _body_read = False
+
+    def _close_if_body_unread(self) -> None:
+        """A streamed body refused before it was read (not logged in, bad token, XSRF): tornado
+        closes the connection rather than read it, so tell the client not to reuse it."""
+        if getattr(self, "_stream_request_body", False) and self.request.method == "POST" and not self._body_read:
+            self.set_header("Connection", "close")
 
 
 @web.stream_request_body
@@ -143,6 +153,7 @@ class JobsHandler(RestHandler):
         self.send({"jobs": [j.summary() for j in jobs]})
 
     async def post(self) -> None:
+        self._body_read = True
         chunks, self._chunks = self._chunks or [], None
         req = await asyncio.to_thread(read_submit_chunks, chunks)
         try:
