@@ -184,7 +184,7 @@ async def run(args: argparse.Namespace, gpus: list[dict[str, Any]]) -> dict[str,
             for i in range(min(n, 4)):
                 spec = JobSpec(kind="command", gpus=1, cwd=str(work),
                                command=[sys.executable, str(work / "iso.py"), str(work / f"iso-{i}.json"), "3"])
-                jobs.append(service.submit(caller, SubmitRequest(spec=spec, new=True))[0].id)
+                jobs.append((await service.submit(caller, SubmitRequest(spec=spec, new=True)))[0].id)
             seen = []
             for jid in jobs:
                 rec = await _wait(service, caller, jid)
@@ -219,7 +219,7 @@ async def run(args: argparse.Namespace, gpus: list[dict[str, Any]]) -> dict[str,
             subprocess.run([sys.executable, *argv, str(work / "bare.json"), smoke], check=True, env=env, cwd=work)
             spec = JobSpec(kind="command", gpus=1 if not args.cpu_smoke else 0, cwd=str(work),
                            command=[sys.executable, *argv, str(work / "queued.json"), smoke])
-            jid = service.submit(caller, SubmitRequest(spec=spec, new=True))[0].id
+            jid = (await service.submit(caller, SubmitRequest(spec=spec, new=True)))[0].id
             rec = await _wait(service, caller, jid)
             if rec.state.value != "succeeded":
                 logs = [e.data.get("line") for e in service.events(caller, jid) if e.type == "log"]

@@ -82,7 +82,7 @@ async def run_queued(service, script: Path, steps: int, every: int, work: Path) 
     spec = JobSpec(kind="command", command=[sys.executable, str(script), str(steps), str(every), str(out)], cwd=str(work))
     caller = Caller("bench", admin=True)
     t = time.perf_counter()
-    job, _ = service.submit(caller, SubmitRequest(spec=spec, new=True))
+    job, _ = await service.submit(caller, SubmitRequest(spec=spec, new=True))
     while True:
         rec = service.get_job(caller, job.id)
         if rec.state.is_terminal:

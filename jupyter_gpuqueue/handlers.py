@@ -99,7 +99,7 @@ class ResultHandler(BaseHandler, rest.ResultHandler):
     @web.authenticated
     @authorized
     async def get(self, job_id: str) -> None:
-        blob = await rest.maybe_await(self.service.result(self.caller, job_id))
+        blob = await rest.maybe_await(self.service.result(self.caller, self.job_id(job_id)))
         self.finish(blob, set_content_type="application/octet-stream")  # APIHandler would say JSON
 
 

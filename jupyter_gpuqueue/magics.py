@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
 from gpuqueue.client import Client
-from gpuqueue.durations import parse_duration
+from gpuqueue.durations import MAX_TIMEOUT_S, parse_duration
 from gpuqueue.errors import GPUQueueError
 from gpuqueue.payload import PreflightError, build_payload, source_hash, unpack_results
 
@@ -153,7 +153,7 @@ class GPUQueueMagics(Magics):
         }
         if args.timeout:
             try:
-                spec["timeout_s"] = parse_duration(args.timeout)
+                spec["timeout_s"] = parse_duration(args.timeout, MAX_TIMEOUT_S)
             except ValueError as e:
                 raise UsageError(f"--timeout: {e}") from None
         for key in ("pool", "name", "retries", "precision", "resume_from"):

@@ -12,23 +12,17 @@ JupyterHub, give each user's server its own). The user's server never holds Redi
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any, AsyncIterator, Optional
 from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from gpuqueue.errors import BadRequest, Conflict, Forbidden, GPUQueueError, NotFound
+from gpuqueue.errors import GPUQueueError, Unavailable, error_for_status
+from gpuqueue.jsonbody import Buffer
 from gpuqueue.models import Event, JobRecord, SubmitRequest
 from gpuqueue.service import Caller
-
-_ERRORS = {400: BadRequest, 403: Forbidden, 404: NotFound, 409: Conflict}
-
-
-class Unavailable(GPUQueueError):
-    """The API service cannot be reached or refused our token."""
-
-    http_status = 503
 
 
 class RemoteService:
@@ -48,14 +42,23 @@ class RemoteService:
         """Nothing to stop."""
 
     # -- HTTP -----------------------------------------------------------------------------
-    def _request(self, method: str, path: str, body: Optional[bytes] = None, **params: Any) -> HTTPRequest:
+    def _request(self, method: str, path: str, body: Optional[Buffer] = None, **params: Any) -> HTTPRequest:
         url = self.url + "gpuqueue/api/" + path + (("?" + urlencode(params)) if params else "")
+        headers = {"Authorization": f"token {self.token}", "Content-Type": "application/json"}
         if method == "POST" and body is None:
             body = b""
-        return HTTPRequest(url, method=method, body=body, request_timeout=self.timeout,
-                           headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"})
+        if body is None or isinstance(body, bytes):
+            return HTTPRequest(url, method=method, body=body, request_timeout=self.timeout, headers=headers)
+        mapped = body  # a large body as it came (a memory map): sent a slice at a time
 
-    async def _call(self, method: str, path: str, body: Optional[bytes] = None, **params: Any) -> Any:
+        async def produce(write: Any) -> None:
+            for i in range(0, len(mapped), 1 << 20):
+                await write(mapped[i:i + (1 << 20)])
+
+        headers["Content-Length"] = str(len(mapped))
+        return HTTPRequest(url, method=method, body_producer=produce, request_timeout=self.timeout, headers=headers)
+
+    async def _call(self, method: str, path: str, body: Optional[Buffer] = None, **params: Any) -> Any:
         try:
             r = await AsyncHTTPClient().fetch(self._request(method, path, body, **params))
         except HTTPClientError as e:
@@ -68,23 +71,26 @@ class RemoteService:
         return r.body
 
     def _error(self, e: HTTPClientError) -> GPUQueueError:
-        message = str(e)
+        message = f"{e.code} {e.message}"
         if e.response is not None and e.response.body:
             try:
-                message = json.loads(e.response.body).get("message") or message
-            except ValueError:
-                pass
+                message = str(json.loads(e.response.body).get("message") or message)
+            except (ValueError, AttributeError):
+                pass  # not our JSON (e.g. a proxy's HTML page): the status line says enough
         if e.code == 401:
             return Unavailable(f"the gpuqueue API service refused this server's token ({message}): "
                                f"check c.GPUQueueApp.api_token")
         if e.code == 599:
             return Unavailable(f"cannot reach the gpuqueue API service at {self.url}: is it running?")
-        return _ERRORS.get(e.code, GPUQueueError)(message)
+        return error_for_status(e.code, message)
 
     # -- verbs ----------------------------------------------------------------------------
     async def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
-        """Submit through the API service (it stamps the owner from the token)."""
-        out = await self._call("POST", "jobs", req.model_dump_json(exclude_none=True).encode())
+        """Submit through the API service (it stamps the owner from the token, and checks the
+        request again). The body goes on as it came; a request built here is encoded in a
+        thread (a large payload would hold up the event loop)."""
+        body = req._raw if req._raw is not None else await asyncio.to_thread(_encode, req)
+        out = await self._call("POST", "jobs", body)
         attached = bool(out.pop("attached", False))
         return JobRecord.model_validate(out), attached
 
@@ -154,7 +160,7 @@ class RemoteService:
             if ended:
                 return
             r = fetch.result()
-            if r.code in _ERRORS or r.code == 401:
+            if r.code in (400, 401, 403, 404, 409):
                 raise self._error(HTTPClientError(r.code, response=r))
             failures += 1
             if failures > 150:
@@ -174,6 +180,13 @@ class RemoteService:
         if data is None:
             return None, ended  # a keep-alive comment
         return Event.model_validate_json(data), ended
+
+
+def _encode(req: SubmitRequest) -> bytes:
+    data = req.model_dump(mode="json", exclude_none=True)
+    if req._payload is not None:
+        data["payload_b64"] = base64.b64encode(req._payload).decode()
+    return json.dumps(data).encode()
 
 
 class _Summary:

@@ -13,8 +13,9 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
-from .durations import parse_duration
+from .durations import MAX_TIMEOUT_S, parse_duration
 from .errors import GPUQueueError
+from .text import printable
 
 EXIT_USAGE = 2
 
@@ -38,7 +39,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, key, None) is not None:
             spec[key] = getattr(args, key)
     if args.timeout:
-        spec["timeout_s"] = parse_duration(args.timeout)
+        spec["timeout_s"] = parse_duration(args.timeout, MAX_TIMEOUT_S)
     env = {}
     for item in args.env:
         if "=" not in item:
@@ -57,13 +58,13 @@ def _client() -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    command = [a for a in args.command if a != "--"] if args.command else []
+    command = list(args.command or [])  # everything after the first `--`, as the user wrote it
     if not command:
         raise ValueError("nothing to run: gpuqueue submit [options] -- python train.py")
     spec = spec_from_args(args)
     spec.update(kind="command", command=command, cwd=os.path.abspath(args.cwd or os.getcwd()))
     job = _client().submit(spec)
-    print(job["id"])
+    print(printable(job["id"]))
     return 0
 
 
@@ -78,8 +79,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
         if j.get("pending"):
             p = j["pending"]
             info = f"#{p['position']} {p['reason']}"
-        rows.append((j["id"], (j.get("name") or "")[:24], j["owner"], j["state"], j["priority"],
-                     str(j["gpus"]), j.get("pool") or "", j.get("node") or "", info))
+        cells = (j["id"], (j.get("name") or "")[:24], j["owner"], j["state"], j["priority"],
+                 j["gpus"], j.get("pool") or "", j.get("node") or "", info)
+        rows.append(tuple(printable(c) for c in cells))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -98,11 +100,11 @@ def _print_event(ev: dict[str, Any], out: Any = sys.stdout) -> None:
         print(d.get("line", ""), file=stream, flush=True)
     elif ev["type"] == "state":
         extra = {k: v for k, v in d.items() if k not in ("state", "traceback")}
-        print(f"[gpuqueue] {d['state']}" + (f" {extra}" if extra else ""), file=sys.stderr, flush=True)
+        print(printable(f"[gpuqueue] {d['state']}" + (f" {extra}" if extra else "")), file=sys.stderr, flush=True)
         if d.get("traceback"):
             print(d["traceback"], file=sys.stderr, flush=True)
     elif ev["type"] in ("warning", "info") and d.get("message"):
-        print(f"[gpuqueue] {d['message']}", file=sys.stderr, flush=True)
+        print(printable(f"[gpuqueue] {d['message']}"), file=sys.stderr, flush=True)
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -116,13 +118,13 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     job = _client().cancel(args.id)
-    print(f"{job['id']}: {job['state']}" + (" (stopping)" if job["state"] in ("running", "starting") else ""))
+    print(printable(f"{job['id']}: {job['state']}") + (" (stopping)" if job["state"] in ("running", "starting") else ""))
     return 0
 
 
 def cmd_preempt(args: argparse.Namespace) -> int:
     job = _client().preempt(args.id)
-    print(f"{job['id']}: preempting (it will checkpoint, stop and be queued again)")
+    print(printable(job["id"]) + ": preempting (it will checkpoint, stop and be queued again)")
     return 0
 
 
@@ -132,7 +134,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
         if args.logs:
             _print_event(ev)
     job = c.get(args.id)
-    print(f"{job['id']}: {job['state']}", file=sys.stderr)
+    print(printable(f"{job['id']}: {job['state']}"), file=sys.stderr)
     return 0 if job["state"] == "succeeded" else 1
 
 
@@ -142,8 +144,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print(json.dumps(q, indent=2))
         return 0
     for name, p in q.get("pools", {}).items():
-        print(f"{name}: {p.get('gpus_used', 0)}/{p.get('gpus_total', 0)} GPUs used, "
-              f"{p.get('queued', 0)} queued, {p.get('running', 0)} running")
+        print(printable(f"{name}: {p.get('gpus_used', 0)}/{p.get('gpus_total', 0)} GPUs used, "
+                        f"{p.get('queued', 0)} queued, {p.get('running', 0)} running"))
     return 0
 
 
@@ -210,11 +212,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         except ModuleNotFoundError as e:
             print(f"gpuqueue {argv[0]}: not available in this installation ({e})", file=sys.stderr)
             return EXIT_USAGE
+    command: Optional[list[str]] = None
+    if argv and argv[0] == "submit" and "--" in argv:  # the user's command is left untouched
+        cut = argv.index("--")
+        argv, command = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
+    if command is not None:
+        args.command = command
     try:
         return int(args.fn(args))
     except (GPUQueueError, ValueError) as e:
-        print(f"gpuqueue: {e}", file=sys.stderr)
+        print(printable(f"gpuqueue: {e}"), file=sys.stderr)
         return 1 if isinstance(e, GPUQueueError) else EXIT_USAGE
     except KeyboardInterrupt:
         print("\ngpuqueue: stopped waiting; the job goes on", file=sys.stderr)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
+from urllib.parse import quote
 
 import requests
 
-from .errors import BadRequest, Conflict, Forbidden, GPUQueueError, NotFound
+from .errors import GPUQueueError, NotFound, error_for_status
 
 API = "gpuqueue/api/"
 
@@ -55,6 +57,14 @@ def discover() -> ServerInfo:
     )
 
 
+def _q(job_id: str) -> str:
+    """A job id as one URL path segment (``/``, ``?`` and ``#`` quoted). Something that cannot
+    be a job id is NotFound here, as the server would say."""
+    if not re.fullmatch(r"j-[0-9a-f]+", str(job_id)):
+        raise NotFound(f"no job {str(job_id)[:60]!r}: job ids look like j-3f9c2a71d0b4 (see `gpuqueue ls`)")
+    return quote(str(job_id), safe="")
+
+
 class Client:
     """Verbs of the REST API. Errors come back as GPUQueueError subclasses with the server's
     message."""
@@ -75,14 +85,18 @@ class Client:
     def _check(self, r: requests.Response) -> requests.Response:
         if r.status_code < 400:
             return r
-        try:
-            message = r.json().get("message") or r.reason
-        except ValueError:
-            message = r.text[:500] or r.reason
-        cls = {400: BadRequest, 403: Forbidden, 404: NotFound, 409: Conflict}.get(r.status_code, GPUQueueError)
-        if r.status_code in (401,):
+        message = ""
+        if "json" in r.headers.get("Content-Type", ""):
+            try:
+                message = str(r.json().get("message") or "")
+            except (ValueError, AttributeError):
+                pass
+        if not message:  # not the API's JSON (an HTML error page of a proxy or another server)
+            message = (f"{self.server.url} answered {r.status_code} {r.reason or ''}".rstrip()
+                       + " (is GPUQUEUE_URL the gpuqueue server?)")
+        if r.status_code == 401:
             message = f"not authenticated ({message}): check GPUQUEUE_TOKEN"
-        raise cls(message)
+        raise error_for_status(r.status_code, message)
 
     def _request(self, method: str, path: str, **kw: Any) -> requests.Response:
         try:
@@ -107,19 +121,19 @@ class Client:
 
     def get(self, job_id: str) -> dict[str, Any]:
         """A job record in full."""
-        return self._request("GET", f"jobs/{job_id}").json()
+        return self._request("GET", f"jobs/{_q(job_id)}").json()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel; returns the job record."""
-        return self._request("POST", f"jobs/{job_id}/cancel").json()
+        return self._request("POST", f"jobs/{_q(job_id)}/cancel").json()
 
     def preempt(self, job_id: str) -> dict[str, Any]:
         """Admin: preempt a running job."""
-        return self._request("POST", f"jobs/{job_id}/preempt").json()
+        return self._request("POST", f"jobs/{_q(job_id)}/preempt").json()
 
     def result(self, job_id: str) -> bytes:
         """The pickled results of a succeeded cell job."""
-        return self._request("GET", f"jobs/{job_id}/result", timeout=max(self.timeout, 300)).content
+        return self._request("GET", f"jobs/{_q(job_id)}/result", timeout=max(self.timeout, 300)).content
 
     def queue(self) -> dict[str, Any]:
         """The queue summary."""
@@ -127,7 +141,7 @@ class Client:
 
     def events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
         """Events with seq > after, without waiting."""
-        return self._request("GET", f"jobs/{job_id}/events", params={"after": after}).json()["events"]
+        return self._request("GET", f"jobs/{_q(job_id)}/events", params={"after": after}).json()["events"]
 
     def follow(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         """Events after ``after``, live, until the job ends (SSE). Resumes after a dropped
@@ -139,7 +153,7 @@ class Client:
             try:
                 r = self._request(
                     "GET",
-                    f"jobs/{job_id}/events",
+                    f"jobs/{_q(job_id)}/events",
                     params={"after": after, "follow": "1"},
                     stream=True,
                     timeout=(10, 60),

@@ -20,18 +20,22 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .durations import parse_duration
+from .durations import MAX_TIMEOUT_S, parse_duration
 from .errors import BadRequest
 
+MAX_LOST_ATTEMPTS = 3
 
-def _seconds(v: Any) -> Optional[float]:
-    return None if v is None else parse_duration(v)
+
+def _seconds(v: Any, max_s: Optional[float] = None) -> Optional[float]:
+    if v is None:
+        return None
+    return parse_duration(v) if max_s is None else parse_duration(v, max_s)
 
 
 class PoolConfig(BaseModel):
     """One pool: a set of nodes and the rules for jobs that run there."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     nodes: dict[str, int] = Field(..., description="node name -> number of GPUs on it")
     preemptible: bool = Field(False, description="jobs here may be preempted")
@@ -46,7 +50,12 @@ class PoolConfig(BaseModel):
         "preempted for higher-priority or under-share demand; false: never preempt here",
     )
 
-    @field_validator("max_runtime", "default_timeout", "starvation_timeout", mode="before")
+    @field_validator("max_runtime", "default_timeout", mode="before")
+    @classmethod
+    def _time_limit(cls, v: Any) -> Optional[float]:
+        return _seconds(v, MAX_TIMEOUT_S)  # what a job's own time limit may be
+
+    @field_validator("starvation_timeout", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Optional[float]:
         return _seconds(v)
@@ -57,8 +66,8 @@ class PoolConfig(BaseModel):
         if not v:
             raise ValueError("a pool needs at least one node, e.g. nodes = { \"gpu-1\" = 8 }")
         for name, gpus in v.items():
-            if gpus < 0:
-                raise ValueError(f"node {name!r} has a negative GPU count")
+            if not 0 <= gpus <= 4096:
+                raise ValueError(f"node {name!r} has {gpus} GPUs: give a count from 0 to 4096")
         return v
 
     @property
@@ -70,7 +79,7 @@ class PoolConfig(BaseModel):
 class UserLimits(BaseModel):
     """Per-user quotas and share weight (``[users.NAME]`` tables override ``[defaults]``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     weight: float = Field(1.0, gt=0, description="fair-share weight")
     max_gpus: Optional[int] = Field(None, ge=0, description="GPUs held at once, all pools")
@@ -81,7 +90,7 @@ class UserLimits(BaseModel):
 class PolicyConfig(BaseModel):
     """Knobs of the fair-share policy (``[policy]`` table); see docs/scheduling.md."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     half_life: float = Field(7 * 86400.0, description="seconds; usage decay half-life")
     charge_ahead: float = Field(
@@ -120,7 +129,7 @@ class PolicyConfig(BaseModel):
 class QueueConfig(BaseModel):
     """The whole configuration file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     pools: dict[str, PoolConfig]
     defaults: UserLimits = Field(default_factory=UserLimits)
@@ -128,6 +137,11 @@ class QueueConfig(BaseModel):
     retries: int = Field(3, ge=0, le=20, description="retries after a failure, by default")
     retry_backoff: float = Field(10.0, gt=0, description="seconds before the first retry")
     retry_backoff_max: float = Field(600.0, gt=0, description="cap on the backoff")
+    max_lost_attempts: int = Field(
+        MAX_LOST_ATTEMPTS, ge=1, le=100,
+        description="attempts in a row whose job process vanished without an exit record (runner "
+        "killed, node lost) after which the attempt counts as failed, so that retries apply",
+    )
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="scheduler policy knobs")
 
     @field_validator("pools")

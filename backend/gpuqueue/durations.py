@@ -2,31 +2,49 @@
 
 from __future__ import annotations
 
+import math
 import re
 
+MAX_DURATION_S = 3660 * 86400.0  # ten years: anything longer is a typo (or an attack)
+MAX_TIMEOUT_S = 366 * 86400.0  # the longest time limit a job may ask for: a year (and a day)
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 
 
-def parse_duration(text: str | int | float) -> float:
-    """Seconds in ``text``. A bare number means seconds. Raises ValueError naming the fix."""
+def parse_duration(text: str | int | float, max_s: float = MAX_DURATION_S) -> float:
+    """Seconds in ``text``, above 0 and at most ``max_s``. A bare number means seconds.
+    Raises ValueError naming the fix (never returns inf or nan)."""
+    if isinstance(text, bool):
+        raise ValueError(f"duration must be a number of seconds or e.g. 90s, 15m, 2h; got {text}")
     if isinstance(text, (int, float)):
-        if text <= 0:
-            raise ValueError(f"duration must be positive, got {text}")
-        return float(text)
-    s = str(text).strip().lower().replace(" ", "")
-    if re.fullmatch(r"\d+(?:\.\d+)?", s):
-        value = float(s)
+        value = float(text) if not isinstance(text, int) or abs(text) < 10**18 else math.inf
+        shown = _shown(text)
     else:
-        parts = _PART.findall(s)
-        if not parts or "".join(n + u for n, u in parts) != s:
-            raise ValueError(
-                f"cannot read duration {text!r}: write e.g. 90s, 15m, 2h, 1h30m or 2d"
-            )
-        value = sum(float(n) * _UNITS[u] for n, u in parts)
-    if value <= 0:
-        raise ValueError(f"duration must be positive, got {text!r}")
+        s = str(text).strip().lower().replace(" ", "")
+        shown = _shown(text)
+        if len(s) > 40:
+            raise ValueError(f"duration {shown} is too long: write at most {format_duration(max_s)}, "
+                             f"e.g. 90s, 15m, 2h, 1h30m or 2d")
+        if re.fullmatch(r"\d+(?:\.\d+)?", s):
+            value = float(s)
+        else:
+            parts = _PART.findall(s)
+            if not parts or "".join(n + u for n, u in parts) != s:
+                raise ValueError(f"cannot read duration {shown}: write e.g. 90s, 15m, 2h, 1h30m or 2d")
+            value = sum(float(n) * _UNITS[u] for n, u in parts)
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"duration must be positive, got {shown}")
+    if value > max_s:
+        raise ValueError(f"duration {shown} is too long: at most {format_duration(max_s)}")
     return value
+
+
+def _shown(text: object) -> str:
+    """``text`` for an error message, cut short."""
+    if not isinstance(text, str):
+        r = str(text)
+        return r if len(r) <= 40 else f"a {len(r)}-digit number"
+    return repr(text) if len(text) <= 40 else repr(text[:40])[:-1] + "...'"
 
 
 def format_duration(seconds: float) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class GPUQueueError(Exception):
     """Base class. ``str(err)`` is a sentence a user can act on."""
@@ -39,7 +41,32 @@ class Conflict(GPUQueueError):
     http_status = 409
 
 
+class Unauthenticated(GPUQueueError):
+    """The request carries no valid credential."""
+
+    http_status = 401
+
+
 class Unavailable(GPUQueueError):
-    """A service the queue needs (e.g. the cluster's Redis) does not answer; nothing was changed."""
+    """A service the queue needs (the cluster's Redis, the API service) does not answer or
+    refuses to work; nothing was changed."""
 
     http_status = 503
+
+
+BY_STATUS: dict[int, type[GPUQueueError]] = {
+    400: BadRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound, 409: Conflict,
+    413: BadRequest, 503: Unavailable,
+}
+"""The error class a client raises for each HTTP status the API answers with."""
+
+
+def error_for_status(status: int, message: str, reason: Optional[str] = None) -> GPUQueueError:
+    """The error for an HTTP error answer: its class from :data:`BY_STATUS` (else a plain
+    GPUQueueError that keeps the status), carrying the server's ``message``."""
+    cls = BY_STATUS.get(status)
+    if cls is not None:
+        return cls(message)
+    err = GPUQueueError(message)
+    err.http_status = status if 400 <= status < 600 else 502
+    return err

@@ -7,12 +7,11 @@ job, how an attempt ended, and the job's next state once it has. No I/O.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any, Iterable, Optional
 
-from .config import QueueConfig
+from .config import MAX_LOST_ATTEMPTS, QueueConfig
 from .errors import BadRequest, Rejected
+from .jsonbody import b64decode
 from .models import JobRecord, JobSpec, SubmitRequest
 from .scheduler.base import Decision, JobRequest, Retry
 from .states import JobState, Outcome
@@ -29,17 +28,18 @@ def same_cell_job(req: SubmitRequest, live_jobs: Iterable[JobRecord]) -> Optiona
 
 
 def decode_payload(req: SubmitRequest, max_bytes: int, where: str = "") -> Optional[bytes]:
-    """The cell payload's bytes (None for a command job); BadRequest naming the fix."""
+    """The cell payload's bytes (None for a command job); BadRequest naming the fix. The REST
+    edge has decoded it already (``req._payload``, off the event loop); a request built in
+    Python carries it as ``payload_b64``."""
+    payload = req._payload
+    if payload is None and req.payload_b64:
+        payload = b64decode(req.payload_b64)
     if req.spec.kind != "cell":
-        if req.payload_b64:
+        if payload:
             raise BadRequest("a command job takes no payload")
         return None
-    if not req.payload_b64:
+    if not payload:
         raise BadRequest("a cell job needs payload_b64 (the pickled cell)")
-    try:
-        payload = base64.b64decode(req.payload_b64, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest("payload_b64 is not valid base64") from None
     if len(payload) > max_bytes:
         raise BadRequest(
             f"the payload is {len(payload) / 1e6:.1f} MB, over the {where}{max_bytes / 1e6:.0f} MB "
@@ -85,9 +85,13 @@ def job_request(job: JobRecord, config: QueueConfig) -> JobRequest:
     )
 
 
-def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: bool) -> Outcome:
+def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: bool,
+                    max_lost: int = MAX_LOST_ATTEMPTS) -> Outcome:
     """How the current attempt ended, from the runner's exit record (``exit_code``,
-    ``stop_reason``, ``lost``) and whether a cell job stored its results."""
+    ``stop_reason``, ``lost``) and whether a cell job stored its results. A lost attempt (not
+    counted as a failure, relaunched at once) that makes ``max_lost`` in a row counts as
+    FAILED, so that a job whose process keeps vanishing meets its retry limit instead of being
+    relaunched forever."""
     a = job.current_attempt
     code = exit_record.get("exit_code")
     reason = exit_record.get("stop_reason") or (a.stop_requested if a else None)
@@ -98,10 +102,22 @@ def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: boo
     if reason == "timed_out":
         return Outcome.TIMED_OUT
     if exit_record.get("lost") or reason in ("terminated", "fenced"):
+        if exit_record.get("lost") and lost_in_a_row(job) + 1 >= max_lost:
+            return Outcome.FAILED
         return Outcome.LOST
     if code == 0 and (job.spec.kind == "command" or has_result):
         return Outcome.SUCCEEDED
     return Outcome.FAILED
+
+
+def lost_in_a_row(job: JobRecord) -> int:
+    """How many attempts before the current one were lost, counting back from it."""
+    n = 0
+    for a in reversed(job.attempts[:-1]):
+        if a.outcome != Outcome.LOST:
+            break
+        n += 1
+    return n
 
 
 def settle(
@@ -124,6 +140,11 @@ def settle(
         if error_record:
             job.error = f"{error_record['type']}: {error_record['message']}"
             a.message = error_record.get("traceback") or job.error
+        elif exit_record.get("lost"):  # the cap of attempt_outcome
+            why = f" ({exit_record['error']})" if exit_record.get("error") else ""
+            job.error = (f"the job process was lost {lost_in_a_row(job) + 1} times in a row{why}: its runner "
+                         f"died without an exit record; see runner.log in the attempt folder")
+            a.message = job.error
         else:
             job.error = exit_record.get("error") or f"the job process exited with code {code}"
             a.message = job.error

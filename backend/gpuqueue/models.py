@@ -1,21 +1,104 @@
-"""Records and request schemas (pydantic): what a job is, what one attempt was, what an event says."""
+"""Records and request schemas (pydantic): what a job is, what one attempt was, what an event says.
+
+The request models (:class:`JobSpec`, :class:`SubmitRequest`) are the one place where what a
+client sends is checked: every number finite and bounded, every string free of what cannot work
+where it goes (a NUL byte in an argument, a control character in a name), every list and mapping
+bounded. A failed check names the field and the fix. These checks apply to requests, validated
+with ``context=EDGE`` (``gpuqueue.jsonbody``); records already stored are read as they are, so a
+job stored by an older version never makes a listing, or a restart, fail.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 import secrets
 import time
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator,
+                      model_validator)
 
+from .durations import MAX_TIMEOUT_S
 from .states import JobState, Outcome, Priority
+from .text import CONTROL_CHARS
+
+EDGE = {"edge": True}
+"""Validation context of a client's request: the request checks below apply."""
 
 MAX_NAME_LEN = 200
+MAX_ARGS = 4096  # arguments of a command
+MAX_ARG_LEN = 128 * 1024  # Linux's limit on one argument or environment string (MAX_ARG_STRLEN)
+MAX_ENV = 1024  # extra environment variables
+MAX_PATH_LEN = 4096  # PATH_MAX
+MAX_ID_LEN = 256  # pool names, cell ids, hashes
+MAX_NAMES = 4096  # inputs / outputs of a cell
+
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def new_job_id() -> str:
     """A short, unguessable, URL-safe job id such as ``j-3f9c2a71d0b4``."""
     return "j-" + secrets.token_hex(6)
+
+
+def _at_edge(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("edge"))
+
+
+def _edge(check: Callable[[Any], None]) -> AfterValidator:
+    """A validator that runs ``check`` (raising ValueError) on a request's value only."""
+
+    def run(v: Any, info: ValidationInfo) -> Any:
+        if _at_edge(info):
+            check(v)
+        return v
+
+    return AfterValidator(run)
+
+
+def _max_len(n: int, what: str = "characters") -> Callable[[Any], None]:
+    def check(v: Any) -> None:
+        if len(v) > n:
+            raise ValueError(f"has {len(v)} {what}, more than the {n} allowed")
+    return check
+
+
+def _arg(v: str) -> None:
+    _max_len(MAX_ARG_LEN)(v)
+    if "\x00" in v:
+        raise ValueError("contains a NUL byte, which no program argument or environment string can hold: remove it")
+
+
+def _one_line(n: int) -> Callable[[str], None]:
+    def check(v: str) -> None:
+        _max_len(n)(v)
+        m = CONTROL_CHARS.search(v)
+        if m:
+            raise ValueError(f"contains the control character {m.group()!r} at position {m.start()}: "
+                             f"use printable text on one line")
+    return check
+
+
+def _env_key(v: str) -> None:
+    if not _ENV_KEY.fullmatch(v) or len(v) > MAX_ID_LEN:
+        raise ValueError(f"{v[:50]!r} is not an environment variable name: use letters, digits and _, "
+                         f"not starting with a digit")
+
+
+def _identifier(v: str) -> None:
+    if not v.isidentifier() or len(v) > MAX_ID_LEN:
+        raise ValueError(f"{v[:50]!r} is not a Python name (write e.g. data or config)")
+
+
+Arg = Annotated[str, _edge(_arg)]
+"""A command-line argument or environment value: any text but NUL (newlines and tabs work)."""
+Name = Annotated[str, _edge(_one_line(MAX_NAME_LEN))]
+Path_ = Annotated[str, _edge(_one_line(MAX_PATH_LEN))]
+"""A path shown in listings and terminals: printable text on one line."""
+Id = Annotated[str, _edge(_one_line(MAX_ID_LEN))]
+EnvKey = Annotated[str, _edge(_env_key)]
+PyName = Annotated[str, _edge(_identifier)]
 
 
 class JobSpec(BaseModel):
@@ -26,33 +109,47 @@ class JobSpec(BaseModel):
     kind: Literal["cell", "command"] = Field(
         "cell", description="'cell': a pickled notebook cell; 'command': an argv to run"
     )
-    name: Optional[str] = Field(None, max_length=MAX_NAME_LEN)
+    name: Optional[Name] = Field(None, max_length=MAX_NAME_LEN)
     priority: Priority = Priority.MEDIUM
     gpus: int = Field(0, ge=0, le=4096, description="GPUs in all (over all nodes)")
     nodes: int = Field(1, ge=1, le=512, description="nodes the job spans")
-    pool: Optional[str] = Field(None, description="pool name; default: the first pool")
-    timeout_s: Optional[float] = Field(None, gt=0, description="time limit in seconds")
+    pool: Optional[Id] = Field(None, description="pool name; default: the first pool")
+    timeout_s: Optional[float] = Field(None, gt=0, description="time limit in seconds (at most 366 days)")
     retries: Optional[int] = Field(None, ge=0, le=20, description="retries after a failure")
     preemptible: Optional[bool] = Field(None, description="default: the pool's setting")
-    command: Optional[list[str]] = Field(None, description="argv, for kind 'command'")
-    cwd: Optional[str] = Field(None, description="working directory of the job process")
-    python: Optional[str] = Field(None, description="interpreter that runs the job")
-    env: dict[str, str] = Field(default_factory=dict, description="extra environment")
-    inputs: list[str] = Field(default_factory=list, description="names sent with the cell")
-    outputs: list[str] = Field(default_factory=list, description="names brought back")
-    notebook: Optional[str] = Field(None, description="notebook path, for re-attach")
-    cell_id: Optional[str] = Field(None, description="cell id, for re-attach")
-    source_hash: Optional[str] = Field(None, description="hash of the cell source, for re-attach")
+    command: Optional[Annotated[list[Arg], _edge(_max_len(MAX_ARGS, "arguments"))]] = Field(
+        None, min_length=1, description="argv, for kind 'command'"
+    )
+    cwd: Optional[Path_] = Field(None, description="working directory of the job process")
+    python: Optional[Path_] = Field(None, description="interpreter that runs the job")
+    env: Annotated[dict[EnvKey, Arg], _edge(_max_len(MAX_ENV, "variables"))] = Field(
+        default_factory=dict, description="extra environment"
+    )
+    inputs: Annotated[list[PyName], _edge(_max_len(MAX_NAMES, "names"))] = Field(
+        default_factory=list, description="names sent with the cell"
+    )
+    outputs: Annotated[list[PyName], _edge(_max_len(MAX_NAMES, "names"))] = Field(
+        default_factory=list, description="names brought back"
+    )
+    notebook: Optional[Path_] = Field(None, description="notebook path, for re-attach")
+    cell_id: Optional[Id] = Field(None, description="cell id, for re-attach")
+    source_hash: Optional[Id] = Field(None, description="hash of the cell source, for re-attach")
     precision: Optional[Literal["bf16", "fp16", "fp32"]] = None
     grad_checkpointing: bool = False
-    resume_from: Optional[str] = Field(None, description="checkpoint to resume from")
+    resume_from: Optional[Path_] = Field(None, description="checkpoint to resume from")
 
-    @field_validator("command")
+    @field_validator("timeout_s", mode="wrap")
     @classmethod
-    def _command_not_empty(cls, v: Optional[list[str]]) -> Optional[list[str]]:
-        if v is not None and (not v or not all(isinstance(a, str) for a in v)):
-            raise ValueError("command must be a non-empty list of strings")
-        return v
+    def _timeout(cls, v: Any, handler: Any, info: ValidationInfo) -> Any:
+        if not _at_edge(info):
+            return handler(v)
+        bad = f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:.0f} (366 days)"
+        if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= 10**15:
+            raise ValueError(f"{bad}, got a {len(str(abs(v)))}-digit number")
+        value = handler(v)
+        if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+            raise ValueError(f"{bad}, got {value:.6g}")
+        return value
 
     @model_validator(mode="after")
     def _kind_matches(self) -> "JobSpec":
@@ -73,6 +170,10 @@ class SubmitRequest(BaseModel):
     spec: JobSpec
     payload_b64: Optional[str] = Field(None, description="base64 of the cloudpickled cell")
     new: bool = Field(False, description="submit even if the same cell's job is still active")
+    # Set by the REST edge (``gpuqueue.jsonbody``), which decodes the payload off the event loop:
+    # the payload's bytes, and the request's JSON as received (forwarded as is in cluster mode).
+    _payload: Optional[bytes] = PrivateAttr(None)
+    _raw: Optional[bytes] = PrivateAttr(None)
 
 
 class Attempt(BaseModel):

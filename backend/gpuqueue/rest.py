@@ -7,23 +7,56 @@ summary); a verb may return its value or an awaitable. Subclasses say who is cal
 (``gpuqueue.cluster.api``) with tokens from its users file.
 
 Errors are JSON ``{"message": ...}`` with a 4xx status for user mistakes; a 500 means a bug.
+Answers are standard JSON (a non-finite number is sent as ``null``). The submit body is read,
+parsed and decoded off the event loop (``gpuqueue.jsonbody``), so a large payload never holds
+up other requests. No log line holds a token: request URIs are logged with query tokens masked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
+import math
+import re
 from typing import Any, Optional
 
-from pydantic import ValidationError
 from tornado import web
 from tornado.iostream import StreamClosedError
+from tornado.log import app_log, gen_log
 
-from .config import format_validation_error
-from .errors import GPUQueueError
-from .models import SubmitRequest
+from .errors import BadRequest, GPUQueueError, NotFound
+from .jsonbody import read_submit_chunks, release
 
-JOB = r"(?P<job_id>j-[0-9a-f]+)"
+JOB = r"(?P<job_id>[^/]+)"  # any segment: one that is not a job id is a 404 in JSON, not a page
+_JOB_ID = re.compile(r"j-[0-9a-f]{1,64}")
+MAX_AFTER = 2**63 - 1  # event seqs are 64-bit (SQLite INTEGER, Redis stream ids)
+_SECRET_PARAM = re.compile(r"(?i)([^&=]*(?:token|auth|key|secret|password|xsrf)[^&=]*=)[^&]*")
+
+
+def scrub_uri(uri: str) -> str:
+    """``uri`` with the value of every query parameter that may hold a credential masked,
+    as Jupyter does: ``/x?token=abc`` -> ``/x?token=[secret]``."""
+    path, sep, query = uri.partition("?")
+    return path + sep + _SECRET_PARAM.sub(r"\1[secret]", query) if sep else uri
+
+
+def standard_json(data: Any) -> str:
+    """``json.dumps`` that never writes ``NaN`` or ``Infinity`` (they become ``null``)."""
+    try:
+        return json.dumps(data, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(data), default=str, allow_nan=False)
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
 
 
 async def maybe_await(value: Any) -> Any:
@@ -49,26 +82,38 @@ class RestHandler(web.RequestHandler):
     def caller(self) -> Any:
         return self.get_caller()
 
-    def body_json(self) -> Any:
-        try:
-            return json.loads(self.request.body or b"null")
-        except ValueError as e:
-            raise web.HTTPError(400, reason=f"the body is not valid JSON: {e}") from None
+    def job_id(self, raw: str) -> str:
+        """``raw`` if it can be a job id; NotFound (the same answer as an unknown job) if not."""
+        if not _JOB_ID.fullmatch(raw):
+            raise NotFound(f"no job {raw[:60]!r}: job ids look like j-3f9c2a71d0b4 (see `gpuqueue ls`)")
+        return raw
 
     def send(self, data: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(data, default=str))
+        self.finish(standard_json(data))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:  # tornado hook
+        """tornado's, with the URI's tokens masked (tornado logs ``request.uri`` as is)."""
+        where = f"{self.request.method} {scrub_uri(self.request.uri or '')}"
+        if isinstance(value, web.HTTPError):
+            if value.log_message:
+                gen_log.warning("%d %s: %s", value.status_code, where,
+                                value.log_message % value.args if value.args else value.log_message)
+        else:
+            app_log.error("uncaught exception in %s", where, exc_info=(typ, value, tb))
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, web.HTTPError):
-            message = exc.reason or exc.log_message or str(status_code)
+            detail = exc.log_message % exc.args if exc.log_message and exc.args else exc.log_message
+            message = exc.reason or detail or self._reason
         elif status_code >= 500:
             message = "internal error in gpuqueue (see the server log)"
         else:
             message = self._reason
         self.set_header("Content-Type", "application/json")
+        self._close_if_body_unread()
         self.finish(json.dumps({"message": message}))
 
     def _handle_request_exception(self, e: BaseException) -> None:  # tornado hook
@@ -76,13 +121,31 @@ class RestHandler(web.RequestHandler):
             if not self._finished:
                 self.set_status(e.http_status)
                 self.set_header("Content-Type", "application/json")
+                self._close_if_body_unread()
                 self.finish(json.dumps({"message": str(e)}))
             return
         super()._handle_request_exception(e)
 
+    _body_read = False
 
+    def _close_if_body_unread(self) -> None:
+        """A streamed body refused before it was read (not logged in, bad token, XSRF): tornado
+        closes the connection rather than read it, so tell the client not to reuse it."""
+        if getattr(self, "_stream_request_body", False) and self.request.method == "POST" and not self._body_read:
+            self.set_header("Connection", "close")
+
+
+@web.stream_request_body
 class JobsHandler(RestHandler):
-    """``GET`` lists jobs (``?all=1`` for admins), ``POST`` submits one."""
+    """``GET`` lists jobs (``?all=1`` for admins), ``POST`` submits one. The body arrives in
+    chunks (after authentication), and is joined, parsed and decoded in a thread."""
+
+    _chunks: Optional[list[bytes]] = None
+
+    def data_received(self, chunk: bytes) -> None:  # tornado hook (stream_request_body)
+        if self._chunks is None:
+            self._chunks = []
+        self._chunks.append(chunk)
 
     async def get(self) -> None:
         everyone = self.get_argument("all", "0") in ("1", "true")
@@ -90,11 +153,13 @@ class JobsHandler(RestHandler):
         self.send({"jobs": [j.summary() for j in jobs]})
 
     async def post(self) -> None:
+        self._body_read = True
+        chunks, self._chunks = self._chunks or [], None
+        req = await asyncio.to_thread(read_submit_chunks, chunks)
         try:
-            req = SubmitRequest.model_validate(self.body_json())
-        except ValidationError as e:
-            raise web.HTTPError(400, reason=format_validation_error(e)) from None
-        job, attached = await maybe_await(self.service.submit(self.caller, req))
+            job, attached = await maybe_await(self.service.submit(self.caller, req))
+        finally:
+            await asyncio.to_thread(release, req)  # a large body is unmapped off the event loop
         out = job.model_dump(mode="json")
         out["attached"] = attached
         self.send(out, status=200 if attached else 201)
@@ -104,7 +169,7 @@ class JobHandler(RestHandler):
     """``GET`` one job in full (attempts, pending reason, error)."""
 
     async def get(self, job_id: str) -> None:
-        job = await maybe_await(self.service.get_job(self.caller, job_id))
+        job = await maybe_await(self.service.get_job(self.caller, self.job_id(job_id)))
         self.send(job.model_dump(mode="json"))
 
 
@@ -112,7 +177,7 @@ class CancelHandler(RestHandler):
     """``POST`` cancels a job."""
 
     async def post(self, job_id: str) -> None:
-        job = await maybe_await(self.service.cancel(self.caller, job_id))
+        job = await maybe_await(self.service.cancel(self.caller, self.job_id(job_id)))
         self.send(job.model_dump(mode="json"))
 
 
@@ -120,7 +185,7 @@ class PreemptHandler(RestHandler):
     """``POST`` preempts a running job (admins)."""
 
     async def post(self, job_id: str) -> None:
-        job = await maybe_await(self.service.preempt(self.caller, job_id))
+        job = await maybe_await(self.service.preempt(self.caller, self.job_id(job_id)))
         self.send(job.model_dump(mode="json"))
 
 
@@ -128,7 +193,7 @@ class ResultHandler(RestHandler):
     """``GET`` the pickled results of a succeeded cell job (opaque bytes for the kernel)."""
 
     async def get(self, job_id: str) -> None:
-        blob = await maybe_await(self.service.result(self.caller, job_id))
+        blob = await maybe_await(self.service.result(self.caller, self.job_id(job_id)))
         self.set_header("Content-Type", "application/octet-stream")
         self.finish(blob)
 
@@ -143,10 +208,10 @@ class EventsHandler(RestHandler):
             self.request.headers.get("Accept", "")
         )
         if not follow:
-            events = await maybe_await(self.service.events(self.caller, job_id, after))
+            events = await maybe_await(self.service.events(self.caller, self.job_id(job_id), after))
             self.send({"events": [e.model_dump(mode="json") for e in events]})
             return
-        await maybe_await(self.service.get_job(self.caller, job_id))  # 404 before the stream starts
+        await maybe_await(self.service.get_job(self.caller, self.job_id(job_id)))  # 404 before the stream starts
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
@@ -165,10 +230,12 @@ class EventsHandler(RestHandler):
 
     def _after(self) -> int:
         raw: Optional[str] = self.get_argument("after", None) or self.request.headers.get("Last-Event-ID")
-        try:
-            return max(0, int(raw or 0))
-        except ValueError:
-            raise web.HTTPError(400, reason=f"after must be a whole number, got {raw!r}") from None
+        text = (raw or "0").strip()
+        if not (text.isdigit() and text.isascii()) or len(text) > 19 or int(text) > MAX_AFTER:
+            shown = repr(text) if len(text) <= 30 else repr(text[:30])[:-1] + "...'"
+            raise BadRequest(f"after must be a whole number from 0 to {MAX_AFTER} (the last event "
+                             f"seq seen), got {shown}")
+        return int(text)
 
 
 class QueueHandler(RestHandler):

@@ -13,13 +13,14 @@ import asyncio
 import fcntl
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
 from . import gpumap
 from .config import QueueConfig, single_node_config
@@ -169,25 +170,26 @@ class QueueService:
                          extra=job_fields(job))
 
     # -- user verbs -------------------------------------------------------------------------
-    def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
-        """Queue a job (or find the same cell's active job). Returns (job, attached)."""
+    async def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
+        """Queue a job (or find the same cell's active job). Returns (job, attached).
+        The payload is written in a thread, before the scheduler hears of the job."""
         assert self.store is not None
-        attached = same_cell_job(req, self.store.list(owner=caller.name, states=_LIVE_STATES, limit=10_000))
+        attached = same_cell_job(req, self._iter_live(caller.name))
         if attached is not None:
             return self._with_pending(attached), True
         payload = decode_payload(req, self.max_payload_bytes)
-        spec = req.spec
-        spec = self._with_defaults(spec)
+        spec = self._with_defaults(req.spec)
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
-        rejected = self.scheduler.submit(self._request(job), time.time())
-        if rejected is not None:
-            raise Rejected(rejected.reason)
+        d = job_dir(self.state_dir, job.id)
+        await asyncio.to_thread(self._write_job_files, d, spec, payload)
+        attached = same_cell_job(req, self._iter_live(caller.name))
+        rejected = None if attached else self.scheduler.submit(self._request(job), time.time())
+        if attached or rejected:
+            shutil.rmtree(d, ignore_errors=True)  # the same cell was submitted meanwhile, or refused
+            if rejected:
+                raise Rejected(rejected.reason)
+            return self._with_pending(attached), True
         try:
-            d = job_dir(self.state_dir, job.id)
-            d.mkdir(parents=True)
-            write_json_atomic(d / "spec.json", spec.model_dump(mode="json"))
-            if payload is not None:
-                write_bytes_atomic(d / "payload.pkl", payload)
             self.store.put(job)
         except Exception:
             self.scheduler.cancel(job.id, time.time())
@@ -196,6 +198,18 @@ class QueueService:
         self._notify("submitted", job)
         self._wake.set()
         return self._with_pending(job), False
+
+    def _iter_live(self, owner: str) -> Iterator[JobRecord]:
+        """The owner's live jobs, read from the store only once iterated."""
+        assert self.store is not None
+        yield from self.store.list(owner=owner, states=_LIVE_STATES, limit=10_000)
+
+    @staticmethod
+    def _write_job_files(d: Path, spec: JobSpec, payload: Optional[bytes]) -> None:
+        d.mkdir(parents=True)
+        write_json_atomic(d / "spec.json", spec.model_dump(mode="json"))
+        if payload is not None:
+            write_bytes_atomic(d / "payload.pkl", payload)
 
     def _with_defaults(self, spec: JobSpec) -> JobSpec:
         return with_defaults(spec, self.config)
@@ -501,7 +515,7 @@ class QueueService:
             return
         now = time.time()
         adir = attempt_dir(self.state_dir, job.id, a.number)
-        outcome = attempt_outcome(job, rec, (adir / "result.pkl").exists())
+        outcome = attempt_outcome(job, rec, (adir / "result.pkl").exists(), self.config.max_lost_attempts)
         decisions = self.scheduler.finished(job.id, outcome, now)
         state, info = settle(job, outcome, rec, decisions, now, read_json(adir / "error.json"), read_json(adir / "result.json"))
         self._set_state(job, state, **info)

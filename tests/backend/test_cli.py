@@ -70,3 +70,24 @@ def test_no_server_configured_says_what_to_set(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JPY_"))}
     r = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "ls"], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and "GPUQUEUE_URL" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_the_command_is_kept_whole_and_what_a_terminal_shows_is_escaped(jupyter_server_factory):
+    owner = "eve\x1b]0;pwned\x07"  # a user name holding a terminal escape (a Hub name, say)
+    s = jupyter_server_factory(env={"JUPYTERHUB_USER": owner})
+    r = gq(s, "submit", "--", sys.executable, "-c", "import sys; print(sys.argv[1:])", "--", "x", "--")
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip()
+    assert gq(s, "wait", job).returncode == 0
+    assert gq(s, "logs", job).stdout.strip() == "['--', 'x', '--']"
+    ls = gq(s, "ls", "--all").stdout
+    assert "eve\\x1b]0;pwned\\x07" in ls and "\x1b" not in ls and "\x07" not in ls
+    r = gq(s, "show", "j-\x1b[2J")
+    assert r.returncode == 1 and "no job" in r.stderr and "\x1b" not in r.stderr, r.stderr
+    r = gq(s, "submit", "--timeout", "9" * 400, "--", "true")
+    assert r.returncode == 2 and "is too long: write at most 366d00h" in r.stderr and "Traceback" not in r.stderr
+    # not the API (an HTML error page): one short line with the status
+    env = dict(os.environ, GPUQUEUE_URL=s.url + "elsewhere/", GPUQUEUE_TOKEN=s.token)
+    r = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "ls"], env=env, capture_output=True, text=True)
+    assert r.returncode == 1 and "answered 404 Not Found" in r.stderr, r.stderr
+    assert "<" not in r.stderr and len(r.stderr) < 300, r.stderr

@@ -14,10 +14,17 @@ def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["soon", "2x", "", "-5", "0", "1h-"])
+@pytest.mark.parametrize("text", ["soon", "2x", "", "-5", "0", "1h-", "inf", "nan", "1e9"])
 def test_bad_durations_say_how_to_write_one(text):
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+@pytest.mark.parametrize("value", ["9" * 400, "400000d", float("inf"), float("nan"), 10**400, "367d"])
+def test_durations_are_finite_and_bounded(value):
+    with pytest.raises(ValueError, match="too long|positive") as e:
+        parse_duration(value, max_s=366 * 86400)
+    assert len(str(e.value)) < 160  # a 400-digit number is not echoed back whole
 
 
 def test_format_duration():
@@ -41,6 +48,9 @@ def test_config_file(tmp_path):
         ('[pools.dev]\nnodes = { "a" = 2 }\nmax_runtime = "soon"\n', "max_runtime"),
         ('[pools.dev]\nnodes = { "a" = 2 }\ncolour = "red"\n', "colour"),
         ('[pools.a]\nnodes = { "n" = 2 }\n[pools.b]\nnodes = { "n" = 2 }\n', "is in pools"),
+        ('[pools.dev]\nnodes = { "a" = 2 }\nmax_runtime = inf\n', "max_runtime"),
+        ('[defaults]\nweight = nan\n[pools.dev]\nnodes = { "a" = 2 }\n', "defaults.weight"),
+        ('max_lost_attempts = 0\n[pools.dev]\nnodes = { "a" = 2 }\n', "max_lost_attempts"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, message):

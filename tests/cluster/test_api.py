@@ -6,8 +6,13 @@ import os
 import subprocess
 import sys
 
+import requests
+
 from gpuqueue.errors import Forbidden, NotFound
-from helpers.servers import wait_until
+from helpers.fuzz import fuzz
+from helpers.servers import free_port, wait_until
+
+from .conftest import TOKENS
 
 
 def test_cli_and_user_isolation(cluster_factory) -> None:
@@ -58,7 +63,6 @@ def test_cli_and_user_isolation(cluster_factory) -> None:
     c.assert_once([job])
 
     # Prometheus metrics: the daemon's queue, the API's request latency
-    import requests
     daemon = requests.get(f"http://127.0.0.1:{c.metrics_port}/metrics", timeout=5).text
     assert "gpuqueue_scheduler_leader 1.0" in daemon
     assert 'gpuqueue_jobs_finished_total{outcome="succeeded",pool="gpu"} 1.0' in daemon
@@ -85,3 +89,72 @@ def test_timeouts_failures_and_retries_as_in_embedded_mode(cluster_factory) -> N
     assert "retrying" in states or states.count("queued") == 2, states
     r = c.cli("alice", "wait", failing)
     assert r.returncode == 1 and "failed" in r.stderr
+
+
+def _api_only(cluster_factory):
+    """redis-server, the scheduler daemon and the API service (no workers: jobs stay queued)."""
+    c = cluster_factory(nodes={"n1": 2}, start=False)
+    c.start_daemon()
+    c.start_api()
+    return c
+
+
+def test_auth_schemes_redis_failures_and_no_token_in_any_log(cluster_factory) -> None:
+    c = _api_only(cluster_factory)
+    secret = TOKENS["alice"]
+    api = c.url + "gpuqueue/api/"
+
+    def call(method: str, path: str, **kw):
+        return requests.request(method, api + path, timeout=20, **kw)
+
+    r = call("GET", "jobs", headers={"Authorization": f"Basic {secret}"})
+    assert r.status_code == 401 and "`token <TOKEN>` or `Bearer <TOKEN>`" in r.json()["message"]
+    for auth in (f"token {secret}", f"Bearer {secret}", f"bearer  {secret} "):
+        assert call("GET", "jobs", headers={"Authorization": auth}).status_code == 200, auth
+    assert call("GET", "jobs", params={"token": secret}).status_code == 200
+
+    # every error path, the token in the query
+    q = {"token": secret}
+    job = {"spec": {"kind": "command", "command": ["true"], "gpus": 1}}
+    for method, path, body, status in [
+        ("POST", "jobs", b"{not json", 400),
+        ("POST", "jobs", b"[" * 100_000, 400),
+        ("POST", "jobs", b'{"spec": {"kind": "command", "command": ["true"], "timeout_s": 1e400}}', 400),
+        ("POST", "jobs", b'{"spec": {"kind": "command", "command": ["a\\u0000"]}}', 400),
+        ("GET", "jobs/j-0123456789ab/events?after=18446744073709551616", None, 400),
+        ("GET", "jobs/j-0123456789ab", None, 404),
+        ("GET", "jobs/..%2f..%2fetc/result", None, 404),
+        ("GET", "nowhere", None, 404),
+        ("POST", "jobs/j-0123456789ab/preempt", None, 403),
+    ]:
+        r = call(method, path, params=q, data=body)
+        assert r.status_code == status and r.json()["message"], (path, r.status_code, r.text[:300])
+    assert call("GET", "jobs", params={"token": "wrong-" + secret}).status_code == 401
+    assert call("GET", "jobs", headers={"Authorization": f"Basic {secret}"}, params=q).status_code == 401
+
+    # Redis failures: 503 that says why, nothing changed
+    r = c.redis_client()
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    resp = call("POST", "jobs", params=q, json=job)
+    assert resp.status_code == 503 and "out of memory" in resp.json()["message"], resp.text
+    r.config_set("maxmemory", 0)
+    r.replicaof("127.0.0.1", free_port())
+    resp = call("POST", "jobs", params=q, json=job)
+    assert resp.status_code == 503 and "read-only replica" in resp.json()["message"], resp.text
+    r.replicaof("NO", "ONE")
+    assert c.client("alice").list() == []
+    c.redis.kill()
+    resp = call("GET", "jobs", params=q)
+    assert resp.status_code == 503 and "Redis) cannot be reached" in resp.json()["message"], resp.text
+    wait_until(lambda: "503 GET /gpuqueue/api/jobs?token=[secret]" in c.log("api"), 10, 0.1,
+               "the 503 in the API's log, its token masked")
+    for key in ("api", "daemon"):
+        assert secret not in c.log(key), c.log(key)[-3000:]
+
+
+def test_schemathesis_finds_no_5xx_and_no_answer_off_the_spec(cluster_factory) -> None:
+    c = _api_only(cluster_factory)
+    r = fuzz(c.url + "gpuqueue/api", TOKENS["alice"], c.root / "fuzz")
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert "Traceback" not in c.log("api"), c.log("api")[-3000:]

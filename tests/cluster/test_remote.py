@@ -18,12 +18,12 @@ def test_server_extension_forwards_to_the_api_service(cluster_factory, jupyter_s
     # a notebook cell: payload to the node through Redis, results back into the kernel
     k = server.start_kernel()
     assert k.run("%load_ext jupyter_gpuqueue").error is None
-    k.run("base = 40")
-    res = k.run("%%train --gpus 1\nimport os\nanswer = base + 2\ndevices = os.environ['CUDA_VISIBLE_DEVICES']\nprint('on', os.environ['GPUQUEUE_NODE'])", timeout=120)
+    k.run("base = 40; blob = bytes(3_000_000)")  # a payload of MBs: streamed on to the API service
+    res = k.run("%%train --gpus 1\nimport os\nanswer = base + 2 + len(blob)\ndevices = os.environ['CUDA_VISIBLE_DEVICES']\nprint('on', os.environ['GPUQUEUE_NODE'])", timeout=120)
     assert res.error is None, res.error
     assert "on n1" in res.text, res.text
     out = k.run("print(answer, devices)")
-    assert out.stdout.strip() == "42 0", out.stdout
+    assert out.stdout.strip() == "3000042 0", out.stdout
 
     # the job is alice's in the cluster; bob's jobs are invisible through alice's server
     jobs = server.client().list()
@@ -40,3 +40,8 @@ def test_server_extension_forwards_to_the_api_service(cluster_factory, jupyter_s
     assert events[-1]["type"] == "state" and events[-1]["data"]["state"] == "succeeded"
     assert any(e["type"] == "log" and e["data"]["line"].startswith("hello from") for e in events)
     c.assert_once([job["id"]])
+
+    # the API service's 503 reaches the user as a 503 that names the cause
+    c.redis.kill()
+    r = server.api("GET", "gpuqueue/api/jobs")
+    assert r.status_code == 503 and "(Redis) cannot be reached" in r.json()["message"], r.text

@@ -30,7 +30,7 @@ from tornado import httpserver, netutil, process, web
 from . import redis_url
 from .. import rest
 from ..config import read_toml
-from ..errors import BadRequest, Unavailable
+from ..errors import BadRequest, NotFound, Unauthenticated, Unavailable
 from ..service import Caller
 from .frontend import ClusterFrontend
 from .redis_store import RedisStore
@@ -70,15 +70,20 @@ def load_users(path: str | Path) -> dict[str, User]:
 
 class AuthMixin:
     """Token authentication against the users file: ``Authorization: token T`` (or
-    ``Bearer T``, or ``?token=T``)."""
+    ``Bearer T``, or ``?token=T``); any other scheme is refused."""
 
     def prepare(self) -> None:
         users: dict[str, User] = self.settings["gpuqueue_users"]  # type: ignore[attr-defined]
-        h = self.request.headers.get("Authorization", "")  # type: ignore[attr-defined]
-        token = h.split(None, 1)[1].strip() if " " in h else self.get_argument("token", "")  # type: ignore[attr-defined]
-        user = _match(users, token)
+        h = self.request.headers.get("Authorization")  # type: ignore[attr-defined]
+        if h is None:
+            token = self.get_argument("token", "")  # type: ignore[attr-defined]
+        else:
+            scheme, _, token = h.strip().partition(" ")
+            if scheme.lower() not in ("token", "bearer"):
+                raise Unauthenticated("the Authorization header must be `token <TOKEN>` or `Bearer <TOKEN>`")
+        user = _match(users, token.strip())
         if user is None:
-            raise web.HTTPError(401, reason="a valid token is needed: set GPUQUEUE_TOKEN to yours (ask your admin)")
+            raise Unauthenticated("a valid token is needed: set GPUQUEUE_TOKEN to yours (ask your admin)")
         self._gq_user = user
 
     def get_caller(self) -> Caller:
@@ -87,9 +92,36 @@ class AuthMixin:
 
     def _handle_request_exception(self, e: BaseException) -> None:  # tornado hook
         if isinstance(e, redis.RedisError):
-            log.warning("redis unavailable: %s", e)
-            e = Unavailable("the queue's store (Redis) is unavailable right now; nothing was changed: try again in a moment")
+            e = redis_failure(e) or e  # anything else: a 500, its details in this log only
         super()._handle_request_exception(e)  # type: ignore[misc]
+
+
+def redis_failure(e: redis.RedisError) -> Optional[Unavailable]:
+    """What a user is told when Redis fails a request: 503 with the cause where Redis is down,
+    refuses us or cannot write; None for anything else (a bug: 500)."""
+    E = redis.exceptions
+    nothing = "nothing was changed"
+    if isinstance(e, (E.AuthenticationError, E.AuthorizationError, E.AuthenticationWrongNumberOfArgsError,
+                      E.NoPermissionError)):
+        log.error("redis refused the API service's credentials: %s", e)
+        return Unavailable(f"the queue's store (Redis) refused the API service's credentials ({e}); "
+                           f"{nothing}: the admin must check the Redis password and ACL")
+    if isinstance(e, E.ReadOnlyError):
+        log.warning("redis is read-only: %s", e)
+        return Unavailable(f"the queue's store (Redis) is a read-only replica right now (a failover may be "
+                           f"under way); {nothing}: try again in a moment")
+    if isinstance(e, E.OutOfMemoryError):
+        log.error("redis is out of memory: %s", e)
+        return Unavailable(f"the queue's store (Redis) is out of memory (maxmemory); {nothing}: "
+                           f"the admin must free memory or raise the limit")
+    if isinstance(e, E.BusyLoadingError):
+        return Unavailable(f"the queue's store (Redis) is loading its data after a restart; {nothing}: "
+                           f"try again in a moment")
+    if isinstance(e, (E.ConnectionError, E.TimeoutError)):
+        log.warning("redis unreachable: %s", e)
+        return Unavailable(f"the queue's store (Redis) cannot be reached right now; {nothing}: "
+                           f"try again in a moment")
+    return None
 
 
 def _match(users: dict[str, User], token: str) -> Optional[User]:
@@ -119,6 +151,13 @@ class HealthHandler(web.RequestHandler):
         self.finish({"ok": True})
 
 
+class NoRouteHandler(rest.RestHandler):
+    """Any other path: 404 in JSON, as every API error is."""
+
+    def prepare(self) -> None:
+        raise NotFound(f"no API path {self.request.path!r}: the API is under /gpuqueue/api/ (docs/openapi.yaml)")
+
+
 class MetricsHandler(web.RequestHandler):
     """``GET /metrics``: Prometheus metrics of this API process (request latency, process)."""
 
@@ -137,13 +176,14 @@ def make_app(store: RedisStore, users: dict[str, User], **kw: Any) -> web.Applic
     m = metrics.QueueMetrics(metrics.process_registry("api", nvml=False), mode="cluster")
     routes: list[Any] = [(path, _authed(h)) for path, h in rest.routes()]
     routes += [("/healthz", HealthHandler), ("/metrics", MetricsHandler)]
-    return web.Application(routes, gpuqueue_service=ClusterFrontend(store, **kw), gpuqueue_users=users,
+    return web.Application(routes, default_handler_class=NoRouteHandler,
+                           gpuqueue_service=ClusterFrontend(store, **kw), gpuqueue_users=users,
                            gpuqueue_metrics=m, log_function=metrics.tornado_log_function(m, _quiet_log))
 
 
 def _quiet_log(handler: web.RequestHandler) -> None:
     if handler.get_status() >= 500:
-        log.error("%s %s %s", handler.get_status(), handler.request.method, handler.request.uri)
+        log.error("%s %s %s", handler.get_status(), handler.request.method, rest.scrub_uri(handler.request.uri or ""))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,7 +229,8 @@ def cli_main(argv: list[str]) -> int:
     app = make_app(store, users, max_payload_bytes=int(args.max_payload_mb * 1e6))
 
     async def serve() -> None:
-        server = httpserver.HTTPServer(app, xheaders=True)
+        # room for the largest payload as base64 in JSON, plus the spec
+        server = httpserver.HTTPServer(app, xheaders=True, max_body_size=int(args.max_payload_mb * 1e6 * 4 / 3) + 2**24)
         server.add_sockets(sockets)
         log.info("gpuqueue api on %s:%s (%d users)", args.address, args.port, len(users))
         await asyncio.Event().wait()

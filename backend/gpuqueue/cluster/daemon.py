@@ -578,7 +578,7 @@ class Daemon:
         self.dispatched.pop(job.id, None)
         self.unsent.pop(job.id, None)
         now = time.time()
-        outcome = attempt_outcome(job, rec, bool(rec.get("result_stored")))
+        outcome = attempt_outcome(job, rec, bool(rec.get("result_stored")), self.config.max_lost_attempts)
         if decisions is None:
             decisions = self.scheduler.finished(job.id, outcome, now)
         elif outcome not in (Outcome.LOST, Outcome.PREEMPTED):

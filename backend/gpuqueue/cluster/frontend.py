@@ -27,6 +27,7 @@ from . import redis_url
 from .redis_store import LIVE_STATES, WAITING_STATES, RedisStore, _event
 
 CONFIG_REFRESH_S = 2.0
+INLINE_PAYLOAD_BYTES = 256 * 1024  # larger payloads go to Redis from a thread
 
 
 class ClusterFrontend:
@@ -54,12 +55,19 @@ class ClusterFrontend:
         return self._config
 
     # -- verbs ----------------------------------------------------------------------------
-    def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
+    async def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
         """Queue a job (or find the same cell's active job). Returns (job, attached).
+        A large payload is sent to Redis from a thread, so that it does not hold up the event
+        loop; a small job is written at once (sub-millisecond)."""
+        if len(req._payload or req.payload_b64 or b"") > INLINE_PAYLOAD_BYTES:
+            return await asyncio.to_thread(self._submit, caller, req)
+        return self._submit(caller, req)
 
-        One Redis round trip for a new job: the record, its indexes, its payload, its first
-        event and the daemon's message are written by one script, which also refuses the job
-        if the user's (``max_queued``) or the pool's queue is full at that moment."""
+    def _submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:
+        """``submit``, blocking. One Redis round trip for a new job: the record, its indexes,
+        its payload, its first event and the daemon's message are written by one script,
+        which also refuses the job if the user's (``max_queued``) or the pool's queue is full
+        at that moment."""
         attached = same_cell_job(req, self._iter_live(caller.name))  # reads only for a cell re-attach
         if attached is not None:
             return self._with_pending(attached), True
@@ -77,7 +85,15 @@ class ClusterFrontend:
                 raise Rejected(why)
             user_limit = cfg.limits_for(caller.name).max_queued
             pool_limit = cfg.pools[spec.pool or cfg.default_pool].max_queued  # with_defaults checked it
-        full = self.store.submit_job(job, payload, {"op": "submit", "job": job.id}, user_limit, pool_limit)
+        view = memoryview(payload) if payload is not None else None  # redis-py takes no mmap
+        try:
+            full = self.store.submit_job(job, view, {"op": "submit", "job": job.id}, user_limit, pool_limit)
+        finally:
+            if view is not None:
+                try:
+                    view.release()
+                except BufferError:  # still held by the client: freed with it
+                    pass
         if full is not None:
             which, n = full
             if which == "user":
