@@ -125,7 +125,7 @@ def test_reservation_blocks_unbounded_backfill_but_allows_bounded():
 
 
 def test_starvation_boost_is_capped_below_high():
-    s = FairShareScheduler(config({"p": {"n1": 1}}))
+    s = FairShareScheduler(config({"p": {"n1": 1}}, reservations=False))  # the boost alone
     s.submit(job("low", pr="low", t=0), 0)
     s.tick(0)  # starts
     sh = Shell(s)
@@ -142,8 +142,9 @@ def test_starvation_boost_is_capped_below_high():
     assert starts(s.tick(10002)) == ["old_low"]  # boosted low beats fresh medium
 
 
-def test_jobs_waiting_past_oldest_first_after_go_oldest_first_within_their_tier():
-    s = FairShareScheduler(config({"p": {"n1": 1}}, oldest_first_after=5000))
+def test_starved_jobs_go_first_oldest_first_whatever_their_share():
+    # starvation_timeout is 600 s in these tests
+    s = FairShareScheduler(config({"p": {"n1": 1}}))
     sh = Shell(s)
     s.submit(job("hog", user="heavy"), 0)
     sh.apply(s.tick(0), 0)
@@ -152,13 +153,46 @@ def test_jobs_waiting_past_oldest_first_after_go_oldest_first_within_their_tier(
     sh.apply(s.tick(3600), 3600)
     s.submit(job("old", user="heavy", t=3600), 3600)
     s.submit(job("fresh", user="light", t=3700), 3700)
-    sh.finish("blocker", Outcome.SUCCEEDED, 4000)
-    assert starts(s.tick(4000)) == ["fresh"]  # fair share: light goes before heavy
-    s.submit(job("fresh2", user="light", t=8000), 8000)
-    sh.finish("fresh", Outcome.SUCCEEDED, 8700)
-    # "old" has now waited 5100 s > 5000: oldest first, whatever heavy's usage
-    assert starts(s.tick(8700)) == ["old"]
-    assert s.explain("fresh2", 8700).reason in ("resources", "priority")
+    sh.finish("blocker", Outcome.SUCCEEDED, 3800)
+    assert starts(s.tick(3800)) == ["fresh"]  # nobody starved yet: fair share, light first
+    s.submit(job("fresh2", user="light", pr="high", t=4100), 4100)
+    sh.finish("fresh", Outcome.SUCCEEDED, 4300)
+    # "old" has waited 700 s > 600 s: it goes first, before light's fresh high-priority job
+    assert starts(s.tick(4300)) == ["old"]
+    assert s.explain("fresh2", 4300).reason in ("resources", "priority", "reservation")
+
+
+def test_a_starved_whole_node_job_gets_its_node_set_aside():
+    # two 4-GPU nodes kept partly busy by 1-GPU jobs; light's 4-GPU job goes first by share and
+    # holds the one reservation of the fair order; heavy's 4-GPU job only gets GPUs set aside
+    # once it starves (600 s here), then new 1-GPU jobs without a time limit stay off its node
+    s = FairShareScheduler(config({"p": {"a": 4, "b": 4}}))
+    sh = Shell(s)
+    s.submit(job("hog", user="heavy", gpus=8 // 2, time_limit=50), 0)
+    sh.apply(s.tick(0), 0)
+    sh.finish("hog", Outcome.SUCCEEDED, 50)  # heavy has used GPU time: it goes after light
+    for i in range(8):
+        s.submit(job(f"s{i}", user="filler", time_limit=2000 + 100 * i, t=60), 60)
+    sh.apply(s.tick(60), 60)
+    s.submit(job("big", user="heavy", gpus=4, t=61), 61)
+    s.submit(job("first", user="light", gpus=4, t=62), 62)
+    sh.apply(s.tick(62), 62)
+    assert s.explain("first", 62).reason == "resources"  # holds the fair order's reservation
+    assert s.explain("big", 62).reason != "starved"
+    now = 700.0  # big has waited 639 s
+    sh.apply(s.tick(now), now)
+    e = s.explain("big", now)
+    assert e.reason == "starved" and e.eta_s is not None
+    reserved = {n for j in ("s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7") for n in sh.running[j]}
+    assert reserved == {"a", "b"}
+    # a node frees up as its jobs end; a stream of 1-GPU jobs without a time limit arrives
+    for k, jid in enumerate(["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"]):
+        now = 2060.0 + 100 * k
+        sh.finish(jid, Outcome.SUCCEEDED, now)
+        s.submit(job(f"late{k}", user="stream", t=now), now)
+        sh.apply(s.tick(now), now)
+    assert "first" in sh.running and "big" in sh.running  # both whole-node jobs started
+    assert not any(f"late{k}" in sh.running for k in range(8))
 
 
 def test_backfill_skips_sizes_that_cannot_fit_and_reaches_a_small_job_far_behind():
@@ -333,7 +367,7 @@ def test_cancel_pending_and_running():
     s.tick(0)
     s.cancel("b", 1)
     s.cancel("a", 1)
-    assert s.snapshot()["pools"]["p"] == {"gpus_total": 1, "gpus_used": 0, "queued": 0, "running": 0, "reserved_for": None}
+    assert s.snapshot()["pools"]["p"] == {"gpus_total": 1, "gpus_used": 0, "queued": 0, "running": 0, "reserved_for": []}
 
 
 @pytest.mark.parametrize("policy", ["gpuqueue", "fifo"])

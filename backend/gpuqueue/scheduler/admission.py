@@ -12,10 +12,13 @@ from .cluster import Cluster
 
 def inadmissible(job: JobRequest, config: QueueConfig, cluster: Cluster) -> Optional[str]:
     """A sentence saying why ``job`` can never run in its pool, or None if it can."""
-    pools = ", ".join(sorted(config.pools))
     pc = config.pools.get(job.pool)
     if pc is None:
-        return f"unknown pool {job.pool!r}: the pools are {pools}"
+        return f"unknown pool {job.pool!r}: the pools are {', '.join(sorted(config.pools))}"
+    if job.nodes == 1 and job.gpus <= 1 and pc.nodes and (
+            pc.max_runtime is None or job.time_limit is None or job.time_limit <= pc.max_runtime):
+        return None  # the common case, without sorting the nodes
+    pools = ", ".join(sorted(config.pools))
     sizes = sorted(pc.nodes.values(), reverse=True)
     if job.nodes == 1:
         biggest = sizes[0] if sizes else 0

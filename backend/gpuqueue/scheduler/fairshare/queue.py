@@ -1,10 +1,11 @@
 """The pending queue of one pool, in the structures the pass merges.
 
 Per priority tier and queue key (GPUs, has a time limit), a heap of the users with pending
-jobs there, by share key (lazy: an entry is stale once its user's version moved on), and a
-heap of the *aged* jobs (waited past ``oldest_first_after``), oldest first. Each user's pending
-jobs of a tier and key are a sorted list, oldest first. Split by key so that backfill visits
-only the groups of jobs that can still start (see ``scheduling_pass.fit_keys``).
+jobs there, by share key (lazy: an entry is stale once its user's version moved on). Each
+user's pending jobs of a tier and key are a sorted list, oldest first. Split by key so that
+backfill visits only the groups of jobs that can still start (see
+``scheduling_pass.SchedulingPass.fit_keys``). Beside them, the pending jobs of each priority by
+age (lazy heaps): the oldest ones are the starved jobs that get GPUs set aside first.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from bisect import bisect_left, insort
 from typing import Iterator
 
 from .ledger import User
-from .records import N_TIERS, AgedEntry, Job, JobClass, QueueKey, UserEntry
+from .records import N_TIERS, AgeEntry, Job, JobClass, QueueKey, UserEntry
 
 ListKey = tuple[int, QueueKey]
 """(tier, queue key): which of a user's job lists."""
@@ -27,43 +28,49 @@ class PoolQueue:
         self.queued = 0  # pending + waiting (retry backoff)
         # pending jobs by class -> count: lets a pass stop as soon as no class can start
         self.classes: dict[JobClass, int] = {}
+        self.classes_version = 0  # bumps when a class appears or goes
         self.user_heaps: list[dict[QueueKey, list[UserEntry]]] = [{} for _ in range(N_TIERS)]
-        self.aged_heaps: list[dict[QueueKey, list[AgedEntry]]] = [{} for _ in range(N_TIERS)]
+        self.by_age: list[list[AgeEntry]] = [[], [], []]  # per priority rank: pending jobs, oldest first (lazy)
         # user -> (tier, queue key) -> the user's pending jobs there, by Job.order_key
         self.lists: dict[str, dict[ListKey, list[tuple[float, int, str]]]] = {}
-        # user -> the (tier, queue key) user heaps that hold a live entry for it
-        self.in_heap: dict[str, set[ListKey]] = {}
+        # user -> (tier, queue key) -> the version of the user's live entry in that heap. When
+        # the user's share key changes, the entry is left in place and pushed again with the new
+        # key when it comes to the top (``refresh``). A key that grew is then exact (the user is
+        # only ever later); a key that shrank (a refund: a job ended before its charged chunk)
+        # takes effect when the old entry surfaces.
+        self.in_heap: dict[str, dict[ListKey, int]] = {}
 
     # ------------------------------------------------------------------ counts by class
     def count_class(self, job_class: JobClass, delta: int) -> None:
         """One pending job of ``job_class`` more (+1) or less (-1)."""
         n = self.classes.get(job_class, 0) + delta
         if n:
+            if n == delta:
+                self.classes_version += 1
             self.classes[job_class] = n
         else:
             del self.classes[job_class]
+            self.classes_version += 1
 
     # ------------------------------------------------------------------ jobs in and out
-    def add_aged(self, job: Job, tier: int, key: QueueKey) -> None:
-        """File an aged job in its tier's aged heap."""
-        req = job.request
-        heapq.heappush(self.aged_heaps[tier].setdefault(key, []),
-                       AgedEntry(req.submit_time, job.seq, req.id, job.queue_version))
-
-    def add(self, job: Job, user: User, tier: int, key: QueueKey) -> None:
-        """File a job in its user's list and make sure the user is in the heap."""
+    def add(self, job: Job, user: User, tier: int, key: QueueKey, by_age: bool) -> None:
+        """File a job in its user's list and make sure the user is in the heap; with
+        ``by_age``, also in the age heap (when its pool sets GPUs aside for starved jobs)."""
         lists = self.lists.get(user.name)
         if lists is None:
             lists = self.lists[user.name] = {}
-            self.in_heap[user.name] = set()
+            self.in_heap[user.name] = {}
         lst = lists.get((tier, key))
         if lst is None:
             lst = lists[(tier, key)] = []
-        insort(lst, job.order_key)
+        k = job.order_key
+        insort(lst, k)
         self.push_user(user, tier, key)
+        if by_age:
+            heapq.heappush(self.by_age[job.request.priority.rank], AgeEntry(k[0], k[1], k[2], job.queue_version))
 
     def remove(self, job: Job, tier: int, key: QueueKey) -> None:
-        """Take a job out of its user's list (aged heaps are lazy: nothing to do there)."""
+        """Take a job out of its user's list (the age heap is lazy: nothing to do there)."""
         lists = self.lists.get(job.request.user)
         lst = lists.get((tier, key)) if lists is not None else None
         if not lst:
@@ -79,21 +86,37 @@ class PoolQueue:
         marks = self.in_heap[user.name]
         if (tier, key) in marks:
             return
-        marks.add((tier, key))
-        heapq.heappush(self.user_heaps[tier].setdefault(key, []),
-                       (user.scaled / user.weight, user.name, user.version))
+        self._push(user, tier, key, marks)
+
+    def _push(self, user: User, tier: int, key: QueueKey, marks: dict[ListKey, int]) -> None:
+        marks[(tier, key)] = user.version
+        g = user.group  # the share key, inline: this is the policy's hottest allocation
+        share = user.scaled / user.weight if g is None else (g.scaled / g.weight, user.scaled / user.weight)
+        heapq.heappush(self.user_heaps[tier].setdefault(key, []), (share, user.name, user.version))
+
+    def refresh(self, user: User, tier: int, key: QueueKey, version: int) -> None:
+        """A stale entry (of ``version``) was popped from the (tier, key) heap: if it was the
+        user's live one and the user still has jobs there, push the user's current key."""
+        marks = self.in_heap[user.name]
+        if marks.get((tier, key)) != version:
+            return  # a newer entry is in the heap
+        if self.lists[user.name].get((tier, key)):
+            self._push(user, tier, key, marks)
+        else:
+            del marks[(tier, key)]
 
     def rekey(self, user: User) -> bool:
-        """The user's share key changed: push it again where it has pending jobs. True if
-        it has any here."""
+        """Push the user again, now, with its current share key, where it has pending jobs.
+        True if it has any here."""
         lists = self.lists.get(user.name)
         if not lists:
             return False
-        self.in_heap[user.name].clear()
+        marks = self.in_heap[user.name]
+        marks.clear()
         any_jobs = False
         for (tier, key), lst in lists.items():
             if lst:
-                self.push_user(user, tier, key)
+                self._push(user, tier, key, marks)
                 any_jobs = True
         return any_jobs
 
@@ -101,21 +124,15 @@ class PoolQueue:
         """Drop every user heap and push each user again (after a renormalization)."""
         self.user_heaps = [{} for _ in range(N_TIERS)]
         for name, lists in self.lists.items():
-            self.in_heap[name].clear()
+            marks = self.in_heap[name]
+            marks.clear()
             for (tier, key), lst in lists.items():
                 if lst:
-                    self.push_user(users[name], tier, key)
-
-    def user_jobs(self, name: str, tier: int, key: QueueKey) -> list[tuple[float, int, str]]:
-        """The user's pending jobs of this tier and key, oldest first (empty if none)."""
-        lists = self.lists.get(name)
-        if lists is None:
-            return []
-        return lists.get((tier, key), [])
+                    self._push(users[name], tier, key, marks)
 
     # ------------------------------------------------------------------ introspection
     def tier_lists(self, tier: int) -> Iterator[tuple[str, list[tuple[float, int, str]]]]:
-        """(user, its non-aged pending jobs of the tier, oldest first) for users with some."""
+        """(user, its pending jobs of the tier, oldest first) for users with some."""
         for name, lists in self.lists.items():
             keys = sorted(k for (t, _), lst in lists.items() if t == tier for k in lst)
             if keys:
