@@ -14,9 +14,9 @@ trace, is ``--load``):
   8- and 16-GPU whole-node jobs (hours long, about 55 % of the GPU time), 8 light ones a steady
   stream of 1-GPU jobs; load 1.0. Under share order the stream of small jobs keeps every node
   partly busy, so a whole node never comes free for the heavy users' jobs.
-* ``bursty`` (multi-tenant): 4 tenants of 3-8 users each; a user submits in bursts (5 to 200
-  jobs within half an hour, Pareto-sized, of one priority and mostly one size), then nothing;
-  sizes 1-16 GPUs.
+* ``bursty`` (multi-tenant): 4 tenants of 3-8 users each; a user submits in bursts (sweeps of
+  5 or more jobs within half an hour, Pareto-sized, at most half the cluster's GPUs, of one
+  priority and mostly one size), then nothing; sizes 1-16 GPUs.
   Also writes ``OUT.toml`` beside the trace: the tenants as ``[groups.NAME]`` tables (one with
   weight 2) for ``--config``.
 
@@ -115,9 +115,10 @@ def bursty_trace(rng: random.Random, jobs: int, gpus: int, load: float, days: fl
         left = per_tenant[tenant]
         while left > 0:
             start = rng.uniform(0, span)
-            size = min(left, 200, max(5, int(rng.paretovariate(1.2) * 20)))
             user = rng.choice(users)
             g0 = rng.choices([1, 2, 4, 8, 16], [0.45, 0.2, 0.15, 0.15, 0.05])[0]
+            # a sweep asks for at most half the cluster's GPUs at once
+            size = min(left, max(1, gpus // 2 // g0), max(5, int(rng.paretovariate(1.2) * 20)))
             pr = rng.choices(["high", "medium", "low"], [0.15, 0.6, 0.25])[0]
             median = _lognormal(rng, 1800, 1.0)
             for _ in range(size):

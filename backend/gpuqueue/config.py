@@ -103,6 +103,10 @@ class PolicyConfig(BaseModel):
     starvation_boost_cap: int = Field(
         3, ge=0, le=3, description="tier steps a starving job may climb (never above high)"
     )
+    oldest_first_after: float = Field(
+        24 * 3600.0, ge=0,
+        description="seconds of waiting after which a job of one GPU a node starves: it goes first, oldest first, whatever its user's share (0: never); jobs needing more GPUs a node starve after their pool's starvation_timeout",
+    )
     reservations: bool = Field(
         True, description="set GPUs aside for starved jobs and for the first blocked job (false: no backfill protection)"
     )
@@ -114,6 +118,10 @@ class PolicyConfig(BaseModel):
     max_reservations: int = Field(
         8, ge=1, le=1000,
         description="starved jobs (waited past their pool's starvation_timeout) a pool holds GPUs for at once, oldest first",
+    )
+    drain_share: float = Field(
+        0.0625, ge=0, le=1,
+        description="share of a pool's nodes (at least one) that reservations beyond the fair order's first may drain with no known end time (their free GPUs idle until the jobs there end)",
     )
     backfill_depth: int = Field(500, ge=0, description="jobs examined past the first blocked one")
     min_runtime: float = Field(600.0, ge=0, description="seconds before a job may be preempted")
@@ -128,7 +136,7 @@ class PolicyConfig(BaseModel):
 
     @field_validator(
         "half_life", "charge_ahead", "min_runtime", "grace", "preemption_window",
-        "timeout_warning", "starved_priority_credit", mode="before",
+        "timeout_warning", "starved_priority_credit", "oldest_first_after", mode="before",
     )
     @classmethod
     def _duration(cls, v: Any) -> float:

@@ -143,8 +143,8 @@ def test_starvation_boost_is_capped_below_high():
 
 
 def test_starved_jobs_go_first_oldest_first_whatever_their_share():
-    # starvation_timeout is 600 s in these tests
-    s = FairShareScheduler(config({"p": {"n1": 1}}))
+    # a job of one GPU starves after oldest_first_after (600 s here)
+    s = FairShareScheduler(config({"p": {"n1": 1}}, oldest_first_after=600))
     sh = Shell(s)
     s.submit(job("hog", user="heavy"), 0)
     sh.apply(s.tick(0), 0)

@@ -29,14 +29,13 @@ class Explainer:
         p = policy.pools[pool]
         queue = p.queue
         jobs, users = policy.jobs, policy.ledger.users
-        timeout = p.config.starvation_timeout
         starved = set()
         res: list[Job] = []
         if policy.knobs.reservations:
-            for e in (e for heap in queue.by_age for e in sorted(heap)):
+            for e in sorted(e for heap in queue.by_age.values() for e in heap):
                 j = jobs.get(e.job_id)
                 if (j is not None and j.state == PENDING and j.queue_version == e.queue_version
-                        and ordering.starved(j.request, timeout, now)):
+                        and ordering.starved(j.request, j.starve_after, now)):
                     res.append(j)
                     starved.add(j.request.id)
         for t in range(N_TIERS):
@@ -61,13 +60,12 @@ class Explainer:
         req = j.request
         u = policy.ledger.users[req.user]
         tier = policy.tier_at(j, now)[0] if j.state == PENDING else j.tier
-        timeout = policy.pools[req.pool].config.starvation_timeout
         scale = policy.ledger.scale(now)
         terms = {
             "tier": float(tier),
             "base_tier": float(2 * req.priority.rank),
             "starvation_boost": float(2 * req.priority.rank - tier),
-            "starved": 1.0 if policy.knobs.reservations and ordering.starved(req, timeout, now) else 0.0,
+            "starved": 1.0 if ordering.starved(req, j.starve_after, now) else 0.0,
             "usage_gpu_hours": round(policy.ledger.usage(req.user, now), 6),
             "weight": u.weight,
             "share_key": round(u.scaled / scale / u.weight, 6),

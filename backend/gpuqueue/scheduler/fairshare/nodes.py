@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from typing import TYPE_CHECKING, Container, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Container, Iterable, Optional
 
 from ..base import Placement
 from ..cluster import NodeState
@@ -53,29 +53,36 @@ class PoolNodes:
             self.by_free.setdefault(len(n.free), []).append(n.name)
 
     def best_fit(self, gpus: int, claimed: dict[str, "Reservation"], end: float,
-                 borrow: bool = False) -> tuple[Optional[Placement], bool]:
-        """One node with ``gpus`` free: the fewest free GPUs that still fit, ties by name. A
-        node a reservation holds only if this job, ending at ``end``, ends before that
-        reservation's start, fits in its spare GPUs (which it then uses up), or (``borrow``)
-        the reservation is a starved job's. Returns the placement and whether it borrows."""
-        by_free = self.by_free
-        for f in range(gpus, self.max_gpus + 1):
-            names = by_free.get(f)
-            if not names:
-                continue
-            for name in names:
-                borrowed = False
-                if claimed:
-                    r = claimed.get(name)
-                    if r is not None and not (r.shadow < INF and end <= r.shadow):
-                        spare = r.spare.get(name, 0)
-                        if gpus <= spare:
-                            r.spare[name] = spare - gpus
-                        elif borrow and r.starved:
-                            borrowed = True
-                        else:
-                            continue
-                return {name: tuple(sorted(self.by_name[name].free)[:gpus])}, borrowed
+                 borrow: bool = False, apart: Optional[Callable[[NodeState], bool]] = None,
+                 ) -> tuple[Optional[Placement], bool]:
+        """One node with ``gpus`` free: the fewest free GPUs that still fit, ties by name;
+        first among the nodes for which ``apart`` is false (those running no work of the other
+        kind: preemptible jobs kept apart from the rest, so that preemption can make a node
+        whole), then among all. A node a reservation holds only if this job, ending at
+        ``end``, ends before that reservation's start, fits in its spare GPUs (which it then
+        uses up), or (``borrow``) the reservation is a starved job's. Returns the placement and
+        whether it borrows."""
+        by_free, by_name = self.by_free, self.by_name
+        for strict in ((True, False) if apart is not None else (False,)):
+            for f in range(gpus, self.max_gpus + 1):
+                names = by_free.get(f)
+                if not names:
+                    continue
+                for name in names:
+                    if strict and apart(by_name[name]):  # type: ignore[misc]
+                        continue
+                    borrowed = False
+                    if claimed:
+                        r = claimed.get(name)
+                        if r is not None and not (r.shadow < INF and end <= r.shadow):
+                            spare = r.spare.get(name, 0)
+                            if gpus <= spare:
+                                r.spare[name] = spare - gpus
+                            elif borrow and r.starved:
+                                borrowed = True
+                            else:
+                                continue
+                    return {name: tuple(sorted(by_name[name].free)[:gpus])}, borrowed
         return None, False
 
     def idle_nodes(self, gpus: int, nodes: int, claimed: dict[str, "Reservation"], end: float,

@@ -154,7 +154,13 @@ class FairShareScheduler:
     def tier_at(self, job: Job, now: float) -> tuple[int, float]:
         """(tier, next change of place): see ``ordering.tier_at``."""
         req = job.request
-        return tier_at(req, self.pools[req.pool].config.starvation_timeout, self.knobs, now)
+        return tier_at(req, self.pools[req.pool].config.starvation_timeout, job.starve_after, self.knobs, now)
+
+    def starve_after(self, req: JobRequest) -> float:
+        """Seconds after which the job starves (0: never): see ``ordering.starve_after``."""
+        if not self.knobs.reservations:
+            return 0.0
+        return ordering.starve_after(req, self.pools[req.pool].config.starvation_timeout, self.knobs)
 
     def _count_pool_job(self, u: User, pool: str, delta: int) -> None:
         before = u.pool_jobs.get(pool, 0)
@@ -178,15 +184,14 @@ class FairShareScheduler:
         job.state = PENDING
         self.order_epoch += 1
         pool = self.pools[req.pool]
-        if ordering.starved(req, pool.config.starvation_timeout, now):
+        if ordering.starved(req, job.starve_after, now):
             pool.starved_epoch += 1
         cls = job.job_class = self.job_class(job)
         pool.queue.count_class(cls, +1)
         pool.dirty = True
         tier, nxt = self.tier_at(job, now)
         job.tier = tier
-        by_age = self.knobs.reservations and pool.config.starvation_timeout > 0
-        pool.queue.add(job, self._user(req), tier, class_key(cls), by_age)
+        pool.queue.add(job, self._user(req), tier, class_key(cls), job.starve_after > 0)
         if nxt < INF:
             self.timers.boost_at(job, nxt)
 
@@ -195,7 +200,7 @@ class FairShareScheduler:
         self.order_epoch += 1
         req = job.request
         pool = self.pools[req.pool]
-        if ordering.starved(req, pool.config.starvation_timeout, self._now):
+        if ordering.starved(req, job.starve_after, self._now):
             pool.starved_epoch += 1
         queue = pool.queue
         cls = job.job_class  # as filed
@@ -226,7 +231,8 @@ class FairShareScheduler:
             if refused is not None:
                 return Reject(job.id, refused)
         self._seq += 1
-        j = Job(job, self._seq, preemptions=self.preempt_counts.get(job.id, 0), limit=self.limit(job))
+        j = Job(job, self._seq, preemptions=self.preempt_counts.get(job.id, 0), limit=self.limit(job),
+                starve_after=self.starve_after(job))
         self.jobs[job.id] = j
         u = self._user(job)
         self._count_pool_job(u, job.pool, +1)
@@ -239,7 +245,7 @@ class FairShareScheduler:
         if job.id in self.jobs:
             self._forget(job.id, started_at)
         self._seq += 1
-        j = Job(job, self._seq, state=RUNNING, limit=self.limit(job))
+        j = Job(job, self._seq, state=RUNNING, limit=self.limit(job), starve_after=self.starve_after(job))
         self.jobs[job.id] = j
         u = self._user(job)
         self._count_pool_job(u, job.pool, +1)

@@ -5,7 +5,7 @@ jobs there, by share key (lazy: an entry is stale once its user's version moved 
 user's pending jobs of a tier and key are a sorted list, oldest first. Split by key so that
 backfill visits only the groups of jobs that can still start (see
 ``scheduling_pass.SchedulingPass.fit_keys``). Beside them, the pending jobs of each priority by
-age (lazy heaps): the oldest ones are the starved jobs that get GPUs set aside first.
+age (lazy heaps, by when they starve): the oldest ones are the starved jobs that go first.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ class PoolQueue:
         self.classes: dict[JobClass, int] = {}
         self.classes_version = 0  # bumps when a class appears or goes
         self.user_heaps: list[dict[QueueKey, list[UserEntry]]] = [{} for _ in range(N_TIERS)]
-        self.by_age: list[list[AgeEntry]] = [[], [], []]  # per priority rank: pending jobs, oldest first (lazy)
+        # (priority rank, seconds after which they starve) -> pending jobs, oldest first (lazy)
+        self.by_age: dict[tuple[int, float], list[AgeEntry]] = {}
         # user -> (tier, queue key) -> the user's pending jobs there, by Job.order_key
         self.lists: dict[str, dict[ListKey, list[tuple[float, int, str]]]] = {}
         # user -> (tier, queue key) -> the version of the user's live entry in that heap. When
@@ -55,7 +56,7 @@ class PoolQueue:
     # ------------------------------------------------------------------ jobs in and out
     def add(self, job: Job, user: User, tier: int, key: QueueKey, by_age: bool) -> None:
         """File a job in its user's list and make sure the user is in the heap; with
-        ``by_age``, also in the age heap (when its pool sets GPUs aside for starved jobs)."""
+        ``by_age`` (it may starve), also in its priority's age heap."""
         lists = self.lists.get(user.name)
         if lists is None:
             lists = self.lists[user.name] = {}
@@ -67,7 +68,10 @@ class PoolQueue:
         insort(lst, k)
         self.push_user(user, tier, key)
         if by_age:
-            heapq.heappush(self.by_age[job.request.priority.rank], AgeEntry(k[0], k[1], k[2], job.queue_version))
+            heap = self.by_age.get((job.request.priority.rank, job.starve_after))
+            if heap is None:
+                heap = self.by_age[(job.request.priority.rank, job.starve_after)] = []
+            heapq.heappush(heap, AgeEntry(k[0], k[1], k[2], job.queue_version))
 
     def remove(self, job: Job, tier: int, key: QueueKey) -> None:
         """Take a job out of its user's list (the age heap is lazy: nothing to do there)."""

@@ -77,6 +77,7 @@ class Job:
     job_class: JobClass = (0, 0, INF, False)  # as filed in the queue (removed under the same)
     queue_version: int = 0  # bumps whenever the job moves between queue structures
     limit: Optional[float] = None  # runtime limit in seconds (FairShareScheduler.limit)
+    starve_after: float = 0.0  # seconds of waiting after which it starves (0: never)
     attempt: int = 0
     placement: Optional[Placement] = None
     started_at: float = 0.0

@@ -68,8 +68,8 @@ class Claims:
 
 def plan(res: Reservation, pool: PoolNodes, index: NodeIndex, timed_running: int, now: float,
          claims: Claims) -> None:
-    """Choose the reserved job's nodes among those no other reservation holds, fill in the
-    shadow time and spare GPUs, and add them to ``claims``.
+    """Choose the reserved job's nodes among those no other reservation holds (in ``claims``)
+    and fill in the shadow time and spare GPUs.
 
     With no running job of known end in the pool, the nodes closest to fitting are drained (the
     shadow is unknown). Otherwise a one-node job takes the node where it fits soonest; a
@@ -113,7 +113,6 @@ def plan(res: Reservation, pool: PoolNodes, index: NodeIndex, timed_running: int
             res.nodes = []
         else:
             _set_spare(res, chosen, per, req.nodes > 1, index)
-    claims.add(res)
 
 
 class Held(NamedTuple):
@@ -132,10 +131,10 @@ def held(res: Reservation, index: NodeIndex) -> Held:
 
 def keep(res: Reservation, before: Held, pool: PoolNodes, index: NodeIndex, now: float,
          claims: Claims) -> Optional[Held]:
-    """Reserve the same nodes as in an earlier pass (a starved job keeps the nodes it drains),
+    """Plan on the same nodes as in an earlier pass (a starved job keeps the nodes it drains),
     with the shadow time and spare GPUs as of now (as then, if none of them changed). Returns
-    what to remember of it, or None (nothing reserved) if one of them is down or already held
-    in this pass."""
+    what to remember of it, or None (nothing planned) if one of them is down or already held
+    in this pass (in ``claims``)."""
     nodes = before.nodes
     if not nodes or any(name in claims.by_node or name not in pool.by_name for name in nodes):
         return None
@@ -143,7 +142,6 @@ def keep(res: Reservation, before: Held, pool: PoolNodes, index: NodeIndex, now:
     versions = tuple(index.version(n) for n in nodes)
     if before.shadow >= now and before.versions == versions:
         res.nodes, res.shadow, res.spare = nodes, before.shadow, dict(before.spare)
-        claims.add(res)
         return before
     req = res.job.request
     per = req.gpus // max(1, req.nodes)
@@ -155,7 +153,6 @@ def keep(res: Reservation, before: Held, pool: PoolNodes, index: NodeIndex, now:
         t_fit = now if raw == -INF else (INF if raw == INF else max(now, raw))
         chosen.append((t_fit, -len(n.free), name, n.gpus))
     _set_spare(res, chosen, per, multi, index)
-    claims.add(res)
     return Held(res.nodes, versions, res.shadow, dict(res.spare))
 
 
@@ -181,3 +178,13 @@ def _set_spare(res: Reservation, chosen: list[Candidate], per: int, multi: bool,
 def first_reserved(claims: Claims) -> Optional[str]:
     """The id of the job of the first reservation made, if any."""
     return claims.all[0].job.request.id if claims.all else None
+
+
+def drains_blind(res: Reservation, pool: PoolNodes) -> bool:
+    """Whether the reservation holds back most of a node with no known start: it drains the
+    node until its jobs end, whenever that is."""
+    if res.shadow < INF or not res.spare:
+        return False
+    req = res.job.request
+    per = req.gpus // max(1, req.nodes)
+    return any(2 * per >= pool.by_name[n].gpus for n in res.spare)

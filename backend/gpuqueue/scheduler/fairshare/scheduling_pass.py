@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 from ..base import Decision, Placement
+from ..cluster import NodeState
 from . import reservations
 from .records import (
     INF,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .policy import FairShareScheduler
 
 STARTED, BLOCKED, OVER_QUOTA = "started", "blocked", "user"
+NO_GPUS = (0, 0, 0)
 
 
 class StarvedCache(NamedTuple):
@@ -101,6 +103,7 @@ class SchedulingPass:
         self.claims = Claims()
         self.reserved: dict[str, Reservation] = {}  # job id -> its reservation in this pass
         self.first_blocked: Optional[Reservation] = None  # the fair order's EASY reservation
+        self.drains = 0  # nodes drained blind for reservations (the fair order's first aside)
         self.budget = policy.knobs.backfill_depth
         self.blocked_users: set[str] = set()
         # one-node "does not fit now" memos (free GPUs and spare only shrink within a pass):
@@ -132,47 +135,46 @@ class SchedulingPass:
         # the fair order's first blocked job; on their own nodes for the other starved jobs
         first = True
         for res in self.reserved.values():
-            if res.starved or res is self.first_blocked:
-                self.policy.try_preempt(pool, res, self.claims, self.now, self.out,
-                                        anywhere=first or not res.starved)
-                first = first and not res.starved
+            self.policy.try_preempt(pool, res, self.claims, self.now, self.out,
+                                    anywhere=res is self.first_blocked or (first and res.starved))
+            first = first and not res.starved
 
     def serve_starved(self) -> None:
-        """Starved jobs by *credited age* (submit time less ``starved_priority_credit`` per
-        priority step above low), oldest first: start the ones that fit, reserve for the others
-        (at most ``max_reservations``; over-quota ones are passed over). A merge of the
-        per-priority age heaps."""
+        """The ``max_reservations`` oldest starved jobs by *credited age* (submit time less
+        ``starved_priority_credit`` per priority step above low): start the ones that fit,
+        reserve for the others (over-quota ones are passed over). The other starved jobs wait
+        their turn among these (the wait bound rests on the oldest one); fair share orders the
+        rest. A merge of the age heaps (one per priority and starvation time)."""
         pool, policy = self.pool, self.policy
-        timeout = pool.config.starvation_timeout
-        if timeout <= 0:
+        heaps = pool.queue.by_age
+        if not heaps:
             return
         if self.reuse_starved():
             return
-        cutoff = self.now - timeout
+        now = self.now
         jobs = policy.jobs
         limit = policy.knobs.max_reservations
         credit = policy.knobs.starved_priority_credit
-        heaps = pool.queue.by_age
         heappop = heapq.heappop
         kept: list[tuple[list[AgeEntry], AgeEntry]] = []
         looked = 0
-        while len(self.claims.all) < limit and looked < 4 * limit:
-            best: Optional[tuple[float, int]] = None
-            for rank, heap in enumerate(heaps):
+        while looked < limit:
+            best: Optional[tuple[float, int, list[AgeEntry]]] = None
+            for (rank, after), heap in heaps.items():
                 while heap:
                     e = heap[0]
                     j = jobs.get(e.job_id)
                     if j is None or j.state != PENDING or j.queue_version != e.queue_version:
                         heappop(heap)
                         continue
-                    if e.submit_time <= cutoff:
-                        key = (e.submit_time - (2 - rank) * credit, rank)
-                        if best is None or key < best:
-                            best = key
+                    if e.submit_time + after <= now:
+                        key = e.submit_time - (2 - rank) * credit
+                        if best is None or (key, e.seq) < best[:2]:
+                            best = (key, e.seq, heap)
                     break
             if best is None:
                 break
-            heap = heaps[best[1]]
+            heap = best[2]
             e = heappop(heap)
             looked += 1
             if self.consider(jobs[e.job_id], starved=True) != STARTED:
@@ -348,8 +350,15 @@ class SchedulingPass:
             j.borrowed = borrowed
             return STARTED
         if starved:
-            res = self.reserved[req.id] = Reservation(j, starved=True)
-            self.reserve(res)
+            if req.gpus <= req.nodes:  # one GPU a node: it takes the next GPU that frees up, as
+                j.reason = "starved"  # starved jobs go first; nothing to set aside
+                j.reason_message = (f"waited past pool {pool.name!r}'s starvation timeout: it takes the "
+                                    f"next free GPU ({nodes.free}/{nodes.total} free now)")
+                return BLOCKED
+            res = Reservation(j, starved=True)
+            if not self.reserve(res):
+                return BLOCKED  # its turn to drain a node comes when an earlier drain ends
+            self.reserved[req.id] = res
             j.reason = "starved"
             j.reason_message = (f"waited past pool {pool.name!r}'s starvation timeout: GPUs are set "
                                 f"aside for it ({nodes.free}/{nodes.total} free now)")
@@ -374,9 +383,12 @@ class SchedulingPass:
             j.reason_message = WaitingForGpus(req.gpus, pool.name, nodes.free, nodes.total, reserved.id)
         return BLOCKED
 
-    def reserve(self, res: Reservation) -> None:
-        """Plan a reservation: on the nodes the job held in the last pass if it still can (a
-        job keeps the nodes it drains; planning again costs more), else on the best nodes."""
+    def reserve(self, res: Reservation) -> bool:
+        """Plan a reservation and hold its nodes: the nodes the job held in the last pass if it
+        still can (a job keeps the nodes it drains: draining others would start over; planning
+        again costs more), else the best nodes. A reservation other than the fair order's first
+        is not made (False) when it would drain nodes with no known end time beyond the pool's
+        ``drain_share`` of such nodes."""
         pool, index = self.pool, self.policy.node_index
         job_id = res.job.request.id
         before = pool.held.get(job_id)
@@ -384,8 +396,27 @@ class SchedulingPass:
         if kept is None:
             reservations.plan(res, pool.nodes, index, pool.timed_running, self.now, self.claims)
             kept = reservations.held(res, index)
+        if res is not self.first_blocked and reservations.drains_blind(res, pool.nodes):
+            allowed = max(1, int(len(pool.nodes.nodes) * self.policy.knobs.drain_share))
+            if self.drains + len(res.spare) > allowed:
+                return False
+            self.drains += len(res.spare)
+        self.claims.add(res)
         if kept is not before:
             pool.held[job_id] = kept
+        return True
+
+    def apart(self, j: Job) -> Optional[Callable[[NodeState], bool]]:
+        """For a job that preemption may stop: whether a node runs other work (that preemption
+        cannot stop); for other jobs: whether it runs preemptible work. Keeping the two apart
+        leaves nodes that preemption can make whole for a waiting big job."""
+        if not self.pool.config.allow_preemption:
+            return None
+        index = self.policy.node_index
+        held, stopping = index.preemptible_gpus, index.stopping_gpus
+        if j.request.preemptible or self.pool.config.preemptible:
+            return lambda n: n.gpus - len(n.free) - stopping.get(n.name, 0) > sum(held.get(n.name, NO_GPUS))
+        return lambda n: sum(held.get(n.name, NO_GPUS)) > 0
 
     def place(self, j: Job) -> tuple[Optional[Placement], bool]:
         """Best-fit gang placement that leaves every reservation undisturbed: a reserved node
@@ -414,7 +445,7 @@ class SchedulingPass:
             view = memo.view(end)
             if memo.fails(g, lends, view):
                 return None, False  # ... or with the same or a wider view of the reserved nodes
-        placement, borrowed = nodes.best_fit(g, claims.by_node, end, lends)
+        placement, borrowed = nodes.best_fit(g, claims.by_node, end, lends, self.apart(j))
         if placement is None:
             if not claims:
                 self.nofit_all = min(self.nofit_all, g)
