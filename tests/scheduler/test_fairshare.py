@@ -53,17 +53,102 @@ def test_decayed_usage_orders_users():
     assert starts(s.tick(7201)) == ["b1"]
 
 
-def test_weights_divide_usage():
-    users = {"heavy": UserLimits(weight=4.0)}
-    s = FairShareScheduler(config({"p": {"n1": 1}}, users=users))
+def backlogged_gpu_hours(cfg, users: list[str], hours: float = 48, size: int = 1) -> dict[str, float]:
+    """Every user keeps 20 one-hour jobs queued; returns the GPU-hours each got."""
+    s = FairShareScheduler(cfg)
     sh = Shell(s)
-    for u in ("heavy", "light"):
-        s.submit(job(f"{u}0", user=u), 0)
-    sh.apply(s.tick(0), 0)  # one of them starts, gets charged 1 GPU-hour
-    first = next(iter(sh.running))
-    sh.finish(first, Outcome.SUCCEEDED, 3600)
-    terms = s.explain("light0" if first == "heavy0" else "heavy0", 3600).priority_terms
-    assert terms["weight"] in (1.0, 4.0)
+    got = {u: 0.0 for u in users}
+    ends: dict[str, float] = {}
+    n = 0
+    now = 0.0
+    while now < hours * 3600:
+        for u in users:
+            while sum(1 for j in s.jobs.values() if j.request.user == u and j.state == "pending") < 20:
+                n += 1
+                s.submit(job(f"{u}-{n}", user=u, gpus=size, t=now), now)
+        for jid in [j for j, t in ends.items() if t <= now]:
+            del ends[jid]
+            sh.finish(jid, Outcome.SUCCEEDED, now)
+        out = s.tick(now)
+        sh.apply(out, now)
+        for d in out:
+            if isinstance(d, Start):
+                ends[d.job_id] = now + 3600
+                got[s.jobs[d.job_id].request.user] += size
+        now += 600
+    return got
+
+
+def test_weights_divide_the_cluster():
+    # users of weight 4 and 1, both always backlogged, get about 4:1 of the GPU-hours
+    users = {"heavy": UserLimits(weight=4.0)}
+    got = backlogged_gpu_hours(config({"p": {"n1": 8, "n2": 2}}, users=users), ["heavy", "light"])
+    assert 3.6 <= got["heavy"] / got["light"] <= 4.4, got
+
+
+def test_groups_share_first_then_their_users():
+    # two groups of equal weight: the lone member of one gets what the three of the other share
+    cfg = config({"p": {"n1": 8, "n2": 4}})
+    cfg = cfg.model_validate({**cfg.model_dump(), "groups": {"a": {"members": ["a1", "a2", "a3"]},
+                                                             "b": {"members": ["b1"]}}})
+    got = backlogged_gpu_hours(cfg, ["a1", "a2", "a3", "b1"])
+    a = got["a1"] + got["a2"] + got["a3"]
+    assert 0.9 <= got["b1"] / a <= 1.1, got
+    assert max(got["a1"], got["a2"], got["a3"]) <= 1.2 * min(got["a1"], got["a2"], got["a3"]), got
+    # a group weight of 3 gives that group three quarters
+    cfg.groups["a"].weight = 3.0
+    got = backlogged_gpu_hours(cfg, ["a1", "a2", "a3", "b1"])
+    assert 2.7 <= (got["a1"] + got["a2"] + got["a3"]) / got["b1"] <= 3.3, got
+
+
+def test_group_limits_hold_for_the_members_together():
+    cfg = config({"p": {"n1": 8}})
+    cfg = cfg.model_validate({**cfg.model_dump(), "groups": {"team": {
+        "members": ["x", "y"], "max_gpus": 3, "max_queued": 3}}})
+    s = FairShareScheduler(cfg)
+    for i, u in enumerate(["x", "y", "x"]):
+        assert s.submit(job(f"j{i}", user=u, gpus=1, group="team"), 0) is None
+    r = s.submit(job("j3", user="y", group="team"), 0)
+    assert isinstance(r, Reject) and "group 'team'" in r.reason and "limit is 3" in r.reason
+    assert isinstance(s.submit(job("big", user="y", gpus=4, group="team"), 0), Reject)
+    assert len(starts(s.tick(0))) == 3
+    s.submit(job("j4", user="y", group="team", t=1), 1)
+    assert starts(s.tick(1)) == []
+    assert s.explain("j4", 1).reason == "quota_group_gpus"
+
+
+def test_pool_per_user_gpu_limit_refuses_and_holds():
+    cfg = config({"p": {"n1": 8}})
+    cfg.pools["p"].max_gpus_per_user = 2
+    s = FairShareScheduler(cfg)
+    r = s.submit(job("big", gpus=3), 0)
+    assert isinstance(r, Reject) and "per-user limit of 2" in r.reason
+    for i in range(3):
+        assert s.submit(job(f"j{i}"), 0) is None
+    assert starts(s.tick(0)) == ["j0", "j1"]
+    e = s.explain("j2", 0)
+    assert e.reason == "quota_pool_gpus" and "its per-user limit is 2" in e.message
+
+
+def test_a_preemptible_pool_makes_its_jobs_victims():
+    cfg = config({"p": {"n1": 2}}, preemptible=("p",), min_runtime=0)
+    s = FairShareScheduler(cfg)
+    sh = Shell(s)
+    s.submit(job("low", pr="low", gpus=2), 0)  # not preemptible itself: the pool is
+    sh.apply(s.tick(0), 0)
+    s.submit(job("high", pr="high", gpus=2, t=1), 1)
+    assert [d.job_id for d in s.tick(1) if isinstance(d, Preempt)] == ["low"]
+
+
+def test_pool_max_runtime_refuses_longer_limits_and_times_out_the_others():
+    cfg = config({"p": {"n1": 1}}, timeout_warning=0)
+    cfg.pools["p"].max_runtime = 3600
+    s = FairShareScheduler(cfg)
+    r = s.submit(job("long", time_limit=7200), 0)
+    assert isinstance(r, Reject) and "over pool 'p''s maximum of 1h" in r.reason
+    assert s.submit(job("j"), 0) is None  # no limit of its own: the pool's maximum applies
+    assert starts(s.tick(0)) == ["j"]
+    assert s.tick(3600) == [TimeOut("j")]
 
 
 def test_quota_waits_with_reason_and_depth_rejects():

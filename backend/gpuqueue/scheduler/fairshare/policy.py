@@ -521,7 +521,7 @@ class FairShareScheduler:
         charges, preemption rechecks, or events since the last pass: then the latest time
         seen); None if there is none. Shells should tick then."""
         cands = [t for t in (self.timers.earliest(self.jobs),) if t is not None]
-        if any(p.dirty and p.queue.classes for p in self.pools.values()):
+        if any(p.dirty and p.queue for p in self.pools.values()):
             cands.append(self._now)  # something changed since the last pass: tick again now
         cands += [p.recheck_at for p in self.pools.values() if p.recheck_at < INF]
         return min(cands) if cands else None

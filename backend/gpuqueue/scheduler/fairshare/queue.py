@@ -15,7 +15,7 @@ from bisect import bisect_left, insort
 from typing import Iterator
 
 from .ledger import User
-from .records import N_TIERS, AgeEntry, Job, JobClass, QueueKey, UserEntry
+from .records import N_TIERS, AgeEntry, Job, JobClass, QueueKey, UserEntry, class_key
 
 ListKey = tuple[int, QueueKey]
 """(tier, queue key): which of a user's job lists."""
@@ -27,8 +27,12 @@ class PoolQueue:
     def __init__(self) -> None:
         self.queued = 0  # pending + waiting (retry backoff)
         # pending jobs by class -> count: lets a pass stop as soon as no class can start
-        self.classes: dict[JobClass, int] = {}
-        self.classes_version = 0  # bumps when a class appears or goes
+        # pending jobs by (queue key, nodes) -> time limit -> count, and the shortest limit of
+        # each: its jobs have the widest view of reserved GPUs, which is all a pass needs to
+        # tell whether a key may still start (see SchedulingPass.fit_keys)
+        self.limits: dict[tuple[QueueKey, int], dict[float, int]] = {}
+        self.shortest: dict[tuple[QueueKey, int], float] = {}
+        self.shortest_version = 0  # bumps when ``shortest`` changes
         self.user_heaps: list[dict[QueueKey, list[UserEntry]]] = [{} for _ in range(N_TIERS)]
         # (priority rank, seconds after which they starve) -> pending jobs, oldest first (lazy)
         self.by_age: dict[tuple[int, float], list[AgeEntry]] = {}
@@ -44,14 +48,30 @@ class PoolQueue:
     # ------------------------------------------------------------------ counts by class
     def count_class(self, job_class: JobClass, delta: int) -> None:
         """One pending job of ``job_class`` more (+1) or less (-1)."""
-        n = self.classes.get(job_class, 0) + delta
+        k = (class_key(job_class), job_class[1])
+        limit = job_class[2]
+        counts = self.limits.get(k)
+        if counts is None:
+            counts = self.limits[k] = {}
+        n = counts.get(limit, 0) + delta
         if n:
-            if n == delta:
-                self.classes_version += 1
-            self.classes[job_class] = n
+            counts[limit] = n
         else:
-            del self.classes[job_class]
-            self.classes_version += 1
+            del counts[limit]
+        shortest = self.shortest.get(k)
+        if delta > 0 and (shortest is None or limit < shortest):
+            self.shortest[k] = limit
+            self.shortest_version += 1
+        elif not n and limit == shortest:
+            if counts:
+                self.shortest[k] = min(counts)
+            else:
+                del self.shortest[k], self.limits[k]
+            self.shortest_version += 1
+
+    def __bool__(self) -> bool:
+        """Whether any job is pending (retry backoff aside)."""
+        return bool(self.shortest)
 
     # ------------------------------------------------------------------ jobs in and out
     def add(self, job: Job, user: User, tier: int, key: QueueKey, by_age: bool) -> None:
@@ -83,6 +103,8 @@ class PoolQueue:
         i = bisect_left(lst, k)
         if i < len(lst) and lst[i] == k:
             del lst[i]
+            if not lst:  # a user's lists are walked in every pass: keep only the ones in use
+                del lists[(tier, key)]  # type: ignore[index]
 
     # ------------------------------------------------------------------ users in the heaps
     def push_user(self, user: User, tier: int, key: QueueKey) -> None:

@@ -62,7 +62,34 @@ class WaitingForGpus(NamedTuple):
                 f"behind job {self.reserved}")
 
 
-ReasonMessage = Union[str, BehindReservation, WaitingForGpus]
+class Starved(NamedTuple):
+    """The job waited past its starvation time: it goes first (``reserved``: and GPUs are set
+    aside for it; else it takes the next GPU that frees up)."""
+
+    pool: str
+    free: int
+    total: int
+    reserved: bool
+
+    def __str__(self) -> str:
+        then = "GPUs are set aside for it" if self.reserved else "it takes the next free GPU"
+        return f"waited past pool {self.pool!r}'s starvation time: {then} ({self.free}/{self.total} free now)"
+
+
+class Reserved(NamedTuple):
+    """The first job of the fair order that does not fit: GPUs are set aside for it."""
+
+    gpus: int
+    pool: str
+    free: int
+    total: int
+
+    def __str__(self) -> str:
+        return (f"waiting for {self.gpus} GPUs in pool {self.pool!r} ({self.free}/{self.total} free); "
+                "GPUs are reserved for it")
+
+
+ReasonMessage = Union[str, BehindReservation, WaitingForGpus, Starved, Reserved]
 """What ``explain`` says; the pass stores the frequent ones as records, formatted on demand."""
 
 

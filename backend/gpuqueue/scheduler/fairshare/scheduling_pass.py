@@ -29,9 +29,10 @@ from .records import (
     AgeEntry,
     BehindReservation,
     Job,
+    Reserved,
+    Starved,
     QueueKey,
     WaitingForGpus,
-    class_key,
 )
 from .reservations import Claims, Reservation
 
@@ -121,7 +122,7 @@ class SchedulingPass:
         pool = self.pool
         pool.reservations = {}
         queue = pool.queue
-        if not queue.classes or not pool.nodes.nodes:
+        if not queue or not pool.nodes.nodes:
             return
         pool.pass_no += 1
         if self.policy.knobs.reservations:
@@ -131,12 +132,12 @@ class SchedulingPass:
                 break
         for res in self.reserved.values():
             pool.reservations[res.job.request.id] = res.shadow
-        # preemption: anywhere for the first starved job (the one the wait bound rests on) and
-        # the fair order's first blocked job; on their own nodes for the other starved jobs
+        # preemption: for the first starved job (the one the wait bound rests on) and the fair
+        # order's first blocked job
         first = True
         for res in self.reserved.values():
-            self.policy.try_preempt(pool, res, self.claims, self.now, self.out,
-                                    anywhere=res is self.first_blocked or (first and res.starved))
+            if res is self.first_blocked or first:
+                self.policy.try_preempt(pool, res, self.claims, self.now, self.out)
             first = first and not res.starved
 
     def serve_starved(self) -> None:
@@ -219,16 +220,15 @@ class SchedulingPass:
         queue = self.pool.queue
         claims, memo = self.claims, self.memo
         memo.follow(claims)
-        sig = (nodes.free, self.nofit_all, memo.changes, queue.classes_version, memo.claims_version)
+        sig = (nodes.free, self.nofit_all, memo.changes, queue.shortest_version, memo.claims_version)
         if sig == self._fit_signature:
             return self._fits
-        if sig[3:] != self._fit_signature[3:]:  # classes or views changed: see each class again
+        if sig[3:] != self._fit_signature[3:]:  # classes or views changed: see each key again
             lending = self.lending and claims.starved > 0
             now = self.now
             self._class_views = [
-                (g, class_key((g, n_nodes, limit, preemptible)), n_nodes,
-                 memo.nofit[preemptible and lending] if claims else None, memo.view(now + limit))
-                for g, n_nodes, limit, preemptible in queue.classes]
+                (key[0], key, n_nodes, memo.nofit[key[2] and lending] if claims else None, memo.view(now + limit))
+                for (key, n_nodes), limit in queue.shortest.items()]
         self._fit_signature = sig
         free, nofit_all = nodes.free, self.nofit_all
         fits: set[QueueKey] = set()
@@ -352,16 +352,14 @@ class SchedulingPass:
         if starved:
             if req.gpus <= req.nodes:  # one GPU a node: it takes the next GPU that frees up, as
                 j.reason = "starved"  # starved jobs go first; nothing to set aside
-                j.reason_message = (f"waited past pool {pool.name!r}'s starvation timeout: it takes the "
-                                    f"next free GPU ({nodes.free}/{nodes.total} free now)")
+                j.reason_message = Starved(pool.name, nodes.free, nodes.total, False)
                 return BLOCKED
             res = Reservation(j, starved=True)
             if not self.reserve(res):
                 return BLOCKED  # its turn to drain a node comes when an earlier drain ends
             self.reserved[req.id] = res
             j.reason = "starved"
-            j.reason_message = (f"waited past pool {pool.name!r}'s starvation timeout: GPUs are set "
-                                f"aside for it ({nodes.free}/{nodes.total} free now)")
+            j.reason_message = Starved(pool.name, nodes.free, nodes.total, True)
             return BLOCKED
         if self.first_blocked is None:
             res = self.first_blocked = self.reserved[req.id] = Reservation(j, starved=False)
@@ -370,8 +368,7 @@ class SchedulingPass:
             else:
                 res.ready = True  # nothing is set aside: backfill is not held back
             j.reason = "resources"
-            j.reason_message = (f"waiting for {req.gpus} GPUs in pool {pool.name!r} "
-                                f"({nodes.free}/{nodes.total} free); GPUs are reserved for it")
+            j.reason_message = Reserved(req.gpus, pool.name, nodes.free, nodes.total)
             return BLOCKED
         self.budget -= 1
         reserved = self.claims.all[0].job.request if self.claims.all else self.first_blocked.job.request
