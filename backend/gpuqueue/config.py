@@ -37,7 +37,11 @@ class PoolConfig(BaseModel):
     preemptible: bool = Field(False, description="jobs here may be preempted")
     max_runtime: Optional[float] = Field(None, description="seconds; longer time limits rejected")
     default_timeout: Optional[float] = Field(None, description="seconds; when a job sets none")
-    starvation_timeout: float = Field(3600.0, description="seconds of waiting before a boost")
+    starvation_timeout: float = Field(
+        3600.0,
+        description="seconds of waiting per priority boost; a job needing several GPUs a node starves after it "
+        "and gets GPUs set aside (docs/scheduling.md)",
+    )
     max_queued: int = Field(10_000, ge=1, description="queue depth limit of the pool")
     max_gpus_per_user: Optional[int] = Field(None, ge=0, description="GPUs a user may hold here")
     allow_preemption: bool = Field(
@@ -117,7 +121,7 @@ class PolicyConfig(BaseModel):
     )
     max_reservations: int = Field(
         8, ge=1, le=1000,
-        description="starved jobs (waited past their pool's starvation_timeout) a pool holds GPUs for at once, oldest first",
+        description="starved jobs a pass serves first, by credited age: each starts, or gets GPUs set aside",
     )
     drain_share: float = Field(
         0.0625, ge=0, le=1,
