@@ -109,6 +109,10 @@ class PoolNodes:
                     return {n.name: tuple(sorted(n.free)[:per]) for n in idle}, borrowed
         return None, False
 
+    def max_free(self) -> int:
+        """The most free GPUs on one node."""
+        return max((f for f, names in self.by_free.items() if names), default=0)
+
     def idle_count(self, per: int) -> int:
         """Nodes with at least ``per`` GPUs free."""
         return sum(len(v) for f, v in self.by_free.items() if f >= per)
@@ -128,7 +132,7 @@ class NodeIndex:
         self._pool_of: dict[str, PoolNodes] = {}  # up node -> its pool's index
         self._ends: dict[str, list[tuple[float, int]]] = {}  # node -> sorted (end, GPUs) of its jobs
         self._fit_times: dict[str, dict[int, float]] = {}  # node -> need -> fit time (see fit_time)
-        self._version: dict[str, int] = {}  # node -> bumps on every touch (fit heaps go stale)
+        self.versions: dict[str, int] = {}  # node -> bumps on every touch (fit heaps go stale)
         self.touches = 0  # counts every touch of any node
         self._log: list[str] = []  # the nodes touched, in order: _log[i] is touch _log_base + i + 1
         self._log_base = 0
@@ -164,7 +168,7 @@ class NodeIndex:
             if old is None:
                 continue  # down or unknown: not indexed
             pool = self._pool_of[name]
-            self._version[name] = self._version.get(name, 0) + 1
+            self.versions[name] = self.versions.get(name, 0) + 1
             self.touches += 1
             self._log.append(name)
             if len(self._log) > 8192:
@@ -189,7 +193,7 @@ class NodeIndex:
 
     def version(self, name: str) -> int:
         """Bumps whenever the node's jobs or free GPUs change."""
-        return self._version.get(name, 0)
+        return self.versions.get(name, 0)
 
     def node(self, name: str) -> NodeState:
         """An up node by name."""
@@ -241,7 +245,7 @@ class NodeIndex:
         if entry is None:
             entry = pool.fit_heaps[need] = ([], {n.name for n in pool.nodes})
         heap, dirty = entry
-        version, by_name = self._version, pool.by_name
+        version, by_name = self.versions, pool.by_name
         for name in dirty:
             n = by_name.get(name)
             if n is not None and n.gpus >= need:

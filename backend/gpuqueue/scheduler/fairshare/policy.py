@@ -173,8 +173,9 @@ class FairShareScheduler:
             p.active_weight -= u.weight
 
     # ------------------------------------------------------------------- queue in / out
-    def _enqueue(self, job: Job, now: float) -> None:
-        """Put a job (new, retried or requeued) into its pool's queue or the backoff heap."""
+    def _enqueue(self, job: Job, now: float, boost: bool = False) -> None:
+        """Put a job (new, retried or requeued) into its pool's queue or the backoff heap.
+        ``boost``: it moves up a tier or starves; a pass is due only if it starves."""
         req = job.request
         job.queue_version += 1
         if req.not_before > now:
@@ -184,11 +185,14 @@ class FairShareScheduler:
         job.state = PENDING
         self.order_epoch += 1
         pool = self.pools[req.pool]
-        if ordering.starved(req, job.starve_after, now):
+        starved = ordering.starved(req, job.starve_after, now)
+        if starved:
             pool.starved_epoch += 1
+        if not boost or starved and not job.starved:
+            pool.dirty = True
+        job.starved = starved
         cls = job.job_class = self.job_class(job)
         pool.queue.count_class(cls, +1)
-        pool.dirty = True
         tier, nxt = self.tier_at(job, now)
         job.tier = tier
         pool.queue.add(job, self._user(req), tier, class_key(cls), job.starve_after > 0)
@@ -514,7 +518,7 @@ class FairShareScheduler:
             j = jobs.get(e.job_id)
             if j is not None and j.state == PENDING and j.queue_version == e.queue_version:
                 self._dequeue(j)
-                self._enqueue(j, now)
+                self._enqueue(j, now, boost=True)
 
     def next_wakeup(self) -> Optional[float]:
         """The earliest time at which ``tick`` has work (timeouts, boosts, retries, usage

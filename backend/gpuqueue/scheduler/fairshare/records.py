@@ -105,6 +105,7 @@ class Job:
     queue_version: int = 0  # bumps whenever the job moves between queue structures
     limit: Optional[float] = None  # runtime limit in seconds (FairShareScheduler.limit)
     starve_after: float = 0.0  # seconds of waiting after which it starves (0: never)
+    starved: bool = False  # it had starved when last queued
     attempt: int = 0
     placement: Optional[Placement] = None
     started_at: float = 0.0

@@ -126,7 +126,7 @@ class Held(NamedTuple):
 
 def held(res: Reservation, index: NodeIndex) -> Held:
     """What to remember of a planned reservation."""
-    return Held(res.nodes, tuple(index.version(n) for n in res.nodes), res.shadow, dict(res.spare))
+    return Held(res.nodes, tuple([index.versions.get(n, 0) for n in res.nodes]), res.shadow, dict(res.spare))
 
 
 def keep(res: Reservation, before: Held, pool: PoolNodes, index: NodeIndex, now: float,
@@ -136,10 +136,14 @@ def keep(res: Reservation, before: Held, pool: PoolNodes, index: NodeIndex, now:
     what to remember of it, or None (nothing planned) if one of them is down or already held
     in this pass (in ``claims``)."""
     nodes = before.nodes
-    if not nodes or any(name in claims.by_node or name not in pool.by_name for name in nodes):
+    if not nodes:
         return None
+    taken, up, version = claims.by_node, pool.by_name, index.versions
+    for name in nodes:
+        if name in taken or name not in up:
+            return None
     res.ready = True
-    versions = tuple(index.version(n) for n in nodes)
+    versions = tuple([version.get(n, 0) for n in nodes])
     if before.shadow >= now and before.versions == versions:
         res.nodes, res.shadow, res.spare = nodes, before.shadow, dict(before.spare)
         return before

@@ -50,6 +50,7 @@ class StarvedCache(NamedTuple):
     freed_epoch: int
     starved_epoch: int
     touches: int
+    min_need: float  # the fewest GPUs on a node one of the starved jobs it saw needs (0: quota)
     reservations: list[tuple[Job, list[str], float, dict[str, int]]]  # job, nodes, shadow, spare
 
 
@@ -159,6 +160,7 @@ class SchedulingPass:
         heappop = heapq.heappop
         kept: list[tuple[list[AgeEntry], AgeEntry]] = []
         looked = 0
+        min_need = INF
         while looked < limit:
             best: Optional[tuple[float, int, list[AgeEntry]]] = None
             for (rank, after), heap in heaps.items():
@@ -178,23 +180,31 @@ class SchedulingPass:
             heap = best[2]
             e = heappop(heap)
             looked += 1
-            if self.consider(jobs[e.job_id], starved=True) != STARTED:
+            j = jobs[e.job_id]
+            r = self.consider(j, starved=True)
+            if r != STARTED:
                 kept.append((heap, e))
+                # the fewest free GPUs on a node that could let one of them start
+                need = 0 if r == OVER_QUOTA else j.request.gpus // max(1, j.request.nodes)
+                min_need = min(min_need, need)
         for heap, e in kept:
             heapq.heappush(heap, e)
         index = policy.node_index
         pool.starved_cache = StarvedCache(
-            pool.freed_epoch, pool.starved_epoch, index.touches,
+            pool.freed_epoch, pool.starved_epoch, index.touches, min_need,
             [(r.job, r.nodes, r.shadow, dict(r.spare)) for r in self.claims.all])
 
     def reuse_starved(self) -> bool:
         """Hold the last pass's reservations for starved jobs again, if nothing they depend on
-        changed: no GPUs were freed (none of them could start now), no job started or stopped
-        starving, none of their nodes changed, no shadow time passed. True if done."""
+        changed: none of them can start now (no GPUs were freed, or no node has as many free as
+        the smallest of them needs), no job started or stopped starving, none of their nodes
+        changed, no shadow time passed. True if done."""
         pool = self.pool
         cache = pool.starved_cache
-        if cache is None or cache.freed_epoch != pool.freed_epoch or cache.starved_epoch != pool.starved_epoch:
+        if cache is None or cache.starved_epoch != pool.starved_epoch:
             return False
+        if cache.freed_epoch != pool.freed_epoch and pool.nodes.max_free() >= cache.min_need:
+            return False  # GPUs were freed: one of them may start now
         now = self.now
         if any(shadow < now for _, _, shadow, _ in cache.reservations):
             return False
