@@ -134,8 +134,7 @@ class NodeIndex:
         self._fit_times: dict[str, dict[int, float]] = {}  # node -> need -> fit time (see fit_time)
         self.versions: dict[str, int] = {}  # node -> bumps on every touch (fit heaps go stale)
         self.touches = 0  # counts every touch of any node
-        self._log: list[str] = []  # the nodes touched, in order: _log[i] is touch _log_base + i + 1
-        self._log_base = 0
+        self.touched_at: dict[str, int] = {}  # node -> ``touches`` at its last touch
 
     def rebuild(self, nodes: Iterable[NodeState]) -> None:
         """Index the up nodes of every pool again (after a node joined or left)."""
@@ -170,10 +169,7 @@ class NodeIndex:
             pool = self._pool_of[name]
             self.versions[name] = self.versions.get(name, 0) + 1
             self.touches += 1
-            self._log.append(name)
-            if len(self._log) > 8192:
-                del self._log[:4096]
-                self._log_base += 4096
+            self.touched_at[name] = self.touches
             for _, dirty in pool.fit_heaps.values():
                 dirty.add(name)
             n = pool.by_name[name]
@@ -185,11 +181,10 @@ class NodeIndex:
             insort(pool.by_free.setdefault(new, []), name)
             self._indexed_free[name] = new
 
-    def touched_since(self, touches: int) -> Optional[set[str]]:
-        """The nodes touched after the first ``touches`` touches (None: too long ago to tell)."""
-        if touches < self._log_base:
-            return None
-        return set(self._log[touches - self._log_base:])
+    def touched_since(self, touches: int, names: Iterable[str]) -> set[str]:
+        """Those of ``names`` touched after the first ``touches`` touches."""
+        at = self.touched_at
+        return {n for n in names if at.get(n, 0) > touches}
 
     def version(self, name: str) -> int:
         """Bumps whenever the node's jobs or free GPUs change."""

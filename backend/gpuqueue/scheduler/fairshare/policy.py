@@ -326,7 +326,6 @@ class FairShareScheduler:
         req = j.request
         pool = self.pools[req.pool]
         pool.reservations.pop(req.id, None)
-        pool.failed_plans.pop(req.id, None)
         pool.held.pop(req.id, None)
         self._count_pool_job(self.ledger.users[req.user], req.pool, -1)
         del self.jobs[req.id]
@@ -563,7 +562,10 @@ class FairShareScheduler:
         else:  # its own nodes: the plan depends on them as they are now
             exclude, only = (), set(res.nodes)
             signature = (tuple(index.version(n) for n in res.nodes), epoch)
-        last = pool.failed_plans.get(req.id)
+        # a plan depends on the reserved job only through its shape: jobs of one shape share
+        # what was learnt (the cycle rule aside, which only ever takes victims away)
+        shape = (req.gpus, req.nodes, rank, holds_here, res.starved, self.ledger.users[req.user].weight)
+        last = pool.failed_plans.get(shape)
         later = INF  # when nodes not looked at again may give a plan
         if last is not None and now < last.retry_at:
             if last.signature is None:
@@ -572,20 +574,19 @@ class FairShareScheduler:
                 if not anywhere:
                     return  # its nodes did not change
                 # no plan on any node then: only nodes that changed since can give one now
-                changed = index.touched_since(last.touches)
-                if changed is not None:
-                    if only is not None:
-                        changed &= only
-                    if not changed:
-                        return
-                    only, later = changed, last.retry_at
+                if index.touches == last.touches:
+                    return
+                changed = index.touched_since(last.touches, only if only is not None else pool.nodes.by_name)
+                if not changed:
+                    return
+                only, later = changed, last.retry_at
         possible, young = preemption.could_fit(
             pool.nodes, index, r, exclude, only, rank + 1 if holds_here and not res.starved else 0,
             pool.config.preemptible, knobs.min_runtime, now)
         if not possible:
             if young < INF:
                 pool.recheck_at = min(pool.recheck_at, young)
-            pool.failed_plans[req.id] = FailedPlan(signature, index.touches, min(later, young))
+            pool.failed_plans[shape] = FailedPlan(signature, index.touches, min(later, young))
             return
         rate = knobs.preemption_budget / knobs.preemption_window
         pool.tokens = min(knobs.preemption_budget, pool.tokens + (now - pool.tokens_at) * rate)
@@ -606,13 +607,13 @@ class FairShareScheduler:
         if not found.victims:
             if found.retry_at < INF:
                 pool.recheck_at = min(pool.recheck_at, found.retry_at)
-            pool.failed_plans[req.id] = FailedPlan(signature, index.touches, min(found.retry_at, later))
+            pool.failed_plans[shape] = FailedPlan(signature, index.touches, min(found.retry_at, later))
             return
         victims = found.victims
         if len(victims) > pool.tokens:  # not enough budget yet: try again once there is
             at = now + (len(victims) - pool.tokens) / rate
             pool.recheck_at = min(pool.recheck_at, at)
-            pool.failed_plans[req.id] = FailedPlan(None, index.touches, at)
+            pool.failed_plans[shape] = FailedPlan(None, index.touches, at)
             return
         pool.tokens -= len(victims)
         stopping, preemptible = self.node_index.stopping_gpus, self.node_index.preemptible_gpus

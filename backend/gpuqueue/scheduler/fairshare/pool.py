@@ -40,9 +40,9 @@ class Pool:
     freed_epoch: int = 0  # bumps when GPUs are freed or nodes change
     starved_epoch: int = 0  # bumps when a starved job joins or leaves the queue
     starved_cache: Any = None  # the last pass's reservations for starved jobs (SchedulingPass)
-    # reserved job -> its last preemption plan that found nothing (or more victims than the
-    # budget allowed)
-    failed_plans: dict[str, "FailedPlan"] = field(default_factory=dict)
+    # the shape of a reserved job -> the last preemption plan for that shape that found nothing
+    # (or more victims than the budget allowed)
+    failed_plans: dict[tuple, "FailedPlan"] = field(default_factory=dict)
     # the jobs the last pass reserved GPUs for -> their expected start (INF: unknown)
     reservations: dict[str, float] = field(default_factory=dict)
     # starved job -> the nodes it was reserved last (it keeps them while it waits)

@@ -208,8 +208,8 @@ class SchedulingPass:
         now = self.now
         if any(shadow < now for _, _, shadow, _ in cache.reservations):
             return False
-        touched = self.policy.node_index.touched_since(cache.touches)
-        if touched is None or any(n in touched for _, nodes, _, _ in cache.reservations for n in nodes):
+        at = self.policy.node_index.touched_at
+        if any(at.get(n, 0) > cache.touches for _, nodes, _, _ in cache.reservations for n in nodes):
             return False
         for job, nodes, shadow, spare in cache.reservations:
             res = self.reserved[job.request.id] = Reservation(job, True, True, shadow, dict(spare), nodes)
@@ -237,7 +237,8 @@ class SchedulingPass:
             lending = self.lending and claims.starved > 0
             now = self.now
             self._class_views = [
-                (key[0], key, n_nodes, memo.nofit[key[2] and lending] if claims else None, memo.view(now + limit))
+                (key[0], key, n_nodes,
+                 memo.nofit[lending and (key, n_nodes) in queue.borrowers] if claims else None, memo.view(now + limit))
                 for (key, n_nodes), limit in queue.shortest.items()]
         self._fit_signature = sig
         free, nofit_all = nodes.free, self.nofit_all
@@ -315,7 +316,7 @@ class SchedulingPass:
                 break
             name = best[1]
             first: Optional[tuple[float, int, str]] = None
-            first_key: QueueKey = (0, False, False)
+            first_key: QueueKey = (0, False)
             for (tier, key), lst in lists[name].items():  # its oldest job among the keys in play
                 if tier != t or not lst or (allowed is not None and key not in allowed):
                     continue
