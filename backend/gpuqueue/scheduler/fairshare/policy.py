@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import replace
-from typing import Any, Container, Optional
+from typing import Any, Optional
 
 from ...config import PoolConfig, QueueConfig
 from ...states import Outcome
@@ -21,7 +21,6 @@ from ..base import (
     NodeView,
     Placement,
     PoolPending,
-    Preempt,
     Reject,
     Retry,
     Start,
@@ -34,7 +33,7 @@ from .explain import Explainer
 from .ledger import UsageLedger, User
 from .nodes import NodeIndex, PoolNodes
 from .ordering import tier_at
-from .pool import FailedPlan, Pool
+from .pool import Pool
 from .queue import PoolQueue
 from .reservations import Claims, Reservation
 from .records import (
@@ -45,7 +44,6 @@ from .records import (
     WAITING,
     Job,
     JobClass,
-    QueueKey,
     class_key,
 )
 from .scheduling_pass import SchedulingPass
@@ -146,10 +144,6 @@ class FairShareScheduler:
         return (req.gpus, req.nodes, INF if lim is None else lim,
                 (req.preemptible or self.pools[req.pool].config.preemptible)
                 and job.preemptions < self.knobs.max_preemptions_per_job)
-
-    def queue_key(self, job: Job) -> QueueKey:
-        """The job's queue key: see ``records.class_key``."""
-        return class_key(self.job_class(job))
 
     def tier_at(self, job: Job, now: float) -> tuple[int, float]:
         """(tier, next change of place): see ``ordering.tier_at``."""
@@ -534,104 +528,9 @@ class FairShareScheduler:
         """(reason code, message) when starting the job now would break a quota, else None."""
         return quotas.over_quota(self.config, pool, self.ledger.users[req.user], req)
 
-    def try_preempt(self, pool: Pool, res: Reservation, claims: Claims, now: float, out: list[Decision],
-                    anywhere: bool = True) -> None:
-        """Preempt for a reserved job if the pool allows it, a plan exists (on nodes no other
-        reservation holds; only on its own reserved nodes unless ``anywhere``) and the pool's
-        budget (a token bucket) covers it."""
-        knobs = self.knobs
-        r = res.job
-        req = r.request
-        if not pool.config.allow_preemption or knobs.preemption_budget <= 0:
-            return
-        if not any(pool.victims_by_rank) or req.id in self.stopping_for:
-            return  # nothing to preempt, or victims are already stopping for it
-        rank = req.priority.rank
-        holds_here = self.ledger.users[req.user].pool_gpus.get(pool.name, 0) > 0
-        if not res.starved and not any(pool.victims_by_rank[rank + 1:]) and holds_here:
-            return  # no lower-priority victims, and neither other rule applies
-        index = self.node_index
-        # what the plan depends on besides the nodes: young jobs are no victims, so new starts
-        # only matter without a minimum runtime
-        epoch = pool.victim_epoch if knobs.min_runtime <= 0 else 0
-        exclude: Container[str]
-        only: Optional[set[str]]
-        if anywhere:
-            exclude = {name for name, other in claims.by_node.items() if other is not res}
-            only, signature = None, (frozenset(exclude), epoch)
-        else:  # its own nodes: the plan depends on them as they are now
-            exclude, only = (), set(res.nodes)
-            signature = (tuple(index.version(n) for n in res.nodes), epoch)
-        # a plan depends on the reserved job only through its shape: jobs of one shape share
-        # what was learnt (the cycle rule aside, which only ever takes victims away)
-        shape = (req.gpus, req.nodes, rank, holds_here, res.starved, self.ledger.users[req.user].weight)
-        last = pool.failed_plans.get(shape)
-        later = INF  # when nodes not looked at again may give a plan
-        if last is not None and now < last.retry_at:
-            if last.signature is None:
-                return  # waiting for the budget
-            if last.signature == signature:
-                if not anywhere:
-                    return  # its nodes did not change
-                # no plan on any node then: only nodes that changed since can give one now
-                if index.touches == last.touches:
-                    return
-                changed = index.touched_since(last.touches, only if only is not None else pool.nodes.by_name)
-                if not changed:
-                    return
-                only, later = changed, last.retry_at
-        possible, young = preemption.could_fit(
-            pool.nodes, index, r, exclude, only, rank + 1 if holds_here and not res.starved else 0,
-            pool.config.preemptible, knobs.min_runtime, now)
-        if not possible:
-            if young < INF:
-                pool.recheck_at = min(pool.recheck_at, young)
-            pool.failed_plans[shape] = FailedPlan(signature, index.touches, min(later, young))
-            return
-        rate = knobs.preemption_budget / knobs.preemption_window
-        pool.tokens = min(knobs.preemption_budget, pool.tokens + (now - pool.tokens_at) * rate)
-        pool.tokens_at = now
-        if pool.tokens < 1:
-            pool.recheck_at = min(pool.recheck_at, now + (1 - pool.tokens) / rate)
-            return
-        rules = preemption.PreemptionRules(
-            pool.name, pool.nodes.total, pool.config.preemptible, pool.active_weight,
-            knobs.min_runtime, knobs.max_preemptions_per_job, self.preempted_pairs)
-        if only is not None:  # the jobs on those nodes
-            candidates = [jid for n in only for jid in index.jobs_on.get(n, ())]
-        else:  # only lower priorities qualify unless the starved or under-share rule may apply
-            low = rank + 1 if holds_here and not res.starved else 0
-            candidates = [vid for ids in pool.victims_by_rank[low:] for vid in ids]
-        found = preemption.plan(rules, self.ledger.users, self.jobs, r, candidates, pool.nodes,
-                                index, now, res.starved, exclude, only)
-        if not found.victims:
-            if found.retry_at < INF:
-                pool.recheck_at = min(pool.recheck_at, found.retry_at)
-            pool.failed_plans[shape] = FailedPlan(signature, index.touches, min(found.retry_at, later))
-            return
-        victims = found.victims
-        if len(victims) > pool.tokens:  # not enough budget yet: try again once there is
-            at = now + (len(victims) - pool.tokens) / rate
-            pool.recheck_at = min(pool.recheck_at, at)
-            pool.failed_plans[shape] = FailedPlan(None, index.touches, at)
-            return
-        pool.tokens -= len(victims)
-        stopping, preemptible = self.node_index.stopping_gpus, self.node_index.preemptible_gpus
-        for v in victims:
-            if v.limit is None:
-                pool.timed_running += 1
-            v.state = STOPPING
-            if v.placement:
-                for name, ids in v.placement.items():
-                    stopping[name] = stopping.get(name, 0) + len(ids)
-                    preemptible[name][v.request.priority.rank] -= len(ids)
-                self.node_index.touch(v.placement)
-            v.preempted_for = req.id
-            self.preempted_pairs.add((v.request.id, req.id))
-            self.stopping_for[req.id] = self.stopping_for.get(req.id, 0) + 1
-            v.stop_by = v.ends_at = now + knobs.grace
-            why = "waited past the starvation timeout" if res.starved else f"{req.priority.value} priority"
-            out.append(Preempt(v.request.id, knobs.grace, f"preempted for job {req.id} ({why}, user {req.user})"))
+    def try_preempt(self, pool: Pool, res: Reservation, claims: Claims, now: float, out: list[Decision]) -> None:
+        """Preempt for a reserved job if the pool allows it: see ``preemption.carry_out``."""
+        preemption.carry_out(self, pool, res, claims, now, out)
 
     # ---------------------------------------------------------------------- introspection
     def priority_terms(self, job_id: str, now: float) -> dict[str, float]:

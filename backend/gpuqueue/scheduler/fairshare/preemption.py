@@ -1,5 +1,6 @@
-"""The preemption planner: which running jobs to stop so that a reserved job fits. A pure
-function of the state it is given; the policy carries out the plan (and keeps the budget).
+"""Preemption: the planner (``plan``, a pure function of the state it is given: which running
+jobs to stop so that a reserved job fits) and the step that carries a plan out within the
+pool's budget (``carry_out``).
 
 A job may be preempted for the reserved job ``r`` when it is preemptible (it opted in, or its
 pool is preemptible), has run ``min_runtime``, was preempted fewer than
@@ -16,11 +17,17 @@ of victims, among the nodes no other reservation holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Container, Iterable, Optional
+from typing import TYPE_CHECKING, Container, Iterable, Optional
 
+from ..base import Decision, Preempt
 from .ledger import User
 from .nodes import NodeIndex, PoolNodes
-from .records import INF, RUNNING, Job
+from .pool import FailedPlan, Pool
+from .records import INF, RUNNING, STOPPING, Job
+from .reservations import Claims, Reservation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .policy import FairShareScheduler
 
 
 @dataclass(frozen=True)
@@ -171,3 +178,96 @@ def could_fit(pool: PoolNodes, index: NodeIndex, r: Job, exclude: Container[str]
             if enough >= max(1, req.nodes):
                 return True, soonest
     return False, soonest
+
+
+def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims: Claims, now: float,
+              out: list[Decision]) -> None:
+    """Preempt for a reserved job if the pool allows it, a plan exists (on nodes no other
+    reservation holds) and the pool's budget (a token bucket) covers it: the victims are asked
+    to stop (``Preempt``) and keep their GPUs until they report back."""
+    knobs = policy.knobs
+    r = res.job
+    req = r.request
+    if not pool.config.allow_preemption or knobs.preemption_budget <= 0:
+        return
+    if not any(pool.victims_by_rank) or req.id in policy.stopping_for:
+        return  # nothing to preempt, or victims are already stopping for it
+    rank = req.priority.rank
+    holds_here = policy.ledger.users[req.user].pool_gpus.get(pool.name, 0) > 0
+    if not res.starved and not any(pool.victims_by_rank[rank + 1:]) and holds_here:
+        return  # no lower-priority victims, and neither other rule applies
+    index = policy.node_index
+    # what the plan depends on besides the nodes: young jobs are no victims, so new starts
+    # only matter without a minimum runtime
+    epoch = pool.victim_epoch if knobs.min_runtime <= 0 else 0
+    exclude = {name for name, other in claims.by_node.items() if other is not res}
+    only: Optional[set[str]] = None
+    signature = (frozenset(exclude), epoch)
+    # a plan depends on the reserved job only through its shape: jobs of one shape share
+    # what was learnt (the cycle rule aside, which only ever takes victims away)
+    shape = (req.gpus, req.nodes, rank, holds_here, res.starved, policy.ledger.users[req.user].weight)
+    last = pool.failed_plans.get(shape)
+    later = INF  # when nodes not looked at again may give a plan
+    if last is not None and now < last.retry_at:
+        if last.signature is None:
+            return  # waiting for the budget
+        if last.signature == signature:
+            # no plan on any node then: only nodes that changed since can give one now
+            if index.touches == last.touches:
+                return
+            changed = index.touched_since(last.touches, pool.nodes.by_name)
+            if not changed:
+                return
+            only, later = changed, last.retry_at
+    possible, young = could_fit(
+        pool.nodes, index, r, exclude, only, rank + 1 if holds_here and not res.starved else 0,
+        pool.config.preemptible, knobs.min_runtime, now)
+    if not possible:
+        if young < INF:
+            pool.recheck_at = min(pool.recheck_at, young)
+        pool.failed_plans[shape] = FailedPlan(signature, index.touches, min(later, young))
+        return
+    rate = knobs.preemption_budget / knobs.preemption_window
+    pool.tokens = min(knobs.preemption_budget, pool.tokens + (now - pool.tokens_at) * rate)
+    pool.tokens_at = now
+    if pool.tokens < 1:
+        pool.recheck_at = min(pool.recheck_at, now + (1 - pool.tokens) / rate)
+        return
+    rules = PreemptionRules(
+        pool.name, pool.nodes.total, pool.config.preemptible, pool.active_weight,
+        knobs.min_runtime, knobs.max_preemptions_per_job, policy.preempted_pairs)
+    if only is not None:  # the jobs on those nodes
+        candidates = [jid for n in only for jid in index.jobs_on.get(n, ())]
+    else:  # only lower priorities qualify unless the starved or under-share rule may apply
+        low = rank + 1 if holds_here and not res.starved else 0
+        candidates = [vid for ids in pool.victims_by_rank[low:] for vid in ids]
+    found = plan(rules, policy.ledger.users, policy.jobs, r, candidates, pool.nodes,
+                 index, now, res.starved, exclude, only)
+    if not found.victims:
+        if found.retry_at < INF:
+            pool.recheck_at = min(pool.recheck_at, found.retry_at)
+        pool.failed_plans[shape] = FailedPlan(signature, index.touches, min(found.retry_at, later))
+        return
+    victims = found.victims
+    if len(victims) > pool.tokens:  # not enough budget yet: try again once there is
+        at = now + (len(victims) - pool.tokens) / rate
+        pool.recheck_at = min(pool.recheck_at, at)
+        pool.failed_plans[shape] = FailedPlan(None, index.touches, at)
+        return
+    pool.tokens -= len(victims)
+    stopping, preemptible = policy.node_index.stopping_gpus, policy.node_index.preemptible_gpus
+    for v in victims:
+        if v.limit is None:
+            pool.timed_running += 1
+        v.state = STOPPING
+        if v.placement:
+            for name, ids in v.placement.items():
+                stopping[name] = stopping.get(name, 0) + len(ids)
+                preemptible[name][v.request.priority.rank] -= len(ids)
+            policy.node_index.touch(v.placement)
+        v.preempted_for = req.id
+        policy.preempted_pairs.add((v.request.id, req.id))
+        policy.stopping_for[req.id] = policy.stopping_for.get(req.id, 0) + 1
+        v.stop_by = v.ends_at = now + knobs.grace
+        why = "waited past the starvation timeout" if res.starved else f"{req.priority.value} priority"
+        out.append(Preempt(v.request.id, knobs.grace, f"preempted for job {req.id} ({why}, user {req.user})"))

@@ -179,11 +179,6 @@ def _set_spare(res: Reservation, chosen: list[Candidate], per: int, multi: bool,
         res.spare[name] = max(0, f - per)
 
 
-def first_reserved(claims: Claims) -> Optional[str]:
-    """The id of the job of the first reservation made, if any."""
-    return claims.all[0].job.request.id if claims.all else None
-
-
 def drains_blind(res: Reservation, pool: PoolNodes) -> bool:
     """Whether the reservation holds back most of a node with no known start: it drains the
     node until its jobs end, whenever that is."""
