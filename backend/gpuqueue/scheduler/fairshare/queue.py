@@ -33,8 +33,6 @@ class PoolQueue:
         self.limits: dict[tuple[QueueKey, int], dict[float, int]] = {}
         self.shortest: dict[tuple[QueueKey, int], float] = {}
         self.shortest_version = 0  # bumps when ``shortest`` changes
-        # the same keys -> pending jobs that may borrow GPUs set aside for starved jobs (JobClass)
-        self.borrowers: dict[tuple[QueueKey, int], int] = {}
         self.user_heaps: list[dict[QueueKey, list[UserEntry]]] = [{} for _ in range(N_TIERS)]
         # (priority rank, seconds after which they starve) -> pending jobs, oldest first (lazy)
         self.by_age: dict[tuple[int, float], list[AgeEntry]] = {}
@@ -60,14 +58,6 @@ class PoolQueue:
             counts[limit] = n
         else:
             del counts[limit]
-        if job_class[3]:
-            b = self.borrowers.get(k, 0) + delta
-            if b:
-                self.borrowers[k] = b
-            else:
-                del self.borrowers[k]
-            if b == delta or not b:
-                self.shortest_version += 1
         shortest = self.shortest.get(k)
         if delta > 0 and (shortest is None or limit < shortest):
             self.shortest[k] = limit

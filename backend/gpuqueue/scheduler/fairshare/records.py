@@ -11,10 +11,11 @@ from ..base import JobRequest, Placement
 
 INF = math.inf
 
-QueueKey = tuple[int, bool]
-"""How pending jobs are grouped in the queue structures: (GPUs, has a time limit). Backfill
-visits only the groups that may still start: a job without a time limit can never end before a
-reservation's shadow time, so it is a group of its own."""
+QueueKey = tuple[int, bool, bool]
+"""How pending jobs are grouped in the queue structures: (GPUs, has a time limit,
+preemptible). Backfill visits only the groups that may still start: a job without a time limit
+can never end before a reservation's shadow time, and only a preemptible one may borrow GPUs
+set aside for a starved job, so each is a group of its own."""
 
 JobClass = tuple[int, int, float, bool]
 """(GPUs, nodes, time limit or INF, preemptible): the pending jobs of a pool are counted by
@@ -24,7 +25,7 @@ class, so a pass can tell when nothing left can start (see ``SchedulingPass.fit_
 def class_key(job_class: JobClass) -> QueueKey:
     """The queue key of a job class: the one place it is computed, so a job is filed and
     removed under the same key whatever its time limit."""
-    return (job_class[0], job_class[2] < INF)
+    return (job_class[0], job_class[2] < INF, job_class[3])
 
 
 N_TIERS = 5

@@ -237,8 +237,7 @@ class SchedulingPass:
             lending = self.lending and claims.starved > 0
             now = self.now
             self._class_views = [
-                (key[0], key, n_nodes,
-                 memo.nofit[lending and (key, n_nodes) in queue.borrowers] if claims else None, memo.view(now + limit))
+                (key[0], key, n_nodes, memo.nofit[lending and key[2]] if claims else None, memo.view(now + limit))
                 for (key, n_nodes), limit in queue.shortest.items()]
         self._fit_signature = sig
         free, nofit_all = nodes.free, self.nofit_all
@@ -316,7 +315,7 @@ class SchedulingPass:
                 break
             name = best[1]
             first: Optional[tuple[float, int, str]] = None
-            first_key: QueueKey = (0, False)
+            first_key: QueueKey = (0, False, False)
             for (tier, key), lst in lists[name].items():  # its oldest job among the keys in play
                 if tier != t or not lst or (allowed is not None and key not in allowed):
                     continue
