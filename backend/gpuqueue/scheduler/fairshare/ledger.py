@@ -140,11 +140,15 @@ class UsageLedger:
     def usage(self, name: str, now: float) -> float:
         """The user's decayed GPU-hours as of ``now`` (charges ahead included)."""
         u = self.users.get(name)
-        return 0.0 if u is None else u.scaled / self.scale(now)
+        if u is None:
+            return 0.0
+        scale = self.scale(now)  # first: it may rebase u.scaled
+        return u.scaled / scale
 
     def group_usage(self, u: User, now: float) -> float:
         """The decayed GPU-hours of the user's group (the user's own without groups)."""
-        return (u.group.scaled if u.group is not None else u.scaled) / self.scale(now)
+        scale = self.scale(now)  # first: it may rebase the scaled usage
+        return (u.group.scaled if u.group is not None else u.scaled) / scale
 
     def set_usage(self, name: str, gpu_hours: float, at: float, group: Optional[str] = None) -> User:
         """Set a user's usage as of ``at`` (restoring saved state)."""
