@@ -470,3 +470,19 @@ def test_any_time_limit_is_queued_and_removed_under_the_same_key(policy, limit):
     s.finished("a", Outcome.SUCCEEDED, 4)
     assert starts(s.tick(4)) == ["c"]  # the queue still schedules
     assert s.snapshot()["pools"]["p"]["queued"] == 0
+
+
+def test_saved_usage_comes_back_in_the_users_groups():
+    cfg = config({"p": {"n1": 1}})
+    cfg = cfg.model_validate({**cfg.model_dump(), "groups": {"g": {"members": ["a", "b"]}}})
+    s = FairShareScheduler(cfg)
+    sh = Shell(s)
+    s.submit(job("a0", user="a"), 0)
+    sh.apply(s.tick(0), 0)
+    sh.finish("a0", Outcome.SUCCEEDED, 3600)
+    t = FairShareScheduler(cfg)
+    t.import_state(s.export_state())
+    assert t.ledger.users["a"].group is t.ledger.groups["g"]
+    t.submit(job("b1", user="b", t=3600), 3600)  # b shares a's group usage ...
+    t.submit(job("c1", user="c", t=3601), 3601)  # ... so c, alone in no group, goes first
+    assert starts(t.tick(3601)) == ["c1"]

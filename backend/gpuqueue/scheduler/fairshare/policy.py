@@ -592,7 +592,7 @@ class FairShareScheduler:
         self._now = max(self._now, at)
         self.order_epoch += 1
         for name, usage in state.get("usage_gpu_hours", {}).items():
-            self.ledger.set_usage(name, float(usage), at)
+            self.ledger.set_usage(name, float(usage), at, self.config.group_of(name))
         for name, (tokens, tokens_at) in state.get("preemption_tokens", {}).items():
             if name in self.pools:
                 self.pools[name].tokens = float(tokens)
