@@ -1,14 +1,17 @@
-"""Scheduling throughput of the gpuqueue policy at a given backlog.
+"""Scheduling throughput of the gpuqueue policy and of strict FIFO at a given backlog, side by side.
 
-    python benchmarks/scheduler_throughput.py --pending 10000 --users 1000 --gpus 1024
+    python benchmarks/scheduler_throughput.py --pending 10000 --users 1000 --gpus 1024 [--runs 3]
 
 Fills a pool of ``gpus / 8`` nodes x 8 GPUs, queues ``--pending`` jobs (1-8 GPUs, mixed
 priorities, some with time limits) from ``--users`` users, then repeatedly finishes a few
-running jobs and runs one pass (``tick``), as the service does. Prints JSON: decisions per
-second (starts, preemptions, timeouts issued / time spent in passes) and pass latency
-percentiles at that backlog (the queue is topped up so it stays at ``--pending``). Times are
-wall clock; ``cpu_decisions_per_s`` divides by the thread's CPU time in passes instead, which
-other processes on a shared machine do not inflate.
+running jobs, submits as many new ones and runs one pass (``tick``), as the service does. The
+same seeded stream goes to each policy; the policies alternate run by run (the machine may be
+shared: compare them within a run). For each it prints decisions per second (starts,
+preemptions, timeouts issued / seconds spent in ``submit``, ``finished`` and ``tick`` together)
+and the latency of one step (those calls for one pass) at that backlog (the queue is topped up
+so it stays at ``--pending``); then the fair-share/FIFO ratio of each run. Times are wall clock;
+``cpu_decisions_per_s`` divides by the thread's CPU time instead, which other processes on a
+shared machine do not inflate. ``--explain`` also times explain() of every queued job.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import random
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
@@ -28,24 +32,16 @@ from gpuqueue.scheduler.base import JobRequest, Start  # noqa: E402
 from gpuqueue.states import Outcome, Priority  # noqa: E402
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pending", type=int, default=10_000)
-    ap.add_argument("--users", type=int, default=1000)
-    ap.add_argument("--gpus", type=int, default=1024)
-    ap.add_argument("--passes", type=int, default=2000)
-    ap.add_argument("--policy", default="gpuqueue")
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--explain", action="store_true", help="also time explain() of every queued job")
-    a = ap.parse_args()
-    rng = random.Random(a.seed)
-    nodes = {f"n{i:04d}": 8 for i in range(a.gpus // 8)}
+def run(policy: str, pending: int, users: int, gpus: int, passes: int, seed: int, explain: bool) -> dict[str, Any]:
+    """One run of one policy; returns its figures."""
+    rng = random.Random(seed)
+    nodes = {f"n{i:04d}": 8 for i in range(gpus // 8)}
     cfg = QueueConfig(
         pools={"prod": PoolConfig(nodes=nodes, max_queued=10**9)},
         defaults=UserLimits(max_queued=10**9),
         policy=PolicyConfig(),
     )
-    s = make_scheduler(cfg, a.policy)
+    s = make_scheduler(cfg, policy)
     now = 0.0
     seq = 0
 
@@ -54,51 +50,77 @@ def main() -> None:
         seq += 1
         g = rng.choices([1, 2, 4, 8], [0.55, 0.2, 0.15, 0.1])[0]
         return JobRequest(
-            id=f"j{seq}", user=f"u{rng.randrange(a.users)}", pool="prod", gpus=g,
+            id=f"j{seq}", user=f"u{rng.randrange(users)}", pool="prod", gpus=g,
             priority=rng.choice(list(Priority)), submit_time=now,
             time_limit=rng.choice([None, 3600.0, 7200.0]), preemptible=rng.random() < 0.3,
         )
 
     t0 = time.perf_counter()
     running: list[str] = []
-    for _ in range(a.pending + a.gpus):
+    for _ in range(pending + gpus):
         s.submit(new_job(), now)
     fill = s.tick(now)
     running += [d.job_id for d in fill if isinstance(d, Start)]
     setup_s = time.perf_counter() - t0
-    passes: list[float] = []
+    steps: list[float] = []
     cpu = 0.0
     decisions = 0
-    for _ in range(a.passes):
+    for _ in range(passes):
         now += 1.0
+        batch = []
         for _ in range(rng.randint(1, 4)):  # a few jobs end, a few arrive
-            if running:
-                jid = running.pop(rng.randrange(len(running)))
-                s.finished(jid, Outcome.SUCCEEDED, now)
-            s.submit(new_job(), now)
+            jid = running.pop(rng.randrange(len(running))) if running else None
+            batch.append((jid, new_job()))
         t, c = time.perf_counter(), time.thread_time()
+        for jid, job in batch:
+            if jid is not None:
+                s.finished(jid, Outcome.SUCCEEDED, now)
+            s.submit(job, now)
         out = s.tick(now)
-        passes.append(time.perf_counter() - t)
+        steps.append(time.perf_counter() - t)
         cpu += time.thread_time() - c
         decisions += len(out)
         running += [d.job_id for d in out if isinstance(d, Start)]
-    passes.sort()
-    total = sum(passes)
-    pending = s.snapshot()["pools"]["prod"]["queued"]
-    t = time.perf_counter()  # what `gpuqueue ls` / the sidebar ask for every queued job
-    explained = sum(s.explain(f"j{i}", now) is not None for i in range(1, seq + 1)) if a.explain else 0
-    explain_s = time.perf_counter() - t
-    print(json.dumps({
-        "policy": a.policy, "pending": pending, "users": a.users, "gpus": a.gpus,
-        "passes": len(passes), "decisions": decisions,
+    steps.sort()
+    total = sum(steps)
+    queued = s.snapshot()["pools"]["prod"]["queued"]
+    result: dict[str, Any] = {
+        "policy": policy, "pending": queued, "users": users, "gpus": gpus,
+        "passes": len(steps), "decisions": decisions,
         "decisions_per_s": round(decisions / total, 1) if total else None,
         "cpu_decisions_per_s": round(decisions / cpu, 1) if cpu else None,
-        "p50_pass_ms": round(passes[len(passes) // 2] * 1000, 3),
-        "p99_pass_ms": round(passes[int(len(passes) * 0.99) - 1] * 1000, 3),
-        "max_pass_ms": round(passes[-1] * 1000, 3),
+        "p50_step_ms": round(steps[len(steps) // 2] * 1000, 3),
+        "p99_step_ms": round(steps[int(len(steps) * 0.99) - 1] * 1000, 3),
+        "max_step_ms": round(steps[-1] * 1000, 3),
         "setup_s": round(setup_s, 2), "initial_starts": len(fill),
-        **({"explained": explained, "explain_all_ms": round(explain_s * 1000, 1)} if a.explain else {}),
-    }))
+    }
+    if explain:
+        t = time.perf_counter()  # what `gpuqueue ls` / the sidebar ask for every queued job
+        result["explained"] = sum(s.explain(f"j{i}", now) is not None for i in range(1, seq + 1))
+        result["explain_all_ms"] = round((time.perf_counter() - t) * 1000, 1)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pending", type=int, default=10_000)
+    ap.add_argument("--users", type=int, default=1000)
+    ap.add_argument("--gpus", type=int, default=1024)
+    ap.add_argument("--passes", type=int, default=2000)
+    ap.add_argument("--runs", type=int, default=1, help="runs of each policy, alternating")
+    ap.add_argument("--policy", choices=["gpuqueue", "fifo", "both"], default="both")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--explain", action="store_true", help="also time explain() of every queued job")
+    a = ap.parse_args()
+    policies = ["gpuqueue", "fifo"] if a.policy == "both" else [a.policy]
+    for i in range(a.runs):
+        res = {p: run(p, a.pending, a.users, a.gpus, a.passes, a.seed, a.explain) for p in policies}
+        for r in res.values():
+            print(json.dumps({"run": i + 1, **r}))
+        if len(res) == 2:
+            g, f = res["gpuqueue"], res["fifo"]
+            print(json.dumps({"run": i + 1, "ratio_decisions_per_s": round(g["decisions_per_s"] / f["decisions_per_s"], 3),
+                              "ratio_cpu_decisions_per_s": round(g["cpu_decisions_per_s"] / f["cpu_decisions_per_s"], 3)}))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,17 @@
-"""Replay one trace under the gpuqueue policy and under FIFO; print the issue's table.
+"""The gpuqueue policy against strict FIFO on the traces it is judged on: the goal table of
+issue 13 for each.
 
-    python benchmarks/sim_compare.py ../shared/traces/openb.csv --cluster prod=16x8 --time-scale 8
+    python benchmarks/sim_compare.py                 # the suite: openb and the generated traces
+    python benchmarks/sim_compare.py --jobs 6000     # the generated ones shortened (what CI runs)
+    python benchmarks/sim_compare.py TRACE --cluster prod=64x8 [--time-scale F] [--config FILE]
 
-Runs ``python -m gpuqueue.simulate`` twice (as a user would) and prints a Markdown table of
-the figures the scheduler is judged on, with the ratio and the goal for each.
+The suite is openb (the Alibaba 2023 trace in ../shared/traces, arrivals x8 on 16 nodes of 8
+GPUs) and two traces ``benchmarks/make_trace.py`` writes (seed 1, 64 nodes of 8 GPUs):
+``whole-node`` (3 heavy users with 8- and 16-GPU jobs, 8 light ones with 1-GPU jobs, load 1.0,
+2 weeks) and ``bursty`` (4 tenants as groups, sweeps of jobs, load 1.0, 2 weeks). Each trace
+runs ``python -m gpuqueue.simulate`` once per policy (as a user would, both at once) and prints
+a Markdown table: the figures the scheduler is judged on with the ratio and the goal, then the
+longest wait by job size.
 """
 
 from __future__ import annotations
@@ -15,50 +23,122 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from make_trace import make_trace  # noqa: E402
+
+SIZES = ("1", "2", "4", "8", "16+")
 
 
-def simulate(trace: str, policy: str, extra: list[str]) -> dict:
-    """One simulator run; returns its JSON."""
+def find_openb() -> Optional[Path]:
+    """The shared openb trace: $GPUQUEUE_TRACES, or shared/traces beside this checkout or above."""
+    places = [Path(os.environ["GPUQUEUE_TRACES"])] if os.environ.get("GPUQUEUE_TRACES") else []
+    places += [p / "shared" / "traces" for p in ROOT.parents]
+    return next((p / "openb.csv" for p in places if (p / "openb.csv").exists()), None)
+
+
+def suite(folder: Path, jobs: Optional[int] = None) -> list[dict[str, Any]]:
+    """The traces of the suite, generated into ``folder`` (``jobs``: shorter, same shapes and
+    load over a proportionally shorter span)."""
+    out: list[dict[str, Any]] = []
+    openb = find_openb()
+    if openb is not None:
+        out.append({"name": "openb", "trace": str(openb), "cluster": "prod=16x8", "time_scale": 8.0, "config": None})
+    n = jobs or 24000
+    days = 14.0 * n / 24000
+    for shape in ("whole-node", "bursty"):
+        path = folder / f"{shape}-{n}.csv"
+        if not path.exists():
+            make_trace(str(path), shape, n, 50, 512, 1.0, 1, days)
+        config = str(path.with_suffix(".toml")) if shape == "bursty" else None
+        out.append({"name": f"{shape} ({n} jobs)", "trace": str(path), "cluster": "prod=64x8",
+                    "time_scale": 1.0, "config": config})
+    return out
+
+
+def simulate(trace: str, cluster: str, time_scale: float, config: Optional[str]) -> dict[str, dict[str, Any]]:
+    """Both policies on one trace, side by side; returns {policy: the simulator's JSON}."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "backend"))
     with tempfile.TemporaryDirectory() as d:
-        out = Path(d) / "r.json"
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "backend"))
-        r = subprocess.run([sys.executable, "-m", "gpuqueue.simulate", trace, "--policy", policy,
-                            "--json", str(out), *extra], env=env, capture_output=True, text=True)
-        if r.returncode != 0:
-            sys.exit(r.stderr.strip())
-        return json.loads(out.read_text())
+        procs = {}
+        for policy in ("gpuqueue", "fifo"):
+            cmd = [sys.executable, "-m", "gpuqueue.simulate", trace, "--policy", policy, "--cluster", cluster,
+                   "--time-scale", str(time_scale), "--json", str(Path(d) / f"{policy}.json")]
+            if config:
+                cmd += ["--config", config]
+            procs[policy] = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+        for policy, p in procs.items():
+            _, err = p.communicate()
+            if p.returncode != 0:
+                sys.exit(err.strip())
+        return {policy: json.loads((Path(d) / f"{policy}.json").read_text()) for policy in procs}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("trace")
-    ap.add_argument("--cluster", required=True)
-    ap.add_argument("--time-scale", default="1")
-    ap.add_argument("--config")
-    a = ap.parse_args()
-    extra = ["--cluster", a.cluster, "--time-scale", a.time_scale] + (["--config", a.config] if a.config else [])
-    g, f = simulate(a.trace, "gpuqueue", extra), simulate(a.trace, "fifo", extra)
+def goals(g: dict[str, Any], f: dict[str, Any]) -> list[tuple[str, float, float, str, Optional[bool]]]:
+    """(metric, gpuqueue, fifo, goal, met or None) rows of the issue's goal table."""
     hp = lambda d: d["wait_by_priority"]["high"]["p99"]  # noqa: E731
     rows = [
         ("avg JCT (s)", g["avg_jct_s"], f["avg_jct_s"], "≤ 0.6×", g["avg_jct_s"] <= 0.6 * f["avg_jct_s"]),
         ("max wait (s)", g["max_wait_s"], f["max_wait_s"], "≤ 1×", g["max_wait_s"] <= f["max_wait_s"]),
         ("high p99 wait (s)", hp(g), hp(f), "≤ 0.2×", hp(g) <= 0.2 * hp(f)),
-        ("utilization while a queued job fits", g["utilization_while_fits"], f["utilization_while_fits"], "≥ 0.95", g["utilization_while_fits"] >= 0.95),
+        ("utilization while a queued job fits", g["utilization_while_fits"], f["utilization_while_fits"], "≥ 0.95",
+         g["utilization_while_fits"] >= 0.95),
+        (f"Jain among backlogged users ({g['jain_users']})", g["jain_fairness"], f["jain_fairness"], "≥ 0.95",
+         g["jain_fairness"] >= 0.95),
+    ]
+    if "jain_fairness_groups" in g:
+        rows.append((f"Jain among backlogged groups ({g['jain_groups']})", g["jain_fairness_groups"],
+                     f["jain_fairness_groups"], "", None))
+    rows += [
         ("utilization while anything is queued", g["utilization_while_queued"], f["utilization_while_queued"], "", None),
-        (f"Jain among backlogged users ({g['jain_users']})", g["jain_fairness"], f["jain_fairness"], "≥ 0.95", g["jain_fairness"] >= 0.95),
         ("preemptions", g["preemptions"], f["preemptions"], "", None),
         ("simulation wall time (s)", g["sim_wall_s"], f["sim_wall_s"], "", None),
     ]
-    print(f"{Path(a.trace).name}, {g['jobs']} jobs, --cluster {a.cluster} --time-scale {a.time_scale}\n")
-    print("| metric | gpuqueue | fifo | ratio | goal |")
-    print("| --- | --- | --- | --- | --- |")
-    for name, x, y, goal, ok in rows:
-        ratio = f"{x / y:.3f}" if isinstance(y, (int, float)) and y and "×" in goal else ""
+    return rows
+
+
+def table(name: str, args: str, res: dict[str, dict[str, Any]]) -> str:
+    """The Markdown table of one trace."""
+    g, f = res["gpuqueue"], res["fifo"]
+    lines = [f"**{name}**, {g['jobs']} jobs, `{args}`", "",
+             "| metric | gpuqueue | fifo | ratio | goal |", "| --- | --- | --- | --- | --- |"]
+    for metric, x, y, goal, ok in goals(g, f):
+        ratio = f"{x / y:.3f}" if y and "×" in goal else ""
         fmt = (lambda v: f"{v:,.0f}") if max(abs(x), abs(y)) >= 100 else (lambda v: f"{v:.3f}")
         mark = "" if ok is None else (" ✔" if ok else " ✘")
-        print(f"| {name} | {fmt(x)} | {fmt(y)} | {ratio} | {goal}{mark} |")
+        lines.append(f"| {metric} | {fmt(x)} | {fmt(y)} | {ratio} | {goal}{mark} |")
+    lines += ["", "| max wait by job size (h) | " + " | ".join(f"{s} GPU{'s' if s != '1' else ''}" for s in SIZES) + " |",
+              "| --- |" + " --- |" * len(SIZES)]
+    for policy, d in (("gpuqueue", g), ("fifo", f)):
+        cells = [f"{d['wait_by_gpus'][s]['max'] / 3600:.1f}" if d["wait_by_gpus"][s]["jobs"] else "-" for s in SIZES]
+        lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trace", nargs="?", help="one trace instead of the suite")
+    ap.add_argument("--cluster", help="with TRACE: pools, e.g. prod=64x8")
+    ap.add_argument("--time-scale", type=float, default=1.0)
+    ap.add_argument("--config")
+    ap.add_argument("--jobs", type=int, help="suite: jobs of each generated trace (default 24,000)")
+    ap.add_argument("--out", help="suite: folder for the generated traces (default: a temporary one)")
+    a = ap.parse_args()
+    if a.trace:
+        if not a.cluster:
+            sys.exit("give --cluster with a trace, e.g. --cluster prod=64x8")
+        runs = [{"name": Path(a.trace).name, "trace": a.trace, "cluster": a.cluster, "time_scale": a.time_scale,
+                 "config": a.config}]
+    else:
+        folder = Path(a.out or tempfile.mkdtemp(prefix="gpuqueue-traces-"))
+        folder.mkdir(parents=True, exist_ok=True)
+        runs = suite(folder, a.jobs)
+    for r in runs:
+        args = f"--cluster {r['cluster']} --time-scale {r['time_scale']:g}" + (" --config (its groups)" if r["config"] else "")
+        print(table(r["name"], args, simulate(r["trace"], r["cluster"], r["time_scale"], r["config"])))
 
 
 if __name__ == "__main__":

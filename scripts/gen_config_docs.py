@@ -9,9 +9,11 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gpuqueue.config import PolicyConfig, PoolConfig, QueueConfig, UserLimits
+from gpuqueue.config import GroupConfig, PolicyConfig, PoolConfig, QueueConfig, UserLimits
 
-OUT = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "docs" / "config.md"
+EXAMPLE = ROOT / "deploy" / "pools.toml"
 
 HEAD = """# Configuration reference
 
@@ -28,32 +30,12 @@ There are two places to configure:
 2. **The Jupyter server extension** (traitlets): `c.GPUQueueApp.<name>` in
    `jupyter_server_config.py`, or `--GPUQueueApp.<name>=...` on the command line.
 
-Example queue file (the product's default pools):
+The product's default queue file, `deploy/pools.toml` (a dev pool of small preemptible jobs of an
+hour at most, a prod pool of whole 8-GPU nodes for runs of up to two days); copy it and put in
+your node names:
 
 ```toml
-retries = 3
-
-[pools.dev]                       # the first pool is the default one
-nodes = { "dev-1" = 2 }           # node name = GPUs on it
-preemptible = true
-max_runtime = "1h"
-starvation_timeout = "30m"
-
-[pools.prod]
-nodes = { "gpu-1" = 8, "gpu-2" = 8 }
-max_runtime = "48h"
-
-[defaults]                        # every user
-max_gpus = 8
-max_running = 4
-
-[users.alice]                     # one user's own limits and share weight
-weight = 2.0
-max_gpus = 16
-
-[policy]
-half_life = "7d"
-```
+{example}```
 """
 
 ENV = """
@@ -122,10 +104,13 @@ def traitlets_table() -> str:
 
 def render() -> str:
     parts = [
-        HEAD,
+        HEAD.replace("{example}", EXAMPLE.read_text()),
         "## Top level of the queue file\n\n" + model_table(QueueConfig),
         "## `[pools.NAME]`\n\n" + model_table(PoolConfig),
         "## `[defaults]` and `[users.NAME]`\n\n" + model_table(UserLimits),
+        "## `[groups.NAME]`\n\nA group's limits hold for its members together; fair share goes to the groups "
+        "first (by group weight), then to the users within each (by user weight). A user is in at most one "
+        "group; users in none share as groups of their own.\n\n" + model_table(GroupConfig),
         "## `[policy]`\n\nThe formula these knobs enter is in [scheduling.md](scheduling.md).\n\n" + model_table(PolicyConfig),
         "## The server extension (`GPUQueueApp`)\n\n" + traitlets_table(),
         ENV,

@@ -18,7 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .durations import MAX_TIMEOUT_S, parse_duration
 from .errors import BadRequest
@@ -41,7 +41,11 @@ class PoolConfig(BaseModel):
     preemptible: bool = Field(False, description="jobs here may be preempted")
     max_runtime: Optional[float] = Field(None, description="seconds; longer time limits rejected")
     default_timeout: Optional[float] = Field(None, description="seconds; when a job sets none")
-    starvation_timeout: float = Field(3600.0, description="seconds of waiting before a boost")
+    starvation_timeout: float = Field(
+        3600.0,
+        description="seconds of waiting per priority boost; a job needing several GPUs a node starves after it "
+        "and gets GPUs set aside (docs/scheduling.md)",
+    )
     max_queued: int = Field(10_000, ge=1, description="queue depth limit of the pool")
     max_gpus_per_user: Optional[int] = Field(None, ge=0, description="GPUs a user may hold here")
     allow_preemption: bool = Field(
@@ -87,6 +91,19 @@ class UserLimits(BaseModel):
     max_queued: int = Field(1000, ge=1, description="jobs queued at once; more are rejected")
 
 
+class GroupConfig(BaseModel):
+    """A group of users (a team, a tenant): fair share goes to the groups first, then to the
+    users within each (``[groups.NAME]``). Its limits hold for its members together."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    members: list[str] = Field(..., description="the users of the group (a user is in at most one)")
+    weight: float = Field(1.0, gt=0, description="fair-share weight of the group against the others")
+    max_gpus: Optional[int] = Field(None, ge=0, description="GPUs the members hold at once, all pools")
+    max_running: Optional[int] = Field(None, ge=0, description="jobs the members run at once")
+    max_queued: Optional[int] = Field(None, ge=1, description="jobs the members have queued at once; more are rejected")
+
+
 class PolicyConfig(BaseModel):
     """Knobs of the fair-share policy (``[policy]`` table); see docs/scheduling.md."""
 
@@ -100,10 +117,25 @@ class PolicyConfig(BaseModel):
         3, ge=0, le=3, description="tier steps a starving job may climb (never above high)"
     )
     oldest_first_after: float = Field(
-        7 * 86400.0, ge=0,
-        description="seconds of waiting after which a job goes before the other jobs of its tier, oldest first, whatever its user's share (0: never)",
+        24 * 3600.0, ge=0,
+        description="seconds of waiting after which a job of one GPU a node starves: it goes first, oldest first, whatever its user's share (0: never); jobs needing more GPUs a node starve after their pool's starvation_timeout",
     )
-    reservations: bool = Field(True, description="reserve GPUs for the first blocked job")
+    reservations: bool = Field(
+        True, description="set GPUs aside for starved jobs and for the first blocked job (false: no backfill protection)"
+    )
+    starved_priority_credit: float = Field(
+        4 * 3600.0, ge=0,
+        description="seconds of waiting one priority step is worth in the order of starved jobs "
+        "(a starved high job goes as if it had waited twice this much longer than a low one)",
+    )
+    max_reservations: int = Field(
+        8, ge=1, le=1000,
+        description="starved jobs a pass serves first, by credited age: each starts, or gets GPUs set aside",
+    )
+    drain_share: float = Field(
+        0.0625, ge=0, le=1,
+        description="share of a pool's nodes (at least one) that reservations beyond the fair order's first may drain with no known end time (their free GPUs idle until the jobs there end)",
+    )
     backfill_depth: int = Field(500, ge=0, description="jobs examined past the first blocked one")
     min_runtime: float = Field(600.0, ge=0, description="seconds before a job may be preempted")
     grace: float = Field(120.0, ge=0, description="seconds a preempted job has to checkpoint")
@@ -117,7 +149,7 @@ class PolicyConfig(BaseModel):
 
     @field_validator(
         "half_life", "charge_ahead", "min_runtime", "grace", "preemption_window",
-        "timeout_warning", "oldest_first_after", mode="before",
+        "timeout_warning", "starved_priority_credit", "oldest_first_after", mode="before",
     )
     @classmethod
     def _duration(cls, v: Any) -> float:
@@ -134,6 +166,9 @@ class QueueConfig(BaseModel):
     pools: dict[str, PoolConfig]
     defaults: UserLimits = Field(default_factory=UserLimits)
     users: dict[str, UserLimits] = Field(default_factory=dict)
+    groups: dict[str, GroupConfig] = Field(
+        default_factory=dict, description="groups of users: fair share between groups, then within each"
+    )
     retries: int = Field(3, ge=0, le=20, description="retries after a failure, by default")
     retry_backoff: float = Field(10.0, gt=0, description="seconds before the first retry")
     retry_backoff_max: float = Field(600.0, gt=0, description="cap on the backoff")
@@ -156,6 +191,24 @@ class QueueConfig(BaseModel):
                     raise ValueError(f"node {node!r} is in pools {seen[node]!r} and {pool!r}")
                 seen[node] = pool
         return v
+
+    _group_of: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _groups(self) -> "QueueConfig":
+        seen: dict[str, str] = {}
+        for group, cfg in self.groups.items():
+            for user in cfg.members:
+                if user in seen and seen[user] != group:
+                    raise ValueError(f"user {user!r} is in groups {seen[user]!r} and {group!r}: "
+                                     "a user belongs to at most one group")
+                seen[user] = group
+        self._group_of = seen
+        return self
+
+    def group_of(self, user: str) -> Optional[str]:
+        """The group the user belongs to, or None."""
+        return self._group_of.get(user)
 
     @property
     def default_pool(self) -> str:

@@ -82,6 +82,7 @@ def job_request(job: JobRecord, config: QueueConfig) -> JobRequest:
         max_retries=s.retries if s.retries is not None else config.retries,
         failures=job.failures,
         not_before=job.not_before or 0.0,
+        group=config.group_of(job.owner),
     )
 
 

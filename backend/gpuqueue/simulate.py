@@ -18,7 +18,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from .config import PoolConfig, QueueConfig, UserLimits, load_config
 from .errors import GPUQueueError
@@ -171,6 +171,8 @@ def _row(row: list[str], col: dict[str, int], config: QueueConfig, scale: float,
 
 @dataclass
 class _UserAcct:
+    """Fairness tallies of a user (or of a group: the sum over its members)."""
+
     pending: int = 0  # queued jobs
     used: int = 0  # GPUs held
     received: float = 0.0  # GPU-seconds held while backlogged
@@ -221,6 +223,22 @@ class _FitTracker:
             if nodes > 1 and bf[-1] >= nodes:
                 return True
         return False
+
+
+def hierarchical_fill(capacity: float, demand: dict[str, float], weight: dict[str, float],
+                      group_of: dict[str, str], group_weight: dict[str, float]) -> dict[str, float]:
+    """Weighted max-min fair shares in two levels: ``capacity`` among the groups (by group
+    weight, each group's demand the sum of its members'), then each group's share among its
+    members (by user weight). ``group_of`` maps every user to its group."""
+    gdemand: dict[str, float] = {}
+    for u, d in demand.items():
+        gdemand[group_of[u]] = gdemand.get(group_of[u], 0.0) + d
+    gshare = water_fill(capacity, gdemand, group_weight)
+    out: dict[str, float] = {}
+    for g, share in gshare.items():
+        members = {u: d for u, d in demand.items() if group_of[u] == g}
+        out.update(water_fill(share, members, weight))
+    return out
 
 
 def water_fill(capacity: float, demand: dict[str, float], weight: dict[str, float]) -> dict[str, float]:
@@ -285,11 +303,27 @@ class Simulation:
         fair: dict[str, float] = {}
         fair_dirty = False
 
+        # groups: a user in none is a group of its own, weighted as the user
+        hierarchical = bool(self.config.groups)
+        group_of: dict[str, str] = {}
+        group_weight: dict[str, float] = {}
+        group_accts: dict[str, _UserAcct] = {}
+        backlogged_groups: dict[str, int] = {}  # group -> backlogged members
+        members: dict[str, list[str]] = {}
+
+        def group_members(g: str) -> list[str]:
+            return members[g]
+
         def acct(u: str) -> _UserAcct:
             a = accts.get(u)
             if a is None:
                 a = accts[u] = _UserAcct(weight=self.config.limits_for(u).weight)
                 weights[u] = a.weight
+                g = self.config.group_of(u)
+                group_of[u] = g if g is not None else f"user:{u}"
+                group_weight[group_of[u]] = self.config.groups[g].weight if g is not None else a.weight
+                group_accts.setdefault(group_of[u], _UserAcct(weight=group_weight[group_of[u]]))
+                members.setdefault(group_of[u], []).append(u)
             return a
 
         def change(j: SimJob, dpend: int = 0, dused: int = 0, ddemand: int = 0) -> None:
@@ -297,8 +331,10 @@ class Simulation:
             changed its user's demand (ddemand): update every tally that depends on it."""
             nonlocal queued, used, fair_dirty
             a = acct(j.user)
+            was = a.pending > 0
             a.pending += dpend
             a.used += dused
+            group_accts[group_of[j.user]].used += dused
             queued += dpend
             used += dused
             pool_used[j.pool] += dused
@@ -308,6 +344,11 @@ class Simulation:
                 backlogged.add(j.user)
             else:
                 backlogged.discard(j.user)
+            if was != (a.pending > 0):
+                g = group_of[j.user]
+                backlogged_groups[g] = backlogged_groups.get(g, 0) + (1 if a.pending > 0 else -1)
+                if not backlogged_groups[g]:
+                    del backlogged_groups[g]
             if ddemand:
                 d = demand[j.pool]
                 d[j.user] = d.get(j.user, 0) + ddemand
@@ -321,7 +362,9 @@ class Simulation:
                 fair = {}
                 for p, d in demand.items():
                     if d and any(u in backlogged for u in d):
-                        for u, x in water_fill(capacity[p], d, weights).items():
+                        shares = (hierarchical_fill(capacity[p], d, weights, group_of, group_weight)
+                                  if hierarchical else water_fill(capacity[p], d, weights))
+                        for u, x in shares.items():
                             fair[u] = fair.get(u, 0.0) + x
                 fair_dirty = False
             return fair
@@ -385,6 +428,12 @@ class Simulation:
                         a.backlog_s += dt
                         a.received += a.used * dt
                         a.entitled += shares.get(u, 0.0) * dt
+                    if hierarchical:
+                        for g in backlogged_groups:
+                            ga = group_accts[g]
+                            ga.backlog_s += dt
+                            ga.received += ga.used * dt
+                            ga.entitled += sum(shares.get(u, 0.0) for u in group_members(g)) * dt
                 last_t = now
             while ev and ev[0][0] <= now:
                 _, kind, _, jid, attempt = heapq.heappop(ev)
@@ -432,7 +481,7 @@ class Simulation:
                 heapq.heappush(ev, (w, 3, seq, "", 0))  # a bare tick
         fit = (busy_fit / cap_fit if cap_fit > 0 else 1.0, fit_s / queued_s if queued_s > 0 else 0.0)
         return self._metrics(total, t_first, last_t, busy_s, busy_q_s, queued_s, fit, preemptions,
-                             wasted, accts, time.perf_counter() - t_wall)
+                             wasted, accts, group_accts if hierarchical else {}, time.perf_counter() - t_wall)
 
     def _request(self, j: SimJob) -> JobRequest:
         """The job as the scheduler sees it (no duration). A job larger than the pool's biggest
@@ -444,11 +493,12 @@ class Simulation:
         return JobRequest(
             id=j.id, user=j.user, pool=j.pool, gpus=j.gpus, priority=j.priority, nodes=nodes,
             submit_time=j.submit, time_limit=j.time_limit, preemptible=j.preemptible,
+            group=self.config.group_of(j.user),
         )
 
     def _metrics(self, total: int, t0: float, t1: float, busy_s: float, busy_q_s: float,
                  queued_s: float, fit: tuple[float, float], preemptions: int, wasted: float, accts: dict[str, _UserAcct],
-                 wall: float) -> dict[str, Any]:
+                 group_accts: dict[str, _UserAcct], wall: float) -> dict[str, Any]:
         done = [j for j in self.jobs if j.end is not None]
         jct = sorted(j.end - j.submit for j in done)  # type: ignore[operator]
         wait = sorted(max(0.0, j.end - j.submit - j.run_s) for j in done)  # type: ignore[operator]
@@ -457,9 +507,13 @@ class Simulation:
         for p in ("high", "medium", "low"):
             w = sorted(max(0.0, j.end - j.submit - j.run_s) for j in done if j.priority.value == p)  # type: ignore[operator]
             by[p] = {"jobs": len(w), "avg": _avg(w), "p99": _pct(w, 99), "max": w[-1] if w else 0.0}
-        min_backlog = 0.01 * span
-        shares = [a.received / a.entitled for a in accts.values() if a.entitled > 0 and a.backlog_s >= min_backlog]
-        jain = (sum(shares) ** 2 / (len(shares) * sum(x * x for x in shares))) if shares and any(shares) else 1.0
+        by_size: dict[str, dict[str, float]] = {}
+        for label, lo, hi in SIZES:
+            w = sorted(max(0.0, j.end - j.submit - j.run_s) for j in done if lo <= j.gpus <= hi)  # type: ignore[operator]
+            by_size[label] = {"jobs": len(w), "avg": _avg(w), "p99": _pct(w, 99), "max": w[-1] if w else 0.0}
+        jain, n_jain = _jain(accts.values(), 0.01 * span)
+        groups = {"jain_fairness_groups": _jain(group_accts.values(), 0.01 * span)[0],
+                  "jain_groups": _jain(group_accts.values(), 0.01 * span)[1]} if group_accts else {}
         return {
             "policy": self.policy,
             "jobs": len(self.jobs),
@@ -474,17 +528,31 @@ class Simulation:
             "p99_wait_s": _pct(wait, 99),
             "max_wait_s": wait[-1] if wait else 0.0,
             "wait_by_priority": by,
+            "wait_by_gpus": by_size,
             "utilization": busy_s / (total * span),
             "utilization_while_queued": (busy_q_s / (total * queued_s)) if queued_s > 0 else 1.0,
             "utilization_while_fits": fit[0],
             "fits_share_of_queued_time": fit[1],
             "jain_fairness": jain,
-            "jain_users": len(shares),
+            "jain_users": n_jain,
+            **groups,
             "preemptions": preemptions,
             "wasted_gpu_hours": wasted / 3600.0,
             "makespan_s": span,
             "sim_wall_s": wall,
         }
+
+
+SIZES = (("1", 0, 1), ("2", 2, 2), ("4", 3, 4), ("8", 5, 8), ("16+", 9, 10**9))
+"""Job sizes the waits are reported by: (label, fewest GPUs, most GPUs)."""
+
+
+def _jain(accts: Iterable[_UserAcct], min_backlog_s: float) -> tuple[float, int]:
+    """Jain's index over ``received / entitled`` of the accounts backlogged at least
+    ``min_backlog_s`` seconds, and how many there are."""
+    xs = [a.received / a.entitled for a in accts if a.entitled > 0 and a.backlog_s >= min_backlog_s]
+    jain = (sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))) if xs and any(xs) else 1.0
+    return jain, len(xs)
 
 
 def _avg(xs: list[float]) -> float:

@@ -53,17 +53,102 @@ def test_decayed_usage_orders_users():
     assert starts(s.tick(7201)) == ["b1"]
 
 
-def test_weights_divide_usage():
-    users = {"heavy": UserLimits(weight=4.0)}
-    s = FairShareScheduler(config({"p": {"n1": 1}}, users=users))
+def backlogged_gpu_hours(cfg, users: list[str], hours: float = 48, size: int = 1) -> dict[str, float]:
+    """Every user keeps 20 one-hour jobs queued; returns the GPU-hours each got."""
+    s = FairShareScheduler(cfg)
     sh = Shell(s)
-    for u in ("heavy", "light"):
-        s.submit(job(f"{u}0", user=u), 0)
-    sh.apply(s.tick(0), 0)  # one of them starts, gets charged 1 GPU-hour
-    first = next(iter(sh.running))
-    sh.finish(first, Outcome.SUCCEEDED, 3600)
-    terms = s.explain("light0" if first == "heavy0" else "heavy0", 3600).priority_terms
-    assert terms["weight"] in (1.0, 4.0)
+    got = {u: 0.0 for u in users}
+    ends: dict[str, float] = {}
+    n = 0
+    now = 0.0
+    while now < hours * 3600:
+        for u in users:
+            while sum(1 for j in s.jobs.values() if j.request.user == u and j.state == "pending") < 20:
+                n += 1
+                s.submit(job(f"{u}-{n}", user=u, gpus=size, t=now), now)
+        for jid in [j for j, t in ends.items() if t <= now]:
+            del ends[jid]
+            sh.finish(jid, Outcome.SUCCEEDED, now)
+        out = s.tick(now)
+        sh.apply(out, now)
+        for d in out:
+            if isinstance(d, Start):
+                ends[d.job_id] = now + 3600
+                got[s.jobs[d.job_id].request.user] += size
+        now += 600
+    return got
+
+
+def test_weights_divide_the_cluster():
+    # users of weight 4 and 1, both always backlogged, get about 4:1 of the GPU-hours
+    users = {"heavy": UserLimits(weight=4.0)}
+    got = backlogged_gpu_hours(config({"p": {"n1": 8, "n2": 2}}, users=users), ["heavy", "light"])
+    assert 3.6 <= got["heavy"] / got["light"] <= 4.4, got
+
+
+def test_groups_share_first_then_their_users():
+    # two groups of equal weight: the lone member of one gets what the three of the other share
+    cfg = config({"p": {"n1": 8, "n2": 4}})
+    cfg = cfg.model_validate({**cfg.model_dump(), "groups": {"a": {"members": ["a1", "a2", "a3"]},
+                                                             "b": {"members": ["b1"]}}})
+    got = backlogged_gpu_hours(cfg, ["a1", "a2", "a3", "b1"])
+    a = got["a1"] + got["a2"] + got["a3"]
+    assert 0.9 <= got["b1"] / a <= 1.1, got
+    assert max(got["a1"], got["a2"], got["a3"]) <= 1.2 * min(got["a1"], got["a2"], got["a3"]), got
+    # a group weight of 3 gives that group three quarters
+    cfg.groups["a"].weight = 3.0
+    got = backlogged_gpu_hours(cfg, ["a1", "a2", "a3", "b1"])
+    assert 2.7 <= (got["a1"] + got["a2"] + got["a3"]) / got["b1"] <= 3.3, got
+
+
+def test_group_limits_hold_for_the_members_together():
+    cfg = config({"p": {"n1": 8}})
+    cfg = cfg.model_validate({**cfg.model_dump(), "groups": {"team": {
+        "members": ["x", "y"], "max_gpus": 3, "max_queued": 3}}})
+    s = FairShareScheduler(cfg)
+    for i, u in enumerate(["x", "y", "x"]):
+        assert s.submit(job(f"j{i}", user=u, gpus=1, group="team"), 0) is None
+    r = s.submit(job("j3", user="y", group="team"), 0)
+    assert isinstance(r, Reject) and "group 'team'" in r.reason and "limit is 3" in r.reason
+    assert isinstance(s.submit(job("big", user="y", gpus=4, group="team"), 0), Reject)
+    assert len(starts(s.tick(0))) == 3
+    s.submit(job("j4", user="y", group="team", t=1), 1)
+    assert starts(s.tick(1)) == []
+    assert s.explain("j4", 1).reason == "quota_group_gpus"
+
+
+def test_pool_per_user_gpu_limit_refuses_and_holds():
+    cfg = config({"p": {"n1": 8}})
+    cfg.pools["p"].max_gpus_per_user = 2
+    s = FairShareScheduler(cfg)
+    r = s.submit(job("big", gpus=3), 0)
+    assert isinstance(r, Reject) and "per-user limit of 2" in r.reason
+    for i in range(3):
+        assert s.submit(job(f"j{i}"), 0) is None
+    assert starts(s.tick(0)) == ["j0", "j1"]
+    e = s.explain("j2", 0)
+    assert e.reason == "quota_pool_gpus" and "its per-user limit is 2" in e.message
+
+
+def test_a_preemptible_pool_makes_its_jobs_victims():
+    cfg = config({"p": {"n1": 2}}, preemptible=("p",), min_runtime=0)
+    s = FairShareScheduler(cfg)
+    sh = Shell(s)
+    s.submit(job("low", pr="low", gpus=2), 0)  # not preemptible itself: the pool is
+    sh.apply(s.tick(0), 0)
+    s.submit(job("high", pr="high", gpus=2, t=1), 1)
+    assert [d.job_id for d in s.tick(1) if isinstance(d, Preempt)] == ["low"]
+
+
+def test_pool_max_runtime_refuses_longer_limits_and_times_out_the_others():
+    cfg = config({"p": {"n1": 1}}, timeout_warning=0)
+    cfg.pools["p"].max_runtime = 3600
+    s = FairShareScheduler(cfg)
+    r = s.submit(job("long", time_limit=7200), 0)
+    assert isinstance(r, Reject) and "over pool 'p''s maximum of 1h" in r.reason
+    assert s.submit(job("j"), 0) is None  # no limit of its own: the pool's maximum applies
+    assert starts(s.tick(0)) == ["j"]
+    assert s.tick(3600) == [TimeOut("j")]
 
 
 def test_quota_waits_with_reason_and_depth_rejects():
@@ -125,7 +210,7 @@ def test_reservation_blocks_unbounded_backfill_but_allows_bounded():
 
 
 def test_starvation_boost_is_capped_below_high():
-    s = FairShareScheduler(config({"p": {"n1": 1}}))
+    s = FairShareScheduler(config({"p": {"n1": 1}}, reservations=False))  # the boost alone
     s.submit(job("low", pr="low", t=0), 0)
     s.tick(0)  # starts
     sh = Shell(s)
@@ -142,8 +227,9 @@ def test_starvation_boost_is_capped_below_high():
     assert starts(s.tick(10002)) == ["old_low"]  # boosted low beats fresh medium
 
 
-def test_jobs_waiting_past_oldest_first_after_go_oldest_first_within_their_tier():
-    s = FairShareScheduler(config({"p": {"n1": 1}}, oldest_first_after=5000))
+def test_starved_jobs_go_first_oldest_first_whatever_their_share():
+    # a job of one GPU starves after oldest_first_after (600 s here)
+    s = FairShareScheduler(config({"p": {"n1": 1}}, oldest_first_after=600))
     sh = Shell(s)
     s.submit(job("hog", user="heavy"), 0)
     sh.apply(s.tick(0), 0)
@@ -152,13 +238,46 @@ def test_jobs_waiting_past_oldest_first_after_go_oldest_first_within_their_tier(
     sh.apply(s.tick(3600), 3600)
     s.submit(job("old", user="heavy", t=3600), 3600)
     s.submit(job("fresh", user="light", t=3700), 3700)
-    sh.finish("blocker", Outcome.SUCCEEDED, 4000)
-    assert starts(s.tick(4000)) == ["fresh"]  # fair share: light goes before heavy
-    s.submit(job("fresh2", user="light", t=8000), 8000)
-    sh.finish("fresh", Outcome.SUCCEEDED, 8700)
-    # "old" has now waited 5100 s > 5000: oldest first, whatever heavy's usage
-    assert starts(s.tick(8700)) == ["old"]
-    assert s.explain("fresh2", 8700).reason in ("resources", "priority")
+    sh.finish("blocker", Outcome.SUCCEEDED, 3800)
+    assert starts(s.tick(3800)) == ["fresh"]  # nobody starved yet: fair share, light first
+    s.submit(job("fresh2", user="light", pr="high", t=4100), 4100)
+    sh.finish("fresh", Outcome.SUCCEEDED, 4300)
+    # "old" has waited 700 s > 600 s: it goes first, before light's fresh high-priority job
+    assert starts(s.tick(4300)) == ["old"]
+    assert s.explain("fresh2", 4300).reason in ("resources", "priority", "reservation")
+
+
+def test_a_starved_whole_node_job_gets_its_node_set_aside():
+    # two 4-GPU nodes kept partly busy by 1-GPU jobs; light's 4-GPU job goes first by share and
+    # holds the one reservation of the fair order; heavy's 4-GPU job only gets GPUs set aside
+    # once it starves (600 s here), then new 1-GPU jobs without a time limit stay off its node
+    s = FairShareScheduler(config({"p": {"a": 4, "b": 4}}))
+    sh = Shell(s)
+    s.submit(job("hog", user="heavy", gpus=8 // 2, time_limit=50), 0)
+    sh.apply(s.tick(0), 0)
+    sh.finish("hog", Outcome.SUCCEEDED, 50)  # heavy has used GPU time: it goes after light
+    for i in range(8):
+        s.submit(job(f"s{i}", user="filler", time_limit=2000 + 100 * i, t=60), 60)
+    sh.apply(s.tick(60), 60)
+    s.submit(job("big", user="heavy", gpus=4, t=61), 61)
+    s.submit(job("first", user="light", gpus=4, t=62), 62)
+    sh.apply(s.tick(62), 62)
+    assert s.explain("first", 62).reason == "resources"  # holds the fair order's reservation
+    assert s.explain("big", 62).reason != "starved"
+    now = 700.0  # big has waited 639 s
+    sh.apply(s.tick(now), now)
+    e = s.explain("big", now)
+    assert e.reason == "starved" and e.eta_s is not None
+    reserved = {n for j in ("s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7") for n in sh.running[j]}
+    assert reserved == {"a", "b"}
+    # a node frees up as its jobs end; a stream of 1-GPU jobs without a time limit arrives
+    for k, jid in enumerate(["s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7"]):
+        now = 2060.0 + 100 * k
+        sh.finish(jid, Outcome.SUCCEEDED, now)
+        s.submit(job(f"late{k}", user="stream", t=now), now)
+        sh.apply(s.tick(now), now)
+    assert "first" in sh.running and "big" in sh.running  # both whole-node jobs started
+    assert not any(f"late{k}" in sh.running for k in range(8))
 
 
 def test_backfill_skips_sizes_that_cannot_fit_and_reaches_a_small_job_far_behind():
@@ -333,7 +452,7 @@ def test_cancel_pending_and_running():
     s.tick(0)
     s.cancel("b", 1)
     s.cancel("a", 1)
-    assert s.snapshot()["pools"]["p"] == {"gpus_total": 1, "gpus_used": 0, "queued": 0, "running": 0, "reserved_for": None}
+    assert s.snapshot()["pools"]["p"] == {"gpus_total": 1, "gpus_used": 0, "queued": 0, "running": 0, "reserved_for": []}
 
 
 @pytest.mark.parametrize("policy", ["gpuqueue", "fifo"])
@@ -351,3 +470,19 @@ def test_any_time_limit_is_queued_and_removed_under_the_same_key(policy, limit):
     s.finished("a", Outcome.SUCCEEDED, 4)
     assert starts(s.tick(4)) == ["c"]  # the queue still schedules
     assert s.snapshot()["pools"]["p"]["queued"] == 0
+
+
+def test_saved_usage_comes_back_in_the_users_groups():
+    cfg = config({"p": {"n1": 1}})
+    cfg = cfg.model_validate({**cfg.model_dump(), "groups": {"g": {"members": ["a", "b"]}}})
+    s = FairShareScheduler(cfg)
+    sh = Shell(s)
+    s.submit(job("a0", user="a"), 0)
+    sh.apply(s.tick(0), 0)
+    sh.finish("a0", Outcome.SUCCEEDED, 3600)
+    t = FairShareScheduler(cfg)
+    t.import_state(s.export_state())
+    assert t.ledger.users["a"].group is t.ledger.groups["g"]
+    t.submit(job("b1", user="b", t=3600), 3600)  # b shares a's group usage ...
+    t.submit(job("c1", user="c", t=3601), 3601)  # ... so c, alone in no group, goes first
+    assert starts(t.tick(3601)) == ["c1"]

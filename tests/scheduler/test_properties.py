@@ -164,3 +164,90 @@ def test_big_job_is_not_starved_by_a_stream_of_small_ones(n_small, seed):
         if started_big is not None:
             break
     assert started_big is not None and started_big <= 120 + 300 + 60  # drains one job length
+
+
+# ------------------------------------------------------------------------------ the wait bound
+L = 3000.0  # the pool's max_runtime: no job holds GPUs longer
+T = 600.0  # starvation_timeout (several GPUs a node) and oldest_first_after (one GPU)
+CREDIT = 4 * 3600.0  # starved_priority_credit (the default)
+
+
+@st.composite
+def streams(draw):
+    nodes = draw(st.lists(st.sampled_from([2, 4, 8]), min_size=1, max_size=4))
+    biggest = max(nodes)
+    jobs, t = [], 0.0
+    for i in range(draw(st.integers(5, 30))):
+        t += draw(st.sampled_from([0.0, 10.0, 60.0, 300.0, 900.0]))
+        jobs.append(dict(
+            id=f"j{i}", user=draw(st.sampled_from(USERS)), t=t,
+            gpus=draw(st.sampled_from([g for g in (1, 1, 1, 2, 4, 8) if g <= biggest])),
+            pr=draw(st.sampled_from(["high", "medium", "low"])),
+            time_limit=draw(st.sampled_from([None, 500.0, 2000.0])),
+            duration=draw(st.sampled_from([30.0, 400.0, 1500.0, 2900.0, 9000.0])),  # 9000: times out at L
+        ))
+    return {f"n{i}": g for i, g in enumerate(nodes)}, jobs
+
+
+def run_stream(cluster, jobs):
+    """Replay a stream with no preemption and no failure; returns (submit, start) per job."""
+    cfg = config({"p": cluster}, oldest_first_after=T, min_runtime=0)
+    cfg.pools["p"].max_runtime = L
+    cfg.pools["p"].allow_preemption = False
+    s = FairShareScheduler(cfg)
+    sh = Shell(s)
+    spec = {j["id"]: j for j in jobs}
+    started: dict[str, float] = {}
+    ends: dict[str, float] = {}
+    arrivals = sorted((j["t"], j["id"]) for j in jobs)
+    now = 0.0
+    while arrivals or ends or s.jobs:
+        times = [a[0] for a in arrivals] + list(ends.values())
+        w = s.next_wakeup()
+        if w is not None:
+            times.append(w)
+        now = max(now, min(times))
+        while arrivals and arrivals[0][0] <= now:
+            j = spec[arrivals.pop(0)[1]]
+            assert s.submit(job(j["id"], user=j["user"], gpus=j["gpus"], pr=j["pr"], t=j["t"],
+                                time_limit=j["time_limit"]), now) is None
+        for jid in [k for k, e in ends.items() if e <= now]:
+            del ends[jid]
+            sh.finish(jid, Outcome.SUCCEEDED, now)
+        for _ in range(5):
+            out = s.tick(now)
+            sh.apply(out, now)  # a TimeOut is finished at once
+            for d in out:
+                if isinstance(d, Start):
+                    started[d.job_id] = now
+                    ends[d.job_id] = now + spec[d.job_id]["duration"]
+            for jid in [k for k in ends if k not in sh.running]:
+                del ends[jid]  # timed out
+            if (w := s.next_wakeup()) is None or w > now:
+                break
+    return started
+
+
+def credited(j):
+    """The starved order: submit time less the credit of each priority step above low, then
+    submission order."""
+    return (j["t"] - {"high": 2, "medium": 1, "low": 0}[j["pr"]] * CREDIT, int(j["id"][1:]))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(streams())
+def test_every_job_starts_within_the_stated_bound(stream):
+    # docs/scheduling.md, "The wait bound": with every job's runtime bounded by L (the pool's
+    # max_runtime) and nothing preempted, a job that starved at s (T after it was submitted)
+    # starts by s + (m + 1) * L, where m counts the starved jobs ahead of it (earlier in the
+    # starved order) that started while it waited
+    cluster, jobs = stream
+    started = run_stream(cluster, jobs)
+    assert set(started) == {j["id"] for j in jobs}  # every job ran
+    for j in jobs:
+        starved_at = j["t"] + T
+        if started[j["id"]] <= starved_at:
+            continue
+        ahead = sum(1 for k in jobs if k is not j and credited(k) < credited(j)
+                    and starved_at <= started[k["id"]] <= started[j["id"]])
+        assert started[j["id"]] <= starved_at + (ahead + 1) * L + 1e-6, (j, ahead, started[j["id"]])

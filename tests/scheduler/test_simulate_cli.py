@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = {"jobs", "avg_jct_s", "p50_jct_s", "p99_jct_s", "avg_wait_s", "p99_wait_s", "max_wait_s",
         "wait_by_priority", "utilization", "utilization_while_queued", "utilization_while_fits",
-        "jain_fairness", "jain_users", "preemptions", "wasted_gpu_hours", "sim_wall_s"}
+        "jain_fairness", "jain_users", "preemptions", "wasted_gpu_hours", "sim_wall_s", "wait_by_gpus"}
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -107,3 +107,31 @@ def test_fairness_and_fit_metrics_tell_fifo_from_fair_share(tmp_path):
     assert got["gpuqueue"]["jain_users"] == got["fifo"]["jain_users"] == 2
     # nothing queued ever fits on idle GPUs while both policies keep the node full
     assert got["gpuqueue"]["utilization_while_queued"] == got["fifo"]["utilization_while_queued"] == 1.0
+
+
+def test_hierarchical_fill_shares_by_group_then_user():
+    from gpuqueue.simulate import hierarchical_fill
+
+    # 12 GPUs, groups g (weight 2: a and b) and h (weight 1: c); everyone wants plenty
+    got = hierarchical_fill(12, {"a": 20, "b": 20, "c": 20}, {"a": 1, "b": 3, "c": 1},
+                            {"a": "g", "b": "g", "c": "h"}, {"g": 2, "h": 1})
+    assert abs(got["c"] - 4) < 1e-9  # h gets a third
+    assert abs(got["a"] - 2) < 1e-9 and abs(got["b"] - 6) < 1e-9  # g's 8 split 1:3
+
+
+def test_groups_and_sizes_are_reported(tmp_path):
+    # two groups of equal weight on one 4-GPU node: the lone member of "solo" gets as much as
+    # the three members of "team" together, so the groups are fair and the users are not
+    rows = [f"{u}{i},{u},0,100,1" for u in ("t1", "t2", "t3", "s1") for i in range(30)]
+    rows.append("big,s1,0,100,4")
+    trace = write(tmp_path, "job_id,user,submit_time,duration,gpus\n" + "\n".join(rows) + "\n")
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[pools.prod]\nnodes = { "x" = 4 }\n[groups.team]\nmembers = ["t1", "t2", "t3"]\n'
+                   '[groups.solo]\nmembers = ["s1"]\n')
+    out = tmp_path / "o.json"
+    r = run(trace, "--cluster", "prod=1x4", "--config", str(cfg), "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    d = json.loads(out.read_text())
+    assert d["jain_groups"] == 2 and d["jain_fairness_groups"] > 0.95
+    assert d["wait_by_gpus"]["4"]["jobs"] == 1 and d["wait_by_gpus"]["1"]["jobs"] == 120
+    assert d["wait_by_gpus"]["16+"]["jobs"] == 0

@@ -1,7 +1,7 @@
 """Scheduler core: pure policies behind one protocol (see ``base.Scheduler``)."""
 
 from ..config import QueueConfig
-from .base import (  # noqa: F401
+from .base import (
     Decision,
     Explanation,
     JobRequest,
@@ -16,8 +16,14 @@ from .base import (  # noqa: F401
     TimeOut,
     Warn,
 )
-from .fairshare import FairShareScheduler  # noqa: F401
-from .fifo import FifoScheduler  # noqa: F401
+from .fairshare import FairShareScheduler
+from .fifo import FifoScheduler
+
+__all__ = [
+    "Decision", "Explanation", "JobRequest", "NodeView", "Placement", "PoolPending", "Preempt",
+    "Reject", "Retry", "Scheduler", "Start", "TimeOut", "Warn", "FairShareScheduler",
+    "FifoScheduler", "POLICIES", "make_scheduler",
+]
 
 POLICIES = ("gpuqueue", "fifo")
 

@@ -4,19 +4,33 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..config import QueueConfig
+from ..config import PoolConfig, QueueConfig
 from ..durations import format_duration
 from .base import JobRequest
 from .cluster import Cluster
 
 
+_SIZES: dict[int, tuple[PoolConfig, dict[str, int], list[int]]] = {}
+
+
+def _sizes(pc: PoolConfig) -> list[int]:
+    """The pool's node sizes, biggest first (kept per pool config while its nodes stay)."""
+    hit = _SIZES.get(id(pc))
+    if hit is None or hit[0] is not pc or hit[1] is not pc.nodes:
+        hit = _SIZES[id(pc)] = (pc, pc.nodes, sorted(pc.nodes.values(), reverse=True))
+    return hit[2]
+
+
 def inadmissible(job: JobRequest, config: QueueConfig, cluster: Cluster) -> Optional[str]:
     """A sentence saying why ``job`` can never run in its pool, or None if it can."""
-    pools = ", ".join(sorted(config.pools))
     pc = config.pools.get(job.pool)
     if pc is None:
-        return f"unknown pool {job.pool!r}: the pools are {pools}"
-    sizes = sorted(pc.nodes.values(), reverse=True)
+        return f"unknown pool {job.pool!r}: the pools are {', '.join(sorted(config.pools))}"
+    sizes = _sizes(pc)
+    if job.nodes == 1 and sizes and job.gpus <= sizes[0] and (
+            pc.max_runtime is None or job.time_limit is None or job.time_limit <= pc.max_runtime):
+        return None  # the common case
+    pools = ", ".join(sorted(config.pools))
     if job.nodes == 1:
         biggest = sizes[0] if sizes else 0
         if job.gpus > biggest:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Optional
 
 from ..base import Explanation
+from . import ordering
 from .records import INF, N_TIERS, PENDING, WAITING, Job
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -21,28 +22,34 @@ class Explainer:
         self.policy = policy
         self._positions: dict[str, tuple[int, dict[str, int]]] = {}  # pool -> (epoch, id -> position)
 
-    def order(self, pool: str) -> list[Job]:
-        """The pool's pending jobs in scheduling order (ignoring share changes within a pass)."""
+    def order(self, pool: str, now: float) -> list[Job]:
+        """The pool's pending jobs in scheduling order (ignoring share changes within a pass):
+        starved jobs oldest first, then tiers, users by share key, each user's oldest first."""
         policy = self.policy
-        queue = policy.pools[pool].queue
+        p = policy.pools[pool]
+        queue = p.queue
         jobs, users = policy.jobs, policy.ledger.users
+        starved = set()
         res: list[Job] = []
-        for t in range(N_TIERS):
-            for e in sorted(e for h in queue.aged_heaps[t].values() for e in h):
+        if policy.knobs.reservations:
+            for e in sorted(e for heap in queue.by_age.values() for e in heap):
                 j = jobs.get(e.job_id)
-                if j is not None and j.state == PENDING and j.queue_version == e.queue_version:
+                if (j is not None and j.state == PENDING and j.queue_version == e.queue_version
+                        and ordering.starved(j.request, j.starve_after, now)):
                     res.append(j)
+                    starved.add(j.request.id)
+        for t in range(N_TIERS):
             mine = dict(queue.tier_lists(t))
             for _, name in sorted((users[n].share_key, n) for n in mine):
-                res += [jobs[k[2]] for k in mine[name]]
+                res += [jobs[k[2]] for k in mine[name] if k[2] not in starved]
         return res
 
-    def position(self, pool: str, job_id: str) -> int:
+    def position(self, pool: str, job_id: str, now: float) -> int:
         """1-based place of a pending job in its pool's order."""
         epoch = self.policy.order_epoch
         hit = self._positions.get(pool)
         if hit is None or hit[0] != epoch:
-            order = {x.request.id: i for i, x in enumerate(self.order(pool), 1)}
+            order = {x.request.id: i for i, x in enumerate(self.order(pool, now), 1)}
             hit = self._positions[pool] = (epoch, order)
         return hit[1][job_id]
 
@@ -52,17 +59,23 @@ class Explainer:
         j = policy.jobs[job_id]
         req = j.request
         u = policy.ledger.users[req.user]
-        tier, aged, _ = policy.tier_at(j, now) if j.state == PENDING else (j.tier, j.aged, 0)
-        return {
+        tier = policy.tier_at(j, now)[0] if j.state == PENDING else j.tier
+        scale = policy.ledger.scale(now)
+        terms = {
             "tier": float(tier),
             "base_tier": float(2 * req.priority.rank),
             "starvation_boost": float(2 * req.priority.rank - tier),
-            "oldest_first": 1.0 if aged else 0.0,
+            "starved": 1.0 if ordering.starved(req, j.starve_after, now) else 0.0,
             "usage_gpu_hours": round(policy.ledger.usage(req.user, now), 6),
             "weight": u.weight,
-            "share_key": round(u.scaled / policy.ledger.scale(now) / u.weight, 6),
+            "share_key": round(u.scaled / scale / u.weight, 6),
             "wait_s": max(0.0, now - req.submit_time),
         }
+        if u.group is not None:
+            terms["group_usage_gpu_hours"] = round(u.group.scaled / scale, 6)
+            terms["group_weight"] = u.group.weight
+            terms["group_share_key"] = round(u.group.scaled / scale / u.group.weight, 6)
+        return terms
 
     def explain(self, job_id: str, now: float) -> Optional[Explanation]:
         """Reason code, 1-based position, priority terms and ETA of a queued job."""
@@ -78,17 +91,18 @@ class Explainer:
                 "backoff", f"retrying after a failure, eligible in {req.not_before - now:.0f}s",
                 0, terms, max(0.0, req.not_before - now),
             )
-        pos = self.position(req.pool, job_id)
+        pos = self.position(req.pool, job_id, now)
         eta: Optional[float] = None
-        if pool.reserved_for == job_id and pool.shadow < INF:
-            eta = max(0.0, pool.shadow - now)
+        reserved = job_id in pool.reservations
+        if reserved and pool.reservations[job_id] < INF:
+            eta = max(0.0, pool.reservations[job_id] - now)
         reason, msg = j.reason, str(j.reason_message)
         nodes = pool.nodes
-        if j.seen_in_pass != pool.pass_no and reason in ("reservation", "priority", "resources"):
+        if j.seen_in_pass != pool.pass_no and reason in ("reservation", "priority", "resources", "starved"):
             # the last pass stopped before it (nothing free could fit it): not its old message
             reason = "resources"
             msg = f"waiting for {req.gpus} GPUs in pool {pool.name!r} ({nodes.free}/{nodes.total} free)"
-        if pool.reserved_for != job_id and reason in ("new", "resources") and pos > 1:
+        if not reserved and reason in ("new", "resources") and pos > 1:
             reason, msg = "priority", f"{pos - 1} jobs are ahead of it in pool {pool.name!r}"
         elif reason == "new":
             reason, msg = "pending", "waiting for the next scheduling pass"

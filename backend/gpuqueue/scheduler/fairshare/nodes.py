@@ -1,20 +1,24 @@
 """The node index: which nodes of a pool are up, their free GPUs by count (for best fit in a few
 steps), the jobs on each node and when they are expected to end (for reservations).
 
-End estimates are time limits (``min(job limit, pool max_runtime)`` or the pool's
-``default_timeout``), or the stop deadline of a job asked to stop; INF when unknown. They are
-cached per node and dropped whenever the node's jobs or free GPUs change (``touch``).
+End estimates are a running job's ``ends_at``: the end of its time limit (``min(job limit, pool
+max_runtime)`` or the pool's ``default_timeout``), or the stop deadline of a job asked to stop;
+INF when unknown. They are cached per node and dropped whenever the node's jobs or free GPUs
+change (``touch``).
 """
 
 from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from typing import Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, Container, Iterable, Optional
 
 from ..base import Placement
 from ..cluster import NodeState
 from .records import INF, Job
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .reservations import Reservation
 
 FitEntry = tuple[float, int, str, int]
 """(fit time, -free GPUs, node, node version): an entry of a pool's lazy fit-time heap."""
@@ -48,36 +52,66 @@ class PoolNodes:
         for n in nodes:  # by name: the lists come out sorted
             self.by_free.setdefault(len(n.free), []).append(n.name)
 
-    def best_fit(self, gpus: int, spare: dict[str, int], check_spare: bool) -> Optional[Placement]:
-        """One node with ``gpus`` free: the fewest free GPUs that still fit, ties by name. With
-        ``check_spare``, a reserved node (in ``spare``) only if the job fits its spare GPUs,
-        which are then used up."""
-        by_free = self.by_free
-        for f in range(gpus, self.max_gpus + 1):
-            names = by_free.get(f)
-            if not names:
-                continue
-            for name in names:
-                if check_spare and name in spare:
-                    if gpus > spare[name]:
+    def best_fit(self, gpus: int, claimed: dict[str, "Reservation"], end: float,
+                 borrow: bool = False, apart: Optional[Callable[[NodeState], bool]] = None,
+                 ) -> tuple[Optional[Placement], bool]:
+        """One node with ``gpus`` free: the fewest free GPUs that still fit, ties by name;
+        first among the nodes for which ``apart`` is false (those running no work of the other
+        kind: preemptible jobs kept apart from the rest, so that preemption can make a node
+        whole), then among all. A node a reservation holds only if this job, ending at
+        ``end``, ends before that reservation's start, fits in its spare GPUs (which it then
+        uses up), or (``borrow``) the reservation is a starved job's. Returns the placement and
+        whether it borrows."""
+        by_free, by_name = self.by_free, self.by_name
+        for strict in ((True, False) if apart is not None else (False,)):
+            for f in range(gpus, self.max_gpus + 1):
+                names = by_free.get(f)
+                if not names:
+                    continue
+                for name in names:
+                    if strict and apart(by_name[name]):  # type: ignore[misc]
                         continue
-                    spare[name] -= gpus
-                return {name: tuple(sorted(self.by_name[name].free)[:gpus])}
-        return None
+                    borrowed = False
+                    if claimed:
+                        r = claimed.get(name)
+                        if r is not None and not (r.shadow < INF and end <= r.shadow):
+                            spare = r.spare.get(name, 0)
+                            if gpus <= spare:
+                                r.spare[name] = spare - gpus
+                            elif borrow and r.starved:
+                                borrowed = True
+                            else:
+                                continue
+                    return {name: tuple(sorted(by_name[name].free)[:gpus])}, borrowed
+        return None, False
 
-    def idle_nodes(self, gpus: int, nodes: int, spare: dict[str, int], fits_before: bool) -> Optional[Placement]:
+    def idle_nodes(self, gpus: int, nodes: int, claimed: dict[str, "Reservation"], end: float,
+                   borrow: bool = False) -> tuple[Optional[Placement], bool]:
         """``nodes`` whole idle nodes with at least ``gpus / nodes`` GPUs, by (GPUs, name); a
-        reserved node only if the job ends before the reservation or the node is all spare."""
+        reserved node only if the job ends before that reservation, the node is all spare, or
+        (``borrow``) it is set aside for a starved job. Returns the placement and whether it
+        borrows."""
         per = gpus // nodes
         idle: list[NodeState] = []
+        borrowed = False
         for f in range(max(per, 0), self.max_gpus + 1):
             for name in self.by_free.get(f, ()):
                 n = self.by_name[name]
-                if n.gpus == f and (fits_before or name not in spare or spare[name] >= n.gpus):
-                    idle.append(n)
-                    if len(idle) == nodes:
-                        return {n.name: tuple(sorted(n.free)[:per]) for n in idle}
-        return None
+                if n.gpus != f:
+                    continue
+                r = claimed.get(name) if claimed else None
+                if r is not None and not (r.shadow < INF and end <= r.shadow) and r.spare.get(name, 0) < n.gpus:
+                    if not (borrow and r.starved):
+                        continue
+                    borrowed = True
+                idle.append(n)
+                if len(idle) == nodes:
+                    return {n.name: tuple(sorted(n.free)[:per]) for n in idle}, borrowed
+        return None, False
+
+    def max_free(self) -> int:
+        """The most free GPUs on one node."""
+        return max((f for f, names in self.by_free.items() if names), default=0)
 
     def idle_count(self, per: int) -> int:
         """Nodes with at least ``per`` GPUs free."""
@@ -87,17 +121,20 @@ class PoolNodes:
 class NodeIndex:
     """Every pool's ``PoolNodes``, the jobs on each node, and their end estimates."""
 
-    def __init__(self, jobs: dict[str, Job], end_estimate: Callable[[Job], float]) -> None:
+    def __init__(self, jobs: dict[str, Job]) -> None:
         self.jobs = jobs
-        self.end_estimate = end_estimate
         self.pools: dict[str, PoolNodes] = {}
         self.jobs_on: dict[str, set[str]] = {}  # node -> ids of the jobs holding GPUs there
         self.stopping_gpus: dict[str, int] = {}  # node -> GPUs of its jobs asked to stop
+        # node -> GPUs of its running preemptible jobs, by priority rank (high, medium, low)
+        self.preemptible_gpus: dict[str, list[int]] = {}
         self._indexed_free: dict[str, int] = {}  # node -> free count as filed in by_free
         self._pool_of: dict[str, PoolNodes] = {}  # up node -> its pool's index
         self._ends: dict[str, list[tuple[float, int]]] = {}  # node -> sorted (end, GPUs) of its jobs
         self._fit_times: dict[str, dict[int, float]] = {}  # node -> need -> fit time (see fit_time)
-        self._version: dict[str, int] = {}  # node -> bumps on every touch (fit heaps go stale)
+        self.versions: dict[str, int] = {}  # node -> bumps on every touch (fit heaps go stale)
+        self.touches = 0  # counts every touch of any node
+        self.touched_at: dict[str, int] = {}  # node -> ``touches`` at its last touch
 
     def rebuild(self, nodes: Iterable[NodeState]) -> None:
         """Index the up nodes of every pool again (after a node joined or left)."""
@@ -130,7 +167,9 @@ class NodeIndex:
             if old is None:
                 continue  # down or unknown: not indexed
             pool = self._pool_of[name]
-            self._version[name] = self._version.get(name, 0) + 1
+            self.versions[name] = self.versions.get(name, 0) + 1
+            self.touches += 1
+            self.touched_at[name] = self.touches
             for _, dirty in pool.fit_heaps.values():
                 dirty.add(name)
             n = pool.by_name[name]
@@ -142,6 +181,15 @@ class NodeIndex:
             insort(pool.by_free.setdefault(new, []), name)
             self._indexed_free[name] = new
 
+    def touched_since(self, touches: int, names: Iterable[str]) -> set[str]:
+        """Those of ``names`` touched after the first ``touches`` touches."""
+        at = self.touched_at
+        return {n for n in names if at.get(n, 0) > touches}
+
+    def version(self, name: str) -> int:
+        """Bumps whenever the node's jobs or free GPUs change."""
+        return self.versions.get(name, 0)
+
     def node(self, name: str) -> NodeState:
         """An up node by name."""
         return self._pool_of[name].by_name[name]
@@ -152,11 +200,9 @@ class NodeIndex:
         ends = self._ends.get(name)
         if ends is None:
             jobs = self.jobs
-            ends = sorted(
-                (self.end_estimate(jobs[jid]), jobs[jid].request.gpus)
-                for jid in self.jobs_on.get(name, ())
-                if jid in jobs and jobs[jid].placement and name in jobs[jid].placement  # type: ignore[operator]
-            )
+            ends = [(j.ends_at, len(j.placement[name]))  # type: ignore[index]
+                    for j in (jobs[jid] for jid in self.jobs_on.get(name, ()))]
+            ends.sort()
             self._ends[name] = ends
         return ends
 
@@ -184,35 +230,45 @@ class NodeIndex:
             t = per_node[need] = self.fit_time(n, need)
         return t
 
-    def soonest_node(self, pool: PoolNodes, need: int, now: float) -> list[tuple[float, int, str, int]]:
-        """The node where ``need`` GPUs are free soonest by known ends, as [(fit time, -free,
-        name, GPUs)] (empty if none has enough GPUs): min by (max(now, fit time), -free, name),
-        from a per-need heap brought up to date with the nodes touched since its last use."""
+    def soonest_node(self, pool: PoolNodes, need: int, now: float,
+                     exclude: Container[str] = ()) -> list[tuple[float, int, str, int]]:
+        """The node (not in ``exclude``) where ``need`` GPUs are free soonest by known ends, as
+        [(fit time, -free, name, GPUs)] (empty if none has enough GPUs): min by (max(now, fit
+        time), -free, name), from a per-need heap brought up to date with the nodes touched
+        since its last use."""
         entry = pool.fit_heaps.get(need)
         if entry is None:
             entry = pool.fit_heaps[need] = ([], {n.name for n in pool.nodes})
         heap, dirty = entry
-        version, by_name = self._version, pool.by_name
+        version, by_name = self.versions, pool.by_name
         for name in dirty:
             n = by_name.get(name)
             if n is not None and n.gpus >= need:
                 heapq.heappush(heap, (self.fit_time(n, need), -len(n.free), name, version.get(name, 0)))
         dirty.clear()
         due: list[FitEntry] = []  # fit times already reached tie at `now`
+        skipped: list[FitEntry] = []
         while heap:
             raw, negfree, name, ver = heap[0]
             if ver != version.get(name, 0) or name not in by_name:
                 heapq.heappop(heap)
                 continue
+            if name in exclude:
+                skipped.append(heapq.heappop(heap))
+                continue
             if raw > now or due and raw == INF:
                 break
             due.append(heapq.heappop(heap))
-        for e in due:
-            heapq.heappush(heap, e)
         if due:
             best = min((max(now, e[0]) if e[0] < INF else INF, e[1], e[2]) for e in due)
         elif heap:
             best = heap[0][:3]
         else:
+            best = None
+        for e in due:
+            heapq.heappush(heap, e)
+        for e in skipped:
+            heapq.heappush(heap, e)
+        if best is None:
             return []
         return [(best[0] if best[0] == INF else max(now, best[0]), best[1], best[2], by_name[best[2]].gpus)]

@@ -21,7 +21,6 @@ from ..base import (
     NodeView,
     Placement,
     PoolPending,
-    Preempt,
     Reject,
     Retry,
     Start,
@@ -29,13 +28,14 @@ from ..base import (
     Warn,
 )
 from ..cluster import Cluster, NodeState
-from . import preemption, quotas
+from . import ordering, preemption, quotas
 from .explain import Explainer
 from .ledger import UsageLedger, User
 from .nodes import NodeIndex, PoolNodes
 from .ordering import tier_at
 from .pool import Pool
 from .queue import PoolQueue
+from .reservations import Claims, Reservation
 from .records import (
     INF,
     PENDING,
@@ -44,7 +44,6 @@ from .records import (
     WAITING,
     Job,
     JobClass,
-    QueueKey,
     class_key,
 )
 from .scheduling_pass import SchedulingPass
@@ -60,9 +59,10 @@ class FairShareScheduler:
         self.knobs = config.policy
         self.cluster = cluster or Cluster.from_config(config)
         self.jobs: dict[str, Job] = {}
-        self.ledger = UsageLedger(self.knobs.half_life, lambda name: config.limits_for(name).weight,
-                                  self._renormalized)
-        self.node_index = NodeIndex(self.jobs, self.end_estimate)
+        groups = {name: (g.weight, True) for name, g in config.groups.items()}
+        self.ledger = UsageLedger(self.knobs.half_life, config.limits_for,
+                                  self._renormalized, groups)
+        self.node_index = NodeIndex(self.jobs)
         self.pools: dict[str, Pool] = {}
         self.explainer = Explainer(self)
         self.order_epoch = 0  # bumps when any pool's order may change (explanations cache on it)
@@ -92,18 +92,20 @@ class FairShareScheduler:
         self.node_index.rebuild(self.cluster.nodes.values())
         for pool in self.pools.values():
             pool.dirty = True
+            pool.freed_epoch += 1
 
-    def _user(self, name: str) -> User:
-        return self.ledger.user(name)
+    def _user(self, req: JobRequest) -> User:
+        u = self.ledger.users.get(req.user)
+        if u is not None:
+            return u
+        return self.ledger.user(req.user, req.group if req.group is not None else self.config.group_of(req.user))
 
     def _charge(self, u: User, scaled: float) -> None:
-        """Add to a user's usage and re-key it wherever it has pending jobs."""
-        if not self.ledger.add(u, scaled):
-            return
-        for pool in self.pools.values():
-            if pool.queue.rekey(u):
-                pool.dirty = True
-                self.order_epoch += 1
+        """Add to (or refund from) a user's usage. Its share key (or its whole group's) changes
+        wherever it has pending jobs; the user heaps follow lazily (``PoolQueue.refresh``). No
+        pass is due for it alone: a new order matters when GPUs free up or jobs arrive."""
+        if self.ledger.add(u, scaled):
+            self.order_epoch += 1
 
     def _renormalized(self, factor: float) -> None:
         """The ledger moved its decay origin: per-job charges and user heaps follow."""
@@ -134,19 +136,25 @@ class FairShareScheduler:
         self._limits[key] = lim
         return lim
 
-    def job_class(self, req: JobRequest) -> JobClass:
-        """(GPUs, nodes, time limit or INF)."""
-        lim = self.limit(req)
-        return (req.gpus, req.nodes, INF if lim is None else lim)
-
-    def queue_key(self, req: JobRequest) -> QueueKey:
-        """The job's queue key: see ``records.class_key``."""
-        return class_key(self.job_class(req))
-
-    def tier_at(self, job: Job, now: float) -> tuple[int, bool, float]:
-        """(tier, aged, next change of place): see ``ordering.tier_at``."""
+    def job_class(self, job: Job) -> JobClass:
+        """(GPUs, nodes, time limit or INF, preemptible): preemptible when the job is of a
+        preemptible kind and has not been preempted ``max_preemptions_per_job`` times yet."""
         req = job.request
-        return tier_at(req, self.pools[req.pool].config.starvation_timeout, self.knobs, now)
+        lim = job.limit
+        return (req.gpus, req.nodes, INF if lim is None else lim,
+                (req.preemptible or self.pools[req.pool].config.preemptible)
+                and job.preemptions < self.knobs.max_preemptions_per_job)
+
+    def tier_at(self, job: Job, now: float) -> tuple[int, float]:
+        """(tier, next change of place): see ``ordering.tier_at``."""
+        req = job.request
+        return tier_at(req, self.pools[req.pool].config.starvation_timeout, job.starve_after, self.knobs, now)
+
+    def starve_after(self, req: JobRequest) -> float:
+        """Seconds after which the job starves (0: never): see ``ordering.starve_after``."""
+        if not self.knobs.reservations:
+            return 0.0
+        return ordering.starve_after(req, self.pools[req.pool].config.starvation_timeout, self.knobs)
 
     def _count_pool_job(self, u: User, pool: str, delta: int) -> None:
         before = u.pool_jobs.get(pool, 0)
@@ -159,8 +167,9 @@ class FairShareScheduler:
             p.active_weight -= u.weight
 
     # ------------------------------------------------------------------- queue in / out
-    def _enqueue(self, job: Job, now: float) -> None:
-        """Put a job (new, retried or requeued) into its pool's queue or the backoff heap."""
+    def _enqueue(self, job: Job, now: float, boost: bool = False) -> None:
+        """Put a job (new, retried or requeued) into its pool's queue or the backoff heap.
+        ``boost``: it moves up a tier or starves; a pass is due only if it starves."""
         req = job.request
         job.queue_version += 1
         if req.not_before > now:
@@ -170,28 +179,31 @@ class FairShareScheduler:
         job.state = PENDING
         self.order_epoch += 1
         pool = self.pools[req.pool]
-        cls = self.job_class(req)
+        starved = ordering.starved(req, job.starve_after, now)
+        if starved:
+            pool.starved_epoch += 1
+        if not boost or starved and not job.starved:
+            pool.dirty = True
+        job.starved = starved
+        cls = job.job_class = self.job_class(job)
         pool.queue.count_class(cls, +1)
-        pool.dirty = True
-        tier, aged, nxt = self.tier_at(job, now)
-        job.tier, job.aged = tier, aged
-        key = class_key(cls)
-        if aged:
-            pool.queue.add_aged(job, tier, key)
-        else:
-            pool.queue.add(job, self._user(req.user), tier, key)
+        tier, nxt = self.tier_at(job, now)
+        job.tier = tier
+        pool.queue.add(job, self._user(req), tier, class_key(cls), job.starve_after > 0)
         if nxt < INF:
             self.timers.boost_at(job, nxt)
 
     def _dequeue(self, job: Job) -> None:
-        """Take a pending job out of the queue structures (aged heaps are lazy)."""
+        """Take a pending job out of the queue structures (the age heap is lazy)."""
         self.order_epoch += 1
         req = job.request
-        queue = self.pools[req.pool].queue
-        cls = self.job_class(req)
+        pool = self.pools[req.pool]
+        if ordering.starved(req, job.starve_after, self._now):
+            pool.starved_epoch += 1
+        queue = pool.queue
+        cls = job.job_class  # as filed
         queue.count_class(cls, -1)
-        if not job.aged:
-            queue.remove(job, job.tier, class_key(cls))
+        queue.remove(job, job.tier, class_key(cls))
         job.queue_version += 1
 
     # --------------------------------------------------------------------------- events
@@ -209,13 +221,18 @@ class FairShareScheduler:
             return Reject(job.id, why or f"unknown pool {job.pool!r}")
         pool = self.pools[job.pool]
         if not restoring:
-            refused = quotas.refusal(self.config, pool, self.ledger.users.get(job.user), job)
+            group = None
+            if self.ledger.hierarchical:
+                name = job.group if job.group is not None else self.config.group_of(job.user)
+                group = self.ledger.groups.get(name) if name is not None else None
+            refused = quotas.refusal(self.config, pool, self.ledger.users.get(job.user), group, job)
             if refused is not None:
                 return Reject(job.id, refused)
         self._seq += 1
-        j = Job(job, self._seq, preemptions=self.preempt_counts.get(job.id, 0))
+        j = Job(job, self._seq, preemptions=self.preempt_counts.get(job.id, 0), limit=self.limit(job),
+                starve_after=self.starve_after(job))
         self.jobs[job.id] = j
-        u = self._user(job.user)
+        u = self._user(job)
         self._count_pool_job(u, job.pool, +1)
         pool.queue.queued += 1
         self._enqueue(j, now)
@@ -226,9 +243,9 @@ class FairShareScheduler:
         if job.id in self.jobs:
             self._forget(job.id, started_at)
         self._seq += 1
-        j = Job(job, self._seq, state=RUNNING)
+        j = Job(job, self._seq, state=RUNNING, limit=self.limit(job), starve_after=self.starve_after(job))
         self.jobs[job.id] = j
-        u = self._user(job.user)
+        u = self._user(job)
         self._count_pool_job(u, job.pool, +1)
         self._occupy(j, placement, started_at)
         elapsed = max(0.0, self._now - started_at)
@@ -245,6 +262,7 @@ class FairShareScheduler:
         if j is None or j.state != RUNNING:
             return
         j.started_at = now
+        j.ends_at = INF if j.limit is None else now + j.limit
         j.warned = False
         if j.placement:
             self.node_index.touch(j.placement)
@@ -301,8 +319,8 @@ class FairShareScheduler:
     def _drop(self, j: Job) -> None:
         req = j.request
         pool = self.pools[req.pool]
-        if pool.reserved_for == req.id:
-            pool.reserved_for, pool.shadow = None, INF
+        pool.reservations.pop(req.id, None)
+        pool.held.pop(req.id, None)
         self._count_pool_job(self.ledger.users[req.user], req.pool, -1)
         del self.jobs[req.id]
         self.preempt_counts.pop(req.id, None)
@@ -343,6 +361,7 @@ class FairShareScheduler:
         j.state = RUNNING
         j.placement = placement
         j.started_at = now
+        j.ends_at = INF if j.limit is None else now + j.limit
         j.attempt += 1
         j.warned = j.timeout_sent = False
         j.preempted_for = None
@@ -353,11 +372,17 @@ class FairShareScheduler:
         u = self.ledger.users[req.user]
         u.gpus += req.gpus
         u.running += 1
+        if u.group is not None:
+            u.group.gpus += req.gpus
+            u.group.running += 1
         u.pool_gpus[req.pool] = u.pool_gpus.get(req.pool, 0) + req.gpus
         if req.preemptible or pool.config.preemptible:
             pool.victims_by_rank[req.priority.rank].add(req.id)
             pool.victim_epoch += 1
-        if self.limit(req) is not None:
+            held = self.node_index.preemptible_gpus
+            for node, ids in placement.items():
+                held.setdefault(node, [0, 0, 0])[req.priority.rank] += len(ids)
+        if j.limit is not None:
             pool.timed_running += 1
 
     def _vacate(self, j: Job, now: float) -> None:
@@ -368,6 +393,9 @@ class FairShareScheduler:
         if j.state == STOPPING:
             for node, ids in j.placement.items():
                 index.stopping_gpus[node] -= len(ids)
+        elif req.preemptible or pool.config.preemptible:
+            for node, ids in j.placement.items():
+                index.preemptible_gpus[node][req.priority.rank] -= len(ids)
         for node, ids in j.placement.items():
             n = self.cluster.nodes.get(node)
             if n is not None and n.up:
@@ -376,9 +404,13 @@ class FairShareScheduler:
         self.cluster.release(j.placement)
         index.touch(j.placement)
         j.placement = None
+        j.borrowed = False
         u = self.ledger.users[req.user]
         u.gpus -= req.gpus
         u.running -= 1
+        if u.group is not None:
+            u.group.gpus -= req.gpus
+            u.group.running -= 1
         u.pool_gpus[req.pool] -= req.gpus
         actual = req.gpus * max(0.0, now - j.started_at) / 3600.0 * self.ledger.scale(now)
         self._charge(u, actual - j.charged_scaled)
@@ -386,13 +418,14 @@ class FairShareScheduler:
         j.charged_until = 0.0
         if req.preemptible or pool.config.preemptible:
             pool.victims_by_rank[req.priority.rank].discard(req.id)
-        if self.limit(req) is not None or j.state == STOPPING:
+        if j.limit is not None or j.state == STOPPING:
             pool.timed_running -= 1
         if j.state == STOPPING and j.preempted_for is not None:
             self.stopping_for[j.preempted_for] -= 1
             if not self.stopping_for[j.preempted_for]:
                 del self.stopping_for[j.preempted_for]
         j.preempted_for = None
+        pool.freed_epoch += 1
         for p in self.pools.values():
             p.dirty = True  # freed GPUs here; freed quota everywhere
 
@@ -400,11 +433,12 @@ class FairShareScheduler:
         """Start a pending job on ``placement``: charge its first chunk, arm its timers."""
         self._dequeue(j)
         pool = self.pools[j.request.pool]
+        pool.held.pop(j.request.id, None)
         pool.queue.queued -= 1
         self._occupy(j, placement, now)
         j.reason, j.reason_message = "running", "started"
         chunk = self.knobs.charge_ahead
-        lim = self.limit(j.request)
+        lim = j.limit
         first = chunk if lim is None else min(chunk, lim)
         if chunk > 0:
             j.charged_until = first
@@ -414,22 +448,13 @@ class FairShareScheduler:
             if lim is None or first < lim:
                 self.timers.charge_at(j, now + first)
         self._push_deadlines(j)
-        pool.dirty = True
         out.append(Start(j.request.id, placement))
 
     def _push_deadlines(self, j: Job) -> None:
-        lim = self.limit(j.request)
+        lim = j.limit
         if lim is None:
             return
         self.timers.limit_at(j, j.started_at + lim, min(self.knobs.timeout_warning, 0.1 * lim))
-
-    def end_estimate(self, j: Job) -> float:
-        """When the job is expected to give its GPUs back: its stop deadline when asked to
-        stop, else the end of its time limit (INF without one)."""
-        if j.state == STOPPING:
-            return j.stop_by
-        lim = self.limit(j.request)
-        return INF if lim is None else j.started_at + lim
 
     # ------------------------------------------------------------------------------ tick
     def tick(self, now: float) -> list[Decision]:
@@ -443,8 +468,8 @@ class FairShareScheduler:
                 pool.recheck_at = INF
                 pool.dirty = True
             if pool.dirty:
-                pool.dirty = False
                 SchedulingPass(self, pool, now, out).run()
+                pool.dirty = False  # the pass saw every change, its own starts included
         return out
 
     def _timers(self, now: float, out: list[Decision]) -> None:
@@ -453,7 +478,7 @@ class FairShareScheduler:
             j = jobs.get(jid)
             if j is None or j.state not in (RUNNING, STOPPING) or j.attempt != attempt:
                 continue
-            lim = self.limit(j.request)
+            lim = j.limit
             if lim is None:
                 continue
             end = j.started_at + lim
@@ -468,7 +493,7 @@ class FairShareScheduler:
             j = jobs.get(jid)
             if j is None or j.state not in (RUNNING, STOPPING) or j.attempt != attempt:
                 continue
-            lim = self.limit(j.request)
+            lim = j.limit
             nxt = j.charged_until + self.knobs.charge_ahead
             if lim is not None:
                 nxt = min(nxt, lim)
@@ -486,14 +511,14 @@ class FairShareScheduler:
             j = jobs.get(e.job_id)
             if j is not None and j.state == PENDING and j.queue_version == e.queue_version:
                 self._dequeue(j)
-                self._enqueue(j, now)
+                self._enqueue(j, now, boost=True)
 
     def next_wakeup(self) -> Optional[float]:
         """The earliest time at which ``tick`` has work (timeouts, boosts, retries, usage
         charges, preemption rechecks, or events since the last pass: then the latest time
         seen); None if there is none. Shells should tick then."""
         cands = [t for t in (self.timers.earliest(self.jobs),) if t is not None]
-        if any(p.dirty and p.queue.classes for p in self.pools.values()):
+        if any(p.dirty and p.queue for p in self.pools.values()):
             cands.append(self._now)  # something changed since the last pass: tick again now
         cands += [p.recheck_at for p in self.pools.values() if p.recheck_at < INF]
         return min(cands) if cands else None
@@ -503,60 +528,9 @@ class FairShareScheduler:
         """(reason code, message) when starting the job now would break a quota, else None."""
         return quotas.over_quota(self.config, pool, self.ledger.users[req.user], req)
 
-    def try_preempt(self, pool: Pool, r: Job, now: float, out: list[Decision]) -> None:
-        """Preempt for the reserved job ``r`` if the pool allows it, a plan exists and the
-        pool's budget (a token bucket) covers it."""
-        knobs = self.knobs
-        if not pool.config.allow_preemption or knobs.preemption_budget <= 0:
-            return
-        if not any(pool.victims_by_rank) or r.request.id in self.stopping_for:
-            return  # nothing to preempt, or victims are already stopping for it
-        req = r.request
-        rank = req.priority.rank
-        holds_here = self.ledger.users[req.user].pool_gpus.get(pool.name, 0) > 0
-        if not any(pool.victims_by_rank[rank + 1:]) and holds_here:
-            return  # no lower-priority victims, and the under-share rule does not apply
-        last = pool.last_failed_plan
-        if last[0] == req.id and last[1] == pool.victim_epoch and now < last[2]:
-            return  # nothing changed since the last failed attempt for this job
-        rate = knobs.preemption_budget / knobs.preemption_window
-        pool.tokens = min(knobs.preemption_budget, pool.tokens + (now - pool.tokens_at) * rate)
-        pool.tokens_at = now
-        if pool.tokens < 1:
-            pool.recheck_at = min(pool.recheck_at, now + (1 - pool.tokens) / rate)
-            return
-        rules = preemption.PreemptionRules(
-            pool.name, pool.nodes.total, pool.config.preemptible, pool.active_weight,
-            knobs.min_runtime, knobs.max_preemptions_per_job, self.preempted_pairs)
-        # only lower priorities qualify unless the under-share rule may apply
-        low = rank + 1 if holds_here else 0
-        candidates = [vid for ids in pool.victims_by_rank[low:] for vid in ids]
-        found = preemption.plan(rules, self.ledger.users, self.jobs, r, candidates, pool.nodes,
-                                self.node_index, now)
-        if not found.victims:
-            if found.retry_at < INF:
-                pool.recheck_at = min(pool.recheck_at, found.retry_at)
-            pool.last_failed_plan = (req.id, pool.victim_epoch, found.retry_at)
-            return
-        victims = found.victims
-        if len(victims) > pool.tokens:
-            return
-        pool.tokens -= len(victims)
-        stopping = self.node_index.stopping_gpus
-        for v in victims:
-            if self.limit(v.request) is None:
-                pool.timed_running += 1
-            v.state = STOPPING
-            if v.placement:
-                for name, ids in v.placement.items():
-                    stopping[name] = stopping.get(name, 0) + len(ids)
-                self.node_index.touch(v.placement)
-            v.preempted_for = req.id
-            self.preempted_pairs.add((v.request.id, req.id))
-            self.stopping_for[req.id] = self.stopping_for.get(req.id, 0) + 1
-            v.stop_by = now + knobs.grace
-            out.append(Preempt(v.request.id, knobs.grace,
-                               f"preempted for job {req.id} ({req.priority.value} priority, user {req.user})"))
+    def try_preempt(self, pool: Pool, res: Reservation, claims: Claims, now: float, out: list[Decision]) -> None:
+        """Preempt for a reserved job if the pool allows it: see ``preemption.carry_out``."""
+        preemption.carry_out(self, pool, res, claims, now, out)
 
     # ---------------------------------------------------------------------- introspection
     def priority_terms(self, job_id: str, now: float) -> dict[str, float]:
@@ -578,7 +552,7 @@ class FairShareScheduler:
                 "running": sum(
                     1 for j in self.jobs.values() if j.request.pool == name and j.state in (RUNNING, STOPPING)
                 ),
-                "reserved_for": p.reserved_for,
+                "reserved_for": list(p.reservations),
             }
         users = {
             n: {"gpus": u.gpus, "running": u.running, "usage_gpu_hours": round(self.usage(n, self._now), 6)}
@@ -618,7 +592,7 @@ class FairShareScheduler:
         self._now = max(self._now, at)
         self.order_epoch += 1
         for name, usage in state.get("usage_gpu_hours", {}).items():
-            self.ledger.set_usage(name, float(usage), at)
+            self.ledger.set_usage(name, float(usage), at, self.config.group_of(name))
         for name, (tokens, tokens_at) in state.get("preemption_tokens", {}).items():
             if name in self.pools:
                 self.pools[name].tokens = float(tokens)

@@ -4,12 +4,21 @@ reservation and preemption budget."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
-
+from typing import Any, NamedTuple, Optional
 from ...config import PoolConfig
 from .nodes import PoolNodes
 from .queue import PoolQueue
 from .records import INF
+from .reservations import Held
+
+
+class FailedPlan(NamedTuple):
+    """A preemption plan that found no victims: nothing to try again until a node changes (it
+    was tried on every node then) or ``retry_at`` (a young job comes of age)."""
+
+    signature: Optional[tuple]  # what else it depended on; None: it waits for the budget
+    touches: int  # NodeIndex.touches then
+    retry_at: float
 
 
 @dataclass(eq=False)
@@ -28,9 +37,15 @@ class Pool:
     active_weight: float = 0.0  # sum of the weights of users with jobs here (pending or running)
     timed_running: int = 0  # running jobs with a time limit, plus stopping ones
     victim_epoch: int = 0  # bumps when a preemptible job starts
-    # (reserved job, victim_epoch, retry time) of the last preemption plan that found nothing
-    last_failed_plan: tuple[str, int, float] = ("", -1, 0.0)
-    reserved_for: Optional[str] = None  # the job the last pass reserved GPUs for
-    shadow: float = INF  # its expected start, when known
+    freed_epoch: int = 0  # bumps when GPUs are freed or nodes change
+    starved_epoch: int = 0  # bumps when a starved job joins or leaves the queue
+    starved_cache: Any = None  # the last pass's reservations for starved jobs (SchedulingPass)
+    # the shape of a reserved job -> the last preemption plan for that shape that found nothing
+    # (or more victims than the budget allowed)
+    failed_plans: dict[tuple, "FailedPlan"] = field(default_factory=dict)
+    # the jobs the last pass reserved GPUs for -> their expected start (INF: unknown)
+    reservations: dict[str, float] = field(default_factory=dict)
+    # starved job -> the nodes it was reserved last (it keeps them while it waits)
+    held: dict[str, Held] = field(default_factory=dict)
     # running or stopping jobs of a preemptible kind, by priority rank (high, medium, low)
     victims_by_rank: list[set[str]] = field(default_factory=lambda: [set(), set(), set()])

@@ -1,23 +1,33 @@
-"""The preemption planner: which running jobs to stop so that a reserved job fits. A pure
-function of the state it is given; the policy carries out the plan (and keeps the budget).
+"""Preemption: the planner (``plan``, a pure function of the state it is given: which running
+jobs to stop so that a reserved job fits) and the step that carries a plan out within the
+pool's budget (``carry_out``).
 
 A job may be preempted for the reserved job ``r`` when it is preemptible (it opted in, or its
 pool is preemptible), has run ``min_runtime``, was preempted fewer than
 ``max_preemptions_per_job`` times, never preempted ``r`` itself (no cycles), and either has a
-strictly lower base priority than ``r``, or (under-share demand) ``r``'s user holds nothing in
-the pool, the victim's user holds more than its fair share ``total * w / active weight`` and
-``r`` fits its own user's share. Victims: lowest priority first, then most over share, then
-youngest; the nodes needing the cheapest set of victims.
+strictly lower base priority than ``r``, or ``r`` is *starved* (waited past its pool's
+starvation timeout) and the victim has no higher base priority or runs on GPUs it borrowed
+from a starved job's reservation, or
+(under-share demand) ``r``'s user holds nothing in the pool, the victim's user holds more than
+its fair share ``total * w / active weight`` and ``r`` fits its own user's share. Victims:
+lowest priority first, then most over share, then youngest; the nodes needing the cheapest set
+of victims, among the nodes no other reservation holds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import TYPE_CHECKING, Container, Iterable, Optional
 
+from ..base import Decision, Preempt
 from .ledger import User
 from .nodes import NodeIndex, PoolNodes
-from .records import INF, RUNNING, Job
+from .pool import FailedPlan, Pool
+from .records import INF, RUNNING, STOPPING, Job
+from .reservations import Claims, Reservation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .policy import FairShareScheduler
 
 
 @dataclass(frozen=True)
@@ -42,8 +52,10 @@ class Plan:
     retry_at: float
 
 
-def may_preempt(rules: PreemptionRules, users: dict[str, User], v: Job, r: Job, now: float) -> bool:
-    """Whether running job ``v`` may be stopped for ``r`` (see the module docstring)."""
+def may_preempt(rules: PreemptionRules, users: dict[str, User], v: Job, r: Job, now: float,
+                starved: bool = False) -> bool:
+    """Whether running job ``v`` may be stopped for ``r`` (``starved``: r waited past its
+    pool's starvation timeout; see the module docstring)."""
     if v.state != RUNNING or not (v.request.preemptible or rules.pool_preemptible):
         return False
     if v.preemptions >= rules.max_preemptions or v.started_at + rules.min_runtime > now:
@@ -51,6 +63,8 @@ def may_preempt(rules: PreemptionRules, users: dict[str, User], v: Job, r: Job, 
     if (r.request.id, v.request.id) in rules.preempted_pairs:
         return False  # v once preempted r: never the other way round (no cycles)
     if r.request.priority.rank < v.request.priority.rank:
+        return True
+    if starved and (v.borrowed or v.request.priority.rank >= r.request.priority.rank):
         return True
     # under-share demand: r's user has nothing here, v's user is over its share, r fits its share
     ru, vu = users[r.request.user], users[v.request.user]
@@ -62,9 +76,11 @@ def may_preempt(rules: PreemptionRules, users: dict[str, User], v: Job, r: Job, 
 
 
 def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r: Job,
-         candidates: Iterable[str], pool: PoolNodes, index: NodeIndex, now: float) -> Plan:
+         candidates: Iterable[str], pool: PoolNodes, index: NodeIndex, now: float,
+         starved: bool = False, exclude: Container[str] = (), only: Optional[Container[str]] = None) -> Plan:
     """The victims that make ``r`` fit (on one node, or on ``nodes`` whole nodes), chosen among
-    ``candidates`` (ids of running preemptible jobs of the pool)."""
+    ``candidates`` (ids of running jobs of the pool), on nodes not in ``exclude`` (and in
+    ``only``, when given)."""
     req = r.request
     per = req.gpus // max(1, req.nodes)
     min_runtime = rules.min_runtime
@@ -77,7 +93,7 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
         v = jobs.get(vid)
         if v is None or v.state != RUNNING or not v.placement:
             continue
-        if may_preempt(rules, users, v, r, now):
+        if may_preempt(rules, users, v, r, now, starved):
             for name, ids in v.placement.items():
                 gain[name] = gain.get(name, 0) + len(ids)
         elif v.started_at + min_runtime > now:
@@ -87,7 +103,7 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
                     soonest = min(soonest, v.started_at + min_runtime)
     plans: list[tuple[tuple[int, int, int, str], str, list[Job]]] = []
     for n in pool.nodes:
-        if n.gpus < per or n.name not in gain:
+        if n.gpus < per or n.name not in gain or n.name in exclude or (only is not None and n.name not in only):
             continue
         need = per if req.nodes == 1 else n.gpus
         stopping = index.stopping_gpus.get(n.name, 0)
@@ -97,12 +113,15 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
         for v in (jobs[j] for j in sorted(index.jobs_on[n.name]) if j in jobs):
             if v.state != RUNNING:
                 continue
-            if may_preempt(rules, users, v, r, now):
+            if may_preempt(rules, users, v, r, now, starved):
                 ok.append(v)
             elif (v.request.preemptible or rules.pool_preemptible) and v.started_at + min_runtime > now:
                 soonest = min(soonest, v.started_at + min_runtime)
-        ok.sort(key=lambda v: (-v.request.priority.rank, -users[v.request.user].share_key,
-                               -v.started_at, v.request.id))
+        # lowest priority, then most over share, then youngest
+        ok.sort(key=lambda v: v.request.id)
+        ok.sort(key=lambda v: v.started_at, reverse=True)
+        ok.sort(key=lambda v: users[v.request.user].share_key, reverse=True)
+        ok.sort(key=lambda v: v.request.priority.rank, reverse=True)
         f = len(n.free) + stopping
         chosen: list[Job] = []
         for v in ok:
@@ -121,3 +140,134 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
         return Plan([], soonest)
     plans.sort(key=lambda p: p[0])
     return Plan([v for _, _, vs in plans[: max(1, req.nodes)] for v in vs], soonest)
+
+
+NONE = (0, 0, 0)
+
+
+def could_fit(pool: PoolNodes, index: NodeIndex, r: Job, exclude: Container[str],
+              only: Optional[Container[str]], min_rank: int, pool_preemptible: bool,
+              min_runtime: float, now: float) -> tuple[bool, float]:
+    """Whether stopping every preemptible job of priority rank ``min_rank`` or lower that has
+    run ``min_runtime`` somewhere (in ``only``, when given) could make ``r`` fit: a quick bound
+    that spares the planner its walk over the candidates when no plan can exist. Also returns
+    when a young job that could count comes of age (INF: none)."""
+    req = r.request
+    per = req.gpus // max(1, req.nodes)
+    stopping, preemptible, jobs = index.stopping_gpus, index.preemptible_gpus, index.jobs
+    enough = 0
+    soonest = INF
+    nodes = pool.nodes if only is None else [pool.by_name[n] for n in only if n in pool.by_name]
+    for n in nodes:
+        if n.gpus < per or n.name in exclude:
+            continue
+        need = per if req.nodes == 1 else n.gpus
+        base = len(n.free) + stopping.get(n.name, 0)
+        if base + sum(preemptible.get(n.name, NONE)[min_rank:]) < need:
+            continue
+        for jid in index.jobs_on.get(n.name, ()):
+            v = jobs[jid]
+            vr = v.request
+            if v.state == RUNNING and (vr.preemptible or pool_preemptible) and vr.priority.rank >= min_rank:
+                if v.started_at + min_runtime <= now:
+                    base += len(v.placement[n.name])  # type: ignore[index]
+                elif v.started_at + min_runtime < soonest:
+                    soonest = v.started_at + min_runtime
+        if base >= need:
+            enough += 1
+            if enough >= max(1, req.nodes):
+                return True, soonest
+    return False, soonest
+
+
+def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims: Claims, now: float,
+              out: list[Decision]) -> None:
+    """Preempt for a reserved job if the pool allows it, a plan exists (on nodes no other
+    reservation holds) and the pool's budget (a token bucket) covers it: the victims are asked
+    to stop (``Preempt``) and keep their GPUs until they report back."""
+    knobs = policy.knobs
+    r = res.job
+    req = r.request
+    if not pool.config.allow_preemption or knobs.preemption_budget <= 0:
+        return
+    if not any(pool.victims_by_rank) or req.id in policy.stopping_for:
+        return  # nothing to preempt, or victims are already stopping for it
+    rank = req.priority.rank
+    holds_here = policy.ledger.users[req.user].pool_gpus.get(pool.name, 0) > 0
+    if not res.starved and not any(pool.victims_by_rank[rank + 1:]) and holds_here:
+        return  # no lower-priority victims, and neither other rule applies
+    index = policy.node_index
+    # what the plan depends on besides the nodes: young jobs are no victims, so new starts
+    # only matter without a minimum runtime
+    epoch = pool.victim_epoch if knobs.min_runtime <= 0 else 0
+    exclude = {name for name, other in claims.by_node.items() if other is not res}
+    only: Optional[set[str]] = None
+    signature = (frozenset(exclude), epoch)
+    # a plan depends on the reserved job only through its shape: jobs of one shape share
+    # what was learnt (the cycle rule aside, which only ever takes victims away)
+    shape = (req.gpus, req.nodes, rank, holds_here, res.starved, policy.ledger.users[req.user].weight)
+    last = pool.failed_plans.get(shape)
+    later = INF  # when nodes not looked at again may give a plan
+    if last is not None and now < last.retry_at:
+        if last.signature is None:
+            return  # waiting for the budget
+        if last.signature == signature:
+            # no plan on any node then: only nodes that changed since can give one now
+            if index.touches == last.touches:
+                return
+            changed = index.touched_since(last.touches, pool.nodes.by_name)
+            if not changed:
+                return
+            only, later = changed, last.retry_at
+    possible, young = could_fit(
+        pool.nodes, index, r, exclude, only, rank + 1 if holds_here and not res.starved else 0,
+        pool.config.preemptible, knobs.min_runtime, now)
+    if not possible:
+        if young < INF:
+            pool.recheck_at = min(pool.recheck_at, young)
+        pool.failed_plans[shape] = FailedPlan(signature, index.touches, min(later, young))
+        return
+    rate = knobs.preemption_budget / knobs.preemption_window
+    pool.tokens = min(knobs.preemption_budget, pool.tokens + (now - pool.tokens_at) * rate)
+    pool.tokens_at = now
+    if pool.tokens < 1:
+        pool.recheck_at = min(pool.recheck_at, now + (1 - pool.tokens) / rate)
+        return
+    rules = PreemptionRules(
+        pool.name, pool.nodes.total, pool.config.preemptible, pool.active_weight,
+        knobs.min_runtime, knobs.max_preemptions_per_job, policy.preempted_pairs)
+    if only is not None:  # the jobs on those nodes
+        candidates = [jid for n in only for jid in index.jobs_on.get(n, ())]
+    else:  # only lower priorities qualify unless the starved or under-share rule may apply
+        low = rank + 1 if holds_here and not res.starved else 0
+        candidates = [vid for ids in pool.victims_by_rank[low:] for vid in ids]
+    found = plan(rules, policy.ledger.users, policy.jobs, r, candidates, pool.nodes,
+                 index, now, res.starved, exclude, only)
+    if not found.victims:
+        if found.retry_at < INF:
+            pool.recheck_at = min(pool.recheck_at, found.retry_at)
+        pool.failed_plans[shape] = FailedPlan(signature, index.touches, min(found.retry_at, later))
+        return
+    victims = found.victims
+    if len(victims) > pool.tokens:  # not enough budget yet: try again once there is
+        at = now + (len(victims) - pool.tokens) / rate
+        pool.recheck_at = min(pool.recheck_at, at)
+        pool.failed_plans[shape] = FailedPlan(None, index.touches, at)
+        return
+    pool.tokens -= len(victims)
+    stopping, preemptible = policy.node_index.stopping_gpus, policy.node_index.preemptible_gpus
+    for v in victims:
+        if v.limit is None:
+            pool.timed_running += 1
+        v.state = STOPPING
+        if v.placement:
+            for name, ids in v.placement.items():
+                stopping[name] = stopping.get(name, 0) + len(ids)
+                preemptible[name][v.request.priority.rank] -= len(ids)
+            policy.node_index.touch(v.placement)
+        v.preempted_for = req.id
+        policy.preempted_pairs.add((v.request.id, req.id))
+        policy.stopping_for[req.id] = policy.stopping_for.get(req.id, 0) + 1
+        v.stop_by = v.ends_at = now + knobs.grace
+        why = "waited past the starvation timeout" if res.starved else f"{req.priority.value} priority"
+        out.append(Preempt(v.request.id, knobs.grace, f"preempted for job {req.id} ({why}, user {req.user})"))

@@ -6,12 +6,14 @@ from typing import Optional
 
 from ...config import QueueConfig
 from ..base import JobRequest
-from .ledger import User
+from .ledger import Group, User
 from .pool import Pool
 
 
-def refusal(config: QueueConfig, pool: Pool, user: Optional[User], job: JobRequest) -> Optional[str]:
-    """Why a new job is refused by a quota or a queue depth limit, or None."""
+def refusal(config: QueueConfig, pool: Pool, user: Optional[User], group: Optional[Group],
+            job: JobRequest) -> Optional[str]:
+    """Why a new job is refused by a quota or a queue depth limit, or None (``user`` and
+    ``group``: the records of the job's user and group, if there are any yet)."""
     lim = config.limits_for(job.user)
     cap = pool.config.max_gpus_per_user
     queued = pool.queue.queued
@@ -22,16 +24,28 @@ def refusal(config: QueueConfig, pool: Pool, user: Optional[User], job: JobReque
     if queued >= pool.config.max_queued:
         return (f"pool {job.pool!r} queue is full ({queued} jobs, limit {pool.config.max_queued}); "
                 "try again later or use another pool")
-    mine = 0 if user is None else sum(user.pool_jobs.values()) - user.running
+    mine = 0 if user is None else _queued(user)
     if mine >= lim.max_queued:
         return (f"you have {mine} queued jobs, the limit is {lim.max_queued}; "
                 "wait for some to start or cancel some")
+    gc = config.groups.get(group.name) if group is not None and group.configured else None
+    if gc is not None and group is not None:
+        if gc.max_gpus is not None and job.gpus > gc.max_gpus:
+            return f"{job.gpus} GPUs is over group {group.name!r}'s quota of {gc.max_gpus} GPUs"
+        theirs = sum(_queued(m) for m in group.members)
+        if gc.max_queued is not None and theirs >= gc.max_queued:
+            return (f"group {group.name!r} has {theirs} queued jobs, its limit is {gc.max_queued}; "
+                    "wait for some to start or cancel some")
     return None
+
+
+def _queued(u: User) -> int:
+    return sum(u.pool_jobs.values()) - u.running
 
 
 def over_quota(config: QueueConfig, pool: Pool, u: User, req: JobRequest) -> Optional[tuple[str, str]]:
     """(reason code, message) when starting the job now would break a quota, else None."""
-    lim = config.limits_for(req.user)
+    lim = u.limits
     if lim.max_running is not None and u.running + 1 > lim.max_running:
         return "quota_running", f"you have {u.running} jobs running, your limit is {lim.max_running}"
     if lim.max_gpus is not None and u.gpus + req.gpus > lim.max_gpus:
@@ -40,4 +54,11 @@ def over_quota(config: QueueConfig, pool: Pool, u: User, req: JobRequest) -> Opt
     held = u.pool_gpus.get(pool.name, 0)
     if cap is not None and held + req.gpus > cap:
         return "quota_pool_gpus", f"you hold {held} GPUs in pool {pool.name!r}, its per-user limit is {cap}"
+    g = u.group
+    gc = config.groups.get(g.name) if g is not None and g.configured else None
+    if gc is not None:
+        if gc.max_running is not None and g.running + 1 > gc.max_running:  # type: ignore[union-attr]
+            return "quota_group_running", f"group {g.name!r} runs {g.running} jobs, its limit is {gc.max_running}"  # type: ignore[union-attr]
+        if gc.max_gpus is not None and g.gpus + req.gpus > gc.max_gpus:  # type: ignore[union-attr]
+            return "quota_group_gpus", f"group {g.name!r} holds {g.gpus} GPUs, its limit is {gc.max_gpus}"  # type: ignore[union-attr]
     return None

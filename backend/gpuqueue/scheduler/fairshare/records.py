@@ -11,20 +11,21 @@ from ..base import JobRequest, Placement
 
 INF = math.inf
 
-QueueKey = tuple[int, bool]
-"""How pending jobs are grouped in the queue structures: (GPUs, has a time limit). Backfill
-visits only the groups that may still start; a job without a time limit can never end before
-a reservation's shadow time, so it is a group of its own."""
+QueueKey = tuple[int, bool, bool]
+"""How pending jobs are grouped in the queue structures: (GPUs, has a time limit,
+preemptible). Backfill visits only the groups that may still start: a job without a time limit
+can never end before a reservation's shadow time, and only a preemptible one may borrow GPUs
+set aside for a starved job, so each is a group of its own."""
 
-JobClass = tuple[int, int, float]
-"""(GPUs, nodes, time limit or INF): the pending jobs of a pool are counted by class, so a pass
-can tell when nothing left can start (see ``scheduling_pass.fit_keys``)."""
+JobClass = tuple[int, int, float, bool]
+"""(GPUs, nodes, time limit or INF, preemptible): the pending jobs of a pool are counted by
+class, so a pass can tell when nothing left can start (see ``SchedulingPass.fit_keys``)."""
 
 
 def class_key(job_class: JobClass) -> QueueKey:
     """The queue key of a job class: the one place it is computed, so a job is filed and
     removed under the same key whatever its time limit."""
-    return (job_class[0], job_class[2] < INF)
+    return (job_class[0], job_class[2] < INF, job_class[3])
 
 
 N_TIERS = 5
@@ -38,9 +39,10 @@ STOPPING = "stopping"  # holds GPUs, asked to stop (preempted)
 
 
 class BehindReservation(NamedTuple):
-    """Starting this job now would delay the reserved start of ``reserved``."""
+    """Free GPUs would fit this job, but they are set aside for other jobs (starting it there
+    would delay their reserved start)."""
 
-    reserved: str
+    reserved: str  # the first of them
 
     def __str__(self) -> str:
         return f"starting now would delay the reserved start of job {self.reserved}"
@@ -60,7 +62,34 @@ class WaitingForGpus(NamedTuple):
                 f"behind job {self.reserved}")
 
 
-ReasonMessage = Union[str, BehindReservation, WaitingForGpus]
+class Starved(NamedTuple):
+    """The job waited past its starvation time: it goes first (``reserved``: and GPUs are set
+    aside for it; else it takes the next GPU that frees up)."""
+
+    pool: str
+    free: int
+    total: int
+    reserved: bool
+
+    def __str__(self) -> str:
+        then = "GPUs are set aside for it" if self.reserved else "it takes the next free GPU"
+        return f"waited past pool {self.pool!r}'s starvation time: {then} ({self.free}/{self.total} free now)"
+
+
+class Reserved(NamedTuple):
+    """The first job of the fair order that does not fit: GPUs are set aside for it."""
+
+    gpus: int
+    pool: str
+    free: int
+    total: int
+
+    def __str__(self) -> str:
+        return (f"waiting for {self.gpus} GPUs in pool {self.pool!r} ({self.free}/{self.total} free); "
+                "GPUs are reserved for it")
+
+
+ReasonMessage = Union[str, BehindReservation, WaitingForGpus, Starved, Reserved]
 """What ``explain`` says; the pass stores the frequent ones as records, formatted on demand."""
 
 
@@ -72,14 +101,19 @@ class Job:
     seq: int  # submission order (ties of submit time)
     state: str = PENDING
     tier: int = 0
-    aged: bool = False  # waited past oldest_first_after: in its pool's aged heap
+    job_class: JobClass = (0, 0, INF, False)  # as filed in the queue (removed under the same)
     queue_version: int = 0  # bumps whenever the job moves between queue structures
+    limit: Optional[float] = None  # runtime limit in seconds (FairShareScheduler.limit)
+    starve_after: float = 0.0  # seconds of waiting after which it starves (0: never)
+    starved: bool = False  # it had starved when last queued
     attempt: int = 0
     placement: Optional[Placement] = None
     started_at: float = 0.0
+    ends_at: float = INF  # while it holds GPUs: when it gives them back at the latest, if known
     charged_scaled: float = 0.0  # usage added (scaled units, see ledger) for this attempt so far
     charged_until: float = 0.0  # runtime seconds charged ahead so far
     preemptions: int = 0
+    borrowed: bool = False  # this attempt runs on GPUs set aside for a starved job
     preempted_for: Optional[str] = None  # the job it stops for, while STOPPING
     stop_by: float = 0.0
     warned: bool = False
@@ -99,8 +133,8 @@ UserEntry = tuple[float, str, int]
 the user's). A plain tuple: pushed at every charge, the hottest allocation of the policy."""
 
 
-class AgedEntry(NamedTuple):
-    """A job in a pool's aged heap (lazy: stale when ``queue_version`` is not the job's)."""
+class AgeEntry(NamedTuple):
+    """A job in a pool's age heap (lazy: stale when ``queue_version`` is not the job's)."""
 
     submit_time: float
     seq: int

@@ -1,37 +1,97 @@
-"""One scheduling pass over one pool: walk the order, start what fits, reserve GPUs for the
-first job that does not, and backfill around the reservation.
+"""One scheduling pass over one pool.
 
-The order is tiers (high, boosted, medium, boosted, low); within a tier first the aged jobs,
-oldest first, then users by share key (WFQ: a start re-keys its user), each user's jobs oldest
-first. After the reservation the pass visits only the queue keys that may still start
+1. **Starved jobs** (waited past the pool's ``starvation_timeout``), oldest first, up to
+   ``max_reservations`` of them: each starts if it fits, else gets a reservation on nodes no
+   earlier reservation holds (see ``reservations``).
+2. **Fair order**: tiers (high, boosted, medium, boosted, low); within a tier users by share key
+   (WFQ: a start re-keys its user), each user's jobs oldest first. A job starts where it fits
+   without delaying any reservation; the first that does not fit gets a reservation too (EASY
+   backfill).
+3. **Preemption** for the reservations, starved ones first, where the pool allows it.
+
+After the first blocked job the pass visits only the queue keys that may still start
 (``fit_keys``), and stops when none may, or after ``backfill_depth`` blocked jobs.
 """
 
 from __future__ import annotations
 
 import heapq
-from typing import TYPE_CHECKING, Optional
+from bisect import bisect_left
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
-from ..base import Decision, JobRequest, Placement
+from ..base import Decision, Placement
+from ..cluster import NodeState
 from . import reservations
 from .records import (
     INF,
     N_TIERS,
     PENDING,
-    AgedEntry,
+    AgeEntry,
     BehindReservation,
     Job,
+    Reserved,
+    Starved,
     QueueKey,
     WaitingForGpus,
-    class_key,
 )
-from .reservations import Reservation
+from .reservations import Claims, Reservation
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pool import Pool
     from .policy import FairShareScheduler
 
 STARTED, BLOCKED, OVER_QUOTA = "started", "blocked", "user"
+NO_GPUS = (0, 0, 0)
+
+
+class StarvedCache(NamedTuple):
+    """The reservations a pass made for starved jobs, and what they depended on."""
+
+    freed_epoch: int
+    starved_epoch: int
+    touches: int
+    min_need: float  # the fewest GPUs on a node one of the starved jobs it saw needs (0: quota)
+    reservations: list[tuple[Job, list[str], float, dict[str, int]]]  # job, nodes, shadow, spare
+
+
+class FitMemo:
+    """The smallest one-node size that found no node in this pass, per *view* of the reserved
+    nodes. A job ending at ``end`` may use the reserved nodes whose shadow time is ``>= end``
+    (plus spare GPUs elsewhere); with the finite shadows sorted, its view is how many of them
+    it ends before, so views are nested: a failure with one view is a failure with every
+    narrower one. A preemptible job that may borrow starved jobs' GPUs sees more than one that
+    may not. Reset when a reservation is added (the views change)."""
+
+    def __init__(self) -> None:
+        self.claims_version = -1
+        self.shadows: list[float] = []  # finite shadow times of the reservations, ascending
+        self.nofit: dict[bool, list[float]] = {}
+        self.changes = 0  # bumps on every update (fit_keys caches on it)
+
+    def follow(self, claims: Claims) -> None:
+        """Start over if reservations were added since the memo was last used."""
+        if claims.version != self.claims_version:
+            self.claims_version = claims.version
+            self.shadows = sorted(r.shadow for r in claims.all if r.spare and r.shadow < INF)
+            self.nofit = {False: [INF] * (len(self.shadows) + 1), True: [INF] * (len(self.shadows) + 1)}
+            self.changes += 1
+
+    def view(self, end: float) -> int:
+        """How many reservations a job ending at ``end`` ends before."""
+        return len(self.shadows) - bisect_left(self.shadows, end)
+
+    def fails(self, gpus: int, borrows: bool, view: int) -> bool:
+        """Whether a job of that size is known not to fit with that view."""
+        return gpus >= self.nofit[borrows][view]
+
+    def failed(self, gpus: int, borrows: bool, view: int) -> None:
+        """A job of that size found no node with that view: nor will it with a narrower one."""
+        for b in ((True, False) if borrows else (False,)):
+            row = self.nofit[b]
+            for k in range(view + 1):
+                if gpus < row[k]:
+                    row[k] = gpus
+        self.changes += 1
 
 
 class SchedulingPass:
@@ -42,122 +102,162 @@ class SchedulingPass:
         self.pool = pool
         self.now = now
         self.out = out
-        self.reservation: Optional[Reservation] = None
+        self.claims = Claims()
+        self.reserved: dict[str, Reservation] = {}  # job id -> its reservation in this pass
+        self.first_blocked: Optional[Reservation] = None  # the fair order's EASY reservation
+        self.drains = 0  # nodes drained blind for reservations (the fair order's first aside)
         self.budget = policy.knobs.backfill_depth
-        self.fail_min = INF  # smallest one-node request that failed without a bounded end
         self.blocked_users: set[str] = set()
-        # one-node "does not fit now" memo (free GPUs and spare only shrink within a pass):
-        self.nofit_all = INF  # smallest size that fit on no node at all
-        self.nofit_strict = INF  # smallest size that fit on no node outside the reserved spare
-        self._fit_signature: tuple = ()  # the inputs fit_keys last answered for, and its answer
+        # one-node "does not fit now" memos (free GPUs and spare only shrink within a pass):
+        self.nofit_all = INF  # smallest size that fit on no node, no node reserved
+        self.memo = FitMemo()  # ... per view of the reserved nodes
+        # a preemptible job may borrow GPUs set aside for a starved job (it will preempt it)
+        self.lending = pool.config.allow_preemption and policy.knobs.preemption_budget > 0
+        self._fit_signature: tuple = (None,) * 5  # the inputs fit_keys last answered for, and its answer
         self._fits: frozenset[QueueKey] = frozenset()
+        self._class_views: list[tuple] = []
 
     # ---------------------------------------------------------------------------- the pass
     def run(self) -> None:
-        """Start what fits in order, reserve for the first blocked job, then try preemption."""
+        """Starved jobs, then the fair order, then preemption (see the module docstring)."""
         pool = self.pool
-        pool.reserved_for, pool.shadow = None, INF
+        pool.reservations = {}
         queue = pool.queue
-        if not queue.classes or not pool.nodes.nodes:
+        if not queue or not pool.nodes.nodes:
             return
         pool.pass_no += 1
+        if self.policy.knobs.reservations:
+            self.serve_starved()
         for t in range(N_TIERS):
-            if (queue.aged_heaps[t] and self.scan_aged(t)) or (queue.user_heaps[t] and self.scan_users(t)):
+            if queue.user_heaps[t] and self.scan_users(t):
                 break
-        res = self.reservation
-        if res is not None:
-            pool.reserved_for = res.job.request.id
-            if res.ready:
-                pool.shadow = res.shadow
-            self.policy.try_preempt(pool, res.job, self.now, self.out)
+        for res in self.reserved.values():
+            pool.reservations[res.job.request.id] = res.shadow
+        # preemption: for the first starved job (the one the wait bound rests on) and the fair
+        # order's first blocked job
+        first = True
+        for res in self.reserved.values():
+            if res is self.first_blocked or first:
+                self.policy.try_preempt(pool, res, self.claims, self.now, self.out)
+            first = first and not res.starved
 
-    def _shadow(self) -> float:
-        res = self.reservation
-        return INF if res is None else res.shadow
+    def serve_starved(self) -> None:
+        """The ``max_reservations`` oldest starved jobs by *credited age* (submit time less
+        ``starved_priority_credit`` per priority step above low): start the ones that fit,
+        reserve for the others (over-quota ones are passed over). The other starved jobs wait
+        their turn among these (the wait bound rests on the oldest one); fair share orders the
+        rest. A merge of the age heaps (one per priority and starvation time)."""
+        pool, policy = self.pool, self.policy
+        heaps = pool.queue.by_age
+        if not heaps:
+            return
+        if self.reuse_starved():
+            return
+        now = self.now
+        jobs = policy.jobs
+        limit = policy.knobs.max_reservations
+        credit = policy.knobs.starved_priority_credit
+        heappop = heapq.heappop
+        kept: list[tuple[list[AgeEntry], AgeEntry]] = []
+        looked = 0
+        min_need = INF
+        while looked < limit:
+            best: Optional[tuple[float, int, list[AgeEntry]]] = None
+            for (rank, after), heap in heaps.items():
+                while heap:
+                    e = heap[0]
+                    j = jobs.get(e.job_id)
+                    if j is None or j.state != PENDING or j.queue_version != e.queue_version:
+                        heappop(heap)
+                        continue
+                    if e.submit_time + after <= now:
+                        key = e.submit_time - (2 - rank) * credit
+                        if best is None or (key, e.seq) < best[:2]:
+                            best = (key, e.seq, heap)
+                    break
+            if best is None:
+                break
+            heap = best[2]
+            e = heappop(heap)
+            looked += 1
+            j = jobs[e.job_id]
+            r = self.consider(j, starved=True)
+            if r != STARTED:
+                kept.append((heap, e))
+                # the fewest free GPUs on a node that could let one of them start
+                need = 0 if r == OVER_QUOTA else j.request.gpus // max(1, j.request.nodes)
+                min_need = min(min_need, need)
+        for heap, e in kept:
+            heapq.heappush(heap, e)
+        index = policy.node_index
+        pool.starved_cache = StarvedCache(
+            pool.freed_epoch, pool.starved_epoch, index.touches, min_need,
+            [(r.job, r.nodes, r.shadow, dict(r.spare)) for r in self.claims.all])
 
-    def _bounded(self) -> bool:
-        """Whether the reservation is planned with a known shadow time."""
-        res = self.reservation
-        return res is not None and res.ready and res.shadow < INF
+    def reuse_starved(self) -> bool:
+        """Hold the last pass's reservations for starved jobs again, if nothing they depend on
+        changed: none of them can start now (no GPUs were freed, or no node has as many free as
+        the smallest of them needs), no job started or stopped starving, none of their nodes
+        changed, no shadow time passed. True if done."""
+        pool = self.pool
+        cache = pool.starved_cache
+        if cache is None or cache.starved_epoch != pool.starved_epoch:
+            return False
+        if cache.freed_epoch != pool.freed_epoch and pool.nodes.max_free() >= cache.min_need:
+            return False  # GPUs were freed: one of them may start now
+        now = self.now
+        if any(shadow < now for _, _, shadow, _ in cache.reservations):
+            return False
+        at = self.policy.node_index.touched_at
+        if any(at.get(n, 0) > cache.touches for _, nodes, _, _ in cache.reservations for n in nodes):
+            return False
+        for job, nodes, shadow, spare in cache.reservations:
+            res = self.reserved[job.request.id] = Reservation(job, True, True, shadow, dict(spare), nodes)
+            self.claims.add(res)
+            job.seen_in_pass = pool.pass_no
+        return True
 
     def fit_keys(self) -> Optional[frozenset[QueueKey]]:
         """The queue keys of pending jobs that may still start in this pass; None before the
-        reservation (every job is tried, in order). After it, a key is out when every class of
-        pending job under it is too big for the free GPUs, or the pass already saw a job of that
-        size or smaller fail to fit: anywhere, or outside the reserved GPUs when it would not end
-        before the shadow time. Free GPUs only shrink within a pass, so this is exact. Memoized
-        on its inputs."""
-        res = self.reservation
-        if res is None:
+        first blocked job of the fair order (every job is tried, in order). After it, a key is
+        out when every class of pending job under it is too big for the free GPUs, or the pass
+        already saw a job of that size or smaller fail to fit with the same or a wider view of
+        the reserved nodes (see ``FitMemo``). Free GPUs only shrink within a pass, so this is
+        exact. Memoized on its inputs."""
+        if self.first_blocked is None:
             return None
-        pool, nodes = self.pool, self.pool.nodes
-        classes = pool.queue.classes
-        sig = (nodes.free, self.nofit_all, self.nofit_strict, self.fail_min, res.shadow, res.ready,
-               bool(res.spare), len(classes))
+        nodes = self.pool.nodes
+        queue = self.pool.queue
+        claims, memo = self.claims, self.memo
+        memo.follow(claims)
+        sig = (nodes.free, self.nofit_all, memo.changes, queue.shortest_version, memo.claims_version)
         if sig == self._fit_signature:
             return self._fits
+        if sig[3:] != self._fit_signature[3:]:  # classes or views changed: see each key again
+            lending = self.lending and claims.starved > 0
+            now = self.now
+            self._class_views = [
+                (key[0], key, n_nodes, memo.nofit[lending and key[2]] if claims else None, memo.view(now + limit))
+                for (key, n_nodes), limit in queue.shortest.items()]
         self._fit_signature = sig
-        free, shadow, now = nodes.free, res.shadow, self.now
-        unbounded = not res.ready or shadow == INF
+        free, nofit_all = nodes.free, self.nofit_all
         fits: set[QueueKey] = set()
-        for g, n_nodes, limit in classes:
-            key = class_key((g, n_nodes, limit))
-            if key in fits or g > free or g >= self.nofit_all:
+        for g, key, n_nodes, row, view in self._class_views:
+            if g > free or g >= nofit_all or key in fits:
                 continue
             if n_nodes > 1:  # needs `n_nodes` idle nodes: at least that many with `per` GPUs free
                 if nodes.idle_count(g // n_nodes) >= n_nodes:
                     fits.add(key)
                 continue
-            if unbounded and g >= self.fail_min:
-                continue
-            if res.spare and g >= self.nofit_strict and not (shadow < INF and now + limit <= shadow):
+            if row is not None and g >= row[view]:
                 continue
             fits.add(key)
-        self._fits = frozenset(fits)
+        if fits != self._fits:  # the same object while nothing changes (scan_users caches on it)
+            self._fits = frozenset(fits)
         return self._fits
 
-    def scan_aged(self, t: int) -> bool:
-        """Aged jobs of tier ``t`` (waited past ``oldest_first_after``), oldest first (a merge
-        of the per-key heaps). True when the pass is over (budget spent or nothing can fit)."""
-        heaps = self.pool.queue.aged_heaps[t]
-        if not heaps:
-            return False
-        jobs = self.policy.jobs
-        heappop = heapq.heappop
-        kept: list[tuple[list[AgedEntry], AgedEntry]] = []
-        stop = False
-        while True:
-            allowed = self.fit_keys()
-            if allowed is not None and (self.budget <= 0 or not allowed):
-                stop = True
-                break
-            best: Optional[AgedEntry] = None
-            best_heap: list[AgedEntry] = []
-            for key, h in heaps.items():
-                if allowed is not None and key not in allowed:
-                    continue
-                while h:
-                    e = h[0]
-                    j = jobs.get(e.job_id)
-                    if j is None or j.state != PENDING or j.queue_version != e.queue_version:
-                        heappop(h)
-                        continue
-                    if best is None or e < best:
-                        best, best_heap = e, h
-                    break
-            if best is None:
-                break
-            heappop(best_heap)
-            if self.consider(jobs[best.job_id]) != STARTED:
-                kept.append((best_heap, best))
-        for h, e in kept:
-            heapq.heappush(h, e)
-        for key in [key for key, h in heaps.items() if not h]:
-            del heaps[key]
-        return stop
-
     def scan_users(self, t: int) -> bool:
-        """The other jobs of tier ``t``: users by share key (a merge of the per-key user heaps),
+        """The jobs of tier ``t``: users by share key (a merge of the per-key user heaps),
         each user's jobs oldest first. True when the pass is over."""
         queue = self.pool.queue
         heaps = queue.user_heaps[t]
@@ -169,55 +269,69 @@ class SchedulingPass:
         blocked = self.blocked_users
         passed: dict[tuple[str, QueueKey], int] = {}  # (user, key) -> jobs of that list passed over
         popped: list[tuple[str, QueueKey]] = []
+        # key -> its heap's top (share key, user, version) as last seen (None: empty); a top is
+        # seen again when its user changed (version) or was the one just considered
+        tops: dict[QueueKey, Optional[tuple]] = {}
         stop = False
+        # a start changes only its user's share key, unless fair share is by group
+        by_group = self.policy.ledger.hierarchical
+        seen: Optional[frozenset[QueueKey]] = frozenset()
+        in_play: list[tuple[QueueKey, list]] = []
         while True:
             allowed = self.fit_keys()
             if allowed is not None and (self.budget <= 0 or not allowed):
                 stop = True
                 break
-            best: Optional[tuple[float, str]] = None
-            for key, h in heaps.items():
-                if allowed is not None and key not in allowed:
-                    continue
-                tk = (t, key)
-                while h:
-                    share, name, version = h[0]
-                    u = users[name]
-                    marks = in_heap[name]
-                    if version != u.version or tk not in marks:
-                        heappop(h)
-                        continue
-                    lst = lists[name].get(tk)
-                    if not lst or passed.get((name, key), 0) >= len(lst) or name in blocked:
-                        heappop(h)
-                        marks.discard(tk)
-                        if lst:
-                            popped.append((name, key))
-                        continue
-                    if best is None or (share, name) < best:
-                        best = (share, name)
-                    break
+            if allowed is not seen or not in_play:  # the keys still in play
+                seen = allowed
+                in_play = [(key, h) for key, h in heaps.items() if allowed is None or key in allowed]
+            best: Optional[tuple] = None
+            for key, h in in_play:
+                top = tops.get(key, False)
+                if top is False or (by_group and top is not None and users[top[1]].version != top[2]):
+                    top = None
+                    tk = (t, key)
+                    while h:
+                        share, name, version = h[0]
+                        u = users[name]
+                        marks = in_heap[name]
+                        if version != u.version or marks.get(tk) != version:
+                            heappop(h)
+                            queue.refresh(u, t, key, version)  # pushed again with its new key
+                            continue
+                        lst = lists[name].get(tk)
+                        if not lst or passed.get((name, key), 0) >= len(lst) or name in blocked:
+                            heappop(h)
+                            del marks[tk]
+                            if lst:
+                                popped.append((name, key))
+                            continue
+                        top = h[0]
+                        break
+                    tops[key] = top
+                if top is not None and (best is None or top < best):
+                    best = top
             if best is None:
                 break
             name = best[1]
-            mine = lists[name]
             first: Optional[tuple[float, int, str]] = None
-            first_key: QueueKey = (0, False)
-            for key in heaps:  # the user's oldest job among the keys still in play
-                if allowed is not None and key not in allowed:
+            first_key: QueueKey = (0, False, False)
+            for (tier, key), lst in lists[name].items():  # its oldest job among the keys in play
+                if tier != t or not lst or (allowed is not None and key not in allowed):
                     continue
-                lst = mine.get((t, key))
-                if lst:
-                    i = passed.get((name, key), 0)
-                    if i < len(lst) and (first is None or lst[i] < first):
-                        first, first_key = lst[i], key
+                i = passed.get((name, key), 0)
+                if i < len(lst) and (first is None or lst[i] < first):
+                    first, first_key = lst[i], key
             assert first is not None
             r = self.consider(jobs[first[2]])
             if r == BLOCKED:
                 passed[(name, first_key)] = passed.get((name, first_key), 0) + 1
             elif r == OVER_QUOTA:
                 blocked.add(name)
-            # STARTED: the charge bumped the user's version and pushed its entries again
+            # STARTED: the charge bumped the user's version: its entries are pushed again lazily
+            for key, top in tops.items():
+                if top and top[1] == name:
+                    tops[key] = False
         for name, key in popped:
             if lists[name].get((t, key)):
                 queue.push_user(users[name], t, key)
@@ -226,69 +340,122 @@ class SchedulingPass:
         return stop
 
     # ------------------------------------------------------------------------- one job
-    def consider(self, j: Job) -> str:
-        """Start the job if it fits without delaying the reservation; else it is blocked (the
-        first blocked job gets the reservation) or over quota. Returns which."""
-        pool, policy = self.pool, self.policy
+    def consider(self, j: Job, starved: bool = False) -> str:
+        """Start the job if it fits without delaying a reservation; else it is blocked (a
+        starved job, and the first blocked one of the fair order, get a reservation) or over
+        quota. Returns which."""
         req = j.request
+        if req.id in self.reserved:
+            return BLOCKED  # reserved for as a starved job earlier in this pass
+        pool, policy = self.pool, self.policy
         j.seen_in_pass = pool.pass_no
         q = policy.quota_reason(pool, req)
         if q is not None:
             j.reason, j.reason_message = q
             return OVER_QUOTA
         nodes = pool.nodes
-        placement = None
-        res = self.reservation
-        if req.gpus <= nodes.free and not (req.nodes <= 1 and req.gpus >= self.fail_min
-                                           and not self._bounded()):
-            placement = self.place(req)
-            if placement is None and req.nodes <= 1 and res is not None:
-                limit = policy.limit(req)
-                if limit is None or not self._bounded() or self.now + limit > res.shadow:
-                    self.fail_min = min(self.fail_min, req.gpus)
+        placement, borrowed = self.place(j) if req.gpus <= nodes.free else (None, False)
         if placement is not None:
             policy.start(j, placement, self.now, self.out)
+            j.borrowed = borrowed
             return STARTED
-        if res is None:
-            self.reservation = Reservation(j)
-            j.reason = "resources"
-            j.reason_message = (f"waiting for {req.gpus} GPUs in pool {pool.name!r} "
-                                f"({nodes.free}/{nodes.total} free); GPUs are reserved for it")
-        else:
-            self.budget -= 1
-            reserved = res.job.request
-            if req.gpus <= nodes.free:
-                j.reason = "reservation"
-                j.reason_message = BehindReservation(reserved.id)
+        if starved:
+            if req.gpus <= req.nodes:  # one GPU a node: it takes the next GPU that frees up, as
+                j.reason = "starved"  # starved jobs go first; nothing to set aside
+                j.reason_message = Starved(pool.name, nodes.free, nodes.total, False)
+                return BLOCKED
+            res = Reservation(j, starved=True)
+            if not self.reserve(res):
+                return BLOCKED  # its turn to drain a node comes when an earlier drain ends
+            self.reserved[req.id] = res
+            j.reason = "starved"
+            j.reason_message = Starved(pool.name, nodes.free, nodes.total, True)
+            return BLOCKED
+        if self.first_blocked is None:
+            res = self.first_blocked = self.reserved[req.id] = Reservation(j, starved=False)
+            if policy.knobs.reservations:
+                self.reserve(res)
             else:
-                j.reason = "resources" if reserved.priority.rank >= req.priority.rank else "priority"
-                j.reason_message = WaitingForGpus(req.gpus, pool.name, nodes.free, nodes.total, reserved.id)
+                res.ready = True  # nothing is set aside: backfill is not held back
+            j.reason = "resources"
+            j.reason_message = Reserved(req.gpus, pool.name, nodes.free, nodes.total)
+            return BLOCKED
+        self.budget -= 1
+        reserved = self.claims.all[0].job.request if self.claims.all else self.first_blocked.job.request
+        if req.gpus <= nodes.free:
+            j.reason = "reservation"
+            j.reason_message = BehindReservation(reserved.id)
+        else:
+            j.reason = "resources" if reserved.priority.rank >= req.priority.rank else "priority"
+            j.reason_message = WaitingForGpus(req.gpus, pool.name, nodes.free, nodes.total, reserved.id)
         return BLOCKED
 
-    def place(self, req: JobRequest) -> Optional[Placement]:
-        """Best-fit gang placement that leaves the reservation (if any) undisturbed."""
+    def reserve(self, res: Reservation) -> bool:
+        """Plan a reservation and hold its nodes: the nodes the job held in the last pass if it
+        still can (a job keeps the nodes it drains: draining others would start over; planning
+        again costs more), else the best nodes. A reservation other than the fair order's first
+        is not made (False) when it would drain nodes with no known end time beyond the pool's
+        ``drain_share`` of such nodes."""
+        pool, index = self.pool, self.policy.node_index
+        job_id = res.job.request.id
+        before = pool.held.get(job_id)
+        kept = None if before is None else reservations.keep(res, before, pool.nodes, index, self.now, self.claims)
+        if kept is None:
+            reservations.plan(res, pool.nodes, index, pool.timed_running, self.now, self.claims)
+            kept = reservations.held(res, index)
+        if res is not self.first_blocked and reservations.drains_blind(res, pool.nodes):
+            allowed = max(1, int(len(pool.nodes.nodes) * self.policy.knobs.drain_share))
+            if self.drains + len(res.spare) > allowed:
+                return False
+            self.drains += len(res.spare)
+        self.claims.add(res)
+        if kept is not before:
+            pool.held[job_id] = kept
+        return True
+
+    def apart(self, j: Job) -> Optional[Callable[[NodeState], bool]]:
+        """For a job that preemption may stop: whether a node runs other work (that preemption
+        cannot stop); for other jobs: whether it runs preemptible work. Keeping the two apart
+        leaves nodes that preemption can make whole for a waiting big job."""
+        if not self.pool.config.allow_preemption:
+            return None
+        index = self.policy.node_index
+        held, stopping = index.preemptible_gpus, index.stopping_gpus
+        if j.request.preemptible or self.pool.config.preemptible:
+            return lambda n: n.gpus - len(n.free) - stopping.get(n.name, 0) > sum(held.get(n.name, NO_GPUS))
+        return lambda n: sum(held.get(n.name, NO_GPUS)) > 0
+
+    def place(self, j: Job) -> tuple[Optional[Placement], bool]:
+        """Best-fit gang placement that leaves every reservation undisturbed: a reserved node
+        only for a job that ends before that reservation's start, in its spare GPUs, or (a
+        preemptible job, where the pool allows preemption) on GPUs set aside for a starved job,
+        which may then preempt it. Returns the placement (None if none) and whether it borrows."""
+        req = j.request
         g = req.gpus
         nodes = self.pool.nodes
-        spare: dict[str, int] = {}
-        fits_before = True
-        res = self.reservation
-        if res is not None:
-            if not res.ready:
-                policy = self.policy
-                reservations.plan(res, nodes, policy.node_index, self.pool.timed_running, self.now)
-            spare = res.spare
-            limit = self.policy.limit(req)
-            end = INF if limit is None else self.now + limit
-            fits_before = res.shadow < INF and end <= res.shadow
+        claims = self.claims
+        end = INF
+        lends = False
+        if claims:
+            limit = j.limit
+            if limit is not None:
+                end = self.now + limit
+            lends = (self.lending and claims.starved > 0 and (req.preemptible or self.pool.config.preemptible)
+                     and j.preemptions < self.policy.knobs.max_preemptions_per_job)
         if req.nodes > 1:
-            return nodes.idle_nodes(g, req.nodes, spare, fits_before)
-        check = not fits_before and bool(spare)
-        if g >= self.nofit_all or (check and g >= self.nofit_strict):
-            return None  # a smaller or equal request already failed this pass
-        placement = nodes.best_fit(g, spare, check)
+            return nodes.idle_nodes(g, req.nodes, claims.by_node, end, lends)
+        if g >= self.nofit_all:
+            return None, False  # a smaller or equal request already failed with no node reserved
+        if claims:
+            memo = self.memo
+            memo.follow(claims)
+            view = memo.view(end)
+            if memo.fails(g, lends, view):
+                return None, False  # ... or with the same or a wider view of the reserved nodes
+        placement, borrowed = nodes.best_fit(g, claims.by_node, end, lends, self.apart(j))
         if placement is None:
-            if check:
-                self.nofit_strict = min(self.nofit_strict, g)
-            else:
+            if not claims:
                 self.nofit_all = min(self.nofit_all, g)
-        return placement
+            else:
+                self.memo.failed(g, lends, view)
+        return placement, borrowed

@@ -1,0 +1,61 @@
+"""The preemption planner, a pure function: which running jobs it picks, and when it says to
+try again."""
+
+from __future__ import annotations
+
+from gpuqueue.scheduler import FairShareScheduler
+from gpuqueue.scheduler.fairshare import preemption
+from gpuqueue.scheduler.fairshare.records import RUNNING, Job
+
+from schedtools import config, job
+
+
+def running(s: FairShareScheduler, jid: str, node: str, gpus: int, started: float, **kw) -> Job:
+    """A job that holds ``gpus`` GPUs of ``node`` since ``started``."""
+    s.restore_running(job(jid, gpus=gpus, **kw), {node: tuple(range(gpus))}, started)
+    j = s.jobs[jid]
+    assert j.state == RUNNING
+    return j
+
+
+def plan_for(s: FairShareScheduler, r_id: str, now: float, starved: bool = False) -> preemption.Plan:
+    pool = s.pools["p"]
+    r = s.jobs[r_id]
+    rules = preemption.PreemptionRules("p", pool.nodes.total, False, pool.active_weight,
+                                       s.knobs.min_runtime, s.knobs.max_preemptions_per_job, set())
+    cands = [jid for ids in pool.victims_by_rank for jid in ids]
+    return preemption.plan(rules, s.ledger.users, s.jobs, r, cands, pool.nodes, s.node_index, now, starved)
+
+
+def test_it_takes_the_lowest_priority_then_the_youngest_on_the_cheapest_node():
+    s = FairShareScheduler(config({"p": {"a": 4, "b": 4}}, min_runtime=100))
+    running(s, "old_low", "a", 2, 0, pr="low", user="x", preemptible=True)
+    s.restore_running(job("young_low", gpus=2, pr="low", user="y", preemptible=True), {"a": (2, 3)}, 50)
+    running(s, "med", "b", 4, 0, pr="medium", user="z", preemptible=True)
+    s.submit(job("r", gpus=2, pr="high", user="w"), 200)
+    got = plan_for(s, "r", 200)
+    assert [v.request.id for v in got.victims] == ["young_low"]  # low before medium; youngest low
+
+
+def test_young_jobs_are_no_victims_yet_and_say_when_they_will_be():
+    s = FairShareScheduler(config({"p": {"a": 4}}, min_runtime=600))
+    running(s, "low", "a", 4, 100, pr="low", preemptible=True)
+    s.submit(job("r", gpus=4, pr="high", user="w"), 200)
+    got = plan_for(s, "r", 200)
+    assert got.victims == [] and got.retry_at == 700
+
+
+def test_equal_priority_is_no_victim_unless_the_job_starved():
+    s = FairShareScheduler(config({"p": {"a": 4}}, min_runtime=0))
+    running(s, "peer", "a", 4, 0, pr="medium", user="x", preemptible=True)
+    s.submit(job("r", gpus=4, pr="medium", user="w"), 10)
+    s.ledger.users["w"].pool_gpus["p"] = 1  # it holds GPUs here: the under-share rule is off
+    assert plan_for(s, "r", 10).victims == []
+    assert [v.request.id for v in plan_for(s, "r", 10, starved=True).victims] == ["peer"]
+
+
+def test_non_preemptible_work_is_never_a_victim():
+    s = FairShareScheduler(config({"p": {"a": 4}}, min_runtime=0))
+    running(s, "solid", "a", 4, 0, pr="low")
+    s.submit(job("r", gpus=4, pr="high", user="w"), 10)
+    assert plan_for(s, "r", 10, starved=True).victims == []
