@@ -211,7 +211,10 @@ def test_sidebar_gpu_map_in_cluster_mode(jupyter_server_factory, redis_factory, 
                                [...n.querySelectorAll('.jp-GPUQueue-gpu')].map(g => g.dataset.state)]))""")
 
                 expected = {"n1": ["busy", "busy"], bob_node: ["mine"], idle_node: ["down"]}
-                wait_until(lambda: states() == expected, 30, 0.3, f"the map {expected} (node timeout 2 s)")
+                try:
+                    wait_until(lambda: states() == expected, 30, 0.3, f"the map {expected} (node timeout 2 s)")
+                except AssertionError as e:
+                    raise AssertionError(f"{e}; the map shows {states()}") from None
                 n1 = sidebar.locator('.jp-GPUQueue-node[data-node="n1"] .jp-GPUQueue-gpu').first
                 assert n1.get_attribute("title") == "n1 GPU 0: busy (other user)"
                 mine = sidebar.locator(f'.jp-GPUQueue-node[data-node="{bob_node}"] .jp-GPUQueue-gpu')

@@ -30,6 +30,29 @@ def test_worker_killed_mid_job_is_requeued_and_completes_once(cluster_factory) -
     c.assert_once(ids)
 
 
+def test_dead_node_stays_down_and_gets_no_work(cluster_factory) -> None:
+    """A killed worker's last heartbeat stays in the store: the node is down from its timeout on
+    (it does not come back up on that stale beat), and no job is sent to it, until a worker
+    on it beats again."""
+    c = cluster_factory(nodes={"n1": 1, "n2": 1})
+    c.kill("worker-n1")
+    root = c.client("root")
+    wait_until(lambda: "n1" not in root.queue().get("nodes", {}), c.node_timeout + 5, 0.1, "n1 down")
+    seen_up = []
+    ids = []
+    for _ in range(3 * int(c.node_timeout / 0.1)):  # three node timeouts, every 0.1 s
+        seen_up.append("n1" in root.queue().get("nodes", {}))
+        if len(ids) < 3:
+            ids.append(c.submit("alice", ticks=2))
+        time.sleep(0.1)
+    assert not any(seen_up), "the dead node came back up on its stale heartbeat"
+    jobs = c.wait_done(ids, 60)
+    assert all(j["state"] == "succeeded" and len(j["attempts"]) == 1 and j["attempts"][0]["node"] == "n2"
+               for j in jobs.values()), jobs
+    c.start_worker("n1")
+    c.wait_nodes({"n1", "n2"})
+
+
 def test_daemon_killed_then_standby_and_restart_lose_nothing(cluster_factory) -> None:
     c = cluster_factory(nodes={"n1": 1, "n2": 1})
     c.start_daemon("standby")

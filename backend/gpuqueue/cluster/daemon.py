@@ -96,6 +96,9 @@ class Daemon:
         self.config: QueueConfig = config or _empty_config()
         self.scheduler: Any = None
         self.nodes: dict[str, NodeSeen] = {}
+        # node -> (instance, seq) of the last beat of a node found lost: that stale beat stays in
+        # the store, and must not bring the node up again (only a new beat does)
+        self.lost_beats: dict[str, tuple[str, Any]] = {}
         self.known: set[str] = set()  # non-terminal jobs the scheduler holds
         # Records of non-terminal jobs, as last written or read. The daemon is the only writer
         # of an existing job's record (the API only creates them), so this saves a read and a
@@ -529,6 +532,8 @@ class Daemon:
                 continue
             if initial and hb.get("stopped"):
                 continue
+            if seen is None and self.lost_beats.get(name) == (hb["instance"], hb.get("seq")):
+                continue  # the beat the node was found lost with: it is still down
             if seen is not None:  # the worker restarted: its old runners died with it
                 log.warning("node %s restarted (instance %s)", name, hb["instance"])
                 self._node_lost(name)
@@ -536,6 +541,7 @@ class Daemon:
                 continue
             pool = self._pool_of(name, hb.get("pool"), int(hb["gpus"]))
             self.nodes[name] = NodeSeen(hb["instance"], pool, int(hb["gpus"]), hb.get("seq"), now_m)
+            self.lost_beats.pop(name, None)
             self.scheduler.node_up(name, pool, int(hb["gpus"]), time.time())
             log.info("node %s up: %s GPUs in pool %s", name, hb["gpus"], pool)
             if not initial:
@@ -561,6 +567,7 @@ class Daemon:
         seen = self.nodes.pop(name, None)
         if seen is None:
             return
+        self.lost_beats[name] = (seen.instance, seen.beat)
         decisions = self.scheduler.node_down(name, time.time())
         for d in decisions:
             if isinstance(d, Retry):
