@@ -1,0 +1,188 @@
+"""JupyterHub as the front door: a real hub (configurable-http-proxy, DummyAuthenticator,
+SimpleLocalProcessSpawner) runs ``gpuqueue api`` as a hub service, from the snippet that
+docs/deploy.md shows, in front of a real cluster (redis-server, scheduler, a worker). Each user
+logs in through the hub and runs a ``%%train`` cell in a kernel of their own server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import requests
+
+from cluster.conftest import Cluster
+from gpuqueue.client import Client, ServerInfo
+from helpers.servers import wait_until
+
+from .hubserver import SNIPPET, Hub, UserServer
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("configurable-http-proxy") is None,
+                       reason="needs configurable-http-proxy (npm install -g configurable-http-proxy)"),
+]
+REPO = Path(__file__).resolve().parents[2]
+CELL = ("%%train --gpus 1\nimport os\nanswer = base * 2\n"
+        "print('ran on', os.environ['GPUQUEUE_NODE'], 'hub token in job:', 'JUPYTERHUB_API_TOKEN' in os.environ)")
+
+
+@pytest.fixture
+def hub_cluster(tmp_path: Path, redis_factory: Any) -> Iterator[tuple[Hub, Cluster]]:
+    r = redis_factory(appendonly=True)
+    c = Cluster(tmp_path / "cluster", r, {"n1": 2})
+    c.users.unlink()  # the Cluster helper writes one for its own API; with a hub there is none
+    hub = Hub(tmp_path / "hub", r.url)
+    try:
+        c.start_daemon()
+        c.start_worker("n1")
+        hub.start()
+        yield hub, c
+    finally:
+        hub.stop()
+        c.close()
+
+
+def _service(hub: Hub, token: str) -> Client:
+    return Client(ServerInfo(hub.service_url, token), timeout=30)
+
+
+def _cli(hub: Hub, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``gpuqueue`` as in a hub terminal: the server's environment, no GPUQUEUE_TOKEN."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JUPYTERHUB_"))}
+    return subprocess.run([sys.executable, "-m", "gpuqueue.cli", *args], env={**base, **env},
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_hub_users_queue_with_their_hub_identity(hub_cluster: tuple[Hub, Cluster]) -> None:
+    hub, c = hub_cluster
+    servers: dict[str, UserServer] = {}
+    for user in ("alice", "bob", "carol"):
+        session = hub.login(user)
+        servers[user] = hub.start_server(session, user)
+        if user == "alice":
+            alice_session = session
+    wait_until(lambda: "n1" in _service(hub, servers["carol"].token).queue()["nodes"], 60, 0.2, "node n1 up")
+
+    # a %%train cell in each user's own kernel: the extension forwards with the server's own token
+    jobs: dict[str, str] = {}
+    hub_tokens: dict[str, str] = {}
+    for user in ("alice", "bob"):
+        k = servers[user].start_kernel()
+        assert k.run("%load_ext jupyter_gpuqueue").error is None
+        env = k.run("import os; print(os.environ['GPUQUEUE_URL'], os.environ.get('GPUQUEUE_API_URL'), "
+                    "os.environ['JUPYTERHUB_API_TOKEN'])")
+        local_url, api_url, hub_tokens[user] = env.stdout.split()
+        assert local_url.endswith(f"/user/{user}/") and api_url.endswith("/services/gpuqueue/")
+        k.run("base = 21" if user == "alice" else "base = 50")
+        res = k.run(CELL, timeout=180)
+        assert res.error is None, (res.text, hub.log()[-3000:])
+        assert "ran on n1 hub token in job: False" in res.text, res.text
+        assert k.run("print(answer)").stdout.strip() == ("42" if user == "alice" else "100")
+        [job] = _service(hub, servers[user].token).list()
+        assert job["owner"] == user and job["state"] == "succeeded"
+        jobs[user] = job["id"]
+
+    # each sees only their own jobs: REST on the service, the sidebar's GET /queue, the CLI
+    for user, other in (("alice", "bob"), ("bob", "alice")):
+        svc = _service(hub, servers[user].token)
+        assert [j["id"] for j in svc.list(all_users=True)] == [jobs[user]]
+        r = requests.get(f"{hub.service_url}gpuqueue/api/jobs/{jobs[other]}",
+                         headers={"Authorization": f"token {servers[user].token}"}, timeout=30)
+        assert r.status_code == 404, r.text
+        # the sidebar's requests, through the user's own server
+        q = servers[user].api("GET", "gpuqueue/api/queue").json()
+        assert q["me"]["user"] == user and q["me"]["admin"] is False and "users" not in q
+        listed = servers[user].api("GET", "gpuqueue/api/jobs?all=1").json()["jobs"]
+        assert [j["id"] for j in listed] == [jobs[user]]
+        # a hub terminal: the server's environment (GPUQUEUE_URL, JUPYTERHUB_API_TOKEN), no token file
+        ls = _cli(hub, {"GPUQUEUE_URL": servers[user].url, "JUPYTERHUB_API_TOKEN": hub_tokens[user]}, "ls", "--all")
+        assert ls.returncode == 0, ls.stderr
+        assert jobs[user] in ls.stdout and jobs[other] not in ls.stdout
+        # the same token, straight to the service
+        ls = _cli(hub, {"GPUQUEUE_URL": hub.service_url, "JUPYTERHUB_API_TOKEN": hub_tokens[user]}, "ls", "--all")
+        assert ls.returncode == 0 and jobs[user] in ls.stdout and jobs[other] not in ls.stdout, ls
+
+    # the admin (the gpuqueue-admin role, through a hub group) sees all and preempts alice's job
+    carol = _service(hub, servers["carol"].token)
+    assert carol.queue()["me"]["admin"] is True
+    assert {j["id"] for j in carol.list(all_users=True)} >= set(jobs.values())
+    long = _service(hub, servers["alice"].token).submit(
+        {"kind": "command", "gpus": 1, "command": [sys.executable, str(c.script), str(c.marks), "400"]})
+    wait_until(lambda: carol.get(long["id"])["state"] == "running", 60, 0.2, "alice's long job to run")
+    r = requests.post(f"{hub.service_url}gpuqueue/api/jobs/{long['id']}/preempt",
+                      headers={"Authorization": f"token {servers['bob'].token}"}, timeout=30)
+    assert r.status_code in (403, 404), r.text  # bob: not his job, not an admin
+    assert carol.preempt(long["id"])["id"] == long["id"]
+    wait_until(lambda: carol.get(long["id"])["state"] != "running", 60, 0.2, "the preempted job to stop")
+    assert carol.get(long["id"])["owner"] == "alice"
+
+    # refused: no token, a forged one, a token without access to the service; a cookie never writes
+    r = requests.get(f"{hub.service_url}gpuqueue/api/jobs", timeout=30)
+    assert r.status_code == 401 and "JupyterHub token" in r.json()["message"]
+    r = requests.get(f"{hub.service_url}gpuqueue/api/jobs", headers={"Authorization": "token forged-0123456789abcdef"},
+                     timeout=30)
+    assert r.status_code == 401 and "JupyterHub token" in r.json()["message"]
+    narrow = alice_session.post(f"{hub.url}hub/api/users/alice/tokens", json={"scopes": ["read:users:name!user=alice"]},
+                                headers={"X-XSRFToken": _cookie(alice_session, "_xsrf")}, timeout=30)
+    assert narrow.status_code == 201, narrow.text
+    r = requests.get(f"{hub.service_url}gpuqueue/api/jobs",
+                     headers={"Authorization": f"token {narrow.json()['token']}"}, timeout=30)
+    assert r.status_code == 403 and "access:services!service=gpuqueue" in r.json()["message"], r.text
+
+    # a browser: the service's page logs in through the hub (OAuth) and shows alice's queue
+    page = alice_session.get(hub.service_url, timeout=60)
+    assert page.status_code == 200 and page.url.endswith("/services/gpuqueue/gpuqueue/api/queue"), page.url
+    assert page.json()["me"]["user"] == "alice"
+    r = alice_session.post(f"{hub.service_url}gpuqueue/api/jobs", json={"spec": {"kind": "command", "command": ["true"]}},
+                           timeout=30)
+    assert r.status_code == 401 and "cookie only reads" in r.json()["message"]
+
+    # no users file anywhere: the hub is the only source of users
+    assert not list(hub.root.parent.rglob("users*.toml"))
+    assert "--users" not in open(hub.config).read() + SNIPPET.read_text()
+
+
+def _cookie(s: requests.Session, name: str) -> str:
+    return next((c.value or "" for c in s.cookies if c.name == name), "")
+
+
+def test_deploy_doc_shows_the_tested_hub_config() -> None:
+    """docs/deploy.md shows the snippet this test loads, and its Helm values hold the same
+    service, scope, roles and server token scopes."""
+    import yaml
+
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    assert SNIPPET.read_text().strip() in doc
+    helm = doc.split("```yaml\n# values.yaml (zero-to-jupyterhub)\n", 1)[1].split("```", 1)[0]
+    values = yaml.safe_load(helm)
+    ns: dict[str, Any] = {}
+
+    class C(dict):  # a traitlets-like config: c.JupyterHub.services = ...
+        def __getattr__(self, k: str) -> Any:
+            return self.setdefault(k, C())
+
+        def __setattr__(self, k: str, v: Any) -> None:
+            self[k] = v
+
+    ns["c"] = cfg = C()
+    ns["os"] = os
+    env = dict(os.environ, GPUQUEUE_REDIS_URL="redis://x")
+    old = os.environ.copy()
+    os.environ.update(env)
+    try:
+        exec(compile(SNIPPET.read_text(), str(SNIPPET), "exec"), ns)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
+    hub = values["hub"]
+    assert hub["services"]["gpuqueue"]["oauth_no_confirm"] is True
+    assert hub["config"]["JupyterHub"]["custom_scopes"] == cfg.JupyterHub.custom_scopes
+    assert hub["config"]["Spawner"]["server_token_scopes"] == cfg.Spawner.server_token_scopes
+    roles = {r["name"]: r["scopes"] for r in hub["loadRoles"].values()}
+    assert roles == {r["name"]: r["scopes"] for r in cfg.JupyterHub.load_roles}
+    assert values["singleuser"]["extraEnv"]["GPUQUEUE_API_URL"].endswith("/services/gpuqueue/")
