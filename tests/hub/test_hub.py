@@ -186,3 +186,40 @@ def test_deploy_doc_shows_the_tested_hub_config() -> None:
     roles = {r["name"]: r["scopes"] for r in hub["loadRoles"].values()}
     assert roles == {r["name"]: r["scopes"] for r in cfg.JupyterHub.load_roles}
     assert values["singleuser"]["extraEnv"]["GPUQUEUE_API_URL"].endswith("/services/gpuqueue/")
+
+
+def test_a_refused_listing_tells_a_keep_alive_proxy_to_reconnect(tmp_path: Path) -> None:
+    """Behind the hub's proxy (keep-alive to the service), a request refused before its body
+    is read closes the connection: the answer says so, or the proxy's next request on it
+    fails (503 ECONNRESET). Seen with a forged token after a tokenless request."""
+    import http.client
+    import threading
+
+    from tornado import httpserver, netutil
+
+    from gpuqueue.cluster.api import User, make_app
+    from gpuqueue.cluster.redis_store import RedisStore
+
+    socks = netutil.bind_sockets(0, "127.0.0.1")
+    port = socks[0].getsockname()[1]
+    started = threading.Event()
+
+    def serve() -> None:
+        import asyncio
+
+        async def main() -> None:
+            app = make_app(RedisStore("redis://127.0.0.1:1/0", "gq"), {"t" * 8: User("a", "t" * 8)})
+            httpserver.HTTPServer(app).add_sockets(socks)
+            started.set()
+            await asyncio.Event().wait()
+
+        asyncio.run(main())
+
+    threading.Thread(target=serve, daemon=True).start()
+    assert started.wait(10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    for _ in range(3):
+        conn.request("GET", "/gpuqueue/api/jobs", headers={"Authorization": "token forged-123456"})
+        r = conn.getresponse()
+        assert r.status == 401 and r.getheader("Connection") == "close"
+        r.read()

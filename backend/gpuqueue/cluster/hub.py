@@ -106,8 +106,16 @@ def _login_handler() -> type:
     class HubLoginHandler(HubOAuthenticated, web.RequestHandler):
         """``GET <prefix>``: a browser logs in through the hub (OAuth), then sees its queue."""
 
-        @web.authenticated
-        def get(self) -> None:
+        @property
+        def hub_auth(self) -> Any:
+            return self.settings["gpuqueue_hub_auth"]
+
+        async def get(self) -> None:
+            # asks the hub without blocking the event loop (tornado's get_current_user is sync)
+            user = await self.hub_auth.get_user(self, sync=False)
+            if not user:
+                self.redirect(self.get_login_url())  # the hub's OAuth, with a state cookie
+                return
             self.redirect(self.settings["gpuqueue_prefix"] + "gpuqueue/api/queue")
 
     return HubLoginHandler
