@@ -110,6 +110,12 @@ def test_hub_users_queue_with_their_hub_identity(hub_cluster: tuple[Hub, Cluster
     # the admin (the gpuqueue-admin role, through a hub group) sees all and preempts alice's job
     carol = _service(hub, servers["carol"].token)
     assert carol.queue()["me"]["admin"] is True
+    # the hub's answer for a token is reused (--hub-cache-s): more requests, no more hub lookups
+    lookups = hub.log().count("GET /hub/api/user (carol@")
+    assert lookups >= 1
+    for _ in range(5):
+        carol.list()
+    assert hub.log().count("GET /hub/api/user (carol@") == lookups
     assert {j["id"] for j in carol.list(all_users=True)} >= set(jobs.values())
     long = _service(hub, servers["alice"].token).submit(
         {"kind": "command", "gpus": 1, "command": [sys.executable, str(c.script), str(c.marks), "400"]})
@@ -145,6 +151,16 @@ def test_hub_users_queue_with_their_hub_identity(hub_cluster: tuple[Hub, Cluster
     # no users file anywhere: the hub is the only source of users
     assert not list(hub.root.parent.rglob("users*.toml"))
     assert "--users" not in open(hub.config).read() + SNIPPET.read_text()
+
+
+def test_api_refuses_hub_auth_outside_a_hub() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JUPYTERHUB_")}
+    p = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "api", "--auth", "hub", "--redis", "redis://127.0.0.1:1/0"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "JUPYTERHUB_API_TOKEN and JUPYTERHUB_API_URL not set" in p.stderr, p.stderr
+    p = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "api", "--redis", "redis://127.0.0.1:1/0"],
+                       env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--users FILE is required" in p.stderr and "--auth hub" in p.stderr, p.stderr
 
 
 def _cookie(s: requests.Session, name: str) -> str:
