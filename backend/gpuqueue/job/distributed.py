@@ -1,6 +1,6 @@
 """Jobs that span several processes: ``torchrun`` on one node, Ray Train across nodes.
 
-``launch_argv`` decides how an attempt is started (used by ``gpuqueue.launch``):
+``launch_argv`` decides how an attempt is started (used by ``gpuqueue.attempt.launch``):
 
 * ``%%train --gpus N`` (N > 1, one node): N processes under ``torchrun --standalone`` (DDP);
 * ``--nodes M``: a Ray Train ``TorchTrainer`` with one worker per GPU the scheduler reserved
@@ -56,9 +56,9 @@ def launch_argv(kind: str, argv: list[str], gpus: int, nodes: int, env: dict[str
     if mode == "none":
         return argv
     if mode == "torchrun":
-        return [python, "-m", "gpuqueue.distributed", "torchrun", "--nproc", str(max(gpus, 1)), "--", *argv]
+        return [python, "-m", "gpuqueue.job.distributed", "torchrun", "--nproc", str(max(gpus, 1)), "--", *argv]
     workers = gpus if gpus > 0 else nodes
-    return [python, "-m", "gpuqueue.distributed", "ray", "--workers", str(workers),
+    return [python, "-m", "gpuqueue.job.distributed", "ray", "--workers", str(workers),
             "--gpus-per-worker", "1" if gpus > 0 else "0", "--", *argv]
 
 
@@ -108,7 +108,7 @@ def grad_checkpointing() -> bool:
 # -- launchers -------------------------------------------------------------------------------
 def _detach_event_pipe() -> None:
     """Rank processes must not use the runner's pipe number (their copy is closed or reused):
-    they append to events.jsonl instead (see ``gpuqueue.jobapi.emit``)."""
+    they append to events.jsonl instead (see ``gpuqueue.job.jobapi.emit``)."""
     os.environ.pop("GPUQUEUE_EVENT_FD", None)
 
 
@@ -238,9 +238,9 @@ def _cuda_available() -> bool:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """``python -m gpuqueue.distributed torchrun --nproc N -- CMD...`` or
+    """``python -m gpuqueue.job.distributed torchrun --nproc N -- CMD...`` or
     ``... ray --workers W [--gpus-per-worker G] -- CMD...``."""
-    p = argparse.ArgumentParser(prog="python -m gpuqueue.distributed")
+    p = argparse.ArgumentParser(prog="python -m gpuqueue.job.distributed")
     sub = p.add_subparsers(dest="mode", required=True)
     t = sub.add_parser("torchrun")
     t.add_argument("--nproc", type=int, required=True)
