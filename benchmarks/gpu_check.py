@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_check.py [--steps 30] [--batch 8] [--seq 1024] [--json out.json]
 
-1. NVML: prints every GPU (``gpuqueue.nvml.read_gpus()``, or pynvml directly).
+1. NVML: prints every GPU (``gpuqueue.observability.nvml.read_gpus()``, or pynvml directly).
 2. Isolation: an embedded queue (``QueueService``, real runner) with this machine's GPUs runs one
    1-GPU job per GPU at once (at most 4); each job reports ``CUDA_VISIBLE_DEVICES``, the number
    of devices torch sees and its device's UUID. Passes when every job sees exactly one device,
@@ -99,9 +99,9 @@ ISOLATION_SCRIPT = textwrap.dedent(
 
 
 def read_nvml() -> list[dict[str, Any]]:
-    """GPUs as NVML sees them (gpuqueue.nvml if present, else pynvml)."""
+    """GPUs as NVML sees them (gpuqueue.observability.nvml if present, else pynvml)."""
     try:
-        from gpuqueue.nvml import read_gpus
+        from gpuqueue.observability.nvml import read_gpus
 
         return read_gpus()
     except ImportError:
@@ -166,8 +166,8 @@ async def _wait(service: Any, caller: Any, job_id: str, timeout: float = 900) ->
 
 
 async def run(args: argparse.Namespace, gpus: list[dict[str, Any]]) -> dict[str, Any]:
-    from gpuqueue.models import JobSpec, SubmitRequest
-    from gpuqueue.service import Caller, QueueService
+    from gpuqueue.queue.models import JobSpec, SubmitRequest
+    from gpuqueue.embedded.service import Caller, QueueService
 
     report: dict[str, Any] = {"nvml": gpus}
     caller = Caller("gpu-check", admin=True)

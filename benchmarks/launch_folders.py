@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from gpuqueue.jobdir import attempt_paths, prepare_owned
+from gpuqueue.attempt.jobdir import attempt_paths, prepare_owned
 
 PAYLOAD = b"x" * 100_000
 

@@ -37,11 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
 from prometheus_client import generate_latest  # noqa: E402
 
-from gpuqueue.config import PoolConfig, QueueConfig  # noqa: E402
-from gpuqueue.metrics import QueueMetrics  # noqa: E402
+from gpuqueue.queue.config import PoolConfig, QueueConfig  # noqa: E402
+from gpuqueue.observability.metrics import QueueMetrics  # noqa: E402
 from gpuqueue.scheduler import make_scheduler  # noqa: E402
 from gpuqueue.scheduler.base import JobRequest, Start  # noqa: E402
-from gpuqueue.states import Outcome, Priority  # noqa: E402
+from gpuqueue.queue.states import Outcome, Priority  # noqa: E402
 
 
 def pct(xs: list[float], p: float) -> float:

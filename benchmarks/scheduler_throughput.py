@@ -26,10 +26,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
-from gpuqueue.config import PolicyConfig, PoolConfig, QueueConfig, UserLimits  # noqa: E402
+from gpuqueue.queue.config import PolicyConfig, PoolConfig, QueueConfig, UserLimits  # noqa: E402
 from gpuqueue.scheduler import make_scheduler  # noqa: E402
 from gpuqueue.scheduler.base import JobRequest, Start  # noqa: E402
-from gpuqueue.states import Outcome, Priority  # noqa: E402
+from gpuqueue.queue.states import Outcome, Priority  # noqa: E402
 
 
 def run(policy: str, pending: int, users: int, gpus: int, passes: int, seed: int, explain: bool) -> dict[str, Any]:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from helpers.servers import JupyterServer  # noqa: E402
 
-from gpuqueue.payload import build_payload  # noqa: E402
+from gpuqueue.job.payload import build_payload  # noqa: E402
 
 
 def first_line_latency(client, source: str, marker: str) -> float:

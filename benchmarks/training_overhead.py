@@ -75,8 +75,8 @@ def run_bare(script: Path, steps: int, every: int, work: Path) -> dict[str, floa
 
 async def run_queued(service, script: Path, steps: int, every: int, work: Path) -> dict[str, float]:  # noqa: ANN001
     """The same script as a command job of the embedded queue; figures plus submit->done."""
-    from gpuqueue.models import JobSpec, SubmitRequest
-    from gpuqueue.service import Caller
+    from gpuqueue.queue.models import JobSpec, SubmitRequest
+    from gpuqueue.embedded.service import Caller
 
     out = work / f"queued-{time.time_ns()}.json"
     spec = JobSpec(kind="command", command=[sys.executable, str(script), str(steps), str(every), str(out)], cwd=str(work))
@@ -102,7 +102,7 @@ async def run_queued(service, script: Path, steps: int, every: int, work: Path) 
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, float]:
-    from gpuqueue.service import QueueService
+    from gpuqueue.embedded.service import QueueService
 
     with tempfile.TemporaryDirectory(prefix="gpuqueue-bench-") as tmp:
         work = Path(tmp)

@@ -10,9 +10,9 @@ from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, List, Unicode, default
 
-from gpuqueue.config import load_config
-from gpuqueue.gpus import local_gpu_count
-from gpuqueue.service import QueueService
+from gpuqueue.queue.config import load_config
+from gpuqueue.attempt.gpus import local_gpu_count
+from gpuqueue.embedded.service import QueueService
 
 from .handlers import handlers
 
@@ -105,7 +105,7 @@ class GPUQueueApp(ExtensionApp):
 
     def initialize_settings(self) -> None:
         """Build the service (started later, once the event loop runs)."""
-        from gpuqueue.logs import setup_logging
+        from gpuqueue.observability.logs import setup_logging
 
         setup_logging(self.log_format or None, logger="gpuqueue", component="jupyter")
         if self.api_url:  # cluster mode: forward to the API service (no Redis credentials here)

@@ -1,6 +1,6 @@
 """REST handlers under ``<base_url>gpuqueue/api/``: a few lines each, delegating to the service.
 
-The handler bodies are shared with the cluster's API service (``gpuqueue.rest``, tornado only);
+The handler bodies are shared with the cluster's API service (``gpuqueue.rest.handlers``, tornado only);
 these subclasses add what Jupyter brings: every handler is ``@authenticated`` and
 ``@authorized``, and the job owner is the server-side Jupyter identity, never a field of the
 request body. The service is the embedded ``QueueService``, or in cluster mode
@@ -17,8 +17,8 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 from tornado import web
 
-from gpuqueue import rest
-from gpuqueue.service import Caller
+from gpuqueue.rest import handlers as rest
+from gpuqueue.embedded.service import Caller
 
 JOB = rest.JOB
 
@@ -45,7 +45,7 @@ class BaseHandler(APIHandler):
         rest.RestHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
 
     def _handle_request_exception(self, e: BaseException) -> None:  # tornado hook
-        from gpuqueue.errors import GPUQueueError
+        from gpuqueue.queue.errors import GPUQueueError
 
         if isinstance(e, GPUQueueError):
             self.log.info("gpuqueue %s: %s", e.http_status, e)

@@ -19,10 +19,10 @@ from typing import Any, Callable, Optional
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 
-from gpuqueue.client import Client
-from gpuqueue.durations import MAX_TIMEOUT_S, parse_duration
-from gpuqueue.errors import GPUQueueError
-from gpuqueue.payload import PreflightError, build_payload, source_hash, unpack_results
+from gpuqueue.rest.client import Client
+from gpuqueue.queue.durations import MAX_TIMEOUT_S, parse_duration
+from gpuqueue.queue.errors import GPUQueueError
+from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
 
 from .display import JobView, TextView, use_widgets
 

@@ -30,7 +30,7 @@ from typing import Any
 from jupyter_server.base.handlers import JupyterHandler
 from tornado import web
 
-from gpuqueue.metrics import QueueMetrics, attach, render, tornado_log_function
+from gpuqueue.observability.metrics import QueueMetrics, attach, render, tornado_log_function
 
 try:  # jupyter_server >= 2.13 checks auth in prepare() unless a method opts out
     from jupyter_server.auth.decorator import allow_unauthenticated

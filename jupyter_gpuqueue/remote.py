@@ -19,10 +19,10 @@ from urllib.parse import urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from gpuqueue.errors import GPUQueueError, Unavailable, error_for_status
-from gpuqueue.jsonbody import Buffer
-from gpuqueue.models import Event, JobRecord, SubmitRequest
-from gpuqueue.service import Caller
+from gpuqueue.queue.errors import GPUQueueError, Unavailable, error_for_status
+from gpuqueue.rest.jsonbody import Buffer
+from gpuqueue.queue.models import Event, JobRecord, SubmitRequest
+from gpuqueue.embedded.service import Caller
 
 
 class RemoteService:

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from gpuqueue.config import GroupConfig, PolicyConfig, PoolConfig, QueueConfig, UserLimits
+from gpuqueue.queue.config import GroupConfig, PolicyConfig, PoolConfig, QueueConfig, UserLimits
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "config.md"
@@ -53,7 +53,7 @@ ENV = """
 Inside a job: `CUDA_VISIBLE_DEVICES`, `GPUQUEUE_JOB_ID`, `GPUQUEUE_ATTEMPT`, `GPUQUEUE_JOB_DIR`,
 `GPUQUEUE_ATTEMPT_DIR`, `GPUQUEUE_NODE`, `GPUQUEUE_NUM_GPUS`, and where asked
 `GPUQUEUE_PRECISION`, `GPUQUEUE_GRAD_CHECKPOINTING`, `GPUQUEUE_RESUME_FROM`. Nothing else of the
-launching process's environment reaches a job but an allow-list (`gpuqueue.launch.PASS_ENV`: `PATH`,
+launching process's environment reaches a job but an allow-list (`gpuqueue.attempt.launch.PASS_ENV`: `PATH`,
 `PYTHONPATH`, `LANG`/`LC_*`, `TZ`, `TMPDIR`, `HOME`, `CUDA_*`, `NVIDIA_*`, `NCCL_*`,
 `LD_LIBRARY_PATH`, CA bundles, the Ray address, ...), `GPUQUEUE_PASS_ENV`, and the job's own
 `env`: no token or store URL of the server or worker.

@@ -13,17 +13,17 @@ from __future__ import annotations
 from typing import Any
 
 _LAZY = {
-    "log": ("jobapi", "log"),
-    "progress": ("jobapi", "progress"),
-    "flush": ("jobapi", "flush"),
-    "should_stop": ("jobapi", "should_stop"),
-    "in_job": ("jobapi", "in_job"),
-    "rank": ("jobapi", "rank"),
-    "is_main_process": ("jobapi", "is_main_process"),
-    "Checkpointer": ("checkpoint", "Checkpointer"),
-    "CheckpointInfo": ("checkpoint", "CheckpointInfo"),
-    "GpuqueueCallback": ("hf", "GpuqueueCallback"),
-    "JobStopped": ("channel", "JobStopped"),
+    "log": ("job.jobapi", "log"),
+    "progress": ("job.jobapi", "progress"),
+    "flush": ("job.jobapi", "flush"),
+    "should_stop": ("job.jobapi", "should_stop"),
+    "in_job": ("job.jobapi", "in_job"),
+    "rank": ("job.jobapi", "rank"),
+    "is_main_process": ("job.jobapi", "is_main_process"),
+    "Checkpointer": ("job.checkpoint", "Checkpointer"),
+    "CheckpointInfo": ("job.checkpoint", "CheckpointInfo"),
+    "GpuqueueCallback": ("job.hf", "GpuqueueCallback"),
+    "JobStopped": ("job.channel", "JobStopped"),
 }
 
 __all__ = sorted(_LAZY)

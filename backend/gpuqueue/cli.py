@@ -13,9 +13,9 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
-from .durations import MAX_TIMEOUT_S, parse_duration
-from .errors import GPUQueueError
-from .text import printable
+from .queue.durations import MAX_TIMEOUT_S, parse_duration
+from .queue.errors import GPUQueueError
+from .queue.text import printable
 
 EXIT_USAGE = 2
 
@@ -52,7 +52,7 @@ def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _client() -> Any:
-    from .client import Client
+    from .rest.client import Client
 
     return Client()
 

@@ -20,11 +20,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Optional
 
-from .config import PoolConfig, QueueConfig, UserLimits, load_config
-from .errors import GPUQueueError
+from .queue.config import PoolConfig, QueueConfig, UserLimits, load_config
+from .queue.errors import GPUQueueError
 from .scheduler import make_scheduler
 from .scheduler.base import JobRequest, Preempt, Reject, Start, TimeOut
-from .states import Outcome, Priority
+from .queue.states import Outcome, Priority
 
 REQUIRED = ("job_id", "user", "submit_time", "duration", "gpus")
 OPTIONAL = ("priority", "pool", "preemptible", "time_limit")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpuqueue.config import load_config, single_node_config
-from gpuqueue.durations import format_duration, parse_duration
-from gpuqueue.errors import BadRequest
+from gpuqueue.queue.config import load_config, single_node_config
+from gpuqueue.queue.durations import format_duration, parse_duration
+from gpuqueue.queue.errors import BadRequest
 
 
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("15m", 900), ("2h", 7200), ("1h30m", 5400), ("2d", 172800), ("45", 45)])

@@ -13,7 +13,7 @@ def test_config_reference_is_current():
 
 
 def test_the_example_queue_file_in_the_reference_is_valid(tmp_path):
-    from gpuqueue.config import load_config
+    from gpuqueue.queue.config import load_config
 
     text = (ROOT / "docs" / "config.md").read_text()
     example = text.split("```toml\n", 1)[1].split("```", 1)[0]

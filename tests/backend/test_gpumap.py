@@ -4,11 +4,11 @@ servers)."""
 
 from __future__ import annotations
 
-from gpuqueue.config import QueueConfig
-from gpuqueue.gpumap import cluster_view, gpu_map, share
-from gpuqueue.models import Attempt, JobRecord, JobSpec
-from gpuqueue.service import Caller
-from gpuqueue.states import JobState
+from gpuqueue.queue.config import QueueConfig
+from gpuqueue.observability.gpumap import cluster_view, gpu_map, share
+from gpuqueue.queue.models import Attempt, JobRecord, JobSpec
+from gpuqueue.embedded.service import Caller
+from gpuqueue.queue.states import JobState
 
 CONFIG = QueueConfig.model_validate({
     "pools": {"train": {"nodes": {"a100-1": 4, "a100-2": 4}}, "dev": {"nodes": {"t4-1": 2}}},

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from gpuqueue.identity import DynamicIdentities, FileIdentities, IdentityError, PasswdIdentities, parse_range
+from gpuqueue.attempt.identity import DynamicIdentities, FileIdentities, IdentityError, PasswdIdentities, parse_range
 
 
 def test_dynamic_uids_are_one_per_user_and_the_same_from_every_node(redis_factory) -> None:
@@ -76,7 +76,7 @@ def test_bad_uid_ranges_are_named(text: str, words: str) -> None:
 
 
 def test_without_root_jobs_run_as_the_worker_and_asking_for_identities_is_refused(monkeypatch) -> None:
-    from gpuqueue import identity
+    from gpuqueue.attempt import identity
 
     monkeypatch.setattr(identity.os, "geteuid", lambda: 1000)
     assert identity.from_option("auto") is None and identity.from_option("none") is None

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gpuqueue.identity import Identity
-from gpuqueue.launch import build_launch, passed_env, runner_env
-from gpuqueue.models import JobSpec
+from gpuqueue.attempt.identity import Identity
+from gpuqueue.attempt.launch import build_launch, passed_env, runner_env
+from gpuqueue.queue.models import JobSpec
 from helpers.servers import wait_until
 
 SECRETS = {

@@ -1,14 +1,14 @@
-"""The rules of a job's life (``gpuqueue.lifecycle``): a job whose process keeps vanishing is
+"""The rules of a job's life (``gpuqueue.queue.lifecycle``): a job whose process keeps vanishing is
 relaunched a bounded number of times, then fails with the reason, and its retries apply."""
 
 from __future__ import annotations
 
 import sys
 
-from gpuqueue.config import MAX_LOST_ATTEMPTS
-from gpuqueue.lifecycle import attempt_outcome, settle
-from gpuqueue.models import Attempt, JobRecord, JobSpec
-from gpuqueue.states import JobState, Outcome
+from gpuqueue.queue.config import MAX_LOST_ATTEMPTS
+from gpuqueue.queue.lifecycle import attempt_outcome, settle
+from gpuqueue.queue.models import Attempt, JobRecord, JobSpec
+from gpuqueue.queue.states import JobState, Outcome
 from helpers.servers import wait_until
 
 LOST = {"exit_code": None, "stop_reason": None, "lost": True}

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from gpuqueue.payload import PreflightError, analyze_cell, build_payload, pack_results, unpack_results
+from gpuqueue.job.payload import PreflightError, analyze_cell, build_payload, pack_results, unpack_results
 
 
 def test_reads_and_top_level_writes():

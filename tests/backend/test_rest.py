@@ -1,4 +1,4 @@
-"""The REST edge (``gpuqueue.rest``, ``gpuqueue.jsonbody``) against a real embedded Jupyter
+"""The REST edge (``gpuqueue.rest.handlers``, ``gpuqueue.rest.jsonbody``) against a real embedded Jupyter
 server: bad requests are refused with a 400 that names the fix and change nothing, the queue
 goes on scheduling, a large payload does not stall the server, and no token reaches its log."""
 
@@ -31,7 +31,7 @@ def command(code: str, **spec) -> dict:
 
 
 def test_answers_are_standard_json_and_logged_uris_hold_no_token():
-    from gpuqueue.rest import scrub_uri, standard_json
+    from gpuqueue.rest.handlers import scrub_uri, standard_json
 
     assert strict_json(standard_json({"loss": float("nan"), "x": [1.5, float("-inf")]})) == {"loss": None, "x": [1.5, None]}
     assert scrub_uri("/gpuqueue/api/jobs?after=3&token=abc&api_key=k") == "/gpuqueue/api/jobs?after=3&token=[secret]&api_key=[secret]"

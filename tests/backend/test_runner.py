@@ -15,9 +15,9 @@ from typing import Any, Iterator
 
 import pytest
 
-from gpuqueue.jobdir import OwnedDir, prepare_owned
-from gpuqueue.launch import runner_env
-from gpuqueue.runner import job_event
+from gpuqueue.attempt.jobdir import OwnedDir, prepare_owned
+from gpuqueue.attempt.launch import runner_env
+from gpuqueue.attempt.runner import job_event
 from helpers.servers import wait_until
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: switches to another uid")
@@ -27,7 +27,7 @@ UID = 61999
 def _run(records: Path, launch: dict[str, Any], env: dict[str, str]) -> list[dict[str, Any]]:
     records.mkdir(parents=True, exist_ok=True)
     (records / "launch.json").write_text(json.dumps(launch))
-    subprocess.run([sys.executable, "-m", "gpuqueue.runner", str(records)], env=env, timeout=60, check=False)
+    subprocess.run([sys.executable, "-m", "gpuqueue.attempt.runner", str(records)], env=env, timeout=60, check=False)
     return [json.loads(x) for x in (records / "events.jsonl").read_text().splitlines()]
 
 
@@ -103,7 +103,7 @@ def test_as_root_the_job_runs_as_its_owner_and_reaches_only_its_own_folders(open
               "attempt_dir": str(paths.attempt), "user": {"name": "ana", "uid": UID, "gid": UID},
               "env": {"PATH": "/usr/bin:/bin", "GPUQUEUE_JOB_DIR": str(paths.job), "GPUQUEUE_ATTEMPT_DIR": str(paths.attempt)}}
     (paths.records / "launch.json").write_text(json.dumps(launch))
-    runner = subprocess.Popen([sys.executable, "-m", "gpuqueue.runner", str(paths.records)], env=runner_env())
+    runner = subprocess.Popen([sys.executable, "-m", "gpuqueue.attempt.runner", str(paths.records)], env=runner_env())
     wait_until(lambda: (paths.attempt / "ready").exists(), 20, 0.05, "the job to start")
     (paths.records / "control.json").write_text(json.dumps({"reason": "cancelled", "grace_s": 5}))
     runner.send_signal(signal.SIGUSR1)

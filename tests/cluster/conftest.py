@@ -15,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from gpuqueue.client import Client, ServerInfo
+from gpuqueue.rest.client import Client, ServerInfo
 from gpuqueue.cluster import redis_url
 from helpers.servers import RedisServer, free_port, wait_until
 

@@ -8,7 +8,7 @@ import sys
 
 import requests
 
-from gpuqueue.errors import Forbidden, NotFound
+from gpuqueue.queue.errors import Forbidden, NotFound
 from helpers.fuzz import fuzz
 from helpers.servers import free_port, wait_until
 

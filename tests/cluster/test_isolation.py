@@ -17,8 +17,8 @@ from typing import Any, Iterator
 
 import pytest
 
-from gpuqueue.errors import GPUQueueError
-from gpuqueue.payload import build_payload, unpack_results
+from gpuqueue.queue.errors import GPUQueueError
+from gpuqueue.job.payload import build_payload, unpack_results
 from helpers.servers import RedisServer, wait_until
 
 from .conftest import TOKENS, Cluster
@@ -56,7 +56,7 @@ def job_python() -> tuple[str, str]:
 
 PROBE = r'''
 import glob, json, os, socket
-from gpuqueue import channel
+from gpuqueue.job import channel
 T = json.loads(TARGETS)
 me = os.environ["GPUQUEUE_ATTEMPT_DIR"]
 report = {"uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(), "env": dict(os.environ),

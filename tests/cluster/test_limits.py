@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from gpuqueue.errors import NotFound
+from gpuqueue.queue.errors import NotFound
 from helpers.servers import wait_until
 
 from .conftest import TOKENS

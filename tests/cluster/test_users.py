@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from gpuqueue.cluster.api import load_users
-from gpuqueue.errors import BadRequest
+from gpuqueue.queue.errors import BadRequest
 
 
 @pytest.mark.parametrize("text, message", [

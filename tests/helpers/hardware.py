@@ -1,4 +1,4 @@
-"""This machine's NVIDIA GPUs, probed as the product probes them (NVML, ``gpuqueue.gpus``).
+"""This machine's NVIDIA GPUs, probed as the product probes them (NVML, ``gpuqueue.attempt.gpus``).
 
 Most tests declare their GPUs (``GPUQUEUE_GPUS``) and run the same with or without real ones.
 The few that check what happens *without* an NVIDIA driver use ``needs_no_nvidia_gpu``: on a GPU
@@ -10,7 +10,7 @@ from typing import Optional
 
 import pytest
 
-from gpuqueue.gpus import nvml_gpu_count
+from gpuqueue.attempt.gpus import nvml_gpu_count
 
 NVML_GPUS: Optional[int] = nvml_gpu_count()
 """GPUs NVML sees; None when NVML (the driver's library or nvidia-ml-py) is missing."""

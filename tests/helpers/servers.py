@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import requests
 
-from gpuqueue.client import Client, ServerInfo
+from gpuqueue.rest.client import Client, ServerInfo
 
 
 def free_port() -> int:
@@ -295,7 +295,7 @@ class JupyterServer:
                     os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-        subprocess.run(["pkill", "-9", "-f", f"gpuqueue.jobmain {self.state_dir}"], capture_output=True)
+        subprocess.run(["pkill", "-9", "-f", f"gpuqueue.job.jobmain {self.state_dir}"], capture_output=True)
 
 
 class RedisServer:

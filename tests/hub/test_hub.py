@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from cluster.conftest import Cluster
-from gpuqueue.client import Client, ServerInfo
+from gpuqueue.rest.client import Client, ServerInfo
 from helpers.servers import wait_until
 
 from .hubserver import SNIPPET, Hub, UserServer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 
-from gpuqueue.client import discover
+from gpuqueue.rest.client import discover
 
 
 def test_discovery_by_parent_pid(jupyter_server, monkeypatch):
@@ -50,7 +50,7 @@ def test_job_refuses_a_payload_from_another_python(tmp_path):
     payload = {"format": 1, "python": "2.7.18", "cloudpickle": "3.0.0", "source": "x = 1",
                "modules": {}, "inputs": {}, "outputs": ["x"], "sys_path": []}
     (job_dir / "payload.pkl").write_bytes(pickle.dumps(payload))
-    r = subprocess.run([sys.executable, "-m", "gpuqueue.jobmain", str(job_dir)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "gpuqueue.job.jobmain", str(job_dir)], capture_output=True, text=True,
                        env={**os.environ, "GPUQUEUE_ATTEMPT_DIR": str(attempt)}, timeout=60)
     assert r.returncode == 1
     assert "Python 2.7.18" in r.stderr and "same interpreter" in r.stderr

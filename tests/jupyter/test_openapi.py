@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 from openapi_spec_validator import validate
 
-from gpuqueue.models import JobSpec, SubmitRequest
+from gpuqueue.queue.models import JobSpec, SubmitRequest
 from jupyter_gpuqueue.handlers import handlers
 
 SPEC = yaml.safe_load((Path(__file__).parents[2] / "docs" / "openapi.yaml").read_text())

@@ -188,7 +188,7 @@ async def test_queue_summary(api):
 async def test_result_of_a_cell_job_round_trips(api):
     import cloudpickle  # noqa: F401
 
-    from gpuqueue.payload import build_payload, unpack_results
+    from gpuqueue.job.payload import build_payload, unpack_results
 
     payload, inputs, outputs = build_payload("y = [v * 2 for v in x]", {"x": [1, 2, 3]})
     body = {"spec": {"kind": "cell", "inputs": inputs, "outputs": outputs, "python": sys.executable},

@@ -28,7 +28,7 @@ _gq = get_ipython().magics_manager.registry["GPUQueueMagics"]
 
 JOB = """%%train {flags}
 import time
-from gpuqueue import channel
+from gpuqueue.job import channel
 for i in range({n}):
     print(f"line {{i}}", flush=True)
     channel.emit("metrics", {{"step": i, "loss": 1.0 / (i + 1)}})

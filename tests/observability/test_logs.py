@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from gpuqueue.logs import bind, job_fields, log_context, resolve_format, setup_logging
-from gpuqueue.models import Attempt, JobRecord, JobSpec
+from gpuqueue.observability.logs import bind, job_fields, log_context, resolve_format, setup_logging
+from gpuqueue.queue.models import Attempt, JobRecord, JobSpec
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_format_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_process_logs_json_from_the_environment() -> None:
-    code = ("import logging; from gpuqueue.logs import setup_logging; setup_logging(component='scheduler'); "
+    code = ("import logging; from gpuqueue.observability.logs import setup_logging; setup_logging(component='scheduler'); "
             "logging.getLogger('gpuqueue.x').info('hello', extra={'job_id': 'j-1', 'user': 'u'})")
     env = {"GPUQUEUE_LOG_FORMAT": "json", "GPUQUEUE_LOG_LEVEL": "info", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)

@@ -9,12 +9,12 @@ import types
 
 from prometheus_client import generate_latest
 
-from gpuqueue.config import PoolConfig, QueueConfig
-from gpuqueue.metrics import QueueMetrics, queue_wait_seconds, tornado_log_function
-from gpuqueue.models import Attempt, JobRecord, JobSpec
+from gpuqueue.queue.config import PoolConfig, QueueConfig
+from gpuqueue.observability.metrics import QueueMetrics, queue_wait_seconds, tornado_log_function
+from gpuqueue.queue.models import Attempt, JobRecord, JobSpec
 from gpuqueue.scheduler import make_scheduler
 from gpuqueue.scheduler.base import JobRequest, Start
-from gpuqueue.states import Outcome, Priority
+from gpuqueue.queue.states import Outcome, Priority
 from obstools import PROMTOOL, Scrape, promtool_check_metrics
 
 NOW = 1_000_000.0
@@ -210,7 +210,7 @@ def test_request_timer_skips_event_streams() -> None:
 
 
 def test_attach_once_and_only_the_leader_reports_the_queue() -> None:
-    from gpuqueue.metrics import attach
+    from gpuqueue.observability.metrics import attach
 
     class Daemon:  # what attach() needs of a queue process (the cluster daemon has the same)
         def __init__(self) -> None:

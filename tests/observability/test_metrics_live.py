@@ -46,7 +46,7 @@ EXPECTED_TYPES = {
 # and exits with the given code (143 on SIGTERM, as a preempted job does).
 JOB = r"""
 import os, signal, sys, time
-from gpuqueue.channel import emit
+from gpuqueue.job.channel import emit
 signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))
 emit("metrics", {"step": 5, "t": time.time(), "loss": 0.5, "accuracy": 0.9})
 emit("progress", {"done": 5, "total": 10})

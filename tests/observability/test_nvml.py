@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gpuqueue import nvml
+from gpuqueue.observability import nvml
 from helpers.hardware import needs_no_nvidia_gpu
 from obstools import PROMTOOL, NVMLError, Scrape, fake_nvml, promtool_check_metrics
 
@@ -60,7 +60,7 @@ def test_command_line_prints_status(tmp_path: Any) -> None:
     import json
     import subprocess
 
-    out = subprocess.run([sys.executable, "-m", "gpuqueue.nvml"], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-m", "gpuqueue.observability.nvml"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["status"]["up"] is False and data["gpus"] == []

@@ -12,13 +12,13 @@ from pathlib import Path
 import yaml
 from prometheus_client import generate_latest
 
-from gpuqueue import nvml
-from gpuqueue.config import PoolConfig, QueueConfig
-from gpuqueue.metrics import QueueMetrics, process_registry
-from gpuqueue.models import Attempt, JobRecord, JobSpec
+from gpuqueue.observability import nvml
+from gpuqueue.queue.config import PoolConfig, QueueConfig
+from gpuqueue.observability.metrics import QueueMetrics, process_registry
+from gpuqueue.queue.models import Attempt, JobRecord, JobSpec
 from gpuqueue.scheduler import make_scheduler
 from gpuqueue.scheduler.base import JobRequest
-from gpuqueue.states import Priority
+from gpuqueue.queue.states import Priority
 from obstools import PROMTOOL, Scrape, fake_nvml, needs_promtool
 
 ROOT = Path(__file__).resolve().parents[2]

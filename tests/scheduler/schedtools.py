@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from gpuqueue.config import PolicyConfig, PoolConfig, QueueConfig, UserLimits
+from gpuqueue.queue.config import PolicyConfig, PoolConfig, QueueConfig, UserLimits
 from gpuqueue.scheduler import FairShareScheduler
 from gpuqueue.scheduler.base import JobRequest, Preempt, Start, TimeOut
-from gpuqueue.states import Outcome, Priority
+from gpuqueue.queue.states import Outcome, Priority
 
 
 def config(pools: dict[str, dict[str, int]], *, preemptible: tuple[str, ...] = (), users: dict[str, UserLimits] | None = None, **policy: Any) -> QueueConfig:

@@ -10,7 +10,7 @@ import pytest
 
 from gpuqueue.scheduler import make_scheduler
 from gpuqueue.scheduler.base import NodeView, PoolPending, Scheduler, Start
-from gpuqueue.states import Outcome
+from gpuqueue.queue.states import Outcome
 
 from schedtools import config, job
 

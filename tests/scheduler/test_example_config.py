@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gpuqueue.config import load_config
+from gpuqueue.queue.config import load_config
 from gpuqueue.scheduler import FairShareScheduler
 from gpuqueue.scheduler.base import Preempt, Reject, Start, TimeOut
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from gpuqueue.config import UserLimits
+from gpuqueue.queue.config import UserLimits
 from gpuqueue.scheduler import FairShareScheduler, make_scheduler
 from gpuqueue.scheduler.base import Preempt, Reject, Retry, Start, TimeOut, Warn
-from gpuqueue.states import Outcome
+from gpuqueue.queue.states import Outcome
 
 from schedtools import Shell, config, job
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpuqueue.config import UserLimits
+from gpuqueue.queue.config import UserLimits
 from gpuqueue.scheduler.fairshare.ledger import UsageLedger
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuqueue.config import UserLimits
+from gpuqueue.queue.config import UserLimits
 from gpuqueue.scheduler import FairShareScheduler
 from gpuqueue.scheduler.base import Preempt, Start
-from gpuqueue.states import Outcome
+from gpuqueue.queue.states import Outcome
 
 from schedtools import Shell, config, job
 

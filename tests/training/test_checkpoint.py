@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gpuqueue.checkpoint import MARKER, Checkpointer
+from gpuqueue.job.checkpoint import MARKER, Checkpointer
 
 
 def steps(c: Checkpointer) -> list[int]:
@@ -53,7 +53,7 @@ def test_schedule_every_steps(tmp_path: Path) -> None:
 
 CRASHER = r"""
 import os, sys
-from gpuqueue.checkpoint import Checkpointer
+from gpuqueue.job.checkpoint import Checkpointer
 c = Checkpointer(sys.argv[1], max_checkpoints=3)
 c.save(1, {"step": 1})
 def half_written(folder):

@@ -1,6 +1,6 @@
 """``gpuqueue api --redis URL --port P --users FILE``: the cluster's HTTP API service.
 
-The same REST API as the Jupyter server extension (``gpuqueue.rest``), stateless (run several
+The same REST API as the Jupyter server extension (``gpuqueue.rest.handlers``), stateless (run several
 behind a load balancer, or on one port with ``--processes``). It authenticates each request
 with a token from the users file (``Authorization: token T``), stamps the job owner from it, and
 is the only producer of submissions and cancels. As a JupyterHub service (``--auth hub``, the
@@ -31,10 +31,10 @@ import redis
 from tornado import httpserver, netutil, process, web
 
 from . import redis_url
-from .. import rest
-from ..config import read_toml
-from ..errors import BadRequest, NotFound, Unauthenticated, Unavailable
-from ..service import Caller
+from ..rest import handlers as rest
+from ..queue.config import read_toml
+from ..queue.errors import BadRequest, NotFound, Unauthenticated, Unavailable
+from ..embedded.service import Caller
 from .frontend import ClusterFrontend
 from .redis_store import RedisStore
 
@@ -161,7 +161,7 @@ class MetricsHandler(web.RequestHandler):
     """``GET /metrics``: Prometheus metrics of this API process (request latency, process)."""
 
     def get(self) -> None:
-        from .. import metrics
+        from ..observability import metrics
 
         body, ctype = metrics.render(self.settings["gpuqueue_metrics"].registry, self.request.headers.get("Accept"))
         self.set_header("Content-Type", ctype)
@@ -175,7 +175,7 @@ def make_app(store: RedisStore, users: dict[str, User], hub_auth: Any = None, pr
     (``gpuqueue.cluster.hub``) and ``users`` is not used."""
     import os
 
-    from .. import metrics
+    from ..observability import metrics
 
     m = metrics.QueueMetrics(metrics.process_registry("api", nvml=False), mode="cluster")
     settings: dict[str, Any] = {}
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str]) -> int:
     """Entry point of ``gpuqueue api``."""
     args = build_parser().parse_args(argv)
-    from ..logs import setup_logging
+    from ..observability.logs import setup_logging
 
     setup_logging(level=args.log_level.upper(), component="api")
     try:

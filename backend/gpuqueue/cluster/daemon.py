@@ -29,14 +29,14 @@ import kombu.exceptions
 import redis
 
 from . import redis_url
-from ..config import PoolConfig, QueueConfig, load_config
-from ..durations import format_duration, parse_duration
-from ..errors import GPUQueueError
-from ..lifecycle import attempt_outcome, job_request, settle
-from ..models import Attempt, JobRecord
+from ..queue.config import PoolConfig, QueueConfig, load_config
+from ..queue.durations import format_duration, parse_duration
+from ..queue.errors import GPUQueueError
+from ..queue.lifecycle import attempt_outcome, job_request, settle
+from ..queue.models import Attempt, JobRecord
 from ..scheduler import make_scheduler
 from ..scheduler.base import Decision, Preempt, Retry, Start, TimeOut, Warn
-from ..states import JobState, Outcome
+from ..queue.states import JobState, Outcome
 from .celeryconfig import TASK_NAME, make_app, node_queue
 from .redis_store import WAITING_STATES, Fenced, Op, RedisStore
 
@@ -752,7 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str]) -> int:
     """Entry point of ``gpuqueue scheduler``."""
     args = build_parser().parse_args(argv)
-    from ..logs import setup_logging
+    from ..observability.logs import setup_logging
 
     setup_logging(level=args.log_level.upper(), component="scheduler")
     try:
@@ -768,7 +768,7 @@ def cli_main(argv: list[str]) -> int:
     d = Daemon(RedisStore(url, args.prefix), config, args.policy, args.node_timeout,
                args.leader_ttl, args.start_timeout, args.stop_grace, keep_finished=args.keep_finished)
     if args.metrics_port:
-        from .. import metrics
+        from ..observability import metrics
 
         d.metrics = metrics.attach(d, mode="cluster", lock=d.lock, nvml=False, leader=False)
         metrics.serve_metrics(args.metrics_port, d.metrics.registry)

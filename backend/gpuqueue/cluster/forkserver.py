@@ -1,16 +1,16 @@
 """A fork server for runners: one small process per worker that has loaded
-``gpuqueue.runner`` once and keeps a few runners forked ahead of time.
+``gpuqueue.attempt.runner`` once and keeps a few runners forked ahead of time.
 
 Starting a runner as a fresh interpreter costs ~35 ms of CPU (the interpreter, then the
 imports); forking this already-loaded, single-threaded process costs about one millisecond, and
 doing it *before* the launch takes the fork (and the new process's first scheduling, which the
 kernel delays for a new task) off the path from a free GPU to the job's start.
 
-Each runner is exactly ``python -m gpuqueue.runner ATTEMPT_DIR`` in all but timing: a session of
+Each runner is exactly ``python -m gpuqueue.attempt.runner ATTEMPT_DIR`` in all but timing: a session of
 its own, stderr to the attempt's ``runner.log``, and it dies with the fork server
 (``PR_SET_PDEATHSIG``), which dies with the worker's launch thread, so a killed worker still
 leaves no job running. The server starts with the allow-listed environment of
-``gpuqueue.launch.runner_env`` (no credentials) and is not dumpable, nor are its runners.
+``gpuqueue.attempt.launch.runner_env`` (no credentials) and is not dumpable, nor are its runners.
 
 How they talk:
 
@@ -68,7 +68,7 @@ def not_dumpable() -> None:
 def serve(launch_fd: int) -> int:
     """The fork server's loop (runs in its own process). ``launch_fd``: the receiving end of
     the worker's datagram socket pair."""
-    from ..runner import Runner  # loaded once, shared copy-on-write by every runner
+    from ..attempt.runner import Runner  # loaded once, shared copy-on-write by every runner
 
     not_dumpable()  # and every runner forked from here
 

@@ -14,15 +14,15 @@ from typing import Any, AsyncIterator, Iterator, Optional
 
 import redis.asyncio as aioredis
 
-from .. import gpumap
-from ..config import QueueConfig
-from ..errors import BadRequest, Conflict, Forbidden, NotFound, Rejected
-from ..models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
+from ..observability import gpumap
+from ..queue.config import QueueConfig
+from ..queue.errors import BadRequest, Conflict, Forbidden, NotFound, Rejected
+from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..scheduler.admission import inadmissible
 from ..scheduler.cluster import Cluster
-from ..service import Caller
-from ..states import JobState
-from ..lifecycle import decode_payload, job_request, same_cell_job, with_defaults
+from ..embedded.service import Caller
+from ..queue.states import JobState
+from ..queue.lifecycle import decode_payload, job_request, same_cell_job, with_defaults
 from . import redis_url
 from .redis_store import LIVE_STATES, WAITING_STATES, RedisStore, _event
 

@@ -24,8 +24,8 @@ from typing import Any, Optional
 
 from tornado import web
 
-from ..errors import Forbidden, Unauthenticated, Unavailable
-from ..service import Caller
+from ..queue.errors import Forbidden, Unauthenticated, Unavailable
+from ..embedded.service import Caller
 
 ADMIN_SCOPE = "custom:gpuqueue:admin"
 

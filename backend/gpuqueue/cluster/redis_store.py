@@ -42,8 +42,8 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from ..models import Event, JobRecord
-from ..states import JobState
+from ..queue.models import Event, JobRecord
+from ..queue.states import JobState
 from . import redis_url
 
 Op = list[Any]

@@ -4,7 +4,7 @@ GPU node.
 It registers the node's inventory (NVML, or the declared count) and heartbeats. The daemon sends
 it "launch attempt N of job J on GPUs [...]" on the node's own Celery queue; the worker claims
 the attempt in the store (refused if the attempt is superseded or already claimed), starts it
-with the same runner as the embedded mode (``gpuqueue.runner``, forked ahead of time by the
+with the same runner as the embedded mode (``gpuqueue.attempt.runner``, forked ahead of time by the
 worker's fork server, ``forkserver.py``), copies the attempt's
 ``events.jsonl`` into the job's Redis Stream, and reports the start and the exit to the daemon.
 
@@ -15,8 +15,8 @@ Runners die with the worker (``PR_SET_PDEATHSIG``, through the fork server), so 
 never leaves a job running that the daemon is about to requeue.
 
 Isolation: run as root, the worker starts each job under its owner's own Unix identity
-(``gpuqueue.identity``; ``--identities``), with the job's folders its own and the runner's
-records out of its reach (``gpuqueue.jobdir``). What the job produced (results, its error) is
+(``gpuqueue.attempt.identity``; ``--identities``), with the job's folders its own and the runner's
+records out of its reach (``gpuqueue.attempt.jobdir``). What the job produced (results, its error) is
 read from that attempt's own folder only, refusing links and files that are not the job's, and
 written only under that job's keys, fenced. Not root, it says at start what isolation is left.
 """
@@ -43,13 +43,13 @@ from typing import Any, Optional
 import redis
 
 from . import redis_url
-from .. import identity as identities
-from ..gpus import local_gpu_count
-from ..identity import Identities, Identity, IdentityError
-from ..jobdir import (AttemptPaths, OwnedDir, attempt_paths, job_dir, prepare_owned, read_events,
+from ..attempt import identity as identities
+from ..attempt.gpus import local_gpu_count
+from ..attempt.identity import Identities, Identity, IdentityError
+from ..attempt.jobdir import (AttemptPaths, OwnedDir, attempt_paths, job_dir, prepare_owned, read_events,
                       write_bytes_atomic, write_json_atomic)
-from ..launch import build_launch, runner_env
-from ..models import JobSpec
+from ..attempt.launch import build_launch, runner_env
+from ..queue.models import JobSpec
 from .celeryconfig import TASK_NAME, make_app, node_queue
 from .forkserver import ForkServer, RunnerHandle, not_dumpable
 from .redis_store import Fenced, Op, RedisStore
@@ -197,7 +197,7 @@ class NodeAgent:
             self._forks.close()
 
     def _new_fork_server(self) -> ForkServer:
-        """The runner fork server (``forkserver.py``): the interpreter and ``gpuqueue.runner``
+        """The runner fork server (``forkserver.py``): the interpreter and ``gpuqueue.attempt.runner``
         loaded once, so a launch costs a fork made ahead of time, not an interpreter start (~35 ms of CPU)."""
         return ForkServer(runner_env(), on_exit=self._tail_wake.set)
 
@@ -474,7 +474,7 @@ def cli_main(argv: list[str]) -> int:
     """Entry point of ``gpuqueue worker``."""
     global _AGENT
     args = build_parser().parse_args(argv)
-    from ..logs import setup_logging
+    from ..observability.logs import setup_logging
 
     setup_logging(level=args.log_level.upper(), component="worker", node=args.node)
     try:
@@ -520,7 +520,7 @@ def cli_main(argv: list[str]) -> int:
     log.info("node %s: %d GPUs, queue %s, jobs in %s, jobs run as %s", args.node, gpus, node_queue(args.node), state_dir,
              f"their users' own identities ({args.identities})" if idents is not None else f"uid {os.geteuid()}")
     if args.metrics_port:
-        from .. import metrics
+        from ..observability import metrics
 
         metrics.serve_metrics(args.metrics_port, metrics.process_registry("worker", node=args.node))
     if os.geteuid() == 0:  # by design (it switches jobs to their users); Celery's warning is noise here

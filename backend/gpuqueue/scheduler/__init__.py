@@ -1,6 +1,6 @@
 """Scheduler core: pure policies behind one protocol (see ``base.Scheduler``)."""
 
-from ..config import QueueConfig
+from ..queue.config import QueueConfig
 from .base import (
     Decision,
     Explanation,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..config import PoolConfig, QueueConfig
-from ..durations import format_duration
+from ..queue.config import PoolConfig, QueueConfig
+from ..queue.durations import format_duration
 from .base import JobRequest
 from .cluster import Cluster
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional, Protocol, Union
 
-from ..states import Outcome, Priority
+from ..queue.states import Outcome, Priority
 
 Placement = dict[str, tuple[int, ...]]
 """node name -> GPU indices on that node (0-based, within the node)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..config import QueueConfig
+from ..queue.config import QueueConfig
 from .base import Placement
 
 

@@ -11,8 +11,8 @@ import math
 from bisect import bisect_left, insort
 from typing import Any, Optional
 
-from ..config import QueueConfig
-from ..states import Outcome
+from ..queue.config import QueueConfig
+from ..queue.states import Outcome
 from .admission import inadmissible
 from .base import (
     Decision,

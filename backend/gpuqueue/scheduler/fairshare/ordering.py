@@ -4,7 +4,7 @@ starving)."""
 
 from __future__ import annotations
 
-from ...config import PolicyConfig
+from ...queue.config import PolicyConfig
 from ..base import JobRequest
 from .records import INF
 

@@ -11,8 +11,8 @@ import zlib
 from dataclasses import replace
 from typing import Any, Optional
 
-from ...config import PoolConfig, QueueConfig
-from ...states import Outcome
+from ...queue.config import PoolConfig, QueueConfig
+from ...queue.states import Outcome
 from ..admission import inadmissible
 from ..base import (
     Decision,

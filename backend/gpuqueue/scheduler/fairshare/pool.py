@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Optional
-from ...config import PoolConfig
+from ...queue.config import PoolConfig
 from .nodes import PoolNodes
 from .queue import PoolQueue
 from .records import INF

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ...config import QueueConfig
+from ...queue.config import QueueConfig
 from ..base import JobRequest
 from .ledger import Group, User
 from .pool import Pool

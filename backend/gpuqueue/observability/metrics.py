@@ -12,7 +12,7 @@ Two kinds of source, so that scraping costs the scheduler nothing between scrape
 Embedded mode: ``attach(service)`` does both (the Jupyter extension's ``/gpuqueue/metrics``
 handler calls it once). Cluster processes::
 
-    from gpuqueue import metrics
+    from gpuqueue.observability import metrics
     m = metrics.attach(daemon, mode="cluster", lock=daemon_lock)  # scheduler daemon (leader)
     m.set_leader(False)                                             # ... when it loses the lock
     metrics.serve_metrics(9464, m.registry)                         # /metrics on :9464
@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from .scheduler.base import NodeView
+from ..scheduler.base import NodeView
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .scheduler.base import Scheduler
+    from ..scheduler.base import Scheduler
 
 log = logging.getLogger("gpuqueue.metrics")
 
@@ -421,7 +421,7 @@ class QueueMetrics:
     def __init__(self, registry: Optional[CollectorRegistry] = None, *, mode: str = "embedded",
                  policy: str = "", max_jobs: Optional[int] = None, max_names: Optional[int] = None,
                  names: Optional[Iterable[str]] = None):
-        from .__about__ import __version__
+        from ..__about__ import __version__
 
         r = self.registry = registry if registry is not None else CollectorRegistry()
         Gauge("gpuqueue_build_info", "Always 1: the gpuqueue version, mode and policy of this process",
@@ -604,7 +604,7 @@ def attach(service: Any, registry: Optional[CollectorRegistry] = None, *, mode: 
         store = getattr(service, "store", None)
         if store is not None:
             try:
-                from .states import JobState
+                from ..queue.states import JobState
 
                 m.seed_running(store.list(states=(JobState.STARTING, JobState.RUNNING), limit=100_000))
             except Exception:  # noqa: BLE001 - a store without list(): no seeding
@@ -623,7 +623,7 @@ def process_registry(component: str, node: Optional[str] = None, nvml: bool = Tr
     Add ``QueueMetrics(registry=...)`` to the same registry for API latency."""
     from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 
-    from .__about__ import __version__
+    from ..__about__ import __version__
 
     r = registry if registry is not None else CollectorRegistry()
     ProcessCollector(registry=r)

@@ -1,4 +1,4 @@
-"""The job process of a cell job: ``python -m gpuqueue.jobmain JOB_DIR``.
+"""The job process of a cell job: ``python -m gpuqueue.job.jobmain JOB_DIR``.
 
 Runs under the notebook kernel's interpreter and working directory. Loads the payload, checks it
 was pickled by a compatible Python and cloudpickle, rebuilds the cell's inputs, executes the
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import channel, jobapi
-from .jobdir import write_bytes_atomic, write_json_atomic
+from ..attempt.jobdir import write_bytes_atomic, write_json_atomic
 from .payload import pack_results, version_mismatch
 
 CELL_FILENAME = "<gpuqueue-cell>"
@@ -101,7 +101,7 @@ def run(job_dir: Path, attempt_dir: Path) -> int:
 def main() -> int:
     """Entry point."""
     if len(sys.argv) != 2:
-        print("usage: python -m gpuqueue.jobmain JOB_DIR", file=sys.stderr)
+        print("usage: python -m gpuqueue.job.jobmain JOB_DIR", file=sys.stderr)
         return 2
     attempt_dir = Path(os.environ.get("GPUQUEUE_ATTEMPT_DIR", "."))
     return run(Path(sys.argv[1]), attempt_dir)

@@ -14,7 +14,7 @@
 
 That is the whole layout where jobs run as the same user as the process that launches them
 (embedded mode, a worker that is not root). Where each job runs under its owner's own identity
-(a root worker, ``gpuqueue.identity``), what the job writes is kept apart from the records it
+(a root worker, ``gpuqueue.attempt.identity``), what the job writes is kept apart from the records it
 must not touch::
 
     <state_dir>/jobs/<job_id>/attempt-<n>/   root, 0700: launch.json events.jsonl control.json

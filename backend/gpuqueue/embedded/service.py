@@ -1,7 +1,7 @@
 """The embedded queue: scheduler + local executor + SQLite store, in one asyncio service.
 
 This is the one manager object the Jupyter server extension holds (handlers delegate every verb
-to it). It runs the scheduling loop, launches each attempt through ``gpuqueue.runner`` (a
+to it). It runs the scheduling loop, launches each attempt through ``gpuqueue.attempt.runner`` (a
 process in its own session that outlives this one), copies each attempt's ``events.jsonl`` into
 the store, and turns exits into state changes. On start it rebuilds the scheduler from the store
 and re-adopts running attempts, so a server restart loses nothing.
@@ -22,17 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
-from . import gpumap
-from .config import QueueConfig, single_node_config
-from .errors import Conflict, Forbidden, NotFound, Rejected
-from .jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
-from .launch import build_launch, runner_env
-from .lifecycle import attempt_outcome, decode_payload, job_request, same_cell_job, settle, with_defaults
-from .logs import job_fields
-from .models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
-from .scheduler import make_scheduler
-from .scheduler.base import JobRequest, Preempt, Start, TimeOut, Warn
-from .states import JobState
+from ..observability import gpumap
+from ..queue.config import QueueConfig, single_node_config
+from ..queue.errors import Conflict, Forbidden, NotFound, Rejected
+from ..attempt.jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
+from ..attempt.launch import build_launch, runner_env
+from ..queue.lifecycle import attempt_outcome, decode_payload, job_request, same_cell_job, settle, with_defaults
+from ..observability.logs import job_fields
+from ..queue.models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
+from ..scheduler import make_scheduler
+from ..scheduler.base import JobRequest, Preempt, Start, TimeOut, Warn
+from ..queue.states import JobState
 from .store import SqliteStore
 
 log = logging.getLogger("gpuqueue.service")
@@ -470,7 +470,7 @@ class QueueService:
     def _new_runner(self) -> subprocess.Popen[bytes]:
         """A runner in its own session (it outlives this server), waiting on stdin."""
         return subprocess.Popen(
-            [sys.executable, "-m", "gpuqueue.runner", "-"],
+            [sys.executable, "-m", "gpuqueue.attempt.runner", "-"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -382,7 +382,7 @@ class NvmlCollector:
 
 
 def main() -> None:
-    """``python -m gpuqueue.nvml``: print what NVML sees, as JSON."""
+    """``python -m gpuqueue.observability.nvml``: print what NVML sees, as JSON."""
     import json
 
     print(json.dumps({"status": nvml_status(), "gpus": read_gpus()}, indent=2))

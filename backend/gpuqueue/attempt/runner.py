@@ -1,6 +1,6 @@
 """The runner: one small supervisor process per job attempt.
 
-``python -m gpuqueue.runner ATTEMPT_DIR`` reads ``launch.json``, starts the job process in its
+``python -m gpuqueue.attempt.runner ATTEMPT_DIR`` reads ``launch.json``, starts the job process in its
 own process group with ``CUDA_VISIBLE_DEVICES`` set (and, where ``launch.json`` names a user,
 under that user's uid/gid with no supplementary groups and umask 077), and writes everything the
 attempt says into ``events.jsonl``: stdout and stderr line by line as they are printed, and the
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Optional
 
-from .channel import JOB_EVENT_TYPES
+from ..job.channel import JOB_EVENT_TYPES
 from .jobdir import OwnedDir
 
 PARTIAL_LINE_FLUSH_S = 0.5  # a line with no newline yet is shown after this long
@@ -230,7 +230,7 @@ class Runner:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         ev_r, ev_w = os.pipe()
-        env = dict(self.launch.get("env", {}))  # the job's whole environment (see gpuqueue.launch)
+        env = dict(self.launch.get("env", {}))  # the job's whole environment (see gpuqueue.attempt.launch)
         env["GPUQUEUE_EVENT_FD"] = str(ev_w)
         env["PYTHONUNBUFFERED"] = "1"
         started = time.time()
@@ -342,15 +342,15 @@ class Runner:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point: ``python -m gpuqueue.runner ATTEMPT_DIR``.
+    """Entry point: ``python -m gpuqueue.attempt.runner ATTEMPT_DIR``.
 
-    ``python -m gpuqueue.runner -`` is a *warm* runner: started ahead of time, it waits for the
+    ``python -m gpuqueue.attempt.runner -`` is a *warm* runner: started ahead of time, it waits for the
     attempt folder on stdin, so a launch costs a write instead of an interpreter start. Its
     stderr then goes to the attempt's ``runner.log``. EOF on stdin: it exits, having run nothing.
     """
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m gpuqueue.runner ATTEMPT_DIR | -", file=sys.stderr)
+        print("usage: python -m gpuqueue.attempt.runner ATTEMPT_DIR | -", file=sys.stderr)
         return 2
     target = args[0]
     if target == "-":

@@ -4,7 +4,7 @@ The request models (:class:`JobSpec`, :class:`SubmitRequest`) are the one place 
 client sends is checked: every number finite and bounded, every string free of what cannot work
 where it goes (a NUL byte in an argument, a control character in a name), every list and mapping
 bounded. A failed check names the field and the fix. These checks apply to requests, validated
-with ``context=EDGE`` (``gpuqueue.jsonbody``); records already stored are read as they are, so a
+with ``context=EDGE`` (``gpuqueue.rest.jsonbody``); records already stored are read as they are, so a
 job stored by an older version never makes a listing, or a restart, fail.
 """
 
@@ -170,7 +170,7 @@ class SubmitRequest(BaseModel):
     spec: JobSpec
     payload_b64: Optional[str] = Field(None, description="base64 of the cloudpickled cell")
     new: bool = Field(False, description="submit even if the same cell's job is still active")
-    # Set by the REST edge (``gpuqueue.jsonbody``), which decodes the payload off the event loop:
+    # Set by the REST edge (``gpuqueue.rest.jsonbody``), which decodes the payload off the event loop:
     # the payload's bytes, and the request's JSON as received (forwarded as is in cluster mode).
     _payload: Optional[bytes] = PrivateAttr(None)
     _raw: Optional[bytes] = PrivateAttr(None)

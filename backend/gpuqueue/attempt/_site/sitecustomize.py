@@ -1,5 +1,5 @@
-"""Put on ``PYTHONPATH`` of command jobs by ``gpuqueue.launch``: attaches the HuggingFace hook
-(``gpuqueue.hf.install_hook``) in Python processes of a job, then runs the interpreter's own
+"""Put on ``PYTHONPATH`` of command jobs by ``gpuqueue.attempt.launch``: attaches the HuggingFace hook
+(``gpuqueue.job.hf.install_hook``) in Python processes of a job, then runs the interpreter's own
 ``sitecustomize`` if there is one. Does nothing if gpuqueue is not importable there."""
 
 import importlib.machinery
@@ -12,7 +12,7 @@ def _gpuqueue_hook() -> None:
     if not os.environ.get("GPUQUEUE_JOB_ID"):
         return
     try:
-        from gpuqueue.hf import install_hook
+        from gpuqueue.job.hf import install_hook
     except Exception:  # noqa: BLE001 - another interpreter without gpuqueue: nothing to do
         return
     install_hook()

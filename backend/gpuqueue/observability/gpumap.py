@@ -17,9 +17,9 @@ import time
 import weakref
 from typing import Any, Iterable, Mapping, Optional
 
-from .config import QueueConfig
-from .models import JobRecord
-from .states import JobState
+from ..queue.config import QueueConfig
+from ..queue.models import JobRecord
+from ..queue.states import JobState
 
 HOLDING = (JobState.STARTING, JobState.RUNNING)
 

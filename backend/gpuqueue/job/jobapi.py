@@ -16,7 +16,7 @@ Events travel through the runner's pipe (``GPUQUEUE_EVENT_FD``). A process that 
 the pipe (a rank started by torchrun, which closes inherited descriptors; a Ray worker) appends
 whole lines to ``events.jsonl`` in ``GPUQUEUE_ATTEMPT_DIR`` instead, in append mode, so lines
 never interleave: the runner's own file where the job runs as the launching user, else the job's
-own file, which the runner copies (job-side record types only, see ``gpuqueue.runner``).
+own file, which the runner copies (job-side record types only, see ``gpuqueue.attempt.runner``).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ summary); a verb may return its value or an awaitable. Subclasses say who is cal
 
 Errors are JSON ``{"message": ...}`` with a 4xx status for user mistakes; a 500 means a bug.
 Answers are standard JSON (a non-finite number is sent as ``null``). The submit body is read,
-parsed and decoded off the event loop (``gpuqueue.jsonbody``), so a large payload never holds
+parsed and decoded off the event loop (``gpuqueue.rest.jsonbody``), so a large payload never holds
 up other requests. No log line holds a token: request URIs are logged with query tokens masked.
 """
 
@@ -25,7 +25,7 @@ from tornado import web
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
-from .errors import BadRequest, GPUQueueError, NotFound
+from ..queue.errors import BadRequest, GPUQueueError, NotFound
 from .jsonbody import read_submit_chunks, release
 
 JOB = r"(?P<job_id>[^/]+)"  # any segment: one that is not a job id is a 404 in JSON, not a page

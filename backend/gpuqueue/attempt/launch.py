@@ -15,9 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .distributed import launch_argv
+from ..job.distributed import launch_argv
 from .identity import Identity
-from .models import JobSpec
+from ..queue.models import JobSpec
 
 # What a job takes from the environment of the process that launches it (the Jupyter server,
 # the worker): names, or prefixes ending in "*". Admins add more with $GPUQUEUE_PASS_ENV
@@ -52,7 +52,7 @@ def passed_env(environ: Optional[Mapping[str, str]] = None) -> dict[str, str]:
 
 def package_root() -> str:
     """The folder that holds the ``gpuqueue`` package (put on PYTHONPATH where it must import)."""
-    return str(Path(__file__).resolve().parent.parent)
+    return str(Path(__file__).resolve().parents[2])
 
 
 def _join(*parts: str) -> str:
@@ -80,10 +80,10 @@ def build_launch(
     """
     python = spec.python or sys.executable
     if spec.kind == "cell":
-        argv = [python, "-m", "gpuqueue.jobmain", str(job_dir)]
+        argv = [python, "-m", "gpuqueue.job.jobmain", str(job_dir)]
     else:
         argv = list(spec.command or [])
-    # several processes: torchrun (one node) or Ray Train (several nodes); see gpuqueue.distributed
+    # several processes: torchrun (one node) or Ray Train (several nodes); see gpuqueue.job.distributed
     argv = launch_argv(spec.kind, argv, spec.gpus, spec.nodes, spec.env, python)
     env = passed_env()
     if identity is not None:
@@ -95,9 +95,9 @@ def build_launch(
     env.update(spec.env)
     user_path = spec.env.get("PYTHONPATH", env.get("PYTHONPATH", ""))
     if spec.kind == "cell":
-        env["PYTHONPATH"] = _join(package_root(), user_path)  # python -m gpuqueue.jobmain
+        env["PYTHONPATH"] = _join(package_root(), user_path)  # python -m gpuqueue.job.jobmain
     elif spec.env.get("GPUQUEUE_HF_HOOK", "1") != "0":
-        # Python commands get the transformers hook through a chained sitecustomize (gpuqueue.hf)
+        # Python commands get the transformers hook through a chained sitecustomize (gpuqueue.job.hf)
         env["PYTHONPATH"] = _join(str(Path(__file__).resolve().parent / "_site"), user_path)
     env.update(
         {

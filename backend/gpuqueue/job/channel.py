@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Optional
 
-# The records a job may send (gpuqueue.jobapi, checkpoints, the cell's result); the runner drops
+# The records a job may send (gpuqueue.job.jobapi, checkpoints, the cell's result); the runner drops
 # any other type, so a job cannot write the runner's "exit", "runner", "state" or "log" records.
 JOB_EVENT_TYPES = frozenset({"metrics", "progress", "info", "checkpoint", "result"})
 

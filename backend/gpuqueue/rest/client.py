@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import requests
 
-from .errors import GPUQueueError, NotFound, error_for_status
+from ..queue.errors import GPUQueueError, NotFound, error_for_status
 
 API = "gpuqueue/api/"
 

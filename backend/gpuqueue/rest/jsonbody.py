@@ -30,9 +30,9 @@ from typing import Any, Optional, Union
 
 from pydantic import ValidationError
 
-from .config import format_validation_error
-from .errors import BadRequest
-from .models import EDGE, SubmitRequest
+from ..queue.config import format_validation_error
+from ..queue.errors import BadRequest
+from ..queue.models import EDGE, SubmitRequest
 
 MAX_DEPTH = 32  # a submit body is 3 deep
 MAX_VALUES = 100_000  # strings, arrays and objects (escaped quotes count too)

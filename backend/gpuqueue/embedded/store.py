@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from .models import Event, JobRecord
-from .states import JobState
+from ..queue.models import Event, JobRecord
+from ..queue.states import JobState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -11,9 +11,9 @@ from typing import Any, Iterable, Optional
 
 from .config import MAX_LOST_ATTEMPTS, QueueConfig
 from .errors import BadRequest, Rejected
-from .jsonbody import b64decode
+from ..rest.jsonbody import b64decode
 from .models import JobRecord, JobSpec, SubmitRequest
-from .scheduler.base import Decision, JobRequest, Retry
+from ..scheduler.base import Decision, JobRequest, Retry
 from .states import JobState, Outcome
 
 

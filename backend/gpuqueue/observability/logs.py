@@ -84,7 +84,7 @@ def current_context() -> dict[str, Any]:
 
 
 def job_fields(job: Any, attempt: Any = None) -> dict[str, Any]:
-    """``extra=`` fields for a job record (``gpuqueue.models.JobRecord`` or alike): its id, owner,
+    """``extra=`` fields for a job record (``gpuqueue.queue.models.JobRecord`` or alike): its id, owner,
     and the attempt's number and node (the current attempt unless one is given)."""
     out: dict[str, Any] = {}
     jid = getattr(job, "id", None)

@@ -173,8 +173,8 @@ class FileIdentities:
     in it cannot run jobs. Checked whole when loaded."""
 
     def __init__(self, path: str):
-        from .config import read_toml
-        from .errors import BadRequest
+        from ..queue.config import read_toml
+        from ..queue.errors import BadRequest
 
         try:
             data = read_toml(path, "--identities file")

@@ -1,0 +1,262 @@
+"""Jobs that span several processes: ``torchrun`` on one node, Ray Train across nodes.
+
+``launch_argv`` decides how an attempt is started (used by ``gpuqueue.attempt.launch``):
+
+* ``%%train --gpus N`` (N > 1, one node): N processes under ``torchrun --standalone`` (DDP);
+* ``--nodes M``: a Ray Train ``TorchTrainer`` with one worker per GPU the scheduler reserved
+  (one per node for CPU jobs), each running the job's command with the usual torchrun
+  environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``);
+* otherwise the command as is.
+
+A job's ``env`` may force the choice: ``GPUQUEUE_LAUNCHER=torchrun|ray|none`` (command jobs
+with several GPUs run as given unless they ask for ``torchrun``, since such a command often is
+``torchrun ...`` already).
+
+Inside the ranks: rank 0 reports and saves (``gpuqueue.log``/``Checkpointer`` do that on their
+own), ``gpuqueue.should_stop()`` is a collective so all ranks stop at the same step, and
+``gpuqueue.distributed.init()`` sets up the process group (gloo on CPU, nccl on GPUs).
+
+This module imports neither torch nor ray until a launcher runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+from typing import Any, Iterator, Optional
+
+LAUNCHERS = ("torchrun", "ray", "none")
+
+
+def launcher_for(kind: str, gpus: int, nodes: int, env: dict[str, str]) -> str:
+    """Which launcher an attempt uses (see the module docstring)."""
+    forced = env.get("GPUQUEUE_LAUNCHER", "").strip().lower()
+    if forced:
+        if forced not in LAUNCHERS:
+            raise ValueError(f"GPUQUEUE_LAUNCHER must be one of {', '.join(LAUNCHERS)}, not {forced!r}")
+        return forced
+    if nodes > 1:
+        return "ray"
+    if gpus > 1 and kind == "cell":
+        return "torchrun"
+    return "none"
+
+
+def launch_argv(kind: str, argv: list[str], gpus: int, nodes: int, env: dict[str, str], python: str) -> list[str]:
+    """The argv that starts ``argv`` with the right launcher."""
+    try:
+        mode = launcher_for(kind, gpus, nodes, env)
+    except ValueError as e:  # the job fails with the message in its log, not a traceback
+        return [python, "-c", "import sys; sys.exit(sys.argv[1])", f"gpuqueue: {e}"]
+    if mode == "none":
+        return argv
+    if mode == "torchrun":
+        return [python, "-m", "gpuqueue.job.distributed", "torchrun", "--nproc", str(max(gpus, 1)), "--", *argv]
+    workers = gpus if gpus > 0 else nodes
+    return [python, "-m", "gpuqueue.job.distributed", "ray", "--workers", str(workers),
+            "--gpus-per-worker", "1" if gpus > 0 else "0", "--", *argv]
+
+
+# -- helpers for the user's code -------------------------------------------------------------
+def init(backend: Optional[str] = None) -> bool:
+    """Initialise ``torch.distributed`` from the torchrun environment if not done yet (gloo on
+    CPU, nccl with CUDA). False when the job is not distributed."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group(backend)
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+def precision_dtype() -> Any:
+    """The torch dtype ``--precision`` asks for (``GPUQUEUE_PRECISION``), None for fp32."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(os.environ.get("GPUQUEUE_PRECISION", ""))
+
+
+@contextlib.contextmanager
+def autocast(device_type: Optional[str] = None) -> Iterator[None]:
+    """``torch.autocast`` with the job's ``--precision`` (does nothing for fp32 or unset)."""
+    import torch
+
+    dtype = precision_dtype()
+    if dtype is None:
+        yield
+        return
+    device_type = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+    with torch.autocast(device_type=device_type, dtype=dtype):
+        yield
+
+
+def grad_checkpointing() -> bool:
+    """True when the job asked for ``--grad-checkpointing``."""
+    return os.environ.get("GPUQUEUE_GRAD_CHECKPOINTING") == "1"
+
+
+# -- launchers -------------------------------------------------------------------------------
+def _detach_event_pipe() -> None:
+    """Rank processes must not use the runner's pipe number (their copy is closed or reused):
+    they append to events.jsonl instead (see ``gpuqueue.job.jobapi.emit``)."""
+    os.environ.pop("GPUQUEUE_EVENT_FD", None)
+
+
+def run_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run ``argv`` as ``nproc`` ranks on this node under torchrun."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import get_args_parser, run
+
+    _detach_event_pipe()
+    log_dir = os.path.join(os.environ.get("GPUQUEUE_ATTEMPT_DIR", "."), "torchrun")
+    args = get_args_parser().parse_args(
+        ["--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), "--no-python",
+         "--log-dir", log_dir, "--tee", "3", "--local-ranks-filter", "0", *argv]
+    )
+    try:
+        run(args)
+    except SignalException as e:
+        print(f"gpuqueue: the ranks were stopped ({signal.Signals(e.sigval).name})", file=sys.stderr)
+        return 128 + int(e.sigval)
+    except Exception as e:  # noqa: BLE001 - ChildFailedError and friends: say which rank failed
+        print(f"gpuqueue: the distributed job failed: {e}\nrank logs: {log_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _ray_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: run the job's command as one rank, with torchrun's environment."""
+    import ray.train
+    import torch.distributed as dist
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    addr = [None]
+    if rank == 0:
+        addr = [f"{socket.gethostbyname(socket.gethostname())}:{_free_port()}"]
+    if dist.is_initialized():
+        dist.broadcast_object_list(addr, src=0)
+    host, port = str(addr[0]).rsplit(":", 1)
+    env = dict(os.environ)
+    env.update(config["env"])
+    env.pop("GPUQUEUE_EVENT_FD", None)
+    env.update(
+        RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(ctx.get_local_rank()),
+        LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()), NODE_RANK=str(ctx.get_node_rank()),
+        MASTER_ADDR=host, MASTER_PORT=port, GPUQUEUE_RAY_WORKER="1",
+    )
+    proc = subprocess.Popen(config["argv"], env=env, cwd=config.get("cwd") or None)
+    code = proc.wait()
+    if code != 0:
+        raise RuntimeError(f"rank {rank} exited with code {code}")
+
+
+def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
+    """Run ``argv`` as ``workers`` ranks through Ray Train's ``TorchTrainer``.
+
+    Connects to ``GPUQUEUE_RAY_ADDRESS`` (or ``RAY_ADDRESS``) if set, else starts a local Ray
+    cluster on this machine with ``GPUQUEUE_RAY_CPUS`` CPUs (default: one per worker + 1)."""
+    _detach_event_pipe()
+    try:
+        import ray
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+    except ImportError as e:
+        print(f"gpuqueue: a job on several nodes runs through Ray Train, which is not usable here "
+              f"({e}). Install it in the job's environment: pip install 'ray[train]'", file=sys.stderr)
+        return 1
+
+    address = os.environ.get("GPUQUEUE_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    use_gpu = gpus_per_worker > 0 and _cuda_available()
+    keep = {k: v for k, v in os.environ.items() if k.startswith(("GPUQUEUE_", "CUDA_", "PYTHON"))}
+    keep.pop("GPUQUEUE_EVENT_FD", None)
+    init_kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    if address:
+        init_kw["address"] = address
+    else:  # a one-node cluster of this job's own, on the GPUs the scheduler gave it
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        init_kw["num_cpus"] = int(os.environ.get("GPUQUEUE_RAY_CPUS", str(workers + 1)))
+        init_kw["num_gpus"] = len(visible) if use_gpu else 0
+    for attempt in range(1, 4):
+        try:
+            ray.init(**init_kw)
+            break
+        except Exception as e:  # noqa: BLE001 - tell the user what failed, not Ray's traceback
+            # a busy node can miss Ray's fixed ~15 s limit for its agents to start: try again
+            ray.shutdown()
+            where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
+            print(f"gpuqueue: could not start or reach {where} (try {attempt} of 3): {e}", file=sys.stderr)
+            if attempt == 3:
+                return 1
+    stop = {"asked": False}
+
+    def on_term(*_: Any) -> None:  # the ranks see control.json; just wait for them
+        stop["asked"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR", os.getcwd())
+    try:
+        trainer = TorchTrainer(
+            _ray_worker,
+            train_loop_config={"argv": argv, "env": keep, "cwd": os.getcwd()},
+            scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": 1}),
+            run_config=RunConfig(name="gpuqueue", storage_path=os.path.join(os.path.abspath(adir), "ray")),
+        )
+        trainer.fit()
+    except Exception as e:  # noqa: BLE001 - TrainingFailedError wraps the rank's error
+        print(f"gpuqueue: the Ray Train job failed: {e}", file=sys.stderr)
+        return 143 if stop["asked"] else 1
+    finally:
+        ray.shutdown()
+    return 143 if stop["asked"] else 0
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m gpuqueue.job.distributed torchrun --nproc N -- CMD...`` or
+    ``... ray --workers W [--gpus-per-worker G] -- CMD...``."""
+    p = argparse.ArgumentParser(prog="python -m gpuqueue.job.distributed")
+    sub = p.add_subparsers(dest="mode", required=True)
+    t = sub.add_parser("torchrun")
+    t.add_argument("--nproc", type=int, required=True)
+    r = sub.add_parser("ray")
+    r.add_argument("--workers", type=int, required=True)
+    r.add_argument("--gpus-per-worker", type=int, default=1)
+    for sp in (t, r):
+        sp.add_argument("cmd", nargs=argparse.REMAINDER)
+    a = p.parse_args(sys.argv[1:] if argv is None else argv)
+    cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
+    if not cmd:
+        p.error("give the command to run after --")
+    if a.mode == "torchrun":
+        return run_torchrun(a.nproc, cmd)
+    return run_ray(a.workers, a.gpus_per_worker, cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
