@@ -20,12 +20,15 @@ REPO = Path(__file__).resolve().parents[2]
 SNIPPET = REPO / "deploy" / "jupyterhub" / "jupyterhub_config.py"
 PASSWORD = "hub-test-password"
 
+# the documented snippet, as is, with the venv's gpuqueue (a deployment has "gpuqueue" on its PATH)
+MANAGED = f"""load_subconfig({str(SNIPPET)!r})  # noqa: F821
+c.JupyterHub.services[0]["command"] = [sys.executable, "-m", "gpuqueue.cli", "api", "--log-level", "INFO"]
+"""
+
 CONFIG = '''
 import sys
 c = get_config()  # noqa: F821
-load_subconfig({snippet!r})  # noqa: F821 - the documented gpuqueue snippet, as is
-# where the venv's gpuqueue is (a deployment writes "gpuqueue" on its PATH)
-c.JupyterHub.services[0]["command"] = [sys.executable, "-m", "gpuqueue.cli", "api", "--log-level", "INFO"]
+{gpuqueue}
 c.JupyterHub.ip = "127.0.0.1"
 c.JupyterHub.port = {port}
 c.JupyterHub.hub_ip = "127.0.0.1"
@@ -42,7 +45,7 @@ c.JupyterHub.spawner_class = "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = {root!r} + "/home/{{username}}"
 c.Spawner.cmd = [sys.executable, "-m", "jupyterhub.singleuser"]
 c.Spawner.args = ["--allow-root"]  # CI runs the tests as root
-c.Spawner.environment["JUPYTER_RUNTIME_DIR"] = lambda sp: {root!r} + "/home/" + sp.user.name + "/runtime"
+c.Spawner.environment.update({{"JUPYTER_RUNTIME_DIR": lambda sp: {root!r} + "/home/" + sp.user.name + "/runtime"}})
 c.Spawner.start_timeout = 120
 c.Spawner.http_timeout = 120
 '''
@@ -75,13 +78,15 @@ class UserServer:
 class Hub:
     """One ``jupyterhub`` process (it starts the proxy, the gpuqueue service and user servers)."""
 
-    def __init__(self, root: Path, redis_url: str):
+    def __init__(self, root: Path, redis_url: str, gpuqueue_config: str = MANAGED):
+        """``gpuqueue_config``: the hub config lines of the gpuqueue service (default: the
+        documented snippet, a managed service)."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         (root / "home").mkdir(exist_ok=True)
-        self.port, self.api_port = free_port(), free_port()
+        self.port, self.api_port, self.hub_port = free_port(), free_port(), free_port()
         self.config = root / "jupyterhub_config.py"
-        self.config.write_text(CONFIG.format(snippet=str(SNIPPET), port=self.port, hub_port=free_port(),
+        self.config.write_text(CONFIG.format(gpuqueue=gpuqueue_config, port=self.port, hub_port=self.hub_port,
                                              proxy_port=free_port(), root=str(root), password=PASSWORD))
         self.env = dict(os.environ, GPUQUEUE_REDIS_URL=redis_url, GPUQUEUE_API=f"http://127.0.0.1:{self.api_port}",
                         PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", PYTHONUNBUFFERED="1")

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
 import pytest
 import requests
 
@@ -161,10 +162,86 @@ def test_api_refuses_hub_auth_outside_a_hub() -> None:
     p = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "api", "--redis", "redis://127.0.0.1:1/0"],
                        env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and "--users FILE is required" in p.stderr and "--auth hub" in p.stderr, p.stderr
+    hub_env = dict(env, JUPYTERHUB_API_TOKEN="x" * 32, JUPYTERHUB_API_URL="http://127.0.0.1:1/hub/api",
+                   JUPYTERHUB_SERVICE_NAME="gpuqueue")
+    p = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "api", "--auth", "users", "--redis", "redis://127.0.0.1:1/0"],
+                       env=hub_env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "--users FILE is required" in p.stderr, p.stderr  # no hub auth when told so
 
 
 def _cookie(s: requests.Session, name: str) -> str:
     return next((c.value or "" for c in s.cookies if c.name == name), "")
+
+
+def _doc_block(lang: str, first_line: str) -> str:
+    doc = (REPO / "docs" / "deploy.md").read_text()
+    return doc.split(f"```{lang}\n{first_line}\n", 1)[1].split("```", 1)[0]
+
+
+def _helm_hub_config(values: dict[str, Any], url: str, api_token: str) -> str:
+    """The hub config lines zero-to-jupyterhub makes of ``hub.services``, ``hub.loadRoles`` and
+    ``hub.config`` (the service's url and token filled in, as the chart's values would be)."""
+    hub = values["hub"]
+    services = [dict(v, name=k) for k, v in hub["services"].items()]
+    services[0].update(url=url, api_token=api_token)
+    roles = [dict(v, name=v.get("name", k)) for k, v in hub["loadRoles"].items()]
+    lines = [f"c.JupyterHub.services = {services!r}", f"c.JupyterHub.load_roles = {roles!r}"]
+    for cls, traits in hub["config"].items():
+        lines += [f"c.{cls}.{k} = {v!r}" for k, v in traits.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_external_service_from_the_documented_command_behind_the_helm_values(tmp_path: Path, redis_factory: Any) -> None:
+    """The API started by hand (docs/deploy.md's command, two processes) as an external
+    service of a hub configured from the documented Helm values."""
+    import yaml
+
+    r = redis_factory(appendonly=True)
+    token = os.urandom(16).hex()
+    values = yaml.safe_load(_doc_block("yaml", "# values.yaml (zero-to-jupyterhub)"))
+    hub = Hub(tmp_path / "hub", r.url, gpuqueue_config="")
+    hub.config.write_text(hub.config.read_text() + _helm_hub_config(values, f"http://127.0.0.1:{hub.api_port}", token))
+    # the documented command: KEY=VALUE lines, then `gpuqueue api ...`
+    lines = [ln.rstrip(" \\") for ln in _doc_block("bash", "# an external gpuqueue api service").splitlines()]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "GPUQUEUE_"))}
+    fill = {"<the service's api_token>": token, "http://hub:8081": f"http://127.0.0.1:{hub.hub_port}",
+            "<redis://:PASSWORD@redis-host:6379/0>": r.url}
+    for ln in lines[:-1]:
+        k, _, v = ln.partition("=")
+        for a, b in fill.items():
+            v = v.replace(a, b)
+        env[k] = v
+    argv = lines[-1].split()
+    assert argv[:2] == ["gpuqueue", "api"]
+    argv = [sys.executable, "-m", "gpuqueue.cli", *argv[1:]]
+    argv[argv.index("--port") + 1] = str(hub.api_port)
+    argv[argv.index("--address") + 1] = "127.0.0.1"
+    api = subprocess.Popen(argv, env=env, stdout=open(tmp_path / "api.log", "wb"), stderr=subprocess.STDOUT)
+    try:
+        hub.start()
+        alice, carol = hub.login("alice"), hub.login("carol")
+        tokens = {}
+        for name, s in (("alice", alice), ("carol", carol)):
+            t = s.post(f"{hub.url}hub/api/users/{name}/tokens", json={}, headers={"X-XSRFToken": _cookie(s, "_xsrf")},
+                       timeout=30)
+            assert t.status_code == 201, t.text
+            tokens[name] = t.json()["token"]
+        job = _service(hub, tokens["alice"]).submit({"kind": "command", "gpus": 0, "command": ["true"]})
+        assert job["owner"] == "alice"
+        admin = _service(hub, tokens["carol"])
+        assert admin.queue()["me"] == {**admin.queue()["me"], "user": "carol", "admin": True}
+        assert job["id"] in [j["id"] for j in admin.list(all_users=True)]
+        assert [j["id"] for j in _service(hub, tokens["alice"]).list(all_users=True)] == [job["id"]]
+        for _ in range(4):  # a browser: the hub's OAuth, then its cookie (one secret for both processes)
+            page = alice.get(hub.service_url, timeout=60)
+            assert page.status_code == 200 and page.json()["me"]["user"] == "alice", (page.status_code, page.text[:300])
+    finally:
+        hub.stop()
+        api.kill()
+        api.wait(10)
+        for p in psutil.Process().children(recursive=True):  # the API's forked processes
+            if p.pid != os.getpid() and "gpuqueue.cli" in " ".join(p.cmdline()):
+                p.kill()
 
 
 def test_deploy_doc_shows_the_tested_hub_config() -> None:
@@ -174,8 +251,7 @@ def test_deploy_doc_shows_the_tested_hub_config() -> None:
 
     doc = (REPO / "docs" / "deploy.md").read_text()
     assert SNIPPET.read_text().strip() in doc
-    helm = doc.split("```yaml\n# values.yaml (zero-to-jupyterhub)\n", 1)[1].split("```", 1)[0]
-    values = yaml.safe_load(helm)
+    values = yaml.safe_load(_doc_block("yaml", "# values.yaml (zero-to-jupyterhub)"))
     ns: dict[str, Any] = {}
 
     class C(dict):  # a traitlets-like config: c.JupyterHub.services = ...
