@@ -232,6 +232,9 @@ def test_external_service_from_the_documented_command_behind_the_helm_values(tmp
         assert admin.queue()["me"] == {**admin.queue()["me"], "user": "carol", "admin": True}
         assert job["id"] in [j["id"] for j in admin.list(all_users=True)]
         assert [j["id"] for j in _service(hub, tokens["alice"]).list(all_users=True)] == [job["id"]]
+        # a service's token (here the gpuqueue service's own) is no user's: refused
+        r = requests.get(f"{hub.service_url}gpuqueue/api/jobs", headers={"Authorization": f"token {token}"}, timeout=30)
+        assert r.status_code == 403 and "not a user's" in r.json()["message"], r.text
         for _ in range(4):  # a browser: the hub's OAuth, then its cookie (one secret for both processes)
             page = alice.get(hub.service_url, timeout=60)
             assert page.status_code == 200 and page.json()["me"]["user"] == "alice", (page.status_code, page.text[:300])

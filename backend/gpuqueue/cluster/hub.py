@@ -89,6 +89,9 @@ class HubAuthMixin:
         if not model:
             raise Unauthenticated("a valid JupyterHub token is needed: in a hub user server, "
                                   "JUPYTERHUB_API_TOKEN is yours")
+        if model.get("kind", "user") != "user":  # a service's token: its name is no user's
+            raise Forbidden(f"the token of hub {model.get('kind')} {model.get('name')!r} is not a user's: jobs "
+                            f"belong to hub users (use a token of the user the jobs are for)")
         scopes = set(model.get("scopes") or [])
         if not hub.check_scopes(hub.access_scopes, model):
             raise Forbidden(f"hub user {model.get('name')!r} has no access to this service: the hub admin grants "
