@@ -76,18 +76,25 @@ class GPUQueueApp(ExtensionApp):
     api_url = Unicode(
         "",
         help="Cluster mode: URL of the `gpuqueue api` service (e.g. http://gpuqueue-api:8780/). "
-        "When set, every REST verb is forwarded there instead of running an embedded queue.",
+        "When set, every REST verb is forwarded there instead of running an embedded queue. "
+        "Default: $GPUQUEUE_API_URL (a JupyterHub config sets it for user servers).",
     ).tag(config=True)
 
     api_token = Unicode(
         "",
         help="Cluster mode: this server's token for the API service (its users file names the "
-        "user it stands for). Default: $GPUQUEUE_API_TOKEN.",
+        "user it stands for). Default: $GPUQUEUE_API_TOKEN, else (in a JupyterHub user server, "
+        "the API running as a hub service) the server's own $JUPYTERHUB_API_TOKEN.",
     ).tag(config=True)
+
+    @default("api_url")
+    def _default_api_url(self) -> str:
+        # a hub config sets it for every user server: c.Spawner.environment (docs/deploy.md)
+        return os.environ.get("GPUQUEUE_API_URL", "")
 
     @default("api_token")
     def _default_api_token(self) -> str:
-        return os.environ.get("GPUQUEUE_API_TOKEN", "")
+        return os.environ.get("GPUQUEUE_API_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
     log_format = Unicode(
         "",
@@ -107,7 +114,9 @@ class GPUQueueApp(ExtensionApp):
             self.service = RemoteService(self.api_url, self.api_token)
             self.settings["gpuqueue_service"] = self.service
             self.settings["gpuqueue_app"] = self
-            self.log.info("gpuqueue: cluster mode, forwarding to %s", self.api_url)
+            self.log.info("gpuqueue: cluster mode, forwarding to %s%s", self.api_url,
+                          "" if os.environ.get("GPUQUEUE_API_TOKEN") or not os.environ.get("JUPYTERHUB_API_TOKEN")
+                          else " with this hub user's own token")
             return
         config = load_config(self.config_file) if self.config_file else None
         self.service = QueueService(

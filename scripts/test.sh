@@ -10,6 +10,10 @@ if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
     chromium prometheus redis-server >/dev/null
 fi
+# configurable-http-proxy: JupyterHub's proxy, for tests/hub (npm; the hub's own default proxy)
+if command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && ! command -v configurable-http-proxy >/dev/null 2>&1; then
+  npm install -g --silent configurable-http-proxy >/dev/null
+fi
 bash scripts/install.sh "dev,train,cluster,ray"
 # shellcheck disable=SC1091
 . .venv/bin/activate

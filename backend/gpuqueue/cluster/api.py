@@ -3,7 +3,10 @@
 The same REST API as the Jupyter server extension (``gpuqueue.rest.handlers``), stateless (run several
 behind a load balancer, or on one port with ``--processes``). It authenticates each request
 with a token from the users file (``Authorization: token T``), stamps the job owner from it, and
-is the only producer of submissions and cancels.
+is the only producer of submissions and cancels. As a JupyterHub service (``--auth hub``, the
+default when the hub starts it), the hub authenticates each request instead and no users file
+is read (``gpuqueue.cluster.hub``); the routes are then under the service's prefix
+(``/services/gpuqueue/gpuqueue/api/...``).
 
 Users file (TOML)::
 
@@ -134,10 +137,6 @@ def _match(users: dict[str, User], token: str) -> Optional[User]:
     return None
 
 
-def _authed(cls: type) -> type:
-    return type(cls.__name__, (AuthMixin, cls), {})
-
-
 class HealthHandler(web.RequestHandler):
     """``GET /healthz``: 200 when Redis answers."""
 
@@ -169,16 +168,36 @@ class MetricsHandler(web.RequestHandler):
         self.finish(body)
 
 
-def make_app(store: RedisStore, users: dict[str, User], **kw: Any) -> web.Application:
-    """The tornado application (routes under ``/gpuqueue/api``, plus /healthz and /metrics)."""
+def make_app(store: RedisStore, users: dict[str, User], hub_auth: Any = None, prefix: str = "/",
+             admin_scope: str = "", **kw: Any) -> web.Application:
+    """The tornado application (routes under ``<prefix>gpuqueue/api``, plus /healthz and
+    /metrics). With ``hub_auth`` (a JupyterHub ``HubOAuth``) the hub authenticates requests
+    (``gpuqueue.cluster.hub``) and ``users`` is not used."""
+    import os
+
     from ..observability import metrics
 
     m = metrics.QueueMetrics(metrics.process_registry("api", nvml=False), mode="cluster")
-    routes: list[Any] = [(path, _authed(h)) for path, h in rest.routes()]
-    routes += [("/healthz", HealthHandler), ("/metrics", MetricsHandler)]
+    settings: dict[str, Any] = {}
+    if hub_auth is not None:
+        from . import hub
+
+        mixin: type = hub.HubAuthMixin
+        extra = hub.hub_routes(prefix)
+        settings = {"gpuqueue_hub_auth": hub_auth, "hub_auth": hub_auth, "gpuqueue_prefix": prefix,
+                    "gpuqueue_admin_scope": admin_scope or hub.ADMIN_SCOPE,
+                    # the OAuth cookie: one secret for all processes forked from this one
+                    "cookie_secret": os.urandom(32)}
+    else:
+        mixin, extra = AuthMixin, []
+    base = prefix.rstrip("/")
+    routes: list[Any] = [(path, type(h.__name__, (mixin, h), {})) for path, h in rest.routes(base + "/gpuqueue/api")]
+    routes += extra + [("/healthz", HealthHandler), ("/metrics", MetricsHandler)]
+    if base:
+        routes += [(base + "/healthz", HealthHandler), (base + "/metrics", MetricsHandler)]
     return web.Application(routes, default_handler_class=NoRouteHandler,
                            gpuqueue_service=ClusterFrontend(store, **kw), gpuqueue_users=users,
-                           gpuqueue_metrics=m, log_function=metrics.tornado_log_function(m, _quiet_log))
+                           gpuqueue_metrics=m, log_function=metrics.tornado_log_function(m, _quiet_log), **settings)
 
 
 def _quiet_log(handler: web.RequestHandler) -> None:
@@ -190,9 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     """``gpuqueue api`` options."""
     p = argparse.ArgumentParser(prog="gpuqueue api", description="Run the cluster's REST API service.")
     redis_url.add_arguments(p)
-    p.add_argument("--port", type=int, default=8780)
+    p.add_argument("--port", type=int, default=None,
+                   help="port (default: that of the hub's JUPYTERHUB_SERVICE_URL as a hub service, else 8780)")
     p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--users", required=False, help="users TOML file: [[user]] name, token, admin")
+    p.add_argument("--auth", choices=("auto", "hub", "users"), default="auto",
+                   help="who authenticates requests: 'hub' (JupyterHub, as a hub service), 'users' "
+                        "(--users FILE), 'auto' (hub when started by a hub, else the users file)")
+    p.add_argument("--admin-scope", default="custom:gpuqueue:admin",
+                   help="with --auth hub: the hub scope that makes a user a gpuqueue admin")
+    p.add_argument("--hub-cache-s", type=int, default=60,
+                   help="with --auth hub: seconds the hub's answer for a token is reused (default 60)")
     p.add_argument("--processes", type=int, default=1, help="processes sharing the port (default 1)")
     p.add_argument("--max-payload-mb", type=float, default=64.0, help="largest cell payload, MB (default 64)")
     p.add_argument("--prefix", default="gq")
@@ -211,28 +238,45 @@ def cli_main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"gpuqueue api: {e}", file=sys.stderr)
         return 2
-    if not args.users:
-        print("gpuqueue api: --users FILE is required (TOML: [[user]] name, token, admin)", file=sys.stderr)
+    from . import hub
+
+    use_hub = args.auth == "hub" or (args.auth == "auto" and not args.users and hub.in_hub())
+    users: dict[str, User] = {}
+    hub_auth, prefix = None, "/"
+    if use_hub:
+        try:
+            hub_auth = hub.make_hub_auth(args.hub_cache_s)
+        except ValueError as e:
+            print(f"gpuqueue api: {e}", file=sys.stderr)
+            return 2
+        prefix = hub.service_prefix()
+    elif not args.users:
+        print("gpuqueue api: --users FILE is required (TOML: [[user]] name, token, admin), "
+              "or run it as a JupyterHub service (--auth hub)", file=sys.stderr)
         return 2
-    try:
-        users = load_users(args.users)
-    except BadRequest as e:
-        print(f"gpuqueue api: {e}", file=sys.stderr)
-        return 2
-    sockets = netutil.bind_sockets(args.port, args.address)
+    else:
+        try:
+            users = load_users(args.users)
+        except BadRequest as e:
+            print(f"gpuqueue api: {e}", file=sys.stderr)
+            return 2
+    port = args.port or (hub.service_port() if use_hub else None) or 8780
+    sockets = netutil.bind_sockets(port, args.address)
     if args.processes > 1:
         process.fork_processes(args.processes)
         from .forkserver import die_with_parent
 
         die_with_parent()  # a child must not outlive the parent systemd (or a test) stops
     store = RedisStore(url, args.prefix)
-    app = make_app(store, users, max_payload_bytes=int(args.max_payload_mb * 1e6))
+    app = make_app(store, users, hub_auth=hub_auth, prefix=prefix, admin_scope=args.admin_scope,
+                   max_payload_bytes=int(args.max_payload_mb * 1e6))
 
     async def serve() -> None:
         # room for the largest payload as base64 in JSON, plus the spec
         server = httpserver.HTTPServer(app, xheaders=True, max_body_size=int(args.max_payload_mb * 1e6 * 4 / 3) + 2**24)
         server.add_sockets(sockets)
-        log.info("gpuqueue api on %s:%s (%d users)", args.address, args.port, len(users))
+        log.info("gpuqueue api on %s:%s%s (%s)", args.address, port, prefix,
+                 "JupyterHub auth" if use_hub else f"{len(users)} users")
         await asyncio.Event().wait()
 
     try:

@@ -1,7 +1,8 @@
 """A small synchronous client of the REST API, used by the CLI and the notebook magic.
 
 Where the server is: ``GPUQUEUE_URL`` (the Jupyter server's base URL, e.g.
-``http://127.0.0.1:8888/``, or the cluster API service) and ``GPUQUEUE_TOKEN``. Inside a kernel
+``http://127.0.0.1:8888/``, or the cluster API service) and ``GPUQUEUE_TOKEN`` (else
+``JUPYTERHUB_API_TOKEN``: in a JupyterHub user server, the user's own). Inside a kernel
 started by a Jupyter server with the extension, both are already set; ``discover()`` also finds
 the server from ``JPY_PARENT_PID`` in the running-server files.
 """
@@ -39,7 +40,9 @@ def discover() -> ServerInfo:
     """Find the server: GPUQUEUE_URL/GPUQUEUE_TOKEN, else the Jupyter server that started us."""
     url = os.environ.get("GPUQUEUE_URL")
     if url:
-        return ServerInfo(url if url.endswith("/") else url + "/", os.environ.get("GPUQUEUE_TOKEN", ""))
+        # in a JupyterHub user server (a terminal, a kernel) the user's own hub token serves
+        token = os.environ.get("GPUQUEUE_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+        return ServerInfo(url if url.endswith("/") else url + "/", token)
     parent = os.environ.get("JPY_PARENT_PID")
     if parent:
         try:

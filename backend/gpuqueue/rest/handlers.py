@@ -130,8 +130,9 @@ class RestHandler(web.RequestHandler):
 
     def _close_if_body_unread(self) -> None:
         """A streamed body refused before it was read (not logged in, bad token, XSRF): tornado
-        closes the connection rather than read it, so tell the client not to reuse it."""
-        if getattr(self, "_stream_request_body", False) and self.request.method == "POST" and not self._body_read:
+        closes the connection rather than read it (even a GET's empty one), so tell the client
+        (or a keep-alive proxy, such as JupyterHub's) not to reuse it."""
+        if getattr(self, "_stream_request_body", False) and not self._body_read:
             self.set_header("Connection", "close")
 
 
@@ -148,6 +149,7 @@ class JobsHandler(RestHandler):
         self._chunks.append(chunk)
 
     async def get(self) -> None:
+        self._body_read = True
         everyone = self.get_argument("all", "0") in ("1", "true")
         jobs = await maybe_await(self.service.list_jobs(self.caller, all_users=everyone))
         self.send({"jobs": [j.summary() for j in jobs]})

@@ -1,0 +1,131 @@
+"""JupyterHub as the API service's front door: ``gpuqueue api`` as a hub service.
+
+When the API service runs as a JupyterHub service (the hub sets ``JUPYTERHUB_SERVICE_NAME`` /
+``JUPYTERHUB_API_URL`` and ``JUPYTERHUB_API_TOKEN``, or ``gpuqueue api --auth hub``), requests
+are authenticated by the hub, with JupyterHub's own client classes
+(:class:`jupyterhub.services.auth.HubOAuth`):
+
+* a token (``Authorization: token T``): a user server's own ``JUPYTERHUB_API_TOKEN``, or any
+  hub token of the user. It must hold ``access:services!service=<name>`` (give it to users
+  through a hub role, and to server tokens with ``c.Spawner.server_token_scopes``).
+  The hub's answer is cached (``--hub-cache-s``), so a submit costs no round trip to the hub.
+* a browser's OAuth cookie (``GET`` only: a cookie never authorizes a change, so no page of
+  another site can submit or cancel in the user's name). ``<prefix>`` starts the OAuth login.
+
+The job owner is the hub user's name. Admins hold the custom scope ``custom:gpuqueue:admin``
+(declare it in ``c.JupyterHub.custom_scopes`` and grant it through a role); ``--admin-scope``
+names another. No users file is read.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+from tornado import web
+
+from ..queue.errors import Forbidden, Unauthenticated, Unavailable
+from ..embedded.service import Caller
+
+ADMIN_SCOPE = "custom:gpuqueue:admin"
+
+
+def in_hub() -> bool:
+    """Whether this process was started as a JupyterHub service (the hub's environment)."""
+    return bool(os.environ.get("JUPYTERHUB_API_TOKEN")
+                and (os.environ.get("JUPYTERHUB_SERVICE_NAME") or os.environ.get("JUPYTERHUB_API_URL")))
+
+
+def service_prefix() -> str:
+    """The URL prefix the hub's proxy routes to this service (``/services/gpuqueue/``), or ``/``."""
+    p = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/") or "/"
+    return p if p.endswith("/") else p + "/"
+
+
+def service_port() -> Optional[int]:
+    """The port of the URL the hub gives this service (``JUPYTERHUB_SERVICE_URL``), if any."""
+    from urllib.parse import urlsplit
+
+    url = os.environ.get("JUPYTERHUB_SERVICE_URL", "")
+    try:
+        return urlsplit(url).port if url else None
+    except ValueError:
+        return None
+
+
+def make_hub_auth(cache_s: int = 60) -> Any:
+    """JupyterHub's ``HubOAuth`` for this service (api token, hub URL, OAuth client from the
+    hub's environment). Raises ValueError naming what is missing."""
+    try:
+        from jupyterhub.services.auth import HubOAuth
+    except ImportError:
+        raise ValueError("--auth hub needs the jupyterhub package: pip install 'jupyterhub>=5'") from None
+    missing = [v for v in ("JUPYTERHUB_API_TOKEN", "JUPYTERHUB_API_URL") if not os.environ.get(v)]
+    if missing:
+        raise ValueError(f"--auth hub: {' and '.join(missing)} not set: run `gpuqueue api` as a JupyterHub "
+                         f"service (c.JupyterHub.services), or set them for an external service (docs/deploy.md)")
+    auth = HubOAuth.instance(cache_max_age=cache_s)  # the one the OAuth handlers use too
+    if not auth.access_scopes:
+        raise ValueError("--auth hub: set JUPYTERHUB_SERVICE_NAME (the service's name in the hub config)")
+    return auth
+
+
+class HubAuthMixin:
+    """Authenticates each request with the hub: the caller is the hub user the token (or the
+    OAuth cookie, for GETs) belongs to."""
+
+    async def prepare(self) -> None:
+        hub = self.settings["gpuqueue_hub_auth"]  # type: ignore[attr-defined]
+        handler: web.RequestHandler = self  # type: ignore[assignment]
+        token = hub.get_token(handler, in_cookie=False)
+        if not token and handler.request.method not in ("GET", "HEAD"):
+            raise Unauthenticated("a JupyterHub token is needed (Authorization: token <JUPYTERHUB_API_TOKEN>); "
+                                  "a browser cookie only reads")
+        try:
+            model = await hub.get_user(handler, sync=False)
+        except web.HTTPError as e:
+            raise Unavailable(f"cannot check the request's token with JupyterHub ({e.log_message or e.reason}); "
+                              f"try again in a moment") from None
+        if not model:
+            raise Unauthenticated("a valid JupyterHub token is needed: in a hub user server, "
+                                  "JUPYTERHUB_API_TOKEN is yours")
+        if model.get("kind", "user") != "user":  # a service's token: its name is no user's
+            raise Forbidden(f"the token of hub {model.get('kind')} {model.get('name')!r} is not a user's: jobs "
+                            f"belong to hub users (use a token of the user the jobs are for)")
+        scopes = set(model.get("scopes") or [])
+        if not hub.check_scopes(hub.access_scopes, model):
+            raise Forbidden(f"hub user {model.get('name')!r} has no access to this service: the hub admin grants "
+                            f"{' or '.join(sorted(hub.access_scopes))} through a role")
+        admin_scope = self.settings["gpuqueue_admin_scope"]  # type: ignore[attr-defined]
+        self._gq_caller = Caller(name=str(model["name"]), admin=admin_scope in scopes)
+
+    def get_caller(self) -> Caller:
+        return self._gq_caller
+
+
+def _login_handler() -> type:
+    from jupyterhub.services.auth import HubOAuthenticated
+
+    class HubLoginHandler(HubOAuthenticated, web.RequestHandler):
+        """``GET <prefix>``: a browser logs in through the hub (OAuth), then sees its queue."""
+
+        @property
+        def hub_auth(self) -> Any:
+            return self.settings["gpuqueue_hub_auth"]
+
+        async def get(self) -> None:
+            # asks the hub without blocking the event loop (tornado's get_current_user is sync)
+            user = await self.hub_auth.get_user(self, sync=False)
+            if not user:
+                self.redirect(self.get_login_url())  # the hub's OAuth, with a state cookie
+                return
+            self.redirect(self.settings["gpuqueue_prefix"] + "gpuqueue/api/queue")
+
+    return HubLoginHandler
+
+
+def hub_routes(prefix: str) -> list[tuple[str, type]]:
+    """The OAuth callback and the login page under ``prefix``."""
+    from jupyterhub.services.auth import HubOAuthCallbackHandler
+
+    return [(prefix + "oauth_callback", HubOAuthCallbackHandler), (prefix, _login_handler())]

@@ -1,0 +1,34 @@
+# gpuqueue as a JupyterHub service: add this to jupyterhub_config.py (docs/deploy.md).
+# The hub starts `gpuqueue api`, which takes each request's user from the hub; user servers
+# forward to it with their own JUPYTERHUB_API_TOKEN. No users file, no per-user token.
+import os
+
+GPUQUEUE_API = os.environ.get("GPUQUEUE_API", "http://127.0.0.1:8780")  # where the hub runs the API
+
+c.JupyterHub.services = [
+    {
+        "name": "gpuqueue",
+        "url": GPUQUEUE_API,  # the API listens on this URL's port; the proxy routes /services/gpuqueue/ to it
+        "command": ["gpuqueue", "api"],  # --auth hub is implied when the hub starts it
+        # the store; the password stays out of the command line
+        "environment": {"GPUQUEUE_REDIS_URL": os.environ["GPUQUEUE_REDIS_URL"]},
+        "oauth_no_confirm": True,  # browsers: the hub's login, no consent page for this service
+        "oauth_client_allowed_scopes": ["custom:gpuqueue:admin"],  # an admin's browser stays admin
+    }
+]
+c.JupyterHub.custom_scopes = {
+    "custom:gpuqueue:admin": {"description": "see, cancel and preempt every user's gpuqueue jobs"},
+}
+c.JupyterHub.load_roles = [
+    # every user may use the queue (JupyterHub's default 'user' role plus the service)
+    {"name": "user", "scopes": ["self", "access:services!service=gpuqueue"]},
+    # queue admins: hub users or groups given this role
+    {"name": "gpuqueue-admin", "scopes": ["custom:gpuqueue:admin"], "users": [], "groups": ["gpuqueue-admins"]},
+]
+# a user server's own token carries the user's access to the service (and admin, if held)
+c.Spawner.server_token_scopes = [
+    "access:servers!server", "users:activity!user",
+    "access:services!service=gpuqueue", "custom:gpuqueue:admin",
+]
+# the extension in each user server forwards to the service with that token
+c.Spawner.environment = {"GPUQUEUE_API_URL": GPUQUEUE_API + "/services/gpuqueue/"}
