@@ -18,12 +18,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .durations import MAX_TIMEOUT_S, parse_duration
 from .errors import BadRequest
 
 MAX_LOST_ATTEMPTS = 3
+# validation context of a config the scheduler daemon publishes: without --config its pool
+# "default" holds whatever workers join, so it may have no nodes yet
+GROWING = {"growing": True}
 
 
 def _seconds(v: Any, max_s: Optional[float] = None) -> Optional[float]:
@@ -66,8 +70,8 @@ class PoolConfig(BaseModel):
 
     @field_validator("nodes")
     @classmethod
-    def _nodes(cls, v: dict[str, int]) -> dict[str, int]:
-        if not v:
+    def _nodes(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        if not v and not (info.context or {}).get("growing"):
             raise ValueError("a pool needs at least one node, e.g. nodes = { \"gpu-1\" = 8 }")
         for name, gpus in v.items():
             if not 0 <= gpus <= 4096:

@@ -29,7 +29,7 @@ import kombu.exceptions
 import redis
 
 from . import redis_url
-from ..config import PoolConfig, QueueConfig, load_config
+from ..config import GROWING, QueueConfig, load_config
 from ..durations import format_duration, parse_duration
 from ..errors import GPUQueueError
 from ..lifecycle import attempt_outcome, job_request, settle
@@ -196,6 +196,7 @@ class Daemon:
                 self.scheduler.node_down(node, now)  # down until its worker beats
         self.nodes.clear()
         self._check_nodes(initial=True)
+        self._publish_config()  # with the nodes that joined before this daemon led
         self.known.clear()
         self.dispatched.clear()
         self.unsent.clear()
@@ -560,7 +561,8 @@ class Daemon:
             if node in pc.nodes:
                 return pname
         pool = wanted if wanted in self.config.pools else self.config.default_pool
-        self.config.pools[pool].nodes[node] = gpus
+        pc = self.config.pools[pool]
+        pc.nodes = {**pc.nodes, node: gpus}  # a new dict: admission checks cache node sizes per dict
         return pool
 
     def _node_lost(self, name: str) -> None:
@@ -716,9 +718,7 @@ class Daemon:
 
 def _empty_config() -> QueueConfig:
     """Without a config file: one pool 'default' that grows as workers join."""
-    cfg = QueueConfig(pools={"default": PoolConfig(nodes={"-": 0})})
-    cfg.pools["default"].nodes.clear()
-    return cfg
+    return QueueConfig.model_validate({"pools": {"default": {"nodes": {}}}}, context=GROWING)
 
 
 def _retention(text: str) -> Optional[float]:
