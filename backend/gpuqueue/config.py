@@ -14,7 +14,7 @@ Example (see docs/config.md for every key and default)::
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,6 +22,11 @@ from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
                       model_validator)
 
 from .durations import MAX_TIMEOUT_S, parse_duration
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI (a dependency there)
+    import tomli as tomllib
 from .errors import BadRequest
 
 MAX_LOST_ATTEMPTS = 3
