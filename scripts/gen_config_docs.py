@@ -102,6 +102,36 @@ def traitlets_table() -> str:
     return "\n".join(rows)
 
 
+RATE_LIMITS = """## Submit rate limits
+
+Each user has a token bucket of `submit_burst` submits that refills at `submit_rate`; a submit
+takes one, and when none is left it is refused with HTTP 429 and `Retry-After` (seconds), and
+nothing is queued. `%%train` and the `gpuqueue` CLI say so in words:
+
+```
+gpuqueue: you are submitting faster than your limit of 30/min (bursts of 10): try again in 1.6 s
+```
+
+The rate comes from the user's `[users.NAME]` table if there is one, else from the user's
+group (`[groups.NAME]` submit_rate, with its submit_burst or the defaults'), else from
+`[defaults]`; without a rate there is no limit. The bucket is each user's own, also in a group,
+so one user submitting too fast never holds up another. Set `exempt_admins_from_submit_rate =
+true` to let admins submit without it. In cluster mode the buckets live in Redis and hold across
+every API process (an atomic WATCH/MULTI update); the embedded mode keeps them in the server.
+A resubmitted cell that joins its active job takes no token, and neither does a refused request.
+
+```toml
+[defaults]
+submit_rate = "30/min"
+submit_burst = 10
+
+[groups.students]
+members = ["carol", "dave"]
+submit_rate = "10/min"
+```
+"""
+
+
 def render() -> str:
     parts = [
         HEAD.replace("{example}", EXAMPLE.read_text()),
@@ -111,6 +141,7 @@ def render() -> str:
         "## `[groups.NAME]`\n\nA group's limits hold for its members together; fair share goes to the groups "
         "first (by group weight), then to the users within each (by user weight). A user is in at most one "
         "group; users in none share as groups of their own.\n\n" + model_table(GroupConfig),
+        RATE_LIMITS,
         "## `[policy]`\n\nThe formula these knobs enter is in [scheduling.md](scheduling.md).\n\n" + model_table(PolicyConfig),
         "## The server extension (`GPUQueueApp`)\n\n" + traitlets_table(),
         ENV,

@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
 from . import gpumap
 from .config import QueueConfig, single_node_config
+from .ratelimit import MemoryBuckets, SubmitLimiter
 from .errors import Conflict, Forbidden, NotFound, Rejected
 from .jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
 from .launch import build_launch, runner_env
@@ -66,6 +67,7 @@ class QueueService:
     ):
         self.state_dir = Path(state_dir)
         self.config = config or single_node_config(gpus)
+        self.limiter = SubmitLimiter(MemoryBuckets())  # per-user submit buckets (submit_rate)
         self.policy = policy
         self.stop_grace_s = stop_grace_s
         self.max_payload_bytes = max_payload_bytes
@@ -179,6 +181,7 @@ class QueueService:
             return self._with_pending(attached), True
         payload = decode_payload(req, self.max_payload_bytes)
         spec = self._with_defaults(req.spec)
+        self.limiter.check(caller.name, caller.admin, self.config)
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
         d = job_dir(self.state_dir, job.id)
         await asyncio.to_thread(self._write_job_files, d, spec, payload)

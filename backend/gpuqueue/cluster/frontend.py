@@ -20,6 +20,7 @@ from .. import gpumap
 from ..config import GROWING, QueueConfig, format_validation_error
 from ..errors import BadRequest, Conflict, Forbidden, NotFound, Rejected, Unavailable
 from ..models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
+from ..ratelimit import RedisBuckets, SubmitLimiter
 from ..scheduler.admission import inadmissible
 from ..scheduler.cluster import Cluster
 from ..service import Caller
@@ -62,6 +63,8 @@ class ClusterFrontend:
         self._aio: Optional[aioredis.Redis] = None
         self._cluster_cache: Any = None
         self._cluster_of: Optional[QueueConfig] = None
+        # per-user submit buckets, shared by every API process through Redis
+        self.limiter = SubmitLimiter(RedisBuckets(store.r, store.k("rate")))
 
     # -- config (published by the daemon) -------------------------------------------------
     def config(self) -> Optional[QueueConfig]:
@@ -103,6 +106,7 @@ class ClusterFrontend:
                 raise Rejected(why)
             user_limit = cfg.limits_for(caller.name).max_queued
             pool_limit = cfg.pools[spec.pool or cfg.default_pool].max_queued  # with_defaults checked it
+        self.limiter.check(caller.name, caller.admin, cfg)  # last: a refused request costs no token
         view = memoryview(payload) if payload is not None else None  # redis-py takes no mmap
         try:
             full = self.store.submit_job(job, view, {"op": "submit", "job": job.id}, user_limit, pool_limit)

@@ -1,0 +1,25 @@
+"""Per-user submit rate limits in the embedded mode: the same bucket, in the server's memory;
+%%train says when the next submit is accepted."""
+
+from __future__ import annotations
+
+import time
+
+
+def test_embedded_submit_rate_and_the_magic_message(jupyter_server_factory, tmp_path) -> None:
+    cfg = tmp_path / "queue.toml"
+    cfg.write_text('[defaults]\nsubmit_rate = "20/min"\nsubmit_burst = 2\n[pools.default]\nnodes = { local = 1 }\n')
+    server = jupyter_server_factory(gpus=1, env={"GPUQUEUE_CONFIG": str(cfg)})
+    body = {"spec": {"kind": "command", "gpus": 0, "command": ["true"]}}
+    assert [server.api("POST", "gpuqueue/api/jobs", json=body).status_code for _ in range(2)] == [201, 201]
+    r = server.api("POST", "gpuqueue/api/jobs", json=body)
+    assert r.status_code == 429 and r.headers["Retry-After"] == "3", (r.status_code, r.headers, r.text)
+    k = server.start_kernel()
+    assert k.run("%load_ext jupyter_gpuqueue").error is None
+    res = k.run("%%train --gpus 0\nx = 1")
+    assert "the job was not queued: you are submitting faster than your limit of 20/min (bursts of 2): " \
+           "try again in " in res.text, res.text
+    time.sleep(3.1)
+    res = k.run("%%train --gpus 0\nx = 41 + 1")
+    assert res.error is None, res.text
+    assert k.run("print(x)").stdout.strip() == "42"
