@@ -72,3 +72,21 @@ def test_bucket_holds_across_two_api_processes(cluster_factory) -> None:
     # accepted again once Retry-After has passed
     time.sleep(wait_s)
     assert _post(urls[1], "alice").status_code == 201
+
+
+def test_the_limit_reaches_percent_train_through_the_server_extension(cluster_factory, jupyter_server_factory) -> None:
+    """Cluster mode through the extension (c.GPUQueueApp.api_url): the API's 429 and its
+    Retry-After reach the REST caller and the %%train cell as they are."""
+    c = cluster_factory(nodes={"n1": 1}, config_extra='[defaults]\nsubmit_rate = "6/min"\nsubmit_burst = 1\n')
+    server = jupyter_server_factory(
+        gpus=0, args=[f"--GPUQueueApp.api_url={c.url}", f"--GPUQueueApp.api_token={TOKENS['alice']}"])
+    time.sleep(2.1)  # the API has read the daemon's config (cached 2 s)
+    body = {"spec": {"kind": "command", "gpus": 0, "command": ["true"]}}
+    assert server.api("POST", "gpuqueue/api/jobs", json=body).status_code == 201
+    r = server.api("POST", "gpuqueue/api/jobs", json=body)
+    assert r.status_code == 429 and r.headers["Retry-After"] in ("9", "10"), (r.status_code, r.headers, r.text)
+    k = server.start_kernel()
+    assert k.run("%load_ext jupyter_gpuqueue").error is None
+    res = k.run("%%train --gpus 0\nx = 1")
+    assert "the job was not queued: you are submitting faster than your limit of 6/min (bursts of 1): " \
+           "try again in " in res.text, res.text
