@@ -26,6 +26,10 @@ def test_zero_config_first_start_restart_and_failover(cluster_factory) -> None:
     first = c.submit("alice", ticks=1)
     assert c.wait_done([first])[first]["state"] == "succeeded", (c.client("alice").get(first)["attempts"], c.client("alice").events(first))
     assert c.client("alice").get(first)["spec"]["pool"] == "default"
+    # once a node has joined, a job bigger than every node is refused at once (the API re-reads
+    # the published config every 2 s)
+    wait_until(lambda: c.cli("alice", "submit", "--gpus", "3", "--", "true").stderr.strip().endswith("ask for at most 2"),
+               10, 0.5, "the API to refuse a job bigger than n1")
 
     # restart the scheduler with the worker already beating: submits still work
     c.kill("daemon")
