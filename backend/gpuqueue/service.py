@@ -24,14 +24,15 @@ from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
 from . import gpumap
 from .config import QueueConfig, single_node_config
-from .ratelimit import MemoryBuckets, SubmitLimiter
 from .errors import Conflict, Forbidden, NotFound, Rejected
 from .jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
 from .launch import build_launch, runner_env
 from .lifecycle import attempt_outcome, decode_payload, job_request, same_cell_job, settle, with_defaults
 from .logs import job_fields
 from .models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
+from .ratelimit import MemoryBuckets, SubmitLimiter
 from .scheduler import make_scheduler
+from .scheduler.admission import inadmissible
 from .scheduler.base import JobRequest, Preempt, Start, TimeOut, Warn
 from .states import JobState
 from .store import SqliteStore
@@ -181,8 +182,11 @@ class QueueService:
             return self._with_pending(attached), True
         payload = decode_payload(req, self.max_payload_bytes)
         spec = self._with_defaults(req.spec)
-        self.limiter.check(caller.name, caller.admin, self.config)
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
+        why = inadmissible(self._request(job), self.config, self.scheduler.cluster)
+        if why:  # as the scheduler would say, before the job takes a token of the caller's rate
+            raise Rejected(why)
+        self.limiter.check(caller.name, caller.admin, self.config)
         d = job_dir(self.state_dir, job.id)
         await asyncio.to_thread(self._write_job_files, d, spec, payload)
         attached = same_cell_job(req, self._iter_live(caller.name))

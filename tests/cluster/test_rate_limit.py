@@ -15,9 +15,10 @@ from .conftest import PY, TOKENS, _ok
 RATE = 'exempt_admins_from_submit_rate = true\n[defaults]\nsubmit_rate = "30/min"\nsubmit_burst = 3\n'
 
 
-def _post(url: str, user: str) -> requests.Response:
+def _post(url: str, user: str, **spec: object) -> requests.Response:
+    body = {"kind": "command", "gpus": 0, "command": [PY, "-c", "pass"], **spec}
     return requests.post(f"{url}gpuqueue/api/jobs", headers={"Authorization": f"token {TOKENS[user]}"},
-                         json={"spec": {"kind": "command", "gpus": 0, "command": [PY, "-c", "pass"]}}, timeout=10)
+                         json={"spec": body}, timeout=10)
 
 
 def test_bucket_holds_across_two_api_processes(cluster_factory) -> None:
@@ -29,8 +30,13 @@ def test_bucket_holds_across_two_api_processes(cluster_factory) -> None:
     time.sleep(2.1)  # both have read the daemon's config (cached 2 s)
     urls = [c.url, url2]
 
-    # burst 3, taken through both processes in turn; the 4th is refused by either
-    for i in range(3):
+    # a request refused as one that can never run, and a cell joining its live job, take no token
+    assert _post(urls[0], "alice", gpus=5).status_code == 400
+    cell = {"command": ["sleep", "30"], "notebook": "a.ipynb", "cell_id": "c1", "source_hash": "h1"}
+    assert _post(urls[0], "alice", **cell).status_code == 201
+    assert _post(urls[1], "alice", **cell).status_code == 200
+    # burst 3 (one went to the cell), taken through both processes in turn; the next is refused by either
+    for i in range(2):
         r = _post(urls[i % 2], "alice")
         assert r.status_code == 201, r.text
     refused = _post(urls[1], "alice")
