@@ -47,6 +47,7 @@ ENV = """
 | `GPUQUEUE_GPUS` | GPUs to schedule on this machine when there is no NVML (or to override it), e.g. `4` |
 | `GPUQUEUE_CONFIG` | the queue file, when `c.GPUQueueApp.config_file` is not set |
 | `GPUQUEUE_URL`, `GPUQUEUE_TOKEN` | where the CLI and the magic find the REST API (set by the extension for the kernels it starts) |
+| `GPUQUEUE_CELERY_EVENTS` | cluster mode: `1` turns on Celery task events and remote control on the workers and the scheduler, for Flower (as `--celery-events`; deploy.md "Flower") |
 | `GPUQUEUE_VIEW` | `text` forces the plain-text cell view instead of the widget |
 | `GPUQUEUE_PASS_ENV` | more variables a job takes from the environment of the Jupyter server (or worker) that launches it, e.g. `HF_HOME,WANDB_*` (names, or prefixes with `*`); names of credentials (`*TOKEN*`, `*PASSWORD*`, `*SECRET*`, `*_KEY`, `JPY_*`, `JUPYTER*`, `GPUQUEUE_REDIS*`, `GPUQUEUE_URL`, `GPUQUEUE_API*`) never pass |
 

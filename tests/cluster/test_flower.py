@@ -56,3 +56,15 @@ def test_flower_sees_workers_queues_and_tasks(cluster_factory, broker_in: str) -
 
     t = wait_until(launched, 30, 0.5, "Flower to show the finished launch task")
     assert t["worker"] == "n1@gpuqueue" and t["routing_key"] in ("gpuqueue.node.n1", None)
+
+
+def test_events_are_off_unless_asked(monkeypatch) -> None:
+    """Off by default; GPUQUEUE_CELERY_EVENTS=1 (or --celery-events) turns on what Flower needs."""
+    from gpuqueue.cluster.celeryconfig import EVENTS_ENV, settings
+
+    keys = ("worker_enable_remote_control", "worker_send_task_events", "task_send_sent_event")
+    monkeypatch.delenv(EVENTS_ENV, raising=False)
+    assert not any(settings("redis://127.0.0.1:1/0")[k] for k in keys)
+    assert all(settings("redis://127.0.0.1:1/0", events=True)[k] for k in keys)
+    monkeypatch.setenv(EVENTS_ENV, "1")
+    assert all(settings("redis://127.0.0.1:1/0")[k] for k in keys)
