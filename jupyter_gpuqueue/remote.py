@@ -82,7 +82,8 @@ class RemoteService:
                                f"check c.GPUQueueApp.api_token")
         if e.code == 599:
             return Unavailable(f"cannot reach the gpuqueue API service at {self.url}: is it running?")
-        return error_for_status(e.code, message)
+        retry_after = e.response.headers.get("Retry-After") if e.response is not None else None
+        return error_for_status(e.code, message, retry_after=retry_after)
 
     # -- verbs ----------------------------------------------------------------------------
     async def submit(self, caller: Caller, req: SubmitRequest) -> tuple[JobRecord, bool]:

@@ -47,6 +47,7 @@ ENV = """
 | `GPUQUEUE_GPUS` | GPUs to schedule on this machine when there is no NVML (or to override it), e.g. `4` |
 | `GPUQUEUE_CONFIG` | the queue file, when `c.GPUQueueApp.config_file` is not set |
 | `GPUQUEUE_URL`, `GPUQUEUE_TOKEN` | where the CLI and the magic find the REST API (set by the extension for the kernels it starts) |
+| `GPUQUEUE_CELERY_EVENTS` | cluster mode: `1` turns on Celery task events and remote control on the workers and the scheduler, for Flower (as `--celery-events`; deploy.md "Flower") |
 | `GPUQUEUE_VIEW` | `text` forces the plain-text cell view instead of the widget |
 | `GPUQUEUE_PASS_ENV` | more variables a job takes from the environment of the Jupyter server (or worker) that launches it, e.g. `HF_HOME,WANDB_*` (names, or prefixes with `*`); names of credentials (`*TOKEN*`, `*PASSWORD*`, `*SECRET*`, `*_KEY`, `JPY_*`, `JUPYTER*`, `GPUQUEUE_REDIS*`, `GPUQUEUE_URL`, `GPUQUEUE_API*`) never pass |
 
@@ -102,6 +103,37 @@ def traitlets_table() -> str:
     return "\n".join(rows)
 
 
+RATE_LIMITS = """## Submit rate limits
+
+Each user has a token bucket of `submit_burst` submits that refills at `submit_rate`; a submit
+takes one, and when none is left it is refused with HTTP 429 and `Retry-After` (seconds), and
+nothing is queued. `%%train` and the `gpuqueue` CLI say so in words:
+
+```
+gpuqueue: you are submitting faster than your limit of 30/min (bursts of 10): try again in 1.6 s
+```
+
+The rate comes from the user's `[users.NAME]` table if there is one, else from the user's
+group (`[groups.NAME]` submit_rate, with its submit_burst or the defaults'), else from
+`[defaults]`; without a rate there is no limit. The bucket is each user's own, also in a group,
+so one user submitting too fast never holds up another. Set `exempt_admins_from_submit_rate =
+true` to let admins submit without it. In cluster mode the buckets live in Redis and hold across
+every API process (an atomic WATCH/MULTI update); the embedded mode keeps them in the server.
+A resubmitted cell that joins its active job takes no token, and neither does a request refused
+as invalid or as a job that can never run in its pool (one refused because a queue is full does).
+
+```toml
+[defaults]
+submit_rate = "30/min"
+submit_burst = 10
+
+[groups.students]
+members = ["carol", "dave"]
+submit_rate = "10/min"
+```
+"""
+
+
 def render() -> str:
     parts = [
         HEAD.replace("{example}", EXAMPLE.read_text()),
@@ -111,6 +143,7 @@ def render() -> str:
         "## `[groups.NAME]`\n\nA group's limits hold for its members together; fair share goes to the groups "
         "first (by group weight), then to the users within each (by user weight). A user is in at most one "
         "group; users in none share as groups of their own.\n\n" + model_table(GroupConfig),
+        RATE_LIMITS,
         "## `[policy]`\n\nThe formula these knobs enter is in [scheduling.md](scheduling.md).\n\n" + model_table(PolicyConfig),
         "## The server extension (`GPUQueueApp`)\n\n" + traitlets_table(),
         ENV,

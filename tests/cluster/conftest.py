@@ -43,8 +43,9 @@ class Cluster:
 
     def __init__(self, root: Path, redis: RedisServer, nodes: dict[str, int], node_timeout: float = 2.0,
                  config_extra: str = "", daemon_args: tuple[str, ...] = (),
-                 worker_args: tuple[str, ...] = ("--identities", "none")):
+                 worker_args: tuple[str, ...] = ("--identities", "none"), zero_config: bool = False):
         self.root = root
+        self.zero_config = zero_config  # the daemon runs without --config (pool "default")
         self.redis = redis
         self.nodes = nodes
         self.node_timeout = node_timeout
@@ -96,7 +97,8 @@ class Cluster:
         return p
 
     def start_daemon(self, key: str = "daemon") -> subprocess.Popen[bytes]:
-        return self._spawn(key, ["scheduler", "--config", str(self.config),
+        config = [] if self.zero_config else ["--config", str(self.config)]
+        return self._spawn(key, ["scheduler", *config,
                                  "--node-timeout", str(self.node_timeout), "--leader-ttl", "1.5",
                                  "--start-timeout", "5", "--stop-grace", "3", *self.daemon_args]
                            + (["--metrics-port", str(self.metrics_port)] if key == "daemon" else []), role="scheduler")

@@ -9,7 +9,7 @@ redelivered or late message finds its attempt already claimed or superseded and 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Optional
 
 from celery import Celery
 
@@ -24,8 +24,21 @@ def node_queue(node: str) -> str:
     return f"gpuqueue.node.{node}"
 
 
-def settings(broker_url: str) -> dict[str, Any]:
-    """The Celery configuration for ``broker_url`` (a Redis or Sentinel URL, see redis_url.py)."""
+EVENTS_ENV = "GPUQUEUE_CELERY_EVENTS"
+
+
+def events_enabled() -> bool:
+    """Whether task events and remote control are on (``$GPUQUEUE_CELERY_EVENTS=1``, or the
+    worker's and scheduler's ``--celery-events``): what Flower needs to see the workers, their
+    queues and the launch tasks. Off by default (docs/deploy.md, "Flower")."""
+    return os.environ.get(EVENTS_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def settings(broker_url: str, events: Optional[bool] = None) -> dict[str, Any]:
+    """The Celery configuration for ``broker_url`` (a Redis or Sentinel URL, see redis_url.py);
+    ``events`` (default: :func:`events_enabled`) turns on task events and remote control."""
+    if events is None:
+        events = events_enabled()
     broker, transport = redis_url.celery_broker(broker_url)
     return {
         "broker_url": broker,
@@ -58,18 +71,18 @@ def settings(broker_url: str) -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
         "broker_heartbeat": 0,
-        # Nothing else on the broker: no remote control fan-out, no task events.
-        "worker_enable_remote_control": False,
-        "worker_send_task_events": False,
-        "task_send_sent_event": False,
+        # Nothing else on the broker unless asked (Flower): no remote control fan-out, no events.
+        "worker_enable_remote_control": events,
+        "worker_send_task_events": events,
+        "task_send_sent_event": events,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
         "task_default_queue": "gpuqueue.unrouted",
     }
 
 
-def make_app(broker_url: str) -> Celery:
+def make_app(broker_url: str, events: Optional[bool] = None) -> Celery:
     """A Celery app configured for gpuqueue."""
     app = Celery("gpuqueue", set_as_current=False)
-    app.conf.update(settings(broker_url))
+    app.conf.update(settings(broker_url, events))
     return app

@@ -29,7 +29,7 @@ import kombu.exceptions
 import redis
 
 from . import redis_url
-from ..queue.config import PoolConfig, QueueConfig, load_config
+from ..queue.config import GROWING, QueueConfig, load_config
 from ..queue.durations import format_duration, parse_duration
 from ..queue.errors import GPUQueueError
 from ..queue.lifecycle import attempt_outcome, job_request, settle
@@ -82,6 +82,7 @@ class Daemon:
         stop_grace: float = 30.0,
         name: str = "",
         keep_finished: Optional[float] = DEFAULT_KEEP_FINISHED_S,
+        celery_events: bool = False,
     ):
         self.store = store
         self.policy = policy
@@ -92,7 +93,7 @@ class Daemon:
         self.keep_finished = keep_finished
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.token: Optional[str] = None
-        self.celery = make_app(store.url)
+        self.celery = make_app(store.url, celery_events or None)
         self.config: QueueConfig = config or _empty_config()
         self.scheduler: Any = None
         self.nodes: dict[str, NodeSeen] = {}
@@ -196,6 +197,7 @@ class Daemon:
                 self.scheduler.node_down(node, now)  # down until its worker beats
         self.nodes.clear()
         self._check_nodes(initial=True)
+        self._publish_config()  # with the nodes that joined before this daemon led
         self.known.clear()
         self.dispatched.clear()
         self.unsent.clear()
@@ -560,7 +562,8 @@ class Daemon:
             if node in pc.nodes:
                 return pname
         pool = wanted if wanted in self.config.pools else self.config.default_pool
-        self.config.pools[pool].nodes[node] = gpus
+        pc = self.config.pools[pool]
+        pc.nodes = {**pc.nodes, node: gpus}  # a new dict: admission checks cache node sizes per dict
         return pool
 
     def _node_lost(self, name: str) -> None:
@@ -716,9 +719,7 @@ class Daemon:
 
 def _empty_config() -> QueueConfig:
     """Without a config file: one pool 'default' that grows as workers join."""
-    cfg = QueueConfig(pools={"default": PoolConfig(nodes={"-": 0})})
-    cfg.pools["default"].nodes.clear()
-    return cfg
+    return QueueConfig.model_validate({"pools": {"default": {"nodes": {}}}}, context=GROWING)
 
 
 def _retention(text: str) -> Optional[float]:
@@ -744,6 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delete a finished job (record, events, results) this long after it ended, "
                         "e.g. 7d, 12h; 'forever' keeps them (default 30d)")
     p.add_argument("--prefix", default="gq", help="Redis key prefix (default gq)")
+    p.add_argument("--celery-events", action="store_true",
+                   help="send a Celery task-sent event per launch, for Flower (default: $GPUQUEUE_CELERY_EVENTS, else off)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
     p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
     return p
@@ -766,7 +769,8 @@ def cli_main(argv: list[str]) -> int:
         print(f"gpuqueue scheduler: {e}", file=sys.stderr)
         return 2
     d = Daemon(RedisStore(url, args.prefix), config, args.policy, args.node_timeout,
-               args.leader_ttl, args.start_timeout, args.stop_grace, keep_finished=args.keep_finished)
+               args.leader_ttl, args.start_timeout, args.stop_grace, keep_finished=args.keep_finished,
+               celery_events=args.celery_events)
     if args.metrics_port:
         from ..observability import metrics
 

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any, AsyncIterator, Iterator, Optional
 
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from ..observability import gpumap
-from ..queue.config import QueueConfig
-from ..queue.errors import BadRequest, Conflict, Forbidden, NotFound, Rejected
+from ..queue.config import GROWING, QueueConfig, format_validation_error
+from ..queue.errors import BadRequest, Conflict, Forbidden, NotFound, Rejected, Unavailable
 from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
+from ..queue.ratelimit import RedisBuckets, SubmitLimiter
 from ..scheduler.admission import inadmissible
 from ..scheduler.cluster import Cluster
 from ..embedded.service import Caller
@@ -26,8 +29,25 @@ from ..queue.lifecycle import decode_payload, job_request, same_cell_job, with_d
 from . import redis_url
 from .redis_store import LIVE_STATES, WAITING_STATES, RedisStore, _event
 
+log = logging.getLogger("gpuqueue.api")
 CONFIG_REFRESH_S = 2.0
+CONFIG_PROBLEM = ("the scheduler daemon published a queue config this API service cannot read ({}); "
+                  "nothing was changed: the admin must check the daemon (its --config, and that the "
+                  "daemon and the API run the same gpuqueue version)")
 INLINE_PAYLOAD_BYTES = 256 * 1024  # larger payloads go to Redis from a thread
+
+
+def read_published_config(raw: Optional[str]) -> Optional[QueueConfig]:
+    """The config the daemon published (None when there is none yet). A config that does not
+    parse or validate is the daemon's problem, not the caller's: Unavailable (503) naming it."""
+    if not raw:
+        return None
+    try:
+        return QueueConfig.model_validate(json.loads(raw), context=GROWING)
+    except ValueError as e:  # JSONDecodeError and pydantic's ValidationError are ValueErrors
+        why = format_validation_error(e) if isinstance(e, ValidationError) else f"not JSON: {e}"
+        log.error("the published config is unreadable: %s", why)
+        raise Unavailable(CONFIG_PROBLEM.format(why)) from None
 
 
 class ClusterFrontend:
@@ -43,14 +63,15 @@ class ClusterFrontend:
         self._aio: Optional[aioredis.Redis] = None
         self._cluster_cache: Any = None
         self._cluster_of: Optional[QueueConfig] = None
+        # per-user submit buckets, shared by every API process through Redis
+        self.limiter = SubmitLimiter(RedisBuckets(store.r, store.k("rate")))
 
     # -- config (published by the daemon) -------------------------------------------------
     def config(self) -> Optional[QueueConfig]:
         """The daemon's effective config, cached for a moment."""
         now = time.monotonic()
         if now - self._config_at > CONFIG_REFRESH_S:
-            raw = self.store.get_json("config")
-            self._config = QueueConfig.model_validate(raw) if raw else None
+            self._config = read_published_config(self.store.r.get(self.store.k("config")))
             self._config_at = now
         return self._config
 
@@ -85,6 +106,7 @@ class ClusterFrontend:
                 raise Rejected(why)
             user_limit = cfg.limits_for(caller.name).max_queued
             pool_limit = cfg.pools[spec.pool or cfg.default_pool].max_queued  # with_defaults checked it
+        self.limiter.check(caller.name, caller.admin, cfg)  # last: a refused request costs no token
         view = memoryview(payload) if payload is not None else None  # redis-py takes no mmap
         try:
             full = self.store.submit_job(job, view, {"op": "submit", "job": job.id}, user_limit, pool_limit)

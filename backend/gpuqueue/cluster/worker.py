@@ -50,7 +50,7 @@ from ..attempt.jobdir import (AttemptPaths, OwnedDir, attempt_paths, job_dir, pr
                       write_bytes_atomic, write_json_atomic)
 from ..attempt.launch import build_launch, runner_env
 from ..queue.models import JobSpec
-from .celeryconfig import TASK_NAME, make_app, node_queue
+from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, RunnerHandle, not_dumpable
 from .redis_store import Fenced, Op, RedisStore
 
@@ -414,9 +414,9 @@ def _write_json(path: Path, data: Any) -> None:
 _AGENT: Optional[NodeAgent] = None
 
 
-def make_celery(broker_url: str) -> Any:
+def make_celery(broker_url: str, events: Optional[bool] = None) -> Any:
     """The Celery app with the launch task bound to this process's node agent."""
-    app = make_app(broker_url)
+    app = make_app(broker_url, events)
 
     @app.task(name=TASK_NAME, acks_late=True)
     def launch_attempt(**msg: Any) -> str:
@@ -438,6 +438,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
     p.add_argument("--concurrency", type=int, default=4, help="launch threads (default 4)")
     p.add_argument("--prefix", default="gq")
+    p.add_argument("--celery-events", action="store_true",
+                   help="send Celery task events and heartbeats and answer remote control, so that Flower "
+                        "(`celery --broker URL flower`) sees this worker, its queue and its launches "
+                        "(default: $GPUQUEUE_CELERY_EVENTS, else off; docs/deploy.md)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics (process, NVML GPUs) on this port")
     p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
     p.add_argument("--identities", default="auto", metavar="MODE",
@@ -527,10 +531,11 @@ def cli_main(argv: list[str]) -> int:
         from celery.exceptions import SecurityWarning
 
         warnings.filterwarnings("ignore", category=SecurityWarning)
-    app = make_celery(url)
+    events = args.celery_events or events_enabled()
+    app = make_celery(url, events)
     worker = app.Worker(
         hostname=f"{args.node}@gpuqueue", queues=[node_queue(args.node)], pool_cls="threads",
-        concurrency=args.concurrency, loglevel=args.log_level.upper(), without_heartbeat=True,
+        concurrency=args.concurrency, loglevel=args.log_level.upper(), without_heartbeat=not events,
         without_mingle=True, without_gossip=True, quiet=True,
     )
     try:

@@ -30,7 +30,9 @@ from ..attempt.launch import build_launch, runner_env
 from ..queue.lifecycle import attempt_outcome, decode_payload, job_request, same_cell_job, settle, with_defaults
 from ..observability.logs import job_fields
 from ..queue.models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
+from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
 from ..scheduler import make_scheduler
+from ..scheduler.admission import inadmissible
 from ..scheduler.base import JobRequest, Preempt, Start, TimeOut, Warn
 from ..queue.states import JobState
 from .store import SqliteStore
@@ -66,6 +68,7 @@ class QueueService:
     ):
         self.state_dir = Path(state_dir)
         self.config = config or single_node_config(gpus)
+        self.limiter = SubmitLimiter(MemoryBuckets())  # per-user submit buckets (submit_rate)
         self.policy = policy
         self.stop_grace_s = stop_grace_s
         self.max_payload_bytes = max_payload_bytes
@@ -180,6 +183,10 @@ class QueueService:
         payload = decode_payload(req, self.max_payload_bytes)
         spec = self._with_defaults(req.spec)
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
+        why = inadmissible(self._request(job), self.config, self.scheduler.cluster)
+        if why:  # as the scheduler would say, before the job takes a token of the caller's rate
+            raise Rejected(why)
+        self.limiter.check(caller.name, caller.admin, self.config)
         d = job_dir(self.state_dir, job.id)
         await asyncio.to_thread(self._write_job_files, d, spec, payload)
         attached = same_cell_job(req, self._iter_live(caller.name))

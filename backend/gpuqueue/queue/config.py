@@ -14,16 +14,26 @@ Example (see docs/config.md for every key and default)::
 
 from __future__ import annotations
 
-import tomllib
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from .durations import MAX_TIMEOUT_S, parse_duration
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI (a dependency there)
+    import tomli as tomllib
 from .errors import BadRequest
+from .ratelimit import SubmitLimit, parse_rate
 
 MAX_LOST_ATTEMPTS = 3
+# validation context of a config the scheduler daemon publishes: without --config its pool
+# "default" holds whatever workers join, so it may have no nodes yet
+GROWING = {"growing": True}
 
 
 def _seconds(v: Any, max_s: Optional[float] = None) -> Optional[float]:
@@ -66,8 +76,8 @@ class PoolConfig(BaseModel):
 
     @field_validator("nodes")
     @classmethod
-    def _nodes(cls, v: dict[str, int]) -> dict[str, int]:
-        if not v:
+    def _nodes(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        if not v and not (info.context or {}).get("growing"):
             raise ValueError("a pool needs at least one node, e.g. nodes = { \"gpu-1\" = 8 }")
         for name, gpus in v.items():
             if not 0 <= gpus <= 4096:
@@ -89,6 +99,16 @@ class UserLimits(BaseModel):
     max_gpus: Optional[int] = Field(None, ge=0, description="GPUs held at once, all pools")
     max_running: Optional[int] = Field(None, ge=0, description="jobs running at once")
     max_queued: int = Field(1000, ge=1, description="jobs queued at once; more are rejected")
+    submit_rate: Optional[float] = Field(
+        None, description="submits a second that refill the user's bucket: a number, or e.g. "
+        "\"30/min\", \"2/s\", \"100/h\"; a faster submit gets HTTP 429 with Retry-After "
+        "(none: no limit)")
+    submit_burst: int = Field(10, ge=1, description="submits the user may make at once before submit_rate applies")
+
+    @field_validator("submit_rate", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> Optional[float]:
+        return parse_rate(v)
 
 
 class GroupConfig(BaseModel):
@@ -102,6 +122,15 @@ class GroupConfig(BaseModel):
     max_gpus: Optional[int] = Field(None, ge=0, description="GPUs the members hold at once, all pools")
     max_running: Optional[int] = Field(None, ge=0, description="jobs the members run at once")
     max_queued: Optional[int] = Field(None, ge=1, description="jobs the members have queued at once; more are rejected")
+    submit_rate: Optional[float] = Field(
+        None, description="each member's submit rate (as [defaults] submit_rate), for members "
+        "without a [users.NAME] table; none: that of [defaults]")
+    submit_burst: Optional[int] = Field(None, ge=1, description="each member's submit burst; none: that of [defaults]")
+
+    @field_validator("submit_rate", mode="before")
+    @classmethod
+    def _rate(cls, v: Any) -> Optional[float]:
+        return parse_rate(v)
 
 
 class PolicyConfig(BaseModel):
@@ -178,6 +207,8 @@ class QueueConfig(BaseModel):
         "killed, node lost) after which the attempt counts as failed, so that retries apply",
     )
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="scheduler policy knobs")
+    exempt_admins_from_submit_rate: bool = Field(
+        False, description="admins submit without the submit_rate limit (their bucket is not used)")
 
     @field_validator("pools")
     @classmethod
@@ -218,6 +249,19 @@ class QueueConfig(BaseModel):
     def limits_for(self, user: str) -> UserLimits:
         """The user's own table, or the defaults."""
         return self.users.get(user, self.defaults)
+
+    def submit_limit_for(self, user: str) -> Optional[SubmitLimit]:
+        """The user's submit bucket: from the user's own table, else the user's group's rate
+        (with its burst, or the defaults'), else the defaults; None: no limit."""
+        own = self.users.get(user)
+        if own is not None:
+            rate, burst = own.submit_rate, own.submit_burst
+        else:
+            rate, burst = self.defaults.submit_rate, self.defaults.submit_burst
+            group = self.groups.get(self.group_of(user) or "")
+            if group is not None and group.submit_rate is not None:
+                rate, burst = group.submit_rate, group.submit_burst or burst
+        return SubmitLimit(rate, burst) if rate else None
 
 
 def single_node_config(gpus: int, node: str = "local", pool: str = "default") -> QueueConfig:

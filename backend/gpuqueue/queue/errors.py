@@ -47,6 +47,17 @@ class Unauthenticated(GPUQueueError):
     http_status = 401
 
 
+class RateLimited(GPUQueueError):
+    """The caller submits faster than its limit; nothing was changed. ``retry_after``: seconds
+    until a submit is accepted again (the HTTP ``Retry-After`` header)."""
+
+    http_status = 429
+
+    def __init__(self, message: str, retry_after: Optional[float] = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Unavailable(GPUQueueError):
     """A service the queue needs (the cluster's Redis, the API service) does not answer or
     refuses to work; nothing was changed."""
@@ -56,15 +67,22 @@ class Unavailable(GPUQueueError):
 
 BY_STATUS: dict[int, type[GPUQueueError]] = {
     400: BadRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound, 409: Conflict,
-    413: BadRequest, 503: Unavailable,
+    413: BadRequest, 429: RateLimited, 503: Unavailable,
 }
 """The error class a client raises for each HTTP status the API answers with."""
 
 
-def error_for_status(status: int, message: str, reason: Optional[str] = None) -> GPUQueueError:
+def error_for_status(status: int, message: str, reason: Optional[str] = None,
+                     retry_after: Optional[str] = None) -> GPUQueueError:
     """The error for an HTTP error answer: its class from :data:`BY_STATUS` (else a plain
-    GPUQueueError that keeps the status), carrying the server's ``message``."""
+    GPUQueueError that keeps the status), carrying the server's ``message`` (and a 429's
+    ``Retry-After`` header, in seconds)."""
     cls = BY_STATUS.get(status)
+    if cls is RateLimited:
+        try:
+            return RateLimited(message, float(retry_after) if retry_after else None)
+        except ValueError:  # an HTTP date, from some proxy: the message says when
+            return RateLimited(message)
     if cls is not None:
         return cls(message)
     err = GPUQueueError(message)

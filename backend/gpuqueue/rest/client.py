@@ -99,7 +99,7 @@ class Client:
                        + " (is GPUQUEUE_URL the gpuqueue server?)")
         if r.status_code == 401:
             message = f"not authenticated ({message}): check GPUQUEUE_TOKEN"
-        raise error_for_status(r.status_code, message)
+        raise error_for_status(r.status_code, message, retry_after=r.headers.get("Retry-After"))
 
     def _request(self, method: str, path: str, **kw: Any) -> requests.Response:
         try:

@@ -121,6 +121,9 @@ class RestHandler(web.RequestHandler):
             if not self._finished:
                 self.set_status(e.http_status)
                 self.set_header("Content-Type", "application/json")
+                retry_after = getattr(e, "retry_after", None)
+                if retry_after is not None:  # whole seconds, rounded up (RFC 9110)
+                    self.set_header("Retry-After", str(max(1, math.ceil(retry_after))))
                 self._close_if_body_unread()
                 self.finish(json.dumps({"message": str(e)}))
             return

@@ -27,6 +27,8 @@ def inadmissible(job: JobRequest, config: QueueConfig, cluster: Cluster) -> Opti
     if pc is None:
         return f"unknown pool {job.pool!r}: the pools are {', '.join(sorted(config.pools))}"
     sizes = _sizes(pc)
+    if not sizes:  # a pool of whatever workers join (no --config), none yet: the job waits for one
+        return None
     if job.nodes == 1 and sizes and job.gpus <= sizes[0] and (
             pc.max_runtime is None or job.time_limit is None or job.time_limit <= pc.max_runtime):
         return None  # the common case
