@@ -7,6 +7,7 @@ an s3:// bucket of a moto server in server mode, reached through s3fs)."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -192,3 +193,27 @@ def test_job_preempted_by_the_scheduler_resumes_on_the_other_node(cluster_factor
     assert saved[-1] == step  # the save on the notice, then resumed from it on the other node
     assert rec.get("failures", 0) == 0 and rec.get("preemptions", 1) == 1  # a preemption is no failure
     _same_weights(reference, out)
+
+
+def test_a_storage_error_fails_the_attempt_with_a_clear_message(cluster_factory, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    c = _shared_cluster(cluster_factory, tmp_path, str(shared))
+    out = tmp_path / "run"
+    out.mkdir()
+    job = _submit_hf(c, out, step_sleep=0.2, retries=0)
+    wait_until(lambda: c.client("root").get(job)["state"] == "running", 60, 0.1, "the job running")
+    # the job's place on the root is broken (a file where its folder goes): no copy can be made
+    (shared / "jobs").mkdir(parents=True, exist_ok=True)
+    (shared / "jobs" / job).write_text("not a folder")
+    wait_until(lambda: any(e["type"] == "info" and e["data"].get("storage_error")
+                           for e in c.client("root").events(job)), 60, 0.1, "the failed copy told")
+    c.client("root").preempt(job)  # it saves on the notice, and would resume from that save
+    rec = c.wait_done([job], 240)[job]
+    evs = c.client("root").events(job)
+    assert rec["state"] == "failed", rec
+    assert rec["attempts"][-1]["outcome"] == "failed"
+    msg = rec["error"] or rec["attempts"][-1].get("message") or ""
+    assert re.search(r"cannot copy checkpoint trainer-0/step-0+\d+ to the shared root", msg), (msg, rec)
+    assert "not on the shared root" in msg
+    told = [e["data"]["message"] for e in evs if e["type"] == "info" and e["data"].get("storage_error")]
+    assert told and "trying again at the next save" in told[0], told

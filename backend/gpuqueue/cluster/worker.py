@@ -324,7 +324,8 @@ class NodeAgent:
     def _push(self, la: LocalAttempt, exit_rec: Optional[dict[str, Any]], ops: list[Op]) -> Optional[dict[str, Any]]:
         """Copy the attempt's new checkpoints to the shared root (before its end is reported,
         so the next attempt finds them). A storage error mid-run is told to the job's stream
-        and tried again at the next save; at the end it fails the attempt."""
+        and tried again at the next save; at the end it fails an attempt that would be resumed
+        (stopped, failed), and is told beside one that succeeded."""
         assert self.shared is not None
         done = la.extra.setdefault("pushed", set())
         try:
@@ -332,6 +333,10 @@ class NodeAgent:
                                       la.ident.uid if la.ident else None, done)
         except StorageError as e:
             log.warning("attempt %s/%s: %s", la.job_id, la.number, e)
+            if exit_rec is not None and exit_rec.get("exit_code") == 0 and not exit_rec.get("stop_reason"):
+                ops.append(self.store.event_op(la.job_id, "info", {  # done: nothing resumes from them
+                    "message": f"{e}; the job's last checkpoints stay on node {self.node} only", "storage_error": True}))
+                return exit_rec
             if exit_rec is None:
                 if la.extra.get("storage_error") != str(e):
                     la.extra["storage_error"] = str(e)
