@@ -132,7 +132,7 @@ def _check_resumed(c, job: str, rec: dict[str, Any], outcomes: list[str], min_st
     return resumed[0]
 
 
-def _kill_test(cluster_factory, tmp_path: Path, reference: dict[str, Any], root: str, opts=None) -> None:
+def _kill_test(cluster_factory, tmp_path: Path, reference: dict[str, Any], root: str, opts=None) -> Any:
     c = _shared_cluster(cluster_factory, tmp_path, root, opts)
     out = tmp_path / "run"
     out.mkdir()
@@ -147,6 +147,7 @@ def _kill_test(cluster_factory, tmp_path: Path, reference: dict[str, Any], root:
     assert (c.root / f"node-{first_node}" / "jobs" / job / "checkpoints").is_dir()
     assert (c.root / f"node-{other}" / "jobs" / job / "checkpoints").is_dir()
     _same_weights(reference, out)
+    return c
 
 
 def test_hf_job_killed_with_its_node_resumes_on_the_other_node_from_the_shared_root(
@@ -158,8 +159,20 @@ def test_hf_job_killed_with_its_node_resumes_on_the_other_node_from_the_shared_r
     assert all((p / "COMPLETE").exists() for p in shared.glob("jobs/*/checkpoints/trainer-0/step-*"))
 
 
-def test_hf_job_killed_with_its_node_resumes_from_an_s3_root(cluster_factory, tmp_path: Path, reference, moto_s3) -> None:
-    _kill_test(cluster_factory, tmp_path, reference, "s3://ckpts/gq", moto_s3)
+def test_hf_job_killed_with_its_node_resumes_from_an_s3_root(cluster_factory, tmp_path: Path, reference, moto_s3,
+                                                             monkeypatch) -> None:
+    # the workers also have the usual AWS variables; no job may see them, nor the options file
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "worker-key-id-123")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker-secret-456")
+    c = _kill_test(cluster_factory, tmp_path, reference, "s3://ckpts/gq", moto_s3)
+    spy = c.client("alice").submit({"kind": "command", "gpus": 1, "command": [
+        PY, "-c", "import os, json; print(json.dumps(dict(os.environ)))"]})["id"]
+    assert c.wait_done([spy], 60)[spy]["state"] == "succeeded"
+    seen = logs(c.client("root").events(spy))
+    assert "GPUQUEUE_JOB_ID" in seen
+    for secret in ("worker-key-id-123", "worker-secret-456", moto_s3["secret"], moto_s3["key"],
+                   "shared-options", "s3://ckpts", "AWS_"):
+        assert secret not in seen, secret
     import s3fs
 
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": moto_s3["endpoint_url"]}, key=moto_s3["key"],
@@ -205,7 +218,7 @@ def test_a_storage_error_fails_the_attempt_with_a_clear_message(cluster_factory,
     # the job's place on the root is broken (a file where its folder goes): no copy can be made
     (shared / "jobs").mkdir(parents=True, exist_ok=True)
     (shared / "jobs" / job).write_text("not a folder")
-    wait_until(lambda: any(e["type"] == "info" and e["data"].get("storage_error")
+    wait_until(lambda: any(e["type"] == "warning" and e["data"].get("storage_error")
                            for e in c.client("root").events(job)), 60, 0.1, "the failed copy told")
     c.client("root").preempt(job)  # it saves on the notice, and would resume from that save
     rec = c.wait_done([job], 240)[job]
@@ -215,5 +228,17 @@ def test_a_storage_error_fails_the_attempt_with_a_clear_message(cluster_factory,
     msg = rec["error"] or rec["attempts"][-1].get("message") or ""
     assert re.search(r"cannot copy checkpoint trainer-0/step-0+\d+ to the shared root", msg), (msg, rec)
     assert "not on the shared root" in msg
-    told = [e["data"]["message"] for e in evs if e["type"] == "info" and e["data"].get("storage_error")]
+    told = [e["data"]["message"] for e in evs if e["type"] == "warning" and e["data"].get("storage_error")]
     assert told and "trying again at the next save" in told[0], told
+
+
+def test_a_worker_whose_shared_root_is_not_usable_refuses_to_start(tmp_path: Path) -> None:
+    blocked = tmp_path / "a-file"
+    blocked.write_text("x")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    p = subprocess.run([PY, "-m", "gpuqueue.cli", "worker", "--redis", "redis://127.0.0.1:1", "--node", "x", "--gpus", "1",
+                        "--identities", "none", "--state-dir", str(tmp_path / "st"), "--shared-dir", str(blocked / "root")],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 2
+    assert f"gpuqueue worker: the shared root {blocked / 'root'} is not usable" in p.stderr
+    assert "Traceback" not in p.stderr

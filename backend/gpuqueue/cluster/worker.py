@@ -334,13 +334,13 @@ class NodeAgent:
         except StorageError as e:
             log.warning("attempt %s/%s: %s", la.job_id, la.number, e)
             if exit_rec is not None and exit_rec.get("exit_code") == 0 and not exit_rec.get("stop_reason"):
-                ops.append(self.store.event_op(la.job_id, "info", {  # done: nothing resumes from them
+                ops.append(self.store.event_op(la.job_id, "warning", {  # done: nothing resumes from them
                     "message": f"{e}; the job's last checkpoints stay on node {self.node} only", "storage_error": True}))
                 return exit_rec
             if exit_rec is None:
                 if la.extra.get("storage_error") != str(e):
                     la.extra["storage_error"] = str(e)
-                    ops.append(self.store.event_op(la.job_id, "info", {
+                    ops.append(self.store.event_op(la.job_id, "warning", {
                         "message": f"{e}; trying again at the next save", "storage_error": True}))
                 return None
             return {**exit_rec, "exit_code": exit_rec.get("exit_code") or 1, "stop_reason": "storage_error", "lost": False,
