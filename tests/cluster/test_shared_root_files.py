@@ -87,6 +87,14 @@ def test_storage_errors_and_bad_options_are_clear(tmp_path: Path) -> None:
     blocked.write_text("x")
     with pytest.raises(StorageError, match="is not usable"):
         SharedRoot(str(blocked / "root")).check()
+    open_root = tmp_path / "open"
+    open_root.mkdir(mode=0o755)
+    open_root.chmod(0o755)
+    with pytest.raises(StorageError, match=r"is mode 755: jobs on the nodes that mount it could read every job's"):
+        SharedRoot(str(open_root)).check()
+    made = tmp_path / "made" / "root"
+    SharedRoot(str(made)).check()
+    assert made.stat().st_mode & 0o777 == 0o700
     opts = tmp_path / "opts.json"
     opts.write_text('{"key": "k", "secret": "s"}')
     os.chmod(opts, 0o644)

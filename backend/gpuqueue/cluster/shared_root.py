@@ -71,9 +71,9 @@ class SharedRoot:
     def check(self) -> None:
         """Write, read and delete a probe file under the root (at worker start)."""
         probe = f"{self.base}/.probe-{uuid.uuid4().hex[:12]}"
+        if self.local:
+            self._check_local_mode()
         try:
-            if self.local:
-                self.fs.makedirs(self.base, exist_ok=True)
             self.fs.pipe_file(probe, b"ok")
             if self.fs.cat_file(probe) != b"ok":
                 raise StorageError("a probe file read back different")
@@ -82,6 +82,18 @@ class SharedRoot:
             raise
         except Exception as e:  # noqa: BLE001 - fsspec backends raise their own errors
             raise StorageError(f"the shared root {self.url} is not usable: {_say(e)}") from None
+
+    def _check_local_mode(self) -> None:
+        """A folder root is made mode 700; an existing one that others may enter is refused
+        (jobs run on the nodes that mount it and must not read other jobs' checkpoints)."""
+        try:
+            os.makedirs(self.base, mode=0o700, exist_ok=True)
+            mode = os.stat(self.base).st_mode & 0o777
+        except OSError as e:
+            raise StorageError(f"the shared root {self.url} is not usable: {_say(e)}") from None
+        if mode & 0o007:
+            raise StorageError(f"the shared root {self.url} is mode {mode:03o}: jobs on the nodes that mount it could "
+                               f"read every job's checkpoints; only the workers may (chmod 700 {self.url})")
 
     def job_prefix(self, job_id: str) -> str:
         """The job's checkpoints on the root (a path inside ``fs``)."""
