@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from .. import gpumap
 from ..config import QueueConfig
-from ..errors import BadRequest, Conflict, Forbidden, NotFound, Rejected
+from ..errors import Conflict, Forbidden, NotFound, Rejected
 from ..models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..scheduler.admission import inadmissible
 from ..scheduler.cluster import Cluster
@@ -73,8 +73,6 @@ class ClusterFrontend:
             return self._with_pending(attached), True
         payload = decode_payload(req, self.max_payload_bytes, where="cluster's ")
         spec = req.spec
-        if spec.nodes > 1:
-            raise BadRequest("a job spanning several nodes runs on Ray, not on the Celery workers: use --nodes 1")
         cfg = self.config()
         spec = self._with_defaults(spec, cfg)
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)

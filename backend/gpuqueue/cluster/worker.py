@@ -228,7 +228,7 @@ class NodeAgent:
             if pulled:
                 log.info("attempt %s/%s: checkpoints %s from the shared root", job_id, number, ", ".join(pulled))
         launch = build_launch(job_id, spec, paths.job, paths.attempt, number, list(msg.get("devices", [])), self.node,
-                              identity=ident, home=home)
+                              identity=ident, home=home, placement=msg.get("placement"))
         _write_json(paths.records / "launch.json", launch)
         stop = self.pending_stops.pop((job_id, number), None)
         if stop:
