@@ -81,6 +81,7 @@ def _rank_actor() -> Any:
 
             if self.stopped:
                 return 143
+            env = dict(env, GPUQUEUE_RAY_NODE_ID=ray.get_runtime_context().get_node_id())
             self.proc = subprocess.Popen(argv, env=env, cwd=cwd or None, preexec_fn=die_with_parent,
                                          start_new_session=True)
             return self.proc.wait()

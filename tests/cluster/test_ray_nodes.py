@@ -36,6 +36,7 @@ rank = int(os.environ["RANK"])
 with open(out, "a") as f:
     f.write(json.dumps({"rank": rank, "world": int(os.environ["WORLD_SIZE"]), "node": os.environ["GPUQUEUE_NODE"],
                         "cuda": os.environ["CUDA_VISIBLE_DEVICES"], "pid": os.getpid(),
+                        "ray_node": os.environ["GPUQUEUE_RAY_NODE_ID"],
                         "job": os.environ["GPUQUEUE_JOB_ID"]}) + "\n")
 ck = gpuqueue.Checkpointer() if rank == 0 else None
 for i in range(1, ticks + 1):
@@ -49,7 +50,7 @@ print("rank", rank, "done", flush=True)
 
 
 @pytest.fixture
-def ray_cluster(tmp_path: Path) -> Iterator[str]:
+def ray_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """Two Ray nodes on this machine: the head declares n1's GPU and resource, the other n2's."""
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     port = free_port()
@@ -70,7 +71,7 @@ def ray_cluster(tmp_path: Path) -> Iterator[str]:
         start(["--address", address, "--node-ip-address", "127.0.0.1", "--num-cpus", "3", "--num-gpus", "1",
                "--resources", json.dumps({"gpuqueue-node-n2": 1})], "n2")
         wait_until(lambda: _nodes(address, env) >= 2, 90, 1, "the second Ray node")
-        yield address
+        yield address, env
     finally:
         for p in reversed(procs):
             try:
@@ -99,6 +100,16 @@ def _nodes(address: str, env: dict[str, str]) -> int:
         return 0
 
 
+def _ray_node_of(address: str, env: dict[str, str]) -> dict[str, str]:
+    """Ray node id -> the gpuqueue node whose resource that Ray node declares."""
+    code = ("import json, ray; ray.init(address=%r, include_dashboard=False, logging_level='ERROR'); "
+            "print(json.dumps({n['NodeID']: [k for k in n['Resources'] if k.startswith('gpuqueue-node-')] "
+            "for n in ray.nodes() if n['Alive']}))" % address)
+    p = subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    raw = json.loads(p.stdout.strip().splitlines()[-1])
+    return {nid: res[0].removeprefix("gpuqueue-node-") for nid, res in raw.items() if res}
+
+
 def _ranks(path: Path, job: str) -> list[dict]:
     if not path.exists():
         return []
@@ -107,7 +118,8 @@ def _ranks(path: Path, job: str) -> list[dict]:
 
 def test_nodes_2_job_runs_on_the_assigned_nodes_and_gpus_through_ray(cluster_factory, ray_cluster, tmp_path: Path,
                                                                    monkeypatch) -> None:
-    monkeypatch.setenv("RAY_ADDRESS", ray_cluster)  # the workers' environment: jobs get it
+    address, ray_env = ray_cluster
+    monkeypatch.setenv("RAY_ADDRESS", address)  # the workers' environment: jobs get it
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.setenv("GPUQUEUE_PASS_ENV", "RAY_AUTH_MODE")
     c = cluster_factory(nodes={"n1": 1, "n2": 1}, worker_args=("--identities", "none", "--shared-dir",
@@ -127,7 +139,9 @@ def test_nodes_2_job_runs_on_the_assigned_nodes_and_gpus_through_ray(cluster_fac
     assert [r["rank"] for r in ranks] == [0, 1] and all(r["world"] == 2 for r in ranks)
     assert ranks[0]["node"] == rec["attempts"][-1]["node"]  # rank 0 next to the worker that reports
     assert {r["node"] for r in ranks} == {"n1", "n2"}
-    for r in ranks:
+    ray_nodes = _ray_node_of(address, ray_env)
+    for r in ranks:  # each rank ran on the Ray node of its gpuqueue node, with that node's GPUs
+        assert ray_nodes[r["ray_node"]] == r["node"], (r, ray_nodes)
         assert r["cuda"] == ",".join(str(i) for i in placement[r["node"]]), (r, placement)
     steps = [e["data"]["step"] for e in evs if e["type"] == "metrics"]
     assert steps and max(steps) == 20
