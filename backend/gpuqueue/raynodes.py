@@ -10,7 +10,9 @@ job's command with ``CUDA_VISIBLE_DEVICES`` the GPUs the scheduler assigned on t
 torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``NODE_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``; ``GPUQUEUE_NODE`` its node). One rank per assigned GPU (one per node for a CPU
 job); rank 0 runs on the first node, next to the worker that reads its events and copies its
-checkpoints.
+checkpoints. Ranks on the other nodes get a scratch job folder of their own on their node (the
+job folder lives on the first node's disk), with the cell's payload sent through Ray's object
+store for cell jobs; only rank 0 reports, saves and returns results.
 
 Stopping: a stop notice (SIGTERM to the launcher: cancel, preempt, time limit) is forwarded to
 every rank's process, wherever it runs; a rank that fails makes the launcher stop the others.
@@ -68,8 +70,11 @@ def _rank_actor() -> Any:
                 s.bind(("", 0))
                 return ip, s.getsockname()[1]
 
-        def run(self, argv: list[str], env: dict[str, str], cwd: Optional[str]) -> int:
+        def run(self, argv: list[str], env: dict[str, str], cwd: Optional[str], payload: Optional[bytes] = None,
+                scratch: bool = False) -> int:
+            import shutil
             import subprocess
+            import tempfile
 
             def die_with_parent() -> None:
                 try:
@@ -82,9 +87,27 @@ def _rank_actor() -> Any:
             if self.stopped:
                 return 143
             env = dict(env, GPUQUEUE_RAY_NODE_ID=ray.get_runtime_context().get_node_id())
-            self.proc = subprocess.Popen(argv, env=env, cwd=cwd or None, preexec_fn=die_with_parent,
-                                         start_new_session=True)
-            return self.proc.wait()
+            local = None
+            if scratch:  # a rank on another node: the job folder is on the first node's disk
+                local = tempfile.mkdtemp(prefix=f"gpuqueue-{env.get('GPUQUEUE_JOB_ID', 'job')}-rank{env['RANK']}-")
+                old_job = env.get("GPUQUEUE_JOB_DIR", "")
+                attempt = os.path.join(local, "attempt")
+                os.mkdir(attempt)
+                open(os.path.join(attempt, "events.jsonl"), "wb").close()
+                if payload is not None:
+                    with open(os.path.join(local, "payload.pkl"), "wb") as f:
+                        f.write(payload)
+                argv = [local if a == old_job else a for a in argv]
+                env.update(GPUQUEUE_JOB_DIR=local, GPUQUEUE_ATTEMPT_DIR=attempt)
+                if cwd and not os.path.isdir(cwd):
+                    cwd = local
+            try:
+                self.proc = subprocess.Popen(argv, env=env, cwd=cwd or None, preexec_fn=die_with_parent,
+                                             start_new_session=True)
+                return self.proc.wait()
+            finally:
+                if local is not None:
+                    shutil.rmtree(local, ignore_errors=True)
 
         def signal(self, sig: int) -> bool:
             self.stopped = True
@@ -152,6 +175,13 @@ def _run(ray: Any, placement: dict[str, list[int]], argv: list[str]) -> int:
     signal.signal(signal.SIGINT, on_term)
     host, port = ray.get(actors[0].where.remote(), timeout=120)
     base = {k: v for k, v in os.environ.items() if k not in ("GPUQUEUE_EVENT_FD", "RAY_ADDRESS")}
+    first = next(iter(placement))
+    payload = None
+    job_dir = os.environ.get("GPUQUEUE_JOB_DIR", "")
+    if job_dir and job_dir in argv and os.path.exists(os.path.join(job_dir, "payload.pkl")):  # a cell job
+        with open(os.path.join(job_dir, "payload.pkl"), "rb") as f:
+            payload = f.read()
+    payload_ref = ray.put(payload) if payload is not None else None
     runs = []
     for rank, (info, actor) in enumerate(zip(ranks, actors)):
         env = dict(base)
@@ -161,7 +191,8 @@ def _run(ray: Any, placement: dict[str, list[int]], argv: list[str]) -> int:
             MASTER_ADDR=host, MASTER_PORT=str(port), GPUQUEUE_NODE=info["node"],
             CUDA_VISIBLE_DEVICES=",".join(str(g) for g in info["gpus"]), GPUQUEUE_RAY_WORKER="1",
         )
-        runs.append(actor.run.remote(argv, env, os.getcwd()))
+        remote = info["node"] != first
+        runs.append(actor.run.remote(argv, env, os.getcwd(), payload_ref if remote else None, remote))
     pending, failed = list(runs), None
     while pending:
         done, pending = ray.wait(pending, num_returns=1, timeout=0.5)

@@ -23,6 +23,8 @@ import pytest
 from helpers.servers import free_port, wait_until
 from training.jobs import logs
 
+from .conftest import TOKENS
+
 pytest.importorskip("ray")
 
 PY = sys.executable
@@ -117,7 +119,7 @@ def _ranks(path: Path, job: str) -> list[dict]:
 
 
 def test_nodes_2_job_runs_on_the_assigned_nodes_and_gpus_through_ray(cluster_factory, ray_cluster, tmp_path: Path,
-                                                                   monkeypatch) -> None:
+                                                                   monkeypatch, jupyter_server_factory) -> None:
     address, ray_env = ray_cluster
     monkeypatch.setenv("RAY_ADDRESS", address)  # the workers' environment: jobs get it
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
@@ -148,6 +150,27 @@ def test_nodes_2_job_runs_on_the_assigned_nodes_and_gpus_through_ray(cluster_fac
     assert [e["data"]["step"] for e in evs if e["type"] == "checkpoint"][-1] == 20
     assert any("trainer" not in s and s.endswith("step-000000020") for e in evs if e["type"] == "info"
                for s in e["data"].get("shared", []))
+
+    # a %%train --nodes 2 cell through a Jupyter server that forwards to the cluster: each rank
+    # runs the cell on its node (the other node's rank from a scratch copy of the payload)
+    server = jupyter_server_factory(
+        gpus=0, args=[f"--GPUQueueApp.api_url={c.url}", f"--GPUQueueApp.api_token={TOKENS['alice']}"])
+    k = server.start_kernel()
+    assert k.run("%load_ext jupyter_gpuqueue").error is None
+    cell_marks = c.root / "cell.jsonl"
+    k.run(f"base = 40; marks = {str(cell_marks)!r}")
+    res = k.run("%%train --nodes 2 --gpus 2\nimport json, os\n"
+                "open(marks, 'a').write(json.dumps({k: os.environ[k] for k in ('RANK', 'GPUQUEUE_NODE', "
+                "'CUDA_VISIBLE_DEVICES', 'GPUQUEUE_RAY_NODE_ID')}) + '\\n')\n"
+                "answer = base + 2 + int(os.environ['RANK'])", timeout=240)
+    assert res.error is None, (res.error, res.text)
+    assert k.run("print(answer)").stdout.strip() == "42"  # rank 0's results
+    seen = sorted((json.loads(line) for line in cell_marks.read_text().splitlines()), key=lambda r: r["RANK"])
+    assert [r["RANK"] for r in seen] == ["0", "1"], seen
+    for r in seen:
+        assert ray_nodes[r["GPUQUEUE_RAY_NODE_ID"]] == r["GPUQUEUE_NODE"], (r, ray_nodes)
+    assert {r["GPUQUEUE_NODE"] for r in seen} == {"n1", "n2"}
+    assert all(r["CUDA_VISIBLE_DEVICES"] == "0" for r in seen)  # each node's one GPU, as placed
 
     # cancel reaches every rank, on every node; the GPUs are free afterwards
     long = c.client("alice").submit({"kind": "command", "gpus": 2, "nodes": 2,
