@@ -186,9 +186,24 @@ def test_nodes_2_job_runs_on_the_assigned_nodes_and_gpus_through_ray(cluster_fac
     assert all(j["state"] == "succeeded" for j in done.values())
     assert {j["attempts"][-1]["node"] for j in done.values()} == {"n1", "n2"}
 
+    # a node of the gang lost mid-job (the second node's worker killed -9): the whole gang is
+    # requeued as lost, and the ranks on the surviving node are stopped too
+    gang = c.client("alice").submit({"kind": "command", "gpus": 2, "nodes": 2,
+                                     "command": [PY, str(script), str(marks), "3000"]})["id"]
+    running = wait_until(lambda: len(_ranks(marks, gang)) == 2 and _ranks(marks, gang), 120, 0.2, "both ranks up")
+    head = root.get(gang)["attempts"][-1]["node"]
+    other = "n2" if head == "n1" else "n1"
+    for p in c.tree(f"worker-{other}"):
+        p.kill()
+    wait_until(lambda: (j := root.get(gang))["attempts"][0]["outcome"] == "lost" and j["state"] == "queued", 30, 0.2,
+               "the gang requeued")
+    wait_until(lambda: not any(_alive(r["pid"]) for r in running), 30, 0.2, "every rank of the lost attempt stopped")
+    root.cancel(gang)
+
 
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
