@@ -172,6 +172,15 @@ def test_nodes_2_job_runs_on_the_assigned_nodes_and_gpus_through_ray(cluster_fac
     assert {r["GPUQUEUE_NODE"] for r in seen} == {"n1", "n2"}
     assert all(r["CUDA_VISIBLE_DEVICES"] == "0" for r in seen)  # each node's one GPU, as placed
 
+    # a placement on a node that no Ray node declares, or no Ray address: a message, no traceback
+    probe = ("import sys; from gpuqueue.raynodes import run_pinned; "
+             "sys.exit(run_pinned({'n1': [0], 'n9': [0]}, ['true'], sys.argv[1] or None))")
+    for addr, msg in ((address, "no Ray node declares gpuqueue-node-n9: start Ray on n9 with --resources"),
+                      ("", "needs the Ray cluster of the GPU nodes: the worker's RAY_ADDRESS")):
+        p = subprocess.run([PY, "-c", probe, addr], env=dict(ray_env, PYTHONPATH=os.pathsep.join(sys.path)),
+                           capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1 and msg in p.stderr and "Traceback" not in p.stderr, p.stderr[-2000:]
+
     # cancel reaches every rank, on every node; the GPUs are free afterwards
     long = c.client("alice").submit({"kind": "command", "gpus": 2, "nodes": 2,
                                      "command": [PY, str(script), str(marks), "3000"]})["id"]
