@@ -242,3 +242,8 @@ def test_a_worker_whose_shared_root_is_not_usable_refuses_to_start(tmp_path: Pat
     assert p.returncode == 2
     assert f"gpuqueue worker: the shared root {blocked / 'root'} is not usable" in p.stderr
     assert "Traceback" not in p.stderr
+    # the same from $GPUQUEUE_SHARED_DIR
+    p = subprocess.run([PY, "-m", "gpuqueue.cli", "worker", "--redis", "redis://127.0.0.1:1", "--node", "x", "--gpus", "1",
+                        "--identities", "none", "--state-dir", str(tmp_path / "st")], capture_output=True, text=True,
+                       timeout=60, env=dict(env, GPUQUEUE_SHARED_DIR=str(blocked / "env-root")))
+    assert p.returncode == 2 and f"the shared root {blocked / 'env-root'} is not usable" in p.stderr
