@@ -9,6 +9,7 @@ Jupyter server's or the worker's, so no store URL, token or password reaches it.
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import sys
@@ -69,6 +70,7 @@ def build_launch(
     node: str,
     identity: Optional[Identity] = None,
     home: Optional[str] = None,
+    placement: Optional[dict[str, list[int]]] = None,
 ) -> dict[str, Any]:
     """The ``launch.json`` content for one attempt.
 
@@ -76,7 +78,8 @@ def build_launch(
     them) through ``CUDA_VISIBLE_DEVICES``. A ``--gpus 0`` job sees none and runs on the CPU.
     ``job_dir`` / ``attempt_dir`` are the job's own folders. ``identity``: the user the job runs
     as (None: the launching process's own); ``home``: its HOME when the identity has none.
-    ``env`` is the job's whole environment.
+    ``env`` is the job's whole environment. ``placement``: every node of a job the scheduler
+    gang-placed on several nodes, with its GPUs (``GPUQUEUE_PLACEMENT``, for the Ray launcher).
     """
     python = spec.python or sys.executable
     if spec.kind == "cell":
@@ -110,6 +113,8 @@ def build_launch(
             "GPUQUEUE_NUM_GPUS": str(len(devices)),
         }
     )
+    if placement and len(placement) > 1:
+        env["GPUQUEUE_PLACEMENT"] = json.dumps({n: list(ids) for n, ids in placement.items()})
     if spec.precision:
         env["GPUQUEUE_PRECISION"] = spec.precision
     if spec.grad_checkpointing:

@@ -479,7 +479,7 @@ class Daemon:
             self.celery.send_task(
                 TASK_NAME,
                 kwargs={"job_id": job.id, "attempt": a.number, "node": a.node, "devices": a.gpu_ids,
-                        "spec": job.spec.model_dump(mode="json")},
+                        "placement": a.placement, "spec": job.spec.model_dump(mode="json")},
                 queue=node_queue(a.node),
                 retry=False,
                 # what Celery's logs show of the message; given, it skips a costly saferepr

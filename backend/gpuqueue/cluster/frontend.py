@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from ..observability import gpumap
 from ..queue.config import GROWING, QueueConfig, format_validation_error
-from ..queue.errors import BadRequest, Conflict, Forbidden, NotFound, Rejected, Unavailable
+from ..queue.errors import Conflict, Forbidden, NotFound, Rejected, Unavailable
 from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import RedisBuckets, SubmitLimiter
 from ..scheduler.admission import inadmissible
@@ -94,8 +94,6 @@ class ClusterFrontend:
             return self._with_pending(attached), True
         payload = decode_payload(req, self.max_payload_bytes, where="cluster's ")
         spec = req.spec
-        if spec.nodes > 1:
-            raise BadRequest("a job spanning several nodes runs on Ray, not on the Celery workers: use --nodes 1")
         cfg = self.config()
         spec = self._with_defaults(spec, cfg)
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)

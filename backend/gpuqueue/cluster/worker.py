@@ -53,6 +53,7 @@ from ..queue.models import JobSpec
 from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, RunnerHandle, not_dumpable
 from .redis_store import Fenced, Op, RedisStore
+from .shared_root import SharedRoot, StorageError, load_options
 
 log = logging.getLogger("gpuqueue.worker")
 
@@ -82,8 +83,9 @@ class NodeAgent:
 
     def __init__(self, store: RedisStore, node: str, gpus: int, pool: Optional[str], state_dir: Path,
                  heartbeat_s: float = 10.0, max_result_bytes: int = 200_000_000,
-                 identities: Optional[Identities] = None):
+                 identities: Optional[Identities] = None, shared: Optional[SharedRoot] = None):
         self.store = store
+        self.shared = shared  # checkpoints between attempts (shared_root.py); None: this node's disk
         self.node = node
         self.gpus = gpus
         self.pool = pool
@@ -221,8 +223,12 @@ class NodeAgent:
         elif payload is not None:
             write_bytes_atomic(paths.job / "payload.pkl", payload)
         _write_json(job_dir(self.state_dir, job_id) / "spec.json", msg["spec"])
+        if self.shared is not None:  # the checkpoints earlier attempts saved, from any node
+            pulled = self.shared.pull(job_id, paths.job, ident.uid if ident else None, ident.gid if ident else None)
+            if pulled:
+                log.info("attempt %s/%s: checkpoints %s from the shared root", job_id, number, ", ".join(pulled))
         launch = build_launch(job_id, spec, paths.job, paths.attempt, number, list(msg.get("devices", [])), self.node,
-                              identity=ident, home=home)
+                              identity=ident, home=home, placement=msg.get("placement"))
         _write_json(paths.records / "launch.json", launch)
         stop = self.pending_stops.pop((job_id, number), None)
         if stop:
@@ -291,6 +297,8 @@ class NodeAgent:
             ops += [["SET", self.store.k("started", la.job_id, la.number), json.dumps(msg)], self.store.report_op(msg)]
         if exit_rec is None and ended and not batch.complete_line:
             exit_rec = {"exit_code": la.proc.returncode, "lost": True, "error": "the runner ended without an exit record"}
+        if self.shared is not None and (exit_rec is not None or any(t == "checkpoint" for _, t, _ in batch.events)):
+            exit_rec = self._push(la, exit_rec, ops)
         if exit_rec is not None:
             ops += self._exit_ops(la, exit_rec)
         if not ops and new_offset == la.offset:
@@ -312,6 +320,38 @@ class NodeAgent:
             la.started = True
         if exit_rec is not None:
             self._forget(la)
+
+    def _push(self, la: LocalAttempt, exit_rec: Optional[dict[str, Any]], ops: list[Op]) -> Optional[dict[str, Any]]:
+        """Copy the attempt's new checkpoints to the shared root (before its end is reported,
+        so the next attempt finds them). A storage error mid-run is told to the job's stream
+        and tried again at the next save; at the end it fails an attempt that would be resumed
+        (stopped, failed), and is told beside one that succeeded."""
+        assert self.shared is not None
+        done = la.extra.setdefault("pushed", set())
+        try:
+            copied = self.shared.push(la.job_id, la.paths.job if la.paths else job_dir(self.state_dir, la.job_id),
+                                      la.ident.uid if la.ident else None, done)
+        except StorageError as e:
+            log.warning("attempt %s/%s: %s", la.job_id, la.number, e)
+            if exit_rec is not None and exit_rec.get("exit_code") == 0 and not exit_rec.get("stop_reason"):
+                ops.append(self.store.event_op(la.job_id, "warning", {  # done: nothing resumes from them
+                    "message": f"{e}; the job's last checkpoints stay on node {self.node} only", "storage_error": True}))
+                return exit_rec
+            if exit_rec is None:
+                if la.extra.get("storage_error") != str(e):
+                    la.extra["storage_error"] = str(e)
+                    ops.append(self.store.event_op(la.job_id, "warning", {
+                        "message": f"{e}; trying again at the next save", "storage_error": True}))
+                return None
+            return {**exit_rec, "exit_code": exit_rec.get("exit_code") or 1, "stop_reason": "storage_error", "lost": False,
+                    "error": f"{e} (the attempt's checkpoints are not on the shared root, so it cannot be resumed "
+                             f"from them; it fails rather than start again from an older checkpoint)"}
+        la.extra.pop("storage_error", None)
+        if copied:
+            ops.append(self.store.event_op(la.job_id, "info", {
+                "message": f"checkpoint {', '.join(copied)} copied to the shared root", "shared": copied,
+                "node": self.node}))
+        return exit_rec
 
     def _exit_ops(self, la: LocalAttempt, exit_rec: dict[str, Any]) -> list[Op]:
         rec = dict(exit_rec)
@@ -435,6 +475,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=None, help="GPUs to offer (default: $GPUQUEUE_GPUS, else NVML)")
     p.add_argument("--pool", default=None, help="pool, for a node the config does not list")
     p.add_argument("--state-dir", default=None, help="job folders (default: $GPUQUEUE_STATE_DIR, else /var/lib/gpuqueue/worker-NODE as root, ~/.local/share/gpuqueue/worker-NODE otherwise)")
+    p.add_argument("--shared-dir", default=None, metavar="PATH|URL",
+                   help="shared storage root for checkpoints between attempts, the same for every worker: a folder "
+                        "on a shared file system (NFS) or an fsspec URL (s3://bucket/prefix, gs://...); default: "
+                        "$GPUQUEUE_SHARED_DIR, else none (checkpoints stay on the node that saved them)")
+    p.add_argument("--shared-options", default=None, metavar="FILE.json",
+                   help="fsspec storage options of --shared-dir (endpoint_url, key, secret...), a JSON file of mode "
+                        "600; credentials may also come from the usual environment (AWS_*), which no job inherits")
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
     p.add_argument("--concurrency", type=int, default=4, help="launch threads (default 4)")
     p.add_argument("--prefix", default="gq")
@@ -515,13 +562,24 @@ def cli_main(argv: list[str]) -> int:
     else:
         log.warning("--identities none: every job runs as root on this node, with no isolation between users "
                     "and full access to the node; use it only where nothing else runs")
-    _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents)
+    shared = None
+    shared_url = args.shared_dir or os.environ.get("GPUQUEUE_SHARED_DIR")
+    if shared_url:
+        try:
+            shared = SharedRoot(shared_url, load_options(args.shared_options))
+            shared.check()
+        except (ValueError, OSError, StorageError) as e:
+            print(f"gpuqueue worker: {e}", file=sys.stderr)
+            return 2
+    _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents, shared=shared)
     try:
         _AGENT.start()
     except redis.RedisError as e:
         print(f"gpuqueue worker: cannot reach Redis at {redis_url.mask(url)}: {redis_url.mask(str(e))}", file=sys.stderr)
         return 1
-    log.info("node %s: %d GPUs, queue %s, jobs in %s, jobs run as %s", args.node, gpus, node_queue(args.node), state_dir,
+    log.info("node %s: %d GPUs, queue %s, jobs in %s, checkpoints %s, jobs run as %s", args.node, gpus,
+             node_queue(args.node), state_dir,
+             f"on the shared root {shared.url}" if shared else "on this node only (no --shared-dir)",
              f"their users' own identities ({args.identities})" if idents is not None else f"uid {os.geteuid()}")
     if args.metrics_port:
         from ..observability import metrics

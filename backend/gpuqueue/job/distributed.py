@@ -173,6 +173,11 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
     Connects to ``GPUQUEUE_RAY_ADDRESS`` (or ``RAY_ADDRESS``) if set, else starts a local Ray
     cluster on this machine with ``GPUQUEUE_RAY_CPUS`` CPUs (default: one per worker + 1)."""
     _detach_event_pipe()
+    from .raynodes import placement_from_env, run_pinned
+
+    placement = placement_from_env()
+    if placement is not None:  # cluster mode: the nodes and GPUs the scheduler chose
+        return run_pinned(placement, argv, os.environ.get("GPUQUEUE_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS"))
     try:
         import ray
         from ray.train import RunConfig, ScalingConfig

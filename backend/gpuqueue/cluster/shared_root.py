@@ -1,0 +1,377 @@
+"""The workers' shared storage root (``gpuqueue worker --shared-dir PATH|URL``): where a job's
+checkpoints live between attempts, so a requeued attempt resumes on any node.
+
+Layout under the root (a folder on a shared file system, or any fsspec URL: ``s3://``, ``gs://``)::
+
+    <root>/jobs/<job_id>/checkpoints/<name>/step-000000042/...   files first
+    <root>/jobs/<job_id>/checkpoints/<name>/step-000000042/COMPLETE   the marker, last
+
+Only the workers touch the root; jobs never do and never hold its credentials. A job writes its
+checkpoints to its local job folder (``$GPUQUEUE_JOB_DIR/checkpoints``, the
+:class:`~gpuqueue.job.checkpoint.Checkpointer` default) on the node's own disk; the worker
+
+* before an attempt starts, copies the job's complete checkpoints from the root into that local
+  folder (:meth:`SharedRoot.pull`), so ``Checkpointer.resume_point`` and the HF callback's
+  automatic resume find them on whichever node the attempt runs;
+* each time the job reports a ``checkpoint`` event, and once more when the attempt ends (before
+  the end is reported, so the next attempt finds it), copies the complete local checkpoints that
+  the root lacks to the root, marker last, and deletes from the root the ones the job rotated
+  away (:meth:`SharedRoot.push`).
+
+A storage error is an exception (:class:`StorageError`) that the worker turns into the attempt's
+failure with the message, never a silent start from zero.
+
+Where jobs run under their owners' identities (a root worker), what the job owns is read without
+following links and only if it is a regular file of the job's uid with one link (so a job cannot
+make the worker copy another file to the root), and what is copied back is created owned by that
+uid, through ``O_NOFOLLOW`` folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import uuid
+from pathlib import Path
+from typing import Any, Optional
+
+MARKER = "COMPLETE"
+CHECKPOINTS = "checkpoints"
+CHUNK = 8 * 1024 * 1024
+
+
+class StorageError(RuntimeError):
+    """The shared root could not be read or written."""
+
+
+class SharedRoot:
+    """One shared root: ``url`` a folder or fsspec URL; ``options`` fsspec storage options
+    (credentials, ``endpoint_url``...), kept in the worker only."""
+
+    def __init__(self, url: str, options: Optional[dict[str, Any]] = None):
+        import fsspec
+
+        if not url or not isinstance(url, str):
+            raise ValueError("--shared-dir needs a folder or an fsspec URL (s3://bucket/prefix)")
+        if "://" not in url:
+            url = str(Path(url).resolve())
+        try:
+            self.fs, self.base = fsspec.url_to_fs(url, **(options or {}))
+        except (ImportError, ValueError) as e:
+            raise ValueError(f"--shared-dir {url}: {e}") from None
+        self.url = url
+        self.local = type(self.fs).__name__ == "LocalFileSystem"
+        self.base = self.base.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"SharedRoot({self.url!r})"
+
+    def check(self) -> None:
+        """Write, read and delete a probe file under the root (at worker start)."""
+        probe = f"{self.base}/.probe-{uuid.uuid4().hex[:12]}"
+        if self.local:
+            self._check_local_mode()
+        try:
+            self.fs.pipe_file(probe, b"ok")
+            if self.fs.cat_file(probe) != b"ok":
+                raise StorageError("a probe file read back different")
+            self.fs.rm_file(probe)
+        except StorageError:
+            raise
+        except Exception as e:  # noqa: BLE001 - fsspec backends raise their own errors
+            raise StorageError(f"the shared root {self.url} is not usable: {_say(e)}") from None
+
+    def _check_local_mode(self) -> None:
+        """A folder root is made mode 700; an existing one that others may enter is refused
+        (jobs run on the nodes that mount it and must not read other jobs' checkpoints)."""
+        try:
+            os.makedirs(self.base, mode=0o700, exist_ok=True)
+            mode = os.stat(self.base).st_mode & 0o777
+        except OSError as e:
+            raise StorageError(f"the shared root {self.url} is not usable: {_say(e)}") from None
+        if mode & 0o007:
+            raise StorageError(f"the shared root {self.url} is mode {mode:03o}: jobs on the nodes that mount it could "
+                               f"read every job's checkpoints; only the workers may (chmod 700 {self.url})")
+
+    def job_prefix(self, job_id: str) -> str:
+        """The job's checkpoints on the root (a path inside ``fs``)."""
+        return f"{self.base}/jobs/{job_id}/{CHECKPOINTS}"
+
+    # -- root -> node -------------------------------------------------------------------------
+    def pull(self, job_id: str, job_dir: Path, uid: Optional[int] = None, gid: Optional[int] = None) -> list[str]:
+        """Copy the job's complete checkpoints from the root into ``job_dir/checkpoints`` (those
+        already there are kept); the ``name/step-N`` copied. ``uid``: the job's own identity."""
+        prefix = self.job_prefix(job_id)
+        try:
+            markers = sorted(self.fs.glob(f"{prefix}/*/step-*/{MARKER}"))
+        except FileNotFoundError:
+            return []
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot list {self._u(prefix)}: {_say(e)}") from None
+        done: list[str] = []
+        for m in markers:
+            folder = m.rsplit("/", 1)[0]
+            name, step = folder.rsplit("/", 2)[-2:]
+            with _Local(job_dir, uid, gid) as local:
+                if local.has(name, step):
+                    continue
+                try:
+                    files = [f for f in self.fs.find(folder) if f.rsplit("/", 1)[-1] != MARKER]
+                    marker = self.fs.cat_file(m)
+                    for f in files:
+                        rel = f[len(folder) + 1:]
+                        with self.fs.open(f, "rb") as src:
+                            local.write([CHECKPOINTS, name, step, *rel.split("/")[:-1]], rel.split("/")[-1], src)
+                except Exception as e:  # noqa: BLE001
+                    raise StorageError(f"cannot copy checkpoint {self._u(folder)} from the shared root: {_say(e)}") from None
+                local.write([CHECKPOINTS, name, step], MARKER, marker)
+            done.append(f"{name}/{step}")
+        return done
+
+    # -- node -> root -------------------------------------------------------------------------
+    def push(self, job_id: str, job_dir: Path, uid: Optional[int] = None, done: Optional[set[str]] = None) -> list[str]:
+        """Copy the complete checkpoints of ``job_dir/checkpoints`` that the root lacks to the
+        root (marker last), then delete from the root those the job rotated away (never all of
+        a run's). ``done``: keys of copies already made (updated). Returns the ``name/step-N``
+        copied."""
+        done = done if done is not None else set()
+        copied: list[str] = []
+        with _Local(job_dir, uid, None) as local:
+            found = local.complete()
+            for name, step, marker_id in found:
+                key = f"{name}/{step}@{marker_id}"
+                if key in done:
+                    continue
+                dest = f"{self.job_prefix(job_id)}/{name}/{step}"
+                try:
+                    files, marker = local.read_checkpoint(name, step)
+                except OSError:
+                    continue  # rotated away while we looked: a newer one is there
+                try:
+                    self._remove(dest)  # a stale copy of the same step (a rerun after a resume)
+                    for rel, fd in files:
+                        try:
+                            target = f"{dest}/{rel}"
+                            if self.local:
+                                self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                            with os.fdopen(fd, "rb", closefd=False) as src, self.fs.open(target, "wb") as out:
+                                shutil.copyfileobj(src, out, CHUNK)
+                        finally:
+                            os.close(fd)
+                    self.fs.pipe_file(f"{dest}/{MARKER}", marker)
+                except Exception as e:  # noqa: BLE001
+                    raise StorageError(f"cannot copy checkpoint {name}/{step} to the shared root {self._u(dest)}: "
+                                       f"{_say(e)}") from None
+                done.add(key)
+                copied.append(f"{name}/{step}")
+            self._rotate(job_id, {(n, s) for n, s, _ in found})
+        return copied
+
+    def _rotate(self, job_id: str, local: set[tuple[str, str]]) -> None:
+        names = {n for n, _ in local}
+        prefix = self.job_prefix(job_id)
+        try:
+            markers = self.fs.glob(f"{prefix}/*/step-*/{MARKER}")
+        except FileNotFoundError:
+            return
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot list {self._u(prefix)}: {_say(e)}") from None
+        for m in markers:
+            folder = m.rsplit("/", 1)[0]
+            name, step = folder.rsplit("/", 2)[-2:]
+            if name in names and (name, step) not in local:
+                self._remove(folder)
+
+    def _remove(self, folder: str) -> None:
+        """Delete a checkpoint on the root, its marker first (never half visible)."""
+        try:
+            if self.fs.exists(f"{folder}/{MARKER}"):
+                self.fs.rm_file(f"{folder}/{MARKER}")
+            if self.fs.exists(folder):
+                self.fs.rm(folder, recursive=True)
+        except FileNotFoundError:
+            pass
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot delete {self._u(folder)}: {_say(e)}") from None
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete everything of a job on the root."""
+        self._remove(f"{self.base}/jobs/{job_id}")
+
+    def _u(self, path: str) -> str:
+        return path if self.local else self.fs.unstrip_protocol(path)
+
+
+def _say(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return text if len(text) < 500 else text[:500] + "..."
+
+
+def load_options(path: Optional[str]) -> Optional[dict[str, Any]]:
+    """fsspec storage options from a JSON file that only its owner may read (it may hold
+    credentials); None without a file."""
+    if not path:
+        return None
+    st = os.stat(path)
+    if st.st_mode & 0o077:
+        raise ValueError(f"--shared-options {path} is mode {st.st_mode & 0o777:03o}: it may hold credentials, "
+                         f"so only its owner may read it (chmod 600 {path})")
+    try:
+        data = json.loads(Path(path).read_text())
+    except ValueError as e:
+        raise ValueError(f"--shared-options {path} is not JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--shared-options {path} must hold a JSON object of fsspec storage options")
+    return data
+
+
+class _Local:
+    """The job's local checkpoint folder, as the worker reads and writes it: folders opened with
+    ``O_NOFOLLOW`` from the job folder down; with ``uid``, only that uid's regular files with one
+    link are read, and what is written is made that uid's."""
+
+    def __init__(self, job_dir: Path, uid: Optional[int], gid: Optional[int]):
+        self.job_dir, self.uid, self.gid = job_dir, uid, gid
+        self._fds: list[int] = []
+
+    def __enter__(self) -> "_Local":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
+    def _open_dir(self, names: list[str], create: bool = False) -> int:
+        fd = os.open(self.job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            for name in names:
+                if name in ("", ".", "..") or "/" in name:
+                    raise OSError(f"bad name {name!r}")
+                if create:
+                    try:
+                        os.mkdir(name, 0o700, dir_fd=fd)
+                        made = True
+                    except FileExistsError:
+                        made = False
+                nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+                st = os.fstat(fd)
+                if self.uid is not None and st.st_uid not in (self.uid, os.geteuid()):
+                    raise OSError(f"{name} belongs to uid {st.st_uid}")
+                if create and made and self.uid is not None:
+                    os.fchown(fd, self.uid, self.gid if self.gid is not None else -1)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fds.append(fd)
+        return fd
+
+    def _file(self, dfd: int, name: str) -> Optional[int]:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
+        except OSError:
+            return None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (self.uid is not None and (st.st_uid != self.uid or st.st_nlink != 1)):
+            os.close(fd)
+            return None
+        return fd
+
+    def has(self, name: str, step: str) -> bool:
+        """Whether a complete ``name/step`` is here."""
+        try:
+            dfd = self._open_dir([CHECKPOINTS, name, step])
+        except OSError:
+            return False
+        fd = self._file(dfd, MARKER)
+        if fd is None:
+            return False
+        os.close(fd)
+        return True
+
+    def complete(self) -> list[tuple[str, str, str]]:
+        """``(name, step-N, marker id)`` of every complete checkpoint here."""
+        out = []
+        try:
+            root = self._open_dir([CHECKPOINTS])
+        except OSError:
+            return out
+        for name in sorted(os.listdir(root)):
+            if name.startswith("."):
+                continue
+            try:
+                nfd = self._open_dir([CHECKPOINTS, name])
+            except OSError:
+                continue
+            for step in sorted(os.listdir(nfd)):
+                if not step.startswith("step-"):
+                    continue
+                try:
+                    sfd = self._open_dir([CHECKPOINTS, name, step])
+                except OSError:
+                    continue
+                fd = self._file(sfd, MARKER)
+                if fd is None:
+                    continue
+                st = os.fstat(fd)
+                os.close(fd)
+                out.append((name, step, f"{st.st_ino}-{st.st_mtime_ns}"))
+        return out
+
+    def read_checkpoint(self, name: str, step: str) -> tuple[list[tuple[str, int]], bytes]:
+        """Read descriptors of a checkpoint's files (relative names) and its marker's bytes.
+        A link, a foreign file or a file gone missing raises OSError."""
+        files: list[tuple[str, int]] = []
+        try:
+            self._walk([CHECKPOINTS, name, step], "", files)
+            dfd = self._open_dir([CHECKPOINTS, name, step])
+            fd = self._file(dfd, MARKER)
+            if fd is None:
+                raise OSError("its marker is gone")
+            with os.fdopen(fd, "rb") as f:
+                marker = f.read(1_000_000)
+        except BaseException:
+            for _, fd in files:
+                os.close(fd)
+            raise
+        return files, marker
+
+    def _walk(self, names: list[str], rel: str, out: list[tuple[str, int]]) -> None:
+        dfd = self._open_dir(names)
+        for entry in sorted(os.listdir(dfd)):
+            if entry == MARKER and not rel:
+                continue
+            st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
+            sub = f"{rel}/{entry}" if rel else entry
+            if stat.S_ISDIR(st.st_mode):
+                self._walk([*names, entry], sub, out)
+            elif stat.S_ISREG(st.st_mode):
+                fd = self._file(dfd, entry)
+                if fd is None:
+                    raise OSError(f"{sub} is not the job's own file")
+                out.append((sub, fd))
+            else:
+                raise OSError(f"{sub} is a link or a special file: a checkpoint holds files and folders only")
+
+    def write(self, folders: list[str], name: str, data: Any) -> None:
+        """Create ``folders/name`` (bytes or a readable file object), the job's own, through a
+        fresh name and a rename."""
+        dfd = self._open_dir(folders, create=True)
+        tmp = f".{name}.{uuid.uuid4().hex[:12]}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as f:
+                if isinstance(data, bytes):
+                    f.write(data)
+                else:
+                    shutil.copyfileobj(data, f, CHUNK)
+            if self.uid is not None:
+                os.fchown(fd, self.uid, self.gid if self.gid is not None else -1)
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+

@@ -1,0 +1,229 @@
+"""A job the scheduler gang-placed on several nodes, run on exactly those nodes and GPUs through
+an existing Ray cluster (cluster mode: ``--nodes M``).
+
+The worker of the attempt's first node starts the job's launcher (``python -m
+gpuqueue.distributed ray``); with ``GPUQUEUE_PLACEMENT`` (``{node: [gpu ids]}``, first node
+first) it comes here. Every Ray node of a GPU node declares the custom resource
+``gpuqueue-node-<name>`` (``ray start --resources '{"gpuqueue-node-gpu-1": 1}'``, see
+docs/deploy.md), so each rank is a Ray actor pinned to its node by that resource, and it runs the
+job's command with ``CUDA_VISIBLE_DEVICES`` the GPUs the scheduler assigned on that node and the
+torchrun environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``NODE_RANK``, ``MASTER_ADDR``,
+``MASTER_PORT``; ``GPUQUEUE_NODE`` its node). One rank per assigned GPU (one per node for a CPU
+job); rank 0 runs on the first node, next to the worker that reads its events and copies its
+checkpoints. Ranks on the other nodes get a scratch job folder of their own on their node (the
+job folder lives on the first node's disk), with the cell's payload sent through Ray's object
+store for cell jobs; only rank 0 reports, saves and returns results.
+
+Stopping: a stop notice (SIGTERM to the launcher: cancel, preempt, time limit) is forwarded to
+every rank's process, wherever it runs; a rank that fails makes the launcher stop the others.
+The launcher killed outright takes its actors with it (Ray ends a dead driver's actors) and a
+rank's process dies with its actor (``PR_SET_PDEATHSIG``).
+
+Why not Ray Train's ``TorchTrainer`` here: its ``ScalingConfig`` gives every worker the same
+resources, so it cannot pin rank *i* to node *n*; the embedded mode's single-node Ray path
+(``gpuqueue.distributed.run_ray``) still uses it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from typing import Any, Optional
+
+RESOURCE = "gpuqueue-node-{}"
+
+
+def node_resource(node: str) -> str:
+    """The Ray custom resource that a GPU node's Ray node declares."""
+    return RESOURCE.format(node)
+
+
+def ranks_of(placement: dict[str, list[int]]) -> list[dict[str, Any]]:
+    """One entry per rank, in rank order: its node, node rank, local rank and the node's GPUs."""
+    out = []
+    for node_rank, (node, ids) in enumerate(placement.items()):
+        per_node = max(len(ids), 1)
+        for local in range(per_node):
+            out.append({"node": node, "node_rank": node_rank, "local_rank": local, "local_world": per_node,
+                        "gpus": list(ids)})
+    return out
+
+
+def _rank_actor() -> Any:
+    import ray
+
+    @ray.remote(max_concurrency=2, num_cpus=0)
+    class Rank:
+        """One rank: runs the job's command in a process that dies with this actor."""
+
+        def __init__(self) -> None:
+            self.proc: Any = None
+            self.stopped = False
+
+        def where(self) -> tuple[str, int]:
+            import socket
+
+            ip = ray.util.get_node_ip_address()
+            with socket.socket() as s:
+                s.bind(("", 0))
+                return ip, s.getsockname()[1]
+
+        def run(self, argv: list[str], env: dict[str, str], cwd: Optional[str], payload: Optional[bytes] = None,
+                scratch: bool = False) -> int:
+            import shutil
+            import subprocess
+            import tempfile
+
+            def die_with_parent() -> None:
+                try:
+                    import ctypes
+
+                    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+                except OSError:
+                    pass
+
+            if self.stopped:
+                return 143
+            env = dict(env, GPUQUEUE_RAY_NODE_ID=ray.get_runtime_context().get_node_id())
+            local = None
+            if scratch:  # a rank on another node: the job folder is on the first node's disk
+                local = tempfile.mkdtemp(prefix=f"gpuqueue-{env.get('GPUQUEUE_JOB_ID', 'job')}-rank{env['RANK']}-")
+                old_job = env.get("GPUQUEUE_JOB_DIR", "")
+                attempt = os.path.join(local, "attempt")
+                os.mkdir(attempt)
+                open(os.path.join(attempt, "events.jsonl"), "wb").close()
+                if payload is not None:
+                    with open(os.path.join(local, "payload.pkl"), "wb") as f:
+                        f.write(payload)
+                argv = [local if a == old_job else a for a in argv]
+                env.update(GPUQUEUE_JOB_DIR=local, GPUQUEUE_ATTEMPT_DIR=attempt)
+                if cwd and not os.path.isdir(cwd):
+                    cwd = local
+            try:
+                self.proc = subprocess.Popen(argv, env=env, cwd=cwd or None, preexec_fn=die_with_parent,
+                                             start_new_session=True)
+                return self.proc.wait()
+            finally:
+                if local is not None:
+                    shutil.rmtree(local, ignore_errors=True)
+
+        def signal(self, sig: int) -> bool:
+            self.stopped = True
+            if self.proc is not None and self.proc.poll() is None:
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    pass
+                return True
+            return False
+
+    return Rank
+
+
+def run_pinned(placement: dict[str, list[int]], argv: list[str], address: Optional[str]) -> int:
+    """Run ``argv`` as one rank per assigned GPU on each node of ``placement`` (see the module
+    docstring); the exit status for the runner."""
+    try:
+        import ray
+    except ImportError as e:
+        print(f"gpuqueue: a job on several nodes runs through Ray, which is not usable here ({e}). "
+              "Install it: pip install 'ray[default]'", file=sys.stderr)
+        return 1
+    if not address:
+        print("gpuqueue: a job placed on several nodes needs the Ray cluster of the GPU nodes: the worker's "
+              "RAY_ADDRESS (or GPUQUEUE_RAY_ADDRESS) is not set (docs/deploy.md, Multi-node jobs)", file=sys.stderr)
+        return 1
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+    except Exception as e:  # noqa: BLE001 - the user sees what failed, not Ray's traceback
+        print(f"gpuqueue: cannot reach the Ray cluster at {address}: {e}", file=sys.stderr)
+        return 1
+    try:
+        return _run(ray, placement, argv)
+    finally:
+        ray.shutdown()
+
+
+def _missing(ray: Any, placement: dict[str, list[int]]) -> list[str]:
+    have: set[str] = set()
+    for n in ray.nodes():
+        if n.get("Alive"):
+            have.update(n.get("Resources", {}))
+    return [node for node in placement if node_resource(node) not in have]
+
+
+def _run(ray: Any, placement: dict[str, list[int]], argv: list[str]) -> int:
+    missing = _missing(ray, placement)
+    if missing:
+        print(f"gpuqueue: no Ray node declares {', '.join(node_resource(n) for n in missing)}: start Ray on "
+              f"{', '.join(missing)} with --resources '{{\"{node_resource(missing[0])}\": 1}}' "
+              "(docs/deploy.md, Multi-node jobs)", file=sys.stderr)
+        return 1
+    Rank = _rank_actor()
+    ranks = ranks_of(placement)
+    actors = [Rank.options(resources={node_resource(r["node"]): 0.001}).remote() for r in ranks]
+    stop = {"sig": 0}
+
+    def on_term(signum: int, _: Any) -> None:  # the notice reaches every rank, on every node
+        stop["sig"] = signum
+        for a in actors:
+            a.signal.remote(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    host, port = ray.get(actors[0].where.remote(), timeout=120)
+    base = {k: v for k, v in os.environ.items() if k not in ("GPUQUEUE_EVENT_FD", "RAY_ADDRESS")}
+    first = next(iter(placement))
+    payload = None
+    job_dir = os.environ.get("GPUQUEUE_JOB_DIR", "")
+    if job_dir and job_dir in argv and os.path.exists(os.path.join(job_dir, "payload.pkl")):  # a cell job
+        with open(os.path.join(job_dir, "payload.pkl"), "rb") as f:
+            payload = f.read()
+    payload_ref = ray.put(payload) if payload is not None else None
+    runs = []
+    for rank, (info, actor) in enumerate(zip(ranks, actors)):
+        env = dict(base)
+        env.update(
+            RANK=str(rank), WORLD_SIZE=str(len(ranks)), LOCAL_RANK=str(info["local_rank"]),
+            LOCAL_WORLD_SIZE=str(info["local_world"]), NODE_RANK=str(info["node_rank"]),
+            MASTER_ADDR=host, MASTER_PORT=str(port), GPUQUEUE_NODE=info["node"],
+            CUDA_VISIBLE_DEVICES=",".join(str(g) for g in info["gpus"]), GPUQUEUE_RAY_WORKER="1",
+        )
+        remote = info["node"] != first
+        runs.append(actor.run.remote(argv, env, os.getcwd(), payload_ref if remote else None, remote))
+    pending, failed = list(runs), None
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+        for ref in done:
+            try:
+                code = ray.get(ref)
+            except Exception as e:  # noqa: BLE001 - an actor or its node died
+                code, err = 1, f"rank {runs.index(ref)} was lost: {e}"
+            else:
+                err = f"rank {runs.index(ref)} exited with code {code}"
+            if code != 0 and failed is None and not stop["sig"]:
+                failed = err
+                for a in actors:  # the others cannot go on without it
+                    a.signal.remote(signal.SIGTERM)
+    if stop["sig"]:
+        return 128 + stop["sig"]
+    if failed:
+        print(f"gpuqueue: the job failed: {failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def placement_from_env() -> Optional[dict[str, list[int]]]:
+    """``GPUQUEUE_PLACEMENT`` when it names several nodes, else None."""
+    raw = os.environ.get("GPUQUEUE_PLACEMENT")
+    if not raw:
+        return None
+    try:
+        placement = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(placement, dict) or len(placement) < 2:
+        return None
+    return {str(n): [int(i) for i in ids] for n, ids in placement.items()}

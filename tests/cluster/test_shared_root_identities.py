@@ -1,0 +1,86 @@
+"""The shared root with workers running as root and jobs under their users' own uids: a job
+killed with its node resumes on the other node from the root, the copy it gets is its own, and
+the root is the workers' only."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+
+from helpers.servers import RedisServer, wait_until
+from training.jobs import logs
+
+from .conftest import Cluster
+from .test_isolation import job_python
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
+
+STEPS = r'''
+import sys, time
+import gpuqueue
+ck = gpuqueue.Checkpointer(max_checkpoints=2)
+point = ck.resume_point()
+start = point.step if point else 0
+print("resumed from", start, flush=True)
+for step in range(start + 1, 41):
+    time.sleep(0.1)
+    if step % 5 == 0:
+        ck.save(step, writer=lambda d: open(d + "/s.txt", "w").write(str(step)))
+print("done at", step, flush=True)
+'''
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    root = Path(tempfile.mkdtemp(prefix="gq-shared-ids-"))
+    root.chmod(0o711)
+    redis = RedisServer(root / "redis", appendonly=True).start()
+    c = Cluster(root / "cluster", redis, {"n1": 1, "n2": 1},
+                worker_args=("--shared-dir", str(root / "shared")))
+    c.root.chmod(0o755)
+    (c.root / "steps.py").write_text(STEPS)
+    try:
+        yield c.start()
+    finally:
+        c.close()
+        redis.stop()
+
+
+def test_a_job_under_its_own_uid_resumes_on_the_other_node_from_the_root(cluster: Cluster) -> None:
+    c = cluster
+    py, libs = job_python()
+    backend = str(Path(__file__).resolve().parents[2] / "backend")
+    job = c.client("alice").submit({"kind": "command", "gpus": 1, "command": [py, str(c.root / "steps.py")],
+                                    "env": {"PYTHONPATH": os.pathsep.join([backend, libs])}})["id"]
+    root = c.client("root")
+
+    def copied() -> object:
+        j = root.get(job)
+        assert j["state"] not in ("failed", "succeeded"), logs(root.events(job))
+        return j["state"] == "running" and any("step-000000010" in s for e in root.events(job) if e["type"] == "info"
+                                               for s in e["data"].get("shared", [])) and j["attempts"][-1]["node"]
+
+    node = wait_until(copied, 60, 0.1, "step 10 on the root")
+    for p in c.tree(f"worker-{node}"):
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    rec = c.wait_done([job], 120)[job]
+    out = logs(root.events(job))
+    assert rec["state"] == "succeeded", out
+    assert [a["outcome"] for a in rec["attempts"]] == ["lost", "succeeded"]
+    other = rec["attempts"][-1]["node"]
+    assert other != node
+    resumed = [int(line.split()[-1]) for line in out.splitlines() if line.startswith("resumed from")]
+    assert resumed[0] == 0 and resumed[-1] >= 10, out
+    # the copy on the other node is the job's own; the root is root's, closed to others
+    got = list((c.root / f"node-{other}" / "work" / job / "checkpoints").rglob("*"))
+    assert got and len({os.lstat(p).st_uid for p in got}) == 1 and os.lstat(got[0]).st_uid != 0
+    shared = c.root.parent / "shared"
+    assert shared.stat().st_mode & 0o777 == 0o700 and shared.stat().st_uid == 0
