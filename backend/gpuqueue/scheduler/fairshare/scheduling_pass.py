@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 from ..base import Decision, Placement
 from ..cluster import NodeState
@@ -258,96 +258,59 @@ class SchedulingPass:
 
     def scan_users(self, t: int) -> bool:
         """The jobs of tier ``t``: users by share key (a merge of the per-key user heaps),
-        each user's jobs oldest first. True when the pass is over.
-
-        The merge keeps each key's top user (``tops``) and a heap of those tops; after a job
-        is considered only the keys whose top was its user (or, with groups, after a start, a
-        member of its group) are looked at again, so a step costs a few heap operations
-        whatever the number of keys."""
+        each user's jobs oldest first. True when the pass is over."""
         queue = self.pool.queue
         heaps = queue.user_heaps[t]
         if not heaps:
             return False
         users, jobs = self.policy.ledger.users, self.policy.jobs
         lists, in_heap = queue.lists, queue.in_heap
-        heappop, heappush = heapq.heappop, heapq.heappush
+        heappop = heapq.heappop
         blocked = self.blocked_users
         passed: dict[tuple[str, QueueKey], int] = {}  # (user, key) -> jobs of that list passed over
         popped: list[tuple[str, QueueKey]] = []
-        # key -> its heap's top (share key, user, version) as last seen (None: empty; absent or
-        # False: to be seen again); user -> the keys it was last seen on top of
-        tops: dict[QueueKey, Any] = {}
-        top_keys: dict[str, list[QueueKey]] = {}
-        stale: list[QueueKey] = []  # keys whose top is to be seen again before the next step
-        merge: list[tuple[tuple, QueueKey]] = []  # (top, key) of the keys in play (lazy)
+        # key -> its heap's top (share key, user, version) as last seen (None: empty); a top is
+        # seen again when its user changed (version) or was the one just considered
+        tops: dict[QueueKey, Optional[tuple]] = {}
         stop = False
         # a start changes only its user's share key, unless fair share is by group
         by_group = self.policy.ledger.hierarchical
-
-        def see(key: QueueKey) -> None:
-            """Bring ``tops[key]`` up to date and enter it into the merge."""
-            h = heaps[key]
-            top = None
-            tk = (t, key)
-            while h:
-                share, name, version = h[0]
-                u = users[name]
-                marks = in_heap[name]
-                if version != u.version or marks.get(tk) != version:
-                    heappop(h)
-                    queue.refresh(u, t, key, version)  # pushed again with its new key
-                    continue
-                lst = lists[name].get(tk)
-                if not lst or passed.get((name, key), 0) >= len(lst) or name in blocked:
-                    heappop(h)
-                    del marks[tk]
-                    if lst:
-                        popped.append((name, key))
-                    continue
-                top = h[0]
-                break
-            tops[key] = top
-            if top is not None:
-                heappush(merge, (top, key))
-                keys = top_keys.get(top[1])
-                if keys is None:
-                    top_keys[top[1]] = [key]
-                else:
-                    keys.append(key)
-
         seen: Optional[frozenset[QueueKey]] = frozenset()
+        in_play: list[tuple[QueueKey, list]] = []
         while True:
             allowed = self.fit_keys()
             if allowed is not None and (self.budget <= 0 or not allowed):
                 stop = True
                 break
-            if allowed is not seen:  # the keys in play changed (they only ever shrink)
+            if allowed is not seen or not in_play:  # the keys still in play
                 seen = allowed
-                merge = []
-                top_keys = {}
-                for key in heaps:
-                    if allowed is None or key in allowed:
-                        top = tops.get(key, False)
-                        if top is False:
-                            see(key)
-                        elif top is not None:
-                            merge.append((top, key))
-                            top_keys.setdefault(top[1], []).append(key)
-                heapq.heapify(merge)
-                stale = []
-            elif stale:
-                for key in stale:
-                    if allowed is None or key in allowed:
-                        see(key)
-                stale = []
+                in_play = [(key, h) for key, h in heaps.items() if allowed is None or key in allowed]
             best: Optional[tuple] = None
-            while merge:
-                top, key = merge[0]
-                if tops.get(key) is not top or (allowed is not None and key not in allowed):
-                    heappop(merge)
-                    continue
-                best = top
-                break
+            for key, h in in_play:
+                top = tops.get(key, False)
+                if top is False or (by_group and top is not None and users[top[1]].version != top[2]):
+                    top = None
+                    tk = (t, key)
+                    while h:
+                        share, name, version = h[0]
+                        u = users[name]
+                        marks = in_heap[name]
+                        if version != u.version or marks.get(tk) != version:
+                            heappop(h)
+                            queue.refresh(u, t, key, version)  # pushed again with its new key
+                            continue
+                        lst = lists[name].get(tk)
+                        if not lst or passed.get((name, key), 0) >= len(lst) or name in blocked:
+                            heappop(h)
+                            del marks[tk]
+                            if lst:
+                                popped.append((name, key))
+                            continue
+                        top = h[0]
+                        break
+                    tops[key] = top
+                if top is not None and (best is None or top < best):
+                    best = top
             if best is None:
                 break
             name = best[1]
@@ -365,21 +328,10 @@ class SchedulingPass:
                 passed[(name, first_key)] = passed.get((name, first_key), 0) + 1
             elif r == OVER_QUOTA:
                 blocked.add(name)
-            # STARTED: the charge bumped the user's version (with groups, its group-mates'
-            # too): its entries are pushed again lazily
-            for key in top_keys.pop(name, ()):
-                top = tops.get(key)
+            # STARTED: the charge bumped the user's version: its entries are pushed again lazily
+            for key, top in tops.items():
                 if top and top[1] == name:
                     tops[key] = False
-                    stale.append(key)
-            if by_group and r == STARTED:
-                for other, keys in list(top_keys.items()):
-                    version = users[other].version
-                    for key in keys:
-                        top = tops.get(key)
-                        if top and top[1] == other and top[2] != version:
-                            tops[key] = False
-                            stale.append(key)
         for name, key in popped:
             if lists[name].get((t, key)):
                 queue.push_user(users[name], t, key)
