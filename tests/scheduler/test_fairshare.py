@@ -486,3 +486,26 @@ def test_saved_usage_comes_back_in_the_users_groups():
     t.submit(job("b1", user="b", t=3600), 3600)  # b shares a's group usage ...
     t.submit(job("c1", user="c", t=3601), 3601)  # ... so c, alone in no group, goes first
     assert starts(t.tick(3601)) == ["c1"]
+
+
+def test_with_no_end_known_the_node_with_the_youngest_jobs_is_drained():
+    # no job has a time limit, so no end is known: a starved 4-GPU job drains the node whose
+    # blocking job is youngest (b: its job has run 1 h less), not the first by name (a, whose
+    # job has run longest and, runtimes being heavy-tailed, is likely to run longest yet)
+    s = FairShareScheduler(config({"p": {"a": 4, "b": 4}}))
+    sh = Shell(s)
+    s.submit(job("old", user="x", gpus=3), 0)
+    sh.apply(s.tick(0), 0)
+    s.submit(job("young", user="y", gpus=3, t=3600), 3600)
+    sh.apply(s.tick(3600), 3600)
+    assert set(sh.running["old"]) == {"a"} and set(sh.running["young"]) == {"b"}
+    s.submit(job("big", user="z", gpus=4, t=3600), 3600)
+    now = 4300.0  # big has waited past the pool's starvation timeout (600 s)
+    sh.apply(s.tick(now), now)
+    assert s.explain("big", now).reason == "starved"
+    s.submit(job("small", user="w", t=now), now)
+    sh.apply(s.tick(now), now)
+    assert set(sh.running["small"]) == {"a"}  # b is set aside for big
+    sh.finish("young", Outcome.SUCCEEDED, 5000)
+    sh.apply(s.tick(5000), 5000)
+    assert set(sh.running["big"]) == {"b"}

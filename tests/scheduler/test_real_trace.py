@@ -42,9 +42,9 @@ def no_size_waits_longer_than_fifo_at_most(g, f):
 def test_openb(results):
     g, f, jct, max_wait, high_p99 = ratios(results["openb"])
     assert g["jobs"] == f["jobs"] == 6203 and g["completed"] == 6203
-    assert jct <= 0.6 and max_wait <= 1.0 and high_p99 <= 0.2
+    assert jct <= 0.6 and max_wait <= 0.6 and high_p99 <= 0.2  # max wait 0.49x FIFO
     assert g["utilization_while_fits"] >= 0.95
-    assert g["jain_fairness"] >= 0.85  # goal 0.95: missed (Known gaps)
+    assert g["jain_fairness"] >= 0.90  # goal 0.95: missed (Known gaps; 0.915 here, 0.889 before drain_age)
     no_size_waits_longer_than_fifo_at_most(g, f)
 
 

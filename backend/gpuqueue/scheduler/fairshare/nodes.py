@@ -169,7 +169,9 @@ class NodeIndex:
             pool = self._pool_of[name]
             self.versions[name] = self.versions.get(name, 0) + 1
             self.touches += 1
-            self.touched_at[name] = self.touches
+            at = self.touched_at
+            at.pop(name, None)  # kept in touch order: touched_since walks back from the end
+            at[name] = self.touches
             for _, dirty in pool.fit_heaps.values():
                 dirty.add(name)
             n = pool.by_name[name]
@@ -181,10 +183,16 @@ class NodeIndex:
             insort(pool.by_free.setdefault(new, []), name)
             self._indexed_free[name] = new
 
-    def touched_since(self, touches: int, names: Iterable[str]) -> set[str]:
-        """Those of ``names`` touched after the first ``touches`` touches."""
-        at = self.touched_at
-        return {n for n in names if at.get(n, 0) > touches}
+    def touched_since(self, touches: int, names: Container[str]) -> set[str]:
+        """Those of ``names`` touched after the first ``touches`` touches (``touched_at`` is
+        in touch order, so this visits only the nodes touched since)."""
+        out: set[str] = set()
+        for name, at in reversed(self.touched_at.items()):
+            if at <= touches:
+                break
+            if name in names:
+                out.add(name)
+        return out
 
     def version(self, name: str) -> int:
         """Bumps whenever the node's jobs or free GPUs change."""

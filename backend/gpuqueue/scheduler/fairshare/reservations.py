@@ -81,13 +81,15 @@ def plan(res: Reservation, pool: PoolNodes, index: NodeIndex, timed_running: int
     taken = claims.by_node
     chosen: list[Candidate]
     if timed_running == 0:  # no end is known: the nodes closest to fitting, shadow unknown
-        cands: list[Candidate] = []
+        ranked: list[tuple[float, float, int, str, int]] = []
         for n in pool.nodes:
             if n.gpus >= per and n.name not in taken:
                 need = per if req.nodes == 1 else n.gpus
-                cands.append((now if len(n.free) >= need else INF, -len(n.free), n.name, n.gpus))
-        cands.sort()
-        chosen = cands[:want]
+                fits = len(n.free) >= need
+                age = 0.0 if fits else drain_age(n.name, len(n.free), need, index, now)
+                ranked.append((now if fits else INF, age, -len(n.free), n.name, n.gpus))
+        ranked.sort()
+        chosen = [(t, negfree, name, gpus) for t, _, negfree, name, gpus in ranked[:want]]
         res.shadow = max((c[0] for c in chosen), default=INF)
         if len(chosen) < want:
             res.shadow = INF
@@ -113,6 +115,25 @@ def plan(res: Reservation, pool: PoolNodes, index: NodeIndex, timed_running: int
             res.nodes = []
         else:
             _set_spare(res, chosen, per, req.nodes > 1, index)
+
+
+def drain_age(name: str, free: int, need: int, index: NodeIndex, now: float) -> float:
+    """How long the oldest job that must end before ``need`` GPUs are free on the node has
+    run, ending the youngest jobs first. With no end known, the node to drain is the one with
+    the smallest such age: GPU job runtimes are heavy-tailed (a job that has run long is
+    likely to run long yet; Tiresias' premise), so a node whose blocking jobs are young is
+    likely to drain first, and one held by a job that has run for weeks is not."""
+    jobs = index.jobs
+    running = sorted(((j.started_at, len(j.placement.get(name, ())))
+                      for j in (jobs.get(jid) for jid in index.jobs_on.get(name, ()))
+                      if j is not None and j.placement), reverse=True)
+    age = 0.0
+    for started, gpus in running:
+        if free >= need:
+            break
+        free += gpus
+        age = now - started
+    return age if free >= need else INF
 
 
 class Held(NamedTuple):
