@@ -20,7 +20,7 @@ from ..queue.errors import BadRequest, Conflict, Forbidden, NotFound, Rejected
 from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..scheduler.admission import inadmissible
 from ..scheduler.cluster import Cluster
-from ..embedded.service import Caller
+from ..queue.verbs import Caller
 from ..queue.states import JobState
 from ..queue.lifecycle import decode_payload, job_request, same_cell_job, with_defaults
 from . import redis_url

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Iterator, Optional
 
@@ -33,6 +32,7 @@ from ..queue.models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, ne
 from ..scheduler import make_scheduler
 from ..scheduler.base import JobRequest, Preempt, Start, TimeOut, Warn
 from ..queue.states import JobState
+from ..queue.verbs import Caller
 from .store import SqliteStore
 
 log = logging.getLogger("gpuqueue.service")
@@ -42,14 +42,6 @@ TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/f
 STATE_SAVE_INTERVAL_S = 30.0
 
 Listener = Callable[[str, dict[str, Any]], None]
-
-
-@dataclass
-class Caller:
-    """Who is asking: the server-side identity, never a field of a request body."""
-
-    name: str
-    admin: bool = False
 
 
 class QueueService:
