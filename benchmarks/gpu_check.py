@@ -167,7 +167,8 @@ async def _wait(service: Any, caller: Any, job_id: str, timeout: float = 900) ->
 
 async def run(args: argparse.Namespace, gpus: list[dict[str, Any]]) -> dict[str, Any]:
     from gpuqueue.queue.models import JobSpec, SubmitRequest
-    from gpuqueue.embedded.service import Caller, QueueService
+    from gpuqueue.embedded.service import QueueService
+    from gpuqueue.queue.verbs import Caller
 
     report: dict[str, Any] = {"nvml": gpus}
     caller = Caller("gpu-check", admin=True)

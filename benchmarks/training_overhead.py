@@ -76,7 +76,7 @@ def run_bare(script: Path, steps: int, every: int, work: Path) -> dict[str, floa
 async def run_queued(service, script: Path, steps: int, every: int, work: Path) -> dict[str, float]:  # noqa: ANN001
     """The same script as a command job of the embedded queue; figures plus submit->done."""
     from gpuqueue.queue.models import JobSpec, SubmitRequest
-    from gpuqueue.embedded.service import Caller
+    from gpuqueue.queue.verbs import Caller
 
     out = work / f"queued-{time.time_ns()}.json"
     spec = JobSpec(kind="command", command=[sys.executable, str(script), str(steps), str(every), str(out)], cwd=str(work))

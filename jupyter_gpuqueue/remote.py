@@ -22,7 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from gpuqueue.queue.errors import GPUQueueError, Unavailable, error_for_status
 from gpuqueue.rest.jsonbody import Buffer
 from gpuqueue.queue.models import Event, JobRecord, SubmitRequest
-from gpuqueue.embedded.service import Caller
+from gpuqueue.queue.verbs import Caller
 
 
 class RemoteService:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from gpuqueue.queue.config import QueueConfig
 from gpuqueue.observability.gpumap import cluster_view, gpu_map, share
 from gpuqueue.queue.models import Attempt, JobRecord, JobSpec
-from gpuqueue.embedded.service import Caller
+from gpuqueue.queue.verbs import Caller
 from gpuqueue.queue.states import JobState
 
 CONFIG = QueueConfig.model_validate({

@@ -34,7 +34,7 @@ from . import redis_url
 from ..rest import handlers as rest
 from ..queue.config import read_toml
 from ..queue.errors import BadRequest, NotFound, Unauthenticated, Unavailable
-from ..embedded.service import Caller
+from ..queue.verbs import Caller
 from .frontend import ClusterFrontend
 from .redis_store import RedisStore
 

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import kombu.exceptions
 import redis
@@ -32,10 +32,11 @@ from . import redis_url
 from ..queue.config import GROWING, QueueConfig, load_config
 from ..queue.durations import format_duration, parse_duration
 from ..queue.errors import GPUQueueError
-from ..queue.lifecycle import attempt_outcome, job_request, settle
+from ..queue.lifecycle import job_request
 from ..queue.models import Attempt, JobRecord
 from ..scheduler import make_scheduler
-from ..scheduler.base import Decision, Preempt, Retry, Start, TimeOut, Warn
+from ..queue.shell import AttemptReport, Listener, QueueShell
+from ..scheduler.base import Retry
 from ..queue.states import JobState, Outcome
 from .celeryconfig import TASK_NAME, make_app, node_queue
 from .redis_store import WAITING_STATES, Fenced, Op, RedisStore
@@ -68,8 +69,10 @@ class NodeSeen:
     last_change: float  # monotonic
 
 
-class Daemon:
-    """The leader's loop. Single-threaded: one Redis connection pool, one scheduler."""
+class Daemon(QueueShell):
+    """The leader's loop. Single-threaded: one Redis connection pool, one scheduler. Decisions
+    are carried out and attempts settled by :class:`QueueShell`, as in the embedded queue; this
+    class sends attempts to nodes' Celery queues and writes to Redis under its fencing token."""
 
     def __init__(
         self,
@@ -89,7 +92,7 @@ class Daemon:
         self.node_timeout = node_timeout
         self.leader_ttl_ms = int(leader_ttl * 1000)
         self.start_timeout = start_timeout
-        self.stop_grace = stop_grace
+        self.stop_grace_s = stop_grace
         self.keep_finished = keep_finished
         self.name = name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.token: Optional[str] = None
@@ -107,7 +110,7 @@ class Daemon:
         self.jobs: dict[str, JobRecord] = {}
         self.dispatched: dict[str, tuple[int, float]] = {}  # job -> (attempt, monotonic) until claimed
         self.metrics: Any = None
-        self.listeners: list[Any] = []  # fn(what, data), as QueueService.listeners (metrics)
+        self.listeners: list[Listener] = []  # metrics
         self.lock = threading.Lock()  # held while the scheduler changes (a metrics scrape reads it)
         self.unsent: dict[str, JobRecord] = {}  # launches the broker did not take yet
         self.cursor = "0-0"  # last message handled from the API's stream (``daemon``)
@@ -190,7 +193,7 @@ class Daemon:
         now = time.time()
         self.scheduler = make_scheduler(self.config, self.policy)
         saved = st.get_json("sched_state")
-        if saved and hasattr(self.scheduler, "import_state"):
+        if saved:
             self.scheduler.import_state(saved)
         for pool in self.config.pools.values():
             for node in pool.nodes:
@@ -229,7 +232,7 @@ class Daemon:
                 self._lost_unplaced(job, "its node is gone")
                 continue
             if exit_rec is not None:
-                self._settle(job, exit_rec)
+                self._end_attempt(job, exit_rec)
             elif job.state == JobState.STARTING:
                 started = st.get_json("started", job.id, a.number)
                 if started is not None:
@@ -342,31 +345,6 @@ class Daemon:
         self._expire()
         self._trim()
 
-    def tick(self) -> None:
-        """One scheduling pass: carry out what the scheduler decides (as the embedded tick)."""
-        t0 = time.perf_counter()
-        for d in self.scheduler.tick(time.time()):
-            if isinstance(d, Start):
-                self._start(d.job_id, d.placement)
-            elif isinstance(d, Preempt):
-                job = self._job(d.job_id)
-                if job:
-                    self._request_stop(job, "preempted", d.grace_s, f"preempted: {d.reason}")
-            elif isinstance(d, TimeOut):
-                job = self._job(d.job_id)
-                if job:
-                    self._request_stop(job, "timed_out", self.stop_grace)
-            elif isinstance(d, Warn):
-                self._exec([self.store.event_op(d.job_id, "warning", {"message": d.message})])
-        self._notify("pass", {"seconds": time.perf_counter() - t0})
-
-    def _notify(self, what: str, data: dict[str, Any]) -> None:
-        for fn in self.listeners:
-            try:
-                fn(what, data)
-            except Exception:  # noqa: BLE001 - observers must never break the queue
-                log.exception("listener failed on %s", what)
-
     # -- messages -------------------------------------------------------------------------
     def _handle_batch(self, entries: list[Any]) -> None:
         msgs = []
@@ -385,7 +363,7 @@ class Daemon:
                 log.exception("message %s failed", mid)
                 self.jobs.pop(m.get("job", ""), None)  # re-read it from the store next time
 
-    def _job(self, job_id: str) -> Optional[JobRecord]:
+    def _find(self, job_id: str) -> Optional[JobRecord]:
         """A job's record: the cached one, else from the store."""
         job = self.jobs.get(job_id)
         if job is None:
@@ -402,7 +380,7 @@ class Daemon:
 
     def _handle(self, m: dict[str, Any]) -> None:
         op = m.get("op")
-        job = self._job(m.get("job", ""))
+        job = self._find(m.get("job", ""))
         if job is None:
             return
         if op == "submit":
@@ -419,14 +397,14 @@ class Daemon:
             if job.state.is_terminal:
                 return
             if job.state in (JobState.STARTING, JobState.RUNNING):
-                self._request_stop(job, "cancelled", self.stop_grace, by=m.get("by"))
+                self._request_stop(job, "cancelled", self.stop_grace_s)
             else:
                 self.scheduler.cancel(job.id, time.time())
                 self.known.discard(job.id)
                 self._set_state(job, JobState.CANCELLED, note=f"cancelled by {m.get('by')}")
         elif op == "preempt":
             if job.state in (JobState.STARTING, JobState.RUNNING):
-                self._request_stop(job, "preempted", self.stop_grace, by=m.get("by"))
+                self._request_stop(job, "preempted", self.stop_grace_s)
         elif op == "started":
             a = job.current_attempt
             if a and a.number == m.get("attempt") and job.state == JobState.STARTING:
@@ -434,7 +412,7 @@ class Daemon:
         elif op == "exit":
             a = job.current_attempt
             if a and a.number == m.get("attempt") and a.outcome is None and job.state.is_active:
-                self._settle(job, m.get("rec", {}))
+                self._end_attempt(job, m.get("rec", {}))
 
     def _on_started(self, job: JobRecord, m: dict[str, Any]) -> None:
         a = job.current_attempt
@@ -447,8 +425,9 @@ class Daemon:
         self._notify("started", {"job": job})
 
     # -- starting and stopping ------------------------------------------------------------
-    def _start(self, job_id: str, placement: dict[str, tuple[int, ...]]) -> None:
-        job = self._job(job_id)
+    def _start_attempt(self, job_id: str, placement: dict[str, tuple[int, ...]]) -> None:
+        """A ``Start``: the attempt recorded under a new fence, the launch sent to the node."""
+        job = self._find(job_id)
         if job is None or job.state.is_terminal:
             self.scheduler.cancel(job_id, time.time())
             self.known.discard(job_id)
@@ -490,7 +469,8 @@ class Daemon:
             return
         self.unsent.pop(job.id, None)
 
-    def _request_stop(self, job: JobRecord, reason: str, grace_s: float, message: str = "", by: Any = None) -> None:
+    def _request_stop(self, job: JobRecord, reason: str, grace_s: float, message: str = "") -> None:
+        """A stop request on the node's control list, with the record and an event at once."""
         a = job.current_attempt
         if a is None or a.stop_requested:
             return
@@ -510,12 +490,12 @@ class Daemon:
             if now - t < self.start_timeout:
                 continue
             del self.dispatched[job_id]
-            job = self._job(job_id)
+            job = self._find(job_id)
             if job is None or job.state != JobState.STARTING or job.current_attempt.number != number:
                 continue
             if self.store.r.get(self.store.k("claim", job_id, number)):
                 continue
-            self._settle(job, {"exit_code": None, "lost": True, "error": "no worker took the job in time"})
+            self._end_attempt(job, {"exit_code": None, "lost": True, "error": "no worker took the job in time"})
 
     # -- nodes ----------------------------------------------------------------------------
     def _check_nodes(self, initial: bool = False) -> None:
@@ -574,44 +554,34 @@ class Daemon:
         decisions = self.scheduler.node_down(name, time.time())
         for d in decisions:
             if isinstance(d, Retry):
-                job = self._job(d.job_id)
+                job = self._find(d.job_id)
                 if job and job.state.is_active:
-                    self._settle(job, {"exit_code": None, "lost": True}, decisions=[d])
+                    self._end_attempt(job, {"exit_code": None, "lost": True}, decisions=[d])
 
-    # -- ending attempts ------------------------------------------------------------------
-    def _settle(self, job: JobRecord, rec: dict[str, Any], decisions: Optional[list[Decision]] = None) -> None:
-        """Settle an attempt (the embedded ``_attempt_ended`` rules): outcome, scheduler,
-        next state, and the fence moved on so the attempt's late writes are refused."""
+    # -- ending attempts (QueueShell._end_attempt) ------------------------------------------
+    def _attempt_report(self, job: JobRecord, exit_record: dict[str, Any]) -> AttemptReport:
+        """The worker put what the attempt left in its exit report."""
+        return AttemptReport(bool(exit_record.get("result_stored")), exit_record.get("error_record"),
+                             exit_record.get("result"))
+
+    def _attempt_settled(self, job: JobRecord, state: JobState) -> Sequence[Any]:
+        """The attempt is no longer awaited; the fence moves on so its late writes are refused."""
         a = job.current_attempt
-        if a is None or a.outcome is not None:
-            return
+        assert a is not None
         self.dispatched.pop(job.id, None)
         self.unsent.pop(job.id, None)
-        now = time.time()
-        outcome = attempt_outcome(job, rec, bool(rec.get("result_stored")), self.config.max_lost_attempts)
-        if decisions is None:
-            decisions = self.scheduler.finished(job.id, outcome, now)
-        elif outcome not in (Outcome.LOST, Outcome.PREEMPTED):
-            # the node was lost under a job that was being cancelled or timed out: the
-            # scheduler requeued it as lost, but the user's (or the limit's) word stands
-            self.scheduler.cancel(job.id, now)
-            decisions = []
-        state, info = settle(job, outcome, rec, decisions, now, rec.get("error_record"), rec.get("result"))
-        ops: list[Op] = [["SET", self.store.k("fence", job.id), f"{a.number}:settled"]]
         if state.is_terminal:
             self.known.discard(job.id)
-        self._set_state(job, state, extra=ops, **info)
-        self._notify("attempt_ended", {"job": job, "outcome": outcome.value})
+        return [["SET", self.store.k("fence", job.id), f"{a.number}:settled"]]
 
-    def _set_state(self, job: JobRecord, state: JobState, extra: Optional[list[Op]] = None, **info: Any) -> None:
-        old = job.state
-        job.state = state
-        data = {"state": state.value}
-        data.update({k: v for k, v in info.items() if v is not None})
-        if state.is_terminal:
+    def _record_state(self, job: JobRecord, data: dict[str, Any], extra: Sequence[Any]) -> None:
+        """The record, ``extra`` and the state event in one guarded write."""
+        if job.state.is_terminal:
             self.jobs.pop(job.id, None)
-        self._exec(self.store.job_ops(job) + (extra or []) + [self.store.event_op(job.id, "state", data)])
-        self._notify("state", {"job": job, "old": old.value, "new": state.value})
+        self._exec(self.store.job_ops(job) + list(extra) + [self.store.event_op(job.id, "state", data)])
+
+    def _event(self, job_id: str, type_: str, data: dict[str, Any]) -> None:
+        self._exec([self.store.event_op(job_id, type_, data)])
 
     # -- publishing -----------------------------------------------------------------------
     def _publish_config(self) -> None:
@@ -706,8 +676,6 @@ class Daemon:
             self._exec(ops)
 
     def _save_state(self, force: bool = False) -> None:
-        if not hasattr(self.scheduler, "export_state"):
-            return
         now = time.monotonic()
         if force or now - self._last_state > 30.0:
             self._last_state = now

@@ -23,7 +23,7 @@ from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import RedisBuckets, SubmitLimiter
 from ..scheduler.admission import inadmissible
 from ..scheduler.cluster import Cluster
-from ..embedded.service import Caller
+from ..queue.verbs import Caller
 from ..queue.states import JobState
 from ..queue.lifecycle import decode_payload, job_request, same_cell_job, with_defaults
 from . import redis_url

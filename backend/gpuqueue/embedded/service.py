@@ -18,23 +18,24 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, Optional
+from typing import Any, AsyncIterator, Iterator, Optional, Sequence
 
 from ..observability import gpumap
 from ..queue.config import QueueConfig, single_node_config
 from ..queue.errors import Conflict, Forbidden, NotFound, Rejected
 from ..attempt.jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
 from ..attempt.launch import build_launch, runner_env
-from ..queue.lifecycle import attempt_outcome, decode_payload, job_request, same_cell_job, settle, with_defaults
+from ..queue.lifecycle import decode_payload, job_request, same_cell_job, with_defaults
 from ..observability.logs import job_fields
 from ..queue.models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
 from ..scheduler import make_scheduler
 from ..scheduler.admission import inadmissible
-from ..scheduler.base import JobRequest, Preempt, Start, TimeOut, Warn
+from ..scheduler.base import Decision, JobRequest
 from ..queue.states import JobState
+from ..queue.shell import AttemptReport, Listener, QueueShell
+from ..queue.verbs import Caller
 from .store import SqliteStore
 
 log = logging.getLogger("gpuqueue.service")
@@ -43,19 +44,11 @@ TAIL_INTERVAL_S = 0.05  # how often running attempts' event files are read
 TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/finish)
 STATE_SAVE_INTERVAL_S = 30.0
 
-Listener = Callable[[str, dict[str, Any]], None]
 
-
-@dataclass
-class Caller:
-    """Who is asking: the server-side identity, never a field of a request body."""
-
-    name: str
-    admin: bool = False
-
-
-class QueueService:
-    """Embedded-mode queue manager. Every public method is called on the event loop thread."""
+class QueueService(QueueShell):
+    """Embedded-mode queue manager. Every public method is called on the event loop thread.
+    Decisions are carried out and attempts settled by :class:`QueueShell`; this class starts
+    attempts as local runners and keeps records in SQLite."""
 
     def __init__(
         self,
@@ -112,7 +105,7 @@ class QueueService:
         self.store = SqliteStore(self.state_dir / "queue.sqlite")
         self.scheduler = make_scheduler(self.config, self.policy)
         saved = self.store.get_meta("scheduler_state")
-        if saved and hasattr(self.scheduler, "import_state"):
+        if saved:
             self.scheduler.import_state(saved)
         self._restore()
         self._tasks = [
@@ -167,7 +160,7 @@ class QueueService:
                 self._tail_job(job)  # copy what it wrote before it ended, then settle it
                 job = self._get(job.id)
                 if not job.state.is_terminal and job.current_attempt and job.current_attempt.outcome is None:
-                    self._attempt_ended(job, self._read_exit(job))
+                    self._end_attempt(job, self._read_exit(job))
             else:
                 log.info("job %s: re-adopted running attempt %s (pid %s)", job.id, a.number, a.pid,
                          extra=job_fields(job))
@@ -326,33 +319,20 @@ class QueueService:
     def _until_next_pass(self) -> float:
         """Seconds to sleep before the next pass: at most TICK_INTERVAL_S, less when the
         scheduler says it has work sooner (a timeout, a boost, a retry coming due)."""
-        wakeup = getattr(self.scheduler, "next_wakeup", None)
-        when = wakeup() if wakeup is not None else None
+        when = self.scheduler.next_wakeup()
         if when is None:
             return TICK_INTERVAL_S
         return min(TICK_INTERVAL_S, max(0.01, when - time.time()))  # never a busy loop
 
     def tick(self) -> None:
-        """One scheduling pass: carry out what the scheduler decides."""
-        t0 = time.perf_counter()
-        now = time.time()
-        for d in self.scheduler.tick(now):
-            if isinstance(d, Start):
-                self._launch(d.job_id, d.placement)
-            elif isinstance(d, Preempt):
-                job = self._get(d.job_id)
-                self._request_stop(job, "preempted", d.grace_s)
-                self._event(d.job_id, "warning", {"message": f"preempted: {d.reason}"})
-            elif isinstance(d, TimeOut):
-                self._request_stop(self._get(d.job_id), "timed_out", self.stop_grace_s)
-            elif isinstance(d, Warn):
-                self._event(d.job_id, "warning", {"message": d.message})
-        self._notify("pass", {"seconds": time.perf_counter() - t0})
+        """One scheduling pass (:meth:`QueueShell.tick`), then a warm runner made ready for the
+        next launch and the scheduler's state saved now and then."""
+        super().tick()
         self._keep_runner_warm()
         self._save_scheduler_state()
 
     def _save_scheduler_state(self, force: bool = False) -> None:
-        if not hasattr(self.scheduler, "export_state") or self.store is None:
+        if self.store is None:
             return
         now = time.monotonic()
         if force or now - self._last_state_save > STATE_SAVE_INTERVAL_S:
@@ -396,7 +376,7 @@ class QueueService:
                 self._tail_job(job)
                 job = self._get(job.id)
                 if job.state.is_active and job.current_attempt.outcome is None:
-                    self._attempt_ended(job, self._read_exit(job))
+                    self._end_attempt(job, self._read_exit(job))
             a = job.current_attempt
             if job.state.is_active and a is not None:
                 sizes[job.id] = self._sizes.get(job.id, (self._events_path(job.id, a.number), -1))
@@ -428,10 +408,11 @@ class QueueService:
         for type_, payload in ((e[1], e[2]) for e in events):
             self._notify("event", {"job": job, "type": type_, "data": payload})
         if exit_record is not None:
-            self._attempt_ended(self._get(job.id), exit_record)
+            self._end_attempt(self._get(job.id), exit_record)
 
     # -- launching and ending attempts ------------------------------------------------------
-    def _launch(self, job_id: str, placement: dict[str, tuple[int, ...]]) -> None:
+    def _start_attempt(self, job_id: str, placement: dict[str, tuple[int, ...]]) -> None:
+        """A ``Start``: write launch.json and hand its folder to a (warm) runner."""
         job = self._get(job_id)
         number = len(job.attempts) + 1
         node = next(iter(placement)) if placement else next(iter(self.devices), "local")
@@ -457,7 +438,7 @@ class QueueService:
             proc.stdin.write(str(adir).encode() + b"\n")  # go: it reads launch.json now
             proc.stdin.close()
         except (OSError, ValueError) as e:
-            self._attempt_ended(job, {"exit_code": 127, "stop_reason": None, "error": f"cannot start the runner: {e}"})
+            self._end_attempt(job, {"exit_code": 127, "stop_reason": None, "error": f"cannot start the runner: {e}"})
             return
         self._procs[proc.pid] = proc
         self._sizes[job_id] = (adir / "events.jsonl", -1)
@@ -493,7 +474,13 @@ class QueueService:
             except OSError as e:
                 log.warning("cannot start a warm runner: %s", e)
 
-    def _request_stop(self, job: JobRecord, reason: str, grace_s: float) -> None:
+    def _request_stop(self, job: JobRecord, reason: str, grace_s: float, message: str = "") -> None:
+        """control.json and SIGUSR1 to the runner (it sends SIGTERM, SIGKILL after the grace)."""
+        self._stop_runner(job, reason, grace_s)
+        if message:
+            self._event(job.id, "warning", {"message": message})
+
+    def _stop_runner(self, job: JobRecord, reason: str, grace_s: float) -> None:
         a = job.current_attempt
         if a is None or a.stop_requested:
             return
@@ -515,20 +502,20 @@ class QueueService:
         rec = read_json(attempt_dir(self.state_dir, job.id, a.number) / "exit.json") if a else None
         return rec or {"exit_code": None, "stop_reason": None, "lost": True}
 
-    def _attempt_ended(self, job: JobRecord, rec: dict[str, Any]) -> None:
-        """Settle an attempt from its exit record: outcome, scheduler, next state."""
+    def _attempt_report(self, job: JobRecord, exit_record: dict[str, Any]) -> AttemptReport:
+        """The attempt folder's result.pkl, error.json and result.json."""
         a = job.current_attempt
-        if a is None or a.outcome is not None:
-            return
-        now = time.time()
+        assert a is not None
         adir = attempt_dir(self.state_dir, job.id, a.number)
-        outcome = attempt_outcome(job, rec, (adir / "result.pkl").exists(), self.config.max_lost_attempts)
-        decisions = self.scheduler.finished(job.id, outcome, now)
-        state, info = settle(job, outcome, rec, decisions, now, read_json(adir / "error.json"), read_json(adir / "result.json"))
-        self._set_state(job, state, **info)
-        log.info("job %s: attempt %s ended %s; job %s", job.id, a.number, outcome.value, job.state.value,
-                 extra=job_fields(job))
-        self._notify("attempt_ended", {"job": job, "outcome": outcome.value})
+        return AttemptReport((adir / "result.pkl").exists(), read_json(adir / "error.json"),
+                             read_json(adir / "result.json"))
+
+    def _end_attempt(self, job: JobRecord, exit_record: dict[str, Any],
+                     decisions: Optional[list[Decision]] = None) -> None:
+        """Settle the attempt (:meth:`QueueShell._end_attempt`) and wake the loop: GPUs are free."""
+        if job.current_attempt is None or job.current_attempt.outcome is not None:
+            return
+        super()._end_attempt(job, exit_record, decisions)
         self._wake.set()
 
     # -- helpers ----------------------------------------------------------------------------
@@ -548,14 +535,14 @@ class QueueService:
             job.pending = ex.as_dict() if ex else None
         return job
 
-    def _set_state(self, job: JobRecord, state: JobState, **info: Any) -> None:
-        old = job.state
-        job.state = state
+    def _find(self, job_id: str) -> Optional[JobRecord]:
+        assert self.store is not None
+        return self.store.get(job_id)
+
+    def _record_state(self, job: JobRecord, data: dict[str, Any], extra: Sequence[Any]) -> None:
+        assert self.store is not None and not extra
         self.store.put(job)
-        data = {"state": state.value}
-        data.update({k: v for k, v in info.items() if v is not None})
         self._event(job.id, "state", data)
-        self._notify("state", {"job": job, "old": old.value, "new": state.value})
 
     def _event(self, job_id: str, type_: str, data: dict[str, Any]) -> None:
         assert self.store is not None
@@ -566,13 +553,6 @@ class QueueService:
         flag = self._changed.get(job_id)
         if flag is not None:
             flag.set()
-
-    def _notify(self, what: str, data: Any) -> None:
-        for fn in self.listeners:
-            try:
-                fn(what, data if isinstance(data, dict) else {"job": data})
-            except Exception:  # noqa: BLE001 - observers must never break the queue
-                log.exception("listener failed on %s", what)
 
     def _runner_alive(self, a: Attempt) -> bool:
         if not a.pid:

@@ -1,10 +1,12 @@
 """The REST API's handlers, framework-neutral (tornado only): routes under ``gpuqueue/api/``.
 
-Each handler is a few lines that delegate to a *service*: any object with the verbs of
-``QueueService`` (submit, list_jobs, get_job, cancel, preempt, events, follow, result,
-summary); a verb may return its value or an awaitable. Subclasses say who is calling
+Each handler is a few lines that delegate to a *service*: a
+:class:`gpuqueue.queue.verbs.QueueVerbs` (the embedded ``QueueService``, the cluster's
+``ClusterFrontend`` or the Jupyter server's ``RemoteService``). A subclass says who is calling
 (:meth:`RestHandler.get_caller`) and how requests are authenticated: the cluster's API service
-(``gpuqueue.cluster.api``) with tokens from its users file.
+(``gpuqueue.cluster.api``) with tokens from its users file, the Jupyter server extension
+(``jupyter_gpuqueue.handlers``) with Jupyter's identity; both build their routes from
+:func:`routes` with one mixin.
 
 Errors are JSON ``{"message": ...}`` with a 4xx status for user mistakes; a 500 means a bug.
 Answers are standard JSON (a non-finite number is sent as ``null``). The submit body is read,
@@ -15,7 +17,6 @@ up other requests. No log line holds a token: request URIs are logged with query
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import math
 import re
@@ -26,6 +27,7 @@ from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
 from ..queue.errors import BadRequest, GPUQueueError, NotFound
+from ..queue.verbs import Caller, QueueVerbs, maybe_await
 from .jsonbody import read_submit_chunks, release
 
 JOB = r"(?P<job_id>[^/]+)"  # any segment: one that is not a job id is a 404 in JSON, not a page
@@ -59,27 +61,22 @@ def _finite(v: Any) -> Any:
     return v
 
 
-async def maybe_await(value: Any) -> Any:
-    """``await value`` if it is awaitable, else the value."""
-    if inspect.isawaitable(value):
-        return await value
-    return value
-
-
 class RestHandler(web.RequestHandler):
     """Shared plumbing: the service, the caller, JSON in and out, errors."""
 
     @property
-    def service(self) -> Any:
+    def service(self) -> QueueVerbs:
         """The queue service every verb goes to."""
-        return self.settings["gpuqueue_service"]
+        service: QueueVerbs = self.settings["gpuqueue_service"]
+        return service
 
-    def get_caller(self) -> Any:
-        """Who is asking (a ``Caller``); subclasses decide from their authentication."""
+    def get_caller(self) -> Caller:
+        """Who is asking; subclasses decide from their authentication."""
         raise NotImplementedError
 
     @property
-    def caller(self) -> Any:
+    def caller(self) -> Caller:
+        """Who is asking (:meth:`get_caller`)."""
         return self.get_caller()
 
     def job_id(self, raw: str) -> str:
@@ -89,9 +86,15 @@ class RestHandler(web.RequestHandler):
         return raw
 
     def send(self, data: Any, status: int = 200) -> None:
+        """Answer with ``data`` as standard JSON."""
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(standard_json(data))
+
+    def send_bytes(self, blob: bytes) -> None:
+        """Answer with opaque bytes (``application/octet-stream``)."""
+        self.set_header("Content-Type", "application/octet-stream")
+        self.finish(blob)
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:  # tornado hook
         """tornado's, with the URI's tokens masked (tornado logs ``request.uri`` as is)."""
@@ -162,7 +165,7 @@ class JobsHandler(RestHandler):
         chunks, self._chunks = self._chunks or [], None
         req = await asyncio.to_thread(read_submit_chunks, chunks)
         try:
-            job, attached = await maybe_await(self.service.submit(self.caller, req))
+            job, attached = await self.service.submit(self.caller, req)
         finally:
             await asyncio.to_thread(release, req)  # a large body is unmapped off the event loop
         out = job.model_dump(mode="json")
@@ -198,9 +201,7 @@ class ResultHandler(RestHandler):
     """``GET`` the pickled results of a succeeded cell job (opaque bytes for the kernel)."""
 
     async def get(self, job_id: str) -> None:
-        blob = await maybe_await(self.service.result(self.caller, self.job_id(job_id)))
-        self.set_header("Content-Type", "application/octet-stream")
-        self.finish(blob)
+        self.send_bytes(await maybe_await(self.service.result(self.caller, self.job_id(job_id))))
 
 
 class EventsHandler(RestHandler):
