@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -27,6 +28,7 @@ from ..queue.config import QueueConfig, single_node_config
 from ..queue.errors import Conflict, Forbidden, NotFound, Rejected
 from ..attempt.jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
 from ..attempt.launch import build_launch, runner_env
+from ..attempt.warmjob import warm_spec
 from ..queue.lifecycle import attempt_outcome, decode_payload, job_request, same_cell_job, settle, with_defaults
 from ..observability.logs import job_fields
 from ..queue.models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
@@ -75,6 +77,7 @@ class QueueService:
         self.listeners: list[Listener] = []
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # runners we started (to reap)
         self._warm: Optional[subprocess.Popen[bytes]] = None  # the next launch's runner
+        self._last_python: Optional[str] = None  # the interpreter of the last cell job
         self._sizes: dict[str, tuple[Path, int]] = {}  # active job -> (events file, size seen)
         self._wake = asyncio.Event()
         self._changed: dict[str, asyncio.Event] = {}
@@ -127,14 +130,7 @@ class QueueService:
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        if self._warm is not None:
-            if self._warm.stdin is not None:
-                self._warm.stdin.close()  # EOF: it exits without running anything
-            try:
-                self._warm.wait(5)
-            except subprocess.TimeoutExpired:
-                self._warm.kill()
-            self._warm = None
+        self._retire_warm_runner(wait=True)
         if self.store is not None:
             self._tail_all()
             self._save_scheduler_state(force=True)
@@ -432,6 +428,9 @@ class QueueService:
         adir = attempt_dir(self.state_dir, job_id, number)
         adir.mkdir(parents=True, exist_ok=True)
         launch = build_launch(job_id, job.spec, job_dir(self.state_dir, job_id), adir, number, devices, node)
+        if job.spec.kind == "cell" and job.spec.python and job.spec.python != (self._last_python or sys.executable):
+            self._last_python = job.spec.python  # the warm runner started for another: start anew
+            self._retire_warm_runner()
         write_json_atomic(adir / "launch.json", launch)
         attempt = Attempt(
             number=number,
@@ -468,8 +467,9 @@ class QueueService:
         return proc
 
     def _new_runner(self) -> subprocess.Popen[bytes]:
-        """A runner in its own session (it outlives this server), waiting on stdin."""
-        return subprocess.Popen(
+        """A runner in its own session (it outlives this server), waiting on stdin. It starts
+        the next cell job's interpreter at once (``gpuqueue.attempt.warmjob``)."""
+        proc = subprocess.Popen(
             [sys.executable, "-m", "gpuqueue.attempt.runner", "-"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -478,6 +478,39 @@ class QueueService:
             close_fds=True,
             env=runner_env(),
         )
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(self._warm_spec()).encode() + b"\n")
+            proc.stdin.flush()
+        except (OSError, ValueError) as e:  # it will start its job cold
+            log.warning("cannot prepare a warm job interpreter: %s", e)
+        return proc
+
+    def _warm_spec(self) -> dict[str, Any]:
+        """What the next cell job's interpreter is started with: the interpreter of the last
+        cell job (the kernel's), the environment ``build_launch`` gives a cell job here."""
+        spec = JobSpec(kind="cell", python=self._last_python or sys.executable)
+        jd = self.state_dir / "jobs" / "next"
+        env = build_launch("next", spec, jd, jd / "1", 1, [], "local")["env"]
+        return warm_spec(spec.python or sys.executable, env, self.config.warm_imports)
+
+    def _retire_warm_runner(self, wait: bool = False) -> None:
+        """End the warm runner (EOF: it exits without running anything, its job interpreter too)."""
+        proc, self._warm = self._warm, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        if not wait:
+            self._procs[proc.pid] = proc  # reaped by the tail loop
+            return
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
     def _keep_runner_warm(self) -> None:
         if self._warm is None or self._warm.poll() is not None:
