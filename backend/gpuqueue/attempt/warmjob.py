@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 from typing import Any, Mapping, Optional
@@ -65,21 +66,40 @@ class WarmJob:
         self.spec = spec
         env = dict(spec["env"])
         env.update({"CUDA_VISIBLE_DEVICES": "", "GPUQUEUE_EVENT_FD": str(event_fd), "PYTHONUNBUFFERED": "1"})
-        self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-            [spec["python"], "-m", "gpuqueue.job.warmstart", *spec.get("imports", [])],
-            cwd="/",
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=(event_fd,),
-            start_new_session=True,
-        )
+        self._ready, ready_w = os.pipe()  # it writes one byte here once its imports are done
+        try:
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                [spec["python"], "-m", "gpuqueue.job.warmstart", str(ready_w), *spec.get("imports", [])],
+                cwd="/",
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=(event_fd, ready_w),
+                start_new_session=True,
+            )
+        except BaseException:
+            os.close(self._ready)
+            raise
+        finally:
+            os.close(ready_w)
+
+    def ready(self) -> bool:
+        """Whether its imports are done (it waits for its launch now)."""
+        if self._ready < 0:
+            return True
+        if not select.select([self._ready], [], [], 0)[0]:
+            return False
+        ok = os.read(self._ready, 1) == b"1"
+        os.close(self._ready)
+        self._ready = -1
+        return ok
 
     def take(self, launch: Mapping[str, Any], env: Mapping[str, str]) -> Optional[subprocess.Popen[bytes]]:
         """Hand it ``launch`` (with the job's whole ``env``) if it serves it and still waits;
-        returns its process, now the job's. None: it was ended; start the job cold."""
-        if self.proc.poll() is None and serves(self.spec, launch):
+        returns its process, now the job's. None: it was ended; start the job cold. One still
+        importing is ended too: a cell that does not need those imports would wait for them."""
+        if self.proc.poll() is None and serves(self.spec, launch) and self.ready():
             try:
                 assert self.proc.stdin is not None
                 line = json.dumps({"argv": launch["argv"], "env": dict(env), "cwd": launch.get("cwd")})
@@ -93,6 +113,9 @@ class WarmJob:
 
     def discard(self) -> None:
         """End it without running anything (EOF, then SIGKILL to its session)."""
+        if self._ready >= 0:
+            os.close(self._ready)
+            self._ready = -1
         try:
             if self.proc.stdin is not None:
                 self.proc.stdin.close()

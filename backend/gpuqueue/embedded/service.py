@@ -39,7 +39,7 @@ from .store import SqliteStore
 
 log = logging.getLogger("gpuqueue.service")
 
-TAIL_INTERVAL_S = 0.05  # how often running attempts' event files are read
+TAIL_INTERVAL_S = 0.01  # how often running attempts' event files are looked at (a stat each)
 TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/finish)
 STATE_SAVE_INTERVAL_S = 30.0
 
@@ -78,6 +78,7 @@ class QueueService:
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # runners we started (to reap)
         self._warm: Optional[subprocess.Popen[bytes]] = None  # the next launch's runner
         self._last_python: Optional[str] = None  # the interpreter of the last cell job
+        self._warm_primed = False  # the warm runner was sent a warm_spec (its job interpreter runs)
         self._sizes: dict[str, tuple[Path, int]] = {}  # active job -> (events file, size seen)
         self._wake = asyncio.Event()
         self._changed: dict[str, asyncio.Event] = {}
@@ -467,8 +468,8 @@ class QueueService:
         return proc
 
     def _new_runner(self) -> subprocess.Popen[bytes]:
-        """A runner in its own session (it outlives this server), waiting on stdin. It starts
-        the next cell job's interpreter at once (``gpuqueue.attempt.warmjob``)."""
+        """A runner in its own session (it outlives this server), waiting on stdin. Once primed
+        it starts the next cell job's interpreter ahead (``gpuqueue.attempt.warmjob``)."""
         proc = subprocess.Popen(
             [sys.executable, "-m", "gpuqueue.attempt.runner", "-"],
             stdin=subprocess.PIPE,
@@ -478,13 +479,24 @@ class QueueService:
             close_fds=True,
             env=runner_env(),
         )
+        self._warm_primed = False
+        return proc
+
+    def _prime_warm_runner(self) -> None:
+        """Have the warm runner start the next cell job's interpreter now (its imports take CPU
+        time: only while no job runs, so that they never slow one down)."""
+        proc = self._warm
+        if proc is None or self._warm_primed or self.store is None:
+            return
+        if self.store.list(states=(JobState.STARTING, JobState.RUNNING), limit=1):
+            return
+        self._warm_primed = True
         try:
             assert proc.stdin is not None
             proc.stdin.write(json.dumps(self._warm_spec()).encode() + b"\n")
             proc.stdin.flush()
-        except (OSError, ValueError) as e:  # it will start its job cold
+        except (OSError, ValueError) as e:  # its job starts cold
             log.warning("cannot prepare a warm job interpreter: %s", e)
-        return proc
 
     def _warm_spec(self) -> dict[str, Any]:
         """What the next cell job's interpreter is started with: the interpreter of the last
@@ -518,6 +530,7 @@ class QueueService:
                 self._warm = self._new_runner()
             except OSError as e:
                 log.warning("cannot start a warm runner: %s", e)
+        self._prime_warm_runner()
 
     def _request_stop(self, job: JobRecord, reason: str, grace_s: float) -> None:
         a = job.current_attempt

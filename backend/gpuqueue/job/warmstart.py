@@ -1,10 +1,11 @@
-"""A job interpreter started ahead of its job: ``python -m gpuqueue.job.warmstart MODULE...``.
+"""A job interpreter started ahead of its job.
 
-A warm runner (``gpuqueue.attempt.warmjob``) starts one of these before it knows its attempt,
+``python -m gpuqueue.job.warmstart READY_FD MODULE...``: a warm runner
+(``gpuqueue.attempt.warmjob``) starts one of these before it knows its attempt,
 with the job's stdout, stderr and event pipe already in place and the allow-listed environment
 every cell job gets. It imports what the queue's configuration names (``warm_imports``, e.g.
 ``torch``: seconds on a CPU machine) and ``gpuqueue.job.jobmain``'s own imports, then waits on
-stdin for one line: ``{"argv": [...], "env": {...}, "cwd": ...}`` of its launch. It takes that
+stdin for one line (after writing one byte to ``READY_FD``): ``{"argv": [...], "env": {...}, "cwd": ...}`` of its launch. It takes that
 environment and working folder and runs ``gpuqueue.job.jobmain`` exactly as
 ``python -m gpuqueue.job.jobmain JOB_DIR`` would (a fresh ``__main__``). EOF instead: it exits,
 having run nothing. One interpreter runs at most one job; it never runs as anyone but the
@@ -72,10 +73,14 @@ def main() -> int:
     from ..attempt import jobdir  # noqa: F401
     from . import channel, hf, jobapi, payload  # noqa: F401
 
-    preload(sys.argv[1:])
+    ready_fd = int(sys.argv[1])
+    preload(sys.argv[2:])
     if cuda_touched():
+        os.close(ready_fd)
         print("gpuqueue: a warm import initialised CUDA; this interpreter cannot serve", file=sys.stderr)
         return NOT_READY
+    os.write(ready_fd, b"1")  # its runner hands it a launch only now
+    os.close(ready_fd)
     line = sys.stdin.readline()
     if not line.strip():
         return 0
