@@ -3,9 +3,11 @@
 Starts a real ``jupyter server`` with the extension (in a temporary folder, one GPU declared),
 then:
 
-* light cell: N times, submits ``print('first line')`` through the REST API exactly as
-  ``%%train`` does and times until that line arrives on the job's SSE stream; beside it, a bare
-  ``python -c 'print(1)'`` timed from its start to reading its line (same run, same load);
+* light cell: N times, ``--gap`` seconds apart (a pause between cells), submits
+  ``print('first line')`` through the REST API exactly as ``%%train`` does and times until
+  that line arrives on the job's SSE stream; beside it, a bare ``python -c 'print(1)'`` timed
+  from its start to reading its line (same run, same load). Then N more back to back (each
+  finds the interpreter started for it still importing, so it starts cold);
 * torch cell: ``import torch; print('ready')`` as a job against a bare ``python -c`` of it;
 * training cell: an unmodified character-level GPT training script (``TRAIN_CELL``: ~40k
   parameters, plain PyTorch, on text this benchmark writes) run in a real kernel as a bare cell
@@ -205,6 +207,7 @@ def main() -> None:
     ap.add_argument("--torch-runs", type=int, default=5)
     ap.add_argument("--train-runs", type=int, default=3)
     ap.add_argument("--steps", type=int, default=500, help="training steps of the training cell")
+    ap.add_argument("--gap", type=float, default=3.0, help="seconds between light cells (a pause between cells)")
     args = ap.parse_args()
     med = statistics.median
     out: dict[str, object] = {}
@@ -213,12 +216,15 @@ def main() -> None:
         try:
             client = server.client()
             first_line_latency(client, "print('warm-up')", "warm-up", server.state_dir)
-            light, light_stages, bare1 = [], [], []
+            light, light_stages, bare1, b2b = [], [], [], []
             for _ in range(args.runs):  # alternate, so both see the same load
+                time.sleep(args.gap)  # a pause between cells: the next interpreter gets ready
                 dt, st = first_line_latency(client, "print('first line')", "first line", server.state_dir)
                 light.append(dt)
                 light_stages.append(st)
                 bare1.append(bare_first_line("print(1)", b"1"))
+            for _ in range(args.runs):  # back to back: each finds its interpreter still importing
+                b2b.append(first_line_latency(client, "print('first line')", "first line", server.state_dir)[0])
             torch_q, bare_t = [], []
             for _ in range(args.torch_runs):
                 torch_q.append(first_line_latency(client, "import torch\nprint('ready')", "ready", server.state_dir)[0])
@@ -237,7 +243,9 @@ def main() -> None:
         "median": ms(light), "p90": round(sorted(light)[int(0.9 * (len(light) - 1))] * 1000, 1),
         "min": round(min(light) * 1000, 1), "runs": len(light),
         "stages_s_median_run": light_stages[sorted(range(len(light)), key=light.__getitem__)[len(light) // 2]],
+        "warm_runs": sum(1 for st in light_stages if st.get("warm")), "gap_s": args.gap,
     }
+    out["light_cell_back_to_back_ms"] = {"median": ms(b2b), "min": round(min(b2b) * 1000, 1), "runs": len(b2b)}
     out["bare_python_print1_first_line_ms"] = ms(bare1)
     out["light_ratio_to_bare_python"] = round(med(light) / med(bare1), 2)
     out["torch_cell_first_line_s"] = round(med(torch_q), 3)
