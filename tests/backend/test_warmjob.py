@@ -110,7 +110,7 @@ def test_a_warm_interpreter_runs_the_cell_as_a_cold_start_would(tmp_path: Path, 
     assert _seen(Path(cold["attempt_dir"]))[:4] == (str(tmp_path), str(tmp_path), "j-cold", "3")
 
 
-@pytest.mark.parametrize("case", ["own-env", "other-python", "still-importing"])
+@pytest.mark.parametrize("case", ["own-env", "other-python", "still-importing", "shadowed"])
 def test_a_launch_it_was_not_prepared_for_starts_cold(tmp_path: Path, probe_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     if case == "still-importing":
@@ -123,6 +123,8 @@ def test_a_launch_it_was_not_prepared_for_starts_cold(tmp_path: Path, probe_path
     runner = _warm_runner(tmp_path, ["warm_probe"], python=python)
     warm = _warm_pid(runner)
     time.sleep(3.0)
+    if case == "shadowed":  # the job's folder has its own warm_probe.py: a cold start imports that one
+        (tmp_path / "warm_probe.py").write_text("LOADED = 'local'\n")
     spec = JobSpec(kind="cell", python=sys.executable, cwd=str(tmp_path),
                    env={"OMP_NUM_THREADS": "1"} if case == "own-env" else {})
     launch = _attempt(tmp_path, "j", spec, [0])

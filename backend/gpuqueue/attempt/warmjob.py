@@ -11,7 +11,8 @@ used only if the launch is what it was prepared for (:func:`serves`):
   identity, so a job of another user never gets one);
 * the same environment but for the per-attempt names (:data:`PER_JOB`): anything a user set
   (``OMP_NUM_THREADS``, ``PYTHONPATH``...) that could change how an import behaves means a cold
-  start.
+  start;
+* no module of the job's folder shadows one imported ahead (a ``torch.py`` beside the notebook).
 
 Otherwise the interpreter is ended and the job starts cold, as before. Either way one
 interpreter runs at most one job, and it is started from the allow-listed environment of
@@ -56,7 +57,20 @@ def serves(spec: Mapping[str, Any], launch: Mapping[str, Any]) -> bool:
     if len(argv) != 4 or argv[0] != spec.get("python") or argv[1:3] != ["-m", JOBMAIN]:
         return False
     env = launch.get("env") or {}
-    return {k: v for k, v in env.items() if k not in PER_JOB} == spec.get("env")
+    if {k: v for k, v in env.items() if k not in PER_JOB} != spec.get("env"):
+        return False
+    return not shadowed(spec.get("imports", []), launch.get("cwd"))
+
+
+def shadowed(imports: list[str], cwd: Optional[str]) -> bool:
+    """Whether the job's folder holds a module of the same name as one imported ahead (a cold
+    start, with that folder first on ``sys.path``, would import the folder's one)."""
+    if not cwd:
+        return False
+    for top in {m.split(".")[0] for m in imports}:
+        if os.path.exists(os.path.join(cwd, top + ".py")) or os.path.exists(os.path.join(cwd, top, "__init__.py")):
+            return True
+    return False
 
 
 class WarmJob:
