@@ -110,12 +110,16 @@ def test_a_warm_interpreter_runs_the_cell_as_a_cold_start_would(tmp_path: Path, 
     assert _seen(Path(cold["attempt_dir"]))[:4] == (str(tmp_path), str(tmp_path), "j-cold", "3")
 
 
-@pytest.mark.parametrize("case", ["own-env", "other-python", "still-importing", "shadowed"])
+@pytest.mark.parametrize("case", ["own-env", "other-python", "still-importing", "shadowed", "cuda-touched"])
 def test_a_launch_it_was_not_prepared_for_starts_cold(tmp_path: Path, probe_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     if case == "still-importing":
         monkeypatch.setenv("PROBE_SLEEP", "60")
         monkeypatch.setenv("GPUQUEUE_PASS_ENV", "PROBE_SLEEP")
+    if case == "cuda-touched":  # an import that initialised CUDA (a stand-in torch says so)
+        (probe_path / "warm_probe.py").write_text(
+            "import sys, types\nt = types.ModuleType('torch')\n"
+            "t.cuda = types.SimpleNamespace(is_initialized=lambda: True)\nsys.modules['torch'] = t\n")
     python = sys.executable
     if case == "other-python":  # the same interpreter under another name: not the one asked for
         python = str(tmp_path / "python")
