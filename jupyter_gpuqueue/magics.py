@@ -25,6 +25,7 @@ from gpuqueue.queue.errors import GPUQueueError
 from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
 
 from .display import JobView, TextView, use_widgets
+from .prefetch import modules_coming_back, prefetch
 
 TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
 
@@ -135,6 +136,8 @@ class GPUQueueMagics(Magics):
             job = self.client.submit(spec, payload, new=args.new)
         except GPUQueueError as e:
             raise UsageError(f"the job was not queued: {e}") from None
+        if not args.background:  # what the results will import, imported while the job runs
+            prefetch(modules_coming_back(cell, outputs))
         self._follow(job, background=args.background)
 
     def _spec(self, args: argparse.Namespace, cell: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from typing import IO, Any, Optional
 
 from ..job.channel import JOB_EVENT_TYPES
 from .jobdir import OwnedDir
+from .warmjob import WarmJob
 
 PARTIAL_LINE_FLUSH_S = 0.5  # a line with no newline yet is shown after this long
 MAX_LINE = 16_384  # longer lines are cut (with a marker) so one line cannot flood the log
@@ -200,8 +201,10 @@ def _enter(cwd: str, who: str) -> Any:
 class Runner:
     """Supervises one attempt: start, watch, stop on request, record the end."""
 
-    def __init__(self, attempt_dir: Path):
+    def __init__(self, attempt_dir: Path, warm: Optional[tuple[WarmJob, tuple[int, ...]]] = None):
         self.dir = attempt_dir
+        # a job interpreter started ahead on these pipes (read/write ends of stdout, stderr, events)
+        self.warm, self.warm_fds = warm if warm is not None else (None, ())
         self.launch: dict[str, Any] = json.loads((attempt_dir / "launch.json").read_text())
         self.out = EventWriter(attempt_dir / "events.jsonl")
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -227,42 +230,55 @@ class Runner:
         if self.own_error is not None:
             self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot open the attempt's folder: {self.own_error}"})
             return self._finish(127, time.time())
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        ev_r, ev_w = os.pipe()
+        if self.warm is not None:
+            out_r, out_w, err_r, err_w, ev_r, ev_w = self.warm_fds
+        else:
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            ev_r, ev_w = os.pipe()
         env = dict(self.launch.get("env", {}))  # the job's whole environment (see gpuqueue.attempt.launch)
         env["GPUQUEUE_EVENT_FD"] = str(ev_w)
         env["PYTHONUNBUFFERED"] = "1"
         started = time.time()
-        cwd = self.launch.get("cwd") or None
-        as_user: dict[str, Any] = {}
-        if self.user is not None:
-            # the working folder is entered as the job's user, after the switch: a chdir done as
-            # root would hand the job a folder it may not reach (e.g. inside a home of mode 700)
-            as_user = {"user": int(self.user["uid"]), "group": int(self.user["gid"]), "extra_groups": [],
-                       "umask": 0o077, "preexec_fn": _enter(cwd, self._who()) if cwd else None}
-            cwd = None
-        try:
-            self.proc = subprocess.Popen(
-                self.launch["argv"],
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                pass_fds=(ev_w,),
-                start_new_session=True,
-                **as_user,
-            )
-        except OSError as e:
-            for fd in (out_r, out_w, err_r, err_w, ev_r, ev_w):
-                os.close(fd)
-            hint = IDENTITY_HINT if self.user and isinstance(e, PermissionError) else ""
-            self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot start the job{self._who()}: {e}{hint}"})
-            return self._finish(127, started)
+        if self.warm is not None:
+            self.proc = self.warm.take(self.launch, env)
+            self.warm = None
+            if self.proc is None:  # not for this launch: a cold start on fresh pipes
+                for fd in self.warm_fds:
+                    os.close(fd)
+                return self.run()
+            warm = True
+        else:
+            warm = False
+            cwd = self.launch.get("cwd") or None
+            as_user: dict[str, Any] = {}
+            if self.user is not None:
+                # the working folder is entered as the job's user, after the switch: a chdir done as
+                # root would hand the job a folder it may not reach (e.g. inside a home of mode 700)
+                as_user = {"user": int(self.user["uid"]), "group": int(self.user["gid"]), "extra_groups": [],
+                           "umask": 0o077, "preexec_fn": _enter(cwd, self._who()) if cwd else None}
+                cwd = None
+            try:
+                self.proc = subprocess.Popen(
+                    self.launch["argv"],
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out_w,
+                    stderr=err_w,
+                    pass_fds=(ev_w,),
+                    start_new_session=True,
+                    **as_user,
+                )
+            except OSError as e:
+                for fd in (out_r, out_w, err_r, err_w, ev_r, ev_w):
+                    os.close(fd)
+                hint = IDENTITY_HINT if self.user and isinstance(e, PermissionError) else ""
+                self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot start the job{self._who()}: {e}{hint}"})
+                return self._finish(127, started)
         for fd in (out_w, err_w, ev_w):
             os.close(fd)
-        self.out.write("runner", {"pid": self.proc.pid, "runner_pid": os.getpid()})
+        self.out.write("runner", {"pid": self.proc.pid, "runner_pid": os.getpid(), "warm": warm})
         pumps = [
             threading.Thread(target=_pump_output, args=(out_r, "stdout", self.out), daemon=True),
             threading.Thread(target=_pump_output, args=(err_r, "stderr", self.out), daemon=True),
@@ -347,20 +363,39 @@ def main(argv: Optional[list[str]] = None) -> int:
     ``python -m gpuqueue.attempt.runner -`` is a *warm* runner: started ahead of time, it waits for the
     attempt folder on stdin, so a launch costs a write instead of an interpreter start. Its
     stderr then goes to the attempt's ``runner.log``. EOF on stdin: it exits, having run nothing.
+    A first line that is a JSON object is a ``gpuqueue.attempt.warmjob.warm_spec``: the runner
+    starts the job's interpreter at once, before the attempt folder comes.
     """
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print("usage: python -m gpuqueue.attempt.runner ATTEMPT_DIR | -", file=sys.stderr)
         return 2
     target = args[0]
+    warm: Optional[tuple[WarmJob, tuple[int, ...]]] = None
     if target == "-":
         target = sys.stdin.readline().strip()
+        if target.startswith("{"):
+            warm = _start_warm(json.loads(target))
+            target = sys.stdin.readline().strip()
         if not target:
+            if warm is not None:
+                warm[0].discard()
             return 0
         fd = os.open(os.path.join(target, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(fd, 2)
         os.close(fd)
-    return Runner(Path(target)).run()
+    return Runner(Path(target), warm).run()
+
+
+def _start_warm(spec: dict[str, Any]) -> Optional[tuple[WarmJob, tuple[int, ...]]]:
+    """A job interpreter started ahead on new pipes, or None if it cannot start (cold then)."""
+    fds = (*os.pipe(), *os.pipe(), *os.pipe())  # out_r, out_w, err_r, err_w, ev_r, ev_w
+    try:
+        return WarmJob(spec, fds[1], fds[3], fds[5]), fds
+    except (OSError, KeyError, TypeError, ValueError):
+        for fd in fds:
+            os.close(fd)
+        return None
 
 
 if __name__ == "__main__":

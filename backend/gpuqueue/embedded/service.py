@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ from ..queue.config import QueueConfig, single_node_config
 from ..queue.errors import Conflict, Forbidden, NotFound, Rejected
 from ..attempt.jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
 from ..attempt.launch import build_launch, runner_env
+from ..attempt.warmjob import warm_spec
 from ..queue.lifecycle import decode_payload, job_request, same_cell_job, with_defaults
 from ..observability.logs import job_fields
 from ..queue.models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
@@ -40,7 +42,7 @@ from .store import SqliteStore
 
 log = logging.getLogger("gpuqueue.service")
 
-TAIL_INTERVAL_S = 0.05  # how often running attempts' event files are read
+TAIL_INTERVAL_S = 0.01  # how often running attempts' event files are looked at (a stat each)
 TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/finish)
 STATE_SAVE_INTERVAL_S = 30.0
 
@@ -71,6 +73,8 @@ class QueueService(QueueShell):
         self.listeners: list[Listener] = []
         self._procs: dict[int, subprocess.Popen[bytes]] = {}  # runners we started (to reap)
         self._warm: Optional[subprocess.Popen[bytes]] = None  # the next launch's runner
+        self._last_python: Optional[str] = None  # the interpreter of the last cell job
+        self._warm_primed = False  # the warm runner was sent a warm_spec (its job interpreter runs)
         self._sizes: dict[str, tuple[Path, int]] = {}  # active job -> (events file, size seen)
         self._wake = asyncio.Event()
         self._changed: dict[str, asyncio.Event] = {}
@@ -123,14 +127,7 @@ class QueueService(QueueShell):
             except asyncio.CancelledError:
                 pass
         self._tasks = []
-        if self._warm is not None:
-            if self._warm.stdin is not None:
-                self._warm.stdin.close()  # EOF: it exits without running anything
-            try:
-                self._warm.wait(5)
-            except subprocess.TimeoutExpired:
-                self._warm.kill()
-            self._warm = None
+        self._retire_warm_runner(wait=True)
         if self.store is not None:
             self._tail_all()
             self._save_scheduler_state(force=True)
@@ -420,6 +417,9 @@ class QueueService(QueueShell):
         adir = attempt_dir(self.state_dir, job_id, number)
         adir.mkdir(parents=True, exist_ok=True)
         launch = build_launch(job_id, job.spec, job_dir(self.state_dir, job_id), adir, number, devices, node)
+        if job.spec.kind == "cell" and job.spec.python and job.spec.python != (self._last_python or sys.executable):
+            self._last_python = job.spec.python  # the warm runner started for another: start anew
+            self._retire_warm_runner()
         write_json_atomic(adir / "launch.json", launch)
         attempt = Attempt(
             number=number,
@@ -456,8 +456,9 @@ class QueueService(QueueShell):
         return proc
 
     def _new_runner(self) -> subprocess.Popen[bytes]:
-        """A runner in its own session (it outlives this server), waiting on stdin."""
-        return subprocess.Popen(
+        """A runner in its own session (it outlives this server), waiting on stdin. Once primed
+        it starts the next cell job's interpreter ahead (``gpuqueue.attempt.warmjob``)."""
+        proc = subprocess.Popen(
             [sys.executable, "-m", "gpuqueue.attempt.runner", "-"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
@@ -466,6 +467,50 @@ class QueueService(QueueShell):
             close_fds=True,
             env=runner_env(),
         )
+        self._warm_primed = False
+        return proc
+
+    def _prime_warm_runner(self) -> None:
+        """Have the warm runner start the next cell job's interpreter now (its imports take CPU
+        time: only while no job runs, so that they never slow one down)."""
+        proc = self._warm
+        if proc is None or self._warm_primed or self.store is None:
+            return
+        if self.store.list(states=(JobState.STARTING, JobState.RUNNING), limit=1):
+            return
+        self._warm_primed = True
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(self._warm_spec()).encode() + b"\n")
+            proc.stdin.flush()
+        except (OSError, ValueError) as e:  # its job starts cold
+            log.warning("cannot prepare a warm job interpreter: %s", e)
+
+    def _warm_spec(self) -> dict[str, Any]:
+        """What the next cell job's interpreter is started with: the interpreter of the last
+        cell job (the kernel's), the environment ``build_launch`` gives a cell job here."""
+        spec = JobSpec(kind="cell", python=self._last_python or sys.executable)
+        jd = self.state_dir / "jobs" / "next"
+        env = build_launch("next", spec, jd, jd / "1", 1, [], "local")["env"]
+        return warm_spec(spec.python or sys.executable, env, self.config.warm_imports)
+
+    def _retire_warm_runner(self, wait: bool = False) -> None:
+        """End the warm runner (EOF: it exits without running anything, its job interpreter too)."""
+        proc, self._warm = self._warm, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        if not wait:
+            self._procs[proc.pid] = proc  # reaped by the tail loop
+            return
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
     def _keep_runner_warm(self) -> None:
         if self._warm is None or self._warm.poll() is not None:
@@ -473,6 +518,7 @@ class QueueService(QueueShell):
                 self._warm = self._new_runner()
             except OSError as e:
                 log.warning("cannot start a warm runner: %s", e)
+        self._prime_warm_runner()
 
     def _request_stop(self, job: JobRecord, reason: str, grace_s: float, message: str = "") -> None:
         """control.json and SIGUSR1 to the runner (it sends SIGTERM, SIGKILL after the grace)."""

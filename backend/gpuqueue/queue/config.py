@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
 from .durations import MAX_TIMEOUT_S, parse_duration
@@ -209,6 +209,12 @@ class QueueConfig(BaseModel):
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="scheduler policy knobs")
     exempt_admins_from_submit_rate: bool = Field(
         False, description="admins submit without the submit_rate limit (their bucket is not used)")
+    warm_imports: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]] = Field(
+        default_factory=lambda: ["torch"], max_length=32,
+        description="modules a cell job's interpreter imports before its job comes (embedded mode: "
+        "the next cell's interpreter is started ahead, as the server's user); [] starts it with "
+        "none; a module that is not installed is skipped",
+    )
 
     @field_validator("pools")
     @classmethod

@@ -221,6 +221,11 @@ class EventsHandler(RestHandler):
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
+        # each event goes out when flushed: with Nagle's algorithm on (tornado's default while a
+        # response streams) an event waits for the client's delayed ACK of the one before (~40 ms)
+        stream = getattr(getattr(self.request, "connection", None), "stream", None)
+        if stream is not None and hasattr(stream, "set_nodelay"):
+            stream.set_nodelay(True)
         try:
             async for ev in self.service.follow(self.caller, job_id, after):
                 if ev is None:

@@ -1,0 +1,62 @@
+"""A %%train cell in a real kernel of a real server, after a pause, runs in the interpreter the
+queue started ahead with torch imported: the user sees the same output and names back, and
+the job sees its own GPUs, folder and torch threads."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from helpers.servers import wait_until
+
+CELL = """%%train --gpus 1
+import os, torch
+t = torch.arange(6.0).reshape(2, 3) * 2
+info = (os.environ["CUDA_VISIBLE_DEVICES"], os.getcwd(), torch.get_num_threads())
+print("sum", float(t.sum()))
+"""
+
+
+def _runner_record(state_dir: Path, job_id: str) -> dict:
+    for line in (state_dir / "jobs" / job_id / "attempt-1" / "events.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["type"] == "runner":
+            return rec["data"]
+    raise AssertionError("no runner record")
+
+
+def _waiting_interpreter(server_pid: int) -> bool:
+    """A job interpreter this server's warm runner started is waiting, its imports done (asleep,
+    its CPU time no longer growing)."""
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if b"gpuqueue.job.warmstart" not in (p / "cmdline").read_bytes():
+                continue
+            runner = (p / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            if Path(f"/proc/{runner}/stat").read_text().rsplit(")", 1)[1].split()[1] != str(server_pid):
+                continue
+            cpu = lambda: sum(map(int, (p / "stat").read_text().rsplit(")", 1)[1].split()[11:13]))  # noqa: E731
+            before = cpu()
+            time.sleep(1.0)
+            return cpu() == before
+        except (OSError, IndexError):
+            continue
+    return False
+
+
+def test_a_cell_after_a_pause_runs_warm_and_brings_its_names_back(jupyter_server) -> None:
+    k = jupyter_server.start_kernel()
+    assert k.run("%load_ext jupyter_gpuqueue").error is None
+    wait_until(lambda: _waiting_interpreter(jupyter_server.proc.pid), 60, what="a job interpreter started ahead")
+    res = k.run(CELL, timeout=180)
+    assert res.error is None, res.text
+    assert "sum 30.0" in res.stdout and "back in the notebook" in res.stdout
+    check = k.run("import torch\nprint(t.tolist(), info[0], info[1] == __import__('os').getcwd(), info[2] == torch.get_num_threads())")
+    assert check.error is None, check.error
+    assert check.stdout.split("] ", 1)[1].split() == ["0", "True", "True"]
+    [job] = jupyter_server.client().list()
+    assert job["state"] == "succeeded"
+    assert _runner_record(jupyter_server.state_dir, job["id"])["warm"] is True
