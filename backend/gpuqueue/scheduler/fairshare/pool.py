@@ -40,7 +40,6 @@ class Pool:
     freed_epoch: int = 0  # bumps when GPUs are freed or nodes change
     starved_epoch: int = 0  # bumps when a starved job joins or leaves the queue
     starved_cache: Any = None  # the last pass's reservations for starved jobs (SchedulingPass)
-    class_views: Any = None  # (what it depends on, SchedulingPass.class_views) of the last pass
     # the shape of a reserved job -> the last preemption plan for that shape that found nothing
     # (or more victims than the budget allowed)
     failed_plans: dict[tuple, "FailedPlan"] = field(default_factory=dict)

@@ -37,7 +37,6 @@ from .records import (
 from .reservations import Claims, Reservation
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ledger import User
     from .pool import Pool
     from .policy import FairShareScheduler
 
@@ -235,42 +234,27 @@ class SchedulingPass:
         if sig == self._fit_signature:
             return self._fits
         if sig[3:] != self._fit_signature[3:]:  # classes or views changed: see each key again
-            self._class_views = self.class_views()
+            lending = self.lending and claims.starved > 0
+            now = self.now
+            self._class_views = [
+                (key[0], key, n_nodes, memo.nofit[lending and key[2]] if claims else None, memo.view(now + limit))
+                for (key, n_nodes), limit in queue.shortest.items()]
         self._fit_signature = sig
         free, nofit_all = nodes.free, self.nofit_all
-        nofit = memo.nofit if claims else None
         fits: set[QueueKey] = set()
-        for g, key, n_nodes, borrows, view in self._class_views:
+        for g, key, n_nodes, row, view in self._class_views:
             if g > free or g >= nofit_all or key in fits:
                 continue
             if n_nodes > 1:  # needs `n_nodes` idle nodes: at least that many with `per` GPUs free
                 if nodes.idle_count(g // n_nodes) >= n_nodes:
                     fits.add(key)
                 continue
-            if nofit is not None and g >= nofit[borrows][view]:
+            if row is not None and g >= row[view]:
                 continue
             fits.add(key)
         if fits != self._fits:  # the same object while nothing changes (scan_users caches on it)
             self._fits = frozenset(fits)
         return self._fits
-
-    def class_views(self) -> list[tuple[int, QueueKey, int, bool, int]]:
-        """(GPUs, queue key, nodes, whether it may borrow starved jobs' GPUs, its view of the
-        reserved nodes) of each class of pending job, with its shortest time limit. Kept on the
-        pool between passes: it changes only with the classes, the finite shadow times (and,
-        while there are some, the time) and whether anything is lent."""
-        pool, memo = self.pool, self.memo
-        lending = bool(self.lending and self.claims.starved > 0)
-        shadows = memo.shadows
-        sig = (pool.queue.shortest_version, lending, tuple(shadows), self.now if shadows else None)
-        cached = pool.class_views
-        if cached is not None and cached[0] == sig:
-            return cached[1]
-        now = self.now
-        views = [(key[0], key, n_nodes, lending and key[2], memo.view(now + limit) if shadows else 0)
-                 for (key, n_nodes), limit in self.pool.queue.shortest.items()]
-        pool.class_views = (sig, views)
-        return views
 
     def scan_users(self, t: int) -> bool:
         """The jobs of tier ``t``: users by share key (a merge of the per-key user heaps),
@@ -285,32 +269,30 @@ class SchedulingPass:
         blocked = self.blocked_users
         passed: dict[tuple[str, QueueKey], int] = {}  # (user, key) -> jobs of that list passed over
         popped: list[tuple[str, QueueKey]] = []
-        # key -> (its heap's top (share key, user, version), that user) as last seen (None:
-        # empty); a top is seen again when its user changed (version) or was the one just considered
-        tops: dict[QueueKey, Optional[tuple[tuple, User]]] = {}
+        # key -> its heap's top (share key, user, version) as last seen (None: empty); a top is
+        # seen again when its user changed (version) or was the one just considered
+        tops: dict[QueueKey, Optional[tuple]] = {}
         stop = False
         # a start changes only its user's share key, unless fair share is by group
         by_group = self.policy.ledger.hierarchical
         seen: Optional[frozenset[QueueKey]] = frozenset()
-        in_play: list[tuple[QueueKey, list, tuple[int, QueueKey]]] = []
-        fit_keys = self.fit_keys
+        in_play: list[tuple[QueueKey, list]] = []
         while True:
-            allowed = None if self.first_blocked is None else fit_keys()
+            allowed = self.fit_keys()
             if allowed is not None and (self.budget <= 0 or not allowed):
                 stop = True
                 break
             if allowed is not seen or not in_play:  # the keys still in play
                 seen = allowed
-                in_play = [(key, h, (t, key)) for key, h in heaps.items() if allowed is None or key in allowed]
+                in_play = [(key, h) for key, h in heaps.items() if allowed is None or key in allowed]
             best: Optional[tuple] = None
-            for key, h, tk in in_play:
-                seen_top = tops.get(key, False)
-                if seen_top is False or (by_group and seen_top is not None and seen_top[1].version != seen_top[0][2]):
-                    seen_top = None
+            for key, h in in_play:
+                top = tops.get(key, False)
+                if top is False or (by_group and top is not None and users[top[1]].version != top[2]):
+                    top = None
+                    tk = (t, key)
                     while h:
-                        top = h[0]
-                        name = top[1]
-                        version = top[2]
+                        share, name, version = h[0]
                         u = users[name]
                         marks = in_heap[name]
                         if version != u.version or marks.get(tk) != version:
@@ -318,17 +300,17 @@ class SchedulingPass:
                             queue.refresh(u, t, key, version)  # pushed again with its new key
                             continue
                         lst = lists[name].get(tk)
-                        if not lst or name in blocked or passed.get((name, key), 0) >= len(lst):
+                        if not lst or passed.get((name, key), 0) >= len(lst) or name in blocked:
                             heappop(h)
                             del marks[tk]
                             if lst:
                                 popped.append((name, key))
                             continue
-                        seen_top = (top, u)
+                        top = h[0]
                         break
-                    tops[key] = seen_top
-                if seen_top is not None and (best is None or seen_top[0] < best):
-                    best = seen_top[0]
+                    tops[key] = top
+                if top is not None and (best is None or top < best):
+                    best = top
             if best is None:
                 break
             name = best[1]
@@ -347,8 +329,8 @@ class SchedulingPass:
             elif r == OVER_QUOTA:
                 blocked.add(name)
             # STARTED: the charge bumped the user's version: its entries are pushed again lazily
-            for key, seen_top in tops.items():
-                if seen_top and seen_top[0][1] == name:
+            for key, top in tops.items():
+                if top and top[1] == name:
                     tops[key] = False
         for name, key in popped:
             if lists[name].get((t, key)):
