@@ -12,6 +12,11 @@ and the latency of one step (those calls for one pass) at that backlog (the queu
 so it stays at ``--pending``); then the fair-share/FIFO ratio of each run. Times are wall clock;
 ``cpu_decisions_per_s`` divides by the thread's CPU time instead, which other processes on a
 shared machine do not inflate. ``--explain`` also times explain() of every queued job.
+``--breakdown`` also prints where a step of the gpuqueue policy goes: microseconds per step
+spent in each part, exclusive of the parts it calls (``submit``, ``finished``, timers, starved
+jobs, the user scan, fit_keys, considering a job, placing it, reserving, starting it, the
+preemption check; what ``tick`` does besides them is ``tick``). The timers around each call
+slow the run down (its decisions per second are not comparable); the shares are what count.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "backend"))
 
@@ -32,8 +37,62 @@ from gpuqueue.scheduler.base import JobRequest, Start  # noqa: E402
 from gpuqueue.queue.states import Outcome, Priority  # noqa: E402
 
 
-def run(policy: str, pending: int, users: int, gpus: int, passes: int, seed: int, explain: bool) -> dict[str, Any]:
-    """One run of one policy; returns its figures."""
+# the parts of a gpuqueue step --breakdown times: (module, class, method)
+PARTS = [
+    ("gpuqueue.scheduler.fairshare.policy", "FairShareScheduler", m)
+    for m in ("submit", "finished", "tick", "_timers", "start", "try_preempt")
+] + [
+    ("gpuqueue.scheduler.fairshare.scheduling_pass", "SchedulingPass", m)
+    for m in ("serve_starved", "scan_users", "fit_keys", "consider", "place", "reserve")
+]
+
+
+class Breakdown:
+    """Exclusive wall time per part while ``on``: each timed call's time less that of the timed
+    calls inside it. ``install`` wraps the methods of ``PARTS``; ``remove`` restores them."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.spent: dict[str, float] = {}
+        self._stack: list[float] = []
+        self._saved: list[tuple[type, str, Any]] = []
+
+    def _wrap(self, name: str, f: Any) -> Any:
+        def timed(*a: Any, **k: Any) -> Any:
+            if not self.on:
+                return f(*a, **k)
+            stack = self._stack
+            stack.append(0.0)
+            t = time.perf_counter()
+            try:
+                return f(*a, **k)
+            finally:
+                el = time.perf_counter() - t
+                inner = stack.pop()
+                self.spent[name] = self.spent.get(name, 0.0) + el - inner
+                if stack:
+                    stack[-1] += el
+        return timed
+
+    def install(self) -> None:
+        """Wrap every part's method."""
+        import importlib
+        for mod, cls_name, meth in PARTS:
+            cls = getattr(importlib.import_module(mod), cls_name)
+            f = cls.__dict__[meth]
+            self._saved.append((cls, meth, f))
+            setattr(cls, meth, self._wrap(meth.strip("_"), f))
+
+    def remove(self) -> None:
+        """Put the methods back."""
+        for cls, meth, f in reversed(self._saved):
+            setattr(cls, meth, f)
+        self._saved.clear()
+
+
+def run(policy: str, pending: int, users: int, gpus: int, passes: int, seed: int, explain: bool,
+        breakdown: Optional[Breakdown] = None) -> dict[str, Any]:
+    """One run of one policy; returns its figures (with ``breakdown``, timing its parts)."""
     rng = random.Random(seed)
     nodes = {f"n{i:04d}": 8 for i in range(gpus // 8)}
     cfg = QueueConfig(
@@ -71,6 +130,8 @@ def run(policy: str, pending: int, users: int, gpus: int, passes: int, seed: int
         for _ in range(rng.randint(1, 4)):  # a few jobs end, a few arrive
             jid = running.pop(rng.randrange(len(running))) if running else None
             batch.append((jid, new_job()))
+        if breakdown is not None:
+            breakdown.on = True
         t, c = time.perf_counter(), time.thread_time()
         for jid, job in batch:
             if jid is not None:
@@ -78,6 +139,8 @@ def run(policy: str, pending: int, users: int, gpus: int, passes: int, seed: int
             s.submit(job, now)
         out = s.tick(now)
         steps.append(time.perf_counter() - t)
+        if breakdown is not None:
+            breakdown.on = False
         cpu += time.thread_time() - c
         decisions += len(out)
         running += [d.job_id for d in out if isinstance(d, Start)]
@@ -111,6 +174,8 @@ def main() -> None:
     ap.add_argument("--policy", choices=["gpuqueue", "fifo", "both"], default="both")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--explain", action="store_true", help="also time explain() of every queued job")
+    ap.add_argument("--breakdown", action="store_true",
+                    help="also time the parts of a gpuqueue step (an extra, slower run)")
     a = ap.parse_args()
     policies = ["gpuqueue", "fifo"] if a.policy == "both" else [a.policy]
     for i in range(a.runs):
@@ -121,6 +186,17 @@ def main() -> None:
             g, f = res["gpuqueue"], res["fifo"]
             print(json.dumps({"run": i + 1, "ratio_decisions_per_s": round(g["decisions_per_s"] / f["decisions_per_s"], 3),
                               "ratio_cpu_decisions_per_s": round(g["cpu_decisions_per_s"] / f["cpu_decisions_per_s"], 3)}))
+    if a.breakdown:
+        b = Breakdown()
+        b.install()
+        try:
+            r = run("gpuqueue", a.pending, a.users, a.gpus, a.passes, a.seed, False, b)
+        finally:
+            b.remove()
+        total = sum(b.spent.values())
+        parts = sorted(b.spent.items(), key=lambda kv: -kv[1])
+        print(json.dumps({"breakdown_us_per_step": {k: round(v * 1e6 / r["passes"], 1) for k, v in parts},
+                          "breakdown_share": {k: round(v / total, 3) for k, v in parts}}))
 
 
 if __name__ == "__main__":

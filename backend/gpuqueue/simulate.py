@@ -234,10 +234,12 @@ def hierarchical_fill(capacity: float, demand: dict[str, float], weight: dict[st
     for u, d in demand.items():
         gdemand[group_of[u]] = gdemand.get(group_of[u], 0.0) + d
     gshare = water_fill(capacity, gdemand, group_weight)
+    by_group: dict[str, dict[str, float]] = {}  # each group's members' demands, in demand's order
+    for u, d in demand.items():
+        by_group.setdefault(group_of[u], {})[u] = d
     out: dict[str, float] = {}
     for g, share in gshare.items():
-        members = {u: d for u, d in demand.items() if group_of[u] == g}
-        out.update(water_fill(share, members, weight))
+        out.update(water_fill(share, by_group[g], weight))
     return out
 
 
@@ -310,6 +312,7 @@ class Simulation:
         group_accts: dict[str, _UserAcct] = {}
         backlogged_groups: dict[str, int] = {}  # group -> backlogged members
         members: dict[str, list[str]] = {}
+        group_fair: dict[str, float] = {}  # group -> its members' fair shares summed (until they change)
 
         def group_members(g: str) -> list[str]:
             return members[g]
@@ -324,6 +327,7 @@ class Simulation:
                 group_weight[group_of[u]] = self.config.groups[g].weight if g is not None else a.weight
                 group_accts.setdefault(group_of[u], _UserAcct(weight=group_weight[group_of[u]]))
                 members.setdefault(group_of[u], []).append(u)
+                group_fair.pop(group_of[u], None)
             return a
 
         def change(j: SimJob, dpend: int = 0, dused: int = 0, ddemand: int = 0) -> None:
@@ -367,6 +371,7 @@ class Simulation:
                         for u, x in shares.items():
                             fair[u] = fair.get(u, 0.0) + x
                 fair_dirty = False
+                group_fair.clear()
             return fair
 
         def end_attempt(j: SimJob, now: float) -> None:
@@ -433,7 +438,10 @@ class Simulation:
                             ga = group_accts[g]
                             ga.backlog_s += dt
                             ga.received += ga.used * dt
-                            ga.entitled += sum(shares.get(u, 0.0) for u in group_members(g)) * dt
+                            gfair = group_fair.get(g)
+                            if gfair is None:
+                                gfair = group_fair[g] = sum(shares.get(u, 0.0) for u in group_members(g))
+                            ga.entitled += gfair * dt
                 last_t = now
             while ev and ev[0][0] <= now:
                 _, kind, _, jid, attempt = heapq.heappop(ev)
