@@ -21,10 +21,10 @@ from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..scheduler.admission import inadmissible
 from ..scheduler.cluster import Cluster
 from ..queue.verbs import Caller
-from ..queue.states import JobState
+from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.lifecycle import decode_payload, job_request, same_cell_job, with_defaults
 from . import redis_url
-from .redis_store import LIVE_STATES, WAITING_STATES, RedisStore, _event
+from .redis_store import RedisStore, _event
 
 CONFIG_REFRESH_S = 2.0
 INLINE_PAYLOAD_BYTES = 256 * 1024  # larger payloads go to Redis from a thread
