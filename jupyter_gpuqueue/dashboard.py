@@ -16,11 +16,13 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
+from gpuqueue.queue.states import STATE_GROUPS
+
 from .widget import fmt_duration
 
 REFRESH_S = 2.0
-ACTIVE = {"queued", "retrying", "preempted", "starting", "running"}
-WAITING = {"queued", "retrying", "preempted"}
+ACTIVE = set(STATE_GROUPS["live"])  # the dashboard's "active" rows: every unfinished job
+WAITING = set(STATE_GROUPS["waiting"])
 
 
 def _num(v: Any) -> str:

@@ -23,11 +23,12 @@ from gpuqueue.rest.client import Client
 from gpuqueue.queue.durations import MAX_TIMEOUT_S, parse_duration
 from gpuqueue.queue.errors import GPUQueueError
 from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
+from gpuqueue.queue.states import STATE_GROUPS
 
 from .display import JobView, TextView, use_widgets
 from .prefetch import modules_coming_back, prefetch
 
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+TERMINAL = set(STATE_GROUPS["terminal"])
 
 
 class RemoteJobError(Exception):

@@ -24,13 +24,16 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
+from gpuqueue.queue.states import STATE_GROUPS
+
 REDRAW_HZ = 4.0
 LOG_LINES = 400
 CURVE_POINTS = 2000  # kept; thinned by 2 when full
 CURVE_DRAWN = 300  # drawn
 PENDING_REFRESH_S = 3.0
 CONFIRM_S = 5.0  # how long a first click on Cancel waits for the second
-TERMINAL = {"succeeded", "failed", "cancelled", "timed_out"}
+TERMINAL = set(STATE_GROUPS["terminal"])
+WAITING = set(STATE_GROUPS["waiting"])
 CURVE_KEYS = ("loss", "train_loss", "eval_loss")
 
 
@@ -341,7 +344,7 @@ class JobWidget:
         """The state line: queued → position, ETA, reason; running → node, GPUs, elapsed."""
         with self._lock:
             s = self.state
-            if s in ("queued", "retrying", "preempted") and self.pending:
+            if s in WAITING and self.pending:
                 p = self.pending
                 eta = f", ETA {fmt_duration(p['eta_s'])}" if p.get("eta_s") is not None else ""
                 text = f"{s}: position {p.get('position')}{eta}: {p.get('message') or p.get('reason')}"
@@ -431,7 +434,7 @@ class JobWidget:
             if self._closed.is_set():
                 return
             now = time.monotonic()
-            if self._refresh_fn and self.state in ("queued", "retrying", "preempted") \
+            if self._refresh_fn and self.state in WAITING \
                     and now - self._last_refresh > PENDING_REFRESH_S:
                 self._last_refresh = now
                 try:

@@ -74,7 +74,20 @@ export interface IQueue {
   gpu_map?: IGpuNode[];
   share?: IShare | null;
   warning?: string;
+  /** The groups of job states, defined once on the server (gpuqueue/queue/states.py). */
+  state_groups: IStateGroups;
 }
+
+/** Job states by group: waiting in line, holding GPUs, either of those, finished. */
+export interface IStateGroups {
+  waiting: string[];
+  active: string[];
+  live: string[];
+  terminal: string[];
+}
+
+/** Until the first ``GET /queue`` answers: no job is in any group. */
+export const NO_GROUPS: IStateGroups = { waiting: [], active: [], live: [], terminal: [] };
 
 /** One event of a job's stream. */
 export interface IEvent {
@@ -83,9 +96,6 @@ export interface IEvent {
   type: string;
   data: { [key: string]: any };
 }
-
-export const ACTIVE = ['queued', 'retrying', 'preempted', 'starting', 'running'];
-export const WAITING = ['queued', 'retrying', 'preempted'];
 
 /** An error with the server's own message. */
 export class ApiError extends Error {}

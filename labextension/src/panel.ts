@@ -12,14 +12,14 @@ import { Poll } from '@lumino/polling';
 import { Widget } from '@lumino/widgets';
 
 import {
-  ACTIVE,
   GPUQueueAPI,
   IGpu,
   IGpuNode,
   IJobSummary,
   IPending,
   IQueue,
-  WAITING
+  IStateGroups,
+  NO_GROUPS
 } from './api';
 
 /** The sidebar's settings (see schema/plugin.json). */
@@ -111,8 +111,13 @@ export class GPUQueuePanel extends Widget {
     super.dispose();
   }
 
+  /** The server's groups of job states (from the last ``GET /queue``). */
+  private get groups(): IStateGroups {
+    return this.queue?.state_groups ?? NO_GROUPS;
+  }
+
   private hasActive(): boolean {
-    return this.jobs.some(j => ACTIVE.includes(j.state));
+    return this.jobs.some(j => this.groups.live.includes(j.state));
   }
 
   private replan(): void {
@@ -136,7 +141,7 @@ export class GPUQueuePanel extends Widget {
       this.jobs = jobs;
       await Promise.all(
         jobs
-          .filter(j => j.state === 'running' || j.state === 'starting')
+          .filter(j => queue.state_groups.active.includes(j.state))
           .map(j => this.updateProgress(j.id))
       );
       this.error = '';
@@ -191,9 +196,9 @@ export class GPUQueuePanel extends Widget {
 
   private jobLine(j: IJobSummary): string {
     const bits: string[] = [];
-    if (WAITING.includes(j.state) && j.pending) {
+    if (this.groups.waiting.includes(j.state) && j.pending) {
       bits.push(waitingLine(j.pending));
-    } else if (j.state === 'running' || j.state === 'starting') {
+    } else if (this.groups.active.includes(j.state)) {
       const ids = j.gpu_ids ?? [];
       const gpus = ids.length ? `GPU${ids.length === 1 ? '' : 's'} ${ids.join(',')}` : j.gpus ? `${j.gpus} GPUs` : 'CPU';
       const elapsed = j.started_at ? `, ${duration(Date.now() / 1000 - j.started_at)}` : '';
@@ -219,21 +224,21 @@ export class GPUQueuePanel extends Widget {
     const q = this.queue;
     // running first, then waiting jobs in their order in line
     const rank = (j: IJobSummary): number =>
-      WAITING.includes(j.state) ? 1000 + (j.pending?.position || 999) : 0;
-    const active = this.jobs.filter(j => ACTIVE.includes(j.state)).sort((a, b) => rank(a) - rank(b));
+      this.groups.waiting.includes(j.state) ? 1000 + (j.pending?.position || 999) : 0;
+    const active = this.jobs.filter(j => this.groups.live.includes(j.state)).sort((a, b) => rank(a) - rank(b));
     const finished = this.jobs
-      .filter(j => !ACTIVE.includes(j.state))
+      .filter(j => !this.groups.live.includes(j.state))
       .slice(0, this.settings.recentFinished);
     const row = (j: IJobSummary): string => {
       const prog = this.progress.get(j.id);
       const pct = prog && prog.total ? Math.min(100, (100 * prog.done) / prog.total) : null;
       const bar =
-        pct !== null && ACTIVE.includes(j.state)
+        pct !== null && this.groups.live.includes(j.state)
           ? `<span class="jp-GPUQueue-nowrap"><span class="jp-GPUQueue-bar jp-GPUQueue-progress" ` +
             `title="${prog!.done}/${prog!.total}"><span style="width:${pct.toFixed(0)}%"></span></span> ` +
             `${pct.toFixed(0)}%</span>`
           : '';
-      const cancel = ACTIVE.includes(j.state)
+      const cancel = this.groups.live.includes(j.state)
         ? `<button class="jp-Button jp-mod-styled jp-mod-warn jp-GPUQueue-cancel" ` +
           `data-gpuqueue-cancel="${esc(j.id)}" title="cancel ${esc(j.id)}">Cancel</button>`
         : '';

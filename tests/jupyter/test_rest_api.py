@@ -183,6 +183,13 @@ async def test_queue_summary(api):
     assert code == 200
     assert q["pools"]["default"]["gpus_total"] == 2
     assert q["me"] == {"user": "alice", "admin": False, "jobs": {}}
+    # the sidebar sorts jobs by the server's groups of states (no copy of them in TypeScript)
+    assert q["state_groups"] == {
+        "waiting": ["queued", "retrying", "preempted"],
+        "active": ["starting", "running"],
+        "live": ["queued", "retrying", "preempted", "starting", "running"],
+        "terminal": ["succeeded", "failed", "cancelled", "timed_out"],
+    }
 
 
 async def test_result_of_a_cell_job_round_trips(api):

@@ -37,9 +37,9 @@ from ..queue.models import Attempt, JobRecord
 from ..scheduler import make_scheduler
 from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..scheduler.base import Retry
-from ..queue.states import JobState, Outcome
+from ..queue.states import WAITING_STATES, JobState, Outcome
 from .celeryconfig import TASK_NAME, make_app, node_queue
-from .redis_store import WAITING_STATES, Fenced, Op, RedisStore
+from .redis_store import Fenced, Op, RedisStore
 
 log = logging.getLogger("gpuqueue.daemon")
 

@@ -24,10 +24,10 @@ from ..queue.ratelimit import RedisBuckets, SubmitLimiter
 from ..scheduler.admission import inadmissible
 from ..scheduler.cluster import Cluster
 from ..queue.verbs import Caller
-from ..queue.states import JobState
+from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.lifecycle import decode_payload, job_request, same_cell_job, with_defaults
 from . import redis_url
-from .redis_store import LIVE_STATES, WAITING_STATES, RedisStore, _event
+from .redis_store import RedisStore, _event
 
 log = logging.getLogger("gpuqueue.api")
 CONFIG_REFRESH_S = 2.0

@@ -43,7 +43,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from ..queue.models import Event, JobRecord
-from ..queue.states import JobState
+from ..queue.states import WAITING_STATES
 from . import redis_url
 
 Op = list[Any]
@@ -297,5 +297,3 @@ def _event(eid: str, f: dict[str, str]) -> Event:
     return Event(seq=int(eid.split("-", 1)[0]), time=float(f["t"]), type=f["type"], data=json.loads(f["data"]))
 
 
-WAITING_STATES = frozenset((JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED))
-LIVE_STATES = WAITING_STATES | {JobState.STARTING, JobState.RUNNING}

@@ -35,7 +35,7 @@ from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
 from ..scheduler import make_scheduler
 from ..scheduler.admission import inadmissible
 from ..scheduler.base import Decision, JobRequest
-from ..queue.states import JobState
+from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..queue.verbs import Caller
 from .store import SqliteStore
@@ -140,9 +140,8 @@ class QueueService(QueueShell):
     def _restore(self) -> None:
         assert self.store is not None
         now = time.time()
-        active = (JobState.QUEUED, JobState.RETRYING, JobState.STARTING, JobState.RUNNING, JobState.PREEMPTED)
-        for job in sorted(self.store.list(states=active, limit=1_000_000), key=lambda j: j.created_at):
-            if job.state in (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED):
+        for job in sorted(self.store.list(states=LIVE_STATES, limit=1_000_000), key=lambda j: j.created_at):
+            if job.state in WAITING_STATES:
                 self.scheduler.submit(self._request(job), now, restoring=True)
                 continue
             a = job.current_attempt
@@ -199,7 +198,7 @@ class QueueService(QueueShell):
     def _iter_live(self, owner: str) -> Iterator[JobRecord]:
         """The owner's live jobs, read from the store only once iterated."""
         assert self.store is not None
-        yield from self.store.list(owner=owner, states=_LIVE_STATES, limit=10_000)
+        yield from self.store.list(owner=owner, states=LIVE_STATES, limit=10_000)
 
     @staticmethod
     def _write_job_files(d: Path, spec: JobSpec, payload: Optional[bytes]) -> None:
@@ -292,7 +291,7 @@ class QueueService(QueueShell):
         assert self.store is not None
         snap = self.scheduler.snapshot()
         mine: dict[str, int] = {}
-        for j in self.store.list(owner=caller.name, states=_LIVE_STATES, limit=100_000):
+        for j in self.store.list(owner=caller.name, states=LIVE_STATES, limit=100_000):
             mine[j.state.value] = mine.get(j.state.value, 0) + 1
         out = {"mode": "embedded", "pools": snap.get("pools", {}), "me": {"user": caller.name, "admin": caller.admin, "jobs": mine}}
         if "users" in snap:
@@ -576,7 +575,7 @@ class QueueService(QueueShell):
         return job
 
     def _with_pending(self, job: JobRecord) -> JobRecord:
-        if job.state in (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED):
+        if job.state in WAITING_STATES:
             ex = self.scheduler.explain(job.id, time.time())
             job.pending = ex.as_dict() if ex else None
         return job
@@ -610,9 +609,6 @@ class QueueService(QueueShell):
         if started is None:
             return False
         return a.pid_started is None or abs(started - a.pid_started) < 1.0
-
-
-_LIVE_STATES = (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED, JobState.STARTING, JobState.RUNNING)
 
 
 def _process_start_time(pid: int) -> Optional[float]:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ..queue.states import STATE_GROUPS
 from ..scheduler.base import NodeView
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,7 +49,6 @@ PRIORITIES = ("high", "medium", "low")
 FINAL_STATES = ("succeeded", "failed", "cancelled", "timed_out")
 ATTEMPT_OUTCOMES = ("succeeded", "failed", "cancelled", "timed_out", "preempted", "lost")
 RETRY_CAUSES = ("failed", "preempted", "lost")
-PENDING_STATES = ("queued", "retrying", "preempted")
 
 WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
 PASS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -544,7 +544,7 @@ class QueueMetrics:
             self.attempts.labels(pool, outcome).inc()
             if outcome == "preempted":
                 self.preemptions.labels(pool).inc()
-            if _value(getattr(job, "state", "")) in PENDING_STATES:
+            if _value(getattr(job, "state", "")) in STATE_GROUPS["waiting"]:
                 self.retries.labels(pool, outcome).inc()
             self.running.remove(getattr(job, "id", None))
 

@@ -26,12 +26,29 @@ class JobState(str, Enum):
     @property
     def is_active(self) -> bool:
         """True while the job holds (or is about to hold) GPUs."""
-        return self in (JobState.STARTING, JobState.RUNNING)
+        return self in ACTIVE_STATES
 
 
+# The groups of states, defined here only. The API sends them to the sidebar (``GET /queue``,
+# ``state_groups``); the Python side of the notebook reads them from here.
+WAITING_STATES = (JobState.QUEUED, JobState.RETRYING, JobState.PREEMPTED)
+"""In the queue: waiting for GPUs, a retry time, or to be queued again after a preemption."""
+ACTIVE_STATES = (JobState.STARTING, JobState.RUNNING)
+"""Holding GPUs (or about to)."""
+LIVE_STATES = WAITING_STATES + ACTIVE_STATES
+"""Not finished: waiting or active. A cell's live job is the one a re-run attaches to."""
 TERMINAL_STATES = frozenset(
     {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.TIMED_OUT}
 )
+"""Finished for good."""
+
+STATE_GROUPS: dict[str, list[str]] = {
+    "waiting": [s.value for s in WAITING_STATES],
+    "active": [s.value for s in ACTIVE_STATES],
+    "live": [s.value for s in LIVE_STATES],
+    "terminal": [s.value for s in JobState if s in TERMINAL_STATES],
+}
+"""The groups by name, as the API sends them (JSON-ready, in a fixed order)."""
 
 
 class Priority(str, Enum):

@@ -27,6 +27,7 @@ from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
 from ..queue.errors import BadRequest, GPUQueueError, NotFound
+from ..queue.states import STATE_GROUPS
 from ..queue.verbs import Caller, QueueVerbs, maybe_await
 from .jsonbody import read_submit_chunks, release
 
@@ -250,10 +251,12 @@ class EventsHandler(RestHandler):
 
 
 class QueueHandler(RestHandler):
-    """``GET`` the queue summary: pools, GPUs used/free, the caller's jobs."""
+    """``GET`` the queue summary: pools, GPUs used/free, the caller's jobs, and the groups of
+    job states (``state_groups``: waiting, active, live, terminal) the sidebar sorts jobs by."""
 
     async def get(self) -> None:
-        self.send(await maybe_await(self.service.summary(self.caller)))
+        summary = await maybe_await(self.service.summary(self.caller))
+        self.send({**summary, "state_groups": STATE_GROUPS})
 
 
 def routes(prefix: str = "/gpuqueue/api") -> list[tuple[str, type]]:
