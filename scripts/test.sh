@@ -14,7 +14,7 @@ fi
 if command -v npm >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && ! command -v configurable-http-proxy >/dev/null 2>&1; then
   npm install -g --silent configurable-http-proxy >/dev/null
 fi
-bash scripts/install.sh "dev,train,cluster,ray"
+bash scripts/install.sh "dev,train,cluster,ray,flower"
 # shellcheck disable=SC1091
 . .venv/bin/activate
 # An ipykernel 6 kernel beside the venv's ipykernel 7 (every other package is the venv's): the
