@@ -85,6 +85,20 @@ def attempt_paths(state_dir: str | Path, job_id: str, number: int, split: bool) 
     return AttemptPaths(records, work, work / f"attempt-{number}")
 
 
+def open_owned_file(dir_fd: int, name: str, uid: Optional[int]) -> Optional[int]:
+    """A read descriptor on ``name`` in the folder ``dir_fd`` if it is a regular file with one
+    link, owned by ``uid`` (any owner when None): never a link, a FIFO or someone else's file."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+    except OSError:
+        return None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or (uid is not None and (st.st_uid != uid or st.st_nlink != 1)):
+        os.close(fd)
+        return None
+    return fd
+
+
 class OwnedDir:
     """A folder that a job's identity owns, as root opens it: every component below the trusted,
     root-owned ``parent`` is opened with ``O_NOFOLLOW``, so a link the job planted cannot send a
@@ -131,15 +145,7 @@ class OwnedDir:
     def open_file(self, name: str) -> Optional[int]:
         """A read descriptor on ``name`` if it is a regular file of the owner with one link
         (never a link, a FIFO or someone else's file), else None."""
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=self.fd)
-        except OSError:
-            return None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (self.uid is not None and (st.st_uid != self.uid or st.st_nlink != 1)):
-            os.close(fd)
-            return None
-        return fd
+        return open_owned_file(self.fd, name, self.uid)
 
     def size(self, name: str) -> Optional[int]:
         """The size of ``name`` (as :meth:`open_file` would open it), or None."""

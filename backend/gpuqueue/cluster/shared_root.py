@@ -37,7 +37,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Optional
 
-MARKER = "COMPLETE"
+from ..attempt.jobdir import open_owned_file
+from ..job.checkpoint import MARKER, remove_checkpoint
 CHECKPOINTS = "checkpoints"
 CHUNK = 8 * 1024 * 1024
 
@@ -187,12 +188,7 @@ class SharedRoot:
     def _remove(self, folder: str) -> None:
         """Delete a checkpoint on the root, its marker first (never half visible)."""
         try:
-            if self.fs.exists(f"{folder}/{MARKER}"):
-                self.fs.rm_file(f"{folder}/{MARKER}")
-            if self.fs.exists(folder):
-                self.fs.rm(folder, recursive=True)
-        except FileNotFoundError:
-            pass
+            remove_checkpoint(self.fs, folder)
         except Exception as e:  # noqa: BLE001
             raise StorageError(f"cannot delete {self._u(folder)}: {_say(e)}") from None
 
@@ -271,15 +267,7 @@ class _Local:
         return fd
 
     def _file(self, dfd: int, name: str) -> Optional[int]:
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dfd)
-        except OSError:
-            return None
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (self.uid is not None and (st.st_uid != self.uid or st.st_nlink != 1)):
-            os.close(fd)
-            return None
-        return fd
+        return open_owned_file(dfd, name, self.uid)
 
     def has(self, name: str, step: str) -> bool:
         """Whether a complete ``name/step`` is here."""

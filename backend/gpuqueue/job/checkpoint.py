@@ -37,6 +37,18 @@ from typing import Any, Callable, Literal, Optional, Union
 from . import jobapi
 
 MARKER = "COMPLETE"
+
+
+def remove_checkpoint(fs: Any, folder: str) -> None:
+    """Delete a checkpoint folder on fsspec file system ``fs``, its marker first (so it is never
+    half visible); a folder already gone is fine."""
+    try:
+        if fs.exists(f"{folder}/{MARKER}"):
+            fs.rm_file(f"{folder}/{MARKER}")
+        if fs.exists(folder):
+            fs.rm(folder, recursive=True)
+    except FileNotFoundError:
+        pass
 STATE_FILE = "state.pt"
 StateArg = Union[None, dict[str, Any], Callable[[], Any], Any]
 
@@ -271,14 +283,7 @@ class Checkpointer:
         return info
 
     def _remove(self, folder: str) -> None:
-        """Delete a checkpoint folder, its marker first (so it is never half-visible)."""
-        try:
-            if self.fs.exists(f"{folder}/{MARKER}"):
-                self.fs.rm_file(f"{folder}/{MARKER}")
-            if self.fs.exists(folder):
-                self.fs.rm(folder, recursive=True)
-        except FileNotFoundError:
-            pass
+        remove_checkpoint(self.fs, folder)
 
     def _rotate(self, cps: list[CheckpointInfo], best: Optional[CheckpointInfo]) -> None:
         if self.max_checkpoints is None:
