@@ -52,6 +52,19 @@ class Shell:
         self.check()
         return out
 
+    def step(self, ends: dict[str, float], now: float, runtime: float) -> list[Start]:
+        """One step of a replay: finish the jobs whose end in ``ends`` has come, tick, apply;
+        jobs started now end ``runtime`` later. Returns the starts."""
+        for jid in [j for j, t in ends.items() if t <= now]:
+            del ends[jid]
+            self.finish(jid, Outcome.SUCCEEDED, now)
+        out = self.s.tick(now)
+        self.apply(out, now)
+        starts = [d for d in out if isinstance(d, Start)]
+        for d in starts:
+            ends[d.job_id] = now + runtime
+        return starts
+
     def check(self) -> None:
         """GPUs never over-allocated; a job's GPUs all on its nodes; quotas hold."""
         used: dict[str, set[int]] = {}

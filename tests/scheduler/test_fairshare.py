@@ -66,15 +66,8 @@ def backlogged_gpu_hours(cfg, users: list[str], hours: float = 48, size: int = 1
             while sum(1 for j in s.jobs.values() if j.request.user == u and j.state == "pending") < 20:
                 n += 1
                 s.submit(job(f"{u}-{n}", user=u, gpus=size, t=now), now)
-        for jid in [j for j, t in ends.items() if t <= now]:
-            del ends[jid]
-            sh.finish(jid, Outcome.SUCCEEDED, now)
-        out = s.tick(now)
-        sh.apply(out, now)
-        for d in out:
-            if isinstance(d, Start):
-                ends[d.job_id] = now + 3600
-                got[s.jobs[d.job_id].request.user] += size
+        for d in sh.step(ends, now, 3600):
+            got[s.jobs[d.job_id].request.user] += size
         now += 600
     return got
 
