@@ -280,12 +280,20 @@ class JupyterServer:
                     out.append(json.loads(line)["data"])
         return out
 
-    def job_pids(self) -> list[int]:
-        """PIDs of the runner processes of this server's jobs still alive."""
+    def job_pids(self, wait_s: float = 0.0) -> list[int]:
+        """PIDs of the runner processes of this server's jobs still alive, after waiting up to
+        ``wait_s`` for them all to be gone. (A runner reports its job's end once the job's
+        processes are killed, then exits: under load that may take a moment.)"""
         import psutil
 
-        return [r["runner_pid"] for r in self._runner_records()
-                if psutil.pid_exists(r["runner_pid"]) and psutil.Process(r["runner_pid"]).status() != "zombie"]
+        def alive() -> list[int]:
+            return [r["runner_pid"] for r in self._runner_records()
+                    if psutil.pid_exists(r["runner_pid"]) and psutil.Process(r["runner_pid"]).status() != "zombie"]
+
+        deadline = time.monotonic() + wait_s
+        while (pids := alive()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return pids
 
     def kill_jobs(self) -> None:
         """Kill every job process this server started (test clean-up)."""

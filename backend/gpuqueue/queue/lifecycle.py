@@ -7,11 +7,12 @@ job, how an attempt ended, and the job's next state once it has. No I/O.
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any, Iterable, Optional
 
 from .config import MAX_LOST_ATTEMPTS, QueueConfig
 from .errors import BadRequest, Rejected
-from ..rest.jsonbody import b64decode
 from .models import JobRecord, JobSpec, SubmitRequest
 from ..scheduler.base import Decision, JobRequest, Retry
 from .states import JobState, Outcome
@@ -25,6 +26,14 @@ def same_cell_job(req: SubmitRequest, live_jobs: Iterable[JobRecord]) -> Optiona
         return None
     key = (spec.notebook, spec.cell_id, spec.source_hash)
     return next((j for j in live_jobs if (j.spec.notebook, j.spec.cell_id, j.spec.source_hash) == key), None)
+
+
+def b64decode(text: str | bytes) -> bytes:
+    """Strict base64 (no whitespace); BadRequest naming payload_b64 otherwise."""
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("payload_b64 is not valid base64") from None
 
 
 def decode_payload(req: SubmitRequest, max_bytes: int, where: str = "") -> Optional[bytes]:

@@ -18,8 +18,6 @@ for long, so the event loop keeps answering other requests while a 200 MB payloa
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import mmap
 import re
@@ -32,6 +30,7 @@ from pydantic import ValidationError
 
 from ..queue.config import format_validation_error
 from ..queue.errors import BadRequest
+from ..queue.lifecycle import b64decode
 from ..queue.models import EDGE, SubmitRequest
 
 MAX_DEPTH = 32  # a submit body is 3 deep
@@ -178,14 +177,6 @@ def read_submit_chunks(chunks: list[bytes]) -> SubmitRequest:
         if isinstance(body, mmap.mmap):
             body.close()
         raise
-
-
-def b64decode(text: str | bytes) -> bytes:
-    """Strict base64 (no whitespace); BadRequest naming payload_b64 otherwise."""
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise BadRequest("payload_b64 is not valid base64") from None
 
 
 # -- helpers ------------------------------------------------------------------------------
