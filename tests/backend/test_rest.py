@@ -119,7 +119,8 @@ def test_what_held_still_holds_xsrf_origin_and_size_limit(jupyter_server_factory
 @pytest.mark.slow
 def test_a_large_payload_submit_leaves_the_server_answering(jupyter_server):
     """A 199 MB cell payload is streamed, parsed, decoded and written off the event loop: other
-    requests are answered within 100 ms all along (before: the server froze for seconds)."""
+    requests are answered all along, none slower than half a second (before: the server froze
+    for seconds; quiet, the slowest is ~25 ms, but a loaded 2-core machine adds ~100 ms)."""
     s = jupyter_server
     payload = os.urandom(199_000_000)
     body = json.dumps({"spec": {"kind": "cell", "python": sys.executable, "name": "big"},
@@ -148,6 +149,6 @@ def test_a_large_payload_submit_leaves_the_server_answering(jupyter_server):
     latencies.sort()
     print(f"199 MB submit: {done['seconds']:.2f} s; {len(latencies)} requests meanwhile, "
           f"median {latencies[len(latencies) // 2] * 1000:.1f} ms, max {latencies[-1] * 1000:.1f} ms")
-    assert len(latencies) >= 10 and latencies[-1] < 0.1, latencies[-5:]
+    assert len(latencies) >= 10 and latencies[-1] < 0.5, latencies[-5:]
     stored = s.state_dir / "jobs" / r.json()["id"] / "payload.pkl"
     assert stored.stat().st_size == len(payload)
