@@ -2,13 +2,16 @@
 issue 13 for each.
 
     python benchmarks/sim_compare.py                 # the suite: openb and the generated traces
-    python benchmarks/sim_compare.py --jobs 6000     # the generated ones shortened (what CI runs)
+    python benchmarks/sim_compare.py --jobs 6000     # the generated ones shortened
+    python benchmarks/sim_compare.py --seeds 1,2,3   # each generated shape with several seeds
     python benchmarks/sim_compare.py TRACE --cluster prod=64x8 [--time-scale F] [--config FILE]
 
 The suite is openb (the Alibaba 2023 trace in ../shared/traces, arrivals x8 on 16 nodes of 8
 GPUs) and two traces ``benchmarks/make_trace.py`` writes (seed 1, 64 nodes of 8 GPUs):
 ``whole-node`` (3 heavy users with 8- and 16-GPU jobs, 8 light ones with 1-GPU jobs, load 1.0,
-2 weeks) and ``bursty`` (4 tenants as groups, sweeps of jobs, load 1.0, 2 weeks). Each trace
+2 weeks) and ``bursty`` (4 tenants as groups, sweeps of jobs, load 1.0, 2 weeks); with
+``--seeds`` each shape is generated once per seed (the regression tests run seeds 1 and 2: a
+result that holds on one draw of a shape only is not a result). Each trace
 runs ``python -m gpuqueue.simulate`` once per policy (as a user would, both at once) and prints
 a Markdown table: the figures the scheduler is judged on with the ratio and the goal, then the
 longest wait by job size.
@@ -40,22 +43,25 @@ def find_openb() -> Optional[Path]:
     return next((p / "openb.csv" for p in places if (p / "openb.csv").exists()), None)
 
 
-def suite(folder: Path, jobs: Optional[int] = None) -> list[dict[str, Any]]:
+def suite(folder: Path, jobs: Optional[int] = None, seeds: tuple[int, ...] = (1,)) -> list[dict[str, Any]]:
     """The traces of the suite, generated into ``folder`` (``jobs``: shorter, same shapes and
-    load over a proportionally shorter span)."""
+    load over a proportionally shorter span; ``seeds``: each generated shape once per seed).
+    Names: ``openb``, ``whole-node (24000 jobs)``, ``whole-node seed 2 (24000 jobs)``..."""
     out: list[dict[str, Any]] = []
     openb = find_openb()
     if openb is not None:
         out.append({"name": "openb", "trace": str(openb), "cluster": "prod=16x8", "time_scale": 8.0, "config": None})
     n = jobs or 24000
     days = 14.0 * n / 24000
-    for shape in ("whole-node", "bursty"):
-        path = folder / f"{shape}-{n}.csv"
-        if not path.exists():
-            make_trace(str(path), shape, n, 50, 512, 1.0, 1, days)
-        config = str(path.with_suffix(".toml")) if shape == "bursty" else None
-        out.append({"name": f"{shape} ({n} jobs)", "trace": str(path), "cluster": "prod=64x8",
-                    "time_scale": 1.0, "config": config})
+    for seed in seeds:
+        for shape in ("whole-node", "bursty"):
+            tag = "" if seed == 1 else f"-seed{seed}"
+            path = folder / f"{shape}-{n}{tag}.csv"
+            if not path.exists():
+                make_trace(str(path), shape, n, 50, 512, 1.0, seed, days)
+            config = str(path.with_suffix(".toml")) if shape == "bursty" else None
+            name = f"{shape} ({n} jobs)" if seed == 1 else f"{shape} seed {seed} ({n} jobs)"
+            out.append({"name": name, "trace": str(path), "cluster": "prod=64x8", "time_scale": 1.0, "config": config})
     return out
 
 
@@ -126,6 +132,7 @@ def main() -> None:
     ap.add_argument("--config")
     ap.add_argument("--jobs", type=int, help="suite: jobs of each generated trace (default 24,000)")
     ap.add_argument("--out", help="suite: folder for the generated traces (default: a temporary one)")
+    ap.add_argument("--seeds", default="1", help="suite: seeds of the generated traces, e.g. 1,2,3 (default 1)")
     a = ap.parse_args()
     if a.trace:
         if not a.cluster:
@@ -135,7 +142,11 @@ def main() -> None:
     else:
         folder = Path(a.out or tempfile.mkdtemp(prefix="gpuqueue-traces-"))
         folder.mkdir(parents=True, exist_ok=True)
-        runs = suite(folder, a.jobs)
+        try:
+            seeds = tuple(int(x) for x in a.seeds.split(","))
+        except ValueError:
+            sys.exit(f"--seeds takes whole numbers separated by commas, e.g. 1,2,3 (not {a.seeds!r})")
+        runs = suite(folder, a.jobs, seeds)
     for r in runs:
         args = f"--cluster {r['cluster']} --time-scale {r['time_scale']:g}" + (" --config (its groups)" if r["config"] else "")
         print(table(r["name"], args, simulate(r["trace"], r["cluster"], r["time_scale"], r["config"])))

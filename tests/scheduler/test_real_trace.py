@@ -1,8 +1,8 @@
 """The policy against strict FIFO on the suite of benchmarks/sim_compare.py: the real openb trace
 (Alibaba 2023, in ../shared/traces) and the two traces benchmarks/make_trace.py writes
-(whole-node and bursty, 24,000 jobs each over two weeks). Each asserts the goals of issue 13
-that the policy meets there; the ones it misses (docs/scheduling.md, "Known gaps") are held to
-where they are now, so that they cannot get worse unnoticed."""
+(whole-node and bursty, 24,000 jobs each over two weeks), each generated with seeds 1 and 2. Each
+asserts the goals of issue 13 that the policy meets there; the ones it misses (docs/scheduling.md,
+"Known gaps") are held to where they are now, so that they cannot get worse unnoticed."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ SIZES = ("1", "2", "4", "8", "16+")
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("traces")
-    return {r["name"].split()[0]: simulate(r["trace"], r["cluster"], r["time_scale"], r["config"])
-            for r in suite(folder)}
+    return {r["name"].split(" (")[0]: simulate(r["trace"], r["cluster"], r["time_scale"], r["config"])
+            for r in suite(folder, seeds=(1, 2))}
 
 
 def ratios(res):
@@ -63,3 +63,21 @@ def test_bursty(results):
     assert high_p99 <= 0.45  # goal 0.2: missed (Known gaps)
     assert g["jain_fairness"] >= 0.85 and g["jain_fairness_groups"] >= 0.88  # goal 0.95: missed
     no_size_waits_longer_than_fifo_at_most(g, f)
+
+
+def test_whole_node_seed_2(results):
+    g, f, jct, max_wait, high_p99 = ratios(results["whole-node seed 2"])
+    assert g["completed"] == f["completed"] == 24000
+    assert jct <= 0.6 and max_wait <= 1.0
+    assert high_p99 <= 0.25  # goal 0.2: missed here (0.210; Known gaps)
+    assert g["utilization_while_fits"] >= 0.95 and g["jain_fairness"] >= 0.95
+    no_size_waits_longer_than_fifo_at_most(g, f)
+
+
+def test_bursty_seed_2(results):
+    g, f, jct, max_wait, high_p99 = ratios(results["bursty seed 2"])
+    assert g["completed"] == f["completed"] == g["jobs"]
+    assert jct <= 0.6 and g["utilization_while_fits"] >= 0.95
+    assert max_wait <= 1.2  # goal 1.0: missed here (1.134: 2-node low and medium jobs; Known gaps)
+    assert high_p99 <= 0.5  # goal 0.2: missed (0.441)
+    assert g["jain_fairness"] >= 0.82 and g["jain_fairness_groups"] >= 0.95  # users' goal 0.95: missed (0.839)
