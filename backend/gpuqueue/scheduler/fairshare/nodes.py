@@ -36,9 +36,9 @@ class PoolNodes:
         self.max_gpus = 0  # GPUs of the biggest up node
         # free GPU count -> names of the nodes with that many free (sorted): best fit in a few steps
         self.by_free: dict[int, list[str]] = {}
-        # per GPU need: a lazy heap of when each node has that many free, and the nodes touched
-        # since it was last brought up to date (see NodeIndex.soonest_node)
-        self.fit_heaps: dict[int, tuple[list[FitEntry], set[str]]] = {}
+        # per GPU need: a lazy heap of when each node has that many free, and the count of node
+        # touches it was last brought up to date with (-1: never; see NodeIndex.soonest_node)
+        self.fit_heaps: dict[int, list] = {}
 
     def reset(self, nodes: list[NodeState]) -> None:
         """Index these up nodes (sorted by name)."""
@@ -172,8 +172,6 @@ class NodeIndex:
             at = self.touched_at
             at.pop(name, None)  # kept in touch order: touched_since walks back from the end
             at[name] = self.touches
-            for _, dirty in pool.fit_heaps.values():
-                dirty.add(name)
             n = pool.by_name[name]
             new = len(n.free)
             if new == old:
@@ -246,14 +244,15 @@ class NodeIndex:
         since its last use."""
         entry = pool.fit_heaps.get(need)
         if entry is None:
-            entry = pool.fit_heaps[need] = ([], {n.name for n in pool.nodes})
-        heap, dirty = entry
+            entry = pool.fit_heaps[need] = [[], -1]
+        heap, synced = entry
         version, by_name = self.versions, pool.by_name
+        dirty = by_name if synced < 0 else self.touched_since(synced, by_name)
+        entry[1] = self.touches
         for name in dirty:
-            n = by_name.get(name)
-            if n is not None and n.gpus >= need:
+            n = by_name[name]
+            if n.gpus >= need:
                 heapq.heappush(heap, (self.fit_time(n, need), -len(n.free), name, version.get(name, 0)))
-        dirty.clear()
         due: list[FitEntry] = []  # fit times already reached tie at `now`
         skipped: list[FitEntry] = []
         while heap:

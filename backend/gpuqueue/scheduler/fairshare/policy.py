@@ -503,13 +503,13 @@ class FairShareScheduler:
             self._charge(self.ledger.users[j.request.user], add)
             if lim is None or nxt < lim:
                 timers.charge_at(j, j.started_at + nxt)
-        for e in due(timers.retries, now):
-            j = jobs.get(e.job_id)
-            if j is not None and j.state == WAITING and j.queue_version == e.queue_version:
+        for _, _, jid, version in due(timers.retries, now):
+            j = jobs.get(jid)
+            if j is not None and j.state == WAITING and j.queue_version == version:
                 self._enqueue(j, now)
-        for e in due(timers.boosts, now):
-            j = jobs.get(e.job_id)
-            if j is not None and j.state == PENDING and j.queue_version == e.queue_version:
+        for _, _, jid, version in due(timers.boosts, now):
+            j = jobs.get(jid)
+            if j is not None and j.state == PENDING and j.queue_version == version:
                 self._dequeue(j)
                 self._enqueue(j, now, boost=True)
 
