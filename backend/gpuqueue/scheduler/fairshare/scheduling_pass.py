@@ -44,6 +44,10 @@ STARTED, BLOCKED, OVER_QUOTA = "started", "blocked", "user"
 NO_GPUS = (0, 0, 0)
 
 
+def _size(class_view: tuple) -> int:
+    return class_view[0]
+
+
 class StarvedCache(NamedTuple):
     """The reservations a pass made for starved jobs, and what they depended on."""
 
@@ -115,7 +119,8 @@ class SchedulingPass:
         self.lending = pool.config.allow_preemption and policy.knobs.preemption_budget > 0
         self._fit_signature: tuple = (None,) * 5  # the inputs fit_keys last answered for, and its answer
         self._fits: frozenset[QueueKey] = frozenset()
-        self._class_views: list[tuple] = []
+        self._class_views: list[tuple] = []  # (GPUs, key, nodes, memo row, view) of classes still in
+        self._multi = False  # some class needs several nodes
 
     # ---------------------------------------------------------------------------- the pass
     def run(self) -> None:
@@ -225,7 +230,7 @@ class SchedulingPass:
         the reserved nodes (see ``FitMemo``). Free GPUs only shrink within a pass, so this is
         exact. Memoized on its inputs; and while the classes and views stay the same, a class
         that is out stays out (free GPUs, ``nofit_all`` and the memo only shrink), so only the
-        classes still in are looked at again."""
+        classes still in are looked at again, and only the biggest when the memo is unchanged."""
         if self.first_blocked is None:
             return None
         nodes = self.pool.nodes
@@ -250,25 +255,36 @@ class SchedulingPass:
                 self._class_views = [
                     (key[0], key, n_nodes, nofit[lending and key[2]] if claims else None, 0)
                     for key, n_nodes in queue.shortest]
+            self._class_views.sort(key=_size)  # by GPUs: free GPUs and nofit_all cut off the biggest
+            self._multi = any(n_nodes > 1 for _, n_nodes in queue.shortest)
+            full = True
+        else:  # a new failure in the memo (or multi-node classes, which need idle nodes) needs a
+            # look at each class; fewer free GPUs or a lower nofit_all only drop the biggest
+            full = sig[2] != last[2] or self._multi
         self._fit_signature = sig
         free, nofit_all = nodes.free, self.nofit_all
-        fits: set[QueueKey] = set()
-        still: list[tuple] = []
-        for cv in self._class_views:
-            g, key, n_nodes, row, view = cv
-            if key in fits:
-                still.append(cv)
-                continue
-            if g > free or g >= nofit_all:
-                continue
-            if n_nodes > 1:  # needs `n_nodes` idle nodes: at least that many with `per` GPUs free
-                if nodes.idle_count(g // n_nodes) < n_nodes:
+        views = self._class_views
+        if not full:
+            bound = min(free + 1, nofit_all)
+            if not views or views[-1][0] < bound:
+                return self._fits
+            while views and views[-1][0] >= bound:
+                views.pop()
+            fits = {cv[1] for cv in views}
+        else:
+            still: list[tuple] = []
+            for cv in views:
+                g, key, n_nodes, row, view = cv
+                if g > free or g >= nofit_all:
                     continue
-            elif row is not None and g >= row[view]:
-                continue
-            fits.add(key)
-            still.append(cv)
-        self._class_views = still
+                if n_nodes > 1:  # needs `n_nodes` idle nodes: at least that many with `per` GPUs free
+                    if nodes.idle_count(g // n_nodes) < n_nodes:
+                        continue
+                elif row is not None and g >= row[view]:
+                    continue
+                still.append(cv)
+            self._class_views = still
+            fits = {cv[1] for cv in still}
         if fits != self._fits:  # the same object while nothing changes (scan_users caches on it)
             self._fits = frozenset(fits)
         return self._fits
@@ -308,11 +324,11 @@ class SchedulingPass:
                 top = tops.get(key, False)
                 if top is False or (by_group and top is not None and users[top[1]].version != top[2]):
                     top = None
+                    tk = (t, key)
                     while h:
                         share, name, version = h[0]
                         u = users[name]
                         marks = in_heap[name]
-                        tk = (t, key)
                         if version != u.version or marks.get(tk) != version:
                             heappop(h)
                             queue.refresh(u, t, key, version)  # pushed again with its new key
