@@ -246,17 +246,17 @@ class SchedulingPass:
             lending = self.lending and claims.starved > 0
             now = self.now
             nofit = memo.nofit
-            if memo.shadows:
-                view = memo.view
-                self._class_views = [
-                    (key[0], key, n_nodes, nofit[lending and key[2]] if claims else None, view(now + limit))
-                    for (key, n_nodes), limit in queue.shortest.items()]
-            else:  # every job sees the same (no reservation has a known start)
-                self._class_views = [
-                    (key[0], key, n_nodes, nofit[lending and key[2]] if claims else None, 0)
-                    for key, n_nodes in queue.shortest]
-            self._class_views.sort(key=_size)  # by GPUs: free GPUs and nofit_all cut off the biggest
-            self._multi = any(n_nodes > 1 for _, n_nodes in queue.shortest)
+            view_of: dict[float, int] = {}  # time limit -> view (classes share a few limits)
+            built: list[tuple] = []
+            multi = False
+            for (key, n_nodes), limit in queue.shortest.items():
+                view = view_of.get(limit)
+                if view is None:
+                    view = view_of[limit] = memo.view(now + limit) if memo.shadows else 0
+                built.append((key[0], key, n_nodes, nofit[lending and key[2]] if claims else None, view))
+                multi = multi or n_nodes > 1
+            built.sort(key=_size)  # by GPUs: free GPUs and nofit_all cut off the biggest
+            self._class_views, self._multi = built, multi
             full = True
         else:  # a new failure in the memo (or multi-node classes, which need idle nodes) needs a
             # look at each class; fewer free GPUs or a lower nofit_all only drop the biggest
