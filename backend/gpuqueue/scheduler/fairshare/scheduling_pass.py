@@ -334,7 +334,7 @@ class SchedulingPass:
                             queue.refresh(u, t, key, version)  # pushed again with its new key
                             continue
                         lst = lists[name][t].get(key)
-                        if not lst or name in blocked or passed.get((name, key), 0) >= len(lst):
+                        if not lst or name in blocked or passed and passed.get((name, key), 0) >= len(lst):
                             heappop(h)
                             del marks[tk]
                             if lst:
@@ -354,7 +354,7 @@ class SchedulingPass:
             for key, lst in mine.items():  # its oldest job among the keys in play
                 if allowed is not None and key not in allowed:
                     continue
-                i = passed.get((name, key), 0)
+                i = passed.get((name, key), 0) if passed else 0
                 if i < len(lst) and (first is None or lst[i] < first):
                     first, first_key = lst[i], key
             assert first is not None
