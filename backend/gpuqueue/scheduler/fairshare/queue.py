@@ -2,7 +2,8 @@
 
 Per priority tier and queue key (GPUs, has a time limit), a heap of the users with pending
 jobs there, by share key (lazy: an entry is stale once its user's version moved on). Each
-user's pending jobs of a tier and key are a sorted list, oldest first, filed by tier then key. Split by key so that
+user's pending jobs of a tier and key are a sorted list, oldest first, filed by tier then key
+(a pass walks one tier's lists of a user). Split by key so that
 backfill visits only the groups of jobs that can still start (see
 ``scheduling_pass.SchedulingPass.fit_keys``). Beside them, the pending jobs of each priority by
 age (lazy heaps, by when they starve): the oldest ones are the starved jobs that go first.
