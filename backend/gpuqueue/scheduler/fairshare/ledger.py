@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Optional, Union
 ShareKey = Union[float, tuple[float, float]]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Group:
     """A group of users: usage summed over its members, and what they hold together."""
 
@@ -33,7 +33,7 @@ class Group:
     members: list["User"] = field(default_factory=list)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class User:
     """One user: decayed usage (scaled), share weight, and what it holds and has queued."""
 

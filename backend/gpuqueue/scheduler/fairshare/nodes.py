@@ -36,9 +36,9 @@ class PoolNodes:
         self.max_gpus = 0  # GPUs of the biggest up node
         # free GPU count -> names of the nodes with that many free (sorted): best fit in a few steps
         self.by_free: dict[int, list[str]] = {}
-        # per GPU need: a lazy heap of when each node has that many free, and the nodes touched
-        # since it was last brought up to date (see NodeIndex.soonest_node)
-        self.fit_heaps: dict[int, tuple[list[FitEntry], set[str]]] = {}
+        # per GPU need: a lazy heap of when each node has that many free, and the count of node
+        # touches it was last brought up to date with (-1: never; see NodeIndex.soonest_node)
+        self.fit_heaps: dict[int, list] = {}
 
     def reset(self, nodes: list[NodeState]) -> None:
         """Index these up nodes (sorted by name)."""
@@ -157,31 +157,63 @@ class NodeIndex:
                 self._indexed_free[n.name] = len(n.free)
                 self._pool_of[n.name] = pn
 
-    def touch(self, names: Iterable[str]) -> None:
+    def touch(self, names: Iterable[str], ends_kept: bool = False) -> None:
         """These nodes' jobs or free GPUs changed: re-file them by free count, drop their cached
-        end times, and mark them for the fit-time heaps."""
+        end times (unless ``ends_kept``: the caller updated them) and fit times, and mark them
+        for the fit-time heaps."""
+        ends, fit_times, indexed, versions, at = (
+            self._ends, self._fit_times, self._indexed_free, self.versions, self.touched_at)
         for name in names:
-            self._ends.pop(name, None)
-            self._fit_times.pop(name, None)
-            old = self._indexed_free.get(name)
+            if not ends_kept:
+                ends.pop(name, None)
+            fit_times.pop(name, None)
+            old = indexed.get(name)
             if old is None:
                 continue  # down or unknown: not indexed
             pool = self._pool_of[name]
-            self.versions[name] = self.versions.get(name, 0) + 1
+            versions[name] = versions.get(name, 0) + 1
             self.touches += 1
-            at = self.touched_at
             at.pop(name, None)  # kept in touch order: touched_since walks back from the end
             at[name] = self.touches
-            for _, dirty in pool.fit_heaps.values():
-                dirty.add(name)
-            n = pool.by_name[name]
-            new = len(n.free)
+            new = len(pool.by_name[name].free)
             if new == old:
                 continue
             lst = pool.by_free[old]
             del lst[bisect_left(lst, name)]
             insort(pool.by_free.setdefault(new, []), name)
-            self._indexed_free[name] = new
+            indexed[name] = new
+
+    def add_job(self, job: Job, placement: Placement) -> None:
+        """The job now holds GPUs on these nodes (its ``ends_at`` set): file it there, with its
+        end estimate in the nodes' cached ends, and touch them."""
+        jid, jobs_on, ends = job.request.id, self.jobs_on, self._ends
+        for name, ids in placement.items():
+            on = jobs_on.get(name)
+            if on is None:
+                on = jobs_on[name] = set()
+            on.add(jid)
+            lst = ends.get(name)
+            if lst is not None:
+                insort(lst, (job.ends_at, len(ids)))
+        self.touch(placement, ends_kept=True)
+
+    def remove_job(self, job: Job, placement: Placement) -> None:
+        """The job gave back its GPUs on these nodes (free counts already updated): take it out
+        of them, and out of their cached ends, and touch them."""
+        jid, jobs_on, ends = job.request.id, self.jobs_on, self._ends
+        for name, ids in placement.items():
+            on = jobs_on.get(name)
+            if on is not None:
+                on.discard(jid)
+            lst = ends.get(name)
+            if lst is not None:
+                e = (job.ends_at, len(ids))
+                i = bisect_left(lst, e)
+                if i < len(lst) and lst[i] == e:
+                    del lst[i]
+                else:  # not as cached: rebuilt when next asked for
+                    del ends[name]
+        self.touch(placement, ends_kept=True)
 
     def touched_since(self, touches: int, names: Container[str]) -> set[str]:
         """Those of ``names`` touched after the first ``touches`` touches (``touched_at`` is
@@ -246,14 +278,15 @@ class NodeIndex:
         since its last use."""
         entry = pool.fit_heaps.get(need)
         if entry is None:
-            entry = pool.fit_heaps[need] = ([], {n.name for n in pool.nodes})
-        heap, dirty = entry
+            entry = pool.fit_heaps[need] = [[], -1]
+        heap, synced = entry
         version, by_name = self.versions, pool.by_name
+        dirty = by_name if synced < 0 else self.touched_since(synced, by_name)
+        entry[1] = self.touches
         for name in dirty:
-            n = by_name.get(name)
-            if n is not None and n.gpus >= need:
+            n = by_name[name]
+            if n.gpus >= need:
                 heapq.heappush(heap, (self.fit_time(n, need), -len(n.free), name, version.get(name, 0)))
-        dirty.clear()
         due: list[FitEntry] = []  # fit times already reached tie at `now`
         skipped: list[FitEntry] = []
         while heap:

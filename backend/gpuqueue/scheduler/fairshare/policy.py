@@ -365,10 +365,7 @@ class FairShareScheduler:
         j.attempt += 1
         j.warned = j.timeout_sent = False
         j.preempted_for = None
-        jobs_on = self.node_index.jobs_on
-        for node in placement:
-            jobs_on.setdefault(node, set()).add(req.id)
-        self.node_index.touch(placement)
+        self.node_index.add_job(j, placement)
         u = self.ledger.users[req.user]
         u.gpus += req.gpus
         u.running += 1
@@ -396,13 +393,13 @@ class FairShareScheduler:
         elif req.preemptible or pool.config.preemptible:
             for node, ids in j.placement.items():
                 index.preemptible_gpus[node][req.priority.rank] -= len(ids)
+        nodes = self.cluster.nodes
         for node, ids in j.placement.items():
-            n = self.cluster.nodes.get(node)
+            n = nodes.get(node)
             if n is not None and n.up:
                 pool.nodes.free += len(ids)
-            index.jobs_on.get(node, set()).discard(req.id)
         self.cluster.release(j.placement)
-        index.touch(j.placement)
+        index.remove_job(j, j.placement)
         j.placement = None
         j.borrowed = False
         u = self.ledger.users[req.user]
@@ -503,13 +500,13 @@ class FairShareScheduler:
             self._charge(self.ledger.users[j.request.user], add)
             if lim is None or nxt < lim:
                 timers.charge_at(j, j.started_at + nxt)
-        for e in due(timers.retries, now):
-            j = jobs.get(e.job_id)
-            if j is not None and j.state == WAITING and j.queue_version == e.queue_version:
+        for _, _, jid, version in due(timers.retries, now):
+            j = jobs.get(jid)
+            if j is not None and j.state == WAITING and j.queue_version == version:
                 self._enqueue(j, now)
-        for e in due(timers.boosts, now):
-            j = jobs.get(e.job_id)
-            if j is not None and j.state == PENDING and j.queue_version == e.queue_version:
+        for _, _, jid, version in due(timers.boosts, now):
+            j = jobs.get(jid)
+            if j is not None and j.state == PENDING and j.queue_version == version:
                 self._dequeue(j)
                 self._enqueue(j, now, boost=True)
 

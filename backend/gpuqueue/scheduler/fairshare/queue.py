@@ -2,7 +2,8 @@
 
 Per priority tier and queue key (GPUs, has a time limit), a heap of the users with pending
 jobs there, by share key (lazy: an entry is stale once its user's version moved on). Each
-user's pending jobs of a tier and key are a sorted list, oldest first. Split by key so that
+user's pending jobs of a tier and key are a sorted list, oldest first, filed by tier then key
+(a pass walks one tier's lists of a user). Split by key so that
 backfill visits only the groups of jobs that can still start (see
 ``scheduling_pass.SchedulingPass.fit_keys``). Beside them, the pending jobs of each priority by
 age (lazy heaps, by when they starve): the oldest ones are the starved jobs that go first.
@@ -36,8 +37,9 @@ class PoolQueue:
         self.user_heaps: list[dict[QueueKey, list[UserEntry]]] = [{} for _ in range(N_TIERS)]
         # (priority rank, seconds after which they starve) -> pending jobs, oldest first (lazy)
         self.by_age: dict[tuple[int, float], list[AgeEntry]] = {}
-        # user -> (tier, queue key) -> the user's pending jobs there, by Job.order_key
-        self.lists: dict[str, dict[ListKey, list[tuple[float, int, str]]]] = {}
+        # user -> per tier: queue key -> the user's pending jobs there (never empty), by
+        # Job.order_key
+        self.lists: dict[str, list[dict[QueueKey, list[tuple[float, int, str]]]]] = {}
         # user -> (tier, queue key) -> the version of the user's live entry in that heap. When
         # the user's share key changes, the entry is left in place and pushed again with the new
         # key when it comes to the top (``refresh``). A key that grew is then exact (the user is
@@ -79,11 +81,12 @@ class PoolQueue:
         ``by_age`` (it may starve), also in its priority's age heap."""
         lists = self.lists.get(user.name)
         if lists is None:
-            lists = self.lists[user.name] = {}
+            lists = self.lists[user.name] = [{} for _ in range(N_TIERS)]
             self.in_heap[user.name] = {}
-        lst = lists.get((tier, key))
+        mine = lists[tier]
+        lst = mine.get(key)
         if lst is None:
-            lst = lists[(tier, key)] = []
+            lst = mine[key] = []
         k = job.order_key
         insort(lst, k)
         self.push_user(user, tier, key)
@@ -96,7 +99,8 @@ class PoolQueue:
     def remove(self, job: Job, tier: int, key: QueueKey) -> None:
         """Take a job out of its user's list (the age heap is lazy: nothing to do there)."""
         lists = self.lists.get(job.request.user)
-        lst = lists.get((tier, key)) if lists is not None else None
+        mine = lists[tier] if lists is not None else None
+        lst = mine.get(key) if mine is not None else None
         if not lst:
             return
         k = job.order_key
@@ -104,7 +108,7 @@ class PoolQueue:
         if i < len(lst) and lst[i] == k:
             del lst[i]
             if not lst:  # a user's lists are walked in every pass: keep only the ones in use
-                del lists[(tier, key)]  # type: ignore[index]
+                del mine[key]  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ users in the heaps
     def push_user(self, user: User, tier: int, key: QueueKey) -> None:
@@ -126,7 +130,7 @@ class PoolQueue:
         marks = self.in_heap[user.name]
         if marks.get((tier, key)) != version:
             return  # a newer entry is in the heap
-        if self.lists[user.name].get((tier, key)):
+        if key in self.lists[user.name][tier]:
             self._push(user, tier, key, marks)
         else:
             del marks[(tier, key)]
@@ -140,8 +144,8 @@ class PoolQueue:
         marks = self.in_heap[user.name]
         marks.clear()
         any_jobs = False
-        for (tier, key), lst in lists.items():
-            if lst:
+        for tier, mine in enumerate(lists):
+            for key in mine:
                 self._push(user, tier, key, marks)
                 any_jobs = True
         return any_jobs
@@ -152,14 +156,14 @@ class PoolQueue:
         for name, lists in self.lists.items():
             marks = self.in_heap[name]
             marks.clear()
-            for (tier, key), lst in lists.items():
-                if lst:
+            for tier, mine in enumerate(lists):
+                for key in mine:
                     self._push(users[name], tier, key, marks)
 
     # ------------------------------------------------------------------ introspection
     def tier_lists(self, tier: int) -> Iterator[tuple[str, list[tuple[float, int, str]]]]:
         """(user, its pending jobs of the tier, oldest first) for users with some."""
         for name, lists in self.lists.items():
-            keys = sorted(k for (t, _), lst in lists.items() if t == tier for k in lst)
+            keys = sorted(k for lst in lists[tier].values() for k in lst)
             if keys:
                 yield name, keys

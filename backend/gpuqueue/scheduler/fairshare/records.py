@@ -93,7 +93,7 @@ ReasonMessage = Union[str, BehindReservation, WaitingForGpus, Starved, Reserved]
 """What ``explain`` says; the pass stores the frequent ones as records, formatted on demand."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Job:
     """A job as the policy tracks it, from submission until it ends or is cancelled."""
 
@@ -142,20 +142,11 @@ class AgeEntry(NamedTuple):
     queue_version: int
 
 
-class JobTimer(NamedTuple):
-    """A retry or boost due at ``at`` (stale when the job's queue_version moved on)."""
+JobTimer = tuple[float, int, str, int]
+"""(at, seq, job id, queue version): a retry or boost due at ``at`` (stale when the job's
+queue_version moved on). A plain tuple: pushed for every job that enters the queue."""
 
-    at: float
-    seq: int
-    job_id: str
-    queue_version: int
-
-
-class AttemptTimer(NamedTuple):
-    """A usage charge (``kind`` None), time-limit warning (0) or timeout (1) of an attempt."""
-
-    at: float
-    seq: int
-    job_id: str
-    attempt: int
-    kind: int = 0
+AttemptTimer = tuple[float, int, str, int, int]
+"""(at, seq, job id, attempt, kind): a usage charge, time-limit warning or timeout of an
+attempt (kinds in ``timers``; stale when the job's attempt moved on). A plain tuple: pushed
+at every start."""

@@ -44,6 +44,10 @@ STARTED, BLOCKED, OVER_QUOTA = "started", "blocked", "user"
 NO_GPUS = (0, 0, 0)
 
 
+def _size(class_view: tuple) -> int:
+    return class_view[0]
+
+
 class StarvedCache(NamedTuple):
     """The reservations a pass made for starved jobs, and what they depended on."""
 
@@ -115,7 +119,8 @@ class SchedulingPass:
         self.lending = pool.config.allow_preemption and policy.knobs.preemption_budget > 0
         self._fit_signature: tuple = (None,) * 5  # the inputs fit_keys last answered for, and its answer
         self._fits: frozenset[QueueKey] = frozenset()
-        self._class_views: list[tuple] = []
+        self._class_views: list[tuple] = []  # (GPUs, key, nodes, memo row, view) of classes still in
+        self._multi = False  # some class needs several nodes
 
     # ---------------------------------------------------------------------------- the pass
     def run(self) -> None:
@@ -223,35 +228,63 @@ class SchedulingPass:
         out when every class of pending job under it is too big for the free GPUs, or the pass
         already saw a job of that size or smaller fail to fit with the same or a wider view of
         the reserved nodes (see ``FitMemo``). Free GPUs only shrink within a pass, so this is
-        exact. Memoized on its inputs."""
+        exact. Memoized on its inputs; and while the classes and views stay the same, a class
+        that is out stays out (free GPUs, ``nofit_all`` and the memo only shrink), so only the
+        classes still in are looked at again, and only the biggest when the memo is unchanged."""
         if self.first_blocked is None:
             return None
         nodes = self.pool.nodes
         queue = self.pool.queue
         claims, memo = self.claims, self.memo
-        memo.follow(claims)
+        if claims.version != memo.claims_version:
+            memo.follow(claims)
         sig = (nodes.free, self.nofit_all, memo.changes, queue.shortest_version, memo.claims_version)
-        if sig == self._fit_signature:
+        last = self._fit_signature
+        if sig == last:
             return self._fits
-        if sig[3:] != self._fit_signature[3:]:  # classes or views changed: see each key again
+        if sig[3] != last[3] or sig[4] != last[4]:  # classes or views changed: see each key again
             lending = self.lending and claims.starved > 0
             now = self.now
-            self._class_views = [
-                (key[0], key, n_nodes, memo.nofit[lending and key[2]] if claims else None, memo.view(now + limit))
-                for (key, n_nodes), limit in queue.shortest.items()]
+            nofit = memo.nofit
+            view_of: dict[float, int] = {}  # time limit -> view (classes share a few limits)
+            built: list[tuple] = []
+            multi = False
+            for (key, n_nodes), limit in queue.shortest.items():
+                view = view_of.get(limit)
+                if view is None:
+                    view = view_of[limit] = memo.view(now + limit) if memo.shadows else 0
+                built.append((key[0], key, n_nodes, nofit[lending and key[2]] if claims else None, view))
+                multi = multi or n_nodes > 1
+            built.sort(key=_size)  # by GPUs: free GPUs and nofit_all cut off the biggest
+            self._class_views, self._multi = built, multi
+            full = True
+        else:  # a new failure in the memo (or multi-node classes, which need idle nodes) needs a
+            # look at each class; fewer free GPUs or a lower nofit_all only drop the biggest
+            full = sig[2] != last[2] or self._multi
         self._fit_signature = sig
         free, nofit_all = nodes.free, self.nofit_all
-        fits: set[QueueKey] = set()
-        for g, key, n_nodes, row, view in self._class_views:
-            if g > free or g >= nofit_all or key in fits:
-                continue
-            if n_nodes > 1:  # needs `n_nodes` idle nodes: at least that many with `per` GPUs free
-                if nodes.idle_count(g // n_nodes) >= n_nodes:
-                    fits.add(key)
-                continue
-            if row is not None and g >= row[view]:
-                continue
-            fits.add(key)
+        views = self._class_views
+        if not full:
+            bound = min(free + 1, nofit_all)
+            if not views or views[-1][0] < bound:
+                return self._fits
+            while views and views[-1][0] >= bound:
+                views.pop()
+            fits = {cv[1] for cv in views}
+        else:
+            still: list[tuple] = []
+            for cv in views:
+                g, key, n_nodes, row, view = cv
+                if g > free or g >= nofit_all:
+                    continue
+                if n_nodes > 1:  # needs `n_nodes` idle nodes: at least that many with `per` GPUs free
+                    if nodes.idle_count(g // n_nodes) < n_nodes:
+                        continue
+                elif row is not None and g >= row[view]:
+                    continue
+                still.append(cv)
+            self._class_views = still
+            fits = {cv[1] for cv in still}
         if fits != self._fits:  # the same object while nothing changes (scan_users caches on it)
             self._fits = frozenset(fits)
         return self._fits
@@ -277,6 +310,7 @@ class SchedulingPass:
         by_group = self.policy.ledger.hierarchical
         seen: Optional[frozenset[QueueKey]] = frozenset()
         in_play: list[tuple[QueueKey, list]] = []
+        consider = self.consider
         while True:
             allowed = self.fit_keys()
             if allowed is not None and (self.budget <= 0 or not allowed):
@@ -299,8 +333,8 @@ class SchedulingPass:
                             heappop(h)
                             queue.refresh(u, t, key, version)  # pushed again with its new key
                             continue
-                        lst = lists[name].get(tk)
-                        if not lst or passed.get((name, key), 0) >= len(lst) or name in blocked:
+                        lst = lists[name][t].get(key)
+                        if not lst or name in blocked or passed and passed.get((name, key), 0) >= len(lst):
                             heappop(h)
                             del marks[tk]
                             if lst:
@@ -314,26 +348,30 @@ class SchedulingPass:
             if best is None:
                 break
             name = best[1]
+            mine = lists[name][t]
             first: Optional[tuple[float, int, str]] = None
             first_key: QueueKey = (0, False, False)
-            for (tier, key), lst in lists[name].items():  # its oldest job among the keys in play
-                if tier != t or not lst or (allowed is not None and key not in allowed):
+            for key, lst in mine.items():  # its oldest job among the keys in play
+                if allowed is not None and key not in allowed:
                     continue
-                i = passed.get((name, key), 0)
+                i = passed.get((name, key), 0) if passed else 0
                 if i < len(lst) and (first is None or lst[i] < first):
                     first, first_key = lst[i], key
             assert first is not None
-            r = self.consider(jobs[first[2]])
+            # the user may be the top of any key it has jobs under (before this one starts)
+            its_keys = list(mine)
+            r = consider(jobs[first[2]])
             if r == BLOCKED:
                 passed[(name, first_key)] = passed.get((name, first_key), 0) + 1
             elif r == OVER_QUOTA:
                 blocked.add(name)
             # STARTED: the charge bumped the user's version: its entries are pushed again lazily
-            for key, top in tops.items():
+            for key in its_keys:
+                top = tops.get(key)
                 if top and top[1] == name:
                     tops[key] = False
         for name, key in popped:
-            if lists[name].get((t, key)):
+            if key in lists[name][t]:
                 queue.push_user(users[name], t, key)
         for key in [key for key, h in heaps.items() if not h]:
             del heaps[key]

@@ -25,43 +25,43 @@ class Timers:
 
     def retry_at(self, job: Job, at: float) -> None:
         """The waiting job becomes eligible at ``at``."""
-        heapq.heappush(self.retries, JobTimer(at, job.seq, job.request.id, job.queue_version))
+        heapq.heappush(self.retries, (at, job.seq, job.request.id, job.queue_version))
 
     def boost_at(self, job: Job, at: float) -> None:
         """The pending job's place in the order changes at ``at``."""
-        heapq.heappush(self.boosts, JobTimer(at, job.seq, job.request.id, job.queue_version))
+        heapq.heappush(self.boosts, (at, job.seq, job.request.id, job.queue_version))
 
     def charge_at(self, job: Job, at: float) -> None:
         """Charge the running attempt's next usage chunk at ``at``."""
-        heapq.heappush(self.charges, AttemptTimer(at, job.seq, job.request.id, job.attempt, CHARGE))
+        heapq.heappush(self.charges, (at, job.seq, job.request.id, job.attempt, CHARGE))
 
     def limit_at(self, job: Job, end: float, warning: float) -> None:
         """Warn ``warning`` seconds before ``end`` (if > 0), time out at ``end``."""
         if warning > 0:
-            heapq.heappush(self.deadlines, AttemptTimer(end - warning, job.seq, job.request.id, job.attempt, WARN))
-        heapq.heappush(self.deadlines, AttemptTimer(end, job.seq, job.request.id, job.attempt, TIMEOUT))
+            heapq.heappush(self.deadlines, (end - warning, job.seq, job.request.id, job.attempt, WARN))
+        heapq.heappush(self.deadlines, (end, job.seq, job.request.id, job.attempt, TIMEOUT))
 
     @staticmethod
     def due(heap: list[Entry], now: float) -> Iterator[Entry]:
         """Pop the entries due by ``now``, earliest first (entries pushed meanwhile included)."""
-        while heap and heap[0].at <= now:
+        while heap and heap[0][0] <= now:
             yield heapq.heappop(heap)
 
     def earliest(self, jobs: dict[str, Job]) -> Optional[float]:
         """The earliest live timer, dropping stale ones from the heap tops; None if none."""
 
         def live_job(e: JobTimer, state: str) -> bool:
-            j = jobs.get(e.job_id)
-            return j is not None and j.state == state and j.queue_version == e.queue_version
+            j = jobs.get(e[2])
+            return j is not None and j.state == state and j.queue_version == e[3]
 
         def live_attempt(e: AttemptTimer) -> bool:
-            j = jobs.get(e.job_id)
-            return j is not None and j.state in (RUNNING, STOPPING) and j.attempt == e.attempt
+            j = jobs.get(e[2])
+            return j is not None and j.state in (RUNNING, STOPPING) and j.attempt == e[3]
 
         for h, ok in ((self.deadlines, live_attempt), (self.charges, live_attempt),
                       (self.retries, lambda e: live_job(e, WAITING)),
                       (self.boosts, lambda e: live_job(e, PENDING))):
             while h and not ok(h[0]):  # type: ignore[operator]
                 heapq.heappop(h)  # type: ignore[arg-type]
-        tops = [h[0].at for h in (self.deadlines, self.charges, self.retries, self.boosts) if h]
+        tops = [h[0][0] for h in (self.deadlines, self.charges, self.retries, self.boosts) if h]
         return min(tops) if tops else None
