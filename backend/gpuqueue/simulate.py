@@ -322,7 +322,7 @@ class Simulation:
         capacity = {p: sum(pc.nodes.values()) for p, pc in self.config.pools.items()}
         demand: dict[str, dict[str, float]] = {p: {} for p in capacity}
         weights: dict[str, float] = {}
-        backlogged: set[str] = set()
+        backlogged: dict[str, _UserAcct] = {}  # users with queued jobs
         fair: dict[str, float] = {}
         fair_dirty = False
         fill_memo: dict[str, dict] = {p: {} for p in capacity}  # per pool: each group's last split
@@ -367,9 +367,9 @@ class Simulation:
             if dpend:
                 fitter.queue(j.pool, shapes[j.id], dpend)
             if a.pending > 0:
-                backlogged.add(j.user)
+                backlogged[j.user] = a
             else:
-                backlogged.discard(j.user)
+                backlogged.pop(j.user, None)
             if was != (a.pending > 0):
                 g = group_of[j.user]
                 backlogged_groups[g] = backlogged_groups.get(g, 0) + (1 if a.pending > 0 else -1)
@@ -450,8 +450,7 @@ class Simulation:
                             cap_fit += capacity[p] * dt
                 if backlogged:
                     shares = fair_shares()
-                    for u in backlogged:
-                        a = accts[u]
+                    for u, a in backlogged.items():
                         a.backlog_s += dt
                         a.received += a.used * dt
                         a.entitled += shares.get(u, 0.0) * dt

@@ -91,9 +91,8 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
     soonest = INF
     # A young job may not be preempted yet: when the first comes of age, trying again may help.
     by_name = pool.by_name
-    for vid in candidates:
-        v = jobs.get(vid)
-        if v is None or v.state != RUNNING or not v.placement or v.started_at + min_runtime <= now:
+    for v in map(jobs.get, candidates):
+        if v is None or v.started_at + min_runtime <= now or v.state != RUNNING or not v.placement:
             continue
         for name in v.placement:
             n = by_name.get(name)
@@ -206,9 +205,9 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
     # what the plan depends on besides the nodes: young jobs are no victims, so new starts
     # only matter without a minimum runtime
     epoch = pool.victim_epoch if knobs.min_runtime <= 0 else 0
-    exclude = {name for name, other in claims.by_node.items() if other is not res}
+    exclude = frozenset([name for name, other in claims.by_node.items() if other is not res])
     only: Optional[set[str]] = None
-    signature = (frozenset(exclude), epoch)
+    signature = (exclude, epoch)
     # a plan depends on the reserved job only through its shape: jobs of one shape share
     # what was learnt (the cycle rule aside, which only ever takes victims away)
     shape = (req.gpus, req.nodes, rank, holds_here, res.starved, policy.ledger.users[req.user].weight)
