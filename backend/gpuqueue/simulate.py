@@ -191,6 +191,7 @@ class _FitTracker:
         self.free: dict[str, int] = {}
         self.by_free: dict[str, list[int]] = {}  # pool -> [number of nodes with f free GPUs]
         self.pending: dict[str, dict[tuple[int, int], int]] = {}
+        self.changed = True  # free GPUs or pending shapes changed since ``fits`` was last asked
         for pool, pc in config.pools.items():
             self.by_free[pool] = [0] * (max(pc.nodes.values()) + 1)
             self.pending[pool] = {}
@@ -200,6 +201,7 @@ class _FitTracker:
 
     def take(self, placement: dict[str, tuple[int, ...]], sign: int) -> None:
         """Allocate (sign -1) or release (+1) the GPUs of a placement."""
+        self.changed = True
         for node, ids in placement.items():
             bf = self.by_free[self.pool_of[node]]
             bf[self.free[node]] -= 1
@@ -208,6 +210,7 @@ class _FitTracker:
 
     def queue(self, pool: str, shape: tuple[int, int], delta: int) -> None:
         """A job of this (GPUs, nodes) shape joined (+1) or left (-1) the pool's queue."""
+        self.changed = True
         d = self.pending[pool]
         d[shape] = d.get(shape, 0) + delta
         if not d[shape]:
@@ -216,7 +219,9 @@ class _FitTracker:
     def fits(self, pool: str) -> bool:
         """Would some queued job of the pool fit on its free GPUs now?"""
         bf = self.by_free[pool]
-        best = max((f for f in range(len(bf)) if bf[f]), default=0)
+        best = len(bf) - 1
+        while best > 0 and not bf[best]:
+            best -= 1
         for g, nodes in self.pending[pool]:
             if nodes <= 1 and g <= best:
                 return True
@@ -226,20 +231,35 @@ class _FitTracker:
 
 
 def hierarchical_fill(capacity: float, demand: dict[str, float], weight: dict[str, float],
-                      group_of: dict[str, str], group_weight: dict[str, float]) -> dict[str, float]:
+                      group_of: dict[str, str], group_weight: dict[str, float],
+                      memo: Optional[dict[str, tuple[float, list[tuple[str, float]], dict[str, float]]]] = None,
+                      ) -> dict[str, float]:
     """Weighted max-min fair shares in two levels: ``capacity`` among the groups (by group
     weight, each group's demand the sum of its members'), then each group's share among its
-    members (by user weight). ``group_of`` maps every user to its group."""
+    members (by user weight). ``group_of`` maps every user to its group. ``memo`` (kept by the
+    caller across calls, weights unchanged) holds each group's last split: a group whose share
+    and members' demands are as then gets the same split without filling again."""
     gdemand: dict[str, float] = {}
-    for u, d in demand.items():
-        gdemand[group_of[u]] = gdemand.get(group_of[u], 0.0) + d
-    gshare = water_fill(capacity, gdemand, group_weight)
     by_group: dict[str, dict[str, float]] = {}  # each group's members' demands, in demand's order
     for u, d in demand.items():
-        by_group.setdefault(group_of[u], {})[u] = d
+        g = group_of[u]
+        gdemand[g] = gdemand.get(g, 0.0) + d
+        members = by_group.get(g)
+        if members is None:
+            by_group[g] = {u: d}
+        else:
+            members[u] = d
+    gshare = water_fill(capacity, gdemand, group_weight)
     out: dict[str, float] = {}
     for g, share in gshare.items():
-        out.update(water_fill(share, by_group[g], weight))
+        if memo is None:
+            out.update(water_fill(share, by_group[g], weight))
+            continue
+        items = list(by_group[g].items())
+        last = memo.get(g)
+        if last is None or last[0] != share or last[1] != items:
+            last = memo[g] = (share, items, water_fill(share, by_group[g], weight))
+        out.update(last[2])
     return out
 
 
@@ -268,6 +288,7 @@ class Simulation:
     resume_on_preempt: bool = True
     stop_delay: float = 30.0
     series: list[tuple[float, int, int]] = field(default_factory=list)
+    _biggest: dict[str, int] = field(default_factory=dict, repr=False)  # pool -> GPUs of its biggest node
 
     def run(self) -> dict[str, Any]:
         t_wall = time.perf_counter()
@@ -301,9 +322,10 @@ class Simulation:
         capacity = {p: sum(pc.nodes.values()) for p, pc in self.config.pools.items()}
         demand: dict[str, dict[str, float]] = {p: {} for p in capacity}
         weights: dict[str, float] = {}
-        backlogged: set[str] = set()
+        backlogged: dict[str, _UserAcct] = {}  # users with queued jobs
         fair: dict[str, float] = {}
         fair_dirty = False
+        fill_memo: dict[str, dict] = {p: {} for p in capacity}  # per pool: each group's last split
 
         # groups: a user in none is a group of its own, weighted as the user
         hierarchical = bool(self.config.groups)
@@ -345,9 +367,9 @@ class Simulation:
             if dpend:
                 fitter.queue(j.pool, shapes[j.id], dpend)
             if a.pending > 0:
-                backlogged.add(j.user)
+                backlogged[j.user] = a
             else:
-                backlogged.discard(j.user)
+                backlogged.pop(j.user, None)
             if was != (a.pending > 0):
                 g = group_of[j.user]
                 backlogged_groups[g] = backlogged_groups.get(g, 0) + (1 if a.pending > 0 else -1)
@@ -366,7 +388,7 @@ class Simulation:
                 fair = {}
                 for p, d in demand.items():
                     if d and any(u in backlogged for u in d):
-                        shares = (hierarchical_fill(capacity[p], d, weights, group_of, group_weight)
+                        shares = (hierarchical_fill(capacity[p], d, weights, group_of, group_weight, fill_memo[p])
                                   if hierarchical else water_fill(capacity[p], d, weights))
                         for u, x in shares.items():
                             fair[u] = fair.get(u, 0.0) + x
@@ -428,8 +450,7 @@ class Simulation:
                             cap_fit += capacity[p] * dt
                 if backlogged:
                     shares = fair_shares()
-                    for u in backlogged:
-                        a = accts[u]
+                    for u, a in backlogged.items():
                         a.backlog_s += dt
                         a.received += a.used * dt
                         a.entitled += shares.get(u, 0.0) * dt
@@ -480,8 +501,10 @@ class Simulation:
                     break
                 apply(sched.tick(now), now)
                 w = sched.next_wakeup()
-            for p in pool_fits:
-                pool_fits[p] = bool(fitter.pending[p]) and fitter.fits(p)
+            if fitter.changed:
+                for p in pool_fits:
+                    pool_fits[p] = bool(fitter.pending[p]) and fitter.fits(p)
+                fitter.changed = False
             if len(self.series) < 200_000:
                 self.series.append((now, queued, used))
             if w is not None and w > now and (not ev or w < ev[0][0]):
@@ -494,7 +517,9 @@ class Simulation:
     def _request(self, j: SimJob) -> JobRequest:
         """The job as the scheduler sees it (no duration). A job larger than the pool's biggest
         node spans whole nodes: ``nodes = gpus / node size`` when that divides evenly."""
-        biggest = max(self.config.pools[j.pool].nodes.values())
+        biggest = self._biggest.get(j.pool)
+        if biggest is None:
+            biggest = self._biggest[j.pool] = max(self.config.pools[j.pool].nodes.values())
         nodes = 1
         if j.gpus > biggest and j.gpus % biggest == 0:
             nodes = j.gpus // biggest

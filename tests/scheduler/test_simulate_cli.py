@@ -119,6 +119,28 @@ def test_hierarchical_fill_shares_by_group_then_user():
     assert abs(got["a"] - 2) < 1e-9 and abs(got["b"] - 6) < 1e-9  # g's 8 split 1:3
 
 
+def test_hierarchical_fill_with_a_memo_follows_every_demand_change():
+    from gpuqueue.simulate import hierarchical_fill
+
+    # demands move one user at a time, as jobs come and go; a group whose share and members'
+    # demands are as before reuses its split, and every split is what a fresh fill gives
+    weight = {"a": 1, "b": 3, "c": 1, "d": 2}
+    group_of = {"a": "g", "b": "g", "c": "h", "d": "h"}
+    memo: dict = {}
+    demand = {"a": 4, "b": 2, "c": 6, "d": 1}
+    steps = [("a", 3), ("d", 8), ("a", -7), ("c", -5), ("a", 5), ("b", 10), ("d", -9), ("c", 20)]
+    reused = 0
+    for user, delta in steps:
+        demand[user] = demand.get(user, 0) + delta
+        if not demand[user]:
+            del demand[user]
+        before = dict(memo)
+        got = hierarchical_fill(12, demand, weight, group_of, {"g": 2, "h": 1}, memo)
+        assert got == hierarchical_fill(12, demand, weight, group_of, {"g": 2, "h": 1})
+        reused += sum(1 for g in memo if before.get(g) is memo[g])
+    assert reused > 0  # some splits were reused
+
+
 def test_groups_and_sizes_are_reported(tmp_path):
     # two groups of equal weight on one 4-GPU node: the lone member of "solo" gets as much as
     # the three members of "team" together, so the groups are fair and the users are not

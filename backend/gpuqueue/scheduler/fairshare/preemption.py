@@ -30,6 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .policy import FairShareScheduler
 
 
+NONE = (0, 0, 0)  # no preemptible GPUs of any rank on a node
+
+
 @dataclass(frozen=True)
 class PreemptionRules:
     """What the planner needs to know besides the jobs."""
@@ -78,45 +81,49 @@ def may_preempt(rules: PreemptionRules, users: dict[str, User], v: Job, r: Job, 
 def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r: Job,
          candidates: Iterable[str], pool: PoolNodes, index: NodeIndex, now: float,
          starved: bool = False, exclude: Container[str] = (), only: Optional[Container[str]] = None) -> Plan:
-    """The victims that make ``r`` fit (on one node, or on ``nodes`` whole nodes), chosen among
-    ``candidates`` (ids of running jobs of the pool), on nodes not in ``exclude`` (and in
-    ``only``, when given)."""
+    """The victims that make ``r`` fit (on one node, or on ``nodes`` whole nodes), on nodes not
+    in ``exclude`` (and in ``only``, when given). ``candidates``: ids of running jobs of the
+    pool, among them every job that may be preempted for ``r`` on those nodes; the young ones
+    tell when to try again."""
     req = r.request
     per = req.gpus // max(1, req.nodes)
     min_runtime = rules.min_runtime
     soonest = INF
-    # Only nodes holding a job that may be preempted now can give a plan; young preemptible
-    # jobs elsewhere only move `soonest`.
-    gain: dict[str, int] = {}  # node -> GPUs its preemptable-now jobs hold there
+    # A young job may not be preempted yet: when the first comes of age, trying again may help.
     by_name = pool.by_name
-    for vid in candidates:
-        v = jobs.get(vid)
-        if v is None or v.state != RUNNING or not v.placement:
+    for v in map(jobs.get, candidates):
+        if v is None or v.started_at + min_runtime <= now or v.state != RUNNING or not v.placement:
             continue
-        if may_preempt(rules, users, v, r, now, starved):
-            for name, ids in v.placement.items():
-                gain[name] = gain.get(name, 0) + len(ids)
-        elif v.started_at + min_runtime > now:
-            for name in v.placement:
-                n = by_name.get(name)
-                if n is not None and n.gpus >= per:
-                    soonest = min(soonest, v.started_at + min_runtime)
+        for name in v.placement:
+            n = by_name.get(name)
+            if n is not None and n.gpus >= per:
+                soonest = min(soonest, v.started_at + min_runtime)
+    # Only nodes holding a job that may be preempted now can give a plan (every such job of
+    # the pool is a candidate: running preemptible jobs of the ranks the rules allow, or all
+    # jobs on ``only``); the node index's running preemptible GPUs bound what one can free.
+    preemptible_gpus = index.preemptible_gpus
     plans: list[tuple[tuple[int, int, int, str], str, list[Job]]] = []
     for n in pool.nodes:
-        if n.gpus < per or n.name not in gain or n.name in exclude or (only is not None and n.name not in only):
+        if n.gpus < per or n.name in exclude or (only is not None and n.name not in only):
             continue
         need = per if req.nodes == 1 else n.gpus
         stopping = index.stopping_gpus.get(n.name, 0)
-        if len(n.free) + stopping + gain[n.name] < need:
-            continue  # even preempting every candidate there would not free enough
+        if len(n.free) + stopping + sum(preemptible_gpus.get(n.name, NONE)) < need:
+            continue  # even preempting every preemptible job there would not free enough
+        gain = 0  # GPUs the jobs there that may be preempted now hold there
         ok: list[Job] = []
+        young = INF
         for v in (jobs[j] for j in sorted(index.jobs_on[n.name]) if j in jobs):
             if v.state != RUNNING:
                 continue
             if may_preempt(rules, users, v, r, now, starved):
                 ok.append(v)
+                gain += len(v.placement[n.name])  # type: ignore[index]
             elif (v.request.preemptible or rules.pool_preemptible) and v.started_at + min_runtime > now:
-                soonest = min(soonest, v.started_at + min_runtime)
+                young = min(young, v.started_at + min_runtime)
+        if not ok or len(n.free) + stopping + gain < need:
+            continue  # even preempting every candidate there would not free enough
+        soonest = min(soonest, young)
         # lowest priority, then most over share, then youngest
         ok.sort(key=lambda v: v.request.id)
         ok.sort(key=lambda v: v.started_at, reverse=True)
@@ -141,8 +148,6 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
     plans.sort(key=lambda p: p[0])
     return Plan([v for _, _, vs in plans[: max(1, req.nodes)] for v in vs], soonest)
 
-
-NONE = (0, 0, 0)
 
 
 def could_fit(pool: PoolNodes, index: NodeIndex, r: Job, exclude: Container[str],
@@ -200,9 +205,9 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
     # what the plan depends on besides the nodes: young jobs are no victims, so new starts
     # only matter without a minimum runtime
     epoch = pool.victim_epoch if knobs.min_runtime <= 0 else 0
-    exclude = {name for name, other in claims.by_node.items() if other is not res}
+    exclude = frozenset([name for name, other in claims.by_node.items() if other is not res])
     only: Optional[set[str]] = None
-    signature = (frozenset(exclude), epoch)
+    signature = (exclude, epoch)
     # a plan depends on the reserved job only through its shape: jobs of one shape share
     # what was learnt (the cycle rule aside, which only ever takes victims away)
     shape = (req.gpus, req.nodes, rank, holds_here, res.starved, policy.ledger.users[req.user].weight)
