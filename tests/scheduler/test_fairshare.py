@@ -502,3 +502,16 @@ def test_with_no_end_known_the_node_with_the_youngest_jobs_is_drained():
     sh.finish("young", Outcome.SUCCEEDED, 5000)
     sh.apply(s.tick(5000), 5000)
     assert set(sh.running["big"]) == {"b"}
+
+
+def test_a_user_with_nothing_here_preempts_over_share_work_only_within_its_own_share():
+    """The under-share rule: w holds nothing in the pool and x holds all 4 GPUs (fair share 2
+    each). w's job of 2 GPUs preempts x's job of the same priority; one of 3 GPUs, over w's
+    share, preempts nothing (it waits its turn)."""
+    for gpus, victims in ((2, ["x1"]), (3, [])):
+        s = FairShareScheduler(config({"p": {"n1": 4}}, min_runtime=0))
+        sh = Shell(s)
+        s.submit(job("x1", user="x", gpus=4, preemptible=True), 0)
+        sh.apply(s.tick(0), 0)
+        s.submit(job("w1", user="w", gpus=gpus, t=10), 10)
+        assert [d.job_id for d in s.tick(10) if isinstance(d, Preempt)] == victims, gpus

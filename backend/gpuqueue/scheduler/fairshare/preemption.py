@@ -198,8 +198,14 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
     if not any(pool.victims_by_rank) or req.id in policy.stopping_for:
         return  # nothing to preempt, or victims are already stopping for it
     rank = req.priority.rank
-    holds_here = policy.ledger.users[req.user].pool_gpus.get(pool.name, 0) > 0
-    if not res.starved and not any(pool.victims_by_rank[rank + 1:]) and holds_here:
+    user = policy.ledger.users[req.user]
+    holds_here = user.pool_gpus.get(pool.name, 0) > 0
+    # the under-share rule may apply: r's user holds nothing here and r fits its fair share
+    under_share = (not holds_here and pool.active_weight > 0
+                   and req.gpus <= pool.nodes.total * user.weight / pool.active_weight)
+    # victims of r's priority or higher qualify only by the starved or the under-share rule
+    low = 0 if res.starved or under_share else rank + 1
+    if low and not any(pool.victims_by_rank[low:]):
         return  # no lower-priority victims, and neither other rule applies
     index = policy.node_index
     # what the plan depends on besides the nodes: young jobs are no victims, so new starts
@@ -225,8 +231,7 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
                 return
             only, later = changed, last.retry_at
     possible, young = could_fit(
-        pool.nodes, index, r, exclude, only, rank + 1 if holds_here and not res.starved else 0,
-        pool.config.preemptible, knobs.min_runtime, now)
+        pool.nodes, index, r, exclude, only, low, pool.config.preemptible, knobs.min_runtime, now)
     if not possible:
         if young < INF:
             pool.recheck_at = min(pool.recheck_at, young)
@@ -244,7 +249,6 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
     if only is not None:  # the jobs on those nodes
         candidates = [jid for n in only for jid in index.jobs_on.get(n, ())]
     else:  # only lower priorities qualify unless the starved or under-share rule may apply
-        low = rank + 1 if holds_here and not res.starved else 0
         candidates = [vid for ids in pool.victims_by_rank[low:] for vid in ids]
     found = plan(rules, policy.ledger.users, policy.jobs, r, candidates, pool.nodes,
                  index, now, res.starved, exclude, only)
