@@ -46,6 +46,14 @@ class PreemptionRules:
     preempted_pairs: frozenset[tuple[str, str]] | set[tuple[str, str]]  # (victim, preemptor)
 
 
+def under_share(pool: str, pool_total: int, active_weight: float, user: User, gpus: int) -> bool:
+    """Whether the under-share rule may let a job of ``gpus`` GPUs of ``user`` preempt: the
+    user holds nothing in the pool and the job fits its fair share ``pool_total × w_u / Σ w``
+    (users with jobs in the pool)."""
+    return (user.pool_gpus.get(pool, 0) <= 0 and active_weight > 0
+            and gpus <= pool_total * user.weight / active_weight)
+
+
 @dataclass
 class Plan:
     """Jobs to stop (none if no plan works), and when trying again could give a plan (INF:
@@ -69,13 +77,11 @@ def may_preempt(rules: PreemptionRules, users: dict[str, User], v: Job, r: Job, 
         return True
     if starved and (v.borrowed or v.request.priority.rank >= r.request.priority.rank):
         return True
-    # under-share demand: r's user has nothing here, v's user is over its share, r fits its share
-    ru, vu = users[r.request.user], users[v.request.user]
-    if ru.pool_gpus.get(rules.pool, 0) > 0 or rules.active_weight <= 0:
+    # under-share demand: r's user has nothing here, r fits its share, v's user is over its own
+    if not under_share(rules.pool, rules.pool_total, rules.active_weight, users[r.request.user], r.request.gpus):
         return False
-    fair_r = rules.pool_total * ru.weight / rules.active_weight
-    fair_v = rules.pool_total * vu.weight / rules.active_weight
-    return vu.pool_gpus.get(rules.pool, 0) > fair_v and r.request.gpus <= fair_r
+    vu = users[v.request.user]
+    return vu.pool_gpus.get(rules.pool, 0) > rules.pool_total * vu.weight / rules.active_weight
 
 
 def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r: Job,
@@ -149,7 +155,6 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
     return Plan([v for _, _, vs in plans[: max(1, req.nodes)] for v in vs], soonest)
 
 
-
 def could_fit(pool: PoolNodes, index: NodeIndex, r: Job, exclude: Container[str],
               only: Optional[Container[str]], min_rank: int, pool_preemptible: bool,
               min_runtime: float, now: float) -> tuple[bool, float]:
@@ -200,11 +205,9 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
     rank = req.priority.rank
     user = policy.ledger.users[req.user]
     holds_here = user.pool_gpus.get(pool.name, 0) > 0
-    # the under-share rule may apply: r's user holds nothing here and r fits its fair share
-    under_share = (not holds_here and pool.active_weight > 0
-                   and req.gpus <= pool.nodes.total * user.weight / pool.active_weight)
     # victims of r's priority or higher qualify only by the starved or the under-share rule
-    low = 0 if res.starved or under_share else rank + 1
+    may_take_share = under_share(pool.name, pool.nodes.total, pool.active_weight, user, req.gpus)
+    low = 0 if res.starved or may_take_share else rank + 1
     if low and not any(pool.victims_by_rank[low:]):
         return  # no lower-priority victims, and neither other rule applies
     index = policy.node_index
@@ -216,7 +219,7 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
     signature = (exclude, epoch)
     # a plan depends on the reserved job only through its shape: jobs of one shape share
     # what was learnt (the cycle rule aside, which only ever takes victims away)
-    shape = (req.gpus, req.nodes, rank, holds_here, res.starved, policy.ledger.users[req.user].weight)
+    shape = (req.gpus, req.nodes, rank, holds_here, res.starved, user.weight)
     last = pool.failed_plans.get(shape)
     later = INF  # when nodes not looked at again may give a plan
     if last is not None and now < last.retry_at:
