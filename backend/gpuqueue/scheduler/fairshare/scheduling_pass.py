@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left
+from operator import itemgetter
 from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
 
 from ..base import Decision, Placement
@@ -42,10 +43,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 STARTED, BLOCKED, OVER_QUOTA = "started", "blocked", "user"
 NO_GPUS = (0, 0, 0)
-
-
-def _size(class_view: tuple) -> int:
-    return class_view[0]
 
 
 class StarvedCache(NamedTuple):
@@ -255,7 +252,7 @@ class SchedulingPass:
                     view = view_of[limit] = memo.view(now + limit) if memo.shadows else 0
                 built.append((key[0], key, n_nodes, nofit[lending and key[2]] if claims else None, view))
                 multi = multi or n_nodes > 1
-            built.sort(key=_size)  # by GPUs: free GPUs and nofit_all cut off the biggest
+            built.sort(key=itemgetter(0))  # by GPUs: free GPUs and nofit_all cut off the biggest
             self._class_views, self._multi = built, multi
             full = True
         else:  # a new failure in the memo (or multi-node classes, which need idle nodes) needs a
