@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Iterator
+from urllib.parse import urlparse
 
 import psutil
 import pytest
@@ -235,9 +236,16 @@ def test_external_service_from_the_documented_command_behind_the_helm_values(tmp
         # a service's token (here the gpuqueue service's own) is no user's: refused
         r = requests.get(f"{hub.service_url}gpuqueue/api/jobs", headers={"Authorization": f"token {token}"}, timeout=30)
         assert r.status_code == 403 and "not a user's" in r.json()["message"], r.text
-        for _ in range(4):  # a browser: the hub's OAuth, then its cookie (one secret for both processes)
-            page = alice.get(hub.service_url, timeout=60)
-            assert page.status_code == 200 and page.json()["me"]["user"] == "alice", (page.status_code, page.text[:300])
+        page = alice.get(hub.service_url, timeout=60)  # a browser: the hub's OAuth, then the service's cookie
+        assert page.status_code == 200 and page.json()["me"]["user"] == "alice", (page.status_code, page.text[:300])
+        # either process takes that cookie (one secret for both): straight to the API's port, a new
+        # connection each time (the proxy keeps one open to a single process), no trip to the hub
+        path = urlparse(hub.service_url).path
+        for _ in range(10):
+            r = requests.get(f"http://127.0.0.1:{hub.api_port}{path}gpuqueue/api/queue", cookies=alice.cookies,
+                             headers={"Connection": "close"}, allow_redirects=False, timeout=30)
+            assert r.status_code == 200, (r.status_code, r.headers.get("Location"))
+            assert r.json()["me"]["user"] == "alice"
     finally:
         hub.stop()
         api.kill()

@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import hmac
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,12 +170,11 @@ class MetricsHandler(web.RequestHandler):
 
 
 def make_app(store: RedisStore, users: dict[str, User], hub_auth: Any = None, prefix: str = "/",
-             admin_scope: str = "", **kw: Any) -> web.Application:
+             admin_scope: str = "", cookie_secret: Optional[bytes] = None, **kw: Any) -> web.Application:
     """The tornado application (routes under ``<prefix>gpuqueue/api``, plus /healthz and
     /metrics). With ``hub_auth`` (a JupyterHub ``HubOAuth``) the hub authenticates requests
-    (``gpuqueue.cluster.hub``) and ``users`` is not used."""
-    import os
-
+    (``gpuqueue.cluster.hub``) and ``users`` is not used; ``cookie_secret`` signs its login
+    cookie (give every process of one service the same; default: a new random one)."""
     from ..observability import metrics
 
     m = metrics.QueueMetrics(metrics.process_registry("api", nvml=False), mode="cluster")
@@ -186,8 +186,7 @@ def make_app(store: RedisStore, users: dict[str, User], hub_auth: Any = None, pr
         extra = hub.hub_routes(prefix)
         settings = {"gpuqueue_hub_auth": hub_auth, "hub_auth": hub_auth, "gpuqueue_prefix": prefix,
                     "gpuqueue_admin_scope": admin_scope or hub.ADMIN_SCOPE,
-                    # the OAuth cookie: one secret for all processes forked from this one
-                    "cookie_secret": os.urandom(32)}
+                    "cookie_secret": cookie_secret or os.urandom(32)}
     else:
         mixin, extra = AuthMixin, []
     base = prefix.rstrip("/")
@@ -216,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", choices=("auto", "hub", "users"), default="auto",
                    help="who authenticates requests: 'hub' (JupyterHub, as a hub service), 'users' "
                         "(--users FILE), 'auto' (hub when started by a hub, else the users file)")
-    p.add_argument("--admin-scope", default="custom:gpuqueue:admin",
-                   help="with --auth hub: the hub scope that makes a user a gpuqueue admin")
+    p.add_argument("--admin-scope", default="",
+                   help="with --auth hub: the hub scope that makes a user a gpuqueue admin "
+                        "(default custom:gpuqueue:admin)")
     p.add_argument("--hub-cache-s", type=int, default=60,
                    help="with --auth hub: seconds the hub's answer for a token is reused (default 60)")
     p.add_argument("--processes", type=int, default=1, help="processes sharing the port (default 1)")
@@ -262,6 +262,7 @@ def cli_main(argv: list[str]) -> int:
             return 2
     port = args.port or (hub.service_port() if use_hub else None) or 8780
     sockets = netutil.bind_sockets(port, args.address)
+    cookie_secret = os.urandom(32)  # the hub login cookie: one secret for every process forked below
     if args.processes > 1:
         process.fork_processes(args.processes)
         from .forkserver import die_with_parent
@@ -269,6 +270,7 @@ def cli_main(argv: list[str]) -> int:
         die_with_parent()  # a child must not outlive the parent systemd (or a test) stops
     store = RedisStore(url, args.prefix)
     app = make_app(store, users, hub_auth=hub_auth, prefix=prefix, admin_scope=args.admin_scope,
+                   cookie_secret=cookie_secret,
                    max_payload_bytes=int(args.max_payload_mb * 1e6))
 
     async def serve() -> None:
