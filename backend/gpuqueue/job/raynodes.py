@@ -76,13 +76,7 @@ def _rank_actor() -> Any:
             import subprocess
             import tempfile
 
-            def die_with_parent() -> None:
-                try:
-                    import ctypes
-
-                    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-                except OSError:
-                    pass
+            from gpuqueue.cluster.forkserver import die_with_parent
 
             if self.stopped:
                 return 143
@@ -102,7 +96,8 @@ def _rank_actor() -> Any:
                 if cwd and not os.path.isdir(cwd):
                     cwd = local
             try:
-                self.proc = subprocess.Popen(argv, env=env, cwd=cwd or None, preexec_fn=die_with_parent,
+                self.proc = subprocess.Popen(argv, env=env, cwd=cwd or None,
+                                             preexec_fn=lambda: die_with_parent(signal.SIGKILL),
                                              start_new_session=True)
                 return self.proc.wait()
             finally:
