@@ -20,6 +20,25 @@ from gpuqueue.cluster import redis_url
 from helpers.servers import RedisServer, free_port, wait_until
 
 PY = sys.executable
+ACL_FILE = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "users.acl"
+
+
+def shipped_acl(passwords: dict[str, str]) -> str:
+    """redis.conf lines with the ACL users of ``deploy/redis/users.acl`` as shipped, each role's
+    ``CHANGE-ME`` password replaced by ``passwords[role]``; a role given a password that ships
+    ``off`` (Flower) is turned on. The default user is left to the test (its own admin
+    connection, with ``requirepass``)."""
+    lines = []
+    for line in ACL_FILE.read_text().splitlines():
+        if not line.startswith("user gpuqueue-"):
+            continue
+        role = line.split()[1].removeprefix("gpuqueue-")
+        if role in passwords:
+            line = line.replace(f">CHANGE-ME-{role}", f">{passwords[role]}").replace(" off ", " on ", 1)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
 TOKENS = {"alice": "alice-token-1", "bob": "bob-token-22", "root": "root-token-333"}
 
 JOB_SCRIPT = r'''

@@ -21,21 +21,11 @@ from gpuqueue.queue.errors import GPUQueueError
 from gpuqueue.job.payload import build_payload, unpack_results
 from helpers.servers import RedisServer, wait_until
 
-from .conftest import TOKENS, Cluster
+from .conftest import TOKENS, Cluster, shipped_acl
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
 
 PASSWORDS = {role: f"{role}-pw-{os.urandom(6).hex()}" for role in ("admin", "scheduler", "api", "worker")}
-
-
-def acl_conf() -> str:
-    """One Redis user per process, each with only what it needs (docs/deploy.md)."""
-    path = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "users.acl"
-    text = path.read_text()
-    for role in ("scheduler", "api", "worker"):
-        text = text.replace(f">CHANGE-ME-{role}", f">{PASSWORDS[role]}")
-    # the default user stays on, with requirepass: the test's own admin connection
-    return "\n".join(line for line in text.splitlines() if line.startswith("user gpuqueue-")) + "\n"
 
 
 def _others_may_run(path: str) -> bool:
@@ -119,7 +109,7 @@ def cluster() -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="gq-isolation-"))
     root.chmod(0o711)  # job identities may traverse it, as /var/lib: the modes inside must hold
     (root / "redis").mkdir(mode=0o700)  # its data files hold every job's payload and results
-    redis = RedisServer(root / "redis", password=PASSWORDS["admin"], conf=acl_conf()).start()
+    redis = RedisServer(root / "redis", password=PASSWORDS["admin"], conf=shipped_acl({r: PASSWORDS[r] for r in ("scheduler", "api", "worker")})).start()
     c = Cluster(root / "cluster", redis, {"n1": 1, "n2": 1}, worker_args=())
     c.root.chmod(0o755)  # listable: the job walks it and opens what it can (logs: yes; secrets: no)
     c.users.chmod(0o600)
