@@ -53,7 +53,9 @@ from ..queue.models import JobSpec
 from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, RunnerHandle, not_dumpable
 from .redis_store import Fenced, Op, RedisStore
-from .shared_root import SharedRoot, StorageError, load_options
+from .shared_root import PushMemo, SharedRoot, StorageError, load_options
+from .worker_sweep import SWEEP_S, Sweeper, queue_id
+from .worker_uploads import AttemptUploads
 
 log = logging.getLogger("gpuqueue.worker")
 
@@ -75,6 +77,8 @@ class LocalAttempt:
     started: bool = False
     fenced: bool = False
     stop_sent: bool = False
+    uploads: Optional[AttemptUploads] = None  # pushes to the shared root, on their own thread
+    held_exit: Optional[dict[str, Any]] = None  # the end, held until the final push is done
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,9 +87,11 @@ class NodeAgent:
 
     def __init__(self, store: RedisStore, node: str, gpus: int, pool: Optional[str], state_dir: Path,
                  heartbeat_s: float = 10.0, max_result_bytes: int = 200_000_000,
-                 identities: Optional[Identities] = None, shared: Optional[SharedRoot] = None):
+                 identities: Optional[Identities] = None, shared: Optional[SharedRoot] = None,
+                 sweep_s: float = SWEEP_S):
         self.store = store
         self.shared = shared  # checkpoints between attempts (shared_root.py); None: this node's disk
+        self.sweep_s = sweep_s  # how often finished jobs' folders are swept from it (0: never)
         self.node = node
         self.gpus = gpus
         self.pool = pool
@@ -111,11 +117,18 @@ class NodeAgent:
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
-        """Register, then run the heartbeat, tail and launcher threads."""
+        """Register, then run the heartbeat, tail and launcher threads (and, with a shared
+        root, the sweeper of finished jobs' folders: worker_sweep.py)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.beat()
-        for target in (self._beat_loop, self._tail_loop, self._launch_loop):
-            t = threading.Thread(target=target, name=target.__name__, daemon=True)
+        loops = [self._beat_loop, self._tail_loop, self._launch_loop]
+        if self.shared is not None:
+            self.shared.queue = queue_id(self.store)
+            if self.sweep_s > 0:
+                sweeper = Sweeper(self.store, self.shared, self.instance, self.sweep_s)
+                loops.append(lambda: sweeper.run(self._stop))
+        for target in loops:
+            t = threading.Thread(target=target, name=getattr(target, "__name__", "sweep"), daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -281,7 +294,7 @@ class NodeAgent:
     def _tail(self, la: LocalAttempt) -> None:
         ended = la.proc.poll() is not None
         batch = read_events(la.dir / "events.jsonl", la.offset)
-        exit_rec = batch.exit
+        exit_rec = batch.exit or la.held_exit
         ops: list[Op] = [self.store.event_op(la.job_id, type_, d, t) for t, type_, d in batch.events]
         started: Optional[dict[str, Any]] = None
         if batch.runner is not None:
@@ -297,8 +310,16 @@ class NodeAgent:
             ops += [["SET", self.store.k("started", la.job_id, la.number), json.dumps(msg)], self.store.report_op(msg)]
         if exit_rec is None and ended and not batch.complete_line:
             exit_rec = {"exit_code": la.proc.returncode, "lost": True, "error": "the runner ended without an exit record"}
-        if self.shared is not None and (exit_rec is not None or any(t == "checkpoint" for _, t, _ in batch.events)):
-            exit_rec = self._push(la, exit_rec, ops)
+        told: list[Op] = []  # what the uploads tell the stream
+        if self.shared is not None:
+            if exit_rec is not None:  # the end is reported once its final push is done
+                la.held_exit = exit_rec
+                exit_rec = self._uploads(la).finish(exit_rec)
+            elif any(t == "checkpoint" for _, t, _ in batch.events):
+                self._uploads(la).request()
+            if la.uploads is not None:
+                told = la.uploads.take_ops()
+                ops += told
         if exit_rec is not None:
             ops += self._exit_ops(la, exit_rec)
         if not ops and new_offset == la.offset:
@@ -307,6 +328,10 @@ class NodeAgent:
         ops.append(["SET", tail_key, str(new_offset)])
         try:
             self.store.exec(ops, guards=[self.fence(la.job_id, la.number), (tail_key, str(la.offset) if la.offset else "")])
+        except redis.RedisError:
+            if told and la.uploads is not None:
+                la.uploads.give_back(told)
+            raise
         except Fenced as e:
             if e.key == tail_key:  # our own earlier write went through after all
                 la.offset = int(e.found or 0)
@@ -321,16 +346,32 @@ class NodeAgent:
         if exit_rec is not None:
             self._forget(la)
 
+    def _uploads(self, la: LocalAttempt) -> AttemptUploads:
+        """The attempt's uploader (worker_uploads.py), made at its first push."""
+        if la.uploads is None:
+            la.uploads = AttemptUploads(f"{la.job_id}/{la.number}", lambda rec, ops: self._push(la, rec, ops),
+                                        self._tail_wake.set)
+        return la.uploads
+
     def _push(self, la: LocalAttempt, exit_rec: Optional[dict[str, Any]], ops: list[Op]) -> Optional[dict[str, Any]]:
-        """Copy the attempt's new checkpoints to the shared root (before its end is reported,
-        so the next attempt finds them). A storage error mid-run is told to the job's stream
-        and tried again at the next save; at the end it fails an attempt that would be resumed
-        (stopped, failed), and is told beside one that succeeded."""
+        """Copy the attempt's new checkpoints to the shared root (on its uploader's thread;
+        the end is reported after the final one, so the next attempt finds them). A storage
+        error mid-run is told to the job's stream and tried again at the next save; at the end
+        it fails an attempt that would be resumed (stopped, failed), and is told beside one
+        that succeeded. Returns the exit record to report."""
         assert self.shared is not None
-        done = la.extra.setdefault("pushed", set())
+        if la.fenced:  # superseded: nothing of it reaches the root either
+            return exit_rec
+        memo = la.extra.setdefault("pushed", PushMemo())
         try:
-            copied = self.shared.push(la.job_id, la.paths.job if la.paths else job_dir(self.state_dir, la.job_id),
-                                      la.ident.uid if la.ident else None, done)
+            try:
+                copied = self.shared.push(la.job_id, la.paths.job if la.paths else job_dir(self.state_dir, la.job_id),
+                                          la.ident.uid if la.ident else None, memo)
+            except StorageError:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever it is, the copy is not made
+                log.exception("attempt %s/%s: pushing checkpoints failed", la.job_id, la.number)
+                raise StorageError(f"cannot copy checkpoints to the shared root: {e}") from None
         except StorageError as e:
             log.warning("attempt %s/%s: %s", la.job_id, la.number, e)
             if exit_rec is not None and exit_rec.get("exit_code") == 0 and not exit_rec.get("stop_reason"):
@@ -402,6 +443,8 @@ class NodeAgent:
     def _forget(self, la: LocalAttempt) -> None:
         with self._lock:
             self.attempts.pop((la.job_id, la.number), None)
+        if la.uploads is not None:
+            la.uploads.close()
 
     # -- stopping -------------------------------------------------------------------------
     def _read_control(self) -> None:
@@ -482,6 +525,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-options", default=None, metavar="FILE.json",
                    help="fsspec storage options of --shared-dir (endpoint_url, key, secret...), a JSON file of mode "
                         "600; credentials may also come from the usual environment (AWS_*), which no job inherits")
+    p.add_argument("--shared-sweep", type=float, default=SWEEP_S, metavar="SECONDS",
+                   help="how often one of the workers deletes from --shared-dir the checkpoints of jobs whose "
+                        "records are gone (the scheduler's --keep-finished after they ended; default %(default)g; "
+                        "0: never)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
     p.add_argument("--concurrency", type=int, default=4, help="launch threads (default 4)")
     p.add_argument("--prefix", default="gq")
@@ -571,7 +618,8 @@ def cli_main(argv: list[str]) -> int:
         except (ValueError, OSError, StorageError) as e:
             print(f"gpuqueue worker: {e}", file=sys.stderr)
             return 2
-    _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents, shared=shared)
+    _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents, shared=shared,
+                       sweep_s=args.shared_sweep)
     try:
         _AGENT.start()
     except redis.RedisError as e:
