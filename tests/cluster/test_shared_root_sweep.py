@@ -165,3 +165,24 @@ def test_the_sweep_on_an_s3_root(store: RedisStore, tmp_path: Path, moto_s3: dic
     fs.invalidate_cache()
     left = sorted({p.split("/")[3] for p in fs.find("ckpts/gq/jobs")})
     assert left == ["j-legacy", "j-live", "j-other"]
+
+
+def test_the_workers_redis_user_may_sweep(redis_factory: Callable[..., RedisServer], tmp_path: Path) -> None:
+    """The shipped ACL (deploy/redis/users.acl) lets a worker draw the queue id, take the sweep
+    turn and ask whether job records exist, and nothing more than before."""
+    from .test_isolation import PASSWORDS, acl_conf
+
+    server = redis_factory(password=PASSWORDS["admin"], conf=acl_conf())
+    admin = RedisStore(f"redis://:{PASSWORDS['admin']}@127.0.0.1:{server.port}/0", "gq")
+    worker = RedisStore(f"redis://gpuqueue-worker:{PASSWORDS['worker']}@127.0.0.1:{server.port}/0", "gq")
+    root = SharedRoot(str(tmp_path / "root"), queue=queue_id(worker))
+    assert admin.r.get("gq:shared:queue") == root.queue
+    for job_id in ("j-kept", "j-gone"):
+        _ckpt(tmp_path / job_id, "t", 1)
+        root.push(job_id, tmp_path / job_id)
+    _record(admin, "j-kept")
+    assert Sweeper(worker, root, "w1", 30).sweep() == ["j-gone"]
+    import redis
+
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        worker.r.set("gq:job:j-kept", "{}")
