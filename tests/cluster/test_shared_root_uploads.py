@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from helpers.servers import wait_until
 
 from . import probe_fs
 
@@ -64,7 +63,8 @@ def test_a_slow_upload_does_not_hold_back_the_jobs_live_logs(cluster_factory, tm
 
     evs = [e for _, e in seen]
     saved = next(e["time"] for e in evs if e["type"] == "checkpoint" and e["data"]["step"] == 10)
-    copied = next(e["time"] for e in evs if e["type"] == "info" and "default/step-000000010" in e["data"].get("shared", []))
+    copied = next(e["time"] for e in evs
+                  if e["type"] == "info" and "default/step-000000010" in e["data"].get("shared", []))
     assert copied - saved >= 2 * DELAY_S * 0.9, (saved, copied)  # the copy was slow
     late = [(got - float(e["data"]["line"].split()[2]), e["data"]["line"]) for got, e in seen
             if e["type"] == "log" and e["data"]["line"].startswith("tick")

@@ -53,7 +53,7 @@ from ..queue.models import JobSpec
 from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, RunnerHandle, not_dumpable
 from .redis_store import Fenced, Op, RedisStore
-from .shared_root import PushMemo, SharedRoot, StorageError, load_options
+from .shared_root import SharedRoot, StorageError, load_options
 from .worker_sweep import SWEEP_S, Sweeper, queue_id
 from .worker_uploads import AttemptUploads
 
@@ -123,12 +123,11 @@ class NodeAgent:
         self.beat()
         loops = [self._beat_loop, self._tail_loop, self._launch_loop]
         if self.shared is not None:
-            self.shared.queue = queue_id(self.store)
+            self.shared.queue = queue_id(self.store)  # the tag of the job folders it writes
             if self.sweep_s > 0:
-                sweeper = Sweeper(self.store, self.shared, self.instance, self.sweep_s)
-                loops.append(lambda: sweeper.run(self._stop))
+                loops.append(self._sweep_loop)
         for target in loops:
-            t = threading.Thread(target=target, name=getattr(target, "__name__", "sweep"), daemon=True)
+            t = threading.Thread(target=target, name=target.__name__, daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -146,6 +145,10 @@ class NodeAgent:
             self.beat(stopped=True)
         except redis.RedisError:
             pass
+
+    def _sweep_loop(self) -> None:
+        assert self.shared is not None
+        Sweeper(self.store, self.shared, self.instance, self.sweep_s).run(self._stop)
 
     def beat(self, stopped: bool = False) -> None:
         """Write the heartbeat (inventory, a counter, the attempts running here)."""
@@ -310,18 +313,15 @@ class NodeAgent:
             ops += [["SET", self.store.k("started", la.job_id, la.number), json.dumps(msg)], self.store.report_op(msg)]
         if exit_rec is None and ended and not batch.complete_line:
             exit_rec = {"exit_code": la.proc.returncode, "lost": True, "error": "the runner ended without an exit record"}
-        told: list[Op] = []  # what the uploads tell the stream
         if self.shared is not None:
             if exit_rec is not None:  # the end is reported once its final push is done
                 la.held_exit = exit_rec
                 exit_rec = self._uploads(la).finish(exit_rec)
             elif any(t == "checkpoint" for _, t, _ in batch.events):
                 self._uploads(la).request()
-            if la.uploads is not None:
-                told = la.uploads.take_ops()
-                ops += told
-        if exit_rec is not None:
-            ops += self._exit_ops(la, exit_rec)
+        exit_ops = self._exit_ops(la, exit_rec) if exit_rec is not None else []
+        told = la.uploads.take_ops() if la.uploads is not None else []  # what the uploads tell the stream
+        ops += told + exit_ops
         if not ops and new_offset == la.offset:
             return
         tail_key = self.store.k("tail", la.job_id, la.number)
@@ -347,52 +347,13 @@ class NodeAgent:
             self._forget(la)
 
     def _uploads(self, la: LocalAttempt) -> AttemptUploads:
-        """The attempt's uploader (worker_uploads.py), made at its first push."""
+        """The attempt's uploads to the shared root, on a thread of their own (worker_uploads.py)."""
         if la.uploads is None:
-            la.uploads = AttemptUploads(f"{la.job_id}/{la.number}", lambda rec, ops: self._push(la, rec, ops),
-                                        self._tail_wake.set)
+            assert self.shared is not None
+            la.uploads = AttemptUploads(self.shared, self.store, self.node, la.job_id, la.number,
+                                        la.paths.job if la.paths else job_dir(self.state_dir, la.job_id),
+                                        la.ident.uid if la.ident else None, self._tail_wake.set, lambda: la.fenced)
         return la.uploads
-
-    def _push(self, la: LocalAttempt, exit_rec: Optional[dict[str, Any]], ops: list[Op]) -> Optional[dict[str, Any]]:
-        """Copy the attempt's new checkpoints to the shared root (on its uploader's thread;
-        the end is reported after the final one, so the next attempt finds them). A storage
-        error mid-run is told to the job's stream and tried again at the next save; at the end
-        it fails an attempt that would be resumed (stopped, failed), and is told beside one
-        that succeeded. Returns the exit record to report."""
-        assert self.shared is not None
-        if la.fenced:  # superseded: nothing of it reaches the root either
-            return exit_rec
-        memo = la.extra.setdefault("pushed", PushMemo())
-        try:
-            try:
-                copied = self.shared.push(la.job_id, la.paths.job if la.paths else job_dir(self.state_dir, la.job_id),
-                                          la.ident.uid if la.ident else None, memo)
-            except StorageError:
-                raise
-            except Exception as e:  # noqa: BLE001 - whatever it is, the copy is not made
-                log.exception("attempt %s/%s: pushing checkpoints failed", la.job_id, la.number)
-                raise StorageError(f"cannot copy checkpoints to the shared root: {e}") from None
-        except StorageError as e:
-            log.warning("attempt %s/%s: %s", la.job_id, la.number, e)
-            if exit_rec is not None and exit_rec.get("exit_code") == 0 and not exit_rec.get("stop_reason"):
-                ops.append(self.store.event_op(la.job_id, "warning", {  # done: nothing resumes from them
-                    "message": f"{e}; the job's last checkpoints stay on node {self.node} only", "storage_error": True}))
-                return exit_rec
-            if exit_rec is None:
-                if la.extra.get("storage_error") != str(e):
-                    la.extra["storage_error"] = str(e)
-                    ops.append(self.store.event_op(la.job_id, "warning", {
-                        "message": f"{e}; trying again at the next save", "storage_error": True}))
-                return None
-            return {**exit_rec, "exit_code": exit_rec.get("exit_code") or 1, "stop_reason": "storage_error", "lost": False,
-                    "error": f"{e} (the attempt's checkpoints are not on the shared root, so it cannot be resumed "
-                             f"from them; it fails rather than start again from an older checkpoint)"}
-        la.extra.pop("storage_error", None)
-        if copied:
-            ops.append(self.store.event_op(la.job_id, "info", {
-                "message": f"checkpoint {', '.join(copied)} copied to the shared root", "shared": copied,
-                "node": self.node}))
-        return exit_rec
 
     def _exit_ops(self, la: LocalAttempt, exit_rec: dict[str, Any]) -> list[Op]:
         rec = dict(exit_rec)

@@ -12,31 +12,42 @@ progress of every job on the node. So each attempt with a shared root gets an
   the exit record the push returned (a storage error fails the attempt there, as before).
 * What the pushes tell the job's stream (a copy made, a storage error) is kept as store ops that
   the tail thread writes with the attempt's next events (:meth:`AttemptUploads.take_ops`).
+
+A storage error mid-run is told to the job's stream (once per message) and tried again at the
+next save; at the end it fails an attempt that would be resumed (stopped, failed), and is told
+beside one that succeeded (nothing resumes from its checkpoints).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from pathlib import Path
 from typing import Any, Callable, Optional
 
-from .redis_store import Op
+from .redis_store import Op, RedisStore
+from .shared_root import PushMemo, SharedRoot, StorageError
 
 log = logging.getLogger("gpuqueue.worker")
 
 ExitRec = dict[str, Any]
-Push = Callable[[Optional[ExitRec], list[Op]], Optional[ExitRec]]
 
 
 class AttemptUploads:
-    """The pushes of one attempt. ``push(exit_rec, ops)`` copies the attempt's checkpoints,
-    appends what to tell to ``ops`` and returns the exit record (``None`` mid-run); ``wake``
-    wakes the tail thread when there is something to write."""
+    """The pushes of attempt ``number`` of ``job_id`` from its local job folder ``job_dir``
+    (``uid``: the job's own identity, or None) to ``shared``, run by worker ``node``. ``wake``
+    wakes the tail thread when there is something to write; ``fenced`` says whether the attempt
+    was superseded (then nothing more of it reaches the root)."""
 
-    def __init__(self, name: str, push: Push, wake: Callable[[], None]):
-        self.name = name
-        self._push = push
+    def __init__(self, shared: SharedRoot, store: RedisStore, node: str, job_id: str, number: int, job_dir: Path,
+                 uid: Optional[int], wake: Callable[[], None], fenced: Callable[[], bool]):
+        self.shared, self.store, self.node = shared, store, node
+        self.job_id, self.number, self.job_dir, self.uid = job_id, number, job_dir, uid
+        self.name = f"{job_id}/{number}"
+        self.memo = PushMemo()  # what this attempt's pushes did (shared_root.py)
         self._wake = wake
+        self._fenced = fenced
+        self._error: Optional[str] = None  # the storage error last told to the stream
         self._cond = threading.Condition()
         self._wanted = False
         self._final: Optional[ExitRec] = None  # the exit record waiting for the final push
@@ -97,11 +108,7 @@ class AttemptUploads:
                 final = self._final
                 self._wanted = False
             ops: list[Op] = []
-            try:
-                rec = self._push(final, ops)
-            except Exception:  # noqa: BLE001 - the push turns storage errors into records itself
-                log.exception("uploading %s's checkpoints failed", self.name)
-                rec = final
+            rec = self._push(final, ops)
             with self._cond:
                 self._ops += ops
                 if final is not None:
@@ -109,3 +116,40 @@ class AttemptUploads:
             self._wake()
             if final is not None:
                 return
+
+    def _push(self, exit_rec: Optional[ExitRec], ops: list[Op]) -> Optional[ExitRec]:
+        """One push; what to tell goes to ``ops``. Returns the exit record to report."""
+        if self._fenced():
+            return exit_rec
+        try:
+            try:
+                copied = self.shared.push(self.job_id, self.job_dir, self.uid, self.memo)
+            except StorageError:
+                raise
+            except Exception as e:  # noqa: BLE001 - whatever it is, the copy is not made
+                log.exception("attempt %s: pushing checkpoints failed", self.name)
+                raise StorageError(f"cannot copy checkpoints to the shared root: {e}") from None
+        except StorageError as e:
+            log.warning("attempt %s: %s", self.name, e)
+            return self._failed(e, exit_rec, ops)
+        self._error = None
+        if copied:
+            ops.append(self.store.event_op(self.job_id, "info", {
+                "message": f"checkpoint {', '.join(copied)} copied to the shared root", "shared": copied,
+                "node": self.node}))
+        return exit_rec
+
+    def _failed(self, e: StorageError, exit_rec: Optional[ExitRec], ops: list[Op]) -> Optional[ExitRec]:
+        if exit_rec is not None and exit_rec.get("exit_code") == 0 and not exit_rec.get("stop_reason"):
+            ops.append(self.store.event_op(self.job_id, "warning", {  # done: nothing resumes from them
+                "message": f"{e}; the job's last checkpoints stay on node {self.node} only", "storage_error": True}))
+            return exit_rec
+        if exit_rec is None:
+            if self._error != str(e):
+                self._error = str(e)
+                ops.append(self.store.event_op(self.job_id, "warning", {
+                    "message": f"{e}; trying again at the next save", "storage_error": True}))
+            return None
+        return {**exit_rec, "exit_code": exit_rec.get("exit_code") or 1, "stop_reason": "storage_error", "lost": False,
+                "error": f"{e} (the attempt's checkpoints are not on the shared root, so it cannot be resumed "
+                         f"from them; it fails rather than start again from an older checkpoint)"}
