@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 import uuid
 from typing import Optional
 
@@ -36,6 +37,7 @@ log = logging.getLogger("gpuqueue.worker")
 
 SWEEP_S = 600.0
 BATCH = 1000
+UNTAGGED_RECHECK_S = 3600.0  # an untagged folder's tag is read again after this
 
 
 def queue_id(store: RedisStore) -> str:
@@ -56,7 +58,10 @@ class Sweeper:
         self.shared = shared
         self.instance = instance
         self.interval_s = interval_s
-        self._others: set[str] = set()  # folders seen with another queue's tag (or none), record gone
+        # folders whose record is gone but whose tag is another queue's (never read again) or
+        # missing (read again after UNTAGGED_RECHECK_S: a tag may be on its way): id -> when to
+        # read its tag again
+        self._others: dict[str, float] = {}
 
     def run(self, stop: threading.Event) -> None:
         """Try a sweep every 0.5-1 interval until ``stop`` (a thread's loop)."""
@@ -77,12 +82,17 @@ class Sweeper:
         if not self.store.r.set(turn, self.instance, nx=True, px=max(1, int(self.interval_s * 1000))):
             return None
         deleted: list[str] = []
-        for job_id in self._gone(self.shared.job_ids()):
-            if job_id in self._others:
+        now = time.monotonic()
+        gone = self._gone(self.shared.job_ids())
+        still = set(gone)
+        self._others = {j: t for j, t in self._others.items() if j in still}
+        for job_id in gone:
+            if self._others.get(job_id, -1.0) > now:
                 continue
             try:
-                if self.shared.queue_of(job_id) != self.shared.queue or self.shared.queue is None:
-                    self._others.add(job_id)
+                tag = self.shared.queue_of(job_id)
+                if tag is None or tag != self.shared.queue or self.shared.queue is None:
+                    self._others[job_id] = now + UNTAGGED_RECHECK_S if tag is None else float("inf")
                     continue
                 self.shared.delete_job(job_id)
             except StorageError as e:
