@@ -27,6 +27,8 @@ Keys (prefix ``gq`` by default)::
     nodes / hb:<node>   registered nodes, and each node's last heartbeat (JSON)
     ctl:<node>          LIST of stop requests for the node's worker
     config / snapshot / pending / sched_state   published by the daemon
+    shared:queue / shared:sweep   the queue's id on the workers' shared root, the sweep's turn
+                        (worker_sweep.py)
 
 A finished job's keys are deleted by the daemon ``--keep-finished`` (default 30 days) after it
 ended.

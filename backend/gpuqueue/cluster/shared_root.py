@@ -16,7 +16,15 @@ checkpoints to its local job folder (``$GPUQUEUE_JOB_DIR/checkpoints``, the
 * each time the job reports a ``checkpoint`` event, and once more when the attempt ends (before
   the end is reported, so the next attempt finds it), copies the complete local checkpoints that
   the root lacks to the root, marker last, and deletes from the root the ones the job rotated
-  away (:meth:`SharedRoot.push`).
+  away (:meth:`SharedRoot.push`). A push whose local set of complete checkpoints is the one the
+  attempt's last push left on the root makes no remote call at all (:class:`PushMemo`).
+
+Cleanup: the first copy of each attempt also writes ``<root>/jobs/<job_id>/QUEUE``, the id of the
+queue (its Redis store and prefix) the job belongs to. Workers sweep the root now and then
+(``worker_sweep.py``): a job folder tagged with their own queue's id whose job record is gone
+from the store (the daemon deletes it ``--keep-finished`` after the job ended) is deleted
+(:meth:`SharedRoot.delete_job`). Folders of other queues sharing the root, and untagged ones,
+are left alone.
 
 A storage error is an exception (:class:`StorageError`) that the worker turns into the attempt's
 failure with the message, never a silent start from zero.
@@ -34,12 +42,15 @@ import os
 import shutil
 import stat
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from ..attempt.jobdir import open_owned_file
 from ..job.checkpoint import MARKER, remove_checkpoint
+
 CHECKPOINTS = "checkpoints"
+QUEUE_TAG = "QUEUE"
 CHUNK = 8 * 1024 * 1024
 
 
@@ -47,11 +58,24 @@ class StorageError(RuntimeError):
     """The shared root could not be read or written."""
 
 
+@dataclass
+class PushMemo:
+    """What one attempt's pushes already did: ``copied`` the ``name/step@marker`` keys copied;
+    ``mirrored`` the local set of complete checkpoints that the last push left mirrored on the
+    root (None: not yet), so an unchanged set is neither copied nor listed again; ``tagged``
+    whether the job's folder carries the queue's tag."""
+
+    copied: set[str] = field(default_factory=set)
+    mirrored: Optional[frozenset[tuple[str, str, str]]] = None
+    tagged: bool = False
+
+
 class SharedRoot:
     """One shared root: ``url`` a folder or fsspec URL; ``options`` fsspec storage options
-    (credentials, ``endpoint_url``...), kept in the worker only."""
+    (credentials, ``endpoint_url``...), kept in the worker only; ``queue`` the id the job
+    folders this worker writes are tagged with (None: untagged, never swept)."""
 
-    def __init__(self, url: str, options: Optional[dict[str, Any]] = None):
+    def __init__(self, url: str, options: Optional[dict[str, Any]] = None, queue: Optional[str] = None):
         import fsspec
 
         if not url or not isinstance(url, str):
@@ -62,8 +86,11 @@ class SharedRoot:
             self.fs, self.base = fsspec.url_to_fs(url, **(options or {}))
         except (ImportError, ValueError) as e:
             raise ValueError(f"--shared-dir {url}: {e}") from None
+        from fsspec.implementations.local import LocalFileSystem
+
         self.url = url
-        self.local = type(self.fs).__name__ == "LocalFileSystem"
+        self.queue = queue
+        self.local = isinstance(self.fs, LocalFileSystem)
         self.base = self.base.rstrip("/")
 
     def __repr__(self) -> str:
@@ -132,27 +159,37 @@ class SharedRoot:
         return done
 
     # -- node -> root -------------------------------------------------------------------------
-    def push(self, job_id: str, job_dir: Path, uid: Optional[int] = None, done: Optional[set[str]] = None) -> list[str]:
+    def push(self, job_id: str, job_dir: Path, uid: Optional[int] = None, memo: Optional[PushMemo] = None) -> list[str]:
         """Copy the complete checkpoints of ``job_dir/checkpoints`` that the root lacks to the
         root (marker last), then delete from the root those the job rotated away (never all of
-        a run's). ``done``: keys of copies already made (updated). Returns the ``name/step-N``
+        a run's). ``memo``: what this attempt's earlier pushes did (updated); with the local set
+        unchanged since the last push, nothing is copied or listed. Returns the ``name/step-N``
         copied."""
-        done = done if done is not None else set()
+        memo = memo if memo is not None else PushMemo()
         copied: list[str] = []
         with _Local(job_dir, uid, None) as local:
             found = local.complete()
+            now = frozenset(found)
+            if now == memo.mirrored:
+                return copied
+            whole = True  # every checkpoint of ``found`` is on the root
             for name, step, marker_id in found:
                 key = f"{name}/{step}@{marker_id}"
-                if key in done:
+                if key in memo.copied:
                     continue
                 dest = f"{self.job_prefix(job_id)}/{name}/{step}"
                 try:
                     files, marker = local.read_checkpoint(name, step)
                 except OSError:
+                    whole = False
                     continue  # rotated away while we looked: a newer one is there
                 try:
+                    if not memo.tagged:
+                        self._tag(job_id)
+                        memo.tagged = True
                     self._remove(dest)  # a stale copy of the same step (a rerun after a resume)
-                    for rel, fd in files:
+                    while files:
+                        rel, fd = files.pop(0)
                         try:
                             target = f"{dest}/{rel}"
                             if self.local:
@@ -163,15 +200,30 @@ class SharedRoot:
                             os.close(fd)
                     self.fs.pipe_file(f"{dest}/{MARKER}", marker)
                 except Exception as e:  # noqa: BLE001
+                    for _, fd in files:  # those not reached
+                        os.close(fd)
                     raise StorageError(f"cannot copy checkpoint {name}/{step} to the shared root {self._u(dest)}: "
                                        f"{_say(e)}") from None
-                done.add(key)
+                memo.copied.add(key)
                 copied.append(f"{name}/{step}")
             self._rotate(job_id, {(n, s) for n, s, _ in found})
+            if whole:
+                memo.mirrored = now
         return copied
+
+    def _tag(self, job_id: str) -> None:
+        """Write the queue's tag in the job's folder (before its first checkpoint there)."""
+        if self.queue is None:
+            return
+        folder = f"{self.base}/jobs/{job_id}"
+        if self.local:
+            self.fs.makedirs(folder, exist_ok=True)
+        self.fs.pipe_file(f"{folder}/{QUEUE_TAG}", self.queue.encode())
 
     def _rotate(self, job_id: str, local: set[tuple[str, str]]) -> None:
         names = {n for n, _ in local}
+        if not names:
+            return  # only the runs the job still has locally are mirrored: nothing to list
         prefix = self.job_prefix(job_id)
         try:
             markers = self.fs.glob(f"{prefix}/*/step-*/{MARKER}")
@@ -192,9 +244,51 @@ class SharedRoot:
         except Exception as e:  # noqa: BLE001
             raise StorageError(f"cannot delete {self._u(folder)}: {_say(e)}") from None
 
+    def job_ids(self) -> list[str]:
+        """The ids of the job folders under ``<root>/jobs``."""
+        top = f"{self.base}/jobs"
+        try:
+            self.fs.invalidate_cache(top)  # an object store's listing cache would hide new folders
+            entries = self.fs.ls(top, detail=True)
+        except FileNotFoundError:
+            return []
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot list {self._u(top)}: {_say(e)}") from None
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+
+    def queue_of(self, job_id: str) -> Optional[str]:
+        """The queue id a job's folder is tagged with (None: no tag)."""
+        path = f"{self.base}/jobs/{job_id}/{QUEUE_TAG}"
+        try:
+            return self.fs.cat_file(path).decode(errors="replace").strip()
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot read {self._u(path)}: {_say(e)}") from None
+
     def delete_job(self, job_id: str) -> None:
-        """Delete everything of a job on the root."""
-        self._remove(f"{self.base}/jobs/{job_id}")
+        """Delete everything of a job on the root: its checkpoints (each marker first), then its
+        tag last, so a sweep cut short finds the rest still tagged and ends it."""
+        folder = f"{self.base}/jobs/{job_id}"
+        try:
+            markers = self.fs.glob(f"{folder}/{CHECKPOINTS}/*/step-*/{MARKER}")
+        except FileNotFoundError:
+            markers = []
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot list {self._u(folder)}: {_say(e)}") from None
+        for m in markers:
+            self._remove(m.rsplit("/", 1)[0])
+        try:
+            if self.fs.exists(f"{folder}/{CHECKPOINTS}"):
+                self.fs.rm(f"{folder}/{CHECKPOINTS}", recursive=True)
+            if self.fs.exists(f"{folder}/{QUEUE_TAG}"):
+                self.fs.rm_file(f"{folder}/{QUEUE_TAG}")
+            if self.fs.exists(folder):
+                self.fs.rm(folder, recursive=True)
+        except FileNotFoundError:
+            pass
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot delete {self._u(folder)}: {_say(e)}") from None
 
     def _u(self, path: str) -> str:
         return path if self.local else self.fs.unstrip_protocol(path)

@@ -54,6 +54,8 @@ from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, RunnerHandle, not_dumpable
 from .redis_store import Fenced, Op, RedisStore
 from .shared_root import SharedRoot, StorageError, load_options
+from .worker_sweep import SWEEP_S, Sweeper, queue_id
+from .worker_uploads import AttemptUploads
 
 log = logging.getLogger("gpuqueue.worker")
 
@@ -75,6 +77,8 @@ class LocalAttempt:
     started: bool = False
     fenced: bool = False
     stop_sent: bool = False
+    uploads: Optional[AttemptUploads] = None  # pushes to the shared root, on their own thread
+    held_exit: Optional[dict[str, Any]] = None  # the end, held until the final push is done
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,9 +87,11 @@ class NodeAgent:
 
     def __init__(self, store: RedisStore, node: str, gpus: int, pool: Optional[str], state_dir: Path,
                  heartbeat_s: float = 10.0, max_result_bytes: int = 200_000_000,
-                 identities: Optional[Identities] = None, shared: Optional[SharedRoot] = None):
+                 identities: Optional[Identities] = None, shared: Optional[SharedRoot] = None,
+                 sweep_s: float = SWEEP_S):
         self.store = store
         self.shared = shared  # checkpoints between attempts (shared_root.py); None: this node's disk
+        self.sweep_s = sweep_s  # how often finished jobs' folders are swept from it (0: never)
         self.node = node
         self.gpus = gpus
         self.pool = pool
@@ -111,10 +117,16 @@ class NodeAgent:
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
-        """Register, then run the heartbeat, tail and launcher threads."""
+        """Register, then run the heartbeat, tail and launcher threads (and, with a shared
+        root, the sweeper of finished jobs' folders: worker_sweep.py)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.beat()
-        for target in (self._beat_loop, self._tail_loop, self._launch_loop):
+        loops = [self._beat_loop, self._tail_loop, self._launch_loop]
+        if self.shared is not None:
+            self.shared.queue = queue_id(self.store)  # the tag of the job folders it writes
+            if self.sweep_s > 0:
+                loops.append(self._sweep_loop)
+        for target in loops:
             t = threading.Thread(target=target, name=target.__name__, daemon=True)
             t.start()
             self._threads.append(t)
@@ -133,6 +145,10 @@ class NodeAgent:
             self.beat(stopped=True)
         except redis.RedisError:
             pass
+
+    def _sweep_loop(self) -> None:
+        assert self.shared is not None
+        Sweeper(self.store, self.shared, self.instance, self.sweep_s).run(self._stop)
 
     def beat(self, stopped: bool = False) -> None:
         """Write the heartbeat (inventory, a counter, the attempts running here)."""
@@ -281,7 +297,7 @@ class NodeAgent:
     def _tail(self, la: LocalAttempt) -> None:
         ended = la.proc.poll() is not None
         batch = read_events(la.dir / "events.jsonl", la.offset)
-        exit_rec = batch.exit
+        exit_rec = batch.exit or la.held_exit
         ops: list[Op] = [self.store.event_op(la.job_id, type_, d, t) for t, type_, d in batch.events]
         started: Optional[dict[str, Any]] = None
         if batch.runner is not None:
@@ -297,16 +313,25 @@ class NodeAgent:
             ops += [["SET", self.store.k("started", la.job_id, la.number), json.dumps(msg)], self.store.report_op(msg)]
         if exit_rec is None and ended and not batch.complete_line:
             exit_rec = {"exit_code": la.proc.returncode, "lost": True, "error": "the runner ended without an exit record"}
-        if self.shared is not None and (exit_rec is not None or any(t == "checkpoint" for _, t, _ in batch.events)):
-            exit_rec = self._push(la, exit_rec, ops)
-        if exit_rec is not None:
-            ops += self._exit_ops(la, exit_rec)
+        if self.shared is not None:
+            if exit_rec is not None:  # the end is reported once its final push is done
+                la.held_exit = exit_rec
+                exit_rec = self._uploads(la).finish(exit_rec)
+            elif any(t == "checkpoint" for _, t, _ in batch.events):
+                self._uploads(la).request()
+        exit_ops = self._exit_ops(la, exit_rec) if exit_rec is not None else []
+        told = la.uploads.take_ops() if la.uploads is not None else []  # what the uploads tell the stream
+        ops += told + exit_ops
         if not ops and new_offset == la.offset:
             return
         tail_key = self.store.k("tail", la.job_id, la.number)
         ops.append(["SET", tail_key, str(new_offset)])
         try:
             self.store.exec(ops, guards=[self.fence(la.job_id, la.number), (tail_key, str(la.offset) if la.offset else "")])
+        except redis.RedisError:
+            if told and la.uploads is not None:
+                la.uploads.give_back(told)
+            raise
         except Fenced as e:
             if e.key == tail_key:  # our own earlier write went through after all
                 la.offset = int(e.found or 0)
@@ -321,37 +346,14 @@ class NodeAgent:
         if exit_rec is not None:
             self._forget(la)
 
-    def _push(self, la: LocalAttempt, exit_rec: Optional[dict[str, Any]], ops: list[Op]) -> Optional[dict[str, Any]]:
-        """Copy the attempt's new checkpoints to the shared root (before its end is reported,
-        so the next attempt finds them). A storage error mid-run is told to the job's stream
-        and tried again at the next save; at the end it fails an attempt that would be resumed
-        (stopped, failed), and is told beside one that succeeded."""
-        assert self.shared is not None
-        done = la.extra.setdefault("pushed", set())
-        try:
-            copied = self.shared.push(la.job_id, la.paths.job if la.paths else job_dir(self.state_dir, la.job_id),
-                                      la.ident.uid if la.ident else None, done)
-        except StorageError as e:
-            log.warning("attempt %s/%s: %s", la.job_id, la.number, e)
-            if exit_rec is not None and exit_rec.get("exit_code") == 0 and not exit_rec.get("stop_reason"):
-                ops.append(self.store.event_op(la.job_id, "warning", {  # done: nothing resumes from them
-                    "message": f"{e}; the job's last checkpoints stay on node {self.node} only", "storage_error": True}))
-                return exit_rec
-            if exit_rec is None:
-                if la.extra.get("storage_error") != str(e):
-                    la.extra["storage_error"] = str(e)
-                    ops.append(self.store.event_op(la.job_id, "warning", {
-                        "message": f"{e}; trying again at the next save", "storage_error": True}))
-                return None
-            return {**exit_rec, "exit_code": exit_rec.get("exit_code") or 1, "stop_reason": "storage_error", "lost": False,
-                    "error": f"{e} (the attempt's checkpoints are not on the shared root, so it cannot be resumed "
-                             f"from them; it fails rather than start again from an older checkpoint)"}
-        la.extra.pop("storage_error", None)
-        if copied:
-            ops.append(self.store.event_op(la.job_id, "info", {
-                "message": f"checkpoint {', '.join(copied)} copied to the shared root", "shared": copied,
-                "node": self.node}))
-        return exit_rec
+    def _uploads(self, la: LocalAttempt) -> AttemptUploads:
+        """The attempt's uploads to the shared root, on a thread of their own (worker_uploads.py)."""
+        if la.uploads is None:
+            assert self.shared is not None
+            la.uploads = AttemptUploads(self.shared, self.store, self.node, la.job_id, la.number,
+                                        la.paths.job if la.paths else job_dir(self.state_dir, la.job_id),
+                                        la.ident.uid if la.ident else None, self._tail_wake.set, lambda: la.fenced)
+        return la.uploads
 
     def _exit_ops(self, la: LocalAttempt, exit_rec: dict[str, Any]) -> list[Op]:
         rec = dict(exit_rec)
@@ -402,6 +404,8 @@ class NodeAgent:
     def _forget(self, la: LocalAttempt) -> None:
         with self._lock:
             self.attempts.pop((la.job_id, la.number), None)
+        if la.uploads is not None:
+            la.uploads.close()
 
     # -- stopping -------------------------------------------------------------------------
     def _read_control(self) -> None:
@@ -482,6 +486,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-options", default=None, metavar="FILE.json",
                    help="fsspec storage options of --shared-dir (endpoint_url, key, secret...), a JSON file of mode "
                         "600; credentials may also come from the usual environment (AWS_*), which no job inherits")
+    p.add_argument("--shared-sweep", type=float, default=SWEEP_S, metavar="SECONDS",
+                   help="how often one of the workers deletes from --shared-dir the checkpoints of jobs whose "
+                        "records are gone (the scheduler's --keep-finished after they ended; default %(default)g; "
+                        "0: never)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
     p.add_argument("--concurrency", type=int, default=4, help="launch threads (default 4)")
     p.add_argument("--prefix", default="gq")
@@ -571,7 +579,8 @@ def cli_main(argv: list[str]) -> int:
         except (ValueError, OSError, StorageError) as e:
             print(f"gpuqueue worker: {e}", file=sys.stderr)
             return 2
-    _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents, shared=shared)
+    _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents, shared=shared,
+                       sweep_s=args.shared_sweep)
     try:
         _AGENT.start()
     except redis.RedisError as e:
