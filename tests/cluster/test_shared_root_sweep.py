@@ -169,9 +169,10 @@ def test_the_sweep_on_an_s3_root(store: RedisStore, tmp_path: Path, moto_s3: dic
 def test_the_workers_redis_user_may_sweep(redis_factory: Callable[..., RedisServer], tmp_path: Path) -> None:
     """The shipped ACL (deploy/redis/users.acl) lets a worker draw the queue id, take the sweep
     turn and ask whether job records exist, and nothing more than before."""
-    from .test_isolation import PASSWORDS, acl_conf
+    from .conftest import shipped_acl
+    from .test_isolation import PASSWORDS
 
-    server = redis_factory(password=PASSWORDS["admin"], conf=acl_conf())
+    server = redis_factory(password=PASSWORDS["admin"], conf=shipped_acl({r: PASSWORDS[r] for r in ("scheduler", "api", "worker")}))
     admin = RedisStore(f"redis://:{PASSWORDS['admin']}@127.0.0.1:{server.port}/0", "gq")
     worker = RedisStore(f"redis://gpuqueue-worker:{PASSWORDS['worker']}@127.0.0.1:{server.port}/0", "gq")
     root = SharedRoot(str(tmp_path / "root"), queue=queue_id(worker))
