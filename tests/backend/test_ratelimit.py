@@ -44,10 +44,12 @@ def test_rates_and_their_errors(tmp_path) -> None:
     cfg = QueueConfig.model_validate({"pools": {"p": {"nodes": {"n": 1}}},
                                       "defaults": {"submit_rate": 1, "submit_burst": 4},
                                       "users": {"bob": {"max_queued": 5}},
-                                      "groups": {"team": {"members": ["carol"], "submit_rate": "6/min"}}})
+                                      "groups": {"team": {"members": ["carol"], "submit_rate": "6/min"},
+                                                 "bulk": {"members": ["dan"], "submit_burst": 50}}})
     assert cfg.submit_limit_for("alice") == SubmitLimit(1.0, 4)
     assert cfg.submit_limit_for("bob") is None  # his own table sets no rate: none
     assert cfg.submit_limit_for("carol") == SubmitLimit(0.1, 4)  # the group's rate, the defaults' burst
+    assert cfg.submit_limit_for("dan") == SubmitLimit(1.0, 50)  # the defaults' rate, the group's burst
     f = tmp_path / "q.toml"
     f.write_text('[defaults]\nsubmit_rate = "fast"\n[pools.p]\nnodes = { n = 1 }\n')
     with pytest.raises(BadRequest, match=r"defaults.submit_rate: rate 'fast': write e.g. \"2/s\", \"30/min\" or \"100/h\""):

@@ -257,16 +257,18 @@ class QueueConfig(BaseModel):
         return self.users.get(user, self.defaults)
 
     def submit_limit_for(self, user: str) -> Optional[SubmitLimit]:
-        """The user's submit bucket: from the user's own table, else the user's group's rate
-        (with its burst, or the defaults'), else the defaults; None: no limit."""
+        """The user's submit bucket: from the user's own table, else each of ``submit_rate``
+        and ``submit_burst`` from the user's group where it sets one, else from the defaults;
+        None: no limit."""
         own = self.users.get(user)
         if own is not None:
             rate, burst = own.submit_rate, own.submit_burst
         else:
             rate, burst = self.defaults.submit_rate, self.defaults.submit_burst
             group = self.groups.get(self.group_of(user) or "")
-            if group is not None and group.submit_rate is not None:
-                rate, burst = group.submit_rate, group.submit_burst or burst
+            if group is not None:
+                rate = group.submit_rate if group.submit_rate is not None else rate
+                burst = group.submit_burst if group.submit_burst is not None else burst
         return SubmitLimit(rate, burst) if rate else None
 
 
