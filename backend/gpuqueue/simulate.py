@@ -269,12 +269,14 @@ def water_fill(capacity: float, demand: dict[str, float], weight: dict[str, floa
     (or every demand is met)."""
     out: dict[str, float] = {}
     left, wsum = float(capacity), sum(weight[u] for u in demand)
-    for u in sorted(demand, key=lambda u: (demand[u] / weight[u], u)):
+    # by demand per weight, then name (names are unique: the demand never decides a tie)
+    for _, u, d in sorted([(d / weight[u], u, d) for u, d in demand.items()]):
+        w = weight[u]
         level = left / wsum if wsum > 0 else 0.0
-        share = min(demand[u], weight[u] * level)
+        share = min(d, w * level)
         out[u] = share
         left -= share
-        wsum -= weight[u]
+        wsum -= w
     return out
 
 
@@ -387,7 +389,7 @@ class Simulation:
             if fair_dirty:
                 fair = {}
                 for p, d in demand.items():
-                    if d and any(u in backlogged for u in d):
+                    if d and not backlogged.keys().isdisjoint(d):
                         shares = (hierarchical_fill(capacity[p], d, weights, group_of, group_weight, fill_memo[p])
                                   if hierarchical else water_fill(capacity[p], d, weights))
                         for u, x in shares.items():
