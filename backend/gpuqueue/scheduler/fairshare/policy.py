@@ -73,6 +73,7 @@ class FairShareScheduler:
         self.stopping_for: dict[str, int] = {}  # preemptor -> victims still stopping for it
         self.preempted_pairs: set[tuple[str, str]] = set()  # (victim, preemptor)
         self._limits: dict[tuple[str, Optional[float]], Optional[float]] = {}
+        self._quota_bound: dict[tuple[User, Pool], bool] = {}  # see quota_reason
         for name, pc in config.pools.items():
             self._add_pool(name, pc)
         self._rebuild_pools()
@@ -570,7 +571,14 @@ class FairShareScheduler:
     # ---------------------------------------------------------------------- the pass's calls
     def quota_reason(self, pool: Pool, req: JobRequest) -> Optional[tuple[str, str]]:
         """(reason code, message) when starting the job now would break a quota, else None."""
-        return quotas.over_quota(self.config, pool, self.ledger.users[req.user], req)
+        u = self.ledger.users[req.user]
+        key = (u, pool)
+        bound = self._quota_bound.get(key)
+        if bound is None:
+            bound = self._quota_bound[key] = quotas.bounded(self.config, pool, u)
+        if not bound:
+            return None  # no quota applies to this user (or its group) in this pool
+        return quotas.over_quota(self.config, pool, u, req)
 
     def try_preempt(self, pool: Pool, res: Reservation, claims: Claims, now: float, out: list[Decision]) -> None:
         """Preempt for a reserved job if the pool allows it: see ``preemption.carry_out``."""
