@@ -169,7 +169,7 @@ def _row(row: list[str], col: dict[str, int], config: QueueConfig, scale: float,
                   bool(_BOOL[pre]), tl, remaining=duration)
 
 
-@dataclass
+@dataclass(slots=True)
 class _UserAcct:
     """Fairness tallies of a user (or of a group: the sum over its members)."""
 
@@ -243,12 +243,13 @@ def hierarchical_fill(capacity: float, demand: dict[str, float], weight: dict[st
     by_group: dict[str, dict[str, float]] = {}  # each group's members' demands, in demand's order
     for u, d in demand.items():
         g = group_of[u]
-        gdemand[g] = gdemand.get(g, 0.0) + d
         members = by_group.get(g)
         if members is None:
             by_group[g] = {u: d}
+            gdemand[g] = 0.0 + d
         else:
             members[u] = d
+            gdemand[g] += d
     gshare = water_fill(capacity, gdemand, group_weight)
     out: dict[str, float] = {}
     for g, share in gshare.items():
@@ -463,7 +464,7 @@ class Simulation:
                             ga.received += ga.used * dt
                             gfair = group_fair.get(g)
                             if gfair is None:
-                                gfair = group_fair[g] = sum(shares.get(u, 0.0) for u in group_members(g))
+                                gfair = group_fair[g] = sum([shares.get(u, 0.0) for u in group_members(g)])
                             ga.entitled += gfair * dt
                 last_t = now
             while ev and ev[0][0] <= now:
