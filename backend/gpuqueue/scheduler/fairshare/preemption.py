@@ -185,52 +185,23 @@ def comes_of_age(jobs: dict[str, Job], candidates: Iterable[str], pool: PoolNode
     return soonest
 
 
-def single_node_victims_fit(pool: PoolNodes, index: NodeIndex, r: Job, exclude: Container[str],
-                            only: Optional[Container[str]], min_rank: int, pool_preemptible: bool,
-                            min_runtime: float, max_preemptions: int, now: float) -> bool:
-    """Whether stopping every running one-node job that ``plan`` could choose on a node (of
-    priority rank ``min_rank`` or lower, preemptible, of age, preempted fewer than
-    ``max_preemptions`` times) could make ``r`` fit on enough nodes: a bound. ``plan`` gives up
-    on a node whose chosen victims include a multi-node job, so where this is False it finds
-    no plan."""
-    req = r.request
-    per = req.gpus // max(1, req.nodes)
-    want = max(1, req.nodes)
-    stopping, preemptible, jobs, jobs_on = index.stopping_gpus, index.preemptible_gpus, index.jobs, index.jobs_on
-    enough = 0
-    for n in pool.nodes:
-        if n.gpus < per or n.name in exclude or (only is not None and n.name not in only):
-            continue
-        need = per if req.nodes == 1 else n.gpus
-        base = len(n.free) + stopping.get(n.name, 0)
-        if base + sum(preemptible.get(n.name, NONE)[min_rank:]) < need:
-            continue
-        for jid in jobs_on.get(n.name, ()):
-            v = jobs.get(jid)
-            if v is None or v.state != RUNNING:
-                continue
-            vr = v.request
-            if (vr.nodes == 1 and (vr.preemptible or pool_preemptible) and vr.priority.rank >= min_rank
-                    and v.preemptions < max_preemptions and v.started_at + min_runtime <= now):
-                base += len(v.placement[n.name])  # type: ignore[index]
-        if base >= need:
-            enough += 1
-            if enough >= want:
-                return True
-    return False
-
-
 def could_fit(pool: PoolNodes, index: NodeIndex, r: Job, exclude: Container[str],
               only: Optional[Container[str]], min_rank: int, pool_preemptible: bool,
-              min_runtime: float, now: float) -> tuple[bool, float]:
+              min_runtime: float, now: float, max_preemptions: Optional[int] = None,
+              ) -> tuple[bool, float, bool]:
     """Whether stopping every preemptible job of priority rank ``min_rank`` or lower that has
     run ``min_runtime`` somewhere (in ``only``, when given) could make ``r`` fit: a quick bound
     that spares the planner its walk over the candidates when no plan can exist. Also returns
-    when a young job that could count comes of age (INF: none)."""
+    when a young job that could count comes of age (INF: none; meaningful when it cannot fit),
+    and, given ``max_preemptions``, whether the bound holds counting only the one-node jobs
+    preempted fewer than ``max_preemptions`` times: ``plan`` gives up on a node whose chosen
+    victims include a multi-node job, so where that is False it finds no plan either."""
     req = r.request
     per = req.gpus // max(1, req.nodes)
+    want = max(1, req.nodes)
+    single = max_preemptions is not None
     stopping, preemptible, jobs = index.stopping_gpus, index.preemptible_gpus, index.jobs
-    enough = 0
+    enough = enough_single = 0
     soonest = INF
     nodes = pool.nodes if only is None else [pool.by_name[n] for n in only if n in pool.by_name]
     for n in nodes:
@@ -240,19 +211,25 @@ def could_fit(pool: PoolNodes, index: NodeIndex, r: Job, exclude: Container[str]
         base = len(n.free) + stopping.get(n.name, 0)
         if base + sum(preemptible.get(n.name, NONE)[min_rank:]) < need:
             continue
+        base_single = base
         for jid in index.jobs_on.get(n.name, ()):
             v = jobs[jid]
             vr = v.request
             if v.state == RUNNING and (vr.preemptible or pool_preemptible) and vr.priority.rank >= min_rank:
                 if v.started_at + min_runtime <= now:
-                    base += len(v.placement[n.name])  # type: ignore[index]
+                    gpus = len(v.placement[n.name])  # type: ignore[index]
+                    base += gpus
+                    if single and vr.nodes == 1 and v.preemptions < max_preemptions:  # type: ignore[operator]
+                        base_single += gpus
                 elif v.started_at + min_runtime < soonest:
                     soonest = v.started_at + min_runtime
         if base >= need:
             enough += 1
-            if enough >= max(1, req.nodes):
-                return True, soonest
-    return False, soonest
+            if base_single >= need:
+                enough_single += 1
+            if enough >= want and (not single or enough_single >= want):
+                return True, soonest, True
+    return enough >= want, soonest, enough_single >= want
 
 
 def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims: Claims, now: float,
@@ -298,8 +275,11 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
             if not changed:
                 return
             only, later = changed, last.retry_at
-    possible, young = could_fit(
-        pool.nodes, index, r, exclude, only, low, pool.config.preemptible, knobs.min_runtime, now)
+    # with low == 0 or ``only``, the young jobs plan() meets are all candidates: see below
+    single_bound = low == 0 or only is not None
+    possible, young, single_fit = could_fit(
+        pool.nodes, index, r, exclude, only, low, pool.config.preemptible, knobs.min_runtime, now,
+        knobs.max_preemptions_per_job if single_bound else None)
     if not possible:
         if young < INF:
             pool.recheck_at = min(pool.recheck_at, young)
@@ -319,9 +299,7 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
         candidates = [jid for n in only for jid in index.jobs_on.get(n, ())]
     else:  # only lower priorities qualify unless the starved or under-share rule may apply
         candidates = chain.from_iterable(pool.victims_by_rank[low:])
-    if (low == 0 or only is not None) and not single_node_victims_fit(
-            pool.nodes, index, r, exclude, only, low, pool.config.preemptible, knobs.min_runtime,
-            knobs.max_preemptions_per_job, now):
+    if single_bound and not single_fit:
         # plan() would find no victims; its time to try again is then when a candidate comes
         # of age (the young jobs it meets on the nodes it walks are all candidates here)
         per = req.gpus // max(1, req.nodes)
