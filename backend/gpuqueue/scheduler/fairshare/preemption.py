@@ -99,7 +99,8 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
     soonest = comes_of_age(jobs, candidates, pool, per, min_runtime, now)
     # may_preempt(v, r), inline: what depends on r alone is worked out once
     rid, rrank = req.id, req.priority.rank
-    pairs, pool_preemptible, max_preemptions = rules.preempted_pairs, rules.pool_preemptible, rules.max_preemptions
+    pairs, pool_preemptible = rules.preempted_pairs, rules.pool_preemptible
+    max_preemptions = rules.max_preemptions
     r_under_share = under_share(rules.pool, rules.pool_total, rules.active_weight, users[req.user], req.gpus)
     pool_name, pool_total, active_weight = rules.pool, rules.pool_total, rules.active_weight
     # Only nodes holding a job that may be preempted now can give a plan (every such job of
