@@ -210,13 +210,15 @@ def could_fit(pool: PoolNodes, index: NodeIndex, r: Job, exclude: Container[str]
             continue
         need = per if req.nodes == 1 else n.gpus
         base = len(n.free) + stopping.get(n.name, 0)
-        if base + sum(preemptible.get(n.name, NONE)[min_rank:]) < need:
+        held = preemptible.get(n.name, NONE)
+        if base + (sum(held[min_rank:]) if min_rank else sum(held)) < need:
             continue
         base_single = base
         for jid in index.jobs_on.get(n.name, ()):
             v = jobs[jid]
             vr = v.request
-            if v.state == RUNNING and (vr.preemptible or pool_preemptible) and vr.priority.rank >= min_rank:
+            if (v.state == RUNNING and (vr.preemptible or pool_preemptible)
+                    and (not min_rank or vr.priority.rank >= min_rank)):  # (every rank is >= 0)
                 if v.started_at + min_runtime <= now:
                     gpus = len(v.placement[n.name])  # type: ignore[index]
                     base += gpus
