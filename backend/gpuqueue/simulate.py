@@ -169,7 +169,7 @@ def _row(row: list[str], col: dict[str, int], config: QueueConfig, scale: float,
                   bool(_BOOL[pre]), tl, remaining=duration)
 
 
-@dataclass
+@dataclass(slots=True)
 class _UserAcct:
     """Fairness tallies of a user (or of a group: the sum over its members)."""
 
@@ -243,12 +243,13 @@ def hierarchical_fill(capacity: float, demand: dict[str, float], weight: dict[st
     by_group: dict[str, dict[str, float]] = {}  # each group's members' demands, in demand's order
     for u, d in demand.items():
         g = group_of[u]
-        gdemand[g] = gdemand.get(g, 0.0) + d
         members = by_group.get(g)
         if members is None:
             by_group[g] = {u: d}
+            gdemand[g] = 0.0 + d
         else:
             members[u] = d
+            gdemand[g] += d
     gshare = water_fill(capacity, gdemand, group_weight)
     out: dict[str, float] = {}
     for g, share in gshare.items():
@@ -269,12 +270,14 @@ def water_fill(capacity: float, demand: dict[str, float], weight: dict[str, floa
     (or every demand is met)."""
     out: dict[str, float] = {}
     left, wsum = float(capacity), sum(weight[u] for u in demand)
-    for u in sorted(demand, key=lambda u: (demand[u] / weight[u], u)):
+    # by demand per weight, then name (names are unique: the demand never decides a tie)
+    for _, u, d in sorted([(d / weight[u], u, d) for u, d in demand.items()]):
+        w = weight[u]
         level = left / wsum if wsum > 0 else 0.0
-        share = min(demand[u], weight[u] * level)
+        share = min(d, w * level)
         out[u] = share
         left -= share
-        wsum -= weight[u]
+        wsum -= w
     return out
 
 
@@ -387,7 +390,7 @@ class Simulation:
             if fair_dirty:
                 fair = {}
                 for p, d in demand.items():
-                    if d and any(u in backlogged for u in d):
+                    if d and not backlogged.keys().isdisjoint(d):
                         shares = (hierarchical_fill(capacity[p], d, weights, group_of, group_weight, fill_memo[p])
                                   if hierarchical else water_fill(capacity[p], d, weights))
                         for u, x in shares.items():
@@ -461,7 +464,7 @@ class Simulation:
                             ga.received += ga.used * dt
                             gfair = group_fair.get(g)
                             if gfair is None:
-                                gfair = group_fair[g] = sum(shares.get(u, 0.0) for u in group_members(g))
+                                gfair = group_fair[g] = sum([shares.get(u, 0.0) for u in group_members(g)])
                             ga.entitled += gfair * dt
                 last_t = now
             while ev and ev[0][0] <= now:

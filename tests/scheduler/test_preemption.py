@@ -3,6 +3,7 @@ try again."""
 
 from __future__ import annotations
 
+from gpuqueue.queue.states import Outcome
 from gpuqueue.scheduler import FairShareScheduler
 from gpuqueue.scheduler.fairshare import preemption
 from gpuqueue.scheduler.fairshare.records import RUNNING, Job
@@ -59,3 +60,27 @@ def test_non_preemptible_work_is_never_a_victim():
     running(s, "solid", "a", 4, 0, pr="low")
     s.submit(job("r", gpus=4, pr="high", user="w"), 10)
     assert plan_for(s, "r", 10, starved=True).victims == []
+
+
+def test_where_only_a_multi_node_victim_could_make_room_the_quick_bound_and_the_planner_both_say_no():
+    # the planner never stops a multi-node job (it would free GPUs elsewhere too); the quick
+    # bound counting one-node victims only (could_fit's third answer) agrees with it, so the
+    # policy may skip the planner's walk
+    s = FairShareScheduler(config({"p": {"a": 4, "b": 4, "c": 4}}, min_runtime=0))
+    s.restore_running(job("wide", gpus=8, nodes=2, pr="low", user="x", preemptible=True),
+                      {"a": (0, 1, 2, 3), "b": (0, 1, 2, 3)}, 0)
+    running(s, "narrow", "c", 2, 0, pr="low", user="y", preemptible=True)
+    s.restore_running(job("solid", gpus=2, pr="low", user="z"), {"c": (2, 3)}, 0)  # not preemptible
+    s.submit(job("r", gpus=4, pr="high", user="w"), 10)
+    pool, r = s.pools["p"], s.jobs["r"]
+
+    def bound() -> tuple[bool, bool]:
+        possible, _, single = preemption.could_fit(pool.nodes, s.node_index, r, (), None, 0, False, 0, 10,
+                                                   s.knobs.max_preemptions_per_job)
+        return possible, single
+
+    assert bound() == (True, False)  # stopping "wide" would do; no one-node victim would
+    assert plan_for(s, "r", 10).victims == []
+    s.finished("solid", Outcome.SUCCEEDED, 10)  # now stopping "narrow" makes room on c
+    assert bound() == (True, True)
+    assert [v.request.id for v in plan_for(s, "r", 10).victims] == ["narrow"]

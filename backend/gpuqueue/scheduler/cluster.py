@@ -75,16 +75,17 @@ class Cluster:
 
     def allocate(self, placement: Placement) -> None:
         """Mark the placement's GPUs used. Raises if any is not free (a bug, never silent)."""
+        nodes = self.nodes
         for node, ids in placement.items():
-            free = self.nodes[node].free
-            if not set(ids) <= free:
+            free = nodes[node].free
+            if not free.issuperset(ids):
                 raise RuntimeError(f"GPUs {ids} on {node} are not all free ({sorted(free)})")
         for node, ids in placement.items():
-            self.nodes[node].free -= set(ids)
+            nodes[node].free.difference_update(ids)
 
     def release(self, placement: Placement) -> None:
         """Give the placement's GPUs back (ignored for nodes that are down or gone)."""
         for node, ids in placement.items():
             n = self.nodes.get(node)
             if n is not None and n.up:
-                n.free |= set(ids)
+                n.free.update(ids)

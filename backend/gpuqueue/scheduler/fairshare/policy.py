@@ -73,6 +73,7 @@ class FairShareScheduler:
         self.stopping_for: dict[str, int] = {}  # preemptor -> victims still stopping for it
         self.preempted_pairs: set[tuple[str, str]] = set()  # (victim, preemptor)
         self._limits: dict[tuple[str, Optional[float]], Optional[float]] = {}
+        self._quota_bound: dict[tuple[User, Pool], bool] = {}  # see quota_reason
         for name, pc in config.pools.items():
             self._add_pool(name, pc)
         self._rebuild_pools()
@@ -179,17 +180,24 @@ class FairShareScheduler:
         job.state = PENDING
         self.order_epoch += 1
         pool = self.pools[req.pool]
-        starved = ordering.starved(req, job.starve_after, now)
+        after = job.starve_after
+        starved = ordering.starved(req, after, now)
         if starved:
             pool.starved_epoch += 1
         if not boost or starved and not job.starved:
             pool.dirty = True
         job.starved = starved
-        cls = job.job_class = self.job_class(job)
-        pool.queue.count_class(cls, +1)
-        tier, nxt = self.tier_at(job, now)
+        pc, knobs, lim = pool.config, self.knobs, job.limit
+        # self.job_class(job) and self.tier_at(job, now), inline
+        cls = job.job_class = (req.gpus, req.nodes, INF if lim is None else lim,
+                               (req.preemptible or pc.preemptible)
+                               and job.preemptions < knobs.max_preemptions_per_job)
+        queue = pool.queue
+        queue.count_class(cls, +1)
+        tier, nxt = tier_at(req, pc.starvation_timeout, after, knobs, now)
         job.tier = tier
-        pool.queue.add(job, self._user(req), tier, class_key(cls), job.starve_after > 0)
+        u = self.ledger.users.get(req.user)
+        queue.add(job, u if u is not None else self._user(req), tier, class_key(cls), after > 0)
         if nxt < INF:
             self.timers.boost_at(job, nxt)
 
@@ -233,7 +241,10 @@ class FairShareScheduler:
                 starve_after=self.starve_after(job))
         self.jobs[job.id] = j
         u = self._user(job)
-        self._count_pool_job(u, job.pool, +1)
+        before = u.pool_jobs.get(job.pool, 0)  # _count_pool_job(u, job.pool, +1), inline
+        u.pool_jobs[job.pool] = before + 1
+        if before == 0:
+            pool.active_weight += u.weight
         pool.queue.queued += 1
         self._enqueue(j, now)
         return None
@@ -356,68 +367,83 @@ class FairShareScheduler:
     def _occupy(self, j: Job, placement: Placement, now: float) -> None:
         self.cluster.allocate(placement)
         req = j.request
+        gpus = req.gpus
         pool = self.pools[req.pool]
-        pool.nodes.free -= req.gpus
+        pool.nodes.free -= gpus
         j.state = RUNNING
         j.placement = placement
         j.started_at = now
-        j.ends_at = INF if j.limit is None else now + j.limit
+        lim = j.limit
+        j.ends_at = INF if lim is None else now + lim
         j.attempt += 1
         j.warned = j.timeout_sent = False
         j.preempted_for = None
         self.node_index.add_job(j, placement)
         u = self.ledger.users[req.user]
-        u.gpus += req.gpus
+        u.gpus += gpus
         u.running += 1
-        if u.group is not None:
-            u.group.gpus += req.gpus
-            u.group.running += 1
-        u.pool_gpus[req.pool] = u.pool_gpus.get(req.pool, 0) + req.gpus
+        g = u.group
+        if g is not None:
+            g.gpus += gpus
+            g.running += 1
+        pool_gpus = u.pool_gpus
+        pool_gpus[req.pool] = pool_gpus.get(req.pool, 0) + gpus
         if req.preemptible or pool.config.preemptible:
-            pool.victims_by_rank[req.priority.rank].add(req.id)
+            rank = req.priority.rank
+            pool.victims_by_rank[rank].add(req.id)
             pool.victim_epoch += 1
             held = self.node_index.preemptible_gpus
             for node, ids in placement.items():
-                held.setdefault(node, [0, 0, 0])[req.priority.rank] += len(ids)
-        if j.limit is not None:
+                held.setdefault(node, [0, 0, 0])[rank] += len(ids)
+        if lim is not None:
             pool.timed_running += 1
 
     def _vacate(self, j: Job, now: float) -> None:
         req = j.request
         pool = self.pools[req.pool]
         assert j.placement is not None
+        placement = j.placement
         index = self.node_index
-        if j.state == STOPPING:
-            for node, ids in j.placement.items():
-                index.stopping_gpus[node] -= len(ids)
-        elif req.preemptible or pool.config.preemptible:
-            for node, ids in j.placement.items():
-                index.preemptible_gpus[node][req.priority.rank] -= len(ids)
+        preemptible = req.preemptible or pool.config.preemptible
+        stopping = j.state == STOPPING
+        if stopping:
+            stopping_gpus = index.stopping_gpus
+            for node, ids in placement.items():
+                stopping_gpus[node] -= len(ids)
+        elif preemptible:
+            rank = req.priority.rank
+            held = index.preemptible_gpus
+            for node, ids in placement.items():
+                held[node][rank] -= len(ids)
         nodes = self.cluster.nodes
-        for node, ids in j.placement.items():
+        freed = 0
+        for node, ids in placement.items():  # Cluster.release, counting what comes back
             n = nodes.get(node)
             if n is not None and n.up:
-                pool.nodes.free += len(ids)
-        self.cluster.release(j.placement)
-        index.remove_job(j, j.placement)
+                freed += len(ids)
+                n.free.update(ids)
+        pool.nodes.free += freed
+        index.remove_job(j, placement)
         j.placement = None
         j.borrowed = False
+        gpus = req.gpus
         u = self.ledger.users[req.user]
-        u.gpus -= req.gpus
+        u.gpus -= gpus
         u.running -= 1
-        if u.group is not None:
-            u.group.gpus -= req.gpus
-            u.group.running -= 1
-        u.pool_gpus[req.pool] -= req.gpus
-        actual = req.gpus * max(0.0, now - j.started_at) / 3600.0 * self.ledger.scale(now)
+        g = u.group
+        if g is not None:
+            g.gpus -= gpus
+            g.running -= 1
+        u.pool_gpus[req.pool] -= gpus
+        actual = gpus * max(0.0, now - j.started_at) / 3600.0 * self.ledger.scale(now)
         self._charge(u, actual - j.charged_scaled)
         j.charged_scaled = 0.0
         j.charged_until = 0.0
-        if req.preemptible or pool.config.preemptible:
+        if preemptible:
             pool.victims_by_rank[req.priority.rank].discard(req.id)
-        if j.limit is not None or j.state == STOPPING:
+        if j.limit is not None or stopping:
             pool.timed_running -= 1
-        if j.state == STOPPING and j.preempted_for is not None:
+        if stopping and j.preempted_for is not None:
             self.stopping_for[j.preempted_for] -= 1
             if not self.stopping_for[j.preempted_for]:
                 del self.stopping_for[j.preempted_for]
@@ -429,23 +455,27 @@ class FairShareScheduler:
     def start(self, j: Job, placement: Placement, now: float, out: list[Decision]) -> None:
         """Start a pending job on ``placement``: charge its first chunk, arm its timers."""
         self._dequeue(j)
-        pool = self.pools[j.request.pool]
-        pool.held.pop(j.request.id, None)
+        req = j.request
+        pool = self.pools[req.pool]
+        pool.held.pop(req.id, None)
         pool.queue.queued -= 1
         self._occupy(j, placement, now)
         j.reason, j.reason_message = "running", "started"
-        chunk = self.knobs.charge_ahead
+        knobs = self.knobs
+        chunk = knobs.charge_ahead
         lim = j.limit
         first = chunk if lim is None else min(chunk, lim)
+        timers = self.timers
         if chunk > 0:
             j.charged_until = first
-            scaled = j.request.gpus * first / 3600.0 * self.ledger.scale(now)
+            scaled = req.gpus * first / 3600.0 * self.ledger.scale(now)
             j.charged_scaled = scaled
-            self._charge(self.ledger.users[j.request.user], scaled)
+            self._charge(self.ledger.users[req.user], scaled)
             if lim is None or first < lim:
-                self.timers.charge_at(j, now + first)
-        self._push_deadlines(j)
-        out.append(Start(j.request.id, placement))
+                timers.charge_at(j, now + first)
+        if lim is not None:  # _push_deadlines, inline (started_at is now)
+            timers.limit_at(j, j.started_at + lim, min(knobs.timeout_warning, 0.1 * lim))
+        out.append(Start(req.id, placement))
 
     def _push_deadlines(self, j: Job) -> None:
         lim = j.limit
@@ -471,7 +501,26 @@ class FairShareScheduler:
 
     def _timers(self, now: float, out: list[Decision]) -> None:
         jobs, timers, due = self.jobs, self.timers, Timers.due
-        for t, _, jid, attempt, kind in due(timers.deadlines, now):
+        # (each heap's top is looked at first: most ticks find nothing due in most heaps)
+        if timers.deadlines and timers.deadlines[0][0] <= now:
+            self._deadlines_due(now, out)
+        if timers.charges and timers.charges[0][0] <= now:
+            self._charges_due(now)
+        if timers.retries and timers.retries[0][0] <= now:
+            for _, _, jid, version in due(timers.retries, now):
+                j = jobs.get(jid)
+                if j is not None and j.state == WAITING and j.queue_version == version:
+                    self._enqueue(j, now)
+        if timers.boosts and timers.boosts[0][0] <= now:
+            for _, _, jid, version in due(timers.boosts, now):
+                j = jobs.get(jid)
+                if j is not None and j.state == PENDING and j.queue_version == version:
+                    self._dequeue(j)
+                    self._enqueue(j, now, boost=True)
+
+    def _deadlines_due(self, now: float, out: list[Decision]) -> None:
+        jobs = self.jobs
+        for t, _, jid, attempt, kind in Timers.due(self.timers.deadlines, now):
             j = jobs.get(jid)
             if j is None or j.state not in (RUNNING, STOPPING) or j.attempt != attempt:
                 continue
@@ -486,7 +535,10 @@ class FairShareScheduler:
             elif kind == TIMEOUT and not j.timeout_sent and abs(end - t) < 1e-6:
                 j.timeout_sent = True
                 out.append(TimeOut(jid))
-        for t, _, jid, attempt, _ in due(timers.charges, now):
+
+    def _charges_due(self, now: float) -> None:
+        jobs, timers = self.jobs, self.timers
+        for t, _, jid, attempt, _ in Timers.due(timers.charges, now):
             j = jobs.get(jid)
             if j is None or j.state not in (RUNNING, STOPPING) or j.attempt != attempt:
                 continue
@@ -500,30 +552,33 @@ class FairShareScheduler:
             self._charge(self.ledger.users[j.request.user], add)
             if lim is None or nxt < lim:
                 timers.charge_at(j, j.started_at + nxt)
-        for _, _, jid, version in due(timers.retries, now):
-            j = jobs.get(jid)
-            if j is not None and j.state == WAITING and j.queue_version == version:
-                self._enqueue(j, now)
-        for _, _, jid, version in due(timers.boosts, now):
-            j = jobs.get(jid)
-            if j is not None and j.state == PENDING and j.queue_version == version:
-                self._dequeue(j)
-                self._enqueue(j, now, boost=True)
 
     def next_wakeup(self) -> Optional[float]:
         """The earliest time at which ``tick`` has work (timeouts, boosts, retries, usage
         charges, preemption rechecks, or events since the last pass: then the latest time
         seen); None if there is none. Shells should tick then."""
-        cands = [t for t in (self.timers.earliest(self.jobs),) if t is not None]
-        if any(p.dirty and p.queue for p in self.pools.values()):
-            cands.append(self._now)  # something changed since the last pass: tick again now
-        cands += [p.recheck_at for p in self.pools.values() if p.recheck_at < INF]
-        return min(cands) if cands else None
+        best = self.timers.earliest(self.jobs)
+        for p in self.pools.values():
+            if p.dirty and p.queue:  # something changed since the last pass: tick again now
+                t = self._now
+                if best is None or t < best:
+                    best = t
+            t = p.recheck_at
+            if t < INF and (best is None or t < best):
+                best = t
+        return best
 
     # ---------------------------------------------------------------------- the pass's calls
     def quota_reason(self, pool: Pool, req: JobRequest) -> Optional[tuple[str, str]]:
         """(reason code, message) when starting the job now would break a quota, else None."""
-        return quotas.over_quota(self.config, pool, self.ledger.users[req.user], req)
+        u = self.ledger.users[req.user]
+        key = (u, pool)
+        bound = self._quota_bound.get(key)
+        if bound is None:
+            bound = self._quota_bound[key] = quotas.bounded(self.config, pool, u)
+        if not bound:
+            return None  # no quota applies to this user (or its group) in this pool
+        return quotas.over_quota(self.config, pool, u, req)
 
     def try_preempt(self, pool: Pool, res: Reservation, claims: Claims, now: float, out: list[Decision]) -> None:
         """Preempt for a reserved job if the pool allows it: see ``preemption.carry_out``."""

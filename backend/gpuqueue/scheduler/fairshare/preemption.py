@@ -17,6 +17,7 @@ of victims, among the nodes no other reservation holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Container, Iterable, Optional
 
 from ..base import Decision, Preempt
@@ -94,39 +95,53 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
     req = r.request
     per = req.gpus // max(1, req.nodes)
     min_runtime = rules.min_runtime
-    soonest = INF
     # A young job may not be preempted yet: when the first comes of age, trying again may help.
-    by_name = pool.by_name
-    for v in map(jobs.get, candidates):
-        if v is None or v.started_at + min_runtime <= now or v.state != RUNNING or not v.placement:
-            continue
-        for name in v.placement:
-            n = by_name.get(name)
-            if n is not None and n.gpus >= per:
-                soonest = min(soonest, v.started_at + min_runtime)
+    soonest = comes_of_age(jobs, candidates, pool, per, min_runtime, now)
+    # may_preempt(v, r), inline: what depends on r alone is worked out once
+    rid, rrank = req.id, req.priority.rank
+    pairs, pool_preemptible = rules.preempted_pairs, rules.pool_preemptible
+    max_preemptions = rules.max_preemptions
+    r_under_share = under_share(rules.pool, rules.pool_total, rules.active_weight, users[req.user], req.gpus)
+    pool_name, pool_total, active_weight = rules.pool, rules.pool_total, rules.active_weight
     # Only nodes holding a job that may be preempted now can give a plan (every such job of
     # the pool is a candidate: running preemptible jobs of the ranks the rules allow, or all
     # jobs on ``only``); the node index's running preemptible GPUs bound what one can free.
-    preemptible_gpus = index.preemptible_gpus
+    preemptible_gpus, stopping_gpus, jobs_on = index.preemptible_gpus, index.stopping_gpus, index.jobs_on
     plans: list[tuple[tuple[int, int, int, str], str, list[Job]]] = []
     for n in pool.nodes:
         if n.gpus < per or n.name in exclude or (only is not None and n.name not in only):
             continue
         need = per if req.nodes == 1 else n.gpus
-        stopping = index.stopping_gpus.get(n.name, 0)
+        stopping = stopping_gpus.get(n.name, 0)
         if len(n.free) + stopping + sum(preemptible_gpus.get(n.name, NONE)) < need:
             continue  # even preempting every preemptible job there would not free enough
         gain = 0  # GPUs the jobs there that may be preempted now hold there
         ok: list[Job] = []
         young = INF
-        for v in (jobs[j] for j in sorted(index.jobs_on[n.name]) if j in jobs):
-            if v.state != RUNNING:
+        for jid in jobs_on[n.name]:  # (in any order: ``ok`` is sorted below, ids last)
+            v = jobs.get(jid)
+            if v is None or v.state != RUNNING:
                 continue
-            if may_preempt(rules, users, v, r, now, starved):
+            vr = v.request
+            if not (vr.preemptible or pool_preemptible):
+                continue
+            came_of_age = v.started_at + min_runtime
+            if v.preemptions >= max_preemptions or came_of_age > now or (rid, vr.id) in pairs:
+                may = False
+            else:
+                vrank = vr.priority.rank
+                if rrank < vrank or starved and (v.borrowed or vrank >= rrank):
+                    may = True
+                elif r_under_share:  # under-share demand: v's user is over its own share
+                    vu = users[vr.user]
+                    may = vu.pool_gpus.get(pool_name, 0) > pool_total * vu.weight / active_weight
+                else:
+                    may = False
+            if may:
                 ok.append(v)
                 gain += len(v.placement[n.name])  # type: ignore[index]
-            elif (v.request.preemptible or rules.pool_preemptible) and v.started_at + min_runtime > now:
-                young = min(young, v.started_at + min_runtime)
+            elif came_of_age > now:
+                young = min(young, came_of_age)
         if not ok or len(n.free) + stopping + gain < need:
             continue  # even preempting every candidate there would not free enough
         soonest = min(soonest, young)
@@ -155,17 +170,39 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
     return Plan([v for _, _, vs in plans[: max(1, req.nodes)] for v in vs], soonest)
 
 
+def comes_of_age(jobs: dict[str, Job], candidates: Iterable[str], pool: PoolNodes, per: int,
+                 min_runtime: float, now: float) -> float:
+    """When the first of ``candidates`` that is too young to be preempted and runs on a node
+    of at least ``per`` GPUs comes of age (INF: none): a failed plan's time to try again."""
+    soonest = INF
+    by_name = pool.by_name
+    for v in map(jobs.get, candidates):
+        if v is None or v.started_at + min_runtime <= now or v.state != RUNNING or not v.placement:
+            continue
+        for name in v.placement:
+            n = by_name.get(name)
+            if n is not None and n.gpus >= per:
+                soonest = min(soonest, v.started_at + min_runtime)
+    return soonest
+
+
 def could_fit(pool: PoolNodes, index: NodeIndex, r: Job, exclude: Container[str],
               only: Optional[Container[str]], min_rank: int, pool_preemptible: bool,
-              min_runtime: float, now: float) -> tuple[bool, float]:
+              min_runtime: float, now: float, max_preemptions: Optional[int] = None,
+              ) -> tuple[bool, float, bool]:
     """Whether stopping every preemptible job of priority rank ``min_rank`` or lower that has
     run ``min_runtime`` somewhere (in ``only``, when given) could make ``r`` fit: a quick bound
     that spares the planner its walk over the candidates when no plan can exist. Also returns
-    when a young job that could count comes of age (INF: none)."""
+    when a young job that could count comes of age (INF: none; meaningful when it cannot fit),
+    and, given ``max_preemptions``, whether the bound holds counting only the one-node jobs
+    preempted fewer than ``max_preemptions`` times: ``plan`` gives up on a node whose chosen
+    victims include a multi-node job, so where that is False it finds no plan either."""
     req = r.request
     per = req.gpus // max(1, req.nodes)
+    want = max(1, req.nodes)
+    single = max_preemptions is not None
     stopping, preemptible, jobs = index.stopping_gpus, index.preemptible_gpus, index.jobs
-    enough = 0
+    enough = enough_single = 0
     soonest = INF
     nodes = pool.nodes if only is None else [pool.by_name[n] for n in only if n in pool.by_name]
     for n in nodes:
@@ -173,21 +210,29 @@ def could_fit(pool: PoolNodes, index: NodeIndex, r: Job, exclude: Container[str]
             continue
         need = per if req.nodes == 1 else n.gpus
         base = len(n.free) + stopping.get(n.name, 0)
-        if base + sum(preemptible.get(n.name, NONE)[min_rank:]) < need:
+        held = preemptible.get(n.name, NONE)
+        if base + (sum(held[min_rank:]) if min_rank else sum(held)) < need:
             continue
+        base_single = base
         for jid in index.jobs_on.get(n.name, ()):
             v = jobs[jid]
             vr = v.request
-            if v.state == RUNNING and (vr.preemptible or pool_preemptible) and vr.priority.rank >= min_rank:
+            if (v.state == RUNNING and (vr.preemptible or pool_preemptible)
+                    and (not min_rank or vr.priority.rank >= min_rank)):  # (every rank is >= 0)
                 if v.started_at + min_runtime <= now:
-                    base += len(v.placement[n.name])  # type: ignore[index]
+                    gpus = len(v.placement[n.name])  # type: ignore[index]
+                    base += gpus
+                    if single and vr.nodes == 1 and v.preemptions < max_preemptions:  # type: ignore[operator]
+                        base_single += gpus
                 elif v.started_at + min_runtime < soonest:
                     soonest = v.started_at + min_runtime
         if base >= need:
             enough += 1
-            if enough >= max(1, req.nodes):
-                return True, soonest
-    return False, soonest
+            if base_single >= need:
+                enough_single += 1
+            if enough >= want and (not single or enough_single >= want):
+                return True, soonest, True
+    return enough >= want, soonest, enough_single >= want
 
 
 def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims: Claims, now: float,
@@ -211,20 +256,20 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
     if low and not any(pool.victims_by_rank[low:]):
         return  # no lower-priority victims, and neither other rule applies
     index = policy.node_index
+    # a plan depends on the reserved job only through its shape: jobs of one shape share
+    # what was learnt (the cycle rule aside, which only ever takes victims away)
+    shape = (req.gpus, req.nodes, rank, holds_here, res.starved, user.weight)
+    last = pool.failed_plans.get(shape)
+    if last is not None and now < last.retry_at and last.signature is None:
+        return  # waiting for the budget
     # what the plan depends on besides the nodes: young jobs are no victims, so new starts
     # only matter without a minimum runtime
     epoch = pool.victim_epoch if knobs.min_runtime <= 0 else 0
     exclude = frozenset([name for name, other in claims.by_node.items() if other is not res])
     only: Optional[set[str]] = None
     signature = (exclude, epoch)
-    # a plan depends on the reserved job only through its shape: jobs of one shape share
-    # what was learnt (the cycle rule aside, which only ever takes victims away)
-    shape = (req.gpus, req.nodes, rank, holds_here, res.starved, user.weight)
-    last = pool.failed_plans.get(shape)
     later = INF  # when nodes not looked at again may give a plan
     if last is not None and now < last.retry_at:
-        if last.signature is None:
-            return  # waiting for the budget
         if last.signature == signature:
             # no plan on any node then: only nodes that changed since can give one now
             if index.touches == last.touches:
@@ -233,8 +278,11 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
             if not changed:
                 return
             only, later = changed, last.retry_at
-    possible, young = could_fit(
-        pool.nodes, index, r, exclude, only, low, pool.config.preemptible, knobs.min_runtime, now)
+    # with low == 0 or ``only``, the young jobs plan() meets are all candidates: see below
+    single_bound = low == 0 or only is not None
+    possible, young, single_fit = could_fit(
+        pool.nodes, index, r, exclude, only, low, pool.config.preemptible, knobs.min_runtime, now,
+        knobs.max_preemptions_per_job if single_bound else None)
     if not possible:
         if young < INF:
             pool.recheck_at = min(pool.recheck_at, young)
@@ -249,12 +297,19 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
     rules = PreemptionRules(
         pool.name, pool.nodes.total, pool.config.preemptible, pool.active_weight,
         knobs.min_runtime, knobs.max_preemptions_per_job, policy.preempted_pairs)
+    candidates: Iterable[str]
     if only is not None:  # the jobs on those nodes
         candidates = [jid for n in only for jid in index.jobs_on.get(n, ())]
     else:  # only lower priorities qualify unless the starved or under-share rule may apply
-        candidates = [vid for ids in pool.victims_by_rank[low:] for vid in ids]
-    found = plan(rules, policy.ledger.users, policy.jobs, r, candidates, pool.nodes,
-                 index, now, res.starved, exclude, only)
+        candidates = chain.from_iterable(pool.victims_by_rank[low:])
+    if single_bound and not single_fit:
+        # plan() would find no victims; its time to try again is then when a candidate comes
+        # of age (the young jobs it meets on the nodes it walks are all candidates here)
+        per = req.gpus // max(1, req.nodes)
+        found = Plan([], comes_of_age(policy.jobs, candidates, pool.nodes, per, knobs.min_runtime, now))
+    else:
+        found = plan(rules, policy.ledger.users, policy.jobs, r, candidates, pool.nodes,
+                     index, now, res.starved, exclude, only)
     if not found.victims:
         if found.retry_at < INF:
             pool.recheck_at = min(pool.recheck_at, found.retry_at)

@@ -43,6 +43,18 @@ def _queued(u: User) -> int:
     return sum(u.pool_jobs.values()) - u.running
 
 
+def bounded(config: QueueConfig, pool: Pool, u: User) -> bool:
+    """Whether any quota ``over_quota`` checks applies to the user's jobs in the pool (its own
+    limits, the pool's per-user cap, its configured group's limits): where none does, starting
+    a job never breaks one."""
+    lim = u.limits
+    if lim.max_running is not None or lim.max_gpus is not None or pool.config.max_gpus_per_user is not None:
+        return True
+    g = u.group
+    gc = config.groups.get(g.name) if g is not None and g.configured else None
+    return gc is not None and (gc.max_running is not None or gc.max_gpus is not None)
+
+
 def over_quota(config: QueueConfig, pool: Pool, u: User, req: JobRequest) -> Optional[tuple[str, str]]:
     """(reason code, message) when starting the job now would break a quota, else None."""
     lim = u.limits

@@ -18,7 +18,7 @@ Candidate = tuple[float, int, str, int]
 """(fit time, -free GPUs, node, node GPUs): a node a reservation may take, best first."""
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Reservation:
     """GPUs set aside for ``job``."""
 
@@ -37,6 +37,8 @@ class Reservation:
 class Claims:
     """The reserved nodes of one pass, and the bounds that tell a job's view of them."""
 
+    __slots__ = ("by_node", "all", "min_shadow", "max_shadow", "starved", "version")
+
     def __init__(self) -> None:
         self.by_node: dict[str, Reservation] = {}
         self.all: list[Reservation] = []  # in the order they were made
@@ -54,16 +56,22 @@ class Claims:
         """Record a planned reservation's nodes."""
         self.all.append(res)
         self.version += 1
-        if res.starved and res.spare:
+        spare = res.spare
+        if not spare:
+            return
+        if res.starved:
             self.starved += 1
-        for name in res.spare:
-            self.by_node[name] = res
-        if res.spare:
-            if res.shadow < INF:
-                self.max_shadow = max(self.max_shadow, res.shadow)
-                self.min_shadow = min(self.min_shadow, res.shadow)
-            else:
-                self.min_shadow = -INF  # nobody ends before an unknown start
+        by_node = self.by_node
+        for name in spare:
+            by_node[name] = res
+        shadow = res.shadow
+        if shadow < INF:
+            if shadow > self.max_shadow:
+                self.max_shadow = shadow
+            if shadow < self.min_shadow:
+                self.min_shadow = shadow
+        else:
+            self.min_shadow = -INF  # nobody ends before an unknown start
 
 
 def plan(res: Reservation, pool: PoolNodes, index: NodeIndex, timed_running: int, now: float,

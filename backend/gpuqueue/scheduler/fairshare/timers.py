@@ -48,20 +48,26 @@ class Timers:
             yield heapq.heappop(heap)
 
     def earliest(self, jobs: dict[str, Job]) -> Optional[float]:
-        """The earliest live timer, dropping stale ones from the heap tops; None if none."""
-
-        def live_job(e: JobTimer, state: str) -> bool:
-            j = jobs.get(e[2])
-            return j is not None and j.state == state and j.queue_version == e[3]
-
-        def live_attempt(e: AttemptTimer) -> bool:
-            j = jobs.get(e[2])
-            return j is not None and j.state in (RUNNING, STOPPING) and j.attempt == e[3]
-
-        for h, ok in ((self.deadlines, live_attempt), (self.charges, live_attempt),
-                      (self.retries, lambda e: live_job(e, WAITING)),
-                      (self.boosts, lambda e: live_job(e, PENDING))):
-            while h and not ok(h[0]):  # type: ignore[operator]
-                heapq.heappop(h)  # type: ignore[arg-type]
-        tops = [h[0][0] for h in (self.deadlines, self.charges, self.retries, self.boosts) if h]
-        return min(tops) if tops else None
+        """The earliest live timer, dropping stale ones from the heap tops; None if none.
+        (Asked after every event by the simulator: plain loops, no closures.)"""
+        best: Optional[float] = None
+        pop = heapq.heappop
+        for h in (self.deadlines, self.charges):  # live: the same attempt, still holding GPUs
+            while h:
+                e = h[0]
+                j = jobs.get(e[2])
+                if j is not None and j.attempt == e[3] and (j.state == RUNNING or j.state == STOPPING):
+                    if best is None or e[0] < best:
+                        best = e[0]
+                    break
+                pop(h)
+        for h, state in ((self.retries, WAITING), (self.boosts, PENDING)):  # live: same version
+            while h:
+                e = h[0]
+                j = jobs.get(e[2])
+                if j is not None and j.state == state and j.queue_version == e[3]:
+                    if best is None or e[0] < best:
+                        best = e[0]
+                    break
+                pop(h)
+        return best
