@@ -155,32 +155,29 @@ class SchedulingPass:
             return
         if self.reuse_starved():
             return
-        now = self.now
         jobs = policy.jobs
         limit = policy.knobs.max_reservations
-        credit = policy.knobs.starved_priority_credit
         heappop = heapq.heappop
         kept: list[tuple[list[AgeEntry], AgeEntry]] = []
         looked = 0
         min_need = INF
+        # per heap, its top as (credited age, seq, heap) if starved, else None; only the heap
+        # popped from is looked at again (considering a job changes no other job's state)
+        tops: list[Optional[tuple[float, int, list[AgeEntry]]]] = []
+        for (rank, after), heap in heaps.items():
+            tops.append(self._starved_top(heap, rank, after))
+        ranks = list(heaps)
         while looked < limit:
             best: Optional[tuple[float, int, list[AgeEntry]]] = None
-            for (rank, after), heap in heaps.items():
-                while heap:
-                    e = heap[0]
-                    j = jobs.get(e.job_id)
-                    if j is None or j.state != PENDING or j.queue_version != e.queue_version:
-                        heappop(heap)
-                        continue
-                    if e.submit_time + after <= now:
-                        key = e.submit_time - (2 - rank) * credit
-                        if best is None or (key, e.seq) < best[:2]:
-                            best = (key, e.seq, heap)
-                    break
+            at = -1
+            for i, top in enumerate(tops):
+                if top is not None and (best is None or top[:2] < best[:2]):
+                    best, at = top, i
             if best is None:
                 break
             heap = best[2]
             e = heappop(heap)
+            tops[at] = self._starved_top(heap, *ranks[at])
             looked += 1
             j = jobs[e.job_id]
             r = self.consider(j, starved=True)
@@ -195,6 +192,21 @@ class SchedulingPass:
         pool.starved_cache = StarvedCache(
             pool.freed_epoch, pool.starved_epoch, index.touches, min_need,
             [(r.job, r.nodes, r.shadow, dict(r.spare)) for r in self.claims.all])
+
+    def _starved_top(self, heap: list[AgeEntry], rank: int, after: float) -> Optional[tuple[float, int, list[AgeEntry]]]:
+        """The heap's oldest pending job as (credited age, seq, heap) if it is starved, else
+        None (dropping stale entries on the way)."""
+        jobs = self.policy.jobs
+        while heap:
+            e = heap[0]
+            j = jobs.get(e.job_id)
+            if j is None or j.state != PENDING or j.queue_version != e.queue_version:
+                heapq.heappop(heap)
+                continue
+            if e.submit_time + after <= self.now:
+                return (e.submit_time - (2 - rank) * self.policy.knobs.starved_priority_credit, e.seq, heap)
+            return None
+        return None
 
     def reuse_starved(self) -> bool:
         """Hold the last pass's reservations for starved jobs again, if nothing they depend on
@@ -297,6 +309,7 @@ class SchedulingPass:
         users, jobs = self.policy.ledger.users, self.policy.jobs
         lists, in_heap = queue.lists, queue.in_heap
         heappop = heapq.heappop
+        refresh_top = queue.refresh_top
         blocked = self.blocked_users
         passed: dict[tuple[str, QueueKey], int] = {}  # (user, key) -> jobs of that list passed over
         popped: list[tuple[str, QueueKey]] = []
@@ -348,8 +361,7 @@ class SchedulingPass:
                         u = users[name]
                         marks = in_heap[name]
                         if version != u.version or marks.get(tk) != version:
-                            heappop(h)
-                            queue.refresh(u, t, key, version)  # pushed again with its new key
+                            refresh_top(h, u, t, key, version)  # pushed again with its new key
                             continue
                         lst = lists[name][t].get(key)
                         if not lst or name in blocked or passed and passed.get((name, key), 0) >= len(lst):
