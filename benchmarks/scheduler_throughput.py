@@ -17,6 +17,8 @@ spent in each part, exclusive of the parts it calls (``submit``, ``finished``, t
 jobs, the user scan, fit_keys, considering a job, placing it, reserving, starting it, the
 preemption check; what ``tick`` does besides them is ``tick``). The timers around each call
 slow the run down (its decisions per second are not comparable); the shares are what count.
+``--digest`` adds to each run a hash of every decision in order (``digest``): two versions of
+the policy make the same schedule on this stream when their digests agree.
 """
 
 from __future__ import annotations
