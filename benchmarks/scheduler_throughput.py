@@ -17,11 +17,14 @@ spent in each part, exclusive of the parts it calls (``submit``, ``finished``, t
 jobs, the user scan, fit_keys, considering a job, placing it, reserving, starting it, the
 preemption check; what ``tick`` does besides them is ``tick``). The timers around each call
 slow the run down (its decisions per second are not comparable); the shares are what count.
+``--digest`` adds to each run a hash of every decision in order (``digest``): two versions of
+the policy make the same schedule on this stream when their digests agree.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import sys
@@ -91,8 +94,9 @@ class Breakdown:
 
 
 def run(policy: str, pending: int, users: int, gpus: int, passes: int, seed: int, explain: bool,
-        breakdown: Optional[Breakdown] = None) -> dict[str, Any]:
-    """One run of one policy; returns its figures (with ``breakdown``, timing its parts)."""
+        breakdown: Optional[Breakdown] = None, digest: bool = False) -> dict[str, Any]:
+    """One run of one policy; returns its figures (with ``breakdown``, timing its parts; with
+    ``digest``, a hash of every decision in order, under ``digest``)."""
     rng = random.Random(seed)
     nodes = {f"n{i:04d}": 8 for i in range(gpus // 8)}
     cfg = QueueConfig(
@@ -120,6 +124,7 @@ def run(policy: str, pending: int, users: int, gpus: int, passes: int, seed: int
         s.submit(new_job(), now)
     fill = s.tick(now)
     running += [d.job_id for d in fill if isinstance(d, Start)]
+    h = hashlib.sha256(repr(fill).encode()) if digest else None
     setup_s = time.perf_counter() - t0
     steps: list[float] = []
     cpu = 0.0
@@ -143,6 +148,8 @@ def run(policy: str, pending: int, users: int, gpus: int, passes: int, seed: int
             breakdown.on = False
         cpu += time.thread_time() - c
         decisions += len(out)
+        if h is not None:
+            h.update(repr(out).encode())
         running += [d.job_id for d in out if isinstance(d, Start)]
     steps.sort()
     total = sum(steps)
@@ -157,6 +164,8 @@ def run(policy: str, pending: int, users: int, gpus: int, passes: int, seed: int
         "max_step_ms": round(steps[-1] * 1000, 3),
         "setup_s": round(setup_s, 2), "initial_starts": len(fill),
     }
+    if h is not None:
+        result["digest"] = h.hexdigest()[:16]
     if explain:
         t = time.perf_counter()  # what `gpuqueue ls` / the sidebar ask for every queued job
         result["explained"] = sum(s.explain(f"j{i}", now) is not None for i in range(1, seq + 1))
@@ -176,10 +185,12 @@ def main() -> None:
     ap.add_argument("--explain", action="store_true", help="also time explain() of every queued job")
     ap.add_argument("--breakdown", action="store_true",
                     help="also time the parts of a gpuqueue step (an extra, slower run)")
+    ap.add_argument("--digest", action="store_true",
+                    help="also print a hash of every decision of each run (to compare schedules)")
     a = ap.parse_args()
     policies = ["gpuqueue", "fifo"] if a.policy == "both" else [a.policy]
     for i in range(a.runs):
-        res = {p: run(p, a.pending, a.users, a.gpus, a.passes, a.seed, a.explain) for p in policies}
+        res = {p: run(p, a.pending, a.users, a.gpus, a.passes, a.seed, a.explain, digest=a.digest) for p in policies}
         for r in res.values():
             print(json.dumps({"run": i + 1, **r}))
         if len(res) == 2:

@@ -49,3 +49,5 @@ class Pool:
     held: dict[str, Held] = field(default_factory=dict)
     # running or stopping jobs of a preemptible kind, by priority rank (high, medium, low)
     victims_by_rank: list[set[str]] = field(default_factory=lambda: [set(), set(), set()])
+    # user -> whether no quota can hold its jobs back here (SchedulingPass.quota_free)
+    quota_free: dict[str, bool] = field(default_factory=dict)

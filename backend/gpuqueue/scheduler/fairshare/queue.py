@@ -135,6 +135,22 @@ class PoolQueue:
         else:
             del marks[(tier, key)]
 
+    def refresh_top(self, heap: list[UserEntry], user: User, tier: int, key: QueueKey, version: int) -> None:
+        """``refresh`` for the stale entry (of ``version``) at the top of the (tier, key) heap,
+        in one step: ``heapreplace`` instead of a pop and a push (the same entries are left,
+        so the heap yields the same order)."""
+        marks = self.in_heap[user.name]
+        if marks.get((tier, key)) != version:
+            heapq.heappop(heap)  # a newer entry is in the heap
+        elif key in self.lists[user.name][tier]:
+            marks[(tier, key)] = user.version
+            g = user.group
+            share = user.scaled / user.weight if g is None else (g.scaled / g.weight, user.scaled / user.weight)
+            heapq.heapreplace(heap, (share, user.name, user.version))
+        else:
+            heapq.heappop(heap)
+            del marks[(tier, key)]
+
     def rekey(self, user: User) -> bool:
         """Push the user again, now, with its current share key, where it has pending jobs.
         True if it has any here."""

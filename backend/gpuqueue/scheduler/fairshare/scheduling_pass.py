@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from operator import itemgetter
-from typing import TYPE_CHECKING, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
 
 from ..base import Decision, Placement
 from ..cluster import NodeState
@@ -155,32 +155,29 @@ class SchedulingPass:
             return
         if self.reuse_starved():
             return
-        now = self.now
         jobs = policy.jobs
         limit = policy.knobs.max_reservations
-        credit = policy.knobs.starved_priority_credit
         heappop = heapq.heappop
         kept: list[tuple[list[AgeEntry], AgeEntry]] = []
         looked = 0
         min_need = INF
+        # per heap, its top as (credited age, seq, heap) if starved, else None; only the heap
+        # popped from is looked at again (considering a job changes no other job's state)
+        tops: list[Optional[tuple[float, int, list[AgeEntry]]]] = []
+        for (rank, after), heap in heaps.items():
+            tops.append(self._starved_top(heap, rank, after))
+        ranks = list(heaps)
         while looked < limit:
             best: Optional[tuple[float, int, list[AgeEntry]]] = None
-            for (rank, after), heap in heaps.items():
-                while heap:
-                    e = heap[0]
-                    j = jobs.get(e.job_id)
-                    if j is None or j.state != PENDING or j.queue_version != e.queue_version:
-                        heappop(heap)
-                        continue
-                    if e.submit_time + after <= now:
-                        key = e.submit_time - (2 - rank) * credit
-                        if best is None or (key, e.seq) < best[:2]:
-                            best = (key, e.seq, heap)
-                    break
+            at = -1
+            for i, top in enumerate(tops):
+                if top is not None and (best is None or top[:2] < best[:2]):
+                    best, at = top, i
             if best is None:
                 break
             heap = best[2]
             e = heappop(heap)
+            tops[at] = self._starved_top(heap, *ranks[at])
             looked += 1
             j = jobs[e.job_id]
             r = self.consider(j, starved=True)
@@ -195,6 +192,21 @@ class SchedulingPass:
         pool.starved_cache = StarvedCache(
             pool.freed_epoch, pool.starved_epoch, index.touches, min_need,
             [(r.job, r.nodes, r.shadow, dict(r.spare)) for r in self.claims.all])
+
+    def _starved_top(self, heap: list[AgeEntry], rank: int, after: float) -> Optional[tuple[float, int, list[AgeEntry]]]:
+        """The heap's oldest pending job as (credited age, seq, heap) if it is starved, else
+        None (dropping stale entries on the way)."""
+        jobs = self.policy.jobs
+        while heap:
+            e = heap[0]
+            j = jobs.get(e.job_id)
+            if j is None or j.state != PENDING or j.queue_version != e.queue_version:
+                heapq.heappop(heap)
+                continue
+            if e.submit_time + after <= self.now:
+                return (e.submit_time - (2 - rank) * self.policy.knobs.starved_priority_credit, e.seq, heap)
+            return None
+        return None
 
     def reuse_starved(self) -> bool:
         """Hold the last pass's reservations for starved jobs again, if nothing they depend on
@@ -241,6 +253,7 @@ class SchedulingPass:
             return self._fits
         if sig[3] != last[3] or sig[4] != last[4]:  # classes or views changed: see each key again
             lending = self.lending and claims.starved > 0
+            reserved = bool(claims.by_node)
             now = self.now
             nofit = memo.nofit
             view_of: dict[float, int] = {}  # time limit -> view (classes share a few limits)
@@ -250,7 +263,7 @@ class SchedulingPass:
                 view = view_of.get(limit)
                 if view is None:
                     view = view_of[limit] = memo.view(now + limit) if memo.shadows else 0
-                built.append((key[0], key, n_nodes, nofit[lending and key[2]] if claims else None, view))
+                built.append((key[0], key, n_nodes, nofit[lending and key[2]] if reserved else None, view))
                 multi = multi or n_nodes > 1
             built.sort(key=itemgetter(0))  # by GPUs: free GPUs and nofit_all cut off the biggest
             self._class_views, self._multi = built, multi
@@ -296,30 +309,51 @@ class SchedulingPass:
         users, jobs = self.policy.ledger.users, self.policy.jobs
         lists, in_heap = queue.lists, queue.in_heap
         heappop = heapq.heappop
+        refresh_top = queue.refresh_top
         blocked = self.blocked_users
         passed: dict[tuple[str, QueueKey], int] = {}  # (user, key) -> jobs of that list passed over
         popped: list[tuple[str, QueueKey]] = []
-        # key -> its heap's top (share key, user, version) as last seen (None: empty); a top is
-        # seen again when its user changed (version) or was the one just considered
-        tops: dict[QueueKey, Optional[tuple]] = {}
+        # key -> its heap's top (share key, user, version) as last seen (None: empty; False or
+        # absent: to be seen again, because its user changed or was the one just considered)
+        tops: dict[QueueKey, Any] = {}
+        # the keys in play: ``live`` those whose top is known (not empty), ``todo`` the others
+        live: dict[QueueKey, tuple] = {}
+        todo: list[QueueKey] = []
         stop = False
         # a start changes only its user's share key, unless fair share is by group
         by_group = self.policy.ledger.hierarchical
         seen: Optional[frozenset[QueueKey]] = frozenset()
-        in_play: list[tuple[QueueKey, list]] = []
         consider = self.consider
+        fit_keys = self.fit_keys
+        first_pass = True
         while True:
-            allowed = self.fit_keys()
+            allowed = fit_keys()
             if allowed is not None and (self.budget <= 0 or not allowed):
                 stop = True
                 break
-            if allowed is not seen or not in_play:  # the keys still in play
+            if allowed is not seen and seen is not None and allowed is not None and not first_pass \
+                    and allowed <= seen:  # fewer keys in play: drop the others
+                for key in seen - allowed:
+                    if key in live:
+                        del live[key]
+                    elif key in todo:
+                        todo.remove(key)
                 seen = allowed
-                in_play = [(key, h) for key, h in heaps.items() if allowed is None or key in allowed]
-            best: Optional[tuple] = None
-            for key, h in in_play:
-                top = tops.get(key, False)
-                if top is False or (by_group and top is not None and users[top[1]].version != top[2]):
+            elif allowed is not seen or first_pass:  # the keys still in play
+                seen = allowed
+                first_pass = False
+                live = {}
+                todo = []
+                for key in heaps:
+                    if allowed is None or key in allowed:
+                        top = tops.get(key, False)
+                        if top is False:
+                            todo.append(key)
+                        elif top is not None:
+                            live[key] = top
+            if todo:
+                for key in todo:
+                    h = heaps[key]
                     top = None
                     tk = (t, key)
                     while h:
@@ -327,8 +361,7 @@ class SchedulingPass:
                         u = users[name]
                         marks = in_heap[name]
                         if version != u.version or marks.get(tk) != version:
-                            heappop(h)
-                            queue.refresh(u, t, key, version)  # pushed again with its new key
+                            refresh_top(h, u, t, key, version)  # pushed again with its new key
                             continue
                         lst = lists[name][t].get(key)
                         if not lst or name in blocked or passed and passed.get((name, key), 0) >= len(lst):
@@ -340,10 +373,12 @@ class SchedulingPass:
                         top = h[0]
                         break
                     tops[key] = top
-                if top is not None and (best is None or top < best):
-                    best = top
-            if best is None:
+                    if top is not None:
+                        live[key] = top
+                todo = []
+            if not live:
                 break
+            best = min(live.values())
             name = best[1]
             mine = lists[name][t]
             first: Optional[tuple[float, int, str]] = None
@@ -367,6 +402,16 @@ class SchedulingPass:
                 top = tops.get(key)
                 if top and top[1] == name:
                     tops[key] = False
+                    if key in live:
+                        del live[key]
+                        todo.append(key)
+            if r == STARTED and by_group:  # ... and its group's members' versions
+                for key, top in tops.items():
+                    if top and users[top[1]].version != top[2]:
+                        tops[key] = False
+                        if key in live:
+                            del live[key]
+                            todo.append(key)
         for name, key in popped:
             if key in lists[name][t]:
                 queue.push_user(users[name], t, key)
@@ -384,10 +429,14 @@ class SchedulingPass:
             return BLOCKED  # reserved for as a starved job earlier in this pass
         pool, policy = self.pool, self.policy
         j.seen_in_pass = pool.pass_no
-        q = policy.quota_reason(pool, req)
-        if q is not None:
-            j.reason, j.reason_message = q
-            return OVER_QUOTA
+        free = pool.quota_free.get(req.user)
+        if free is None:
+            free = pool.quota_free[req.user] = self.quota_free(req.user)
+        if not free:
+            q = policy.quota_reason(pool, req)
+            if q is not None:
+                j.reason, j.reason_message = q
+                return OVER_QUOTA
         nodes = pool.nodes
         placement, borrowed = self.place(j) if req.gpus <= nodes.free else (None, False)
         if placement is not None:
@@ -417,13 +466,32 @@ class SchedulingPass:
             return BLOCKED
         self.budget -= 1
         reserved = self.claims.all[0].job.request if self.claims.all else self.first_blocked.job.request
+        # the reason of a job blocked pass after pass rarely changes: keep the message if equal
+        m = j.reason_message
         if req.gpus <= nodes.free:
             j.reason = "reservation"
-            j.reason_message = BehindReservation(reserved.id)
+            if type(m) is not BehindReservation or m[0] != reserved.id:
+                j.reason_message = BehindReservation(reserved.id)
         else:
             j.reason = "resources" if reserved.priority.rank >= req.priority.rank else "priority"
-            j.reason_message = WaitingForGpus(req.gpus, pool.name, nodes.free, nodes.total, reserved.id)
+            if type(m) is not WaitingForGpus or m != (req.gpus, pool.name, nodes.free, nodes.total, reserved.id):
+                j.reason_message = WaitingForGpus(req.gpus, pool.name, nodes.free, nodes.total, reserved.id)
         return BLOCKED
+
+    def quota_free(self, user: str) -> bool:
+        """Whether no quota can ever hold back the user's jobs in this pool (see
+        ``quotas.over_quota``): no ``max_running`` or ``max_gpus`` of its own or of a configured
+        group, no ``max_gpus_per_user`` of the pool. Limits come from the config, which a
+        policy keeps for life, so ``Pool.quota_free`` keeps the answer."""
+        u = self.policy.ledger.users[user]
+        lim = u.limits
+        if lim.max_running is not None or lim.max_gpus is not None:
+            return False
+        if self.pool.config.max_gpus_per_user is not None:
+            return False
+        g = u.group
+        gc = self.policy.config.groups.get(g.name) if g is not None and g.configured else None
+        return gc is None or (gc.max_running is None and gc.max_gpus is None)
 
     def reserve(self, res: Reservation) -> bool:
         """Plan a reservation and hold its nodes: the nodes the job held in the last pass if it
@@ -471,7 +539,8 @@ class SchedulingPass:
         claims = self.claims
         end = INF
         lends = False
-        if claims:
+        any_claims = bool(claims.by_node)
+        if any_claims:
             limit = j.limit
             if limit is not None:
                 end = self.now + limit
@@ -481,15 +550,16 @@ class SchedulingPass:
             return nodes.idle_nodes(g, req.nodes, claims.by_node, end, lends)
         if g >= self.nofit_all:
             return None, False  # a smaller or equal request already failed with no node reserved
-        if claims:
+        if any_claims:
             memo = self.memo
-            memo.follow(claims)
+            if claims.version != memo.claims_version:
+                memo.follow(claims)
             view = memo.view(end)
             if memo.fails(g, lends, view):
                 return None, False  # ... or with the same or a wider view of the reserved nodes
         placement, borrowed = nodes.best_fit(g, claims.by_node, end, lends, self.apart(j))
         if placement is None:
-            if not claims:
+            if not any_claims:
                 self.nofit_all = min(self.nofit_all, g)
             else:
                 self.memo.failed(g, lends, view)
