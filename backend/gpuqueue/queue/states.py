@@ -58,13 +58,12 @@ class Priority(str, Enum):
     MEDIUM = "medium"
     LOW = "low"
 
-    @property
-    def rank(self) -> int:
-        """0 for high, 1 for medium, 2 for low: lower sorts first."""
-        return _PRIORITY_RANK[self]
+    rank: int
+    """0 for high, 1 for medium, 2 for low: lower sorts first (a plain attribute: the
+    scheduler reads it in its inner loops)."""
 
-
-_PRIORITY_RANK = {Priority.HIGH: 0, Priority.MEDIUM: 1, Priority.LOW: 2}
+    def __init__(self, value: str) -> None:
+        self.rank = ("high", "medium", "low").index(value)
 
 
 class Outcome(str, Enum):
