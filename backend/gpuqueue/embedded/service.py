@@ -35,15 +35,14 @@ from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
 from ..scheduler import make_scheduler
 from ..scheduler.admission import inadmissible
 from ..scheduler.base import Decision, JobRequest
-from ..queue.states import ACTIVE_STATES, LIVE_STATES, WAITING_STATES, JobState
+from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..queue.verbs import Caller
 from .store import SqliteStore
 
 log = logging.getLogger("gpuqueue.service")
 
-TAIL_INTERVAL_S = 0.01  # while attempts run: how often their event files are looked at (a stat each)
-IDLE_TAIL_S = 1.0  # while none runs: the tail loop's wait (an attempt's start ends it at once)
+TAIL_INTERVAL_S = 0.01  # how often running attempts' event files are looked at (a stat each)
 TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/finish)
 STATE_SAVE_INTERVAL_S = 30.0
 
@@ -76,10 +75,8 @@ class QueueService(QueueShell):
         self._warm: Optional[subprocess.Popen[bytes]] = None  # the next launch's runner
         self._last_python: Optional[str] = None  # the interpreter of the last cell job
         self._warm_primed = False  # the warm runner was sent a warm_spec (its job interpreter runs)
-        self._in_use = False  # a job was ever queued here: from then on the next launch is kept warm
         self._sizes: dict[str, tuple[Path, int]] = {}  # active job -> (events file, size seen)
         self._wake = asyncio.Event()
-        self._tail_wake = asyncio.Event()  # an attempt started: the tail loop polls again
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._lock_file: Any = None
@@ -115,7 +112,6 @@ class QueueService(QueueShell):
         if saved:
             self.scheduler.import_state(saved)
         self._restore()
-        self._in_use = bool(self.store.list(limit=1))
         self._tasks = [
             asyncio.create_task(self._schedule_loop()),
             asyncio.create_task(self._tail_loop()),
@@ -196,7 +192,6 @@ class QueueService(QueueShell):
             raise
         self._event(job.id, "state", {"state": "queued"})
         self._notify("submitted", job)
-        self._in_use = True
         self._wake.set()
         return self._with_pending(job), False
 
@@ -233,7 +228,7 @@ class QueueService(QueueShell):
         job = self.get_job(caller, job_id)
         if job.state.is_terminal:
             return job
-        if job.state.is_active:
+        if job.state in (JobState.STARTING, JobState.RUNNING):
             self._request_stop(job, "cancelled", self.stop_grace_s)
             return self._with_pending(self._get(job_id))
         self.scheduler.cancel(job.id, time.time())
@@ -245,7 +240,7 @@ class QueueService(QueueShell):
         if not caller.admin:
             raise Forbidden("only admins may preempt jobs")
         job = self.get_job(caller, job_id)
-        if not job.state.is_active:
+        if job.state not in (JobState.STARTING, JobState.RUNNING):
             raise Conflict(f"job {job_id} is {job.state.value}, not running: nothing to preempt")
         self._request_stop(job, "preempted", self.stop_grace_s)
         return self._get(job_id)
@@ -341,25 +336,15 @@ class QueueService(QueueShell):
             self.store.set_meta("scheduler_state", self.scheduler.export_state())
 
     async def _tail_loop(self) -> None:
-        """Every TAIL_INTERVAL_S while attempts run or runners are to be reaped; else it waits
-        up to IDLE_TAIL_S (the liveness check's period) for an attempt to start, so an idle
-        server does not wake up a hundred times a second."""
         while True:
-            if self._sizes or self._procs:
-                await asyncio.sleep(TAIL_INTERVAL_S)
-            else:
-                try:
-                    await asyncio.wait_for(self._tail_wake.wait(), IDLE_TAIL_S)
-                except asyncio.TimeoutError:
-                    pass
-            self._tail_wake.clear()
+            await asyncio.sleep(TAIL_INTERVAL_S)
             try:
                 self._tail_all()
             except Exception:  # noqa: BLE001
                 log.exception("reading job events failed")
 
     def _tail_all(self) -> None:
-        """Copy what active attempts wrote. On most calls only their event files' sizes are
+        """Copy what active attempts wrote. Every 50 ms only their event files' sizes are
         looked at (a stat each); the store is read once a second, with the liveness check."""
         assert self.store is not None
         for pid, proc in list(self._procs.items()):
@@ -379,7 +364,7 @@ class QueueService(QueueShell):
             return
         self._last_liveness = time.monotonic()
         sizes: dict[str, tuple[Path, int]] = {}
-        for job in self.store.list(states=ACTIVE_STATES, limit=100_000):
+        for job in self.store.list(states=(JobState.STARTING, JobState.RUNNING), limit=100_000):
             self._tail_job(job)
             job = self._get(job.id)
             a = job.current_attempt
@@ -456,7 +441,6 @@ class QueueService(QueueShell):
             return
         self._procs[proc.pid] = proc
         self._sizes[job_id] = (adir / "events.jsonl", -1)
-        self._tail_wake.set()
         log.info("job %s: attempt %s launched on %s GPUs %s", job_id, number, node, devices, extra=job_fields(job))
         attempt.pid = proc.pid
         attempt.pid_started = _process_start_time(proc.pid)
@@ -489,7 +473,9 @@ class QueueService(QueueShell):
         """Have the warm runner start the next cell job's interpreter now (its imports take CPU
         time: only while no job runs, so that they never slow one down)."""
         proc = self._warm
-        if proc is None or self._warm_primed or self._sizes:  # _sizes: the attempts running
+        if proc is None or self._warm_primed or self.store is None:
+            return
+        if self.store.list(states=(JobState.STARTING, JobState.RUNNING), limit=1):
             return
         self._warm_primed = True
         try:
@@ -526,10 +512,6 @@ class QueueService(QueueShell):
             proc.kill()
 
     def _keep_runner_warm(self) -> None:
-        """A runner (and, primed, the next cell's interpreter) ready for the next launch, once
-        this server has had a job: a server whose user never submits starts none."""
-        if not self._in_use:
-            return
         if self._warm is None or self._warm.poll() is not None:
             try:
                 self._warm = self._new_runner()

@@ -4,8 +4,7 @@
 (``gpuqueue.attempt.warmjob``) starts one of these before it knows its attempt,
 with the job's stdout, stderr and event pipe already in place and the allow-listed environment
 every cell job gets. It imports what the queue's configuration names (``warm_imports``, e.g.
-``torch``: seconds on a CPU machine; what they print is discarded, it is not the job's output)
-and ``gpuqueue.job.jobmain``'s own imports, then waits on
+``torch``: seconds on a CPU machine) and ``gpuqueue.job.jobmain``'s own imports, then waits on
 stdin for one line (after writing one byte to ``READY_FD``): ``{"argv": [...], "env": {...}, "cwd": ...}`` of its launch. It takes that
 environment and working folder and runs ``gpuqueue.job.jobmain`` exactly as
 ``python -m gpuqueue.job.jobmain JOB_DIR`` would (a fresh ``__main__``). EOF instead: it exits,
@@ -42,30 +41,6 @@ def preload(modules: list[str]) -> list[str]:
     return done
 
 
-def preload_quietly(modules: list[str]) -> list[str]:
-    """``preload`` with this process's stdout and stderr (fds 1 and 2, the job's pipes) on
-    /dev/null meanwhile: what an import prints is not the job's output, and could fill pipes
-    nobody reads yet (64 KB) and block this interpreter."""
-    for f in (sys.stdout, sys.stderr):
-        f.flush()
-    saved = os.dup(1), os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        return preload(modules)
-    finally:
-        for f in (sys.stdout, sys.stderr):
-            try:
-                f.flush()  # what the imports left in Python's buffers goes to /dev/null too
-            except Exception:  # noqa: BLE001 - an import that broke sys.stdout: the job's own is set below
-                pass
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
-
-
 def cuda_touched() -> bool:
     """True if something imported here initialised CUDA (torch's lazy init ran)."""
     torch = sys.modules.get("torch")
@@ -99,7 +74,7 @@ def main() -> int:
     from . import channel, hf, jobapi, payload  # noqa: F401
 
     ready_fd = int(sys.argv[1])
-    preload_quietly(sys.argv[2:])
+    preload(sys.argv[2:])
     if cuda_touched():
         os.close(ready_fd)
         print("gpuqueue: a warm import initialised CUDA; this interpreter cannot serve", file=sys.stderr)
