@@ -35,14 +35,15 @@ from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
 from ..scheduler import make_scheduler
 from ..scheduler.admission import inadmissible
 from ..scheduler.base import Decision, JobRequest
-from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
+from ..queue.states import ACTIVE_STATES, LIVE_STATES, WAITING_STATES, JobState
 from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..queue.verbs import Caller
 from .store import SqliteStore
 
 log = logging.getLogger("gpuqueue.service")
 
-TAIL_INTERVAL_S = 0.01  # how often running attempts' event files are looked at (a stat each)
+TAIL_INTERVAL_S = 0.01  # while attempts run: how often their event files are looked at (a stat each)
+IDLE_TAIL_S = 5.0  # while none runs: the tail loop sleeps this long, or until an attempt starts
 TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/finish)
 STATE_SAVE_INTERVAL_S = 30.0
 
@@ -77,6 +78,7 @@ class QueueService(QueueShell):
         self._warm_primed = False  # the warm runner was sent a warm_spec (its job interpreter runs)
         self._sizes: dict[str, tuple[Path, int]] = {}  # active job -> (events file, size seen)
         self._wake = asyncio.Event()
+        self._tail_wake = asyncio.Event()  # set when an attempt starts (or a runner is to reap)
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._lock_file: Any = None
@@ -158,6 +160,7 @@ class QueueService(QueueShell):
                 if not job.state.is_terminal and job.current_attempt and job.current_attempt.outcome is None:
                     self._end_attempt(job, self._read_exit(job))
             else:
+                self._sizes[job.id] = (self._events_path(job.id, a.number), -1)
                 log.info("job %s: re-adopted running attempt %s (pid %s)", job.id, a.number, a.pid,
                          extra=job_fields(job))
 
@@ -336,16 +339,26 @@ class QueueService(QueueShell):
             self.store.set_meta("scheduler_state", self.scheduler.export_state())
 
     async def _tail_loop(self) -> None:
+        """Tail active attempts every TAIL_INTERVAL_S (live logs); while none is active and no
+        runner is left to reap, sleep until one starts (at most IDLE_TAIL_S)."""
         while True:
-            await asyncio.sleep(TAIL_INTERVAL_S)
             try:
                 self._tail_all()
             except Exception:  # noqa: BLE001
                 log.exception("reading job events failed")
+            if self._sizes or self._procs:
+                await asyncio.sleep(TAIL_INTERVAL_S)
+                continue
+            self._tail_wake.clear()
+            try:
+                await asyncio.wait_for(self._tail_wake.wait(), IDLE_TAIL_S)
+            except asyncio.TimeoutError:
+                pass
 
     def _tail_all(self) -> None:
-        """Copy what active attempts wrote. Every 50 ms only their event files' sizes are
-        looked at (a stat each); the store is read once a second, with the liveness check."""
+        """Copy what active attempts wrote. Every pass (TAIL_INTERVAL_S while one is active)
+        only their event files' sizes are looked at (a stat each); the store is read at most once a
+        second, with the liveness check."""
         assert self.store is not None
         for pid, proc in list(self._procs.items()):
             if proc.poll() is not None:
@@ -364,7 +377,7 @@ class QueueService(QueueShell):
             return
         self._last_liveness = time.monotonic()
         sizes: dict[str, tuple[Path, int]] = {}
-        for job in self.store.list(states=(JobState.STARTING, JobState.RUNNING), limit=100_000):
+        for job in self.store.list(states=ACTIVE_STATES, limit=100_000):
             self._tail_job(job)
             job = self._get(job.id)
             a = job.current_attempt
@@ -441,6 +454,7 @@ class QueueService(QueueShell):
             return
         self._procs[proc.pid] = proc
         self._sizes[job_id] = (adir / "events.jsonl", -1)
+        self._tail_wake.set()  # the tail loop polls fast from now on
         log.info("job %s: attempt %s launched on %s GPUs %s", job_id, number, node, devices, extra=job_fields(job))
         attempt.pid = proc.pid
         attempt.pid_started = _process_start_time(proc.pid)
@@ -475,7 +489,7 @@ class QueueService(QueueShell):
         proc = self._warm
         if proc is None or self._warm_primed or self.store is None:
             return
-        if self.store.list(states=(JobState.STARTING, JobState.RUNNING), limit=1):
+        if self._sizes:  # an attempt is active (known in memory: no store query per pass)
             return
         self._warm_primed = True
         try:
@@ -505,6 +519,7 @@ class QueueService(QueueShell):
                 pass
         if not wait:
             self._procs[proc.pid] = proc  # reaped by the tail loop
+            self._tail_wake.set()
             return
         try:
             proc.wait(5)
@@ -561,6 +576,7 @@ class QueueService(QueueShell):
         if job.current_attempt is None or job.current_attempt.outcome is not None:
             return
         super()._end_attempt(job, exit_record, decisions)
+        self._sizes.pop(job.id, None)  # no longer active: the tail loop may go idle
         self._wake.set()
 
     # -- helpers ----------------------------------------------------------------------------
