@@ -33,7 +33,6 @@ from ..observability.logs import job_fields
 from ..queue.models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
 from ..scheduler import make_scheduler
-from ..scheduler.admission import inadmissible
 from ..scheduler.base import Decision, JobRequest
 from ..queue.states import ACTIVE_STATES, LIVE_STATES, WAITING_STATES, JobState
 from ..queue.shell import AttemptReport, Listener, QueueShell
@@ -175,17 +174,15 @@ class QueueService(QueueShell):
         payload = decode_payload(req, self.max_payload_bytes)
         spec = self._with_defaults(req.spec)
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
-        why = inadmissible(self._request(job), self.config, self.scheduler.cluster)
-        if why:  # as the scheduler would say, before the job takes a token of the caller's rate
-            raise Rejected(why)
-        self.limiter.check(caller.name, caller.admin, self.config)
+        self.limiter.check(caller.name, caller.admin, self.config)  # given back if refused below
         d = job_dir(self.state_dir, job.id)
         await asyncio.to_thread(self._write_job_files, d, spec, payload)
         attached = same_cell_job(req, self._iter_live(caller.name))
         rejected = None if attached else self.scheduler.submit(self._request(job), time.time())
         if attached or rejected:
             shutil.rmtree(d, ignore_errors=True)  # the same cell was submitted meanwhile, or refused
-            if rejected:
+            self.limiter.refund(caller.name, caller.admin, self.config)  # neither costs a token
+            if rejected:  # the scheduler's admission check (sizes, depth limits, quotas) decides
                 raise Rejected(rejected.reason)
             return self._with_pending(attached), True
         try:
