@@ -75,6 +75,9 @@ class QueueService(QueueShell):
         self._warm: Optional[subprocess.Popen[bytes]] = None  # the next launch's runner
         self._last_python: Optional[str] = None  # the interpreter of the last cell job
         self._warm_primed = False  # the warm runner was sent a warm_spec (its job interpreter runs)
+        # a warm runner is kept only once this server's queue is used (a submit, or live jobs
+        # found at start): a server whose user never submits starts no interpreter
+        self._warm_wanted = False
         self._sizes: dict[str, tuple[Path, int]] = {}  # active job -> (events file, size seen)
         self._wake = asyncio.Event()
         self._tail_wake = asyncio.Event()  # set when an attempt starts (or a runner is to reap)
@@ -142,6 +145,7 @@ class QueueService(QueueShell):
         assert self.store is not None
         now = time.time()
         for job in sorted(self.store.list(states=LIVE_STATES, limit=1_000_000), key=lambda j: j.created_at):
+            self._warm_wanted = True
             if job.state in WAITING_STATES:
                 self.scheduler.submit(self._request(job), now, restoring=True)
                 continue
@@ -192,6 +196,7 @@ class QueueService(QueueShell):
             raise
         self._event(job.id, "state", {"state": "queued"})
         self._notify("submitted", job)
+        self._warm_wanted = True  # from now on the next cell's runner is kept warm
         self._wake.set()
         return self._with_pending(job), False
 
@@ -524,6 +529,10 @@ class QueueService(QueueShell):
             proc.kill()
 
     def _keep_runner_warm(self) -> None:
+        """Have a runner (and, once primed, a job interpreter) ready for the next launch, from
+        the server's first submit on."""
+        if not self._warm_wanted:
+            return
         if self._warm is None or self._warm.poll() is not None:
             try:
                 self._warm = self._new_runner()
