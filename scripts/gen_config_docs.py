@@ -107,14 +107,15 @@ RATE_LIMITS = """## Submit rate limits
 
 Each user has a token bucket of `submit_burst` submits that refills at `submit_rate`; a submit
 takes one, and when none is left it is refused with HTTP 429 and `Retry-After` (seconds), and
-nothing is queued. `%%train` and the `gpuqueue` CLI say so in words:
+nothing is queued. A submit the queue refuses for another reason (too many GPUs, a full queue:
+`max_queued`, a quota) costs no token. `%%train` and the `gpuqueue` CLI say so in words:
 
 ```
 gpuqueue: you are submitting faster than your limit of 30/min (bursts of 10): try again in 1.6 s
 ```
 
 The rate comes from the user's `[users.NAME]` table if there is one, else from the user's
-group (`[groups.NAME]` submit_rate, with its submit_burst or the defaults'), else from
+group (`[groups.NAME]` submit_rate and submit_burst, each where the group sets it), else from
 `[defaults]`; without a rate there is no limit. The bucket is each user's own, also in a group,
 so one user submitting too fast never holds up another. Set `exempt_admins_from_submit_rate =
 true` to let admins submit without it. In cluster mode the buckets live in Redis and hold across

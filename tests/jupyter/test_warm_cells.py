@@ -1,4 +1,5 @@
-"""A %%train cell in a real kernel of a real server, after a pause, runs in the interpreter the
+"""A server starts no warm interpreter before its user's first job. After that, a %%train cell
+in a real kernel of a real server, after a pause, runs in the interpreter the
 queue started ahead with torch imported: the user sees the same output and names back, and
 the job sees its own GPUs, folder and torch threads."""
 
@@ -47,9 +48,26 @@ def _waiting_interpreter(server_pid: int) -> bool:
     return False
 
 
+def _runners(server_pid: int) -> list[str]:
+    """The queue runners this server started that are still there."""
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and b"gpuqueue.attempt.runner" in (p / "cmdline").read_bytes() \
+                    and (p / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(server_pid):
+                out.append(p.name)
+        except (OSError, IndexError):
+            continue
+    return out
+
+
 def test_a_cell_after_a_pause_runs_warm_and_brings_its_names_back(jupyter_server) -> None:
     k = jupyter_server.start_kernel()
     assert k.run("%load_ext jupyter_gpuqueue").error is None
+    time.sleep(3.0)  # several scheduling passes: a server whose user never submitted warms nothing
+    assert not _waiting_interpreter(jupyter_server.proc.pid) and not _runners(jupyter_server.proc.pid)
+    first = k.run("%%train --gpus 0\nwarmup = 1", timeout=180)  # the first job starts cold
+    assert first.error is None, first.text
     wait_until(lambda: _waiting_interpreter(jupyter_server.proc.pid), 60, what="a job interpreter started ahead")
     res = k.run(CELL, timeout=180)
     assert res.error is None, res.text
@@ -57,6 +75,6 @@ def test_a_cell_after_a_pause_runs_warm_and_brings_its_names_back(jupyter_server
     check = k.run("import torch\nprint(t.tolist(), info[0], info[1] == __import__('os').getcwd(), info[2] == torch.get_num_threads())")
     assert check.error is None, check.error
     assert check.stdout.split("] ", 1)[1].split() == ["0", "True", "True"]
-    [job] = jupyter_server.client().list()
+    job = jupyter_server.client().list()[0]  # newest first
     assert job["state"] == "succeeded"
     assert _runner_record(jupyter_server.state_dir, job["id"])["warm"] is True

@@ -116,6 +116,7 @@ class ClusterFrontend:
                     pass
         if full is not None:
             which, n = full
+            self.limiter.refund(caller.name, caller.admin, cfg)  # a refused submit costs no token
             if which == "user":
                 raise Rejected(f"you have {n} queued jobs, the limit (max_queued) is {user_limit}; "
                                f"wait for some to start or cancel some")

@@ -33,16 +33,16 @@ from ..observability.logs import job_fields
 from ..queue.models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
 from ..scheduler import make_scheduler
-from ..scheduler.admission import inadmissible
 from ..scheduler.base import Decision, JobRequest
-from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
+from ..queue.states import ACTIVE_STATES, LIVE_STATES, WAITING_STATES, JobState
 from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..queue.verbs import Caller
 from .store import SqliteStore
 
 log = logging.getLogger("gpuqueue.service")
 
-TAIL_INTERVAL_S = 0.01  # how often running attempts' event files are looked at (a stat each)
+TAIL_INTERVAL_S = 0.01  # while attempts run: how often their event files are looked at (a stat each)
+IDLE_TAIL_S = 5.0  # while none runs: the tail loop sleeps this long, or until an attempt starts
 TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/finish)
 STATE_SAVE_INTERVAL_S = 30.0
 
@@ -75,8 +75,12 @@ class QueueService(QueueShell):
         self._warm: Optional[subprocess.Popen[bytes]] = None  # the next launch's runner
         self._last_python: Optional[str] = None  # the interpreter of the last cell job
         self._warm_primed = False  # the warm runner was sent a warm_spec (its job interpreter runs)
+        # a warm runner is kept only once this server's queue is used (a submit, or live jobs
+        # found at start): a server whose user never submits starts no interpreter
+        self._warm_wanted = False
         self._sizes: dict[str, tuple[Path, int]] = {}  # active job -> (events file, size seen)
         self._wake = asyncio.Event()
+        self._tail_wake = asyncio.Event()  # set when an attempt starts (or a runner is to reap)
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._lock_file: Any = None
@@ -141,6 +145,7 @@ class QueueService(QueueShell):
         assert self.store is not None
         now = time.time()
         for job in sorted(self.store.list(states=LIVE_STATES, limit=1_000_000), key=lambda j: j.created_at):
+            self._warm_wanted = True
             if job.state in WAITING_STATES:
                 self.scheduler.submit(self._request(job), now, restoring=True)
                 continue
@@ -158,6 +163,7 @@ class QueueService(QueueShell):
                 if not job.state.is_terminal and job.current_attempt and job.current_attempt.outcome is None:
                     self._end_attempt(job, self._read_exit(job))
             else:
+                self._sizes[job.id] = (self._events_path(job.id, a.number), -1)
                 log.info("job %s: re-adopted running attempt %s (pid %s)", job.id, a.number, a.pid,
                          extra=job_fields(job))
 
@@ -172,17 +178,15 @@ class QueueService(QueueShell):
         payload = decode_payload(req, self.max_payload_bytes)
         spec = self._with_defaults(req.spec)
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
-        why = inadmissible(self._request(job), self.config, self.scheduler.cluster)
-        if why:  # as the scheduler would say, before the job takes a token of the caller's rate
-            raise Rejected(why)
-        self.limiter.check(caller.name, caller.admin, self.config)
+        self.limiter.check(caller.name, caller.admin, self.config)  # given back if refused below
         d = job_dir(self.state_dir, job.id)
         await asyncio.to_thread(self._write_job_files, d, spec, payload)
         attached = same_cell_job(req, self._iter_live(caller.name))
         rejected = None if attached else self.scheduler.submit(self._request(job), time.time())
         if attached or rejected:
             shutil.rmtree(d, ignore_errors=True)  # the same cell was submitted meanwhile, or refused
-            if rejected:
+            self.limiter.refund(caller.name, caller.admin, self.config)  # neither costs a token
+            if rejected:  # the scheduler's admission check (sizes, depth limits, quotas) decides
                 raise Rejected(rejected.reason)
             return self._with_pending(attached), True
         try:
@@ -192,6 +196,7 @@ class QueueService(QueueShell):
             raise
         self._event(job.id, "state", {"state": "queued"})
         self._notify("submitted", job)
+        self._warm_wanted = True  # from now on the next cell's runner is kept warm
         self._wake.set()
         return self._with_pending(job), False
 
@@ -336,16 +341,26 @@ class QueueService(QueueShell):
             self.store.set_meta("scheduler_state", self.scheduler.export_state())
 
     async def _tail_loop(self) -> None:
+        """Tail active attempts every TAIL_INTERVAL_S (live logs); while none is active and no
+        runner is left to reap, sleep until one starts (at most IDLE_TAIL_S)."""
         while True:
-            await asyncio.sleep(TAIL_INTERVAL_S)
             try:
                 self._tail_all()
             except Exception:  # noqa: BLE001
                 log.exception("reading job events failed")
+            if self._sizes or self._procs:
+                await asyncio.sleep(TAIL_INTERVAL_S)
+                continue
+            self._tail_wake.clear()
+            try:
+                await asyncio.wait_for(self._tail_wake.wait(), IDLE_TAIL_S)
+            except asyncio.TimeoutError:
+                pass
 
     def _tail_all(self) -> None:
-        """Copy what active attempts wrote. Every 50 ms only their event files' sizes are
-        looked at (a stat each); the store is read once a second, with the liveness check."""
+        """Copy what active attempts wrote. Every pass (TAIL_INTERVAL_S while one is active)
+        only their event files' sizes are looked at (a stat each); the store is read at most once a
+        second, with the liveness check."""
         assert self.store is not None
         for pid, proc in list(self._procs.items()):
             if proc.poll() is not None:
@@ -364,7 +379,7 @@ class QueueService(QueueShell):
             return
         self._last_liveness = time.monotonic()
         sizes: dict[str, tuple[Path, int]] = {}
-        for job in self.store.list(states=(JobState.STARTING, JobState.RUNNING), limit=100_000):
+        for job in self.store.list(states=ACTIVE_STATES, limit=100_000):
             self._tail_job(job)
             job = self._get(job.id)
             a = job.current_attempt
@@ -441,6 +456,7 @@ class QueueService(QueueShell):
             return
         self._procs[proc.pid] = proc
         self._sizes[job_id] = (adir / "events.jsonl", -1)
+        self._tail_wake.set()  # the tail loop polls fast from now on
         log.info("job %s: attempt %s launched on %s GPUs %s", job_id, number, node, devices, extra=job_fields(job))
         attempt.pid = proc.pid
         attempt.pid_started = _process_start_time(proc.pid)
@@ -475,7 +491,7 @@ class QueueService(QueueShell):
         proc = self._warm
         if proc is None or self._warm_primed or self.store is None:
             return
-        if self.store.list(states=(JobState.STARTING, JobState.RUNNING), limit=1):
+        if self._sizes:  # an attempt is active (known in memory: no store query per pass)
             return
         self._warm_primed = True
         try:
@@ -505,6 +521,7 @@ class QueueService(QueueShell):
                 pass
         if not wait:
             self._procs[proc.pid] = proc  # reaped by the tail loop
+            self._tail_wake.set()
             return
         try:
             proc.wait(5)
@@ -512,6 +529,10 @@ class QueueService(QueueShell):
             proc.kill()
 
     def _keep_runner_warm(self) -> None:
+        """Have a runner (and, once primed, a job interpreter) ready for the next launch, from
+        the server's first submit on."""
+        if not self._warm_wanted:
+            return
         if self._warm is None or self._warm.poll() is not None:
             try:
                 self._warm = self._new_runner()
@@ -561,6 +582,7 @@ class QueueService(QueueShell):
         if job.current_attempt is None or job.current_attempt.outcome is not None:
             return
         super()._end_attempt(job, exit_record, decisions)
+        self._sizes.pop(job.id, None)  # no longer active: the tail loop may go idle
         self._wake.set()
 
     # -- helpers ----------------------------------------------------------------------------

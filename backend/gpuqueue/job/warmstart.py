@@ -3,7 +3,7 @@
 ``python -m gpuqueue.job.warmstart READY_FD MODULE...``: a warm runner
 (``gpuqueue.attempt.warmjob``) starts one of these before it knows its attempt,
 with the job's stdout, stderr and event pipe already in place and the allow-listed environment
-every cell job gets. It imports what the queue's configuration names (``warm_imports``, e.g.
+every cell job gets. It imports (what they print discarded) what the queue's configuration names (``warm_imports``, e.g.
 ``torch``: seconds on a CPU machine) and ``gpuqueue.job.jobmain``'s own imports, then waits on
 stdin for one line (after writing one byte to ``READY_FD``): ``{"argv": [...], "env": {...}, "cwd": ...}`` of its launch. It takes that
 environment and working folder and runs ``gpuqueue.job.jobmain`` exactly as
@@ -41,6 +41,30 @@ def preload(modules: list[str]) -> list[str]:
     return done
 
 
+def preload_quietly(modules: list[str]) -> list[str]:
+    """:func:`preload` with fds 1 and 2 on /dev/null: what the imports print is not the job's
+    output (it would show as the next cell's, and a full pipe would block the interpreter before
+    its job comes); the job's stdout and stderr are back in place afterwards."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        return preload(modules)
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
 def cuda_touched() -> bool:
     """True if something imported here initialised CUDA (torch's lazy init ran)."""
     torch = sys.modules.get("torch")
@@ -74,7 +98,7 @@ def main() -> int:
     from . import channel, hf, jobapi, payload  # noqa: F401
 
     ready_fd = int(sys.argv[1])
-    preload(sys.argv[2:])
+    preload_quietly(sys.argv[2:])
     if cuda_touched():
         os.close(ready_fd)
         print("gpuqueue: a warm import initialised CUDA; this interpreter cannot serve", file=sys.stderr)

@@ -212,8 +212,10 @@ class QueueConfig(BaseModel):
     warm_imports: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")]] = Field(
         default_factory=lambda: ["torch"], max_length=32,
         description="modules a cell job's interpreter imports before its job comes (embedded mode: "
-        "the next cell's interpreter is started ahead, as the server's user); [] starts it with "
-        "none; a module that is not installed is skipped",
+        "from the server's first submit on, the next cell's interpreter is started ahead, as the "
+        "server's user; a server that never had a job starts none, so its first job starts cold; "
+        "what the imports print is discarded); [] starts it with none; a module that is not "
+        "installed is skipped",
     )
 
     @field_validator("pools")

@@ -38,11 +38,24 @@ def take(tokens: Optional[float], stamp: Optional[float], now: float, limit: Sub
     return tokens, now, (1.0 - tokens) / limit.rate
 
 
+def put_back(tokens: Optional[float], stamp: Optional[float], now: float, limit: SubmitLimit) -> tuple[float, float]:
+    """A token given back (the submit that took it was refused): the bucket refilled to
+    ``now``, plus one, never above ``burst``. Returns (tokens, stamp) to store."""
+    if tokens is None or stamp is None:
+        return float(limit.burst), now
+    elapsed = max(0.0, now - stamp)
+    return min(float(limit.burst), tokens + elapsed * limit.rate + 1.0), now
+
+
 class BucketStore(Protocol):
     """Where the buckets' state lives; ``apply`` runs :func:`take` atomically for one key."""
 
     def apply(self, key: str, limit: SubmitLimit, now: float) -> Optional[float]:
         """Take one token from ``key``'s bucket: None when granted, else seconds to wait."""
+        ...
+
+    def give_back(self, key: str, limit: SubmitLimit, now: float) -> None:
+        """Return one token to ``key``'s bucket (:func:`put_back`)."""
         ...
 
 
@@ -61,6 +74,12 @@ class MemoryBuckets:
             if wait is None:
                 self._state[key] = (tokens, stamp)
             return wait
+
+    def give_back(self, key: str, limit: SubmitLimit, now: float) -> None:
+        """See :class:`BucketStore`."""
+        with self._lock:
+            tokens, stamp = self._state.get(key, (None, None))
+            self._state[key] = put_back(tokens, stamp, now, limit)
 
 
 class RedisBuckets:
@@ -94,6 +113,25 @@ class RedisBuckets:
                 except redis.WatchError:
                     continue  # another API process took from this bucket meanwhile: again
 
+    def give_back(self, key: str, limit: SubmitLimit, now: float) -> None:
+        """See :class:`BucketStore` (the same WATCH/MULTI transaction as :meth:`apply`)."""
+        import redis
+
+        name = f"{self.prefix}:{key}"
+        with self.r.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(name)
+                    raw_t, raw_s = pipe.hmget(name, "t", "s")
+                    tokens, stamp = put_back(_float(raw_t), _float(raw_s), now, limit)
+                    pipe.multi()
+                    pipe.hset(name, mapping={"t": repr(tokens), "s": repr(stamp)})
+                    pipe.pexpire(name, int(math.ceil(limit.burst / limit.rate * 1000)) + 1000)
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue
+
 
 def _float(raw: Any) -> Optional[float]:
     return float(raw) if raw is not None else None
@@ -120,6 +158,15 @@ class SubmitLimiter:
                 f"(bursts of {limit.burst}): try again in {wait:.1f} s",
                 retry_after=wait,
             )
+
+    def refund(self, user: str, admin: bool, config: Any) -> None:
+        """Give back the token :meth:`check` took for a submit that was then refused (a full
+        queue, a quota): a refused submit costs no token."""
+        if config is None or (admin and config.exempt_admins_from_submit_rate):
+            return
+        limit = config.submit_limit_for(user)
+        if limit is not None:
+            self.store.give_back(user, limit, self.clock())
 
 
 def format_rate(rate: float) -> str:
