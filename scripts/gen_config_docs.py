@@ -120,8 +120,9 @@ group (`[groups.NAME]` submit_rate and submit_burst, each where the group sets i
 so one user submitting too fast never holds up another. Set `exempt_admins_from_submit_rate =
 true` to let admins submit without it. In cluster mode the buckets live in Redis and hold across
 every API process (an atomic WATCH/MULTI update); the embedded mode keeps them in the server.
-A resubmitted cell that joins its active job takes no token, and neither does a request refused
-as invalid or as a job that can never run in its pool (one refused because a queue is full does).
+A resubmitted cell that joins its active job takes no token either, and a request refused as
+invalid or as a job that can never run in its pool is refused (HTTP 400) before any token is
+looked at.
 
 ```toml
 [defaults]

@@ -78,3 +78,17 @@ def test_a_cell_after_a_pause_runs_warm_and_brings_its_names_back(jupyter_server
     job = jupyter_server.client().list()[0]  # newest first
     assert job["state"] == "succeeded"
     assert _runner_record(jupyter_server.state_dir, job["id"])["warm"] is True
+
+
+def test_an_idle_server_sleeps(jupyter_server) -> None:
+    """With no job, a real server's queue does not poll: it woke 95 times a second before (the
+    event-file tail loop's 10 ms), now about once; and it runs no runner or interpreter ahead."""
+    import psutil
+
+    server = psutil.Process(jupyter_server.proc.pid)
+    time.sleep(2.0)
+    before = server.num_ctx_switches().voluntary
+    time.sleep(3.0)
+    per_s = (server.num_ctx_switches().voluntary - before) / 3.0
+    assert per_s < 20, f"the idle server woke up {per_s:.0f} times a second"
+    assert server.children() == []

@@ -33,6 +33,7 @@ from ..observability.logs import job_fields
 from ..queue.models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
 from ..scheduler import make_scheduler
+from ..scheduler.admission import inadmissible
 from ..scheduler.base import Decision, JobRequest
 from ..queue.states import ACTIVE_STATES, LIVE_STATES, WAITING_STATES, JobState
 from ..queue.shell import AttemptReport, Listener, QueueShell
@@ -178,6 +179,9 @@ class QueueService(QueueShell):
         payload = decode_payload(req, self.max_payload_bytes)
         spec = self._with_defaults(req.spec)
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
+        why = inadmissible(self._request(job), self.config, self.scheduler.cluster)
+        if why:  # a job that can never run here: 400 before its payload is written or a token taken
+            raise Rejected(why)
         self.limiter.check(caller.name, caller.admin, self.config)  # given back if refused below
         d = job_dir(self.state_dir, job.id)
         await asyncio.to_thread(self._write_job_files, d, spec, payload)
@@ -186,7 +190,7 @@ class QueueService(QueueShell):
         if attached or rejected:
             shutil.rmtree(d, ignore_errors=True)  # the same cell was submitted meanwhile, or refused
             self.limiter.refund(caller.name, caller.admin, self.config)  # neither costs a token
-            if rejected:  # the scheduler's admission check (sizes, depth limits, quotas) decides
+            if rejected:  # depth limits, quotas (the scheduler decides)
                 raise Rejected(rejected.reason)
             return self._with_pending(attached), True
         try:
