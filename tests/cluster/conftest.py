@@ -263,3 +263,36 @@ def cluster_factory(tmp_path: Path, redis_factory: Callable[..., RedisServer]) -
     yield make
     for c in made:
         c.close()
+
+
+@pytest.fixture
+def moto_s3(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A local S3-compatible server (moto in server mode) with bucket ``ckpts``; its endpoint URL,
+    key and secret (``s3fs_options`` makes fsspec options of them)."""
+    pytest.importorskip("s3fs")
+    port = free_port()
+    log = open(tmp_path / "moto.log", "wb")
+    p = subprocess.Popen([PY, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _up(url), 30, 0.1, "the moto S3 server")
+        opts = {"endpoint_url": url, "key": "testing-key", "secret": "testing-secret"}
+        import s3fs
+
+        s3fs.S3FileSystem(client_kwargs={"endpoint_url": url}, key=opts["key"], secret=opts["secret"]).mkdir("ckpts")
+        yield {"endpoint_url": url, "key": opts["key"], "secret": opts["secret"]}
+    finally:
+        p.kill()
+        p.wait(10)
+
+
+def _up(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code < 500
+    except requests.RequestException:
+        return False
+
+
+def s3fs_options(moto: dict[str, str]) -> dict[str, Any]:
+    """fsspec (s3fs) options for the ``moto_s3`` server."""
+    return {"client_kwargs": {"endpoint_url": moto["endpoint_url"]}, "key": moto["key"], "secret": moto["secret"]}

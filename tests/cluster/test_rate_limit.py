@@ -96,3 +96,21 @@ def test_the_limit_reaches_percent_train_through_the_server_extension(cluster_fa
     res = k.run("%%train --gpus 0\nx = 1")
     assert "the job was not queued: you are submitting faster than your limit of 6/min (bursts of 1): " \
            "try again in " in res.text, res.text
+
+
+def test_a_submit_refused_for_a_full_queue_gives_its_token_back(cluster_factory) -> None:
+    """Burst 3 at 1/h (no refill in the test) and one queued job at most: submits refused because
+    alice's queue is full cost nothing, so once it has room her burst is still there."""
+    c = cluster_factory(nodes={"n1": 1}, config_extra='[defaults]\nsubmit_rate = "1/h"\nsubmit_burst = 3\nmax_queued = 1\n')
+    time.sleep(2.1)  # the API has read the daemon's config (cached 2 s)
+    sleeper = {"gpus": 1, "command": [PY, "-c", "import time; time.sleep(60)"]}
+    running = _post(c.url, "alice", **sleeper).json()["id"]  # token 1
+    wait_until(lambda: c.client("alice").get(running)["state"] == "running", 30, 0.2, "the first job to run")
+    queued = _post(c.url, "alice", **sleeper)  # token 2: it waits for the GPU
+    assert queued.status_code == 201, queued.text
+    for _ in range(4):
+        full = _post(c.url, "alice", **sleeper)
+        assert full.status_code != 429 and "the limit (max_queued) is 1" in full.json()["message"], full.text
+    c.client("alice").cancel(queued.json()["id"])
+    assert _post(c.url, "alice", **sleeper).status_code == 201  # token 3, still there
+    assert _post(c.url, "alice", **sleeper).status_code == 429  # now the burst is spent

@@ -11,15 +11,13 @@ import re
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import psutil
 import pytest
-import requests
 
-from helpers.servers import free_port, wait_until
+from helpers.servers import wait_until
 from training.jobs import SCRIPTS, by_attempt, logs
 
 torch = pytest.importorskip("torch")
@@ -35,33 +33,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     subprocess.run([PY, str(SCRIPTS / "hf_train.py"), str(out)], check=True, capture_output=True, cwd=out,
                    env=dict(os.environ, GPUQUEUE_HF_HOOK="0"))
     return torch.load(out / "final.pt")
-
-
-@pytest.fixture
-def moto_s3(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A local S3-compatible server (moto in server mode) with one bucket; its options."""
-    pytest.importorskip("s3fs")
-    port = free_port()
-    log = open(tmp_path / "moto.log", "wb")
-    p = subprocess.Popen([PY, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _up(url), 30, 0.1, "the moto S3 server")
-        opts = {"endpoint_url": url, "key": "testing-key", "secret": "testing-secret"}
-        import s3fs
-
-        s3fs.S3FileSystem(client_kwargs={"endpoint_url": url}, key=opts["key"], secret=opts["secret"]).mkdir("ckpts")
-        yield {"endpoint_url": url, "key": opts["key"], "secret": opts["secret"]}
-    finally:
-        p.kill()
-        p.wait(10)
-
-
-def _up(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code < 500
-    except requests.RequestException:
-        return False
 
 
 def _shared_cluster(cluster_factory, tmp_path: Path, root: str, options: dict[str, str] | None = None):

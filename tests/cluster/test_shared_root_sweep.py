@@ -8,20 +8,18 @@ complete checkpoints changed."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable
 
 import pytest
-import requests
 
 from gpuqueue.cluster.redis_store import RedisStore
 from gpuqueue.cluster.shared_root import PushMemo, SharedRoot
 from gpuqueue.cluster.worker_sweep import Sweeper, queue_id
-from helpers.servers import RedisServer, free_port, wait_until
+from helpers.servers import RedisServer
 
 from . import probe_fs
+from .conftest import s3fs_options, shipped_acl
 
 
 def _ckpt(job_dir: Path, name: str, step: int) -> Path:
@@ -125,42 +123,13 @@ def test_the_sweep_deletes_this_queues_folders_whose_records_are_gone_and_nothin
     assert (jobs / "j-legacy" / "checkpoints" / "t" / "step-000000005" / "COMPLETE").exists()
 
 
-@pytest.fixture
-def moto_s3(tmp_path: Path) -> Iterator[dict[str, Any]]:
-    """A local S3-compatible server (moto in server mode) with bucket ``ckpts``; fsspec options."""
-    pytest.importorskip("s3fs")
-    pytest.importorskip("moto")
-    port = free_port()
-    log = open(tmp_path / "moto.log", "wb")
-    p = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=log,
-                         stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until(lambda: _up(url), 30, 0.1, "the moto S3 server")
-        opts = {"client_kwargs": {"endpoint_url": url}, "key": "k", "secret": "s"}
-        import s3fs
-
-        s3fs.S3FileSystem(**opts).mkdir("ckpts")
-        yield opts
-    finally:
-        p.kill()
-        p.wait(10)
-
-
-def _up(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code < 500
-    except requests.RequestException:
-        return False
-
-
-def test_the_sweep_on_an_s3_root(store: RedisStore, tmp_path: Path, moto_s3: dict[str, Any]) -> None:
-    url = "s3://ckpts/gq"
-    _sweep_case(store, SharedRoot(url, moto_s3), SharedRoot(url, moto_s3, queue="another-queue"),
-                SharedRoot(url, moto_s3), tmp_path)
+def test_the_sweep_on_an_s3_root(store: RedisStore, tmp_path: Path, moto_s3: dict[str, str]) -> None:
+    url, opts = "s3://ckpts/gq", s3fs_options(moto_s3)
+    _sweep_case(store, SharedRoot(url, opts), SharedRoot(url, opts, queue="another-queue"),
+                SharedRoot(url, opts), tmp_path)
     import s3fs
 
-    fs = s3fs.S3FileSystem(**moto_s3)
+    fs = s3fs.S3FileSystem(**opts)
     fs.invalidate_cache()
     left = sorted({p.split("/")[3] for p in fs.find("ckpts/gq/jobs")})
     assert left == ["j-legacy", "j-live", "j-other"]
@@ -169,7 +138,6 @@ def test_the_sweep_on_an_s3_root(store: RedisStore, tmp_path: Path, moto_s3: dic
 def test_the_workers_redis_user_may_sweep(redis_factory: Callable[..., RedisServer], tmp_path: Path) -> None:
     """The shipped ACL (deploy/redis/users.acl) lets a worker draw the queue id, take the sweep
     turn and ask whether job records exist, and nothing more than before."""
-    from .conftest import shipped_acl
     from .test_isolation import PASSWORDS
 
     server = redis_factory(password=PASSWORDS["admin"], conf=shipped_acl({r: PASSWORDS[r] for r in ("scheduler", "api", "worker")}))

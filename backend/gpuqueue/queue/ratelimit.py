@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from .errors import RateLimited
 
@@ -93,6 +93,17 @@ class RedisBuckets:
 
     def apply(self, key: str, limit: SubmitLimit, now: float) -> Optional[float]:
         """See :class:`BucketStore`."""
+        return self._change(key, limit, lambda t, s: take(t, s, now, limit))
+
+    def give_back(self, key: str, limit: SubmitLimit, now: float) -> None:
+        """See :class:`BucketStore`."""
+        self._change(key, limit, lambda t, s: (*put_back(t, s, now, limit), None))
+
+    def _change(self, key: str, limit: SubmitLimit,
+                change: Callable[[Optional[float], Optional[float]], tuple[float, float, Optional[float]]]) -> Optional[float]:
+        """Apply ``change(tokens, stamp) -> (tokens, stamp, wait)`` to the bucket in one
+        WATCH/MULTI transaction, again if another API process changed it meanwhile; a wait
+        (a refusal) is returned and changes nothing (the state refills by time)."""
         import redis
 
         name = f"{self.prefix}:{key}"
@@ -101,34 +112,15 @@ class RedisBuckets:
                 try:
                     pipe.watch(name)
                     raw_t, raw_s = pipe.hmget(name, "t", "s")
-                    tokens, stamp, wait = take(_float(raw_t), _float(raw_s), now, limit)
+                    tokens, stamp, wait = change(_float(raw_t), _float(raw_s))
                     if wait is not None:
-                        pipe.unwatch()  # a refusal changes nothing: the state refills by time
+                        pipe.unwatch()
                         return wait
                     pipe.multi()
                     pipe.hset(name, mapping={"t": repr(tokens), "s": repr(stamp)})
                     pipe.pexpire(name, int(math.ceil(limit.burst / limit.rate * 1000)) + 1000)
                     pipe.execute()
                     return None
-                except redis.WatchError:
-                    continue  # another API process took from this bucket meanwhile: again
-
-    def give_back(self, key: str, limit: SubmitLimit, now: float) -> None:
-        """See :class:`BucketStore` (the same WATCH/MULTI transaction as :meth:`apply`)."""
-        import redis
-
-        name = f"{self.prefix}:{key}"
-        with self.r.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(name)
-                    raw_t, raw_s = pipe.hmget(name, "t", "s")
-                    tokens, stamp = put_back(_float(raw_t), _float(raw_s), now, limit)
-                    pipe.multi()
-                    pipe.hset(name, mapping={"t": repr(tokens), "s": repr(stamp)})
-                    pipe.pexpire(name, int(math.ceil(limit.burst / limit.rate * 1000)) + 1000)
-                    pipe.execute()
-                    return
                 except redis.WatchError:
                     continue
 
