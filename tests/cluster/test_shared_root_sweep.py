@@ -154,3 +154,17 @@ def test_the_workers_redis_user_may_sweep(redis_factory: Callable[..., RedisServ
 
     with pytest.raises(redis.exceptions.NoPermissionError):
         worker.r.set("gq:job:j-kept", "{}")
+
+
+def test_a_store_that_lost_its_data_since_the_worker_started_sweeps_nothing(store: RedisStore, tmp_path: Path) -> None:
+    """Every record is gone, and so is the queue id the worker drew at start: the sweep is
+    skipped (the folders are left for the admin), not run against an empty store."""
+    root = SharedRoot(str(tmp_path / "root"), queue=queue_id(store))
+    _ckpt(tmp_path / "j-1", "t", 1)
+    root.push("j-1", tmp_path / "j-1")
+    _record(store, "j-1")
+    sweeper = Sweeper(store, root, "w1", 30)
+    assert sweeper.sweep() == []
+    store.r.flushall()
+    assert sweeper.sweep() == []
+    assert root.job_ids() == ["j-1"]

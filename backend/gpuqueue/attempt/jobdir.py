@@ -2,6 +2,8 @@
 
     <state_dir>/jobs/<job_id>/
         spec.json                 the JobSpec
+        QUEUE                     the queue's id (cluster workers: their sweep deletes only
+                                  tagged folders, once the job's record is gone)
         payload.pkl               the cloudpickled cell (cell jobs)
         attempt-<n>/
             launch.json           what the runner needs: argv, cwd, env, GPU ids, identity

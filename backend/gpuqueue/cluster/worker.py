@@ -54,7 +54,7 @@ from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, RunnerHandle, not_dumpable
 from .redis_store import Fenced, Op, RedisStore
 from .shared_root import SharedRoot, StorageError, load_options
-from .worker_sweep import SWEEP_S, Sweeper, queue_id
+from .worker_sweep import SWEEP_S, LocalSweeper, Sweeper, queue_id, tag_job_folder
 from .worker_uploads import AttemptUploads
 
 log = logging.getLogger("gpuqueue.worker")
@@ -88,10 +88,12 @@ class NodeAgent:
     def __init__(self, store: RedisStore, node: str, gpus: int, pool: Optional[str], state_dir: Path,
                  heartbeat_s: float = 10.0, max_result_bytes: int = 200_000_000,
                  identities: Optional[Identities] = None, shared: Optional[SharedRoot] = None,
-                 sweep_s: float = SWEEP_S):
+                 sweep_s: float = SWEEP_S, local_sweep_s: float = SWEEP_S):
         self.store = store
         self.shared = shared  # checkpoints between attempts (shared_root.py); None: this node's disk
         self.sweep_s = sweep_s  # how often finished jobs' folders are swept from it (0: never)
+        self.local_sweep_s = local_sweep_s  # the same for this node's state_dir (worker_sweep.py)
+        self.queue: Optional[str] = None  # this queue's id (the tag of the job folders), drawn at start
         self.node = node
         self.gpus = gpus
         self.pool = pool
@@ -104,6 +106,11 @@ class NodeAgent:
         self.attempts: dict[tuple[str, int], LocalAttempt] = {}
         self.pending_stops: dict[tuple[str, int], dict[str, Any]] = {}
         self._lock = threading.Lock()
+        # jobs whose folders a launch is making (job -> launches) or the sweep is deleting; a
+        # launch waits for the sweep (_swept), the sweep keeps off a launching or live job
+        self._launching: dict[str, int] = {}
+        self._sweeping: set[str] = set()
+        self._swept = threading.Condition(self._lock)
         self._launches: "queue.Queue[tuple[dict[str, Any], Future[str]]]" = queue.Queue()
         self._stop = threading.Event()
         self._tail_wake = threading.Event()
@@ -117,13 +124,16 @@ class NodeAgent:
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
-        """Register, then run the heartbeat, tail and launcher threads (and, with a shared
-        root, the sweeper of finished jobs' folders: worker_sweep.py)."""
+        """Register, then run the heartbeat, tail and launcher threads, and the sweepers of
+        finished jobs' folders from this node's disk and from the shared root (worker_sweep.py)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.beat()
+        self.queue = queue_id(self.store)  # the tag of the job folders it writes
         loops = [self._beat_loop, self._tail_loop, self._launch_loop]
+        if self.local_sweep_s > 0:
+            loops.append(self._local_sweep_loop)
         if self.shared is not None:
-            self.shared.queue = queue_id(self.store)  # the tag of the job folders it writes
+            self.shared.queue = self.queue
             if self.sweep_s > 0:
                 loops.append(self._sweep_loop)
         for target in loops:
@@ -149,6 +159,34 @@ class NodeAgent:
     def _sweep_loop(self) -> None:
         assert self.shared is not None
         Sweeper(self.store, self.shared, self.instance, self.sweep_s).run(self._stop)
+
+    def _local_sweep_loop(self) -> None:
+        try:
+            sweeper = self.local_sweeper()
+        except RuntimeError as e:
+            log.error("%s", e)
+            return
+        sweeper.run(self._stop)
+
+    def local_sweeper(self) -> LocalSweeper:
+        """The sweeper of this node's job folders, kept off the jobs that run or are being
+        launched here."""
+        return LocalSweeper(self.store, self.state_dir, self.queue, self._hold_for_sweep, self._release_sweep,
+                            self.local_sweep_s)
+
+    def _hold_for_sweep(self, job_id: str) -> bool:
+        """Whether the folders of ``job_id`` may be deleted now (no attempt of it runs or is being
+        launched here); if so, launches of it wait until :meth:`_release_sweep`."""
+        with self._lock:
+            if job_id in self._launching or any(j == job_id for j, _ in self.attempts):
+                return False
+            self._sweeping.add(job_id)
+            return True
+
+    def _release_sweep(self, job_id: str) -> None:
+        with self._lock:
+            self._sweeping.discard(job_id)
+            self._swept.notify_all()
 
     def beat(self, stopped: bool = False) -> None:
         """Write the heartbeat (inventory, a counter, the attempts running here)."""
@@ -220,6 +258,28 @@ class NodeAgent:
         return ForkServer(runner_env(), on_exit=self._tail_wake.set)
 
     def _spawn(self, msg: dict[str, Any], forks: ForkServer) -> str:
+        job_id = msg["job_id"]
+        self._launch_begins(job_id)
+        try:
+            return self._spawn_held(msg, forks)
+        finally:
+            self._launch_ends(job_id)
+
+    def _launch_begins(self, job_id: str) -> None:
+        """Keep the sweep off ``job_id``'s folders while a launch makes them (after waiting for a
+        sweep that is deleting them, if one is)."""
+        with self._lock:
+            while job_id in self._sweeping:
+                self._swept.wait()
+            self._launching[job_id] = self._launching.get(job_id, 0) + 1
+
+    def _launch_ends(self, job_id: str) -> None:
+        with self._lock:
+            n = self._launching.pop(job_id) - 1
+            if n:
+                self._launching[job_id] = n
+
+    def _spawn_held(self, msg: dict[str, Any], forks: ForkServer) -> str:
         job_id, number = msg["job_id"], int(msg["attempt"])
         spec = JobSpec.model_validate(msg["spec"])
         ident = self._identity(job_id)
@@ -239,6 +299,8 @@ class NodeAgent:
         elif payload is not None:
             write_bytes_atomic(paths.job / "payload.pkl", payload)
         _write_json(job_dir(self.state_dir, job_id) / "spec.json", msg["spec"])
+        if self.queue is not None:  # the local sweep deletes only folders of this queue
+            tag_job_folder(job_dir(self.state_dir, job_id), self.queue)
         if self.shared is not None:  # the checkpoints earlier attempts saved, from any node
             pulled = self.shared.pull(job_id, paths.job, ident.uid if ident else None, ident.gid if ident else None)
             if pulled:
@@ -490,6 +552,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often one of the workers deletes from --shared-dir the checkpoints of jobs whose "
                         "records are gone (the scheduler's --keep-finished after they ended; default %(default)g; "
                         "0: never)")
+    p.add_argument("--local-sweep", type=float, default=SWEEP_S, metavar="SECONDS",
+                   help="how often this worker deletes from its --state-dir the folders (records, payloads, "
+                        "checkpoints) of jobs whose records are gone and that no longer run here (the "
+                        "scheduler's --keep-finished after they ended; default %(default)g; 0: never)")
     p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
     p.add_argument("--concurrency", type=int, default=4, help="launch threads (default 4)")
     p.add_argument("--prefix", default="gq")
@@ -580,7 +646,7 @@ def cli_main(argv: list[str]) -> int:
             print(f"gpuqueue worker: {e}", file=sys.stderr)
             return 2
     _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents, shared=shared,
-                       sweep_s=args.shared_sweep)
+                       sweep_s=args.shared_sweep, local_sweep_s=args.local_sweep)
     try:
         _AGENT.start()
     except redis.RedisError as e:
