@@ -94,3 +94,29 @@ def test_scheduling_passes_while_a_job_runs_do_not_query_the_store_for_active_jo
             await svc.stop()
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_stop_ends_the_loops_even_when_they_are_woken_in_the_same_turn(tmp_path: Path) -> None:
+    """A server stopping while a job is submitted or launched: its loops are woken and cancelled
+    in the same loop turn. With ``asyncio.wait_for`` (Python 3.11) the wake-up won and the loop
+    went on, so ``stop()`` never returned and the server hung on SIGTERM until killed."""
+    async def scenario() -> list[bool]:
+        ended = []
+        for wake in ("_wake", "_tail_wake", "both"):
+            svc = _service(tmp_path / wake)
+            await svc.start()
+            await asyncio.sleep(0.2)  # both loops asleep on their events
+            for name in (("_wake", "_tail_wake") if wake == "both" else (wake,)):
+                getattr(svc, name).set()
+            stopping = asyncio.ensure_future(svc.stop())
+            done, _ = await asyncio.wait({stopping}, timeout=10)
+            ended.append(bool(done))
+            if not done:
+                return ended  # its loops run on: a further service would only add to them
+        return ended
+
+    loop = asyncio.new_event_loop()  # not asyncio.run: it would wait forever on loops that never end
+    ended = loop.run_until_complete(scenario())
+    if all(ended):
+        loop.close()
+    assert ended == [True, True, True], "stop() did not end the service's loops (woken by: _wake, _tail_wake, both)"

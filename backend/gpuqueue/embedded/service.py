@@ -48,6 +48,19 @@ TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/f
 STATE_SAVE_INTERVAL_S = 30.0
 
 
+async def wait_set(event: asyncio.Event, timeout: float) -> bool:
+    """Wait until ``event`` is set (True) or ``timeout`` seconds pass (False). A cancel always
+    ends the wait with CancelledError: Python 3.10-3.11's ``asyncio.wait_for`` returns normally
+    when the event is set in the same loop turn as the cancel, and a loop built on it then goes
+    on after ``stop()`` cancelled it (the server hung on SIGTERM while a job was launching)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return bool(done)
+
+
 class QueueService(QueueShell):
     """Embedded-mode queue manager. Every public method is called on the event loop thread.
     Decisions are carried out and attempts settled by :class:`QueueShell`; this class starts
@@ -279,9 +292,7 @@ class QueueService(QueueShell):
             ev_flag.clear()
             if self.store.last_seq(job_id) > after:
                 continue
-            try:
-                await asyncio.wait_for(ev_flag.wait(), keepalive_s)
-            except asyncio.TimeoutError:
+            if not await wait_set(ev_flag, keepalive_s):
                 yield None
 
     def result(self, caller: Caller, job_id: str) -> bytes:
@@ -311,10 +322,7 @@ class QueueService(QueueShell):
     # -- the loops --------------------------------------------------------------------------
     async def _schedule_loop(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self._until_next_pass())
-            except asyncio.TimeoutError:
-                pass
+            await wait_set(self._wake, self._until_next_pass())
             self._wake.clear()
             try:
                 self.tick()
@@ -356,10 +364,7 @@ class QueueService(QueueShell):
                 await asyncio.sleep(TAIL_INTERVAL_S)
                 continue
             self._tail_wake.clear()
-            try:
-                await asyncio.wait_for(self._tail_wake.wait(), IDLE_TAIL_S)
-            except asyncio.TimeoutError:
-                pass
+            await wait_set(self._tail_wake, IDLE_TAIL_S)
 
     def _tail_all(self) -> None:
         """Copy what active attempts wrote. Every pass (TAIL_INTERVAL_S while one is active)
