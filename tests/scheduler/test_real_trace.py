@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from sim_compare import find_openb, simulate, suite  # noqa: E402
+from sim_compare import find_openb, simulate_all, suite  # noqa: E402
 
 SIZES = ("1", "2", "4", "8", "16+")
 
@@ -22,8 +22,8 @@ SIZES = ("1", "2", "4", "8", "16+")
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("traces")
-    return {r["name"].split(" (")[0]: simulate(r["trace"], r["cluster"], r["time_scale"], r["config"])
-            for r in suite(folder, seeds=(1, 2))}
+    runs = suite(folder, seeds=(1, 2))
+    return {r["name"].split(" (")[0]: res for r, res in zip(runs, simulate_all(runs))}
 
 
 def ratios(res):
