@@ -80,12 +80,18 @@ def ray_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
                 os.killpg(p.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
+        deadline = time.monotonic() + 8  # a graceful stop; Ray's can take 20 s and more here
         for p in reversed(procs):
             try:
-                p.wait(20)
+                p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                pass
+        for p in procs:  # what is left of each node's process group
+            try:
                 os.killpg(p.pid, signal.SIGKILL)
-                p.wait(10)
+            except ProcessLookupError:
+                pass
+            p.wait(10)
         shutil.rmtree(temp, ignore_errors=True)
 
 
