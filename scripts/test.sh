@@ -24,4 +24,7 @@ k6_site=$(.venv-ipykernel6/bin/python -c 'import sysconfig; print(sysconfig.get_
 echo "import site; site.addsitedir('$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
   >"$k6_site/zz-venv.pth"
 python -m pip --python .venv-ipykernel6/bin/python install -q --no-deps "ipykernel>=6.25,<7" "nest_asyncio>=1.5"
-python -m pytest "$@"
+# One pytest worker per CPU (most tests wait on servers, kernels and jobs more than they compute);
+# --dist loadfile keeps each file's tests, and their module fixtures, on one worker.
+# GPUQUEUE_TEST_WORKERS=0 runs them one by one in this process.
+python -m pytest -n "${GPUQUEUE_TEST_WORKERS:-auto}" --dist loadfile "$@"
