@@ -161,11 +161,14 @@ def test_job_preempted_by_the_scheduler_resumes_on_the_other_node(cluster_factor
     node = _wait_running_with_copy(c, victim, "step-000000010")
     other = "n2" if node == "n1" else "n1"
     # the other node is busy with a job that is not preemptible
-    filler = c.submit("bob", ticks=30, preemptible=False)  # 3 s: ends while the high job runs
+    filler = c.submit("bob", ticks=1200, preemptible=False)  # cancelled once the victim is preempted
     wait_until(lambda: c.client("root").get(filler)["state"] == "running", 30, 0.1, "the filler running")
     assert c.client("root").get(filler)["attempts"][-1]["node"] == other
     # a high-priority job needs a GPU: the scheduler takes the victim's
     high = c.submit("bob", ticks=100, priority="high")
+    wait_until(lambda: c.client("root").get(victim)["attempts"][0].get("outcome") == "preempted", 120, 0.1,
+               "the victim preempted")
+    c.client("bob").cancel(filler)  # the other node comes free while the high job runs (10 s)
     jobs = c.wait_done([victim, high, filler], 300)
     rec = jobs[victim]
     assert jobs[high]["state"] == "succeeded" and jobs[high]["attempts"][-1]["node"] == node
