@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional
 
 from ..base import Decision, Placement
 from ..cluster import NodeState
@@ -390,14 +390,23 @@ class SchedulingPass:
                 if i < len(lst) and (first is None or lst[i] < first):
                     first, first_key = lst[i], key
             assert first is not None
-            # the user may be the top of any key it has jobs under (before this one starts)
-            its_keys = list(mine)
             r = consider(jobs[first[2]])
+            its_keys: Iterable[QueueKey]  # the keys whose top may have changed
             if r == BLOCKED:
-                passed[(name, first_key)] = passed.get((name, first_key), 0) + 1
+                # one more job of that list passed over: only that key's top may change (the
+                # user's version, its other lists and what was passed there are as they were)
+                n_passed = passed[(name, first_key)] = passed.get((name, first_key), 0) + 1
+                if n_passed < len(mine[first_key]):
+                    continue  # jobs are left to try there: the same top
+                its_keys = (first_key,)
             elif r == OVER_QUOTA:
                 blocked.add(name)
-            # STARTED: the charge bumped the user's version: its entries are pushed again lazily
+                its_keys = list(mine)
+            else:  # STARTED: the charge bumped the user's version: its entries are pushed
+                # again lazily, under any key it had jobs (the start may have emptied first_key)
+                its_keys = list(mine)
+                if first_key not in mine:
+                    its_keys.append(first_key)
             for key in its_keys:
                 top = tops.get(key)
                 if top and top[1] == name:
