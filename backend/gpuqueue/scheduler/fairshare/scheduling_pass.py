@@ -326,6 +326,8 @@ class SchedulingPass:
         consider = self.consider
         fit_keys = self.fit_keys
         first_pass = True
+        # the user at the top of the keys in play (None: to be found again, after ``live`` changed)
+        name: Optional[str] = None
         while True:
             allowed = fit_keys()
             if allowed is not None and (self.budget <= 0 or not allowed):
@@ -339,9 +341,11 @@ class SchedulingPass:
                     elif key in todo:
                         todo.remove(key)
                 seen = allowed
+                name = None
             elif allowed is not seen or first_pass:  # the keys still in play
                 seen = allowed
                 first_pass = False
+                name = None
                 live = {}
                 todo = []
                 for key in heaps:
@@ -376,10 +380,11 @@ class SchedulingPass:
                     if top is not None:
                         live[key] = top
                 todo = []
+                name = None
             if not live:
                 break
-            best = min(live.values())
-            name = best[1]
+            if name is None:
+                name = min(live.values())[1]
             mine = lists[name][t]
             first: Optional[tuple[float, int, str]] = None
             first_key: QueueKey = (0, False, False)
@@ -397,7 +402,7 @@ class SchedulingPass:
                 # user's version, its other lists and what was passed there are as they were)
                 n_passed = passed[(name, first_key)] = passed.get((name, first_key), 0) + 1
                 if n_passed < len(mine[first_key]):
-                    continue  # jobs are left to try there: the same top
+                    continue  # jobs are left to try there: the same tops, the same user next
                 its_keys = (first_key,)
             elif r == OVER_QUOTA:
                 blocked.add(name)
@@ -421,6 +426,7 @@ class SchedulingPass:
                         if key in live:
                             del live[key]
                             todo.append(key)
+            name = None
         for name, key in popped:
             if key in lists[name][t]:
                 queue.push_user(users[name], t, key)
