@@ -52,7 +52,12 @@ class StarvedCache(NamedTuple):
     starved_epoch: int
     touches: int
     min_need: float  # the fewest GPUs on a node one of the starved jobs it saw needs (0: quota)
-    reservations: list[tuple[Job, list[str], float, dict[str, int]]]  # job, nodes, shadow, spare
+    # the reservations, in order, each with its spare GPUs then (a pass uses spare GPUs up, so
+    # a pass that holds them again starts from these; nothing else of a reservation changes)
+    reservations: list[tuple[Reservation, dict[str, int]]]
+    claims: tuple  # the pass's ``Claims`` after them (``Claims.state``)
+    min_shadow: float  # the earliest of their shadow times (INF: none)
+    nodes: tuple[str, ...]  # all their nodes
 
 
 class FitMemo:
@@ -189,9 +194,11 @@ class SchedulingPass:
         for heap, e in kept:
             heapq.heappush(heap, e)
         index = policy.node_index
+        made = self.claims.all
         pool.starved_cache = StarvedCache(
             pool.freed_epoch, pool.starved_epoch, index.touches, min_need,
-            [(r.job, r.nodes, r.shadow, dict(r.spare)) for r in self.claims.all])
+            [(r, r.spare.copy()) for r in made], self.claims.state(),
+            min([r.shadow for r in made], default=INF), tuple([n for r in made for n in r.nodes]))
 
     def _starved_top(self, heap: list[AgeEntry], rank: int, after: float) -> Optional[tuple[float, int, list[AgeEntry]]]:
         """The heap's oldest pending job as (credited age, seq, heap) if it is starved, else
@@ -219,16 +226,22 @@ class SchedulingPass:
             return False
         if cache.freed_epoch != pool.freed_epoch and pool.nodes.max_free() >= cache.min_need:
             return False  # GPUs were freed: one of them may start now
-        now = self.now
-        if any(shadow < now for _, _, shadow, _ in cache.reservations):
+        if cache.min_shadow < self.now:
             return False
         at = self.policy.node_index.touched_at
-        if any(at.get(n, 0) > cache.touches for _, nodes, _, _ in cache.reservations for n in nodes):
-            return False
-        for job, nodes, shadow, spare in cache.reservations:
-            res = self.reserved[job.request.id] = Reservation(job, True, True, shadow, dict(spare), nodes)
-            self.claims.add(res)
-            job.seen_in_pass = pool.pass_no
+        touches = cache.touches
+        for n in cache.nodes:
+            if at.get(n, 0) > touches:
+                return False
+        # the same reservations again (only their spare GPUs changed since), and the claims
+        # they made (as adding them one by one would)
+        reserved, pass_no = self.reserved, pool.pass_no
+        for res, spare in cache.reservations:
+            res.spare = spare.copy()
+            job = res.job
+            reserved[job.request.id] = res
+            job.seen_in_pass = pass_no
+        self.claims.restore(cache.claims)
         return True
 
     def fit_keys(self) -> Optional[frozenset[QueueKey]]:
