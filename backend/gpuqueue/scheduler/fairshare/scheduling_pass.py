@@ -582,8 +582,9 @@ class SchedulingPass:
             memo = self.memo
             if claims.version != memo.claims_version:
                 memo.follow(claims)
-            view = memo.view(end)
-            if memo.fails(g, lends, view):
+            shadows = memo.shadows  # memo.view(end) and memo.fails(g, lends, view), inline
+            view = len(shadows) - bisect_left(shadows, end) if shadows else 0
+            if g >= memo.nofit[lends][view]:
                 return None, False  # ... or with the same or a wider view of the reserved nodes
         placement, borrowed = nodes.best_fit(g, claims.by_node, end, lends, self.apart(j))
         if placement is None:
