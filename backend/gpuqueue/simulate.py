@@ -269,7 +269,7 @@ def water_fill(capacity: float, demand: dict[str, float], weight: dict[str, floa
     whole demand if that is less, with the level ``L`` set so the shares add up to the capacity
     (or every demand is met)."""
     out: dict[str, float] = {}
-    left, wsum = float(capacity), sum(weight[u] for u in demand)
+    left, wsum = float(capacity), sum([weight[u] for u in demand])
     # by demand per weight, then name (names are unique: the demand never decides a tie)
     for _, u, d in sorted([(d / weight[u], u, d) for u, d in demand.items()]):
         w = weight[u]
@@ -452,11 +452,12 @@ class Simulation:
                             busy_fit += pool_used[p] * dt
                             cap_fit += capacity[p] * dt
                 if backlogged:
-                    shares = fair_shares()
+                    shares = fair_shares() if fair_dirty else fair
+                    share_of = shares.get
                     for u, a in backlogged.items():
                         a.backlog_s += dt
                         a.received += a.used * dt
-                        a.entitled += shares.get(u, 0.0) * dt
+                        a.entitled += share_of(u, 0.0) * dt
                     if hierarchical:
                         for g in backlogged_groups:
                             ga = group_accts[g]

@@ -52,6 +52,17 @@ class Claims:
     def __bool__(self) -> bool:
         return bool(self.by_node)
 
+    def state(self) -> tuple:
+        """A copy of what the claims hold now, for ``restore``."""
+        return (self.by_node.copy(), self.all.copy(), self.min_shadow, self.max_shadow, self.starved,
+                self.version)
+
+    def restore(self, state: tuple) -> None:
+        """Hold what ``state`` held (the same reservation objects), as if added in that order."""
+        by_node, made, self.min_shadow, self.max_shadow, self.starved, self.version = state
+        self.by_node = by_node.copy()
+        self.all = made.copy()
+
     def add(self, res: Reservation) -> None:
         """Record a planned reservation's nodes."""
         self.all.append(res)

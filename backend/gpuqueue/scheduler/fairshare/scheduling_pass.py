@@ -18,7 +18,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple, Optional
 
 from ..base import Decision, Placement
 from ..cluster import NodeState
@@ -52,7 +52,12 @@ class StarvedCache(NamedTuple):
     starved_epoch: int
     touches: int
     min_need: float  # the fewest GPUs on a node one of the starved jobs it saw needs (0: quota)
-    reservations: list[tuple[Job, list[str], float, dict[str, int]]]  # job, nodes, shadow, spare
+    # the reservations, in order, each with its spare GPUs then (a pass uses spare GPUs up, so
+    # a pass that holds them again starts from these; nothing else of a reservation changes)
+    reservations: list[tuple[Reservation, dict[str, int]]]
+    claims: tuple  # the pass's ``Claims`` after them (``Claims.state``)
+    min_shadow: float  # the earliest of their shadow times (INF: none)
+    nodes: tuple[str, ...]  # all their nodes
 
 
 class FitMemo:
@@ -189,9 +194,11 @@ class SchedulingPass:
         for heap, e in kept:
             heapq.heappush(heap, e)
         index = policy.node_index
+        made = self.claims.all
         pool.starved_cache = StarvedCache(
             pool.freed_epoch, pool.starved_epoch, index.touches, min_need,
-            [(r.job, r.nodes, r.shadow, dict(r.spare)) for r in self.claims.all])
+            [(r, r.spare.copy()) for r in made], self.claims.state(),
+            min([r.shadow for r in made], default=INF), tuple([n for r in made for n in r.nodes]))
 
     def _starved_top(self, heap: list[AgeEntry], rank: int, after: float) -> Optional[tuple[float, int, list[AgeEntry]]]:
         """The heap's oldest pending job as (credited age, seq, heap) if it is starved, else
@@ -219,16 +226,22 @@ class SchedulingPass:
             return False
         if cache.freed_epoch != pool.freed_epoch and pool.nodes.max_free() >= cache.min_need:
             return False  # GPUs were freed: one of them may start now
-        now = self.now
-        if any(shadow < now for _, _, shadow, _ in cache.reservations):
+        if cache.min_shadow < self.now:
             return False
         at = self.policy.node_index.touched_at
-        if any(at.get(n, 0) > cache.touches for _, nodes, _, _ in cache.reservations for n in nodes):
-            return False
-        for job, nodes, shadow, spare in cache.reservations:
-            res = self.reserved[job.request.id] = Reservation(job, True, True, shadow, dict(spare), nodes)
-            self.claims.add(res)
-            job.seen_in_pass = pool.pass_no
+        touches = cache.touches
+        for n in cache.nodes:
+            if at.get(n, 0) > touches:
+                return False
+        # the same reservations again (only their spare GPUs changed since), and the claims
+        # they made (as adding them one by one would)
+        reserved, pass_no = self.reserved, pool.pass_no
+        for res, spare in cache.reservations:
+            res.spare = spare.copy()
+            job = res.job
+            reserved[job.request.id] = res
+            job.seen_in_pass = pass_no
+        self.claims.restore(cache.claims)
         return True
 
     def fit_keys(self) -> Optional[frozenset[QueueKey]]:
@@ -326,6 +339,8 @@ class SchedulingPass:
         consider = self.consider
         fit_keys = self.fit_keys
         first_pass = True
+        # the user at the top of the keys in play (None: to be found again, after ``live`` changed)
+        name: Optional[str] = None
         while True:
             allowed = fit_keys()
             if allowed is not None and (self.budget <= 0 or not allowed):
@@ -339,9 +354,11 @@ class SchedulingPass:
                     elif key in todo:
                         todo.remove(key)
                 seen = allowed
+                name = None
             elif allowed is not seen or first_pass:  # the keys still in play
                 seen = allowed
                 first_pass = False
+                name = None
                 live = {}
                 todo = []
                 for key in heaps:
@@ -376,10 +393,11 @@ class SchedulingPass:
                     if top is not None:
                         live[key] = top
                 todo = []
+                name = None
             if not live:
                 break
-            best = min(live.values())
-            name = best[1]
+            if name is None:
+                name = min(live.values())[1]
             mine = lists[name][t]
             first: Optional[tuple[float, int, str]] = None
             first_key: QueueKey = (0, False, False)
@@ -390,14 +408,23 @@ class SchedulingPass:
                 if i < len(lst) and (first is None or lst[i] < first):
                     first, first_key = lst[i], key
             assert first is not None
-            # the user may be the top of any key it has jobs under (before this one starts)
-            its_keys = list(mine)
             r = consider(jobs[first[2]])
+            its_keys: Iterable[QueueKey]  # the keys whose top may have changed
             if r == BLOCKED:
-                passed[(name, first_key)] = passed.get((name, first_key), 0) + 1
+                # one more job of that list passed over: only that key's top may change (the
+                # user's version, its other lists and what was passed there are as they were)
+                n_passed = passed[(name, first_key)] = passed.get((name, first_key), 0) + 1
+                if n_passed < len(mine[first_key]):
+                    continue  # jobs are left to try there: the same tops, the same user next
+                its_keys = (first_key,)
             elif r == OVER_QUOTA:
                 blocked.add(name)
-            # STARTED: the charge bumped the user's version: its entries are pushed again lazily
+                its_keys = list(mine)
+            else:  # STARTED: the charge bumped the user's version: its entries are pushed
+                # again lazily, under any key it had jobs (the start may have emptied first_key)
+                its_keys = list(mine)
+                if first_key not in mine:
+                    its_keys.append(first_key)
             for key in its_keys:
                 top = tops.get(key)
                 if top and top[1] == name:
@@ -412,6 +439,7 @@ class SchedulingPass:
                         if key in live:
                             del live[key]
                             todo.append(key)
+            name = None
         for name, key in popped:
             if key in lists[name][t]:
                 queue.push_user(users[name], t, key)
@@ -554,8 +582,9 @@ class SchedulingPass:
             memo = self.memo
             if claims.version != memo.claims_version:
                 memo.follow(claims)
-            view = memo.view(end)
-            if memo.fails(g, lends, view):
+            shadows = memo.shadows  # memo.view(end) and memo.fails(g, lends, view), inline
+            view = len(shadows) - bisect_left(shadows, end) if shadows else 0
+            if g >= memo.nofit[lends][view]:
                 return None, False  # ... or with the same or a wider view of the reserved nodes
         placement, borrowed = nodes.best_fit(g, claims.by_node, end, lends, self.apart(j))
         if placement is None:
