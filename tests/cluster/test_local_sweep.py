@@ -210,3 +210,23 @@ def test_the_workers_redis_user_may_sweep_its_node(redis_factory: Callable[..., 
     admin.r.set(admin.k("job", J[1]), "{}")
     assert agent.local_sweeper().sweep() == [J[2]]
     assert _ids(state / "jobs") == [J[1]]
+
+
+def test_a_launch_that_fails_leaves_no_untagged_folder(store: RedisStore, tmp_path: Path) -> None:
+    """A cell launch whose payload is gone from the store fails before it makes the job's folder;
+    one that gets as far as making it tags it first, so the sweep can take it once the record
+    goes (an untagged folder would be left on the node for good)."""
+    state = tmp_path / "state"
+    agent = NodeAgent(store, "n1", 1, None, state, local_sweep_s=30)
+    agent.queue = queue_id(store)
+    spec = {"kind": "cell"}
+    with pytest.raises(RuntimeError, match="payload is missing"):
+        agent._spawn({"job_id": J[0], "attempt": 1, "spec": spec}, None)  # type: ignore[arg-type]
+    assert not (state / "jobs" / J[0]).exists()
+    # the payload is there but the launch fails later (no fork server): the folder is tagged
+    store.rb.set(store.k("payload", J[1]), b"not run")
+    with pytest.raises(Exception):
+        agent._spawn({"job_id": J[1], "attempt": 1, "spec": spec}, None)  # type: ignore[arg-type]
+    assert (state / "jobs" / J[1] / "QUEUE").read_text() == agent.queue
+    assert agent.local_sweeper().sweep() == [J[1]]  # no record: it goes
+    assert not (state / "jobs" / J[1]).exists()

@@ -284,8 +284,6 @@ class NodeAgent:
         spec = JobSpec.model_validate(msg["spec"])
         ident = self._identity(job_id)
         paths = attempt_paths(self.state_dir, job_id, number, split=ident is not None)
-        if ident is None:
-            paths.records.mkdir(parents=True, exist_ok=True)
         payload: Optional[bytes] = None
         if spec.kind == "cell":
             if not os.path.lexists(paths.job / "payload.pkl"):  # <job> cannot be a job's link: its parent is ours
@@ -296,11 +294,13 @@ class NodeAgent:
         if ident is not None:
             prepare_owned(self.state_dir, job_id, number, ident.uid, ident.gid, payload)
             home = None if ident.home else str(self._home(ident))
-        elif payload is not None:
+        else:
+            paths.records.mkdir(parents=True, exist_ok=True)
+        if self.queue is not None:  # as soon as the folder is made: the local sweep deletes only
+            tag_job_folder(job_dir(self.state_dir, job_id), self.queue)  # folders of this queue
+        if ident is None and payload is not None:
             write_bytes_atomic(paths.job / "payload.pkl", payload)
         _write_json(job_dir(self.state_dir, job_id) / "spec.json", msg["spec"])
-        if self.queue is not None:  # the local sweep deletes only folders of this queue
-            tag_job_folder(job_dir(self.state_dir, job_id), self.queue)
         if self.shared is not None:  # the checkpoints earlier attempts saved, from any node
             pulled = self.shared.pull(job_id, paths.job, ident.uid if ident else None, ident.gid if ident else None)
             if pulled:
