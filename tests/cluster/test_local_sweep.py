@@ -5,7 +5,7 @@ Celery, no fork server) on a temporary state folder, and its :class:`LocalSweepe
 nor is being launched on the node, and nothing else: not a live job's, not ``home/``, not an
 untagged or another queue's folder, not a name that is no job id, not what a link points to.
 The whole cluster's side (a finished job's folder leaves the node with its record):
-``test_local_sweep_cluster.py``."""
+``test_shared_root_cleanup.py``."""
 
 from __future__ import annotations
 
