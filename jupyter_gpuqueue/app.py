@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,16 @@ from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Float, Int, List, Unicode, default
 
 from gpuqueue.queue.config import load_config
+from gpuqueue.queue.durations import KEEP_FINISHED, parse_retention
 from gpuqueue.attempt.gpus import local_gpu_count
 from gpuqueue.embedded.service import QueueService
 
 from .handlers import handlers
 
+
+# the extension's own lines go where gpuqueue's do (setup_logging below); ExtensionApp.log
+# printed them as blank lines in the server's log
+log = logging.getLogger("gpuqueue.jupyter")
 
 class GPUQueueApp(ExtensionApp):
     """GPU queue for Jupyter. Configure with ``c.GPUQueueApp.<trait>`` in jupyter_server_config."""
@@ -58,6 +64,14 @@ class GPUQueueApp(ExtensionApp):
     max_payload_mb = Float(200.0, help="Largest cell payload (inputs) accepted, in MB.").tag(
         config=True
     )
+
+    keep_finished = Unicode(
+        KEEP_FINISHED,
+        help="How long a finished job is kept (its record, logs, results and checkpoints), e.g. "
+        "7d or 12h; 'forever' keeps every one. Older ones are deleted every minute (as the "
+        "cluster scheduler's --keep-finished does). A value that cannot be read keeps every "
+        "one (and says so in the log): nothing is deleted on a typo.",
+    ).tag(config=True)
 
     export_env = Bool(
         True,
@@ -114,11 +128,16 @@ class GPUQueueApp(ExtensionApp):
             self.service = RemoteService(self.api_url, self.api_token)
             self.settings["gpuqueue_service"] = self.service
             self.settings["gpuqueue_app"] = self
-            self.log.info("gpuqueue: cluster mode, forwarding to %s%s", self.api_url,
+            log.info("gpuqueue: cluster mode, forwarding to %s%s", self.api_url,
                           "" if os.environ.get("GPUQUEUE_API_TOKEN") or not os.environ.get("JUPYTERHUB_API_TOKEN")
                           else " with this hub user's own token")
             return
         config = load_config(self.config_file) if self.config_file else None
+        try:
+            keep_finished = parse_retention(self.keep_finished)
+        except ValueError as e:
+            log.error("gpuqueue: GPUQueueApp.keep_finished: %s; until it is fixed, finished jobs are kept", e)
+            keep_finished = None
         self.service = QueueService(
             state_dir=self.state_dir,
             config=config,
@@ -126,10 +145,11 @@ class GPUQueueApp(ExtensionApp):
             policy=self.policy,
             stop_grace_s=self.stop_grace_s,
             max_payload_bytes=int(self.max_payload_mb * 1e6),
+            keep_finished=keep_finished,
         )
         self.settings["gpuqueue_service"] = self.service
         self.settings["gpuqueue_app"] = self
-        self.log.info(
+        log.info(
             "gpuqueue: embedded queue in %s, pools %s",
             self.state_dir,
             {p: c.total_gpus for p, c in self.service.config.pools.items()},

@@ -30,7 +30,7 @@ import redis
 
 from . import redis_url
 from ..queue.config import GROWING, QueueConfig, load_config
-from ..queue.durations import format_duration, parse_duration
+from ..queue.durations import KEEP_FINISHED, format_duration, parse_retention
 from ..queue.errors import GPUQueueError
 from ..queue.lifecycle import job_request
 from ..queue.models import Attempt, JobRecord
@@ -44,7 +44,7 @@ from .redis_store import Fenced, Op, RedisStore
 log = logging.getLogger("gpuqueue.daemon")
 
 MAX_MESSAGES_PER_STEP = 50  # per stream: the workers' reports wait at most one such batch of submissions
-DEFAULT_KEEP_FINISHED_S = 30 * 86400.0  # finished jobs are deleted from Redis this long after they end
+DEFAULT_KEEP_FINISHED_S = parse_retention(KEEP_FINISHED)  # finished jobs are deleted from Redis this long after they end
 EXPIRE_SCAN = 2000  # oldest job ids looked at per expiry round
 EXPIRE_BATCH = 200  # jobs deleted per guarded write
 MESSAGES_KEPT_S = 3600.0  # handled inbox messages are trimmed after this long
@@ -691,12 +691,10 @@ def _empty_config() -> QueueConfig:
 
 
 def _retention(text: str) -> Optional[float]:
-    if text.strip().lower() in ("forever", "never", "0", "none"):
-        return None
     try:
-        return parse_duration(text)
+        return parse_retention(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{e} (or 'forever')") from None
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -709,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--leader-ttl", type=float, default=10.0, help="seconds the leader lock lasts without renewal (default 10)")
     p.add_argument("--start-timeout", type=float, default=120.0, help="seconds a dispatched attempt may wait for its worker (default 120)")
     p.add_argument("--stop-grace", type=float, default=30.0, help="seconds to stop after cancel/timeout (default 30)")
-    p.add_argument("--keep-finished", default="30d", type=_retention, metavar="DURATION",
+    p.add_argument("--keep-finished", default=KEEP_FINISHED, type=_retention, metavar="DURATION",
                    help="delete a finished job (record, events, results) this long after it ended, "
                         "e.g. 7d, 12h; 'forever' keeps them (default 30d)")
     p.add_argument("--prefix", default="gq", help="Redis key prefix (default gq)")

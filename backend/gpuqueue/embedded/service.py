@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator, Iterator, Optional, Sequence
 
 from ..observability import gpumap
 from ..queue.config import QueueConfig, single_node_config
+from ..queue.durations import KEEP_FINISHED, format_duration, parse_retention
 from ..queue.errors import Conflict, Forbidden, NotFound, Rejected
 from ..attempt.jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
 from ..attempt.launch import build_launch, runner_env
@@ -46,6 +47,8 @@ TAIL_INTERVAL_S = 0.01  # while attempts run: how often their event files are lo
 IDLE_TAIL_S = 5.0  # while none runs: the tail loop sleeps this long, or until an attempt starts
 TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/finish)
 STATE_SAVE_INTERVAL_S = 30.0
+EXPIRE_EVERY_S = 60.0  # how often finished jobs past keep_finished are looked for
+EXPIRE_BATCH = 500  # at most this many deleted a round
 
 
 async def wait_set(event: asyncio.Event, timeout: float) -> bool:
@@ -74,8 +77,10 @@ class QueueService(QueueShell):
         policy: str = "gpuqueue",
         stop_grace_s: float = 10.0,
         max_payload_bytes: int = 200 * 1024 * 1024,
+        keep_finished: Optional[float] = parse_retention(KEEP_FINISHED),
     ):
         self.state_dir = Path(state_dir)
+        self.keep_finished = keep_finished  # seconds a finished job is kept (None: forever)
         self.config = config or single_node_config(gpus)
         self.limiter = SubmitLimiter(MemoryBuckets())  # per-user submit buckets (submit_rate)
         self.policy = policy
@@ -134,6 +139,8 @@ class QueueService(QueueShell):
             asyncio.create_task(self._schedule_loop()),
             asyncio.create_task(self._tail_loop()),
         ]
+        if self.keep_finished is not None:
+            self._tasks.append(asyncio.create_task(self._expire_loop(self.keep_finished)))
 
     async def stop(self) -> None:
         """Stop the loops. Running jobs go on: the next start re-adopts them."""
@@ -365,6 +372,31 @@ class QueueService(QueueShell):
                 continue
             self._tail_wake.clear()
             await wait_set(self._tail_wake, IDLE_TAIL_S)
+
+    async def _expire_loop(self, keep_s: float) -> None:
+        """Every minute (sooner for a short ``keep_finished``): delete the finished jobs that
+        ended over ``keep_s`` ago, records and folders (payload, logs, results, checkpoints)."""
+        while True:
+            await asyncio.sleep(min(EXPIRE_EVERY_S, keep_s / 4))
+            try:
+                await self.expire(keep_s)
+            except Exception:  # noqa: BLE001 - the next round tries again
+                log.exception("deleting old finished jobs failed")
+
+    async def expire(self, keep_s: float) -> list[str]:
+        """One round of :meth:`_expire_loop` (at most EXPIRE_BATCH jobs); the ids deleted."""
+        assert self.store is not None
+        gone = self.store.finished_before(time.time() - keep_s, EXPIRE_BATCH)
+        if not gone:
+            return []
+        self.store.delete(gone)  # first: from now on the jobs do not exist for anyone
+        for job_id in gone:
+            self._changed.pop(job_id, None)
+        folders = [job_dir(self.state_dir, j) for j in gone]
+        await asyncio.to_thread(_remove_folders, folders)  # checkpoints may be large: off the loop
+        log.info("deleted %d jobs that finished over %s ago: %s", len(gone), format_duration(keep_s),
+                 ", ".join(gone[:20]) + (" ..." if len(gone) > 20 else ""))
+        return gone
 
     def _tail_all(self) -> None:
         """Copy what active attempts wrote. Every pass (TAIL_INTERVAL_S while one is active)
@@ -640,6 +672,17 @@ class QueueService(QueueShell):
         if started is None:
             return False
         return a.pid_started is None or abs(started - a.pid_started) < 1.0
+
+
+def _remove_folders(folders: list[Path]) -> None:
+    """Delete job folders (what cannot be deleted is logged; the rest goes on)."""
+    for d in folders:
+        try:
+            shutil.rmtree(d)
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot delete the folder of an old finished job %s: %s", d, e)
 
 
 def _process_start_time(pid: int) -> Optional[float]:

@@ -94,6 +94,24 @@ class SqliteStore:
         args.append(limit)
         return [JobRecord.model_validate_json(r[0]) for r in self.db.execute(sql, args)]
 
+    def finished_before(self, cutoff: float, limit: int = 500) -> list[str]:
+        """Ids of finished jobs whose last change (their end) is before ``cutoff`` (epoch
+        seconds), oldest first, at most ``limit``."""
+        done = [s.value for s in JobState if s.is_terminal]
+        rows = self.db.execute(
+            f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(done))}) AND created_at < ?"
+            " AND json_extract(record, '$.updated_at') < ? ORDER BY created_at LIMIT ?",
+            (*done, cutoff, cutoff, limit),
+        )
+        return [r[0] for r in rows]
+
+    def delete(self, job_ids: list[str]) -> None:
+        """Forget jobs: their records, event streams and tail offsets, in one transaction."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            for table, key in (("jobs", "id"), ("events", "job_id"), ("tails", "job_id")):
+                self.db.executemany(f"DELETE FROM {table} WHERE {key}=?", [(j,) for j in job_ids])
+
     # -- events ---------------------------------------------------------------------------
     def append_events(
         self,

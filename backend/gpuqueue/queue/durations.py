@@ -39,6 +39,21 @@ def parse_duration(text: str | int | float, max_s: float = MAX_DURATION_S) -> fl
     return value
 
 
+KEEP_FINISHED = "30d"  # how long a finished job is kept by default, in both modes
+FOREVER = ("forever", "never", "0", "none")
+
+
+def parse_retention(text: str) -> float | None:
+    """How long to keep finished jobs: seconds (as :func:`parse_duration`), or None for
+    ``forever`` (also ``never``, ``0``, ``none``). Raises ValueError naming the fix."""
+    if str(text).strip().lower() in FOREVER:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise ValueError(f"{e} (or 'forever' to keep finished jobs)") from None
+
+
 def _shown(text: object) -> str:
     """``text`` for an error message, cut short."""
     if not isinstance(text, str):
