@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, List, Optional  # List: in the class, ``list`` is a method
 
 from ..queue.models import Event, JobRecord
 from ..queue.states import JobState
@@ -80,9 +80,10 @@ class SqliteStore:
         owner: Optional[str] = None,
         states: Optional[Iterable[JobState]] = None,
         limit: int = 1000,
-    ) -> list[JobRecord]:
+    ) -> List[JobRecord]:
         """Jobs, newest first, optionally of one owner and in some states."""
-        sql, args = "SELECT record FROM jobs WHERE 1=1", []
+        sql = "SELECT record FROM jobs WHERE 1=1"
+        args: List[Any] = []
         if owner is not None:
             sql += " AND owner=?"
             args.append(owner)
@@ -94,7 +95,7 @@ class SqliteStore:
         args.append(limit)
         return [JobRecord.model_validate_json(r[0]) for r in self.db.execute(sql, args)]
 
-    def finished_before(self, cutoff: float, limit: int = 500) -> list[str]:
+    def finished_before(self, cutoff: float, limit: int = 500) -> List[str]:
         """Ids of finished jobs whose last change (their end) is before ``cutoff`` (epoch
         seconds), oldest first, at most ``limit``."""
         done = [s.value for s in JobState if s.is_terminal]
@@ -105,7 +106,7 @@ class SqliteStore:
         )
         return [r[0] for r in rows]
 
-    def delete(self, job_ids: list[str]) -> None:
+    def delete(self, job_ids: List[str]) -> None:
         """Forget jobs: their records, event streams and tail offsets, in one transaction."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
@@ -116,7 +117,7 @@ class SqliteStore:
     def append_events(
         self,
         job_id: str,
-        events: list[tuple[float, str, dict[str, Any]]],
+        events: List[tuple[float, str, dict[str, Any]]],
         tail: Optional[tuple[int, int]] = None,
     ) -> int:
         """Append (time, type, data) events and, in the same transaction, an attempt's
@@ -138,7 +139,7 @@ class SqliteStore:
                 )
         return seq
 
-    def read_events(self, job_id: str, after: int = 0, limit: int = 10_000) -> list[Event]:
+    def read_events(self, job_id: str, after: int = 0, limit: int = 10_000) -> List[Event]:
         """Events with seq > ``after``, in order."""
         rows = self.db.execute(
             "SELECT seq, time, type, data FROM events WHERE job_id=? AND seq>? ORDER BY seq LIMIT ?",
