@@ -1,6 +1,7 @@
 """The shared root with workers running as root and jobs under their users' own uids: a job
 killed with its node resumes on the other node from the root, the copy it gets is its own, and
-the root is the workers' only."""
+the root is the workers' only; once its record expires, the worker deletes the job's folders
+from its disk, the job user's own ``work/<id>`` included (``--local-sweep``)."""
 
 from __future__ import annotations
 
@@ -40,8 +41,8 @@ def cluster() -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="gq-shared-ids-"))
     root.chmod(0o711)
     redis = RedisServer(root / "redis", appendonly=True).start()
-    c = Cluster(root / "cluster", redis, {"n1": 1, "n2": 1},
-                worker_args=("--shared-dir", str(root / "shared")))
+    c = Cluster(root / "cluster", redis, {"n1": 1, "n2": 1}, daemon_args=("--keep-finished", "10s"),
+                worker_args=("--shared-dir", str(root / "shared"), "--local-sweep", "0.5"))
     c.root.chmod(0o755)
     (c.root / "steps.py").write_text(STEPS)
     try:
@@ -84,3 +85,10 @@ def test_a_job_under_its_own_uid_resumes_on_the_other_node_from_the_root(cluster
     assert got and len({os.lstat(p).st_uid for p in got}) == 1 and os.lstat(got[0]).st_uid != 0
     shared = c.root.parent / "shared"
     assert shared.stat().st_mode & 0o777 == 0o700 and shared.stat().st_uid == 0
+    # 10 s after its end the record goes, then the surviving node's worker (root) deletes the
+    # job's folders: its records and the job user's own work folder
+    node_dir = c.root / f"node-{other}"
+    wait_until(lambda: not (node_dir / "work" / job).exists() and not (node_dir / "jobs" / job).exists(),
+               60, 0.1, "the job's folders swept from the node that ran it last")
+    assert c.redis_client().exists(f"gq:job:{job}") == 0
+    assert f"deleted from this node the folders of 1 jobs whose records are gone: {job}" in c.log(f"worker-{other}")
