@@ -709,7 +709,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-grace", type=float, default=30.0, help="seconds to stop after cancel/timeout (default 30)")
     p.add_argument("--keep-finished", default=KEEP_FINISHED, type=_retention, metavar="DURATION",
                    help="delete a finished job (record, events, results) this long after it ended, "
-                        "e.g. 7d, 12h; 'forever' keeps them (default 30d)")
+                        "e.g. 7d, 12h; 'forever' keeps them (default %(default)s)")
     p.add_argument("--prefix", default="gq", help="Redis key prefix (default gq)")
     p.add_argument("--celery-events", action="store_true",
                    help="send a Celery task-sent event per launch, for Flower (default: $GPUQUEUE_CELERY_EVENTS, else off)")
