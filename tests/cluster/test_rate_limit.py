@@ -40,6 +40,7 @@ def test_bucket_holds_across_two_api_processes(cluster_factory) -> None:
         r = _post(urls[i % 2], "alice")
         assert r.status_code == 201, r.text
     refused = _post(urls[1], "alice")
+    empty_since = time.monotonic()  # her bucket is empty from here on, refilled 1 token / 2 s
     assert refused.status_code == 429, refused.text
     wait_s = int(refused.headers["Retry-After"])
     assert 1 <= wait_s <= 2  # 30/min: a token every 2 s
@@ -72,7 +73,11 @@ def test_bucket_holds_across_two_api_processes(cluster_factory) -> None:
     finally:
         stop.set()
         t.join()
-    assert hammered and set(hammered) == {429}, hammered
+    # her tries through both processes are refused, but for the refill since the bucket emptied
+    # (a loaded machine may take over 2 s for the CLI and bob's and root's submits)
+    accepted = hammered.count(201)
+    assert accepted <= (time.monotonic() - empty_since) / 2 + 1, (accepted, len(hammered))
+    assert 429 in hammered and set(hammered) <= {201, 429}, hammered
     assert max(bob) < 1.0, bob  # no wait behind alice's bucket (a submit is milliseconds)
 
     # accepted again once Retry-After has passed
