@@ -163,7 +163,10 @@ class Client:
                 )
                 with r:
                     event_type = None
-                    for raw in r.iter_lines(decode_unicode=True):
+                    # SSE is UTF-8 whatever the Content-Type says (``text/event-stream`` with
+                    # no charset, which requests alone would decode as ISO-8859-1)
+                    for line in r.iter_lines():
+                        raw = line.decode("utf-8", errors="replace")
                         if raw.startswith("event:"):
                             event_type = raw[6:].strip()
                         elif raw.startswith("data:"):
