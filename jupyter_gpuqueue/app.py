@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union, cast
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
@@ -18,6 +18,11 @@ from gpuqueue.embedded.service import QueueService
 
 from .handlers import handlers
 
+if TYPE_CHECKING:
+    from jupyter_server.serverapp import ServerApp
+
+    from .remote import RemoteService
+
 
 # the extension's own lines go where gpuqueue's do (setup_logging below); ExtensionApp.log
 # printed them as blank lines in the server's log
@@ -28,6 +33,7 @@ class GPUQueueApp(ExtensionApp):
 
     name = "jupyter_gpuqueue"
     load_other_extensions = True
+    service: Union[QueueService, RemoteService]  # embedded, or forwarding to the cluster's API (api_url)
 
     state_dir = Unicode(
         help="Folder of the embedded queue's SQLite file and job folders. "
@@ -190,7 +196,8 @@ class GPUQueueApp(ExtensionApp):
         """The job owner for an authenticated request's user."""
         mode = self.identity
         if mode == "auto":
-            provider = type(self.serverapp.identity_provider)
+            # the server this extension was loaded into: set before any request comes
+            provider = type(cast("ServerApp", self.serverapp).identity_provider)
             mode = "server_owner" if provider.__module__.startswith("jupyter_server.") else "user"
         if mode == "server_owner":
             return _server_owner()

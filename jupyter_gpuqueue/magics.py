@@ -14,7 +14,7 @@ import shlex
 import sys
 import types
 import threading
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -27,6 +27,9 @@ from gpuqueue.queue.states import STATE_GROUPS
 
 from .display import JobView, TextView, use_widgets
 from .prefetch import modules_coming_back, prefetch
+
+if TYPE_CHECKING:
+    from IPython.core.interactiveshell import InteractiveShell
 
 TERMINAL = set(STATE_GROUPS["terminal"])
 
@@ -107,6 +110,12 @@ class GPUQueueMagics(Magics):
         self.last_dashboard: Any = None
 
     @property
+    def _user_ns(self) -> dict[str, Any]:
+        """The notebook's names. Magics.shell may be None, but not here: these magics are made
+        on the kernel's shell (``load_ipython_extension``)."""
+        return cast("InteractiveShell", self.shell).user_ns
+
+    @property
     def client(self) -> Client:
         if self._client is None:
             try:
@@ -126,7 +135,7 @@ class GPUQueueMagics(Magics):
         spec = self._spec(args, cell)
         try:
             payload, inputs, outputs = build_payload(
-                cell, self.shell.user_ns, _names(args.inputs), _names(args.outputs)
+                cell, self._user_ns, _names(args.inputs), _names(args.outputs)
             )
         except SyntaxError as e:
             raise UsageError(f"the cell has a syntax error at line {e.lineno}: {e.msg}") from None
@@ -269,7 +278,7 @@ class GPUQueueMagics(Magics):
         if job["spec"]["kind"] != "cell":
             return
         values, failed = unpack_results(self.client.result(job["id"]))
-        self.shell.user_ns.update(values)
+        self._user_ns.update(values)
         data = [n for n, v in values.items() if not isinstance(v, types.ModuleType)]
         if data:
             print(f"[gpuqueue] {job['id']} succeeded; back in the notebook: {', '.join(data)}", flush=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import inspect
 import os
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from jupyter_server.base.handlers import JupyterHandler
 from tornado import web
@@ -36,7 +36,9 @@ try:  # jupyter_server >= 2.13 checks auth in prepare() unless a method opts out
     from jupyter_server.auth.decorator import allow_unauthenticated
 except ImportError:  # pragma: no cover - older jupyter_server: nothing to opt out of
 
-    def allow_unauthenticated(method: Any) -> Any:  # type: ignore[no-redef]
+    FuncT = TypeVar("FuncT", bound=Callable[..., Any])  # as jupyter_server's own decorator
+
+    def allow_unauthenticated(method: FuncT) -> FuncT:
         return method
 
 

@@ -56,7 +56,11 @@ class RemoteService:
                 await write(mapped[i:i + (1 << 20)])
 
         headers["Content-Length"] = str(len(mapped))
-        return HTTPRequest(url, method=method, body_producer=produce, request_timeout=self.timeout, headers=headers)
+        # tornado annotates body_producer as taking a write that returns None and returning a
+        # Future; its docs and HTTP1Connection.write return a Future from write, and
+        # simple_httpclient awaits whatever body_producer returns (this coroutine)
+        return HTTPRequest(url, method=method, body_producer=produce,  # type: ignore[arg-type]
+                           request_timeout=self.timeout, headers=headers)
 
     async def _call(self, method: str, path: str, body: Optional[Buffer] = None, **params: Any) -> Any:
         try:

@@ -73,7 +73,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(jobs, indent=2))
         return 0
-    rows = [("ID", "NAME", "OWNER", "STATE", "PRIO", "GPUS", "POOL", "NODE", "INFO")]
+    rows: list[tuple[str, ...]] = [("ID", "NAME", "OWNER", "STATE", "PRIO", "GPUS", "POOL", "NODE", "INFO")]
     for j in jobs:
         info = ""
         if j.get("pending"):

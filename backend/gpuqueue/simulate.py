@@ -623,7 +623,7 @@ def plot(sim: Simulation, path: str) -> None:
     ax[1].set_ylabel("GPU utilization")
     ax[1].set_xlabel("hours")
     for p in ("high", "medium", "low"):
-        w = sorted(max(0.0, j.end - j.submit - j.run_s) / 3600 for j in sim.jobs if j.end is not None and j.priority.value == p)  # type: ignore[operator]
+        w = sorted(max(0.0, j.end - j.submit - j.run_s) / 3600 for j in sim.jobs if j.end is not None and j.priority.value == p)
         if w:
             ax[2].plot(w, [(i + 1) / len(w) for i in range(len(w))], label=p)
     ax[2].set_xscale("symlog", linthresh=0.01)

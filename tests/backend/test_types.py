@@ -1,7 +1,9 @@
-"""The engine's seams type-check: mypy (``[tool.mypy]`` in pyproject.toml) on the queue's verbs,
-the REST handlers typed on them, the Jupyter handlers built from them and the scheduler
-protocol, with every implementation checked against its protocol
-(``tests/backend/seams_typecheck.py``). A type error there fails this test."""
+"""The engine type-checks: mypy (``[tool.mypy]`` in pyproject.toml, pydantic's plugin on) on the
+seams (the queue's verbs, the REST handlers typed on them, the Jupyter handlers built from them
+and the scheduler protocol, with every implementation checked against its protocol in
+``tests/backend/seams_typecheck.py``) and on every module listed there as clean: the scheduler
+and the simulator, attempt/, job/, observability/, the REST client, the cluster worker's
+modules, the CLI and the Jupyter extension. A type error in any of them fails this test."""
 
 from __future__ import annotations
 

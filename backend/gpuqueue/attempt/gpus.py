@@ -45,5 +45,5 @@ def local_gpu_count(declared: Optional[int] = None) -> int:
         if n < 0:
             raise ValueError(f"GPUQUEUE_GPUS={env!r} must be 0 or more")
         return n
-    n = nvml_gpu_count()
-    return n or 0
+    found = nvml_gpu_count()
+    return found or 0

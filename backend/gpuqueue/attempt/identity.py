@@ -186,7 +186,8 @@ class FileIdentities:
             if isinstance(v, int) and not isinstance(v, bool):
                 uid, gid = v, v
             elif isinstance(v, dict) and isinstance(v.get("uid"), int) and isinstance(v.get("gid", v.get("uid")), int):
-                uid, gid = v["uid"], v.get("gid", v["uid"])
+                uid = v["uid"]
+                gid = v["gid"] if "gid" in v else uid
             else:
                 raise IdentityError(f"--identities {path}: write {user} = UID or {user} = {{uid = UID, gid = GID}}")
             check_ids(user, uid, gid, f"--identities {path}")

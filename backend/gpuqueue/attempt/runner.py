@@ -204,7 +204,8 @@ class Runner:
     def __init__(self, attempt_dir: Path, warm: Optional[tuple[WarmJob, tuple[int, ...]]] = None):
         self.dir = attempt_dir
         # a job interpreter started ahead on these pipes (read/write ends of stdout, stderr, events)
-        self.warm, self.warm_fds = warm if warm is not None else (None, ())
+        self.warm: Optional[WarmJob] = warm[0] if warm is not None else None
+        self.warm_fds: tuple[int, ...] = warm[1] if warm is not None else ()
         self.launch: dict[str, Any] = json.loads((attempt_dir / "launch.json").read_text())
         self.out = EventWriter(attempt_dir / "events.jsonl")
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -289,7 +290,11 @@ class Runner:
             p.start()
         proc = self.proc
         # wake the loop the moment the job exits (no polling delay before the exit record)
-        threading.Thread(target=lambda: (proc.wait(), self._wake.set()), daemon=True).start()
+        def wake_on_exit() -> None:
+            proc.wait()
+            self._wake.set()
+
+        threading.Thread(target=wake_on_exit, daemon=True).start()
         while self.proc.poll() is None:
             self._wake.wait(JOB_EVENTS_POLL_S if job_events is not None else 0.2)
             self._wake.clear()

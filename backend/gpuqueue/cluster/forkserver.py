@@ -232,9 +232,9 @@ class ForkServer:
                     self._cond.notify_all()
                 elif what == "exit":
                     pid, _, code = rest.partition(" ")
-                    h = self._handles.pop(int(pid), None)  # None: a spare that never ran anything
-                    if h is not None:
-                        h.returncode = int(code)
+                    ended = self._handles.pop(int(pid), None)  # None: a spare that never ran anything
+                    if ended is not None:
+                        ended.returncode = int(code)
             if what == "exit" and self._on_exit is not None:
                 self._on_exit()
         with self._cond:

@@ -168,7 +168,7 @@ def client(url: str, **kw: Any) -> Any:
         return redis.Redis.from_url(url, **kw)
     from redis.sentinel import Sentinel
 
-    timeouts = {k: kw[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kw}
+    timeouts: dict[str, Any] = {k: kw[k] for k in ("socket_timeout", "socket_connect_timeout") if k in kw}
     return Sentinel(list(s.sentinels), sentinel_kwargs=timeouts).master_for(s.service, **_server_kwargs(s, kw))
 
 

@@ -377,7 +377,7 @@ class _Local:
 
     def complete(self) -> list[tuple[str, str, str]]:
         """``(name, step-N, marker id)`` of every complete checkpoint here."""
-        out = []
+        out: list[tuple[str, str, str]] = []
         try:
             root = self._open_dir([CHECKPOINTS])
         except OSError:

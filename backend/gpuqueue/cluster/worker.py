@@ -38,7 +38,7 @@ import warnings
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union, cast
 
 import redis
 
@@ -287,7 +287,9 @@ class NodeAgent:
         payload: Optional[bytes] = None
         if spec.kind == "cell":
             if not os.path.lexists(paths.job / "payload.pkl"):  # <job> cannot be a job's link: its parent is ours
-                payload = self.store.rb.get(self.store.k("payload", job_id))
+                # rb decodes nothing (decode_responses=False), so a value is bytes; redis-py
+                # types every reply as bytes | str
+                payload = cast(Optional[bytes], self.store.rb.get(self.store.k("payload", job_id)))
                 if payload is None:
                     raise RuntimeError("its cell payload is missing from the store")
         home = None
@@ -473,7 +475,8 @@ class NodeAgent:
     def _read_control(self) -> None:
         key = self.store.k("ctl", self.node)
         while True:
-            raw = self.store.r.lpop(key)
+            # one value (no count: never a list), as str or bytes; redis-py types count's list too
+            raw = cast(Union[str, bytes, None], self.store.r.lpop(key))
             if raw is None:
                 return
             msg = json.loads(raw)

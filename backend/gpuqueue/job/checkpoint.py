@@ -25,6 +25,7 @@ first and the marker last, which gives the same guarantee.
 
 from __future__ import annotations
 
+import builtins  # "list" in Checkpointer's annotations is its method list()
 import json
 import os
 import shutil
@@ -196,7 +197,7 @@ class Checkpointer:
         """The complete checkpoint with the best ``monitor`` metric (None if none has it)."""
         return self._best_of(self.list())
 
-    def _best_of(self, cps: list[CheckpointInfo]) -> Optional[CheckpointInfo]:
+    def _best_of(self, cps: builtins.list[CheckpointInfo]) -> Optional[CheckpointInfo]:
         if not self.monitor:
             return None
         scored = [c for c in cps if isinstance(c.metrics.get(self.monitor), (int, float))]
@@ -253,7 +254,8 @@ class Checkpointer:
             files = _fsync_tree(tmp)
             final = self._step_path(step)
             self._remove(final)  # an older save of the same step (a rerun after resume)
-            meta = {"step": int(step), "metrics": metrics, "time": time.time(), "files": files}
+            saved_at = time.time()
+            meta = {"step": int(step), "metrics": metrics, "time": saved_at, "files": files}
             if self.local:
                 os.rename(tmp, final)
                 _fsync_dir(self._root_path)
@@ -271,7 +273,7 @@ class Checkpointer:
             if os.path.isdir(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
         self._last_save = time.monotonic()
-        info = CheckpointInfo(step=int(step), path=self._url(final), metrics=metrics, time=meta["time"], files=tuple(files))
+        info = CheckpointInfo(step=int(step), path=self._url(final), metrics=metrics, time=saved_at, files=tuple(files))
         cps = self.list()
         best = self._best_of(cps)
         self._rotate(cps, best)
@@ -285,7 +287,7 @@ class Checkpointer:
     def _remove(self, folder: str) -> None:
         remove_checkpoint(self.fs, folder)
 
-    def _rotate(self, cps: list[CheckpointInfo], best: Optional[CheckpointInfo]) -> None:
+    def _rotate(self, cps: builtins.list[CheckpointInfo], best: Optional[CheckpointInfo]) -> None:
         if self.max_checkpoints is None:
             return
         keep = {c.step for c in cps[-self.max_checkpoints :]}

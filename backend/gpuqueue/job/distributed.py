@@ -147,7 +147,7 @@ def _ray_worker(config: dict[str, Any]) -> None:
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    addr = [None]
+    addr: list[Optional[str]] = [None]  # rank 0's host:port, broadcast to the others
     if rank == 0:
         addr = [f"{socket.gethostbyname(socket.gethostname())}:{_free_port()}"]
     if dist.is_initialized():

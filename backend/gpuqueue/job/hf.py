@@ -28,7 +28,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Any, Optional
+from typing import Any, Literal, Optional, TypedDict
 
 from . import jobapi
 
@@ -36,11 +36,20 @@ _TRAINER_MODULE = "transformers.trainer"
 _counter = [0]
 
 
+class _CheckpointOptions(TypedDict):
+    """A callback's ``Checkpointer`` arguments, as given (None: from the Trainer's args)."""
+
+    directory: Optional[str]
+    max_checkpoints: Optional[int]
+    monitor: Optional[str]
+    mode: Optional[Literal["min", "max"]]
+
+
 # -- the callback ----------------------------------------------------------------------------
 def _make_callback_class() -> type:
     from transformers import TrainerCallback
 
-    class GpuqueueCallback(TrainerCallback):  # type: ignore[misc]
+    class GpuqueueCallback(TrainerCallback):
         """Streams Trainer logs/progress to the job, mirrors its saves into a ``Checkpointer``,
         and turns a stop notice into save-and-stop. ``name`` separates several Trainers in one
         job; ``every_s`` adds time-based saves to the Trainer's own ``save_steps``."""
@@ -52,14 +61,14 @@ def _make_callback_class() -> type:
             directory: Optional[str] = None,
             max_checkpoints: Optional[int] = None,
             monitor: Optional[str] = None,
-            mode: Optional[str] = None,
+            mode: Optional[Literal["min", "max"]] = None,
             every_s: Optional[float] = None,
         ):
             if name is None:
                 name = f"trainer-{_counter[0]}"
                 _counter[0] += 1
             self.name = name
-            self._opts = dict(directory=directory, max_checkpoints=max_checkpoints, monitor=monitor, mode=mode)
+            self._opts = _CheckpointOptions(directory=directory, max_checkpoints=max_checkpoints, monitor=monitor, mode=mode)
             self.every_s = every_s
             self._ckpt: Any = None
             self._last_save = time.monotonic()

@@ -191,7 +191,7 @@ def flush() -> None:
     _metrics.flush()
 
 
-_last_progress = [0.0, None]
+_last_progress = [0.0]  # when progress was last sent (time.monotonic)
 
 
 def progress(done: float, total: Optional[float] = None) -> None:
@@ -201,7 +201,7 @@ def progress(done: float, total: Optional[float] = None) -> None:
         return
     now = time.monotonic()
     final = total is not None and done >= total
-    if not final and now - float(_last_progress[0]) < FLUSH_INTERVAL_S:
+    if not final and now - _last_progress[0] < FLUSH_INTERVAL_S:
         return
     _last_progress[0] = now
     emit("progress", {"done": _clean(done), "total": _clean(total)})

@@ -54,7 +54,8 @@ def ranks_of(placement: dict[str, list[int]]) -> list[dict[str, Any]]:
 def _rank_actor() -> Any:
     import ray
 
-    @ray.remote(max_concurrency=2, num_cpus=0)
+    # ray.remote's overloads (ray 2.x) leave out the actor options, max_concurrency among them
+    @ray.remote(max_concurrency=2, num_cpus=0)  # type: ignore[call-overload]
     class Rank:
         """One rank: runs the job's command in a process that dies with this actor."""
 

@@ -56,13 +56,13 @@ def gpu_map(
     for n in nodes.values():
         gpus = []
         for i in range(n["gpus"]):
-            job = held.get((n["node"], i))
-            mine = job is not None and job.owner == caller.name
-            state = "mine" if mine else "busy" if job is not None else "free" if n["up"] else "down"
+            holder = held.get((n["node"], i))
+            mine = holder is not None and holder.owner == caller.name
+            state = "mine" if mine else "busy" if holder is not None else "free" if n["up"] else "down"
             shown = None
-            if job is not None and (mine or caller.admin):
-                shown = {"id": job.id, "name": job.spec.name, "owner": job.owner,
-                         "priority": job.spec.priority.value}
+            if holder is not None and (mine or caller.admin):
+                shown = {"id": holder.id, "name": holder.spec.name, "owner": holder.owner,
+                         "priority": holder.spec.priority.value}
             gpus.append({"index": i, "state": state, "job": shown})
         out.append({"node": n["node"], "pool": n["pool"], "up": n["up"], "gpus": gpus})
     return out

@@ -120,7 +120,8 @@ def training_values(data: Any) -> tuple[Optional[float], dict[str, float]]:
     for rec in batch if batch is not None else [data]:
         if not isinstance(rec, dict):
             continue
-        values = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else rec
+        nested = rec.get("metrics")
+        values = nested if isinstance(nested, dict) else rec
         s = rec.get("step", rec.get("global_step"))
         if isinstance(s, (int, float)) and not isinstance(s, bool):
             step = float(s)

@@ -353,12 +353,12 @@ class NvmlCollector:
                 continue
             lv = [idx, g["uuid"]]
             info.add_metric([idx, g["uuid"], g.get("name") or "", driver], 1)
-            for fam, key in ((util, "utilization_ratio"), (mutil, "memory_utilization_ratio"),
-                             (used, "memory_used_bytes"), (total, "memory_total_bytes"),
-                             (temp, "temperature_celsius"), (power, "power_watts"),
-                             (plimit, "power_limit_watts")):
+            for gauge, key in ((util, "utilization_ratio"), (mutil, "memory_utilization_ratio"),
+                               (used, "memory_used_bytes"), (total, "memory_total_bytes"),
+                               (temp, "temperature_celsius"), (power, "power_watts"),
+                               (plimit, "power_limit_watts")):
                 if g.get(key) is not None:
-                    fam.add_metric(lv, g[key])
+                    gauge.add_metric(lv, g[key])
             if g.get("ecc_corrected_total") is not None:
                 ecc.add_metric(lv + ["corrected"], g["ecc_corrected_total"])
             if g.get("ecc_uncorrected_total") is not None:

@@ -10,6 +10,7 @@ the server from ``JPY_PARENT_PID`` in the running-server files.
 from __future__ import annotations
 
 import base64
+import builtins  # "list" in Client's annotations after its list() is that method
 import json
 import os
 import re
@@ -142,7 +143,7 @@ class Client:
         """The queue summary."""
         return self._request("GET", "queue").json()
 
-    def events(self, job_id: str, after: int = 0) -> list[dict[str, Any]]:
+    def events(self, job_id: str, after: int = 0) -> builtins.list[dict[str, Any]]:
         """Events with seq > after, without waiting."""
         return self._request("GET", f"jobs/{_q(job_id)}/events", params={"after": after}).json()["events"]
 
@@ -163,7 +164,10 @@ class Client:
                 )
                 with r:
                     event_type = None
-                    for raw in r.iter_lines(decode_unicode=True):
+                    # SSE is UTF-8 whatever the Content-Type says (``text/event-stream`` with
+                    # no charset, which requests alone would decode as ISO-8859-1)
+                    for line in r.iter_lines():
+                        raw = line.decode("utf-8", errors="replace")
                         if raw.startswith("event:"):
                             event_type = raw[6:].strip()
                         elif raw.startswith("data:"):

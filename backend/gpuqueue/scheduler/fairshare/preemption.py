@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import chain
-from typing import TYPE_CHECKING, Container, Iterable, Optional
+from typing import TYPE_CHECKING, Collection, Container, Iterable, Optional
 
 from ..base import Decision, Preempt
 from .ledger import User
@@ -187,7 +187,7 @@ def comes_of_age(jobs: dict[str, Job], candidates: Iterable[str], pool: PoolNode
 
 
 def could_fit(pool: PoolNodes, index: NodeIndex, r: Job, exclude: Container[str],
-              only: Optional[Container[str]], min_rank: int, pool_preemptible: bool,
+              only: Optional[Collection[str]], min_rank: int, pool_preemptible: bool,
               min_runtime: float, now: float, max_preemptions: Optional[int] = None,
               ) -> tuple[bool, float, bool]:
     """Whether stopping every preemptible job of priority rank ``min_rank`` or lower that has

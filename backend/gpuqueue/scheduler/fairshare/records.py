@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
 from ..base import JobRequest, Placement
+from .ledger import ShareKey
 
 INF = math.inf
 
@@ -128,7 +129,7 @@ class Job:
         return (self.request.submit_time, self.seq, self.request.id)
 
 
-UserEntry = tuple[float, str, int]
+UserEntry = tuple[ShareKey, str, int]
 """(share key, user, version): a user in a pool's user heap (lazy: stale when ``version`` is not
 the user's). A plain tuple: pushed at every charge, the hottest allocation of the policy."""
 

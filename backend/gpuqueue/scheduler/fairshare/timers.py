@@ -61,13 +61,13 @@ class Timers:
                         best = e[0]
                     break
                 pop(h)
-        for h, state in ((self.retries, WAITING), (self.boosts, PENDING)):  # live: same version
-            while h:
-                e = h[0]
-                j = jobs.get(e[2])
-                if j is not None and j.state == state and j.queue_version == e[3]:
-                    if best is None or e[0] < best:
-                        best = e[0]
+        for q, state in ((self.retries, WAITING), (self.boosts, PENDING)):  # live: same version
+            while q:
+                t = q[0]
+                j = jobs.get(t[2])
+                if j is not None and j.state == state and j.queue_version == t[3]:
+                    if best is None or t[0] < best:
+                        best = t[0]
                     break
-                pop(h)
+                pop(q)
         return best
