@@ -3,7 +3,6 @@ the job's manager, admin preemption mid-training, automatic resume, same final w
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
