@@ -59,6 +59,7 @@ export class JobWatcher {
   private baseline: number | null = null;
   private lastListing = 0;
   private wanted = true;
+  private kick = 0;
 
   /** Start: the first look happens at once. */
   async start(): Promise<void> {
@@ -82,10 +83,16 @@ export class JobWatcher {
     }
   }
 
-  /** Ask once now (a job may have been submitted). */
+  /** Ask once, in a quarter of a second (a job was submitted: a burst of them is one look). */
   check(): void {
-    this.wanted = true;
-    void this.poll.refresh();
+    if (this.kick) {
+      return;
+    }
+    this.kick = window.setTimeout(() => {
+      this.kick = 0;
+      this.wanted = true;
+      void this.poll.refresh();
+    }, 250);
   }
 
   /** Read a listing (the sidebar's or the watcher's own): follow live jobs, notify ends. */
@@ -122,6 +129,7 @@ export class JobWatcher {
   }
 
   dispose(): void {
+    window.clearTimeout(this.kick);
     this.poll.dispose();
   }
 

@@ -2,8 +2,8 @@
 
 With the GPU Queue sidebar collapsed, jobs submitted through the REST API (as a
 ``%%train --background`` cell's kernel does) notify when they end: success for a job that
-succeeded, error with its reason for one that failed, each with its name, id and runtime, and the
-action that opens the sidebar. A job finished before the page loaded never notifies, and nothing
+succeeded, error with its reason for one that failed or timed out (these stay), each with its
+name, id and runtime, and the actions that open the sidebar and copy ``%gpuqueue attach ID``. A job finished before the page loaded never notifies, and nothing
 notifies twice or again after a reload. While the sidebar is hidden the page asks the server
 nothing when no job is queued or running, and only every ``watchInterval`` seconds while one
 is. ``notifyOnJobEnd`` (its command in the palette) is honoured at once. With the sidebar open,
@@ -80,9 +80,10 @@ def test_job_end_notifications(jupyter_server_factory):
 
             ok = client.submit(command_job("nt-ok", "import time; time.sleep(2)"))
             bad = client.submit(command_job("nt-bad", "import time, sys; time.sleep(1); sys.exit(3)"))
+            slow = client.submit({**command_job("nt-slow", "import time; time.sleep(60)"), "timeout_s": 1})
             submitted = time.monotonic()
-            toast(ok["id"]).wait_for(timeout=45_000)
-            toast(bad["id"]).wait_for(timeout=45_000)
+            for job in (ok, bad, slow):
+                toast(job["id"]).wait_for(timeout=45_000)
             print(f"\nnotified {time.monotonic() - submitted:.1f} s after the submission (sidebar collapsed)")
             ok_text, bad_text = toast(ok["id"]).inner_text(), toast(bad["id"]).inner_text()
             assert re.search(rf"nt-ok \({ok['id']}\) succeeded after [23]s", ok_text), ok_text
@@ -92,12 +93,20 @@ def test_job_end_notifications(jupyter_server_factory):
             assert re.search(rf"nt-bad \({bad['id']}\) failed after [12]s\s+{error}", bad_text), bad_text
             assert "Toastify__toast--error" in toast(bad["id"]).get_attribute("class")
             assert "Show the GPU Queue" in bad_text and "Copy attach command" in bad_text
+            slow_text = toast(slow["id"]).inner_text()
+            assert client.get(slow["id"])["state"] == "timed_out"
+            assert re.search(rf"nt-slow \({slow['id']}\) timed out after \d+s\s+its time limit is 1s", slow_text), slow_text
+            assert "Toastify__toast--error" in toast(slow["id"]).get_attribute("class")
+            # "Copy attach command" copies %gpuqueue attach ID
+            page.evaluate("() => document.addEventListener('copy', e => { window.copied = e.clipboardData.getData('text'); })")
+            toast(slow["id"]).get_by_role("button", name="Copy attach command").click()
+            assert page.evaluate("() => window.copied") == f"%gpuqueue attach {slow['id']}"
             # while they ran: a look on the server's announcement, then one every 10 s at most
             looks = [u for t, u in calls if t >= submitted and "/api/jobs?" in u]
             assert 1 <= len(looks) <= 2 + (time.monotonic() - submitted) / 10, looks
-            # none live any more: nothing asked, nothing notified twice
+            # none live any more: nothing asked, nothing notified twice; the failure stays
             assert requests_during(12) == []
-            assert toast(ok["id"]).count() + toast(bad["id"]).count() <= 2
+            assert toast(ok["id"]).count() == 0 and toast(bad["id"]).count() == 1
             # its action opens the sidebar
             toast(bad["id"]).get_by_role("button", name="Show the GPU Queue").click()
             page.locator("#gpuqueue-sidebar").wait_for(state="visible", timeout=10_000)
