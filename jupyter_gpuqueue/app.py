@@ -16,7 +16,7 @@ from gpuqueue.queue.durations import KEEP_FINISHED, parse_retention
 from gpuqueue.attempt.gpus import local_gpu_count
 from gpuqueue.embedded.service import QueueService
 
-from .handlers import handlers
+from .handlers import handlers, register_job_event
 
 if TYPE_CHECKING:
     from jupyter_server.serverapp import ServerApp
@@ -162,8 +162,9 @@ class GPUQueueApp(ExtensionApp):
         )
 
     def initialize_handlers(self) -> None:
-        """Register the REST routes under <base_url>gpuqueue/api/."""
+        """Register the REST routes under <base_url>gpuqueue/api/, and the event they emit."""
         self.handlers.extend(handlers())
+        register_job_event(getattr(self.serverapp, "event_logger", None))
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
         await self.service.start()

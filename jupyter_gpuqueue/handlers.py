@@ -4,7 +4,9 @@ Jupyter's authentication.
 The handler bodies are shared with the cluster's API service (``gpuqueue.rest.handlers``, tornado
 only); :class:`JupyterAuth` is the one mixin that adds what Jupyter brings: every verb is
 ``@authenticated`` and ``@authorized`` (resource ``gpuqueue``), and the job owner is the
-server-side Jupyter identity, never a field of the request body. The service is the embedded
+server-side Jupyter identity, never a field of the request body. A submission through this
+server is announced on Jupyter's event bus (:data:`JOB_EVENT`, no job data in it) so that the
+JupyterLab extension knows to look. The service is the embedded
 ``QueueService``, or in cluster mode ``jupyter_gpuqueue.remote.RemoteService``, which forwards
 each verb to the API service. Errors are JSON ``{"message": ...}`` with a 4xx status for user
 mistakes; a 500 means a bug.
@@ -52,13 +54,49 @@ class JupyterAuth(APIHandler):
         rest.RestHandler._handle_request_exception(self, e)  # type: ignore[arg-type]
 
 
+JOB_EVENT = "https://github.com/jupyter-gpuqueue/events/job-submitted/v1"
+"""Emitted on Jupyter's event bus (``/api/events/subscribe``) when a job is queued through this
+server: only ``{"action": "submitted"}``, since every event socket of the server receives it; the
+frontend then asks the REST API, which shows each user only their own jobs."""
+
+JOB_EVENT_SCHEMA: dict[str, Any] = {
+    "$id": JOB_EVENT,
+    "version": "1",
+    "title": "gpuqueue job submitted",
+    "description": "A job was queued through this Jupyter server (the sidebar's watcher looks).",
+    "type": "object",
+    "required": ["action"],
+    "properties": {"action": {"enum": ["submitted"], "description": "What happened."}},
+}
+
+
+class AnnouncingJobsHandler(rest.JobsHandler):
+    """``rest.JobsHandler`` that announces a new job (201) on Jupyter's event bus."""
+
+    async def post(self) -> None:
+        await super().post()
+        logger = self.settings.get("event_logger")
+        if self.get_status() == 201 and logger is not None:
+            try:
+                logger.emit(schema_id=JOB_EVENT, data={"action": "submitted"})
+            except Exception:  # noqa: BLE001 - a missing announcement must not fail the submit
+                self.log.warning("gpuqueue: cannot announce the new job on the event bus", exc_info=True)
+
+
+def register_job_event(event_logger: Any) -> None:
+    """Register :data:`JOB_EVENT_SCHEMA` with the server's event logger (if it has one)."""
+    if event_logger is not None:
+        event_logger.register_event_schema(JOB_EVENT_SCHEMA)
+
+
 def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
     return web.authenticated(authorized(method))
 
 
 def with_jupyter_auth(cls: type[rest.RestHandler]) -> type:
     """``cls`` with :class:`JupyterAuth` first and each of its verbs authenticated+authorized."""
-    verbs = {v: _guarded(getattr(cls, v)) for v in _VERBS if v in vars(cls)}
+    verbs = {v: _guarded(getattr(cls, v)) for v in _VERBS  # its own or inherited (not tornado's 405)
+             if getattr(cls, v) is not getattr(web.RequestHandler, v)}
     return type(cls.__name__, (JupyterAuth, cls), {"__doc__": cls.__doc__, "__module__": __name__, **verbs})
 
 
@@ -71,4 +109,5 @@ def handlers() -> list[tuple[str, type]]:
         routes.append(("/gpuqueue/metrics", MetricsHandler))
     except ImportError:
         pass
-    return routes + [(path, with_jupyter_auth(h)) for path, h in rest.routes(API)]
+    own = {rest.JobsHandler: AnnouncingJobsHandler}
+    return routes + [(path, with_jupyter_auth(own.get(h, h))) for path, h in rest.routes(API)]

@@ -1,6 +1,7 @@
 /**
- * The gpuqueue REST API, as the sidebar uses it (GET queue, GET jobs, GET jobs/ID/events,
- * POST jobs/ID/cancel), through the Jupyter server's authenticated connection.
+ * The gpuqueue REST API, as the sidebar and the job-end watcher use it (GET queue, GET jobs,
+ * GET jobs/ID, GET jobs/ID/events, POST jobs/ID/cancel), through the Jupyter server's
+ * authenticated connection.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
@@ -29,6 +30,15 @@ export interface IJobSummary {
   gpu_ids?: number[];
   attempts: number;
   pending?: IPending | null;
+}
+
+/** The part of ``GET gpuqueue/api/jobs/ID`` (a job in full) that the watcher reads. */
+export interface IJob {
+  id: string;
+  state: string;
+  /** Why it failed, in one line (``ValueError: bad lr``, ``the job process exited with code 3``). */
+  error?: string | null;
+  spec: { name?: string | null; timeout_s?: number | null };
 }
 
 /** One pool in ``GET gpuqueue/api/queue``. */
@@ -138,6 +148,10 @@ export class GPUQueueAPI {
   async jobs(all = false): Promise<IJobSummary[]> {
     const body = await this.call<{ jobs: IJobSummary[] }>(`jobs?all=${all ? 1 : 0}`);
     return body.jobs;
+  }
+
+  job(jobId: string): Promise<IJob> {
+    return this.call<IJob>(`jobs/${encodeURIComponent(jobId)}`);
   }
 
   async events(jobId: string, after: number): Promise<IEvent[]> {

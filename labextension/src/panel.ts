@@ -5,7 +5,8 @@
  *
  * It polls the REST API: every ``activeInterval`` seconds while I have active jobs, every
  * ``idleInterval`` seconds otherwise, backing off on errors, and not at all while the panel is
- * hidden or the browser tab is in the background.
+ * hidden or the browser tab is in the background. Each listing it fetches is also given to
+ * ``onRefreshed`` (the job-end watcher reads it instead of asking again).
  */
 import { Dialog, showDialog } from '@jupyterlab/apputils';
 import { Poll } from '@lumino/polling';
@@ -83,6 +84,8 @@ export class GPUQueuePanel extends Widget {
 
   readonly api: GPUQueueAPI;
   readonly poll: Poll;
+  /** Called after each successful fetch with the queue and the jobs listed. */
+  onRefreshed: ((queue: IQueue, jobs: IJobSummary[]) => void) | null = null;
   settings: ISidebarSettings = { ...DEFAULT_SETTINGS };
   queue: IQueue | null = null;
   jobs: IJobSummary[] = [];
@@ -152,6 +155,9 @@ export class GPUQueuePanel extends Widget {
     }
     this.replan();
     this.render();
+    if (this.queue) {
+      this.onRefreshed?.(this.queue, this.jobs);
+    }
   }
 
   private async updateProgress(jobId: string): Promise<void> {

@@ -123,6 +123,31 @@ async def test_bad_bodies_are_400_with_a_message_and_change_nothing(api, raw, me
     assert data["jobs"] == []
 
 
+async def test_a_new_job_is_announced_on_the_event_bus(api, jp_serverapp):
+    """What the JupyterLab extension listens to, to look at once (sidebar hidden or not): one
+    event per job queued, without its data; none for a refused body or a read."""
+    from jupyter_gpuqueue.handlers import JOB_EVENT
+
+    seen: list[dict] = []
+
+    async def listener(logger, schema_id, data):
+        seen.append(data)
+
+    jp_serverapp.event_logger.add_listener(schema_id=JOB_EVENT, listener=listener)
+    code, _ = await api("POST", "jobs", raw=b"{not json")
+    code, _ = await api("GET", "jobs")
+    await asyncio.sleep(0.2)
+    assert seen == []
+    code, job = await api("POST", "jobs", body=command("pass", name="announced"))
+    assert code == 201
+    for _ in range(50):
+        if seen:
+            break
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    assert seen == [{"action": "submitted"}]
+
+
 async def test_unauthenticated_requests_are_refused(api):
     code, _ = await api("GET", "jobs", user=None)
     assert code in (401, 403)
