@@ -14,6 +14,7 @@ mistakes; a 500 means a bug.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 from jupyter_server.auth.decorator import authorized
@@ -23,6 +24,8 @@ from tornado import web
 from gpuqueue.queue.errors import GPUQueueError
 from gpuqueue.queue.verbs import Caller
 from gpuqueue.rest import handlers as rest
+
+log = logging.getLogger("gpuqueue.jupyter")  # the extension's own lines (app.py)
 
 API = "/gpuqueue/api"
 _VERBS = ("get", "post")
@@ -80,7 +83,7 @@ class AnnouncingJobsHandler(rest.JobsHandler):
             try:
                 logger.emit(schema_id=JOB_EVENT, data={"action": "submitted"})
             except Exception:  # noqa: BLE001 - a missing announcement must not fail the submit
-                self.log.warning("gpuqueue: cannot announce the new job on the event bus", exc_info=True)
+                log.warning("cannot announce the new job on Jupyter's event bus", exc_info=True)
 
 
 def register_job_event(event_logger: Any) -> None:
@@ -109,5 +112,5 @@ def handlers() -> list[tuple[str, type]]:
         routes.append(("/gpuqueue/metrics", MetricsHandler))
     except ImportError:
         pass
-    own = {rest.JobsHandler: AnnouncingJobsHandler}
+    own: dict[type, type] = {rest.JobsHandler: AnnouncingJobsHandler}
     return routes + [(path, with_jupyter_auth(own.get(h, h))) for path, h in rest.routes(API)]
