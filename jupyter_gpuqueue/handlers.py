@@ -96,11 +96,12 @@ def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
     return web.authenticated(authorized(method))
 
 
-def with_jupyter_auth(cls: type[rest.RestHandler]) -> type:
-    """``cls`` with :class:`JupyterAuth` first and each of its verbs authenticated+authorized."""
+def with_jupyter_auth(cls: type[rest.RestHandler], name: str = "") -> type:
+    """``cls`` with :class:`JupyterAuth` first and each of its verbs authenticated+authorized,
+    named ``name`` (default: as ``cls``; the name is the ``handler`` label of the API metrics)."""
     verbs = {v: _guarded(getattr(cls, v)) for v in _VERBS  # its own or inherited (not tornado's 405)
              if getattr(cls, v) is not getattr(web.RequestHandler, v)}
-    return type(cls.__name__, (JupyterAuth, cls), {"__doc__": cls.__doc__, "__module__": __name__, **verbs})
+    return type(name or cls.__name__, (JupyterAuth, cls), {"__doc__": cls.__doc__, "__module__": __name__, **verbs})
 
 
 def handlers() -> list[tuple[str, type]]:
@@ -112,5 +113,5 @@ def handlers() -> list[tuple[str, type]]:
         routes.append(("/gpuqueue/metrics", MetricsHandler))
     except ImportError:
         pass
-    own: dict[type, type] = {rest.JobsHandler: AnnouncingJobsHandler}
-    return routes + [(path, with_jupyter_auth(own.get(h, h))) for path, h in rest.routes(API)]
+    own: dict[type, type] = {rest.JobsHandler: AnnouncingJobsHandler}  # named as the REST one
+    return routes + [(path, with_jupyter_auth(own.get(h, h), h.__name__)) for path, h in rest.routes(API)]
