@@ -135,7 +135,9 @@ async def test_a_new_job_is_announced_on_the_event_bus(api, jp_serverapp):
 
     jp_serverapp.event_logger.add_listener(schema_id=JOB_EVENT, listener=listener)
     code, _ = await api("POST", "jobs", raw=b"{not json")
+    assert code == 400
     code, _ = await api("GET", "jobs")
+    assert code == 200
     await asyncio.sleep(0.2)
     assert seen == []
     code, job = await api("POST", "jobs", body=command("pass", name="announced"))
