@@ -110,6 +110,18 @@ def test_group_limits_hold_for_the_members_together():
     assert s.explain("j4", 1).reason == "quota_group_gpus"
 
 
+def test_a_groups_first_job_meets_its_limits_too():
+    # before any member had a job the policy had no record of the group: a job over the group's
+    # GPU quota was queued, and then could never start
+    cfg = config({"p": {"n1": 8}})
+    cfg = cfg.model_validate({**cfg.model_dump(), "groups": {"team": {"members": ["x", "y"], "max_gpus": 4}}})
+    s = FairShareScheduler(cfg)
+    r = s.submit(job("big", user="x", gpus=8, group="team"), 0)
+    assert isinstance(r, Reject) and r.reason == "8 GPUs is over group 'team''s quota of 4 GPUs; ask for at most 4"
+    assert s.submit(job("ok", user="x", gpus=4, group="team"), 0) is None
+    assert starts(s.tick(0)) == ["ok"]
+
+
 def test_pool_per_user_gpu_limit_refuses_and_holds():
     cfg = config({"p": {"n1": 8}})
     cfg.pools["p"].max_gpus_per_user = 2

@@ -229,11 +229,15 @@ class FairShareScheduler:
             return Reject(job.id, why or f"unknown pool {job.pool!r}")
         pool = self.pools[job.pool]
         if not restoring:
-            group = None
+            group = name = None
             if self.ledger.hierarchical:
-                name = job.group if job.group is not None else self.config.group_of(job.user)
-                group = self.ledger.groups.get(name) if name is not None else None
-            refused = quotas.refusal(self.config, pool, self.ledger.users.get(job.user), group, job)
+                known = self.ledger.users.get(job.user)
+                if known is not None and known.group is not None:  # the group it was filed in
+                    group, name = known.group, known.group.name
+                else:
+                    name = job.group if job.group is not None else self.config.group_of(job.user)
+                    group = self.ledger.groups.get(name) if name is not None else None
+            refused = quotas.refusal(self.config, pool, self.ledger.users.get(job.user), name, group, job)
             if refused is not None:
                 return Reject(job.id, refused)
         self._seq += 1

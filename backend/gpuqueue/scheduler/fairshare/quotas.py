@@ -10,10 +10,11 @@ from .ledger import Group, User
 from .pool import Pool
 
 
-def refusal(config: QueueConfig, pool: Pool, user: Optional[User], group: Optional[Group],
-            job: JobRequest) -> Optional[str]:
+def refusal(config: QueueConfig, pool: Pool, user: Optional[User], group_name: Optional[str],
+            group: Optional[Group], job: JobRequest) -> Optional[str]:
     """Why a new job is refused by a quota or a queue depth limit, or None (``user`` and
-    ``group``: the records of the job's user and group, if there are any yet)."""
+    ``group``: the records of the job's user and of its group ``group_name``, if there are any
+    yet: the group's limits hold from its first job on, before the policy has a record of it)."""
     lim = config.limits_for(job.user)
     cap = pool.config.max_gpus_per_user
     queued = pool.queue.queued
@@ -28,13 +29,14 @@ def refusal(config: QueueConfig, pool: Pool, user: Optional[User], group: Option
     if mine >= lim.max_queued:
         return (f"you have {mine} queued jobs, the limit is {lim.max_queued}; "
                 "wait for some to start or cancel some")
-    gc = config.groups.get(group.name) if group is not None and group.configured else None
-    if gc is not None and group is not None:
+    gc = config.groups.get(group_name) if group_name is not None else None
+    if gc is not None:
         if gc.max_gpus is not None and job.gpus > gc.max_gpus:
-            return f"{job.gpus} GPUs is over group {group.name!r}'s quota of {gc.max_gpus} GPUs"
-        theirs = sum(_queued(m) for m in group.members)
+            return (f"{job.gpus} GPUs is over group {group_name!r}'s quota of {gc.max_gpus} GPUs; "
+                    f"ask for at most {gc.max_gpus}")
+        theirs = 0 if group is None else sum(_queued(m) for m in group.members)
         if gc.max_queued is not None and theirs >= gc.max_queued:
-            return (f"group {group.name!r} has {theirs} queued jobs, its limit is {gc.max_queued}; "
+            return (f"group {group_name!r} has {theirs} queued jobs, its limit is {gc.max_queued}; "
                     "wait for some to start or cancel some")
     return None
 
