@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any, Union, cast
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Float, Int, List, Unicode, default
+from traitlets import Bool, Enum, Float, Int, List, Unicode, default
 
 from gpuqueue.queue.config import load_config
 from gpuqueue.queue.durations import KEEP_FINISHED, parse_retention
 from gpuqueue.attempt.gpus import local_gpu_count
 from gpuqueue.embedded.service import QueueService
+from gpuqueue.scheduler import make_scheduler
 
 from .handlers import handlers, register_job_event
 
@@ -53,9 +54,12 @@ class GPUQueueApp(ExtensionApp):
         "without one, a single pool 'default' holds this machine's GPUs.",
     ).tag(config=True)
 
-    policy = Unicode("gpuqueue", help="Scheduling policy: 'gpuqueue' (fair share) or 'fifo'.").tag(
-        config=True
-    )
+    policy = Enum(
+        ["gpuqueue", "fifo"], "gpuqueue",
+        help="Scheduling policy: 'gpuqueue' (fair share, docs/scheduling.md) or 'fifo' (strict "
+        "arrival order, no backfill; it enforces queue depth limits only, so a config with other "
+        "quotas is refused).",
+    ).tag(config=True)
 
     admin_users = List(
         Unicode(),
@@ -153,6 +157,11 @@ class GPUQueueApp(ExtensionApp):
             max_payload_bytes=int(self.max_payload_mb * 1e6),
             keep_finished=keep_finished,
         )
+        try:
+            make_scheduler(self.service.config, self.policy)  # FIFO over a config with quotas: refused
+        except ValueError as e:
+            log.error("gpuqueue: GPUQueueApp.policy: %s", e)
+            raise
         self.settings["gpuqueue_service"] = self.service
         self.settings["gpuqueue_app"] = self
         log.info(

@@ -295,7 +295,7 @@ class Simulation:
 
     def run(self) -> dict[str, Any]:
         t_wall = time.perf_counter()
-        sched = make_scheduler(self.config, self.policy)
+        sched = make_scheduler(self.config, self.policy, baseline=True)
         total = sum(sum(pc.nodes.values()) for pc in self.config.pools.values())
         byid = {j.id: j for j in self.jobs}
         ev: list[tuple[float, int, int, str, int]] = []  # (time, kind, seq, job id, attempt)

@@ -23,6 +23,26 @@ def test_make_scheduler_returns_the_policy():
         make_scheduler(cfg, "nope")
 
 
+def test_fifo_is_refused_over_a_config_with_quotas_it_would_ignore(tmp_path, capsys):
+    from gpuqueue.cluster.daemon import cli_main
+
+    cfg = config({"p": {"n1": 8}})
+    cfg = cfg.model_validate({**cfg.model_dump(), "users": {"alice": {"max_gpus": 2}},
+                              "groups": {"team": {"members": ["bob"], "max_running": 1}}})
+    with pytest.raises(ValueError) as e:
+        make_scheduler(cfg, "fifo")
+    assert str(e.value) == ("policy 'fifo' does not enforce [users.alice] max_gpus, [groups.team] max_running: "
+                            "use policy 'gpuqueue' (the default), or remove these limits from the config")
+    assert make_scheduler(cfg, "fifo", baseline=True) is not None  # the simulator's comparison
+    assert make_scheduler(config({"p": {"n1": 8}}), "fifo") is not None  # nothing to ignore
+    f = tmp_path / "q.toml"
+    f.write_text('[pools.p]\nnodes = { n1 = 8 }\nmax_gpus_per_user = 4\n')
+    assert cli_main(["--config", str(f), "--policy", "fifo", "--redis", "redis://127.0.0.1:1/0"]) == 2
+    assert capsys.readouterr().err == ("gpuqueue scheduler: policy 'fifo' does not enforce [pools.p] "
+                                       "max_gpus_per_user: use policy 'gpuqueue' (the default), or "
+                                       "remove these limits from the config\n")
+
+
 def test_priority_tiers_then_fair_share():
     s = FairShareScheduler(config({"p": {"n1": 1}}))
     s.submit(job("low", pr="low"), 0)

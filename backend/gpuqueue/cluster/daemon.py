@@ -734,6 +734,12 @@ def cli_main(argv: list[str]) -> int:
     except GPUQueueError as e:
         print(f"gpuqueue scheduler: {e}", file=sys.stderr)
         return 2
+    if config is not None:
+        try:
+            make_scheduler(config, args.policy)  # FIFO over a config with quotas: refused
+        except ValueError as e:
+            print(f"gpuqueue scheduler: {e}", file=sys.stderr)
+            return 2
     d = Daemon(RedisStore(url, args.prefix), config, args.policy, args.node_timeout,
                args.leader_ttl, args.start_timeout, args.stop_grace, keep_finished=args.keep_finished,
                celery_events=args.celery_events)

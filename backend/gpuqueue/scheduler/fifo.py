@@ -29,6 +29,20 @@ from .base import (
 from .cluster import Cluster, NodeState
 
 
+def unenforced(config: QueueConfig) -> list[str]:
+    """The limits in ``config`` that FIFO does not enforce (it honours only the queue depth
+    limits of pools and users): user and group ``max_gpus`` / ``max_running``, group
+    ``max_queued``, pool ``max_gpus_per_user``. A shell that would run FIFO on such a config
+    refuses to start (see ``make_scheduler``): a quota must never be silently off."""
+    out = [f"[defaults] {k}" for k in ("max_gpus", "max_running") if getattr(config.defaults, k) is not None]
+    out += [f"[users.{name}] {k}" for name, u in config.users.items()
+            for k in ("max_gpus", "max_running") if getattr(u, k) is not None]
+    out += [f"[groups.{name}] {k}" for name, g in config.groups.items()
+            for k in ("max_gpus", "max_running", "max_queued") if getattr(g, k) is not None]
+    out += [f"[pools.{name}] max_gpus_per_user" for name, p in config.pools.items() if p.max_gpus_per_user is not None]
+    return out
+
+
 class FifoScheduler:
     """Priority then arrival order; the head of a pool's queue blocks the jobs behind it."""
 
