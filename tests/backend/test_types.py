@@ -1,9 +1,8 @@
 """The engine type-checks: mypy (``[tool.mypy]`` in pyproject.toml, pydantic's plugin on) on the
 seams (the queue's verbs, the REST handlers typed on them, the Jupyter handlers built from them
 and the scheduler protocol, with every implementation checked against its protocol in
-``tests/backend/seams_typecheck.py``) and on every module listed there as clean: the scheduler
-and the simulator, attempt/, job/, observability/, the REST client, the cluster worker's
-modules, the CLI and the Jupyter extension. A type error in any of them fails this test."""
+``tests/backend/seams_typecheck.py``) and on every module of the engine (``backend/gpuqueue``)
+and of the Jupyter extension. A type error in any of them fails this test."""
 
 from __future__ import annotations
 

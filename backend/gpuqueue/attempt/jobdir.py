@@ -39,12 +39,13 @@ job's own uid with one link.
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 READ_CHUNK = 4 * 1024 * 1024  # bytes of events.jsonl read at a time
 
@@ -231,8 +232,8 @@ def write_json_atomic(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write bytes through a temporary file, fsync, rename."""
+def write_bytes_atomic(path: Path, data: Union[bytes, mmap.mmap]) -> None:
+    """Write bytes (or a memory map's) through a temporary file, fsync, rename."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)

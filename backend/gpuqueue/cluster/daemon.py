@@ -218,8 +218,8 @@ class Daemon(QueueShell):
                 continue
             exit_rec = st.get_json("exit", job.id, a.number)
             claim = st.r.get(st.k("claim", job.id, a.number))
-            node = self.nodes.get(a.node)
-            alive = node is not None and (claim is None or claim == node.instance)
+            seen = self.nodes.get(a.node)
+            alive = seen is not None and (claim is None or claim == seen.instance)
             if alive:
                 try:
                     placement = {n: tuple(ids) for n, ids in a.placement.items()}
@@ -491,7 +491,8 @@ class Daemon(QueueShell):
                 continue
             del self.dispatched[job_id]
             job = self._find(job_id)
-            if job is None or job.state != JobState.STARTING or job.current_attempt.number != number:
+            a = None if job is None else job.current_attempt
+            if job is None or job.state != JobState.STARTING or a is None or a.number != number:
                 continue
             if self.store.r.get(self.store.k("claim", job_id, number)):
                 continue

@@ -60,7 +60,7 @@ class ClusterFrontend:
         self.wait_s = wait_s
         self._config: Optional[QueueConfig] = None
         self._config_at = 0.0
-        self._aio: Optional[aioredis.Redis] = None
+        self._aio: Any = None  # a decoding redis.asyncio client (see RedisStore.r on redis-py's reply types)
         self._cluster_cache: Any = None
         self._cluster_of: Optional[QueueConfig] = None
         # per-user submit buckets, shared by every API process through Redis

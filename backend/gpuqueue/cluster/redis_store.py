@@ -136,8 +136,10 @@ class RedisStore:
     def __init__(self, url: str, prefix: str = "gq"):
         self.url = url
         self.p = prefix
-        self.r = connect(url)
-        self.rb = connect(url, decode=False)
+        # redis-py types every reply as ``bytes | str`` (or a union of shapes), whatever the
+        # client's decode_responses: ``r`` decodes (its replies are str), ``rb`` does not (bytes)
+        self.r: Any = connect(url)
+        self.rb: Any = connect(url, decode=False)
         self._exec = self.r.register_script(_EXEC)
         self._renew = self.r.register_script(_RENEW)
         self._submit = self.r.register_script(_SUBMIT)
@@ -195,7 +197,7 @@ class RedisStore:
             ["HDEL", self.k("pending"), i],
         ] + self.index_ops(job)  # a finished job's: out of the live and waiting sets
 
-    def submit_job(self, job: JobRecord, payload: Optional[bytes], daemon_msg: dict[str, Any],
+    def submit_job(self, job: JobRecord, payload: Optional[bytes | memoryview], daemon_msg: dict[str, Any],
                    user_limit: Optional[int] = None, pool_limit: Optional[int] = None) -> Optional[tuple[str, int]]:
         """Store a new queued job (its record, indexes, payload, first ``state`` event and the
         daemon's message) in one atomic round trip, unless the owner already has

@@ -31,7 +31,7 @@ from ..attempt.launch import build_launch, runner_env
 from ..attempt.warmjob import warm_spec
 from ..queue.lifecycle import decode_payload, job_request, same_cell_job, with_defaults
 from ..observability.logs import job_fields
-from ..queue.models import Attempt, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
+from ..queue.models import Attempt, Buffer, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
 from ..scheduler import make_scheduler
 from ..scheduler.admission import inadmissible
@@ -212,6 +212,7 @@ class QueueService(QueueShell):
             self.limiter.refund(caller.name, caller.admin, self.config)  # neither costs a token
             if rejected:  # depth limits, quotas (the scheduler decides)
                 raise Rejected(rejected.reason)
+            assert attached is not None
             return self._with_pending(attached), True
         try:
             self.store.put(job)
@@ -230,7 +231,7 @@ class QueueService(QueueShell):
         yield from self.store.list(owner=owner, states=LIVE_STATES, limit=10_000)
 
     @staticmethod
-    def _write_job_files(d: Path, spec: JobSpec, payload: Optional[bytes]) -> None:
+    def _write_job_files(d: Path, spec: JobSpec, payload: Optional[Buffer]) -> None:
         d.mkdir(parents=True)
         write_json_atomic(d / "spec.json", spec.model_dump(mode="json"))
         if payload is not None:
@@ -427,7 +428,8 @@ class QueueService(QueueShell):
             if job.state.is_active and a and a.outcome is None and not self._runner_alive(a):
                 self._tail_job(job)
                 job = self._get(job.id)
-                if job.state.is_active and job.current_attempt.outcome is None:
+                a = job.current_attempt
+                if job.state.is_active and a is not None and a.outcome is None:
                     self._end_attempt(job, self._read_exit(job))
             a = job.current_attempt
             if job.state.is_active and a is not None:
@@ -465,6 +467,7 @@ class QueueService(QueueShell):
     # -- launching and ending attempts ------------------------------------------------------
     def _start_attempt(self, job_id: str, placement: dict[str, tuple[int, ...]]) -> None:
         """A ``Start``: write launch.json and hand its folder to a (warm) runner."""
+        assert self.store is not None
         job = self._get(job_id)
         number = len(job.attempts) + 1
         node = next(iter(placement)) if placement else next(iter(self.devices), "local")
@@ -588,6 +591,7 @@ class QueueService(QueueShell):
             self._event(job.id, "warning", {"message": message})
 
     def _stop_runner(self, job: JobRecord, reason: str, grace_s: float) -> None:
+        assert self.store is not None
         a = job.current_attempt
         if a is None or a.stop_requested:
             return

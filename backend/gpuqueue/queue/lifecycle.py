@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional
 
 from .config import MAX_LOST_ATTEMPTS, QueueConfig
 from .errors import BadRequest, Rejected
-from .models import JobRecord, JobSpec, SubmitRequest
+from .models import Buffer, JobRecord, JobSpec, SubmitRequest
 from ..scheduler.base import Decision, JobRequest, Retry
 from .states import JobState, Outcome
 
@@ -36,7 +36,7 @@ def b64decode(text: str | bytes) -> bytes:
         raise BadRequest("payload_b64 is not valid base64") from None
 
 
-def decode_payload(req: SubmitRequest, max_bytes: int, where: str = "") -> Optional[bytes]:
+def decode_payload(req: SubmitRequest, max_bytes: int, where: str = "") -> Optional[Buffer]:
     """The cell payload's bytes (None for a command job); BadRequest naming the fix. The REST
     edge has decoded it already (``req._payload``, off the event loop); a request built in
     Python carries it as ``payload_b64``."""

@@ -11,10 +11,11 @@ job stored by an older version never makes a listing, or a restart, fail.
 from __future__ import annotations
 
 import math
+import mmap
 import re
 import secrets
 import time
-from typing import Annotated, Any, Callable, Literal, Optional
+from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator,
                       model_validator)
@@ -101,6 +102,11 @@ EnvKey = Annotated[str, _edge(_env_key)]
 PyName = Annotated[str, _edge(_identifier)]
 
 
+
+Buffer = Union[bytes, mmap.mmap]
+"""Bytes, or an anonymous memory map holding them (a large request body or payload: indexing,
+slicing, ``find`` and ``re`` work the same on both)."""
+
 class JobSpec(BaseModel):
     """What a user asks for. Never carries the owner: the server stamps that from its own auth."""
 
@@ -172,8 +178,8 @@ class SubmitRequest(BaseModel):
     new: bool = Field(False, description="submit even if the same cell's job is still active")
     # Set by the REST edge (``gpuqueue.rest.jsonbody``), which decodes the payload off the event loop:
     # the payload's bytes, and the request's JSON as received (forwarded as is in cluster mode).
-    _payload: Optional[bytes] = PrivateAttr(None)
-    _raw: Optional[bytes] = PrivateAttr(None)
+    _payload: Optional[Buffer] = PrivateAttr(None)
+    _raw: Optional[Buffer] = PrivateAttr(None)
 
 
 class Attempt(BaseModel):

@@ -24,14 +24,14 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from pydantic import ValidationError
 
 from ..queue.config import format_validation_error
 from ..queue.errors import BadRequest
 from ..queue.lifecycle import b64decode
-from ..queue.models import EDGE, SubmitRequest
+from ..queue.models import EDGE, Buffer, SubmitRequest
 
 MAX_DEPTH = 32  # a submit body is 3 deep
 MAX_VALUES = 100_000  # strings, arrays and objects (escaped quotes count too)
@@ -40,9 +40,6 @@ MAX_REST = 8 * 1024 * 1024  # the body apart from its long strings
 SLICE = 1 << 18  # bytes handled while holding the GIL, at most (~2 ms of base64)
 MAPPED = 1 << 20  # bodies and payloads from this size on are kept in memory maps
 
-Buffer = Union[bytes, mmap.mmap]
-"""Bytes, or an anonymous memory map holding them (indexing, slicing, ``find`` and ``re`` work
-the same on both)."""
 
 _STRUCTURE = re.compile(rb'["\[\]{}]')
 _BACKSLASH = re.compile(rb"\\")
