@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from helpers.servers import wait_until
 
 TRAIN_CELL = """%%train --name tiny-regression
