@@ -29,6 +29,13 @@ if TYPE_CHECKING:
 # printed them as blank lines in the server's log
 log = logging.getLogger("gpuqueue.jupyter")
 
+TOKEN_ON_COMMAND_LINE = (
+    "GPUQueueApp.api_token was given on the command line, which every user of this machine can read "
+    "(/proc/PID/cmdline), so it is not used and the queue is off: set $GPUQUEUE_API_TOKEN instead, or "
+    "c.GPUQueueApp.api_token in a config file only you can read, and restart the server"
+)
+
+
 class GPUQueueApp(ExtensionApp):
     """GPU queue for Jupyter. Configure with ``c.GPUQueueApp.<trait>`` in jupyter_server_config."""
 
@@ -135,7 +142,11 @@ class GPUQueueApp(ExtensionApp):
         if self.api_url:  # cluster mode: forward to the API service (no Redis credentials here)
             from .remote import RemoteService
 
-            self.service = RemoteService(self.api_url, self.api_token)
+            refused = None
+            if self._token_on_command_line():
+                refused = TOKEN_ON_COMMAND_LINE
+                log.error("gpuqueue: %s", refused)
+            self.service = RemoteService(self.api_url, "" if refused else self.api_token, refused=refused)
             self.settings["gpuqueue_service"] = self.service
             self.settings["gpuqueue_app"] = self
             log.info("gpuqueue: cluster mode, forwarding to %s%s", self.api_url,
@@ -169,6 +180,10 @@ class GPUQueueApp(ExtensionApp):
             self.state_dir,
             {p: c.total_gpus for p, c in self.service.config.pools.items()},
         )
+
+    def _token_on_command_line(self) -> bool:
+        cli = getattr(self.serverapp, "cli_config", None)  # what the server's command line set
+        return bool(cli) and "GPUQueueApp" in cli and "api_token" in cli["GPUQueueApp"]
 
     def initialize_handlers(self) -> None:
         """Register the REST routes under <base_url>gpuqueue/api/, and the event they emit."""

@@ -18,10 +18,10 @@ def jupyter_server_factory(tmp_path: Path) -> Iterator[Callable[..., JupyterServ
     """Start ``jupyter server`` subprocesses: ``jupyter_server_factory(gpus=2)``."""
     servers: list[JupyterServer] = []
 
-    def make(gpus: int = 2, name: str = "server", **kw) -> JupyterServer:
+    def make(gpus: int = 2, name: str = "server", ready: str = "gpuqueue/api/queue", **kw) -> JupyterServer:
         s = JupyterServer(tmp_path / name, gpus=gpus, **kw)
         servers.append(s)  # registered first, so a server that never answers is still stopped
-        return s.start()
+        return s.start(ready)
 
     yield make
     for s in servers:

@@ -194,8 +194,8 @@ def test_sidebar_gpu_map_in_cluster_mode(jupyter_server_factory, redis_factory, 
         bob_node = root.get(bob)["attempts"][-1]["node"]
         idle_node = ({"n2", "n3"} - {bob_node}).pop()
         c.kill(f"worker-{idle_node}")
-        server = jupyter_server_factory(args=[f"--GPUQueueApp.api_url={c.url}",
-                                              f"--GPUQueueApp.api_token={TOKENS['bob']}"])
+        server = jupyter_server_factory(args=[f"--GPUQueueApp.api_url={c.url}"],
+                                        env={"GPUQUEUE_API_TOKEN": TOKENS["bob"]})
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
             try:

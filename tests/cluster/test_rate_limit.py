@@ -90,7 +90,7 @@ def test_the_limit_reaches_percent_train_through_the_server_extension(cluster_fa
     Retry-After reach the REST caller and the %%train cell as they are."""
     c = cluster_factory(nodes={"n1": 1}, config_extra='[defaults]\nsubmit_rate = "6/min"\nsubmit_burst = 1\n')
     server = jupyter_server_factory(
-        gpus=0, args=[f"--GPUQueueApp.api_url={c.url}", f"--GPUQueueApp.api_token={TOKENS['alice']}"])
+        gpus=0, args=[f"--GPUQueueApp.api_url={c.url}"], env={"GPUQUEUE_API_TOKEN": TOKENS["alice"]})
     time.sleep(2.1)  # the API has read the daemon's config (cached 2 s)
     body = {"spec": {"kind": "command", "gpus": 0, "command": ["true"]}}
     assert server.api("POST", "gpuqueue/api/jobs", json=body).status_code == 201

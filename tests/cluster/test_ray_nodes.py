@@ -160,7 +160,7 @@ def test_nodes_2_job_runs_on_the_assigned_nodes_and_gpus_through_ray(cluster_fac
     # a %%train --nodes 2 cell through a Jupyter server that forwards to the cluster: each rank
     # runs the cell on its node (the other node's rank from a scratch copy of the payload)
     server = jupyter_server_factory(
-        gpus=0, args=[f"--GPUQueueApp.api_url={c.url}", f"--GPUQueueApp.api_token={TOKENS['alice']}"])
+        gpus=0, args=[f"--GPUQueueApp.api_url={c.url}"], env={"GPUQUEUE_API_TOKEN": TOKENS["alice"]})
     k = server.start_kernel()
     assert k.run("%load_ext jupyter_gpuqueue").error is None
     cell_marks = c.root / "cell.jsonl"

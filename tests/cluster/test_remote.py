@@ -10,7 +10,7 @@ from .conftest import TOKENS
 def test_server_extension_forwards_to_the_api_service(cluster_factory, jupyter_server_factory) -> None:
     c = cluster_factory(nodes={"n1": 2})
     server = jupyter_server_factory(
-        gpus=0, args=[f"--GPUQueueApp.api_url={c.url}", f"--GPUQueueApp.api_token={TOKENS['alice']}"]
+        gpus=0, args=[f"--GPUQueueApp.api_url={c.url}"], env={"GPUQUEUE_API_TOKEN": TOKENS["alice"]}
     )
     q = server.client().queue()
     assert q["mode"] == "cluster" and q["me"]["user"] == "alice" and "n1" in q["nodes"]
@@ -45,3 +45,20 @@ def test_server_extension_forwards_to_the_api_service(cluster_factory, jupyter_s
     c.redis.kill()
     r = server.api("GET", "gpuqueue/api/jobs")
     assert r.status_code == 503 and "(Redis) cannot be reached" in r.json()["message"], r.text
+
+
+def test_a_token_on_the_command_line_is_refused(jupyter_server_factory) -> None:
+    # every user of the machine can read a command line: the token is not used; the log and every
+    # answer (the sidebar, %%train) say where it goes instead
+    server = jupyter_server_factory(
+        gpus=0, ready="api/status",
+        args=["--GPUQueueApp.api_url=http://127.0.0.1:9/", f"--GPUQueueApp.api_token={TOKENS['alice']}"],
+    )
+    fix = ("GPUQueueApp.api_token was given on the command line, which every user of this machine can "
+           "read (/proc/PID/cmdline), so it is not used and the queue is off: set $GPUQUEUE_API_TOKEN "
+           "instead, or c.GPUQueueApp.api_token in a config file only you can read, and restart the server")
+    for method, path in (("GET", "gpuqueue/api/queue"), ("POST", "gpuqueue/api/jobs")):
+        r = server.api(method, path, json={"spec": {"kind": "command", "command": ["true"]}})
+        assert r.status_code == 503 and r.json()["message"] == fix
+    log = server.log_path.read_text()
+    assert fix in log and "Traceback" not in log

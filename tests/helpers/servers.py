@@ -207,8 +207,8 @@ class JupyterServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/"
 
-    def start(self) -> "JupyterServer":
-        """Start and wait until the API answers."""
+    def start(self, ready: str = "gpuqueue/api/queue") -> "JupyterServer":
+        """Start and wait until ``ready`` (a path; by default gpuqueue's API) answers."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter", "server", "--no-browser", "--allow-root",
@@ -221,7 +221,7 @@ class JupyterServer:
             if self.proc.poll() is not None:
                 raise AssertionError(f"jupyter server exited: {self.log_path.read_text()[-3000:]}")
             try:
-                return requests.get(self.url + "gpuqueue/api/queue", headers=self.headers, timeout=2).ok
+                return requests.get(self.url + ready, headers=self.headers, timeout=2).ok
             except requests.ConnectionError:
                 return False
 
