@@ -182,7 +182,7 @@ class GPUQueueApp(ExtensionApp):
         )
 
     def _token_on_command_line(self) -> bool:
-        cli = getattr(self.serverapp, "cli_config", None)  # what the server's command line set
+        cli: Any = getattr(self.serverapp, "cli_config", None)  # what the server's command line set
         return bool(cli) and "GPUQueueApp" in cli and "api_token" in cli["GPUQueueApp"]
 
     def initialize_handlers(self) -> None:
