@@ -64,8 +64,8 @@ class GPUQueueApp(ExtensionApp):
     policy = Enum(
         ["gpuqueue", "fifo"], "gpuqueue",
         help="Scheduling policy: 'gpuqueue' (fair share, docs/scheduling.md) or 'fifo' (strict "
-        "arrival order, no backfill; it enforces queue depth limits only, so a config with other "
-        "quotas is refused).",
+        "arrival order, no backfill; it enforces queue depth limits only: over a config with other "
+        "quotas the fair-share policy runs instead, and the log says why).",
     ).tag(config=True)
 
     admin_users = List(
@@ -159,20 +159,22 @@ class GPUQueueApp(ExtensionApp):
         except ValueError as e:
             log.error("gpuqueue: GPUQueueApp.keep_finished: %s; until it is fixed, finished jobs are kept", e)
             keep_finished = None
+        policy = self.policy
+        if config is not None:
+            try:
+                make_scheduler(config, policy)  # FIFO over a config with quotas it would not enforce
+            except ValueError as e:
+                log.error("gpuqueue: GPUQueueApp.policy: %s; the fair-share policy runs instead, which does", e)
+                policy = "gpuqueue"
         self.service = QueueService(
             state_dir=self.state_dir,
             config=config,
             gpus=local_gpu_count(self.gpus),
-            policy=self.policy,
+            policy=policy,
             stop_grace_s=self.stop_grace_s,
             max_payload_bytes=int(self.max_payload_mb * 1e6),
             keep_finished=keep_finished,
         )
-        try:
-            make_scheduler(self.service.config, self.policy)  # FIFO over a config with quotas: refused
-        except ValueError as e:
-            log.error("gpuqueue: GPUQueueApp.policy: %s", e)
-            raise
         self.settings["gpuqueue_service"] = self.service
         self.settings["gpuqueue_app"] = self
         log.info(
