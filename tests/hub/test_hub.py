@@ -179,7 +179,10 @@ def test_a_hub_group_is_the_users_fair_share_group(tmp_path: Path, redis_factory
     """A [groups.NAME] without members takes the hub group of that name: a user put in it
     through the hub's REST API submits with a hub token and the group's quota holds for the
     user, also after the scheduler daemon restarts (it reads the group from the job records)."""
-    with _hub_and_cluster(tmp_path, redis_factory, "[groups.ml]\nmax_gpus = 1\n", GROUPS_ADMIN) as (hub, c):
+    first_line = '[groups.ml]        # the hub group "ml"'
+    doc = first_line + "\n" + _doc_block("toml", first_line)  # docs/deploy.md, "Groups from the hub"
+    assert "members" not in doc
+    with _hub_and_cluster(tmp_path, redis_factory, doc, GROUPS_ADMIN) as (hub, c):
         r = requests.post(f"{hub.url}hub/api/groups/ml", json={"users": ["alice"]},
                           headers={"Authorization": f"token {GROUPS_TOKEN}"}, timeout=30)
         assert r.status_code == 201, r.text

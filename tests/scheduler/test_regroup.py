@@ -68,7 +68,8 @@ def test_group_quotas_count_the_user_in_its_new_group():
     sh.apply(s.tick(0), 0)  # u holds one GPU, in a
     s.submit(job("u1", user="u", group="b", t=1), 1)  # u moves to b: b holds u's GPU
     s.submit(job("w1", user="w", group="b", t=1), 1)
-    assert (s.ledger.groups["a"].gpus, s.ledger.groups["b"].gpus) == (0, 1)
+    a, b = s.ledger.groups["a"], s.ledger.groups["b"]
+    assert (a.gpus, a.running, b.gpus, b.running) == (0, 0, 1, 1)  # what u holds counts in b
     assert starts(s.tick(1)) == []  # b is at its max_gpus
     assert s.explain("w1", 1).reason == "quota_group_gpus"
     # v has two jobs queued in a; moving to b brings them: 2 + 2 is over b's max_queued
