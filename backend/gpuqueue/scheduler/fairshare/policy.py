@@ -109,9 +109,10 @@ class FairShareScheduler:
     def _regroup(self, u: User, req: JobRequest, now: float, restoring: bool) -> None:
         """A job of the user arrived: its group is the user's from now on (see the ledger's
         ``move``). At a rebuild, the newest job's group wins, whatever the order jobs are
-        restored in. The group members' pending jobs are re-keyed in every pool (their share
-        keys changed), the user's cached quota answers forgotten, and the unused part of what its running jobs
-        were charged ahead goes to the new group (their refund at the end comes from there)."""
+        restored in. The two groups' members' pending jobs are re-keyed in every pool (their
+        share keys changed), the user's cached quota answers are dropped, and the unused part
+        of what its running jobs were charged ahead goes to the new group (their true-up at the
+        end comes from there)."""
         if not self.ledger.hierarchical or (restoring and req.submit_time < u.group_since):
             return
         u.group_since = max(u.group_since, req.submit_time)
@@ -693,7 +694,9 @@ class FairShareScheduler:
         saved_groups = state.get("user_groups", {})
         for name, usage in state.get("usage_gpu_hours", {}).items():
             group = self.config.group_of(name)  # the config's members first, as at a submit
-            self.ledger.set_usage(name, float(usage), at, group if group is not None else saved_groups.get(name))
+            if group is None:
+                group = saved_groups.get(name)
+            self.ledger.set_usage(name, float(usage), at, group)
         for name, usage in state.get("group_usage_gpu_hours", {}).items():
             self.ledger.set_group_usage(name, float(usage), at)
         for name, (tokens, tokens_at) in state.get("preemption_tokens", {}).items():
