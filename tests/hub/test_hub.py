@@ -186,15 +186,17 @@ def test_a_hub_group_is_the_users_fair_share_group(tmp_path: Path, redis_factory
         r = requests.post(f"{hub.url}hub/api/groups/ml", json={"users": ["alice"]},
                           headers={"Authorization": f"token {GROUPS_TOKEN}"}, timeout=30)
         assert r.status_code == 201, r.text
-        services = {}
-        for name in ("alice", "bob"):
-            s = hub.login(name)
-            # the narrowest token the service takes: no scope to read the user's groups
+        sessions = {name: hub.login(name) for name in ("alice", "bob")}
+
+        def narrow_token(name: str) -> Client:
+            """The narrowest token the service takes: no scope to read the user's groups."""
+            s = sessions[name]
             t = s.post(f"{hub.url}hub/api/users/{name}/tokens", json={"scopes": ["access:services!service=gpuqueue"]},
                        headers={"X-XSRFToken": _cookie(s, "_xsrf")}, timeout=30)
             assert t.status_code == 201, t.text
-            services[name] = _service(hub, t.json()["token"])
-        alice, bob = services["alice"], services["bob"]
+            return _service(hub, t.json()["token"])
+
+        alice, bob = narrow_token("alice"), narrow_token("bob")
         wait_until(lambda: "n1" in alice.queue()["nodes"], 60, 0.2, "node n1 up")
 
         big = alice.submit({"kind": "command", "gpus": 2, "command": ["true"]})
@@ -223,7 +225,17 @@ def test_a_hub_group_is_the_users_fair_share_group(tmp_path: Path, redis_factory
         c.start_daemon()
         wait_until(waits_for_the_group, 60, 0.2, "the restarted daemon to hold alice's second job")
         alice.cancel(first["id"])
-        wait_until(lambda: alice.get(second["id"])["state"] == "running", 60, 0.2, "the second job, once the first is gone")
+        wait_until(lambda: alice.get(second["id"])["state"] == "running", 60, 0.2,
+                   "the second job, once the first is gone")
+
+        # alice leaves ml in the hub: a token whose answer the service has cached still says ml
+        # (for --hub-cache-s), a new token says no group
+        r = requests.delete(f"{hub.url}hub/api/groups/ml/users", json={"users": ["alice"]},
+                            headers={"Authorization": f"token {GROUPS_TOKEN}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        tiny = {"kind": "command", "gpus": 0, "command": ["true"]}
+        assert alice.submit(tiny)["group"] == "ml"
+        assert narrow_token("alice").submit(tiny)["group"] == ""
 
 
 def test_api_refuses_hub_auth_outside_a_hub() -> None:
