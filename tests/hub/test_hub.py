@@ -5,6 +5,7 @@ logs in through the hub and runs a ``%%train`` cell in a kernel of their own ser
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 import requests
 
 from cluster.conftest import Cluster
+from gpuqueue.cluster.redis_store import RedisStore
 from gpuqueue.rest.client import Client, ServerInfo
 from helpers.servers import wait_until
 
@@ -33,12 +35,16 @@ CELL = ("%%train --gpus 1\nimport os\nanswer = base * 2\n"
         "print('ran on', os.environ['GPUQUEUE_NODE'], 'hub token in job:', 'JUPYTERHUB_API_TOKEN' in os.environ)")
 
 
-@pytest.fixture
-def hub_cluster(tmp_path: Path, redis_factory: Any) -> Iterator[tuple[Hub, Cluster]]:
+@contextlib.contextmanager
+def _hub_and_cluster(tmp_path: Path, redis_factory: Any, config_extra: str = "",
+                     hub_extra: str = "") -> Iterator[tuple[Hub, Cluster]]:
+    """A cluster (daemon, worker n1 with 2 GPUs; ``config_extra``: more queue config) behind a
+    hub (``hub_extra``: more hub config lines)."""
     r = redis_factory(appendonly=True)
-    c = Cluster(tmp_path / "cluster", r, {"n1": 2})
+    c = Cluster(tmp_path / "cluster", r, {"n1": 2}, config_extra=config_extra)
     c.users.unlink()  # the Cluster helper writes one for its own API; with a hub there is none
     hub = Hub(tmp_path / "hub", r.url)
+    hub.config.write_text(hub.config.read_text() + hub_extra)
     try:
         c.start_daemon()
         c.start_worker("n1")
@@ -47,6 +53,12 @@ def hub_cluster(tmp_path: Path, redis_factory: Any) -> Iterator[tuple[Hub, Clust
     finally:
         hub.stop()
         c.close()
+
+
+@pytest.fixture
+def hub_cluster(tmp_path: Path, redis_factory: Any) -> Iterator[tuple[Hub, Cluster]]:
+    with _hub_and_cluster(tmp_path, redis_factory) as hc:
+        yield hc
 
 
 def _service(hub: Hub, token: str) -> Client:
@@ -153,6 +165,77 @@ def test_hub_users_queue_with_their_hub_identity(hub_cluster: tuple[Hub, Cluster
     # no users file anywhere: the hub is the only source of users
     assert not list(hub.root.parent.rglob("users*.toml"))
     assert "--users" not in open(hub.config).read() + SNIPPET.read_text()
+
+
+GROUPS_TOKEN = os.urandom(16).hex()
+# a service that manages hub groups through the hub's REST API, as an admin's script would
+GROUPS_ADMIN = f"""
+c.JupyterHub.services.append({{"name": "groups-admin", "api_token": {GROUPS_TOKEN!r}}})
+c.JupyterHub.load_roles.append({{"name": "groups-admin", "scopes": ["admin:groups"], "services": ["groups-admin"]}})
+"""
+
+
+def test_a_hub_group_is_the_users_fair_share_group(tmp_path: Path, redis_factory: Any) -> None:
+    """A [groups.NAME] without members takes the hub group of that name: a user put in it
+    through the hub's REST API submits with a hub token and the group's quota holds for the
+    user, also after the scheduler daemon restarts (it reads the group from the job records)."""
+    first_line = '[groups.ml]        # the hub group "ml"'
+    doc = first_line + "\n" + _doc_block("toml", first_line)  # docs/deploy.md, "Groups from the hub"
+    assert "members" not in doc
+    with _hub_and_cluster(tmp_path, redis_factory, doc, GROUPS_ADMIN) as (hub, c):
+        r = requests.post(f"{hub.url}hub/api/groups/ml", json={"users": ["alice"]},
+                          headers={"Authorization": f"token {GROUPS_TOKEN}"}, timeout=30)
+        assert r.status_code == 201, r.text
+        sessions = {name: hub.login(name) for name in ("alice", "bob")}
+
+        def narrow_token(name: str) -> Client:
+            """The narrowest token the service takes: no scope to read the user's groups."""
+            s = sessions[name]
+            t = s.post(f"{hub.url}hub/api/users/{name}/tokens", json={"scopes": ["access:services!service=gpuqueue"]},
+                       headers={"X-XSRFToken": _cookie(s, "_xsrf")}, timeout=30)
+            assert t.status_code == 201, t.text
+            return _service(hub, t.json()["token"])
+
+        alice, bob = narrow_token("alice"), narrow_token("bob")
+        wait_until(lambda: "n1" in alice.queue()["nodes"], 60, 0.2, "node n1 up")
+
+        big = alice.submit({"kind": "command", "gpus": 2, "command": ["true"]})
+        assert big["group"] == "ml"
+        wait_until(lambda: alice.get(big["id"])["state"] == "failed", 30, 0.2, "the 2-GPU job refused")
+        assert alice.get(big["id"])["error"] == "rejected: 2 GPUs is over group 'ml''s quota of 1 GPUs; ask for at most 1"
+        bobs = bob.submit({"kind": "command", "gpus": 2, "command": ["true"]})  # bob is in no group
+        assert bobs["group"] == ""
+        wait_until(lambda: bob.get(bobs["id"])["state"] == "succeeded", 60, 0.2, "bob's 2-GPU job")
+
+        long_cmd = [sys.executable, str(c.script), str(c.marks), "400"]
+        first = alice.submit({"kind": "command", "gpus": 1, "command": long_cmd})
+        wait_until(lambda: alice.get(first["id"])["state"] == "running", 60, 0.2, "alice's first job to run")
+        second = alice.submit({"kind": "command", "gpus": 1, "command": long_cmd})
+
+        def waits_for_the_group() -> bool:
+            j = alice.get(second["id"])
+            assert j["state"] == "queued", j  # a GPU is free: only the group's quota holds it
+            return (j["pending"] or {}).get("reason") == "quota_group_gpus"
+
+        wait_until(waits_for_the_group, 30, 0.2, "alice's second job held by group ml's quota")
+        # the daemon restarts: the group comes back from the job records (the config names no member)
+        c.kill("daemon")
+        store = RedisStore(c.redis.url, "gq")
+        store.r.hdel(store.k("pending"), second["id"])  # what the new daemon says, not the old one
+        c.start_daemon()
+        wait_until(waits_for_the_group, 60, 0.2, "the restarted daemon to hold alice's second job")
+        alice.cancel(first["id"])
+        wait_until(lambda: alice.get(second["id"])["state"] == "running", 60, 0.2,
+                   "the second job, once the first is gone")
+
+        # alice leaves ml in the hub: a token whose answer the service has cached still says ml
+        # (for --hub-cache-s), a new token says no group
+        r = requests.delete(f"{hub.url}hub/api/groups/ml/users", json={"users": ["alice"]},
+                            headers={"Authorization": f"token {GROUPS_TOKEN}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        tiny = {"kind": "command", "gpus": 0, "command": ["true"]}
+        assert alice.submit(tiny)["group"] == "ml"
+        assert narrow_token("alice").submit(tiny)["group"] == ""
 
 
 def test_api_refuses_hub_auth_outside_a_hub() -> None:

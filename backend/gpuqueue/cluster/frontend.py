@@ -99,12 +99,14 @@ class ClusterFrontend:
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
         user_limit = pool_limit = None
         if cfg is not None:
+            job.group = cfg.group_of(caller.name, caller.hub_groups) or ""
             why = inadmissible(job_request(job, cfg), cfg, self._cluster(cfg))
             if why:
                 raise Rejected(why)
             user_limit = cfg.limits_for(caller.name).max_queued
             pool_limit = cfg.pools[spec.pool or cfg.default_pool].max_queued  # with_defaults checked it
-        self.limiter.check(caller.name, caller.admin, cfg)  # last: a refused request costs no token
+        # last: a refused request costs no token
+        self.limiter.check(caller.name, caller.admin, cfg, caller.hub_groups)
         view = memoryview(payload) if payload is not None else None  # redis-py takes no mmap
         try:
             full = self.store.submit_job(job, view, {"op": "submit", "job": job.id}, user_limit, pool_limit)
@@ -116,7 +118,8 @@ class ClusterFrontend:
                     pass
         if full is not None:
             which, n = full
-            self.limiter.refund(caller.name, caller.admin, cfg)  # a refused submit costs no token
+            # a refused submit costs no token
+            self.limiter.refund(caller.name, caller.admin, cfg, caller.hub_groups)
             if which == "user":
                 raise Rejected(f"you have {n} queued jobs, the limit (max_queued) is {user_limit}; "
                                f"wait for some to start or cancel some")

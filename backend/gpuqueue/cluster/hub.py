@@ -12,7 +12,9 @@ are authenticated by the hub, with JupyterHub's own client classes
 * a browser's OAuth cookie (``GET`` only: a cookie never authorizes a change, so no page of
   another site can submit or cancel in the user's name). ``<prefix>`` starts the OAuth login.
 
-The job owner is the hub user's name. Admins hold the custom scope ``custom:gpuqueue:admin``
+The job owner is the hub user's name; the user's hub groups may place it in a fair-share group
+(``QueueConfig.group_of``: a ``[groups.NAME]`` named as one of them, when no ``members`` list
+names the user). Admins hold the custom scope ``custom:gpuqueue:admin``
 (declare it in ``c.JupyterHub.custom_scopes`` and grant it through a role); ``--admin-scope``
 names another. No users file is read.
 """
@@ -97,7 +99,9 @@ class HubAuthMixin:
             raise Forbidden(f"hub user {model.get('name')!r} has no access to this service: the hub admin grants "
                             f"{' or '.join(sorted(hub.access_scopes))} through a role")
         admin_scope = self.settings["gpuqueue_admin_scope"]  # type: ignore[attr-defined]
-        self._gq_caller = Caller(name=str(model["name"]), admin=admin_scope in scopes)
+        groups = model.get("groups") or ()  # present when the token may read its own groups
+        self._gq_caller = Caller(name=str(model["name"]), admin=admin_scope in scopes,
+                                 hub_groups=tuple(sorted(str(g) for g in groups)))
 
     def get_caller(self) -> Caller:
         return self._gq_caller

@@ -198,18 +198,21 @@ class QueueService(QueueShell):
             return self._with_pending(attached), True
         payload = decode_payload(req, self.max_payload_bytes)
         spec = self._with_defaults(req.spec)
-        job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
+        job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec,
+                        group=self.config.group_of(caller.name, caller.hub_groups) or "")
         why = inadmissible(self._request(job), self.config, self.scheduler.cluster)
         if why:  # a job that can never run here: 400 before its payload is written or a token taken
             raise Rejected(why)
-        self.limiter.check(caller.name, caller.admin, self.config)  # given back if refused below
+        # given back if refused below
+        self.limiter.check(caller.name, caller.admin, self.config, caller.hub_groups)
         d = job_dir(self.state_dir, job.id)
         await asyncio.to_thread(self._write_job_files, d, spec, payload)
         attached = same_cell_job(req, self._iter_live(caller.name))
         rejected = None if attached else self.scheduler.submit(self._request(job), time.time())
         if attached or rejected:
             shutil.rmtree(d, ignore_errors=True)  # the same cell was submitted meanwhile, or refused
-            self.limiter.refund(caller.name, caller.admin, self.config)  # neither costs a token
+            # neither costs a token
+            self.limiter.refund(caller.name, caller.admin, self.config, caller.hub_groups)
             if rejected:  # depth limits, quotas (the scheduler decides)
                 raise Rejected(rejected.reason)
             assert attached is not None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Iterable, Optional
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationError, ValidationInfo, field_validator,
                       model_validator)
@@ -117,7 +117,11 @@ class GroupConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    members: list[str] = Field(..., description="the users of the group (a user is in at most one)")
+    members: list[str] = Field(
+        default_factory=list,
+        description="the users of the group (a user is in at most one); with the API service "
+        "as a JupyterHub service (--auth hub), a user in none is in the first group, in file "
+        "order, named as one of the user's hub groups")
     weight: float = Field(1.0, gt=0, description="fair-share weight of the group against the others")
     max_gpus: Optional[int] = Field(None, ge=0, description="GPUs the members hold at once, all pools")
     max_running: Optional[int] = Field(None, ge=0, description="jobs the members run at once")
@@ -245,9 +249,15 @@ class QueueConfig(BaseModel):
         self._group_of = seen
         return self
 
-    def group_of(self, user: str) -> Optional[str]:
-        """The group the user belongs to, or None."""
-        return self._group_of.get(user)
+    def group_of(self, user: str, hub_groups: Iterable[str] = ()) -> Optional[str]:
+        """The user's fair-share group, or None: the ``[groups.NAME]`` whose ``members`` list
+        the user, else the first ``[groups.NAME]`` in file order whose NAME is one of
+        ``hub_groups`` (the user's JupyterHub groups, with ``--auth hub``), else none."""
+        explicit = self._group_of.get(user)
+        if explicit is not None:
+            return explicit
+        mine = set(hub_groups)
+        return next((name for name in self.groups if name in mine), None) if mine else None
 
     @property
     def default_pool(self) -> str:
@@ -258,16 +268,16 @@ class QueueConfig(BaseModel):
         """The user's own table, or the defaults."""
         return self.users.get(user, self.defaults)
 
-    def submit_limit_for(self, user: str) -> Optional[SubmitLimit]:
+    def submit_limit_for(self, user: str, hub_groups: Iterable[str] = ()) -> Optional[SubmitLimit]:
         """The user's submit bucket: from the user's own table, else each of ``submit_rate``
-        and ``submit_burst`` from the user's group where it sets one, else from the defaults;
-        None: no limit."""
+        and ``submit_burst`` from the user's group (``group_of``) where it sets one, else from
+        the defaults; None: no limit."""
         own = self.users.get(user)
         if own is not None:
             rate, burst = own.submit_rate, own.submit_burst
         else:
             rate, burst = self.defaults.submit_rate, self.defaults.submit_burst
-            group = self.groups.get(self.group_of(user) or "")
+            group = self.groups.get(self.group_of(user, hub_groups) or "")
             if group is not None:
                 rate = group.submit_rate if group.submit_rate is not None else rate
                 burst = group.submit_burst if group.submit_burst is not None else burst

@@ -91,8 +91,14 @@ def job_request(job: JobRecord, config: QueueConfig) -> JobRequest:
         max_retries=s.retries if s.retries is not None else config.retries,
         failures=job.failures,
         not_before=job.not_before or 0.0,
-        group=config.group_of(job.owner),
+        group=job_group(job, config),
     )
+
+
+def job_group(job: JobRecord, config: QueueConfig) -> Optional[str]:
+    """The job's fair-share group: the one its record stored at submit (``""``: none), else
+    (a record made before groups were stored) the owner's by the config's ``members``."""
+    return job.group if job.group is not None else config.group_of(job.owner)
 
 
 def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: bool,

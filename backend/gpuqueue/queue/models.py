@@ -218,6 +218,9 @@ class JobRecord(BaseModel):
     failures: int = 0
     preemptions: int = 0
     last_event_seq: int = 0
+    group: Optional[str] = Field(
+        None, description="the owner's fair-share group when the job was submitted (\"\": none); "
+        "None in records made before groups were stored: then the config's")
     # Filled on read for queued jobs: why it waits, where it stands, when it may start.
     pending: Optional[dict[str, Any]] = None
 

@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 from .errors import RateLimited
 
@@ -136,11 +136,12 @@ class SubmitLimiter:
         self.store = store
         self.clock = clock
 
-    def check(self, user: str, admin: bool, config: Any) -> None:
-        """Take a token from ``user``'s bucket; RateLimited (429) when there is none."""
+    def check(self, user: str, admin: bool, config: Any, hub_groups: Sequence[str] = ()) -> None:
+        """Take a token from ``user``'s bucket; RateLimited (429) when there is none
+        (``hub_groups``: the user's JupyterHub groups, which may place it in a group)."""
         if config is None or (admin and config.exempt_admins_from_submit_rate):
             return
-        limit = config.submit_limit_for(user)
+        limit = config.submit_limit_for(user, hub_groups)
         if limit is None:
             return
         wait = self.store.apply(user, limit, self.clock())
@@ -151,12 +152,12 @@ class SubmitLimiter:
                 retry_after=wait,
             )
 
-    def refund(self, user: str, admin: bool, config: Any) -> None:
+    def refund(self, user: str, admin: bool, config: Any, hub_groups: Sequence[str] = ()) -> None:
         """Give back the token :meth:`check` took for a submit that was then refused (a full
         queue, a quota): a refused submit costs no token."""
         if config is None or (admin and config.exempt_admins_from_submit_rate):
             return
-        limit = config.submit_limit_for(user)
+        limit = config.submit_limit_for(user, hub_groups)
         if limit is not None:
             self.store.give_back(user, limit, self.clock())
 

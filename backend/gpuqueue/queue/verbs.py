@@ -30,6 +30,9 @@ class Caller:
 
     name: str
     admin: bool = False
+    # the user's JupyterHub groups (hub auth only; empty elsewhere): they may place the user
+    # in a fair-share group (QueueConfig.group_of)
+    hub_groups: tuple[str, ...] = ()
 
 
 class JobSummary(Protocol):

@@ -33,7 +33,9 @@ class JobRequest:
     max_retries: int = 3
     failures: int = 0  # failed attempts so far (preemption and node loss do not count)
     not_before: float = 0.0  # retry backoff: not eligible to start before this time
-    group: Optional[str] = None  # the user's group (QueueConfig.group_of), filled by the shells
+    # the user's group as the job's record holds it (QueueConfig.group_of at submit), filled by
+    # the shells; "": none; None: the policy asks the config's members
+    group: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,18 @@ Hierarchical fair share: when the config has ``[groups.NAME]`` tables, every use
 group (a user in none is a group of its own, weighted as the user) and the share key is
 ``(group usage / group weight, user usage / user weight)``: groups first, then users within.
 Without groups the key is the user's ratio alone.
+
+A user may change groups (a JupyterHub user moved to another hub group: its next job arrives
+with the new one, see ``move``). Usage already charged stays with the group that consumed it,
+as Slurm's per-account usage does; the user's own decayed usage goes with the user, and from
+then on its charges, the GPUs and jobs it holds, and its share key are the new group's. A
+group's usage is so the sum of what was charged while each user was in it, not of its current
+members' usage.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional, Union
 
@@ -41,6 +49,7 @@ class User:
     weight: float
     limits: Any = None  # the user's UserLimits (config.limits_for)
     group: Optional[Group] = None  # set when fair share is hierarchical
+    group_since: float = -math.inf  # submit time of the newest job that placed it in its group
     scaled: float = 0.0  # usage * 2**((t - t0) / half_life), summed over charges
     version: int = 0  # bumps when the share key changes (entries in the user heaps go stale)
     gpus: int = 0  # GPUs held, all pools
@@ -85,13 +94,37 @@ class UsageLedger:
                 u.group.members.append(u)
         return u
 
+    def group_key(self, name: Optional[str], user: str) -> str:
+        """The ledger's name of ``user``'s group when the config says ``name``: a configured
+        group's name, else (none, or a group no longer configured) ``user:NAME``, the user's own."""
+        return name if name is not None and name in self._group_specs else f"user:{user}"
+
     def _group(self, name: Optional[str], u: User) -> Group:
-        key = name if name is not None and name in self._group_specs else f"user:{u.name}"
+        key = self.group_key(name, u.name)
         g = self.groups.get(key)
         if g is None:
             weight, configured = self._group_specs.get(key, (u.weight, False))
             g = self.groups[key] = Group(key, weight, configured)
         return g
+
+    def move(self, u: User, name: Optional[str]) -> Optional[Group]:
+        """Move the user into group ``name`` (hierarchical fair share only); returns the group
+        it left, or None when it stays where it is. Usage charged so far stays with the old
+        group; the user's own usage, and the GPUs and jobs it holds (for group quotas), go
+        with it. The caller re-keys the queues (the user's share key changed)."""
+        old = u.group
+        if old is None or old.name == self.group_key(name, u.name):
+            return None
+        new = self._group(name, u)
+        old.members.remove(u)
+        old.gpus -= u.gpus
+        old.running -= u.running
+        new.members.append(u)
+        new.gpus += u.gpus
+        new.running += u.running
+        u.group = new
+        u.version += 1
+        return old
 
     def scale(self, t: float) -> float:
         """``2**((t - t0) / half_life)``; rebases first if that would near overflow."""
@@ -161,6 +194,19 @@ class UsageLedger:
         u.scaled = new
         u.version += 1
         return u
+
+    def set_group_usage(self, name: str, gpu_hours: float, at: float) -> None:
+        """Set a configured group's usage as of ``at`` (restoring saved state: what its users
+        were charged while in it, which may differ from its members' usage)."""
+        if name not in self._group_specs:
+            return
+        g = self.groups.get(name)
+        if g is None:
+            weight, configured = self._group_specs[name]
+            g = self.groups[name] = Group(name, weight, configured)
+        g.scaled = float(gpu_hours) * self.scale(at)
+        for m in g.members:
+            m.version += 1
 
     def with_usage(self) -> Iterable[User]:
         """Users with some usage, by name."""

@@ -101,6 +101,45 @@ class FairShareScheduler:
             return u
         return self.ledger.user(req.user, req.group if req.group is not None else self.config.group_of(req.user))
 
+    def _group_name(self, req: JobRequest) -> Optional[str]:
+        """The job's group as the config knows it: the one its record holds (``""``: none),
+        else by the config's members."""
+        return req.group if req.group is not None else self.config.group_of(req.user)
+
+    def _regroup(self, u: User, req: JobRequest, now: float, restoring: bool) -> None:
+        """A job of the user arrived: its group is the user's from now on (see the ledger's
+        ``move``). At a rebuild, the newest job's group wins, whatever the order jobs are
+        restored in. The two groups' members' pending jobs are re-keyed in every pool (their
+        share keys changed), the user's cached quota answers are dropped, and the unused part
+        of what its running jobs were charged ahead goes to the new group (their true-up at the
+        end comes from there)."""
+        if not self.ledger.hierarchical or (restoring and req.submit_time < u.group_since):
+            return
+        u.group_since = max(u.group_since, req.submit_time)
+        old = self.ledger.move(u, self._group_name(req))
+        if old is None:
+            return
+        new = u.group
+        assert new is not None
+        scale = self.ledger.scale(now)
+        for j in self.jobs.values():
+            r = j.request
+            if r.user == u.name and j.state in (RUNNING, STOPPING):
+                ahead = j.charged_scaled - r.gpus * max(0.0, now - j.started_at) / 3600.0 * scale
+                if ahead > 0:
+                    old.scaled = max(0.0, old.scaled - ahead)
+                    new.scaled += ahead
+        for m in old.members + new.members:
+            m.version += 1
+        for key in [k for k in self._quota_bound if k[0] is u]:
+            del self._quota_bound[key]
+        self.order_epoch += 1
+        for pool in self.pools.values():
+            pool.quota_free.pop(u.name, None)  # its group's limits may differ
+            for m in old.members + new.members:
+                if pool.queue.rekey(m):
+                    pool.dirty = True
+
     def _charge(self, u: User, scaled: float) -> None:
         """Add to (or refund from) a user's usage. Its share key (or its whole group's) changes
         wherever it has pending jobs; the user heaps follow lazily (``PoolQueue.refresh``). No
@@ -230,13 +269,9 @@ class FairShareScheduler:
         pool = self.pools[job.pool]
         if not restoring:
             group = name = None
-            if self.ledger.hierarchical:
-                known = self.ledger.users.get(job.user)
-                if known is not None and known.group is not None:  # the group it was filed in
-                    group, name = known.group, known.group.name
-                else:
-                    name = job.group if job.group is not None else self.config.group_of(job.user)
-                    group = self.ledger.groups.get(name) if name is not None else None
+            if self.ledger.hierarchical:  # the job's group: its user's from now on (_regroup)
+                name = self._group_name(job)
+                group = self.ledger.groups.get(name) if name is not None else None
             refused = quotas.refusal(self.config, pool, self.ledger.users.get(job.user), name, group, job)
             if refused is not None:
                 return Reject(job.id, refused)
@@ -245,6 +280,7 @@ class FairShareScheduler:
                 starve_after=self.starve_after(job))
         self.jobs[job.id] = j
         u = self._user(job)
+        self._regroup(u, job, now, restoring)
         before = u.pool_jobs.get(job.pool, 0)  # _count_pool_job(u, job.pool, +1), inline
         u.pool_jobs[job.pool] = before + 1
         if before == 0:
@@ -261,6 +297,7 @@ class FairShareScheduler:
         j = Job(job, self._seq, state=RUNNING, limit=self.limit(job), starve_after=self.starve_after(job))
         self.jobs[job.id] = j
         u = self._user(job)
+        self._regroup(u, job, self._now, restoring=True)
         self._count_pool_job(u, job.pool, +1)
         self._occupy(j, placement, started_at)
         elapsed = max(0.0, self._now - started_at)
@@ -632,12 +669,19 @@ class FairShareScheduler:
                 for n in sorted(self.cluster.nodes.values(), key=lambda n: n.name)]
 
     def export_state(self) -> dict[str, Any]:
-        """JSON-ready state worth keeping across restarts: decayed usage, budgets, preemption counts."""
+        """JSON-ready state worth keeping across restarts: decayed usage (of users and of
+        groups), users' groups, budgets, preemption counts."""
         now = self._now
         return {
             "version": 1,
             "at": now,
             "usage_gpu_hours": {u.name: self.usage(u.name, now) for u in self.ledger.with_usage()},
+            # the configured group of each user (it may have come from the hub, not the config)
+            # and each group's usage (what its users used while in it: usage stays where charged)
+            "user_groups": {u.name: u.group.name for u in self.ledger.with_usage()
+                            if u.group is not None and u.group.configured},
+            "group_usage_gpu_hours": {g.name: g.scaled / self.ledger.scale(now)
+                                      for _, g in sorted(self.ledger.groups.items()) if g.configured},
             "preemption_tokens": {n: [p.tokens, p.tokens_at] for n, p in sorted(self.pools.items())},
             "job_preemptions": dict(sorted(self.preempt_counts.items())),
         }
@@ -647,8 +691,14 @@ class FairShareScheduler:
         at = float(state.get("at", 0.0))
         self._now = max(self._now, at)
         self.order_epoch += 1
+        saved_groups = state.get("user_groups", {})
         for name, usage in state.get("usage_gpu_hours", {}).items():
-            self.ledger.set_usage(name, float(usage), at, self.config.group_of(name))
+            group = self.config.group_of(name)  # the config's members first, as at a submit
+            if group is None:
+                group = saved_groups.get(name)
+            self.ledger.set_usage(name, float(usage), at, group)
+        for name, usage in state.get("group_usage_gpu_hours", {}).items():
+            self.ledger.set_group_usage(name, float(usage), at)
         for name, (tokens, tokens_at) in state.get("preemption_tokens", {}).items():
             if name in self.pools:
                 self.pools[name].tokens = float(tokens)

@@ -34,7 +34,10 @@ def refusal(config: QueueConfig, pool: Pool, user: Optional[User], group_name: O
         if gc.max_gpus is not None and job.gpus > gc.max_gpus:
             return (f"{job.gpus} GPUs is over group {group_name!r}'s quota of {gc.max_gpus} GPUs; "
                     f"ask for at most {gc.max_gpus}")
-        theirs = 0 if group is None else sum(_queued(m) for m in group.members)
+        members = list(group.members) if group is not None else []
+        if user is not None and user not in members:  # a user moving into the group
+            members.append(user)
+        theirs = sum(_queued(m) for m in members)
         if gc.max_queued is not None and theirs >= gc.max_queued:
             return (f"group {group_name!r} has {theirs} queued jobs, its limit is {gc.max_queued}; "
                     "wait for some to start or cancel some")

@@ -510,7 +510,8 @@ class SchedulingPass:
         """Whether no quota can ever hold back the user's jobs in this pool (see
         ``quotas.over_quota``): no ``max_running`` or ``max_gpus`` of its own or of a configured
         group, no ``max_gpus_per_user`` of the pool. Limits come from the config, which a
-        policy keeps for life, so ``Pool.quota_free`` keeps the answer."""
+        policy keeps for life, so ``Pool.quota_free`` keeps the answer (until the user moves
+        to another group: ``FairShareScheduler._regroup``)."""
         u = self.policy.ledger.users[user]
         lim = u.limits
         if lim.max_running is not None or lim.max_gpus is not None:
