@@ -99,7 +99,7 @@ class FairShareScheduler:
         u = self.ledger.users.get(req.user)
         if u is not None:
             return u
-        return self.ledger.user(req.user, req.group if req.group is not None else self.config.group_of(req.user))
+        return self.ledger.user(req.user, self._group_name(req))
 
     def _group_name(self, req: JobRequest) -> Optional[str]:
         """The job's group as the config knows it: the one its record holds (``""``: none),
