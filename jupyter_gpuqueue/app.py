@@ -4,20 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
+from copy import deepcopy
+from difflib import get_close_matches
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union, cast
 
 from jupyter_core.paths import jupyter_data_dir
 from jupyter_server.extension.application import ExtensionApp
-from traitlets import Bool, Enum, Float, Int, List, Unicode, default
+from traitlets import Bool, Enum, Float, Int, List, TraitError, Unicode, default
+from traitlets.config import Config, DeferredConfig, LazyConfigValue
 
 from gpuqueue.queue.config import load_config
+from gpuqueue.queue.errors import GPUQueueError
 from gpuqueue.queue.durations import KEEP_FINISHED, parse_retention
 from gpuqueue.attempt.gpus import local_gpu_count
 from gpuqueue.embedded.service import QueueService
 from gpuqueue.scheduler import make_scheduler
 
 from .handlers import handlers, register_job_event
+from .queue_off import QueueOff
 
 if TYPE_CHECKING:
     from jupyter_server.serverapp import ServerApp
@@ -41,7 +46,8 @@ class GPUQueueApp(ExtensionApp):
 
     name = "jupyter_gpuqueue"
     load_other_extensions = True
-    service: Union[QueueService, RemoteService]  # embedded, or forwarding to the cluster's API (api_url)
+    # embedded, forwarding to the cluster's API (api_url), or off (a setting that cannot be used)
+    service: Union[QueueService, RemoteService, QueueOff]
 
     state_dir = Unicode(
         help="Folder of the embedded queue's SQLite file and job folders. "
@@ -127,33 +133,98 @@ class GPUQueueApp(ExtensionApp):
     def _default_api_token(self) -> str:
         return os.environ.get("GPUQUEUE_API_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
-    log_format = Unicode(
-        "",
+    log_format = Enum(
+        ["", "json", "human", "auto"], "",
         help="Format of gpuqueue's own log records: 'json' (one object a line, with job id, "
         "user, attempt and node), 'human', or '' for $GPUQUEUE_LOG_FORMAT, else human on a "
         "terminal and JSON otherwise.",
     ).tag(config=True)
 
+    def _load_config(self, cfg: Config, section_names: Any = None, traits: Any = None) -> None:
+        """Load the settings as traitlets does, but one that cannot be used (a value of the
+        wrong kind, an option gpuqueue does not have) is left out and kept in
+        ``config_errors``, instead of failing the whole section: traitlets would stop at the
+        first bad value and drop the ones after it (``api_url`` among them: an embedded queue
+        where the admin meant the cluster). ``initialize_settings`` then turns the queue off."""
+        errors: dict[str, str] = self.__dict__.setdefault("config_errors", {})
+        if traits is None:
+            traits = self.traits(config=True)
+        mine = self._find_my_config(cfg)
+        own = cfg["GPUQueueApp"] if cfg._has_section("GPUQueueApp") else {}
+        bad = []
+        for name, value in mine.items():
+            if name in traits:
+                try:
+                    if isinstance(value, DeferredConfig):  # a command-line string
+                        value = value.get_value(traits[name])
+                    if not isinstance(value, LazyConfigValue):
+                        traits[name]._validate(self, value)
+                except (TraitError, ValueError) as e:
+                    errors[name] = f"GPUQueueApp.{name} cannot be used: {str(e).rstrip('.')}"
+                    bad.append(name)
+                    continue
+                errors.pop(name, None)
+            elif name in own and not isinstance(value, Config):
+                near = get_close_matches(name, list(traits), n=1)
+                errors[name] = (f"GPUQueueApp.{name} is not a gpuqueue setting"
+                                + (f" (did you mean {near[0]}?)" if near else "")
+                                + "; docs/config.md lists the GPUQueueApp settings")
+                bad.append(name)
+        if bad:  # load the rest
+            cfg = deepcopy(cfg)
+            for section in self.section_names():
+                if cfg._has_section(section):
+                    for name in bad:
+                        cfg[section].pop(name, None)
+        super()._load_config(cfg, section_names, traits)
+
+    def _why_off(self) -> str:
+        """Why the queue must stay off with these settings ('' if it may run)."""
+        errors = list(self.__dict__.get("config_errors", {}).values())
+        if errors:
+            return "; ".join(errors) + (
+                ". The queue is off until this is fixed (in jupyter_server_config.py or on the "
+                "server's command line) and the server restarted")
+        if self.api_url and self._token_on_command_line():
+            return TOKEN_ON_COMMAND_LINE
+        return ""
+
+    def _turn_off(self, why: str) -> None:
+        """Serve every verb with a 503 that says ``why`` (see ``queue_off``), logged once."""
+        log.error("gpuqueue: %s", why)
+        self.service = QueueOff(why)
+        self.settings["gpuqueue_service"] = self.service
+        self.settings["gpuqueue_app"] = self
+
     def initialize_settings(self) -> None:
         """Build the service (started later, once the event loop runs)."""
         from gpuqueue.observability.logs import setup_logging
 
-        setup_logging(self.log_format or None, logger="gpuqueue", component="jupyter")
+        try:
+            setup_logging(self.log_format or None, logger="gpuqueue", component="jupyter")
+            why = self._why_off()
+        except ValueError as e:  # a log format or level that cannot be read
+            setup_logging("json", logger="gpuqueue", component="jupyter", level="INFO")
+            why = (f"{e} (GPUQueueApp.log_format, $GPUQUEUE_LOG_FORMAT, $GPUQUEUE_LOG_LEVEL). The queue "
+                   "is off until this is fixed and the server restarted")
+        if why:
+            self._turn_off(why)
+            return
         if self.api_url:  # cluster mode: forward to the API service (no Redis credentials here)
             from .remote import RemoteService
 
-            refused = None
-            if self._token_on_command_line():
-                refused = TOKEN_ON_COMMAND_LINE
-                log.error("gpuqueue: %s", refused)
-            self.service = RemoteService(self.api_url, "" if refused else self.api_token, refused=refused)
+            self.service = RemoteService(self.api_url, self.api_token)
             self.settings["gpuqueue_service"] = self.service
             self.settings["gpuqueue_app"] = self
             log.info("gpuqueue: cluster mode, forwarding to %s%s", self.api_url,
-                          "" if os.environ.get("GPUQUEUE_API_TOKEN") or not os.environ.get("JUPYTERHUB_API_TOKEN")
-                          else " with this hub user's own token")
+                     "" if os.environ.get("GPUQUEUE_API_TOKEN") or not os.environ.get("JUPYTERHUB_API_TOKEN")
+                     else " with this hub user's own token")
             return
-        config = load_config(self.config_file) if self.config_file else None
+        try:
+            config = load_config(self.config_file) if self.config_file else None
+        except GPUQueueError as e:
+            self._turn_off(f"{e}. The queue is off until the file is fixed (docs/config.md) and the server restarted")
+            return
         try:
             keep_finished = parse_retention(self.keep_finished)
         except ValueError as e:
@@ -211,8 +282,8 @@ class GPUQueueApp(ExtensionApp):
         """Stop the loops; running jobs go on and are re-adopted by the next server."""
         await self.service.stop()
 
-    identity = Unicode(
-        "auto",
+    identity = Enum(
+        ["auto", "user", "server_owner"], "auto",
         help="Who owns a job: 'user' (the authenticated user's name, as with JupyterHub), "
         "'server_owner' (everyone who can reach this personal server is its owner), or 'auto' "
         "(server_owner with jupyter_server's own token/password login, which names each "

@@ -8,7 +8,8 @@ server-side Jupyter identity, never a field of the request body. A submission th
 server is announced on Jupyter's event bus (:data:`JOB_EVENT`, no job data in it) so that the
 JupyterLab extension knows to look. The service is the embedded
 ``QueueService``, or in cluster mode ``jupyter_gpuqueue.remote.RemoteService``, which forwards
-each verb to the API service. Errors are JSON ``{"message": ...}`` with a 4xx status for user
+each verb to the API service, or ``jupyter_gpuqueue.queue_off.QueueOff`` when a setting cannot be
+used (every verb a 503 that names the fix). Errors are JSON ``{"message": ...}`` with a 4xx status for user
 mistakes; a 500 means a bug.
 """
 

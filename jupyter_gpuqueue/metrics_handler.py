@@ -32,6 +32,8 @@ from tornado import web
 
 from gpuqueue.observability.metrics import QueueMetrics, attach, render, tornado_log_function
 
+from .queue_off import QueueOff
+
 try:  # jupyter_server >= 2.13 checks auth in prepare() unless a method opts out
     from jupyter_server.auth.decorator import allow_unauthenticated
 except ImportError:  # pragma: no cover - older jupyter_server: nothing to opt out of
@@ -95,6 +97,8 @@ class MetricsHandler(JupyterHandler):
             if not ok:
                 raise web.HTTPError(403, reason="not allowed to read gpuqueue metrics")
         service = self.settings.get("gpuqueue_service")
+        if isinstance(service, QueueOff):  # a scrape that fails: the queue-down alert fires
+            raise web.HTTPError(503, reason=service.message)
         if service is None or (hasattr(service, "store") and service.store is None):
             raise web.HTTPError(503, reason="the gpuqueue queue has not started yet")
         m = setup_metrics(self.settings)

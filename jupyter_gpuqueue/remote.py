@@ -27,10 +27,9 @@ from gpuqueue.queue.verbs import Caller
 class RemoteService:
     """The queue verbs of ``QueueService``, forwarded to ``gpuqueue api`` at ``url``."""
 
-    def __init__(self, url: str, token: str, timeout: float = 60.0, refused: Optional[str] = None):
+    def __init__(self, url: str, token: str, timeout: float = 60.0):
         self.url = url if url.endswith("/") else url + "/"
         self.token = token
-        self.refused = refused  # set: the configuration is unsafe; every verb answers 503 with it
         self.timeout = timeout
         self.listeners: list[Any] = []  # nothing happens here: the cluster has its own metrics
         self.scheduler = None
@@ -43,8 +42,6 @@ class RemoteService:
 
     # -- HTTP -----------------------------------------------------------------------------
     def _request(self, method: str, path: str, body: Optional[Buffer] = None, **params: Any) -> HTTPRequest:
-        if self.refused:
-            raise Unavailable(self.refused)
         url = self.url + "gpuqueue/api/" + path + (("?" + urlencode(params)) if params else "")
         headers = {"Authorization": f"token {self.token}", "Content-Type": "application/json"}
         if method == "POST" and body is None:

@@ -26,9 +26,15 @@ There are two places to configure:
    `GPUQUEUE_CONFIG`) and the cluster daemon (`gpuqueue scheduler --config FILE`). Without one,
    the embedded mode has a single pool `default` holding this machine's GPUs. Durations accept
    `90s`, `15m`, `2h`, `1h30m`, `2d` or a number of seconds. A bad file is refused with the key
-   and the fix, and nothing starts.
+   and the fix, and nothing starts (the daemon exits; a Jupyter server turns its queue off, below).
 2. **The Jupyter server extension** (traitlets): `c.GPUQueueApp.<name>` in
-   `jupyter_server_config.py`, or `--GPUQueueApp.<name>=...` on the command line.
+   `jupyter_server_config.py`, or `--GPUQueueApp.<name>=...` on the command line. A setting it
+   cannot use (a value of the wrong kind, a name it does not have, a queue file that is missing
+   or invalid, a log format or level it does not know) turns the queue off rather than running
+   something else: the server starts, its log says at start what to fix, and every request to the
+   queue (the sidebar, `%%train`, the CLI, `gpuqueue/metrics`) answers 503 with that message until the
+   server is restarted with the fix. (Other settings are not dropped silently, as traitlets would
+   drop those after a bad value: an `api_url` behind a typo never becomes an embedded queue.)
 
 The product's default queue file, `deploy/pools.toml` (a dev pool of small preemptible jobs of an
 hour at most, a prod pool of whole 8-GPU nodes for runs of up to two days); copy it and put in

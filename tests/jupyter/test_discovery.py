@@ -55,3 +55,31 @@ def test_job_refuses_a_payload_from_another_python(tmp_path):
     assert r.returncode == 1
     assert "Python 2.7.18" in r.stderr and "same interpreter" in r.stderr
     assert not (attempt / "result.pkl").exists()
+
+
+def test_a_server_without_the_api_is_named_as_such(tmp_path):
+    # a Jupyter server where the extension is not installed or did not load answers the API's
+    # paths with its HTML 404 page; the user is told what to check, not "404 Not Found"
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    import pytest
+
+    from gpuqueue.queue.errors import NotFound
+    from gpuqueue.rest.client import Client, ServerInfo
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        with pytest.raises(NotFound) as e:
+            Client(ServerInfo(url)).list()
+        assert str(e.value) == (
+            f"{url} has no gpuqueue API (it answered 404): is jupyter-gpuqueue installed and enabled in that "
+            "server (`jupyter server extension list`; its log says why an extension did not load), and is "
+            "GPUQUEUE_URL that server?")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

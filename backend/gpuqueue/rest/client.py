@@ -95,7 +95,11 @@ class Client:
                 message = str(r.json().get("message") or "")
             except (ValueError, AttributeError):
                 pass
-        if not message:  # not the API's JSON (an HTML error page of a proxy or another server)
+        if not message and r.status_code == 404:  # a server without the API (not the API's JSON)
+            message = (f"{self.server.url} has no gpuqueue API (it answered 404): is jupyter-gpuqueue "
+                       "installed and enabled in that server (`jupyter server extension list`; its log says "
+                       "why an extension did not load), and is GPUQUEUE_URL that server?")
+        elif not message:  # an HTML error page of a proxy or another server
             message = (f"{self.server.url} answered {r.status_code} {r.reason or ''}".rstrip()
                        + " (is GPUQUEUE_URL the gpuqueue server?)")
         if r.status_code == 401:

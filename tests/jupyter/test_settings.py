@@ -1,0 +1,56 @@
+"""A GPUQueueApp setting the server cannot use turns the queue off, loudly, instead of running
+something else: the server starts, its log says once what to fix (no traceback), and every
+request to the queue answers 503 with that message."""
+
+from __future__ import annotations
+
+OFF = ". The queue is off until this is fixed (in jupyter_server_config.py or on the server's command line) and the server restarted"
+
+
+def _off(server, message: str) -> None:
+    """Every verb, and the metrics scrape, answer 503 with ``message``; the log has it once."""
+    for method, path in (("GET", "gpuqueue/api/queue"), ("GET", "gpuqueue/api/jobs"), ("POST", "gpuqueue/api/jobs")):
+        r = server.api(method, path, json={"spec": {"kind": "command", "command": ["true"]}})
+        assert r.status_code == 503, (path, r.status_code, r.text)
+        assert r.json()["message"] == message
+    assert server.api("GET", "gpuqueue/metrics").status_code == 503
+    log = server.log_path.read_text()
+    assert log.count("gpuqueue: " + message) == 1, log  # the error at start (each 503 has its info line too)
+    assert "Traceback" not in log and "error linking extension" not in log
+
+
+def test_a_bad_value_does_not_drop_the_cluster_url(jupyter_server_factory) -> None:
+    # traitlets stops at the first bad value and drops the settings after it: here api_url, which
+    # would have made this hub user's server run jobs itself, on no GPUs, with no word of it
+    server = jupyter_server_factory(
+        gpus=0, ready="api/status", args=["--GPUQueueApp.policy=fair", "--GPUQueueApp.api_url=http://127.0.0.1:9/"])
+    _off(server, "GPUQueueApp.policy cannot be used: The 'policy' trait of a GPUQueueApp instance expected any of "
+                 "['gpuqueue', 'fifo'], not the str 'fair'" + OFF)
+
+    # what a user sees in a notebook: the same message, not a traceback
+    k = server.start_kernel()
+    assert k.run("%load_ext jupyter_gpuqueue").error is None
+    res = k.run("%%train --gpus 1\nx = 1", timeout=60)
+    assert "GPUQueueApp.policy cannot be used" in res.text + str(res.error), (res.text, res.error)
+    assert "Traceback" not in res.text
+
+
+def test_unknown_settings_and_bad_types_are_named_with_the_fix(jupyter_server_factory) -> None:
+    server = jupyter_server_factory(
+        gpus=0, ready="api/status", args=["--GPUQueueApp.api_ur=http://127.0.0.1:9/", "--GPUQueueApp.identity=usr"])
+    _off(server, "GPUQueueApp.api_ur is not a gpuqueue setting (did you mean api_url?); docs/config.md lists the "
+                 "GPUQueueApp settings; GPUQueueApp.identity cannot be used: The 'identity' trait of a GPUQueueApp "
+                 "instance expected any of ['auto', 'user', 'server_owner'], not the str 'usr'" + OFF)
+
+
+def test_a_missing_queue_file_turns_the_queue_off(jupyter_server_factory, tmp_path) -> None:
+    missing = tmp_path / "queue.toml"
+    server = jupyter_server_factory(gpus=2, ready="api/status", env={"GPUQUEUE_CONFIG": str(missing)})
+    _off(server, f"config file {missing} does not exist. The queue is off until the file is fixed (docs/config.md) "
+                 "and the server restarted")
+
+
+def test_good_settings_still_load(jupyter_server_factory) -> None:
+    server = jupyter_server_factory(gpus=2, args=["--GPUQueueApp.identity=server_owner", "--GPUQueueApp.stop_grace_s=3"])
+    assert server.api("GET", "gpuqueue/api/queue").status_code == 200
+    assert "is not a gpuqueue setting" not in server.log_path.read_text()
