@@ -57,6 +57,7 @@ class GPUQueueApp(ExtensionApp):
     gpus = Int(
         None,
         allow_none=True,
+        min=0,
         help="GPUs to schedule on this machine. Default: $GPUQUEUE_GPUS, else what NVML finds, else 0. "
         "Declaring a count on a machine without GPUs is how demos and tests run.",
     ).tag(config=True)
@@ -81,10 +82,10 @@ class GPUQueueApp(ExtensionApp):
     ).tag(config=True)
 
     stop_grace_s = Float(
-        10.0, help="Seconds a job has to stop (and checkpoint) after cancel/preempt/timeout."
+        10.0, min=0.0, help="Seconds a job has to stop (and checkpoint) after cancel/preempt/timeout."
     ).tag(config=True)
 
-    max_payload_mb = Float(200.0, help="Largest cell payload (inputs) accepted, in MB.").tag(
+    max_payload_mb = Float(200.0, min=0.001, help="Largest cell payload (inputs) accepted, in MB.").tag(
         config=True
     )
 
@@ -237,10 +238,15 @@ class GPUQueueApp(ExtensionApp):
             except ValueError as e:
                 log.error("gpuqueue: GPUQueueApp.policy: %s; the fair-share policy runs instead, which does", e)
                 policy = "gpuqueue"
+        try:
+            gpus = local_gpu_count(self.gpus)
+        except ValueError as e:  # $GPUQUEUE_GPUS that is not a count
+            self._turn_off(f"{e}. The queue is off until this is fixed and the server restarted")
+            return
         self.service = QueueService(
             state_dir=self.state_dir,
             config=config,
-            gpus=local_gpu_count(self.gpus),
+            gpus=gpus,
             policy=policy,
             stop_grace_s=self.stop_grace_s,
             max_payload_bytes=int(self.max_payload_mb * 1e6),
@@ -264,7 +270,12 @@ class GPUQueueApp(ExtensionApp):
         register_job_event(getattr(self.serverapp, "event_logger", None))
 
     async def _start_jupyter_server_extension(self, serverapp: Any) -> None:
-        await self.service.start()
+        try:
+            await self.service.start()
+        except (OSError, RuntimeError) as e:  # a state folder it cannot use, another server's queue
+            self._turn_off(f"the queue cannot start in {self.state_dir}: {_reason(e)}. The queue is off until "
+                           "this is fixed (GPUQueueApp.state_dir, $GPUQUEUE_STATE_DIR) and the server restarted")
+            serverapp.web_app.settings["gpuqueue_service"] = self.service
         from .metrics_handler import setup_metrics
 
         setup_metrics(serverapp.web_app.settings)  # count from the start, not the first scrape
@@ -305,6 +316,13 @@ class GPUQueueApp(ExtensionApp):
         """Admins: those listed in ``admin_users``, and the server's own user (in embedded
         mode on a personal server, its owner manages the whole queue)."""
         return username in self.admin_users or username == _server_owner()
+
+
+def _reason(e: BaseException) -> str:
+    """An OS error as its message and path ("Permission denied: '/srv/q'"), others as their text."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror}: {e.filename!r}" if e.filename else e.strerror
+    return str(e)
 
 
 def _server_owner() -> str:

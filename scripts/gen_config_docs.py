@@ -29,8 +29,10 @@ There are two places to configure:
    and the fix, and nothing starts (the daemon exits; a Jupyter server turns its queue off, below).
 2. **The Jupyter server extension** (traitlets): `c.GPUQueueApp.<name>` in
    `jupyter_server_config.py`, or `--GPUQueueApp.<name>=...` on the command line. A setting it
-   cannot use (a value of the wrong kind, a name it does not have, a queue file that is missing
-   or invalid, a log format or level it does not know) turns the queue off rather than running
+   cannot use (a value of the wrong kind or out of range, a name it does not have, a queue file
+   that is missing or invalid, a state folder it cannot write or that another server's queue
+   holds, a `$GPUQUEUE_GPUS` that is not a count, a log format or level it does not know) turns
+   the queue off rather than running
    something else: the server starts, its log says at start what to fix, and every request to the
    queue (the sidebar, `%%train`, the CLI, `gpuqueue/metrics`) answers 503 with that message until the
    server is restarted with the fix. (Other settings are not dropped silently, as traitlets would

@@ -12,7 +12,7 @@ def _off(server, message: str) -> None:
     for method, path in (("GET", "gpuqueue/api/queue"), ("GET", "gpuqueue/api/jobs"), ("POST", "gpuqueue/api/jobs")):
         r = server.api(method, path, json={"spec": {"kind": "command", "command": ["true"]}})
         assert r.status_code == 503, (path, r.status_code, r.text)
-        assert r.json()["message"] == message
+        assert r.json()["message"] == message, r.json()["message"]
     assert server.api("GET", "gpuqueue/metrics").status_code == 503
     log = server.log_path.read_text()
     assert log.count("gpuqueue: " + message) == 1, log  # the error at start (each 503 has its info line too)
@@ -54,3 +54,29 @@ def test_good_settings_still_load(jupyter_server_factory) -> None:
     server = jupyter_server_factory(gpus=2, args=["--GPUQueueApp.identity=server_owner", "--GPUQueueApp.stop_grace_s=3"])
     assert server.api("GET", "gpuqueue/api/queue").status_code == 200
     assert "is not a gpuqueue setting" not in server.log_path.read_text()
+
+
+def test_counts_that_are_not_counts(jupyter_server_factory) -> None:
+    server = jupyter_server_factory(gpus=0, ready="api/status", env={"GPUQUEUE_GPUS": "two"})
+    _off(server, "GPUQUEUE_GPUS='two' is not a whole number, e.g. GPUQUEUE_GPUS=4. The queue is off until this is "
+                 "fixed and the server restarted")
+    server = jupyter_server_factory(gpus=0, name="negative", ready="api/status", args=["--GPUQueueApp.gpus=-2"])
+    _off(server, "GPUQueueApp.gpus cannot be used: The value of the 'gpus' trait of a GPUQueueApp instance should "
+                 "not be less than 0, but a value of -2 was specified" + OFF)
+
+
+def test_a_state_folder_it_cannot_use(jupyter_server_factory, tmp_path) -> None:
+    (tmp_path / "afile").write_text("")
+    bad = tmp_path / "afile" / "queue"
+    server = jupyter_server_factory(gpus=2, ready="api/status", env={"GPUQUEUE_STATE_DIR": str(bad)})
+    _off(server, f"the queue cannot start in {bad}: Not a directory: '{bad}'. The queue is off until this is fixed "
+                 "(GPUQueueApp.state_dir, $GPUQUEUE_STATE_DIR) and the server restarted")
+
+    # two servers on one state folder: the second says whose it is, and the first goes on
+    first = jupyter_server_factory(gpus=2, name="first")
+    second = jupyter_server_factory(gpus=2, name="second", ready="api/status",
+                                    env={"GPUQUEUE_STATE_DIR": str(first.state_dir)})
+    _off(second, f"the queue cannot start in {first.state_dir}: another Jupyter server already runs the queue in "
+                 f"{first.state_dir}; stop it, or give this one its own GPUQUEUE_STATE_DIR. The queue is off until "
+                 "this is fixed (GPUQueueApp.state_dir, $GPUQUEUE_STATE_DIR) and the server restarted")
+    assert first.api("GET", "gpuqueue/api/queue").status_code == 200
