@@ -409,3 +409,24 @@ def test_a_refused_listing_tells_a_keep_alive_proxy_to_reconnect(tmp_path: Path)
         r = conn.getresponse()
         assert r.status == 401 and r.getheader("Connection") == "close"
         r.read()
+
+
+def test_a_hub_service_with_the_wrong_redis_password_names_the_fix(tmp_path: Path, redis_factory: Any) -> None:
+    """The hub's environment holds a Redis URL whose password Redis refuses: a user's request
+    gets the 503 that names the fix (as with the users file), not a 500 "internal error"."""
+    r = redis_factory(appendonly=True, password="the-right-password")
+    hub = Hub(tmp_path / "hub", f"redis://:a-wrong-password@127.0.0.1:{r.port}/0")
+    try:
+        hub.start(healthy=False)
+        s = hub.login("alice")
+        t = s.post(f"{hub.url}hub/api/users/alice/tokens", json={"note": "test"},
+                   headers={"X-XSRFToken": _cookie(s, "_xsrf")}, timeout=30)
+        assert t.status_code == 201, t.text
+        got = requests.get(f"{hub.service_url}gpuqueue/api/jobs",
+                           headers={"Authorization": f"token {t.json()['token']}"}, timeout=30)
+        assert got.status_code == 503, got.text
+        message = got.json()["message"]
+        assert "refused the API service's credentials" in message and "Redis password" in message, message
+        assert "a-wrong-password" not in got.text
+    finally:
+        hub.stop()

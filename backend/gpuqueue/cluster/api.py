@@ -94,6 +94,11 @@ class AuthMixin:
         u: User = self._gq_user
         return Caller(name=u.name, admin=u.admin)
 
+
+class StoreErrorsMixin:
+    """A request that Redis failed answers what ``redis_failure`` says (503 naming the cause),
+    whichever authentication (users file or hub) the service uses."""
+
     def _handle_request_exception(self, e: BaseException) -> None:  # tornado hook
         if isinstance(e, redis.RedisError):
             e = redis_failure(e) or e  # anything else: a 500, its details in this log only
@@ -190,7 +195,8 @@ def make_app(store: RedisStore, users: dict[str, User], hub_auth: Any = None, pr
     else:
         mixin, extra = AuthMixin, []
     base = prefix.rstrip("/")
-    routes: list[Any] = [(path, type(h.__name__, (mixin, h), {})) for path, h in rest.routes(base + "/gpuqueue/api")]
+    routes: list[Any] = [(path, type(h.__name__, (mixin, StoreErrorsMixin, h), {}))
+                         for path, h in rest.routes(base + "/gpuqueue/api")]
     routes += extra + [("/healthz", HealthHandler), ("/metrics", MetricsHandler)]
     if base:
         routes += [(base + "/healthz", HealthHandler), (base + "/metrics", MetricsHandler)]
