@@ -430,3 +430,13 @@ def test_a_hub_service_with_the_wrong_redis_password_names_the_fix(tmp_path: Pat
         assert "a-wrong-password" not in got.text
     finally:
         hub.stop()
+
+
+def test_the_hub_config_without_a_redis_url_names_the_fix(tmp_path: Path) -> None:
+    """The documented snippet in a hub whose environment lacks GPUQUEUE_REDIS_URL: the hub stops
+    with one line naming the variable (no KeyError traceback from the config file)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JUPYTERHUB_"))}
+    p = subprocess.run([sys.executable, "-m", "jupyterhub", "-f", str(SNIPPET)], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "set GPUQUEUE_REDIS_URL in the hub's environment" in p.stderr and "Traceback" not in p.stderr, p.stderr
