@@ -4,9 +4,12 @@ something else than what the admin asked."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
-import time
+import sys
 from pathlib import Path
+from typing import Any, Optional
 
 import redis
 
@@ -53,3 +56,43 @@ def test_the_shipped_acl_users_load_as_the_docs_say(tmp_path: Path) -> None:
     finally:
         p.kill()
         p.wait(10)
+
+
+def _gpuqueue(*args: str, env: Optional[dict[str, str]] = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JUPYTERHUB_"))}
+    return subprocess.run([sys.executable, "-m", "gpuqueue.cli", *args], env={**base, **(env or {})},
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _one_line(p: subprocess.CompletedProcess[str], rc: int, *words: str) -> None:
+    assert p.returncode == rc and "Traceback" not in p.stderr, p.stderr
+    for w in words:
+        assert w in p.stderr, p.stderr
+
+
+def test_a_log_level_or_format_typo_is_one_line_naming_the_fix(tmp_path: Path) -> None:
+    for role in ("scheduler", "api", "worker"):
+        _one_line(_gpuqueue(role, "--log-level", "debugg", "--redis", "redis://127.0.0.1:1/0"), 2,
+                  f"gpuqueue {role}: log level 'DEBUGG' is not one of DEBUG, INFO")
+    _one_line(_gpuqueue("scheduler", "--redis", "redis://127.0.0.1:1/0", env={"GPUQUEUE_LOG_FORMAT": "jsn"}), 2,
+              "log format 'jsn' is not one of: json, human, auto")
+
+
+def test_a_port_in_use_is_one_line_naming_the_fix(tmp_path: Path, redis_factory: Any) -> None:
+    r = redis_factory()
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    port = str(held.getsockname()[1])
+    try:
+        users = tmp_path / "users.toml"
+        users.write_text('[[user]]\nname = "ana"\ntoken = "ana-token-0123456789"\n')
+        _one_line(_gpuqueue("api", "--redis", r.url, "--users", str(users), "--port", port), 1,
+                  f"cannot listen on 127.0.0.1:{port} (Address already in use)", "--port")
+        _one_line(_gpuqueue("scheduler", "--redis", r.url, "--metrics-port", port), 1,
+                  f"cannot serve /metrics on port {port} (Address already in use)", "--metrics-port")
+        _one_line(_gpuqueue("worker", "--redis", r.url, "--node", "n1", "--gpus", "1", "--identities", "none",
+                            "--state-dir", str(tmp_path / "node"), "--metrics-port", port), 1,
+                  f"cannot serve /metrics on port {port} (Address already in use)", "--metrics-port")
+    finally:
+        held.close()

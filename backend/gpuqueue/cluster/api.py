@@ -238,7 +238,11 @@ def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..observability.logs import setup_logging
 
-    setup_logging(level=args.log_level.upper(), component="api")
+    try:
+        setup_logging(level=args.log_level.upper(), component="api")
+    except ValueError as e:  # --log-level or $GPUQUEUE_LOG_FORMAT
+        print(f"gpuqueue api: {e} (--log-level; $GPUQUEUE_LOG_FORMAT: json, human or auto)", file=sys.stderr)
+        return 2
     try:
         url = redis_url.from_args(args)
     except ValueError as e:
@@ -267,7 +271,12 @@ def cli_main(argv: list[str]) -> int:
             print(f"gpuqueue api: {e}", file=sys.stderr)
             return 2
     port = args.port or (hub.service_port() if use_hub else None) or 8780
-    sockets = netutil.bind_sockets(port, args.address)
+    try:
+        sockets = netutil.bind_sockets(port, args.address)
+    except OSError as e:
+        print(f"gpuqueue api: cannot listen on {args.address}:{port} ({e.strerror}): stop what holds that port "
+              f"or choose another (--port; as a hub service, the port of the service's url)", file=sys.stderr)
+        return 1
     cookie_secret = os.urandom(32)  # the hub login cookie: one secret for every process forked below
     if args.processes > 1:
         process.fork_processes(args.processes)

@@ -724,7 +724,11 @@ def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..observability.logs import setup_logging
 
-    setup_logging(level=args.log_level.upper(), component="scheduler")
+    try:
+        setup_logging(level=args.log_level.upper(), component="scheduler")
+    except ValueError as e:  # --log-level or $GPUQUEUE_LOG_FORMAT
+        print(f"gpuqueue scheduler: {e} (--log-level; $GPUQUEUE_LOG_FORMAT: json, human or auto)", file=sys.stderr)
+        return 2
     try:
         url = redis_url.from_args(args)
     except ValueError as e:
@@ -748,5 +752,9 @@ def cli_main(argv: list[str]) -> int:
         from ..observability import metrics
 
         d.metrics = metrics.attach(d, mode="cluster", lock=d.lock, nvml=False, leader=False)
-        metrics.serve_metrics(args.metrics_port, d.metrics.registry)
+        try:
+            metrics.serve_metrics(args.metrics_port, d.metrics.registry)
+        except OSError as e:
+            print(f"gpuqueue scheduler: {metrics.port_error(args.metrics_port, e)}", file=sys.stderr)
+            return 1
     return d.run()

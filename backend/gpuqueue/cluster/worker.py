@@ -604,7 +604,11 @@ def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..observability.logs import setup_logging
 
-    setup_logging(level=args.log_level.upper(), component="worker", node=args.node)
+    try:
+        setup_logging(level=args.log_level.upper(), component="worker", node=args.node)
+    except ValueError as e:  # --log-level or $GPUQUEUE_LOG_FORMAT
+        print(f"gpuqueue worker: {e} (--log-level; $GPUQUEUE_LOG_FORMAT: json, human or auto)", file=sys.stderr)
+        return 2
     try:
         url = redis_url.from_args(args)
     except ValueError as e:
@@ -662,7 +666,12 @@ def cli_main(argv: list[str]) -> int:
     if args.metrics_port:
         from ..observability import metrics
 
-        metrics.serve_metrics(args.metrics_port, metrics.process_registry("worker", node=args.node))
+        try:
+            metrics.serve_metrics(args.metrics_port, metrics.process_registry("worker", node=args.node))
+        except OSError as e:
+            _AGENT.shutdown()  # signs the node off again
+            print(f"gpuqueue worker: {metrics.port_error(args.metrics_port, e)}", file=sys.stderr)
+            return 1
     if os.geteuid() == 0:  # by design (it switches jobs to their users); Celery's warning is noise here
         from celery.exceptions import SecurityWarning
 
