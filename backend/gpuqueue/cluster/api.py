@@ -54,14 +54,23 @@ class User:
 def load_users(path: str | Path) -> dict[str, User]:
     """token -> User. Raises BadRequest naming the file, the entry and the fix."""
     p = Path(path)
-    entries = read_toml(p, "users file").get("user")
+    doc = read_toml(p, "users file")
+    entries = doc.get("user")
     if not isinstance(entries, list) or not entries:
         raise BadRequest(f"users file {p}: add one [[user]] table per user, with name, token and admin")
+    other = sorted(set(doc) - {"user"})
+    if other:
+        raise BadRequest(f"users file {p}: unknown {', '.join(map(repr, other))}: the file holds only "
+                         f"[[user]] tables, with name, token and admin")
     out: dict[str, User] = {}
     for i, e in enumerate(entries, 1):
         name, token, admin = e.get("name"), e.get("token"), e.get("admin", False)
         if not isinstance(name, str) or not name:
             raise BadRequest(f"users file {p}: user #{i} needs a name")
+        unknown = sorted(set(e) - {"name", "token", "admin"})
+        if unknown:  # e.g. a misspelt admin: that user would not be an admin
+            raise BadRequest(f"users file {p}: user {name!r}: unknown {', '.join(map(repr, unknown))}: "
+                             f"a [[user]] has name, token and admin")
         if not isinstance(token, str) or len(token) < 8:
             raise BadRequest(f"users file {p}: user {name!r} needs a token of 8 characters or more")
         if not isinstance(admin, bool):
