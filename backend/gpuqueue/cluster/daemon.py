@@ -98,6 +98,7 @@ class Daemon(QueueShell):
         self.token: Optional[str] = None
         self.celery = make_app(store.url, celery_events or None)
         self.config: QueueConfig = config or _empty_config()
+        self.config_lists_nodes = config is not None  # a config file: a node it does not list is worth a word
         self.scheduler: Any = None
         self.nodes: dict[str, NodeSeen] = {}
         # node -> (instance, seq) of the last beat of a node found lost: that stale beat stays in
@@ -543,6 +544,12 @@ class Daemon(QueueShell):
             if node in pc.nodes:
                 return pname
         pool = wanted if wanted in self.config.pools else self.config.default_pool
+        if wanted and wanted != pool:
+            log.warning("node %s: its worker's --pool %s is no pool of the config (%s): it joins pool %s; "
+                        "restart the worker with one of those", node, wanted, ", ".join(self.config.pools), pool)
+        elif not wanted and self.config_lists_nodes:
+            log.warning("node %s is in no pool's nodes in the config: it joins pool %s (the first) with its %d GPUs; "
+                        "list it under [pools.NAME] nodes, or start its worker with --pool NAME", node, pool, gpus)
         pc = self.config.pools[pool]
         pc.nodes = {**pc.nodes, node: gpus}  # a new dict: admission checks cache node sizes per dict
         return pool

@@ -44,7 +44,7 @@ import redis
 
 from . import redis_url
 from ..attempt import identity as identities
-from ..attempt.gpus import local_gpu_count
+from ..attempt.gpus import local_gpu_count, nvml_gpu_count
 from ..attempt.identity import Identities, Identity, IdentityError
 from ..attempt.jobdir import (AttemptPaths, OwnedDir, attempt_paths, job_dir, prepare_owned, read_events,
                       write_bytes_atomic, write_json_atomic)
@@ -619,6 +619,11 @@ def cli_main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"gpuqueue worker: {e}", file=sys.stderr)
         return 2
+    if gpus == 0 and args.gpus is None and not os.environ.get("GPUQUEUE_GPUS"):
+        why = "NVML is not available (no NVIDIA driver, or no nvidia-ml-py)" if nvml_gpu_count() is None \
+            else "NVML sees no GPU"
+        log.warning("%s: this node offers 0 GPUs and runs only jobs that ask for none; if it has GPUs, fix the "
+                    "driver or declare them with --gpus N ($GPUQUEUE_GPUS)", why)
     os.environ.pop(redis_url.ENV, None)  # nothing this process starts inherits it
     not_dumpable()  # /proc/<worker>/environ and memory: root's, whatever uid the jobs run as
     home = Path("/var/lib/gpuqueue") if os.geteuid() == 0 else Path.home() / ".local/share/gpuqueue"
