@@ -118,3 +118,33 @@ def test_a_worker_the_config_does_not_place_or_without_gpus_is_named_in_the_logs
     assert "node n7: its worker's --pool prod is no pool of the config (gpu): it joins pool gpu" in log, log
     if not nvml_gpu_count():
         assert "this node offers 0 GPUs" in c.log("worker-cpu-1") and "--gpus N" in c.log("worker-cpu-1")
+
+
+def test_a_wrong_redis_password_is_named_where_the_admin_looks(tmp_path: Path, redis_factory: Any) -> None:
+    """The scheduler retries (Redis may be restarting) and the API serves 503s, but both logs say
+    which URL (password masked) Redis refused and where the URL comes from."""
+    r = redis_factory(password="the-right-one")
+    wrong = f"redis://:a-wrong-one@127.0.0.1:{r.port}/0"
+    users = tmp_path / "users.toml"
+    users.write_text('[[user]]\nname = "ana"\ntoken = "ana-token-0123456789"\n')
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JUPYTERHUB_"))}
+    procs = {}
+    for role, args in (("scheduler", []), ("api", ["--users", str(users), "--port", str(free_port())])):
+        log = tmp_path / f"{role}.log"
+        procs[role] = (subprocess.Popen([sys.executable, "-m", "gpuqueue.cli", role, *args], env=dict(base, GPUQUEUE_REDIS_URL=wrong),
+                                        stdout=log.open("wb"), stderr=subprocess.STDOUT), log)
+    try:
+        for role, (p, log) in procs.items():
+            wait_until(lambda: "GPUQUEUE_REDIS_URL" in log.read_text(), 30, 0.1, f"the {role}'s word on Redis")
+            text = log.read_text()
+            assert f"redis at redis://:***@127.0.0.1:{r.port}/0" in text and "a-wrong-one" not in text, text
+            assert "--redis-file" in text and "invalid username-password pair" in text, text
+    finally:
+        for p, _ in procs.values():
+            p.kill()
+            p.wait(10)
+
+
+def test_a_gpuqueue_url_without_its_scheme_is_named() -> None:
+    _one_line(_gpuqueue("ls", env={"GPUQUEUE_URL": "gpuqueue-api:8780", "GPUQUEUE_TOKEN": "t" * 12}), 1,
+              "GPUQUEUE_URL='gpuqueue-api:8780' is not an http(s) URL", "http://gpuqueue-api:8780/")

@@ -293,6 +293,12 @@ def cli_main(argv: list[str]) -> int:
 
         die_with_parent()  # a child must not outlive the parent systemd (or a test) stops
     store = RedisStore(url, args.prefix)
+    try:
+        store.r.ping()
+    except redis.RedisError as e:  # it may come up later: serve, and answer 503 naming it until then
+        log.error("redis at %s cannot be used (%s): every request answers 503 until it can; check "
+                  "$GPUQUEUE_REDIS_URL or the --redis-file (redis://gpuqueue-api:PASSWORD@host:6379/0 with "
+                  "deploy/redis/users.acl)", redis_url.mask(url), redis_url.mask(str(e)))
     app = make_app(store, users, hub_auth=hub_auth, prefix=prefix, admin_scope=args.admin_scope,
                    cookie_secret=cookie_secret,
                    max_payload_bytes=int(args.max_payload_mb * 1e6))

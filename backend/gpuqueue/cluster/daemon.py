@@ -138,7 +138,8 @@ class Daemon(QueueShell):
             try:
                 tok = self.store.try_lead(self.name, self.leader_ttl_ms)
             except redis.RedisError as e:
-                log.warning("redis unavailable (%s); retrying", e)
+                log.warning("redis at %s unavailable (%s); retrying%s", redis_url.mask(self.store.url),
+                            redis_url.mask(str(e)), _REFUSED if isinstance(e, redis.AuthenticationError) else "")
                 time.sleep(1.0)
                 continue
             if tok:
@@ -691,6 +692,10 @@ class Daemon(QueueShell):
                 self._exec([["SET", self.store.k("sched_state"), json.dumps(self.scheduler.export_state())]])
             except (LostLeadership, redis.RedisError):
                 pass
+
+
+_REFUSED = (": Redis refused the user or password of that URL; check $GPUQUEUE_REDIS_URL or the --redis-file "
+            "(redis://gpuqueue-scheduler:PASSWORD@host:6379/0 with deploy/redis/users.acl)")
 
 
 def _empty_config() -> QueueConfig:
