@@ -148,3 +148,12 @@ def test_a_wrong_redis_password_is_named_where_the_admin_looks(tmp_path: Path, r
 def test_a_gpuqueue_url_without_its_scheme_is_named() -> None:
     _one_line(_gpuqueue("ls", env={"GPUQUEUE_URL": "gpuqueue-api:8780", "GPUQUEUE_TOKEN": "t" * 12}), 1,
               "GPUQUEUE_URL='gpuqueue-api:8780' is not an http(s) URL", "http://gpuqueue-api:8780/")
+
+
+def test_gpuqueue_queue_says_when_no_scheduler_has_published_the_queue(cluster_factory: Any) -> None:
+    """The API started before any `gpuqueue scheduler`: `gpuqueue queue` printed nothing at all;
+    it now says what its JSON says."""
+    c = cluster_factory(start=False)
+    c.start_api()
+    p = c.cli("alice", "queue")
+    assert p.returncode == 0 and "is `gpuqueue scheduler` running?" in p.stderr, (p.stdout, p.stderr)
