@@ -157,3 +157,15 @@ def test_gpuqueue_queue_says_when_no_scheduler_has_published_the_queue(cluster_f
     c.start_api()
     p = c.cli("alice", "queue")
     assert p.returncode == 0 and "is `gpuqueue scheduler` running?" in p.stderr, (p.stdout, p.stderr)
+
+
+def test_a_scheduler_given_another_roles_redis_user_says_so(redis_factory: Any) -> None:
+    """With the API's (or a worker's) user of deploy/redis/users.acl the scheduler led, placed jobs
+    and then retried sending them for ever; it now refuses at once, naming the user to use."""
+    from .conftest import shipped_acl
+
+    r = redis_factory(password="admin-pw", conf=shipped_acl(PASSWORDS))
+    for role in ("api", "worker"):
+        url = f"redis://gpuqueue-{role}:{PASSWORDS[role]}@127.0.0.1:{r.port}/0"
+        _one_line(_gpuqueue("scheduler", env={"GPUQUEUE_REDIS_URL": url}, timeout=30), 2,
+                  f"Redis refuses the user of redis://gpuqueue-{role}:***@", "gpuqueue-scheduler in deploy/redis/users.acl")

@@ -698,6 +698,21 @@ _REFUSED = (": Redis refused the user or password of that URL; check $GPUQUEUE_R
             "(redis://gpuqueue-scheduler:PASSWORD@host:6379/0 with deploy/redis/users.acl)")
 
 
+def _acl_mismatch(store: RedisStore) -> Optional[str]:
+    """Why the Redis user of the daemon's URL cannot do its work (e.g. the API's or a worker's user
+    of deploy/redis/users.acl, which may not touch the leader lock or the nodes' Celery queues),
+    else None; None too where Redis cannot be asked now (the daemon waits for it)."""
+    try:
+        store.r.exists(store.k("leader"), node_queue("acl-check"))
+    except redis.exceptions.NoPermissionError as e:
+        return (f"Redis refuses the user of {redis_url.mask(store.url)} the scheduler's keys ({e}): give the "
+                f"scheduler its own user, gpuqueue-scheduler in deploy/redis/users.acl "
+                f"(redis://gpuqueue-scheduler:PASSWORD@host:6379/0)")
+    except redis.RedisError:
+        pass
+    return None
+
+
 def _empty_config() -> QueueConfig:
     """Without a config file: one pool 'default' that grows as workers join."""
     return QueueConfig.model_validate({"pools": {"default": {"nodes": {}}}}, context=GROWING)
@@ -757,7 +772,12 @@ def cli_main(argv: list[str]) -> int:
         except ValueError as e:
             print(f"gpuqueue scheduler: {e}", file=sys.stderr)
             return 2
-    d = Daemon(RedisStore(url, args.prefix), config, args.policy, args.node_timeout,
+    store = RedisStore(url, args.prefix)
+    wrong_user = _acl_mismatch(store)
+    if wrong_user:
+        print(f"gpuqueue scheduler: {wrong_user}", file=sys.stderr)
+        return 2
+    d = Daemon(store, config, args.policy, args.node_timeout,
                args.leader_ttl, args.start_timeout, args.stop_grace, keep_finished=args.keep_finished,
                celery_events=args.celery_events)
     if args.metrics_port:
