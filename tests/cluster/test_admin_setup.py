@@ -169,3 +169,7 @@ def test_a_scheduler_given_another_roles_redis_user_says_so(redis_factory: Any) 
         url = f"redis://gpuqueue-{role}:{PASSWORDS[role]}@127.0.0.1:{r.port}/0"
         _one_line(_gpuqueue("scheduler", env={"GPUQUEUE_REDIS_URL": url}, timeout=30), 2,
                   f"Redis refuses the user of redis://gpuqueue-{role}:***@", "gpuqueue-scheduler in deploy/redis/users.acl")
+    url = f"redis://gpuqueue-api:{PASSWORDS['api']}@127.0.0.1:{r.port}/0"
+    _one_line(_gpuqueue("worker", "--node", "n1", "--gpus", "1", "--identities", "none", "--state-dir", str(r.root / "n1"),
+                        env={"GPUQUEUE_REDIS_URL": url}, timeout=30), 2,
+              "Redis refuses the user of redis://gpuqueue-api:***@", "gpuqueue-worker in deploy/redis/users.acl")

@@ -657,6 +657,15 @@ def cli_main(argv: list[str]) -> int:
         except (ValueError, OSError, StorageError) as e:
             print(f"gpuqueue worker: {e}", file=sys.stderr)
             return 2
+    try:  # the API's user of users.acl joined the node, then Celery died of NOPERM on its queue
+        store.r.exists(store.k("hb", args.node), node_queue(args.node))
+    except redis.exceptions.NoPermissionError as e:
+        print(f"gpuqueue worker: Redis refuses the user of {redis_url.mask(url)} the worker's keys ({e}): give the "
+              f"workers their own user, gpuqueue-worker in deploy/redis/users.acl "
+              f"(redis://gpuqueue-worker:PASSWORD@host:6379/0)", file=sys.stderr)
+        return 2
+    except redis.RedisError:
+        pass  # unreachable: said below
     _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents, shared=shared,
                        sweep_s=args.shared_sweep, local_sweep_s=args.local_sweep)
     try:
