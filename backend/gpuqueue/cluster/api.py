@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import hmac
 import logging
 import os
@@ -225,7 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     redis_url.add_arguments(p)
     p.add_argument("--port", type=int, default=None,
                    help="port (default: that of the hub's JUPYTERHUB_SERVICE_URL as a hub service, else 8780)")
-    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--address", default=None,
+                   help="address to listen on (default: the host of the hub's JUPYTERHUB_SERVICE_URL as a hub "
+                        "service, else 127.0.0.1)")
     p.add_argument("--users", required=False, help="users TOML file: [[user]] name, token, admin")
     p.add_argument("--auth", choices=("auto", "hub", "users"), default="auto",
                    help="who authenticates requests: 'hub' (JupyterHub, as a hub service), 'users' "
@@ -280,11 +283,14 @@ def cli_main(argv: list[str]) -> int:
             print(f"gpuqueue api: {e}", file=sys.stderr)
             return 2
     port = args.port or (hub.service_port() if use_hub else None) or 8780
+    args.address = args.address or (hub.service_host() if use_hub else None) or "127.0.0.1"
     try:
         sockets = netutil.bind_sockets(port, args.address)
     except OSError as e:
-        print(f"gpuqueue api: cannot listen on {args.address}:{port} ({e.strerror}): stop what holds that port "
-              f"or choose another (--port; as a hub service, the port of the service's url)", file=sys.stderr)
+        fix = ("stop what holds that port or choose another (--port; as a hub service, the port of the service's "
+               "url)") if e.errno == errno.EADDRINUSE else ("listen on an address of this host (--address; as a hub "
+                                                             "service, the host of the service's url)")
+        print(f"gpuqueue api: cannot listen on {args.address}:{port} ({e.strerror}): {fix}", file=sys.stderr)
         return 1
     cookie_secret = os.urandom(32)  # the hub login cookie: one secret for every process forked below
     if args.processes > 1:
