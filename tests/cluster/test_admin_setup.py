@@ -173,3 +173,19 @@ def test_a_scheduler_given_another_roles_redis_user_says_so(redis_factory: Any) 
     _one_line(_gpuqueue("worker", "--node", "n1", "--gpus", "1", "--identities", "none", "--state-dir", str(r.root / "n1"),
                         env={"GPUQUEUE_REDIS_URL": url}, timeout=30), 2,
               "Redis refuses the user of redis://gpuqueue-api:***@", "gpuqueue-worker in deploy/redis/users.acl")
+
+
+def test_a_users_file_others_may_read_is_named(tmp_path: Path, redis_factory: Any) -> None:
+    r = redis_factory()
+    users = tmp_path / "users.toml"
+    users.write_text('[[user]]\nname = "ana"\ntoken = "ana-token-0123456789"\n')
+    users.chmod(0o644)
+    log = tmp_path / "api.log"
+    p = subprocess.Popen([sys.executable, "-m", "gpuqueue.cli", "api", "--redis", r.url, "--users", str(users),
+                          "--port", str(free_port())], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "chmod 600" in log.read_text(), 30, 0.1, "the API's word on the users file")
+        assert f"users file {users} is mode 644: other users of this host may read every user's token" in log.read_text()
+    finally:
+        p.kill()
+        p.wait(10)

@@ -282,6 +282,10 @@ def cli_main(argv: list[str]) -> int:
         except BadRequest as e:
             print(f"gpuqueue api: {e}", file=sys.stderr)
             return 2
+        mode = os.stat(args.users).st_mode & 0o777
+        if mode & 0o077:  # a warning, not a refusal: files made with the default umask worked so far
+            log.warning("users file %s is mode %03o: other users of this host may read every user's token; "
+                        "chmod 600 %s (owned by the user the API runs as)", args.users, mode, args.users)
     port = args.port or (hub.service_port() if use_hub else None) or 8780
     args.address = args.address or (hub.service_host() if use_hub else None) or "127.0.0.1"
     try:
