@@ -189,3 +189,15 @@ def test_a_users_file_others_may_read_is_named(tmp_path: Path, redis_factory: An
     finally:
         p.kill()
         p.wait(10)
+
+
+def test_numbers_out_of_range_are_refused_by_name() -> None:
+    """A worker offered -1 GPUs, a heartbeat of 0 made a busy loop, a leader TTL of 0 read as
+    'redis unavailable (invalid expire time)' for ever: argparse now names the option."""
+    for args, words in ((["worker", "--gpus", "-1"], "argument --gpus: -1 is not at least 0"),
+                        (["worker", "--heartbeat", "0"], "argument --heartbeat: 0 is not above 0"),
+                        (["api", "--processes", "-1"], "argument --processes: -1 is not at least 1"),
+                        (["api", "--port", "70000"], "argument --port: 70000 is not between 1 and 65535"),
+                        (["scheduler", "--leader-ttl", "0"], "argument --leader-ttl: 0 is not above 0"),
+                        (["scheduler", "--node-timeout", "1m"], "argument --node-timeout: '1m' is not a number")):
+        _one_line(_gpuqueue(*args, "--redis", "redis://127.0.0.1:1/0"), 2, words)

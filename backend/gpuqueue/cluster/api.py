@@ -32,7 +32,7 @@ from typing import Any, Optional
 import redis
 from tornado import httpserver, netutil, process, web
 
-from . import redis_url
+from . import cliargs, redis_url
 from ..rest import handlers as rest
 from ..queue.config import read_toml
 from ..queue.errors import BadRequest, NotFound, Unauthenticated, Unavailable
@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     """``gpuqueue api`` options."""
     p = argparse.ArgumentParser(prog="gpuqueue api", description="Run the cluster's REST API service.")
     redis_url.add_arguments(p)
-    p.add_argument("--port", type=int, default=None,
+    p.add_argument("--port", type=cliargs.PORT, default=None,
                    help="port (default: that of the hub's JUPYTERHUB_SERVICE_URL as a hub service, else 8780)")
     p.add_argument("--address", default=None,
                    help="address to listen on (default: the host of the hub's JUPYTERHUB_SERVICE_URL as a hub "
@@ -236,10 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-scope", default="",
                    help="with --auth hub: the hub scope that makes a user a gpuqueue admin "
                         "(default custom:gpuqueue:admin)")
-    p.add_argument("--hub-cache-s", type=int, default=60,
+    p.add_argument("--hub-cache-s", type=cliargs.number(int, 0), default=60,
                    help="with --auth hub: seconds the hub's answer for a token is reused (default 60)")
-    p.add_argument("--processes", type=int, default=1, help="processes sharing the port (default 1)")
-    p.add_argument("--max-payload-mb", type=float, default=64.0, help="largest cell payload, MB (default 64)")
+    p.add_argument("--processes", type=cliargs.COUNT, default=1, help="processes sharing the port (default 1)")
+    p.add_argument("--max-payload-mb", type=cliargs.number(float, 0, low_open=True), default=64.0, help="largest cell payload, MB (default 64)")
     p.add_argument("--prefix", default="gq")
     p.add_argument("--log-level", default="WARNING")
     return p

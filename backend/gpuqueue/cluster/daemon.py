@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 import kombu.exceptions
 import redis
 
-from . import redis_url
+from . import cliargs, redis_url
 from ..queue.config import GROWING, QueueConfig, load_config
 from ..queue.durations import KEEP_FINISHED, format_duration, parse_retention
 from ..queue.errors import GPUQueueError
@@ -731,17 +731,17 @@ def build_parser() -> argparse.ArgumentParser:
     redis_url.add_arguments(p)
     p.add_argument("--config", default=os.environ.get("GPUQUEUE_CONFIG"), help="pools TOML (docs/config.md); default: pool 'default' of whatever workers join")
     p.add_argument("--policy", default="gpuqueue", choices=["gpuqueue", "fifo"])
-    p.add_argument("--node-timeout", type=float, default=60.0, help="seconds without a heartbeat before a node is lost and its jobs requeued (default 60)")
-    p.add_argument("--leader-ttl", type=float, default=10.0, help="seconds the leader lock lasts without renewal (default 10)")
-    p.add_argument("--start-timeout", type=float, default=120.0, help="seconds a dispatched attempt may wait for its worker (default 120)")
-    p.add_argument("--stop-grace", type=float, default=30.0, help="seconds to stop after cancel/timeout (default 30)")
+    p.add_argument("--node-timeout", type=cliargs.SECONDS, default=60.0, help="seconds without a heartbeat before a node is lost and its jobs requeued (default 60)")
+    p.add_argument("--leader-ttl", type=cliargs.SECONDS, default=10.0, help="seconds the leader lock lasts without renewal (default 10)")
+    p.add_argument("--start-timeout", type=cliargs.SECONDS, default=120.0, help="seconds a dispatched attempt may wait for its worker (default 120)")
+    p.add_argument("--stop-grace", type=cliargs.SECONDS_OR_ZERO, default=30.0, help="seconds to stop after cancel/timeout (default 30)")
     p.add_argument("--keep-finished", default=KEEP_FINISHED, type=_retention, metavar="DURATION",
                    help="delete a finished job (record, events, results) this long after it ended, "
                         "e.g. 7d, 12h; 'forever' keeps them (default %(default)s)")
     p.add_argument("--prefix", default="gq", help="Redis key prefix (default gq)")
     p.add_argument("--celery-events", action="store_true",
                    help="send a Celery task-sent event per launch, for Flower (default: $GPUQUEUE_CELERY_EVENTS, else off)")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-port", type=cliargs.PORT, default=None, help="serve Prometheus /metrics on this port")
     p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
     return p
 

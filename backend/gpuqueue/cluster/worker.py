@@ -42,7 +42,7 @@ from typing import Any, Optional, Union, cast
 
 import redis
 
-from . import redis_url
+from . import cliargs, redis_url
 from ..attempt import identity as identities
 from ..attempt.gpus import local_gpu_count, nvml_gpu_count
 from ..attempt.identity import Identities, Identity, IdentityError
@@ -541,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpuqueue worker", description="Run this GPU node's Celery worker.")
     redis_url.add_arguments(p)
     p.add_argument("--node", default=socket.gethostname(), help="this node's name, as in the pools config (default: host name)")
-    p.add_argument("--gpus", type=int, default=None, help="GPUs to offer (default: $GPUQUEUE_GPUS, else NVML)")
+    p.add_argument("--gpus", type=cliargs.GPUS, default=None, help="GPUs to offer (default: $GPUQUEUE_GPUS, else NVML)")
     p.add_argument("--pool", default=None, help="pool, for a node the config does not list")
     p.add_argument("--state-dir", default=None, help="job folders (default: $GPUQUEUE_STATE_DIR, else /var/lib/gpuqueue/worker-NODE as root, ~/.local/share/gpuqueue/worker-NODE otherwise)")
     p.add_argument("--shared-dir", default=None, metavar="PATH|URL",
@@ -551,22 +551,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-options", default=None, metavar="FILE.json",
                    help="fsspec storage options of --shared-dir (endpoint_url, key, secret...), a JSON file of mode "
                         "600; credentials may also come from the usual environment (AWS_*), which no job inherits")
-    p.add_argument("--shared-sweep", type=float, default=SWEEP_S, metavar="SECONDS",
+    p.add_argument("--shared-sweep", type=cliargs.SECONDS_OR_ZERO, default=SWEEP_S, metavar="SECONDS",
                    help="how often one of the workers deletes from --shared-dir the checkpoints of jobs whose "
                         "records are gone (the scheduler's --keep-finished after they ended; default %(default)g; "
                         "0: never)")
-    p.add_argument("--local-sweep", type=float, default=SWEEP_S, metavar="SECONDS",
+    p.add_argument("--local-sweep", type=cliargs.SECONDS_OR_ZERO, default=SWEEP_S, metavar="SECONDS",
                    help="how often this worker deletes from its --state-dir the folders (records, payloads, "
                         "checkpoints) of jobs whose records are gone and that no longer run here (the "
                         "scheduler's --keep-finished after they ended; default %(default)g; 0: never)")
-    p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
-    p.add_argument("--concurrency", type=int, default=4, help="launch threads (default 4)")
+    p.add_argument("--heartbeat", type=cliargs.SECONDS, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
+    p.add_argument("--concurrency", type=cliargs.COUNT, default=4, help="launch threads (default 4)")
     p.add_argument("--prefix", default="gq")
     p.add_argument("--celery-events", action="store_true",
                    help="send Celery task events and heartbeats and answer remote control, so that Flower "
                         "(`celery --broker URL flower`) sees this worker, its queue and its launches "
                         "(default: $GPUQUEUE_CELERY_EVENTS, else off; docs/deploy.md)")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics (process, NVML GPUs) on this port")
+    p.add_argument("--metrics-port", type=cliargs.PORT, default=None, help="serve Prometheus /metrics (process, NVML GPUs) on this port")
     p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
     p.add_argument("--identities", default="auto", metavar="MODE",
                    help="whose uid each job runs as (the worker must be root): 'dynamic' (a uid per user from "
