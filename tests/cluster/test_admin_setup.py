@@ -201,3 +201,30 @@ def test_numbers_out_of_range_are_refused_by_name() -> None:
                         (["scheduler", "--leader-ttl", "0"], "argument --leader-ttl: 0 is not above 0"),
                         (["scheduler", "--node-timeout", "1m"], "argument --node-timeout: '1m' is not a number")):
         _one_line(_gpuqueue(*args, "--redis", "redis://127.0.0.1:1/0"), 2, words)
+
+
+def test_a_misspelt_gpuqueue_variable_is_named(tmp_path: Path) -> None:
+    """GPUQUEUE_CONIFG: the scheduler ran without its pools and said nothing."""
+    log = tmp_path / "scheduler.log"
+    p = subprocess.Popen([sys.executable, "-m", "gpuqueue.cli", "scheduler", "--redis", "redis://127.0.0.1:1/0"],
+                         env={**{k: v for k, v in os.environ.items() if not k.startswith("GPUQUEUE_")},
+                              "GPUQUEUE_CONIFG": "/etc/gpuqueue/pools.toml"},
+                         stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "GPUQUEUE_CONIFG" in log.read_text(), 30, 0.1, "the word on GPUQUEUE_CONIFG")
+        assert "GPUQUEUE_CONIFG is no gpuqueue setting and is ignored: did you mean GPUQUEUE_CONFIG?" in log.read_text()
+    finally:
+        p.kill()
+        p.wait(10)
+
+
+def test_the_known_variables_are_every_one_the_sources_name() -> None:
+    import re
+
+    from gpuqueue.cluster.envcheck import KNOWN
+
+    named = set()
+    for src in [*(REPO / "backend" / "gpuqueue").rglob("*.py"), *(REPO / "jupyter_gpuqueue").rglob("*.py")]:
+        if src.name != "envcheck.py":  # its docstring names misspellings
+            named |= set(re.findall(r"GPUQUEUE_[A-Z0-9_]*[A-Z0-9]", src.read_text()))
+    assert named - KNOWN == set()

@@ -255,6 +255,9 @@ def cli_main(argv: list[str]) -> int:
     except ValueError as e:  # --log-level or $GPUQUEUE_LOG_FORMAT
         print(f"gpuqueue api: {e} (--log-level; $GPUQUEUE_LOG_FORMAT: json, human or auto)", file=sys.stderr)
         return 2
+    from .envcheck import warn_unknown
+
+    warn_unknown(log)
     try:
         url = redis_url.from_args(args)
     except ValueError as e:
