@@ -199,7 +199,9 @@ def test_numbers_out_of_range_are_refused_by_name() -> None:
                         (["api", "--processes", "-1"], "argument --processes: -1 is not at least 1"),
                         (["api", "--port", "70000"], "argument --port: 70000 is not between 1 and 65535"),
                         (["scheduler", "--leader-ttl", "0"], "argument --leader-ttl: 0 is not above 0"),
-                        (["scheduler", "--node-timeout", "1m"], "argument --node-timeout: '1m' is not a number")):
+                        (["scheduler", "--node-timeout", "1m"], "argument --node-timeout: '1m' is not a number"),
+                        # 30 meant 30 seconds: finished jobs deleted half a minute after they ended
+                        (["scheduler", "--keep-finished", "30"], "argument --keep-finished: 30 has no unit: write e.g. 30d")):
         _one_line(_gpuqueue(*args, "--redis", "redis://127.0.0.1:1/0"), 2, words)
 
 

@@ -719,6 +719,9 @@ def _empty_config() -> QueueConfig:
 
 
 def _retention(text: str) -> Optional[float]:
+    n = text.strip()
+    if n.replace(".", "", 1).isdigit() and float(n) != 0:  # 30 read as seconds deleted jobs 30 s after they ended
+        raise argparse.ArgumentTypeError(f"{n} has no unit: write e.g. {n}d, {n}h or {n}s, or 'forever'")
     try:
         return parse_retention(text)
     except ValueError as e:
