@@ -101,21 +101,23 @@ def test_a_port_in_use_is_one_line_naming_the_fix(tmp_path: Path, redis_factory:
 def test_a_worker_the_config_does_not_place_or_without_gpus_is_named_in_the_logs(cluster_factory: Any,
                                                                                  monkeypatch: Any) -> None:
     """Each still runs (as docs/deploy.md says: the first pool, 0 GPUs), but the daemon's log names a
-    node that pools.toml does not list and a --pool that no pool has, and a worker that found no
-    GPU says how to declare them."""
+    node that pools.toml does not list, a --pool that no pool has and a node offering other GPUs
+    than the config lists, and a worker that found no GPU says how to declare them."""
     from gpuqueue.attempt.gpus import nvml_gpu_count
 
     monkeypatch.delenv("GPUQUEUE_GPUS", raising=False)  # cpu-1 declares none
     c = cluster_factory(nodes={"n1": 1}, start=False)
     c.start_daemon()
-    for node, more in (("gpu-01", ["--gpus", "2"]), ("n7", ["--gpus", "1", "--pool", "prod"]), ("cpu-1", [])):
+    for node, more in (("gpu-01", ["--gpus", "2"]), ("n7", ["--gpus", "1", "--pool", "prod"]), ("cpu-1", []),
+                       ("n1", ["--gpus", "4"])):
         c._spawn(f"worker-{node}", ["worker", "--node", node, *more, "--heartbeat", "0.2", "--identities", "none",
                                     "--state-dir", str(c.root / f"node-{node}")], role="worker")
-    wait_until(lambda: all(f"node {n} up" in c.log("daemon") for n in ("gpu-01", "n7", "cpu-1")), 60, 0.2,
-               "the three nodes up")
+    wait_until(lambda: all(f"node {n} up" in c.log("daemon") for n in ("gpu-01", "n7", "cpu-1", "n1")), 60, 0.2,
+               "the four nodes up")
     log = c.log("daemon")
     assert "node gpu-01 is in no pool's nodes in the config: it joins pool gpu (the first) with its 2 GPUs" in log, log
     assert "node n7: its worker's --pool prod is no pool of the config (gpu): it joins pool gpu" in log, log
+    assert "node n1 offers 4 GPUs, the config lists 1: the queue uses the 4 it offers" in log, log
     if not nvml_gpu_count():
         assert "this node offers 0 GPUs" in c.log("worker-cpu-1") and "--gpus N" in c.log("worker-cpu-1")
 

@@ -543,6 +543,9 @@ class Daemon(QueueShell):
         which then lists it so admission checks count its GPUs."""
         for pname, pc in self.config.pools.items():
             if node in pc.nodes:
+                if self.config_lists_nodes and pc.nodes[node] != gpus:
+                    log.warning("node %s offers %d GPUs, the config lists %d: the queue uses the %d it offers; "
+                                "correct the config or the worker's --gpus", node, gpus, pc.nodes[node], gpus)
                 return pname
         pool = wanted if wanted in self.config.pools else self.config.default_pool
         if wanted and wanted != pool:
