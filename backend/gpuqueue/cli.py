@@ -143,6 +143,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(q, indent=2))
         return 0
+    if q.get("warning"):  # e.g. no scheduler daemon has published the queue yet
+        print(printable(f"gpuqueue: {q['warning']}"), file=sys.stderr)
     for name, p in q.get("pools", {}).items():
         print(printable(f"{name}: {p.get('gpus_used', 0)}/{p.get('gpus_total', 0)} GPUs used, "
                         f"{p.get('queued', 0)} queued, {p.get('running', 0)} running"))

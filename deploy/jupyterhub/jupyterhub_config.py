@@ -4,6 +4,9 @@
 import os
 
 GPUQUEUE_API = os.environ.get("GPUQUEUE_API", "http://127.0.0.1:8780")  # where the hub runs the API
+if not os.environ.get("GPUQUEUE_REDIS_URL"):
+    raise SystemExit("jupyterhub_config.py: set GPUQUEUE_REDIS_URL in the hub's environment to the Redis URL of "
+                     "`gpuqueue api`, e.g. redis://gpuqueue-api:PASSWORD@redis-host:6379/0 (docs/deploy.md, JupyterHub)")
 
 c.JupyterHub.services = [
     {

@@ -18,6 +18,9 @@ from gpuqueue.queue.errors import BadRequest
     ('[[user]]\nname = "ana"\ntoken = "abcdefgh1"\nadmin = "yes"\n', "admin must be true or false"),
     ('[[user]]\nname = "a"\ntoken = "abcdefgh1"\n[[user]]\nname = "b"\ntoken = "abcdefgh1"\n', "share a token"),
     ("[[user]\n", "not valid TOML"),
+    # a misspelt key would leave ops without admin rights; a misspelt table, its users out
+    ('[[user]]\nname = "ops"\ntoken = "abcdefgh1"\nadmn = true\n', "user 'ops': unknown 'admn': a [[user]] has name, token and admin"),
+    ('[[user]]\nname = "a"\ntoken = "abcdefgh1"\n[[users]]\nname = "b"\ntoken = "abcdefgh2"\n', "unknown 'users'"),
 ])
 def test_bad_users_files_are_refused_with_the_fix(tmp_path, text, message) -> None:
     f = tmp_path / "users.toml"

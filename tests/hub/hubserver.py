@@ -107,7 +107,9 @@ class Hub:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def start(self) -> "Hub":
+    def start(self, healthy: bool = True) -> "Hub":
+        """Start the hub; wait until the service answers ``/healthz`` with 200 (``healthy=False``:
+        with anything, e.g. a 503 where the service cannot use its Redis URL)."""
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "jupyterhub", "-f", str(self.config)], cwd=self.root,
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -116,7 +118,10 @@ class Hub:
             if self.proc.poll() is not None:
                 raise AssertionError(f"jupyterhub exited: {self.log()[-4000:]}")
             try:
-                return requests.get(self.service_url + "healthz", timeout=2).status_code == 200
+                r = requests.get(self.service_url + "healthz", timeout=2)
+                # the service's own 503 is JSON; the proxy's, while the service is not up, is not
+                return r.status_code == 200 or (not healthy and r.status_code == 503
+                                                and "json" in r.headers.get("Content-Type", ""))
             except requests.RequestException:
                 return False
 

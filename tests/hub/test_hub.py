@@ -21,7 +21,7 @@ import requests
 from cluster.conftest import Cluster
 from gpuqueue.cluster.redis_store import RedisStore
 from gpuqueue.rest.client import Client, ServerInfo
-from helpers.servers import wait_until
+from helpers.servers import free_port, wait_until
 
 from .hubserver import SNIPPET, Hub, UserServer
 
@@ -289,7 +289,7 @@ def test_external_service_from_the_documented_command_behind_the_helm_values(tmp
     lines = [ln.rstrip(" \\") for ln in _doc_block("bash", "# an external gpuqueue api service").splitlines()]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTERHUB_", "GPUQUEUE_"))}
     fill = {"<the service's api_token>": token, "http://hub:8081": f"http://127.0.0.1:{hub.hub_port}",
-            "<redis://:PASSWORD@redis-host:6379/0>": r.url}
+            "<redis://gpuqueue-api:PASSWORD@redis-host:6379/0>": r.url}
     for ln in lines[:-1]:
         k, _, v = ln.partition("=")
         for a, b in fill.items():
@@ -409,3 +409,63 @@ def test_a_refused_listing_tells_a_keep_alive_proxy_to_reconnect(tmp_path: Path)
         r = conn.getresponse()
         assert r.status == 401 and r.getheader("Connection") == "close"
         r.read()
+
+
+def test_a_hub_service_with_the_wrong_redis_password_names_the_fix(tmp_path: Path, redis_factory: Any) -> None:
+    """The hub's environment holds a Redis URL whose password Redis refuses: a user's request
+    gets the 503 that names the fix (as with the users file), not a 500 "internal error"."""
+    r = redis_factory(appendonly=True, password="the-right-password")
+    hub = Hub(tmp_path / "hub", f"redis://:a-wrong-password@127.0.0.1:{r.port}/0")
+    try:
+        hub.start(healthy=False)
+        s = hub.login("alice")
+        t = s.post(f"{hub.url}hub/api/users/alice/tokens", json={"note": "test"},
+                   headers={"X-XSRFToken": _cookie(s, "_xsrf")}, timeout=30)
+        assert t.status_code == 201, t.text
+        got = requests.get(f"{hub.service_url}gpuqueue/api/jobs",
+                           headers={"Authorization": f"token {t.json()['token']}"}, timeout=30)
+        assert got.status_code == 503, got.text
+        message = got.json()["message"]
+        assert "refused the API service's credentials" in message and "Redis password" in message, message
+        assert "a-wrong-password" not in got.text
+    finally:
+        hub.stop()
+
+
+def test_the_hub_config_without_a_redis_url_names_the_fix(tmp_path: Path) -> None:
+    """The documented snippet in a hub whose environment lacks GPUQUEUE_REDIS_URL: the hub stops
+    with one line naming the variable (no KeyError traceback from the config file)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JUPYTERHUB_"))}
+    p = subprocess.run([sys.executable, "-m", "jupyterhub", "-f", str(SNIPPET)], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, (p.stdout, p.stderr)
+    assert "set GPUQUEUE_REDIS_URL in the hub's environment" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_hub_service_listens_on_the_host_of_its_url(tmp_path: Path) -> None:
+    """The hub's proxy reaches the service at its url: `gpuqueue api` started by a hub listens on
+    that URL's host, not on 127.0.0.1 whatever the url said; a host not of this machine is named."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JUPYTERHUB_"))}
+    env.update(JUPYTERHUB_API_TOKEN="x" * 32, JUPYTERHUB_API_URL="http://127.0.0.1:1/hub/api",
+               JUPYTERHUB_SERVICE_NAME="gpuqueue", JUPYTERHUB_SERVICE_PREFIX="/services/gpuqueue/",
+               JUPYTERHUB_SERVICE_URL=f"http://127.0.0.2:{port}/services/gpuqueue/")
+    p = subprocess.Popen([sys.executable, "-m", "gpuqueue.cli", "api", "--redis", "redis://127.0.0.1:1/0"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def answers() -> bool:
+            assert p.poll() is None, "gpuqueue api exited"
+            try:
+                return requests.get(f"http://127.0.0.2:{port}/services/gpuqueue/healthz", timeout=2).status_code == 503
+            except requests.RequestException:
+                return False
+
+        wait_until(answers, 30, 0.1, "the service on 127.0.0.2")
+    finally:
+        p.kill()
+        p.wait(10)
+    env["JUPYTERHUB_SERVICE_URL"] = f"http://192.0.2.1:{port}/services/gpuqueue/"  # TEST-NET: no host's address
+    bad = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "api", "--redis", "redis://127.0.0.1:1/0"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "cannot listen on 192.0.2.1" in bad.stderr and "the host of the service's url" in bad.stderr, \
+        bad.stderr

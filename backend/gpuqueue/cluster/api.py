@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import hmac
 import logging
 import os
@@ -31,7 +32,7 @@ from typing import Any, Optional
 import redis
 from tornado import httpserver, netutil, process, web
 
-from . import redis_url
+from . import cliargs, redis_url
 from ..rest import handlers as rest
 from ..queue.config import read_toml
 from ..queue.errors import BadRequest, NotFound, Unauthenticated, Unavailable
@@ -54,14 +55,23 @@ class User:
 def load_users(path: str | Path) -> dict[str, User]:
     """token -> User. Raises BadRequest naming the file, the entry and the fix."""
     p = Path(path)
-    entries = read_toml(p, "users file").get("user")
+    doc = read_toml(p, "users file")
+    entries = doc.get("user")
     if not isinstance(entries, list) or not entries:
         raise BadRequest(f"users file {p}: add one [[user]] table per user, with name, token and admin")
+    other = sorted(set(doc) - {"user"})
+    if other:
+        raise BadRequest(f"users file {p}: unknown {', '.join(map(repr, other))}: the file holds only "
+                         f"[[user]] tables, with name, token and admin")
     out: dict[str, User] = {}
     for i, e in enumerate(entries, 1):
         name, token, admin = e.get("name"), e.get("token"), e.get("admin", False)
         if not isinstance(name, str) or not name:
             raise BadRequest(f"users file {p}: user #{i} needs a name")
+        unknown = sorted(set(e) - {"name", "token", "admin"})
+        if unknown:  # e.g. a misspelt admin: that user would not be an admin
+            raise BadRequest(f"users file {p}: user {name!r}: unknown {', '.join(map(repr, unknown))}: "
+                             f"a [[user]] has name, token and admin")
         if not isinstance(token, str) or len(token) < 8:
             raise BadRequest(f"users file {p}: user {name!r} needs a token of 8 characters or more")
         if not isinstance(admin, bool):
@@ -93,6 +103,11 @@ class AuthMixin:
     def get_caller(self) -> Caller:
         u: User = self._gq_user
         return Caller(name=u.name, admin=u.admin)
+
+
+class StoreErrorsMixin:
+    """A request that Redis failed answers what ``redis_failure`` says (503 naming the cause),
+    whichever authentication (users file or hub) the service uses."""
 
     def _handle_request_exception(self, e: BaseException) -> None:  # tornado hook
         if isinstance(e, redis.RedisError):
@@ -190,7 +205,8 @@ def make_app(store: RedisStore, users: dict[str, User], hub_auth: Any = None, pr
     else:
         mixin, extra = AuthMixin, []
     base = prefix.rstrip("/")
-    routes: list[Any] = [(path, type(h.__name__, (mixin, h), {})) for path, h in rest.routes(base + "/gpuqueue/api")]
+    routes: list[Any] = [(path, type(h.__name__, (mixin, StoreErrorsMixin, h), {}))
+                         for path, h in rest.routes(base + "/gpuqueue/api")]
     routes += extra + [("/healthz", HealthHandler), ("/metrics", MetricsHandler)]
     if base:
         routes += [(base + "/healthz", HealthHandler), (base + "/metrics", MetricsHandler)]
@@ -208,9 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     """``gpuqueue api`` options."""
     p = argparse.ArgumentParser(prog="gpuqueue api", description="Run the cluster's REST API service.")
     redis_url.add_arguments(p)
-    p.add_argument("--port", type=int, default=None,
+    p.add_argument("--port", type=cliargs.PORT, default=None,
                    help="port (default: that of the hub's JUPYTERHUB_SERVICE_URL as a hub service, else 8780)")
-    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--address", default=None,
+                   help="address to listen on (default: the host of the hub's JUPYTERHUB_SERVICE_URL as a hub "
+                        "service, else 127.0.0.1)")
     p.add_argument("--users", required=False, help="users TOML file: [[user]] name, token, admin")
     p.add_argument("--auth", choices=("auto", "hub", "users"), default="auto",
                    help="who authenticates requests: 'hub' (JupyterHub, as a hub service), 'users' "
@@ -218,10 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-scope", default="",
                    help="with --auth hub: the hub scope that makes a user a gpuqueue admin "
                         "(default custom:gpuqueue:admin)")
-    p.add_argument("--hub-cache-s", type=int, default=60,
+    p.add_argument("--hub-cache-s", type=cliargs.number(int, 0), default=60,
                    help="with --auth hub: seconds the hub's answer for a token is reused (default 60)")
-    p.add_argument("--processes", type=int, default=1, help="processes sharing the port (default 1)")
-    p.add_argument("--max-payload-mb", type=float, default=64.0, help="largest cell payload, MB (default 64)")
+    p.add_argument("--processes", type=cliargs.COUNT, default=1, help="processes sharing the port (default 1)")
+    p.add_argument("--max-payload-mb", type=cliargs.number(float, 0, low_open=True), default=64.0, help="largest cell payload, MB (default 64)")
     p.add_argument("--prefix", default="gq")
     p.add_argument("--log-level", default="WARNING")
     return p
@@ -232,7 +250,14 @@ def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..observability.logs import setup_logging
 
-    setup_logging(level=args.log_level.upper(), component="api")
+    try:
+        setup_logging(level=args.log_level.upper(), component="api")
+    except ValueError as e:  # --log-level or $GPUQUEUE_LOG_FORMAT
+        print(f"gpuqueue api: {e} (--log-level; $GPUQUEUE_LOG_FORMAT: json, human or auto)", file=sys.stderr)
+        return 2
+    from .envcheck import warn_unknown
+
+    warn_unknown(log)
     try:
         url = redis_url.from_args(args)
     except ValueError as e:
@@ -260,8 +285,20 @@ def cli_main(argv: list[str]) -> int:
         except BadRequest as e:
             print(f"gpuqueue api: {e}", file=sys.stderr)
             return 2
+        mode = os.stat(args.users).st_mode & 0o777
+        if mode & 0o077:  # a warning, not a refusal: files made with the default umask worked so far
+            log.warning("users file %s is mode %03o: other users of this host may read every user's token; "
+                        "chmod 600 %s (owned by the user the API runs as)", args.users, mode, args.users)
     port = args.port or (hub.service_port() if use_hub else None) or 8780
-    sockets = netutil.bind_sockets(port, args.address)
+    args.address = args.address or (hub.service_host() if use_hub else None) or "127.0.0.1"
+    try:
+        sockets = netutil.bind_sockets(port, args.address)
+    except OSError as e:
+        fix = ("stop what holds that port or choose another (--port; as a hub service, the port of the service's "
+               "url)") if e.errno == errno.EADDRINUSE else ("listen on an address of this host (--address; as a hub "
+                                                             "service, the host of the service's url)")
+        print(f"gpuqueue api: cannot listen on {args.address}:{port} ({e.strerror}): {fix}", file=sys.stderr)
+        return 1
     cookie_secret = os.urandom(32)  # the hub login cookie: one secret for every process forked below
     if args.processes > 1:
         process.fork_processes(args.processes)
@@ -269,6 +306,12 @@ def cli_main(argv: list[str]) -> int:
 
         die_with_parent()  # a child must not outlive the parent systemd (or a test) stops
     store = RedisStore(url, args.prefix)
+    try:
+        store.r.ping()
+    except redis.RedisError as e:  # it may come up later: serve, and answer 503 naming it until then
+        log.error("redis at %s cannot be used (%s): every request answers 503 until it can; check "
+                  "$GPUQUEUE_REDIS_URL or the --redis-file (redis://gpuqueue-api:PASSWORD@host:6379/0 with "
+                  "deploy/redis/users.acl)", redis_url.mask(url), redis_url.mask(str(e)))
     app = make_app(store, users, hub_auth=hub_auth, prefix=prefix, admin_scope=args.admin_scope,
                    cookie_secret=cookie_secret,
                    max_payload_bytes=int(args.max_payload_mb * 1e6))

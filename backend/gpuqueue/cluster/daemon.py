@@ -28,7 +28,7 @@ from typing import Any, Optional, Sequence
 import kombu.exceptions
 import redis
 
-from . import redis_url
+from . import cliargs, redis_url
 from ..queue.config import GROWING, QueueConfig, load_config
 from ..queue.durations import KEEP_FINISHED, format_duration, parse_retention
 from ..queue.errors import GPUQueueError
@@ -98,6 +98,7 @@ class Daemon(QueueShell):
         self.token: Optional[str] = None
         self.celery = make_app(store.url, celery_events or None)
         self.config: QueueConfig = config or _empty_config()
+        self.config_lists_nodes = config is not None  # a config file: a node it does not list is worth a word
         self.scheduler: Any = None
         self.nodes: dict[str, NodeSeen] = {}
         # node -> (instance, seq) of the last beat of a node found lost: that stale beat stays in
@@ -137,7 +138,8 @@ class Daemon(QueueShell):
             try:
                 tok = self.store.try_lead(self.name, self.leader_ttl_ms)
             except redis.RedisError as e:
-                log.warning("redis unavailable (%s); retrying", e)
+                log.warning("redis at %s unavailable (%s); retrying%s", redis_url.mask(self.store.url),
+                            redis_url.mask(str(e)), _REFUSED if isinstance(e, redis.AuthenticationError) else "")
                 time.sleep(1.0)
                 continue
             if tok:
@@ -541,8 +543,17 @@ class Daemon(QueueShell):
         which then lists it so admission checks count its GPUs."""
         for pname, pc in self.config.pools.items():
             if node in pc.nodes:
+                if self.config_lists_nodes and pc.nodes[node] != gpus:
+                    log.warning("node %s offers %d GPUs, the config lists %d: the queue uses the %d it offers; "
+                                "correct the config or the worker's --gpus", node, gpus, pc.nodes[node], gpus)
                 return pname
         pool = wanted if wanted in self.config.pools else self.config.default_pool
+        if wanted and wanted != pool:
+            log.warning("node %s: its worker's --pool %s is no pool of the config (%s): it joins pool %s; "
+                        "restart the worker with one of those", node, wanted, ", ".join(self.config.pools), pool)
+        elif not wanted and self.config_lists_nodes:
+            log.warning("node %s is in no pool's nodes in the config: it joins pool %s (the first) with its %d GPUs; "
+                        "list it under [pools.NAME] nodes, or start its worker with --pool NAME", node, pool, gpus)
         pc = self.config.pools[pool]
         pc.nodes = {**pc.nodes, node: gpus}  # a new dict: admission checks cache node sizes per dict
         return pool
@@ -686,12 +697,34 @@ class Daemon(QueueShell):
                 pass
 
 
+_REFUSED = (": Redis refused the user or password of that URL; check $GPUQUEUE_REDIS_URL or the --redis-file "
+            "(redis://gpuqueue-scheduler:PASSWORD@host:6379/0 with deploy/redis/users.acl)")
+
+
+def _acl_mismatch(store: RedisStore) -> Optional[str]:
+    """Why the Redis user of the daemon's URL cannot do its work (e.g. the API's or a worker's user
+    of deploy/redis/users.acl, which may not touch the leader lock or the nodes' Celery queues),
+    else None; None too where Redis cannot be asked now (the daemon waits for it)."""
+    try:
+        store.r.exists(store.k("leader"), node_queue("acl-check"))
+    except redis.exceptions.NoPermissionError as e:
+        return (f"Redis refuses the user of {redis_url.mask(store.url)} the scheduler's keys ({e}): give the "
+                f"scheduler its own user, gpuqueue-scheduler in deploy/redis/users.acl "
+                f"(redis://gpuqueue-scheduler:PASSWORD@host:6379/0)")
+    except redis.RedisError:
+        pass
+    return None
+
+
 def _empty_config() -> QueueConfig:
     """Without a config file: one pool 'default' that grows as workers join."""
     return QueueConfig.model_validate({"pools": {"default": {"nodes": {}}}}, context=GROWING)
 
 
 def _retention(text: str) -> Optional[float]:
+    n = text.strip()
+    if n.replace(".", "", 1).isdigit() and float(n) != 0:  # 30 read as seconds deleted jobs 30 s after they ended
+        raise argparse.ArgumentTypeError(f"{n} has no unit: write e.g. {n}d, {n}h or {n}s, or 'forever'")
     try:
         return parse_retention(text)
     except ValueError as e:
@@ -704,17 +737,17 @@ def build_parser() -> argparse.ArgumentParser:
     redis_url.add_arguments(p)
     p.add_argument("--config", default=os.environ.get("GPUQUEUE_CONFIG"), help="pools TOML (docs/config.md); default: pool 'default' of whatever workers join")
     p.add_argument("--policy", default="gpuqueue", choices=["gpuqueue", "fifo"])
-    p.add_argument("--node-timeout", type=float, default=60.0, help="seconds without a heartbeat before a node is lost and its jobs requeued (default 60)")
-    p.add_argument("--leader-ttl", type=float, default=10.0, help="seconds the leader lock lasts without renewal (default 10)")
-    p.add_argument("--start-timeout", type=float, default=120.0, help="seconds a dispatched attempt may wait for its worker (default 120)")
-    p.add_argument("--stop-grace", type=float, default=30.0, help="seconds to stop after cancel/timeout (default 30)")
+    p.add_argument("--node-timeout", type=cliargs.SECONDS, default=60.0, help="seconds without a heartbeat before a node is lost and its jobs requeued (default 60)")
+    p.add_argument("--leader-ttl", type=cliargs.SECONDS, default=10.0, help="seconds the leader lock lasts without renewal (default 10)")
+    p.add_argument("--start-timeout", type=cliargs.SECONDS, default=120.0, help="seconds a dispatched attempt may wait for its worker (default 120)")
+    p.add_argument("--stop-grace", type=cliargs.SECONDS_OR_ZERO, default=30.0, help="seconds to stop after cancel/timeout (default 30)")
     p.add_argument("--keep-finished", default=KEEP_FINISHED, type=_retention, metavar="DURATION",
                    help="delete a finished job (record, events, results) this long after it ended, "
                         "e.g. 7d, 12h; 'forever' keeps them (default %(default)s)")
     p.add_argument("--prefix", default="gq", help="Redis key prefix (default gq)")
     p.add_argument("--celery-events", action="store_true",
                    help="send a Celery task-sent event per launch, for Flower (default: $GPUQUEUE_CELERY_EVENTS, else off)")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-port", type=cliargs.PORT, default=None, help="serve Prometheus /metrics on this port")
     p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
     return p
 
@@ -724,7 +757,14 @@ def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..observability.logs import setup_logging
 
-    setup_logging(level=args.log_level.upper(), component="scheduler")
+    try:
+        setup_logging(level=args.log_level.upper(), component="scheduler")
+    except ValueError as e:  # --log-level or $GPUQUEUE_LOG_FORMAT
+        print(f"gpuqueue scheduler: {e} (--log-level; $GPUQUEUE_LOG_FORMAT: json, human or auto)", file=sys.stderr)
+        return 2
+    from .envcheck import warn_unknown
+
+    warn_unknown(log)
     try:
         url = redis_url.from_args(args)
     except ValueError as e:
@@ -741,12 +781,21 @@ def cli_main(argv: list[str]) -> int:
         except ValueError as e:
             print(f"gpuqueue scheduler: {e}", file=sys.stderr)
             return 2
-    d = Daemon(RedisStore(url, args.prefix), config, args.policy, args.node_timeout,
+    store = RedisStore(url, args.prefix)
+    wrong_user = _acl_mismatch(store)
+    if wrong_user:
+        print(f"gpuqueue scheduler: {wrong_user}", file=sys.stderr)
+        return 2
+    d = Daemon(store, config, args.policy, args.node_timeout,
                args.leader_ttl, args.start_timeout, args.stop_grace, keep_finished=args.keep_finished,
                celery_events=args.celery_events)
     if args.metrics_port:
         from ..observability import metrics
 
         d.metrics = metrics.attach(d, mode="cluster", lock=d.lock, nvml=False, leader=False)
-        metrics.serve_metrics(args.metrics_port, d.metrics.registry)
+        try:
+            metrics.serve_metrics(args.metrics_port, d.metrics.registry)
+        except OSError as e:
+            print(f"gpuqueue scheduler: {metrics.port_error(args.metrics_port, e)}", file=sys.stderr)
+            return 1
     return d.run()

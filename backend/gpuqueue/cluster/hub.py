@@ -55,6 +55,18 @@ def service_port() -> Optional[int]:
         return None
 
 
+def service_host() -> Optional[str]:
+    """The host of the URL the hub gives this service (``JUPYTERHUB_SERVICE_URL``), if any: where
+    the hub's proxy reaches it."""
+    from urllib.parse import urlsplit
+
+    url = os.environ.get("JUPYTERHUB_SERVICE_URL", "")
+    try:
+        return urlsplit(url).hostname if url else None
+    except ValueError:
+        return None
+
+
 def make_hub_auth(cache_s: int = 60) -> Any:
     """JupyterHub's ``HubOAuth`` for this service (api token, hub URL, OAuth client from the
     hub's environment). Raises ValueError naming what is missing."""

@@ -42,9 +42,9 @@ from typing import Any, Optional, Union, cast
 
 import redis
 
-from . import redis_url
+from . import cliargs, redis_url
 from ..attempt import identity as identities
-from ..attempt.gpus import local_gpu_count
+from ..attempt.gpus import local_gpu_count, nvml_gpu_count
 from ..attempt.identity import Identities, Identity, IdentityError
 from ..attempt.jobdir import (AttemptPaths, OwnedDir, attempt_paths, job_dir, prepare_owned, read_events,
                       write_bytes_atomic, write_json_atomic)
@@ -541,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gpuqueue worker", description="Run this GPU node's Celery worker.")
     redis_url.add_arguments(p)
     p.add_argument("--node", default=socket.gethostname(), help="this node's name, as in the pools config (default: host name)")
-    p.add_argument("--gpus", type=int, default=None, help="GPUs to offer (default: $GPUQUEUE_GPUS, else NVML)")
+    p.add_argument("--gpus", type=cliargs.GPUS, default=None, help="GPUs to offer (default: $GPUQUEUE_GPUS, else NVML)")
     p.add_argument("--pool", default=None, help="pool, for a node the config does not list")
     p.add_argument("--state-dir", default=None, help="job folders (default: $GPUQUEUE_STATE_DIR, else /var/lib/gpuqueue/worker-NODE as root, ~/.local/share/gpuqueue/worker-NODE otherwise)")
     p.add_argument("--shared-dir", default=None, metavar="PATH|URL",
@@ -551,22 +551,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-options", default=None, metavar="FILE.json",
                    help="fsspec storage options of --shared-dir (endpoint_url, key, secret...), a JSON file of mode "
                         "600; credentials may also come from the usual environment (AWS_*), which no job inherits")
-    p.add_argument("--shared-sweep", type=float, default=SWEEP_S, metavar="SECONDS",
+    p.add_argument("--shared-sweep", type=cliargs.SECONDS_OR_ZERO, default=SWEEP_S, metavar="SECONDS",
                    help="how often one of the workers deletes from --shared-dir the checkpoints of jobs whose "
                         "records are gone (the scheduler's --keep-finished after they ended; default %(default)g; "
                         "0: never)")
-    p.add_argument("--local-sweep", type=float, default=SWEEP_S, metavar="SECONDS",
+    p.add_argument("--local-sweep", type=cliargs.SECONDS_OR_ZERO, default=SWEEP_S, metavar="SECONDS",
                    help="how often this worker deletes from its --state-dir the folders (records, payloads, "
                         "checkpoints) of jobs whose records are gone and that no longer run here (the "
                         "scheduler's --keep-finished after they ended; default %(default)g; 0: never)")
-    p.add_argument("--heartbeat", type=float, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
-    p.add_argument("--concurrency", type=int, default=4, help="launch threads (default 4)")
+    p.add_argument("--heartbeat", type=cliargs.SECONDS, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
+    p.add_argument("--concurrency", type=cliargs.COUNT, default=4, help="launch threads (default 4)")
     p.add_argument("--prefix", default="gq")
     p.add_argument("--celery-events", action="store_true",
                    help="send Celery task events and heartbeats and answer remote control, so that Flower "
                         "(`celery --broker URL flower`) sees this worker, its queue and its launches "
                         "(default: $GPUQUEUE_CELERY_EVENTS, else off; docs/deploy.md)")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics (process, NVML GPUs) on this port")
+    p.add_argument("--metrics-port", type=cliargs.PORT, default=None, help="serve Prometheus /metrics (process, NVML GPUs) on this port")
     p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
     p.add_argument("--identities", default="auto", metavar="MODE",
                    help="whose uid each job runs as (the worker must be root): 'dynamic' (a uid per user from "
@@ -604,7 +604,14 @@ def cli_main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..observability.logs import setup_logging
 
-    setup_logging(level=args.log_level.upper(), component="worker", node=args.node)
+    try:
+        setup_logging(level=args.log_level.upper(), component="worker", node=args.node)
+    except ValueError as e:  # --log-level or $GPUQUEUE_LOG_FORMAT
+        print(f"gpuqueue worker: {e} (--log-level; $GPUQUEUE_LOG_FORMAT: json, human or auto)", file=sys.stderr)
+        return 2
+    from .envcheck import warn_unknown
+
+    warn_unknown(log)
     try:
         url = redis_url.from_args(args)
     except ValueError as e:
@@ -615,6 +622,11 @@ def cli_main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"gpuqueue worker: {e}", file=sys.stderr)
         return 2
+    if gpus == 0 and args.gpus is None and not os.environ.get("GPUQUEUE_GPUS"):
+        why = "NVML is not available (no NVIDIA driver, or no nvidia-ml-py)" if nvml_gpu_count() is None \
+            else "NVML sees no GPU"
+        log.warning("%s: this node offers 0 GPUs and runs only jobs that ask for none; if it has GPUs, fix the "
+                    "driver or declare them with --gpus N ($GPUQUEUE_GPUS)", why)
     os.environ.pop(redis_url.ENV, None)  # nothing this process starts inherits it
     not_dumpable()  # /proc/<worker>/environ and memory: root's, whatever uid the jobs run as
     home = Path("/var/lib/gpuqueue") if os.geteuid() == 0 else Path.home() / ".local/share/gpuqueue"
@@ -648,6 +660,15 @@ def cli_main(argv: list[str]) -> int:
         except (ValueError, OSError, StorageError) as e:
             print(f"gpuqueue worker: {e}", file=sys.stderr)
             return 2
+    try:  # the API's user of users.acl joined the node, then Celery died of NOPERM on its queue
+        store.r.exists(store.k("hb", args.node), node_queue(args.node))
+    except redis.exceptions.NoPermissionError as e:
+        print(f"gpuqueue worker: Redis refuses the user of {redis_url.mask(url)} the worker's keys ({e}): give the "
+              f"workers their own user, gpuqueue-worker in deploy/redis/users.acl "
+              f"(redis://gpuqueue-worker:PASSWORD@host:6379/0)", file=sys.stderr)
+        return 2
+    except redis.RedisError:
+        pass  # unreachable: said below
     _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents, shared=shared,
                        sweep_s=args.shared_sweep, local_sweep_s=args.local_sweep)
     try:
@@ -662,7 +683,12 @@ def cli_main(argv: list[str]) -> int:
     if args.metrics_port:
         from ..observability import metrics
 
-        metrics.serve_metrics(args.metrics_port, metrics.process_registry("worker", node=args.node))
+        try:
+            metrics.serve_metrics(args.metrics_port, metrics.process_registry("worker", node=args.node))
+        except OSError as e:
+            _AGENT.shutdown()  # signs the node off again
+            print(f"gpuqueue worker: {metrics.port_error(args.metrics_port, e)}", file=sys.stderr)
+            return 1
     if os.geteuid() == 0:  # by design (it switches jobs to their users); Celery's warning is noise here
         from celery.exceptions import SecurityWarning
 

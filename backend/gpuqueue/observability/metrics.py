@@ -648,6 +648,12 @@ def render(registry: CollectorRegistry, accept: Optional[str] = None) -> tuple[b
     return encoder(registry), content_type
 
 
+def port_error(port: int, e: OSError) -> str:
+    """What a process says when ``serve_metrics`` cannot listen on ``port``."""
+    return (f"cannot serve /metrics on port {port} ({e.strerror}): stop what holds that port or choose "
+            f"another --metrics-port (each process on a host needs its own)")
+
+
 def serve_metrics(port: int, registry: CollectorRegistry, addr: str = "0.0.0.0") -> Any:
     """Serve ``/metrics`` over HTTP from a daemon thread; returns the server (``.shutdown()``).
 

@@ -41,6 +41,9 @@ def discover() -> ServerInfo:
     """Find the server: GPUQUEUE_URL/GPUQUEUE_TOKEN, else the Jupyter server that started us."""
     url = os.environ.get("GPUQUEUE_URL")
     if url:
+        if not url.startswith(("http://", "https://")):
+            raise NoServer(f"GPUQUEUE_URL={url[:200]!r} is not an http(s) URL: write it whole, "
+                           f"e.g. GPUQUEUE_URL=http://gpuqueue-api:8780/")
         # in a JupyterHub user server (a terminal, a kernel) the user's own hub token serves
         token = os.environ.get("GPUQUEUE_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
         return ServerInfo(url if url.endswith("/") else url + "/", token)
