@@ -41,6 +41,13 @@ TOKEN_ON_COMMAND_LINE = (
 )
 
 
+EMBEDDED_UNDER_HUB = (
+    "this JupyterHub user server runs an embedded queue of its own: its jobs run here, on this "
+    "server's machine, not on the cluster; for the cluster, set GPUQUEUE_API_URL in the hub's "
+    "c.Spawner.environment (docs/deploy.md, JupyterHub)"
+)
+
+
 class GPUQueueApp(ExtensionApp):
     """GPU queue for Jupyter. Configure with ``c.GPUQueueApp.<trait>`` in jupyter_server_config."""
 
@@ -259,6 +266,8 @@ class GPUQueueApp(ExtensionApp):
             self.state_dir,
             {p: c.total_gpus for p, c in self.service.config.pools.items()},
         )
+        if os.environ.get("JUPYTERHUB_API_TOKEN"):  # a hub's user server that was given no API URL
+            log.warning("gpuqueue: %s", EMBEDDED_UNDER_HUB)
 
     def _token_on_command_line(self) -> bool:
         cli: Any = getattr(self.serverapp, "cli_config", None)  # what the server's command line set

@@ -80,3 +80,16 @@ def test_a_state_folder_it_cannot_use(jupyter_server_factory, tmp_path) -> None:
                  f"{first.state_dir}; stop it, or give this one its own GPUQUEUE_STATE_DIR. The queue is off until "
                  "this is fixed (GPUQueueApp.state_dir, $GPUQUEUE_STATE_DIR) and the server restarted")
     assert first.api("GET", "gpuqueue/api/queue").status_code == 200
+
+
+def test_a_hub_user_server_without_the_api_url_warns_that_it_runs_jobs_itself(jupyter_server_factory) -> None:
+    # what a hub config that replaced c.Spawner.environment leaves: the server runs its own queue
+    server = jupyter_server_factory(gpus=0, env={"JUPYTERHUB_API_TOKEN": "hub-token-0123456789"})
+    assert server.api("GET", "gpuqueue/api/queue").status_code == 200
+    log = server.log_path.read_text()
+    assert ('"level": "warning"' in log and "this JupyterHub user server runs an embedded queue of its own: its jobs "
+            "run here, on this server's machine, not on the cluster; for the cluster, set GPUQUEUE_API_URL in the "
+            "hub's c.Spawner.environment (docs/deploy.md, JupyterHub)" in log), log
+    assert "hub-token-0123456789" not in log
+    plain = jupyter_server_factory(gpus=0, name="laptop")
+    assert "embedded queue of its own" not in plain.log_path.read_text()

@@ -212,8 +212,8 @@ class Daemon(QueueShell):
             self.jobs[job.id] = job
             req = job_request(job, self.config)
             if job.state in WAITING_STATES:
-                self.scheduler.submit(req, now, restoring=True)
-                self.known.add(job.id)
+                if self._requeue(job, req, now):
+                    self.known.add(job.id)
                 continue
             a = job.current_attempt
             if a is None:
@@ -254,7 +254,8 @@ class Daemon(QueueShell):
         a.outcome, a.ended_at, a.message = Outcome.LOST, time.time(), f"lost: {why}"
         job.state = JobState.QUEUED
         job.not_before = None
-        self.scheduler.submit(job_request(job, self.config), time.time(), restoring=True)
+        if not self._requeue(job, job_request(job, self.config), time.time()):
+            return
         self.known.add(job.id)
         self._exec(
             self.store.job_ops(job)

@@ -168,7 +168,7 @@ class QueueService(QueueShell):
         for job in sorted(self.store.list(states=LIVE_STATES, limit=1_000_000), key=lambda j: j.created_at):
             self._warm_wanted = True
             if job.state in WAITING_STATES:
-                self.scheduler.submit(self._request(job), now, restoring=True)
+                self._requeue(job, self._request(job), now)
                 continue
             a = job.current_attempt
             assert a is not None

@@ -23,7 +23,7 @@ import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from ..observability.logs import job_fields
-from ..scheduler.base import Decision, Preempt, Scheduler, Start, TimeOut, Warn
+from ..scheduler.base import Decision, JobRequest, Preempt, Scheduler, Start, TimeOut, Warn
 from .config import QueueConfig
 from .lifecycle import attempt_outcome, settle
 from .models import JobRecord
@@ -108,6 +108,17 @@ class QueueShell:
         self._notify("pass", {"seconds": time.perf_counter() - t0})
 
     # -- state changes and settling --------------------------------------------------------
+    def _requeue(self, job: JobRecord, req: JobRequest, now: float) -> bool:
+        """Give a waiting job back to the scheduler (a rebuild, a lost attempt). One it can no
+        longer take (its pool left the config, or was never in it: a job queued before the
+        first scheduler ran) fails, saying why, instead of waiting for ever. True if queued."""
+        rej = self.scheduler.submit(req, now, restoring=True)
+        if rej is None:
+            return True
+        job.error = f"cannot be queued with the queue's config: {rej.reason}; submit it again"
+        self._set_state(job, JobState.FAILED, error=job.error)
+        return False
+
     def _set_state(self, job: JobRecord, state: JobState, extra: Sequence[Any] = (), **info: Any) -> None:
         """Move ``job`` to ``state``: the record, a ``state`` event with ``info`` (None values
         left out) and the "state" notification."""
