@@ -271,14 +271,38 @@ class JupyterServer:
         self.kernels = []
         return self.start()
 
-    def _runner_records(self) -> list[dict[str, int]]:
-        """The ``runner`` records (runner pid, job pid) of every attempt this server launched."""
+    def _runner_records(self) -> list[dict[str, Any]]:
+        """The ``runner`` records (runner pid, job pid, and ``t``: when it was written) of every
+        attempt this server launched."""
         out = []
         for events in self.state_dir.glob("jobs/*/attempt-*/events.jsonl"):
             for line in events.read_text().splitlines():
                 if '"type": "runner"' in line:
-                    out.append(json.loads(line)["data"])
+                    rec = json.loads(line)
+                    out.append({**rec["data"], "t": rec["t"]})
         return out
+
+    @staticmethod
+    def _reused(pid: int, recorded_at: float) -> bool:
+        """Whether ``pid`` is a process created after a record written at ``recorded_at``."""
+        import psutil
+
+        try:
+            return psutil.Process(pid).create_time() > recorded_at + 1.0
+        except psutil.Error:
+            return False
+
+    @staticmethod
+    def _same_process(pid: int, recorded_at: float) -> bool:
+        """Whether ``pid`` is still the process a record written at ``recorded_at`` named: it
+        exists and was created before then. A pid that was freed and reused (by another test's
+        runner, on a busy machine) is not ours to kill."""
+        import psutil
+
+        try:
+            return psutil.Process(pid).create_time() <= recorded_at + 1.0
+        except psutil.Error:
+            return False
 
     def job_pids(self, wait_s: float = 0.0) -> list[int]:
         """PIDs of the runner processes of this server's jobs still alive, after waiting up to
@@ -287,8 +311,15 @@ class JupyterServer:
         import psutil
 
         def alive() -> list[int]:
-            return [r["runner_pid"] for r in self._runner_records()
-                    if psutil.pid_exists(r["runner_pid"]) and psutil.Process(r["runner_pid"]).status() != "zombie"]
+            out = []
+            for r in self._runner_records():
+                if self._same_process(r["runner_pid"], r["t"]):
+                    try:
+                        if psutil.Process(r["runner_pid"]).status() != "zombie":
+                            out.append(r["runner_pid"])
+                    except psutil.Error:
+                        pass
+            return out
 
         deadline = time.monotonic() + wait_s
         while (pids := alive()) and time.monotonic() < deadline:
@@ -299,6 +330,11 @@ class JupyterServer:
         """Kill every job process this server started (test clean-up)."""
         for r in self._runner_records():
             for pid, group in ((r["runner_pid"], False), (r["pid"], True)):
+                # a pid freed and taken again (by another test's runner, on a busy machine) is
+                # not ours; a group whose leader ended is, while members live (its id cannot be
+                # reused then)
+                if self._reused(pid, r["t"]) or (not group and not self._same_process(pid, r["t"])):
+                    continue
                 try:
                     os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
