@@ -30,42 +30,13 @@ class QueueOff:
     async def stop(self) -> None:
         """Nothing to stop."""
 
-    def _off(self, *args: Any, **kwargs: Any) -> NoReturn:
+    async def _off(self, *args: Any, **kwargs: Any) -> NoReturn:
+        """Refused: the queue is off."""
         raise Unavailable(self.message)
 
-    async def submit(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Refused: the queue is off."""
-        self._off()
-
-    async def list_jobs(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Refused: the queue is off."""
-        self._off()
-
-    async def get_job(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Refused: the queue is off."""
-        self._off()
-
-    async def cancel(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Refused: the queue is off."""
-        self._off()
-
-    async def preempt(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Refused: the queue is off."""
-        self._off()
-
-    async def events(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Refused: the queue is off."""
-        self._off()
-
-    async def result(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Refused: the queue is off."""
-        self._off()
-
-    async def summary(self, *args: Any, **kwargs: Any) -> NoReturn:
-        """Refused: the queue is off."""
-        self._off()
+    submit = list_jobs = get_job = cancel = preempt = events = result = summary = _off
 
     async def follow(self, *args: Any, **kwargs: Any) -> AsyncIterator[Optional[Event]]:
-        """Refused: the queue is off."""
-        self._off()
+        """Refused: the queue is off (an async generator, as the other services' is)."""
+        raise Unavailable(self.message)
         yield None  # pragma: no cover - makes this an async generator, as the others' are

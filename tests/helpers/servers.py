@@ -283,26 +283,16 @@ class JupyterServer:
         return out
 
     @staticmethod
-    def _reused(pid: int, recorded_at: float) -> bool:
-        """Whether ``pid`` is a process created after a record written at ``recorded_at``."""
+    def _created_after(pid: int, recorded_at: float) -> Optional[bool]:
+        """Whether process ``pid`` was created after a record written at ``recorded_at`` (then
+        it is not the one the record names: a pid freed and taken again, by another test's
+        runner on a busy machine); None if no such process."""
         import psutil
 
         try:
             return psutil.Process(pid).create_time() > recorded_at + 1.0
         except psutil.Error:
-            return False
-
-    @staticmethod
-    def _same_process(pid: int, recorded_at: float) -> bool:
-        """Whether ``pid`` is still the process a record written at ``recorded_at`` named: it
-        exists and was created before then. A pid that was freed and reused (by another test's
-        runner, on a busy machine) is not ours to kill."""
-        import psutil
-
-        try:
-            return psutil.Process(pid).create_time() <= recorded_at + 1.0
-        except psutil.Error:
-            return False
+            return None
 
     def job_pids(self, wait_s: float = 0.0) -> list[int]:
         """PIDs of the runner processes of this server's jobs still alive, after waiting up to
@@ -313,7 +303,7 @@ class JupyterServer:
         def alive() -> list[int]:
             out = []
             for r in self._runner_records():
-                if self._same_process(r["runner_pid"], r["t"]):
+                if self._created_after(r["runner_pid"], r["t"]) is False:
                     try:
                         if psutil.Process(r["runner_pid"]).status() != "zombie":
                             out.append(r["runner_pid"])
@@ -330,10 +320,10 @@ class JupyterServer:
         """Kill every job process this server started (test clean-up)."""
         for r in self._runner_records():
             for pid, group in ((r["runner_pid"], False), (r["pid"], True)):
-                # a pid freed and taken again (by another test's runner, on a busy machine) is
-                # not ours; a group whose leader ended is, while members live (its id cannot be
-                # reused then)
-                if self._reused(pid, r["t"]) or (not group and not self._same_process(pid, r["t"])):
+                # a reused pid is not ours; a group whose leader ended is, while members live
+                # (its id cannot be taken again then)
+                after = self._created_after(pid, r["t"])
+                if after or (after is None and not group):
                     continue
                 try:
                     os.killpg(pid, signal.SIGKILL) if group else os.kill(pid, signal.SIGKILL)

@@ -248,16 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str]) -> int:
     """Entry point of ``gpuqueue api``."""
     args = build_parser().parse_args(argv)
-    from ..observability.logs import setup_logging
+    from .envcheck import start_process
 
-    try:
-        setup_logging(level=args.log_level.upper(), component="api")
-    except ValueError as e:  # --log-level or $GPUQUEUE_LOG_FORMAT
-        print(f"gpuqueue api: {e} (--log-level; $GPUQUEUE_LOG_FORMAT: json, human or auto)", file=sys.stderr)
+    if not start_process("api", log, args.log_level, component="api"):
         return 2
-    from .envcheck import warn_unknown
-
-    warn_unknown(log)
     try:
         url = redis_url.from_args(args)
     except ValueError as e:

@@ -702,21 +702,6 @@ _REFUSED = (": Redis refused the user or password of that URL; check $GPUQUEUE_R
             "(redis://gpuqueue-scheduler:PASSWORD@host:6379/0 with deploy/redis/users.acl)")
 
 
-def _acl_mismatch(store: RedisStore) -> Optional[str]:
-    """Why the Redis user of the daemon's URL cannot do its work (e.g. the API's or a worker's user
-    of deploy/redis/users.acl, which may not touch the leader lock or the nodes' Celery queues),
-    else None; None too where Redis cannot be asked now (the daemon waits for it)."""
-    try:
-        store.r.exists(store.k("leader"), node_queue("acl-check"))
-    except redis.exceptions.NoPermissionError as e:
-        return (f"Redis refuses the user of {redis_url.mask(store.url)} the scheduler's keys ({e}): give the "
-                f"scheduler its own user, gpuqueue-scheduler in deploy/redis/users.acl "
-                f"(redis://gpuqueue-scheduler:PASSWORD@host:6379/0)")
-    except redis.RedisError:
-        pass
-    return None
-
-
 def _empty_config() -> QueueConfig:
     """Without a config file: one pool 'default' that grows as workers join."""
     return QueueConfig.model_validate({"pools": {"default": {"nodes": {}}}}, context=GROWING)
@@ -756,16 +741,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cli_main(argv: list[str]) -> int:
     """Entry point of ``gpuqueue scheduler``."""
     args = build_parser().parse_args(argv)
-    from ..observability.logs import setup_logging
+    from .envcheck import start_process
 
-    try:
-        setup_logging(level=args.log_level.upper(), component="scheduler")
-    except ValueError as e:  # --log-level or $GPUQUEUE_LOG_FORMAT
-        print(f"gpuqueue scheduler: {e} (--log-level; $GPUQUEUE_LOG_FORMAT: json, human or auto)", file=sys.stderr)
+    if not start_process("scheduler", log, args.log_level, component="scheduler"):
         return 2
-    from .envcheck import warn_unknown
-
-    warn_unknown(log)
     try:
         url = redis_url.from_args(args)
     except ValueError as e:
@@ -783,7 +762,8 @@ def cli_main(argv: list[str]) -> int:
             print(f"gpuqueue scheduler: {e}", file=sys.stderr)
             return 2
     store = RedisStore(url, args.prefix)
-    wrong_user = _acl_mismatch(store)
+    # e.g. the API's or a worker's user of users.acl: it led, then retried NOPERM for ever
+    wrong_user = redis_url.wrong_user(store.r, store.url, "scheduler", [store.k("leader"), node_queue("acl-check")])
     if wrong_user:
         print(f"gpuqueue scheduler: {wrong_user}", file=sys.stderr)
         return 2

@@ -1,13 +1,15 @@
-"""A misspelt ``GPUQUEUE_*`` variable in a cluster process's environment is named in its log:
-``GPUQUEUE_CONIFG`` left the scheduler without its pools, ``GPUQUEUE_SHARED_DIRS`` a worker
-without its shared checkpoint root, and nothing said so."""
+"""The start of a cluster process (``gpuqueue scheduler|api|worker``): its logging, and a
+misspelt ``GPUQUEUE_*`` variable in its environment named in its log (``GPUQUEUE_CONIFG`` left the
+scheduler without its pools, ``GPUQUEUE_SHARED_DIRS`` a worker without its shared checkpoint
+root, and nothing said so)."""
 
 from __future__ import annotations
 
 import difflib
 import logging
 import os
-from typing import Mapping, Optional
+import sys
+from typing import Any, Mapping, Optional
 
 # every GPUQUEUE_* name the sources read or set (tests/cluster/test_admin_setup.py keeps it whole)
 KNOWN = frozenset("""
@@ -37,3 +39,18 @@ def warn_unknown(log: logging.Logger) -> None:
     """Log a warning for each name of ``unknown_names``."""
     for line in unknown_names():
         log.warning("environment: %s", line)
+
+
+def start_process(command: str, log: logging.Logger, level: str, **where: Any) -> bool:
+    """Set up the logging of ``gpuqueue COMMAND`` (``where``: its component, node) and warn of
+    unknown ``GPUQUEUE_*`` names. False (after one line on stderr naming the fix) when the log
+    level or ``$GPUQUEUE_LOG_FORMAT`` cannot be read: the command then exits 2."""
+    from ..observability.logs import setup_logging
+
+    try:
+        setup_logging(level=level.upper(), **where)
+    except ValueError as e:
+        print(f"gpuqueue {command}: {e} (--log-level; $GPUQUEUE_LOG_FORMAT: json, human or auto)", file=sys.stderr)
+        return False
+    warn_unknown(log)
+    return True

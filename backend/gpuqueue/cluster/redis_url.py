@@ -102,6 +102,22 @@ CLI_HELP = (f"redis://host:6379/0 or redis+sentinel://host:26379[,host:port...]/
 FILE_HELP = f"a file (mode 600) holding the Redis URL, password included (instead of ${ENV})"
 
 
+def wrong_user(client: Any, url: str, role: str, keys: list[str]) -> Optional[str]:
+    """Why the Redis user of ``url`` cannot do ``role``'s work (``scheduler``, ``worker``: e.g.
+    the API's user of deploy/redis/users.acl, which may not touch ``keys``), else None; None too
+    where Redis cannot be asked now (the process waits for it, and says so)."""
+    import redis
+
+    try:
+        client.exists(*keys)
+    except redis.exceptions.NoPermissionError as e:
+        return (f"Redis refuses the user of {mask(url)} the {role}'s keys ({e}): give the {role} its own "
+                f"user, gpuqueue-{role} in deploy/redis/users.acl (redis://gpuqueue-{role}:PASSWORD@host:6379/0)")
+    except redis.RedisError:
+        pass
+    return None
+
+
 def add_arguments(parser: Any) -> None:
     """The ``--redis`` / ``--redis-file`` options every cluster process takes."""
     parser.add_argument("--redis", default=None, help=CLI_HELP)

@@ -602,16 +602,10 @@ def cli_main(argv: list[str]) -> int:
     """Entry point of ``gpuqueue worker``."""
     global _AGENT
     args = build_parser().parse_args(argv)
-    from ..observability.logs import setup_logging
+    from .envcheck import start_process
 
-    try:
-        setup_logging(level=args.log_level.upper(), component="worker", node=args.node)
-    except ValueError as e:  # --log-level or $GPUQUEUE_LOG_FORMAT
-        print(f"gpuqueue worker: {e} (--log-level; $GPUQUEUE_LOG_FORMAT: json, human or auto)", file=sys.stderr)
+    if not start_process("worker", log, args.log_level, component="worker", node=args.node):
         return 2
-    from .envcheck import warn_unknown
-
-    warn_unknown(log)
     try:
         url = redis_url.from_args(args)
     except ValueError as e:
@@ -660,15 +654,11 @@ def cli_main(argv: list[str]) -> int:
         except (ValueError, OSError, StorageError) as e:
             print(f"gpuqueue worker: {e}", file=sys.stderr)
             return 2
-    try:  # the API's user of users.acl joined the node, then Celery died of NOPERM on its queue
-        store.r.exists(store.k("hb", args.node), node_queue(args.node))
-    except redis.exceptions.NoPermissionError as e:
-        print(f"gpuqueue worker: Redis refuses the user of {redis_url.mask(url)} the worker's keys ({e}): give the "
-              f"workers their own user, gpuqueue-worker in deploy/redis/users.acl "
-              f"(redis://gpuqueue-worker:PASSWORD@host:6379/0)", file=sys.stderr)
+    # e.g. the API's user of users.acl: it joined the node, then Celery died of NOPERM on its queue
+    wrong_user = redis_url.wrong_user(store.r, url, "worker", [store.k("hb", args.node), node_queue(args.node)])
+    if wrong_user:
+        print(f"gpuqueue worker: {wrong_user}", file=sys.stderr)
         return 2
-    except redis.RedisError:
-        pass  # unreachable: said below
     _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents, shared=shared,
                        sweep_s=args.shared_sweep, local_sweep_s=args.local_sweep)
     try:
