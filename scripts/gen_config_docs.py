@@ -34,7 +34,7 @@ There are two places to configure:
    holds, a `$GPUQUEUE_GPUS` that is not a count, a log format or level it does not know) turns
    the queue off rather than running
    something else: the server starts, its log says at start what to fix, and every request to the
-   queue (the sidebar, `%%train`, the CLI, `gpuqueue/metrics`) answers 503 with that message until the
+   queue (`%%train`, the CLI, the REST API the sidebar reads, `gpuqueue/metrics`) answers 503 with that message until the
    server is restarted with the fix. (Other settings are not dropped silently, as traitlets would
    drop those after a bad value: an `api_url` behind a typo never becomes an embedded queue.)
 

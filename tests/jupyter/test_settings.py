@@ -4,6 +4,10 @@ request to the queue answers 503 with that message."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 OFF = ". The queue is off until this is fixed (in jupyter_server_config.py or on the server's command line) and the server restarted"
 
 
@@ -27,7 +31,10 @@ def test_a_bad_value_does_not_drop_the_cluster_url(jupyter_server_factory) -> No
     _off(server, "GPUQueueApp.policy cannot be used: The 'policy' trait of a GPUQueueApp instance expected any of "
                  "['gpuqueue', 'fifo'], not the str 'fair'" + OFF)
 
-    # what a user sees in a notebook: the same message, not a traceback
+    # what a user sees in a terminal and in a notebook: the same message, not a traceback
+    cli = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "ls"], capture_output=True, text=True,
+                         env=dict(os.environ, GPUQUEUE_URL=server.url, GPUQUEUE_TOKEN=server.token))
+    assert cli.returncode == 1 and "GPUQueueApp.policy cannot be used" in cli.stderr and "Traceback" not in cli.stderr
     k = server.start_kernel()
     assert k.run("%load_ext jupyter_gpuqueue").error is None
     res = k.run("%%train --gpus 1\nx = 1", timeout=60)
@@ -93,3 +100,9 @@ def test_a_hub_user_server_without_the_api_url_warns_that_it_runs_jobs_itself(ju
     assert "hub-token-0123456789" not in log
     plain = jupyter_server_factory(gpus=0, name="laptop")
     assert "embedded queue of its own" not in plain.log_path.read_text()
+
+
+def test_a_log_format_it_does_not_know(jupyter_server_factory) -> None:
+    server = jupyter_server_factory(gpus=0, ready="api/status", env={"GPUQUEUE_LOG_FORMAT": "xml"})
+    _off(server, "log format 'xml' is not one of: json, human, auto (GPUQueueApp.log_format, $GPUQUEUE_LOG_FORMAT, "
+                 "$GPUQUEUE_LOG_LEVEL). The queue is off until this is fixed and the server restarted")
