@@ -178,16 +178,20 @@ def test_a_scheduler_given_another_roles_redis_user_says_so(redis_factory: Any) 
 
 
 def test_a_users_file_others_may_read_is_named(tmp_path: Path, redis_factory: Any) -> None:
+    """... and, by default, the API says where it listens (it used to log nothing at all)."""
     r = redis_factory()
     users = tmp_path / "users.toml"
     users.write_text('[[user]]\nname = "ana"\ntoken = "ana-token-0123456789"\n')
     users.chmod(0o644)
     log = tmp_path / "api.log"
+    port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "gpuqueue.cli", "api", "--redis", r.url, "--users", str(users),
-                          "--port", str(free_port())], stdout=log.open("wb"), stderr=subprocess.STDOUT)
+                          "--port", str(port)], stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: "chmod 600" in log.read_text(), 30, 0.1, "the API's word on the users file")
-        assert f"users file {users} is mode 644: other users of this host may read every user's token" in log.read_text()
+        wait_until(lambda: "gpuqueue api on" in log.read_text(), 30, 0.1, "the API's word on where it listens")
+        text = log.read_text()
+        assert f"users file {users} is mode 644: other users of this host may read every user's token" in text, text
+        assert f"gpuqueue api on 127.0.0.1:{port}/ (1 user in {users})" in text, text
     finally:
         p.kill()
         p.wait(10)

@@ -241,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=cliargs.COUNT, default=1, help="processes sharing the port (default 1)")
     p.add_argument("--max-payload-mb", type=cliargs.number(float, 0, low_open=True), default=64.0, help="largest cell payload, MB (default 64)")
     p.add_argument("--prefix", default="gq")
-    p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--log-level", default="INFO",
+                   help="log level (default INFO: the address it serves, Redis trouble, 5xx answers; requests "
+                        "are not logged); the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
     return p
 
 
@@ -315,7 +317,7 @@ def cli_main(argv: list[str]) -> int:
         server = httpserver.HTTPServer(app, xheaders=True, max_body_size=int(args.max_payload_mb * 1e6 * 4 / 3) + 2**24)
         server.add_sockets(sockets)
         log.info("gpuqueue api on %s:%s%s (%s)", args.address, port, prefix,
-                 "JupyterHub auth" if use_hub else f"{len(users)} users")
+                 "JupyterHub auth" if use_hub else f"{len(users)} user{'s' if len(users) != 1 else ''} in {args.users}")
         await asyncio.Event().wait()
 
     try:
