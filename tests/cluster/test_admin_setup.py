@@ -241,16 +241,20 @@ def test_the_known_variables_are_every_one_the_sources_name() -> None:
 def test_jobs_queued_before_the_first_scheduler_in_no_pool_of_its_config_fail_saying_why(cluster_factory: Any) -> None:
     """The API took jobs before any scheduler had published the config (it cannot check pools
     then); the scheduler that came up with a config without their pool left them queued for
-    ever ("waiting for the next scheduling pass"). They fail now, naming the pools there are."""
+    ever ("waiting for the next scheduling pass"). They fail now, naming the pools there are.
+    One that names no pool runs in the config's first pool (it was sent to a pool 'default',
+    which a config rarely has, and failed)."""
     c = cluster_factory(start=False)
     c.start_api()
     lost = c.submit("alice", ticks=1, pool="nosuch")
     fine = c.submit("alice", ticks=1, pool="gpu")
+    anywhere = c.submit("alice", ticks=1)
     c.start_daemon()
     for n in c.nodes:
         c.start_worker(n)
-    jobs = c.wait_done([lost, fine], timeout=60)
+    jobs = c.wait_done([lost, fine, anywhere], timeout=60)
     assert jobs[fine]["state"] == "succeeded", jobs[fine]
+    assert jobs[anywhere]["state"] == "succeeded" and jobs[anywhere]["spec"]["pool"] == "gpu", jobs[anywhere]
     assert jobs[lost]["state"] == "failed", jobs[lost]
     assert jobs[lost]["error"] == (
         "cannot be queued with the queue's config: unknown pool 'nosuch': the pools are gpu; submit it again"), jobs[lost]["error"]

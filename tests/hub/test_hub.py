@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 from urllib.parse import urlparse
@@ -222,8 +223,16 @@ def test_a_hub_group_is_the_users_fair_share_group(tmp_path: Path, redis_factory
         c.kill("daemon")
         store = RedisStore(c.redis.url, "gq")
         store.r.hdel(store.k("pending"), second["id"])  # what the new daemon says, not the old one
+        # ... and with no config published (a first start), the API takes a job without knowing
+        # the groups: the scheduler still places alice in ml, from the hub groups the job kept
+        store.r.delete(store.k("config"))
+        time.sleep(2.5)  # the API's cached config runs out (CONFIG_REFRESH_S)
+        early = alice.submit({"kind": "command", "gpus": 2, "command": ["true"]})
+        assert early["group"] is None and early["hub_groups"] == ["ml"], early
         c.start_daemon()
         wait_until(waits_for_the_group, 60, 0.2, "the restarted daemon to hold alice's second job")
+        wait_until(lambda: alice.get(early["id"])["state"] == "failed", 30, 0.2, "the early 2-GPU job refused")
+        assert alice.get(early["id"])["error"] == "rejected: 2 GPUs is over group 'ml''s quota of 1 GPUs; ask for at most 1"
         alice.cancel(first["id"])
         wait_until(lambda: alice.get(second["id"])["state"] == "running", 60, 0.2,
                    "the second job, once the first is gone")

@@ -31,8 +31,8 @@ import redis
 from . import cliargs, redis_url
 from ..queue.config import GROWING, QueueConfig, load_config
 from ..queue.durations import KEEP_FINISHED, format_duration, parse_retention
-from ..queue.errors import GPUQueueError
-from ..queue.lifecycle import job_request
+from ..queue.errors import GPUQueueError, Rejected
+from ..queue.lifecycle import adopt, job_request
 from ..queue.models import Attempt, JobRecord
 from ..scheduler import make_scheduler
 from ..queue.shell import AttemptReport, Listener, QueueShell
@@ -210,11 +210,13 @@ class Daemon(QueueShell):
         resend: list[JobRecord] = []
         for job in st.active_jobs():
             self.jobs[job.id] = job
-            req = job_request(job, self.config)
             if job.state in WAITING_STATES:
-                if self._requeue(job, req, now):
+                if job.spec.pool is None:  # taken before any config was published: never admitted
+                    self._admit(job)
+                elif self._requeue(job, job_request(job, self.config), now):
                     self.known.add(job.id)
                 continue
+            req = job_request(job, self.config)
             a = job.current_attempt
             if a is None:
                 continue
@@ -389,12 +391,7 @@ class Daemon(QueueShell):
         if op == "submit":
             if job.id in self.known or job.state != JobState.QUEUED:
                 return
-            rej = self.scheduler.submit(job_request(job, self.config), time.time())
-            if rej is not None:
-                job.error = f"rejected: {rej.reason}"
-                self._set_state(job, JobState.FAILED, error=job.error)
-            else:
-                self.known.add(job.id)
+            if self._admit(job):
                 self._notify("submitted", {"job": job})
         elif op == "cancel":
             if job.state.is_terminal:
@@ -416,6 +413,24 @@ class Daemon(QueueShell):
             a = job.current_attempt
             if a and a.number == m.get("attempt") and a.outcome is None and job.state.is_active:
                 self._end_attempt(job, m.get("rec", {}))
+
+    def _admit(self, job: JobRecord) -> bool:
+        """Give the scheduler a job it has not taken yet (a submit, or at rebuild one the API
+        took before any config was published: completed by ``lifecycle.adopt`` first, and
+        written back). One the config or the scheduler refuses fails, saying why. True if queued."""
+        try:
+            if adopt(job, self.config):
+                self._exec(self.store.job_ops(job))
+        except Rejected as e:
+            self._unqueueable(job, str(e))
+            return False
+        rej = self.scheduler.submit(job_request(job, self.config), time.time())
+        if rej is not None:
+            job.error = f"rejected: {rej.reason}"
+            self._set_state(job, JobState.FAILED, error=job.error)
+            return False
+        self.known.add(job.id)
+        return True
 
     def _on_started(self, job: JobRecord, m: dict[str, Any]) -> None:
         a = job.current_attempt

@@ -68,9 +68,10 @@ class ClusterFrontend:
 
     # -- config (published by the daemon) -------------------------------------------------
     def config(self) -> Optional[QueueConfig]:
-        """The daemon's effective config, cached for a moment."""
+        """The daemon's effective config, cached for a moment (none yet: asked again each time,
+        so that the first config a scheduler publishes holds at once)."""
         now = time.monotonic()
-        if now - self._config_at > CONFIG_REFRESH_S:
+        if self._config is None or now - self._config_at > CONFIG_REFRESH_S:
             self._config = read_published_config(self.store.r.get(self.store.k("config")))
             self._config_at = now
         return self._config
@@ -105,6 +106,8 @@ class ClusterFrontend:
                 raise Rejected(why)
             user_limit = cfg.limits_for(caller.name).max_queued
             pool_limit = cfg.pools[spec.pool or cfg.default_pool].max_queued  # with_defaults checked it
+        elif caller.hub_groups:  # no config to place the user in a group yet: the scheduler will
+            job.hub_groups = list(caller.hub_groups)
         # last: a refused request costs no token
         self.limiter.check(caller.name, caller.admin, cfg, caller.hub_groups)
         view = memoryview(payload) if payload is not None else None  # redis-py takes no mmap
@@ -134,8 +137,8 @@ class ClusterFrontend:
         return self._cluster_cache
 
     def _with_defaults(self, spec: JobSpec, cfg: Optional[QueueConfig]) -> JobSpec:
-        if cfg is None:  # no daemon has published its config yet: it checks the job later
-            return spec.model_copy(update={"pool": spec.pool or "default"})
+        if cfg is None:  # no daemon has published its config yet: it fills in the defaults later
+            return spec  # (``pool`` None: the config's default pool, whatever its name)
         return with_defaults(spec, cfg)
 
     def list_jobs(self, caller: Caller, all_users: bool = False, limit: int = 500) -> list[JobRecord]:

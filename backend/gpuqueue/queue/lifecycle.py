@@ -95,6 +95,20 @@ def job_request(job: JobRecord, config: QueueConfig) -> JobRequest:
     )
 
 
+def adopt(job: JobRecord, config: QueueConfig) -> bool:
+    """Fill in what the API leaves open when it takes a job before any scheduler has published
+    its config: the pool (the config's default where the job names none) with its defaults,
+    and the owner's group (by ``members``, then the hub groups the record kept). Rejected for an
+    unknown pool. True if the record changed (the caller writes it)."""
+    if job.spec.pool is not None:  # the API checked it against a config
+        return False
+    job.spec = with_defaults(job.spec, config)
+    if job.group is None:
+        job.group = config.group_of(job.owner, job.hub_groups or ()) or ""
+    job.hub_groups = None
+    return True
+
+
 def job_group(job: JobRecord, config: QueueConfig) -> Optional[str]:
     """The job's fair-share group: the one its record stored at submit (``""``: none), else
     (a record made before groups were stored) the owner's by the config's ``members``."""

@@ -221,6 +221,10 @@ class JobRecord(BaseModel):
     group: Optional[str] = Field(
         None, description="the owner's fair-share group when the job was submitted (\"\": none); "
         "None in records made before groups were stored: then the config's")
+    hub_groups: Optional[list[str]] = Field(
+        None, description="the owner's JupyterHub groups, kept while no scheduler had published "
+        "its config when the API took the job (``group`` is None then): the scheduler places the "
+        "owner in a group from them, as the API would have, and drops them")
     # Filled on read for queued jobs: why it waits, where it stands, when it may start.
     pending: Optional[dict[str, Any]] = None
 

@@ -115,9 +115,13 @@ class QueueShell:
         rej = self.scheduler.submit(req, now, restoring=True)
         if rej is None:
             return True
-        job.error = f"cannot be queued with the queue's config: {rej.reason}; submit it again"
-        self._set_state(job, JobState.FAILED, error=job.error)
+        self._unqueueable(job, rej.reason)
         return False
+
+    def _unqueueable(self, job: JobRecord, why: str) -> None:
+        """Fail a waiting job the queue's config cannot take (``why``), saying so."""
+        job.error = f"cannot be queued with the queue's config: {why}; submit it again"
+        self._set_state(job, JobState.FAILED, error=job.error)
 
     def _set_state(self, job: JobRecord, state: JobState, extra: Sequence[Any] = (), **info: Any) -> None:
         """Move ``job`` to ``state``: the record, a ``state`` event with ``info`` (None values
