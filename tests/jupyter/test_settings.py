@@ -106,3 +106,15 @@ def test_a_log_format_it_does_not_know(jupyter_server_factory) -> None:
     server = jupyter_server_factory(gpus=0, ready="api/status", env={"GPUQUEUE_LOG_FORMAT": "xml"})
     _off(server, "log format 'xml' is not one of: json, human, auto (GPUQueueApp.log_format, $GPUQUEUE_LOG_FORMAT, "
                  "$GPUQUEUE_LOG_LEVEL). The queue is off until this is fixed and the server restarted")
+
+
+def test_a_misspelt_warm_import_is_named(jupyter_server_factory, tmp_path) -> None:
+    """A module of warm_imports that is not installed is skipped: a typo made every cell job start
+    cold, and nothing said so. The server's log names it once; modules that are there are not."""
+    cfg = tmp_path / "queue.toml"
+    cfg.write_text('warm_imports = ["json", "transfomers"]\n[pools.default]\nnodes = { local = 1 }\n')
+    server = jupyter_server_factory(gpus=1, env={"GPUQUEUE_CONFIG": str(cfg)})
+    log = server.log_path.read_text()
+    assert log.count(f"warm_imports: 'transfomers' not installed for {sys.executable}: cell jobs are started "
+                     "without it; fix the name in the queue config, or install it") == 1, log
+    assert "'json'" not in log

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import importlib.util
 import json
 import logging
 import os
@@ -129,6 +130,7 @@ class QueueService(QueueShell):
                 f"another Jupyter server already runs the queue in {self.state_dir}; "
                 f"stop it, or give this one its own GPUQUEUE_STATE_DIR"
             ) from None
+        self._warn_missing_warm_imports()
         self.store = SqliteStore(self.state_dir / "queue.sqlite")
         self.scheduler = make_scheduler(self.config, self.policy)
         saved = self.store.get_meta("scheduler_state")
@@ -141,6 +143,19 @@ class QueueService(QueueShell):
         ]
         if self.keep_finished is not None:
             self._tasks.append(asyncio.create_task(self._expire_loop(self.keep_finished)))
+
+    def _warn_missing_warm_imports(self) -> None:
+        """Name the modules of a ``warm_imports`` the config sets that this server's Python
+        cannot find: a module that is not installed is skipped, so a misspelt name made every
+        cell job start cold without a word (the default's ``torch`` is skipped quietly)."""
+        if "warm_imports" not in self.config.model_fields_set:
+            return
+        missing = [m for m in self.config.warm_imports if importlib.util.find_spec(m.split(".")[0]) is None]
+        if missing:
+            log.warning("warm_imports: %s not installed for %s: cell jobs are started without %s; "
+                        "fix the name%s in the queue config, or install %s", ", ".join(map(repr, missing)),
+                        sys.executable, "it" if len(missing) == 1 else "them", "" if len(missing) == 1 else "s",
+                        "it" if len(missing) == 1 else "them")
 
     async def stop(self) -> None:
         """Stop the loops. Running jobs go on: the next start re-adopts them."""

@@ -219,7 +219,8 @@ class QueueConfig(BaseModel):
         "from the server's first submit on, the next cell's interpreter is started ahead, as the "
         "server's user; a server that never had a job starts none, so its first job starts cold; "
         "what the imports print is discarded); [] starts it with none; a module that is not "
-        "installed is skipped",
+        "installed is skipped (where the config sets this list, the server's log names those its Python "
+        "cannot find)",
     )
 
     @field_validator("pools")
