@@ -74,6 +74,8 @@ class Daemon(QueueShell):
     are carried out and attempts settled by :class:`QueueShell`, as in the embedded queue; this
     class sends attempts to nodes' Celery queues and writes to Redis under its fencing token."""
 
+    nodes_known = False  # a worker the config does not list joins a pool (``_pool_of``)
+
     def __init__(
         self,
         store: RedisStore,

@@ -22,7 +22,6 @@ from ..queue.errors import Conflict, Forbidden, NotFound, Rejected, Unavailable
 from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import RedisBuckets, SubmitLimiter
 from ..scheduler.admission import inadmissible
-from ..scheduler.cluster import Cluster
 from ..queue.verbs import Caller
 from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.lifecycle import decode_payload, job_request, same_cell_job, with_defaults
@@ -61,8 +60,6 @@ class ClusterFrontend:
         self._config: Optional[QueueConfig] = None
         self._config_at = 0.0
         self._aio: Any = None  # a decoding redis.asyncio client (see RedisStore.r on redis-py's reply types)
-        self._cluster_cache: Any = None
-        self._cluster_of: Optional[QueueConfig] = None
         # per-user submit buckets, shared by every API process through Redis
         self.limiter = SubmitLimiter(RedisBuckets(store.r, store.k("rate")))
 
@@ -101,7 +98,7 @@ class ClusterFrontend:
         user_limit = pool_limit = None
         if cfg is not None:
             job.group = cfg.group_of(caller.name, caller.hub_groups) or ""
-            why = inadmissible(job_request(job, cfg), cfg, self._cluster(cfg))
+            why = inadmissible(job_request(job, cfg), cfg)
             if why:
                 raise Rejected(why)
             user_limit = cfg.limits_for(caller.name).max_queued
@@ -129,12 +126,6 @@ class ClusterFrontend:
             raise Rejected(f"pool {spec.pool!r} queue is full ({n} jobs, limit max_queued = {pool_limit}); "
                            f"try again later or use another pool")
         return job, False
-
-    def _cluster(self, cfg: QueueConfig) -> Cluster:
-        """The inventory of ``cfg`` for admission checks, built once per config."""
-        if self._cluster_of is not cfg:
-            self._cluster_cache, self._cluster_of = Cluster.from_config(cfg), cfg
-        return self._cluster_cache
 
     def _with_defaults(self, spec: JobSpec, cfg: Optional[QueueConfig]) -> JobSpec:
         if cfg is None:  # no daemon has published its config yet: it fills in the defaults later

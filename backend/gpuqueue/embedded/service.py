@@ -215,7 +215,7 @@ class QueueService(QueueShell):
         spec = self._with_defaults(req.spec)
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec,
                         group=self.config.group_of(caller.name, caller.hub_groups) or "")
-        why = inadmissible(self._request(job), self.config, self.scheduler.cluster)
+        why = inadmissible(self._request(job), self.config)
         if why:  # a job that can never run here: 400 before its payload is written or a token taken
             raise Rejected(why)
         # given back if refused below

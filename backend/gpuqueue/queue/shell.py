@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from ..observability.logs import job_fields
+from ..scheduler.admission import inadmissible
 from ..scheduler.base import Decision, JobRequest, Preempt, Scheduler, Start, TimeOut, Warn
 from .config import QueueConfig
 from .lifecycle import attempt_outcome, settle
@@ -51,6 +52,10 @@ class QueueShell:
     config: QueueConfig
     listeners: list[Listener]
     stop_grace_s: float  # what a job gets between SIGTERM and SIGKILL when it times out
+    # whether the config's pools list every node they will have (embedded: yes; the cluster's
+    # daemon: no, a worker the config does not list joins a pool), so that a waiting job too big
+    # for them can be told so at rebuild
+    nodes_known: bool = True
 
     # -- what each shell implements --------------------------------------------------------
     def _find(self, job_id: str) -> Optional[JobRecord]:
@@ -109,14 +114,27 @@ class QueueShell:
 
     # -- state changes and settling --------------------------------------------------------
     def _requeue(self, job: JobRecord, req: JobRequest, now: float) -> bool:
-        """Give a waiting job back to the scheduler (a rebuild, a lost attempt). One it can no
-        longer take (its pool left the config, or was never in it: a job queued before the
-        first scheduler ran) fails, saying why, instead of waiting for ever. True if queued."""
-        rej = self.scheduler.submit(req, now, restoring=True)
-        if rej is None:
-            return True
-        self._unqueueable(job, rej.reason)
+        """Give a waiting job back to the scheduler (a rebuild, a lost attempt). One that can
+        never run with the config as it is now (see :meth:`_never_runs`) fails, saying why,
+        instead of waiting for ever. True if queued."""
+        why = self._never_runs(req)
+        if why is None:
+            rej = self.scheduler.submit(req, now, restoring=True)
+            if rej is None:
+                return True
+            why = rej.reason
+        self._unqueueable(job, why)
         return False
+
+    def _never_runs(self, req: JobRequest) -> Optional[str]:
+        """Why a job the queue took under an earlier config can never run under this one: its
+        pool left the config (or was never in it: a job the API took before the first
+        scheduler ran), or, where the config lists every node (``nodes_known``), it does not fit
+        them or asks a longer time limit than its pool's maximum. Quotas and queue depths are
+        not checked again: they change with time, and a job that waits past them is fine."""
+        if req.pool not in self.config.pools:
+            return f"unknown pool {req.pool!r}: the pools are {', '.join(sorted(self.config.pools))}"
+        return inadmissible(req, self.config) if self.nodes_known else None
 
     def _unqueueable(self, job: JobRecord, why: str) -> None:
         """Fail a waiting job the queue's config cannot take (``why``), saying so."""

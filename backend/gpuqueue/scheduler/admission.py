@@ -7,7 +7,6 @@ from typing import Optional
 from ..queue.config import PoolConfig, QueueConfig
 from ..queue.durations import format_duration
 from .base import JobRequest
-from .cluster import Cluster
 
 
 _SIZES: dict[int, tuple[PoolConfig, dict[str, int], list[int]]] = {}
@@ -21,7 +20,7 @@ def _sizes(pc: PoolConfig) -> list[int]:
     return hit[2]
 
 
-def inadmissible(job: JobRequest, config: QueueConfig, cluster: Cluster) -> Optional[str]:
+def inadmissible(job: JobRequest, config: QueueConfig) -> Optional[str]:
     """A sentence saying why ``job`` can never run in its pool, or None if it can."""
     pc = config.pools.get(job.pool)
     if pc is None:

@@ -149,7 +149,8 @@ class Scheduler(Protocol):
         """Accept a job into the queue, or say why not. ``restoring`` skips admission limits."""
 
     def restore_running(self, job: JobRequest, placement: Placement, started_at: float) -> None:
-        """At rebuild: this job already holds these GPUs."""
+        """At rebuild: this job already holds these GPUs. Raises RuntimeError or KeyError, and
+        then knows nothing of the job, if they are not free GPUs of its config."""
 
     def started(self, job_id: str, now: float) -> None:
         """The job process is confirmed running (its runtime clock starts)."""

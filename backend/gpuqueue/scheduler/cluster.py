@@ -73,13 +73,19 @@ class Cluster:
             return None
         return {n.name: tuple(sorted(n.free)[:per]) for n in idle[:nodes]}
 
-    def allocate(self, placement: Placement) -> None:
-        """Mark the placement's GPUs used. Raises if any is not free (a bug, never silent)."""
+    def check(self, placement: Placement) -> None:
+        """Raise (RuntimeError; KeyError for a node it does not have) unless every GPU of the
+        placement is free."""
         nodes = self.nodes
         for node, ids in placement.items():
             free = nodes[node].free
             if not free.issuperset(ids):
                 raise RuntimeError(f"GPUs {ids} on {node} are not all free ({sorted(free)})")
+
+    def allocate(self, placement: Placement) -> None:
+        """Mark the placement's GPUs used. Raises if any is not free (a bug, never silent)."""
+        self.check(placement)
+        nodes = self.nodes
         for node, ids in placement.items():
             nodes[node].free.difference_update(ids)
 

@@ -90,7 +90,7 @@ class FifoScheduler:
     def submit(self, job: JobRequest, now: float, restoring: bool = False) -> Optional[Reject]:
         self._now = max(self._now, now)
         if not restoring:
-            why = inadmissible(job, self.config, self.cluster)
+            why = inadmissible(job, self.config)
             if why:
                 return Reject(job.id, why)
             queued = len(self._order.get(job.pool, ()))

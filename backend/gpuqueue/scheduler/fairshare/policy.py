@@ -261,7 +261,7 @@ class FairShareScheduler:
             if not restoring:
                 return Reject(job.id, f"job {job.id!r} is already queued or running")
             self._forget(job.id, now)
-        why = inadmissible(job, self.config, self.cluster)
+        why = inadmissible(job, self.config)
         if why and not restoring:
             return Reject(job.id, why)
         if job.pool not in self.pools:
@@ -290,9 +290,12 @@ class FairShareScheduler:
         return None
 
     def restore_running(self, job: JobRequest, placement: Placement, started_at: float) -> None:
-        """At rebuild: this job already holds these GPUs (its charges are in the imported state)."""
+        """At rebuild: this job already holds these GPUs (its charges are in the imported state).
+        Raises, knowing nothing of the job, if the placement is not free GPUs of this config
+        (the config shrank under it)."""
         if job.id in self.jobs:
             self._forget(job.id, started_at)
+        self.cluster.check(placement)
         self._seq += 1
         j = Job(job, self._seq, state=RUNNING, limit=self.limit(job), starve_after=self.starve_after(job))
         self.jobs[job.id] = j
