@@ -462,6 +462,8 @@ class QueueMetrics:
         )
         self._scheduler_collector: Optional[SchedulerCollector] = None
         self.is_leader = False
+        self.known_pools: Optional[Callable[[], Optional[Iterable[str]]]] = None
+        """The queue's pools now (``attach`` sets it); a job's pool outside them is ``unknown``."""
 
     # -- setup ----------------------------------------------------------------------------
     def init_pools(self, pools: Iterable[str]) -> None:
@@ -504,6 +506,15 @@ class QueueMetrics:
         self.leader.set(1 if leader else 0)
 
     # -- events ---------------------------------------------------------------------------
+    def _pool_label(self, job: Any) -> str:
+        """The ``pool`` label of ``job``: its pool if the queue has one of that name, else
+        ``unknown``. A job the API took before any scheduler had published its config names a
+        pool no one checked yet; it fails when the scheduler admits it, and its made-up name
+        (one per request, if a user likes) must not become a series."""
+        pool = _job_pool(job)
+        known = self.known_pools() if self.known_pools is not None else None
+        return pool if known is None or pool in known else "unknown"
+
     def on_event(self, what: str, data: dict[str, Any]) -> None:
         """The ``service.listeners`` callback. Cheap: a few dict lookups per event."""
         if what == "event":
@@ -522,7 +533,7 @@ class QueueMetrics:
         job = data.get("job")
         if job is None:
             return
-        pool = _job_pool(job)
+        pool = self._pool_label(job)
         if what == "submitted":
             self.submitted.labels(pool, _job_priority(job)).inc()
         elif what == "started":
@@ -555,6 +566,17 @@ class QueueMetrics:
         self.api_latency.labels(handler, method, str(code)).observe(seconds)
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+"""The ``method`` label's values; any other method a client sends (HTTP allows any token, and
+tornado answers it 405 before authentication) is counted as ``other``, so that no client can
+add series at will."""
+
+
+def method_label(method: Optional[str]) -> str:
+    """``method`` as the ``method`` label: one of :data:`HTTP_METHODS`, else ``other``."""
+    return method if method in HTTP_METHODS else "other"
+
+
 def tornado_log_function(metrics: QueueMetrics, inner: Optional[Callable[[Any], None]] = None,
                          include: Callable[[Any], bool] = lambda h: True) -> Callable[[Any], None]:
     """A tornado ``log_function`` (application setting) that records every finished request that
@@ -567,7 +589,7 @@ def tornado_log_function(metrics: QueueMetrics, inner: Optional[Callable[[Any], 
             if include(handler):
                 ctype = str(getattr(handler, "_headers", {}).get("Content-Type", ""))
                 if not ctype.startswith("text/event-stream"):
-                    metrics.observe_request(type(handler).__name__, handler.request.method,
+                    metrics.observe_request(type(handler).__name__, method_label(handler.request.method),
                                             handler.get_status(), handler.request.request_time())
         except Exception:  # noqa: BLE001 - timing must never break a request
             log.debug("request timing failed", exc_info=True)
@@ -599,6 +621,7 @@ def attach(service: Any, registry: Optional[CollectorRegistry] = None, *, mode: 
         m = QueueMetrics(registry, mode=mode, policy=str(getattr(service, "policy", "") or ""), **opts)
         pools = getattr(getattr(service, "config", None), "pools", None) or {}
         m.init_pools(pools)
+        m.known_pools = lambda: getattr(getattr(service, "config", None), "pools", None)
         m.collect_scheduler(lambda: service.scheduler if m.is_leader else None, lock)
         if nvml:
             m.add_nvml()

@@ -1,0 +1,73 @@
+"""A hostile user (or no user at all) against the edges the queue exposes: what each may add to
+the metrics. Real processes: redis-server, the API service, the scheduler daemon, a Celery
+worker, and a Jupyter server with the embedded queue."""
+
+from __future__ import annotations
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from helpers.servers import wait_until
+
+API_LATENCY = "gpuqueue_api_request_duration_seconds_count"
+INVENTED = [f"PWN{i}" for i in range(20)]  # valid HTTP method tokens, each a label value before
+HTTP_METHODS = {"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"}
+
+
+def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample called ``name`` in a Prometheus scrape."""
+    return [(dict(s.labels), s.value) for fam in text_string_to_metric_families(text)
+            for s in fam.samples if s.name == name]
+
+
+def methods_counted(text: str) -> dict[str, float]:
+    """Requests counted in the API latency histogram, by ``method`` label."""
+    out: dict[str, float] = {}
+    for labels, v in samples(text, API_LATENCY):
+        out[labels["method"]] = out.get(labels["method"], 0) + v
+    return out
+
+
+def test_invented_http_methods_add_no_metric_series(cluster_factory, jupyter_server) -> None:
+    """HTTP lets a client send any method token; tornado answers it 405 before any login check,
+    and the request was counted under its own ``method`` label: anyone who could reach the port
+    added series at will (memory of the process, size of every scrape)."""
+    c = cluster_factory(nodes={"n1": 1}, start=False)
+    c.start_api()
+    s = jupyter_server
+    for m in INVENTED:  # no token
+        assert requests.request(m, c.url + "gpuqueue/api/jobs", timeout=10).status_code == 405
+        assert requests.request(m, s.url + "gpuqueue/api/jobs", timeout=10).status_code == 405
+    assert requests.get(c.url + "gpuqueue/api/jobs", timeout=10).status_code == 401
+    for text in (requests.get(c.url + "metrics", timeout=10).text,
+                 requests.get(s.url + "gpuqueue/metrics", headers=s.headers, timeout=10).text):
+        counted = methods_counted(text)
+        assert set(counted) <= HTTP_METHODS | {"other"}, sorted(counted)
+        assert counted["other"] == len(INVENTED), counted
+
+
+def test_a_pool_named_before_any_config_is_no_metric_series(cluster_factory) -> None:
+    """The API takes a job before any scheduler has published its config without checking its
+    pool (the scheduler does, and fails it). Its made-up pool name became the ``pool`` label of
+    ``gpuqueue_jobs_finished_total`` on the scheduler, one series per name, for good."""
+    c = cluster_factory(nodes={"n1": 1}, start=False)
+    c.start_api()
+    bob = c.client("bob")
+    made_up = ["../../etc/passwd", "x" * 200, "pool-\u00e9-1"]
+    ids = [bob.submit({"kind": "command", "command": ["true"], "pool": p})["id"] for p in made_up]
+    c.start_daemon()
+    wait_until(lambda: all(bob.get(i)["state"] == "failed" for i in ids), 30, 0.1, "the made-up pools' jobs to fail")
+
+    def scrape() -> str | None:
+        try:
+            text = requests.get(f"http://127.0.0.1:{c.metrics_port}/metrics", timeout=5).text
+        except requests.RequestException:
+            return None
+        return text if samples(text, "gpuqueue_jobs_finished_total") else None
+
+    text = wait_until(scrape, 30, 0.2, "the scheduler's metrics")
+    pools = {labels["pool"] for fam in text_string_to_metric_families(text)
+             for s in fam.samples for labels in [dict(s.labels)] if "pool" in labels}
+    assert pools <= {"gpu", "unknown"}, sorted(pools)
+    failed = dict((lb["pool"], v) for lb, v in samples(text, "gpuqueue_jobs_finished_total") if lb["outcome"] == "failed")
+    assert failed.get("unknown") == len(made_up), failed
