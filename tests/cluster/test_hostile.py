@@ -1,12 +1,14 @@
 """A hostile user (or no user at all) against the edges the queue exposes: what each may add to
-the metrics. Real processes: redis-server, the API service, the scheduler daemon, a Celery
-worker, and a Jupyter server with the embedded queue."""
+the metrics, and whose results an admin's kernel may load. Real processes: redis-server, the API
+service, the scheduler daemon, a Celery worker, and a Jupyter server with the embedded queue."""
 
 from __future__ import annotations
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from gpuqueue.job.payload import build_payload, unpack_results
+from gpuqueue.queue.errors import Forbidden, NotFound
 from helpers.servers import wait_until
 
 API_LATENCY = "gpuqueue_api_request_duration_seconds_count"
@@ -71,3 +73,30 @@ def test_a_pool_named_before_any_config_is_no_metric_series(cluster_factory) -> 
     assert pools <= {"gpu", "unknown"}, sorted(pools)
     failed = dict((lb["pool"], v) for lb, v in samples(text, "gpuqueue_jobs_finished_total") if lb["outcome"] == "failed")
     assert failed.get("unknown") == len(made_up), failed
+
+
+def test_an_admin_gets_no_pickle_of_another_users_job(cluster_factory) -> None:
+    """A cell job's results are a pickle its own code wrote; the kernel that fetches them
+    unpickles them. An admin sees every job, and ``%gpuqueue attach ID`` / ``result ID`` fetched
+    another user's results too: that user's code then ran in the admin's kernel."""
+    c = cluster_factory(nodes={"n1": 1})
+    payload, inputs, outputs = build_payload("x = 41 + 1", {}, inputs=[], outputs=["x"])
+    job = c.client("alice").submit({"kind": "cell", "gpus": 0, "retries": 0, "inputs": inputs, "outputs": outputs},
+                                   payload)["id"]
+    assert c.wait_done([job])[job]["state"] == "succeeded"
+    assert unpack_results(c.client("alice").result(job))[0] == {"x": 42}  # its owner: as before
+    try:
+        c.client("root").result(job)
+        raise AssertionError("an admin fetched another user's pickle")
+    except Forbidden as e:
+        assert f"the results of job {job} are alice's" in str(e) and "gpuqueue logs" in str(e), str(e)
+    try:
+        c.client("bob").result(job)
+        raise AssertionError("bob fetched alice's results")
+    except NotFound:
+        pass
+    # the admin still sees the job, its events and its logs
+    assert c.client("root").get(job)["owner"] == "alice"
+    assert c.client("root").events(job)
+    r = c.cli("root", "logs", job)
+    assert r.returncode == 0, r.stderr
