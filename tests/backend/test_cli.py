@@ -73,7 +73,7 @@ def test_no_server_configured_says_what_to_set(tmp_path):
 
 
 def test_the_command_is_kept_whole_and_what_a_terminal_shows_is_escaped(jupyter_server_factory):
-    owner = "eve\x1b]0;pwned\x07"  # a user name holding a terminal escape (a Hub name, say)
+    owner = "eve\x1b]0;pwned\x07\u202e"  # a user name holding a terminal escape and a bidi override (a Hub name, say)
     s = jupyter_server_factory(env={"JUPYTERHUB_USER": owner})
     r = gq(s, "submit", "--", sys.executable, "-c", "import sys; print(sys.argv[1:])", "--", "x", "--")
     assert r.returncode == 0, r.stderr
@@ -81,7 +81,7 @@ def test_the_command_is_kept_whole_and_what_a_terminal_shows_is_escaped(jupyter_
     assert gq(s, "wait", job).returncode == 0
     assert gq(s, "logs", job).stdout.strip() == "['--', 'x', '--']"
     ls = gq(s, "ls", "--all").stdout
-    assert "eve\\x1b]0;pwned\\x07" in ls and "\x1b" not in ls and "\x07" not in ls
+    assert "eve\\x1b]0;pwned\\x07\\u202e" in ls and "\x1b" not in ls and "\x07" not in ls and "\u202e" not in ls
     r = gq(s, "show", "j-\x1b[2J")
     assert r.returncode == 1 and "no job" in r.stderr and "\x1b" not in r.stderr, r.stderr
     r = gq(s, "submit", "--timeout", "9" * 400, "--", "true")

@@ -5,8 +5,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-"""C0 controls (NUL, BEL, BS, TAB, LF, CR, ESC, ...), DEL and the C1 controls (CSI, ...)."""
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+"""C0 controls (NUL, BEL, BS, TAB, LF, CR, ESC, ...), DEL and the C1 controls (CSI, ...); the
+Unicode line and paragraph separators (U+2028, U+2029: line breaks to ``str.splitlines``, to
+JavaScript before ES2019 and to many log viewers); and the bidirectional formatting characters
+(U+200E, U+200F, U+202A-U+202E, U+2066-U+2069), with which a name would show the rest of its
+line reversed in an admin's listing (another owner, another state)."""
 
 
 def printable(text: Any) -> str:
