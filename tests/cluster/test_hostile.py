@@ -1,8 +1,11 @@
 """A hostile user (or no user at all) against the edges the queue exposes: what each may add to
-the metrics, and whose results an admin's kernel may load. Real processes: redis-server, the API
-service, the scheduler daemon, a Celery worker, and a Jupyter server with the embedded queue."""
+the metrics, whose results an admin's kernel may load, how much of the shared store one job's
+output may take. Real processes: redis-server, the API service, the scheduler daemon, a Celery
+worker, and a Jupyter server with the embedded queue."""
 
 from __future__ import annotations
+
+import sys
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
@@ -100,3 +103,23 @@ def test_an_admin_gets_no_pickle_of_another_users_job(cluster_factory) -> None:
     assert c.client("root").events(job)
     r = c.cli("root", "logs", job)
     assert r.returncode == 0, r.stderr
+
+
+FLOOD = "import sys\nfor i in range(400):\n    print(f'{i} ' + 'x' * 10_000, flush=True)\nprint('the end')\n"
+
+
+def test_a_job_that_prints_without_end_cannot_fill_redis(cluster_factory, monkeypatch) -> None:
+    """Every line a job prints goes into its event stream in Redis, which every user's jobs share:
+    one job printing without end filled it (maxmemory: every submit, and the workers' reports,
+    refused). Now an attempt keeps ``GPUQUEUE_MAX_OUTPUT_MB`` (of the worker) of the job's output,
+    then drops the rest after one line that says so."""
+    monkeypatch.setenv("GPUQUEUE_MAX_OUTPUT_MB", "1")  # the cluster's processes inherit it
+    c = cluster_factory(nodes={"n1": 1})
+    job = c.submit("bob", gpus=0, command=[sys.executable, "-c", FLOOD], retries=0)
+    assert c.wait_done([job])[job]["state"] == "succeeded"
+    r = c.redis_client()
+    stream = f"gq:ev:{job}"
+    kept = r.memory_usage(stream)
+    assert kept is not None and kept < 1.5 * 2**20, kept  # ~4 MB printed
+    lines = [e["data"].get("line", "") for e in c.client("bob").events(job) if e["type"] == "log"]
+    assert "the end" not in lines and any("output passed 1 MB" in x for x in lines), lines[-2:]
