@@ -17,3 +17,14 @@ def printable(text: Any) -> str:
     """``text`` safe to print in a terminal: each control character (ESC, CR, BEL, ...) shown as
     a ``\\x1b``-style escape, so that a job name cannot rewrite an admin's screen."""
     return CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], str(text))
+
+
+_IN_OUTPUT = re.compile(r"(\x1b\[[0-9;:]*m)|(?![\t\n])" + CONTROL_CHARS.pattern)
+
+
+def terminal_output(text: Any) -> str:
+    """A job's output (a log line, a traceback) safe to print in a terminal that may be another
+    user's (an admin's ``gpuqueue logs ID``): colours (SGR, ``ESC[...m``), tabs and newlines are
+    kept, every other control character is escaped as :func:`printable` does, so that no line
+    sets the terminal's clipboard (OSC 52) or title, or moves the cursor over what was shown."""
+    return _IN_OUTPUT.sub(lambda m: m.group(1) or repr(m.group())[1:-1], str(text))
