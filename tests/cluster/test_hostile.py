@@ -5,6 +5,7 @@ worker, and a Jupyter server with the embedded queue."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import requests
@@ -123,3 +124,30 @@ def test_a_job_that_prints_without_end_cannot_fill_redis(cluster_factory, monkey
     assert kept is not None and kept < 1.5 * 2**20, kept  # ~4 MB printed
     lines = [e["data"].get("line", "") for e in c.client("bob").events(job) if e["type"] == "log"]
     assert "the end" not in lines and any("output passed 1 MB" in x for x in lines), lines[-2:]
+
+
+def test_the_schedulers_metrics_can_be_kept_off_the_jobs_network(cluster_factory) -> None:
+    """The scheduler's /metrics names every running job, its user, pool and training values,
+    with no login, and listened on every interface: a job of any user on a GPU node could read
+    what the others run (the sidebar shows them only "busy"). ``--metrics-address`` puts it on
+    the monitoring network only."""
+    c = cluster_factory(nodes={"n1": 1}, start=False, daemon_args=("--metrics-address", "127.0.0.2"))
+    c.start()
+    job = c.submit("alice", ticks=100, gpus=1)
+    wait_until(lambda: c.client("alice").get(job)["state"] == "running", 30, 0.1, "alice's job to run")
+    text = wait_until(lambda: _get(f"http://127.0.0.2:{c.metrics_port}/metrics"), 30, 0.2, "the scheduler's metrics")
+    assert f'job_id="{job}"' in text and 'user="alice"' in text  # what it tells the monitoring network
+    assert _get(f"http://127.0.0.1:{c.metrics_port}/metrics") is None  # and no one else
+    r = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "scheduler", "--redis", c.redis.url, "--metrics-port",
+                        str(c.metrics_port + 1 if c.metrics_port < 65535 else 1024), "--metrics-address", "no.such.host.invalid"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "give --metrics-address an address of this host" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _get(url: str) -> str | None:
+    try:
+        r = requests.get(url, timeout=5)
+    except requests.RequestException:
+        return None
+    return r.text if r.ok else None

@@ -26,6 +26,7 @@ Every metric is described in ``docs/metrics.md``; the names follow Prometheus' r
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -671,8 +672,12 @@ def render(registry: CollectorRegistry, accept: Optional[str] = None) -> tuple[b
     return encoder(registry), content_type
 
 
-def port_error(port: int, e: OSError) -> str:
-    """What a process says when ``serve_metrics`` cannot listen on ``port``."""
+def port_error(port: int, e: OSError, addr: Optional[str] = None) -> str:
+    """What a process says when ``serve_metrics`` cannot listen on ``port`` (of ``addr``, when
+    the process lets the admin choose it)."""
+    if addr is not None and e.errno != errno.EADDRINUSE:
+        return (f"cannot serve /metrics on {addr}:{port} ({e.strerror or e}): give --metrics-address an "
+                f"address of this host")
     return (f"cannot serve /metrics on port {port} ({e.strerror}): stop what holds that port or choose "
             f"another --metrics-port (each process on a host needs its own)")
 
