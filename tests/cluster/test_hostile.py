@@ -5,6 +5,7 @@ worker, and a Jupyter server with the embedded queue."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -151,3 +152,21 @@ def _get(url: str) -> str | None:
     except requests.RequestException:
         return None
     return r.text if r.ok else None
+
+
+def test_a_cancelled_cells_payload_does_not_stay_in_redis(cluster_factory) -> None:
+    """A cell's payload (up to --max-payload-mb, 64 MB) stayed in Redis until the finished job was
+    deleted (--keep-finished, 30 days): submitting large cells and cancelling them filled the
+    store that every user shares. A finished job's payload is deleted as it ends."""
+    c = cluster_factory(nodes={"n1": 1})
+    bob, r = c.client("bob"), c.redis_client()
+    blocker = c.submit("alice", ticks=100, gpus=1)  # holds the only GPU: bob's cells wait
+    wait_until(lambda: c.client("alice").get(blocker)["state"] == "running", 30, 0.1, "alice's job to run")
+    payload, inputs, outputs = build_payload("y = len(x)", {"x": os.urandom(4_000_000)})
+    ids = [bob.submit({"kind": "cell", "gpus": 1, "inputs": inputs, "outputs": outputs}, payload)["id"] for _ in range(3)]
+    assert all(r.exists(f"gq:payload:{i}") for i in ids)  # needed while they wait
+    for i in ids:
+        assert bob.cancel(i)["state"] == "cancelled"
+    wait_until(lambda: not any(r.exists(f"gq:payload:{i}") for i in ids), 10, 0.1, "the cancelled cells' payloads to go")
+    assert bob.get(ids[0])["state"] == "cancelled"  # the record stays (--keep-finished)
+    c.client("root").cancel(blocker)
