@@ -128,7 +128,7 @@ def test_a_job_that_prints_without_end_cannot_fill_redis(cluster_factory, monkey
 
 
 def test_the_schedulers_metrics_can_be_kept_off_the_jobs_network(cluster_factory) -> None:
-    """The scheduler's /metrics names every running job, its user, pool and training values,
+    """The scheduler's /metrics names every running job, its user, pool, node and GPUs,
     with no login, and listened on every interface: a job of any user on a GPU node could read
     what the others run (the sidebar shows them only "busy"). ``--metrics-address`` puts it on
     the monitoring network only."""

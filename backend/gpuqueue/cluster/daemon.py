@@ -751,7 +751,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=cliargs.PORT, default=None, help="serve Prometheus /metrics on this port")
     p.add_argument("--metrics-address", default="0.0.0.0",
                    help="address /metrics listens on (default %(default)s: every interface). Its series name every "
-                        "running job, its user and its training values, with no login: give an address of the "
+                        "running job, its user, pool, node and GPUs, with no login: give an address of the "
                         "monitoring network, which jobs on the GPU nodes cannot reach")
     p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
     return p
