@@ -129,7 +129,12 @@ def training_values(data: Any) -> tuple[Optional[float], dict[str, float]]:
         for k, v in values.items():
             if k in _NOT_METRICS or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
-            out[str(k)[:NAME_MAX_LEN]] = float(v)
+            name = str(k)[:NAME_MAX_LEN]
+            try:  # half a surrogate pair ("\ud800" in the job's JSON) would fail every scrape
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                continue
+            out[name] = float(v)
     return step, out
 
 
