@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 
 from .queue.durations import MAX_TIMEOUT_S, parse_duration
 from .queue.errors import GPUQueueError
-from .queue.text import printable
+from .queue.text import printable, terminal_output
 
 EXIT_USAGE = 2
 
@@ -97,12 +97,12 @@ def _print_event(ev: dict[str, Any], out: Any = sys.stdout) -> None:
     d = ev["data"]
     if ev["type"] == "log":
         stream = sys.stderr if d.get("stream") == "stderr" and out is sys.stdout else out
-        print(d.get("line", ""), file=stream, flush=True)
+        print(terminal_output(d.get("line", "")), file=stream, flush=True)
     elif ev["type"] == "state":
         extra = {k: v for k, v in d.items() if k not in ("state", "traceback")}
         print(printable(f"[gpuqueue] {d['state']}" + (f" {extra}" if extra else "")), file=sys.stderr, flush=True)
         if d.get("traceback"):
-            print(d["traceback"], file=sys.stderr, flush=True)
+            print(terminal_output(d["traceback"]), file=sys.stderr, flush=True)
     elif ev["type"] in ("warning", "info") and d.get("message"):
         print(printable(f"[gpuqueue] {d['message']}"), file=sys.stderr, flush=True)
 

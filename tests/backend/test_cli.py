@@ -66,6 +66,28 @@ def test_user_mistakes_are_one_line_errors(jupyter_server):
     assert jupyter_server.client().list() == []
 
 
+HOSTILE_OUTPUT = r"""
+print("\x1b]52;c;cm0gLXJmIH4K\x07copied? \x1b]0;pwned\x07 \x1b[2J\x1b[H \x1b[31mred\x1b[0m\tend")
+raise SystemExit("\x1b]52;c;cm0gLXJmIH4K\x07 in the traceback")
+"""
+
+
+def test_a_jobs_output_cannot_drive_the_terminal_that_shows_it(jupyter_server):
+    """`gpuqueue logs` (an admin's, too, on another user's job) printed the job's output as it
+    came: an OSC 52 sequence set the reader's clipboard (a command to paste), another the title,
+    CSI 2J cleared the screen. Colours, tabs and newlines are kept; the rest is escaped."""
+    r = gq(jupyter_server, "submit", "--retries", "0", "--", sys.executable, "-c", HOSTILE_OUTPUT)
+    job = r.stdout.strip()
+    w = gq(jupyter_server, "wait", "--logs", job)
+    assert w.returncode == 1
+    logs = gq(jupyter_server, "logs", job)
+    for shown in (logs.stdout + logs.stderr, w.stdout + w.stderr):
+        assert "\\x1b]52;c;cm0gLXJmIH4K\\x07copied?" in shown and "\\x1b[2J\\x1b[H" in shown, shown
+        assert "in the traceback" not in shown or "\\x1b]52;c;cm0gLXJmIH4K\\x07 in the traceback" in shown
+        assert "\x1b]" not in shown and "\x07" not in shown and "\x1b[2J" not in shown, shown
+        assert "\x1b[31mred\x1b[0m\tend" in shown  # colour and tab kept
+
+
 def test_no_server_configured_says_what_to_set(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JPY_"))}
     r = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "ls"], env=env, capture_output=True, text=True)
@@ -73,7 +95,7 @@ def test_no_server_configured_says_what_to_set(tmp_path):
 
 
 def test_the_command_is_kept_whole_and_what_a_terminal_shows_is_escaped(jupyter_server_factory):
-    owner = "eve\x1b]0;pwned\x07"  # a user name holding a terminal escape (a Hub name, say)
+    owner = "eve\x1b]0;pwned\x07\u202e"  # a user name holding a terminal escape and a bidi override (a Hub name, say)
     s = jupyter_server_factory(env={"JUPYTERHUB_USER": owner})
     r = gq(s, "submit", "--", sys.executable, "-c", "import sys; print(sys.argv[1:])", "--", "x", "--")
     assert r.returncode == 0, r.stderr
@@ -81,7 +103,7 @@ def test_the_command_is_kept_whole_and_what_a_terminal_shows_is_escaped(jupyter_
     assert gq(s, "wait", job).returncode == 0
     assert gq(s, "logs", job).stdout.strip() == "['--', 'x', '--']"
     ls = gq(s, "ls", "--all").stdout
-    assert "eve\\x1b]0;pwned\\x07" in ls and "\x1b" not in ls and "\x07" not in ls
+    assert "eve\\x1b]0;pwned\\x07\\u202e" in ls and "\x1b" not in ls and "\x07" not in ls and "\u202e" not in ls
     r = gq(s, "show", "j-\x1b[2J")
     assert r.returncode == 1 and "no job" in r.stderr and "\x1b" not in r.stderr, r.stderr
     r = gq(s, "submit", "--timeout", "9" * 400, "--", "true")

@@ -46,6 +46,14 @@ BAD_BODIES = [
     (b'{"spec": {"kind": "command", "command": ["echo", "a\\u0000b"]}}', "spec.command.1: contains a NUL byte"),
     (b'{"spec": {"kind": "command", "command": ["true"], "env": {"A=B": "x"}}}', "not an environment variable name"),
     (b'{"spec": {"kind": "command", "command": ["true"], "name": "\\u001b[2Jgotcha"}}', "spec.name: contains the control character"),
+    # a bidi override shows the rest of an admin's listing line reversed (another owner, another
+    # state); a line separator is a line break to str.splitlines and many log viewers
+    (b'{"spec": {"kind": "command", "command": ["true"], "name": "x\\u202e\\u2066 gnilaets"}}', "control character '\\u202e'"),
+    (b'{"spec": {"kind": "command", "command": ["true"], "name": "ok\\u2028{\\"level\\": \\"error\\"}"}}', "control character '\\u2028'"),
+    (b'{"spec": {"kind": "command", "command": ["true"], "pool": "gpu\\u2029x"}}', "spec.pool: contains the control character"),
+    # half a UTF-16 surrogate pair parses as JSON but is no text: it cannot be stored (was a 500)
+    (b'{"spec": {"kind": "command", "command": ["echo", "\\ud800"]}}', "spec.command.1: holds an unpaired surrogate"),
+    (b'{"spec": {"kind": "command", "command": ["true"], "env": {"A": "x\\udfff"}}}', "spec.env.A: holds an unpaired surrogate"),
     (b'{"spec": {"kind": "cell", "inputs": ["os.system"]}, "payload_b64": "AA=="}', "not a Python name"),
     (b'{"spec": {"kind": "cell", "name": "' + b"x" * 300_000 + b'"}}', "spec.name: this string is too long"),
 ]

@@ -74,6 +74,35 @@ def test_a_job_cannot_write_the_runners_records_nor_see_its_environment(tmp_path
     assert line.startswith("clean") and "MINE" in line and "RUNNER_ONLY" not in line
 
 
+FLOOD = r'''
+import json, os
+fd = int(os.environ["GPUQUEUE_EVENT_FD"])
+for i in range(300):
+    print(f"{i} " + "x" * 10_000, flush=True)
+    os.write(fd, (json.dumps({"type": "metrics", "data": {"step": i, "pad": "y" * 5_000}}) + "\n").encode())
+print("the end", flush=True)
+'''
+
+
+def test_a_job_that_prints_without_end_cannot_fill_the_store(tmp_path: Path) -> None:
+    """Every record of events.jsonl is copied into the queue's store, shared by every user: a
+    job's records are kept up to launch.json's max_output_bytes, then dropped after one notice;
+    the runner's own records are still written."""
+    limit = 1_000_000
+    events = _run(tmp_path / "a", {"argv": [sys.executable, "-c", FLOOD], "env": {}, "cwd": str(tmp_path),
+                                   "max_output_bytes": limit}, runner_env())
+    size = sum(len(json.dumps(e)) + 1 for e in events if e["type"] in ("log", "metrics"))
+    assert size < limit + 2_000, size  # ~4.5 MB printed
+    lines = [e["data"]["line"] for e in events if e["type"] == "log"]
+    assert lines[0].startswith("0 xxx") and "the end" not in lines
+    assert "output passed 1 MB" in lines[-1] and "GPUQUEUE_MAX_OUTPUT_MB" in lines[-1], lines[-1][:200]
+    assert sum("output passed" in x for x in lines) == 1
+    assert events[-1]["type"] == "exit" and events[-1]["data"]["exit_code"] == 0
+    # without the key (a launch.json of an older version): the default, which this job is far below
+    events = _run(tmp_path / "b", {"argv": [sys.executable, "-c", FLOOD], "env": {}, "cwd": str(tmp_path)}, runner_env())
+    assert [e["data"]["line"] for e in events if e["type"] == "log"][-1] == "the end"
+
+
 @pytest.fixture
 def open_root() -> Iterator[Path]:
     """A state folder that other uids may traverse (as /var/lib/gpuqueue)."""

@@ -220,7 +220,7 @@ async def test_queue_summary(api):
 
 
 async def test_result_of_a_cell_job_round_trips(api):
-    import cloudpickle  # noqa: F401
+    __import__("cloudpickle")  # the results need it
 
     from gpuqueue.job.payload import build_payload, unpack_results
 
@@ -234,3 +234,7 @@ async def test_result_of_a_cell_job_round_trips(api):
     assert code == 200
     values, failed = unpack_results(blob)
     assert values == {"y": [2, 4, 6]} and failed == {}
+    # an admin sees the job but never loads its pickle (that would run alice's code in boss's kernel)
+    assert (await api("GET", "jobs", job["id"], user="boss"))[0] == 200
+    code, err = await api("GET", "jobs", job["id"], "result", user="boss")
+    assert code == 403 and f"the results of job {job['id']} are alice's" in err["message"], (code, err)

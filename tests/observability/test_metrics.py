@@ -192,6 +192,17 @@ def test_training_series_are_bounded() -> None:
     assert [s["name"] for s in scrape(m2).series("gpuqueue_job_training_metric")] == ["eval_loss"]
 
 
+def test_a_metric_name_that_is_no_text_does_not_break_the_scrape() -> None:
+    """A job's metrics record is JSON it wrote: "\\ud800" parses into half a surrogate pair, which
+    cannot be encoded, so every scrape of the server failed (500) while the job ran."""
+    m = QueueMetrics()
+    j = job("j-00000000000a")
+    m.on_event("started", {"job": j})
+    m.on_event("event", {"job": j, "type": "metrics", "data": {"step": 1, "loss\ud800": 1.0, "acc": 0.5}})
+    x = scrape(m)
+    assert [s["name"] for s in x.series("gpuqueue_job_training_metric")] == ["acc"]
+
+
 def test_request_timer_skips_event_streams() -> None:
     m = QueueMetrics()
     seen = []

@@ -123,10 +123,30 @@ def build_launch(
         env["GPUQUEUE_RESUME_FROM"] = spec.resume_from
     cwd = spec.cwd or (str(job_dir) if identity is not None else None)
     out: dict[str, Any] = {"argv": argv, "env": env, "cwd": cwd,
-                           "job_dir": str(job_dir), "attempt_dir": str(attempt_dir)}
+                           "job_dir": str(job_dir), "attempt_dir": str(attempt_dir),
+                           "max_output_bytes": max_output_bytes()}
     if identity is not None:
         out["user"] = {"name": identity.user, "uid": identity.uid, "gid": identity.gid}
     return out
+
+
+OUTPUT_ENV = "GPUQUEUE_MAX_OUTPUT_MB"
+DEFAULT_MAX_OUTPUT_MB = 256
+
+
+def max_output_bytes(environ: Optional[Mapping[str, str]] = None) -> int:
+    """How much of a job's output and events one attempt keeps (``launch.json``'s
+    ``max_output_bytes``, enforced by the runner): ``$GPUQUEUE_MAX_OUTPUT_MB`` of the process that
+    launches it (the Jupyter server, the worker), default 256 MB. A value that is not a number
+    above 0 is the default."""
+    raw = (os.environ if environ is None else environ).get(OUTPUT_ENV, "").strip()
+    try:
+        mb = float(raw) if raw else DEFAULT_MAX_OUTPUT_MB
+    except ValueError:
+        mb = DEFAULT_MAX_OUTPUT_MB
+    if not (mb > 0 and mb < 2**40):  # NaN and inf too
+        mb = DEFAULT_MAX_OUTPUT_MB
+    return int(mb * 2**20)
 
 
 def runner_env() -> dict[str, str]:

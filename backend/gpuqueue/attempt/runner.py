@@ -37,19 +37,52 @@ PARTIAL_LINE_FLUSH_S = 0.5  # a line with no newline yet is shown after this lon
 MAX_LINE = 16_384  # longer lines are cut (with a marker) so one line cannot flood the log
 MAX_EVENT = 1_048_576  # a job-side event record longer than this is dropped
 JOB_EVENTS_POLL_S = 0.1  # how often the job's own events.jsonl is read (identity mode)
+MAX_OUTPUT_BYTES = 256 * 1024 * 1024  # of a job's records per attempt, unless launch.json says
 
 
 class EventWriter:
-    """Appends JSON records to events.jsonl; thread-safe; each record flushed at once."""
+    """Appends JSON records to events.jsonl; thread-safe; each record flushed at once.
 
-    def __init__(self, path: Path):
+    What the job makes (its output lines and job-side events, :meth:`write_job`) is kept up to
+    ``max_job_bytes`` per attempt: every record is copied into the store (SQLite, or Redis in a
+    cluster, shared by every user), so a job that prints without end would fill it and stop
+    the queue for everyone. Past the limit its records are dropped, after one stderr line that
+    says so; the runner's own records (start, stop, exit) are always written."""
+
+    def __init__(self, path: Path, max_job_bytes: Optional[int] = None):
         self._f: IO[str] = open(path, "a", buffering=1)
         self._lock = threading.Lock()
+        self.max_job_bytes = max_job_bytes
+        self.job_bytes = 0
+        self.dropped = 0  # the job's records left out past the limit
 
     def write(self, type_: str, data: dict[str, Any], t: Optional[float] = None) -> None:
         """Write one record: ``{"t": time, "type": ..., "data": {...}}``."""
         line = json.dumps({"t": t or time.time(), "type": type_, "data": data})
         with self._lock:
+            self._f.write(line + "\n")
+
+    def write_job(self, type_: str, data: dict[str, Any], t: Optional[float] = None) -> None:
+        """Write one record the job made, within the attempt's ``max_job_bytes``."""
+        if self.dropped:
+            with self._lock:
+                self.dropped += 1
+            return
+        line = json.dumps({"t": t or time.time(), "type": type_, "data": data})
+        with self._lock:
+            if self.dropped:  # another thread passed the limit meanwhile
+                self.dropped += 1
+                return
+            if self.max_job_bytes is not None and self.job_bytes + len(line) + 1 > self.max_job_bytes:
+                self.dropped += 1
+                mb = self.max_job_bytes / 2**20
+                notice = {"stream": "stderr", "line": (
+                    f"gpuqueue: this attempt's output passed {mb:.0f} MB: its further lines, metrics and "
+                    f"events are not kept (the queue's store is shared by every user). Write large logs to "
+                    f"a file in $GPUQUEUE_JOB_DIR; the admin sets the limit (GPUQUEUE_MAX_OUTPUT_MB)")}
+                self._f.write(json.dumps({"t": time.time(), "type": "log", "data": notice}) + "\n")
+                return
+            self.job_bytes += len(line) + 1
             self._f.write(line + "\n")
 
     def close(self) -> None:
@@ -98,7 +131,7 @@ def _emit_line(out: EventWriter, stream: str, raw: bytes, replace: bool) -> None
     data: dict[str, Any] = {"stream": stream, "line": text}
     if replace:
         data["replace"] = True
-    out.write("log", data)
+    out.write_job("log", data)
 
 
 def job_event(raw: bytes, job_dir: Optional[str] = None) -> Optional[tuple[str, dict[str, Any], Optional[float]]]:
@@ -144,7 +177,7 @@ def _pump_events(fd: int, out: EventWriter, job_dir: Optional[str]) -> None:
                 continue
             ev = job_event(raw, job_dir)
             if ev is not None:
-                out.write(ev[0], ev[1], ev[2])
+                out.write_job(ev[0], ev[1], ev[2])
 
 
 class JobEventsFile:
@@ -172,13 +205,20 @@ class JobEventsFile:
             for raw in lines:
                 ev = job_event(raw, self.job_dir)
                 if ev is not None:
-                    out.write(ev[0], ev[1], ev[2])
+                    out.write_job(ev[0], ev[1], ev[2])
 
     def close(self) -> None:
         """Close the file."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def _max_output(launch: dict[str, Any]) -> int:
+    """The attempt's limit on what the job's records may take (``launch.json``'s
+    ``max_output_bytes``; :data:`MAX_OUTPUT_BYTES` where it has none or a bad one)."""
+    v = launch.get("max_output_bytes")
+    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else MAX_OUTPUT_BYTES
 
 
 IDENTITY_HINT = ": the job's identity must be able to run the interpreter and enter the working folder"
@@ -207,7 +247,7 @@ class Runner:
         self.warm: Optional[WarmJob] = warm[0] if warm is not None else None
         self.warm_fds: tuple[int, ...] = warm[1] if warm is not None else ()
         self.launch: dict[str, Any] = json.loads((attempt_dir / "launch.json").read_text())
-        self.out = EventWriter(attempt_dir / "events.jsonl")
+        self.out = EventWriter(attempt_dir / "events.jsonl", _max_output(self.launch))
         self.proc: Optional[subprocess.Popen[bytes]] = None
         self.stop_reason: Optional[str] = None
         self.kill_at: Optional[float] = None

@@ -751,6 +751,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--celery-events", action="store_true",
                    help="send a Celery task-sent event per launch, for Flower (default: $GPUQUEUE_CELERY_EVENTS, else off)")
     p.add_argument("--metrics-port", type=cliargs.PORT, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument("--metrics-address", default="0.0.0.0",
+                   help="address /metrics listens on (default %(default)s: every interface). Its series name every "
+                        "running job, its user, pool, node and GPUs, with no login: give an address of the "
+                        "monitoring network, which jobs on the GPU nodes cannot reach")
     p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
     return p
 
@@ -792,8 +796,8 @@ def cli_main(argv: list[str]) -> int:
 
         d.metrics = metrics.attach(d, mode="cluster", lock=d.lock, nvml=False, leader=False)
         try:
-            metrics.serve_metrics(args.metrics_port, d.metrics.registry)
+            metrics.serve_metrics(args.metrics_port, d.metrics.registry, args.metrics_address)
         except OSError as e:
-            print(f"gpuqueue scheduler: {metrics.port_error(args.metrics_port, e)}", file=sys.stderr)
+            print(f"gpuqueue scheduler: {metrics.port_error(args.metrics_port, e, args.metrics_address)}", file=sys.stderr)
             return 1
     return d.run()

@@ -24,7 +24,7 @@ from ..queue.ratelimit import RedisBuckets, SubmitLimiter
 from ..scheduler.admission import inadmissible
 from ..queue.verbs import Caller
 from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
-from ..queue.lifecycle import decode_payload, job_request, same_cell_job, with_defaults
+from ..queue.lifecycle import decode_payload, job_request, results_for_owner_only, same_cell_job, with_defaults
 from . import redis_url
 from .redis_store import RedisStore, _event
 
@@ -209,6 +209,7 @@ class ClusterFrontend:
     def result(self, caller: Caller, job_id: str) -> bytes:
         """The pickled names a succeeded cell job assigned."""
         job = self.get_job(caller, job_id)
+        results_for_owner_only(caller.name, job)
         if job.state != JobState.SUCCEEDED:
             raise Conflict(f"job {job_id} is {job.state.value}: results come once it has succeeded")
         blob = self.store.rb.get(self.store.k("result", job_id))

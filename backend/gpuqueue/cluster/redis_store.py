@@ -166,13 +166,15 @@ class RedisStore:
         return ["EVENT", job_id, repr(t or time.time()), type_, json.dumps(data, default=str)]
 
     def job_ops(self, job: JobRecord) -> list[Op]:
-        """Ops that save a job record and keep the indexes right."""
+        """Ops that save a job record and keep the indexes right. A finished job's cell payload
+        is deleted with it: no attempt will read it again, and kept for ``--keep-finished`` (30
+        days) it let one user fill Redis by submitting large cells and cancelling them."""
         job.updated_at = time.time()
         return [
             ["SET", self.k("job", job.id), job.model_dump_json(exclude={"pending"})],
             ["ZADD", self.k("jobs"), repr(job.created_at), job.id],
             ["ZADD", self.k("owner", job.owner), repr(job.created_at), job.id],
-        ] + self.index_ops(job)
+        ] + self.index_ops(job) + ([["DEL", self.k("payload", job.id)]] if job.state.is_terminal else [])
 
     def index_ops(self, job: JobRecord) -> list[Op]:
         """Ops that put a job in (or take it out of) the sets of live and waiting jobs."""

@@ -30,7 +30,7 @@ from ..queue.errors import Conflict, Forbidden, NotFound, Rejected
 from ..attempt.jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
 from ..attempt.launch import build_launch, runner_env
 from ..attempt.warmjob import warm_spec
-from ..queue.lifecycle import decode_payload, job_request, same_cell_job, with_defaults
+from ..queue.lifecycle import decode_payload, job_request, results_for_owner_only, same_cell_job, with_defaults
 from ..observability.logs import job_fields
 from ..queue.models import Attempt, Buffer, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
@@ -324,6 +324,7 @@ class QueueService(QueueShell):
     def result(self, caller: Caller, job_id: str) -> bytes:
         """The pickled names a succeeded cell job assigned."""
         job = self.get_job(caller, job_id)
+        results_for_owner_only(caller.name, job)
         if job.state != JobState.SUCCEEDED:
             raise Conflict(f"job {job_id} is {job.state.value}: results come once it has succeeded")
         a = job.current_attempt

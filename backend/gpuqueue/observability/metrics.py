@@ -26,6 +26,7 @@ Every metric is described in ``docs/metrics.md``; the names follow Prometheus' r
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import threading
@@ -128,7 +129,12 @@ def training_values(data: Any) -> tuple[Optional[float], dict[str, float]]:
         for k, v in values.items():
             if k in _NOT_METRICS or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
-            out[str(k)[:NAME_MAX_LEN]] = float(v)
+            name = str(k)[:NAME_MAX_LEN]
+            try:  # half a surrogate pair ("\ud800" in the job's JSON) would fail every scrape
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                continue
+            out[name] = float(v)
     return step, out
 
 
@@ -462,6 +468,8 @@ class QueueMetrics:
         )
         self._scheduler_collector: Optional[SchedulerCollector] = None
         self.is_leader = False
+        self.known_pools: Optional[Callable[[], Optional[Iterable[str]]]] = None
+        """The queue's pools now (``attach`` sets it); a job's pool outside them is ``unknown``."""
 
     # -- setup ----------------------------------------------------------------------------
     def init_pools(self, pools: Iterable[str]) -> None:
@@ -504,6 +512,15 @@ class QueueMetrics:
         self.leader.set(1 if leader else 0)
 
     # -- events ---------------------------------------------------------------------------
+    def _pool_label(self, job: Any) -> str:
+        """The ``pool`` label of ``job``: its pool if the queue has one of that name, else
+        ``unknown``. A job the API took before any scheduler had published its config names a
+        pool no one checked yet; it fails when the scheduler admits it, and its made-up name
+        (one per request, if a user likes) must not become a series."""
+        pool = _job_pool(job)
+        known = self.known_pools() if self.known_pools is not None else None
+        return pool if known is None or pool in known else "unknown"
+
     def on_event(self, what: str, data: dict[str, Any]) -> None:
         """The ``service.listeners`` callback. Cheap: a few dict lookups per event."""
         if what == "event":
@@ -522,7 +539,7 @@ class QueueMetrics:
         job = data.get("job")
         if job is None:
             return
-        pool = _job_pool(job)
+        pool = self._pool_label(job)
         if what == "submitted":
             self.submitted.labels(pool, _job_priority(job)).inc()
         elif what == "started":
@@ -555,6 +572,17 @@ class QueueMetrics:
         self.api_latency.labels(handler, method, str(code)).observe(seconds)
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+"""The ``method`` label's values; any other method a client sends (HTTP allows any token, and
+tornado answers it 405 before authentication) is counted as ``other``, so that no client can
+add series at will."""
+
+
+def method_label(method: Optional[str]) -> str:
+    """``method`` as the ``method`` label: one of :data:`HTTP_METHODS`, else ``other``."""
+    return method if method in HTTP_METHODS else "other"
+
+
 def tornado_log_function(metrics: QueueMetrics, inner: Optional[Callable[[Any], None]] = None,
                          include: Callable[[Any], bool] = lambda h: True) -> Callable[[Any], None]:
     """A tornado ``log_function`` (application setting) that records every finished request that
@@ -567,7 +595,7 @@ def tornado_log_function(metrics: QueueMetrics, inner: Optional[Callable[[Any], 
             if include(handler):
                 ctype = str(getattr(handler, "_headers", {}).get("Content-Type", ""))
                 if not ctype.startswith("text/event-stream"):
-                    metrics.observe_request(type(handler).__name__, handler.request.method,
+                    metrics.observe_request(type(handler).__name__, method_label(handler.request.method),
                                             handler.get_status(), handler.request.request_time())
         except Exception:  # noqa: BLE001 - timing must never break a request
             log.debug("request timing failed", exc_info=True)
@@ -599,6 +627,7 @@ def attach(service: Any, registry: Optional[CollectorRegistry] = None, *, mode: 
         m = QueueMetrics(registry, mode=mode, policy=str(getattr(service, "policy", "") or ""), **opts)
         pools = getattr(getattr(service, "config", None), "pools", None) or {}
         m.init_pools(pools)
+        m.known_pools = lambda: getattr(getattr(service, "config", None), "pools", None)
         m.collect_scheduler(lambda: service.scheduler if m.is_leader else None, lock)
         if nvml:
             m.add_nvml()
@@ -648,8 +677,12 @@ def render(registry: CollectorRegistry, accept: Optional[str] = None) -> tuple[b
     return encoder(registry), content_type
 
 
-def port_error(port: int, e: OSError) -> str:
-    """What a process says when ``serve_metrics`` cannot listen on ``port``."""
+def port_error(port: int, e: OSError, addr: Optional[str] = None) -> str:
+    """What a process says when ``serve_metrics`` cannot listen on ``port`` (of ``addr``, when
+    the process lets the admin choose it)."""
+    if addr is not None and e.errno != errno.EADDRINUSE:
+        return (f"cannot serve /metrics on {addr}:{port} ({e.strerror or e}): give --metrics-address an "
+                f"address of this host")
     return (f"cannot serve /metrics on port {port} ({e.strerror}): stop what holds that port or choose "
             f"another --metrics-port (each process on a host needs its own)")
 

@@ -12,7 +12,7 @@ import binascii
 from typing import Any, Iterable, Optional
 
 from .config import MAX_LOST_ATTEMPTS, QueueConfig
-from .errors import BadRequest, Rejected
+from .errors import BadRequest, Forbidden, Rejected
 from .models import Buffer, JobRecord, JobSpec, SubmitRequest
 from ..scheduler.base import Decision, JobRequest, Retry
 from .states import JobState, Outcome
@@ -26,6 +26,17 @@ def same_cell_job(req: SubmitRequest, live_jobs: Iterable[JobRecord]) -> Optiona
         return None
     key = (spec.notebook, spec.cell_id, spec.source_hash)
     return next((j for j in live_jobs if (j.spec.notebook, j.spec.cell_id, j.spec.source_hash) == key), None)
+
+
+def results_for_owner_only(caller_name: str, job: JobRecord) -> None:
+    """Forbidden unless ``caller_name`` owns ``job``: a job's results are a pickle that its own
+    (untrusted) code wrote, and unpickling runs code in the process that loads it, so only the
+    owner's kernel may fetch them. An admin sees every job's record, events and logs, never its
+    pickle: ``%gpuqueue attach`` by an admin would otherwise run a user's code in the admin's kernel."""
+    if job.owner != caller_name:
+        raise Forbidden(f"the results of job {job.id} are {job.owner}'s: they are a pickle its code wrote, which "
+                        f"would run that code in your kernel, so only {job.owner}'s own kernel may fetch them; "
+                        f"read its events and logs instead (`gpuqueue logs {job.id}`)")
 
 
 def b64decode(text: str | bytes) -> bytes:

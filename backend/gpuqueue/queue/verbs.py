@@ -79,7 +79,8 @@ class QueueVerbs(Protocol):
         ...
 
     def result(self, caller: Caller, job_id: str) -> MaybeAwaitable[bytes]:
-        """The pickled results of a succeeded cell job; Conflict before it has any."""
+        """The pickled results of a succeeded cell job; Conflict before it has any; Forbidden
+        to anyone but its owner, admins included (``lifecycle.results_for_owner_only``)."""
         ...
 
     def summary(self, caller: Caller) -> MaybeAwaitable[dict[str, Any]]:

@@ -43,6 +43,7 @@ MAPPED = 1 << 20  # bodies and payloads from this size on are kept in memory map
 
 _STRUCTURE = re.compile(rb'["\[\]{}]')
 _BACKSLASH = re.compile(rb"\\")
+_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")  # a \uD800-\uDFFF escape (maybe half a pair)
 
 
 def join_chunks(chunks: list[bytes]) -> Buffer:
@@ -137,6 +138,8 @@ def read_json(body: Buffer) -> Any:
         data = json.loads(small)
     except (ValueError, RecursionError) as e:
         raise BadRequest(f"the body is not valid JSON: {e}") from None
+    if _SURROGATE.search(small):  # rare: only then walk the values
+        _no_lone_surrogate(data)
     if spans:
         data = _put_back(data, f"\x00{nonce}:", spans)
     return data
@@ -229,6 +232,24 @@ def _put_back(value: Any, marker: str, spans: list[_Span]) -> Any:
     if isinstance(value, list):
         return [_put_back(v, marker, spans) for v in value]
     return value
+
+
+def _no_lone_surrogate(value: Any, path: str = "") -> None:
+    """BadRequest naming the first string in ``value`` (a key, or a value at ``path``) that holds
+    half of a UTF-16 surrogate pair (``"\\ud800"``): JSON parses it, but it is no text, so it could
+    be neither stored nor passed to a program (it was a 500). A whole pair is one character."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BadRequest(f"{path or '(body)'}: holds an unpaired surrogate {value[e.start]!r} at position "
+                             f"{e.start}: send text as UTF-8, or a \\uD8xx\\uDCxx pair as a whole") from None
+        return
+    items: Any = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        if isinstance(k, str):
+            _no_lone_surrogate(k, f"{path}.(key)" if path else "(key)")
+        _no_lone_surrogate(v, f"{path}.{k}" if path else str(k))
 
 
 def _find_span(value: Any, path: str = "") -> Optional[str]:
