@@ -56,6 +56,10 @@ BAD_BODIES = [
     (b'{"spec": {"kind": "command", "command": ["true"], "env": {"A": "x\\udfff"}}}', "spec.env.A: holds an unpaired surrogate"),
     (b'{"spec": {"kind": "cell", "inputs": ["os.system"]}, "payload_b64": "AA=="}', "not a Python name"),
     (b'{"spec": {"kind": "cell", "name": "' + b"x" * 300_000 + b'"}}', "spec.name: this string is too long"),
+    # each argument within Linux's 128 KB, together more than a process is given (and kept in
+    # the record, in Redis for every user, for 30 days)
+    (b'{"spec": {"kind": "command", "command": [' + b",".join([b'"' + b"a" * 120_000 + b'"'] * 12) + b"]}}",
+     "command and env hold 1.4 MB, more than a process is given (1 MB at most)"),
 ]
 
 

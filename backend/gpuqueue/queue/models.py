@@ -31,6 +31,9 @@ MAX_NAME_LEN = 200
 MAX_ARGS = 4096  # arguments of a command
 MAX_ARG_LEN = 128 * 1024  # Linux's limit on one argument or environment string (MAX_ARG_STRLEN)
 MAX_ENV = 1024  # extra environment variables
+# a command and its extra environment together: Linux gives a new process 2 MB of both (less
+# the 1/4 of the stack limit it may be), and the job's record keeps them (in Redis, for every user)
+MAX_ARGV_ENV_BYTES = 1024 * 1024
 MAX_PATH_LEN = 4096  # PATH_MAX
 MAX_ID_LEN = 256  # pool names, cell ids, hashes
 MAX_NAMES = 4096  # inputs / outputs of a cell
@@ -156,6 +159,20 @@ class JobSpec(BaseModel):
         if value is not None and not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
             raise ValueError(f"{bad}, got {value:.6g}")
         return value
+
+    @model_validator(mode="after")
+    def _fits_a_process(self, info: ValidationInfo) -> "JobSpec":
+        """At the edge: the command and the extra environment together hold at most
+        :data:`MAX_ARGV_ENV_BYTES` (4096 arguments of 128 KB each would pass their own checks,
+        fail at exec, and take 512 MB of the store meanwhile)."""
+        if not _at_edge(info):
+            return self
+        size = sum(len(a.encode("utf-8", "surrogatepass")) + 1 for a in self.command or ())
+        size += sum(len(k) + len(v.encode("utf-8", "surrogatepass")) + 2 for k, v in self.env.items())
+        if size > MAX_ARGV_ENV_BYTES:
+            raise ValueError(f"command and env hold {size / 2**20:.1f} MB, more than a process is given "
+                             f"({MAX_ARGV_ENV_BYTES // 2**20} MB at most): pass large data in a file, or with the cell")
+        return self
 
     @model_validator(mode="after")
     def _kind_matches(self) -> "JobSpec":
