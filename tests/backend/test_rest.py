@@ -164,3 +164,37 @@ def test_a_large_payload_submit_leaves_the_server_answering(jupyter_server):
     assert len(latencies) >= 10 and latencies[-1] < 0.5, latencies[-5:]
     stored = s.state_dir / "jobs" / r.json()["id"] / "payload.pkl"
     assert stored.stat().st_size == len(payload)
+
+
+def test_one_user_cannot_hold_streams_without_end(jupyter_server):
+    """Each live stream holds a connection (in a cluster, from the Redis pool every user shares)
+    and wakes on every event: one user gets at most MAX_STREAMS_PER_USER at once, then a 429
+    that says what to close; a stream that ends frees its place."""
+    from gpuqueue.rest.handlers import MAX_STREAMS_PER_USER
+
+    s = jupyter_server
+    job = s.client().submit(command("import time; time.sleep(120)")["spec"])
+    url = s.url + API + f"jobs/{job['id']}/events"
+    opened = []
+    try:
+        for _ in range(MAX_STREAMS_PER_USER):
+            r = requests.get(url, params={"follow": 1}, headers=s.headers, stream=True, timeout=30)
+            assert r.status_code == 200, r.text
+            opened.append(r)
+        r = requests.get(url, params={"follow": 1}, headers=s.headers, stream=True, timeout=30)
+        assert r.status_code == 429 and r.headers.get("Retry-After") == "10", r.status_code
+        assert r.json()["message"].startswith(f"you follow {MAX_STREAMS_PER_USER} jobs live through this server already")
+        assert s.api("GET", API + f"jobs/{job['id']}/events").status_code == 200  # reading without following works
+        opened.pop().close()
+
+        def one_more() -> bool:
+            r = requests.get(url, params={"follow": 1}, headers=s.headers, stream=True, timeout=30)
+            if r.status_code == 200:
+                opened.append(r)
+            return r.status_code == 200
+
+        wait_until(one_more, 30, 0.5, "a place freed by a closed stream")
+    finally:
+        for r in opened:
+            r.close()
+        s.client().cancel(job["id"])

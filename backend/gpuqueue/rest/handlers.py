@@ -20,13 +20,14 @@ import asyncio
 import json
 import math
 import re
+from collections import Counter
 from typing import Any, Optional
 
 from tornado import web
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
-from ..queue.errors import BadRequest, GPUQueueError, NotFound
+from ..queue.errors import BadRequest, GPUQueueError, NotFound, RateLimited
 from ..queue.states import STATE_GROUPS
 from ..queue.verbs import Caller, QueueVerbs, maybe_await
 from .jsonbody import read_submit_chunks, release
@@ -34,6 +35,10 @@ from .jsonbody import read_submit_chunks, release
 JOB = r"(?P<job_id>[^/]+)"  # any segment: one that is not a job id is a 404 in JSON, not a page
 _JOB_ID = re.compile(r"j-[0-9a-f]{1,64}")
 MAX_AFTER = 2**63 - 1  # event seqs are 64-bit (SQLite INTEGER, Redis stream ids)
+MAX_STREAMS_PER_USER = 32
+"""Live event streams one process serves one user at once: each holds a connection (to Redis,
+in a cluster, from a pool every user shares) and wakes on every event of its job."""
+_streams: Counter[str] = Counter()  # user -> live streams this process serves now
 _SECRET_PARAM = re.compile(r"(?i)([^&=]*(?:token|auth|key|secret|password|xsrf)[^&=]*=)[^&]*")
 
 
@@ -218,7 +223,22 @@ class EventsHandler(RestHandler):
             events = await maybe_await(self.service.events(self.caller, self.job_id(job_id), after))
             self.send({"events": [e.model_dump(mode="json") for e in events]})
             return
-        await maybe_await(self.service.get_job(self.caller, self.job_id(job_id)))  # 404 before the stream starts
+        caller = self.caller
+        await maybe_await(self.service.get_job(caller, self.job_id(job_id)))  # 404 before the stream starts
+        if _streams[caller.name] >= MAX_STREAMS_PER_USER:
+            raise RateLimited(f"you follow {_streams[caller.name]} jobs live through this server already, the "
+                              f"most it serves one user: close some (notebook tabs, `gpuqueue logs -f`), or "
+                              f"read events without following (?after=N)", retry_after=10)
+        _streams[caller.name] += 1
+        try:
+            await self._stream(caller, job_id, after)
+        finally:
+            _streams[caller.name] -= 1
+            if not _streams[caller.name]:
+                del _streams[caller.name]
+
+    async def _stream(self, caller: Caller, job_id: str, after: int) -> None:
+        """Send the job's events as SSE until it ends or the client goes."""
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
@@ -228,7 +248,7 @@ class EventsHandler(RestHandler):
         if stream is not None and hasattr(stream, "set_nodelay"):
             stream.set_nodelay(True)
         try:
-            async for ev in self.service.follow(self.caller, job_id, after):
+            async for ev in self.service.follow(caller, job_id, after):
                 if ev is None:
                     self.write(": keep-alive\n\n")
                 else:
