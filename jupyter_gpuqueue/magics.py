@@ -17,7 +17,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from gpuqueue.rest.client import Client
 from gpuqueue.queue.durations import MAX_TIMEOUT_S, parse_duration
@@ -53,11 +53,20 @@ class RemoteJobError(Exception):
         return lines
 
 
+class _HelpShown(Exception):
+    """``--help`` was asked for: its text is printed, and nothing is run."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (a clean message in the cell) instead of exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+
+    def print_help(self, file: Any = None) -> None:
+        """``--help``: the options on stdout, then stop (not an error: *Run All* goes on)."""
+        print(self.format_help(), file=file or sys.stdout, flush=True)
+        raise _HelpShown
 
     def exit(self, status: int = 0, message: Optional[str] = None) -> None:  # type: ignore[override]
         raise UsageError(message or self.format_help())
@@ -125,13 +134,19 @@ class GPUQueueMagics(Magics):
         return self._client
 
     # -- %%train ----------------------------------------------------------------------------
-    @cell_magic
-    def train(self, line: str, cell: str) -> None:
-        """Run the cell as a queued job: ``%%train --gpus 1 --priority high``."""
+    @line_cell_magic
+    def train(self, line: str, cell: Optional[str] = None) -> None:
+        """Run the cell as a queued job: ``%%train --gpus 1 --priority high``. The line form
+        only answers ``%train --help`` (IPython refuses a ``%%train`` cell with no body)."""
         try:
             args = train_parser().parse_args(shlex.split(line))
         except ValueError as e:
             raise UsageError(f"%%train: cannot read the options: {e}") from None
+        except _HelpShown:
+            return
+        if cell is None:
+            raise UsageError("%%train runs a cell: put `%%train OPTIONS` on the first line of the "
+                             "cell that trains (two %); `%train --help` lists the options")
         spec = self._spec(args, cell)
         try:
             payload, inputs, outputs = build_payload(

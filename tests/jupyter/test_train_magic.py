@@ -278,3 +278,22 @@ def test_time_limit_stops_the_job_with_a_warning_first(jupyter_server):
     assert [a["outcome"] for a in done["attempts"]] == ["timed_out"]  # a timeout is final
     kinds = [e["type"] for e in client.events(job["id"])]
     assert "warning" in kinds
+
+
+def test_help_lists_the_options_and_runs_nothing(jupyter_server):
+    """docs/user-guide.md: `%train --help` lists the options; on a `%%train` line it lists them
+    and runs nothing, without failing the cell (Run All goes on)."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    line = k.run("%train --help")
+    assert line.error is None, line.text
+    assert "--gpus" in line.stdout and "--priority" in line.stdout and "--timeout" in line.stdout
+    cell = k.run("%%train --gpus 1 --help\nran = True")
+    assert cell.error is None, cell.text
+    assert "--retries" in cell.stdout and "UsageError" not in cell.text
+    assert "ran" not in k.run("print(sorted(globals()))").stdout.split("'")
+    bare = k.run("%train --gpus 1")  # the line form does not run anything
+    assert bare.error["ename"] == "UsageError" and "first line of the cell" in bare.stderr
+    empty = k.run("%%train --help")  # IPython refuses an empty cell magic; it points at %train
+    assert "%train" in empty.stderr
+    assert _jobs(jupyter_server) == []
