@@ -12,6 +12,7 @@ the execute request carries JupyterLab's / Notebook 7's cell metadata (``deleted
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any, Optional, Protocol
@@ -44,8 +45,15 @@ def start_line(job: dict[str, Any]) -> str:
 
 
 def state_event_line(d: dict[str, Any]) -> Optional[str]:
-    """The text line for a ``state`` event, or None when it says nothing new."""
+    """The text line for a ``state`` event, or None when it says nothing new. A job asked to
+    stop (time limit, cancel, preemption) has a ``stopping`` event with no ``state``."""
     state = d.get("state")
+    if state is None:
+        if d.get("stopping"):
+            grace = d.get("grace_s")
+            then = f"; it has {grace:g}s to save a checkpoint, then it is killed" if grace else ""
+            return f"[gpuqueue] stopping ({str(d['stopping']).replace('_', ' ')}){then}"
+        return None
     if state == "starting":
         gpus = d.get("gpus") or []
         where = f" on {d.get('node')}" + (f" GPUs {gpus}" if gpus else " (CPU)")
@@ -123,7 +131,7 @@ def use_widgets(request_metadata: Optional[dict[str, Any]] = None) -> bool:
     if mode == "text":
         return False
     try:
-        import ipywidgets  # noqa: F401
+        importlib.import_module("ipywidgets")  # the widget needs it
     except ImportError:
         return False
     return (

@@ -297,3 +297,13 @@ def test_help_lists_the_options_and_runs_nothing(jupyter_server):
     empty = k.run("%%train --help")  # IPython refuses an empty cell magic; it points at %train
     assert "%train" in empty.stderr
     assert _jobs(jupyter_server) == []
+
+
+def test_a_cell_past_its_time_limit_says_it_is_stopping(jupyter_server):
+    """The text view of a job stopped by --timeout: a 'stopping' line, never '[gpuqueue] None'."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train --timeout 2s\nimport time\ntime.sleep(60)", timeout=60)
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
+    assert "None" not in res.stdout, res.stdout
+    assert "[gpuqueue] stopping (timed out); it has 10s to save a checkpoint" in res.stdout, res.stdout
