@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from gpuqueue.rest.client import Client
-from gpuqueue.queue.durations import MAX_TIMEOUT_S, parse_duration
+from gpuqueue.queue.durations import MAX_TIMEOUT_S, format_duration, parse_duration
 from gpuqueue.queue.errors import GPUQueueError
 from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
 from gpuqueue.queue.states import STATE_GROUPS
@@ -41,7 +41,7 @@ class RemoteJobError(Exception):
         self.job = job
         attempt = (job.get("attempts") or [{}])[-1]
         self.remote_traceback = attempt.get("message") or job.get("error") or ""
-        super().__init__(f"job {job['id']} {job['state']}: {job.get('error') or job['state']}")
+        super().__init__(f"job {job['id']} {job['state']}: {job.get('error') or _why_ended(job)}")
 
     def _render_traceback_(self) -> list[str]:
         """IPython shows this instead of a local traceback."""
@@ -51,6 +51,15 @@ class RemoteJobError(Exception):
         if not self.remote_traceback:
             lines.append(str(self))
         return lines
+
+
+def _why_ended(job: dict[str, Any]) -> str:
+    """Why a job that did not succeed ended, when its record carries no error text."""
+    if job["state"] == "timed_out":
+        limit = (job.get("spec") or {}).get("timeout_s")
+        of = f" of {format_duration(limit)}" if limit else " (its pool's longest run)"
+        return f"it ran past its time limit{of}; a longer --timeout gives it more time"
+    return str(job["state"])
 
 
 class _HelpShown(Exception):

@@ -307,3 +307,13 @@ def test_a_cell_past_its_time_limit_says_it_is_stopping(jupyter_server):
     assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
     assert "None" not in res.stdout, res.stdout
     assert "[gpuqueue] stopping (timed out); it has 10s to save a checkpoint" in res.stdout, res.stdout
+
+
+def test_a_timed_out_cell_names_its_time_limit_and_the_fix(jupyter_server):
+    """The error of a cell stopped by --timeout says why, not 'timed_out: timed_out'."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train --timeout 2s\nimport time\ntime.sleep(60)", timeout=60)
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
+    assert "timed_out: timed_out" not in res.error["traceback"], res.error
+    assert "it ran past its time limit of 2s; a longer --timeout gives it more time" in res.error["traceback"]
