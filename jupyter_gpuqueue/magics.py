@@ -22,6 +22,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from gpuqueue.rest.client import Client
 from gpuqueue.queue.durations import MAX_TIMEOUT_S, format_duration, parse_duration
 from gpuqueue.queue.errors import GPUQueueError
+from gpuqueue.queue.models import JobSpec
 from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
 from gpuqueue.queue.states import STATE_GROUPS
 
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
 TERMINAL = set(STATE_GROUPS["terminal"])
+MAX_RETRIES = next(m.le for m in JobSpec.model_fields["retries"].metadata if hasattr(m, "le"))
+"""The most ``--retries`` a job may ask for (the server's own bound)."""
 
 
 class RemoteJobError(Exception):
@@ -178,6 +181,8 @@ class GPUQueueMagics(Magics):
         for flag, value in (("--gpus", args.gpus), ("--nodes", args.nodes)):
             if value < 0 or (flag == "--nodes" and value < 1):
                 raise UsageError(f"{flag} must be {'1' if flag == '--nodes' else '0'} or more, got {value}")
+        if args.retries is not None and not 0 <= args.retries <= MAX_RETRIES:
+            raise UsageError(f"--retries must be 0 to {MAX_RETRIES} (retries after a failure), got {args.retries}")
         spec: dict[str, Any] = {
             "kind": "cell",
             "priority": args.priority,

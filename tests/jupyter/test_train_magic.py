@@ -161,6 +161,8 @@ BAD_CELLS = [
     ("%%train --inputs not-a-name\nprint(1)", "not Python names: not-a-name"),
     ("%%train --inputs ghost\nprint(1)", "ghost, which the notebook does not define"),
     ("%%train\nprint(1", "syntax error"),
+    ("%%train --retries -3\nprint(1)", "--retries must be 0 to 20 (retries after a failure), got -3"),
+    ("%%train --retries 100\nprint(1)", "--retries must be 0 to 20 (retries after a failure), got 100"),
 ]
 
 
