@@ -335,7 +335,7 @@ class GPUQueueMagics(Magics):
             raise UsageError(str(e)) from None
 
     def _cmd_list(self, *flags: str) -> None:
-        jobs = self.client.list(all_users="--all" in flags)
+        jobs = self.client.list(all_users=_all_flag("list", flags))
         if not jobs:
             print("no jobs")
         for j in jobs:
@@ -374,12 +374,13 @@ class GPUQueueMagics(Magics):
         """The live queue dashboard (text where widgets cannot render)."""
         from .dashboard import Dashboard, text_dashboard
 
+        all_users = _all_flag("dashboard", flags)
         if not use_widgets(self._request_metadata()):
-            print(text_dashboard(self.client.queue(), self.client.list(all_users="--all" in flags)))
+            print(text_dashboard(self.client.queue(), self.client.list(all_users=all_users)))
             return
         if self.last_dashboard is not None:
             self.last_dashboard.stop()
-        self.last_dashboard = Dashboard(self._thread_client, all_users="--all" in flags)
+        self.last_dashboard = Dashboard(self._thread_client, all_users=all_users)
         self.last_dashboard.show()
 
     def _cmd_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
@@ -404,6 +405,15 @@ _GPUQUEUE_USAGE = (
     "usage: %gpuqueue list [--all] | status ID | logs ID | cancel ID | attach ID | result ID | "
     "preempt ID | checkpoints ID | dashboard [--all]"
 )
+
+
+def _all_flag(verb: str, flags: tuple[str, ...]) -> bool:
+    """Whether ``--all`` was given to ``%gpuqueue VERB``; anything else is refused by name."""
+    other = [f for f in flags if f != "--all"]
+    if other:
+        raise UsageError(f"%gpuqueue {verb} takes only --all (everyone's jobs, for admins), "
+                         f"not {' '.join(other)}.\n{_GPUQUEUE_USAGE}")
+    return bool(flags)
 
 
 class _Follower(threading.Thread):

@@ -225,6 +225,10 @@ def test_gpuqueue_verbs(jupyter_server):
     assert bad.error["ename"] == "UsageError" and "unknown verb" in bad.stderr
     missing = k.run("%gpuqueue status j-000000000000")
     assert missing.error["ename"] == "UsageError" and "no job" in missing.stderr
+    for line in ("%gpuqueue list --mine", "%gpuqueue list " + job["id"], "%gpuqueue dashboard --everyone"):
+        wrong = k.run(line)  # a flag that does nothing is refused, not ignored
+        assert wrong.error is not None and wrong.error["ename"] == "UsageError", (line, wrong.text)
+        assert "takes only --all" in wrong.stderr and line.split()[-1] in wrong.stderr, wrong.stderr
 
 
 def test_job_that_died_while_the_server_was_down_is_retried_and_queued_jobs_stay(jupyter_server, tmp_path):
