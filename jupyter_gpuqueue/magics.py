@@ -331,8 +331,8 @@ class GPUQueueMagics(Magics):
             return handler(*rest)
         except TypeError:
             raise UsageError(f"%gpuqueue {verb}: wrong arguments.\n{_GPUQUEUE_USAGE}") from None
-        except GPUQueueError as e:
-            raise UsageError(str(e)) from None
+        except GPUQueueError as e:  # the server's words name the CLI's verb; here it is a magic
+            raise UsageError(str(e).replace("`gpuqueue ls`", "`%gpuqueue list`")) from None
 
     def _cmd_list(self, *flags: str) -> None:
         jobs = self.client.list(all_users=_all_flag("list", flags))

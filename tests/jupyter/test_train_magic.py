@@ -225,6 +225,9 @@ def test_gpuqueue_verbs(jupyter_server):
     assert bad.error["ename"] == "UsageError" and "unknown verb" in bad.stderr
     missing = k.run("%gpuqueue status j-000000000000")
     assert missing.error["ename"] == "UsageError" and "no job" in missing.stderr
+    assert "`%gpuqueue list`" in missing.stderr and "`gpuqueue ls`" not in missing.stderr  # the notebook's verb
+    typo = k.run("%gpuqueue attach j-nope")
+    assert "`%gpuqueue list`" in typo.stderr and "`gpuqueue ls`" not in typo.stderr, typo.stderr
     for line in ("%gpuqueue list --mine", "%gpuqueue list " + job["id"], "%gpuqueue dashboard --everyone"):
         wrong = k.run(line)  # a flag that does nothing is refused, not ignored
         assert wrong.error is not None and wrong.error["ename"] == "UsageError", (line, wrong.text)
