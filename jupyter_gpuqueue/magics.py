@@ -129,6 +129,7 @@ class GPUQueueMagics(Magics):
         self._client: Optional[Client] = None
         self.last_view: Any = None  # the newest job widget (tests and debugging read it)
         self.last_dashboard: Any = None
+        self._asked_outputs: dict[str, list[str]] = {}  # job id -> the names --outputs named
 
     @property
     def _user_ns(self) -> dict[str, Any]:
@@ -173,6 +174,8 @@ class GPUQueueMagics(Magics):
             job = self.client.submit(spec, payload, new=args.new)
         except GPUQueueError as e:
             raise UsageError(f"the job was not queued: {e}") from None
+        if args.outputs is not None:
+            self._asked_outputs[job["id"]] = outputs
         if not args.background:  # what the results will import, imported while the job runs
             prefetch(modules_coming_back(cell, outputs))
         self._follow(job, background=args.background)
@@ -315,6 +318,10 @@ class GPUQueueMagics(Magics):
             print(f"[gpuqueue] {job['id']} succeeded", flush=True)
         for name, why in failed.items():
             print(f"[gpuqueue] not returned: {name}: {why}", file=sys.stderr, flush=True)
+        for name in self._asked_outputs.pop(job["id"], []):
+            if name not in values and name not in failed:
+                print(f"[gpuqueue] not returned: {name}: --outputs names it, but the cell did not assign it",
+                      file=sys.stderr, flush=True)
 
     # -- %gpuqueue --------------------------------------------------------------------------
     @line_magic

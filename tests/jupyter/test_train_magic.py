@@ -326,3 +326,13 @@ def test_a_timed_out_cell_names_its_time_limit_and_the_fix(jupyter_server):
     assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
     assert "timed_out: timed_out" not in res.error["traceback"], res.error
     assert "it ran past its time limit of 2s; a longer --timeout gives it more time" in res.error["traceback"]
+
+
+def test_an_output_the_cell_never_assigned_is_named(jupyter_server):
+    """--outputs names a variable the cell does not set: the cell says it did not come back."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train --outputs model,modle\nmodel = 'trained'")
+    assert res.error is None, res.text
+    assert "back in the notebook: model" in res.stdout, res.text
+    assert "[gpuqueue] not returned: modle: --outputs names it, but the cell did not assign it" in res.stderr
