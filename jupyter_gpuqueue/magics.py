@@ -366,7 +366,13 @@ class GPUQueueMagics(Magics):
 
     def _cmd_cancel(self, job_id: str) -> None:
         job = self.client.cancel(job_id)
-        print(f"{job['id']}: {'stopping' if job['state'] in ('running', 'starting') else job['state']}")
+        state = job["state"]
+        if state in ("running", "starting"):
+            print(f"{job['id']}: stopping")
+        elif state in TERMINAL and state != "cancelled":
+            print(f"{job['id']}: already {state}; nothing to cancel")
+        else:
+            print(f"{job['id']}: {state}")
 
     def _cmd_preempt(self, job_id: str) -> None:
         self.client.preempt(job_id)

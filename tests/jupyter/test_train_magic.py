@@ -218,6 +218,8 @@ def test_gpuqueue_verbs(jupyter_server):
     assert job["id"] in k.run("%gpuqueue list").stdout
     assert "succeeded" in k.run(f"%gpuqueue status {job['id']}").stdout
     assert "hello from the job" in k.run(f"%gpuqueue logs {job['id']}").stdout
+    late = k.run(f"%gpuqueue cancel {job['id']}")  # it has ended: nothing to cancel, and it says so
+    assert late.stdout.strip() == f"{job['id']}: already succeeded; nothing to cancel", late.text
     k.run("del z")
     assert k.run(f"%gpuqueue result {job['id']}").error is None
     assert k.run("print(z)").stdout.strip() == "7"
