@@ -48,7 +48,8 @@ class RemoteJobError(Exception):
 
     def _render_traceback_(self) -> list[str]:
         """IPython shows this instead of a local traceback."""
-        head = f"Job {self.job['id']} {self.job['state']} (attempt {len(self.job.get('attempts', []))})"
+        tries = len(self.job.get("attempts") or [])
+        head = f"Job {self.job['id']} {self.job['state']} " + (f"(attempt {tries})" if tries else "(before it started)")
         lines = [head, "Remote traceback:"] if self.remote_traceback else [head]
         lines += self.remote_traceback.rstrip("\n").splitlines()
         if not self.remote_traceback:
@@ -62,6 +63,8 @@ def _why_ended(job: dict[str, Any]) -> str:
         limit = (job.get("spec") or {}).get("timeout_s")
         of = f" of {format_duration(limit)}" if limit else " (its pool's longest run)"
         return f"it ran past its time limit{of}; a longer --timeout gives it more time"
+    if job["state"] == "cancelled":
+        return "it was cancelled before it finished; it has no results to bring back"
     return str(job["state"])
 
 

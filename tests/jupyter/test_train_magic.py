@@ -338,3 +338,20 @@ def test_an_output_the_cell_never_assigned_is_named(jupyter_server):
     assert res.error is None, res.text
     assert "back in the notebook: model" in res.stdout, res.text
     assert "[gpuqueue] not returned: modle: --outputs names it, but the cell did not assign it" in res.stderr
+
+
+def test_the_result_of_a_job_cancelled_while_queued_says_what_happened(jupyter_server):
+    """`%gpuqueue result` of a cancelled job: why there is nothing, not 'cancelled: cancelled
+    (attempt 0)'."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    k.run("%%train --gpus 2 --background\nimport time\ntime.sleep(60)")
+    k.run("%%train --gpus 2 --background --name waits\nx = 1")
+    job = next(j for j in _jobs(jupyter_server) if j["name"] == "waits")
+    assert "cancelled" in k.run(f"%gpuqueue cancel {job['id']}").stdout
+    res = k.run(f"%gpuqueue result {job['id']}")
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
+    tb = res.error["traceback"]
+    assert f"Job {job['id']} cancelled (before it started)" in tb, tb
+    assert "it was cancelled before it finished; it has no results to bring back" in tb, tb
+    assert "cancelled: cancelled" not in tb and "attempt 0" not in tb, tb
