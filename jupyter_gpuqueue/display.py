@@ -66,6 +66,17 @@ def state_event_line(d: dict[str, Any]) -> Optional[str]:
     return None
 
 
+def best_checkpoints(cps: list[dict[str, Any]]) -> set[int]:
+    """Indexes in ``cps`` (``checkpoint`` events, oldest first) of the best checkpoint now, one
+    per checkpointer name: an event's ``best`` says it was the best *when saved*, so only the
+    newest such event of each name is still the best."""
+    last: dict[Any, int] = {}
+    for i, cp in enumerate(cps):
+        if cp.get("best"):
+            last[cp.get("name")] = i
+    return set(last.values())
+
+
 class TextView:
     """Plain text: a state line per change, log lines as they arrive."""
 

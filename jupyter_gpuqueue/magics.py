@@ -26,7 +26,7 @@ from gpuqueue.queue.models import JobSpec
 from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
 from gpuqueue.queue.states import STATE_GROUPS
 
-from .display import JobView, TextView, use_widgets
+from .display import JobView, TextView, best_checkpoints, use_widgets
 from .prefetch import modules_coming_back, prefetch
 
 if TYPE_CHECKING:
@@ -404,8 +404,9 @@ class GPUQueueMagics(Magics):
         cps = [ev["data"] for ev in self.client.events(job_id) if ev["type"] == "checkpoint"]
         if not cps:
             print(f"{job_id}: no checkpoints yet")
-        for cp in cps:
-            best = "  (best)" if cp.get("best") else ""
+        best_now = best_checkpoints(cps)
+        for i, cp in enumerate(cps):
+            best = "  (best)" if i in best_now else ""
             metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (cp.get("metrics") or {}).items())
             print(f"step {cp.get('step')}: {cp.get('path')}  {metrics}{best}")
         return None  # type: ignore[return-value]

@@ -355,3 +355,21 @@ def test_the_result_of_a_job_cancelled_while_queued_says_what_happened(jupyter_s
     assert f"Job {job['id']} cancelled (before it started)" in tb, tb
     assert "it was cancelled before it finished; it has no results to bring back" in tb, tb
     assert "cancelled: cancelled" not in tb and "attempt 0" not in tb, tb
+
+
+def test_checkpoints_mark_the_best_one_only(jupyter_server):
+    """`%gpuqueue checkpoints` marks the best checkpoint (step 1, val_loss 0.5), not every
+    checkpoint that was the best when it was saved."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run(
+        "%%train --name ck\nimport gpuqueue, torch\n"
+        "ckpt = gpuqueue.Checkpointer(every_steps=1, max_checkpoints=2, monitor='val_loss', mode='min')\n"
+        "for step, v in enumerate([0.9, 0.5, 0.7, 0.6]):\n"
+        "    ckpt.save(step, {'w': torch.zeros(1)}, metrics={'val_loss': v})\n"
+    )
+    assert res.error is None, res.text
+    [job] = _jobs(jupyter_server)
+    out = k.run(f"%gpuqueue checkpoints {job['id']}").stdout.splitlines()
+    assert [line.startswith(f"step {i}:") for i, line in enumerate(out)] == [True] * 4, out
+    assert [line.endswith("(best)") for line in out] == [False, True, False, False], out

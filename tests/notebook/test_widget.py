@@ -321,3 +321,20 @@ def wait_for_reply(k: Kernel, msg_id: str, timeout: float = 30) -> str:
         elif m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
             return text
     raise AssertionError(f"request {msg_id} did not finish in {timeout}s")
+
+
+def test_the_widget_marks_the_best_checkpoint_only(jupyter_server):
+    """The widget's checkpoint list marks the best one now (step 1), not each one that was the
+    best when it was saved (step 0 was, then step 1)."""
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="widget")).error is None
+    res = k.run(
+        "%%train --name ck\nimport gpuqueue, torch\n"
+        "ckpt = gpuqueue.Checkpointer(every_steps=1, max_checkpoints=2, monitor='val_loss', mode='min')\n"
+        "for step, v in enumerate([0.9, 0.5, 0.7, 0.6]):\n"
+        "    ckpt.save(step, {'w': torch.zeros(1)}, metrics={'val_loss': v})\n"
+    )
+    assert res.error is None, res.error
+    shown = peek(k)["checkpoints"]
+    items = re.findall(r"<li>(.*?)</li>", shown)
+    assert [("(best)" in item) for item in items] == [False, True, False, False], shown
