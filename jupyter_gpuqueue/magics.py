@@ -68,6 +68,20 @@ def _why_ended(job: dict[str, Any]) -> str:
     return str(job["state"])
 
 
+def _syntax_error(e: SyntaxError) -> str:
+    """What a cell the job could not compile is told, in the notebook's terms: IPython's own
+    syntax (``!cmd``, ``%magic``) and top-level ``await`` work in the notebook, not in a job."""
+    where = f"the cell has a syntax error at line {e.lineno}"
+    line = (e.text or "").strip()
+    if line[:1] in ("!", "%"):
+        return (f"{where}: {line!r} is IPython syntax, and a job runs plain Python: "
+                "use subprocess.run([...]) for a shell command, and leave magics out")
+    if "await" in (e.msg or "") and "outside" in (e.msg or ""):
+        return (f"{where}: {e.msg} (the notebook allows a top-level await, a job does not): "
+                "put it in an async function and run that with asyncio.run(...)")
+    return f"{where}: {e.msg}"
+
+
 class _HelpShown(Exception):
     """``--help`` was asked for: its text is printed, and nothing is run."""
 
@@ -165,11 +179,12 @@ class GPUQueueMagics(Magics):
                              "cell that trains (two %); `%train --help` lists the options")
         spec = self._spec(args, cell)
         try:
+            compile(cell, "<gpuqueue-cell>", "exec", dont_inherit=True)  # as the job will
             payload, inputs, outputs = build_payload(
                 cell, self._user_ns, _names(args.inputs), _names(args.outputs)
             )
         except SyntaxError as e:
-            raise UsageError(f"the cell has a syntax error at line {e.lineno}: {e.msg}") from None
+            raise UsageError(_syntax_error(e)) from None
         except PreflightError as e:
             raise UsageError(str(e)) from None
         spec.update(inputs=inputs, outputs=outputs)

@@ -161,6 +161,9 @@ BAD_CELLS = [
     ("%%train --inputs not-a-name\nprint(1)", "not Python names: not-a-name"),
     ("%%train --inputs ghost\nprint(1)", "ghost, which the notebook does not define"),
     ("%%train\nprint(1", "syntax error"),
+    ("%%train\nx = 1\n!ls -l", "line 2: '!ls -l' is IPython syntax, and a job runs plain Python"),
+    ("%%train\n%time x = 1", "line 1: '%time x = 1' is IPython syntax"),
+    ("%%train\nimport asyncio\nawait asyncio.sleep(0)", "line 2: 'await' outside function (the notebook allows"),
     ("%%train --retries -3\nprint(1)", "--retries must be 0 to 20 (retries after a failure), got -3"),
     ("%%train --retries 100\nprint(1)", "--retries must be 0 to 20 (retries after a failure), got 100"),
 ]
