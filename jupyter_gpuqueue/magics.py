@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import pickle
 import shlex
 import sys
 import types
@@ -80,6 +81,24 @@ def _syntax_error(e: SyntaxError) -> str:
         return (f"{where}: {e.msg} (the notebook allows a top-level await, a job does not): "
                 "put it in an async function and run that with asyncio.run(...)")
     return f"{where}: {e.msg}"
+
+
+def _largest_inputs(refusal: str, payload: bytes) -> str:
+    """For a server's "the payload is N MB, over the M MB limit" (its limit may be lower than the
+    kernel's own check): which of the cell's inputs make it big. Reads only the payload's outer
+    dict, whose inputs are still pickled bytes."""
+    if not refusal.startswith("the payload is"):
+        return ""
+    try:
+        inputs: dict[str, bytes] = pickle.loads(payload).get("inputs") or {}
+    except Exception:  # noqa: BLE001 - the refusal stands without the listing
+        return ""
+    ranked = sorted(inputs.items(), key=lambda kv: -len(kv[1]))
+    largest = [kv for kv in ranked[:3] if len(kv[1]) >= 50_000] or ranked[:1]  # not the tiny ones
+    if not largest:
+        return ""
+    listing = ", ".join(f"{name} ({len(raw) / 1e6:.1f} MB)" for name, raw in largest)
+    return f". The largest inputs: {listing} (save them to a file and read it in the cell)"
 
 
 class _HelpShown(Exception):
@@ -191,7 +210,7 @@ class GPUQueueMagics(Magics):
         try:
             job = self.client.submit(spec, payload, new=args.new)
         except GPUQueueError as e:
-            raise UsageError(f"the job was not queued: {e}") from None
+            raise UsageError(f"the job was not queued: {e}{_largest_inputs(str(e), payload)}") from None
         if args.outputs is not None:
             self._asked_outputs[job["id"]] = outputs
         if not args.background:  # what the results will import, imported while the job runs

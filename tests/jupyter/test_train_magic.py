@@ -376,3 +376,16 @@ def test_checkpoints_mark_the_best_one_only(jupyter_server):
     out = k.run(f"%gpuqueue checkpoints {job['id']}").stdout.splitlines()
     assert [line.startswith(f"step {i}:") for i, line in enumerate(out)] == [True] * 4, out
     assert [line.endswith("(best)") for line in out] == [False, True, False, False], out
+
+
+def test_a_payload_over_the_servers_limit_names_the_largest_inputs(jupyter_server_factory):
+    """The server's limit (max_payload_mb, or a cluster API's) can be lower than the kernel's own
+    check: its refusal then names the inputs that make the cell big, as the kernel's does."""
+    server = jupyter_server_factory(args=["--GPUQueueApp.max_payload_mb=1"])
+    k = server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue\nbig = b'x' * 3_000_000\nsmall = 1")
+    res = k.run("%%train\nn = len(big) + small")
+    assert res.error is not None and res.error["ename"] == "UsageError", res.text
+    assert "over the 1 MB limit" in res.stderr, res.stderr
+    assert "The largest inputs: big (3.0 MB) (save them to a file" in res.stderr, res.stderr
+    assert _jobs(server) == []
