@@ -345,6 +345,8 @@ class GPUQueueMagics(Magics):
 
     def _pull_results(self, job: dict[str, Any]) -> None:
         if job["spec"]["kind"] != "cell":
+            print(f"[gpuqueue] {job['id']} succeeded (a command job: nothing comes back to the notebook; "
+                  f"`%gpuqueue logs {job['id']}` shows its output)", flush=True)
             return
         values, failed = unpack_results(self.client.result(job["id"]))
         self._user_ns.update(values)

@@ -389,3 +389,19 @@ def test_a_payload_over_the_servers_limit_names_the_largest_inputs(jupyter_serve
     assert "over the 1 MB limit" in res.stderr, res.stderr
     assert "The largest inputs: big (3.0 MB) (save them to a file" in res.stderr, res.stderr
     assert _jobs(server) == []
+
+
+def test_the_result_of_a_command_job_says_there_is_nothing_to_bring_back(jupyter_server):
+    """`%gpuqueue result` of a job submitted with `gpuqueue submit` (a command): a line saying
+    what it is, not an empty cell."""
+    import sys
+
+    client = jupyter_server.client()
+    job = client.submit({"kind": "command", "command": [sys.executable, "-c", "print('from the CLI')"]})
+    wait_until(lambda: client.get(job["id"])["state"] == "succeeded", 60, what="the command job")
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run(f"%gpuqueue result {job['id']}")
+    assert res.error is None, res.text
+    assert res.stdout.strip() == (f"[gpuqueue] {job['id']} succeeded (a command job: nothing comes back to the "
+                                  f"notebook; `%gpuqueue logs {job['id']}` shows its output)"), res.text
