@@ -77,34 +77,65 @@ def best_checkpoints(cps: list[dict[str, Any]]) -> set[int]:
     return set(last.values())
 
 
+class LastBar:
+    """A progress bar's last state, for views that print lines. ``log`` events flagged
+    ``replace`` are the redraws of a ``\\r`` line (tqdm); as in a terminal, its last state stays
+    on screen once anything else is printed, so it is held and printed then (``take``)."""
+
+    def __init__(self) -> None:
+        self.held: Optional[dict[str, Any]] = None
+
+    def redraw(self, d: dict[str, Any]) -> None:
+        self.held = d
+
+    def take(self) -> list[dict[str, Any]]:
+        """The held redraw (as a one-item list; empty if none), forgotten once taken."""
+        held, self.held = self.held, None
+        return [held] if held is not None else []
+
+
 class TextView:
     """Plain text: a state line per change, log lines as they arrive."""
 
     def __init__(self, out: Any = None, err: Any = None):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        self.bar = LastBar()
 
     def start(self, job: dict[str, Any]) -> None:
         print(start_line(job), file=self.out, flush=True)
+
+    def _print_log(self, d: dict[str, Any]) -> None:
+        print(d.get("line", ""), file=self.err if d.get("stream") == "stderr" else self.out, flush=True)
+
+    def _print(self, line: str) -> None:
+        """A line of the view's own, below the bar's last state if one is held."""
+        for held in self.bar.take():
+            self._print_log(held)
+        print(line, file=self.out, flush=True)
 
     def event(self, ev: dict[str, Any]) -> None:
         d = ev.get("data", {})
         t = ev.get("type")
         if t == "log":
             if d.get("replace"):
-                return  # progress-bar redraws: the final line arrives with its newline
-            print(d.get("line", ""), file=self.err if d.get("stream") == "stderr" else self.out, flush=True)
+                self.bar.redraw(d)  # a progress bar's redraws: only its last state is printed
+                return
+            for held in self.bar.take():
+                self._print_log(held)
+            self._print_log(d)
         elif t == "state":
             line = state_event_line(d)
             if line:
-                print(line, file=self.out, flush=True)
+                self._print(line)
         elif t == "warning":
-            print(f"[gpuqueue] warning: {d.get('message')}", file=self.out, flush=True)
+            self._print(f"[gpuqueue] warning: {d.get('message')}")
         elif t == "checkpoint":
-            print(f"[gpuqueue] checkpoint saved: step {d.get('step')} -> {d.get('path')}", file=self.out, flush=True)
+            self._print(f"[gpuqueue] checkpoint saved: step {d.get('step')} -> {d.get('path')}")
 
     def finish(self, job: dict[str, Any]) -> None:
-        pass
+        for held in self.bar.take():
+            self._print_log(held)
 
 
 def view_mode() -> str:

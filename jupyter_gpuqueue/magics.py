@@ -27,7 +27,7 @@ from gpuqueue.queue.models import JobSpec
 from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
 from gpuqueue.queue.states import STATE_GROUPS
 
-from .display import JobView, TextView, best_checkpoints, use_widgets
+from .display import JobView, LastBar, TextView, best_checkpoints, use_widgets
 from .prefetch import modules_coming_back, prefetch
 
 if TYPE_CHECKING:
@@ -399,9 +399,18 @@ class GPUQueueMagics(Magics):
         return None  # type: ignore[return-value]
 
     def _cmd_logs(self, job_id: str) -> None:
+        bar = LastBar()
         for ev in self.client.events(job_id):
-            if ev["type"] == "log" and not ev["data"].get("replace"):
-                print(ev["data"].get("line", ""))
+            if ev["type"] != "log":
+                continue
+            if ev["data"].get("replace"):
+                bar.redraw(ev["data"])
+                continue
+            for held in bar.take():
+                print(held.get("line", ""))
+            print(ev["data"].get("line", ""))
+        for held in bar.take():
+            print(held.get("line", ""))
 
     def _cmd_cancel(self, job_id: str) -> None:
         job = self.client.cancel(job_id)

@@ -214,6 +214,9 @@ class JobWidget:
                 if d.get("replace"):
                     self.live_line = line
                 else:
+                    if self.live_line:  # as in a terminal, a bar's last state stays above
+                        self.log_lines.append(self.live_line)
+                        self.lines_total += 1
                     self.live_line = ""
                     self.log_lines.append(line)
                     self.lines_total += 1

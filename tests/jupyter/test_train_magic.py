@@ -405,3 +405,20 @@ def test_the_result_of_a_command_job_says_there_is_nothing_to_bring_back(jupyter
     assert res.error is None, res.text
     assert res.stdout.strip() == (f"[gpuqueue] {job['id']} succeeded (a command job: nothing comes back to the "
                                   f"notebook; `%gpuqueue logs {job['id']}` shows its output)"), res.text
+
+
+def test_a_progress_bars_last_state_stays_in_the_output(jupyter_server):
+    """A tqdm-style bar (\\r redraws, then a newline): its last state is printed once, before the
+    next line, in the cell's text and in `%gpuqueue logs`, as a terminal shows it."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run(
+        "%%train\nimport sys, time\nfor i in range(3):\n"
+        "    sys.stderr.write(f'\\rbar {i}/2'); sys.stderr.flush(); time.sleep(0.1)\n"
+        "sys.stderr.write('\\n')\nprint('after the bar', flush=True)\n"
+    )
+    assert res.error is None, res.text
+    assert res.stderr.count("bar 2/2") == 1 and "bar 0/2" not in res.stderr, res.text
+    [job] = _jobs(jupyter_server)
+    logs = k.run(f"%gpuqueue logs {job['id']}").stdout.splitlines()
+    assert logs == ["bar 2/2", "after the bar"], logs

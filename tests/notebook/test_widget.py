@@ -338,3 +338,18 @@ def test_the_widget_marks_the_best_checkpoint_only(jupyter_server):
     shown = peek(k)["checkpoints"]
     items = re.findall(r"<li>(.*?)</li>", shown)
     assert [("(best)" in item) for item in items] == [False, True, False, False], shown
+
+
+def test_a_progress_bars_last_state_stays_in_the_widgets_log(jupyter_server):
+    """The bar's last state (bar 2/2) stays in the log tail once the next line is printed, as in
+    a terminal; it is not wiped by that line."""
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="widget")).error is None
+    res = k.run(
+        "%%train\nimport sys, time\nfor i in range(3):\n"
+        "    sys.stderr.write(f'\\rbar {i}/2'); sys.stderr.flush(); time.sleep(0.1)\n"
+        "sys.stderr.write('\\n')\nprint('after the bar', flush=True)\n"
+    )
+    assert res.error is None, res.error
+    log = peek(k)["log"]
+    assert "bar 2/2" in log and log.index("bar 2/2") < log.index("after the bar"), log
