@@ -12,6 +12,7 @@ the execute request carries JupyterLab's / Notebook 7's cell metadata (``deleted
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 from typing import Any, Optional, Protocol
@@ -44,8 +45,15 @@ def start_line(job: dict[str, Any]) -> str:
 
 
 def state_event_line(d: dict[str, Any]) -> Optional[str]:
-    """The text line for a ``state`` event, or None when it says nothing new."""
+    """The text line for a ``state`` event, or None when it says nothing new. A job asked to
+    stop (time limit, cancel, preemption) has a ``stopping`` event with no ``state``."""
     state = d.get("state")
+    if state is None:
+        if d.get("stopping"):
+            grace = d.get("grace_s")
+            then = f"; it has {grace:g}s to save a checkpoint, then it is killed" if grace else ""
+            return f"[gpuqueue] stopping ({str(d['stopping']).replace('_', ' ')}){then}"
+        return None
     if state == "starting":
         gpus = d.get("gpus") or []
         where = f" on {d.get('node')}" + (f" GPUs {gpus}" if gpus else " (CPU)")
@@ -58,34 +66,76 @@ def state_event_line(d: dict[str, Any]) -> Optional[str]:
     return None
 
 
+def best_checkpoints(cps: list[dict[str, Any]]) -> set[int]:
+    """Indexes in ``cps`` (``checkpoint`` events, oldest first) of the best checkpoint now, one
+    per checkpointer name: an event's ``best`` says it was the best *when saved*, so only the
+    newest such event of each name is still the best."""
+    last: dict[Any, int] = {}
+    for i, cp in enumerate(cps):
+        if cp.get("best"):
+            last[cp.get("name")] = i
+    return set(last.values())
+
+
+class LastBar:
+    """A progress bar's last state, for views that print lines. ``log`` events flagged
+    ``replace`` are the redraws of a ``\\r`` line (tqdm); as in a terminal, its last state stays
+    on screen once anything else is printed, so it is held and printed then (``take``)."""
+
+    def __init__(self) -> None:
+        self.held: Optional[dict[str, Any]] = None
+
+    def redraw(self, d: dict[str, Any]) -> None:
+        self.held = d
+
+    def take(self) -> list[dict[str, Any]]:
+        """The held redraw (as a one-item list; empty if none), forgotten once taken."""
+        held, self.held = self.held, None
+        return [held] if held is not None else []
+
+
 class TextView:
     """Plain text: a state line per change, log lines as they arrive."""
 
     def __init__(self, out: Any = None, err: Any = None):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
+        self.bar = LastBar()
 
     def start(self, job: dict[str, Any]) -> None:
         print(start_line(job), file=self.out, flush=True)
+
+    def _print_log(self, d: dict[str, Any]) -> None:
+        print(d.get("line", ""), file=self.err if d.get("stream") == "stderr" else self.out, flush=True)
+
+    def _print(self, line: str) -> None:
+        """A line of the view's own, below the bar's last state if one is held."""
+        for held in self.bar.take():
+            self._print_log(held)
+        print(line, file=self.out, flush=True)
 
     def event(self, ev: dict[str, Any]) -> None:
         d = ev.get("data", {})
         t = ev.get("type")
         if t == "log":
             if d.get("replace"):
-                return  # progress-bar redraws: the final line arrives with its newline
-            print(d.get("line", ""), file=self.err if d.get("stream") == "stderr" else self.out, flush=True)
+                self.bar.redraw(d)  # a progress bar's redraws: only its last state is printed
+                return
+            for held in self.bar.take():
+                self._print_log(held)
+            self._print_log(d)
         elif t == "state":
             line = state_event_line(d)
             if line:
-                print(line, file=self.out, flush=True)
+                self._print(line)
         elif t == "warning":
-            print(f"[gpuqueue] warning: {d.get('message')}", file=self.out, flush=True)
+            self._print(f"[gpuqueue] warning: {d.get('message')}")
         elif t == "checkpoint":
-            print(f"[gpuqueue] checkpoint saved: step {d.get('step')} -> {d.get('path')}", file=self.out, flush=True)
+            self._print(f"[gpuqueue] checkpoint saved: step {d.get('step')} -> {d.get('path')}")
 
     def finish(self, job: dict[str, Any]) -> None:
-        pass
+        for held in self.bar.take():
+            self._print_log(held)
 
 
 def view_mode() -> str:
@@ -123,7 +173,7 @@ def use_widgets(request_metadata: Optional[dict[str, Any]] = None) -> bool:
     if mode == "text":
         return False
     try:
-        import ipywidgets  # noqa: F401
+        importlib.import_module("ipywidgets")  # the widget needs it
     except ImportError:
         return False
     return (

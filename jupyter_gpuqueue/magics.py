@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import pickle
 import shlex
 import sys
 import types
@@ -17,21 +18,24 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from gpuqueue.rest.client import Client
-from gpuqueue.queue.durations import MAX_TIMEOUT_S, parse_duration
+from gpuqueue.queue.durations import MAX_TIMEOUT_S, format_duration, parse_duration
 from gpuqueue.queue.errors import GPUQueueError
+from gpuqueue.queue.models import JobSpec
 from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
 from gpuqueue.queue.states import STATE_GROUPS
 
-from .display import JobView, TextView, use_widgets
+from .display import JobView, LastBar, TextView, best_checkpoints, use_widgets
 from .prefetch import modules_coming_back, prefetch
 
 if TYPE_CHECKING:
     from IPython.core.interactiveshell import InteractiveShell
 
 TERMINAL = set(STATE_GROUPS["terminal"])
+MAX_RETRIES = next(m.le for m in JobSpec.model_fields["retries"].metadata if hasattr(m, "le"))
+"""The most ``--retries`` a job may ask for (the server's own bound)."""
 
 
 class RemoteJobError(Exception):
@@ -41,11 +45,12 @@ class RemoteJobError(Exception):
         self.job = job
         attempt = (job.get("attempts") or [{}])[-1]
         self.remote_traceback = attempt.get("message") or job.get("error") or ""
-        super().__init__(f"job {job['id']} {job['state']}: {job.get('error') or job['state']}")
+        super().__init__(f"job {job['id']} {job['state']}: {job.get('error') or _why_ended(job)}")
 
     def _render_traceback_(self) -> list[str]:
         """IPython shows this instead of a local traceback."""
-        head = f"Job {self.job['id']} {self.job['state']} (attempt {len(self.job.get('attempts', []))})"
+        tries = len(self.job.get("attempts") or [])
+        head = f"Job {self.job['id']} {self.job['state']} " + (f"(attempt {tries})" if tries else "(before it started)")
         lines = [head, "Remote traceback:"] if self.remote_traceback else [head]
         lines += self.remote_traceback.rstrip("\n").splitlines()
         if not self.remote_traceback:
@@ -53,11 +58,63 @@ class RemoteJobError(Exception):
         return lines
 
 
+def _why_ended(job: dict[str, Any]) -> str:
+    """Why a job that did not succeed ended, when its record carries no error text."""
+    if job["state"] == "timed_out":
+        limit = (job.get("spec") or {}).get("timeout_s")
+        of = f" of {format_duration(limit)}" if limit else " (its pool's longest run)"
+        return f"it ran past its time limit{of}; a longer --timeout gives it more time"
+    if job["state"] == "cancelled":
+        return "it was cancelled before it finished; it has no results to bring back"
+    return str(job["state"])
+
+
+def _syntax_error(e: SyntaxError) -> str:
+    """What a cell the job could not compile is told, in the notebook's terms: IPython's own
+    syntax (``!cmd``, ``%magic``) and top-level ``await`` work in the notebook, not in a job."""
+    where = f"the cell has a syntax error at line {e.lineno}"
+    line = (e.text or "").strip()
+    if line[:1] in ("!", "%"):
+        return (f"{where}: {line!r} is IPython syntax, and a job runs plain Python: "
+                "use subprocess.run([...]) for a shell command, and leave magics out")
+    if "await" in (e.msg or "") and "outside" in (e.msg or ""):
+        return (f"{where}: {e.msg} (the notebook allows a top-level await, a job does not): "
+                "put it in an async function and run that with asyncio.run(...)")
+    return f"{where}: {e.msg}"
+
+
+def _largest_inputs(refusal: str, payload: bytes) -> str:
+    """For a server's "the payload is N MB, over the M MB limit" (its limit may be lower than the
+    kernel's own check): which of the cell's inputs make it big. Reads only the payload's outer
+    dict, whose inputs are still pickled bytes."""
+    if not refusal.startswith("the payload is"):
+        return ""
+    try:
+        inputs: dict[str, bytes] = pickle.loads(payload).get("inputs") or {}
+    except Exception:  # noqa: BLE001 - the refusal stands without the listing
+        return ""
+    ranked = sorted(inputs.items(), key=lambda kv: -len(kv[1]))
+    largest = [kv for kv in ranked[:3] if len(kv[1]) >= 50_000] or ranked[:1]  # not the tiny ones
+    if not largest:
+        return ""
+    listing = ", ".join(f"{name} ({len(raw) / 1e6:.1f} MB)" for name, raw in largest)
+    return f". The largest inputs: {listing} (save them to a file and read it in the cell)"
+
+
+class _HelpShown(Exception):
+    """``--help`` was asked for: its text is printed, and nothing is run."""
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (a clean message in the cell) instead of exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+
+    def print_help(self, file: Any = None) -> None:
+        """``--help``: the options on stdout, then stop (not an error: *Run All* goes on)."""
+        print(self.format_help(), file=file or sys.stdout, flush=True)
+        raise _HelpShown
 
     def exit(self, status: int = 0, message: Optional[str] = None) -> None:  # type: ignore[override]
         raise UsageError(message or self.format_help())
@@ -108,6 +165,7 @@ class GPUQueueMagics(Magics):
         self._client: Optional[Client] = None
         self.last_view: Any = None  # the newest job widget (tests and debugging read it)
         self.last_dashboard: Any = None
+        self._asked_outputs: dict[str, list[str]] = {}  # job id -> the names --outputs named
 
     @property
     def _user_ns(self) -> dict[str, Any]:
@@ -125,27 +183,36 @@ class GPUQueueMagics(Magics):
         return self._client
 
     # -- %%train ----------------------------------------------------------------------------
-    @cell_magic
-    def train(self, line: str, cell: str) -> None:
-        """Run the cell as a queued job: ``%%train --gpus 1 --priority high``."""
+    @line_cell_magic
+    def train(self, line: str, cell: Optional[str] = None) -> None:
+        """Run the cell as a queued job: ``%%train --gpus 1 --priority high``. The line form
+        only answers ``%train --help`` (IPython refuses a ``%%train`` cell with no body)."""
         try:
             args = train_parser().parse_args(shlex.split(line))
         except ValueError as e:
             raise UsageError(f"%%train: cannot read the options: {e}") from None
+        except _HelpShown:
+            return
+        if cell is None:
+            raise UsageError("%%train runs a cell: put `%%train OPTIONS` on the first line of the "
+                             "cell that trains (two %); `%train --help` lists the options")
         spec = self._spec(args, cell)
         try:
+            compile(cell, "<gpuqueue-cell>", "exec", dont_inherit=True)  # as the job will
             payload, inputs, outputs = build_payload(
                 cell, self._user_ns, _names(args.inputs), _names(args.outputs)
             )
         except SyntaxError as e:
-            raise UsageError(f"the cell has a syntax error at line {e.lineno}: {e.msg}") from None
+            raise UsageError(_syntax_error(e)) from None
         except PreflightError as e:
             raise UsageError(str(e)) from None
         spec.update(inputs=inputs, outputs=outputs)
         try:
             job = self.client.submit(spec, payload, new=args.new)
         except GPUQueueError as e:
-            raise UsageError(f"the job was not queued: {e}") from None
+            raise UsageError(f"the job was not queued: {e}{_largest_inputs(str(e), payload)}") from None
+        if args.outputs is not None:
+            self._asked_outputs[job["id"]] = outputs
         if not args.background:  # what the results will import, imported while the job runs
             prefetch(modules_coming_back(cell, outputs))
         self._follow(job, background=args.background)
@@ -154,6 +221,8 @@ class GPUQueueMagics(Magics):
         for flag, value in (("--gpus", args.gpus), ("--nodes", args.nodes)):
             if value < 0 or (flag == "--nodes" and value < 1):
                 raise UsageError(f"{flag} must be {'1' if flag == '--nodes' else '0'} or more, got {value}")
+        if args.retries is not None and not 0 <= args.retries <= MAX_RETRIES:
+            raise UsageError(f"--retries must be 0 to {MAX_RETRIES} (retries after a failure), got {args.retries}")
         spec: dict[str, Any] = {
             "kind": "cell",
             "priority": args.priority,
@@ -276,6 +345,8 @@ class GPUQueueMagics(Magics):
 
     def _pull_results(self, job: dict[str, Any]) -> None:
         if job["spec"]["kind"] != "cell":
+            print(f"[gpuqueue] {job['id']} succeeded (a command job: nothing comes back to the notebook; "
+                  f"`%gpuqueue logs {job['id']}` shows its output)", flush=True)
             return
         values, failed = unpack_results(self.client.result(job["id"]))
         self._user_ns.update(values)
@@ -286,6 +357,10 @@ class GPUQueueMagics(Magics):
             print(f"[gpuqueue] {job['id']} succeeded", flush=True)
         for name, why in failed.items():
             print(f"[gpuqueue] not returned: {name}: {why}", file=sys.stderr, flush=True)
+        for name in self._asked_outputs.pop(job["id"], []):
+            if name not in values and name not in failed:
+                print(f"[gpuqueue] not returned: {name}: --outputs names it, but the cell did not assign it",
+                      file=sys.stderr, flush=True)
 
     # -- %gpuqueue --------------------------------------------------------------------------
     @line_magic
@@ -302,11 +377,11 @@ class GPUQueueMagics(Magics):
             return handler(*rest)
         except TypeError:
             raise UsageError(f"%gpuqueue {verb}: wrong arguments.\n{_GPUQUEUE_USAGE}") from None
-        except GPUQueueError as e:
-            raise UsageError(str(e)) from None
+        except GPUQueueError as e:  # the server's words name the CLI's verb; here it is a magic
+            raise UsageError(str(e).replace("`gpuqueue ls`", "`%gpuqueue list`")) from None
 
     def _cmd_list(self, *flags: str) -> None:
-        jobs = self.client.list(all_users="--all" in flags)
+        jobs = self.client.list(all_users=_all_flag("list", flags))
         if not jobs:
             print("no jobs")
         for j in jobs:
@@ -324,13 +399,28 @@ class GPUQueueMagics(Magics):
         return None  # type: ignore[return-value]
 
     def _cmd_logs(self, job_id: str) -> None:
+        bar = LastBar()
         for ev in self.client.events(job_id):
-            if ev["type"] == "log" and not ev["data"].get("replace"):
-                print(ev["data"].get("line", ""))
+            if ev["type"] != "log":
+                continue
+            if ev["data"].get("replace"):
+                bar.redraw(ev["data"])
+                continue
+            for held in bar.take():
+                print(held.get("line", ""))
+            print(ev["data"].get("line", ""))
+        for held in bar.take():
+            print(held.get("line", ""))
 
     def _cmd_cancel(self, job_id: str) -> None:
         job = self.client.cancel(job_id)
-        print(f"{job['id']}: {'stopping' if job['state'] in ('running', 'starting') else job['state']}")
+        state = job["state"]
+        if state in ("running", "starting"):
+            print(f"{job['id']}: stopping")
+        elif state in TERMINAL and state != "cancelled":
+            print(f"{job['id']}: already {state}; nothing to cancel")
+        else:
+            print(f"{job['id']}: {state}")
 
     def _cmd_preempt(self, job_id: str) -> None:
         self.client.preempt(job_id)
@@ -345,12 +435,13 @@ class GPUQueueMagics(Magics):
         """The live queue dashboard (text where widgets cannot render)."""
         from .dashboard import Dashboard, text_dashboard
 
+        all_users = _all_flag("dashboard", flags)
         if not use_widgets(self._request_metadata()):
-            print(text_dashboard(self.client.queue(), self.client.list(all_users="--all" in flags)))
+            print(text_dashboard(self.client.queue(), self.client.list(all_users=all_users)))
             return
         if self.last_dashboard is not None:
             self.last_dashboard.stop()
-        self.last_dashboard = Dashboard(self._thread_client, all_users="--all" in flags)
+        self.last_dashboard = Dashboard(self._thread_client, all_users=all_users)
         self.last_dashboard.show()
 
     def _cmd_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
@@ -358,8 +449,9 @@ class GPUQueueMagics(Magics):
         cps = [ev["data"] for ev in self.client.events(job_id) if ev["type"] == "checkpoint"]
         if not cps:
             print(f"{job_id}: no checkpoints yet")
-        for cp in cps:
-            best = "  (best)" if cp.get("best") else ""
+        best_now = best_checkpoints(cps)
+        for i, cp in enumerate(cps):
+            best = "  (best)" if i in best_now else ""
             metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (cp.get("metrics") or {}).items())
             print(f"step {cp.get('step')}: {cp.get('path')}  {metrics}{best}")
         return None  # type: ignore[return-value]
@@ -375,6 +467,15 @@ _GPUQUEUE_USAGE = (
     "usage: %gpuqueue list [--all] | status ID | logs ID | cancel ID | attach ID | result ID | "
     "preempt ID | checkpoints ID | dashboard [--all]"
 )
+
+
+def _all_flag(verb: str, flags: tuple[str, ...]) -> bool:
+    """Whether ``--all`` was given to ``%gpuqueue VERB``; anything else is refused by name."""
+    other = [f for f in flags if f != "--all"]
+    if other:
+        raise UsageError(f"%gpuqueue {verb} takes only --all (everyone's jobs, for admins), "
+                         f"not {' '.join(other)}.\n{_GPUQUEUE_USAGE}")
+    return bool(flags)
 
 
 class _Follower(threading.Thread):

@@ -26,6 +26,8 @@ import ipywidgets as W
 
 from gpuqueue.queue.states import STATE_GROUPS
 
+from .display import best_checkpoints
+
 REDRAW_HZ = 4.0
 LOG_LINES = 400
 CURVE_POINTS = 2000  # kept; thinned by 2 when full
@@ -212,6 +214,9 @@ class JobWidget:
                 if d.get("replace"):
                     self.live_line = line
                 else:
+                    if self.live_line:  # as in a terminal, a bar's last state stays above
+                        self.log_lines.append(self.live_line)
+                        self.lines_total += 1
                     self.live_line = ""
                     self.log_lines.append(line)
                     self.lines_total += 1
@@ -418,10 +423,11 @@ class JobWidget:
                 self.log.value = log_html
                 self.log_box.titles = (f"Log ({self.lines_total} lines)",)
             if cps:
+                best_now = best_checkpoints(cps)
                 items = "".join(
                     f"<li>step {html.escape(str(c.get('step')))}: <code>{html.escape(str(c.get('path')))}</code>"
-                    f"{' <b>(best)</b>' if c.get('best') else ''}</li>"
-                    for c in cps[-20:]
+                    f"{' <b>(best)</b>' if i in best_now else ''}</li>"
+                    for i, c in enumerate(cps) if i >= len(cps) - 20
                 )
                 self.ckpts.value = f"<b>Checkpoints</b><ul style='margin:0'>{items}</ul>"
                 self.ckpts.layout.display = None

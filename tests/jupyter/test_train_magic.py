@@ -161,6 +161,11 @@ BAD_CELLS = [
     ("%%train --inputs not-a-name\nprint(1)", "not Python names: not-a-name"),
     ("%%train --inputs ghost\nprint(1)", "ghost, which the notebook does not define"),
     ("%%train\nprint(1", "syntax error"),
+    ("%%train\nx = 1\n!ls -l", "line 2: '!ls -l' is IPython syntax, and a job runs plain Python"),
+    ("%%train\n%time x = 1", "line 1: '%time x = 1' is IPython syntax"),
+    ("%%train\nimport asyncio\nawait asyncio.sleep(0)", "line 2: 'await' outside function (the notebook allows"),
+    ("%%train --retries -3\nprint(1)", "--retries must be 0 to 20 (retries after a failure), got -3"),
+    ("%%train --retries 100\nprint(1)", "--retries must be 0 to 20 (retries after a failure), got 100"),
 ]
 
 
@@ -216,6 +221,8 @@ def test_gpuqueue_verbs(jupyter_server):
     assert job["id"] in k.run("%gpuqueue list").stdout
     assert "succeeded" in k.run(f"%gpuqueue status {job['id']}").stdout
     assert "hello from the job" in k.run(f"%gpuqueue logs {job['id']}").stdout
+    late = k.run(f"%gpuqueue cancel {job['id']}")  # it has ended: nothing to cancel, and it says so
+    assert late.stdout.strip() == f"{job['id']}: already succeeded; nothing to cancel", late.text
     k.run("del z")
     assert k.run(f"%gpuqueue result {job['id']}").error is None
     assert k.run("print(z)").stdout.strip() == "7"
@@ -223,6 +230,13 @@ def test_gpuqueue_verbs(jupyter_server):
     assert bad.error["ename"] == "UsageError" and "unknown verb" in bad.stderr
     missing = k.run("%gpuqueue status j-000000000000")
     assert missing.error["ename"] == "UsageError" and "no job" in missing.stderr
+    assert "`%gpuqueue list`" in missing.stderr and "`gpuqueue ls`" not in missing.stderr  # the notebook's verb
+    typo = k.run("%gpuqueue attach j-nope")
+    assert "`%gpuqueue list`" in typo.stderr and "`gpuqueue ls`" not in typo.stderr, typo.stderr
+    for line in ("%gpuqueue list --mine", "%gpuqueue list " + job["id"], "%gpuqueue dashboard --everyone"):
+        wrong = k.run(line)  # a flag that does nothing is refused, not ignored
+        assert wrong.error is not None and wrong.error["ename"] == "UsageError", (line, wrong.text)
+        assert "takes only --all" in wrong.stderr and line.split()[-1] in wrong.stderr, wrong.stderr
 
 
 def test_job_that_died_while_the_server_was_down_is_retried_and_queued_jobs_stay(jupyter_server, tmp_path):
@@ -278,3 +292,133 @@ def test_time_limit_stops_the_job_with_a_warning_first(jupyter_server):
     assert [a["outcome"] for a in done["attempts"]] == ["timed_out"]  # a timeout is final
     kinds = [e["type"] for e in client.events(job["id"])]
     assert "warning" in kinds
+
+
+def test_help_lists_the_options_and_runs_nothing(jupyter_server):
+    """docs/user-guide.md: `%train --help` lists the options; on a `%%train` line it lists them
+    and runs nothing, without failing the cell (Run All goes on)."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    line = k.run("%train --help")
+    assert line.error is None, line.text
+    assert "--gpus" in line.stdout and "--priority" in line.stdout and "--timeout" in line.stdout
+    cell = k.run("%%train --gpus 1 --help\nran = True")
+    assert cell.error is None, cell.text
+    assert "--retries" in cell.stdout and "UsageError" not in cell.text
+    assert "ran" not in k.run("print(sorted(globals()))").stdout.split("'")
+    bare = k.run("%train --gpus 1")  # the line form does not run anything
+    assert bare.error["ename"] == "UsageError" and "first line of the cell" in bare.stderr
+    empty = k.run("%%train --help")  # IPython refuses an empty cell magic; it points at %train
+    assert "%train" in empty.stderr
+    assert _jobs(jupyter_server) == []
+
+
+def test_a_cell_past_its_time_limit_says_it_is_stopping(jupyter_server):
+    """The text view of a job stopped by --timeout: a 'stopping' line, never '[gpuqueue] None'."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train --timeout 2s\nimport time\ntime.sleep(60)", timeout=60)
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
+    assert "None" not in res.stdout, res.stdout
+    assert "[gpuqueue] stopping (timed out); it has 10s to save a checkpoint" in res.stdout, res.stdout
+
+
+def test_a_timed_out_cell_names_its_time_limit_and_the_fix(jupyter_server):
+    """The error of a cell stopped by --timeout says why, not 'timed_out: timed_out'."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train --timeout 2s\nimport time\ntime.sleep(60)", timeout=60)
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
+    assert "timed_out: timed_out" not in res.error["traceback"], res.error
+    assert "it ran past its time limit of 2s; a longer --timeout gives it more time" in res.error["traceback"]
+
+
+def test_an_output_the_cell_never_assigned_is_named(jupyter_server):
+    """--outputs names a variable the cell does not set: the cell says it did not come back."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train --outputs model,modle\nmodel = 'trained'")
+    assert res.error is None, res.text
+    assert "back in the notebook: model" in res.stdout, res.text
+    assert "[gpuqueue] not returned: modle: --outputs names it, but the cell did not assign it" in res.stderr
+
+
+def test_the_result_of_a_job_cancelled_while_queued_says_what_happened(jupyter_server):
+    """`%gpuqueue result` of a cancelled job: why there is nothing, not 'cancelled: cancelled
+    (attempt 0)'."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    k.run("%%train --gpus 2 --background\nimport time\ntime.sleep(60)")
+    k.run("%%train --gpus 2 --background --name waits\nx = 1")
+    job = next(j for j in _jobs(jupyter_server) if j["name"] == "waits")
+    assert "cancelled" in k.run(f"%gpuqueue cancel {job['id']}").stdout
+    res = k.run(f"%gpuqueue result {job['id']}")
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
+    tb = res.error["traceback"]
+    assert f"Job {job['id']} cancelled (before it started)" in tb, tb
+    assert "it was cancelled before it finished; it has no results to bring back" in tb, tb
+    assert "cancelled: cancelled" not in tb and "attempt 0" not in tb, tb
+
+
+def test_checkpoints_mark_the_best_one_only(jupyter_server):
+    """`%gpuqueue checkpoints` marks the best checkpoint (step 1, val_loss 0.5), not every
+    checkpoint that was the best when it was saved."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run(
+        "%%train --name ck\nimport gpuqueue, torch\n"
+        "ckpt = gpuqueue.Checkpointer(every_steps=1, max_checkpoints=2, monitor='val_loss', mode='min')\n"
+        "for step, v in enumerate([0.9, 0.5, 0.7, 0.6]):\n"
+        "    ckpt.save(step, {'w': torch.zeros(1)}, metrics={'val_loss': v})\n"
+    )
+    assert res.error is None, res.text
+    [job] = _jobs(jupyter_server)
+    out = k.run(f"%gpuqueue checkpoints {job['id']}").stdout.splitlines()
+    assert [line.startswith(f"step {i}:") for i, line in enumerate(out)] == [True] * 4, out
+    assert [line.endswith("(best)") for line in out] == [False, True, False, False], out
+
+
+def test_a_payload_over_the_servers_limit_names_the_largest_inputs(jupyter_server_factory):
+    """The server's limit (max_payload_mb, or a cluster API's) can be lower than the kernel's own
+    check: its refusal then names the inputs that make the cell big, as the kernel's does."""
+    server = jupyter_server_factory(args=["--GPUQueueApp.max_payload_mb=1"])
+    k = server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue\nbig = b'x' * 3_000_000\nsmall = 1")
+    res = k.run("%%train\nn = len(big) + small")
+    assert res.error is not None and res.error["ename"] == "UsageError", res.text
+    assert "over the 1 MB limit" in res.stderr, res.stderr
+    assert "The largest inputs: big (3.0 MB) (save them to a file" in res.stderr, res.stderr
+    assert _jobs(server) == []
+
+
+def test_the_result_of_a_command_job_says_there_is_nothing_to_bring_back(jupyter_server):
+    """`%gpuqueue result` of a job submitted with `gpuqueue submit` (a command): a line saying
+    what it is, not an empty cell."""
+    import sys
+
+    client = jupyter_server.client()
+    job = client.submit({"kind": "command", "command": [sys.executable, "-c", "print('from the CLI')"]})
+    wait_until(lambda: client.get(job["id"])["state"] == "succeeded", 60, what="the command job")
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run(f"%gpuqueue result {job['id']}")
+    assert res.error is None, res.text
+    assert res.stdout.strip() == (f"[gpuqueue] {job['id']} succeeded (a command job: nothing comes back to the "
+                                  f"notebook; `%gpuqueue logs {job['id']}` shows its output)"), res.text
+
+
+def test_a_progress_bars_last_state_stays_in_the_output(jupyter_server):
+    """A tqdm-style bar (\\r redraws, then a newline): its last state is printed once, before the
+    next line, in the cell's text and in `%gpuqueue logs`, as a terminal shows it."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run(
+        "%%train\nimport sys, time\nfor i in range(3):\n"
+        "    sys.stderr.write(f'\\rbar {i}/2'); sys.stderr.flush(); time.sleep(0.1)\n"
+        "sys.stderr.write('\\n')\nprint('after the bar', flush=True)\n"
+    )
+    assert res.error is None, res.text
+    assert res.stderr.count("bar 2/2") == 1 and "bar 0/2" not in res.stderr, res.text
+    [job] = _jobs(jupyter_server)
+    logs = k.run(f"%gpuqueue logs {job['id']}").stdout.splitlines()
+    assert logs == ["bar 2/2", "after the bar"], logs

@@ -321,3 +321,35 @@ def wait_for_reply(k: Kernel, msg_id: str, timeout: float = 30) -> str:
         elif m["msg_type"] == "status" and m["content"]["execution_state"] == "idle":
             return text
     raise AssertionError(f"request {msg_id} did not finish in {timeout}s")
+
+
+def test_the_widget_marks_the_best_checkpoint_only(jupyter_server):
+    """The widget's checkpoint list marks the best one now (step 1), not each one that was the
+    best when it was saved (step 0 was, then step 1)."""
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="widget")).error is None
+    res = k.run(
+        "%%train --name ck\nimport gpuqueue, torch\n"
+        "ckpt = gpuqueue.Checkpointer(every_steps=1, max_checkpoints=2, monitor='val_loss', mode='min')\n"
+        "for step, v in enumerate([0.9, 0.5, 0.7, 0.6]):\n"
+        "    ckpt.save(step, {'w': torch.zeros(1)}, metrics={'val_loss': v})\n"
+    )
+    assert res.error is None, res.error
+    shown = peek(k)["checkpoints"]
+    items = re.findall(r"<li>(.*?)</li>", shown)
+    assert [("(best)" in item) for item in items] == [False, True, False, False], shown
+
+
+def test_a_progress_bars_last_state_stays_in_the_widgets_log(jupyter_server):
+    """The bar's last state (bar 2/2) stays in the log tail once the next line is printed, as in
+    a terminal; it is not wiped by that line."""
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="widget")).error is None
+    res = k.run(
+        "%%train\nimport sys, time\nfor i in range(3):\n"
+        "    sys.stderr.write(f'\\rbar {i}/2'); sys.stderr.flush(); time.sleep(0.1)\n"
+        "sys.stderr.write('\\n')\nprint('after the bar', flush=True)\n"
+    )
+    assert res.error is None, res.error
+    log = peek(k)["log"]
+    assert "bar 2/2" in log and log.index("bar 2/2") < log.index("after the bar"), log
