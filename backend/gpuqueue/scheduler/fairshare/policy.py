@@ -321,7 +321,8 @@ class FairShareScheduler:
         self._push_deadlines(j)
 
     def finished(self, job_id: str, outcome: Outcome, now: float) -> list[Decision]:
-        """An attempt ended: free its GPUs, true up its charge, and requeue or retry it."""
+        """An attempt ended: free its GPUs, true up its charge, and requeue or retry it (a
+        FAILED attempt while retries are left; never one that CANNOT_START)."""
         self._now = max(self._now, now)
         j = self.jobs.get(job_id)
         if j is None or j.state not in (RUNNING, STOPPING):
