@@ -32,3 +32,40 @@ def test_a_queued_job_whose_pool_left_the_config_fails_saying_why(jupyter_server
         wait_until(lambda: c.get(first["id"])["state"] == "succeeded", 60, 0.2, "the running job to end")
     finally:
         server.kill_jobs()
+
+
+def test_a_queued_job_the_shrunk_pool_can_never_run_fails_saying_why(jupyter_server_factory, tmp_path) -> None:
+    """The admin shrank the pool (fewer GPUs, a per-user cap, a shorter maximum run): the queued
+    jobs that can never run under the new config waited for ever ('waiting for GPUs'); they fail
+    at the restart, naming the numbers and the fix. One that still fits runs, and limits that
+    change with time (queue depth) hold no job back at the restart."""
+    cfg = tmp_path / "queue.toml"
+    cfg.write_text('[pools.train]\nnodes = { local = 4 }\nmax_runtime = "2h"\n')
+    server = jupyter_server_factory(gpus=4, env={"GPUQUEUE_CONFIG": str(cfg)})
+    c = server.client()
+    try:
+        sleep = [sys.executable, "-c", "import time; time.sleep(3)"]
+        first = c.submit({"kind": "command", "gpus": 4, "command": sleep})
+        wait_until(lambda: c.get(first["id"])["state"] == "running", 30, 0.1, "the first job to run")
+        big = c.submit({"kind": "command", "gpus": 4, "command": ["true"]})
+        capped = c.submit({"kind": "command", "gpus": 2, "command": ["true"]})
+        long = c.submit({"kind": "command", "gpus": 1, "timeout_s": 5400, "command": ["true"]})
+        small = [c.submit({"kind": "command", "gpus": 1, "command": ["true"]}) for _ in range(2)]
+        assert {c.get(j["id"])["state"] for j in (big, capped, long, *small)} == {"queued"}
+        server.stop()
+        cfg.write_text('[pools.train]\nnodes = { local = 3 }\nmax_runtime = "1h"\nmax_gpus_per_user = 1\n'
+                       'max_queued = 1\n')
+        server.start()
+        c = server.client()
+        for job, why in ((big, "4 GPUs do not fit on one node of pool 'train' (its largest node has 3); ask for at most 3"),
+                         (capped, "2 GPUs is over pool 'train''s per-user limit of 1; ask for at most 1"),
+                         (long, "time limit 1h30m is over pool 'train''s maximum of 1h00m: ask for less, or use another "
+                                "pool (train)")):
+            j = wait_until(lambda: (j := c.get(job["id"]))["state"] == "failed" and j, 30, 0.2, "the job to fail")
+            assert j["error"] == f"cannot be queued with the queue's config: {why}; submit it again", j["error"]
+            assert j["attempts"] == [], j["attempts"]
+        for job in small:  # two queued, over max_queued = 1: kept, and run
+            wait_until(lambda: c.get(job["id"])["state"] == "succeeded", 60, 0.2, "a job that still fits to run")
+        wait_until(lambda: c.get(first["id"])["state"] == "succeeded", 60, 0.2, "the running job to end")
+    finally:
+        server.kill_jobs()

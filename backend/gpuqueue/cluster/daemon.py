@@ -99,6 +99,9 @@ class Daemon(QueueShell):
         self.celery = make_app(store.url, celery_events or None)
         self.config: QueueConfig = config or _empty_config()
         self.config_lists_nodes = config is not None  # a config file: a node it does not list is worth a word
+        # without one, the pools are the workers that beat now: a job too big for them may fit
+        # one that is away, so the rebuild does not fail it (QueueShell._requeue)
+        self.nodes_known = self.config_lists_nodes
         self.scheduler: Any = None
         self.nodes: dict[str, NodeSeen] = {}
         # node -> (instance, seq) of the last beat of a node found lost: that stale beat stays in

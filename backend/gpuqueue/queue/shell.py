@@ -23,6 +23,7 @@ import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from ..observability.logs import job_fields
+from ..scheduler.admission import never_runs
 from ..scheduler.base import Decision, JobRequest, Preempt, Scheduler, Start, TimeOut, Warn
 from .config import QueueConfig
 from .lifecycle import attempt_outcome, settle
@@ -51,6 +52,10 @@ class QueueShell:
     config: QueueConfig
     listeners: list[Listener]
     stop_grace_s: float  # what a job gets between SIGTERM and SIGKILL when it times out
+    # whether the config's pools list every node they will have (embedded: yes; a cluster
+    # scheduler without --config: no, its pools are the workers that joined), so that a waiting
+    # job too big for them is told so at a rebuild
+    nodes_known: bool = True
 
     # -- what each shell implements --------------------------------------------------------
     def _find(self, job_id: str) -> Optional[JobRecord]:
@@ -109,13 +114,18 @@ class QueueShell:
 
     # -- state changes and settling --------------------------------------------------------
     def _requeue(self, job: JobRecord, req: JobRequest, now: float) -> bool:
-        """Give a waiting job back to the scheduler (a rebuild, a lost attempt). One it can no
-        longer take (its pool left the config, or was never in it: a job queued before the
-        first scheduler ran) fails, saying why, instead of waiting for ever. True if queued."""
-        rej = self.scheduler.submit(req, now, restoring=True)
-        if rej is None:
-            return True
-        self._unqueueable(job, rej.reason)
+        """Give a waiting job back to the scheduler (a rebuild, a lost attempt). One that can
+        never run under the config as it is now (``admission.never_runs``: its pool left the
+        config, or was never in it: a job queued before the first scheduler ran; it no longer
+        fits the pool's nodes, time limit or GPU caps) fails, saying why, instead of waiting for
+        ever. Limits that change with time are not checked again. True if queued."""
+        why = never_runs(req, self.config, self.nodes_known)
+        if why is None:
+            rej = self.scheduler.submit(req, now, restoring=True)
+            if rej is None:
+                return True
+            why = rej.reason
+        self._unqueueable(job, why)
         return False
 
     def _unqueueable(self, job: JobRecord, why: str) -> None:

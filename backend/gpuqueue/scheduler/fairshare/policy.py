@@ -290,7 +290,8 @@ class FairShareScheduler:
         return None
 
     def restore_running(self, job: JobRequest, placement: Placement, started_at: float) -> None:
-        """At rebuild: this job already holds these GPUs (its charges are in the imported state)."""
+        """At rebuild: this job already holds these GPUs (its charges are in the imported state).
+        RuntimeError or KeyError, and nothing kept, if the placement is not in the cluster now."""
         if job.id in self.jobs:
             self._forget(job.id, started_at)
         self._seq += 1
@@ -299,7 +300,11 @@ class FairShareScheduler:
         u = self._user(job)
         self._regroup(u, job, self._now, restoring=True)
         self._count_pool_job(u, job.pool, +1)
-        self._occupy(j, placement, started_at)
+        try:
+            self._occupy(j, placement, started_at)
+        except (RuntimeError, KeyError):  # its GPUs are not in the config now: not held, not known
+            self._drop(j)
+            raise
         elapsed = max(0.0, self._now - started_at)
         chunk = self.knobs.charge_ahead
         j.charged_until = (math.floor(elapsed / chunk) + 1) * chunk if chunk > 0 else elapsed
