@@ -69,3 +69,29 @@ def test_a_queued_job_the_shrunk_pool_can_never_run_fails_saying_why(jupyter_ser
         wait_until(lambda: c.get(first["id"])["state"] == "succeeded", 60, 0.2, "the running job to end")
     finally:
         server.kill_jobs()
+
+
+def test_a_running_job_the_new_config_cannot_run_again_fails_instead_of_a_retry(jupyter_server_factory,
+                                                                                 tmp_path) -> None:
+    """A job that was running when the admin lowered the pool's per-user cap below it, and then
+    failed with a retry left, waited for ever for the retry ('quota'); it fails, saying why."""
+    cfg = tmp_path / "queue.toml"
+    cfg.write_text('retry_backoff = 0.2\n[pools.train]\nnodes = { local = 2 }\n')
+    server = jupyter_server_factory(gpus=2, env={"GPUQUEUE_CONFIG": str(cfg)})
+    c = server.client()
+    try:
+        fails = [sys.executable, "-c", "import time, sys; time.sleep(6); sys.exit(1)"]
+        job = c.submit({"kind": "command", "gpus": 2, "retries": 1, "command": fails})
+        wait_until(lambda: c.get(job["id"])["state"] == "running", 30, 0.1, "the job to run")
+        server.stop()
+        cfg.write_text('retry_backoff = 0.2\n[pools.train]\nnodes = { local = 2 }\nmax_gpus_per_user = 1\n')
+        server.start()
+        c = server.client()
+        j = wait_until(lambda: (j := c.get(job["id"]))["state"] in ("failed", "succeeded") and j, 30, 0.2,
+                       "the job to end")
+        assert j["error"] == ("cannot be queued again with the queue's config: 2 GPUs is over pool 'train''s per-user "
+                              "limit of 1; ask for at most 1; submit it again (attempt 1: the job process exited with "
+                              "code 1)"), j["error"]
+        assert [a["outcome"] for a in j["attempts"]] == ["failed"]
+    finally:
+        server.kill_jobs()

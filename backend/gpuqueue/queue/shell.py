@@ -24,9 +24,9 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from ..observability.logs import job_fields
 from ..scheduler.admission import never_runs
-from ..scheduler.base import Decision, JobRequest, Preempt, Scheduler, Start, TimeOut, Warn
+from ..scheduler.base import Decision, JobRequest, Preempt, Retry, Scheduler, Start, TimeOut, Warn
 from .config import QueueConfig
-from .lifecycle import attempt_outcome, settle
+from .lifecycle import attempt_outcome, job_request, settle
 from .models import JobRecord
 from .states import JobState, Outcome
 
@@ -160,12 +160,31 @@ class QueueShell:
         elif outcome not in (Outcome.LOST, Outcome.PREEMPTED):
             self.scheduler.cancel(job.id, now)
             decisions = []
+        never = self._never_again(job, decisions, now)
+        if never is not None:
+            decisions = [d for d in decisions if not (isinstance(d, Retry) and d.job_id == job.id)]
         state, info = settle(job, outcome, exit_record, decisions, now, report.error, report.result)
+        if never is not None and state == JobState.FAILED:
+            was = (f" (attempt {a.number}: {job.error})" if outcome == Outcome.FAILED and job.error
+                   else f" (attempt {a.number} was {outcome.value})")
+            job.error = info["error"] = f"cannot be queued again with the queue's config: {never}; submit it again{was}"
         extra = self._attempt_settled(job, state)
         self._set_state(job, state, extra=extra, **info)
         log.info("job %s: attempt %s ended %s; job %s", job.id, a.number, outcome.value, job.state.value,
                  extra=job_fields(job))
         self._notify("attempt_ended", {"job": job, "outcome": outcome.value})
+
+    def _never_again(self, job: JobRecord, decisions: list[Decision], now: float) -> Optional[str]:
+        """Why the retry the scheduler decided for ``job`` can never run under the config as it
+        is now (a job that was running when the admin shrank its pool), or None. The scheduler
+        has forgotten the job then: it fails instead of waiting for ever (as at a rebuild:
+        :meth:`_requeue`)."""
+        if not any(isinstance(d, Retry) and d.job_id == job.id for d in decisions):
+            return None
+        why = never_runs(job_request(job, self.config), self.config, self.nodes_known)
+        if why is not None:
+            self.scheduler.cancel(job.id, now)
+        return why
 
     def _notify(self, what: str, data: Any) -> None:
         """Tell every listener; a record alone is sent as ``{"job": record}``. A listener that
