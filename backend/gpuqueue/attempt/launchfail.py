@@ -34,6 +34,8 @@ def record(stage: str, error: BaseException | str, path: Optional[str] = None,
     and text (or ``error``'s text), the ``path`` it concerned, the ``user`` the job was to run as
     (``{"name", "uid"}``; None: the launching process's own uid) and the ``node``."""
     num = error.errno if isinstance(error, OSError) else None
+    if num is None and isinstance(error, PermissionError):  # raised with a sentence: a refusal all the same
+        num = errno.EACCES
     text = (error.strerror or str(error)) if isinstance(error, OSError) else str(error)
     if path is None and isinstance(error, OSError) and error.filename is not None:
         path = os.fsdecode(error.filename)
