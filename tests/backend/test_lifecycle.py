@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import sys
 
-from gpuqueue.queue.config import MAX_LOST_ATTEMPTS
+import errno
+
+import pytest
+
+from gpuqueue.attempt import launchfail
+from gpuqueue.queue.config import MAX_LOST_ATTEMPTS, QueueConfig
 from gpuqueue.queue.lifecycle import attempt_outcome, settle
 from gpuqueue.queue.models import Attempt, JobRecord, JobSpec
 from gpuqueue.queue.states import JobState, Outcome
+from gpuqueue.scheduler import make_scheduler
+from gpuqueue.scheduler.base import JobRequest, Retry
 from helpers.servers import wait_until
 
 LOST = {"exit_code": None, "stop_reason": None, "lost": True}
@@ -32,6 +39,37 @@ def test_the_lost_attempt_that_makes_the_limit_counts_as_failed():
     assert info["error"].startswith("the job process was lost 3 times in a row: its runner died without an exit record")
     # a stop that the system asked for is not the job's doing: never counted as a failure
     assert attempt_outcome(job, {"exit_code": None, "stop_reason": "terminated"}, False) == Outcome.LOST
+
+
+@pytest.mark.parametrize("policy", ["gpuqueue", "fifo"])
+def test_a_launch_no_retry_would_change_fails_at_once_and_a_passing_one_is_retried(policy):
+    """One rule (``launchfail.permanent``) sorts the launch failures; both policies retry a
+    FAILED attempt and never one that CANNOT_START."""
+    full = launchfail.record(launchfail.FOLDER, OSError(errno.ENOSPC, "No space left on device"), "/srv/q/work/j-1",
+                             node="n1")
+    gone = launchfail.record(launchfail.EXEC, FileNotFoundError(errno.ENOENT, "No such file", "/opt/venv/bin/python"),
+                             user={"name": "ana", "uid": 1003}, node="n1")
+    ends = {"full": {"exit_code": 127, "launch_error": full}, "gone": {"exit_code": 127, "launch_error": gone}}
+    outcomes = {k: attempt_outcome(_job([]), rec, False) for k, rec in ends.items()}
+    assert outcomes == {"full": Outcome.FAILED, "gone": Outcome.CANNOT_START}
+    cfg = QueueConfig.model_validate({"pools": {"gpu": {"nodes": {"n1": 1}}}})
+    sched = make_scheduler(cfg, policy)
+    sched.node_up("n1", "gpu", 1, 0.0)
+    for k in ends:
+        assert sched.submit(JobRequest(id=k, user="ana", pool="gpu", gpus=1, max_retries=3), 0.0) is None
+    sched.tick(1.0)
+    sched.tick(2.0)
+    decisions = {k: sched.finished(k, outcomes[k], 3.0) for k in ends}
+    assert [type(d) for d in decisions["full"]] == [Retry] and decisions["gone"] == []
+    job = _job([]).model_copy(update={"id": "gone"})
+    state, info = settle(job, Outcome.CANNOT_START, ends["gone"], decisions["gone"], 3.0)
+    assert state == JobState.FAILED and info["error"] == job.error == (
+        "the job could not start on node n1: /opt/venv/bin/python does not exist: fix the path (the job's first "
+        "word, or its --python), or ask your admin to install it there")
+    job = _job([]).model_copy(update={"id": "full"})
+    state, info = settle(job, Outcome.FAILED, ends["full"], decisions["full"], 3.0)
+    assert state == JobState.RETRYING and job.failures == 1 and info["error"].startswith(
+        "the job could not start on node n1: its folder /srv/q/work/j-1 cannot be made (No space left on device)")
 
 
 def test_a_job_that_kills_its_runner_is_relaunched_a_bounded_number_of_times(jupyter_server):

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from gpuqueue.attempt import launchfail
 from gpuqueue.attempt.jobdir import OwnedDir, prepare_owned
 from gpuqueue.attempt.launch import runner_env
 from gpuqueue.attempt.runner import job_event
@@ -187,3 +188,11 @@ def test_a_job_its_identity_cannot_start_says_why(open_root: Path, tmp_path: Pat
     assert line.startswith(f"gpuqueue: cannot start the job as uid {UID} (user ana): [Errno 13] Permission denied")
     assert "must be able to run the interpreter and enter the working folder" in line
     assert events[-1]["data"]["exit_code"] == 127
+    # the exit record says it did not start, and why: the job fails at once (launchfail)
+    error = events[-1]["data"]["launch_error"]
+    assert (error["stage"], error["errno"], error["path"], error["uid"]) == ("cwd", 13, str(private), UID), error
+    assert launchfail.permanent(error)
+    assert launchfail.message(error) == (
+        f"the job could not start: its working folder {private} cannot be entered by uid {UID} (user ana) "
+        f"(Permission denied): let that user reach it (a+x on the folders above it), or submit the job with "
+        f"another working folder")

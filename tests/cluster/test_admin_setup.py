@@ -258,3 +258,26 @@ def test_jobs_queued_before_the_first_scheduler_in_no_pool_of_its_config_fail_sa
     assert jobs[lost]["state"] == "failed", jobs[lost]
     assert jobs[lost]["error"] == (
         "cannot be queued with the queue's config: unknown pool 'nosuch': the pools are gpu; submit it again"), jobs[lost]["error"]
+
+
+def test_a_queued_job_the_shrunk_pool_can_never_run_fails_at_the_rebuild(cluster_factory: Any) -> None:
+    """The admin took node n2 out of the pool and restarted the scheduler: the queued job that
+    only n2 could hold waited for ever; it fails, naming the numbers and the fix, and a job
+    that fits runs."""
+    c = cluster_factory(nodes={"n1": 1, "n2": 2}, start=False)
+    c.start_daemon()
+    c.start_worker("n1")
+    c.start_api()
+    c.wait_nodes({"n1"})
+    big = c.submit("alice", ticks=1, gpus=2)  # n2 (listed, not up yet) will hold it
+    assert c.client("alice").get(big)["state"] == "queued"
+    c.kill("daemon")
+    c.config.write_text(c.config.read_text().replace('"n1" = 1, "n2" = 2', '"n1" = 1'))
+    assert '"n2"' not in c.config.read_text()
+    c.start_daemon()
+    job = c.wait_done([big], 60)[big]
+    assert job["state"] == "failed", job
+    assert job["error"] == ("cannot be queued with the queue's config: 2 GPUs do not fit on one node of pool 'gpu' "
+                            "(its largest node has 1); ask for at most 1; submit it again"), job["error"]
+    small = c.submit("alice", ticks=1)
+    assert c.wait_done([small], 60)[small]["state"] == "succeeded"

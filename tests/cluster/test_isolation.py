@@ -209,3 +209,23 @@ def test_a_root_worker_refuses_a_state_folder_its_jobs_cannot_reach(tmp_path: Pa
     r = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "worker", "--redis", "redis://127.0.0.1:1/0", "--gpus", "1",
                         "--state-dir", str(tmp_path / "state")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "use a --state-dir every user may traverse" in r.stderr, r.stderr
+
+
+def test_a_python_the_jobs_uid_cannot_run_fails_at_once_naming_uid_and_fix(cluster: Cluster) -> None:
+    """The job's interpreter is root's own (mode 700): its attempt cannot start as the owner's
+    uid, and no retry would change that. The job fails at its first attempt, saying which file,
+    which uid and what to do (it spent its 3 retries, then said 'exited with code 127')."""
+    c = cluster
+    private = c.root / "private-python"
+    private.write_text("#!/bin/sh\nexec python3 \"$@\"\n")
+    private.chmod(0o700)
+    payload, inputs, outs = build_payload("x = 1", {}, inputs=[], outputs=["x"])
+    spec = {"kind": "cell", "gpus": 1, "retries": 3, "python": str(private), "inputs": inputs, "outputs": outs}
+    job_id = c.client("alice").submit(spec, payload)["id"]
+    job = c.wait_done([job_id], 60)[job_id]
+    assert job["state"] == "failed", job
+    assert [a["outcome"] for a in job["attempts"]] == ["cannot_start"], job["attempts"]
+    node, uid = job["attempts"][0]["node"], os.stat(c.root / f"node-{job['attempts'][0]['node']}" / "work" / job_id).st_uid
+    assert job["error"] == (f"the job could not start on node {node}: {private} is not executable by uid {uid} "
+                            f"(user alice): make it executable by that user (chmod a+rx, and a+x on its folders), "
+                            f"or ask your admin to"), job["error"]

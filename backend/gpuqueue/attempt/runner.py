@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from ..job.channel import JOB_EVENT_TYPES
+from . import launchfail
 from .jobdir import OwnedDir
 from .warmjob import WarmJob
 
@@ -224,15 +225,17 @@ def _max_output(launch: dict[str, Any]) -> int:
 IDENTITY_HINT = ": the job's identity must be able to run the interpreter and enter the working folder"
 
 
-def _enter(cwd: str, who: str) -> Any:
+def _enter(cwd: str, who: str, report_fd: int) -> Any:
     """The ``preexec_fn`` that enters ``cwd`` in the job's process once it runs as the job's
-    user; on failure it says why on the job's stderr and exits 127."""
+    user; on failure it says why on the job's stderr, writes the error's number to
+    ``report_fd`` (the runner reads it: :meth:`Runner._cwd_error`) and exits 127."""
 
     def enter() -> None:
         try:
             os.chdir(cwd)
         except OSError as e:
             os.write(2, f"gpuqueue: cannot start the job{who}: {e}{IDENTITY_HINT}\n".encode(errors="replace"))
+            os.write(report_fd, f"{e.errno}:{e.strerror}".encode(errors="replace"))
             os._exit(127)
 
     return enter
@@ -257,6 +260,7 @@ class Runner:
         self.job_dir: Optional[str] = self.launch.get("job_dir")
         self.own: Optional[OwnedDir] = None  # the job's attempt folder, where it runs as its own user
         self.own_error: Optional[OSError] = None
+        self._cwd_failed: Optional[dict[str, Any]] = None  # the job's process could not enter its folder
         if self.user is not None and self.job_dir and self.launch.get("attempt_dir"):
             jd, ad = Path(self.job_dir), Path(self.launch["attempt_dir"])
             try:
@@ -270,7 +274,7 @@ class Runner:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         if self.own_error is not None:
             self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot open the attempt's folder: {self.own_error}"})
-            return self._finish(127, time.time())
+            return self._finish(127, time.time(), self._launch_error(launchfail.FOLDER, self.own_error))
         if self.warm is not None:
             out_r, out_w, err_r, err_w, ev_r, ev_w = self.warm_fds
         else:
@@ -293,12 +297,16 @@ class Runner:
             warm = False
             cwd = self.launch.get("cwd") or None
             as_user: dict[str, Any] = {}
-            if self.user is not None:
+            report_r = report_w = -1
+            if self.user is not None and cwd:
                 # the working folder is entered as the job's user, after the switch: a chdir done as
                 # root would hand the job a folder it may not reach (e.g. inside a home of mode 700)
-                as_user = {"user": int(self.user["uid"]), "group": int(self.user["gid"]), "extra_groups": [],
-                           "umask": 0o077, "preexec_fn": _enter(cwd, self._who()) if cwd else None}
-                cwd = None
+                report_r, report_w = os.pipe()
+                as_user = {"preexec_fn": _enter(cwd, self._who(), report_w)}
+            if self.user is not None:
+                as_user.update({"user": int(self.user["uid"]), "group": int(self.user["gid"]), "extra_groups": [],
+                                "umask": 0o077})
+            entered, cwd = cwd, (None if self.user is not None else cwd)
             try:
                 self.proc = subprocess.Popen(
                     self.launch["argv"],
@@ -312,11 +320,16 @@ class Runner:
                     **as_user,
                 )
             except OSError as e:
-                for fd in (out_r, out_w, err_r, err_w, ev_r, ev_w):
-                    os.close(fd)
+                for fd in (out_r, out_w, err_r, err_w, ev_r, ev_w, report_r, report_w):
+                    if fd >= 0:
+                        os.close(fd)
                 hint = IDENTITY_HINT if self.user and isinstance(e, PermissionError) else ""
                 self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot start the job{self._who()}: {e}{hint}"})
-                return self._finish(127, started)
+                stage = launchfail.CWD if cwd and e.filename == cwd else launchfail.EXEC
+                return self._finish(127, started, self._launch_error(stage, e))
+            if report_r >= 0:
+                os.close(report_w)
+                self._cwd_failed = self._cwd_error(report_r, entered)
         for fd in (out_w, err_w, ev_w):
             os.close(fd)
         self.out.write("runner", {"pid": self.proc.pid, "runner_pid": os.getpid(), "warm": warm})
@@ -351,7 +364,24 @@ class Runner:
         if job_events is not None:
             job_events.drain(self.out)
             job_events.close()
-        return self._finish(self.proc.returncode, started)
+        return self._finish(self.proc.returncode, started, self._cwd_failed)
+
+    def _cwd_error(self, report_r: int, cwd: Optional[str]) -> Optional[dict[str, Any]]:
+        """The launch error the job's process reported on ``report_r`` before its exec (it could
+        not enter ``cwd`` as the job's user), or None if it reached its exec. The pipe's other
+        ends are closed by then (at the exec, or at the exit), so the read cannot block."""
+        with os.fdopen(report_r, "rb") as f:
+            said = f.read(4096).decode(errors="replace")
+        if not said:
+            return None
+        num, _, text = said.partition(":")
+        err = OSError(int(num) if num.isdigit() else 0, text)
+        return self._launch_error(launchfail.CWD, err, cwd)
+
+    def _launch_error(self, stage: str, e: OSError, path: Optional[str] = None) -> dict[str, Any]:
+        """The exit record's ``launch_error`` (see :mod:`gpuqueue.attempt.launchfail`)."""
+        node = (self.launch.get("env") or {}).get("GPUQUEUE_NODE")
+        return launchfail.record(stage, e, path, self.user, node)
 
     def _who(self) -> str:
         return f" as uid {self.user['uid']} (user {self.user['name']})" if self.user else ""
@@ -392,8 +422,13 @@ class Runner:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def _finish(self, code: int, started: float) -> int:
-        record = {"exit_code": code, "stop_reason": self.stop_reason, "started": started, "ended": time.time()}
+    def _finish(self, code: int, started: float, launch_error: Optional[dict[str, Any]] = None) -> int:
+        """Write the ``exit`` record and ``exit.json`` (with ``launch_error`` when the job could
+        not start: :mod:`gpuqueue.attempt.launchfail`); returns ``code``."""
+        record: dict[str, Any] = {"exit_code": code, "stop_reason": self.stop_reason, "started": started,
+                                  "ended": time.time()}
+        if launch_error is not None:
+            record["launch_error"] = launch_error
         self.out.write("exit", record)
         self.out.close()
         tmp = self.dir / "exit.json.tmp"

@@ -74,8 +74,6 @@ class Daemon(QueueShell):
     are carried out and attempts settled by :class:`QueueShell`, as in the embedded queue; this
     class sends attempts to nodes' Celery queues and writes to Redis under its fencing token."""
 
-    nodes_known = False  # a worker the config does not list joins a pool (``_pool_of``)
-
     def __init__(
         self,
         store: RedisStore,
@@ -101,6 +99,9 @@ class Daemon(QueueShell):
         self.celery = make_app(store.url, celery_events or None)
         self.config: QueueConfig = config or _empty_config()
         self.config_lists_nodes = config is not None  # a config file: a node it does not list is worth a word
+        # without one, the pools are the workers that beat now: a job too big for them may fit
+        # one that is away, so the rebuild does not fail it (QueueShell._requeue)
+        self.nodes_known = self.config_lists_nodes
         self.scheduler: Any = None
         self.nodes: dict[str, NodeSeen] = {}
         # node -> (instance, seq) of the last beat of a node found lost: that stale beat stays in

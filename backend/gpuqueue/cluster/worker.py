@@ -44,6 +44,7 @@ import redis
 
 from . import cliargs, redis_url
 from ..attempt import identity as identities
+from ..attempt import launchfail
 from ..attempt.gpus import local_gpu_count, nvml_gpu_count
 from ..attempt.identity import Identities, Identity, IdentityError
 from ..attempt.jobdir import (AttemptPaths, OwnedDir, attempt_paths, job_dir, prepare_owned, read_events,
@@ -231,6 +232,10 @@ class NodeAgent:
     def _spawn_or_fail(self, msg: dict[str, Any], forks: ForkServer) -> str:
         try:
             return self._spawn(msg, forks)
+        except launchfail.LaunchFailed as e:  # the job's identity or folders: the daemon decides on a retry
+            log.warning("attempt %s/%s cannot start: %s", msg["job_id"], msg["attempt"], e)
+            self._report_exit_error(msg["job_id"], int(msg["attempt"]), str(e), e.rec)
+            return "failed"
         except Exception as e:  # noqa: BLE001 - report it as the attempt's failure
             log.exception("launch failed")
             self._report_exit_error(msg["job_id"], int(msg["attempt"]), f"cannot start the job on {self.node}: {e}")
@@ -293,11 +298,14 @@ class NodeAgent:
                 if payload is None:
                     raise RuntimeError("its cell payload is missing from the store")
         home = None
-        if ident is not None:
-            prepare_owned(self.state_dir, job_id, number, ident.uid, ident.gid, payload)
-            home = None if ident.home else str(self._home(ident))
-        else:
-            paths.records.mkdir(parents=True, exist_ok=True)
+        try:
+            if ident is not None:
+                prepare_owned(self.state_dir, job_id, number, ident.uid, ident.gid, payload)
+                home = None if ident.home else str(self._home(ident))
+            else:
+                paths.records.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise launchfail.LaunchFailed(launchfail.record(launchfail.FOLDER, e, node=self.node)) from e
         if self.queue is not None:  # as soon as the folder is made: the local sweep deletes only
             tag_job_folder(job_dir(self.state_dir, job_id), self.queue)  # folders of this queue
         if ident is None and payload is not None:
@@ -328,7 +336,7 @@ class NodeAgent:
         try:
             return self.identities.resolve(owner.owner)
         except IdentityError as e:
-            raise RuntimeError(str(e)) from None
+            raise launchfail.LaunchFailed(launchfail.record(launchfail.IDENTITY, e, node=self.node)) from None
 
     def _home(self, ident: Identity) -> Path:
         """HOME of a dynamic identity on this node: ``<state>/home/<uid>``, its own, kept
@@ -456,8 +464,12 @@ class NodeAgent:
             return OwnedDir(paths.attempt.parent, [paths.attempt.name])
         return OwnedDir(paths.job.parent, [paths.job.name, paths.attempt.name], la.ident.uid, la.ident.gid)
 
-    def _report_exit_error(self, job_id: str, number: int, error: str) -> None:
-        rec = {"exit_code": 127, "stop_reason": None, "error": error}
+    def _report_exit_error(self, job_id: str, number: int, error: str,
+                           launch_error: Optional[dict[str, Any]] = None) -> None:
+        """Report an attempt that did not start as ended (with its ``launch_error``, if known)."""
+        rec: dict[str, Any] = {"exit_code": 127, "stop_reason": None, "error": error}
+        if launch_error is not None:
+            rec["launch_error"] = launch_error
         msg = {"op": "exit", "job": job_id, "attempt": number, "node": self.node, "rec": rec}
         try:
             self.store.exec([["SET", self.store.k("exit", job_id, number), json.dumps(rec)], self.store.report_op(msg)],

@@ -11,6 +11,7 @@ import base64
 import binascii
 from typing import Any, Iterable, Optional
 
+from ..attempt import launchfail
 from .config import MAX_LOST_ATTEMPTS, QueueConfig
 from .errors import BadRequest, Forbidden, Rejected
 from .models import Buffer, JobRecord, JobSpec, SubmitRequest
@@ -129,7 +130,9 @@ def job_group(job: JobRecord, config: QueueConfig) -> Optional[str]:
 def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: bool,
                     max_lost: int = MAX_LOST_ATTEMPTS) -> Outcome:
     """How the current attempt ended, from the runner's exit record (``exit_code``,
-    ``stop_reason``, ``lost``) and whether a cell job stored its results. A lost attempt (not
+    ``stop_reason``, ``lost``, ``launch_error``) and whether a cell job stored its results. An
+    attempt that could not start for a cause every retry would meet again
+    (``launchfail.permanent``) is CANNOT_START, which no policy retries. A lost attempt (not
     counted as a failure, relaunched at once) that makes ``max_lost`` in a row counts as
     FAILED, so that a job whose process keeps vanishing meets its retry limit instead of being
     relaunched forever."""
@@ -142,6 +145,8 @@ def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: boo
         return Outcome.PREEMPTED
     if reason == "timed_out":
         return Outcome.TIMED_OUT
+    if launchfail.permanent(exit_record.get("launch_error")):
+        return Outcome.CANNOT_START
     if exit_record.get("lost") or reason in ("terminated", "fenced"):
         if exit_record.get("lost") and lost_in_a_row(job) + 1 >= max_lost:
             return Outcome.FAILED
@@ -177,8 +182,11 @@ def settle(
     assert a is not None
     code = exit_record.get("exit_code")
     a.outcome, a.exit_code, a.ended_at = outcome, code, float(exit_record.get("ended") or now)
-    if outcome == Outcome.FAILED:
-        if error_record:
+    if outcome in (Outcome.FAILED, Outcome.CANNOT_START):
+        if exit_record.get("launch_error"):  # it did not start: the cause, and the fix
+            job.error = launchfail.message(exit_record["launch_error"])
+            a.message = job.error
+        elif error_record:
             job.error = f"{error_record['type']}: {error_record['message']}"
             a.message = error_record.get("traceback") or job.error
         elif exit_record.get("lost"):  # the cap of attempt_outcome

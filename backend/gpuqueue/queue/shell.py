@@ -23,10 +23,10 @@ import time
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from ..observability.logs import job_fields
-from ..scheduler.admission import inadmissible
-from ..scheduler.base import Decision, JobRequest, Preempt, Scheduler, Start, TimeOut, Warn
+from ..scheduler.admission import never_runs
+from ..scheduler.base import Decision, JobRequest, Preempt, Retry, Scheduler, Start, TimeOut, Warn
 from .config import QueueConfig
-from .lifecycle import attempt_outcome, settle
+from .lifecycle import attempt_outcome, job_request, settle
 from .models import JobRecord
 from .states import JobState, Outcome
 
@@ -52,9 +52,9 @@ class QueueShell:
     config: QueueConfig
     listeners: list[Listener]
     stop_grace_s: float  # what a job gets between SIGTERM and SIGKILL when it times out
-    # whether the config's pools list every node they will have (embedded: yes; the cluster's
-    # daemon: no, a worker the config does not list joins a pool), so that a waiting job too big
-    # for them can be told so at rebuild
+    # whether the config's pools list every node they will have (embedded: yes; a cluster
+    # scheduler without --config: no, its pools are the workers that joined), so that a waiting
+    # job too big for them is told so at a rebuild
     nodes_known: bool = True
 
     # -- what each shell implements --------------------------------------------------------
@@ -115,9 +115,11 @@ class QueueShell:
     # -- state changes and settling --------------------------------------------------------
     def _requeue(self, job: JobRecord, req: JobRequest, now: float) -> bool:
         """Give a waiting job back to the scheduler (a rebuild, a lost attempt). One that can
-        never run with the config as it is now (see :meth:`_never_runs`) fails, saying why,
-        instead of waiting for ever. True if queued."""
-        why = self._never_runs(req)
+        never run under the config as it is now (``admission.never_runs``: its pool left the
+        config, or was never in it: a job queued before the first scheduler ran; it no longer
+        fits the pool's nodes, time limit or GPU caps) fails, saying why, instead of waiting for
+        ever. Limits that change with time are not checked again. True if queued."""
+        why = never_runs(req, self.config, self.nodes_known)
         if why is None:
             rej = self.scheduler.submit(req, now, restoring=True)
             if rej is None:
@@ -125,16 +127,6 @@ class QueueShell:
             why = rej.reason
         self._unqueueable(job, why)
         return False
-
-    def _never_runs(self, req: JobRequest) -> Optional[str]:
-        """Why a job the queue took under an earlier config can never run under this one: its
-        pool left the config (or was never in it: a job the API took before the first
-        scheduler ran), or, where the config lists every node (``nodes_known``), it does not fit
-        them or asks a longer time limit than its pool's maximum. Quotas and queue depths are
-        not checked again: they change with time, and a job that waits past them is fine."""
-        if req.pool not in self.config.pools:
-            return f"unknown pool {req.pool!r}: the pools are {', '.join(sorted(self.config.pools))}"
-        return inadmissible(req, self.config) if self.nodes_known else None
 
     def _unqueueable(self, job: JobRecord, why: str) -> None:
         """Fail a waiting job the queue's config cannot take (``why``), saying so."""
@@ -168,12 +160,31 @@ class QueueShell:
         elif outcome not in (Outcome.LOST, Outcome.PREEMPTED):
             self.scheduler.cancel(job.id, now)
             decisions = []
+        never = self._never_again(job, decisions, now)
+        if never is not None:
+            decisions = [d for d in decisions if not (isinstance(d, Retry) and d.job_id == job.id)]
         state, info = settle(job, outcome, exit_record, decisions, now, report.error, report.result)
+        if never is not None and state == JobState.FAILED:
+            was = (f" (attempt {a.number}: {job.error})" if outcome == Outcome.FAILED and job.error
+                   else f" (attempt {a.number} was {outcome.value})")
+            job.error = info["error"] = f"cannot be queued again with the queue's config: {never}; submit it again{was}"
         extra = self._attempt_settled(job, state)
         self._set_state(job, state, extra=extra, **info)
         log.info("job %s: attempt %s ended %s; job %s", job.id, a.number, outcome.value, job.state.value,
                  extra=job_fields(job))
         self._notify("attempt_ended", {"job": job, "outcome": outcome.value})
+
+    def _never_again(self, job: JobRecord, decisions: list[Decision], now: float) -> Optional[str]:
+        """Why the retry the scheduler decided for ``job`` can never run under the config as it
+        is now (a job that was running when the admin shrank its pool), or None. The scheduler
+        has forgotten the job then: it fails instead of waiting for ever (as at a rebuild:
+        :meth:`_requeue`)."""
+        if not any(isinstance(d, Retry) and d.job_id == job.id for d in decisions):
+            return None
+        why = never_runs(job_request(job, self.config), self.config, self.nodes_known)
+        if why is not None:
+            self.scheduler.cancel(job.id, now)
+        return why
 
     def _notify(self, what: str, data: Any) -> None:
         """Tell every listener; a record alone is sent as ``{"job": record}``. A listener that

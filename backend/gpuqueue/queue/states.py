@@ -14,7 +14,7 @@ class JobState(str, Enum):
     PREEMPTED = "preempted"  # transient: stopped to make room, will be queued again
     RETRYING = "retrying"  # transient: an attempt failed, waiting for its backoff to pass
     SUCCEEDED = "succeeded"  # the cell (or command) ended without error; results are stored
-    FAILED = "failed"  # the last allowed attempt raised or exited non-zero, or it could not start
+    FAILED = "failed"  # the last allowed attempt raised or exited non-zero, or it cannot start
     CANCELLED = "cancelled"  # the owner or an admin cancelled it
     TIMED_OUT = "timed_out"  # it ran past its time limit and was stopped
 
@@ -75,3 +75,6 @@ class Outcome(str, Enum):
     TIMED_OUT = "timed_out"
     PREEMPTED = "preempted"  # stopped by the scheduler; not counted as a failure
     LOST = "lost"  # the process or its node vanished without a word; not counted as a failure
+    # it could not start (its program, working folder or identity) for a cause a retry meets
+    # again (gpuqueue.attempt.launchfail): the job fails at once, no retry is spent on it
+    CANNOT_START = "cannot_start"

@@ -156,7 +156,9 @@ class Scheduler(Protocol):
         """The job process is confirmed running (its runtime clock starts)."""
 
     def finished(self, job_id: str, outcome: Outcome, now: float) -> list[Decision]:
-        """An attempt ended; its GPUs are free. May return a Retry for the job."""
+        """An attempt ended; its GPUs are free. May return a Retry for the job: PREEMPTED and
+        LOST (not counted), FAILED while ``failures < max_retries`` (counted); never for
+        SUCCEEDED, CANCELLED, TIMED_OUT or CANNOT_START (a launch no retry would change)."""
 
     def cancel(self, job_id: str, now: float) -> None:
         """Forget a job (queued or running); a running one's GPUs are freed."""

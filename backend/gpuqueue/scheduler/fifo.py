@@ -130,6 +130,8 @@ class FifoScheduler:
         return self._maybe_retry(job, outcome, now)
 
     def _maybe_retry(self, job: JobRequest, outcome: Outcome, now: float) -> list[Decision]:
+        """Requeue a preempted or lost job at once, retry a FAILED one while retries are left
+        (never one that CANNOT_START), as the fair-share policy does."""
         if outcome in (Outcome.PREEMPTED, Outcome.LOST):
             self._enqueue(job)
             return [Retry(job.id, now, counted=False)]

@@ -291,18 +291,20 @@ class FairShareScheduler:
 
     def restore_running(self, job: JobRequest, placement: Placement, started_at: float) -> None:
         """At rebuild: this job already holds these GPUs (its charges are in the imported state).
-        Raises, knowing nothing of the job, if the placement is not free GPUs of this config
-        (the config shrank under it)."""
+        RuntimeError or KeyError, and nothing kept, if the placement is not in the cluster now."""
         if job.id in self.jobs:
             self._forget(job.id, started_at)
-        self.cluster.check(placement)
         self._seq += 1
         j = Job(job, self._seq, state=RUNNING, limit=self.limit(job), starve_after=self.starve_after(job))
         self.jobs[job.id] = j
         u = self._user(job)
         self._regroup(u, job, self._now, restoring=True)
         self._count_pool_job(u, job.pool, +1)
-        self._occupy(j, placement, started_at)
+        try:
+            self._occupy(j, placement, started_at)
+        except (RuntimeError, KeyError):  # its GPUs are not in the config now: not held, not known
+            self._drop(j)
+            raise
         elapsed = max(0.0, self._now - started_at)
         chunk = self.knobs.charge_ahead
         j.charged_until = (math.floor(elapsed / chunk) + 1) * chunk if chunk > 0 else elapsed
@@ -324,7 +326,8 @@ class FairShareScheduler:
         self._push_deadlines(j)
 
     def finished(self, job_id: str, outcome: Outcome, now: float) -> list[Decision]:
-        """An attempt ended: free its GPUs, true up its charge, and requeue or retry it."""
+        """An attempt ended: free its GPUs, true up its charge, and requeue or retry it (a
+        FAILED attempt while retries are left; never one that CANNOT_START)."""
         self._now = max(self._now, now)
         j = self.jobs.get(job_id)
         if j is None or j.state not in (RUNNING, STOPPING):

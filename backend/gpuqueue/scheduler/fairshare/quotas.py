@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ...queue.config import QueueConfig
+from ..admission import over_cap
 from ..base import JobRequest
 from .ledger import Group, User
 from .pool import Pool
@@ -15,13 +16,11 @@ def refusal(config: QueueConfig, pool: Pool, user: Optional[User], group_name: O
     """Why a new job is refused by a quota or a queue depth limit, or None (``user`` and
     ``group``: the records of the job's user and of its group ``group_name``, if there are any
     yet: the group's limits hold from its first job on, before the policy has a record of it)."""
+    capped = over_cap(job, config, group_name)  # the caps no job may pass, checked again at a rebuild
+    if capped is not None:
+        return capped
     lim = config.limits_for(job.user)
-    cap = pool.config.max_gpus_per_user
     queued = pool.queue.queued
-    if lim.max_gpus is not None and job.gpus > lim.max_gpus:
-        return f"{job.gpus} GPUs is over your quota of {lim.max_gpus} GPUs; ask for at most {lim.max_gpus}"
-    if cap is not None and job.gpus > cap:
-        return f"{job.gpus} GPUs is over pool {job.pool!r}'s per-user limit of {cap}"
     if queued >= pool.config.max_queued:
         return (f"pool {job.pool!r} queue is full ({queued} jobs, limit {pool.config.max_queued}); "
                 "try again later or use another pool")
@@ -31,9 +30,6 @@ def refusal(config: QueueConfig, pool: Pool, user: Optional[User], group_name: O
                 "wait for some to start or cancel some")
     gc = config.groups.get(group_name) if group_name is not None else None
     if gc is not None:
-        if gc.max_gpus is not None and job.gpus > gc.max_gpus:
-            return (f"{job.gpus} GPUs is over group {group_name!r}'s quota of {gc.max_gpus} GPUs; "
-                    f"ask for at most {gc.max_gpus}")
         members = list(group.members) if group is not None else []
         if user is not None and user not in members:  # a user moving into the group
             members.append(user)
