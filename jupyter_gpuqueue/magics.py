@@ -210,12 +210,27 @@ class GPUQueueMagics(Magics):
         try:
             job = self.client.submit(spec, payload, new=args.new)
         except GPUQueueError as e:
-            raise UsageError(f"the job was not queued: {e}{_largest_inputs(str(e), payload)}") from None
+            hint = _largest_inputs(str(e), payload) or (self._no_gpus_hint() if args.gpus else "")
+            raise UsageError(f"the job was not queued: {e}{hint}") from None
         if args.outputs is not None:
             self._asked_outputs[job["id"]] = outputs
         if not args.background:  # what the results will import, imported while the job runs
             prefetch(modules_coming_back(cell, outputs))
         self._follow(job, background=args.background)
+
+    def _no_gpus_hint(self) -> str:
+        """For a refused GPU job: when this embedded queue has no GPU at all (no NVIDIA GPU
+        found, none declared), how to declare some, as the README's tour says."""
+        try:
+            queue = self.client.queue()
+        except GPUQueueError:
+            return ""
+        pools = queue.get("pools") or {}
+        if queue.get("mode") != "embedded" or any(p.get("gpus_total") for p in pools.values()):
+            return ""
+        return (". This Jupyter server has no GPUs: it found no NVIDIA GPU and none were declared. "
+                "To try the queue without GPUs, start it with GPUQUEUE_GPUS=2 in its environment "
+                "(two declared GPUs); --gpus 0 runs the cell on the CPU")
 
     def _spec(self, args: argparse.Namespace, cell: str) -> dict[str, Any]:
         for flag, value in (("--gpus", args.gpus), ("--nodes", args.nodes)):

@@ -422,3 +422,17 @@ def test_a_progress_bars_last_state_stays_in_the_output(jupyter_server):
     [job] = _jobs(jupyter_server)
     logs = k.run(f"%gpuqueue logs {job['id']}").stdout.splitlines()
     assert logs == ["bar 2/2", "after the bar"], logs
+
+
+def test_a_gpu_cell_on_a_server_without_gpus_says_how_to_declare_them(jupyter_server_factory):
+    """README: without NVIDIA GPUs, GPUQUEUE_GPUS=2 declares two. A user who started Jupyter
+    without it and asks for a GPU is told that, not only 'ask for at most 0'."""
+    server = jupyter_server_factory(gpus=0)
+    k = server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train --gpus 1\nx = 1")
+    assert res.error is not None and res.error["ename"] == "UsageError", res.text
+    assert "This Jupyter server has no GPUs" in res.stderr and "GPUQUEUE_GPUS=2" in res.stderr, res.stderr
+    assert _jobs(server) == []
+    cpu = k.run("%%train --gpus 0\nx = 1")  # a CPU cell still runs there
+    assert cpu.error is None, cpu.text
