@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pickle
 import shlex
 import sys
 import types
@@ -27,6 +26,7 @@ from gpuqueue.queue.models import JobSpec
 from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
 from gpuqueue.queue.states import STATE_GROUPS
 
+from .cellcheck import largest_inputs, syntax_error_message, undefined_names
 from .display import JobView, LastBar, TextView, best_checkpoints, use_widgets
 from .prefetch import modules_coming_back, prefetch
 
@@ -67,38 +67,6 @@ def _why_ended(job: dict[str, Any]) -> str:
     if job["state"] == "cancelled":
         return "it was cancelled before it finished; it has no results to bring back"
     return str(job["state"])
-
-
-def _syntax_error(e: SyntaxError) -> str:
-    """What a cell the job could not compile is told, in the notebook's terms: IPython's own
-    syntax (``!cmd``, ``%magic``) and top-level ``await`` work in the notebook, not in a job."""
-    where = f"the cell has a syntax error at line {e.lineno}"
-    line = (e.text or "").strip()
-    if line[:1] in ("!", "%"):
-        return (f"{where}: {line!r} is IPython syntax, and a job runs plain Python: "
-                "use subprocess.run([...]) for a shell command, and leave magics out")
-    if "await" in (e.msg or "") and "outside" in (e.msg or ""):
-        return (f"{where}: {e.msg} (the notebook allows a top-level await, a job does not): "
-                "put it in an async function and run that with asyncio.run(...)")
-    return f"{where}: {e.msg}"
-
-
-def _largest_inputs(refusal: str, payload: bytes) -> str:
-    """For a server's "the payload is N MB, over the M MB limit" (its limit may be lower than the
-    kernel's own check): which of the cell's inputs make it big. Reads only the payload's outer
-    dict, whose inputs are still pickled bytes."""
-    if not refusal.startswith("the payload is"):
-        return ""
-    try:
-        inputs: dict[str, bytes] = pickle.loads(payload).get("inputs") or {}
-    except Exception:  # noqa: BLE001 - the refusal stands without the listing
-        return ""
-    ranked = sorted(inputs.items(), key=lambda kv: -len(kv[1]))
-    largest = [kv for kv in ranked[:3] if len(kv[1]) >= 50_000] or ranked[:1]  # not the tiny ones
-    if not largest:
-        return ""
-    listing = ", ".join(f"{name} ({len(raw) / 1e6:.1f} MB)" for name, raw in largest)
-    return f". The largest inputs: {listing} (save them to a file and read it in the cell)"
 
 
 class _HelpShown(Exception):
@@ -203,14 +171,20 @@ class GPUQueueMagics(Magics):
                 cell, self._user_ns, _names(args.inputs), _names(args.outputs)
             )
         except SyntaxError as e:
-            raise UsageError(_syntax_error(e)) from None
+            raise UsageError(syntax_error_message(e)) from None
         except PreflightError as e:
             raise UsageError(str(e)) from None
         spec.update(inputs=inputs, outputs=outputs)
+        missing = undefined_names(cell, inputs)
+        if missing:  # a warning, not a refusal: the line that reads it may never run
+            print(f"[gpuqueue] warning: the cell reads {', '.join(missing)}, which "
+                  f"{'is' if len(missing) == 1 else 'are'} neither sent with it (a notebook name) nor "
+                  "defined in the cell: in the job that line stops with a NameError",
+                  file=sys.stderr, flush=True)
         try:
             job = self.client.submit(spec, payload, new=args.new)
         except GPUQueueError as e:
-            hint = _largest_inputs(str(e), payload) or (self._no_gpus_hint() if args.gpus else "")
+            hint = largest_inputs(str(e), payload) or (self._no_gpus_hint() if args.gpus else "")
             raise UsageError(f"the job was not queued: {e}{hint}") from None
         if args.outputs is not None:
             self._asked_outputs[job["id"]] = outputs

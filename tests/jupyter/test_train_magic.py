@@ -436,3 +436,18 @@ def test_a_gpu_cell_on_a_server_without_gpus_says_how_to_declare_them(jupyter_se
     assert _jobs(server) == []
     cpu = k.run("%%train --gpus 0\nx = 1")  # a CPU cell still runs there
     assert cpu.error is None, cpu.text
+
+
+def test_a_cell_reading_a_name_nobody_defines_is_warned_at_once(jupyter_server):
+    """A job may wait hours for GPUs: a name the cell reads that neither the notebook nor the
+    cell defines is named when it is queued, not only by the job's NameError. Names of the
+    cell's own functions, comprehensions and builtins are not."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue\nsteps = 3")
+    res = k.run("%%train\ndef f(a):\n    return [b * a for b in range(steps)]\nloss = f(2) + train_step()")
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text  # it still ran
+    warning = [line for line in res.stderr.splitlines() if line.startswith("[gpuqueue] warning")]
+    assert warning == ["[gpuqueue] warning: the cell reads train_step, which is neither sent with it (a "
+                       "notebook name) nor defined in the cell: in the job that line stops with a NameError"], res.stderr
+    clean = k.run("%%train\ndef f(a):\n    return [b * a for b in range(steps)]\nloss = f(2)")
+    assert clean.error is None and "warning" not in clean.text, clean.text
