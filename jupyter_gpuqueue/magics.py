@@ -359,6 +359,9 @@ class GPUQueueMagics(Magics):
         if not parts:
             raise UsageError(_GPUQUEUE_USAGE)
         verb, rest = parts[0], parts[1:]
+        if verb in ("help", "--help", "-h"):  # asked for: the usage, not an error
+            print(_GPUQUEUE_USAGE)
+            return None
         handler = getattr(self, f"_cmd_{verb}", None)
         if handler is None:
             raise UsageError(f"unknown verb {verb!r}.\n{_GPUQUEUE_USAGE}")

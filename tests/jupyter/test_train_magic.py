@@ -226,6 +226,9 @@ def test_gpuqueue_verbs(jupyter_server):
     k.run("del z")
     assert k.run(f"%gpuqueue result {job['id']}").error is None
     assert k.run("print(z)").stdout.strip() == "7"
+    for asked in ("%gpuqueue --help", "%gpuqueue help"):
+        usage = k.run(asked)  # asked for, so not an error
+        assert usage.error is None and usage.stdout.startswith("usage: %gpuqueue list"), (asked, usage.text)
     bad = k.run("%gpuqueue frobnicate")
     assert bad.error["ename"] == "UsageError" and "unknown verb" in bad.stderr
     missing = k.run("%gpuqueue status j-000000000000")
