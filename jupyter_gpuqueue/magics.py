@@ -416,7 +416,8 @@ class GPUQueueMagics(Magics):
 
     def _cmd_preempt(self, job_id: str) -> None:
         self.client.preempt(job_id)
-        print(f"{job_id}: preempting; it checkpoints, stops and is queued again")
+        print(f"{job_id}: preempting: it is asked to stop, then queued again; it goes on from its "
+              "latest checkpoint if it saves any (gpuqueue.Checkpointer), else it starts over")
 
     def _cmd_attach(self, job_id: str) -> None:
         job = self.client.get(job_id)

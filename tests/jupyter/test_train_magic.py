@@ -454,3 +454,17 @@ def test_a_cell_reading_a_name_nobody_defines_is_warned_at_once(jupyter_server):
                        "notebook name) nor defined in the cell: in the job that line stops with a NameError"], res.stderr
     clean = k.run("%%train\ndef f(a):\n    return [b * a for b in range(steps)]\nloss = f(2)")
     assert clean.error is None and "warning" not in clean.text, clean.text
+
+
+def test_preempt_says_a_job_without_checkpoints_starts_over(jupyter_server):
+    """`%gpuqueue preempt` promised "it checkpoints" of any job; one that saves none starts over."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    k.run("%%train --background\nimport time\ntime.sleep(60)")
+    [job] = _jobs(jupyter_server)
+    wait_until(lambda: jupyter_server.client().get(job["id"])["state"] == "running", 30, what="the job to run")
+    out = k.run(f"%gpuqueue preempt {job['id']}")
+    assert out.error is None, out.text
+    assert "it checkpoints" not in out.stdout, out.stdout
+    assert "if it saves any (gpuqueue.Checkpointer), else it starts over" in out.stdout, out.stdout
+    k.run(f"%gpuqueue cancel {job['id']}")
