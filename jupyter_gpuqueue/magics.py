@@ -101,7 +101,8 @@ def _names(text: Optional[str]) -> Optional[list[str]]:
 def train_parser() -> _Parser:
     """The ``%%train`` option parser."""
     p = _Parser(prog="%%train", add_help=True, description="Run this cell as a queued GPU job.")
-    p.add_argument("--priority", choices=["high", "medium", "low"], default="medium")
+    p.add_argument("--priority", choices=["high", "medium", "low"], default="medium",
+                   help="order among your and others' jobs (default medium)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs (default 0: CPU)")
     p.add_argument("--nodes", type=int, default=1, help="nodes to span (Ray)")
     p.add_argument("--pool", help="pool name (default: the first configured)")
@@ -116,8 +117,10 @@ def train_parser() -> _Parser:
     p.add_argument("--outputs", help="names to bring back (default: what the cell assigns)")
     p.add_argument("--background", action="store_true", help="return at once; the job goes on")
     p.add_argument("--new", action="store_true", help="submit even if this cell's job is still active")
-    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"],
+                   help="for gpuqueue.distributed.autocast() and a Hugging Face Trainer (default fp32)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="turn on gradient checkpointing in a Hugging Face Trainer")
     p.add_argument("--resume-from", help="checkpoint to resume from")
     return p
 

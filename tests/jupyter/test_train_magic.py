@@ -305,6 +305,8 @@ def test_help_lists_the_options_and_runs_nothing(jupyter_server):
     line = k.run("%train --help")
     assert line.error is None, line.text
     assert "--gpus" in line.stdout and "--priority" in line.stdout and "--timeout" in line.stdout
+    words = " ".join(line.stdout.split())  # argparse wraps the help text
+    assert "(default medium)" in words and "Hugging Face Trainer" in words  # the options say what they do
     cell = k.run("%%train --gpus 1 --help\nran = True")
     assert cell.error is None, cell.text
     assert "--retries" in cell.stdout and "UsageError" not in cell.text
