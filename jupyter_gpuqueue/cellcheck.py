@@ -67,3 +67,13 @@ def undefined_names(cell: str, sent: list[str]) -> list[str]:
     walk(top)
     known = bound | set(sent) | set(dir(builtins))
     return [n for n in read if n not in known and not (n.startswith("__") and n.endswith("__"))]
+
+
+def undefined_names_warning(cell: str, sent: list[str]) -> str:
+    """The warning for :func:`undefined_names`, or "" when there are none."""
+    missing = undefined_names(cell, sent)
+    if not missing:
+        return ""
+    return (f"[gpuqueue] warning: the cell reads {', '.join(missing)}, which "
+            f"{'is' if len(missing) == 1 else 'are'} neither sent with it (a notebook name) nor "
+            "defined in the cell: in the job that line stops with a NameError")

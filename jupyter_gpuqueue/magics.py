@@ -26,8 +26,8 @@ from gpuqueue.queue.models import JobSpec
 from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
 from gpuqueue.queue.states import STATE_GROUPS
 
-from .cellcheck import largest_inputs, syntax_error_message, undefined_names
-from .display import JobView, LastBar, TextView, best_checkpoints, use_widgets
+from .cellcheck import largest_inputs, syntax_error_message, undefined_names_warning
+from .display import JobView, TextView, best_checkpoints, use_widgets
 from .prefetch import modules_coming_back, prefetch
 
 if TYPE_CHECKING:
@@ -178,12 +178,9 @@ class GPUQueueMagics(Magics):
         except PreflightError as e:
             raise UsageError(str(e)) from None
         spec.update(inputs=inputs, outputs=outputs)
-        missing = undefined_names(cell, inputs)
-        if missing:  # a warning, not a refusal: the line that reads it may never run
-            print(f"[gpuqueue] warning: the cell reads {', '.join(missing)}, which "
-                  f"{'is' if len(missing) == 1 else 'are'} neither sent with it (a notebook name) nor "
-                  "defined in the cell: in the job that line stops with a NameError",
-                  file=sys.stderr, flush=True)
+        warning = undefined_names_warning(cell, inputs)
+        if warning:  # a warning, not a refusal: the line that reads it may never run
+            print(warning, file=sys.stderr, flush=True)
         try:
             job = self.client.submit(spec, payload, new=args.new)
         except GPUQueueError as e:
@@ -394,18 +391,11 @@ class GPUQueueMagics(Magics):
         return None  # type: ignore[return-value]
 
     def _cmd_logs(self, job_id: str) -> None:
-        bar = LastBar()
+        view = TextView(err=sys.stdout)  # every line on stdout, a progress bar's last state once
         for ev in self.client.events(job_id):
-            if ev["type"] != "log":
-                continue
-            if ev["data"].get("replace"):
-                bar.redraw(ev["data"])
-                continue
-            for held in bar.take():
-                print(held.get("line", ""))
-            print(ev["data"].get("line", ""))
-        for held in bar.take():
-            print(held.get("line", ""))
+            if ev["type"] == "log":
+                view.event(ev)
+        view.finish({})
 
     def _cmd_cancel(self, job_id: str) -> None:
         job = self.client.cancel(job_id)

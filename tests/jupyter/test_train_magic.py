@@ -418,7 +418,8 @@ def test_a_progress_bars_last_state_stays_in_the_output(jupyter_server):
     k = jupyter_server.start_kernel()
     k.run("%load_ext jupyter_gpuqueue")
     res = k.run(
-        "%%train\nimport sys, time\nfor i in range(3):\n"
+        "%%train\nimport sys, time\ntime.sleep(1)  # 'running' is printed before the bar starts\n"
+        "for i in range(3):\n"
         "    sys.stderr.write(f'\\rbar {i}/2'); sys.stderr.flush(); time.sleep(0.1)\n"
         "sys.stderr.write('\\n')\nprint('after the bar', flush=True)\n"
     )
