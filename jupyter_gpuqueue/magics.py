@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import pickle
 import shlex
 import sys
 import types
@@ -27,7 +26,8 @@ from gpuqueue.queue.models import JobSpec
 from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
 from gpuqueue.queue.states import STATE_GROUPS
 
-from .display import JobView, LastBar, TextView, best_checkpoints, use_widgets
+from .cellcheck import largest_inputs, syntax_error_message, undefined_names_warning
+from .display import JobView, TextView, best_checkpoints, use_widgets
 from .prefetch import modules_coming_back, prefetch
 
 if TYPE_CHECKING:
@@ -69,38 +69,6 @@ def _why_ended(job: dict[str, Any]) -> str:
     return str(job["state"])
 
 
-def _syntax_error(e: SyntaxError) -> str:
-    """What a cell the job could not compile is told, in the notebook's terms: IPython's own
-    syntax (``!cmd``, ``%magic``) and top-level ``await`` work in the notebook, not in a job."""
-    where = f"the cell has a syntax error at line {e.lineno}"
-    line = (e.text or "").strip()
-    if line[:1] in ("!", "%"):
-        return (f"{where}: {line!r} is IPython syntax, and a job runs plain Python: "
-                "use subprocess.run([...]) for a shell command, and leave magics out")
-    if "await" in (e.msg or "") and "outside" in (e.msg or ""):
-        return (f"{where}: {e.msg} (the notebook allows a top-level await, a job does not): "
-                "put it in an async function and run that with asyncio.run(...)")
-    return f"{where}: {e.msg}"
-
-
-def _largest_inputs(refusal: str, payload: bytes) -> str:
-    """For a server's "the payload is N MB, over the M MB limit" (its limit may be lower than the
-    kernel's own check): which of the cell's inputs make it big. Reads only the payload's outer
-    dict, whose inputs are still pickled bytes."""
-    if not refusal.startswith("the payload is"):
-        return ""
-    try:
-        inputs: dict[str, bytes] = pickle.loads(payload).get("inputs") or {}
-    except Exception:  # noqa: BLE001 - the refusal stands without the listing
-        return ""
-    ranked = sorted(inputs.items(), key=lambda kv: -len(kv[1]))
-    largest = [kv for kv in ranked[:3] if len(kv[1]) >= 50_000] or ranked[:1]  # not the tiny ones
-    if not largest:
-        return ""
-    listing = ", ".join(f"{name} ({len(raw) / 1e6:.1f} MB)" for name, raw in largest)
-    return f". The largest inputs: {listing} (save them to a file and read it in the cell)"
-
-
 class _HelpShown(Exception):
     """``--help`` was asked for: its text is printed, and nothing is run."""
 
@@ -133,7 +101,8 @@ def _names(text: Optional[str]) -> Optional[list[str]]:
 def train_parser() -> _Parser:
     """The ``%%train`` option parser."""
     p = _Parser(prog="%%train", add_help=True, description="Run this cell as a queued GPU job.")
-    p.add_argument("--priority", choices=["high", "medium", "low"], default="medium")
+    p.add_argument("--priority", choices=["high", "medium", "low"], default="medium",
+                   help="order among your and others' jobs (default medium)")
     p.add_argument("--gpus", type=int, default=0, help="GPUs (default 0: CPU)")
     p.add_argument("--nodes", type=int, default=1, help="nodes to span (Ray)")
     p.add_argument("--pool", help="pool name (default: the first configured)")
@@ -148,8 +117,10 @@ def train_parser() -> _Parser:
     p.add_argument("--outputs", help="names to bring back (default: what the cell assigns)")
     p.add_argument("--background", action="store_true", help="return at once; the job goes on")
     p.add_argument("--new", action="store_true", help="submit even if this cell's job is still active")
-    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"])
-    p.add_argument("--grad-checkpointing", action="store_true")
+    p.add_argument("--precision", choices=["bf16", "fp16", "fp32"],
+                   help="for gpuqueue.distributed.autocast() and a Hugging Face Trainer (default fp32)")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="turn on gradient checkpointing in a Hugging Face Trainer")
     p.add_argument("--resume-from", help="checkpoint to resume from")
     return p
 
@@ -203,19 +174,37 @@ class GPUQueueMagics(Magics):
                 cell, self._user_ns, _names(args.inputs), _names(args.outputs)
             )
         except SyntaxError as e:
-            raise UsageError(_syntax_error(e)) from None
+            raise UsageError(syntax_error_message(e)) from None
         except PreflightError as e:
             raise UsageError(str(e)) from None
         spec.update(inputs=inputs, outputs=outputs)
+        warning = undefined_names_warning(cell, inputs)
+        if warning:  # a warning, not a refusal: the line that reads it may never run
+            print(warning, file=sys.stderr, flush=True)
         try:
             job = self.client.submit(spec, payload, new=args.new)
         except GPUQueueError as e:
-            raise UsageError(f"the job was not queued: {e}{_largest_inputs(str(e), payload)}") from None
+            hint = largest_inputs(str(e), payload) or (self._no_gpus_hint() if args.gpus else "")
+            raise UsageError(f"the job was not queued: {e}{hint}") from None
         if args.outputs is not None:
             self._asked_outputs[job["id"]] = outputs
         if not args.background:  # what the results will import, imported while the job runs
             prefetch(modules_coming_back(cell, outputs))
         self._follow(job, background=args.background)
+
+    def _no_gpus_hint(self) -> str:
+        """For a refused GPU job: when this embedded queue has no GPU at all (no NVIDIA GPU
+        found, none declared), how to declare some, as the README's tour says."""
+        try:
+            queue = self.client.queue()
+        except GPUQueueError:
+            return ""
+        pools = queue.get("pools") or {}
+        if queue.get("mode") != "embedded" or any(p.get("gpus_total") for p in pools.values()):
+            return ""
+        return (". This Jupyter server has no GPUs: it found no NVIDIA GPU and none were declared. "
+                "To try the queue without GPUs, start it with GPUQUEUE_GPUS=2 in its environment "
+                "(two declared GPUs); --gpus 0 runs the cell on the CPU")
 
     def _spec(self, args: argparse.Namespace, cell: str) -> dict[str, Any]:
         for flag, value in (("--gpus", args.gpus), ("--nodes", args.nodes)):
@@ -370,6 +359,9 @@ class GPUQueueMagics(Magics):
         if not parts:
             raise UsageError(_GPUQUEUE_USAGE)
         verb, rest = parts[0], parts[1:]
+        if verb in ("help", "--help", "-h"):  # asked for: the usage, not an error
+            print(_GPUQUEUE_USAGE)
+            return None
         handler = getattr(self, f"_cmd_{verb}", None)
         if handler is None:
             raise UsageError(f"unknown verb {verb!r}.\n{_GPUQUEUE_USAGE}")
@@ -399,18 +391,11 @@ class GPUQueueMagics(Magics):
         return None  # type: ignore[return-value]
 
     def _cmd_logs(self, job_id: str) -> None:
-        bar = LastBar()
+        view = TextView(err=sys.stdout)  # every line on stdout, a progress bar's last state once
         for ev in self.client.events(job_id):
-            if ev["type"] != "log":
-                continue
-            if ev["data"].get("replace"):
-                bar.redraw(ev["data"])
-                continue
-            for held in bar.take():
-                print(held.get("line", ""))
-            print(ev["data"].get("line", ""))
-        for held in bar.take():
-            print(held.get("line", ""))
+            if ev["type"] == "log":
+                view.event(ev)
+        view.finish({})
 
     def _cmd_cancel(self, job_id: str) -> None:
         job = self.client.cancel(job_id)
@@ -424,7 +409,8 @@ class GPUQueueMagics(Magics):
 
     def _cmd_preempt(self, job_id: str) -> None:
         self.client.preempt(job_id)
-        print(f"{job_id}: preempting; it checkpoints, stops and is queued again")
+        print(f"{job_id}: preempting: it is asked to stop, then queued again; it goes on from its "
+              "latest checkpoint if it saves any (gpuqueue.Checkpointer), else it starts over")
 
     def _cmd_attach(self, job_id: str) -> None:
         job = self.client.get(job_id)

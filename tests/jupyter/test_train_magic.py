@@ -226,6 +226,9 @@ def test_gpuqueue_verbs(jupyter_server):
     k.run("del z")
     assert k.run(f"%gpuqueue result {job['id']}").error is None
     assert k.run("print(z)").stdout.strip() == "7"
+    for asked in ("%gpuqueue --help", "%gpuqueue help"):
+        usage = k.run(asked)  # asked for, so not an error
+        assert usage.error is None and usage.stdout.startswith("usage: %gpuqueue list"), (asked, usage.text)
     bad = k.run("%gpuqueue frobnicate")
     assert bad.error["ename"] == "UsageError" and "unknown verb" in bad.stderr
     missing = k.run("%gpuqueue status j-000000000000")
@@ -302,6 +305,8 @@ def test_help_lists_the_options_and_runs_nothing(jupyter_server):
     line = k.run("%train --help")
     assert line.error is None, line.text
     assert "--gpus" in line.stdout and "--priority" in line.stdout and "--timeout" in line.stdout
+    words = " ".join(line.stdout.split())  # argparse wraps the help text
+    assert "(default medium)" in words and "Hugging Face Trainer" in words  # the options say what they do
     cell = k.run("%%train --gpus 1 --help\nran = True")
     assert cell.error is None, cell.text
     assert "--retries" in cell.stdout and "UsageError" not in cell.text
@@ -413,7 +418,8 @@ def test_a_progress_bars_last_state_stays_in_the_output(jupyter_server):
     k = jupyter_server.start_kernel()
     k.run("%load_ext jupyter_gpuqueue")
     res = k.run(
-        "%%train\nimport sys, time\nfor i in range(3):\n"
+        "%%train\nimport sys, time\ntime.sleep(1)  # 'running' is printed before the bar starts\n"
+        "for i in range(3):\n"
         "    sys.stderr.write(f'\\rbar {i}/2'); sys.stderr.flush(); time.sleep(0.1)\n"
         "sys.stderr.write('\\n')\nprint('after the bar', flush=True)\n"
     )
@@ -422,3 +428,46 @@ def test_a_progress_bars_last_state_stays_in_the_output(jupyter_server):
     [job] = _jobs(jupyter_server)
     logs = k.run(f"%gpuqueue logs {job['id']}").stdout.splitlines()
     assert logs == ["bar 2/2", "after the bar"], logs
+
+
+def test_a_gpu_cell_on_a_server_without_gpus_says_how_to_declare_them(jupyter_server_factory):
+    """README: without NVIDIA GPUs, GPUQUEUE_GPUS=2 declares two. A user who started Jupyter
+    without it and asks for a GPU is told that, not only 'ask for at most 0'."""
+    server = jupyter_server_factory(gpus=0)
+    k = server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train --gpus 1\nx = 1")
+    assert res.error is not None and res.error["ename"] == "UsageError", res.text
+    assert "This Jupyter server has no GPUs" in res.stderr and "GPUQUEUE_GPUS=2" in res.stderr, res.stderr
+    assert _jobs(server) == []
+    cpu = k.run("%%train --gpus 0\nx = 1")  # a CPU cell still runs there
+    assert cpu.error is None, cpu.text
+
+
+def test_a_cell_reading_a_name_nobody_defines_is_warned_at_once(jupyter_server):
+    """A job may wait hours for GPUs: a name the cell reads that neither the notebook nor the
+    cell defines is named when it is queued, not only by the job's NameError. Names of the
+    cell's own functions, comprehensions and builtins are not."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue\nsteps = 3")
+    res = k.run("%%train\ndef f(a):\n    return [b * a for b in range(steps)]\nloss = f(2) + train_step()")
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text  # it still ran
+    warning = [line for line in res.stderr.splitlines() if line.startswith("[gpuqueue] warning")]
+    assert warning == ["[gpuqueue] warning: the cell reads train_step, which is neither sent with it (a "
+                       "notebook name) nor defined in the cell: in the job that line stops with a NameError"], res.stderr
+    clean = k.run("%%train\ndef f(a):\n    return [b * a for b in range(steps)]\nloss = f(2)")
+    assert clean.error is None and "warning" not in clean.text, clean.text
+
+
+def test_preempt_says_a_job_without_checkpoints_starts_over(jupyter_server):
+    """`%gpuqueue preempt` promised "it checkpoints" of any job; one that saves none starts over."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    k.run("%%train --background\nimport time\ntime.sleep(60)")
+    [job] = _jobs(jupyter_server)
+    wait_until(lambda: jupyter_server.client().get(job["id"])["state"] == "running", 30, what="the job to run")
+    out = k.run(f"%gpuqueue preempt {job['id']}")
+    assert out.error is None, out.text
+    assert "it checkpoints" not in out.stdout, out.stdout
+    assert "if it saves any (gpuqueue.Checkpointer), else it starts over" in out.stdout, out.stdout
+    k.run(f"%gpuqueue cancel {job['id']}")
