@@ -19,6 +19,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from operator import truediv
 from typing import Any, Iterable, Optional
 
 from .queue.config import PoolConfig, QueueConfig, UserLimits, load_config
@@ -125,49 +126,55 @@ def read_trace(path: str, config: QueueConfig, time_scale: float = 1.0) -> list[
 
 
 def _row(row: list[str], col: dict[str, int], config: QueueConfig, scale: float, seen: set[str]) -> SimJob:
+    """One trace row as a SimJob; raises TraceError saying what is wrong with it."""
     if len(row) != len(col):
         raise TraceError(f"{len(row)} fields, the header has {len(col)}")
-
-    def get(c: str) -> str:
-        return row[col[c]].strip() if c in col else ""
-
-    def num(c: str, kind: type = float) -> Any:
-        v = get(c)
-        try:
-            x = kind(v)
-        except ValueError:
-            raise TraceError(f"{c} {v!r} is not a {'whole ' if kind is int else ''}number") from None
-        if isinstance(x, float) and not math.isfinite(x):
-            raise TraceError(f"{c} {v!r} is not finite")
-        return x
-
-    jid, user = get("job_id"), get("user")
+    cell = {c: row[i].strip() for c, i in col.items()}  # by column name; get(c, ""): a column not there
+    get = cell.get
+    jid, user = get("job_id", ""), get("user", "")
     if not jid or not user:
         raise TraceError("job_id and user must not be empty")
     if jid in seen:
         raise TraceError(f"job_id {jid!r} appears twice")
     seen.add(jid)
-    submit, duration, gpus = num("submit_time"), num("duration"), num("gpus", int)
+    submit, duration = _number(cell, "submit_time"), _number(cell, "duration")
+    gpus = _number(cell, "gpus", int)
     if submit < 0:
         raise TraceError(f"submit_time {submit} is negative")
     if duration <= 0:
         raise TraceError(f"duration {duration} must be positive (seconds)")
     if gpus < 0:
         raise TraceError(f"gpus {gpus} is negative")
-    pr = get("priority").lower() or "medium"
-    if pr not in ("high", "medium", "low"):
+    pr = get("priority", "").lower() or "medium"
+    if pr not in _PRIORITY:
         raise TraceError(f"priority {pr!r} is not high, medium or low")
-    pool = get("pool") or config.default_pool
+    pool = get("pool", "") or config.default_pool
     if pool not in config.pools:
         raise TraceError(f"pool {pool!r} is not in the cluster ({', '.join(config.pools)})")
-    pre = get("preemptible").lower()
+    pre = get("preemptible", "").lower()
     if pre not in _BOOL:
         raise TraceError(f"preemptible {pre!r} is not true or false")
-    tl = num("time_limit") if get("time_limit") else None
+    tl = _number(cell, "time_limit") if get("time_limit") else None
     if tl is not None and tl <= 0:
         raise TraceError(f"time_limit {tl} must be positive (seconds)")
-    return SimJob(jid, user, submit / scale, duration, gpus, Priority(pr), pool,
+    return SimJob(jid, user, submit / scale, duration, gpus, _PRIORITY[pr], pool,
                   bool(_BOOL[pre]), tl, remaining=duration)
+
+
+_PRIORITY = {p: Priority(p) for p in ("high", "medium", "low")}
+"""The trace's priority names (lower case), as Priority."""
+
+
+def _number(cell: dict[str, str], c: str, kind: type = float) -> Any:
+    """Column ``c`` of a row as a number of this kind; a TraceError if it is not a finite one."""
+    v = cell.get(c, "")
+    try:
+        x = kind(v)
+    except ValueError:
+        raise TraceError(f"{c} {v!r} is not a {'whole ' if kind is int else ''}number") from None
+    if isinstance(x, float) and not math.isfinite(x):
+        raise TraceError(f"{c} {v!r} is not finite")
+    return x
 
 
 @dataclass(slots=True)
@@ -271,10 +278,11 @@ def water_fill(capacity: float, demand: dict[str, float], weight: dict[str, floa
     whole demand if that is less, with the level ``L`` set so the shares add up to the capacity
     (or every demand is met)."""
     out: dict[str, float] = {}
-    left, wsum = float(capacity), sum([weight[u] for u in demand])
+    ws = list(map(weight.__getitem__, demand))  # (the loops that build the lists run in C)
+    left, wsum = float(capacity), sum(ws)
     # by demand per weight, then name (names are unique: the demand never decides a tie, nor
     # does the weight carried along)
-    for _, u, d, w in sorted([(d / w, u, d, w) for u, d, w in zip(demand, demand.values(), map(weight.__getitem__, demand))]):
+    for _, u, d, w in sorted(zip(map(truediv, demand.values(), ws), demand, demand.values(), ws)):
         level = left / wsum if wsum > 0 else 0.0
         share = w * level
         if not share < d:  # min(d, share), without the call: the same value and type
@@ -376,9 +384,9 @@ class Simulation:
         queued_s = 0.0
         fitter = _FitTracker(self.config)
         pool_used = {p: 0 for p in self.config.pools}
-        pool_fits = {p: False for p in self.config.pools}
         busy_fit = cap_fit = 0.0  # GPU-seconds busy / available while a queued job fit
         fit_s = 0.0  # seconds during which some queued job fit on the free GPUs
+        fitting: list[str] = []  # the pools where one does now, in the config's order
         shapes: dict[str, tuple[int, int]] = {}  # job -> (GPUs, nodes), from its request
         last_t = self.jobs[0].submit if self.jobs else 0.0
         t_first = last_t
@@ -428,7 +436,7 @@ class Simulation:
             """A job joined (dpend 1) or left (-1) the queue, took or gave back GPUs (dused),
             changed its user's demand (ddemand): update every tally that depends on it."""
             nonlocal queued, used, fair_dirty
-            a = acct(j.user)
+            a = accts.get(j.user) or acct(j.user)
             was = a.pending > 0
             a.pending += dpend
             a.used += dused
@@ -518,6 +526,8 @@ class Simulation:
                     apply(sched.finished(j.id, Outcome.TIMED_OUT, now), now)
 
         series = self.series
+        heappop, heappush = heapq.heappop, heapq.heappush
+        tick, next_wakeup = sched.tick, sched.next_wakeup
         while ev:
             now = ev[0][0]
             dt = now - last_t
@@ -526,10 +536,9 @@ class Simulation:
                 if queued > 0:
                     busy_q_s += used * dt
                     queued_s += dt
-                    if any(pool_fits.values()):
+                    if fitting:
                         fit_s += dt
-                    for p, f in pool_fits.items():
-                        if f:
+                        for p in fitting:
                             busy_fit += pool_used[p] * dt
                             cap_fit += capacity[p] * dt
                 if backlogged:
@@ -550,7 +559,7 @@ class Simulation:
                             ga.entitled += gfair * dt
                 last_t = now
             while ev and ev[0][0] <= now:
-                _, kind, _, jid, attempt = heapq.heappop(ev)
+                _, kind, _, jid, attempt = heappop(ev)
                 if kind == 3:
                     continue
                 j = byid[jid]
@@ -579,22 +588,23 @@ class Simulation:
                         j.preemptions += 1
                         sched.finished(jid, Outcome.PREEMPTED, now)
                         change(j, dpend=1, ddemand=j.gpus)
-            apply(sched.tick(now), now)
-            w = sched.next_wakeup()
+            decisions = tick(now)
+            if decisions:
+                apply(decisions, now)
+            w = next_wakeup()
             for _ in range(10):  # decisions (e.g. a timeout) may have made more work now
                 if w is None or w > now:
                     break
-                apply(sched.tick(now), now)
-                w = sched.next_wakeup()
+                apply(tick(now), now)
+                w = next_wakeup()
             if fitter.changed:
-                for p in pool_fits:
-                    pool_fits[p] = bool(fitter.pending[p]) and fitter.fits(p)
+                fitting = [p for p in capacity if fitter.pending[p] and fitter.fits(p)]
                 fitter.changed = False
             if len(series) < 200_000:
                 series.append((now, queued, used))
             if w is not None and w > now and (not ev or w < ev[0][0]):
                 seq += 1
-                heapq.heappush(ev, (w, 3, seq, "", 0))  # a bare tick
+                heappush(ev, (w, 3, seq, "", 0))  # a bare tick
         fit = (busy_fit / cap_fit if cap_fit > 0 else 1.0, fit_s / queued_s if queued_s > 0 else 0.0)
         return self._metrics(total, t_first, last_t, busy_s, busy_q_s, queued_s, fit, preemptions,
                              wasted, accts, group_accts if hierarchical else {}, time.perf_counter() - t_wall)
