@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import csv
 import heapq
+import itertools
 import json
 import math
 import sys
 import time
 from dataclasses import dataclass, field
+from operator import truediv
 from typing import Any, Iterable, Optional
 
 from .queue.config import PoolConfig, QueueConfig, UserLimits, load_config
@@ -124,49 +126,55 @@ def read_trace(path: str, config: QueueConfig, time_scale: float = 1.0) -> list[
 
 
 def _row(row: list[str], col: dict[str, int], config: QueueConfig, scale: float, seen: set[str]) -> SimJob:
+    """One trace row as a SimJob; raises TraceError saying what is wrong with it."""
     if len(row) != len(col):
         raise TraceError(f"{len(row)} fields, the header has {len(col)}")
-
-    def get(c: str) -> str:
-        return row[col[c]].strip() if c in col else ""
-
-    def num(c: str, kind: type = float) -> Any:
-        v = get(c)
-        try:
-            x = kind(v)
-        except ValueError:
-            raise TraceError(f"{c} {v!r} is not a {'whole ' if kind is int else ''}number") from None
-        if isinstance(x, float) and not math.isfinite(x):
-            raise TraceError(f"{c} {v!r} is not finite")
-        return x
-
-    jid, user = get("job_id"), get("user")
+    cell = {c: row[i].strip() for c, i in col.items()}  # by column name; get(c, ""): a column not there
+    get = cell.get
+    jid, user = get("job_id", ""), get("user", "")
     if not jid or not user:
         raise TraceError("job_id and user must not be empty")
     if jid in seen:
         raise TraceError(f"job_id {jid!r} appears twice")
     seen.add(jid)
-    submit, duration, gpus = num("submit_time"), num("duration"), num("gpus", int)
+    submit, duration = _number(cell, "submit_time"), _number(cell, "duration")
+    gpus = _number(cell, "gpus", int)
     if submit < 0:
         raise TraceError(f"submit_time {submit} is negative")
     if duration <= 0:
         raise TraceError(f"duration {duration} must be positive (seconds)")
     if gpus < 0:
         raise TraceError(f"gpus {gpus} is negative")
-    pr = get("priority").lower() or "medium"
-    if pr not in ("high", "medium", "low"):
+    pr = get("priority", "").lower() or "medium"
+    if pr not in _PRIORITY:
         raise TraceError(f"priority {pr!r} is not high, medium or low")
-    pool = get("pool") or config.default_pool
+    pool = get("pool", "") or config.default_pool
     if pool not in config.pools:
         raise TraceError(f"pool {pool!r} is not in the cluster ({', '.join(config.pools)})")
-    pre = get("preemptible").lower()
+    pre = get("preemptible", "").lower()
     if pre not in _BOOL:
         raise TraceError(f"preemptible {pre!r} is not true or false")
-    tl = num("time_limit") if get("time_limit") else None
+    tl = _number(cell, "time_limit") if get("time_limit") else None
     if tl is not None and tl <= 0:
         raise TraceError(f"time_limit {tl} must be positive (seconds)")
-    return SimJob(jid, user, submit / scale, duration, gpus, Priority(pr), pool,
+    return SimJob(jid, user, submit / scale, duration, gpus, _PRIORITY[pr], pool,
                   bool(_BOOL[pre]), tl, remaining=duration)
+
+
+_PRIORITY = {p: Priority(p) for p in ("high", "medium", "low")}
+"""The trace's priority names (lower case), as Priority."""
+
+
+def _number(cell: dict[str, str], c: str, kind: type = float) -> Any:
+    """Column ``c`` of a row as a number of this kind; a TraceError if it is not a finite one."""
+    v = cell.get(c, "")
+    try:
+        x = kind(v)
+    except ValueError:
+        raise TraceError(f"{c} {v!r} is not a {'whole ' if kind is int else ''}number") from None
+    if isinstance(x, float) and not math.isfinite(x):
+        raise TraceError(f"{c} {v!r} is not finite")
+    return x
 
 
 @dataclass(slots=True)
@@ -232,7 +240,7 @@ class _FitTracker:
 
 def hierarchical_fill(capacity: float, demand: dict[str, float], weight: dict[str, float],
                       group_of: dict[str, str], group_weight: dict[str, float],
-                      memo: Optional[dict[str, tuple[float, list[tuple[str, float]], dict[str, float]]]] = None,
+                      memo: Optional[dict[str, tuple[float, dict[str, float], dict[str, float]]]] = None,
                       ) -> dict[str, float]:
     """Weighted max-min fair shares in two levels: ``capacity`` among the groups (by group
     weight, each group's demand the sum of its members'), then each group's share among its
@@ -253,13 +261,14 @@ def hierarchical_fill(capacity: float, demand: dict[str, float], weight: dict[st
     gshare = water_fill(capacity, gdemand, group_weight)
     out: dict[str, float] = {}
     for g, share in gshare.items():
+        members = by_group[g]
         if memo is None:
-            out.update(water_fill(share, by_group[g], weight))
+            out.update(water_fill(share, members, weight))
             continue
-        items = list(by_group[g].items())
         last = memo.get(g)
-        if last is None or last[0] != share or last[1] != items:
-            last = memo[g] = (share, items, water_fill(share, by_group[g], weight))
+        # the split depends on the members' order too (their weights are summed in it)
+        if last is None or last[0] != share or last[1] != members or list(last[1]) != list(members):
+            last = memo[g] = (share, members, water_fill(share, members, weight))
         out.update(last[2])
     return out
 
@@ -269,16 +278,80 @@ def water_fill(capacity: float, demand: dict[str, float], weight: dict[str, floa
     whole demand if that is less, with the level ``L`` set so the shares add up to the capacity
     (or every demand is met)."""
     out: dict[str, float] = {}
-    left, wsum = float(capacity), sum([weight[u] for u in demand])
-    # by demand per weight, then name (names are unique: the demand never decides a tie)
-    for _, u, d in sorted([(d / weight[u], u, d) for u, d in demand.items()]):
-        w = weight[u]
+    ws = list(map(weight.__getitem__, demand))  # (the loops that build the lists run in C)
+    left, wsum = float(capacity), sum(ws)
+    # by demand per weight, then name (names are unique: the demand never decides a tie, nor
+    # does the weight carried along)
+    for _, u, d, w in sorted(zip(map(truediv, demand.values(), ws), demand, demand.values(), ws)):
         level = left / wsum if wsum > 0 else 0.0
-        share = min(d, w * level)
+        share = w * level
+        if not share < d:  # min(d, share), without the call: the same value and type
+            share = d
         out[u] = share
         left -= share
         wsum -= w
     return out
+
+
+class _GroupFill:
+    """``hierarchical_fill`` of one pool, kept up to date demand change by demand change
+    instead of rebuilt from the whole demand at every call (the simulator asks after nearly
+    every submission and finish): each group's members' demands, in the order of the pool's
+    demand dict, their total, and each group's last split, reused while the group's share and
+    members are as then.
+
+    ``shares()`` equals ``hierarchical_fill`` exactly (to the last bit, as floats) where the
+    group weights are whole numbers: the groups are then filled in an order other than that
+    of the demand dict, and only the sum of their weights depends on that order, which is
+    exact for whole numbers. The caller checks that (``whole_weight``) and falls back to
+    ``hierarchical_fill`` otherwise."""
+
+    def __init__(self, capacity: float, weight: dict[str, float], group_of: dict[str, str],
+                 group_weight: dict[str, float]):
+        self.capacity = capacity
+        self.weight, self.group_of, self.group_weight = weight, group_of, group_weight
+        self.members: dict[str, dict[str, int]] = {}  # group -> {user: demand}, in demand's order
+        self.total: dict[str, int] = {}  # group -> its members' demands summed
+        self.version: dict[str, int] = {}  # group -> count of changes to its members' demands
+        self.splits: dict[str, tuple[float, int, dict[str, float]]] = {}  # group -> (share, version, split)
+
+    def set(self, user: str, demand: int) -> None:
+        """The user's demand is now ``demand`` (0: gone). Call it whenever the pool's demand
+        dict changes, as it changes (updated in place, added last, deleted at 0), so that
+        each group's members keep that dict's order: a member's weight is summed in it."""
+        g = self.group_of[user]
+        members = self.members.get(g)
+        if members is None:
+            members = self.members[g] = {}
+        old = members.get(user, 0)
+        if demand:
+            members[user] = demand
+            self.total[g] = self.total.get(g, 0) + demand - old
+        else:
+            del members[user]
+            self.total[g] -= old
+            if not members:
+                del self.members[g], self.total[g]
+        self.version[g] = self.version.get(g, 0) + 1
+
+    def shares(self) -> dict[str, float]:
+        """Every user's share, as floats (``0.0 + x``, as the caller sums them): a new dict."""
+        # float(total) is 0.0 + d1 + d2 + ... of hierarchical_fill: sums of whole numbers, exact
+        gdemand = {g: float(t) for g, t in self.total.items()}
+        out: dict[str, float] = {}
+        for g, share in water_fill(self.capacity, gdemand, self.group_weight).items():
+            version = self.version[g]
+            last = self.splits.get(g)
+            if last is None or last[0] != share or last[1] != version:
+                split = water_fill(share, self.members[g], self.weight)
+                last = self.splits[g] = (share, version, {u: 0.0 + x for u, x in split.items()})
+            out.update(last[2])
+        return out
+
+
+def whole_weight(w: float) -> bool:
+    """Is ``w`` a whole number small enough that sums of such weights are exact in any order?"""
+    return float(w).is_integer() and abs(w) <= 2**32
 
 
 @dataclass
@@ -311,9 +384,9 @@ class Simulation:
         queued_s = 0.0
         fitter = _FitTracker(self.config)
         pool_used = {p: 0 for p in self.config.pools}
-        pool_fits = {p: False for p in self.config.pools}
         busy_fit = cap_fit = 0.0  # GPU-seconds busy / available while a queued job fit
         fit_s = 0.0  # seconds during which some queued job fit on the free GPUs
+        fitting: list[str] = []  # the pools where one does now, in the config's order
         shapes: dict[str, tuple[int, int]] = {}  # job -> (GPUs, nodes), from its request
         last_t = self.jobs[0].submit if self.jobs else 0.0
         t_first = last_t
@@ -329,6 +402,7 @@ class Simulation:
         fair: dict[str, float] = {}
         fair_dirty = False
         fill_memo: dict[str, dict] = {p: {} for p in capacity}  # per pool: each group's last split
+        zeros = itertools.repeat(0.0)  # the default of share_of, for map
 
         # groups: a user in none is a group of its own, weighted as the user
         hierarchical = bool(self.config.groups)
@@ -338,11 +412,13 @@ class Simulation:
         backlogged_groups: dict[str, int] = {}  # group -> backlogged members
         members: dict[str, list[str]] = {}
         group_fair: dict[str, float] = {}  # group -> its members' fair shares summed (until they change)
-
-        def group_members(g: str) -> list[str]:
-            return members[g]
+        # per pool, hierarchical_fill kept up to date (see _GroupFill); used while every group
+        # weight is a whole number, else hierarchical_fill is called as the reference
+        group_fill = {p: _GroupFill(capacity[p], weights, group_of, group_weight) for p in capacity}
+        whole_group_weights = True
 
         def acct(u: str) -> _UserAcct:
+            nonlocal whole_group_weights
             a = accts.get(u)
             if a is None:
                 a = accts[u] = _UserAcct(weight=self.config.limits_for(u).weight)
@@ -353,13 +429,14 @@ class Simulation:
                 group_accts.setdefault(group_of[u], _UserAcct(weight=group_weight[group_of[u]]))
                 members.setdefault(group_of[u], []).append(u)
                 group_fair.pop(group_of[u], None)
+                whole_group_weights = whole_group_weights and whole_weight(group_weight[group_of[u]])
             return a
 
         def change(j: SimJob, dpend: int = 0, dused: int = 0, ddemand: int = 0) -> None:
             """A job joined (dpend 1) or left (-1) the queue, took or gave back GPUs (dused),
             changed its user's demand (ddemand): update every tally that depends on it."""
             nonlocal queued, used, fair_dirty
-            a = acct(j.user)
+            a = accts.get(j.user) or acct(j.user)
             was = a.pending > 0
             a.pending += dpend
             a.used += dused
@@ -380,9 +457,11 @@ class Simulation:
                     del backlogged_groups[g]
             if ddemand:
                 d = demand[j.pool]
-                d[j.user] = d.get(j.user, 0) + ddemand
-                if not d[j.user]:
+                d[j.user] = new = d.get(j.user, 0) + ddemand
+                if not new:
                     del d[j.user]
+                if hierarchical:
+                    group_fill[j.pool].set(j.user, new)
                 fair_dirty = True  # (a start moves GPUs from queued to held: same demand)
 
         def fair_shares() -> dict[str, float]:
@@ -391,8 +470,17 @@ class Simulation:
                 fair = {}
                 for p, d in demand.items():
                     if d and not backlogged.keys().isdisjoint(d):
-                        shares = (hierarchical_fill(capacity[p], d, weights, group_of, group_weight, fill_memo[p])
-                                  if hierarchical else water_fill(capacity[p], d, weights))
+                        if hierarchical and whole_group_weights:
+                            shares = group_fill[p].shares()  # a new dict of floats: can be fair itself
+                            if not fair:
+                                fair = shares
+                                continue
+                        else:
+                            shares = (hierarchical_fill(capacity[p], d, weights, group_of, group_weight, fill_memo[p])
+                                      if hierarchical else water_fill(capacity[p], d, weights))
+                            if not fair:  # the first pool's shares (0.0 + x: floats, as the sum below makes them)
+                                fair = {u: 0.0 + x for u, x in shares.items()}
+                                continue
                         for u, x in shares.items():
                             fair[u] = fair.get(u, 0.0) + x
                 fair_dirty = False
@@ -437,6 +525,9 @@ class Simulation:
                     j.end, j.outcome = now, "timed_out"
                     apply(sched.finished(j.id, Outcome.TIMED_OUT, now), now)
 
+        series = self.series
+        heappop, heappush = heapq.heappop, heapq.heappush
+        tick, next_wakeup = sched.tick, sched.next_wakeup
         while ev:
             now = ev[0][0]
             dt = now - last_t
@@ -445,15 +536,14 @@ class Simulation:
                 if queued > 0:
                     busy_q_s += used * dt
                     queued_s += dt
-                    if any(pool_fits.values()):
+                    if fitting:
                         fit_s += dt
-                    for p, f in pool_fits.items():
-                        if f:
+                        for p in fitting:
                             busy_fit += pool_used[p] * dt
                             cap_fit += capacity[p] * dt
                 if backlogged:
                     shares = fair_shares() if fair_dirty else fair
-                    share_of = shares.get
+                    share_of = shares.get  # share_of(u, 0.0): a user without a share has 0
                     for u, a in backlogged.items():
                         a.backlog_s += dt
                         a.received += a.used * dt
@@ -464,12 +554,12 @@ class Simulation:
                             ga.backlog_s += dt
                             ga.received += ga.used * dt
                             gfair = group_fair.get(g)
-                            if gfair is None:
-                                gfair = group_fair[g] = sum([shares.get(u, 0.0) for u in group_members(g)])
+                            if gfair is None:  # the members' shares, summed in members' order
+                                gfair = group_fair[g] = sum(map(share_of, members[g], zeros))
                             ga.entitled += gfair * dt
                 last_t = now
             while ev and ev[0][0] <= now:
-                _, kind, _, jid, attempt = heapq.heappop(ev)
+                _, kind, _, jid, attempt = heappop(ev)
                 if kind == 3:
                     continue
                 j = byid[jid]
@@ -498,22 +588,23 @@ class Simulation:
                         j.preemptions += 1
                         sched.finished(jid, Outcome.PREEMPTED, now)
                         change(j, dpend=1, ddemand=j.gpus)
-            apply(sched.tick(now), now)
-            w = sched.next_wakeup()
+            decisions = tick(now)
+            if decisions:
+                apply(decisions, now)
+            w = next_wakeup()
             for _ in range(10):  # decisions (e.g. a timeout) may have made more work now
                 if w is None or w > now:
                     break
-                apply(sched.tick(now), now)
-                w = sched.next_wakeup()
+                apply(tick(now), now)
+                w = next_wakeup()
             if fitter.changed:
-                for p in pool_fits:
-                    pool_fits[p] = bool(fitter.pending[p]) and fitter.fits(p)
+                fitting = [p for p in capacity if fitter.pending[p] and fitter.fits(p)]
                 fitter.changed = False
-            if len(self.series) < 200_000:
-                self.series.append((now, queued, used))
+            if len(series) < 200_000:
+                series.append((now, queued, used))
             if w is not None and w > now and (not ev or w < ev[0][0]):
                 seq += 1
-                heapq.heappush(ev, (w, 3, seq, "", 0))  # a bare tick
+                heappush(ev, (w, 3, seq, "", 0))  # a bare tick
         fit = (busy_fit / cap_fit if cap_fit > 0 else 1.0, fit_s / queued_s if queued_s > 0 else 0.0)
         return self._metrics(total, t_first, last_t, busy_s, busy_q_s, queued_s, fit, preemptions,
                              wasted, accts, group_accts if hierarchical else {}, time.perf_counter() - t_wall)

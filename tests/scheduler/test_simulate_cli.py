@@ -141,6 +141,35 @@ def test_hierarchical_fill_with_a_memo_follows_every_demand_change():
     assert reused > 0  # some splits were reused
 
 
+def test_group_fill_kept_up_to_date_equals_hierarchical_fill_to_the_bit():
+    import random
+
+    from gpuqueue.simulate import _GroupFill, hierarchical_fill
+
+    # random demand changes, as jobs come and go; the incremental fill gives exactly (repr of
+    # every float) what hierarchical_fill gives on the whole demand, as floats
+    rnd = random.Random(7)
+    users = [f"u{i}" for i in range(12)]
+    weight = {u: rnd.choice([1.0, 0.1, 0.7, 1 / 3]) for u in users}  # any: their sums depend on order
+    group_of = {u: rnd.choice(["g", "h", "k", f"user:{u}"]) for u in users}
+    group_weight = {g: rnd.choice([1.0, 2.0, 3.0]) for g in set(group_of.values())}  # whole
+    fill = _GroupFill(37, weight, group_of, group_weight)
+    demand: dict = {}
+    for _ in range(2000):
+        u = rnd.choice(users)
+        old = demand.get(u, 0)
+        new = max(0, old + rnd.choice([-3, -1, 1, 2, 8]))  # (never below 0 in the simulator)
+        if new == old:
+            continue
+        demand[u] = new  # as the simulator keeps it: updated in place, added last, gone at 0
+        if not new:
+            del demand[u]
+        fill.set(u, new)
+        if demand:
+            want = {u: repr(0.0 + x) for u, x in hierarchical_fill(37, demand, weight, group_of, group_weight).items()}
+            assert {u: repr(x) for u, x in fill.shares().items()} == want
+
+
 def test_groups_and_sizes_are_reported(tmp_path):
     # two groups of equal weight on one 4-GPU node: the lone member of "solo" gets as much as
     # the three members of "team" together, so the groups are fair and the users are not
