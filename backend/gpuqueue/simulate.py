@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from operator import truediv
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 from .queue.config import PoolConfig, QueueConfig, UserLimits, load_config
 from .queue.errors import GPUQueueError
@@ -273,7 +273,7 @@ def hierarchical_fill(capacity: float, demand: dict[str, float], weight: dict[st
     return out
 
 
-def water_fill(capacity: float, demand: dict[str, float], weight: dict[str, float]) -> dict[str, float]:
+def water_fill(capacity: float, demand: Mapping[str, float], weight: Mapping[str, float]) -> dict[str, float]:
     """Weighted max-min fair shares of ``capacity``: every user gets ``w_u * L`` GPUs, or its
     whole demand if that is less, with the level ``L`` set so the shares add up to the capacity
     (or every demand is met)."""
@@ -310,12 +310,12 @@ class _GroupFill:
                  group_weight: dict[str, float]):
         self.capacity = capacity
         self.weight, self.group_of, self.group_weight = weight, group_of, group_weight
-        self.members: dict[str, dict[str, int]] = {}  # group -> {user: demand}, in demand's order
-        self.total: dict[str, int] = {}  # group -> its members' demands summed
+        self.members: dict[str, dict[str, float]] = {}  # group -> {user: demand}, in demand's order
+        self.total: dict[str, float] = {}  # group -> its members' demands summed
         self.version: dict[str, int] = {}  # group -> count of changes to its members' demands
         self.splits: dict[str, tuple[float, int, dict[str, float]]] = {}  # group -> (share, version, split)
 
-    def set(self, user: str, demand: int) -> None:
+    def set(self, user: str, demand: float) -> None:
         """The user's demand is now ``demand`` (0: gone). Call it whenever the pool's demand
         dict changes, as it changes (updated in place, added last, deleted at 0), so that
         each group's members keep that dict's order: a member's weight is summed in it."""
