@@ -13,6 +13,7 @@ import os
 import sys
 from typing import Any, Callable, Optional
 
+from .cluster.cliargs import number
 from .queue.durations import MAX_TIMEOUT_S, parse_duration
 from .queue.errors import GPUQueueError
 from .queue.text import printable, terminal_output
@@ -22,12 +23,13 @@ EXIT_USAGE = 2
 
 def _add_job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--priority", choices=["high", "medium", "low"], default="medium")
-    p.add_argument("--gpus", type=int, default=0, help="GPUs in all (default 0: CPU)")
-    p.add_argument("--nodes", type=int, default=1, help="nodes to span (default 1)")
+    # the ranges JobSpec allows, refused by name here rather than in the server's words
+    p.add_argument("--gpus", type=number(int, 0, 4096), default=0, help="GPUs in all (default 0: CPU)")
+    p.add_argument("--nodes", type=number(int, 1, 512), default=1, help="nodes to span (default 1)")
     p.add_argument("--pool", help="pool (default: the first configured)")
     p.add_argument("--name", help="a name to recognise the job by")
     p.add_argument("--timeout", help="time limit, e.g. 90m or 2h")
-    p.add_argument("--retries", type=int, help="retries after a failure (default: config)")
+    p.add_argument("--retries", type=number(int, 0, 20), help="retries after a failure, 0 to 20 (default: config)")
     p.add_argument("--env", action="append", default=[], metavar="K=V", help="extra environment")
     p.add_argument("--cwd", default=None, help="working directory (default: here)")
 

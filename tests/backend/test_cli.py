@@ -58,6 +58,10 @@ def test_user_mistakes_are_one_line_errors(jupyter_server):
         (("submit", "--"), "nothing to run"),
         (("show", "j-0123456789ab"), "no job"),
         (("submit", "--env", "NOEQUALS", "--", "true"), "KEY=VALUE"),
+        # the spec's ranges, named as options (they came back in pydantic's words about spec.retries)
+        (("submit", "--retries", "-1", "--", "true"), "argument --retries: -1 is not between 0 and 20"),
+        (("submit", "--nodes", "0", "--", "true"), "argument --nodes: 0 is not between 1 and 512"),
+        (("submit", "--gpus", "two", "--", "true"), "argument --gpus: 'two' is not a whole number"),
     ]
     for args, message in cases:
         r = gq(jupyter_server, *args)

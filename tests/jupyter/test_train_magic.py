@@ -293,8 +293,12 @@ def test_time_limit_stops_the_job_with_a_warning_first(jupyter_server):
     wait_until(lambda: client.get(job["id"])["state"] == "timed_out", 60, what="the time limit")
     done = client.get(job["id"])
     assert [a["outcome"] for a in done["attempts"]] == ["timed_out"]  # a timeout is final
-    kinds = [e["type"] for e in client.events(job["id"])]
+    events = client.events(job["id"])
+    kinds = [e["type"] for e in events]
     assert "warning" in kinds
+    # 10% of a 3 s limit ahead: not "in 0s"
+    assert any(e["type"] == "warning" and e["data"]["message"] == "time limit reached in less than a second: save a "
+               "checkpoint" for e in events), [e["data"] for e in events if e["type"] == "warning"]
 
 
 def test_help_lists_the_options_and_runs_nothing(jupyter_server):

@@ -21,10 +21,13 @@ def _job(gpus: int, user: str = "bob", nodes: int = 1, group: str | None = None)
 def test_a_rebuild_fails_what_can_never_run_and_keeps_what_may_wait() -> None:
     assert never_runs(_job(2), CONFIG) is None
     assert never_runs(_job(4, nodes=2), CONFIG) is None
+    # what the job asked per node, and what the pool has: not read as the nodes' sizes
     assert never_runs(_job(16, nodes=2), CONFIG) == (
-        "pool 'gpu' has 1 nodes with 8 GPUs each, 2 were asked for; ask for at most 1 nodes")
+        "2 nodes with 8 GPUs each do not fit pool 'gpu': it has 1 node with 8 or more GPUs; ask for at most 1 node")
+    assert never_runs(_job(0, nodes=3), CONFIG) == "3 nodes do not fit pool 'gpu': it has 2 nodes; ask for at most 2 nodes"
     assert never_runs(_job(18, nodes=2), CONFIG) == (
-        "pool 'gpu' has no node with 9 GPUs (its largest has 8); ask for at most 8 GPUs per node")
+        "9 GPUs on each node do not fit pool 'gpu' (its largest node has 8); ask for at most 8 GPUs per node "
+        "(--gpus 16 over 2 nodes)")
     assert never_runs(_job(9), CONFIG) == ("9 GPUs do not fit on one node of pool 'gpu' (its largest node has 8); "
                                            "ask for at most 8, or spread over nodes with --nodes")
     assert never_runs(_job(7), CONFIG) == "7 GPUs is over your quota of 6 GPUs; ask for at most 6"

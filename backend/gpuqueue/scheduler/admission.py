@@ -89,15 +89,15 @@ def _too_big(job: JobRequest, sizes: list[int]) -> Optional[str]:
         return None
     per = job.gpus // job.nodes
     fit = sum(1 for s in sizes if s >= per)
-    if fit < job.nodes:
-        return (
-            f"pool {job.pool!r} has {fit} nodes with {per} GPUs each, "
-            f"{job.nodes} were asked for; ask for at most {fit} nodes"
-            if fit else
-            f"pool {job.pool!r} has no node with {per} GPUs (its largest has {sizes[0]}); "
-            f"ask for at most {sizes[0]} GPUs per node"
-        )
-    return None
+    if fit >= job.nodes:
+        return None
+    if not fit:
+        return (f"{per} GPUs on each node do not fit pool {job.pool!r} (its largest node has {sizes[0]}); "
+                f"ask for at most {sizes[0]} GPUs per node (--gpus {sizes[0] * job.nodes} over {job.nodes} nodes)")
+    what = f"{job.nodes} nodes with {per} GPUs each" if per else f"{job.nodes} nodes"
+    nodes = f"{fit} node{'s' if fit != 1 else ''}"
+    held = nodes + (f" with {per} or more GPUs" if per else "")
+    return f"{what} do not fit pool {job.pool!r}: it has {held}; ask for at most {nodes}"
 
 
 def _too_long(job: JobRequest, pc: PoolConfig, config: QueueConfig) -> Optional[str]:

@@ -578,7 +578,9 @@ class FairShareScheduler:
             if kind == WARN and not j.warned and not j.timeout_sent and t <= end:
                 if abs((end - min(self.knobs.timeout_warning, 0.1 * lim)) - t) < 1e-6:
                     j.warned = True
-                    out.append(Warn(jid, f"time limit reached in {end - now:.0f}s: save a checkpoint"))
+                    left = end - now  # a short limit warns under a second ahead ("in 0s" read as a bug)
+                    when = f"in {left:.0f}s" if left >= 1 else "in less than a second"
+                    out.append(Warn(jid, f"time limit reached {when}: save a checkpoint"))
             elif kind == TIMEOUT and not j.timeout_sent and abs(end - t) < 1e-6:
                 j.timeout_sent = True
                 out.append(TimeOut(jid))
