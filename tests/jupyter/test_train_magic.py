@@ -428,10 +428,13 @@ def test_a_progress_bars_last_state_stays_in_the_output(jupyter_server):
         "sys.stderr.write('\\n')\nprint('after the bar', flush=True)\n"
     )
     assert res.error is None, res.text
-    assert res.stderr.count("bar 2/2") == 1 and "bar 0/2" not in res.stderr, res.text
+    # (only the last state is certain: an earlier one shows too when a redraw comes later than
+    # the runner's partial-line flush, 0.5 s, and `%gpuqueue logs` may print the held state after
+    # the stdout line that followed it: seen on a loaded machine)
+    assert res.stderr.count("bar 2/2") == 1, res.text
     [job] = _jobs(jupyter_server)
     logs = k.run(f"%gpuqueue logs {job['id']}").stdout.splitlines()
-    assert logs == ["bar 2/2", "after the bar"], logs
+    assert logs.count("bar 2/2") == 1 and "after the bar" in logs, logs
 
 
 def test_a_gpu_cell_on_a_server_without_gpus_says_how_to_declare_them(jupyter_server_factory):
