@@ -17,6 +17,8 @@ Keys (prefix ``gq`` by default)::
     waiting:<name> / waitpool:<pool>   SETs of waiting (queued, retrying, preempted) ids: the
                         queue-depth limits the API checks at submit
     payload:<id>        cell payload (bytes)        result:<id>           pickled results (bytes)
+    done:<name>         ZSET of the user's finished ids by end time (``max_finished``)
+    results:<name>      HASH of the user's stored results: id -> "<bytes> <end time>" (``max_results_mb``)
     fence:<id>          "<attempt>:<node>" while the attempt may run, "<attempt>:settled" after
     claim:<id>:<n>      the worker instance that launched attempt n
     started:<id>:<n> / exit:<id>:<n>   what the worker reported (for a daemon restart)
@@ -31,7 +33,8 @@ Keys (prefix ``gq`` by default)::
                         (worker_sweep.py)
 
 A finished job's keys are deleted by the daemon ``--keep-finished`` (default 30 days) after it
-ended.
+ended, or sooner once its owner has more than ``max_finished`` finished jobs; a user's stored
+results are kept within ``max_results_mb`` (the daemon: ``Daemon._keep_results_within``).
 """
 
 from __future__ import annotations
@@ -174,7 +177,9 @@ class RedisStore:
             ["SET", self.k("job", job.id), job.model_dump_json(exclude={"pending"})],
             ["ZADD", self.k("jobs"), repr(job.created_at), job.id],
             ["ZADD", self.k("owner", job.owner), repr(job.created_at), job.id],
-        ] + self.index_ops(job) + ([["DEL", self.k("payload", job.id)]] if job.state.is_terminal else [])
+        ] + self.index_ops(job) + ([["DEL", self.k("payload", job.id)],
+                                    ["ZADD", self.k("done", job.owner), repr(job.updated_at), job.id]]
+                                   if job.state.is_terminal else [])
 
     def index_ops(self, job: JobRecord) -> list[Op]:
         """Ops that put a job in (or take it out of) the sets of live and waiting jobs."""
@@ -196,6 +201,8 @@ class RedisStore:
              self.k("result", i), self.k("fence", i), *per_attempt],
             ["ZREM", self.k("jobs"), i],
             ["ZREM", self.k("owner", job.owner), i],
+            ["ZREM", self.k("done", job.owner), i],
+            ["HDEL", self.k("results", job.owner), i],
             ["HDEL", self.k("pending"), i],
         ] + self.index_ops(job)  # a finished job's: out of the live and waiting sets
 
