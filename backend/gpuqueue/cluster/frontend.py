@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from ..observability import gpumap
-from ..queue.config import GROWING, PoolConfig, QueueConfig, UserLimits, format_validation_error
+from ..queue.config import GROWING, QueueConfig, format_validation_error
 from ..queue.errors import Conflict, Forbidden, Gone, NotFound, Rejected, Unavailable
 from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import RedisBuckets, SubmitLimiter
@@ -107,7 +107,7 @@ class ClusterFrontend:
         else:  # no scheduler has published its config yet: the defaults of one hold meanwhile
             if caller.hub_groups:  # no config to place the user in a group yet: the scheduler will
                 job.hub_groups = list(caller.hub_groups)
-            user_limit, pool_limit = UserLimits().max_queued, PoolConfig.model_fields["max_queued"].default
+            user_limit, pool_limit = PRE_CONFIG.defaults.max_queued, PRE_CONFIG.pools["default"].max_queued
         limits = cfg or PRE_CONFIG
         # last: a refused request costs no token
         self.limiter.check(caller.name, caller.admin, limits, caller.hub_groups)
