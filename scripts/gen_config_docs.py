@@ -165,6 +165,10 @@ state folder). Finished jobs stay in it for `keep_finished` / `gpuqueue schedule
   HTTP 410 saying so and naming the knob. The newest result is the one its owner is waiting for
   (the cell that just ran), so it is kept rather than refused; one result larger than the
   whole allowance is not kept (its job says so) and nothing else goes for it.
+* `max_inputs_mb` (default 2048 MB a user, cluster mode): the inputs (payloads) of a user's
+  unfinished cell jobs, each up to `gpuqueue api --max-payload-mb` (64 MB), stay in Redis until
+  the job ends; together they take at most this much. A submit past it is refused (HTTP 400,
+  nothing stored, no submit token spent) naming the knob; a job that ends frees its room.
 * `max_finished` (default 10000 a user): a user's finished jobs (record, events, results) kept;
   past it the oldest finished are deleted, as if their retention had run out. Queued and
   running jobs are never deleted.

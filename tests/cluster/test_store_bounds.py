@@ -132,3 +132,29 @@ def test_the_api_applies_the_default_limits_before_any_config_is_published(clust
     c.start_api()
     _assert_rate_limited(c, "bob")
     assert not c.redis_client().exists("gq:config")
+
+
+def test_the_inputs_a_users_unfinished_cells_hold_are_bounded(cluster_factory) -> None:
+    """A cell's payload (up to --max-payload-mb, 64 MB) stays in Redis until its job ends, and a
+    user may have max_queued (1000) jobs waiting: 64 GB of one user's inputs. Now the inputs of
+    a user's unfinished jobs take at most ``max_inputs_mb`` together; a submit past it is
+    refused (400, nothing stored, no token spent) naming the knob, and a job that ends frees
+    its room."""
+    c = cluster_factory(nodes={"n1": 1}, config_extra="[defaults]\nmax_inputs_mb = 10\n")
+    bob, r = c.client("bob"), c.redis_client()
+    blocker = c.submit("alice", ticks=200, gpus=1)  # holds the only GPU: bob's cells wait
+    wait_until(lambda: c.client("alice").get(blocker)["state"] == "running", 30, 0.1, "alice's job to run")
+    payload, inputs, outputs = build_payload("y = len(x)", {"x": b"p" * 4_000_000})
+    spec = {"kind": "cell", "gpus": 1, "inputs": inputs, "outputs": outputs}
+    ids = [bob.submit(spec, payload)["id"] for _ in range(2)]
+    try:
+        bob.submit(spec, payload)
+        raise AssertionError("a third 4 MB cell was taken")
+    except GPUQueueError as e:
+        assert e.http_status == 400 and "max_inputs_mb" in str(e) and "10 MB" in str(e), str(e)
+    assert len(bob.list()) == 2 and len(r.keys("gq:payload:*")) == 2  # nothing stored
+    assert c.client("alice").submit(spec, payload)["id"]  # another user's room is their own
+    bob.cancel(ids[0])
+    wait_until(lambda: not r.exists(f"gq:payload:{ids[0]}"), 10, 0.1, "the cancelled cell's payload to go")
+    assert bob.submit(spec, payload)["id"]
+    assert bob.submit({"kind": "command", "gpus": 1, "command": ["true"]})["id"]  # a command holds no input

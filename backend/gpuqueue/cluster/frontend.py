@@ -109,11 +109,13 @@ class ClusterFrontend:
                 job.hub_groups = list(caller.hub_groups)
             user_limit, pool_limit = PRE_CONFIG.defaults.max_queued, PRE_CONFIG.pools["default"].max_queued
         limits = cfg or PRE_CONFIG
+        inputs_mb = limits.limits_for(caller.name).max_inputs_mb
         # last: a refused request costs no token
         self.limiter.check(caller.name, caller.admin, limits, caller.hub_groups)
         view = memoryview(payload) if payload is not None else None  # redis-py takes no mmap
         try:
-            full = self.store.submit_job(job, view, {"op": "submit", "job": job.id}, user_limit, pool_limit)
+            full = self.store.submit_job(job, view, {"op": "submit", "job": job.id}, user_limit, pool_limit,
+                                         int(inputs_mb * 1e6))
         finally:
             if view is not None:
                 try:
@@ -124,6 +126,11 @@ class ClusterFrontend:
             which, n = full
             # a refused submit costs no token
             self.limiter.refund(caller.name, caller.admin, limits, caller.hub_groups)
+            if which == "inputs":
+                raise Rejected(f"the inputs of your unfinished cell jobs take {n / 1e6:.1f} MB in the queue's store; "
+                               f"this cell's ({(len(payload) if payload is not None else 0) / 1e6:.1f} MB) would pass your limit of "
+                               f"{inputs_mb:g} MB (max_inputs_mb in the queue config): wait for some to end or "
+                               f"cancel some, or pass big data as a file path on shared storage")
             if which == "user":
                 raise Rejected(f"you have {n} queued jobs, the limit (max_queued) is {user_limit}; "
                                f"wait for some to start or cancel some")

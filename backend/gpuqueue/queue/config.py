@@ -111,6 +111,11 @@ class UserLimits(BaseModel):
         description="MB of results (the names cell jobs return) the user's succeeded jobs keep in the "
         "queue's store, all together; a new result drops the user's oldest first (their jobs then say so), "
         "and one larger than this is not kept")
+    max_inputs_mb: float = Field(
+        2048.0, gt=0,
+        description="cluster mode: MB of cell inputs (payloads, up to the API's --max-payload-mb each) the "
+        "user's unfinished jobs hold in the store together; a submit past it is refused (HTTP 400) until "
+        "some end")
     max_finished: int = Field(
         10_000, ge=1,
         description="finished jobs (record, events, results) kept for the user; past it the oldest "
