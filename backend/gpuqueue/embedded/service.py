@@ -650,7 +650,10 @@ class QueueService(QueueShell):
     def _attempt_settled(self, job: JobRecord, state: JobState) -> Sequence[Any]:
         """A succeeded job's results join its owner's, within ``max_results_mb``: the owner's
         oldest go first (each such job's record says so); results over the whole limit are not
-        kept (``job`` says so)."""
+        kept (``job`` says so). A job that ended otherwise has none to give: what its attempt
+        stored goes."""
+        if state.is_terminal and state != JobState.SUCCEEDED:
+            self._remove_result(job)
         if state != JobState.SUCCEEDED or not job.result_bytes:
             return ()
         assert self.store is not None
