@@ -162,7 +162,8 @@ def main() -> int:
     redis_url = f"redis://127.0.0.1:{port}/0"
     nodes = {f"node{i + 1}": args.gpus for i in range(args.workers)}
     (work / "pools.toml").write_text(
-        f"[defaults]\nmax_gpus = {args.quota}\nmax_queued = 100000\n"
+        # a load test: no submit rate limit, and every finished job kept (the checks read them all)
+        f"[defaults]\nmax_gpus = {args.quota}\nmax_queued = 100000\nsubmit_rate = \"unlimited\"\nmax_finished = 10000000\n"
         f"[pools.gpu]\nmax_queued = 100000\nnodes = {{ {', '.join(f'{n!r} = {g}'.replace(chr(39), chr(34)) for n, g in nodes.items())} }}\n"
     )
     users = [(f"user{i:03d}", f"token-of-user{i:03d}") for i in range(args.users)]

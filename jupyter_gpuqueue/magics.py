@@ -337,7 +337,11 @@ class GPUQueueMagics(Magics):
             print(f"[gpuqueue] {job['id']} succeeded (a command job: nothing comes back to the notebook; "
                   f"`%gpuqueue logs {job['id']}` shows its output)", flush=True)
             return
-        values, failed = unpack_results(self.client.result(job["id"]))
+        try:
+            blob = self.client.result(job["id"])
+        except GPUQueueError as e:  # e.g. not kept (its owner's max_results_mb): the server's words, no traceback
+            raise UsageError(f"{job['id']} succeeded, but its results cannot come back: {e}") from None
+        values, failed = unpack_results(blob)
         self._user_ns.update(values)
         data = [n for n, v in values.items() if not isinstance(v, types.ModuleType)]
         if data:

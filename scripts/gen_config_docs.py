@@ -120,12 +120,20 @@ nothing is queued. A submit the queue refuses for another reason (too many GPUs,
 `max_queued`, a quota) costs no token. `%%train` and the `gpuqueue` CLI say so in words:
 
 ```
-gpuqueue: you are submitting faster than your limit of 30/min (bursts of 10): try again in 1.6 s
+gpuqueue: you are submitting faster than your limit of 30/min (bursts of 10): try again in 1.6 s (the admin sets this limit: submit_rate and submit_burst in the queue config)
 ```
+
+Without configuration every user has a bucket of 100 submits that refills at 10 a second: no
+one at a notebook (or a sweep of a few hundred jobs) meets it, but a loop that submits and
+cancels as fast as it can no longer makes records at the store's own speed (with
+`max_finished`, below, it keeps at most that many). The cluster's API service applies these
+defaults (and the default `max_queued`) also before any scheduler has published its config.
+`submit_rate = "unlimited"` in `[defaults]` or a `[users.NAME]` table lifts the limit (a load
+test, a service account).
 
 The rate comes from the user's `[users.NAME]` table if there is one, else from the user's
 group (`[groups.NAME]` submit_rate and submit_burst, each where the group sets it), else from
-`[defaults]`; without a rate there is no limit. The bucket is each user's own, also in a group,
+`[defaults]`. The bucket is each user's own, also in a group,
 so one user submitting too fast never holds up another. Set `exempt_admins_from_submit_rate =
 true` to let admins submit without it. In cluster mode the buckets live in Redis and hold across
 every API process (an atomic WATCH/MULTI update); the embedded mode keeps them in the server.
@@ -144,6 +152,34 @@ submit_rate = "10/min"
 ```
 """
 
+STORE_BOUNDS = """## What one user keeps in the store
+
+Every user's jobs share one store (the cluster's Redis; the embedded mode's SQLite file and
+state folder). Finished jobs stay in it for `keep_finished` / `gpuqueue scheduler
+--keep-finished` (30 days) so that their owner can still read them, but never without bound:
+
+* `max_results_mb` (default 2048 MB a user): the results of a user's succeeded cell jobs (the
+  names the cell assigned, up to 200 MB each) take at most this much together. When a new
+  result would pass it, that user's oldest results are dropped first: their jobs stay
+  succeeded, and fetching their results (`%gpuqueue result`, `%%train` re-attaching) answers
+  HTTP 410 saying so and naming the knob. The newest result is the one its owner is waiting for
+  (the cell that just ran), so it is kept rather than refused; one result larger than the
+  whole allowance is not kept (its job says so) and nothing else goes for it.
+* `max_inputs_mb` (default 2048 MB a user, cluster mode): the inputs (payloads) of a user's
+  unfinished cell jobs, each up to `gpuqueue api --max-payload-mb` (64 MB), stay in Redis until
+  the job ends; together they take at most this much. A submit past it is refused (HTTP 400,
+  nothing stored, no submit token spent) naming the knob; a job that ends frees its room.
+* `max_finished` (default 10000 a user): a user's finished jobs (record, events, results) kept;
+  past it the oldest finished are deleted, as if their retention had run out. Queued and
+  running jobs are never deleted.
+
+```
+gpuqueue: job j-1a2b3c4d5e6f: its results (150.0 MB) were dropped to make room for newer ones: your stored results are kept within 2048 MB (max_results_mb in the queue config); fetch results soon after a job ends, or save big objects to shared storage and return their path
+```
+
+Set either in `[defaults]` for everyone or in `[users.NAME]` for one user.
+"""
+
 
 def render() -> str:
     parts = [
@@ -155,6 +191,7 @@ def render() -> str:
         "first (by group weight), then to the users within each (by user weight). A user is in at most one "
         "group; users in none share as groups of their own.\n\n" + model_table(GroupConfig),
         RATE_LIMITS,
+        STORE_BOUNDS,
         "## `[policy]`\n\nThe formula these knobs enter is in [scheduling.md](scheduling.md).\n\n" + model_table(PolicyConfig),
         "## The server extension (`GPUQueueApp`)\n\n" + traitlets_table(),
         ENV,

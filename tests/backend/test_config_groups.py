@@ -49,8 +49,8 @@ def test_a_user_in_two_member_lists_is_still_refused(tmp_path):
 
 def test_a_hub_group_gives_its_submit_rate():
     c = cfg(ml={"submit_rate": "6/min"})
-    assert c.submit_limit_for("alice", ["ml"]) == SubmitLimit(0.1, 10)
-    assert c.submit_limit_for("alice") is None
+    assert c.submit_limit_for("alice", ["ml"]) == SubmitLimit(0.1, 100)  # the group's rate, the default burst
+    assert c.submit_limit_for("alice") == SubmitLimit(10.0, 100)  # in no group: the built-in default
 
 
 def test_the_scheduler_is_told_the_group_the_record_holds():

@@ -32,7 +32,8 @@ def test_limiter_per_user_and_admin_exemption() -> None:
     with pytest.raises(RateLimited) as e:
         lim.check("alice", False, cfg)
     assert e.value.http_status == 429 and e.value.retry_after == pytest.approx(3600)
-    assert str(e.value) == "you are submitting faster than your limit of 1/h (bursts of 1): try again in 3600.0 s"
+    assert str(e.value) == ("you are submitting faster than your limit of 1/h (bursts of 1): try again in 3600.0 s "
+                            "(the admin sets this limit: submit_rate and submit_burst in the queue config)")
     lim.check("bob", False, cfg)  # his own bucket
     for _ in range(5):
         lim.check("root", True, cfg)
@@ -47,7 +48,7 @@ def test_rates_and_their_errors(tmp_path) -> None:
                                       "groups": {"team": {"members": ["carol"], "submit_rate": "6/min"},
                                                  "bulk": {"members": ["dan"], "submit_burst": 50}}})
     assert cfg.submit_limit_for("alice") == SubmitLimit(1.0, 4)
-    assert cfg.submit_limit_for("bob") is None  # his own table sets no rate: none
+    assert cfg.submit_limit_for("bob") == SubmitLimit(10.0, 100)  # his own table sets no rate: the built-in default
     assert cfg.submit_limit_for("carol") == SubmitLimit(0.1, 4)  # the group's rate, the defaults' burst
     assert cfg.submit_limit_for("dan") == SubmitLimit(1.0, 50)  # the defaults' rate, the group's burst
     f = tmp_path / "q.toml"
@@ -57,6 +58,21 @@ def test_rates_and_their_errors(tmp_path) -> None:
     f.write_text('[defaults]\nsubmit_rate = 0\n[pools.p]\nnodes = { n = 1 }\n')
     with pytest.raises(BadRequest, match="give more than 0 submits"):
         load_config(f)
+
+
+def test_a_default_rate_holds_unless_lifted() -> None:
+    """Without configuration every user has a bucket (100 at once, 10 a second); "unlimited"
+    lifts it for everyone or for one user, and a group cannot lift it."""
+    cfg = QueueConfig.model_validate({"pools": {"p": {"nodes": {"n": 1}}},
+                                      "users": {"svc": {"submit_rate": "unlimited"}, "eve": {"max_queued": 5}}})
+    assert cfg.submit_limit_for("alice") == SubmitLimit(10.0, 100)
+    assert cfg.submit_limit_for("eve") == SubmitLimit(10.0, 100)
+    assert cfg.submit_limit_for("svc") is None
+    off = QueueConfig.model_validate({"pools": {"p": {"nodes": {"n": 1}}}, "defaults": {"submit_rate": "unlimited"}})
+    assert off.submit_limit_for("alice") is None
+    with pytest.raises(ValueError, match="a group cannot lift its members' limit"):
+        QueueConfig.model_validate({"pools": {"p": {"nodes": {"n": 1}}},
+                                    "groups": {"g": {"members": ["a"], "submit_rate": "unlimited"}}})
 
 
 def test_the_reference_section_is_true(tmp_path) -> None:

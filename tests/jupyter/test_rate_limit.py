@@ -32,3 +32,24 @@ def test_embedded_submit_rate_and_the_magic_message(jupyter_server_factory, tmp_
     res = k.run("%%train --gpus 0\nx = 41 + 1")
     assert res.error is None, res.text
     assert k.run("print(x)").stdout.strip() == "42"
+
+
+def test_a_result_over_max_results_mb_is_said_in_the_cell(jupyter_server_factory, tmp_path) -> None:
+    """A result larger than its owner's whole allowance for stored results is not kept: the
+    %%train cell says so in the queue's words (the knob), with no traceback; the next cell's
+    results come back as ever, and an older one dropped for newer ones says so too."""
+    cfg = tmp_path / "queue.toml"
+    cfg.write_text('[defaults]\nmax_results_mb = 1\n[pools.default]\nnodes = { local = 1 }\n')
+    server = jupyter_server_factory(gpus=1, env={"GPUQUEUE_CONFIG": str(cfg)})
+    k = server.start_kernel()
+    assert k.run("%load_ext jupyter_gpuqueue").error is None
+    res = k.run("%%train --gpus 0\nbig = b'r' * 1_500_000")
+    assert "succeeded, but its results cannot come back" in res.text and "max_results_mb" in res.text, res.text
+    assert "Traceback" not in res.text, res.text
+    for n in (1, 2):
+        res = k.run(f"%%train --gpus 0\nsmall = b's' * 600_000 + b'{n}'")
+        assert res.error is None, res.text
+    assert k.run("print(small[-1:])").stdout.strip() == "b'2'"
+    first = server.api("GET", "gpuqueue/api/jobs").json()["jobs"][-2]["id"]  # newest first: the first small one
+    res = k.run(f"%gpuqueue result {first}")
+    assert "dropped to make room for newer ones" in res.text and "max_results_mb" in res.text, res.text

@@ -29,6 +29,7 @@ import kombu.exceptions
 import redis
 
 from . import cliargs, redis_url
+from ..queue import bounds
 from ..queue.config import GROWING, QueueConfig, load_config
 from ..queue.durations import KEEP_FINISHED, format_duration, parse_retention
 from ..queue.errors import GPUQueueError, Rejected
@@ -593,23 +594,75 @@ class Daemon(QueueShell):
     def _attempt_report(self, job: JobRecord, exit_record: dict[str, Any]) -> AttemptReport:
         """The worker put what the attempt left in its exit report."""
         return AttemptReport(bool(exit_record.get("result_stored")), exit_record.get("error_record"),
-                             exit_record.get("result"))
+                             exit_record.get("result"), int(exit_record.get("result_bytes") or 0))
 
     def _attempt_settled(self, job: JobRecord, state: JobState) -> Sequence[Any]:
-        """The attempt is no longer awaited; the fence moves on so its late writes are refused."""
+        """The attempt is no longer awaited; the fence moves on so its late writes are refused.
+        A succeeded job's results join its owner's (within ``max_results_mb``); a job that ended
+        otherwise has none to give, so what its attempt stored goes."""
         a = job.current_attempt
         assert a is not None
         self.dispatched.pop(job.id, None)
         self.unsent.pop(job.id, None)
         if state.is_terminal:
             self.known.discard(job.id)
-        return [["SET", self.store.k("fence", job.id), f"{a.number}:settled"]]
+        ops: list[Op] = [["SET", self.store.k("fence", job.id), f"{a.number}:settled"]]
+        if state == JobState.SUCCEEDED and job.result_bytes:
+            ops += self._keep_results_within(job)
+        elif state.is_terminal and state != JobState.SUCCEEDED:
+            ops.append(["DEL", self.store.k("result", job.id)])
+        return ops
+
+    def _keep_results_within(self, job: JobRecord) -> list[Op]:
+        """Writes that add ``job``'s stored results to its owner's and drop the owner's oldest
+        until all fit ``max_results_mb`` (each dropped job's record says so); results over the
+        whole limit are not kept (``job`` says so)."""
+        st, owner = self.store, job.owner
+        limit = self.config.limits_for(owner).max_results_mb
+        kept: dict[str, tuple[int, float]] = {}
+        for job_id, value in st.r.hgetall(st.k("results", owner)).items():
+            nbytes, _, at = value.partition(" ")
+            kept[job_id] = (int(nbytes), float(at or 0))
+        kept.pop(job.id, None)
+        drop = bounds.results_to_drop(kept, job.result_bytes, limit)
+        if drop is None:
+            job.result_dropped = bounds.too_big_to_keep(job.result_bytes, limit)
+            return [["DEL", st.k("result", job.id)]]
+        ops: list[Op] = [["HSET", st.k("results", owner), job.id, f"{job.result_bytes} {time.time()!r}"]]
+        for old in st.get_jobs(drop):
+            old.result_dropped = bounds.dropped_for_newer(kept[old.id][0], limit)
+            ops.append(["SET", st.k("job", old.id), old.model_dump_json(exclude={"pending"})])
+        for job_id in drop:
+            ops += [["DEL", st.k("result", job_id)], ["HDEL", st.k("results", owner), job_id]]
+        if drop:
+            log.info("user %s: dropped the results of %d older jobs to keep within max_results_mb = %g",
+                     owner, len(drop), limit)
+        return ops
 
     def _record_state(self, job: JobRecord, data: dict[str, Any], extra: Sequence[Any]) -> None:
-        """The record, ``extra`` and the state event in one guarded write."""
+        """The record, ``extra`` and the state event in one guarded write; a finished job may
+        put its owner over ``max_finished``."""
         if job.state.is_terminal:
             self.jobs.pop(job.id, None)
         self._exec(self.store.job_ops(job) + list(extra) + [self.store.event_op(job.id, "state", data)])
+        if job.state.is_terminal:
+            self._keep_finished_within(job.owner)
+
+    def _keep_finished_within(self, owner: str) -> None:
+        """Delete the owner's oldest finished jobs past ``max_finished`` (as ``_expire`` does)."""
+        st = self.store
+        cap = self.config.limits_for(owner).max_finished
+        over = int(st.r.zcard(st.k("done", owner))) - cap
+        if over <= 0:
+            return
+        ids = st.r.zrange(st.k("done", owner), 0, min(over, EXPIRE_BATCH) - 1)  # the rest at the next ends
+        jobs = [j for j in st.get_jobs(ids) if j.state.is_terminal]
+        ops: list[Op] = [op for j in jobs for op in st.delete_job_ops(j)]
+        missing = set(ids) - {j.id for j in jobs}  # deleted meanwhile (or by hand)
+        if missing:
+            ops.append(["ZREM", st.k("done", owner), *sorted(missing)])
+        self._exec(ops)
+        log.info("user %s: deleted %d oldest finished jobs to keep within max_finished = %d", owner, len(jobs), cap)
 
     def _event(self, job_id: str, type_: str, data: dict[str, Any]) -> None:
         self._exec([self.store.event_op(job_id, type_, data)])

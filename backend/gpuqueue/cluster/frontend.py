@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from ..observability import gpumap
 from ..queue.config import GROWING, QueueConfig, format_validation_error
-from ..queue.errors import Conflict, Forbidden, NotFound, Rejected, Unavailable
+from ..queue.errors import Conflict, Forbidden, Gone, NotFound, Rejected, Unavailable
 from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import RedisBuckets, SubmitLimiter
 from ..scheduler.admission import inadmissible
@@ -34,6 +34,8 @@ CONFIG_PROBLEM = ("the scheduler daemon published a queue config this API servic
                   "nothing was changed: the admin must check the daemon (its --config, and that the "
                   "daemon and the API run the same gpuqueue version)")
 INLINE_PAYLOAD_BYTES = 256 * 1024  # larger payloads go to Redis from a thread
+# the limits before any scheduler has published its config: those of a config that sets none
+PRE_CONFIG = QueueConfig.model_validate({"pools": {"default": {"nodes": {}}}}, context=GROWING)
 
 
 def read_published_config(raw: Optional[str]) -> Optional[QueueConfig]:
@@ -95,7 +97,6 @@ class ClusterFrontend:
         cfg = self.config()
         spec = self._with_defaults(spec, cfg)
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
-        user_limit = pool_limit = None
         if cfg is not None:
             job.group = cfg.group_of(caller.name, caller.hub_groups) or ""
             why = inadmissible(job_request(job, cfg), cfg)
@@ -103,13 +104,18 @@ class ClusterFrontend:
                 raise Rejected(why)
             user_limit = cfg.limits_for(caller.name).max_queued
             pool_limit = cfg.pools[spec.pool or cfg.default_pool].max_queued  # with_defaults checked it
-        elif caller.hub_groups:  # no config to place the user in a group yet: the scheduler will
-            job.hub_groups = list(caller.hub_groups)
+        else:  # no scheduler has published its config yet: the defaults of one hold meanwhile
+            if caller.hub_groups:  # no config to place the user in a group yet: the scheduler will
+                job.hub_groups = list(caller.hub_groups)
+            user_limit, pool_limit = PRE_CONFIG.defaults.max_queued, PRE_CONFIG.pools["default"].max_queued
+        limits = cfg or PRE_CONFIG
+        inputs_mb = limits.limits_for(caller.name).max_inputs_mb
         # last: a refused request costs no token
-        self.limiter.check(caller.name, caller.admin, cfg, caller.hub_groups)
+        self.limiter.check(caller.name, caller.admin, limits, caller.hub_groups)
         view = memoryview(payload) if payload is not None else None  # redis-py takes no mmap
         try:
-            full = self.store.submit_job(job, view, {"op": "submit", "job": job.id}, user_limit, pool_limit)
+            full = self.store.submit_job(job, view, {"op": "submit", "job": job.id}, user_limit, pool_limit,
+                                         int(inputs_mb * 1e6))
         finally:
             if view is not None:
                 try:
@@ -119,7 +125,12 @@ class ClusterFrontend:
         if full is not None:
             which, n = full
             # a refused submit costs no token
-            self.limiter.refund(caller.name, caller.admin, cfg, caller.hub_groups)
+            self.limiter.refund(caller.name, caller.admin, limits, caller.hub_groups)
+            if which == "inputs":
+                raise Rejected(f"the inputs of your unfinished cell jobs take {n / 1e6:.1f} MB in the queue's store; "
+                               f"this cell's ({(len(payload) if payload is not None else 0) / 1e6:.1f} MB) would pass your limit of "
+                               f"{inputs_mb:g} MB (max_inputs_mb in the queue config): wait for some to end or "
+                               f"cancel some, or pass big data as a file path on shared storage")
             if which == "user":
                 raise Rejected(f"you have {n} queued jobs, the limit (max_queued) is {user_limit}; "
                                f"wait for some to start or cancel some")
@@ -212,6 +223,8 @@ class ClusterFrontend:
         results_for_owner_only(caller.name, job)
         if job.state != JobState.SUCCEEDED:
             raise Conflict(f"job {job_id} is {job.state.value}: results come once it has succeeded")
+        if job.result_dropped:
+            raise Gone(f"job {job_id}: {job.result_dropped}")
         blob = self.store.rb.get(self.store.k("result", job_id))
         if blob is None:
             raise NotFound(f"job {job_id} has no stored results (a command job returns none)")

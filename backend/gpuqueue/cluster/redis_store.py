@@ -17,6 +17,9 @@ Keys (prefix ``gq`` by default)::
     waiting:<name> / waitpool:<pool>   SETs of waiting (queued, retrying, preempted) ids: the
                         queue-depth limits the API checks at submit
     payload:<id>        cell payload (bytes)        result:<id>           pickled results (bytes)
+    done:<name>         ZSET of the user's finished ids by end time (``max_finished``)
+    inputs:<name>       HASH of the payload sizes of the user's unfinished jobs (``max_inputs_mb``)
+    results:<name>      HASH of the user's stored results: id -> "<bytes> <end time>" (``max_results_mb``)
     fence:<id>          "<attempt>:<node>" while the attempt may run, "<attempt>:settled" after
     claim:<id>:<n>      the worker instance that launched attempt n
     started:<id>:<n> / exit:<id>:<n>   what the worker reported (for a daemon restart)
@@ -31,7 +34,8 @@ Keys (prefix ``gq`` by default)::
                         (worker_sweep.py)
 
 A finished job's keys are deleted by the daemon ``--keep-finished`` (default 30 days) after it
-ended.
+ended, or sooner once its owner has more than ``max_finished`` finished jobs; a user's stored
+results are kept within ``max_results_mb`` (the daemon: ``Daemon._keep_results_within``).
 """
 
 from __future__ import annotations
@@ -73,10 +77,11 @@ return {1, '', cjson.encode(seqs)}
 # A new job in one round trip: the depth limits checked and every key written atomically, so two
 # API processes can never both slip past a limit. ARGV: prefix, id, owner, pool, created_at,
 # record JSON, event time, event data, daemon message, user limit, pool limit (-1: none),
-# payload ('' for none). Returns {1, seq} or {0, 'user'|'pool', count}.
+# payload ('' for none), bytes of payloads the owner's unfinished jobs may hold (-1: no limit).
+# Returns {1, seq} or {0, 'user'|'pool'|'inputs', count (bytes for 'inputs')}.
 _SUBMIT = """
 local p, id, owner, pool = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local ulim, plim = tonumber(ARGV[10]), tonumber(ARGV[11])
+local ulim, plim, blim = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[13])
 if ulim >= 0 then
   local n = redis.call('SCARD', p .. ':waiting:' .. owner)
   if n >= ulim then return {0, 'user', n} end
@@ -85,7 +90,15 @@ if plim >= 0 then
   local n = redis.call('SCARD', p .. ':waitpool:' .. pool)
   if n >= plim then return {0, 'pool', n} end
 end
-if ARGV[12] ~= '' then redis.call('SET', p .. ':payload:' .. id, ARGV[12]) end
+if ARGV[12] ~= '' then
+  if blim >= 0 then
+    local used = 0
+    for _, v in ipairs(redis.call('HVALS', p .. ':inputs:' .. owner)) do used = used + tonumber(v) end
+    if used + #ARGV[12] > blim then return {0, 'inputs', used} end
+  end
+  redis.call('SET', p .. ':payload:' .. id, ARGV[12])
+  redis.call('HSET', p .. ':inputs:' .. owner, id, #ARGV[12])
+end
 redis.call('SET', p .. ':job:' .. id, ARGV[6])
 redis.call('ZADD', p .. ':jobs', ARGV[5], id)
 redis.call('ZADD', p .. ':owner:' .. owner, ARGV[5], id)
@@ -174,7 +187,9 @@ class RedisStore:
             ["SET", self.k("job", job.id), job.model_dump_json(exclude={"pending"})],
             ["ZADD", self.k("jobs"), repr(job.created_at), job.id],
             ["ZADD", self.k("owner", job.owner), repr(job.created_at), job.id],
-        ] + self.index_ops(job) + ([["DEL", self.k("payload", job.id)]] if job.state.is_terminal else [])
+        ] + self.index_ops(job) + ([["DEL", self.k("payload", job.id)], ["HDEL", self.k("inputs", job.owner), job.id],
+                                    ["ZADD", self.k("done", job.owner), repr(job.updated_at), job.id]]
+                                   if job.state.is_terminal else [])
 
     def index_ops(self, job: JobRecord) -> list[Op]:
         """Ops that put a job in (or take it out of) the sets of live and waiting jobs."""
@@ -196,21 +211,27 @@ class RedisStore:
              self.k("result", i), self.k("fence", i), *per_attempt],
             ["ZREM", self.k("jobs"), i],
             ["ZREM", self.k("owner", job.owner), i],
+            ["ZREM", self.k("done", job.owner), i],
+            ["HDEL", self.k("results", job.owner), i],
+            ["HDEL", self.k("inputs", job.owner), i],
             ["HDEL", self.k("pending"), i],
         ] + self.index_ops(job)  # a finished job's: out of the live and waiting sets
 
     def submit_job(self, job: JobRecord, payload: Optional[bytes | memoryview], daemon_msg: dict[str, Any],
-                   user_limit: Optional[int] = None, pool_limit: Optional[int] = None) -> Optional[tuple[str, int]]:
+                   user_limit: Optional[int] = None, pool_limit: Optional[int] = None,
+                   inputs_limit: Optional[int] = None) -> Optional[tuple[str, int]]:
         """Store a new queued job (its record, indexes, payload, first ``state`` event and the
         daemon's message) in one atomic round trip, unless the owner already has
-        ``user_limit`` waiting jobs or its pool ``pool_limit``. Returns None once stored, else
-        ``("user" | "pool", jobs waiting)``."""
+        ``user_limit`` waiting jobs or its pool ``pool_limit``, or the payload would bring the
+        payloads of the owner's unfinished jobs over ``inputs_limit`` bytes. Returns None once
+        stored, else ``("user" | "pool", jobs waiting)`` or ``("inputs", bytes held)``."""
         job.updated_at = time.time()
         res = self._submit(args=[
             self.p, job.id, job.owner, job.spec.pool or "", repr(job.created_at),
             job.model_dump_json(exclude={"pending"}), repr(time.time()), '{"state": "queued"}',
             json.dumps(daemon_msg), -1 if user_limit is None else user_limit,
             -1 if pool_limit is None else pool_limit, payload or "",
+            -1 if inputs_limit is None else inputs_limit,
         ])
         if int(res[0]) == 1:
             return None

@@ -450,6 +450,7 @@ class NodeAgent:
                 ops.append(["RENAME", tmp, self.store.k("result", la.job_id)])
                 ops.append(["PERSIST", self.store.k("result", la.job_id)])
                 rec["result_stored"] = True
+                rec["result_bytes"] = len(blob or b"")
         finally:
             if own is not None:
                 own.close()

@@ -26,7 +26,8 @@ from typing import Any, AsyncIterator, Iterator, Optional, Sequence
 from ..observability import gpumap
 from ..queue.config import QueueConfig, single_node_config
 from ..queue.durations import KEEP_FINISHED, format_duration, parse_retention
-from ..queue.errors import Conflict, Forbidden, NotFound, Rejected
+from ..queue import bounds
+from ..queue.errors import Conflict, Forbidden, Gone, NotFound, Rejected
 from ..attempt.jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
 from ..attempt.launch import build_launch, runner_env
 from ..attempt.warmjob import warm_spec
@@ -327,6 +328,8 @@ class QueueService(QueueShell):
         results_for_owner_only(caller.name, job)
         if job.state != JobState.SUCCEEDED:
             raise Conflict(f"job {job_id} is {job.state.value}: results come once it has succeeded")
+        if job.result_dropped:
+            raise Gone(f"job {job_id}: {job.result_dropped}")
         a = job.current_attempt
         path = attempt_dir(self.state_dir, job_id, a.number if a else 0) / "result.pkl"
         if not path.exists():
@@ -637,8 +640,68 @@ class QueueService(QueueShell):
         a = job.current_attempt
         assert a is not None
         adir = attempt_dir(self.state_dir, job.id, a.number)
-        return AttemptReport((adir / "result.pkl").exists(), read_json(adir / "error.json"),
-                             read_json(adir / "result.json"))
+        try:
+            size: Optional[int] = (adir / "result.pkl").stat().st_size
+        except OSError:
+            size = None
+        return AttemptReport(size is not None, read_json(adir / "error.json"), read_json(adir / "result.json"),
+                             size or 0)
+
+    def _attempt_settled(self, job: JobRecord, state: JobState) -> Sequence[Any]:
+        """A succeeded job's results join its owner's, within ``max_results_mb``: the owner's
+        oldest go first (each such job's record says so); results over the whole limit are not
+        kept (``job`` says so). A job that ended otherwise has none to give: what its attempt
+        stored goes."""
+        if state.is_terminal and state != JobState.SUCCEEDED:
+            self._remove_result(job)
+        if state != JobState.SUCCEEDED or not job.result_bytes:
+            return ()
+        assert self.store is not None
+        limit = self.config.limits_for(job.owner).max_results_mb
+        kept = self.store.stored_results(job.owner)
+        kept.pop(job.id, None)
+        drop = bounds.results_to_drop(kept, job.result_bytes, limit)
+        if drop is None:
+            job.result_dropped = bounds.too_big_to_keep(job.result_bytes, limit)
+            self._remove_result(job)
+            return ()
+        for job_id in drop:
+            old = self.store.get(job_id)
+            if old is not None:
+                old.result_dropped = bounds.dropped_for_newer(kept[job_id][0], limit)
+                self.store.put(old, touch=False)  # its retention still counts from its end
+                self._remove_result(old)
+        if drop:
+            log.info("user %s: dropped the results of %d older jobs to keep within max_results_mb = %g",
+                     job.owner, len(drop), limit)
+        return ()
+
+    def _remove_result(self, job: JobRecord) -> None:
+        a = job.current_attempt
+        try:
+            (attempt_dir(self.state_dir, job.id, a.number if a else 0) / "result.pkl").unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot delete the results of job %s: %s", job.id, e)
+
+    def _keep_finished_within(self, owner: str) -> None:
+        """Delete the owner's oldest finished jobs past ``max_finished`` (records first, then
+        their folders off the event loop), as :meth:`expire` does."""
+        assert self.store is not None
+        cap = self.config.limits_for(owner).max_finished
+        gone = self.store.oldest_finished(owner, cap, EXPIRE_BATCH)
+        if not gone:
+            return
+        self.store.delete(gone)
+        for job_id in gone:
+            self._changed.pop(job_id, None)
+        folders = [job_dir(self.state_dir, j) for j in gone]
+        try:
+            asyncio.get_running_loop().run_in_executor(None, _remove_folders, folders)
+        except RuntimeError:  # no event loop (a rebuild at start): here
+            _remove_folders(folders)
+        log.info("user %s: deleted %d oldest finished jobs to keep within max_finished = %d", owner, len(gone), cap)
 
     def _end_attempt(self, job: JobRecord, exit_record: dict[str, Any],
                      decisions: Optional[list[Decision]] = None) -> None:
@@ -674,6 +737,8 @@ class QueueService(QueueShell):
         assert self.store is not None and not extra
         self.store.put(job)
         self._event(job.id, "state", data)
+        if job.state.is_terminal:
+            self._keep_finished_within(job.owner)
 
     def _event(self, job_id: str, type_: str, data: dict[str, Any]) -> None:
         assert self.store is not None

@@ -62,9 +62,10 @@ class SqliteStore:
         self.db.close()
 
     # -- jobs -----------------------------------------------------------------------------
-    def put(self, job: JobRecord) -> None:
-        """Insert or replace a job record."""
-        job.updated_at = time.time()
+    def put(self, job: JobRecord, touch: bool = True) -> None:
+        """Insert or replace a job record (``touch``: its ``updated_at`` is now)."""
+        if touch:
+            job.updated_at = time.time()
         self.db.execute(
             "INSERT OR REPLACE INTO jobs (id, owner, state, created_at, record) VALUES (?,?,?,?,?)",
             (job.id, job.owner, job.state.value, job.created_at, job.model_dump_json(exclude={"pending"})),
@@ -103,6 +104,31 @@ class SqliteStore:
             f"SELECT id FROM jobs WHERE state IN ({','.join('?' * len(done))}) AND created_at < ?"
             " AND json_extract(record, '$.updated_at') < ? ORDER BY created_at LIMIT ?",
             (*done, cutoff, cutoff, limit),
+        )
+        return [r[0] for r in rows]
+
+    def stored_results(self, owner: str) -> dict[str, tuple[int, float]]:
+        """The owner's succeeded jobs whose results are kept: id -> (bytes, end time)."""
+        rows = self.db.execute(
+            "SELECT id, json_extract(record, '$.result_bytes'), json_extract(record, '$.updated_at') FROM jobs"
+            " WHERE owner=? AND state=? AND json_extract(record, '$.result_bytes') > 0"
+            " AND json_extract(record, '$.result_dropped') IS NULL",
+            (owner, JobState.SUCCEEDED.value),
+        )
+        return {r[0]: (int(r[1]), float(r[2] or 0)) for r in rows}
+
+    def oldest_finished(self, owner: str, keep: int, limit: int = 500) -> List[str]:
+        """Ids of the owner's finished jobs beyond the newest ``keep`` (by end), oldest first,
+        at most ``limit``."""
+        done = [s.value for s in JobState if s.is_terminal]
+        marks = ",".join("?" * len(done))
+        (n,) = self.db.execute(f"SELECT COUNT(*) FROM jobs WHERE owner=? AND state IN ({marks})", (owner, *done)).fetchone()
+        if n <= keep:
+            return []
+        rows = self.db.execute(
+            f"SELECT id FROM jobs WHERE owner=? AND state IN ({marks})"
+            " ORDER BY json_extract(record, '$.updated_at'), id LIMIT ?",
+            (owner, *done, min(n - keep, limit)),
         )
         return [r[0] for r in rows]
 

@@ -30,6 +30,8 @@ else:  # Python 3.10: the same parser, from PyPI (a dependency there)
 from .errors import BadRequest
 from .ratelimit import SubmitLimit, parse_rate
 
+DEFAULT_SUBMIT_RATE = 10.0  # submits a second: a bucket no person at a notebook empties (docs/config.md)
+
 MAX_LOST_ATTEMPTS = 3
 # validation context of a config the scheduler daemon publishes: without --config its pool
 # "default" holds whatever workers join, so it may have no nodes yet
@@ -100,15 +102,29 @@ class UserLimits(BaseModel):
     max_running: Optional[int] = Field(None, ge=0, description="jobs running at once")
     max_queued: int = Field(1000, ge=1, description="jobs queued at once; more are rejected")
     submit_rate: Optional[float] = Field(
-        None, description="submits a second that refill the user's bucket: a number, or e.g. "
-        "\"30/min\", \"2/s\", \"100/h\"; a faster submit gets HTTP 429 with Retry-After "
-        "(none: no limit)")
-    submit_burst: int = Field(10, ge=1, description="submits the user may make at once before submit_rate applies")
+        DEFAULT_SUBMIT_RATE, description="submits a second that refill the user's bucket: a number, or e.g. "
+        "\"30/min\", \"2/s\", \"100/h\"; a faster submit gets HTTP 429 with Retry-After; "
+        "\"unlimited\": no limit")
+    submit_burst: int = Field(100, ge=1, description="submits the user may make at once before submit_rate applies")
+    max_results_mb: float = Field(
+        2048.0, gt=0,
+        description="MB of results (the names cell jobs return) the user's succeeded jobs keep in the "
+        "queue's store, all together; a new result drops the user's oldest first (their jobs then say so), "
+        "and one larger than this is not kept")
+    max_inputs_mb: float = Field(
+        2048.0, gt=0,
+        description="cluster mode: MB of cell inputs (payloads, up to the API's --max-payload-mb each) the "
+        "user's unfinished jobs hold in the store together; a submit past it is refused (HTTP 400) until "
+        "some end")
+    max_finished: int = Field(
+        10_000, ge=1,
+        description="finished jobs (record, events, results) kept for the user; past it the oldest "
+        "finished are deleted, before keep_finished / --keep-finished would (queued and running jobs never)")
 
     @field_validator("submit_rate", mode="before")
     @classmethod
     def _rate(cls, v: Any) -> Optional[float]:
-        return parse_rate(v)
+        return parse_rate(v, unlimited=True)
 
 
 class GroupConfig(BaseModel):

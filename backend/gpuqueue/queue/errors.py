@@ -41,6 +41,13 @@ class Conflict(GPUQueueError):
     http_status = 409
 
 
+class Gone(GPUQueueError):
+    """What was asked for existed but is no longer kept (e.g. results dropped to keep the
+    owner's stored results within ``max_results_mb``); the message says why."""
+
+    http_status = 410
+
+
 class Unauthenticated(GPUQueueError):
     """The request carries no valid credential."""
 
@@ -67,7 +74,7 @@ class Unavailable(GPUQueueError):
 
 BY_STATUS: dict[int, type[GPUQueueError]] = {
     400: BadRequest, 401: Unauthenticated, 403: Forbidden, 404: NotFound, 409: Conflict,
-    413: BadRequest, 429: RateLimited, 503: Unavailable,
+    410: Gone, 413: BadRequest, 429: RateLimited, 503: Unavailable,
 }
 """The error class a client raises for each HTTP status the API answers with."""
 

@@ -232,6 +232,9 @@ class JobRecord(BaseModel):
     error: Optional[str] = None
     result_names: list[str] = Field(default_factory=list)
     unreturnable: dict[str, str] = Field(default_factory=dict)
+    result_bytes: int = Field(0, description="size of the stored results (a succeeded cell job's pickle)")
+    result_dropped: Optional[str] = Field(
+        None, description="why the results are no longer kept (the owner's max_results_mb), if so")
     failures: int = 0
     preemptions: int = 0
     last_event_seq: int = 0

@@ -148,7 +148,8 @@ class SubmitLimiter:
         if wait is not None:
             raise RateLimited(
                 f"you are submitting faster than your limit of {format_rate(limit.rate)} "
-                f"(bursts of {limit.burst}): try again in {wait:.1f} s",
+                f"(bursts of {limit.burst}): try again in {wait:.1f} s (the admin sets this limit: "
+                f"submit_rate and submit_burst in the queue config)",
                 retry_after=wait,
             )
 
@@ -171,10 +172,19 @@ def format_rate(rate: float) -> str:
     return f"{rate:g}/s"
 
 
-def parse_rate(v: Any) -> Optional[float]:
-    """Submits a second from ``2`` (a second), ``"2/s"``, ``"30/min"`` or ``"100/h"``."""
+UNLIMITED = ("unlimited", "none")
+
+
+def parse_rate(v: Any, unlimited: bool = False) -> Optional[float]:
+    """Submits a second from ``2`` (a second), ``"2/s"``, ``"30/min"`` or ``"100/h"``; where
+    ``unlimited`` (a user's own rate), ``"unlimited"`` is None: no limit."""
     if v is None:
         return None
+    if isinstance(v, str) and v.strip().lower() in UNLIMITED:
+        if unlimited:
+            return None
+        raise ValueError(f"rate {v!r}: a group cannot lift its members' limit; set submit_rate = "
+                         "\"unlimited\" in [defaults] or in each member's [users.NAME]")
     if isinstance(v, bool):
         raise ValueError("a rate is a number of submits a second, or e.g. \"30/min\"")
     if isinstance(v, (int, float)):
@@ -190,5 +200,5 @@ def parse_rate(v: Any) -> Optional[float]:
     else:
         raise ValueError(f"rate {v!r}: write e.g. \"2/s\", \"30/min\" or \"100/h\"")
     if not math.isfinite(n) or n <= 0:
-        raise ValueError(f"rate {v!r}: give more than 0 submits (leave the key out for no limit)")
+        raise ValueError(f"rate {v!r}: give more than 0 submits (\"unlimited\" for no limit)")
     return n / per

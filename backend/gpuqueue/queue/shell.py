@@ -43,6 +43,7 @@ class AttemptReport(NamedTuple):
     has_result: bool  # a cell job stored its results
     error: Optional[dict[str, Any]]  # the job's error record (type, message, traceback)
     result: Optional[dict[str, Any]]  # the result record (names, unreturnable)
+    result_bytes: int = 0  # size of the stored results
 
 
 class QueueShell:
@@ -164,6 +165,8 @@ class QueueShell:
         if never is not None:
             decisions = [d for d in decisions if not (isinstance(d, Retry) and d.job_id == job.id)]
         state, info = settle(job, outcome, exit_record, decisions, now, report.error, report.result)
+        if state == JobState.SUCCEEDED:
+            job.result_bytes = report.result_bytes if report.has_result else 0
         if never is not None and state == JobState.FAILED:
             was = (f" (attempt {a.number}: {job.error})" if outcome == Outcome.FAILED and job.error
                    else f" (attempt {a.number} was {outcome.value})")

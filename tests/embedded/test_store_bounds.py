@@ -1,0 +1,120 @@
+"""What one user's finished jobs keep in the embedded queue's store (its SQLite file and state
+folder, which every user of the server shares): results within ``max_results_mb``, at most
+``max_finished`` finished jobs, and the default submit rate. In process: the service and its
+SQLite store, real runners (tests/cluster/test_store_bounds.py does the same against Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from gpuqueue.embedded.service import QueueService
+from gpuqueue.job.payload import build_payload, unpack_results
+from gpuqueue.queue.config import PoolConfig, QueueConfig, UserLimits
+from gpuqueue.queue.errors import Gone, NotFound, RateLimited
+from gpuqueue.queue.models import JobSpec, SubmitRequest
+from gpuqueue.queue.verbs import Caller
+
+ALICE, BOB = Caller("alice"), Caller("bob")
+
+
+async def _finished(svc: QueueService, who: Caller, job_id: str) -> str:
+    t0 = time.monotonic()
+    while not (state := svc.get_job(who, job_id).state).is_terminal:
+        assert time.monotonic() - t0 < 60, f"job {job_id} never ended"
+        await asyncio.sleep(0.05)
+    return state.value
+
+
+async def _cell(svc: QueueService, who: Caller, nbytes: int) -> str:
+    payload, inputs, outputs = build_payload(f"x = b'r' * {nbytes}", {}, inputs=[], outputs=["x"])
+    req = SubmitRequest(spec=JobSpec(kind="cell", gpus=0, retries=0, inputs=inputs, outputs=outputs))
+    req._payload = payload
+    job, _ = await svc.submit(who, req)
+    assert await _finished(svc, who, job.id) == "succeeded", svc.get_job(who, job.id)
+    return job.id
+
+
+def _service(tmp_path: Path, **limits: object) -> QueueService:
+    cfg = QueueConfig(pools={"default": PoolConfig(nodes={"local": 1})}, defaults=UserLimits(**limits), warm_imports=[])
+    return QueueService(tmp_path / "state", cfg)
+
+
+def test_results_are_kept_within_max_results_mb_oldest_dropped_first(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        svc = _service(tmp_path, max_results_mb=4)
+        await svc.start()
+        try:
+            first = await _cell(svc, ALICE, 1_500_000)
+            bobs = await _cell(svc, BOB, 1_500_000)
+            second = await _cell(svc, ALICE, 1_500_000)
+            third = await _cell(svc, ALICE, 1_500_000)  # 4.5 MB: the oldest goes
+            with pytest.raises(Gone, match=r"max_results_mb.*") as e:
+                svc.result(ALICE, first)
+            assert e.value.http_status == 410 and "4 MB" in str(e.value)
+            assert not list((svc.state_dir / "jobs" / first).rglob("result.pkl"))
+            assert svc.get_job(ALICE, first).state.value == "succeeded"
+            for who, job in ((ALICE, second), (ALICE, third), (BOB, bobs)):
+                assert unpack_results(svc.result(who, job))[0] == {"x": b"r" * 1_500_000}
+            big = await _cell(svc, ALICE, 5_000_000)  # over the whole allowance: not kept, nothing else goes
+            with pytest.raises(Gone, match="were not kept: they are over the 4 MB"):
+                svc.result(ALICE, big)
+            assert unpack_results(svc.result(ALICE, second))[0] == {"x": b"r" * 1_500_000}
+        finally:
+            await svc.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_user_keeps_at_most_max_finished_jobs(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        svc = _service(tmp_path, max_finished=3)
+        await svc.start()
+        try:
+            async def submit(who: Caller) -> str:
+                spec = JobSpec(kind="command", gpus=1, command=["sleep", "60"])
+                return (await svc.submit(who, SubmitRequest(spec=spec)))[0].id
+
+            running = await submit(ALICE)  # holds the one GPU: what follows waits
+            bobs = await submit(BOB)
+            ids = [await submit(ALICE) for _ in range(6)]
+            svc.cancel(BOB, bobs)
+            for i in ids:
+                svc.cancel(ALICE, i)
+            for i in ids[:3]:
+                with pytest.raises(NotFound):
+                    svc.get_job(ALICE, i)
+                assert not (svc.state_dir / "jobs" / i).exists() or await _gone(svc.state_dir / "jobs" / i)
+            assert sorted(j.id for j in svc.list_jobs(ALICE)) == sorted([running, *ids[3:]])
+            assert svc.get_job(BOB, bobs).state.value == "cancelled"  # another user's stays
+            svc.cancel(ALICE, running)
+        finally:
+            await svc.stop()
+
+    asyncio.run(scenario())
+
+
+async def _gone(folder: Path) -> bool:
+    t0 = time.monotonic()
+    while folder.exists():
+        assert time.monotonic() - t0 < 10, f"{folder} stayed"
+        await asyncio.sleep(0.05)
+    return True
+
+
+def test_the_default_submit_rate_holds_in_the_embedded_queue(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        svc = _service(tmp_path, max_queued=1000)
+        await svc.start()
+        try:
+            spec = JobSpec(kind="command", gpus=1, command=["true"])
+            with pytest.raises(RateLimited, match=r"10/s \(bursts of 100\).*submit_rate"):
+                for _ in range(200):
+                    await svc.submit(ALICE, SubmitRequest(spec=spec))
+        finally:
+            await svc.stop()
+
+    asyncio.run(scenario())
