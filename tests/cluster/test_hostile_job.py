@@ -1,0 +1,230 @@
+"""A hostile job, from inside: bob's job runs on the same node as alice's, both under their own
+dynamic uids, started by a real Celery worker running as root, with a shared root for
+checkpoints. Bob's job tries what untrusted code on a GPU node could try against alice's job and
+against the root worker that handles his files: read or write alice's files, environment, pipes
+and processes; plant links in his own folders that the root worker follows when it copies
+checkpoints to and from the shared root, reads his results and errors, or deletes his folders.
+Each attempt is recorded in a report (what the job saw); the test asserts what got through:
+nothing (tests/cluster/test_isolation.py covers credentials and forged records of one's own)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from helpers.servers import RedisServer, wait_until
+from training.jobs import logs
+
+from .conftest import Cluster
+from .test_isolation import job_python
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
+
+SECRET = f"alice-secret-{os.urandom(6).hex()}"
+
+ALICE = r'''
+import json, os, sys, time
+import gpuqueue
+me = os.environ["GPUQUEUE_JOB_DIR"]
+gpuqueue.Checkpointer().save(1, writer=lambda d: open(d + "/w.txt", "w").write("ALICE-CKPT"))
+with open(os.path.join(me, "secret.json"), "w") as f:
+    json.dump({"type": "AliceSecret", "message": os.environ["ALICE_SECRET"]}, f)
+with open("/tmp/gq-alice-" + os.environ["GPUQUEUE_JOB_ID"], "w") as f:
+    f.write(os.environ["ALICE_SECRET"])
+print("ready", flush=True)
+while not os.path.exists(sys.argv[1]):
+    time.sleep(0.1)
+print("alive at the end", flush=True)
+'''
+
+BOB = r'''
+import ctypes, errno, json, os, signal, sys, time
+import gpuqueue
+from gpuqueue.job import channel
+T = json.loads(os.environ["TARGETS"])
+me, att = os.environ["GPUQUEUE_JOB_DIR"], os.environ["GPUQUEUE_ATTEMPT_DIR"]
+report = {"uid": os.getuid(), "got": [], "blocked": {}}
+
+def attempt(what, fn):
+    try:
+        out = fn()
+        report["got"].append([what, repr(out)[:300]])
+    except OSError as e:
+        report["blocked"][what] = errno.errorcode.get(e.errno, str(e.errno))
+
+def read(p):
+    with open(p, "rb") as f:
+        return f.read(4096)
+
+def write(p):
+    with open(p, "ab") as f:
+        f.write(b'{"type": "metrics", "data": {"forged": 1}}\n')
+
+libc = ctypes.CDLL("libc.so.6", use_errno=True)
+def ptrace(pid):
+    if libc.ptrace(16, pid, None, None) != 0:  # PTRACE_ATTACH
+        raise OSError(ctypes.get_errno(), "ptrace")
+    libc.ptrace(17, pid, None, None)  # PTRACE_DETACH
+    return "attached"
+
+if int(os.environ["GPUQUEUE_ATTEMPT"]) == 1:
+    # alice's processes (found by uid, as anyone can: /proc/<pid>/status) and the root ones of gpuqueue
+    alice, roots = [], []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            uid = int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("Uid:")).split()[1])
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+        except (OSError, StopIteration):
+            continue
+        if uid == T["alice_uid"]:
+            alice.append(int(pid))
+        elif uid == 0 and b"gpuqueue" in cmd:
+            roots.append(int(pid))
+    report["alice_pids"], report["root_pids"] = alice, roots
+    for pid in alice + roots:
+        who = "alice" if pid in alice else "root"
+        attempt(f"{who} {pid}: read environ", lambda: read(f"/proc/{pid}/environ"))
+        attempt(f"{who} {pid}: read mem", lambda: read(f"/proc/{pid}/mem"))
+        attempt(f"{who} {pid}: list fds", lambda: os.listdir(f"/proc/{pid}/fd"))
+        attempt(f"{who} {pid}: cwd", lambda: os.readlink(f"/proc/{pid}/cwd"))
+        for fd in range(3, 12):  # the event pipe and the runner's files, if reachable
+            attempt(f"{who} {pid}: write fd {fd}", lambda: write(f"/proc/{pid}/fd/{fd}"))
+        attempt(f"{who} {pid}: signal", lambda: os.kill(pid, signal.SIGCONT))
+        attempt(f"{who} {pid}: signal group", lambda: os.killpg(os.getpgid(pid), signal.SIGCONT))
+        attempt(f"{who} {pid}: ptrace", lambda: ptrace(pid))
+    # alice's files, wherever they are
+    a = T["alice_dir"]
+    for p in [a + "/secret.json", a + "/checkpoints/default/step-000000001/w.txt", a + "/attempt-1/events.jsonl",
+              T["alice_tmp"]]:
+        attempt(f"read {p}", lambda: read(p))
+    for d in [a, a + "/checkpoints", T["alice_home"], T["shared"], T["shared"] + "/jobs", T["state"] + "/jobs",
+              T["state"] + "/work"]:
+        attempt(f"list {d}", lambda: os.listdir(d))
+    for p in [a + "/attempt-1/events.jsonl", a + "/checkpoints/default/step-000000001/w.txt", a + "/planted"]:
+        attempt(f"write {p}", lambda: write(p))
+    attempt("hard link to alice's secret", lambda: os.link(a + "/secret.json", me + "/hard.json"))
+
+    # links the root worker would follow: in a checkpoint it copies to the shared root...
+    one = me + "/checkpoints/default/step-000000001"
+    os.makedirs(one)
+    open(one + "/w.txt", "w").write("BOB")
+    os.symlink(a + "/secret.json", one + "/link.json")
+    open(one + "/COMPLETE", "w").write(json.dumps({"step": 1, "metrics": {}, "time": time.time(), "files": []}))
+    channel.emit("checkpoint", {"step": 1, "path": one})
+    os.symlink(a + "/checkpoints/default/step-000000001", me + "/checkpoints/default/step-000000002")
+    channel.emit("checkpoint", {"step": 2, "path": me + "/checkpoints/default/step-000000002"})
+    # ... a good one, copied to the root; then its folder becomes a link into alice's checkpoints, so
+    # that the next attempt's copy from the root would write there
+    gpuqueue.Checkpointer(name="pull").save(3, writer=lambda d: open(d + "/w.txt", "w").write("BOB-3"))
+    time.sleep(3)  # the worker's push after the checkpoint event
+    os.rename(me + "/checkpoints/pull/step-000000003", me + "/gone-3")
+    os.symlink(a + "/checkpoints/default", me + "/checkpoints/pull/step-000000003")
+    # ... its error and results: alice's secret
+    os.symlink(a + "/secret.json", att + "/error.json")
+    os.symlink(a + "/secret.json", att + "/result.json")
+    # ... and what the sweep deletes once bob's record is gone
+    os.symlink(a, me + "/alice-folder")
+    os.mkdir(me + "/deep")
+    os.symlink(a + "/secret.json", me + "/deep/secret-link")
+    with open(me + "/report.json", "w") as f:
+        json.dump(report, f)
+    sys.exit(1)
+print("second attempt ran", flush=True)
+'''
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    root = Path(tempfile.mkdtemp(prefix="gq-hostile-job-"))
+    root.chmod(0o711)
+    redis = RedisServer(root / "redis", appendonly=True).start()
+    c = Cluster(root / "cluster", redis, {"n1": 2}, daemon_args=("--keep-finished", "3s"),
+                worker_args=("--shared-dir", str(root / "shared"), "--local-sweep", "0.5"))
+    c.root.chmod(0o755)
+    (c.root / "alice.py").write_text(ALICE)
+    (c.root / "bob.py").write_text(BOB)
+    try:
+        yield c.start()
+    finally:
+        c.close()
+        redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _env(libs: str) -> dict[str, str]:
+    backend = str(Path(__file__).resolve().parents[2] / "backend")
+    return {"PYTHONPATH": os.pathsep.join([backend, libs])}
+
+
+def test_a_job_reaches_nothing_of_another_users_job_nor_makes_root_follow_its_links(cluster: Cluster) -> None:
+    c = cluster
+    py, libs = job_python()
+    node = c.root / "node-n1"
+    go = c.root / "alice-go"
+    alice = c.client("alice").submit({"kind": "command", "gpus": 1, "retries": 0, "command": [py, str(c.root / "alice.py"), str(go)],
+                                      "env": {**_env(libs), "ALICE_SECRET": SECRET}})["id"]
+    wait_until(lambda: any(e["data"].get("line") == "ready" for e in c.client("alice").events(alice)), 60, 0.1,
+               "alice's job to be ready")
+    adir = node / "work" / alice
+    auid = os.stat(adir).st_uid
+    shared = c.root.parent / "shared"
+    targets = {"alice_uid": auid, "alice_dir": str(adir), "alice_tmp": f"/tmp/gq-alice-{alice}",
+               "alice_home": str(node / "home" / str(auid)), "shared": str(shared), "state": str(node)}
+    bob = c.client("bob").submit({"kind": "command", "gpus": 1, "retries": 1, "command": [py, str(c.root / "bob.py")],
+                                  "env": {**_env(libs), "TARGETS": json.dumps(targets)}})["id"]
+    rec = c.wait_done([bob], 90)[bob]
+    bdir = node / "work" / bob
+    assert (bdir / "report.json").exists(), (rec, logs(c.client("bob").events(bob)))
+    report = json.loads((bdir / "report.json").read_text())
+    bob_events = c.client("bob").events(bob)
+    everything_bob_sees = json.dumps(rec) + json.dumps(bob_events) + json.dumps(report)
+
+    # he found alice's processes and the root ones, and tried each: nothing got through
+    assert report["uid"] not in (0, auid) and report["alice_pids"] and report["root_pids"], report
+    assert report["got"] == [], report["got"]
+    assert {report["blocked"][f"read {adir}/secret.json"], report["blocked"][f"write {adir}/planted"]} == {"EACCES"}
+    assert report["blocked"][f"alice {report['alice_pids'][0]}: ptrace"] == "EPERM"
+    assert report["blocked"][f"root {report['root_pids'][0]}: signal"] == "EPERM"
+    assert SECRET not in everything_bob_sees
+    # his first attempt failed with his own exit; no error of alice's became his; the second
+    # attempt could not take back the checkpoint whose folder he had made a link
+    assert [a["outcome"] for a in rec["attempts"]][0] == "failed", rec["attempts"]
+    assert "AliceSecret" not in everything_bob_sees
+    assert "second attempt ran" not in logs(bob_events)
+    # the shared root holds bob's good checkpoint only: neither the one with a link nor the
+    # linked folder (alice's checkpoint) were copied
+    bob_root = shared / "jobs" / bob / "checkpoints"
+    assert sorted(str(p.relative_to(bob_root)) for p in bob_root.glob("*/*")) == ["pull/step-000000003"]
+    assert not any(b"ALICE" in p.read_bytes() for p in (shared / "jobs" / bob).rglob("*") if p.is_file())
+    # alice's folder is as her job left it: the copy back from the root wrote nothing there
+    assert sorted(p.name for p in (adir / "checkpoints" / "default").iterdir()) == ["step-000000001"]
+    assert (adir / "checkpoints" / "default" / "step-000000001" / "w.txt").read_text() == "ALICE-CKPT"
+    for p in adir.rglob("*"):  # every file of alice's job is hers, and closed to others
+        st = os.lstat(p)
+        assert st.st_uid == auid and not st.st_mode & 0o077, (p, oct(st.st_mode), st.st_uid)
+    assert stat.S_IMODE(os.stat(f"/tmp/gq-alice-{alice}").st_mode) == 0o600
+
+    # 3 s after bob's job ended its record goes, and the root worker deletes his folders: his
+    # links go with them, alice's files stay
+    wait_until(lambda: not bdir.exists(), 60, 0.2, "bob's folders swept")
+    assert json.loads((adir / "secret.json").read_text())["message"] == SECRET
+    assert (adir / "checkpoints" / "default" / "step-000000001" / "w.txt").exists()
+
+    # alice's job saw nothing of it: it ends as it would have, and no record was forged in her stream
+    go.touch()
+    arec = c.wait_done([alice], 60)[alice]
+    aevents = c.client("alice").events(alice)
+    assert arec["state"] == "succeeded", logs(aevents)
+    assert "alive at the end" in logs(aevents)
+    assert not any("forged" in e["data"] for e in aevents)
+    os.unlink(f"/tmp/gq-alice-{alice}")
