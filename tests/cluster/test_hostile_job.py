@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -143,22 +143,64 @@ print("second attempt ran", flush=True)
 '''
 
 
+PLANT = r'''
+import json, os, sys, time
+d = os.path.join(sys.argv[1], "default", "step-999999999")
+os.makedirs(d)
+open(d + "/s.txt", "w").write("planted by bob")
+open(d + "/COMPLETE", "w").write(json.dumps({"step": 999999999, "metrics": {}, "time": time.time(), "files": ["s.txt"]}))
+for p in (os.path.join(sys.argv[1], "default"), d):
+    os.chmod(p, 0o755)
+for f in ("s.txt", "COMPLETE"):
+    os.chmod(os.path.join(d, f), 0o644)
+'''
+
+RESUME = r'''
+import gpuqueue
+ck = gpuqueue.Checkpointer()
+point = ck.resume_point()
+print("resumed from", point.step if point else None, flush=True)
+print("saved in", ck.save(1, writer=lambda d: open(d + "/s.txt", "w").write("alice")).path, flush=True)
+'''
+
+
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
+def root() -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="gq-hostile-job-"))
-    root.chmod(0o711)
-    redis = RedisServer(root / "redis", appendonly=True).start()
-    c = Cluster(root / "cluster", redis, {"n1": 2}, daemon_args=("--keep-finished", "3s"),
-                worker_args=("--shared-dir", str(root / "shared"), "--local-sweep", "0.5"))
-    c.root.chmod(0o755)
-    (c.root / "alice.py").write_text(ALICE)
-    (c.root / "bob.py").write_text(BOB)
+    root.chmod(0o711)  # job identities may traverse it, as /var/lib
     try:
-        yield c.start()
+        yield root
     finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def make_cluster(root: Path) -> Iterator[Callable[..., Cluster]]:
+    """``make_cluster(nodes)``: a started cluster under ``root`` whose workers run as root (jobs
+    under their users' dynamic uids) with a shared root; the scheduler forgets a finished job
+    after 3 s and the workers then sweep its folders. The workers take this process's
+    environment (a test sets the variables of "the workers' environment" before)."""
+    made: list[tuple[Cluster, RedisServer]] = []
+
+    def make(nodes: dict[str, int]) -> Cluster:
+        redis = RedisServer(root / "redis", appendonly=True).start()
+        c = Cluster(root / "cluster", redis, nodes, daemon_args=("--keep-finished", "3s"),
+                    worker_args=("--shared-dir", str(root / "shared"), "--local-sweep", "0.5"))
+        made.append((c, redis))
+        c.root.chmod(0o755)
+        for name, text in (("alice.py", ALICE), ("bob.py", BOB), ("plant.py", PLANT), ("resume.py", RESUME)):
+            (c.root / name).write_text(text)
+        return c.start()
+
+    yield make
+    for c, redis in made:
         c.close()
         redis.stop()
-        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(make_cluster: Callable[..., Cluster]) -> Cluster:
+    return make_cluster({"n1": 2})
 
 
 def _env(libs: str) -> dict[str, str]:
@@ -228,3 +270,30 @@ def test_a_job_reaches_nothing_of_another_users_job_nor_makes_root_follow_its_li
     assert "alive at the end" in logs(aevents)
     assert not any("forged" in e["data"] for e in aevents)
     os.unlink(f"/tmp/gq-alice-{alice}")
+
+
+def test_a_checkpoint_folder_of_the_workers_environment_is_no_folder_other_users_can_plant_in(
+        root: Path, make_cluster: Callable[..., Cluster], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``GPUQUEUE_CHECKPOINT_DIR`` was passed from the worker's environment to every job, and a
+    Checkpointer with no folder of its own used it as is: every job of every user saved to, and
+    resumed from, ``<dir>/default/``, which all their uids must be able to write. Bob's job put a
+    checkpoint there; alice's next job resumed from it (for ``Checkpointer.load()``, a
+    torch.load of bob's file in alice's process). A job under its own identity no longer takes
+    it from the worker: its checkpoints are in its own job folder (and on the shared root)."""
+    scratch = root / "scratch"
+    scratch.mkdir()
+    scratch.chmod(0o1777)  # what every job's uid must be able to write: as /tmp
+    monkeypatch.setenv("GPUQUEUE_CHECKPOINT_DIR", str(scratch))  # the workers' environment
+    c = make_cluster({"n1": 1})
+    py, libs = job_python()
+    bob = c.client("bob").submit({"kind": "command", "gpus": 1, "retries": 0, "env": _env(libs),
+                                  "command": [py, str(c.root / "plant.py"), str(scratch)]})["id"]
+    assert c.wait_done([bob], 60)[bob]["state"] == "succeeded", logs(c.client("bob").events(bob))
+    alice = c.client("alice").submit({"kind": "command", "gpus": 1, "retries": 0, "env": _env(libs),
+                                      "command": [py, str(c.root / "resume.py")]})["id"]
+    rec = c.wait_done([alice], 60)[alice]
+    out = logs(c.client("alice").events(alice))
+    assert rec["state"] == "succeeded", out
+    assert "resumed from None" in out, out
+    saved = next(line.split(" ", 2)[2] for line in out.splitlines() if line.startswith("saved in "))
+    assert saved.startswith(str(c.root / "node-n1" / "work" / alice / "checkpoints") + "/"), saved

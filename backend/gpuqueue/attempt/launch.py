@@ -36,6 +36,10 @@ NEVER_PASS = re.compile(
 )
 # where the job runs under its own identity, these describe the worker's user, not the job's
 _OWN_ACCOUNT = ("HOME", "USER", "LOGNAME", "SHELL")
+# ... and these would be one place for every user's jobs: a checkpoint folder that all their uids
+# can write is one where any user's job plants the checkpoint another user's job resumes from
+# (its own job folder, and the shared root, are the place: gpuqueue.job.checkpoint.default_root)
+_ONE_FOR_ALL = ("GPUQUEUE_CHECKPOINT_DIR",)
 
 
 def _patterns(environ: Mapping[str, str]) -> list[str]:
@@ -90,7 +94,7 @@ def build_launch(
     argv = launch_argv(spec.kind, argv, spec.gpus, spec.nodes, spec.env, python)
     env = passed_env()
     if identity is not None:
-        for k in _OWN_ACCOUNT:
+        for k in _OWN_ACCOUNT + _ONE_FOR_ALL:
             env.pop(k, None)
         env["USER"] = env["LOGNAME"] = identity.account or identity.user
         if identity.home or home:
