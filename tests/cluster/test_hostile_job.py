@@ -297,3 +297,32 @@ def test_a_checkpoint_folder_of_the_workers_environment_is_no_folder_other_users
     assert "resumed from None" in out, out
     saved = next(line.split(" ", 2)[2] for line in out.splitlines() if line.startswith("saved in "))
     assert saved.startswith(str(c.root / "node-n1" / "work" / alice / "checkpoints") + "/"), saved
+
+
+RAY_SEEN = "import json, os; print('ray:', json.dumps({k: v for k, v in os.environ.items() if 'RAY' in k or k == 'GPUQUEUE_PLACEMENT'}), flush=True)"
+
+
+def test_only_the_launcher_of_a_job_on_several_nodes_learns_where_the_ray_cluster_is(
+        make_cluster: Callable[..., Cluster], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The workers hold the Ray cluster's address for multi-node jobs; it was allow-listed, so
+    every job on every node learned where to submit work that runs as the Ray nodes' user. Now a
+    job under its own identity gets it only when the scheduler placed it on several nodes."""
+    monkeypatch.setenv("RAY_ADDRESS", "10.9.8.7:6379")  # the workers' environment
+    monkeypatch.setenv("GPUQUEUE_RAY_ADDRESS", "10.9.8.7:6379")
+    c = make_cluster({"n1": 1, "n2": 1})
+    py, libs = job_python()
+
+    def seen(user: str, **spec: Any) -> dict[str, str]:
+        job = c.client(user).submit({"kind": "command", "retries": 0, "env": _env(libs), "command": [py, "-c", RAY_SEEN],
+                                     **spec})["id"]
+        rec = c.wait_done([job], 60)[job]
+        out = logs(c.client(user).events(job))
+        assert rec["state"] == "succeeded", out
+        return json.loads(next(line for line in out.splitlines() if line.startswith("ray: "))[5:])
+
+    assert seen("bob", gpus=1) == {}
+    assert seen("bob", gpus=0) == {}
+    # the launcher of a job on both nodes (run as a plain command here: GPUQUEUE_LAUNCHER=none)
+    both = seen("alice", gpus=2, nodes=2, env={**_env(libs), "GPUQUEUE_LAUNCHER": "none"})
+    assert both["RAY_ADDRESS"] == both["GPUQUEUE_RAY_ADDRESS"] == "10.9.8.7:6379", both
+    assert set(json.loads(both["GPUQUEUE_PLACEMENT"])) == {"n1", "n2"}
