@@ -326,3 +326,34 @@ def test_only_the_launcher_of_a_job_on_several_nodes_learns_where_the_ray_cluste
     both = seen("alice", gpus=2, nodes=2, env={**_env(libs), "GPUQUEUE_LAUNCHER": "none"})
     assert both["RAY_ADDRESS"] == both["GPUQUEUE_RAY_ADDRESS"] == "10.9.8.7:6379", both
     assert set(json.loads(both["GPUQUEUE_PLACEMENT"])) == {"n1", "n2"}
+
+
+SPARSE = r'''
+import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stop notice is ignored: the runner's SIGKILL must come
+with open(os.environ["GPUQUEUE_ATTEMPT_DIR"] + "/events.jsonl", "r+b") as f:
+    f.truncate(10**12)  # 1 TB of zeros that take no disk: no line in it
+print("big", flush=True)
+while True:
+    time.sleep(1)
+'''
+
+
+def test_a_job_cannot_keep_its_runner_from_stopping_it(cluster: Cluster) -> None:
+    """The runner copies the job's own events.jsonl (where ranks without its pipe write) in its
+    main loop, which also answers stop requests and kills the job after the grace period. It read
+    the file to its end at each pass: a job that made it a 1 TB sparse file kept its runner
+    reading zeros for about an hour (0.3 GB/s here), so a cancel, a preemption or a time limit
+    did not stop it, and it kept its GPUs. Each pass now reads a few MB, and an attempt's file is
+    read no further than its output limit."""
+    c = cluster
+    py, libs = job_python()
+    (c.root / "sparse.py").write_text(SPARSE)
+    bob = c.client("bob").submit({"kind": "command", "gpus": 1, "retries": 0, "env": _env(libs),
+                                  "command": [py, str(c.root / "sparse.py")]})["id"]
+    wait_until(lambda: "big" in logs(c.client("bob").events(bob)), 60, 0.2, "bob's job to make its file")
+    time.sleep(1)  # the runner is on it
+    c.client("bob").cancel(bob)
+    rec = c.wait_done([bob], 30)[bob]
+    assert rec["state"] == "cancelled", rec
+    assert rec["attempts"][-1]["ended_at"] - rec["attempts"][-1]["started_at"] < 30

@@ -38,6 +38,7 @@ PARTIAL_LINE_FLUSH_S = 0.5  # a line with no newline yet is shown after this lon
 MAX_LINE = 16_384  # longer lines are cut (with a marker) so one line cannot flood the log
 MAX_EVENT = 1_048_576  # a job-side event record longer than this is dropped
 JOB_EVENTS_POLL_S = 0.1  # how often the job's own events.jsonl is read (identity mode)
+MAX_DRAIN = 4 * 1024 * 1024  # bytes of it read per pass of the main loop (which answers stop requests)
 MAX_OUTPUT_BYTES = 256 * 1024 * 1024  # of a job's records per attempt, unless launch.json says
 
 
@@ -184,21 +185,37 @@ def _pump_events(fd: int, out: EventWriter, job_dir: Optional[str]) -> None:
 class JobEventsFile:
     """The job's own ``events.jsonl`` (identity mode): what processes without the runner's pipe
     (torchrun ranks, Ray workers) append. Opened once, without following links, and read from
-    where the last read stopped; only job-side records pass."""
+    where the last read stopped; only job-side records pass.
 
-    def __init__(self, folder: OwnedDir, job_dir: Optional[str]):
+    The job owns the file, so it may make it anything: a sparse file of terabytes reads as zeros
+    for hours. The runner reads it in its main loop, which also answers stop requests and kills
+    the job after the grace period, so each :meth:`drain` reads at most ``MAX_DRAIN`` bytes, and
+    the whole file no further than ``limit`` (the attempt's output limit: past it, nothing the
+    job writes is kept anyway)."""
+
+    def __init__(self, folder: OwnedDir, job_dir: Optional[str], limit: int = MAX_OUTPUT_BYTES):
         self.fd = folder.open_file("events.jsonl")
         self.job_dir = job_dir
         self.buf = b""
+        self.left = limit  # bytes it may still read
 
-    def drain(self, out: EventWriter) -> None:
-        """Copy the complete new lines."""
+    def drain(self, out: EventWriter, budget: int = MAX_DRAIN) -> bool:
+        """Copy the complete new lines, reading at most ``budget`` bytes; True if it stopped
+        with more maybe left to read."""
         if self.fd is None:
-            return
-        while True:
-            chunk = os.read(self.fd, 1 << 20)
+            return False
+        while budget > 0:
+            if self.left <= 0:
+                out.write("log", {"stream": "stderr", "line": (
+                    "gpuqueue: the job's own events.jsonl passed this attempt's output limit: the rest "
+                    "of it is not read")})
+                self.close()
+                return False
+            chunk = os.read(self.fd, min(1 << 20, budget, self.left))
             if not chunk:
-                return
+                return False
+            budget -= len(chunk)
+            self.left -= len(chunk)
             self.buf += chunk
             *lines, self.buf = self.buf.split(b"\n")
             if len(self.buf) > MAX_EVENT:
@@ -207,6 +224,7 @@ class JobEventsFile:
                 ev = job_event(raw, self.job_dir)
                 if ev is not None:
                     out.write_job(ev[0], ev[1], ev[2])
+        return True
 
     def close(self) -> None:
         """Close the file."""
@@ -338,7 +356,7 @@ class Runner:
             threading.Thread(target=_pump_output, args=(err_r, "stderr", self.out), daemon=True),
             threading.Thread(target=_pump_events, args=(ev_r, self.out, self.job_dir), daemon=True),
         ]
-        job_events = JobEventsFile(self.own, self.job_dir) if self.own is not None else None
+        job_events = JobEventsFile(self.own, self.job_dir, _max_output(self.launch)) if self.own is not None else None
         for p in pumps:
             p.start()
         proc = self.proc
@@ -362,7 +380,8 @@ class Runner:
         # children that outlived the job's main process must not keep its GPUs
         self._signal_group(signal.SIGKILL)
         if job_events is not None:
-            job_events.drain(self.out)
+            while job_events.drain(self.out):  # what is left, up to the output limit
+                pass
             job_events.close()
         return self._finish(self.proc.returncode, started, self._cwd_failed)
 
