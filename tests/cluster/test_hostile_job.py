@@ -357,3 +357,69 @@ def test_a_job_cannot_keep_its_runner_from_stopping_it(cluster: Cluster) -> None
     rec = c.wait_done([bob], 30)[bob]
     assert rec["state"] == "cancelled", rec
     assert rec["attempts"][-1]["ended_at"] - rec["attempts"][-1]["started_at"] < 30
+
+
+LEAVES = r'''
+import os, subprocess, sys
+# a process in a session of its own keeps the job's stdout and stderr open after its main process ends
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(6)"], start_new_session=True)
+print("main", os.getpid(), flush=True)
+'''
+
+
+def _take_pid(pid: int, uid: int) -> "Any":
+    """A process of ``uid`` that leads a session (and process group) of its own, with pid
+    ``pid`` if the kernel gives it (root sets the pid namespace's last pid), else None."""
+    import subprocess
+
+    for _ in range(20):
+        with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+            f.write(str(pid - 1))
+        p = subprocess.Popen(["sleep", "60"], start_new_session=True, user=uid, group=uid)
+        if p.pid == pid:
+            return p
+        p.kill()
+        p.wait()
+    return None
+
+
+def test_a_job_cannot_make_its_runner_kill_a_process_that_took_its_pid(cluster: Cluster) -> None:
+    """After a job's main process ends, its runner waits for its output pipes to close (up to 5 s
+    each), then SIGKILLs the job's process group (its pid) so that no child of it keeps its GPUs.
+    The runner had already reaped the main process, so its pid was free: a job whose child held
+    the pipes open (in a session of its own) left the runner, as root, killing whatever process
+    group took that pid meanwhile: another user's job, a spare runner. The main process now stays
+    unreaped (a zombie holds its pid and group) until that kill is sent."""
+    c = cluster
+    py, libs = job_python()
+    (c.root / "leaves.py").write_text(LEAVES)
+    bob = c.client("bob").submit({"kind": "command", "gpus": 1, "retries": 0, "env": _env(libs),
+                                  "command": [py, str(c.root / "leaves.py")]})["id"]
+    line = wait_until(lambda: next((x for x in logs(c.client("bob").events(bob)).splitlines() if x.startswith("main ")), None),
+                      60, 0.05, "bob's job to start")
+    pid = int(line.split()[1])
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or _state(pid) == "Z", 10, 0.02, "bob's main process to end")
+    victim = None
+    if os.path.exists(f"/proc/{pid}"):  # a zombie until the runner's last kill: no one can take its pid
+        assert _state(pid) == "Z" and _take_pid(pid, 61999) is None
+    else:  # reaped already: its pid is free (the runner's old way)
+        victim = _take_pid(pid, 61999)  # "alice's next job", say
+        if victim is None:
+            pytest.skip(f"pid {pid} went to another process first")
+    try:
+        rec = c.wait_done([bob], 60)[bob]
+        assert rec["state"] == "succeeded", logs(c.client("bob").events(bob))
+        if victim is not None:
+            time.sleep(0.5)
+            assert victim.poll() is None, f"the process that took pid {pid} was killed ({victim.returncode})"
+    finally:
+        if victim is not None:
+            victim.kill()
+            victim.wait()
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return ""

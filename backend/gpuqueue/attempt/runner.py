@@ -360,13 +360,21 @@ class Runner:
         for p in pumps:
             p.start()
         proc = self.proc
-        # wake the loop the moment the job exits (no polling delay before the exit record)
+        exited = threading.Event()
+
+        # wake the loop the moment the job exits (no polling delay before the exit record). The
+        # main process is not reaped until the last kill of its group below: a zombie holds its
+        # pid, so that kill (as root) cannot reach a process that took the pid meanwhile
         def wake_on_exit() -> None:
-            proc.wait()
+            try:
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:  # reaped already
+                pass
+            exited.set()
             self._wake.set()
 
         threading.Thread(target=wake_on_exit, daemon=True).start()
-        while self.proc.poll() is None:
+        while not exited.is_set():
             self._wake.wait(JOB_EVENTS_POLL_S if job_events is not None else 0.2)
             self._wake.clear()
             if job_events is not None:
@@ -379,6 +387,7 @@ class Runner:
             p.join(timeout=5)
         # children that outlived the job's main process must not keep its GPUs
         self._signal_group(signal.SIGKILL)
+        self.proc.wait()  # now its pid may go
         if job_events is not None:
             while job_events.drain(self.out):  # what is left, up to the output limit
                 pass
