@@ -423,3 +423,53 @@ def _state(pid: int) -> str:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return ""
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+NESTED_EVENT = r'''
+import os, time
+deep = "[" * 100_000 + "]" * 100_000
+with open(os.environ["GPUQUEUE_ATTEMPT_DIR"] + "/events.jsonl", "a") as f:  # as a rank without the pipe does
+    f.write('{"type": "metrics", "data": {"x": ' + deep + '}}\n')
+print("sent", flush=True)
+time.sleep(1000)
+'''
+NESTED_ERROR = r'''
+import os, sys
+with open(os.environ["GPUQUEUE_ATTEMPT_DIR"] + "/error.json", "w") as f:
+    f.write('{"type": "E", "message": ' + "[" * 100_000 + "]" * 100_000 + '}')
+sys.exit(1)
+'''
+
+
+def _uid_procs(uid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+
+
+def test_a_deeply_nested_record_neither_ends_the_runner_nor_stalls_the_worker(cluster: Cluster) -> None:
+    """Python's json raises RecursionError (not ValueError) on a document nested some thousand
+    levels deep. The runner parsed the job's own events.jsonl in its main loop catching
+    ValueError only: one such line ended the runner, and with it the queue's hold on the job,
+    whose process went on running (its GPUs given to the next job) and could no longer be
+    cancelled. The worker read error.json the same way: the attempt's end was never reported
+    (its GPUs held for good) while the worker logged the error 50 times a second."""
+    c = cluster
+    py, libs = job_python()
+    (c.root / "nested_event.py").write_text(NESTED_EVENT)
+    (c.root / "nested_error.py").write_text(NESTED_ERROR)
+    bob = c.client("bob")
+    job = bob.submit({"kind": "command", "gpus": 1, "retries": 0, "env": _env(libs),
+                      "command": [py, str(c.root / "nested_event.py")]})["id"]
+    wait_until(lambda: "sent" in logs(bob.events(job)), 60, 0.2, "bob's job to write the line")
+    uid = os.stat(c.root / "node-n1" / "work" / job).st_uid
+    time.sleep(1)  # the runner has read it
+    assert bob.get(job)["state"] == "running", logs(bob.events(job))
+    bob.cancel(job)
+    assert c.wait_done([job], 30)[job]["state"] == "cancelled"
+    wait_until(lambda: _uid_procs(uid) == [], 10, 0.1, "no process of bob's left")
+    job = bob.submit({"kind": "command", "gpus": 1, "retries": 0, "env": _env(libs),
+                      "command": [py, str(c.root / "nested_error.py")]})["id"]
+    rec = c.wait_done([job], 30)[job]
+    assert rec["state"] == "failed" and "exited with code 1" in rec["error"], rec["error"]

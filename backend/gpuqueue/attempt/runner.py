@@ -31,7 +31,7 @@ from typing import IO, Any, Optional
 
 from ..job.channel import JOB_EVENT_TYPES
 from . import launchfail
-from .jobdir import OwnedDir
+from .jobdir import OwnedDir, load_json
 from .warmjob import WarmJob
 
 PARTIAL_LINE_FLUSH_S = 0.5  # a line with no newline yet is shown after this long
@@ -144,7 +144,7 @@ def job_event(raw: bytes, job_dir: Optional[str] = None) -> Optional[tuple[str, 
     if len(raw) > MAX_EVENT:
         return None
     try:
-        rec = json.loads(raw)
+        rec = load_json(raw)  # not nested over MAX_DEPTH levels (json's RecursionError ended the runner)
         type_ = rec["type"]
         t = rec.get("t")
         data = rec.get("data", {})
