@@ -473,3 +473,44 @@ def test_a_deeply_nested_record_neither_ends_the_runner_nor_stalls_the_worker(cl
                       "command": [py, str(c.root / "nested_error.py")]})["id"]
     rec = c.wait_done([job], 30)[job]
     assert rec["state"] == "failed" and "exited with code 1" in rec["error"], rec["error"]
+
+
+NO_NEWLINE = r'''
+import os, sys
+chunk = b"x" * (1 << 20)
+for _ in range(300):  # 300 MB of one line, never ended
+    os.write(1, chunk)
+os.write(1, b"\nend\n")
+'''
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        return next(int(x.split()[1]) for x in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if x.startswith("VmRSS:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def test_a_line_without_end_does_not_grow_the_runner(cluster: Cluster) -> None:
+    """The runner (root, no memory limit) kept a job's output line in memory until its newline,
+    appending each 64 KB read to it and searching all of it again: a job that printed without a
+    newline grew the runner without bound (the node's memory, which the OOM killer then takes
+    back from some process: another user's job) and kept a core busy with quadratic work. A line
+    is cut at 16 KB anyway: past that, the rest of it is dropped as it comes."""
+    c = cluster
+    py, libs = job_python()
+    (c.root / "no_newline.py").write_text(NO_NEWLINE)
+    bob = c.client("bob")
+    job = bob.submit({"kind": "command", "gpus": 1, "retries": 0, "env": _env(libs),
+                      "command": [py, str(c.root / "no_newline.py")]})["id"]
+    runner = wait_until(lambda: (bob.get(job)["attempts"] or [{}])[-1].get("pid"), 30, 0.05, "bob's job to start")
+    peak, t0 = 0.0, time.time()
+    while time.time() - t0 < 40 and bob.get(job)["state"] == "running":
+        peak = max(peak, _rss_mb(runner))
+        time.sleep(0.1)
+    assert peak < 150 and time.time() - t0 < 40, f"the runner grew to {peak:.0f} MB in {time.time() - t0:.0f} s"
+    rec = c.wait_done([job], 5)[job]
+    out = logs(bob.events(job))
+    assert rec["state"] == "succeeded" and out.endswith("end"), (rec["state"], out[-200:])
+    assert "[line cut]" in out and len(out) < 100_000

@@ -36,6 +36,7 @@ from .warmjob import WarmJob
 
 PARTIAL_LINE_FLUSH_S = 0.5  # a line with no newline yet is shown after this long
 MAX_LINE = 16_384  # longer lines are cut (with a marker) so one line cannot flood the log
+MAX_HELD = 4 * MAX_LINE + 65_536  # bytes of an unfinished line held: past it, it is shown cut
 MAX_EVENT = 1_048_576  # a job-side event record longer than this is dropped
 JOB_EVENTS_POLL_S = 0.1  # how often the job's own events.jsonl is read (identity mode)
 MAX_DRAIN = 4 * 1024 * 1024  # bytes of it read per pass of the main loop (which answers stop requests)
@@ -96,14 +97,22 @@ class EventWriter:
 
 
 def _pump_output(fd: int, stream: str, out: EventWriter) -> None:
-    """Turn a pipe's bytes into ``log`` records, one per line; ``\\r`` rewrites a line."""
+    """Turn a pipe's bytes into ``log`` records, one per line; ``\\r`` rewrites a line. A line
+    that grows past ``MAX_HELD`` without its end is shown cut (as :func:`_emit_line` cuts any
+    line) and the rest of it is dropped as it comes: the runner is root's, with no memory limit."""
     buf = b""
     last_partial = 0.0
+    dropping = False  # the rest of a line already shown cut
     with os.fdopen(fd, "rb", buffering=0) as f:
         while True:
             chunk = f.read(65536)
             if not chunk:
                 break
+            if dropping:
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    continue
+                chunk, dropping = chunk[nl + 1 :], False
             buf += chunk
             while True:
                 nl = buf.find(b"\n")
@@ -122,6 +131,11 @@ def _pump_output(fd: int, stream: str, out: EventWriter) -> None:
                 if current:
                     _emit_line(out, stream, current, True)
                 buf = buf[buf.rfind(b"\r") + 1 :] if not buf.endswith(b"\r") else b""
+            if len(buf) > MAX_HELD:  # a line being redrawn: its current state only; else the line is cut
+                buf = buf[buf.rstrip(b"\r").rfind(b"\r") + 1 :]
+                if len(buf) > MAX_HELD:
+                    _emit_line(out, stream, buf[: 4 * MAX_LINE + 4], False)  # over MAX_LINE characters: marked cut
+                    buf, dropping = b"", True
     if buf.strip(b"\r"):
         _emit_line(out, stream, buf.rstrip(b"\r").rsplit(b"\r", 1)[-1], False)
 
