@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import stat
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -425,7 +423,6 @@ def _state(pid: int) -> str:
         return ""
 
 
-DEEP = "[" * 100_000 + "]" * 100_000
 NESTED_EVENT = r'''
 import os, time
 deep = "[" * 100_000 + "]" * 100_000
