@@ -511,3 +511,56 @@ def test_a_line_without_end_does_not_grow_the_runner(cluster: Cluster) -> None:
     out = logs(bob.events(job))
     assert rec["state"] == "succeeded" and out.endswith("end"), (rec["state"], out[-200:])
     assert "[line cut]" in out and len(out) < 100_000
+
+
+ESCAPES = r'''
+import os, subprocess, sys, time
+for _ in range(30):  # orphans that end at once: their zombies are the runner's to reap
+    subprocess.Popen([sys.executable, "-c", "import os; os.fork() or os._exit(0)"]).wait()
+# one that lives on in a session of its own, out of the job's process group, away from its pipes
+p = subprocess.Popen([sys.executable, "-c", "import os, time; os.fork() and os._exit(0); time.sleep(120)"],
+                     start_new_session=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL)
+p.wait()
+time.sleep(3)
+print("main ends", flush=True)
+'''
+
+
+def _children_of(ppid: int) -> list[tuple[int, str]]:
+    out = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            state, parent = Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if int(parent) == ppid:
+            out.append((int(name), state))
+    return out
+
+
+def test_no_process_of_a_job_outlives_it(cluster: Cluster) -> None:
+    """The runner ended a job by killing its process group: a process the job left in a session
+    of its own ran on after the job's end, as its user, on GPUs the queue then gave to the next
+    job, and no cancel reached it. The runner is now the subreaper of the job's processes: an
+    orphan of the job becomes the runner's child (it reaps those that end), and whatever of them
+    still runs when the job ends is killed."""
+    import psutil
+
+    c = cluster
+    py, libs = job_python()
+    (c.root / "escapes.py").write_text(ESCAPES)
+    bob = c.client("bob")
+    job = bob.submit({"kind": "command", "gpus": 1, "retries": 0, "env": _env(libs),
+                      "command": [py, str(c.root / "escapes.py")]})["id"]
+    runner = wait_until(lambda: (bob.get(job)["attempts"] or [{}])[-1].get("pid"), 30, 0.05, "bob's job to start")
+    uid = wait_until(lambda: os.stat(c.root / "node-n1" / "work" / job).st_uid, 10, 0.05, "bob's job folder")
+    time.sleep(2)  # its orphans were made and ended
+    zombies = [pid for pid, state in _children_of(runner) if state == "Z"]
+    rec = c.wait_done([job], 60)[job]
+    assert rec["state"] == "succeeded", logs(bob.events(job))
+    left = [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+    for pid in left:
+        os.kill(pid, 9)
+    assert left == [], "a process of bob's job outlived it"
+    assert len(zombies) < 5, zombies

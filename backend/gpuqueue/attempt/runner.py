@@ -12,7 +12,8 @@ the job-side types (``channel.JOB_EVENT_TYPES``): a job cannot write the runner'
 It runs in a session of its own, so it outlives the Jupyter server (or Celery worker) that
 started it; whoever restarts simply goes on reading ``events.jsonl`` from where it stopped.
 Stop requests arrive as ``control.json`` plus SIGUSR1: the runner sends SIGTERM to the job's
-process group, waits the grace period, then SIGKILL.
+process group, waits the grace period, then SIGKILL. It is the subreaper of the job's processes,
+so what the job leaves outside that group (a session of its own) is its child, killed at the end.
 
 It imports nothing heavy, so a job starts fast.
 """
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from ..job.channel import JOB_EVENT_TYPES
-from . import launchfail
+from . import launchfail, orphans
 from .jobdir import OwnedDir, load_json
 from .warmjob import WarmJob
 
@@ -40,6 +41,7 @@ MAX_HELD = 4 * MAX_LINE + 65_536  # bytes of an unfinished line held: past it, i
 MAX_EVENT = 1_048_576  # a job-side event record longer than this is dropped
 JOB_EVENTS_POLL_S = 0.1  # how often the job's own events.jsonl is read (identity mode)
 MAX_DRAIN = 4 * 1024 * 1024  # bytes of it read per pass of the main loop (which answers stop requests)
+REAP_EVERY_S = 2.0  # how often the job's orphans that ended are reaped (gpuqueue.attempt.orphans)
 MAX_OUTPUT_BYTES = 256 * 1024 * 1024  # of a job's records per attempt, unless launch.json says
 
 
@@ -290,6 +292,7 @@ class Runner:
         user = self.launch.get("user")
         self.user: Optional[dict[str, Any]] = user if isinstance(user, dict) else None
         self.job_dir: Optional[str] = self.launch.get("job_dir")
+        self.reaper = False  # this runner reaps the job's orphans (gpuqueue.attempt.orphans)
         self.own: Optional[OwnedDir] = None  # the job's attempt folder, where it runs as its own user
         self.own_error: Optional[OSError] = None
         self._cwd_failed: Optional[dict[str, Any]] = None  # the job's process could not enter its folder
@@ -304,6 +307,7 @@ class Runner:
         """Start the job, wait for it, write exit records. Returns the job's exit code."""
         signal.signal(signal.SIGUSR1, lambda *_: self._wake.set())
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.reaper = orphans.become_subreaper()  # the job's orphans stay in reach (gpuqueue.attempt.orphans)
         if self.own_error is not None:
             self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot open the attempt's folder: {self.own_error}"})
             return self._finish(127, time.time(), self._launch_error(launchfail.FOLDER, self.own_error))
@@ -388,9 +392,13 @@ class Runner:
             self._wake.set()
 
         threading.Thread(target=wake_on_exit, daemon=True).start()
+        reaped_at = time.monotonic()
         while not exited.is_set():
             self._wake.wait(JOB_EVENTS_POLL_S if job_events is not None else 0.2)
             self._wake.clear()
+            if self.reaper and time.monotonic() - reaped_at > REAP_EVERY_S:
+                reaped_at = time.monotonic()
+                orphans.reap_ended(self.proc.pid)
             if job_events is not None:
                 job_events.drain(self.out)
             self._check_control()
@@ -402,6 +410,11 @@ class Runner:
         # children that outlived the job's main process must not keep its GPUs
         self._signal_group(signal.SIGKILL)
         self.proc.wait()  # now its pid may go
+        if self.reaper:
+            left = orphans.end_all()
+            if left:
+                self.out.write("log", {"stream": "stderr", "line": (
+                    f"gpuqueue: ended {left} processes the job left running after it ended")})
         if job_events is not None:
             while job_events.drain(self.out):  # what is left, up to the output limit
                 pass
