@@ -71,6 +71,30 @@ def test_a_job_under_its_own_identity_gets_its_own_home_and_folder(host: None, t
     assert plain["cwd"] is None and "user" not in plain
 
 
+def test_the_ray_address_reaches_only_a_launcher_that_runs_through_ray(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Under its own identity only a job placed on several nodes learns the Ray cluster's
+    address; a one-node job that forces the Ray launcher starts a Ray of its own. Where jobs run
+    as the launching process's user (embedded mode), a job whose launcher is Ray gets it."""
+    monkeypatch.setenv("RAY_ADDRESS", "ray-head:6379")
+    monkeypatch.setenv("GPUQUEUE_RAY_ADDRESS", "ray-head:6379")
+    alice = Identity("alice", 61184, 61184)
+
+    def ray_env(spec: JobSpec, **kw: object) -> dict[str, str]:
+        env = build_launch("j-1", spec, tmp_path / "job", tmp_path / "job" / "attempt-1", 1, [0], "gpu-1", **kw)["env"]
+        return {k: v for k, v in env.items() if k in ("RAY_ADDRESS", "GPUQUEUE_RAY_ADDRESS")}
+
+    cmd = JobSpec(kind="command", command=["python", "train.py"], gpus=1)
+    forced = JobSpec(kind="command", command=["python", "train.py"], gpus=1, env={"GPUQUEUE_LAUNCHER": "ray"})
+    both = {"RAY_ADDRESS": "ray-head:6379", "GPUQUEUE_RAY_ADDRESS": "ray-head:6379"}
+    assert ray_env(cmd, identity=alice) == {} and ray_env(cmd) == {}
+    assert ray_env(forced, identity=alice) == {}
+    assert ray_env(forced) == both
+    assert ray_env(JobSpec(kind="command", command=["python", "train.py"], gpus=2, nodes=2), identity=alice,
+                   placement={"gpu-1": [0], "gpu-2": [0]}) == both
+    assert ray_env(JobSpec(kind="cell", gpus=2, nodes=2)) == both  # embedded --nodes 2
+    assert ray_env(cmd, identity=alice, placement={"gpu-1": [0]}) == {}
+
+
 def test_an_embedded_job_gets_neither_the_servers_token_nor_its_secrets(jupyter_server_factory) -> None:
     """The real Jupyter server exports its own URL and token into its environment (for the
     kernels it starts); a job it launches sees neither, nor the hub's token."""

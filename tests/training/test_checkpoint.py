@@ -112,6 +112,22 @@ def test_resume_from_env_and_job_prefix(tmp_path: Path, monkeypatch: pytest.Monk
     assert new.load() == {"step": 31}  # its own checkpoints win over the resume source
 
 
+def test_a_checkpoint_folder_from_the_environment_gets_the_job_id_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/training.md: ``directory=`` (or ``GPUQUEUE_CHECKPOINT_DIR``) gets the job id appended
+    inside a job, so jobs never see each other's checkpoints. The variable did not: every job
+    that it reached saved to and resumed from ``<dir>/default``, the last job's checkpoints."""
+    monkeypatch.setenv("GPUQUEUE_CHECKPOINT_DIR", str(tmp_path / "scratch"))
+    monkeypatch.setenv("GPUQUEUE_ATTEMPT_DIR", str(tmp_path))  # no events.jsonl: emit is a no-op
+    monkeypatch.setenv("GPUQUEUE_JOB_ID", "j-a")
+    a = Checkpointer()
+    assert a.url == str(tmp_path / "scratch" / "j-a" / "default")
+    a.save(7, {"step": 7})
+    monkeypatch.setenv("GPUQUEUE_JOB_ID", "j-b")
+    assert Checkpointer().latest() is None and Checkpointer().load() is None
+    monkeypatch.setenv("GPUQUEUE_JOB_ID", "j-a")  # its next attempt resumes from its own
+    assert Checkpointer().load() == {"step": 7}
+
+
 def test_bad_arguments_say_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="'min' or 'max'"):
         Checkpointer(str(tmp_path), mode="lowest")  # type: ignore[arg-type]

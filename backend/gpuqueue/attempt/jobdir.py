@@ -48,6 +48,26 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 READ_CHUNK = 4 * 1024 * 1024  # bytes of events.jsonl read at a time
+MAX_DEPTH = 64  # nesting of a record a job wrote (an event, error.json) that its readers accept
+
+
+def load_json(raw: Union[bytes, str]) -> Any:
+    """JSON that a job wrote, as the runner and the worker read it: ValueError for what is not
+    JSON, and for a document nested over :data:`MAX_DEPTH` levels. (Python's json raises
+    RecursionError, not ValueError, some thousand levels down; a record just under that would
+    raise it again in the next reader or writer of it: the worker, the API.)"""
+    try:
+        obj = json.loads(raw)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+    todo: list[tuple[Any, int]] = [(obj, 0)]
+    while todo:
+        o, depth = todo.pop()
+        if isinstance(o, (dict, list)):
+            if depth >= MAX_DEPTH:
+                raise ValueError(f"nested over {MAX_DEPTH} levels")
+            todo.extend((v, depth + 1) for v in (o.values() if isinstance(o, dict) else o))
+    return obj
 
 
 def job_dir(state_dir: str | Path, job_id: str) -> Path:
@@ -169,10 +189,11 @@ class OwnedDir:
             return f.read(limit)
 
     def read_json(self, name: str, limit: int = 1_000_000) -> Any:
-        """The JSON in ``name``, or None if it is missing, not the owner's, or not JSON."""
+        """The JSON in ``name``, or None if it is missing, not the owner's, or not JSON (or nested
+        too deep: :func:`load_json`)."""
         raw = self.read(name, limit)
         try:
-            return json.loads(raw) if raw is not None else None
+            return load_json(raw) if raw is not None else None
         except ValueError:
             return None
 
@@ -279,7 +300,7 @@ def read_events(path: Path, offset: int) -> EventBatch:
     for raw in data[: end + 1].splitlines():
         try:
             rec = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         type_, d = rec.get("type"), rec.get("data", {})
         if type_ == "exit":

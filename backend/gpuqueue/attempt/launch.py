@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from ..job.distributed import launch_argv
+from ..job.distributed import launch_argv, launcher_for
 from .identity import Identity
 from ..queue.models import JobSpec
 
@@ -36,6 +36,30 @@ NEVER_PASS = re.compile(
 )
 # where the job runs under its own identity, these describe the worker's user, not the job's
 _OWN_ACCOUNT = ("HOME", "USER", "LOGNAME", "SHELL")
+# ... and these would be one place for every user's jobs: a checkpoint folder that all their uids
+# can write is one where any user's job plants the checkpoint another user's job resumes from
+# (its own job folder, and the shared root, are the place: gpuqueue.job.checkpoint.default_root)
+_ONE_FOR_ALL = ("GPUQUEUE_CHECKPOINT_DIR",)
+# the Ray cluster's address: only for the launcher of a job that runs through Ray (wants_ray)
+RAY_ENV = ("RAY_ADDRESS", "GPUQUEUE_RAY_ADDRESS")
+
+
+def wants_ray(spec: JobSpec, identity: Optional[Identity], placement: Optional[dict[str, list[int]]]) -> bool:
+    """Whether the job's launcher gets the Ray cluster's address (:data:`RAY_ENV`) from the
+    environment of the process that launches it. A job the scheduler placed on several nodes
+    does (its launcher runs the ranks there). Under its own identity (a root worker), no other:
+    every job would otherwise learn where the Ray cluster is, which runs code as the Ray nodes'
+    user for whoever reaches it; a one-node job that forces ``GPUQUEUE_LAUNCHER=ray`` starts a
+    Ray of its own. Where jobs run as the launching process's own user (embedded mode, a worker
+    that is not root), a job whose launcher is Ray gets it too, as before."""
+    if placement and len(placement) > 1:
+        return True
+    if identity is not None:
+        return False
+    try:
+        return launcher_for(spec.kind, spec.gpus, spec.nodes, spec.env) == "ray"
+    except ValueError:
+        return False
 
 
 def _patterns(environ: Mapping[str, str]) -> list[str]:
@@ -89,8 +113,11 @@ def build_launch(
     # several processes: torchrun (one node) or Ray Train (several nodes); see gpuqueue.job.distributed
     argv = launch_argv(spec.kind, argv, spec.gpus, spec.nodes, spec.env, python)
     env = passed_env()
+    if not wants_ray(spec, identity, placement):
+        for k in RAY_ENV:
+            env.pop(k, None)
     if identity is not None:
-        for k in _OWN_ACCOUNT:
+        for k in _OWN_ACCOUNT + _ONE_FOR_ALL:
             env.pop(k, None)
         env["USER"] = env["LOGNAME"] = identity.account or identity.user
         if identity.home or home:

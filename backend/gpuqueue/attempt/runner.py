@@ -12,7 +12,8 @@ the job-side types (``channel.JOB_EVENT_TYPES``): a job cannot write the runner'
 It runs in a session of its own, so it outlives the Jupyter server (or Celery worker) that
 started it; whoever restarts simply goes on reading ``events.jsonl`` from where it stopped.
 Stop requests arrive as ``control.json`` plus SIGUSR1: the runner sends SIGTERM to the job's
-process group, waits the grace period, then SIGKILL.
+process group, waits the grace period, then SIGKILL. It is the subreaper of the job's processes,
+so what the job leaves outside that group (a session of its own) is its child, killed at the end.
 
 It imports nothing heavy, so a job starts fast.
 """
@@ -30,14 +31,17 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from ..job.channel import JOB_EVENT_TYPES
-from . import launchfail
-from .jobdir import OwnedDir
+from . import launchfail, orphans
+from .jobdir import OwnedDir, load_json
 from .warmjob import WarmJob
 
 PARTIAL_LINE_FLUSH_S = 0.5  # a line with no newline yet is shown after this long
 MAX_LINE = 16_384  # longer lines are cut (with a marker) so one line cannot flood the log
+MAX_HELD = 4 * MAX_LINE + 65_536  # bytes of an unfinished line held: past it, it is shown cut
 MAX_EVENT = 1_048_576  # a job-side event record longer than this is dropped
 JOB_EVENTS_POLL_S = 0.1  # how often the job's own events.jsonl is read (identity mode)
+MAX_DRAIN = 4 * 1024 * 1024  # bytes of it read per pass of the main loop (which answers stop requests)
+REAP_EVERY_S = 2.0  # how often the job's orphans that ended are reaped (gpuqueue.attempt.orphans)
 MAX_OUTPUT_BYTES = 256 * 1024 * 1024  # of a job's records per attempt, unless launch.json says
 
 
@@ -95,14 +99,22 @@ class EventWriter:
 
 
 def _pump_output(fd: int, stream: str, out: EventWriter) -> None:
-    """Turn a pipe's bytes into ``log`` records, one per line; ``\\r`` rewrites a line."""
+    """Turn a pipe's bytes into ``log`` records, one per line; ``\\r`` rewrites a line. A line
+    that grows past ``MAX_HELD`` without its end is shown cut (as :func:`_emit_line` cuts any
+    line) and the rest of it is dropped as it comes: the runner is root's, with no memory limit."""
     buf = b""
     last_partial = 0.0
+    dropping = False  # the rest of a line already shown cut
     with os.fdopen(fd, "rb", buffering=0) as f:
         while True:
             chunk = f.read(65536)
             if not chunk:
                 break
+            if dropping:
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    continue
+                chunk, dropping = chunk[nl + 1 :], False
             buf += chunk
             while True:
                 nl = buf.find(b"\n")
@@ -121,6 +133,11 @@ def _pump_output(fd: int, stream: str, out: EventWriter) -> None:
                 if current:
                     _emit_line(out, stream, current, True)
                 buf = buf[buf.rfind(b"\r") + 1 :] if not buf.endswith(b"\r") else b""
+            if len(buf) > MAX_HELD:  # a line being redrawn: its current state only; else the line is cut
+                buf = buf[buf.rstrip(b"\r").rfind(b"\r") + 1 :]
+                if len(buf) > MAX_HELD:
+                    _emit_line(out, stream, buf[: 4 * MAX_LINE + 4], False)  # over MAX_LINE characters: marked cut
+                    buf, dropping = b"", True
     if buf.strip(b"\r"):
         _emit_line(out, stream, buf.rstrip(b"\r").rsplit(b"\r", 1)[-1], False)
 
@@ -143,7 +160,7 @@ def job_event(raw: bytes, job_dir: Optional[str] = None) -> Optional[tuple[str, 
     if len(raw) > MAX_EVENT:
         return None
     try:
-        rec = json.loads(raw)
+        rec = load_json(raw)  # not nested over MAX_DEPTH levels (json's RecursionError ended the runner)
         type_ = rec["type"]
         t = rec.get("t")
         data = rec.get("data", {})
@@ -184,21 +201,37 @@ def _pump_events(fd: int, out: EventWriter, job_dir: Optional[str]) -> None:
 class JobEventsFile:
     """The job's own ``events.jsonl`` (identity mode): what processes without the runner's pipe
     (torchrun ranks, Ray workers) append. Opened once, without following links, and read from
-    where the last read stopped; only job-side records pass."""
+    where the last read stopped; only job-side records pass.
 
-    def __init__(self, folder: OwnedDir, job_dir: Optional[str]):
+    The job owns the file, so it may make it anything: a sparse file of terabytes reads as zeros
+    for hours. The runner reads it in its main loop, which also answers stop requests and kills
+    the job after the grace period, so each :meth:`drain` reads at most ``MAX_DRAIN`` bytes, and
+    the whole file no further than ``limit`` (the attempt's output limit: past it, nothing the
+    job writes is kept anyway)."""
+
+    def __init__(self, folder: OwnedDir, job_dir: Optional[str], limit: int = MAX_OUTPUT_BYTES):
         self.fd = folder.open_file("events.jsonl")
         self.job_dir = job_dir
         self.buf = b""
+        self.left = limit  # bytes it may still read
 
-    def drain(self, out: EventWriter) -> None:
-        """Copy the complete new lines."""
+    def drain(self, out: EventWriter, budget: int = MAX_DRAIN) -> bool:
+        """Copy the complete new lines, reading at most ``budget`` bytes; True if it stopped
+        with more maybe left to read."""
         if self.fd is None:
-            return
-        while True:
-            chunk = os.read(self.fd, 1 << 20)
+            return False
+        while budget > 0:
+            if self.left <= 0:
+                out.write("log", {"stream": "stderr", "line": (
+                    "gpuqueue: the job's own events.jsonl passed this attempt's output limit: the rest "
+                    "of it is not read")})
+                self.close()
+                return False
+            chunk = os.read(self.fd, min(1 << 20, budget, self.left))
             if not chunk:
-                return
+                return False
+            budget -= len(chunk)
+            self.left -= len(chunk)
             self.buf += chunk
             *lines, self.buf = self.buf.split(b"\n")
             if len(self.buf) > MAX_EVENT:
@@ -207,6 +240,7 @@ class JobEventsFile:
                 ev = job_event(raw, self.job_dir)
                 if ev is not None:
                     out.write_job(ev[0], ev[1], ev[2])
+        return True
 
     def close(self) -> None:
         """Close the file."""
@@ -258,6 +292,7 @@ class Runner:
         user = self.launch.get("user")
         self.user: Optional[dict[str, Any]] = user if isinstance(user, dict) else None
         self.job_dir: Optional[str] = self.launch.get("job_dir")
+        self.reaper = False  # this runner reaps the job's orphans (gpuqueue.attempt.orphans)
         self.own: Optional[OwnedDir] = None  # the job's attempt folder, where it runs as its own user
         self.own_error: Optional[OSError] = None
         self._cwd_failed: Optional[dict[str, Any]] = None  # the job's process could not enter its folder
@@ -272,6 +307,7 @@ class Runner:
         """Start the job, wait for it, write exit records. Returns the job's exit code."""
         signal.signal(signal.SIGUSR1, lambda *_: self._wake.set())
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        self.reaper = orphans.become_subreaper()  # the job's orphans stay in reach (gpuqueue.attempt.orphans)
         if self.own_error is not None:
             self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot open the attempt's folder: {self.own_error}"})
             return self._finish(127, time.time(), self._launch_error(launchfail.FOLDER, self.own_error))
@@ -338,19 +374,31 @@ class Runner:
             threading.Thread(target=_pump_output, args=(err_r, "stderr", self.out), daemon=True),
             threading.Thread(target=_pump_events, args=(ev_r, self.out, self.job_dir), daemon=True),
         ]
-        job_events = JobEventsFile(self.own, self.job_dir) if self.own is not None else None
+        job_events = JobEventsFile(self.own, self.job_dir, _max_output(self.launch)) if self.own is not None else None
         for p in pumps:
             p.start()
         proc = self.proc
-        # wake the loop the moment the job exits (no polling delay before the exit record)
+        exited = threading.Event()
+
+        # wake the loop the moment the job exits (no polling delay before the exit record). The
+        # main process is not reaped until the last kill of its group below: a zombie holds its
+        # pid, so that kill (as root) cannot reach a process that took the pid meanwhile
         def wake_on_exit() -> None:
-            proc.wait()
+            try:
+                os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+            except ChildProcessError:  # reaped already
+                pass
+            exited.set()
             self._wake.set()
 
         threading.Thread(target=wake_on_exit, daemon=True).start()
-        while self.proc.poll() is None:
+        reaped_at = time.monotonic()
+        while not exited.is_set():
             self._wake.wait(JOB_EVENTS_POLL_S if job_events is not None else 0.2)
             self._wake.clear()
+            if self.reaper and time.monotonic() - reaped_at > REAP_EVERY_S:
+                reaped_at = time.monotonic()
+                orphans.reap_ended(self.proc.pid)
             if job_events is not None:
                 job_events.drain(self.out)
             self._check_control()
@@ -361,8 +409,15 @@ class Runner:
             p.join(timeout=5)
         # children that outlived the job's main process must not keep its GPUs
         self._signal_group(signal.SIGKILL)
+        self.proc.wait()  # now its pid may go
+        if self.reaper:
+            left = orphans.end_all()
+            if left:
+                self.out.write("log", {"stream": "stderr", "line": (
+                    f"gpuqueue: ended {left} processes the job left running after it ended")})
         if job_events is not None:
-            job_events.drain(self.out)
+            while job_events.drain(self.out):  # what is left, up to the output limit
+                pass
             job_events.close()
         return self._finish(self.proc.returncode, started, self._cwd_failed)
 

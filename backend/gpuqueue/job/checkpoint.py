@@ -140,7 +140,7 @@ class Checkpointer:
 
         root = directory or default_root()
         job = os.environ.get("GPUQUEUE_JOB_ID")
-        if directory and job:
+        if job and (directory or os.environ.get("GPUQUEUE_CHECKPOINT_DIR")):  # a folder jobs may share
             root = root.rstrip("/") + "/" + job
         self.url = root.rstrip("/") + "/" + name
         self.fs, self._root_path = fsspec.url_to_fs(self.url, **(storage_options or {}))

@@ -170,7 +170,7 @@ def _run(ray: Any, placement: dict[str, list[int]], argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     host, port = ray.get(actors[0].where.remote(), timeout=120)
-    base = {k: v for k, v in os.environ.items() if k not in ("GPUQUEUE_EVENT_FD", "RAY_ADDRESS")}
+    base = {k: v for k, v in os.environ.items() if k not in ("GPUQUEUE_EVENT_FD", "RAY_ADDRESS", "GPUQUEUE_RAY_ADDRESS")}
     first = next(iter(placement))
     payload = None
     job_dir = os.environ.get("GPUQUEUE_JOB_DIR", "")
