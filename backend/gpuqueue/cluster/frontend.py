@@ -134,7 +134,8 @@ class ClusterFrontend:
             if which == "user":
                 raise Rejected(f"you have {n} queued jobs, the limit (max_queued) is {user_limit}; "
                                f"wait for some to start or cancel some")
-            raise Rejected(f"pool {spec.pool!r} queue is full ({n} jobs, limit max_queued = {pool_limit}); "
+            pool = f"pool {spec.pool!r}" if spec.pool else "the default pool"  # None: no config yet to name it
+            raise Rejected(f"{pool} queue is full ({n} jobs, limit max_queued = {pool_limit}); "
                            f"try again later or use another pool")
         return job, False
 
