@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Any, Optional, Protocol
 
+from gpuqueue.queue.text import OutputLines
+
 VIEW_ENV = "GPUQUEUE_VIEW"
 
 
@@ -77,53 +79,55 @@ def best_checkpoints(cps: list[dict[str, Any]]) -> set[int]:
     return set(last.values())
 
 
-class LastBar:
-    """A progress bar's last state, for views that print lines. ``log`` events flagged
-    ``replace`` are the redraws of a ``\\r`` line (tqdm); as in a terminal, its last state stays
-    on screen once anything else is printed, so it is held and printed then (``take``)."""
-
-    def __init__(self) -> None:
-        self.held: Optional[dict[str, Any]] = None
-
-    def redraw(self, d: dict[str, Any]) -> None:
-        self.held = d
-
-    def take(self) -> list[dict[str, Any]]:
-        """The held redraw (as a one-item list; empty if none), forgotten once taken."""
-        held, self.held = self.held, None
-        return [held] if held is not None else []
-
-
 class TextView:
-    """Plain text: a state line per change, log lines as they arrive."""
+    """Plain text: a state line per change, log lines as they arrive. A line the job is still
+    writing (a progress bar's redraws, ``transient`` records) is shown in place with ``\r``,
+    as a local kernel shows tqdm, and its final state replaces it; with ``live=False``
+    (``%gpuqueue logs``) only the lines that stay are printed."""
 
-    def __init__(self, out: Any = None, err: Any = None):
+    def __init__(self, out: Any = None, err: Any = None, live: bool = True):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.bar = LastBar()
+        self.live = live
+        self.lines = OutputLines()
+        self.shown: Any = None  # the file where a transient line is shown, not yet ended
 
     def start(self, job: dict[str, Any]) -> None:
         print(start_line(job), file=self.out, flush=True)
 
+    def _file(self, d: dict[str, Any]) -> Any:
+        return self.err if d.get("stream") == "stderr" else self.out
+
     def _print_log(self, d: dict[str, Any]) -> None:
-        print(d.get("line", ""), file=self.err if d.get("stream") == "stderr" else self.out, flush=True)
+        f = self._file(d)
+        replaces = self.shown is f
+        self._end_shown()
+        print(("\r" if replaces else "") + d.get("line", ""), file=f, flush=True)
+
+    def _end_shown(self, *, keep: bool = False) -> None:
+        """The transient line shown is replaced next (keep=False), or stays (it ends with a newline)."""
+        if self.shown is not None and keep:
+            print(file=self.shown, flush=True)
+        self.shown = None
 
     def _print(self, line: str) -> None:
-        """A line of the view's own, below the bar's last state if one is held."""
-        for held in self.bar.take():
-            self._print_log(held)
+        """A line of the view's own; a bar being drawn stays above it, as on a terminal."""
+        self._end_shown(keep=True)
         print(line, file=self.out, flush=True)
 
     def event(self, ev: dict[str, Any]) -> None:
         d = ev.get("data", {})
         t = ev.get("type")
         if t == "log":
-            if d.get("replace"):
-                self.bar.redraw(d)  # a progress bar's redraws: only its last state is printed
-                return
-            for held in self.bar.take():
-                self._print_log(held)
-            self._print_log(d)
+            done, now = self.lines.feed(d)
+            for final in done:
+                self._print_log(final)
+            if now is not None and self.live:
+                f = self._file(now)
+                if self.shown is not None and self.shown is not f:
+                    self._end_shown(keep=True)
+                print("\r" + now.get("line", ""), end="", file=f, flush=True)
+                self.shown = f
         elif t == "state":
             line = state_event_line(d)
             if line:
@@ -134,8 +138,9 @@ class TextView:
             self._print(f"[gpuqueue] checkpoint saved: step {d.get('step')} -> {d.get('path')}")
 
     def finish(self, job: dict[str, Any]) -> None:
-        for held in self.bar.take():
-            self._print_log(held)
+        for line in self.lines.end():
+            self._print_log(line)
+        self._end_shown(keep=True)
 
 
 def view_mode() -> str:
