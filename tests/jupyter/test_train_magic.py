@@ -508,3 +508,29 @@ def test_preempt_says_a_job_without_checkpoints_starts_over(jupyter_server):
     assert "it checkpoints" not in out.stdout, out.stdout
     assert "if it saves any (gpuqueue.Checkpointer), else it starts over" in out.stdout, out.stdout
     k.run(f"%gpuqueue cancel {job['id']}")
+
+
+def test_a_two_rank_cell_shows_rank_0_plainly_and_the_others_marked(jupyter_server):
+    """`%%train --gpus 2` runs the cell as 2 torchrun ranks (here on CPU): rank 0's output shows
+    as a single process's would (no torchrun `[default0]:` prefix, its bar live); rank 1's
+    shows too, each line marked `[rank1]`, and so does its error when it fails."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run(
+        "%%train --gpus 2\nimport os, sys, time\nrank = int(os.environ['RANK'])\n"
+        "for i in range(3):\n"
+        "    sys.stderr.write(f'\\rbar {i}/2'); sys.stderr.flush(); time.sleep(0.2)\n"
+        "sys.stderr.write('\\n')\nprint(f'hello from rank {rank}', flush=True)\nanswer = 42\n", timeout=180)
+    assert res.error is None, res.text
+    assert sorted(_job_lines(res.stdout)) == ["[rank1] hello from rank 1", "hello from rank 0"], repr(res.stdout)
+    bars = [line for line in _as_shown(res.stderr) if "bar" in line]
+    assert sorted(bars) == ["[rank1] bar 2/2", "bar 2/2"], repr(res.stderr)
+    assert k.run("print(answer)").stdout == "42\n"
+    failed = k.run(
+        "%%train --gpus 2\nimport os, sys, time\nif os.environ['RANK'] == '1':\n"
+        "    print('careful', file=sys.stderr, flush=True)\n    raise ValueError('rank 1 fails')\n"
+        "time.sleep(30)\n", timeout=180)
+    assert failed.error is not None, failed.text
+    shown = _as_shown(failed.stderr)
+    assert "[rank1] careful" in shown and "[rank1] ValueError: rank 1 fails" in shown, repr(failed.stderr)
+    assert "[default" not in res.text + failed.text

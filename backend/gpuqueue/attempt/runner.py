@@ -42,6 +42,8 @@ TRANSIENT_MAX_SHARE = 8  # transient records take at most this share (1/8) of th
 MAX_LINE = 16_384  # longer lines are cut (with a marker) so one line cannot flood the log
 MAX_LINE_BYTES = 4 * MAX_LINE + 4  # what of a line being written is kept (a character is 1 to 4 bytes)
 READ_ROUND_BYTES = 1 << 20  # what one wake-up reads of the pipes at most before it writes records
+RANK_LINE = b"\x1b]gpuqueue-rank;"  # starts a whole line of another torchrun rank: RANK_LINE N;text\n
+# (gpuqueue.job.distributed.run_rank writes them; the runner shows "[rankN] text" as a line of its own)
 MAX_EVENT = 1_048_576  # a job-side event record longer than this is dropped
 JOB_EVENTS_POLL_S = 0.1  # how often the job's own events.jsonl is read (identity mode)
 MAX_OUTPUT_BYTES = 256 * 1024 * 1024  # of a job's records per attempt, unless launch.json says
@@ -113,6 +115,8 @@ class _Stream:
         self.shown: Optional[bytes] = None  # what the last transient record of this line showed
         self.cut = False  # the pending line passed the length limit: the rest of it is dropped
         self.ended = False  # its line was ended for it (the job moved on): a "\n" next is that line's
+        self.marked: Optional[bytes] = None  # a rank's line being read (RANK_LINE), up to its "\n"
+        self.carry = b""  # the start of RANK_LINE at the end of the last read
         self.transients = 0
 
     def current(self) -> bytes:
@@ -157,6 +161,8 @@ class OutputPump:
                 self._feed_round(self._read_all())
                 for s in self.streams:
                     if not s.open and s.fd >= 0:  # closed: the line it was writing ends
+                        self._feed_text(s, s.carry)
+                        s.carry = b""
                         if s.pending.strip(b"\r"):
                             self._final(s, s.current(), move_on=False)
                         poller.unregister(s.fd)
@@ -210,6 +216,34 @@ class OutputPump:
                 self._feed(s, rest[s.name])
 
     def _feed(self, s: _Stream, data: bytes) -> None:
+        """Split out the lines another torchrun rank wrote (:data:`RANK_LINE`): whole lines of
+        another process, they do not touch the line being written here (rank 0's bar)."""
+        data, s.carry = s.carry + data, b""
+        while data:
+            if s.marked is not None:
+                nl = data.find(b"\n")
+                if nl < 0:
+                    s.marked = (s.marked + data)[:MAX_LINE_BYTES]
+                    return
+                rank, _, text = (s.marked + data[:nl]).partition(b";")
+                s.marked, data = None, data[nl + 1 :]
+                _emit_line(self.out, s.name, b"[rank" + rank[:8] + b"] " + text, False)
+                s.shown = None  # readers replaced the line being written: it is shown again
+                continue
+            i = data.find(RANK_LINE)
+            if i < 0:
+                for k in range(min(len(RANK_LINE) - 1, len(data)), 0, -1):
+                    if data.endswith(RANK_LINE[:k]):  # perhaps a mark cut by the read: the next read tells
+                        data, s.carry = data[:-k], data[-k:]
+                        break
+                self._feed_text(s, data)
+                return
+            self._feed_text(s, data[:i])
+            s.marked, data = b"", data[i + len(RANK_LINE) :]
+
+    def _feed_text(self, s: _Stream, data: bytes) -> None:
+        if not data:
+            return
         if s.ended:
             s.ended = False
             if data.startswith(b"\n"):
@@ -497,6 +531,8 @@ class Runner:
             p.join(timeout=5)
         # children that outlived the job's main process must not keep its GPUs
         self._signal_group(signal.SIGKILL)
+        for p in pumps:  # their pipes close with them: the lines they were writing end
+            p.join(timeout=2)
         if job_events is not None:
             job_events.drain(self.out)
             job_events.close()
