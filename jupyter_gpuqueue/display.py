@@ -80,54 +80,36 @@ def best_checkpoints(cps: list[dict[str, Any]]) -> set[int]:
 
 
 class TextView:
-    """Plain text: a state line per change, log lines as they arrive. A line the job is still
-    writing (a progress bar's redraws, ``transient`` records) is shown in place with ``\r``,
-    as a local kernel shows tqdm, and its final state replaces it; with ``live=False``
-    (``%gpuqueue logs``) only the lines that stay are printed."""
+    """Plain text: a state line per change, log lines as they arrive. Only the lines that stay
+    are printed: a progress bar's redraws (``transient`` records) are not, its last state is,
+    once the job ends its line (the runner marks which is which). They are not drawn in place:
+    a frontend shows a cell's stdout and stderr as separate blocks, so a redraw cut by a line
+    on the other stream (another rank's, a state line) would stay on screen; the widget and
+    ``gpuqueue logs -f`` on a terminal draw them."""
 
-    def __init__(self, out: Any = None, err: Any = None, live: bool = True):
+    def __init__(self, out: Any = None, err: Any = None):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.live = live
         self.lines = OutputLines()
-        self.shown: Any = None  # the file where a transient line is shown, not yet ended
 
     def start(self, job: dict[str, Any]) -> None:
         print(start_line(job), file=self.out, flush=True)
 
-    def _file(self, d: dict[str, Any]) -> Any:
-        return self.err if d.get("stream") == "stderr" else self.out
-
     def _print_log(self, d: dict[str, Any]) -> None:
-        f = self._file(d)
-        replaces = self.shown is f
-        self._end_shown()
-        print(("\r" if replaces else "") + d.get("line", ""), file=f, flush=True)
-
-    def _end_shown(self, *, keep: bool = False) -> None:
-        """The transient line shown is replaced next (keep=False), or stays (it ends with a newline)."""
-        if self.shown is not None and keep:
-            print(file=self.shown, flush=True)
-        self.shown = None
+        print(d.get("line", ""), file=self.err if d.get("stream") == "stderr" else self.out, flush=True)
 
     def _print(self, line: str) -> None:
-        """A line of the view's own; a bar being drawn stays above it, as on a terminal."""
-        self._end_shown(keep=True)
+        """A line of the view's own (an old runner's bar, held, is printed above it)."""
+        for held in self.lines.end():
+            self._print_log(held)
         print(line, file=self.out, flush=True)
 
     def event(self, ev: dict[str, Any]) -> None:
         d = ev.get("data", {})
         t = ev.get("type")
         if t == "log":
-            done, now = self.lines.feed(d)
-            for final in done:
+            for final in self.lines.feed(d)[0]:
                 self._print_log(final)
-            if now is not None and self.live:
-                f = self._file(now)
-                if self.shown is not None and self.shown is not f:
-                    self._end_shown(keep=True)
-                print("\r" + now.get("line", ""), end="", file=f, flush=True)
-                self.shown = f
         elif t == "state":
             line = state_event_line(d)
             if line:
@@ -138,9 +120,8 @@ class TextView:
             self._print(f"[gpuqueue] checkpoint saved: step {d.get('step')} -> {d.get('path')}")
 
     def finish(self, job: dict[str, Any]) -> None:
-        for line in self.lines.end():
-            self._print_log(line)
-        self._end_shown(keep=True)
+        for held in self.lines.end():
+            self._print_log(held)
 
 
 def view_mode() -> str:

@@ -391,7 +391,7 @@ class GPUQueueMagics(Magics):
         return None  # type: ignore[return-value]
 
     def _cmd_logs(self, job_id: str) -> None:
-        view = TextView(err=sys.stdout, live=False)  # every line that stays, on stdout
+        view = TextView(err=sys.stdout)  # every line that stays, on stdout
         for ev in self.client.events(job_id):
             if ev["type"] == "log":
                 view.event(ev)
