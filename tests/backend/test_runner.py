@@ -111,9 +111,9 @@ i = 0
 while time.monotonic() < end:  # a bar redrawn for 2 s, thousands of times
     sys.stderr.write(f"\rstep {i}"); sys.stderr.flush(); i += 1; time.sleep(0.0005)
 sys.stderr.write(f"\rstep {i} done\n"); sys.stderr.flush()
-sys.stdout.write("loading"); sys.stdout.flush(); time.sleep(0.8)  # a line written in two parts
+sys.stdout.write("loading"); sys.stdout.flush(); time.sleep(1.5)  # a line written in two parts
 sys.stdout.write(" ok\n"); sys.stdout.flush()
-sys.stderr.write("\rcheck 1"); sys.stderr.flush(); time.sleep(0.8)
+sys.stderr.write("\rcheck 1"); sys.stderr.flush(); time.sleep(1.5)
 print("moved on", flush=True)  # a line printed elsewhere while a bar is drawn: the bar stays, as on a terminal
 sys.stderr.write("\rcheck 2"); sys.stderr.flush()  # the job ends with a line unfinished
 '''
@@ -129,7 +129,7 @@ def test_the_runner_marks_a_line_being_written_transient_and_each_line_once_fina
     assert final[0][1].startswith("step ") and final[0][1].endswith(" done"), final
     assert final[1:] == [("stdout", "loading ok"), ("stderr", "check 1"), ("stdout", "moved on"), ("stderr", "check 2")]
     transient = [(d["stream"], d["line"]) for d in logs if d.get("transient")]
-    assert 2 <= sum(line.startswith("step") for _, line in transient) <= 6, transient
+    assert 1 <= sum(line.startswith("step") for _, line in transient) <= 6, transient
     assert ("stdout", "loading") in transient and ("stderr", "check 1") in transient, transient
 
 
