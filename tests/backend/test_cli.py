@@ -120,7 +120,7 @@ def test_the_command_is_kept_whole_and_what_a_terminal_shows_is_escaped(jupyter_
 
 
 BAR = ("import sys, time\ntime.sleep(1)\nfor i in range(3):\n"
-       "    sys.stderr.write(f'\\rbar {i}/2'); sys.stderr.flush(); time.sleep(0.8)\n"
+       "    sys.stderr.write(f'\\rbar {i}/2'); sys.stderr.flush(); time.sleep(1.2)\n"
        "sys.stderr.write('\\n')\nprint('after the bar', flush=True)\n")
 
 
