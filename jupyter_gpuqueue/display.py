@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Any, Optional, Protocol
 
+from gpuqueue.queue.text import OutputLines
+
 VIEW_ENV = "GPUQUEUE_VIEW"
 
 
@@ -77,30 +79,18 @@ def best_checkpoints(cps: list[dict[str, Any]]) -> set[int]:
     return set(last.values())
 
 
-class LastBar:
-    """A progress bar's last state, for views that print lines. ``log`` events flagged
-    ``replace`` are the redraws of a ``\\r`` line (tqdm); as in a terminal, its last state stays
-    on screen once anything else is printed, so it is held and printed then (``take``)."""
-
-    def __init__(self) -> None:
-        self.held: Optional[dict[str, Any]] = None
-
-    def redraw(self, d: dict[str, Any]) -> None:
-        self.held = d
-
-    def take(self) -> list[dict[str, Any]]:
-        """The held redraw (as a one-item list; empty if none), forgotten once taken."""
-        held, self.held = self.held, None
-        return [held] if held is not None else []
-
-
 class TextView:
-    """Plain text: a state line per change, log lines as they arrive."""
+    """Plain text: a state line per change, log lines as they arrive. Only the lines that stay
+    are printed: a progress bar's redraws (``transient`` records) are not, its last state is,
+    once the job ends its line (the runner marks which is which). They are not drawn in place:
+    a frontend shows a cell's stdout and stderr as separate blocks, so a redraw cut by a line
+    on the other stream (another rank's, a state line) would stay on screen; the widget and
+    ``gpuqueue logs -f`` on a terminal draw them."""
 
     def __init__(self, out: Any = None, err: Any = None):
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        self.bar = LastBar()
+        self.lines = OutputLines()
 
     def start(self, job: dict[str, Any]) -> None:
         print(start_line(job), file=self.out, flush=True)
@@ -109,8 +99,8 @@ class TextView:
         print(d.get("line", ""), file=self.err if d.get("stream") == "stderr" else self.out, flush=True)
 
     def _print(self, line: str) -> None:
-        """A line of the view's own, below the bar's last state if one is held."""
-        for held in self.bar.take():
+        """A line of the view's own (an old runner's bar, held, is printed above it)."""
+        for held in self.lines.end():
             self._print_log(held)
         print(line, file=self.out, flush=True)
 
@@ -118,12 +108,8 @@ class TextView:
         d = ev.get("data", {})
         t = ev.get("type")
         if t == "log":
-            if d.get("replace"):
-                self.bar.redraw(d)  # a progress bar's redraws: only its last state is printed
-                return
-            for held in self.bar.take():
-                self._print_log(held)
-            self._print_log(d)
+            for final in self.lines.feed(d)[0]:
+                self._print_log(final)
         elif t == "state":
             line = state_event_line(d)
             if line:
@@ -134,7 +120,7 @@ class TextView:
             self._print(f"[gpuqueue] checkpoint saved: step {d.get('step')} -> {d.get('path')}")
 
     def finish(self, job: dict[str, Any]) -> None:
-        for held in self.bar.take():
+        for held in self.lines.end():
             self._print_log(held)
 
 

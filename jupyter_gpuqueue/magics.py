@@ -395,7 +395,7 @@ class GPUQueueMagics(Magics):
         return None  # type: ignore[return-value]
 
     def _cmd_logs(self, job_id: str) -> None:
-        view = TextView(err=sys.stdout)  # every line on stdout, a progress bar's last state once
+        view = TextView(err=sys.stdout)  # every line that stays, on stdout
         for ev in self.client.events(job_id):
             if ev["type"] == "log":
                 view.event(ev)

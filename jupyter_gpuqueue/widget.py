@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional
 import ipywidgets as W
 
 from gpuqueue.queue.states import STATE_GROUPS
+from gpuqueue.queue.text import OutputLines
 
 from .display import best_checkpoints
 
@@ -134,7 +135,8 @@ class JobWidget:
         self.points: list[tuple[float, float]] = []
         self.log_lines: deque[str] = deque(maxlen=LOG_LINES)
         self.lines_total = 0
-        self.live_line = ""  # the last \r-redrawn line (tqdm)
+        self.output = OutputLines()
+        self.live_line = ""  # the line the job is writing (a tqdm bar's latest redraw), shown last
         self.checkpoints: list[dict[str, Any]] = []
         self.note = ""
         self.last_seq = 0
@@ -210,16 +212,11 @@ class JobWidget:
         with self._lock:
             self.last_seq = max(self.last_seq, int(ev.get("seq") or 0))
             if t == "log":
-                line = str(d.get("line", ""))
-                if d.get("replace"):
-                    self.live_line = line
-                else:
-                    if self.live_line:  # as in a terminal, a bar's last state stays above
-                        self.log_lines.append(self.live_line)
-                        self.lines_total += 1
-                    self.live_line = ""
-                    self.log_lines.append(line)
+                done, now = self.output.feed(d)  # the lines that stay; the one being written
+                for final in done:
+                    self.log_lines.append(str(final.get("line", "")))
                     self.lines_total += 1
+                self.live_line = str(now.get("line", "")) if now is not None else ""
             elif t == "progress":
                 self.done, self.total = d.get("done"), d.get("total")
             elif t == "metrics":

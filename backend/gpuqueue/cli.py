@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from .cluster.cliargs import number
 from .queue.durations import MAX_TIMEOUT_S, parse_duration
 from .queue.errors import GPUQueueError
-from .queue.text import printable, terminal_output
+from .queue.text import OutputLines, printable, terminal_output
 
 EXIT_USAGE = 2
 
@@ -95,26 +95,63 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_event(ev: dict[str, Any], out: Any = sys.stdout) -> None:
-    d = ev["data"]
-    if ev["type"] == "log":
-        stream = sys.stderr if d.get("stream") == "stderr" and out is sys.stdout else out
-        print(terminal_output(d.get("line", "")), file=stream, flush=True)
-    elif ev["type"] == "state":
-        extra = {k: v for k, v in d.items() if k not in ("state", "traceback")}
-        print(printable(f"[gpuqueue] {d['state']}" + (f" {extra}" if extra else "")), file=sys.stderr, flush=True)
-        if d.get("traceback"):
-            print(terminal_output(d["traceback"]), file=sys.stderr, flush=True)
-    elif ev["type"] in ("warning", "info") and d.get("message"):
-        print(printable(f"[gpuqueue] {d['message']}"), file=sys.stderr, flush=True)
+class _EventPrinter:
+    """Prints a job's events: log lines on stdout/stderr as the job wrote them, state changes
+    and messages on stderr. A line the job is still writing (a progress bar: ``transient``
+    records) is drawn in place only when ``live`` and on a terminal, and then replaced by the
+    next one; otherwise only the lines that stay are printed (:class:`OutputLines`)."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.lines = OutputLines()
+        self.shown: Any = None  # the terminal where a transient line is drawn
+
+    def _erase(self) -> None:
+        if self.shown is not None:
+            print("\r\x1b[K", end="", file=self.shown, flush=True)
+            self.shown = None
+
+    def _log(self, d: dict[str, Any], end: str = "\n") -> None:
+        stream = sys.stderr if d.get("stream") == "stderr" else sys.stdout
+        self._erase()
+        print(terminal_output(d.get("line", "")), end=end, file=stream, flush=True)
+        if end == "":
+            self.shown = stream
+
+    def event(self, ev: dict[str, Any]) -> None:
+        d = ev["data"]
+        if ev["type"] == "log":
+            done, now = self.lines.feed(d)
+            for line in done:
+                self._log(line)
+            if now is not None and self.live:
+                stream = sys.stderr if now.get("stream") == "stderr" else sys.stdout
+                if stream.isatty():
+                    self._log(now, end="")
+            return
+        self._erase()
+        if ev["type"] == "state":
+            extra = {k: v for k, v in d.items() if k not in ("state", "traceback")}
+            print(printable(f"[gpuqueue] {d['state']}" + (f" {extra}" if extra else "")), file=sys.stderr, flush=True)
+            if d.get("traceback"):
+                print(terminal_output(d["traceback"]), file=sys.stderr, flush=True)
+        elif ev["type"] in ("warning", "info") and d.get("message"):
+            print(printable(f"[gpuqueue] {d['message']}"), file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        for line in self.lines.end():
+            self._log(line)
+        self._erase()
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
     c = _client()
     events = c.follow(args.id) if args.follow else c.events(args.id)
+    printer = _EventPrinter(live=args.follow)
     for ev in events:
         if ev["type"] == "log" or args.follow:
-            _print_event(ev)
+            printer.event(ev)
+    printer.end()
     return 0
 
 
@@ -132,9 +169,11 @@ def cmd_preempt(args: argparse.Namespace) -> int:
 
 def cmd_wait(args: argparse.Namespace) -> int:
     c = _client()
+    printer = _EventPrinter(live=True)
     for ev in c.follow(args.id):
         if args.logs:
-            _print_event(ev)
+            printer.event(ev)
+    printer.end()
     job = c.get(args.id)
     print(printable(f"{job['id']}: {job['state']}"), file=sys.stderr)
     return 0 if job["state"] == "succeeded" else 1

@@ -117,3 +117,61 @@ def test_the_command_is_kept_whole_and_what_a_terminal_shows_is_escaped(jupyter_
     r = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "ls"], env=env, capture_output=True, text=True)
     assert r.returncode == 1 and f"{s.url}elsewhere/ has no gpuqueue API (it answered 404)" in r.stderr, r.stderr
     assert "<" not in r.stderr and r.stderr.count("\n") == 1 and len(r.stderr) < 400, r.stderr
+
+
+BAR = ("import sys, time\ntime.sleep(1)\nfor i in range(3):\n"
+       "    sys.stderr.write(f'\\rbar {i}/2'); sys.stderr.flush(); time.sleep(1.2)\n"
+       "sys.stderr.write('\\n')\nprint('after the bar', flush=True)\n")
+
+
+def _screen(raw: str) -> list[str]:
+    """What a terminal shows of ``raw``: \\r goes back to the line's start, ESC[K clears to its end."""
+    lines: list[str] = []
+    cur: list[str] = []
+    col, i = 0, 0
+    while i < len(raw):
+        if raw.startswith("\x1b[K", i):
+            del cur[col:]
+            i += 3
+            continue
+        c = raw[i]
+        if c == "\r":
+            col = 0
+        elif c == "\n":
+            lines.append("".join(cur))
+            cur, col = [], 0
+        else:
+            cur[col:col + 1] = [c]
+            col += 1
+        i += 1
+    return lines + (["".join(cur)] if cur else [])
+
+
+def test_logs_follow_on_a_terminal_draws_a_progress_bar_in_place(jupyter_server):
+    """`gpuqueue logs -f` in a terminal: a bar redrawn with \\r is drawn in place while it runs
+    (each state replacing the last), and the screen then holds its last state once, then the
+    next line; not one line per state."""
+    import pty
+
+    r = gq(jupyter_server, "submit", "--", sys.executable, "-c", BAR)
+    job_id = r.stdout.strip()
+    master, slave = pty.openpty()
+    env = dict(os.environ, GPUQUEUE_URL=jupyter_server.url, GPUQUEUE_TOKEN=jupyter_server.token)
+    p = subprocess.Popen([sys.executable, "-m", "gpuqueue.cli", "logs", "-f", job_id], stdout=slave, stderr=slave,
+                         env=env)
+    os.close(slave)
+    raw = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the command ended and closed the terminal
+            break
+        if not chunk:
+            break
+        raw += chunk
+    os.close(master)
+    assert p.wait(timeout=60) == 0
+    text = raw.decode()
+    shown = [line for line in _screen(text) if not line.startswith("[gpuqueue]")]
+    assert shown == ["bar 2/2", "after the bar"], repr(text)
+    assert "bar 1/2" in text, repr(text)  # drawn live, then replaced

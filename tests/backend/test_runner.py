@@ -104,6 +104,35 @@ def test_a_job_that_prints_without_end_cannot_fill_the_store(tmp_path: Path) -> 
     assert [e["data"]["line"] for e in events if e["type"] == "log"][-1] == "the end"
 
 
+BAR = r'''
+import sys, time
+end = time.monotonic() + 2.2
+i = 0
+while time.monotonic() < end:  # a bar redrawn for 2 s, thousands of times
+    sys.stderr.write(f"\rstep {i}"); sys.stderr.flush(); i += 1; time.sleep(0.0005)
+sys.stderr.write(f"\rstep {i} done\n"); sys.stderr.flush()
+sys.stdout.write("loading"); sys.stdout.flush(); time.sleep(1.5)  # a line written in two parts
+sys.stdout.write(" ok\n"); sys.stdout.flush()
+sys.stderr.write("\rcheck 1"); sys.stderr.flush(); time.sleep(1.5)
+print("moved on", flush=True)  # a line printed elsewhere while a bar is drawn: the bar stays, as on a terminal
+sys.stderr.write("\rcheck 2"); sys.stderr.flush()  # the job ends with a line unfinished
+'''
+
+
+def test_the_runner_marks_a_line_being_written_transient_and_each_line_once_final(tmp_path: Path) -> None:
+    """A bar's redraws and a line before its newline are ``transient`` records (at most one per
+    0.5 s: a bar redrawn thousands of times stores a few); each line ends as one final record,
+    in the job's order: at its newline, when a line is printed on the other stream, or at the end."""
+    events = _run(tmp_path / "a", {"argv": [sys.executable, "-c", BAR], "env": {}, "cwd": str(tmp_path)}, runner_env())
+    logs = [e["data"] for e in events if e["type"] == "log"]
+    final = [(d["stream"], d["line"]) for d in logs if not d.get("transient")]
+    assert final[0][1].startswith("step ") and final[0][1].endswith(" done"), final
+    assert final[1:] == [("stdout", "loading ok"), ("stderr", "check 1"), ("stdout", "moved on"), ("stderr", "check 2")]
+    transient = [(d["stream"], d["line"]) for d in logs if d.get("transient")]
+    assert 1 <= sum(line.startswith("step") for _, line in transient) <= 6, transient
+    assert ("stdout", "loading") in transient and ("stderr", "check 1") in transient, transient
+
+
 @pytest.fixture
 def open_root() -> Iterator[Path]:
     """A state folder that other uids may traverse (as /var/lib/gpuqueue)."""

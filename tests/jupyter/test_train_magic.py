@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 from helpers.servers import wait_until
@@ -416,25 +419,52 @@ def test_the_result_of_a_command_job_says_there_is_nothing_to_bring_back(jupyter
                                   f"notebook; `%gpuqueue logs {job['id']}` shows its output)"), res.text
 
 
+def _as_shown(text):
+    """A stream's text as a frontend (or a terminal) shows it: each line as its last ``\\r``
+    redraw left it."""
+    return [line.rstrip("\r").rsplit("\r", 1)[-1] for line in text.split("\n")[:-1]]
+
+
+def _job_lines(stdout):
+    return [line for line in _as_shown(stdout) if not line.startswith("[gpuqueue]")]
+
+
+BAR_CELL = (
+    "%%train\nimport sys, time\ntime.sleep(1)  # 'running' is printed before the bar starts\n"
+    "for i in range(3):\n"
+    "    sys.stderr.write(f'\\rbar {{i}}/2'); sys.stderr.flush(); time.sleep({pause})\n"
+    "sys.stderr.write('\\n')\nprint('after the bar', flush=True)\n"
+)
+
+
+def _check_bar_output(server, k, res):
+    """The cell shows the bar's last state, then the line printed after it; `%gpuqueue logs`
+    and `gpuqueue logs` print those two lines, in that order, and nothing else."""
+    assert res.error is None, res.text
+    assert _as_shown(res.stderr) == ["bar 2/2"], repr(res.stderr)
+    assert _job_lines(res.stdout) == ["after the bar"], repr(res.stdout)
+    [job] = _jobs(server)
+    logs = k.run(f"%gpuqueue logs {job['id']}")
+    assert logs.error is None and logs.stdout.splitlines() == ["bar 2/2", "after the bar"], logs.text
+    cli = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "logs", job["id"]], capture_output=True, text=True,
+                         env=dict(os.environ, GPUQUEUE_URL=server.url, GPUQUEUE_TOKEN=server.token), timeout=60)
+    assert (cli.returncode, cli.stderr, cli.stdout) == (0, "bar 2/2\n", "after the bar\n"), cli
+
+
 def test_a_progress_bars_last_state_stays_in_the_output(jupyter_server):
     """A tqdm-style bar (\\r redraws, then a newline): its last state is printed once, before the
     next line, in the cell's text and in `%gpuqueue logs`, as a terminal shows it."""
     k = jupyter_server.start_kernel()
     k.run("%load_ext jupyter_gpuqueue")
-    res = k.run(
-        "%%train\nimport sys, time\ntime.sleep(1)  # 'running' is printed before the bar starts\n"
-        "for i in range(3):\n"
-        "    sys.stderr.write(f'\\rbar {i}/2'); sys.stderr.flush(); time.sleep(0.1)\n"
-        "sys.stderr.write('\\n')\nprint('after the bar', flush=True)\n"
-    )
-    assert res.error is None, res.text
-    # (only the last state is certain: an earlier one shows too when a redraw comes later than
-    # the runner's partial-line flush, 0.5 s, and `%gpuqueue logs` may print the held state after
-    # the stdout line that followed it: seen on a loaded machine)
-    assert res.stderr.count("bar 2/2") == 1, res.text
-    [job] = _jobs(jupyter_server)
-    logs = k.run(f"%gpuqueue logs {job['id']}").stdout.splitlines()
-    assert logs.count("bar 2/2") == 1 and "after the bar" in logs, logs
+    _check_bar_output(jupyter_server, k, k.run(BAR_CELL.format(pause=0.1)))
+
+
+def test_a_slowly_redrawn_bar_leaves_only_its_last_state(jupyter_server):
+    """Redraws further apart than the runner's flush of a line being written (0.5 s): each is
+    shown in place, none stays as a line of its own, and the last state shows once."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    _check_bar_output(jupyter_server, k, k.run(BAR_CELL.format(pause=0.8)))
 
 
 def test_a_gpu_cell_on_a_server_without_gpus_says_how_to_declare_them(jupyter_server_factory):
@@ -478,3 +508,29 @@ def test_preempt_says_a_job_without_checkpoints_starts_over(jupyter_server):
     assert "it checkpoints" not in out.stdout, out.stdout
     assert "if it saves any (gpuqueue.Checkpointer), else it starts over" in out.stdout, out.stdout
     k.run(f"%gpuqueue cancel {job['id']}")
+
+
+def test_a_two_rank_cell_shows_rank_0_plainly_and_the_others_marked(jupyter_server):
+    """`%%train --gpus 2` runs the cell as 2 torchrun ranks (here on CPU): rank 0's output shows
+    as a single process's would (no torchrun `[default0]:` prefix, its bar live); rank 1's
+    shows too, each line marked `[rank1]`, and so does its error when it fails."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run(
+        "%%train --gpus 2\nimport os, sys, time\nrank = int(os.environ['RANK'])\n"
+        "for i in range(3):\n"
+        "    sys.stderr.write(f'\\rbar {i}/2'); sys.stderr.flush(); time.sleep(0.2)\n"
+        "sys.stderr.write('\\n')\nprint(f'hello from rank {rank}', flush=True)\nanswer = 42\n", timeout=180)
+    assert res.error is None, res.text
+    assert sorted(_job_lines(res.stdout)) == ["[rank1] hello from rank 1", "hello from rank 0"], repr(res.stdout)
+    bars = [line for line in _as_shown(res.stderr) if "bar" in line]
+    assert sorted(bars) == ["[rank1] bar 2/2", "bar 2/2"], repr(res.stderr)
+    assert k.run("print(answer)").stdout == "42\n"
+    failed = k.run(
+        "%%train --gpus 2\nimport os, sys, time\nif os.environ['RANK'] == '1':\n"
+        "    print('careful', file=sys.stderr, flush=True)\n    raise ValueError('rank 1 fails')\n"
+        "time.sleep(30)\n", timeout=180)
+    assert failed.error is not None, failed.text
+    shown = _as_shown(failed.stderr)
+    assert "[rank1] careful" in shown and "[rank1] ValueError: rank 1 fails" in shown, repr(failed.stderr)
+    assert "[default" not in res.text + failed.text

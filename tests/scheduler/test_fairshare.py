@@ -341,6 +341,33 @@ def test_preemption_of_lower_priority_after_min_runtime_with_grace_and_requeue()
     assert s.jobs["low"].request.failures == 0
 
 
+def test_a_preempted_job_says_so_until_a_pass_gives_it_a_reason():
+    """`gpuqueue status` of a job just preempted and queued again: not the reason it had when it
+    started ("started"), but that it was preempted and waits again (and how, as a pass sees it)."""
+    s = FairShareScheduler(config({"p": {"n1": 2}}, min_runtime=0, grace=30))
+    sh = Shell(s)
+    s.submit(job("low", pr="low", gpus=2, preemptible=True), 0)
+    sh.apply(s.tick(0), 0)
+    s.submit(job("high", pr="high", gpus=2, t=50), 50)
+    sh.apply(s.tick(50), 50)
+    sh.finish("low", Outcome.PREEMPTED, 60)
+    e = s.explain("low", 60)
+    assert (e.reason, e.message) == ("requeued", "preempted; queued again, 1 jobs are ahead of it in pool 'p'")
+    sh.apply(s.tick(60), 60)
+    assert "high" in sh.running
+    e = s.explain("low", 61)
+    assert (e.reason, e.message) == ("resources", "waiting for 2 GPUs in pool 'p' (0/2 free); GPUs are reserved for it")
+    # a job lost with its node says that
+    s2 = FairShareScheduler(config({"p": {"n1": 1, "n2": 1}}, min_runtime=0))
+    sh2 = Shell(s2)
+    s2.submit(job("a", gpus=1), 0)
+    sh2.apply(s2.tick(0), 0)
+    [node] = s2.jobs["a"].placement
+    s2.node_down(node, 5)
+    e = s2.explain("a", 5)
+    assert e.reason == "requeued" and e.message.startswith("its node was lost; queued again"), e
+
+
 def test_non_preemptible_never_preempted():
     s = FairShareScheduler(config({"p": {"n1": 2}}, min_runtime=0))
     sh = Shell(s)

@@ -33,16 +33,13 @@ from typing import IO, Any, Optional
 from ..job.channel import JOB_EVENT_TYPES
 from . import launchfail, orphans
 from .jobdir import OwnedDir, load_json
+from .output import MAX_OUTPUT_BYTES, OutputPump
 from .warmjob import WarmJob
 
-PARTIAL_LINE_FLUSH_S = 0.5  # a line with no newline yet is shown after this long
-MAX_LINE = 16_384  # longer lines are cut (with a marker) so one line cannot flood the log
-MAX_HELD = 4 * MAX_LINE + 65_536  # bytes of an unfinished line held: past it, it is shown cut
 MAX_EVENT = 1_048_576  # a job-side event record longer than this is dropped
 JOB_EVENTS_POLL_S = 0.1  # how often the job's own events.jsonl is read (identity mode)
 MAX_DRAIN = 4 * 1024 * 1024  # bytes of it read per pass of the main loop (which answers stop requests)
 REAP_EVERY_S = 2.0  # how often the job's orphans that ended are reaped (gpuqueue.attempt.orphans)
-MAX_OUTPUT_BYTES = 256 * 1024 * 1024  # of a job's records per attempt, unless launch.json says
 
 
 class EventWriter:
@@ -96,60 +93,6 @@ class EventWriter:
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
-
-
-def _pump_output(fd: int, stream: str, out: EventWriter) -> None:
-    """Turn a pipe's bytes into ``log`` records, one per line; ``\\r`` rewrites a line. A line
-    that grows past ``MAX_HELD`` without its end is shown cut (as :func:`_emit_line` cuts any
-    line) and the rest of it is dropped as it comes: the runner is root's, with no memory limit."""
-    buf = b""
-    last_partial = 0.0
-    dropping = False  # the rest of a line already shown cut
-    with os.fdopen(fd, "rb", buffering=0) as f:
-        while True:
-            chunk = f.read(65536)
-            if not chunk:
-                break
-            if dropping:
-                nl = chunk.find(b"\n")
-                if nl < 0:
-                    continue
-                chunk, dropping = chunk[nl + 1 :], False
-            buf += chunk
-            while True:
-                nl = buf.find(b"\n")
-                if nl < 0:
-                    break
-                line, buf = buf[:nl], buf[nl + 1 :]
-                replace = False
-                if b"\r" in line.rstrip(b"\r"):
-                    line = line.rstrip(b"\r").rsplit(b"\r", 1)[-1]
-                    replace = True
-                _emit_line(out, stream, line.rstrip(b"\r"), replace)
-            # a progress bar redraws with \r and no \n: show its latest state now and then
-            if b"\r" in buf and time.monotonic() - last_partial > PARTIAL_LINE_FLUSH_S:
-                last_partial = time.monotonic()
-                current = buf.rstrip(b"\r").rsplit(b"\r", 1)[-1]
-                if current:
-                    _emit_line(out, stream, current, True)
-                buf = buf[buf.rfind(b"\r") + 1 :] if not buf.endswith(b"\r") else b""
-            if len(buf) > MAX_HELD:  # a line being redrawn: its current state only; else the line is cut
-                buf = buf[buf.rstrip(b"\r").rfind(b"\r") + 1 :]
-                if len(buf) > MAX_HELD:
-                    _emit_line(out, stream, buf[: 4 * MAX_LINE + 4], False)  # over MAX_LINE characters: marked cut
-                    buf, dropping = b"", True
-    if buf.strip(b"\r"):
-        _emit_line(out, stream, buf.rstrip(b"\r").rsplit(b"\r", 1)[-1], False)
-
-
-def _emit_line(out: EventWriter, stream: str, raw: bytes, replace: bool) -> None:
-    text = raw.decode("utf-8", "replace")
-    if len(text) > MAX_LINE:
-        text = text[:MAX_LINE] + " …[line cut]"
-    data: dict[str, Any] = {"stream": stream, "line": text}
-    if replace:
-        data["replace"] = True
-    out.write_job("log", data)
 
 
 def job_event(raw: bytes, job_dir: Optional[str] = None) -> Optional[tuple[str, dict[str, Any], Optional[float]]]:
@@ -369,9 +312,9 @@ class Runner:
         for fd in (out_w, err_w, ev_w):
             os.close(fd)
         self.out.write("runner", {"pid": self.proc.pid, "runner_pid": os.getpid(), "warm": warm})
+        output = OutputPump(self.out, [(out_r, "stdout"), (err_r, "stderr")])
         pumps = [
-            threading.Thread(target=_pump_output, args=(out_r, "stdout", self.out), daemon=True),
-            threading.Thread(target=_pump_output, args=(err_r, "stderr", self.out), daemon=True),
+            threading.Thread(target=output.run, daemon=True),
             threading.Thread(target=_pump_events, args=(ev_r, self.out, self.job_dir), daemon=True),
         ]
         job_events = JobEventsFile(self.own, self.job_dir, _max_output(self.launch)) if self.own is not None else None
@@ -415,6 +358,8 @@ class Runner:
             if left:
                 self.out.write("log", {"stream": "stderr", "line": (
                     f"gpuqueue: ended {left} processes the job left running after it ended")})
+        for p in pumps:  # their pipes close with their last holders: the lines being written end
+            p.join(timeout=2)
         if job_events is not None:
             while job_events.drain(self.out):  # what is left, up to the output limit
                 pass

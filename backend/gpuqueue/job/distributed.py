@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from typing import Any, Iterator, Optional
 
 LAUNCHERS = ("torchrun", "ray", "none")
@@ -113,15 +114,17 @@ def _detach_event_pipe() -> None:
 
 
 def run_torchrun(nproc: int, argv: list[str]) -> int:
-    """Run ``argv`` as ``nproc`` ranks on this node under torchrun."""
+    """Run ``argv`` as ``nproc`` ranks on this node under torchrun, each through :func:`run_rank`:
+    the ranks write to the job's own stdout and stderr (no ``--tee``: torchrun would copy them
+    from files, line by line, each with a ``[default0]:`` prefix and its progress bars never live)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.run import get_args_parser, run
 
     _detach_event_pipe()
     log_dir = os.path.join(os.environ.get("GPUQUEUE_ATTEMPT_DIR", "."), "torchrun")
     args = get_args_parser().parse_args(
-        ["--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), "--no-python",
-         "--log-dir", log_dir, "--tee", "3", "--local-ranks-filter", "0", *argv]
+        ["--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), "--no-python", "--log-dir", log_dir,
+         sys.executable, "-m", "gpuqueue.job.distributed", "rank", "--", *argv]
     )
     try:
         run(args)
@@ -129,9 +132,81 @@ def run_torchrun(nproc: int, argv: list[str]) -> int:
         print(f"gpuqueue: the ranks were stopped ({signal.Signals(e.sigval).name})", file=sys.stderr)
         return 128 + int(e.sigval)
     except Exception as e:  # noqa: BLE001 - ChildFailedError and friends: say which rank failed
-        print(f"gpuqueue: the distributed job failed: {e}\nrank logs: {log_dir}", file=sys.stderr)
+        print(f"gpuqueue: the distributed job failed: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+RANK_LINE = b"\x1b]gpuqueue-rank;"  # = gpuqueue.attempt.output.RANK_LINE (this module imports no runner)
+RANK_PIECE = 3000  # bytes of text per marked line: a write under PIPE_BUF (4096) is not cut by another's
+
+
+def _copy_marked(src: int, dst: int, rank: str, runner: bool) -> None:
+    """Copy a rank's pipe to ``dst`` line by line, each line as the state its ``\r`` redraws
+    end in. Under the runner each is one ``RANK_LINE`` record, which the runner shows as
+    ``[rankN] text`` on a line of its own, even in the middle of a line rank 0 is writing (a
+    progress bar); elsewhere (a terminal) it is written as ``[rankN] text``."""
+    buf = b""
+    while True:
+        try:
+            chunk = os.read(src, 65536)
+        except InterruptedError:
+            continue
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        if not chunk or len(buf) > 65536:  # the end, or a line without end: written as it is
+            lines, buf = lines + ([buf] if buf else []), b""
+        out = bytearray()
+        for raw in lines:
+            text = raw.rstrip(b"\r").rsplit(b"\r", 1)[-1]
+            for i in range(0, max(len(text), 1), RANK_PIECE):
+                piece = text[i : i + RANK_PIECE]
+                out += (RANK_LINE + rank.encode() + b";" + piece if runner else f"[rank{rank}] ".encode() + piece) + b"\n"
+        if out:
+            try:
+                os.write(dst, bytes(out))
+            except OSError:
+                pass  # the job's pipe is gone: the rest is dropped, the rank goes on
+        if not chunk:
+            break
+    os.close(src)
+
+
+def run_rank(argv: list[str]) -> int:
+    """One torchrun rank. Rank 0 becomes the job's command: its output is the job's, as a single
+    process's would be (live progress bars included). Another rank N runs it with each line of
+    its stdout and stderr marked ``[rankN] ``, so what it prints (its errors first of all) shows,
+    told apart from rank 0's. torchrun's stop signal reaches the command (torchrun signals the
+    rank's process group); this process waits for it and exits with its code."""
+    rank = os.environ.get("RANK", "0")
+    if rank == "0":
+        try:
+            os.execvp(argv[0], argv)
+        except OSError as e:
+            print(f"gpuqueue: cannot start {argv[0]}: {e}", file=sys.stderr)
+            return 127
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)  # the command gets it too; this copies its last words
+    runner = bool(os.environ.get("GPUQUEUE_ATTEMPT_DIR"))  # started by gpuqueue's runner
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    except OSError as e:
+        print(f"[rank{rank}] gpuqueue: cannot start {argv[0]}: {e}", file=sys.stderr)
+        return 127
+    assert proc.stdout is not None and proc.stderr is not None
+    copies = [threading.Thread(target=_copy_marked, args=(f.fileno(), n, rank, runner), daemon=True)
+              for f, n in ((proc.stdout, 1), (proc.stderr, 2))]
+    for t in copies:
+        t.start()
+    while True:
+        try:
+            code = proc.wait()
+            break
+        except InterruptedError:
+            continue
+    for t in copies:
+        t.join(timeout=5)  # a child of the command may hold the pipes: not waited for longer
+    return code if code >= 0 else 128 - code
 
 
 def _free_port() -> int:
@@ -249,10 +324,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     sub = p.add_subparsers(dest="mode", required=True)
     t = sub.add_parser("torchrun")
     t.add_argument("--nproc", type=int, required=True)
+    rk = sub.add_parser("rank")
     r = sub.add_parser("ray")
     r.add_argument("--workers", type=int, required=True)
     r.add_argument("--gpus-per-worker", type=int, default=1)
-    for sp in (t, r):
+    for sp in (t, r, rk):
         sp.add_argument("cmd", nargs=argparse.REMAINDER)
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
@@ -260,6 +336,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         p.error("give the command to run after --")
     if a.mode == "torchrun":
         return run_torchrun(a.nproc, cmd)
+    if a.mode == "rank":
+        return run_rank(cmd)
     return run_ray(a.workers, a.gpus_per_worker, cmd)
 
 

@@ -28,3 +28,34 @@ def terminal_output(text: Any) -> str:
     kept, every other control character is escaped as :func:`printable` does, so that no line
     sets the terminal's clipboard (OSC 52) or title, or moves the cursor over what was shown."""
     return _IN_OUTPUT.sub(lambda m: m.group(1) or repr(m.group())[1:-1], str(text))
+
+
+class OutputLines:
+    """A job's ``log`` records as its output: the lines that stay, and the line being written.
+
+    The runner marks each record (``gpuqueue.attempt.output.OutputPump``): a *final* line stays;
+    a *transient* one (``"transient": true``: a progress bar's redraw, a line before its
+    ``\\n``) is shown in place until the next record of the job's output replaces it, and is
+    never printed for good. Records of runners before that flag carry ``"replace": true`` on
+    each state of a ``\\r`` line instead, the last one included: such a record is shown in place
+    and stays once any other record comes (as a terminal shows a bar when the job moves on).
+
+    :meth:`feed` returns, for one record, the records to print for good now (in order) and the
+    one to show in place (or None); :meth:`end` what is still held when the output ends."""
+
+    def __init__(self) -> None:
+        self.held: Any = None  # an old runner's \r line, final once anything else comes
+
+    def feed(self, data: dict[str, Any]) -> tuple[list[dict[str, Any]], Any]:
+        """(final records to print now, the transient record to show in place or None)."""
+        if data.get("transient"):
+            return [], data
+        if data.get("replace"):
+            self.held = data  # the line's newer state
+            return [], data
+        return self.end() + [data], None
+
+    def end(self) -> list[dict[str, Any]]:
+        """The held record of an old runner's ``\\r`` line (a one-item list; empty if none)."""
+        held, self.held = self.held, None
+        return [held] if held is not None else []

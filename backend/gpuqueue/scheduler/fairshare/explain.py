@@ -102,7 +102,14 @@ class Explainer:
             # the last pass stopped before it (nothing free could fit it): not its old message
             reason = "resources"
             msg = f"waiting for {req.gpus} GPUs in pool {pool.name!r} ({nodes.free}/{nodes.total} free)"
-        if not reserved and reason in ("new", "resources") and pos > 1:
+        if reason == "requeued":  # preempted or lost, then queued again; no pass has given it a reason since
+            what = msg.split(";")[0]
+            if j.seen_in_pass != pool.pass_no:  # a pass went by and stopped before it
+                msg = (f"{what}; queued again, waiting for {req.gpus} GPUs in pool {pool.name!r} "
+                       f"({nodes.free}/{nodes.total} free)")
+            elif pos > 1:
+                msg = f"{what}; queued again, {pos - 1} jobs are ahead of it in pool {pool.name!r}"
+        elif not reserved and reason in ("new", "resources") and pos > 1:
             reason, msg = "priority", f"{pos - 1} jobs are ahead of it in pool {pool.name!r}"
         elif reason == "new":
             reason, msg = "pending", "waiting for the next scheduling pass"

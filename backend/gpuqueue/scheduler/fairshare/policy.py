@@ -340,6 +340,10 @@ class FairShareScheduler:
                 self.preempt_counts[job_id] = j.preemptions
             j.request = replace(req, not_before=now)
             self._requeue(j, now)
+            # not the reason of the pass that started it ("started"): it waits again, and why
+            what = "preempted" if outcome == Outcome.PREEMPTED else "its node was lost"
+            j.reason, j.reason_message = "requeued", f"{what}; queued again, waiting for the next scheduling pass"
+            j.seen_in_pass = self.pools[req.pool].pass_no
             return [Retry(job_id, now, counted=False)]
         if outcome == Outcome.FAILED and req.failures < req.max_retries:
             at = now + self.backoff(req.id, req.failures)
