@@ -221,3 +221,19 @@ def test_a_users_stored_output_is_bounded_oldest_logs_dropped_first(cluster_fact
     assert not alice.get(second)["logs_dropped"] and not alice.get(third)["logs_dropped"]
     assert "third 2999 " in c.cli("alice", "logs", third).stdout
 
+
+def test_a_result_over_what_one_job_may_return_fails_at_once(cluster_factory) -> None:
+    """A cell whose results were over the 200 MB one job may return failed as an ordinary
+    failure: its retries ran the cell again, only to make the same results. Now the attempt's
+    outcome is ``result_too_big``, which no retry follows, and the error names the limit and
+    the fix."""
+    c = cluster_factory(nodes={"n1": 1})
+    alice = c.client("alice")
+    payload, inputs, outputs = build_payload("x = b'r' * 201_000_000", {}, inputs=[], outputs=["x"])
+    job = alice.submit({"kind": "cell", "gpus": 0, "retries": 2, "inputs": inputs, "outputs": outputs}, payload)["id"]
+    rec = c.wait_done([job], 120)[job]
+    assert rec["state"] == "failed", rec
+    assert [a["outcome"] for a in rec["attempts"]] == ["result_too_big"], rec["attempts"]
+    assert "over the 200 MB that one job may return" in rec["error"], rec["error"]
+    assert "save big objects" in rec["error"] and "shared storage" in rec["error"] and "return" in rec["error"]
+    assert not c.redis_client().exists(f"gq:result:{job}")
