@@ -161,8 +161,11 @@ def test_the_inputs_a_users_unfinished_cells_hold_are_bounded(cluster_factory) -
 
 
 def _printer(c, user: str, tag: str, lines: int) -> str:
-    """A command job that prints ``lines`` lines of about 210 bytes, each starting ``<tag> <n>``."""
-    code = f"for i in range({lines}): print('{tag} %d ' % i + 'x' * 200)"
+    """A command job that logs a metric and a checkpoint, then prints ``lines`` lines of about 210
+    bytes, each starting ``<tag> <n>``."""
+    code = (f"import gpuqueue; from gpuqueue.job import jobapi; gpuqueue.log(step=1, loss=0.5); "
+            f"jobapi.emit('checkpoint', {{'step': 1, 'path': '/ck/{tag}', 'name': 'default'}}); "
+            f"[print('{tag} %d ' % i + 'x' * 200) for i in range({lines})]")
     return c.client(user).submit({"kind": "command", "gpus": 0, "retries": 0, "command": [sys.executable, "-c", code]})["id"]
 
 
@@ -205,6 +208,8 @@ def test_a_users_stored_output_is_bounded_oldest_logs_dropped_first(cluster_fact
     assert events[0]["type"] == "log" and "max_logs_mb" in events[0]["data"]["line"], events[:2]
     assert not [e for e in events[1:] if e["type"] in ("log", "progress", "metrics")]
     assert [e["data"]["state"] for e in events if e["type"] == "state"][-1] == "succeeded"
+    assert [e["data"]["path"] for e in events if e["type"] == "checkpoint"] == ["/ck/first"]  # kept: it is no output
+    assert [e["type"] for e in alice.events(second)].count("metrics") == 1  # a kept job's metrics stay
 
     def pruned() -> bool:  # the daemon rewrites the stream without the log lines, a chunk at a time
         return not r.exists("gq:evkeep:" + first) and not r.zscore("gq:logprune", first) \

@@ -133,7 +133,9 @@ def test_logs_are_kept_within_max_logs_mb_and_a_dropped_jobs_logs_say_so(jupyter
     client = server.client()
 
     def printed(tag: str, lines: int) -> str:
-        code = f"for i in range({lines}): print('{tag} %d ' % i + 'x' * 200)"
+        code = (f"import gpuqueue; from gpuqueue.job import jobapi; gpuqueue.log(step=1, loss=0.5); "
+                f"jobapi.emit('checkpoint', {{'step': 1, 'path': '/ck/{tag}', 'name': 'default'}}); "
+                f"[print('{tag} %d ' % i + 'x' * 200) for i in range({lines})]")
         job = client.submit({"kind": "command", "gpus": 0, "retries": 0, "command": [sys.executable, "-c", code]})["id"]
         t0 = time.monotonic()
         while client.get(job)["state"] not in ("succeeded", "failed", "cancelled", "timed_out"):
@@ -167,4 +169,6 @@ def test_logs_are_kept_within_max_logs_mb_and_a_dropped_jobs_logs_say_so(jupyter
     assert evs[0]["type"] == "log" and "max_logs_mb" in evs[0]["data"]["line"], evs[:2]
     assert not [e for e in evs[1:] if e["type"] in ("log", "progress", "metrics")], evs
     assert [e["data"]["state"] for e in evs if e["type"] == "state"][-1] == "succeeded"
+    assert [e["data"]["path"] for e in evs if e["type"] == "checkpoint"] == ["/ck/first"]  # kept: it is no output
+    assert "step 1: /ck/first" in k.run(f"%gpuqueue checkpoints {first}").stdout
     assert "third 2499 " in k.run(f"%gpuqueue logs {third}").stdout
