@@ -165,6 +165,18 @@ state folder). Finished jobs stay in it for `keep_finished` / `gpuqueue schedule
   HTTP 410 saying so and naming the knob. The newest result is the one its owner is waiting for
   (the cell that just ran), so it is kept rather than refused; one result larger than the
   whole allowance is not kept (its job says so) and nothing else goes for it.
+* `max_logs_mb` (default 4096 MB a user): the output of a user's finished jobs (their log
+  lines, progress and metrics records: up to `GPUQUEUE_MAX_OUTPUT_MB`, 256 MB, per attempt),
+  measured as each job ends (in a cluster, what its event stream takes in Redis; in the
+  embedded mode, what its attempts wrote), takes at most this much together. When a job's end
+  would pass it, that user's oldest finished jobs' output is dropped first: their records and
+  their `state`, `warning`, `info`, `checkpoint` and `result` records stay (the attempts, the
+  errors and tracebacks, `%gpuqueue checkpoints`), and reading their logs (`gpuqueue logs`,
+  `%gpuqueue logs`, `%gpuqueue attach`, `GET /jobs/ID/events`) gives one line that says so and
+  names the knob. One job whose output alone is over the whole allowance keeps none. 4096 MB
+  is sixteen attempts that each wrote the most an attempt may: a user's last jobs keep their
+  output whole, while one user's finished jobs take at most 4 GB of the store, not
+  `max_finished` times 256 MB.
 * `max_inputs_mb` (default 2048 MB a user, cluster mode): the inputs (payloads) of a user's
   unfinished cell jobs, each up to `gpuqueue api --max-payload-mb` (64 MB), stay in Redis until
   the job ends; together they take at most this much. A submit past it is refused (HTTP 400,
@@ -177,7 +189,12 @@ state folder). Finished jobs stay in it for `keep_finished` / `gpuqueue schedule
 gpuqueue: job j-1a2b3c4d5e6f: its results (150.0 MB) were dropped to make room for newer ones: your stored results are kept within 2048 MB (max_results_mb in the queue config); fetch results soon after a job ends, or save big objects to shared storage and return their path
 ```
 
-Set either in `[defaults]` for everyone or in `[users.NAME]` for one user.
+```
+$ gpuqueue logs j-0f1e2d3c4b5a
+[gpuqueue] the logs of this job (212.4 MB of output, progress and metrics) were dropped to keep your stored output within 4096 MB (max_logs_mb in the queue config): newer jobs' output is kept first; its state, errors and checkpoints are still here. Write what you must keep to a file in shared storage
+```
+
+Set any of them in `[defaults]` for everyone or in `[users.NAME]` for one user.
 """
 
 

@@ -30,3 +30,23 @@ def test_the_defaults_and_an_unlimited_rate_survive_publishing() -> None:
     assert seen.submit_limit_for("svc") is None and seen.limits_for("svc").max_finished == 5
     d = seen.limits_for("alice")
     assert (d.submit_rate, d.submit_burst, d.max_results_mb, d.max_finished) == (10.0, 100, 2048.0, 10_000)
+
+
+def test_a_job_whose_logs_were_dropped_reads_as_a_notice_and_its_records_that_stay() -> None:
+    """Readers of a job whose output was dropped (max_logs_mb) get, read from the start, one line
+    that says why, then only the records that stay (its states, warnings, checkpoints, results):
+    never an empty output that looks as if the job printed nothing. Until the store has removed
+    them, its output records are left out here."""
+    from gpuqueue.queue.bounds import logs_dropped_for_newer, visible_events
+    from gpuqueue.queue.models import Event, JobRecord, JobSpec
+
+    job = JobRecord(id="j-1", owner="ann", spec=JobSpec(kind="command", command=["true"]))
+    evs = [Event(seq=i + 1, time=0.0, type=t, data={"line": "x"} if t == "log" else {})
+           for i, t in enumerate(["state", "log", "metrics", "progress", "checkpoint", "log", "state"])]
+    assert visible_events(job, evs, True) == evs  # kept: as stored
+    job.logs_dropped = logs_dropped_for_newer(300 * MB, 4096)
+    shown = visible_events(job, evs, True)
+    assert shown[0].seq == 0 and shown[0].type == "log" and shown[0].data["stream"] == "stderr"
+    assert "300.0 MB" in shown[0].data["line"] and "within 4096 MB (max_logs_mb in the queue config)" in shown[0].data["line"]
+    assert [e.type for e in shown[1:]] == ["state", "checkpoint", "state"]
+    assert [e.type for e in visible_events(job, evs[4:], False)] == ["checkpoint", "state"]  # a later page: no notice again

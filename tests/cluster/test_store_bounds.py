@@ -158,3 +158,87 @@ def test_the_inputs_a_users_unfinished_cells_hold_are_bounded(cluster_factory) -
     wait_until(lambda: not r.exists(f"gq:payload:{ids[0]}"), 10, 0.1, "the cancelled cell's payload to go")
     assert bob.submit(spec, payload)["id"]
     assert bob.submit({"kind": "command", "gpus": 1, "command": ["true"]})["id"]  # a command holds no input
+
+
+def _printer(c, user: str, tag: str, lines: int) -> str:
+    """A command job that logs a metric and a checkpoint, then prints ``lines`` lines of about 210
+    bytes, each starting ``<tag> <n>``."""
+    code = (f"import gpuqueue; from gpuqueue.job import jobapi; gpuqueue.log(step=1, loss=0.5); "
+            f"jobapi.emit('checkpoint', {{'step': 1, 'path': '/ck/{tag}', 'name': 'default'}}); "
+            f"[print('{tag} %d ' % i + 'x' * 200) for i in range({lines})]")
+    return c.client(user).submit({"kind": "command", "gpus": 0, "retries": 0, "command": [sys.executable, "-c", code]})["id"]
+
+
+def _printed(c, user: str, tag: str, lines: int) -> str:
+    job = _printer(c, user, tag, lines)
+    assert c.wait_done([job], 60)[job]["state"] == "succeeded", c.client(user).get(job)
+    return job
+
+
+def test_a_users_stored_output_is_bounded_oldest_logs_dropped_first(cluster_factory) -> None:
+    """Each attempt may keep up to GPUQUEUE_MAX_OUTPUT_MB (256 MB) of output in Redis, and a
+    user max_finished (10,000) finished jobs: terabytes in the one store everyone shares. Now
+    the output of a user's finished jobs takes at most ``max_logs_mb`` together: a new job's
+    drops that user's oldest first. Reading a dropped job's logs (``gpuqueue logs``, the REST
+    events) says so, naming the knob; its state records stay, and its stream in Redis is
+    rewritten without its log lines."""
+    c = cluster_factory(nodes={"n1": 1}, config_extra="[defaults]\nmax_logs_mb = 2.5\n")
+    alice, r = c.client("alice"), c.redis_client()
+    first = _printed(c, "alice", "first", 3000)  # about 1 MB of records each
+    bobs = _printed(c, "bob", "bobs", 3000)  # another user's output counts for that user only
+    second = _printed(c, "alice", "second", 3000)
+    assert 700_000 < alice.get(first)["log_bytes"] < 1_200_000, alice.get(first)["log_bytes"]  # what Redis holds
+    assert r.hexists("gq:logs:alice", first) and not alice.get(first)["logs_dropped"]
+    third = _printed(c, "alice", "third", 3000)  # over 2.5 MB: the oldest goes
+    rec = alice.get(first)
+    assert rec["state"] == "succeeded" and "max_logs_mb" in rec["logs_dropped"], rec
+    assert sorted(r.hkeys("gq:logs:alice")) == sorted([second, third])
+
+    shown = c.cli("alice", "logs", first)
+    assert shown.returncode == 0, shown.stderr
+    said = shown.stdout + shown.stderr
+    assert "the logs of this job" in said and "were dropped to keep your stored output within 2.5 MB " \
+           "(max_logs_mb in the queue config)" in said, said
+    assert "first 0 " not in said
+    kept = c.cli("alice", "logs", second)
+    assert "second 0 " in kept.stdout and "second 2999 " in kept.stdout and "dropped" not in kept.stdout + kept.stderr
+    assert "bobs 2999 " in c.cli("bob", "logs", bobs).stdout
+
+    events = alice.events(first)  # the REST endpoint: the notice first, then its state records
+    assert events[0]["type"] == "log" and "max_logs_mb" in events[0]["data"]["line"], events[:2]
+    assert not [e for e in events[1:] if e["type"] in ("log", "progress", "metrics")]
+    assert [e["data"]["state"] for e in events if e["type"] == "state"][-1] == "succeeded"
+    assert [e["data"]["path"] for e in events if e["type"] == "checkpoint"] == ["/ck/first"]  # kept: it is no output
+    assert [e["type"] for e in alice.events(second)].count("metrics") == 1  # a kept job's metrics stay
+
+    def pruned() -> bool:  # the daemon rewrites the stream without the log lines, a chunk at a time
+        return not r.exists("gq:evkeep:" + first) and not r.zscore("gq:logprune", first) \
+            and not [f for _, f in r.xrange(f"gq:ev:{first}") if f["type"] == "log"]
+
+    wait_until(pruned, 20, 0.1, "the dropped job's log lines to leave its stream")
+    assert [f["type"] for _, f in r.xrange(f"gq:ev:{first}")].count("state") >= 3  # queued, starting, ... succeeded
+    assert r.memory_usage(f"gq:ev:{first}") < 20_000
+    assert alice.events(first) == events  # what readers see did not change with it
+
+    # output over the whole allowance is not kept at all; the others stay
+    big = _printed(c, "alice", "big", 12000)
+    assert "were dropped as it ended: they are over the 2.5 MB" in alice.get(big)["logs_dropped"]
+    assert not alice.get(second)["logs_dropped"] and not alice.get(third)["logs_dropped"]
+    assert "third 2999 " in c.cli("alice", "logs", third).stdout
+
+
+def test_a_result_over_what_one_job_may_return_fails_at_once(cluster_factory) -> None:
+    """A cell whose results were over the 200 MB one job may return failed as an ordinary
+    failure: its retries ran the cell again, only to make the same results. Now the attempt's
+    outcome is ``result_too_big``, which no retry follows, and the error names the limit and
+    the fix."""
+    c = cluster_factory(nodes={"n1": 1})
+    alice = c.client("alice")
+    payload, inputs, outputs = build_payload("x = b'r' * 201_000_000", {}, inputs=[], outputs=["x"])
+    job = alice.submit({"kind": "cell", "gpus": 0, "retries": 2, "inputs": inputs, "outputs": outputs}, payload)["id"]
+    rec = c.wait_done([job], 120)[job]
+    assert rec["state"] == "failed", rec
+    assert [a["outcome"] for a in rec["attempts"]] == ["result_too_big"], rec["attempts"]
+    assert "over the 200 MB that one job may return" in rec["error"], rec["error"]
+    assert "save big objects" in rec["error"] and "shared storage" in rec["error"] and "return" in rec["error"]
+    assert not c.redis_client().exists(f"gq:result:{job}")

@@ -6,6 +6,7 @@ SQLite store, real runners (tests/cluster/test_store_bounds.py does the same aga
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 
@@ -118,3 +119,56 @@ def test_the_default_submit_rate_holds_in_the_embedded_queue(tmp_path: Path) -> 
             await svc.stop()
 
     asyncio.run(scenario())
+
+
+def test_logs_are_kept_within_max_logs_mb_and_a_dropped_jobs_logs_say_so(jupyter_server_factory, tmp_path: Path) -> None:
+    """Each attempt may keep up to GPUQUEUE_MAX_OUTPUT_MB (256 MB) of output, twice (its
+    events.jsonl and the SQLite rows), for every finished job the user keeps. Now the output of
+    a user's finished jobs takes at most ``max_logs_mb``: a new job's drops the oldest first,
+    and where a dropped job's logs are read (``%gpuqueue logs``, ``%gpuqueue attach``, the REST
+    events) a line says why, naming the knob; its state records stay."""
+    cfg = tmp_path / "queue.toml"
+    cfg.write_text("[defaults]\nmax_logs_mb = 1.5\n[pools.default]\nnodes = { local = 1 }\n")
+    server = jupyter_server_factory(gpus=1, env={"GPUQUEUE_CONFIG": str(cfg)})
+    client = server.client()
+
+    def printed(tag: str, lines: int) -> str:
+        code = (f"import gpuqueue; from gpuqueue.job import jobapi; gpuqueue.log(step=1, loss=0.5); "
+                f"jobapi.emit('checkpoint', {{'step': 1, 'path': '/ck/{tag}', 'name': 'default'}}); "
+                f"[print('{tag} %d ' % i + 'x' * 200) for i in range({lines})]")
+        job = client.submit({"kind": "command", "gpus": 0, "retries": 0, "command": [sys.executable, "-c", code]})["id"]
+        t0 = time.monotonic()
+        while client.get(job)["state"] not in ("succeeded", "failed", "cancelled", "timed_out"):
+            assert time.monotonic() - t0 < 60, client.get(job)
+            time.sleep(0.05)
+        assert client.get(job)["state"] == "succeeded", client.get(job)
+        return job
+
+    first = printed("first", 2500)  # about 0.7 MB of records each
+    second = printed("second", 2500)
+    assert not client.get(first)["logs_dropped"]
+    third = printed("third", 2500)  # over 1.5 MB: the oldest goes
+    rec = client.get(first)
+    assert rec["state"] == "succeeded" and "max_logs_mb" in rec["logs_dropped"], rec
+    assert not list((server.state_dir / "jobs" / first).rglob("events.jsonl"))
+
+    k = server.start_kernel()
+    assert k.run("%load_ext jupyter_gpuqueue").error is None
+    shown = k.run(f"%gpuqueue logs {first}")
+    assert "the logs of this job" in shown.stdout and "were dropped to keep your stored output within 1.5 MB " \
+           "(max_logs_mb in the queue config)" in shown.stdout, shown.text
+    assert "first 0 " not in shown.text
+    attached = k.run(f"%gpuqueue attach {first}")  # the cell view: the line, then the job's end
+    assert "max_logs_mb" in attached.text and "[gpuqueue] succeeded" in attached.text and "first 0 " not in attached.text, attached.text
+    kept = k.run(f"%gpuqueue logs {second}")
+    assert "second 0 " in kept.stdout and "second 2499 " in kept.stdout and "dropped" not in kept.text
+
+    events = server.api("GET", f"gpuqueue/api/jobs/{first}/events")
+    assert events.status_code == 200, events.text
+    evs = events.json()["events"]
+    assert evs[0]["type"] == "log" and "max_logs_mb" in evs[0]["data"]["line"], evs[:2]
+    assert not [e for e in evs[1:] if e["type"] in ("log", "progress", "metrics")], evs
+    assert [e["data"]["state"] for e in evs if e["type"] == "state"][-1] == "succeeded"
+    assert [e["data"]["path"] for e in evs if e["type"] == "checkpoint"] == ["/ck/first"]  # kept: it is no output
+    assert "step 1: /ck/first" in k.run(f"%gpuqueue checkpoints {first}").stdout
+    assert "third 2499 " in k.run(f"%gpuqueue logs {third}").stdout

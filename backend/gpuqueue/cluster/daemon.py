@@ -53,6 +53,35 @@ MAX_EXPLAINED = 300  # queued jobs whose "why it waits" is published per round
 EXPLAIN_BUDGET_S = 0.025  # and at most this much CPU per round (every 2 s): an explanation costs
 # a sort of its pool's queue, so 300 of them on a deep queue would take a core's tenth
 EXPLAIN_SLICE_S = 0.004  # explained per step, so that a worker's report never waits long behind it
+PRUNE_BUDGET_S = 0.01  # of each step spent removing dropped logs from their streams (max_logs_mb)
+PRUNE_CHUNK = 1000  # stream entries looked at per call (about 2 ms of Redis: a 256 MB stream takes ~1.7 s in all)
+
+# One chunk of a dropped job's stream (KEYS[1]) copied into KEYS[2] without its output records
+# (ARGV[4..]: their types), from the cursor the hash KEYS[3] keeps for the job (ARGV[2]); at the
+# end the copy replaces the stream and the job leaves the set KEYS[4]. KEYS[5] is the leader lock
+# (ARGV[1]: this daemon's token). Returns 1 when done, 0 to go on, -1 when not the leader.
+_PRUNE = """
+if redis.call('GET', KEYS[5]) ~= ARGV[1] then return -1 end
+local id, count = ARGV[2], tonumber(ARGV[3])
+local drop = {}
+for i = 4, #ARGV do drop[ARGV[i]] = true end
+local cur = redis.call('HGET', KEYS[3], id) or '0-0'
+local rows = redis.call('XRANGE', KEYS[1], '(' .. cur, '+', 'COUNT', count)
+for _, row in ipairs(rows) do
+  local f, typ = row[2], nil
+  for i = 1, #f, 2 do if f[i] == 'type' then typ = f[i + 1] end end
+  if not drop[typ] then redis.call('XADD', KEYS[2], row[1], unpack(f)) end
+  cur = row[1]
+end
+if #rows < count then
+  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) else redis.call('DEL', KEYS[1]) end
+  redis.call('HDEL', KEYS[3], id)
+  redis.call('ZREM', KEYS[4], id)
+  return 1
+end
+redis.call('HSET', KEYS[3], id, cur)
+return 0
+"""
 
 
 class LostLeadership(Exception):
@@ -133,6 +162,8 @@ class Daemon(QueueShell):
         self._explain_budget = 0.0
         self._explain_left = 0
         self._explained: set[str] = set()
+        self._next_prune = 0.0
+        self._prune = store.r.register_script(_PRUNE)
 
     # -- leadership -----------------------------------------------------------------------
     def wait_for_lead(self) -> None:
@@ -352,6 +383,7 @@ class Daemon(QueueShell):
         self._publish()
         self._save_state()
         self._expire()
+        self._prune_logs()
         self._trim()
 
     # -- messages -------------------------------------------------------------------------
@@ -607,13 +639,81 @@ class Daemon(QueueShell):
         if state.is_terminal:
             self.known.discard(job.id)
         ops: list[Op] = [["SET", self.store.k("fence", job.id), f"{a.number}:settled"]]
+        older: dict[str, JobRecord] = {}  # older jobs' records changed here, written once
         if state == JobState.SUCCEEDED and job.result_bytes:
-            ops += self._keep_results_within(job)
+            ops += self._keep_results_within(job, older)
         elif state.is_terminal and state != JobState.SUCCEEDED:
             ops.append(["DEL", self.store.k("result", job.id)])
+        if state.is_terminal:
+            ops += self._keep_logs_within(job, older)
+        return ops + [["SET", self.store.k("job", old.id), old.model_dump_json(exclude={"pending"})]
+                      for old in older.values()]
+
+    def _older(self, ids: list[str], older: dict[str, JobRecord]) -> list[JobRecord]:
+        """The records of ``ids`` (older finished jobs), as already changed in ``older``."""
+        found = {j.id: j for j in self.store.get_jobs([i for i in ids if i not in older])}
+        for job_id in ids:
+            if job_id in found:
+                older[job_id] = found[job_id]
+        return [older[i] for i in ids if i in older]
+
+    def _keep_logs_within(self, job: JobRecord, older: dict[str, JobRecord]) -> list[Op]:
+        """Writes that add ``job``'s output (its event stream, as Redis holds it now) to its
+        owner's and drop the owner's oldest until all fit ``max_logs_mb``: each such job's record
+        says so and its output records go (``_prune_logs``); output over the whole limit is not
+        kept (``job`` says so)."""
+        st, owner = self.store, job.owner
+        limit = self.config.limits_for(owner).max_logs_mb
+        # what the stream takes in Redis; SAMPLES 0 walks its nodes (a few ms for 256 MB)
+        job.log_bytes = int(st.r.memory_usage(st.k("ev", job.id), samples=0) or 0)
+        kept: dict[str, tuple[int, float]] = {}
+        for job_id, value in st.r.hgetall(st.k("logs", owner)).items():
+            nbytes, _, at = value.partition(" ")
+            kept[job_id] = (int(nbytes), float(at or 0))
+        kept.pop(job.id, None)
+        drop = bounds.oldest_to_drop(kept, job.log_bytes, limit)
+        now = time.time()
+        if drop is None:
+            job.logs_dropped = bounds.logs_too_big_to_keep(job.log_bytes, limit)
+            return [["ZADD", st.k("logprune"), repr(now), job.id]]
+        ops: list[Op] = [["HSET", st.k("logs", owner), job.id, f"{job.log_bytes} {now!r}"]]
+        for old in self._older(drop, older):
+            old.logs_dropped = bounds.logs_dropped_for_newer(kept[old.id][0], limit)
+            ops.append(["ZADD", st.k("logprune"), repr(now), old.id])
+        for job_id in drop:
+            ops.append(["HDEL", st.k("logs", owner), job_id])
+        if drop:
+            log.info("user %s: dropping the output of %d older jobs to keep within max_logs_mb = %g",
+                     owner, len(drop), limit)
         return ops
 
-    def _keep_results_within(self, job: JobRecord) -> list[Op]:
+    def _prune_logs(self) -> None:
+        """Remove the output records of the jobs whose logs were dropped (``gq:logprune``), a
+        chunk at a time within a small budget per step: each stream is copied without them
+        inside Redis and then replaces the old one. Readers already leave them out
+        (``bounds.visible_events``)."""
+        now_m = time.monotonic()
+        if now_m < self._next_prune:
+            return
+        st = self.store
+        ids = st.r.zrange(st.k("logprune"), 0, 9)
+        if not ids:
+            self._next_prune = now_m + 1.0
+            return
+        stop_at = time.perf_counter() + PRUNE_BUDGET_S
+        for job_id in ids:
+            while time.perf_counter() < stop_at:
+                done = int(self._prune(keys=[st.k("ev", job_id), st.k("evkeep", job_id), st.k("logprune", "cursor"),
+                                             st.k("logprune"), st.k("leader")],
+                                       args=[self.token or "", job_id, PRUNE_CHUNK, *sorted(bounds.DROPPED_LOG_TYPES)]))
+                if done < 0:
+                    raise LostLeadership("the leader lock is another daemon's (pruning logs)")
+                if done:
+                    break
+            else:
+                return
+
+    def _keep_results_within(self, job: JobRecord, older: dict[str, JobRecord]) -> list[Op]:
         """Writes that add ``job``'s stored results to its owner's and drop the owner's oldest
         until all fit ``max_results_mb`` (each dropped job's record says so); results over the
         whole limit are not kept (``job`` says so)."""
@@ -629,9 +729,8 @@ class Daemon(QueueShell):
             job.result_dropped = bounds.too_big_to_keep(job.result_bytes, limit)
             return [["DEL", st.k("result", job.id)]]
         ops: list[Op] = [["HSET", st.k("results", owner), job.id, f"{job.result_bytes} {time.time()!r}"]]
-        for old in st.get_jobs(drop):
+        for old in self._older(drop, older):
             old.result_dropped = bounds.dropped_for_newer(kept[old.id][0], limit)
-            ops.append(["SET", st.k("job", old.id), old.model_dump_json(exclude={"pending"})])
         for job_id in drop:
             ops += [["DEL", st.k("result", job_id)], ["HDEL", st.k("results", owner), job_id]]
         if drop:

@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from ..observability import gpumap
+from ..queue import bounds
 from ..queue.config import GROWING, QueueConfig, format_validation_error
 from ..queue.errors import Conflict, Forbidden, Gone, NotFound, Rejected, Unavailable
 from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
@@ -184,23 +185,26 @@ class ClusterFrontend:
             await asyncio.sleep(0.02)
 
     def events(self, caller: Caller, job_id: str, after: int = 0, limit: int = 10_000) -> list[Event]:
-        """The job's events with seq > ``after``."""
-        self.get_job(caller, job_id)
-        return self.store.read_events(job_id, after, limit)
+        """The job's events with seq > ``after`` (for a job whose logs were dropped, without its
+        output records, and read from the start, the notice that says so)."""
+        job = self.get_job(caller, job_id)
+        return bounds.visible_events(job, self.store.read_events(job_id, after, limit), after == 0)
 
     async def follow(self, caller: Caller, job_id: str, after: int = 0, keepalive_s: float = 15.0) -> AsyncIterator[Optional[Event]]:
         """Replay events after ``after``, then yield new ones live until the job ends.
         Yields None as a keep-alive when nothing happened for ``keepalive_s``."""
-        self.get_job(caller, job_id)
+        job0 = self.get_job(caller, job_id)
         if self._aio is None:
             self._aio = redis_url.async_client(self.store.url, decode_responses=True)
         key = self.store.k("ev", job_id)
+        from_start = after == 0
         while True:
             batch = self.store.read_events(job_id, after, 2000)
-            for ev in batch:
-                after = ev.seq
+            for ev in bounds.visible_events(job0, batch, from_start):
                 yield ev
+            from_start = False
             if batch:
+                after = batch[-1].seq
                 continue
             job = self.store.get_job(job_id)
             if job is None or job.state.is_terminal:

@@ -20,6 +20,11 @@ Keys (prefix ``gq`` by default)::
     done:<name>         ZSET of the user's finished ids by end time (``max_finished``)
     inputs:<name>       HASH of the payload sizes of the user's unfinished jobs (``max_inputs_mb``)
     results:<name>      HASH of the user's stored results: id -> "<bytes> <end time>" (``max_results_mb``)
+    logs:<name>         HASH of the user's finished jobs whose output is kept: id -> "<bytes of ev:<id>>
+                        <end time>" (``max_logs_mb``)
+    logprune            ZSET of jobs whose logs were dropped and whose stream still holds them, by
+                        the time dropped; logprune:cursor HASH id -> the last entry looked at,
+                        evkeep:<id> the stream being copied without them (``Daemon._prune_logs``)
     fence:<id>          "<attempt>:<node>" while the attempt may run, "<attempt>:settled" after
     claim:<id>:<n>      the worker instance that launched attempt n
     started:<id>:<n> / exit:<id>:<n>   what the worker reported (for a daemon restart)
@@ -35,7 +40,8 @@ Keys (prefix ``gq`` by default)::
 
 A finished job's keys are deleted by the daemon ``--keep-finished`` (default 30 days) after it
 ended, or sooner once its owner has more than ``max_finished`` finished jobs; a user's stored
-results are kept within ``max_results_mb`` (the daemon: ``Daemon._keep_results_within``).
+results are kept within ``max_results_mb`` (the daemon: ``Daemon._keep_results_within``) and the
+output of their finished jobs within ``max_logs_mb`` (``Daemon._keep_logs_within``).
 """
 
 from __future__ import annotations
@@ -213,6 +219,10 @@ class RedisStore:
             ["ZREM", self.k("owner", job.owner), i],
             ["ZREM", self.k("done", job.owner), i],
             ["HDEL", self.k("results", job.owner), i],
+            ["HDEL", self.k("logs", job.owner), i],
+            ["DEL", self.k("evkeep", i)],
+            ["ZREM", self.k("logprune"), i],
+            ["HDEL", self.k("logprune", "cursor"), i],
             ["HDEL", self.k("inputs", job.owner), i],
             ["HDEL", self.k("pending"), i],
         ] + self.index_ops(job)  # a finished job's: out of the live and waiting sets

@@ -50,6 +50,7 @@ from ..attempt.identity import Identities, Identity, IdentityError
 from ..attempt.jobdir import (AttemptPaths, OwnedDir, attempt_paths, job_dir, prepare_owned, read_events,
                       write_bytes_atomic, write_json_atomic)
 from ..attempt.launch import build_launch, runner_env
+from ..queue.lifecycle import result_too_big
 from ..queue.models import JobSpec
 from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, RunnerHandle, not_dumpable
@@ -441,8 +442,7 @@ class NodeAgent:
             size = own.size("result.pkl") if own and la.kind == "cell" and rec.get("exit_code") == 0 else None
             if size is not None and size > self.max_result_bytes:
                 rec["exit_code"] = 1
-                rec["error"] = (f"the results are {size / 1e6:.0f} MB, over the {self.max_result_bytes / 1e6:.0f} MB "
-                                f"limit: save big objects to shared storage and return their path")
+                rec.update(result_too_big(size, self.max_result_bytes))  # failed at once: a retry makes the same
             elif size is not None and own is not None:
                 blob = own.read("result.pkl", self.max_result_bytes)
                 tmp = self.store.k("result", la.job_id, la.number)

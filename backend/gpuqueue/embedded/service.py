@@ -295,22 +295,25 @@ class QueueService(QueueShell):
         return self._get(job_id)
 
     def events(self, caller: Caller, job_id: str, after: int = 0, limit: int = 10_000) -> list[Event]:
-        """The job's events with seq > ``after``."""
-        self.get_job(caller, job_id)
+        """The job's events with seq > ``after`` (for a job whose logs were dropped, without its
+        output records, and read from the start, the notice that says so)."""
+        job = self.get_job(caller, job_id)
         assert self.store is not None
-        return self.store.read_events(job_id, after, limit)
+        return bounds.visible_events(job, self.store.read_events(job_id, after, limit), after == 0)
 
     async def follow(self, caller: Caller, job_id: str, after: int = 0, keepalive_s: float = 15.0) -> AsyncIterator[Optional[Event]]:
         """Replay events after ``after``, then yield new ones live until the job ends.
         Yields None as a keep-alive when nothing happened for ``keepalive_s``."""
-        self.get_job(caller, job_id)
+        job0 = self.get_job(caller, job_id)
+        from_start = after == 0
         while True:
             assert self.store is not None
             batch = self.store.read_events(job_id, after, 2000)
-            for ev in batch:
-                after = ev.seq
+            for ev in bounds.visible_events(job0, batch, from_start):
                 yield ev
+            from_start = False
             if batch:
+                after = batch[-1].seq
                 continue
             job = self._get(job_id)
             if job.state.is_terminal:
@@ -652,6 +655,8 @@ class QueueService(QueueShell):
         oldest go first (each such job's record says so); results over the whole limit are not
         kept (``job`` says so). A job that ended otherwise has none to give: what its attempt
         stored goes."""
+        if state.is_terminal:
+            self._keep_logs_within(job)
         if state.is_terminal and state != JobState.SUCCEEDED:
             self._remove_result(job)
         if state != JobState.SUCCEEDED or not job.result_bytes:
@@ -675,6 +680,42 @@ class QueueService(QueueShell):
             log.info("user %s: dropped the results of %d older jobs to keep within max_results_mb = %g",
                      job.owner, len(drop), limit)
         return ()
+
+    def _keep_logs_within(self, job: JobRecord) -> None:
+        """``job``'s output (what its attempts wrote to their events.jsonl, copied into the
+        store) joins its owner's, within ``max_logs_mb``: the owner's oldest finished jobs' output
+        goes first (each such job's record says so); output over the whole limit is not kept
+        (``job`` says so). Their state, checkpoint and result records stay."""
+        assert self.store is not None
+        job.log_bytes = sum(_size(self._events_path(job.id, a.number)) for a in job.attempts)
+        limit = self.config.limits_for(job.owner).max_logs_mb
+        kept = self.store.stored_logs(job.owner)
+        kept.pop(job.id, None)
+        drop = bounds.oldest_to_drop(kept, job.log_bytes, limit)
+        if drop is None:  # its output goes once its last state event is in (_record_state)
+            job.logs_dropped = bounds.logs_too_big_to_keep(job.log_bytes, limit)
+            return
+        for job_id in drop:
+            old = self.store.get(job_id)
+            if old is not None:
+                old.logs_dropped = bounds.logs_dropped_for_newer(kept[job_id][0], limit)
+                self.store.put(old, touch=False)  # its retention still counts from its end
+                self._drop_logs(old)
+        if drop:
+            log.info("user %s: dropped the output of %d older jobs to keep within max_logs_mb = %g",
+                     job.owner, len(drop), limit)
+
+    def _drop_logs(self, job: JobRecord) -> None:
+        """Delete a finished job's output records from the store and its attempts' events.jsonl."""
+        assert self.store is not None
+        self.store.delete_events(job.id, bounds.DROPPED_LOG_TYPES)
+        for a in job.attempts:
+            try:
+                self._events_path(job.id, a.number).unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                log.warning("cannot delete the output of job %s: %s", job.id, e)
 
     def _remove_result(self, job: JobRecord) -> None:
         a = job.current_attempt
@@ -738,6 +779,8 @@ class QueueService(QueueShell):
         self.store.put(job)
         self._event(job.id, "state", data)
         if job.state.is_terminal:
+            if job.logs_dropped:  # its own output was over max_logs_mb (_keep_logs_within)
+                self._drop_logs(job)
             self._keep_finished_within(job.owner)
 
     def _event(self, job_id: str, type_: str, data: dict[str, Any]) -> None:
@@ -760,6 +803,13 @@ class QueueService(QueueShell):
         if started is None:
             return False
         return a.pid_started is None or abs(started - a.pid_started) < 1.0
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _remove_folders(folders: list[Path]) -> None:

@@ -117,6 +117,17 @@ class SqliteStore:
         )
         return {r[0]: (int(r[1]), float(r[2] or 0)) for r in rows}
 
+    def stored_logs(self, owner: str) -> dict[str, tuple[int, float]]:
+        """The owner's finished jobs whose output is kept: id -> (bytes, end time)."""
+        done = [s.value for s in JobState if s.is_terminal]
+        rows = self.db.execute(
+            "SELECT id, json_extract(record, '$.log_bytes'), json_extract(record, '$.updated_at') FROM jobs"
+            f" WHERE owner=? AND state IN ({','.join('?' * len(done))}) AND json_extract(record, '$.log_bytes') > 0"
+            " AND json_extract(record, '$.logs_dropped') IS NULL",
+            (owner, *done),
+        )
+        return {r[0]: (int(r[1]), float(r[2] or 0)) for r in rows}
+
     def oldest_finished(self, owner: str, keep: int, limit: int = 500) -> List[str]:
         """Ids of the owner's finished jobs beyond the newest ``keep`` (by end), oldest first,
         at most ``limit``."""
@@ -164,6 +175,11 @@ class SqliteStore:
                     "INSERT OR REPLACE INTO tails VALUES (?,?,?)", (job_id, tail[0], tail[1])
                 )
         return seq
+
+    def delete_events(self, job_id: str, types: Iterable[str]) -> None:
+        """Delete the job's events of ``types`` (the rest keep their seq)."""
+        kinds = sorted(types)
+        self.db.execute(f"DELETE FROM events WHERE job_id=? AND type IN ({','.join('?' * len(kinds))})", (job_id, *kinds))
 
     def read_events(self, job_id: str, after: int = 0, limit: int = 10_000) -> List[Event]:
         """Events with seq > ``after``, in order."""

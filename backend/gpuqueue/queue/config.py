@@ -111,6 +111,12 @@ class UserLimits(BaseModel):
         description="MB of results (the names cell jobs return) the user's succeeded jobs keep in the "
         "queue's store, all together; a new result drops the user's oldest first (their jobs then say so), "
         "and one larger than this is not kept")
+    max_logs_mb: float = Field(
+        4096.0, gt=0,
+        description="MB of output (log lines, progress and metrics records) the user's finished jobs keep in "
+        "the queue's store, all together, measured as each job ends; past it the oldest finished jobs' "
+        "output goes first (their state, checkpoint and result records stay, and reading their logs says "
+        "so)")
     max_inputs_mb: float = Field(
         2048.0, gt=0,
         description="cluster mode: MB of cell inputs (payloads, up to the API's --max-payload-mb each) the "

@@ -132,7 +132,9 @@ def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: boo
     """How the current attempt ended, from the runner's exit record (``exit_code``,
     ``stop_reason``, ``lost``, ``launch_error``) and whether a cell job stored its results. An
     attempt that could not start for a cause every retry would meet again
-    (``launchfail.permanent``) is CANNOT_START, which no policy retries. A lost attempt (not
+    (``launchfail.permanent``) is CANNOT_START, and one whose results are over what a job may
+    return (``result_too_big``: every retry makes the same) RESULT_TOO_BIG; no policy retries
+    either. A lost attempt (not
     counted as a failure, relaunched at once) that makes ``max_lost`` in a row counts as
     FAILED, so that a job whose process keeps vanishing meets its retry limit instead of being
     relaunched forever."""
@@ -147,6 +149,8 @@ def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: boo
         return Outcome.TIMED_OUT
     if launchfail.permanent(exit_record.get("launch_error")):
         return Outcome.CANNOT_START
+    if exit_record.get("result_too_big"):
+        return Outcome.RESULT_TOO_BIG
     if exit_record.get("lost") or reason in ("terminated", "fenced"):
         if exit_record.get("lost") and lost_in_a_row(job) + 1 >= max_lost:
             return Outcome.FAILED
@@ -182,7 +186,7 @@ def settle(
     assert a is not None
     code = exit_record.get("exit_code")
     a.outcome, a.exit_code, a.ended_at = outcome, code, float(exit_record.get("ended") or now)
-    if outcome in (Outcome.FAILED, Outcome.CANNOT_START):
+    if outcome in (Outcome.FAILED, Outcome.CANNOT_START, Outcome.RESULT_TOO_BIG):
         if exit_record.get("launch_error"):  # it did not start: the cause, and the fix
             job.error = launchfail.message(exit_record["launch_error"])
             a.message = job.error
@@ -218,3 +222,12 @@ def settle(
         job.error = job.error or "the job process was lost and no retries are left"
     return final, {"exit_code": code, "error": job.error,
                    "traceback": a.message if final == JobState.FAILED else None}
+
+
+def result_too_big(nbytes: int, limit: int) -> dict[str, Any]:
+    """What an exit record carries (``error``, ``result_too_big``) for a cell job whose results
+    are over the ``limit`` bytes one job may return: the job fails at once (RESULT_TOO_BIG)."""
+    return {"result_too_big": {"bytes": nbytes, "limit": limit},
+            "error": (f"the results are {nbytes / 1e6:.0f} MB, over the {limit / 1e6:.0f} MB that one job may "
+                      f"return: save big objects (models, arrays) to shared storage in the cell and return "
+                      f"their path instead; the job is not retried, as every attempt would make the same results")}

@@ -235,6 +235,9 @@ class JobRecord(BaseModel):
     result_bytes: int = Field(0, description="size of the stored results (a succeeded cell job's pickle)")
     result_dropped: Optional[str] = Field(
         None, description="why the results are no longer kept (the owner's max_results_mb), if so")
+    log_bytes: int = Field(0, description="size of the job's stored output (its event stream), measured as it ended")
+    logs_dropped: Optional[str] = Field(
+        None, description="why the job's logs are no longer kept (the owner's max_logs_mb), if so")
     failures: int = 0
     preemptions: int = 0
     last_event_seq: int = 0

@@ -78,3 +78,6 @@ class Outcome(str, Enum):
     # it could not start (its program, working folder or identity) for a cause a retry meets
     # again (gpuqueue.attempt.launchfail): the job fails at once, no retry is spent on it
     CANNOT_START = "cannot_start"
+    # it ran, but its results are over what one job may return (the cluster worker's limit): the
+    # same cell would make them again, so the job fails at once, no retry is spent on it
+    RESULT_TOO_BIG = "result_too_big"
