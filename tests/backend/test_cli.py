@@ -175,3 +175,14 @@ def test_logs_follow_on_a_terminal_draws_a_progress_bar_in_place(jupyter_server)
     shown = [line for line in _screen(text) if not line.startswith("[gpuqueue]")]
     assert shown == ["bar 2/2", "after the bar"], repr(text)
     assert "bar 1/2" in text, repr(text)  # drawn live, then replaced
+
+
+def test_logs_of_a_long_job_are_not_cut_at_the_first_page(jupyter_server):
+    """The events endpoint answers 10,000 events a request: ``gpuqueue logs`` (and ``%gpuqueue
+    logs``, the same client) showed a long job's first 10,000 lines and stopped there, silently."""
+    n = 25_000
+    job = gq(jupyter_server, "submit", "--", sys.executable, "-c",
+             f"for i in range({n}): print('line', i)").stdout.strip()
+    assert gq(jupyter_server, "wait", job).returncode == 0
+    lines = gq(jupyter_server, "logs", job).stdout.splitlines()
+    assert len(lines) == n and lines[0] == "line 0" and lines[-1] == f"line {n - 1}", (len(lines), lines[-1:])

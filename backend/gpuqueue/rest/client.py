@@ -72,6 +72,9 @@ def _q(job_id: str) -> str:
     return quote(str(job_id), safe="")
 
 
+EVENTS_PAGE_CHECK = 1000  # a page of events this long may have more behind it (servers send 10,000)
+
+
 class Client:
     """Verbs of the REST API. Errors come back as GPUQueueError subclasses with the server's
     message."""
@@ -151,8 +154,16 @@ class Client:
         return self._request("GET", "queue").json()
 
     def events(self, job_id: str, after: int = 0) -> builtins.list[dict[str, Any]]:
-        """Events with seq > after, without waiting."""
-        return self._request("GET", f"jobs/{_q(job_id)}/events", params={"after": after}).json()["events"]
+        """All events with seq > after, without waiting. The server answers a page at a time
+        (10,000 events): a page of ``EVENTS_PAGE_CHECK`` or more is followed by a request for
+        what comes after it, so a long job's output is never cut at the first page."""
+        out: builtins.list[dict[str, Any]] = []
+        while True:
+            page = self._request("GET", f"jobs/{_q(job_id)}/events", params={"after": after}).json()["events"]
+            out += page
+            if len(page) < EVENTS_PAGE_CHECK:
+                return out
+            after = page[-1]["seq"]
 
     def follow(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         """Events after ``after``, live, until the job ends (SSE). Resumes after a dropped
