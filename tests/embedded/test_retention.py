@@ -41,7 +41,7 @@ def test_a_finished_job_goes_with_its_folder_once_kept_long_enough(tmp_path: Pat
             while svc.get_job(ALICE, done).state.value != "succeeded":
                 assert time.monotonic() - t0 < 30, "the short job never ended"
                 await asyncio.sleep(0.05)
-            ended = time.time()
+            ended = svc.get_job(ALICE, done).updated_at  # the record's end, not when this loop saw it
             assert list(folder.glob("checkpoints/*/step-*/w.bin")), "the job saved no checkpoint"
             assert svc.events(ALICE, done)
             # kept for 2 s after its end, then gone: record, events, folder
