@@ -130,3 +130,25 @@ def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_serve
     assert [e["data"]["step"] for e in evs if e["type"] == "metrics"] == list(range(12))
     assert [e["data"]["step"] for e in evs if e["type"] == "checkpoint"] == [5, 10]
     assert any(e["type"] == "progress" and e["data"]["done"] == 12 for e in evs)
+
+
+def test_nodes_2_ray_train_job_whose_rank_1_fails_names_that_rank(jupyter_server_factory, tmp_path: Path) -> None:
+    """Embedded `--nodes 2` (Ray Train): rank 1 exits with code 3. The launcher's line and the
+    job's error name rank 1, not only Ray's TrainingFailedError ('the job process exited with
+    code 1' before)."""
+    cfg = tmp_path / "pools.toml"
+    cfg.write_text(RAY_CONFIG)
+    server = jupyter_server_factory(gpus=2, env={"GPUQUEUE_CONFIG": str(cfg), "GPUQUEUE_RAY_CPUS": "2"})
+    c = server.client()
+    fails = ("import os, sys, time\nif os.environ['RANK'] == '1':\n    time.sleep(3)\n    sys.exit(3)\n"
+             "time.sleep(120)\n")
+    job = c.submit({"kind": "command", "command": [sys.executable, "-c", fails], "gpus": 2, "nodes": 2,
+                    "retries": 0}, new=True)["id"]
+    favour_job(server, job)
+    try:
+        rec = wait_done(server, job, timeout=270)
+    finally:
+        kill_job_groups(server, job)
+    text = logs(c.events(job))
+    assert (rec["state"], rec["error"]) == ("failed", "rank 1 failed: exit code 3"), (rec["error"], text[-3000:])
+    assert "gpuqueue: rank 1 failed: exit code 3; the other ranks were stopped" in text.splitlines(), text[-3000:]

@@ -156,20 +156,21 @@ def run_torchrun(nproc: int, argv: list[str]) -> int:
 RANK_FAILURES = "ranks"
 
 
-def _failure_dir() -> Optional[str]:
-    adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR")
+def _failure_dir(adir: Optional[str] = None) -> Optional[str]:
+    adir = adir or os.environ.get("GPUQUEUE_ATTEMPT_DIR")
     return os.path.join(adir, RANK_FAILURES) if adir else None
 
 
-def _stop_requested() -> bool:
+def stop_requested_by_queue() -> bool:
     """The queue asked the job to stop (its control.json; see gpuqueue.job.jobapi)."""
     adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR")
     return bool(adir) and os.path.exists(os.path.join(str(adir), "control.json"))
 
 
-def record_failure(rank: str, code: int, last_line: str) -> None:
-    """Say that this rank failed on its own (``code`` != 0, no stop signal came to it)."""
-    folder = _failure_dir()
+def record_failure(rank: str, code: int, last_line: str, attempt_dir: Optional[str] = None) -> None:
+    """Say that ``rank`` failed on its own (``code`` != 0, no stop signal came to it), in
+    ``attempt_dir`` (default: this process's attempt folder)."""
+    folder = _failure_dir(attempt_dir)
     if folder is None:
         return
     if code < 0:
@@ -216,7 +217,7 @@ def rank_failures() -> list[dict[str, Any]]:
 def peer_failure() -> Optional[str]:
     """The rank whose failure made torchrun stop this one, or None: this rank was stopped by
     the queue (control.json), or is not a rank of a multi-rank job."""
-    if int(os.environ.get("WORLD_SIZE", "1") or "1") <= 1 or _stop_requested():
+    if int(os.environ.get("WORLD_SIZE", "1") or "1") <= 1 or stop_requested_by_queue():
         return None
     me = os.environ.get("RANK")
     failed = [f["rank"] for f in rank_failures() if f["rank"] != me]
@@ -224,8 +225,10 @@ def peer_failure() -> Optional[str]:
 
 
 def stopped_by_peer_message(rank: str) -> str:
-    """What a rank torchrun stopped because ``rank`` failed says (rank 0's lines are unmarked)."""
-    return f"stopped: rank {rank} failed (see " + ("its error above)" if rank == "0" else f"[rank{rank}] above)")
+    """What a rank stopped because ``rank`` failed says (rank 0's lines are unmarked, and so are
+    a Ray job's: Ray prefixes them its own way)."""
+    marked = rank != "0" and not os.environ.get("GPUQUEUE_RAY_WORKER")
+    return f"stopped: rank {rank} failed (see " + (f"[rank{rank}] above)" if marked else "its error above)")
 
 
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Stopped|Warning)): (.*)$", re.S)
@@ -258,16 +261,21 @@ def _failed_ranks(e: Any) -> str:
                 error = f"killed by signal {-code}"
         else:
             error = f"exit code {code}"
+    return report_failure(rank, error, any(str(r) != rank for r in e.failures))
+
+
+def report_failure(rank: str, error: str, others: bool, record: Optional[dict[str, Any]] = None) -> str:
+    """The launcher's line for a failed rank; error.json says it too where no rank wrote one
+    (``record``: the one a rank wrote elsewhere, a Ray rank's scratch folder)."""
     adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR")
     if adir and not os.path.exists(os.path.join(adir, "error.json")):
         try:
             tmp = os.path.join(adir, ".error.json.tmp")
             with open(tmp, "w") as f:
-                json.dump(_error_record(rank, error), f)
+                json.dump(dict(record, rank=rank) if record else _error_record(rank, error), f)
             os.replace(tmp, os.path.join(adir, "error.json"))
-        except OSError:
+        except (OSError, TypeError, ValueError):
             pass
-    others = any(str(r) != rank for r in e.failures)
     return f"rank {rank} failed: {error}" + ("; the other ranks were stopped" if others else "")
 
 
@@ -351,7 +359,7 @@ def run_rank(argv: list[str]) -> int:
             continue
     for t in copies:
         t.join(timeout=5)  # a child of the command may hold the pipes: not waited for longer
-    if code != 0 and not stopped and not _stop_requested():  # it failed on its own: say so first
+    if code != 0 and not stopped and not stop_requested_by_queue():  # it failed on its own: say so first
         record_failure(rank, code, "".join(last_err))
     return code if code >= 0 else 128 - code
 
@@ -386,6 +394,8 @@ def _ray_worker(config: dict[str, Any]) -> None:
     proc = subprocess.Popen(config["argv"], env=env, cwd=config.get("cwd") or None)
     code = proc.wait()
     if code != 0:
+        if not stop_requested_by_queue():
+            record_failure(str(rank), code, "")  # the others then say why they were stopped
         raise RuntimeError(f"rank {rank} exited with code {code}")
 
 
@@ -448,7 +458,11 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
         )
         trainer.fit()
     except Exception as e:  # noqa: BLE001 - TrainingFailedError wraps the rank's error
-        print(f"gpuqueue: the Ray Train job failed: {e}", file=sys.stderr)
+        own = [] if stop["asked"] else rank_failures()
+        if own:  # a rank failed on its own: it, not Ray's traceback
+            print(f"gpuqueue: {report_failure(own[0]['rank'], own[0]['error'], workers > 1)}", file=sys.stderr)
+        else:
+            print(f"gpuqueue: the Ray Train job failed: {e}", file=sys.stderr)
         return 143 if stop["asked"] else 1
     finally:
         ray.shutdown()
