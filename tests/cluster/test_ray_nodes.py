@@ -178,6 +178,33 @@ def test_nodes_2_job_runs_on_the_assigned_nodes_and_gpus_through_ray(cluster_fac
     assert {r["GPUQUEUE_NODE"] for r in seen} == {"n1", "n2"}
     assert all(r["CUDA_VISIBLE_DEVICES"] == "0" for r in seen)  # each node's one GPU, as placed
 
+    # rank 1 (on n2) fails: rank 0 (n1) says it was stopped because rank 1 failed, not that the
+    # job was asked to stop; the launcher's line and the job's error name rank 1 and its error
+    # (a cell's exception, from n2's scratch folder; a command's exit code)
+    failed = k.run("%%train --nodes 2 --gpus 2\nimport os, sys, time\nif os.environ['RANK'] == '1':\n"
+                   "    time.sleep(5)  # rank 0 is in its sleep, its stop handler set\n"
+                   "    raise ValueError('rank 1 fails')\ntime.sleep(120)\n", timeout=240)
+    assert failed.error is not None and failed.error["evalue"].endswith(
+        "failed: rank 1 failed: ValueError: rank 1 fails"), (failed.error, failed.text)
+    assert "gpuqueue: rank 1 failed: ValueError: rank 1 fails; the other ranks were stopped" in failed.stderr, failed.text
+    assert "gpuqueue: stopped: rank 1 failed (see its error above)" in failed.text, failed.text
+    assert "asked to stop" not in failed.text, failed.text
+    # and the other way round: rank 0 fails, rank 1 on n2 (a scratch folder) says so
+    failed0 = k.run("%%train --nodes 2 --gpus 2\nimport os, sys, time\nif os.environ['RANK'] == '0':\n"
+                    "    time.sleep(5)\n    raise ValueError('rank 0 fails')\ntime.sleep(120)\n", timeout=240)
+    assert failed0.error is not None and failed0.error["evalue"].endswith(
+        "failed: rank 0 failed: ValueError: rank 0 fails"), (failed0.error, failed0.text)
+    assert "gpuqueue: stopped: rank 0 failed (see its error above)" in failed0.text, failed0.text
+    assert "asked to stop" not in failed0.text, failed0.text
+    fails = script.with_name("fails.py")
+    fails.write_text("import os, sys, time\nif os.environ['RANK'] == '1':\n    time.sleep(2)\n    sys.exit(3)\n"
+                     "time.sleep(120)\n")
+    bad = c.client("alice").submit({"kind": "command", "gpus": 2, "nodes": 2, "retries": 0,
+                                    "command": [PY, str(fails)]})["id"]
+    rec = c.wait_done([bad], 120)[bad]
+    assert (rec["state"], rec["error"]) == ("failed", "rank 1 failed: exit code 3"), rec
+    assert "gpuqueue: rank 1 failed: exit code 3; the other ranks were stopped" in logs(root.events(bad)).splitlines()
+
     # a placement on a node that no Ray node declares, or no Ray address: a message, no traceback
     probe = ("import sys; from gpuqueue.job.raynodes import run_pinned; "
              "sys.exit(run_pinned({'n1': [0], 'n9': [0]}, ['true'], sys.argv[1] or None))")

@@ -526,11 +526,49 @@ def test_a_two_rank_cell_shows_rank_0_plainly_and_the_others_marked(jupyter_serv
     bars = [line for line in _as_shown(res.stderr) if "bar" in line]
     assert sorted(bars) == ["[rank1] bar 2/2", "bar 2/2"], repr(res.stderr)
     assert k.run("print(answer)").stdout == "42\n"
+    assert "[default" not in res.text
+
+
+def test_when_one_rank_of_a_cell_fails_rank_0_and_the_error_name_that_rank(jupyter_server):
+    """Rank 1 of a `--gpus 2` cell raises: its lines show marked `[rank1]`; rank 0, which
+    torchrun then stops, says it stopped because rank 1 failed (not that the job was asked to
+    stop: nobody cancelled), torchrun's report naming its wrapper is not shown, and the cell's
+    error and `%gpuqueue status` name the failing rank and its exception."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
     failed = k.run(
         "%%train --gpus 2\nimport os, sys, time\nif os.environ['RANK'] == '1':\n"
         "    print('careful', file=sys.stderr, flush=True)\n    raise ValueError('rank 1 fails')\n"
         "time.sleep(30)\n", timeout=180)
-    assert failed.error is not None, failed.text
+    assert failed.error is not None and failed.error["ename"] == "RemoteJobError", failed.text
     shown = _as_shown(failed.stderr)
     assert "[rank1] careful" in shown and "[rank1] ValueError: rank 1 fails" in shown, repr(failed.stderr)
-    assert "[default" not in res.text + failed.text
+    assert "gpuqueue: stopped: rank 1 failed (see [rank1] above)" in shown, repr(failed.stderr)
+    assert "gpuqueue: rank 1 failed: ValueError: rank 1 fails; the other ranks were stopped" in shown, repr(failed.stderr)
+    for noise in ("JobStopped", "asked to stop", "gpuqueue.job.distributed", "FAILED", "exitcode", "[default"):
+        assert noise not in failed.text + failed.error["traceback"], (noise, failed.text, failed.error)
+    [job] = _jobs(jupyter_server)
+    assert failed.error["evalue"] == f"job {job['id']} failed: rank 1 failed: ValueError: rank 1 fails", failed.error
+    remote = failed.error["traceback"]
+    assert "rank 1 failed:" in remote and "raise ValueError('rank 1 fails')" in remote, remote
+    status = k.run(f"%gpuqueue status {job['id']}")
+    assert "rank 1 failed: ValueError: rank 1 fails" in status.stdout, status.text
+
+
+def test_a_cancelled_two_rank_cell_still_says_it_was_asked_to_stop(jupyter_server):
+    """A real cancel of a `--gpus 2` cell: both ranks say the job was asked to stop, and no rank
+    is named as failed (each rank's own exit on the notice is not a failure)."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    k.run("%%train --gpus 2 --background\nimport os, time\nprint('up', os.environ['RANK'], flush=True)\n"
+          "time.sleep(120)\n")
+    [job] = _jobs(jupyter_server)
+    client = jupyter_server.client()
+    wait_until(lambda: len([e for e in client.events(job["id"]) if e["type"] == "log" and "up" in e["data"]["line"]]) == 2,
+               120, what="both ranks to start")
+    k.run(f"%gpuqueue cancel {job['id']}")
+    wait_until(lambda: client.get(job["id"])["state"] == "cancelled", 60, what="the job to stop")
+    logs = k.run(f"%gpuqueue logs {job['id']}").stdout
+    assert "JobStopped: the job was asked to stop (cancel, preemption or time limit)" in logs.splitlines(), logs
+    assert "[rank1] JobStopped: the job was asked to stop (cancel, preemption or time limit)" in logs.splitlines(), logs
+    assert "failed" not in logs, logs

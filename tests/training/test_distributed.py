@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 
 from helpers.servers import wait_until
@@ -71,6 +72,38 @@ def test_gpus_2_runs_two_ddp_ranks_that_stop_together_and_resume(jupyter_server,
     assert any(e["type"] == "checkpoint" and e["data"]["step"] == 25 for e in second)
 
 
+RANK_1_FAILS = """
+import os, sys, time
+if os.environ["RANK"] == "1":
+    print("careful", file=sys.stderr, flush=True)
+    raise ValueError("rank 1 fails")
+print("rank 0 waits", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_command_job_whose_rank_1_fails_names_that_rank_and_its_error(jupyter_server) -> None:
+    """A 2-rank command job under torchrun whose rank 1 raises: the log ends with one line naming
+    rank 1 and its exception (not torchrun's report, which names its wrapper
+    `gpuqueue.job.distributed`), and so does the job's error (what `%gpuqueue status` and the
+    record show), not 'the job process exited with code 1'."""
+    c = jupyter_server.client()
+    job = c.submit({"kind": "command", "command": [sys.executable, "-c", RANK_1_FAILS], "gpus": 2,
+                    "retries": 0, "env": {"GPUQUEUE_LAUNCHER": "torchrun"}}, new=True)["id"]
+    try:
+        rec = wait_done(jupyter_server, job, 120)
+    finally:
+        kill_job_groups(jupyter_server, job)
+    text = logs(c.events(job))
+    assert rec["state"] == "failed", text
+    assert rec["error"] == "rank 1 failed: ValueError: rank 1 fails", (rec["error"], text)
+    lines = text.splitlines()
+    assert "[rank1] careful" in lines and "[rank1] ValueError: rank 1 fails" in lines, text
+    assert lines[-1] == "gpuqueue: rank 1 failed: ValueError: rank 1 fails; the other ranks were stopped", text
+    for noise in ("gpuqueue.job.distributed", "FAILED", "exitcode", "closing signal"):
+        assert noise not in text, (noise, text)
+
+
 RAY_CONFIG = """
 [pools.default]
 nodes = { "node-a" = 1, "node-b" = 1 }
@@ -97,3 +130,25 @@ def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_serve
     assert [e["data"]["step"] for e in evs if e["type"] == "metrics"] == list(range(12))
     assert [e["data"]["step"] for e in evs if e["type"] == "checkpoint"] == [5, 10]
     assert any(e["type"] == "progress" and e["data"]["done"] == 12 for e in evs)
+
+
+def test_nodes_2_ray_train_job_whose_rank_1_fails_names_that_rank(jupyter_server_factory, tmp_path: Path) -> None:
+    """Embedded `--nodes 2` (Ray Train): rank 1 exits with code 3. The launcher's line and the
+    job's error name rank 1, not only Ray's TrainingFailedError ('the job process exited with
+    code 1' before)."""
+    cfg = tmp_path / "pools.toml"
+    cfg.write_text(RAY_CONFIG)
+    server = jupyter_server_factory(gpus=2, env={"GPUQUEUE_CONFIG": str(cfg), "GPUQUEUE_RAY_CPUS": "2"})
+    c = server.client()
+    fails = ("import os, sys, time\nif os.environ['RANK'] == '1':\n    time.sleep(3)\n    sys.exit(3)\n"
+             "time.sleep(120)\n")
+    job = c.submit({"kind": "command", "command": [sys.executable, "-c", fails], "gpus": 2, "nodes": 2,
+                    "retries": 0}, new=True)["id"]
+    favour_job(server, job)
+    try:
+        rec = wait_done(server, job, timeout=270)
+    finally:
+        kill_job_groups(server, job)
+    text = logs(c.events(job))
+    assert (rec["state"], rec["error"]) == ("failed", "rank 1 failed: exit code 3"), (rec["error"], text[-3000:])
+    assert "gpuqueue: rank 1 failed: exit code 3; the other ranks were stopped" in text.splitlines(), text[-3000:]

@@ -4,11 +4,13 @@ Inside a job, ``GPUQUEUE_EVENT_FD`` names a pipe to the runner; each JSON line w
 becomes an event in the job's stream. Outside a job, ``emit`` does nothing and returns False.
 A stop notice (cancel, preemption, time limit) arrives as SIGTERM; ``install_stop_handler``
 turns it into a flag that ``stop_requested`` reads, or into a ``JobStopped`` exception for code
-that never asks.
+that never asks. In a multi-rank job the SIGTERM may instead come from torchrun, because another
+rank failed: the exception then says so (``stop_message``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -28,6 +30,17 @@ _stop_aware = False
 
 class JobStopped(BaseException):
     """Raised in a job that does not watch ``should_stop()`` when it is asked to stop."""
+
+
+def stop_message() -> str:
+    """Why a stop notice came: the queue asked (cancel, preemption, time limit), or, in a
+    multi-rank job, torchrun stopped this rank because another one failed."""
+    from .distributed import peer_failure, stopped_by_peer_message
+
+    peer = peer_failure()
+    if peer is not None:
+        return stopped_by_peer_message(peer)
+    return "the job was asked to stop (cancel, preemption or time limit)"
 
 
 def in_job() -> bool:
@@ -97,7 +110,9 @@ def install_stop_handler() -> None:
         first = not _stop.is_set()
         _stop.set()
         if first and not _stop_aware:
-            raise JobStopped("the job was asked to stop (cancel, preemption or time limit)")
+            raise JobStopped(stop_message())
+
+    importlib.import_module(f"{__package__}.distributed")  # loaded now, not in the handler (stop_message)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)

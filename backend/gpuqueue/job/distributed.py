@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Iterator, Optional
 
 LAUNCHERS = ("torchrun", "ray", "none")
@@ -118,6 +122,7 @@ def run_torchrun(nproc: int, argv: list[str]) -> int:
     the ranks write to the job's own stdout and stderr (no ``--tee``: torchrun would copy them
     from files, line by line, each with a ``[default0]:`` prefix and its progress bars never live)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     _detach_event_pipe()
@@ -126,26 +131,164 @@ def run_torchrun(nproc: int, argv: list[str]) -> int:
         ["--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), "--no-python", "--log-dir", log_dir,
          sys.executable, "-m", "gpuqueue.job.distributed", "rank", "--", *argv]
     )
+    # torchrun's own lines on a rank's end ("Sending process N closing signal SIGTERM", "failed
+    # (exitcode: 1) local_rank: 1 ... of binary: python"): the line below says it for the user
+    logging.getLogger("torch.distributed.elastic.multiprocessing.api").setLevel(logging.CRITICAL)
     try:
         run(args)
     except SignalException as e:
         print(f"gpuqueue: the ranks were stopped ({signal.Signals(e.sigval).name})", file=sys.stderr)
         return 128 + int(e.sigval)
-    except Exception as e:  # noqa: BLE001 - ChildFailedError and friends: say which rank failed
+    except ChildFailedError as e:
+        print(f"gpuqueue: {_failed_ranks(e)}", file=sys.stderr)
+        return 1
+    except Exception as e:  # noqa: BLE001 - torchrun could not run the ranks at all
         print(f"gpuqueue: the distributed job failed: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+# -- a rank that fails -----------------------------------------------------------------------
+# When a rank ends with an error, torchrun stops the others with SIGTERM, as the queue's own stop
+# (cancel, preemption, time limit) does. The failing rank's wrapper (run_rank) says so first, in
+# $GPUQUEUE_ATTEMPT_DIR/ranks/failed-N.json, so the others say "stopped: rank N failed" rather than
+# "asked to stop", and the launcher names that rank and its error, not torchrun's report.
+RANK_FAILURES = "ranks"
+
+
+def _failure_dir(adir: Optional[str] = None) -> Optional[str]:
+    adir = adir or os.environ.get("GPUQUEUE_ATTEMPT_DIR")
+    return os.path.join(adir, RANK_FAILURES) if adir else None
+
+
+def stop_requested_by_queue() -> bool:
+    """The queue asked the job to stop (its control.json; see gpuqueue.job.jobapi)."""
+    adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR")
+    return bool(adir) and os.path.exists(os.path.join(str(adir), "control.json"))
+
+
+def record_failure(rank: str, code: int, last_line: str, attempt_dir: Optional[str] = None) -> None:
+    """Say that ``rank`` failed on its own (``code`` != 0, no stop signal came to it), in
+    ``attempt_dir`` (default: this process's attempt folder)."""
+    folder = _failure_dir(attempt_dir)
+    if folder is None:
+        return
+    if code < 0:
+        try:
+            error = f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            error = f"killed by signal {-code}"
+    else:
+        error = last_line.strip() or f"exit code {code}"
+    record = {"rank": rank, "exit_code": code, "error": error[:2000], "time": time.time()}
+    try:
+        if not os.path.isdir(folder):
+            os.mkdir(folder)  # not its parent: on another node of a Ray job the attempt folder is not there
+        if os.path.exists(os.path.join(folder, f"failed-{rank}.json")):
+            return  # the cell's own record (gpuqueue.job.jobmain), from the exception itself
+        tmp = os.path.join(folder, f".failed-{rank}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(record, f)
+        os.replace(tmp, os.path.join(folder, f"failed-{rank}.json"))
+    except OSError:
+        pass  # the others then say the job was asked to stop, as before
+
+
+def rank_failures() -> list[dict[str, Any]]:
+    """The ranks that failed on their own in this attempt, first failure first."""
+    folder = _failure_dir()
+    found = []
+    try:
+        names = os.listdir(folder) if folder else []
+    except OSError:
+        return []
+    for name in names:
+        if name.startswith("failed-") and name.endswith(".json"):
+            try:
+                with open(os.path.join(str(folder), name)) as f:
+                    rec = json.load(f)
+                found.append({"rank": str(rec["rank"]), "exit_code": int(rec["exit_code"]),
+                              "error": str(rec["error"]), "time": float(rec["time"])})
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+    return sorted(found, key=lambda r: r["time"])
+
+
+def peer_failure() -> Optional[str]:
+    """The rank whose failure made torchrun stop this one, or None: this rank was stopped by
+    the queue (control.json), or is not a rank of a multi-rank job."""
+    if int(os.environ.get("WORLD_SIZE", "1") or "1") <= 1 or stop_requested_by_queue():
+        return None
+    me = os.environ.get("RANK")
+    failed = [f["rank"] for f in rank_failures() if f["rank"] != me]
+    return failed[0] if failed else None
+
+
+def stopped_by_peer_message(rank: str) -> str:
+    """What a rank stopped because ``rank`` failed says (rank 0's lines are unmarked, and so are
+    a Ray job's: Ray prefixes them its own way)."""
+    marked = rank != "0" and not os.environ.get("GPUQUEUE_RAY_WORKER")
+    return f"stopped: rank {rank} failed (see " + (f"[rank{rank}] above)" if marked else "its error above)")
+
+
+_EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Stopped|Warning)): (.*)$", re.S)
+
+
+def _error_record(rank: str, error: str) -> dict[str, Any]:
+    """error.json for a failed rank: ``ValueError: text`` split as a cell job's is."""
+    m = _EXCEPTION_LINE.match(error)
+    kind, message = (m.group(1), m.group(2)) if m else ("", error)
+    return {"type": kind, "message": message, "traceback": "", "rank": rank}
+
+
+def _failed_ranks(e: Any) -> str:
+    """The line that replaces torchrun's report of a ``ChildFailedError`` (named after this
+    wrapper, not the job): which rank failed and how; error.json says it too where no rank
+    wrote one (a command job)."""
+    own = rank_failures()
+    if own:
+        first = own[0]
+        rank, error = first["rank"], first["error"]
+    else:  # rank 0 (no wrapper), or a rank killed before it could say: torchrun's view
+        codes = {str(r): f.exitcode for r, f in e.failures.items()}
+        by_time = sorted(e.failures.items(), key=lambda rf: rf[1].timestamp)
+        rank = str(next((r for r, f in by_time if f.exitcode > 0), by_time[0][0]))
+        code = codes[rank]
+        if code < 0:
+            try:
+                error = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                error = f"killed by signal {-code}"
+        else:
+            error = f"exit code {code}"
+    return report_failure(rank, error, any(str(r) != rank for r in e.failures))
+
+
+def report_failure(rank: str, error: str, others: bool, record: Optional[dict[str, Any]] = None) -> str:
+    """The launcher's line for a failed rank; error.json says it too where no rank wrote one
+    (``record``: the one a rank wrote elsewhere, a Ray rank's scratch folder)."""
+    adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR")
+    if adir and not os.path.exists(os.path.join(adir, "error.json")):
+        try:
+            tmp = os.path.join(adir, ".error.json.tmp")
+            with open(tmp, "w") as f:
+                json.dump(dict(record, rank=rank) if record else _error_record(rank, error), f)
+            os.replace(tmp, os.path.join(adir, "error.json"))
+        except (OSError, TypeError, ValueError):
+            pass
+    return f"rank {rank} failed: {error}" + ("; the other ranks were stopped" if others else "")
 
 
 RANK_LINE = b"\x1b]gpuqueue-rank;"  # = gpuqueue.attempt.output.RANK_LINE (this module imports no runner)
 RANK_PIECE = 3000  # bytes of text per marked line: a write under PIPE_BUF (4096) is not cut by another's
 
 
-def _copy_marked(src: int, dst: int, rank: str, runner: bool) -> None:
+def _copy_marked(src: int, dst: int, rank: str, runner: bool, last: Optional[list[str]] = None) -> None:
     """Copy a rank's pipe to ``dst`` line by line, each line as the state its ``\r`` redraws
     end in. Under the runner each is one ``RANK_LINE`` record, which the runner shows as
     ``[rankN] text`` on a line of its own, even in the middle of a line rank 0 is writing (a
-    progress bar); elsewhere (a terminal) it is written as ``[rankN] text``."""
+    progress bar); elsewhere (a terminal) it is written as ``[rankN] text``. ``last``: where the
+    last line that is not blank goes (a failing rank's error)."""
     buf = b""
     while True:
         try:
@@ -159,6 +302,8 @@ def _copy_marked(src: int, dst: int, rank: str, runner: bool) -> None:
         out = bytearray()
         for raw in lines:
             text = raw.rstrip(b"\r").rsplit(b"\r", 1)[-1]
+            if last is not None and text.strip():
+                last[:] = [text.decode(errors="replace")]
             for i in range(0, max(len(text), 1), RANK_PIECE):
                 piece = text[i : i + RANK_PIECE]
                 out += (RANK_LINE + rank.encode() + b";" + piece if runner else f"[rank{rank}] ".encode() + piece) + b"\n"
@@ -177,7 +322,9 @@ def run_rank(argv: list[str]) -> int:
     process's would be (live progress bars included). Another rank N runs it with each line of
     its stdout and stderr marked ``[rankN] ``, so what it prints (its errors first of all) shows,
     told apart from rank 0's. torchrun's stop signal reaches the command (torchrun signals the
-    rank's process group); this process waits for it and exits with its code."""
+    rank's process group); this process waits for it and exits with its code. A command that
+    fails on its own (no stop signal came) is recorded first (:func:`record_failure`): torchrun
+    then stops the other ranks, which tell that apart from a stop the queue asked for."""
     rank = os.environ.get("RANK", "0")
     if rank == "0":
         try:
@@ -185,8 +332,13 @@ def run_rank(argv: list[str]) -> int:
         except OSError as e:
             print(f"gpuqueue: cannot start {argv[0]}: {e}", file=sys.stderr)
             return 127
+    stopped: list[int] = []
+
+    def on_stop(sig: int, _frame: Any) -> None:  # the command gets it too; this copies its last words
+        stopped.append(sig)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)  # the command gets it too; this copies its last words
+        signal.signal(sig, on_stop)
     runner = bool(os.environ.get("GPUQUEUE_ATTEMPT_DIR"))  # started by gpuqueue's runner
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -194,8 +346,9 @@ def run_rank(argv: list[str]) -> int:
         print(f"[rank{rank}] gpuqueue: cannot start {argv[0]}: {e}", file=sys.stderr)
         return 127
     assert proc.stdout is not None and proc.stderr is not None
-    copies = [threading.Thread(target=_copy_marked, args=(f.fileno(), n, rank, runner), daemon=True)
-              for f, n in ((proc.stdout, 1), (proc.stderr, 2))]
+    last_err: list[str] = []
+    copies = [threading.Thread(target=_copy_marked, args=(f.fileno(), n, rank, runner, last), daemon=True)
+              for f, n, last in ((proc.stdout, 1, None), (proc.stderr, 2, last_err))]
     for t in copies:
         t.start()
     while True:
@@ -206,6 +359,8 @@ def run_rank(argv: list[str]) -> int:
             continue
     for t in copies:
         t.join(timeout=5)  # a child of the command may hold the pipes: not waited for longer
+    if code != 0 and not stopped and not stop_requested_by_queue():  # it failed on its own: say so first
+        record_failure(rank, code, "".join(last_err))
     return code if code >= 0 else 128 - code
 
 
@@ -239,6 +394,8 @@ def _ray_worker(config: dict[str, Any]) -> None:
     proc = subprocess.Popen(config["argv"], env=env, cwd=config.get("cwd") or None)
     code = proc.wait()
     if code != 0:
+        if not stop_requested_by_queue():
+            record_failure(str(rank), code, "")  # the others then say why they were stopped
         raise RuntimeError(f"rank {rank} exited with code {code}")
 
 
@@ -301,7 +458,11 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
         )
         trainer.fit()
     except Exception as e:  # noqa: BLE001 - TrainingFailedError wraps the rank's error
-        print(f"gpuqueue: the Ray Train job failed: {e}", file=sys.stderr)
+        own = [] if stop["asked"] else rank_failures()
+        if own:  # a rank failed on its own: it, not Ray's traceback
+            print(f"gpuqueue: {report_failure(own[0]['rank'], own[0]['error'], workers > 1)}", file=sys.stderr)
+        else:
+            print(f"gpuqueue: the Ray Train job failed: {e}", file=sys.stderr)
         return 143 if stop["asked"] else 1
     finally:
         ray.shutdown()

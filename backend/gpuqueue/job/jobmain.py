@@ -17,7 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from . import channel, jobapi
+from . import channel, distributed, jobapi
 from ..attempt.jobdir import write_bytes_atomic, write_json_atomic
 from .payload import pack_results, version_mismatch
 
@@ -25,10 +25,21 @@ CELL_FILENAME = "<gpuqueue-cell>"
 
 
 def _fail(attempt_dir: Path, kind: str, message: str, tb: str = "") -> int:
+    multi = jobapi.world_size() > 1
+    rank = str(jobapi.rank())
+    if kind == "JobStopped" and multi and distributed.peer_failure() is not None:
+        # torchrun stopped this rank because another failed: that rank's error is the job's
+        # (its error.json, or the launcher's line when it could write none)
+        print(f"gpuqueue: {message}", file=sys.stderr)
+        return 1
     # in a multi-rank job, a rank stopped because another failed must not hide that error
     stopped_only = kind == "JobStopped" and (attempt_dir / "error.json").exists()
     if not stopped_only and (jobapi.is_main_process() or kind != "JobStopped"):
-        write_json_atomic(attempt_dir / "error.json", {"type": kind, "message": message, "traceback": tb})
+        record: dict[str, Any] = {"type": kind, "message": message, "traceback": tb}
+        if multi and kind != "JobStopped":
+            record["rank"] = rank  # "rank 1 failed: ValueError: ..." (gpuqueue.queue.lifecycle)
+            distributed.record_failure(rank, 1, f"{kind}: {message}")  # before torchrun stops the others
+        write_json_atomic(attempt_dir / "error.json", record)
         jobapi.emit("info", {"error": {"type": kind, "message": message}})
     print(f"{kind}: {message}", file=sys.stderr)
     return 1

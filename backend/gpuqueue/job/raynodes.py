@@ -30,7 +30,12 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any, Optional
+
+from .distributed import record_failure, report_failure, stop_requested_by_queue
+
+RAY_LOG_DRAIN_S = 1.5  # the ranks' output reaches the driver through Ray's log monitor, a moment late
 
 RESOURCE = "gpuqueue-node-{}"
 
@@ -62,6 +67,11 @@ def _rank_actor() -> Any:
         def __init__(self) -> None:
             self.proc: Any = None
             self.stopped = False
+            self.error: Optional[dict[str, Any]] = None  # error.json of a rank on another node
+            self.scratch: Optional[str] = None  # that rank's attempt folder
+
+        def error_record(self) -> Optional[dict[str, Any]]:
+            return self.error
 
         def where(self) -> tuple[str, int]:
             import socket
@@ -94,6 +104,7 @@ def _rank_actor() -> Any:
                         f.write(payload)
                 argv = [local if a == old_job else a for a in argv]
                 env.update(GPUQUEUE_JOB_DIR=local, GPUQUEUE_ATTEMPT_DIR=attempt)
+                self.scratch = attempt
                 if cwd and not os.path.isdir(cwd):
                     cwd = local
             try:
@@ -103,10 +114,17 @@ def _rank_actor() -> Any:
                 return self.proc.wait()
             finally:
                 if local is not None:
+                    try:  # the cell's error, which the scratch folder held: the launcher reports it
+                        with open(os.path.join(local, "attempt", "error.json")) as f:
+                            self.error = json.load(f)
+                    except (OSError, ValueError):
+                        pass
                     shutil.rmtree(local, ignore_errors=True)
 
-        def signal(self, sig: int) -> bool:
+        def signal(self, sig: int, failed: Optional[int] = None) -> bool:
             self.stopped = True
+            if failed is not None and self.scratch:  # the rank then says why it stops (channel.stop_message)
+                record_failure(str(failed), 1, "", self.scratch)
             if self.proc is not None and self.proc.poll() is None:
                 try:
                     os.killpg(self.proc.pid, sig)
@@ -193,20 +211,32 @@ def _run(ray: Any, placement: dict[str, list[int]], argv: list[str]) -> int:
     while pending:
         done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
         for ref in done:
+            rank = runs.index(ref)
             try:
                 code = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - an actor or its node died
-                code, err = 1, f"rank {runs.index(ref)} was lost: {e}"
+                code, err = 1, f"lost: {e}"
             else:
-                err = f"rank {runs.index(ref)} exited with code {code}"
-            if code != 0 and failed is None and not stop["sig"]:
-                failed = err
+                err = f"exit code {code}"
+            if code != 0 and failed is None and not stop["sig"] and not stop_requested_by_queue():
+                failed = (rank, err)
+                # before the others are stopped: the ranks on this node then say why (channel.stop_message)
+                record_failure(str(rank), code, err)
                 for a in actors:  # the others cannot go on without it
-                    a.signal.remote(signal.SIGTERM)
+                    a.signal.remote(signal.SIGTERM, rank)
     if stop["sig"]:
         return 128 + stop["sig"]
     if failed:
-        print(f"gpuqueue: the job failed: {failed}", file=sys.stderr)
+        rank, err = failed
+        try:  # a cell's own error from a rank on another node (its scratch folder)
+            record = ray.get(actors[rank].error_record.remote(), timeout=10)
+        except Exception:  # noqa: BLE001 - its actor is gone: the exit code says what there is
+            record = None
+        if isinstance(record, dict) and record.get("message") is not None:
+            err = f"{record.get('type') or ''}: {record['message']}".lstrip(": ")
+        print(f"gpuqueue: {report_failure(str(rank), err, len(runs) > 1, record if isinstance(record, dict) else None)}",
+              file=sys.stderr)
+        time.sleep(RAY_LOG_DRAIN_S)  # the ranks' last lines (why they stopped) come to the driver a moment late
         return 1
     return 0
 

@@ -191,8 +191,11 @@ def settle(
             job.error = launchfail.message(exit_record["launch_error"])
             a.message = job.error
         elif error_record:
-            job.error = f"{error_record['type']}: {error_record['message']}"
-            a.message = error_record.get("traceback") or job.error
+            what = f"{error_record.get('type') or ''}: {error_record.get('message')}".lstrip(": ")
+            rank = error_record.get("rank")  # a rank of a multi-rank job (gpuqueue.job.distributed)
+            job.error = f"rank {rank} failed: {what}" if rank is not None else what
+            tb = error_record.get("traceback")
+            a.message = (f"rank {rank} failed:\n{tb}" if rank is not None else tb) if tb else job.error
         elif exit_record.get("lost"):  # the cap of attempt_outcome
             why = f" ({exit_record['error']})" if exit_record.get("error") else ""
             job.error = (f"the job process was lost {lost_in_a_row(job) + 1} times in a row{why}: its runner "
