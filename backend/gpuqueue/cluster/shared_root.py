@@ -55,7 +55,14 @@ CHUNK = 8 * 1024 * 1024
 
 
 class StorageError(RuntimeError):
-    """The shared root could not be read or written."""
+    """The shared root could not be read or written. ``str()`` is the admin's message, for the
+    worker's log: the root's paths and the storage's own error. :attr:`public` says what failed
+    without them, for the job's output and error: where the root is and how it is laid out are
+    the system's, not the user's."""
+
+    def __init__(self, message: str, public: Optional[str] = None):
+        super().__init__(message)
+        self.public = public or message
 
 
 @dataclass
@@ -137,7 +144,8 @@ class SharedRoot:
         except FileNotFoundError:
             return []
         except Exception as e:  # noqa: BLE001
-            raise StorageError(f"cannot list {self._u(prefix)}: {_say(e)}") from None
+            raise StorageError(f"cannot list {self._u(prefix)}: {_say(e)}",
+                               f"cannot list the job's checkpoints on the shared root ({_kind(e)})") from None
         done: list[str] = []
         for m in markers:
             folder = m.rsplit("/", 1)[0]
@@ -153,7 +161,9 @@ class SharedRoot:
                         with self.fs.open(f, "rb") as src:
                             local.write([CHECKPOINTS, name, step, *rel.split("/")[:-1]], rel.split("/")[-1], src)
                 except Exception as e:  # noqa: BLE001
-                    raise StorageError(f"cannot copy checkpoint {self._u(folder)} from the shared root: {_say(e)}") from None
+                    raise StorageError(f"cannot copy checkpoint {self._u(folder)} from the shared root: {_say(e)}",
+                                       f"cannot copy checkpoint {name}/{step} from the shared root to this node "
+                                       f"({_kind(e)})") from None
                 local.write([CHECKPOINTS, name, step], MARKER, marker)
             done.append(f"{name}/{step}")
         return done
@@ -203,7 +213,8 @@ class SharedRoot:
                     for _, fd in files:  # those not reached
                         os.close(fd)
                     raise StorageError(f"cannot copy checkpoint {name}/{step} to the shared root {self._u(dest)}: "
-                                       f"{_say(e)}") from None
+                                       f"{_say(e)}", f"cannot copy checkpoint {name}/{step} to the shared root "
+                                                     f"({_kind(e)})") from None
                 memo.copied.add(key)
                 copied.append(f"{name}/{step}")
             self._rotate(job_id, {(n, s) for n, s, _ in found})
@@ -230,7 +241,8 @@ class SharedRoot:
         except FileNotFoundError:
             return
         except Exception as e:  # noqa: BLE001
-            raise StorageError(f"cannot list {self._u(prefix)}: {_say(e)}") from None
+            raise StorageError(f"cannot list {self._u(prefix)}: {_say(e)}",
+                               f"cannot list the job's checkpoints on the shared root ({_kind(e)})") from None
         for m in markers:
             folder = m.rsplit("/", 1)[0]
             name, step = folder.rsplit("/", 2)[-2:]
@@ -242,7 +254,9 @@ class SharedRoot:
         try:
             remove_checkpoint(self.fs, folder)
         except Exception as e:  # noqa: BLE001
-            raise StorageError(f"cannot delete {self._u(folder)}: {_say(e)}") from None
+            step = "/".join(folder.rsplit("/", 2)[-2:])
+            raise StorageError(f"cannot delete {self._u(folder)}: {_say(e)}",
+                               f"cannot delete checkpoint {step} from the shared root ({_kind(e)})") from None
 
     def job_ids(self) -> list[str]:
         """The ids of the job folders under ``<root>/jobs``."""
@@ -292,6 +306,14 @@ class SharedRoot:
 
     def _u(self, path: str) -> str:
         return path if self.local else self.fs.unstrip_protocol(path)
+
+
+def _kind(e: BaseException) -> str:
+    """What went wrong, without the paths an error's text may name: the system error (No space
+    left on device), else the error's type."""
+    if isinstance(e, OSError) and e.errno:
+        return e.strerror or os.strerror(e.errno)
+    return type(e).__name__
 
 
 def _say(e: BaseException) -> str:

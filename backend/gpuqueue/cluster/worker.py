@@ -251,6 +251,11 @@ class NodeAgent:
             log.warning("attempt %s/%s cannot start: %s", msg["job_id"], msg["attempt"], e)
             self._report_exit_error(msg["job_id"], int(msg["attempt"]), str(e), e.rec)
             return "failed"
+        except StorageError as e:  # the checkpoints from the shared root: the admin's text (paths) logged
+            log.warning("attempt %s/%s cannot start: %s", msg["job_id"], msg["attempt"], e)
+            self._report_exit_error(msg["job_id"], int(msg["attempt"]), f"cannot start the job on {self.node}: "
+                                    f"{e.public}; the admin finds the cause in that worker's log")
+            return "failed"
         except Exception as e:  # noqa: BLE001 - report it as the attempt's failure
             log.exception("launch failed")
             self._report_exit_error(msg["job_id"], int(msg["attempt"]), f"cannot start the job on {self.node}: {e}")
