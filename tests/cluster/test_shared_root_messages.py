@@ -83,3 +83,38 @@ def test_a_failed_copy_to_the_root_names_the_checkpoint_not_the_roots_path(clust
     assert "trying again at the next save" in said or "cannot be resumed" in said, said
     assert str(shared) not in said, said
     assert str(shared / "jobs" / job) in c.log("worker-n1")
+
+
+BIG = r'''
+import os, sys, time
+import gpuqueue
+ck = gpuqueue.Checkpointer(max_checkpoints=None)
+ck.save(1, writer=lambda d: open(d + "/w.txt", "wb").write(b"w" * 200_000))
+def sparse(d):
+    with open(d + "/huge.bin", "wb") as f:  # 50 MB that take no disk here
+        f.truncate(50_000_000)
+ck.save(2, writer=sparse)
+ck.save(3, writer=lambda d: open(d + "/w.txt", "wb").write(b"w" * 200_000))
+print("saved", flush=True)
+'''
+
+
+def test_checkpoints_past_the_roots_bound_stay_on_the_node_and_the_job_is_told(
+        cluster_factory: Callable[..., Cluster], tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o700)
+    c = cluster_factory({"n1": 1}, worker_args=("--identities", "none", "--shared-dir", str(shared),
+                                                "--shared-max-gb", "0.001"))  # 1 MB per attempt
+    job = c.client("alice").submit({"kind": "command", "gpus": 1, "retries": 0, "command": [PY, "-c", BIG]})["id"]
+    rec = c.wait_done([job], 60)[job]
+    assert rec["state"] == "succeeded", rec
+    evs = c.client("alice").events(job)
+    told = [e["data"] for e in evs if e["type"] == "warning" and e["data"].get("storage_limit")]
+    assert [t["checkpoint"] for t in told] == ["default/step-000000002"], told
+    msg = told[0]["message"]
+    assert "checkpoint default/step-000000002 (50 MB) is not copied to the shared root" in msg, msg
+    assert "--shared-max-gb" in msg and "stays on node n1 only" in msg, msg
+    on_root = sorted(p.name for p in (shared / "jobs" / job / "checkpoints" / "default").glob("step-*"))
+    assert on_root == ["step-000000001", "step-000000003"], on_root
+    used = sum(p.stat().st_blocks * 512 for p in shared.rglob("*") if p.is_file())
+    assert used < 2_000_000, used

@@ -64,6 +64,7 @@ TAIL_INTERVAL_S = 0.02
 TAIL_RETRY_FIRST_S = 0.1  # an attempt whose round failed is tried again after this long ...
 TAIL_RETRY_MAX_S = 10.0  # ... doubled at each failure in a row, up to this
 GIVE_UP_S = 300.0  # an attempt whose rounds fail this long is stopped and reported failed
+SHARED_MAX_GB = 200.0  # what one attempt's checkpoints may take on the shared root, by default
 STORE_RETRY_MAX_S = 5.0  # the store unavailable: the tail loop waits up to this long between tries
 # Redis error codes that say the store as a whole cannot take writes now (not this attempt's)
 STORE_DOWN_CODES = ("OOM", "LOADING", "MASTERDOWN", "NOREPLICAS", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MISCONF",
@@ -692,6 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-options", default=None, metavar="FILE.json",
                    help="fsspec storage options of --shared-dir (endpoint_url, key, secret...), a JSON file of mode "
                         "600; credentials may also come from the usual environment (AWS_*), which no job inherits")
+    p.add_argument("--shared-max-gb", type=cliargs.number(float, 0), default=SHARED_MAX_GB, metavar="GB",
+                   help="what one attempt's checkpoints may take on --shared-dir (the sizes of their files: a "
+                        "sparse file counts whole); a checkpoint that would pass it is left on the node and the "
+                        "job is told (default %(default)g; 0: no bound)")
     p.add_argument("--shared-sweep", type=cliargs.SECONDS_OR_ZERO, default=SWEEP_S, metavar="SECONDS",
                    help="how often one of the workers deletes from --shared-dir the checkpoints of jobs whose "
                         "records are gone (the scheduler's --keep-finished after they ended; default %(default)g; "
@@ -795,7 +800,7 @@ def cli_main(argv: list[str]) -> int:
     shared_url = args.shared_dir or os.environ.get("GPUQUEUE_SHARED_DIR")
     if shared_url:
         try:
-            shared = SharedRoot(shared_url, load_options(args.shared_options))
+            shared = SharedRoot(shared_url, load_options(args.shared_options), max_bytes=int(args.shared_max_gb * 1e9))
             shared.check()
         except (ValueError, OSError, StorageError) as e:
             print(f"gpuqueue worker: {e}", file=sys.stderr)

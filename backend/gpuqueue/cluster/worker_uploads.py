@@ -134,11 +134,24 @@ class AttemptUploads:
             log.warning("attempt %s: %s", self.name, e)  # the admin's message: the root's paths
             return self._failed(e, exit_rec, ops)
         self._error = None
+        self._tell_refusals(ops)
         if copied:
             ops.append(self.store.event_op(self.job_id, "info", {
                 "message": f"checkpoint {', '.join(copied)} copied to the shared root", "shared": copied,
                 "node": self.node}))
         return exit_rec
+
+    def _tell_refusals(self, ops: list[Op]) -> None:
+        """A warning for each checkpoint the push left out for the root's per-attempt bound."""
+        for what, size, held in self.memo.refusals:
+            ops.append(self.store.event_op(self.job_id, "warning", {
+                "message": f"checkpoint {what} ({_size(size)}) is not copied to the shared root: with it, this "
+                           f"attempt's checkpoints there would take {_size(held + size)}, over the limit of "
+                           f"{_size(self.shared.max_bytes)} per attempt (the admin's `gpuqueue worker "
+                           f"--shared-max-gb`); it stays on node {self.node} only, so an attempt elsewhere cannot "
+                           f"resume from it. Save smaller checkpoints, or keep fewer (Checkpointer(max_checkpoints=N))",
+                "storage_limit": True, "checkpoint": what, "bytes": size}))
+        self.memo.refusals.clear()
 
     def _failed(self, e: StorageError, exit_rec: Optional[ExitRec], ops: list[Op]) -> Optional[ExitRec]:
         """Tell the job (what failed, never where the root is: ``e.public``)."""
@@ -156,3 +169,7 @@ class AttemptUploads:
         return {**exit_rec, "exit_code": exit_rec.get("exit_code") or 1, "stop_reason": "storage_error", "lost": False,
                 "error": f"{said} (the attempt's checkpoints are not on the shared root, so it cannot be resumed "
                          f"from them; it fails rather than start again from an older checkpoint)"}
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.3g} GB" if n >= 1e8 else f"{n / 1e6:.3g} MB"
