@@ -472,6 +472,37 @@ def test_a_deeply_nested_record_neither_ends_the_runner_nor_stalls_the_worker(cl
     assert rec["state"] == "failed" and "exited with code 1" in rec["error"], rec["error"]
 
 
+NUL_PATH = r'''
+import os, time
+with open(os.environ["GPUQUEUE_ATTEMPT_DIR"] + "/events.jsonl", "a") as f:  # as a rank without the pipe does
+    f.write('{"type": "checkpoint", "data": {"step": 1, "path": "/tmp/a\\u0000b"}}\n')
+    f.write('{"type": "metrics", "data": {"after": 1}}\n')
+print("sent", flush=True)
+time.sleep(1000)
+'''
+
+
+def test_a_checkpoint_record_naming_an_impossible_path_neither_ends_the_runner_nor_is_lost(cluster: Cluster) -> None:
+    """The runner resolves a checkpoint record's path (is it in the job's folder?); a path
+    holding a NUL byte made that raise ValueError in its main loop, which read the job's own
+    events.jsonl: the runner ended, and the job's process ran on out of the queue's hold."""
+    c = cluster
+    py, libs = job_python()
+    (c.root / "nul_path.py").write_text(NUL_PATH)
+    bob = c.client("bob")
+    job = bob.submit({"kind": "command", "gpus": 1, "retries": 0, "env": _env(libs),
+                      "command": [py, str(c.root / "nul_path.py")]})["id"]
+    wait_until(lambda: any(e["type"] == "metrics" for e in bob.events(job)), 30, 0.2, "the record after it")
+    uid = os.stat(c.root / "node-n1" / "work" / job).st_uid
+    ck = [e["data"] for e in bob.events(job) if e["type"] == "checkpoint"]
+    assert ck and ck[0]["in_job_folder"] is False, ck
+    time.sleep(1)
+    assert bob.get(job)["state"] == "running", logs(bob.events(job))
+    bob.cancel(job)
+    assert c.wait_done([job], 30)[job]["state"] == "cancelled"
+    wait_until(lambda: _uid_procs(uid) == [], 10, 0.1, "no process of bob's left")
+
+
 NO_NEWLINE = r'''
 import os, sys
 chunk = b"x" * (1 << 20)
@@ -559,7 +590,10 @@ def test_no_process_of_a_job_outlives_it(cluster: Cluster) -> None:
     zombies = [pid for pid, state in _children_of(runner) if state == "Z"]
     rec = c.wait_done([job], 60)[job]
     assert rec["state"] == "succeeded", logs(bob.events(job))
-    left = [p.pid for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid]
+    # the escapes' processes (the uid alone is not enough: a cluster of another test running
+    # beside this one allocates its dynamic uids from the same range)
+    left = [p.pid for p in psutil.process_iter(["uids", "cmdline"]) if p.info["uids"] and p.info["uids"].real == uid
+            and "time.sleep(120)" in " ".join(p.info["cmdline"] or [])]
     for pid in left:
         os.kill(pid, 9)
     assert left == [], "a process of bob's job outlived it"

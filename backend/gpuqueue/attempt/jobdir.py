@@ -70,6 +70,42 @@ def load_json(raw: Union[bytes, str]) -> Any:
     return obj
 
 
+MAX_RECORD_BYTES = 1_000_000  # of a record a job wrote (error.json, result.json) that is read
+MALFORMED = "_malformed"  # the key of what :func:`job_record` gives for a record that is not JSON
+
+
+def job_record(raw: Optional[bytes]) -> Any:
+    """A record the job wrote (``error.json``, ``result.json``) from its bytes (None: there is
+    none): its JSON, or ``{MALFORMED: why}`` where it is not JSON or is nested too deep, so that
+    whoever settles the attempt says so instead of raising or keeping silent
+    (:func:`gpuqueue.queue.lifecycle.job_error`)."""
+    if raw is None:
+        return None
+    try:
+        return load_json(raw)
+    except ValueError as e:
+        why = str(e)
+        return {MALFORMED: "not JSON: " + (why if len(why) < 200 else why[:200] + "...")}
+
+
+def read_job_record(folder: Path, name: str, limit: int = MAX_RECORD_BYTES) -> Any:
+    """:func:`job_record` of ``folder/name``, read as the job's records are where the job runs
+    as the reader's own user (embedded mode): at most ``limit`` bytes, and only a regular file
+    (a FIFO there would block the reader; a link is not followed)."""
+    try:
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return None
+    try:
+        fd = open_owned_file(dfd, name, None)
+    finally:
+        os.close(dfd)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        return job_record(f.read(limit))
+
+
 def job_dir(state_dir: str | Path, job_id: str) -> Path:
     """Folder of one job."""
     return Path(state_dir) / "jobs" / job_id
@@ -188,14 +224,10 @@ class OwnedDir:
         with os.fdopen(fd, "rb") as f:
             return f.read(limit)
 
-    def read_json(self, name: str, limit: int = 1_000_000) -> Any:
-        """The JSON in ``name``, or None if it is missing, not the owner's, or not JSON (or nested
-        too deep: :func:`load_json`)."""
-        raw = self.read(name, limit)
-        try:
-            return load_json(raw) if raw is not None else None
-        except ValueError:
-            return None
+    def read_json(self, name: str, limit: int = MAX_RECORD_BYTES) -> Any:
+        """The JSON in ``name`` (a record the job wrote: :func:`job_record`), or None if it is
+        missing or not the owner's."""
+        return job_record(self.read(name, limit))
 
     def write(self, name: str, data: bytes, exclusive: bool = False) -> None:
         """Write ``name`` whole, owned by the job's identity: a fresh name, then a rename (which
@@ -285,7 +317,10 @@ class EventBatch:
 def read_events(path: Path, offset: int) -> EventBatch:
     """Parse the complete lines of ``path`` from ``offset`` (at most ``READ_CHUNK`` bytes);
     the runner's ``runner`` and ``exit`` records are set apart from the job's own events.
-    Unparsable lines are skipped; a missing file reads as nothing new."""
+    Unparsable lines are skipped, and so are records that are not ``{"t", "type", "data"}``
+    objects (``data`` an object, ``t`` a number or absent): where the job runs as the reader's
+    own user it may write this file itself, and a record of another shape made every reader of
+    it raise at that line for ever. A missing file reads as nothing new."""
     out = EventBatch(offset=offset)
     try:
         with open(path, "rb") as f:
@@ -299,14 +334,20 @@ def read_events(path: Path, offset: int) -> EventBatch:
     out.offset, out.complete_line = offset + end + 1, True
     for raw in data[: end + 1].splitlines():
         try:
-            rec = json.loads(raw)
-        except (ValueError, RecursionError):
+            rec = load_json(raw)
+        except ValueError:
             continue
-        type_, d = rec.get("type"), rec.get("data", {})
+        if not isinstance(rec, dict):
+            continue
+        type_, d, t = rec.get("type"), rec.get("data", {}), rec.get("t")
+        if not isinstance(type_, str) or not isinstance(d, dict):
+            continue
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 < t < 1e11:
+            t = None
         if type_ == "exit":
             out.exit = d
         elif type_ == "runner":
-            out.runner = {"t": rec.get("t"), "data": d}
+            out.runner = {"t": t, "data": d}
         else:
-            out.events.append((rec.get("t"), str(type_), d))
+            out.events.append((t, type_, d))
     return out

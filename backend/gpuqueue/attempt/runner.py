@@ -119,9 +119,12 @@ def job_event(raw: bytes, job_dir: Optional[str] = None) -> Optional[tuple[str, 
 
 
 def _inside(path: Any, folder: Optional[str]) -> bool:
-    if not isinstance(path, str) or not folder or "://" in path:
+    if not isinstance(path, str) or not folder or "://" in path or "\0" in path:
+        return False  # a NUL byte: realpath raises ValueError (it ended the runner)
+    try:
+        real, root = os.path.realpath(path), os.path.realpath(folder)
+    except (ValueError, OSError):
         return False
-    real, root = os.path.realpath(path), os.path.realpath(folder)
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
 

@@ -55,7 +55,14 @@ CHUNK = 8 * 1024 * 1024
 
 
 class StorageError(RuntimeError):
-    """The shared root could not be read or written."""
+    """The shared root could not be read or written. ``str()`` is the admin's message, for the
+    worker's log: the root's paths and the storage's own error. :attr:`public` says what failed
+    without them, for the job's output and error: where the root is and how it is laid out are
+    the system's, not the user's."""
+
+    def __init__(self, message: str, public: Optional[str] = None):
+        super().__init__(message)
+        self.public = public or message
 
 
 @dataclass
@@ -68,6 +75,10 @@ class PushMemo:
     copied: set[str] = field(default_factory=set)
     mirrored: Optional[frozenset[tuple[str, str, str]]] = None
     tagged: bool = False
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes of each checkpoint copied (by key)
+    refused: set[str] = field(default_factory=set)  # keys not copied: over ``SharedRoot.max_bytes``
+    refusals: list[tuple[str, int, int]] = field(default_factory=list)  # (name/step, its bytes, bytes
+    # the attempt's others there take) of the refusals not yet told (AttemptUploads takes them)
 
 
 class SharedRoot:
@@ -75,8 +86,12 @@ class SharedRoot:
     (credentials, ``endpoint_url``...), kept in the worker only; ``queue`` the id the job
     folders this worker writes are tagged with (None: untagged, never swept)."""
 
-    def __init__(self, url: str, options: Optional[dict[str, Any]] = None, queue: Optional[str] = None):
+    def __init__(self, url: str, options: Optional[dict[str, Any]] = None, queue: Optional[str] = None,
+                 max_bytes: int = 0):
         import fsspec
+
+        # what one attempt's checkpoints may take on the root (0: no bound); see push()
+        self.max_bytes = max_bytes
 
         if not url or not isinstance(url, str):
             raise ValueError("--shared-dir needs a folder or an fsspec URL (s3://bucket/prefix)")
@@ -137,7 +152,8 @@ class SharedRoot:
         except FileNotFoundError:
             return []
         except Exception as e:  # noqa: BLE001
-            raise StorageError(f"cannot list {self._u(prefix)}: {_say(e)}") from None
+            raise StorageError(f"cannot list {self._u(prefix)}: {_say(e)}",
+                               f"cannot list the job's checkpoints on the shared root ({_kind(e)})") from None
         done: list[str] = []
         for m in markers:
             folder = m.rsplit("/", 1)[0]
@@ -153,7 +169,9 @@ class SharedRoot:
                         with self.fs.open(f, "rb") as src:
                             local.write([CHECKPOINTS, name, step, *rel.split("/")[:-1]], rel.split("/")[-1], src)
                 except Exception as e:  # noqa: BLE001
-                    raise StorageError(f"cannot copy checkpoint {self._u(folder)} from the shared root: {_say(e)}") from None
+                    raise StorageError(f"cannot copy checkpoint {self._u(folder)} from the shared root: {_say(e)}",
+                                       f"cannot copy checkpoint {name}/{step} from the shared root to this node "
+                                       f"({_kind(e)})") from None
                 local.write([CHECKPOINTS, name, step], MARKER, marker)
             done.append(f"{name}/{step}")
         return done
@@ -164,7 +182,13 @@ class SharedRoot:
         root (marker last), then delete from the root those the job rotated away (never all of
         a run's). ``memo``: what this attempt's earlier pushes did (updated); with the local set
         unchanged since the last push, nothing is copied or listed. Returns the ``name/step-N``
-        copied."""
+        copied.
+
+        Bound: a checkpoint is not copied if with it the checkpoints of the local set that this
+        attempt copied would take over ``max_bytes`` on the root (counted by the files' sizes,
+        so a sparse file counts whole: it becomes real bytes there, and again on the node that
+        copies it back); it is added to ``memo.refusals`` for the job to be told, and left on
+        the node."""
         memo = memo if memo is not None else PushMemo()
         copied: list[str] = []
         with _Local(job_dir, uid, None) as local:
@@ -175,7 +199,7 @@ class SharedRoot:
             whole = True  # every checkpoint of ``found`` is on the root
             for name, step, marker_id in found:
                 key = f"{name}/{step}@{marker_id}"
-                if key in memo.copied:
+                if key in memo.copied or key in memo.refused:
                     continue
                 dest = f"{self.job_prefix(job_id)}/{name}/{step}"
                 try:
@@ -183,6 +207,15 @@ class SharedRoot:
                 except OSError:
                     whole = False
                     continue  # rotated away while we looked: a newer one is there
+                size = len(marker) + sum(os.fstat(fd).st_size for _, fd in files)
+                if self.max_bytes:
+                    held = sum(memo.sizes.get(k, 0) for k in (f"{n}/{s}@{m}" for n, s, m in found) if k in memo.copied)
+                    if held + size > self.max_bytes:
+                        for _, fd in files:
+                            os.close(fd)
+                        memo.refused.add(key)
+                        memo.refusals.append((f"{name}/{step}", size, held))
+                        continue
                 try:
                     if not memo.tagged:
                         self._tag(job_id)
@@ -203,8 +236,10 @@ class SharedRoot:
                     for _, fd in files:  # those not reached
                         os.close(fd)
                     raise StorageError(f"cannot copy checkpoint {name}/{step} to the shared root {self._u(dest)}: "
-                                       f"{_say(e)}") from None
+                                       f"{_say(e)}", f"cannot copy checkpoint {name}/{step} to the shared root "
+                                                     f"({_kind(e)})") from None
                 memo.copied.add(key)
+                memo.sizes[key] = size
                 copied.append(f"{name}/{step}")
             self._rotate(job_id, {(n, s) for n, s, _ in found})
             if whole:
@@ -230,7 +265,8 @@ class SharedRoot:
         except FileNotFoundError:
             return
         except Exception as e:  # noqa: BLE001
-            raise StorageError(f"cannot list {self._u(prefix)}: {_say(e)}") from None
+            raise StorageError(f"cannot list {self._u(prefix)}: {_say(e)}",
+                               f"cannot list the job's checkpoints on the shared root ({_kind(e)})") from None
         for m in markers:
             folder = m.rsplit("/", 1)[0]
             name, step = folder.rsplit("/", 2)[-2:]
@@ -242,7 +278,9 @@ class SharedRoot:
         try:
             remove_checkpoint(self.fs, folder)
         except Exception as e:  # noqa: BLE001
-            raise StorageError(f"cannot delete {self._u(folder)}: {_say(e)}") from None
+            step = "/".join(folder.rsplit("/", 2)[-2:])
+            raise StorageError(f"cannot delete {self._u(folder)}: {_say(e)}",
+                               f"cannot delete checkpoint {step} from the shared root ({_kind(e)})") from None
 
     def job_ids(self) -> list[str]:
         """The ids of the job folders under ``<root>/jobs``."""
@@ -292,6 +330,14 @@ class SharedRoot:
 
     def _u(self, path: str) -> str:
         return path if self.local else self.fs.unstrip_protocol(path)
+
+
+def _kind(e: BaseException) -> str:
+    """What went wrong, without the paths an error's text may name: the system error (No space
+    left on device), else the error's type."""
+    if isinstance(e, OSError) and e.errno:
+        return e.strerror or os.strerror(e.errno)
+    return type(e).__name__
 
 
 def _say(e: BaseException) -> str:

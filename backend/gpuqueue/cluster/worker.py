@@ -62,6 +62,14 @@ from .worker_uploads import AttemptUploads
 log = logging.getLogger("gpuqueue.worker")
 
 TAIL_INTERVAL_S = 0.02
+TAIL_RETRY_FIRST_S = 0.1  # an attempt whose round failed is tried again after this long ...
+TAIL_RETRY_MAX_S = 10.0  # ... doubled at each failure in a row, up to this
+GIVE_UP_S = 300.0  # an attempt whose rounds fail this long is stopped and reported failed
+SHARED_MAX_GB = 200.0  # what one attempt's checkpoints may take on the shared root, by default
+STORE_RETRY_MAX_S = 5.0  # the store unavailable: the tail loop waits up to this long between tries
+# Redis error codes that say the store as a whole cannot take writes now (not this attempt's)
+STORE_DOWN_CODES = ("OOM", "LOADING", "MASTERDOWN", "NOREPLICAS", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MISCONF",
+                    "READONLY")
 
 
 @dataclass
@@ -82,6 +90,13 @@ class LocalAttempt:
     uploads: Optional[AttemptUploads] = None  # pushes to the shared root, on their own thread
     held_exit: Optional[dict[str, Any]] = None  # the end, held until the final push is done
     extra: dict[str, Any] = field(default_factory=dict)
+    # the tail rounds of this attempt that raised, in a row (NodeAgent._tail_failed)
+    failures: int = 0
+    failing_since: float = 0.0  # monotonic time of the first of them
+    retry_at: float = 0.0  # monotonic: not tailed again before
+    error: str = ""  # the error last logged
+    repeats: int = 0  # how often it came again since
+    gave_up: bool = False  # reported failed by the worker: its records go nowhere now
 
 
 class NodeAgent:
@@ -90,8 +105,9 @@ class NodeAgent:
     def __init__(self, store: RedisStore, node: str, gpus: int, pool: Optional[str], state_dir: Path,
                  heartbeat_s: float = 10.0, max_result_bytes: int = 200_000_000,
                  identities: Optional[Identities] = None, shared: Optional[SharedRoot] = None,
-                 sweep_s: float = SWEEP_S, local_sweep_s: float = SWEEP_S):
+                 sweep_s: float = SWEEP_S, local_sweep_s: float = SWEEP_S, give_up_s: float = GIVE_UP_S):
         self.store = store
+        self.give_up_s = give_up_s  # see _tail_failed
         self.shared = shared  # checkpoints between attempts (shared_root.py); None: this node's disk
         self.sweep_s = sweep_s  # how often finished jobs' folders are swept from it (0: never)
         self.local_sweep_s = local_sweep_s  # the same for this node's state_dir (worker_sweep.py)
@@ -237,6 +253,11 @@ class NodeAgent:
             log.warning("attempt %s/%s cannot start: %s", msg["job_id"], msg["attempt"], e)
             self._report_exit_error(msg["job_id"], int(msg["attempt"]), str(e), e.rec)
             return "failed"
+        except StorageError as e:  # the checkpoints from the shared root: the admin's text (paths) logged
+            log.warning("attempt %s/%s cannot start: %s", msg["job_id"], msg["attempt"], e)
+            self._report_exit_error(msg["job_id"], int(msg["attempt"]), f"cannot start the job on {self.node}: "
+                                    f"{e.public}; the admin finds the cause in that worker's log")
+            return "failed"
         except Exception as e:  # noqa: BLE001 - report it as the attempt's failure
             log.exception("launch failed")
             self._report_exit_error(msg["job_id"], int(msg["attempt"]), f"cannot start the job on {self.node}: {e}")
@@ -353,19 +374,90 @@ class NodeAgent:
 
     # -- tailing --------------------------------------------------------------------------
     def _tail_loop(self) -> None:
+        """Copy every attempt's new records to the store, every TAIL_INTERVAL_S. A round that
+        fails for one attempt (:meth:`_tail_failed`) holds back that attempt only, with a
+        growing delay; the store unavailable for all (:func:`store_down`) holds back the loop."""
+        down = _Repeats()  # the store's outage, logged once per distinct error
+        wait = TAIL_INTERVAL_S
         while not self._stop.is_set():
-            self._tail_wake.wait(TAIL_INTERVAL_S)  # set when a runner ends: its exit goes out at once
+            self._tail_wake.wait(wait)  # set when a runner ends: its exit goes out at once
             self._tail_wake.clear()
+            wait = TAIL_INTERVAL_S
             with self._lock:
                 live = list(self.attempts.values())
+            now = time.monotonic()
             for la in live:
+                if la.retry_at > now:
+                    continue
                 try:
                     self._tail(la)
-                except redis.RedisError as e:
-                    log.warning("redis unavailable (%s); will copy %s's events later", e, la.job_id)
-                    time.sleep(0.5)
-                except Exception:  # noqa: BLE001
-                    log.exception("tailing %s failed", la.job_id)
+                except Exception as e:  # noqa: BLE001
+                    if store_down(e):  # every attempt would meet it: wait, then all try again
+                        wait = min(STORE_RETRY_MAX_S, 0.5 * 2 ** min(down.count, 4))
+                        down.seen(f"redis unavailable ({e}); jobs go on, their events are copied once it is back")
+                        break
+                    self._tail_failed(la, e)
+                else:
+                    if la.failures:
+                        self._tail_recovered(la)
+            else:
+                down.over("redis is available again")
+
+    def _tail_failed(self, la: LocalAttempt, e: Exception) -> None:
+        """A round of ``la`` raised: it is tried again after a delay that doubles at each failure
+        in a row (:data:`TAIL_RETRY_FIRST_S` to :data:`TAIL_RETRY_MAX_S`), the other attempts
+        going on meanwhile; each distinct error is logged once (then how often it came). After
+        ``give_up_s`` of failures the attempt is stopped and reported failed, naming the error
+        (:meth:`_give_up`): one that never gets through must not hold its GPUs for ever."""
+        now = time.monotonic()
+        if not la.failures:
+            la.failing_since = now
+        la.failures += 1
+        text = _say(e)
+        if text != la.error:
+            if la.repeats:
+                log.warning("attempt %s/%s: the error before came %d more times", la.job_id, la.number, la.repeats)
+            log.error("attempt %s/%s: copying its records to the store failed: %s; tried again with a growing delay "
+                      "(up to %g s), and stopped and reported failed if it still fails after %g s",
+                      la.job_id, la.number, text, TAIL_RETRY_MAX_S, self.give_up_s, exc_info=e)
+            la.error, la.repeats = text, 0
+        else:
+            la.repeats += 1
+        la.retry_at = now + min(TAIL_RETRY_FIRST_S * 2 ** (la.failures - 1), TAIL_RETRY_MAX_S)
+        if la.gave_up:
+            if la.proc.poll() is not None:
+                self._forget(la)
+        elif now - la.failing_since >= self.give_up_s:
+            self._give_up(la, now - la.failing_since)
+
+    def _tail_recovered(self, la: LocalAttempt) -> None:
+        log.info("attempt %s/%s: its records are copied again, after %d failed rounds in %.1f s (last: %s)",
+                 la.job_id, la.number, la.failures, time.monotonic() - la.failing_since, la.error)
+        la.failures, la.repeats, la.error, la.retry_at = 0, 0, "", 0.0
+
+    def _give_up(self, la: LocalAttempt, failing_s: float) -> None:
+        """Report ``la`` failed, naming the error, and stop it; from then on nothing of it reaches
+        the store (as for a fenced attempt). A report that does not get through is tried again
+        at the attempt's next retry."""
+        error = (f"the worker on node {self.node} could not copy this attempt's records (output, events, end) to the "
+                 f"queue's store for {failing_s:.0f} s ({la.error}); it stopped the attempt and reports it failed. "
+                 f"Its output since then is not kept; the admin finds the cause in that worker's log")
+        rec = {"exit_code": 1, "stop_reason": None, "error": error, "worker_gave_up": True}
+        msg = {"op": "exit", "job": la.job_id, "attempt": la.number, "node": self.node, "rec": rec}
+        try:
+            self.store.exec([["SET", self.store.k("exit", la.job_id, la.number), json.dumps(rec)],
+                             self.store.report_op(msg)], guards=[self.fence(la.job_id, la.number)])
+        except Fenced:
+            pass  # settled or superseded already
+        except Exception as e:  # noqa: BLE001
+            log.warning("attempt %s/%s: cannot report it failed yet (%s); trying again", la.job_id, la.number, _say(e))
+            return
+        log.error("attempt %s/%s: stopped and reported failed after %d failed rounds in %.0f s (%s%s)",
+                  la.job_id, la.number, la.failures, failing_s, la.error,
+                  f"; it came {la.repeats} more times" if la.repeats else "")
+        la.gave_up = la.fenced = True
+        la.repeats = 0
+        self._signal_stop(la, "failed", 5.0)
 
     def _tail(self, la: LocalAttempt) -> None:
         ended = la.proc.poll() is not None
@@ -401,10 +493,6 @@ class NodeAgent:
         ops.append(["SET", tail_key, str(new_offset)])
         try:
             self.store.exec(ops, guards=[self.fence(la.job_id, la.number), (tail_key, str(la.offset) if la.offset else "")])
-        except redis.RedisError:
-            if told and la.uploads is not None:
-                la.uploads.give_back(told)
-            raise
         except Fenced as e:
             if e.key == tail_key:  # our own earlier write went through after all
                 la.offset = int(e.found or 0)
@@ -413,6 +501,10 @@ class NodeAgent:
             la.fenced = True
             self._signal_stop(la, "fenced", 5.0)
             return
+        except Exception:
+            if told and la.uploads is not None:  # written with the next try
+                la.uploads.give_back(told)
+            raise
         la.offset = new_offset
         if started:
             la.started = True
@@ -525,6 +617,43 @@ class NodeAgent:
                 pass
 
 
+def store_down(e: BaseException) -> bool:
+    """Whether ``e`` says the store as a whole cannot take writes now (down, loading, a replica,
+    out of memory), rather than that this attempt's write was refused."""
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)):
+        return True
+    if isinstance(e, redis.ResponseError):
+        text = str(e)
+        return text.split(" ", 1)[0] in STORE_DOWN_CODES or "OOM command not allowed" in text
+    return False
+
+
+def _say(e: BaseException) -> str:
+    text = f"{type(e).__name__}: {e}"
+    return text if len(text) <= 500 else text[:500] + "..."
+
+
+class _Repeats:
+    """One condition logged once per distinct message, then how often it came again."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.count = 0
+
+    def seen(self, text: str) -> None:
+        if text != self.text:
+            if self.count > 1:
+                log.warning("(the message before came %d more times)", self.count - 1)
+            log.warning("%s", text)
+            self.text, self.count = text, 0
+        self.count += 1
+
+    def over(self, text: str) -> None:
+        if self.count:
+            log.info("%s (after %d failed tries)", text, self.count)
+            self.text, self.count = "", 0
+
+
 def _write_json(path: Path, data: Any) -> None:
     """Write then rename, without fsync: these files live as long as the attempt, and a node
     that crashes loses its attempts anyway (they are requeued). Saves milliseconds per launch."""
@@ -564,6 +693,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-options", default=None, metavar="FILE.json",
                    help="fsspec storage options of --shared-dir (endpoint_url, key, secret...), a JSON file of mode "
                         "600; credentials may also come from the usual environment (AWS_*), which no job inherits")
+    p.add_argument("--shared-max-gb", type=cliargs.number(float, 0), default=SHARED_MAX_GB, metavar="GB",
+                   help="what one attempt's checkpoints may take on --shared-dir (the sizes of their files: a "
+                        "sparse file counts whole); a checkpoint that would pass it is left on the node and the "
+                        "job is told (default %(default)g; 0: no bound)")
     p.add_argument("--shared-sweep", type=cliargs.SECONDS_OR_ZERO, default=SWEEP_S, metavar="SECONDS",
                    help="how often one of the workers deletes from --shared-dir the checkpoints of jobs whose "
                         "records are gone (the scheduler's --keep-finished after they ended; default %(default)g; "
@@ -572,6 +705,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how often this worker deletes from its --state-dir the folders (records, payloads, "
                         "checkpoints) of jobs whose records are gone and that no longer run here (the "
                         "scheduler's --keep-finished after they ended; default %(default)g; 0: never)")
+    p.add_argument("--give-up-after", type=cliargs.SECONDS, default=GIVE_UP_S, metavar="SECONDS",
+                   help="how long the worker keeps trying to copy an attempt's records (output, events, its end) to "
+                        "the store when that fails for this attempt alone, before it stops the attempt and reports "
+                        "it failed with the error (default %(default)g); an outage of the whole store never ends "
+                        "an attempt")
     p.add_argument("--heartbeat", type=cliargs.SECONDS, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
     p.add_argument("--concurrency", type=cliargs.COUNT, default=4, help="launch threads (default 4)")
     p.add_argument("--prefix", default="gq")
@@ -662,7 +800,7 @@ def cli_main(argv: list[str]) -> int:
     shared_url = args.shared_dir or os.environ.get("GPUQUEUE_SHARED_DIR")
     if shared_url:
         try:
-            shared = SharedRoot(shared_url, load_options(args.shared_options))
+            shared = SharedRoot(shared_url, load_options(args.shared_options), max_bytes=int(args.shared_max_gb * 1e9))
             shared.check()
         except (ValueError, OSError, StorageError) as e:
             print(f"gpuqueue worker: {e}", file=sys.stderr)
@@ -673,7 +811,7 @@ def cli_main(argv: list[str]) -> int:
         print(f"gpuqueue worker: {wrong_user}", file=sys.stderr)
         return 2
     _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents, shared=shared,
-                       sweep_s=args.shared_sweep, local_sweep_s=args.local_sweep)
+                       sweep_s=args.shared_sweep, local_sweep_s=args.local_sweep, give_up_s=args.give_up_after)
     try:
         _AGENT.start()
     except redis.RedisError as e:

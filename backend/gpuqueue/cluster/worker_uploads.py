@@ -128,28 +128,48 @@ class AttemptUploads:
                 raise
             except Exception as e:  # noqa: BLE001 - whatever it is, the copy is not made
                 log.exception("attempt %s: pushing checkpoints failed", self.name)
-                raise StorageError(f"cannot copy checkpoints to the shared root: {e}") from None
+                raise StorageError(f"cannot copy checkpoints to the shared root: {e}",
+                                   f"cannot copy checkpoints to the shared root ({type(e).__name__})") from None
         except StorageError as e:
-            log.warning("attempt %s: %s", self.name, e)
+            log.warning("attempt %s: %s", self.name, e)  # the admin's message: the root's paths
             return self._failed(e, exit_rec, ops)
         self._error = None
+        self._tell_refusals(ops)
         if copied:
             ops.append(self.store.event_op(self.job_id, "info", {
                 "message": f"checkpoint {', '.join(copied)} copied to the shared root", "shared": copied,
                 "node": self.node}))
         return exit_rec
 
+    def _tell_refusals(self, ops: list[Op]) -> None:
+        """A warning for each checkpoint the push left out for the root's per-attempt bound."""
+        for what, size, held in self.memo.refusals:
+            ops.append(self.store.event_op(self.job_id, "warning", {
+                "message": f"checkpoint {what} ({_size(size)}) is not copied to the shared root: with it, this "
+                           f"attempt's checkpoints there would take {_size(held + size)}, over the limit of "
+                           f"{_size(self.shared.max_bytes)} per attempt (the admin's `gpuqueue worker "
+                           f"--shared-max-gb`); it stays on node {self.node} only, so an attempt elsewhere cannot "
+                           f"resume from it. Save smaller checkpoints, or keep fewer (Checkpointer(max_checkpoints=N))",
+                "storage_limit": True, "checkpoint": what, "bytes": size}))
+        self.memo.refusals.clear()
+
     def _failed(self, e: StorageError, exit_rec: Optional[ExitRec], ops: list[Op]) -> Optional[ExitRec]:
+        """Tell the job (what failed, never where the root is: ``e.public``)."""
+        said = e.public
         if exit_rec is not None and exit_rec.get("exit_code") == 0 and not exit_rec.get("stop_reason"):
             ops.append(self.store.event_op(self.job_id, "warning", {  # done: nothing resumes from them
-                "message": f"{e}; the job's last checkpoints stay on node {self.node} only", "storage_error": True}))
+                "message": f"{said}; the job's last checkpoints stay on node {self.node} only", "storage_error": True}))
             return exit_rec
         if exit_rec is None:
-            if self._error != str(e):
-                self._error = str(e)
+            if self._error != said:
+                self._error = said
                 ops.append(self.store.event_op(self.job_id, "warning", {
-                    "message": f"{e}; trying again at the next save", "storage_error": True}))
+                    "message": f"{said}; trying again at the next save", "storage_error": True}))
             return None
         return {**exit_rec, "exit_code": exit_rec.get("exit_code") or 1, "stop_reason": "storage_error", "lost": False,
-                "error": f"{e} (the attempt's checkpoints are not on the shared root, so it cannot be resumed "
+                "error": f"{said} (the attempt's checkpoints are not on the shared root, so it cannot be resumed "
                          f"from them; it fails rather than start again from an older checkpoint)"}
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.3g} GB" if n >= 1e8 else f"{n / 1e6:.3g} MB"

@@ -28,7 +28,8 @@ from ..queue.config import QueueConfig, single_node_config
 from ..queue.durations import KEEP_FINISHED, format_duration, parse_retention
 from ..queue import bounds
 from ..queue.errors import Conflict, Forbidden, Gone, NotFound, Rejected
-from ..attempt.jobdir import attempt_dir, job_dir, read_events, read_json, write_bytes_atomic, write_json_atomic
+from ..attempt.jobdir import (MALFORMED, attempt_dir, job_dir, read_events, read_job_record, write_bytes_atomic,
+                              write_json_atomic)
 from ..attempt.launch import build_launch, runner_env
 from ..attempt.warmjob import warm_spec
 from ..queue.lifecycle import decode_payload, job_request, results_for_owner_only, same_cell_job, with_defaults
@@ -635,7 +636,11 @@ class QueueService(QueueShell):
 
     def _read_exit(self, job: JobRecord) -> dict[str, Any]:
         a = job.current_attempt
-        rec = read_json(attempt_dir(self.state_dir, job.id, a.number) / "exit.json") if a else None
+        # the runner's, but the job runs as this process's user and may have written it
+        rec = read_job_record(attempt_dir(self.state_dir, job.id, a.number), "exit.json") if a else None
+        if isinstance(rec, dict) and MALFORMED in rec:
+            return {"exit_code": None, "stop_reason": None, "lost": True,
+                    "error": f"its exit record (exit.json) is malformed ({rec[MALFORMED]})"}
         return rec or {"exit_code": None, "stop_reason": None, "lost": True}
 
     def _attempt_report(self, job: JobRecord, exit_record: dict[str, Any]) -> AttemptReport:
@@ -647,7 +652,8 @@ class QueueService(QueueShell):
             size: Optional[int] = (adir / "result.pkl").stat().st_size
         except OSError:
             size = None
-        return AttemptReport(size is not None, read_json(adir / "error.json"), read_json(adir / "result.json"),
+        # the job wrote them, so they may hold anything: read_job_record never raises for it
+        return AttemptReport(size is not None, read_job_record(adir, "error.json"), read_job_record(adir, "result.json"),
                              size or 0)
 
     def _attempt_settled(self, job: JobRecord, state: JobState) -> Sequence[Any]:

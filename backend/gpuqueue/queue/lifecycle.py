@@ -12,6 +12,7 @@ import binascii
 from typing import Any, Iterable, Optional
 
 from ..attempt import launchfail
+from ..attempt.jobdir import MALFORMED
 from .config import MAX_LOST_ATTEMPTS, QueueConfig
 from .errors import BadRequest, Forbidden, Rejected
 from .models import Buffer, JobRecord, JobSpec, SubmitRequest
@@ -127,6 +128,70 @@ def job_group(job: JobRecord, config: QueueConfig) -> Optional[str]:
     return job.group if job.group is not None else config.group_of(job.owner)
 
 
+MAX_ERROR_CHARS = 10_000  # of the "type: message" a job's error record gives job.error
+MAX_TRACEBACK_CHARS = 200_000  # of its traceback kept as the attempt's message
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + " …[cut]"
+
+
+def clean_exit_record(rec: Any) -> dict[str, Any]:
+    """The exit record as settling reads it. The runner writes it, but where the job runs as
+    the queue's own user (embedded mode, a worker without identities) the job can write the
+    runner's files itself: a field of another type than the runner's made settling raise, and
+    the job stayed running for ever. Fields of a wrong type are dropped."""
+    if not isinstance(rec, dict):
+        return {"exit_code": None, "stop_reason": None, "lost": True,
+                "error": "the attempt's exit record is not one the runner wrote"}
+    out = dict(rec)
+    code = out.get("exit_code")
+    if not (code is None or (isinstance(code, int) and not isinstance(code, bool))):
+        out["exit_code"] = 1 if code else None
+    for key, kind in (("stop_reason", str), ("error", str), ("launch_error", dict)):
+        if out.get(key) is not None and not isinstance(out[key], kind):
+            out.pop(key)
+    ended = out.get("ended")
+    if ended is not None and (not isinstance(ended, (int, float)) or isinstance(ended, bool)):
+        out.pop("ended")
+    return out
+
+
+def job_error(error_record: Any) -> Optional[tuple[str, Optional[str], bool]]:
+    """``(error, traceback, well_formed)`` from the job's error record (``error.json``: the
+    job writes it, so it may be anything), or None where it left none. One that is not an
+    object with a string ``type`` and ``message`` gives a sentence saying so (the readers give
+    ``{MALFORMED: why}`` for a file that is not JSON)."""
+    if error_record is None or error_record == {}:
+        return None
+    if isinstance(error_record, dict) and isinstance(error_record.get("type"), str) \
+            and isinstance(error_record.get("message"), str):
+        tb = error_record.get("traceback")
+        what = f"{error_record['type']}: {error_record['message']}".lstrip(": ")
+        rank = error_record.get("rank")  # a rank of a multi-rank job (gpuqueue.job.distributed)
+        rank = str(rank) if isinstance(rank, (int, str)) and str(rank).isdigit() and len(str(rank)) <= 6 else None
+        if rank is not None:
+            what = f"rank {rank} failed: {what}"
+            tb = f"rank {rank} failed:\n{tb}" if isinstance(tb, str) and tb else tb
+        return (_cut(what, MAX_ERROR_CHARS),
+                _cut(tb, MAX_TRACEBACK_CHARS) if isinstance(tb, str) and tb else None, True)
+    why = error_record.get(MALFORMED) if isinstance(error_record, dict) else None
+    why = why if isinstance(why, str) else "not an object with a string type and message"
+    return f"its error record (error.json in the attempt's folder) is malformed ({why}) and was ignored", None, False
+
+
+def job_result(result_record: Any) -> tuple[list[str], dict[str, str]]:
+    """The names a cell job returned and those it could not (``result.json``, written by the
+    job: what is not a list of names and a map of name to reason is left out)."""
+    if not isinstance(result_record, dict):
+        return [], {}
+    names = result_record.get("names")
+    unret = result_record.get("unreturnable")
+    return ([n for n in names if isinstance(n, str)] if isinstance(names, list) else [],
+            {k: _cut(v if isinstance(v, str) else str(v), 1000) for k, v in unret.items()}
+            if isinstance(unret, dict) else {})
+
+
 def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: bool,
                     max_lost: int = MAX_LOST_ATTEMPTS) -> Outcome:
     """How the current attempt ended, from the runner's exit record (``exit_code``,
@@ -184,18 +249,16 @@ def settle(
     returned for the attempt's end (a Retry means the job is queued again)."""
     a = job.current_attempt
     assert a is not None
+    err = job_error(error_record)
     code = exit_record.get("exit_code")
     a.outcome, a.exit_code, a.ended_at = outcome, code, float(exit_record.get("ended") or now)
     if outcome in (Outcome.FAILED, Outcome.CANNOT_START, Outcome.RESULT_TOO_BIG):
         if exit_record.get("launch_error"):  # it did not start: the cause, and the fix
             job.error = launchfail.message(exit_record["launch_error"])
             a.message = job.error
-        elif error_record:
-            what = f"{error_record.get('type') or ''}: {error_record.get('message')}".lstrip(": ")
-            rank = error_record.get("rank")  # a rank of a multi-rank job (gpuqueue.job.distributed)
-            job.error = f"rank {rank} failed: {what}" if rank is not None else what
-            tb = error_record.get("traceback")
-            a.message = (f"rank {rank} failed:\n{tb}" if rank is not None else tb) if tb else job.error
+        elif err is not None and err[2]:
+            job.error = err[0]
+            a.message = err[1] or job.error
         elif exit_record.get("lost"):  # the cap of attempt_outcome
             why = f" ({exit_record['error']})" if exit_record.get("error") else ""
             job.error = (f"the job process was lost {lost_in_a_row(job) + 1} times in a row{why}: its runner "
@@ -203,14 +266,14 @@ def settle(
             a.message = job.error
         else:
             job.error = exit_record.get("error") or f"the job process exited with code {code}"
+            if err is not None:  # malformed: said beside the exit
+                job.error = f"{job.error}; {err[0]}"
             a.message = job.error
     if outcome == Outcome.LOST:
         a.message = exit_record.get("error") or "the job process vanished without an exit record"
     retry = next((d for d in decisions if isinstance(d, Retry) and d.job_id == job.id), None)
     if outcome == Outcome.SUCCEEDED:
-        res = result_record or {}
-        job.result_names = res.get("names", [])
-        job.unreturnable = res.get("unreturnable", {})
+        job.result_names, job.unreturnable = job_result(result_record)
         return JobState.SUCCEEDED, {"exit_code": code}
     if retry is not None:
         if retry.counted:

@@ -26,7 +26,7 @@ from ..observability.logs import job_fields
 from ..scheduler.admission import never_runs
 from ..scheduler.base import Decision, JobRequest, Preempt, Retry, Scheduler, Start, TimeOut, Warn
 from .config import QueueConfig
-from .lifecycle import attempt_outcome, job_request, settle
+from .lifecycle import attempt_outcome, clean_exit_record, job_request, settle
 from .models import JobRecord
 from .states import JobState, Outcome
 
@@ -154,6 +154,7 @@ class QueueShell:
         if a is None or a.outcome is not None:
             return
         now = time.time()
+        exit_record = clean_exit_record(exit_record)
         report = self._attempt_report(job, exit_record)
         outcome = attempt_outcome(job, exit_record, report.has_result, self.config.max_lost_attempts)
         if decisions is None:
