@@ -152,6 +152,7 @@ class Daemon(QueueShell):
         self._last_trim = 0.0
         self._stopping = False
         self._lost = False
+        self._token_lock = threading.Lock()  # the leader token and _lost change together
         self._last_nodes = 0.0
         self._last_publish = 0.0
         self._last_pending = 0.0
@@ -194,11 +195,14 @@ class Daemon(QueueShell):
             time.sleep(self.leader_ttl_ms / 4000)
             if self._lost:
                 continue
+            token = self.token
             try:
-                if not self.store.renew_lead(self.token or "", self.leader_ttl_ms):
-                    self._lost = True
+                renewed = self.store.renew_lead(token or "", self.leader_ttl_ms)
             except redis.RedisError:
-                pass  # an outage: the main loop notices too; the lock's TTL decides
+                continue  # an outage: the main loop notices too; the lock's TTL decides
+            with self._token_lock:  # a refusal of a token the main loop has since replaced
+                if not renewed and token == self.token:  # (_retake) is no lost lock
+                    self._lost = True
 
     def _retake(self) -> bool:
         """After the lock lapsed (e.g. Redis was down longer than its TTL): take it again if no
@@ -210,7 +214,8 @@ class Daemon(QueueShell):
             return False
         if tok is None:
             return False
-        self.token, self._lost = tok, False
+        with self._token_lock:
+            self.token, self._lost = tok, False
         return True
 
     def _renew(self) -> None:
