@@ -729,7 +729,7 @@ class Daemon(QueueShell):
             nbytes, _, at = value.partition(" ")
             kept[job_id] = (int(nbytes), float(at or 0))
         kept.pop(job.id, None)
-        drop = bounds.results_to_drop(kept, job.result_bytes, limit)
+        drop = bounds.oldest_to_drop(kept, job.result_bytes, limit)
         if drop is None:
             job.result_dropped = bounds.too_big_to_keep(job.result_bytes, limit)
             return [["DEL", st.k("result", job.id)]]

@@ -671,7 +671,7 @@ class QueueService(QueueShell):
         limit = self.config.limits_for(job.owner).max_results_mb
         kept = self.store.stored_results(job.owner)
         kept.pop(job.id, None)
-        drop = bounds.results_to_drop(kept, job.result_bytes, limit)
+        drop = bounds.oldest_to_drop(kept, job.result_bytes, limit)
         if drop is None:
             job.result_dropped = bounds.too_big_to_keep(job.result_bytes, limit)
             self._remove_result(job)

@@ -167,19 +167,23 @@ def stop_requested_by_queue() -> bool:
     return bool(adir) and os.path.exists(os.path.join(str(adir), "control.json"))
 
 
+def _exit_text(code: int) -> str:
+    """How a rank's process ended, from its exit code (negative: the signal that killed it)."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
 def record_failure(rank: str, code: int, last_line: str, attempt_dir: Optional[str] = None) -> None:
     """Say that ``rank`` failed on its own (``code`` != 0, no stop signal came to it), in
     ``attempt_dir`` (default: this process's attempt folder)."""
     folder = _failure_dir(attempt_dir)
     if folder is None:
         return
-    if code < 0:
-        try:
-            error = f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            error = f"killed by signal {-code}"
-    else:
-        error = last_line.strip() or f"exit code {code}"
+    error = _exit_text(code) if code < 0 else last_line.strip() or _exit_text(code)
     record = {"rank": rank, "exit_code": code, "error": error[:2000], "time": time.time()}
     try:
         if not os.path.isdir(folder):
@@ -253,14 +257,7 @@ def _failed_ranks(e: Any) -> str:
         codes = {str(r): f.exitcode for r, f in e.failures.items()}
         by_time = sorted(e.failures.items(), key=lambda rf: rf[1].timestamp)
         rank = str(next((r for r, f in by_time if f.exitcode > 0), by_time[0][0]))
-        code = codes[rank]
-        if code < 0:
-            try:
-                error = f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                error = f"killed by signal {-code}"
-        else:
-            error = f"exit code {code}"
+        error = _exit_text(codes[rank])
     return report_failure(rank, error, any(str(r) != rank for r in e.failures))
 
 

@@ -43,8 +43,6 @@ def too_big_to_keep(nbytes: int, limit_mb: float) -> str:
             f"shared storage and return their path")
 
 
-results_to_drop = oldest_to_drop
-
 # What of a finished job's event stream goes when its logs are dropped (``max_logs_mb``): its
 # output. Its ``state`` records (the attempts' ends, errors and tracebacks), ``warning`` and
 # ``info`` records, ``checkpoint`` records (``%gpuqueue checkpoints``) and ``result`` record stay.
