@@ -429,11 +429,21 @@ def _ray_worker(config: dict[str, Any]) -> None:
         LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()), NODE_RANK=str(ctx.get_node_rank()),
         MASTER_ADDR=host, MASTER_PORT=port, GPUQUEUE_RAY_WORKER="1",
     )
-    proc = subprocess.Popen(config["argv"], env=env, cwd=config.get("cwd") or None)
+    # its lines marked with its rank: the launcher shows them as the job's, and Ray's own elsewhere
+    proc = subprocess.Popen(config["argv"], env=env, cwd=config.get("cwd") or None,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    last_err = StderrTail()
+    copies = [threading.Thread(target=_copy_marked, args=(f.fileno(), n, str(rank), True, last), daemon=True)
+              for f, n, last in ((proc.stdout, 1, None), (proc.stderr, 2, last_err))]
+    for t in copies:
+        t.start()
     code = proc.wait()
+    for t in copies:
+        t.join(timeout=5)
     if code != 0:
-        if not stop_requested_by_queue():
-            record_failure(str(rank), code, "")  # the others then say why they were stopped
+        if not stop_requested_by_queue():  # the others then say why they were stopped
+            record_failure(str(rank), code, rank_error(code, last_err.lines()), tail=last_err.lines())
         raise RuntimeError(f"rank {rank} exited with code {code}")
 
 
@@ -443,6 +453,7 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
     Connects to ``GPUQUEUE_RAY_ADDRESS`` (or ``RAY_ADDRESS``) if set, else starts a local Ray
     cluster on this machine with ``GPUQUEUE_RAY_CPUS`` CPUs (default: one per worker + 1)."""
     _detach_event_pipe()
+    from .raylogs import RAY_LOG_DRAIN_S, RayOutput
     from .raynodes import placement_from_env, run_pinned
 
     placement = placement_from_env()
@@ -461,7 +472,11 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
     use_gpu = gpus_per_worker > 0 and _cuda_available()
     keep = {k: v for k, v in os.environ.items() if k.startswith(("GPUQUEUE_", "CUDA_", "PYTHON"))}
     keep.pop("GPUQUEUE_EVENT_FD", None)
-    init_kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR", os.getcwd())
+    output = RayOutput(adir, runner=bool(os.environ.get("GPUQUEUE_ATTEMPT_DIR")))
+    output.before_init()  # Ray's own messages to ray.log in the attempt folder, not the job's output
+    init_kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                               "configure_logging": not output.logging_to_file}
     if address:
         init_kw["address"] = address
     else:  # a one-node cluster of this job's own, on the GPUs the scheduler gave it
@@ -479,13 +494,13 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
             print(f"gpuqueue: could not start or reach {where} (try {attempt} of 3): {e}", file=sys.stderr)
             if attempt == 3:
                 return 1
+    output.after_init()
     stop = {"asked": False}
 
     def on_term(*_: Any) -> None:  # the ranks see control.json; just wait for them
         stop["asked"] = True
 
     signal.signal(signal.SIGTERM, on_term)
-    adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR", os.getcwd())
     try:
         trainer = TorchTrainer(
             _ray_worker,
@@ -497,14 +512,26 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
         trainer.fit()
     except Exception as e:  # noqa: BLE001 - TrainingFailedError wraps the rank's error
         own = [] if stop["asked"] else rank_failures()
+        time.sleep(RAY_LOG_DRAIN_S)  # the ranks' last lines come to the driver a moment late: before this
+        if output.installed:
+            print(f"gpuqueue: Ray's own messages (its tracebacks included) are in {output.path}", file=sys.stderr)
         if own:  # a rank failed on its own: it, not Ray's traceback
-            print(f"gpuqueue: {report_failure(own[0]['rank'], own[0]['error'], workers > 1)}", file=sys.stderr)
+            first = own[0]
+            print(f"gpuqueue: {report_failure(first['rank'], first['error'], workers > 1, tail=first['tail'])}",
+                  file=sys.stderr)
         else:
-            print(f"gpuqueue: the Ray Train job failed: {e}", file=sys.stderr)
+            print(f"gpuqueue: the Ray Train job failed: {_first_line(e)}", file=sys.stderr)
         return 143 if stop["asked"] else 1
     finally:
         ray.shutdown()
+        output.close()
     return 143 if stop["asked"] else 0
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first line (Ray's errors go on for pages)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _cuda_available() -> bool:

@@ -34,8 +34,7 @@ import time
 from typing import Any, Optional
 
 from .distributed import record_failure, report_failure, stop_requested_by_queue
-
-RAY_LOG_DRAIN_S = 1.5  # the ranks' output reaches the driver through Ray's log monitor, a moment late
+from .raylogs import RAY_LOG_DRAIN_S
 
 RESOURCE = "gpuqueue-node-{}"
 
