@@ -82,3 +82,25 @@ def test_a_command_job_whose_rank_0_fails_names_it_and_its_exception(jupyter_ser
     assert lines[-1] == f"gpuqueue: {want}; the other ranks were stopped", text
     shown = json.loads(gq(jupyter_server, "show", job).stdout)["attempts"][-1]["message"]
     assert shown.startswith("rank 0 failed:\nlast lines on stderr:\nrank 0 loads\nTraceback"), shown
+
+
+def test_a_cell_whose_rank_1_is_killed_by_sigkill_says_so_in_words(jupyter_server) -> None:
+    """Rank 1 of a `%%train --gpus 2` cell is killed by SIGKILL (as the kernel's out-of-memory
+    killer does): the cell's error, `%gpuqueue status` and the launcher's line say it was killed
+    by signal 9 (SIGKILL) and what commonly sends it, with the last line it wrote on stderr."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run(
+        "%%train --gpus 2\nimport os, sys, time\nif os.environ['RANK'] == '1':\n"
+        "    print('allocating 80 GB', file=sys.stderr, flush=True)\n    time.sleep(1)\n"
+        "    os.kill(os.getpid(), 9)\ntime.sleep(30)\n", timeout=180)
+    want = ("rank 1 failed: killed by signal 9 (SIGKILL), e.g. the kernel's out-of-memory killer; its last line "
+            "on stderr: allocating 80 GB")
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
+    [job] = jupyter_server.client().list()
+    assert res.error["evalue"] == f"job {job['id']} failed: {want}", res.error
+    shown = [line.rsplit("\r", 1)[-1] for line in res.stderr.splitlines()]
+    assert "[rank1] allocating 80 GB" in shown, res.stderr
+    assert f"gpuqueue: {want}; the other ranks were stopped" in shown, res.stderr
+    status = k.run(f"%gpuqueue status {job['id']}")
+    assert status.stdout.strip() == f"{job['id']}: failed - {want}", status.text
