@@ -20,19 +20,24 @@ def gq(server, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gpuqueue.cli", *args], env=env, capture_output=True,
                           text=True, timeout=120, cwd=server.work_dir)
 
+
 FAILS = r"""
 import sys
+for i in range(20):
+    print(f"noise {i}", file=sys.stderr, flush=True)
 print("loading the data", file=sys.stderr, flush=True)
 def train(lr):
     raise ValueError(f"lr {lr} is too high \x1b]52;c;Zm9v\x07")
 train(10)
 """
+TAIL = ["noise 17", "noise 18", "noise 19", "loading the data", "Traceback (most recent call last):",
+        '  File "<string>", line 8, in <module>', '  File "<string>", line 7, in train']
 
 
 def test_a_failing_command_job_says_its_exception_in_show_and_status(jupyter_server) -> None:
     """`gpuqueue submit -- python train.py` that raises: `gpuqueue show` and `%gpuqueue status`
     give the exit code and the traceback's exception line (its control characters escaped), and
-    the attempt's message its last lines on stderr. One killed by SIGKILL says so in words."""
+    the attempt's message its last 8 lines on stderr. One killed by SIGKILL says so in words."""
     bad = gq(jupyter_server, "submit", "--gpus", "1", "--retries", "0", "--", sys.executable, "-c", FAILS).stdout.strip()
     killed = gq(jupyter_server, "submit", "--gpus", "1", "--retries", "0", "--", sys.executable, "-c",
                 "import os; print('allocating', flush=True); os.kill(os.getpid(), 9)").stdout.strip()
@@ -42,8 +47,10 @@ def test_a_failing_command_job_says_its_exception_in_show_and_status(jupyter_ser
     want = "the job process exited with code 1: ValueError: lr 10 is too high \\x1b]52;c;Zm9v\\x07"
     assert (job["state"], job["error"]) == ("failed", want), job
     message = job["attempts"][-1]["message"]
-    assert message.startswith(want + "\nlast lines on stderr:\nloading the data\nTraceback"), message
-    assert "\x1b" not in message and "\x07" not in message and "line 5, in train" in message, message
+    assert message.splitlines() == [want, "last lines on stderr:", *TAIL, want.split(": ", 1)[1]], message
+    assert "\x1b" not in message and "\x07" not in message, message
+    exit_record = json.loads((jupyter_server.state_dir / "jobs" / bad / "attempt-1" / "exit.json").read_text())
+    assert exit_record["stderr_tail"][:-1] == TAIL and len(exit_record["stderr_tail"]) == 8, exit_record
     job = json.loads(gq(jupyter_server, "show", killed).stdout)
     assert job["error"] == ("the job process was killed by signal 9 (SIGKILL), e.g. the kernel's out-of-memory "
                             "killer"), job["error"]
