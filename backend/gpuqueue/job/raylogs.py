@@ -62,10 +62,11 @@ class RayOutput:
             return
         try:
             from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-        except ImportError:
+
+            dispatcher.remove_handler("ray_print_logs")
+            dispatcher.add_handler("gpuqueue_ranks", self.handle)
+        except (ImportError, AttributeError, TypeError):
             return
-        dispatcher.remove_handler("ray_print_logs")
-        dispatcher.add_handler("gpuqueue_ranks", self.handle)
         self.installed = True
 
     def handle(self, data: dict[str, Any]) -> None:
