@@ -197,13 +197,16 @@ def test_nodes_2_job_runs_on_the_assigned_nodes_and_gpus_through_ray(cluster_fac
     assert "gpuqueue: stopped: rank 0 failed (see its error above)" in failed0.text, failed0.text
     assert "asked to stop" not in failed0.text, failed0.text
     fails = script.with_name("fails.py")
-    fails.write_text("import os, sys, time\nif os.environ['RANK'] == '1':\n    time.sleep(2)\n    sys.exit(3)\n"
+    fails.write_text("import os, sys, time\nif os.environ['RANK'] == '1':\n    time.sleep(2)\n"
+                     "    print('shard 7 is empty', file=sys.stderr, flush=True)\n    sys.exit(3)\n"
                      "time.sleep(120)\n")
     bad = c.client("alice").submit({"kind": "command", "gpus": 2, "nodes": 2, "retries": 0,
                                     "command": [PY, str(fails)]})["id"]
     rec = c.wait_done([bad], 120)[bad]
-    assert (rec["state"], rec["error"]) == ("failed", "rank 1 failed: exit code 3"), rec
-    assert "gpuqueue: rank 1 failed: exit code 3; the other ranks were stopped" in logs(root.events(bad)).splitlines()
+    # a command's rank: its last line on stderr and its exit code (before: 'rank 1 failed: exit code 3')
+    want = "rank 1 failed: shard 7 is empty (exit code 3)"
+    assert (rec["state"], rec["error"]) == ("failed", want), rec
+    assert f"gpuqueue: {want}; the other ranks were stopped" in logs(root.events(bad)).splitlines()
 
     # a placement on a node that no Ray node declares, or no Ray address: a message, no traceback
     probe = ("import sys; from gpuqueue.job.raynodes import run_pinned; "

@@ -96,10 +96,10 @@ def test_a_command_job_whose_rank_1_fails_names_that_rank_and_its_error(jupyter_
         kill_job_groups(jupyter_server, job)
     text = logs(c.events(job))
     assert rec["state"] == "failed", text
-    assert rec["error"] == "rank 1 failed: ValueError: rank 1 fails", (rec["error"], text)
+    assert rec["error"] == "rank 1 failed: ValueError: rank 1 fails (exit code 1)", (rec["error"], text)
     lines = text.splitlines()
     assert "[rank1] careful" in lines and "[rank1] ValueError: rank 1 fails" in lines, text
-    assert lines[-1] == "gpuqueue: rank 1 failed: ValueError: rank 1 fails; the other ranks were stopped", text
+    assert lines[-1] == "gpuqueue: rank 1 failed: ValueError: rank 1 fails (exit code 1); the other ranks were stopped", text
     for noise in ("gpuqueue.job.distributed", "FAILED", "exitcode", "closing signal"):
         assert noise not in text, (noise, text)
 
@@ -132,16 +132,20 @@ def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_serve
     assert any(e["type"] == "progress" and e["data"]["done"] == 12 for e in evs)
 
 
-def test_nodes_2_ray_train_job_whose_rank_1_fails_names_that_rank(jupyter_server_factory, tmp_path: Path) -> None:
-    """Embedded `--nodes 2` (Ray Train): rank 1 exits with code 3. The launcher's line and the
-    job's error name rank 1, not only Ray's TrainingFailedError ('the job process exited with
-    code 1' before)."""
+def test_nodes_2_ray_train_job_whose_rank_1_fails_shows_its_traceback_once_and_not_rays(
+        jupyter_server_factory, tmp_path: Path) -> None:
+    """Embedded `--nodes 2` (Ray Train): rank 1 raises. The job's output is as clean as under
+    torchrun: rank 1's lines marked `[rank1]` (its traceback once), a line naming the file with
+    Ray's own messages (which holds Ray's traceback), and the launcher's line naming rank 1, its
+    exception and exit code, which the job's error says too; none of Ray's pages of its
+    controllers' and workers' logs (before: 40 lines of them and 'rank 1 failed: exit code 1')."""
     cfg = tmp_path / "pools.toml"
     cfg.write_text(RAY_CONFIG)
     server = jupyter_server_factory(gpus=2, env={"GPUQUEUE_CONFIG": str(cfg), "GPUQUEUE_RAY_CPUS": "2"})
     c = server.client()
-    fails = ("import os, sys, time\nif os.environ['RANK'] == '1':\n    time.sleep(3)\n    sys.exit(3)\n"
-             "time.sleep(120)\n")
+    fails = ("import os, sys, time\nprint(f'rank {os.environ[\"RANK\"]} starts', flush=True)\n"
+             "if os.environ['RANK'] == '1':\n    time.sleep(3)\n    print('rank 1 loads', file=sys.stderr, flush=True)\n"
+             "    raise ValueError('rank 1 fails')\ntime.sleep(120)\n")
     job = c.submit({"kind": "command", "command": [sys.executable, "-c", fails], "gpus": 2, "nodes": 2,
                     "retries": 0}, new=True)["id"]
     favour_job(server, job)
@@ -150,5 +154,16 @@ def test_nodes_2_ray_train_job_whose_rank_1_fails_names_that_rank(jupyter_server
     finally:
         kill_job_groups(server, job)
     text = logs(c.events(job))
-    assert (rec["state"], rec["error"]) == ("failed", "rank 1 failed: exit code 3"), (rec["error"], text[-3000:])
-    assert "gpuqueue: rank 1 failed: exit code 3; the other ranks were stopped" in text.splitlines(), text[-3000:]
+    want = "rank 1 failed: ValueError: rank 1 fails (exit code 1)"
+    assert (rec["state"], rec["error"]) == ("failed", want), (rec["error"], text[-3000:])
+    lines = text.splitlines()
+    assert lines[-1] == f"gpuqueue: {want}; the other ranks were stopped", text[-3000:]
+    assert "rank 0 starts" in lines and "[rank1] rank 1 starts" in lines, text[-3000:]
+    assert "[rank1] rank 1 loads" in lines and "[rank1] ValueError: rank 1 fails" in lines, text[-3000:]
+    assert text.count("Traceback") == 1, text[-3000:]
+    ray_log = server.state_dir / "jobs" / job / "attempt-1" / "ray.log"
+    assert f"gpuqueue: Ray's own messages (its tracebacks included) are in {ray_log}" in lines, text[-3000:]
+    assert "Error in training function" in ray_log.read_text()
+    for noise in ("RayTrainWorker", "TrainController", "PlacementGroupCleaner", "Error in training function",
+                  "RuntimeError", "WorkerGroupError", "repeated", "Ray instance", "pid="):
+        assert noise not in text, (noise, text[-3000:])

@@ -9,6 +9,8 @@ import select
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
+from .failtext import StderrTail
+
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import EventWriter
 
@@ -70,6 +72,7 @@ class OutputPump:
         self.streams = [_Stream(fd, name) for fd, name in fds]
         limit = out.max_job_bytes if out.max_job_bytes is not None else MAX_OUTPUT_BYTES
         self.transient_budget = limit // TRANSIENT_MAX_SHARE
+        self.stderr_tail = StderrTail()  # the job's own last lines on stderr (not another rank's): its error
 
     def run(self) -> None:
         """Read until both pipes close; the lines still being written then end as final ones."""
@@ -193,6 +196,8 @@ class OutputPump:
                     self._final(other, other.current(), move_on=False)
                     other.ended = True
         s.pending, s.cut, s.shown = b"", False, None
+        if s.name == "stderr":
+            self.stderr_tail.add(line.decode("utf-8", "replace"))
         _emit_line(self.out, s.name, line, False)
 
     def _interval(self, s: _Stream) -> float:

@@ -367,7 +367,9 @@ class Runner:
             while job_events.drain(self.out):  # what is left, up to the output limit
                 pass
             job_events.close()
-        return self._finish(self.proc.returncode, started, self._cwd_failed)
+        code = self.proc.returncode
+        tail = output.stderr_tail.lines() if code != 0 and self.stop_reason is None else None
+        return self._finish(code, started, self._cwd_failed, tail)
 
     def _cwd_error(self, report_r: int, cwd: Optional[str]) -> Optional[dict[str, Any]]:
         """The launch error the job's process reported on ``report_r`` before its exec (it could
@@ -425,13 +427,17 @@ class Runner:
         except (ProcessLookupError, PermissionError):
             pass
 
-    def _finish(self, code: int, started: float, launch_error: Optional[dict[str, Any]] = None) -> int:
+    def _finish(self, code: int, started: float, launch_error: Optional[dict[str, Any]] = None,
+                stderr_tail: Optional[list[str]] = None) -> int:
         """Write the ``exit`` record and ``exit.json`` (with ``launch_error`` when the job could
-        not start: :mod:`gpuqueue.attempt.launchfail`); returns ``code``."""
+        not start: :mod:`gpuqueue.attempt.launchfail`; ``stderr_tail``, the job's last lines on
+        stderr, when it failed on its own: :mod:`gpuqueue.attempt.failtext`); returns ``code``."""
         record: dict[str, Any] = {"exit_code": code, "stop_reason": self.stop_reason, "started": started,
                                   "ended": time.time()}
         if launch_error is not None:
             record["launch_error"] = launch_error
+        if stderr_tail:
+            record["stderr_tail"] = stderr_tail
         self.out.write("exit", record)
         self.out.close()
         tmp = self.dir / "exit.json.tmp"

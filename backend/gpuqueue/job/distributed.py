@@ -35,6 +35,8 @@ import threading
 import time
 from typing import Any, Iterator, Optional
 
+from ..attempt.failtext import StderrTail, exit_words, rank_error, tail_text
+
 LAUNCHERS = ("torchrun", "ray", "none")
 
 
@@ -167,24 +169,16 @@ def stop_requested_by_queue() -> bool:
     return bool(adir) and os.path.exists(os.path.join(str(adir), "control.json"))
 
 
-def _exit_text(code: int) -> str:
-    """How a rank's process ended, from its exit code (negative: the signal that killed it)."""
-    if code >= 0:
-        return f"exit code {code}"
-    try:
-        return f"killed by {signal.Signals(-code).name}"
-    except ValueError:
-        return f"killed by signal {-code}"
-
-
-def record_failure(rank: str, code: int, last_line: str, attempt_dir: Optional[str] = None) -> None:
+def record_failure(rank: str, code: int, error: str, attempt_dir: Optional[str] = None,
+                   tail: Optional[list[str]] = None) -> None:
     """Say that ``rank`` failed on its own (``code`` != 0, no stop signal came to it), in
-    ``attempt_dir`` (default: this process's attempt folder)."""
+    ``attempt_dir`` (default: this process's attempt folder): ``error`` (its exit in words when
+    empty; see :func:`gpuqueue.attempt.failtext.rank_error`) and ``tail``, its last lines on stderr."""
     folder = _failure_dir(attempt_dir)
     if folder is None:
         return
-    error = _exit_text(code) if code < 0 else last_line.strip() or _exit_text(code)
-    record = {"rank": rank, "exit_code": code, "error": error[:2000], "time": time.time()}
+    error = error.strip() or exit_words(code)
+    record = {"rank": rank, "exit_code": code, "error": error[:2000], "time": time.time(), "tail": tail or []}
     try:
         if not os.path.isdir(folder):
             os.mkdir(folder)  # not its parent: on another node of a Ray job the attempt folder is not there
@@ -211,8 +205,10 @@ def rank_failures() -> list[dict[str, Any]]:
             try:
                 with open(os.path.join(str(folder), name)) as f:
                     rec = json.load(f)
+                tail = rec.get("tail")
                 found.append({"rank": str(rec["rank"]), "exit_code": int(rec["exit_code"]),
-                              "error": str(rec["error"]), "time": float(rec["time"])})
+                              "error": str(rec["error"]), "time": float(rec["time"]),
+                              "tail": [str(x) for x in tail] if isinstance(tail, list) else []})
             except (OSError, ValueError, KeyError, TypeError):
                 continue
     return sorted(found, key=lambda r: r["time"])
@@ -238,11 +234,12 @@ def stopped_by_peer_message(rank: str) -> str:
 _EXCEPTION_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Stopped|Warning)): (.*)$", re.S)
 
 
-def _error_record(rank: str, error: str) -> dict[str, Any]:
-    """error.json for a failed rank: ``ValueError: text`` split as a cell job's is."""
+def _error_record(rank: str, error: str, tail: Optional[list[str]] = None) -> dict[str, Any]:
+    """error.json for a failed rank: ``ValueError: text`` split as a cell job's is, with the
+    rank's last lines on stderr as its traceback."""
     m = _EXCEPTION_LINE.match(error)
     kind, message = (m.group(1), m.group(2)) if m else ("", error)
-    return {"type": kind, "message": message, "traceback": "", "rank": rank}
+    return {"type": kind, "message": message, "traceback": tail_text(tail or []) or "", "rank": rank}
 
 
 def _failed_ranks(e: Any) -> str:
@@ -250,26 +247,29 @@ def _failed_ranks(e: Any) -> str:
     wrapper, not the job): which rank failed and how; error.json says it too where no rank
     wrote one (a command job)."""
     own = rank_failures()
+    tail: list[str] = []
     if own:
         first = own[0]
-        rank, error = first["rank"], first["error"]
-    else:  # rank 0 (no wrapper), or a rank killed before it could say: torchrun's view
+        rank, error, tail = first["rank"], first["error"], first["tail"]
+    else:  # a rank killed before it could say: torchrun's view
         codes = {str(r): f.exitcode for r, f in e.failures.items()}
         by_time = sorted(e.failures.items(), key=lambda rf: rf[1].timestamp)
         rank = str(next((r for r, f in by_time if f.exitcode > 0), by_time[0][0]))
-        error = _exit_text(codes[rank])
-    return report_failure(rank, error, any(str(r) != rank for r in e.failures))
+        error = exit_words(codes[rank])
+    return report_failure(rank, error, any(str(r) != rank for r in e.failures), tail=tail)
 
 
-def report_failure(rank: str, error: str, others: bool, record: Optional[dict[str, Any]] = None) -> str:
+def report_failure(rank: str, error: str, others: bool, record: Optional[dict[str, Any]] = None,
+                   tail: Optional[list[str]] = None) -> str:
     """The launcher's line for a failed rank; error.json says it too where no rank wrote one
-    (``record``: the one a rank wrote elsewhere, a Ray rank's scratch folder)."""
+    (``record``: the one a rank wrote elsewhere, a Ray rank's scratch folder; ``tail``: the
+    rank's last lines on stderr, error.json's traceback)."""
     adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR")
     if adir and not os.path.exists(os.path.join(adir, "error.json")):
         try:
             tmp = os.path.join(adir, ".error.json.tmp")
             with open(tmp, "w") as f:
-                json.dump(dict(record, rank=rank) if record else _error_record(rank, error), f)
+                json.dump(dict(record, rank=rank) if record else _error_record(rank, error, tail), f)
             os.replace(tmp, os.path.join(adir, "error.json"))
         except (OSError, TypeError, ValueError):
             pass
@@ -280,12 +280,12 @@ RANK_LINE = b"\x1b]gpuqueue-rank;"  # = gpuqueue.attempt.output.RANK_LINE (this 
 RANK_PIECE = 3000  # bytes of text per marked line: a write under PIPE_BUF (4096) is not cut by another's
 
 
-def _copy_marked(src: int, dst: int, rank: str, runner: bool, last: Optional[list[str]] = None) -> None:
+def _copy_marked(src: int, dst: int, rank: str, runner: bool, last: Optional[StderrTail] = None) -> None:
     """Copy a rank's pipe to ``dst`` line by line, each line as the state its ``\r`` redraws
     end in. Under the runner each is one ``RANK_LINE`` record, which the runner shows as
     ``[rankN] text`` on a line of its own, even in the middle of a line rank 0 is writing (a
     progress bar); elsewhere (a terminal) it is written as ``[rankN] text``. ``last``: where the
-    last line that is not blank goes (a failing rank's error)."""
+    last lines go (a failing rank's error)."""
     buf = b""
     while True:
         try:
@@ -299,8 +299,8 @@ def _copy_marked(src: int, dst: int, rank: str, runner: bool, last: Optional[lis
         out = bytearray()
         for raw in lines:
             text = raw.rstrip(b"\r").rsplit(b"\r", 1)[-1]
-            if last is not None and text.strip():
-                last[:] = [text.decode(errors="replace")]
+            if last is not None:
+                last.add(text.decode(errors="replace"))
             for i in range(0, max(len(text), 1), RANK_PIECE):
                 piece = text[i : i + RANK_PIECE]
                 out += (RANK_LINE + rank.encode() + b";" + piece if runner else f"[rank{rank}] ".encode() + piece) + b"\n"
@@ -314,16 +314,52 @@ def _copy_marked(src: int, dst: int, rank: str, runner: bool, last: Optional[lis
     os.close(src)
 
 
+def _copy_raw(src: int, dst: int, last: StderrTail) -> None:
+    """Copy a pipe to ``dst`` as it comes, byte for byte (a progress bar's ``\r`` redraws
+    stay live), keeping its last lines in ``last`` (each as the state its ``\r`` redraws end in)."""
+    buf = b""
+    while True:
+        try:
+            chunk = os.read(src, 65536)
+        except InterruptedError:
+            continue
+        view = memoryview(chunk)
+        while view:
+            try:
+                view = view[os.write(dst, view):]
+            except InterruptedError:
+                continue
+            except OSError:
+                break  # the job's pipe is gone: the rest is dropped, the rank goes on
+        buf += chunk
+        *lines, buf = buf.split(b"\n")
+        if not chunk or len(buf) > 65536:
+            lines, buf = lines + ([buf] if buf else []), b""
+        for raw in lines:
+            last.add(raw.rstrip(b"\r").rsplit(b"\r", 1)[-1].decode(errors="replace"))
+        if not chunk:
+            break
+    os.close(src)
+
+
+def _is_cell(argv: list[str]) -> bool:
+    """A cell job's process (``python -m gpuqueue.job.jobmain``), which records its own error."""
+    return argv[1:3] == ["-m", "gpuqueue.job.jobmain"]
+
+
 def run_rank(argv: list[str]) -> int:
-    """One torchrun rank. Rank 0 becomes the job's command: its output is the job's, as a single
-    process's would be (live progress bars included). Another rank N runs it with each line of
-    its stdout and stderr marked ``[rankN] ``, so what it prints (its errors first of all) shows,
-    told apart from rank 0's. torchrun's stop signal reaches the command (torchrun signals the
-    rank's process group); this process waits for it and exits with its code. A command that
-    fails on its own (no stop signal came) is recorded first (:func:`record_failure`): torchrun
-    then stops the other ranks, which tell that apart from a stop the queue asked for."""
+    """One torchrun rank. Rank 0's output is the job's, as a single process's would be (live
+    progress bars included): a cell's rank 0 becomes the job's process (the cell records its own
+    error); a command's writes its stdout there directly and its stderr through this process,
+    byte for byte, which keeps its last lines for the error. Another rank N runs it with each
+    line of its stdout and stderr marked ``[rankN] ``, so what it prints (its errors first of
+    all) shows, told apart from rank 0's. torchrun's stop signal reaches the command (torchrun
+    signals the rank's process group); this process waits for it and exits with its code. A
+    command that fails on its own (no stop signal came) is recorded first
+    (:func:`record_failure`: its exit in words and its last lines on stderr): torchrun then
+    stops the other ranks, which tell that apart from a stop the queue asked for."""
     rank = os.environ.get("RANK", "0")
-    if rank == "0":
+    if rank == "0" and _is_cell(argv):
         try:
             os.execvp(argv[0], argv)
         except OSError as e:
@@ -337,15 +373,20 @@ def run_rank(argv: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_stop)
     runner = bool(os.environ.get("GPUQUEUE_ATTEMPT_DIR"))  # started by gpuqueue's runner
+    marked = rank != "0"
     try:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE if marked else None, stderr=subprocess.PIPE)
     except OSError as e:
-        print(f"[rank{rank}] gpuqueue: cannot start {argv[0]}: {e}", file=sys.stderr)
+        print(f"{f'[rank{rank}] ' if marked else ''}gpuqueue: cannot start {argv[0]}: {e}", file=sys.stderr)
         return 127
-    assert proc.stdout is not None and proc.stderr is not None
-    last_err: list[str] = []
-    copies = [threading.Thread(target=_copy_marked, args=(f.fileno(), n, rank, runner, last), daemon=True)
-              for f, n, last in ((proc.stdout, 1, None), (proc.stderr, 2, last_err))]
+    assert proc.stderr is not None
+    last_err = StderrTail()
+    if marked:
+        assert proc.stdout is not None
+        copies = [threading.Thread(target=_copy_marked, args=(f.fileno(), n, rank, runner, last), daemon=True)
+                  for f, n, last in ((proc.stdout, 1, None), (proc.stderr, 2, last_err))]
+    else:
+        copies = [threading.Thread(target=_copy_raw, args=(proc.stderr.fileno(), 2, last_err), daemon=True)]
     for t in copies:
         t.start()
     while True:
@@ -357,7 +398,7 @@ def run_rank(argv: list[str]) -> int:
     for t in copies:
         t.join(timeout=5)  # a child of the command may hold the pipes: not waited for longer
     if code != 0 and not stopped and not stop_requested_by_queue():  # it failed on its own: say so first
-        record_failure(rank, code, "".join(last_err))
+        record_failure(rank, code, rank_error(code, last_err.lines()), tail=last_err.lines())
     return code if code >= 0 else 128 - code
 
 
@@ -388,11 +429,21 @@ def _ray_worker(config: dict[str, Any]) -> None:
         LOCAL_WORLD_SIZE=str(ctx.get_local_world_size()), NODE_RANK=str(ctx.get_node_rank()),
         MASTER_ADDR=host, MASTER_PORT=port, GPUQUEUE_RAY_WORKER="1",
     )
-    proc = subprocess.Popen(config["argv"], env=env, cwd=config.get("cwd") or None)
+    # its lines marked with its rank: the launcher shows them as the job's, and Ray's own elsewhere
+    proc = subprocess.Popen(config["argv"], env=env, cwd=config.get("cwd") or None,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    last_err = StderrTail()
+    copies = [threading.Thread(target=_copy_marked, args=(f.fileno(), n, str(rank), True, last), daemon=True)
+              for f, n, last in ((proc.stdout, 1, None), (proc.stderr, 2, last_err))]
+    for t in copies:
+        t.start()
     code = proc.wait()
+    for t in copies:
+        t.join(timeout=5)
     if code != 0:
-        if not stop_requested_by_queue():
-            record_failure(str(rank), code, "")  # the others then say why they were stopped
+        if not stop_requested_by_queue():  # the others then say why they were stopped
+            record_failure(str(rank), code, rank_error(code, last_err.lines()), tail=last_err.lines())
         raise RuntimeError(f"rank {rank} exited with code {code}")
 
 
@@ -402,6 +453,7 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
     Connects to ``GPUQUEUE_RAY_ADDRESS`` (or ``RAY_ADDRESS``) if set, else starts a local Ray
     cluster on this machine with ``GPUQUEUE_RAY_CPUS`` CPUs (default: one per worker + 1)."""
     _detach_event_pipe()
+    from .raylogs import RAY_LOG_DRAIN_S, RayOutput
     from .raynodes import placement_from_env, run_pinned
 
     placement = placement_from_env()
@@ -420,7 +472,11 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
     use_gpu = gpus_per_worker > 0 and _cuda_available()
     keep = {k: v for k, v in os.environ.items() if k.startswith(("GPUQUEUE_", "CUDA_", "PYTHON"))}
     keep.pop("GPUQUEUE_EVENT_FD", None)
-    init_kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR", os.getcwd())
+    output = RayOutput(adir, runner=bool(os.environ.get("GPUQUEUE_ATTEMPT_DIR")))
+    output.before_init()  # Ray's own messages to ray.log in the attempt folder, not the job's output
+    init_kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+                               "configure_logging": not output.logging_to_file}
     if address:
         init_kw["address"] = address
     else:  # a one-node cluster of this job's own, on the GPUs the scheduler gave it
@@ -438,13 +494,13 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
             print(f"gpuqueue: could not start or reach {where} (try {attempt} of 3): {e}", file=sys.stderr)
             if attempt == 3:
                 return 1
+    output.after_init()
     stop = {"asked": False}
 
     def on_term(*_: Any) -> None:  # the ranks see control.json; just wait for them
         stop["asked"] = True
 
     signal.signal(signal.SIGTERM, on_term)
-    adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR", os.getcwd())
     try:
         trainer = TorchTrainer(
             _ray_worker,
@@ -456,14 +512,26 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
         trainer.fit()
     except Exception as e:  # noqa: BLE001 - TrainingFailedError wraps the rank's error
         own = [] if stop["asked"] else rank_failures()
+        time.sleep(RAY_LOG_DRAIN_S)  # the ranks' last lines come to the driver a moment late: before this
+        if output.installed:
+            print(f"gpuqueue: Ray's own messages (its tracebacks included) are in {output.path}", file=sys.stderr)
         if own:  # a rank failed on its own: it, not Ray's traceback
-            print(f"gpuqueue: {report_failure(own[0]['rank'], own[0]['error'], workers > 1)}", file=sys.stderr)
+            first = own[0]
+            print(f"gpuqueue: {report_failure(first['rank'], first['error'], workers > 1, tail=first['tail'])}",
+                  file=sys.stderr)
         else:
-            print(f"gpuqueue: the Ray Train job failed: {e}", file=sys.stderr)
+            print(f"gpuqueue: the Ray Train job failed: {_first_line(e)}", file=sys.stderr)
         return 143 if stop["asked"] else 1
     finally:
         ray.shutdown()
+        output.close()
     return 143 if stop["asked"] else 0
+
+
+def _first_line(e: BaseException) -> str:
+    """An exception's first line (Ray's errors go on for pages)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _cuda_available() -> bool:

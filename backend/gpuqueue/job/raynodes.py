@@ -33,9 +33,9 @@ import sys
 import time
 from typing import Any, Optional
 
-from .distributed import record_failure, report_failure, stop_requested_by_queue
-
-RAY_LOG_DRAIN_S = 1.5  # the ranks' output reaches the driver through Ray's log monitor, a moment late
+from ..attempt.failtext import rank_error
+from .distributed import rank_failures, record_failure, report_failure, stop_requested_by_queue
+from .raylogs import RAY_LOG_DRAIN_S
 
 RESOURCE = "gpuqueue-node-{}"
 
@@ -69,9 +69,13 @@ def _rank_actor() -> Any:
             self.stopped = False
             self.error: Optional[dict[str, Any]] = None  # error.json of a rank on another node
             self.scratch: Optional[str] = None  # that rank's attempt folder
+            self.tail: list[str] = []  # its last lines on stderr, once it ended
 
         def error_record(self) -> Optional[dict[str, Any]]:
             return self.error
+
+        def stderr_tail(self) -> list[str]:
+            return self.tail
 
         def where(self) -> tuple[str, int]:
             import socket
@@ -86,8 +90,11 @@ def _rank_actor() -> Any:
             import shutil
             import subprocess
             import tempfile
+            import threading
 
+            from gpuqueue.attempt.failtext import StderrTail
             from gpuqueue.cluster.forkserver import die_with_parent
+            from gpuqueue.job.distributed import _copy_raw
 
             if self.stopped:
                 return 143
@@ -107,11 +114,18 @@ def _rank_actor() -> Any:
                 self.scratch = attempt
                 if cwd and not os.path.isdir(cwd):
                     cwd = local
-            try:
-                self.proc = subprocess.Popen(argv, env=env, cwd=cwd or None,
+            try:  # its stderr copied to Ray's as it comes, its last lines kept for its error
+                self.proc = subprocess.Popen(argv, env=env, cwd=cwd or None, stderr=subprocess.PIPE,
                                              preexec_fn=lambda: die_with_parent(signal.SIGKILL),
                                              start_new_session=True)
-                return self.proc.wait()
+                assert self.proc.stderr is not None
+                tail = StderrTail()
+                copy = threading.Thread(target=_copy_raw, args=(self.proc.stderr.fileno(), 2, tail), daemon=True)
+                copy.start()
+                code = self.proc.wait()
+                copy.join(timeout=5)
+                self.tail = tail.lines()
+                return code
             finally:
                 if local is not None:
                     try:  # the cell's error, which the scratch folder held: the launcher reports it
@@ -215,30 +229,42 @@ def _run(ray: Any, placement: dict[str, list[int]], argv: list[str]) -> int:
             try:
                 code = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - an actor or its node died
-                code, err = 1, f"lost: {e}"
+                code, err, tail = 1, f"lost: {e}", []
             else:
-                err = f"exit code {code}"
+                tail = _tail(ray, actors[rank]) if code != 0 and failed is None else []
+                err = rank_error(code, tail)
             if code != 0 and failed is None and not stop["sig"] and not stop_requested_by_queue():
-                failed = (rank, err)
                 # before the others are stopped: the ranks on this node then say why (channel.stop_message)
-                record_failure(str(rank), code, err)
+                record_failure(str(rank), code, err, tail=tail)
+                # a cell's own record (its exception) where the rank runs on this node
+                err = next((f["error"] for f in rank_failures() if f["rank"] == str(rank)), err)
+                failed = (rank, err, tail)
                 for a in actors:  # the others cannot go on without it
                     a.signal.remote(signal.SIGTERM, rank)
     if stop["sig"]:
         return 128 + stop["sig"]
     if failed:
-        rank, err = failed
+        rank, err, tail = failed
         try:  # a cell's own error from a rank on another node (its scratch folder)
             record = ray.get(actors[rank].error_record.remote(), timeout=10)
         except Exception:  # noqa: BLE001 - its actor is gone: the exit code says what there is
             record = None
         if isinstance(record, dict) and record.get("message") is not None:
             err = f"{record.get('type') or ''}: {record['message']}".lstrip(": ")
-        print(f"gpuqueue: {report_failure(str(rank), err, len(runs) > 1, record if isinstance(record, dict) else None)}",
-              file=sys.stderr)
+        own = record if isinstance(record, dict) else None
+        print(f"gpuqueue: {report_failure(str(rank), err, len(runs) > 1, own, tail)}", file=sys.stderr)
         time.sleep(RAY_LOG_DRAIN_S)  # the ranks' last lines (why they stopped) come to the driver a moment late
         return 1
     return 0
+
+
+def _tail(ray: Any, actor: Any) -> list[str]:
+    """A rank's last lines on stderr (its actor keeps them), or none if its actor is gone."""
+    try:
+        tail = ray.get(actor.stderr_tail.remote(), timeout=10)
+    except Exception:  # noqa: BLE001 - its actor or node is gone: the exit code says what there is
+        return []
+    return [str(x) for x in tail] if isinstance(tail, list) else []
 
 
 def placement_from_env() -> Optional[dict[str, list[int]]]:

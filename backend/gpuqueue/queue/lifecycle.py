@@ -11,7 +11,7 @@ import base64
 import binascii
 from typing import Any, Iterable, Optional
 
-from ..attempt import launchfail
+from ..attempt import failtext, launchfail
 from ..attempt.jobdir import MALFORMED
 from .config import MAX_LOST_ATTEMPTS, QueueConfig
 from .errors import BadRequest, Forbidden, Rejected
@@ -264,11 +264,14 @@ def settle(
             job.error = (f"the job process was lost {lost_in_a_row(job) + 1} times in a row{why}: its runner "
                          f"died without an exit record; see runner.log in the attempt folder")
             a.message = job.error
-        else:
-            job.error = exit_record.get("error") or f"the job process exited with code {code}"
+        else:  # no error record of its own (a command job): its exit, and its last lines on stderr
+            tail = failtext.clean_tail(exit_record.get("stderr_tail"))
+            job.error = exit_record.get("error") or (
+                failtext.process_error(code, tail) if isinstance(code, int) else f"the job process exited with code {code}")
             if err is not None:  # malformed: said beside the exit
                 job.error = f"{job.error}; {err[0]}"
-            a.message = job.error
+            shown = failtext.tail_text(tail)
+            a.message = f"{job.error}\n{shown}" if shown else job.error
     if outcome == Outcome.LOST:
         a.message = exit_record.get("error") or "the job process vanished without an exit record"
     retry = next((d for d in decisions if isinstance(d, Retry) and d.job_id == job.id), None)
