@@ -53,7 +53,7 @@ from ..attempt.launch import build_launch, runner_env
 from ..queue.lifecycle import result_too_big
 from ..queue.models import JobSpec
 from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
-from .forkserver import ForkServer, RunnerHandle, not_dumpable
+from .forkserver import STRAY_WAIT_S, ForkServer, RunnerHandle, not_dumpable
 from .redis_store import Fenced, Op, RedisStore
 from .shared_root import SharedRoot, StorageError, load_options
 from .worker_sweep import SWEEP_S, LocalSweeper, Sweeper, queue_id, tag_job_folder
@@ -477,7 +477,8 @@ class NodeAgent:
             msg = {"op": "started", "job": la.job_id, "attempt": la.number, "node": self.node, **started}
             ops += [["SET", self.store.k("started", la.job_id, la.number), json.dumps(msg)], self.store.report_op(msg)]
         if exit_rec is None and ended and not batch.complete_line:
-            exit_rec = {"exit_code": la.proc.returncode, "lost": True, "error": "the runner ended without an exit record"}
+            exit_rec = runner_lost(self.node, la.proc)
+            ops.append(self.store.event_op(la.job_id, "warning", {"message": exit_rec["error"]}))
         if self.shared is not None:
             if exit_rec is not None:  # the end is reported once its final push is done
                 la.held_exit = exit_rec
@@ -615,6 +616,35 @@ class NodeAgent:
                 os.kill(la.proc.pid, signal.SIGUSR1)
             except ProcessLookupError:
                 pass
+
+
+def runner_lost(node: str, proc: RunnerHandle) -> dict[str, Any]:
+    """The exit record of an attempt whose runner ended without writing one (killed by the
+    out-of-memory killer or an admin, or crashed): what happened to the runner and to the job's
+    processes (the fork server ended them: ``forkserver.py``), and what comes next."""
+    code = proc.returncode
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        how = f"was killed by {name}" + (" (the out-of-memory killer, or an admin's kill -9)"
+                                        if -code == signal.SIGKILL else "")
+    else:
+        how = f"exited with code {code}"
+    if proc.strays_ended is None:
+        done = ("the worker could not check that the job's processes ended (its runner fork server is gone too): "
+                f"the admin should look for them on {node}")
+    elif proc.strays_left:
+        done = (f"the worker killed the {proc.strays_ended} processes the job still ran, but {proc.strays_left} had "
+                f"not ended after {STRAY_WAIT_S:g} s (stuck in the kernel, e.g. in the GPU driver): the admin should "
+                f"check {node}")
+    else:
+        done = (f"the worker ended the {proc.strays_ended} processes the job still ran (those in sessions of their "
+                f"own included), so none of it runs on the attempt's GPUs")
+    return {"exit_code": code, "lost": True, "error": (f"the runner of this attempt on node {node} {how} before the job ended, so the job's end was "
+                      f"not recorded; {done}. The attempt counts as lost: the job is queued again (a lost attempt "
+                      f"is not counted as a failure, unless the queue's max_lost_attempts come in a row)")}
 
 
 def store_down(e: BaseException) -> bool:

@@ -1,0 +1,107 @@
+"""A runner killed under its job (the out-of-memory killer, an admin's ``kill -9``, a crash): the
+job's processes, those in sessions of their own and double-forked ones included, end within
+seconds, the job says what happened, and its next attempt runs normally.
+
+The runner is the subreaper of its job's processes and kills what is left at the job's end, but
+a killed runner cannot: its job ran on, as its user, on GPUs the scheduler gave to the next job.
+The worker's runner fork server is now a subreaper too, and kills what a dead runner leaves."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+
+from helpers.servers import RedisServer, wait_until
+from training.jobs import logs
+
+from .conftest import Cluster
+from .test_isolation import job_python
+
+# attempt 1 leaves processes everywhere and sleeps; a later attempt ends at once
+JOB = r'''
+import os, subprocess, sys, time
+mark = sys.argv[1]
+if os.environ["GPUQUEUE_ATTEMPT"] != "1":
+    print("attempt", os.environ["GPUQUEUE_ATTEMPT"], "runs normally", flush=True)
+    sys.exit(0)
+sleep = "import time; time.sleep(300)"
+# a child that starts a grandchild in a session of its own
+subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                  "subprocess.Popen(sys.argv[2:], start_new_session=True); time.sleep(300)",
+                  mark, sys.executable, "-c", sleep, mark])
+# a double-forked daemon in a session of its own: an orphan from the start
+subprocess.Popen([sys.executable, "-c", "import os, time; os.fork() and os._exit(0); os.setsid(); "
+                  "os.fork() and os._exit(0); time.sleep(300)", mark]).wait()
+print("all started", flush=True)
+time.sleep(300)
+'''
+
+
+def _marked(mark: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        if mark in (p.info["cmdline"] or []):
+            out.append(p)
+    return out
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    """One node whose worker runs as root, each job under its user's own dynamic uid (the
+    worker's own user where the tests do not run as root)."""
+    root = Path(tempfile.mkdtemp(prefix="gq-runner-killed-"))
+    root.chmod(0o711)  # job identities may traverse it, as /var/lib
+    redis = RedisServer(root / "redis").start()
+    args: tuple[str, ...] = () if os.geteuid() == 0 else ("--identities", "none")
+    c = Cluster(root / "cluster", redis, {"n1": 1}, worker_args=args)
+    c.root.chmod(0o755)
+    try:
+        yield c.start()
+    finally:
+        c.close()
+        redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_killed_runners_job_ends_and_runs_again(cluster: Cluster) -> None:
+    c = cluster
+    py, _ = job_python()
+    mark = f"gq-runner-killed-{os.urandom(4).hex()}"
+    (c.root / "leaves.py").write_text(JOB)
+    alice = c.client("alice")
+    job = alice.submit({"kind": "command", "gpus": 1, "command": [py, str(c.root / "leaves.py"), mark]})["id"]
+    try:
+        wait_until(lambda: "all started" in logs(alice.events(job)), 60, 0.1, "the job's processes to start")
+        # the main process, its child, the child's setsid'd child, the double-forked one
+        wait_until(lambda: len(_marked(mark)) == 4, 10, 0.05, "four marked processes")
+        runner = alice.get(job)["attempts"][-1]["pid"]
+        assert runner and runner not in [p.pid for p in _marked(mark)]
+        os.kill(runner, signal.SIGKILL)
+        t0 = time.monotonic()
+        wait_until(lambda: not _marked(mark), 10, 0.02, "the job's processes to end")
+        gone_s = time.monotonic() - t0
+        assert gone_s < 3, gone_s
+        rec = c.wait_done([job], 60)[job]
+    finally:
+        for p in _marked(mark):
+            p.kill()
+    assert rec["state"] == "succeeded", rec
+    first, second = rec["attempts"]
+    assert first["outcome"] == "lost" and first["node"] == "n1"
+    said = first["message"]
+    assert "the runner of this attempt on node n1 was killed by SIGKILL" in said, said
+    assert "the worker ended the 4 processes the job still ran" in said, said
+    assert "the job is queued again" in said, said
+    events = alice.events(job)
+    assert said in [e["data"].get("message") for e in events if e["type"] == "warning"]
+    assert second["outcome"] == "succeeded"
+    assert "attempt 2 runs normally" in logs(events)
+    print(f"\nthe killed runner's 4 processes were gone {gone_s * 1000:.0f} ms after its SIGKILL")
