@@ -278,8 +278,8 @@ class ForkServer:
                     self._started[adir] = h
                     self._cond.notify_all()
                 elif what == "exit":
-                    pid, code, strays_ended, strays_left = (int(v) for v in rest.split())
-                    ended = self._handles.pop(pid, None)  # None: a spare that never ran anything
+                    runner, code, strays_ended, strays_left = (int(v) for v in rest.split())
+                    ended = self._handles.pop(runner, None)  # None: a spare that never ran anything
                     if ended is not None:
                         ended.strays_ended, ended.strays_left = strays_ended, strays_left
                         ended.returncode = code  # last: poll() says it ended once all is set
