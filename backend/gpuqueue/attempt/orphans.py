@@ -5,8 +5,9 @@ its own (``setsid``) is not in that group: it ran on after the job's end, as the
 GPUs the queue had given to the next job, and no cancel reached it. With
 ``PR_SET_CHILD_SUBREAPER`` set on the runner, every orphan among the job's processes becomes the
 runner's child instead of init's: the runner reaps those that end (:func:`reap_ended`) and kills
-the rest once the job has ended (:func:`end_all`). Being its unreaped children, their pids cannot
-be another process's when it signals them.
+the rest, with all their descendants at once, once the job has ended (:func:`end_all`). Being its
+unreaped children, their pids cannot be another process's when it signals them; their
+descendants it signals through pidfds checked to be theirs.
 
 One level up, the worker's runner fork server (``gpuqueue.cluster.forkserver``) is a subreaper
 too: a runner that is killed (the out-of-memory killer, ``kill -9``, a crash) leaves the job's
@@ -144,25 +145,14 @@ def reap_ended(keep: int) -> None:
 
 
 def end_all(timeout_s: float = 10.0) -> int:
-    """Kill and reap every child of this process (call it once the job's main process is
-    reaped: what is left are the job's orphans); how many were still running."""
+    """Kill and reap every process below this one (call it once the job's main process is
+    reaped: what is left are the job's orphans and theirs, :func:`kill_strays`); how many were
+    still running."""
     ended: set[int] = set()
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        kids = children(os.getpid())
-        if not kids:
-            break
-        for pid, state in kids:
-            if state != "Z":
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    ended.add(pid)
-                except ProcessLookupError:
-                    pass
+    while True:
+        hit, running = kill_strays(set())
+        ended |= hit
+        if not running or time.monotonic() >= deadline:
+            return len(ended)
         time.sleep(0.02)
-        for pid, _ in kids:
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-    return len(ended)
