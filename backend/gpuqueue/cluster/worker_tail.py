@@ -306,18 +306,23 @@ class AttemptTailer:
                 pass
 
 
+CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE)
+
+
 def runner_lost(node: str, proc: RunnerHandle) -> dict[str, Any]:
     """The exit record of an attempt whose runner ended without writing one (killed by the
     out-of-memory killer or an admin, or crashed): what happened to the runner and to the job's
     processes (the fork server ended them: ``forkserver.py``), and what comes next."""
     code = proc.returncode
-    if code is not None and code < 0:
+    if proc.strays_ended is None:  # the fork server is gone: the code is a guess (RunnerHandle.poll)
+        how = "ended"
+    elif code is not None and code < 0:
         try:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        how = f"was killed by {name}" + (" (the out-of-memory killer, or an admin's kill -9)"
-                                        if -code == signal.SIGKILL else "")
+        how = (f"crashed ({name})" if -code in CRASH_SIGNALS else f"was killed by {name}"
+               + (" (the out-of-memory killer, or an admin's kill -9)" if -code == signal.SIGKILL else ""))
     else:
         how = f"exited with code {code}"
     if proc.strays_ended is None:
@@ -327,12 +332,15 @@ def runner_lost(node: str, proc: RunnerHandle) -> dict[str, Any]:
         done = (f"the worker killed the {proc.strays_ended} processes the job still ran, but {proc.strays_left} had "
                 f"not ended after {STRAY_WAIT_S:g} s (stuck in the kernel, e.g. in the GPU driver): the admin should "
                 f"check {node}")
-    else:
+    elif proc.strays_ended:
         done = (f"the worker ended the {proc.strays_ended} processes the job still ran (those in sessions of their "
                 f"own included), so none of it runs on the attempt's GPUs")
+    else:
+        done = "none of the job's processes was left running"
     return {"exit_code": code, "lost": True, "error": (f"the runner of this attempt on node {node} {how} before the job ended, so the job's end was "
-                      f"not recorded; {done}. The attempt counts as lost: the job is queued again (a lost attempt "
-                      f"is not counted as a failure, unless the queue's max_lost_attempts come in a row)")}
+                      f"not recorded; {done}. The attempt counts as lost: the queue starts the job again, not "
+                      f"counting a failure, unless it is the max_lost_attempts-th lost attempt in a row (3 by default): "
+                      f"that one counts as failed, and the job's retries apply")}
 
 
 def store_down(e: BaseException) -> bool:
