@@ -190,13 +190,21 @@ def serve(launch_fd: int) -> int:
                     ended_since = time.monotonic()
                 ended.append((pid, os.waitstatus_to_exitcode(st)))
         if reaped or strays or ended:
-            hit, strays = orphans.kill_strays(runners)
+            try:
+                hit, strays = orphans.kill_strays(runners)
+            except Exception:  # noqa: BLE001 - the server (and every runner with it) must not end over it
+                traceback.print_exc()  # to the worker's log
+                hit, strays = set(), 0
             killed |= hit
             if ended and (not strays or time.monotonic() - ended_since >= STRAY_WAIT_S):
                 for pid, code in ended:
                     say(f"exit {pid} {code} {len(killed)} {strays}")
                 ended, killed = [], set()
         if inp in ready and not os.read(inp, 4096):
+            deadline = time.monotonic() + 2.0  # what dead runners left must not outlive us either
+            while strays and time.monotonic() < deadline:
+                time.sleep(STRAY_POLL_S)
+                strays = orphans.kill_strays(runners)[1]
             return 0  # the worker is gone or done: our runners get SIGTERM as we exit
 
 
