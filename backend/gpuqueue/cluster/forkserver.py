@@ -18,9 +18,28 @@ How they talk:
   receives it runs that attempt (a datagram is read whole, by exactly one reader);
 * that runner writes ``pid <PID> <FOLDER>`` to the status pipe (the server's stdout, which the
   worker reads) and tells the server, which forks a replacement spare;
-* the server reaps its children and writes ``exit <PID> <CODE>`` to the status pipe;
+* the server reaps its children and writes ``exit <PID> <CODE> <ENDED> <LEFT>`` to the status
+  pipe (``ENDED``, ``LEFT``: see below);
 * EOF on the server's stdin (the worker closed it, or died): the server exits, and its runners
   get SIGTERM.
+
+A killed runner: the runner is the subreaper of its job's processes and kills what is left when
+the job ends (``gpuqueue.attempt.orphans``), but a runner that is itself killed (the
+out-of-memory killer, ``kill -9``, a crash) cannot. The server is therefore a subreaper too:
+the job's processes, setsid'd and double-forked ones included, are re-parented to it, and any
+child of the server that is not a runner it forked is such an orphan. It kills each, with all
+its descendants, again until none is left (``orphans.kill_strays``), and says the runner's
+``exit`` only then, or after ``STRAY_WAIT_S`` (a process stuck in the kernel, e.g. in a GPU
+driver): ``ENDED`` is how many processes it killed meanwhile (of every runner that ended in
+that time), ``LEFT`` how many still ran. So by the time the worker reports the attempt lost and
+the scheduler gives its GPUs to the next job, nothing of the job runs. The job's processes run
+under other uids (a dynamic uid is shared by its user's jobs on the node), so nothing is killed
+by uid: only what descends from the dead runner.
+
+What remains: a runner and its fork server that die together (the server killed first, then the
+runner before it has stopped its job on the server's ``PR_SET_PDEATHSIG``) leave the job's
+processes to init; so does a job that has another service start its processes (``at``,
+``systemd-run``, ``ssh``), which are no descendants of the runner.
 """
 
 from __future__ import annotations
@@ -43,6 +62,8 @@ PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 SPARES = 2  # runners kept waiting for a launch
 MAX_DIR = 3800  # a status line (with the folder) stays under PIPE_BUF, so it is written whole
+STRAY_POLL_S = 0.02  # while a dead runner's processes are being killed: how often they are looked for
+STRAY_WAIT_S = 10.0  # a runner's exit is said after this long even if some of them still run
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
@@ -68,9 +89,11 @@ def not_dumpable() -> None:
 def serve(launch_fd: int) -> int:
     """The fork server's loop (runs in its own process). ``launch_fd``: the receiving end of
     the worker's datagram socket pair."""
+    from ..attempt import orphans
     from ..attempt.runner import Runner  # loaded once, shared copy-on-write by every runner
 
     not_dumpable()  # and every runner forked from here
+    orphans.become_subreaper()  # a killed runner's processes come to us (see the module's docstring)
 
     gc.freeze()  # what is loaded stays out of the children's collections (fewer copied pages)
     me = os.getpid()
@@ -84,6 +107,11 @@ def serve(launch_fd: int) -> int:
     status = sys.stdout.fileno()
     inp = sys.stdin.fileno()
     spares: set[int] = set()  # pids of the runners waiting for a launch
+    runners: set[int] = set()  # pids of every runner forked here (spare or not) until reaped
+    ended: list[tuple[int, int]] = []  # (pid, code) of runners reaped, said once their strays are gone
+    ended_since = 0.0
+    killed: set[int] = set()  # strays killed since the first of ``ended``
+    strays = 0  # strays found running at the last look
 
     def say(line: str) -> None:
         os.write(status, line.encode() + b"\n")
@@ -92,6 +120,7 @@ def serve(launch_fd: int) -> int:
         pid = os.fork()
         if pid:
             spares.add(pid)
+            runners.add(pid)
             return
         code = 1
         try:  # a spare runner: ready before its launch arrives
@@ -129,7 +158,8 @@ def serve(launch_fd: int) -> int:
         while len(spares) < SPARES:
             spare()
         try:
-            ready, _, _ = select.select([inp, taken_r, wake_r], [], [])
+            wait = STRAY_POLL_S if ended else (1.0 if strays else None)  # strays: killed again until gone
+            ready, _, _ = select.select([inp, taken_r, wake_r], [], [], wait)
         except InterruptedError:
             continue
         if taken_r in ready:
@@ -144,6 +174,7 @@ def serve(launch_fd: int) -> int:
                     pass
             except BlockingIOError:
                 pass
+        reaped = False
         while True:  # reap
             try:
                 pid, st = os.waitpid(-1, os.WNOHANG)
@@ -151,20 +182,44 @@ def serve(launch_fd: int) -> int:
                 break
             if pid == 0:
                 break
+            reaped = True
             spares.discard(pid)
-            say(f"exit {pid} {os.waitstatus_to_exitcode(st)}")
+            if pid in runners:  # else a stray that ended
+                runners.discard(pid)
+                if not ended:
+                    ended_since = time.monotonic()
+                ended.append((pid, os.waitstatus_to_exitcode(st)))
+        if reaped or strays or ended:
+            try:
+                hit, strays = orphans.kill_strays(runners)
+            except Exception:  # noqa: BLE001 - the server (and every runner with it) must not end over it
+                traceback.print_exc()  # to the worker's log
+                hit, strays = set(), 0
+            killed |= hit
+            if ended and (not strays or time.monotonic() - ended_since >= STRAY_WAIT_S):
+                for pid, code in ended:
+                    say(f"exit {pid} {code} {len(killed)} {strays}")
+                ended, killed = [], set()
         if inp in ready and not os.read(inp, 4096):
+            deadline = time.monotonic() + 2.0  # what dead runners left must not outlive us either
+            while strays and time.monotonic() < deadline:
+                time.sleep(STRAY_POLL_S)
+                strays = orphans.kill_strays(runners)[1]
             return 0  # the worker is gone or done: our runners get SIGTERM as we exit
 
 
 # -- the worker's side ------------------------------------------------------------------------
 class RunnerHandle:
     """A forked runner as the worker sees it: ``pid``, ``poll()``, ``returncode`` (the parts of
-    ``subprocess.Popen`` the worker uses)."""
+    ``subprocess.Popen`` the worker uses), and once it has ended, what the server did about the
+    processes it left: ``strays_ended`` (how many it killed; None: not known, the server is
+    gone) and ``strays_left`` (how many still ran when the server said the exit)."""
 
     def __init__(self, pid: int, server: "ForkServer"):
         self.pid = pid
         self.returncode: Optional[int] = None
+        self.strays_ended: Optional[int] = None
+        self.strays_left = 0
         self._server = server
 
     def poll(self) -> Optional[int]:
@@ -231,10 +286,11 @@ class ForkServer:
                     self._started[adir] = h
                     self._cond.notify_all()
                 elif what == "exit":
-                    pid, _, code = rest.partition(" ")
-                    ended = self._handles.pop(int(pid), None)  # None: a spare that never ran anything
+                    runner, code, strays_ended, strays_left = (int(v) for v in rest.split())
+                    ended = self._handles.pop(runner, None)  # None: a spare that never ran anything
                     if ended is not None:
-                        ended.returncode = int(code)
+                        ended.strays_ended, ended.strays_left = strays_ended, strays_left
+                        ended.returncode = code  # last: poll() says it ended once all is set
             if what == "exit" and self._on_exit is not None:
                 self._on_exit()
         with self._cond:

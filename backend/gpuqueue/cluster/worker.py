@@ -6,7 +6,9 @@ it "launch attempt N of job J on GPUs [...]" on the node's own Celery queue; the
 the attempt in the store (refused if the attempt is superseded or already claimed), starts it
 with the same runner as the embedded mode (``gpuqueue.attempt.runner``, forked ahead of time by the
 worker's fork server, ``forkserver.py``), copies the attempt's
-``events.jsonl`` into the job's Redis Stream, and reports the start and the exit to the daemon.
+``events.jsonl`` into the job's Redis Stream, and reports the start and the exit to the daemon
+(``worker_tail.py``). A runner that is killed under its job leaves the job's processes to the
+fork server, which ends them; the attempt is reported lost, saying so.
 
 Fencing: every write for an attempt is guarded by ``fence:<job> == "<attempt>:<node>"``. Once
 the daemon has settled or requeued an attempt, its events, start, checkpoint and result records
@@ -28,7 +30,6 @@ import json
 import logging
 import os
 import queue
-import signal
 import socket
 import sys
 import threading
@@ -36,7 +37,6 @@ import time
 import uuid
 import warnings
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union, cast
 
@@ -47,60 +47,25 @@ from ..attempt import identity as identities
 from ..attempt import launchfail
 from ..attempt.gpus import local_gpu_count, nvml_gpu_count
 from ..attempt.identity import Identities, Identity, IdentityError
-from ..attempt.jobdir import (AttemptPaths, OwnedDir, attempt_paths, job_dir, prepare_owned, read_events,
-                      write_bytes_atomic, write_json_atomic)
+from ..attempt.jobdir import (OwnedDir, attempt_paths, job_dir, prepare_owned, write_bytes_atomic,
+                              write_json_atomic)
 from ..attempt.launch import build_launch, runner_env
-from ..queue.lifecycle import result_too_big
 from ..queue.models import JobSpec
 from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
-from .forkserver import ForkServer, RunnerHandle, not_dumpable
-from .redis_store import Fenced, Op, RedisStore
+from .forkserver import ForkServer, not_dumpable
+from .redis_store import Fenced, RedisStore
 from .shared_root import SharedRoot, StorageError, load_options
 from .worker_sweep import SWEEP_S, LocalSweeper, Sweeper, queue_id, tag_job_folder
-from .worker_uploads import AttemptUploads
+from .worker_tail import GIVE_UP_S, AttemptTailer, LocalAttempt
 
 log = logging.getLogger("gpuqueue.worker")
 
-TAIL_INTERVAL_S = 0.02
-TAIL_RETRY_FIRST_S = 0.1  # an attempt whose round failed is tried again after this long ...
-TAIL_RETRY_MAX_S = 10.0  # ... doubled at each failure in a row, up to this
-GIVE_UP_S = 300.0  # an attempt whose rounds fail this long is stopped and reported failed
 SHARED_MAX_GB = 200.0  # what one attempt's checkpoints may take on the shared root, by default
-STORE_RETRY_MAX_S = 5.0  # the store unavailable: the tail loop waits up to this long between tries
-# Redis error codes that say the store as a whole cannot take writes now (not this attempt's)
-STORE_DOWN_CODES = ("OOM", "LOADING", "MASTERDOWN", "NOREPLICAS", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MISCONF",
-                    "READONLY")
 
 
-@dataclass
-class LocalAttempt:
-    """One attempt this worker launched."""
-
-    job_id: str
-    number: int
-    kind: str
-    dir: Path  # the runner's records
-    proc: RunnerHandle
-    paths: Optional[AttemptPaths] = None
-    ident: Optional[Identity] = None
-    offset: int = 0
-    started: bool = False
-    fenced: bool = False
-    stop_sent: bool = False
-    uploads: Optional[AttemptUploads] = None  # pushes to the shared root, on their own thread
-    held_exit: Optional[dict[str, Any]] = None  # the end, held until the final push is done
-    extra: dict[str, Any] = field(default_factory=dict)
-    # the tail rounds of this attempt that raised, in a row (NodeAgent._tail_failed)
-    failures: int = 0
-    failing_since: float = 0.0  # monotonic time of the first of them
-    retry_at: float = 0.0  # monotonic: not tailed again before
-    error: str = ""  # the error last logged
-    repeats: int = 0  # how often it came again since
-    gave_up: bool = False  # reported failed by the worker: its records go nowhere now
-
-
-class NodeAgent:
-    """The node's side of the store: heartbeats, launches, event tailing, stop requests."""
+class NodeAgent(AttemptTailer):
+    """The node's side of the store: heartbeats, launches, and (:class:`AttemptTailer`, in
+    ``worker_tail.py``) event tailing, exit reports and stop requests."""
 
     def __init__(self, store: RedisStore, node: str, gpus: int, pool: Optional[str], state_dir: Path,
                  heartbeat_s: float = 10.0, max_result_bytes: int = 200_000_000,
@@ -135,10 +100,6 @@ class NodeAgent:
         self._seq = 0
         self._threads: list[threading.Thread] = []
         self._forks: Optional[ForkServer] = None
-
-    def fence(self, job_id: str, number: int) -> tuple[str, str]:
-        """The guard every write of this attempt carries."""
-        return (self.store.k("fence", job_id), f"{number}:{self.node}")
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -372,210 +333,6 @@ class NodeAgent:
             self._homes.add(ident.uid)
         return homes / str(ident.uid)
 
-    # -- tailing --------------------------------------------------------------------------
-    def _tail_loop(self) -> None:
-        """Copy every attempt's new records to the store, every TAIL_INTERVAL_S. A round that
-        fails for one attempt (:meth:`_tail_failed`) holds back that attempt only, with a
-        growing delay; the store unavailable for all (:func:`store_down`) holds back the loop."""
-        down = _Repeats()  # the store's outage, logged once per distinct error
-        wait = TAIL_INTERVAL_S
-        while not self._stop.is_set():
-            self._tail_wake.wait(wait)  # set when a runner ends: its exit goes out at once
-            self._tail_wake.clear()
-            wait = TAIL_INTERVAL_S
-            with self._lock:
-                live = list(self.attempts.values())
-            now = time.monotonic()
-            for la in live:
-                if la.retry_at > now:
-                    continue
-                try:
-                    self._tail(la)
-                except Exception as e:  # noqa: BLE001
-                    if store_down(e):  # every attempt would meet it: wait, then all try again
-                        wait = min(STORE_RETRY_MAX_S, 0.5 * 2 ** min(down.count, 4))
-                        down.seen(f"redis unavailable ({e}); jobs go on, their events are copied once it is back")
-                        break
-                    self._tail_failed(la, e)
-                else:
-                    if la.failures:
-                        self._tail_recovered(la)
-            else:
-                down.over("redis is available again")
-
-    def _tail_failed(self, la: LocalAttempt, e: Exception) -> None:
-        """A round of ``la`` raised: it is tried again after a delay that doubles at each failure
-        in a row (:data:`TAIL_RETRY_FIRST_S` to :data:`TAIL_RETRY_MAX_S`), the other attempts
-        going on meanwhile; each distinct error is logged once (then how often it came). After
-        ``give_up_s`` of failures the attempt is stopped and reported failed, naming the error
-        (:meth:`_give_up`): one that never gets through must not hold its GPUs for ever."""
-        now = time.monotonic()
-        if not la.failures:
-            la.failing_since = now
-        la.failures += 1
-        text = _say(e)
-        if text != la.error:
-            if la.repeats:
-                log.warning("attempt %s/%s: the error before came %d more times", la.job_id, la.number, la.repeats)
-            log.error("attempt %s/%s: copying its records to the store failed: %s; tried again with a growing delay "
-                      "(up to %g s), and stopped and reported failed if it still fails after %g s",
-                      la.job_id, la.number, text, TAIL_RETRY_MAX_S, self.give_up_s, exc_info=e)
-            la.error, la.repeats = text, 0
-        else:
-            la.repeats += 1
-        la.retry_at = now + min(TAIL_RETRY_FIRST_S * 2 ** (la.failures - 1), TAIL_RETRY_MAX_S)
-        if la.gave_up:
-            if la.proc.poll() is not None:
-                self._forget(la)
-        elif now - la.failing_since >= self.give_up_s:
-            self._give_up(la, now - la.failing_since)
-
-    def _tail_recovered(self, la: LocalAttempt) -> None:
-        log.info("attempt %s/%s: its records are copied again, after %d failed rounds in %.1f s (last: %s)",
-                 la.job_id, la.number, la.failures, time.monotonic() - la.failing_since, la.error)
-        la.failures, la.repeats, la.error, la.retry_at = 0, 0, "", 0.0
-
-    def _give_up(self, la: LocalAttempt, failing_s: float) -> None:
-        """Report ``la`` failed, naming the error, and stop it; from then on nothing of it reaches
-        the store (as for a fenced attempt). A report that does not get through is tried again
-        at the attempt's next retry."""
-        error = (f"the worker on node {self.node} could not copy this attempt's records (output, events, end) to the "
-                 f"queue's store for {failing_s:.0f} s ({la.error}); it stopped the attempt and reports it failed. "
-                 f"Its output since then is not kept; the admin finds the cause in that worker's log")
-        rec = {"exit_code": 1, "stop_reason": None, "error": error, "worker_gave_up": True}
-        msg = {"op": "exit", "job": la.job_id, "attempt": la.number, "node": self.node, "rec": rec}
-        try:
-            self.store.exec([["SET", self.store.k("exit", la.job_id, la.number), json.dumps(rec)],
-                             self.store.report_op(msg)], guards=[self.fence(la.job_id, la.number)])
-        except Fenced:
-            pass  # settled or superseded already
-        except Exception as e:  # noqa: BLE001
-            log.warning("attempt %s/%s: cannot report it failed yet (%s); trying again", la.job_id, la.number, _say(e))
-            return
-        log.error("attempt %s/%s: stopped and reported failed after %d failed rounds in %.0f s (%s%s)",
-                  la.job_id, la.number, la.failures, failing_s, la.error,
-                  f"; it came {la.repeats} more times" if la.repeats else "")
-        la.gave_up = la.fenced = True
-        la.repeats = 0
-        self._signal_stop(la, "failed", 5.0)
-
-    def _tail(self, la: LocalAttempt) -> None:
-        ended = la.proc.poll() is not None
-        batch = read_events(la.dir / "events.jsonl", la.offset)
-        exit_rec = batch.exit or la.held_exit
-        ops: list[Op] = [self.store.event_op(la.job_id, type_, d, t) for t, type_, d in batch.events]
-        started: Optional[dict[str, Any]] = None
-        if batch.runner is not None:
-            started = {"t": batch.runner["t"], "pid": batch.runner["data"].get("runner_pid")}
-        new_offset = batch.offset
-        if la.fenced:  # refused: nothing of a stale attempt reaches the store
-            la.offset = new_offset
-            if ended:
-                self._forget(la)
-            return
-        if started and not la.started:
-            msg = {"op": "started", "job": la.job_id, "attempt": la.number, "node": self.node, **started}
-            ops += [["SET", self.store.k("started", la.job_id, la.number), json.dumps(msg)], self.store.report_op(msg)]
-        if exit_rec is None and ended and not batch.complete_line:
-            exit_rec = {"exit_code": la.proc.returncode, "lost": True, "error": "the runner ended without an exit record"}
-        if self.shared is not None:
-            if exit_rec is not None:  # the end is reported once its final push is done
-                la.held_exit = exit_rec
-                exit_rec = self._uploads(la).finish(exit_rec)
-            elif any(t == "checkpoint" for _, t, _ in batch.events):
-                self._uploads(la).request()
-        exit_ops = self._exit_ops(la, exit_rec) if exit_rec is not None else []
-        told = la.uploads.take_ops() if la.uploads is not None else []  # what the uploads tell the stream
-        ops += told + exit_ops
-        if not ops and new_offset == la.offset:
-            return
-        tail_key = self.store.k("tail", la.job_id, la.number)
-        ops.append(["SET", tail_key, str(new_offset)])
-        try:
-            self.store.exec(ops, guards=[self.fence(la.job_id, la.number), (tail_key, str(la.offset) if la.offset else "")])
-        except Fenced as e:
-            if e.key == tail_key:  # our own earlier write went through after all
-                la.offset = int(e.found or 0)
-                return
-            log.warning("attempt %s/%s is fenced off (%s): stopping it, its records are refused", la.job_id, la.number, e)
-            la.fenced = True
-            self._signal_stop(la, "fenced", 5.0)
-            return
-        except Exception:
-            if told and la.uploads is not None:  # written with the next try
-                la.uploads.give_back(told)
-            raise
-        la.offset = new_offset
-        if started:
-            la.started = True
-        if exit_rec is not None:
-            self._forget(la)
-
-    def _uploads(self, la: LocalAttempt) -> AttemptUploads:
-        """The attempt's uploads to the shared root, on a thread of their own (worker_uploads.py)."""
-        if la.uploads is None:
-            assert self.shared is not None
-            la.uploads = AttemptUploads(self.shared, self.store, self.node, la.job_id, la.number,
-                                        la.paths.job if la.paths else job_dir(self.state_dir, la.job_id),
-                                        la.ident.uid if la.ident else None, self._tail_wake.set, lambda: la.fenced)
-        return la.uploads
-
-    def _exit_ops(self, la: LocalAttempt, exit_rec: dict[str, Any]) -> list[Op]:
-        rec = dict(exit_rec)
-        ops: list[Op] = []
-        try:
-            own = self._attempt_folder(la)
-        except OSError as e:  # gone, or replaced by a link: nothing of it is taken
-            log.warning("attempt %s/%s: its folder cannot be read (%s)", la.job_id, la.number, e)
-            own = None
-        try:
-            rec["error_record"] = own.read_json("error.json") if own else None
-            rec["result"] = own.read_json("result.json") if own else None
-            size = own.size("result.pkl") if own and la.kind == "cell" and rec.get("exit_code") == 0 else None
-            if size is not None and size > self.max_result_bytes:
-                rec["exit_code"] = 1
-                rec.update(result_too_big(size, self.max_result_bytes))  # failed at once: a retry makes the same
-            elif size is not None and own is not None:
-                blob = own.read("result.pkl", self.max_result_bytes)
-                tmp = self.store.k("result", la.job_id, la.number)
-                self.store.rb.set(tmp, blob or b"", px=3_600_000)
-                ops.append(["RENAME", tmp, self.store.k("result", la.job_id)])
-                ops.append(["PERSIST", self.store.k("result", la.job_id)])
-                rec["result_stored"] = True
-                rec["result_bytes"] = len(blob or b"")
-        finally:
-            if own is not None:
-                own.close()
-        msg = {"op": "exit", "job": la.job_id, "attempt": la.number, "node": self.node, "rec": rec}
-        return ops + [["SET", self.store.k("exit", la.job_id, la.number), json.dumps(msg["rec"])], self.store.report_op(msg)]
-
-    def _attempt_folder(self, la: LocalAttempt) -> OwnedDir:
-        """The attempt's own folder, opened as :class:`OwnedDir` (no links followed; only the
-        owner's regular files read)."""
-        paths = la.paths or attempt_paths(self.state_dir, la.job_id, la.number, split=False)
-        if la.ident is None:
-            return OwnedDir(paths.attempt.parent, [paths.attempt.name])
-        return OwnedDir(paths.job.parent, [paths.job.name, paths.attempt.name], la.ident.uid, la.ident.gid)
-
-    def _report_exit_error(self, job_id: str, number: int, error: str,
-                           launch_error: Optional[dict[str, Any]] = None) -> None:
-        """Report an attempt that did not start as ended (with its ``launch_error``, if known)."""
-        rec: dict[str, Any] = {"exit_code": 127, "stop_reason": None, "error": error}
-        if launch_error is not None:
-            rec["launch_error"] = launch_error
-        msg = {"op": "exit", "job": job_id, "attempt": number, "node": self.node, "rec": rec}
-        try:
-            self.store.exec([["SET", self.store.k("exit", job_id, number), json.dumps(rec)], self.store.report_op(msg)],
-                            guards=[self.fence(job_id, number)])
-        except Fenced:
-            pass
-
-    def _forget(self, la: LocalAttempt) -> None:
-        with self._lock:
-            self.attempts.pop((la.job_id, la.number), None)
-        if la.uploads is not None:
-            la.uploads.close()
-
     # -- stopping -------------------------------------------------------------------------
     def _read_control(self) -> None:
         key = self.store.k("ctl", self.node)
@@ -603,56 +360,6 @@ class NodeAgent:
                 log.warning("attempt %s/%s was superseded (%s): stopping it", la.job_id, la.number, v)
                 la.fenced = True
                 self._signal_stop(la, "fenced", 5.0)
-
-    def _signal_stop(self, la: LocalAttempt, reason: str, grace_s: float) -> None:
-        """As the embedded service does: control.json, then SIGUSR1 to the runner."""
-        if la.stop_sent:
-            return
-        la.stop_sent = True
-        write_json_atomic(la.dir / "control.json", {"reason": reason, "grace_s": grace_s, "time": time.time()})
-        if la.proc.poll() is None:
-            try:
-                os.kill(la.proc.pid, signal.SIGUSR1)
-            except ProcessLookupError:
-                pass
-
-
-def store_down(e: BaseException) -> bool:
-    """Whether ``e`` says the store as a whole cannot take writes now (down, loading, a replica,
-    out of memory), rather than that this attempt's write was refused."""
-    if isinstance(e, (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)):
-        return True
-    if isinstance(e, redis.ResponseError):
-        text = str(e)
-        return text.split(" ", 1)[0] in STORE_DOWN_CODES or "OOM command not allowed" in text
-    return False
-
-
-def _say(e: BaseException) -> str:
-    text = f"{type(e).__name__}: {e}"
-    return text if len(text) <= 500 else text[:500] + "..."
-
-
-class _Repeats:
-    """One condition logged once per distinct message, then how often it came again."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.count = 0
-
-    def seen(self, text: str) -> None:
-        if text != self.text:
-            if self.count > 1:
-                log.warning("(the message before came %d more times)", self.count - 1)
-            log.warning("%s", text)
-            self.text, self.count = text, 0
-        self.count += 1
-
-    def over(self, text: str) -> None:
-        if self.count:
-            log.info("%s (after %d failed tries)", text, self.count)
-            self.text, self.count = "", 0
-
 
 def _write_json(path: Path, data: Any) -> None:
     """Write then rename, without fsync: these files live as long as the attempt, and a node
