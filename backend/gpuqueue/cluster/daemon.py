@@ -29,7 +29,6 @@ import kombu.exceptions
 import redis
 
 from . import cliargs, redis_url
-from ..queue import bounds
 from ..queue.config import GROWING, QueueConfig, load_config
 from ..queue.durations import KEEP_FINISHED, format_duration, parse_retention
 from ..queue.errors import GPUQueueError, Rejected
@@ -40,54 +39,19 @@ from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..scheduler.base import Retry
 from ..queue.states import WAITING_STATES, JobState, Outcome
 from .celeryconfig import TASK_NAME, make_app, node_queue
-from .redis_store import Fenced, Op, RedisStore
+from .redis_store import Fenced, LostLeadership, Op, RedisStore
+from .store_bounds import EXPIRE_BATCH, StoreBounds
 
 log = logging.getLogger("gpuqueue.daemon")
 
 MAX_MESSAGES_PER_STEP = 50  # per stream: the workers' reports wait at most one such batch of submissions
 DEFAULT_KEEP_FINISHED_S = parse_retention(KEEP_FINISHED)  # finished jobs are deleted from Redis this long after they end
 EXPIRE_SCAN = 2000  # oldest job ids looked at per expiry round
-EXPIRE_BATCH = 200  # jobs deleted per guarded write
 MESSAGES_KEPT_S = 3600.0  # handled inbox messages are trimmed after this long
 MAX_EXPLAINED = 300  # queued jobs whose "why it waits" is published per round
 EXPLAIN_BUDGET_S = 0.025  # and at most this much CPU per round (every 2 s): an explanation costs
 # a sort of its pool's queue, so 300 of them on a deep queue would take a core's tenth
 EXPLAIN_SLICE_S = 0.004  # explained per step, so that a worker's report never waits long behind it
-PRUNE_BUDGET_S = 0.01  # of each step spent removing dropped logs from their streams (max_logs_mb)
-PRUNE_CHUNK = 1000  # stream entries looked at per call (about 2 ms of Redis: a 256 MB stream takes ~1.7 s in all)
-
-# One chunk of a dropped job's stream (KEYS[1]) copied into KEYS[2] without its output records
-# (ARGV[4..]: their types), from the cursor the hash KEYS[3] keeps for the job (ARGV[2]); at the
-# end the copy replaces the stream and the job leaves the set KEYS[4]. KEYS[5] is the leader lock
-# (ARGV[1]: this daemon's token). Returns 1 when done, 0 to go on, -1 when not the leader.
-_PRUNE = """
-if redis.call('GET', KEYS[5]) ~= ARGV[1] then return -1 end
-local id, count = ARGV[2], tonumber(ARGV[3])
-local drop = {}
-for i = 4, #ARGV do drop[ARGV[i]] = true end
-local cur = redis.call('HGET', KEYS[3], id) or '0-0'
-local rows = redis.call('XRANGE', KEYS[1], '(' .. cur, '+', 'COUNT', count)
-for _, row in ipairs(rows) do
-  local f, typ = row[2], nil
-  for i = 1, #f, 2 do if f[i] == 'type' then typ = f[i + 1] end end
-  if not drop[typ] then redis.call('XADD', KEYS[2], row[1], unpack(f)) end
-  cur = row[1]
-end
-if #rows < count then
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) else redis.call('DEL', KEYS[1]) end
-  redis.call('HDEL', KEYS[3], id)
-  redis.call('ZREM', KEYS[4], id)
-  return 1
-end
-redis.call('HSET', KEYS[3], id, cur)
-return 0
-"""
-
-
-class LostLeadership(Exception):
-    """Another daemon holds the lock now: this one must stop writing."""
-
-
 @dataclass
 class NodeSeen:
     """What the daemon knows of one node's heartbeats."""
@@ -99,7 +63,7 @@ class NodeSeen:
     last_change: float  # monotonic
 
 
-class Daemon(QueueShell):
+class Daemon(QueueShell, StoreBounds):
     """The leader's loop. Single-threaded: one Redis connection pool, one scheduler. Decisions
     are carried out and attempts settled by :class:`QueueShell`, as in the embedded queue; this
     class sends attempts to nodes' Celery queues and writes to Redis under its fencing token."""
@@ -163,8 +127,7 @@ class Daemon(QueueShell):
         self._explain_budget = 0.0
         self._explain_left = 0
         self._explained: set[str] = set()
-        self._next_prune = 0.0
-        self._prune = store.r.register_script(_PRUNE)
+        self._init_bounds()
 
     # -- leadership -----------------------------------------------------------------------
     def wait_for_lead(self) -> None:
@@ -654,95 +617,6 @@ class Daemon(QueueShell):
         return ops + [["SET", self.store.k("job", old.id), old.model_dump_json(exclude={"pending"})]
                       for old in older.values()]
 
-    def _older(self, ids: list[str], older: dict[str, JobRecord]) -> list[JobRecord]:
-        """The records of ``ids`` (older finished jobs), as already changed in ``older``."""
-        found = {j.id: j for j in self.store.get_jobs([i for i in ids if i not in older])}
-        for job_id in ids:
-            if job_id in found:
-                older[job_id] = found[job_id]
-        return [older[i] for i in ids if i in older]
-
-    def _keep_logs_within(self, job: JobRecord, older: dict[str, JobRecord]) -> list[Op]:
-        """Writes that add ``job``'s output (its event stream, as Redis holds it now) to its
-        owner's and drop the owner's oldest until all fit ``max_logs_mb``: each such job's record
-        says so and its output records go (``_prune_logs``); output over the whole limit is not
-        kept (``job`` says so)."""
-        st, owner = self.store, job.owner
-        limit = self.config.limits_for(owner).max_logs_mb
-        # what the stream takes in Redis; SAMPLES 0 walks its nodes (a few ms for 256 MB)
-        job.log_bytes = int(st.r.memory_usage(st.k("ev", job.id), samples=0) or 0)
-        kept: dict[str, tuple[int, float]] = {}
-        for job_id, value in st.r.hgetall(st.k("logs", owner)).items():
-            nbytes, _, at = value.partition(" ")
-            kept[job_id] = (int(nbytes), float(at or 0))
-        kept.pop(job.id, None)
-        drop = bounds.oldest_to_drop(kept, job.log_bytes, limit)
-        now = time.time()
-        if drop is None:
-            job.logs_dropped = bounds.logs_too_big_to_keep(job.log_bytes, limit)
-            return [["ZADD", st.k("logprune"), repr(now), job.id]]
-        ops: list[Op] = [["HSET", st.k("logs", owner), job.id, f"{job.log_bytes} {now!r}"]]
-        for old in self._older(drop, older):
-            old.logs_dropped = bounds.logs_dropped_for_newer(kept[old.id][0], limit)
-            ops.append(["ZADD", st.k("logprune"), repr(now), old.id])
-        for job_id in drop:
-            ops.append(["HDEL", st.k("logs", owner), job_id])
-        if drop:
-            log.info("user %s: dropping the output of %d older jobs to keep within max_logs_mb = %g",
-                     owner, len(drop), limit)
-        return ops
-
-    def _prune_logs(self) -> None:
-        """Remove the output records of the jobs whose logs were dropped (``gq:logprune``), a
-        chunk at a time within a small budget per step: each stream is copied without them
-        inside Redis and then replaces the old one. Readers already leave them out
-        (``bounds.visible_events``)."""
-        now_m = time.monotonic()
-        if now_m < self._next_prune:
-            return
-        st = self.store
-        ids = st.r.zrange(st.k("logprune"), 0, 9)
-        if not ids:
-            self._next_prune = now_m + 1.0
-            return
-        stop_at = time.perf_counter() + PRUNE_BUDGET_S
-        for job_id in ids:
-            while time.perf_counter() < stop_at:
-                done = int(self._prune(keys=[st.k("ev", job_id), st.k("evkeep", job_id), st.k("logprune", "cursor"),
-                                             st.k("logprune"), st.k("leader")],
-                                       args=[self.token or "", job_id, PRUNE_CHUNK, *sorted(bounds.DROPPED_LOG_TYPES)]))
-                if done < 0:
-                    raise LostLeadership("the leader lock is another daemon's (pruning logs)")
-                if done:
-                    break
-            else:
-                return
-
-    def _keep_results_within(self, job: JobRecord, older: dict[str, JobRecord]) -> list[Op]:
-        """Writes that add ``job``'s stored results to its owner's and drop the owner's oldest
-        until all fit ``max_results_mb`` (each dropped job's record says so); results over the
-        whole limit are not kept (``job`` says so)."""
-        st, owner = self.store, job.owner
-        limit = self.config.limits_for(owner).max_results_mb
-        kept: dict[str, tuple[int, float]] = {}
-        for job_id, value in st.r.hgetall(st.k("results", owner)).items():
-            nbytes, _, at = value.partition(" ")
-            kept[job_id] = (int(nbytes), float(at or 0))
-        kept.pop(job.id, None)
-        drop = bounds.oldest_to_drop(kept, job.result_bytes, limit)
-        if drop is None:
-            job.result_dropped = bounds.too_big_to_keep(job.result_bytes, limit)
-            return [["DEL", st.k("result", job.id)]]
-        ops: list[Op] = [["HSET", st.k("results", owner), job.id, f"{job.result_bytes} {time.time()!r}"]]
-        for old in self._older(drop, older):
-            old.result_dropped = bounds.dropped_for_newer(kept[old.id][0], limit)
-        for job_id in drop:
-            ops += [["DEL", st.k("result", job_id)], ["HDEL", st.k("results", owner), job_id]]
-        if drop:
-            log.info("user %s: dropped the results of %d older jobs to keep within max_results_mb = %g",
-                     owner, len(drop), limit)
-        return ops
-
     def _record_state(self, job: JobRecord, data: dict[str, Any], extra: Sequence[Any]) -> None:
         """The record, ``extra`` and the state event in one guarded write; a finished job may
         put its owner over ``max_finished``."""
@@ -751,22 +625,6 @@ class Daemon(QueueShell):
         self._exec(self.store.job_ops(job) + list(extra) + [self.store.event_op(job.id, "state", data)])
         if job.state.is_terminal:
             self._keep_finished_within(job.owner)
-
-    def _keep_finished_within(self, owner: str) -> None:
-        """Delete the owner's oldest finished jobs past ``max_finished`` (as ``_expire`` does)."""
-        st = self.store
-        cap = self.config.limits_for(owner).max_finished
-        over = int(st.r.zcard(st.k("done", owner))) - cap
-        if over <= 0:
-            return
-        ids = st.r.zrange(st.k("done", owner), 0, min(over, EXPIRE_BATCH) - 1)  # the rest at the next ends
-        jobs = [j for j in st.get_jobs(ids) if j.state.is_terminal]
-        ops: list[Op] = [op for j in jobs for op in st.delete_job_ops(j)]
-        missing = set(ids) - {j.id for j in jobs}  # deleted meanwhile (or by hand)
-        if missing:
-            ops.append(["ZREM", st.k("done", owner), *sorted(missing)])
-        self._exec(ops)
-        log.info("user %s: deleted %d oldest finished jobs to keep within max_finished = %d", owner, len(jobs), cap)
 
     def _event(self, job_id: str, type_: str, data: dict[str, Any]) -> None:
         self._exec([self.store.event_op(job_id, type_, data)])

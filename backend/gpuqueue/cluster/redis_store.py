@@ -22,6 +22,11 @@ Keys (prefix ``gq`` by default)::
     results:<name>      HASH of the user's stored results: id -> "<bytes> <end time>" (``max_results_mb``)
     logs:<name>         HASH of the user's finished jobs whose output is kept: id -> "<bytes of ev:<id>>
                         <end time>" (``max_logs_mb``)
+    resultsat:<name> / logsat:<name>   the same ids in a ZSET by end time, and
+    resultsum:<name> / logsum:<name>   the total of the hash's bytes: a job's end reads only
+                        these and the oldest entries it drops (``KEEP`` / ``UNKEEP`` ops change
+                        all three at once; a hash without them, written by an older version, is
+                        indexed at its owner's next end: :meth:`RedisStore.kept_consistent`)
     logprune            ZSET of jobs whose logs were dropped and whose stream still holds them, by
                         the time dropped; logprune:cursor HASH id -> the last entry looked at,
                         evkeep:<id> the stream being copied without them (``Daemon._prune_logs``)
@@ -48,7 +53,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -73,6 +78,22 @@ for _, op in ipairs(req.o) do
     local s = redis.call('INCR', req.p .. ':evseq:' .. op[2])
     redis.call('XADD', req.p .. ':ev:' .. op[2], s .. '-0', 't', op[3], 'type', op[4], 'data', op[5])
     seqs[#seqs + 1] = s
+  elseif op[1] == 'KEEP' or op[1] == 'UNKEEP' then
+    -- {KEEP, kind, owner, id, bytes, at} / {UNKEEP, kind, owner, id}: the hash, its ZSET by
+    -- time and its total change together
+    local h, z, t = req.p .. ':' .. op[2] .. ':' .. op[3], req.p .. ':' .. op[2] .. 'at:' .. op[3],
+                    req.p .. ':' .. op[2] .. 'sum:' .. op[3]
+    local was = redis.call('HGET', h, op[4])
+    if was then
+      redis.call('HDEL', h, op[4])
+      redis.call('ZREM', z, op[4])
+      redis.call('DECRBY', t, tonumber(string.match(was, '^%-?%d+')))
+    end
+    if op[1] == 'KEEP' then
+      redis.call('HSET', h, op[4], op[5] .. ' ' .. op[6])
+      redis.call('ZADD', z, op[6], op[4])
+      redis.call('INCRBY', t, op[5])
+    end
   else
     redis.call(unpack(op))
   end
@@ -124,6 +145,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+class LostLeadership(Exception):
+    """Another daemon holds the leader lock now: this one must stop writing."""
 
 
 class Fenced(Exception):
@@ -218,14 +243,61 @@ class RedisStore:
             ["ZREM", self.k("jobs"), i],
             ["ZREM", self.k("owner", job.owner), i],
             ["ZREM", self.k("done", job.owner), i],
-            ["HDEL", self.k("results", job.owner), i],
-            ["HDEL", self.k("logs", job.owner), i],
+            self.unkeep_op("results", job.owner, i),
+            self.unkeep_op("logs", job.owner, i),
             ["DEL", self.k("evkeep", i)],
             ["ZREM", self.k("logprune"), i],
             ["HDEL", self.k("logprune", "cursor"), i],
             ["HDEL", self.k("inputs", job.owner), i],
             ["HDEL", self.k("pending"), i],
         ] + self.index_ops(job)  # a finished job's: out of the live and waiting sets
+
+    # -- what finished jobs keep (queue/bounds.py) -----------------------------------------
+    @staticmethod
+    def keep_op(kind: str, owner: str, job_id: str, nbytes: int, at: float) -> Op:
+        """An op that puts ``job_id``'s ``nbytes`` in the owner's kept set ``kind`` ("results" or
+        "logs"), replacing what it had there."""
+        return ["KEEP", kind, owner, job_id, str(int(nbytes)), repr(at)]
+
+    @staticmethod
+    def unkeep_op(kind: str, owner: str, job_id: str) -> Op:
+        """An op that takes ``job_id`` out of the owner's kept set ``kind`` (if it is there)."""
+        return ["UNKEEP", kind, owner, job_id]
+
+    def kept_total(self, kind: str, owner: str, without: str = "") -> tuple[int, bool]:
+        """The bytes in the owner's kept set ``kind``, less ``without``'s, in one round trip;
+        and whether its index (ZSET by time, total) agrees with its hash. It does not when an
+        older version wrote the hash alone: then :meth:`reindex_ops` first."""
+        h, z, t = self.k(kind, owner), self.k(kind + "at", owner), self.k(kind + "sum", owner)
+        n, zn, total, mine = self.r.pipeline(transaction=False).hlen(h).zcard(z).get(t).hget(h, without or "-").execute()
+        held = int(total or 0)
+        consistent = int(n) == int(zn) and held >= 0 and (total is not None if int(n) else held == 0)
+        return held - (_bytes(mine) if without and mine else 0), consistent
+
+    def reindex_ops(self, kind: str, owner: str) -> list[Op]:
+        """Ops that rebuild the owner's ZSET and total for ``kind`` from its hash (one read of the
+        whole hash: once per user after an upgrade, or after an older version wrote to it)."""
+        h, z, t = self.k(kind, owner), self.k(kind + "at", owner), self.k(kind + "sum", owner)
+        entries = self.r.hgetall(h)
+        ops: list[Op] = [["DEL", z], ["SET", t, str(sum(_bytes(v) for v in entries.values()))]]
+        pairs = [(v.partition(" ")[2] or "0", job_id) for job_id, v in sorted(entries.items())]
+        for i in range(0, len(pairs), 500):  # Lua's unpack takes a few thousand values at most
+            ops.append(["ZADD", z, *[x for pair in pairs[i : i + 500] for x in pair]])
+        return ops
+
+    def oldest_kept(self, kind: str, owner: str, without: str = "", page: int = 64) -> Iterator[tuple[str, int]]:
+        """The owner's kept set ``kind`` oldest first as (id, bytes), read a page at a time as
+        far as the caller goes (ties in time by id, as ``bounds.oldest_to_drop``)."""
+        h, z = self.k(kind, owner), self.k(kind + "at", owner)
+        start = 0
+        while True:
+            ids = self.r.zrange(z, start, start + page - 1)
+            if not ids:
+                return
+            for job_id, v in zip(ids, self.r.hmget(h, ids)):
+                if v is not None and job_id != without:
+                    yield job_id, _bytes(v)
+            start += page
 
     def submit_job(self, job: JobRecord, payload: Optional[bytes | memoryview], daemon_msg: dict[str, Any],
                    user_limit: Optional[int] = None, pool_limit: Optional[int] = None,
@@ -328,6 +400,11 @@ class RedisStore:
 
 def _s(v: Any) -> Any:
     return v if isinstance(v, str) else (repr(v) if isinstance(v, float) else str(v))
+
+
+def _bytes(kept: str) -> int:
+    """The bytes of a kept-set hash value ``"<bytes> <end time>"``."""
+    return int(kept.partition(" ")[0] or 0)
 
 
 def _event(eid: str, f: dict[str, str]) -> Event:
