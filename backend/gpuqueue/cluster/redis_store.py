@@ -139,6 +139,24 @@ redis.call('XADD', p .. ':daemon', '*', 'm', ARGV[9])
 return {1, s}
 """
 
+# A kept set's head (KEYS: its hash, ZSET by time, total; ARGV[4] = 1): its hash's length, the
+# ZSET's, the total ('' if none) and ARGV[1]'s entry; then ARGV[3] of its oldest entries from
+# ARGV[2] on, as id, "<bytes> <time>" pairs.
+_KEPT = """
+local out = {}
+if ARGV[4] == '1' then
+  out = {redis.call('HLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('GET', KEYS[3]) or '',
+         redis.call('HGET', KEYS[1], ARGV[1]) or ''}
+end
+local from = tonumber(ARGV[2])
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], from, from + tonumber(ARGV[3]) - 1)) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGET', KEYS[1], id) or ''
+end
+return out
+"""
+_FIRST_PAGE = 16  # a job's end mostly drops one or two: the head brings that many
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
@@ -187,6 +205,7 @@ class RedisStore:
         self._exec = self.r.register_script(_EXEC)
         self._renew = self.r.register_script(_RENEW)
         self._submit = self.r.register_script(_SUBMIT)
+        self._kept = self.r.register_script(_KEPT)
 
     # -- keys -----------------------------------------------------------------------------
     def k(self, *parts: Any) -> str:
@@ -264,15 +283,30 @@ class RedisStore:
         """An op that takes ``job_id`` out of the owner's kept set ``kind`` (if it is there)."""
         return ["UNKEEP", kind, owner, job_id]
 
-    def kept_total(self, kind: str, owner: str, without: str = "") -> tuple[int, bool]:
-        """The bytes in the owner's kept set ``kind``, less ``without``'s, in one round trip;
-        and whether its index (ZSET by time, total) agrees with its hash. It does not when an
-        older version wrote the hash alone: then :meth:`reindex_ops` first."""
-        h, z, t = self.k(kind, owner), self.k(kind + "at", owner), self.k(kind + "sum", owner)
-        n, zn, total, mine = self.r.pipeline(transaction=False).hlen(h).zcard(z).get(t).hget(h, without or "-").execute()
+    def kept_set(self, kind: str, owner: str, without: str = "") -> tuple[int, bool, Iterator[tuple[str, int]]]:
+        """The owner's kept set ``kind`` without ``without``: its bytes; whether its index (ZSET
+        by time, total) agrees with its hash (it does not when an older version wrote the hash
+        alone: then :meth:`reindex_ops` first); and its entries oldest first as (id, bytes),
+        read a page at a time only as far as the caller goes (ties in time by id, as
+        ``bounds.oldest_to_drop``). One round trip for all that and the first page."""
+        keys = [self.k(kind, owner), self.k(kind + "at", owner), self.k(kind + "sum", owner)]
+        head = self._kept(keys=keys, args=[without or "-", 0, _FIRST_PAGE, 1])
+        n, zn, total, mine = int(head[0]), int(head[1]), head[2], head[3]
         held = int(total or 0)
-        consistent = int(n) == int(zn) and held >= 0 and (total is not None if int(n) else held == 0)
-        return held - (_bytes(mine) if without and mine else 0), consistent
+        consistent = n == zn and held >= 0 and (total != "" if n else held == 0)
+
+        def oldest() -> Iterator[tuple[str, int]]:
+            rows, start, page = head[4:], 0, _FIRST_PAGE
+            while True:
+                for job_id, v in zip(rows[::2], rows[1::2]):
+                    if v and job_id != without:
+                        yield job_id, _bytes(v)
+                if len(rows) < 2 * page:
+                    return
+                start, page = start + page, 64
+                rows = self._kept(keys=keys, args=["-", start, page, 0])
+
+        return held - (_bytes(mine) if without and mine else 0), consistent, oldest()
 
     def reindex_ops(self, kind: str, owner: str) -> list[Op]:
         """Ops that rebuild the owner's ZSET and total for ``kind`` from its hash (one read of the
@@ -284,20 +318,6 @@ class RedisStore:
         for i in range(0, len(pairs), 500):  # Lua's unpack takes a few thousand values at most
             ops.append(["ZADD", z, *[x for pair in pairs[i : i + 500] for x in pair]])
         return ops
-
-    def oldest_kept(self, kind: str, owner: str, without: str = "", page: int = 64) -> Iterator[tuple[str, int]]:
-        """The owner's kept set ``kind`` oldest first as (id, bytes), read a page at a time as
-        far as the caller goes (ties in time by id, as ``bounds.oldest_to_drop``)."""
-        h, z = self.k(kind, owner), self.k(kind + "at", owner)
-        start = 0
-        while True:
-            ids = self.r.zrange(z, start, start + page - 1)
-            if not ids:
-                return
-            for job_id, v in zip(ids, self.r.hmget(h, ids)):
-                if v is not None and job_id != without:
-                    yield job_id, _bytes(v)
-            start += page
 
     def submit_job(self, job: JobRecord, payload: Optional[bytes | memoryview], daemon_msg: dict[str, Any],
                    user_limit: Optional[int] = None, pool_limit: Optional[int] = None,

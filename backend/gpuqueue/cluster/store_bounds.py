@@ -82,12 +82,12 @@ class StoreBounds:
         version wrote (its hash alone) is indexed first, in a guarded write of its own."""
         st, owner = self.store, job.owner
         limit = getattr(self.config.limits_for(owner), bound.knob)
-        total, consistent = st.kept_total(kind, owner, without=job.id)
+        total, consistent, oldest = st.kept_set(kind, owner, without=job.id)
         if not consistent:
             self._exec(st.reindex_ops(kind, owner))
             log.info("user %s: indexed their kept %s (written by an earlier version)", owner, bound.what)
-            total, _ = st.kept_total(kind, owner, without=job.id)
-        verdict = bounds.keep_within(bound, total, st.oldest_kept(kind, owner, without=job.id), nbytes, limit)
+            total, _, oldest = st.kept_set(kind, owner, without=job.id)
+        verdict = bounds.keep_within(bound, total, oldest, nbytes, limit)
         ops = [st.keep_op(kind, owner, job.id, nbytes, time.time()) if verdict.kept else st.unkeep_op(kind, owner, job.id)]
         ops += [st.unkeep_op(kind, owner, job_id) for job_id, _, _ in verdict.drop]
         line = verdict.log_line(bound, owner, limit)
