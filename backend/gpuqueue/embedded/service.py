@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence
 
 from ..observability import gpumap
 from ..queue.config import QueueConfig, single_node_config
@@ -661,30 +661,19 @@ class QueueService(QueueShell):
         oldest go first (each such job's record says so); results over the whole limit are not
         kept (``job`` says so). A job that ended otherwise has none to give: what its attempt
         stored goes."""
+        assert self.store is not None
         if state.is_terminal:
             self._keep_logs_within(job)
         if state.is_terminal and state != JobState.SUCCEEDED:
             self._remove_result(job)
         if state != JobState.SUCCEEDED or not job.result_bytes:
             return ()
-        assert self.store is not None
-        limit = self.config.limits_for(job.owner).max_results_mb
-        kept = self.store.stored_results(job.owner)
-        kept.pop(job.id, None)
-        drop = bounds.oldest_to_drop(kept, job.result_bytes, limit)
-        if drop is None:
-            job.result_dropped = bounds.too_big_to_keep(job.result_bytes, limit)
+        verdict = self._keep_within(bounds.RESULTS, job, job.result_bytes, self.store.kept_results)
+        if not verdict.kept:
+            job.result_dropped = verdict.too_big
             self._remove_result(job)
-            return ()
-        for job_id in drop:
-            old = self.store.get(job_id)
-            if old is not None:
-                old.result_dropped = bounds.dropped_for_newer(kept[job_id][0], limit)
-                self.store.put(old, touch=False)  # its retention still counts from its end
-                self._remove_result(old)
-        if drop:
-            log.info("user %s: dropped the results of %d older jobs to keep within max_results_mb = %g",
-                     job.owner, len(drop), limit)
+        for old in self._mark_older(verdict, "result_dropped"):
+            self._remove_result(old)
         return ()
 
     def _keep_logs_within(self, job: JobRecord) -> None:
@@ -694,22 +683,34 @@ class QueueService(QueueShell):
         (``job`` says so). Their state, checkpoint and result records stay."""
         assert self.store is not None
         job.log_bytes = sum(_size(self._events_path(job.id, a.number)) for a in job.attempts)
-        limit = self.config.limits_for(job.owner).max_logs_mb
-        kept = self.store.stored_logs(job.owner)
-        kept.pop(job.id, None)
-        drop = bounds.oldest_to_drop(kept, job.log_bytes, limit)
-        if drop is None:  # its output goes once its last state event is in (_record_state)
-            job.logs_dropped = bounds.logs_too_big_to_keep(job.log_bytes, limit)
-            return
-        for job_id in drop:
+        verdict = self._keep_within(bounds.LOGS, job, job.log_bytes, self.store.kept_logs)
+        if not verdict.kept:  # its output goes once its last state event is in (_record_state)
+            job.logs_dropped = verdict.too_big
+        for old in self._mark_older(verdict, "logs_dropped"):
+            self._drop_logs(old)
+
+    def _keep_within(self, bound: bounds.Bound, job: JobRecord, nbytes: int,
+                     kept: Callable[[str, str], tuple[int, Iterator[tuple[str, int]]]]) -> bounds.Verdict:
+        """What ``bounds.keep_within`` decides for ``job``'s ``nbytes`` in its owner's ``kept`` set."""
+        limit = getattr(self.config.limits_for(job.owner), bound.knob)
+        total, oldest = kept(job.owner, job.id)
+        verdict = bounds.keep_within(bound, total, oldest, nbytes, limit)
+        line = verdict.log_line(bound, job.owner, limit)
+        if line:
+            log.info(line)
+        return verdict
+
+    def _mark_older(self, verdict: bounds.Verdict, field: str) -> list[JobRecord]:
+        """The older jobs ``verdict`` drops, their records saying why in ``field``."""
+        assert self.store is not None
+        marked = []
+        for job_id, _, why in verdict.drop:
             old = self.store.get(job_id)
             if old is not None:
-                old.logs_dropped = bounds.logs_dropped_for_newer(kept[job_id][0], limit)
+                setattr(old, field, why)
                 self.store.put(old, touch=False)  # its retention still counts from its end
-                self._drop_logs(old)
-        if drop:
-            log.info("user %s: dropped the output of %d older jobs to keep within max_logs_mb = %g",
-                     job.owner, len(drop), limit)
+                marked.append(old)
+        return marked
 
     def _drop_logs(self, job: JobRecord) -> None:
         """Delete a finished job's output records from the store and its attempts' events.jsonl."""

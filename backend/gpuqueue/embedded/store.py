@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any, Iterable, List, Optional  # List: in the class, ``list`` is a method
+from typing import Any, Iterable, Iterator, List, Optional  # List: in the class, ``list`` is a method
 
 from ..queue.models import Event, JobRecord
 from ..queue.states import JobState
@@ -107,26 +107,25 @@ class SqliteStore:
         )
         return [r[0] for r in rows]
 
-    def stored_results(self, owner: str) -> dict[str, tuple[int, float]]:
-        """The owner's succeeded jobs whose results are kept: id -> (bytes, end time)."""
-        rows = self.db.execute(
-            "SELECT id, json_extract(record, '$.result_bytes'), json_extract(record, '$.updated_at') FROM jobs"
-            " WHERE owner=? AND state=? AND json_extract(record, '$.result_bytes') > 0"
-            " AND json_extract(record, '$.result_dropped') IS NULL",
-            (owner, JobState.SUCCEEDED.value),
-        )
-        return {r[0]: (int(r[1]), float(r[2] or 0)) for r in rows}
+    def kept_results(self, owner: str, without: str = "") -> tuple[int, Iterator[tuple[str, int]]]:
+        """The owner's succeeded jobs whose results are kept (``max_results_mb``), but
+        ``without``: their bytes, and (id, bytes) oldest end first, read as far as iterated."""
+        return self._kept(owner, "result", [JobState.SUCCEEDED.value], without)
 
-    def stored_logs(self, owner: str) -> dict[str, tuple[int, float]]:
-        """The owner's finished jobs whose output is kept: id -> (bytes, end time)."""
-        done = [s.value for s in JobState if s.is_terminal]
-        rows = self.db.execute(
-            "SELECT id, json_extract(record, '$.log_bytes'), json_extract(record, '$.updated_at') FROM jobs"
-            f" WHERE owner=? AND state IN ({','.join('?' * len(done))}) AND json_extract(record, '$.log_bytes') > 0"
-            " AND json_extract(record, '$.logs_dropped') IS NULL",
-            (owner, *done),
-        )
-        return {r[0]: (int(r[1]), float(r[2] or 0)) for r in rows}
+    def kept_logs(self, owner: str, without: str = "") -> tuple[int, Iterator[tuple[str, int]]]:
+        """The owner's finished jobs whose output is kept (``max_logs_mb``), but ``without``:
+        their bytes, and (id, bytes) oldest end first, read as far as iterated."""
+        return self._kept(owner, "log", [s.value for s in JobState if s.is_terminal], without)
+
+    def _kept(self, owner: str, what: str, states: List[str], without: str) -> tuple[int, Iterator[tuple[str, int]]]:
+        dropped = "logs_dropped" if what == "log" else "result_dropped"
+        where = (f" FROM jobs WHERE owner=? AND state IN ({','.join('?' * len(states))}) AND id != ?"
+                 f" AND json_extract(record, '$.{what}_bytes') > 0 AND json_extract(record, '$.{dropped}') IS NULL")
+        args = (owner, *states, without)
+        (total,) = self.db.execute(f"SELECT COALESCE(SUM(json_extract(record, '$.{what}_bytes')), 0)" + where, args).fetchone()
+        rows = self.db.execute(f"SELECT id, json_extract(record, '$.{what}_bytes')" + where
+                               + " ORDER BY json_extract(record, '$.updated_at'), id", args).fetchall()
+        return int(total), ((r[0], int(r[1])) for r in rows)
 
     def oldest_finished(self, owner: str, keep: int, limit: int = 500) -> List[str]:
         """Ids of the owner's finished jobs beyond the newest ``keep`` (by end), oldest first,
