@@ -101,6 +101,7 @@ class QueueService(QueueShell):
         # found at start): a server whose user never submits starts no interpreter
         self._warm_wanted = False
         self._sizes: dict[str, tuple[Path, int]] = {}  # active job -> (events file, size seen)
+        self._inputs_pending: dict[str, int] = {}  # owner -> payload bytes of submits being written
         self._wake = asyncio.Event()
         self._tail_wake = asyncio.Event()  # set when an attempt starts (or a runner is to reap)
         self._changed: dict[str, asyncio.Event] = {}
@@ -220,8 +221,34 @@ class QueueService(QueueShell):
         why = inadmissible(self._request(job), self.config)
         if why:  # a job that can never run here: 400 before its payload is written or a token taken
             raise Rejected(why)
+        nbytes = len(payload) if payload is not None else 0
+        self._check_inputs(caller.name, nbytes)
         # given back if refused below
         self.limiter.check(caller.name, caller.admin, self.config, caller.hub_groups)
+        self._inputs_pending[caller.name] = self._inputs_pending.get(caller.name, 0) + nbytes
+        try:
+            return await self._submit_job(caller, req, job, spec, payload)
+        finally:
+            left = self._inputs_pending.pop(caller.name) - nbytes
+            if left:
+                self._inputs_pending[caller.name] = left
+
+    def _check_inputs(self, owner: str, nbytes: int) -> None:
+        """Refuse a cell whose inputs (``nbytes``) would bring the payloads the owner's unfinished
+        jobs keep in the state folder over ``max_inputs_mb`` (as the cluster's API does)."""
+        if not nbytes:
+            return
+        limit = self.config.limits_for(owner).max_inputs_mb
+        held = self._inputs_pending.get(owner, 0) + sum(
+            _size(job_dir(self.state_dir, j.id) / "payload.pkl") for j in self._iter_live(owner))
+        if held + nbytes > limit * bounds.MB:
+            raise Rejected(bounds.inputs_over_limit(held, nbytes, limit))
+
+    async def _submit_job(self, caller: Caller, req: SubmitRequest, job: JobRecord, spec: JobSpec,
+                          payload: Optional[Buffer]) -> tuple[JobRecord, bool]:
+        """The rest of :meth:`submit`, once the job may be taken: its files written off the loop,
+        then the scheduler and the store told."""
+        assert self.store is not None
         d = job_dir(self.state_dir, job.id)
         await asyncio.to_thread(self._write_job_files, d, spec, payload)
         attached = same_cell_job(req, self._iter_live(caller.name))

@@ -145,3 +145,12 @@ def keep_within(bound: Bound, total: int, oldest: Iterable[tuple[str, int]], new
     if drop is None:
         return Verdict(kept=False, too_big=bound.too_big_to_keep(new_bytes, limit_mb))
     return Verdict(kept=True, drop=[(i, b, bound.dropped_for_newer(b, limit_mb)) for i, b in drop])
+
+
+def inputs_over_limit(held: int, nbytes: int, limit_mb: float) -> str:
+    """Why a cell job is refused at submit (HTTP 400): its inputs (``nbytes``) with those the
+    owner's unfinished jobs hold (``held``) would pass ``max_inputs_mb``."""
+    return (f"the inputs of your unfinished cell jobs take {held / MB:.1f} MB in the queue's store; "
+            f"this cell's ({nbytes / MB:.1f} MB) would pass your limit of "
+            f"{limit_mb:g} MB (max_inputs_mb in the queue config): wait for some to end or "
+            f"cancel some, or pass big data as a file path on shared storage")
