@@ -13,6 +13,9 @@ PYTHONPATH (the two methods have the same signature there)::
 
     PYTHONPATH=/work/main/backend python benchmarks/store_bounds.py        # before
     PYTHONPATH=backend python benchmarks/store_bounds.py                   # after
+
+``--embedded-lines 1000000`` also times the embedded mode's drop of a job's million log lines
+from SQLite (after the change only: it calls the chunked delete).
 """
 
 from __future__ import annotations
@@ -108,12 +111,48 @@ def measure(url: str, n: int, ends: int) -> tuple[float, float, float]:
     return times[0] * 1e3, statistics.median(steady) * 1e3, steady[int(len(steady) * 0.95)] * 1e3
 
 
+def embedded_drop(lines: int) -> None:
+    """The embedded mode's drop of one job's ``lines`` output records from SQLite: one DELETE
+    (as before) against chunks of ``service.PRUNE_CHUNK`` (the event loop runs between them)."""
+    from gpuqueue.embedded import service
+    from gpuqueue.embedded.store import SqliteStore
+    from gpuqueue.queue.bounds import DROPPED_LOG_TYPES
+
+    work = tempfile.mkdtemp(prefix="gq-bench-sqlite-")
+    try:
+        store = SqliteStore(f"{work}/q.sqlite")
+        for job in ("one", "chunks"):
+            for _ in range(lines // 10_000):
+                store.append_events(job, [(time.time(), "log", {"stream": "stdout", "line": "x" * 200})] * 10_000)
+        kinds = sorted(DROPPED_LOG_TYPES)
+        t0 = time.perf_counter()
+        store.db.execute(f"DELETE FROM events WHERE job_id=? AND type IN ({','.join('?' * len(kinds))})", ("one", *kinds))
+        one = time.perf_counter() - t0
+        chunks, t0 = [], time.perf_counter()
+        while True:
+            t1 = time.perf_counter()
+            n = store.delete_events_chunk("chunks", DROPPED_LOG_TYPES, service.PRUNE_CHUNK)
+            chunks.append(time.perf_counter() - t1)
+            if n < service.PRUNE_CHUNK:
+                break
+        print(f"embedded, dropping {lines:,} log lines: one DELETE holds the loop {one * 1e3:.0f} ms; "
+              f"{len(chunks)} chunks of {service.PRUNE_CHUNK}: longest {max(chunks) * 1e3:.1f} ms, "
+              f"median {statistics.median(chunks) * 1e3:.1f} ms, {(time.perf_counter() - t0) * 1e3:.0f} ms in all")
+        store.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     """Print the cost of a job end at each size."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10,10000", help="kept jobs per user (default %(default)s)")
     ap.add_argument("--ends", type=int, default=200, help="job ends timed per size (default %(default)s)")
+    ap.add_argument("--embedded-lines", type=int, default=0,
+                    help="also time the embedded mode's drop of one job's output of this many lines, e.g. 1000000")
     args = ap.parse_args()
+    if args.embedded_lines:
+        embedded_drop(args.embedded_lines)
     port, work = free_port(), tempfile.mkdtemp(prefix="gq-bench-")
     server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                "--appendonly", "no", "--dir", work], stdout=subprocess.DEVNULL)

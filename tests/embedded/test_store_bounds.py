@@ -6,6 +6,7 @@ SQLite store, real runners (tests/cluster/test_store_bounds.py does the same aga
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from gpuqueue.queue.config import PoolConfig, QueueConfig, UserLimits
 from gpuqueue.queue.errors import Gone, NotFound, RateLimited
 from gpuqueue.queue.models import JobSpec, SubmitRequest
 from gpuqueue.queue.verbs import Caller
+from helpers.servers import wait_until
 
 ALICE, BOB = Caller("alice"), Caller("bob")
 
@@ -151,6 +153,17 @@ def test_logs_are_kept_within_max_logs_mb_and_a_dropped_jobs_logs_say_so(jupyter
     rec = client.get(first)
     assert rec["state"] == "succeeded" and "max_logs_mb" in rec["logs_dropped"], rec
     assert not list((server.state_dir / "jobs" / first).rglob("events.jsonl"))
+
+    def output_rows(job: str) -> int:  # the server deletes them from SQLite a chunk at a time
+        db = sqlite3.connect(f"file:{server.state_dir / 'queue.sqlite'}?mode=ro", uri=True)
+        try:
+            return db.execute("SELECT COUNT(*) FROM events WHERE job_id=? AND type IN ('log', 'progress', 'metrics')",
+                              (job,)).fetchone()[0]
+        finally:
+            db.close()
+
+    wait_until(lambda: output_rows(first) == 0, 10, 0.1, "the dropped job's output rows to go")
+    assert output_rows(second) > 2500  # a kept job's stay
 
     k = server.start_kernel()
     assert k.run("%load_ext jupyter_gpuqueue").error is None

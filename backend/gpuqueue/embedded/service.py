@@ -52,6 +52,7 @@ TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/f
 STATE_SAVE_INTERVAL_S = 30.0
 EXPIRE_EVERY_S = 60.0  # how often finished jobs past keep_finished are looked for
 EXPIRE_BATCH = 500  # at most this many deleted a round
+PRUNE_CHUNK = 5000  # dropped output rows deleted at a time (about 6 ms of SQLite)
 
 
 async def wait_set(event: asyncio.Event, timeout: float) -> bool:
@@ -101,6 +102,8 @@ class QueueService(QueueShell):
         # found at start): a server whose user never submits starts no interpreter
         self._warm_wanted = False
         self._sizes: dict[str, tuple[Path, int]] = {}  # active job -> (events file, size seen)
+        self._to_prune: dict[str, None] = {}  # jobs whose dropped output is still in the store, in order
+        self._prune_wake = asyncio.Event()
         self._inputs_pending: dict[str, int] = {}  # owner -> payload bytes of submits being written
         self._wake = asyncio.Event()
         self._tail_wake = asyncio.Event()  # set when an attempt starts (or a runner is to reap)
@@ -140,9 +143,11 @@ class QueueService(QueueShell):
         if saved:
             self.scheduler.import_state(saved)
         self._restore()
+        self._to_prune.update(dict.fromkeys(self.store.logs_left_to_drop(bounds.DROPPED_LOG_TYPES)))
         self._tasks = [
             asyncio.create_task(self._schedule_loop()),
             asyncio.create_task(self._tail_loop()),
+            asyncio.create_task(self._prune_loop()),
         ]
         if self.keep_finished is not None:
             self._tasks.append(asyncio.create_task(self._expire_loop(self.keep_finished)))
@@ -426,6 +431,22 @@ class QueueService(QueueShell):
                 continue
             self._tail_wake.clear()
             await wait_set(self._tail_wake, IDLE_TAIL_S)
+
+    async def _prune_loop(self) -> None:
+        """Delete the output records of the jobs whose logs were dropped (``_to_prune``), a chunk
+        of PRUNE_CHUNK rows at a time (a few ms each), letting the event loop run between them."""
+        while True:
+            await wait_set(self._prune_wake, IDLE_TAIL_S)
+            self._prune_wake.clear()
+            while self._to_prune and self.store is not None:
+                job_id = next(iter(self._to_prune))
+                try:
+                    if self.store.delete_events_chunk(job_id, bounds.DROPPED_LOG_TYPES, PRUNE_CHUNK) < PRUNE_CHUNK:
+                        del self._to_prune[job_id]
+                except Exception:  # noqa: BLE001 - the next round tries again
+                    log.exception("deleting the dropped output of job %s failed", job_id)
+                    break
+                await asyncio.sleep(0)
 
     async def _expire_loop(self, keep_s: float) -> None:
         """Every minute (sooner for a short ``keep_finished``): delete the finished jobs that
@@ -740,9 +761,11 @@ class QueueService(QueueShell):
         return marked
 
     def _drop_logs(self, job: JobRecord) -> None:
-        """Delete a finished job's output records from the store and its attempts' events.jsonl."""
-        assert self.store is not None
-        self.store.delete_events(job.id, bounds.DROPPED_LOG_TYPES)
+        """Delete a finished job's attempts' events.jsonl, and its output records from the store
+        a chunk at a time (:meth:`_prune_loop`); readers already leave them out
+        (``bounds.visible_events``)."""
+        self._to_prune[job.id] = None
+        self._prune_wake.set()
         for a in job.attempts:
             try:
                 self._events_path(job.id, a.number).unlink()

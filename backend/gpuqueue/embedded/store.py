@@ -175,10 +175,24 @@ class SqliteStore:
                 )
         return seq
 
-    def delete_events(self, job_id: str, types: Iterable[str]) -> None:
-        """Delete the job's events of ``types`` (the rest keep their seq)."""
+    def delete_events_chunk(self, job_id: str, types: Iterable[str], limit: int) -> int:
+        """Delete up to ``limit`` of the job's events of ``types`` (the rest keep their seq); how
+        many went. A job's output may be a million rows: deleted a chunk at a time, it never
+        holds the server's event loop for long."""
         kinds = sorted(types)
-        self.db.execute(f"DELETE FROM events WHERE job_id=? AND type IN ({','.join('?' * len(kinds))})", (job_id, *kinds))
+        cur = self.db.execute(
+            f"DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE job_id=? AND type IN"
+            f" ({','.join('?' * len(kinds))}) LIMIT ?)", (job_id, *kinds, limit))
+        return int(cur.rowcount)
+
+    def logs_left_to_drop(self, types: Iterable[str]) -> List[str]:
+        """Jobs whose logs were dropped (``logs_dropped``) and whose stream still holds events of
+        ``types`` (the server stopped before it had deleted them all)."""
+        kinds = sorted(types)
+        rows = self.db.execute(
+            "SELECT id FROM jobs WHERE json_extract(record, '$.logs_dropped') IS NOT NULL AND EXISTS"
+            f" (SELECT 1 FROM events WHERE job_id=jobs.id AND type IN ({','.join('?' * len(kinds))}))", kinds)
+        return [r[0] for r in rows]
 
     def read_events(self, job_id: str, after: int = 0, limit: int = 10_000) -> List[Event]:
         """Events with seq > ``after``, in order."""
