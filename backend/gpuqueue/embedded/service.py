@@ -47,6 +47,8 @@ from .store import SqliteStore
 log = logging.getLogger("gpuqueue.service")
 
 TAIL_INTERVAL_S = 0.01  # while attempts run: how often their event files are looked at (a stat each)
+TAIL_RETRY_FIRST_S = 0.1  # a tail round that raised is tried again after this long ...
+TAIL_RETRY_MAX_S = 10.0  # ... doubled at each failure in a row, up to this
 IDLE_TAIL_S = 5.0  # while none runs: the tail loop sleeps this long, or until an attempt starts
 TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/finish)
 STATE_SAVE_INTERVAL_S = 30.0
@@ -420,12 +422,18 @@ class QueueService(QueueShell):
 
     async def _tail_loop(self) -> None:
         """Tail active attempts every TAIL_INTERVAL_S (live logs); while none is active and no
-        runner is left to reap, sleep until one starts (at most IDLE_TAIL_S)."""
+        runner is left to reap, sleep until one starts (at most IDLE_TAIL_S). A round that
+        raises is tried again after a delay that doubles at each failure in a row
+        (TAIL_RETRY_FIRST_S to TAIL_RETRY_MAX_S, as a cluster worker's), each distinct error
+        logged once: a store that kept failing logged a traceback every round."""
+        failing = _Failing()
         while True:
             try:
                 self._tail_all()
-            except Exception:  # noqa: BLE001
-                log.exception("reading job events failed")
+            except Exception as e:  # noqa: BLE001
+                await asyncio.sleep(failing.seen(e))
+                continue
+            failing.over()
             if self._sizes or self._procs:
                 await asyncio.sleep(TAIL_INTERVAL_S)
                 continue
@@ -860,6 +868,37 @@ class QueueService(QueueShell):
         if started is None:
             return False
         return a.pid_started is None or abs(started - a.pid_started) < 1.0
+
+
+class _Failing:
+    """Rounds of the tail loop that raised, in a row: how long to wait before the next one, and
+    each distinct error logged once (then how often it came, and when it is over)."""
+
+    def __init__(self) -> None:
+        self.count, self.repeats, self.error, self.since = 0, 0, "", 0.0
+
+    def seen(self, e: Exception) -> float:
+        """Note a failed round; the seconds to wait before the next."""
+        if not self.count:
+            self.since = time.monotonic()
+        self.count += 1
+        text = f"{type(e).__name__}: {e}"
+        if text != self.error:
+            if self.repeats:
+                log.warning("reading job events: the error before came %d more times", self.repeats)
+            log.error("reading job events failed: %s; tried again with a growing delay (up to %g s)", text,
+                      TAIL_RETRY_MAX_S, exc_info=e)
+            self.error, self.repeats = text, 0
+        else:
+            self.repeats += 1
+        return min(TAIL_RETRY_FIRST_S * 2 ** min(self.count - 1, 16), TAIL_RETRY_MAX_S)
+
+    def over(self) -> None:
+        """A round went through: say so once after failures."""
+        if self.count:
+            log.info("job events are read again, after %d failed rounds in %.1f s (last: %s)", self.count,
+                     time.monotonic() - self.since, self.error)
+            self.count, self.repeats, self.error = 0, 0, ""
 
 
 def _size(path: Path) -> int:
