@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from ..queue import bounds
 from ..queue.config import QueueConfig
@@ -71,8 +71,8 @@ class StoreBounds:
         self._next_prune = 0.0
         self._prune = self.store.r.register_script(_PRUNE)
 
-    def _exec(self, ops: list[Op]) -> None:  # pragma: no cover - the daemon's guarded write
-        raise NotImplementedError
+    if TYPE_CHECKING:
+        def _exec(self, ops: list[Op]) -> None: ...
 
     def _keep_within(self, bound: bounds.Bound, kind: str, job: JobRecord,
                      nbytes: int) -> tuple[list[Op], bounds.Verdict]:
