@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -21,17 +19,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence
+from typing import Any, AsyncIterator, Iterator, Optional, Sequence
 
 from ..observability import gpumap
 from ..queue.config import QueueConfig, single_node_config
-from ..queue.durations import KEEP_FINISHED, format_duration, parse_retention
+from ..queue.durations import KEEP_FINISHED, parse_retention
 from ..queue import bounds
 from ..queue.errors import Conflict, Forbidden, Gone, NotFound, Rejected
-from ..attempt.jobdir import (MALFORMED, attempt_dir, job_dir, read_events, read_job_record, write_bytes_atomic,
+from ..attempt.jobdir import (MALFORMED, attempt_dir, job_dir, read_job_record, write_bytes_atomic,
                               write_json_atomic)
-from ..attempt.launch import build_launch, runner_env
-from ..attempt.warmjob import warm_spec
+from ..attempt.launch import build_launch
 from ..queue.lifecycle import decode_payload, job_request, results_for_owner_only, same_cell_job, with_defaults
 from ..observability.logs import job_fields
 from ..queue.models import Attempt, Buffer, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
@@ -39,38 +36,21 @@ from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
 from ..scheduler import make_scheduler
 from ..scheduler.admission import inadmissible
 from ..scheduler.base import Decision, JobRequest
-from ..queue.states import ACTIVE_STATES, LIVE_STATES, WAITING_STATES, JobState
+from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..queue.verbs import Caller
+from .kept import KeptWithin
+from .runners import Runners, process_start_time
 from .store import SqliteStore
+from .tailing import Tailing, wait_set
 
 log = logging.getLogger("gpuqueue.service")
 
-TAIL_INTERVAL_S = 0.01  # while attempts run: how often their event files are looked at (a stat each)
-TAIL_RETRY_FIRST_S = 0.1  # a tail round that raised is tried again after this long ...
-TAIL_RETRY_MAX_S = 10.0  # ... doubled at each failure in a row, up to this
-IDLE_TAIL_S = 5.0  # while none runs: the tail loop sleeps this long, or until an attempt starts
 TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/finish)
 STATE_SAVE_INTERVAL_S = 30.0
-EXPIRE_EVERY_S = 60.0  # how often finished jobs past keep_finished are looked for
-EXPIRE_BATCH = 500  # at most this many deleted a round
-PRUNE_CHUNK = 5000  # dropped output rows deleted at a time (about 6 ms of SQLite)
 
 
-async def wait_set(event: asyncio.Event, timeout: float) -> bool:
-    """Wait until ``event`` is set (True) or ``timeout`` seconds pass (False). A cancel always
-    ends the wait with CancelledError: Python 3.10-3.11's ``asyncio.wait_for`` returns normally
-    when the event is set in the same loop turn as the cancel, and a loop built on it then goes
-    on after ``stop()`` cancelled it (the server hung on SIGTERM while a job was launching)."""
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        done, _ = await asyncio.wait({waiter}, timeout=timeout)
-    finally:
-        waiter.cancel()
-    return bool(done)
-
-
-class QueueService(QueueShell):
+class QueueService(KeptWithin, Tailing, Runners, QueueShell):
     """Embedded-mode queue manager. Every public method is called on the event loop thread.
     Decisions are carried out and attempts settled by :class:`QueueShell`; this class starts
     attempts as local runners and keeps records in SQLite."""
@@ -154,19 +134,6 @@ class QueueService(QueueShell):
         if self.keep_finished is not None:
             self._tasks.append(asyncio.create_task(self._expire_loop(self.keep_finished)))
 
-    def _warn_missing_warm_imports(self) -> None:
-        """Name the modules of a ``warm_imports`` the config sets that this server's Python
-        cannot find: a module that is not installed is skipped, so a misspelt name made every
-        cell job start cold without a word (the default's ``torch`` is skipped quietly)."""
-        if "warm_imports" not in self.config.model_fields_set:
-            return
-        missing = [m for m in self.config.warm_imports if importlib.util.find_spec(m.split(".")[0]) is None]
-        if missing:
-            log.warning("warm_imports: %s not installed for %s: cell jobs are started without %s; "
-                        "fix the name%s in the queue config, or install %s", ", ".join(map(repr, missing)),
-                        sys.executable, "it" if len(missing) == 1 else "them", "" if len(missing) == 1 else "s",
-                        "it" if len(missing) == 1 else "them")
-
     async def stop(self) -> None:
         """Stop the loops. Running jobs go on: the next start re-adopts them."""
         for t in self._tasks:
@@ -239,17 +206,6 @@ class QueueService(QueueShell):
             left = self._inputs_pending.pop(caller.name) - nbytes
             if left:
                 self._inputs_pending[caller.name] = left
-
-    def _check_inputs(self, owner: str, nbytes: int) -> None:
-        """Refuse a cell whose inputs (``nbytes``) would bring the payloads the owner's unfinished
-        jobs keep in the state folder over ``max_inputs_mb`` (as the cluster's API does)."""
-        if not nbytes:
-            return
-        limit = self.config.limits_for(owner).max_inputs_mb
-        held = self._inputs_pending.get(owner, 0) + sum(
-            _size(job_dir(self.state_dir, j.id) / "payload.pkl") for j in self._iter_live(owner))
-        if held + nbytes > limit * bounds.MB:
-            raise Rejected(bounds.inputs_over_limit(held, nbytes, limit))
 
     async def _submit_job(self, caller: Caller, req: SubmitRequest, job: JobRecord, spec: JobSpec,
                           payload: Optional[Buffer]) -> tuple[JobRecord, bool]:
@@ -420,132 +376,6 @@ class QueueService(QueueShell):
             self._last_state_save = now
             self.store.set_meta("scheduler_state", self.scheduler.export_state())
 
-    async def _tail_loop(self) -> None:
-        """Tail active attempts every TAIL_INTERVAL_S (live logs); while none is active and no
-        runner is left to reap, sleep until one starts (at most IDLE_TAIL_S). A round that
-        raises is tried again after a delay that doubles at each failure in a row
-        (TAIL_RETRY_FIRST_S to TAIL_RETRY_MAX_S, as a cluster worker's), each distinct error
-        logged once: a store that kept failing logged a traceback every round."""
-        failing = _Failing()
-        while True:
-            try:
-                self._tail_all()
-            except Exception as e:  # noqa: BLE001
-                await asyncio.sleep(failing.seen(e))
-                continue
-            failing.over()
-            if self._sizes or self._procs:
-                await asyncio.sleep(TAIL_INTERVAL_S)
-                continue
-            self._tail_wake.clear()
-            await wait_set(self._tail_wake, IDLE_TAIL_S)
-
-    async def _prune_loop(self) -> None:
-        """Delete the output records of the jobs whose logs were dropped (``_to_prune``), a chunk
-        of PRUNE_CHUNK rows at a time (a few ms each), letting the event loop run between them."""
-        while True:
-            await wait_set(self._prune_wake, IDLE_TAIL_S)
-            self._prune_wake.clear()
-            while self._to_prune and self.store is not None:
-                job_id = next(iter(self._to_prune))
-                try:
-                    if self.store.delete_events_chunk(job_id, bounds.DROPPED_LOG_TYPES, PRUNE_CHUNK) < PRUNE_CHUNK:
-                        del self._to_prune[job_id]
-                except Exception:  # noqa: BLE001 - the next round tries again
-                    log.exception("deleting the dropped output of job %s failed", job_id)
-                    break
-                await asyncio.sleep(0)
-
-    async def _expire_loop(self, keep_s: float) -> None:
-        """Every minute (sooner for a short ``keep_finished``): delete the finished jobs that
-        ended over ``keep_s`` ago, records and folders (payload, logs, results, checkpoints)."""
-        while True:
-            await asyncio.sleep(min(EXPIRE_EVERY_S, keep_s / 4))
-            try:
-                await self.expire(keep_s)
-            except Exception:  # noqa: BLE001 - the next round tries again
-                log.exception("deleting old finished jobs failed")
-
-    async def expire(self, keep_s: float) -> list[str]:
-        """One round of :meth:`_expire_loop` (at most EXPIRE_BATCH jobs); the ids deleted."""
-        assert self.store is not None
-        gone = self.store.finished_before(time.time() - keep_s, EXPIRE_BATCH)
-        if not gone:
-            return []
-        self.store.delete(gone)  # first: from now on the jobs do not exist for anyone
-        for job_id in gone:
-            self._changed.pop(job_id, None)
-        folders = [job_dir(self.state_dir, j) for j in gone]
-        await asyncio.to_thread(_remove_folders, folders)  # checkpoints may be large: off the loop
-        log.info("deleted %d jobs that finished over %s ago: %s", len(gone), format_duration(keep_s),
-                 ", ".join(gone[:20]) + (" ..." if len(gone) > 20 else ""))
-        return gone
-
-    def _tail_all(self) -> None:
-        """Copy what active attempts wrote. Every pass (TAIL_INTERVAL_S while one is active)
-        only their event files' sizes are looked at (a stat each); the store is read at most once a
-        second, with the liveness check."""
-        assert self.store is not None
-        for pid, proc in list(self._procs.items()):
-            if proc.poll() is not None:
-                del self._procs[pid]
-        if time.monotonic() - self._last_liveness <= 1.0:
-            for job_id, (path, seen) in list(self._sizes.items()):
-                try:
-                    size = os.stat(path).st_size
-                except FileNotFoundError:
-                    continue
-                if size != seen:
-                    self._sizes[job_id] = (path, size)
-                    job = self._get(job_id)
-                    if job.state.is_active:
-                        self._tail_job(job)
-            return
-        self._last_liveness = time.monotonic()
-        sizes: dict[str, tuple[Path, int]] = {}
-        for job in self.store.list(states=ACTIVE_STATES, limit=100_000):
-            self._tail_job(job)
-            job = self._get(job.id)
-            a = job.current_attempt
-            if job.state.is_active and a and a.outcome is None and not self._runner_alive(a):
-                self._tail_job(job)
-                job = self._get(job.id)
-                a = job.current_attempt
-                if job.state.is_active and a is not None and a.outcome is None:
-                    self._end_attempt(job, self._read_exit(job))
-            a = job.current_attempt
-            if job.state.is_active and a is not None:
-                sizes[job.id] = self._sizes.get(job.id, (self._events_path(job.id, a.number), -1))
-        self._sizes = sizes
-
-    def _events_path(self, job_id: str, attempt: int) -> Path:
-        return attempt_dir(self.state_dir, job_id, attempt) / "events.jsonl"
-
-    def _tail_job(self, job: JobRecord) -> None:
-        """Copy new complete lines of the current attempt's events.jsonl into the store."""
-        assert self.store is not None
-        a = job.current_attempt
-        if a is None:
-            return
-        offset = self.store.tail_offset(job.id, a.number)
-        batch = read_events(self._events_path(job.id, a.number), offset)
-        if not batch.complete_line:
-            return
-        now = time.time()
-        events = [(now if t is None else float(t), type_, d) for t, type_, d in batch.events]
-        exit_record = batch.exit
-        started = batch.runner is not None
-        if started and job.state == JobState.STARTING:
-            self._set_state(job, JobState.RUNNING, node=a.node, gpus=a.gpu_ids)
-            self.scheduler.started(job.id, time.time())
-            self._notify("started", job)
-        self.store.append_events(job.id, events, tail=(a.number, batch.offset))
-        self._poke(job.id)
-        for type_, payload in ((e[1], e[2]) for e in events):
-            self._notify("event", {"job": job, "type": type_, "data": payload})
-        if exit_record is not None:
-            self._end_attempt(self._get(job.id), exit_record)
-
     # -- launching and ending attempts ------------------------------------------------------
     def _start_attempt(self, job_id: str, placement: dict[str, tuple[int, ...]]) -> None:
         """A ``Start``: write launch.json and hand its folder to a (warm) runner."""
@@ -585,86 +415,8 @@ class QueueService(QueueShell):
         self._tail_wake.set()  # the tail loop polls fast from now on
         log.info("job %s: attempt %s launched on %s GPUs %s", job_id, number, node, devices, extra=job_fields(job))
         attempt.pid = proc.pid
-        attempt.pid_started = _process_start_time(proc.pid)
+        attempt.pid_started = process_start_time(proc.pid)
         self.store.put(job)
-
-    def _take_runner(self) -> subprocess.Popen[bytes]:
-        """The warm runner (started ahead of time) if it is alive, else a new one."""
-        proc = self._warm
-        self._warm = None
-        if proc is None or proc.poll() is not None:
-            proc = self._new_runner()
-        return proc
-
-    def _new_runner(self) -> subprocess.Popen[bytes]:
-        """A runner in its own session (it outlives this server), waiting on stdin. Once primed
-        it starts the next cell job's interpreter ahead (``gpuqueue.attempt.warmjob``)."""
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gpuqueue.attempt.runner", "-"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-            env=runner_env(),
-        )
-        self._warm_primed = False
-        return proc
-
-    def _prime_warm_runner(self) -> None:
-        """Have the warm runner start the next cell job's interpreter now (its imports take CPU
-        time: only while no job runs, so that they never slow one down)."""
-        proc = self._warm
-        if proc is None or self._warm_primed or self.store is None:
-            return
-        if self._sizes:  # an attempt is active (known in memory: no store query per pass)
-            return
-        self._warm_primed = True
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(self._warm_spec()).encode() + b"\n")
-            proc.stdin.flush()
-        except (OSError, ValueError) as e:  # its job starts cold
-            log.warning("cannot prepare a warm job interpreter: %s", e)
-
-    def _warm_spec(self) -> dict[str, Any]:
-        """What the next cell job's interpreter is started with: the interpreter of the last
-        cell job (the kernel's), the environment ``build_launch`` gives a cell job here."""
-        spec = JobSpec(kind="cell", python=self._last_python or sys.executable)
-        jd = self.state_dir / "jobs" / "next"
-        env = build_launch("next", spec, jd, jd / "1", 1, [], "local")["env"]
-        return warm_spec(spec.python or sys.executable, env, self.config.warm_imports)
-
-    def _retire_warm_runner(self, wait: bool = False) -> None:
-        """End the warm runner (EOF: it exits without running anything, its job interpreter too)."""
-        proc, self._warm = self._warm, None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-        if not wait:
-            self._procs[proc.pid] = proc  # reaped by the tail loop
-            self._tail_wake.set()
-            return
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-    def _keep_runner_warm(self) -> None:
-        """Have a runner (and, once primed, a job interpreter) ready for the next launch, from
-        the server's first submit on."""
-        if not self._warm_wanted:
-            return
-        if self._warm is None or self._warm.poll() is not None:
-            try:
-                self._warm = self._new_runner()
-            except OSError as e:
-                log.warning("cannot start a warm runner: %s", e)
-        self._prime_warm_runner()
 
     def _request_stop(self, job: JobRecord, reason: str, grace_s: float, message: str = "") -> None:
         """control.json and SIGUSR1 to the runner (it sends SIGTERM, SIGKILL after the grace)."""
@@ -711,103 +463,6 @@ class QueueService(QueueShell):
         # the job wrote them, so they may hold anything: read_job_record never raises for it
         return AttemptReport(size is not None, read_job_record(adir, "error.json"), read_job_record(adir, "result.json"),
                              size or 0)
-
-    def _attempt_settled(self, job: JobRecord, state: JobState) -> Sequence[Any]:
-        """A succeeded job's results join its owner's, within ``max_results_mb``: the owner's
-        oldest go first (each such job's record says so); results over the whole limit are not
-        kept (``job`` says so). A job that ended otherwise has none to give: what its attempt
-        stored goes."""
-        assert self.store is not None
-        if state.is_terminal:
-            self._keep_logs_within(job)
-        if state.is_terminal and state != JobState.SUCCEEDED:
-            self._remove_result(job)
-        if state != JobState.SUCCEEDED or not job.result_bytes:
-            return ()
-        verdict = self._keep_within(bounds.RESULTS, job, job.result_bytes, self.store.kept_results)
-        if not verdict.kept:
-            job.result_dropped = verdict.too_big
-            self._remove_result(job)
-        for old in self._mark_older(verdict, "result_dropped"):
-            self._remove_result(old)
-        return ()
-
-    def _keep_logs_within(self, job: JobRecord) -> None:
-        """``job``'s output (what its attempts wrote to their events.jsonl, copied into the
-        store) joins its owner's, within ``max_logs_mb``: the owner's oldest finished jobs' output
-        goes first (each such job's record says so); output over the whole limit is not kept
-        (``job`` says so). Their state, checkpoint and result records stay."""
-        assert self.store is not None
-        job.log_bytes = sum(_size(self._events_path(job.id, a.number)) for a in job.attempts)
-        verdict = self._keep_within(bounds.LOGS, job, job.log_bytes, self.store.kept_logs)
-        if not verdict.kept:  # its output goes once its last state event is in (_record_state)
-            job.logs_dropped = verdict.too_big
-        for old in self._mark_older(verdict, "logs_dropped"):
-            self._drop_logs(old)
-
-    def _keep_within(self, bound: bounds.Bound, job: JobRecord, nbytes: int,
-                     kept: Callable[[str, str], tuple[int, Iterator[tuple[str, int]]]]) -> bounds.Verdict:
-        """What ``bounds.keep_within`` decides for ``job``'s ``nbytes`` in its owner's ``kept`` set."""
-        limit = getattr(self.config.limits_for(job.owner), bound.knob)
-        total, oldest = kept(job.owner, job.id)
-        verdict = bounds.keep_within(bound, total, oldest, nbytes, limit)
-        line = verdict.log_line(bound, job.owner, limit)
-        if line:
-            log.info(line)
-        return verdict
-
-    def _mark_older(self, verdict: bounds.Verdict, field: str) -> list[JobRecord]:
-        """The older jobs ``verdict`` drops, their records saying why in ``field``."""
-        assert self.store is not None
-        marked = []
-        for job_id, _, why in verdict.drop:
-            old = self.store.get(job_id)
-            if old is not None:
-                setattr(old, field, why)
-                self.store.put(old, touch=False)  # its retention still counts from its end
-                marked.append(old)
-        return marked
-
-    def _drop_logs(self, job: JobRecord) -> None:
-        """Delete a finished job's attempts' events.jsonl, and its output records from the store
-        a chunk at a time (:meth:`_prune_loop`); readers already leave them out
-        (``bounds.visible_events``)."""
-        self._to_prune[job.id] = None
-        self._prune_wake.set()
-        for a in job.attempts:
-            try:
-                self._events_path(job.id, a.number).unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                log.warning("cannot delete the output of job %s: %s", job.id, e)
-
-    def _remove_result(self, job: JobRecord) -> None:
-        a = job.current_attempt
-        try:
-            (attempt_dir(self.state_dir, job.id, a.number if a else 0) / "result.pkl").unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.warning("cannot delete the results of job %s: %s", job.id, e)
-
-    def _keep_finished_within(self, owner: str) -> None:
-        """Delete the owner's oldest finished jobs past ``max_finished`` (records first, then
-        their folders off the event loop), as :meth:`expire` does."""
-        assert self.store is not None
-        cap = self.config.limits_for(owner).max_finished
-        gone = self.store.oldest_finished(owner, cap, EXPIRE_BATCH)
-        if not gone:
-            return
-        self.store.delete(gone)
-        for job_id in gone:
-            self._changed.pop(job_id, None)
-        folders = [job_dir(self.state_dir, j) for j in gone]
-        try:
-            asyncio.get_running_loop().run_in_executor(None, _remove_folders, folders)
-        except RuntimeError:  # no event loop (a rebuild at start): here
-            _remove_folders(folders)
-        log.info("user %s: deleted %d oldest finished jobs to keep within max_finished = %d", owner, len(gone), cap)
 
     def _end_attempt(self, job: JobRecord, exit_record: dict[str, Any],
                      decisions: Optional[list[Decision]] = None) -> None:
@@ -857,76 +512,3 @@ class QueueService(QueueShell):
         flag = self._changed.get(job_id)
         if flag is not None:
             flag.set()
-
-    def _runner_alive(self, a: Attempt) -> bool:
-        if not a.pid:
-            return False
-        proc = self._procs.get(a.pid)
-        if proc is not None:
-            return proc.poll() is None
-        started = _process_start_time(a.pid)
-        if started is None:
-            return False
-        return a.pid_started is None or abs(started - a.pid_started) < 1.0
-
-
-class _Failing:
-    """Rounds of the tail loop that raised, in a row: how long to wait before the next one, and
-    each distinct error logged once (then how often it came, and when it is over)."""
-
-    def __init__(self) -> None:
-        self.count, self.repeats, self.error, self.since = 0, 0, "", 0.0
-
-    def seen(self, e: Exception) -> float:
-        """Note a failed round; the seconds to wait before the next."""
-        if not self.count:
-            self.since = time.monotonic()
-        self.count += 1
-        text = f"{type(e).__name__}: {e}"
-        if text != self.error:
-            if self.repeats:
-                log.warning("reading job events: the error before came %d more times", self.repeats)
-            log.error("reading job events failed: %s; tried again with a growing delay (up to %g s)", text,
-                      TAIL_RETRY_MAX_S, exc_info=e)
-            self.error, self.repeats = text, 0
-        else:
-            self.repeats += 1
-        return min(TAIL_RETRY_FIRST_S * 2 ** min(self.count - 1, 16), TAIL_RETRY_MAX_S)
-
-    def over(self) -> None:
-        """A round went through: say so once after failures."""
-        if self.count:
-            log.info("job events are read again, after %d failed rounds in %.1f s (last: %s)", self.count,
-                     time.monotonic() - self.since, self.error)
-            self.count, self.repeats, self.error = 0, 0, ""
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _remove_folders(folders: list[Path]) -> None:
-    """Delete job folders (what cannot be deleted is logged; the rest goes on)."""
-    for d in folders:
-        try:
-            shutil.rmtree(d)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.warning("cannot delete the folder of an old finished job %s: %s", d, e)
-
-
-def _process_start_time(pid: int) -> Optional[float]:
-    """When process ``pid`` started (seconds since the epoch), or None if it is gone/zombie."""
-    try:
-        import psutil
-
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return p.create_time()
-    except Exception:  # noqa: BLE001 - NoSuchProcess, AccessDenied, ImportError
-        return None
