@@ -26,10 +26,10 @@ Keys (prefix ``gq`` by default)::
     resultsum:<name> / logsum:<name>   the total of the hash's bytes: a job's end reads only
                         these and the oldest entries it drops (``KEEP`` / ``UNKEEP`` ops change
                         all three at once; a hash without them, written by an older version, is
-                        indexed at its owner's next end: :meth:`RedisStore.kept_consistent`)
+                        indexed at its owner's next end: :meth:`RedisStore.kept_set`)
     logprune            ZSET of jobs whose logs were dropped and whose stream still holds them, by
                         the time dropped; logprune:cursor HASH id -> the last entry looked at,
-                        evkeep:<id> the stream being copied without them (``Daemon._prune_logs``)
+                        evkeep:<id> the stream being copied without them (store_bounds.py)
     fence:<id>          "<attempt>:<node>" while the attempt may run, "<attempt>:settled" after
     claim:<id>:<n>      the worker instance that launched attempt n
     started:<id>:<n> / exit:<id>:<n>   what the worker reported (for a daemon restart)
@@ -45,8 +45,8 @@ Keys (prefix ``gq`` by default)::
 
 A finished job's keys are deleted by the daemon ``--keep-finished`` (default 30 days) after it
 ended, or sooner once its owner has more than ``max_finished`` finished jobs; a user's stored
-results are kept within ``max_results_mb`` (the daemon: ``Daemon._keep_results_within``) and the
-output of their finished jobs within ``max_logs_mb`` (``Daemon._keep_logs_within``).
+results are kept within ``max_results_mb`` (the daemon: cluster/store_bounds.py) and the
+output of their finished jobs within ``max_logs_mb``.
 """
 
 from __future__ import annotations
