@@ -78,7 +78,7 @@ def test_results_kept_by_the_previous_version_count_after_an_upgrade_and_a_failo
     alice, r = c.client("alice"), c.redis_client()
     a = _run(c, "alice", 1_500_000)
     b = _run(c, "alice", 1_500_000)
-    r.delete("gq:resultsat:alice", "gq:resultsum:alice")  # the hash alone, as the previous version left it
+    r.delete("gq:resultsat:alice", "gq:resultssum:alice")  # the hash alone, as the previous version left it
     c.kill("daemon")
     c.start_daemon("daemon2")  # the leader lock lapses (1.5 s) and the new daemon leads
     cc = _run(c, "alice", 1_500_000)  # 4.5 MB with a and b: a goes, b stays

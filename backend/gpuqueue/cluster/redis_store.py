@@ -23,7 +23,7 @@ Keys (prefix ``gq`` by default)::
     logs:<name>         HASH of the user's finished jobs whose output is kept: id -> "<bytes of ev:<id>>
                         <end time>" (``max_logs_mb``)
     resultsat:<name> / logsat:<name>   the same ids in a ZSET by end time, and
-    resultsum:<name> / logsum:<name>   the total of the hash's bytes: a job's end reads only
+    resultssum:<name> / logssum:<name>   the total of the hash's bytes: a job's end reads only
                         these and the oldest entries it drops (``KEEP`` / ``UNKEEP`` ops change
                         all three at once; a hash without them, written by an older version, is
                         indexed at its owner's next end: :meth:`RedisStore.kept_set`)
