@@ -113,8 +113,8 @@ def measure(url: str, n: int, ends: int) -> tuple[float, float, float]:
 
 def embedded_drop(lines: int) -> None:
     """The embedded mode's drop of one job's ``lines`` output records from SQLite: one DELETE
-    (as before) against chunks of ``service.PRUNE_CHUNK`` (the event loop runs between them)."""
-    from gpuqueue.embedded import service
+    (as before) against chunks of ``kept.PRUNE_CHUNK`` (the event loop runs between them)."""
+    from gpuqueue.embedded import kept
     from gpuqueue.embedded.store import SqliteStore
     from gpuqueue.queue.bounds import DROPPED_LOG_TYPES
 
@@ -131,12 +131,12 @@ def embedded_drop(lines: int) -> None:
         chunks, t0 = [], time.perf_counter()
         while True:
             t1 = time.perf_counter()
-            n = store.delete_events_chunk("chunks", DROPPED_LOG_TYPES, service.PRUNE_CHUNK)
+            n = store.delete_events_chunk("chunks", DROPPED_LOG_TYPES, kept.PRUNE_CHUNK)
             chunks.append(time.perf_counter() - t1)
-            if n < service.PRUNE_CHUNK:
+            if n < kept.PRUNE_CHUNK:
                 break
         print(f"embedded, dropping {lines:,} log lines: one DELETE holds the loop {one * 1e3:.0f} ms; "
-              f"{len(chunks)} chunks of {service.PRUNE_CHUNK}: longest {max(chunks) * 1e3:.1f} ms, "
+              f"{len(chunks)} chunks of {kept.PRUNE_CHUNK}: longest {max(chunks) * 1e3:.1f} ms, "
               f"median {statistics.median(chunks) * 1e3:.1f} ms, {(time.perf_counter() - t0) * 1e3:.0f} ms in all")
         store.close()
     finally:
