@@ -14,7 +14,8 @@ PYTHONPATH (the two methods have the same signature there)::
     PYTHONPATH=/work/main/backend python benchmarks/store_bounds.py        # before
     PYTHONPATH=backend python benchmarks/store_bounds.py                   # after
 
-``--embedded-lines 1000000`` also times the embedded mode's drop of a job's million log lines
+``--embedded`` also times what the embedded mode reads of the kept sets at a job end (SQLite, both
+versions); ``--embedded-lines 1000000`` also times the embedded mode's drop of a job's million log lines
 from SQLite (after the change only: it calls the chunked delete).
 """
 
@@ -143,6 +144,38 @@ def embedded_drop(lines: int) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def embedded_reads(sizes: list[int]) -> None:
+    """What the embedded mode reads of a user's kept sets at a job's end (both bounds), with N
+    finished jobs: before the change ``stored_results`` + ``stored_logs`` (every kept row), after
+    it ``kept_results`` + ``kept_logs`` (the total and the oldest page, from partial indexes)."""
+    from gpuqueue.embedded.store import SqliteStore
+
+    for n in sizes:
+        work = tempfile.mkdtemp(prefix="gq-bench-sqlite-")
+        try:
+            store = SqliteStore(f"{work}/q.sqlite")
+            store.db.execute("BEGIN")
+            for i in range(n):
+                job = finished_job(i, "alice")
+                job.log_bytes = 1000
+                store.put(job)
+            store.db.execute("COMMIT")
+            times = []
+            for _ in range(50):
+                t0 = time.perf_counter()
+                if hasattr(store, "kept_results"):
+                    for kept in (store.kept_results, store.kept_logs):
+                        next(kept("alice", "new")[1])
+                else:  # the code before the change
+                    store.stored_results("alice"), store.stored_logs("alice")  # type: ignore[attr-defined]
+                times.append(time.perf_counter() - t0)
+            print(f"embedded, {n:>6} kept jobs: a job end reads its kept sets in {statistics.median(times) * 1e3:.2f} ms "
+                  f"(median of 50)")
+            store.close()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     """Print the cost of a job end at each size."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -150,9 +183,12 @@ def main() -> int:
     ap.add_argument("--ends", type=int, default=200, help="job ends timed per size (default %(default)s)")
     ap.add_argument("--embedded-lines", type=int, default=0,
                     help="also time the embedded mode's drop of one job's output of this many lines, e.g. 1000000")
+    ap.add_argument("--embedded", action="store_true", help="also time the embedded mode's reads at a job end")
     args = ap.parse_args()
     if args.embedded_lines:
         embedded_drop(args.embedded_lines)
+    if args.embedded:
+        embedded_reads([int(x) for x in args.sizes.split(",")])
     port, work = free_port(), tempfile.mkdtemp(prefix="gq-bench-")
     server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
                                "--appendonly", "no", "--dir", work], stdout=subprocess.DEVNULL)
