@@ -46,16 +46,19 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 
 _TERMINAL = ", ".join(f"'{s.value}'" for s in JobState if s.is_terminal)
-# The finished jobs whose results / output are kept (``max_results_mb`` / ``max_logs_mb``): a
-# partial index of each, by owner and end, so that a job's end reads its owner's total and oldest
-# from the index, not from every record the owner has (10,000 finished jobs: 38 ms -> a few).
+_FINISHED = f"state IN ({_TERMINAL})"
+# Partial indexes, by owner and end, of the finished jobs (``max_finished``) and of those whose
+# results / output are kept (``max_results_mb`` / ``max_logs_mb``): a job's end reads its
+# owner's count, total and oldest from them, not from every record the owner has (10,000
+# finished jobs: some 60 ms -> 2). A query uses one only if its WHERE holds the same terms.
 _KEPT = {
     "result": (f"state = '{JobState.SUCCEEDED.value}' AND json_extract(record, '$.result_bytes') > 0"
                " AND json_extract(record, '$.result_dropped') IS NULL"),
-    "log": (f"state IN ({_TERMINAL}) AND json_extract(record, '$.log_bytes') > 0"
+    "log": (f"{_FINISHED} AND json_extract(record, '$.log_bytes') > 0"
             " AND json_extract(record, '$.logs_dropped') IS NULL"),
 }
-_KEPT_INDEXES = "".join(
+_INDEXES = (f"CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(owner, json_extract(record, '$.updated_at'), id)"
+            f" WHERE {_FINISHED};\n") + "".join(
     f"CREATE INDEX IF NOT EXISTS jobs_kept_{what} ON jobs(owner, json_extract(record, '$.updated_at'), id,"
     f" json_extract(record, '$.{what}_bytes')) WHERE {cond};\n" for what, cond in _KEPT.items())
 
@@ -70,7 +73,7 @@ class SqliteStore:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.execute("PRAGMA busy_timeout=5000")
-        self.db.executescript(_SCHEMA + _KEPT_INDEXES)
+        self.db.executescript(_SCHEMA + _INDEXES)
 
     def close(self) -> None:
         """Close the connection."""
@@ -156,15 +159,12 @@ class SqliteStore:
     def oldest_finished(self, owner: str, keep: int, limit: int = 500) -> List[str]:
         """Ids of the owner's finished jobs beyond the newest ``keep`` (by end), oldest first,
         at most ``limit``."""
-        done = [s.value for s in JobState if s.is_terminal]
-        marks = ",".join("?" * len(done))
-        (n,) = self.db.execute(f"SELECT COUNT(*) FROM jobs WHERE owner=? AND state IN ({marks})", (owner, *done)).fetchone()
+        (n,) = self.db.execute(f"SELECT COUNT(*) FROM jobs WHERE owner=? AND {_FINISHED}", (owner,)).fetchone()
         if n <= keep:
             return []
-        rows = self.db.execute(
-            f"SELECT id FROM jobs WHERE owner=? AND state IN ({marks})"
-            " ORDER BY json_extract(record, '$.updated_at'), id LIMIT ?",
-            (owner, *done, min(n - keep, limit)),
+        rows = self.db.execute(  # from the partial index jobs_finished
+            f"SELECT id FROM jobs WHERE owner=? AND {_FINISHED} ORDER BY json_extract(record, '$.updated_at'), id LIMIT ?",
+            (owner, min(n - keep, limit)),
         )
         return [r[0] for r in rows]
 
