@@ -50,3 +50,27 @@ def test_a_job_whose_logs_were_dropped_reads_as_a_notice_and_its_records_that_st
     assert "300.0 MB" in shown[0].data["line"] and "within 4096 MB (max_logs_mb in the queue config)" in shown[0].data["line"]
     assert [e.type for e in shown[1:]] == ["state", "checkpoint", "state"]
     assert [e.type for e in visible_events(job, evs[4:], False)] == ["checkpoint", "state"]  # a later page: no notice again
+
+
+def test_a_job_end_reads_only_as_many_of_the_oldest_as_it_drops() -> None:
+    """A store gives its kept set's total and walks it oldest first; ``keep_within`` reads only as
+    far as it drops (a user with 10,000 kept jobs costs a job's end the same as one with 10), and
+    says what each record says, naming the knob."""
+    from gpuqueue.queue.bounds import LOGS, RESULTS, keep_within
+
+    read: list[str] = []
+
+    def oldest():
+        for i in range(10_000):
+            read.append(f"j{i}")
+            yield f"j{i}", MB
+
+    v = keep_within(RESULTS, 10_000 * MB, oldest(), 2 * MB, 10_000)  # 2 MB over: the two oldest go
+    assert v.kept and [i for i, _, _ in v.drop] == ["j0", "j1"] and read == ["j0", "j1"]
+    assert "max_results_mb" in v.drop[0][2] and "(1.0 MB)" in v.drop[0][2]
+    assert v.log_line(RESULTS, "ann", 10_000) == "user ann: dropped the results of 2 older jobs to keep within max_results_mb = 10000"
+    read.clear()
+    assert keep_within(LOGS, 5 * MB, oldest(), MB, 10).drop == [] and read == []  # fits: nothing read
+    big = keep_within(LOGS, 5 * MB, oldest(), 11 * MB, 10)
+    assert not big.kept and big.drop == [] and read == [] and "over the 10 MB" in (big.too_big or "")
+    assert big.too_big and "max_logs_mb" in big.too_big

@@ -60,6 +60,40 @@ def test_a_users_stored_results_are_bounded_oldest_dropped_first(cluster_factory
     assert "max_results_mb" in alice.get(big)["result_dropped"]
 
 
+def _kept_index_agrees(r, kind: str, user: str) -> None:
+    """The daemon's index of a kept set (ZSET by end time, running total) says what its hash says."""
+    held = r.hgetall(f"gq:{kind}:{user}")
+    assert sorted(r.zrange(f"gq:{kind}at:{user}", 0, -1)) == sorted(held), (held, r.zrange(f"gq:{kind}at:{user}", 0, -1))
+    assert int(r.get(f"gq:{kind}sum:{user}") or 0) == sum(int(v.split()[0]) for v in held.values())
+
+
+def test_results_kept_by_the_previous_version_count_after_an_upgrade_and_a_failover(cluster_factory) -> None:
+    """A job's end read its owner's whole ``results:<user>`` hash (10,000 finished jobs: 10,000
+    fields per end); now it reads a running total and the oldest entries it drops. What the
+    previous version stored (the hash alone) still counts: the new daemon indexes it at the
+    owner's next end, also when it took over from a killed leader. Jobs deleted by
+    ``max_finished`` leave the total too, so a kept result is never dropped for bytes that are
+    gone."""
+    c = cluster_factory(nodes={"n1": 1}, config_extra="[defaults]\nmax_results_mb = 3.5\nmax_finished = 3\n")
+    alice, r = c.client("alice"), c.redis_client()
+    a = _run(c, "alice", 1_500_000)
+    b = _run(c, "alice", 1_500_000)
+    r.delete("gq:resultsat:alice", "gq:resultssum:alice")  # the hash alone, as the previous version left it
+    c.kill("daemon")
+    c.start_daemon("daemon2")  # the leader lock lapses (1.5 s) and the new daemon leads
+    cc = _run(c, "alice", 1_500_000)  # 4.5 MB with a and b: a goes, b stays
+    assert not r.exists(f"gq:result:{a}") and "max_results_mb" in alice.get(a)["result_dropped"]
+    assert unpack_results(alice.result(b))[0] == {"x": b"r" * 1_500_000}
+    _kept_index_agrees(r, "results", "alice")
+    d = _run(c, "alice", 100_000)  # fits; over max_finished: a (dropped already) is deleted
+    e = _run(c, "alice", 100_000)  # fits; over max_finished: b, whose results were kept, is deleted
+    wait_until(lambda: not r.exists(f"gq:job:{b}"), 10, 0.1, "the oldest finished jobs deleted")
+    _kept_index_agrees(r, "results", "alice")
+    assert sorted(r.hkeys("gq:results:alice")) == sorted([cc, d, e])
+    for job, n in ((cc, 1_500_000), (d, 100_000), (e, 100_000)):
+        assert unpack_results(alice.result(job))[0] == {"x": b"r" * n}
+
+
 def test_a_users_finished_jobs_are_bounded_oldest_deleted_first(cluster_factory) -> None:
     """Finished job records were kept for --keep-finished (30 days) whatever their number: a
     submit-and-cancel loop made records without end. Now each user keeps at most

@@ -6,6 +6,7 @@ SQLite store, real runners (tests/cluster/test_store_bounds.py does the same aga
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from gpuqueue.queue.config import PoolConfig, QueueConfig, UserLimits
 from gpuqueue.queue.errors import Gone, NotFound, RateLimited
 from gpuqueue.queue.models import JobSpec, SubmitRequest
 from gpuqueue.queue.verbs import Caller
+from helpers.servers import wait_until
 
 ALICE, BOB = Caller("alice"), Caller("bob")
 
@@ -152,6 +154,17 @@ def test_logs_are_kept_within_max_logs_mb_and_a_dropped_jobs_logs_say_so(jupyter
     assert rec["state"] == "succeeded" and "max_logs_mb" in rec["logs_dropped"], rec
     assert not list((server.state_dir / "jobs" / first).rglob("events.jsonl"))
 
+    def output_rows(job: str) -> int:  # the server deletes them from SQLite a chunk at a time
+        db = sqlite3.connect(f"file:{server.state_dir / 'queue.sqlite'}?mode=ro", uri=True)
+        try:
+            return db.execute("SELECT COUNT(*) FROM events WHERE job_id=? AND type IN ('log', 'progress', 'metrics')",
+                              (job,)).fetchone()[0]
+        finally:
+            db.close()
+
+    wait_until(lambda: output_rows(first) == 0, 10, 0.1, "the dropped job's output rows to go")
+    assert output_rows(second) > 2500  # a kept job's stay
+
     k = server.start_kernel()
     assert k.run("%load_ext jupyter_gpuqueue").error is None
     shown = k.run(f"%gpuqueue logs {first}")
@@ -172,3 +185,34 @@ def test_logs_are_kept_within_max_logs_mb_and_a_dropped_jobs_logs_say_so(jupyter
     assert [e["data"]["path"] for e in evs if e["type"] == "checkpoint"] == ["/ck/first"]  # kept: it is no output
     assert "step 1: /ck/first" in k.run(f"%gpuqueue checkpoints {first}").stdout
     assert "third 2499 " in k.run(f"%gpuqueue logs {third}").stdout
+
+
+def test_the_inputs_a_users_unfinished_cells_hold_are_bounded(jupyter_server_factory, tmp_path: Path) -> None:
+    """The embedded queue keeps each cell's payload (up to the server's max_payload_mb, 200 MB)
+    in its state folder until the job is deleted, and a user may have max_queued (1000) jobs
+    waiting: the server's disk for one user's inputs. Now, as in a cluster, the inputs of a
+    user's unfinished jobs take at most ``max_inputs_mb`` together: a submit past it is refused
+    (400, nothing stored) with the cluster's message, naming the knob, and a job that ends frees
+    its room."""
+    from gpuqueue.queue.errors import GPUQueueError
+
+    cfg = tmp_path / "queue.toml"
+    cfg.write_text("[defaults]\nmax_inputs_mb = 10\n[pools.default]\nnodes = { local = 1 }\n")
+    server = jupyter_server_factory(gpus=1, env={"GPUQUEUE_CONFIG": str(cfg)})
+    client = server.client()
+    blocker = client.submit({"kind": "command", "gpus": 1, "command": [sys.executable, "-c", "import time; time.sleep(60)"]})["id"]
+    payload, inputs, outputs = build_payload("y = len(x)", {"x": b"p" * 4_000_000})
+    spec = {"kind": "cell", "gpus": 1, "inputs": inputs, "outputs": outputs}
+    ids = [client.submit(spec, payload, new=True)["id"] for _ in range(2)]  # 8 MB wait behind the blocker
+    with pytest.raises(GPUQueueError) as e:
+        client.submit(spec, payload, new=True)
+    assert e.value.http_status == 400, (e.value.http_status, str(e.value))
+    assert str(e.value).endswith(
+        "the inputs of your unfinished cell jobs take 8.0 MB in the queue's store; this cell's (4.0 MB) would "
+        "pass your limit of 10 MB (max_inputs_mb in the queue config): wait for some to end or cancel some, "
+        "or pass big data as a file path on shared storage"), str(e.value)
+    assert len(client.list()) == 3 and len(list((server.state_dir / "jobs").glob("*/payload.pkl"))) == 2
+    client.cancel(ids[0])
+    assert client.submit(spec, payload, new=True)["id"]  # a job that ended frees its room
+    assert client.submit({"kind": "command", "gpus": 1, "command": ["true"]})["id"]  # a command holds no input
+    client.cancel(blocker)

@@ -22,84 +22,32 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
 import kombu.exceptions
 import redis
 
 from . import cliargs, redis_url
-from ..queue import bounds
 from ..queue.config import GROWING, QueueConfig, load_config
-from ..queue.durations import KEEP_FINISHED, format_duration, parse_retention
+from ..queue.durations import KEEP_FINISHED, parse_retention
 from ..queue.errors import GPUQueueError, Rejected
 from ..queue.lifecycle import adopt, job_request
 from ..queue.models import Attempt, JobRecord
 from ..scheduler import make_scheduler
 from ..queue.shell import AttemptReport, Listener, QueueShell
-from ..scheduler.base import Retry
 from ..queue.states import WAITING_STATES, JobState, Outcome
 from .celeryconfig import TASK_NAME, make_app, node_queue
-from .redis_store import Fenced, Op, RedisStore
+from .redis_store import Fenced, LostLeadership, Op, RedisStore
+from .daemon_nodes import Nodes, NodeSeen
+from .daemon_upkeep import Upkeep
+from .leadership import Leadership
+from .store_bounds import StoreBounds
 
 log = logging.getLogger("gpuqueue.daemon")
 
 MAX_MESSAGES_PER_STEP = 50  # per stream: the workers' reports wait at most one such batch of submissions
 DEFAULT_KEEP_FINISHED_S = parse_retention(KEEP_FINISHED)  # finished jobs are deleted from Redis this long after they end
-EXPIRE_SCAN = 2000  # oldest job ids looked at per expiry round
-EXPIRE_BATCH = 200  # jobs deleted per guarded write
-MESSAGES_KEPT_S = 3600.0  # handled inbox messages are trimmed after this long
-MAX_EXPLAINED = 300  # queued jobs whose "why it waits" is published per round
-EXPLAIN_BUDGET_S = 0.025  # and at most this much CPU per round (every 2 s): an explanation costs
-# a sort of its pool's queue, so 300 of them on a deep queue would take a core's tenth
-EXPLAIN_SLICE_S = 0.004  # explained per step, so that a worker's report never waits long behind it
-PRUNE_BUDGET_S = 0.01  # of each step spent removing dropped logs from their streams (max_logs_mb)
-PRUNE_CHUNK = 1000  # stream entries looked at per call (about 2 ms of Redis: a 256 MB stream takes ~1.7 s in all)
-
-# One chunk of a dropped job's stream (KEYS[1]) copied into KEYS[2] without its output records
-# (ARGV[4..]: their types), from the cursor the hash KEYS[3] keeps for the job (ARGV[2]); at the
-# end the copy replaces the stream and the job leaves the set KEYS[4]. KEYS[5] is the leader lock
-# (ARGV[1]: this daemon's token). Returns 1 when done, 0 to go on, -1 when not the leader.
-_PRUNE = """
-if redis.call('GET', KEYS[5]) ~= ARGV[1] then return -1 end
-local id, count = ARGV[2], tonumber(ARGV[3])
-local drop = {}
-for i = 4, #ARGV do drop[ARGV[i]] = true end
-local cur = redis.call('HGET', KEYS[3], id) or '0-0'
-local rows = redis.call('XRANGE', KEYS[1], '(' .. cur, '+', 'COUNT', count)
-for _, row in ipairs(rows) do
-  local f, typ = row[2], nil
-  for i = 1, #f, 2 do if f[i] == 'type' then typ = f[i + 1] end end
-  if not drop[typ] then redis.call('XADD', KEYS[2], row[1], unpack(f)) end
-  cur = row[1]
-end
-if #rows < count then
-  if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[1]) else redis.call('DEL', KEYS[1]) end
-  redis.call('HDEL', KEYS[3], id)
-  redis.call('ZREM', KEYS[4], id)
-  return 1
-end
-redis.call('HSET', KEYS[3], id, cur)
-return 0
-"""
-
-
-class LostLeadership(Exception):
-    """Another daemon holds the lock now: this one must stop writing."""
-
-
-@dataclass
-class NodeSeen:
-    """What the daemon knows of one node's heartbeats."""
-
-    instance: str
-    pool: str
-    gpus: int
-    beat: Any
-    last_change: float  # monotonic
-
-
-class Daemon(QueueShell):
+class Daemon(QueueShell, Leadership, Nodes, Upkeep, StoreBounds):
     """The leader's loop. Single-threaded: one Redis connection pool, one scheduler. Decisions
     are carried out and attempts settled by :class:`QueueShell`, as in the embedded queue; this
     class sends attempts to nodes' Celery queues and writes to Redis under its fencing token."""
@@ -163,64 +111,7 @@ class Daemon(QueueShell):
         self._explain_budget = 0.0
         self._explain_left = 0
         self._explained: set[str] = set()
-        self._next_prune = 0.0
-        self._prune = store.r.register_script(_PRUNE)
-
-    # -- leadership -----------------------------------------------------------------------
-    def wait_for_lead(self) -> None:
-        """Block (as a standby) until this daemon holds the leader lock."""
-        said = False
-        while not self._stopping:
-            try:
-                tok = self.store.try_lead(self.name, self.leader_ttl_ms)
-            except redis.RedisError as e:
-                log.warning("redis at %s unavailable (%s); retrying%s", redis_url.mask(self.store.url),
-                            redis_url.mask(str(e)), _REFUSED if isinstance(e, redis.AuthenticationError) else "")
-                time.sleep(1.0)
-                continue
-            if tok:
-                self.token = tok
-                log.info("leader now (token %s)", tok)
-                if self.metrics is not None:
-                    self.metrics.set_leader(True)
-                return
-            if not said:
-                log.info("another scheduler daemon leads; standing by")
-                said = True
-            time.sleep(min(1.0, self.leader_ttl_ms / 4000))
-
-    def _renew_loop(self) -> None:
-        """Keep the lock from a thread of its own, so a long pass never lets it lapse."""
-        while not self._stopping:
-            time.sleep(self.leader_ttl_ms / 4000)
-            if self._lost:
-                continue
-            token = self.token
-            try:
-                renewed = self.store.renew_lead(token or "", self.leader_ttl_ms)
-            except redis.RedisError:
-                continue  # an outage: the main loop notices too; the lock's TTL decides
-            with self._token_lock:  # a refusal of a token the main loop has since replaced
-                if not renewed and token == self.token:  # (_retake) is no lost lock
-                    self._lost = True
-
-    def _retake(self) -> bool:
-        """After the lock lapsed (e.g. Redis was down longer than its TTL): take it again if no
-        other daemon has. Its fencing token is new, so nothing written under the old one can
-        slip in afterwards."""
-        try:
-            tok = self.store.try_lead(self.name, self.leader_ttl_ms)
-        except redis.RedisError:
-            return False
-        if tok is None:
-            return False
-        with self._token_lock:
-            self.token, self._lost = tok, False
-        return True
-
-    def _renew(self) -> None:
-        if self._lost:
-            raise LostLeadership("the leader lock lapsed or is held by another daemon")
+        self._init_bounds()
 
     def _exec(self, ops: list[Op]) -> None:
         try:
@@ -557,76 +448,6 @@ class Daemon(QueueShell):
                 continue
             self._end_attempt(job, {"exit_code": None, "lost": True, "error": "no worker took the job in time"})
 
-    # -- nodes ----------------------------------------------------------------------------
-    def _check_nodes(self, initial: bool = False) -> None:
-        st = self.store
-        names = sorted(st.r.smembers(st.k("nodes")))
-        beats = st.r.mget([st.k("hb", n) for n in names]) if names else []
-        now_m = time.monotonic()
-        for name, raw in zip(names, beats):
-            seen = self.nodes.get(name)
-            if raw is None:
-                continue
-            hb = json.loads(raw)
-            if seen is not None and seen.instance == hb["instance"]:
-                if hb.get("seq") != seen.beat:
-                    seen.beat, seen.last_change = hb.get("seq"), now_m
-                continue
-            if initial and hb.get("stopped"):
-                continue
-            if seen is None and self.lost_beats.get(name) == (hb["instance"], hb.get("seq")):
-                continue  # the beat the node was found lost with: it is still down
-            if seen is not None:  # the worker restarted: its old runners died with it
-                log.warning("node %s restarted (instance %s)", name, hb["instance"])
-                self._node_lost(name)
-            if hb.get("stopped"):
-                continue
-            pool = self._pool_of(name, hb.get("pool"), int(hb["gpus"]))
-            self.nodes[name] = NodeSeen(hb["instance"], pool, int(hb["gpus"]), hb.get("seq"), now_m)
-            self.lost_beats.pop(name, None)
-            self.scheduler.node_up(name, pool, int(hb["gpus"]), time.time())
-            log.info("node %s up: %s GPUs in pool %s", name, hb["gpus"], pool)
-            if not initial:
-                self._publish_config()
-        for name, seen in list(self.nodes.items()):
-            raw = beats[names.index(name)] if name in names else None
-            stopped = raw is not None and json.loads(raw).get("stopped") and json.loads(raw)["instance"] == seen.instance
-            if stopped or now_m - seen.last_change > self.node_timeout:
-                log.warning("node %s lost (%s)", name, "worker stopped" if stopped else "heartbeat lapsed")
-                self._node_lost(name)
-
-    def _pool_of(self, node: str, wanted: Optional[str], gpus: int) -> str:
-        """The node's pool: the config's, else the worker's ``--pool`` (or the default pool),
-        which then lists it so admission checks count its GPUs."""
-        for pname, pc in self.config.pools.items():
-            if node in pc.nodes:
-                if self.config_lists_nodes and pc.nodes[node] != gpus:
-                    log.warning("node %s offers %d GPUs, the config lists %d: the queue uses the %d it offers; "
-                                "correct the config or the worker's --gpus", node, gpus, pc.nodes[node], gpus)
-                return pname
-        pool = wanted if wanted in self.config.pools else self.config.default_pool
-        if wanted and wanted != pool:
-            log.warning("node %s: its worker's --pool %s is no pool of the config (%s): it joins pool %s; "
-                        "restart the worker with one of those", node, wanted, ", ".join(self.config.pools), pool)
-        elif not wanted and self.config_lists_nodes:
-            log.warning("node %s is in no pool's nodes in the config: it joins pool %s (the first) with its %d GPUs; "
-                        "list it under [pools.NAME] nodes, or start its worker with --pool NAME", node, pool, gpus)
-        pc = self.config.pools[pool]
-        pc.nodes = {**pc.nodes, node: gpus}  # a new dict: admission checks cache node sizes per dict
-        return pool
-
-    def _node_lost(self, name: str) -> None:
-        seen = self.nodes.pop(name, None)
-        if seen is None:
-            return
-        self.lost_beats[name] = (seen.instance, seen.beat)
-        decisions = self.scheduler.node_down(name, time.time())
-        for d in decisions:
-            if isinstance(d, Retry):
-                job = self._find(d.job_id)
-                if job and job.state.is_active:
-                    self._end_attempt(job, {"exit_code": None, "lost": True}, decisions=[d])
-
     # -- ending attempts (QueueShell._end_attempt) ------------------------------------------
     def _attempt_report(self, job: JobRecord, exit_record: dict[str, Any]) -> AttemptReport:
         """The worker put what the attempt left in its exit report."""
@@ -654,95 +475,6 @@ class Daemon(QueueShell):
         return ops + [["SET", self.store.k("job", old.id), old.model_dump_json(exclude={"pending"})]
                       for old in older.values()]
 
-    def _older(self, ids: list[str], older: dict[str, JobRecord]) -> list[JobRecord]:
-        """The records of ``ids`` (older finished jobs), as already changed in ``older``."""
-        found = {j.id: j for j in self.store.get_jobs([i for i in ids if i not in older])}
-        for job_id in ids:
-            if job_id in found:
-                older[job_id] = found[job_id]
-        return [older[i] for i in ids if i in older]
-
-    def _keep_logs_within(self, job: JobRecord, older: dict[str, JobRecord]) -> list[Op]:
-        """Writes that add ``job``'s output (its event stream, as Redis holds it now) to its
-        owner's and drop the owner's oldest until all fit ``max_logs_mb``: each such job's record
-        says so and its output records go (``_prune_logs``); output over the whole limit is not
-        kept (``job`` says so)."""
-        st, owner = self.store, job.owner
-        limit = self.config.limits_for(owner).max_logs_mb
-        # what the stream takes in Redis; SAMPLES 0 walks its nodes (a few ms for 256 MB)
-        job.log_bytes = int(st.r.memory_usage(st.k("ev", job.id), samples=0) or 0)
-        kept: dict[str, tuple[int, float]] = {}
-        for job_id, value in st.r.hgetall(st.k("logs", owner)).items():
-            nbytes, _, at = value.partition(" ")
-            kept[job_id] = (int(nbytes), float(at or 0))
-        kept.pop(job.id, None)
-        drop = bounds.oldest_to_drop(kept, job.log_bytes, limit)
-        now = time.time()
-        if drop is None:
-            job.logs_dropped = bounds.logs_too_big_to_keep(job.log_bytes, limit)
-            return [["ZADD", st.k("logprune"), repr(now), job.id]]
-        ops: list[Op] = [["HSET", st.k("logs", owner), job.id, f"{job.log_bytes} {now!r}"]]
-        for old in self._older(drop, older):
-            old.logs_dropped = bounds.logs_dropped_for_newer(kept[old.id][0], limit)
-            ops.append(["ZADD", st.k("logprune"), repr(now), old.id])
-        for job_id in drop:
-            ops.append(["HDEL", st.k("logs", owner), job_id])
-        if drop:
-            log.info("user %s: dropping the output of %d older jobs to keep within max_logs_mb = %g",
-                     owner, len(drop), limit)
-        return ops
-
-    def _prune_logs(self) -> None:
-        """Remove the output records of the jobs whose logs were dropped (``gq:logprune``), a
-        chunk at a time within a small budget per step: each stream is copied without them
-        inside Redis and then replaces the old one. Readers already leave them out
-        (``bounds.visible_events``)."""
-        now_m = time.monotonic()
-        if now_m < self._next_prune:
-            return
-        st = self.store
-        ids = st.r.zrange(st.k("logprune"), 0, 9)
-        if not ids:
-            self._next_prune = now_m + 1.0
-            return
-        stop_at = time.perf_counter() + PRUNE_BUDGET_S
-        for job_id in ids:
-            while time.perf_counter() < stop_at:
-                done = int(self._prune(keys=[st.k("ev", job_id), st.k("evkeep", job_id), st.k("logprune", "cursor"),
-                                             st.k("logprune"), st.k("leader")],
-                                       args=[self.token or "", job_id, PRUNE_CHUNK, *sorted(bounds.DROPPED_LOG_TYPES)]))
-                if done < 0:
-                    raise LostLeadership("the leader lock is another daemon's (pruning logs)")
-                if done:
-                    break
-            else:
-                return
-
-    def _keep_results_within(self, job: JobRecord, older: dict[str, JobRecord]) -> list[Op]:
-        """Writes that add ``job``'s stored results to its owner's and drop the owner's oldest
-        until all fit ``max_results_mb`` (each dropped job's record says so); results over the
-        whole limit are not kept (``job`` says so)."""
-        st, owner = self.store, job.owner
-        limit = self.config.limits_for(owner).max_results_mb
-        kept: dict[str, tuple[int, float]] = {}
-        for job_id, value in st.r.hgetall(st.k("results", owner)).items():
-            nbytes, _, at = value.partition(" ")
-            kept[job_id] = (int(nbytes), float(at or 0))
-        kept.pop(job.id, None)
-        drop = bounds.oldest_to_drop(kept, job.result_bytes, limit)
-        if drop is None:
-            job.result_dropped = bounds.too_big_to_keep(job.result_bytes, limit)
-            return [["DEL", st.k("result", job.id)]]
-        ops: list[Op] = [["HSET", st.k("results", owner), job.id, f"{job.result_bytes} {time.time()!r}"]]
-        for old in self._older(drop, older):
-            old.result_dropped = bounds.dropped_for_newer(kept[old.id][0], limit)
-        for job_id in drop:
-            ops += [["DEL", st.k("result", job_id)], ["HDEL", st.k("results", owner), job_id]]
-        if drop:
-            log.info("user %s: dropped the results of %d older jobs to keep within max_results_mb = %g",
-                     owner, len(drop), limit)
-        return ops
-
     def _record_state(self, job: JobRecord, data: dict[str, Any], extra: Sequence[Any]) -> None:
         """The record, ``extra`` and the state event in one guarded write; a finished job may
         put its owner over ``max_finished``."""
@@ -752,130 +484,8 @@ class Daemon(QueueShell):
         if job.state.is_terminal:
             self._keep_finished_within(job.owner)
 
-    def _keep_finished_within(self, owner: str) -> None:
-        """Delete the owner's oldest finished jobs past ``max_finished`` (as ``_expire`` does)."""
-        st = self.store
-        cap = self.config.limits_for(owner).max_finished
-        over = int(st.r.zcard(st.k("done", owner))) - cap
-        if over <= 0:
-            return
-        ids = st.r.zrange(st.k("done", owner), 0, min(over, EXPIRE_BATCH) - 1)  # the rest at the next ends
-        jobs = [j for j in st.get_jobs(ids) if j.state.is_terminal]
-        ops: list[Op] = [op for j in jobs for op in st.delete_job_ops(j)]
-        missing = set(ids) - {j.id for j in jobs}  # deleted meanwhile (or by hand)
-        if missing:
-            ops.append(["ZREM", st.k("done", owner), *sorted(missing)])
-        self._exec(ops)
-        log.info("user %s: deleted %d oldest finished jobs to keep within max_finished = %d", owner, len(jobs), cap)
-
     def _event(self, job_id: str, type_: str, data: dict[str, Any]) -> None:
         self._exec([self.store.event_op(job_id, type_, data)])
-
-    # -- publishing -----------------------------------------------------------------------
-    def _publish_config(self) -> None:
-        """Publish the effective config: the API uses it for defaults and admission checks."""
-        self._exec([["SET", self.store.k("config"), self.config.model_dump_json()]])
-
-    def _publish(self) -> None:
-        """Publish the queue's snapshot (every 0.5 s) and why queued jobs wait (a round every
-        2 s, explained a slice per step so that no step is held up for long)."""
-        now = time.monotonic()
-        ops: list[Op] = []
-        if now - self._last_publish >= 0.5:
-            self._last_publish = now
-            snap = self.scheduler.snapshot()
-            snap["nodes"] = {n: {"pool": s.pool, "gpus": s.gpus} for n, s in self.nodes.items()}
-            snap["leader"] = self.name
-            ops.append(["SET", self.store.k("snapshot"), json.dumps(snap, default=str)])
-            if now - self._last_pending > 2.0:
-                self._last_pending = now
-                if self._explained - self.known:
-                    ops.append(["HDEL", self.store.k("pending"), *(self._explained - self.known)])
-                self._explained = set(self.known)
-                # a rotating window of the queued jobs: explaining one costs up to a pass of its pool
-                ids = sorted(self.known)
-                start = self._explain_from if self._explain_from < len(ids) else 0
-                self._explain_from = start
-                self._to_explain = deque(ids[start:] + ids[:start])
-                self._explain_budget = EXPLAIN_BUDGET_S
-                self._explain_left = MAX_EXPLAINED
-        if self._to_explain:
-            t, t0 = time.time(), time.perf_counter()
-            stop_at = t0 + min(EXPLAIN_SLICE_S, self._explain_budget)
-            while self._to_explain and self._explain_left > 0 and time.perf_counter() < stop_at:
-                job_id = self._to_explain.popleft()
-                self._explain_from += 1
-                ex = self.scheduler.explain(job_id, t) if job_id in self.known else None
-                if ex is not None:
-                    ops.append(["HSET", self.store.k("pending"), job_id, json.dumps(ex.as_dict(), default=str)])
-                    self._explain_left -= 1
-            self._explain_budget -= time.perf_counter() - t0
-            if self._explain_budget <= 0 or self._explain_left <= 0:
-                self._to_explain.clear()  # this round is done; the window goes on from here next round
-        if ops:
-            self._exec(ops)
-
-    def _expire(self) -> None:
-        """Delete finished jobs (record, events, payload, results, bookkeeping) that ended more
-        than ``keep_finished`` seconds ago. Runs every minute (sooner for a short retention) and
-        looks at the oldest jobs first, a bounded number per round."""
-        if self.keep_finished is None:
-            return
-        now_m = time.monotonic()
-        if now_m - self._last_gc < min(60.0, self.keep_finished / 4):
-            return
-        self._last_gc = now_m
-        st = self.store
-        cutoff = time.time() - self.keep_finished
-        offset = 0
-        gone: list[JobRecord] = []
-        while offset < EXPIRE_SCAN:
-            # created before the cutoff is necessary (a job ends after it is created), not enough
-            ids = st.r.zrangebyscore(st.k("jobs"), "-inf", cutoff, start=offset, num=500)
-            if not ids:
-                break
-            jobs = st.get_jobs(ids)
-            missing = set(ids) - {j.id for j in jobs}  # records deleted by hand: drop the index entry
-            if missing:
-                self._exec([["ZREM", st.k("jobs"), *sorted(missing)]])
-            expired = [j for j in jobs if j.state.is_terminal and j.updated_at < cutoff]
-            gone += expired
-            offset += len(ids) - len(missing) - len(expired)
-            for i in range(0, len(expired), EXPIRE_BATCH):
-                self._exec([op for j in expired[i : i + EXPIRE_BATCH] for op in st.delete_job_ops(j)])
-        if gone:
-            log.info("deleted %d jobs that finished over %s ago", len(gone), format_duration(self.keep_finished))
-
-    def _trim(self) -> None:
-        """Drop handled messages older than an hour from the two inbound streams (the hour is
-        kept for debugging)."""
-        now_m = time.monotonic()
-        if now_m - self._last_trim < 60.0:
-            return
-        self._last_trim = now_m
-        hour_ago = (int((time.time() - MESSAGES_KEPT_S) * 1000), 0)
-        ops: list[Op] = []
-        for key, cursor in (("daemon", self.cursor), ("reports", self.reports_cursor)):
-            ms, _, seq = cursor.partition("-")
-            upto = min(hour_ago, (int(ms), int(seq or 0)))
-            if upto > (0, 0):
-                ops.append(["XTRIM", self.store.k(key), "MINID", f"{upto[0]}-{upto[1]}"])
-        if ops:
-            self._exec(ops)
-
-    def _save_state(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if force or now - self._last_state > 30.0:
-            self._last_state = now
-            try:
-                self._exec([["SET", self.store.k("sched_state"), json.dumps(self.scheduler.export_state())]])
-            except (LostLeadership, redis.RedisError):
-                pass
-
-
-_REFUSED = (": Redis refused the user or password of that URL; check $GPUQUEUE_REDIS_URL or the --redis-file "
-            "(redis://gpuqueue-scheduler:PASSWORD@host:6379/0 with deploy/redis/users.acl)")
-
 
 def _empty_config() -> QueueConfig:
     """Without a config file: one pool 'default' that grows as workers join."""

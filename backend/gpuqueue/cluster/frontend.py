@@ -128,10 +128,7 @@ class ClusterFrontend:
             # a refused submit costs no token
             self.limiter.refund(caller.name, caller.admin, limits, caller.hub_groups)
             if which == "inputs":
-                raise Rejected(f"the inputs of your unfinished cell jobs take {n / 1e6:.1f} MB in the queue's store; "
-                               f"this cell's ({(len(payload) if payload is not None else 0) / 1e6:.1f} MB) would pass your limit of "
-                               f"{inputs_mb:g} MB (max_inputs_mb in the queue config): wait for some to end or "
-                               f"cancel some, or pass big data as a file path on shared storage")
+                raise Rejected(bounds.inputs_over_limit(n, len(payload) if payload is not None else 0, inputs_mb))
             if which == "user":
                 raise Rejected(f"you have {n} queued jobs, the limit (max_queued) is {user_limit}; "
                                f"wait for some to start or cancel some")

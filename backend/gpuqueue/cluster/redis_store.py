@@ -22,9 +22,14 @@ Keys (prefix ``gq`` by default)::
     results:<name>      HASH of the user's stored results: id -> "<bytes> <end time>" (``max_results_mb``)
     logs:<name>         HASH of the user's finished jobs whose output is kept: id -> "<bytes of ev:<id>>
                         <end time>" (``max_logs_mb``)
+    resultsat:<name> / logsat:<name>   the same ids in a ZSET by end time, and
+    resultssum:<name> / logssum:<name>   the total of the hash's bytes: a job's end reads only
+                        these and the oldest entries it drops (``KEEP`` / ``UNKEEP`` ops change
+                        all three at once; a hash without them, written by an older version, is
+                        indexed at its owner's next end: :meth:`RedisStore.kept_set`)
     logprune            ZSET of jobs whose logs were dropped and whose stream still holds them, by
                         the time dropped; logprune:cursor HASH id -> the last entry looked at,
-                        evkeep:<id> the stream being copied without them (``Daemon._prune_logs``)
+                        evkeep:<id> the stream being copied without them (store_bounds.py)
     fence:<id>          "<attempt>:<node>" while the attempt may run, "<attempt>:settled" after
     claim:<id>:<n>      the worker instance that launched attempt n
     started:<id>:<n> / exit:<id>:<n>   what the worker reported (for a daemon restart)
@@ -40,15 +45,15 @@ Keys (prefix ``gq`` by default)::
 
 A finished job's keys are deleted by the daemon ``--keep-finished`` (default 30 days) after it
 ended, or sooner once its owner has more than ``max_finished`` finished jobs; a user's stored
-results are kept within ``max_results_mb`` (the daemon: ``Daemon._keep_results_within``) and the
-output of their finished jobs within ``max_logs_mb`` (``Daemon._keep_logs_within``).
+results are kept within ``max_results_mb`` (the daemon: cluster/store_bounds.py) and the
+output of their finished jobs within ``max_logs_mb``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -73,6 +78,22 @@ for _, op in ipairs(req.o) do
     local s = redis.call('INCR', req.p .. ':evseq:' .. op[2])
     redis.call('XADD', req.p .. ':ev:' .. op[2], s .. '-0', 't', op[3], 'type', op[4], 'data', op[5])
     seqs[#seqs + 1] = s
+  elseif op[1] == 'KEEP' or op[1] == 'UNKEEP' then
+    -- {KEEP, kind, owner, id, bytes, at} / {UNKEEP, kind, owner, id}: the hash, its ZSET by
+    -- time and its total change together
+    local h, z, t = req.p .. ':' .. op[2] .. ':' .. op[3], req.p .. ':' .. op[2] .. 'at:' .. op[3],
+                    req.p .. ':' .. op[2] .. 'sum:' .. op[3]
+    local was = redis.call('HGET', h, op[4])
+    if was then
+      redis.call('HDEL', h, op[4])
+      redis.call('ZREM', z, op[4])
+      redis.call('DECRBY', t, tonumber(string.match(was, '^%-?%d+')))
+    end
+    if op[1] == 'KEEP' then
+      redis.call('HSET', h, op[4], op[5] .. ' ' .. op[6])
+      redis.call('ZADD', z, op[6], op[4])
+      redis.call('INCRBY', t, op[5])
+    end
   else
     redis.call(unpack(op))
   end
@@ -118,12 +139,34 @@ redis.call('XADD', p .. ':daemon', '*', 'm', ARGV[9])
 return {1, s}
 """
 
+# A kept set's head (KEYS: its hash, ZSET by time, total; ARGV[4] = 1): its hash's length, the
+# ZSET's, the total ('' if none) and ARGV[1]'s entry; then ARGV[3] of its oldest entries from
+# ARGV[2] on, as id, "<bytes> <time>" pairs.
+_KEPT = """
+local out = {}
+if ARGV[4] == '1' then
+  out = {redis.call('HLEN', KEYS[1]), redis.call('ZCARD', KEYS[2]), redis.call('GET', KEYS[3]) or '',
+         redis.call('HGET', KEYS[1], ARGV[1]) or ''}
+end
+local from = tonumber(ARGV[2])
+for _, id in ipairs(redis.call('ZRANGE', KEYS[2], from, from + tonumber(ARGV[3]) - 1)) do
+  out[#out + 1] = id
+  out[#out + 1] = redis.call('HGET', KEYS[1], id) or ''
+end
+return out
+"""
+_FIRST_PAGE = 16  # a job's end mostly drops one or two: the head brings that many
+
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 """
+
+
+class LostLeadership(Exception):
+    """Another daemon holds the leader lock now: this one must stop writing."""
 
 
 class Fenced(Exception):
@@ -162,6 +205,7 @@ class RedisStore:
         self._exec = self.r.register_script(_EXEC)
         self._renew = self.r.register_script(_RENEW)
         self._submit = self.r.register_script(_SUBMIT)
+        self._kept = self.r.register_script(_KEPT)
 
     # -- keys -----------------------------------------------------------------------------
     def k(self, *parts: Any) -> str:
@@ -218,14 +262,62 @@ class RedisStore:
             ["ZREM", self.k("jobs"), i],
             ["ZREM", self.k("owner", job.owner), i],
             ["ZREM", self.k("done", job.owner), i],
-            ["HDEL", self.k("results", job.owner), i],
-            ["HDEL", self.k("logs", job.owner), i],
+            self.unkeep_op("results", job.owner, i),
+            self.unkeep_op("logs", job.owner, i),
             ["DEL", self.k("evkeep", i)],
             ["ZREM", self.k("logprune"), i],
             ["HDEL", self.k("logprune", "cursor"), i],
             ["HDEL", self.k("inputs", job.owner), i],
             ["HDEL", self.k("pending"), i],
         ] + self.index_ops(job)  # a finished job's: out of the live and waiting sets
+
+    # -- what finished jobs keep (queue/bounds.py) -----------------------------------------
+    @staticmethod
+    def keep_op(kind: str, owner: str, job_id: str, nbytes: int, at: float) -> Op:
+        """An op that puts ``job_id``'s ``nbytes`` in the owner's kept set ``kind`` ("results" or
+        "logs"), replacing what it had there."""
+        return ["KEEP", kind, owner, job_id, str(int(nbytes)), repr(at)]
+
+    @staticmethod
+    def unkeep_op(kind: str, owner: str, job_id: str) -> Op:
+        """An op that takes ``job_id`` out of the owner's kept set ``kind`` (if it is there)."""
+        return ["UNKEEP", kind, owner, job_id]
+
+    def kept_set(self, kind: str, owner: str, without: str = "") -> tuple[int, bool, Iterator[tuple[str, int]]]:
+        """The owner's kept set ``kind`` without ``without``: its bytes; whether its index (ZSET
+        by time, total) agrees with its hash (it does not when an older version wrote the hash
+        alone: then :meth:`reindex_ops` first); and its entries oldest first as (id, bytes),
+        read a page at a time only as far as the caller goes (ties in time by id, as
+        ``bounds.oldest_to_drop``). One round trip for all that and the first page."""
+        keys = [self.k(kind, owner), self.k(kind + "at", owner), self.k(kind + "sum", owner)]
+        head = self._kept(keys=keys, args=[without or "-", 0, _FIRST_PAGE, 1])
+        n, zn, total, mine = int(head[0]), int(head[1]), head[2], head[3]
+        held = int(total or 0)
+        consistent = n == zn and held >= 0 and (total != "" if n else held == 0)
+
+        def oldest() -> Iterator[tuple[str, int]]:
+            rows, start, page = head[4:], 0, _FIRST_PAGE
+            while True:
+                for job_id, v in zip(rows[::2], rows[1::2]):
+                    if v and job_id != without:
+                        yield job_id, _bytes(v)
+                if len(rows) < 2 * page:
+                    return
+                start, page = start + page, 64
+                rows = self._kept(keys=keys, args=["-", start, page, 0])
+
+        return held - (_bytes(mine) if without and mine else 0), consistent, oldest()
+
+    def reindex_ops(self, kind: str, owner: str) -> list[Op]:
+        """Ops that rebuild the owner's ZSET and total for ``kind`` from its hash (one read of the
+        whole hash: once per user after an upgrade, or after an older version wrote to it)."""
+        h, z, t = self.k(kind, owner), self.k(kind + "at", owner), self.k(kind + "sum", owner)
+        entries = self.r.hgetall(h)
+        ops: list[Op] = [["DEL", z], ["SET", t, str(sum(_bytes(v) for v in entries.values()))]]
+        pairs = [(v.partition(" ")[2] or "0", job_id) for job_id, v in sorted(entries.items())]
+        for i in range(0, len(pairs), 500):  # Lua's unpack takes a few thousand values at most
+            ops.append(["ZADD", z, *[x for pair in pairs[i : i + 500] for x in pair]])
+        return ops
 
     def submit_job(self, job: JobRecord, payload: Optional[bytes | memoryview], daemon_msg: dict[str, Any],
                    user_limit: Optional[int] = None, pool_limit: Optional[int] = None,
@@ -328,6 +420,11 @@ class RedisStore:
 
 def _s(v: Any) -> Any:
     return v if isinstance(v, str) else (repr(v) if isinstance(v, float) else str(v))
+
+
+def _bytes(kept: str) -> int:
+    """The bytes of a kept-set hash value ``"<bytes> <end time>"``."""
+    return int(kept.partition(" ")[0] or 0)
 
 
 def _event(eid: str, f: dict[str, str]) -> Event:

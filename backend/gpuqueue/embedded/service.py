@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -25,13 +23,12 @@ from typing import Any, AsyncIterator, Iterator, Optional, Sequence
 
 from ..observability import gpumap
 from ..queue.config import QueueConfig, single_node_config
-from ..queue.durations import KEEP_FINISHED, format_duration, parse_retention
+from ..queue.durations import KEEP_FINISHED, parse_retention
 from ..queue import bounds
 from ..queue.errors import Conflict, Forbidden, Gone, NotFound, Rejected
-from ..attempt.jobdir import (MALFORMED, attempt_dir, job_dir, read_events, read_job_record, write_bytes_atomic,
+from ..attempt.jobdir import (MALFORMED, attempt_dir, job_dir, read_job_record, write_bytes_atomic,
                               write_json_atomic)
-from ..attempt.launch import build_launch, runner_env
-from ..attempt.warmjob import warm_spec
+from ..attempt.launch import build_launch
 from ..queue.lifecycle import decode_payload, job_request, results_for_owner_only, same_cell_job, with_defaults
 from ..observability.logs import job_fields
 from ..queue.models import Attempt, Buffer, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
@@ -39,35 +36,21 @@ from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
 from ..scheduler import make_scheduler
 from ..scheduler.admission import inadmissible
 from ..scheduler.base import Decision, JobRequest
-from ..queue.states import ACTIVE_STATES, LIVE_STATES, WAITING_STATES, JobState
+from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..queue.verbs import Caller
+from .kept import KeptWithin
+from .runners import Runners, process_start_time
 from .store import SqliteStore
+from .tailing import Tailing, wait_set
 
 log = logging.getLogger("gpuqueue.service")
 
-TAIL_INTERVAL_S = 0.01  # while attempts run: how often their event files are looked at (a stat each)
-IDLE_TAIL_S = 5.0  # while none runs: the tail loop sleeps this long, or until an attempt starts
 TICK_INTERVAL_S = 1.0  # a scheduling pass at least this often (more on submit/finish)
 STATE_SAVE_INTERVAL_S = 30.0
-EXPIRE_EVERY_S = 60.0  # how often finished jobs past keep_finished are looked for
-EXPIRE_BATCH = 500  # at most this many deleted a round
 
 
-async def wait_set(event: asyncio.Event, timeout: float) -> bool:
-    """Wait until ``event`` is set (True) or ``timeout`` seconds pass (False). A cancel always
-    ends the wait with CancelledError: Python 3.10-3.11's ``asyncio.wait_for`` returns normally
-    when the event is set in the same loop turn as the cancel, and a loop built on it then goes
-    on after ``stop()`` cancelled it (the server hung on SIGTERM while a job was launching)."""
-    waiter = asyncio.ensure_future(event.wait())
-    try:
-        done, _ = await asyncio.wait({waiter}, timeout=timeout)
-    finally:
-        waiter.cancel()
-    return bool(done)
-
-
-class QueueService(QueueShell):
+class QueueService(KeptWithin, Tailing, Runners, QueueShell):
     """Embedded-mode queue manager. Every public method is called on the event loop thread.
     Decisions are carried out and attempts settled by :class:`QueueShell`; this class starts
     attempts as local runners and keeps records in SQLite."""
@@ -101,6 +84,9 @@ class QueueService(QueueShell):
         # found at start): a server whose user never submits starts no interpreter
         self._warm_wanted = False
         self._sizes: dict[str, tuple[Path, int]] = {}  # active job -> (events file, size seen)
+        self._to_prune: dict[str, None] = {}  # jobs whose dropped output is still in the store, in order
+        self._prune_wake = asyncio.Event()
+        self._inputs_pending: dict[str, int] = {}  # owner -> payload bytes of submits being written
         self._wake = asyncio.Event()
         self._tail_wake = asyncio.Event()  # set when an attempt starts (or a runner is to reap)
         self._changed: dict[str, asyncio.Event] = {}
@@ -139,25 +125,14 @@ class QueueService(QueueShell):
         if saved:
             self.scheduler.import_state(saved)
         self._restore()
+        self._to_prune.update(dict.fromkeys(self.store.logs_left_to_drop(bounds.DROPPED_LOG_TYPES)))
         self._tasks = [
             asyncio.create_task(self._schedule_loop()),
             asyncio.create_task(self._tail_loop()),
+            asyncio.create_task(self._prune_loop()),
         ]
         if self.keep_finished is not None:
             self._tasks.append(asyncio.create_task(self._expire_loop(self.keep_finished)))
-
-    def _warn_missing_warm_imports(self) -> None:
-        """Name the modules of a ``warm_imports`` the config sets that this server's Python
-        cannot find: a module that is not installed is skipped, so a misspelt name made every
-        cell job start cold without a word (the default's ``torch`` is skipped quietly)."""
-        if "warm_imports" not in self.config.model_fields_set:
-            return
-        missing = [m for m in self.config.warm_imports if importlib.util.find_spec(m.split(".")[0]) is None]
-        if missing:
-            log.warning("warm_imports: %s not installed for %s: cell jobs are started without %s; "
-                        "fix the name%s in the queue config, or install %s", ", ".join(map(repr, missing)),
-                        sys.executable, "it" if len(missing) == 1 else "them", "" if len(missing) == 1 else "s",
-                        "it" if len(missing) == 1 else "them")
 
     async def stop(self) -> None:
         """Stop the loops. Running jobs go on: the next start re-adopts them."""
@@ -220,8 +195,23 @@ class QueueService(QueueShell):
         why = inadmissible(self._request(job), self.config)
         if why:  # a job that can never run here: 400 before its payload is written or a token taken
             raise Rejected(why)
+        nbytes = len(payload) if payload is not None else 0
+        self._check_inputs(caller.name, nbytes)
         # given back if refused below
         self.limiter.check(caller.name, caller.admin, self.config, caller.hub_groups)
+        self._inputs_pending[caller.name] = self._inputs_pending.get(caller.name, 0) + nbytes
+        try:
+            return await self._submit_job(caller, req, job, spec, payload)
+        finally:
+            left = self._inputs_pending.pop(caller.name) - nbytes
+            if left:
+                self._inputs_pending[caller.name] = left
+
+    async def _submit_job(self, caller: Caller, req: SubmitRequest, job: JobRecord, spec: JobSpec,
+                          payload: Optional[Buffer]) -> tuple[JobRecord, bool]:
+        """The rest of :meth:`submit`, once the job may be taken: its files written off the loop,
+        then the scheduler and the store told."""
+        assert self.store is not None
         d = job_dir(self.state_dir, job.id)
         await asyncio.to_thread(self._write_job_files, d, spec, payload)
         attached = same_cell_job(req, self._iter_live(caller.name))
@@ -386,110 +376,6 @@ class QueueService(QueueShell):
             self._last_state_save = now
             self.store.set_meta("scheduler_state", self.scheduler.export_state())
 
-    async def _tail_loop(self) -> None:
-        """Tail active attempts every TAIL_INTERVAL_S (live logs); while none is active and no
-        runner is left to reap, sleep until one starts (at most IDLE_TAIL_S)."""
-        while True:
-            try:
-                self._tail_all()
-            except Exception:  # noqa: BLE001
-                log.exception("reading job events failed")
-            if self._sizes or self._procs:
-                await asyncio.sleep(TAIL_INTERVAL_S)
-                continue
-            self._tail_wake.clear()
-            await wait_set(self._tail_wake, IDLE_TAIL_S)
-
-    async def _expire_loop(self, keep_s: float) -> None:
-        """Every minute (sooner for a short ``keep_finished``): delete the finished jobs that
-        ended over ``keep_s`` ago, records and folders (payload, logs, results, checkpoints)."""
-        while True:
-            await asyncio.sleep(min(EXPIRE_EVERY_S, keep_s / 4))
-            try:
-                await self.expire(keep_s)
-            except Exception:  # noqa: BLE001 - the next round tries again
-                log.exception("deleting old finished jobs failed")
-
-    async def expire(self, keep_s: float) -> list[str]:
-        """One round of :meth:`_expire_loop` (at most EXPIRE_BATCH jobs); the ids deleted."""
-        assert self.store is not None
-        gone = self.store.finished_before(time.time() - keep_s, EXPIRE_BATCH)
-        if not gone:
-            return []
-        self.store.delete(gone)  # first: from now on the jobs do not exist for anyone
-        for job_id in gone:
-            self._changed.pop(job_id, None)
-        folders = [job_dir(self.state_dir, j) for j in gone]
-        await asyncio.to_thread(_remove_folders, folders)  # checkpoints may be large: off the loop
-        log.info("deleted %d jobs that finished over %s ago: %s", len(gone), format_duration(keep_s),
-                 ", ".join(gone[:20]) + (" ..." if len(gone) > 20 else ""))
-        return gone
-
-    def _tail_all(self) -> None:
-        """Copy what active attempts wrote. Every pass (TAIL_INTERVAL_S while one is active)
-        only their event files' sizes are looked at (a stat each); the store is read at most once a
-        second, with the liveness check."""
-        assert self.store is not None
-        for pid, proc in list(self._procs.items()):
-            if proc.poll() is not None:
-                del self._procs[pid]
-        if time.monotonic() - self._last_liveness <= 1.0:
-            for job_id, (path, seen) in list(self._sizes.items()):
-                try:
-                    size = os.stat(path).st_size
-                except FileNotFoundError:
-                    continue
-                if size != seen:
-                    self._sizes[job_id] = (path, size)
-                    job = self._get(job_id)
-                    if job.state.is_active:
-                        self._tail_job(job)
-            return
-        self._last_liveness = time.monotonic()
-        sizes: dict[str, tuple[Path, int]] = {}
-        for job in self.store.list(states=ACTIVE_STATES, limit=100_000):
-            self._tail_job(job)
-            job = self._get(job.id)
-            a = job.current_attempt
-            if job.state.is_active and a and a.outcome is None and not self._runner_alive(a):
-                self._tail_job(job)
-                job = self._get(job.id)
-                a = job.current_attempt
-                if job.state.is_active and a is not None and a.outcome is None:
-                    self._end_attempt(job, self._read_exit(job))
-            a = job.current_attempt
-            if job.state.is_active and a is not None:
-                sizes[job.id] = self._sizes.get(job.id, (self._events_path(job.id, a.number), -1))
-        self._sizes = sizes
-
-    def _events_path(self, job_id: str, attempt: int) -> Path:
-        return attempt_dir(self.state_dir, job_id, attempt) / "events.jsonl"
-
-    def _tail_job(self, job: JobRecord) -> None:
-        """Copy new complete lines of the current attempt's events.jsonl into the store."""
-        assert self.store is not None
-        a = job.current_attempt
-        if a is None:
-            return
-        offset = self.store.tail_offset(job.id, a.number)
-        batch = read_events(self._events_path(job.id, a.number), offset)
-        if not batch.complete_line:
-            return
-        now = time.time()
-        events = [(now if t is None else float(t), type_, d) for t, type_, d in batch.events]
-        exit_record = batch.exit
-        started = batch.runner is not None
-        if started and job.state == JobState.STARTING:
-            self._set_state(job, JobState.RUNNING, node=a.node, gpus=a.gpu_ids)
-            self.scheduler.started(job.id, time.time())
-            self._notify("started", job)
-        self.store.append_events(job.id, events, tail=(a.number, batch.offset))
-        self._poke(job.id)
-        for type_, payload in ((e[1], e[2]) for e in events):
-            self._notify("event", {"job": job, "type": type_, "data": payload})
-        if exit_record is not None:
-            self._end_attempt(self._get(job.id), exit_record)
-
     # -- launching and ending attempts ------------------------------------------------------
     def _start_attempt(self, job_id: str, placement: dict[str, tuple[int, ...]]) -> None:
         """A ``Start``: write launch.json and hand its folder to a (warm) runner."""
@@ -529,86 +415,8 @@ class QueueService(QueueShell):
         self._tail_wake.set()  # the tail loop polls fast from now on
         log.info("job %s: attempt %s launched on %s GPUs %s", job_id, number, node, devices, extra=job_fields(job))
         attempt.pid = proc.pid
-        attempt.pid_started = _process_start_time(proc.pid)
+        attempt.pid_started = process_start_time(proc.pid)
         self.store.put(job)
-
-    def _take_runner(self) -> subprocess.Popen[bytes]:
-        """The warm runner (started ahead of time) if it is alive, else a new one."""
-        proc = self._warm
-        self._warm = None
-        if proc is None or proc.poll() is not None:
-            proc = self._new_runner()
-        return proc
-
-    def _new_runner(self) -> subprocess.Popen[bytes]:
-        """A runner in its own session (it outlives this server), waiting on stdin. Once primed
-        it starts the next cell job's interpreter ahead (``gpuqueue.attempt.warmjob``)."""
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "gpuqueue.attempt.runner", "-"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-            env=runner_env(),
-        )
-        self._warm_primed = False
-        return proc
-
-    def _prime_warm_runner(self) -> None:
-        """Have the warm runner start the next cell job's interpreter now (its imports take CPU
-        time: only while no job runs, so that they never slow one down)."""
-        proc = self._warm
-        if proc is None or self._warm_primed or self.store is None:
-            return
-        if self._sizes:  # an attempt is active (known in memory: no store query per pass)
-            return
-        self._warm_primed = True
-        try:
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(self._warm_spec()).encode() + b"\n")
-            proc.stdin.flush()
-        except (OSError, ValueError) as e:  # its job starts cold
-            log.warning("cannot prepare a warm job interpreter: %s", e)
-
-    def _warm_spec(self) -> dict[str, Any]:
-        """What the next cell job's interpreter is started with: the interpreter of the last
-        cell job (the kernel's), the environment ``build_launch`` gives a cell job here."""
-        spec = JobSpec(kind="cell", python=self._last_python or sys.executable)
-        jd = self.state_dir / "jobs" / "next"
-        env = build_launch("next", spec, jd, jd / "1", 1, [], "local")["env"]
-        return warm_spec(spec.python or sys.executable, env, self.config.warm_imports)
-
-    def _retire_warm_runner(self, wait: bool = False) -> None:
-        """End the warm runner (EOF: it exits without running anything, its job interpreter too)."""
-        proc, self._warm = self._warm, None
-        if proc is None:
-            return
-        if proc.stdin is not None:
-            try:
-                proc.stdin.close()
-            except OSError:
-                pass
-        if not wait:
-            self._procs[proc.pid] = proc  # reaped by the tail loop
-            self._tail_wake.set()
-            return
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-    def _keep_runner_warm(self) -> None:
-        """Have a runner (and, once primed, a job interpreter) ready for the next launch, from
-        the server's first submit on."""
-        if not self._warm_wanted:
-            return
-        if self._warm is None or self._warm.poll() is not None:
-            try:
-                self._warm = self._new_runner()
-            except OSError as e:
-                log.warning("cannot start a warm runner: %s", e)
-        self._prime_warm_runner()
 
     def _request_stop(self, job: JobRecord, reason: str, grace_s: float, message: str = "") -> None:
         """control.json and SIGUSR1 to the runner (it sends SIGTERM, SIGKILL after the grace)."""
@@ -655,100 +463,6 @@ class QueueService(QueueShell):
         # the job wrote them, so they may hold anything: read_job_record never raises for it
         return AttemptReport(size is not None, read_job_record(adir, "error.json"), read_job_record(adir, "result.json"),
                              size or 0)
-
-    def _attempt_settled(self, job: JobRecord, state: JobState) -> Sequence[Any]:
-        """A succeeded job's results join its owner's, within ``max_results_mb``: the owner's
-        oldest go first (each such job's record says so); results over the whole limit are not
-        kept (``job`` says so). A job that ended otherwise has none to give: what its attempt
-        stored goes."""
-        if state.is_terminal:
-            self._keep_logs_within(job)
-        if state.is_terminal and state != JobState.SUCCEEDED:
-            self._remove_result(job)
-        if state != JobState.SUCCEEDED or not job.result_bytes:
-            return ()
-        assert self.store is not None
-        limit = self.config.limits_for(job.owner).max_results_mb
-        kept = self.store.stored_results(job.owner)
-        kept.pop(job.id, None)
-        drop = bounds.oldest_to_drop(kept, job.result_bytes, limit)
-        if drop is None:
-            job.result_dropped = bounds.too_big_to_keep(job.result_bytes, limit)
-            self._remove_result(job)
-            return ()
-        for job_id in drop:
-            old = self.store.get(job_id)
-            if old is not None:
-                old.result_dropped = bounds.dropped_for_newer(kept[job_id][0], limit)
-                self.store.put(old, touch=False)  # its retention still counts from its end
-                self._remove_result(old)
-        if drop:
-            log.info("user %s: dropped the results of %d older jobs to keep within max_results_mb = %g",
-                     job.owner, len(drop), limit)
-        return ()
-
-    def _keep_logs_within(self, job: JobRecord) -> None:
-        """``job``'s output (what its attempts wrote to their events.jsonl, copied into the
-        store) joins its owner's, within ``max_logs_mb``: the owner's oldest finished jobs' output
-        goes first (each such job's record says so); output over the whole limit is not kept
-        (``job`` says so). Their state, checkpoint and result records stay."""
-        assert self.store is not None
-        job.log_bytes = sum(_size(self._events_path(job.id, a.number)) for a in job.attempts)
-        limit = self.config.limits_for(job.owner).max_logs_mb
-        kept = self.store.stored_logs(job.owner)
-        kept.pop(job.id, None)
-        drop = bounds.oldest_to_drop(kept, job.log_bytes, limit)
-        if drop is None:  # its output goes once its last state event is in (_record_state)
-            job.logs_dropped = bounds.logs_too_big_to_keep(job.log_bytes, limit)
-            return
-        for job_id in drop:
-            old = self.store.get(job_id)
-            if old is not None:
-                old.logs_dropped = bounds.logs_dropped_for_newer(kept[job_id][0], limit)
-                self.store.put(old, touch=False)  # its retention still counts from its end
-                self._drop_logs(old)
-        if drop:
-            log.info("user %s: dropped the output of %d older jobs to keep within max_logs_mb = %g",
-                     job.owner, len(drop), limit)
-
-    def _drop_logs(self, job: JobRecord) -> None:
-        """Delete a finished job's output records from the store and its attempts' events.jsonl."""
-        assert self.store is not None
-        self.store.delete_events(job.id, bounds.DROPPED_LOG_TYPES)
-        for a in job.attempts:
-            try:
-                self._events_path(job.id, a.number).unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                log.warning("cannot delete the output of job %s: %s", job.id, e)
-
-    def _remove_result(self, job: JobRecord) -> None:
-        a = job.current_attempt
-        try:
-            (attempt_dir(self.state_dir, job.id, a.number if a else 0) / "result.pkl").unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.warning("cannot delete the results of job %s: %s", job.id, e)
-
-    def _keep_finished_within(self, owner: str) -> None:
-        """Delete the owner's oldest finished jobs past ``max_finished`` (records first, then
-        their folders off the event loop), as :meth:`expire` does."""
-        assert self.store is not None
-        cap = self.config.limits_for(owner).max_finished
-        gone = self.store.oldest_finished(owner, cap, EXPIRE_BATCH)
-        if not gone:
-            return
-        self.store.delete(gone)
-        for job_id in gone:
-            self._changed.pop(job_id, None)
-        folders = [job_dir(self.state_dir, j) for j in gone]
-        try:
-            asyncio.get_running_loop().run_in_executor(None, _remove_folders, folders)
-        except RuntimeError:  # no event loop (a rebuild at start): here
-            _remove_folders(folders)
-        log.info("user %s: deleted %d oldest finished jobs to keep within max_finished = %d", owner, len(gone), cap)
 
     def _end_attempt(self, job: JobRecord, exit_record: dict[str, Any],
                      decisions: Optional[list[Decision]] = None) -> None:
@@ -798,45 +512,3 @@ class QueueService(QueueShell):
         flag = self._changed.get(job_id)
         if flag is not None:
             flag.set()
-
-    def _runner_alive(self, a: Attempt) -> bool:
-        if not a.pid:
-            return False
-        proc = self._procs.get(a.pid)
-        if proc is not None:
-            return proc.poll() is None
-        started = _process_start_time(a.pid)
-        if started is None:
-            return False
-        return a.pid_started is None or abs(started - a.pid_started) < 1.0
-
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
-
-
-def _remove_folders(folders: list[Path]) -> None:
-    """Delete job folders (what cannot be deleted is logged; the rest goes on)."""
-    for d in folders:
-        try:
-            shutil.rmtree(d)
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            log.warning("cannot delete the folder of an old finished job %s: %s", d, e)
-
-
-def _process_start_time(pid: int) -> Optional[float]:
-    """When process ``pid`` started (seconds since the epoch), or None if it is gone/zombie."""
-    try:
-        import psutil
-
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return p.create_time()
-    except Exception:  # noqa: BLE001 - NoSuchProcess, AccessDenied, ImportError
-        return None

@@ -1,32 +1,53 @@
 """What one user's finished jobs may keep in the queue's store, which every user shares (one
 Redis in cluster mode): their stored results (``max_results_mb``), their output (``max_logs_mb``)
 and their finished records (``max_finished``). The arithmetic is here, pure; the stores carry it
-out."""
+out.
+
+Both shells keep, per user and per bound, the *kept set*: the finished jobs whose results (or
+output) are still stored, with their sizes, in the order they ended. When a job ends, its bytes
+join its owner's set and :func:`keep_within` says what goes: the oldest first, until the total
+fits the limit, or the new one itself when it alone is over the limit. A store only has to give
+the set's running total and walk it from its oldest end, so a job's end costs the few oldest
+entries it drops, not a read of the whole set (a user may keep thousands of finished jobs)."""
 
 from __future__ import annotations
 
-from typing import Iterable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
 
 from .models import Event, JobRecord
 
 MB = 1_000_000
 
 
-def oldest_to_drop(kept: dict[str, tuple[int, float]], new_bytes: int, limit_mb: float) -> Optional[list[str]]:
-    """Which stored results go so that a new one of ``new_bytes`` fits the owner's
-    ``limit_mb``: the oldest of ``kept`` (id -> (bytes, stored at)) first, until the total fits.
-    None: the new one alone is over the limit, so it is not kept (and nothing else goes)."""
+def oldest_to_drop_within(total: int, oldest: Iterable[tuple[str, int]], new_bytes: int,
+                          limit_mb: float) -> Optional[list[tuple[str, int]]]:
+    """Which kept entries go so that a new one of ``new_bytes`` fits ``limit_mb``: ``total`` is
+    what the kept set holds now (without the new one); ``oldest`` walks it oldest first as (id,
+    bytes), and is read only as far as needed. Returns the (id, bytes) that go, in that order;
+    None when the new one alone is over the limit (it is not kept, and nothing else goes)."""
     limit = limit_mb * MB
     if new_bytes > limit:
         return None
-    total = new_bytes + sum(b for b, _ in kept.values())
-    drop = []
-    for job_id, (nbytes, _) in sorted(kept.items(), key=lambda kv: (kv[1][1], kv[0])):
+    total += new_bytes
+    drop: list[tuple[str, int]] = []
+    if total <= limit:
+        return drop
+    for job_id, nbytes in oldest:
+        drop.append((job_id, nbytes))
+        total -= nbytes
         if total <= limit:
             break
-        drop.append(job_id)
-        total -= nbytes
     return drop
+
+
+def oldest_to_drop(kept: dict[str, tuple[int, float]], new_bytes: int, limit_mb: float) -> Optional[list[str]]:
+    """:func:`oldest_to_drop_within` over a whole kept set given at once: ``kept`` is id ->
+    (bytes, stored at); ties in time go by id. Returns the ids that go, or None."""
+    order = sorted(kept.items(), key=lambda kv: (kv[1][1], kv[0]))
+    drop = oldest_to_drop_within(sum(b for b, _ in kept.values()), ((i, b) for i, (b, _) in order),
+                                 new_bytes, limit_mb)
+    return None if drop is None else [i for i, _ in drop]
 
 
 def dropped_for_newer(nbytes: int, limit_mb: float) -> str:
@@ -80,3 +101,56 @@ def visible_events(job: JobRecord, events: Iterable[Event], from_start: bool) ->
         return list(events)
     kept = [e for e in events if e.type not in DROPPED_LOG_TYPES]
     return ([logs_notice(job)] if from_start else []) + kept
+
+
+@dataclass(frozen=True)
+class Bound:
+    """One per-user bound on what finished jobs keep: its knob and what a record says when its
+    bytes go (made room for newer ones) or are not kept at all (over the whole limit)."""
+
+    knob: str  # the config knob, e.g. "max_results_mb"
+    what: str  # what is kept, for the server's log: "results" / "output"
+    dropped_for_newer: Callable[[int, float], str]
+    too_big_to_keep: Callable[[int, float], str]
+
+
+RESULTS = Bound("max_results_mb", "results", dropped_for_newer, too_big_to_keep)
+LOGS = Bound("max_logs_mb", "output", logs_dropped_for_newer, logs_too_big_to_keep)
+
+
+@dataclass
+class Verdict:
+    """What :func:`keep_within` decided for a job that ended: whether its own bytes are kept
+    (else ``too_big`` is what its record says) and which older jobs' bytes go, each with what
+    its record says."""
+
+    kept: bool
+    too_big: Optional[str] = None
+    drop: list[tuple[str, int, str]] = field(default_factory=list)  # (job id, bytes, its record's message)
+
+    def log_line(self, bound: Bound, owner: str, limit_mb: float) -> Optional[str]:
+        """The server's log line for the older jobs dropped, if any."""
+        if not self.drop:
+            return None
+        return (f"user {owner}: dropped the {bound.what} of {len(self.drop)} older jobs to keep within "
+                f"{bound.knob} = {limit_mb:g}")
+
+
+def keep_within(bound: Bound, total: int, oldest: Iterable[tuple[str, int]], new_bytes: int,
+                limit_mb: float) -> Verdict:
+    """Add ``new_bytes`` to a user's kept set for ``bound`` (``total`` bytes now, walked oldest
+    first by ``oldest``, without the new job) and keep it within ``limit_mb``: see
+    :func:`oldest_to_drop_within`."""
+    drop = oldest_to_drop_within(total, oldest, new_bytes, limit_mb)
+    if drop is None:
+        return Verdict(kept=False, too_big=bound.too_big_to_keep(new_bytes, limit_mb))
+    return Verdict(kept=True, drop=[(i, b, bound.dropped_for_newer(b, limit_mb)) for i, b in drop])
+
+
+def inputs_over_limit(held: int, nbytes: int, limit_mb: float) -> str:
+    """Why a cell job is refused at submit (HTTP 400): its inputs (``nbytes``) with those the
+    owner's unfinished jobs hold (``held``) would pass ``max_inputs_mb``."""
+    return (f"the inputs of your unfinished cell jobs take {held / MB:.1f} MB in the queue's store; "
+            f"this cell's ({nbytes / MB:.1f} MB) would pass your limit of "
+            f"{limit_mb:g} MB (max_inputs_mb in the queue config): wait for some to end or "
+            f"cancel some, or pass big data as a file path on shared storage")

@@ -119,9 +119,9 @@ class UserLimits(BaseModel):
         "so)")
     max_inputs_mb: float = Field(
         2048.0, gt=0,
-        description="cluster mode: MB of cell inputs (payloads, up to the API's --max-payload-mb each) the "
-        "user's unfinished jobs hold in the store together; a submit past it is refused (HTTP 400) until "
-        "some end")
+        description="MB of cell inputs (payloads, up to the API's --max-payload-mb or the server's "
+        "max_payload_mb each) the user's unfinished jobs hold in the store together; a submit past it is "
+        "refused (HTTP 400) until some end")
     max_finished: int = Field(
         10_000, ge=1,
         description="finished jobs (record, events, results) kept for the user; past it the oldest "
