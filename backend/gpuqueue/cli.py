@@ -210,6 +210,19 @@ DELEGATED = {
 }
 
 
+# what the cluster commands import from the `cluster` extra (pyproject.toml)
+CLUSTER_EXTRA = ("celery", "kombu", "redis", "fsspec")
+
+
+def _extra_hint(command: str, e: ModuleNotFoundError) -> str:
+    """The install that brings a delegated command's missing module, as a sentence; '' if unknown."""
+    top = (e.name or "").split(".")[0]
+    if command in ("scheduler", "worker", "api") and top in CLUSTER_EXTRA:
+        return ("; cluster mode needs the `cluster` extra: in the clone, "
+                "pip install \".[cluster,train]\" (docs/deploy.md)")
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public for the docs and tests)."""
     p = argparse.ArgumentParser(prog="gpuqueue", description="Queue GPU jobs; see `gpuqueue COMMAND -h`.")
@@ -253,7 +266,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             return DELEGATED[argv[0]](argv[1:])
         except ModuleNotFoundError as e:
-            print(f"gpuqueue {argv[0]}: not available in this installation ({e})", file=sys.stderr)
+            print(f"gpuqueue {argv[0]}: not available in this installation ({e}){_extra_hint(argv[0], e)}",
+                  file=sys.stderr)
             return EXIT_USAGE
     command: Optional[list[str]] = None
     if argv and argv[0] == "submit" and "--" in argv:  # the user's command is left untouched

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
 import redis
+import requests
 import yaml
 
 from helpers.servers import free_port, wait_until
@@ -118,6 +120,9 @@ def test_a_job_over_a_users_gpu_cap_is_refused_at_submit(tmp_path: Path) -> None
         assert ls.returncode == 0 and ls.stdout.strip() == "[]", ls.stdout
         ok = c.cli("alice", "submit", "--gpus", "1", "--", "true")
         assert ok.returncode == 0, ok.stderr
+        # docs/metrics.md: the API serves /metrics on its own port, and counted the refusal
+        metrics = requests.get(f"{c.url}metrics", timeout=10).text
+        assert 'gpuqueue_api_request_duration_seconds_count{code="400",handler="JobsHandler",method="POST"}' in metrics
     finally:
         c.close()
         r.stop()
@@ -193,9 +198,23 @@ def test_the_systemd_steps_create_what_the_units_need() -> None:
     units = "".join(p.read_text() for p in (REPO / "deploy" / "systemd").glob("*.service"))
     assert "User=gpuqueue" in units and "useradd --system" in steps and " gpuqueue" in steps
     assert "/opt/gpuqueue/venv/bin/gpuqueue" in units and "python3 -m venv /opt/gpuqueue/venv" in steps
-    assert "mkdir -p /etc/gpuqueue" in steps.split("install", 1)[0]
+    assert 0 <= steps.find("mkdir -p /etc/gpuqueue") < steps.find("install -m 644 deploy/systemd/gpuqueue.env")
+    roles = re.search(r"for role in ([\w ]+);", steps)
+    assert roles, steps
+    steps += "".join(steps.replace("$role", role) for role in roles.group(1).split())
     for path in sorted(set(re.findall(r"/etc/gpuqueue/[\w.{}$]+", units))):
         if "$" in path or "{" in path:
             continue
         assert path in steps, f"{path} (a unit reads it) is made by no step"
     assert "/etc/gpuqueue/pools.toml" in steps  # GPUQUEUE_CONFIG of gpuqueue.env
+
+
+def test_a_cluster_command_without_the_cluster_extra_names_the_install() -> None:
+    """Without Celery (the `cluster` extra), `gpuqueue scheduler` said only "not available in
+    this installation (No module named 'celery')"; it now names the install the docs give."""
+    code = ("import sys; sys.modules['celery'] = None; from gpuqueue.cli import main; "
+            "sys.exit(main(['scheduler', '--redis', 'redis://127.0.0.1:1/0']))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert 'pip install ".[cluster,train]"' in p.stderr, p.stderr
+    assert 'pip install torch ".[cluster,train]"' in (REPO / "docs" / "deploy.md").read_text()
