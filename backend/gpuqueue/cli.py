@@ -70,8 +70,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+NOT_ADMIN = ("gpuqueue: --all lists every user's jobs for queue admins only; you ({}) are not one, so "
+             "these are your own (queue admins: `admin = true` in the API's users file, or the hub "
+             "scope custom:gpuqueue:admin through the role gpuqueue-admin; docs/deploy.md)")
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    jobs = _client().list(all_users=args.all)
+    client = _client()
+    jobs = client.list(all_users=args.all)
+    if args.all:  # the API lists a non-admin's own jobs only: say so rather than show a short list
+        me = client.queue().get("me") or {}
+        if me and not me.get("admin"):
+            print(printable(NOT_ADMIN.format(me.get("user", "?"))), file=sys.stderr)
     if args.json:
         print(json.dumps(jobs, indent=2))
         return 0

@@ -120,6 +120,12 @@ def test_a_job_over_a_users_gpu_cap_is_refused_at_submit(tmp_path: Path) -> None
         assert ls.returncode == 0 and ls.stdout.strip() == "[]", ls.stdout
         ok = c.cli("alice", "submit", "--gpus", "1", "--", "true")
         assert ok.returncode == 0, ok.stderr
+        # `ls --all` by a user who is not a queue admin says why it lists only their own jobs
+        mine = c.cli("alice", "ls", "--all")
+        assert mine.returncode == 0 and ok.stdout.strip() in mine.stdout, mine
+        assert "--all lists every user's jobs for queue admins only; you (alice) are not one" in mine.stderr
+        everyone = c.cli("root", "ls", "--all")
+        assert everyone.returncode == 0 and ok.stdout.strip() in everyone.stdout and everyone.stderr == ""
         # docs/metrics.md: the API serves /metrics on its own port, and counted the refusal
         metrics = requests.get(f"{c.url}metrics", timeout=10).text
         assert 'gpuqueue_api_request_duration_seconds_count{code="400",handler="JobsHandler",method="POST"}' in metrics
