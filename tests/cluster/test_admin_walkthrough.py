@@ -4,6 +4,7 @@ API service. Each test is a step where the product or the docs once surprised th
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -224,3 +225,22 @@ def test_a_cluster_command_without_the_cluster_extra_names_the_install() -> None
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert 'pip install ".[cluster,train]"' in p.stderr, p.stderr
     assert 'pip install torch ".[cluster,train]"' in (REPO / "docs" / "deploy.md").read_text()
+
+
+def test_the_api_as_a_hub_service_starts_without_library_noise(redis_factory: Any) -> None:
+    """`gpuqueue api` started by a hub logged seven alembic "setup plugin" lines before its own
+    first line; an admin reading the hub's log now sees the API's own line first."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JUPYTERHUB_"))}
+    env.update(JUPYTERHUB_API_TOKEN="x" * 32, JUPYTERHUB_API_URL="http://127.0.0.1:1/hub/api",
+               JUPYTERHUB_SERVICE_NAME="gpuqueue", JUPYTERHUB_SERVICE_URL=f"http://127.0.0.1:{port}",
+               JUPYTERHUB_SERVICE_PREFIX="/services/gpuqueue/", GPUQUEUE_REDIS_URL=redis_factory().url)
+    p = subprocess.Popen([sys.executable, "-m", "gpuqueue.cli", "api"], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    try:
+        assert p.stdout is not None
+        first = p.stdout.readline()
+        assert "gpuqueue api on 127.0.0.1:" in first and "JupyterHub auth" in first, first
+    finally:
+        p.kill()
+        p.wait(10)
