@@ -225,6 +225,7 @@ def test_a_cluster_command_without_the_cluster_extra_names_the_install() -> None
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert 'pip install ".[cluster,train]"' in p.stderr, p.stderr
     assert 'pip install torch ".[cluster,train]"' in (REPO / "docs" / "deploy.md").read_text()
+    assert '".[cluster,train]"' in (REPO / "README.md").read_text()
 
 
 def test_the_api_as_a_hub_service_starts_without_library_noise(redis_factory: Any) -> None:
