@@ -245,3 +245,33 @@ def test_the_api_as_a_hub_service_starts_without_library_noise(redis_factory: An
     finally:
         p.kill()
         p.wait(10)
+
+
+def test_an_edited_users_file_takes_effect_without_a_restart(tmp_path: Path, redis_factory: Any) -> None:
+    """An admin who added a user to users.toml found the new token refused until the API was
+    restarted (nothing said so). Each API process now reads the file again when it changes; an
+    edit it cannot read keeps the users it had and its log names the problem."""
+    c = Cluster(tmp_path / "cluster", redis_factory(), {"n1": 1})
+    try:
+        c.start_api()
+        carol = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "ls"], capture_output=True, text=True,
+                               env=dict(os.environ, GPUQUEUE_URL=c.url, GPUQUEUE_TOKEN="carol-token-4444"))
+        assert carol.returncode == 1 and "not authenticated" in carol.stderr
+        original = c.users.read_text()
+        c.users.write_text(original + '[[user]]\nname = "carol"\ntoken = "carol-token-4444"\n')
+
+        def carol_in() -> bool:
+            p = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "ls"], capture_output=True, text=True,
+                               env=dict(os.environ, GPUQUEUE_URL=c.url, GPUQUEUE_TOKEN="carol-token-4444"))
+            return p.returncode == 0
+
+        t0 = time.monotonic()
+        wait_until(carol_in, 15, 0.2, "carol's token to work")
+        assert time.monotonic() - t0 < 5
+        # a broken edit: the API keeps the users it had and says what is wrong
+        c.users.write_text(original + '[[user]]\nname = "dave"\ntoken = "short"\n')
+        wait_until(lambda: carol_in() and "user 'dave' needs a token of 8 characters or more; the API goes on "
+                   "with the 4 users it had" in c.log("api"), 15, 0.2, "the API to log the broken file")
+        assert c.cli("alice", "ls").returncode == 0 and carol_in()
+    finally:
+        c.close()
