@@ -194,6 +194,9 @@ def test_the_scrape_config_targets_the_ports_the_units_serve() -> None:
         targets = [t for sc in jobs[f"gpuqueue-{role}"]["static_configs"] for t in sc["targets"]]
         assert targets and {int(t.rsplit(":", 1)[1]) for t in targets} == ports[role], (role, targets, ports[role])
         assert jobs[f"gpuqueue-{role}"].get("metrics_path", "/metrics") == "/metrics"
+    # the daemon's /metrics names every job and user: the unit does not open it on every interface
+    unit = (REPO / "deploy" / "systemd" / "gpuqueue-scheduler.service").read_text()
+    assert "--metrics-address 127.0.0.1" in unit
 
 
 def test_the_systemd_steps_create_what_the_units_need() -> None:
