@@ -70,8 +70,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
+NOT_ADMIN = ("gpuqueue: --all lists every user's jobs for queue admins only; you ({}) are not one, so "
+             "these are your own (queue admins: `admin = true` in the API's users file, or the hub "
+             "scope custom:gpuqueue:admin through the role gpuqueue-admin; docs/deploy.md)")
+
+
 def cmd_ls(args: argparse.Namespace) -> int:
-    jobs = _client().list(all_users=args.all)
+    client = _client()
+    jobs = client.list(all_users=args.all)
+    if args.all:  # the API lists a non-admin's own jobs only: say so rather than show a short list
+        me = client.queue().get("me") or {}
+        if me and not me.get("admin"):
+            print(printable(NOT_ADMIN.format(me.get("user", "?"))), file=sys.stderr)
     if args.json:
         print(json.dumps(jobs, indent=2))
         return 0
@@ -210,6 +220,19 @@ DELEGATED = {
 }
 
 
+# what the cluster commands import from the `cluster` extra (pyproject.toml)
+CLUSTER_EXTRA = ("celery", "kombu", "redis", "fsspec")
+
+
+def _extra_hint(command: str, e: ModuleNotFoundError) -> str:
+    """The install that brings a delegated command's missing module, as a sentence; '' if unknown."""
+    top = (e.name or "").split(".")[0]
+    if command in ("scheduler", "worker", "api") and top in CLUSTER_EXTRA:
+        return ("; cluster mode needs the `cluster` extra: in the clone, "
+                "pip install \".[cluster,train]\" (docs/deploy.md)")
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public for the docs and tests)."""
     p = argparse.ArgumentParser(prog="gpuqueue", description="Queue GPU jobs; see `gpuqueue COMMAND -h`.")
@@ -253,7 +276,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         try:
             return DELEGATED[argv[0]](argv[1:])
         except ModuleNotFoundError as e:
-            print(f"gpuqueue {argv[0]}: not available in this installation ({e})", file=sys.stderr)
+            print(f"gpuqueue {argv[0]}: not available in this installation ({e}){_extra_hint(argv[0], e)}",
+                  file=sys.stderr)
             return EXIT_USAGE
     command: Optional[list[str]] = None
     if argv and argv[0] == "submit" and "--" in argv:  # the user's command is left untouched

@@ -25,6 +25,7 @@ import hmac
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -82,12 +83,53 @@ def load_users(path: str | Path) -> dict[str, User]:
     return out
 
 
+class UsersFile:
+    """The users file as the API serves it: re-read when it changes (checked at most every
+    ``check_s`` seconds, by its mtime and size), so that an admin who adds a user or changes a
+    token needs no restart. A change it cannot read keeps the users it had, logged once."""
+
+    def __init__(self, path: str | Path, check_s: float = 2.0):
+        self.path = Path(path)
+        self.check_s = check_s
+        self.users = load_users(self.path)
+        self._stamp = self._stat()
+        self._checked = time.monotonic()
+
+    def _stat(self) -> tuple[int, int]:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return (0, -1)
+        return (st.st_mtime_ns, st.st_size)
+
+    def current(self) -> dict[str, User]:
+        """token -> User, as the file says now (or as it last said in a form the API could read)."""
+        now = time.monotonic()
+        if now - self._checked < self.check_s:
+            return self.users
+        self._checked = now
+        stamp = self._stat()
+        if stamp == self._stamp:
+            return self.users
+        self._stamp = stamp
+        try:
+            self.users = load_users(self.path)
+        except (BadRequest, OSError) as e:
+            log.error("%s; the API goes on with the %d users it had: fix the file (it is read again "
+                      "when it changes)", e, len(self.users))
+            return self.users
+        log.info("users file %s read again: %d users", self.path, len(self.users))
+        return self.users
+
+
 class AuthMixin:
     """Token authentication against the users file: ``Authorization: token T`` (or
     ``Bearer T``, or ``?token=T``); any other scheme is refused."""
 
     def prepare(self) -> None:
-        users: dict[str, User] = self.settings["gpuqueue_users"]  # type: ignore[attr-defined]
+        users: dict[str, User] | UsersFile = self.settings["gpuqueue_users"]  # type: ignore[attr-defined]
+        if isinstance(users, UsersFile):
+            users = users.current()
         h = self.request.headers.get("Authorization")  # type: ignore[attr-defined]
         if h is None:
             token = self.get_argument("token", "")  # type: ignore[attr-defined]
@@ -184,7 +226,7 @@ class MetricsHandler(web.RequestHandler):
         self.finish(body)
 
 
-def make_app(store: RedisStore, users: dict[str, User], hub_auth: Any = None, prefix: str = "/",
+def make_app(store: RedisStore, users: dict[str, User] | UsersFile, hub_auth: Any = None, prefix: str = "/",
              admin_scope: str = "", cookie_secret: Optional[bytes] = None, **kw: Any) -> web.Application:
     """The tornado application (routes under ``<prefix>gpuqueue/api``, plus /healthz and
     /metrics). With ``hub_auth`` (a JupyterHub ``HubOAuth``) the hub authenticates requests
@@ -213,6 +255,11 @@ def make_app(store: RedisStore, users: dict[str, User], hub_auth: Any = None, pr
     return web.Application(routes, default_handler_class=NoRouteHandler,
                            gpuqueue_service=ClusterFrontend(store, **kw), gpuqueue_users=users,
                            gpuqueue_metrics=m, log_function=metrics.tornado_log_function(m, _quiet_log), **settings)
+
+
+def _count_users(users: dict[str, User] | UsersFile, path: str) -> str:
+    n = len(users.users if isinstance(users, UsersFile) else users)
+    return f"{n} user{'s' if n != 1 else ''} in {path}"
 
 
 def _quiet_log(handler: web.RequestHandler) -> None:
@@ -262,7 +309,7 @@ def cli_main(argv: list[str]) -> int:
     from . import hub
 
     use_hub = args.auth == "hub" or (args.auth == "auto" and not args.users and hub.in_hub())
-    users: dict[str, User] = {}
+    users: dict[str, User] | UsersFile = {}
     hub_auth, prefix = None, "/"
     if use_hub:
         try:
@@ -277,7 +324,7 @@ def cli_main(argv: list[str]) -> int:
         return 2
     else:
         try:
-            users = load_users(args.users)
+            users = UsersFile(args.users)
         except BadRequest as e:
             print(f"gpuqueue api: {e}", file=sys.stderr)
             return 2
@@ -317,7 +364,7 @@ def cli_main(argv: list[str]) -> int:
         server = httpserver.HTTPServer(app, xheaders=True, max_body_size=int(args.max_payload_mb * 1e6 * 4 / 3) + 2**24)
         server.add_sockets(sockets)
         log.info("gpuqueue api on %s:%s%s (%s)", args.address, port, prefix,
-                 "JupyterHub auth" if use_hub else f"{len(users)} user{'s' if len(users) != 1 else ''} in {args.users}")
+                 "JupyterHub auth" if use_hub else _count_users(users, args.users))
         await asyncio.Event().wait()
 
     try:

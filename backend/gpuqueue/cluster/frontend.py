@@ -22,7 +22,7 @@ from ..queue.config import GROWING, QueueConfig, format_validation_error
 from ..queue.errors import Conflict, Forbidden, Gone, NotFound, Rejected, Unavailable
 from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import RedisBuckets, SubmitLimiter
-from ..scheduler.admission import inadmissible
+from ..scheduler.admission import inadmissible, over_cap
 from ..queue.verbs import Caller
 from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.lifecycle import decode_payload, job_request, results_for_owner_only, same_cell_job, with_defaults
@@ -100,7 +100,10 @@ class ClusterFrontend:
         job = JobRecord(id=new_job_id(), owner=caller.name, spec=spec)
         if cfg is not None:
             job.group = cfg.group_of(caller.name, caller.hub_groups) or ""
-            why = inadmissible(job_request(job, cfg), cfg)
+            request = job_request(job, cfg)
+            # what the scheduler would refuse at once: a job that can never run, or one asking more
+            # GPUs than a cap lets one of the user's jobs hold (it would fail as "rejected: ...")
+            why = inadmissible(request, cfg) or over_cap(request, cfg, job.group or None)
             if why:
                 raise Rejected(why)
             user_limit = cfg.limits_for(caller.name).max_queued

@@ -217,6 +217,12 @@ def resolve_format(fmt: Optional[str] = None, stream: Optional[IO[str]] = None) 
     return choice
 
 
+# libraries whose INFO records reach a process of ours without saying anything to its admin:
+# alembic (through jupyterhub's HubAuth, in `gpuqueue api` as a hub service) logs one line per
+# plugin at import. Their warnings and errors still show.
+QUIET_LIBRARIES = ("alembic",)
+
+
 def setup_logging(
     fmt: Optional[str] = None,
     level: Optional[str | int] = None,
@@ -267,4 +273,7 @@ def setup_logging(
         target.propagate = False
     else:
         logging.captureWarnings(True)  # Python warnings become records too (a process of our own)
+        numeric = logging.getLevelName(lvl) if isinstance(lvl, str) else lvl
+        for name in QUIET_LIBRARIES:  # their INFO records say nothing to an admin
+            logging.getLogger(name).setLevel(max(logging.WARNING, int(numeric)))
     return handler
