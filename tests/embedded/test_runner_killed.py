@@ -44,6 +44,13 @@ def _marked(mark: str) -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["cmdline"]) if mark in (p.info["cmdline"] or [])]
 
 
+def _named(p: psutil.Process, name: str) -> bool:
+    try:
+        return p.name() == name
+    except psutil.Error:
+        return False
+
+
 def _end(mark: str) -> None:
     """Kill what is left of the job (on the code before the fix: all of it)."""
     for p in _marked(mark):
@@ -69,8 +76,7 @@ def test_a_killed_runners_job_ends_before_its_next_attempt(jupyter_server, tmp_p
         pid = client.get(job)["attempts"][-1]["pid"]  # the process the server started
         assert pid and pid not in [p.pid for p in _marked(mark)]
         if victim == "runner":  # the guard's child (on the code before the fix: the attempt's pid itself)
-            kids = [p.pid for p in psutil.Process(pid).children() if mark not in p.cmdline()]
-            target = kids[0] if kids else pid
+            target = next((p.pid for p in psutil.Process(pid).children() if _named(p, "gpuqueue-runner")), pid)
         else:
             target = pid
         os.kill(target, signal.SIGKILL)
