@@ -60,10 +60,12 @@ def _end(mark: str) -> None:
             pass
 
 
-@pytest.mark.parametrize("victim", ["runner", "guard"])
+@pytest.mark.parametrize("victim", ["runner", "guard", "runner, server down", "runner, server restarted"])
 def test_a_killed_runners_job_ends_before_its_next_attempt(jupyter_server, tmp_path, victim) -> None:
-    """SIGKILL of the runner (or of its guard, the attempt's pid): within seconds none of the
-    job's processes runs, the lost attempt says what happened, and attempt 2 succeeds."""
+    """SIGKILL of the runner (or of its guard, the attempt's pid; or of the runner while the
+    Jupyter server is down, or after it restarted and re-adopted the attempt): within seconds
+    none of the job's processes runs, the lost attempt says what happened, and attempt 2
+    succeeds, started only after attempt 1's processes were gone."""
     client = jupyter_server.client()
     mark = f"gq-embedded-killed-{os.urandom(4).hex()}"
     script = tmp_path / "leaves.py"
@@ -75,7 +77,13 @@ def test_a_killed_runners_job_ends_before_its_next_attempt(jupyter_server, tmp_p
         wait_until(lambda: len(_marked(mark)) == 4, 10, 0.05, "four marked processes")
         pid = client.get(job)["attempts"][-1]["pid"]  # the process the server started
         assert pid and pid not in [p.pid for p in _marked(mark)]
-        if victim == "runner":  # the guard's child (on the code before the fix: the attempt's pid itself)
+        if victim == "runner, server down":
+            jupyter_server.stop()
+        elif victim == "runner, server restarted":
+            jupyter_server.restart()
+            client = jupyter_server.client()
+            assert client.get(job)["state"] == "running" and len(_marked(mark)) == 4
+        if victim.startswith("runner"):  # the guard's child (on the code before the fix: the attempt's pid itself)
             target = next((p.pid for p in psutil.Process(pid).children() if _named(p, "gpuqueue-runner")), pid)
         else:
             target = pid
@@ -83,6 +91,9 @@ def test_a_killed_runners_job_ends_before_its_next_attempt(jupyter_server, tmp_p
         t0 = time.monotonic()
         wait_until(lambda: not _marked(mark), 10, 0.02, "the job's processes to end")
         gone_s = time.monotonic() - t0
+        if victim == "runner, server down":
+            jupyter_server.start()
+            client = jupyter_server.client()
         done = wait_until(lambda: (j := client.get(job))["state"] in ("succeeded", "failed") and j, 60, 0.2,
                           "the job to end")
     finally:
@@ -92,7 +103,7 @@ def test_a_killed_runners_job_ends_before_its_next_attempt(jupyter_server, tmp_p
     first, second = done["attempts"]
     assert first["outcome"] == "lost" and second["outcome"] == "succeeded", done
     said = first["message"]
-    if victim == "runner":
+    if victim.startswith("runner"):
         assert "the runner of this attempt on node" in said and "was killed by SIGKILL" in said, said
         ended = re.search(r"the runner's guard ended the (\d+) processes the job still ran", said)
         assert ended and int(ended.group(1)) >= 4, said
