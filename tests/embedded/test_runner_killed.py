@@ -77,6 +77,7 @@ def test_a_killed_runners_job_ends_before_its_next_attempt(jupyter_server, tmp_p
         wait_until(lambda: len(_marked(mark)) == 4, 10, 0.05, "four marked processes")
         pid = client.get(job)["attempts"][-1]["pid"]  # the process the server started
         assert pid and pid not in [p.pid for p in _marked(mark)]
+        assert _named(psutil.Process(pid), "gpuqueue-guard")  # what an admin sees in ps -o comm, top
         if victim == "runner, server down":
             jupyter_server.stop()
         elif victim == "runner, server restarted":

@@ -14,6 +14,8 @@ started it; whoever restarts simply goes on reading ``events.jsonl`` from where 
 Stop requests arrive as ``control.json`` plus SIGUSR1: the runner sends SIGTERM to the job's
 process group, waits the grace period, then SIGKILL. It is the subreaper of the job's processes,
 so what the job leaves outside that group (a session of its own) is its child, killed at the end.
+A runner that is killed itself cannot do that: the embedded queue runs each runner under a guard
+(``--guard``, ``gpuqueue.attempt.guard``) that does, the cluster worker's fork server does it there.
 
 It imports nothing heavy, so a job starts fast.
 """
