@@ -28,7 +28,7 @@ def _runner_record(state_dir: Path, job_id: str) -> dict:
 
 
 def _waiting_interpreter(server_pid: int) -> bool:
-    """A job interpreter this server's warm runner started is waiting, its imports done (asleep,
+    """A job interpreter this server's warm runner (under its guard) started is waiting, its imports done (asleep,
     its CPU time no longer growing)."""
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
@@ -37,7 +37,8 @@ def _waiting_interpreter(server_pid: int) -> bool:
             if b"gpuqueue.job.warmstart" not in (p / "cmdline").read_bytes():
                 continue
             runner = (p / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            if Path(f"/proc/{runner}/stat").read_text().rsplit(")", 1)[1].split()[1] != str(server_pid):
+            guard = Path(f"/proc/{runner}/stat").read_text().rsplit(")", 1)[1].split()[1]  # gpuqueue.attempt.guard
+            if Path(f"/proc/{guard}/stat").read_text().rsplit(")", 1)[1].split()[1] != str(server_pid):
                 continue
             cpu = lambda: sum(map(int, (p / "stat").read_text().rsplit(")", 1)[1].split()[11:13]))  # noqa: E731
             before = cpu()

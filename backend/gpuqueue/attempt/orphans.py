@@ -156,3 +156,21 @@ def end_all(timeout_s: float = 10.0) -> int:
         if not running or time.monotonic() >= deadline:
             return len(ended)
         time.sleep(0.02)
+
+
+def session_alive(sid: int) -> bool:
+    """Whether a process (not a zombie) still runs in session ``sid``. A session's id stays
+    reserved while any process is in it (the kernel gives no new process that pid), so this
+    cannot mistake a newcomer for one of its processes: how the embedded queue sees that a
+    guarded runner (in its guard's session) still runs after its guard ended."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, ValueError):
+            continue
+        if len(fields) > 3 and fields[3] == str(sid).encode() and fields[0] != b"Z":
+            return True
+    return False

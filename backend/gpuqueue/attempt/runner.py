@@ -14,6 +14,8 @@ started it; whoever restarts simply goes on reading ``events.jsonl`` from where 
 Stop requests arrive as ``control.json`` plus SIGUSR1: the runner sends SIGTERM to the job's
 process group, waits the grace period, then SIGKILL. It is the subreaper of the job's processes,
 so what the job leaves outside that group (a session of its own) is its child, killed at the end.
+A runner that is killed itself cannot do that: the embedded queue runs each runner under a guard
+(``--guard``, ``gpuqueue.attempt.guard``) that does, the cluster worker's fork server does it there.
 
 It imports nothing heavy, so a job starts fast.
 """
@@ -35,6 +37,8 @@ from . import launchfail, orphans
 from .jobdir import OwnedDir, load_json
 from .output import MAX_OUTPUT_BYTES, OutputPump
 from .warmjob import WarmJob
+
+GUARD_GONE_SIGNAL = signal.SIGUSR2  # sent to a guarded runner when its guard ends (gpuqueue.attempt.guard)
 
 MAX_EVENT = 1_048_576  # a job-side event record longer than this is dropped
 JOB_EVENTS_POLL_S = 0.1  # how often the job's own events.jsonl is read (identity mode)
@@ -253,6 +257,7 @@ class Runner:
         """Start the job, wait for it, write exit records. Returns the job's exit code."""
         signal.signal(signal.SIGUSR1, lambda *_: self._wake.set())
         signal.signal(signal.SIGTERM, self._on_sigterm)
+        signal.signal(GUARD_GONE_SIGNAL, self._on_guard_gone)
         self.reaper = orphans.become_subreaper()  # the job's orphans stay in reach (gpuqueue.attempt.orphans)
         if self.own_error is not None:
             self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot open the attempt's folder: {self.own_error}"})
@@ -351,8 +356,8 @@ class Runner:
             if self.kill_at is not None and time.time() >= self.kill_at:
                 self._signal_group(signal.SIGKILL)
                 self.kill_at = None
-        for p in pumps:
-            p.join(timeout=5)
+        for p in pumps:  # not waited for once the guard is gone: what holds the pipes is killed below
+            p.join(timeout=0 if getattr(self, "_guard_gone", False) else 5)
         # children that outlived the job's main process must not keep its GPUs
         self._signal_group(signal.SIGKILL)
         self.proc.wait()  # now its pid may go
@@ -396,7 +401,15 @@ class Runner:
         self._terminated = True
         self._wake.set()
 
+    def _on_guard_gone(self, *_: Any) -> None:
+        self._guard_gone = True
+        self._wake.set()
+
     def _check_control(self) -> None:
+        if getattr(self, "_guard_gone", False) and self.stop_reason is None:
+            # nothing would end the job's processes if this runner died too: end them now
+            self._request_stop("terminated", 0.0)
+            self.kill_at = time.time()
         if getattr(self, "_terminated", False) and self.stop_reason is None:
             self._request_stop("terminated", 10.0)
         try:
@@ -438,6 +451,8 @@ class Runner:
             record["launch_error"] = launch_error
         if stderr_tail:
             record["stderr_tail"] = stderr_tail
+        if getattr(self, "_guard_gone", False):
+            record["error"] = GUARD_GONE
         self.out.write("exit", record)
         self.out.close()
         tmp = self.dir / "exit.json.tmp"
@@ -446,7 +461,12 @@ class Runner:
         return code
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+GUARD_GONE = ("the guard of this attempt's runner (the process the queue watches: the attempt's pid) ended before "
+              "the job, so the runner ended the job at once (nothing would end its processes if the runner died "
+              "too). The attempt counts as lost: the queue starts the job again, not counting a failure")
+
+
+def main(argv: Optional[list[str]] = None, report_fd: Optional[int] = None) -> int:
     """Entry point: ``python -m gpuqueue.attempt.runner ATTEMPT_DIR``.
 
     ``python -m gpuqueue.attempt.runner -`` is a *warm* runner: started ahead of time, it waits for the
@@ -454,8 +474,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     stderr then goes to the attempt's ``runner.log``. EOF on stdin: it exits, having run nothing.
     A first line that is a JSON object is a ``gpuqueue.attempt.warmjob.warm_spec``: the runner
     starts the job's interpreter at once, before the attempt folder comes.
+
+    ``python -m gpuqueue.attempt.runner --guard ...`` runs the runner under a guard
+    (``gpuqueue.attempt.guard``: the embedded queue's runners), which ends what the job left if
+    the runner is killed; ``report_fd`` is the guard's pipe, where the attempt folder is written.
     """
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--guard"]:
+        from .guard import guarded
+
+        return guarded(lambda fd: main(args[1:], fd))
     if len(args) != 1:
         print("usage: python -m gpuqueue.attempt.runner ATTEMPT_DIR | -", file=sys.stderr)
         return 2
@@ -470,6 +498,12 @@ def main(argv: Optional[list[str]] = None) -> int:
             if warm is not None:
                 warm[0].discard()
             return 0
+    if report_fd is not None:  # the guard learns the attempt folder (gpuqueue.attempt.guard)
+        try:
+            os.write(report_fd, os.fsencode(target))
+        finally:
+            os.close(report_fd)
+    if target != args[0]:
         fd = os.open(os.path.join(target, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         os.dup2(fd, 2)
         os.close(fd)

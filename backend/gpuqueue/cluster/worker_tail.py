@@ -22,6 +22,7 @@ from typing import Any, Optional
 import redis
 
 from ..attempt.identity import Identity
+from ..attempt.lost import runner_lost_record
 from ..attempt.jobdir import AttemptPaths, OwnedDir, attempt_paths, job_dir, read_events, write_json_atomic
 from ..queue.lifecycle import result_too_big
 from .forkserver import STRAY_WAIT_S, RunnerHandle
@@ -306,41 +307,15 @@ class AttemptTailer:
                 pass
 
 
-CRASH_SIGNALS = (signal.SIGSEGV, signal.SIGBUS, signal.SIGABRT, signal.SIGILL, signal.SIGFPE)
-
-
 def runner_lost(node: str, proc: RunnerHandle) -> dict[str, Any]:
     """The exit record of an attempt whose runner ended without writing one (killed by the
     out-of-memory killer or an admin, or crashed): what happened to the runner and to the job's
-    processes (the fork server ended them: ``forkserver.py``), and what comes next."""
-    code = proc.returncode
-    if proc.strays_ended is None:  # the fork server is gone: the code is a guess (RunnerHandle.poll)
-        how = "ended"
-    elif code is not None and code < 0:
-        try:
-            name = signal.Signals(-code).name
-        except ValueError:
-            name = f"signal {-code}"
-        how = (f"crashed ({name})" if -code in CRASH_SIGNALS else f"was killed by {name}"
-               + (" (the out-of-memory killer, or an admin's kill -9)" if -code == signal.SIGKILL else ""))
-    else:
-        how = f"exited with code {code}"
-    if proc.strays_ended is None:
-        done = ("the worker could not check that the job's processes ended (its runner fork server is gone too): "
-                f"the admin should look for them on {node}")
-    elif proc.strays_left:
-        done = (f"the worker killed the {proc.strays_ended} processes the job still ran, but {proc.strays_left} had "
-                f"not ended after {STRAY_WAIT_S:g} s (stuck in the kernel, e.g. in the GPU driver): the admin should "
-                f"check {node}")
-    elif proc.strays_ended:
-        done = (f"the worker ended the {proc.strays_ended} processes the job still ran (those in sessions of their "
-                f"own included), so none of it runs on the attempt's GPUs")
-    else:
-        done = "none of the job's processes was left running"
-    return {"exit_code": code, "lost": True, "error": (f"the runner of this attempt on node {node} {how} before the job ended, so the job's end was "
-                      f"not recorded; {done}. The attempt counts as lost: the queue starts the job again, not "
-                      f"counting a failure, unless it is the max_lost_attempts-th lost attempt in a row (3 by default): "
-                      f"that one counts as failed, and the job's retries apply")}
+    processes (the fork server ended them: ``forkserver.py``), and what comes next
+    (the wording: ``gpuqueue.attempt.lost``)."""
+    unchecked = ("the worker could not check that the job's processes ended (its runner fork server is gone too): "
+                 f"the admin should look for them on {node}")
+    return runner_lost_record(node, proc.returncode, proc.strays_ended, proc.strays_left or 0, STRAY_WAIT_S,
+                              "the worker", unchecked)
 
 
 def store_down(e: BaseException) -> bool:

@@ -1,5 +1,6 @@
 """The embedded queue's runners: each attempt runs under ``gpuqueue.attempt.runner``, a process
-in its own session that outlives the server. One runner is kept warm (started ahead, and once
+in its own session that outlives the server, under its guard (``gpuqueue.attempt.guard``: it
+ends what a killed runner's job left before the attempt is settled). One runner is kept warm (started ahead, and once
 primed with the next cell job's interpreter) from the server's first submit on."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+from ..attempt import orphans
 from ..attempt.launch import build_launch, runner_env
 from ..attempt.warmjob import warm_spec
 from ..queue.config import QueueConfig
@@ -62,7 +64,7 @@ class Runners:
         """A runner in its own session (it outlives this server), waiting on stdin. Once primed
         it starts the next cell job's interpreter ahead (``gpuqueue.attempt.warmjob``)."""
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gpuqueue.attempt.runner", "-"],
+            [sys.executable, "-m", "gpuqueue.attempt.runner", "--guard", "-"],
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -129,15 +131,21 @@ class Runners:
         self._prime_warm_runner()
 
     def _runner_alive(self, a: Attempt) -> bool:
+        """Whether the attempt's runner or its guard (``gpuqueue.attempt.guard``: the attempt's
+        pid, the process this server started) still runs. The guard ends only once what a killed
+        runner left is gone; a runner whose guard was killed ends its job and records it, and is
+        seen in its guard's session (``orphans.session_alive``) until then."""
         if not a.pid:
             return False
         proc = self._procs.get(a.pid)
         if proc is not None:
-            return proc.poll() is None
-        started = process_start_time(a.pid)
-        if started is None:
-            return False
-        return a.pid_started is None or abs(started - a.pid_started) < 1.0
+            if proc.poll() is None:
+                return True
+        else:
+            started = process_start_time(a.pid)
+            if started is not None and (a.pid_started is None or abs(started - a.pid_started) < 1.0):
+                return True
+        return orphans.session_alive(a.pid)
 
 
 def process_start_time(pid: int) -> Optional[float]:
