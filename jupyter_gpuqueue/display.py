@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any, Optional, Protocol
 
-from gpuqueue.queue.text import OutputLines
+from gpuqueue.queue.text import OutputLines, state_event_line
 
 VIEW_ENV = "GPUQUEUE_VIEW"
 
@@ -44,28 +44,6 @@ def start_line(job: dict[str, Any]) -> str:
     if pending and job["state"] in ("queued", "retrying"):
         line += f", position {pending.get('position')}: {pending.get('message')}"
     return line
-
-
-def state_event_line(d: dict[str, Any]) -> Optional[str]:
-    """The text line for a ``state`` event, or None when it says nothing new. A job asked to
-    stop (time limit, cancel, preemption) has a ``stopping`` event with no ``state``."""
-    state = d.get("state")
-    if state is None:
-        if d.get("stopping"):
-            grace = d.get("grace_s")
-            then = f"; it has {grace:g}s to save a checkpoint, then it is killed" if grace else ""
-            return f"[gpuqueue] stopping ({str(d['stopping']).replace('_', ' ')}){then}"
-        return None
-    if state == "starting":
-        gpus = d.get("gpus") or []
-        where = f" on {d.get('node')}" + (f" GPUs {gpus}" if gpus else " (CPU)")
-        return f"[gpuqueue] starting attempt {d.get('attempt')}{where}"
-    if state in ("queued", "retrying") and d.get("after"):
-        again = "queued again" if state == "queued" else "will retry"
-        return f"[gpuqueue] attempt ended ({d['after']}); {again}"
-    if state not in ("queued", "starting"):
-        return f"[gpuqueue] {state}"
-    return None
 
 
 def best_checkpoints(cps: list[dict[str, Any]]) -> set[int]:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 from .cluster.cliargs import number
 from .queue.durations import MAX_TIMEOUT_S, parse_duration
 from .queue.errors import GPUQueueError
-from .queue.text import OutputLines, printable, terminal_output
+from .queue.text import OutputLines, printable, state_event_line, terminal_output
 
 EXIT_USAGE = 2
 
@@ -141,6 +141,11 @@ class _EventPrinter:
             return
         self._erase()
         if ev["type"] == "state":
+            if "state" not in d:  # a stop request (cancel, preemption, time limit): no new state
+                line = state_event_line(d)
+                if line:
+                    print(printable(line), file=sys.stderr, flush=True)
+                return
             extra = {k: v for k, v in d.items() if k not in ("state", "traceback")}
             print(printable(f"[gpuqueue] {d['state']}" + (f" {extra}" if extra else "")), file=sys.stderr, flush=True)
             if d.get("traceback"):

@@ -49,6 +49,10 @@ def test_wait_fails_for_a_failed_job_and_cancel_works(jupyter_server):
     assert c.returncode == 0 and slow in c.stdout
     assert gq(jupyter_server, "wait", slow).returncode == 1
     assert client.get(slow)["state"] == "cancelled"
+    # the stop request is a state event with no new state: `logs -f` says it (it raised KeyError)
+    follow = gq(jupyter_server, "logs", "-f", slow)
+    assert follow.returncode == 0 and "Traceback" not in follow.stderr, follow
+    assert "[gpuqueue] stopping (cancelled)" in follow.stderr and "[gpuqueue] cancelled" in follow.stderr, follow
 
 
 def test_user_mistakes_are_one_line_errors(jupyter_server):

@@ -453,6 +453,7 @@ class Runner:
             record["stderr_tail"] = stderr_tail
         if getattr(self, "_guard_gone", False):
             record["error"] = GUARD_GONE
+            self.out.write("warning", {"message": GUARD_GONE})  # in the job's stream, where the user looks
         self.out.write("exit", record)
         self.out.close()
         tmp = self.dir / "exit.json.tmp"

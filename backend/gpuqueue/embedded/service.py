@@ -469,6 +469,9 @@ class QueueService(KeptWithin, Tailing, Runners, QueueShell):
         """Settle the attempt (:meth:`QueueShell._end_attempt`) and wake the loop: GPUs are free."""
         if job.current_attempt is None or job.current_attempt.outcome is not None:
             return
+        said = exit_record.get("error")
+        if exit_record.get("lost") and isinstance(said, str) and said:  # a killed runner: the logs say so too
+            self._event(job.id, "warning", {"message": said[:4000]})
         super()._end_attempt(job, exit_record, decisions)
         self._sizes.pop(job.id, None)  # no longer active: the tail loop may go idle
         self._wake.set()

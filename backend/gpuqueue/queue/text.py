@@ -1,9 +1,10 @@
-"""Control characters: refused in names by the request models, escaped in what a terminal shows."""
+"""Text users see: control characters (refused in names by the request models, escaped in what a
+terminal shows), a job's output lines, and the line a ``state`` event reads as."""
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Optional
 
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 """C0 controls (NUL, BEL, BS, TAB, LF, CR, ESC, ...), DEL and the C1 controls (CSI, ...); the
@@ -59,3 +60,25 @@ class OutputLines:
         """The held record of an old runner's ``\\r`` line (a one-item list; empty if none)."""
         held, self.held = self.held, None
         return [held] if held is not None else []
+
+
+def state_event_line(d: dict[str, Any]) -> Optional[str]:
+    """The text line for a ``state`` event, or None when it says nothing new. A job asked to
+    stop (time limit, cancel, preemption) has a ``stopping`` event with no ``state``."""
+    state = d.get("state")
+    if state is None:
+        if d.get("stopping"):
+            grace = d.get("grace_s")
+            then = f"; it has {grace:g}s to save a checkpoint, then it is killed" if grace else ""
+            return f"[gpuqueue] stopping ({str(d['stopping']).replace('_', ' ')}){then}"
+        return None
+    if state == "starting":
+        gpus = d.get("gpus") or []
+        where = f" on {d.get('node')}" + (f" GPUs {gpus}" if gpus else " (CPU)")
+        return f"[gpuqueue] starting attempt {d.get('attempt')}{where}"
+    if state in ("queued", "retrying") and d.get("after"):
+        again = "queued again" if state == "queued" else "will retry"
+        return f"[gpuqueue] attempt ended ({d['after']}); {again}"
+    if state not in ("queued", "starting"):
+        return f"[gpuqueue] {state}"
+    return None
