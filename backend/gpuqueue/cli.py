@@ -142,9 +142,9 @@ class _EventPrinter:
         self._erase()
         if ev["type"] == "state":
             if "state" not in d:  # a stop request (cancel, preemption, time limit): no new state
-                line = state_event_line(d)
-                if line:
-                    print(printable(line), file=sys.stderr, flush=True)
+                said = state_event_line(d)
+                if said:
+                    print(printable(said), file=sys.stderr, flush=True)
                 return
             extra = {k: v for k, v in d.items() if k not in ("state", "traceback")}
             print(printable(f"[gpuqueue] {d['state']}" + (f" {extra}" if extra else "")), file=sys.stderr, flush=True)
