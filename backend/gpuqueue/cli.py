@@ -190,7 +190,8 @@ def cmd_wait(args: argparse.Namespace) -> int:
             printer.event(ev)
     printer.end()
     job = c.get(args.id)
-    print(printable(f"{job['id']}: {job['state']}"), file=sys.stderr)
+    why = f": {job['error']}" if job["state"] != "succeeded" and job.get("error") else ""  # why it failed
+    print(printable(f"{job['id']}: {job['state']}{why}"), file=sys.stderr)
     return 0 if job["state"] == "succeeded" else 1
 
 

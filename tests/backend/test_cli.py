@@ -39,9 +39,10 @@ def test_submit_show_logs_wait(jupyter_server):
 
 def test_wait_fails_for_a_failed_job_and_cancel_works(jupyter_server):
     fail = gq(jupyter_server, "submit", "--retries", "0", "--", sys.executable, "-c", "raise SystemExit(3)").stdout.strip()
-    assert gq(jupyter_server, "wait", fail).returncode == 1
+    w = gq(jupyter_server, "wait", fail)
     job = json.loads(gq(jupyter_server, "show", fail).stdout)
     assert job["state"] == "failed" and job["attempts"][-1]["exit_code"] == 3
+    assert w.returncode == 1 and f"{fail}: failed: {job['error']}" in w.stderr and "code 3" in w.stderr, w  # says why
     slow = gq(jupyter_server, "submit", "--", sys.executable, "-c", "import time; time.sleep(60)").stdout.strip()
     client = jupyter_server.client()
     wait_until(lambda: client.get(slow)["state"] == "running", 30, what="running")
