@@ -21,7 +21,7 @@ import json
 import math
 import re
 from collections import Counter
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from tornado import web
 from tornado.iostream import StreamClosedError
@@ -223,6 +223,7 @@ class EventsHandler(RestHandler):
         if not follow:
             jid = self.job_id(job_id)
             job = await maybe_await(self.service.get_job(self.caller, jid))
+            events: Sequence[Any]
             if job.logs_dropped:  # its output rows may still be stored: a page walks past them
                 events = await bounds.dropped_page(self.service.follow(self.caller, jid, after))
             else:
