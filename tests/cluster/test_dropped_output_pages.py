@@ -39,6 +39,8 @@ def test_a_dropped_jobs_events_read_whole_while_its_stream_still_holds_output(cl
     assert [e["data"]["path"] for e in events if e["type"] == "checkpoint"] == ["/ck/late"], events
     states = [e["data"] for e in events if e["type"] == "state"]
     assert states and states[-1]["state"] == "failed" and "shard 3 is empty" in str(states[-1]), states
+    followed = list(alice.follow(job))  # `gpuqueue logs -f`, attach: the same
+    assert [(e["seq"], e["type"]) for e in followed] == [(e["seq"], e["type"]) for e in events]
     shown = c.cli("alice", "logs", job)
     assert shown.returncode == 0 and "max_logs_mb" in shown.stdout + shown.stderr, shown
     assert "line 0" not in shown.stdout, shown.stdout[:500]

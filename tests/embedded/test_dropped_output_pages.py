@@ -66,3 +66,5 @@ def test_a_dropped_jobs_events_read_whole_while_its_output_rows_remain(jupyter_s
     assert "shard 3 is empty" in str(states[-1]), states[-1]
     page = server.api("GET", f"gpuqueue/api/jobs/{job}/events?after=0").json()["events"]
     assert [e["type"] for e in page] == [e["type"] for e in events], "one page holds them all"
+    followed = list(server.client().follow(job))  # `%gpuqueue attach`, `gpuqueue logs -f`: the same
+    assert [(e["seq"], e["type"]) for e in followed] == [(e["seq"], e["type"]) for e in events]
