@@ -38,6 +38,7 @@ from typing import Any, Iterator, Optional
 from ..attempt.failtext import StderrTail, exit_words, rank_error, tail_text
 
 LAUNCHERS = ("torchrun", "ray", "none")
+RANK_OMP_THREADS = "1"  # each torchrun rank's OMP_NUM_THREADS when the job sets none (torchrun's default)
 
 
 def launcher_for(kind: str, gpus: int, nodes: int, env: dict[str, str]) -> str:
@@ -128,6 +129,11 @@ def run_torchrun(nproc: int, argv: list[str]) -> int:
     from torch.distributed.run import get_args_parser, run
 
     _detach_event_pipe()
+    # torchrun gives each rank OMP_NUM_THREADS=1 when it is not set, with a warning banner of
+    # '*****' lines at the top of every job's output: the same value, set here, without it. The
+    # queue hands out GPUs, not CPUs, so a rank's CPU share is not known; 1 keeps the ranks of the
+    # jobs that share a node from overloading it. A job that sets its own (its env) keeps it.
+    os.environ.setdefault("OMP_NUM_THREADS", RANK_OMP_THREADS)
     log_dir = os.path.join(os.environ.get("GPUQUEUE_ATTEMPT_DIR", "."), "torchrun")
     args = get_args_parser().parse_args(
         ["--standalone", "--nnodes", "1", "--nproc-per-node", str(nproc), "--no-python", "--log-dir", log_dir,
@@ -170,15 +176,19 @@ def stop_requested_by_queue() -> bool:
 
 
 def record_failure(rank: str, code: int, error: str, attempt_dir: Optional[str] = None,
-                   tail: Optional[list[str]] = None) -> None:
+                   tail: Optional[list[str]] = None, printed: Optional[bool] = None) -> None:
     """Say that ``rank`` failed on its own (``code`` != 0, no stop signal came to it), in
     ``attempt_dir`` (default: this process's attempt folder): ``error`` (its exit in words when
-    empty; see :func:`gpuqueue.attempt.failtext.rank_error`) and ``tail``, its last lines on stderr."""
+    empty; see :func:`gpuqueue.attempt.failtext.rank_error`), ``tail``, its last lines on stderr,
+    and ``printed``: whether it wrote any line at all (None: not known), so that the ranks
+    stopped because of it point at its lines only when there are some."""
     folder = _failure_dir(attempt_dir)
     if folder is None:
         return
     error = error.strip() or exit_words(code)
     record = {"rank": rank, "exit_code": code, "error": error[:2000], "time": time.time(), "tail": tail or []}
+    if printed is not None:
+        record["printed"] = printed
     try:
         if not os.path.isdir(folder):
             os.mkdir(folder)  # not its parent: on another node of a Ray job the attempt folder is not there
@@ -205,10 +215,11 @@ def rank_failures() -> list[dict[str, Any]]:
             try:
                 with open(os.path.join(str(folder), name)) as f:
                     rec = json.load(f)
-                tail = rec.get("tail")
+                tail, printed = rec.get("tail"), rec.get("printed")
                 found.append({"rank": str(rec["rank"]), "exit_code": int(rec["exit_code"]),
                               "error": str(rec["error"]), "time": float(rec["time"]),
-                              "tail": [str(x) for x in tail] if isinstance(tail, list) else []})
+                              "tail": [str(x) for x in tail] if isinstance(tail, list) else [],
+                              "printed": printed if isinstance(printed, bool) else None})
             except (OSError, ValueError, KeyError, TypeError):
                 continue
     return sorted(found, key=lambda r: r["time"])
@@ -225,8 +236,13 @@ def peer_failure() -> Optional[str]:
 
 
 def stopped_by_peer_message(rank: str) -> str:
-    """What a rank stopped because ``rank`` failed says (rank 0's lines are unmarked, and so are
-    a Ray job's: Ray prefixes them its own way)."""
+    """What a rank stopped because ``rank`` failed says: where to look for that rank's error
+    (rank 0's lines are unmarked, and so are a Ray job's: Ray prefixes them its own way), or,
+    when that rank printed nothing at all (killed by SIGKILL before a line, as the kernel's
+    out-of-memory killer does), how it ended, in words, since there are no lines to point at."""
+    record = next((f for f in rank_failures() if f["rank"] == rank), None)
+    if record is not None and record["printed"] is False:
+        return f"stopped: rank {rank} failed: {record['error']}; it printed nothing"
     marked = rank != "0" and not os.environ.get("GPUQUEUE_RAY_WORKER")
     return f"stopped: rank {rank} failed (see " + (f"[rank{rank}] above)" if marked else "its error above)")
 
@@ -280,12 +296,13 @@ RANK_LINE = b"\x1b]gpuqueue-rank;"  # = gpuqueue.attempt.output.RANK_LINE (this 
 RANK_PIECE = 3000  # bytes of text per marked line: a write under PIPE_BUF (4096) is not cut by another's
 
 
-def _copy_marked(src: int, dst: int, rank: str, runner: bool, last: Optional[StderrTail] = None) -> None:
+def _copy_marked(src: int, dst: int, rank: str, runner: bool, last: Optional[StderrTail] = None,
+                 printed: Optional[threading.Event] = None) -> None:
     """Copy a rank's pipe to ``dst`` line by line, each line as the state its ``\r`` redraws
     end in. Under the runner each is one ``RANK_LINE`` record, which the runner shows as
     ``[rankN] text`` on a line of its own, even in the middle of a line rank 0 is writing (a
     progress bar); elsewhere (a terminal) it is written as ``[rankN] text``. ``last``: where the
-    last lines go (a failing rank's error)."""
+    last lines go (a failing rank's error); ``printed``: set once a line was copied."""
     buf = b""
     while True:
         try:
@@ -305,6 +322,8 @@ def _copy_marked(src: int, dst: int, rank: str, runner: bool, last: Optional[Std
                 piece = text[i : i + RANK_PIECE]
                 out += (RANK_LINE + rank.encode() + b";" + piece if runner else f"[rank{rank}] ".encode() + piece) + b"\n"
         if out:
+            if printed is not None:
+                printed.set()
             try:
                 os.write(dst, bytes(out))
             except OSError:
@@ -381,9 +400,11 @@ def run_rank(argv: list[str]) -> int:
         return 127
     assert proc.stderr is not None
     last_err = StderrTail()
+    printed = threading.Event()  # a marked rank wrote a line ([rankN] lines the others may point at)
     if marked:
         assert proc.stdout is not None
-        copies = [threading.Thread(target=_copy_marked, args=(f.fileno(), n, rank, runner, last), daemon=True)
+        copies = [threading.Thread(target=_copy_marked, args=(f.fileno(), n, rank, runner, last, printed),
+                                   daemon=True)
                   for f, n, last in ((proc.stdout, 1, None), (proc.stderr, 2, last_err))]
     else:
         copies = [threading.Thread(target=_copy_raw, args=(proc.stderr.fileno(), 2, last_err), daemon=True)]
@@ -398,7 +419,8 @@ def run_rank(argv: list[str]) -> int:
     for t in copies:
         t.join(timeout=5)  # a child of the command may hold the pipes: not waited for longer
     if code != 0 and not stopped and not stop_requested_by_queue():  # it failed on its own: say so first
-        record_failure(rank, code, rank_error(code, last_err.lines()), tail=last_err.lines())
+        record_failure(rank, code, rank_error(code, last_err.lines()), tail=last_err.lines(),
+                       printed=printed.is_set() if marked else None)
     return code if code >= 0 else 128 - code
 
 
@@ -434,7 +456,9 @@ def _ray_worker(config: dict[str, Any]) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     last_err = StderrTail()
-    copies = [threading.Thread(target=_copy_marked, args=(f.fileno(), n, str(rank), True, last), daemon=True)
+    printed = threading.Event()
+    copies = [threading.Thread(target=_copy_marked, args=(f.fileno(), n, str(rank), True, last, printed),
+                               daemon=True)
               for f, n, last in ((proc.stdout, 1, None), (proc.stderr, 2, last_err))]
     for t in copies:
         t.start()
@@ -443,7 +467,8 @@ def _ray_worker(config: dict[str, Any]) -> None:
         t.join(timeout=5)
     if code != 0:
         if not stop_requested_by_queue():  # the others then say why they were stopped
-            record_failure(str(rank), code, rank_error(code, last_err.lines()), tail=last_err.lines())
+            record_failure(str(rank), code, rank_error(code, last_err.lines()), tail=last_err.lines(),
+                           printed=printed.is_set())
         raise RuntimeError(f"rank {rank} exited with code {code}")
 
 

@@ -13,7 +13,7 @@ entries it drops, not a read of the whole set (a user may keep thousands of fini
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Any, AsyncIterator, Callable, Iterable, Optional
 
 from .models import Event, JobRecord
 
@@ -101,6 +101,32 @@ def visible_events(job: JobRecord, events: Iterable[Event], from_start: bool) ->
         return list(events)
     kept = [e for e in events if e.type not in DROPPED_LOG_TYPES]
     return ([logs_notice(job)] if from_start else []) + kept
+
+
+EVENTS_PAGE = 10_000  # events a reader gets per request (the stores' read_events limit)
+
+
+async def dropped_page(events: AsyncIterator[Optional[Event]], limit: int = EVENTS_PAGE) -> list[Event]:
+    """A page of what a reader is given of a job whose logs were dropped, taken from ``events``
+    (the service's ``follow`` of it: a finished job's stream, walked a batch at a time to its
+    end): up to ``limit`` visible events, however many output records the store still holds
+    before them (it deletes them a chunk at a time, in the background). A page read from the
+    stored records as they are could hold nothing but the notice, or nothing, though the job's
+    checkpoints and states come after; readers take a short page as the end of the stream
+    (``gpuqueue.rest.client.Client.events``), and here a short page is."""
+    page: list[Event] = []
+    try:
+        async for ev in events:
+            if ev is None:  # a keep-alive: the job is not finished after all, the page ends here
+                break
+            page.append(ev)
+            if len(page) >= limit:
+                break
+    finally:
+        close: Any = getattr(events, "aclose", None)
+        if close is not None:
+            await close()
+    return page
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,13 @@ import json
 import math
 import re
 from collections import Counter
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from tornado import web
 from tornado.iostream import StreamClosedError
 from tornado.log import app_log, gen_log
 
+from ..queue import bounds
 from ..queue.errors import BadRequest, GPUQueueError, NotFound, RateLimited
 from ..queue.states import STATE_GROUPS
 from ..queue.verbs import Caller, QueueVerbs, maybe_await
@@ -220,7 +221,13 @@ class EventsHandler(RestHandler):
             self.request.headers.get("Accept", "")
         )
         if not follow:
-            events = await maybe_await(self.service.events(self.caller, self.job_id(job_id), after))
+            jid = self.job_id(job_id)
+            job = await maybe_await(self.service.get_job(self.caller, jid))
+            events: Sequence[Any]
+            if job.logs_dropped:  # its output rows may still be stored: a page walks past them
+                events = await bounds.dropped_page(self.service.follow(self.caller, jid, after))
+            else:
+                events = await maybe_await(self.service.events(self.caller, jid, after))
             self.send({"events": [e.model_dump(mode="json") for e in events]})
             return
         caller = self.caller
