@@ -39,6 +39,7 @@ from ..queue.states import WAITING_STATES, JobState, Outcome
 from .celeryconfig import TASK_NAME, make_app, node_queue
 from .redis_store import Fenced, LostLeadership, Op, RedisStore
 from .daemon_nodes import Nodes, NodeSeen
+from .daemon_reconcile import Reconcile, Unlisted
 from .daemon_upkeep import Upkeep
 from .leadership import Leadership
 from .store_bounds import StoreBounds
@@ -47,7 +48,7 @@ log = logging.getLogger("gpuqueue.daemon")
 
 MAX_MESSAGES_PER_STEP = 50  # per stream: the workers' reports wait at most one such batch of submissions
 DEFAULT_KEEP_FINISHED_S = parse_retention(KEEP_FINISHED)  # finished jobs are deleted from Redis this long after they end
-class Daemon(QueueShell, Leadership, Nodes, Upkeep, StoreBounds):
+class Daemon(QueueShell, Leadership, Nodes, Reconcile, Upkeep, StoreBounds):
     """The leader's loop. Single-threaded: one Redis connection pool, one scheduler. Decisions
     are carried out and attempts settled by :class:`QueueShell`, as in the embedded queue; this
     class sends attempts to nodes' Celery queues and writes to Redis under its fencing token."""
@@ -91,6 +92,8 @@ class Daemon(QueueShell, Leadership, Nodes, Upkeep, StoreBounds):
         # parse per change; it is dropped at every rebuild and whenever a change fails.
         self.jobs: dict[str, JobRecord] = {}
         self.dispatched: dict[str, tuple[int, float]] = {}  # job -> (attempt, monotonic) until claimed
+        self.unlisted: dict[str, Unlisted] = {}  # running attempts their worker's beats did not list
+        self._last_reconcile = 0.0
         self.metrics: Any = None
         self.listeners: list[Listener] = []  # metrics
         self.lock = threading.Lock()  # held while the scheduler changes (a metrics scrape reads it)
@@ -136,6 +139,7 @@ class Daemon(QueueShell, Leadership, Nodes, Upkeep, StoreBounds):
         self._publish_config()  # with the nodes that joined before this daemon led
         self.known.clear()
         self.dispatched.clear()
+        self.unlisted.clear()
         self.unsent.clear()
         self.jobs.clear()
         resend: list[JobRecord] = []
@@ -275,6 +279,7 @@ class Daemon(QueueShell, Leadership, Nodes, Upkeep, StoreBounds):
             self._last_nodes = now_m
             self._check_nodes()
             self._check_starts()
+            self._reconcile()
         self.tick()
         self._publish()
         self._save_state()
