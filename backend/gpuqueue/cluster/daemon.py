@@ -38,6 +38,7 @@ from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..queue.states import WAITING_STATES, JobState, Outcome
 from .celeryconfig import TASK_NAME, make_app, node_queue
 from .redis_store import Fenced, LostLeadership, Op, RedisStore
+from .daemon_config import reread
 from .daemon_nodes import Nodes, NodeSeen
 from .daemon_reconcile import Reconcile, Unlisted
 from .daemon_upkeep import Upkeep
@@ -65,8 +66,10 @@ class Daemon(QueueShell, Leadership, Nodes, Reconcile, Upkeep, StoreBounds):
         name: str = "",
         keep_finished: Optional[float] = DEFAULT_KEEP_FINISHED_S,
         celery_events: bool = False,
+        config_path: Optional[str] = None,
     ):
         self.store = store
+        self.config_path = config_path  # read again when this daemon takes the lead (daemon_config.py)
         self.policy = policy
         self.node_timeout = node_timeout
         self.leader_ttl_ms = int(leader_ttl * 1000)
@@ -208,6 +211,8 @@ class Daemon(QueueShell, Leadership, Nodes, Reconcile, Upkeep, StoreBounds):
         self.wait_for_lead()
         if self._stopping:
             return 0
+        if self.config_path:  # a standby may have waited for hours: lead with the file as it is now
+            self.config = reread(self.config_path, self.policy, self.config)
         threading.Thread(target=self._renew_loop, name="leader-lock", daemon=True).start()
         self._publish_config()
         self.rebuild()
@@ -563,7 +568,7 @@ def cli_main(argv: list[str]) -> int:
         return 2
     d = Daemon(store, config, args.policy, args.node_timeout,
                args.leader_ttl, args.start_timeout, args.stop_grace, keep_finished=args.keep_finished,
-               celery_events=args.celery_events)
+               celery_events=args.celery_events, config_path=args.config)
     if args.metrics_port:
         from ..observability import metrics
 
