@@ -70,6 +70,7 @@ class Daemon(QueueShell, Leadership, Nodes, Reconcile, Upkeep, StoreBounds):
     ):
         self.store = store
         self.config_path = config_path  # read again when this daemon takes the lead (daemon_config.py)
+        self.url_source = "the environment"  # where the Redis URL came from, for the fix of a refused password
         self.policy = policy
         self.node_timeout = node_timeout
         self.leader_ttl_ms = int(leader_ttl * 1000)
@@ -502,6 +503,14 @@ def _empty_config() -> QueueConfig:
     return QueueConfig.model_validate({"pools": {"default": {"nodes": {}}}}, context=GROWING)
 
 
+def _url_source(args: argparse.Namespace) -> str:
+    """Where this daemon's Redis URL (and its password) came from: what to correct when Redis
+    refuses it."""
+    if args.redis_file:
+        return f"--redis-file {args.redis_file}"
+    return "--redis" if args.redis else "the environment"
+
+
 def _retention(text: str) -> Optional[float]:
     n = text.strip()
     if n.replace(".", "", 1).isdigit() and float(n) != 0:  # 30 read as seconds deleted jobs 30 s after they ended
@@ -560,6 +569,10 @@ def cli_main(argv: list[str]) -> int:
         except ValueError as e:
             print(f"gpuqueue scheduler: {e}", file=sys.stderr)
             return 2
+    log.info("gpuqueue scheduler starting: config %s; redis %s (from %s); metrics %s; policy %s",
+             args.config or "none (pool 'default' of the workers that join)", redis_url.mask(url), _url_source(args),
+             f"on http://{args.metrics_address}:{args.metrics_port}/metrics" if args.metrics_port
+             else "off (no --metrics-port)", args.policy)
     store = RedisStore(url, args.prefix)
     # e.g. the API's or a worker's user of users.acl: it led, then retried NOPERM for ever
     wrong_user = redis_url.wrong_user(store.r, store.url, "scheduler", [store.k("leader"), node_queue("acl-check")])
@@ -569,6 +582,7 @@ def cli_main(argv: list[str]) -> int:
     d = Daemon(store, config, args.policy, args.node_timeout,
                args.leader_ttl, args.start_timeout, args.stop_grace, keep_finished=args.keep_finished,
                celery_events=args.celery_events, config_path=args.config)
+    d.url_source = _url_source(args)
     if args.metrics_port:
         from ..observability import metrics
 
