@@ -86,9 +86,11 @@ class Reconcile:
         self._last_reconcile = now
         suspects = set()
         for job_id in list(self.known):
-            job = self.jobs.get(job_id) or self._find(job_id)
-            a = None if job is None else job.current_attempt
-            if job is None or a is None or job.state != JobState.RUNNING or a.outcome is not None:
+            job = self.jobs.get(job_id) or self._find(job_id)  # cached: a store read only after a failed change
+            if job is None or job.state != JobState.RUNNING:  # queued ones first out: the loop stays cheap
+                continue
+            a = job.current_attempt
+            if a is None or a.outcome is not None:
                 continue
             seen = self.nodes.get(a.node)
             if seen is None or seen.running is None:  # down (its jobs are requeued), or a worker without the list
