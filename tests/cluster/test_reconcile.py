@@ -25,7 +25,7 @@ def test_a_job_whose_end_was_lost_leaves_running_and_runs_again(cluster_factory)
     alice's next job waited behind her 1-GPU cap for ever. Now the daemon finds that the worker
     on n1 no longer runs it, ends the attempt as lost saying so, and runs the job again."""
     c = cluster_factory(nodes={"n1": 2}, config_extra="[defaults]\nmax_gpus = 1\n")
-    job = c.submit("alice", ticks=15)
+    job = c.submit("alice", ticks=30)
     wait_until(lambda: _state(c, job) == "running", 30, 0.05, "the job running")
     nxt = c.submit("alice", ticks=1)  # waits: alice may hold 1 GPU
     daemon = c.procs["daemon"].pid
@@ -42,10 +42,10 @@ def test_a_job_whose_end_was_lost_leaves_running_and_runs_again(cluster_factory)
         os.kill(daemon, signal.SIGCONT)
     t0 = time.monotonic()
     assert _state(c, job) == "running"
-    wait_until(lambda: _state(c, job) != "running", MISSING_MIN_S + 15, 0.2, "the job to leave RUNNING")
+    wait_until(lambda: _state(c, job) != "running", MISSING_MIN_S + 20, 0.2, "the job to leave RUNNING")
     took = time.monotonic() - t0
     print(f"left RUNNING {took:.1f} s after its end was lost")
-    assert took < MISSING_MIN_S + 10
+    assert took < MISSING_MIN_S + 12  # the rebuild (the frozen daemon lost its lock), a round, the API poll
     jobs = c.wait_done([job, nxt], 60)
     assert {j["state"] for j in jobs.values()} == {"succeeded"}, jobs
     first = jobs[job]["attempts"][0]
