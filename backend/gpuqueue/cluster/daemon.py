@@ -38,7 +38,9 @@ from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..queue.states import WAITING_STATES, JobState, Outcome
 from .celeryconfig import TASK_NAME, make_app, node_queue
 from .redis_store import Fenced, LostLeadership, Op, RedisStore
+from .daemon_config import reread
 from .daemon_nodes import Nodes, NodeSeen
+from .daemon_reconcile import Reconcile, Unlisted
 from .daemon_upkeep import Upkeep
 from .leadership import Leadership
 from .store_bounds import StoreBounds
@@ -47,7 +49,7 @@ log = logging.getLogger("gpuqueue.daemon")
 
 MAX_MESSAGES_PER_STEP = 50  # per stream: the workers' reports wait at most one such batch of submissions
 DEFAULT_KEEP_FINISHED_S = parse_retention(KEEP_FINISHED)  # finished jobs are deleted from Redis this long after they end
-class Daemon(QueueShell, Leadership, Nodes, Upkeep, StoreBounds):
+class Daemon(QueueShell, Leadership, Nodes, Reconcile, Upkeep, StoreBounds):
     """The leader's loop. Single-threaded: one Redis connection pool, one scheduler. Decisions
     are carried out and attempts settled by :class:`QueueShell`, as in the embedded queue; this
     class sends attempts to nodes' Celery queues and writes to Redis under its fencing token."""
@@ -64,8 +66,11 @@ class Daemon(QueueShell, Leadership, Nodes, Upkeep, StoreBounds):
         name: str = "",
         keep_finished: Optional[float] = DEFAULT_KEEP_FINISHED_S,
         celery_events: bool = False,
+        config_path: Optional[str] = None,
     ):
         self.store = store
+        self.config_path = config_path  # read again when this daemon takes the lead (daemon_config.py)
+        self.url_source = "the environment"  # where the Redis URL came from, for the fix of a refused password
         self.policy = policy
         self.node_timeout = node_timeout
         self.leader_ttl_ms = int(leader_ttl * 1000)
@@ -91,6 +96,8 @@ class Daemon(QueueShell, Leadership, Nodes, Upkeep, StoreBounds):
         # parse per change; it is dropped at every rebuild and whenever a change fails.
         self.jobs: dict[str, JobRecord] = {}
         self.dispatched: dict[str, tuple[int, float]] = {}  # job -> (attempt, monotonic) until claimed
+        self.unlisted: dict[str, Unlisted] = {}  # running attempts their worker's beats did not list
+        self._last_reconcile = 0.0
         self.metrics: Any = None
         self.listeners: list[Listener] = []  # metrics
         self.lock = threading.Lock()  # held while the scheduler changes (a metrics scrape reads it)
@@ -136,6 +143,7 @@ class Daemon(QueueShell, Leadership, Nodes, Upkeep, StoreBounds):
         self._publish_config()  # with the nodes that joined before this daemon led
         self.known.clear()
         self.dispatched.clear()
+        self.unlisted.clear()
         self.unsent.clear()
         self.jobs.clear()
         resend: list[JobRecord] = []
@@ -204,6 +212,8 @@ class Daemon(QueueShell, Leadership, Nodes, Upkeep, StoreBounds):
         self.wait_for_lead()
         if self._stopping:
             return 0
+        if self.config_path:  # a standby may have waited for hours: lead with the file as it is now
+            self.config = reread(self.config_path, self.policy, self.config)
         threading.Thread(target=self._renew_loop, name="leader-lock", daemon=True).start()
         self._publish_config()
         self.rebuild()
@@ -275,6 +285,7 @@ class Daemon(QueueShell, Leadership, Nodes, Upkeep, StoreBounds):
             self._last_nodes = now_m
             self._check_nodes()
             self._check_starts()
+            self._reconcile()
         self.tick()
         self._publish()
         self._save_state()
@@ -492,6 +503,14 @@ def _empty_config() -> QueueConfig:
     return QueueConfig.model_validate({"pools": {"default": {"nodes": {}}}}, context=GROWING)
 
 
+def _url_source(args: argparse.Namespace) -> str:
+    """Where this daemon's Redis URL (and its password) came from: what to correct when Redis
+    refuses it."""
+    if args.redis_file:
+        return f"--redis-file {args.redis_file}"
+    return "--redis" if args.redis else "the environment"
+
+
 def _retention(text: str) -> Optional[float]:
     n = text.strip()
     if n.replace(".", "", 1).isdigit() and float(n) != 0:  # 30 read as seconds deleted jobs 30 s after they ended
@@ -550,6 +569,10 @@ def cli_main(argv: list[str]) -> int:
         except ValueError as e:
             print(f"gpuqueue scheduler: {e}", file=sys.stderr)
             return 2
+    log.info("gpuqueue scheduler starting: config %s; redis %s (from %s); metrics %s; policy %s",
+             args.config or "none (pool 'default' of the workers that join)", redis_url.mask(url), _url_source(args),
+             f"on http://{args.metrics_address}:{args.metrics_port}/metrics" if args.metrics_port
+             else "off (no --metrics-port)", args.policy)
     store = RedisStore(url, args.prefix)
     # e.g. the API's or a worker's user of users.acl: it led, then retried NOPERM for ever
     wrong_user = redis_url.wrong_user(store.r, store.url, "scheduler", [store.k("leader"), node_queue("acl-check")])
@@ -558,7 +581,8 @@ def cli_main(argv: list[str]) -> int:
         return 2
     d = Daemon(store, config, args.policy, args.node_timeout,
                args.leader_ttl, args.start_timeout, args.stop_grace, keep_finished=args.keep_finished,
-               celery_events=args.celery_events)
+               celery_events=args.celery_events, config_path=args.config)
+    d.url_source = _url_source(args)
     if args.metrics_port:
         from ..observability import metrics
 

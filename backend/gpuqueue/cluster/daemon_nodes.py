@@ -27,6 +27,8 @@ class NodeSeen:
     gpus: int
     beat: Any
     last_change: float  # monotonic
+    running: Optional[frozenset[str]] = None  # "<job>:<attempt>" its last beat lists (None: not said)
+    beats: int = 0  # new beats seen from this instance (daemon_reconcile.py counts them)
 
 
 class Nodes:
@@ -62,6 +64,7 @@ class Nodes:
             if seen is not None and seen.instance == hb["instance"]:
                 if hb.get("seq") != seen.beat:
                     seen.beat, seen.last_change = hb.get("seq"), now_m
+                    seen.running, seen.beats = _running(hb), seen.beats + 1
                 continue
             if initial and hb.get("stopped"):
                 continue
@@ -73,7 +76,7 @@ class Nodes:
             if hb.get("stopped"):
                 continue
             pool = self._pool_of(name, hb.get("pool"), int(hb["gpus"]))
-            self.nodes[name] = NodeSeen(hb["instance"], pool, int(hb["gpus"]), hb.get("seq"), now_m)
+            self.nodes[name] = NodeSeen(hb["instance"], pool, int(hb["gpus"]), hb.get("seq"), now_m, _running(hb))
             self.lost_beats.pop(name, None)
             self.scheduler.node_up(name, pool, int(hb["gpus"]), time.time())
             log.info("node %s up: %s GPUs in pool %s", name, hb["gpus"], pool)
@@ -117,3 +120,10 @@ class Nodes:
                 job = self._find(d.job_id)
                 if job and job.state.is_active:
                     self._end_attempt(job, {"exit_code": None, "lost": True}, decisions=[d])
+
+
+def _running(hb: dict[str, Any]) -> Optional[frozenset[str]]:
+    """The attempts a heartbeat lists as running here ("<job>:<attempt>"), None if it lists none
+    at all (a worker that does not say)."""
+    running = hb.get("running")
+    return frozenset(str(x) for x in running) if isinstance(running, list) else None

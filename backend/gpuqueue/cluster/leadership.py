@@ -13,11 +13,22 @@ import redis
 
 from . import redis_url
 from .redis_store import LostLeadership, RedisStore
+from .repeats import Repeats
 
 log = logging.getLogger("gpuqueue.daemon")
 
-REFUSED = (": Redis refused the user or password of that URL; check $GPUQUEUE_REDIS_URL or the --redis-file "
-           "(redis://gpuqueue-scheduler:PASSWORD@host:6379/0 with deploy/redis/users.acl)")
+REPEAT_FIRST_S = 10.0  # a refused password or an unreachable Redis: logged once, then counted after
+# this long, then at doubling intervals (cluster/repeats.py)
+
+
+def refused(url: str, source: str, error: object) -> str:
+    """What a daemon whose Redis user or password is refused logs: where the password comes from
+    and what it must be."""
+    return (f"redis at {redis_url.mask(url)} refused this daemon's user or password ({redis_url.mask(str(error))}). "
+            f"Its URL came from {source} (under systemd: GPUQUEUE_REDIS_URL in /etc/gpuqueue/scheduler.env; a "
+            f"--redis-file of mode 600 works too): give it the password of user gpuqueue-scheduler in Redis's ACL "
+            f"file, redis://gpuqueue-scheduler:PASSWORD@host:6379/0 (deploy/redis/users.acl, docs/deploy.md), then "
+            f"restart the daemon. It retries every second meanwhile; this is logged again only as a count")
 
 
 class Leadership:
@@ -26,6 +37,7 @@ class Leadership:
 
     store: RedisStore
     name: str
+    url_source: str  # where the Redis URL came from (--redis-file PATH, $GPUQUEUE_REDIS_URL)
     leader_ttl_ms: int
     token: Optional[str]
     metrics: Any
@@ -36,14 +48,19 @@ class Leadership:
     def wait_for_lead(self) -> None:
         """Block (as a standby) until this daemon holds the leader lock."""
         said = False
+        down = Repeats(log, every_s=REPEAT_FIRST_S)
         while not self._stopping:
             try:
                 tok = self.store.try_lead(self.name, self.leader_ttl_ms)
-            except redis.RedisError as e:
-                log.warning("redis at %s unavailable (%s); retrying%s", redis_url.mask(self.store.url),
-                            redis_url.mask(str(e)), REFUSED if isinstance(e, redis.AuthenticationError) else "")
+            except redis.AuthenticationError as e:
+                down.seen(refused(self.store.url, self.url_source, e), logging.ERROR)
                 time.sleep(1.0)
                 continue
+            except redis.RedisError as e:
+                down.seen(f"redis at {redis_url.mask(self.store.url)} unavailable ({redis_url.mask(str(e))}); retrying")
+                time.sleep(1.0)
+                continue
+            down.over(f"redis at {redis_url.mask(self.store.url)} answers")
             if tok:
                 self.token = tok
                 log.info("leader now (token %s)", tok)

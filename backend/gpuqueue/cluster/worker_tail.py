@@ -27,6 +27,7 @@ from ..attempt.jobdir import AttemptPaths, OwnedDir, attempt_paths, job_dir, rea
 from ..queue.lifecycle import result_too_big
 from .forkserver import STRAY_WAIT_S, RunnerHandle
 from .redis_store import Fenced, Op, RedisStore
+from .repeats import Repeats
 from .shared_root import SharedRoot
 from .worker_uploads import AttemptUploads
 
@@ -93,7 +94,7 @@ class AttemptTailer:
         """Copy every attempt's new records to the store, every TAIL_INTERVAL_S. A round that
         fails for one attempt (:meth:`_tail_failed`) holds back that attempt only, with a
         growing delay; the store unavailable for all (:func:`store_down`) holds back the loop."""
-        down = _Repeats()  # the store's outage, logged once per distinct error
+        down = Repeats(log)  # the store's outage, logged once per distinct error
         wait = TAIL_INTERVAL_S
         while not self._stop.is_set():
             self._tail_wake.wait(wait)  # set when a runner ends: its exit goes out at once
@@ -333,23 +334,3 @@ def _say(e: BaseException) -> str:
     text = f"{type(e).__name__}: {e}"
     return text if len(text) <= 500 else text[:500] + "..."
 
-
-class _Repeats:
-    """One condition logged once per distinct message, then how often it came again."""
-
-    def __init__(self) -> None:
-        self.text = ""
-        self.count = 0
-
-    def seen(self, text: str) -> None:
-        if text != self.text:
-            if self.count > 1:
-                log.warning("(the message before came %d more times)", self.count - 1)
-            log.warning("%s", text)
-            self.text, self.count = text, 0
-        self.count += 1
-
-    def over(self, text: str) -> None:
-        if self.count:
-            log.info("%s (after %d failed tries)", text, self.count)
-            self.text, self.count = "", 0

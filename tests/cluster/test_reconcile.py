@@ -1,0 +1,86 @@
+"""The daemon compares the attempts it holds as running with the ones each worker's heartbeat
+lists (cluster/daemon_reconcile.py): a job whose end never reached the store no longer stays
+"running" for ever, holding its owner's quota; an attempt still being launched is left alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import psutil
+
+from gpuqueue.cluster.daemon_reconcile import MISSING_MIN_S
+from helpers.servers import wait_until
+
+
+def _state(c, job: str) -> str:
+    return c.client("root").get(job)["state"]
+
+
+def test_a_job_whose_end_was_lost_leaves_running_and_runs_again(cluster_factory) -> None:
+    """The exit report of a running job is lost as a store failover would lose it (the daemon
+    frozen meanwhile, so that it cannot read it first): the job left RUNNING only by hand, and
+    alice's next job waited behind her 1-GPU cap for ever. Now the daemon finds that the worker
+    on n1 no longer runs it, ends the attempt as lost saying so, and runs the job again."""
+    c = cluster_factory(nodes={"n1": 2}, config_extra="[defaults]\nmax_gpus = 1\n")
+    job = c.submit("alice", ticks=30)
+    wait_until(lambda: _state(c, job) == "running", 30, 0.05, "the job running")
+    nxt = c.submit("alice", ticks=1)  # waits: alice may hold 1 GPU
+    daemon = c.procs["daemon"].pid
+    r = c.redis_client()
+    os.kill(daemon, signal.SIGSTOP)
+    try:
+        wait_until(lambda: r.exists(f"gq:exit:{job}:1"), 30, 0.05, "the worker to report the job's end")
+        # what a failover to a replica that missed the last writes loses: the exit record and report
+        r.delete(f"gq:exit:{job}:1")
+        gone = [mid for mid, f in r.xrange("gq:reports") if json.loads(f["m"]).get("job") == job
+                and json.loads(f["m"]).get("op") == "exit"]
+        assert gone and r.xdel("gq:reports", *gone) == len(gone)
+    finally:
+        os.kill(daemon, signal.SIGCONT)
+    t0 = time.monotonic()
+    assert _state(c, job) == "running"
+    wait_until(lambda: _state(c, job) != "running", MISSING_MIN_S + 20, 0.2, "the job to leave RUNNING")
+    took = time.monotonic() - t0
+    print(f"left RUNNING {took:.1f} s after its end was lost")
+    assert took < MISSING_MIN_S + 12  # the rebuild (the frozen daemon lost its lock), a round, the API poll
+    jobs = c.wait_done([job, nxt], 60)
+    assert {j["state"] for j in jobs.values()} == {"succeeded"}, jobs
+    first = jobs[job]["attempts"][0]
+    assert first["outcome"] == "lost", first
+    assert "the worker on node n1 does not run this attempt" in first["message"], first
+    assert "its exit report never reached the queue's store" in first["message"], first
+    assert len(jobs[job]["attempts"]) == 2 and len(jobs[nxt]["attempts"]) == 1
+    warned = [e["data"]["message"] for e in c.client("alice").events(job) if e["type"] == "warning"]
+    assert any("does not run this attempt" in w for w in warned), warned
+    assert "does not run this attempt" in c.log("daemon")
+
+
+def test_a_slow_launch_is_not_taken_for_a_lost_attempt(cluster_factory) -> None:
+    """A launch that takes long (here: the worker's runner fork server frozen, as a slow pull of
+    checkpoints would hold it) is claimed, not yet listed in the worker's beats: it is not ended
+    as lost, and the job runs once it starts."""
+    c = cluster_factory(nodes={"n1": 1})
+    warm = c.submit("bob", ticks=1)  # the fork server starts with the first launch
+    assert c.wait_done([warm], 30)[warm]["state"] == "succeeded"
+    worker = psutil.Process(c.procs["worker-n1"].pid)
+    forks = [p for p in worker.children() if "gpuqueue.cluster.forkserver" in " ".join(p.cmdline())]
+    assert forks, [p.cmdline() for p in worker.children()]
+    frozen = forks + forks[0].children(recursive=True)
+    for p in frozen:
+        p.suspend()
+    try:
+        job = c.submit("alice", ticks=1)
+        r = c.redis_client()
+        wait_until(lambda: r.exists(f"gq:claim:{job}:1"), 30, 0.05, "the worker to claim the attempt")
+        time.sleep(MISSING_MIN_S + 3)
+        j = c.client("root").get(job)
+        assert j["state"] == "starting" and len(j["attempts"]) == 1 and j["attempts"][0]["outcome"] is None, j
+    finally:
+        for p in frozen:
+            p.resume()
+    final = c.wait_done([job], 30)[job]
+    assert final["state"] == "succeeded" and len(final["attempts"]) == 1, final
+    assert "does not run this attempt" not in c.log("daemon")
