@@ -1,0 +1,176 @@
+"""The API service with ``--processes 2`` answers one ``/metrics`` for the whole service: real
+``gpuqueue api`` processes on a real redis-server, scraped over HTTP as Prometheus would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import psutil
+import pytest
+import requests
+
+from helpers.servers import RedisServer, free_port, wait_until
+from observability.obstools import Scrape
+
+TOKEN = "multiprocess-test-token"
+REQ = "gpuqueue_api_request_duration_seconds_count"
+
+
+class Api:
+    """One ``gpuqueue api`` service (a parent and its forked processes) in its own session."""
+
+    def __init__(self, root: Path, redis: RedisServer, processes: int, metrics_dir: Optional[Path]):
+        self.processes = processes
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        users = root / "users.toml"
+        users.write_text(f'[[user]]\nname = "alice"\ntoken = "{TOKEN}"\n')
+        users.chmod(0o600)
+        self.args = [sys.executable, "-m", "gpuqueue.cli", "api", "--redis", redis.url, "--port", str(self.port),
+                     "--users", str(users), "--processes", str(processes)]
+        if metrics_dir is not None:
+            self.args += ["--metrics-dir", str(metrics_dir)]
+        self.log = root / f"api-{self.port}.log"
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+
+    def start(self) -> "Api":
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        if self.processes > 1:
+            wait_until(lambda: len(self.children()) == self.processes or self.proc.poll() is not None, 30, 0.1,
+                       "the forks")
+        wait_until(self._up, 30, 0.1, f"the API service ({self.log.read_text()})")
+        return self
+
+    def _up(self) -> bool:
+        try:
+            return requests.get(self.url + "/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def children(self) -> list[int]:
+        assert self.proc is not None
+        try:
+            return sorted(c.pid for c in psutil.Process(self.proc.pid).children())
+        except psutil.NoSuchProcess:
+            return []
+
+    def request(self) -> None:
+        """One authenticated REST request on a new connection (either process may take it)."""
+        r = requests.get(self.url + "/gpuqueue/api/queue", headers={"Authorization": f"token {TOKEN}",
+                                                                     "Connection": "close"}, timeout=10)
+        assert r.status_code == 200, r.text
+
+    def scrape(self) -> Scrape:
+        r = requests.get(self.url + "/metrics", headers={"Connection": "close"}, timeout=10)
+        assert r.status_code == 200, r.text
+        return Scrape(r.text)
+
+    def stop(self) -> None:
+        """SIGKILL to the whole service, as a crash or ``systemctl kill`` would (nothing is tidied)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def api_factory(tmp_path: Path, redis_factory: Callable[..., RedisServer]):
+    redis = redis_factory()
+    made: list[Api] = []
+
+    def make(processes: int = 2, metrics_dir: Optional[Path] = None) -> Api:
+        a = Api(tmp_path, redis, processes, metrics_dir)
+        made.append(a)
+        return a
+
+    yield make
+    for a in made:
+        a.stop()
+
+
+def queue_requests(s: Scrape) -> float:
+    return s.sum(REQ, handler="QueueHandler", method="GET", code="200")
+
+
+def test_counter_is_the_service_total_in_every_scrape(api_factory, tmp_path: Path) -> None:
+    d = tmp_path / "metrics"
+    api = api_factory(metrics_dir=d).start()
+    n = 40
+    for _ in range(n):
+        api.request()
+    for _ in range(8):
+        s = api.scrape()
+        assert queue_requests(s) == n, s.text
+    # the directory is the service's own: created 0700, owned by the API's user
+    st = os.lstat(d)
+    assert stat.S_IMODE(st.st_mode) == 0o700 and st.st_uid == os.getuid()
+    # each process once in gpuqueue_process_info and in the process_* metrics, by pid
+    pids = {str(p) for p in api.children()}
+    assert {x["pid"] for x in s.series("gpuqueue_process_info")} == pids, s.text
+    assert {x["pid"] for x in s.series("process_resident_memory_bytes")} == pids, s.text
+    assert s.get("gpuqueue_build_info", version=s.series("gpuqueue_build_info")[0]["version"], mode="cluster",
+                 policy="") == 1
+
+
+def test_a_restart_starts_from_a_clean_directory(api_factory, tmp_path: Path) -> None:
+    d = tmp_path / "metrics"
+    first = api_factory(metrics_dir=d).start()
+    for _ in range(30):
+        first.request()
+    assert queue_requests(first.scrape()) == 30
+    first.stop()  # killed: its files stay behind
+    assert any(p.suffix == ".db" for p in d.iterdir())
+    again = api_factory(metrics_dir=d).start()
+    for _ in range(7):
+        again.request()
+    for _ in range(5):
+        assert queue_requests(again.scrape()) == 7
+    old = {str(p) for p in first.children()}
+    assert not old & {x["pid"] for x in again.scrape().series("gpuqueue_process_info")}
+
+
+def test_a_process_that_dies_is_replaced_and_nothing_is_lost(api_factory, tmp_path: Path) -> None:
+    api = api_factory(metrics_dir=tmp_path / "metrics").start()
+    for _ in range(20):
+        api.request()
+    victim = api.children()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: len(api.children()) == 2 and victim not in api.children(), 30, 0.1, "tornado's restart")
+    wait_until(api._up, 30, 0.1, "the API")
+    s = api.scrape()
+    assert queue_requests(s) == 20  # the dead process' requests still count: no reset for rate()
+    assert str(victim) not in {x["pid"] for x in s.series("gpuqueue_process_info")}  # mark_process_dead
+
+
+@pytest.mark.parametrize("bad", ["group-readable", "link"])
+def test_a_metrics_dir_others_could_touch_is_refused(api_factory, tmp_path: Path, bad: str) -> None:
+    d = tmp_path / "metrics"
+    if bad == "link":
+        (tmp_path / "elsewhere").mkdir(mode=0o700)
+        d.symlink_to(tmp_path / "elsewhere")
+    else:
+        d.mkdir()
+        d.chmod(0o750)
+    api = api_factory(metrics_dir=d)
+    out = subprocess.run(api.args, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out
+    assert "Traceback" not in out.stderr
+    assert ("chmod 700" if bad != "link" else "not a directory") in out.stderr, out.stderr
+
+
+def test_one_process_is_unchanged(api_factory, tmp_path: Path) -> None:
+    d = tmp_path / "metrics"
+    api = api_factory(processes=1, metrics_dir=d).start()
+    for _ in range(5):
+        api.request()
+    s = api.scrape()
+    assert queue_requests(s) == 5
+    assert s.series("process_resident_memory_bytes") == [{}]  # its own, no pid label
+    assert not d.exists()
