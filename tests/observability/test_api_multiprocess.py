@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import stat
 import subprocess
@@ -20,22 +22,41 @@ from observability.obstools import Scrape
 
 TOKEN = "multiprocess-test-token"
 REQ = "gpuqueue_api_request_duration_seconds_count"
+UNIT = Path(__file__).resolve().parents[2] / "deploy" / "systemd" / "gpuqueue-api.service"
+
+
+def unit_args() -> list[str]:
+    """The options the shipped systemd unit gives ``gpuqueue api``."""
+    argv = shlex.split(re.search(r"^ExecStart=(.*)$", UNIT.read_text(), re.M).group(1))  # type: ignore[union-attr]
+    assert argv[1] == "api", argv
+    return argv[2:]
+
+
+def _set(args: list[str], opt: str, value: str) -> list[str]:
+    if opt in args:
+        args = list(args)
+        args[args.index(opt) + 1] = value
+        return args
+    return [*args, opt, value]
 
 
 class Api:
     """One ``gpuqueue api`` service (a parent and its forked processes) in its own session."""
 
-    def __init__(self, root: Path, redis: RedisServer, processes: int, metrics_dir: Optional[Path]):
-        self.processes = processes
+    def __init__(self, root: Path, redis: RedisServer, args: list[str], metrics_dir: Optional[Path]):
+        """``args``: options of ``gpuqueue api``; its port, address, users file and metrics
+        directory are replaced by this test's."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         users = root / "users.toml"
         users.write_text(f'[[user]]\nname = "alice"\ntoken = "{TOKEN}"\n')
         users.chmod(0o600)
-        self.args = [sys.executable, "-m", "gpuqueue.cli", "api", "--redis", redis.url, "--port", str(self.port),
-                     "--users", str(users), "--processes", str(processes)]
+        for opt, value in (("--port", str(self.port)), ("--address", "127.0.0.1"), ("--users", str(users))):
+            args = _set(args, opt, value)
         if metrics_dir is not None:
-            self.args += ["--metrics-dir", str(metrics_dir)]
+            args = _set(args, "--metrics-dir", str(metrics_dir))
+        self.processes = int(args[args.index("--processes") + 1]) if "--processes" in args else 1
+        self.args = [sys.executable, "-m", "gpuqueue.cli", "api", "--redis", redis.url, *args]
         self.log = root / f"api-{self.port}.log"
         self.proc: Optional[subprocess.Popen[bytes]] = None
 
@@ -86,7 +107,8 @@ def api_factory(tmp_path: Path, redis_factory: Callable[..., RedisServer]):
     made: list[Api] = []
 
     def make(processes: int = 2, metrics_dir: Optional[Path] = None) -> Api:
-        a = Api(tmp_path, redis, processes, metrics_dir)
+        """The API as the shipped systemd unit runs it (2 processes), or with ``processes``."""
+        a = Api(tmp_path, redis, _set(unit_args(), "--processes", str(processes)), metrics_dir)
         made.append(a)
         return a
 
@@ -99,9 +121,19 @@ def queue_requests(s: Scrape) -> float:
     return s.sum(REQ, handler="QueueHandler", method="GET", code="200")
 
 
+def test_the_shipped_unit_gives_a_private_fresh_directory_per_start() -> None:
+    unit = UNIT.read_text()
+    args = unit_args()
+    assert args[args.index("--processes") + 1] == "2"
+    runtime = re.search(r"^RuntimeDirectory=(\S+)$", unit, re.M)
+    assert runtime and args[args.index("--metrics-dir") + 1] == f"/run/{runtime.group(1)}"
+    assert re.search(r"^RuntimeDirectoryMode=0700$", unit, re.M)
+    assert not re.search(r"^RuntimeDirectoryPreserve=(yes|restart)", unit, re.M)
+
+
 def test_counter_is_the_service_total_in_every_scrape(api_factory, tmp_path: Path) -> None:
     d = tmp_path / "metrics"
-    api = api_factory(metrics_dir=d).start()
+    api = api_factory(metrics_dir=d).start()  # the shipped unit's command, its paths and port replaced
     n = 40
     for _ in range(n):
         api.request()
