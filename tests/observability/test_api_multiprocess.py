@@ -43,9 +43,12 @@ def _set(args: list[str], opt: str, value: str) -> list[str]:
 class Api:
     """One ``gpuqueue api`` service (a parent and its forked processes) in its own session."""
 
-    def __init__(self, root: Path, redis: RedisServer, args: list[str], metrics_dir: Optional[Path]):
+    def __init__(self, root: Path, redis: RedisServer, args: list[str], metrics_dir: Optional[Path],
+                 env: Optional[dict[str, str]] = None):
         """``args``: options of ``gpuqueue api``; its port, address, users file and metrics
-        directory are replaced by this test's."""
+        directory are replaced by this test's (``metrics_dir`` None: no ``--metrics-dir``)."""
+        base = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        self.env = dict(base, PYTHONUNBUFFERED="1", **(env or {}))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         users = root / "users.toml"
@@ -55,6 +58,9 @@ class Api:
             args = _set(args, opt, value)
         if metrics_dir is not None:
             args = _set(args, "--metrics-dir", str(metrics_dir))
+        elif "--metrics-dir" in args:
+            i = args.index("--metrics-dir")
+            args = args[:i] + args[i + 2:]
         self.processes = int(args[args.index("--processes") + 1]) if "--processes" in args else 1
         self.args = [sys.executable, "-m", "gpuqueue.cli", "api", "--redis", redis.url, *args]
         self.log = root / f"api-{self.port}.log"
@@ -63,7 +69,7 @@ class Api:
     def start(self) -> "Api":
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                         env=self.env)
         if self.processes > 1:
             wait_until(lambda: len(self.children()) == self.processes or self.proc.poll() is not None, 30, 0.1,
                        "the forks")
@@ -106,9 +112,9 @@ def api_factory(tmp_path: Path, redis_factory: Callable[..., RedisServer]):
     redis = redis_factory()
     made: list[Api] = []
 
-    def make(processes: int = 2, metrics_dir: Optional[Path] = None) -> Api:
+    def make(processes: int = 2, metrics_dir: Optional[Path] = None, env: Optional[dict[str, str]] = None) -> Api:
         """The API as the shipped systemd unit runs it (2 processes), or with ``processes``."""
-        a = Api(tmp_path, redis, _set(unit_args(), "--processes", str(processes)), metrics_dir)
+        a = Api(tmp_path, redis, _set(unit_args(), "--processes", str(processes)), metrics_dir, env)
         made.append(a)
         return a
 
@@ -149,6 +155,22 @@ def test_counter_is_the_service_total_in_every_scrape(api_factory, tmp_path: Pat
     assert {x["pid"] for x in s.series("process_resident_memory_bytes")} == pids, s.text
     assert s.get("gpuqueue_build_info", version=s.series("gpuqueue_build_info")[0]["version"], mode="cluster",
                  policy="") == 1
+    assert s.get("gpuqueue_scheduler_leader") == 0
+    assert not [n for (n, _) in s.samples if n.startswith("python_")], s.text
+
+
+def test_without_metrics_dir_the_variable_then_the_temporary_folder(api_factory, tmp_path: Path) -> None:
+    named = tmp_path / "named"
+    api = api_factory(env={"PROMETHEUS_MULTIPROC_DIR": str(named)}).start()
+    api.request()
+    assert queue_requests(api.scrape()) == 1 and any(p.suffix == ".db" for p in named.iterdir())
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    api = api_factory(env={"TMPDIR": str(tmp)}).start()
+    api.request()
+    assert queue_requests(api.scrape()) == 1
+    d = tmp / f"gpuqueue-api-{os.getuid()}-{api.port}-metrics"
+    assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700 and any(p.suffix == ".db" for p in d.iterdir())
 
 
 def test_a_restart_starts_from_a_clean_directory(api_factory, tmp_path: Path) -> None:
@@ -181,10 +203,15 @@ def test_a_process_that_dies_is_replaced_and_nothing_is_lost(api_factory, tmp_pa
     assert str(victim) not in {x["pid"] for x in s.series("gpuqueue_process_info")}  # mark_process_dead
 
 
-@pytest.mark.parametrize("bad", ["group-readable", "link"])
+@pytest.mark.parametrize("bad", ["group-readable", "link", "another user's"])
 def test_a_metrics_dir_others_could_touch_is_refused(api_factory, tmp_path: Path, bad: str) -> None:
     d = tmp_path / "metrics"
-    if bad == "link":
+    if bad == "another user's":
+        if os.getuid() != 0:
+            pytest.skip("needs root to give a directory to another user")
+        d.mkdir(mode=0o700)
+        os.chown(d, 65534, 65534)
+    elif bad == "link":
         (tmp_path / "elsewhere").mkdir(mode=0o700)
         d.symlink_to(tmp_path / "elsewhere")
     else:
@@ -194,7 +221,8 @@ def test_a_metrics_dir_others_could_touch_is_refused(api_factory, tmp_path: Path
     out = subprocess.run(api.args, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2, out
     assert "Traceback" not in out.stderr
-    assert ("chmod 700" if bad != "link" else "not a directory") in out.stderr, out.stderr
+    want = {"group-readable": "chmod 700", "link": "not a directory", "another user's": "belongs to uid 65534"}
+    assert want[bad] in out.stderr, out.stderr
 
 
 def test_one_process_is_unchanged(api_factory, tmp_path: Path) -> None:
