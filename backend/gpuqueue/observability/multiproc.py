@@ -156,5 +156,5 @@ def scrape_registry(path: str | Path) -> Any:
     sweep_dead(path)
     r = CollectorRegistry()
     MultiProcessCollector(r, path=str(path))
-    r.register(LiveProcessesCollector(path))  # type: ignore[arg-type]
+    r.register(LiveProcessesCollector(path))
     return r
