@@ -21,8 +21,8 @@ ALLOWED_LABELS = {"handler", "method", "code", "le", "version", "mode", "policy"
 
 def test_hub_service_metrics_need_no_login_and_name_no_user(tmp_path: Path, redis_factory: Any) -> None:
     r = redis_factory()
-    hub = Hub(tmp_path / "hub", r.url, gpuqueue_config=MANAGED + 'c.JupyterHub.services[0]["command"] += '
-                                                                  '["--processes", "2"]\n')
+    more = ["--processes", "2", "--metrics-dir", str(tmp_path / "metrics")]
+    hub = Hub(tmp_path / "hub", r.url, gpuqueue_config=MANAGED + f'c.JupyterHub.services[0]["command"] += {more!r}\n')
     try:
         hub.start()
         s = hub.login("alice")
@@ -48,5 +48,6 @@ def test_hub_service_metrics_need_no_login_and_name_no_user(tmp_path: Path, redi
             assert marker not in m.text and marker.upper() not in m.text and "alice" not in m.text
             assert {v for k, v in labels if k == "method"} <= {"GET", "other"}, labels
             assert all(re.fullmatch(r"[A-Za-z]+Handler", v) for k, v in labels if k == "handler"), labels
+            assert len(scrape.series("gpuqueue_process_info")) == 2, m.text  # both processes, one answer
     finally:
         hub.stop()
