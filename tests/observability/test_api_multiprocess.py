@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -127,6 +128,17 @@ def queue_requests(s: Scrape) -> float:
     return s.sum(REQ, handler="QueueHandler", method="GET", code="200")
 
 
+def settled(api: Api, n: int) -> Scrape:
+    """The first scrape that counts ``n`` requests. A process counts a request just after it has
+    sent the answer, so a scrape that another process takes at once may miss the last one; one
+    process' count alone (the old ``/metrics``) never reaches ``n``."""
+    def counted() -> Optional[Scrape]:
+        s = api.scrape()
+        return s if queue_requests(s) == n else None
+
+    return wait_until(counted, 10, 0.05, f"a scrape counting {n} requests")
+
+
 def test_the_shipped_unit_gives_a_private_fresh_directory_per_start() -> None:
     unit = UNIT.read_text()
     args = unit_args()
@@ -143,7 +155,8 @@ def test_counter_is_the_service_total_in_every_scrape(api_factory, tmp_path: Pat
     n = 40
     for _ in range(n):
         api.request()
-    for _ in range(8):
+    settled(api, n)
+    for _ in range(8):  # and every scrape after it, whichever process takes it
         s = api.scrape()
         assert queue_requests(s) == n, s.text
     # the directory is the service's own: created 0700, owned by the API's user
@@ -163,12 +176,12 @@ def test_without_metrics_dir_the_variable_then_the_temporary_folder(api_factory,
     named = tmp_path / "named"
     api = api_factory(env={"PROMETHEUS_MULTIPROC_DIR": str(named)}).start()
     api.request()
-    assert queue_requests(api.scrape()) == 1 and any(p.suffix == ".db" for p in named.iterdir())
+    assert settled(api, 1) and any(p.suffix == ".db" for p in named.iterdir())
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     api = api_factory(env={"TMPDIR": str(tmp)}).start()
     api.request()
-    assert queue_requests(api.scrape()) == 1
+    assert settled(api, 1)
     d = tmp / f"gpuqueue-api-{os.getuid()}-{api.port}-metrics"
     assert stat.S_IMODE(os.lstat(d).st_mode) == 0o700 and any(p.suffix == ".db" for p in d.iterdir())
 
@@ -178,28 +191,29 @@ def test_a_restart_starts_from_a_clean_directory(api_factory, tmp_path: Path) ->
     first = api_factory(metrics_dir=d).start()
     for _ in range(30):
         first.request()
-    assert queue_requests(first.scrape()) == 30
+    settled(first, 30)
+    old = {str(p) for p in first.children()}
     first.stop()  # killed: its files stay behind
     assert any(p.suffix == ".db" for p in d.iterdir())
     again = api_factory(metrics_dir=d).start()
     for _ in range(7):
         again.request()
+    settled(again, 7)
     for _ in range(5):
         assert queue_requests(again.scrape()) == 7
-    old = {str(p) for p in first.children()}
-    assert not old & {x["pid"] for x in again.scrape().series("gpuqueue_process_info")}
+    assert old and not old & {x["pid"] for x in again.scrape().series("gpuqueue_process_info")}
 
 
 def test_a_process_that_dies_is_replaced_and_nothing_is_lost(api_factory, tmp_path: Path) -> None:
     api = api_factory(metrics_dir=tmp_path / "metrics").start()
     for _ in range(20):
         api.request()
+    settled(api, 20)
     victim = api.children()[0]
     os.kill(victim, signal.SIGKILL)
     wait_until(lambda: len(api.children()) == 2 and victim not in api.children(), 30, 0.1, "tornado's restart")
     wait_until(api._up, 30, 0.1, "the API")
-    s = api.scrape()
-    assert queue_requests(s) == 20  # the dead process' requests still count: no reset for rate()
+    s = settled(api, 20)  # the dead process' requests still count: no reset for rate()
     assert str(victim) not in {x["pid"] for x in s.series("gpuqueue_process_info")}  # mark_process_dead
 
 
@@ -234,3 +248,23 @@ def test_one_process_is_unchanged(api_factory, tmp_path: Path) -> None:
     assert queue_requests(s) == 5
     assert s.series("process_resident_memory_bytes") == [{}]  # its own, no pid label
     assert not d.exists()
+
+
+def test_a_removed_directory_answers_503_naming_the_fix(api_factory, tmp_path: Path) -> None:
+    d = tmp_path / "metrics"
+    api = api_factory(metrics_dir=d).start()
+    shutil.rmtree(d)
+    r = requests.get(api.url + "/metrics", timeout=10)
+    assert r.status_code == 503 and "restart the service" in r.json()["message"], r.text
+
+
+def test_enable_after_prometheus_client_was_imported(tmp_path: Path) -> None:
+    """A metric made after ``enable`` writes to the directory even when prometheus-client was
+    imported before the variable was set."""
+    code = ("import os, sys, prometheus_client\n"
+            "from gpuqueue.observability import multiproc\n"
+            "multiproc.enable(multiproc.prepare_dir(sys.argv[1]))\n"
+            "prometheus_client.Counter('x', 'x', registry=None).inc()\n")
+    env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], check=True, env=env, timeout=60)
+    assert [p.name.split("_")[0] for p in (tmp_path / "m").iterdir()] == ["counter"]

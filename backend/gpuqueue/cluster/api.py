@@ -224,7 +224,14 @@ class MetricsHandler(web.RequestHandler):
         from ..observability import metrics, multiproc
 
         path = self.settings.get("gpuqueue_metrics_dir")
-        registry = multiproc.scrape_registry(path) if path else self.settings["gpuqueue_metrics"].registry
+        try:
+            registry = multiproc.scrape_registry(path) if path else self.settings["gpuqueue_metrics"].registry
+        except (OSError, ValueError) as e:  # its directory was removed under the running service
+            log.error("cannot read the metrics directory %s: %s", path, e)
+            self.set_status(503)
+            self.finish({"message": f"the API's metrics directory {path} cannot be read ({e}): restart the "
+                                    f"service (it makes the directory again)"})
+            return
         body, ctype = metrics.render(registry, self.request.headers.get("Accept"))
         self.set_header("Content-Type", ctype)
         self.finish(body)
@@ -261,7 +268,8 @@ def make_app(store: RedisStore, users: dict[str, User] | UsersFile, hub_auth: An
         routes += [(base + "/healthz", HealthHandler), (base + "/metrics", MetricsHandler)]
     return web.Application(routes, default_handler_class=NoRouteHandler,
                            gpuqueue_service=ClusterFrontend(store, **kw), gpuqueue_users=users,
-                           gpuqueue_metrics=m, gpuqueue_metrics_dir=metrics_dir, log_function=metrics.tornado_log_function(m, _quiet_log), **settings)
+                           gpuqueue_metrics=m, gpuqueue_metrics_dir=metrics_dir,
+                           log_function=metrics.tornado_log_function(m, _quiet_log), **settings)
 
 
 def _count_users(users: dict[str, User] | UsersFile, path: str) -> str:
