@@ -216,22 +216,36 @@ class NoRouteHandler(rest.RestHandler):
 
 
 class MetricsHandler(web.RequestHandler):
-    """``GET /metrics``: Prometheus metrics of this API process (request latency, process)."""
+    """``GET /metrics``: Prometheus metrics of the API service (request latency, process). With
+    ``--processes N`` (``gpuqueue_metrics_dir`` set) those of all its processes, added up
+    (``gpuqueue.observability.multiproc``); else those of this process."""
 
     def get(self) -> None:
-        from ..observability import metrics
+        from ..observability import metrics, multiproc
 
-        body, ctype = metrics.render(self.settings["gpuqueue_metrics"].registry, self.request.headers.get("Accept"))
+        path = self.settings.get("gpuqueue_metrics_dir")
+        try:
+            registry = multiproc.scrape_registry(path) if path else self.settings["gpuqueue_metrics"].registry
+        except (OSError, ValueError) as e:  # its directory was removed under the running service
+            log.error("cannot read the metrics directory %s: %s", path, e)
+            self.set_status(503)
+            self.finish({"message": f"the API's metrics directory {path} cannot be read ({e}): restart the "
+                                    f"service (it makes the directory again)"})
+            return
+        body, ctype = metrics.render(registry, self.request.headers.get("Accept"))
         self.set_header("Content-Type", ctype)
         self.finish(body)
 
 
 def make_app(store: RedisStore, users: dict[str, User] | UsersFile, hub_auth: Any = None, prefix: str = "/",
-             admin_scope: str = "", cookie_secret: Optional[bytes] = None, **kw: Any) -> web.Application:
+             admin_scope: str = "", cookie_secret: Optional[bytes] = None, metrics_dir: Optional[str] = None,
+             **kw: Any) -> web.Application:
     """The tornado application (routes under ``<prefix>gpuqueue/api``, plus /healthz and
     /metrics). With ``hub_auth`` (a JupyterHub ``HubOAuth``) the hub authenticates requests
     (``gpuqueue.cluster.hub``) and ``users`` is not used; ``cookie_secret`` signs its login
-    cookie (give every process of one service the same; default: a new random one)."""
+    cookie (give every process of one service the same; default: a new random one).
+    ``metrics_dir``: the multiprocess metrics directory (``multiproc.enable`` ran before the
+    processes were forked), read by every scrape; None for one process."""
     from ..observability import metrics
 
     m = metrics.QueueMetrics(metrics.process_registry("api", nvml=False), mode="cluster")
@@ -254,7 +268,8 @@ def make_app(store: RedisStore, users: dict[str, User] | UsersFile, hub_auth: An
         routes += [(base + "/healthz", HealthHandler), (base + "/metrics", MetricsHandler)]
     return web.Application(routes, default_handler_class=NoRouteHandler,
                            gpuqueue_service=ClusterFrontend(store, **kw), gpuqueue_users=users,
-                           gpuqueue_metrics=m, log_function=metrics.tornado_log_function(m, _quiet_log), **settings)
+                           gpuqueue_metrics=m, gpuqueue_metrics_dir=metrics_dir,
+                           log_function=metrics.tornado_log_function(m, _quiet_log), **settings)
 
 
 def _count_users(users: dict[str, User] | UsersFile, path: str) -> str:
@@ -286,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hub-cache-s", type=cliargs.number(int, 0), default=60,
                    help="with --auth hub: seconds the hub's answer for a token is reused (default 60)")
     p.add_argument("--processes", type=cliargs.COUNT, default=1, help="processes sharing the port (default 1)")
+    p.add_argument("--metrics-dir", default=None,
+                   help="with --processes 2 or more: a directory private to the API's user where the processes "
+                        "keep their metrics for /metrics to add up; emptied at each start (default: "
+                        "$PROMETHEUS_MULTIPROC_DIR, else gpuqueue-api-UID-PORT-metrics in the temporary folder)")
     p.add_argument("--max-payload-mb", type=cliargs.number(float, 0, low_open=True), default=64.0, help="largest cell payload, MB (default 64)")
     p.add_argument("--prefix", default="gq")
     p.add_argument("--log-level", default="INFO",
@@ -343,7 +362,17 @@ def cli_main(argv: list[str]) -> int:
         print(f"gpuqueue api: cannot listen on {args.address}:{port} ({e.strerror}): {fix}", file=sys.stderr)
         return 1
     cookie_secret = os.urandom(32)  # the hub login cookie: one secret for every process forked below
-    if args.processes > 1:
+    metrics_dir: Optional[str] = None
+    if args.processes > 1:  # one /metrics for all processes: set up before any metric exists, then fork
+        from ..observability import multiproc
+
+        try:
+            metrics_dir = str(multiproc.prepare_dir(args.metrics_dir or multiproc.enabled()
+                                                    or multiproc.default_dir("api", port)))
+        except multiproc.MetricsDirError as e:
+            print(f"gpuqueue api: {e}", file=sys.stderr)
+            return 2
+        multiproc.enable(metrics_dir)
         process.fork_processes(args.processes)
         from .forkserver import die_with_parent
 
@@ -356,7 +385,7 @@ def cli_main(argv: list[str]) -> int:
                   "$GPUQUEUE_REDIS_URL or the --redis-file (redis://gpuqueue-api:PASSWORD@host:6379/0 with "
                   "deploy/redis/users.acl)", redis_url.mask(url), redis_url.mask(str(e)))
     app = make_app(store, users, hub_auth=hub_auth, prefix=prefix, admin_scope=args.admin_scope,
-                   cookie_secret=cookie_secret,
+                   cookie_secret=cookie_secret, metrics_dir=metrics_dir,
                    max_payload_bytes=int(args.max_payload_mb * 1e6))
 
     async def serve() -> None:

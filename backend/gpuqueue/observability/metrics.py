@@ -432,7 +432,8 @@ class QueueMetrics:
 
         r = self.registry = registry if registry is not None else CollectorRegistry()
         Gauge("gpuqueue_build_info", "Always 1: the gpuqueue version, mode and policy of this process",
-              ["version", "mode", "policy"], registry=r).labels(__version__, mode, policy).set(1)
+              ["version", "mode", "policy"], registry=r,
+              multiprocess_mode="max").labels(__version__, mode, policy).set(1)
         self.submitted = Counter("gpuqueue_jobs_submitted", "Jobs accepted into the queue",
                                  ["pool", "priority"], registry=r)
         self.starts = Counter("gpuqueue_job_starts", "Job attempts confirmed running",
@@ -452,9 +453,10 @@ class QueueMetrics:
                                        "scheduling pass (decisions and carrying them out)",
                                        buckets=PASS_BUCKETS, registry=r)
         self.last_pass = Gauge("gpuqueue_scheduler_last_pass_timestamp_seconds", "When the last "
-                               "scheduling pass ended (Unix time)", registry=r)
+                               "scheduling pass ended (Unix time)", registry=r, multiprocess_mode="max")
         self.leader = Gauge("gpuqueue_scheduler_leader", "1 when this process runs the scheduler (the "
-                            "leader daemon, or an embedded queue), 0 on a standby", registry=r)
+                            "leader daemon, or an embedded queue), 0 on a standby", registry=r,
+                            multiprocess_mode="livemax")
         self.api_latency = Histogram("gpuqueue_api_request_duration_seconds", "REST API request "
                                      "latency (streaming requests excluded)", ["handler", "method", "code"],
                                      buckets=API_BUCKETS, registry=r)
@@ -660,7 +662,8 @@ def process_registry(component: str, node: Optional[str] = None, nvml: bool = Tr
     PlatformCollector(registry=r)
     GCCollector(registry=r)
     Gauge("gpuqueue_process_info", "Always 1: which gpuqueue process this is",
-          ["component", "node", "version"], registry=r).labels(component, node or "", __version__).set(1)
+          ["component", "node", "version"], registry=r,
+          multiprocess_mode="liveall").labels(component, node or "", __version__).set(1)
     if nvml:
         from .nvml import NvmlCollector
 
