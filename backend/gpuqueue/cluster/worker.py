@@ -55,6 +55,7 @@ from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, not_dumpable
 from .redis_store import Fenced, RedisStore
 from .shared_root import SharedRoot, StorageError, load_options
+from .worker_lock import StateDirBusy, lock_state_dir
 from .worker_sweep import SWEEP_S, LocalSweeper, Sweeper, queue_id, tag_job_folder
 from .worker_tail import GIVE_UP_S, AttemptTailer, LocalAttempt
 
@@ -392,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", default=socket.gethostname(), help="this node's name, as in the pools config (default: host name)")
     p.add_argument("--gpus", type=cliargs.GPUS, default=None, help="GPUs to offer (default: $GPUQUEUE_GPUS, else NVML)")
     p.add_argument("--pool", default=None, help="pool, for a node the config does not list")
-    p.add_argument("--state-dir", default=None, help="job folders (default: $GPUQUEUE_STATE_DIR, else /var/lib/gpuqueue/worker-NODE as root, ~/.local/share/gpuqueue/worker-NODE otherwise)")
+    p.add_argument("--state-dir", default=None, help="job folders, this worker's own: a second worker on it is refused (default: $GPUQUEUE_STATE_DIR, else "
+                        "/var/lib/gpuqueue/worker-NODE as root, ~/.local/share/gpuqueue/worker-NODE otherwise)")
     p.add_argument("--shared-dir", default=None, metavar="PATH|URL",
                    help="shared storage root for checkpoints between attempts, the same for every worker: a folder "
                         "on a shared file system (NFS) or an fsspec URL (s3://bucket/prefix, gs://...); default: "
@@ -483,6 +485,15 @@ def cli_main(argv: list[str]) -> int:
     not_dumpable()  # /proc/<worker>/environ and memory: root's, whatever uid the jobs run as
     home = Path("/var/lib/gpuqueue") if os.geteuid() == 0 else Path.home() / ".local/share/gpuqueue"
     state_dir = Path(args.state_dir or os.environ.get("GPUQUEUE_STATE_DIR") or home / f"worker-{args.node}")
+    try:  # one worker per state folder, until this process ends (worker_lock.py)
+        lock_state_dir(state_dir, args.node)
+    except StateDirBusy as e:
+        print(f"gpuqueue worker: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"gpuqueue worker: cannot use the state folder {state_dir} ({e.strerror or e}): give a --state-dir "
+              f"this user may create and write", file=sys.stderr)
+        return 2
     store = RedisStore(url, args.prefix)
     try:
         uid_range = identities.parse_range(args.uid_range)
