@@ -57,7 +57,7 @@ from .redis_store import Fenced, RedisStore
 from .shared_root import SharedRoot, StorageError, load_options
 from .worker_lock import StateDirBusy, lock_state_dir
 from .worker_sweep import SWEEP_S, LocalSweeper, Sweeper, queue_id, tag_job_folder
-from .worker_tail import GIVE_UP_S, AttemptTailer, LocalAttempt
+from .worker_tail import GIVE_UP_S, AttemptTailer, LocalAttempt, _Repeats
 
 log = logging.getLogger("gpuqueue.worker")
 
@@ -122,19 +122,31 @@ class NodeAgent(AttemptTailer):
             self._threads.append(t)
 
     def shutdown(self, grace_s: float = 15.0) -> None:
-        """Stop our attempts (they are queued again elsewhere), report them, say goodbye."""
+        """Stop our attempts (they are queued again elsewhere), report them, say goodbye; the
+        log says which attempts were stopped and how it ended."""
         with self._lock:
             live = list(self.attempts.values())
+        if live:
+            log.info("stopping: %d attempts run here (%s); each gets %g s to stop, then the scheduler queues its "
+                     "job again", len(live), ", ".join(f"{la.job_id}/{la.number}" for la in live), min(grace_s, 10.0))
         for la in live:
             self._signal_stop(la, "terminated", min(grace_s, 10.0))
         deadline = time.time() + grace_s + 2
         while time.time() < deadline and self.attempts:
             time.sleep(0.1)
         self._stop.set()
+        with self._lock:
+            left = [f"{j}/{n}" for j, n in self.attempts]
+        if left:
+            log.warning("%d attempts had not reported their end after %g s (%s): their runners end with this worker, "
+                        "and the scheduler counts them lost", len(left), grace_s + 2, ", ".join(left))
         try:
             self.beat(stopped=True)
-        except redis.RedisError:
-            pass
+        except redis.RedisError as e:
+            log.warning("stopped; could not sign node %s off (redis unavailable: %s): the scheduler counts it lost "
+                        "after its --node-timeout", self.node, e)
+            return
+        log.info("stopped; node %s signed off", self.node)
 
     def _sweep_loop(self) -> None:
         assert self.shared is not None
@@ -179,15 +191,27 @@ class NodeAgent(AttemptTailer):
         p.execute()
 
     def _beat_loop(self) -> None:
+        """Heartbeat, stop requests and fences every ``heartbeat_s``. An outage of the store is
+        logged once (then how often it came, and its end), not at every beat; an unexpected
+        error once per distinct error, with its traceback."""
+        down = _Repeats()
+        failed = ""
         while not self._stop.wait(self.heartbeat_s):
             try:
                 self.beat()
                 self._read_control()
                 self._check_fences()
             except redis.RedisError as e:
-                log.warning("redis unavailable (%s); jobs go on, retrying", e)
-            except Exception:  # noqa: BLE001
-                log.exception("heartbeat failed")
+                down.seen(f"redis unavailable ({e}): this node's heartbeats and stop requests wait until it is "
+                          f"back (check the store's Redis server); jobs go on")
+                continue
+            except Exception as e:  # noqa: BLE001
+                if repr(e) != failed:
+                    log.exception("heartbeat failed (logged once until the error changes)")
+                    failed = repr(e)
+                continue
+            down.over("redis is available again: heartbeats go on")
+            failed = ""
 
     # -- launching ------------------------------------------------------------------------
     def launch(self, msg: dict[str, Any]) -> str:
@@ -559,6 +583,10 @@ def cli_main(argv: list[str]) -> int:
         concurrency=args.concurrency, loglevel=args.log_level.upper(), without_heartbeat=not events,
         without_mingle=True, without_gossip=True, quiet=True,
     )
+    # Celery's note, at every lost broker connection, that a setting's default changes in Celery 6:
+    # several lines an admin can do nothing about (launch tasks end in milliseconds). After the
+    # Worker's logging setup, which turns Celery's deprecation warnings to "always"
+    warnings.filterwarnings("ignore", message=r"\s*In Celery 5\.1 we introduced an optional breaking change")
     try:
         worker.start()
     finally:

@@ -118,7 +118,7 @@ class AttemptTailer:
                     if la.failures:
                         self._tail_recovered(la)
             else:
-                down.over("redis is available again")
+                down.over("redis is available again: the jobs' records are copied to it again")
 
     def _tail_failed(self, la: LocalAttempt, e: Exception) -> None:
         """A round of ``la`` raised: it is tried again after a delay that doubles at each failure
