@@ -1,6 +1,7 @@
 """What an admin reads in a worker's log during a normal job, a Redis outage and a shutdown: the
-outage once (not at every heartbeat) and its end, no Celery deprecation notes, no traceback, and
-at the stop which attempts were stopped and that the node signed off."""
+outage once (not at every heartbeat) and its end, no Celery deprecation notes, no traceback,
+each attempt's start and end by its job's id, and at the stop which attempts were stopped and
+that the node signed off."""
 
 from __future__ import annotations
 
@@ -40,7 +41,11 @@ def test_a_redis_outage_and_a_stop_read_well_in_the_worker_log(cluster_factory: 
     down = [m for m in said if m.startswith("redis unavailable (") and "heartbeats and stop requests wait" in m]
     assert len(down) == 1, "\n".join(said)  # once, not at every heartbeat
     assert down[0].endswith("wait until it is back (check the store's Redis server); jobs go on"), down
+    # each attempt's start and end, named by its job (not two lines of Celery's task id per launch)
+    assert any(m.startswith(f"attempt {job}/1 started: GPUs 0, as uid ") for m in said), "\n".join(said)
+    assert f"attempt {job}/1 ended: exit code 0" in said, "\n".join(said)
     text = "\n".join(said)
+    assert "Task gpuqueue.launch_attempt" not in text and "prefetch count" not in text, text
     assert "Traceback" not in text and "In Celery 5.1" not in text and "CPendingDeprecationWarning" not in text, text
     # a stop: which attempts it stopped, then that the node signed off
     job2 = c.submit(ticks=300)
