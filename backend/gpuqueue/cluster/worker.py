@@ -57,7 +57,8 @@ from .shared_root import SharedRoot, StorageError, load_options
 from .worker_args import NOT_ROOT_WARNING, build_parser, unreachable
 from .worker_lock import StateDirBusy, lock_state_dir
 from .worker_sweep import SWEEP_S, LocalSweeper, Sweeper, queue_id, tag_job_folder
-from .worker_tail import GIVE_UP_S, AttemptTailer, LocalAttempt, _Repeats
+from .repeats import Repeats
+from .worker_tail import GIVE_UP_S, AttemptTailer, LocalAttempt
 
 log = logging.getLogger("gpuqueue.worker")
 
@@ -192,7 +193,7 @@ class NodeAgent(AttemptTailer):
         """Heartbeat, stop requests and fences every ``heartbeat_s``. An outage of the store is
         logged once (then how often it came, and its end), not at every beat; an unexpected
         error once per distinct error, with its traceback."""
-        down = _Repeats()
+        down = Repeats(log, every_s=60.0)  # during a long outage: how often, at a growing interval
         failed = ""
         while not self._stop.wait(self.heartbeat_s):
             try:
