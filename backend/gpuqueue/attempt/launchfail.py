@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from typing import Any, Mapping, Optional
 
 # the stages a launch goes through, in order
@@ -29,18 +30,91 @@ PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENO
 
 
 def record(stage: str, error: BaseException | str, path: Optional[str] = None,
-           user: Optional[Mapping[str, Any]] = None, node: Optional[str] = None) -> dict[str, Any]:
+           user: Optional[Mapping[str, Any]] = None, node: Optional[str] = None,
+           search_path: Optional[str] = None) -> dict[str, Any]:
     """The ``launch_error`` of an exit record: the ``stage`` that failed, the OS error's number
     and text (or ``error``'s text), the ``path`` it concerned, the ``user`` the job was to run as
-    (``{"name", "uid"}``; None: the launching process's own uid) and the ``node``."""
+    (``{"name", "uid", "gid"}``; None: the launching process's own uid) and the ``node``.
+
+    A program that was refused (``EACCES``) is looked into here, on the node, where its files
+    are: ``found`` is the file a bare name resolved to on ``search_path`` (the job's PATH),
+    ``real`` where its links lead, and ``refused`` the first thing on the way that the job's uid
+    may not pass (:func:`refusal`)."""
     num = error.errno if isinstance(error, OSError) else None
     if num is None and isinstance(error, PermissionError):  # raised with a sentence: a refusal all the same
         num = errno.EACCES
     text = (error.strerror or str(error)) if isinstance(error, OSError) else str(error)
     if path is None and isinstance(error, OSError) and error.filename is not None:
         path = os.fsdecode(error.filename)
-    return {"stage": stage, "errno": num, "error": text, "path": path, "node": node,
-            "uid": int(user["uid"]) if user else os.getuid(), "user": str(user["name"]) if user else None}
+    rec: dict[str, Any] = {"stage": stage, "errno": num, "error": text, "path": path, "node": node,
+                           "uid": int(user["uid"]) if user else os.getuid(), "user": str(user["name"]) if user else None}
+    if stage == EXEC and num in (errno.EACCES, errno.EPERM) and path:
+        gids = {int(user["gid"])} if user and "gid" in user else ({os.getgid(), *os.getgroups()} if not user else set())
+        found = find_program(path, search_path)
+        if found is not None and os.path.isabs(found):
+            rec["found"] = found
+            real = os.path.realpath(found)
+            if real != found:
+                rec["real"] = real
+            rec["refused"] = refusal(found, rec["uid"], gids)
+    return rec
+
+
+def find_program(name: str, search_path: Optional[str]) -> Optional[str]:
+    """The file that an exec of ``name`` tried first: ``name`` itself if it holds a ``/``, else
+    the first entry of ``search_path`` (``os.pathsep``-separated; default: this process's PATH)
+    that holds ``name`` (as this process sees it; None if none does)."""
+    if "/" in name:
+        return name
+    for d in (search_path if search_path is not None else os.environ.get("PATH", os.defpath)).split(os.pathsep):
+        p = os.path.join(d or ".", name)
+        if os.path.lexists(p):
+            return p
+    return None
+
+
+def _may(st: os.stat_result, uid: int, gids: set[int], bit: int) -> bool:
+    """Whether ``uid`` (in groups ``gids``) has permission ``bit`` (1: x, 4: r) on ``st``, by its
+    mode bits (root: any x bit on a file, always on a folder)."""
+    if uid == 0:
+        return bit != 1 or stat.S_ISDIR(st.st_mode) or bool(st.st_mode & 0o111)
+    shift = 6 if st.st_uid == uid else 3 if st.st_gid in gids else 0
+    return bool((st.st_mode >> shift) & bit)
+
+
+def refusal(path: str, uid: int, gids: set[int]) -> Optional[dict[str, Any]]:
+    """The first thing on the way to the program ``path`` (following its links) that ``uid`` (in
+    groups ``gids``) may not pass: ``{"kind": "folder", "path", "mode", "owner"}`` for a folder it
+    may not enter, or ``"kind": "file"`` for the program it may not execute; None if none is
+    found (or the way cannot be read)."""
+    todo = [c for c in path.split("/") if c]
+    cur, hops = "/", 0
+    try:
+        while True:
+            st = os.stat(cur)
+            if stat.S_ISDIR(st.st_mode) and not _may(st, uid, gids, 1):
+                return {"kind": "folder", "path": cur, "mode": f"{st.st_mode & 0o7777:03o}", "owner": st.st_uid}
+            if not todo:
+                break
+            name = todo.pop(0)
+            if name in (".", ".."):
+                cur = os.path.dirname(cur) if name == ".." else cur
+                continue
+            nxt = os.path.join(cur, name)
+            if os.path.islink(nxt):
+                hops += 1
+                if hops > 40:
+                    return None
+                target = os.readlink(nxt)
+                todo = [c for c in target.split("/") if c] + todo
+                cur = "/" if target.startswith("/") else cur
+                continue
+            cur = nxt
+        if not stat.S_ISDIR(st.st_mode) and not _may(st, uid, gids, 1):
+            return {"kind": "file", "path": cur, "mode": f"{st.st_mode & 0o7777:03o}", "owner": st.st_uid}
+    except OSError:
+        return None
+    return None
 
 
 def permanent(rec: Optional[Mapping[str, Any]]) -> bool:
@@ -60,8 +134,12 @@ def message(rec: Mapping[str, Any]) -> str:
     if stage == EXEC and num == errno.ENOENT:
         why = (f"{path} does not exist: fix the path (the job's first word, or its --python), "
                f"or ask your admin to install it there")
+    elif stage == EXEC and num in (errno.EACCES, errno.EPERM) and _closed_folder(rec):
+        why = (f"{_program(rec)} cannot be run by {who}: {_closed_folder(rec)}: install the environment where "
+               f"every user may read it, let them in (chmod o+x {rec['refused']['path']}), or run the job with an "
+               f"interpreter that uid may run (its --python, or the full path of its first word)")
     elif stage == EXEC and num in (errno.EACCES, errno.EPERM):
-        why = (f"{path} is not executable by {who}: make it executable by that user (chmod a+rx, "
+        why = (f"{_program(rec)} is not executable by {who}: make it executable by that user (chmod a+rx, "
                f"and a+x on its folders), or ask your admin to")
     elif stage == EXEC and num == errno.ENOEXEC:
         why = f"{path} is not a program (no #! line?): add one, or run it with its interpreter"
@@ -78,6 +156,31 @@ def message(rec: Mapping[str, Any]) -> str:
     else:
         why = f"cannot run {path}: {rec.get('error')}"
     return f"the job could not start{where}: {why}"
+
+
+def _program(rec: Mapping[str, Any]) -> str:
+    """The program as the job named it, with the file it was found at and where that leads."""
+    path, found, real = rec.get("path"), rec.get("found"), rec.get("real")
+    if found and found != path:
+        return f"{path} (found at {found}" + (f", a link to {real})" if real else ")")
+    return f"{path} (a link to {real})" if real else str(path)
+
+
+def _closed_folder(rec: Mapping[str, Any]) -> str:
+    """'that uid may not enter FOLDER (mode ..., owner uid ...)', if the record found one; else ''."""
+    refused = rec.get("refused")
+    if not refused or refused.get("kind") != "folder":
+        return ""
+    return f"that uid may not enter {refused['path']} (mode {refused['mode']}, owner uid {refused['owner']})"
+
+
+def detail(rec: Mapping[str, Any]) -> str:
+    """What the job's log adds after the OS error of a refused launch: the folder or file that
+    refused and the fix (the part of :func:`message` after the cause), or '' if nothing was
+    found out."""
+    if not rec.get("refused"):
+        return ""
+    return message(rec).split(": ", 1)[1]
 
 
 class LaunchFailed(Exception):

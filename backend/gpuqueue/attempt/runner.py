@@ -310,10 +310,12 @@ class Runner:
                 for fd in (out_r, out_w, err_r, err_w, ev_r, ev_w, report_r, report_w):
                     if fd >= 0:
                         os.close(fd)
-                hint = IDENTITY_HINT if self.user and isinstance(e, PermissionError) else ""
-                self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot start the job{self._who()}: {e}{hint}"})
                 stage = launchfail.CWD if cwd and e.filename == cwd else launchfail.EXEC
-                return self._finish(127, started, self._launch_error(stage, e))
+                rec = self._launch_error(stage, e)
+                hint = IDENTITY_HINT if self.user and isinstance(e, PermissionError) else ""
+                hint = f": {launchfail.detail(rec)}" if launchfail.detail(rec) else hint
+                self.out.write("log", {"stream": "stderr", "line": f"gpuqueue: cannot start the job{self._who()}: {e}{hint}"})
+                return self._finish(127, started, rec)
             if report_r >= 0:
                 os.close(report_w)
                 self._cwd_failed = self._cwd_error(report_r, entered)
@@ -391,7 +393,7 @@ class Runner:
     def _launch_error(self, stage: str, e: OSError, path: Optional[str] = None) -> dict[str, Any]:
         """The exit record's ``launch_error`` (see :mod:`gpuqueue.attempt.launchfail`)."""
         node = (self.launch.get("env") or {}).get("GPUQUEUE_NODE")
-        return launchfail.record(stage, e, path, self.user, node)
+        return launchfail.record(stage, e, path, self.user, node, (self.launch.get("env") or {}).get("PATH"))
 
     def _who(self) -> str:
         return f" as uid {self.user['uid']} (user {self.user['name']})" if self.user else ""

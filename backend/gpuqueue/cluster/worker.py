@@ -25,7 +25,6 @@ written only under that job's keys, fenced. Not root, it says at start what isol
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -42,7 +41,7 @@ from typing import Any, Optional, Union, cast
 
 import redis
 
-from . import cliargs, redis_url
+from . import redis_url
 from ..attempt import identity as identities
 from ..attempt import launchfail
 from ..attempt.gpus import local_gpu_count, nvml_gpu_count
@@ -55,12 +54,13 @@ from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, not_dumpable
 from .redis_store import Fenced, RedisStore
 from .shared_root import SharedRoot, StorageError, load_options
+from .worker_args import NOT_ROOT_WARNING, build_parser, unreachable
+from .worker_lock import StateDirBusy, lock_state_dir
 from .worker_sweep import SWEEP_S, LocalSweeper, Sweeper, queue_id, tag_job_folder
+from .repeats import Repeats
 from .worker_tail import GIVE_UP_S, AttemptTailer, LocalAttempt
 
 log = logging.getLogger("gpuqueue.worker")
-
-SHARED_MAX_GB = 200.0  # what one attempt's checkpoints may take on the shared root, by default
 
 
 class NodeAgent(AttemptTailer):
@@ -121,19 +121,31 @@ class NodeAgent(AttemptTailer):
             self._threads.append(t)
 
     def shutdown(self, grace_s: float = 15.0) -> None:
-        """Stop our attempts (they are queued again elsewhere), report them, say goodbye."""
+        """Stop our attempts (they are queued again elsewhere), report them, say goodbye; the
+        log says which attempts were stopped and how it ended."""
         with self._lock:
             live = list(self.attempts.values())
+        if live:
+            log.info("stopping: %d attempts run here (%s); each gets %g s to stop, then the scheduler queues its "
+                     "job again", len(live), ", ".join(f"{la.job_id}/{la.number}" for la in live), min(grace_s, 10.0))
         for la in live:
             self._signal_stop(la, "terminated", min(grace_s, 10.0))
         deadline = time.time() + grace_s + 2
         while time.time() < deadline and self.attempts:
             time.sleep(0.1)
         self._stop.set()
+        with self._lock:
+            left = [f"{j}/{n}" for j, n in self.attempts]
+        if left:
+            log.warning("%d attempts had not reported their end after %g s (%s): their runners end with this worker, "
+                        "and the scheduler counts them lost", len(left), grace_s + 2, ", ".join(left))
         try:
             self.beat(stopped=True)
-        except redis.RedisError:
-            pass
+        except redis.RedisError as e:
+            log.warning("stopped; could not sign node %s off (redis unavailable: %s): the scheduler counts it lost "
+                        "after its --node-timeout", self.node, e)
+            return
+        log.info("stopped; node %s signed off", self.node)
 
     def _sweep_loop(self) -> None:
         assert self.shared is not None
@@ -178,15 +190,27 @@ class NodeAgent(AttemptTailer):
         p.execute()
 
     def _beat_loop(self) -> None:
+        """Heartbeat, stop requests and fences every ``heartbeat_s``. An outage of the store is
+        logged once (then how often it came, and its end), not at every beat; an unexpected
+        error once per distinct error, with its traceback."""
+        down = Repeats(log, every_s=60.0)  # during a long outage: how often, at a growing interval
+        failed = ""
         while not self._stop.wait(self.heartbeat_s):
             try:
                 self.beat()
                 self._read_control()
                 self._check_fences()
             except redis.RedisError as e:
-                log.warning("redis unavailable (%s); jobs go on, retrying", e)
-            except Exception:  # noqa: BLE001
-                log.exception("heartbeat failed")
+                down.seen(f"redis unavailable ({e}): this node's heartbeats and stop requests wait until it is "
+                          f"back (check the store's Redis server); jobs go on")
+                continue
+            except Exception as e:  # noqa: BLE001
+                if repr(e) != failed:
+                    log.exception("heartbeat failed (logged once until the error changes)")
+                    failed = repr(e)
+                continue
+            down.over("redis is available again: heartbeats go on")
+            failed = ""
 
     # -- launching ------------------------------------------------------------------------
     def launch(self, msg: dict[str, Any]) -> str:
@@ -307,6 +331,9 @@ class NodeAgent(AttemptTailer):
         proc = forks.launch(paths.records)  # go: the runner reads launch.json now
         with self._lock:
             self.attempts[(job_id, number)] = LocalAttempt(job_id, number, spec.kind, paths.records, proc, paths, ident)
+        log.info("attempt %s/%s started: GPUs %s, as %s, runner pid %s", job_id, number,
+                 ",".join(str(d) for d in msg.get("devices", [])) or "none",
+                 f"uid {ident.uid} (user {ident.user})" if ident else f"uid {os.geteuid()}", proc.pid)
         return "started"
 
     def _identity(self, job_id: str) -> Optional[Identity]:
@@ -375,6 +402,9 @@ _AGENT: Optional[NodeAgent] = None
 def make_celery(broker_url: str, events: Optional[bool] = None) -> Any:
     """The Celery app with the launch task bound to this process's node agent."""
     app = make_app(broker_url, events)
+    # Redis has per-consumer QoS: Celery skips this step after a reconnect anyway, with a log line
+    # of its internals at each one
+    app.conf.worker_enable_prefetch_count_reduction = False
 
     @app.task(name=TASK_NAME, acks_late=True)
     def launch_attempt(**msg: Any) -> str:
@@ -383,77 +413,6 @@ def make_celery(broker_url: str, events: Optional[bool] = None) -> Any:
         return _AGENT.launch(msg)
 
     return app
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """``gpuqueue worker`` options."""
-    p = argparse.ArgumentParser(prog="gpuqueue worker", description="Run this GPU node's Celery worker.")
-    redis_url.add_arguments(p)
-    p.add_argument("--node", default=socket.gethostname(), help="this node's name, as in the pools config (default: host name)")
-    p.add_argument("--gpus", type=cliargs.GPUS, default=None, help="GPUs to offer (default: $GPUQUEUE_GPUS, else NVML)")
-    p.add_argument("--pool", default=None, help="pool, for a node the config does not list")
-    p.add_argument("--state-dir", default=None, help="job folders (default: $GPUQUEUE_STATE_DIR, else /var/lib/gpuqueue/worker-NODE as root, ~/.local/share/gpuqueue/worker-NODE otherwise)")
-    p.add_argument("--shared-dir", default=None, metavar="PATH|URL",
-                   help="shared storage root for checkpoints between attempts, the same for every worker: a folder "
-                        "on a shared file system (NFS) or an fsspec URL (s3://bucket/prefix, gs://...); default: "
-                        "$GPUQUEUE_SHARED_DIR, else none (checkpoints stay on the node that saved them)")
-    p.add_argument("--shared-options", default=None, metavar="FILE.json",
-                   help="fsspec storage options of --shared-dir (endpoint_url, key, secret...), a JSON file of mode "
-                        "600; credentials may also come from the usual environment (AWS_*), which no job inherits")
-    p.add_argument("--shared-max-gb", type=cliargs.number(float, 0), default=SHARED_MAX_GB, metavar="GB",
-                   help="what one attempt's checkpoints may take on --shared-dir (the sizes of their files: a "
-                        "sparse file counts whole); a checkpoint that would pass it is left on the node and the "
-                        "job is told (default %(default)g; 0: no bound)")
-    p.add_argument("--shared-sweep", type=cliargs.SECONDS_OR_ZERO, default=SWEEP_S, metavar="SECONDS",
-                   help="how often one of the workers deletes from --shared-dir the checkpoints of jobs whose "
-                        "records are gone (the scheduler's --keep-finished after they ended; default %(default)g; "
-                        "0: never)")
-    p.add_argument("--local-sweep", type=cliargs.SECONDS_OR_ZERO, default=SWEEP_S, metavar="SECONDS",
-                   help="how often this worker deletes from its --state-dir the folders (records, payloads, "
-                        "checkpoints) of jobs whose records are gone and that no longer run here (the "
-                        "scheduler's --keep-finished after they ended; default %(default)g; 0: never)")
-    p.add_argument("--give-up-after", type=cliargs.SECONDS, default=GIVE_UP_S, metavar="SECONDS",
-                   help="how long the worker keeps trying to copy an attempt's records (output, events, its end) to "
-                        "the store when that fails for this attempt alone, before it stops the attempt and reports "
-                        "it failed with the error (default %(default)g); an outage of the whole store never ends "
-                        "an attempt")
-    p.add_argument("--heartbeat", type=cliargs.SECONDS, default=5.0, help="seconds between heartbeats (default 5; keep well under the daemon's --node-timeout)")
-    p.add_argument("--concurrency", type=cliargs.COUNT, default=4, help="launch threads (default 4)")
-    p.add_argument("--prefix", default="gq")
-    p.add_argument("--celery-events", action="store_true",
-                   help="send Celery task events and heartbeats and answer remote control, so that Flower "
-                        "(`celery --broker URL flower`) sees this worker, its queue and its launches "
-                        "(default: $GPUQUEUE_CELERY_EVENTS, else off; docs/deploy.md)")
-    p.add_argument("--metrics-port", type=cliargs.PORT, default=None, help="serve Prometheus /metrics (process, NVML GPUs) on this port")
-    p.add_argument("--log-level", default="INFO", help="log level; the format is JSON unless on a terminal ($GPUQUEUE_LOG_FORMAT)")
-    p.add_argument("--identities", default="auto", metavar="MODE",
-                   help="whose uid each job runs as (the worker must be root): 'dynamic' (a uid per user from "
-                        "--uid-range, the same on every node), 'passwd' (the OS account of the user's name), "
-                        "FILE.toml (user = UID or {uid, gid}), or 'none' (the worker's own user: no isolation "
-                        "between users). Default 'auto': dynamic as root, else none")
-    p.add_argument("--uid-range", default="%d-%d" % identities.DEFAULT_RANGE, metavar="FIRST-LAST",
-                   help="uids (and gids) of dynamic identities (default %(default)s)")
-    return p
-
-
-NOT_ROOT_WARNING = (
-    "this worker does not run as root, so every job runs as its user (uid %d): jobs of different "
-    "users can read and change each other's files, results and checkpoints on this node, and the "
-    "worker's own files. What remains: no job gets the store URL or a token (not in its "
-    "environment, command line or /proc: the worker and its runners are not dumpable). Run the "
-    "worker as root to give each user's jobs their own identity (docs/deploy.md, Security model)")
-
-
-def _unreachable(path: Path) -> Optional[Path]:
-    """The first folder on the way to ``path`` that other users may not enter (no ``o+x``)."""
-    p = path.resolve()
-    for d in [*reversed(p.parents), p]:
-        try:
-            if not os.stat(d).st_mode & 0o001:
-                return d
-        except FileNotFoundError:
-            return None
-    return None
 
 
 def cli_main(argv: list[str]) -> int:
@@ -483,6 +442,15 @@ def cli_main(argv: list[str]) -> int:
     not_dumpable()  # /proc/<worker>/environ and memory: root's, whatever uid the jobs run as
     home = Path("/var/lib/gpuqueue") if os.geteuid() == 0 else Path.home() / ".local/share/gpuqueue"
     state_dir = Path(args.state_dir or os.environ.get("GPUQUEUE_STATE_DIR") or home / f"worker-{args.node}")
+    try:  # one worker per state folder, until this process ends (worker_lock.py)
+        lock_state_dir(state_dir, args.node)
+    except StateDirBusy as e:
+        print(f"gpuqueue worker: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"gpuqueue worker: cannot use the state folder {state_dir} ({e.strerror or e}): give a --state-dir "
+              f"this user may create and write", file=sys.stderr)
+        return 2
     store = RedisStore(url, args.prefix)
     try:
         uid_range = identities.parse_range(args.uid_range)
@@ -492,7 +460,7 @@ def cli_main(argv: list[str]) -> int:
         return 2
     if idents is not None:
         state_dir.mkdir(parents=True, exist_ok=True)
-        closed = _unreachable(state_dir)
+        closed = unreachable(state_dir)
         if closed is not None:
             print(f"gpuqueue worker: jobs run under their users' own identities, which must reach {state_dir}, "
                   f"but {closed} is mode {os.stat(closed).st_mode & 0o777:03o}: use a --state-dir every user may "
@@ -548,6 +516,14 @@ def cli_main(argv: list[str]) -> int:
         concurrency=args.concurrency, loglevel=args.log_level.upper(), without_heartbeat=not events,
         without_mingle=True, without_gossip=True, quiet=True,
     )
+    # Celery's note, at every lost broker connection, that a setting's default changes in Celery 6:
+    # several lines an admin can do nothing about (launch tasks end in milliseconds). After the
+    # Worker's logging setup, which turns Celery's deprecation warnings to "always"
+    warnings.filterwarnings("ignore", message=r"\s*In Celery 5\.1 we introduced an optional breaking change")
+    # two lines per launch naming only Celery's task id: the agent logs each attempt's start and end
+    for name in ("celery.worker.strategy", "celery.app.trace"):
+        if logging.getLogger(name).getEffectiveLevel() < logging.WARNING:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         worker.start()
     finally:

@@ -118,7 +118,7 @@ class AttemptTailer:
                     if la.failures:
                         self._tail_recovered(la)
             else:
-                down.over("redis is available again")
+                down.over("redis is available again: the jobs' records are copied to it again")
 
     def _tail_failed(self, la: LocalAttempt, e: Exception) -> None:
         """A round of ``la`` raised: it is tried again after a delay that doubles at each failure
@@ -227,6 +227,7 @@ class AttemptTailer:
         if started:
             la.started = True
         if exit_rec is not None:
+            log.info("attempt %s/%s ended: %s", la.job_id, la.number, _ended(exit_rec))
             self._forget(la)
 
     def _uploads(self, la: LocalAttempt) -> AttemptUploads:
@@ -317,6 +318,14 @@ def runner_lost(node: str, proc: RunnerHandle) -> dict[str, Any]:
                  f"the admin should look for them on {node}")
     return runner_lost_record(node, proc.returncode, proc.strays_ended, proc.strays_left or 0, STRAY_WAIT_S,
                               "the worker", unchecked)
+
+
+def _ended(rec: dict[str, Any]) -> str:
+    """How an attempt ended, for the worker's log: its exit code and why, in a few words."""
+    if rec.get("launch_error"):
+        return f"could not start ({rec['launch_error'].get('error')})"
+    how = "its runner was lost" if rec.get("lost") else f"exit code {rec.get('exit_code')}"
+    return how + (f", stopped ({rec['stop_reason']})" if rec.get("stop_reason") else "")
 
 
 def store_down(e: BaseException) -> bool:
