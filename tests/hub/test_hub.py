@@ -309,6 +309,7 @@ def test_external_service_from_the_documented_command_behind_the_helm_values(tmp
     argv = [sys.executable, "-m", "gpuqueue.cli", *argv[1:]]
     argv[argv.index("--port") + 1] = str(hub.api_port)
     argv[argv.index("--address") + 1] = "127.0.0.1"
+    argv += ["--metrics-dir", str(tmp_path / "api-metrics")]  # not the default in /tmp: SIGKILL below tidies nothing
     api = subprocess.Popen(argv, env=env, stdout=open(tmp_path / "api.log", "wb"), stderr=subprocess.STDOUT)
     try:
         hub.start()

@@ -268,3 +268,31 @@ def test_enable_after_prometheus_client_was_imported(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "m")], check=True, env=env, timeout=60)
     assert [p.name.split("_")[0] for p in (tmp_path / "m").iterdir()] == ["counter"]
+
+
+def test_a_clean_stop_removes_the_default_directory_but_keeps_a_named_one(api_factory, tmp_path: Path) -> None:
+    """SIGTERM (systemd's stop) or SIGINT to the API: the parent stops its processes, then
+    removes the directory it chose in the temporary folder; a directory the admin named stays."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    named = tmp_path / "named"
+    for sig, metrics_dir, env in ((signal.SIGTERM, None, {"TMPDIR": str(tmp)}), (signal.SIGINT, None, {"TMPDIR": str(tmp)}),
+                                  (signal.SIGTERM, named, {}), (signal.SIGTERM, None, {"TMPDIR": str(tmp),
+                                                                                        "PROMETHEUS_MULTIPROC_DIR": str(named)})):
+        api = api_factory(metrics_dir=metrics_dir, env=env).start()
+        api.request()
+        settled(api, 1)
+        d = metrics_dir or Path(env.get("PROMETHEUS_MULTIPROC_DIR") or tmp / f"gpuqueue-api-{os.getuid()}-{api.port}-metrics")
+        assert any(p.suffix == ".db" for p in d.iterdir())
+        kids = api.children()
+        assert api.proc is not None
+        os.kill(api.proc.pid, sig)  # the parent only, as systemd's KillMode=mixed or a test does
+        code = api.proc.wait(30)
+        wait_until(lambda: not [p for p in kids if psutil.pid_exists(p)], 10, 0.05, "the processes' end")
+        if d == named:
+            assert any(p.suffix == ".db" for p in d.iterdir())  # the admin's: kept
+        else:
+            assert not d.exists(), sorted(p.name for p in d.iterdir())
+        assert code == 0, api.log.read_text()  # a clean stop, not death by the signal
+    assert not list(tmp.iterdir())
+    assert "Traceback" not in api.log.read_text()

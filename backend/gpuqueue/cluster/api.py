@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import redis
-from tornado import httpserver, netutil, process, web
+from tornado import httpserver, netutil, web
 
 from . import cliargs, redis_url
 from ..rest import handlers as rest
@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-dir", default=None,
                    help="with --processes 2 or more: a directory private to the API's user where the processes "
                         "keep their metrics for /metrics to add up; emptied at each start (default: "
-                        "$PROMETHEUS_MULTIPROC_DIR, else gpuqueue-api-UID-PORT-metrics in the temporary folder)")
+                        "$PROMETHEUS_MULTIPROC_DIR, else gpuqueue-api-UID-PORT-metrics in the temporary folder, "
+                        "removed when the API stops on SIGTERM or SIGINT)")
     p.add_argument("--max-payload-mb", type=cliargs.number(float, 0, low_open=True), default=64.0, help="largest cell payload, MB (default 64)")
     p.add_argument("--prefix", default="gq")
     p.add_argument("--log-level", default="INFO",
@@ -366,14 +367,14 @@ def cli_main(argv: list[str]) -> int:
     if args.processes > 1:  # one /metrics for all processes: set up before any metric exists, then fork
         from ..observability import multiproc
 
+        named = args.metrics_dir or multiproc.enabled()  # the admin's: kept; the default: removed at a clean stop
         try:
-            metrics_dir = str(multiproc.prepare_dir(args.metrics_dir or multiproc.enabled()
-                                                    or multiproc.default_dir("api", port)))
+            metrics_dir = str(multiproc.prepare_dir(named or multiproc.default_dir("api", port)))
         except multiproc.MetricsDirError as e:
             print(f"gpuqueue api: {e}", file=sys.stderr)
             return 2
         multiproc.enable(metrics_dir)
-        process.fork_processes(args.processes)
+        multiproc.fork(args.processes, remove=None if named else metrics_dir)
         from .forkserver import die_with_parent
 
         die_with_parent()  # a child must not outlive the parent systemd (or a test) stops

@@ -17,18 +17,29 @@ process stay counted, so totals never go backwards when one process is replaced.
 What multiprocess mode cannot add up is reported per process instead, with a ``pid`` label:
 prometheus-client's ``process_*`` metrics (CPU, memory, open files) of each live process of the
 service (``LiveProcessesCollector``). Python's ``python_gc_*`` and ``python_info`` are left out.
+
+``fork`` forks the processes. When the directory is the default one in the temporary folder
+(the admin named none), the parent removes it when the service stops cleanly (SIGTERM or
+SIGINT to the parent: it stops its processes, waits for them, then removes the directory and
+exits with status 0), so stopped services leave nothing in ``/tmp``. A directory the admin
+named is kept.
 """
 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
+import signal
 import stat
 import sys
 import tempfile
 from pathlib import Path
+from types import FrameType
 from typing import Any, Iterable, Optional
+
+log = logging.getLogger("gpuqueue.observability.multiproc")
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 _DB = re.compile(r"^[a-z_]+_(\d+)\.db$")
@@ -158,3 +169,79 @@ def scrape_registry(path: str | Path) -> Any:
     MultiProcessCollector(r, path=str(path))
     r.register(LiveProcessesCollector(path))
     return r
+
+
+class _Stopped(Exception):
+    """The parent of the forked processes got SIGTERM or SIGINT."""
+
+
+def remove_dir(path: str | Path) -> None:
+    """Delete the metrics files (``*.db``) in ``path``, then ``path`` itself if nothing else is in it."""
+    p = Path(path)
+    try:
+        for name in os.listdir(p):
+            if _DB.match(name):
+                os.unlink(p / name)
+        os.rmdir(p)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log.warning("cannot remove the metrics directory %s (%s): delete it by hand", p, e)
+
+
+def _stop_children(grace_s: float) -> None:
+    """SIGTERM to this process' children, SIGKILL to those still running after ``grace_s``;
+    returns when all have ended (and are reaped)."""
+    import psutil
+
+    kids = psutil.Process().children()
+    for k in kids:
+        try:
+            k.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(kids, timeout=grace_s)
+    for k in alive:
+        try:
+            k.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
+def fork(n: int, remove: Optional[str | Path] = None, grace_s: float = 10.0) -> int:
+    """tornado's ``fork_processes(n)``: returns the task id in each of the ``n`` forked
+    processes; the parent stays here (restarting a process that dies) and exits when they all
+    have, or with status 0 on SIGTERM or SIGINT after stopping them (SIGTERM, SIGKILL after
+    ``grace_s``). With ``remove`` (the default directory, never one the admin named), the parent
+    removes that directory as it exits, after its processes have ended."""
+    from tornado import process
+
+    parent = os.getpid()
+    sigs = (signal.SIGTERM, signal.SIGINT)
+
+    def stopped(signum: int, frame: Optional[FrameType]) -> None:
+        if os.getpid() != parent:  # a forked process before it restored the handlers: as before
+            signal.signal(signum, old[signum])
+            os.kill(os.getpid(), signum)
+            return
+        raise _Stopped(signum)
+
+    old: dict[int, Any] = {s: signal.getsignal(s) for s in sigs}
+    for s in sigs:
+        signal.signal(s, stopped)
+    try:
+        task = process.fork_processes(n)
+    except _Stopped as e:
+        log.info("stopping the %d processes (signal %d)", n, e.args[0])
+        for s in sigs:  # a second signal meanwhile does not interrupt the clean-up
+            signal.signal(s, signal.SIG_IGN)
+        raise SystemExit(0)
+    finally:
+        if os.getpid() == parent:  # also after tornado gave up restarting them
+            _stop_children(grace_s)
+            if remove is not None:
+                remove_dir(remove)
+    for s in sigs:
+        signal.signal(s, old[s])
+    return task
