@@ -1,0 +1,79 @@
+"""Hostile-admin-edit checks on the cluster's API service (a real ``gpuqueue api`` process on a
+real Redis): the users file it re-reads while it serves every user."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from gpuqueue.rest.client import API
+
+from .conftest import TOKENS, Cluster
+
+
+def _status(c: Cluster, token: str) -> int:
+    return requests.get(f"{c.url}{API}jobs", headers={"Authorization": f"token {token}"}, timeout=10).status_code
+
+
+def _poll(c: Cluster, token: str, seconds: float) -> list[int]:
+    """The status of a request every 50 ms for ``seconds``."""
+    out: list[int] = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        out.append(_status(c, token))
+        time.sleep(0.05)
+    return out
+
+
+def test_a_token_rotated_by_a_file_put_in_place_with_its_old_mtime_is_revoked(tmp_path: Path, redis_factory: Any) -> None:
+    """An admin rotates bob's token (same length) with a deploy tool that writes a new file and
+    keeps the old one's mtime (rsync -t, cp -p, ansible copy): the new token works and bob's old
+    one is refused within a few seconds (before: the API saw the same mtime and size and went on
+    taking the revoked token until it was restarted)."""
+    c = Cluster(tmp_path / "cluster", redis_factory(), {"n1": 1})
+    try:
+        c.start_api()
+        old = TOKENS["bob"]
+        assert _status(c, old) == 200
+        new = old[:-2] + "99"
+        st = c.users.stat()
+        tmp = c.users.with_name("users.toml.new")
+        tmp.write_text(c.users.read_text().replace(old, new))
+        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert tmp.stat().st_size == st.st_size
+        os.replace(tmp, c.users)
+        t0 = time.monotonic()
+        while _status(c, old) != 401:
+            assert time.monotonic() - t0 < 8, "bob's revoked token still works"
+            time.sleep(0.2)
+        assert _status(c, new) == 200 and _status(c, TOKENS["alice"]) == 200
+    finally:
+        c.close()
+
+
+def test_a_users_file_edited_into_something_unreadable_keeps_serving_and_names_the_problem(
+        tmp_path: Path, redis_factory: Any) -> None:
+    """A users file edited to hold a [[user]] that is not a table, then to bytes that are not
+    UTF-8: every request goes on with the users the API had (never a 500), and its log names the
+    file, the problem and the fix (before: one request got a 500, the log a traceback, and the
+    API said nothing of the broken file afterwards)."""
+    c = Cluster(tmp_path / "cluster", redis_factory(), {"n1": 1})
+    try:
+        c.start_api()
+        alice = TOKENS["alice"]
+        time.sleep(1.1)  # the file's ctime a second old: only a change makes it read again
+        c.users.write_text('user = [1, 2]\n')
+        seen = _poll(c, alice, 4.5)
+        assert set(seen) == {200}, seen
+        assert f"users file {c.users}: user #1 is int 1, not a table" in c.log("api"), c.log("api")[-2000:]
+        c.users.write_bytes(b'\xff\xfe[[user]]\nname = "x"\n')
+        seen = _poll(c, alice, 4.5)
+        assert set(seen) == {200}, seen
+        assert f"users file {c.users} is not UTF-8 text" in c.log("api"), c.log("api")[-2000:]
+        assert "Traceback" not in c.log("api"), c.log("api")[-3000:]
+    finally:
+        c.close()
