@@ -66,3 +66,36 @@ def test_a_page_of_a_dropped_jobs_events_reads_a_bounded_number_of_rows(jupyter_
     assert [e["data"]["path"] for e in events if e["type"] == "checkpoint"] == ["/ck/late"], events
     states = [e["data"] for e in events if e["type"] == "state"]
     assert states and states[-1]["state"] == "failed" and "shard 3 is empty" in str(states[-1]), states
+
+
+EVIL = ("import sys\n"
+        "sys.stderr.write('\\x1b[31mred stays\\x1b[0m\\n')\n"
+        "sys.stderr.write('x' * 3_000_000 + '\\n')\n"  # one huge line
+        "sys.stderr.write('\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J\\x1b[1;1HJob 00000000 succeeded \\u202eevil\\x9b31m\\r\\n')\n"
+        "sys.exit(3)\n")
+
+
+def test_a_jobs_stderr_cannot_drive_the_terminal_of_who_reads_its_error(jupyter_server_factory) -> None:
+    """A command job writes terminal escapes (clipboard OSC 52, clear screen, cursor moves, a
+    C1 CSI, a bidi override) and a 3 MB line on stderr, then fails: `gpuqueue show` and
+    `gpuqueue wait`, which print its error and last stderr lines, print none of those escapes
+    raw (colours only), and the job's record stays small."""
+    import os
+    import subprocess
+
+    server = jupyter_server_factory(gpus=1)
+    client = server.client()
+    job = client.submit({"kind": "command", "gpus": 0, "retries": 0, "command": [sys.executable, "-c", EVIL]})["id"]
+    env = dict(os.environ, GPUQUEUE_URL=server.url, GPUQUEUE_TOKEN=server.token)
+    wait = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "wait", job], env=env, capture_output=True,
+                          text=True, timeout=120)
+    show = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "show", job], env=env, capture_output=True,
+                          text=True, timeout=60)
+    rec = server.api("GET", f"gpuqueue/api/jobs/{job}").text
+    assert client.get(job)["state"] == "failed"
+    for out in (wait.stdout + wait.stderr, show.stdout + show.stderr):
+        assert "exit" in out and "code 3" in out, out[-2000:]
+        for raw in ("\x1b]", "\x07", "\x1b[2J", "\x1b[1;1H", "\u202e", "\x9b", "\r"):
+            assert raw not in out, (raw, out[-2000:])
+        assert len(out) < 20_000, len(out)
+    assert len(rec) < 30_000, len(rec)
