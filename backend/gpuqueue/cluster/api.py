@@ -59,8 +59,8 @@ def load_users(path: str | Path) -> dict[str, User]:
     p = Path(path)
     try:
         doc = read_toml(p, "users file")
-    except UnicodeDecodeError as e:
-        raise BadRequest(f"users file {p} is not UTF-8 text ({e.reason} at byte {e.start}): save it as UTF-8") from None
+    except UnicodeDecodeError as bad:
+        raise BadRequest(f"users file {p} is not UTF-8 text ({bad.reason} at byte {bad.start}): save it as UTF-8") from None
     entries = doc.get("user")
     if not isinstance(entries, list) or not entries:
         raise BadRequest(f"users file {p}: add one [[user]] table per user, with name, token and admin")
