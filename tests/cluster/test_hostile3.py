@@ -77,3 +77,54 @@ def test_a_users_file_edited_into_something_unreadable_keeps_serving_and_names_t
         assert "Traceback" not in c.log("api"), c.log("api")[-3000:]
     finally:
         c.close()
+
+
+def test_a_page_of_a_dropped_jobs_events_costs_the_shared_api_a_bounded_read(cluster_factory) -> None:
+    """A dropped job whose stream still holds 300,000 output records (the daemon, busy or down,
+    has not rewritten it yet): one `GET .../events` reads at most a page's worth of them and
+    names the ``next`` page, and `client.events` still gets the notice, the checkpoint and the
+    final state (before: each request walked the whole stream, seconds of the API process that
+    serves every user)."""
+    import sys
+
+    from gpuqueue.queue import bounds
+    from gpuqueue.queue.models import JobRecord
+
+    code = ("from gpuqueue.job import jobapi\nprint('hello')\n"
+            "jobapi.emit('checkpoint', {'step': 7, 'path': '/ck/late', 'name': 'default'})\n"
+            "raise ValueError('shard 3 is empty')\n")
+    rows = 300_000
+    c = cluster_factory(nodes={"n1": 1})
+    alice, r = c.client("alice"), c.redis_client()
+    job = alice.submit({"kind": "command", "gpus": 0, "retries": 0, "command": [sys.executable, "-c", code]})["id"]
+    assert c.wait_done([job], 120)[job]["state"] == "failed", alice.get(job)
+    c.kill("daemon")
+    key = f"gq:ev:{job}"
+    kept = r.xrange(key)
+    r.delete(key)
+    pipe = r.pipeline(transaction=False)
+    for i in range(1, rows + 1):  # the job's output, as if it had printed it before its checkpoint
+        pipe.xadd(key, {"type": "log", "t": "1", "data": '{"stream": "stdout", "line": "x"}'}, id=f"{i}-0")
+        if i % 20_000 == 0:
+            pipe.execute()
+    for eid, fields in kept:
+        pipe.xadd(key, fields, id=f"{int(eid.split('-')[0]) + rows}-0")
+    pipe.execute()
+    rec = JobRecord.model_validate_json(r.get(f"gq:job:{job}"))
+    rec.logs_dropped = bounds.logs_dropped_for_newer(4_000_000, 1.5)
+    r.set(f"gq:job:{job}", rec.model_dump_json())
+
+    url = f"{c.url}{API}jobs/{job}/events?after=0"
+    took = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        body = requests.get(url, headers={"Authorization": f"token {TOKENS['alice']}"}, timeout=60).json()
+        took.append(time.perf_counter() - t0)
+    print(f"a page of the dropped job's events: {', '.join(f'{t * 1000:.0f}' for t in took)} ms; next={body.get('next')}")
+    assert isinstance(body.get("next"), int) and body["next"] <= bounds.EVENTS_PAGE, (
+        f"the page read past {bounds.EVENTS_PAGE} stored records ({min(took):.2f} s)")
+    events = alice.events(job)
+    assert events[0]["seq"] == 0 and "max_logs_mb" in events[0]["data"]["line"], events[:2]
+    assert [e["data"]["path"] for e in events if e["type"] == "checkpoint"] == ["/ck/late"], events
+    states = [e["data"] for e in events if e["type"] == "state"]
+    assert states and states[-1]["state"] == "failed" and "shard 3 is empty" in str(states[-1]), states
