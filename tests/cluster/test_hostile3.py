@@ -128,3 +128,19 @@ def test_a_page_of_a_dropped_jobs_events_costs_the_shared_api_a_bounded_read(clu
     assert [e["data"]["path"] for e in events if e["type"] == "checkpoint"] == ["/ck/late"], events
     states = [e["data"] for e in events if e["type"] == "state"]
     assert states and states[-1]["state"] == "failed" and "shard 3 is empty" in str(states[-1]), states
+
+    import threading  # a live follow of it (`gpuqueue logs -f`) walks the whole stream: others are served meanwhile
+
+    followed: list[dict[str, Any]] = []
+    t = threading.Thread(target=lambda: followed.extend(c.client("alice").follow(job)))
+    t.start()
+    waits = []
+    while t.is_alive():
+        t0 = time.perf_counter()
+        assert _status(c, TOKENS["bob"]) == 200
+        waits.append(time.perf_counter() - t0)
+        time.sleep(0.02)
+    t.join()
+    print(f"bob's requests during alice's follow: {len(waits)}, the slowest {max(waits) * 1000:.0f} ms")
+    assert [e["seq"] for e in followed] == [e["seq"] for e in events]
+    assert max(waits) < 1.0, f"bob waited {max(waits):.1f} s for the API while it walked alice's stream"
