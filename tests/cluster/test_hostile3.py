@@ -144,3 +144,44 @@ def test_a_page_of_a_dropped_jobs_events_costs_the_shared_api_a_bounded_read(clu
     print(f"bob's requests during alice's follow: {len(waits)}, the slowest {max(waits) * 1000:.0f} ms")
     assert [e["seq"] for e in followed] == [e["seq"] for e in events]
     assert max(waits) < 1.0, f"bob waited {max(waits):.1f} s for the API while it walked alice's stream"
+
+
+LOCKER = ("import fcntl, os, sys\n"
+          "try:\n    fd = os.open(sys.argv[1], os.O_RDONLY)\nexcept PermissionError:\n    print('refused'); sys.exit(0)\n"
+          "try:\n    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n    print('locked')\n"
+          "except BlockingIOError:\n    print('opened, held by the worker')\n")
+
+
+def test_another_local_user_cannot_take_the_workers_state_folder_lock(tmp_path: Path, redis_factory: Any) -> None:
+    """Any user of the node (a job's uid among them) could open the worker's lock file (mode
+    0644) and wait in flock on it: at the worker's next restart that user holds the lock first
+    and the worker is refused ('another worker uses the state folder'). The lock file is the
+    worker's own (0600), a file left 0644 by an earlier version included."""
+    import subprocess
+
+    c = Cluster(tmp_path / "cluster", redis_factory(), {"n1": 1})
+    try:
+        state = c.root / "node-n1"
+        state.mkdir(parents=True)
+        (state / "worker.lock").write_text("")
+        os.chmod(state / "worker.lock", 0o644)  # as an earlier version made it
+        opened = []  # the folders above it: traversable by others, as a --state-dir must be
+        for d in [c.root, *c.root.parents]:
+            if str(d) in ("/", "/tmp"):
+                break
+            opened.append((d, os.stat(d).st_mode & 0o7777))
+            os.chmod(d, opened[-1][1] | 0o011)
+        c.start_worker("n1")
+        lock = state / "worker.lock"
+        t0 = time.monotonic()
+        while not lock.read_text():
+            assert time.monotonic() - t0 < 30, "the worker did not take its lock"
+            time.sleep(0.1)
+        assert os.stat(lock).st_mode & 0o077 == 0, oct(os.stat(lock).st_mode)
+        other = subprocess.run(["/usr/bin/python3", "-c", LOCKER, str(lock)], user=65534, group=65534,
+                               capture_output=True, text=True, timeout=30)
+        assert other.stdout.strip() == "refused", other
+    finally:
+        c.close()
+        for d, mode in locals().get("opened", []):
+            os.chmod(d, mode)
