@@ -153,7 +153,7 @@ LOCKER = ("import fcntl, os, sys\n"
 
 
 def test_another_local_user_cannot_take_the_workers_state_folder_lock(tmp_path: Path, redis_factory: Any) -> None:
-    """Any user of the node (a job's uid among them) could open the worker's lock file (mode
+    """Any user logged in on the node could open the worker's lock file (mode
     0644) and wait in flock on it: at the worker's next restart that user holds the lock first
     and the worker is refused ('another worker uses the state folder'). The lock file is the
     worker's own (0600), a file left 0644 by an earlier version included."""
