@@ -155,10 +155,19 @@ export class GPUQueueAPI {
   }
 
   async events(jobId: string, after: number): Promise<IEvent[]> {
-    const body = await this.call<{ events: IEvent[] }>(
-      `jobs/${encodeURIComponent(jobId)}/events?after=${after}`
-    );
-    return body.events;
+    // a page that stopped before the end names where the next starts (a job whose dropped
+    // output is still being deleted: the server reads a bounded number of records a request)
+    const out: IEvent[] = [];
+    for (;;) {
+      const body = await this.call<{ events: IEvent[]; next?: number }>(
+        `jobs/${encodeURIComponent(jobId)}/events?after=${after}`
+      );
+      out.push(...body.events);
+      if (typeof body.next !== 'number') {
+        return out;
+      }
+      after = body.next;
+    }
   }
 
   cancel(jobId: string): Promise<IJobSummary> {

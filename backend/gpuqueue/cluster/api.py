@@ -42,6 +42,7 @@ from .frontend import ClusterFrontend
 from .redis_store import RedisStore
 
 log = logging.getLogger("gpuqueue.api")
+RECENT_S = 1.0  # a users file changed this recently is read again at the next check (UsersFile._stat)
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,10 @@ class User:
 def load_users(path: str | Path) -> dict[str, User]:
     """token -> User. Raises BadRequest naming the file, the entry and the fix."""
     p = Path(path)
-    doc = read_toml(p, "users file")
+    try:
+        doc = read_toml(p, "users file")
+    except UnicodeDecodeError as bad:
+        raise BadRequest(f"users file {p} is not UTF-8 text ({bad.reason} at byte {bad.start}): save it as UTF-8") from None
     entries = doc.get("user")
     if not isinstance(entries, list) or not entries:
         raise BadRequest(f"users file {p}: add one [[user]] table per user, with name, token and admin")
@@ -66,6 +70,9 @@ def load_users(path: str | Path) -> dict[str, User]:
                          f"[[user]] tables, with name, token and admin")
     out: dict[str, User] = {}
     for i, e in enumerate(entries, 1):
+        if not isinstance(e, dict):
+            raise BadRequest(f"users file {p}: user #{i} is {type(e).__name__} {e!r:.40}, not a table: write each "
+                             f"user as a [[user]] table, with name, token and admin")
         name, token, admin = e.get("name"), e.get("token"), e.get("admin", False)
         if not isinstance(name, str) or not name:
             raise BadRequest(f"users file {p}: user #{i} needs a name")
@@ -85,22 +92,29 @@ def load_users(path: str | Path) -> dict[str, User]:
 
 class UsersFile:
     """The users file as the API serves it: re-read when it changes (checked at most every
-    ``check_s`` seconds, by its mtime and size), so that an admin who adds a user or changes a
+    ``check_s`` seconds, by its inode, ctime, mtime and size: :meth:`_stat`), so that an admin who adds a user or changes a
     token needs no restart. A change it cannot read keeps the users it had, logged once."""
 
     def __init__(self, path: str | Path, check_s: float = 2.0):
         self.path = Path(path)
         self.check_s = check_s
+        self._stamp = self._stat()  # before the read: a change during it is read again
         self.users = load_users(self.path)
-        self._stamp = self._stat()
+        self._failed = ""  # the last problem logged
         self._checked = time.monotonic()
 
-    def _stat(self) -> tuple[int, int]:
+    def _stat(self) -> Optional[tuple[int, ...]]:
+        """What tells a changed file: its inode (a file put in its place, e.g. by rsync, cp -p or a
+        deploy tool, which keep the old mtime), its ctime (any write or rename; no user sets it),
+        mtime and size. None for a file changed in the last second: a write in the same clock
+        tick as the read could change neither, so it is read again at the next check."""
         try:
             st = self.path.stat()
         except OSError:
             return (0, -1)
-        return (st.st_mtime_ns, st.st_size)
+        if time.time() - st.st_ctime < RECENT_S:
+            return None
+        return (st.st_dev, st.st_ino, st.st_ctime_ns, st.st_mtime_ns, st.st_size)
 
     def current(self) -> dict[str, User]:
         """token -> User, as the file says now (or as it last said in a form the API could read)."""
@@ -109,15 +123,22 @@ class UsersFile:
             return self.users
         self._checked = now
         stamp = self._stat()
-        if stamp == self._stamp:
+        if stamp is not None and stamp == self._stamp:
             return self.users
         self._stamp = stamp
+        before = self.users
         try:
             self.users = load_users(self.path)
         except (BadRequest, OSError) as e:
+            if str(e) == self._failed:
+                return self.users  # said once
+            self._failed = str(e)
             log.error("%s; the API goes on with the %d users it had: fix the file (it is read again "
                       "when it changes)", e, len(self.users))
             return self.users
+        if not self._failed and self.users == before:
+            return self.users  # read again with nothing new (a recent change, a touch): nothing to say
+        self._failed = ""
         log.info("users file %s read again: %d users", self.path, len(self.users))
         return self.users
 

@@ -205,6 +205,7 @@ class ClusterFrontend:
             from_start = False
             if batch:
                 after = batch[-1].seq
+                await asyncio.sleep(0)  # a batch at a time: a long stream (a dropped job's) holds the loop no longer
                 continue
             job = self.store.get_job(job_id)
             if job is None or job.state.is_terminal:

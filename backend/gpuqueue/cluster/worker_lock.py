@@ -33,8 +33,11 @@ def lock_state_dir(state_dir: Path, node: str) -> Path:
     the lock file cannot be made. Returns the lock file's path."""
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
+        # the worker's own: a file others may open is one they may flock (read-only will do), and
+        # one waiting in flock takes it the moment a worker restarts, which is then refused
+        os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         holder = _read(fd)

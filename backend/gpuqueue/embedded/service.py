@@ -305,6 +305,7 @@ class QueueService(KeptWithin, Tailing, Runners, QueueShell):
             from_start = False
             if batch:
                 after = batch[-1].seq
+                await asyncio.sleep(0)  # a batch at a time: a long stream (a dropped job's) holds the loop no longer
                 continue
             job = self._get(job_id)
             if job.state.is_terminal:

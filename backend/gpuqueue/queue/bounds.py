@@ -13,7 +13,7 @@ entries it drops, not a read of the whole set (a user may keep thousands of fini
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterable, Optional
+from typing import Any, AsyncIterator, Callable, Iterable, Optional, Sequence
 
 from .models import Event, JobRecord
 
@@ -104,16 +104,51 @@ def visible_events(job: JobRecord, events: Iterable[Event], from_start: bool) ->
 
 
 EVENTS_PAGE = 10_000  # events a reader gets per request (the stores' read_events limit)
+DROPPED_SCAN = EVENTS_PAGE  # stored records one page of a dropped job's events reads at most: what a page of any job costs
+_SCAN_BATCH = 2000
 
 
-async def dropped_page(events: AsyncIterator[Optional[Event]], limit: int = EVENTS_PAGE) -> list[Event]:
-    """A page of what a reader is given of a job whose logs were dropped, taken from ``events``
-    (the service's ``follow`` of it: a finished job's stream, walked a batch at a time to its
-    end): up to ``limit`` visible events, however many output records the store still holds
-    before them (it deletes them a chunk at a time, in the background). A page read from the
-    stored records as they are could hold nothing but the notice, or nothing, though the job's
-    checkpoints and states come after; readers take a short page as the end of the stream
-    (``gpuqueue.rest.client.Client.events``), and here a short page is."""
+@dataclass
+class DroppedPage:
+    """A page of a dropped job's events (:func:`dropped_page`): ``next_after`` is where the next
+    page starts when this one stopped before the end of the stream (the REST answer's ``next``),
+    else None."""
+
+    events: list[Event]
+    next_after: Optional[int] = None
+
+
+def dropped_page(read: Callable[[int, int], Sequence[Event]], job: JobRecord, after: int,
+                 limit: int = EVENTS_PAGE, scan: int = DROPPED_SCAN) -> DroppedPage:
+    """A page of what a reader is given of ``job``, whose logs were dropped, after ``after``;
+    ``read(after, n)`` is the store's ``read_events`` of the job. Its output records may still be
+    stored (they are deleted a chunk at a time, in the background): the page walks past them
+    for up to ``limit`` visible events, but reads at most ``scan`` stored records, so a request
+    costs the same few milliseconds however many are left (a job's output may be millions of
+    records: a walk to its end held a shared API server for seconds per request). A page that
+    stopped before the end says where the next starts (``next_after``); readers follow it
+    (``gpuqueue.rest.client.Client.events``) even when it is short."""
+    page: list[Event] = []
+    scanned = 0
+    from_start = after == 0
+    while scanned < scan:
+        batch = read(after, min(_SCAN_BATCH, scan - scanned))
+        if not batch:
+            return DroppedPage(page)
+        scanned += len(batch)
+        for ev in visible_events(job, batch, from_start):
+            page.append(ev)
+            if len(page) >= limit:
+                return DroppedPage(page, ev.seq)
+        from_start = False
+        after = batch[-1].seq
+    return DroppedPage(page, after)
+
+
+async def dropped_page_of(events: AsyncIterator[Optional[Event]], limit: int = EVENTS_PAGE) -> list[Event]:
+    """:func:`dropped_page` where the service holds no store of its own (the Jupyter server's
+    relay to a cluster's API): up to ``limit`` visible events taken from ``events`` (its
+    ``follow`` of the job, a finished job's stream walked to its end)."""
     page: list[Event] = []
     try:
         async for ev in events:

@@ -156,11 +156,17 @@ class Client:
     def events(self, job_id: str, after: int = 0) -> builtins.list[dict[str, Any]]:
         """All events with seq > after, without waiting. The server answers a page at a time
         (10,000 events): a page of ``EVENTS_PAGE_CHECK`` or more is followed by a request for
-        what comes after it, so a long job's output is never cut at the first page."""
+        what comes after it, so a long job's output is never cut at the first page; so is a page
+        whose answer names where the ``next`` starts (a job whose dropped output is still being
+        deleted: the server reads a bounded number of stored records per request)."""
         out: builtins.list[dict[str, Any]] = []
         while True:
-            page = self._request("GET", f"jobs/{_q(job_id)}/events", params={"after": after}).json()["events"]
+            body = self._request("GET", f"jobs/{_q(job_id)}/events", params={"after": after}).json()
+            page = body["events"]
             out += page
+            if isinstance(body.get("next"), int):  # the server stopped this page before the end
+                after = body["next"]
+                continue
             if len(page) < EVENTS_PAGE_CHECK:
                 return out
             after = page[-1]["seq"]

@@ -224,11 +224,18 @@ class EventsHandler(RestHandler):
             jid = self.job_id(job_id)
             job = await maybe_await(self.service.get_job(self.caller, jid))
             events: Sequence[Any]
-            if job.logs_dropped:  # its output rows may still be stored: a page walks past them
-                events = await bounds.dropped_page(self.service.follow(self.caller, jid, after))
+            more: dict[str, Any] = {}
+            store = getattr(self.service, "store", None)
+            if job.logs_dropped and store is not None:  # its output rows may still be stored: walk past them
+                page = bounds.dropped_page(lambda a, n: store.read_events(jid, a, n), job, after)
+                events = page.events
+                if page.next_after is not None:  # the page stopped before the end: the client goes on
+                    more = {"next": page.next_after}
+            elif job.logs_dropped:  # a relay to a cluster's API, which bounds its own pages
+                events = await bounds.dropped_page_of(self.service.follow(self.caller, jid, after))
             else:
                 events = await maybe_await(self.service.events(self.caller, jid, after))
-            self.send({"events": [e.model_dump(mode="json") for e in events]})
+            self.send({"events": [e.model_dump(mode="json") for e in events], **more})
             return
         caller = self.caller
         await maybe_await(self.service.get_job(caller, self.job_id(job_id)))  # 404 before the stream starts
