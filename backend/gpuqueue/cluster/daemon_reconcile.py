@@ -2,11 +2,12 @@
 
 Every heartbeat of a worker lists the attempts it runs (``worker.py``'s ``beat``: an attempt is
 in that list from before its start report until after its end is written, with its exit report,
-in one write). An attempt the daemon holds as RUNNING on a node whose worker beats, but that
-the worker's beats no longer list, has ended without its end reaching the store: the exit
-report was lost (Redis's one-second ``appendfsync everysec`` window on a crash, a failover to a
-replica that missed the write). Without this check such a job stayed "running" for ever and held
-its owner's quota.
+in one write) and, for workers of this version on, those it has claimed and is launching. An
+attempt the daemon holds as RUNNING (or, claimed, as STARTING) on a node whose worker beats, but
+that the worker's beats no longer list, has ended without its end reaching the store: the exit
+report was lost, and for a STARTING one its start report too (Redis's one-second ``appendfsync
+everysec`` window on a crash, a failover to a replica that missed the write). Without this check
+such a job stayed "running" (or "starting") for ever and held its owner's quota.
 
 When is an attempt lost: its node's worker (the same instance throughout) has written at least
 :data:`MISSING_BEATS` new heartbeats that do not list it, over at least :data:`MISSING_MIN_S`
