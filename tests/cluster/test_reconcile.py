@@ -1,6 +1,7 @@
 """The daemon compares the attempts it holds as running with the ones each worker's heartbeat
 lists (cluster/daemon_reconcile.py): a job whose end never reached the store no longer stays
-"running" for ever, holding its owner's quota; an attempt still being launched is left alone."""
+"running" for ever, holding its owner's quota, nor one whose start was lost too "starting" for ever;
+an attempt still being launched is left alone."""
 
 from __future__ import annotations
 
@@ -58,11 +59,9 @@ def test_a_job_whose_end_was_lost_leaves_running_and_runs_again(cluster_factory)
     assert "does not run this attempt" in c.log("daemon")
 
 
-def test_a_slow_launch_is_not_taken_for_a_lost_attempt(cluster_factory) -> None:
-    """A launch that takes long (here: the worker's runner fork server frozen, as a slow pull of
-    checkpoints would hold it) is claimed, not yet listed in the worker's beats: it is not ended
-    as lost, and the job runs once it starts."""
-    c = cluster_factory(nodes={"n1": 1})
+def _frozen_fork_server(c) -> list[psutil.Process]:
+    """The worker on n1's runner fork server and its children (started by a first job), suspended:
+    a launch then stays claimed, as a slow pull of checkpoints would hold it."""
     warm = c.submit("bob", ticks=1)  # the fork server starts with the first launch
     assert c.wait_done([warm], 30)[warm]["state"] == "succeeded"
     worker = psutil.Process(c.procs["worker-n1"].pid)
@@ -71,10 +70,104 @@ def test_a_slow_launch_is_not_taken_for_a_lost_attempt(cluster_factory) -> None:
     frozen = forks + forks[0].children(recursive=True)
     for p in frozen:
         p.suspend()
+    return frozen
+
+
+def _lose_start_and_end(c, r) -> str:
+    """A job on n1 that started and ended while the daemon was frozen, with its start and exit
+    records and reports deleted as a failover to a replica that missed the last writes would
+    lose them. The daemon is left frozen: the caller resumes it (SIGCONT)."""
+    frozen = _frozen_fork_server(c)
+    daemon = c.procs["daemon"].pid
+    try:
+        job = c.submit("alice", ticks=1)
+        wait_until(lambda: r.exists(f"gq:claim:{job}:1"), 30, 0.05, "the worker to claim the attempt")
+        os.kill(daemon, signal.SIGSTOP)  # before the launch goes on: the daemon reads no start report
+        time.sleep(1)  # its blocking read of the reports (200 ms) ends empty: no report waits in its socket
+    finally:
+        for p in frozen:
+            p.resume()
+    try:
+        wait_until(lambda: r.exists(f"gq:exit:{job}:1"), 30, 0.05, "the worker to report the job's end")
+        assert r.delete(f"gq:started:{job}:1", f"gq:exit:{job}:1") == 2
+        gone = [mid for mid, f in r.xrange("gq:reports") if json.loads(f["m"]).get("job") == job
+                and json.loads(f["m"]).get("op") in ("started", "exit")]
+        assert len(gone) == 2 and r.xdel("gq:reports", *gone) == 2
+    except BaseException:
+        os.kill(daemon, signal.SIGCONT)
+        raise
+    return job
+
+
+def test_a_job_whose_start_and_end_were_lost_leaves_starting_and_runs_again(cluster_factory) -> None:
+    """A job starts and ends while the daemon is frozen, and both its start and its exit report
+    are lost as a store failover would lose them: the job stayed STARTING for ever (claimed, so
+    no start timeout). Now the daemon finds that the worker on n1, whose beats list the attempts
+    it launches, neither launches nor runs it, ends the attempt as lost saying so, and runs the job
+    again."""
+    c = cluster_factory(nodes={"n1": 1})
+    r = c.redis_client()
+    job = _lose_start_and_end(c, r)
+    os.kill(c.procs["daemon"].pid, signal.SIGCONT)
+    t0 = time.monotonic()
+    assert _state(c, job) == "starting"
+    wait_until(lambda: _state(c, job) != "starting", MISSING_MIN_S + 20, 0.2, "the job to leave STARTING")
+    took = time.monotonic() - t0
+    print(f"left STARTING {took:.1f} s after its start and end were lost")
+    assert took < MISSING_MIN_S + 12  # the rebuild (the frozen daemon lost its lock), a round, the API poll
+    final = c.wait_done([job], 60)[job]
+    assert final["state"] == "succeeded" and len(final["attempts"]) == 2, final
+    first = final["attempts"][0]
+    assert first["outcome"] == "lost", first
+    assert "the worker on node n1 claimed this attempt but neither launches nor runs it" in first["message"], first
+    assert "its start and exit reports never reached the queue's store" in first["message"], first
+    warned = [e["data"]["message"] for e in c.client("alice").events(job) if e["type"] == "warning"]
+    assert any("neither launches nor runs it" in w for w in warned), warned
+    assert "neither launches nor runs it" in c.log("daemon")
+
+
+def test_an_older_workers_beats_never_end_a_starting_attempt(cluster_factory) -> None:
+    """Mixed versions in a rolling upgrade: a worker whose heartbeats have no ``launching`` list
+    (written here, as that older version writes them, while n1's worker is frozen) cannot tell
+    a slow launch from a lost one, so the job whose start and end were lost stays STARTING
+    however long; once the worker's own beats (with the list) come back, it is ended as lost."""
+    c = cluster_factory(nodes={"n1": 1})
+    r = c.redis_client()
+    job = _lose_start_and_end(c, r)
+    worker = c.procs["worker-n1"].pid
+    wait_until(lambda: json.loads(r.get("gq:hb:n1"))["running"] == [], 10, 0.05, "n1's beats to list no attempt")
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        hb = json.loads(r.get("gq:hb:n1"))
+        old = {k: hb[k] for k in ("instance", "pool", "gpus", "seq", "time", "running", "stopped")}
+        os.kill(c.procs["daemon"].pid, signal.SIGCONT)
+        t_end = time.monotonic() + MISSING_MIN_S + 8
+        while time.monotonic() < t_end:
+            old["seq"], old["time"] = old["seq"] + 1, time.time()
+            r.set("gq:hb:n1", json.dumps(old), px=86_400_000)
+            time.sleep(0.2)
+        j = c.client("root").get(job)
+        assert j["state"] == "starting" and len(j["attempts"]) == 1 and j["attempts"][0]["outcome"] is None, j
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    assert "neither launches nor runs it" not in c.log("daemon")
+    wait_until(lambda: _state(c, job) != "starting", MISSING_MIN_S + 20, 0.2, "the job to leave STARTING")
+    final = c.wait_done([job], 60)[job]
+    assert final["state"] == "succeeded" and final["attempts"][0]["outcome"] == "lost", final
+
+
+def test_a_slow_launch_is_not_taken_for_a_lost_attempt(cluster_factory) -> None:
+    """A launch that takes long (here: the worker's runner fork server frozen, as a slow pull of
+    checkpoints would hold it) is claimed, listed in the worker's beats as launching: it is not
+    ended as lost, and the job runs once it starts."""
+    c = cluster_factory(nodes={"n1": 1})
+    frozen = _frozen_fork_server(c)
     try:
         job = c.submit("alice", ticks=1)
         r = c.redis_client()
         wait_until(lambda: r.exists(f"gq:claim:{job}:1"), 30, 0.05, "the worker to claim the attempt")
+        wait_until(lambda: json.loads(r.get("gq:hb:n1")).get("launching") == [f"{job}:1"], 10, 0.05,
+                   "the worker's heartbeat to list the attempt as launching")
         time.sleep(MISSING_MIN_S + 3)
         j = c.client("root").get(job)
         assert j["state"] == "starting" and len(j["attempts"]) == 1 and j["attempts"][0]["outcome"] is None, j
@@ -84,3 +177,4 @@ def test_a_slow_launch_is_not_taken_for_a_lost_attempt(cluster_factory) -> None:
     final = c.wait_done([job], 30)[job]
     assert final["state"] == "succeeded" and len(final["attempts"]) == 1, final
     assert "does not run this attempt" not in c.log("daemon")
+    assert "neither launches nor runs it" not in c.log("daemon")

@@ -28,6 +28,7 @@ class NodeSeen:
     beat: Any
     last_change: float  # monotonic
     running: Optional[frozenset[str]] = None  # "<job>:<attempt>" its last beat lists (None: not said)
+    launching: Optional[frozenset[str]] = None  # those it lists as claimed, being launched (None: an older worker)
     beats: int = 0  # new beats seen from this instance (daemon_reconcile.py counts them)
 
 
@@ -64,7 +65,8 @@ class Nodes:
             if seen is not None and seen.instance == hb["instance"]:
                 if hb.get("seq") != seen.beat:
                     seen.beat, seen.last_change = hb.get("seq"), now_m
-                    seen.running, seen.beats = _running(hb), seen.beats + 1
+                    seen.running, seen.launching = _listed(hb, "running"), _listed(hb, "launching")
+                    seen.beats += 1
                 continue
             if initial and hb.get("stopped"):
                 continue
@@ -76,7 +78,8 @@ class Nodes:
             if hb.get("stopped"):
                 continue
             pool = self._pool_of(name, hb.get("pool"), int(hb["gpus"]))
-            self.nodes[name] = NodeSeen(hb["instance"], pool, int(hb["gpus"]), hb.get("seq"), now_m, _running(hb))
+            self.nodes[name] = NodeSeen(hb["instance"], pool, int(hb["gpus"]), hb.get("seq"), now_m,
+                                        _listed(hb, "running"), _listed(hb, "launching"))
             self.lost_beats.pop(name, None)
             self.scheduler.node_up(name, pool, int(hb["gpus"]), time.time())
             log.info("node %s up: %s GPUs in pool %s", name, hb["gpus"], pool)
@@ -122,8 +125,8 @@ class Nodes:
                     self._end_attempt(job, {"exit_code": None, "lost": True}, decisions=[d])
 
 
-def _running(hb: dict[str, Any]) -> Optional[frozenset[str]]:
-    """The attempts a heartbeat lists as running here ("<job>:<attempt>"), None if it lists none
-    at all (a worker that does not say)."""
-    running = hb.get("running")
-    return frozenset(str(x) for x in running) if isinstance(running, list) else None
+def _listed(hb: dict[str, Any], what: str) -> Optional[frozenset[str]]:
+    """The attempts a heartbeat lists under ``what`` ("running", "launching"; "<job>:<attempt>"),
+    None if it has no such list at all (a worker of a version that does not say)."""
+    listed = hb.get(what)
+    return frozenset(str(x) for x in listed) if isinstance(listed, list) else None

@@ -2,11 +2,12 @@
 
 Every heartbeat of a worker lists the attempts it runs (``worker.py``'s ``beat``: an attempt is
 in that list from before its start report until after its end is written, with its exit report,
-in one write). An attempt the daemon holds as RUNNING on a node whose worker beats, but that
-the worker's beats no longer list, has ended without its end reaching the store: the exit
-report was lost (Redis's one-second ``appendfsync everysec`` window on a crash, a failover to a
-replica that missed the write). Without this check such a job stayed "running" for ever and held
-its owner's quota.
+in one write) and, for workers of this version on, those it has claimed and is launching. An
+attempt the daemon holds as RUNNING (or, claimed, as STARTING) on a node whose worker beats, but
+that the worker's beats no longer list, has ended without its end reaching the store: the exit
+report was lost, and for a STARTING one its start report too (Redis's one-second ``appendfsync
+everysec`` window on a crash, a failover to a replica that missed the write). Without this check
+such a job stayed "running" (or "starting") for ever and held its owner's quota.
 
 When is an attempt lost: its node's worker (the same instance throughout) has written at least
 :data:`MISSING_BEATS` new heartbeats that do not list it, over at least :data:`MISSING_MIN_S`
@@ -14,10 +15,18 @@ seconds, and neither its exit record (``exit:<job>:<n>``: an exit report in flig
 settled from it) nor its tail offset (``tail:<job>:<n>``: the worker still copies its events)
 changed meanwhile. Why that is enough, and no false positive:
 
-* only RUNNING attempts are looked at: the daemon marks one RUNNING on the worker's start report,
-  which the worker sends for an attempt it already lists. An attempt still being launched
-  (claimed, its folders made, its checkpoints pulled) is STARTING and never reaped here, however
-  long the launch takes (``--start-timeout`` and the node's heartbeat cover those);
+* a RUNNING attempt: the daemon marks one RUNNING on the worker's start report, which the worker
+  sends for an attempt it already lists;
+* a STARTING attempt (its start report lost too, or the launch still under way) only if its
+  worker's beats are of the kind that lists the attempts it launches (``launching``: claimed, its
+  folders made, its checkpoints pulled, however long that takes), and only once the store holds
+  its claim by that very worker (``claim:<job>:<n>``). The worker lists an attempt as launching
+  from before it writes the claim until it lists it as running. An attempt not claimed may still
+  sit in the node's Celery queue: ``--start-timeout`` covers that, never this check; a worker
+  without the ``launching`` list (an older version, in a rolling upgrade) never gets a STARTING
+  attempt reaped. The claim and the heartbeat are read in one command: of the beats after the
+  one read with the claim, only the first can have been computed before the worker listed the
+  attempt;
 * one thread writes the heartbeats, one after the other: of the beats the daemon sees after it
   marked an attempt RUNNING, only the first can have been computed before the worker added the
   attempt (a beat in flight); the second on lists it. Three give a margin of one;
@@ -27,6 +36,7 @@ changed meanwhile. Why that is enough, and no false positive:
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -53,7 +63,7 @@ class Unlisted:
 
     number: int
     instance: str  # the worker whose beats did not list it
-    beats: int  # that node's beat count when first not listed, less one (that beat counts)
+    beats: int  # that node's beat count from which on unlisting beats count (see _reconcile)
     since: float  # monotonic
     tail: Optional[str]  # its tail offset then
 
@@ -87,7 +97,7 @@ class Reconcile:
         suspects = set()
         for job_id in list(self.known):
             job = self.jobs.get(job_id) or self._find(job_id)  # cached: a store read only after a failed change
-            if job is None or job.state != JobState.RUNNING:  # queued ones first out: the loop stays cheap
+            if job is None or job.state not in (JobState.RUNNING, JobState.STARTING):  # the loop stays cheap
                 continue
             a = job.current_attempt
             if a is None or a.outcome is not None:
@@ -95,18 +105,43 @@ class Reconcile:
             seen = self.nodes.get(a.node)
             if seen is None or seen.running is None:  # down (its jobs are requeued), or a worker without the list
                 continue
-            if f"{job.id}:{a.number}" in seen.running:
+            key = f"{job.id}:{a.number}"
+            if key in seen.running:
                 continue
-            suspects.add(job_id)
+            starting = job.state == JobState.STARTING
+            if starting and (seen.launching is None or key in seen.launching):  # an older worker, or launching
+                continue
             u = self.unlisted.get(job_id)
             if u is None or u.number != a.number or u.instance != seen.instance:
-                self.unlisted[job_id] = Unlisted(a.number, seen.instance, seen.beats - 1, now,
-                                                 self.store.r.get(self.store.k("tail", job.id, a.number)))
+                first = self._first_unlisted(job, seen, starting)
+                if first is not None:
+                    suspects.add(job_id)
+                    self.unlisted[job_id] = Unlisted(a.number, seen.instance, first, now,
+                                                     self.store.r.get(self.store.k("tail", job.id, a.number)))
                 continue
+            suspects.add(job_id)
             if seen.beats - u.beats >= MISSING_BEATS and now - u.since >= MISSING_MIN_S:
                 self._unlisted_for_long(job, u, seen, now)
         for job_id in set(self.unlisted) - suspects:
             del self.unlisted[job_id]
+
+    def _first_unlisted(self, job: JobRecord, seen: "NodeSeen", starting: bool) -> Optional[int]:
+        """The beat count from which on the beats that do not list the job's attempt count (None:
+        not a suspect). A running attempt: the last beat seen counts. A starting one: only if the
+        store holds its claim by this worker, and only the beats after the one read with it."""
+        if not starting:
+            return seen.beats - 1
+        a = job.current_attempt
+        assert a is not None
+        st = self.store
+        claim, raw = st.r.mget([st.k("claim", job.id, a.number), st.k("hb", a.node)])
+        if claim != seen.instance or raw is None:  # not claimed (maybe still queued), or by another instance
+            return None
+        hb = json.loads(raw)
+        if hb.get("instance") != seen.instance or not isinstance(hb.get("seq"), int) \
+                or not isinstance(seen.beat, int):
+            return None
+        return seen.beats + max(0, hb["seq"] - seen.beat)  # beats up to that one, not yet counted, do not count
 
     def _unlisted_for_long(self, job: JobRecord, u: Unlisted, seen: "NodeSeen", now: float) -> None:
         """Settle the attempt from its exit record if the store has one (its report is in
@@ -125,10 +160,17 @@ class Reconcile:
             return
         del self.unlisted[job.id]
         waited = now - u.since
-        error = (f"lost: the worker on node {a.node} does not run this attempt (its last {seen.beats - u.beats} "
-                 f"heartbeats, over {waited:.0f} s, did not list it), and the attempt's end was not recorded: its exit "
-                 f"report never reached the queue's store (e.g. lost in a store failover or a Redis restart that lost "
-                 f"its last writes). The attempt counts as lost: the queue starts the job again")
+        if job.state == JobState.STARTING:
+            error = (f"lost: the worker on node {a.node} claimed this attempt but neither launches nor runs it (its "
+                     f"last {seen.beats - u.beats} heartbeats, over {waited:.0f} s, listed it neither as launching nor "
+                     f"as running), and neither the attempt's start nor its end was recorded: its start and exit "
+                     f"reports never reached the queue's store (e.g. lost in a store failover or a Redis restart that "
+                     f"lost its last writes). The attempt counts as lost: the queue starts the job again")
+        else:
+            error = (f"lost: the worker on node {a.node} does not run this attempt (its last {seen.beats - u.beats} "
+                     f"heartbeats, over {waited:.0f} s, did not list it), and the attempt's end was not recorded: its "
+                     f"exit report never reached the queue's store (e.g. lost in a store failover or a Redis restart "
+                     f"that lost its last writes). The attempt counts as lost: the queue starts the job again")
         log.warning("job %s: attempt %s on node %s: %s", job.id, a.number, a.node, error)
         self._exec([st.event_op(job.id, "warning", {"message": error})])
         self._end_attempt(job, {"exit_code": None, "lost": True, "error": error})

@@ -87,6 +87,9 @@ class NodeAgent(AttemptTailer):
         self._homes: set[int] = set()  # uids whose HOME on this node is made
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.attempts: dict[tuple[str, int], LocalAttempt] = {}
+        # attempts this worker claims or has claimed and is launching (not yet in self.attempts):
+        # the heartbeat lists them, so the daemon tells a slow launch from a lost one
+        self.claimed: set[tuple[str, int]] = set()
         self.pending_stops: dict[tuple[str, int], dict[str, Any]] = {}
         self._lock = threading.Lock()
         # jobs whose folders a launch is making (job -> launches) or the sweep is deleting; a
@@ -180,10 +183,15 @@ class NodeAgent(AttemptTailer):
             self._swept.notify_all()
 
     def beat(self, stopped: bool = False) -> None:
-        """Write the heartbeat (inventory, a counter, the attempts running here)."""
+        """Write the heartbeat (inventory, a counter, the attempts running here and those claimed
+        and being launched: an attempt is in one list or the other from before its claim is
+        written until after its end is, see ``daemon_reconcile.py``)."""
         self._seq += 1
+        with self._lock:  # one view of both: a launch moves an attempt from one to the other under it
+            running = [f"{j}:{n}" for j, n in self.attempts]
+            launching = [f"{j}:{n}" for j, n in self.claimed if (j, n) not in self.attempts]
         hb = {"instance": self.instance, "pool": self.pool, "gpus": self.gpus, "seq": self._seq,
-              "time": time.time(), "running": [f"{j}:{n}" for j, n in self.attempts], "stopped": stopped}
+              "time": time.time(), "running": running, "launching": launching, "stopped": stopped}
         p = self.store.r.pipeline(transaction=True)
         p.sadd(self.store.k("nodes"), self.node)
         p.set(self.store.k("hb", self.node), json.dumps(hb), px=86_400_000)
@@ -218,12 +226,18 @@ class NodeAgent(AttemptTailer):
         job_id, number = msg["job_id"], int(msg["attempt"])
         if msg.get("node") != self.node:
             return "wrong node"
+        with self._lock:  # listed before the claim is written: no beat after the claim omits it
+            self.claimed.add((job_id, number))
         try:
             self.store.exec([["SET", self.store.k("claim", job_id, number), self.instance]],
                             guards=[self.fence(job_id, number), (self.store.k("claim", job_id, number), "")])
         except Fenced as e:
+            self._unclaim(job_id, number)
             log.info("attempt %s/%s refused: %s", job_id, number, e)
             return "refused"
+        except BaseException:
+            self._unclaim(job_id, number)
+            raise
         forks = self._forks
         if forks is not None and forks.alive():
             return self._spawn_or_fail(msg, forks)  # in this (Celery) thread: no hand-over
@@ -231,7 +245,19 @@ class NodeAgent(AttemptTailer):
         self._launches.put((msg, fut))  # the launch thread starts a fork server first
         return fut.result(timeout=120)
 
+    def _unclaim(self, job_id: str, number: int) -> None:
+        """The launch of a claimed attempt is over: it runs (``self.attempts`` lists it), or it
+        failed (its exit report written), or it was refused."""
+        with self._lock:
+            self.claimed.discard((job_id, number))
+
     def _spawn_or_fail(self, msg: dict[str, Any], forks: ForkServer) -> str:
+        try:
+            return self._spawn_or_fail_claimed(msg, forks)
+        finally:
+            self._unclaim(msg["job_id"], int(msg["attempt"]))
+
+    def _spawn_or_fail_claimed(self, msg: dict[str, Any], forks: ForkServer) -> str:
         try:
             return self._spawn(msg, forks)
         except launchfail.LaunchFailed as e:  # the job's identity or folders: the daemon decides on a retry
