@@ -38,9 +38,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from . import orphans
+from .orphans import STRAY_WAIT_S
 from .lost import runner_lost_record
 
-STRAY_WAIT_S = 10.0  # how long the guard goes on killing a dead runner's processes before it gives up
 STRAY_POLL_S = 0.02
 GUARD_GONE_SIGNAL = signal.SIGUSR2  # what the runner gets when its guard ends before it
 PR_SET_PDEATHSIG = 1

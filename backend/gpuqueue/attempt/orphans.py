@@ -23,6 +23,7 @@ import time
 from typing import Optional
 
 PR_SET_CHILD_SUBREAPER = 36
+STRAY_WAIT_S = 10.0  # how long a dead runner's processes are killed before its end is said anyway
 
 
 def become_subreaper() -> bool:

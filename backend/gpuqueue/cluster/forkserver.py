@@ -58,12 +58,13 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..attempt.orphans import STRAY_WAIT_S
+
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
 SPARES = 2  # runners kept waiting for a launch
 MAX_DIR = 3800  # a status line (with the folder) stays under PIPE_BUF, so it is written whole
 STRAY_POLL_S = 0.02  # while a dead runner's processes are being killed: how often they are looked for
-STRAY_WAIT_S = 10.0  # a runner's exit is said after this long even if some of them still run
 
 
 def die_with_parent(sig: int = signal.SIGTERM) -> None:
