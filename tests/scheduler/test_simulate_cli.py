@@ -144,7 +144,7 @@ def test_hierarchical_fill_with_a_memo_follows_every_demand_change():
 def test_group_fill_kept_up_to_date_equals_hierarchical_fill_to_the_bit():
     import random
 
-    from gpuqueue.simulate import _GroupFill, hierarchical_fill
+    from gpuqueue.simulate import GroupFill, hierarchical_fill
 
     # random demand changes, as jobs come and go; the incremental fill gives exactly (repr of
     # every float) what hierarchical_fill gives on the whole demand, as floats
@@ -153,7 +153,7 @@ def test_group_fill_kept_up_to_date_equals_hierarchical_fill_to_the_bit():
     weight = {u: rnd.choice([1.0, 0.1, 0.7, 1 / 3]) for u in users}  # any: their sums depend on order
     group_of = {u: rnd.choice(["g", "h", "k", f"user:{u}"]) for u in users}
     group_weight = {g: rnd.choice([1.0, 2.0, 3.0]) for g in set(group_of.values())}  # whole
-    fill = _GroupFill(37, weight, group_of, group_weight)
+    fill = GroupFill(37, weight, group_of, group_weight)
     demand: dict = {}
     for _ in range(2000):
         u = rnd.choice(users)

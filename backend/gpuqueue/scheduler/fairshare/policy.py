@@ -35,6 +35,7 @@ from .nodes import NodeIndex, PoolNodes
 from .ordering import tier_at
 from .pool import Pool
 from .queue import PoolQueue
+from .regroup import regroup
 from .reservations import Claims, Reservation
 from .records import (
     INF,
@@ -47,6 +48,7 @@ from .records import (
     class_key,
 )
 from .scheduling_pass import SchedulingPass
+from .state import export_state, import_state, pending_summary, snapshot
 from .timers import TIMEOUT, WARN, Timers
 
 
@@ -73,7 +75,7 @@ class FairShareScheduler:
         self.stopping_for: dict[str, int] = {}  # preemptor -> victims still stopping for it
         self.preempted_pairs: set[tuple[str, str]] = set()  # (victim, preemptor)
         self._limits: dict[tuple[str, Optional[float]], Optional[float]] = {}
-        self._quota_bound: dict[tuple[User, Pool], bool] = {}  # see quota_reason
+        self.quota_bound: dict[tuple[User, Pool], bool] = {}  # see quota_reason
         for name, pc in config.pools.items():
             self._add_pool(name, pc)
         self._rebuild_pools()
@@ -99,46 +101,16 @@ class FairShareScheduler:
         u = self.ledger.users.get(req.user)
         if u is not None:
             return u
-        return self.ledger.user(req.user, self._group_name(req))
+        return self.ledger.user(req.user, self.group_name(req))
 
-    def _group_name(self, req: JobRequest) -> Optional[str]:
+    def group_name(self, req: JobRequest) -> Optional[str]:
         """The job's group as the config knows it: the one its record holds (``""``: none),
         else by the config's members."""
         return req.group if req.group is not None else self.config.group_of(req.user)
 
     def _regroup(self, u: User, req: JobRequest, now: float, restoring: bool) -> None:
-        """A job of the user arrived: its group is the user's from now on (see the ledger's
-        ``move``). At a rebuild, the newest job's group wins, whatever the order jobs are
-        restored in. The two groups' members' pending jobs are re-keyed in every pool (their
-        share keys changed), the user's cached quota answers are dropped, and the unused part
-        of what its running jobs were charged ahead goes to the new group (their true-up at the
-        end comes from there)."""
-        if not self.ledger.hierarchical or (restoring and req.submit_time < u.group_since):
-            return
-        u.group_since = max(u.group_since, req.submit_time)
-        old = self.ledger.move(u, self._group_name(req))
-        if old is None:
-            return
-        new = u.group
-        assert new is not None
-        scale = self.ledger.scale(now)
-        for j in self.jobs.values():
-            r = j.request
-            if r.user == u.name and j.state in (RUNNING, STOPPING):
-                ahead = j.charged_scaled - r.gpus * max(0.0, now - j.started_at) / 3600.0 * scale
-                if ahead > 0:
-                    old.scaled = max(0.0, old.scaled - ahead)
-                    new.scaled += ahead
-        for m in old.members + new.members:
-            m.version += 1
-        for key in [k for k in self._quota_bound if k[0] is u]:
-            del self._quota_bound[key]
-        self.order_epoch += 1
-        for pool in self.pools.values():
-            pool.quota_free.pop(u.name, None)  # its group's limits may differ
-            for m in old.members + new.members:
-                if pool.queue.rekey(m):
-                    pool.dirty = True
+        """A job of the user arrived with its group: see ``regroup.regroup``."""
+        regroup(self, u, req, now, restoring)
 
     def _charge(self, u: User, scaled: float) -> None:
         """Add to (or refund from) a user's usage. Its share key (or its whole group's) changes
@@ -270,7 +242,7 @@ class FairShareScheduler:
         if not restoring:
             group = name = None
             if self.ledger.hierarchical:  # the job's group: its user's from now on (_regroup)
-                name = self._group_name(job)
+                name = self.group_name(job)
                 group = self.ledger.groups.get(name) if name is not None else None
             refused = quotas.refusal(self.config, pool, self.ledger.users.get(job.user), name, group, job)
             if refused is not None:
@@ -626,9 +598,9 @@ class FairShareScheduler:
         """(reason code, message) when starting the job now would break a quota, else None."""
         u = self.ledger.users[req.user]
         key = (u, pool)
-        bound = self._quota_bound.get(key)
+        bound = self.quota_bound.get(key)
         if bound is None:
-            bound = self._quota_bound[key] = quotas.bounded(self.config, pool, u)
+            bound = self.quota_bound[key] = quotas.bounded(self.config, pool, u)
         if not bound:
             return None  # no quota applies to this user (or its group) in this pool
         return quotas.over_quota(self.config, pool, u, req)
@@ -648,32 +620,11 @@ class FairShareScheduler:
 
     def snapshot(self) -> dict[str, Any]:
         """Pools with GPUs total/used and queue lengths, plus per-user GPUs held."""
-        pools = {}
-        for name, p in self.pools.items():
-            pools[name] = {
-                "gpus_total": p.nodes.total,
-                "gpus_used": p.nodes.total - p.nodes.free,
-                "queued": p.queue.queued,
-                "running": sum(
-                    1 for j in self.jobs.values() if j.request.pool == name and j.state in (RUNNING, STOPPING)
-                ),
-                "reserved_for": list(p.reservations),
-            }
-        users = {
-            n: {"gpus": u.gpus, "running": u.running, "usage_gpu_hours": round(self.usage(n, self._now), 6)}
-            for n, u in sorted(self.ledger.users.items())
-        }
-        return {"pools": pools, "users": users}
+        return snapshot(self)
 
     def pending_summary(self, now: float) -> dict[str, PoolPending]:
         """Per pool: the waiting jobs by priority, and how many are past their retry backoff."""
-        out = {name: PoolPending() for name in self.pools}
-        for j in list(self.jobs.values()):
-            st = j.state
-            if st == PENDING or st == WAITING:
-                r = j.request
-                out[r.pool].add(r.priority.value, r.submit_time, st == PENDING)
-        return out
+        return pending_summary(self, now)
 
     def node_views(self) -> list[NodeView]:
         """Every node, up or down, by name."""
@@ -681,44 +632,9 @@ class FairShareScheduler:
                 for n in sorted(self.cluster.nodes.values(), key=lambda n: n.name)]
 
     def export_state(self) -> dict[str, Any]:
-        """JSON-ready state worth keeping across restarts: decayed usage (of users and of
-        groups), users' groups, budgets, preemption counts."""
-        now = self._now
-        return {
-            "version": 1,
-            "at": now,
-            "usage_gpu_hours": {u.name: self.usage(u.name, now) for u in self.ledger.with_usage()},
-            # the configured group of each user (it may have come from the hub, not the config)
-            # and each group's usage (what its users used while in it: usage stays where charged)
-            "user_groups": {u.name: u.group.name for u in self.ledger.with_usage()
-                            if u.group is not None and u.group.configured},
-            "group_usage_gpu_hours": {g.name: g.scaled / self.ledger.scale(now)
-                                      for _, g in sorted(self.ledger.groups.items()) if g.configured},
-            "preemption_tokens": {n: [p.tokens, p.tokens_at] for n, p in sorted(self.pools.items())},
-            "job_preemptions": dict(sorted(self.preempt_counts.items())),
-        }
+        """JSON-ready state worth keeping across restarts (``state.export_state``)."""
+        return export_state(self)
 
     def import_state(self, state: dict[str, Any]) -> None:
         """Load what ``export_state`` wrote (call before restoring jobs)."""
-        at = float(state.get("at", 0.0))
-        self._now = max(self._now, at)
-        self.order_epoch += 1
-        saved_groups = state.get("user_groups", {})
-        for name, usage in state.get("usage_gpu_hours", {}).items():
-            group = self.config.group_of(name)  # the config's members first, as at a submit
-            if group is None:
-                group = saved_groups.get(name)
-            self.ledger.set_usage(name, float(usage), at, group)
-        for name, usage in state.get("group_usage_gpu_hours", {}).items():
-            self.ledger.set_group_usage(name, float(usage), at)
-        for name, (tokens, tokens_at) in state.get("preemption_tokens", {}).items():
-            if name in self.pools:
-                self.pools[name].tokens = float(tokens)
-                self.pools[name].tokens_at = float(tokens_at)
-        self.preempt_counts.update({k: int(v) for k, v in state.get("job_preemptions", {}).items()})
-        for jid, n in self.preempt_counts.items():
-            if jid in self.jobs:
-                self.jobs[jid].preemptions = n
-        for p in self.pools.values():
-            p.queue.rebuild_user_heaps(self.ledger.users)
-            p.dirty = True
+        import_state(self, state)

@@ -1,0 +1,68 @@
+"""What a simulation reports: waits by job size, Jain's index, percentiles, and the plot."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Iterable
+
+from .tallies import UserAcct
+
+if TYPE_CHECKING:
+    from .engine import Simulation
+
+
+SIZES = (("1", 0, 1), ("2", 2, 2), ("4", 3, 4), ("8", 5, 8), ("16+", 9, 10**9))
+"""Job sizes the waits are reported by: (label, fewest GPUs, most GPUs)."""
+
+
+def jain(accts: Iterable[UserAcct], min_backlog_s: float) -> tuple[float, int]:
+    """Jain's index over ``received / entitled`` of the accounts backlogged at least
+    ``min_backlog_s`` seconds, and how many there are."""
+    xs = [a.received / a.entitled for a in accts if a.entitled > 0 and a.backlog_s >= min_backlog_s]
+    jain = (sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))) if xs and any(xs) else 1.0
+    return jain, len(xs)
+
+
+def avg(xs: list[float]) -> float:
+    """The mean (0 for none)."""
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def pct(xs: list[float], p: float) -> float:
+    """Nearest-rank percentile of a sorted list."""
+    if not xs:
+        return 0.0
+    k = max(0, min(len(xs) - 1, math.ceil(p / 100 * len(xs)) - 1))
+    return xs[k]
+
+
+def plot(sim: Simulation, path: str) -> None:
+    """Queue length and utilization over time, and the wait CDF by priority."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = sim.series
+    step = max(1, len(s) // 5000)
+    s = s[::step]
+    total = sum(sum(pc.nodes.values()) for pc in sim.config.pools.values())
+    t = [(x[0] - s[0][0]) / 3600 for x in s] if s else []
+    fig, ax = plt.subplots(3, 1, figsize=(9, 10))
+    ax[0].plot(t, [x[1] for x in s], lw=0.8)
+    ax[0].set_ylabel("queued jobs")
+    ax[1].plot(t, [x[2] / total for x in s], lw=0.8)
+    ax[1].set_ylabel("GPU utilization")
+    ax[1].set_xlabel("hours")
+    for p in ("high", "medium", "low"):
+        w = sorted(max(0.0, j.end - j.submit - j.run_s) / 3600 for j in sim.jobs if j.end is not None and j.priority.value == p)
+        if w:
+            ax[2].plot(w, [(i + 1) / len(w) for i in range(len(w))], label=p)
+    ax[2].set_xscale("symlog", linthresh=0.01)
+    ax[2].set_xlabel("wait (hours)")
+    ax[2].set_ylabel("CDF")
+    ax[2].legend()
+    fig.suptitle(f"policy {sim.policy}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
