@@ -1,5 +1,5 @@
 """What the scheduler daemon's log tells an admin at its start, and about a Redis password that
-is refused (cluster/daemon.py, leadership.py, repeats.py)."""
+is refused (cluster/daemon.py, leadership.py, observability/repeats.py)."""
 
 from __future__ import annotations
 
