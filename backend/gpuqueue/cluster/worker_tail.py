@@ -145,8 +145,8 @@ class AttemptTailer:
         the store (as for a fenced attempt). A report that does not get through is tried again
         at the attempt's next retry."""
         error = (f"the worker on node {self.node} could not copy this attempt's records (output, events, end) to the "
-                 f"queue's store for {failing_s:.0f} s ({la.failing.text}); it stopped the attempt and reports it failed. "
-                 f"Its output since then is not kept; the admin finds the cause in that worker's log")
+                 f"queue's store for {failing_s:.0f} s ({la.failing.text}); it stopped the attempt and reports it "
+                 f"failed. Its output since then is not kept; the admin finds the cause in that worker's log")
         rec = {"exit_code": 1, "stop_reason": None, "error": error, "worker_gave_up": True}
         msg = {"op": "exit", "job": la.job_id, "attempt": la.number, "node": self.node, "rec": rec}
         try:
@@ -159,7 +159,8 @@ class AttemptTailer:
             return
         f = la.failing
         log.error("attempt %s/%s: stopped and reported failed after %d failed rounds in %.0f s (%s%s)",
-                  la.job_id, la.number, f.rounds, failing_s, f.text, f"; it came {f.again} more times" if f.again else "")
+                  la.job_id, la.number, f.rounds, failing_s, f.text,
+                  f"; it came {f.again} more times" if f.again else "")
         la.gave_up = la.fenced = True
         f.told()
         self._signal_stop(la, "failed", 5.0)
