@@ -163,9 +163,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     c = _client()
     events = c.follow(args.id) if args.follow else c.events(args.id)
     printer = _EventPrinter(live=args.follow)
-    for ev in events:
-        if ev["type"] == "log" or args.follow:
-            printer.event(ev)
+    for ev in events:  # with or without -f the same lines: its warnings and state changes too
+        printer.event(ev)
     printer.end()
     return 0
 
@@ -259,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("id")
         s.set_defaults(fn=fn)
-    s = sub.add_parser("logs", help="a job's output")
+    s = sub.add_parser("logs", help="a job's output; its state changes and warnings on stderr")
     s.add_argument("-f", "--follow", action="store_true", help="go on until the job ends")
     s.add_argument("id")
     s.set_defaults(fn=cmd_logs)

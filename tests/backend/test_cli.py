@@ -54,6 +54,30 @@ def test_wait_fails_for_a_failed_job_and_cancel_works(jupyter_server):
     follow = gq(jupyter_server, "logs", "-f", slow)
     assert follow.returncode == 0 and "Traceback" not in follow.stderr, follow
     assert "[gpuqueue] stopping (cancelled)" in follow.stderr and "[gpuqueue] cancelled" in follow.stderr, follow
+    # without -f, the same lines: it printed the output only, so a finished job's log never said
+    # that it was asked to stop (nor a lost attempt, nor dropped output)
+    logs = gq(jupyter_server, "logs", slow)
+    assert logs.returncode == 0 and "Traceback" not in logs.stderr, logs
+    assert logs.stderr == follow.stderr and logs.stdout == follow.stdout, (logs, follow)
+
+
+def test_logs_of_a_finished_job_say_its_warnings_with_or_without_follow(jupyter_server):
+    """A job stopped at its time limit: the queue warned it ("time limit reached ..."), asked it
+    to stop and ended it. `gpuqueue logs -f` printed those lines; `gpuqueue logs` printed only
+    the job's output, so a user reading a finished job's log never learnt why it ended (nor,
+    elsewhere, that an attempt was lost or its output dropped). Both print the same now."""
+    job = gq(jupyter_server, "submit", "--retries", "0", "--timeout", "3s", "--", sys.executable, "-c",
+             "import time; print('training', flush=True); time.sleep(60)").stdout.strip()
+    assert gq(jupyter_server, "wait", job).returncode == 1
+    assert jupyter_server.client().get(job)["state"] == "timed_out"
+    logs, follow = gq(jupyter_server, "logs", job), gq(jupyter_server, "logs", "-f", job)
+    assert logs.returncode == 0 and logs.stdout == "training\n", logs
+    said = logs.stderr.splitlines()
+    assert any(line.startswith("[gpuqueue] time limit reached") and line.endswith(": save a checkpoint")
+               for line in said), said
+    assert "[gpuqueue] stopping (timed out); it has 10s to save a checkpoint, then it is killed" in said, said
+    assert any(line.startswith("[gpuqueue] timed_out") for line in said), said
+    assert (logs.stdout, logs.stderr) == (follow.stdout, follow.stderr), (logs, follow)
 
 
 def test_user_mistakes_are_one_line_errors(jupyter_server):

@@ -1,12 +1,11 @@
 """What the scheduler daemon's log tells an admin at its start, and about a Redis password that
-is refused (cluster/daemon.py, leadership.py, repeats.py)."""
+is refused (cluster/daemon.py, leadership.py, observability/repeats.py)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +47,8 @@ def test_a_refused_password_is_one_error_naming_the_fix_then_a_count(tmp_path: P
     error naming where the password is set, then only how often it came, at a growing interval."""
     r = redis_factory(password="the-right-one")
     p, log = _scheduler(tmp_path, f"redis://:a-wrong-one@127.0.0.1:{r.port}/0")
-    try:
-        time.sleep(13)  # the first count comes after 10 s
+    try:  # the first count comes 10 s after the first line, the next 20 s after it
+        wait_until(lambda: "the message above came" in log.read_text(), 30, 0.2, "the first count")
         text = log.read_text()
     finally:
         p.kill()

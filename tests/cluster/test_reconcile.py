@@ -1,7 +1,8 @@
 """The daemon compares the attempts it holds as running with the ones each worker's heartbeat
 lists (cluster/daemon_reconcile.py): a job whose end never reached the store no longer stays
 "running" for ever, holding its owner's quota, nor one whose start was lost too "starting" for ever;
-an attempt still being launched is left alone."""
+one whose start alone was lost no longer shows "starting" for its whole run; an attempt still
+being launched is left alone."""
 
 from __future__ import annotations
 
@@ -20,6 +21,25 @@ def _state(c, job: str) -> str:
     return c.client("root").get(job)["state"]
 
 
+def _leaves(c, job: str, state: str, lost: str) -> None:
+    """The job, in ``state`` when the (resumed) daemon goes on, leaves it soon enough."""
+    t0 = time.monotonic()
+    assert _state(c, job) == state
+    wait_until(lambda: _state(c, job) != state, MISSING_MIN_S + 20, 0.2, f"the job to leave {state.upper()}")
+    took = time.monotonic() - t0
+    print(f"left {state.upper()} {took:.1f} s after {lost}")
+    assert took < MISSING_MIN_S + 12  # the rebuild (the frozen daemon lost its lock), a round, the API poll
+
+
+def _lose(r, job: str, ops: tuple[str, ...]) -> None:
+    """The reports ``ops`` of the job's first attempt, and their records, deleted as a failover to a
+    replica that missed the last writes would lose them."""
+    assert r.delete(*(f"gq:{op}:{job}:1" for op in ops)) == len(ops)
+    gone = [mid for mid, f in r.xrange("gq:reports") if json.loads(f["m"]).get("job") == job
+            and json.loads(f["m"]).get("op") in ops]
+    assert len(gone) == len(ops) and r.xdel("gq:reports", *gone) == len(ops)
+
+
 def test_a_job_whose_end_was_lost_leaves_running_and_runs_again(cluster_factory) -> None:
     """The exit report of a running job is lost as a store failover would lose it (the daemon
     frozen meanwhile, so that it cannot read it first): the job left RUNNING only by hand, and
@@ -34,19 +54,10 @@ def test_a_job_whose_end_was_lost_leaves_running_and_runs_again(cluster_factory)
     os.kill(daemon, signal.SIGSTOP)
     try:
         wait_until(lambda: r.exists(f"gq:exit:{job}:1"), 30, 0.05, "the worker to report the job's end")
-        # what a failover to a replica that missed the last writes loses: the exit record and report
-        r.delete(f"gq:exit:{job}:1")
-        gone = [mid for mid, f in r.xrange("gq:reports") if json.loads(f["m"]).get("job") == job
-                and json.loads(f["m"]).get("op") == "exit"]
-        assert gone and r.xdel("gq:reports", *gone) == len(gone)
+        _lose(r, job, ("exit",))  # its exit record and report
     finally:
         os.kill(daemon, signal.SIGCONT)
-    t0 = time.monotonic()
-    assert _state(c, job) == "running"
-    wait_until(lambda: _state(c, job) != "running", MISSING_MIN_S + 20, 0.2, "the job to leave RUNNING")
-    took = time.monotonic() - t0
-    print(f"left RUNNING {took:.1f} s after its end was lost")
-    assert took < MISSING_MIN_S + 12  # the rebuild (the frozen daemon lost its lock), a round, the API poll
+    _leaves(c, job, "running", "its end was lost")
     jobs = c.wait_done([job, nxt], 60)
     assert {j["state"] for j in jobs.values()} == {"succeeded"}, jobs
     first = jobs[job]["attempts"][0]
@@ -73,28 +84,32 @@ def _frozen_fork_server(c) -> list[psutil.Process]:
     return frozen
 
 
-def _lose_start_and_end(c, r) -> str:
-    """A job on n1 that started and ended while the daemon was frozen, with its start and exit
-    records and reports deleted as a failover to a replica that missed the last writes would
-    lose them. The daemon is left frozen: the caller resumes it (SIGCONT)."""
+def _start_while_the_daemon_is_frozen(c, r, ticks: int) -> str:
+    """A job on n1 claimed, then the daemon frozen before the launch goes on (so that it reads no
+    start report), then the launch let go. The daemon is left frozen: the caller resumes it
+    (SIGCONT), also when it raises."""
     frozen = _frozen_fork_server(c)
     daemon = c.procs["daemon"].pid
     try:
-        job = c.submit("alice", ticks=1)
+        job = c.submit("alice", ticks=ticks)
         wait_until(lambda: r.exists(f"gq:claim:{job}:1"), 30, 0.05, "the worker to claim the attempt")
         os.kill(daemon, signal.SIGSTOP)  # before the launch goes on: the daemon reads no start report
         time.sleep(1)  # its blocking read of the reports (200 ms) ends empty: no report waits in its socket
     finally:
         for p in frozen:
             p.resume()
+    return job
+
+
+def _lose_start_and_end(c, r) -> str:
+    """A job on n1 that started and ended while the daemon was frozen, with its start and exit
+    records and reports lost. The daemon is left frozen: the caller resumes it (SIGCONT)."""
+    job = _start_while_the_daemon_is_frozen(c, r, ticks=1)
     try:
         wait_until(lambda: r.exists(f"gq:exit:{job}:1"), 30, 0.05, "the worker to report the job's end")
-        assert r.delete(f"gq:started:{job}:1", f"gq:exit:{job}:1") == 2
-        gone = [mid for mid, f in r.xrange("gq:reports") if json.loads(f["m"]).get("job") == job
-                and json.loads(f["m"]).get("op") in ("started", "exit")]
-        assert len(gone) == 2 and r.xdel("gq:reports", *gone) == 2
+        _lose(r, job, ("started", "exit"))
     except BaseException:
-        os.kill(daemon, signal.SIGCONT)
+        os.kill(c.procs["daemon"].pid, signal.SIGCONT)
         raise
     return job
 
@@ -109,12 +124,7 @@ def test_a_job_whose_start_and_end_were_lost_leaves_starting_and_runs_again(clus
     r = c.redis_client()
     job = _lose_start_and_end(c, r)
     os.kill(c.procs["daemon"].pid, signal.SIGCONT)
-    t0 = time.monotonic()
-    assert _state(c, job) == "starting"
-    wait_until(lambda: _state(c, job) != "starting", MISSING_MIN_S + 20, 0.2, "the job to leave STARTING")
-    took = time.monotonic() - t0
-    print(f"left STARTING {took:.1f} s after its start and end were lost")
-    assert took < MISSING_MIN_S + 12  # the rebuild (the frozen daemon lost its lock), a round, the API poll
+    _leaves(c, job, "starting", "its start and end were lost")
     final = c.wait_done([job], 60)[job]
     assert final["state"] == "succeeded" and len(final["attempts"]) == 2, final
     first = final["attempts"][0]
@@ -124,6 +134,37 @@ def test_a_job_whose_start_and_end_were_lost_leaves_starting_and_runs_again(clus
     warned = [e["data"]["message"] for e in c.client("alice").events(job) if e["type"] == "warning"]
     assert any("neither launches nor runs it" in w for w in warned), warned
     assert "neither launches nor runs it" in c.log("daemon")
+
+
+def test_a_running_job_whose_start_was_lost_shows_running(cluster_factory) -> None:
+    """A job starts while the daemon is frozen, and its start report is lost as a store failover
+    would lose it: the job showed STARTING for its whole run, though its worker's heartbeats
+    listed it as running. Now the daemon moves it to RUNNING from those beats, with the start it
+    can know (when it first saw it listed) and a note in the job's stream; the job runs on,
+    once."""
+    c = cluster_factory(nodes={"n1": 1})
+    r = c.redis_client()
+    job = _start_while_the_daemon_is_frozen(c, r, ticks=600)
+    try:
+        wait_until(lambda: r.exists(f"gq:started:{job}:1"), 30, 0.05, "the worker to report the job's start")
+        began = json.loads(r.get(f"gq:started:{job}:1"))["t"]  # when its runner started the job
+        _lose(r, job, ("started",))
+    finally:
+        os.kill(c.procs["daemon"].pid, signal.SIGCONT)
+    _leaves(c, job, "starting", "its start report was lost")
+    j = c.client("root").get(job)
+    assert j["state"] == "running" and len(j["attempts"]) == 1, j
+    a = j["attempts"][0]
+    assert a["outcome"] is None and a["node"] == "n1", a
+    assert began <= a["started_at"] <= time.time(), (a, began)  # the daemon saw it listed after it began
+    noted = [e["data"]["message"] for e in c.client("alice").events(job) if e["type"] == "info"]
+    assert any("runs this attempt" in n and "its start report never reached the queue's store" in n
+               for n in noted), noted
+    assert "its start report never reached" in c.log("daemon")
+    assert c.client("alice").cancel(job)["id"] == job  # no need to wait for its 60 s
+    final = c.wait_done([job], 30)[job]
+    assert final["state"] == "cancelled" and len(final["attempts"]) == 1, final
+    assert list(c.runs()[job]) == ["1"], c.runs()[job]  # it ran once: not started again
 
 
 def test_an_older_workers_beats_never_end_a_starting_attempt(cluster_factory) -> None:

@@ -9,6 +9,13 @@ report was lost, and for a STARTING one its start report too (Redis's one-second
 everysec`` window on a crash, a failover to a replica that missed the write). Without this check
 such a job stayed "running" (or "starting") for ever and held its owner's quota.
 
+The other way round: an attempt the daemon holds as STARTING that the worker's beats list as
+running (its runner started) for as long, while the store has no start record of it
+(``started:<job>:<n>``), lost its start report alone, and showed STARTING for its whole run. It
+is moved to RUNNING from the beats (:meth:`Reconcile._started_unreported`): started at the latest
+when the daemon first saw it listed (the report's own time is lost with it), a note in the job's
+stream saying so. A start record in the store (the report still in flight) is used as it is.
+
 When is an attempt lost: its node's worker (the same instance throughout) has written at least
 :data:`MISSING_BEATS` new heartbeats that do not list it, over at least :data:`MISSING_MIN_S`
 seconds, and neither its exit record (``exit:<job>:<n>``: an exit report in flight is then
@@ -66,6 +73,8 @@ class Unlisted:
     beats: int  # that node's beat count from which on unlisting beats count (see _reconcile)
     since: float  # monotonic
     tail: Optional[str]  # its tail offset then
+    running: bool = False  # the other way round: a STARTING attempt the beats list as running
+    seen_at: float = 0.0  # wall time it was first seen so
 
 
 class Reconcile:
@@ -87,9 +96,12 @@ class Reconcile:
         def _end_attempt(self, job: JobRecord, exit_record: dict[str, Any],
                          decisions: Optional[list["Decision"]] = None) -> None: ...
 
+        def _on_started(self, job: JobRecord, m: dict[str, Any]) -> None: ...
+
     def _reconcile(self, force: bool = False) -> None:
-        """End as lost each running attempt its live worker has not listed for long enough
-        (see the module's docstring)."""
+        """End as lost each running attempt its live worker has not listed for long enough, and
+        mark RUNNING each starting one it has listed as running for as long without a start
+        report (see the module's docstring)."""
         now = time.monotonic()
         if not force and now - self._last_reconcile < CHECK_EVERY_S:
             return
@@ -106,22 +118,26 @@ class Reconcile:
             if seen is None or seen.running is None:  # down (its jobs are requeued), or a worker without the list
                 continue
             key = f"{job.id}:{a.number}"
-            if key in seen.running:
-                continue
             starting = job.state == JobState.STARTING
-            if starting and (seen.launching is None or key in seen.launching):  # an older worker, or launching
+            listed = key in seen.running
+            if listed and not starting:
                 continue
+            if not listed and starting and (seen.launching is None or key in seen.launching):  # an older worker,
+                continue  # or launching
             u = self.unlisted.get(job_id)
-            if u is None or u.number != a.number or u.instance != seen.instance:
-                first = self._first_unlisted(job, seen, starting)
+            if u is None or u.number != a.number or u.instance != seen.instance or u.running != listed:
+                first = seen.beats - 1 if listed else self._first_unlisted(job, seen, starting)
                 if first is not None:
                     suspects.add(job_id)
-                    self.unlisted[job_id] = Unlisted(a.number, seen.instance, first, now,
-                                                     self.store.r.get(self.store.k("tail", job.id, a.number)))
+                    tail = None if listed else self.store.r.get(self.store.k("tail", job.id, a.number))
+                    self.unlisted[job_id] = Unlisted(a.number, seen.instance, first, now, tail, listed, time.time())
                 continue
             suspects.add(job_id)
             if seen.beats - u.beats >= MISSING_BEATS and now - u.since >= MISSING_MIN_S:
-                self._unlisted_for_long(job, u, seen, now)
+                if u.running:
+                    self._started_unreported(job, u, seen, now)
+                else:
+                    self._unlisted_for_long(job, u, seen, now)
         for job_id in set(self.unlisted) - suspects:
             del self.unlisted[job_id]
 
@@ -174,3 +190,27 @@ class Reconcile:
         log.warning("job %s: attempt %s on node %s: %s", job.id, a.number, a.node, error)
         self._exec([st.event_op(job.id, "warning", {"message": error})])
         self._end_attempt(job, {"exit_code": None, "lost": True, "error": error})
+
+    def _started_unreported(self, job: JobRecord, u: Unlisted, seen: "NodeSeen", now: float) -> None:
+        """A STARTING attempt its worker has listed as running for long enough: settled from its
+        exit record if the store has one, started from its start record if it has that (their
+        reports are in flight), else moved to RUNNING from the beats, saying so in its stream."""
+        a = job.current_attempt
+        assert a is not None
+        st = self.store
+        del self.unlisted[job.id]
+        exit_rec = st.get_json("exit", job.id, a.number)
+        if exit_rec is not None:
+            self._end_attempt(job, exit_rec)
+            return
+        started = st.get_json("started", job.id, a.number)
+        if started is not None:
+            self._on_started(job, started)
+            return
+        note = (f"the worker on node {a.node} runs this attempt (its last {seen.beats - u.beats} heartbeats, over "
+                f"{now - u.since:.0f} s, listed it as running), but its start was not recorded: its start report "
+                f"never reached the queue's store (e.g. lost in a store failover or a Redis restart that lost its "
+                f"last writes). It counts as running since its worker's heartbeats first listed it")
+        log.warning("job %s: attempt %s on node %s: %s", job.id, a.number, a.node, note)
+        self._on_started(job, {"t": u.seen_at, "pid": None})
+        self._exec([st.event_op(job.id, "info", {"message": note})])

@@ -12,13 +12,13 @@ from typing import Any, Optional
 import redis
 
 from . import redis_url
+from ..observability.repeats import Repeats
 from .redis_store import LostLeadership, RedisStore
-from .repeats import Repeats
 
 log = logging.getLogger("gpuqueue.daemon")
 
 REPEAT_FIRST_S = 10.0  # a refused password or an unreachable Redis: logged once, then counted after
-# this long, then at doubling intervals (cluster/repeats.py)
+# this long, then at doubling intervals (observability/repeats.py)
 
 
 def refused(url: str, source: str, error: object) -> str:

@@ -50,6 +50,7 @@ from ..attempt.jobdir import (OwnedDir, attempt_paths, job_dir, prepare_owned, w
                               write_json_atomic)
 from ..attempt.launch import build_launch, runner_env
 from ..queue.models import JobSpec
+from ..observability.repeats import Repeats
 from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, not_dumpable
 from .redis_store import Fenced, RedisStore
@@ -57,7 +58,6 @@ from .shared_root import SharedRoot, StorageError, load_options
 from .worker_args import NOT_ROOT_WARNING, build_parser, unreachable
 from .worker_lock import StateDirBusy, lock_state_dir
 from .worker_sweep import SWEEP_S, LocalSweeper, Sweeper, queue_id, tag_job_folder
-from .repeats import Repeats
 from .worker_tail import GIVE_UP_S, AttemptTailer, LocalAttempt
 
 log = logging.getLogger("gpuqueue.worker")

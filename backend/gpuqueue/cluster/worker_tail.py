@@ -24,10 +24,10 @@ import redis
 from ..attempt.identity import Identity
 from ..attempt.lost import runner_lost_record
 from ..attempt.jobdir import AttemptPaths, OwnedDir, attempt_paths, job_dir, read_events, write_json_atomic
+from ..observability.repeats import Repeats
 from ..queue.lifecycle import result_too_big
 from .forkserver import STRAY_WAIT_S, RunnerHandle
 from .redis_store import Fenced, Op, RedisStore
-from .repeats import Repeats
 from .shared_root import SharedRoot
 from .worker_uploads import AttemptUploads
 
@@ -61,13 +61,13 @@ class LocalAttempt:
     uploads: Optional[AttemptUploads] = None  # pushes to the shared root, on their own thread
     held_exit: Optional[dict[str, Any]] = None  # the end, held until the final push is done
     extra: dict[str, Any] = field(default_factory=dict)
-    # the tail rounds of this attempt that raised, in a row (NodeAgent._tail_failed)
-    failures: int = 0
-    failing_since: float = 0.0  # monotonic time of the first of them
+    # the tail rounds of this attempt that raised, in a row, each error logged once (_tail_failed)
+    failing: Repeats = field(init=False)
     retry_at: float = 0.0  # monotonic: not tailed again before
-    error: str = ""  # the error last logged
-    repeats: int = 0  # how often it came again since
     gave_up: bool = False  # reported failed by the worker: its records go nowhere now
+
+    def __post_init__(self) -> None:
+        self.failing = Repeats(log, before=f"attempt {self.job_id}/{self.number}: the error before came %d more times")
 
 
 class AttemptTailer:
@@ -110,13 +110,14 @@ class AttemptTailer:
                     self._tail(la)
                 except Exception as e:  # noqa: BLE001
                     if store_down(e):  # every attempt would meet it: wait, then all try again
-                        wait = min(STORE_RETRY_MAX_S, 0.5 * 2 ** min(down.count, 4))
                         down.seen(f"redis unavailable ({e}); jobs go on, their events are copied once it is back")
+                        wait = down.backoff(0.5, STORE_RETRY_MAX_S)
                         break
                     self._tail_failed(la, e)
                 else:
-                    if la.failures:
-                        self._tail_recovered(la)
+                    if la.failing.over(f"attempt {la.job_id}/{la.number}: its records are copied again",
+                                       after=", after {rounds} failed rounds in {seconds:.1f} s (last: {last})"):
+                        la.retry_at = 0.0
             else:
                 down.over("redis is available again: the jobs' records are copied to it again")
 
@@ -127,38 +128,25 @@ class AttemptTailer:
         ``give_up_s`` of failures the attempt is stopped and reported failed, naming the error
         (:meth:`_give_up`): one that never gets through must not hold its GPUs for ever."""
         now = time.monotonic()
-        if not la.failures:
-            la.failing_since = now
-        la.failures += 1
-        text = _say(e)
-        if text != la.error:
-            if la.repeats:
-                log.warning("attempt %s/%s: the error before came %d more times", la.job_id, la.number, la.repeats)
-            log.error("attempt %s/%s: copying its records to the store failed: %s; tried again with a growing delay "
-                      "(up to %g s), and stopped and reported failed if it still fails after %g s",
-                      la.job_id, la.number, text, TAIL_RETRY_MAX_S, self.give_up_s, exc_info=e)
-            la.error, la.repeats = text, 0
-        else:
-            la.repeats += 1
-        la.retry_at = now + min(TAIL_RETRY_FIRST_S * 2 ** (la.failures - 1), TAIL_RETRY_MAX_S)
+        text, f = _say(e), la.failing
+        f.seen(text, logging.ERROR, exc_info=e, line=(
+            f"attempt {la.job_id}/{la.number}: copying its records to the store failed: {text}; tried again with a "
+            f"growing delay (up to {TAIL_RETRY_MAX_S:g} s), and stopped and reported failed if it still fails after "
+            f"{self.give_up_s:g} s"))
+        la.retry_at = now + f.backoff(TAIL_RETRY_FIRST_S, TAIL_RETRY_MAX_S)
         if la.gave_up:
             if la.proc.poll() is not None:
                 self._forget(la)
-        elif now - la.failing_since >= self.give_up_s:
-            self._give_up(la, now - la.failing_since)
-
-    def _tail_recovered(self, la: LocalAttempt) -> None:
-        log.info("attempt %s/%s: its records are copied again, after %d failed rounds in %.1f s (last: %s)",
-                 la.job_id, la.number, la.failures, time.monotonic() - la.failing_since, la.error)
-        la.failures, la.repeats, la.error, la.retry_at = 0, 0, "", 0.0
+        elif now - f.since >= self.give_up_s:
+            self._give_up(la, now - f.since)
 
     def _give_up(self, la: LocalAttempt, failing_s: float) -> None:
         """Report ``la`` failed, naming the error, and stop it; from then on nothing of it reaches
         the store (as for a fenced attempt). A report that does not get through is tried again
         at the attempt's next retry."""
         error = (f"the worker on node {self.node} could not copy this attempt's records (output, events, end) to the "
-                 f"queue's store for {failing_s:.0f} s ({la.error}); it stopped the attempt and reports it failed. "
-                 f"Its output since then is not kept; the admin finds the cause in that worker's log")
+                 f"queue's store for {failing_s:.0f} s ({la.failing.text}); it stopped the attempt and reports it "
+                 f"failed. Its output since then is not kept; the admin finds the cause in that worker's log")
         rec = {"exit_code": 1, "stop_reason": None, "error": error, "worker_gave_up": True}
         msg = {"op": "exit", "job": la.job_id, "attempt": la.number, "node": self.node, "rec": rec}
         try:
@@ -169,11 +157,12 @@ class AttemptTailer:
         except Exception as e:  # noqa: BLE001
             log.warning("attempt %s/%s: cannot report it failed yet (%s); trying again", la.job_id, la.number, _say(e))
             return
+        f = la.failing
         log.error("attempt %s/%s: stopped and reported failed after %d failed rounds in %.0f s (%s%s)",
-                  la.job_id, la.number, la.failures, failing_s, la.error,
-                  f"; it came {la.repeats} more times" if la.repeats else "")
+                  la.job_id, la.number, f.rounds, failing_s, f.text,
+                  f"; it came {f.again} more times" if f.again else "")
         la.gave_up = la.fenced = True
-        la.repeats = 0
+        f.told()
         self._signal_stop(la, "failed", 5.0)
 
     def _tail(self, la: LocalAttempt) -> None:

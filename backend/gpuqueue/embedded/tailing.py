@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from ..attempt.jobdir import attempt_dir, read_events
+from ..observability.repeats import Repeats
 from ..queue.models import Attempt, JobRecord
 from ..queue.states import ACTIVE_STATES, JobState
 from .store import SqliteStore
@@ -72,14 +73,18 @@ class Tailing:
         raises is tried again after a delay that doubles at each failure in a row
         (TAIL_RETRY_FIRST_S to TAIL_RETRY_MAX_S, as a cluster worker's), each distinct error
         logged once: a store that kept failing logged a traceback every round."""
-        failing = _Failing()
+        failing = Repeats(log, before="reading job events: the error before came %d more times")
         while True:
             try:
                 self._tail_all()
             except Exception as e:  # noqa: BLE001
-                await asyncio.sleep(failing.seen(e))
+                text = f"{type(e).__name__}: {e}"
+                failing.seen(text, logging.ERROR, exc_info=e, line=f"reading job events failed: {text}; tried again "
+                             f"with a growing delay (up to {TAIL_RETRY_MAX_S:g} s)")
+                await asyncio.sleep(failing.backoff(TAIL_RETRY_FIRST_S, TAIL_RETRY_MAX_S))
                 continue
-            failing.over()
+            failing.over("job events are read again", after=", after {rounds} failed rounds in {seconds:.1f} s "
+                         "(last: {last})")
             if self._sizes or self._procs:
                 await asyncio.sleep(TAIL_INTERVAL_S)
                 continue
@@ -150,34 +155,3 @@ class Tailing:
             self._notify("event", {"job": job, "type": type_, "data": payload})
         if exit_record is not None:
             self._end_attempt(self._get(job.id), exit_record)
-
-
-class _Failing:
-    """Rounds of the tail loop that raised, in a row: how long to wait before the next one, and
-    each distinct error logged once (then how often it came, and when it is over)."""
-
-    def __init__(self) -> None:
-        self.count, self.repeats, self.error, self.since = 0, 0, "", 0.0
-
-    def seen(self, e: Exception) -> float:
-        """Note a failed round; the seconds to wait before the next."""
-        if not self.count:
-            self.since = time.monotonic()
-        self.count += 1
-        text = f"{type(e).__name__}: {e}"
-        if text != self.error:
-            if self.repeats:
-                log.warning("reading job events: the error before came %d more times", self.repeats)
-            log.error("reading job events failed: %s; tried again with a growing delay (up to %g s)", text,
-                      TAIL_RETRY_MAX_S, exc_info=e)
-            self.error, self.repeats = text, 0
-        else:
-            self.repeats += 1
-        return min(TAIL_RETRY_FIRST_S * 2 ** min(self.count - 1, 16), TAIL_RETRY_MAX_S)
-
-    def over(self) -> None:
-        """A round went through: say so once after failures."""
-        if self.count:
-            log.info("job events are read again, after %d failed rounds in %.1f s (last: %s)", self.count,
-                     time.monotonic() - self.since, self.error)
-            self.count, self.repeats, self.error = 0, 0, ""
