@@ -141,13 +141,11 @@ class _EventPrinter:
             return
         self._erase()
         if ev["type"] == "state":
-            if "state" not in d:  # a stop request (cancel, preemption, time limit): no new state
-                said = state_event_line(d)
-                if said:
-                    print(printable(said), file=sys.stderr, flush=True)
-                return
-            extra = {k: v for k, v in d.items() if k not in ("state", "traceback")}
-            print(printable(f"[gpuqueue] {d['state']}" + (f" {extra}" if extra else "")), file=sys.stderr, flush=True)
+            said = state_event_line(d)  # the cell's words (a stop request has no new state)
+            if said and d.get("error"):
+                said += f": {d['error']}"
+            if said:
+                print(printable(said), file=sys.stderr, flush=True)
             if d.get("traceback"):
                 print(terminal_output(d["traceback"]), file=sys.stderr, flush=True)
         elif ev["type"] in ("warning", "info") and d.get("message"):
