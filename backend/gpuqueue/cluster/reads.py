@@ -28,6 +28,10 @@ READ_THREADS = 16
 MAX_FOLLOWS_PER_USER = 32
 """Default of ``gpuqueue api --max-follows-per-user``: live event streams one process serves one user."""
 RETRY_AFTER_S = 1.0
+REFUSAL_PAUSE_S = 0.25
+"""A refused read is answered after this pause: a client that ignores Retry-After and asks again
+at once (a script's loop) gets a few refusals a second per connection, not hundreds, each of
+which the event loop every user shares would have to serve."""
 
 
 class _Slots:
@@ -61,6 +65,7 @@ class ReadGate:
         ``Retry-After``) at once when the user has ``per_user`` reads in flight already."""
         slots = self._users.get(user)
         if slots is not None and slots.sem.locked():
+            await asyncio.sleep(REFUSAL_PAUSE_S)
             raise RateLimited(
                 f"you have {self.per_user} reads of the queue in flight at once on this API server, the most "
                 f"it serves one user: wait for an answer before you ask again (a script that reads in "
