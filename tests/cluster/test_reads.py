@@ -133,7 +133,7 @@ def test_a_user_with_20_concurrent_page_readers_does_not_slow_another_users_requ
 def test_reads_past_a_users_bound_are_answered_429_with_retry_after_and_the_fix(
         tmp_path: Path, redis_factory: Any) -> None:
     """alice's 12 concurrent readers of a page of events, against the default bound of 4 reads a
-    user in flight: the excess is answered at once with 429, Retry-After and a message that says
+    user in flight: the excess is answered (after a 0.25 s pause) with 429, Retry-After and a message that says
     what to do and names the admin's knob; the reads within it are served (before: every one was
     taken, none refused, however many)."""
     c = Cluster(tmp_path / "cluster", redis_factory(appendonly=False), {"n1": 1})
@@ -145,6 +145,7 @@ def test_reads_past_a_users_bound_are_answered_429_with_retry_after_and_the_fix(
         assert alice.statuses[200] > 0 and alice.statuses[429] > 0 and set(alice.statuses) <= {200, 429}, alice.statuses
         refused = alice.refusals[0]
         assert refused.headers["Retry-After"] == "1", refused.headers
+        assert refused.elapsed.total_seconds() >= 0.25  # after a pause: a client asking again at once is slowed
         msg = refused.json()["message"]
         assert msg.startswith("you have 4 reads of the queue in flight at once on this API server, the most it "
                               "serves one user: wait for an answer before you ask again"), msg
