@@ -13,6 +13,11 @@ The same script measures the code before a change: put that checkout first on PY
 
     PYTHONPATH=/work/main/backend python benchmarks/api_fairness.py     # before
     PYTHONPATH=backend python benchmarks/api_fairness.py                # after
+
+On the 2-core development VM, busy with other work (load 3 to 9), 20 hostile readers of a page of
+12,000 events: before (blocking reads and the page's JSON on the event loop), the victim's p50
+55 s, p99 93 s (``--requests 10``); after (``gpuqueue.cluster.reads``), p50 0.11 s, p99 0.54 s
+(``--requests 60``), against 10 ms alone (docs/deploy.md, "Reads per user").
 """
 
 from __future__ import annotations
