@@ -39,9 +39,11 @@ from ..queue.config import read_toml
 from ..queue.errors import BadRequest, NotFound, Unauthenticated, Unavailable
 from ..queue.verbs import Caller
 from .frontend import ClusterFrontend
+from .reads import MAX_FOLLOWS_PER_USER, MAX_READS_PER_USER, READ_THREADS, ReadGate
 from .redis_store import RedisStore
 
 log = logging.getLogger("gpuqueue.api")
+SWITCH_INTERVAL_S = 0.001  # sys.setswitchinterval of the API processes (cli_main)
 RECENT_S = 1.0  # a users file changed this recently is read again at the next check (UsersFile._stat)
 
 
@@ -328,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "$PROMETHEUS_MULTIPROC_DIR, else gpuqueue-api-UID-PORT-metrics in the temporary folder, "
                         "removed when the API stops on SIGTERM or SIGINT)")
     p.add_argument("--max-payload-mb", type=cliargs.number(float, 0, low_open=True), default=64.0, help="largest cell payload, MB (default 64)")
+    p.add_argument("--max-reads-per-user", type=cliargs.COUNT, default=MAX_READS_PER_USER,
+                   help="reads (job lists, jobs, pages of events, results, the queue summary) one user may have in "
+                        "flight at once in one API process; past it a read is answered 429 with Retry-After "
+                        f"(default {MAX_READS_PER_USER})")
+    p.add_argument("--read-threads", type=cliargs.COUNT, default=READ_THREADS,
+                   help=f"threads of one API process that read the store, for all users (default {READ_THREADS})")
+    p.add_argument("--max-follows-per-user", type=cliargs.COUNT, default=MAX_FOLLOWS_PER_USER,
+                   help="live event streams (`gpuqueue logs -f`, notebook cells) one API process serves one user "
+                        f"at once; past it a follow is answered 429 (default {MAX_FOLLOWS_PER_USER})")
     p.add_argument("--prefix", default="gq")
     p.add_argument("--log-level", default="INFO",
                    help="log level (default INFO: the address it serves, Redis trouble, 5xx answers; requests "
@@ -399,6 +410,9 @@ def cli_main(argv: list[str]) -> int:
         from .forkserver import die_with_parent
 
         die_with_parent()  # a child must not outlive the parent systemd (or a test) stops
+    # the read threads (cluster/reads.py) parse and write out pages of events, holding the GIL: the
+    # event loop that serves every user takes it back after 1 ms of theirs, not Python's 5 ms
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     store = RedisStore(url, args.prefix)
     try:
         store.r.ping()
@@ -408,7 +422,8 @@ def cli_main(argv: list[str]) -> int:
                   "deploy/redis/users.acl)", redis_url.mask(url), redis_url.mask(str(e)))
     app = make_app(store, users, hub_auth=hub_auth, prefix=prefix, admin_scope=args.admin_scope,
                    cookie_secret=cookie_secret, metrics_dir=metrics_dir,
-                   max_payload_bytes=int(args.max_payload_mb * 1e6))
+                   max_payload_bytes=int(args.max_payload_mb * 1e6),
+                   reads=ReadGate(args.max_reads_per_user, args.read_threads, args.max_follows_per_user))
 
     async def serve() -> None:
         # room for the largest payload as base64 in JSON, plus the spec

@@ -27,6 +27,7 @@ from ..queue.verbs import Caller
 from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.lifecycle import decode_payload, job_request, results_for_owner_only, same_cell_job, with_defaults
 from . import redis_url
+from .reads import ReadGate
 from .redis_store import RedisStore, _event
 
 log = logging.getLogger("gpuqueue.api")
@@ -53,11 +54,17 @@ def read_published_config(raw: Optional[str]) -> Optional[QueueConfig]:
 
 
 class ClusterFrontend:
-    """Queue verbs for one API process. Sync verbs use a blocking client (sub-millisecond on a
-    LAN); ``follow`` blocks on the event stream with an asyncio client."""
+    """Queue verbs for one API process. The reads (list, show, events, results, the summary, a
+    follow's replay) run the blocking client in the threads of ``reads``
+    (``gpuqueue.cluster.reads``: a page of events is 0.15 s of work, which must not hold the
+    event loop every user shares); ``follow`` blocks on the event stream with an asyncio client.
+    Submits, cancels and preempts write from the loop (sub-millisecond on a LAN; a large payload
+    from a thread)."""
 
-    def __init__(self, store: RedisStore, max_payload_bytes: int = 64 * 1024 * 1024, wait_s: float = 3.0):
+    def __init__(self, store: RedisStore, max_payload_bytes: int = 64 * 1024 * 1024, wait_s: float = 3.0,
+                 reads: Optional[ReadGate] = None):
         self.store = store
+        self.reads = reads or ReadGate()
         self.max_payload_bytes = max_payload_bytes
         self.wait_s = wait_s
         self._config: Optional[QueueConfig] = None
@@ -145,13 +152,20 @@ class ClusterFrontend:
             return spec  # (``pool`` None: the config's default pool, whatever its name)
         return with_defaults(spec, cfg)
 
-    def list_jobs(self, caller: Caller, all_users: bool = False, limit: int = 500) -> list[JobRecord]:
+    async def list_jobs(self, caller: Caller, all_users: bool = False, limit: int = 500) -> list[JobRecord]:
         """The caller's jobs (an admin's ``all_users`` lists everyone's), newest first."""
+        return await self.reads.run(self._list_jobs, caller, all_users, limit)
+
+    def _list_jobs(self, caller: Caller, all_users: bool, limit: int) -> list[JobRecord]:
         owner = None if (all_users and caller.admin) else caller.name
         return self._with_pending_many(self.store.list_jobs(owner, limit))
 
-    def get_job(self, caller: Caller, job_id: str) -> JobRecord:
+    async def get_job(self, caller: Caller, job_id: str) -> JobRecord:
         """One job the caller may see; NotFound otherwise (never says it exists)."""
+        return await self.reads.run(self._get_job, caller, job_id)
+
+    def _get_job(self, caller: Caller, job_id: str) -> JobRecord:
+        """:meth:`get_job`, blocking."""
         job = self.store.get_job(job_id)
         if job is None or (job.owner != caller.name and not caller.admin):
             raise NotFound(f"no job {job_id!r} (see `gpuqueue ls` for yours)")
@@ -159,7 +173,7 @@ class ClusterFrontend:
 
     async def cancel(self, caller: Caller, job_id: str) -> JobRecord:
         """Ask the daemon to cancel; returns the record once it has acted (or after a moment)."""
-        job = self.get_job(caller, job_id)
+        job = self._get_job(caller, job_id)
         if job.state.is_terminal:
             return job
         self.store.tell_daemon({"op": "cancel", "job": job_id, "by": caller.name})
@@ -169,7 +183,7 @@ class ClusterFrontend:
         """Admin: preempt a running job now (it checkpoints, stops and is queued again)."""
         if not caller.admin:
             raise Forbidden("only admins may preempt jobs")
-        job = self.get_job(caller, job_id)
+        job = self._get_job(caller, job_id)
         if job.state not in (JobState.STARTING, JobState.RUNNING):
             raise Conflict(f"job {job_id} is {job.state.value}, not running: nothing to preempt")
         self.store.tell_daemon({"op": "preempt", "job": job_id, "by": caller.name})
@@ -179,35 +193,54 @@ class ClusterFrontend:
         """The job once the daemon has acted on our message (or as it is after ``wait_s``)."""
         deadline = time.monotonic() + self.wait_s
         while True:
-            job = self.get_job(caller, job_id)
+            job = self._get_job(caller, job_id)
             if done(job) or time.monotonic() > deadline:
                 return job
             await asyncio.sleep(0.02)
 
-    def events(self, caller: Caller, job_id: str, after: int = 0, limit: int = 10_000) -> list[Event]:
+    async def events(self, caller: Caller, job_id: str, after: int = 0, limit: int = 10_000) -> list[Event]:
         """The job's events with seq > ``after`` (for a job whose logs were dropped, without its
         output records, and read from the start, the notice that says so)."""
-        job = self.get_job(caller, job_id)
+        return await self.reads.run(self._events, caller, job_id, after, limit)
+
+    def _events(self, caller: Caller, job_id: str, after: int, limit: int) -> list[Event]:
+        job = self._get_job(caller, job_id)
         return bounds.visible_events(job, self.store.read_events(job_id, after, limit), after == 0)
+
+    async def events_page(self, caller: Caller, job_id: str, after: int) -> tuple[list[Event], Optional[int]]:
+        """A page of the job's events after ``after`` (``bounds.EVENTS_PAGE`` at most; a job whose
+        logs were dropped: ``bounds.dropped_page``, which reads at most that many stored
+        records) and where the next page starts when this one stopped short of the end (None
+        when it did not): the REST answer's ``events`` and ``next``."""
+        return await self.reads.run(self._events_page, caller, job_id, after)
+
+    def _events_page(self, caller: Caller, job_id: str, after: int) -> tuple[list[Event], Optional[int]]:
+        job = self._get_job(caller, job_id)
+        if job.logs_dropped:  # its output rows may still be stored: walk past them, a bounded read
+            page = bounds.dropped_page(lambda a, n: self.store.read_events(job_id, a, n), job, after)
+            return page.events, page.next_after
+        return self.store.read_events(job_id, after, bounds.EVENTS_PAGE), None
 
     async def follow(self, caller: Caller, job_id: str, after: int = 0, keepalive_s: float = 15.0) -> AsyncIterator[Optional[Event]]:
         """Replay events after ``after``, then yield new ones live until the job ends.
         Yields None as a keep-alive when nothing happened for ``keepalive_s``."""
-        job0 = self.get_job(caller, job_id)
+        async with self.reads.slot(caller.name):
+            job0 = await self.reads.run(self._get_job, caller, job_id)
         if self._aio is None:
             self._aio = redis_url.async_client(self.store.url, decode_responses=True)
         key = self.store.k("ev", job_id)
         from_start = after == 0
         while True:
-            batch = self.store.read_events(job_id, after, 2000)
+            async with self.reads.slot(caller.name):  # a batch at a time, as one of the user's reads
+                batch = await self.reads.run(self.store.read_events, job_id, after, 2000)
             for ev in bounds.visible_events(job0, batch, from_start):
                 yield ev
             from_start = False
             if batch:
                 after = batch[-1].seq
-                await asyncio.sleep(0)  # a batch at a time: a long stream (a dropped job's) holds the loop no longer
                 continue
-            job = self.store.get_job(job_id)
+            async with self.reads.slot(caller.name):
+                job = await self.reads.run(self.store.get_job, job_id)
             if job is None or job.state.is_terminal:
                 return
             try:
@@ -223,9 +256,12 @@ class ClusterFrontend:
                 after = ev.seq
                 yield ev
 
-    def result(self, caller: Caller, job_id: str) -> bytes:
+    async def result(self, caller: Caller, job_id: str) -> bytes:
         """The pickled names a succeeded cell job assigned."""
-        job = self.get_job(caller, job_id)
+        return await self.reads.run(self._result, caller, job_id)
+
+    def _result(self, caller: Caller, job_id: str) -> bytes:
+        job = self._get_job(caller, job_id)
         results_for_owner_only(caller.name, job)
         if job.state != JobState.SUCCEEDED:
             raise Conflict(f"job {job_id} is {job.state.value}: results come once it has succeeded")
@@ -236,8 +272,11 @@ class ClusterFrontend:
             raise NotFound(f"job {job_id} has no stored results (a command job returns none)")
         return blob
 
-    def summary(self, caller: Caller) -> dict[str, Any]:
+    async def summary(self, caller: Caller) -> dict[str, Any]:
         """Pools with GPUs used/free and queue lengths, and the caller's own job counts."""
+        return await self.reads.run(self._summary, caller)
+
+    def _summary(self, caller: Caller) -> dict[str, Any]:
         snap = self.store.get_json("snapshot") or {}
         mine: dict[str, int] = {}
         for j in self._live(caller.name):

@@ -11,17 +11,20 @@ Each handler is a few lines that delegate to a *service*: a
 Errors are JSON ``{"message": ...}`` with a 4xx status for user mistakes; a 500 means a bug.
 Answers are standard JSON (a non-finite number is sent as ``null``). The submit body is read,
 parsed and decoded off the event loop (``gpuqueue.rest.jsonbody``), so a large payload never holds
-up other requests. No log line holds a token: request URIs are logged with query tokens masked.
+up other requests. Where the service bounds its reads (the cluster's API:
+``gpuqueue.cluster.reads``), each read request holds one of the caller's slots while it is
+served, and a page of events is written out as JSON off the event loop. No log line holds a token: request URIs are logged with query tokens masked.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
 from collections import Counter
-from typing import Any, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, Optional, Sequence
 
 from tornado import web
 from tornado.iostream import StreamClosedError
@@ -38,7 +41,8 @@ _JOB_ID = re.compile(r"j-[0-9a-f]{1,64}")
 MAX_AFTER = 2**63 - 1  # event seqs are 64-bit (SQLite INTEGER, Redis stream ids)
 MAX_STREAMS_PER_USER = 32
 """Live event streams one process serves one user at once: each holds a connection (to Redis,
-in a cluster, from a pool every user shares) and wakes on every event of its job."""
+in a cluster, from a pool every user shares) and wakes on every event of its job. The cluster's
+API sets its own (``gpuqueue api --max-follows-per-user``: ``ReadGate.follows_per_user``)."""
 _streams: Counter[str] = Counter()  # user -> live streams this process serves now
 _SECRET_PARAM = re.compile(r"(?i)([^&=]*(?:token|auth|key|secret|password|xsrf)[^&=]*=)[^&]*")
 
@@ -97,6 +101,22 @@ class RestHandler(web.RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(standard_json(data))
+
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[None]:
+        """Serve a read as one of the caller's bounded reads where the service bounds them
+        (``service.reads``, a ``gpuqueue.cluster.reads.ReadGate``: 429 past the bound); else as is."""
+        gate = getattr(self.service, "reads", None)
+        if gate is None:
+            yield
+            return
+        async with gate.admit(self.caller.name):
+            yield
+
+    async def off_loop(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` in a thread: the service's read threads where it has them, else asyncio's."""
+        gate = getattr(self.service, "reads", None)
+        return await (gate.run(fn) if gate is not None else asyncio.to_thread(fn))
 
     def send_bytes(self, blob: bytes) -> None:
         """Answer with opaque bytes (``application/octet-stream``)."""
@@ -164,8 +184,9 @@ class JobsHandler(RestHandler):
     async def get(self) -> None:
         self._body_read = True
         everyone = self.get_argument("all", "0") in ("1", "true")
-        jobs = await maybe_await(self.service.list_jobs(self.caller, all_users=everyone))
-        self.send({"jobs": [j.summary() for j in jobs]})
+        async with self.reading():
+            jobs = await maybe_await(self.service.list_jobs(self.caller, all_users=everyone))
+            self.send({"jobs": [j.summary() for j in jobs]})
 
     async def post(self) -> None:
         self._body_read = True
@@ -184,8 +205,9 @@ class JobHandler(RestHandler):
     """``GET`` one job in full (attempts, pending reason, error)."""
 
     async def get(self, job_id: str) -> None:
-        job = await maybe_await(self.service.get_job(self.caller, self.job_id(job_id)))
-        self.send(job.model_dump(mode="json"))
+        async with self.reading():
+            job = await maybe_await(self.service.get_job(self.caller, self.job_id(job_id)))
+            self.send(job.model_dump(mode="json"))
 
 
 class CancelHandler(RestHandler):
@@ -208,7 +230,8 @@ class ResultHandler(RestHandler):
     """``GET`` the pickled results of a succeeded cell job (opaque bytes for the kernel)."""
 
     async def get(self, job_id: str) -> None:
-        self.send_bytes(await maybe_await(self.service.result(self.caller, self.job_id(job_id))))
+        async with self.reading():
+            self.send_bytes(await maybe_await(self.service.result(self.caller, self.job_id(job_id))))
 
 
 class EventsHandler(RestHandler):
@@ -221,27 +244,17 @@ class EventsHandler(RestHandler):
             self.request.headers.get("Accept", "")
         )
         if not follow:
-            jid = self.job_id(job_id)
-            job = await maybe_await(self.service.get_job(self.caller, jid))
-            events: Sequence[Any]
-            more: dict[str, Any] = {}
-            store = getattr(self.service, "store", None)
-            if job.logs_dropped and store is not None:  # its output rows may still be stored: walk past them
-                page = bounds.dropped_page(lambda a, n: store.read_events(jid, a, n), job, after)
-                events = page.events
-                if page.next_after is not None:  # the page stopped before the end: the client goes on
-                    more = {"next": page.next_after}
-            elif job.logs_dropped:  # a relay to a cluster's API, which bounds its own pages
-                events = await bounds.dropped_page_of(self.service.follow(self.caller, jid, after))
-            else:
-                events = await maybe_await(self.service.events(self.caller, jid, after))
-            self.send({"events": [e.model_dump(mode="json") for e in events], **more})
+            async with self.reading():
+                await self._page(self.job_id(job_id), after)
             return
         caller = self.caller
         await maybe_await(self.service.get_job(caller, self.job_id(job_id)))  # 404 before the stream starts
-        if _streams[caller.name] >= MAX_STREAMS_PER_USER:
+        gate = getattr(self.service, "reads", None)
+        most = gate.follows_per_user if gate is not None else MAX_STREAMS_PER_USER
+        if _streams[caller.name] >= most:
+            knob = " (the admin sets it: `gpuqueue api --max-follows-per-user`)" if gate is not None else ""
             raise RateLimited(f"you follow {_streams[caller.name]} jobs live through this server already, the "
-                              f"most it serves one user: close some (notebook tabs, `gpuqueue logs -f`), or "
+                              f"most it serves one user{knob}: close some (notebook tabs, `gpuqueue logs -f`), or "
                               f"read events without following (?after=N)", retry_after=10)
         _streams[caller.name] += 1
         try:
@@ -250,6 +263,29 @@ class EventsHandler(RestHandler):
             _streams[caller.name] -= 1
             if not _streams[caller.name]:
                 del _streams[caller.name]
+
+    async def _page(self, jid: str, after: int) -> None:
+        """Answer a page of the job's events (and ``next`` where it stopped short of the end),
+        written out as JSON off the event loop (10,000 events are tens of milliseconds)."""
+        events: Sequence[Any]
+        next_after: Optional[int] = None
+        paged = getattr(self.service, "events_page", None)
+        store = getattr(self.service, "store", None)
+        if paged is not None:  # the cluster's API: read in its read threads
+            events, next_after = await paged(self.caller, jid, after)
+        else:
+            job = await maybe_await(self.service.get_job(self.caller, jid))
+            if job.logs_dropped and store is not None:  # its output rows may still be stored: walk past them
+                page = bounds.dropped_page(lambda a, n: store.read_events(jid, a, n), job, after)
+                events, next_after = page.events, page.next_after
+            elif job.logs_dropped:  # a relay to a cluster's API, which bounds its own pages
+                events = await bounds.dropped_page_of(self.service.follow(self.caller, jid, after))
+            else:
+                events = await maybe_await(self.service.events(self.caller, jid, after))
+        more = {} if next_after is None else {"next": next_after}  # stopped before the end: the client goes on
+        body = await self.off_loop(lambda: standard_json({"events": [e.model_dump(mode="json") for e in events], **more}))
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
 
     async def _stream(self, caller: Caller, job_id: str, after: int) -> None:
         """Send the job's events as SSE until it ends or the client goes."""
@@ -289,8 +325,9 @@ class QueueHandler(RestHandler):
     job states (``state_groups``: waiting, active, live, terminal) the sidebar sorts jobs by."""
 
     async def get(self) -> None:
-        summary = await maybe_await(self.service.summary(self.caller))
-        self.send({**summary, "state_groups": STATE_GROUPS})
+        async with self.reading():
+            summary = await maybe_await(self.service.summary(self.caller))
+            self.send({**summary, "state_groups": STATE_GROUPS})
 
 
 def routes(prefix: str = "/gpuqueue/api") -> list[tuple[str, type]]:
