@@ -24,6 +24,23 @@ from gpuqueue.queue.models import Buffer, Event, JobRecord, SubmitRequest
 from gpuqueue.queue.verbs import Caller
 
 
+READ_RETRY_S = 10.0
+"""How long a read the API service answered 429 (this user's reads in flight at its bound) is
+tried again, at its ``Retry-After``, before the 429 reaches the user."""
+
+
+def _read_retry_pause(method: str, e: HTTPClientError, waited: float) -> Optional[float]:
+    """The pause before trying a refused read again, or None to give up: only a GET answered 429,
+    while less than ``READ_RETRY_S`` was spent waiting; at most 2 s, as ``Retry-After`` asks."""
+    if method != "GET" or e.code != 429 or waited >= READ_RETRY_S:
+        return None
+    try:
+        asked = float(e.response.headers.get("Retry-After", "1")) if e.response is not None else 1.0
+    except ValueError:
+        asked = 1.0
+    return min(max(asked, 0.1), 2.0, READ_RETRY_S - waited)
+
+
 class RemoteService:
     """The queue verbs of ``QueueService``, forwarded to ``gpuqueue api`` at ``url``."""
 
@@ -62,13 +79,22 @@ class RemoteService:
                            request_timeout=self.timeout, headers=headers)
 
     async def _call(self, method: str, path: str, body: Optional[Buffer] = None, **params: Any) -> Any:
-        try:
-            r = await AsyncHTTPClient().fetch(self._request(method, path, body, **params))
-        except HTTPClientError as e:
-            raise self._error(e) from None
-        except OSError as e:
-            raise Unavailable(f"cannot reach the gpuqueue API service at {self.url} ({e}): "
-                              f"is it running? (c.GPUQueueApp.api_url)") from None
+        waited = 0.0
+        while True:
+            try:
+                r = await AsyncHTTPClient().fetch(self._request(method, path, body, **params))
+                break
+            except HTTPClientError as e:
+                pause = _read_retry_pause(method, e, waited)
+                if pause is None:
+                    raise self._error(e) from None
+                # the API bounds each user's reads in flight (docs/deploy.md, "Reads per user"):
+                # the sidebar and a few cells may ask at once; this user's server waits its turn
+                await asyncio.sleep(pause)
+                waited += pause
+            except OSError as e:
+                raise Unavailable(f"cannot reach the gpuqueue API service at {self.url} ({e}): "
+                                  f"is it running? (c.GPUQueueApp.api_url)") from None
         if r.headers.get("Content-Type", "").startswith("application/json"):
             return json.loads(r.body)
         return r.body

@@ -185,3 +185,32 @@ def test_the_admin_sets_the_bounds_and_live_follows_are_bounded_per_user(tmp_pat
         assert "Traceback" not in c.log("api"), c.log("api")[-3000:]
     finally:
         c.close()
+
+
+def test_a_users_server_waits_its_turn_instead_of_showing_the_read_bound(
+        tmp_path: Path, redis_factory: Any, jupyter_server_factory: Any) -> None:
+    """A user's Jupyter server (the sidebar, several cells) may send the API more reads at once
+    than its per-user bound: the server tries a refused read again at its Retry-After, so the
+    user sees answers, not 429s (the bound still holds at the API)."""
+    c = Cluster(tmp_path / "cluster", redis_factory(appendonly=False), {"n1": 1})
+    try:
+        _api(c, "--max-reads-per-user", "1")
+        hers = _job(c, "alice", 3000)
+        server = jupyter_server_factory(gpus=0, args=[f"--GPUQueueApp.api_url={c.url}"],
+                                        env={"GPUQUEUE_API_TOKEN": TOKENS["alice"]})
+        paths = [f"gpuqueue/api/jobs/{hers}/events?after=0", "gpuqueue/api/jobs", "gpuqueue/api/queue",
+                 f"gpuqueue/api/jobs/{hers}"] * 2
+        answers: list[Any] = [None] * len(paths)
+
+        def read(i: int) -> None:
+            answers[i] = server.api("GET", paths[i])
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(len(paths))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert [a.status_code for a in answers] == [200] * len(paths), [(a.status_code, a.text[:200]) for a in answers]
+        assert "Traceback" not in c.log("api"), c.log("api")[-3000:]
+    finally:
+        c.close()
