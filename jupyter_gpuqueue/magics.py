@@ -27,7 +27,7 @@ from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unp
 from gpuqueue.queue.states import STATE_GROUPS
 
 from .cellcheck import largest_inputs, syntax_error_message, undefined_names_warning
-from .display import JobView, TextView, best_checkpoints, use_widgets
+from .display import JobView, TextView, kept_checkpoints, rotated_note, use_widgets
 from .prefetch import modules_coming_back, prefetch
 
 if TYPE_CHECKING:
@@ -439,11 +439,13 @@ class GPUQueueMagics(Magics):
         cps = [ev["data"] for ev in self.client.events(job_id) if ev["type"] == "checkpoint"]
         if not cps:
             print(f"{job_id}: no checkpoints yet")
-        best_now = best_checkpoints(cps)
-        for i, cp in enumerate(cps):
-            best = "  (best)" if i in best_now else ""
+        kept, rotated = kept_checkpoints(cps)
+        for cp, is_best in kept:
+            best = "  (best)" if is_best else ""
             metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (cp.get("metrics") or {}).items())
             print(f"step {cp.get('step')}: {cp.get('path')}  {metrics}{best}")
+        if rotated:
+            print(rotated_note(rotated))
         return None  # type: ignore[return-value]
 
     def _cmd_result(self, job_id: str) -> None:

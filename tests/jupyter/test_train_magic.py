@@ -374,9 +374,12 @@ def test_the_result_of_a_job_cancelled_while_queued_says_what_happened(jupyter_s
 
 def test_checkpoints_mark_the_best_one_only(jupyter_server):
     """`%gpuqueue checkpoints` marks the best checkpoint (step 1, val_loss 0.5), not every
-    checkpoint that was the best when it was saved."""
+    checkpoint that was the best when it was saved; and it lists only the checkpoints that still
+    exist: step 0, deleted by the rotation (max_checkpoints=2), is not offered as a path to load
+    or to --resume-from (it was, as if it were there), and the listing says one was deleted. The
+    widget's list says the same."""
     k = jupyter_server.start_kernel()
-    k.run("%load_ext jupyter_gpuqueue")
+    k.run("%load_ext jupyter_gpuqueue\nimport os\nos.environ['GPUQUEUE_VIEW'] = 'widget'")
     res = k.run(
         "%%train --name ck\nimport gpuqueue, torch\n"
         "ckpt = gpuqueue.Checkpointer(every_steps=1, max_checkpoints=2, monitor='val_loss', mode='min')\n"
@@ -386,8 +389,14 @@ def test_checkpoints_mark_the_best_one_only(jupyter_server):
     assert res.error is None, res.text
     [job] = _jobs(jupyter_server)
     out = k.run(f"%gpuqueue checkpoints {job['id']}").stdout.splitlines()
-    assert [line.startswith(f"step {i}:") for i, line in enumerate(out)] == [True] * 4, out
-    assert [line.endswith("(best)") for line in out] == [False, True, False, False], out
+    assert [line.split(":")[0] for line in out[:3]] == ["step 1", "step 2", "step 3"], out
+    assert [line.endswith("(best)") for line in out[:3]] == [True, False, False], out
+    assert out[3:] == ["(1 older checkpoint was deleted by rotation: Checkpointer(max_checkpoints=...) "
+                       "keeps the newest and the best)"], out
+    for line in out[:3]:
+        assert os.path.isdir(line.split(": ", 1)[1].split()[0]), line  # each path listed exists
+    widget = k.run("print(get_ipython().magics_manager.registry['GPUQueueMagics'].last_view.ckpts.value)").stdout
+    assert "step 0:" not in widget and "step 1:" in widget and "1 older checkpoint was deleted" in widget, widget
 
 
 def test_a_payload_over_the_servers_limit_names_the_largest_inputs(jupyter_server_factory):
