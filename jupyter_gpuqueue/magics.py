@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import os
 import shlex
 import sys
@@ -77,7 +78,20 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (a clean message in the cell) instead of exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+        raise UsageError(f"{self.prog}: {message}{self._hint(message)}\n{self.format_usage().strip()}")
+
+    def _hint(self, message: str) -> str:
+        """For words it does not know: the option a typo was meant to be, or, for a stray
+        value, that each option takes one word (``--timeout 2 hours``)."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        words = message.split(":", 1)[1].split()
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        for word in words:
+            if word.startswith("-"):
+                close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.8)
+                return f" (did you mean {close[0]}?)" if close else f" ({word.split('=', 1)[0]} is not an option)"
+        return f" (each option takes one value: {words[0]!r} follows one that took its value; quote a value with spaces)"
 
     def print_help(self, file: Any = None) -> None:
         """``--help``: the options on stdout, then stop (not an error: *Run All* goes on)."""

@@ -160,7 +160,11 @@ BAD_CELLS = [
     ("%%train --timeout " + "9" * 400 + "\nprint(1)", "--timeout: duration '9999"),
     ("%%train --timeout 400d\nprint(1)", "is too long: at most 366d00h"),
     ("%%train --name '\x1b[2Jx'\nprint(1)", "spec.name: contains the control character '\\x1b'"),
-    ("%%train --bogus\nprint(1)", "unrecognized arguments: --bogus"),
+    ("%%train --bogus\nprint(1)", "unrecognized arguments: --bogus (--bogus is not an option)"),
+    ("%%train --gpsu 1\nprint(1)", "unrecognized arguments: --gpsu 1 (did you mean --gpus?)"),
+    ("%%train --prority=high\nprint(1)", "unrecognized arguments: --prority=high (did you mean --priority?)"),
+    ("%%train --timeout 2 hours\nprint(1)", "unrecognized arguments: hours (each option takes one value: 'hours' "
+     "follows one that took its value; quote a value with spaces)"),
     ("%%train --inputs not-a-name\nprint(1)", "not Python names: not-a-name"),
     ("%%train --inputs ghost\nprint(1)", "ghost, which the notebook does not define"),
     ("%%train\nprint(1", "syntax error"),
