@@ -395,7 +395,8 @@ class GPUQueueMagics(Magics):
         if not jobs:
             print("no jobs")
         for j in jobs:
-            info = f"  #{j['pending']['position']} {j['pending']['reason']}" if j.get("pending") else ""
+            p = j.get("pending") or {}  # its reason in words (the "reason" field is a code)
+            info = f"  #{p.get('position')}: {p.get('message') or p.get('reason')}" if p else ""
             print(f"{j['id']}  {j['state']:<10} {j['priority']:<6} gpus={j['gpus']}  {j.get('name') or ''}{info}")
 
     def _cmd_status(self, job_id: str) -> dict[str, Any]:

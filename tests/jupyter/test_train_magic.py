@@ -376,6 +376,21 @@ def test_the_result_of_a_job_cancelled_while_queued_says_what_happened(jupyter_s
     assert "cancelled: cancelled" not in tb and "attempt 0" not in tb, tb
 
 
+def test_list_says_why_a_job_waits_in_words(jupyter_server):
+    """`%gpuqueue list` gave a waiting job's reason as its code (`#1 resources`); it says it in
+    the words `%gpuqueue status` uses."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    k.run("%%train --gpus 2 --background --name holds\nimport time\ntime.sleep(60)")
+    k.run("%%train --gpus 2 --background --name waits\nx = 1")
+    wait_until(lambda: any(j["state"] == "running" for j in _jobs(jupyter_server)), 30, what="the first job to run")
+    line = next(li for li in k.run("%gpuqueue list").stdout.splitlines() if "waits" in li)
+    assert "#1: waiting for 2 GPUs in pool 'default' (0/2 free)" in line, line
+    assert not line.rstrip().endswith("resources"), line
+    for j in _jobs(jupyter_server):
+        jupyter_server.client().cancel(j["id"])
+
+
 def test_checkpoints_mark_the_best_one_only(jupyter_server):
     """`%gpuqueue checkpoints` marks the best checkpoint (step 1, val_loss 0.5), not every
     checkpoint that was the best when it was saved; and it lists only the checkpoints that still
