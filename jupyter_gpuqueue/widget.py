@@ -225,7 +225,7 @@ class JobWidget:
                 self._add_state(d, ev.get("time"))
             elif t == "checkpoint":
                 self.checkpoints.append(d)
-            elif t in ("warning", "info"):
+            elif t in ("warning", "info") and d.get("message"):  # a failing cell's error info: the status shows it
                 self.log_lines.append(f"[gpuqueue] {t}: {d.get('message')}")
                 self.lines_total += 1
         self._dirty.set()

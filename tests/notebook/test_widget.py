@@ -355,3 +355,17 @@ def test_a_progress_bars_last_state_stays_in_the_widgets_log(jupyter_server, pau
     assert res.error is None, res.error
     log = peek(k)["log"]
     assert html.unescape(re.sub(r"<[^>]*>", "", log)).splitlines() == ["bar 2/2", "after the bar"], log
+
+
+def test_a_failed_cell_shows_its_error_and_no_empty_notes(jupyter_server):
+    """A cell that raises: the widget's status names the error, its log the job's own error line;
+    the log had a line `[gpuqueue] info: None` (the job's error record, which has no message),
+    under every failed cell."""
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="widget")).error is None
+    res = k.run("%%train --name fails\nx = 1\nraise ValueError('bad lr')")
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
+    st = peek(k)
+    assert st["state"] == "failed" and "ValueError: bad lr" in st["status"], st["status"]
+    assert "ValueError: bad lr" in st["log"], st["log"]
+    assert "None" not in st["log"], st["log"]
