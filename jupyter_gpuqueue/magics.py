@@ -192,6 +192,8 @@ class GPUQueueMagics(Magics):
         except PreflightError as e:
             raise UsageError(str(e)) from None
         spec.update(inputs=inputs, outputs=outputs)
+        if args.resume_from:
+            self._check_resume_from(args.resume_from)
         warning = undefined_names_warning(cell, inputs)
         if warning:  # a warning, not a refusal: the line that reads it may never run
             print(warning, file=sys.stderr, flush=True)
@@ -205,6 +207,23 @@ class GPUQueueMagics(Magics):
         if not args.background:  # what the results will import, imported while the job runs
             prefetch(modules_coming_back(cell, outputs))
         self._follow(job, background=args.background)
+
+    def _check_resume_from(self, path: str) -> None:
+        """A ``--resume-from`` path that is not there fails the job only once it has waited its
+        turn: refused now where the job runs on this machine (embedded mode), else a warning
+        (a cluster's nodes may see files this kernel does not). URLs (``s3://``) are not checked."""
+        if "://" in path or os.path.exists(path):
+            return
+        what = (f"--resume-from {path}: no such file or folder (give a checkpoint folder, such as "
+                "one `%gpuqueue checkpoints ID` lists, or a .pt file)")
+        try:
+            embedded = self.client.queue().get("mode") == "embedded"
+        except GPUQueueError:
+            embedded = False
+        if embedded:
+            raise UsageError(f"{what}; nothing was queued")
+        print(f"[gpuqueue] warning: {what}: the job stops with FileNotFoundError when it loads it, "
+              "unless the node it runs on has it", file=sys.stderr, flush=True)
 
     def _no_gpus_hint(self) -> str:
         """For a refused GPU job: when this embedded queue has no GPU at all (no NVIDIA GPU

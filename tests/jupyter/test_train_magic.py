@@ -171,6 +171,8 @@ BAD_CELLS = [
     ("%%train\nx = 1\n!ls -l", "line 2: '!ls -l' is IPython syntax, and a job runs plain Python"),
     ("%%train\n%time x = 1", "line 1: '%time x = 1' is IPython syntax"),
     ("%%train\nimport asyncio\nawait asyncio.sleep(0)", "line 2: 'await' outside function (the notebook allows"),
+    ("%%train --resume-from /no/such/ckpt\nprint(1)", "--resume-from /no/such/ckpt: no such file or folder (give a "
+     "checkpoint folder, such as one `%gpuqueue checkpoints ID` lists, or a .pt file); nothing was queued"),
     ("%%train --retries -3\nprint(1)", "--retries must be 0 to 20 (retries after a failure), got -3"),
     ("%%train --retries 100\nprint(1)", "--retries must be 0 to 20 (retries after a failure), got 100"),
 ]
@@ -416,6 +418,23 @@ def test_checkpoints_mark_the_best_one_only(jupyter_server):
         assert os.path.isdir(line.split(": ", 1)[1].split()[0]), line  # each path listed exists
     widget = k.run("print(get_ipython().magics_manager.registry['GPUQueueMagics'].last_view.ckpts.value)").stdout
     assert "step 0:" not in widget and "step 1:" in widget and "1 older checkpoint was deleted" in widget, widget
+
+
+def test_resume_from_a_checkpoint_another_job_listed(jupyter_server):
+    """docs/training.md, "Resume as a new job": a path `%gpuqueue checkpoints` lists, given to
+    `%%train --resume-from`, is where the new job's `Checkpointer.load()` starts (its own folder
+    has none yet)."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    first = k.run("%%train --name first\nimport gpuqueue\n"
+                  "gpuqueue.Checkpointer().save(7, {'w': 3.5}, metrics={'loss': 0.25})")
+    assert first.error is None, first.text
+    [job] = _jobs(jupyter_server)
+    listed = k.run(f"%gpuqueue checkpoints {job['id']}").stdout
+    path = listed.split(": ", 1)[1].split()[0]
+    second = k.run(f"%%train --resume-from {path}\nimport gpuqueue\nstate = gpuqueue.Checkpointer().load()")
+    assert second.error is None, second.text
+    assert k.run("print(state)").stdout.strip() == "{'w': 3.5}"
 
 
 def test_a_payload_over_the_servers_limit_names_the_largest_inputs(jupyter_server_factory):
