@@ -39,6 +39,14 @@ MAX_RETRIES = next(m.le for m in JobSpec.model_fields["retries"].metadata if has
 """The most ``--retries`` a job may ask for (the server's own bound)."""
 
 
+NOT_RETURNED_HINT = (
+    "[gpuqueue] the names above stay in the job (the others came back): save what you need of one "
+    "to a file in the cell (e.g. trainer.save_model(path)), or name only what should come back "
+    "with --outputs a,b"
+)
+"""Said once under the names a succeeded cell assigned that could not come back."""
+
+
 class RemoteJobError(Exception):
     """The job failed; shown like a local error, with the job's own traceback."""
 
@@ -383,6 +391,8 @@ class GPUQueueMagics(Magics):
             print(f"[gpuqueue] {job['id']} succeeded", flush=True)
         for name, why in failed.items():
             print(f"[gpuqueue] not returned: {name}: {why}", file=sys.stderr, flush=True)
+        if failed:
+            print(NOT_RETURNED_HINT, file=sys.stderr, flush=True)
         for name in self._asked_outputs.pop(job["id"], []):
             if name not in values and name not in failed:
                 print(f"[gpuqueue] not returned: {name}: --outputs names it, but the cell did not assign it",

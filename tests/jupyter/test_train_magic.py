@@ -437,6 +437,22 @@ def test_resume_from_a_checkpoint_another_job_listed(jupyter_server):
     assert k.run("print(state)").stdout.strip() == "{'w': 3.5}"
 
 
+def test_a_name_that_cannot_come_back_says_what_to_do(jupyter_server):
+    """A cell whose `trainer` (or a lock, a generator...) cannot be pickled: the other names come
+    back, and the cell says what to do about the one that did not (it named it and the pickling
+    error only; every Hugging Face cell showed that for `trainer`, with no next step)."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train\nimport threading\nlk = threading.Lock()\nweights = [1.0, 2.0]")
+    assert res.error is None, res.text
+    assert "back in the notebook: weights" in res.stdout, res.stdout
+    assert "[gpuqueue] not returned: lk: TypeError: cannot pickle '_thread.lock' object" in res.stderr, res.stderr
+    assert ("the names above stay in the job (the others came back): save what you need of one to a file "
+            "in the cell (e.g. trainer.save_model(path)), or name only what should come back with --outputs a,b"
+            ) in res.stderr, res.stderr
+    assert k.run("print(weights, 'lk' in dir())").stdout.split() == ["[1.0,", "2.0]", "False"]
+
+
 def test_a_payload_over_the_servers_limit_names_the_largest_inputs(jupyter_server_factory):
     """The server's limit (max_payload_mb, or a cluster API's) can be lower than the kernel's own
     check: its refusal then names the inputs that make the cell big, as the kernel's does."""
