@@ -15,6 +15,7 @@ import shlex
 import sys
 import types
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from IPython.core.error import UsageError
@@ -431,10 +432,20 @@ class GPUQueueMagics(Magics):
     def _cmd_status(self, job_id: str) -> dict[str, Any]:
         job = self.client.get(job_id)
         line = f"{job['id']}: {job['state']}"
+        attempt = (job.get("attempts") or [{}])[-1]
         if job.get("pending"):
             line += f" (#{job['pending']['position']}: {job['pending']['message']})"
+        elif job["state"] in ("starting", "running") and attempt:  # where, and for how long
+            ids = attempt.get("gpu_ids") or []
+            gpus = f"GPU{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}" if ids else "CPU"
+            since = attempt.get("started_at")
+            line += f" on {attempt.get('node') or '?'} ({gpus})"
+            line += f", for {format_duration(max(0.0, time.time() - since))}" if since else ""
+            line += f", attempt {attempt.get('number')}" if (attempt.get("number") or 1) > 1 else ""
         if job.get("error"):
             line += f" - {job['error']}"
+        elif job["state"] in ("timed_out", "cancelled"):
+            line += f" - {_why_ended(job)}"
         print(line)
         return None  # type: ignore[return-value]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -391,6 +392,26 @@ def test_list_says_why_a_job_waits_in_words(jupyter_server):
     assert not line.rstrip().endswith("resources"), line
     for j in _jobs(jupyter_server):
         jupyter_server.client().cancel(j["id"])
+
+
+def test_status_says_where_a_job_runs_and_why_it_ended(jupyter_server):
+    """`%gpuqueue status` of a running job said `j-…: running` only; it says where (node, GPUs)
+    and for how long. Of a job that ran out of time it said `timed_out` only; it says why and
+    what to change, as the cell's error does."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    k.run("%%train --gpus 1 --background --name runs\nimport time\ntime.sleep(60)")
+    [job] = _jobs(jupyter_server)
+    wait_until(lambda: jupyter_server.client().get(job["id"])["state"] == "running", 30, what="the job to run")
+    line = k.run(f"%gpuqueue status {job['id']}").stdout.strip()
+    assert re.fullmatch(rf"{job['id']}: running on local \(GPU [01]\), for \d+s", line), line
+    jupyter_server.client().cancel(job["id"])
+    late = k.run("%%train --timeout 1s --name late\nimport time\ntime.sleep(30)")
+    assert late.error is not None, late.text
+    tmo = next(j for j in _jobs(jupyter_server) if j["name"] == "late")
+    line = k.run(f"%gpuqueue status {tmo['id']}").stdout.strip()
+    assert line == (f"{tmo['id']}: timed_out - it ran past its time limit of 1s; a longer --timeout gives "
+                    "it more time"), line
 
 
 def test_checkpoints_mark_the_best_one_only(jupyter_server):
