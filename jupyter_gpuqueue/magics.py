@@ -204,13 +204,14 @@ class GPUQueueMagics(Magics):
         if args.resume_from:
             self._check_resume_from(args.resume_from)
         warning = undefined_names_warning(cell, inputs)
-        if warning:  # a warning, not a refusal: the line that reads it may never run
-            print(warning, file=sys.stderr, flush=True)
         try:
             job = self.client.submit(spec, payload, new=args.new)
         except GPUQueueError as e:
             hint = largest_inputs(str(e), payload) or (self._no_gpus_hint() if args.gpus else "")
             raise UsageError(f"the job was not queued: {e}{hint}") from None
+        if warning and not job.get("attached"):  # a warning, not a refusal: the line that reads it may never run
+            # (a re-run cell that attached to its job, e.g. after a kernel restart, has the names it was sent)
+            print(warning, file=sys.stderr, flush=True)
         if args.outputs is not None:
             self._asked_outputs[job["id"]] = outputs
         if not args.background:  # what the results will import, imported while the job runs

@@ -580,6 +580,24 @@ def test_a_cell_reading_a_name_nobody_defines_is_warned_at_once(jupyter_server):
     assert clean.error is None and "warning" not in clean.text, clean.text
 
 
+def test_re_running_a_cell_after_a_kernel_restart_attaches_without_a_false_warning(jupyter_server):
+    """user-guide.md: after a kernel restart, re-running the cell attaches to its job. The
+    notebook's names are gone then, and the cell warned that the job would stop with a NameError
+    on `X`, while the job it attached to had been sent X and went on to succeed."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue\nX = [1.0, 2.0]")
+    cell = "%%train --background --name rerun\nimport time\ntime.sleep(4)\nm = sum(X)"
+    assert k.run(cell, cell_id="cell-1").error is None
+    k.restart()
+    k.run("%load_ext jupyter_gpuqueue")
+    again = k.run(cell.replace(" --background", ""), cell_id="cell-1", timeout=60)
+    assert again.error is None, again.text
+    assert "[gpuqueue] attached to" in again.stdout, again.stdout
+    assert "warning" not in again.stderr, again.stderr
+    assert k.run("print(m)").stdout.strip() == "3.0"
+    assert len(_jobs(jupyter_server)) == 1
+
+
 def test_preempt_says_a_job_without_checkpoints_starts_over(jupyter_server):
     """`%gpuqueue preempt` promised "it checkpoints" of any job; one that saves none starts over."""
     k = jupyter_server.start_kernel()
