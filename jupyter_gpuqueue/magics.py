@@ -145,7 +145,21 @@ def train_parser() -> _Parser:
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="turn on gradient checkpointing in a Hugging Face Trainer")
     p.add_argument("--resume-from", help="checkpoint to resume from")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="set an environment variable in the job (again for more), e.g. "
+                   "--env OMP_NUM_THREADS=4; not for secrets: the job's record shows it")
     return p
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    """``--env NAME=VALUE`` options as a dict (the server checks the names and sizes)."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name:
+            raise UsageError(f"--env {pair!r}: write --env NAME=VALUE, e.g. --env OMP_NUM_THREADS=4")
+        env[name] = value
+    return env
 
 
 @magics_class
@@ -270,6 +284,8 @@ class GPUQueueMagics(Magics):
                 spec["timeout_s"] = parse_duration(args.timeout, MAX_TIMEOUT_S)
             except ValueError as e:
                 raise UsageError(f"--timeout: {e}") from None
+        if args.env:
+            spec["env"] = _env(args.env)
         for key in ("pool", "name", "retries", "precision", "resume_from"):
             if getattr(args, key) is not None:
                 spec[key] = getattr(args, key)

@@ -174,6 +174,8 @@ BAD_CELLS = [
     ("%%train\nimport asyncio\nawait asyncio.sleep(0)", "line 2: 'await' outside function (the notebook allows"),
     ("%%train --resume-from /no/such/ckpt\nprint(1)", "--resume-from /no/such/ckpt: no such file or folder (give a "
      "checkpoint folder, such as one `%gpuqueue checkpoints ID` lists, or a .pt file); nothing was queued"),
+    ("%%train --env OMP_NUM_THREADS\nprint(1)", "--env 'OMP_NUM_THREADS': write --env NAME=VALUE, e.g. --env OMP_NUM_THREADS=4"),
+    ("%%train --env 1BAD=x\nprint(1)", "'1BAD' is not an environment variable name"),
     ("%%train --retries -3\nprint(1)", "--retries must be 0 to 20 (retries after a failure), got -3"),
     ("%%train --retries 100\nprint(1)", "--retries must be 0 to 20 (retries after a failure), got 100"),
 ]
@@ -412,6 +414,19 @@ def test_status_says_where_a_job_runs_and_why_it_ended(jupyter_server):
     line = k.run(f"%gpuqueue status {tmo['id']}").stdout.strip()
     assert line == (f"{tmo['id']}: timed_out - it ran past its time limit of 1s; a longer --timeout gives "
                     "it more time"), line
+
+
+def test_env_sets_variables_in_the_job(jupyter_server):
+    """`%%train --env NAME=VALUE` (again for more) sets them in the job's environment, as
+    `gpuqueue submit --env` does for a command: the knobs training.md names for a job's env
+    (OMP_NUM_THREADS, GPUQUEUE_LAUNCHER, GPUQUEUE_HF_HOOK) had no way into a cell's job."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train --env GREETING=hi --env OMP_NUM_THREADS=3 --env EQ=a=b\nimport os\n"
+                "seen = [os.environ[n] for n in ('GREETING', 'OMP_NUM_THREADS', 'EQ')]")
+    assert res.error is None, res.text
+    assert k.run("print(seen)").stdout.strip() == "['hi', '3', 'a=b']"
+    assert "--env NAME=VALUE" in k.run("%train --help").stdout
 
 
 def test_checkpoints_mark_the_best_one_only(jupyter_server):
