@@ -236,7 +236,7 @@ class GPUQueueMagics(Magics):
         """A ``--resume-from`` path that is not there fails the job only once it has waited its
         turn: refused now where the job runs on this machine (embedded mode), else a warning
         (a cluster's nodes may see files this kernel does not). URLs (``s3://``) are not checked."""
-        if "://" in path or os.path.exists(path):
+        if "://" in path or os.path.exists(os.path.expanduser(path)):  # fsspec expands ~ too
             return
         what = (f"--resume-from {path}: no such file or folder (give a checkpoint folder, such as "
                 "one `%gpuqueue checkpoints ID` lists, or a .pt file)")
