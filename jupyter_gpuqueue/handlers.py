@@ -15,6 +15,7 @@ mistakes; a 500 means a bug.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Callable
 
@@ -49,14 +50,32 @@ class JupyterAuth(APIHandler):
         self.finish(blob, set_content_type="application/octet-stream")
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """The REST layer's ``{"message": ...}`` (not Jupyter's error page or traceback)."""
+        """The REST layer's ``{"message": ...}`` (not Jupyter's error page or traceback); a
+        request with no valid token gets how to send one, not tornado's bare "Forbidden"."""
+        if status_code == 403 and not self._authenticated():
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"message": NOT_AUTHENTICATED}))
+            return
         rest.RestHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
+
+    def _authenticated(self) -> bool:
+        try:
+            return self.current_user is not None
+        except Exception:  # noqa: BLE001 - an identity provider that fails: not authenticated
+            return False
 
     def _handle_request_exception(self, e: BaseException) -> None:  # tornado hook
         if isinstance(e, GPUQueueError):
             self.log.info("gpuqueue %s: %s", e.http_status, e)
         rest.RestHandler._handle_request_exception(self, e)  # type: ignore[arg-type]
 
+
+NOT_AUTHENTICATED = (
+    "not authenticated: the request carried no valid token of this Jupyter server. From a "
+    "terminal, set GPUQUEUE_TOKEN to the server's token (`jupyter server list` prints it after "
+    "?token=; a JupyterLab terminal has it set already); in a browser, log in to JupyterLab again"
+)
+"""What a request to the API without a valid token is told (403, as Jupyter answers it)."""
 
 JOB_EVENT = "https://github.com/jupyter-gpuqueue/events/job-submitted/v1"
 """Emitted on Jupyter's event bus (``/api/events/subscribe``) when a job is queued through this

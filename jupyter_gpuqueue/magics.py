@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import os
 import shlex
 import sys
 import types
 import threading
+import time
 from typing import TYPE_CHECKING, Any, Callable, Optional, cast
 
 from IPython.core.error import UsageError
@@ -27,7 +29,7 @@ from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unp
 from gpuqueue.queue.states import STATE_GROUPS
 
 from .cellcheck import largest_inputs, syntax_error_message, undefined_names_warning
-from .display import JobView, TextView, best_checkpoints, use_widgets
+from .display import JobView, TextView, kept_checkpoints, rotated_note, use_widgets
 from .prefetch import modules_coming_back, prefetch
 
 if TYPE_CHECKING:
@@ -36,6 +38,14 @@ if TYPE_CHECKING:
 TERMINAL = set(STATE_GROUPS["terminal"])
 MAX_RETRIES = next(m.le for m in JobSpec.model_fields["retries"].metadata if hasattr(m, "le"))
 """The most ``--retries`` a job may ask for (the server's own bound)."""
+
+
+NOT_RETURNED_HINT = (
+    "[gpuqueue] the names above stay in the job (the others came back): save what you need of one "
+    "to a file in the cell (e.g. trainer.save_model(path)), or name only what should come back "
+    "with --outputs a,b"
+)
+"""Said once under the names a succeeded cell assigned that could not come back."""
 
 
 class RemoteJobError(Exception):
@@ -77,7 +87,20 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises UsageError (a clean message in the cell) instead of exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}\n{self.format_usage().strip()}")
+        raise UsageError(f"{self.prog}: {message}{self._hint(message)}\n{self.format_usage().strip()}")
+
+    def _hint(self, message: str) -> str:
+        """For words it does not know: the option a typo was meant to be, or, for a stray
+        value, that each option takes one word (``--timeout 2 hours``)."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        words = message.split(":", 1)[1].split()
+        known = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
+        for word in words:
+            if word.startswith("-"):
+                close = difflib.get_close_matches(word.split("=", 1)[0], known, n=1, cutoff=0.8)
+                return f" (did you mean {close[0]}?)" if close else f" ({word.split('=', 1)[0]} is not an option)"
+        return f" (each option takes one value: {words[0]!r} follows one that took its value; quote a value with spaces)"
 
     def print_help(self, file: Any = None) -> None:
         """``--help``: the options on stdout, then stop (not an error: *Run All* goes on)."""
@@ -122,7 +145,21 @@ def train_parser() -> _Parser:
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="turn on gradient checkpointing in a Hugging Face Trainer")
     p.add_argument("--resume-from", help="checkpoint to resume from")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="set an environment variable in the job (again for more), e.g. "
+                   "--env OMP_NUM_THREADS=4; not for secrets: the job's record shows it")
     return p
+
+
+def _env(pairs: list[str]) -> dict[str, str]:
+    """``--env NAME=VALUE`` options as a dict (the server checks the names and sizes)."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name:
+            raise UsageError(f"--env {pair!r}: write --env NAME=VALUE, e.g. --env OMP_NUM_THREADS=4")
+        env[name] = value
+    return env
 
 
 @magics_class
@@ -178,19 +215,39 @@ class GPUQueueMagics(Magics):
         except PreflightError as e:
             raise UsageError(str(e)) from None
         spec.update(inputs=inputs, outputs=outputs)
+        if args.resume_from:
+            self._check_resume_from(args.resume_from)
         warning = undefined_names_warning(cell, inputs)
-        if warning:  # a warning, not a refusal: the line that reads it may never run
-            print(warning, file=sys.stderr, flush=True)
         try:
             job = self.client.submit(spec, payload, new=args.new)
         except GPUQueueError as e:
             hint = largest_inputs(str(e), payload) or (self._no_gpus_hint() if args.gpus else "")
             raise UsageError(f"the job was not queued: {e}{hint}") from None
+        if warning and not job.get("attached"):  # a warning, not a refusal: the line that reads it may never run
+            # (a re-run cell that attached to its job, e.g. after a kernel restart, has the names it was sent)
+            print(warning, file=sys.stderr, flush=True)
         if args.outputs is not None:
             self._asked_outputs[job["id"]] = outputs
         if not args.background:  # what the results will import, imported while the job runs
             prefetch(modules_coming_back(cell, outputs))
         self._follow(job, background=args.background)
+
+    def _check_resume_from(self, path: str) -> None:
+        """A ``--resume-from`` path that is not there fails the job only once it has waited its
+        turn: refused now where the job runs on this machine (embedded mode), else a warning
+        (a cluster's nodes may see files this kernel does not). URLs (``s3://``) are not checked."""
+        if "://" in path or os.path.exists(os.path.expanduser(path)):  # fsspec expands ~ too
+            return
+        what = (f"--resume-from {path}: no such file or folder (give a checkpoint folder, such as "
+                "one `%gpuqueue checkpoints ID` lists, or a .pt file)")
+        try:
+            embedded = self.client.queue().get("mode") == "embedded"
+        except GPUQueueError:
+            embedded = False
+        if embedded:
+            raise UsageError(f"{what}; nothing was queued")
+        print(f"[gpuqueue] warning: {what}: the job stops with FileNotFoundError when it loads it, "
+              "unless the node it runs on has it", file=sys.stderr, flush=True)
 
     def _no_gpus_hint(self) -> str:
         """For a refused GPU job: when this embedded queue has no GPU at all (no NVIDIA GPU
@@ -227,6 +284,8 @@ class GPUQueueMagics(Magics):
                 spec["timeout_s"] = parse_duration(args.timeout, MAX_TIMEOUT_S)
             except ValueError as e:
                 raise UsageError(f"--timeout: {e}") from None
+        if args.env:
+            spec["env"] = _env(args.env)
         for key in ("pool", "name", "retries", "precision", "resume_from"):
             if getattr(args, key) is not None:
                 spec[key] = getattr(args, key)
@@ -350,6 +409,8 @@ class GPUQueueMagics(Magics):
             print(f"[gpuqueue] {job['id']} succeeded", flush=True)
         for name, why in failed.items():
             print(f"[gpuqueue] not returned: {name}: {why}", file=sys.stderr, flush=True)
+        if failed:
+            print(NOT_RETURNED_HINT, file=sys.stderr, flush=True)
         for name in self._asked_outputs.pop(job["id"], []):
             if name not in values and name not in failed:
                 print(f"[gpuqueue] not returned: {name}: --outputs names it, but the cell did not assign it",
@@ -381,16 +442,27 @@ class GPUQueueMagics(Magics):
         if not jobs:
             print("no jobs")
         for j in jobs:
-            info = f"  #{j['pending']['position']} {j['pending']['reason']}" if j.get("pending") else ""
+            p = j.get("pending") or {}  # its reason in words (the "reason" field is a code)
+            info = f"  #{p.get('position')}: {p.get('message') or p.get('reason')}" if p else ""
             print(f"{j['id']}  {j['state']:<10} {j['priority']:<6} gpus={j['gpus']}  {j.get('name') or ''}{info}")
 
     def _cmd_status(self, job_id: str) -> dict[str, Any]:
         job = self.client.get(job_id)
         line = f"{job['id']}: {job['state']}"
+        attempt = (job.get("attempts") or [{}])[-1]
         if job.get("pending"):
             line += f" (#{job['pending']['position']}: {job['pending']['message']})"
+        elif job["state"] in ("starting", "running") and attempt:  # where, and for how long
+            ids = attempt.get("gpu_ids") or []
+            gpus = f"GPU{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}" if ids else "CPU"
+            since = attempt.get("started_at")
+            line += f" on {attempt.get('node') or '?'} ({gpus})"
+            line += f", for {format_duration(max(0.0, time.time() - since))}" if since else ""
+            line += f", attempt {attempt.get('number')}" if (attempt.get("number") or 1) > 1 else ""
         if job.get("error"):
             line += f" - {job['error']}"
+        elif job["state"] in ("timed_out", "cancelled"):
+            line += f" - {_why_ended(job)}"
         print(line)
         return None  # type: ignore[return-value]
 
@@ -439,11 +511,13 @@ class GPUQueueMagics(Magics):
         cps = [ev["data"] for ev in self.client.events(job_id) if ev["type"] == "checkpoint"]
         if not cps:
             print(f"{job_id}: no checkpoints yet")
-        best_now = best_checkpoints(cps)
-        for i, cp in enumerate(cps):
-            best = "  (best)" if i in best_now else ""
+        kept, rotated = kept_checkpoints(cps)
+        for cp, is_best in kept:
+            best = "  (best)" if is_best else ""
             metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (cp.get("metrics") or {}).items())
             print(f"step {cp.get('step')}: {cp.get('path')}  {metrics}{best}")
+        if rotated:
+            print(rotated_note(rotated))
         return None  # type: ignore[return-value]
 
     def _cmd_result(self, job_id: str) -> None:

@@ -27,7 +27,7 @@ import ipywidgets as W
 from gpuqueue.queue.states import STATE_GROUPS
 from gpuqueue.queue.text import OutputLines
 
-from .display import best_checkpoints
+from .display import kept_checkpoints, rotated_note
 
 REDRAW_HZ = 4.0
 LOG_LINES = 400
@@ -225,7 +225,7 @@ class JobWidget:
                 self._add_state(d, ev.get("time"))
             elif t == "checkpoint":
                 self.checkpoints.append(d)
-            elif t in ("warning", "info"):
+            elif t in ("warning", "info") and d.get("message"):  # a failing cell's error info: the status shows it
                 self.log_lines.append(f"[gpuqueue] {t}: {d.get('message')}")
                 self.lines_total += 1
         self._dirty.set()
@@ -420,13 +420,14 @@ class JobWidget:
                 self.log.value = log_html
                 self.log_box.titles = (f"Log ({self.lines_total} lines)",)
             if cps:
-                best_now = best_checkpoints(cps)
+                kept, rotated = kept_checkpoints(cps)
                 items = "".join(
                     f"<li>step {html.escape(str(c.get('step')))}: <code>{html.escape(str(c.get('path')))}</code>"
-                    f"{' <b>(best)</b>' if i in best_now else ''}</li>"
-                    for i, c in enumerate(cps) if i >= len(cps) - 20
+                    f"{' <b>(best)</b>' if is_best else ''}</li>"
+                    for i, (c, is_best) in enumerate(kept) if i >= len(kept) - 20
                 )
-                self.ckpts.value = f"<b>Checkpoints</b><ul style='margin:0'>{items}</ul>"
+                note = f"<div>{html.escape(rotated_note(rotated))}</div>" if rotated else ""
+                self.ckpts.value = f"<b>Checkpoints</b><ul style='margin:0'>{items}</ul>{note}"
                 self.ckpts.layout.display = None
 
     def _tick_loop(self) -> None:

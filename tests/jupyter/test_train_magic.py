@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -160,13 +161,21 @@ BAD_CELLS = [
     ("%%train --timeout " + "9" * 400 + "\nprint(1)", "--timeout: duration '9999"),
     ("%%train --timeout 400d\nprint(1)", "is too long: at most 366d00h"),
     ("%%train --name '\x1b[2Jx'\nprint(1)", "spec.name: contains the control character '\\x1b'"),
-    ("%%train --bogus\nprint(1)", "unrecognized arguments: --bogus"),
+    ("%%train --bogus\nprint(1)", "unrecognized arguments: --bogus (--bogus is not an option)"),
+    ("%%train --gpsu 1\nprint(1)", "unrecognized arguments: --gpsu 1 (did you mean --gpus?)"),
+    ("%%train --prority=high\nprint(1)", "unrecognized arguments: --prority=high (did you mean --priority?)"),
+    ("%%train --timeout 2 hours\nprint(1)", "unrecognized arguments: hours (each option takes one value: 'hours' "
+     "follows one that took its value; quote a value with spaces)"),
     ("%%train --inputs not-a-name\nprint(1)", "not Python names: not-a-name"),
     ("%%train --inputs ghost\nprint(1)", "ghost, which the notebook does not define"),
     ("%%train\nprint(1", "syntax error"),
     ("%%train\nx = 1\n!ls -l", "line 2: '!ls -l' is IPython syntax, and a job runs plain Python"),
     ("%%train\n%time x = 1", "line 1: '%time x = 1' is IPython syntax"),
     ("%%train\nimport asyncio\nawait asyncio.sleep(0)", "line 2: 'await' outside function (the notebook allows"),
+    ("%%train --resume-from /no/such/ckpt\nprint(1)", "--resume-from /no/such/ckpt: no such file or folder (give a "
+     "checkpoint folder, such as one `%gpuqueue checkpoints ID` lists, or a .pt file); nothing was queued"),
+    ("%%train --env OMP_NUM_THREADS\nprint(1)", "--env 'OMP_NUM_THREADS': write --env NAME=VALUE, e.g. --env OMP_NUM_THREADS=4"),
+    ("%%train --env 1BAD=x\nprint(1)", "'1BAD' is not an environment variable name"),
     ("%%train --retries -3\nprint(1)", "--retries must be 0 to 20 (retries after a failure), got -3"),
     ("%%train --retries 100\nprint(1)", "--retries must be 0 to 20 (retries after a failure), got 100"),
 ]
@@ -372,11 +381,62 @@ def test_the_result_of_a_job_cancelled_while_queued_says_what_happened(jupyter_s
     assert "cancelled: cancelled" not in tb and "attempt 0" not in tb, tb
 
 
-def test_checkpoints_mark_the_best_one_only(jupyter_server):
-    """`%gpuqueue checkpoints` marks the best checkpoint (step 1, val_loss 0.5), not every
-    checkpoint that was the best when it was saved."""
+def test_list_says_why_a_job_waits_in_words(jupyter_server):
+    """`%gpuqueue list` gave a waiting job's reason as its code (`#1 resources`); it says it in
+    the words `%gpuqueue status` uses."""
     k = jupyter_server.start_kernel()
     k.run("%load_ext jupyter_gpuqueue")
+    k.run("%%train --gpus 2 --background --name holds\nimport time\ntime.sleep(60)")
+    k.run("%%train --gpus 2 --background --name waits\nx = 1")
+    wait_until(lambda: any(j["state"] == "running" for j in _jobs(jupyter_server)), 30, what="the first job to run")
+    line = next(li for li in k.run("%gpuqueue list").stdout.splitlines() if "waits" in li)
+    assert "#1: waiting for 2 GPUs in pool 'default' (0/2 free)" in line, line
+    assert not line.rstrip().endswith("resources"), line
+    for j in _jobs(jupyter_server):
+        jupyter_server.client().cancel(j["id"])
+
+
+def test_status_says_where_a_job_runs_and_why_it_ended(jupyter_server):
+    """`%gpuqueue status` of a running job said `j-…: running` only; it says where (node, GPUs)
+    and for how long. Of a job that ran out of time it said `timed_out` only; it says why and
+    what to change, as the cell's error does."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    k.run("%%train --gpus 1 --background --name runs\nimport time\ntime.sleep(60)")
+    [job] = _jobs(jupyter_server)
+    wait_until(lambda: jupyter_server.client().get(job["id"])["state"] == "running", 30, what="the job to run")
+    line = k.run(f"%gpuqueue status {job['id']}").stdout.strip()
+    assert re.fullmatch(rf"{job['id']}: running on local \(GPU [01]\), for \d+s", line), line
+    jupyter_server.client().cancel(job["id"])
+    late = k.run("%%train --timeout 1s --name late\nimport time\ntime.sleep(30)")
+    assert late.error is not None, late.text
+    tmo = next(j for j in _jobs(jupyter_server) if j["name"] == "late")
+    line = k.run(f"%gpuqueue status {tmo['id']}").stdout.strip()
+    assert line == (f"{tmo['id']}: timed_out - it ran past its time limit of 1s; a longer --timeout gives "
+                    "it more time"), line
+
+
+def test_env_sets_variables_in_the_job(jupyter_server):
+    """`%%train --env NAME=VALUE` (again for more) sets them in the job's environment, as
+    `gpuqueue submit --env` does for a command: the knobs training.md names for a job's env
+    (OMP_NUM_THREADS, GPUQUEUE_LAUNCHER, GPUQUEUE_HF_HOOK) had no way into a cell's job."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train --env GREETING=hi --env OMP_NUM_THREADS=3 --env EQ=a=b\nimport os\n"
+                "seen = [os.environ[n] for n in ('GREETING', 'OMP_NUM_THREADS', 'EQ')]")
+    assert res.error is None, res.text
+    assert k.run("print(seen)").stdout.strip() == "['hi', '3', 'a=b']"
+    assert "--env NAME=VALUE" in k.run("%train --help").stdout
+
+
+def test_checkpoints_mark_the_best_one_only(jupyter_server):
+    """`%gpuqueue checkpoints` marks the best checkpoint (step 1, val_loss 0.5), not every
+    checkpoint that was the best when it was saved; and it lists only the checkpoints that still
+    exist: step 0, deleted by the rotation (max_checkpoints=2), is not offered as a path to load
+    or to --resume-from (it was, as if it were there), and the listing says one was deleted. The
+    widget's list says the same."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue\nimport os\nos.environ['GPUQUEUE_VIEW'] = 'widget'")
     res = k.run(
         "%%train --name ck\nimport gpuqueue, torch\n"
         "ckpt = gpuqueue.Checkpointer(every_steps=1, max_checkpoints=2, monitor='val_loss', mode='min')\n"
@@ -386,8 +446,47 @@ def test_checkpoints_mark_the_best_one_only(jupyter_server):
     assert res.error is None, res.text
     [job] = _jobs(jupyter_server)
     out = k.run(f"%gpuqueue checkpoints {job['id']}").stdout.splitlines()
-    assert [line.startswith(f"step {i}:") for i, line in enumerate(out)] == [True] * 4, out
-    assert [line.endswith("(best)") for line in out] == [False, True, False, False], out
+    assert [line.split(":")[0] for line in out[:3]] == ["step 1", "step 2", "step 3"], out
+    assert [line.endswith("(best)") for line in out[:3]] == [True, False, False], out
+    assert out[3:] == ["(1 older checkpoint was deleted by rotation: Checkpointer(max_checkpoints=...) "
+                       "keeps the newest and the best)"], out
+    for line in out[:3]:
+        assert os.path.isdir(line.split(": ", 1)[1].split()[0]), line  # each path listed exists
+    widget = k.run("print(get_ipython().magics_manager.registry['GPUQueueMagics'].last_view.ckpts.value)").stdout
+    assert "step 0:" not in widget and "step 1:" in widget and "1 older checkpoint was deleted" in widget, widget
+
+
+def test_resume_from_a_checkpoint_another_job_listed(jupyter_server):
+    """docs/training.md, "Resume as a new job": a path `%gpuqueue checkpoints` lists, given to
+    `%%train --resume-from`, is where the new job's `Checkpointer.load()` starts (its own folder
+    has none yet)."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    first = k.run("%%train --name first\nimport gpuqueue\n"
+                  "gpuqueue.Checkpointer().save(7, {'w': 3.5}, metrics={'loss': 0.25})")
+    assert first.error is None, first.text
+    [job] = _jobs(jupyter_server)
+    listed = k.run(f"%gpuqueue checkpoints {job['id']}").stdout
+    path = listed.split(": ", 1)[1].split()[0]
+    second = k.run(f"%%train --resume-from {path}\nimport gpuqueue\nstate = gpuqueue.Checkpointer().load()")
+    assert second.error is None, second.text
+    assert k.run("print(state)").stdout.strip() == "{'w': 3.5}"
+
+
+def test_a_name_that_cannot_come_back_says_what_to_do(jupyter_server):
+    """A cell whose `trainer` (or a lock, a generator...) cannot be pickled: the other names come
+    back, and the cell says what to do about the one that did not (it named it and the pickling
+    error only; every Hugging Face cell showed that for `trainer`, with no next step)."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    res = k.run("%%train\nimport threading\nlk = threading.Lock()\nweights = [1.0, 2.0]")
+    assert res.error is None, res.text
+    assert "back in the notebook: weights" in res.stdout, res.stdout
+    assert "[gpuqueue] not returned: lk: TypeError: cannot pickle '_thread.lock' object" in res.stderr, res.stderr
+    assert ("the names above stay in the job (the others came back): save what you need of one to a file "
+            "in the cell (e.g. trainer.save_model(path)), or name only what should come back with --outputs a,b"
+            ) in res.stderr, res.stderr
+    assert k.run("print(weights, 'lk' in dir())").stdout.split() == ["[1.0,", "2.0]", "False"]
 
 
 def test_a_payload_over_the_servers_limit_names_the_largest_inputs(jupyter_server_factory):
@@ -494,6 +593,24 @@ def test_a_cell_reading_a_name_nobody_defines_is_warned_at_once(jupyter_server):
                        "notebook name) nor defined in the cell: in the job that line stops with a NameError"], res.stderr
     clean = k.run("%%train\ndef f(a):\n    return [b * a for b in range(steps)]\nloss = f(2)")
     assert clean.error is None and "warning" not in clean.text, clean.text
+
+
+def test_re_running_a_cell_after_a_kernel_restart_attaches_without_a_false_warning(jupyter_server):
+    """user-guide.md: after a kernel restart, re-running the cell attaches to its job. The
+    notebook's names are gone then, and the cell warned that the job would stop with a NameError
+    on `X`, while the job it attached to had been sent X and went on to succeed."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue\nX = [1.0, 2.0]")
+    cell = "%%train --background --name rerun\nimport time\ntime.sleep(4)\nm = sum(X)"
+    assert k.run(cell, cell_id="cell-1").error is None
+    k.restart()
+    k.run("%load_ext jupyter_gpuqueue")
+    again = k.run(cell.replace(" --background", ""), cell_id="cell-1", timeout=60)
+    assert again.error is None, again.text
+    assert "[gpuqueue] attached to" in again.stdout, again.stdout
+    assert "warning" not in again.stderr, again.stderr
+    assert k.run("print(m)").stdout.strip() == "3.0"
+    assert len(_jobs(jupyter_server)) == 1
 
 
 def test_preempt_says_a_job_without_checkpoints_starts_over(jupyter_server):

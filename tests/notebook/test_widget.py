@@ -326,7 +326,8 @@ def wait_for_reply(k: Kernel, msg_id: str, timeout: float = 30) -> str:
 
 def test_the_widget_marks_the_best_checkpoint_only(jupyter_server):
     """The widget's checkpoint list marks the best one now (step 1), not each one that was the
-    best when it was saved (step 0 was, then step 1)."""
+    best when it was saved (step 0 was, then step 1); step 0, deleted by the rotation
+    (max_checkpoints=2), is not listed, and the list says one was deleted."""
     k = jupyter_server.start_kernel()
     assert k.run(SETUP.format(mode="widget")).error is None
     res = k.run(
@@ -338,7 +339,9 @@ def test_the_widget_marks_the_best_checkpoint_only(jupyter_server):
     assert res.error is None, res.error
     shown = peek(k)["checkpoints"]
     items = re.findall(r"<li>(.*?)</li>", shown)
-    assert [("(best)" in item) for item in items] == [False, True, False, False], shown
+    assert [item.split(":")[0] for item in items] == ["step 1", "step 2", "step 3"], shown
+    assert [("(best)" in item) for item in items] == [True, False, False], shown
+    assert "1 older checkpoint was deleted by rotation" in shown, shown
 
 
 @pytest.mark.parametrize("pause", [0.1, 0.8])  # redraws closer, and further apart, than the runner's 0.5 s flush
@@ -355,3 +358,17 @@ def test_a_progress_bars_last_state_stays_in_the_widgets_log(jupyter_server, pau
     assert res.error is None, res.error
     log = peek(k)["log"]
     assert html.unescape(re.sub(r"<[^>]*>", "", log)).splitlines() == ["bar 2/2", "after the bar"], log
+
+
+def test_a_failed_cell_shows_its_error_and_no_empty_notes(jupyter_server):
+    """A cell that raises: the widget's status names the error, its log the job's own error line;
+    the log had a line `[gpuqueue] info: None` (the job's error record, which has no message),
+    under every failed cell."""
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="widget")).error is None
+    res = k.run("%%train --name fails\nx = 1\nraise ValueError('bad lr')")
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
+    st = peek(k)
+    assert st["state"] == "failed" and "ValueError: bad lr" in st["status"], st["status"]
+    assert "ValueError: bad lr" in st["log"], st["log"]
+    assert "None" not in st["log"], st["log"]

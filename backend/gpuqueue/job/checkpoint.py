@@ -276,26 +276,31 @@ class Checkpointer:
         info = CheckpointInfo(step=int(step), path=self._url(final), metrics=metrics, time=saved_at, files=tuple(files))
         cps = self.list()
         best = self._best_of(cps)
-        self._rotate(cps, best)
+        rotated = self._rotate(cps, best)
         is_best = best is not None and best.step == info.step
-        jobapi.emit(
+        jobapi.emit(  # "rotated": the older steps this save's rotation deleted (viewers drop them)
             "checkpoint",
-            {"step": info.step, "path": info.path, "metrics": metrics, "best": is_best, "name": self.name},
+            {"step": info.step, "path": info.path, "metrics": metrics, "best": is_best, "name": self.name,
+             "rotated": rotated},
         )
         return info
 
     def _remove(self, folder: str) -> None:
         remove_checkpoint(self.fs, folder)
 
-    def _rotate(self, cps: builtins.list[CheckpointInfo], best: Optional[CheckpointInfo]) -> None:
+    def _rotate(self, cps: builtins.list[CheckpointInfo], best: Optional[CheckpointInfo]) -> builtins.list[int]:
+        """Delete all but the newest ``max_checkpoints`` and the best; the steps deleted."""
         if self.max_checkpoints is None:
-            return
+            return []
         keep = {c.step for c in cps[-self.max_checkpoints :]}
         if best is not None:
             keep.add(best.step)
+        rotated = []
         for c in cps:
             if c.step not in keep:
                 self._remove(self._step_path(c.step))
+                rotated.append(c.step)
+        return rotated
 
     def _cleanup(self) -> None:
         """Delete what interrupted saves left: temporary folders and folders with no marker."""
