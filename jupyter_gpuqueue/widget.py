@@ -404,6 +404,8 @@ class JobWidget:
         log_html += html.escape("\n".join(lines)) + "</pre>"
         with self._flush_lock:
             self.redraws += 1
+            if state in TERMINAL and not self.cancel_button.disabled:
+                self.cancel_button.disabled = True  # the job ended: nothing to cancel (before finish())
             if self.title.value != title:
                 self.title.value = title
             self.status.value = f"<span style='color:{colour}'>{html.escape(status)}</span>"

@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 from .cluster.cliargs import number
 from .queue.durations import MAX_TIMEOUT_S, parse_duration
 from .queue.errors import GPUQueueError
+from .queue.states import STATE_GROUPS
 from .queue.text import OutputLines, printable, state_event_line, terminal_output
 
 EXIT_USAGE = 2
@@ -169,7 +170,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     job = _client().cancel(args.id)
-    print(printable(f"{job['id']}: {job['state']}") + (" (stopping)" if job["state"] in ("running", "starting") else ""))
+    state = job["state"]
+    if state in STATE_GROUPS["terminal"] and state != "cancelled":  # it ended before the request: nothing to stop
+        print(printable(f"{job['id']}: already {state.replace('_', ' ')}, nothing to cancel"))
+        return 0
+    print(printable(f"{job['id']}: {state}") + (" (stopping)" if state in ("running", "starting") else ""))
     return 0
 
 

@@ -43,6 +43,8 @@ def test_wait_fails_for_a_failed_job_and_cancel_works(jupyter_server):
     job = json.loads(gq(jupyter_server, "show", fail).stdout)
     assert job["state"] == "failed" and job["attempts"][-1]["exit_code"] == 3
     assert w.returncode == 1 and f"{fail}: failed: {job['error']}" in w.stderr and "code 3" in w.stderr, w  # says why
+    late = gq(jupyter_server, "cancel", fail)  # it had ended: say so, not just its state
+    assert late.returncode == 0 and late.stdout.strip() == f"{fail}: already failed, nothing to cancel", late
     slow = gq(jupyter_server, "submit", "--", sys.executable, "-c", "import time; time.sleep(60)").stdout.strip()
     client = jupyter_server.client()
     wait_until(lambda: client.get(slow)["state"] == "running", 30, what="running")
@@ -62,7 +64,7 @@ def test_wait_fails_for_a_failed_job_and_cancel_works(jupyter_server):
 
 
 def test_logs_of_a_finished_job_say_its_warnings_with_or_without_follow(jupyter_server):
-    """A job stopped at its time limit: the queue warned it ("time limit reached ..."), asked it
+    """A job stopped at its time limit: the queue warned it ("the time limit comes in ..."), asked it
     to stop and ended it. `gpuqueue logs -f` printed those lines; `gpuqueue logs` printed only
     the job's output, so a user reading a finished job's log never learnt why it ended (nor,
     elsewhere, that an attempt was lost or its output dropped). Both print the same now."""
@@ -73,7 +75,7 @@ def test_logs_of_a_finished_job_say_its_warnings_with_or_without_follow(jupyter_
     logs, follow = gq(jupyter_server, "logs", job), gq(jupyter_server, "logs", "-f", job)
     assert logs.returncode == 0 and logs.stdout == "training\n", logs
     said = logs.stderr.splitlines()
-    assert any(line.startswith("[gpuqueue] time limit reached") and line.endswith(": save a checkpoint")
+    assert any(line.startswith("[gpuqueue] the time limit comes in ") and line.endswith(": save a checkpoint")
                for line in said), said
     assert "[gpuqueue] stopping (timed out); it has 10s to save a checkpoint, then it is killed" in said, said
     assert any(line.startswith("[gpuqueue] timed_out") for line in said), said

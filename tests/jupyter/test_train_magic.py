@@ -309,7 +309,7 @@ def test_time_limit_stops_the_job_with_a_warning_first(jupyter_server):
     kinds = [e["type"] for e in events]
     assert "warning" in kinds
     # 10% of a 3 s limit ahead: not "in 0s"
-    assert any(e["type"] == "warning" and e["data"]["message"] == "time limit reached in less than a second: save a "
+    assert any(e["type"] == "warning" and e["data"]["message"] == "the time limit comes in less than a second: save a "
                "checkpoint" for e in events), [e["data"] for e in events if e["type"] == "warning"]
 
 
@@ -538,7 +538,8 @@ BAR_CELL = (
 
 def _check_bar_output(server, k, res):
     """The cell shows the bar's last state, then the line printed after it; `%gpuqueue logs`
-    and `gpuqueue logs` print those two lines, in that order, and nothing else."""
+    and `gpuqueue logs` print those two lines, in that order, and nothing else of the job's (the
+    CLI says the queue's lines too, "[gpuqueue] ...", on stderr)."""
     assert res.error is None, res.text
     assert _as_shown(res.stderr) == ["bar 2/2"], repr(res.stderr)
     assert _job_lines(res.stdout) == ["after the bar"], repr(res.stdout)
@@ -547,7 +548,10 @@ def _check_bar_output(server, k, res):
     assert logs.error is None and logs.stdout.splitlines() == ["bar 2/2", "after the bar"], logs.text
     cli = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "logs", job["id"]], capture_output=True, text=True,
                          env=dict(os.environ, GPUQUEUE_URL=server.url, GPUQUEUE_TOKEN=server.token), timeout=60)
-    assert (cli.returncode, cli.stderr, cli.stdout) == (0, "bar 2/2\n", "after the bar\n"), cli
+    # the job's own lines, and the queue's ("[gpuqueue] running", ...) on stderr as with -f
+    job_stderr = [line for line in cli.stderr.splitlines() if not line.startswith("[gpuqueue]")]
+    assert (cli.returncode, job_stderr, cli.stdout) == (0, ["bar 2/2"], "after the bar\n"), cli
+    assert "[gpuqueue] succeeded" in cli.stderr.splitlines(), cli
 
 
 def test_a_progress_bars_last_state_stays_in_the_output(jupyter_server):

@@ -352,7 +352,7 @@ def test_a_preempted_job_says_so_until_a_pass_gives_it_a_reason():
     sh.apply(s.tick(50), 50)
     sh.finish("low", Outcome.PREEMPTED, 60)
     e = s.explain("low", 60)
-    assert (e.reason, e.message) == ("requeued", "preempted; queued again, 1 jobs are ahead of it in pool 'p'")
+    assert (e.reason, e.message) == ("requeued", "preempted; queued again, 1 job is ahead of it in pool 'p'")
     sh.apply(s.tick(60), 60)
     assert "high" in sh.running
     e = s.explain("low", 61)

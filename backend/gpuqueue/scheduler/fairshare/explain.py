@@ -108,9 +108,14 @@ class Explainer:
                 msg = (f"{what}; queued again, waiting for {req.gpus} GPUs in pool {pool.name!r} "
                        f"({nodes.free}/{nodes.total} free)")
             elif pos > 1:
-                msg = f"{what}; queued again, {pos - 1} jobs are ahead of it in pool {pool.name!r}"
+                msg = f"{what}; queued again, {_ahead(pos)} in pool {pool.name!r}"
         elif not reserved and reason in ("new", "resources") and pos > 1:
-            reason, msg = "priority", f"{pos - 1} jobs are ahead of it in pool {pool.name!r}"
+            reason, msg = "priority", f"{_ahead(pos)} in pool {pool.name!r}"
         elif reason == "new":
             reason, msg = "pending", "waiting for the next scheduling pass"
         return Explanation(reason, msg, pos, terms, eta)
+
+
+def _ahead(pos: int) -> str:
+    """"1 job is ahead of it" / "N jobs are ahead of it" for the job at 1-based ``pos``."""
+    return "1 job is ahead of it" if pos == 2 else f"{pos - 1} jobs are ahead of it"

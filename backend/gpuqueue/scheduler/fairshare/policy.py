@@ -556,7 +556,7 @@ class FairShareScheduler:
                     j.warned = True
                     left = end - now  # a short limit warns under a second ahead ("in 0s" read as a bug)
                     when = f"in {left:.0f}s" if left >= 1 else "in less than a second"
-                    out.append(Warn(jid, f"time limit reached {when}: save a checkpoint"))
+                    out.append(Warn(jid, f"the time limit comes {when}: save a checkpoint"))
             elif kind == TIMEOUT and not j.timeout_sent and abs(end - t) < 1e-6:
                 j.timeout_sent = True
                 out.append(TimeOut(jid))
