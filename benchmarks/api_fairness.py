@@ -117,18 +117,25 @@ def hostile(url: str, job: str, readers: int, stop: Any, out: Any) -> None:
     out.put(dict(statuses))
 
 
-def victim(url: str, job: str, n: int) -> list[float]:
-    """Seconds each of ``n`` requests of the victim took (list, show, events, queue in turn)."""
+def victim(url: str, job: str, n: int, token: str = TOKENS["victim"], timeout: float = 120) -> list[float]:
+    """Seconds each of ``n`` requests of the user of ``token`` took, one after the other (their
+    jobs, ``job``, its events, the queue, in turn); RuntimeError at once where one is not
+    answered 200, or not within ``timeout`` seconds. ``tests/cluster/test_reads.py`` times its
+    victim with this too."""
     paths = [f"{API}jobs", f"{API}jobs/{job}", f"{API}jobs/{job}/events?after=0", f"{API}queue"]
     s = requests.Session()
-    s.headers["Authorization"] = f"token {TOKENS['victim']}"
+    s.headers["Authorization"] = f"token {token}"
     took = []
     for i in range(n):
+        path = paths[i % len(paths)]
         t0 = time.perf_counter()
-        r = s.get(url + paths[i % len(paths)], timeout=120)
+        try:
+            r = s.get(url + path, timeout=timeout)
+        except requests.Timeout:
+            raise RuntimeError(f"the victim's request {path} waited over {timeout:g} s for the API") from None
         took.append(time.perf_counter() - t0)
         if r.status_code != 200:
-            raise RuntimeError(f"the victim got {r.status_code}: {r.text[:200]}")
+            raise RuntimeError(f"the victim got {r.status_code} for {path}: {r.text[:200]}")
         time.sleep(0.02)
     return took
 

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any, Optional, Protocol
 
-from gpuqueue.queue.text import OutputLines, state_event_line
+from gpuqueue.queue.text import OutputLines, message_event_line, state_event_line
 
 VIEW_ENV = "GPUQUEUE_VIEW"
 
@@ -117,8 +117,8 @@ class TextView:
             line = state_event_line(d)
             if line:
                 self._print(line)
-        elif t == "warning":
-            self._print(f"[gpuqueue] warning: {d.get('message')}")
+        elif (said := message_event_line(t, d)) is not None:
+            self._print(said)
         elif t == "checkpoint":
             self._print(f"[gpuqueue] checkpoint saved: step {d.get('step')} -> {d.get('path')}")
 

@@ -22,23 +22,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from gpuqueue.queue.errors import GPUQueueError, Unavailable, error_for_status
 from gpuqueue.queue.models import Buffer, Event, JobRecord, SubmitRequest
 from gpuqueue.queue.verbs import Caller
-
-
-READ_RETRY_S = 10.0
-"""How long a read the API service answered 429 (this user's reads in flight at its bound) is
-tried again, at its ``Retry-After``, before the 429 reaches the user."""
-
-
-def _read_retry_pause(method: str, e: HTTPClientError, waited: float) -> Optional[float]:
-    """The pause before trying a refused read again, or None to give up: only a GET answered 429,
-    while less than ``READ_RETRY_S`` was spent waiting; at most 2 s, as ``Retry-After`` asks."""
-    if method != "GET" or e.code != 429 or waited >= READ_RETRY_S:
-        return None
-    try:
-        asked = float(e.response.headers.get("Retry-After", "1")) if e.response is not None else 1.0
-    except ValueError:
-        asked = 1.0
-    return min(max(asked, 0.1), 2.0, READ_RETRY_S - waited)
+from gpuqueue.rest.readretry import read_retry_pause
 
 
 class RemoteService:
@@ -85,7 +69,8 @@ class RemoteService:
                 r = await AsyncHTTPClient().fetch(self._request(method, path, body, **params))
                 break
             except HTTPClientError as e:
-                pause = _read_retry_pause(method, e, waited)
+                asked = e.response.headers.get("Retry-After") if e.response is not None else None
+                pause = read_retry_pause(method, e.code, asked, waited)
                 if pause is None:
                     raise self._error(e) from None
                 # the API bounds each user's reads in flight (docs/deploy.md, "Reads per user"):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 import ipywidgets as W
 
 from gpuqueue.queue.states import STATE_GROUPS
-from gpuqueue.queue.text import OutputLines
+from gpuqueue.queue.text import OutputLines, message_event_line, state_event_line
 
 from .display import kept_checkpoints, rotated_note
 
@@ -225,8 +225,8 @@ class JobWidget:
                 self._add_state(d, ev.get("time"))
             elif t == "checkpoint":
                 self.checkpoints.append(d)
-            elif t in ("warning", "info") and d.get("message"):  # a failing cell's error info: the status shows it
-                self.log_lines.append(f"[gpuqueue] {t}: {d.get('message')}")
+            elif (said := message_event_line(t, d)) is not None:  # a failing cell's error info: the status shows it
+                self.log_lines.append(said)
                 self.lines_total += 1
         self._dirty.set()
 
@@ -323,7 +323,13 @@ class JobWidget:
                 self.points = self.points[::2]
 
     def _add_state(self, d: dict[str, Any], when: Optional[float]) -> None:
-        state = d.get("state") or self.state
+        said = state_event_line(d)  # the words of the text view and `gpuqueue logs`
+        state = d.get("state")
+        if state is None:  # a stop request (time limit, cancel, preemption): no new state
+            if said:
+                self.log_lines.append(said)
+                self.lines_total += 1
+            return
         self.state = state
         if state == "starting":
             self.node = d.get("node")
@@ -334,9 +340,8 @@ class JobWidget:
         elif state == "running" and self.started is None:
             self.started = when or time.time()
         elif state in ("queued", "retrying"):
-            if d.get("after"):
-                self.log_lines.append(f"[gpuqueue] attempt ended ({d['after']}); "
-                                      f"{'queued again' if state == 'queued' else 'will retry'}")
+            if d.get("after") and said:  # an attempt ended and the job waits again
+                self.log_lines.append(said)
                 self.lines_total += 1
             self.started = None
         if state in TERMINAL:

@@ -17,7 +17,7 @@ from .cluster.cliargs import number
 from .queue.durations import MAX_TIMEOUT_S, parse_duration
 from .queue.errors import GPUQueueError
 from .queue.states import STATE_GROUPS
-from .queue.text import OutputLines, printable, state_event_line, terminal_output
+from .queue.text import OutputLines, message_event_line, printable, state_event_line, terminal_output
 
 EXIT_USAGE = 2
 
@@ -149,8 +149,8 @@ class _EventPrinter:
                 print(printable(said), file=sys.stderr, flush=True)
             if d.get("traceback"):
                 print(terminal_output(d["traceback"]), file=sys.stderr, flush=True)
-        elif ev["type"] in ("warning", "info") and d.get("message"):
-            print(printable(f"[gpuqueue] {d['message']}"), file=sys.stderr, flush=True)
+        elif (said := message_event_line(ev["type"], d)) is not None:  # the cell's words too
+            print(printable(said), file=sys.stderr, flush=True)
 
     def end(self) -> None:
         for line in self.lines.end():

@@ -75,9 +75,12 @@ def test_logs_of_a_finished_job_say_its_warnings_with_or_without_follow(jupyter_
     logs, follow = gq(jupyter_server, "logs", job), gq(jupyter_server, "logs", "-f", job)
     assert logs.returncode == 0 and logs.stdout == "training\n", logs
     said = logs.stderr.splitlines()
-    assert any(line.startswith("[gpuqueue] the time limit comes in ") and line.endswith(": save a checkpoint")
+    # the cell's words: its warnings read "warning:" (they read as the job's own lines), and the
+    # stop is said once (the queue's "info: stopping (timed_out); grace 10s" said it again)
+    assert any(line.startswith("[gpuqueue] warning: the time limit comes in ") and line.endswith(": save a checkpoint")
                for line in said), said
-    assert "[gpuqueue] stopping (timed out); it has 10s to save a checkpoint, then it is killed" in said, said
+    assert [line for line in said if "stopping" in line or "grace" in line] == [
+        "[gpuqueue] stopping (timed out); it has 10s to save a checkpoint, then it is killed"], said
     assert any(line.startswith("[gpuqueue] timed_out") for line in said), said
     # the cell's words, not the event's fields as a Python dict ("[gpuqueue] running {'node': ...}")
     assert any(line.startswith("[gpuqueue] starting attempt 1 on ") for line in said), said

@@ -9,21 +9,25 @@ from __future__ import annotations
 import json
 import os
 import statistics
+import sys
 import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-import pytest
 import requests
 
+from gpuqueue.queue.errors import GPUQueueError
 from gpuqueue.queue.models import JobRecord, JobSpec
 from gpuqueue.queue.states import JobState
-from gpuqueue.rest.client import API
-from helpers.servers import wait_until
+from gpuqueue.rest.client import API, Client, ServerInfo
+from helpers.servers import free_port, wait_until
 
 from .conftest import TOKENS, Cluster, _ok
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from api_fairness import victim  # noqa: E402  (one timing loop for the benchmark and the test)
 
 ROWS = 12_000  # more than a page (10,000): each hostile request reads a whole page
 
@@ -86,25 +90,6 @@ class Hammer:
             t.join(180)
 
 
-def _victim(c: Cluster, job: str, n: int, limit: float = 120) -> list[float]:
-    """Seconds each of ``n`` requests of bob took (his jobs, his job, its events, the queue, in
-    turn); the test fails at once where one waits more than ``limit`` seconds for its answer."""
-    paths = [f"{API}jobs", f"{API}jobs/{job}", f"{API}jobs/{job}/events?after=0", f"{API}queue"]
-    s = requests.Session()
-    s.headers["Authorization"] = f"token {TOKENS['bob']}"
-    took = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        try:
-            r = s.get(c.url + paths[i % len(paths)], timeout=limit)
-        except requests.Timeout:
-            pytest.fail(f"bob's request {paths[i % len(paths)]} waited over {limit} s for the API")
-        took.append(time.perf_counter() - t0)
-        assert r.status_code == 200, r.text
-        time.sleep(0.02)
-    return took
-
-
 def test_a_user_with_20_concurrent_page_readers_does_not_slow_another_users_requests(
         tmp_path: Path, redis_factory: Any) -> None:
     """alice reads a page of her job's 12,000 events with 20 concurrent readers, each again as
@@ -116,9 +101,9 @@ def test_a_user_with_20_concurrent_page_readers_does_not_slow_another_users_requ
     try:
         _api(c)
         hers, his = _job(c, "alice", ROWS), _job(c, "bob", 20)
-        alone = _victim(c, his, 8)
+        alone = victim(c.url, his, 8, token=TOKENS["bob"])
         with Hammer(c, "alice", f"jobs/{hers}/events?after=0", 20) as alice:
-            loaded = _victim(c, his, 12, limit=5.0)
+            loaded = victim(c.url, his, 12, token=TOKENS["bob"], timeout=5.0)
         print(f"bob alone: median {statistics.median(alone) * 1000:.0f} ms; with alice's 20 readers: median "
               f"{statistics.median(loaded) * 1000:.0f} ms, slowest {max(loaded) * 1000:.0f} ms; alice got "
               f"{dict(alice.statuses)}")
@@ -212,5 +197,134 @@ def test_a_users_server_waits_its_turn_instead_of_showing_the_read_bound(
             t.join(60)
         assert [a.status_code for a in answers] == [200] * len(paths), [(a.status_code, a.text[:200]) for a in answers]
         assert "Traceback" not in c.log("api"), c.log("api")[-3000:]
+    finally:
+        c.close()
+
+
+def test_the_cli_client_waits_its_turn_instead_of_showing_the_read_bound(
+        tmp_path: Path, redis_factory: Any) -> None:
+    """The client of the ``gpuqueue`` command and the kernel, pointed at the API service itself
+    (GPUQUEUE_URL): a script or several terminals reading at once past the user's bound got
+    "you have 1 reads of the queue in flight at once" where a user's Jupyter server waits its
+    turn. It asks again at the Retry-After too (up to 10 s), so every read is answered."""
+    c = Cluster(tmp_path / "cluster", redis_factory(appendonly=False), {"n1": 1})
+    try:
+        _api(c, "--max-reads-per-user", "1")
+        hers = _job(c, "alice", 3000)
+        reads: list[Callable[[Client], Any]] = [
+            lambda cl: cl.events(hers), lambda cl: cl.list(), lambda cl: cl.queue(), lambda cl: cl.get(hers)] * 2
+        answers: list[Any] = [None] * len(reads)
+
+        def read(i: int) -> None:
+            try:
+                answers[i] = reads[i](Client(ServerInfo(c.url, TOKENS["alice"]), timeout=30))
+            except GPUQueueError as e:
+                answers[i] = e
+
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(len(reads))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        refused = [str(a) for a in answers if isinstance(a, GPUQueueError) or a is None]
+        assert not refused, refused
+        assert len(answers[0]) == 3000 and answers[3]["id"] == hers, answers[3]
+        assert "Traceback" not in c.log("api"), c.log("api")[-3000:]
+    finally:
+        c.close()
+
+
+class Sequential:
+    """One reader of ``user`` asking for ``path`` again and again, never two at once (a careful
+    script): a 429 it gets comes from something else of its user's holding the slots."""
+
+    def __init__(self, url: str, user: str, path: str):
+        self.statuses: Counter[int] = Counter()
+        self.refusal = ""
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(url + API + path, TOKENS[user]))
+
+    def _read(self, url: str, token: str) -> None:
+        s = requests.Session()
+        s.headers["Authorization"] = f"token {token}"
+        while not self._stop.is_set():
+            r = s.get(url, timeout=60)
+            self.statuses[r.status_code] += 1
+            if r.status_code == 429 and not self.refusal:
+                self.refusal = r.json()["message"]
+            time.sleep(0.01)
+
+    def __enter__(self) -> "Sequential":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+
+def test_live_follows_share_the_users_read_slots(tmp_path: Path, redis_factory: Any) -> None:
+    """docs/deploy.md, "Reads per user": a follow's next batch of stored events is one of its
+    user's reads. At `--max-reads-per-user 1`, alice's follows catching up on 12,000 stored
+    events take her one slot batch by batch: her careful reader, one read at a time, is refused
+    429 (the bound's message) while they do, and the follows themselves are never refused,
+    they wait for the slot and get every event; bob's reader is never refused."""
+    c = Cluster(tmp_path / "cluster", redis_factory(appendonly=False), {"n1": 1})
+    try:
+        _api(c, "--max-reads-per-user", "1")
+        big, small, his = _job(c, "alice", ROWS), _job(c, "alice", 1), _job(c, "bob", 1)
+        got: list[int] = []
+        stop = threading.Event()
+
+        def follow() -> None:
+            s = requests.Session()
+            s.headers["Authorization"] = f"token {TOKENS['alice']}"
+            while not stop.is_set():
+                with s.get(f"{c.url}{API}jobs/{big}/events?follow=1", stream=True, timeout=60) as r:
+                    got.append(sum(b"\nevent: log\n" in block
+                                   for block in r.iter_lines(chunk_size=1 << 16, delimiter=b"\n\n"))
+                               if r.status_code == 200 else -r.status_code)
+
+        followers = [threading.Thread(target=follow) for _ in range(2)]
+        with Sequential(c.url, "alice", f"jobs/{small}") as hers, Sequential(c.url, "bob", f"jobs/{his}") as bobs:
+            for t in followers:
+                t.start()
+            wait_until(lambda: len(got) >= 2 and hers.statuses[429] >= 2, 30, 0.1, "the follows to hold alice's slot")
+            stop.set()
+            for t in followers:
+                t.join(60)
+        assert got and set(got) == {ROWS}, got  # every follow was served whole, none refused
+        assert hers.statuses[200] > 0 and set(hers.statuses) == {200, 429}, hers.statuses
+        assert hers.refusal.startswith("you have 1 reads of the queue in flight at once on this API server"), hers.refusal
+        assert set(bobs.statuses) == {200}, bobs.statuses
+        assert "Traceback" not in c.log("api"), c.log("api")[-3000:]
+    finally:
+        c.close()
+
+
+def test_the_read_bound_is_per_api_process(tmp_path: Path, redis_factory: Any) -> None:
+    """docs/deploy.md, "Reads per user": the bound is per process. Two `gpuqueue api` processes
+    on one store, each at `--max-reads-per-user 1`: while alice's 3 readers of a page of events
+    hold her slot of the first (refused there past it), her careful reader on the second is
+    never refused; on the first, it is."""
+    c = Cluster(tmp_path / "cluster", redis_factory(appendonly=False), {"n1": 1})
+    try:
+        _api(c, "--max-reads-per-user", "1")
+        port2 = free_port()
+        c._spawn("api2", ["api", "--port", str(port2), "--users", str(c.users), "--max-reads-per-user", "1"],
+                 role="api")
+        url2 = f"http://127.0.0.1:{port2}/"
+        wait_until(lambda: _ok(f"{url2}healthz"), 30, 0.1, "the second API service")
+        big, small = _job(c, "alice", ROWS), _job(c, "alice", 1)
+        with Hammer(c, "alice", f"jobs/{big}/events?after=0", 3) as alice:
+            with Sequential(url2, "alice", f"jobs/{small}") as there:
+                time.sleep(2.0)
+            with Sequential(c.url, "alice", f"jobs/{small}") as here:
+                time.sleep(2.0)
+        assert alice.statuses[429] > 0, alice.statuses  # the first process holds her to 1
+        assert there.statuses[200] > 10 and set(there.statuses) == {200}, there.statuses
+        assert here.statuses[429] > 0, here.statuses
+        for key in ("api", "api2"):
+            assert "Traceback" not in c.log(key), c.log(key)[-3000:]
     finally:
         c.close()

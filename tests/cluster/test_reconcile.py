@@ -167,6 +167,44 @@ def test_a_running_job_whose_start_was_lost_shows_running(cluster_factory) -> No
     assert list(c.runs()[job]) == ["1"], c.runs()[job]  # it ran once: not started again
 
 
+def test_a_start_report_that_comes_after_the_beats_moved_the_job_to_running_is_recorded(cluster_factory) -> None:
+    """A job's start report is held up (not lost: a replica that catches up late, say) until the
+    daemon has moved the job to RUNNING from its worker's beats. The report was ignored (the
+    daemon took start reports of STARTING attempts only): `gpuqueue show` never had the runner's
+    pid, and the start time stayed the beats' estimate. Now both are recorded from it, and the job
+    does not change state again (one "running" in its stream). Then cancelled: in cluster mode
+    too, `gpuqueue logs` says the stop once (the daemon's "info: stopping (cancelled); grace 3s"
+    said it again)."""
+    c = cluster_factory(nodes={"n1": 1})
+    r = c.redis_client()
+    job = _start_while_the_daemon_is_frozen(c, r, ticks=600)
+    try:
+        wait_until(lambda: r.exists(f"gq:started:{job}:1"), 30, 0.05, "the worker to report the job's start")
+        report = r.get(f"gq:started:{job}:1")  # the report as the worker queued it
+        _lose(r, job, ("started",))
+    finally:
+        os.kill(c.procs["daemon"].pid, signal.SIGCONT)
+    _leaves(c, job, "starting", "its start report was held up")
+    root = c.client("root")
+    assert root.get(job)["attempts"][0]["pid"] is None
+    r.set(f"gq:started:{job}:1", report)  # the report comes after all
+    r.xadd("gq:reports", {"m": report})
+    sent = json.loads(report)
+    assert isinstance(sent["pid"], int), sent
+    a = wait_until(lambda: (x := root.get(job)["attempts"][0])["pid"] == sent["pid"] and x, 10, 0.1,
+                   "the daemon to record the runner's pid")
+    assert a["started_at"] == sent["t"] and a["outcome"] is None, (a, sent)
+    shown = json.loads(c.cli("alice", "show", job).stdout)
+    assert shown["state"] == "running" and shown["attempts"][0]["pid"] == sent["pid"], shown
+    states = [e["data"].get("state") for e in c.client("alice").events(job) if e["type"] == "state"]
+    assert states.count("running") == 1, states
+    assert c.client("alice").cancel(job)["id"] == job
+    assert c.wait_done([job], 30)[job]["state"] == "cancelled"
+    said = c.cli("alice", "logs", job).stderr.splitlines()
+    assert [line for line in said if "stopping" in line or "grace" in line] == [
+        "[gpuqueue] stopping (cancelled); it has 3s to save a checkpoint, then it is killed"], said
+
+
 def test_an_older_workers_beats_never_end_a_starting_attempt(cluster_factory) -> None:
     """Mixed versions in a rolling upgrade: a worker whose heartbeats have no ``launching`` list
     (written here, as that older version writes them, while n1's worker is frozen) cannot tell

@@ -148,7 +148,7 @@ def test_a_killed_runners_job_ends_and_runs_again(cluster: Cluster) -> None:
     assert second["outcome"] == "succeeded"
     assert "attempt 2 runs normally" in logs(events)
     shown = c.cli("alice", "logs", "-f", job, timeout=30)  # what the user reads (the job has ended)
-    assert f"[gpuqueue] {said}" in shown.stderr and "attempt 2 runs normally" in shown.stdout, shown
+    assert f"[gpuqueue] warning: {said}" in shown.stderr and "attempt 2 runs normally" in shown.stdout, shown
     print(f"\nthe killed runner's {ended.group(1)} processes were gone {gone_s * 1000:.0f} ms after its SIGKILL")
 
 

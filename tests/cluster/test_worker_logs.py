@@ -5,6 +5,7 @@ that the node signed off."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from typing import Any, Callable
@@ -15,8 +16,6 @@ from .conftest import Cluster
 
 
 def _messages(c: Cluster, key: str) -> list[str]:
-    import json
-
     out = []
     for line in c.log(key).splitlines():
         try:
@@ -57,3 +56,26 @@ def test_a_redis_outage_and_a_stop_read_well_in_the_worker_log(cluster_factory: 
     assert said[-1] == "stopped; node n1 signed off", "\n".join(said[-10:])
     got: Any = wait_until(lambda: (j := root.get(job2))["state"] == "queued" and j, 30, 0.1, "the job queued again")
     assert got["attempts"][0]["node"] == "n1"
+
+
+def test_a_heartbeat_round_that_fails_is_logged_once_then_how_often_and_its_end(
+        cluster_factory: Callable[..., Cluster]) -> None:
+    """Stop requests the worker cannot read (as a daemon of another version might write them):
+    each makes one heartbeat round raise. The error was logged once, and then nothing, not even
+    that the heartbeats went on. Now, as every other loop's repeated error: once with its
+    traceback, then, when the rounds work again, how many failed, over how long, and the last."""
+    c = cluster_factory(nodes={"n1": 1}, start=False)
+    c.start_worker("n1")
+    r = c.redis_client()
+    wait_until(lambda: r.exists("gq:hb:n1"), 30, 0.1, "the worker's first heartbeat")
+    r.rpush("gq:ctl:n1", *[json.dumps({"job": "j-0123456789ab", "reason": "cancelled"})] * 3)  # no attempt
+    wait_until(lambda: any(m.startswith("heartbeats go on again") for m in _messages(c, "worker-n1")), 30, 0.1,
+               "the worker to say its heartbeats go on")
+    said = _messages(c, "worker-n1")
+    failed = [m for m in said if m.startswith("heartbeat failed")]
+    assert failed == ["heartbeat failed: KeyError: 'attempt' (logged once until the error changes)"], "\n".join(said)
+    [back] = [m for m in said if m.startswith("heartbeats go on again")]
+    assert back.startswith("heartbeats go on again, after 3 failed rounds in ") and back.endswith(
+        " s (last: KeyError: 'attempt')"), back
+    assert c.log("worker-n1").count("Traceback (most recent call last)") == 1  # with the first only
+    assert r.llen("gq:ctl:n1") == 0

@@ -119,5 +119,5 @@ def test_a_killed_runners_job_ends_before_its_next_attempt(jupyter_server, tmp_p
     assert said.split(";")[0] in shown.stdout, shown
     logged = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "logs", "-f", job], env=env, capture_output=True,
                             text=True, timeout=60)
-    assert f"[gpuqueue] {said.split(';')[0]}" in logged.stderr, logged  # in the job's stream, where the user looks
+    assert f"[gpuqueue] warning: {said.split(';')[0]}" in logged.stderr, logged  # in the job's stream, where the user looks
     print(f"\nkilled the {victim}: the job's processes were gone {gone_s * 1000:.0f} ms after its SIGKILL")

@@ -342,6 +342,8 @@ def test_a_cell_past_its_time_limit_says_it_is_stopping(jupyter_server):
     assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
     assert "None" not in res.stdout, res.stdout
     assert "[gpuqueue] stopping (timed out); it has 10s to save a checkpoint" in res.stdout, res.stdout
+    said = [line for line in res.stdout.splitlines() if "stopping" in line or "grace" in line]
+    assert len(said) == 1, said  # once, as in the widget and `gpuqueue logs`
 
 
 def test_a_timed_out_cell_names_its_time_limit_and_the_fix(jupyter_server):

@@ -372,3 +372,22 @@ def test_a_failed_cell_shows_its_error_and_no_empty_notes(jupyter_server):
     assert st["state"] == "failed" and "ValueError: bad lr" in st["status"], st["status"]
     assert "ValueError: bad lr" in st["log"], st["log"]
     assert "None" not in st["log"], st["log"]
+
+
+def test_a_cell_past_its_time_limit_says_so_once_in_the_widget(jupyter_server):
+    """A cell stopped at its time limit: the widget's log said the stop twice, in two wordings
+    (the queue's "[gpuqueue] info: stopping (timed_out); grace 10s", the runner's "it has 10s to
+    save a checkpoint" only in the text view). Now one line, the text view's and `gpuqueue logs`'
+    words, after the queue's warning, with its "warning:" as everywhere."""
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="widget")).error is None
+    res = k.run("%%train --name slow --timeout 3s\nimport time\nprint('training', flush=True)\ntime.sleep(60)",
+                timeout=90)
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
+    st = wait_until(lambda: (s := peek(k))["state"] == "timed_out" and s, 30, 0.3, "the widget to say timed_out")
+    log = html.unescape(st["log"]).removeprefix("<pre class='gpuqueue-log' style='margin:0'>").removesuffix("</pre>")
+    lines = log.splitlines()
+    assert [line for line in lines if "stopping" in line or "grace" in line] == [
+        "[gpuqueue] stopping (timed out); it has 10s to save a checkpoint, then it is killed"], lines
+    assert any(line.startswith("[gpuqueue] warning: the time limit comes in ") for line in lines), lines
+    assert lines[0] == "training", lines

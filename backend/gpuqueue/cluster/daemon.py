@@ -352,6 +352,8 @@ class Daemon(QueueShell, Leadership, Nodes, Reconcile, Upkeep, StoreBounds):
             a = job.current_attempt
             if a and a.number == m.get("attempt") and job.state == JobState.STARTING:
                 self._on_started(job, m)
+            elif a and a.number == m.get("attempt") and job.state == JobState.RUNNING and a.pid is None:
+                self._started_late(job, m)
         elif op == "exit":
             a = job.current_attempt
             if a and a.number == m.get("attempt") and a.outcome is None and job.state.is_active:
@@ -437,11 +439,12 @@ class Daemon(QueueShell, Leadership, Nodes, Reconcile, Upkeep, StoreBounds):
             return
         a.stop_requested = reason
         ctl = {"job": job.id, "attempt": a.number, "reason": reason, "grace_s": grace_s}
+        # the runner says it is asked to stop, and its grace, in the job's stream ("stopping
+        # (...); it has Ns to save a checkpoint"): here only why, where the policy said
         self._exec(
             self.store.job_ops(job)
             + [["RPUSH", self.store.k("ctl", a.node), json.dumps(ctl)]]
-            + [self.store.event_op(job.id, "warning" if message else "info",
-                                   {"message": message or f"stopping ({reason}); grace {grace_s:.0f}s"})]
+            + ([self.store.event_op(job.id, "warning", {"message": message})] if message else [])
         )
 
     def _check_starts(self) -> None:

@@ -14,7 +14,9 @@ running (its runner started) for as long, while the store has no start record of
 (``started:<job>:<n>``), lost its start report alone, and showed STARTING for its whole run. It
 is moved to RUNNING from the beats (:meth:`Reconcile._started_unreported`): started at the latest
 when the daemon first saw it listed (the report's own time is lost with it), a note in the job's
-stream saying so. A start record in the store (the report still in flight) is used as it is.
+stream saying so. A start record in the store (the report still in flight) is used as it is; a
+start report that comes after all, once the attempt is RUNNING, adds its runner's pid and start
+time to the record without another change of state (:meth:`Reconcile._started_late`).
 
 When is an attempt lost: its node's worker (the same instance throughout) has written at least
 :data:`MISSING_BEATS` new heartbeats that do not list it, over at least :data:`MISSING_MIN_S`
@@ -214,3 +216,16 @@ class Reconcile:
         log.warning("job %s: attempt %s on node %s: %s", job.id, a.number, a.node, note)
         self._on_started(job, {"t": u.seen_at, "pid": None})
         self._exec([st.event_op(job.id, "info", {"message": note})])
+
+    def _started_late(self, job: JobRecord, m: dict[str, Any]) -> None:
+        """The start report ``m`` of an attempt the beats already moved to RUNNING came after all
+        (held up, not lost): what it says is recorded, its runner's pid and when the runner
+        started (the beats only gave a time at the latest); the state, and its event, stay."""
+        a = job.current_attempt
+        assert a is not None
+        a.pid = m.get("pid")
+        if m.get("t"):
+            a.started_at = float(m["t"])
+        self._exec(self.store.job_ops(job))
+        log.info("job %s: attempt %s on node %s: its start report came after its worker's heartbeats had shown it "
+                 "running: runner pid %s, started at %s recorded", job.id, a.number, a.node, a.pid, a.started_at)

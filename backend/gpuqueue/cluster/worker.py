@@ -199,10 +199,11 @@ class NodeAgent(AttemptTailer):
 
     def _beat_loop(self) -> None:
         """Heartbeat, stop requests and fences every ``heartbeat_s``. An outage of the store is
-        logged once (then how often it came, and its end), not at every beat; an unexpected
-        error once per distinct error, with its traceback."""
+        logged once (then how often it came, and its end), not at every beat; so is an
+        unexpected error, once per distinct error with its traceback, then how often it came
+        and its end (:class:`Repeats`, both)."""
         down = Repeats(log, every_s=60.0)  # during a long outage: how often, at a growing interval
-        failed = ""
+        failing = Repeats(log, before="heartbeat: the error before came %d more times")
         while not self._stop.wait(self.heartbeat_s):
             try:
                 self.beat()
@@ -213,12 +214,13 @@ class NodeAgent(AttemptTailer):
                           f"back (check the store's Redis server); jobs go on")
                 continue
             except Exception as e:  # noqa: BLE001
-                if repr(e) != failed:
-                    log.exception("heartbeat failed (logged once until the error changes)")
-                    failed = repr(e)
+                text = f"{type(e).__name__}: {e}"
+                failing.seen(text, logging.ERROR, exc_info=e,
+                             line=f"heartbeat failed: {text} (logged once until the error changes)")
                 continue
             down.over("redis is available again: heartbeats go on")
-            failed = ""
+            failing.over("heartbeats go on", after=" again, after {rounds} failed rounds in {seconds:.1f} s "
+                         "(last: {last})")
 
     # -- launching ------------------------------------------------------------------------
     def launch(self, msg: dict[str, Any]) -> str:

@@ -441,7 +441,8 @@ class QueueService(KeptWithin, Tailing, Runners, QueueShell):
                 os.kill(a.pid, signal.SIGUSR1)
             except ProcessLookupError:
                 pass
-        self._event(job.id, "info", {"message": f"stopping ({reason}); grace {grace_s:.0f}s"})
+        # the runner says it in the job's stream ("stopping (...); it has Ns to save a checkpoint"):
+        # a line of this service's as well said the same twice
 
     def _read_exit(self, job: JobRecord) -> dict[str, Any]:
         a = job.current_attempt

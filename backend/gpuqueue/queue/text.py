@@ -1,5 +1,6 @@
 """Text users see: control characters (refused in names by the request models, escaped in what a
-terminal shows), a job's output lines, and the line a ``state`` event reads as."""
+terminal shows), a job's output lines, and the line a ``state``, ``warning`` or ``info`` event
+reads as (the same in a notebook cell, its widget and ``gpuqueue logs``)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,15 @@ class OutputLines:
         """The held record of an old runner's ``\\r`` line (a one-item list; empty if none)."""
         held, self.held = self.held, None
         return [held] if held is not None else []
+
+
+def message_event_line(type_: Any, d: dict[str, Any]) -> Optional[str]:
+    """The text line for a ``warning`` or ``info`` event (``[gpuqueue] warning: ...``), as the
+    notebook cell, its widget and ``gpuqueue logs`` all show it; None for another event, or one
+    with no message (a failing cell's error record: its state line says the error)."""
+    if type_ in ("warning", "info") and d.get("message"):
+        return f"[gpuqueue] {type_}: {d['message']}"
+    return None
 
 
 def state_event_line(d: dict[str, Any]) -> Optional[str]:

@@ -14,6 +14,7 @@ import builtins  # "list" in Client's annotations after its list() is that metho
 import json
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 from urllib.parse import quote
@@ -21,6 +22,7 @@ from urllib.parse import quote
 import requests
 
 from ..queue.errors import GPUQueueError, NotFound, error_for_status
+from .readretry import read_retry_pause
 
 API = "gpuqueue/api/"
 
@@ -113,14 +115,25 @@ class Client:
         raise error_for_status(r.status_code, message, retry_after=r.headers.get("Retry-After"))
 
     def _request(self, method: str, path: str, **kw: Any) -> requests.Response:
-        try:
-            r = self.session.request(method, self._url(path), timeout=kw.pop("timeout", self.timeout), **kw)
-        except requests.ConnectionError:
-            raise NoServer(
-                f"cannot reach the gpuqueue server at {self.server.url}: is it running? "
-                f"(GPUQUEUE_URL sets where to look)"
-            ) from None
-        return self._check(r)
+        """``method path``, its error raised. A read the cluster API refused at this user's read
+        bound (429) is asked again at its ``Retry-After``, for up to ``READ_RETRY_S`` in all
+        (:mod:`gpuqueue.rest.readretry`), as a user's Jupyter server does; a write never is."""
+        timeout = kw.pop("timeout", self.timeout)
+        waited = 0.0
+        while True:
+            try:
+                r = self.session.request(method, self._url(path), timeout=timeout, **kw)
+            except requests.ConnectionError:
+                raise NoServer(
+                    f"cannot reach the gpuqueue server at {self.server.url}: is it running? "
+                    f"(GPUQUEUE_URL sets where to look)"
+                ) from None
+            pause = read_retry_pause(method, r.status_code, r.headers.get("Retry-After"), waited)
+            if pause is None:
+                return self._check(r)
+            r.close()
+            time.sleep(pause)
+            waited += pause
 
     def submit(self, spec: dict[str, Any], payload: Optional[bytes] = None, new: bool = False) -> dict[str, Any]:
         """Submit a job; returns the job record (with ``attached`` when it joined an active one)."""
@@ -174,8 +187,6 @@ class Client:
     def follow(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         """Events after ``after``, live, until the job ends (SSE). Resumes after a dropped
         connection from the last seq seen."""
-        import time
-
         failures = 0
         while True:
             try:
