@@ -183,14 +183,6 @@ class PolicyConfig(BaseModel):
         description="seconds of waiting one priority step is worth in the order of starved jobs "
         "(a starved high job goes as if it had waited twice this much longer than a low one)",
     )
-    accrue_limit: int = Field(
-        0, ge=0, le=100000,
-        description="pending jobs of a user in a pool whose wait counts towards starving, oldest first "
-        "(Slurm's MaxJobsAccrue; a later job's clock starts when an earlier one leaves the queue; 0: all)",
-    )
-    accrue_by_size: bool = Field(
-        False, description="count accrue_limit per user and job size instead of per user",
-    )
     max_reservations: int = Field(
         8, ge=1, le=1000,
         description="starved jobs a pass serves first, by credited age: each starts, or gets GPUs set aside",

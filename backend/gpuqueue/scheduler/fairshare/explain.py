@@ -35,7 +35,7 @@ class Explainer:
             for e in sorted(e for heap in queue.by_age.values() for e in heap):
                 j = jobs.get(e.job_id)
                 if (j is not None and j.state == PENDING and j.queue_version == e.queue_version
-                        and ordering.starved(j.accrue_at, j.starve_after, now)):
+                        and ordering.starved(j.request, j.starve_after, now)):
                     res.append(j)
                     starved.add(j.request.id)
         for t in range(N_TIERS):
@@ -65,7 +65,7 @@ class Explainer:
             "tier": float(tier),
             "base_tier": float(2 * req.priority.rank),
             "starvation_boost": float(2 * req.priority.rank - tier),
-            "starved": 1.0 if ordering.starved(j.accrue_at, j.starve_after, now) else 0.0,
+            "starved": 1.0 if ordering.starved(req, j.starve_after, now) else 0.0,
             "usage_gpu_hours": round(policy.ledger.usage(req.user, now), 6),
             "weight": u.weight,
             "share_key": round(u.scaled / scale / u.weight, 6),

@@ -20,23 +20,22 @@ def starve_after(req: JobRequest, starvation_timeout: float, knobs: PolicyConfig
     return knobs.oldest_first_after
 
 
-def starved(since: float, after: float, now: float) -> bool:
-    """Whether the job has waited ``after`` seconds (``starve_after``; 0: never starves) since
-    its accrual start ``since`` (``Job.accrue_at``; INF: not accruing)."""
-    return after > 0 and since + after <= now
+def starved(req: JobRequest, after: float, now: float) -> bool:
+    """Whether the job has waited ``after`` seconds (``starve_after``; 0: never starves)."""
+    return after > 0 and req.submit_time + after <= now
 
 
 def tier_at(req: JobRequest, starvation_timeout: float, after: float, knobs: PolicyConfig,
-            now: float, since: float) -> tuple[int, float]:
+            now: float) -> tuple[int, float]:
     """(tier, time of the job's next change of place or INF).
 
     ``tier = 0`` for high, ``2`` for medium, ``4`` for low, lowered by one step per
     ``starvation_timeout`` waited, at most ``starvation_boost_cap`` steps and never to 0 (fresh
     high work stays first). The next change is the next boost, or the moment the job starves
-    (``after`` seconds after ``since``, its accrual start: see ``starve_after``, ``accrual``)."""
+    (``after`` seconds, see ``starve_after``)."""
     rank = req.priority.rank
     timeout = starvation_timeout
-    starve = since + after if after > 0 and since + after > now else INF
+    starve = req.submit_time + after if after > 0 and req.submit_time + after > now else INF
     if timeout <= 0:
         return 2 * rank, starve
     if req.submit_time + timeout > now:  # the common case: not waited a timeout yet

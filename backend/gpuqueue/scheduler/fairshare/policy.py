@@ -6,7 +6,6 @@ ledger (``ledger``), each pool's pending queue (``queue``) and node index (``nod
 
 from __future__ import annotations
 
-import heapq
 import math
 import zlib
 from dataclasses import replace
@@ -30,7 +29,6 @@ from ..base import (
 )
 from ..cluster import Cluster, NodeState
 from . import ordering, preemption, quotas
-from .accrual import Accrual
 from .explain import Explainer
 from .ledger import UsageLedger, User
 from .nodes import NodeIndex, PoolNodes
@@ -42,7 +40,6 @@ from .reservations import Claims, Reservation
 from .records import (
     INF,
     PENDING,
-    AgeEntry,
     RUNNING,
     STOPPING,
     WAITING,
@@ -88,8 +85,7 @@ class FairShareScheduler:
         nodes = self.node_index.pools.get(name)
         if nodes is None:
             nodes = self.node_index.pools[name] = PoolNodes(name)
-        pool = self.pools[name] = Pool(name, pc, PoolQueue(), nodes, tokens=self.knobs.preemption_budget,
-                                       accrual=Accrual(self.knobs.accrue_limit, self.knobs.accrue_by_size))
+        pool = self.pools[name] = Pool(name, pc, PoolQueue(), nodes, tokens=self.knobs.preemption_budget)
         return pool
 
     def _rebuild_pools(self) -> None:
@@ -164,8 +160,7 @@ class FairShareScheduler:
     def tier_at(self, job: Job, now: float) -> tuple[int, float]:
         """(tier, next change of place): see ``ordering.tier_at``."""
         req = job.request
-        return tier_at(req, self.pools[req.pool].config.starvation_timeout, job.starve_after, self.knobs, now,
-                       job.accrue_at)
+        return tier_at(req, self.pools[req.pool].config.starvation_timeout, job.starve_after, self.knobs, now)
 
     def starve_after(self, req: JobRequest) -> float:
         """Seconds after which the job starves (0: never): see ``ordering.starve_after``."""
@@ -196,10 +191,8 @@ class FairShareScheduler:
         job.state = PENDING
         self.order_epoch += 1
         pool = self.pools[req.pool]
-        if not boost:  # joins the queue (not a re-filing at a boost)
-            pool.accrual.enter(job)
         after = job.starve_after
-        starved = ordering.starved(job.accrue_at, after, now)
+        starved = ordering.starved(req, after, now)
         if starved:
             pool.starved_epoch += 1
         if not boost or starved and not job.starved:
@@ -212,7 +205,7 @@ class FairShareScheduler:
                                and job.preemptions < knobs.max_preemptions_per_job)
         queue = pool.queue
         queue.count_class(cls, +1)
-        tier, nxt = tier_at(req, pc.starvation_timeout, after, knobs, now, job.accrue_at)
+        tier, nxt = tier_at(req, pc.starvation_timeout, after, knobs, now)
         job.tier = tier
         u = self.ledger.users.get(req.user)
         queue.add(job, u if u is not None else self._user(req), tier, class_key(cls), after > 0)
@@ -224,27 +217,13 @@ class FairShareScheduler:
         self.order_epoch += 1
         req = job.request
         pool = self.pools[req.pool]
-        if ordering.starved(job.accrue_at, job.starve_after, self._now):
+        if ordering.starved(req, job.starve_after, self._now):
             pool.starved_epoch += 1
         queue = pool.queue
         cls = job.job_class  # as filed
         queue.count_class(cls, -1)
         queue.remove(job, job.tier, class_key(cls))
         job.queue_version += 1
-
-    def _left_queue(self, job: Job, now: float) -> None:
-        """A pending job started or was cancelled: the user's next jobs start to accrue age
-        (``accrual``); each may starve ``starve_after`` from now."""
-        pool = self.pools[job.request.pool]
-        for jid in pool.accrual.leave(job):
-            j = self.jobs[jid]
-            j.accrue_at = now
-            after = j.starve_after
-            if after > 0:
-                heap = pool.queue.by_age.setdefault((j.request.priority.rank, after), [])
-                o = j.order_key
-                heapq.heappush(heap, AgeEntry(now, o[1], o[2], j.queue_version))
-                self.timers.boost_at(j, now + after)
 
     # --------------------------------------------------------------------------- events
     def submit(self, job: JobRequest, now: float, restoring: bool = False) -> Optional[Reject]:
@@ -365,7 +344,6 @@ class FairShareScheduler:
             self._vacate(j, now)
         elif j.state == PENDING:
             self._dequeue(j)
-            self._left_queue(j, now)
             self.pools[j.request.pool].queue.queued -= 1
         else:
             j.queue_version += 1
@@ -500,7 +478,6 @@ class FairShareScheduler:
     def start(self, j: Job, placement: Placement, now: float, out: list[Decision]) -> None:
         """Start a pending job on ``placement``: charge its first chunk, arm its timers."""
         self._dequeue(j)
-        self._left_queue(j, now)
         req = j.request
         pool = self.pools[req.pool]
         pool.held.pop(req.id, None)

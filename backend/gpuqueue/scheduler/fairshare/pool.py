@@ -8,7 +8,6 @@ from typing import Any, NamedTuple, Optional
 from ...queue.config import PoolConfig
 from .nodes import PoolNodes
 from .queue import PoolQueue
-from .accrual import Accrual
 from .records import INF
 from .reservations import Held
 
@@ -52,5 +51,3 @@ class Pool:
     victims_by_rank: list[set[str]] = field(default_factory=lambda: [set(), set(), set()])
     # user -> whether no quota can hold its jobs back here (SchedulingPass.quota_free)
     quota_free: dict[str, bool] = field(default_factory=dict)
-    # whose pending jobs accrue age towards starving (``accrual``)
-    accrual: Accrual = field(default_factory=lambda: Accrual(0, False))

@@ -16,7 +16,7 @@ from bisect import bisect_left, insort
 from typing import Iterator
 
 from .ledger import User
-from .records import INF, N_TIERS, AgeEntry, Job, JobClass, QueueKey, UserEntry, class_key
+from .records import N_TIERS, AgeEntry, Job, JobClass, QueueKey, UserEntry, class_key
 
 ListKey = tuple[int, QueueKey]
 """(tier, queue key): which of a user's job lists."""
@@ -90,11 +90,11 @@ class PoolQueue:
         k = job.order_key
         insort(lst, k)
         self.push_user(user, tier, key)
-        if by_age and job.accrue_at < INF:
+        if by_age:
             heap = self.by_age.get((job.request.priority.rank, job.starve_after))
             if heap is None:
                 heap = self.by_age[(job.request.priority.rank, job.starve_after)] = []
-            heapq.heappush(heap, AgeEntry(job.accrue_at, k[1], k[2], job.queue_version))
+            heapq.heappush(heap, AgeEntry(k[0], k[1], k[2], job.queue_version))
 
     def remove(self, job: Job, tier: int, key: QueueKey) -> None:
         """Take a job out of its user's list (the age heap is lazy: nothing to do there)."""

@@ -107,7 +107,6 @@ class Job:
     limit: Optional[float] = None  # runtime limit in seconds (FairShareScheduler.limit)
     starve_after: float = 0.0  # seconds of waiting after which it starves (0: never)
     starved: bool = False  # it had starved when last queued
-    accrue_at: float = INF  # its starvation clock runs from then (INF: not yet; see ``accrual``)
     attempt: int = 0
     placement: Optional[Placement] = None
     started_at: float = 0.0
@@ -138,7 +137,7 @@ the user's). A plain tuple: pushed at every charge, the hottest allocation of th
 class AgeEntry(NamedTuple):
     """A job in a pool's age heap (lazy: stale when ``queue_version`` is not the job's)."""
 
-    since: float  # the job's accrual start (``Job.accrue_at``)
+    submit_time: float
     seq: int
     job_id: str
     queue_version: int

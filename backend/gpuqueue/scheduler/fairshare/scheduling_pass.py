@@ -210,8 +210,8 @@ class SchedulingPass:
             if j is None or j.state != PENDING or j.queue_version != e.queue_version:
                 heapq.heappop(heap)
                 continue
-            if e.since + after <= self.now:
-                return (e.since - (2 - rank) * self.policy.knobs.starved_priority_credit, e.seq, heap)
+            if e.submit_time + after <= self.now:
+                return (e.submit_time - (2 - rank) * self.policy.knobs.starved_priority_credit, e.seq, heap)
             return None
         return None
 
