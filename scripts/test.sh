@@ -26,5 +26,6 @@ echo "import site; site.addsitedir('$(python -c 'import sysconfig; print(sysconf
 python -m pip --python .venv-ipykernel6/bin/python install -q --no-deps "ipykernel>=6.25,<7" "nest_asyncio>=1.5"
 # One pytest worker per CPU (most tests wait on servers, kernels and jobs more than they compute);
 # --dist loadfile keeps each file's tests, and their module fixtures, on one worker.
-# GPUQUEUE_TEST_WORKERS=0 runs them one by one in this process.
-python -m pytest -n "${GPUQUEUE_TEST_WORKERS:-auto}" --dist loadfile "$@"
+# GPUQUEUE_TEST_WORKERS=0 runs them one by one in this process. --no-loadscope-reorder keeps the
+# collection's order, slowest files first (tests/conftest.py), so no long file starts last.
+python -m pytest -n "${GPUQUEUE_TEST_WORKERS:-auto}" --dist loadfile --no-loadscope-reorder "$@"
