@@ -15,7 +15,7 @@ from ..attempt import failtext, launchfail
 from ..attempt.jobdir import MALFORMED
 from .config import MAX_LOST_ATTEMPTS, QueueConfig
 from .errors import BadRequest, Forbidden, Rejected
-from .models import Buffer, JobRecord, JobSpec, SubmitRequest
+from .models import Attempt, Buffer, JobRecord, JobSpec, SubmitRequest
 from ..scheduler.base import Decision, JobRequest, Retry
 from .states import JobState, Outcome
 
@@ -285,12 +285,21 @@ def settle(
             job.preemptions += 1
         job.not_before = retry.at if retry.at > now else None
         state = JobState.RETRYING if retry.at > now else JobState.QUEUED
-        return state, {"after": outcome.value, "retry_at": retry.at, "error": job.error}
+        return state, {"after": outcome.value, "retry_at": retry.at, "error": job.error, "attempt": a.number,
+                       "why": _why_ended(outcome, job, a)}
     final = {Outcome.CANCELLED: JobState.CANCELLED, Outcome.TIMED_OUT: JobState.TIMED_OUT}.get(outcome, JobState.FAILED)
     if outcome == Outcome.LOST:
         job.error = job.error or "the job process was lost and no retries are left"
     return final, {"exit_code": code, "error": job.error,
                    "traceback": a.message if final == JobState.FAILED else None}
+
+
+def _why_ended(outcome: Outcome, job: JobRecord, a: Attempt) -> Optional[str]:
+    """Why an attempt that is retried ended, in a line for its ``state`` event (the cell, its
+    widget and ``gpuqueue logs`` say it): a failure's error, a lost attempt's cause (its node
+    stopped answering, its runner vanished); None for a preemption or a time limit."""
+    why = job.error if outcome == Outcome.FAILED else a.message if outcome == Outcome.LOST else None
+    return str(why).splitlines()[0][:300] if why else None
 
 
 def result_too_big(nbytes: int, limit: int) -> dict[str, Any]:

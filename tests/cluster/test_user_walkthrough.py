@@ -1,0 +1,108 @@
+"""A user's walk through cluster mode (README, docs/user-guide.md, docs/training.md), read with
+the eyes of someone who never saw the code: what the terminal says when a job waits, when its
+node dies under it, and when it resumes on another node from the workers' shared root. Real
+redis-server, scheduler daemon, API service and Celery workers declaring GPUs; the `gpuqueue`
+command as a user runs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+
+from helpers.servers import wait_until
+
+from .conftest import PY, Cluster
+
+# attempt 1 saves steps 1 and 2 and waits to be killed with its node; attempt 2 resumes and saves 3
+JOB = r'''
+import os, time
+import gpuqueue
+ckpt = gpuqueue.Checkpointer(every_steps=1, max_checkpoints=5)
+state = ckpt.load()
+if state is None:
+    for step in (1, 2):
+        ckpt.save(step, {"step": step})
+    print("saved 1 and 2", flush=True)
+    time.sleep(300)
+print("resumed from step", state["step"], flush=True)
+ckpt.save(3, {"step": 3})
+'''
+
+
+def _kill_node(c: Cluster, node: str) -> None:
+    """kill -9 of the worker's whole process tree (worker, fork server, runners, the job)."""
+    for p in c.tree(f"worker-{node}"):
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    c.procs[f"worker-{node}"].wait(15)
+
+
+def _copied(events: list[dict[str, Any]]) -> list[str]:
+    """The checkpoints the job's stream says were copied to the shared root, in order."""
+    return [s for e in events if e["type"] == "info" for s in e["data"].get("shared", [])]
+
+
+def test_a_job_killed_with_its_node_says_why_and_resumes_without_copying_again(
+        cluster_factory: Callable[..., Cluster], tmp_path: Path) -> None:
+    """A job killed with its node read `[gpuqueue] attempt ended (lost); queued again`, and its
+    attempt `the job process vanished without an exit record` (as if the job had done it). It
+    says which attempt ended and why, in the cell's words (`gpuqueue logs`, the cell, the widget:
+    one function). The next attempt, started with the checkpoints it resumed from, copied them
+    to the shared root again at its first save (`checkpoint default/step-1, default/step-2,
+    default/step-3 copied`): a big checkpoint's upload twice, and a line that says what did not
+    happen. Only the new one is copied now."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o700)
+    c = cluster_factory(nodes={"n1": 1, "n2": 1}, worker_args=("--identities", "none", "--shared-dir", str(shared)))
+    script = tmp_path / "train.py"
+    script.write_text(JOB)
+    alice = c.client("alice")
+    job = alice.submit({"kind": "command", "gpus": 1, "command": [PY, str(script)], "name": "resumes"})["id"]
+
+    def on_root() -> Any:
+        j = alice.get(job)
+        assert j["state"] not in ("succeeded", "failed"), j
+        return "default/step-000000002" in _copied(alice.events(job)) and j["attempts"][-1]["node"]
+
+    node = wait_until(on_root, 90, 0.1, "step 2 on the shared root")
+    _kill_node(c, node)
+    rec = c.wait_done([job], 120)[job]
+    assert rec["state"] == "succeeded" and [a["outcome"] for a in rec["attempts"]] == ["lost", "succeeded"], rec
+
+    why = (f"node {node} stopped answering: no heartbeat from its worker for 2s "
+           "(a crash, a reboot or a network cut)")
+    assert rec["attempts"][0]["message"] == why, rec["attempts"][0]
+    out = c.cli("alice", "logs", job)
+    assert out.returncode == 0, out.stderr
+    assert f"[gpuqueue] attempt 1 ended (lost: {why}); queued again\n" in out.stderr, out.stderr
+    assert "resumed from step 2" in out.stdout, out.stdout
+    # attempt 2 copied only what it saved: the two it started with were on the root already
+    assert _copied(alice.events(job)) == ["default/step-000000001", "default/step-000000002",
+                                          "default/step-000000003"], _copied(alice.events(job))
+
+
+def test_the_terminal_says_where_a_waiting_job_stands_and_why(cluster_factory: Callable[..., Cluster]) -> None:
+    """`gpuqueue ls` gave a waiting job's reason as a code (`#1 resources`, `#2 priority`), where
+    `%gpuqueue list` says it in words; `gpuqueue logs [-f]` of a waiting job printed nothing at
+    all (a blank terminal: broken, or waiting?); `gpuqueue list`, the notebook's verb, was
+    `invalid choice`. They say it in the notebook's words now."""
+    c = cluster_factory(nodes={"n1": 1})
+    holder = c.submit("bob", ticks=600)
+    wait_until(lambda: c.client("bob").get(holder)["state"] == "running", 60, 0.1, "bob's job to run")
+    waits = c.submit("alice", ticks=1, name="waits")
+    words = "#1: waiting for 1 GPUs in pool 'gpu' (0/1 free)"
+    wait_until(lambda: words in str(c.cli("alice", "ls").stdout), 30, 0.2, "the reason in gpuqueue ls")
+
+    for verb in ("ls", "list"):
+        ls = c.cli("alice", verb)
+        assert ls.returncode == 0, ls.stderr
+        [line] = [li for li in ls.stdout.splitlines() if li.startswith(waits)]
+        assert line.split()[3] == "queued" and words in line, ls.stdout
+    logs = c.cli("alice", "logs", waits)
+    assert logs.returncode == 0 and logs.stdout == "", logs
+    assert logs.stderr.startswith(f"[gpuqueue] {waits}: queued ({words}"), logs.stderr
+    c.client("root").cancel(holder)
