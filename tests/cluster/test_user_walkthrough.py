@@ -106,3 +106,11 @@ def test_the_terminal_says_where_a_waiting_job_stands_and_why(cluster_factory: C
     assert logs.returncode == 0 and logs.stdout == "", logs
     assert logs.stderr.startswith(f"[gpuqueue] {waits}: queued ({words}"), logs.stderr
     c.client("root").cancel(holder)
+
+    # an attempt that failed and is retried says which, and why, once
+    fails = c.client("alice").submit({"kind": "command", "gpus": 1, "retries": 1,
+                                      "command": [PY, "-c", "raise SystemExit('lr 10 is too high')"]})["id"]
+    c.wait_done([fails], 60)
+    err = c.cli("alice", "logs", fails).stderr
+    assert "[gpuqueue] attempt 1 ended (failed: the job process exited with code 1: lr 10 is too high); " \
+           "will retry\n" in err, err
