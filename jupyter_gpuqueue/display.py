@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any, Optional, Protocol
 
-from gpuqueue.queue.text import OutputLines, message_event_line, state_event_line
+from gpuqueue.queue.text import OutputLines, message_event_line, pending_text, state_event_line
 
 VIEW_ENV = "GPUQUEUE_VIEW"
 
@@ -36,13 +36,13 @@ class JobView(Protocol):
 
 
 def start_line(job: dict[str, Any]) -> str:
-    """``[gpuqueue] submitted j-… (name): queued, position 2: …`` for a job just submitted."""
+    """``[gpuqueue] submitted j-… (name): queued (#2: …)`` for a job just submitted."""
     verb = "attached to" if job.get("attached") else "submitted"
     name = f" ({job['spec']['name']})" if job.get("spec", {}).get("name") else ""
     line = f"[gpuqueue] {verb} {job['id']}{name}: {job['state']}"
     pending = job.get("pending")
     if pending and job["state"] in ("queued", "retrying"):
-        line += f", position {pending.get('position')}: {pending.get('message')}"
+        line += f" ({pending_text(pending)})"
     return line
 
 

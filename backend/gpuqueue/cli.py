@@ -17,7 +17,8 @@ from .cluster.cliargs import number
 from .queue.durations import MAX_TIMEOUT_S, parse_duration
 from .queue.errors import GPUQueueError
 from .queue.states import STATE_GROUPS
-from .queue.text import OutputLines, message_event_line, pending_text, printable, state_event_line, terminal_output
+from .queue.text import (OutputLines, message_event_line, pending_text, printable, state_event_line, terminal_output,
+                         waiting_line)
 
 EXIT_USAGE = 2
 
@@ -157,10 +158,9 @@ class _EventPrinter:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     c = _client()
-    job = c.get(args.id)  # a job that waits has no output yet: say where it stands and why
-    if job["state"] in STATE_GROUPS["waiting"] and job.get("pending"):
-        print(printable(f"[gpuqueue] {job['id']}: {job['state']} ({pending_text(job['pending'])})"),
-              file=sys.stderr, flush=True)
+    waits = waiting_line(c.get(args.id))  # a job that waits has no output yet: where it stands, why
+    if waits:
+        print(printable(waits), file=sys.stderr, flush=True)
     events = c.follow(args.id) if args.follow else c.events(args.id)
     printer = _EventPrinter(live=args.follow)
     for ev in events:  # with or without -f the same lines: its warnings and state changes too

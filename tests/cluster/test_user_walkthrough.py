@@ -13,7 +13,7 @@ import psutil
 
 from helpers.servers import wait_until
 
-from .conftest import PY, Cluster
+from .conftest import PY, TOKENS, Cluster
 
 # attempt 1 saves steps 1 and 2 and waits to be killed with its node; attempt 2 resumes and saves 3
 JOB = r'''
@@ -85,11 +85,14 @@ def test_a_job_killed_with_its_node_says_why_and_resumes_without_copying_again(
                                           "default/step-000000003"], _copied(alice.events(job))
 
 
-def test_the_terminal_says_where_a_waiting_job_stands_and_why(cluster_factory: Callable[..., Cluster]) -> None:
+def test_the_terminal_and_a_text_cell_say_where_a_waiting_job_stands_and_why(
+        cluster_factory: Callable[..., Cluster], jupyter_server_factory: Callable[..., Any]) -> None:
     """`gpuqueue ls` gave a waiting job's reason as a code (`#1 resources`, `#2 priority`), where
     `%gpuqueue list` says it in words; `gpuqueue logs [-f]` of a waiting job printed nothing at
     all (a blank terminal: broken, or waiting?); `gpuqueue list`, the notebook's verb, was
-    `invalid choice`. They say it in the notebook's words now."""
+    `invalid choice`; a %%train cell shown as text (nbconvert, a console) said `submitted …:
+    queued` and nothing more while it waited (the API answers before the scheduler places the
+    job). They say it in the notebook's words now."""
     c = cluster_factory(nodes={"n1": 1})
     holder = c.submit("bob", ticks=600)
     wait_until(lambda: c.client("bob").get(holder)["state"] == "running", 60, 0.1, "bob's job to run")
@@ -105,6 +108,15 @@ def test_the_terminal_says_where_a_waiting_job_stands_and_why(cluster_factory: C
     logs = c.cli("alice", "logs", waits)
     assert logs.returncode == 0 and logs.stdout == "", logs
     assert logs.stderr.startswith(f"[gpuqueue] {waits}: queued ({words}"), logs.stderr
+
+    server = jupyter_server_factory(gpus=0, env={"GPUQUEUE_API_URL": c.url, "GPUQUEUE_API_TOKEN": TOKENS["alice"]})
+    k = server.start_kernel()
+    assert k.run("%load_ext jupyter_gpuqueue").error is None
+    cell = k.run("%%train --gpus 1 --name cell-waits\nx = 1", interrupt_after=8, timeout=60)
+    [submitted, why] = cell.stdout.splitlines()[:2]
+    job = submitted.split()[2]
+    assert submitted == f"[gpuqueue] submitted {job} (cell-waits): queued", cell.stdout
+    assert why == f"[gpuqueue] {job}: queued (#2: 1 job is ahead of it in pool 'gpu')", cell.stdout
     c.client("root").cancel(holder)
 
     # an attempt that failed and is retried says which, and why, once

@@ -77,9 +77,21 @@ def message_event_line(type_: Any, d: dict[str, Any]) -> Optional[str]:
 def pending_text(p: dict[str, Any]) -> str:
     """Where a waiting job stands and why, in words: ``#2, ETA 4m10s: waiting for 1 GPUs in pool
     'default' (0/1 free)`` (a job's ``pending``), as ``gpuqueue ls``, ``gpuqueue logs`` and the
-    magic's ``list``, ``status`` and dashboard say it; the ``reason`` code only if it has no message."""
+    magic's ``list``, ``status`` and dashboard say it; the ``reason`` code only if it has no message.
+    Without a place (``position`` 0), the words alone: ``waiting for the next scheduling pass``."""
     eta = f", ETA {format_duration(p['eta_s'])}" if p.get("eta_s") is not None else ""
-    return f"#{p.get('position')}{eta}: {p.get('message') or p.get('reason')}"
+    why = p.get("message") or p.get("reason")
+    # no place yet (0: a cluster's scheduler has not placed the job since it came): the words alone
+    return f"#{p['position']}{eta}: {why}" if p.get("position") else f"{why}{eta}"
+
+
+def waiting_line(job: dict[str, Any]) -> Optional[str]:
+    """``[gpuqueue] j-…: queued (#1: waiting for ...)`` for a job that waits and whose place the
+    scheduler has given (``pending``); None otherwise. A notebook cell's text and ``gpuqueue logs``
+    say it before the job's output, which it has none of yet."""
+    if job.get("state") not in ("queued", "retrying") or not job.get("pending"):
+        return None
+    return f"[gpuqueue] {job['id']}: {job['state']} ({pending_text(job['pending'])})"
 
 
 def state_event_line(d: dict[str, Any]) -> Optional[str]:
