@@ -332,12 +332,12 @@ class GPUQueueMagics(Magics):
         try:
             for ev in self.client.follow(job["id"], after):
                 view.event(ev)
+            final = self.client.get(job["id"])
         except KeyboardInterrupt:
             print(f"\n[gpuqueue] stopped waiting; {_goes_on(job['id'])}", flush=True)
             return
-        except GPUQueueError as e:
-            raise UsageError(str(e)) from None
-        final = self.client.get(job["id"])
+        except GPUQueueError as e:  # the server's words, not a traceback; the job goes on
+            raise UsageError(f"{e}; {_goes_on(job['id'])}") from None
         view.finish(final)
         self._conclude(final)
 

@@ -126,3 +126,50 @@ def test_the_terminal_and_a_text_cell_say_where_a_waiting_job_stands_and_why(
     err = c.cli("alice", "logs", fails).stderr
     assert "[gpuqueue] attempt 1 ended (failed: the job process exited with code 1: lr 10 is too high); " \
            "will retry\n" in err, err
+
+
+def test_a_cell_and_logs_f_go_on_through_a_restart_of_the_api_service(
+        cluster_factory: Callable[..., Cluster], jupyter_server_factory: Callable[..., Any]) -> None:
+    """The user guide: "A dropped connection (server restart, network blip) resumes from the last
+    event seen." When the API service restarted (an admin's `systemctl restart`, a crash), a
+    waiting %%train cell ended at once with a traceback (`Unavailable: cannot reach the gpuqueue
+    API service ...`, in magics.py and client.py) and `gpuqueue logs -f` stopped as if the job
+    had ended. Both go on now: every line once, in order, and the cell's results come back."""
+    import os
+    import subprocess
+    import threading
+    import time
+
+    c = cluster_factory(nodes={"n1": 1})
+    server = jupyter_server_factory(gpus=0, env={"GPUQUEUE_API_URL": c.url, "GPUQUEUE_API_TOKEN": TOKENS["alice"]})
+    k = server.start_kernel()
+    assert k.run("%load_ext jupyter_gpuqueue").error is None
+    seen: list[str] = []
+    follower: dict[str, Any] = {}
+
+    def restart_the_api() -> None:
+        wait_until(lambda: "tick 3" in "".join(seen), 60, 0.05, "the job's output")
+        job = c.client("alice").list()[0]["id"]
+        follower["p"] = subprocess.Popen(
+            [PY, "-m", "gpuqueue.cli", "logs", "-f", job], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=dict(os.environ, GPUQUEUE_URL=c.url, GPUQUEUE_TOKEN=TOKENS["alice"]), cwd=c.root)
+        time.sleep(1.0)
+        c.kill("api")
+        time.sleep(3.0)
+        c.start_api()
+
+    t = threading.Thread(target=restart_the_api, daemon=True)
+    t.start()
+    cell = k.run("%%train --gpus 1 --name survives\nimport time\nfor i in range(25):\n"
+                 "    print('tick', i, flush=True)\n    time.sleep(0.4)\ndone = 25",
+                 timeout=120, on_output=lambda m: seen.append(m["content"].get("text", "")))
+    t.join(30)
+    assert cell.error is None, cell.error
+    ticks = [li for li in cell.stdout.splitlines() if li.startswith("tick")]
+    assert ticks == [f"tick {i}" for i in range(25)], cell.stdout
+    assert "back in the notebook: i, done" in cell.stdout, cell.stdout
+    assert k.run("print(done)").stdout.strip() == "25"
+    out, err = follower["p"].communicate(timeout=60)
+    assert follower["p"].returncode == 0, err
+    assert out.splitlines() == [f"tick {i}" for i in range(25)], out
+    assert err.rstrip().endswith("[gpuqueue] succeeded"), err
