@@ -80,6 +80,11 @@ def test_a_job_killed_with_its_node_says_why_and_resumes_without_copying_again(
     assert out.returncode == 0, out.stderr
     assert f"[gpuqueue] attempt 1 ended (lost: {why}); queued again\n" in out.stderr, out.stderr
     assert "resumed from step 2" in out.stdout, out.stdout
+    # the paths `%gpuqueue checkpoints` lists are on the disk of the node that saved each
+    # (docs/training.md, "Resume as a new job"): the first two on the lost node, step 3 on the other
+    paths = [e["data"]["path"] for e in alice.events(job) if e["type"] == "checkpoint"]
+    other = rec["attempts"][1]["node"]
+    assert [Path(p).is_relative_to(c.root / f"node-{n}") for p, n in zip(paths, (node, node, other))] == [True] * 3, paths
     # attempt 2 copied only what it saved: the two it started with were on the root already
     assert _copied(alice.events(job)) == ["default/step-000000001", "default/step-000000002",
                                           "default/step-000000003"], _copied(alice.events(job))
