@@ -178,3 +178,23 @@ def test_a_cell_and_logs_f_go_on_through_a_restart_of_the_api_service(
     assert follower["p"].returncode == 0, err
     assert out.splitlines() == [f"tick {i}" for i in range(25)], out
     assert err.rstrip().endswith("[gpuqueue] succeeded"), err
+
+
+def test_a_job_whose_worker_is_stopped_says_so(cluster_factory: Callable[..., Cluster]) -> None:
+    """An admin stops a node's worker (`systemctl stop`: SIGTERM): it stops its jobs, which are
+    queued again elsewhere. The user read `attempt ended (lost)` and, in the attempt's record,
+    `the job process vanished without an exit record`, though the worker had stopped it and
+    written its exit; it says so now."""
+    import signal
+
+    c = cluster_factory(nodes={"n1": 1, "n2": 1})
+    job = c.submit("alice", ticks=100)
+    wait_until(lambda: c.client("alice").get(job)["state"] == "running", 60, 0.1, "the job to run")
+    node = c.client("alice").get(job)["attempts"][-1]["node"]
+    c.kill(f"worker-{node}", signal.SIGTERM)
+    rec = c.wait_done([job], 90)[job]
+    assert rec["state"] == "succeeded" and rec["attempts"][0]["outcome"] == "lost", rec
+    why = f"node {node} stopped running jobs (its worker or server was stopped) and stopped this one first"
+    assert rec["attempts"][0]["message"] == why, rec["attempts"][0]
+    err = c.cli("alice", "logs", job).stderr
+    assert f"[gpuqueue] attempt 1 ended (lost: {why}); queued again\n" in err, err

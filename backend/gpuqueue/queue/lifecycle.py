@@ -225,6 +225,15 @@ def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: boo
     return Outcome.FAILED
 
 
+LOST_WHY = {
+    "terminated": "{node} stopped running jobs (its worker or server was stopped) and stopped this one first",
+    "fenced": "a newer attempt of the job took its place",
+    "": "the job process vanished without an exit record",
+}
+"""Why an attempt ended lost, by its stop reason, where its exit record says no more (its
+message, which the cell, the widget and ``gpuqueue logs`` show)."""
+
+
 def lost_in_a_row(job: JobRecord) -> int:
     """How many attempts before the current one were lost, counting back from it."""
     n = 0
@@ -273,7 +282,8 @@ def settle(
             shown = failtext.tail_text(tail)
             a.message = f"{job.error}\n{shown}" if shown else job.error
     if outcome == Outcome.LOST:
-        a.message = exit_record.get("error") or "the job process vanished without an exit record"
+        why = LOST_WHY.get(str(exit_record.get("stop_reason") or a.stop_requested or ""), LOST_WHY[""])
+        a.message = exit_record.get("error") or why.format(node=f"node {a.node}" if a.node else "its node")
     retry = next((d for d in decisions if isinstance(d, Retry) and d.job_id == job.id), None)
     if outcome == Outcome.SUCCEEDED:
         job.result_names, job.unreturnable = job_result(result_record)
