@@ -27,10 +27,10 @@ from gpuqueue.queue.errors import GPUQueueError
 from gpuqueue.queue.models import JobSpec
 from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
 from gpuqueue.queue.states import STATE_GROUPS
-from gpuqueue.queue.text import pending_text, waiting_line
+from gpuqueue.queue.text import pending_text
 
 from .cellcheck import largest_inputs, syntax_error_message, undefined_names_warning
-from .display import JobView, TextView, kept_checkpoints, rotated_note, use_widgets
+from .display import JobView, TextView, kept_checkpoints, rotated_note, say_why_it_waits, use_widgets
 from .prefetch import modules_coming_back, prefetch
 
 if TYPE_CHECKING:
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 TERMINAL = set(STATE_GROUPS["terminal"])
 MAX_RETRIES = next(m.le for m in JobSpec.model_fields["retries"].metadata if hasattr(m, "le"))
 """The most ``--retries`` a job may ask for (the server's own bound)."""
-WHY_WAIT_S = 3.0
-"""How long a text cell asks for the place in line of a job its cluster has not placed yet."""
 
 
 NOT_RETURNED_HINT = (
@@ -325,7 +323,7 @@ class GPUQueueMagics(Magics):
             return
         view: JobView = self.view_factory()
         view.start(job)
-        self._say_why_it_waits(job)
+        say_why_it_waits(self.client, job)
         if background:
             _say_background(job["id"])
             return
@@ -340,21 +338,6 @@ class GPUQueueMagics(Magics):
             raise UsageError(f"{e}; {_goes_on(job['id'])}") from None
         view.finish(final)
         self._conclude(final)
-
-    def _say_why_it_waits(self, job: dict[str, Any]) -> None:
-        """In text, say once where a job waits and why. A cluster's API answers a submit before
-        its scheduler has placed the job (no place in line yet), so ask again for a moment (the
-        widget asks every few seconds); the job's events are replayed from the start after."""
-        deadline = time.monotonic() + WHY_WAIT_S
-        while job["state"] in STATE_GROUPS["waiting"] and not (job.get("pending") or {}).get("position") \
-                and time.monotonic() < deadline:
-            time.sleep(0.2)
-            try:
-                job = self.client.get(job["id"])
-            except GPUQueueError:
-                return
-            if (job.get("pending") or {}).get("position") and (said := waiting_line(job)) is not None:
-                print(said, flush=True)
 
     def _follow_widget(self, job: dict[str, Any], background: bool, after: int) -> None:
         """Show the job widget, fed by a follower thread. In the foreground the cell waits in a
