@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 import ipywidgets as W
 
 from gpuqueue.queue.states import STATE_GROUPS
+from gpuqueue.queue.text import pending_text
 
 from .widget import fmt_duration
 
@@ -80,8 +81,7 @@ def job_line(j: dict[str, Any], progress: Optional[tuple[float, float]] = None) 
     text = f"{j['id']}{name}: {state}"
     p = j.get("pending")
     if state in WAITING and p:
-        eta = f", ETA {fmt_duration(p['eta_s'])}" if p.get("eta_s") is not None else ""
-        text += f" #{p.get('position')}{eta}: {p.get('message') or p.get('reason')}"
+        text += f" {pending_text(p)}"
     elif state in ("starting", "running"):
         gpus = f"GPUs {j.get('gpu_ids')}" if j.get("gpu_ids") else f"{j.get('gpus', 0)} GPUs"
         text += f" on {j.get('node') or '?'} ({gpus})"

@@ -15,9 +15,11 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 from typing import Any, Optional, Protocol
 
-from gpuqueue.queue.text import OutputLines, message_event_line, state_event_line
+from gpuqueue.queue.errors import GPUQueueError
+from gpuqueue.queue.text import OutputLines, message_event_line, pending_text, state_event_line, waiting_line
 
 VIEW_ENV = "GPUQUEUE_VIEW"
 
@@ -36,14 +38,35 @@ class JobView(Protocol):
 
 
 def start_line(job: dict[str, Any]) -> str:
-    """``[gpuqueue] submitted j-… (name): queued, position 2: …`` for a job just submitted."""
+    """``[gpuqueue] submitted j-… (name): queued (#2: …)`` for a job just submitted."""
     verb = "attached to" if job.get("attached") else "submitted"
     name = f" ({job['spec']['name']})" if job.get("spec", {}).get("name") else ""
     line = f"[gpuqueue] {verb} {job['id']}{name}: {job['state']}"
     pending = job.get("pending")
     if pending and job["state"] in ("queued", "retrying"):
-        line += f", position {pending.get('position')}: {pending.get('message')}"
+        line += f" ({pending_text(pending)})"
     return line
+
+
+WHY_WAIT_S = 3.0
+"""How long a text cell asks for the place in line of a job its cluster has not placed yet."""
+
+
+def say_why_it_waits(client: Any, job: dict[str, Any]) -> None:
+    """In text, say once where a job waits and why (``[gpuqueue] j-…: queued (#2: …)``). A
+    cluster's API answers a submit before its scheduler has placed the job (no place in line
+    yet), so ``client`` is asked again for a moment (the widget asks every few seconds); the
+    job's events are replayed from the start after."""
+    deadline = time.monotonic() + WHY_WAIT_S
+    while job["state"] in ("queued", "retrying") and not (job.get("pending") or {}).get("position") \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            job = client.get(job["id"])
+        except GPUQueueError:
+            return
+        if (job.get("pending") or {}).get("position") and (said := waiting_line(job)) is not None:
+            print(said, flush=True)
 
 
 def best_checkpoints(cps: list[dict[str, Any]]) -> set[int]:

@@ -27,9 +27,10 @@ from gpuqueue.queue.errors import GPUQueueError
 from gpuqueue.queue.models import JobSpec
 from gpuqueue.job.payload import PreflightError, build_payload, source_hash, unpack_results
 from gpuqueue.queue.states import STATE_GROUPS
+from gpuqueue.queue.text import pending_text
 
 from .cellcheck import largest_inputs, syntax_error_message, undefined_names_warning
-from .display import JobView, TextView, kept_checkpoints, rotated_note, use_widgets
+from .display import JobView, TextView, kept_checkpoints, rotated_note, say_why_it_waits, use_widgets
 from .prefetch import modules_coming_back, prefetch
 
 if TYPE_CHECKING:
@@ -322,18 +323,19 @@ class GPUQueueMagics(Magics):
             return
         view: JobView = self.view_factory()
         view.start(job)
+        say_why_it_waits(self.client, job)
         if background:
             _say_background(job["id"])
             return
         try:
             for ev in self.client.follow(job["id"], after):
                 view.event(ev)
+            final = self.client.get(job["id"])
         except KeyboardInterrupt:
             print(f"\n[gpuqueue] stopped waiting; {_goes_on(job['id'])}", flush=True)
             return
-        except GPUQueueError as e:
-            raise UsageError(str(e)) from None
-        final = self.client.get(job["id"])
+        except GPUQueueError as e:  # the server's words, not a traceback; the job goes on
+            raise UsageError(f"{e}; {_goes_on(job['id'])}") from None
         view.finish(final)
         self._conclude(final)
 
@@ -442,8 +444,7 @@ class GPUQueueMagics(Magics):
         if not jobs:
             print("no jobs")
         for j in jobs:
-            p = j.get("pending") or {}  # its reason in words (the "reason" field is a code)
-            info = f"  #{p.get('position')}: {p.get('message') or p.get('reason')}" if p else ""
+            info = f"  {pending_text(j['pending'])}" if j.get("pending") else ""  # why it waits, in words
             print(f"{j['id']}  {j['state']:<10} {j['priority']:<6} gpus={j['gpus']}  {j.get('name') or ''}{info}")
 
     def _cmd_status(self, job_id: str) -> dict[str, Any]:
@@ -451,7 +452,7 @@ class GPUQueueMagics(Magics):
         line = f"{job['id']}: {job['state']}"
         attempt = (job.get("attempts") or [{}])[-1]
         if job.get("pending"):
-            line += f" (#{job['pending']['position']}: {job['pending']['message']})"
+            line += f" ({pending_text(job['pending'])})"
         elif job["state"] in ("starting", "running") and attempt:  # where, and for how long
             ids = attempt.get("gpu_ids") or []
             gpus = f"GPU{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}" if ids else "CPU"

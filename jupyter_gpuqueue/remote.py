@@ -133,7 +133,9 @@ class RemoteService:
         return await self._call("GET", "queue")
 
     async def follow(self, caller: Caller, job_id: str, after: int = 0, keepalive_s: float = 15.0) -> AsyncIterator[Optional[Event]]:
-        """The API service's SSE stream, relayed; reconnects from the last seq on a drop."""
+        """The API service's SSE stream, relayed; reconnects from the last seq on a drop (the
+        service restarted, the network blipped: a refused or reset connection, a 5xx), for
+        about 5 minutes."""
         q: "asyncio.Queue[Any]" = asyncio.Queue()
         buf = b""
 
@@ -174,8 +176,11 @@ class RemoteService:
                     yield ev
             if ended:
                 return
-            r = fetch.result()
-            if r.code in (400, 401, 403, 404, 409):
+            try:
+                r = fetch.result()
+            except Exception:  # noqa: BLE001 - refused, reset: the API service restarts; ask again
+                r = None
+            if r is not None and r.code in (400, 401, 403, 404, 409):
                 raise self._error(HTTPClientError(r.code, response=r))
             failures += 1
             if failures > 150:

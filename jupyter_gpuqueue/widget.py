@@ -318,6 +318,8 @@ class JobWidget:
                 )
         value = d.get(self.curve_key) if self.curve_key else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if self.points and float(step) < self.points[-1][0]:  # a resumed attempt goes on from its
+                self.points = [p for p in self.points if p[0] < float(step)]  # checkpoint: its steps replace
             self.points.append((float(step), float(value)))
             if len(self.points) > CURVE_POINTS:
                 self.points = self.points[::2]

@@ -1,7 +1,7 @@
 """The ``gpuqueue`` command line: the magic's verbs, against the same REST API.
 
     gpuqueue submit [--gpus N --priority high ...] -- python train.py   # prints the job id
-    gpuqueue ls | show ID | logs [-f] ID | cancel ID | wait ID | preempt ID
+    gpuqueue ls (or list) | show ID | logs [-f] ID | cancel ID | wait ID | preempt ID
     gpuqueue simulate TRACE.csv --cluster prod=64x8 ...
 """
 
@@ -17,7 +17,8 @@ from .cluster.cliargs import number
 from .queue.durations import MAX_TIMEOUT_S, parse_duration
 from .queue.errors import GPUQueueError
 from .queue.states import STATE_GROUPS
-from .queue.text import OutputLines, message_event_line, printable, state_event_line, terminal_output
+from .queue.text import (OutputLines, message_event_line, pending_text, printable, state_event_line, terminal_output,
+                         waiting_line)
 
 EXIT_USAGE = 2
 
@@ -88,10 +89,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         return 0
     rows: list[tuple[str, ...]] = [("ID", "NAME", "OWNER", "STATE", "PRIO", "GPUS", "POOL", "NODE", "INFO")]
     for j in jobs:
-        info = ""
-        if j.get("pending"):
-            p = j["pending"]
-            info = f"#{p['position']} {p['reason']}"
+        info = pending_text(j["pending"]) if j.get("pending") else ""  # why it waits, in words
         cells = (j["id"], (j.get("name") or "")[:24], j["owner"], j["state"], j["priority"],
                  j["gpus"], j.get("pool") or "", j.get("node") or "", info)
         rows.append(tuple(printable(c) for c in cells))
@@ -143,7 +141,7 @@ class _EventPrinter:
         self._erase()
         if ev["type"] == "state":
             said = state_event_line(d)  # the cell's words (a stop request has no new state)
-            if said and d.get("error"):
+            if said and d.get("error") and not d.get("why"):  # (a retried attempt's line says why itself)
                 said += f": {d['error']}"
             if said:
                 print(printable(said), file=sys.stderr, flush=True)
@@ -160,6 +158,9 @@ class _EventPrinter:
 
 def cmd_logs(args: argparse.Namespace) -> int:
     c = _client()
+    waits = waiting_line(c.get(args.id))  # a job that waits has no output yet: where it stands, why
+    if waits:
+        print(printable(waits), file=sys.stderr, flush=True)
     events = c.follow(args.id) if args.follow else c.events(args.id)
     printer = _EventPrinter(live=args.follow)
     for ev in events:  # with or without -f the same lines: its warnings and state changes too
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_job_options(s)
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
     s.set_defaults(fn=cmd_submit)
-    s = sub.add_parser("ls", help="list your jobs")
+    s = sub.add_parser("ls", aliases=["list"], help="list your jobs (and why each waits)")
     s.add_argument("--all", action="store_true", help="everyone's (admins)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_ls)

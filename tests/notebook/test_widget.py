@@ -391,3 +391,25 @@ def test_a_cell_past_its_time_limit_says_so_once_in_the_widget(jupyter_server):
         "[gpuqueue] stopping (timed out); it has 10s to save a checkpoint, then it is killed"], lines
     assert any(line.startswith("[gpuqueue] warning: the time limit comes in ") for line in lines), lines
     assert lines[0] == "training", lines
+
+
+def test_a_resumed_attempts_steps_replace_those_past_its_checkpoint_on_the_curve(jupyter_server):
+    """A job resumed from a checkpoint (a node lost, a preemption) logs again the steps after it:
+    the curve drew them after the first attempt's last step, a line running back across the plot
+    (step 9 to step 5). The resumed steps replace the first attempt's from there on."""
+    k = jupyter_server.start_kernel()
+    assert k.run(SETUP.format(mode="widget")).error is None
+    job = """%%train --retries 1 --name resumes
+import os
+from gpuqueue.job import channel
+first = os.environ["GPUQUEUE_ATTEMPT"] == "1"
+for i in range(10) if first else range(5, 10):  # attempt 2 goes on from its checkpoint at step 4
+    channel.emit("metrics", {"step": i, "loss": (10.0 if first else 1.0) - i / 10})
+if first:
+    raise SystemExit(3)
+"""
+    assert k.run(job).error is None
+    st = peek(k)
+    assert st["state"] == "succeeded", st["status"]
+    assert st["points"] == [[float(i), 10.0 - i / 10] for i in range(5)] + [[float(i), 1.0 - i / 10] for i in range(5, 10)]
+    assert polyline_points(st["curve_svg"]) == 10 and "loss 0.1 @ step 9" in st["curve_svg"]

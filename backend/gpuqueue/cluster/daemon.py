@@ -172,7 +172,7 @@ class Daemon(QueueShell, Leadership, Nodes, Reconcile, Upkeep, StoreBounds):
                     log.warning("job %s: cannot restore its placement (%s)", job.id, e)
                     alive = False
             if not alive:
-                self._lost_unplaced(job, "its node is gone")
+                self._lost_unplaced(job, f"node {a.node} is gone")
                 continue
             if exit_rec is not None:
                 self._end_attempt(job, exit_rec)
@@ -201,7 +201,8 @@ class Daemon(QueueShell, Leadership, Nodes, Reconcile, Upkeep, StoreBounds):
         self._exec(
             self.store.job_ops(job)
             + [["SET", self.store.k("fence", job.id), f"{a.number}:settled"]]
-            + [self.store.event_op(job.id, "state", {"state": "queued", "after": "lost"})]
+            + [self.store.event_op(job.id, "state", {"state": "queued", "after": "lost", "attempt": a.number,
+                                                     "why": why})]
         )
 
     # -- the loop -------------------------------------------------------------------------

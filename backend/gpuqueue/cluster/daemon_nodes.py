@@ -74,7 +74,7 @@ class Nodes:
                 continue  # the beat the node was found lost with: it is still down
             if seen is not None:  # the worker restarted: its old runners died with it
                 log.warning("node %s restarted (instance %s)", name, hb["instance"])
-                self._node_lost(name)
+                self._node_lost(name, "restarted: the job's processes ended with its old worker")
             if hb.get("stopped"):
                 continue
             pool = self._pool_of(name, hb.get("pool"), int(hb["gpus"]))
@@ -90,7 +90,9 @@ class Nodes:
             stopped = raw is not None and json.loads(raw).get("stopped") and json.loads(raw)["instance"] == seen.instance
             if stopped or now_m - seen.last_change > self.node_timeout:
                 log.warning("node %s lost (%s)", name, "worker stopped" if stopped else "heartbeat lapsed")
-                self._node_lost(name)
+                self._node_lost(name, "was stopped: its worker signed off" if stopped else
+                                f"stopped answering: no heartbeat from its worker for {self.node_timeout:g}s "
+                                "(a crash, a reboot or a network cut)")
 
     def _pool_of(self, node: str, wanted: Optional[str], gpus: int) -> str:
         """The node's pool: the config's, else the worker's ``--pool`` (or the default pool),
@@ -112,7 +114,9 @@ class Nodes:
         pc.nodes = {**pc.nodes, node: gpus}  # a new dict: admission checks cache node sizes per dict
         return pool
 
-    def _node_lost(self, name: str) -> None:
+    def _node_lost(self, name: str, why: str) -> None:
+        """Node ``name`` is gone (``why``, in words after its name): its attempts end lost and
+        their jobs are queued again; the attempt's message and the job's stream say why."""
         seen = self.nodes.pop(name, None)
         if seen is None:
             return
@@ -122,7 +126,8 @@ class Nodes:
             if isinstance(d, Retry):
                 job = self._find(d.job_id)
                 if job and job.state.is_active:
-                    self._end_attempt(job, {"exit_code": None, "lost": True}, decisions=[d])
+                    self._end_attempt(job, {"exit_code": None, "lost": True, "error": f"node {name} {why}"},
+                                      decisions=[d])
 
 
 def _listed(hb: dict[str, Any], what: str) -> Optional[frozenset[str]]:

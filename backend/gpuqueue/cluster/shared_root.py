@@ -181,8 +181,9 @@ class SharedRoot:
         """Copy the complete checkpoints of ``job_dir/checkpoints`` that the root lacks to the
         root (marker last), then delete from the root those the job rotated away (never all of
         a run's). ``memo``: what this attempt's earlier pushes did (updated); with the local set
-        unchanged since the last push, nothing is copied or listed. Returns the ``name/step-N``
-        copied.
+        unchanged since the last push, nothing is copied or listed; at an attempt's first push, a
+        checkpoint the root already holds (the same marker: one the attempt was started with) is
+        not copied again. Returns the ``name/step-N`` copied.
 
         Bound: a checkpoint is not copied if with it the checkpoints of the local set that this
         attempt copied would take over ``max_bytes`` on the root (counted by the files' sizes,
@@ -208,6 +209,12 @@ class SharedRoot:
                     whole = False
                     continue  # rotated away while we looked: a newer one is there
                 size = len(marker) + sum(os.fstat(fd).st_size for _, fd in files)
+                if memo.mirrored is None and self._there(dest, marker):  # the attempt's first push: those
+                    for _, fd in files:  # it was started with (pulled from the root) are there already
+                        os.close(fd)
+                    memo.copied.add(key)
+                    memo.sizes[key] = size
+                    continue
                 if self.max_bytes:
                     held = sum(memo.sizes.get(k, 0) for k in (f"{n}/{s}@{m}" for n, s, m in found) if k in memo.copied)
                     if held + size > self.max_bytes:
@@ -245,6 +252,14 @@ class SharedRoot:
             if whole:
                 memo.mirrored = now
         return copied
+
+    def _there(self, dest: str, marker: bytes) -> bool:
+        """Whether the root holds this very checkpoint at ``dest`` (its marker, written last and
+        unique to one save, is the same), e.g. one the attempt was started with: not copied again."""
+        try:
+            return bool(self.fs.cat_file(f"{dest}/{MARKER}") == marker)
+        except Exception:  # noqa: BLE001 - not there, or not readable: copied (a real error shows there)
+            return False
 
     def _tag(self, job_id: str) -> None:
         """Write the queue's tag in the job's folder (before its first checkpoint there)."""

@@ -15,7 +15,7 @@ from ..attempt import failtext, launchfail
 from ..attempt.jobdir import MALFORMED
 from .config import MAX_LOST_ATTEMPTS, QueueConfig
 from .errors import BadRequest, Forbidden, Rejected
-from .models import Buffer, JobRecord, JobSpec, SubmitRequest
+from .models import Attempt, Buffer, JobRecord, JobSpec, SubmitRequest
 from ..scheduler.base import Decision, JobRequest, Retry
 from .states import JobState, Outcome
 
@@ -225,6 +225,15 @@ def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: boo
     return Outcome.FAILED
 
 
+LOST_WHY = {
+    "terminated": "{node} stopped running jobs (its worker or server was stopped) and stopped this one first",
+    "fenced": "a newer attempt of the job took its place",
+    "": "the job process vanished without an exit record",
+}
+"""Why an attempt ended lost, by its stop reason, where its exit record says no more (its
+message, which the cell, the widget and ``gpuqueue logs`` show)."""
+
+
 def lost_in_a_row(job: JobRecord) -> int:
     """How many attempts before the current one were lost, counting back from it."""
     n = 0
@@ -273,7 +282,8 @@ def settle(
             shown = failtext.tail_text(tail)
             a.message = f"{job.error}\n{shown}" if shown else job.error
     if outcome == Outcome.LOST:
-        a.message = exit_record.get("error") or "the job process vanished without an exit record"
+        why = LOST_WHY.get(str(exit_record.get("stop_reason") or a.stop_requested or ""), LOST_WHY[""])
+        a.message = exit_record.get("error") or why.format(node=f"node {a.node}" if a.node else "its node")
     retry = next((d for d in decisions if isinstance(d, Retry) and d.job_id == job.id), None)
     if outcome == Outcome.SUCCEEDED:
         job.result_names, job.unreturnable = job_result(result_record)
@@ -285,12 +295,21 @@ def settle(
             job.preemptions += 1
         job.not_before = retry.at if retry.at > now else None
         state = JobState.RETRYING if retry.at > now else JobState.QUEUED
-        return state, {"after": outcome.value, "retry_at": retry.at, "error": job.error}
+        return state, {"after": outcome.value, "retry_at": retry.at, "error": job.error, "attempt": a.number,
+                       "why": _why_ended(outcome, job, a)}
     final = {Outcome.CANCELLED: JobState.CANCELLED, Outcome.TIMED_OUT: JobState.TIMED_OUT}.get(outcome, JobState.FAILED)
     if outcome == Outcome.LOST:
         job.error = job.error or "the job process was lost and no retries are left"
     return final, {"exit_code": code, "error": job.error,
                    "traceback": a.message if final == JobState.FAILED else None}
+
+
+def _why_ended(outcome: Outcome, job: JobRecord, a: Attempt) -> Optional[str]:
+    """Why an attempt that is retried ended, in a line for its ``state`` event (the cell, its
+    widget and ``gpuqueue logs`` say it): a failure's error, a lost attempt's cause (its node
+    stopped answering, its runner vanished); None for a preemption or a time limit."""
+    why = job.error if outcome == Outcome.FAILED else a.message if outcome == Outcome.LOST else None
+    return str(why).splitlines()[0][:300] if why else None
 
 
 def result_too_big(nbytes: int, limit: int) -> dict[str, Any]:

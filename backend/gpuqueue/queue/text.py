@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
+from .durations import format_duration
+
 CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 """C0 controls (NUL, BEL, BS, TAB, LF, CR, ESC, ...), DEL and the C1 controls (CSI, ...); the
 Unicode line and paragraph separators (U+2028, U+2029: line breaks to ``str.splitlines``, to
@@ -72,6 +74,26 @@ def message_event_line(type_: Any, d: dict[str, Any]) -> Optional[str]:
     return None
 
 
+def pending_text(p: dict[str, Any]) -> str:
+    """Where a waiting job stands and why, in words: ``#2, ETA 4m10s: waiting for 1 GPUs in pool
+    'default' (0/1 free)`` (a job's ``pending``), as ``gpuqueue ls``, ``gpuqueue logs`` and the
+    magic's ``list``, ``status`` and dashboard say it; the ``reason`` code only if it has no message.
+    Without a place (``position`` 0), the words alone: ``waiting for the next scheduling pass``."""
+    eta = f", ETA {format_duration(p['eta_s'])}" if p.get("eta_s") is not None else ""
+    why = p.get("message") or p.get("reason")
+    # no place yet (0: a cluster's scheduler has not placed the job since it came): the words alone
+    return f"#{p['position']}{eta}: {why}" if p.get("position") else f"{why}{eta}"
+
+
+def waiting_line(job: dict[str, Any]) -> Optional[str]:
+    """``[gpuqueue] j-…: queued (#1: waiting for ...)`` for a job that waits and whose place the
+    scheduler has given (``pending``); None otherwise. A notebook cell's text and ``gpuqueue logs``
+    say it before the job's output, which it has none of yet."""
+    if job.get("state") not in ("queued", "retrying") or not job.get("pending"):
+        return None
+    return f"[gpuqueue] {job['id']}: {job['state']} ({pending_text(job['pending'])})"
+
+
 def state_event_line(d: dict[str, Any]) -> Optional[str]:
     """The text line for a ``state`` event, or None when it says nothing new. A job asked to
     stop (time limit, cancel, preemption) has a ``stopping`` event with no ``state``."""
@@ -86,9 +108,11 @@ def state_event_line(d: dict[str, Any]) -> Optional[str]:
         gpus = d.get("gpus") or []
         where = f" on {d.get('node')}" + (f" GPUs {gpus}" if gpus else " (CPU)")
         return f"[gpuqueue] starting attempt {d.get('attempt')}{where}"
-    if state in ("queued", "retrying") and d.get("after"):
+    if state in ("queued", "retrying") and d.get("after"):  # an attempt ended: which, how and why
         again = "queued again" if state == "queued" else "will retry"
-        return f"[gpuqueue] attempt ended ({d['after']}); {again}"
+        which = f" {d['attempt']}" if d.get("attempt") else ""
+        why = f": {d['why']}" if d.get("why") else ""
+        return f"[gpuqueue] attempt{which} ended ({d['after']}{why}); {again}"
     if state not in ("queued", "starting"):
         return f"[gpuqueue] {state}"
     return None

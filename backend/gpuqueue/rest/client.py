@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 import requests
 
-from ..queue.errors import GPUQueueError, NotFound, error_for_status
+from ..queue.errors import GPUQueueError, NotFound, Unavailable, error_for_status
 from .readretry import read_retry_pause
 
 API = "gpuqueue/api/"
@@ -185,9 +185,12 @@ class Client:
             after = page[-1]["seq"]
 
     def follow(self, job_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
-        """Events after ``after``, live, until the job ends (SSE). Resumes after a dropped
-        connection from the last seq seen."""
+        """Events after ``after``, live, until the job ends (SSE: its ``end`` event). Resumes
+        from the last seq seen after a dropped connection: refused or reset, a stream that
+        closes before its end, or, once it had connected, the server's 503 (a Jupyter server
+        whose cluster API service restarts), for about ``reconnect_attempts`` tries."""
         failures = 0
+        connected = False
         while True:
             try:
                 r = self._request(
@@ -197,6 +200,7 @@ class Client:
                     stream=True,
                     timeout=(10, 60),
                 )
+                connected = True
                 with r:
                     event_type = None
                     # SSE is UTF-8 whatever the Content-Type says (``text/event-stream`` with
@@ -212,7 +216,14 @@ class Client:
                             after = ev["seq"]
                             failures = 0
                             yield ev
-                return
+                raise NoServer("the stream closed before the job's end")  # a drop: resume from `after`
+            except Unavailable:
+                if not connected:  # the first answer: the server's own words (the queue is off, ...)
+                    raise
+                failures += 1
+                if failures > self.reconnect_attempts:
+                    raise
+                time.sleep(min(2.0, 0.2 * failures))
             except (NoServer, requests.ConnectionError, requests.exceptions.ChunkedEncodingError, requests.Timeout):
                 # the server restarted or the network blipped: resume from `after`
                 failures += 1
