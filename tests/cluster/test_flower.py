@@ -36,7 +36,7 @@ def assert_flower_sees_the_cluster(c: Cluster, api: str) -> None:
     def workers() -> dict:
         try:
             r = requests.get(api + "workers", params={"refresh": "1"}, timeout=10)
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy starting
             return {}
         return r.json() if r.ok and "n1@gpuqueue" in r.json() else {}
 

@@ -222,7 +222,7 @@ class JupyterServer:
                 raise AssertionError(f"jupyter server exited: {self.log_path.read_text()[-3000:]}")
             try:
                 return requests.get(self.url + ready, headers=self.headers, timeout=2).ok
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not listening yet, or busy starting
                 return False
 
         try:

@@ -37,7 +37,7 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
 def _scrape(port: int) -> Scrape | None:
     try:
         r = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5)
-    except requests.ConnectionError:
+    except (requests.ConnectionError, requests.Timeout):  # not up yet, or busy starting
         return None
     return Scrape(r.text) if r.ok else None
 
