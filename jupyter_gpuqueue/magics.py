@@ -453,12 +453,16 @@ class GPUQueueMagics(Magics):
         attempt = (job.get("attempts") or [{}])[-1]
         if job.get("pending"):
             line += f" ({pending_text(job['pending'])})"
-        elif job["state"] in ("starting", "running") and attempt:  # where, and for how long
+        elif attempt.get("started_at") and job["state"] not in ("queued", "retrying"):
+            # where it runs, and for how long; of an ended job, where its last attempt ran and how long
             ids = attempt.get("gpu_ids") or []
             gpus = f"GPU{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}" if ids else "CPU"
-            since = attempt.get("started_at")
+            since, until = attempt["started_at"], attempt.get("ended_at")
             line += f" on {attempt.get('node') or '?'} ({gpus})"
-            line += f", for {format_duration(max(0.0, time.time() - since))}" if since else ""
+            if job["state"] in ("starting", "running"):
+                line += f", for {format_duration(max(0.0, time.time() - since))}"
+            elif until:
+                line += f", ran {format_duration(max(0.0, until - since))}"
             line += f", attempt {attempt.get('number')}" if (attempt.get("number") or 1) > 1 else ""
         if job.get("error"):
             line += f" - {job['error']}"

@@ -231,7 +231,9 @@ def test_gpuqueue_verbs(jupyter_server):
     k.run("%%train --name verbs\nprint('hello from the job')\nz = 7")
     [job] = _jobs(jupyter_server)
     assert job["id"] in k.run("%gpuqueue list").stdout
-    assert "succeeded" in k.run(f"%gpuqueue status {job['id']}").stdout
+    # an ended job: where it ran and for how long (it said `succeeded` only)
+    status = k.run(f"%gpuqueue status {job['id']}").stdout.strip()
+    assert re.fullmatch(rf"{job['id']}: succeeded on local \(CPU\), ran \d+s", status), status
     assert "hello from the job" in k.run(f"%gpuqueue logs {job['id']}").stdout
     late = k.run(f"%gpuqueue cancel {job['id']}")  # it has ended: nothing to cancel, and it says so
     assert late.stdout.strip() == f"{job['id']}: already succeeded; nothing to cancel", late.text
@@ -414,8 +416,9 @@ def test_status_says_where_a_job_runs_and_why_it_ended(jupyter_server):
     assert late.error is not None, late.text
     tmo = next(j for j in _jobs(jupyter_server) if j["name"] == "late")
     line = k.run(f"%gpuqueue status {tmo['id']}").stdout.strip()
-    assert line == (f"{tmo['id']}: timed_out - it ran past its time limit of 1s; a longer --timeout gives "
-                    "it more time"), line
+    assert re.fullmatch(re.escape(f"{tmo['id']}: timed_out on local (CPU), ran ") + r"\ds"
+                        + re.escape(" - it ran past its time limit of 1s; a longer --timeout gives it more time"),
+                        line), line
 
 
 def test_env_sets_variables_in_the_job(jupyter_server):
