@@ -37,6 +37,11 @@ def test_the_lost_attempt_that_makes_the_limit_counts_as_failed():
     state, info = settle(job, Outcome.FAILED, LOST, [], 1.0)
     assert state == JobState.FAILED
     assert info["error"].startswith("the job process was lost 3 times in a row: its runner died without an exit record")
+    # lost with its node: the node's words, not a runner.log its node took with it
+    node_gone = {**LOST, "error": "node n1 stopped answering: no heartbeat from its worker for 30s"}
+    state, info = settle(_job([Outcome.LOST, Outcome.LOST]), Outcome.FAILED, node_gone, [], 1.0)
+    assert info["error"] == ("the job process was lost 3 times in a row; the last time: node n1 stopped answering: "
+                             "no heartbeat from its worker for 30s"), info
     # a stop that the system asked for is not the job's doing: never counted as a failure
     assert attempt_outcome(job, {"exit_code": None, "stop_reason": "terminated"}, False) == Outcome.LOST
 
@@ -80,4 +85,5 @@ def test_a_job_that_kills_its_runner_is_relaunched_a_bounded_number_of_times(jup
                       90, 0.2, "the job to end")
     assert done["state"] == "failed", done
     assert [a["outcome"] for a in done["attempts"]] == ["lost", "lost", "failed"]
-    assert "lost 3 times in a row" in done["error"] and "runner.log" in done["error"]
+    assert done["error"].startswith("the job process was lost 3 times in a row; the last time: the runner of this "
+                                    "attempt on node local was killed by SIGKILL"), done["error"]

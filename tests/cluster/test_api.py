@@ -129,6 +129,8 @@ def test_auth_schemes_redis_failures_and_no_token_in_any_log(cluster_factory) ->
     ]:
         r = call(method, path, params=q, data=body)
         assert r.status_code == status and r.json()["message"], (path, r.status_code, r.text[:300])
+    # a user who may not preempt is told what they may do instead
+    assert "cancel it (`%gpuqueue cancel ID`" in r.json()["message"] and "--resume-from" in r.json()["message"], r.text
     assert call("GET", "jobs", params={"token": "wrong-" + secret}).status_code == 401
     assert call("GET", "jobs", headers={"Authorization": f"Basic {secret}"}, params=q).status_code == 401
 

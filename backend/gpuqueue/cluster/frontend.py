@@ -26,6 +26,7 @@ from ..scheduler.admission import inadmissible, over_cap
 from ..queue.verbs import Caller
 from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.lifecycle import decode_payload, job_request, results_for_owner_only, same_cell_job, with_defaults
+from ..queue.text import PREEMPT_IS_FOR_ADMINS
 from . import redis_url
 from .reads import ReadGate
 from .redis_store import RedisStore, _event
@@ -182,7 +183,7 @@ class ClusterFrontend:
     async def preempt(self, caller: Caller, job_id: str) -> JobRecord:
         """Admin: preempt a running job now (it checkpoints, stops and is queued again)."""
         if not caller.admin:
-            raise Forbidden("only admins may preempt jobs")
+            raise Forbidden(PREEMPT_IS_FOR_ADMINS)
         job = self._get_job(caller, job_id)
         if job.state not in (JobState.STARTING, JobState.RUNNING):
             raise Conflict(f"job {job_id} is {job.state.value}, not running: nothing to preempt")

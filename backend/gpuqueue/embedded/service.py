@@ -39,6 +39,7 @@ from ..scheduler.base import Decision, JobRequest
 from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..queue.verbs import Caller
+from ..queue.text import PREEMPT_IS_FOR_ADMINS
 from .kept import KeptWithin
 from .runners import Runners, process_start_time
 from .store import SqliteStore
@@ -278,7 +279,7 @@ class QueueService(KeptWithin, Tailing, Runners, QueueShell):
     def preempt(self, caller: Caller, job_id: str) -> JobRecord:
         """Admin: preempt a running job now (it checkpoints, stops and is queued again)."""
         if not caller.admin:
-            raise Forbidden("only admins may preempt jobs")
+            raise Forbidden(PREEMPT_IS_FOR_ADMINS)
         job = self.get_job(caller, job_id)
         if job.state not in (JobState.STARTING, JobState.RUNNING):
             raise Conflict(f"job {job_id} is {job.state.value}, not running: nothing to preempt")

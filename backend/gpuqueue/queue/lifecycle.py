@@ -269,9 +269,10 @@ def settle(
             job.error = err[0]
             a.message = err[1] or job.error
         elif exit_record.get("lost"):  # the cap of attempt_outcome
-            why = f" ({exit_record['error']})" if exit_record.get("error") else ""
-            job.error = (f"the job process was lost {lost_in_a_row(job) + 1} times in a row{why}: its runner "
-                         f"died without an exit record; see runner.log in the attempt folder")
+            lost = f"the job process was lost {lost_in_a_row(job) + 1} times in a row"
+            # the cause where one is known (its node stopped answering, ...); else its runner's log
+            job.error = (f"{lost}; the last time: {exit_record['error']}" if exit_record.get("error") else
+                         f"{lost}: its runner died without an exit record; see runner.log in the attempt folder")
             a.message = job.error
         else:  # no error record of its own (a command job): its exit, and its last lines on stderr
             tail = failtext.clean_tail(exit_record.get("stderr_tail"))

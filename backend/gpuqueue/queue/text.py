@@ -65,6 +65,12 @@ class OutputLines:
         return [held] if held is not None else []
 
 
+PREEMPT_IS_FOR_ADMINS = ("only admins may preempt jobs; to stop a job of yours, cancel it (`%gpuqueue cancel ID` "
+                         "or `gpuqueue cancel ID`), then submit it again with --resume-from its last checkpoint "
+                         "(`%gpuqueue checkpoints ID` lists them)")
+"""What a user who is not an admin is told when they try to preempt a job (embedded and cluster)."""
+
+
 def message_event_line(type_: Any, d: dict[str, Any]) -> Optional[str]:
     """The text line for a ``warning`` or ``info`` event (``[gpuqueue] warning: ...``), as the
     notebook cell, its widget and ``gpuqueue logs`` all show it; None for another event, or one
