@@ -356,7 +356,9 @@ class JobWidget:
             if s in WAITING and self.pending:
                 p = self.pending
                 eta = f", ETA {fmt_duration(p['eta_s'])}" if p.get("eta_s") is not None else ""
-                text = f"{s}: position {p.get('position')}{eta}: {p.get('message') or p.get('reason')}"
+                why = p.get("message") or p.get("reason")
+                # no place yet (0: a cluster's scheduler has not placed the job since it came): the words alone
+                text = f"{s}: position {p['position']}{eta}: {why}" if p.get("position") else f"{s}: {why}{eta}"
             elif s in ("starting", "running"):
                 ids = ", ".join(str(i) for i in self.gpus)
                 gpus = f"GPU{'s' if len(self.gpus) > 1 else ''} {ids}" if self.gpus else "CPU"

@@ -413,3 +413,23 @@ if first:
     assert st["state"] == "succeeded", st["status"]
     assert st["points"] == [[float(i), 10.0 - i / 10] for i in range(5)] + [[float(i), 1.0 - i / 10] for i in range(5, 10)]
     assert polyline_points(st["curve_svg"]) == 10 and "loss 0.1 @ step 9" in st["curve_svg"]
+
+
+def test_the_state_line_of_a_job_not_placed_yet_says_why_without_a_position():
+    """A cluster's API answers a submit before its scheduler places the job: the widget's state
+    line read `queued: position 0: waiting for the next scheduling pass`; it says the words alone,
+    and a placed job its position, as `gpuqueue ls` and `%gpuqueue list` do."""
+    from jupyter_gpuqueue.widget import JobWidget
+
+    job = {"id": "j-000000000001", "state": "queued", "attempts": [],
+           "pending": {"position": 0, "reason": "pending", "message": "waiting for the next scheduling pass"}}
+    placed = {**job, "pending": {"position": 2, "eta_s": 250, "reason": "resources",
+                                 "message": "waiting for 1 GPUs in pool 'default' (0/1 free)"}}
+    for shown, line in ((job, "queued: waiting for the next scheduling pass"),
+                        (placed, "queued: position 2, ETA 4m10s: waiting for 1 GPUs in pool 'default' (0/1 free)")):
+        w = JobWidget(show=False)
+        w.start(shown)
+        try:
+            assert w.state_text() == line
+        finally:
+            w.close_updates()
