@@ -275,6 +275,9 @@ class Daemon(QueueShell, Leadership, Nodes, Reconcile, Upkeep, StoreBounds):
             self._handle_batch(reports)
             self.reports_cursor = reports[-1][0]
             self._exec([["SET", st.k("reports", "cursor"), self.reports_cursor]])
+            # the beats now, before any pass: a stopping worker says so before it stops its jobs,
+            # so the jobs it stopped (in these reports) are never placed on it again
+            self._check_nodes()
             if inbox:
                 self.tick()  # GPUs that went free go to the waiting jobs before the new ones are read
         if inbox:

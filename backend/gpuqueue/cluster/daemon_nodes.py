@@ -30,6 +30,7 @@ class NodeSeen:
     running: Optional[frozenset[str]] = None  # "<job>:<attempt>" its last beat lists (None: not said)
     launching: Optional[frozenset[str]] = None  # those it lists as claimed, being launched (None: an older worker)
     beats: int = 0  # new beats seen from this instance (daemon_reconcile.py counts them)
+    cordoned: bool = False  # its worker is stopping: no new job is placed there
 
 
 class Nodes:
@@ -67,6 +68,8 @@ class Nodes:
                     seen.beat, seen.last_change = hb.get("seq"), now_m
                     seen.running, seen.launching = _listed(hb, "running"), _listed(hb, "launching")
                     seen.beats += 1
+                if hb.get("stopping") and not seen.cordoned:
+                    self._cordon(name, seen)
                 continue
             if initial and hb.get("stopped"):
                 continue
@@ -83,6 +86,8 @@ class Nodes:
             self.lost_beats.pop(name, None)
             self.scheduler.node_up(name, pool, int(hb["gpus"]), time.time())
             log.info("node %s up: %s GPUs in pool %s", name, hb["gpus"], pool)
+            if hb.get("stopping"):  # its worker began to stop before this daemon saw it
+                self._cordon(name, self.nodes[name])
             if not initial:
                 self._publish_config()
         for name, seen in list(self.nodes.items()):
@@ -93,6 +98,14 @@ class Nodes:
                 self._node_lost(name, "was stopped: its worker signed off" if stopped else
                                 f"stopped answering: no heartbeat from its worker for {self.node_timeout:g}s "
                                 "(a crash, a reboot or a network cut)")
+
+    def _cordon(self, name: str, seen: NodeSeen) -> None:
+        """Node ``name``'s worker is stopping (its beats say so, before it stops its jobs): no job
+        is placed there any more, so that none of those it stops is sent back to it; its jobs
+        end as they report, and the node is gone when the worker signs off."""
+        seen.cordoned = True
+        self.scheduler.node_cordon(name, time.time())
+        log.info("node %s is stopping: no new job goes there", name)
 
     def _pool_of(self, node: str, wanted: Optional[str], gpus: int) -> str:
         """The node's pool: the config's, else the worker's ``--pool`` (or the default pool),

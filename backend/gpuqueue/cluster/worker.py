@@ -101,6 +101,7 @@ class NodeAgent(AttemptTailer):
         self._stop = threading.Event()
         self._tail_wake = threading.Event()
         self._seq = 0
+        self._leaving = False  # shutdown began: its beats say `stopping` (no new job comes here)
         self._threads: list[threading.Thread] = []
         self._forks: Optional[ForkServer] = None
 
@@ -126,6 +127,11 @@ class NodeAgent(AttemptTailer):
     def shutdown(self, grace_s: float = 15.0) -> None:
         """Stop our attempts (they are queued again elsewhere), report them, say goodbye; the
         log says which attempts were stopped and how it ended."""
+        self._leaving = True
+        try:  # before its jobs are stopped: the scheduler sends none of them (or any other) back here
+            self.beat()
+        except redis.RedisError:
+            pass  # the store is down: nothing is placed anywhere meanwhile
         with self._lock:
             live = list(self.attempts.values())
         if live:
@@ -191,7 +197,8 @@ class NodeAgent(AttemptTailer):
             running = [f"{j}:{n}" for j, n in self.attempts]
             launching = [f"{j}:{n}" for j, n in self.claimed if (j, n) not in self.attempts]
         hb = {"instance": self.instance, "pool": self.pool, "gpus": self.gpus, "seq": self._seq,
-              "time": time.time(), "running": running, "launching": launching, "stopped": stopped}
+              "time": time.time(), "running": running, "launching": launching, "stopped": stopped,
+              "stopping": self._leaving}
         p = self.store.r.pipeline(transaction=True)
         p.sadd(self.store.k("nodes"), self.node)
         p.set(self.store.k("hb", self.node), json.dumps(hb), px=86_400_000)

@@ -169,6 +169,11 @@ class Scheduler(Protocol):
     def node_down(self, node: str, now: float) -> list[Decision]:
         """A node is gone: its jobs are lost and come back as Retry decisions."""
 
+    def node_cordon(self, node: str, now: float) -> None:
+        """A node is going away (its worker is stopping): no job starts there any more; the jobs
+        it runs go on until they end (``finished``) or the node is gone (``node_down``). A later
+        ``node_up`` brings it back."""
+
     def tick(self, now: float) -> list[Decision]:
         """One scheduling pass: starts, preemptions, timeouts."""
 

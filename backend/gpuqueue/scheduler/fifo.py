@@ -170,6 +170,16 @@ class FifoScheduler:
                 out += self._maybe_retry(job, Outcome.LOST, now)
         return out
 
+    def node_cordon(self, node: str, now: float) -> None:
+        """No job starts on ``node`` any more; its running jobs go on (their GPUs are not given
+        back: ``Cluster.release`` skips a node that is not up)."""
+        self._now = max(self._now, now)
+        n = self.cluster.nodes.get(node)
+        if n is not None and n.up:
+            n.up = False
+            n.free = set()
+            self._changed = True
+
     def tick(self, now: float) -> list[Decision]:
         self._now = max(self._now, now)
         self._changed = False

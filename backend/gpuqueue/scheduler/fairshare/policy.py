@@ -386,6 +386,18 @@ class FairShareScheduler:
         self._rebuild_pools()
         return out
 
+    def node_cordon(self, node: str, now: float) -> None:
+        """No job starts on ``node`` any more (its worker is stopping); its jobs go on. It is out
+        of its pool as a down node is (GPUs its jobs free are not given back), but its jobs stay
+        filed there until they end or ``node_down``."""
+        self._now = max(self._now, now)
+        n = self.cluster.nodes.get(node)
+        if n is None or not n.up:
+            return
+        n.up = False
+        n.free = set()
+        self._rebuild_pools()
+
     # --------------------------------------------------------------- occupy / vacate GPUs
     def _occupy(self, j: Job, placement: Placement, now: float) -> None:
         self.cluster.allocate(placement)
