@@ -148,6 +148,9 @@ class RemoteService:
 
         failures = 0
         while True:
+            buf = b""  # a stream cut mid-event leaves a part: the next one starts on a boundary
+            while not q.empty():
+                q.get_nowait()  # (all parsed before the cut was seen: nothing left to relay)
             req = self._request("GET", f"jobs/{job_id}/events", after=after, follow=1)
             req.streaming_callback = on_chunk
             req.request_timeout = 0  # a stream lasts as long as the job
