@@ -574,30 +574,3 @@ def test_a_user_with_nothing_here_preempts_over_share_work_only_within_its_own_s
         sh.apply(s.tick(0), 0)
         s.submit(job("w1", user="w", gpus=gpus, t=10), 10)
         assert [d.job_id for d in s.tick(10) if isinstance(d, Preempt)] == victims, gpus
-
-
-def test_a_starved_start_can_cost_more_in_the_ledger():
-    """``starved_charge`` (an experiment, docs/scheduling.md "Known gaps"): a job that starts
-    starved is charged that many GPU-hours per hour; ``drain_charge``: its user also pays the
-    GPU-time that the node held for it sat idle. Off (1 and 0) by default."""
-    def run(**knobs) -> tuple[float, float]:
-        s = FairShareScheduler(config({"p": {"n1": 2}}, charge_ahead=0, half_life=3e8, **knobs))
-        sh = Shell(s)
-        s.submit(job("filler", user="light", time_limit=4000), 0)
-        sh.apply(s.tick(0), 0)
-        s.submit(job("fresh", user="heavy", gpus=1, t=0), 0)
-        s.submit(job("big", user="heavy", gpus=2, t=1), 1)
-        sh.apply(s.tick(1), 1)
-        sh.finish("fresh", Outcome.SUCCEEDED, 601)  # 600 s of a GPU, not starved
-        sh.apply(s.tick(700), 700)  # big starved (600 s): the node is held for it, 1 GPU idle
-        assert s.explain("big", 700).reason == "starved"
-        sh.finish("filler", Outcome.SUCCEEDED, 2500)
-        assert starts(s.tick(2500)) == ["big"]  # 1 GPU idle from 700 s to 2500 s
-        sh.finish("big", Outcome.SUCCEEDED, 6100)  # 2 GPU-hours, starved
-        return s.usage("heavy", 6100), s.usage("light", 6100)
-
-    base = run()
-    assert base[0] == pytest.approx(600 / 3600 + 2, rel=1e-3)
-    assert run(starved_charge=2.0)[0] == pytest.approx(600 / 3600 + 2 * 2, rel=1e-3)
-    assert run(drain_charge=1.0)[0] == pytest.approx(600 / 3600 + 2 + 1800 / 3600, rel=1e-3)
-    assert run(drain_charge=1.0)[1] == base[1]  # the light user pays nothing more

@@ -183,18 +183,6 @@ class PolicyConfig(BaseModel):
         description="seconds of waiting one priority step is worth in the order of starved jobs "
         "(a starved high job goes as if it had waited twice this much longer than a low one)",
     )
-    starved_charge: float = Field(
-        1.0, ge=1, le=100,
-        description="usage charged per GPU-hour of a job that starts starved (it waited past its "
-        "starvation time and went first by age, whatever its user's share), against 1 for any "
-        "other start: its user (and group) then goes later in the fair order by as much more",
-    )
-    drain_charge: float = Field(
-        0.0, ge=0, le=100,
-        description="usage charged per GPU-hour that GPUs of nodes held for a starved job sat "
-        "idle until it started there (at most the GPUs it needs on each), to its user and group "
-        "when it starts (0: off)",
-    )
     max_reservations: int = Field(
         8, ge=1, le=1000,
         description="starved jobs a pass serves first, by credited age: each starts, or gets GPUs set aside",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import zlib
 from dataclasses import replace
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from ...queue.config import PoolConfig, QueueConfig
 from ...queue.states import Outcome
@@ -30,7 +30,6 @@ from ..base import (
 from ..cluster import Cluster, NodeState
 from . import ordering, preemption, quotas
 from .explain import Explainer
-from .drain import DrainMeter
 from .ledger import UsageLedger, User
 from .nodes import NodeIndex, PoolNodes
 from .ordering import tier_at
@@ -77,8 +76,6 @@ class FairShareScheduler:
         self.preempted_pairs: set[tuple[str, str]] = set()  # (victim, preemptor)
         self._limits: dict[tuple[str, Optional[float]], Optional[float]] = {}
         self.quota_bound: dict[tuple[User, Pool], bool] = {}  # see quota_reason
-        # the drains of starved jobs, metered when drain_charge is on (see drain.py)
-        self.drain: Optional[DrainMeter] = DrainMeter(self.cluster.nodes) if self.knobs.drain_charge > 0 else None
         for name, pc in config.pools.items():
             self._add_pool(name, pc)
         self._rebuild_pools()
@@ -283,8 +280,7 @@ class FairShareScheduler:
         elapsed = max(0.0, self._now - started_at)
         chunk = self.knobs.charge_ahead
         j.charged_until = (math.floor(elapsed / chunk) + 1) * chunk if chunk > 0 else elapsed
-        j.charge_rate = self._charge_rate(j, started_at)
-        j.charged_scaled = j.charge_rate * job.gpus * j.charged_until / 3600.0 * self.ledger.scale(started_at)
+        j.charged_scaled = job.gpus * j.charged_until / 3600.0 * self.ledger.scale(started_at)
         if chunk > 0:
             self.timers.charge_at(j, started_at + j.charged_until)
         self._push_deadlines(j)
@@ -359,8 +355,6 @@ class FairShareScheduler:
         pool = self.pools[req.pool]
         pool.reservations.pop(req.id, None)
         pool.held.pop(req.id, None)
-        if self.drain is not None:
-            self.drain.forget(req.id)
         self._count_pool_job(self.ledger.users[req.user], req.pool, -1)
         del self.jobs[req.id]
         self.preempt_counts.pop(req.id, None)
@@ -375,8 +369,6 @@ class FairShareScheduler:
         old = self.cluster.nodes.get(node)
         if old is not None and old.up:
             self.node_down(node, now)  # jobs there are lost; the shell hears via finished()
-        if self.drain is not None:
-            self._drain_span([node], now)
         self.cluster.nodes[node] = NodeState(node, pool, gpus, up=True)
         self.node_index.jobs_on[node] = set()
         self._rebuild_pools()
@@ -388,8 +380,6 @@ class FairShareScheduler:
         for job_id in sorted(self.node_index.jobs_on.get(node, ())):
             out += self.finished(job_id, Outcome.LOST, now)
         n = self.cluster.nodes.get(node)
-        if self.drain is not None:
-            self._drain_span([node], now)
         if n is not None:
             n.up = False
             n.free = set()
@@ -410,8 +400,6 @@ class FairShareScheduler:
 
     # --------------------------------------------------------------- occupy / vacate GPUs
     def _occupy(self, j: Job, placement: Placement, now: float) -> None:
-        if self.drain is not None:
-            self._drain_span(placement, now)
         self.cluster.allocate(placement)
         req = j.request
         gpus = req.gpus
@@ -463,8 +451,6 @@ class FairShareScheduler:
             for node, ids in placement.items():
                 held[node][rank] -= len(ids)
         nodes = self.cluster.nodes
-        if self.drain is not None:
-            self._drain_span(placement, now)
         freed = 0
         for node, ids in placement.items():  # Cluster.release, counting what comes back
             n = nodes.get(node)
@@ -484,7 +470,7 @@ class FairShareScheduler:
             g.gpus -= gpus
             g.running -= 1
         u.pool_gpus[req.pool] -= gpus
-        actual = j.charge_rate * gpus * max(0.0, now - j.started_at) / 3600.0 * self.ledger.scale(now)
+        actual = gpus * max(0.0, now - j.started_at) / 3600.0 * self.ledger.scale(now)
         self._charge(u, actual - j.charged_scaled)
         j.charged_scaled = 0.0
         j.charged_until = 0.0
@@ -508,23 +494,16 @@ class FairShareScheduler:
         pool = self.pools[req.pool]
         pool.held.pop(req.id, None)
         pool.queue.queued -= 1
-        drained = 0.0
-        if self.drain is not None:  # idle GPU-seconds of the nodes held for it, if it starved
-            drained = self.drain.take(req.id, req.gpus // max(1, req.nodes), now)
         self._occupy(j, placement, now)
         j.reason, j.reason_message = "running", "started"
-        if drained > 0:
-            self._charge(self.ledger.users[req.user],
-                         self.knobs.drain_charge * drained / 3600.0 * self.ledger.scale(now))
         knobs = self.knobs
         chunk = knobs.charge_ahead
         lim = j.limit
         first = chunk if lim is None else min(chunk, lim)
         timers = self.timers
-        rate = j.charge_rate = self._charge_rate(j, now)
         if chunk > 0:
             j.charged_until = first
-            scaled = rate * req.gpus * first / 3600.0 * self.ledger.scale(now)
+            scaled = req.gpus * first / 3600.0 * self.ledger.scale(now)
             j.charged_scaled = scaled
             self._charge(self.ledger.users[req.user], scaled)
             if lim is None or first < lim:
@@ -532,21 +511,6 @@ class FairShareScheduler:
         if lim is not None:  # _push_deadlines, inline (started_at is now)
             timers.limit_at(j, j.started_at + lim, min(knobs.timeout_warning, 0.1 * lim))
         out.append(Start(req.id, placement))
-
-    def _drain_span(self, names: Iterable[str], now: float) -> None:
-        """These nodes' free GPUs change at ``now``: the drain meter closes their idle span."""
-        assert self.drain is not None
-        nodes = self.cluster.nodes
-        for name in names:
-            n = nodes.get(name)
-            if n is not None:
-                self.drain.before_change(n, now)
-
-    def _charge_rate(self, j: Job, started_at: float) -> float:
-        """Usage per GPU-hour of an attempt started at ``started_at``: ``starved_charge`` if
-        the job had starved by then (it went first by age, whatever its user's share), else 1."""
-        m = self.knobs.starved_charge
-        return m if m != 1.0 and ordering.starved(j.request, j.starve_after, started_at) else 1.0
 
     def _push_deadlines(self, j: Job) -> None:
         lim = j.limit
@@ -619,7 +583,7 @@ class FairShareScheduler:
             nxt = j.charged_until + self.knobs.charge_ahead
             if lim is not None:
                 nxt = min(nxt, lim)
-            add = j.charge_rate * j.request.gpus * (nxt - j.charged_until) / 3600.0 * self.ledger.scale(t)
+            add = j.request.gpus * (nxt - j.charged_until) / 3600.0 * self.ledger.scale(t)
             j.charged_until = nxt
             j.charged_scaled += add
             self._charge(self.ledger.users[j.request.user], add)

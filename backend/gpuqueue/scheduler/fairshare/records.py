@@ -113,7 +113,6 @@ class Job:
     ends_at: float = INF  # while it holds GPUs: when it gives them back at the latest, if known
     charged_scaled: float = 0.0  # usage added (scaled units, see ledger) for this attempt so far
     charged_until: float = 0.0  # runtime seconds charged ahead so far
-    charge_rate: float = 1.0  # usage per GPU-hour of this attempt (``starved_charge`` if it started starved)
     preemptions: int = 0
     borrowed: bool = False  # this attempt runs on GPUs set aside for a starved job
     preempted_for: Optional[str] = None  # the job it stops for, while STOPPING

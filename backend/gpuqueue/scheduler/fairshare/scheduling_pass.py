@@ -543,10 +543,6 @@ class SchedulingPass:
         self.claims.add(res)
         if kept is not before:
             pool.held[job_id] = kept
-        drain = self.policy.drain
-        if drain is not None and res.starved:
-            req = res.job.request
-            drain.hold(job_id, req.gpus // max(1, req.nodes), res.nodes, self.now)
         return True
 
     def apart(self, j: Job) -> Optional[Callable[[NodeState], bool]]:
