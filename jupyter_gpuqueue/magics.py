@@ -146,7 +146,7 @@ def train_parser() -> _Parser:
                    help="for gpuqueue.distributed.autocast() and a Hugging Face Trainer (default fp32)")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="turn on gradient checkpointing in a Hugging Face Trainer")
-    p.add_argument("--resume-from", metavar="JOB_ID[/step-N] | PATH",
+    p.add_argument("--resume-from", metavar="JOB_ID[/step-N]|PATH",
                    help="checkpoint to resume from: one of your jobs' (its latest, or step N, as "
                    "`%%gpuqueue checkpoints JOB_ID` lists them; on any node), or a folder or .pt file")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",

@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("submit", help="queue a command; prints the job id")
     _add_job_options(s)
-    s.add_argument("--resume-from", metavar="JOB_ID[/step-N] | PATH",
+    s.add_argument("--resume-from", metavar="JOB_ID[/step-N]|PATH",
                    help="checkpoint to resume from: one of your jobs' (its latest, or step N, as `gpuqueue "
                    "checkpoints JOB_ID` lists them; on any node), or a folder or .pt file the job's node has")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
