@@ -6,15 +6,21 @@ folder; the `gpuqueue` command and a real kernel's magic as a user runs them."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import pytest
 import requests
 
 from helpers.servers import wait_until
+from training.jobs import logs
 
 from .conftest import PY, TOKENS, Cluster
+from .test_isolation import job_python
 
 SAVE = '''
 import gpuqueue
@@ -167,3 +173,54 @@ def test_a_checkpoint_that_never_reached_the_shared_root_fails_the_job_saying_so
                             f"of job {first} is not on the workers' shared root: it stayed on the node that saved it "
                             "(over the root's --shared-max-gb, or its copy failed: that job's log says which), or it "
                             f"was deleted since; `%gpuqueue checkpoints {first}` lists its checkpoints"), rec["error"]
+
+
+SAVE_FILES = '''
+import gpuqueue
+ck = gpuqueue.Checkpointer(max_checkpoints=5)
+for step in (1, 2):
+    ck.save(step, writer=lambda d: open(d + "/s.txt", "w").write(f"weights {step}"))
+'''
+RESUME_FILES = '''
+import os, gpuqueue
+point = gpuqueue.Checkpointer().resume_point()
+print("resumed from step", point.step, "with", open(point.path + "/s.txt").read(), "as uid", os.getuid(), flush=True)
+'''
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
+def test_under_the_owners_own_uid_the_copy_is_the_new_jobs_own(redis_factory: Callable[..., Any]) -> None:
+    """Workers running as root, jobs under their users' own uids: the checkpoint copied from the
+    root for a --resume-from JOB_ID is the new job's (its uid's, mode 700), which reads it."""
+    base = Path(tempfile.mkdtemp(prefix="gq-resume-ids-"))
+    base.chmod(0o711)
+    c = Cluster(base / "cluster", redis_factory(appendonly=True), {"n1": 1, "n2": 1},
+                worker_args=("--shared-dir", str(base / "shared")))
+    c.root.chmod(0o755)
+    py, libs = job_python()
+    env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2] / "backend"), libs])}
+    (c.root / "save.py").write_text(SAVE_FILES)
+    (c.root / "resume.py").write_text(RESUME_FILES)
+    try:
+        c.start_daemon()
+        c.start_worker("n1")
+        c.start_api()
+        c.wait_nodes({"n1"})
+        alice = c.client("alice")
+        first = alice.submit({"kind": "command", "gpus": 1, "command": [py, str(c.root / "save.py")], "env": env})["id"]
+        assert c.wait_done([first], 60)[first]["state"] == "succeeded", logs(alice.events(first))
+        _move_to_n2(c)
+        second = alice.submit({"kind": "command", "gpus": 1, "command": [py, str(c.root / "resume.py")], "env": env,
+                               "resume_from": first})["id"]
+        rec = c.wait_done([second], 60)[second]
+        out = logs(alice.events(second))
+        assert rec["state"] == "succeeded" and rec["attempts"][0]["node"] == "n2", out
+        work = c.root / "node-n2" / "work" / second
+        uid = work.stat().st_uid
+        assert uid != 0 and f"resumed from step 2 with weights 2 as uid {uid}" in out.splitlines(), out
+        for p in (work / "resume", work / "resume" / first / "default" / "step-000000002"):
+            assert (p.stat().st_uid, p.stat().st_mode & 0o777) == (uid, 0o700), p
+        assert (work / "resume" / first / "default" / "step-000000002" / "s.txt").stat().st_uid == uid
+    finally:
+        c.close()
+        shutil.rmtree(base, ignore_errors=True)
