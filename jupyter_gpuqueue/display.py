@@ -69,42 +69,6 @@ def say_why_it_waits(client: Any, job: dict[str, Any]) -> None:
             print(said, flush=True)
 
 
-def best_checkpoints(cps: list[dict[str, Any]]) -> set[int]:
-    """Indexes in ``cps`` (``checkpoint`` events, oldest first) of the best checkpoint now, one
-    per checkpointer name: an event's ``best`` says it was the best *when saved*, so only the
-    newest such event of each name is still the best."""
-    last: dict[Any, int] = {}
-    for i, cp in enumerate(cps):
-        if cp.get("best"):
-            last[cp.get("name")] = i
-    return set(last.values())
-
-
-def kept_checkpoints(cps: list[dict[str, Any]]) -> tuple[list[tuple[dict[str, Any], bool]], int]:
-    """The checkpoints of ``cps`` (``checkpoint`` events, oldest first) that still exist, each with
-    whether it is the best now, and how many older ones its checkpointer's rotation deleted (an
-    event's ``rotated`` names the steps its save deleted; one saved again later is back)."""
-    best_now = best_checkpoints(cps)
-    latest: dict[tuple[Any, Any], int] = {}
-    gone: set[tuple[Any, Any]] = set()
-    for i, cp in enumerate(cps):
-        key = (cp.get("name"), cp.get("step"))
-        latest[key] = i
-        gone.discard(key)
-        gone.update((cp.get("name"), step) for step in cp.get("rotated") or ())
-    kept = [(cp, i in best_now) for i, cp in enumerate(cps)
-            if latest[(cp.get("name"), cp.get("step"))] == i and (cp.get("name"), cp.get("step")) not in gone]
-    return kept, len(gone & latest.keys())
-
-
-def rotated_note(count: int) -> str:
-    """What a listing of checkpoints says of those rotation deleted (``max_checkpoints``)."""
-    if not count:
-        return ""
-    return (f"({count} older checkpoint{'s were' if count > 1 else ' was'} deleted by rotation: "
-            "Checkpointer(max_checkpoints=...) keeps the newest and the best)")
-
-
 class TextView:
     """Plain text: a state line per change, log lines as they arrive. Only the lines that stay
     are printed: a progress bar's redraws (``transient`` records) are not, its last state is,

@@ -22,6 +22,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 
 from gpuqueue.rest.client import Client
+from gpuqueue.queue import ckptref
 from gpuqueue.queue.durations import MAX_TIMEOUT_S, format_duration, parse_duration
 from gpuqueue.queue.errors import GPUQueueError
 from gpuqueue.queue.models import JobSpec
@@ -30,7 +31,7 @@ from gpuqueue.queue.states import STATE_GROUPS
 from gpuqueue.queue.text import pending_text
 
 from .cellcheck import largest_inputs, syntax_error_message, undefined_names_warning
-from .display import JobView, TextView, kept_checkpoints, rotated_note, say_why_it_waits, use_widgets
+from .display import JobView, TextView, say_why_it_waits, use_widgets
 from .prefetch import modules_coming_back, prefetch
 
 if TYPE_CHECKING:
@@ -145,7 +146,9 @@ def train_parser() -> _Parser:
                    help="for gpuqueue.distributed.autocast() and a Hugging Face Trainer (default fp32)")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="turn on gradient checkpointing in a Hugging Face Trainer")
-    p.add_argument("--resume-from", help="checkpoint to resume from")
+    p.add_argument("--resume-from", metavar="JOB_ID[/step-N]|PATH",
+                   help="checkpoint to resume from: one of your jobs' (its latest, or step N, as "
+                   "`%%gpuqueue checkpoints JOB_ID` lists them; on any node), or a folder or .pt file")
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                    help="set an environment variable in the job (again for more), e.g. "
                    "--env OMP_NUM_THREADS=4; not for secrets: the job's record shows it")
@@ -236,9 +239,10 @@ class GPUQueueMagics(Magics):
     def _check_resume_from(self, path: str) -> None:
         """A ``--resume-from`` path that is not there fails the job only once it has waited its
         turn: refused now where the job runs on this machine (embedded mode), else a warning
-        (a cluster's nodes may see files this kernel does not). URLs (``s3://``) are not checked."""
-        if "://" in path or os.path.exists(os.path.expanduser(path)):  # fsspec expands ~ too
-            return
+        (a cluster's nodes may see files this kernel does not). URLs (``s3://``) and job
+        references (``j-.../step-N``, ``gpuqueue.queue.ckptref``) are not checked here."""
+        if "://" in path or ckptref.is_ref(path) or os.path.exists(os.path.expanduser(path)):  # fsspec expands ~ too
+            return  # a job reference (j-.../step-N) is checked by the server, which resolves it
         what = (f"--resume-from {path}: no such file or folder (give a checkpoint folder, such as "
                 "one `%gpuqueue checkpoints ID` lists, or a .pt file)")
         try:
@@ -511,19 +515,10 @@ class GPUQueueMagics(Magics):
         self.last_dashboard = Dashboard(self._thread_client, all_users=all_users)
         self.last_dashboard.show()
 
-    def _cmd_checkpoints(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's checkpoints (from its ``checkpoint`` events), oldest first."""
-        cps = [ev["data"] for ev in self.client.events(job_id) if ev["type"] == "checkpoint"]
-        if not cps:
-            print(f"{job_id}: no checkpoints yet")
-        kept, rotated = kept_checkpoints(cps)
-        for cp, is_best in kept:
-            best = "  (best)" if is_best else ""
-            metrics = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in (cp.get("metrics") or {}).items())
-            print(f"step {cp.get('step')}: {cp.get('path')}  {metrics}{best}")
-        if rotated:
-            print(rotated_note(rotated))
-        return None  # type: ignore[return-value]
+    def _cmd_checkpoints(self, job_id: str) -> None:
+        """The job's checkpoints (from its events), oldest first: what ``--resume-from`` takes for
+        each, and where its files were saved (``gpuqueue.queue.ckptref.listing_lines``)."""
+        print("\n".join(ckptref.listing_lines(job_id, self.client.events(job_id))))
 
     def _cmd_result(self, job_id: str) -> None:
         job = self.client.get(job_id)

@@ -24,10 +24,10 @@ from typing import Any, Callable, Optional
 
 import ipywidgets as W
 
+from gpuqueue.queue.ckptref import entry_lines, listing, rotated_note, with_nodes
 from gpuqueue.queue.states import STATE_GROUPS
 from gpuqueue.queue.text import OutputLines, message_event_line, state_event_line
 
-from .display import kept_checkpoints, rotated_note
 
 REDRAW_HZ = 4.0
 LOG_LINES = 400
@@ -137,7 +137,8 @@ class JobWidget:
         self.lines_total = 0
         self.output = OutputLines()
         self.live_line = ""  # the line the job is writing (a tqdm bar's latest redraw), shown last
-        self.checkpoints: list[dict[str, Any]] = []
+        self.checkpoints: list[dict[str, Any]] = []  # their events' data, with the node that saved each
+        self.checkpoints_node: Optional[str] = None  # where the newest attempt runs
         self.note = ""
         self.last_seq = 0
         self.redraws = 0
@@ -223,8 +224,9 @@ class JobWidget:
                 self._add_metrics(d)
             elif t == "state":
                 self._add_state(d, ev.get("time"))
+                self.checkpoints_node = with_nodes([ev], self.checkpoints_node)[1]
             elif t == "checkpoint":
-                self.checkpoints.append(d)
+                self.checkpoints += with_nodes([ev], self.checkpoints_node)[0]
             elif (said := message_event_line(t, d)) is not None:  # a failing cell's error info: the status shows it
                 self.log_lines.append(said)
                 self.lines_total += 1
@@ -431,12 +433,9 @@ class JobWidget:
                 self.log.value = log_html
                 self.log_box.titles = (f"Log ({self.lines_total} lines)",)
             if cps:
-                kept, rotated = kept_checkpoints(cps)
-                items = "".join(
-                    f"<li>step {html.escape(str(c.get('step')))}: <code>{html.escape(str(c.get('path')))}</code>"
-                    f"{' <b>(best)</b>' if is_best else ''}</li>"
-                    for i, (c, is_best) in enumerate(kept) if i >= len(kept) - 20
-                )
+                kept, rotated = listing(str(self.job.get("id", "")), cps)
+                items = "".join(f"<li>{html.escape(head)}<br><code>{html.escape(where.strip())}</code></li>"
+                                for head, where in map(entry_lines, kept[-20:]))
                 note = f"<div>{html.escape(rotated_note(rotated))}</div>" if rotated else ""
                 self.ckpts.value = f"<b>Checkpoints</b><ul style='margin:0'>{items}</ul>{note}"
                 self.ckpts.layout.display = None

@@ -1,7 +1,7 @@
 """The ``gpuqueue`` command line: the magic's verbs, against the same REST API.
 
     gpuqueue submit [--gpus N --priority high ...] -- python train.py   # prints the job id
-    gpuqueue ls (or list) | show ID | logs [-f] ID | cancel ID | wait ID | preempt ID
+    gpuqueue ls (or list) | show ID | logs [-f] ID | checkpoints ID | cancel ID | wait ID | preempt ID
     gpuqueue simulate TRACE.csv --cluster prod=64x8 ...
 """
 
@@ -14,6 +14,7 @@ import sys
 from typing import Any, Callable, Optional
 
 from .cluster.cliargs import number
+from .queue import ckptref
 from .queue.durations import MAX_TIMEOUT_S, parse_duration
 from .queue.errors import GPUQueueError
 from .queue.states import STATE_GROUPS
@@ -39,7 +40,7 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
 def spec_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """A JobSpec dict from the shared job options (raises ValueError naming the bad option)."""
     spec: dict[str, Any] = {"priority": args.priority, "gpus": args.gpus, "nodes": args.nodes}
-    for key in ("pool", "name", "retries"):
+    for key in ("pool", "name", "retries", "resume_from"):
         if getattr(args, key, None) is not None:
             spec[key] = getattr(args, key)
     if args.timeout:
@@ -169,6 +170,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    print("\n".join(ckptref.listing_lines(args.id, _client().events(args.id))))
+    return 0
+
+
 def cmd_cancel(args: argparse.Namespace) -> int:
     job = _client().cancel(args.id)
     state = job["state"]
@@ -248,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("submit", help="queue a command; prints the job id")
     _add_job_options(s)
+    s.add_argument("--resume-from", metavar="JOB_ID[/step-N]|PATH",
+                   help="checkpoint to resume from: one of your jobs' (its latest, or step N, as `gpuqueue "
+                   "checkpoints JOB_ID` lists them; on any node), or a folder or .pt file the job's node has")
     s.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command")
     s.set_defaults(fn=cmd_submit)
     s = sub.add_parser("ls", aliases=["list"], help="list your jobs (and why each waits)")
@@ -256,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_ls)
     for name, fn, helptext in (
         ("show", cmd_show, "a job as JSON (state, attempts, why it waits)"),
+        ("checkpoints", cmd_checkpoints, "a job's checkpoints: what --resume-from takes for each"),
         ("cancel", cmd_cancel, "cancel a job"),
         ("preempt", cmd_preempt, "preempt a running job (admins)"),
     ):

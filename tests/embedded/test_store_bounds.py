@@ -183,7 +183,7 @@ def test_logs_are_kept_within_max_logs_mb_and_a_dropped_jobs_logs_say_so(jupyter
     assert not [e for e in evs[1:] if e["type"] in ("log", "progress", "metrics")], evs
     assert [e["data"]["state"] for e in evs if e["type"] == "state"][-1] == "succeeded"
     assert [e["data"]["path"] for e in evs if e["type"] == "checkpoint"] == ["/ck/first"]  # kept: it is no output
-    assert "step 1: /ck/first" in k.run(f"%gpuqueue checkpoints {first}").stdout
+    assert "    saved on node local: /ck/first" in k.run(f"%gpuqueue checkpoints {first}").stdout
     assert "third 2499 " in k.run(f"%gpuqueue logs {third}").stdout
 
 

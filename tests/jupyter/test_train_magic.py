@@ -439,7 +439,7 @@ def test_checkpoints_mark_the_best_one_only(jupyter_server):
     checkpoint that was the best when it was saved; and it lists only the checkpoints that still
     exist: step 0, deleted by the rotation (max_checkpoints=2), is not offered as a path to load
     or to --resume-from (it was, as if it were there), and the listing says one was deleted. The
-    widget's list says the same."""
+    widget's list says the same, with the reference --resume-from takes."""
     k = jupyter_server.start_kernel()
     k.run("%load_ext jupyter_gpuqueue\nimport os\nos.environ['GPUQUEUE_VIEW'] = 'widget'")
     res = k.run(
@@ -451,14 +451,16 @@ def test_checkpoints_mark_the_best_one_only(jupyter_server):
     assert res.error is None, res.text
     [job] = _jobs(jupyter_server)
     out = k.run(f"%gpuqueue checkpoints {job['id']}").stdout.splitlines()
-    assert [line.split(":")[0] for line in out[:3]] == ["step 1", "step 2", "step 3"], out
-    assert [line.endswith("(best)") for line in out[:3]] == [True, False, False], out
-    assert out[3:] == ["(1 older checkpoint was deleted by rotation: Checkpointer(max_checkpoints=...) "
+    heads, saved = out[0:6:2], out[1:6:2]  # each: what --resume-from takes, then where its files were saved
+    assert [line.split(":")[0] for line in heads] == ["step 1", "step 2", "step 3"], out
+    assert [line.endswith("(best)") for line in heads] == [True, False, False], out
+    assert out[7:] == ["(1 older checkpoint was deleted by rotation: Checkpointer(max_checkpoints=...) "
                        "keeps the newest and the best)"], out
-    for line in out[:3]:
-        assert os.path.isdir(line.split(": ", 1)[1].split()[0]), line  # each path listed exists
+    for line in saved:
+        assert os.path.isdir(line.split(": ", 1)[1]), line  # each path listed exists
     widget = k.run("print(get_ipython().magics_manager.registry['GPUQueueMagics'].last_view.ckpts.value)").stdout
     assert "step 0:" not in widget and "step 1:" in widget and "1 older checkpoint was deleted" in widget, widget
+    assert f"step 1: --resume-from {job['id']}/step-1" in widget and "saved on node local: " in widget, widget
 
 
 def test_resume_from_a_checkpoint_another_job_listed(jupyter_server):
@@ -472,7 +474,7 @@ def test_resume_from_a_checkpoint_another_job_listed(jupyter_server):
     assert first.error is None, first.text
     [job] = _jobs(jupyter_server)
     listed = k.run(f"%gpuqueue checkpoints {job['id']}").stdout
-    path = listed.split(": ", 1)[1].split()[0]
+    path = listed.splitlines()[1].split(": ", 1)[1]  # where its files were saved
     second = k.run(f"%%train --resume-from {path}\nimport gpuqueue\nstate = gpuqueue.Checkpointer().load()")
     assert second.error is None, second.text
     assert k.run("print(state)").stdout.strip() == "{'w': 3.5}"

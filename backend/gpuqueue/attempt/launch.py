@@ -18,6 +18,7 @@ from typing import Any, Mapping, Optional
 
 from ..job.distributed import launch_argv, launcher_for
 from .identity import Identity
+from ..queue import ckptref
 from ..queue.models import JobSpec
 
 # What a job takes from the environment of the process that launches it (the Jupyter server,
@@ -95,6 +96,7 @@ def build_launch(
     identity: Optional[Identity] = None,
     home: Optional[str] = None,
     placement: Optional[dict[str, list[int]]] = None,
+    resume_from: Optional[str] = None,
 ) -> dict[str, Any]:
     """The ``launch.json`` content for one attempt.
 
@@ -104,6 +106,9 @@ def build_launch(
     as (None: the launching process's own); ``home``: its HOME when the identity has none.
     ``env`` is the job's whole environment. ``placement``: every node of a job the scheduler
     gang-placed on several nodes, with its GPUs (``GPUQUEUE_PLACEMENT``, for the Ray launcher).
+    ``resume_from``: the local folder a job reference in ``spec.resume_from`` was resolved to
+    (``gpuqueue.queue.ckptref``); None: ``spec.resume_from`` if it is a path or URL (a reference
+    is never passed to the job unresolved).
     """
     python = spec.python or sys.executable
     if spec.kind == "cell":
@@ -146,8 +151,8 @@ def build_launch(
         env["GPUQUEUE_PRECISION"] = spec.precision
     if spec.grad_checkpointing:
         env["GPUQUEUE_GRAD_CHECKPOINTING"] = "1"
-    if spec.resume_from:
-        env["GPUQUEUE_RESUME_FROM"] = spec.resume_from
+    if resume_from or (spec.resume_from and not ckptref.is_ref(spec.resume_from)):  # never a reference unresolved
+        env["GPUQUEUE_RESUME_FROM"] = resume_from or str(spec.resume_from)
     cwd = spec.cwd or (str(job_dir) if identity is not None else None)
     out: dict[str, Any] = {"argv": argv, "env": env, "cwd": cwd,
                            "job_dir": str(job_dir), "attempt_dir": str(attempt_dir),

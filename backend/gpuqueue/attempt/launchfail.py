@@ -22,6 +22,7 @@ IDENTITY = "identity"  # the owner's Unix identity on the node (cluster workers 
 FOLDER = "folder"  # the job's and the attempt's folders on the node
 CWD = "cwd"  # the job's working folder, entered as the job's user
 EXEC = "exec"  # the program: the job's Python (a cell) or its command's first word
+RESUME = "resume"  # the checkpoint its --resume-from JOB_ID names (gpuqueue.queue.ckptref): the error says why
 
 # errors that the same launch meets again on a retry: a path that is missing, not reachable or
 # not a program. Anything else (ENOMEM, EAGAIN, ENOSPC, EIO, ...) may pass and is retried.
@@ -120,10 +121,11 @@ def refusal(path: str, uid: int, gids: set[int]) -> Optional[dict[str, Any]]:
 def permanent(rec: Optional[Mapping[str, Any]]) -> bool:
     """Whether the launch error ``rec`` (an exit record's ``launch_error``) will be met again by
     every retry, so that the job should fail at once: a user the node has no identity for (the
-    node's setup), or a path that is missing, unreachable or not a program."""
+    node's setup), a checkpoint reference that names none it may have, or a path that is
+    missing, unreachable or not a program."""
     if not rec:
         return False
-    return rec.get("stage") == IDENTITY or rec.get("errno") in PERMANENT_ERRNOS
+    return rec.get("stage") in (IDENTITY, RESUME) or rec.get("errno") in PERMANENT_ERRNOS
 
 
 def message(rec: Mapping[str, Any]) -> str:
@@ -151,7 +153,7 @@ def message(rec: Mapping[str, Any]) -> str:
     elif stage == FOLDER:
         why = (f"its folder {path or ''} cannot be made ({rec.get('error')}): ask your admin to check "
                f"the worker's --state-dir on that node")
-    elif stage == IDENTITY:
+    elif stage in (IDENTITY, RESUME):
         why = f"{rec.get('error')}"
     else:
         why = f"cannot run {path}: {rec.get('error')}"

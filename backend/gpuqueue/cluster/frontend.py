@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from pydantic import ValidationError
 
 from ..observability import gpumap
-from ..queue import bounds
+from ..queue import bounds, ckptref
 from ..queue.config import GROWING, QueueConfig, format_validation_error
 from ..queue.errors import Conflict, Forbidden, Gone, NotFound, Rejected, Unavailable
 from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
@@ -89,6 +89,9 @@ class ClusterFrontend:
         """Queue a job (or find the same cell's active job). Returns (job, attached).
         A large payload is sent to Redis from a thread, so that it does not hold up the event
         loop; a small job is written at once (sub-millisecond)."""
+        ref = ckptref.parse(req.spec.resume_from)
+        if ref is not None:  # --resume-from JOB_ID: the caller's own job, with that checkpoint (reads its events)
+            await self.reads.run(self._check_resume, caller, ref)
         if len(req._payload or req.payload_b64 or b"") > INLINE_PAYLOAD_BYTES:
             return await asyncio.to_thread(self._submit, caller, req)
         return self._submit(caller, req)
@@ -147,6 +150,17 @@ class ClusterFrontend:
             raise Rejected(f"{pool} queue is full ({n} jobs, limit max_queued = {pool_limit}); "
                            f"try again later or use another pool")
         return job, False
+
+    def _check_resume(self, caller: Caller, ref: ckptref.Ref) -> None:
+        """Refuse a reference to a job that is not the caller's, or to a checkpoint its events do
+        not list as kept (what ``%gpuqueue checkpoints`` lists). The worker that starts the job
+        copies it from the shared root (``shared_resume.py``)."""
+        source = self.store.get_job(ref.job)
+        try:
+            ckptref.check_owner(ref, source.owner if source else None, caller.name)
+            ckptref.choose(ref, ckptref.found_in(self.store.events_data(ref.job, "checkpoint")))
+        except ckptref.RefError as e:
+            raise Rejected(str(e)) from None
 
     def _with_defaults(self, spec: JobSpec, cfg: Optional[QueueConfig]) -> JobSpec:
         if cfg is None:  # no daemon has published its config yet: it fills in the defaults later

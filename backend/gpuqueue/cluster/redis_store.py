@@ -377,6 +377,18 @@ class RedisStore:
         rows = self.r.xrange(self.k("ev", job_id), f"{after + 1}-0", "+", count=limit)
         return [_event(eid, f) for eid, f in rows]
 
+    def events_data(self, job_id: str, type_: str, page: int = 10_000) -> list[dict[str, Any]]:
+        """The data of the job's events of one type, oldest first: the whole stream read in
+        pages, only those events decoded (a job's ``checkpoint`` events among its output)."""
+        out: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            rows = self.r.xrange(self.k("ev", job_id), f"{after + 1}-0", "+", count=page)
+            out += [json.loads(f["data"]) for _, f in rows if f.get("type") == type_]
+            if len(rows) < page:
+                return out
+            after = int(rows[-1][0].split("-", 1)[0])
+
     def last_seq(self, job_id: str) -> int:
         """The newest event's seq (0 if none)."""
         return int(self.r.get(self.k("evseq", job_id)) or 0)

@@ -13,6 +13,10 @@ checkpoints to its local job folder (``$GPUQUEUE_JOB_DIR/checkpoints``, the
 * before an attempt starts, copies the job's complete checkpoints from the root into that local
   folder (:meth:`SharedRoot.pull`), so ``Checkpointer.resume_point`` and the HF callback's
   automatic resume find them on whichever node the attempt runs;
+* before the first attempt of a job started with ``--resume-from JOB_ID[/step-N]`` (another job
+  of its owner's, ``gpuqueue.queue.ckptref``), copies that one checkpoint of the other job from
+  the root into the new job's local folder (:meth:`SharedRoot.pull_one`, called by
+  ``shared_resume.py``), so it resumes from it on any node;
 * each time the job reports a ``checkpoint`` event, and once more when the attempt ends (before
   the end is reported, so the next attempt finds it), copies the complete local checkpoints that
   the root lacks to the root, marker last, and deletes from the root the ones the job rotated
@@ -143,38 +147,52 @@ class SharedRoot:
         return f"{self.base}/jobs/{job_id}/{CHECKPOINTS}"
 
     # -- root -> node -------------------------------------------------------------------------
-    def pull(self, job_id: str, job_dir: Path, uid: Optional[int] = None, gid: Optional[int] = None) -> list[str]:
-        """Copy the job's complete checkpoints from the root into ``job_dir/checkpoints`` (those
-        already there are kept); the ``name/step-N`` copied. ``uid``: the job's own identity."""
+    def _markers(self, job_id: str) -> list[str]:
+        """The markers of the job's complete checkpoints on the root, sorted."""
         prefix = self.job_prefix(job_id)
         try:
-            markers = sorted(self.fs.glob(f"{prefix}/*/step-*/{MARKER}"))
+            return sorted(self.fs.glob(f"{prefix}/*/step-*/{MARKER}"))
         except FileNotFoundError:
             return []
         except Exception as e:  # noqa: BLE001
             raise StorageError(f"cannot list {self._u(prefix)}: {_say(e)}",
                                f"cannot list the job's checkpoints on the shared root ({_kind(e)})") from None
+
+    def pull(self, job_id: str, job_dir: Path, uid: Optional[int] = None, gid: Optional[int] = None) -> list[str]:
+        """Copy the job's complete checkpoints from the root into ``job_dir/checkpoints`` (those
+        already there are kept); the ``name/step-N`` copied. ``uid``: the job's own identity."""
         done: list[str] = []
-        for m in markers:
-            folder = m.rsplit("/", 1)[0]
-            name, step = folder.rsplit("/", 2)[-2:]
-            with _Local(job_dir, uid, gid) as local:
-                if local.has(name, step):
-                    continue
-                try:
-                    files = [f for f in self.fs.find(folder) if f.rsplit("/", 1)[-1] != MARKER]
-                    marker = self.fs.cat_file(m)
-                    for f in files:
-                        rel = f[len(folder) + 1:]
-                        with self.fs.open(f, "rb") as src:
-                            local.write([CHECKPOINTS, name, step, *rel.split("/")[:-1]], rel.split("/")[-1], src)
-                except Exception as e:  # noqa: BLE001
-                    raise StorageError(f"cannot copy checkpoint {self._u(folder)} from the shared root: {_say(e)}",
-                                       f"cannot copy checkpoint {name}/{step} from the shared root to this node "
-                                       f"({_kind(e)})") from None
-                local.write([CHECKPOINTS, name, step], MARKER, marker)
-            done.append(f"{name}/{step}")
+        for m in self._markers(job_id):
+            name, step = m.rsplit("/", 3)[-3:-1]
+            if self.pull_one(m.rsplit("/", 1)[0], job_dir, [CHECKPOINTS, name, step], uid, gid):
+                done.append(f"{name}/{step}")
         return done
+
+    def checkpoints(self, job_id: str) -> dict[tuple[str, str], str]:
+        """The job's complete checkpoints on the root: ``(name, step-N folder)`` -> its folder there."""
+        return {tuple(m.rsplit("/", 3)[-3:-1]): m.rsplit("/", 1)[0] for m in self._markers(job_id)}  # type: ignore[misc]
+
+    def pull_one(self, folder: str, job_dir: Path, dest: list[str], uid: Optional[int] = None,
+                 gid: Optional[int] = None) -> bool:
+        """Copy the checkpoint ``folder`` of the root (one of :meth:`checkpoints`) to the folder
+        ``dest`` (names) under ``job_dir``, its marker last; False if a complete copy is there."""
+        name, step = folder.rsplit("/", 2)[-2:]
+        with _Local(job_dir, uid, gid) as local:
+            if local.has_at(dest):
+                return False
+            try:
+                files = [f for f in self.fs.find(folder) if f.rsplit("/", 1)[-1] != MARKER]
+                marker = self.fs.cat_file(f"{folder}/{MARKER}")
+                for f in files:
+                    rel = f[len(folder) + 1:]
+                    with self.fs.open(f, "rb") as src:
+                        local.write([*dest, *rel.split("/")[:-1]], rel.split("/")[-1], src)
+            except Exception as e:  # noqa: BLE001
+                raise StorageError(f"cannot copy checkpoint {self._u(folder)} from the shared root: {_say(e)}",
+                                   f"cannot copy checkpoint {name}/{step} from the shared root to this node "
+                                   f"({_kind(e)})") from None
+            local.write(dest, MARKER, marker)
+        return True
 
     # -- node -> root -------------------------------------------------------------------------
     def push(self, job_id: str, job_dir: Path, uid: Optional[int] = None, memo: Optional[PushMemo] = None) -> list[str]:
@@ -424,10 +442,10 @@ class _Local:
     def _file(self, dfd: int, name: str) -> Optional[int]:
         return open_owned_file(dfd, name, self.uid)
 
-    def has(self, name: str, step: str) -> bool:
-        """Whether a complete ``name/step`` is here."""
+    def has_at(self, folders: list[str]) -> bool:
+        """Whether a complete checkpoint is in ``folders`` (names from the job folder down)."""
         try:
-            dfd = self._open_dir([CHECKPOINTS, name, step])
+            dfd = self._open_dir(folders)
         except OSError:
             return False
         fd = self._file(dfd, MARKER)

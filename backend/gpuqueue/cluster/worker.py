@@ -54,6 +54,7 @@ from ..observability.repeats import Repeats
 from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, not_dumpable
 from .redis_store import Fenced, RedisStore
+from . import shared_resume
 from .shared_root import SharedRoot, StorageError, load_options
 from .worker_args import NOT_ROOT_WARNING, build_parser, unreachable
 from .worker_lock import StateDirBusy, lock_state_dir
@@ -357,8 +358,12 @@ class NodeAgent(AttemptTailer):
             pulled = self.shared.pull(job_id, paths.job, ident.uid if ident else None, ident.gid if ident else None)
             if pulled:
                 log.info("attempt %s/%s: checkpoints %s from the shared root", job_id, number, ", ".join(pulled))
+        resume = shared_resume.fetch(self.shared, self.store, self.node, job_id, spec, paths.job,
+                                     ident.uid if ident else None, ident.gid if ident else None)  # --resume-from JOB_ID
+        if resume:
+            log.info("attempt %s/%s: resumes from %s, copied from the shared root", job_id, number, spec.resume_from)
         launch = build_launch(job_id, spec, paths.job, paths.attempt, number, list(msg.get("devices", [])), self.node,
-                              identity=ident, home=home, placement=msg.get("placement"))
+                              identity=ident, home=home, placement=msg.get("placement"), resume_from=resume)
         _write_json(paths.records / "launch.json", launch)
         stop = self.pending_stops.pop((job_id, number), None)
         if stop:

@@ -28,7 +28,10 @@ from ..queue import bounds
 from ..queue.errors import Conflict, Forbidden, Gone, NotFound, Rejected
 from ..attempt.jobdir import (MALFORMED, attempt_dir, job_dir, read_job_record, write_bytes_atomic,
                               write_json_atomic)
+from ..attempt import launchfail
 from ..attempt.launch import build_launch
+from ..attempt.resume import local_checkpoint, local_checkpoints
+from ..queue import ckptref
 from ..queue.lifecycle import decode_payload, job_request, results_for_owner_only, same_cell_job, with_defaults
 from ..observability.logs import job_fields
 from ..queue.models import Attempt, Buffer, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
@@ -196,6 +199,10 @@ class QueueService(KeptWithin, Tailing, Runners, QueueShell):
         why = inadmissible(self._request(job), self.config)
         if why:  # a job that can never run here: 400 before its payload is written or a token taken
             raise Rejected(why)
+        try:
+            self._resume_path(job)  # --resume-from JOB_ID: the caller's own job, with that checkpoint
+        except ckptref.RefError as e:
+            raise Rejected(str(e)) from None
         nbytes = len(payload) if payload is not None else 0
         self._check_inputs(caller.name, nbytes)
         # given back if refused below
@@ -235,6 +242,17 @@ class QueueService(KeptWithin, Tailing, Runners, QueueShell):
         self._warm_wanted = True  # from now on the next cell's runner is kept warm
         self._wake.set()
         return self._with_pending(job), False
+
+    def _resume_path(self, job: JobRecord) -> Optional[str]:
+        """The checkpoint folder a job reference in ``job``'s ``--resume-from`` names (None: no
+        reference, or the job has checkpoints of its own, which a resume takes first);
+        :class:`~gpuqueue.queue.ckptref.RefError` if it names none of its owner's."""
+        assert self.store is not None
+        ref = ckptref.parse(job.spec.resume_from)
+        if ref is None or local_checkpoints(job_dir(self.state_dir, job.id)):
+            return None
+        source = self.store.get(ref.job)
+        return local_checkpoint(ref, source.owner if source else None, job.owner, job_dir(self.state_dir, ref.job))
 
     def _iter_live(self, owner: str) -> Iterator[JobRecord]:
         """The owner's live jobs, read from the store only once iterated."""
@@ -388,7 +406,12 @@ class QueueService(KeptWithin, Tailing, Runners, QueueShell):
         devices = [self.devices[n][i] for n, ids in placement.items() for i in ids]
         adir = attempt_dir(self.state_dir, job_id, number)
         adir.mkdir(parents=True, exist_ok=True)
-        launch = build_launch(job_id, job.spec, job_dir(self.state_dir, job_id), adir, number, devices, node)
+        try:
+            resume, refused = self._resume_path(job), None
+        except ckptref.RefError as e:  # deleted since the submit (--keep-finished): it cannot start
+            resume, refused = None, launchfail.record(launchfail.RESUME, str(e), node=node)
+        launch = build_launch(job_id, job.spec, job_dir(self.state_dir, job_id), adir, number, devices, node,
+                              resume_from=resume)
         if job.spec.kind == "cell" and job.spec.python and job.spec.python != (self._last_python or sys.executable):
             self._last_python = job.spec.python  # the warm runner started for another: start anew
             self._retire_warm_runner()
@@ -404,6 +427,10 @@ class QueueService(KeptWithin, Tailing, Runners, QueueShell):
         job.state = JobState.STARTING
         self.store.put(job)
         self._event(job_id, "state", {"state": "starting", "attempt": number, "node": node, "gpus": devices})
+        if refused is not None:
+            self._end_attempt(job, {"exit_code": 127, "stop_reason": None, "error": launchfail.message(refused),
+                                    "launch_error": refused})
+            return
         try:
             proc = self._take_runner()
             assert proc.stdin is not None

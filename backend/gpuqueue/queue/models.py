@@ -20,6 +20,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator,
                       model_validator)
 
+from . import ckptref
 from .durations import MAX_TIMEOUT_S
 from .states import JobState, Outcome, Priority
 from .text import CONTROL_CHARS
@@ -103,6 +104,8 @@ Path_ = Annotated[str, _edge(_one_line(MAX_PATH_LEN))]
 Id = Annotated[str, _edge(_one_line(MAX_ID_LEN))]
 EnvKey = Annotated[str, _edge(_env_key)]
 PyName = Annotated[str, _edge(_identifier)]
+ResumeFrom = Annotated[str, _edge(_one_line(MAX_PATH_LEN)), _edge(ckptref.check_syntax)]
+"""A checkpoint path or URL, or a job reference (``j-.../step-N``: ``gpuqueue.queue.ckptref``)."""
 
 
 
@@ -145,7 +148,9 @@ class JobSpec(BaseModel):
     source_hash: Optional[Id] = Field(None, description="hash of the cell source, for re-attach")
     precision: Optional[Literal["bf16", "fp16", "fp32"]] = None
     grad_checkpointing: bool = False
-    resume_from: Optional[Path_] = Field(None, description="checkpoint to resume from")
+    resume_from: Optional[ResumeFrom] = Field(
+        None, description="checkpoint to resume from: a folder, a .pt file or URL, or one of the owner's jobs: "
+        "JOB_ID (its latest checkpoint), JOB_ID/step-N or JOB_ID/NAME/step-N")
 
     @field_validator("timeout_s", mode="wrap")
     @classmethod

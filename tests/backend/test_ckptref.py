@@ -1,0 +1,58 @@
+"""Job-relative checkpoint references (``gpuqueue.queue.ckptref``): which text is one, which
+checkpoint one names, and the words of a refusal. End to end: tests/jupyter/test_resume_ref.py
+(embedded mode) and tests/cluster/test_shared_resume.py (cluster mode)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpuqueue.queue import ckptref
+from gpuqueue.queue.models import EDGE, JobSpec
+
+JOB = "j-0123456789ab"
+
+
+@pytest.mark.parametrize("text, job, name, step", [
+    (JOB, JOB, None, None), (f"{JOB}/", JOB, None, None), (f"{JOB}/step-7", JOB, None, 7),
+    (f"{JOB}/step-000000007", JOB, None, 7), (f"{JOB}/trainer-0/step-40", JOB, "trainer-0", 40),
+])
+def test_the_forms_of_a_reference(text: str, job: str, name: str, step: int) -> None:
+    assert ckptref.parse(text) == ckptref.Ref(job, name, step, text)
+
+
+@pytest.mark.parametrize("text", ["/ckpt/step-000000007", "./j-0123456789ab", "s3://b/j-0123456789ab",
+                                  "j-0123456789", "j-0123456789abc/step-1", "checkpoint.pt", ""])
+def test_paths_and_urls_are_not_references(text: str) -> None:
+    assert ckptref.parse(text) is None
+
+
+@pytest.mark.parametrize("text", [f"{JOB}/step-", f"{JOB}/step-x", f"{JOB}/step-1/x", f"{JOB}/../x",
+                                  f"{JOB}/.hidden/step-1", f"{JOB}/step-{'1' * 13}", f"{JOB}/{'n' * 101}/step-1"])
+def test_a_malformed_reference_is_refused_at_the_edge_naming_the_forms(text: str) -> None:
+    with pytest.raises(ValueError, match=f"{JOB} is a job id, but the rest is not a checkpoint of it: write {JOB} "):
+        JobSpec.model_validate({"kind": "command", "command": ["true"], "resume_from": text}, context=EDGE)
+
+
+def test_which_checkpoint_a_reference_names() -> None:
+    found = [("default", 10), ("default", 20), ("eval", 20), ("eval", 30)]
+    assert ckptref.choose(ckptref.parse(JOB), found) == ("eval", 30)  # the highest step
+    assert ckptref.choose(ckptref.parse(f"{JOB}/step-10"), found) == ("default", 10)
+    assert ckptref.choose(ckptref.parse(f"{JOB}/default/step-20"), found) == ("default", 20)
+    with pytest.raises(ckptref.RefError) as e:
+        ckptref.choose(ckptref.parse(f"{JOB}/step-20"), found)
+    assert str(e.value) == (f"--resume-from {JOB}/step-20: job {JOB} has step 20 in several runs (default, eval): "
+                            f"write {JOB}/NAME/step-20, e.g. {JOB}/default/step-20")
+    with pytest.raises(ckptref.RefError, match=f"job {JOB} has no complete checkpoint at step 5; it has steps 10, 20, 30"):
+        ckptref.choose(ckptref.parse(f"{JOB}/step-5"), found)
+
+
+def test_a_listing_names_the_run_only_where_two_runs_kept_the_same_step() -> None:
+    events = [{"type": "state", "data": {"state": "starting", "node": "n1"}},
+              {"type": "checkpoint", "data": {"step": 20, "name": "default", "path": "/a/default/step-000000020"}},
+              {"type": "checkpoint", "data": {"step": 20, "name": "eval", "path": "/a/eval/step-000000020"}},
+              {"type": "state", "data": {"state": "starting", "node": "n2"}},
+              {"type": "checkpoint", "data": {"step": 30, "name": "eval", "path": "/b/eval/step-000000030"}}]
+    assert ckptref.listing_lines(JOB, events)[:6] == [
+        f"step 20: --resume-from {JOB}/default/step-20", "    saved on node n1: /a/default/step-000000020",
+        f"step 20: --resume-from {JOB}/eval/step-20", "    saved on node n1: /a/eval/step-000000020",
+        f"step 30: --resume-from {JOB}/step-30", "    saved on node n2: /b/eval/step-000000030"]
