@@ -81,7 +81,7 @@ def test_logs_of_a_finished_job_say_its_warnings_with_or_without_follow(jupyter_
                for line in said), said
     assert [line for line in said if "stopping" in line or "grace" in line] == [
         "[gpuqueue] stopping (timed out); it has 10s to save a checkpoint, then it is killed"], said
-    assert any(line.startswith("[gpuqueue] timed_out") for line in said), said
+    assert any(line.startswith("[gpuqueue] timed out") for line in said), said
     # the cell's words, not the event's fields as a Python dict ("[gpuqueue] running {'node': ...}")
     assert any(line.startswith("[gpuqueue] starting attempt 1 on ") for line in said), said
     assert not any("{'" in line for line in said), said

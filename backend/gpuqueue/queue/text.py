@@ -120,5 +120,5 @@ def state_event_line(d: dict[str, Any]) -> Optional[str]:
         why = f": {d['why']}" if d.get("why") else ""
         return f"[gpuqueue] attempt{which} ended ({d['after']}{why}); {again}"
     if state not in ("queued", "starting"):
-        return f"[gpuqueue] {state}"
+        return f"[gpuqueue] {state.replace('_', ' ')}"  # 'timed out', as the sidebar says it
     return None
