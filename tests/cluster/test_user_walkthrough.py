@@ -197,7 +197,7 @@ def test_a_job_whose_worker_is_stopped_says_so(cluster_factory: Callable[..., Cl
     # the stopping node takes no new job: the second attempt runs on the other node, the first time
     other = "n2" if node == "n1" else "n1"
     assert [a["node"] for a in rec["attempts"]] == [node, other], rec["attempts"]
-    why = f"node {node} stopped running jobs (its worker or server was stopped) and stopped this one first"
+    why = f"node {node} was stopped (its worker or server shut down) and stopped this job first"
     assert rec["attempts"][0]["message"] == why, rec["attempts"][0]
     err = c.cli("alice", "logs", job).stderr
     assert f"[gpuqueue] attempt 1 ended (lost: {why}); queued again\n" in err, err

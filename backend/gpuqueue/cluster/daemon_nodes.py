@@ -95,7 +95,7 @@ class Nodes:
             stopped = raw is not None and json.loads(raw).get("stopped") and json.loads(raw)["instance"] == seen.instance
             if stopped or now_m - seen.last_change > self.node_timeout:
                 log.warning("node %s lost (%s)", name, "worker stopped" if stopped else "heartbeat lapsed")
-                self._node_lost(name, "was stopped: its worker signed off" if stopped else
+                self._node_lost(name, "was stopped (its worker shut down) before it reported this job's end" if stopped else
                                 f"stopped answering: no heartbeat from its worker for {self.node_timeout:g}s "
                                 "(a crash, a reboot or a network cut)")
 

@@ -226,7 +226,7 @@ def attempt_outcome(job: JobRecord, exit_record: dict[str, Any], has_result: boo
 
 
 LOST_WHY = {
-    "terminated": "{node} stopped running jobs (its worker or server was stopped) and stopped this one first",
+    "terminated": "{node} was stopped (its worker or server shut down) and stopped this job first",
     "fenced": "a newer attempt of the job took its place",
     "": "the job process vanished without an exit record",
 }
