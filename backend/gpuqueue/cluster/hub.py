@@ -84,6 +84,21 @@ def make_hub_auth(cache_s: int = 60) -> Any:
     return auth
 
 
+def no_access_message(user: str, scopes: set[str], access_scopes: set[str]) -> str:
+    """Why a hub user's token may not use the service, and the hub admin's fix. A user server's
+    own token (it holds ``access:servers!server=USER/``) gets its scopes from
+    ``c.Spawner.server_token_scopes``, not from the user's roles: the usual slip of a hub config
+    that sets that list itself (the later assignment replaces the documented one)."""
+    need = " or ".join(sorted(access_scopes))
+    if any(s.startswith("access:servers!server=") for s in scopes):
+        return (f"the token of hub user {user!r}'s server has no access to this service: the hub admin adds "
+                f"{need} to c.Spawner.server_token_scopes in jupyterhub_config.py (docs/deploy.md, JupyterHub), "
+                f"then the user restarts their server (the hub's File > Hub Control Panel > Stop My Server)")
+    return (f"hub user {user!r} has no access to this service with this token: the hub admin grants {need} "
+            f"through a role (c.JupyterHub.load_roles, e.g. the 'user' role; docs/deploy.md, JupyterHub), and a "
+            f"token made on the hub's token page needs that scope too")
+
+
 class HubAuthMixin:
     """Authenticates each request with the hub: the caller is the hub user the token (or the
     OAuth cookie, for GETs) belongs to."""
@@ -108,8 +123,7 @@ class HubAuthMixin:
                             f"belong to hub users (use a token of the user the jobs are for)")
         scopes = set(model.get("scopes") or [])
         if not hub.check_scopes(hub.access_scopes, model):
-            raise Forbidden(f"hub user {model.get('name')!r} has no access to this service: the hub admin grants "
-                            f"{' or '.join(sorted(hub.access_scopes))} through a role")
+            raise Forbidden(no_access_message(str(model.get("name")), scopes, hub.access_scopes))
         admin_scope = self.settings["gpuqueue_admin_scope"]  # type: ignore[attr-defined]
         groups = model.get("groups") or ()  # present when the token may read its own groups
         self._gq_caller = Caller(name=str(model["name"]), admin=admin_scope in scopes,
