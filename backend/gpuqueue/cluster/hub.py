@@ -73,7 +73,10 @@ def make_hub_auth(cache_s: int = 60) -> Any:
     try:
         from jupyterhub.services.auth import HubOAuth
     except ImportError:
-        raise ValueError("--auth hub needs the jupyterhub package: pip install 'jupyterhub>=5'") from None
+        import sys
+
+        raise ValueError(f"--auth hub needs the jupyterhub package (JupyterHub's client) in the environment of "
+                         f"{sys.executable}: {sys.executable} -m pip install 'jupyterhub>=5'") from None
     missing = [v for v in ("JUPYTERHUB_API_TOKEN", "JUPYTERHUB_API_URL") if not os.environ.get(v)]
     if missing:
         raise ValueError(f"--auth hub: {' and '.join(missing)} not set: run `gpuqueue api` as a JupyterHub "

@@ -1,0 +1,50 @@
+"""What a new admin meets installing the API as a managed hub service (docs/deploy.md,
+JupyterHub): a hub that cannot find `gpuqueue` to start, and an API install without JupyterHub's
+client. Both stop with one line naming the fix, not a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers.servers import free_port
+
+from .hubserver import SNIPPET
+
+DOCUMENTED_INSTALL = "/opt/gpuqueue/venv/bin/gpuqueue"
+
+
+@pytest.mark.skipif(os.access(DOCUMENTED_INSTALL, os.X_OK), reason="this host has the documented install")
+def test_a_hub_that_cannot_find_gpuqueue_says_so(tmp_path: Path) -> None:
+    """The hub runs from an environment of its own (the usual: /opt/jupyterhub, a systemd unit's
+    PATH) with no `gpuqueue` on its PATH: the snippet stops the hub with a line that names the
+    fix, before the hub starts anything (the old snippet's ["gpuqueue", "api"] let the hub start
+    its proxy, then die with a FileNotFoundError traceback)."""
+    config = tmp_path / "jupyterhub_config.py"
+    config.write_text(f"c = get_config()  # noqa: F821\nload_subconfig({str(SNIPPET)!r})  # noqa: F821\n"
+                      f"c.JupyterHub.port = {free_port()}\nc.JupyterHub.hub_port = {free_port()}\n"
+                      f"c.ConfigurableHTTPProxy.api_url = 'http://127.0.0.1:{free_port()}'\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JUPYTERHUB_"))}
+    env.update(GPUQUEUE_REDIS_URL="redis://gpuqueue-api:pw@127.0.0.1:1/0", PATH="/usr/bin:/bin")
+    p = subprocess.run([sys.executable, "-m", "jupyterhub", "-f", str(config)], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1, (p.stdout, p.stderr[-3000:])
+    assert "no `gpuqueue` command for the hub to start the API with" in p.stderr, p.stderr[-3000:]
+    assert "/opt/gpuqueue/venv" in p.stderr and "Traceback" not in p.stderr, p.stderr[-3000:]
+
+
+def test_an_api_without_jupyterhub_names_the_pip_to_run() -> None:
+    """`gpuqueue api` started by a hub from an install without the jupyterhub package (the
+    documented `.[cluster,train]` alone): one line with the pip command of its own environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JUPYTERHUB_"))}
+    env.update(JUPYTERHUB_API_TOKEN="x" * 32, JUPYTERHUB_API_URL="http://127.0.0.1:1/hub/api",
+               JUPYTERHUB_SERVICE_NAME="gpuqueue", GPUQUEUE_REDIS_URL="redis://127.0.0.1:1/0")
+    # the package is absent (None in sys.modules: Python's own way to make an import fail)
+    code = "import sys; sys.modules['jupyterhub'] = None; from gpuqueue.cli import main; sys.exit(main())"
+    p = subprocess.run([sys.executable, "-c", code, "api"], env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert f"{sys.executable} -m pip install 'jupyterhub>=5'" in p.stderr and "Traceback" not in p.stderr, p.stderr
