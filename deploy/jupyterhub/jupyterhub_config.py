@@ -41,5 +41,8 @@ c.Spawner.server_token_scopes = [
     "access:servers!server", "users:activity!user",
     "access:services!service=gpuqueue", "custom:gpuqueue:admin",
 ]
-# the extension in each user server forwards to the service with that token
-c.Spawner.environment = {"GPUQUEUE_API_URL": GPUQUEUE_API + "/services/gpuqueue/"}
+# the extension in each user server forwards to the service with that token; the service's
+# routes are under the hub's base_url (its hub.base_url is BASE/hub/)
+c.Spawner.environment = {
+    "GPUQUEUE_API_URL": lambda spawner: GPUQUEUE_API + spawner.hub.base_url.removesuffix("hub/") + "services/gpuqueue/",
+}
