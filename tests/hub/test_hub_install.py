@@ -48,3 +48,39 @@ def test_an_api_without_jupyterhub_names_the_pip_to_run() -> None:
     p = subprocess.run([sys.executable, "-c", code, "api"], env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2, (p.stdout, p.stderr)
     assert f"{sys.executable} -m pip install 'jupyterhub>=5'" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_users_file_api_on_the_hubs_port_says_it_is_not_the_hubs_service(tmp_path: Path) -> None:
+    """`gpuqueue-api.service` (a users file, port 8780) left enabled on the hub's host holds the
+    managed service's port, so the hub's proxy sends /services/gpuqueue/... to it: its 404 says
+    what it is and what to stop (it used to say only that the API is under /gpuqueue/api/)."""
+    import requests
+
+    from helpers.servers import wait_until
+
+    users = tmp_path / "users.toml"
+    users.write_text('[[user]]\nname = "ana"\ntoken = "ana-token-0123456789"\n')
+    users.chmod(0o600)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPUQUEUE_", "JUPYTERHUB_"))}
+    p = subprocess.Popen([sys.executable, "-m", "gpuqueue.cli", "api", "--port", str(port), "--users", str(users),
+                          "--redis", "redis://127.0.0.1:1/0"], env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def up() -> bool:
+            assert p.poll() is None, "gpuqueue api exited"
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code in (200, 503)
+            except requests.RequestException:
+                return False
+
+        wait_until(up, 30, 0.1, "gpuqueue api")
+        got = requests.get(f"http://127.0.0.1:{port}/services/gpuqueue/gpuqueue/api/jobs",
+                           headers={"Authorization": "token ana-token-0123456789"}, timeout=30)
+        assert got.status_code == 404, got.text
+        message = got.json()["message"]
+        assert "it is not the JupyterHub service" in message and "systemctl disable --now gpuqueue-api" in message, \
+            message
+    finally:
+        p.kill()
+        p.wait(10)

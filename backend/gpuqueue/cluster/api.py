@@ -240,6 +240,10 @@ class NoRouteHandler(rest.RestHandler):
         if prefix != "/":  # a hub service: a user server's GPUQUEUE_API_URL must hold the prefix
             where += (f"; as the hub's service its prefix is {prefix} (with the hub's base_url): a user server's "
                       f"GPUQUEUE_API_URL is this service's URL + {prefix} (docs/deploy.md, JupyterHub)")
+        elif "/services/" in self.request.path:  # the hub's proxy sends its service's requests here
+            where += ("; this `gpuqueue api` reads a users file: it is not the JupyterHub service, whose own "
+                      "`gpuqueue api` the hub could not start on this port while this one holds it: stop this one "
+                      "(on the hub's host, `systemctl disable --now gpuqueue-api`; docs/deploy.md, JupyterHub)")
         raise NotFound(f"no API path {self.request.path!r}: {where}")
 
 
