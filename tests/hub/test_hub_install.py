@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -84,3 +85,16 @@ def test_a_users_file_api_on_the_hubs_port_says_it_is_not_the_hubs_service(tmp_p
     finally:
         p.kill()
         p.wait(10)
+
+
+def test_a_user_server_that_cannot_reach_the_api_says_where_it_looked(jupyter_server_factory: Any) -> None:
+    """A user server in a container or on another host with the snippet's default GPUQUEUE_API
+    (127.0.0.1: not the hub's host there): the sidebar's and %%train's requests get a 503 naming
+    the URL it tried (docs/deploy.md, JupyterHub)."""
+    url = "http://127.0.0.1:9/services/gpuqueue/"  # nothing listens on port 9 (discard)
+    server = jupyter_server_factory(gpus=0, ready="api/status",
+                                    env={"GPUQUEUE_API_URL": url, "GPUQUEUE_API_TOKEN": "t" * 32})
+    for method, path in (("GET", "gpuqueue/api/queue"), ("POST", "gpuqueue/api/jobs")):
+        r = server.api(method, path, json={"spec": {"kind": "command", "command": ["true"]}})
+        assert r.status_code == 503, r.text
+        assert f"cannot reach the gpuqueue API service at {url}" in r.json()["message"], r.text
