@@ -54,7 +54,7 @@ class JupyterAuth(APIHandler):
         request with no valid token gets how to send one, not tornado's bare "Forbidden"."""
         if status_code == 403 and not self._authenticated():
             self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"message": NOT_AUTHENTICATED}))
+            self.finish(json.dumps({"message": not_authenticated_message()}))
             return
         rest.RestHandler.write_error(self, status_code, **kwargs)  # type: ignore[arg-type]
 
@@ -76,6 +76,21 @@ NOT_AUTHENTICATED = (
     "?token=; a JupyterLab terminal has it set already); in a browser, log in to JupyterLab again"
 )
 """What a request to the API without a valid token is told (403, as Jupyter answers it)."""
+
+
+def not_authenticated_message() -> str:
+    """:data:`NOT_AUTHENTICATED`, or in a JupyterHub user server (the hub sets ``JUPYTERHUB_USER``)
+    whose server it is: there a token of another hub user is refused too, and the fix is the
+    caller's own server, not ``jupyter server list``."""
+    import os
+
+    owner = os.environ.get("JUPYTERHUB_USER")
+    if not owner:
+        return NOT_AUTHENTICATED
+    prefix = os.environ.get("JUPYTERHUB_BASE_URL", "/") or "/"
+    return (f"not authenticated: this is hub user {owner!r}'s server, and the request carried no token that "
+            f"may use it. Use your own server ({prefix}hub/home); in its terminals and kernels, "
+            f"JUPYTERHUB_API_TOKEN is set already; in a browser, log in to the hub again")
 
 JOB_EVENT = "https://github.com/jupyter-gpuqueue/events/job-submitted/v1"
 """Emitted on Jupyter's event bus (``/api/events/subscribe``) when a job is queued through this

@@ -370,7 +370,8 @@ def test_deploy_doc_shows_the_tested_hub_config() -> None:
 
     ns["c"] = cfg = C()
     ns["os"] = os
-    env = dict(os.environ, GPUQUEUE_REDIS_URL="redis://x")
+    env = dict(os.environ, GPUQUEUE_REDIS_URL="redis://x",  # and a gpuqueue on the PATH, as in a deployment
+               PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     old = os.environ.copy()
     os.environ.update(env)
     try:

@@ -235,7 +235,16 @@ class NoRouteHandler(rest.RestHandler):
     """Any other path: 404 in JSON, as every API error is."""
 
     def prepare(self) -> None:
-        raise NotFound(f"no API path {self.request.path!r}: the API is under /gpuqueue/api/ (docs/openapi.yaml)")
+        prefix = self.settings.get("gpuqueue_prefix", "/")
+        where = f"the API is under {prefix}gpuqueue/api/ (docs/openapi.yaml)"
+        if prefix != "/":  # a hub service: a user server's GPUQUEUE_API_URL must hold the prefix
+            where += (f"; as the hub's service its prefix is {prefix} (with the hub's base_url): a user server's "
+                      f"GPUQUEUE_API_URL is this service's URL + {prefix} (docs/deploy.md, JupyterHub)")
+        elif "/services/" in self.request.path:  # the hub's proxy sends its service's requests here
+            where += ("; this `gpuqueue api` reads a users file: it is not the JupyterHub service, whose own "
+                      "`gpuqueue api` the hub could not start on this port while this one holds it: stop this one "
+                      "(on the hub's host, `systemctl disable --now gpuqueue-api`; docs/deploy.md, JupyterHub)")
+        raise NotFound(f"no API path {self.request.path!r}: {where}")
 
 
 class MetricsHandler(web.RequestHandler):
@@ -289,6 +298,7 @@ def make_app(store: RedisStore, users: dict[str, User] | UsersFile, hub_auth: An
     routes += extra + [("/healthz", HealthHandler), ("/metrics", MetricsHandler)]
     if base:
         routes += [(base + "/healthz", HealthHandler), (base + "/metrics", MetricsHandler)]
+    settings.setdefault("gpuqueue_prefix", prefix)
     return web.Application(routes, default_handler_class=NoRouteHandler,
                            gpuqueue_service=ClusterFrontend(store, **kw), gpuqueue_users=users,
                            gpuqueue_metrics=m, gpuqueue_metrics_dir=metrics_dir,

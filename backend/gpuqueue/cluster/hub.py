@@ -73,7 +73,10 @@ def make_hub_auth(cache_s: int = 60) -> Any:
     try:
         from jupyterhub.services.auth import HubOAuth
     except ImportError:
-        raise ValueError("--auth hub needs the jupyterhub package: pip install 'jupyterhub>=5'") from None
+        import sys
+
+        raise ValueError(f"--auth hub needs the jupyterhub package (JupyterHub's client) in the environment of "
+                         f"{sys.executable}: {sys.executable} -m pip install 'jupyterhub>=5'") from None
     missing = [v for v in ("JUPYTERHUB_API_TOKEN", "JUPYTERHUB_API_URL") if not os.environ.get(v)]
     if missing:
         raise ValueError(f"--auth hub: {' and '.join(missing)} not set: run `gpuqueue api` as a JupyterHub "
@@ -82,6 +85,21 @@ def make_hub_auth(cache_s: int = 60) -> Any:
     if not auth.access_scopes:
         raise ValueError("--auth hub: set JUPYTERHUB_SERVICE_NAME (the service's name in the hub config)")
     return auth
+
+
+def no_access_message(user: str, scopes: set[str], access_scopes: set[str]) -> str:
+    """Why a hub user's token may not use the service, and the hub admin's fix. A user server's
+    own token (it holds ``access:servers!server=USER/``) gets its scopes from
+    ``c.Spawner.server_token_scopes``, not from the user's roles: the usual slip of a hub config
+    that sets that list itself (the later assignment replaces the documented one)."""
+    need = " or ".join(sorted(access_scopes))
+    if any(s.startswith("access:servers!server=") for s in scopes):
+        return (f"the token of hub user {user!r}'s server has no access to this service: the hub admin adds "
+                f"{need} to c.Spawner.server_token_scopes in jupyterhub_config.py (docs/deploy.md, JupyterHub), "
+                f"then the user restarts their server (the hub's File > Hub Control Panel > Stop My Server)")
+    return (f"hub user {user!r} has no access to this service with this token: the hub admin grants {need} "
+            f"through a role (c.JupyterHub.load_roles, e.g. the 'user' role; docs/deploy.md, JupyterHub), and a "
+            f"token made on the hub's token page needs that scope too")
 
 
 class HubAuthMixin:
@@ -108,8 +126,7 @@ class HubAuthMixin:
                             f"belong to hub users (use a token of the user the jobs are for)")
         scopes = set(model.get("scopes") or [])
         if not hub.check_scopes(hub.access_scopes, model):
-            raise Forbidden(f"hub user {model.get('name')!r} has no access to this service: the hub admin grants "
-                            f"{' or '.join(sorted(hub.access_scopes))} through a role")
+            raise Forbidden(no_access_message(str(model.get("name")), scopes, hub.access_scopes))
         admin_scope = self.settings["gpuqueue_admin_scope"]  # type: ignore[attr-defined]
         groups = model.get("groups") or ()  # present when the token may read its own groups
         self._gq_caller = Caller(name=str(model["name"]), admin=admin_scope in scopes,
