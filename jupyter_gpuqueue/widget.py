@@ -164,14 +164,18 @@ class JobWidget:
                                       tooltip="stop watching; the job goes on")
         self.cancel_button.on_click(lambda _b: self.request_cancel())
         self.detach_button.on_click(lambda _b: self.request_detach())
+        # The buttons come first: what is below them grows as the job runs (the log tail, a
+        # line at a time up to its height, then the curve and the checkpoints), and buttons
+        # below it moved down every redraw, so a click whose press and release straddled one
+        # (a slow machine, a slow hand) reached no button and was lost without a word.
         self.root = _JobBox(
             children=[
+                W.HBox([self.cancel_button, self.detach_button]),
                 W.HBox([self.title, self.status]),
                 W.HBox([self.progress, self.progress_text]),
                 self.curve,
                 self.log_box,
                 self.ckpts,
-                W.HBox([self.cancel_button, self.detach_button]),
             ],
             layout=W.Layout(border="1px solid #ddd", padding="4px 8px"),
         )

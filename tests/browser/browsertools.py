@@ -54,6 +54,20 @@ def click_widget_cancel(widget: Any, timeout_ms: int = 20_000) -> None:
     widget.locator("button", has_text="Confirm cancel").click(timeout=timeout_ms)
 
 
+def stays_put(locator: Any, seconds: float, every_s: float = 0.1) -> list[dict[str, float]]:
+    """The distinct boxes ``locator`` had over ``seconds`` (one: it did not move)."""
+    import time
+
+    boxes: list[dict[str, float]] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        box = locator.bounding_box()
+        if box is not None and box not in boxes:
+            boxes.append(box)
+        time.sleep(every_s)
+    return boxes
+
+
 def wrapped_pieces(page: Any, root_selector: str) -> list[str]:
     """Texts of the ``.jp-GPUQueue-nowrap`` pieces under ``root_selector`` that are broken over
     lines (an inline box split over lines has several client rects)."""

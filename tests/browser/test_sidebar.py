@@ -20,7 +20,8 @@ import sys
 import pytest
 
 from browsertools import (ARGS, CHROMIUM, IMAGES, click_widget_cancel, contrast, dismiss_news,
-                          lab_has_extension, needs_chromium, notebook, screenshot_content, wrapped_pieces)
+                          lab_has_extension, needs_chromium, notebook, screenshot_content, stays_put,
+                          wrapped_pieces)
 from helpers.servers import wait_until
 
 IDLE_SECONDS = float(os.environ.get("GPUQUEUE_IDLE_SECONDS", "15"))  # docs: 30
@@ -153,6 +154,12 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             # the next cell waits for its long job; Cancel in its own widget ends it
             long_widget = page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".gpuqueue-job")
             long_widget.locator("text=running on").wait_for(timeout=60_000)
+            # its buttons stay where they are while its log tail grows a line at a time (they
+            # were below it and moved down at each redraw: a click whose press and release
+            # straddled one reached no button, and "Confirm cancel" never came)
+            long_widget.locator("text=step 1").wait_for(timeout=20_000)
+            boxes = stays_put(long_widget.locator("button", has_text="Cancel").first, 2.0)
+            assert len(boxes) == 1, boxes
             [long_job] = [j for j in client.list() if j["name"] == "long-train"]
             click_widget_cancel(long_widget)
             long_widget.locator("text=cancelled after").wait_for(timeout=30_000)

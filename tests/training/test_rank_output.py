@@ -66,3 +66,24 @@ def test_a_2_rank_cell_that_succeeds_shows_only_its_ranks_output(jupyter_server)
                     "env": {"GPUQUEUE_LAUNCHER": "torchrun", "OMP_NUM_THREADS": "3"}}, new=True)["id"]
     assert wait_done(jupyter_server, job, 120)["state"] == "succeeded"
     assert sorted(logs(c.events(job)).splitlines()) == ["3", "[rank1] 3"], logs(c.events(job))
+
+
+def test_rank_0_says_why_it_stopped_when_rank_1_fails_while_rank_0_still_loads(jupyter_server) -> None:
+    """Rank 1 fails at once while rank 0 is still loading the cell's inputs (here a notebook
+    value whose loading takes a minute on rank 0; a slow start under load is the same): torchrun
+    stops rank 0, which says why (before: it ended without a word, its stop handler not yet in
+    place, and the cell did not say why rank 0 stopped)."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    assert k.run("import os, time\ndef _load():\n    if os.environ.get('RANK') == '0':\n        time.sleep(60)\n"
+                 "    return 'data'\nclass Slow:\n    def __reduce__(self):\n        return (_load, ())\n"
+                 "slow = Slow()").error is None
+    res = k.run("%%train --gpus 2\nimport os\nif os.environ['RANK'] == '1':\n    raise ValueError('rank 1 fails')\n"
+                "print(slow)\n", timeout=180)
+    assert res.error is not None and res.error["ename"] == "RemoteJobError", res.text
+    shown = _shown(res.stderr)
+    assert "[rank1] ValueError: rank 1 fails" in shown, res.stderr
+    assert "gpuqueue: stopped: rank 1 failed (see [rank1] above)" in shown, res.stderr
+    assert "gpuqueue: rank 1 failed: ValueError: rank 1 fails; the other ranks were stopped" in shown, res.stderr
+    for noise in ("JobStopped", "Traceback", "asked to stop"):
+        assert noise not in res.stderr, (noise, res.stderr)

@@ -238,13 +238,20 @@ class ClusterFrontend:
 
     async def follow(self, caller: Caller, job_id: str, after: int = 0, keepalive_s: float = 15.0) -> AsyncIterator[Optional[Event]]:
         """Replay events after ``after``, then yield new ones live until the job ends.
-        Yields None as a keep-alive when nothing happened for ``keepalive_s``."""
+        Yields None as a keep-alive when nothing happened for ``keepalive_s``.
+
+        The job's end (its record's terminal state and its last ``state`` event, written in one
+        atomic ``RedisStore.exec``) may land between a read of the stream that found nothing
+        new and the read of the record that finds it ended: the stream is read once more after
+        that, so the follow never stops short of the job's last events (it did: a `gpuqueue
+        logs -f` ended without its final ``[gpuqueue] succeeded`` line)."""
         async with self.reads.slot(caller.name):
             job0 = await self.reads.run(self._get_job, caller, job_id)
         if self._aio is None:
             self._aio = redis_url.async_client(self.store.url, decode_responses=True)
         key = self.store.k("ev", job_id)
         from_start = after == 0
+        ended = False  # the record says the job ended: what its stream holds now is all of it
         while True:
             async with self.reads.slot(caller.name):  # a batch at a time, as one of the user's reads
                 batch = await self.reads.run(self.store.read_events, job_id, after, 2000)
@@ -254,10 +261,15 @@ class ClusterFrontend:
             if batch:
                 after = batch[-1].seq
                 continue
+            if ended:
+                return
             async with self.reads.slot(caller.name):
                 job = await self.reads.run(self.store.get_job, job_id)
-            if job is None or job.state.is_terminal:
+            if job is None:
                 return
+            if job.state.is_terminal:
+                ended = True  # its end may have come after the read above: read the stream once more
+                continue
             try:
                 rows = await self._aio.xread({key: f"{after}-0"}, count=2000, block=int(keepalive_s * 1000))
             except (aioredis.ConnectionError, aioredis.TimeoutError):

@@ -104,7 +104,10 @@ def stop_requested() -> bool:
 
 
 def install_stop_handler() -> None:
-    """Route SIGTERM to the stop flag (main thread only)."""
+    """Route SIGTERM to the stop flag (main thread only), then unblock SIGTERM: a rank's
+    wrapper starts a cell's process with it blocked (``distributed.run_rank``), so a stop that
+    came while Python was still starting is delivered now, to this handler, instead of ending
+    the process without a word. Raises ``JobStopped`` at once for such a stop."""
 
     def handler(signum: int, frame: Any) -> None:
         first = not _stop.is_set()
@@ -116,3 +119,4 @@ def install_stop_handler() -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

@@ -378,10 +378,17 @@ def run_rank(argv: list[str]) -> int:
     (:func:`record_failure`: its exit in words and its last lines on stderr): torchrun then
     stops the other ranks, which tell that apart from a stop the queue asked for."""
     rank = os.environ.get("RANK", "0")
-    if rank == "0" and _is_cell(argv):
+    cell = _is_cell(argv)
+    # A cell's process installs its stop handler once Python and gpuqueue are loaded: torchrun's
+    # SIGTERM (another rank failed at once) before that ended it without a word, and rank 0's
+    # `stopped: rank N failed` line was missing. It starts with SIGTERM blocked; its handler
+    # unblocks it (gpuqueue.job.channel.install_stop_handler), and a stop that came is told then.
+    if rank == "0" and cell:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         try:
             os.execvp(argv[0], argv)
         except OSError as e:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             print(f"gpuqueue: cannot start {argv[0]}: {e}", file=sys.stderr)
             return 127
     stopped: list[int] = []
@@ -393,11 +400,15 @@ def run_rank(argv: list[str]) -> int:
         signal.signal(sig, on_stop)
     runner = bool(os.environ.get("GPUQUEUE_ATTEMPT_DIR"))  # started by gpuqueue's runner
     marked = rank != "0"
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM}) if cell else None  # (as above)
     try:
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE if marked else None, stderr=subprocess.PIPE)
     except OSError as e:
         print(f"{f'[rank{rank}] ' if marked else ''}gpuqueue: cannot start {argv[0]}: {e}", file=sys.stderr)
         return 127
+    finally:
+        if mask is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # this wrapper's own on_stop gets it now
     assert proc.stderr is not None
     last_err = StderrTail()
     printed = threading.Event()  # a marked rank wrote a line ([rankN] lines the others may point at)

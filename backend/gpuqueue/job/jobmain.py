@@ -54,7 +54,17 @@ def _cell_traceback(exc: BaseException) -> str:
 
 
 def run(job_dir: Path, attempt_dir: Path) -> int:
-    """Execute the cell; 0 on success."""
+    """Execute the cell; 0 on success. The stop handler is in place before anything else (the
+    payload, the cell's inputs, which may take long to load): a stop that comes meanwhile says
+    why, as it does while the cell runs (in a multi-rank job: that another rank failed)."""
+    try:
+        channel.install_stop_handler()
+        return _run(job_dir, attempt_dir)
+    except channel.JobStopped as e:
+        return _fail(attempt_dir, "JobStopped", str(e))
+
+
+def _run(job_dir: Path, attempt_dir: Path) -> int:
     payload: dict[str, Any] = pickle.loads((job_dir / "payload.pkl").read_bytes())
     why = version_mismatch(payload)
     if why:
@@ -83,7 +93,6 @@ def run(job_dir: Path, attempt_dir: Path) -> int:
     ns = main_mod.__dict__
     source: str = payload["source"]
     linecache.cache[CELL_FILENAME] = (len(source), None, source.splitlines(True), CELL_FILENAME)
-    channel.install_stop_handler()
     from . import hf
 
     hf.install_hook()  # attaches to transformers.Trainer if the cell imports it; imports nothing now
