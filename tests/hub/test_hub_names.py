@@ -106,6 +106,13 @@ def test_a_new_hub_account_with_a_deleted_users_name_gets_none_of_their_jobs(tmp
             assert "belonged to an earlier hub account" in message and "its 2 jobs" in message, message
             assert "gpuqueue release-name alice" in message and "--keep-finished" in message, message
             assert queued not in message and done not in message, message
+        # a token that cannot read its own user's model (as a user server's: server_token_scopes):
+        # the service reads the account's creation time with its own read:users
+        r = _hub_api(hub, ops, "POST", "users/alice/tokens", json={"scopes": ["access:services!service=gpuqueue"]})
+        narrow = r.json()["token"]
+        assert "created" not in _hub_api(hub, narrow, "GET", "user").json()
+        got = _svc(hub, narrow, "GET", "jobs")
+        assert got.status_code == 403 and "belonged to an earlier hub account" in got.json()["message"], got.text
         assert _svc(hub, carol, "GET", f"jobs/{queued}").json()["state"] == "queued"  # untouched
 
         # the release: queue admins only; the earlier account's queued jobs are cancelled first
