@@ -204,6 +204,18 @@ def cmd_wait(args: argparse.Namespace) -> int:
     return 0 if job["state"] == "succeeded" else 1
 
 
+def cmd_release_name(args: argparse.Namespace) -> int:
+    """A queue admin releases a hub user name (cluster API as a JupyterHub service): the next hub
+    account of that name starts with no jobs (``gpuqueue.cluster.hub_names``)."""
+    from urllib.parse import quote
+
+    out = _client()._request("POST", f"hub-names/{quote(args.name, safe='')}/release").json()
+    print(printable(f"hub user name {out['name']!r} released: {out['deleted_jobs']} finished job(s) of the earlier "
+                    f"account (created {out['account_created']}) deleted; the next hub account named "
+                    f"{out['name']!r} starts with no jobs"))
+    return 0
+
+
 def cmd_queue(args: argparse.Namespace) -> int:
     q = _client().queue()
     if args.json:
@@ -283,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("queue", help="pools and GPUs in use")
     s.add_argument("--json", action="store_true")
     s.set_defaults(fn=cmd_queue)
+    s = sub.add_parser("release-name", help="give a deleted hub user's name to a new hub account (queue admins; "
+                       "deletes the earlier account's finished jobs)")
+    s.add_argument("name")
+    s.set_defaults(fn=cmd_release_name)
     for name in DELEGATED:
         sub.add_parser(name, help=f"see `gpuqueue {name} -h`", add_help=False)
     return p

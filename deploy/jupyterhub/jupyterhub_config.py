@@ -35,6 +35,9 @@ c.JupyterHub.load_roles = [
     {"name": "user", "scopes": ["self", "access:services!service=gpuqueue"]},
     # queue admins: hub users or groups given this role
     {"name": "gpuqueue-admin", "scopes": ["custom:gpuqueue:admin"], "users": [], "groups": ["gpuqueue-admins"]},
+    # the service reads each hub account's creation time: a new account that takes a deleted or
+    # renamed user's name does not get that name's jobs (docs/deploy.md, Renaming and deleting hub users)
+    {"name": "gpuqueue-service", "scopes": ["read:users"], "services": ["gpuqueue"]},
 ]
 # a user server's own token carries the user's access to the service (and admin, if held)
 c.Spawner.server_token_scopes = [

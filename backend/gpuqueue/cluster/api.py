@@ -285,9 +285,14 @@ def make_app(store: RedisStore, users: dict[str, User] | UsersFile, hub_auth: An
     if hub_auth is not None:
         from . import hub
 
+        from .hub_names import HubNames, ReleaseHandler
+
         mixin: type = hub.HubAuthMixin
         extra = hub.hub_routes(prefix)
+        extra.append((hub.release_route(prefix), type("ReleaseHandler", (mixin, StoreErrorsMixin, ReleaseHandler), {})))
+        names = HubNames(store, hub_auth, hub_auth.cache_max_age)
         settings = {"gpuqueue_hub_auth": hub_auth, "hub_auth": hub_auth, "gpuqueue_prefix": prefix,
+                    "gpuqueue_hub_names": names,
                     "gpuqueue_admin_scope": admin_scope or hub.ADMIN_SCOPE,
                     "cookie_secret": cookie_secret or os.urandom(32)}
     else:
@@ -439,6 +444,9 @@ def cli_main(argv: list[str]) -> int:
         # room for the largest payload as base64 in JSON, plus the spec
         server = httpserver.HTTPServer(app, xheaders=True, max_body_size=int(args.max_payload_mb * 1e6 * 4 / 3) + 2**24)
         server.add_sockets(sockets)
+        names = app.settings.get("gpuqueue_hub_names")
+        if names is not None:  # its one warning, if any, at start (hub_names.py)
+            app.settings["gpuqueue_hub_probe"] = asyncio.create_task(names.probe_at_start())  # held while serving
         log.info("gpuqueue api on %s:%s%s (%s)", args.address, port, prefix,
                  "JupyterHub auth" if use_hub else _count_users(users, args.users))
         await asyncio.Event().wait()

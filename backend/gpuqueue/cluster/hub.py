@@ -12,7 +12,9 @@ are authenticated by the hub, with JupyterHub's own client classes
 * a browser's OAuth cookie (``GET`` only: a cookie never authorizes a change, so no page of
   another site can submit or cancel in the user's name). ``<prefix>`` starts the OAuth login.
 
-The job owner is the hub user's name; the user's hub groups may place it in a fair-share group
+The job owner is the hub user's name, bound to the hub account it first came from
+(``gpuqueue.cluster.hub_names``: a later account with that name is refused until a queue admin
+releases it); the user's hub groups may place it in a fair-share group
 (``QueueConfig.group_of``: a ``[groups.NAME]`` named as one of them, when no ``members`` list
 names the user). Admins hold the custom scope ``custom:gpuqueue:admin``
 (declare it in ``c.JupyterHub.custom_scopes`` and grant it through a role); ``--admin-scope``
@@ -127,6 +129,9 @@ class HubAuthMixin:
         scopes = set(model.get("scopes") or [])
         if not hub.check_scopes(hub.access_scopes, model):
             raise Forbidden(no_access_message(str(model.get("name")), scopes, hub.access_scopes))
+        names = self.settings.get("gpuqueue_hub_names")  # type: ignore[attr-defined]
+        if names is not None:  # a new hub account with an earlier one's name: refused (hub_names.py)
+            await names.check(hub.get_token(handler) or "", model)
         admin_scope = self.settings["gpuqueue_admin_scope"]  # type: ignore[attr-defined]
         groups = model.get("groups") or ()  # present when the token may read its own groups
         self._gq_caller = Caller(name=str(model["name"]), admin=admin_scope in scopes,
@@ -162,3 +167,8 @@ def hub_routes(prefix: str) -> list[tuple[str, type]]:
     from jupyterhub.services.auth import HubOAuthCallbackHandler
 
     return [(prefix + "oauth_callback", HubOAuthCallbackHandler), (prefix, _login_handler())]
+
+
+def release_route(prefix: str) -> str:
+    """The path of a queue admin's release of a hub user name (``hub_names.ReleaseHandler``)."""
+    return prefix + "gpuqueue/api/hub-names/([^/]+)/release"

@@ -1,0 +1,201 @@
+"""Queue user names bound to the hub account they first came from (``gpuqueue api`` as a hub service).
+
+Jobs belong to a hub user's *name*. A hub admin may delete ``alice`` and later create a new
+account named ``alice`` (or rename someone to it); without more, that account would own the
+earlier alice's jobs (kept for ``--keep-finished``): list, cancel, read their logs and results.
+So the first time the service sees a name it records, in the store, the creation time of the hub
+account it came from (``created`` in JupyterHub's user model), under ``<prefix>:hubnames``. A
+later caller with that name and another creation time is refused (403, naming the fix) on every
+queue request, until a queue admin releases the name (``gpuqueue release-name NAME``;
+``POST <prefix>gpuqueue/api/hub-names/NAME/release``): that deletes the earlier account's finished
+jobs at once, as ``--keep-finished`` would later, so that the new account starts with none.
+Queued or running jobs of the earlier account must be cancelled first.
+
+The service reads ``created`` with its own hub token, which needs the ``read:users`` scope (a role
+of the hub config, deploy/jupyterhub/jupyterhub_config.py): a user's token does not always carry it
+(a user server's token holds ``c.Spawner.server_token_scopes`` only). A hub that does not give it
+(a missing scope, an old hub): names are not bound, as before, with one warning in the log.
+The hub's answer is cached per token for ``--hub-cache-s``, as the hub's own answer for the token;
+the store is asked on each request (so a release counts at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from typing import Any, Optional
+from urllib.parse import quote
+
+from ..queue.errors import Conflict, Forbidden, NotFound, Unavailable
+from ..queue.states import LIVE_STATES
+from ..queue.verbs import Caller
+from ..rest.handlers import RestHandler
+from .redis_store import RedisStore
+
+log = logging.getLogger("gpuqueue.api")
+SCOPE = "read:users"
+ROLE_HINT = (f"add a role that gives the service {SCOPE!r} to c.JupyterHub.load_roles, e.g. "
+             f"{{'name': 'gpuqueue-service', 'scopes': ['{SCOPE}'], 'services': ['gpuqueue']}} "
+             f"(deploy/jupyterhub/jupyterhub_config.py; docs/deploy.md, Renaming and deleting hub users)")
+DELETE_BATCH = 200  # jobs deleted per store transaction by a release
+
+
+class HubNames:
+    """The binding of queue names to hub accounts: :meth:`check` on every hub request,
+    :meth:`release` for a queue admin."""
+
+    def __init__(self, store: RedisStore, hub: Any, cache_s: float = 60.0):
+        self.store, self.hub, self.cache_s = store, hub, cache_s
+        self.enabled: Optional[bool] = None  # None: not yet known whether the hub gives `created`
+        self._cache: dict[str, tuple[float, str]] = {}  # sha256(token) -> (until, created)
+        self._lock = asyncio.Lock()
+
+    @property
+    def key(self) -> str:
+        return self.store.k("hubnames")
+
+    async def _get(self, path: str) -> tuple[int, Any]:
+        """``GET`` the hub API with the service's own token: (status, JSON or None)."""
+        from jupyterhub.httpclient import fetch
+        from jupyterhub.utils import make_ssl_context, url_path_join
+
+        kw: dict[str, Any] = {}
+        if self.hub.certfile or self.hub.keyfile:
+            kw["ssl"] = make_ssl_context(self.hub.keyfile, self.hub.certfile, cafile=self.hub.client_ca)
+        try:
+            r = await fetch(url_path_join(self.hub.api_url, path), method="GET", raise_for_status=False,
+                            headers={"Authorization": f"token {self.hub.api_token}"}, **kw)
+            text = await r.text()
+        except Exception as e:  # noqa: BLE001 - the hub is down or unreachable
+            raise Unavailable(f"cannot reach JupyterHub at {self.hub.api_url} ({e}); try again in a moment") from None
+        return r.status, (json.loads(text) if r.status == 200 else None)
+
+    def _disable(self, why: str) -> None:
+        if self.enabled is not False:
+            log.warning("queue names are not bound to hub accounts: %s; a new hub account that takes a deleted "
+                        "or renamed user's name gets that name's jobs: %s", why, ROLE_HINT)
+        self.enabled = False
+
+    async def probe(self) -> Optional[bool]:
+        """Whether the service's token may read users' ``created`` (its scopes say ``read:users``);
+        logs the one warning where not. None while the hub cannot be asked."""
+        async with self._lock:
+            if self.enabled is None:
+                try:
+                    status, me = await self._get("user")
+                except Unavailable:
+                    return None
+                scopes = (me or {}).get("scopes")
+                if status != 200 or not isinstance(scopes, list):
+                    self._disable(f"the hub's answer for this service ({status}) lists no scopes (an old hub?)")
+                elif SCOPE not in scopes:
+                    self._disable(f"the hub gives this service no {SCOPE!r} scope, which reads a hub account's "
+                                  f"creation time")
+                else:
+                    self.enabled = True
+                    log.info("queue names are bound to the hub account they first came from (its creation time)")
+            return self.enabled
+
+    async def probe_at_start(self, tries: int = 60) -> None:
+        """:meth:`probe` until the hub answers (a managed service may start before the hub's API)."""
+        for _ in range(tries):
+            if await self.probe() is not None:
+                return
+            await asyncio.sleep(1.0)
+
+    async def created(self, token: str, model: dict[str, Any]) -> Optional[str]:
+        """The creation time of the hub account ``model`` (the hub's answer for ``token``) is, from
+        the model where the token could read it, else from the hub; cached per token."""
+        key = hashlib.sha256(token.encode("utf8", "replace")).hexdigest() if token else ""
+        now = time.monotonic()
+        hit = self._cache.get(key) if key else None
+        if hit and hit[0] > now:
+            return hit[1]
+        created = model.get("created")
+        if not created:
+            status, user = await self._get("users/" + quote(str(model["name"]), safe=""))
+            if status == 403:
+                self._disable(f"the hub refused this service {SCOPE!r} (403 reading a user)")
+                return None
+            if status == 404:  # renamed or deleted since the hub answered for the token
+                raise Unavailable(f"hub user {model['name']!r} changed in the hub just now: try again in a moment")
+            if status != 200:
+                raise Unavailable(f"JupyterHub answered {status} for hub user {model['name']!r}: try again in a moment")
+            created = (user or {}).get("created")
+            if not created:
+                self._disable("the hub's user model has no 'created' (an old hub?)")
+                return None
+        if key:
+            if len(self._cache) > 10_000:
+                self._cache = {k: v for k, v in self._cache.items() if v[0] > now}
+            self._cache[key] = (now + self.cache_s, str(created))
+        return str(created)
+
+    async def check(self, token: str, model: dict[str, Any]) -> None:
+        """Bind ``model``'s name to its account on first sight; Forbidden for another account with
+        the name of an earlier one."""
+        if self.enabled is None:
+            await self.probe()
+        if not self.enabled:
+            return
+        created = await self.created(token, model)
+        if created is None:
+            return
+        name = str(model["name"])
+        r = self.store.r
+        if r.hsetnx(self.key, name, created):
+            log.info("queue name %r bound to the hub account created %s", name, created)
+            return
+        bound = r.hget(self.key, name)
+        if bound is None or bound == created:  # released just now: bind at the next request
+            return
+        n = r.zcard(self.store.k("owner", name))
+        raise Forbidden(
+            f"the queue name {name!r} belonged to an earlier hub account (created {bound}; this one was created "
+            f"{created}): its {n} job{'s' if n != 1 else ''} stay that account's, kept until a queue admin releases "
+            f"the name (finished ones at most --keep-finished after they end, 30 days by default); a queue admin "
+            f"releases the name with `gpuqueue release-name {name}` (it deletes the earlier account's finished "
+            f"jobs; docs/deploy.md, Renaming and deleting hub users)")
+
+    async def release(self, caller: Caller, name: str) -> dict[str, Any]:
+        """A queue admin gives ``name`` to the next hub account that uses it: the earlier account's
+        finished jobs are deleted (its queued or running ones: Conflict, cancel them first)."""
+        if not caller.admin:
+            raise Forbidden("releasing a hub user name is for queue admins (custom:gpuqueue:admin)")
+        r = self.store.r
+        bound = r.hget(self.key, name)
+        if bound is None:
+            raise NotFound(f"the queue has no hub account on record for the name {name!r}: nothing to release")
+        status, user = await self._get("users/" + quote(name, safe=""))
+        if status == 200 and (user or {}).get("created") == bound:
+            raise Conflict(f"the jobs of {name!r} belong to the hub account of that name now (created {bound}): "
+                           f"nothing to release (a release would delete that user's finished jobs)")
+        live = [j.id for j in self.store.live_jobs(name) if j.state in LIVE_STATES]
+        if live:
+            raise Conflict(f"the earlier hub account {name!r} still has {len(live)} queued or running job(s) "
+                           f"({', '.join(sorted(live)[:10])}): cancel them first (`gpuqueue cancel ID`), then "
+                           f"release the name again")
+        ids = r.zrange(self.store.k("owner", name), 0, -1)
+        jobs = [j for j in self.store.get_jobs(ids) if j.state.is_terminal]
+        for i in range(0, len(jobs), DELETE_BATCH):
+            self.store.exec([op for j in jobs[i:i + DELETE_BATCH] for op in self.store.delete_job_ops(j)])
+        r.hdel(self.key, name)
+        self._cache.clear()
+        log.warning("queue admin %r released the hub user name %r (bound to the hub account created %s): %d "
+                    "finished job(s) of that account deleted", caller.name, name, bound, len(jobs))
+        return {"name": name, "released": True, "deleted_jobs": len(jobs), "account_created": bound}
+
+
+class ReleaseHandler(RestHandler):
+    """``POST <prefix>gpuqueue/api/hub-names/NAME/release``: a queue admin releases a hub user name."""
+
+    async def post(self, name: str) -> None:
+        names: Optional[HubNames] = self.settings.get("gpuqueue_hub_names")
+        if names is None:
+            raise NotFound("hub user names are bound only where the API is a JupyterHub service")
+        from urllib.parse import unquote
+
+        self.send(await names.release(self.caller, unquote(name)))
