@@ -207,9 +207,7 @@ def cmd_wait(args: argparse.Namespace) -> int:
 def cmd_release_name(args: argparse.Namespace) -> int:
     """A queue admin releases a hub user name (cluster API as a JupyterHub service): the next hub
     account of that name starts with no jobs (``gpuqueue.cluster.hub_names``)."""
-    from urllib.parse import quote
-
-    out = _client()._request("POST", f"hub-names/{quote(args.name, safe='')}/release").json()
+    out = _client().release_name(args.name)
     print(printable(f"hub user name {out['name']!r} released: {out['deleted_jobs']} finished job(s) of the earlier "
                     f"account (created {out['account_created']}) deleted; the next hub account named "
                     f"{out['name']!r} starts with no jobs"))

@@ -166,6 +166,12 @@ class Client:
         """The queue summary."""
         return self._request("GET", "queue").json()
 
+    def release_name(self, name: str) -> dict[str, Any]:
+        """A queue admin's release of a hub user name (the cluster API as a JupyterHub service:
+        ``gpuqueue.cluster.hub_names``): what was released and how many finished jobs of the
+        earlier account were deleted."""
+        return self._request("POST", f"hub-names/{quote(name, safe='')}/release").json()
+
     def events(self, job_id: str, after: int = 0) -> builtins.list[dict[str, Any]]:
         """All events with seq > after, without waiting. The server answers a page at a time
         (10,000 events): a page of ``EVENTS_PAGE_CHECK`` or more is followed by a request for
