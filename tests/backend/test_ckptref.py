@@ -56,3 +56,9 @@ def test_a_listing_names_the_run_only_where_two_runs_kept_the_same_step() -> Non
         f"step 20: --resume-from {JOB}/default/step-20", "    saved on node n1: /a/default/step-000000020",
         f"step 20: --resume-from {JOB}/eval/step-20", "    saved on node n1: /a/eval/step-000000020",
         f"step 30: --resume-from {JOB}/step-30", "    saved on node n2: /b/eval/step-000000030"]
+
+
+@pytest.mark.parametrize("folder", ["step-\u00b2", "step-\u0663", "step-" + "9" * 13, "step-" + "9" * 5000, "step-",
+                                    "step--1", "step-1 ", "step-+1"])
+def test_a_folder_whose_step_is_not_ascii_digits_is_no_checkpoint(folder: str) -> None:
+    assert ckptref.step_of(folder) is None  # was: ValueError from int() for some ('²', 5000 digits)

@@ -34,6 +34,7 @@ MAX_REF_LEN = 160
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"
 _REF = re.compile(rf"(?P<job>j-[0-9a-f]{{12}})(?:/(?:(?P<name>{_NAME})/)?step-(?P<step>[0-9]{{1,12}}))?/?")
 _SHOWN = 12  # steps a refusal names at most
+_STEP_DIGITS = re.compile(r"[0-9]{1,12}")
 
 
 class RefError(ValueError):
@@ -109,9 +110,11 @@ def step_folder(step: int) -> str:
 
 
 def step_of(folder: str) -> Optional[int]:
-    """The step of a ``step-N`` folder name, or None."""
+    """The step of a ``step-N`` folder name (N: 1 to 12 ASCII digits, as a reference writes
+    it), or None: a folder a job named ``step-²`` or ``step-`` and 5000 digits is no checkpoint
+    (``int()`` refuses those, and the queue's start of the next job must not)."""
     head, _, digits = folder.partition("-")
-    return int(digits) if head == "step" and digits.isdigit() else None
+    return int(digits) if head == "step" and _STEP_DIGITS.fullmatch(digits) else None
 
 
 def choose(ref: Ref, found: Iterable[tuple[str, int]]) -> tuple[str, int]:
