@@ -253,3 +253,26 @@ def test_checkpoint_records_a_job_forges_break_no_submit_that_resumes_from_it(
         f"(`%gpuqueue checkpoints {job}` lists them)")
     listed = c.cli("alice", "checkpoints", job)
     assert listed.returncode == 0 and f"step 2: --resume-from {job}/step-2" in listed.stdout, listed
+
+
+def test_a_source_job_deleted_between_submit_and_start_fails_the_new_job_as_a_missing_one(
+        cluster_factory: Callable[..., Cluster], tmp_path: Path) -> None:
+    """The worker checks the reference again at start: a source job whose record is gone since the
+    submit (--keep-finished) is refused in the words of a job that does not exist, though its
+    checkpoint is still on the shared root (the sweep has not run yet)."""
+    shared = tmp_path / "shared"
+    c = _only_n1_then_only_n2(cluster_factory, tmp_path, "--shared-dir", str(shared))
+    first = _saved_on_n1(c, tmp_path)
+    c.kill("worker-n1", signal.SIGTERM)  # no node: the new job waits
+    second = c.client("alice").submit({"kind": "command", "gpus": 1, "command": [PY, "-c", "1"],
+                                       "resume_from": first})["id"]
+    r = c.redis_client()
+    r.delete(f"gq:job:{first}")  # as the daemon's --keep-finished expiry deletes the record
+    assert (shared / "jobs" / first / "checkpoints" / "default" / "step-000000002" / "COMPLETE").is_file()
+    c.start_worker("n2")
+    rec = c.wait_done([second], 60)[second]
+    assert rec["state"] == "failed" and len(rec["attempts"]) == 1, rec
+    assert rec["error"] == (f"the job could not start on node n2: --resume-from {first}: you have no job {first}; "
+                            "give one of your own jobs' ids (`%gpuqueue list`, `gpuqueue ls`): only your own jobs' "
+                            "checkpoints can be resumed from"), rec["error"]
+    assert not (c.root / "node-n2" / "jobs" / second / "resume").exists()
