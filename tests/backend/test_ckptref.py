@@ -56,3 +56,18 @@ def test_a_listing_names_the_run_only_where_two_runs_kept_the_same_step() -> Non
         f"step 20: --resume-from {JOB}/default/step-20", "    saved on node n1: /a/default/step-000000020",
         f"step 20: --resume-from {JOB}/eval/step-20", "    saved on node n1: /a/eval/step-000000020",
         f"step 30: --resume-from {JOB}/step-30", "    saved on node n2: /b/eval/step-000000030"]
+
+
+@pytest.mark.parametrize("folder", ["step-\u00b2", "step-\u0663", "step-" + "9" * 13, "step-" + "9" * 5000, "step-",
+                                    "step--1", "step-1 ", "step-+1"])
+def test_a_folder_whose_step_is_not_ascii_digits_is_no_checkpoint(folder: str) -> None:
+    assert ckptref.step_of(folder) is None  # was: ValueError from int() for some ('²', 5000 digits)
+
+
+def test_checkpoint_records_no_checkpointer_writes_are_left_out_of_a_listing() -> None:
+    forged = [{"type": "checkpoint", "data": d} for d in (
+        {"step": 5, "name": ["a"]}, {"step": 6, "rotated": 5}, {"step": 7, "metrics": "x"}, {"step": True},
+        {"step": "9"}, {"step": 3, "name": "default", "path": "/p"})]
+    assert ckptref.listing_lines(JOB, forged)[0::2][:3] == [
+        f"step 6: --resume-from {JOB}/step-6", f"step 7: --resume-from {JOB}/step-7", f"step 3: --resume-from {JOB}/step-3"]
+    assert ckptref.found_in([e["data"] for e in forged]) == [("default", 6), ("default", 7), ("default", 3)]

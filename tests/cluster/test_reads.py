@@ -328,3 +328,36 @@ def test_the_read_bound_is_per_api_process(tmp_path: Path, redis_factory: Any) -
             assert "Traceback" not in c.log(key), c.log(key)[-3000:]
     finally:
         c.close()
+
+
+def test_submits_that_resume_from_a_job_are_reads_bounded_per_user(tmp_path: Path, redis_factory: Any) -> None:
+    """A submit with ``--resume-from JOB_ID`` reads that job's whole event stream (its checkpoint
+    events among its output): alice sending many at once, each naming her job with a long stream,
+    has at most --max-reads-per-user of them read at a time; the others are answered 429 naming
+    the bound (was: every one took a read thread, so she could hold all of the API's)."""
+    c = Cluster(tmp_path / "cluster", redis_factory(appendonly=False), {"n1": 1})
+    try:
+        _api(c, "--max-reads-per-user", "2")
+        hers = _job(c, "alice", 60_000)
+        answers: list[requests.Response] = []
+        lock = threading.Lock()
+
+        def submit() -> None:
+            r = requests.post(f"{c.url}{API}jobs", headers={"Authorization": f"token {TOKENS['alice']}"}, timeout=120,
+                              json={"spec": {"kind": "command", "command": ["true"], "resume_from": hers}})
+            with lock:
+                answers.append(r)
+
+        threads = [threading.Thread(target=submit) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        statuses = Counter(r.status_code for r in answers)
+        assert set(statuses) == {400, 429} and statuses[400] >= 2, statuses
+        refused = next(r for r in answers if r.status_code == 429)
+        assert "--max-reads-per-user" in refused.json()["message"] and refused.headers["Retry-After"] == "1"
+        checked = next(r for r in answers if r.status_code == 400)
+        assert f"job {hers} has no complete checkpoint" in checked.json()["message"], checked.text
+    finally:
+        c.close()

@@ -224,3 +224,55 @@ def test_under_the_owners_own_uid_the_copy_is_the_new_jobs_own(redis_factory: Ca
     finally:
         c.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+FORGED = '''
+import gpuqueue
+from gpuqueue.job import channel
+for data in ({"step": 5, "name": ["a", "list"]}, {"step": 6, "rotated": 5}, {"step": 7, "rotated": [[1]]},
+             {"step": 8, "metrics": "x"}, {"step": True}, {"step": "9"}):
+    channel.emit("checkpoint", data)  # records no Checkpointer writes: the job writes its own
+ck = gpuqueue.Checkpointer(max_checkpoints=5)
+for step in (1, 2):
+    ck.save(step, {"step": step})
+'''
+
+
+def test_checkpoint_records_a_job_forges_break_no_submit_that_resumes_from_it(
+        cluster_factory: Callable[..., Cluster], tmp_path: Path) -> None:
+    """A job writes its own checkpoint records: ones no Checkpointer writes (a list for a name, a
+    number for ``rotated``) are left out of what a reference may name, and the API answers a submit
+    that resumes from that job with the checkpoints it has (was: 500, 'internal error')."""
+    c = _only_n1_then_only_n2(cluster_factory, tmp_path)
+    script = tmp_path / "forged.py"
+    script.write_text(FORGED)
+    job = c.client("alice").submit({"kind": "command", "gpus": 1, "command": [PY, str(script)]})["id"]
+    assert c.wait_done([job], 60)[job]["state"] == "succeeded"
+    assert _refusal(c, "alice", f"{job}/step-9") == (
+        f"--resume-from {job}/step-9: job {job} has no complete checkpoint at step 9; it has steps 1, 2, 6, 7, 8 "
+        f"(`%gpuqueue checkpoints {job}` lists them)")
+    listed = c.cli("alice", "checkpoints", job)
+    assert listed.returncode == 0 and f"step 2: --resume-from {job}/step-2" in listed.stdout, listed
+
+
+def test_a_source_job_deleted_between_submit_and_start_fails_the_new_job_as_a_missing_one(
+        cluster_factory: Callable[..., Cluster], tmp_path: Path) -> None:
+    """The worker checks the reference again at start: a source job whose record is gone since the
+    submit (--keep-finished) is refused in the words of a job that does not exist, though its
+    checkpoint is still on the shared root (the sweep has not run yet)."""
+    shared = tmp_path / "shared"
+    c = _only_n1_then_only_n2(cluster_factory, tmp_path, "--shared-dir", str(shared))
+    first = _saved_on_n1(c, tmp_path)
+    c.kill("worker-n1", signal.SIGTERM)  # no node: the new job waits
+    second = c.client("alice").submit({"kind": "command", "gpus": 1, "command": [PY, "-c", "1"],
+                                       "resume_from": first})["id"]
+    r = c.redis_client()
+    r.delete(f"gq:job:{first}")  # as the daemon's --keep-finished expiry deletes the record
+    assert (shared / "jobs" / first / "checkpoints" / "default" / "step-000000002" / "COMPLETE").is_file()
+    c.start_worker("n2")
+    rec = c.wait_done([second], 60)[second]
+    assert rec["state"] == "failed" and len(rec["attempts"]) == 1, rec
+    assert rec["error"] == (f"the job could not start on node n2: --resume-from {first}: you have no job {first}; "
+                            "give one of your own jobs' ids (`%gpuqueue list`, `gpuqueue ls`): only your own jobs' "
+                            "checkpoints can be resumed from"), rec["error"]
+    assert not (c.root / "node-n2" / "jobs" / second / "resume").exists()

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from cluster.conftest import Cluster
+from gpuqueue.cluster.redis_store import RedisStore
 from helpers.servers import wait_until
 
 from .hubserver import MANAGED, Hub
@@ -125,6 +126,13 @@ def test_a_new_hub_account_with_a_deleted_users_name_gets_none_of_their_jobs(tmp
         got = _svc(hub, carol, "POST", "hub-names/bob/release")  # bob's name is bob's account's: nothing to do
         assert got.status_code == 409 and "nothing to release" in got.json()["message"], got.text
         assert _svc(hub, carol, "POST", f"jobs/{queued}/cancel").json()["state"] == "cancelled"
+        # a name is released as written: never decoded twice (al%69ce is not alice), one with / or
+        # odd characters is a name like any other, none of which is on record
+        for odd in ("al%69ce", "al%2569ce", "x/y", "../alice", "\u00e4lice", "a" * 3000):
+            out = _cli(hub, carol, "release-name", odd)
+            assert out.returncode != 0 and "Traceback" not in out.stderr, (odd, out)
+            assert "has no hub account on record for the name" in out.stderr, (odd, out.stderr)
+        assert _svc(hub, new, "GET", "jobs").status_code == 403  # alice's name still bound: nothing released
         out = _cli(hub, carol, "release-name", "alice")
         assert out.returncode == 0, out
         assert "'alice' released: 2 finished job(s) of the earlier account" in out.stdout, out.stdout
@@ -171,6 +179,15 @@ def test_without_read_users_the_api_warns_once_and_binds_nothing(tmp_path: Path,
         log = hub.log()
         assert log.count("queue names are not bound to hub accounts") == 1, log[-3000:]
         assert "'read:users'" in log and "'gpuqueue-service'" in log
+
+        # a name bound while the service had read:users (the role removed since): a release cannot
+        # learn whose the name is now, so it deletes nothing (was: the current alice's finished jobs)
+        assert _svc(hub, new, "POST", f"jobs/{job}/cancel").json()["state"] == "cancelled"
+        RedisStore(r.url).r.hset(RedisStore(r.url).k("hubnames"), "alice", "2020-01-01T00:00:00.000000Z")
+        assert _hub_api(hub, ops, "POST", "groups/gpuqueue-admins/users", json={"users": ["carol"]}).status_code == 200
+        got = _svc(hub, _token(hub, ops, "carol"), "POST", "hub-names/alice/release")
+        assert got.status_code == 503 and "nothing was released" in got.json()["message"], got.text
+        assert _svc(hub, new, "GET", f"jobs/{job}").json()["state"] == "cancelled"  # still there
     finally:
         hub.stop()
         c.close()

@@ -76,3 +76,27 @@ def test_a_reference_that_names_no_checkpoint_is_refused_and_queues_nothing(jupy
         assert "the job was not queued: " in res.stderr and message in res.stderr, (ref, res.stderr)
         assert "Traceback" not in res.stderr, (ref, res.stderr)
     assert sorted(_ids(jupyter_server)) == sorted([job, empty])  # nothing was queued
+
+
+PLANTS = ("%%train --name plants\nimport os, gpuqueue\nck = gpuqueue.Checkpointer()\n"
+          "for s in (1, 2):\n    ck.save(s, {'step': s})\n"
+          "for odd in ('step-\\u00b2', 'step-\\u0663', 'step-' + '9' * 40):  # superscript 2, Arabic-Indic 3, huge\n"
+          "    d = os.path.join(os.environ['GPUQUEUE_JOB_DIR'], 'checkpoints', 'default', odd)\n"
+          "    os.makedirs(d)\n    open(os.path.join(d, 'COMPLETE'), 'w').close()\n")
+
+
+def test_folders_a_job_names_like_odd_steps_are_no_checkpoints_and_break_nothing(jupyter_server):
+    """A job's own folders named ``step-²`` (a digit to str.isdigit, not to int), ``step-٣`` or
+    with 40 digits: a reference to that job resumes from its real latest checkpoint (was: a 500
+    at submit, 'internal error in gpuqueue')."""
+    k = jupyter_server.start_kernel()
+    k.run("%load_ext jupyter_gpuqueue")
+    first = k.run(PLANTS)
+    assert first.error is None, first.text
+    [job] = _ids(jupyter_server)
+    latest = k.run(f"%%train --resume-from {job}\n{RESUME}")
+    assert latest.error is None, latest.text
+    assert "resumed from step 2" in latest.stdout, latest.text
+    three = k.run(f"%%train --resume-from {job}/step-3\n{RESUME}")
+    assert three.error is not None and "has no complete checkpoint at step 3; it has steps 1, 2" in three.stderr, \
+        three.text

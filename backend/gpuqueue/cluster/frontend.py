@@ -90,8 +90,9 @@ class ClusterFrontend:
         A large payload is sent to Redis from a thread, so that it does not hold up the event
         loop; a small job is written at once (sub-millisecond)."""
         ref = ckptref.parse(req.spec.resume_from)
-        if ref is not None:  # --resume-from JOB_ID: the caller's own job, with that checkpoint (reads its events)
-            await self.reads.run(self._check_resume, caller, ref)
+        if ref is not None:  # --resume-from JOB_ID: the caller's own job, with that checkpoint (reads its
+            async with self.reads.admit(caller.name):  # whole event stream: one of the caller's bounded reads,
+                await self.reads.run(self._check_resume, caller, ref)  # 429 past them, as a page of events
         if len(req._payload or req.payload_b64 or b"") > INLINE_PAYLOAD_BYTES:
             return await asyncio.to_thread(self._submit, caller, req)
         return self._submit(caller, req)

@@ -173,6 +173,12 @@ class HubNames:
         if status == 200 and (user or {}).get("created") == bound:
             raise Conflict(f"the jobs of {name!r} belong to the hub account of that name now (created {bound}): "
                            f"nothing to release (a release would delete that user's finished jobs)")
+        if status not in (200, 404) or (status == 200 and not (user or {}).get("created")):
+            # the hub did not say who has the name now (no read:users any more, an error): a release
+            # could delete the finished jobs of the very account the name is bound to
+            raise Unavailable(f"JupyterHub answered {status} for hub user {name!r} without the account's creation "
+                              f"time, so whether the name's jobs are still that account's is not known: nothing was "
+                              f"released; {ROLE_HINT}")
         live = [j.id for j in self.store.live_jobs(name) if j.state in LIVE_STATES]
         if live:
             raise Conflict(f"the earlier hub account {name!r} still has {len(live)} queued or running job(s) "
@@ -196,6 +202,6 @@ class ReleaseHandler(RestHandler):
         names: Optional[HubNames] = self.settings.get("gpuqueue_hub_names")
         if names is None:
             raise NotFound("hub user names are bound only where the API is a JupyterHub service")
-        from urllib.parse import unquote
-
-        self.send(await names.release(self.caller, unquote(name)))
+        # tornado has decoded the path's %-escapes already: decoding again would release another
+        # name (``al%69ce`` as ``alice``)
+        self.send(await names.release(self.caller, name))

@@ -34,6 +34,7 @@ MAX_REF_LEN = 160
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"
 _REF = re.compile(rf"(?P<job>j-[0-9a-f]{{12}})(?:/(?:(?P<name>{_NAME})/)?step-(?P<step>[0-9]{{1,12}}))?/?")
 _SHOWN = 12  # steps a refusal names at most
+_STEP_DIGITS = re.compile(r"[0-9]{1,12}")
 
 
 class RefError(ValueError):
@@ -109,9 +110,11 @@ def step_folder(step: int) -> str:
 
 
 def step_of(folder: str) -> Optional[int]:
-    """The step of a ``step-N`` folder name, or None."""
+    """The step of a ``step-N`` folder name (N: 1 to 12 ASCII digits, as a reference writes
+    it), or None: a folder a job named ``step-²`` or ``step-`` and 5000 digits is no checkpoint
+    (``int()`` refuses those, and the queue's start of the next job must not)."""
     head, _, digits = folder.partition("-")
-    return int(digits) if head == "step" and digits.isdigit() else None
+    return int(digits) if head == "step" and _STEP_DIGITS.fullmatch(digits) else None
 
 
 def choose(ref: Ref, found: Iterable[tuple[str, int]]) -> tuple[str, int]:
@@ -158,10 +161,29 @@ def best_checkpoints(cps: list[dict[str, Any]]) -> set[int]:
     return set(last.values())
 
 
+def _well_formed(cp: Any) -> Optional[dict[str, Any]]:
+    """A ``checkpoint`` event's data as a listing reads it, or None for one no ``Checkpointer``
+    writes: the job process writes these records itself, so a job may send any JSON object (a
+    list for a name, a number for ``rotated``), which must not break a listing or a submit that
+    resumes from the job. ``rotated`` keeps only its integer steps, ``metrics`` only an object."""
+    if not isinstance(cp, dict):
+        return None
+    step, name = cp.get("step"), cp.get("name")
+    if not isinstance(step, int) or isinstance(step, bool) or not (name is None or isinstance(name, str)):
+        return None
+    rotated = cp.get("rotated")
+    rotated = [s for s in rotated if isinstance(s, int) and not isinstance(s, bool)] \
+        if isinstance(rotated, list) else []
+    metrics = cp.get("metrics") if isinstance(cp.get("metrics"), dict) else {}
+    return dict(cp, rotated=rotated, metrics=metrics)
+
+
 def kept_checkpoints(cps: list[dict[str, Any]]) -> tuple[list[tuple[dict[str, Any], bool]], int]:
     """The checkpoints of ``cps`` (``checkpoint`` events, oldest first) that still exist, each with
     whether it is the best now, and how many older ones its checkpointer's rotation deleted (an
-    event's ``rotated`` names the steps its save deleted; one saved again later is back)."""
+    event's ``rotated`` names the steps its save deleted; one saved again later is back). Events
+    no ``Checkpointer`` writes are left out (:func:`_well_formed`)."""
+    cps = [c for c in (_well_formed(cp) for cp in cps) if c is not None]
     best_now = best_checkpoints(cps)
     latest: dict[tuple[Any, Any], int] = {}
     gone: set[tuple[Any, Any]] = set()
