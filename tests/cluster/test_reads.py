@@ -361,3 +361,25 @@ def test_submits_that_resume_from_a_job_are_reads_bounded_per_user(tmp_path: Pat
         assert f"job {hers} has no complete checkpoint" in checked.json()["message"], checked.text
     finally:
         c.close()
+
+
+def test_a_submit_reads_at_most_a_bounded_part_of_the_job_it_resumes_from(tmp_path: Path, redis_factory: Any) -> None:
+    """A job's stream can hold millions of events while it runs (its logs are trimmed when it
+    ends): a submit ``--resume-from`` it reads at most ``RESUME_CHECK_EVENTS`` of them. Past
+    those its checkpoints are not checked at submit (the worker checks them at start, against
+    the shared root): the submit is queued, where reading the whole stream would have refused
+    it. Within the bound (the test above) the check is made at submit."""
+    from gpuqueue.cluster.frontend import RESUME_CHECK_EVENTS
+
+    c = Cluster(tmp_path / "cluster", redis_factory(appendonly=False), {"n1": 1})
+    try:
+        _api(c)
+        hers = _job(c, "alice", RESUME_CHECK_EVENTS + 1)
+        r = requests.post(f"{c.url}{API}jobs", headers={"Authorization": f"token {TOKENS['alice']}"}, timeout=120,
+                          json={"spec": {"kind": "command", "command": ["true"], "resume_from": f"{hers}/step-5"}})
+        assert r.status_code in (200, 201), r.text
+        bobs = requests.post(f"{c.url}{API}jobs", headers={"Authorization": f"token {TOKENS['bob']}"}, timeout=120,
+                             json={"spec": {"kind": "command", "command": ["true"], "resume_from": hers}})
+        assert bobs.status_code == 400 and f"you have no job {hers}" in bobs.json()["message"], bobs.text
+    finally:
+        c.close()

@@ -37,6 +37,9 @@ CONFIG_PROBLEM = ("the scheduler daemon published a queue config this API servic
                   "nothing was changed: the admin must check the daemon (its --config, and that the "
                   "daemon and the API run the same gpuqueue version)")
 INLINE_PAYLOAD_BYTES = 256 * 1024  # larger payloads go to Redis from a thread
+RESUME_CHECK_EVENTS = 100_000
+"""The most events of a job a submit ``--resume-from`` that job reads to check its checkpoints;
+past them the worker checks them at start, against the shared root (the owner is checked always)."""
 # the limits before any scheduler has published its config: those of a config that sets none
 PRE_CONFIG = QueueConfig.model_validate({"pools": {"default": {"nodes": {}}}}, context=GROWING)
 
@@ -154,12 +157,15 @@ class ClusterFrontend:
 
     def _check_resume(self, caller: Caller, ref: ckptref.Ref) -> None:
         """Refuse a reference to a job that is not the caller's, or to a checkpoint its events do
-        not list as kept (what ``%gpuqueue checkpoints`` lists). The worker that starts the job
-        copies it from the shared root (``shared_resume.py``)."""
+        not list as kept (what ``%gpuqueue checkpoints`` lists; among its first
+        ``RESUME_CHECK_EVENTS`` events: past them the worker's check at start is the one). The
+        worker that starts the job copies it from the shared root (``shared_resume.py``)."""
         source = self.store.get_job(ref.job)
         try:
             ckptref.check_owner(ref, source.owner if source else None, caller.name)
-            ckptref.choose(ref, ckptref.found_in(self.store.events_data(ref.job, "checkpoint")))
+            checkpoints, whole = self.store.events_data(ref.job, "checkpoint", RESUME_CHECK_EVENTS)
+            if whole:
+                ckptref.choose(ref, ckptref.found_in(checkpoints))
         except ckptref.RefError as e:
             raise Rejected(str(e)) from None
 

@@ -377,17 +377,22 @@ class RedisStore:
         rows = self.r.xrange(self.k("ev", job_id), f"{after + 1}-0", "+", count=limit)
         return [_event(eid, f) for eid, f in rows]
 
-    def events_data(self, job_id: str, type_: str, page: int = 10_000) -> list[dict[str, Any]]:
-        """The data of the job's events of one type, oldest first: the whole stream read in
-        pages, only those events decoded (a job's ``checkpoint`` events among its output)."""
+    def events_data(self, job_id: str, type_: str, most: int, page: int = 10_000
+                    ) -> tuple[list[dict[str, Any]], bool]:
+        """The data of the job's events of one type, oldest first, among its first ``most``
+        events (read in pages, only those of the type decoded: a job's ``checkpoint`` events
+        among its output), and whether that was the whole stream."""
         out: list[dict[str, Any]] = []
-        after = 0
-        while True:
-            rows = self.r.xrange(self.k("ev", job_id), f"{after + 1}-0", "+", count=page)
+        after, left = 0, most
+        while left > 0:
+            want = min(page, left)
+            rows = self.r.xrange(self.k("ev", job_id), f"{after + 1}-0", "+", count=want)
             out += [json.loads(f["data"]) for _, f in rows if f.get("type") == type_]
-            if len(rows) < page:
-                return out
+            if len(rows) < want:
+                return out, True
+            left -= want
             after = int(rows[-1][0].split("-", 1)[0])
+        return out, not self.r.xrange(self.k("ev", job_id), f"{after + 1}-0", "+", count=1)
 
     def last_seq(self, job_id: str) -> int:
         """The newest event's seq (0 if none)."""
