@@ -181,3 +181,15 @@ def _xsrf(s: requests.Session) -> str:
         if c.name == "_xsrf":
             return c.value or ""
     return ""
+
+
+def service_request(hub: Hub, token: str, method: str, path: str, **kw: Any) -> requests.Response:
+    """A request to the gpuqueue API service behind ``hub`` (``path`` under ``gpuqueue/api/``)."""
+    return requests.request(method, f"{hub.service_url}gpuqueue/api/{path}",
+                            headers={"Authorization": f"token {token}"}, timeout=30, **kw)
+
+
+def hub_request(hub: Hub, token: str, method: str, path: str, **kw: Any) -> requests.Response:
+    """A request to the hub's own REST API (``path`` under ``hub/api/``)."""
+    return requests.request(method, f"{hub.url}hub/api/{path}", headers={"Authorization": f"token {token}"},
+                            timeout=30, **kw)

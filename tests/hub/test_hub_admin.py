@@ -21,6 +21,8 @@ from cluster.conftest import Cluster
 from helpers.servers import wait_until
 
 from .hubserver import MANAGED, Hub
+from .hubserver import hub_request as _hub_api
+from .hubserver import service_request as _svc
 
 pytestmark = [
     pytest.mark.slow,
@@ -58,16 +60,6 @@ def _cmdline(p: psutil.Process) -> list[str]:
 
 def _cookie(s: requests.Session, name: str) -> str:
     return next((c.value or "" for c in s.cookies if c.name == name), "")
-
-
-def _svc(hub: Hub, token: str, method: str, path: str, **kw: Any) -> requests.Response:
-    return requests.request(method, f"{hub.service_url}gpuqueue/api/{path}",
-                            headers={"Authorization": f"token {token}"}, timeout=30, **kw)
-
-
-def _hub_api(hub: Hub, token: str, method: str, path: str, **kw: Any) -> requests.Response:
-    return requests.request(method, f"{hub.url}hub/api/{path}", headers={"Authorization": f"token {token}"},
-                            timeout=30, **kw)
 
 
 def test_what_a_hub_admin_meets(tmp_path: Path, redis_factory: Any) -> None:

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
 from cluster.conftest import Cluster
 from gpuqueue.cluster.redis_store import RedisStore
 from helpers.servers import wait_until
 
 from .hubserver import MANAGED, Hub
+from .hubserver import hub_request as _hub_api
+from .hubserver import service_request as _svc
 
 pytestmark = [
     pytest.mark.slow,
@@ -40,16 +41,6 @@ NO_SERVICE_ROLE = '''
 c.JupyterHub.load_roles = [r for r in c.JupyterHub.load_roles if r["name"] != "gpuqueue-service"]
 '''
 JOB = {"spec": {"kind": "command", "gpus": 1, "command": [sys.executable, "-c", "pass"]}}
-
-
-def _svc(hub: Hub, token: str, method: str, path: str, **kw: Any) -> requests.Response:
-    return requests.request(method, f"{hub.service_url}gpuqueue/api/{path}",
-                            headers={"Authorization": f"token {token}"}, timeout=30, **kw)
-
-
-def _hub_api(hub: Hub, token: str, method: str, path: str, **kw: Any) -> requests.Response:
-    return requests.request(method, f"{hub.url}hub/api/{path}", headers={"Authorization": f"token {token}"},
-                            timeout=30, **kw)
 
 
 def _token(hub: Hub, ops: str, user: str) -> str:
