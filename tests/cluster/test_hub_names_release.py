@@ -98,6 +98,9 @@ def test_a_submit_checked_before_a_release_never_lands_in_the_next_accounts_name
             # after it: the same submit is refused again (was: stored, the new account's job)
             with pytest.raises(Forbidden, match="nothing was queued"):
                 await front.submit(stale, _req())
+            # nor does its next request bind the name to it again (was: bound, the new account refused)
+            with pytest.raises(Forbidden, match="released the queue name 'alice' from this hub account"):
+                await names.check("old-token", OLD)
             new = Caller("alice", hub_account=await names.check("new-token", NEW))
             assert new.hub_account == NEW["created"]
             assert await front.list_jobs(new) == []  # the new account starts with no jobs

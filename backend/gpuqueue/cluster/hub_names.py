@@ -24,7 +24,9 @@ every request of that name is refused meanwhile, and only then looks for queued 
 (a mark undone if it finds some, or fails); and a submit is stored only if the name is still bound,
 at that moment, to the account the request was checked against (``Caller.hub_account``, in the
 store's one submit script), so one checked before the release began and landing after it is
-refused, not given to the next account. The release's store work runs off the event loop.
+refused, not given to the next account; nor does a later request of the released account bind
+the name to it again (``<prefix>:hubnames:released``). The release's store work runs off the
+event loop.
 """
 
 from __future__ import annotations
@@ -51,12 +53,27 @@ ROLE_HINT = (f"add a role that gives the service {SCOPE!r} to c.JupyterHub.load_
 DELETE_BATCH = 200  # jobs deleted per store transaction by a release
 RELEASING = "releasing:"
 """A binding's value while a queue admin releases the name: this, then the account's creation time."""
-# KEYS[1] the bindings, ARGV: name, from, to: set name's binding to ``to`` ('' deletes it) only
+# KEYS[1] the bindings, KEYS[2] the released accounts ("NAME\nCREATED"); ARGV: name, from, to:
+# set name's binding to ``to`` ('' deletes it, and records ``from``'s account as released) only
 # where it is ``from`` now; returns 1 where done, else 0.
 _SWAP = """
 if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-if ARGV[3] == '' then redis.call('HDEL', KEYS[1], ARGV[1]) else redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SADD', KEYS[2], ARGV[1] .. '\\n' .. ARGV[4])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
 return 1
+"""
+# KEYS as _SWAP; ARGV: name, created. Binds name to created unless bound already (returns the
+# binding) or that account gave the name up in a release (returns {2}); {1} where bound now.
+_BIND = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then return {0, cur} end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1] .. '\\n' .. ARGV[2]) == 1 then return {2} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {1}
 """
 
 
@@ -79,6 +96,11 @@ class HubNames:
     @property
     def key(self) -> str:
         return self.store.k("hubnames")
+
+    @property
+    def released_key(self) -> str:
+        """The accounts a release took a name from (``NAME\nCREATED``): they never bind it again."""
+        return self.store.k("hubnames:released")
 
     async def _get(self, path: str) -> tuple[int, Any]:
         """``GET`` the hub API with the service's own token: (status, JSON or None)."""
@@ -171,17 +193,17 @@ class HubNames:
             return None
         name = str(model["name"])
         r = self.store.r
-        for _ in range(2):  # a second time where the name was released between the two reads
-            if r.hsetnx(self.key, name, created):
-                log.info("queue name %r bound to the hub account created %s", name, created)
-                return created
-            bound = r.hget(self.key, name)
-            if bound is not None:
-                break
+        got = r.eval(_BIND, 2, self.key, self.released_key, name, created)
+        if int(got[0]) == 1:
+            log.info("queue name %r bound to the hub account created %s", name, created)
+            return created
+        if int(got[0]) == 2:  # the earlier account's token, still cached, after the release
+            raise Forbidden(f"a queue admin released the queue name {name!r} from this hub account (created "
+                            f"{created}) for the next account of that name: this account's jobs are gone, and it "
+                            f"may queue none under that name")
+        bound = str(got[1])
         if bound == created:
             return created
-        if bound is None:
-            raise Unavailable(f"the queue name {name!r} was released just now: try again in a moment")
         if bound.startswith(RELEASING):
             raise Unavailable(f"a queue admin is releasing the queue name {name!r} just now (it deletes the earlier "
                               f"hub account's finished jobs): try again in a moment")
@@ -232,7 +254,8 @@ class HubNames:
 
     def _swap(self, name: str, old: str, new: str) -> bool:
         """Set ``name``'s binding to ``new`` ('' removes it) where it is ``old``, atomically."""
-        return bool(self.store.r.eval(_SWAP, 1, self.key, name, old, new))
+        account = old[len(RELEASING):] if old.startswith(RELEASING) else old
+        return bool(self.store.r.eval(_SWAP, 2, self.key, self.released_key, name, old, new, account))
 
     def _release(self, name: str, mark: str) -> int:
         """:meth:`release`'s store work, blocking, with the name marked ``mark`` (no submit of it
