@@ -71,3 +71,28 @@ def test_checkpoint_records_no_checkpointer_writes_are_left_out_of_a_listing() -
     assert ckptref.listing_lines(JOB, forged)[0::2][:3] == [
         f"step 6: --resume-from {JOB}/step-6", f"step 7: --resume-from {JOB}/step-7", f"step 3: --resume-from {JOB}/step-3"]
     assert ckptref.found_in([e["data"] for e in forged]) == [("default", 6), ("default", 7), ("default", 3)]
+
+
+@pytest.mark.parametrize("name", ["my run", "\u00fcber", ".hidden", "a/b", "-lead"])
+def test_a_run_whose_name_fits_no_reference_is_listed_with_its_path_not_a_refused_reference(name: str) -> None:
+    """Two runs kept step 20 and one's name fits no ``JOB_ID/NAME/step-N``: its entry (in
+    ``%gpuqueue checkpoints``, ``gpuqueue checkpoints`` and the widget, all ``entry_lines``) says to
+    resume from its path; was ``--resume-from JOB/my run/step-20``, which the submit refused."""
+    events = [{"type": "state", "data": {"state": "starting", "node": "n1"}},
+              {"type": "checkpoint", "data": {"step": 20, "name": "default", "path": "/a/default/step-000000020"}},
+              {"type": "checkpoint", "data": {"step": 20, "name": name, "path": f"/a/{name}/step-000000020"}}]
+    lines = ckptref.listing_lines(JOB, events)
+    assert lines[:4] == [
+        f"step 20: --resume-from {JOB}/default/step-20", "    saved on node n1: /a/default/step-000000020",
+        f"step 20: run '{name}', which no reference names (another run kept this step, and the run name in "
+        f"JOB_ID/NAME/step-N has only letters, digits, _ . -): --resume-from its path below, where its files are",
+        f"    saved on node n1: /a/{name}/step-000000020"]
+    for line in lines:  # every reference a listing offers is one a submit takes
+        if "--resume-from j-" in line:
+            ckptref.parse(line.split("--resume-from ", 1)[1].split()[0].rstrip(")"))
+    with pytest.raises(ckptref.RefError) as e:  # the refusal of JOB/step-20 names the run that fits
+        ckptref.choose(ckptref.parse(f"{JOB}/step-20"), [("default", 20), (name, 20)])
+    assert f"e.g. {JOB}/default/step-20" in str(e.value)
+    with pytest.raises(ckptref.RefError) as e:  # neither fits: the path, not a refused reference
+        ckptref.choose(ckptref.parse(f"{JOB}/step-20"), [("my run", 20), (name + "2", 20)])
+    assert "resume from the checkpoint's path" in str(e.value) and f"{JOB}/my run/" not in str(e.value)

@@ -28,6 +28,7 @@ from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.lifecycle import decode_payload, job_request, results_for_owner_only, same_cell_job, with_defaults
 from ..queue.text import PREEMPT_IS_FOR_ADMINS
 from . import redis_url
+from .hub_names import released_message as hub_names_released
 from .reads import ReadGate
 from .redis_store import RedisStore, _event
 
@@ -134,7 +135,7 @@ class ClusterFrontend:
         view = memoryview(payload) if payload is not None else None  # redis-py takes no mmap
         try:
             full = self.store.submit_job(job, view, {"op": "submit", "job": job.id}, user_limit, pool_limit,
-                                         int(inputs_mb * 1e6))
+                                         int(inputs_mb * 1e6), caller.hub_account)
         finally:
             if view is not None:
                 try:
@@ -145,6 +146,8 @@ class ClusterFrontend:
             which, n = full
             # a refused submit costs no token
             self.limiter.refund(caller.name, caller.admin, limits, caller.hub_groups)
+            if which == "name":  # released (or being released) since this request was checked
+                raise Forbidden(hub_names_released(caller.name))
             if which == "inputs":
                 raise Rejected(bounds.inputs_over_limit(n, len(payload) if payload is not None else 0, inputs_mb))
             if which == "user":

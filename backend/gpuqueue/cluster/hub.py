@@ -130,12 +130,13 @@ class HubAuthMixin:
         if not hub.check_scopes(hub.access_scopes, model):
             raise Forbidden(no_access_message(str(model.get("name")), scopes, hub.access_scopes))
         names = self.settings.get("gpuqueue_hub_names")  # type: ignore[attr-defined]
-        if names is not None:  # a new hub account with an earlier one's name: refused (hub_names.py)
-            await names.check(hub.get_token(handler) or "", model)
+        account = None  # a new hub account with an earlier one's name: refused (hub_names.py)
+        if names is not None:
+            account = await names.check(hub.get_token(handler) or "", model)
         admin_scope = self.settings["gpuqueue_admin_scope"]  # type: ignore[attr-defined]
         groups = model.get("groups") or ()  # present when the token may read its own groups
         self._gq_caller = Caller(name=str(model["name"]), admin=admin_scope in scopes,
-                                 hub_groups=tuple(sorted(str(g) for g in groups)))
+                                 hub_groups=tuple(sorted(str(g) for g in groups)), hub_account=account)
 
     def get_caller(self) -> Caller:
         return self._gq_caller

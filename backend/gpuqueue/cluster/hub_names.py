@@ -17,6 +17,16 @@ of the hub config, deploy/jupyterhub/jupyterhub_config.py): a user's token does 
 (a missing scope, an old hub): names are not bound, as before, with one warning in the log.
 The hub's answer is cached per token for ``--hub-cache-s``, as the hub's own answer for the token;
 the store is asked on each request (so a release counts at once).
+
+A release cannot race a submit of the earlier account (a token the service still has cached):
+it first marks the name as being released (``RELEASING`` and the account's creation time), so that
+every request of that name is refused meanwhile, and only then looks for queued or running jobs
+(a mark undone if it finds some, or fails); and a submit is stored only if the name is still bound,
+at that moment, to the account the request was checked against (``Caller.hub_account``, in the
+store's one submit script), so one checked before the release began and landing after it is
+refused, not given to the next account; nor does a later request of the released account bind
+the name to it again (``<prefix>:hubnames:released``). The release's store work runs off the
+event loop.
 """
 
 from __future__ import annotations
@@ -41,6 +51,36 @@ ROLE_HINT = (f"add a role that gives the service {SCOPE!r} to c.JupyterHub.load_
              f"{{'name': 'gpuqueue-service', 'scopes': ['{SCOPE}'], 'services': ['gpuqueue']}} "
              f"(deploy/jupyterhub/jupyterhub_config.py; docs/deploy.md, Renaming and deleting hub users)")
 DELETE_BATCH = 200  # jobs deleted per store transaction by a release
+RELEASING = "releasing:"
+"""A binding's value while a queue admin releases the name: this, then the account's creation time."""
+# KEYS[1] the bindings, KEYS[2] the released accounts ("NAME\nCREATED"); ARGV: name, from, to:
+# set name's binding to ``to`` ('' deletes it, and records ``from``'s account as released) only
+# where it is ``from`` now; returns 1 where done, else 0.
+_SWAP = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SADD', KEYS[2], ARGV[1] .. '\\n' .. ARGV[4])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+end
+return 1
+"""
+# KEYS as _SWAP; ARGV: name, created. Binds name to created unless bound already (returns the
+# binding) or that account gave the name up in a release (returns {2}); {1} where bound now.
+_BIND = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then return {0, cur} end
+if redis.call('SISMEMBER', KEYS[2], ARGV[1] .. '\\n' .. ARGV[2]) == 1 then return {2} end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return {1}
+"""
+
+
+def released_message(name: str) -> str:
+    """The refusal of a submit checked before a queue admin released ``name`` (or began to)."""
+    return (f"a queue admin released the queue name {name!r} (or is releasing it) while this request was on "
+            f"its way: nothing was queued; try again (a new hub account of that name then starts with no jobs)")
 
 
 class HubNames:
@@ -56,6 +96,11 @@ class HubNames:
     @property
     def key(self) -> str:
         return self.store.k("hubnames")
+
+    @property
+    def released_key(self) -> str:
+        """The accounts a release took a name from (``NAME\nCREATED``): they never bind it again."""
+        return self.store.k("hubnames:released")
 
     async def _get(self, path: str) -> tuple[int, Any]:
         """``GET`` the hub API with the service's own token: (status, JSON or None)."""
@@ -134,24 +179,34 @@ class HubNames:
             self._cache[key] = (now + self.cache_s, str(created))
         return str(created)
 
-    async def check(self, token: str, model: dict[str, Any]) -> None:
+    async def check(self, token: str, model: dict[str, Any]) -> Optional[str]:
         """Bind ``model``'s name to its account on first sight; Forbidden for another account with
-        the name of an earlier one."""
+        the name of an earlier one, Unavailable while a queue admin releases the name. Returns the
+        account's creation time the name is bound to (for ``Caller.hub_account``), None where names
+        are not bound."""
         if self.enabled is None:
             await self.probe()
         if not self.enabled:
-            return
+            return None
         created = await self.created(token, model)
         if created is None:
-            return
+            return None
         name = str(model["name"])
         r = self.store.r
-        if r.hsetnx(self.key, name, created):
+        got = r.eval(_BIND, 2, self.key, self.released_key, name, created)
+        if int(got[0]) == 1:
             log.info("queue name %r bound to the hub account created %s", name, created)
-            return
-        bound = r.hget(self.key, name)
-        if bound is None or bound == created:  # released just now: bind at the next request
-            return
+            return created
+        if int(got[0]) == 2:  # the earlier account's token, still cached, after the release
+            raise Forbidden(f"a queue admin released the queue name {name!r} from this hub account (created "
+                            f"{created}) for the next account of that name: this account's jobs are gone, and it "
+                            f"may queue none under that name")
+        bound = str(got[1])
+        if bound == created:
+            return created
+        if bound.startswith(RELEASING):
+            raise Unavailable(f"a queue admin is releasing the queue name {name!r} just now (it deletes the earlier "
+                              f"hub account's finished jobs): try again in a moment")
         n = r.zcard(self.store.k("owner", name))
         raise Forbidden(
             f"the queue name {name!r} belonged to an earlier hub account (created {bound}; this one was created "
@@ -162,37 +217,62 @@ class HubNames:
 
     async def release(self, caller: Caller, name: str) -> dict[str, Any]:
         """A queue admin gives ``name`` to the next hub account that uses it: the earlier account's
-        finished jobs are deleted (its queued or running ones: Conflict, cancel them first)."""
+        finished jobs are deleted (its queued or running ones: Conflict, cancel them first). The
+        name is marked as being released first (every request of it refused meanwhile), and the
+        store's work runs off the event loop."""
         if not caller.admin:
             raise Forbidden("releasing a hub user name is for queue admins (custom:gpuqueue:admin)")
-        r = self.store.r
-        bound = r.hget(self.key, name)
+        bound = await asyncio.to_thread(self.store.r.hget, self.key, name)
         if bound is None:
             raise NotFound(f"the queue has no hub account on record for the name {name!r}: nothing to release")
-        status, user = await self._get("users/" + quote(name, safe=""))
-        if status == 200 and (user or {}).get("created") == bound:
-            raise Conflict(f"the jobs of {name!r} belong to the hub account of that name now (created {bound}): "
-                           f"nothing to release (a release would delete that user's finished jobs)")
-        if status not in (200, 404) or (status == 200 and not (user or {}).get("created")):
-            # the hub did not say who has the name now (no read:users any more, an error): a release
-            # could delete the finished jobs of the very account the name is bound to
-            raise Unavailable(f"JupyterHub answered {status} for hub user {name!r} without the account's creation "
-                              f"time, so whether the name's jobs are still that account's is not known: nothing was "
-                              f"released; {ROLE_HINT}")
+        bound = bound[len(RELEASING):] if bound.startswith(RELEASING) else bound  # an earlier release cut short
+        mark = RELEASING + bound
+        if not await asyncio.to_thread(self._swap, name, bound, mark) and \
+                await asyncio.to_thread(self.store.r.hget, self.key, name) != mark:
+            raise Conflict(f"the binding of the name {name!r} changed just now: release it again")
+        done = False
+        try:
+            status, user = await self._get("users/" + quote(name, safe=""))
+            if status == 200 and (user or {}).get("created") == bound:
+                raise Conflict(f"the jobs of {name!r} belong to the hub account of that name now (created {bound}): "
+                               f"nothing to release (a release would delete that user's finished jobs)")
+            if status not in (200, 404) or (status == 200 and not (user or {}).get("created")):
+                # the hub did not say who has the name now (no read:users any more, an error): a release
+                # could delete the finished jobs of the very account the name is bound to
+                raise Unavailable(f"JupyterHub answered {status} for hub user {name!r} without the account's "
+                                  f"creation time, so whether the name's jobs are still that account's is not "
+                                  f"known: nothing was released; {ROLE_HINT}")
+            deleted = await asyncio.to_thread(self._release, name, mark)
+            done = True
+        finally:
+            if not done:  # the name stays bound to the earlier account, as before the release
+                await asyncio.to_thread(self._swap, name, mark, bound)
+        self._cache.clear()
+        log.warning("queue admin %r released the hub user name %r (bound to the hub account created %s): %d "
+                    "finished job(s) of that account deleted", caller.name, name, bound, deleted)
+        return {"name": name, "released": True, "deleted_jobs": deleted, "account_created": bound}
+
+    def _swap(self, name: str, old: str, new: str) -> bool:
+        """Set ``name``'s binding to ``new`` ('' removes it) where it is ``old``, atomically."""
+        account = old[len(RELEASING):] if old.startswith(RELEASING) else old
+        return bool(self.store.r.eval(_SWAP, 2, self.key, self.released_key, name, old, new, account))
+
+    def _release(self, name: str, mark: str) -> int:
+        """:meth:`release`'s store work, blocking, with the name marked ``mark`` (no submit of it
+        lands meanwhile): Conflict while it has queued or running jobs, else its jobs deleted and
+        the binding removed; the number of jobs deleted."""
         live = [j.id for j in self.store.live_jobs(name) if j.state in LIVE_STATES]
         if live:
             raise Conflict(f"the earlier hub account {name!r} still has {len(live)} queued or running job(s) "
                            f"({', '.join(sorted(live)[:10])}): cancel them first (`gpuqueue cancel ID`), then "
                            f"release the name again")
-        ids = r.zrange(self.store.k("owner", name), 0, -1)
+        ids = self.store.r.zrange(self.store.k("owner", name), 0, -1)
         jobs = [j for j in self.store.get_jobs(ids) if j.state.is_terminal]
         for i in range(0, len(jobs), DELETE_BATCH):
             self.store.exec([op for j in jobs[i:i + DELETE_BATCH] for op in self.store.delete_job_ops(j)])
-        r.hdel(self.key, name)
-        self._cache.clear()
-        log.warning("queue admin %r released the hub user name %r (bound to the hub account created %s): %d "
-                    "finished job(s) of that account deleted", caller.name, name, bound, len(jobs))
-        return {"name": name, "released": True, "deleted_jobs": len(jobs), "account_created": bound}
+        if not self._swap(name, mark, ""):
+            raise Conflict(f"the binding of the name {name!r} changed during its release: release it again")
+        return len(jobs)
 
 
 class ReleaseHandler(RestHandler):

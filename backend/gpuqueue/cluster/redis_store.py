@@ -105,9 +105,15 @@ return {1, '', cjson.encode(seqs)}
 # API processes can never both slip past a limit. ARGV: prefix, id, owner, pool, created_at,
 # record JSON, event time, event data, daemon message, user limit, pool limit (-1: none),
 # payload ('' for none), bytes of payloads the owner's unfinished jobs may hold (-1: no limit).
-# Returns {1, seq} or {0, 'user'|'pool'|'inputs', count (bytes for 'inputs')}.
+# ARGV[14]: the hub account (its creation time) the owner's name must still be bound to in
+# <prefix>:hubnames ('' for none: names not bound), so that a submit checked before a queue admin's
+# release of the name (cluster.hub_names) never lands after it began.
+# Returns {1, seq} or {0, 'user'|'pool'|'inputs'|'name', count (bytes for 'inputs')}.
 _SUBMIT = """
 local p, id, owner, pool = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if ARGV[14] ~= '' and redis.call('HGET', p .. ':hubnames', owner) ~= ARGV[14] then
+  return {0, 'name', 0}
+end
 local ulim, plim, blim = tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[13])
 if ulim >= 0 then
   local n = redis.call('SCARD', p .. ':waiting:' .. owner)
@@ -321,19 +327,22 @@ class RedisStore:
 
     def submit_job(self, job: JobRecord, payload: Optional[bytes | memoryview], daemon_msg: dict[str, Any],
                    user_limit: Optional[int] = None, pool_limit: Optional[int] = None,
-                   inputs_limit: Optional[int] = None) -> Optional[tuple[str, int]]:
+                   inputs_limit: Optional[int] = None, hub_account: Optional[str] = None
+                   ) -> Optional[tuple[str, int]]:
         """Store a new queued job (its record, indexes, payload, first ``state`` event and the
         daemon's message) in one atomic round trip, unless the owner already has
         ``user_limit`` waiting jobs or its pool ``pool_limit``, or the payload would bring the
-        payloads of the owner's unfinished jobs over ``inputs_limit`` bytes. Returns None once
-        stored, else ``("user" | "pool", jobs waiting)`` or ``("inputs", bytes held)``."""
+        payloads of the owner's unfinished jobs over ``inputs_limit`` bytes, or the owner's name
+        is no longer bound to ``hub_account`` (``cluster.hub_names``; None: not checked). Returns
+        None once stored, else ``("user" | "pool", jobs waiting)``, ``("inputs", bytes held)`` or
+        ``("name", 0)``."""
         job.updated_at = time.time()
         res = self._submit(args=[
             self.p, job.id, job.owner, job.spec.pool or "", repr(job.created_at),
             job.model_dump_json(exclude={"pending"}), repr(time.time()), '{"state": "queued"}',
             json.dumps(daemon_msg), -1 if user_limit is None else user_limit,
             -1 if pool_limit is None else pool_limit, payload or "",
-            -1 if inputs_limit is None else inputs_limit,
+            -1 if inputs_limit is None else inputs_limit, hub_account or "",
         ])
         if int(res[0]) == 1:
             return None

@@ -32,6 +32,7 @@ JOB_ID = re.compile(r"j-[0-9a-f]{12}")
 """A job id (``gpuqueue.queue.models.new_job_id``)."""
 MAX_REF_LEN = 160
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}"
+_NAME_RE = re.compile(_NAME)
 _REF = re.compile(rf"(?P<job>j-[0-9a-f]{{12}})(?:/(?:(?P<name>{_NAME})/)?step-(?P<step>[0-9]{{1,12}}))?/?")
 _SHOWN = 12  # steps a refusal names at most
 _STEP_DIGITS = re.compile(r"[0-9]{1,12}")
@@ -134,9 +135,18 @@ def choose(ref: Ref, found: Iterable[tuple[str, int]]) -> tuple[str, int]:
         raise RefError(f"--resume-from {_said(ref.text)}: job {ref.job} has no complete checkpoint at step {step}"
                        f"{of_run}; it has step{'s' if len(steps) > 1 else ''} {shown} ({listed})")
     if len(names) > 1:
+        writable = [n for n in names if writable_name(n)]
+        example = (f"e.g. {ref.job}/{writable[0]}/step-{step}" if writable else
+                   f"or, as no run's name there fits a reference, resume from the checkpoint's path ({listed})")
         raise RefError(f"--resume-from {_said(ref.text)}: job {ref.job} has step {step} in several runs "
-                       f"({', '.join(names)}): write {ref.job}/NAME/step-{step}, e.g. {ref.job}/{names[0]}/step-{step}")
+                       f"({', '.join(_said(n) for n in names)}): write {ref.job}/NAME/step-{step}, {example}")
     return names[0], step
+
+
+def writable_name(name: str) -> bool:
+    """Whether a run's name (``Checkpointer(name=...)``) fits ``JOB_ID/NAME/step-N``: ASCII letters,
+    digits, ``_``, ``.`` and ``-``, not starting with ``.`` or ``-``, at most 100 characters."""
+    return bool(_NAME_RE.fullmatch(name))
 
 
 def not_on_root(ref: Ref) -> RefError:
@@ -205,15 +215,17 @@ def found_in(cps: list[dict[str, Any]]) -> list[tuple[str, int]]:
 
 @dataclass
 class Listed:
-    """One kept checkpoint as a listing shows it: ``ref`` what ``--resume-from`` takes, ``path``
+    """One kept checkpoint as a listing shows it: ``ref`` what ``--resume-from`` takes (None: no
+    reference names it, as its run's name fits none and another run kept its step), ``path``
     where its files were saved, on ``node`` (None: not known)."""
 
     step: Any
-    ref: str
+    ref: Optional[str]
     path: Any
     node: Optional[str]
     best: bool
     metrics: dict[str, Any] = field(default_factory=dict)
+    name: str = "default"
 
 
 def with_nodes(events: Iterable[dict[str, Any]], node: Optional[str] = None
@@ -234,7 +246,8 @@ def with_nodes(events: Iterable[dict[str, Any]], node: Optional[str] = None
 def listing(job_id: str, cps: list[dict[str, Any]]) -> tuple[list[Listed], int]:
     """The kept checkpoints of ``cps`` (checkpoint events' data, with ``node`` as
     :func:`with_nodes` adds it), each with its reference (``JOB/step-N``, or ``JOB/NAME/step-N``
-    where another run kept the same step), and how many rotation deleted."""
+    where another run kept the same step; None there for a run whose name fits no reference,
+    :func:`writable_name`, which :func:`parse` would refuse), and how many rotation deleted."""
     kept, rotated = kept_checkpoints(cps)
     runs_of: dict[Any, set[Any]] = {}
     for cp, _ in kept:
@@ -242,8 +255,10 @@ def listing(job_id: str, cps: list[dict[str, Any]]) -> tuple[list[Listed], int]:
     out = []
     for cp, best in kept:
         step, name = cp.get("step"), cp.get("name") or "default"
-        ref = f"{job_id}/step-{step}" if len(runs_of[step]) == 1 else f"{job_id}/{name}/step-{step}"
-        out.append(Listed(step, ref, cp.get("path"), cp.get("node"), best, dict(cp.get("metrics") or {})))
+        ref: Optional[str] = f"{job_id}/step-{step}"
+        if len(runs_of[step]) > 1:
+            ref = f"{job_id}/{name}/step-{step}" if writable_name(name) else None
+        out.append(Listed(step, ref, cp.get("path"), cp.get("node"), best, dict(cp.get("metrics") or {}), name))
     return out, rotated
 
 
@@ -261,9 +276,14 @@ def metrics_text(metrics: dict[str, Any]) -> str:
 
 
 def entry_lines(item: Listed) -> tuple[str, str]:
-    """The two lines of one checkpoint: what to resume from, and where its files were saved."""
+    """The two lines of one checkpoint: what to resume from, and where its files were saved. One
+    that no reference names (``ref`` None) says so and to resume from its path."""
     metrics = metrics_text(item.metrics)
-    head = f"step {item.step}: --resume-from {item.ref}" + (f"  {metrics}" if metrics else "") + \
+    resume = f"--resume-from {item.ref}" if item.ref is not None else (
+        f"run '{_said(item.name)}', which no reference names (another run kept this step, and the run name "
+        f"in JOB_ID/NAME/step-N has only letters, digits, _ . -): --resume-from its path below, where its "
+        f"files are")
+    head = f"step {item.step}: {resume}" + (f"  {metrics}" if metrics else "") + \
         ("  (best)" if item.best else "")
     where = f"on node {item.node}: " if item.node else ""
     return head, f"    saved {where}{item.path}"

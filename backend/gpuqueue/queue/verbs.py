@@ -33,6 +33,10 @@ class Caller:
     # the user's JupyterHub groups (hub auth only; empty elsewhere): they may place the user
     # in a fair-share group (QueueConfig.group_of)
     hub_groups: tuple[str, ...] = ()
+    # the creation time of the hub account the name was found bound to when the request was
+    # checked (cluster API as a hub service, names bound: ``cluster.hub_names``); a job is stored
+    # only while the name is still bound to it (None: names are not bound)
+    hub_account: Optional[str] = None
 
 
 class JobSummary(Protocol):
