@@ -199,8 +199,8 @@ class QueueService(KeptWithin, Tailing, Runners, QueueShell):
         why = inadmissible(self._request(job), self.config)
         if why:  # a job that can never run here: 400 before its payload is written or a token taken
             raise Rejected(why)
-        try:  # --resume-from JOB_ID: the caller's own job, with that checkpoint
-            await self._check_resume(job)
+        try:
+            self._resume_path(job)  # --resume-from JOB_ID: the caller's own job, with that checkpoint
         except ckptref.RefError as e:
             raise Rejected(str(e)) from None
         nbytes = len(payload) if payload is not None else 0
@@ -242,19 +242,6 @@ class QueueService(KeptWithin, Tailing, Runners, QueueShell):
         self._warm_wanted = True  # from now on the next cell's runner is kept warm
         self._wake.set()
         return self._with_pending(job), False
-
-    async def _check_resume(self, job: JobRecord) -> None:
-        """At submit: :class:`~gpuqueue.queue.ckptref.RefError` unless the job reference in ``job``'s
-        ``--resume-from`` names a checkpoint of its owner's. The source job's checkpoint folders
-        are listed in a thread: a job may have saved very many, and the event loop serves every
-        user of this Jupyter server."""
-        assert self.store is not None
-        ref = ckptref.parse(job.spec.resume_from)
-        if ref is None:
-            return
-        source = self.store.get(ref.job)
-        await asyncio.to_thread(local_checkpoint, ref, source.owner if source else None, job.owner,
-                                job_dir(self.state_dir, ref.job))
 
     def _resume_path(self, job: JobRecord) -> Optional[str]:
         """The checkpoint folder a job reference in ``job``'s ``--resume-from`` names (None: no
