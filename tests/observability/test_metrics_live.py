@@ -116,7 +116,9 @@ def test_metrics_follow_real_jobs(jupyter_server: JupyterServer, tmp_path: Path)
         s = scrape_server(server)
         ok = (s.get("gpuqueue_pool_gpus_allocated", pool="default") == 2
               and s.get("gpuqueue_job_training_metric", job_id=a, user=owner, pool="default", name="loss") == 0.5
-              and s.get("gpuqueue_job_progress_ratio", job_id=a, user=owner, pool="default") == 0.5)
+              and s.get("gpuqueue_job_progress_ratio", job_id=a, user=owner, pool="default") == 0.5
+            # and both jobs' GPU series (one CI run at load scraped both GPUs allocated, B's series not yet there)
+            and {x["job_id"] for x in s.series("gpuqueue_job_gpu_info")} == {a, b})
         return s if ok else None
 
     owner = client.get(a)["owner"]
