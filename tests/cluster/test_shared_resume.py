@@ -264,6 +264,8 @@ def test_a_source_job_deleted_between_submit_and_start_fails_the_new_job_as_a_mi
     c = _only_n1_then_only_n2(cluster_factory, tmp_path, "--shared-dir", str(shared))
     first = _saved_on_n1(c, tmp_path)
     c.kill("worker-n1", signal.SIGTERM)  # no node: the new job waits
+    root = c.client("root")  # (a job submitted before the daemon has seen n1 go is placed there and lost)
+    wait_until(lambda: "n1" not in root.queue().get("nodes", {}), c.node_timeout + 10, 0.1, "n1 gone")
     second = c.client("alice").submit({"kind": "command", "gpus": 1, "command": [PY, "-c", "1"],
                                        "resume_from": first})["id"]
     r = c.redis_client()
