@@ -211,6 +211,15 @@ def cmd_release_name(args: argparse.Namespace) -> int:
     print(printable(f"hub user name {out['name']!r} released: {out['deleted_jobs']} finished job(s) of the earlier "
                     f"account (created {out['account_created']}) deleted; the next hub account named "
                     f"{out['name']!r} starts with no jobs"))
+    uid = out.get("retired_uid")
+    if uid is not None:
+        print(printable(f"its dynamic uid {uid} is retired: the new account's jobs get a new uid, so they cannot read "
+                        f"the former user's files; those files are untouched, owned by uid {uid} (the workers' "
+                        f"<state-dir>/home/{uid} on each node, anything the jobs wrote elsewhere; the deleted jobs' "
+                        f"folders and checkpoints go with the next sweeps): remove or archive them "
+                        f"(e.g. find <state-dir>/home/{uid} /tmp -uid {uid})"))
+    elif "retired_uid" in out:
+        print(printable(f"no worker gave {out['name']!r} a dynamic uid (--identities dynamic): no uid to retire"))
     return 0
 
 

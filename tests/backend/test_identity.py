@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from gpuqueue.attempt.identity import DynamicIdentities, FileIdentities, IdentityError, PasswdIdentities, parse_range
+from gpuqueue.attempt.identity import (DynamicIdentities, FileIdentities, IdentityError, PasswdIdentities, parse_range,
+                                       retire)
 
 
 def test_dynamic_uids_are_one_per_user_and_the_same_from_every_node(redis_factory) -> None:
@@ -27,6 +28,26 @@ def test_dynamic_uids_are_one_per_user_and_the_same_from_every_node(redis_factor
     assert ident.gid == ident.uid and ident.home is None
     with pytest.raises(IdentityError, match="no uid left.*larger --uid-range"):
         nodes[1].resolve("one-too-many")
+
+
+def test_a_retired_uid_is_never_used_again_and_a_worker_that_knew_it_gets_the_new_one(redis_factory) -> None:
+    # a queue admin gives a former user's name to a new person (gpuqueue release-name): the name's
+    # uid is retired, so the new person's jobs cannot read what the former one's left behind
+    url = redis_factory(appendonly=False).url
+    worker, other = (DynamicIdentities(redis.Redis.from_url(url), "gq:identity", (70000, 70049)) for _ in range(2))
+    alice, bob = worker.resolve("alice").uid, other.resolve("bob").uid
+    assert (alice, bob) == (70000, 70001) and other.resolve("alice").uid == alice
+    r = redis.Redis.from_url(url, decode_responses=True)
+    assert retire(r, "gq:identity", "alice", "2026-01-01T00:00:00Z") == alice
+    assert "alice" not in r.hgetall("gq:identity")
+    assert r.hget("gq:identity", f"released\nalice\n2026-01-01T00:00:00Z\n{alice}") == str(alice)  # the tombstone
+    new = worker.resolve("alice")  # the worker that ran the former alice's jobs: no cached uid
+    assert new.uid not in (alice, bob) and new.gid == new.uid
+    assert other.resolve("alice") == new  # every node agrees on the new uid
+    assert worker.resolve("carol").uid not in (alice, bob, new.uid)  # a retired uid is never handed out again
+    assert retire(r, "gq:identity", "dave", "x") is None  # never given a uid: nothing to retire
+    with pytest.raises(IdentityError, match="newline"):  # no name can be a tombstone's field
+        worker.resolve(f"released\nalice\n2026-01-01T00:00:00Z\n{alice}")
 
 
 def test_a_dynamic_uid_that_a_local_account_uses_is_refused(redis_factory) -> None:

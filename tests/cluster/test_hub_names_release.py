@@ -4,14 +4,21 @@ still cached by the service for ``--hub-cache-s``). Such a submit was stored, an
 the next hub account of that name. Deterministic: the release asks the hub who has the name now,
 and the hub here (a stand-in for JupyterHub's REST API: the two answers the release reads) lands
 the stale submit and the new account's request while it answers, with the name marked as being
-released; the same submit then lands again after the release. The rest of the binding, with a
-real hub: tests/hub/test_hub_names.py."""
+released; the same submit then lands again after the release. A release also retires the name's
+dynamic uid: the next account's jobs run under a new uid and, with root workers, cannot read what
+the former account's jobs left in their HOME. The rest of the binding, with a real hub:
+tests/hub/test_hub_names.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
 
@@ -19,6 +26,7 @@ import pytest
 from jupyterhub.httpclient import JupyterHubHTTPClient
 from tornado import httpserver, netutil, web
 
+from gpuqueue.attempt.identity import DynamicIdentities
 from gpuqueue.cluster.frontend import ClusterFrontend
 from gpuqueue.cluster.hub_names import RELEASING, HubNames
 from gpuqueue.cluster.redis_store import RedisStore
@@ -120,3 +128,130 @@ def test_a_submit_checked_before_a_release_never_lands_in_the_next_accounts_name
         return "ok", ""
 
     asyncio.run(main())
+
+
+def test_a_release_retires_the_names_dynamic_uid_so_the_next_account_cannot_read_the_former_users_files(
+        redis_factory: Callable[..., Any], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # root workers ran the former alice's jobs as her dynamic uid (gpuqueue.attempt.identity); the
+    # new alice's jobs got the same uid, and with it her HOME, job folders and checkpoints
+    store = RedisStore(redis_factory().url)
+    worker = DynamicIdentities(store.r, store.k("identity"), (70000, 70049))
+    old_uid, bob_uid = worker.resolve("alice").uid, worker.resolve("bob").uid
+
+    async def main(names: HubNames) -> dict[str, Any]:
+        await names.check("old-token", OLD)
+        await names.check("carol-token", {"name": "carol", "created": "2026-02-01T00:00:00.000000Z"})
+        with caplog.at_level(logging.WARNING, logger="gpuqueue.api"):
+            got = await names.release(OPS, "alice")
+        assert (await names.release(OPS, "carol"))["retired_uid"] is None  # no job of hers ever ran as root
+        assert await names.check("new-token", NEW) == NEW["created"]
+        return got
+
+    got = _with_deleted_accounts_hub(store, main)
+    assert got["retired_uid"] == old_uid  # the answer names it
+    assert f"its dynamic uid {old_uid} retired" in caplog.text  # and the log
+    ids = store.r.hgetall(store.k("identity"))
+    assert "alice" not in ids and ids[f"released\nalice\n{OLD['created']}\n{old_uid}"] == str(old_uid)
+    new_uid = worker.resolve("alice").uid  # the same worker process: no cached uid
+    assert new_uid not in (old_uid, bob_uid)
+    assert worker.resolve("dave").uid not in (old_uid, bob_uid, new_uid)  # never handed out twice
+
+    # what the queue admin reads (gpuqueue release-name alice)
+    from gpuqueue import cli
+
+    monkeypatch.setattr(cli, "_client", lambda: SimpleNamespace(release_name=lambda name: got))
+    assert cli.cmd_release_name(SimpleNamespace(name="alice")) == 0
+    out = capsys.readouterr().out
+    assert f"its dynamic uid {old_uid} is retired: the new account's jobs get a new uid" in out, out
+    assert f"owned by uid {old_uid}" in out and "remove or archive them" in out, out
+
+
+def _with_deleted_accounts_hub(store: RedisStore, fn: Callable[[HubNames], Any]) -> Any:
+    """``await fn(names)`` with a stand-in hub whose service may read users and that knows no
+    user (every earlier account deleted)."""
+    async def main() -> Any:
+        class HubApi(web.RequestHandler):
+            async def get(self, path: str) -> None:
+                if path == "user":
+                    self.write(json.dumps({"kind": "service", "scopes": ["read:users"]}))
+                    return
+                self.set_status(404)  # users/NAME: the earlier account is deleted
+
+        sockets = netutil.bind_sockets(0, "127.0.0.1")
+        server = httpserver.HTTPServer(web.Application([(r"/hub/api/(.*)", HubApi)]))
+        server.add_sockets(sockets)
+        hub = SimpleNamespace(api_url=f"http://127.0.0.1:{sockets[0].getsockname()[1]}/hub/api/",
+                              api_token="service-token", certfile=None, keyfile=None, client_ca=None)
+        try:
+            return await fn(HubNames(store, hub, cache_s=60))
+        finally:
+            await JupyterHubHTTPClient.loop_instance().close()
+            server.stop()
+
+    return asyncio.run(main())
+
+
+READ_FORMER_HOME = r"""
+import os, sys
+print("uid", os.getuid(), flush=True)
+if sys.argv[1] == "write":
+    with open(os.path.join(os.environ["HOME"], "notes.txt"), "w") as f:
+        f.write("the former alice's notes")
+    os.chmod(os.path.join(os.environ["HOME"], "notes.txt"), 0o644)  # even a file others may read
+else:
+    try:
+        print("read:", open(sys.argv[2]).read(), flush=True)
+    except OSError as e:
+        print("refused:", type(e).__name__, flush=True)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' dynamic uids")
+def test_the_next_account_of_a_released_name_cannot_read_what_the_former_users_jobs_left(tmp_path: Path) -> None:
+    from helpers.servers import RedisServer
+    from training.jobs import logs
+
+    from .conftest import Cluster
+    from .test_isolation import job_python
+
+    py, _ = job_python()
+    root = Path(tempfile.mkdtemp(prefix="gq-released-name-"))
+    root.chmod(0o711)  # job identities may traverse it, as /var/lib
+    redis = RedisServer(root / "redis", appendonly=False).start()
+    c = Cluster(root / "cluster", redis, {"n1": 1}, worker_args=())  # a root worker: dynamic identities
+    try:
+        c.root.chmod(0o755)
+        (c.root / "probe.py").write_text(READ_FORMER_HOME)
+        c.start()
+
+        def job(*args: str) -> str:
+            spec = {"kind": "command", "gpus": 1, "retries": 0, "command": [py, str(c.root / "probe.py"), *args]}
+            jid = c.client("alice").submit(spec)["id"]
+            rec = c.wait_done([jid], 60)[jid]
+            out = logs(c.client("alice").events(jid))
+            assert rec["state"] == "succeeded", out
+            return out
+
+        former = job("write")
+        old_uid = int(former.split("uid ", 1)[1].split()[0])
+        notes = c.root / "node-n1" / "home" / str(old_uid) / "notes.txt"
+        assert notes.stat().st_uid == old_uid
+
+        async def release(names: HubNames) -> dict[str, Any]:
+            await names.check("old-token", OLD)  # the name was bound to the former account
+            return await names.release(OPS, "alice")
+
+        got = _with_deleted_accounts_hub(RedisStore(redis.url), release)
+        assert got["retired_uid"] == old_uid and got["deleted_jobs"] == 1, got
+
+        # the new alice's job, on the same worker (which ran the former alice's job): a new uid,
+        # and the former alice's HOME closed to it (was: the same uid, the notes read)
+        out = job("read", str(notes))
+        assert f"uid {old_uid}" not in out and "refused: PermissionError" in out, out
+        assert "the former alice's notes" not in out
+        assert notes.read_text() == "the former alice's notes"  # left for the admin to remove or archive
+    finally:
+        c.close()
+        redis.stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from cluster.conftest import Cluster
+from gpuqueue.attempt.identity import DynamicIdentities
 from gpuqueue.cluster.redis_store import RedisStore
 from helpers.servers import wait_until
 
@@ -124,9 +125,16 @@ def test_a_new_hub_account_with_a_deleted_users_name_gets_none_of_their_jobs(tmp
             assert out.returncode != 0 and "Traceback" not in out.stderr, (odd, out)
             assert "has no hub account on record for the name" in out.stderr, (odd, out.stderr)
         assert _svc(hub, new, "GET", "jobs").status_code == 403  # alice's name still bound: nothing released
+        store = RedisStore(c.redis.url)
+        old_uid = DynamicIdentities(store.r, store.k("identity")).resolve("alice").uid  # as a root worker did
         out = _cli(hub, carol, "release-name", "alice")
         assert out.returncode == 0, out
         assert "'alice' released: 2 finished job(s) of the earlier account" in out.stdout, out.stdout
+        # her uid is retired: the new alice's jobs get a new one; her files are the admin's to remove
+        assert f"its dynamic uid {old_uid} is retired: the new account's jobs get a new uid" in out.stdout, out.stdout
+        assert "remove or archive them" in out.stdout, out.stdout
+        assert "alice" not in store.r.hgetall(store.k("identity"))
+        assert DynamicIdentities(store.r, store.k("identity")).resolve("alice").uid != old_uid
         assert "queue admin 'carol' released the hub user name 'alice'" in hub.log()  # audited
 
         # the new alice now works, and starts with no jobs; the earlier account's are gone

@@ -7,6 +7,11 @@ processes. Where the identity comes from (``gpuqueue worker --identities``):
 * ``dynamic`` (the default as root): a uid/gid per user, like systemd's ``DynamicUser``, from a
   range no account uses (default 61184-65519, ``--uid-range``). It is allocated once, atomically,
   in the store, so every node gives a user the same uid (files on shared storage keep one owner).
+  A uid is never handed out twice: where a queue admin gives a former hub user's name to a new
+  account (``gpuqueue release-name``, ``gpuqueue.cluster.hub_names``), the name's uid is retired
+  (:data:`RETIRE_LUA`) and the name's next job gets a fresh one, so the new person cannot read what
+  the former one left on the nodes or on shared storage. Workers ask the store at every job start
+  (no uid is cached), so a retirement counts at once on every node.
 * ``passwd``: the OS account of the same name (local, LDAP or sssd: whatever NSS knows).
 * a TOML file: ``alice = 1001`` (gid = uid) or ``alice = {uid = 1001, gid = 1001}`` per line.
 * ``none``: jobs run as the worker's own user: no isolation between users (single-user nodes,
@@ -21,7 +26,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Protocol
@@ -99,7 +103,9 @@ def parse_range(text: str) -> tuple[int, int]:
     return first, last
 
 
-# One user -> one uid, for ever, on every node: HGET, or take the next free number of the range.
+# One user -> one uid, on every node, until the name is retired: HGET, or take the next free
+# number of the range. The HASH only grows (a retired name's field becomes a tombstone, below),
+# so ``range start + HLEN`` is a number never handed out before.
 _ALLOCATE = """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v then return tonumber(v) end
@@ -109,25 +115,47 @@ if uid > tonumber(ARGV[3]) then return -1 end
 redis.call('HSET', KEYS[1], ARGV[1], uid)
 return uid
 """
+TOMBSTONE = "released\n"
+"""The start of a retired uid's field in the identity HASH: ``released\nNAME\nTAG\nUID`` -> UID
+(TAG: the hub account's creation time). No user name holds a newline (:meth:`DynamicIdentities.resolve`)."""
+# A Lua function, for scripts that retire a name's uid with other store work in one step
+# (gpuqueue.cluster.hub_names): retire(hash, name, tag) moves the name's field to a tombstone
+# field (HDEL + HSET: HLEN unchanged, so the uid is never allocated again) and returns the uid,
+# or false where the name has none.
+RETIRE_LUA = """
+local function retire(hash, name, tag)
+  local v = redis.call('HGET', hash, name)
+  if not v then return false end
+  redis.call('HDEL', hash, name)
+  redis.call('HSET', hash, 'released\\n' .. name .. '\\n' .. tag .. '\\n' .. v, v)  -- TOMBSTONE
+  return tonumber(v)
+end
+"""
+_RETIRE = RETIRE_LUA + "return retire(KEYS[1], ARGV[1], ARGV[2])\n"
+
+
+def retire(redis: Any, key: str, user: str, tag: str) -> Optional[int]:
+    """Retire ``user``'s dynamic uid in the HASH ``key``: the name's next job gets a new uid, and
+    the old one is never handed out again. Returns the retired uid (None: it had none)."""
+    got = redis.eval(_RETIRE, 1, key, user, tag)
+    return None if got is None else int(got)
 
 
 class DynamicIdentities:
     """A uid/gid per user from ``uid_range``, allocated in the store (``redis``: a redis-py
-    client; ``key``: a HASH user -> uid). The gid is the uid. Allocations are never reused."""
+    client; ``key``: a HASH user -> uid). The gid is the uid. Allocations are never reused. The
+    store is asked on every :meth:`resolve` (once per job start: one EVALSHA), never a cache, so a
+    uid retired by a release of the name (:func:`retire`) is not used again by any worker."""
 
     def __init__(self, redis: Any, key: str, uid_range: tuple[int, int] = DEFAULT_RANGE):
         self.key = key
         self.range = uid_range
         self._allocate = redis.register_script(_ALLOCATE)
-        self._cache: dict[str, Identity] = {}
-        self._lock = threading.Lock()
 
     def resolve(self, user: str) -> Identity:
-        """The user's identity (allocating it on first use)."""
-        with self._lock:
-            hit = self._cache.get(user)
-        if hit is not None:
-            return hit
+        """The user's identity (allocating it on first use, or after its uid was retired)."""
+        if "\n" in user:  # the tombstone fields hold one
+            raise IdentityError(f"user {user!r}: a name with a newline gets no dynamic uid")
         uid = int(self._allocate(keys=[self.key], args=[user, *self.range]))
         if uid < 0:
             raise IdentityError(f"no uid left for user {user!r} in the range {self.range[0]}-{self.range[1]}: "
@@ -136,10 +164,7 @@ class DynamicIdentities:
             raise IdentityError(f"user {user!r} has uid {uid} in the store, outside this worker's --uid-range "
                                 f"{self.range[0]}-{self.range[1]}: give every worker the same range")
         _refuse_local_account(user, uid)
-        ident = Identity(user, uid, uid)
-        with self._lock:
-            self._cache[user] = ident
-        return ident
+        return Identity(user, uid, uid)
 
 
 def _refuse_local_account(user: str, uid: int) -> None:

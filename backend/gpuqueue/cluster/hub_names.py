@@ -8,8 +8,11 @@ account it came from (``created`` in JupyterHub's user model), under ``<prefix>:
 later caller with that name and another creation time is refused (403, naming the fix) on every
 queue request, until a queue admin releases the name (``gpuqueue release-name NAME``;
 ``POST <prefix>gpuqueue/api/hub-names/NAME/release``): that deletes the earlier account's finished
-jobs at once, as ``--keep-finished`` would later, so that the new account starts with none.
-Queued or running jobs of the earlier account must be cancelled first.
+jobs at once, as ``--keep-finished`` would later, so that the new account starts with none, and
+retires the name's dynamic uid (``gpuqueue.attempt.identity.RETIRE_LUA``, in the step that removes
+the binding), so that the new account's jobs run under a new uid and cannot read the files the
+earlier account's jobs left on the nodes and shared storage (left there, owned by the old uid, for
+an admin to remove or archive). Queued or running jobs of the earlier account must be cancelled first.
 
 The service reads ``created`` with its own hub token, which needs the ``read:users`` scope (a role
 of the hub config, deploy/jupyterhub/jupyterhub_config.py): a user's token does not always carry it
@@ -39,6 +42,7 @@ import time
 from typing import Any, Optional
 from urllib.parse import quote
 
+from ..attempt.identity import RETIRE_LUA
 from ..queue.errors import Conflict, Forbidden, NotFound, Unavailable
 from ..queue.states import LIVE_STATES
 from ..queue.verbs import Caller
@@ -65,6 +69,17 @@ else
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 end
 return 1
+"""
+# KEYS[1], KEYS[2] as _SWAP, KEYS[3] the dynamic identities (gpuqueue.attempt.identity); ARGV:
+# name, mark, account: the end of a release, in one step: where the name is still marked, its
+# dynamic uid retired (the next account's jobs get a new one) and its binding removed (the
+# account recorded as released); returns {1, retired uid or -1}, or {0} where the mark is gone.
+_RELEASE = RETIRE_LUA + """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return {0} end
+local uid = retire(KEYS[3], ARGV[1], ARGV[3])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1] .. '\\n' .. ARGV[3])
+return {1, uid or -1}
 """
 # KEYS as _SWAP; ARGV: name, created. Binds name to created unless bound already (returns the
 # binding) or that account gave the name up in a release (returns {2}); {1} where bound now.
@@ -242,25 +257,30 @@ class HubNames:
                 raise Unavailable(f"JupyterHub answered {status} for hub user {name!r} without the account's "
                                   f"creation time, so whether the name's jobs are still that account's is not "
                                   f"known: nothing was released; {ROLE_HINT}")
-            deleted = await asyncio.to_thread(self._release, name, mark)
+            deleted, uid = await asyncio.to_thread(self._release, name, mark)
             done = True
         finally:
             if not done:  # the name stays bound to the earlier account, as before the release
                 await asyncio.to_thread(self._swap, name, mark, bound)
         self._cache.clear()
         log.warning("queue admin %r released the hub user name %r (bound to the hub account created %s): %d "
-                    "finished job(s) of that account deleted", caller.name, name, bound, deleted)
-        return {"name": name, "released": True, "deleted_jobs": deleted, "account_created": bound}
+                    "finished job(s) of that account deleted; %s", caller.name, name, bound, deleted,
+                    "no dynamic uid to retire" if uid is None else
+                    f"its dynamic uid {uid} retired (the next account's jobs get a new uid; the former user's "
+                    f"files on the nodes and shared storage, owned by uid {uid}, are left as they are)")
+        return {"name": name, "released": True, "deleted_jobs": deleted, "account_created": bound,
+                "retired_uid": uid}
 
     def _swap(self, name: str, old: str, new: str) -> bool:
         """Set ``name``'s binding to ``new`` ('' removes it) where it is ``old``, atomically."""
         account = old[len(RELEASING):] if old.startswith(RELEASING) else old
         return bool(self.store.r.eval(_SWAP, 2, self.key, self.released_key, name, old, new, account))
 
-    def _release(self, name: str, mark: str) -> int:
+    def _release(self, name: str, mark: str) -> tuple[int, Optional[int]]:
         """:meth:`release`'s store work, blocking, with the name marked ``mark`` (no submit of it
-        lands meanwhile): Conflict while it has queued or running jobs, else its jobs deleted and
-        the binding removed; the number of jobs deleted."""
+        lands meanwhile): Conflict while it has queued or running jobs, else its jobs deleted, then
+        its dynamic uid retired and the binding removed in one step; the number of jobs deleted and
+        the retired uid (None: workers never gave the name one)."""
         live = [j.id for j in self.store.live_jobs(name) if j.state in LIVE_STATES]
         if live:
             raise Conflict(f"the earlier hub account {name!r} still has {len(live)} queued or running job(s) "
@@ -270,9 +290,11 @@ class HubNames:
         jobs = [j for j in self.store.get_jobs(ids) if j.state.is_terminal]
         for i in range(0, len(jobs), DELETE_BATCH):
             self.store.exec([op for j in jobs[i:i + DELETE_BATCH] for op in self.store.delete_job_ops(j)])
-        if not self._swap(name, mark, ""):
+        got = self.store.r.eval(_RELEASE, 3, self.key, self.released_key, self.store.k("identity"), name, mark,
+                                mark[len(RELEASING):])
+        if not int(got[0]):
             raise Conflict(f"the binding of the name {name!r} changed during its release: release it again")
-        return len(jobs)
+        return len(jobs), (None if int(got[1]) < 0 else int(got[1]))
 
 
 class ReleaseHandler(RestHandler):

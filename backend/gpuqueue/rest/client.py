@@ -168,8 +168,9 @@ class Client:
 
     def release_name(self, name: str) -> dict[str, Any]:
         """A queue admin's release of a hub user name (the cluster API as a JupyterHub service:
-        ``gpuqueue.cluster.hub_names``): what was released and how many finished jobs of the
-        earlier account were deleted."""
+        ``gpuqueue.cluster.hub_names``): what was released, how many finished jobs of the earlier
+        account were deleted, and the name's dynamic uid that was retired (``retired_uid``; None
+        where workers never gave it one)."""
         return self._request("POST", f"hub-names/{quote(name, safe='')}/release").json()
 
     def events(self, job_id: str, after: int = 0) -> builtins.list[dict[str, Any]]:
