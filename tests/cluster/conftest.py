@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -107,6 +108,8 @@ class Cluster:
     def _spawn(self, key: str, args: list[str], role: str = "") -> subprocess.Popen[bytes]:
         log = open(self.root / f"{key}.log", "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if args[0] == "api":  # its threads' stacks on SIGABRT: where a start that never answers is stuck
+            env["PYTHONFAULTHANDLER"] = "1"
         if role:
             more, extra_env = self._redis(role, key)
             args = [args[0], *more, *args[1:]]
@@ -128,16 +131,32 @@ class Cluster:
                                               "--state-dir", str(self.root / f"node-{node}"), "--log-level", "INFO",
                                               *self.worker_args], role="worker")
 
-    def start_api(self) -> subprocess.Popen[bytes]:
-        p = self._spawn("api", ["api", "--port", str(self.api_port), "--users", str(self.users)], role="api")
-        wait_until(lambda: _ok(f"{self.url}healthz"), 30, 0.1, "the API service")
-        return p
+    def start_api(self, timeout: float = 30, new_port_if_taken: bool = False) -> subprocess.Popen[bytes]:
+        """Start the API service; return once it answers ``/healthz`` with 200 from its own socket
+        (not another test's server that took ``api_port`` first). Fails at once if it exits, and
+        on a timeout, with its log (and, if it still runs, the stacks of its threads: it is
+        stopped with SIGABRT under ``PYTHONFAULTHANDLER``). ``new_port_if_taken``: where nothing
+        knows the URL yet, a port that another process bound between ``free_port()`` and the
+        API's start (a free port is only free when it is picked) is replaced by a new one, twice
+        at most, instead of failing."""
+        for attempt in range(3):
+            log_path = self.root / "api.log"
+            since = log_path.stat().st_size if log_path.exists() else 0
+            p = self._spawn("api", ["api", "--port", str(self.api_port), "--users", str(self.users)], role="api")
+            answer = _wait_own_http(p, self.api_port, f"{self.url}healthz", timeout,
+                                    lambda: log_path.read_bytes()[since:].decode(errors="replace"))
+            if answer is None:
+                return p
+            if not (new_port_if_taken and attempt < 2 and p.returncode == 1 and "Address already in use" in answer):
+                raise AssertionError(answer)
+            self.api_port = free_port()
+        raise AssertionError("unreachable")
 
     def start(self) -> "Cluster":
         self.start_daemon()
         for n in self.nodes:
             self.start_worker(n)
-        self.start_api()
+        self.start_api(new_port_if_taken=True)
         self.wait_nodes(set(self.nodes))
         return self
 
@@ -247,6 +266,50 @@ def _ok(url: str) -> bool:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:
         return False
+
+
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` listens on TCP ``port``."""
+    try:
+        return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port
+                   for c in psutil.Process(pid).net_connections(kind="tcp"))
+    except psutil.Error:
+        return False
+
+
+def _wait_own_http(p: subprocess.Popen[bytes], port: int, url: str, timeout: float,
+                   log: Callable[[], str]) -> Optional[str]:
+    """Wait until ``p`` listens on ``port`` and ``url`` answers 200: None then; else what went
+    wrong, with ``log()`` (its output since it was started): it exited (``p.returncode`` set),
+    or it did not answer within ``timeout`` s (then it is stopped with SIGABRT, which makes
+    Python print its threads' stacks where PYTHONFAULTHANDLER is set)."""
+    t0 = time.monotonic()
+    last = "nothing yet"
+    while True:
+        if p.poll() is not None:
+            return (f"the process serving {url} exited with {p.returncode} after {time.monotonic() - t0:.1f}s "
+                    f"before it answered; its output:\n{log()[-4000:]}")
+        if _listens(p.pid, port):
+            try:
+                r = requests.get(url, timeout=2)
+                if r.status_code == 200:
+                    return None
+                last = f"{r.status_code} {r.text[:300]}"
+            except requests.RequestException as e:
+                last = repr(e)
+        else:
+            last = f"pid {p.pid} does not listen on port {port} yet"
+        if time.monotonic() - t0 > timeout:
+            break
+        time.sleep(0.1)
+    p.send_signal(signal.SIGABRT)
+    try:
+        p.wait(10)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(10)
+    return (f"timed out after {timeout}s waiting for {url} (last: {last}); the process was stopped with SIGABRT; "
+            f"its output (with its threads' stacks):\n{log()[-6000:]}")
 
 
 @pytest.fixture
