@@ -20,11 +20,40 @@ import requests
 from gpuqueue.rest.client import Client, ServerInfo
 
 
+# Ports for the servers tests start: below the kernel's ephemeral range (32768-60999 here), which
+# port 0 binds, client connections and other programs' own picks (kernels' ZMQ ports) draw from,
+# and above Ray's worker ports (10002-19999); split between pytest-xdist workers, each taking
+# its ports in turn. A port picked with bind(0) is only free until someone binds it: two
+# workers' picks collided, and the server that came second could not listen.
+PORTS = range(20000, 32000)
+_next_port: list[int] = []
+
+
+def _worker_ports() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker[2:]) if worker.startswith("gw") and worker[2:].isdigit() else 0
+    size = len(PORTS) // max(count, 1)
+    start = PORTS.start + (index % max(count, 1)) * size
+    return range(start, start + size)
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port nobody listens on right now, from this pytest worker's own share of
+    ``PORTS`` (taken in turn, so that a port is picked again only after the others)."""
+    ports = _worker_ports()
+    if not _next_port:
+        _next_port.append(ports.start + (os.getpid() * 7919) % len(ports))
+    for _ in range(len(ports)):
+        port = _next_port[0]
+        _next_port[0] = port + 1 if port + 1 < ports.stop else ports.start
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {ports.start}-{ports.stop - 1}")
 
 
 def wait_until(pred: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
