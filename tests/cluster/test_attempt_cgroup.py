@@ -265,3 +265,41 @@ def test_a_runner_killed_with_its_fork_server_leaves_nothing_running(cluster: Cl
     assert "a cgroup per attempt under" in log, log
     print(f"\nattempt 1 reported lost {lost_s * 1000:.0f} ms after its runner and fork server were killed; "
           "its detached descendant was gone by then")
+
+
+def test_a_restarted_worker_ends_what_a_dead_worker_left(cluster: Cluster) -> None:
+    """The worker, its fork server and the runner killed together (a crash of the whole tree): the
+    job's detached descendant runs on, but the next worker of the same state folder ends the
+    attempt cgroups left there as it starts."""
+    c = cluster
+    py, _ = job_python()
+    mark = f"gq-cgroup-{os.urandom(4).hex()}"
+    pidfile = c.root.parent / "pids" / f"{mark}.pid"
+    (c.root / "detach.py").write_text(JOB)
+    alice = c.client("alice")
+    job = alice.submit({"kind": "command", "gpus": 1, "command": [py, str(c.root / "detach.py"), mark, str(pidfile)]})["id"]
+    sleeper: Optional[psutil.Process] = None
+    try:
+        wait_until(pidfile.exists, 60, 0.05, "the detached descendant")
+        sleeper = psutil.Process(int(pidfile.read_text()))
+        wait_until(lambda: sleeper.cmdline() == ["sleep", "1000"], 10, 0.02, "the descendant's exec")
+        runner = psutil.Process(alice.get(job)["attempts"][-1]["pid"])
+        server = psutil.Process(runner.ppid())
+        for p in (server, runner):  # none of them gets to end anything
+            p.suspend()
+        c.kill("worker-n1")
+        for p in (runner, server):
+            p.kill()
+        time.sleep(0.5)
+        assert sleeper.is_running() and sleeper.status() != psutil.STATUS_ZOMBIE  # nobody left to end it
+        c.start_worker("n1")
+        wait_until(lambda: c.log("worker-n1").count("a cgroup per attempt under") == 2, 30, 0.05,
+                   "the new worker's start")  # its log follows the first one's
+        assert not sleeper.is_running() or sleeper.status() == psutil.STATUS_ZOMBIE
+        assert f"cgroup job-{job}-1, left by an earlier worker: 2 processes ended" in c.log("worker-n1")
+        rec = c.wait_done([job], 60)[job]
+    finally:
+        if sleeper is not None and sleeper.is_running():
+            sleeper.kill()
+        _end(mark)
+    assert rec["state"] == "succeeded" and rec["attempts"][0]["outcome"] == "lost", rec
