@@ -380,7 +380,10 @@ class NodeAgent(AttemptTailer):
             proc = forks.launch(paths.records, cgroup=cgroup)  # go: the runner reads launch.json now
         except BaseException:
             if cgroup is not None:
-                end_cgroup(cgroup, wait_s=2.0)
+                try:
+                    end_cgroup(cgroup, wait_s=2.0)
+                except OSError as e:  # the launch's own error is the one to report
+                    log.warning("attempt %s/%s: cannot remove its cgroup %s (%s)", job_id, number, cgroup, e)
             raise
         with self._lock:
             self.attempts[(job_id, number)] = LocalAttempt(job_id, number, spec.kind, paths.records, proc, paths, ident,
