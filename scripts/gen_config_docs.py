@@ -185,6 +185,14 @@ state folder). Finished jobs stay in it for `keep_finished` / `gpuqueue schedule
 * `max_finished` (default 10000 a user): a user's finished jobs (record, events, results) kept;
   past it the oldest finished are deleted, as if their retention had run out. Queued and
   running jobs are never deleted.
+* `max_shared_gb` (default 1000 GB a user; a cluster whose workers have a `--shared-dir`): the
+  checkpoints of all the user's jobs on the workers' shared root (where a requeued attempt
+  resumes from, on any node), counted across jobs, attempts and workers until each job's record
+  is deleted, besides each attempt's `gpuqueue worker --shared-max-gb`. A checkpoint past it is
+  not copied there: it stays on its node (an attempt elsewhere resumes from an older one), and
+  the job gets a warning naming the checkpoint, its size, what the user's jobs take there and
+  the knob. Rotated-away checkpoints and swept jobs give their room back (docs/deploy.md,
+  "Shared storage for checkpoints").
 
 ```
 gpuqueue: job j-1a2b3c4d5e6f: its results (150.0 MB) were dropped to make room for newer ones: your stored results are kept within 2048 MB (max_results_mb in the queue config); fetch results soon after a job ends, or save big objects to shared storage and return their path

@@ -16,6 +16,7 @@ import psutil
 import pytest
 import requests
 
+from gpuqueue.attempt.cgroup import AttemptCgroups, CgroupsUnavailable
 from gpuqueue.rest.client import Client, ServerInfo
 from gpuqueue.cluster import redis_url
 from helpers.servers import RedisServer, free_port, wait_until
@@ -204,6 +205,13 @@ class Cluster:
                     rp.kill()
             except psutil.Error:
                 pass
+        for node in self.nodes:  # the killed workers' attempt cgroups, where they could make them
+            try:
+                cgroups = AttemptCgroups.open(self.root / f"node-{node}", node)
+            except CgroupsUnavailable:
+                break
+            cgroups.sweep()
+            cgroups.close()
 
     # -- users ----------------------------------------------------------------------------
     @property

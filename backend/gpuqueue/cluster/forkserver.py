@@ -36,10 +36,13 @@ the scheduler gives its GPUs to the next job, nothing of the job runs. The job's
 under other uids (a dynamic uid is shared by its user's jobs on the node), so nothing is killed
 by uid: only what descends from the dead runner.
 
-What remains: a runner and its fork server that die together (the server killed first, then the
-runner before it has stopped its job on the server's ``PR_SET_PDEATHSIG``) leave the job's
-processes to init; so does a job that has another service start its processes (``at``,
-``systemd-run``, ``ssh``), which are no descendants of the runner.
+A runner and its fork server that die together (the server killed first, then the runner before
+it has stopped its job on the server's ``PR_SET_PDEATHSIG``) leave the job's processes to init:
+where the worker can make cgroups, the runner enters its attempt's cgroup before the job starts
+(the datagram carries its path after a NUL), and the worker ends that cgroup when it finds the
+runner dead (``gpuqueue.attempt.cgroup``). What remains: the same without cgroups, and a job that
+has another service start its processes (``at``, ``systemd-run``, ``ssh``), which are neither
+descendants of the runner nor in its cgroup.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ import traceback
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..attempt.cgroup import enter as enter_cgroup
 from ..attempt.orphans import STRAY_WAIT_S
 
 PR_SET_PDEATHSIG = 1
@@ -135,7 +139,7 @@ def serve(launch_fd: int) -> int:
                 os.close(fd)
             null = os.open(os.devnull, os.O_RDWR)
             os.dup2(null, 0)
-            adir = launches.recv(MAX_DIR).decode()
+            adir, _, cgroup = launches.recv(2 * MAX_DIR).decode().partition("\0")
             os.write(taken_w, f"{os.getpid()}\n".encode())
             os.close(taken_w)
             launches.close()
@@ -145,6 +149,11 @@ def serve(launch_fd: int) -> int:
             log = os.open(os.path.join(adir, "runner.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.dup2(log, 2)
             os.close(log)
+            if cgroup:  # before the job starts: every process of it is born in the attempt's cgroup
+                try:
+                    enter_cgroup(cgroup)
+                except OSError as e:  # the job runs as it would without one
+                    print(f"gpuqueue: cannot enter the attempt's cgroup {cgroup}: {e}", file=sys.stderr, flush=True)
             code = Runner(Path(adir)).run()
         except BaseException:  # noqa: BLE001 - report it in runner.log, never return to the loop
             try:
@@ -260,12 +269,15 @@ class ForkServer:
         """Whether the server can take launches."""
         return not self.gone and self.proc.poll() is None
 
-    def launch(self, attempt_dir: Path, timeout: float = 30.0) -> RunnerHandle:
-        """Hand ``attempt_dir`` to a waiting runner; returns once it has taken it."""
+    def launch(self, attempt_dir: Path, timeout: float = 30.0, cgroup: Optional[Path] = None) -> RunnerHandle:
+        """Hand ``attempt_dir`` to a waiting runner; returns once it has taken it. ``cgroup``: the
+        attempt's cgroup (``gpuqueue.attempt.cgroup``), which the runner enters before the job starts."""
         key = str(attempt_dir)
         if len(key.encode()) >= MAX_DIR:
             raise RuntimeError(f"the attempt folder's path is over {MAX_DIR} bytes: use a shorter --state-dir")
-        self._send.send(key.encode())
+        if cgroup is not None and len(str(cgroup).encode()) >= MAX_DIR:
+            raise RuntimeError(f"the attempt's cgroup path is over {MAX_DIR} bytes")
+        self._send.send(key.encode() + (b"\0" + str(cgroup).encode() if cgroup is not None else b""))
         deadline = time.monotonic() + timeout
         with self._cond:
             while key not in self._started:

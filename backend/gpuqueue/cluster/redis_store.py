@@ -42,6 +42,8 @@ Keys (prefix ``gq`` by default)::
     config / snapshot / pending / sched_state   published by the daemon
     shared:queue / shared:sweep   the queue's id on the workers' shared root, the sweep's turn
                         (worker_sweep.py)
+    shared:used:<name>  HASH of the user's jobs' bytes on the shared root (``max_shared_gb``);
+    shared:job:<id>     HASH of the job's checkpoints' bytes there and its owner (shared_usage.py)
 
 A finished job's keys are deleted by the daemon ``--keep-finished`` (default 30 days) after it
 ended, or sooner once its owner has more than ``max_finished`` finished jobs; a user's stored

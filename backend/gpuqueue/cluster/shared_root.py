@@ -48,7 +48,7 @@ import stat
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Protocol, Sequence
 
 from ..attempt.jobdir import open_owned_file
 from ..job.checkpoint import MARKER, remove_checkpoint
@@ -83,6 +83,22 @@ class PushMemo:
     refused: set[str] = field(default_factory=set)  # keys not copied: over ``SharedRoot.max_bytes``
     refusals: list[tuple[str, int, int]] = field(default_factory=list)  # (name/step, its bytes, bytes
     # the attempt's others there take) of the refusals not yet told (AttemptUploads takes them)
+    user_refusals: list[tuple[str, int, int, int]] = field(default_factory=list)  # (name/step, its bytes,
+    # bytes all the owner's jobs take there, the owner's bound) of those refused by ``quota``, not yet told
+
+
+class Quota(Protocol):
+    """What all the checkpoints of a job's owner may take on the root, counted across workers
+    (``shared_usage.UserShare``): ``take`` counts a checkpoint (``name/step-N``) of the job
+    before it is copied (``keep``: the job's local ones, whose runs' others on the root are
+    rotated away), or refuses it (returns the owner's bytes there, not None); ``give``
+    uncounts those deleted from the root; ``limit`` is the owner's bound in bytes."""
+
+    limit: int
+
+    def take(self, checkpoint: str, size: int, keep: Sequence[str] = (), bound: bool = True) -> Optional[int]: ...
+
+    def give(self, checkpoints: list[str]) -> None: ...
 
 
 class SharedRoot:
@@ -195,7 +211,8 @@ class SharedRoot:
         return True
 
     # -- node -> root -------------------------------------------------------------------------
-    def push(self, job_id: str, job_dir: Path, uid: Optional[int] = None, memo: Optional[PushMemo] = None) -> list[str]:
+    def push(self, job_id: str, job_dir: Path, uid: Optional[int] = None, memo: Optional[PushMemo] = None,
+             quota: Optional[Quota] = None) -> list[str]:
         """Copy the complete checkpoints of ``job_dir/checkpoints`` that the root lacks to the
         root (marker last), then delete from the root those the job rotated away (never all of
         a run's). ``memo``: what this attempt's earlier pushes did (updated); with the local set
@@ -207,7 +224,9 @@ class SharedRoot:
         attempt copied would take over ``max_bytes`` on the root (counted by the files' sizes,
         so a sparse file counts whole: it becomes real bytes there, and again on the node that
         copies it back); it is added to ``memo.refusals`` for the job to be told, and left on
-        the node."""
+        the node. Within that, ``quota`` (the owner's bound over all their jobs, counted in the
+        store) takes each checkpoint before it is copied and gives back those rotated away; one
+        it refuses goes to ``memo.user_refusals`` and is left on the node as well."""
         memo = memo if memo is not None else PushMemo()
         copied: list[str] = []
         with _Local(job_dir, uid, None) as local:
@@ -232,6 +251,8 @@ class SharedRoot:
                         os.close(fd)
                     memo.copied.add(key)
                     memo.sizes[key] = size
+                    if quota is not None:  # counted already, unless copied by a version that did not count
+                        quota.take(f"{name}/{step}", size, bound=False)
                     continue
                 if self.max_bytes:
                     held = sum(memo.sizes.get(k, 0) for k in (f"{n}/{s}@{m}" for n, s, m in found) if k in memo.copied)
@@ -241,6 +262,19 @@ class SharedRoot:
                         memo.refused.add(key)
                         memo.refusals.append((f"{name}/{step}", size, held))
                         continue
+                try:
+                    keep = [f"{n}/{s}" for n, s, _ in found]
+                    used = None if quota is None else quota.take(f"{name}/{step}", size, keep)
+                except BaseException:  # the store is unavailable: not copied (uncounted), the push fails
+                    for _, fd in files:
+                        os.close(fd)
+                    raise
+                if used is not None:
+                    for _, fd in files:
+                        os.close(fd)
+                    memo.refused.add(key)
+                    memo.user_refusals.append((f"{name}/{step}", size, used, quota.limit if quota else 0))
+                    continue
                 try:
                     if not memo.tagged:
                         self._tag(job_id)
@@ -266,7 +300,9 @@ class SharedRoot:
                 memo.copied.add(key)
                 memo.sizes[key] = size
                 copied.append(f"{name}/{step}")
-            self._rotate(job_id, {(n, s) for n, s, _ in found})
+            gone = self._rotate(job_id, {(n, s) for n, s, _ in found})
+            if quota is not None and gone:
+                quota.give(gone)
             if whole:
                 memo.mirrored = now
         return copied
@@ -288,15 +324,18 @@ class SharedRoot:
             self.fs.makedirs(folder, exist_ok=True)
         self.fs.pipe_file(f"{folder}/{QUEUE_TAG}", self.queue.encode())
 
-    def _rotate(self, job_id: str, local: set[tuple[str, str]]) -> None:
+    def _rotate(self, job_id: str, local: set[tuple[str, str]]) -> list[str]:
+        """Delete from the root the checkpoints of the runs in ``local`` that are not in it;
+        the ``name/step-N`` deleted."""
+        gone: list[str] = []
         names = {n for n, _ in local}
         if not names:
-            return  # only the runs the job still has locally are mirrored: nothing to list
+            return gone  # only the runs the job still has locally are mirrored: nothing to list
         prefix = self.job_prefix(job_id)
         try:
             markers = self.fs.glob(f"{prefix}/*/step-*/{MARKER}")
         except FileNotFoundError:
-            return
+            return gone
         except Exception as e:  # noqa: BLE001
             raise StorageError(f"cannot list {self._u(prefix)}: {_say(e)}",
                                f"cannot list the job's checkpoints on the shared root ({_kind(e)})") from None
@@ -305,6 +344,8 @@ class SharedRoot:
             name, step = folder.rsplit("/", 2)[-2:]
             if name in names and (name, step) not in local:
                 self._remove(folder)
+                gone.append(f"{name}/{step}")
+        return gone
 
     def _remove(self, folder: str) -> None:
         """Delete a checkpoint on the root, its marker first (never half visible)."""

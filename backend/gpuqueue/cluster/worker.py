@@ -8,7 +8,9 @@ with the same runner as the embedded mode (``gpuqueue.attempt.runner``, forked a
 worker's fork server, ``forkserver.py``), copies the attempt's
 ``events.jsonl`` into the job's Redis Stream, and reports the start and the exit to the daemon
 (``worker_tail.py``). A runner that is killed under its job leaves the job's processes to the
-fork server, which ends them; the attempt is reported lost, saying so.
+fork server, which ends them; the attempt is reported lost, saying so. Where it can write cgroup
+v2, each attempt also runs in a cgroup of its own, killed when the attempt ends
+(``gpuqueue.attempt.cgroup``): what a runner killed together with its fork server leaves ends too.
 
 Fencing: every write for an attempt is guarded by ``fence:<job> == "<attempt>:<node>"``. Once
 the daemon has settled or requeued an attempt, its events, start, checkpoint and result records
@@ -44,6 +46,7 @@ import redis
 from . import redis_url
 from ..attempt import identity as identities
 from ..attempt import launchfail
+from ..attempt.cgroup import REMEDY as CGROUP_REMEDY, AttemptCgroups, CgroupsUnavailable, end as end_cgroup
 from ..attempt.gpus import local_gpu_count, nvml_gpu_count
 from ..attempt.identity import Identities, Identity, IdentityError
 from ..attempt.jobdir import (OwnedDir, attempt_paths, job_dir, prepare_owned, write_bytes_atomic,
@@ -72,8 +75,10 @@ class NodeAgent(AttemptTailer):
     def __init__(self, store: RedisStore, node: str, gpus: int, pool: Optional[str], state_dir: Path,
                  heartbeat_s: float = 10.0, max_result_bytes: int = 200_000_000,
                  identities: Optional[Identities] = None, shared: Optional[SharedRoot] = None,
-                 sweep_s: float = SWEEP_S, local_sweep_s: float = SWEEP_S, give_up_s: float = GIVE_UP_S):
+                 sweep_s: float = SWEEP_S, local_sweep_s: float = SWEEP_S, give_up_s: float = GIVE_UP_S,
+                 cgroups: Optional[AttemptCgroups] = None):
         self.store = store
+        self.cgroups = cgroups  # a cgroup per attempt (gpuqueue.attempt.cgroup); None: none
         self.give_up_s = give_up_s  # see _tail_failed
         self.shared = shared  # checkpoints between attempts (shared_root.py); None: this node's disk
         self.sweep_s = sweep_s  # how often finished jobs' folders are swept from it (0: never)
@@ -153,6 +158,8 @@ class NodeAgent(AttemptTailer):
         if left:
             log.warning("%d attempts had not reported their end after %g s (%s): their runners end with this worker, "
                         "and the scheduler counts them lost", len(left), grace_s + 2, ", ".join(left))
+        if self.cgroups is not None and not left:
+            self.cgroups.close()
         try:
             self.beat(stopped=True)
         except redis.RedisError as e:
@@ -374,13 +381,34 @@ class NodeAgent(AttemptTailer):
         stop = self.pending_stops.pop((job_id, number), None)
         if stop:
             write_json_atomic(paths.records / "control.json", stop)
-        proc = forks.launch(paths.records)  # go: the runner reads launch.json now
+        cgroup = self._new_cgroup(job_id, number)
+        try:
+            proc = forks.launch(paths.records, cgroup=cgroup)  # go: the runner reads launch.json now
+        except BaseException:
+            if cgroup is not None:
+                try:
+                    end_cgroup(cgroup, wait_s=2.0)
+                except OSError as e:  # the launch's own error is the one to report
+                    log.warning("attempt %s/%s: cannot remove its cgroup %s (%s)", job_id, number, cgroup, e)
+            raise
         with self._lock:
-            self.attempts[(job_id, number)] = LocalAttempt(job_id, number, spec.kind, paths.records, proc, paths, ident)
+            self.attempts[(job_id, number)] = LocalAttempt(job_id, number, spec.kind, paths.records, proc, paths, ident,
+                                                           cgroup=cgroup)
         log.info("attempt %s/%s started: GPUs %s, as %s, runner pid %s", job_id, number,
                  ",".join(str(d) for d in msg.get("devices", [])) or "none",
                  f"uid {ident.uid} (user {ident.user})" if ident else f"uid {os.geteuid()}", proc.pid)
         return "started"
+
+    def _new_cgroup(self, job_id: str, number: int) -> Optional[Path]:
+        """The attempt's own cgroup, which its runner enters (None: no cgroups here, or it could
+        not be made: the attempt runs as it would without)."""
+        if self.cgroups is None:
+            return None
+        try:
+            return self.cgroups.create(job_id, number)
+        except OSError as e:
+            log.warning("attempt %s/%s: cannot make its cgroup (%s); it runs without one", job_id, number, e)
+            return None
 
     def _identity(self, job_id: str) -> Optional[Identity]:
         """The identity the job's owner's jobs run as here (None: this worker's own user)."""
@@ -463,6 +491,25 @@ def make_celery(broker_url: str, events: Optional[bool] = None) -> Any:
     return app
 
 
+def attempt_cgroups(state_dir: Path, node: str) -> Optional[AttemptCgroups]:
+    """This worker's attempt cgroups (``gpuqueue.attempt.cgroup``), those a previous worker of
+    ``state_dir`` left ended; None, with one log line that says why and what the admin can do,
+    where it cannot make them."""
+    try:
+        cgroups = AttemptCgroups.open(state_dir, node)
+        swept = cgroups.sweep()
+    except (CgroupsUnavailable, OSError) as e:
+        log.warning("no cgroup per attempt: %s. A job's processes that outlive both its runner and the runner fork "
+                    "server run on; to end them too, %s", e, CGROUP_REMEDY)
+        return None
+    for name, held, left in swept:
+        if held or left:
+            log.warning("cgroup %s, left by an earlier worker: %d processes ended%s", name, held - left,
+                        f", {left} still run (stuck in the kernel?)" if left else "")
+    log.info("a cgroup per attempt under %s", cgroups.base)
+    return cgroups
+
+
 def cli_main(argv: list[str]) -> int:
     """Entry point of ``gpuqueue worker``."""
     global _AGENT
@@ -533,8 +580,10 @@ def cli_main(argv: list[str]) -> int:
     if wrong_user:
         print(f"gpuqueue worker: {wrong_user}", file=sys.stderr)
         return 2
+    cgroups = attempt_cgroups(state_dir, args.node)
     _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents, shared=shared,
-                       sweep_s=args.shared_sweep, local_sweep_s=args.local_sweep, give_up_s=args.give_up_after)
+                       sweep_s=args.shared_sweep, local_sweep_s=args.local_sweep, give_up_s=args.give_up_after,
+                       cgroups=cgroups)
     try:
         _AGENT.start()
     except redis.RedisError as e:

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shared-max-gb", type=cliargs.number(float, 0), default=SHARED_MAX_GB, metavar="GB",
                    help="what one attempt's checkpoints may take on --shared-dir (the sizes of their files: a "
                         "sparse file counts whole); a checkpoint that would pass it is left on the node and the "
-                        "job is told (default %(default)g; 0: no bound)")
+                        "job is told (default %(default)g; 0: no bound); all of a user's jobs' checkpoints "
+                        "there are bounded by max_shared_gb in the queue config")
     p.add_argument("--shared-sweep", type=cliargs.SECONDS_OR_ZERO, default=SWEEP_S, metavar="SECONDS",
                    help="how often one of the workers deletes from --shared-dir the checkpoints of jobs whose "
                         "records are gone (the scheduler's --keep-finished after they ended; default %(default)g; "

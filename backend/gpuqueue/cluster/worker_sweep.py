@@ -12,6 +12,9 @@ if it dies) lists ``<root>/jobs/`` and deletes the folder of every job
   existed, is left alone, and
 * whose record (``<prefix>:job:<id>``) is gone from the store.
 
+The job's checkpoints then no longer count against its owner's ``max_shared_gb``
+(:meth:`SharedUsage.drop_job`, after the folder is deleted).
+
 Why that is safe: a job's folder is written only while an attempt of the job runs, so after its
 record exists; a record, once gone, never comes back (job ids are random); a folder a fenced-off
 attempt writes after its record went is deleted at the next sweep. A store that lost its data
@@ -45,6 +48,7 @@ import redis
 
 from .redis_store import RedisStore
 from .shared_root import QUEUE_TAG, SharedRoot, StorageError
+from .shared_usage import SharedUsage
 
 log = logging.getLogger("gpuqueue.worker")
 
@@ -110,6 +114,7 @@ class Sweeper:
         self.shared = shared
         self.instance = instance
         self.interval_s = interval_s
+        self.usage = SharedUsage(store)
         # folders whose record is gone but whose tag is another queue's (never read again) or
         # missing (read again after UNTAGGED_RECHECK_S: a tag may be on its way): id -> when to
         # read its tag again
@@ -141,6 +146,7 @@ class Sweeper:
                     self._others[job_id] = now + UNTAGGED_RECHECK_S if tag is None else float("inf")
                     continue
                 self.shared.delete_job(job_id)
+                self.usage.drop_job(job_id)
             except StorageError as e:
                 log.warning("shared root sweep: %s", e)
                 continue

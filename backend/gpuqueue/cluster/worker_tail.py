@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import redis
 
+from ..attempt.cgroup import END_WAIT_S, end as end_cgroup
 from ..attempt.identity import Identity
 from ..attempt.lost import runner_lost_record
 from ..attempt.jobdir import AttemptPaths, OwnedDir, attempt_paths, job_dir, read_events, write_json_atomic
@@ -65,6 +66,8 @@ class LocalAttempt:
     failing: Repeats = field(init=False)
     retry_at: float = 0.0  # monotonic: not tailed again before
     gave_up: bool = False  # reported failed by the worker: its records go nowhere now
+    cgroup: Optional[Path] = None  # the attempt's cgroup until it is ended (gpuqueue.attempt.cgroup)
+    cgroup_ended: Optional[tuple[int, int]] = None  # (processes it held, still ran) when it was ended
 
     def __post_init__(self) -> None:
         self.failing = Repeats(log, before=f"attempt {self.job_id}/{self.number}: the error before came %d more times")
@@ -167,6 +170,8 @@ class AttemptTailer:
 
     def _tail(self, la: LocalAttempt) -> None:
         ended = la.proc.poll() is not None
+        if ended:  # before its end is reported: nothing of the job runs once the scheduler hears of it
+            self._end_cgroup(la)
         batch = read_events(la.dir / "events.jsonl", la.offset)
         exit_rec = batch.exit or la.held_exit
         ops: list[Op] = [self.store.event_op(la.job_id, type_, d, t) for t, type_, d in batch.events]
@@ -183,7 +188,7 @@ class AttemptTailer:
             msg = {"op": "started", "job": la.job_id, "attempt": la.number, "node": self.node, **started}
             ops += [["SET", self.store.k("started", la.job_id, la.number), json.dumps(msg)], self.store.report_op(msg)]
         if exit_rec is None and ended and not batch.complete_line:
-            exit_rec = runner_lost(self.node, la.proc)
+            exit_rec = runner_lost(self.node, la.proc, la.cgroup_ended)
             ops.append(self.store.event_op(la.job_id, "warning", {"message": exit_rec["error"]}))
         if self.shared is not None:
             if exit_rec is not None:  # the end is reported once its final push is done
@@ -278,7 +283,27 @@ class AttemptTailer:
         except Fenced:
             pass
 
+    def _end_cgroup(self, la: LocalAttempt) -> None:
+        """End the attempt's cgroup, if it has one: every process still in it is killed, then it
+        is removed (``gpuqueue.attempt.cgroup.end``; blocks while they exit, at most
+        ``END_WAIT_S``)."""
+        if la.cgroup is None:
+            return
+        cg, la.cgroup = la.cgroup, None
+        try:
+            la.cgroup_ended = held, left = end_cgroup(cg)
+        except OSError as e:
+            log.warning("attempt %s/%s: cannot end its cgroup %s (%s)", la.job_id, la.number, cg, e)
+            return
+        if left:
+            log.warning("attempt %s/%s: %d of its processes still run %g s after its cgroup %s was killed (stuck in "
+                        "the kernel, e.g. in the GPU driver); the cgroup is kept", la.job_id, la.number, left,
+                        END_WAIT_S, cg)
+        elif held:
+            log.info("attempt %s/%s: its cgroup ended the %d processes the job still ran", la.job_id, la.number, held)
+
     def _forget(self, la: LocalAttempt) -> None:
+        self._end_cgroup(la)
         with self._lock:
             self.attempts.pop((la.job_id, la.number), None)
         if la.uploads is not None:
@@ -298,13 +323,22 @@ class AttemptTailer:
                 pass
 
 
-def runner_lost(node: str, proc: RunnerHandle) -> dict[str, Any]:
+def runner_lost(node: str, proc: RunnerHandle, cgroup_ended: Optional[tuple[int, int]] = None) -> dict[str, Any]:
     """The exit record of an attempt whose runner ended without writing one (killed by the
     out-of-memory killer or an admin, or crashed): what happened to the runner and to the job's
-    processes (the fork server ended them: ``forkserver.py``), and what comes next
+    processes (the fork server ended them: ``forkserver.py``; or, the server gone too, the
+    attempt's cgroup: ``cgroup_ended``, (processes it held, still ran)), and what comes next
     (the wording: ``gpuqueue.attempt.lost``)."""
-    unchecked = ("the worker could not check that the job's processes ended (its runner fork server is gone too): "
-                 f"the admin should look for them on {node}")
+    if cgroup_ended is not None and cgroup_ended[1]:
+        unchecked = (f"its runner fork server is gone too; the worker killed the {cgroup_ended[0]} processes of the "
+                     f"attempt's cgroup, but {cgroup_ended[1]} had not ended after {END_WAIT_S:g} s (stuck in the "
+                     f"kernel, e.g. in the GPU driver): the admin should check {node}")
+    elif cgroup_ended is not None:
+        unchecked = (f"its runner fork server is gone too; the worker ended the {cgroup_ended[0]} processes the job "
+                     f"still ran (all of the attempt's cgroup), so none of it runs on the attempt's GPUs")
+    else:
+        unchecked = ("the worker could not check that the job's processes ended (its runner fork server is gone "
+                     f"too): the admin should look for them on {node}")
     return runner_lost_record(node, proc.returncode, proc.strays_ended, proc.strays_left or 0, STRAY_WAIT_S,
                               "the worker", unchecked)
 

@@ -10,6 +10,10 @@ progress of every job on the node. So each attempt with a shared root gets an
 * :meth:`AttemptUploads.finish` (the attempt ended) asks for the final push, run after any push in
   progress; the tail thread asks again each round and reports the end only once it is done, with
   the exit record the push returned (a storage error fails the attempt there, as before).
+* Each push counts what it copies against its owner's ``max_shared_gb`` (all their jobs'
+  checkpoints on the root, in the store: ``shared_usage.py``) as well as against the worker's
+  ``--shared-max-gb`` (this attempt's); a checkpoint past either is not copied, and the job is
+  told why.
 * What the pushes tell the job's stream (a copy made, a storage error) is kept as store ops that
   the tail thread writes with the attempt's next events (:meth:`AttemptUploads.take_ops`).
 
@@ -27,6 +31,7 @@ from typing import Any, Callable, Optional
 
 from .redis_store import Op, RedisStore
 from .shared_root import PushMemo, SharedRoot, StorageError
+from .shared_usage import SharedUsage, UserShare
 
 log = logging.getLogger("gpuqueue.worker")
 
@@ -45,6 +50,7 @@ class AttemptUploads:
         self.job_id, self.number, self.job_dir, self.uid = job_id, number, job_dir, uid
         self.name = f"{job_id}/{number}"
         self.memo = PushMemo()  # what this attempt's pushes did (shared_root.py)
+        self.quota: Optional[UserShare] = None  # the owner's count on the root (read at the first push)
         self._wake = wake
         self._fenced = fenced
         self._error: Optional[str] = None  # the storage error last told to the stream
@@ -123,7 +129,7 @@ class AttemptUploads:
             return exit_rec
         try:
             try:
-                copied = self.shared.push(self.job_id, self.job_dir, self.uid, self.memo)
+                copied = self.shared.push(self.job_id, self.job_dir, self.uid, self.memo, self._quota())
             except StorageError:
                 raise
             except Exception as e:  # noqa: BLE001 - whatever it is, the copy is not made
@@ -141,8 +147,17 @@ class AttemptUploads:
                 "node": self.node}))
         return exit_rec
 
+    def _quota(self) -> Optional[UserShare]:
+        """The job's owner's count of checkpoints on the root (None: the job's record is gone)."""
+        if self.quota is None:
+            job = self.store.get_job(self.job_id)
+            if job is not None:
+                self.quota = SharedUsage(self.store).for_job(self.job_id, job.owner)
+        return self.quota
+
     def _tell_refusals(self, ops: list[Op]) -> None:
-        """A warning for each checkpoint the push left out for the root's per-attempt bound."""
+        """A warning for each checkpoint the push left out for the root's per-attempt bound, or
+        for its owner's (``max_shared_gb``)."""
         for what, size, held in self.memo.refusals:
             ops.append(self.store.event_op(self.job_id, "warning", {
                 "message": f"checkpoint {what} ({_size(size)}) is not copied to the shared root: with it, this "
@@ -152,6 +167,17 @@ class AttemptUploads:
                            f"resume from it. Save smaller checkpoints, or keep fewer (Checkpointer(max_checkpoints=N))",
                 "storage_limit": True, "checkpoint": what, "bytes": size}))
         self.memo.refusals.clear()
+        for what, size, used, limit in self.memo.user_refusals:
+            ops.append(self.store.event_op(self.job_id, "warning", {
+                "message": f"checkpoint {what} ({_size(size)}) is not copied to the shared root: your jobs' "
+                           f"checkpoints there take {_size(used)} of your {_size(limit)} (max_shared_gb in the "
+                           f"queue config); it stays on node {self.node} only, so an attempt elsewhere cannot "
+                           f"resume from it. Your finished jobs' checkpoints leave the root when their records are "
+                           f"deleted (keep_finished after they end, or past max_finished); keep fewer or smaller "
+                           f"checkpoints (Checkpointer(max_checkpoints=N)), or ask the admin for a larger "
+                           f"max_shared_gb",
+                "storage_limit": True, "user_limit": True, "checkpoint": what, "bytes": size}))
+        self.memo.user_refusals.clear()
 
     def _failed(self, e: StorageError, exit_rec: Optional[ExitRec], ops: list[Op]) -> Optional[ExitRec]:
         """Tell the job (what failed, never where the root is: ``e.public``)."""

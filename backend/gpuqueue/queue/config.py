@@ -122,6 +122,11 @@ class UserLimits(BaseModel):
         description="MB of cell inputs (payloads, up to the API's --max-payload-mb or the server's "
         "max_payload_mb each) the user's unfinished jobs hold in the store together; a submit past it is "
         "refused (HTTP 400) until some end")
+    max_shared_gb: float = Field(
+        1000.0, gt=0,
+        description="GB the checkpoints of all the user's jobs may take on the workers' shared root "
+        "(gpuqueue worker --shared-dir), counted across workers until each job's record is deleted; "
+        "a checkpoint past it is not copied there (it stays on its node, and the job is told)")
     max_finished: int = Field(
         10_000, ge=1,
         description="finished jobs (record, events, results) kept for the user; past it the oldest "
