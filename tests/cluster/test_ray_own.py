@@ -14,6 +14,8 @@ import os
 import random
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -22,14 +24,14 @@ import psutil
 import pytest
 import redis as redislib
 
-from helpers.servers import RedisServer, wait_until
+from helpers.servers import RedisServer, free_port, wait_until
 from training.jobs import logs
 
 from .conftest import Cluster
 from .test_isolation import job_python
 
 pytest.importorskip("ray")
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
 
 RANKS = r'''
 import json, os, sys, time
@@ -104,6 +106,7 @@ def _folders_of(uid: int) -> list[str]:
     return [d for d in glob.glob("/tmp/gqr-*") if os.path.isdir(d) and os.stat(d).st_uid == uid]
 
 
+@needs_root
 def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluster) -> None:
     c = cluster
     py, libs = job_python()
@@ -138,6 +141,7 @@ def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluste
     c.wait_done([bob], 120)
     said = logs(root.events(bob))
     assert "INTRUDER-REFUSED" in said and "INTRUDER-IN" not in said, said[-3000:]
+    assert "InvalidAuthToken" in said, said[-3000:]  # refused for the token, not for want of Ray
 
     # the token is nowhere but in the owner's files
     token = hmac.new(r.get("gq:ray-secret").encode(), f"ray:{job}:1".encode(), hashlib.sha256).hexdigest()
@@ -159,3 +163,38 @@ def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluste
     assert c.wait_done([job], 60)[job]["state"] == "cancelled"
     wait_until(lambda: not _procs_of(alice) and not _folders_of(alice), 60, 0.5,
                "no process of the owner's uid and no private folder")
+
+
+def test_a_node_that_does_not_join_fails_the_attempt_with_a_message_and_the_head_ends(tmp_path: Path) -> None:
+    """The launcher's side alone (this test's own user): its head starts, the gang's other node
+    never joins; after the wait the launcher says which node did not join, and its head is gone."""
+    folder = Path(tempfile.mkdtemp(prefix="gqr-", dir="/tmp"))
+    try:
+        (folder / "token").write_text(os.urandom(32).hex())
+        env = dict(os.environ, GPUQUEUE_RAY_HEAD=f"127.0.0.1:{free_port()}", GPUQUEUE_RAY_DIR=str(folder),
+                   RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(folder / "token"), RAY_USAGE_STATS_ENABLED="0",
+                   GPUQUEUE_RAY_JOIN_WAIT_S="3", PYTHONPATH=os.pathsep.join(sys.path))
+        env.pop("RAY_ADDRESS", None)
+        probe = ("import sys; from gpuqueue.job.raynodes import run_pinned; "
+                 "sys.exit(run_pinned({'n1': [0], 'n9': [0]}, ['true'], None))")
+        p = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1, p.stderr[-2000:]
+        assert "gpuqueue: the Ray node of n9 did not join the job's Ray in 3 s (the worker log of n9 says why)" \
+            in p.stderr, p.stderr[-2000:]
+        assert "Traceback" not in p.stderr, p.stderr[-2000:]
+        mark = f"GPUQUEUE_RAY_DIR={folder}".encode()
+
+        def marked() -> list[int]:
+            out = []
+            for pid in psutil.pids():
+                try:
+                    with open(f"/proc/{pid}/environ", "rb") as f:
+                        if mark in f.read().split(b"\0"):
+                            out.append(pid)
+                except OSError:
+                    continue
+            return out
+
+        wait_until(lambda: not marked(), 30, 0.5, "the job's Ray head and its processes ended")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
