@@ -164,6 +164,21 @@ def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluste
     wait_until(lambda: not _procs_of(alice) and not _folders_of(alice), 60, 0.5,
                "no process of the owner's uid and no private folder")
 
+    # a node of the gang lost (the second node's worker killed -9, alone): the gang is requeued;
+    # no process of the job's Ray is left on either node; the next worker there removes the folder
+    marks.unlink()
+    gang = c.client("alice").submit(dict(spec, command=[py, str(c.root / "ranks.py"), "600", str(marks)]))["id"]
+    wait_until(lambda: len(_seen(marks.read_text() if marks.exists() else "")) == 2, 120, 0.5, "both ranks up")
+    head = root.get(gang)["attempts"][-1]["node"]
+    other = "n2" if head == "n1" else "n1"
+    folders = _folders_of(alice)
+    c.kill(f"worker-{other}")
+    wait_until(lambda: root.get(gang)["attempts"][0]["outcome"] == "lost", 30, 0.2, "the gang's attempt lost")
+    root.cancel(gang)
+    wait_until(lambda: not _procs_of(alice), 60, 0.5, "no process of the owner's uid")
+    c.start_worker(other)
+    wait_until(lambda: not any(os.path.exists(f) for f in folders), 30, 0.5, "no private folder")
+
 
 def test_a_node_that_does_not_join_fails_the_attempt_with_a_message_and_the_head_ends(tmp_path: Path) -> None:
     """The launcher's side alone (this test's own user): its head starts, the gang's other node
