@@ -27,8 +27,8 @@ import redis as redislib
 from helpers.servers import RedisServer, free_port, wait_until
 from training.jobs import logs
 
-from .conftest import Cluster
-from .test_isolation import job_python
+from .conftest import Cluster, shipped_acl
+from .test_isolation import PASSWORDS, job_python
 
 pytest.importorskip("ray")
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
@@ -61,9 +61,13 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
         monkeypatch.delenv(k, raising=False)  # no shared Ray: each multi-node attempt gets its own
     root = Path(tempfile.mkdtemp(prefix="gq-rayown-"))
     root.chmod(0o711)
-    redis = RedisServer(root / "redis").start()
+    (root / "redis").mkdir(mode=0o700)
+    redis = RedisServer(root / "redis", password=PASSWORDS["admin"],  # the shipped ACL users: one per process
+                        conf=shipped_acl({r: PASSWORDS[r] for r in ("scheduler", "api", "worker")})).start()
     first = 62000 + 50 * random.randrange(60)  # uids of its own: other clusters on this machine count from 61184
     c = Cluster(root / "cluster", redis, {"n1": 1, "n2": 1}, worker_args=("--uid-range", f"{first}-{first + 49}"))
+    c.role_urls = {r: f"redis://gpuqueue-{r}:{PASSWORDS[r]}@127.0.0.1:{redis.port}/0"
+                   for r in ("scheduler", "api", "worker")}
     c.root.chmod(0o755)
     (c.root / "ranks.py").write_text(RANKS)
     (c.root / "intruder.py").write_text(INTRUDER)
