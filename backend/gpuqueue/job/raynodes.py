@@ -1,6 +1,10 @@
 """A job the scheduler gang-placed on several nodes, run on exactly those nodes and GPUs through
 an existing Ray cluster (cluster mode: ``--nodes M``).
 
+Where the workers are given no shared Ray, the attempt has a Ray cluster of its own under the
+job owner's identity (``gpuqueue.cluster.rayjob``): the launcher starts its head here
+(``GPUQUEUE_RAY_HEAD``, token auth), waits for the other nodes' workers to join it, and ends it.
+
 The worker of the attempt's first node starts the job's launcher (``python -m
 gpuqueue.distributed ray``); with ``GPUQUEUE_PLACEMENT`` (``{node: [gpu ids]}``, first node
 first) it comes here. Every Ray node of a GPU node declares the custom resource
