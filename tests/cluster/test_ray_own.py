@@ -165,8 +165,13 @@ def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluste
     # cancel: no process of alice's uid, no private folder left
     root.cancel(job)
     assert c.wait_done([job], 60)[job]["state"] == "cancelled"
-    wait_until(lambda: not _procs_of(alice) and not _folders_of(alice) and r.get(f"gq:rayhead:{job}:1") is None,
-               60, 0.5, "no process of the owner's uid, no private folder, no head address")
+    try:
+        wait_until(lambda: not _procs_of(alice) and not _folders_of(alice) and r.get(f"gq:rayhead:{job}:1") is None,
+                   60, 0.5, "no process of the owner's uid, no private folder, no head address")
+    except AssertionError:
+        left = [(p.pid, " ".join(p.cmdline())[:200]) for p in _procs_of(alice)]
+        raise AssertionError((left, _folders_of(alice), r.get(f"gq:rayhead:{job}:1"), c.log("worker-n1")[-1500:],
+                              c.log("worker-n2")[-1500:])) from None
 
     # a node of the gang lost (the second node's worker killed -9, alone): the gang is requeued;
     # no process of the job's Ray is left on either node; the next worker there removes the folder

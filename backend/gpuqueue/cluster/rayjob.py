@@ -180,6 +180,11 @@ class RayNodes:
         finally:
             n = end_ray(folder, uid, proc)
             self._forget(folder)
+            if head == self.node:  # the head's address is of no use any more
+                try:
+                    self.store.r.delete(head_key(self.store, job_id, attempt))
+                except Exception:  # noqa: BLE001 - it expires in a day anyway
+                    pass
             log.info("attempt %s/%s: its Ray on %s ended (%d processes), its folder removed", job_id, attempt,
                      self.node, n)
             with self._lock:
@@ -202,7 +207,8 @@ class RayNodes:
                                                    ident.uid if ident else os.geteuid()),
                          name=f"rayhead-{job_id}-{attempt}", daemon=True).start()
         return {"GPUQUEUE_RAY_HEAD": address, MARK: str(folder), "RAY_AUTH_MODE": "token",
-                "RAY_AUTH_TOKEN_PATH": str(folder / "token"), "RAY_USAGE_STATS_ENABLED": "0"}
+                "RAY_AUTH_TOKEN_PATH": str(folder / "token"), "RAY_USAGE_STATS_ENABLED": "0",
+                "GPUQUEUE_RAY_JOIN_WAIT_S": f"{JOIN_WAIT_S:g}"}  # the launcher waits as long as the joins
 
     # -- the other nodes ------------------------------------------------------------------
     def join(self, msg: dict[str, Any]) -> str:
