@@ -431,6 +431,14 @@ class Daemon(QueueShell, Leadership, Nodes, Reconcile, Upkeep, StoreBounds):
                 # what Celery's logs show of the message; given, it skips a costly saferepr
                 argsrepr="()", kwargsrepr=f"{{'job_id': {job.id!r}, 'attempt': {a.number}, 'node': {a.node!r}}}",
             )
+            for other, ids in list(a.placement.items())[1:]:  # the gang's other nodes join its own Ray
+                self.celery.send_task(  # (gpuqueue.cluster.rayjob; ignored by workers given a shared Ray)
+                    TASK_NAME,
+                    kwargs={"ray_join": True, "job_id": job.id, "attempt": a.number, "node": other, "head": a.node,
+                            "devices": list(ids), "spec": job.spec.model_dump(mode="json")},
+                    queue=node_queue(other), retry=False, argsrepr="()",
+                    kwargsrepr=f"{{'ray_join': True, 'job_id': {job.id!r}, 'attempt': {a.number}, 'node': {other!r}}}",
+                )
         except (kombu.exceptions.OperationalError, redis.RedisError, OSError) as e:
             log.warning("cannot send job %s to %s yet (%s); will retry", job.id, a.node, e)
             return

@@ -58,6 +58,7 @@ from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, not_dumpable
 from .redis_store import Fenced, RedisStore
 from . import shared_resume
+from .rayjob import RayNodes, shared_ray
 from .shared_root import SharedRoot, StorageError, load_options
 from .worker_args import NOT_ROOT_WARNING, build_parser, unreachable
 from .worker_lock import StateDirBusy, lock_state_dir
@@ -110,12 +111,15 @@ class NodeAgent(AttemptTailer):
         self._leaving = False  # shutdown began: its beats say `stopping` (no new job comes here)
         self._threads: list[threading.Thread] = []
         self._forks: Optional[ForkServer] = None
+        self.raynodes = RayNodes(store, node, self._identity, self._stop, state_dir)  # jobs' own Ray clusters (rayjob.py)
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
         """Register, then run the heartbeat, tail and launcher threads, and the sweepers of
         finished jobs' folders from this node's disk and from the shared root (worker_sweep.py)."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.raynodes.sweep():  # what a former worker here left of jobs' own Ray (rayjob.py)
+            log.info("ended the Ray of attempts a former worker of %s left", self.state_dir)
         self.beat()
         self.queue = queue_id(self.store)  # the tag of the job folders it writes
         loops = [self._beat_loop, self._tail_loop, self._launch_loop]
@@ -371,6 +375,8 @@ class NodeAgent(AttemptTailer):
             log.info("attempt %s/%s: resumes from %s, copied from the shared root", job_id, number, spec.resume_from)
         launch = build_launch(job_id, spec, paths.job, paths.attempt, number, list(msg.get("devices", [])), self.node,
                               identity=ident, home=home, placement=msg.get("placement"), resume_from=resume)
+        if len(msg.get("placement") or {}) > 1 and not shared_ray():  # the head of the job's own Ray (rayjob.py)
+            launch["env"].update(self.raynodes.head(job_id, number, ident))
         _write_json(paths.records / "launch.json", launch)
         stop = self.pending_stops.pop((job_id, number), None)
         if stop:
@@ -478,6 +484,8 @@ def make_celery(broker_url: str, events: Optional[bool] = None) -> Any:
     def launch_attempt(**msg: Any) -> str:
         if _AGENT is None:
             raise RuntimeError("no node agent in this process")
+        if msg.get("ray_join"):  # a node of a gang joins the attempt's own Ray (rayjob.py)
+            return _AGENT.raynodes.join(msg)
         return _AGENT.launch(msg)
 
     return app

@@ -1,6 +1,10 @@
 """A job the scheduler gang-placed on several nodes, run on exactly those nodes and GPUs through
 an existing Ray cluster (cluster mode: ``--nodes M``).
 
+Where the workers are given no shared Ray, the attempt has a Ray cluster of its own under the
+job owner's identity (``gpuqueue.cluster.rayjob``): the launcher starts its head here
+(``GPUQUEUE_RAY_HEAD``, token auth), waits for the other nodes' workers to join it, and ends it.
+
 The worker of the attempt's first node starts the job's launcher (``python -m
 gpuqueue.distributed ray``); with ``GPUQUEUE_PLACEMENT`` (``{node: [gpu ids]}``, first node
 first) it comes here. Every Ray node of a GPU node declares the custom resource
@@ -99,6 +103,8 @@ def _rank_actor() -> Any:
             if self.stopped:
                 return 143
             env = dict(env, GPUQUEUE_RAY_NODE_ID=ray.get_runtime_context().get_node_id())
+            if os.environ.get("GPUQUEUE_RAY_DIR"):  # the job's own Ray: the worker ends what carries its mark
+                env["GPUQUEUE_RAY_DIR"] = os.environ["GPUQUEUE_RAY_DIR"]
             local = None
             if scratch:  # a rank on another node: the job folder is on the first node's disk
                 local = tempfile.mkdtemp(prefix=f"gpuqueue-{env.get('GPUQUEUE_JOB_ID', 'job')}-rank{env['RANK']}-")
@@ -159,19 +165,101 @@ def run_pinned(placement: dict[str, list[int]], argv: list[str], address: Option
         print(f"gpuqueue: a job on several nodes runs through Ray, which is not usable here ({e}). "
               "Install it: pip install 'ray[default]'", file=sys.stderr)
         return 1
-    if not address:
+    own = os.environ.get("GPUQUEUE_RAY_HEAD") if not address else None
+    if not address and not own:
         print("gpuqueue: a job placed on several nodes needs the Ray cluster of the GPU nodes: the worker's "
               "RAY_ADDRESS (or GPUQUEUE_RAY_ADDRESS) is not set (docs/deploy.md, Multi-node jobs)", file=sys.stderr)
         return 1
+    head = None
     try:
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
-    except Exception as e:  # noqa: BLE001 - the user sees what failed, not Ray's traceback
-        print(f"gpuqueue: cannot reach the Ray cluster at {address}: {e}", file=sys.stderr)
-        return 1
-    try:
-        return _run(ray, placement, argv)
+        if own:  # the job's own Ray (gpuqueue.cluster.rayjob): its head here, as this job's user
+            head = _start_head(own, placement)
+            if not _connect(ray, own, head):
+                return 1
+            if not _wait_nodes(ray, placement, head):
+                return 1
+        else:
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=True)
+            except Exception as e:  # noqa: BLE001 - the user sees what failed, not Ray's traceback
+                print(f"gpuqueue: cannot reach the Ray cluster at {address}: {e}", file=sys.stderr)
+                return 1
+        try:
+            return _run(ray, placement, argv)
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        if head is not None:  # the job's Ray ends with it (the worker ends what is left)
+            try:
+                os.killpg(head.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            head.wait()
+
+
+OWN_RAY_WAIT_S = float(os.environ.get("GPUQUEUE_RAY_JOIN_WAIT_S", "60"))
+
+
+def _start_head(address: str, placement: dict[str, list[int]]) -> Any:
+    """``ray start --head`` of the job's own Ray on this (the first) node, in its own process
+    group, dying with this launcher; its output in the private folder's ``ray-head.log``."""
+    import subprocess
+
+    from gpuqueue.cluster.forkserver import die_with_parent
+
+    ip, port = address.rsplit(":", 1)
+    first = next(iter(placement))
+    folder = os.environ["GPUQUEUE_RAY_DIR"]
+    argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--disable-usage-stats",
+            "--port", port, "--node-ip-address", ip, "--num-gpus", str(len(placement[first])),
+            "--resources", json.dumps({node_resource(first): 1}), "--include-dashboard", "false",
+            "--temp-dir", os.path.join(folder, "ray")]
+    env = dict(os.environ, HOME=os.environ.get("HOME") or folder)
+    env.pop("GPUQUEUE_EVENT_FD", None)
+    with open(os.path.join(folder, "ray-head.log"), "wb") as out:
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGKILL))
+
+
+def _head_log() -> str:
+    try:
+        with open(os.path.join(os.environ["GPUQUEUE_RAY_DIR"], "ray-head.log"), errors="replace") as f:
+            return f.read()[-2000:]
+    except OSError:
+        return ""
+
+
+def _connect(ray: Any, address: str, head: Any) -> bool:
+    deadline = time.monotonic() + OWN_RAY_WAIT_S
+    while True:
+        if head.poll() is not None:
+            print(f"gpuqueue: the job's Ray head did not start (exit code {head.returncode}):\n{_head_log()}",
+                  file=sys.stderr)
+            return False
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level="ERROR")
+            return True
+        except Exception as e:  # noqa: BLE001 - not up yet
+            ray.shutdown()
+            if time.monotonic() > deadline:
+                print(f"gpuqueue: cannot reach the job's Ray head at {address} in {OWN_RAY_WAIT_S:g} s: {e}",
+                      file=sys.stderr)
+                return False
+            time.sleep(1)
+
+
+def _wait_nodes(ray: Any, placement: dict[str, list[int]], head: Any) -> bool:
+    """Wait until the Ray node of every node of the gang joined (their workers start them)."""
+    deadline = time.monotonic() + OWN_RAY_WAIT_S
+    while True:
+        missing = _missing(ray, placement)
+        if not missing:
+            return True
+        if time.monotonic() > deadline or head.poll() is not None:
+            print(f"gpuqueue: the Ray node of {', '.join(missing)} did not join the job's Ray in {OWN_RAY_WAIT_S:g} s "
+                  f"(the worker log of {missing[0]} says why)", file=sys.stderr)
+            return False
+        time.sleep(0.5)
 
 
 def _missing(ray: Any, placement: dict[str, list[int]]) -> list[str]:
@@ -202,7 +290,8 @@ def _run(ray: Any, placement: dict[str, list[int]], argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     host, port = ray.get(actors[0].where.remote(), timeout=120)
-    base = {k: v for k, v in os.environ.items() if k not in ("GPUQUEUE_EVENT_FD", "RAY_ADDRESS", "GPUQUEUE_RAY_ADDRESS")}
+    base = {k: v for k, v in os.environ.items() if k not in ("GPUQUEUE_EVENT_FD", "RAY_ADDRESS", "GPUQUEUE_RAY_ADDRESS",
+                                                      "GPUQUEUE_RAY_HEAD", "GPUQUEUE_RAY_DIR")}
     first = next(iter(placement))
     payload = None
     job_dir = os.environ.get("GPUQUEUE_JOB_DIR", "")

@@ -1,0 +1,363 @@
+"""A Ray cluster of the job's own for each multi-node attempt, under its owner's identity.
+
+Where the workers are given no shared Ray (no ``RAY_ADDRESS`` / ``GPUQUEUE_RAY_ADDRESS`` in the
+worker's environment), a job the scheduler gang-placed on several nodes (``--nodes M``) runs its
+ranks on a Ray cluster made for that attempt alone:
+
+* First node: the worker makes a private folder (``/tmp/gqr-<random>``, mode 700, the owner's)
+  holding the attempt's Ray token (mode 600), picks the head's port, publishes the head's
+  address in the store (``rayhead:<job>:<attempt>``, fenced) and gives the launcher
+  ``GPUQUEUE_RAY_HEAD``, ``GPUQUEUE_RAY_DIR``, ``RAY_AUTH_MODE=token`` and
+  ``RAY_AUTH_TOKEN_PATH`` (a path, never the token). The launcher, already running as the owner
+  in the attempt's process tree, starts ``ray start --head`` (``gpuqueue.job.raynodes``).
+* Other nodes: the daemon sends each a ``ray_join`` message; its worker makes the same private
+  folder and token, waits (``JOIN_WAIT_S``) for the head's address and starts ``ray start
+  --address`` under the owner's identity with the node's ``gpuqueue-node-<name>`` resource.
+* Every node: once the attempt's fence moves on (its end settled, a cancel, a lost node, a
+  requeue) or the worker stops, every process of the owner's uid that carries the folder's mark
+  (``GPUQUEUE_RAY_DIR`` in its environment) is killed and the folder removed.
+
+The token is ``HMAC-SHA256(cluster secret, "ray:<job>:<attempt>")``: each worker derives it
+locally from a secret made once in the store (``ray-secret``, which jobs cannot read); it is
+written only into the owner's private file, never in a message, command line, log or the
+store. Another user's job that reaches the head's port has no token and is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import psutil
+
+from ..attempt.identity import Identity
+from ..attempt.launch import package_root
+from ..job.raynodes import node_resource
+from .forkserver import die_with_parent
+from .redis_store import RedisStore
+
+log = logging.getLogger("gpuqueue.worker")
+
+JOIN_WAIT_S = float(os.environ.get("GPUQUEUE_RAY_JOIN_WAIT_S", "60"))  # a join waits this long for the head
+MARK = "GPUQUEUE_RAY_DIR"  # in the environment of every process of the job's Ray on a node
+
+
+def shared_ray(environ: Optional[dict[str, str]] = None) -> bool:
+    """Whether this worker was given a shared Ray cluster (the multi-node jobs then use it)."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("RAY_ADDRESS") or env.get("GPUQUEUE_RAY_ADDRESS"))
+
+
+def cluster_secret(store: RedisStore) -> bytes:
+    """The queue's secret for Ray tokens: made once (SET NX), read from the store afterwards."""
+    key = store.k("ray-secret")
+    store.r.set(key, secrets.token_hex(32), nx=True)
+    value = store.r.get(key)
+    if not value:
+        raise RuntimeError("the store has no ray-secret")
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def attempt_token(secret: bytes, job_id: str, attempt: int) -> str:
+    """The Ray token of one attempt (every node of its gang derives the same)."""
+    return hmac.new(secret, f"ray:{job_id}:{attempt}".encode(), hashlib.sha256).hexdigest()
+
+
+def node_ip(store: RedisStore) -> str:
+    """The address other nodes reach this one at: ``$GPUQUEUE_RAY_NODE_IP``, else the local
+    address of a route to the store's host."""
+    ip = os.environ.get("GPUQUEUE_RAY_NODE_IP")
+    if ip:
+        return ip
+    kw = store.r.connection_pool.connection_kwargs
+    host = kw.get("host")
+    if host:
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect((socket.gethostbyname(str(host)), int(kw.get("port") or 6379)))
+                return str(s.getsockname()[0])
+        except OSError:
+            pass
+    return socket.gethostbyname(socket.gethostname())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return int(s.getsockname()[1])
+
+
+def head_key(store: RedisStore, job_id: str, attempt: int) -> str:
+    return store.k("rayhead", job_id, attempt)
+
+
+class RayNodes:
+    """The worker's side of the jobs' own Ray clusters (one per multi-node attempt)."""
+
+    def __init__(self, store: RedisStore, node: str, identity: Callable[[str], Optional[Identity]],
+                 stop: threading.Event, state_dir: Path, poll_s: float = 0.5):
+        self.store = store
+        # the private folders made here, one file each (name: the folder's, content: its uid), so
+        # that a worker killed outright ends their Ray and removes them when it starts again
+        self.made = state_dir / "ray-folders"
+        self.node = node
+        self.identity = identity  # job id -> the identity its owner's jobs run as here
+        self.stop = stop
+        self.poll_s = poll_s
+        self._lock = threading.Lock()
+        self._joins: set[tuple[str, int]] = set()
+
+    def sweep(self) -> int:
+        """At start: end the Ray and remove the folder of every attempt a former worker of this
+        state folder left (killed outright). Returns how many."""
+        try:
+            names = os.listdir(self.made)
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            try:
+                uid = int((self.made / name).read_text().strip())
+            except (OSError, ValueError):
+                uid = -1
+            if name.startswith("gqr-") and uid >= 0:
+                end_ray(Path("/tmp") / name, uid, None)
+            (self.made / name).unlink(missing_ok=True)
+        return len(names)
+
+    def _forget(self, folder: Path) -> None:
+        try:
+            (self.made / folder.name).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+    # -- shared by both sides -------------------------------------------------------------
+    def _private(self, job_id: str, attempt: int, ident: Optional[Identity]) -> Path:
+        """The attempt's private folder on this node, with its token file (the owner's, 700/600)."""
+        folder = Path(tempfile.mkdtemp(prefix="gqr-", dir="/tmp"))  # Ray's socket paths stay short
+        os.chmod(folder, 0o700)
+        self.made.mkdir(mode=0o700, exist_ok=True)
+        (self.made / folder.name).write_text(str(ident.uid if ident else os.geteuid()))
+        token = attempt_token(cluster_secret(self.store), job_id, attempt)
+        fd = os.open(folder / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, token.encode())
+        finally:
+            os.close(fd)
+        if ident is not None:
+            os.chown(folder / "token", ident.uid, ident.gid)
+            os.chown(folder, ident.uid, ident.gid)
+        return folder
+
+    def _fence_holds(self, job_id: str, attempt: int, head: str) -> bool:
+        return self.store.r.get(self.store.k("fence", job_id)) == f"{attempt}:{head}"
+
+    def _watch(self, job_id: str, attempt: int, head: str, folder: Path, uid: int,
+               proc: Optional[subprocess.Popen[bytes]] = None) -> None:
+        """Until the attempt is over here, then end its Ray processes on this node and remove the
+        folder. Runs in the thread that started ``proc``: its death signal (``PR_SET_PDEATHSIG``)
+        comes when that thread ends."""
+        try:
+            while not self.stop.wait(self.poll_s):
+                try:
+                    if not self._fence_holds(job_id, attempt, head):
+                        break
+                except Exception:  # noqa: BLE001 - the store away: the attempt goes on meanwhile
+                    continue
+        finally:
+            n = end_ray(folder, uid, proc)
+            self._forget(folder)
+            if head == self.node:  # the head's address is of no use any more
+                try:
+                    self.store.r.delete(head_key(self.store, job_id, attempt))
+                except Exception:  # noqa: BLE001 - it expires in a day anyway
+                    pass
+            log.info("attempt %s/%s: its Ray on %s ended (%d processes), its folder removed", job_id, attempt,
+                     self.node, n)
+            with self._lock:
+                self._joins.discard((job_id, attempt))
+
+    # -- the first node -------------------------------------------------------------------
+    def head(self, job_id: str, attempt: int, ident: Optional[Identity]) -> dict[str, str]:
+        """Prepare the head of the attempt's own Ray on this (its first) node; the launcher's
+        environment additions. The head's address is published for the other nodes."""
+        folder = self._private(job_id, attempt, ident)
+        address = f"{node_ip(self.store)}:{_free_port()}"
+        try:
+            self.store.exec([["SET", head_key(self.store, job_id, attempt), address, "EX", "86400"]],
+                            guards=[(self.store.k("fence", job_id), f"{attempt}:{self.node}")])
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            self._forget(folder)
+            raise
+        threading.Thread(target=self._watch, args=(job_id, attempt, self.node, folder,
+                                                   ident.uid if ident else os.geteuid()),
+                         name=f"rayhead-{job_id}-{attempt}", daemon=True).start()
+        return {"GPUQUEUE_RAY_HEAD": address, MARK: str(folder), "RAY_AUTH_MODE": "token",
+                "RAY_AUTH_TOKEN_PATH": str(folder / "token"), "RAY_USAGE_STATS_ENABLED": "0",
+                "GPUQUEUE_RAY_JOIN_WAIT_S": f"{JOIN_WAIT_S:g}"}  # the launcher waits as long as the joins
+
+    # -- the other nodes ------------------------------------------------------------------
+    def join(self, msg: dict[str, Any]) -> str:
+        """A ``ray_join`` message: join the attempt's Ray (in a thread of its own)."""
+        if shared_ray():
+            return "shared Ray"
+        job_id, attempt = msg["job_id"], int(msg["attempt"])
+        with self._lock:
+            if (job_id, attempt) in self._joins:
+                return "already joined"
+            self._joins.add((job_id, attempt))
+        threading.Thread(target=self._join, args=(msg,), name=f"rayjoin-{job_id}-{attempt}", daemon=True).start()
+        return "joining"
+
+    def _join(self, msg: dict[str, Any]) -> None:
+        job_id, attempt, head = msg["job_id"], int(msg["attempt"]), msg["head"]
+        folder: Optional[Path] = None
+        uid = os.geteuid()
+        try:
+            if not self._fence_holds(job_id, attempt, head):
+                log.info("attempt %s/%s: not joining its Ray: the attempt is over", job_id, attempt)
+                with self._lock:
+                    self._joins.discard((job_id, attempt))
+                return
+            ident = self.identity(job_id)
+            uid = ident.uid if ident else uid
+            folder = self._private(job_id, attempt, ident)
+            deadline = time.monotonic() + JOIN_WAIT_S
+            address = self._wait_head(job_id, attempt, head, deadline)
+            if address is None:
+                raise RuntimeError(f"the Ray head on {head} did not come up in {JOIN_WAIT_S:g} s")
+            proc = self._start(address, folder, ident, msg)
+            # the head may not have been up (its port open, Ray not yet ready): start again, within the wait
+            while proc.poll() is not None or not self._wait_exit(proc, 3.0):
+                if time.monotonic() > deadline or not self._fence_holds(job_id, attempt, head):
+                    raise RuntimeError(f"ray start --address {address} exited with code {proc.returncode}: "
+                                       f"{_tail(folder / 'ray.log')}")
+                time.sleep(1)
+                proc = self._start(address, folder, ident, msg)
+            log.info("attempt %s/%s: this node joined its Ray at %s as uid %d (pid %d)", job_id, attempt, address,
+                     uid, proc.pid)
+        except Exception as e:  # noqa: BLE001 - the launcher says the node did not join; why is here
+            log.warning("attempt %s/%s: this node cannot join the job's Ray: %s", job_id, attempt, e)
+            if folder is not None:
+                end_ray(folder, uid, None)
+                self._forget(folder)
+            with self._lock:
+                self._joins.discard((job_id, attempt))
+            return
+        self._watch(job_id, attempt, head, folder, uid, proc)
+
+    def _wait_head(self, job_id: str, attempt: int, head: str, deadline: float) -> Optional[str]:
+        """The head's address once it is published and its port answers; None: not in time, or
+        the attempt is over."""
+        while time.monotonic() < deadline and not self.stop.is_set():
+            v = self.store.r.get(head_key(self.store, job_id, attempt))
+            if v:
+                address = v if isinstance(v, str) else bytes(v).decode()
+                ip, port = address.rsplit(":", 1)
+                try:
+                    with socket.create_connection((ip, int(port)), timeout=1):
+                        return address
+                except OSError:
+                    pass
+            if not self._fence_holds(job_id, attempt, head):
+                return None
+            time.sleep(0.3)
+        return None
+
+    @staticmethod
+    def _wait_exit(proc: subprocess.Popen[bytes], seconds: float) -> bool:
+        """Whether ``proc`` still runs after ``seconds``."""
+        try:
+            proc.wait(seconds)
+        except subprocess.TimeoutExpired:
+            return True
+        return False
+
+    def _start(self, address: str, folder: Path, ident: Optional[Identity], msg: dict[str, Any]) -> subprocess.Popen[bytes]:
+        spec = msg.get("spec") or {}
+        user_env = spec.get("env") or {}
+        python = spec.get("python") or sys.executable
+        path = os.pathsep.join(p for p in (package_root(), user_env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))) if p)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": str(folder),
+               "USER": (ident.account or ident.user) if ident else os.environ.get("USER", ""),
+               "LANG": os.environ.get("LANG", "C.UTF-8"), "RAY_AUTH_MODE": "token",
+               "RAY_AUTH_TOKEN_PATH": str(folder / "token"), "RAY_USAGE_STATS_ENABLED": "0", MARK: str(folder)}
+        argv = [python, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats", "--address", address,
+                "--node-ip-address", node_ip(self.store), "--num-gpus", str(len(msg.get("devices") or [])),
+                "--resources", json.dumps({node_resource(self.node): 1}), "--temp-dir", str(folder / "ray")]
+        kw: dict[str, Any] = {}
+        if ident is not None:
+            kw = {"user": ident.uid, "group": ident.gid, "extra_groups": []}
+        out = open(folder / "ray.log", "ab")
+        try:
+            if ident is not None:
+                os.fchown(out.fileno(), ident.uid, ident.gid)
+            return subprocess.Popen(argv, env=env, cwd=str(folder), stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    preexec_fn=lambda: die_with_parent(signal.SIGKILL), **kw)
+        finally:
+            out.close()
+
+
+def _tail(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-1500:]
+    except OSError:
+        return ""
+
+
+def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]]) -> int:
+    """Kill the Ray processes of ``folder`` (uid ``uid``, its mark in their environment), then
+    remove the folder. Returns how many processes were killed."""
+    victims: list[psutil.Process] = []
+    if proc is not None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    mark = f"{MARK}={folder}".encode()
+    for _ in range(3):  # what was forked meanwhile, too
+        found = 0
+        for p in psutil.process_iter(["uids"]):
+            try:
+                if p.info["uids"] is None or p.info["uids"].real != uid or p.pid == os.getpid():
+                    continue
+                with open(f"/proc/{p.pid}/environ", "rb") as f:
+                    if mark not in f.read().split(b"\0"):
+                        continue
+                p.kill()
+                victims.append(p)
+                found += 1
+            except (psutil.Error, OSError):
+                continue
+        if not found:
+            break
+    psutil.wait_procs(victims, timeout=5)
+    if proc is not None:
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    for _ in range(10):  # a Ray process killed a moment ago may still have written there
+        shutil.rmtree(folder, ignore_errors=True)
+        if not os.path.lexists(folder):
+            break
+        time.sleep(0.2)
+    return len(victims)
+
+
+__all__ = ["RayNodes", "attempt_token", "cluster_secret", "end_ray", "shared_ray"]

@@ -1,0 +1,224 @@
+"""Multi-node jobs on a Ray cluster of their own (gpuqueue.cluster.rayjob): root workers with
+per-user identities and no shared Ray (no RAY_ADDRESS). A ``--nodes 2`` job's ranks run under
+its owner's uid on both nodes; another user's job given the head's address is refused for the
+token; the token is in no record, event, log or command line; cancel leaves no process of the
+owner's uid and no private folder."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import hmac
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import psutil
+import pytest
+import redis as redislib
+
+from helpers.servers import RedisServer, free_port, wait_until
+from training.jobs import logs
+
+from .conftest import Cluster, shipped_acl
+from .test_isolation import PASSWORDS, job_python
+
+pytest.importorskip("ray")
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
+
+RANKS = r'''
+import json, os, sys, time
+with open(sys.argv[2], "a") as f:
+    f.write("RANKSEEN " + json.dumps({"rank": int(os.environ["RANK"]), "uid": os.getuid(),
+                                      "node": os.environ["GPUQUEUE_NODE"]}) + "\n")
+time.sleep(float(sys.argv[1]))
+'''
+
+INTRUDER = r'''
+import os, sys
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.join(os.environ["GPUQUEUE_ATTEMPT_DIR"], "token")
+open(os.environ["RAY_AUTH_TOKEN_PATH"], "w").write("f" * 64)
+import ray
+try:
+    ray.init(address=sys.argv[1], logging_level="ERROR")
+    print("INTRUDER-IN", ray.get(ray.remote(lambda: os.getuid()).remote()), flush=True)
+except Exception as e:
+    print("INTRUDER-REFUSED", type(e).__name__, str(e)[:200], flush=True)
+'''
+
+
+@pytest.fixture
+def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    for k in ("RAY_ADDRESS", "GPUQUEUE_RAY_ADDRESS"):
+        monkeypatch.delenv(k, raising=False)  # no shared Ray: each multi-node attempt gets its own
+    root = Path(tempfile.mkdtemp(prefix="gq-rayown-"))
+    root.chmod(0o711)
+    (root / "redis").mkdir(mode=0o700)
+    redis = RedisServer(root / "redis", password=PASSWORDS["admin"],  # the shipped ACL users: one per process
+                        conf=shipped_acl({r: PASSWORDS[r] for r in ("scheduler", "api", "worker")})).start()
+    first = 62000 + 50 * random.randrange(60)  # uids of its own: other clusters on this machine count from 61184
+    c = Cluster(root / "cluster", redis, {"n1": 1, "n2": 1}, worker_args=("--uid-range", f"{first}-{first + 49}"))
+    c.role_urls = {r: f"redis://gpuqueue-{r}:{PASSWORDS[r]}@127.0.0.1:{redis.port}/0"
+                   for r in ("scheduler", "api", "worker")}
+    c.root.chmod(0o755)
+    (c.root / "ranks.py").write_text(RANKS)
+    (c.root / "intruder.py").write_text(INTRUDER)
+    (c.root / "marks").mkdir(mode=0o777)
+    (c.root / "marks").chmod(0o777)  # the ranks (the owner's uid) write there
+    try:
+        yield c.start()
+    finally:
+        c.close()
+        redis.stop()
+        for d in glob.glob("/tmp/gqr-*"):  # a failed test's (its workers killed): this range's uids only
+            if first <= os.stat(d).st_uid < first + 50:
+                shutil.rmtree(d, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _seen(text: str) -> list[dict]:
+    return sorted((json.loads(m) for m in re.findall(r"RANKSEEN (\{.*?\})", text)), key=lambda r: r["rank"])
+
+
+def _uid_of(c: Cluster, job: str, user: str) -> int:
+    logs_ = c.log("worker-n1") + c.log("worker-n2")
+    m = re.search(rf"attempt {job}/1 started: .* as uid (\d+) \(user {user}\)", logs_)
+    assert m, logs_[-3000:]
+    return int(m.group(1))
+
+
+def _procs_of(uid: int) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["uids", "status"]):
+        try:
+            if p.info["uids"].real == uid and p.info["status"] != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except (psutil.Error, TypeError):
+            continue
+    return out
+
+
+def _folders_of(uid: int) -> list[str]:
+    return [d for d in glob.glob("/tmp/gqr-*") if os.path.isdir(d) and os.stat(d).st_uid == uid]
+
+
+@needs_root
+def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluster) -> None:
+    c = cluster
+    py, libs = job_python()
+    backend = str(Path(__file__).resolve().parents[2] / "backend")
+    env = {"PYTHONPATH": os.pathsep.join([backend, libs])}
+    root = c.client("root")
+    marks = c.root / "marks" / "ranks.txt"
+    spec = {"kind": "command", "gpus": 2, "nodes": 2, "retries": 0, "python": py, "env": env}
+    job = c.client("alice").submit(dict(spec, command=[py, str(c.root / "ranks.py"), "600", str(marks)]))["id"]
+
+    def both_up() -> object:
+        j = root.get(job)
+        if j["state"] in ("failed", "succeeded", "cancelled"):
+            raise AssertionError(f"{j['state']}: {j.get('error')}\n{logs(root.events(job))[-3000:]}\n"
+                                 f"{c.log('worker-n1')[-2000:]}\n{c.log('worker-n2')[-2000:]}")
+        seen = _seen(marks.read_text() if marks.exists() else "")
+        return len(seen) == 2 and seen
+
+    seen = wait_until(both_up, 180, 0.5, "both ranks up")
+    alice = _uid_of(c, job, "alice")
+    placement = root.get(job)["attempts"][-1]["placement"]
+    assert {r["node"] for r in seen} == set(placement) == {"n1", "n2"}
+    assert [r["uid"] for r in seen] == [alice, alice], (seen, alice)  # before: the Ray nodes' user
+    assert len(_folders_of(alice)) == 2  # one private folder per node
+
+    # another user's job given the head's address: refused for the token
+    r = redislib.Redis.from_url(c.redis.url, decode_responses=True)
+    address = r.get(f"gq:rayhead:{job}:1")
+    assert address
+    bob = c.client("bob").submit({"kind": "command", "gpus": 0, "retries": 0, "python": py, "env": env,
+                                  "command": [py, str(c.root / "intruder.py"), address]})["id"]
+    c.wait_done([bob], 120)
+    said = logs(root.events(bob))
+    assert "INTRUDER-REFUSED" in said and "INTRUDER-IN" not in said, said[-3000:]
+    assert "InvalidAuthToken" in said, said[-3000:]  # refused for the token, not for want of Ray
+
+    # the token is nowhere but in the owner's files
+    token = hmac.new(r.get("gq:ray-secret").encode(), f"ray:{job}:1".encode(), hashlib.sha256).hexdigest()
+    for p in psutil.process_iter():
+        try:
+            assert token not in " ".join(p.cmdline()), p
+        except psutil.Error:
+            pass
+    assert token not in json.dumps(root.get(job)) + json.dumps(root.events(job))
+    assert token not in c.log("worker-n1") + c.log("worker-n2") + c.log("daemon")
+    for key in r.scan_iter("gq:*"):
+        if r.type(key) == "string" and key != "gq:ray-secret":
+            raw = r.get(key)
+            assert raw is None or token not in raw, key
+    assert all(stat.st_mode & 0o077 == 0 for stat in (os.stat(os.path.join(d, "token")) for d in _folders_of(alice)))
+
+    # cancel: no process of alice's uid, no private folder left
+    root.cancel(job)
+    assert c.wait_done([job], 60)[job]["state"] == "cancelled"
+    try:
+        wait_until(lambda: not _procs_of(alice) and not _folders_of(alice) and r.get(f"gq:rayhead:{job}:1") is None,
+                   60, 0.5, "no process of the owner's uid, no private folder, no head address")
+    except AssertionError:
+        left = [(p.pid, " ".join(p.cmdline())[:200]) for p in _procs_of(alice)]
+        raise AssertionError((left, _folders_of(alice), r.get(f"gq:rayhead:{job}:1"), c.log("worker-n1")[-1500:],
+                              c.log("worker-n2")[-1500:])) from None
+
+    # a node of the gang lost (the second node's worker killed -9, alone): the gang is requeued;
+    # no process of the job's Ray is left on either node; the next worker there removes the folder
+    marks.unlink()
+    gang = c.client("alice").submit(dict(spec, command=[py, str(c.root / "ranks.py"), "600", str(marks)]))["id"]
+    wait_until(lambda: len(_seen(marks.read_text() if marks.exists() else "")) == 2, 120, 0.5, "both ranks up")
+    head = root.get(gang)["attempts"][-1]["node"]
+    other = "n2" if head == "n1" else "n1"
+    folders = _folders_of(alice)
+    c.kill(f"worker-{other}")
+    wait_until(lambda: root.get(gang)["attempts"][0]["outcome"] == "lost", 30, 0.2, "the gang's attempt lost")
+    root.cancel(gang)
+    wait_until(lambda: not _procs_of(alice), 60, 0.5, "no process of the owner's uid")
+    c.start_worker(other)
+    wait_until(lambda: not any(os.path.exists(f) for f in folders), 30, 0.5, "no private folder")
+
+
+def test_a_node_that_does_not_join_fails_the_attempt_with_a_message_and_the_head_ends(tmp_path: Path) -> None:
+    """The launcher's side alone (this test's own user): its head starts, the gang's other node
+    never joins; after the wait the launcher says which node did not join, and its head is gone."""
+    folder = Path(tempfile.mkdtemp(prefix="gqr-", dir="/tmp"))
+    try:
+        (folder / "token").write_text(os.urandom(32).hex())
+        env = dict(os.environ, GPUQUEUE_RAY_HEAD=f"127.0.0.1:{free_port()}", GPUQUEUE_RAY_DIR=str(folder),
+                   RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(folder / "token"), RAY_USAGE_STATS_ENABLED="0",
+                   GPUQUEUE_RAY_JOIN_WAIT_S="3", PYTHONPATH=os.pathsep.join(sys.path))
+        env.pop("RAY_ADDRESS", None)
+        probe = ("import sys; from gpuqueue.job.raynodes import run_pinned; "
+                 "sys.exit(run_pinned({'n1': [0], 'n9': [0]}, ['true'], None))")
+        p = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+        assert p.returncode == 1, p.stderr[-2000:]
+        assert "gpuqueue: the Ray node of n9 did not join the job's Ray in 3 s (the worker log of n9 says why)" \
+            in p.stderr, p.stderr[-2000:]
+        assert "Traceback" not in p.stderr, p.stderr[-2000:]
+        mark = f"GPUQUEUE_RAY_DIR={folder}".encode()
+
+        def marked() -> list[int]:
+            out = []
+            for pid in psutil.pids():
+                try:
+                    with open(f"/proc/{pid}/environ", "rb") as f:
+                        if mark in f.read().split(b"\0"):
+                            out.append(pid)
+                except OSError:
+                    continue
+            return out
+
+        wait_until(lambda: not marked(), 30, 0.5, "the job's Ray head and its processes ended")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
