@@ -233,7 +233,8 @@ class ClusterFrontend:
         return deleted_answer(job, ["record", "events", "logs", "results", "payload"],
                               note="its checkpoints on the workers' shared root (if any) are deleted at the workers' "
                                    "next shared sweep (gpuqueue worker --shared-sweep), and stop counting against "
-                                   "max_shared_gb then")
+                                   "max_shared_gb then; its folders on the nodes' own disks at their next local "
+                                   "sweep (--local-sweep)")
 
     async def preempt(self, caller: Caller, job_id: str) -> JobRecord:
         """Admin: preempt a running job now (it checkpoints, stops and is queued again)."""
