@@ -30,7 +30,7 @@ from gpuqueue.rest import handlers as rest
 log = logging.getLogger("gpuqueue.jupyter")  # the extension's own lines (app.py)
 
 API = "/gpuqueue/api"
-_VERBS = ("get", "post")
+_VERBS = ("get", "post", "delete")
 
 
 class JupyterAuth(APIHandler):

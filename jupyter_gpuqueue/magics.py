@@ -425,7 +425,7 @@ class GPUQueueMagics(Magics):
     # -- %gpuqueue --------------------------------------------------------------------------
     @line_magic
     def gpuqueue(self, line: str) -> Any:
-        """``%gpuqueue list | status ID | logs ID | cancel ID | attach ID | result ID | preempt ID``"""
+        """``%gpuqueue list | status ID | logs ID | cancel ID | rm ID [ID ...] | attach ID | result ID | preempt ID``"""
         parts = shlex.split(line)
         if not parts:
             raise UsageError(_GPUQUEUE_USAGE)
@@ -492,6 +492,18 @@ class GPUQueueMagics(Magics):
         else:
             print(f"{job['id']}: {state}")
 
+    def _cmd_rm(self, *job_ids: str) -> None:
+        """Delete finished jobs (``gpuqueue rm``): a line for each, deleted or why not."""
+        if not job_ids:
+            raise TypeError("no job id")
+        for job_id, out, err in self.client.delete_jobs(job_ids):
+            if err is not None:
+                print(f"{job_id}: not deleted: {err}", file=sys.stderr)
+            else:
+                assert out is not None
+                note = f"; {out['note']}" if out.get("note") else ""
+                print(f"{out['id']}: deleted ({', '.join(out.get('deleted') or [])}){note}")
+
     def _cmd_preempt(self, job_id: str) -> None:
         self.client.preempt(job_id)
         print(f"{job_id}: preempting: it is asked to stop, then queued again; it goes on from its "
@@ -528,7 +540,7 @@ class GPUQueueMagics(Magics):
 
 
 _GPUQUEUE_USAGE = (
-    "usage: %gpuqueue list [--all] | status ID | logs ID | cancel ID | attach ID | result ID | "
+    "usage: %gpuqueue list [--all] | status ID | logs ID | cancel ID | rm ID [ID ...] | attach ID | result ID | "
     "preempt ID | checkpoints ID | dashboard [--all]"
 )
 

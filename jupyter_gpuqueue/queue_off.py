@@ -34,7 +34,7 @@ class QueueOff:
         """Refused: the queue is off."""
         raise Unavailable(self.message)
 
-    submit = list_jobs = get_job = cancel = preempt = events = result = summary = _off
+    submit = list_jobs = get_job = cancel = delete_job = preempt = events = result = summary = _off
 
     async def follow(self, *args: Any, **kwargs: Any) -> AsyncIterator[Optional[Event]]:
         """Refused: the queue is off (an async generator, as the other services' is)."""

@@ -119,6 +119,10 @@ class RemoteService:
     async def cancel(self, caller: Caller, job_id: str) -> JobRecord:
         return JobRecord.model_validate(await self._call("POST", f"jobs/{job_id}/cancel"))
 
+    async def delete_job(self, caller: Caller, job_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = await self._call("DELETE", f"jobs/{job_id}")
+        return out
+
     async def preempt(self, caller: Caller, job_id: str) -> JobRecord:
         return JobRecord.model_validate(await self._call("POST", f"jobs/{job_id}/preempt"))
 

@@ -192,7 +192,9 @@ state folder). Finished jobs stay in it for `keep_finished` / `gpuqueue schedule
   not copied there: it stays on its node (an attempt elsewhere resumes from an older one), and
   the job gets a warning naming the checkpoint, its size, what the user's jobs take there and
   the knob. Rotated-away checkpoints and swept jobs give their room back (docs/deploy.md,
-  "Shared storage for checkpoints").
+  "Shared storage for checkpoints"); a user frees room at once with `gpuqueue rm JOB_ID ...`,
+  which deletes finished jobs (their checkpoints leave the root at the next shared sweep), as it
+  frees room within `max_results_mb`, `max_logs_mb` and `max_finished` (docs/user-guide.md).
 
 ```
 gpuqueue: job j-1a2b3c4d5e6f: its results (150.0 MB) were dropped to make room for newer ones: your stored results are kept within 2048 MB (max_results_mb in the queue config); fetch results soon after a job ends, or save big objects to shared storage and return their path

@@ -2,6 +2,7 @@
 
     gpuqueue submit [--gpus N --priority high ...] -- python train.py   # prints the job id
     gpuqueue ls (or list) | show ID | logs [-f] ID | checkpoints ID | cancel ID | wait ID | preempt ID
+    gpuqueue rm ID [ID ...]   # delete finished jobs and what they keep (logs, results, checkpoints)
     gpuqueue simulate TRACE.csv --cluster prod=64x8 ...
 """
 
@@ -185,6 +186,20 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rm(args: argparse.Namespace) -> int:
+    """Delete finished jobs: one line per job (deleted, or why not); 1 if any was not deleted."""
+    failed = 0
+    for job_id, out, err in _client().delete_jobs(args.ids):
+        if err is not None:
+            failed += 1
+            print(printable(f"{job_id}: not deleted: {err}"), file=sys.stderr)
+            continue
+        assert out is not None
+        note = f"; {out['note']}" if out.get("note") else ""
+        print(printable(f"{out['id']}: deleted ({', '.join(out.get('deleted') or [])}){note}"))
+    return 1 if failed else 0
+
+
 def cmd_preempt(args: argparse.Namespace) -> int:
     job = _client().preempt(args.id)
     print(printable(job["id"]) + ": preempting (it will checkpoint, stop and be queued again)")
@@ -291,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=helptext)
         s.add_argument("id")
         s.set_defaults(fn=fn)
+    s = sub.add_parser("rm", help="delete finished jobs and what they keep (logs, results, checkpoints), freeing "
+                       "your max_results_mb, max_logs_mb and max_shared_gb")
+    s.add_argument("ids", nargs="+", metavar="ID")
+    s.set_defaults(fn=cmd_rm)
     s = sub.add_parser("logs", help="a job's output; its state changes and warnings on stderr")
     s.add_argument("-f", "--follow", action="store_true", help="go on until the job ends")
     s.add_argument("id")

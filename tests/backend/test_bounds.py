@@ -20,6 +20,7 @@ def test_the_oldest_results_go_first_until_the_new_one_fits() -> None:
     assert oldest_to_drop(kept, 6 * MB + 1, 6) is None  # over the whole limit: only it is not kept
     assert oldest_to_drop({}, 0, 0.001) == []
     assert "max_results_mb" in dropped_for_newer(3 * MB, 2048) and "2048 MB" in dropped_for_newer(3 * MB, 2048)
+    assert "delete finished jobs you no longer need (`gpuqueue rm JOB_ID`)" in dropped_for_newer(3 * MB, 2048)
     assert "over the 4 MB" in too_big_to_keep(5 * MB, 4)
 
 
@@ -48,6 +49,7 @@ def test_a_job_whose_logs_were_dropped_reads_as_a_notice_and_its_records_that_st
     shown = visible_events(job, evs, True)
     assert shown[0].seq == 0 and shown[0].type == "log" and shown[0].data["stream"] == "stderr"
     assert "300.0 MB" in shown[0].data["line"] and "within 4096 MB (max_logs_mb in the queue config)" in shown[0].data["line"]
+    assert "Delete finished jobs you no longer need (`gpuqueue rm JOB_ID`)" in shown[0].data["line"]
     assert [e.type for e in shown[1:]] == ["state", "checkpoint", "state"]
     assert [e.type for e in visible_events(job, evs[4:], False)] == ["checkpoint", "state"]  # a later page: no notice again
 

@@ -41,6 +41,14 @@ def test_server_extension_forwards_to_the_api_service(cluster_factory, jupyter_s
     assert any(e["type"] == "log" and e["data"]["line"].startswith("hello from") for e in events)
     c.assert_once([job["id"]])
 
+    # `gpuqueue rm` through alice's server: her finished job deleted in the cluster; bob's is a 404
+    r = server.api("DELETE", f"gpuqueue/api/jobs/{bobs}")
+    assert r.status_code == 404 and r.json()["message"].startswith(f"no job '{bobs}'"), r.text
+    r = server.api("DELETE", f"gpuqueue/api/jobs/{job['id']}")
+    assert r.status_code == 200 and r.json()["id"] == job["id"] and "shared sweep" in r.json()["note"], r.text
+    assert job["id"] not in {j["id"] for j in server.client().list()}
+    assert c.client("alice").delete_jobs([job["id"]])[0][2] is not None  # gone in the cluster too
+
     # the API service's 503 reaches the user as a 503 that names the cause
     c.redis.kill()
     r = server.api("GET", "gpuqueue/api/jobs")

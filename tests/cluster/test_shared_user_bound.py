@@ -62,6 +62,7 @@ def test_a_users_jobs_together_stay_within_max_shared_gb_and_the_sweep_gives_the
     assert "checkpoint default/step-000000001 (0.6 MB) is not copied to the shared root" in msg, msg
     assert "your jobs' checkpoints there take 0.6 MB of your 1 MB (max_shared_gb in the queue config)" in msg, msg
     assert "stays on node n1 only" in msg and "--shared-max-gb" not in msg, msg
+    assert "delete those you no longer need with `gpuqueue rm JOB_ID ...`" in msg, msg
     assert on_root(second) == []
     wait_until(lambda: copied("bob", bobs), 60, 0.1, "bob's checkpoint on the root")  # his own count
     assert on_root(bobs) == ["step-000000001"]

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
@@ -55,3 +56,32 @@ def test_a_jupyterlab_terminal_has_the_servers_url_and_token(jupyter_server):
     out = asyncio.run(run_in_terminal()).split("gpuqueue.cli ls", 1)[-1]
     assert "EXIT:0" in out and "STATE" in out and "no gpuqueue server" not in out, out
     jupyter_server.api("DELETE", f"api/terminals/{name}")
+
+
+def test_rm_deletes_finished_jobs_from_the_cli_and_the_magic(jupyter_server):
+    """`gpuqueue rm ID ...`: a line for each job, deleted or why not, and exit 1 if any was not;
+    `%gpuqueue rm ID` in a notebook the same. The jobs are then gone from `gpuqueue ls`."""
+    c = jupyter_server.client()
+    ids = [c.submit({"kind": "command", "command": [sys.executable, "-c", "print(1)"]})["id"] for _ in range(3)]
+    held = c.submit({"kind": "command", "command": [sys.executable, "-c", "import time; time.sleep(60)"]})["id"]
+    for job_id in ids:
+        while c.get(job_id)["state"] not in ("succeeded", "failed"):
+            time.sleep(0.1)
+    r = _cli(jupyter_server, "rm", ids[0], ids[1], "j-000000000000")
+    assert r.returncode == 1, r
+    assert r.stdout.splitlines() == [f"{i}: deleted (record, events, logs, results, payload, checkpoints)"
+                                     for i in ids[:2]], r.stdout
+    assert r.stderr.startswith("j-000000000000: not deleted: no job 'j-000000000000'"), r.stderr
+    listed = _cli(jupyter_server, "ls").stdout
+    assert ids[0] not in listed and ids[1] not in listed and ids[2] in listed, listed
+    r = _cli(jupyter_server, "rm", held)
+    assert r.returncode == 1 and f"cancel it first: gpuqueue cancel {held}" in r.stderr, r
+
+    k = jupyter_server.start_kernel()
+    assert k.run("%load_ext jupyter_gpuqueue").error is None
+    out = k.run(f"%gpuqueue rm {ids[2]} {held}")
+    assert out.error is None, out.text
+    assert out.stdout == f"{ids[2]}: deleted (record, events, logs, results, payload, checkpoints)\n", out.text
+    assert f"{held}: not deleted: job {held} is " in out.stderr and "cancel it first" in out.stderr, out.text
+    assert [j["id"] for j in c.list()] == [held]
+    c.cancel(held)

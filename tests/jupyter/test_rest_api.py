@@ -238,3 +238,60 @@ async def test_result_of_a_cell_job_round_trips(api):
     assert (await api("GET", "jobs", job["id"], user="boss"))[0] == 200
     code, err = await api("GET", "jobs", job["id"], "result", user="boss")
     assert code == 403 and f"the results of job {job['id']} are alice's" in err["message"], (code, err)
+
+
+async def test_a_user_deletes_her_finished_jobs_and_only_those(api, service):
+    """``DELETE /jobs/ID`` (`gpuqueue rm`): the owner or an admin deletes a finished job, its record,
+    events, results and folder (checkpoints); a queued or running one is refused naming cancel, as is
+    one that a live job of hers resumes from; another user's is the 404 of a missing job."""
+    from gpuqueue.attempt.jobdir import job_dir
+    from gpuqueue.job.payload import build_payload
+
+    save = "import gpuqueue; gpuqueue.Checkpointer().save(1, {'w': 1.5}); print('saved')"
+    _, saved = await api("POST", "jobs", body=command(save))
+    payload, inputs, outputs = build_payload("y = 2", {}, inputs=[], outputs=["y"])
+    _, cell = await api("POST", "jobs", body={"spec": {"kind": "cell", "inputs": inputs, "outputs": outputs,
+                                                       "python": sys.executable},
+                                              "payload_b64": base64.b64encode(payload).decode()})
+    _, bobs = await api("POST", "jobs", user="bob", body=command("print(1)"))
+    for job, user in ((saved, "alice"), (cell, "alice"), (bobs, "bob")):
+        assert (await wait_state(api, job["id"], {"succeeded", "failed"}, user=user))["state"] == "succeeded"
+    folder = job_dir(service.state_dir, saved["id"])
+    assert list(folder.glob("**/step-*")), "the checkpoint"
+
+    # running (holds both GPUs), and queued behind it resuming from `saved`: 409, cancel first
+    _, running = await api("POST", "jobs", body=command("import time; time.sleep(60)", gpus=2))
+    await wait_state(api, running["id"], {"running"})
+    _, queued = await api("POST", "jobs", body=command("print(1)", gpus=2, resume_from=saved["id"]))
+    assert queued["state"] == "queued", queued
+    for job in (running, queued):
+        code, err = await api("DELETE", "jobs", job["id"])
+        assert code == 409 and f"cancel it first: gpuqueue cancel {job['id']}" in err["message"], (code, err)
+    code, err = await api("DELETE", "jobs", saved["id"])
+    assert code == 409 and f"job {saved['id']} is not deleted" in err["message"], err
+    assert f"{queued['id']} resume from its checkpoints (--resume-from {saved['id']})" in err["message"], err
+
+    # another user's job: exactly the answer of a job that does not exist
+    code, err = await api("DELETE", "jobs", saved["id"], user="bob")
+    code0, err0 = await api("DELETE", "jobs", "j-000000000000", user="bob")
+    assert (code, code0) == (404, 404) and err["message"] == err0["message"].replace("j-000000000000", saved["id"])
+    assert (await api("GET", "jobs", saved["id"]))[0] == 200
+
+    await api("POST", "jobs", queued["id"], "cancel")
+    for job in (saved, cell):
+        code, out = await api("DELETE", "jobs", job["id"])
+        assert code == 200 and out["id"] == job["id"] and out["owner"] == "alice", out
+        assert out["deleted"] == ["record", "events", "logs", "results", "payload", "checkpoints"], out
+        for path in (("jobs", job["id"]), ("jobs", job["id"], "events"), ("jobs", job["id"], "result")):
+            code, err = await api("GET", *path)
+            assert code == 404 and "no job" in err["message"], (path, code, err)
+    _, mine = await api("GET", "jobs")
+    assert {j["id"] for j in mine["jobs"]} == {running["id"], queued["id"]}
+    assert not folder.exists() and not job_dir(service.state_dir, cell["id"]).exists()
+    assert service.store.kept_results("alice")[0] == 0 and service.store.read_events(saved["id"]) == []
+    assert (await api("DELETE", "jobs", saved["id"]))[0] == 404  # once
+
+    code, out = await api("DELETE", "jobs", bobs["id"], user="boss")  # an admin: another user's finished job
+    assert code == 200 and out["owner"] == "bob", out
+    assert (await api("GET", "jobs", bobs["id"], user="bob"))[0] == 404
+    await api("POST", "jobs", running["id"], "cancel")

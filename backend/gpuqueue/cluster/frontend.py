@@ -25,12 +25,13 @@ from ..queue.ratelimit import RedisBuckets, SubmitLimiter
 from ..scheduler.admission import inadmissible, over_cap
 from ..queue.verbs import Caller
 from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
-from ..queue.lifecycle import decode_payload, job_request, results_for_owner_only, same_cell_job, with_defaults
+from ..queue.lifecycle import (check_deletable, decode_payload, deleted_answer, job_request, results_for_owner_only,
+                               same_cell_job, with_defaults)
 from ..queue.text import PREEMPT_IS_FOR_ADMINS
 from . import redis_url
 from .hub_names import released_message as hub_names_released
 from .reads import ReadGate
-from .redis_store import RedisStore, _event
+from .redis_store import Fenced, RedisStore, _event
 
 log = logging.getLogger("gpuqueue.api")
 CONFIG_REFRESH_S = 2.0
@@ -203,6 +204,37 @@ class ClusterFrontend:
             return job
         self.store.tell_daemon({"op": "cancel", "job": job_id, "by": caller.name})
         return await self._wait(caller, job_id, lambda j: j.state.is_terminal or bool(j.current_attempt and j.current_attempt.stop_requested))
+
+    async def delete_job(self, caller: Caller, job_id: str) -> dict[str, Any]:
+        """Delete a finished job (its owner's request, or an admin's) and what the store keeps for
+        it, off the event loop (:meth:`_delete_job`)."""
+        return await asyncio.to_thread(self._delete_job, caller, job_id)
+
+    def _delete_job(self, caller: Caller, job_id: str) -> dict[str, Any]:
+        """:meth:`delete_job`, blocking. The ops are ``RedisStore.delete_job_ops`` (as the daemon's
+        ``--keep-finished`` and ``release-name`` delete jobs): record, events, payload, results,
+        attempt keys and fence, and the job's entries in its owner's indexes and kept sets
+        (``max_results_mb``, ``max_logs_mb``, ``max_finished``, ``max_inputs_mb``), in one write
+        guarded by the record as it was checked (a record that changed meanwhile is not deleted).
+        Its folder on the workers' shared root goes at their next shared sweep, which also takes
+        its checkpoints out of its owner's ``max_shared_gb`` count (``worker_sweep.py``)."""
+        key = self.store.k("job", job_id)
+        raw = self.store.r.get(key)
+        job = JobRecord.model_validate_json(raw) if raw else None
+        if job is None or (job.owner != caller.name and not caller.admin):
+            raise NotFound(f"no job {job_id!r} (see `gpuqueue ls` for yours)")
+        check_deletable(job, self._live(job.owner))
+        try:
+            self.store.exec(self.store.delete_job_ops(job), guards=[(key, raw)])
+        except Fenced:
+            raise Conflict(f"job {job_id} changed while it was being deleted: nothing was deleted; "
+                           f"try again (gpuqueue rm {job_id})") from None
+        log.info("job %s deleted by %s", job_id, caller.name)
+        return deleted_answer(job, ["record", "events", "logs", "results", "payload"],
+                              note="its checkpoints on the workers' shared root (if any) are deleted at the workers' "
+                                   "next shared sweep (gpuqueue worker --shared-sweep), and stop counting against "
+                                   "max_shared_gb then; its folders on the nodes' own disks at their next local "
+                                   "sweep (--local-sweep)")
 
     async def preempt(self, caller: Caller, job_id: str) -> JobRecord:
         """Admin: preempt a running job now (it checkpoints, stops and is queued again)."""

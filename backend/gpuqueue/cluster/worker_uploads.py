@@ -173,7 +173,9 @@ class AttemptUploads:
                            f"checkpoints there take {_size(used)} of your {_size(limit)} (max_shared_gb in the "
                            f"queue config); it stays on node {self.node} only, so an attempt elsewhere cannot "
                            f"resume from it. Your finished jobs' checkpoints leave the root when their records are "
-                           f"deleted (keep_finished after they end, or past max_finished); keep fewer or smaller "
+                           f"deleted: delete those you no longer need with `gpuqueue rm JOB_ID ...` "
+                           f"(`%gpuqueue rm JOB_ID`; their checkpoints go at the workers' next shared sweep), or "
+                           f"they go keep_finished after they end, or past max_finished; keep fewer or smaller "
                            f"checkpoints (Checkpointer(max_checkpoints=N)), or ask the admin for a larger "
                            f"max_shared_gb",
                 "storage_limit": True, "user_limit": True, "checkpoint": what, "bytes": size}))

@@ -95,7 +95,7 @@ class KeptWithin:
         for job_id in gone:
             self._changed.pop(job_id, None)
         folders = [job_dir(self.state_dir, j) for j in gone]
-        await asyncio.to_thread(_remove_folders, folders)  # checkpoints may be large: off the loop
+        await asyncio.to_thread(remove_folders, folders)  # checkpoints may be large: off the loop
         log.info("deleted %d jobs that finished over %s ago: %s", len(gone), format_duration(keep_s),
                  ", ".join(gone[:20]) + (" ..." if len(gone) > 20 else ""))
         return gone
@@ -192,9 +192,9 @@ class KeptWithin:
             self._changed.pop(job_id, None)
         folders = [job_dir(self.state_dir, j) for j in gone]
         try:
-            asyncio.get_running_loop().run_in_executor(None, _remove_folders, folders)
+            asyncio.get_running_loop().run_in_executor(None, remove_folders, folders)
         except RuntimeError:  # no event loop (a rebuild at start): here
-            _remove_folders(folders)
+            remove_folders(folders)
         log.info("user %s: deleted %d oldest finished jobs to keep within max_finished = %d", owner, len(gone), cap)
 
 
@@ -205,12 +205,12 @@ def _size(path: Path) -> int:
         return 0
 
 
-def _remove_folders(folders: list[Path]) -> None:
-    """Delete job folders (what cannot be deleted is logged; the rest goes on)."""
+def remove_folders(folders: list[Path]) -> None:
+    """Delete job folders (jobs whose records were deleted) (what cannot be deleted is logged; the rest goes on)."""
     for d in folders:
         try:
             shutil.rmtree(d)
         except FileNotFoundError:
             pass
         except OSError as e:
-            log.warning("cannot delete the folder of an old finished job %s: %s", d, e)
+            log.warning("cannot delete the folder of a deleted finished job %s: %s", d, e)

@@ -32,7 +32,8 @@ from ..attempt import launchfail
 from ..attempt.launch import build_launch
 from ..attempt.resume import local_checkpoint, local_checkpoints
 from ..queue import ckptref
-from ..queue.lifecycle import decode_payload, job_request, results_for_owner_only, same_cell_job, with_defaults
+from ..queue.lifecycle import (check_deletable, decode_payload, deleted_answer, job_request, results_for_owner_only,
+                               same_cell_job, with_defaults)
 from ..observability.logs import job_fields
 from ..queue.models import Attempt, Buffer, Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import MemoryBuckets, SubmitLimiter
@@ -43,7 +44,7 @@ from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..queue.verbs import Caller
 from ..queue.text import PREEMPT_IS_FOR_ADMINS
-from .kept import KeptWithin
+from .kept import KeptWithin, remove_folders
 from .runners import Runners, process_start_time
 from .store import SqliteStore
 from .tailing import Tailing, wait_set
@@ -293,6 +294,22 @@ class QueueService(KeptWithin, Tailing, Runners, QueueShell):
         self.scheduler.cancel(job.id, time.time())
         self._set_state(job, JobState.CANCELLED, note=f"cancelled by {caller.name}")
         return job
+
+    async def delete_job(self, caller: Caller, job_id: str) -> dict[str, Any]:
+        """Delete a finished job (its owner's request, or an admin's): its record, events and tail
+        offsets from the store at once (from then on it exists for no one), then its folder
+        (payload, logs, results, checkpoints) off the event loop. What the owner's jobs keep
+        (``max_results_mb``, ``max_logs_mb``, ``max_finished``) is read from the store's rows,
+        so it counts no more from that moment."""
+        assert self.store is not None
+        job = self.get_job(caller, job_id)
+        check_deletable(job, self._iter_live(job.owner))
+        self.store.delete([job.id])  # nothing awaited since the check: no state change came between
+        self._changed.pop(job.id, None)
+        self._to_prune.pop(job.id, None)
+        await asyncio.to_thread(remove_folders, [job_dir(self.state_dir, job.id)])
+        log.info("job %s deleted by %s", job.id, caller.name, extra=job_fields(job))
+        return deleted_answer(job, ["record", "events", "logs", "results", "payload", "checkpoints"])
 
     def preempt(self, caller: Caller, job_id: str) -> JobRecord:
         """Admin: preempt a running job now (it checkpoints, stops and is queued again)."""

@@ -53,8 +53,9 @@ def oldest_to_drop(kept: dict[str, tuple[int, float]], new_bytes: int, limit_mb:
 def dropped_for_newer(nbytes: int, limit_mb: float) -> str:
     """Why an older job's results are gone (``JobRecord.result_dropped``)."""
     return (f"its results ({nbytes / MB:.1f} MB) were dropped to make room for newer ones: your stored "
-            f"results are kept within {limit_mb:g} MB (max_results_mb in the queue config); fetch results "
-            f"soon after a job ends, or save big objects to shared storage and return their path")
+            f"results are kept within {limit_mb:g} MB (max_results_mb in the queue config), newest first; fetch "
+            f"results soon after a job ends, delete finished jobs you no longer need (`gpuqueue rm JOB_ID`) "
+            f"to make room, or save big objects to shared storage and return their path")
 
 
 def too_big_to_keep(nbytes: int, limit_mb: float) -> str:
@@ -74,8 +75,9 @@ def logs_dropped_for_newer(nbytes: int, limit_mb: float) -> str:
     """Why an older job's logs are gone (``JobRecord.logs_dropped``)."""
     return (f"the logs of this job ({nbytes / MB:.1f} MB of output, progress and metrics) were dropped to keep "
             f"your stored output within {limit_mb:g} MB (max_logs_mb in the queue config): newer jobs' "
-            f"output is kept first; its state, errors and checkpoints are still here. Write what you "
-            f"must keep to a file in shared storage")
+            f"output is kept first; its state, errors and checkpoints are still here. Delete finished jobs "
+            f"you no longer need (`gpuqueue rm JOB_ID`) to make room, and write what you must keep to a "
+            f"file in shared storage")
 
 
 def logs_too_big_to_keep(nbytes: int, limit_mb: float) -> str:

@@ -14,7 +14,8 @@ from typing import Any, Iterable, Optional
 from ..attempt import failtext, launchfail
 from ..attempt.jobdir import MALFORMED
 from .config import MAX_LOST_ATTEMPTS, QueueConfig
-from .errors import BadRequest, Forbidden, Rejected
+from . import ckptref
+from .errors import BadRequest, Conflict, Forbidden, Rejected
 from .models import Attempt, Buffer, JobRecord, JobSpec, SubmitRequest
 from ..scheduler.base import Decision, JobRequest, Retry
 from .states import JobState, Outcome
@@ -39,6 +40,37 @@ def results_for_owner_only(caller_name: str, job: JobRecord) -> None:
         raise Forbidden(f"the results of job {job.id} are {job.owner}'s: they are a pickle its code wrote, which "
                         f"would run that code in your kernel, so only {job.owner}'s own kernel may fetch them; "
                         f"read its events and logs instead (`gpuqueue logs {job.id}`)")
+
+
+def check_deletable(job: JobRecord, live: Iterable[JobRecord]) -> None:
+    """Conflict (409, naming the fix) unless ``job`` may be deleted (``DELETE /jobs/ID``,
+    ``gpuqueue rm``): it has ended, and none of ``live`` (its owner's queued or running jobs)
+    names it in ``--resume-from`` (they would find no checkpoint to resume from)."""
+    if not job.state.is_terminal:
+        raise Conflict(f"job {job.id} is {job.state.value.replace('_', ' ')}: only a finished job can be deleted; "
+                       f"cancel it first: gpuqueue cancel {job.id} (`%gpuqueue cancel {job.id}`), then delete it")
+    users = sorted(j.id for j in live if j.id != job.id and _resumes_from(j) == job.id)
+    if users:
+        shown = ", ".join(users[:10]) + (" ..." if len(users) > 10 else "")
+        raise Conflict(f"job {job.id} is not deleted: your queued or running job(s) {shown} resume from its "
+                       f"checkpoints (--resume-from {job.id}); delete it once they have ended, or cancel them first")
+
+
+def _resumes_from(job: JobRecord) -> Optional[str]:
+    """The id of the job whose checkpoints ``job`` resumes from (None: none)."""
+    try:
+        ref = ckptref.parse(job.spec.resume_from)
+    except ckptref.RefError:
+        return None
+    return ref.job if ref is not None else None
+
+
+def deleted_answer(job: JobRecord, deleted: list[str], note: str = "") -> dict[str, Any]:
+    """The answer to a delete (``DELETE /jobs/ID``): the job, what went with it, and ``note``."""
+    out: dict[str, Any] = {"id": job.id, "owner": job.owner, "state": job.state.value, "deleted": deleted}
+    if note:
+        out["note"] = note
+    return out
 
 
 def b64decode(text: str | bytes) -> bytes:

@@ -68,6 +68,12 @@ class QueueVerbs(Protocol):
         """Cancel a job (queued: at once; running: stop it)."""
         ...
 
+    def delete_job(self, caller: Caller, job_id: str) -> MaybeAwaitable[dict[str, Any]]:
+        """Delete a finished job and everything kept for it (its owner, or an admin): the answer
+        says what went (``lifecycle.deleted_answer``). Conflict while it is queued or running, or
+        while one of its owner's live jobs resumes from it; NotFound for a job the caller may not see."""
+        ...
+
     def preempt(self, caller: Caller, job_id: str) -> MaybeAwaitable[JobRecord]:
         """Stop a running job and queue it again (admins)."""
         ...

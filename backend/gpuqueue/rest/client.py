@@ -16,7 +16,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 from urllib.parse import quote
 
 import requests
@@ -153,6 +153,22 @@ class Client:
     def cancel(self, job_id: str) -> dict[str, Any]:
         """Cancel; returns the job record."""
         return self._request("POST", f"jobs/{_q(job_id)}/cancel").json()
+
+    def delete_job(self, job_id: str) -> dict[str, Any]:
+        """Delete a finished job and everything kept for it (``DELETE /jobs/ID``); returns what
+        was deleted (``id``, ``deleted``, and in a cluster a ``note`` on its checkpoints)."""
+        return self._request("DELETE", f"jobs/{_q(job_id)}").json()
+
+    def delete_jobs(self, job_ids: Sequence[str]) -> builtins.list[tuple[str, Optional[dict[str, Any]], Optional[GPUQueueError]]]:
+        """:meth:`delete_job` for each id in turn: (id, the answer, None) for each one deleted, (id,
+        None, the error) for each one that was not (the others are deleted all the same)."""
+        out: builtins.list[tuple[str, Optional[dict[str, Any]], Optional[GPUQueueError]]] = []
+        for job_id in job_ids:
+            try:
+                out.append((job_id, self.delete_job(job_id), None))
+            except GPUQueueError as e:
+                out.append((job_id, None, e))
+        return out
 
     def preempt(self, job_id: str) -> dict[str, Any]:
         """Admin: preempt a running job."""

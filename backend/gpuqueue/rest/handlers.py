@@ -202,12 +202,16 @@ class JobsHandler(RestHandler):
 
 
 class JobHandler(RestHandler):
-    """``GET`` one job in full (attempts, pending reason, error)."""
+    """``GET`` one job in full (attempts, pending reason, error); ``DELETE`` a finished one and
+    everything kept for it (``gpuqueue rm``)."""
 
     async def get(self, job_id: str) -> None:
         async with self.reading():
             job = await maybe_await(self.service.get_job(self.caller, self.job_id(job_id)))
             self.send(job.model_dump(mode="json"))
+
+    async def delete(self, job_id: str) -> None:
+        self.send(await maybe_await(self.service.delete_job(self.caller, self.job_id(job_id))))
 
 
 class CancelHandler(RestHandler):
