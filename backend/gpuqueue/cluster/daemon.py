@@ -498,7 +498,8 @@ class Daemon(QueueShell, Leadership, Nodes, Reconcile, Upkeep, StoreBounds):
             ops.append(["DEL", self.store.k("result", job.id)])
         if state.is_terminal:
             ops += self._keep_logs_within(job, older)
-        return ops + [["SET", self.store.k("job", old.id), old.model_dump_json(exclude={"pending"})]
+        # XX: an older job deleted since it was read (``gpuqueue rm``, a name release) stays deleted
+        return ops + [["SET", self.store.k("job", old.id), old.model_dump_json(exclude={"pending"}), "XX"]
                       for old in older.values()]
 
     def _record_state(self, job: JobRecord, data: dict[str, Any], extra: Sequence[Any]) -> None:
