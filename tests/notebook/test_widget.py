@@ -71,7 +71,10 @@ def test_widget_follows_a_background_job(jupyter_server):
     assert "line 14" in st["log"]
     assert st["lines_total"] >= 15
     # the final state
-    st = wait_until(lambda: (s := peek(k))["state"] == "succeeded" and s, 60, 0.3, "the job to succeed")
+    # the job's state is taken in as its event arrives, the widget draws it (cancel off) at its
+    # next redraw: wait for the drawn final state
+    st = wait_until(lambda: (s := peek(k))["state"] == "succeeded" and s["cancel_disabled"] and s, 60, 0.3,
+                    "the job to succeed and the widget to draw it, its cancel button off")
     assert st["progress"] == 1.0
     assert "30 / 30" in st["progress_text"]
     assert st["lines_total"] == 30
