@@ -27,6 +27,7 @@ import psutil
 import pytest
 
 from gpuqueue.attempt import cgroup as cg
+from gpuqueue.rest.client import Client
 from helpers.servers import RedisServer, wait_until
 from training.jobs import logs
 
@@ -213,20 +214,33 @@ def cluster() -> Iterator[Cluster]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_a_runner_killed_with_its_fork_server_leaves_nothing_running(cluster: Cluster) -> None:
-    c = cluster
+def _submit_detached(c: Cluster) -> tuple[Client, str, str, Path]:
+    """Alice's job that leaves a detached ``sleep 1000`` behind (setsid + double fork), its pid
+    written to a file: (her client, the job, the job's mark for ``_end``, the pid file)."""
     py, _ = job_python()
     mark = f"gq-cgroup-{os.urandom(4).hex()}"
     pidfile = c.root.parent / "pids" / f"{mark}.pid"
     (c.root / "detach.py").write_text(JOB)
     alice = c.client("alice")
     job = alice.submit({"kind": "command", "gpus": 1, "command": [py, str(c.root / "detach.py"), mark, str(pidfile)]})["id"]
+    return alice, job, mark, pidfile
+
+
+def _detached(pidfile: Path) -> psutil.Process:
+    """The job's detached descendant, once it runs ``sleep 1000``."""
+    wait_until(pidfile.exists, 60, 0.05, "the detached descendant")
+    sleeper = psutil.Process(int(pidfile.read_text()))
+    wait_until(lambda: sleeper.cmdline() == ["sleep", "1000"], 10, 0.02, "the descendant's exec")
+    return sleeper
+
+
+def test_a_runner_killed_with_its_fork_server_leaves_nothing_running(cluster: Cluster) -> None:
+    c = cluster
+    alice, job, mark, pidfile = _submit_detached(c)
     sleeper: Optional[psutil.Process] = None
     try:
-        wait_until(pidfile.exists, 60, 0.05, "the detached descendant")
-        pid = int(pidfile.read_text())
-        sleeper = psutil.Process(pid)
-        wait_until(lambda: sleeper.cmdline() == ["sleep", "1000"], 10, 0.02, "the descendant's exec")
+        sleeper = _detached(pidfile)
+        pid = sleeper.pid
         runner = alice.get(job)["attempts"][-1]["pid"]
         server = psutil.Process(runner).ppid()
         assert "gpuqueue.cluster.forkserver" in " ".join(psutil.Process(server).cmdline())
@@ -272,17 +286,10 @@ def test_a_restarted_worker_ends_what_a_dead_worker_left(cluster: Cluster) -> No
     job's detached descendant runs on, but the next worker of the same state folder ends the
     attempt cgroups left there as it starts."""
     c = cluster
-    py, _ = job_python()
-    mark = f"gq-cgroup-{os.urandom(4).hex()}"
-    pidfile = c.root.parent / "pids" / f"{mark}.pid"
-    (c.root / "detach.py").write_text(JOB)
-    alice = c.client("alice")
-    job = alice.submit({"kind": "command", "gpus": 1, "command": [py, str(c.root / "detach.py"), mark, str(pidfile)]})["id"]
+    alice, job, mark, pidfile = _submit_detached(c)
     sleeper: Optional[psutil.Process] = None
     try:
-        wait_until(pidfile.exists, 60, 0.05, "the detached descendant")
-        sleeper = psutil.Process(int(pidfile.read_text()))
-        wait_until(lambda: sleeper.cmdline() == ["sleep", "1000"], 10, 0.02, "the descendant's exec")
+        sleeper = _detached(pidfile)
         runner = psutil.Process(alice.get(job)["attempts"][-1]["pid"])
         server = psutil.Process(runner.ppid())
         for p in (server, runner):  # none of them gets to end anything
