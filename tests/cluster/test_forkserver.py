@@ -64,6 +64,50 @@ def test_runners_stop_their_jobs_when_the_server_goes(tmp_path: Path) -> None:
     wait_until(lambda: not _alive(h.pid), 10, 0.05, "the runner to end with its fork server")
 
 
+# A worker whose fork server is gone, in a container whose PID 1 does not reap: the runners that
+# die with the server become children of that PID 1 (here: of this script, made a subreaper that
+# never reaps) and stay zombies. The worker must see them ended, or their attempts would stay
+# "running" forever.
+NO_REAPER = r"""
+import json, os, signal, sys, time
+from pathlib import Path
+from gpuqueue.attempt.orphans import become_subreaper
+from gpuqueue.cluster.forkserver import ForkServer
+
+def state(pid):
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except OSError:
+        return "gone"
+
+assert become_subreaper()
+d = Path(sys.argv[1])
+fs = ForkServer(dict(os.environ))
+h = fs.launch(d)
+deadline = time.monotonic() + 20
+while not (d / "events.jsonl").exists() and time.monotonic() < deadline:
+    time.sleep(0.05)
+os.kill(fs.proc.pid, signal.SIGKILL)
+fs.proc.wait()
+while state(h.pid) != "Z" and time.monotonic() < deadline:
+    time.sleep(0.05)
+seen = state(h.pid)
+while h.poll() is None and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(json.dumps({"runner": seen, "returncode": h.poll()}))
+"""
+
+
+def test_a_runner_left_a_zombie_by_a_dead_server_counts_as_ended(tmp_path: Path) -> None:
+    d = _attempt(tmp_path, "long", [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"])
+    out = subprocess.run([sys.executable, "-c", NO_REAPER, str(d)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["runner"] == "Z"  # the case itself: the runner ended, and nobody reaped it
+    assert seen["returncode"] is not None  # ... and the worker's handle says it ended
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

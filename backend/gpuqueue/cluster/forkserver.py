@@ -226,7 +226,10 @@ class RunnerHandle:
     gone) and ``strays_left`` (how many still ran when the server said the exit)."""
 
     def __init__(self, pid: int, server: "ForkServer"):
+        from ..attempt.pids import process_start_time  # the worker's side only: the server loads no psutil
+
         self.pid = pid
+        self.started = process_start_time(pid)  # against a zombie or a reused pid once the server is gone
         self.returncode: Optional[int] = None
         self.strays_ended: Optional[int] = None
         self.strays_left = 0
@@ -235,13 +238,13 @@ class RunnerHandle:
     def poll(self) -> Optional[int]:
         """The runner's exit code once it has ended, else None."""
         if self.returncode is None and self._server.gone:
-            # the server died (and took its runners with it): ask the kernel
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
+            # the server died (and took its runners with it): ask the kernel. A runner that ended
+            # after the server is nobody's child: where PID 1 does not reap (many containers) it
+            # stays a zombie, which is not a runner that still runs.
+            from ..attempt.pids import still_runs
+
+            if not still_runs(self.pid, self.started):
                 self.returncode = -signal.SIGTERM
-            except PermissionError:
-                pass
         return self.returncode
 
 

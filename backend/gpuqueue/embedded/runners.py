@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ..attempt import orphans
+from ..attempt.pids import still_runs
 from ..attempt.launch import build_launch, runner_env
 from ..attempt.warmjob import warm_spec
 from ..queue.config import QueueConfig
@@ -142,20 +143,6 @@ class Runners:
             if proc.poll() is None:
                 return True
         else:
-            started = process_start_time(a.pid)
-            if started is not None and (a.pid_started is None or abs(started - a.pid_started) < 1.0):
+            if still_runs(a.pid, a.pid_started):
                 return True
         return orphans.session_alive(a.pid)
-
-
-def process_start_time(pid: int) -> Optional[float]:
-    """When process ``pid`` started (seconds since the epoch), or None if it is gone/zombie."""
-    try:
-        import psutil
-
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return p.create_time()
-    except Exception:  # noqa: BLE001 - NoSuchProcess, AccessDenied, ImportError
-        return None

@@ -45,7 +45,8 @@ from ..queue.shell import AttemptReport, Listener, QueueShell
 from ..queue.verbs import Caller
 from ..queue.text import PREEMPT_IS_FOR_ADMINS
 from .kept import KeptWithin, remove_folders
-from .runners import Runners, process_start_time
+from ..attempt.pids import process_start_time
+from .runners import Runners
 from .store import SqliteStore
 from .tailing import Tailing, wait_set
 
