@@ -1,9 +1,11 @@
-"""The node's temporary folder, tried by a hostile job: bob's job runs on the same node as
+"""The node's temporary folders, tried by a hostile job: bob's job runs on the same node as
 alice's, both under their own dynamic uids, started by a real Celery worker running as root.
 ``/tmp`` is one folder for every user of the node, so bob can plant there, under a name he can
 predict, what alice's job takes as its own (PyTorch's compile cache is
 ``<tempdir>/torchinductor_<user>``, and it loads the kernels it finds there), and list the names
-of what her jobs leave there. Each job's temporary folder (``TMPDIR``) is its owner's alone."""
+of what her jobs leave there. Each job's temporary folder (``TMPDIR``) is its owner's alone.
+``/dev/shm`` is every user's too, and memory: what alice's jobs leave there goes once none of
+her jobs runs on the node."""
 
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from helpers.servers import RedisServer
+from helpers.servers import RedisServer, wait_until
 from training.jobs import logs
 
 from .conftest import Cluster
@@ -58,6 +61,21 @@ else:
 '''
 
 
+# alice's jobs leave POSIX shared memory behind (a segment, and a folder of them), as a crashed
+# DataLoader or NCCL does; the first waits for its go file
+SHM = r'''
+import os, sys, time
+mark = "/dev/shm/gq-shm-" + os.environ["GPUQUEUE_JOB_ID"]
+with open(mark, "wb") as f:
+    f.write(b"x" * 4096)
+os.makedirs(mark + ".d")
+open(mark + ".d/seg", "w").write("y")
+print("made", flush=True)
+while len(sys.argv) > 1 and not os.path.exists(sys.argv[1]):
+    time.sleep(0.1)
+'''
+
+
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="gq-hostile-tmp-"))
@@ -65,7 +83,7 @@ def cluster() -> Iterator[Cluster]:
     redis = RedisServer(root / "redis", appendonly=True).start()
     c = Cluster(root / "cluster", redis, {"n1": 2}, worker_args=())
     c.root.chmod(0o755)
-    for name, text in (("alice.py", ALICE), ("bob.py", BOB)):
+    for name, text in (("alice.py", ALICE), ("bob.py", BOB), ("shm.py", SHM)):
         (c.root / name).write_text(text)
     try:
         yield c.start()
@@ -99,3 +117,27 @@ def test_a_job_cannot_plant_in_nor_list_another_users_temporary_folder(cluster: 
     assert c.wait_done([look], 60)[look]["state"] == "succeeded", logs(bob.events(look))
     seen = next(json.loads(line[5:]) for line in logs(bob.events(look)).splitlines() if line.startswith("seen "))
     assert seen == [], seen
+
+
+def test_what_a_users_jobs_leave_in_shared_memory_goes_once_none_of_them_runs_on_the_node(cluster: Cluster) -> None:
+    c = cluster
+    py, libs = job_python()
+    alice = c.client("alice")
+    go = c.root / "go"
+    other = Path(f"/dev/shm/gq-shm-root-{uuid.uuid4().hex[:8]}")  # someone else's: never touched
+    other.write_text("root's")
+    try:
+        first = alice.submit({"kind": "command", "retries": 0, "command": [py, str(c.root / "shm.py"), str(go)]})["id"]
+        wait_until(lambda: any(e["data"].get("line") == "made" for e in alice.events(first)), 60, 0.1, "the first job")
+        second = alice.submit({"kind": "command", "retries": 0, "command": [py, str(c.root / "shm.py")]})["id"]
+        assert c.wait_done([second], 60)[second]["state"] == "succeeded", logs(alice.events(second))
+        made = [Path(f"/dev/shm/gq-shm-{j}{end}") for j in (first, second) for end in ("", ".d")]
+        assert all(p.exists() for p in made), made  # her first job still runs: it may use them
+        go.touch()
+        assert c.wait_done([first], 60)[first]["state"] == "succeeded", logs(alice.events(first))
+        wait_until(lambda: not any(p.exists() for p in made), 30, 0.1, "what alice's jobs left in /dev/shm to go")
+        assert other.read_text() == "root's"
+    finally:
+        other.unlink()
+        for p in Path("/dev/shm").glob("gq-shm-j-*"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
