@@ -49,7 +49,7 @@ from ..attempt import launchfail
 from ..attempt.cgroup import REMEDY as CGROUP_REMEDY, AttemptCgroups, CgroupsUnavailable, end as end_cgroup
 from ..attempt.gpus import local_gpu_count, nvml_gpu_count
 from ..attempt.identity import Identities, Identity, IdentityError
-from ..attempt.jobdir import (OwnedDir, attempt_paths, job_dir, prepare_owned, write_bytes_atomic,
+from ..attempt.jobdir import (OwnedDir, attempt_paths, job_dir, own_folder, prepare_owned, write_bytes_atomic,
                               write_json_atomic)
 from ..attempt.launch import build_launch, runner_env
 from ..queue.models import JobSpec
@@ -60,7 +60,7 @@ from .redis_store import Fenced, RedisStore
 from . import shared_resume
 from .rayjob import RayNodes, shared_ray
 from .shared_root import SharedRoot, StorageError, load_options
-from .worker_args import NOT_ROOT_WARNING, build_parser, unreachable
+from .worker_args import NOT_ROOT_WARNING, build_parser, open_to_others, unreachable
 from .worker_lock import StateDirBusy, lock_state_dir
 from .worker_sweep import SWEEP_S, LocalSweeper, Sweeper, queue_id, tag_job_folder
 from .worker_tail import GIVE_UP_S, AttemptTailer, LocalAttempt
@@ -433,8 +433,7 @@ class NodeAgent(AttemptTailer):
         and list what this user's jobs leave there."""
         parent = self.state_dir / kind
         if (kind, ident.uid) not in self._own:
-            parent.mkdir(mode=0o711, exist_ok=True)
-            os.chmod(parent, 0o711)
+            own_folder(parent, 0o711)
             with OwnedDir(parent, [str(ident.uid)], ident.uid, ident.gid, create=True):
                 pass
             self._own.add((kind, ident.uid))
@@ -566,6 +565,13 @@ def cli_main(argv: list[str]) -> int:
             print(f"gpuqueue worker: jobs run under their users' own identities, which must reach {state_dir}, "
                   f"but {closed} is mode {os.stat(closed).st_mode & 0o777:03o}: use a --state-dir every user may "
                   f"traverse (e.g. /var/lib/gpuqueue), or chmod o+x {closed}", file=sys.stderr)
+            return 2
+        open_to = open_to_others(state_dir)
+        if open_to is not None:
+            print(f"gpuqueue worker: jobs run under their users' own identities, whose folders this worker makes "
+                  f"in {state_dir} as root, but {open_to}: another user could put there a link that root "
+                  f"follows, or take the folder; use a --state-dir that only root may change (e.g. "
+                  f"/var/lib/gpuqueue), or chown root and chmod go-w that folder", file=sys.stderr)
             return 2
     elif os.geteuid() != 0:
         log.warning(NOT_ROOT_WARNING, os.geteuid())
