@@ -1,7 +1,7 @@
 /**
  * The gpuqueue REST API, as the sidebar and the job-end watcher use it (GET queue, GET jobs,
- * GET jobs/ID, GET jobs/ID/events, POST jobs/ID/cancel), through the Jupyter server's
- * authenticated connection.
+ * GET jobs/ID, GET jobs/ID/events, POST jobs/ID/cancel, DELETE jobs/ID), through the Jupyter
+ * server's authenticated connection.
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
@@ -39,6 +39,17 @@ export interface IJob {
   /** Why it failed, in one line (``ValueError: bad lr``, ``the job process exited with code 3``). */
   error?: string | null;
   spec: { name?: string | null; timeout_s?: number | null };
+}
+
+/** ``DELETE gpuqueue/api/jobs/ID``: the job deleted and what went with it. */
+export interface IJobDeleted {
+  id: string;
+  owner: string;
+  state: string;
+  /** ``record``, ``events``, ``logs``, ``results``, ``payload``, ``checkpoints``. */
+  deleted: string[];
+  /** Cluster mode: when its checkpoints on the workers' shared root go. */
+  note?: string;
 }
 
 /** One pool in ``GET gpuqueue/api/queue``. */
@@ -174,5 +185,11 @@ export class GPUQueueAPI {
     return this.call<IJobSummary>(`jobs/${encodeURIComponent(jobId)}/cancel`, {
       method: 'POST'
     });
+  }
+
+  /** Delete a finished job and everything kept for it (``gpuqueue rm``); a live job, or one a
+   * live job resumes from, is refused (409), another user's job is missing (404). */
+  deleteJob(jobId: string): Promise<IJobDeleted> {
+    return this.call<IJobDeleted>(`jobs/${encodeURIComponent(jobId)}`, { method: 'DELETE' });
   }
 }

@@ -43,7 +43,7 @@ export const gpuQueueIcon = new LabIcon({
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
   description:
-    'The GPU Queue sidebar (pools, my jobs, the queue, fair share, cancel) and job-end notifications.',
+    'The GPU Queue sidebar (pools, my jobs, the queue, fair share, cancel, delete finished jobs) and job-end notifications.',
   autoStart: true,
   optional: [ISettingRegistry, ILayoutRestorer, ICommandPalette],
   activate: (

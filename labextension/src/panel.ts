@@ -1,7 +1,8 @@
 /**
  * The "GPU Queue" sidebar: the cluster (pools, and a map of every node's GPUs: mine, another
  * user's, free, down), my jobs with state and progress (waiting ones with their place in line,
- * expected start and reason), my fair-share standing in words, and Cancel (with a confirmation).
+ * expected start and reason), my fair-share standing in words, Cancel on a live job and Delete on a
+ * finished one (each with a confirmation; a refusal's message shows in the status line).
  *
  * It polls the REST API: every ``activeInterval`` seconds while I have active jobs, every
  * ``idleInterval`` seconds otherwise, backing off on errors, and not at all while the panel is
@@ -36,6 +37,44 @@ export const DEFAULT_SETTINGS: ISidebarSettings = {
   idleInterval: 5,
   recentFinished: 5,
   showAllUsers: false
+};
+
+/** What a job row's button does: a confirmation dialog, then a request. */
+interface IRowAction {
+  /** The button's text, and its aria-label's verb. */
+  button: string;
+  /** The rows that get it: a job whose state is in this group (``IStateGroups``). */
+  group: keyof IStateGroups;
+  title: string;
+  body: (label: string) => string;
+  keep: string;
+  confirm: string;
+  run: (api: GPUQueueAPI, jobId: string) => Promise<unknown>;
+}
+
+/** The row buttons, by the name their ``data-gpuqueue-action`` carries. */
+const ACTIONS: { [name: string]: IRowAction } = {
+  cancel: {
+    button: 'Cancel',
+    group: 'live',
+    title: 'Cancel job?',
+    body: label =>
+      `Cancel ${label}? A running job gets its grace period to stop; its results are lost.`,
+    keep: 'Keep running',
+    confirm: 'Cancel job',
+    run: (api, jobId) => api.cancel(jobId)
+  },
+  delete: {
+    button: 'Delete',
+    group: 'terminal',
+    title: 'Delete job?',
+    body: label =>
+      `Delete ${label}? Its results, logs and checkpoints go with it, for good ` +
+      '(they stop counting against your limits).',
+    keep: 'Keep it',
+    confirm: 'Delete job',
+    run: (api, jobId) => api.deleteJob(jobId)
+  }
 };
 
 function esc(text: unknown): string {
@@ -91,7 +130,10 @@ export class GPUQueuePanel extends Widget {
   jobs: IJobSummary[] = [];
   private progress = new Map<string, { done: number; total: number }>();
   private seen = new Map<string, number>();
+  /** Why the last fetch failed ('' when it did not). */
   private error = '';
+  /** The server's answer to the last refused Cancel or Delete, until the next one is clicked. */
+  private actionError = '';
 
   /** Apply new settings and re-plan the polling. */
   configure(settings: Partial<ISidebarSettings>): void {
@@ -171,33 +213,57 @@ export class GPUQueuePanel extends Widget {
     this.seen.set(jobId, after);
   }
 
+  /** ``j-… (demo-train)``, or the id alone for a job without a name. */
+  private label(jobId: string, job = this.jobs.find(j => j.id === jobId)): string {
+    return job?.name ? `${jobId} (${job.name})` : jobId;
+  }
+
   private async onClick(event: MouseEvent): Promise<void> {
     const target = (event.target as HTMLElement).closest(
-      '[data-gpuqueue-cancel]'
+      '[data-gpuqueue-action]'
     ) as HTMLElement | null;
-    if (!target) {
+    const name = target?.dataset.gpuqueueAction ?? '';
+    const action = ACTIONS[name];
+    if (!target || !action) {
       return;
     }
-    const jobId = target.dataset.gpuqueueCancel as string;
-    const job = this.jobs.find(j => j.id === jobId);
-    const label = job?.name ? `${jobId} (${job.name})` : jobId;
+    const jobId = target.dataset.jobId as string;
     const result = await showDialog({
-      title: 'Cancel job?',
-      body: `Cancel ${label}? A running job gets its grace period to stop; its results are lost.`,
+      title: action.title,
+      body: action.body(this.label(jobId)),
       buttons: [
-        Dialog.cancelButton({ label: 'Keep running' }),
-        Dialog.warnButton({ label: 'Cancel job' })
+        Dialog.cancelButton({ label: action.keep }),
+        Dialog.warnButton({ label: action.confirm })
       ]
     });
     if (!result.button.accept) {
       return;
     }
+    this.actionError = '';
     try {
-      await this.api.cancel(jobId);
+      await action.run(this.api, jobId);
+      if (name === 'delete') {
+        // gone at once, not at the next poll
+        this.jobs = this.jobs.filter(j => j.id !== jobId);
+        this.progress.delete(jobId);
+        this.seen.delete(jobId);
+      }
     } catch (error) {
-      this.error = `cancel ${jobId}: ${(error as Error).message}`;
+      this.actionError = `${name} ${jobId}: ${(error as Error).message}`;
     }
+    this.render();
     await this.poll.refresh();
+  }
+
+  /** A row's button for ``name`` (``ACTIONS``), named after its job for a screen reader. */
+  private actionButton(name: string, j: IJobSummary): string {
+    const action = ACTIONS[name];
+    const label = esc(`${action.button} job ${this.label(j.id, j)}`);
+    return (
+      `<button class="jp-Button jp-mod-styled jp-mod-warn jp-GPUQueue-action jp-GPUQueue-${name}" ` +
+      `data-gpuqueue-action="${name}" data-job-id="${esc(j.id)}" title="${label}" ` +
+      `aria-label="${label}">${action.button}</button>`
+    );
   }
 
   private jobLine(j: IJobSummary): string {
@@ -218,11 +284,20 @@ export class GPUQueuePanel extends Widget {
   /** Redraw from ``queue`` and ``jobs``. */
   render(): void {
     const status = this.node.querySelector('.jp-GPUQueue-status') as HTMLElement;
-    status.textContent = this.error
-      ? `⚠ ${this.error}`
-      : `updated ${new Date().toLocaleTimeString()}`;
-    status.classList.toggle('jp-GPUQueue-error', !!this.error);
+    const error = this.error || this.actionError;
+    status.textContent = error ? `⚠ ${error}` : `updated ${new Date().toLocaleTimeString()}`;
+    status.classList.toggle('jp-GPUQueue-error', !!error);
+    // a message wraps; the time stays on one line
+    status.classList.toggle('jp-GPUQueue-nowrap', !error);
+    status.setAttribute('role', error ? 'alert' : 'status');
     const body = this.node.querySelector('.jp-GPUQueue-body') as HTMLElement;
+    // a redraw replaces the buttons: the one a keyboard user is on gets the focus back
+    const focused = document.activeElement as HTMLElement | null;
+    const refocus =
+      focused && body.contains(focused) && focused.dataset.gpuqueueAction
+        ? `[data-gpuqueue-action="${focused.dataset.gpuqueueAction}"]` +
+          `[data-job-id="${CSS.escape(focused.dataset.jobId ?? '')}"]`
+        : null;
     if (!this.queue) {
       body.innerHTML = '<p class="jp-GPUQueue-empty">loading…</p>';
       return;
@@ -244,14 +319,14 @@ export class GPUQueuePanel extends Widget {
             `title="${prog!.done}/${prog!.total}"><span style="width:${pct.toFixed(0)}%"></span></span> ` +
             `${pct.toFixed(0)}%</span>`
           : '';
-      const cancel = this.groups.live.includes(j.state)
-        ? `<button class="jp-Button jp-mod-styled jp-mod-warn jp-GPUQueue-cancel" ` +
-          `data-gpuqueue-cancel="${esc(j.id)}" title="cancel ${esc(j.id)}">Cancel</button>`
-        : '';
+      const buttons = Object.keys(ACTIONS)
+        .filter(name => this.groups[ACTIONS[name].group].includes(j.state))
+        .map(name => this.actionButton(name, j))
+        .join('');
       const owner = this.settings.showAllUsers ? ` <span class="jp-GPUQueue-owner">${esc(j.owner)}</span>` : '';
       return (
         `<li class="jp-GPUQueue-job" data-job-id="${esc(j.id)}" data-state="${esc(j.state)}">` +
-        `<div class="jp-GPUQueue-jobhead">${cancel}<span class="jp-GPUQueue-state jp-GPUQueue-state-${esc(j.state)}">` +
+        `<div class="jp-GPUQueue-jobhead">${buttons}<span class="jp-GPUQueue-state jp-GPUQueue-state-${esc(j.state)}">` +
         `${esc(j.state)}</span> <b>${esc(j.name || j.id)}</b>${owner} <code>${esc(j.id)}</code></div>` +
         `<div class="jp-GPUQueue-detail">${esc(this.jobLine(j))} ${bar}</div></li>`
       );
@@ -267,6 +342,9 @@ export class GPUQueuePanel extends Widget {
         ? `<h4>Recently finished</h4><ul class="jp-GPUQueue-jobs jp-GPUQueue-finished">${finished.map(row).join('')}</ul>`
         : '') +
       `<h3>Fair share</h3>${shareView(q)}`;
+    if (refocus) {
+      (body.querySelector(refocus) as HTMLElement | null)?.focus();
+    }
   }
 }
 

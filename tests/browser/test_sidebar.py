@@ -4,8 +4,9 @@ Runs a notebook: a ``%%train`` cell the sidebar follows from running to succeede
 the map, the user's share standing), a job queued behind it that the sidebar cancels (with its
 confirmation dialog), then a long ``%%train`` cell cancelled from its own widget while the cell
 waits (the job ends cancelled, its process is gone, the cell returns and the next cell runs).
-Saves the screenshots the docs show (light and dark theme), and counts the sidebar's requests
-while idle.
+Saves the screenshots the docs show (light and dark theme), counts the sidebar's requests
+while idle, then deletes finished jobs from the sidebar (Delete, from the keyboard, and its
+confirmation dialog; a job deleted meanwhile elsewhere shows the server's answer).
 
 Needs ``/usr/bin/chromium`` (``apt-get install chromium``) and the built lab extension
 (``pip install .``, or ``jlpm --cwd labextension build`` with the build on JUPYTER_PATH).
@@ -16,12 +17,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Any
 
 import pytest
 
 from browsertools import (ARGS, CHROMIUM, IMAGES, click_widget_cancel, contrast, dismiss_news,
                           lab_has_extension, needs_chromium, notebook, screenshot_content, stays_put,
                           wrapped_pieces)
+from gpuqueue.queue.errors import NotFound
 from helpers.servers import wait_until
 
 IDLE_SECONDS = float(os.environ.get("GPUQUEUE_IDLE_SECONDS", "15"))  # docs: 30
@@ -97,6 +100,10 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             wait_until(lambda: "queued" == row.get_attribute("data-state"), 10, 0.2,
                        f"queued row: {row.get_attribute('data-state')} {client.get(queued['id'])['state']}")
             row.locator(".jp-GPUQueue-detail", has_text="1st in line").wait_for(timeout=10_000)
+            # a live job can be cancelled, not deleted
+            assert row.locator("button", has_text="Cancel").count() == 1
+            assert row.locator("button", has_text="Delete").count() == 0
+            assert running.locator("button", has_text="Delete").count() == 0
             sidebar.locator(".jp-GPUQueue-progress").first.wait_for(timeout=20_000)
             # the GPU map: my job on the one GPU; the share view in words
             gpu = sidebar.locator('.jp-GPUQueue-node .jp-GPUQueue-gpu[data-state="mine"]')
@@ -178,8 +185,50 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             print(f"\nsidebar width {width:.0f} px; idle sidebar: {len(api_requests)} gpuqueue requests in "
                   f"{IDLE_SECONDS:.0f} s = {rate:.2f}/s")
             assert rate <= 1.0, api_requests
+
+            delete_finished_jobs(page, sidebar, client, queued["id"])
         finally:
             browser.close()
+
+
+def delete_finished_jobs(page: Any, sidebar: Any, client: Any, cancelled_id: str) -> None:
+    """Delete the cancelled ``waiting-job`` from its row, from the keyboard, through the
+    confirmation dialog: the row goes, and so does the job from the REST list. Then the
+    succeeded ``demo-train``, which gets deleted elsewhere while its dialog is open: the server's
+    404 shows in the sidebar's status line."""
+    row = sidebar.locator(f'.jp-GPUQueue-job[data-job-id="{cancelled_id}"][data-state="cancelled"]')
+    delete = row.get_by_role("button", name=f"Delete job {cancelled_id} (waiting-job)", exact=True)
+    assert delete.inner_text() == "Delete"
+    assert row.locator("button", has_text="Cancel").count() == 0
+    status = sidebar.locator(".jp-GPUQueue-status")
+    delete.focus()
+    drawn = status.inner_text()
+    # a redraw (every 5 s while idle) replaces the buttons and gives the focus back to this one
+    wait_until(lambda: status.inner_text() != drawn, 15, 0.2, "the sidebar's next redraw")
+    assert page.evaluate("() => document.activeElement.getAttribute('aria-label')") == (
+        f"Delete job {cancelled_id} (waiting-job)")
+    page.keyboard.press("Enter")
+    dialog = page.locator(".jp-Dialog")
+    dialog.wait_for(timeout=10_000)
+    text = dialog.inner_text()
+    assert "Delete job?" in text and f"{cancelled_id} (waiting-job)" in text, text
+    assert "results, logs and checkpoints" in text, text
+    dialog.get_by_role("button", name="Delete job", exact=True).click()
+    row.wait_for(state="detached", timeout=10_000)
+    assert cancelled_id not in [j["id"] for j in client.list()]
+    assert "⚠" not in status.inner_text()
+
+    [demo] = [j for j in client.list() if j["name"] == "demo-train"]
+    demo_row = sidebar.locator(f'.jp-GPUQueue-job[data-job-id="{demo["id"]}"]')
+    demo_row.get_by_role("button", name=f"Delete job {demo['id']} (demo-train)", exact=True).click()
+    dialog.wait_for(timeout=10_000)
+    client.delete_job(demo["id"])  # from a terminal, meanwhile
+    dialog.get_by_role("button", name="Delete job", exact=True).click()
+    with pytest.raises(NotFound) as refused:
+        client.delete_job(demo["id"])
+    status.locator(f"text={demo['id']}").wait_for(timeout=10_000)
+    assert status.inner_text() == f"⚠ delete {demo['id']}: {refused.value}", status.inner_text()
+    demo_row.wait_for(state="detached", timeout=20_000)  # gone at the next refresh
 
 
 def test_sidebar_gpu_map_in_cluster_mode(jupyter_server_factory, redis_factory, tmp_path):

@@ -1,8 +1,9 @@
 """Multi-node jobs on a Ray cluster of their own (gpuqueue.cluster.rayjob): root workers with
 per-user identities and no shared Ray (no RAY_ADDRESS). A ``--nodes 2`` job's ranks run under
 its owner's uid on both nodes; another user's job given the head's address is refused for the
-token; the token is in no record, event, log or command line; cancel leaves no process of the
-owner's uid and no private folder."""
+token, and so is its every call to each other port the job's Ray listens on; the token is in no
+record, event, log or command line; cancel leaves no process of the owner's uid and no private
+folder."""
 
 from __future__ import annotations
 
@@ -147,6 +148,10 @@ def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluste
     assert "INTRUDER-REFUSED" in said and "INTRUDER-IN" not in said, said[-3000:]
     assert "InvalidAuthToken" in said, said[-3000:]  # refused for the token, not for want of Ray
 
+    # every other port the job's Ray listens on (both nodes): another user's job gets nothing
+    # without the token (an HTTP 401, or a gRPC call refused for the token)
+    _every_port_refuses(c, alice, address, {"python": py, "env": env})
+
     # the token is nowhere but in the owner's files
     token = hmac.new(r.get("gq:ray-secret").encode(), f"ray:{job}:1".encode(), hashlib.sha256).hexdigest()
     for p in psutil.process_iter():
@@ -187,6 +192,52 @@ def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluste
     wait_until(lambda: not _procs_of(alice), 60, 0.5, "no process of the owner's uid")
     c.start_worker(other)
     wait_until(lambda: not any(os.path.exists(f) for f in folders), 30, 0.5, "no private folder")
+
+
+# what the head's dashboard process (with Ray's dashboard packages) tells anyone: its own CPU,
+# memory and event loop (docs/deploy.md, "What a hostile job can still do on a node")
+DASHBOARD_OWN = ("ray_dashboard_", "ray_component_")
+
+
+def _listening(uid: int) -> list[str]:
+    """The TCP addresses the processes of ``uid`` listen on (any address: at 127.0.0.1)."""
+    pids = {p.pid for p in _procs_of(uid)}
+    out = set()
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.pid in pids:
+            ip = conn.laddr.ip.removeprefix("::ffff:")
+            out.add(f"{'127.0.0.1' if ip in ('0.0.0.0', '::') else ip}:{conn.laddr.port}")
+    return sorted(out)
+
+
+def _every_port_refuses(c: Cluster, uid: int, head: str, spec: dict) -> None:
+    """Bob's job probes each port the owner's Ray listens on (tests/cluster/ray_port_probe.py):
+    no HTTP path but Ray's health checks answers without the token, no gRPC call goes through,
+    and the gRPC servers say why (the token)."""
+    from .ray_port_probe import HEALTH
+
+    ports = _listening(uid)
+    assert head in ports, (head, ports)
+    shutil.copy(Path(__file__).with_name("ray_port_probe.py"), c.root / "ray_port_probe.py")
+    root = c.client("root")
+    job = c.client("bob").submit(dict(spec, kind="command", gpus=0, retries=0,
+                                      command=[spec["python"], str(c.root / "ray_port_probe.py"), *ports]))["id"]
+    c.wait_done([job], 120)
+    said = logs(root.events(job))
+    found = [json.loads(m) for m in re.findall(r"PORTPROBE (\{.*\})", said)]
+    assert [f["address"] for f in found] == ports, said[-3000:]
+    refused = []
+    for f in found:
+        opened = {p: line for p, line in f["http"].items()
+                  if line and p not in HEALTH and " 401 " not in line and " 403 " not in line}
+        if opened and f.get("metrics") and all(m.startswith(DASHBOARD_OWN) for m in f["metrics"]):
+            continue  # the dashboard process's own metrics (44227, ray[default] only: docs/deploy.md)
+        assert not opened, (f["address"], opened, f.get("metrics"))  # before: the autoscaler's metrics
+        calls = f.get("grpc") or {}
+        assert "answered" not in calls.values(), (f["address"], calls)
+        if "unauthenticated" in calls.values() or any(" 401 " in (line or "") for line in f["http"].values()):
+            refused.append(f["address"])
+    assert head in refused and len(refused) >= len(ports) - 2, (refused, found)  # a worker may end meanwhile
 
 
 def test_a_node_that_does_not_join_fails_the_attempt_with_a_message_and_the_head_ends(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ ranks on a Ray cluster made for that attempt alone:
   holding the attempt's Ray token (mode 600), picks the head's port, publishes the head's
   address in the store (``rayhead:<job>:<attempt>``, fenced) and gives the launcher
   ``GPUQUEUE_RAY_HEAD``, ``GPUQUEUE_RAY_DIR``, ``RAY_AUTH_MODE=token`` and
-  ``RAY_AUTH_TOKEN_PATH`` (a path, never the token). The launcher, already running as the owner
-  in the attempt's process tree, starts ``ray start --head`` (``gpuqueue.job.raynodes``).
+  ``RAY_AUTH_TOKEN_PATH`` (a path, never the token), with no metrics export (``RAY_ENV``). The
+  launcher, already running as the owner in the attempt's process tree, starts ``ray start
+  --head`` (``gpuqueue.job.raynodes``).
 * Other nodes: the daemon sends each a ``ray_join`` message; its worker makes the same private
   folder and token, waits (``JOIN_WAIT_S``) for the head's address and starts ``ray start
   --address`` under the owner's identity with the node's ``gpuqueue-node-<name>`` resource.
@@ -54,6 +55,10 @@ log = logging.getLogger("gpuqueue.worker")
 
 JOIN_WAIT_S = float(os.environ.get("GPUQUEUE_RAY_JOIN_WAIT_S", "60"))  # a join waits this long for the head
 MARK = "GPUQUEUE_RAY_DIR"  # in the environment of every process of the job's Ray on a node
+# Ray's settings for every process of a job's own Ray, on every node: token authentication, no
+# usage report, and no Prometheus metrics export (the dashboard agent's metrics port, where Ray
+# has its dashboard packages, answers anyone without the token; nothing scrapes it)
+RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0", "RAY_enable_metrics_collection": "0"}
 
 
 def shared_ray(environ: Optional[dict[str, str]] = None) -> bool:
@@ -206,8 +211,8 @@ class RayNodes:
         threading.Thread(target=self._watch, args=(job_id, attempt, self.node, folder,
                                                    ident.uid if ident else os.geteuid()),
                          name=f"rayhead-{job_id}-{attempt}", daemon=True).start()
-        return {"GPUQUEUE_RAY_HEAD": address, MARK: str(folder), "RAY_AUTH_MODE": "token",
-                "RAY_AUTH_TOKEN_PATH": str(folder / "token"), "RAY_USAGE_STATS_ENABLED": "0",
+        return {"GPUQUEUE_RAY_HEAD": address, MARK: str(folder), **RAY_ENV,
+                "RAY_AUTH_TOKEN_PATH": str(folder / "token"),
                 "GPUQUEUE_RAY_JOIN_WAIT_S": f"{JOIN_WAIT_S:g}"}  # the launcher waits as long as the joins
 
     # -- the other nodes ------------------------------------------------------------------
@@ -294,8 +299,8 @@ class RayNodes:
         path = os.pathsep.join(p for p in (package_root(), user_env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))) if p)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": str(folder),
                "USER": (ident.account or ident.user) if ident else os.environ.get("USER", ""),
-               "LANG": os.environ.get("LANG", "C.UTF-8"), "RAY_AUTH_MODE": "token",
-               "RAY_AUTH_TOKEN_PATH": str(folder / "token"), "RAY_USAGE_STATS_ENABLED": "0", MARK: str(folder)}
+               "LANG": os.environ.get("LANG", "C.UTF-8"), **RAY_ENV,
+               "RAY_AUTH_TOKEN_PATH": str(folder / "token"), MARK: str(folder)}
         argv = [python, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats", "--address", address,
                 "--node-ip-address", node_ip(self.store), "--num-gpus", str(len(msg.get("devices") or [])),
                 "--resources", json.dumps({node_resource(self.node): 1}), "--temp-dir", str(folder / "ray")]
@@ -360,4 +365,4 @@ def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]]) -> 
     return len(victims)
 
 
-__all__ = ["RayNodes", "attempt_token", "cluster_secret", "end_ray", "shared_ray"]
+__all__ = ["RAY_ENV", "RayNodes", "attempt_token", "cluster_secret", "end_ray", "shared_ray"]

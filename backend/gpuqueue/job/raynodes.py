@@ -210,15 +210,33 @@ def _start_head(address: str, placement: dict[str, list[int]]) -> Any:
     ip, port = address.rsplit(":", 1)
     first = next(iter(placement))
     folder = os.environ["GPUQUEUE_RAY_DIR"]
+    # --no-monitor: no autoscaler (the job's nodes are fixed), whose metrics port (44217, every
+    # address) answers anyone without the token
     argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--disable-usage-stats",
             "--port", port, "--node-ip-address", ip, "--num-gpus", str(len(placement[first])),
-            "--resources", json.dumps({node_resource(first): 1}), "--include-dashboard", "false",
-            "--temp-dir", os.path.join(folder, "ray")]
+            "--resources", json.dumps({node_resource(first): 1}), "--include-dashboard", "false", "--no-monitor",
+            *_client_server_args(), "--temp-dir", os.path.join(folder, "ray")]
     env = dict(os.environ, HOME=os.environ.get("HOME") or folder)
     env.pop("GPUQUEUE_EVENT_FD", None)
     with open(os.path.join(folder, "ray-head.log"), "wb") as out:
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGKILL))
+
+
+def _client_server_args() -> list[str]:
+    """Where Ray's client packages (``grpcio``) are installed, ``ray start --head`` runs a Ray
+    client server on port 10001 unless told otherwise, and fails outright if that port is taken:
+    by another job's Ray on this node, or by any process of another user. A free port instead
+    (the server refuses calls without the token); none where Ray has no client (it then refuses
+    the flag)."""
+    import importlib.util
+    import socket
+
+    if importlib.util.find_spec("grpc") is None:  # what Ray checks (ray._private.utils.get_ray_client_dependency_error)
+        return []
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return ["--ray-client-server-port", str(s.getsockname()[1])]
 
 
 def _head_log() -> str:
