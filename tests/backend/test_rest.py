@@ -43,6 +43,9 @@ BAD_BODIES = [
     (b'{"spec": {"kind": "command", "command": ["true"], "timeout_s": NaN}}', "spec.timeout_s"),
     (b'{"spec": {"kind": "command", "command": ["true"], "timeout_s": 1' + b"0" * 400 + b"}}", "401-digit"),
     (b"[" * 100_000 + b"]" * 100_000, "nested more than 32 deep"),
+    # past Python's bound on an int's digits, json's error told the client to call sys.set_int_max_str_digits()
+    (b'{"spec": {"kind": "command", "command": ["true"], "gpus": 1' + b"0" * 5000 + b"}}",
+     "holds a number of over 4300 digits: no field takes one"),
     (b'{"spec": {"kind": "command", "command": ["echo", "a\\u0000b"]}}', "spec.command.1: contains a NUL byte"),
     (b'{"spec": {"kind": "command", "command": ["true"], "env": {"A=B": "x"}}}', "not an environment variable name"),
     (b'{"spec": {"kind": "command", "command": ["true"], "name": "\\u001b[2Jgotcha"}}', "spec.name: contains the control character"),

@@ -211,6 +211,36 @@ def test_a_root_worker_refuses_a_state_folder_its_jobs_cannot_reach(tmp_path: Pa
     assert r.returncode == 2 and "use a --state-dir every user may traverse" in r.stderr, r.stderr
 
 
+def test_a_root_worker_refuses_a_state_folder_another_user_could_change() -> None:
+    """The worker makes, chowns and enters each job's folders in its state folder as root: one
+    that another user made first (a --state-dir under /tmp, say), or one that others or a
+    group other than root's may write, is one where that user could rename what the worker made
+    and put a link in its place (<state>/home -> /root: the worker made it mode 711). Refused at
+    start; a folder in a sticky /tmp that only root may change is not."""
+    import subprocess
+
+    top = Path(tempfile.mkdtemp(prefix="gq-state-"))  # in /tmp: mode 1777, sticky
+    try:
+        top.chmod(0o755)
+        cases = {"taken": (65534, 0o755, "belongs to uid 65534"), "open": (0, 0o777, "is mode 0777"),
+                 "group": (0, 0o775, "is mode 0775 (group 100)"), "fine": (0, 0o755, None)}
+        for name, (uid, mode, why) in cases.items():
+            state = top / name
+            state.mkdir()
+            os.chown(state, uid, 100 if name == "group" else 0)
+            state.chmod(mode)
+            r = subprocess.run([sys.executable, "-m", "gpuqueue.cli", "worker", "--redis", "redis://127.0.0.1:1/0",
+                                "--gpus", "1", "--state-dir", str(state)], capture_output=True, text=True, timeout=60)
+            if why is None:
+                assert "only root may change" not in r.stderr, r.stderr
+                assert "cannot reach Redis" in r.stderr, r.stderr  # it went on
+            else:
+                assert r.returncode == 2 and f"{state} {why}" in r.stderr, (name, r.stderr)
+                assert "use a --state-dir that only root may change" in r.stderr, r.stderr
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
 def test_a_python_the_jobs_uid_cannot_run_fails_at_once_naming_uid_and_fix(cluster: Cluster) -> None:
     """The job's interpreter is root's own (mode 700): its attempt cannot start as the owner's
     uid, and no retry would change that. The job fails at its first attempt, saying which file,

@@ -92,6 +92,16 @@ def test_storage_errors_and_bad_options_are_clear(tmp_path: Path) -> None:
     open_root.chmod(0o755)
     with pytest.raises(StorageError, match=r"is mode 755: jobs on the nodes that mount it could read every job's"):
         SharedRoot(str(open_root)).check()
+    if os.geteuid() == 0:  # a group or an owner that a job's identity may have: refused; root's group is fine
+        open_root.chmod(0o750)
+        os.chown(open_root, 0, 100)
+        with pytest.raises(StorageError, match=r"is mode 750: jobs on the nodes that mount it could read every job's"):
+            SharedRoot(str(open_root)).check()
+        os.chown(open_root, 0, 0)
+        SharedRoot(str(open_root)).check()
+        os.chown(open_root, 65534, 0)
+        with pytest.raises(StorageError, match=r"belongs to uid 65534: that user's jobs could read and change every"):
+            SharedRoot(str(open_root)).check()
     made = tmp_path / "made" / "root"
     SharedRoot(str(made)).check()
     assert made.stat().st_mode & 0o777 == 0o700

@@ -252,6 +252,16 @@ class OwnedDir:
             os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
 
 
+def own_folder(path: Path, mode: int) -> None:
+    """Make ``path`` (and its parents) if need be, check that it is a folder of this process's
+    own user, not a link, and give it ``mode``. Raises PermissionError otherwise."""
+    path.mkdir(parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid():
+        raise PermissionError(f"{path} must be a folder of the worker's own user, not a link")
+    os.chmod(path, mode)
+
+
 def prepare_owned(state_dir: str | Path, job_id: str, number: int, uid: int, gid: int,
                   payload: Optional[bytes] = None) -> AttemptPaths:
     """Make the folders of an attempt that runs as ``uid``/``gid`` (see the module docstring):
@@ -260,11 +270,7 @@ def prepare_owned(state_dir: str | Path, job_id: str, number: int, uid: int, gid
     paths = attempt_paths(state_dir, job_id, number, split=True)
     root = Path(state_dir)
     for d, mode in ((root / "jobs", 0o700), (root / "work", 0o711)):
-        d.mkdir(parents=True, exist_ok=True)
-        st = os.lstat(d)
-        if stat.S_ISLNK(st.st_mode) or st.st_uid != os.geteuid():
-            raise PermissionError(f"{d} must be a folder of the worker's own user, not a link")
-        os.chmod(d, mode)
+        own_folder(d, mode)
     paths.records.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(paths.records.parent, 0o700)
     with OwnedDir(root / "work", [job_id], uid, gid, create=True) as jd:

@@ -95,6 +95,7 @@ def build_launch(
     node: str,
     identity: Optional[Identity] = None,
     home: Optional[str] = None,
+    tmpdir: Optional[str] = None,
     placement: Optional[dict[str, list[int]]] = None,
     resume_from: Optional[str] = None,
 ) -> dict[str, Any]:
@@ -103,7 +104,8 @@ def build_launch(
     ``devices`` are the physical GPU indices this attempt may use; the job sees them (and only
     them) through ``CUDA_VISIBLE_DEVICES``. A ``--gpus 0`` job sees none and runs on the CPU.
     ``job_dir`` / ``attempt_dir`` are the job's own folders. ``identity``: the user the job runs
-    as (None: the launching process's own); ``home``: its HOME when the identity has none.
+    as (None: the launching process's own); ``home``: its HOME when the identity has none;
+    ``tmpdir``: its TMPDIR (its own folder, not the node's ``/tmp``; the job's ``env`` may name another).
     ``env`` is the job's whole environment. ``placement``: every node of a job the scheduler
     gang-placed on several nodes, with its GPUs (``GPUQUEUE_PLACEMENT``, for the Ray launcher).
     ``resume_from``: the local folder a job reference in ``spec.resume_from`` was resolved to
@@ -127,6 +129,8 @@ def build_launch(
         env["USER"] = env["LOGNAME"] = identity.account or identity.user
         if identity.home or home:
             env["HOME"] = str(identity.home or home)
+        if tmpdir:
+            env["TMPDIR"] = tmpdir
     env.update(spec.env)
     user_path = spec.env.get("PYTHONPATH", env.get("PYTHONPATH", ""))
     if spec.kind == "cell":

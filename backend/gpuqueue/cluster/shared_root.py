@@ -151,12 +151,16 @@ class SharedRoot:
         (jobs run on the nodes that mount it and must not read other jobs' checkpoints)."""
         try:
             os.makedirs(self.base, mode=0o700, exist_ok=True)
-            mode = os.stat(self.base).st_mode & 0o777
+            st = os.stat(self.base)
         except OSError as e:
             raise StorageError(f"the shared root {self.url} is not usable: {_say(e)}") from None
-        if mode & 0o007:
+        mode = st.st_mode & 0o777
+        if mode & 0o007 or (mode & 0o070 and st.st_gid != 0):  # a job's gid may be the group (not root's)
             raise StorageError(f"the shared root {self.url} is mode {mode:03o}: jobs on the nodes that mount it could "
                                f"read every job's checkpoints; only the workers may (chmod 700 {self.url})")
+        if st.st_uid not in (0, os.geteuid()):
+            raise StorageError(f"the shared root {self.url} belongs to uid {st.st_uid}: that user's jobs could read and "
+                               f"change every job's checkpoints; only the workers may (chown root {self.url})")
 
     def job_prefix(self, job_id: str) -> str:
         """The job's checkpoints on the root (a path inside ``fs``)."""

@@ -49,7 +49,7 @@ from ..attempt import launchfail
 from ..attempt.cgroup import REMEDY as CGROUP_REMEDY, AttemptCgroups, CgroupsUnavailable, end as end_cgroup
 from ..attempt.gpus import local_gpu_count, nvml_gpu_count
 from ..attempt.identity import Identities, Identity, IdentityError
-from ..attempt.jobdir import (OwnedDir, attempt_paths, job_dir, prepare_owned, write_bytes_atomic,
+from ..attempt.jobdir import (OwnedDir, attempt_paths, job_dir, own_folder, prepare_owned, write_bytes_atomic,
                               write_json_atomic)
 from ..attempt.launch import build_launch, runner_env
 from ..queue.models import JobSpec
@@ -60,7 +60,7 @@ from .redis_store import Fenced, RedisStore
 from . import shared_resume
 from .rayjob import RayNodes, shared_ray
 from .shared_root import SharedRoot, StorageError, load_options
-from .worker_args import NOT_ROOT_WARNING, build_parser, unreachable
+from .worker_args import NOT_ROOT_WARNING, build_parser, open_to_others, unreachable
 from .worker_lock import StateDirBusy, lock_state_dir
 from .worker_sweep import SWEEP_S, LocalSweeper, Sweeper, queue_id, tag_job_folder
 from .worker_tail import GIVE_UP_S, AttemptTailer, LocalAttempt
@@ -91,7 +91,7 @@ class NodeAgent(AttemptTailer):
         self.heartbeat_s = heartbeat_s
         self.max_result_bytes = max_result_bytes
         self.identities = identities  # None: jobs run as this worker's own user
-        self._homes: set[int] = set()  # uids whose HOME on this node is made
+        self._own: set[tuple[str, int]] = set()  # (home|tmp, uid): the folders of uids made on this node
         self.instance = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.attempts: dict[tuple[str, int], LocalAttempt] = {}
         # attempts this worker claims or has claimed and is launching (not yet in self.attempts):
@@ -351,11 +351,12 @@ class NodeAgent(AttemptTailer):
                 payload = cast(Optional[bytes], self.store.rb.get(self.store.k("payload", job_id)))
                 if payload is None:
                     raise RuntimeError("its cell payload is missing from the store")
-        home = None
+        home = tmpdir = None
         try:
             if ident is not None:
                 prepare_owned(self.state_dir, job_id, number, ident.uid, ident.gid, payload)
-                home = None if ident.home else str(self._home(ident))
+                home = None if ident.home else str(self._own_folder("home", ident))
+                tmpdir = str(self._own_folder("tmp", ident))
             else:
                 paths.records.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -374,7 +375,8 @@ class NodeAgent(AttemptTailer):
         if resume:
             log.info("attempt %s/%s: resumes from %s, copied from the shared root", job_id, number, spec.resume_from)
         launch = build_launch(job_id, spec, paths.job, paths.attempt, number, list(msg.get("devices", [])), self.node,
-                              identity=ident, home=home, placement=msg.get("placement"), resume_from=resume)
+                              identity=ident, home=home, tmpdir=tmpdir, placement=msg.get("placement"),
+                              resume_from=resume)
         if len(msg.get("placement") or {}) > 1 and not shared_ray():  # the head of the job's own Ray (rayjob.py)
             launch["env"].update(self.raynodes.head(job_id, number, ident))
         _write_json(paths.records / "launch.json", launch)
@@ -422,17 +424,20 @@ class NodeAgent(AttemptTailer):
         except IdentityError as e:
             raise launchfail.LaunchFailed(launchfail.record(launchfail.IDENTITY, e, node=self.node)) from None
 
-    def _home(self, ident: Identity) -> Path:
-        """HOME of a dynamic identity on this node: ``<state>/home/<uid>``, its own, kept
-        between its jobs (caches)."""
-        homes = self.state_dir / "home"
-        if ident.uid not in self._homes:
-            homes.mkdir(mode=0o711, exist_ok=True)
-            os.chmod(homes, 0o711)
-            with OwnedDir(homes, [str(ident.uid)], ident.uid, ident.gid, create=True):
+    def _own_folder(self, kind: str, ident: Identity) -> Path:
+        """``<state>/<kind>/<uid>``, the identity's own folder on this node (mode 700 in a
+        parent of mode 711), kept between its jobs (caches): ``home``, the HOME of a dynamic
+        identity; ``tmp``, the TMPDIR of every identity. Not the node's ``/tmp``: another user's
+        job can plant there, under a name it can predict, what this user's job takes as its own
+        (``<tempdir>/torchinductor_<user>``: PyTorch loads the compiled kernels it finds there),
+        and list what this user's jobs leave there."""
+        parent = self.state_dir / kind
+        if (kind, ident.uid) not in self._own:
+            own_folder(parent, 0o711)
+            with OwnedDir(parent, [str(ident.uid)], ident.uid, ident.gid, create=True):
                 pass
-            self._homes.add(ident.uid)
-        return homes / str(ident.uid)
+            self._own.add((kind, ident.uid))
+        return parent / str(ident.uid)
 
     # -- stopping -------------------------------------------------------------------------
     def _read_control(self) -> None:
@@ -560,6 +565,13 @@ def cli_main(argv: list[str]) -> int:
             print(f"gpuqueue worker: jobs run under their users' own identities, which must reach {state_dir}, "
                   f"but {closed} is mode {os.stat(closed).st_mode & 0o777:03o}: use a --state-dir every user may "
                   f"traverse (e.g. /var/lib/gpuqueue), or chmod o+x {closed}", file=sys.stderr)
+            return 2
+        open_to = open_to_others(state_dir)
+        if open_to is not None:
+            print(f"gpuqueue worker: jobs run under their users' own identities, whose folders this worker makes "
+                  f"in {state_dir} as root, but {open_to}: another user could put there a link that root "
+                  f"follows, or take the folder; use a --state-dir that only root may change (e.g. "
+                  f"/var/lib/gpuqueue), or chown root and chmod go-w that folder", file=sys.stderr)
             return 2
     elif os.geteuid() != 0:
         log.warning(NOT_ROOT_WARNING, os.geteuid())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Optional
 
@@ -76,6 +77,23 @@ NOT_ROOT_WARNING = (
     "worker's own files. What remains: no job gets the store URL or a token (not in its "
     "environment, command line or /proc: the worker and its runners are not dumpable). Run the "
     "worker as root to give each user's jobs their own identity (docs/deploy.md, Security model)")
+
+
+def open_to_others(path: Path) -> Optional[str]:
+    """Why a user other than this process's could change or replace ``path`` (a root worker's
+    state folder, where it makes, chowns and enters each job's folders), or None. Any folder from
+    ``/`` down to it that another uid owns, that others may write, or whose group may (a group
+    other than root's: a job's own gid may be it) is such a way; above the folder itself, not
+    where the sticky bit keeps others from renaming what is not theirs (``/tmp``)."""
+    p = path.resolve()
+    for d in [*reversed(p.parents), p]:
+        st = os.stat(d)
+        if st.st_uid not in (0, os.geteuid()):
+            return f"{d} belongs to uid {st.st_uid}"
+        writable = st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0)
+        if writable and not (d != p and st.st_mode & stat.S_ISVTX):
+            return f"{d} is mode {stat.S_IMODE(st.st_mode):04o} (group {st.st_gid})"
+    return None
 
 
 def unreachable(path: Path) -> Optional[Path]:

@@ -22,7 +22,8 @@ from typing import Any, Optional
 import redis
 
 from ..attempt.cgroup import END_WAIT_S, end as end_cgroup
-from ..attempt.identity import Identity
+from ..attempt import shm
+from ..attempt.identity import DynamicIdentities, Identities, Identity
 from ..attempt.lost import runner_lost_record
 from ..attempt.jobdir import AttemptPaths, OwnedDir, attempt_paths, job_dir, read_events, write_json_atomic
 from ..observability.repeats import Repeats
@@ -84,6 +85,8 @@ class AttemptTailer:
     max_result_bytes: int
     give_up_s: float
     attempts: dict[tuple[str, int], LocalAttempt]
+    claimed: set[tuple[str, int]]
+    identities: Optional[Identities]
     _lock: threading.Lock
     _stop: threading.Event
     _tail_wake: threading.Event
@@ -308,6 +311,28 @@ class AttemptTailer:
             self.attempts.pop((la.job_id, la.number), None)
         if la.uploads is not None:
             la.uploads.close()
+        if la.ident is not None and isinstance(self.identities, DynamicIdentities):
+            self._remove_shm(la.ident.uid)
+
+    def _remove_shm(self, uid: int) -> None:
+        """Remove what a dynamic ``uid`` left in ``/dev/shm`` once no attempt of it runs here,
+        none is being launched and no process of it runs on the node (``gpuqueue.attempt.shm``;
+        the removal is under the lock that a launch takes to be listed, so no job that starts
+        meanwhile loses what it made there)."""
+        with self._lock:
+            if self._busy(uid):
+                return
+        if shm.uid_runs(uid):
+            return
+        with self._lock:
+            removed = 0 if self._busy(uid) else shm.remove_owned(uid)
+        if removed:
+            log.info("uid %s: removed the %d entries its jobs left in %s", uid, removed, shm.SHM)
+
+    def _busy(self, uid: int) -> bool:
+        """Whether an attempt is being launched here, or one of ``uid`` runs (hold the lock)."""
+        return bool(self.claimed - set(self.attempts)) or any(
+            a.ident is not None and a.ident.uid == uid for a in self.attempts.values())
 
     # -- stopping ------------------------------------------------------------------------
     def _signal_stop(self, la: LocalAttempt, reason: str, grace_s: float) -> None:

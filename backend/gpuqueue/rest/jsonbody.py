@@ -22,6 +22,7 @@ import json
 import mmap
 import re
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -35,6 +36,7 @@ from ..queue.models import EDGE, Buffer, SubmitRequest
 
 MAX_DEPTH = 32  # a submit body is 3 deep
 MAX_VALUES = 100_000  # strings, arrays and objects (escaped quotes count too)
+_INT_DIGITS = getattr(sys, "get_int_max_str_digits", lambda: 4300)()  # Python's bound on an int's digits
 BIG = 256 * 1024  # strings longer than this are cut out of the text before parsing
 MAX_REST = 8 * 1024 * 1024  # the body apart from its long strings
 SLICE = 1 << 18  # bytes handled while holding the GIL, at most (~2 ms of base64)
@@ -137,6 +139,9 @@ def read_json(body: Buffer) -> Any:
     try:
         data = json.loads(small)
     except (ValueError, RecursionError) as e:
+        if "integer string conversion" in str(e):  # Python's advice (set_int_max_str_digits) is the server's
+            raise BadRequest(f"the JSON body holds a number of over {_INT_DIGITS} digits: no field takes one, send "
+                             f"a number in the field's range") from None
         raise BadRequest(f"the body is not valid JSON: {e}") from None
     if _SURROGATE.search(small):  # rare: only then walk the values
         _no_lone_surrogate(data)

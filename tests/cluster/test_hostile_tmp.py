@@ -1,0 +1,143 @@
+"""The node's temporary folders, tried by a hostile job: bob's job runs on the same node as
+alice's, both under their own dynamic uids, started by a real Celery worker running as root.
+``/tmp`` is one folder for every user of the node, so bob can plant there, under a name he can
+predict, what alice's job takes as its own (PyTorch's compile cache is
+``<tempdir>/torchinductor_<user>``, and it loads the kernels it finds there), and list the names
+of what her jobs leave there. Each job's temporary folder (``TMPDIR``) is its owner's alone.
+``/dev/shm`` is every user's too, and memory: what alice's jobs leave there goes once none of
+her jobs runs on the node."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from helpers.servers import RedisServer, wait_until
+from training.jobs import logs
+
+from .conftest import Cluster
+from .test_isolation import job_python
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
+
+# alice's job does what a library with a cache in the temporary folder does (torch.compile):
+# it takes <tempdir>/torchinductor_<user>, making it if need be, and loads what it finds there
+ALICE = r'''
+import getpass, os, runpy, sys, tempfile
+cache = os.path.join(tempfile.gettempdir(), "torchinductor_" + getpass.getuser())
+os.makedirs(cache, exist_ok=True)
+kernel = os.path.join(cache, "kernel.py")
+if os.path.exists(kernel):
+    runpy.run_path(kernel)
+with open(os.path.join(tempfile.gettempdir(), "scratch-" + os.environ["GPUQUEUE_JOB_ID"]), "w") as f:
+    f.write("alice's scratch")
+print("tempdir", tempfile.gettempdir(), flush=True)
+'''
+
+# bob's job: plant a kernel where alice's cache would be, or list what her jobs left
+BOB = r'''
+import glob, json, os, sys, tempfile
+if sys.argv[1] == "plant":
+    for tmp in {"/tmp", tempfile.gettempdir()}:
+        cache = os.path.join(tmp, "torchinductor_alice")
+        os.makedirs(cache, exist_ok=True)
+        os.chmod(cache, 0o777)
+        with open(os.path.join(cache, "kernel.py"), "w") as f:
+            f.write("print('code planted by bob ran as uid', __import__('os').getuid(), flush=True)\n")
+        os.chmod(os.path.join(cache, "kernel.py"), 0o666)
+else:
+    seen = []
+    for top in ["/tmp", tempfile.gettempdir(), *glob.glob(sys.argv[2] + "/*/*")]:
+        for dirpath, dirs, files in os.walk(top):
+            seen += [os.path.join(dirpath, n) for n in dirs + files if sys.argv[1] in n]
+    print("seen", json.dumps(seen), flush=True)
+'''
+
+
+# alice's jobs leave POSIX shared memory behind (a segment, and a folder of them), as a crashed
+# DataLoader or NCCL does; the first waits for its go file
+SHM = r'''
+import os, sys, time
+mark = "/dev/shm/gq-shm-" + os.environ["GPUQUEUE_JOB_ID"]
+with open(mark, "wb") as f:
+    f.write(b"x" * 4096)
+os.makedirs(mark + ".d")
+open(mark + ".d/seg", "w").write("y")
+print("made", flush=True)
+while len(sys.argv) > 1 and not os.path.exists(sys.argv[1]):
+    time.sleep(0.1)
+'''
+
+
+@pytest.fixture
+def cluster() -> Iterator[Cluster]:
+    root = Path(tempfile.mkdtemp(prefix="gq-hostile-tmp-"))
+    root.chmod(0o711)  # job identities may traverse it, as /var/lib
+    redis = RedisServer(root / "redis", appendonly=True).start()
+    c = Cluster(root / "cluster", redis, {"n1": 2}, worker_args=())
+    c.root.chmod(0o755)
+    for name, text in (("alice.py", ALICE), ("bob.py", BOB), ("shm.py", SHM)):
+        (c.root / name).write_text(text)
+    try:
+        yield c.start()
+    finally:
+        c.close()
+        redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree("/tmp/torchinductor_alice", ignore_errors=True)
+
+
+def test_a_job_cannot_plant_in_nor_list_another_users_temporary_folder(cluster: Cluster) -> None:
+    c = cluster
+    py, libs = job_python()
+    env = {"PYTHONPATH": libs}
+    bob = c.client("bob")
+    plant = bob.submit({"kind": "command", "retries": 0, "command": [py, str(c.root / "bob.py"), "plant"], "env": env})["id"]
+    assert c.wait_done([plant], 60)[plant]["state"] == "succeeded", logs(bob.events(plant))
+
+    alice = c.client("alice").submit({"kind": "command", "retries": 0, "command": [py, str(c.root / "alice.py")],
+                                      "env": env})["id"]
+    rec = c.wait_done([alice], 60)[alice]
+    alice_log = logs(c.client("alice").events(alice))
+    assert rec["state"] == "succeeded", alice_log
+    # alice's job ran nothing of bob's: its temporary folder is not the one he planted in
+    assert "planted by bob" not in alice_log, alice_log
+    assert "tempdir /tmp\n" not in alice_log + "\n", alice_log
+
+    # and once it ended, bob sees no name of what it left there
+    look = bob.submit({"kind": "command", "retries": 0, "command": [py, str(c.root / "bob.py"), alice, str(c.root)],
+                       "env": env})["id"]
+    assert c.wait_done([look], 60)[look]["state"] == "succeeded", logs(bob.events(look))
+    seen = next(json.loads(line[5:]) for line in logs(bob.events(look)).splitlines() if line.startswith("seen "))
+    assert seen == [], seen
+
+
+def test_what_a_users_jobs_leave_in_shared_memory_goes_once_none_of_them_runs_on_the_node(cluster: Cluster) -> None:
+    c = cluster
+    py, libs = job_python()
+    alice = c.client("alice")
+    go = c.root / "go"
+    other = Path(f"/dev/shm/gq-shm-root-{uuid.uuid4().hex[:8]}")  # someone else's: never touched
+    other.write_text("root's")
+    try:
+        first = alice.submit({"kind": "command", "retries": 0, "command": [py, str(c.root / "shm.py"), str(go)]})["id"]
+        wait_until(lambda: any(e["data"].get("line") == "made" for e in alice.events(first)), 60, 0.1, "the first job")
+        second = alice.submit({"kind": "command", "retries": 0, "command": [py, str(c.root / "shm.py")]})["id"]
+        assert c.wait_done([second], 60)[second]["state"] == "succeeded", logs(alice.events(second))
+        made = [Path(f"/dev/shm/gq-shm-{j}{end}") for j in (first, second) for end in ("", ".d")]
+        assert all(p.exists() for p in made), made  # her first job still runs: it may use them
+        go.touch()
+        assert c.wait_done([first], 60)[first]["state"] == "succeeded", logs(alice.events(first))
+        wait_until(lambda: not any(p.exists() for p in made), 30, 0.1, "what alice's jobs left in /dev/shm to go")
+        assert other.read_text() == "root's"
+    finally:
+        other.unlink()
+        for p in Path("/dev/shm").glob("gq-shm-j-*"):
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
