@@ -63,27 +63,44 @@ class PoolNodes:
         uses up), or (``borrow``) the reservation is a starved job's. Returns the placement and
         whether it borrows."""
         by_free, by_name = self.by_free, self.by_name
-        for strict in ((True, False) if apart is not None else (False,)):
-            for f in range(gpus, self.max_gpus + 1):
-                names = by_free.get(f)
-                if not names:
+        # the nodes ``apart`` keeps out of the first round, in the order met: the second round
+        # ("then among all") would meet the other nodes again in the same order and turn them
+        # down again (whether a reservation lets the job in does not change in between), so
+        # only these are looked at again
+        kept_apart: list[str] = []
+        for f in range(gpus, self.max_gpus + 1):
+            names = by_free.get(f)
+            if not names:
+                continue
+            for name in names:
+                if apart is not None and apart(by_name[name]):
+                    kept_apart.append(name)
                     continue
-                for name in names:
-                    if strict and apart(by_name[name]):  # type: ignore[misc]
-                        continue
-                    borrowed = False
-                    if claimed:
-                        r = claimed.get(name)
-                        if r is not None and not (r.shadow < INF and end <= r.shadow):
-                            spare = r.spare.get(name, 0)
-                            if gpus <= spare:
-                                r.spare[name] = spare - gpus
-                            elif borrow and r.starved:
-                                borrowed = True
-                            else:
-                                continue
+                # (a node no reservation holds, the common case, without the call)
+                borrowed = self._enter(name, gpus, claimed, end, borrow) if claimed and name in claimed else False
+                if borrowed is not None:
                     return {name: tuple(sorted(by_name[name].free)[:gpus])}, borrowed
+        for name in kept_apart:
+            borrowed = self._enter(name, gpus, claimed, end, borrow)
+            if borrowed is not None:
+                return {name: tuple(sorted(by_name[name].free)[:gpus])}, borrowed
         return None, False
+
+    @staticmethod
+    def _enter(name: str, gpus: int, claimed: dict[str, "Reservation"], end: float, borrow: bool) -> Optional[bool]:
+        """Whether a job of ``gpus`` ending at ``end`` may take the node ``name`` as far as
+        reservations go (``best_fit``): None if not, else whether it borrows the GPUs of a
+        starved job's reservation. Fitting in a reservation's spare GPUs uses them up."""
+        r = claimed.get(name) if claimed else None
+        if r is None or (r.shadow < INF and end <= r.shadow):
+            return False
+        spare = r.spare.get(name, 0)
+        if gpus <= spare:
+            r.spare[name] = spare - gpus
+            return False
+        if borrow and r.starved:
+            return True
+        return None
 
     def idle_nodes(self, gpus: int, nodes: int, claimed: dict[str, "Reservation"], end: float,
                    borrow: bool = False) -> tuple[Optional[Placement], bool]:
