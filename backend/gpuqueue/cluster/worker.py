@@ -307,6 +307,8 @@ class NodeAgent(AttemptTailer):
                 msg, fut = self._launches.get(timeout=0.5)
             except queue.Empty:
                 continue
+            if not self._forks.alive():  # it died while this thread waited (the launch came for that)
+                self._forks = self._new_fork_server()
             fut.set_result(self._spawn_or_fail(msg, self._forks))
         if self._forks is not None:
             self._forks.close()
