@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gpuqueue.queue.bounds import MB, dropped_for_newer, logs_dropped_for_newer
 from gpuqueue.queue.config import GroupConfig, PolicyConfig, PoolConfig, QueueConfig, UserLimits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -197,12 +198,13 @@ state folder). Finished jobs stay in it for `keep_finished` / `gpuqueue schedule
   frees room within `max_results_mb`, `max_logs_mb` and `max_finished` (docs/user-guide.md).
 
 ```
-gpuqueue: job j-1a2b3c4d5e6f: its results (150.0 MB) were dropped to make room for newer ones: your stored results are kept within 2048 MB (max_results_mb in the queue config); fetch results soon after a job ends, or save big objects to shared storage and return their path
+%gpuqueue result j-1a2b3c4d5e6f
+{result_dropped}
 ```
 
 ```
 $ gpuqueue logs j-0f1e2d3c4b5a
-[gpuqueue] the logs of this job (212.4 MB of output, progress and metrics) were dropped to keep your stored output within 4096 MB (max_logs_mb in the queue config): newer jobs' output is kept first; its state, errors and checkpoints are still here. Write what you must keep to a file in shared storage
+{logs_dropped}
 ```
 
 Set any of them in `[defaults]` for everyone or in `[users.NAME]` for one user.
@@ -220,6 +222,18 @@ end of each user then rebuilds.
 """
 
 
+def store_bounds() -> str:
+    """The store-bounds section, its two examples in the code's own words: what ``%gpuqueue
+    result`` says of a job whose results were dropped, and what ``gpuqueue logs`` says of one
+    whose output was (``gpuqueue.queue.bounds``; ``tests/jupyter/test_rate_limit.py`` shows the
+    first as a cell prints it)."""
+    job = "j-1a2b3c4d5e6f"
+    result = (f"UsageError: {job} succeeded, but its results cannot come back: job {job}: "
+              + dropped_for_newer(int(150 * MB), 2048))
+    logs = "[gpuqueue] " + logs_dropped_for_newer(int(212.4 * MB), 4096)
+    return STORE_BOUNDS.replace("{result_dropped}", result).replace("{logs_dropped}", logs)
+
+
 def render() -> str:
     parts = [
         HEAD.replace("{example}", EXAMPLE.read_text()),
@@ -230,7 +244,7 @@ def render() -> str:
         "first (by group weight), then to the users within each (by user weight). A user is in at most one "
         "group; users in none share as groups of their own.\n\n" + model_table(GroupConfig),
         RATE_LIMITS,
-        STORE_BOUNDS,
+        store_bounds(),
         "## `[policy]`\n\nThe formula these knobs enter is in [scheduling.md](scheduling.md).\n\n" + model_table(PolicyConfig),
         "## The server extension (`GPUQueueApp`)\n\n" + traitlets_table(),
         ENV,
