@@ -460,3 +460,18 @@ def test_which_view_a_cell_gets(monkeypatch, capsys):
     monkeypatch.setenv("GPUQUEUE_VIEW", "fancy")
     assert use_widgets(lab) and not use_widgets(None)
     assert "GPUQUEUE_VIEW='fancy' is not text, widget or auto; using auto" in capsys.readouterr().err
+
+
+def test_where_the_kernel_cannot_take_clicks_the_waiting_cells_buttons_are_off_and_say_why():
+    """docs/user-guide.md: outside ipykernel 6 and 7 (here: no kernel at all) a foreground cell
+    waits the plain way, and its widget's Cancel and Detach stay off while it waits, saying so."""
+    from jupyter_gpuqueue.commwait import CommWaiter
+    from jupyter_gpuqueue.widget import JobWidget
+
+    assert CommWaiter.open() is None
+    w = JobWidget(show=False, foreground=True, buttons_live=False)
+    try:
+        for button in (w.cancel_button, w.detach_button):
+            assert button.disabled and "Kernel > Interrupt stops waiting" in button.tooltip, button.tooltip
+    finally:
+        w.close_updates()
