@@ -57,9 +57,9 @@ ENV = """
 | `GPUQUEUE_CONFIG` | the queue file, when `c.GPUQueueApp.config_file` is not set |
 | `GPUQUEUE_URL`, `GPUQUEUE_TOKEN` | where the CLI and the magic find the REST API (set by the extension for the kernels it starts) |
 | `GPUQUEUE_CELERY_EVENTS` | cluster mode: `1` turns on Celery task events and remote control on the workers and the scheduler, for Flower (as `--celery-events`; deploy.md "Flower") |
-| `GPUQUEUE_VIEW` | `text` forces the plain-text cell view instead of the widget |
+| `GPUQUEUE_VIEW` | in the kernel's environment: `text` forces the plain-text cell view, `widget` the widget; the default `auto` chooses (docs/user-guide.md) |
 | `GPUQUEUE_MAX_OUTPUT_MB` | on the Jupyter server (embedded) or each worker: how much of its output and events (lines, metrics, progress, checkpoint records) one attempt of a job keeps, default `256`; past it the runner drops the job's further records after one stderr line saying so, so that no job fills the queue's store (shared by every user) by printing without end |
-| `GPUQUEUE_PASS_ENV` | more variables a job takes from the environment of the Jupyter server (or worker) that launches it, e.g. `HF_HOME,WANDB_*` (names, or prefixes with `*`); names of credentials (`*TOKEN*`, `*PASSWORD*`, `*SECRET*`, `*_KEY`, `JPY_*`, `JUPYTER*`, `GPUQUEUE_REDIS*`, `GPUQUEUE_URL`, `GPUQUEUE_API*`) never pass |
+| `GPUQUEUE_PASS_ENV` | more variables a job takes from the environment of the Jupyter server (or worker) that launches it, e.g. `HF_HOME,WANDB_*` (names, or prefixes with `*`); names of credentials (in any case: `*TOKEN*`, `*PASSWORD*`, `*PASSWD*`, `*SECRET*`, `*CREDENTIAL*`, `*_KEY`, `*_AUTH*`, `*COOKIE*`, `JPY_*`, `JUPYTER*`, `GPUQUEUE_REDIS*`, `GPUQUEUE_URL`, `GPUQUEUE_API*`) never pass |
 
 Inside a job: `CUDA_VISIBLE_DEVICES`, `GPUQUEUE_JOB_ID`, `GPUQUEUE_ATTEMPT`, `GPUQUEUE_JOB_DIR`,
 `GPUQUEUE_ATTEMPT_DIR`, `GPUQUEUE_NODE`, `GPUQUEUE_NUM_GPUS`, and where asked
