@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from gpuqueue.queue.bounds import MB, dropped_for_newer, logs_dropped_for_newer
 from gpuqueue.queue.config import GroupConfig, PolicyConfig, PoolConfig, QueueConfig, UserLimits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,9 +57,9 @@ ENV = """
 | `GPUQUEUE_CONFIG` | the queue file, when `c.GPUQueueApp.config_file` is not set |
 | `GPUQUEUE_URL`, `GPUQUEUE_TOKEN` | where the CLI and the magic find the REST API (set by the extension for the kernels it starts) |
 | `GPUQUEUE_CELERY_EVENTS` | cluster mode: `1` turns on Celery task events and remote control on the workers and the scheduler, for Flower (as `--celery-events`; deploy.md "Flower") |
-| `GPUQUEUE_VIEW` | `text` forces the plain-text cell view instead of the widget |
+| `GPUQUEUE_VIEW` | in the kernel's environment: `text` forces the plain-text cell view, `widget` the widget; the default `auto` chooses (docs/user-guide.md) |
 | `GPUQUEUE_MAX_OUTPUT_MB` | on the Jupyter server (embedded) or each worker: how much of its output and events (lines, metrics, progress, checkpoint records) one attempt of a job keeps, default `256`; past it the runner drops the job's further records after one stderr line saying so, so that no job fills the queue's store (shared by every user) by printing without end |
-| `GPUQUEUE_PASS_ENV` | more variables a job takes from the environment of the Jupyter server (or worker) that launches it, e.g. `HF_HOME,WANDB_*` (names, or prefixes with `*`); names of credentials (`*TOKEN*`, `*PASSWORD*`, `*SECRET*`, `*_KEY`, `JPY_*`, `JUPYTER*`, `GPUQUEUE_REDIS*`, `GPUQUEUE_URL`, `GPUQUEUE_API*`) never pass |
+| `GPUQUEUE_PASS_ENV` | more variables a job takes from the environment of the Jupyter server (or worker) that launches it, e.g. `HF_HOME,WANDB_*` (names, or prefixes with `*`); names of credentials (in any case: `*TOKEN*`, `*PASSWORD*`, `*PASSWD*`, `*SECRET*`, `*CREDENTIAL*`, `*_KEY`, `*_AUTH*`, `*COOKIE*`, `JPY_*`, `JUPYTER*`, `GPUQUEUE_REDIS*`, `GPUQUEUE_URL`, `GPUQUEUE_API*`) never pass |
 
 Inside a job: `CUDA_VISIBLE_DEVICES`, `GPUQUEUE_JOB_ID`, `GPUQUEUE_ATTEMPT`, `GPUQUEUE_JOB_DIR`,
 `GPUQUEUE_ATTEMPT_DIR`, `GPUQUEUE_NODE`, `GPUQUEUE_NUM_GPUS`, and where asked
@@ -197,12 +198,13 @@ state folder). Finished jobs stay in it for `keep_finished` / `gpuqueue schedule
   frees room within `max_results_mb`, `max_logs_mb` and `max_finished` (docs/user-guide.md).
 
 ```
-gpuqueue: job j-1a2b3c4d5e6f: its results (150.0 MB) were dropped to make room for newer ones: your stored results are kept within 2048 MB (max_results_mb in the queue config); fetch results soon after a job ends, or save big objects to shared storage and return their path
+%gpuqueue result j-1a2b3c4d5e6f
+{result_dropped}
 ```
 
 ```
 $ gpuqueue logs j-0f1e2d3c4b5a
-[gpuqueue] the logs of this job (212.4 MB of output, progress and metrics) were dropped to keep your stored output within 4096 MB (max_logs_mb in the queue config): newer jobs' output is kept first; its state, errors and checkpoints are still here. Write what you must keep to a file in shared storage
+{logs_dropped}
 ```
 
 Set any of them in `[defaults]` for everyone or in `[users.NAME]` for one user.
@@ -220,6 +222,18 @@ end of each user then rebuilds.
 """
 
 
+def store_bounds() -> str:
+    """The store-bounds section, its two examples in the code's own words: what ``%gpuqueue
+    result`` says of a job whose results were dropped, and what ``gpuqueue logs`` says of one
+    whose output was (``gpuqueue.queue.bounds``; ``tests/jupyter/test_rate_limit.py`` shows the
+    first as a cell prints it)."""
+    job = "j-1a2b3c4d5e6f"
+    result = (f"UsageError: {job} succeeded, but its results cannot come back: job {job}: "
+              + dropped_for_newer(int(150 * MB), 2048))
+    logs = "[gpuqueue] " + logs_dropped_for_newer(int(212.4 * MB), 4096)
+    return STORE_BOUNDS.replace("{result_dropped}", result).replace("{logs_dropped}", logs)
+
+
 def render() -> str:
     parts = [
         HEAD.replace("{example}", EXAMPLE.read_text()),
@@ -230,7 +244,7 @@ def render() -> str:
         "first (by group weight), then to the users within each (by user weight). A user is in at most one "
         "group; users in none share as groups of their own.\n\n" + model_table(GroupConfig),
         RATE_LIMITS,
-        STORE_BOUNDS,
+        store_bounds(),
         "## `[policy]`\n\nThe formula these knobs enter is in [scheduling.md](scheduling.md).\n\n" + model_table(PolicyConfig),
         "## The server extension (`GPUQueueApp`)\n\n" + traitlets_table(),
         ENV,

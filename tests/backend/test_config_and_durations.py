@@ -69,3 +69,21 @@ def test_missing_config_file(tmp_path):
 def test_single_node_default():
     cfg = single_node_config(4)
     assert cfg.pools["default"].nodes == {"local": 4}
+
+
+def test_a_jobs_pool_defaults_fill_what_it_left_unset(tmp_path):
+    """docs/config.md: a pool's default_timeout is the time limit of a job that sets none, and its
+    preemptible flag the job's; the file's retries (default 3) a job's that sets none
+    (docs/job-states.md); the first pool is the default one. What the job sets stays."""
+    from gpuqueue.queue.lifecycle import with_defaults
+    from gpuqueue.queue.models import JobSpec
+
+    (tmp_path / "q.toml").write_text('[pools.dev]\nnodes = { n1 = 1 }\ndefault_timeout = "30m"\npreemptible = true\n'
+                                     '[pools.prod]\nnodes = { n2 = 1 }\n')
+    cfg = load_config(tmp_path / "q.toml")
+    bare = with_defaults(JobSpec(kind="command", command=["true"]), cfg)
+    assert (bare.pool, bare.timeout_s, bare.preemptible, bare.retries) == ("dev", 1800, True, 3)
+    own = with_defaults(JobSpec(kind="command", command=["true"], timeout_s=60, retries=0, preemptible=False), cfg)
+    assert (own.timeout_s, own.preemptible, own.retries) == (60, False, 0)
+    prod = with_defaults(JobSpec(kind="command", command=["true"], pool="prod"), cfg)
+    assert (prod.timeout_s, prod.preemptible) == (None, False)

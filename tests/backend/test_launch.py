@@ -23,6 +23,12 @@ SECRETS = {
     "DB_PASSWORD": "pw",
     "AWS_SECRET_ACCESS_KEY": "key",
     "SOME_API_KEY": "key",
+    # the rest of the names docs/config.md says never pass (GPUQUEUE_PASS_ENV): any case
+    "SMTP_PASSWD": "smtp-passwd",
+    "GOOGLE_APPLICATION_CREDENTIALS": "/etc/gcp-credentials.json",
+    "PROXY_AUTH": "proxy-auth",
+    "SESSION_COOKIE": "session-cookie",
+    "my_token": "lower-case-token",
 }
 
 
@@ -52,6 +58,11 @@ def test_the_job_environment_holds_no_credential_of_the_launching_process(host: 
     assert env["UNRELATED"] == "1" and "PATH" in env
     assert env["MINE"] == "yes" and env["WANDB_API_KEY"] == "users-own"  # the user's own choice
     assert env["CUDA_VISIBLE_DEVICES"] == "2,3" and env["GPUQUEUE_JOB_ID"] == "j-1"
+    # the names docs/config.md says a job finds ("Inside a job")
+    assert {k: env[k] for k in ("GPUQUEUE_ATTEMPT", "GPUQUEUE_JOB_DIR", "GPUQUEUE_ATTEMPT_DIR", "GPUQUEUE_NODE",
+                                "GPUQUEUE_NUM_GPUS")} == {
+        "GPUQUEUE_ATTEMPT": "1", "GPUQUEUE_JOB_DIR": str(tmp_path / "job"),
+        "GPUQUEUE_ATTEMPT_DIR": str(tmp_path / "job" / "attempt-1"), "GPUQUEUE_NODE": "gpu-1", "GPUQUEUE_NUM_GPUS": "2"}
 
 
 def test_the_runner_environment_holds_no_credential(host: None) -> None:

@@ -77,6 +77,23 @@ def test_a_launch_no_retry_would_change_fails_at_once_and_a_passing_one_is_retri
         "the job could not start on node n1: its folder /srv/q/work/j-1 cannot be made (No space left on device)")
 
 
+@pytest.mark.parametrize("policy", ["gpuqueue", "fifo"])
+def test_a_preempted_attempt_puts_its_job_back_in_queued_and_spends_no_retry(policy):
+    """docs/job-states.md: a preemption requeues the job at once without counting a failure, even
+    with no retries left; the job goes straight back to ``queued`` (no job ever holds the state
+    ``preempted``: that word is the attempt's outcome)."""
+    cfg = QueueConfig.model_validate({"pools": {"gpu": {"nodes": {"n1": 1}}}})
+    sched = make_scheduler(cfg, policy)
+    sched.node_up("n1", "gpu", 1, 0.0)
+    assert sched.submit(JobRequest(id="p", user="ana", pool="gpu", gpus=1, max_retries=0), 0.0) is None
+    sched.tick(1.0)
+    decisions = sched.finished("p", Outcome.PREEMPTED, 3.0)
+    job = _job([]).model_copy(update={"id": "p"})
+    state, info = settle(job, Outcome.PREEMPTED, {"exit_code": None, "stop_reason": "preempted"}, decisions, 3.0)
+    assert state == JobState.QUEUED and info["after"] == "preempted"
+    assert (job.failures, job.preemptions, job.attempts[-1].outcome) == (0, 1, Outcome.PREEMPTED)
+
+
 def test_a_job_that_kills_its_runner_is_relaunched_a_bounded_number_of_times(jupyter_server):
     client = jupyter_server.client()
     job = client.submit({"kind": "command", "retries": 0,

@@ -44,10 +44,13 @@ def test_a_bad_value_does_not_drop_the_cluster_url(jupyter_server_factory) -> No
 
 def test_unknown_settings_and_bad_types_are_named_with_the_fix(jupyter_server_factory) -> None:
     server = jupyter_server_factory(
-        gpus=0, ready="api/status", args=["--GPUQueueApp.api_ur=http://127.0.0.1:9/", "--GPUQueueApp.identity=usr"])
+        gpus=0, ready="api/status", args=["--GPUQueueApp.api_ur=http://127.0.0.1:9/", "--GPUQueueApp.identity=usr",
+                                          "--GPUQueueApp.max_payload_mb=0"])  # out of range (config.md)
     _off(server, "GPUQueueApp.api_ur is not a gpuqueue setting (did you mean api_url?); docs/config.md lists the "
                  "GPUQueueApp settings; GPUQueueApp.identity cannot be used: The 'identity' trait of a GPUQueueApp "
-                 "instance expected any of ['auto', 'user', 'server_owner'], not the str 'usr'" + OFF)
+                 "instance expected any of ['auto', 'user', 'server_owner'], not the str 'usr'; "
+                 "GPUQueueApp.max_payload_mb cannot be used: The value of the 'max_payload_mb' trait of a GPUQueueApp "
+                 "instance should not be less than 0.001, but a value of 0.0 was specified" + OFF)
 
 
 def test_a_missing_queue_file_turns_the_queue_off(jupyter_server_factory, tmp_path) -> None:

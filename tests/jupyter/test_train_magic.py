@@ -421,6 +421,25 @@ def test_status_says_where_a_job_runs_and_why_it_ended(jupyter_server):
                         line), line
 
 
+PRECISION_CELL = """%%train --precision bf16 --grad-checkpointing --outputs opts
+import os, torch
+from gpuqueue.distributed import autocast, grad_checkpointing
+from transformers import Trainer, TrainingArguments
+with autocast():
+    dtype = str((torch.ones(2, 2) @ torch.ones(2, 2)).dtype)
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 1)
+    def forward(self, x):
+        return {"loss": self.lin(x).sum()}
+args = TrainingArguments(output_dir=os.path.join(os.environ["GPUQUEUE_JOB_DIR"], "hf"), report_to=[])
+built = Trainer(model=Tiny(), args=args).args
+opts = [os.environ["GPUQUEUE_PRECISION"], grad_checkpointing(), dtype, built.bf16, built.fp16,
+        built.gradient_checkpointing]
+"""
+
+
 def test_env_sets_variables_in_the_job(jupyter_server):
     """`%%train --env NAME=VALUE` (again for more) sets them in the job's environment, as
     `gpuqueue submit --env` does for a command: the knobs training.md names for a job's env
@@ -432,6 +451,11 @@ def test_env_sets_variables_in_the_job(jupyter_server):
     assert res.error is None, res.text
     assert k.run("print(seen)").stdout.strip() == "['hi', '3', 'a=b']"
     assert "--env NAME=VALUE" in k.run("%train --help").stdout
+    # --precision and --grad-checkpointing (README, training.md): gpuqueue.distributed.autocast() and a
+    # Hugging Face Trainer built in the job (the job's import hook) take them, with nothing in the cell
+    res = k.run(PRECISION_CELL)
+    assert res.error is None, res.text
+    assert k.run("print(opts)").stdout.strip() == "['bf16', True, 'torch.bfloat16', True, False, True]"
 
 
 def test_checkpoints_mark_the_best_one_only(jupyter_server):

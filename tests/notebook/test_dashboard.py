@@ -68,4 +68,8 @@ def test_dashboard_text_form(jupyter_server):
     assert f"{job['id']} txt: running on local" in out.stdout
     assert "fair share: your recent use 1 GPU-hour (halves every 7 days); your weight 1; your turn 1st of 1 user" \
         in out.stdout
+    # --all (user-guide.md): everyone's jobs, for admins (the server's own user is one in embedded mode;
+    # another flag is refused: test_train_magic.test_gpuqueue_verbs)
+    everyone = k.run("%gpuqueue dashboard --all")
+    assert everyone.error is None and f"{job['id']} txt: running on local" in everyone.stdout, everyone.text
     jupyter_server.client().cancel(job["id"])

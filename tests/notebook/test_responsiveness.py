@@ -53,5 +53,8 @@ def test_kernel_stays_responsive_while_the_widget_follows_a_flood(jupyter_server
           f"widget redraws {rate:.1f}/s; lines in widget {st['lines_total']}/{total}")
     assert st["lines_total"] == total
     assert f"flood line {total - 1}" in st["log"]
+    # the log tail keeps the last 400 lines (docs/user-guide.md; `%gpuqueue logs ID` prints them all)
+    assert st["log"].count("flood line ") == 400 and f"flood line {total - 400}" in st["log"], st["log"][:200]
+    assert f"flood line {total - 401}" not in st["log"]
     assert statistics.median(latencies) < 0.5
     assert rate <= 5.5

@@ -436,3 +436,42 @@ def test_the_state_line_of_a_job_not_placed_yet_says_why_without_a_position():
             assert w.state_text() == line
         finally:
             w.close_updates()
+
+
+def test_which_view_a_cell_gets(monkeypatch, capsys):
+    """docs/user-guide.md, "Where widgets cannot render": GPUQUEUE_VIEW=text or widget forces one;
+    the default, auto, takes the widget for a JupyterLab / Notebook 7 execute request (its
+    metadata), a connected widget manager, or a kernel VS Code started, and text otherwise."""
+    from jupyter_gpuqueue.display import use_widgets
+
+    for name in ("GPUQUEUE_VIEW", "VSCODE_PID", "JPY_PARENT_PID"):
+        monkeypatch.delenv(name, raising=False)
+    lab = {"deletedCells": [], "recordTiming": False, "cellId": "c1"}
+    assert not use_widgets(None) and not use_widgets({"cellId": "c1"})  # a raw kernel client, nbconvert
+    assert use_widgets(lab) and use_widgets({"recordTiming": True})
+    monkeypatch.setenv("VSCODE_PID", "42")
+    assert use_widgets(None)  # VS Code's own kernel
+    monkeypatch.setenv("JPY_PARENT_PID", "7")
+    assert not use_widgets(None)  # a Jupyter server's kernel, whoever runs the browser
+    monkeypatch.setenv("GPUQUEUE_VIEW", "text")
+    assert not use_widgets(lab)
+    monkeypatch.setenv("GPUQUEUE_VIEW", "widget")
+    assert use_widgets(None)
+    monkeypatch.setenv("GPUQUEUE_VIEW", "fancy")
+    assert use_widgets(lab) and not use_widgets(None)
+    assert "GPUQUEUE_VIEW='fancy' is not text, widget or auto; using auto" in capsys.readouterr().err
+
+
+def test_where_the_kernel_cannot_take_clicks_the_waiting_cells_buttons_are_off_and_say_why():
+    """docs/user-guide.md: outside ipykernel 6 and 7 (here: no kernel at all) a foreground cell
+    waits the plain way, and its widget's Cancel and Detach stay off while it waits, saying so."""
+    from jupyter_gpuqueue.commwait import CommWaiter
+    from jupyter_gpuqueue.widget import JobWidget
+
+    assert CommWaiter.open() is None
+    w = JobWidget(show=False, foreground=True, buttons_live=False)
+    try:
+        for button in (w.cancel_button, w.detach_button):
+            assert button.disabled and "Kernel > Interrupt stops waiting" in button.tooltip, button.tooltip
+    finally:
+        w.close_updates()

@@ -192,6 +192,25 @@ def test_training_series_are_bounded() -> None:
     assert [s["name"] for s in scrape(m2).series("gpuqueue_job_training_metric")] == ["eval_loss"]
 
 
+def test_training_series_bounds_come_from_the_environment(monkeypatch) -> None:
+    """docs/metrics.md: GPUQUEUE_METRICS_MAX_JOBS / _MAX_NAMES / _JOB_NAMES, read from the
+    environment of the process that serves the metrics; names cut to 64 characters."""
+    monkeypatch.setenv("GPUQUEUE_METRICS_MAX_JOBS", "1")
+    monkeypatch.setenv("GPUQUEUE_METRICS_MAX_NAMES", "2")
+    m = QueueMetrics()
+    long_name = "x" * 80
+    for j in (job("j-000000000001"), job("j-000000000002")):
+        m.on_event("started", {"job": j})
+        m.on_event("event", {"job": j, "type": "metrics", "data": {"step": 1, long_name: 1.0, "b": 2.0, "c": 3.0}})
+    x = scrape(m)
+    assert sorted(s["name"] for s in x.series("gpuqueue_job_training_metric")) == ["b", "x" * 64]
+    assert x.get("gpuqueue_job_metrics_dropped_total", reason="jobs") == 1
+    monkeypatch.setenv("GPUQUEUE_METRICS_JOB_NAMES", " c , a")
+    m2 = QueueMetrics()
+    m2.on_event("event", {"job": job(), "type": "metrics", "data": {"b": 2.0, "c": 3.0}})
+    assert [s["name"] for s in scrape(m2).series("gpuqueue_job_training_metric")] == ["c"]
+
+
 def test_a_metric_name_that_is_no_text_does_not_break_the_scrape() -> None:
     """A job's metrics record is JSON it wrote: "\\ud800" parses into half a surrogate pair, which
     cannot be encoded, so every scrape of the server failed (500) while the job ran."""

@@ -67,10 +67,16 @@ def test_scrape_needs_the_token_and_passes_promtool(jupyter_server: JupyterServe
     r = requests.get(jupyter_server.url + "gpuqueue/metrics", headers={"Authorization": "token wrong"}, timeout=10)
     assert r.status_code == 403
     # Prometheus' `authorization: {type: Bearer}` works too
+    before = jupyter_server.api("GET", "api/status").json()["last_activity"]
     r = requests.get(jupyter_server.url + "gpuqueue/metrics",
                      headers={"Authorization": f"Bearer {jupyter_server.token}"}, timeout=10)
     assert r.status_code == 200
     assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    # a scrape is not user activity (docs/metrics.md): the server's last_activity, which an idle
+    # culler reads, is as it was; an authenticated REST call moves it
+    assert jupyter_server.api("GET", "api/status").json()["last_activity"] == before
+    assert jupyter_server.api("GET", "gpuqueue/api/jobs").status_code == 200
+    assert jupyter_server.api("GET", "api/status").json()["last_activity"] > before
     # promtool lints the Prometheus text format; it does not read OpenMetrics, which the
     # endpoint serves when asked (checked with prometheus_client's parser instead)
     from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
