@@ -58,6 +58,11 @@ def test_a_user_deletes_her_finished_jobs_and_the_sweep_gives_back_their_room(
     queued = alice.submit({"kind": "command", "gpus": 2, "retries": 0, "resume_from": saved,
                            "command": [PY, "-c", "print(1)"]})["id"]
     assert alice.get(queued)["state"] == "queued"
+    # the GPUs set aside for her blocked job: she sees its id in the queue summary, bob does not
+    wait_until(lambda: alice.queue()["pools"]["gpu"]["reserved_for"] == [queued], 30, 0.1,
+               "the reservation published")
+    assert bob.queue()["pools"]["gpu"]["reserved_for"] == []
+    assert root.queue()["pools"]["gpu"]["reserved_for"] == [queued]
     for job_id in (running, queued):
         res = _delete(c, "alice", job_id)
         assert res.status_code == 409, res.text

@@ -348,9 +348,15 @@ class ClusterFrontend:
     def _summary(self, caller: Caller) -> dict[str, Any]:
         snap = self.store.get_json("snapshot") or {}
         mine: dict[str, int] = {}
-        for j in self._live(caller.name):
+        live = self._live(caller.name)
+        for j in live:
             mine[j.state.value] = mine.get(j.state.value, 0) + 1
-        out = {"mode": "cluster", "pools": snap.get("pools", {}), "nodes": snap.get("nodes", {}),
+        pools = snap.get("pools", {})
+        if not caller.admin:  # another user's job ids are not shown (its 404 says no such job)
+            own = {j.id for j in live}
+            pools = {name: {**p, "reserved_for": [i for i in p.get("reserved_for", ()) if i in own]}
+                     if isinstance(p, dict) else p for name, p in pools.items()}
+        out = {"mode": "cluster", "pools": pools, "nodes": snap.get("nodes", {}),
                "me": {"user": caller.name, "admin": caller.admin, "jobs": mine}}
         if "users" in snap and caller.admin:
             out["users"] = snap["users"]
