@@ -58,6 +58,8 @@ BAD_BODIES = [
     (b'{"spec": {"kind": "command", "command": ["echo", "\\ud800"]}}', "spec.command.1: holds an unpaired surrogate"),
     (b'{"spec": {"kind": "command", "command": ["true"], "env": {"A": "x\\udfff"}}}', "spec.env.A: holds an unpaired surrogate"),
     (b'{"spec": {"kind": "cell", "inputs": ["os.system"]}, "payload_b64": "AA=="}', "not a Python name"),
+    # resolved against the runner's folder on the node, not the caller's: the caller means another one
+    (b'{"spec": {"kind": "command", "command": ["true"], "cwd": "../alice"}}', "spec.cwd: '../alice' is a relative path"),
     (b'{"spec": {"kind": "cell", "name": "' + b"x" * 300_000 + b'"}}', "spec.name: this string is too long"),
     # each argument within Linux's 128 KB, together more than a process is given (and kept in
     # the record, in Redis for every user, for 30 days)

@@ -85,6 +85,12 @@ def _one_line(n: int) -> Callable[[str], None]:
     return check
 
 
+def _absolute(v: str) -> None:
+    if not v.startswith("/"):
+        raise ValueError(f"{v[:50]!r} is a relative path: give the absolute one (e.g. /home/you/project); "
+                         f"the job runs elsewhere, where a relative path would mean another folder")
+
+
 def _env_key(v: str) -> None:
     if not _ENV_KEY.fullmatch(v) or len(v) > MAX_ID_LEN:
         raise ValueError(f"{v[:50]!r} is not an environment variable name: use letters, digits and _, "
@@ -132,7 +138,8 @@ class JobSpec(BaseModel):
     command: Optional[Annotated[list[Arg], _edge(_max_len(MAX_ARGS, "arguments"))]] = Field(
         None, min_length=1, description="argv, for kind 'command'"
     )
-    cwd: Optional[Path_] = Field(None, description="working directory of the job process")
+    cwd: Optional[Annotated[Path_, _edge(_absolute)]] = Field(
+        None, description="working directory of the job process (an absolute path)")
     python: Optional[Path_] = Field(None, description="interpreter that runs the job")
     env: Annotated[dict[EnvKey, Arg], _edge(_max_len(MAX_ENV, "variables"))] = Field(
         default_factory=dict, description="extra environment"
