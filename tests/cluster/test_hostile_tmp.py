@@ -5,7 +5,10 @@ predict, what alice's job takes as its own (PyTorch's compile cache is
 ``<tempdir>/torchinductor_<user>``, and it loads the kernels it finds there), and list the names
 of what her jobs leave there. Each job's temporary folder (``TMPDIR``) is its owner's alone.
 ``/dev/shm`` is every user's too, and memory: what alice's jobs leave there goes once none of
-her jobs runs on the node."""
+her jobs runs on the node. With ``--private-tmp on`` (the default as root) each job's ``/tmp``,
+``/var/tmp`` and ``/dev/shm`` are its own (a mount namespace per attempt): bob's job sees none of
+the names alice's job uses there and makes them his own without touching hers.
+The cluster lives outside ``/tmp``, which a job's own namespace hides."""
 
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import pytest
 
 from helpers.servers import RedisServer, wait_until
 from training.jobs import logs
+
+from gpuqueue.attempt import launch, privtmp
 
 from .conftest import Cluster
 from .test_isolation import job_python
@@ -76,14 +81,58 @@ while len(sys.argv) > 1 and not os.path.exists(sys.argv[1]):
 '''
 
 
+# alice's job uses the node's temporary folders under fixed names, as programs that ignore TMPDIR
+# do, and a named POSIX shared memory segment; a child of it reads what it wrote in /dev/shm (as a
+# DataLoader worker or another rank of the job does). Bob's job, run at the same time, looks for
+# the same names, then makes them his. Each says what it saw; alice's job waits for its go file
+# and then checks that what it made is still its own.
+NAMES = r'''
+import json, os, subprocess, sys, time
+from multiprocessing import shared_memory, resource_tracker
+who, tag, go = sys.argv[1], sys.argv[2], sys.argv[3]
+files = [f"/tmp/x-{tag}", f"/var/tmp/y-{tag}", f"/dev/shm/z-{tag}"]
+seg = f"seg-{tag}"
+seen = [f for f in files if os.path.exists(f)]
+try:
+    shm = shared_memory.SharedMemory(name=seg)
+    seen.append(seg)
+    shm.close()
+except FileNotFoundError:
+    pass
+print("seen", json.dumps(seen), flush=True)
+for f in files:
+    with open(f, "w") as out:
+        out.write(who)
+shm = shared_memory.SharedMemory(name=seg, create=True, size=16)
+resource_tracker.unregister(shm._name, "shared_memory")  # left behind, as a crashed job leaves it
+shm.buf[:len(who)] = who.encode()
+child = subprocess.run([sys.executable, "-c", f"print(open('/dev/shm/z-{tag}').read())"], capture_output=True, text=True)
+print("child read", child.stdout.strip(), flush=True)
+for folder in (os.environ["HOME"], os.environ["GPUQUEUE_JOB_DIR"]):  # its own folders are where they were
+    with open(os.path.join(folder, f"mark-{tag}"), "w") as out:
+        out.write(who)
+print("made", flush=True)
+while go != "-" and not os.path.exists(go):
+    time.sleep(0.1)
+mine = [open(f).read() for f in files] + [bytes(shm.buf[:len(who)]).decode()]
+print("still mine", json.dumps(mine == [who] * 4), flush=True)
+'''
+
+
+def _outside_tmp() -> str:
+    """A folder for the test cluster outside the node's /tmp and /var/tmp, which a job's own
+    namespace hides (the worker then runs jobs without one)."""
+    return "/var/lib" if os.path.isdir("/var/lib") else "/"
+
+
 @pytest.fixture
-def cluster() -> Iterator[Cluster]:
-    root = Path(tempfile.mkdtemp(prefix="gq-hostile-tmp-"))
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    root = Path(tempfile.mkdtemp(prefix="gq-hostile-tmp-", dir=_outside_tmp()))
     root.chmod(0o711)  # job identities may traverse it, as /var/lib
     redis = RedisServer(root / "redis", appendonly=True).start()
-    c = Cluster(root / "cluster", redis, {"n1": 2}, worker_args=())
+    c = Cluster(root / "cluster", redis, {"n1": 2}, worker_args=tuple(getattr(request, "param", ())))
     c.root.chmod(0o755)
-    for name, text in (("alice.py", ALICE), ("bob.py", BOB), ("shm.py", SHM)):
+    for name, text in (("alice.py", ALICE), ("bob.py", BOB), ("shm.py", SHM), ("names.py", NAMES)):
         (c.root / name).write_text(text)
     try:
         yield c.start()
@@ -119,6 +168,8 @@ def test_a_job_cannot_plant_in_nor_list_another_users_temporary_folder(cluster: 
     assert seen == [], seen
 
 
+# where jobs share the node's /dev/shm (no namespace of their own), what they leave there is swept
+@pytest.mark.parametrize("cluster", [("--private-tmp", "off")], indirect=True)
 def test_what_a_users_jobs_leave_in_shared_memory_goes_once_none_of_them_runs_on_the_node(cluster: Cluster) -> None:
     c = cluster
     py, libs = job_python()
@@ -141,3 +192,46 @@ def test_what_a_users_jobs_leave_in_shared_memory_goes_once_none_of_them_runs_on
         other.unlink()
         for p in Path("/dev/shm").glob("gq-shm-j-*"):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _line(text: str, start: str) -> str:
+    return next(line[len(start):] for line in text.splitlines() if line.startswith(start))
+
+
+def test_a_job_sees_none_of_the_names_another_users_job_uses_in_tmp_and_shared_memory(cluster: Cluster) -> None:
+    why = privtmp.probe(launch.runner_env())
+    if why is not None:
+        pytest.skip(f"no mount namespace for jobs here: {why}")
+    c = cluster
+    py, libs = job_python()
+    env = {"PYTHONPATH": libs}
+    tag, go = uuid.uuid4().hex[:8], c.root / "go-names"
+    real = [Path(f"/tmp/x-{tag}"), Path(f"/var/tmp/y-{tag}"), Path(f"/dev/shm/z-{tag}"), Path(f"/dev/shm/seg-{tag}")]
+    alice, bob = c.client("alice"), c.client("bob")
+    try:
+        a = alice.submit({"kind": "command", "retries": 0, "env": env,
+                          "command": [py, str(c.root / "names.py"), "alice", tag, str(go)]})["id"]
+        wait_until(lambda: any(e["data"].get("line") == "made" for e in alice.events(a)), 60, 0.1, "alice's job")
+        a_log = logs(alice.events(a))
+        assert _line(a_log, "seen ") == "[]" and _line(a_log, "child read ") == "alice", a_log  # her own child sees it
+        # while hers runs, bob's job on the same node sees none of her names, and takes them
+        b = bob.submit({"kind": "command", "retries": 0, "env": env,
+                        "command": [py, str(c.root / "names.py"), "bob", tag, "-"]})["id"]
+        rec = c.wait_done([b], 60)[b]
+        b_log = logs(bob.events(b))
+        assert rec["state"] == "succeeded", b_log
+        assert _line(b_log, "seen ") == "[]", b_log
+        assert _line(b_log, "child read ") == "bob" and _line(b_log, "still mine ") == "true", b_log
+        go.touch()
+        assert c.wait_done([a], 60)[a]["state"] == "succeeded", logs(alice.events(a))
+        a_log = logs(alice.events(a))
+        assert _line(a_log, "still mine ") == "true", a_log  # bob's names touched nothing of hers
+        # and nothing either left is in the node's own folders or memory
+        assert [p for p in real if os.path.lexists(p)] == []
+        assert "each job gets its own /tmp, /var/tmp and /dev/shm" in c.log("worker-n1")
+        assert len(list((c.root / "node-n1").glob(f"home/*/mark-{tag}"))) == 2  # HOME: as without the namespace
+        assert len(list((c.root / "node-n1").glob(f"**/mark-{tag}"))) == 4  # and the job folders
+    finally:
+        for p in real:
+            if os.path.lexists(p):
+                p.unlink()

@@ -2,7 +2,8 @@
 
 ``python -m gpuqueue.attempt.runner ATTEMPT_DIR`` reads ``launch.json``, starts the job process in its
 own process group with ``CUDA_VISIBLE_DEVICES`` set (and, where ``launch.json`` names a user,
-under that user's uid/gid with no supplementary groups and umask 077), and writes everything the
+under that user's uid/gid with no supplementary groups and umask 077, and where it says
+``private_tmp``, in namespaces of its own: ``gpuqueue.attempt.privtmp``), and writes everything the
 attempt says into ``events.jsonl``: stdout and stderr line by line as they are printed, and the
 structured events the job-side API sends over the pipe named by ``GPUQUEUE_EVENT_FD`` (or, from
 processes without the pipe, appends to the job's own ``events.jsonl``). Of those it keeps only
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import IO, Any, Optional
 
 from ..job.channel import JOB_EVENT_TYPES
-from . import launchfail, orphans
+from . import launchfail, orphans, privtmp
 from .jobdir import OwnedDir, load_json
 from .output import MAX_OUTPUT_BYTES, OutputPump
 from .warmjob import WarmJob
@@ -293,6 +294,8 @@ class Runner:
             if self.user is not None:
                 as_user.update({"user": int(self.user["uid"]), "group": int(self.user["gid"]), "extra_groups": [],
                                 "umask": 0o077})
+            if self.user is not None:
+                self._private_tmp()
             entered, cwd = cwd, (None if self.user is not None else cwd)
             try:
                 self.proc = subprocess.Popen(
@@ -377,6 +380,18 @@ class Runner:
         code = self.proc.returncode
         tail = output.stderr_tail.lines() if code != 0 and self.stop_reason is None else None
         return self._finish(code, started, self._cwd_failed, tail)
+
+    def _private_tmp(self) -> None:
+        """Enter the job's own ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (``gpuqueue.attempt.privtmp``)
+        where ``launch.json`` asks for them (``private_tmp``: the identity's folder and the bound of
+        its ``/dev/shm``); where that fails, the job runs with the node's, said in ``runner.log``."""
+        want = self.launch.get("private_tmp")
+        if not isinstance(want, dict):
+            return
+        try:
+            privtmp.enter(str(want["tmp"]), int(want["shm_bytes"]))
+        except (OSError, KeyError, TypeError, ValueError) as e:
+            print(f"gpuqueue runner: the job runs with the node's /tmp and /dev/shm, not its own: {e}", file=sys.stderr)
 
     def _cwd_error(self, report_r: int, cwd: Optional[str]) -> Optional[dict[str, Any]]:
         """The launch error the job's process reported on ``report_r`` before its exec (it could

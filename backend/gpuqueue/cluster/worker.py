@@ -22,7 +22,9 @@ Isolation: run as root, the worker starts each job under its owner's own Unix id
 (``gpuqueue.attempt.identity``; ``--identities``), with the job's folders its own and the runner's
 records out of its reach (``gpuqueue.attempt.jobdir``). What the job produced (results, its error) is
 read from that attempt's own folder only, refusing links and files that are not the job's, and
-written only under that job's keys, fenced. Not root, it says at start what isolation is left.
+written only under that job's keys, fenced. Each attempt gets its own ``/tmp``, ``/var/tmp`` and
+``/dev/shm`` (``--private-tmp``, ``gpuqueue.attempt.privtmp``) where the worker can make them.
+Not root, it says at start what isolation is left.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import redis
 
 from . import redis_url
 from ..attempt import identity as identities
-from ..attempt import launchfail
+from ..attempt import launchfail, privtmp
 from ..attempt.cgroup import REMEDY as CGROUP_REMEDY, AttemptCgroups, CgroupsUnavailable, end as end_cgroup
 from ..attempt.gpus import local_gpu_count, nvml_gpu_count
 from ..attempt.identity import Identities, Identity, IdentityError
@@ -76,8 +78,11 @@ class NodeAgent(AttemptTailer):
                  heartbeat_s: float = 10.0, max_result_bytes: int = 200_000_000,
                  identities: Optional[Identities] = None, shared: Optional[SharedRoot] = None,
                  sweep_s: float = SWEEP_S, local_sweep_s: float = SWEEP_S, give_up_s: float = GIVE_UP_S,
-                 cgroups: Optional[AttemptCgroups] = None):
+                 cgroups: Optional[AttemptCgroups] = None, private_tmp: Optional[int] = None):
         self.store = store
+        # each attempt's own /tmp, /var/tmp, /dev/shm (gpuqueue.attempt.privtmp), with this bound on
+        # its /dev/shm in bytes; None: jobs use the node's
+        self.private_tmp = private_tmp
         self.cgroups = cgroups  # a cgroup per attempt (gpuqueue.attempt.cgroup); None: none
         self.give_up_s = give_up_s  # see _tail_failed
         self.shared = shared  # checkpoints between attempts (shared_root.py); None: this node's disk
@@ -381,6 +386,9 @@ class NodeAgent(AttemptTailer):
                               resume_from=resume)
         if len(msg.get("placement") or {}) > 1 and not shared_ray():  # the head of the job's own Ray (rayjob.py)
             launch["env"].update(self.raynodes.head(job_id, number, ident))
+        if ident is not None and tmpdir and self.private_tmp is not None and len(msg.get("placement") or {}) <= 1:
+            # not for a job on several nodes: its Ray's folders are in the node's /tmp (rayjob.py)
+            launch["private_tmp"] = {"tmp": tmpdir, "shm_bytes": self.private_tmp}
         _write_json(paths.records / "launch.json", launch)
         stop = self.pending_stops.pop((job_id, number), None)
         if stop:
@@ -517,6 +525,32 @@ def attempt_cgroups(state_dir: Path, node: str) -> Optional[AttemptCgroups]:
     return cgroups
 
 
+def private_tmp(args: Any, state_dir: Path, shared_url: Optional[str]) -> Optional[int]:
+    """The bound of each attempt's own ``/dev/shm`` in bytes where the jobs get their own ``/tmp``,
+    ``/var/tmp`` and ``/dev/shm`` (``--private-tmp``, ``gpuqueue.attempt.privtmp``); None, with one
+    log line that says why and what the admin can do, where they cannot."""
+    if args.private_tmp == "off":
+        log.warning("--private-tmp off: /tmp, /var/tmp and /dev/shm are every user's on this node (a job can "
+                    "squat the names another user's job will use there, and read what it leaves readable)")
+        return None
+    needed = [str(state_dir)] + ([shared_url] if shared_url and "://" not in shared_url else [])
+    why = privtmp.hidden(needed)
+    if why is None:
+        why = privtmp.probe(runner_env())
+        fix = privtmp.REMEDY
+    else:
+        why = f"the jobs need {why}, which their own /tmp would hide"
+        fix = "use a --state-dir (and --shared-dir) outside /tmp, /var/tmp and /dev/shm"
+    if why is not None:
+        log.warning("jobs run with this node's /tmp, /var/tmp and /dev/shm, which are every user's (a job can squat "
+                    "the names another user's job will use there): no mount namespace per job, as %s. To give each "
+                    "job its own, %s", why, fix)
+        return None
+    shm = int(args.job_shm_gb * 2**30) if args.job_shm_gb else privtmp.half_memory()
+    log.info("each job gets its own /tmp, /var/tmp and /dev/shm (at most %.1f GB)", shm / 2**30)
+    return shm
+
+
 def cli_main(argv: list[str]) -> int:
     """Entry point of ``gpuqueue worker``."""
     global _AGENT
@@ -595,9 +629,10 @@ def cli_main(argv: list[str]) -> int:
         print(f"gpuqueue worker: {wrong_user}", file=sys.stderr)
         return 2
     cgroups = attempt_cgroups(state_dir, args.node)
+    own_tmp = private_tmp(args, state_dir, shared_url) if idents is not None else None
     _AGENT = NodeAgent(store, args.node, gpus, args.pool, state_dir, args.heartbeat, identities=idents, shared=shared,
                        sweep_s=args.shared_sweep, local_sweep_s=args.local_sweep, give_up_s=args.give_up_after,
-                       cgroups=cgroups)
+                       cgroups=cgroups, private_tmp=own_tmp)
     try:
         _AGENT.start()
     except redis.RedisError as e:

@@ -68,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "between users). Default 'auto': dynamic as root, else none")
     p.add_argument("--uid-range", default="%d-%d" % identities.DEFAULT_RANGE, metavar="FIRST-LAST",
                    help="uids (and gids) of dynamic identities (default %(default)s)")
+    p.add_argument("--private-tmp", choices=("on", "off"), default="on",
+                   help="where jobs run under their users' own identities: run each attempt in mount and IPC "
+                        "namespaces of its own, with its identity's own folder as /tmp and /var/tmp and a fresh "
+                        "tmpfs as /dev/shm, as systemd's PrivateTmp (no job sees or squats another user's names "
+                        "there; docs/deploy.md). Default %(default)s; jobs on several nodes run without")
+    p.add_argument("--job-shm-gb", type=cliargs.number(float, 0, low_open=True), default=None, metavar="GB",
+                   help="the size bound of each attempt's own /dev/shm with --private-tmp on (default: half this "
+                        "node's memory); what a job writes there counts in its attempt's cgroup memory too")
     return p
 
 
