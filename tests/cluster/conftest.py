@@ -4,11 +4,14 @@ and the API service, all subprocesses that a test may kill -9 and restart."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -318,6 +321,32 @@ def _wait_own_http(p: subprocess.Popen[bytes], port: int, url: str, timeout: flo
         p.wait(10)
     return (f"timed out after {timeout}s waiting for {url} (last: {last}); the process was stopped with SIGABRT; "
             f"its output (with its threads' stacks):\n{log()[-6000:]}")
+
+
+@contextmanager
+def identity_cluster(prefix: str, nodes: dict[str, int], *, under: Optional[str] = None,
+                     redis_kw: Optional[dict[str, Any]] = None, setup: Optional[Callable[[Cluster], object]] = None,
+                     **cluster_kw: Any) -> Iterator[Cluster]:
+    """A started Cluster for workers that run jobs under the users' own (dynamic) identities, in
+    a fresh folder ``mkdtemp(prefix=prefix, dir=under)`` holding ``redis/`` (a RedisServer with
+    ``redis_kw``) and ``cluster/`` (the Cluster, with ``cluster_kw``). The folder is 0711: job
+    identities may traverse it but not list it, as /var/lib; the cluster's own folder is 0755:
+    the jobs (other uids) read the scripts written there, while the modes inside (each node's
+    state, each job's folders) must hold. ``setup(c)`` runs before the start (files written into
+    ``c.root``, role URLs, ...). On exit: the cluster closed, redis stopped, the folder removed."""
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
+    root.chmod(0o711)
+    redis = RedisServer(root / "redis", **(redis_kw or {})).start()
+    c = Cluster(root / "cluster", redis, nodes, **cluster_kw)
+    try:
+        c.root.chmod(0o755)
+        if setup is not None:
+            setup(c)
+        yield c.start()
+    finally:
+        c.close()
+        redis.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -28,10 +28,10 @@ import pytest
 
 from gpuqueue.attempt import cgroup as cg
 from gpuqueue.rest.client import Client
-from helpers.servers import RedisServer, wait_until
+from helpers.servers import wait_until
 from training.jobs import logs
 
-from .conftest import Cluster
+from .conftest import Cluster, identity_cluster
 from .test_isolation import job_python
 from .test_runner_killed import _end, _marked
 
@@ -198,20 +198,14 @@ def cluster() -> Iterator[Cluster]:
     """One node whose worker runs as root, each job under its user's own dynamic uid (the
     worker's own user where the tests do not run as root)."""
     needs_cgroups()
-    root = Path(tempfile.mkdtemp(prefix="gq-cgroup-"))
-    root.chmod(0o711)
-    redis = RedisServer(root / "redis").start()
+
+    def pids(c: Cluster) -> None:
+        (c.root.parent / "pids").mkdir(mode=0o1777)
+        (c.root.parent / "pids").chmod(0o1777)  # the job (its own uid) writes the descendant's pid here
+
     args: tuple[str, ...] = () if os.geteuid() == 0 else ("--identities", "none")
-    c = Cluster(root / "cluster", redis, {"n1": 1}, worker_args=args)
-    c.root.chmod(0o755)
-    (root / "pids").mkdir(mode=0o1777)
-    (root / "pids").chmod(0o1777)  # the job (its own uid) writes the descendant's pid here
-    try:
-        yield c.start()
-    finally:
-        c.close()
-        redis.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with identity_cluster("gq-cgroup-", {"n1": 1}, setup=pids, worker_args=args) as c:
+        yield c
 
 
 def _submit_detached(c: Cluster) -> tuple[Client, str, str, Path]:

@@ -15,19 +15,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from helpers.servers import RedisServer, wait_until
+from helpers.servers import wait_until
 from training.jobs import logs
 
 from gpuqueue.attempt import launch, privtmp
 
-from .conftest import Cluster
+from .conftest import Cluster, identity_cluster
 from .test_isolation import job_python
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
@@ -127,19 +126,15 @@ def _outside_tmp() -> str:
 
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    root = Path(tempfile.mkdtemp(prefix="gq-hostile-tmp-", dir=_outside_tmp()))
-    root.chmod(0o711)  # job identities may traverse it, as /var/lib
-    redis = RedisServer(root / "redis", appendonly=True).start()
-    c = Cluster(root / "cluster", redis, {"n1": 2}, worker_args=tuple(getattr(request, "param", ())))
-    c.root.chmod(0o755)
-    for name, text in (("alice.py", ALICE), ("bob.py", BOB), ("shm.py", SHM), ("names.py", NAMES)):
-        (c.root / name).write_text(text)
+    def scripts(c: Cluster) -> None:
+        for name, text in (("alice.py", ALICE), ("bob.py", BOB), ("shm.py", SHM), ("names.py", NAMES)):
+            (c.root / name).write_text(text)
+
     try:
-        yield c.start()
+        with identity_cluster("gq-hostile-tmp-", {"n1": 2}, under=_outside_tmp(), redis_kw={"appendonly": True},
+                              setup=scripts, worker_args=tuple(getattr(request, "param", ()))) as c:
+            yield c
     finally:
-        c.close()
-        redis.stop()
-        shutil.rmtree(root, ignore_errors=True)
         shutil.rmtree("/tmp/torchinductor_alice", ignore_errors=True)
 
 

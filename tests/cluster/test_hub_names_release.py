@@ -15,9 +15,7 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable
@@ -209,21 +207,18 @@ else:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' dynamic uids")
 def test_the_next_account_of_a_released_name_cannot_read_what_the_former_users_jobs_left(tmp_path: Path) -> None:
-    from helpers.servers import RedisServer
     from training.jobs import logs
 
-    from .conftest import Cluster
+    from .conftest import Cluster, identity_cluster
     from .test_isolation import job_python
 
     py, _ = job_python()
-    root = Path(tempfile.mkdtemp(prefix="gq-released-name-"))
-    root.chmod(0o711)  # job identities may traverse it, as /var/lib
-    redis = RedisServer(root / "redis", appendonly=False).start()
-    c = Cluster(root / "cluster", redis, {"n1": 1}, worker_args=())  # a root worker: dynamic identities
-    try:
-        c.root.chmod(0o755)
+
+    def probe(c: Cluster) -> None:
         (c.root / "probe.py").write_text(READ_FORMER_HOME)
-        c.start()
+
+    with identity_cluster("gq-released-name-", {"n1": 1}, redis_kw={"appendonly": False}, setup=probe,
+                          worker_args=()) as c:  # a root worker: dynamic identities
 
         def job(*args: str) -> str:
             spec = {"kind": "command", "gpus": 1, "retries": 0, "command": [py, str(c.root / "probe.py"), *args]}
@@ -242,7 +237,7 @@ def test_the_next_account_of_a_released_name_cannot_read_what_the_former_users_j
             await names.check("old-token", OLD)  # the name was bound to the former account
             return await names.release(OPS, "alice")
 
-        got = _with_deleted_accounts_hub(RedisStore(redis.url), release)
+        got = _with_deleted_accounts_hub(RedisStore(c.redis.url), release)
         assert got["retired_uid"] == old_uid and got["deleted_jobs"] == 1, got
 
         # the new alice's job, on the same worker (which ran the former alice's job): a new uid,
@@ -251,7 +246,3 @@ def test_the_next_account_of_a_released_name_cannot_read_what_the_former_users_j
         assert f"uid {old_uid}" not in out and "refused: PermissionError" in out, out
         assert "the former alice's notes" not in out
         assert notes.read_text() == "the former alice's notes"  # left for the admin to remove or archive
-    finally:
-        c.close()
-        redis.stop()
-        shutil.rmtree(root, ignore_errors=True)

@@ -12,10 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -23,10 +21,10 @@ from typing import Iterator
 import psutil
 import pytest
 
-from helpers.servers import RedisServer, wait_until
+from helpers.servers import wait_until
 from training.jobs import logs
 
-from .conftest import Cluster
+from .conftest import Cluster, identity_cluster
 from .test_isolation import job_python
 
 # two heads in sessions of their own, each starting the other again as soon as it is gone
@@ -98,18 +96,9 @@ def _end(mark: str) -> None:
 def cluster() -> Iterator[Cluster]:
     """One node whose worker runs as root, each job under its user's own dynamic uid (the
     worker's own user where the tests do not run as root)."""
-    root = Path(tempfile.mkdtemp(prefix="gq-runner-killed-"))
-    root.chmod(0o711)  # job identities may traverse it, as /var/lib
-    redis = RedisServer(root / "redis").start()
     args: tuple[str, ...] = () if os.geteuid() == 0 else ("--identities", "none")
-    c = Cluster(root / "cluster", redis, {"n1": 1}, worker_args=args)
-    c.root.chmod(0o755)
-    try:
-        yield c.start()
-    finally:
-        c.close()
-        redis.stop()
-        shutil.rmtree(root, ignore_errors=True)
+    with identity_cluster("gq-runner-killed-", {"n1": 1}, worker_args=args) as c:
+        yield c
 
 
 def test_a_killed_runners_job_ends_and_runs_again(cluster: Cluster) -> None:

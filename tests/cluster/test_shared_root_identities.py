@@ -6,17 +6,16 @@ from its disk, the job user's own ``work/<id>`` included (``--local-sweep``)."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import psutil
 import pytest
 
-from helpers.servers import RedisServer, wait_until
+from helpers.servers import wait_until
 from training.jobs import logs
 
-from .conftest import Cluster
+from .conftest import Cluster, identity_cluster
 from .test_isolation import job_python
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
@@ -38,18 +37,13 @@ print("done at", step, flush=True)
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    root = Path(tempfile.mkdtemp(prefix="gq-shared-ids-"))
-    root.chmod(0o711)
-    redis = RedisServer(root / "redis", appendonly=True).start()
-    c = Cluster(root / "cluster", redis, {"n1": 1, "n2": 1}, daemon_args=("--keep-finished", "10s"),
-                worker_args=("--shared-dir", str(root / "shared"), "--local-sweep", "0.5"))
-    c.root.chmod(0o755)
-    (c.root / "steps.py").write_text(STEPS)
-    try:
-        yield c.start()
-    finally:
-        c.close()
-        redis.stop()
+    def setup(c: Cluster) -> None:
+        c.worker_args = ["--shared-dir", str(c.root.parent / "shared"), "--local-sweep", "0.5"]
+        (c.root / "steps.py").write_text(STEPS)
+
+    with identity_cluster("gq-shared-ids-", {"n1": 1, "n2": 1}, redis_kw={"appendonly": True}, setup=setup,
+                          daemon_args=("--keep-finished", "10s")) as c:
+        yield c
 
 
 def test_a_job_under_its_own_uid_resumes_on_the_other_node_from_the_root(cluster: Cluster) -> None:
