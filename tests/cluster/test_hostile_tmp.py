@@ -230,3 +230,27 @@ def test_a_job_sees_none_of_the_names_another_users_job_uses_in_tmp_and_shared_m
         for p in real:
             if os.path.lexists(p):
                 p.unlink()
+
+
+def test_a_working_folder_in_the_nodes_tmp_fails_with_the_reason_and_the_fix(cluster: Cluster) -> None:
+    """A job's /tmp is its own: a folder that is in the node's /tmp is not there for the job.
+    The user is told so, not that the folder does not exist (it does, on the node)."""
+    why = privtmp.probe(launch.runner_env())
+    if why is not None:
+        pytest.skip(f"no mount namespace for jobs here: {why}")
+    c = cluster
+    here = Path(f"/tmp/gq-cwd-{uuid.uuid4().hex[:8]}")
+    here.mkdir(mode=0o777)
+    here.chmod(0o777)  # any uid may enter it, on the node
+    try:
+        alice = c.client("alice")
+        job = alice.submit({"kind": "command", "retries": 2, "command": ["true"], "cwd": str(here)})["id"]
+        rec = c.wait_done([job], 60)[job]
+    finally:
+        here.rmdir()
+    assert rec["state"] == "failed", rec
+    assert rec["error"] == (
+        f"the job could not start on node n1: its working folder {here} is under /tmp, which is the job's own "
+        "on that node (the worker gives each job its own /tmp, /var/tmp and /dev/shm): put it in a folder outside "
+        "them, e.g. in your home, or ask your admin (gpuqueue worker --private-tmp)"), rec["error"]
+    assert [a["outcome"] for a in rec["attempts"]] == ["cannot_start"], rec["attempts"]  # no retry spent

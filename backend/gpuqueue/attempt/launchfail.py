@@ -17,6 +17,8 @@ import os
 import stat
 from typing import Any, Mapping, Optional
 
+from .privtmp import HIDDEN
+
 # the stages a launch goes through, in order
 IDENTITY = "identity"  # the owner's Unix identity on the node (cluster workers running as root)
 FOLDER = "folder"  # the job's and the attempt's folders on the node
@@ -145,6 +147,11 @@ def message(rec: Mapping[str, Any]) -> str:
                f"and a+x on its folders), or ask your admin to")
     elif stage == EXEC and num == errno.ENOEXEC:
         why = f"{path} is not a program (no #! line?): add one, or run it with its interpreter"
+    elif num == errno.ENOENT and stage in (CWD, EXEC) and _in_own_tmp(rec):
+        what = "its working folder" if stage == CWD else "the program"
+        why = (f"{what} {path} is under {_in_own_tmp(rec)}, which is the job's own on that node (the worker gives "
+               f"each job its own /tmp, /var/tmp and /dev/shm): put it in a folder outside them, e.g. in your home, "
+               f"or ask your admin (gpuqueue worker --private-tmp)")
     elif stage == CWD and num == errno.ENOENT:
         why = f"its working folder {path} does not exist: create it, or submit the job with another working folder"
     elif stage == CWD:
@@ -158,6 +165,15 @@ def message(rec: Mapping[str, Any]) -> str:
     else:
         why = f"cannot run {path}: {rec.get('error')}"
     return f"the job could not start{where}: {why}"
+
+
+def _in_own_tmp(rec: Mapping[str, Any]) -> str:
+    """The folder the job had its own of (``/tmp``...: ``gpuqueue.attempt.privtmp``) that the
+    record's path lies under, if the job ran with them (``own_tmp``); else ''."""
+    path = rec.get("path")
+    if not rec.get("own_tmp") or not isinstance(path, str):
+        return ""
+    return next((d for d in HIDDEN if path == d or path.startswith(d.rstrip("/") + "/")), "")
 
 
 def _program(rec: Mapping[str, Any]) -> str:

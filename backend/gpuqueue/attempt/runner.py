@@ -247,6 +247,7 @@ class Runner:
         self.own: Optional[OwnedDir] = None  # the job's attempt folder, where it runs as its own user
         self.own_error: Optional[OSError] = None
         self._cwd_failed: Optional[dict[str, Any]] = None  # the job's process could not enter its folder
+        self._own_tmp = False  # the job runs with /tmp, /var/tmp and /dev/shm of its own (privtmp)
         if self.user is not None and self.job_dir and self.launch.get("attempt_dir"):
             jd, ad = Path(self.job_dir), Path(self.launch["attempt_dir"])
             try:
@@ -390,6 +391,7 @@ class Runner:
             return
         try:
             privtmp.enter(str(want["tmp"]), int(want["shm_bytes"]))
+            self._own_tmp = True
         except (OSError, KeyError, TypeError, ValueError) as e:
             print(f"gpuqueue runner: the job runs with the node's /tmp and /dev/shm, not its own: {e}", file=sys.stderr)
 
@@ -408,7 +410,10 @@ class Runner:
     def _launch_error(self, stage: str, e: OSError, path: Optional[str] = None) -> dict[str, Any]:
         """The exit record's ``launch_error`` (see :mod:`gpuqueue.attempt.launchfail`)."""
         node = (self.launch.get("env") or {}).get("GPUQUEUE_NODE")
-        return launchfail.record(stage, e, path, self.user, node, (self.launch.get("env") or {}).get("PATH"))
+        rec = launchfail.record(stage, e, path, self.user, node, (self.launch.get("env") or {}).get("PATH"))
+        if self._own_tmp:  # a path under /tmp... was looked up in the job's own (its message says so)
+            rec["own_tmp"] = True
+        return rec
 
     def _who(self) -> str:
         return f" as uid {self.user['uid']} (user {self.user['name']})" if self.user else ""
