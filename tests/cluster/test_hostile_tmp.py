@@ -254,3 +254,21 @@ def test_a_working_folder_in_the_nodes_tmp_fails_with_the_reason_and_the_fix(clu
         "on that node (the worker gives each job its own /tmp, /var/tmp and /dev/shm): put it in a folder outside "
         "them, e.g. in your home, or ask your admin (gpuqueue worker --private-tmp)"), rec["error"]
     assert [a["outcome"] for a in rec["attempts"]] == ["cannot_start"], rec["attempts"]  # no retry spent
+
+
+@pytest.mark.parametrize("cluster", [("--job-shm-gb", "0.25")], indirect=True)
+def test_a_jobs_own_shared_memory_has_the_size_the_admin_gave(cluster: Cluster) -> None:
+    """``--job-shm-gb`` bounds each job's own /dev/shm (the default, half the node's memory,
+    is what the other tests here run with)."""
+    why = privtmp.probe(launch.runner_env())
+    if why is not None:
+        pytest.skip(f"no mount namespace for jobs here: {why}")
+    c = cluster
+    py, _ = job_python()
+    alice = c.client("alice")
+    size = "import os; s = os.statvfs('/dev/shm'); print('shm bytes', s.f_blocks * s.f_frsize)"
+    job = alice.submit({"kind": "command", "retries": 0, "command": [py, "-c", size]})["id"]
+    rec = c.wait_done([job], 60)[job]
+    out = logs(alice.events(job))
+    assert rec["state"] == "succeeded", out
+    assert _line(out, "shm bytes ") == str(2**28), out

@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "there; docs/deploy.md). Default %(default)s; jobs on several nodes run without")
     p.add_argument("--job-shm-gb", type=cliargs.number(float, 0, low_open=True), default=None, metavar="GB",
                    help="the size bound of each attempt's own /dev/shm with --private-tmp on (default: half this "
-                        "node's memory); what a job writes there counts in its attempt's cgroup memory too")
+                        "node's memory)")
     return p
 
 
