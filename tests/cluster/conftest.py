@@ -3,9 +3,11 @@ and the API service, all subprocesses that a test may kill -9 and restart."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -19,7 +21,9 @@ import psutil
 import pytest
 import requests
 
+from gpuqueue.attempt import privtmp
 from gpuqueue.attempt.cgroup import AttemptCgroups, CgroupsUnavailable
+from gpuqueue.attempt.launch import runner_env
 from gpuqueue.rest.client import Client, ServerInfo
 from gpuqueue.cluster import redis_url
 from helpers.servers import RedisServer, free_port, wait_until
@@ -323,26 +327,114 @@ def _wait_own_http(p: subprocess.Popen[bytes], port: int, url: str, timeout: flo
             f"its output (with its threads' stacks):\n{log()[-6000:]}")
 
 
+TESTS_ROOT = Path("/var/lib/gpuqueue-tests")  # where the shipped unit's state is: /var/lib, not /tmp
+_RUN_ROOT: list[Path] = []  # this test process's own folder in it, made at first use
+
+
+def _run_root() -> Path:
+    """This test process's own folder in ``TESTS_ROOT`` (0711, root's; made at first use,
+    removed at the end of the session): pytest-xdist's workers each make their own. Those of
+    test processes that no longer run (killed before their end) are removed."""
+    if not _RUN_ROOT:
+        for _ in range(3):  # another process's session end may rmdir an empty TESTS_ROOT meanwhile
+            TESTS_ROOT.mkdir(mode=0o711, exist_ok=True)
+            st = TESTS_ROOT.lstat()
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+                raise AssertionError(f"{TESTS_ROOT} is not a folder of root's: remove it")
+            TESTS_ROOT.chmod(0o711)  # whatever the umask: the jobs' uids traverse it
+            for old in TESTS_ROOT.glob("run-*-*"):
+                pid = old.name.split("-")[1]
+                if pid.isdigit() and not psutil.pid_exists(int(pid)):
+                    shutil.rmtree(old, ignore_errors=True)
+            try:
+                _RUN_ROOT.append(Path(tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=TESTS_ROOT)))
+                break
+            except FileNotFoundError:
+                continue
+        else:
+            raise AssertionError(f"cannot make a folder in {TESTS_ROOT}")
+        _RUN_ROOT[0].chmod(0o711)
+    return _RUN_ROOT[0]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _remove_run_root() -> Iterator[None]:
+    """At the end of the session: this process's folder in ``TESTS_ROOT`` goes (and the root
+    itself, once no other test process has one there)."""
+    yield
+    if _RUN_ROOT:
+        shutil.rmtree(_RUN_ROOT.pop(), ignore_errors=True)
+        try:
+            TESTS_ROOT.rmdir()
+        except OSError:
+            pass
+
+
+def outside_tmp(prefix: str) -> Path:
+    """A fresh folder (mode 0711: job identities may traverse it but not list it, as /var/lib)
+    for a cluster whose workers run as root with dynamic identities, where the shipped unit keeps
+    its state: outside ``/tmp``, ``/var/tmp`` and ``/dev/shm``, which each job's own mount
+    namespace hides (a worker whose state or shared folder is there runs its jobs without one:
+    not what ships). As root it is under ``TESTS_ROOT`` (that TESTS_ROOT and the folders above it
+    are root's and not writable by others: the worker checks); otherwise in the temporary folder
+    (such workers run no job under another identity). The caller removes it."""
+    under = str(_run_root()) if os.geteuid() == 0 else None
+    root = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
+    root.chmod(0o711)
+    return root
+
+
+@functools.lru_cache(maxsize=1)
+def _namespaces_here() -> Optional[str]:
+    """Why a root worker here cannot give its jobs namespaces of their own, or None (tried once)."""
+    return privtmp.probe(runner_env())
+
+
+def assert_private_tmp(c: Cluster) -> None:
+    """Each worker of ``c`` (started, running jobs under dynamic identities) gives each job its
+    own ``/tmp``, ``/var/tmp`` and ``/dev/shm``, as the shipped unit does, where this machine
+    allows mount namespaces (else nothing is asserted) and ``--private-tmp off`` was not given: a
+    change that makes the cluster tests fall back to the node's /tmp (a root under /tmp, say)
+    fails here, with the worker's reason."""
+    args = list(c.worker_args)
+    shared_ids = "--identities" in args and args[args.index("--identities") + 1:][:1] == ["none"]
+    if os.geteuid() != 0 or shared_ids or "--private-tmp" in args or _namespaces_here() is not None:
+        return
+    for node in c.nodes:
+        log_text = c.log(f"worker-{node}")
+        if "each job gets its own /tmp, /var/tmp and /dev/shm" not in log_text:
+            said = [line for line in log_text.splitlines() if "/tmp" in line] or [log_text[-3000:]]
+            raise AssertionError(f"the worker of {node} gives its jobs the node's /tmp, not their own (its log:)\n"
+                                 + "\n".join(said))
+
+
 @contextmanager
 def identity_cluster(prefix: str, nodes: dict[str, int], *, under: Optional[str] = None,
                      redis_kw: Optional[dict[str, Any]] = None, setup: Optional[Callable[[Cluster], object]] = None,
                      **cluster_kw: Any) -> Iterator[Cluster]:
     """A started Cluster for workers that run jobs under the users' own (dynamic) identities, in
-    a fresh folder ``mkdtemp(prefix=prefix, dir=under)`` holding ``redis/`` (a RedisServer with
-    ``redis_kw``) and ``cluster/`` (the Cluster, with ``cluster_kw``). The folder is 0711: job
-    identities may traverse it but not list it, as /var/lib; the cluster's own folder is 0755:
-    the jobs (other uids) read the scripts written there, while the modes inside (each node's
-    state, each job's folders) must hold. ``setup(c)`` runs before the start (files written into
+    a fresh folder ``outside_tmp(prefix)`` (or ``mkdtemp(prefix=prefix, dir=under)``) holding
+    ``redis/`` (a RedisServer with ``redis_kw``) and ``cluster/`` (the Cluster, with
+    ``cluster_kw``). The folder is 0711: job identities may traverse it but not list it, as
+    /var/lib; the cluster's own folder is 0755: the jobs (other uids) read the scripts written
+    there, while the modes inside (each node's state, each job's folders) must hold. It is out of
+    /tmp, so that each job gets its own /tmp as where the unit ships (asserted once the cluster
+    has started: ``assert_private_tmp``). ``setup(c)`` runs before the start (files written into
     ``c.root``, role URLs, ...). On exit: the cluster closed, redis stopped, the folder removed."""
-    root = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
-    root.chmod(0o711)
+    if under is None:
+        root = outside_tmp(prefix)
+    else:
+        root = Path(tempfile.mkdtemp(prefix=prefix, dir=under))
+        root.chmod(0o711)
     redis = RedisServer(root / "redis", **(redis_kw or {})).start()
     c = Cluster(root / "cluster", redis, nodes, **cluster_kw)
     try:
         c.root.chmod(0o755)
         if setup is not None:
             setup(c)
-        yield c.start()
+        c.start()
+        assert_private_tmp(c)
+        yield c
     finally:
         c.close()
         redis.stop()

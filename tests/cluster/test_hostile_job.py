@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -23,7 +22,7 @@ import pytest
 from helpers.servers import RedisServer, wait_until
 from training.jobs import logs
 
-from .conftest import Cluster
+from .conftest import Cluster, assert_private_tmp, outside_tmp
 from .test_isolation import job_python
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
@@ -103,7 +102,7 @@ if int(os.environ["GPUQUEUE_ATTEMPT"]) == 1:
     # alice's files, wherever they are
     a = T["alice_dir"]
     for p in [a + "/secret.json", a + "/checkpoints/default/step-000000001/w.txt", a + "/attempt-1/events.jsonl",
-              T["alice_tmp"]]:
+              *T["alice_tmp"]]:
         attempt(f"read {p}", lambda: read(p))
     for d in [a, a + "/checkpoints", T["alice_home"], T["shared"], T["shared"] + "/jobs", T["state"] + "/jobs",
               T["state"] + "/work"]:
@@ -164,8 +163,7 @@ print("saved in", ck.save(1, writer=lambda d: open(d + "/s.txt", "w").write("ali
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="gq-hostile-job-"))
-    root.chmod(0o711)  # job identities may traverse it, as /var/lib
+    root = outside_tmp("gq-hostile-job-")  # 0711: job identities may traverse it, as /var/lib
     try:
         yield root
     finally:
@@ -188,7 +186,9 @@ def make_cluster(root: Path) -> Iterator[Callable[..., Cluster]]:
         c.root.chmod(0o755)
         for name, text in (("alice.py", ALICE), ("bob.py", BOB), ("plant.py", PLANT), ("resume.py", RESUME)):
             (c.root / name).write_text(text)
-        return c.start()
+        c.start()
+        assert_private_tmp(c)  # each job's /tmp its own, as where the unit ships
+        return c
 
     yield make
     for c, redis in made:
@@ -218,7 +218,10 @@ def test_a_job_reaches_nothing_of_another_users_job_nor_makes_root_follow_its_li
     adir = node / "work" / alice
     auid = os.stat(adir).st_uid
     shared = c.root.parent / "shared"
-    targets = {"alice_uid": auid, "alice_dir": str(adir), "alice_tmp": f"/tmp/gq-alice-{alice}",
+    # what alice's job wrote in its /tmp: in her own folder on the node (her /tmp, where each job
+    # has its own); bob tries it there, and by the name she used
+    atmp = node / "tmp" / str(auid) / f"gq-alice-{alice}"
+    targets = {"alice_uid": auid, "alice_dir": str(adir), "alice_tmp": [str(atmp), f"/tmp/gq-alice-{alice}"],
                "alice_home": str(node / "home" / str(auid)), "shared": str(shared), "state": str(node)}
     bob = c.client("bob").submit({"kind": "command", "gpus": 1, "retries": 1, "command": [py, str(c.root / "bob.py")],
                                   "env": {**_env(libs), "TARGETS": json.dumps(targets)}})["id"]
@@ -252,7 +255,12 @@ def test_a_job_reaches_nothing_of_another_users_job_nor_makes_root_follow_its_li
     for p in adir.rglob("*"):  # every file of alice's job is hers, and closed to others
         st = os.lstat(p)
         assert st.st_uid == auid and not st.st_mode & 0o077, (p, oct(st.st_mode), st.st_uid)
-    assert stat.S_IMODE(os.stat(f"/tmp/gq-alice-{alice}").st_mode) == 0o600
+    # the file alice's job left in its /tmp: hers, closed to others, and not in the node's /tmp
+    # (where bob, as any user, could list it), nor in bob's
+    assert (os.stat(atmp).st_uid, stat.S_IMODE(os.stat(atmp).st_mode)) == (auid, 0o600)
+    assert report["blocked"][f"read {atmp}"] == "EACCES"
+    assert report["blocked"][f"read /tmp/gq-alice-{alice}"] == "ENOENT"
+    assert not os.path.lexists(f"/tmp/gq-alice-{alice}")
 
     # 3 s after bob's job ended its record goes, and the root worker deletes his folders: his
     # links go with them, alice's files stay
@@ -267,7 +275,6 @@ def test_a_job_reaches_nothing_of_another_users_job_nor_makes_root_follow_its_li
     assert arec["state"] == "succeeded", logs(aevents)
     assert "alive at the end" in logs(aevents)
     assert not any("forged" in e["data"] for e in aevents)
-    os.unlink(f"/tmp/gq-alice-{alice}")
 
 
 def test_a_checkpoint_folder_of_the_workers_environment_is_no_folder_other_users_can_plant_in(

@@ -8,7 +8,7 @@ of what her jobs leave there. Each job's temporary folder (``TMPDIR``) is its ow
 her jobs runs on the node. With ``--private-tmp on`` (the default as root) each job's ``/tmp``,
 ``/var/tmp`` and ``/dev/shm`` are its own (a mount namespace per attempt): bob's job sees none of
 the names alice's job uses there and makes them his own without touching hers.
-The cluster lives outside ``/tmp``, which a job's own namespace hides."""
+The cluster lives outside ``/tmp``, which a job's own namespace hides (``identity_cluster``)."""
 
 from __future__ import annotations
 
@@ -118,12 +118,6 @@ print("still mine", json.dumps(mine == [who] * 4), flush=True)
 '''
 
 
-def _outside_tmp() -> str:
-    """A folder for the test cluster outside the node's /tmp and /var/tmp, which a job's own
-    namespace hides (the worker then runs jobs without one)."""
-    return "/var/lib" if os.path.isdir("/var/lib") else "/"
-
-
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     def scripts(c: Cluster) -> None:
@@ -131,7 +125,7 @@ def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
             (c.root / name).write_text(text)
 
     try:
-        with identity_cluster("gq-hostile-tmp-", {"n1": 2}, under=_outside_tmp(), redis_kw={"appendonly": True},
+        with identity_cluster("gq-hostile-tmp-", {"n1": 2}, redis_kw={"appendonly": True},
                               setup=scripts, worker_args=tuple(getattr(request, "param", ()))) as c:
             yield c
     finally:

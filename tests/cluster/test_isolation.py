@@ -21,7 +21,7 @@ from gpuqueue.queue.errors import GPUQueueError
 from gpuqueue.job.payload import build_payload, unpack_results
 from helpers.servers import RedisServer, wait_until
 
-from .conftest import TOKENS, Cluster, shipped_acl
+from .conftest import TOKENS, Cluster, assert_private_tmp, outside_tmp, shipped_acl
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
 
@@ -106,8 +106,7 @@ who = (os.getuid(), os.getgid(), os.getgroups())
 
 @pytest.fixture
 def cluster() -> Iterator[Cluster]:
-    root = Path(tempfile.mkdtemp(prefix="gq-isolation-"))
-    root.chmod(0o711)  # job identities may traverse it, as /var/lib: the modes inside must hold
+    root = outside_tmp("gq-isolation-")  # 0711: job identities may traverse it, as /var/lib: the modes inside must hold
     (root / "redis").mkdir(mode=0o700)  # its data files hold every job's payload and results
     redis = RedisServer(root / "redis", password=PASSWORDS["admin"], conf=shipped_acl({r: PASSWORDS[r] for r in ("scheduler", "api", "worker")})).start()
     c = Cluster(root / "cluster", redis, {"n1": 1, "n2": 1}, worker_args=())
@@ -116,7 +115,9 @@ def cluster() -> Iterator[Cluster]:
     c.role_urls = {r: f"redis://gpuqueue-{r}:{PASSWORDS[r]}@127.0.0.1:{redis.port}/0" for r in ("scheduler", "api", "worker")}
     c.redis_file_for = {"worker-n2"}
     try:
-        yield c.start()
+        c.start()
+        assert_private_tmp(c)  # each job's /tmp its own, as where the unit ships
+        yield c
     finally:
         c.close()
         redis.kill()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +18,7 @@ import requests
 from helpers.servers import wait_until
 from training.jobs import logs
 
-from .conftest import PY, TOKENS, Cluster
+from .conftest import PY, TOKENS, Cluster, assert_private_tmp, outside_tmp
 from .test_isolation import job_python
 
 SAVE = '''
@@ -192,8 +191,7 @@ print("resumed from step", point.step, "with", open(point.path + "/s.txt").read(
 def test_under_the_owners_own_uid_the_copy_is_the_new_jobs_own(redis_factory: Callable[..., Any]) -> None:
     """Workers running as root, jobs under their users' own uids: the checkpoint copied from the
     root for a --resume-from JOB_ID is the new job's (its uid's, mode 700), which reads it."""
-    base = Path(tempfile.mkdtemp(prefix="gq-resume-ids-"))
-    base.chmod(0o711)
+    base = outside_tmp("gq-resume-ids-")  # 0711; out of /tmp: each job gets its own /tmp, as where the unit ships
     c = Cluster(base / "cluster", redis_factory(appendonly=True), {"n1": 1, "n2": 1},
                 worker_args=("--shared-dir", str(base / "shared")))
     c.root.chmod(0o755)
@@ -215,6 +213,7 @@ def test_under_the_owners_own_uid_the_copy_is_the_new_jobs_own(redis_factory: Ca
         rec = c.wait_done([second], 60)[second]
         out = logs(alice.events(second))
         assert rec["state"] == "succeeded" and rec["attempts"][0]["node"] == "n2", out
+        assert_private_tmp(c)
         work = c.root / "node-n2" / "work" / second
         uid = work.stat().st_uid
         assert uid != 0 and f"resumed from step 2 with weights 2 as uid {uid}" in out.splitlines(), out

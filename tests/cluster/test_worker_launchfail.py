@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -16,7 +15,7 @@ import pytest
 
 from helpers.servers import RedisServer
 
-from .conftest import Cluster
+from .conftest import Cluster, assert_private_tmp, outside_tmp
 from .test_isolation import _others_may_run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the worker runs jobs under the users' own uids")
@@ -24,8 +23,9 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the worke
 
 @pytest.fixture
 def root() -> Iterator[Path]:
-    """A folder every uid may enter (pytest's tmp_path is root's own, mode 700)."""
-    d = Path(tempfile.mkdtemp(prefix="gq-launchfail-"))
+    """A folder every uid may enter (pytest's tmp_path is root's own, mode 700), out of /tmp: each
+    job gets its own /tmp, as where the unit ships."""
+    d = outside_tmp("gq-launchfail-")
     d.chmod(0o755)
     try:
         yield d
@@ -53,6 +53,7 @@ def test_an_interpreter_behind_a_root_only_folder_is_named_with_that_folder(root
     c.root.chmod(0o755)
     try:
         c.start()
+        assert_private_tmp(c)
         bare = c.submit("alice", gpus=0, command=["python", "-c", "print(1)"])
         full = c.submit("alice", gpus=0, command=[str(venv / "python"), "-c", "print(1)"])
         script = c.root / "train.sh"  # in an open folder, but not executable by others
