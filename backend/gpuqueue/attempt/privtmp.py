@@ -18,15 +18,25 @@ The IPC namespace: System V shared memory, semaphores and message queues and POS
 queues are the job's own too; they are used between a job's own processes (which share it),
 not with the node's services. What stays shared: abstract unix sockets (the network
 namespace), and the rest of the file system (``/var/lock``, ``/run/user``...).
+
+A job on several nodes has the same on each node of its gang (``gpuqueue.cluster.rayjob``): on
+its first node its runner enters them as above; on the others the worker starts the node's part
+of the job's own Ray (``ray start --address``, whose raylet's workers run the job's ranks there)
+through :func:`exec_as` (``python -I -c`` :data:`EXEC_AS`), which enters them as root, then
+becomes the job's uid and runs Ray. Its Ray folder is made in the identity's folder, so it is
+``/tmp/gqr-<random>`` inside (a short path: Ray's Unix sockets are made there). Where a node
+cannot enter them after all, that path is made a link to the folder (:func:`link_instead`) and
+the job's processes there use the node's ``/tmp`` and ``/dev/shm``, as with ``--private-tmp off``.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 import sys
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
@@ -34,6 +44,7 @@ MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MS_BIND = 4096
 MS_REC = 16384
 MS_SLAVE = 1 << 19
+PR_SET_PDEATHSIG = 1
 
 TMP_DIRS = ("/tmp", "/var/tmp")  # bound to the identity's own folder
 SHM_DIR = "/dev/shm"  # a fresh tmpfs
@@ -69,15 +80,27 @@ def _own_namespaces(libc: ctypes.CDLL) -> None:
 
 
 def enter(tmp: str, shm_bytes: int) -> None:
-    """Move this process (the runner, as root, before the job starts) into namespaces of its own
-    where ``tmp`` is ``/tmp`` and ``/var/tmp`` and ``/dev/shm`` is an empty tmpfs of at most
-    ``shm_bytes``. Raises OSError (nothing is changed where ``unshare`` fails)."""
+    """Move this process (the runner, as root, before the job starts; single-threaded) into
+    namespaces of its own where ``tmp`` is ``/tmp`` and ``/var/tmp`` and ``/dev/shm`` is an empty
+    tmpfs of at most ``shm_bytes``. Raises OSError, having changed nothing: where a mount fails,
+    the process goes back to the namespaces it had (``setns``)."""
     libc = _libc()
-    _own_namespaces(libc)
-    for d in TMP_DIRS:
-        if os.path.isdir(d):
-            _mount(libc, tmp, d, None, MS_BIND)
-    _mount(libc, "tmpfs", SHM_DIR, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={max(shm_bytes, 4096)}")
+    before = [os.open(f"/proc/self/ns/{ns}", os.O_RDONLY) for ns in ("mnt", "ipc")]
+    try:
+        _call(libc.unshare(CLONE_NEWNS | CLONE_NEWIPC), "unshare(CLONE_NEWNS|CLONE_NEWIPC)")
+        try:
+            _mount(libc, None, "/", None, MS_REC | MS_SLAVE)  # as _own_namespaces
+            for d in TMP_DIRS:
+                if os.path.isdir(d):
+                    _mount(libc, tmp, d, None, MS_BIND)
+            _mount(libc, "tmpfs", SHM_DIR, "tmpfs", MS_NOSUID | MS_NODEV, f"mode=1777,size={max(shm_bytes, 4096)}")
+        except OSError:
+            for fd, kind in zip(before, (CLONE_NEWNS, CLONE_NEWIPC)):
+                _call(libc.setns(fd, kind), "setns back to the node's namespaces")
+            raise
+    finally:
+        for fd in before:
+            os.close(fd)
     if os.path.isdir(MQUEUE_DIR):
         try:
             _mount(libc, "mqueue", MQUEUE_DIR, "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -122,3 +145,53 @@ def probe(env: dict[str, str]) -> Optional[str]:
         return None
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
     return lines[-1].removeprefix("OSError: ") if lines else f"the probe exited with {out.returncode}"
+
+
+def link_instead(links: dict[str, str]) -> None:
+    """Where the namespaces could not be entered: make each ``inside`` path of ``links`` (a
+    job's Ray folder as its processes name it, ``/tmp/gqr-<random>``) a link to its folder on
+    the node (``outside``), so the job runs with the node's ``/tmp`` and finds it there. A link
+    that is already there, to the same folder, is kept. Raises OSError."""
+    for inside, outside in links.items():
+        if os.path.dirname(inside) != "/tmp" or not os.path.basename(inside).startswith("gqr-"):
+            raise OSError(f"not a job's Ray folder in /tmp: {inside}")
+        try:
+            os.symlink(outside, inside)
+        except FileExistsError:
+            if not (os.path.islink(inside) and os.readlink(inside) == outside):
+                raise
+
+
+# what the worker runs (``python -I -c EXEC_AS ...``, :func:`exec_as`): isolated from the job's
+# PYTHONPATH, which root must not import from; the ``%r`` is the folder that holds gpuqueue
+EXEC_AS = "import sys; sys.path.insert(0, %r); from gpuqueue.attempt.privtmp import exec_as; sys.exit(exec_as(sys.argv[1:]))"
+
+
+def exec_as(args: Sequence[str]) -> int:
+    """``TMP SHM_BYTES UID GID PARENT INSIDE OUTSIDE -- ARGV...`` (as root): enter the job's own
+    namespaces (:func:`enter`; where that fails, :func:`link_instead` ``{INSIDE: OUTSIDE}`` and
+    say so on stderr), become ``UID``/``GID`` with no supplementary groups, ask to die with
+    ``PARENT`` (the worker: a change of uid clears the earlier request) and exec ``ARGV`` with
+    this environment. Returns only on failure (1)."""
+    try:
+        cut = list(args).index("--")
+        tmp, shm, uid, gid, parent, inside, outside = args[:cut]
+        argv = list(args[cut + 1:])
+        if not argv:
+            raise ValueError("no command after --")
+        try:
+            enter(tmp, int(shm))
+        except OSError as e:
+            print(f"gpuqueue: the job's processes on this node run with the node's /tmp and /dev/shm, not their own: "
+                  f"{e}", file=sys.stderr, flush=True)
+            link_instead({inside: outside})
+        os.setgroups([])
+        os.setresgid(int(gid), int(gid), int(gid))
+        os.setresuid(int(uid), int(uid), int(uid))
+        _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != int(parent):  # the worker ended meanwhile
+            return 1
+        os.execv(argv[0], argv)
+    except (OSError, ValueError) as e:
+        print(f"gpuqueue: cannot start the job's process on this node: {e}", file=sys.stderr, flush=True)
+    return 1

@@ -384,8 +384,10 @@ class Runner:
 
     def _private_tmp(self) -> None:
         """Enter the job's own ``/tmp``, ``/var/tmp`` and ``/dev/shm`` (``gpuqueue.attempt.privtmp``)
-        where ``launch.json`` asks for them (``private_tmp``: the identity's folder and the bound of
-        its ``/dev/shm``); where that fails, the job runs with the node's, said in ``runner.log``."""
+        where ``launch.json`` asks for them (``private_tmp``: the identity's folder, the bound of
+        its ``/dev/shm``, and ``links``, the job's Ray folder as the job names it and where it is
+        on the node); where that fails, the job runs with the node's (its Ray folder linked
+        there: ``privtmp.link_instead``), said in ``runner.log``."""
         want = self.launch.get("private_tmp")
         if not isinstance(want, dict):
             return
@@ -394,6 +396,10 @@ class Runner:
             self._own_tmp = True
         except (OSError, KeyError, TypeError, ValueError) as e:
             print(f"gpuqueue runner: the job runs with the node's /tmp and /dev/shm, not its own: {e}", file=sys.stderr)
+            try:  # a job on several nodes: its Ray's folder, named as in its own /tmp (gpuqueue.cluster.rayjob)
+                privtmp.link_instead({str(k): str(v) for k, v in (want.get("links") or {}).items()})
+            except (OSError, AttributeError) as e:
+                print(f"gpuqueue runner: cannot link the job's Ray folder into the node's /tmp: {e}", file=sys.stderr)
 
     def _cwd_error(self, report_r: int, cwd: Optional[str]) -> Optional[dict[str, Any]]:
         """The launch error the job's process reported on ``report_r`` before its exec (it could

@@ -4,7 +4,7 @@ Where the workers are given no shared Ray (no ``RAY_ADDRESS`` / ``GPUQUEUE_RAY_A
 worker's environment), a job the scheduler gang-placed on several nodes (``--nodes M``) runs its
 ranks on a Ray cluster made for that attempt alone:
 
-* First node: the worker makes a private folder (``/tmp/gqr-<random>``, mode 700, the owner's)
+* First node: the worker makes a private folder (``gqr-<random>``, mode 700, the owner's)
   holding the attempt's Ray token (mode 600), picks the head's port, publishes the head's
   address in the store (``rayhead:<job>:<attempt>``, fenced) and gives the launcher
   ``GPUQUEUE_RAY_HEAD``, ``GPUQUEUE_RAY_DIR``, ``RAY_AUTH_MODE=token`` and
@@ -17,6 +17,21 @@ ranks on a Ray cluster made for that attempt alone:
 * Every node: once the attempt's fence moves on (its end settled, a cancel, a lost node, a
   requeue) or the worker stops, every process of the owner's uid that carries the folder's mark
   (``GPUQUEUE_RAY_DIR`` in its environment) is killed and the folder removed.
+
+Where the worker gives jobs their own ``/tmp``, ``/var/tmp`` and ``/dev/shm``
+(``gpuqueue.attempt.privtmp``), a multi-node attempt has them on every node of its gang: the
+private folder is made in the identity's own temporary folder (``<state>/tmp/<uid>/gqr-<random>``
+on the node, ``/tmp/gqr-<random>`` inside the job's namespace: Ray's Unix socket paths, at most
+107 bytes, stay short), and every path the job's processes are given (``GPUQUEUE_RAY_DIR``, the
+mark; ``RAY_AUTH_TOKEN_PATH``; Ray's ``--temp-dir`` and ``HOME``) is the one inside. On the first
+node the runner enters the namespaces before it starts the launcher, as for a one-node job; on
+the others the worker starts ``ray start --address`` through ``privtmp.exec_as``, which enters
+them as root and then becomes the owner, so the raylet and every Ray worker there (the job's
+ranks) share them. The node's ``/tmp`` and ``/dev/shm`` keep nothing of the job. Where a node
+cannot enter them at the time (the worker's start-up probe passed), ``/tmp/gqr-<random>`` is made
+a link to the folder there and the job runs with the node's, as with ``--private-tmp off``; the
+link goes with the folder. Without private temporary folders (``--private-tmp off``, a worker
+that cannot make them, a shared Ray), the folder is ``/tmp/gqr-<random>`` on the node itself.
 
 The token is ``HMAC-SHA256(cluster secret, "ray:<job>:<attempt>")``: each worker derives it
 locally from a secret made once in the store (``ray-secret``, which jobs cannot read); it is
@@ -35,9 +50,9 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -45,6 +60,7 @@ from typing import Any, Callable, Optional
 
 import psutil
 
+from ..attempt import privtmp
 from ..attempt.identity import Identity
 from ..attempt.launch import package_root
 from ..job.raynodes import node_resource
@@ -114,10 +130,15 @@ class RayNodes:
     """The worker's side of the jobs' own Ray clusters (one per multi-node attempt)."""
 
     def __init__(self, store: RedisStore, node: str, identity: Callable[[str], Optional[Identity]],
-                 stop: threading.Event, state_dir: Path, poll_s: float = 0.5):
+                 stop: threading.Event, state_dir: Path, poll_s: float = 0.5,
+                 own_tmp: Optional[Callable[[Optional[Identity]], Optional[tuple[str, int]]]] = None):
         self.store = store
-        # the private folders made here, one file each (name: the folder's, content: its uid), so
-        # that a worker killed outright ends their Ray and removes them when it starts again
+        # identity -> (its own temporary folder on this node, the bound of its /dev/shm in bytes)
+        # where its jobs get /tmp, /var/tmp and /dev/shm of their own (privtmp); None: the node's
+        self.own_tmp = own_tmp
+        # the private folders made here, one file each (name: the folder's; content: its uid, or
+        # JSON {uid, folder, inside}), so that a worker killed outright ends their Ray and removes
+        # them when it starts again
         self.made = state_dir / "ray-folders"
         self.node = node
         self.identity = identity  # job id -> the identity its owner's jobs run as here
@@ -134,12 +155,18 @@ class RayNodes:
         except FileNotFoundError:
             return 0
         for name in names:
+            uid, folder, inside = -1, Path("/tmp") / name, Path("/tmp") / name
             try:
-                uid = int((self.made / name).read_text().strip())
-            except (OSError, ValueError):
+                text = (self.made / name).read_text().strip()
+                if text.startswith("{"):
+                    rec = json.loads(text)
+                    uid, folder, inside = int(rec["uid"]), Path(rec["folder"]), Path(rec["inside"])
+                else:
+                    uid = int(text)
+            except (OSError, ValueError, KeyError, TypeError):
                 uid = -1
-            if name.startswith("gqr-") and uid >= 0:
-                end_ray(Path("/tmp") / name, uid, None)
+            if name.startswith("gqr-") and folder.name == name and uid >= 0:
+                end_ray(folder, uid, None, inside)
             (self.made / name).unlink(missing_ok=True)
         return len(names)
 
@@ -150,27 +177,50 @@ class RayNodes:
             pass
 
     # -- shared by both sides -------------------------------------------------------------
-    def _private(self, job_id: str, attempt: int, ident: Optional[Identity]) -> Path:
-        """The attempt's private folder on this node, with its token file (the owner's, 700/600)."""
-        folder = Path(tempfile.mkdtemp(prefix="gqr-", dir="/tmp"))  # Ray's socket paths stay short
-        os.chmod(folder, 0o700)
-        self.made.mkdir(mode=0o700, exist_ok=True)
-        (self.made / folder.name).write_text(str(ident.uid if ident else os.geteuid()))
+    def _private(self, job_id: str, attempt: int, ident: Optional[Identity],
+                 within: Optional[str] = None) -> tuple[Path, Path]:
+        """The attempt's private folder on this node, with its token file (the owner's, 700/600),
+        as (its path on the node, its path for the job's processes). ``within``: the identity's
+        own temporary folder, the job's ``/tmp`` (privtmp); None: the node's ``/tmp``. The folder
+        is made and filled through descriptors: ``within`` is the owner's, who may put a link
+        where root would write."""
+        parent = Path(within) if within else Path("/tmp")
+        uid = ident.uid if ident else os.geteuid()
         token = attempt_token(cluster_secret(self.store), job_id, attempt)
-        fd = os.open(folder / "token", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self.made.mkdir(mode=0o700, exist_ok=True)
+        pfd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            os.write(fd, token.encode())
+            while True:
+                name = f"gqr-{secrets.token_hex(4)}"  # short: Ray's socket paths are made in it
+                try:
+                    os.mkdir(name, 0o700, dir_fd=pfd)
+                    break
+                except FileExistsError:
+                    continue
+            folder, inside = parent / name, Path("/tmp") / name
+            (self.made / name).write_text(json.dumps({"uid": uid, "folder": str(folder), "inside": str(inside)}))
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        try:
+            tfd = os.open("token", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fd)
+            try:
+                os.write(tfd, token.encode())
+                if ident is not None:
+                    os.fchown(tfd, ident.uid, ident.gid)
+            finally:
+                os.close(tfd)
+            os.fchmod(fd, 0o700)
+            if ident is not None:
+                os.fchown(fd, ident.uid, ident.gid)
         finally:
             os.close(fd)
-        if ident is not None:
-            os.chown(folder / "token", ident.uid, ident.gid)
-            os.chown(folder, ident.uid, ident.gid)
-        return folder
+        return folder, inside
 
     def _fence_holds(self, job_id: str, attempt: int, head: str) -> bool:
         return self.store.r.get(self.store.k("fence", job_id)) == f"{attempt}:{head}"
 
-    def _watch(self, job_id: str, attempt: int, head: str, folder: Path, uid: int,
+    def _watch(self, job_id: str, attempt: int, head: str, folder: Path, inside: Path, uid: int,
                proc: Optional[subprocess.Popen[bytes]] = None) -> None:
         """Until the attempt is over here, then end its Ray processes on this node and remove the
         folder. Runs in the thread that started ``proc``: its death signal (``PR_SET_PDEATHSIG``)
@@ -183,7 +233,7 @@ class RayNodes:
                 except Exception:  # noqa: BLE001 - the store away: the attempt goes on meanwhile
                     continue
         finally:
-            n = end_ray(folder, uid, proc)
+            n = end_ray(folder, uid, proc, inside)
             self._forget(folder)
             if head == self.node:  # the head's address is of no use any more
                 try:
@@ -196,10 +246,14 @@ class RayNodes:
                 self._joins.discard((job_id, attempt))
 
     # -- the first node -------------------------------------------------------------------
-    def head(self, job_id: str, attempt: int, ident: Optional[Identity]) -> dict[str, str]:
-        """Prepare the head of the attempt's own Ray on this (its first) node; the launcher's
-        environment additions. The head's address is published for the other nodes."""
-        folder = self._private(job_id, attempt, ident)
+    def head(self, job_id: str, attempt: int, ident: Optional[Identity],
+             within: Optional[str] = None) -> tuple[dict[str, str], dict[str, str]]:
+        """Prepare the head of the attempt's own Ray on this (its first) node: the launcher's
+        environment additions, and ``{path inside: path on the node}`` of its folder where that
+        is made ``within`` the identity's own temporary folder (the runner's ``private_tmp``
+        links, where it cannot enter the namespaces), else ``{}``. The head's address is
+        published for the other nodes."""
+        folder, inside = self._private(job_id, attempt, ident, within)
         address = f"{node_ip(self.store)}:{_free_port()}"
         try:
             self.store.exec([["SET", head_key(self.store, job_id, attempt), address, "EX", "86400"]],
@@ -208,12 +262,13 @@ class RayNodes:
             shutil.rmtree(folder, ignore_errors=True)
             self._forget(folder)
             raise
-        threading.Thread(target=self._watch, args=(job_id, attempt, self.node, folder,
+        threading.Thread(target=self._watch, args=(job_id, attempt, self.node, folder, inside,
                                                    ident.uid if ident else os.geteuid()),
                          name=f"rayhead-{job_id}-{attempt}", daemon=True).start()
-        return {"GPUQUEUE_RAY_HEAD": address, MARK: str(folder), **RAY_ENV,
-                "RAY_AUTH_TOKEN_PATH": str(folder / "token"),
-                "GPUQUEUE_RAY_JOIN_WAIT_S": f"{JOIN_WAIT_S:g}"}  # the launcher waits as long as the joins
+        env = {"GPUQUEUE_RAY_HEAD": address, MARK: str(inside), **RAY_ENV,
+               "RAY_AUTH_TOKEN_PATH": str(inside / "token"),
+               "GPUQUEUE_RAY_JOIN_WAIT_S": f"{JOIN_WAIT_S:g}"}  # the launcher waits as long as the joins
+        return env, ({str(inside): str(folder)} if inside != folder else {})
 
     # -- the other nodes ------------------------------------------------------------------
     def join(self, msg: dict[str, Any]) -> str:
@@ -231,6 +286,7 @@ class RayNodes:
     def _join(self, msg: dict[str, Any]) -> None:
         job_id, attempt, head = msg["job_id"], int(msg["attempt"]), msg["head"]
         folder: Optional[Path] = None
+        inside: Optional[Path] = None
         uid = os.geteuid()
         try:
             if not self._fence_holds(job_id, attempt, head):
@@ -240,30 +296,32 @@ class RayNodes:
                 return
             ident = self.identity(job_id)
             uid = ident.uid if ident else uid
-            folder = self._private(job_id, attempt, ident)
+            own = self.own_tmp(ident) if self.own_tmp is not None and ident is not None else None
+            folder, inside = self._private(job_id, attempt, ident, own[0] if own else None)
             deadline = time.monotonic() + JOIN_WAIT_S
             address = self._wait_head(job_id, attempt, head, deadline)
             if address is None:
                 raise RuntimeError(f"the Ray head on {head} did not come up in {JOIN_WAIT_S:g} s")
-            proc = self._start(address, folder, ident, msg)
+            proc = self._start(address, folder, inside, ident, msg, own)
             # the head may not have been up (its port open, Ray not yet ready): start again, within the wait
             while proc.poll() is not None or not self._wait_exit(proc, 3.0):
                 if time.monotonic() > deadline or not self._fence_holds(job_id, attempt, head):
                     raise RuntimeError(f"ray start --address {address} exited with code {proc.returncode}: "
                                        f"{_tail(folder / 'ray.log')}")
                 time.sleep(1)
-                proc = self._start(address, folder, ident, msg)
+                proc = self._start(address, folder, inside, ident, msg, own)
             log.info("attempt %s/%s: this node joined its Ray at %s as uid %d (pid %d)", job_id, attempt, address,
                      uid, proc.pid)
         except Exception as e:  # noqa: BLE001 - the launcher says the node did not join; why is here
             log.warning("attempt %s/%s: this node cannot join the job's Ray: %s", job_id, attempt, e)
             if folder is not None:
-                end_ray(folder, uid, None)
+                end_ray(folder, uid, None, inside)
                 self._forget(folder)
             with self._lock:
                 self._joins.discard((job_id, attempt))
             return
-        self._watch(job_id, attempt, head, folder, uid, proc)
+        assert inside is not None
+        self._watch(job_id, attempt, head, folder, inside, uid, proc)
 
     def _wait_head(self, job_id: str, attempt: int, head: str, deadline: float) -> Optional[str]:
         """The head's address once it is published and its port answers; None: not in time, or
@@ -292,30 +350,61 @@ class RayNodes:
             return True
         return False
 
-    def _start(self, address: str, folder: Path, ident: Optional[Identity], msg: dict[str, Any]) -> subprocess.Popen[bytes]:
+    def _start(self, address: str, folder: Path, inside: Path, ident: Optional[Identity], msg: dict[str, Any],
+               own: Optional[tuple[str, int]] = None) -> subprocess.Popen[bytes]:
+        """``ray start --address`` of this node, as the owner, its output in the folder's
+        ``ray.log``; ``own`` (the identity's temporary folder, its /dev/shm's bound): in the job's
+        own namespaces (``privtmp.exec_as``), where ``folder`` is ``inside``."""
         spec = msg.get("spec") or {}
         user_env = spec.get("env") or {}
         python = spec.get("python") or sys.executable
         path = os.pathsep.join(p for p in (package_root(), user_env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))) if p)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": str(folder),
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": str(inside),
                "USER": (ident.account or ident.user) if ident else os.environ.get("USER", ""),
                "LANG": os.environ.get("LANG", "C.UTF-8"), **RAY_ENV,
-               "RAY_AUTH_TOKEN_PATH": str(folder / "token"), MARK: str(folder)}
+               "RAY_AUTH_TOKEN_PATH": str(inside / "token"), MARK: str(inside)}
         argv = [python, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats", "--address", address,
                 "--node-ip-address", node_ip(self.store), "--num-gpus", str(len(msg.get("devices") or [])),
-                "--resources", json.dumps({node_resource(self.node): 1}), "--temp-dir", str(folder / "ray")]
+                "--resources", json.dumps({node_resource(self.node): 1}), "--temp-dir", str(inside / "ray")]
         kw: dict[str, Any] = {}
-        if ident is not None:
+        if ident is not None and own is not None:  # it enters the namespaces as root, then becomes the owner
+            argv = [sys.executable, "-I", "-c", privtmp.EXEC_AS % package_root(), own[0], str(own[1]), str(ident.uid),
+                    str(ident.gid), str(os.getpid()), str(inside), str(folder), "--", *argv]
+        elif ident is not None:
             kw = {"user": ident.uid, "group": ident.gid, "extra_groups": []}
-        out = open(folder / "ray.log", "ab")
+        out = open_log(folder, "ray.log", ident)
         try:
-            if ident is not None:
-                os.fchown(out.fileno(), ident.uid, ident.gid)
             return subprocess.Popen(argv, env=env, cwd=str(folder), stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     preexec_fn=lambda: die_with_parent(signal.SIGKILL), **kw)
         finally:
-            out.close()
+            os.close(out)
+
+
+def open_log(folder: Path, name: str, ident: Optional[Identity]) -> int:
+    """An append descriptor on ``folder/name``, the owner's (mode 600), made if need be; opened
+    through the folder's descriptor, never following a link: the folder is the owner's, whose
+    jobs may put there a link (or a hard link) to a file of root's, which root would then write
+    to and hand over. Raises OSError (PermissionError: not a plain file of the owner's)."""
+    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        try:
+            fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dfd)
+            made = True
+        except FileExistsError:
+            fd = os.open(name, flags, dir_fd=dfd)
+            made = False
+    finally:
+        os.close(dfd)
+    st = os.fstat(fd)
+    owner = ident.uid if ident is not None else os.geteuid()
+    if not made and (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != owner):
+        os.close(fd)
+        raise PermissionError(f"{folder / name} is not a plain file of uid {owner}: not written")
+    if made and ident is not None:
+        os.fchown(fd, ident.uid, ident.gid)
+    return fd
 
 
 def _tail(path: Path) -> str:
@@ -325,16 +414,18 @@ def _tail(path: Path) -> str:
         return ""
 
 
-def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]]) -> int:
-    """Kill the Ray processes of ``folder`` (uid ``uid``, its mark in their environment), then
-    remove the folder. Returns how many processes were killed."""
+def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]], inside: Optional[Path] = None) -> int:
+    """Kill the Ray processes of ``folder`` (uid ``uid``, its mark in their environment: the
+    folder's path ``inside`` the job's namespaces, by default ``folder``), then remove the folder
+    (and ``inside``, where it is a link to it: ``privtmp.link_instead``). Returns how many
+    processes were killed."""
     victims: list[psutil.Process] = []
     if proc is not None:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-    mark = f"{MARK}={folder}".encode()
+    mark = f"{MARK}={inside or folder}".encode()
     for _ in range(3):  # what was forked meanwhile, too
         found = 0
         for p in psutil.process_iter(["uids"]):
@@ -362,6 +453,12 @@ def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]]) -> 
         if not os.path.lexists(folder):
             break
         time.sleep(0.2)
+    if inside is not None and inside != folder:
+        try:
+            if os.path.islink(inside) and os.readlink(inside) == str(folder):
+                os.unlink(inside)
+        except OSError:
+            pass
     return len(victims)
 
 

@@ -116,7 +116,8 @@ class NodeAgent(AttemptTailer):
         self._leaving = False  # shutdown began: its beats say `stopping` (no new job comes here)
         self._threads: list[threading.Thread] = []
         self._forks: Optional[ForkServer] = None
-        self.raynodes = RayNodes(store, node, self._identity, self._stop, state_dir)  # jobs' own Ray clusters (rayjob.py)
+        # jobs' own Ray clusters (rayjob.py), in their own /tmp, /var/tmp and /dev/shm where they get them
+        self.raynodes = RayNodes(store, node, self._identity, self._stop, state_dir, own_tmp=self._own_tmp)
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -384,11 +385,15 @@ class NodeAgent(AttemptTailer):
         launch = build_launch(job_id, spec, paths.job, paths.attempt, number, list(msg.get("devices", [])), self.node,
                               identity=ident, home=home, tmpdir=tmpdir, placement=msg.get("placement"),
                               resume_from=resume)
-        if len(msg.get("placement") or {}) > 1 and not shared_ray():  # the head of the job's own Ray (rayjob.py)
-            launch["env"].update(self.raynodes.head(job_id, number, ident))
-        if ident is not None and tmpdir and self.private_tmp is not None and len(msg.get("placement") or {}) <= 1:
-            # not for a job on several nodes: its Ray's folders are in the node's /tmp (rayjob.py)
-            launch["private_tmp"] = {"tmp": tmpdir, "shm_bytes": self.private_tmp}
+        several = len(msg.get("placement") or {}) > 1
+        # not for a job on several nodes with a shared Ray, whose folders (its sockets) are in the node's /tmp
+        own_tmp = bool(ident is not None and tmpdir and self.private_tmp is not None and not (several and shared_ray()))
+        links: dict[str, str] = {}
+        if several and not shared_ray():  # the head of the job's own Ray (rayjob.py), in the job's own /tmp
+            ray_env, links = self.raynodes.head(job_id, number, ident, tmpdir if own_tmp else None)
+            launch["env"].update(ray_env)
+        if own_tmp:
+            launch["private_tmp"] = {"tmp": tmpdir, "shm_bytes": self.private_tmp, "links": links}
         _write_json(paths.records / "launch.json", launch)
         stop = self.pending_stops.pop((job_id, number), None)
         if stop:
@@ -421,6 +426,13 @@ class NodeAgent(AttemptTailer):
         except OSError as e:
             log.warning("attempt %s/%s: cannot make its cgroup (%s); it runs without one", job_id, number, e)
             return None
+
+    def _own_tmp(self, ident: Optional[Identity]) -> Optional[tuple[str, int]]:
+        """Where ``ident``'s jobs get their own ``/tmp``, ``/var/tmp`` and ``/dev/shm`` here: its
+        temporary folder (made if need be) and the bound of its ``/dev/shm``; else None."""
+        if ident is None or self.private_tmp is None:
+            return None
+        return str(self._own_folder("tmp", ident)), self.private_tmp
 
     def _identity(self, job_id: str) -> Optional[Identity]:
         """The identity the job's owner's jobs run as here (None: this worker's own user)."""

@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where jobs run under their users' own identities: run each attempt in mount and IPC "
                         "namespaces of its own, with its identity's own folder as /tmp and /var/tmp and a fresh "
                         "tmpfs as /dev/shm, as systemd's PrivateTmp (no job sees or squats another user's names "
-                        "there; docs/deploy.md). Default %(default)s; jobs on several nodes run without")
+                        "there; docs/deploy.md), on every node of a job on several nodes too (not with a shared "
+                        "Ray: RAY_ADDRESS). Default %(default)s")
     p.add_argument("--job-shm-gb", type=cliargs.number(float, 0, low_open=True), default=None, metavar="GB",
                    help="the size bound of each attempt's own /dev/shm with --private-tmp on (default: half this "
                         "node's memory)")
