@@ -72,10 +72,6 @@ print("seen", json.dumps(seen), flush=True)
 '''
 
 
-def _outside_tmp() -> str:
-    return "/var/lib" if os.path.isdir("/var/lib") else "/"
-
-
 @pytest.fixture
 def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     for k in ("RAY_ADDRESS", "GPUQUEUE_RAY_ADDRESS"):
@@ -88,7 +84,7 @@ def cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
         (c.root / "marks").mkdir(mode=0o777)
         (c.root / "marks").chmod(0o777)  # the ranks (the owner's uid) write there
 
-    with identity_cluster("gq-ray-privtmp-", {"n1": 1, "n2": 1}, under=_outside_tmp(), setup=scripts,
+    with identity_cluster("gq-ray-privtmp-", {"n1": 1, "n2": 1}, setup=scripts,
                           worker_args=("--uid-range", f"{first}-{first + 49}")) as c:
         try:
             yield c
