@@ -192,27 +192,6 @@ class PolicyConfig(BaseModel):
         8, ge=1, le=1000,
         description="starved jobs a pass serves first, by credited age: each starts, or gets GPUs set aside",
     )
-    starved_by_age: int = Field(
-        1000, ge=1, le=1000,
-        description="of the max_reservations starved jobs a pass serves, this many go by credited age "
-        "(the first is the wait bound's head); the rest go to high-priority starved jobs first "
-        "(by credited age), then the others (experiment; default: all by age)",
-    )
-    high_starve_after: float = Field(
-        0.0, ge=0,
-        description="seconds after which a high-priority job that needs several GPUs on a node "
-        "starves, if shorter than its pool's starvation_timeout (experiment; 0: the pool's)",
-    )
-    preempt_for_high: bool = Field(
-        False,
-        description="every high-priority reservation (not only the first starved job's and the fair "
-        "order's first blocked one) may preempt (experiment)",
-    )
-    high_drain_share: float = Field(
-        0.0, ge=0, le=1,
-        description="share of a pool's nodes that high-priority starved jobs may drain blind, counted "
-        "apart from drain_share (experiment; 0: they share drain_share)",
-    )
     drain_share: float = Field(
         0.0625, ge=0, le=1,
         description="share of a pool's nodes (at least one) that reservations beyond the fair order's first may drain with no known end time (their free GPUs idle until the jobs there end)",
@@ -230,8 +209,7 @@ class PolicyConfig(BaseModel):
 
     @field_validator(
         "half_life", "charge_ahead", "min_runtime", "grace", "preemption_window",
-        "timeout_warning", "starved_priority_credit", "oldest_first_after", "high_starve_after",
-        mode="before",
+        "timeout_warning", "starved_priority_credit", "oldest_first_after", mode="before",
     )
     @classmethod
     def _duration(cls, v: Any) -> float:

@@ -16,11 +16,7 @@ def starve_after(req: JobRequest, starvation_timeout: float, knobs: PolicyConfig
     node partly busy forever. A job of one GPU a node takes any GPU that frees up, so fair share
     serves it; it starves only after ``oldest_first_after``."""
     if req.gpus > req.nodes:
-        if starvation_timeout <= 0:
-            return 0.0
-        if knobs.high_starve_after > 0 and req.priority.rank == 0:
-            return min(starvation_timeout, knobs.high_starve_after)
-        return starvation_timeout
+        return starvation_timeout if starvation_timeout > 0 else 0.0
     return knobs.oldest_first_after
 
 

@@ -112,8 +112,6 @@ class SchedulingPass:
         self.reserved: dict[str, Reservation] = {}  # job id -> its reservation in this pass
         self.first_blocked: Optional[Reservation] = None  # the fair order's EASY reservation
         self.drains = 0  # nodes drained blind for reservations (the fair order's first aside)
-        self.high_drains = 0  # ... for high starved jobs, where high_drain_share counts them apart
-        self.refused_high: list[Reservation] = []  # high starved jobs refused a reservation
         self.budget = policy.knobs.backfill_depth
         self.blocked_users: set[str] = set()
         # one-node "does not fit now" memos (free GPUs and spare only shrink within a pass):
@@ -145,13 +143,10 @@ class SchedulingPass:
         # preemption: for the first starved job (the one the wait bound rests on) and the fair
         # order's first blocked job
         first = True
-        high = self.policy.knobs.preempt_for_high
         for res in self.reserved.values():
-            if res is self.first_blocked or first or high and res.job.request.priority.rank == 0:
+            if res is self.first_blocked or first:
                 self.policy.try_preempt(pool, res, self.claims, self.now, self.out)
             first = first and not res.starved
-        for res in self.refused_high:
-            self.policy.try_preempt(pool, res, self.claims, self.now, self.out)
 
     def serve_starved(self) -> None:
         """The ``max_reservations`` oldest starved jobs by *credited age* (submit time less
@@ -177,18 +172,12 @@ class SchedulingPass:
         for (rank, after), heap in heaps.items():
             tops.append(self._starved_top(heap, rank, after))
         ranks = list(heaps)
-        by_age = policy.knobs.starved_by_age
         while looked < limit:
             best: Optional[tuple[float, int, list[AgeEntry]]] = None
             at = -1
-            high_first = looked >= by_age  # past the slots served by age: high starved jobs first
             for i, top in enumerate(tops):
                 if top is not None and (best is None or top[:2] < best[:2]):
                     best, at = top, i
-            if high_first and best is not None and ranks[at][0] != 0:
-                for i, top in enumerate(tops):
-                    if top is not None and ranks[i][0] == 0 and (ranks[at][0] != 0 or top[:2] < best[:2]):
-                        best, at = top, i
             if best is None:
                 break
             heap = best[2]
@@ -489,8 +478,6 @@ class SchedulingPass:
                 return BLOCKED
             res = Reservation(j, starved=True)
             if not self.reserve(res):
-                if req.priority.rank == 0 and policy.knobs.preempt_for_high:
-                    self.refused_high.append(res)
                 return BLOCKED  # its turn to drain a node comes when an earlier drain ends
             self.reserved[req.id] = res
             j.reason = "starved"
@@ -549,17 +536,10 @@ class SchedulingPass:
             reservations.plan(res, pool.nodes, index, pool.timed_running, self.now, self.claims)
             kept = reservations.held(res, index)
         if res is not self.first_blocked and reservations.drains_blind(res, pool.nodes):
-            share = self.policy.knobs.high_drain_share
-            if share > 0 and res.starved and res.job.request.priority.rank == 0:
-                allowed = max(1, int(len(pool.nodes.nodes) * share))
-                if self.high_drains + len(res.spare) > allowed:
-                    return False
-                self.high_drains += len(res.spare)
-            else:
-                allowed = max(1, int(len(pool.nodes.nodes) * self.policy.knobs.drain_share))
-                if self.drains + len(res.spare) > allowed:
-                    return False
-                self.drains += len(res.spare)
+            allowed = max(1, int(len(pool.nodes.nodes) * self.policy.knobs.drain_share))
+            if self.drains + len(res.spare) > allowed:
+                return False
+            self.drains += len(res.spare)
         self.claims.add(res)
         if kept is not before:
             pool.held[job_id] = kept
