@@ -13,7 +13,11 @@ Where the worker can write the cgroup v2 tree (it runs as root, or systemd gave 
 (:meth:`AttemptCgroups.create`); ``<scope>`` names the worker's state folder, which one worker at
 a time holds (``worker_lock.py``), so several workers of one host never touch each other's. The
 attempt's runner enters it (:func:`enter`) before it starts the job, so every process of the job
-is born in it. When the attempt ends (normally, or its runner was found dead), the worker ends
+is born in it. A job on several nodes (``gpuqueue.cluster.rayjob``) has one on each node of its
+gang: on its first node the attempt's (the runner's, as above); on every other node the worker
+makes ``join-<job>-<attempt>`` there and moves the process that starts the node's part of the
+job's own Ray into it before that process becomes the job's user and execs Ray, so the raylet
+and the job's ranks there (Ray workers) are born in it. When the attempt ends (normally, or its runner was found dead), the worker ends
 the cgroup (:func:`end`): ``cgroup.kill`` (Linux 5.14 or later) SIGKILLs every process in it at
 once, then it is removed once empty. At start the worker ends the cgroups a previous worker of
 the same state folder left (:meth:`AttemptCgroups.sweep`). No controller is enabled: nothing is
@@ -36,6 +40,7 @@ from typing import Optional
 
 END_WAIT_S = 10.0  # how long :func:`end` waits for a killed cgroup's processes to be gone
 POLL_S = 0.005
+PARTS = ("job", "join")  # an attempt run here; a part of one whose first node is another (Ray's join)
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 REMEDY = ("run the worker as root on a host with cgroup v2 (Linux 5.14 or later), or give it a delegated cgroup "
           "subtree (systemd: Delegate=yes in the worker's unit, as deploy/systemd/gpuqueue-worker@.service has)")
@@ -84,9 +89,13 @@ def _running(pids: list[int]) -> int:
 
 def enter(cg: str) -> None:
     """Move the calling process into the cgroup ``cg`` (its children, from now on, are born
-    there). Raises OSError."""
-    with open(os.path.join(cg, "cgroup.procs"), "w") as f:
-        f.write("0")
+    there). Raises OSError. Plain system calls: fit for a ``preexec_fn`` (a forked child of a
+    process with threads)."""
+    fd = os.open(os.path.join(cg, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
 
 
 def end(cg: Path, wait_s: float = END_WAIT_S) -> tuple[int, int]:
@@ -167,14 +176,18 @@ class AttemptCgroups:
         return cls(base)
 
     @staticmethod
-    def name(job_id: str, number: int) -> str:
-        """The cgroup name of attempt ``number`` of ``job_id``."""
-        return f"job-{_UNSAFE.sub('_', job_id)[:200]}-{int(number)}"
+    def name(job_id: str, number: int, part: str = "job") -> str:
+        """The cgroup name of attempt ``number`` of ``job_id``: ``part`` is ``job`` where this node
+        runs the attempt (its runner), ``join`` where it runs another node's part of a multi-node
+        attempt (``gpuqueue.cluster.rayjob``); the two never share a name."""
+        if part not in PARTS:
+            raise ValueError(f"not a part of an attempt: {part!r} (one of {', '.join(PARTS)})")
+        return f"{part}-{_UNSAFE.sub('_', job_id)[:200]}-{int(number)}"
 
-    def create(self, job_id: str, number: int) -> Path:
-        """A new, empty cgroup for the attempt (one of the same name that a dead worker left is
-        ended first). Raises OSError."""
-        cg = self.base / self.name(job_id, number)
+    def create(self, job_id: str, number: int, part: str = "job") -> Path:
+        """A new, empty cgroup for the attempt (or its ``part``, :meth:`name`; one of the same name
+        that a dead worker left is ended first). Raises OSError."""
+        cg = self.base / self.name(job_id, number, part)
         try:
             cg.mkdir()
         except FileExistsError:
@@ -183,8 +196,8 @@ class AttemptCgroups:
         return cg
 
     def sweep(self) -> list[tuple[str, int, int]]:
-        """End every attempt cgroup here (call it at the worker's start, when none of its own
-        runs yet): what a worker that died left. (name, processes it held, processes left) of each."""
+        """End every attempt cgroup here, of either part (call it at the worker's start, when none
+        of its own runs yet): what a worker that died left. (name, processes it held, processes left) of each."""
         out = []
         for entry in sorted(os.scandir(self.base), key=lambda e: e.name):
             if entry.is_dir(follow_symlinks=False):

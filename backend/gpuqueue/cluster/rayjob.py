@@ -14,9 +14,19 @@ ranks on a Ray cluster made for that attempt alone:
 * Other nodes: the daemon sends each a ``ray_join`` message; its worker makes the same private
   folder and token, waits (``JOIN_WAIT_S``) for the head's address and starts ``ray start
   --address`` under the owner's identity with the node's ``gpuqueue-node-<name>`` resource.
+  Where the worker makes attempt cgroups (``gpuqueue.attempt.cgroup``), it makes one for this
+  part of the attempt (``join-<job>-<attempt>``, beside its own attempts' ``job-...``) and the
+  child that starts Ray enters it as the worker's user (root), before it becomes the owner and
+  execs: the raylet, every Ray worker (the job's ranks there) and all they start are born in it,
+  as a one-node job's processes are in its attempt's.
 * Every node: once the attempt's fence moves on (its end settled, a cancel, a lost node, a
-  requeue) or the worker stops, every process of the owner's uid that carries the folder's mark
-  (``GPUQUEUE_RAY_DIR`` in its environment) is killed and the folder removed.
+  requeue) or the worker stops, the join's cgroup is killed at once (``cgroup.kill``: what a
+  rank started, even detached with an empty environment, ends too), then every process of the
+  owner's uid that carries the folder's mark (``GPUQUEUE_RAY_DIR`` in its environment; all
+  there is where cgroups are not) is killed and the folder removed. On the first node the
+  head and its ranks are in the attempt's own cgroup. A worker killed outright leaves both to
+  the next worker of its state folder, which ends the cgroups (``AttemptCgroups.sweep``) and
+  the marked processes of the folders it lists as it starts.
 
 Where the worker gives jobs their own ``/tmp``, ``/var/tmp`` and ``/dev/shm``
 (``gpuqueue.attempt.privtmp``), a multi-node attempt has them on every node of its gang: the
@@ -61,6 +71,7 @@ from typing import Any, Callable, Optional
 import psutil
 
 from ..attempt import privtmp
+from ..attempt.cgroup import AttemptCgroups, end as end_cgroup, enter as enter_cgroup
 from ..attempt.identity import Identity
 from ..attempt.launch import package_root
 from ..job.raynodes import node_resource
@@ -131,8 +142,12 @@ class RayNodes:
 
     def __init__(self, store: RedisStore, node: str, identity: Callable[[str], Optional[Identity]],
                  stop: threading.Event, state_dir: Path, poll_s: float = 0.5,
-                 own_tmp: Optional[Callable[[Optional[Identity]], Optional[tuple[str, int]]]] = None):
+                 own_tmp: Optional[Callable[[Optional[Identity]], Optional[tuple[str, int]]]] = None,
+                 cgroups: Optional[AttemptCgroups] = None):
         self.store = store
+        # the worker's attempt cgroups (gpuqueue.attempt.cgroup): each join's processes are held in
+        # one of its own there (``join-<job>-<attempt>``); None: no cgroups here, only the mark
+        self.cgroups = cgroups
         # identity -> (its own temporary folder on this node, the bound of its /dev/shm in bytes)
         # where its jobs get /tmp, /var/tmp and /dev/shm of their own (privtmp); None: the node's
         self.own_tmp = own_tmp
@@ -146,6 +161,7 @@ class RayNodes:
         self.poll_s = poll_s
         self._lock = threading.Lock()
         self._joins: set[tuple[str, int]] = set()
+        self._ended = threading.Condition(self._lock)  # notified as a join is discarded from _joins
 
     def sweep(self) -> int:
         """At start: end the Ray and remove the folder of every attempt a former worker of this
@@ -221,10 +237,13 @@ class RayNodes:
         return self.store.r.get(self.store.k("fence", job_id)) == f"{attempt}:{head}"
 
     def _watch(self, job_id: str, attempt: int, head: str, folder: Path, inside: Path, uid: int,
-               proc: Optional[subprocess.Popen[bytes]] = None) -> None:
-        """Until the attempt is over here, then end its Ray processes on this node and remove the
-        folder. Runs in the thread that started ``proc``: its death signal (``PR_SET_PDEATHSIG``)
-        comes when that thread ends."""
+               proc: Optional[subprocess.Popen[bytes]] = None, cgroup: Optional[Path] = None,
+               tmps: tuple[Path, ...] = ()) -> None:
+        """Until the attempt is over here, then end its Ray processes on this node (all of
+        ``cgroup``, the join's, at once; then what carries the mark) and remove the folder (and the
+        scratch folders its ranks left in ``tmps``, the job's ``/tmp`` on this node). Runs
+        in the thread that started ``proc``: its death signal (``PR_SET_PDEATHSIG``) comes when
+        that thread ends."""
         try:
             while not self.stop.wait(self.poll_s):
                 try:
@@ -233,8 +252,12 @@ class RayNodes:
                 except Exception:  # noqa: BLE001 - the store away: the attempt goes on meanwhile
                     continue
         finally:
-            n = end_ray(folder, uid, proc, inside)
+            n = self._end_cgroup(job_id, attempt, cgroup) + end_ray(folder, uid, proc, inside)
             self._forget(folder)
+            with self._lock:  # another attempt of the job joined here since: its ranks' are alike
+                other = any(j == job_id and a != attempt for j, a in self._joins)
+            for tmp in () if other else tmps:
+                remove_scratch(tmp, job_id, uid)
             if head == self.node:  # the head's address is of no use any more
                 try:
                     self.store.r.delete(head_key(self.store, job_id, attempt))
@@ -242,8 +265,53 @@ class RayNodes:
                     pass
             log.info("attempt %s/%s: its Ray on %s ended (%d processes), its folder removed", job_id, attempt,
                      self.node, n)
-            with self._lock:
-                self._joins.discard((job_id, attempt))
+            self._discard(job_id, attempt)
+
+    def _discard(self, job_id: str, attempt: int) -> None:
+        with self._lock:
+            self._joins.discard((job_id, attempt))
+            self._ended.notify_all()
+
+    def wait_ended(self, timeout: float) -> bool:
+        """Once the worker stops: wait up to ``timeout`` for every join here to have ended its
+        processes (its cgroup killed) and removed its folder. Whether they all did."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while self._joins:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._ended.wait(left)
+        return True
+
+    def _cgroup(self, job_id: str, attempt: int) -> Optional[Path]:
+        """A new cgroup for this node's part of the attempt (None: no cgroups here, or it could
+        not be made: the mark alone ends its processes)."""
+        if self.cgroups is None:
+            return None
+        try:
+            return self.cgroups.create(job_id, attempt, "join")
+        except OSError as e:
+            log.warning("attempt %s/%s: cannot make the cgroup of its Ray on this node (%s); its processes are ended "
+                        "by their mark alone", job_id, attempt, e)
+            return None
+
+    @staticmethod
+    def _end_cgroup(job_id: str, attempt: int, cgroup: Optional[Path]) -> int:
+        """Kill every process of the join's cgroup at once and remove it; how many it held."""
+        if cgroup is None:
+            return 0
+        try:
+            held, left = end_cgroup(cgroup)
+        except OSError as e:
+            log.warning("attempt %s/%s: cannot end the cgroup %s of its Ray on this node (%s)", job_id, attempt,
+                        cgroup, e)
+            return 0
+        if left:
+            log.warning("attempt %s/%s: %d processes of its Ray on this node still run after its cgroup %s was "
+                        "killed (stuck in the kernel, e.g. in the GPU driver); the cgroup is kept", job_id, attempt,
+                        left, cgroup)
+        return held
 
     # -- the first node -------------------------------------------------------------------
     def head(self, job_id: str, attempt: int, ident: Optional[Identity],
@@ -287,41 +355,44 @@ class RayNodes:
         job_id, attempt, head = msg["job_id"], int(msg["attempt"]), msg["head"]
         folder: Optional[Path] = None
         inside: Optional[Path] = None
+        cgroup: Optional[Path] = None
         uid = os.geteuid()
         try:
             if not self._fence_holds(job_id, attempt, head):
                 log.info("attempt %s/%s: not joining its Ray: the attempt is over", job_id, attempt)
-                with self._lock:
-                    self._joins.discard((job_id, attempt))
+                self._discard(job_id, attempt)
                 return
             ident = self.identity(job_id)
             uid = ident.uid if ident else uid
             own = self.own_tmp(ident) if self.own_tmp is not None and ident is not None else None
             folder, inside = self._private(job_id, attempt, ident, own[0] if own else None)
+            cgroup = self._cgroup(job_id, attempt)  # every process of the join is born in it
             deadline = time.monotonic() + JOIN_WAIT_S
             address = self._wait_head(job_id, attempt, head, deadline)
             if address is None:
                 raise RuntimeError(f"the Ray head on {head} did not come up in {JOIN_WAIT_S:g} s")
-            proc = self._start(address, folder, inside, ident, msg, own)
+            proc = self._start(address, folder, inside, ident, msg, own, cgroup)
             # the head may not have been up (its port open, Ray not yet ready): start again, within the wait
             while proc.poll() is not None or not self._wait_exit(proc, 3.0):
                 if time.monotonic() > deadline or not self._fence_holds(job_id, attempt, head):
                     raise RuntimeError(f"ray start --address {address} exited with code {proc.returncode}: "
-                                       f"{_tail(folder / 'ray.log')}")
+                                       f"{_tail(folder, 'ray.log', uid)}")
                 time.sleep(1)
-                proc = self._start(address, folder, inside, ident, msg, own)
+                proc = self._start(address, folder, inside, ident, msg, own, cgroup)
             log.info("attempt %s/%s: this node joined its Ray at %s as uid %d (pid %d)", job_id, attempt, address,
                      uid, proc.pid)
         except Exception as e:  # noqa: BLE001 - the launcher says the node did not join; why is here
             log.warning("attempt %s/%s: this node cannot join the job's Ray: %s", job_id, attempt, e)
+            self._end_cgroup(job_id, attempt, cgroup)
             if folder is not None:
                 end_ray(folder, uid, None, inside)
                 self._forget(folder)
-            with self._lock:
-                self._joins.discard((job_id, attempt))
+            self._discard(job_id, attempt)
             return
         assert inside is not None
-        self._watch(job_id, attempt, head, folder, inside, uid, proc)
+        # the ranks' scratch folders are in the job's /tmp: its own here, or the node's (no namespace)
+        tmps = (Path(own[0]), Path("/tmp")) if own else (Path("/tmp"),)
+        self._watch(job_id, attempt, head, folder, inside, uid, proc, cgroup, tmps)
 
     def _wait_head(self, job_id: str, attempt: int, head: str, deadline: float) -> Optional[str]:
         """The head's address once it is published and its port answers; None: not in time, or
@@ -351,10 +422,12 @@ class RayNodes:
         return False
 
     def _start(self, address: str, folder: Path, inside: Path, ident: Optional[Identity], msg: dict[str, Any],
-               own: Optional[tuple[str, int]] = None) -> subprocess.Popen[bytes]:
+               own: Optional[tuple[str, int]] = None, cgroup: Optional[Path] = None) -> subprocess.Popen[bytes]:
         """``ray start --address`` of this node, as the owner, its output in the folder's
         ``ray.log``; ``own`` (the identity's temporary folder, its /dev/shm's bound): in the job's
-        own namespaces (``privtmp.exec_as``), where ``folder`` is ``inside``."""
+        own namespaces (``privtmp.exec_as``), where ``folder`` is ``inside``. ``cgroup``: the
+        join's, which the child enters as the worker's user, before it becomes the owner and
+        before it execs, so that every process it starts is born there."""
         spec = msg.get("spec") or {}
         user_env = spec.get("env") or {}
         python = spec.get("python") or sys.executable
@@ -366,19 +439,36 @@ class RayNodes:
         argv = [python, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats", "--address", address,
                 "--node-ip-address", node_ip(self.store), "--num-gpus", str(len(msg.get("devices") or [])),
                 "--resources", json.dumps({node_resource(self.node): 1}), "--temp-dir", str(inside / "ray")]
-        kw: dict[str, Any] = {}
+        become: Optional[tuple[int, int]] = None  # the owner's (uid, gid), taken in the child
         if ident is not None and own is not None:  # it enters the namespaces as root, then becomes the owner
             argv = [sys.executable, "-I", "-c", privtmp.EXEC_AS % package_root(), own[0], str(own[1]), str(ident.uid),
                     str(ident.gid), str(os.getpid()), str(inside), str(folder), "--", *argv]
         elif ident is not None:
-            kw = {"user": ident.uid, "group": ident.gid, "extra_groups": []}
+            become = (ident.uid, ident.gid)
         out = open_log(folder, "ray.log", ident)
         try:
             return subprocess.Popen(argv, env=env, cwd=str(folder), stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=lambda: die_with_parent(signal.SIGKILL), **kw)
+                                    preexec_fn=lambda: _child(cgroup, become))
         finally:
             os.close(out)
+
+
+def _child(cgroup: Optional[Path], become: Optional[tuple[int, int]]) -> None:
+    """In the child of :meth:`RayNodes._start`, before it execs: enter ``cgroup`` (still as the
+    worker's user: the owner may not write it), become ``become`` (uid, gid; no supplementary
+    groups) where given, then ask to die with the worker's thread (after the change of uid, which
+    clears that request). Popen's own ``user=`` would change the uid before this runs."""
+    if cgroup is not None:
+        try:
+            enter_cgroup(str(cgroup))
+        except OSError as e:  # its processes are ended by their mark alone
+            os.write(2, f"gpuqueue: cannot enter the cgroup {cgroup}: {e}\n".encode())
+    if become is not None:
+        os.setgroups([])
+        os.setresgid(become[1], become[1], become[1])
+        os.setresuid(become[0], become[0], become[0])
+    die_with_parent(signal.SIGKILL)
 
 
 def open_log(folder: Path, name: str, ident: Optional[Identity]) -> int:
@@ -407,11 +497,50 @@ def open_log(folder: Path, name: str, ident: Optional[Identity]) -> int:
     return fd
 
 
-def _tail(path: Path) -> str:
+def _tail(folder: Path, name: str, owner: int, size: int = 1500) -> str:
+    """The last ``size`` characters of ``folder/name``, read through the folder's descriptor
+    without following a link, and only where it is a plain file of ``owner``'s (the folder is
+    the owner's: its job may put a link there to a file only root may read); else ``""``."""
     try:
-        return path.read_text(errors="replace")[-1500:]
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        finally:
+            os.close(dfd)
     except OSError:
         return ""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != owner:
+            return ""
+        start = max(0, st.st_size - 4 * size)
+        return os.pread(fd, st.st_size - start, start).decode(errors="replace")[-size:]
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
+
+
+def remove_scratch(tmp: Path, job_id: str, uid: int) -> int:
+    """Remove the scratch folders the job's ranks on this node made in ``tmp`` (the job's
+    ``/tmp`` here: ``gpuqueue-<job>-rank<N>-*``, ``gpuqueue.job.raynodes``) that a killed rank
+    left: only folders of ``uid``'s, never through a link (``shutil.rmtree`` works through
+    descriptors). Returns how many."""
+    prefix = f"gpuqueue-{job_id}-rank"
+    n = 0
+    try:
+        entries = list(os.scandir(tmp))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if (entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False)
+                    and entry.stat(follow_symlinks=False).st_uid == uid):
+                shutil.rmtree(entry.path, ignore_errors=True)
+                n += 1
+        except OSError:
+            continue
+    return n
 
 
 def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]], inside: Optional[Path] = None) -> int:
@@ -462,4 +591,4 @@ def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]], ins
     return len(victims)
 
 
-__all__ = ["RAY_ENV", "RayNodes", "attempt_token", "cluster_secret", "end_ray", "shared_ray"]
+__all__ = ["RAY_ENV", "RayNodes", "attempt_token", "cluster_secret", "end_ray", "remove_scratch", "shared_ray"]

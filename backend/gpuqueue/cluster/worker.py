@@ -116,8 +116,10 @@ class NodeAgent(AttemptTailer):
         self._leaving = False  # shutdown began: its beats say `stopping` (no new job comes here)
         self._threads: list[threading.Thread] = []
         self._forks: Optional[ForkServer] = None
-        # jobs' own Ray clusters (rayjob.py), in their own /tmp, /var/tmp and /dev/shm where they get them
-        self.raynodes = RayNodes(store, node, self._identity, self._stop, state_dir, own_tmp=self._own_tmp)
+        # jobs' own Ray clusters (rayjob.py), in their own /tmp, /var/tmp and /dev/shm where they get them,
+        # this node's part of each in a cgroup of its own where attempts get one
+        self.raynodes = RayNodes(store, node, self._identity, self._stop, state_dir, own_tmp=self._own_tmp,
+                                 cgroups=cgroups)
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -159,6 +161,9 @@ class NodeAgent(AttemptTailer):
         while time.time() < deadline and self.attempts:
             time.sleep(0.1)
         self._stop.set()
+        if not self.raynodes.wait_ended(10.0):  # this node's parts of other nodes' jobs: their cgroups killed
+            log.warning("the Ray of some jobs whose first node is another had not ended after 10 s; the next worker "
+                        "here ends them as it starts")
         with self._lock:
             left = [f"{j}/{n}" for j, n in self.attempts]
         if left:
