@@ -73,7 +73,7 @@ def test_root_writes_the_ray_log_of_a_joining_node_only_to_a_plain_file_of_the_o
     ``ray.log`` there, to a file of root's, before the worker (root) starts that node's Ray
     again; the worker neither writes to it nor gives it to the owner."""
     from gpuqueue.attempt.identity import Identity
-    from gpuqueue.cluster.rayjob import open_log
+    from gpuqueue.cluster.rayfiles import open_log
 
     ident = Identity(uid=UID, gid=UID, user="alice")
     tmp_path.chmod(0o711)
@@ -106,7 +106,7 @@ def test_root_reads_the_ray_log_of_a_joining_node_only_from_a_plain_file_of_the_
     """When a node's Ray does not start, the worker (root) puts the last lines of its ``ray.log``
     in its log; a job of the owner may have made that name a link (or a hard link) to a file only
     root may read: its content is not read then."""
-    from gpuqueue.cluster.rayjob import _tail
+    from gpuqueue.cluster.rayfiles import log_tail
 
     tmp_path.chmod(0o711)
     folder = tmp_path / "gqr-test"
@@ -115,18 +115,18 @@ def test_root_reads_the_ray_log_of_a_joining_node_only_from_a_plain_file_of_the_
     log = folder / "ray.log"
     log.write_text("x" * 5000 + "ConnectionError: the head is not up\n")
     os.chown(log, UID, UID)
-    said = _tail(folder, "ray.log", UID)
+    said = log_tail(folder, "ray.log", UID)
     assert said.endswith("ConnectionError: the head is not up\n") and len(said) == 1500
     roots = tmp_path / "root-only"
     roots.write_text("root's secret")
     roots.chmod(0o600)
     log.unlink()
     log.symlink_to(roots)
-    assert _tail(folder, "ray.log", UID) == ""
+    assert log_tail(folder, "ray.log", UID) == ""
     log.unlink()
     os.link(roots, log)  # a hard link (where the kernel lets the owner make one)
-    assert _tail(folder, "ray.log", UID) == ""
+    assert log_tail(folder, "ray.log", UID) == ""
     log.unlink()
     log.write_text("root's own file")  # root's, not the owner's
-    assert _tail(folder, "ray.log", UID) == ""
-    assert _tail(folder, "absent.log", UID) == ""
+    assert log_tail(folder, "ray.log", UID) == ""
+    assert log_tail(folder, "absent.log", UID) == ""

@@ -60,7 +60,6 @@ import secrets
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import sys
 import threading
@@ -76,6 +75,7 @@ from ..attempt.identity import Identity
 from ..attempt.launch import package_root
 from ..job.raynodes import node_resource
 from .forkserver import die_with_parent
+from .rayfiles import log_tail, open_log, remove_scratch
 from .redis_store import RedisStore
 
 log = logging.getLogger("gpuqueue.worker")
@@ -376,7 +376,7 @@ class RayNodes:
             while proc.poll() is not None or not self._wait_exit(proc, 3.0):
                 if time.monotonic() > deadline or not self._fence_holds(job_id, attempt, head):
                     raise RuntimeError(f"ray start --address {address} exited with code {proc.returncode}: "
-                                       f"{_tail(folder, 'ray.log', uid)}")
+                                       f"{log_tail(folder, 'ray.log', uid)}")
                 time.sleep(1)
                 proc = self._start(address, folder, inside, ident, msg, own, cgroup)
             log.info("attempt %s/%s: this node joined its Ray at %s as uid %d (pid %d)", job_id, attempt, address,
@@ -471,78 +471,6 @@ def _child(cgroup: Optional[Path], become: Optional[tuple[int, int]]) -> None:
     die_with_parent(signal.SIGKILL)
 
 
-def open_log(folder: Path, name: str, ident: Optional[Identity]) -> int:
-    """An append descriptor on ``folder/name``, the owner's (mode 600), made if need be; opened
-    through the folder's descriptor, never following a link: the folder is the owner's, whose
-    jobs may put there a link (or a hard link) to a file of root's, which root would then write
-    to and hand over. Raises OSError (PermissionError: not a plain file of the owner's)."""
-    flags = os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        try:
-            fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dfd)
-            made = True
-        except FileExistsError:
-            fd = os.open(name, flags, dir_fd=dfd)
-            made = False
-    finally:
-        os.close(dfd)
-    st = os.fstat(fd)
-    owner = ident.uid if ident is not None else os.geteuid()
-    if not made and (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != owner):
-        os.close(fd)
-        raise PermissionError(f"{folder / name} is not a plain file of uid {owner}: not written")
-    if made and ident is not None:
-        os.fchown(fd, ident.uid, ident.gid)
-    return fd
-
-
-def _tail(folder: Path, name: str, owner: int, size: int = 1500) -> str:
-    """The last ``size`` characters of ``folder/name``, read through the folder's descriptor
-    without following a link, and only where it is a plain file of ``owner``'s (the folder is
-    the owner's: its job may put a link there to a file only root may read); else ``""``."""
-    try:
-        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        return ""
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != owner:
-            return ""
-        start = max(0, st.st_size - 4 * size)
-        return os.pread(fd, st.st_size - start, start).decode(errors="replace")[-size:]
-    except OSError:
-        return ""
-    finally:
-        os.close(fd)
-
-
-def remove_scratch(tmp: Path, job_id: str, uid: int) -> int:
-    """Remove the scratch folders the job's ranks on this node made in ``tmp`` (the job's
-    ``/tmp`` here: ``gpuqueue-<job>-rank<N>-*``, ``gpuqueue.job.raynodes``) that a killed rank
-    left: only folders of ``uid``'s, never through a link (``shutil.rmtree`` works through
-    descriptors). Returns how many."""
-    prefix = f"gpuqueue-{job_id}-rank"
-    n = 0
-    try:
-        entries = list(os.scandir(tmp))
-    except OSError:
-        return 0
-    for entry in entries:
-        try:
-            if (entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False)
-                    and entry.stat(follow_symlinks=False).st_uid == uid):
-                shutil.rmtree(entry.path, ignore_errors=True)
-                n += 1
-        except OSError:
-            continue
-    return n
-
-
 def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]], inside: Optional[Path] = None) -> int:
     """Kill the Ray processes of ``folder`` (uid ``uid``, its mark in their environment: the
     folder's path ``inside`` the job's namespaces, by default ``folder``), then remove the folder
@@ -591,4 +519,4 @@ def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]], ins
     return len(victims)
 
 
-__all__ = ["RAY_ENV", "RayNodes", "attempt_token", "cluster_secret", "end_ray", "remove_scratch", "shared_ray"]
+__all__ = ["RAY_ENV", "RayNodes", "attempt_token", "cluster_secret", "end_ray", "shared_ray"]
