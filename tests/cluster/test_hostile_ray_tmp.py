@@ -174,8 +174,9 @@ def tail_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="rayjob.RayNodes._start: Popen(cwd=<folder path>) chdirs as root through a link the "
-                          "owner swaps in after open_log; fix in rayjob.py (chdir by the folder's descriptor)")
+                   reason="rayjob.RayNodes._start: Popen(cwd=<folder path>) chdirs as root through a link the owner "
+                          "swaps in after open_log; fix: Popen(cwd='/'), chdir to the folder as the owner (preexec_fn "
+                          "after user=; privtmp.exec_as after setresuid)")
 def test_root_never_starts_the_jobs_ray_in_a_folder_the_job_links_to(cwd_cluster: Cluster) -> None:
     c = cwd_cluster
     _, said = _run_bob(c)
@@ -188,8 +189,9 @@ def test_root_never_starts_the_jobs_ray_in_a_folder_the_job_links_to(cwd_cluster
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="rayjob._tail reads <folder>/ray.log by path as root (read_text follows the job's "
-                          "link, reads without bound); fix in rayjob.py (read the descriptor open_log gave)")
+                   reason="rayjob._tail reads <folder>/ray.log by path as root (read_text follows the job's link, "
+                          "reads without bound); fix: openat(folder fd, O_NOFOLLOW|O_NONBLOCK), a plain file of the "
+                          "owner's, pread of its last 1500 bytes")
 def test_root_never_reads_a_file_the_job_links_as_its_ray_log(tail_cluster: Cluster) -> None:
     c = tail_cluster
     _run_bob(c)
