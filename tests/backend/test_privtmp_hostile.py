@@ -4,13 +4,14 @@ multi-node job's processes on a node cannot enter their own namespaces after all
 processes use: its token, Ray's sockets and session). The name is on the command line of the
 worker's ``python -I -c EXEC_AS ... /tmp/gqr-<random> <folder> -- ...`` (root's, readable by every
 uid in ``/proc/<pid>/cmdline``) a moment before root makes the link, so Bob's job, watching
-``/proc``, makes it first: the same link. Root keeps it ("a link that is already there, to the same
-folder, is kept"), so the name is Bob's in the sticky ``/tmp``, and he points it, once root has
+``/proc``, makes it first: the same link. Root kept it ("a link that is already there, to the same
+folder, was kept"), so the name is Bob's in the sticky ``/tmp``, and he points it, once root has
 checked it, at a folder of his own: Alice's Ray on that node then takes its token and makes its
 sockets and session where Bob chose (where ``fs.protected_symlinks`` is 1, no uid but Bob's may
 follow his link in the sticky ``/tmp``: her Ray on that node fails instead). A folder of Bob's
-under the name makes ``link_instead`` raise: that node does not join. The fix is in privtmp.py:
-xfail until then."""
+under the name makes ``link_instead`` raise: that node does not join. On 7399b37 the test failed
+(root kept Bob's link: Alice's Ray read Bob's token); now root makes its link under a name of its
+own and renames it over whatever another uid put there."""
 
 from __future__ import annotations
 
@@ -35,10 +36,6 @@ def _as_bob(script: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=30)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="privtmp.link_instead keeps a link another uid made first under the name (same target): "
-                          "it stays that uid's to re-point in the sticky /tmp; fix in privtmp.py: keep only a link of "
-                          "root's, else replace it (symlink under a random name, rename over the name)")
 def test_a_link_another_uid_made_first_under_the_rays_name_does_not_stay_his() -> None:
     base = Path(tempfile.mkdtemp(prefix="gq-privtmp-hostile-", dir="/var/lib" if os.path.isdir("/var/lib") else "/"))
     base.chmod(0o711)

@@ -3,18 +3,22 @@ the folder ``<state>/tmp/<uid>/gqr-<random>`` is the job's uid's, and so is ever
 worker starts there (``ray start --address``, run with the job's ``python``). Root still uses
 the folder's path after making it:
 
-* ``RayNodes._start`` gives ``subprocess.Popen`` ``cwd=<folder path>``: the child chdirs as root,
+* ``RayNodes._start`` gave ``subprocess.Popen`` ``cwd=<folder path>``: the child chdir'd as root,
   following a link the owner's process swapped in a moment after root opened ``ray.log``
   (inotify), so the job's process starts in a folder its uid may not reach (whose ancestor it
   cannot traverse): it reads what is in there.
-* ``RayNodes._join``, once the join gave up, reads ``<folder>/ray.log`` by path as root
+* ``RayNodes._join``, once the join gave up, read ``<folder>/ray.log`` by path as root
   (``_tail``: ``read_text``), following the link the job put there: a root-only file lands in
   the worker's log (a link to ``/dev/zero`` makes root read without end; a FIFO hangs the thread).
 
 Bob's job stands in its own ``python`` (which the worker runs as his Ray on both nodes): on the
-first node a stand-in head (a port that answers), on the other the attack. Both findings are in
-rayjob.py: xfail until the fix there. Also: the ranks on the other node run with the worker's
-umask, not the 077 the runner gives every job (docs/deploy.md, Identities)."""
+first node a stand-in head (a port that answers), on the other the attack. Also: the ranks on
+the other node ran with the worker's umask, not the 077 the runner gives every job
+(docs/deploy.md, Identities). Each test failed on the code before the fix (7399b37): root's
+chdir followed the link and Bob read the file, the worker log held the root-only file, the
+second node's rank ran with umask 022. Now the child changes into the folder only as the owner
+(``rayjob._child``, ``privtmp.exec_as``), ``rayfiles.log_tail`` reads only a plain file of the
+owner's, and the child starts with umask 077."""
 
 from __future__ import annotations
 
@@ -174,10 +178,6 @@ def tail_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     yield from _cluster(monkeypatch, "tail")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="rayjob.RayNodes._start: Popen(cwd=<folder path>) chdirs as root through a link the owner "
-                          "swaps in after open_log; fix: Popen(cwd='/'), chdir to the folder as the owner (preexec_fn "
-                          "after user=; privtmp.exec_as after setresuid)")
 def test_root_never_starts_the_jobs_ray_in_a_folder_the_job_links_to(cwd_cluster: Cluster) -> None:
     c = cwd_cluster
     _, said = _run_bob(c)
@@ -189,10 +189,6 @@ def test_root_never_starts_the_jobs_ray_in_a_folder_the_job_links_to(cwd_cluster
     assert all(s["cwd"] != str(c.root / "locked" / "pub") for s in said), said
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="rayjob._tail reads <folder>/ray.log by path as root (read_text follows the job's link, "
-                          "reads without bound); fix: openat(folder fd, O_NOFOLLOW|O_NONBLOCK), a plain file of the "
-                          "owner's, pread of its last 1500 bytes")
 def test_root_never_reads_a_file_the_job_links_as_its_ray_log(tail_cluster: Cluster) -> None:
     c = tail_cluster
     _run_bob(c)
@@ -231,10 +227,6 @@ def ray_cluster(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
     yield from _cluster(monkeypatch, "none")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the other node's Ray (privtmp.exec_as; rayjob._start's user= path) runs with the worker's "
-                          "umask, not the job's 077 (runner.py): its ranks make files others may read; fix: "
-                          "umask=0o077 in rayjob._start's Popen (exec_as and Ray inherit it)")
 def test_every_rank_of_a_job_on_two_nodes_runs_with_umask_077(ray_cluster: Cluster) -> None:
     c = ray_cluster
     py, libs = job_python()

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import signal
+import stat
 import subprocess
 import sys
 from typing import Iterable, Optional, Sequence
@@ -151,15 +153,27 @@ def link_instead(links: dict[str, str]) -> None:
     """Where the namespaces could not be entered: make each ``inside`` path of ``links`` (a
     job's Ray folder as its processes name it, ``/tmp/gqr-<random>``) a link to its folder on
     the node (``outside``), so the job runs with the node's ``/tmp`` and finds it there. A link
-    that is already there, to the same folder, is kept. Raises OSError."""
+    of this process's uid that is already there, to the same folder, is kept; a file or link of
+    another uid's by that name is replaced. Raises OSError (a folder by that name, say)."""
     for inside, outside in links.items():
         if os.path.dirname(inside) != "/tmp" or not os.path.basename(inside).startswith("gqr-"):
             raise OSError(f"not a job's Ray folder in /tmp: {inside}")
         try:
-            os.symlink(outside, inside)
-        except FileExistsError:
-            if not (os.path.islink(inside) and os.readlink(inside) == outside):
-                raise
+            st = os.lstat(inside)
+            if stat.S_ISLNK(st.st_mode) and st.st_uid == os.geteuid() and os.readlink(inside) == outside:
+                continue  # this process's own, made before
+        except FileNotFoundError:
+            pass
+        # the name is on root's command line (exec_as), which every uid can read: another uid may
+        # have put a link of its own there first. Made under a name of root's choosing, then
+        # renamed over it (root may, in the sticky /tmp); a folder there: OSError
+        tmp = os.path.join("/tmp", f".{os.path.basename(inside)}-{secrets.token_hex(8)}")
+        os.symlink(outside, tmp)
+        try:
+            os.rename(tmp, inside)
+        except OSError:
+            os.unlink(tmp)
+            raise
 
 
 # what the worker runs (``python -I -c EXEC_AS ...``, :func:`exec_as`): isolated from the job's
@@ -188,6 +202,7 @@ def exec_as(args: Sequence[str]) -> int:
         os.setgroups([])
         os.setresgid(int(gid), int(gid), int(gid))
         os.setresuid(int(uid), int(uid), int(uid))
+        os.chdir(inside)  # as the owner, in its namespaces: never root through a path the owner controls
         _libc().prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != int(parent):  # the worker ended meanwhile
             return 1

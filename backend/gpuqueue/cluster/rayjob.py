@@ -445,20 +445,25 @@ class RayNodes:
                     str(ident.gid), str(os.getpid()), str(inside), str(folder), "--", *argv]
         elif ident is not None:
             become = (ident.uid, ident.gid)
+        # the child changes into the folder only once it is the owner (exec_as: in its namespaces):
+        # the folder is in one the owner controls, so root's chdir could follow a link planted there
+        cwd = None if own is not None and ident is not None else str(folder)
         out = open_log(folder, "ray.log", ident)
         try:
-            return subprocess.Popen(argv, env=env, cwd=str(folder), stdin=subprocess.DEVNULL, stdout=out,
+            return subprocess.Popen(argv, env=env, cwd="/", umask=0o077, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                    preexec_fn=lambda: _child(cgroup, become))
+                                    preexec_fn=lambda: _child(cgroup, become, cwd))
         finally:
             os.close(out)
 
 
-def _child(cgroup: Optional[Path], become: Optional[tuple[int, int]]) -> None:
+def _child(cgroup: Optional[Path], become: Optional[tuple[int, int]], cwd: Optional[str]) -> None:
     """In the child of :meth:`RayNodes._start`, before it execs: enter ``cgroup`` (still as the
     worker's user: the owner may not write it), become ``become`` (uid, gid; no supplementary
-    groups) where given, then ask to die with the worker's thread (after the change of uid, which
-    clears that request). Popen's own ``user=`` would change the uid before this runs."""
+    groups) where given, change into ``cwd`` (as the owner: a link the owner's job put in its
+    place leads only where the owner may go), then ask to die with the worker's thread (after
+    the change of uid, which clears that request). Popen's own ``user=`` would change the uid
+    before this runs."""
     if cgroup is not None:
         try:
             enter_cgroup(str(cgroup))
@@ -468,6 +473,8 @@ def _child(cgroup: Optional[Path], become: Optional[tuple[int, int]]) -> None:
         os.setgroups([])
         os.setresgid(become[1], become[1], become[1])
         os.setresuid(become[0], become[0], become[0])
+    if cwd is not None:
+        os.chdir(cwd)
     die_with_parent(signal.SIGKILL)
 
 
