@@ -204,16 +204,12 @@ class PolicyConfig(BaseModel):
         30.0, ge=0, description="preemptions a pool may issue per preemption_window (token bucket)"
     )
     preemption_window: float = Field(3600.0, gt=0, description="seconds; refill period of the budget")
-    victim_yield: float = Field(
-        0.0, ge=0,
-        description="seconds a job preempted for a waiting job is held back (not started) until that job starts; 0: requeued at once",
-    )
     timeout_warning: float = Field(300.0, ge=0, description="seconds of warning before a timeout")
     retry_jitter: float = Field(0.25, ge=0, le=1, description="backoff is scaled by 1 ± jitter")
 
     @field_validator(
         "half_life", "charge_ahead", "min_runtime", "grace", "preemption_window",
-        "timeout_warning", "starved_priority_credit", "oldest_first_after", "victim_yield", mode="before",
+        "timeout_warning", "starved_priority_credit", "oldest_first_after", mode="before",
     )
     @classmethod
     def _duration(cls, v: Any) -> float:

@@ -73,7 +73,6 @@ class FairShareScheduler:
         self.timers = Timers()
         self.preempt_counts: dict[str, int] = {}
         self.stopping_for: dict[str, int] = {}  # preemptor -> victims still stopping for it
-        self.yielding: dict[str, list[str]] = {}  # preemptor -> its preempted victims held back until it starts
         self.preempted_pairs: set[tuple[str, str]] = set()  # (victim, preemptor)
         self._limits: dict[tuple[str, Optional[float]], Optional[float]] = {}
         self.quota_bound: dict[tuple[User, Pool], bool] = {}  # see quota_reason
@@ -305,20 +304,13 @@ class FairShareScheduler:
         j = self.jobs.get(job_id)
         if j is None or j.state not in (RUNNING, STOPPING):
             return []
-        preemptor = j.preempted_for
         self._vacate(j, now)
         req = j.request
         if outcome in (Outcome.PREEMPTED, Outcome.LOST):
-            hold = 0.0
             if outcome == Outcome.PREEMPTED:
                 j.preemptions += 1
                 self.preempt_counts[job_id] = j.preemptions
-                r = self.jobs.get(preemptor) if preemptor is not None else None
-                if self.knobs.victim_yield > 0 and r is not None and r.state == PENDING:
-                    # the GPUs it frees are for r: it waits until r starts (at most victim_yield)
-                    hold = self.knobs.victim_yield
-                    self.yielding.setdefault(r.request.id, []).append(job_id)
-            j.request = replace(req, not_before=now + hold)
+            j.request = replace(req, not_before=now)
             self._requeue(j, now)
             # not the reason of the pass that started it ("started"): it waits again, and why
             what = "preempted" if outcome == Outcome.PREEMPTED else "its node was lost"
@@ -497,11 +489,6 @@ class FairShareScheduler:
 
     def start(self, j: Job, placement: Placement, now: float, out: list[Decision]) -> None:
         """Start a pending job on ``placement``: charge its first chunk, arm its timers."""
-        for vid in self.yielding.pop(j.request.id, ()):  # its victims may come back now
-            v = self.jobs.get(vid)
-            if v is not None and v.state == WAITING and v.request.not_before > now:
-                v.request = replace(v.request, not_before=now)
-                self.timers.retry_at(v, now)
         self._dequeue(j)
         req = j.request
         pool = self.pools[req.pool]
