@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from gpuqueue.queue.states import Outcome
 from gpuqueue.scheduler import FairShareScheduler
+from gpuqueue.scheduler.base import Preempt
 from gpuqueue.scheduler.fairshare import preemption
 from gpuqueue.scheduler.fairshare.records import RUNNING, Job
 
@@ -84,3 +85,28 @@ def test_where_only_a_multi_node_victim_could_make_room_the_quick_bound_and_the_
     s.finished("solid", Outcome.SUCCEEDED, 10)  # now stopping "narrow" makes room on c
     assert bound() == (True, True)
     assert [v.request.id for v in plan_for(s, "r", 10).victims] == ["narrow"]
+
+
+def test_a_multi_node_job_preempts_once_a_changed_node_completes_a_plan_with_an_unchanged_one():
+    # A 2-node high job: node a could be made whole by preempting a low job, node b runs work
+    # that cannot be preempted, so the first plan fails and is remembered. When b's job ends,
+    # only b changed; a plan needs b *and* the unchanged a. Trying the changed nodes alone
+    # (needing two whole nodes among them) found nothing: the job waited for a's job to end.
+    s = FairShareScheduler(config({"p": {"a": 8, "b": 8}}, min_runtime=0))
+    running(s, "low", "a", 8, 0, pr="low", user="x", preemptible=True)
+    running(s, "solid", "b", 8, 0, pr="medium", user="y")
+    s.submit(job("r", gpus=16, nodes=2, pr="high", user="w"), 10)
+    assert not [d for d in s.tick(10) if isinstance(d, Preempt)]  # b cannot be made whole
+    s.finished("solid", Outcome.SUCCEEDED, 20)
+    got = [d.job_id for d in s.tick(20) if isinstance(d, Preempt)]
+    assert got == ["low"]
+
+
+def test_a_multi_node_job_counts_a_node_already_free_towards_its_plan():
+    # node b is free, node a runs a low preemptible job: stopping that one makes room for the
+    # 2-node high job. The planner counted only nodes with victims, so it needed two of them.
+    s = FairShareScheduler(config({"p": {"a": 8, "b": 8}}, min_runtime=0))
+    running(s, "low", "a", 8, 0, pr="low", user="x", preemptible=True)
+    s.submit(job("r", gpus=16, nodes=2, pr="high", user="w"), 10)
+    assert [v.request.id for v in plan_for(s, "r", 10).victims] == ["low"]
+    assert [d.job_id for d in s.tick(10) if isinstance(d, Preempt)] == ["low"]

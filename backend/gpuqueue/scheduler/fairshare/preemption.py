@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 NONE = (0, 0, 0)  # no preemptible GPUs of any rank on a node
+FREE_NODE = (-99, 0, 0)  # the cost of a node a job of several nodes finds whole: it comes first
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,9 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
             continue
         need = per if req.nodes == 1 else n.gpus
         stopping = stopping_gpus.get(n.name, 0)
+        if req.nodes > 1 and len(n.free) + stopping >= need:
+            plans.append((FREE_NODE + (n.name,), n.name, []))  # whole already (or soon): no victims
+            continue
         if len(n.free) + stopping + sum(preemptible_gpus.get(n.name, NONE)) < need:
             continue  # even preempting every preemptible job there would not free enough
         gain = 0  # GPUs the jobs there that may be preempted now hold there
@@ -167,7 +171,8 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
     if len(plans) < max(1, req.nodes):
         return Plan([], soonest)
     plans.sort(key=lambda p: p[0])
-    return Plan([v for _, _, vs in plans[: max(1, req.nodes)] for v in vs], soonest)
+    victims = [v for _, _, vs in plans[: max(1, req.nodes)] for v in vs]
+    return Plan(victims, soonest)
 
 
 def comes_of_age(jobs: dict[str, Job], candidates: Iterable[str], pool: PoolNodes, per: int,
@@ -277,7 +282,8 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
             changed = index.touched_since(last.touches, pool.nodes.by_name)
             if not changed:
                 return
-            only, later = changed, last.retry_at
+            if req.nodes == 1:  # (a job of several nodes may need changed and unchanged ones
+                only, later = changed, last.retry_at  # together: it plans on every node)
     # with low == 0 or ``only``, the young jobs plan() meets are all candidates: see below
     single_bound = low == 0 or only is not None
     possible, young, single_fit = could_fit(
