@@ -57,7 +57,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -75,7 +74,7 @@ from ..attempt.identity import Identity
 from ..attempt.launch import package_root
 from ..job.raynodes import node_resource
 from .forkserver import die_with_parent
-from .rayfiles import log_tail, open_log, remove_scratch
+from .rayfiles import log_tail, open_log, remove_scratch, remove_tree
 from .redis_store import RedisStore
 
 log = logging.getLogger("gpuqueue.worker")
@@ -327,7 +326,7 @@ class RayNodes:
             self.store.exec([["SET", head_key(self.store, job_id, attempt), address, "EX", "86400"]],
                             guards=[(self.store.k("fence", job_id), f"{attempt}:{self.node}")])
         except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_tree(folder)
             self._forget(folder)
             raise
         threading.Thread(target=self._watch, args=(job_id, attempt, self.node, folder, inside,
@@ -513,7 +512,7 @@ def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]], ins
         except subprocess.TimeoutExpired:
             pass
     for _ in range(10):  # a Ray process killed a moment ago may still have written there
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_tree(folder)  # never through a link the job put there (a FIFO: root would wait for good)
         if not os.path.lexists(folder):
             break
         time.sleep(0.2)
