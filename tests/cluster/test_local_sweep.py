@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -230,3 +231,34 @@ def test_a_launch_that_fails_leaves_no_untagged_folder(store: RedisStore, tmp_pa
     assert (state / "jobs" / J[1] / "QUEUE").read_text() == agent.queue
     assert agent.local_sweeper().sweep() == [J[1]]  # no record: it goes
     assert not (state / "jobs" / J[1]).exists()
+
+
+def test_a_job_folder_too_deep_to_remove_is_reported_and_the_sweep_goes_on(store: RedisStore, tmp_path: Path,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    # the gone job's user made a tree thousands of folders deep in its work folder: removing it
+    # (as root, gpuqueue.attempt.removal) stops at a depth, so the job's folders stay, tagged, with
+    # a warning that names them; the other gone job's folders are deleted all the same. With
+    # shutil.rmtree (one call per level) the sweep died of a RecursionError and deleted nothing
+    state = tmp_path / "state"
+    agent = NodeAgent(store, "n1", 1, None, state, local_sweep_s=30)
+    agent.queue = queue_id(store)
+    deep, plain = J[9], J[10]
+    for j in (deep, plain):
+        _job(state, j, agent.queue)
+    fd = os.open(state / "work" / deep, os.O_RDONLY)
+    try:
+        for _ in range(3000):  # through descriptors: the path would outgrow PATH_MAX
+            os.mkdir("d", dir_fd=fd)
+            nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    finally:
+        os.close(fd)
+    sweeper = agent.local_sweeper()
+    with caplog.at_level(logging.WARNING, logger="gpuqueue.worker"):
+        assert sweeper.sweep() == [plain]
+    assert not (state / "jobs" / plain).exists() and not (state / "work" / plain).exists()
+    assert (state / "jobs" / deep / "QUEUE").exists()  # still tagged: the next sweep tries again
+    said = [r.getMessage() for r in caplog.records if deep in r.getMessage()]
+    assert said and "could not be removed" in said[0], caplog.text
+    subprocess.run(["rm", "-rf", str(state / "work" / deep)], check=True)  # as an admin would (fts: no recursion)

@@ -7,18 +7,19 @@ the node, and no process of that uid runs there at all (``gpuqueue.cluster.worke
 
 Removal as root in a folder every user may write: each entry is looked at without following a
 link, and only one of the uid's own is removed (a folder with what is in it, through
-``shutil.rmtree``, which follows no link either). The folder's sticky bit keeps any other user
+``gpuqueue.attempt.removal``, which follows no link and stops at a depth either). The folder's sticky bit keeps any other user
 from renaming another entry into its place meanwhile; the uid's own processes have all ended.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from pathlib import Path
 
 import psutil
+
+from .removal import remove_tree
 
 SHM = Path("/dev/shm")
 
@@ -47,7 +48,8 @@ def remove_owned(uid: int, folder: Path = SHM) -> int:
             if st.st_uid != uid:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(path)
+                if not remove_tree(path):
+                    continue
             else:
                 os.unlink(path)
         except OSError:

@@ -5,7 +5,6 @@ follows one or touches a file that is not the owner's."""
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Optional
 
 from ..attempt.identity import Identity
 from ..attempt.jobdir import open_owned_file
+from ..attempt.removal import PARENT_FLAGS, remove_at
 
 
 def open_log(folder: Path, name: str, ident: Optional[Identity]) -> int:
@@ -68,11 +68,11 @@ def log_tail(folder: Path, name: str, owner: int, size: int = 1500) -> str:
 def remove_scratch(tmp: Path, job_id: str, uid: int) -> int:
     """Remove the scratch folders the job's ranks on this node made in ``tmp`` (the job's
     ``/tmp`` here: ``gpuqueue-<job>-rank<N>-*``, ``gpuqueue.job.raynodes``) that a killed rank
-    left: only folders of ``uid``'s, never through a link (:func:`remove_tree`). Returns how many."""
+    left: only folders of ``uid``'s, never through a link (``gpuqueue.attempt.removal``). Returns how many."""
     prefix = f"gpuqueue-{job_id}-rank"
     n = 0
     try:
-        tfd = os.open(tmp, _PARENT_FLAGS)
+        tfd = os.open(tmp, PARENT_FLAGS)
     except OSError:
         return 0
     try:
@@ -82,7 +82,7 @@ def remove_scratch(tmp: Path, job_id: str, uid: int) -> int:
             try:
                 if (entry.name.startswith(prefix) and entry.is_dir(follow_symlinks=False)
                         and entry.stat(follow_symlinks=False).st_uid == uid):
-                    _remove_at(tfd, entry.name, 0)
+                    remove_at(tfd, entry.name)
                     n += 1
             except OSError:
                 continue
@@ -91,55 +91,3 @@ def remove_scratch(tmp: Path, job_id: str, uid: int) -> int:
     finally:
         os.close(tfd)
     return n
-
-
-# a folder, opened only if it is one: never a link (O_NOFOLLOW), and never anything else (O_DIRECTORY
-# fails before the open: a FIFO would block root for good, a device would be opened as root)
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_PARENT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # a folder root chose (/tmp, <state>/tmp/<uid>)
-MAX_DEPTH = 200  # deeper than this, a tree is left as it is (neither root's stack nor its descriptors run out)
-
-
-def remove_tree(path: Path) -> None:
-    """Remove ``path`` and all under it, as root, where the owner (and its jobs, still running
-    elsewhere on the node) controls it: nothing but a folder is ever opened and no link is
-    followed, at any moment (a name swapped for a link, FIFO or device between a check and the
-    open is unlinked, never opened). ``shutil.rmtree`` of Python 3.11 is not that: it opens the
-    path, and each subfolder it found, with a plain ``O_RDONLY``, following a link swapped in
-    meanwhile (or already there at the top): a link to a FIFO blocks the worker's thread for
-    good, one to a device opens it as root. What cannot be removed is left, silently."""
-    try:
-        pfd = os.open(path.parent, _PARENT_FLAGS)
-    except OSError:
-        return
-    try:
-        _remove_at(pfd, path.name, 0)
-    finally:
-        os.close(pfd)
-
-
-def _remove_at(dfd: int, name: str, depth: int) -> None:
-    try:
-        fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
-    except OSError as e:
-        if e.errno in (errno.ENOTDIR, errno.ELOOP):  # a file, link, FIFO, device: its name goes, unopened
-            try:
-                os.unlink(name, dir_fd=dfd)
-            except OSError:
-                pass
-        return
-    try:
-        if depth >= MAX_DEPTH:
-            return
-        with os.scandir(fd) as it:
-            names = [e.name for e in it]
-        for n in names:
-            _remove_at(fd, n, depth + 1)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    try:
-        os.rmdir(name, dir_fd=dfd)
-    except OSError:
-        pass

@@ -72,9 +72,10 @@ from ..attempt import privtmp
 from ..attempt.cgroup import AttemptCgroups, end as end_cgroup, enter as enter_cgroup
 from ..attempt.identity import Identity
 from ..attempt.launch import package_root
+from ..attempt.removal import remove_tree
 from ..job.raynodes import node_resource
 from .forkserver import die_with_parent
-from .rayfiles import log_tail, open_log, remove_scratch, remove_tree
+from .rayfiles import log_tail, open_log, remove_scratch
 from .redis_store import RedisStore
 
 log = logging.getLogger("gpuqueue.worker")

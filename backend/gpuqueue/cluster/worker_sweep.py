@@ -36,7 +36,6 @@ import logging
 import os
 import random
 import re
-import shutil
 import stat
 import threading
 import time
@@ -46,6 +45,7 @@ from typing import Callable, Optional
 
 import redis
 
+from ..attempt.removal import remove_tree
 from .redis_store import RedisStore
 from .shared_root import QUEUE_TAG, SharedRoot, StorageError
 from .shared_usage import SharedUsage
@@ -189,8 +189,6 @@ class LocalSweeper:
 
     def __init__(self, store: RedisStore, state_dir: Path, queue: Optional[str],
                  hold: Callable[[str], bool], release: Callable[[str], None], interval_s: float = SWEEP_S):
-        if not shutil.rmtree.avoids_symlink_attacks:  # Linux has it (fd-based rmtree)
-            raise RuntimeError("this platform's shutil.rmtree may follow links: no sweep of job folders")
         self.store = store
         self.state_dir = Path(state_dir)
         self.queue = queue  # this queue's id, as the worker drew it at start
@@ -257,8 +255,8 @@ class LocalSweeper:
 
     def _delete(self, job_id: str) -> None:
         """``work/<id>`` (the job user's), then ``jobs/<id>`` with its tag last, so a sweep cut
-        short finds what is left still tagged. No link is followed (fd-based rmtree; a link
-        itself is unlinked)."""
+        short finds what is left still tagged. No link is followed (``gpuqueue.attempt.removal``;
+        a link itself is unlinked)."""
         _remove(self.state_dir / "work" / job_id)
         records = self.state_dir / "jobs" / job_id
         try:
@@ -280,7 +278,9 @@ def _remove(path: Path) -> None:
     except FileNotFoundError:
         return
     if stat.S_ISDIR(st.st_mode):
-        shutil.rmtree(path)  # fd-based (avoids_symlink_attacks): links inside are unlinked, not followed
+        # the job user's folder (its other jobs may still change it): gpuqueue.attempt.removal
+        if not remove_tree(path):
+            raise OSError(f"{path} could not be removed (whatever is left stays for the next sweep)")
     else:
         try:
             os.unlink(path)
