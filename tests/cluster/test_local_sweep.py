@@ -254,11 +254,13 @@ def test_a_job_folder_too_deep_to_remove_is_reported_and_the_sweep_goes_on(store
             fd = nxt
     finally:
         os.close(fd)
-    sweeper = agent.local_sweeper()
-    with caplog.at_level(logging.WARNING, logger="gpuqueue.worker"):
-        assert sweeper.sweep() == [plain]
-    assert not (state / "jobs" / plain).exists() and not (state / "work" / plain).exists()
-    assert (state / "jobs" / deep / "QUEUE").exists()  # still tagged: the next sweep tries again
-    said = [r.getMessage() for r in caplog.records if deep in r.getMessage()]
-    assert said and "could not be removed" in said[0], caplog.text
-    subprocess.run(["rm", "-rf", str(state / "work" / deep)], check=True)  # as an admin would (fts: no recursion)
+    try:
+        sweeper = agent.local_sweeper()
+        with caplog.at_level(logging.WARNING, logger="gpuqueue.worker"):
+            assert sweeper.sweep() == [plain]
+        assert not (state / "jobs" / plain).exists() and not (state / "work" / plain).exists()
+        assert (state / "jobs" / deep / "QUEUE").exists()  # still tagged: the next sweep tries again
+        said = [r.getMessage() for r in caplog.records if deep in r.getMessage()]
+        assert said and "could not be removed" in said[0], caplog.text
+    finally:  # as an admin would (fts: no recursion); pytest's own clean-up of tmp_path would die of it
+        subprocess.run(["rm", "-rf", str(state / "work" / deep)], check=True)
