@@ -128,7 +128,10 @@ def _inside(path: Any, folder: Optional[str]) -> bool:
         return False  # a NUL byte: realpath raises ValueError (it ended the runner)
     try:
         real, root = os.path.realpath(path), os.path.realpath(folder)
-    except (ValueError, OSError):
+    except (ValueError, OSError, RecursionError):
+        # RecursionError: Python 3.11's realpath recurses once per link on the way, so a chain of
+        # some thousand links the job made (in its folder, or /tmp) raised it in the runner, as
+        # root: in its main loop (the job's own events.jsonl), which ended with no exit record
         return False
     return real == root or real.startswith(root.rstrip(os.sep) + os.sep)
 
