@@ -1,6 +1,7 @@
-"""Root (the runner before and after the job starts) meets paths a job controls: a chain of links
-the job made must not end root's process (Python 3.11's ``os.path.realpath`` recurses once per
-link, so some thousand links raise RecursionError)."""
+"""Root (the runner before and after the job starts, the worker) meets paths a job controls: a
+chain of links the job made must not end root's process (Python 3.11's ``os.path.realpath``
+recurses once per link, so some thousand links raise RecursionError), nor may the folders it
+makes in its checkpoint folder use up the worker's descriptors or its stack."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from gpuqueue.attempt import launchfail
 from gpuqueue.attempt.jobdir import prepare_owned
 from gpuqueue.attempt.launch import runner_env
 from gpuqueue.attempt.runner import job_event
+from gpuqueue.cluster.shared_root import SharedRoot
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: switches to another uid")
 UID = 61998
@@ -83,3 +85,67 @@ def test_a_job_cannot_end_root_s_runner_with_a_chain_of_links(open_root: Path) -
     events = [json.loads(x) for x in (paths.records / "events.jsonl").read_text().splitlines()]
     assert [e["data"] for e in events if e["type"] == "progress"] == [{"done": 1, "total": 1}]
     assert [e["data"]["in_job_folder"] for e in events if e["type"] == "checkpoint"] == [False]
+
+
+def _complete(job: Path, name: str, step: str) -> None:
+    d = job / "checkpoints" / name / step
+    d.mkdir(parents=True)
+    (d / "state.pt").write_bytes(b"weights")
+    (d / "COMPLETE").write_text("{}")
+
+
+FEW_FDS = r'''
+import json, resource, sys
+from pathlib import Path
+from gpuqueue.cluster.shared_root import SharedRoot
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print(json.dumps(SharedRoot(sys.argv[1]).push("j1", Path(sys.argv[2]))))
+'''
+
+
+def test_many_step_folders_do_not_use_up_the_workers_descriptors(tmp_path: Path) -> None:
+    """A job makes 600 empty ``step-*`` folders beside its one complete checkpoint: the push (the
+    worker, as root; here under a limit of 256 descriptors) still copies that checkpoint. Each
+    folder listed held a descriptor until the push ended: EMFILE for the rest, and for every
+    other thread of the worker meanwhile."""
+    job = tmp_path / "job"
+    for i in range(600):
+        (job / "checkpoints" / "t" / f"step-{i:09d}").mkdir(parents=True)
+    _complete(job, "t", "step-999999999")
+    (tmp_path / "root").mkdir()
+    out = subprocess.run([sys.executable, "-c", FEW_FDS, str(tmp_path / "root"), str(job)], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr[-600:]
+    assert json.loads(out.stdout) == ["t/step-999999999"]
+
+
+def test_a_checkpoint_nested_deeper_than_the_stack_is_left_unpushed_not_raised(tmp_path: Path) -> None:
+    """1100 nested folders in a complete checkpoint: not copied (the walk recursed once per level:
+    RecursionError out of the push), the job's other checkpoint is."""
+    job = tmp_path / "job"
+    _complete(job, "t", "step-000000002")
+    _complete(job, "t", "step-000000001")
+    here = os.getcwd()
+    os.chdir(job / "checkpoints" / "t" / "step-000000001")
+    try:
+        for _ in range(1100):
+            os.mkdir("d")
+            os.chdir("d")
+        Path("deep.bin").write_bytes(b"x")
+    finally:
+        os.chdir(here)
+    root = SharedRoot(str(tmp_path / "root"))
+    root.check()
+    try:
+        assert root.push("j1", job) == ["t/step-000000002"]
+    finally:
+        os.chdir(job / "checkpoints" / "t" / "step-000000001")
+        try:
+            for _ in range(1100):
+                os.chdir("d")
+            os.unlink("deep.bin")
+            for _ in range(1100):
+                os.chdir("..")
+                os.rmdir("d")
+        finally:
+            os.chdir(here)
