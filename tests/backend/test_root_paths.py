@@ -1,6 +1,7 @@
 """Root (the runner before and after the job starts, the worker) meets paths a job controls: a
 chain of links the job made must not end root's process (Python 3.11's ``os.path.realpath``
-recurses once per link, so some thousand links raise RecursionError), nor may the folders it
+recurses once per link, so some thousand links raise RecursionError) nor hold it from a stop
+request (4 ms a path through 900 links, each a readlink of root's), nor may the folders it
 makes in its checkpoint folder use up the worker's descriptors or its stack."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +24,7 @@ from gpuqueue.attempt.jobdir import prepare_owned
 from gpuqueue.attempt.launch import runner_env
 from gpuqueue.attempt.runner import job_event
 from gpuqueue.cluster.shared_root import SharedRoot
+from helpers.servers import wait_until
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: switches to another uid")
 UID = 61998
@@ -87,6 +90,47 @@ def test_a_job_cannot_end_root_s_runner_with_a_chain_of_links(open_root: Path) -
     assert [e["data"]["in_job_folder"] for e in events if e["type"] == "checkpoint"] == [False]
 
 
+FLOOD = r'''
+trap '' TERM
+yes "{\"type\": \"checkpoint\", \"data\": {\"path\": \"$GPUQUEUE_JOB_DIR/l0\"}}" | head -n 40000 >> "$GPUQUEUE_ATTEMPT_DIR/events.jsonl"
+touch "$GPUQUEUE_ATTEMPT_DIR/ready"
+sleep 300
+'''
+
+
+@root_only
+def test_a_job_cannot_hold_root_s_runner_from_its_kill_with_links_to_resolve(open_root: Path) -> None:
+    """40,000 checkpoint records in the job's own events.jsonl, each through a chain of 900
+    links, then the job ignores SIGTERM: a stop request with 1 s of grace still ends it (the
+    runner resolved each path one readlink at a time, 4 ms each, in the loop that answers stop
+    requests: some 3 minutes before it looked)."""
+    paths = prepare_owned(open_root, "j-2", 1, UID, UID)
+    for i in range(899):
+        os.symlink(f"l{i + 1}", paths.job / f"l{i}")
+    os.symlink(paths.job / "checkpoints", paths.job / "l899")
+    launch = {"argv": ["/bin/sh", "-c", FLOOD], "cwd": str(paths.job), "job_dir": str(paths.job),
+              "attempt_dir": str(paths.attempt), "user": {"name": "ana", "uid": UID, "gid": UID},
+              "env": {"PATH": "/usr/bin:/bin", "GPUQUEUE_JOB_DIR": str(paths.job),
+                      "GPUQUEUE_ATTEMPT_DIR": str(paths.attempt)}}
+    (paths.records / "launch.json").write_text(json.dumps(launch))
+    runner = subprocess.Popen([sys.executable, "-m", "gpuqueue.attempt.runner", str(paths.records)], env=runner_env())
+    try:
+        wait_until(lambda: (paths.attempt / "ready").exists(), 30, 0.05, "the job to write its records")
+        (paths.records / "control.json").write_text(json.dumps({"reason": "cancelled", "grace_s": 1}))
+        runner.send_signal(signal.SIGUSR1)
+        runner.wait(60)
+    finally:
+        if runner.poll() is None:  # it is stuck: end it, and the job it no longer ends
+            runner.kill()
+            runner.wait()
+            for line in (paths.records / "events.jsonl").read_text().splitlines():
+                rec = json.loads(line)
+                if rec["type"] == "runner":
+                    os.killpg(rec["data"]["pid"], signal.SIGKILL)
+    ended = json.loads((paths.records / "exit.json").read_text())
+    assert ended["stop_reason"] == "cancelled" and ended["exit_code"] == -signal.SIGKILL
+
+
 def _complete(job: Path, name: str, step: str) -> None:
     d = job / "checkpoints" / name / step
     d.mkdir(parents=True)
@@ -98,6 +142,7 @@ FEW_FDS = r'''
 import json, resource, sys
 from pathlib import Path
 from gpuqueue.cluster.shared_root import SharedRoot
+from helpers.servers import wait_until
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 print(json.dumps(SharedRoot(sys.argv[1]).push("j1", Path(sys.argv[2]))))
 '''
