@@ -56,7 +56,10 @@ def record(stage: str, error: BaseException | str, path: Optional[str] = None,
         found = find_program(path, search_path)
         if found is not None and os.path.isabs(found):
             rec["found"] = found
-            real = os.path.realpath(found)
+            try:
+                real = os.path.realpath(found)
+            except (OSError, RecursionError):  # a chain of ~1000 links (3.11's realpath recurses per link)
+                real = found
             if real != found:
                 rec["real"] = real
             rec["refused"] = refusal(found, rec["uid"], gids)

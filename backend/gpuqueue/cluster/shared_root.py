@@ -56,6 +56,7 @@ from ..job.checkpoint import MARKER, remove_checkpoint
 CHECKPOINTS = "checkpoints"
 QUEUE_TAG = "QUEUE"
 CHUNK = 8 * 1024 * 1024
+MAX_DEPTH = 64  # folders a checkpoint may nest (root walks it to push it)
 
 
 class StorageError(RuntimeError):
@@ -444,19 +445,22 @@ def load_options(path: Optional[str]) -> Optional[dict[str, Any]]:
 class _Local:
     """The job's local checkpoint folder, as the worker reads and writes it: folders opened with
     ``O_NOFOLLOW`` from the job folder down; with ``uid``, only that uid's regular files with one
-    link are read, and what is written is made that uid's."""
+    link are read, and what is written is made that uid's.
+
+    Each folder's descriptor is closed as soon as it is used: the job makes as many folders as
+    it likes there, and root's worker held one per folder listed until the push ended (some
+    ten thousand ``step-*`` folders: EMFILE in every thread of the worker, the launches and
+    reads of other users' jobs on the node included). A checkpoint nested over
+    :data:`MAX_DEPTH` folders is refused (an OSError; the walk recursed once per level)."""
 
     def __init__(self, job_dir: Path, uid: Optional[int], gid: Optional[int]):
         self.job_dir, self.uid, self.gid = job_dir, uid, gid
-        self._fds: list[int] = []
 
     def __enter__(self) -> "_Local":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for fd in self._fds:
-            os.close(fd)
-        self._fds.clear()
+        pass
 
     def _open_dir(self, names: list[str], create: bool = False) -> int:
         fd = os.open(self.job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -481,7 +485,6 @@ class _Local:
         except BaseException:
             os.close(fd)
             raise
-        self._fds.append(fd)
         return fd
 
     def _file(self, dfd: int, name: str) -> Optional[int]:
@@ -493,7 +496,10 @@ class _Local:
             dfd = self._open_dir(folders)
         except OSError:
             return False
-        fd = self._file(dfd, MARKER)
+        try:
+            fd = self._file(dfd, MARKER)
+        finally:
+            os.close(dfd)
         if fd is None:
             return False
         os.close(fd)
@@ -506,21 +512,32 @@ class _Local:
             root = self._open_dir([CHECKPOINTS])
         except OSError:
             return out
-        for name in sorted(os.listdir(root)):
+        try:
+            names = sorted(os.listdir(root))
+        finally:
+            os.close(root)
+        for name in names:
             if name.startswith("."):
                 continue
             try:
                 nfd = self._open_dir([CHECKPOINTS, name])
             except OSError:
                 continue
-            for step in sorted(os.listdir(nfd)):
+            try:
+                steps = sorted(os.listdir(nfd))
+            finally:
+                os.close(nfd)
+            for step in steps:
                 if not step.startswith("step-"):
                     continue
                 try:
                     sfd = self._open_dir([CHECKPOINTS, name, step])
                 except OSError:
                     continue
-                fd = self._file(sfd, MARKER)
+                try:
+                    fd = self._file(sfd, MARKER)
+                finally:
+                    os.close(sfd)
                 if fd is None:
                     continue
                 st = os.fstat(fd)
@@ -535,7 +552,10 @@ class _Local:
         try:
             self._walk([CHECKPOINTS, name, step], "", files)
             dfd = self._open_dir([CHECKPOINTS, name, step])
-            fd = self._file(dfd, MARKER)
+            try:
+                fd = self._file(dfd, MARKER)
+            finally:
+                os.close(dfd)
             if fd is None:
                 raise OSError("its marker is gone")
             with os.fdopen(fd, "rb") as f:
@@ -547,26 +567,40 @@ class _Local:
         return files, marker
 
     def _walk(self, names: list[str], rel: str, out: list[tuple[str, int]]) -> None:
+        if rel.count("/") >= MAX_DEPTH:
+            raise OSError(f"{rel} is nested over {MAX_DEPTH} folders deep")
+        subs: list[str] = []
         dfd = self._open_dir(names)
-        for entry in sorted(os.listdir(dfd)):
-            if entry == MARKER and not rel:
-                continue
-            st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
-            sub = f"{rel}/{entry}" if rel else entry
-            if stat.S_ISDIR(st.st_mode):
-                self._walk([*names, entry], sub, out)
-            elif stat.S_ISREG(st.st_mode):
-                fd = self._file(dfd, entry)
-                if fd is None:
-                    raise OSError(f"{sub} is not the job's own file")
-                out.append((sub, fd))
-            else:
-                raise OSError(f"{sub} is a link or a special file: a checkpoint holds files and folders only")
+        try:
+            for entry in sorted(os.listdir(dfd)):
+                if entry == MARKER and not rel:
+                    continue
+                st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
+                sub = f"{rel}/{entry}" if rel else entry
+                if stat.S_ISDIR(st.st_mode):
+                    subs.append(entry)
+                elif stat.S_ISREG(st.st_mode):
+                    fd = self._file(dfd, entry)
+                    if fd is None:
+                        raise OSError(f"{sub} is not the job's own file")
+                    out.append((sub, fd))
+                else:
+                    raise OSError(f"{sub} is a link or a special file: a checkpoint holds files and folders only")
+        finally:
+            os.close(dfd)
+        for entry in subs:  # one folder open at a time
+            self._walk([*names, entry], f"{rel}/{entry}" if rel else entry, out)
 
     def write(self, folders: list[str], name: str, data: Any) -> None:
         """Create ``folders/name`` (bytes or a readable file object), the job's own, through a
         fresh name and a rename."""
         dfd = self._open_dir(folders, create=True)
+        try:
+            self._write_at(dfd, name, data)
+        finally:
+            os.close(dfd)
+
+    def _write_at(self, dfd: int, name: str, data: Any) -> None:
         tmp = f".{name}.{uuid.uuid4().hex[:12]}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dfd)
         try:

@@ -1,0 +1,196 @@
+"""Root (the runner before and after the job starts, the worker) meets paths a job controls: a
+chain of links the job made must not end root's process (Python 3.11's ``os.path.realpath``
+recurses once per link, so some thousand links raise RecursionError) nor hold it from a stop
+request (4 ms a path through 900 links, each a readlink of root's), nor may the folders it
+makes in its checkpoint folder use up the worker's descriptors or its stack."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from gpuqueue.attempt import launchfail
+from gpuqueue.attempt.jobdir import prepare_owned
+from gpuqueue.attempt.launch import runner_env
+from gpuqueue.attempt.runner import job_event
+from gpuqueue.cluster.shared_root import SharedRoot
+from helpers.servers import wait_until
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: switches to another uid")
+UID = 61998
+LINKS = 1500  # over Python's recursion limit (1000)
+
+
+def link_chain(folder: Path, end: Path) -> Path:
+    """``folder/l0`` -> ``l1`` -> ... -> ``end``: what a job makes in a folder of its own."""
+    for i in range(LINKS - 1):
+        os.symlink(f"l{i + 1}", folder / f"l{i}")
+    os.symlink(end, folder / f"l{LINKS - 1}")
+    return folder / "l0"
+
+
+def test_a_checkpoint_path_through_a_chain_of_links_is_not_the_jobs_folder(tmp_path: Path) -> None:
+    chain = link_chain(tmp_path, tmp_path / "real")
+    ev = job_event(json.dumps({"type": "checkpoint", "data": {"path": str(chain)}}).encode(), str(tmp_path))
+    assert ev is not None and ev[0] == "checkpoint" and ev[1]["in_job_folder"] is False
+
+
+def test_a_refused_program_through_a_chain_of_links_is_still_recorded(tmp_path: Path) -> None:
+    chain = link_chain(tmp_path, tmp_path / "prog")
+    err = PermissionError(errno.EACCES, "Permission denied", str(chain))
+    rec = launchfail.record(launchfail.EXEC, err, user={"name": "ana", "uid": UID, "gid": UID})
+    assert rec["stage"] == launchfail.EXEC and rec["errno"] == errno.EACCES and rec["found"] == str(chain)
+
+
+@pytest.fixture
+def open_root() -> Iterator[Path]:
+    """A state folder that other uids may traverse (as /var/lib/gpuqueue)."""
+    d = Path(tempfile.mkdtemp(prefix="gq-rootpaths-"))
+    d.chmod(0o711)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+JOB = r'''
+echo "{\"type\": \"checkpoint\", \"data\": {\"path\": \"$GPUQUEUE_JOB_DIR/l0\"}}" >> "$GPUQUEUE_ATTEMPT_DIR/events.jsonl"
+echo '{"type": "progress", "data": {"done": 1, "total": 1}}' >> "$GPUQUEUE_ATTEMPT_DIR/events.jsonl"
+sleep 1
+'''
+
+
+@root_only
+def test_a_job_cannot_end_root_s_runner_with_a_chain_of_links(open_root: Path) -> None:
+    """The job names, in its own events.jsonl (read in the runner's main loop, as root), a
+    checkpoint path through a chain of links: the runner goes on, and the attempt ends with its
+    exit record, the job's events kept."""
+    paths = prepare_owned(open_root, "j-1", 1, UID, UID)
+    link_chain(paths.job, paths.job / "checkpoints")
+    launch = {"argv": ["/bin/sh", "-c", JOB], "cwd": str(paths.job), "job_dir": str(paths.job),
+              "attempt_dir": str(paths.attempt), "user": {"name": "ana", "uid": UID, "gid": UID},
+              "env": {"PATH": "/usr/bin:/bin", "GPUQUEUE_JOB_DIR": str(paths.job),
+                      "GPUQUEUE_ATTEMPT_DIR": str(paths.attempt)}}
+    (paths.records / "launch.json").write_text(json.dumps(launch))
+    done = subprocess.run([sys.executable, "-m", "gpuqueue.attempt.runner", str(paths.records)], env=runner_env(),
+                          timeout=60, capture_output=True, text=True)
+    assert "RecursionError" not in done.stderr, done.stderr[-600:]
+    assert done.returncode == 0
+    assert json.loads((paths.records / "exit.json").read_text())["exit_code"] == 0
+    events = [json.loads(x) for x in (paths.records / "events.jsonl").read_text().splitlines()]
+    assert [e["data"] for e in events if e["type"] == "progress"] == [{"done": 1, "total": 1}]
+    assert [e["data"]["in_job_folder"] for e in events if e["type"] == "checkpoint"] == [False]
+
+
+FLOOD = r'''
+trap '' TERM
+yes "{\"type\": \"checkpoint\", \"data\": {\"path\": \"$GPUQUEUE_JOB_DIR/l0\"}}" | head -n 40000 >> "$GPUQUEUE_ATTEMPT_DIR/events.jsonl"
+touch "$GPUQUEUE_ATTEMPT_DIR/ready"
+sleep 300
+'''
+
+
+@root_only
+def test_a_job_cannot_hold_root_s_runner_from_its_kill_with_links_to_resolve(open_root: Path) -> None:
+    """40,000 checkpoint records in the job's own events.jsonl, each through a chain of 900
+    links, then the job ignores SIGTERM: a stop request with 1 s of grace still ends it (the
+    runner resolved each path one readlink at a time, 4 ms each, in the loop that answers stop
+    requests: some 3 minutes before it looked)."""
+    paths = prepare_owned(open_root, "j-2", 1, UID, UID)
+    for i in range(899):
+        os.symlink(f"l{i + 1}", paths.job / f"l{i}")
+    os.symlink(paths.job / "checkpoints", paths.job / "l899")
+    launch = {"argv": ["/bin/sh", "-c", FLOOD], "cwd": str(paths.job), "job_dir": str(paths.job),
+              "attempt_dir": str(paths.attempt), "user": {"name": "ana", "uid": UID, "gid": UID},
+              "env": {"PATH": "/usr/bin:/bin", "GPUQUEUE_JOB_DIR": str(paths.job),
+                      "GPUQUEUE_ATTEMPT_DIR": str(paths.attempt)}}
+    (paths.records / "launch.json").write_text(json.dumps(launch))
+    runner = subprocess.Popen([sys.executable, "-m", "gpuqueue.attempt.runner", str(paths.records)], env=runner_env())
+    try:
+        wait_until(lambda: (paths.attempt / "ready").exists(), 30, 0.05, "the job to write its records")
+        (paths.records / "control.json").write_text(json.dumps({"reason": "cancelled", "grace_s": 1}))
+        runner.send_signal(signal.SIGUSR1)
+        runner.wait(60)
+    finally:
+        if runner.poll() is None:  # it is stuck: end it, and the job it no longer ends
+            runner.kill()
+            runner.wait()
+            for line in (paths.records / "events.jsonl").read_text().splitlines():
+                rec = json.loads(line)
+                if rec["type"] == "runner":
+                    os.killpg(rec["data"]["pid"], signal.SIGKILL)
+    ended = json.loads((paths.records / "exit.json").read_text())
+    assert ended["stop_reason"] == "cancelled" and ended["exit_code"] == -signal.SIGKILL
+
+
+def _complete(job: Path, name: str, step: str) -> None:
+    d = job / "checkpoints" / name / step
+    d.mkdir(parents=True)
+    (d / "state.pt").write_bytes(b"weights")
+    (d / "COMPLETE").write_text("{}")
+
+
+FEW_FDS = r'''
+import json, resource, sys
+from pathlib import Path
+from gpuqueue.cluster.shared_root import SharedRoot
+from helpers.servers import wait_until
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+print(json.dumps(SharedRoot(sys.argv[1]).push("j1", Path(sys.argv[2]))))
+'''
+
+
+def test_many_step_folders_do_not_use_up_the_workers_descriptors(tmp_path: Path) -> None:
+    """A job makes 600 empty ``step-*`` folders beside its one complete checkpoint: the push (the
+    worker, as root; here under a limit of 256 descriptors) still copies that checkpoint. Each
+    folder listed held a descriptor until the push ended: EMFILE for the rest, and for every
+    other thread of the worker meanwhile."""
+    job = tmp_path / "job"
+    for i in range(600):
+        (job / "checkpoints" / "t" / f"step-{i:09d}").mkdir(parents=True)
+    _complete(job, "t", "step-999999999")
+    (tmp_path / "root").mkdir()
+    out = subprocess.run([sys.executable, "-c", FEW_FDS, str(tmp_path / "root"), str(job)], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr[-600:]
+    assert json.loads(out.stdout) == ["t/step-999999999"]
+
+
+def test_a_checkpoint_nested_deeper_than_the_stack_is_left_unpushed_not_raised(tmp_path: Path) -> None:
+    """1100 nested folders in a complete checkpoint: not copied (the walk recursed once per level:
+    RecursionError out of the push), the job's other checkpoint is."""
+    job = tmp_path / "job"
+    _complete(job, "t", "step-000000002")
+    _complete(job, "t", "step-000000001")
+    here = os.getcwd()
+    os.chdir(job / "checkpoints" / "t" / "step-000000001")
+    try:
+        for _ in range(1100):
+            os.mkdir("d")
+            os.chdir("d")
+        Path("deep.bin").write_bytes(b"x")
+    finally:
+        os.chdir(here)
+    root = SharedRoot(str(tmp_path / "root"))
+    root.check()
+    try:
+        assert root.push("j1", job) == ["t/step-000000002"]
+    finally:
+        os.chdir(job / "checkpoints" / "t" / "step-000000001")
+        try:
+            for _ in range(1100):
+                os.chdir("d")
+            os.unlink("deep.bin")
+            for _ in range(1100):
+                os.chdir("..")
+                os.rmdir("d")
+        finally:
+            os.chdir(here)
