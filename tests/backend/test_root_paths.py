@@ -142,7 +142,6 @@ FEW_FDS = r'''
 import json, resource, sys
 from pathlib import Path
 from gpuqueue.cluster.shared_root import SharedRoot
-from helpers.servers import wait_until
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
 print(json.dumps(SharedRoot(sys.argv[1]).push("j1", Path(sys.argv[2]))))
 '''
