@@ -41,10 +41,10 @@ import pytest
 
 from helpers.servers import wait_until
 
-from gpuqueue.attempt import launch, privtmp
 from gpuqueue.cluster.rayfiles import remove_scratch
 
-from .conftest import Cluster, identity_cluster, outside_tmp
+from .conftest import Cluster, outside_tmp
+from .test_hostile_ray_tmp import STAND_IN, bob_cluster
 from .test_isolation import job_python
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the workers run jobs under the users' own uids")
@@ -139,24 +139,7 @@ REAL, MARKS, WAIT_S, MODE = "@REAL@", "@MARKS@", float("@WAIT_S@"), "@MODE@"
 argv = sys.argv[1:]
 done = os.path.join(MARKS, "done")
 
-if "gpuqueue.job.distributed" in argv:  # the launcher on the first node: a head that answers
-    ip, port = os.environ["GPUQUEUE_RAY_HEAD"].rsplit(":", 1)
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((ip, int(port)))
-    s.listen(64)
-    s.settimeout(0.3)
-    end = time.time() + 3 * WAIT_S
-    while time.time() < end and not os.path.exists(done):
-        try:
-            s.accept()[0].close()
-        except OSError:
-            pass
-    time.sleep(1)
-    sys.exit(0)
-if "ray.scripts.scripts" not in argv:
-    os.execv(REAL, [REAL] + argv)
-
+''' + STAND_IN + r'''
 # the worker's `ray start --address` on the other node, as Bob, in his own /tmp
 inside = os.environ["GPUQUEUE_RAY_DIR"]
 if os.path.exists(done):
@@ -182,25 +165,7 @@ sys.exit(1)
 
 @pytest.fixture(params=["fifo", "deep"])
 def cluster(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    why = privtmp.probe(launch.runner_env())
-    if why is not None:
-        pytest.skip(f"no mount namespace for jobs here: {why}")
-    for k in ("RAY_ADDRESS", "GPUQUEUE_RAY_ADDRESS"):
-        monkeypatch.delenv(k, raising=False)  # no shared Ray: each multi-node attempt gets its own
-    monkeypatch.setenv("GPUQUEUE_RAY_JOIN_WAIT_S", str(WAIT_S))
-    first = 68000 + 50 * random.randrange(40)
-    py, _ = job_python()
-
-    def setup(c: Cluster) -> None:
-        (c.root / "marks").mkdir(mode=0o777)
-        (c.root / "marks").chmod(0o777)
-        text = EVIL.replace("@REAL@", py).replace("@MARKS@", str(c.root / "marks")).replace("@WAIT_S@", str(WAIT_S))
-        (c.root / "evil").write_text(text.replace("@MODE@", request.param))
-        (c.root / "evil").chmod(0o755)
-
-    with identity_cluster("gq-hostile-gang-", {"n1": 1, "n2": 1}, setup=setup,
-                          worker_args=("--uid-range", f"{first}-{first + 49}")) as c:
-        yield c
+    yield from bob_cluster(monkeypatch, "gq-hostile-gang-", EVIL, lambda c: {"@MODE@": request.param}, WAIT_S)
 
 
 def _release(c: Cluster) -> None:

@@ -28,7 +28,7 @@ import random
 import re
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -43,18 +43,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the worke
 
 WAIT_S = 20  # the workers' GPUQUEUE_RAY_JOIN_WAIT_S
 
-# Bob's "python". Substituted: @REAL@, @MODE@, @TARGET@, @MARKS@, @WAIT_S@
-EVIL = r'''#!@REAL@
-import ctypes, json, os, socket, struct, sys, time
-REAL, MODE, TARGET, MARKS, WAIT_S = "@REAL@", "@MODE@", "@TARGET@", "@MARKS@", float("@WAIT_S@")
-argv = sys.argv[1:]
-done = os.path.join(MARKS, "done")
-
-def note(**kw):
-    with open(os.path.join(MARKS, "bob.txt"), "a") as f:
-        f.write("BOB " + json.dumps(kw) + "\n")
-
-if "gpuqueue.job.distributed" in argv:  # the launcher on the first node: a head that answers
+# what Bob's "python" does where the worker runs it as anything but his Ray node on the other node
+# (the launcher on the first node: it stands in for the head, a port that answers, until MARKS/done;
+# every other use: the real interpreter). Needs REAL, WAIT_S, argv and done defined before it
+STAND_IN = r'''if "gpuqueue.job.distributed" in argv:  # the launcher on the first node: a head that answers
     ip, port = os.environ["GPUQUEUE_RAY_HEAD"].rsplit(":", 1)
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -71,7 +63,20 @@ if "gpuqueue.job.distributed" in argv:  # the launcher on the first node: a head
     sys.exit(0)
 if "ray.scripts.scripts" not in argv:
     os.execv(REAL, [REAL] + argv)
+'''
 
+# Bob's "python". Substituted: @REAL@, @MODE@, @TARGET@, @MARKS@, @WAIT_S@
+EVIL = r'''#!@REAL@
+import ctypes, json, os, socket, struct, sys, time
+REAL, MODE, TARGET, MARKS, WAIT_S = "@REAL@", "@MODE@", "@TARGET@", "@MARKS@", float("@WAIT_S@")
+argv = sys.argv[1:]
+done = os.path.join(MARKS, "done")
+
+def note(**kw):
+    with open(os.path.join(MARKS, "bob.txt"), "a") as f:
+        f.write("BOB " + json.dumps(kw) + "\n")
+
+''' + STAND_IN + r'''
 # the worker's `ray start --address`, as Bob, in his own /tmp, started in (root chose) the folder
 inside = os.environ["GPUQUEUE_RAY_DIR"]  # /tmp/gqr-<random>: Bob's own /tmp is his uid's folder
 held = inside + "-held"
@@ -124,17 +129,39 @@ sys.exit(1)
 '''
 
 
-def _cluster(monkeypatch: pytest.MonkeyPatch, mode: str) -> Iterator[Cluster]:
+def bob_cluster(monkeypatch: pytest.MonkeyPatch, prefix: str, script: str,
+                more: Callable[[Cluster], dict[str, str]], wait_s: float = WAIT_S) -> Iterator[Cluster]:
+    """A started cluster of two nodes (n1, n2) whose jobs run under their users' own uids with
+    their own ``/tmp`` (skipped where this machine makes no mount namespace), with no shared Ray,
+    joins that wait ``wait_s``, and Bob's "python" at ``<root>/evil``: ``script`` with ``@REAL@``,
+    ``@MARKS@`` (``<root>/marks``, everyone's), ``@WAIT_S@`` and what ``more(c)`` returns (it
+    runs first: files the script needs) put in."""
     why = privtmp.probe(launch.runner_env())
     if why is not None:
         pytest.skip(f"no mount namespace for jobs here: {why}")
     for k in ("RAY_ADDRESS", "GPUQUEUE_RAY_ADDRESS"):
         monkeypatch.delenv(k, raising=False)  # no shared Ray: each multi-node attempt gets its own
-    monkeypatch.setenv("GPUQUEUE_RAY_JOIN_WAIT_S", str(WAIT_S))
+    monkeypatch.setenv("GPUQUEUE_RAY_JOIN_WAIT_S", str(wait_s))
     first = 68000 + 50 * random.randrange(40)
     py, _ = job_python()
 
     def setup(c: Cluster) -> None:
+        (c.root / "marks").mkdir(mode=0o777)
+        (c.root / "marks").chmod(0o777)
+        put = {"@REAL@": py, "@MARKS@": str(c.root / "marks"), "@WAIT_S@": str(wait_s), **more(c)}
+        text = script
+        for k, v in put.items():
+            text = text.replace(k, v)
+        (c.root / "evil").write_text(text)
+        (c.root / "evil").chmod(0o755)
+
+    with identity_cluster(prefix, {"n1": 1, "n2": 1}, setup=setup,
+                          worker_args=("--uid-range", f"{first}-{first + 49}")) as c:
+        yield c
+
+
+def _cluster(monkeypatch: pytest.MonkeyPatch, mode: str) -> Iterator[Cluster]:
+    def more(c: Cluster) -> dict[str, str]:
         locked = c.root / "locked"  # root's: no job uid may traverse it
         (locked / "pub").mkdir(parents=True)
         locked.chmod(0o700)
@@ -142,16 +169,9 @@ def _cluster(monkeypatch: pytest.MonkeyPatch, mode: str) -> Iterator[Cluster]:
         (locked / "pub" / "secret.txt").write_text("root-only-" + uuid.uuid4().hex)
         (locked / "pub" / "secret.txt").chmod(0o644)
         target = locked / "pub" if mode == "cwd" else locked / "pub" / "secret.txt"
-        (c.root / "marks").mkdir(mode=0o777)
-        (c.root / "marks").chmod(0o777)
-        text = EVIL.replace("@REAL@", py).replace("@MODE@", mode).replace("@TARGET@", str(target))
-        text = text.replace("@MARKS@", str(c.root / "marks")).replace("@WAIT_S@", str(WAIT_S))
-        (c.root / "evil").write_text(text)
-        (c.root / "evil").chmod(0o755)
+        return {"@MODE@": mode, "@TARGET@": str(target)}
 
-    with identity_cluster("gq-hostile-raytmp-", {"n1": 1, "n2": 1}, setup=setup,
-                          worker_args=("--uid-range", f"{first}-{first + 49}")) as c:
-        yield c
+    yield from bob_cluster(monkeypatch, "gq-hostile-raytmp-", EVIL, more)
 
 
 def _run_bob(c: Cluster) -> tuple[str, list[dict]]:
