@@ -198,21 +198,21 @@ class SharedRoot:
         """Copy the checkpoint ``folder`` of the root (one of :meth:`checkpoints`) to the folder
         ``dest`` (names) under ``job_dir``, its marker last; False if a complete copy is there."""
         name, step = folder.rsplit("/", 2)[-2:]
-        with _Local(job_dir, uid, gid) as local:
-            if local.has_at(dest):
-                return False
-            try:
-                files = [f for f in self.fs.find(folder) if f.rsplit("/", 1)[-1] != MARKER]
-                marker = self.fs.cat_file(f"{folder}/{MARKER}")
-                for f in files:
-                    rel = f[len(folder) + 1:]
-                    with self.fs.open(f, "rb") as src:
-                        local.write([*dest, *rel.split("/")[:-1]], rel.split("/")[-1], src)
-            except Exception as e:  # noqa: BLE001
-                raise StorageError(f"cannot copy checkpoint {self._u(folder)} from the shared root: {_say(e)}",
-                                   f"cannot copy checkpoint {name}/{step} from the shared root to this node "
-                                   f"({_kind(e)})") from None
-            local.write(dest, MARKER, marker)
+        local = _Local(job_dir, uid, gid)
+        if local.has_at(dest):
+            return False
+        try:
+            files = [f for f in self.fs.find(folder) if f.rsplit("/", 1)[-1] != MARKER]
+            marker = self.fs.cat_file(f"{folder}/{MARKER}")
+            for f in files:
+                rel = f[len(folder) + 1:]
+                with self.fs.open(f, "rb") as src:
+                    local.write([*dest, *rel.split("/")[:-1]], rel.split("/")[-1], src)
+        except Exception as e:  # noqa: BLE001
+            raise StorageError(f"cannot copy checkpoint {self._u(folder)} from the shared root: {_say(e)}",
+                               f"cannot copy checkpoint {name}/{step} from the shared root to this node "
+                               f"({_kind(e)})") from None
+        local.write(dest, MARKER, marker)
         return True
 
     # -- node -> root -------------------------------------------------------------------------
@@ -234,82 +234,82 @@ class SharedRoot:
         it refuses goes to ``memo.user_refusals`` and is left on the node as well."""
         memo = memo if memo is not None else PushMemo()
         copied: list[str] = []
-        with _Local(job_dir, uid, None) as local:
-            found = local.complete()
-            now = frozenset(found)
-            if now == memo.mirrored:
-                return copied
-            whole = True  # every checkpoint of ``found`` is on the root
-            for name, step, marker_id in found:
-                key = f"{name}/{step}@{marker_id}"
-                if key in memo.copied or key in memo.refused:
-                    continue
-                dest = f"{self.job_prefix(job_id)}/{name}/{step}"
-                try:
-                    files, marker = local.read_checkpoint(name, step)
-                except OSError:
-                    whole = False
-                    continue  # rotated away while we looked: a newer one is there
-                size = len(marker) + sum(os.fstat(fd).st_size for _, fd in files)
-                if memo.mirrored is None and self._there(dest, marker):  # the attempt's first push: those
-                    for _, fd in files:  # it was started with (pulled from the root) are there already
-                        os.close(fd)
-                    memo.copied.add(key)
-                    memo.sizes[key] = size
-                    if quota is not None:  # counted already, unless copied by a version that did not count
-                        quota.take(f"{name}/{step}", size, bound=False)
-                    continue
-                if self.max_bytes:
-                    held = sum(memo.sizes.get(k, 0) for k in (f"{n}/{s}@{m}" for n, s, m in found) if k in memo.copied)
-                    if held + size > self.max_bytes:
-                        for _, fd in files:
-                            os.close(fd)
-                        memo.refused.add(key)
-                        memo.refusals.append((f"{name}/{step}", size, held))
-                        continue
-                try:
-                    keep = [f"{n}/{s}" for n, s, _ in found]
-                    used = None if quota is None else quota.take(f"{name}/{step}", size, keep)
-                except BaseException:  # the store is unavailable: not copied (uncounted), the push fails
-                    for _, fd in files:
-                        os.close(fd)
-                    raise
-                if used is not None:
+        local = _Local(job_dir, uid, None)
+        found = local.complete()
+        now = frozenset(found)
+        if now == memo.mirrored:
+            return copied
+        whole = True  # every checkpoint of ``found`` is on the root
+        for name, step, marker_id in found:
+            key = f"{name}/{step}@{marker_id}"
+            if key in memo.copied or key in memo.refused:
+                continue
+            dest = f"{self.job_prefix(job_id)}/{name}/{step}"
+            try:
+                files, marker = local.read_checkpoint(name, step)
+            except OSError:
+                whole = False
+                continue  # rotated away while we looked: a newer one is there
+            size = len(marker) + sum(os.fstat(fd).st_size for _, fd in files)
+            if memo.mirrored is None and self._there(dest, marker):  # the attempt's first push: those
+                for _, fd in files:  # it was started with (pulled from the root) are there already
+                    os.close(fd)
+                memo.copied.add(key)
+                memo.sizes[key] = size
+                if quota is not None:  # counted already, unless copied by a version that did not count
+                    quota.take(f"{name}/{step}", size, bound=False)
+                continue
+            if self.max_bytes:
+                held = sum(memo.sizes.get(k, 0) for k in (f"{n}/{s}@{m}" for n, s, m in found) if k in memo.copied)
+                if held + size > self.max_bytes:
                     for _, fd in files:
                         os.close(fd)
                     memo.refused.add(key)
-                    memo.user_refusals.append((f"{name}/{step}", size, used, quota.limit if quota else 0))
+                    memo.refusals.append((f"{name}/{step}", size, held))
                     continue
-                try:
-                    if not memo.tagged:
-                        self._tag(job_id)
-                        memo.tagged = True
-                    self._remove(dest)  # a stale copy of the same step (a rerun after a resume)
-                    while files:
-                        rel, fd = files.pop(0)
-                        try:
-                            target = f"{dest}/{rel}"
-                            if self.local:
-                                self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-                            with os.fdopen(fd, "rb", closefd=False) as src, self.fs.open(target, "wb") as out:
-                                shutil.copyfileobj(src, out, CHUNK)
-                        finally:
-                            os.close(fd)
-                    self.fs.pipe_file(f"{dest}/{MARKER}", marker)
-                except Exception as e:  # noqa: BLE001
-                    for _, fd in files:  # those not reached
+            try:
+                keep = [f"{n}/{s}" for n, s, _ in found]
+                used = None if quota is None else quota.take(f"{name}/{step}", size, keep)
+            except BaseException:  # the store is unavailable: not copied (uncounted), the push fails
+                for _, fd in files:
+                    os.close(fd)
+                raise
+            if used is not None:
+                for _, fd in files:
+                    os.close(fd)
+                memo.refused.add(key)
+                memo.user_refusals.append((f"{name}/{step}", size, used, quota.limit if quota else 0))
+                continue
+            try:
+                if not memo.tagged:
+                    self._tag(job_id)
+                    memo.tagged = True
+                self._remove(dest)  # a stale copy of the same step (a rerun after a resume)
+                while files:
+                    rel, fd = files.pop(0)
+                    try:
+                        target = f"{dest}/{rel}"
+                        if self.local:
+                            self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                        with os.fdopen(fd, "rb", closefd=False) as src, self.fs.open(target, "wb") as out:
+                            shutil.copyfileobj(src, out, CHUNK)
+                    finally:
                         os.close(fd)
-                    raise StorageError(f"cannot copy checkpoint {name}/{step} to the shared root {self._u(dest)}: "
-                                       f"{_say(e)}", f"cannot copy checkpoint {name}/{step} to the shared root "
-                                                     f"({_kind(e)})") from None
-                memo.copied.add(key)
-                memo.sizes[key] = size
-                copied.append(f"{name}/{step}")
-            gone = self._rotate(job_id, {(n, s) for n, s, _ in found})
-            if quota is not None and gone:
-                quota.give(gone)
-            if whole:
-                memo.mirrored = now
+                self.fs.pipe_file(f"{dest}/{MARKER}", marker)
+            except Exception as e:  # noqa: BLE001
+                for _, fd in files:  # those not reached
+                    os.close(fd)
+                raise StorageError(f"cannot copy checkpoint {name}/{step} to the shared root {self._u(dest)}: "
+                                   f"{_say(e)}", f"cannot copy checkpoint {name}/{step} to the shared root "
+                                                 f"({_kind(e)})") from None
+            memo.copied.add(key)
+            memo.sizes[key] = size
+            copied.append(f"{name}/{step}")
+        gone = self._rotate(job_id, {(n, s) for n, s, _ in found})
+        if quota is not None and gone:
+            quota.give(gone)
+        if whole:
+            memo.mirrored = now
         return copied
 
     def _there(self, dest: str, marker: bytes) -> bool:
@@ -455,12 +455,6 @@ class _Local:
 
     def __init__(self, job_dir: Path, uid: Optional[int], gid: Optional[int]):
         self.job_dir, self.uid, self.gid = job_dir, uid, gid
-
-    def __enter__(self) -> "_Local":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
 
     def _open_dir(self, names: list[str], create: bool = False) -> int:
         fd = os.open(self.job_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
