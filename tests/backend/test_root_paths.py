@@ -1,7 +1,7 @@
 """Root (the runner before and after the job starts, the worker) meets paths a job controls: a
 chain of links the job made must not end root's process (Python 3.11's ``os.path.realpath``
 recurses once per link, so some thousand links raise RecursionError) nor hold it from a stop
-request (4 ms a path through 900 links, each a readlink of root's), nor may the folders it
+request (4 ms a path through 900 links, each a readlink of root's), nor may the folders and files it
 makes in its checkpoint folder use up the worker's descriptors or its stack."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -23,8 +23,10 @@ from gpuqueue.attempt import launchfail
 from gpuqueue.attempt.jobdir import prepare_owned
 from gpuqueue.attempt.launch import runner_env
 from gpuqueue.attempt.runner import job_event
-from gpuqueue.cluster.shared_root import SharedRoot
-from helpers.servers import wait_until
+from gpuqueue.cluster.redis_store import RedisStore
+from gpuqueue.cluster.shared_root import MAX_DEPTH, MAX_FILES, SharedRoot
+from gpuqueue.cluster.worker_uploads import AttemptUploads
+from helpers.servers import RedisServer, wait_until
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: switches to another uid")
 UID = 61998
@@ -193,3 +195,74 @@ def test_a_checkpoint_nested_deeper_than_the_stack_is_left_unpushed_not_raised(t
                 os.rmdir("d")
         finally:
             os.chdir(here)
+
+
+MANY_FILES = r'''
+import json, os, resource, sys
+from pathlib import Path
+from gpuqueue.cluster.shared_root import SharedRoot
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+copied = SharedRoot(sys.argv[1]).push("j1", Path(sys.argv[2]))
+print(json.dumps({"copied": copied, "open": len(os.listdir("/proc/self/fd"))}))
+'''
+
+
+def test_a_checkpoint_of_more_files_than_the_workers_descriptors_is_pushed_whole(tmp_path: Path) -> None:
+    """A complete checkpoint of 1000 files (in two folders) pushed by a worker (as root; here
+    under a limit of 256 descriptors): all of them reach the root, and the worker holds no more
+    descriptors after it than before. The walk held one descriptor per file until all were
+    copied: EMFILE, the checkpoint was never copied, and every other thread of the worker (other
+    users' launches and reads on the node) met EMFILE meanwhile."""
+    job = tmp_path / "job"
+    ck = job / "checkpoints" / "t" / "step-000000001"
+    (ck / "shards").mkdir(parents=True)
+    for i in range(500):
+        (ck / f"f{i:04d}.bin").write_bytes(b"a%d" % i)
+        (ck / "shards" / f"s{i:04d}.bin").write_bytes(b"b%d" % i)
+    (ck / "COMPLETE").write_text("{}")
+    (tmp_path / "root").mkdir()
+    out = subprocess.run([sys.executable, "-c", MANY_FILES, str(tmp_path / "root"), str(job)], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr[-600:]
+    said = json.loads(out.stdout)
+    assert said["copied"] == ["t/step-000000001"] and said["open"] < 20, said
+    there = tmp_path / "root" / "jobs" / "j1" / "checkpoints" / "t" / "step-000000001"
+    assert (there / "f0499.bin").read_bytes() == b"a499" and (there / "shards" / "s0007.bin").read_bytes() == b"b7"
+    assert len(list(there.rglob("*.bin"))) == 1000 and (there / "COMPLETE").exists()
+
+
+def test_a_checkpoint_over_the_limits_is_told_to_the_job_with_the_limit_and_the_fix(
+        tmp_path: Path, redis_factory: Callable[..., RedisServer]) -> None:
+    """One checkpoint holds more than MAX_FILES files, another is nested deeper than MAX_DEPTH
+    folders: neither is copied, the job's third one is, and the job's events say for each which
+    limit it is over and what to do (they were left out without a word, and walked again at
+    every push)."""
+    job = tmp_path / "job"
+    _complete(job, "t", "step-000000003")
+    _complete(job, "many", "step-000000001")
+    many = job / "checkpoints" / "many" / "step-000000001" / "parts"
+    many.mkdir()
+    fd = os.open(many, os.O_RDONLY)
+    try:
+        for i in range(MAX_FILES + 1):
+            os.close(os.open(f"p{i}", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+    _complete(job, "deep", "step-000000001")
+    (job / "checkpoints" / "deep" / "step-000000001").joinpath(*["d"] * (MAX_DEPTH + 1)).mkdir(parents=True)
+    shared = SharedRoot(str(tmp_path / "root"))
+    shared.check()
+    store = RedisStore(redis_factory().url, "gq")
+    up = AttemptUploads(shared, store, "n1", "j-1", 1, job, None, lambda: None, lambda: False)
+    up.request()
+    wait_until(lambda: up.finish({"exit_code": 0}) is not None, 120, 0.1, "the final push")
+    events = [json.loads(op[4]) for op in up.take_ops() if op[0] == "EVENT"]
+    assert [e["shared"] for e in events if e.get("shared")] == [["t/step-000000003"]], events
+    told = {e["checkpoint"]: e["message"] for e in events if e.get("storage_limit")}
+    assert sorted(e["checkpoint"] for e in events if e.get("storage_limit")) == sorted(told) == [
+        "deep/step-000000001", "many/step-000000001"], events  # each told once
+    assert f"over {MAX_FILES:,} files and folders" in told["many/step-000000001"]
+    assert "fewer, larger files" in told["many/step-000000001"]
+    assert f"nested over {MAX_DEPTH} folders deep" in told["deep/step-000000001"]
+    assert "fewer levels of folders" in told["deep/step-000000001"]
+    assert "stays on node n1 only" in told["deep/step-000000001"]

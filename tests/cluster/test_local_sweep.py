@@ -233,21 +233,28 @@ def test_a_launch_that_fails_leaves_no_untagged_folder(store: RedisStore, tmp_pa
     assert not (state / "jobs" / J[1]).exists()
 
 
-def test_a_job_folder_too_deep_to_remove_is_reported_and_the_sweep_goes_on(store: RedisStore, tmp_path: Path,
-                                                                           caplog: pytest.LogCaptureFixture) -> None:
-    # the gone job's user made a tree thousands of folders deep in its work folder: removing it
-    # (as root, gpuqueue.attempt.removal) stops at a depth, so the job's folders stay, tagged, with
-    # a warning that names them; the other gone job's folders are deleted all the same. With
-    # shutil.rmtree (one call per level) the sweep died of a RecursionError and deleted nothing
+def test_a_job_folder_thousands_of_folders_deep_is_removed(store: RedisStore, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    # the gone job's user made a tree 3000 folders deep in its work folder, a link out of it and
+    # a FIFO at each level: the sweep (as root, gpuqueue.attempt.removal) deletes the job's
+    # folders all the same, with no warning, and follows no link. With shutil.rmtree (one call
+    # per level) the sweep died of a RecursionError and deleted nothing; then removal stopped at
+    # a depth and the folders stayed, with a warning at every sweep, for good
     state = tmp_path / "state"
     agent = NodeAgent(store, "n1", 1, None, state, local_sweep_s=30)
     agent.queue = queue_id(store)
     deep, plain = J[9], J[10]
     for j in (deep, plain):
         _job(state, j, agent.queue)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("k")
     fd = os.open(state / "work" / deep, os.O_RDONLY)
     try:
-        for _ in range(3000):  # through descriptors: the path would outgrow PATH_MAX
+        for i in range(3000):  # through descriptors: the path would outgrow PATH_MAX
+            os.symlink(outside, "out", dir_fd=fd)
+            if i % 100 == 0:
+                os.mkfifo("fifo", dir_fd=fd)
             os.mkdir("d", dir_fd=fd)
             nxt = os.open("d", os.O_RDONLY, dir_fd=fd)
             os.close(fd)
@@ -257,10 +264,10 @@ def test_a_job_folder_too_deep_to_remove_is_reported_and_the_sweep_goes_on(store
     try:
         sweeper = agent.local_sweeper()
         with caplog.at_level(logging.WARNING, logger="gpuqueue.worker"):
-            assert sweeper.sweep() == [plain]
-        assert not (state / "jobs" / plain).exists() and not (state / "work" / plain).exists()
-        assert (state / "jobs" / deep / "QUEUE").exists()  # still tagged: the next sweep tries again
-        said = [r.getMessage() for r in caplog.records if deep in r.getMessage()]
-        assert said and "could not be removed" in said[0], caplog.text
+            assert sorted(sweeper.sweep()) == sorted([deep, plain])
+        for j in (deep, plain):
+            assert not (state / "jobs" / j).exists() and not (state / "work" / j).exists()
+        assert not [r.getMessage() for r in caplog.records if deep in r.getMessage()], caplog.text
+        assert (outside / "keep").read_text() == "k"
     finally:  # as an admin would (fts: no recursion); pytest's own clean-up of tmp_path would die of it
         subprocess.run(["rm", "-rf", str(state / "work" / deep)], check=True)

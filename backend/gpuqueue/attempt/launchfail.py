@@ -18,6 +18,7 @@ import stat
 from typing import Any, Mapping, Optional
 
 from .privtmp import HIDDEN
+from .resolve import resolve_path
 
 # the stages a launch goes through, in order
 IDENTITY = "identity"  # the owner's Unix identity on the node (cluster workers running as root)
@@ -56,10 +57,7 @@ def record(stage: str, error: BaseException | str, path: Optional[str] = None,
         found = find_program(path, search_path)
         if found is not None and os.path.isabs(found):
             rec["found"] = found
-            try:
-                real = os.path.realpath(found)
-            except (OSError, RecursionError):  # a chain of ~1000 links (3.11's realpath recurses per link)
-                real = found
+            real = resolve_path(found) or found  # None: over 40 links (that exec said ELOOP), ...
             if real != found:
                 rec["real"] = real
             rec["refused"] = refusal(found, rec["uid"], gids)

@@ -37,6 +37,7 @@ from ..job.channel import JOB_EVENT_TYPES
 from . import launchfail, orphans, privtmp
 from .jobdir import OwnedDir, load_json
 from .output import MAX_OUTPUT_BYTES, OutputPump
+from .resolve import resolve_path
 from .warmjob import WarmJob
 
 GUARD_GONE_SIGNAL = signal.SIGUSR2  # sent to a guarded runner when its guard ends (gpuqueue.attempt.guard)
@@ -123,54 +124,11 @@ def job_event(raw: bytes, job_dir: Optional[str] = None) -> Optional[tuple[str, 
     return str(type_), data, t
 
 
-MAX_CLAIM_PATH = 4096  # bytes of a checkpoint record's path that the runner resolves (PATH_MAX)
-MAX_MISSING_PARTS = 64  # trailing components of it that may not exist yet
-
-
-def _resolve(path: str) -> Optional[str]:
-    """Where ``path`` leads, as ``os.path.realpath`` says (the components that do not exist are
-    kept as they are), resolved by the kernel: opened ``O_PATH`` (nothing is opened: not a FIFO,
-    not a device), at most 40 links followed. None if it cannot be resolved.
-
-    The runner resolves, as root, paths a job names and whose links the job made: Python 3.11's
-    ``realpath`` follows any number of links one ``readlink`` at a time, recursing once per link
-    (some thousand raised RecursionError, which ended the runner), and a chain of 900 took it
-    4 ms, so that a job's own events.jsonl full of such records held the runner's main loop,
-    where it answers stop requests and kills the job after the grace period, for minutes."""
-    if len(path) > MAX_CLAIM_PATH:
-        return None
-    head, rest = (path.rstrip("/") or "/"), []  # type: tuple[str, list[str]]
-    for _ in range(MAX_MISSING_PARTS):  # each a missing component, or a link to a missing one
-        try:
-            fd = os.open(head or ".", os.O_PATH | os.O_CLOEXEC)
-        except (FileNotFoundError, NotADirectoryError):
-            try:  # a link to what does not exist: where it leads, as realpath says
-                head = os.path.join(os.path.dirname(head), os.readlink(head)).rstrip("/") or "/"
-                continue
-            except OSError:
-                pass
-            head, tail = os.path.split(head)
-            if not tail:
-                return None
-            rest.insert(0, tail)
-            continue
-        except OSError:  # ELOOP (over 40 links), EACCES, ...
-            return None
-        try:
-            real = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        return os.path.normpath(os.path.join(real, *rest))
-    return None
-
-
 def _inside(path: Any, folder: Optional[str]) -> bool:
     if not isinstance(path, str) or not folder or "://" in path or "\0" in path:
         return False  # a NUL byte: the open raises ValueError (realpath's ended the runner)
     try:
-        real, root = _resolve(path), os.path.realpath(folder)
+        real, root = resolve_path(path), os.path.realpath(folder)
     except (ValueError, OSError):
         return False
     if real is None:

@@ -7,7 +7,7 @@ the node, and no process of that uid runs there at all (``gpuqueue.cluster.worke
 
 Removal as root in a folder every user may write: each entry is looked at without following a
 link, and only one of the uid's own is removed (a folder with what is in it, through
-``gpuqueue.attempt.removal``, which follows no link and stops at a depth either). The folder's sticky bit keeps any other user
+``gpuqueue.attempt.removal``, which follows no link, at any depth). The folder's sticky bit keeps any other user
 from renaming another entry into its place meanwhile; the uid's own processes have all ended.
 """
 

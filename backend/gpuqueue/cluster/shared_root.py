@@ -46,9 +46,10 @@ import os
 import shutil
 import stat
 import uuid
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Protocol, Sequence
+from typing import Any, Generator, Optional, Protocol, Sequence
 
 from ..attempt.jobdir import open_owned_file
 from ..job.checkpoint import MARKER, remove_checkpoint
@@ -57,6 +58,7 @@ CHECKPOINTS = "checkpoints"
 QUEUE_TAG = "QUEUE"
 CHUNK = 8 * 1024 * 1024
 MAX_DEPTH = 64  # folders a checkpoint may nest (root walks it to push it)
+MAX_FILES = 100_000  # files and folders a checkpoint may hold (root lists each one to push it)
 
 
 class StorageError(RuntimeError):
@@ -68,6 +70,29 @@ class StorageError(RuntimeError):
     def __init__(self, message: str, public: Optional[str] = None):
         super().__init__(message)
         self.public = public or message
+
+
+class Unfit(OSError):
+    """A checkpoint the worker does not copy to the root, however often it tries: nested over
+    :data:`MAX_DEPTH` folders or holding over :data:`MAX_FILES` names. ``str()`` is the job's
+    own message: what is over which limit, and what to do."""
+
+
+class Changed(OSError):
+    """A file of a checkpoint was gone or another one when the worker came to copy it (the job
+    rotated the checkpoint away meanwhile): the copy is given up, the next push looks again."""
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A file of a checkpoint as the worker's walk found it: its ``rel`` name under the
+    checkpoint's folder, and the file (``dev``, ``ino``) and ``size`` it was; opened only when
+    it is copied, and then only if it is still that file."""
+
+    rel: str
+    dev: int
+    ino: int
+    size: int
 
 
 @dataclass
@@ -86,6 +111,8 @@ class PushMemo:
     # the attempt's others there take) of the refusals not yet told (AttemptUploads takes them)
     user_refusals: list[tuple[str, int, int, int]] = field(default_factory=list)  # (name/step, its bytes,
     # bytes all the owner's jobs take there, the owner's bound) of those refused by ``quota``, not yet told
+    unfit: list[tuple[str, str]] = field(default_factory=list)  # (name/step, why: Unfit's text) of those
+    # refused for their shape (too deep, too many files), not yet told
 
 
 class Quota(Protocol):
@@ -231,7 +258,12 @@ class SharedRoot:
         copies it back); it is added to ``memo.refusals`` for the job to be told, and left on
         the node. Within that, ``quota`` (the owner's bound over all their jobs, counted in the
         store) takes each checkpoint before it is copied and gives back those rotated away; one
-        it refuses goes to ``memo.user_refusals`` and is left on the node as well."""
+        it refuses goes to ``memo.user_refusals`` and is left on the node as well. One nested
+        too deep or holding too many files (:class:`Unfit`) goes to ``memo.unfit``, left too.
+
+        Descriptors: the worker (root, one process for every job on the node) holds at most a
+        folder's and a file's of the job's at once, however many files the checkpoint holds;
+        each file is opened when it is copied (:meth:`_Local.open_each`)."""
         memo = memo if memo is not None else PushMemo()
         copied: list[str] = []
         local = _Local(job_dir, uid, None)
@@ -247,14 +279,16 @@ class SharedRoot:
             dest = f"{self.job_prefix(job_id)}/{name}/{step}"
             try:
                 files, marker = local.read_checkpoint(name, step)
+            except Unfit as e:
+                memo.refused.add(key)
+                memo.unfit.append((f"{name}/{step}", str(e)))
+                continue
             except OSError:
                 whole = False
                 continue  # rotated away while we looked: a newer one is there
-            size = len(marker) + sum(os.fstat(fd).st_size for _, fd in files)
+            size = len(marker) + sum(f.size for f in files)
             if memo.mirrored is None and self._there(dest, marker):  # the attempt's first push: those
-                for _, fd in files:  # it was started with (pulled from the root) are there already
-                    os.close(fd)
-                memo.copied.add(key)
+                memo.copied.add(key)  # it was started with (pulled from the root) are there already
                 memo.sizes[key] = size
                 if quota is not None:  # counted already, unless copied by a version that did not count
                     quota.take(f"{name}/{step}", size, bound=False)
@@ -262,21 +296,12 @@ class SharedRoot:
             if self.max_bytes:
                 held = sum(memo.sizes.get(k, 0) for k in (f"{n}/{s}@{m}" for n, s, m in found) if k in memo.copied)
                 if held + size > self.max_bytes:
-                    for _, fd in files:
-                        os.close(fd)
                     memo.refused.add(key)
                     memo.refusals.append((f"{name}/{step}", size, held))
                     continue
-            try:
-                keep = [f"{n}/{s}" for n, s, _ in found]
-                used = None if quota is None else quota.take(f"{name}/{step}", size, keep)
-            except BaseException:  # the store is unavailable: not copied (uncounted), the push fails
-                for _, fd in files:
-                    os.close(fd)
-                raise
+            keep = [f"{n}/{s}" for n, s, _ in found]  # the store unavailable: not copied, the push fails
+            used = None if quota is None else quota.take(f"{name}/{step}", size, keep)
             if used is not None:
-                for _, fd in files:
-                    os.close(fd)
                 memo.refused.add(key)
                 memo.user_refusals.append((f"{name}/{step}", size, used, quota.limit if quota else 0))
                 continue
@@ -285,20 +310,21 @@ class SharedRoot:
                     self._tag(job_id)
                     memo.tagged = True
                 self._remove(dest)  # a stale copy of the same step (a rerun after a resume)
-                while files:
-                    rel, fd = files.pop(0)
-                    try:
+                with closing(local.open_each(name, step, files)) as each:
+                    for rel, fd in each:
                         target = f"{dest}/{rel}"
                         if self.local:
                             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                         with os.fdopen(fd, "rb", closefd=False) as src, self.fs.open(target, "wb") as out:
                             shutil.copyfileobj(src, out, CHUNK)
-                    finally:
-                        os.close(fd)
                 self.fs.pipe_file(f"{dest}/{MARKER}", marker)
+            except Changed:  # rotated away while it was copied: its part copy (no marker) goes
+                self._remove(dest)
+                if quota is not None:
+                    quota.give([f"{name}/{step}"])
+                whole = False
+                continue
             except Exception as e:  # noqa: BLE001
-                for _, fd in files:  # those not reached
-                    os.close(fd)
                 raise StorageError(f"cannot copy checkpoint {name}/{step} to the shared root {self._u(dest)}: "
                                    f"{_say(e)}", f"cannot copy checkpoint {name}/{step} to the shared root "
                                                  f"({_kind(e)})") from None
@@ -450,8 +476,12 @@ class _Local:
     Each folder's descriptor is closed as soon as it is used: the job makes as many folders as
     it likes there, and root's worker held one per folder listed until the push ended (some
     ten thousand ``step-*`` folders: EMFILE in every thread of the worker, the launches and
-    reads of other users' jobs on the node included). A checkpoint nested over
-    :data:`MAX_DEPTH` folders is refused (an OSError; the walk recursed once per level)."""
+    reads of other users' jobs on the node included). Likewise its files: the walk of a
+    checkpoint notes them (:class:`CheckpointFile`) and each is opened only when it is copied
+    (it held one descriptor per file until the copy was done: a checkpoint of more files than
+    the worker's RLIMIT_NOFILE did the same). A checkpoint nested over :data:`MAX_DEPTH` folders
+    (the walk recurses once per level) or holding over :data:`MAX_FILES` files and folders (root
+    keeps a note of each one) is refused: :class:`Unfit`."""
 
     def __init__(self, job_dir: Path, uid: Optional[int], gid: Optional[int]):
         self.job_dir, self.uid, self.gid = job_dir, uid, gid
@@ -539,34 +569,40 @@ class _Local:
                 out.append((name, step, f"{st.st_ino}-{st.st_mtime_ns}"))
         return out
 
-    def read_checkpoint(self, name: str, step: str) -> tuple[list[tuple[str, int]], bytes]:
-        """Read descriptors of a checkpoint's files (relative names) and its marker's bytes.
-        A link, a foreign file or a file gone missing raises OSError."""
-        files: list[tuple[str, int]] = []
+    def read_checkpoint(self, name: str, step: str) -> tuple[list[CheckpointFile], bytes]:
+        """A checkpoint's files (none is held open) and its marker's bytes. A link, a special or
+        foreign file, or a file gone missing raises OSError; one over a limit :class:`Unfit`."""
+        files: list[CheckpointFile] = []
+        self._walk([CHECKPOINTS, name, step], "", files, [0])
+        dfd = self._open_dir([CHECKPOINTS, name, step])
         try:
-            self._walk([CHECKPOINTS, name, step], "", files)
-            dfd = self._open_dir([CHECKPOINTS, name, step])
-            try:
-                fd = self._file(dfd, MARKER)
-            finally:
-                os.close(dfd)
-            if fd is None:
-                raise OSError("its marker is gone")
-            with os.fdopen(fd, "rb") as f:
-                marker = f.read(1_000_000)
-        except BaseException:
-            for _, fd in files:
-                os.close(fd)
-            raise
+            fd = self._file(dfd, MARKER)
+        finally:
+            os.close(dfd)
+        if fd is None:
+            raise OSError("its marker is gone")
+        with os.fdopen(fd, "rb") as f:
+            marker = f.read(1_000_000)
         return files, marker
 
-    def _walk(self, names: list[str], rel: str, out: list[tuple[str, int]]) -> None:
+    def _walk(self, names: list[str], rel: str, out: list[CheckpointFile], seen: list[int]) -> None:
+        """Note the files under the folder ``names`` (``rel`` under the checkpoint) in ``out``;
+        ``seen[0]``: the names listed so far."""
         if rel.count("/") >= MAX_DEPTH:
-            raise OSError(f"{rel} is nested over {MAX_DEPTH} folders deep")
+            raise Unfit(f"its folder {rel} is nested over {MAX_DEPTH} folders deep, the most a checkpoint may be; "
+                        f"save it with fewer levels of folders")
         subs: list[str] = []
         dfd = self._open_dir(names)
         try:
-            for entry in sorted(os.listdir(dfd)):
+            with os.scandir(dfd) as it:
+                entries: list[str] = []
+                for listed in it:
+                    seen[0] += 1
+                    if seen[0] > MAX_FILES:
+                        raise Unfit(f"it holds over {MAX_FILES:,} files and folders, the most a checkpoint may hold; "
+                                    f"save it in fewer, larger files")
+                    entries.append(listed.name)
+            for entry in sorted(entries):
                 if entry == MARKER and not rel:
                     continue
                 st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
@@ -574,16 +610,49 @@ class _Local:
                 if stat.S_ISDIR(st.st_mode):
                     subs.append(entry)
                 elif stat.S_ISREG(st.st_mode):
-                    fd = self._file(dfd, entry)
-                    if fd is None:
+                    if self.uid is not None and (st.st_uid != self.uid or st.st_nlink != 1):
                         raise OSError(f"{sub} is not the job's own file")
-                    out.append((sub, fd))
+                    out.append(CheckpointFile(sub, st.st_dev, st.st_ino, st.st_size))
                 else:
                     raise OSError(f"{sub} is a link or a special file: a checkpoint holds files and folders only")
         finally:
             os.close(dfd)
         for entry in subs:  # one folder open at a time
-            self._walk([*names, entry], f"{rel}/{entry}" if rel else entry, out)
+            self._walk([*names, entry], f"{rel}/{entry}" if rel else entry, out, seen)
+
+    def open_each(self, name: str, step: str, files: list[CheckpointFile]) -> Generator[tuple[str, int], None, None]:
+        """``(rel, descriptor)`` of each of ``files`` (of :meth:`read_checkpoint`), opened in
+        turn and closed when the next is asked for: through its folder's descriptor, without
+        following a link, only if it is still the job's own regular file with one link, the
+        very file the walk found (else :class:`Changed`). At most one folder and one file are
+        open at once. Close the iterator (``contextlib.closing``) if not run to its end."""
+        folder: Optional[str] = None
+        dfd = -1
+        try:
+            for f in files:
+                here, _, base = f.rel.rpartition("/")
+                if here != folder:
+                    if dfd >= 0:
+                        os.close(dfd)
+                        dfd = -1
+                    try:
+                        dfd = self._open_dir([CHECKPOINTS, name, step, *(here.split("/") if here else [])])
+                    except OSError as e:
+                        raise Changed(f"{f.rel}: {e}") from None
+                    folder = here
+                fd = self._file(dfd, base)
+                if fd is None:
+                    raise Changed(f"{f.rel} is gone")
+                try:
+                    st = os.fstat(fd)
+                    if (st.st_dev, st.st_ino) != (f.dev, f.ino):
+                        raise Changed(f"{f.rel} is another file")
+                    yield f.rel, fd
+                finally:
+                    os.close(fd)
+        finally:
+            if dfd >= 0:
+                os.close(dfd)
 
     def write(self, folders: list[str], name: str, data: Any) -> None:
         """Create ``folders/name`` (bytes or a readable file object), the job's own, through a

@@ -156,8 +156,8 @@ class AttemptUploads:
         return self.quota
 
     def _tell_refusals(self, ops: list[Op]) -> None:
-        """A warning for each checkpoint the push left out for the root's per-attempt bound, or
-        for its owner's (``max_shared_gb``)."""
+        """A warning for each checkpoint the push left out for the root's per-attempt bound, for
+        its owner's (``max_shared_gb``), or for its shape (too deep, too many files)."""
         for what, size, held in self.memo.refusals:
             ops.append(self.store.event_op(self.job_id, "warning", {
                 "message": f"checkpoint {what} ({_size(size)}) is not copied to the shared root: with it, this "
@@ -180,6 +180,12 @@ class AttemptUploads:
                            f"max_shared_gb",
                 "storage_limit": True, "user_limit": True, "checkpoint": what, "bytes": size}))
         self.memo.user_refusals.clear()
+        for what, why in self.memo.unfit:
+            ops.append(self.store.event_op(self.job_id, "warning", {
+                "message": f"checkpoint {what} is not copied to the shared root: {why}; it stays on node {self.node} "
+                           f"only, so an attempt elsewhere cannot resume from it",
+                "storage_limit": True, "checkpoint": what}))
+        self.memo.unfit.clear()
 
     def _failed(self, e: StorageError, exit_rec: Optional[ExitRec], ops: list[Op]) -> Optional[ExitRec]:
         """Tell the job (what failed, never where the root is: ``e.public``)."""
