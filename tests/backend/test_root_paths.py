@@ -266,3 +266,43 @@ def test_a_checkpoint_over_the_limits_is_told_to_the_job_with_the_limit_and_the_
     assert f"nested over {MAX_DEPTH} folders deep" in told["deep/step-000000001"]
     assert "fewer levels of folders" in told["deep/step-000000001"]
     assert "stays on node n1 only" in told["deep/step-000000001"]
+
+
+def test_a_checkpoint_holding_a_link_or_a_file_not_the_jobs_own_is_told_to_the_job(
+        tmp_path: Path, redis_factory: Callable[..., RedisServer]) -> None:
+    """A complete checkpoint holding a link or a FIFO (and, for a job of its own uid, a hard
+    link or another user's file) is not copied, and the job is told once which file and what to
+    do (it was left out without a word, and walked again at every push)."""
+    job = tmp_path / "job"
+    _complete(job, "t", "step-000000003")
+    _complete(job, "linked", "step-000000001")
+    os.symlink("/etc/hostname", job / "checkpoints" / "linked" / "step-000000001" / "vocab.json")
+    _complete(job, "fifo", "step-000000001")
+    os.mkfifo(job / "checkpoints" / "fifo" / "step-000000001" / "pipe")
+    expected = {"linked/step-000000001": ("vocab.json is a link", "save the file itself there"),
+                "fifo/step-000000001": ("pipe is a special file", "save the file itself there")}
+    uid = None
+    if os.geteuid() == 0:  # a job of its own uid: its own files of one name only
+        uid = 61998
+        _complete(job, "hard", "step-000000001")
+        (job / "kept.pt").write_bytes(b"weights")  # the job's own file, outside its checkpoints
+        os.link(job / "kept.pt", job / "checkpoints" / "hard" / "step-000000001" / "copy.pt")
+        _complete(job, "foreign", "step-000000001")
+        for p in [job, *job.rglob("*")]:
+            os.lchown(p, uid, uid)
+        (job / "checkpoints" / "foreign" / "step-000000001" / "root.pt").write_bytes(b"root's")
+        expected["hard/step-000000001"] = ("copy.pt is a hard link (2 names)", "save a copy of it there")
+        expected["foreign/step-000000001"] = ("root.pt is not the job's own", "save a copy of it there")
+    shared = SharedRoot(str(tmp_path / "root"))
+    shared.check()
+    store = RedisStore(redis_factory().url, "gq")
+    up = AttemptUploads(shared, store, "n1", "j-1", 1, job, uid, lambda: None, lambda: False)
+    up.request()
+    wait_until(lambda: up.finish({"exit_code": 0}) is not None, 120, 0.1, "the final push")
+    events = [json.loads(op[4]) for op in up.take_ops() if op[0] == "EVENT"]
+    told = [(e["checkpoint"], e["message"]) for e in events if e.get("storage_limit")]
+    assert sorted(c for c, _ in told) == sorted(expected), events  # each told once
+    for checkpoint, message in told:
+        what, fix = expected[checkpoint]
+        assert what in message and fix in message and "stays on node n1 only" in message, message
+    assert [e["shared"] for e in events if e.get("shared")] == [["t/step-000000003"]], events

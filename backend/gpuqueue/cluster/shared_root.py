@@ -74,8 +74,9 @@ class StorageError(RuntimeError):
 
 class Unfit(OSError):
     """A checkpoint the worker does not copy to the root, however often it tries: nested over
-    :data:`MAX_DEPTH` folders or holding over :data:`MAX_FILES` names. ``str()`` is the job's
-    own message: what is over which limit, and what to do."""
+    :data:`MAX_DEPTH` folders, holding over :data:`MAX_FILES` names, or holding a link, a special
+    file, a hard link or (for a job of its own uid) another user's file. ``str()`` is the job's
+    own message: what is wrong, and what to do."""
 
 
 class Changed(OSError):
@@ -259,7 +260,8 @@ class SharedRoot:
         the node. Within that, ``quota`` (the owner's bound over all their jobs, counted in the
         store) takes each checkpoint before it is copied and gives back those rotated away; one
         it refuses goes to ``memo.user_refusals`` and is left on the node as well. One nested
-        too deep or holding too many files (:class:`Unfit`) goes to ``memo.unfit``, left too.
+        too deep, holding too many files, or holding a link or a file not the job's own
+        (:class:`Unfit`) goes to ``memo.unfit``, left too.
 
         Descriptors: the worker (root, one process for every job on the node) holds at most a
         folder's and a file's of the job's at once, however many files the checkpoint holds;
@@ -570,8 +572,9 @@ class _Local:
         return out
 
     def read_checkpoint(self, name: str, step: str) -> tuple[list[CheckpointFile], bytes]:
-        """A checkpoint's files (none is held open) and its marker's bytes. A link, a special or
-        foreign file, or a file gone missing raises OSError; one over a limit :class:`Unfit`."""
+        """A checkpoint's files (none is held open) and its marker's bytes. A file gone missing
+        raises OSError; a link, a special, hard-linked or foreign file, or a checkpoint over a
+        limit, :class:`Unfit`."""
         files: list[CheckpointFile] = []
         self._walk([CHECKPOINTS, name, step], "", files, [0])
         dfd = self._open_dir([CHECKPOINTS, name, step])
@@ -610,11 +613,17 @@ class _Local:
                 if stat.S_ISDIR(st.st_mode):
                     subs.append(entry)
                 elif stat.S_ISREG(st.st_mode):
-                    if self.uid is not None and (st.st_uid != self.uid or st.st_nlink != 1):
-                        raise OSError(f"{sub} is not the job's own file")
+                    if self.uid is not None and st.st_uid != self.uid:
+                        raise Unfit(f"its file {sub} is not the job's own (another user's file in it); a checkpoint "
+                                    f"holds the job's own files only: save a copy of it there instead")
+                    if self.uid is not None and st.st_nlink != 1:
+                        raise Unfit(f"its file {sub} is a hard link ({st.st_nlink} names): a checkpoint holds files "
+                                    f"of one name only: save a copy of it there instead")
                     out.append(CheckpointFile(sub, st.st_dev, st.st_ino, st.st_size))
                 else:
-                    raise OSError(f"{sub} is a link or a special file: a checkpoint holds files and folders only")
+                    kind = "a link" if stat.S_ISLNK(st.st_mode) else "a special file (FIFO, socket or device)"
+                    raise Unfit(f"its {sub} is {kind}: a checkpoint holds files and folders only: save the "
+                                f"file itself there instead")
         finally:
             os.close(dfd)
         for entry in subs:  # one folder open at a time
