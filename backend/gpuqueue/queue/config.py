@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal, Optional
+from typing import Annotated, Any, Iterable, Optional
 
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationError, ValidationInfo, field_validator,
                       model_validator)
@@ -195,14 +195,6 @@ class PolicyConfig(BaseModel):
     drain_share: float = Field(
         0.0625, ge=0, le=1,
         description="share of a pool's nodes (at least one) that reservations beyond the fair order's first may drain with no known end time (their free GPUs idle until the jobs there end)",
-    )
-    predict_ends: Literal["off", "nodes", "shadow", "ties"] = Field(
-        "off",
-        description="an experiment, not shipped (docs/scheduling.md, Known gaps): predicted ends of running jobs "
-        "with no time limit, from their user's last runtimes. 'nodes': a reservation drains the nodes that free "
-        "up soonest by them; 'shadow': the same, and where no end is known the predicted one is the shadow time; "
-        "'ties': they only replace the age of the blocking jobs where no end is known in the pool and break ties "
-        "of known ends and free GPUs otherwise (off: known ends, free GPUs and the age of the blocking jobs)",
     )
     backfill_depth: int = Field(500, ge=0, description="jobs examined past the first blocked one")
     min_runtime: float = Field(600.0, ge=0, description="seconds before a job may be preempted")

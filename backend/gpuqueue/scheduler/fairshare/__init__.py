@@ -23,7 +23,6 @@ The parts, each owning its state:
 * ``queue``: a pool's pending jobs in the structures the pass merges;
 * ``nodes``: the node index (free GPUs by count, jobs per node, end estimates);
 * ``reservations``: the nodes, shadow time and spare GPUs set aside for a blocked job;
-* ``predict``: predicted ends of running jobs with no time limit (an experiment, off by default);
 * ``preemption``: the planner, a pure function that returns victims;
 * ``scheduling_pass``: one pass over one pool;
 * ``explain``: why a queued job waits;

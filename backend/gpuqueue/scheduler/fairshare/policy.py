@@ -34,7 +34,6 @@ from .ledger import UsageLedger, User
 from .nodes import NodeIndex, PoolNodes
 from .ordering import tier_at
 from .pool import Pool
-from .predict import RuntimePredictor
 from .queue import PoolQueue
 from .regroup import regroup
 from .reservations import Claims, Reservation
@@ -72,9 +71,6 @@ class FairShareScheduler:
         self._seq = 0
         self._now = 0.0
         self.timers = Timers()
-        # predicted ends of running jobs with no time limit, for choosing nodes to reserve
-        self.predictor: Optional[RuntimePredictor] = (
-            RuntimePredictor() if self.knobs.predict_ends != "off" else None)
         self.preempt_counts: dict[str, int] = {}
         self.stopping_for: dict[str, int] = {}  # preemptor -> victims still stopping for it
         self.preempted_pairs: set[tuple[str, str]] = set()  # (victim, preemptor)
@@ -308,8 +304,6 @@ class FairShareScheduler:
         j = self.jobs.get(job_id)
         if j is None or j.state not in (RUNNING, STOPPING):
             return []
-        if self.predictor is not None:
-            self.predictor.ended(j, outcome, now)
         self._vacate(j, now)
         req = j.request
         if outcome in (Outcome.PREEMPTED, Outcome.LOST):
@@ -364,8 +358,6 @@ class FairShareScheduler:
         self._count_pool_job(self.ledger.users[req.user], req.pool, -1)
         del self.jobs[req.id]
         self.preempt_counts.pop(req.id, None)
-        if self.predictor is not None:
-            self.predictor.forget(req.id)
 
     def _requeue(self, j: Job, now: float) -> None:
         self.pools[j.request.pool].queue.queued += 1

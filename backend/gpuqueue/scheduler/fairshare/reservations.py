@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional
 
-from ..cluster import NodeState
 from .nodes import NodeIndex, PoolNodes
-from .predict import RuntimePredictor
 from .records import INF, Job
 
 Candidate = tuple[float, int, str, int]
@@ -30,7 +28,6 @@ class Reservation:
     shadow: float = INF  # when the job fits on its nodes (INF: unknown)
     spare: dict[str, int] = field(default_factory=dict)  # reserved node -> GPUs not needed then
     nodes: list[str] = field(default_factory=list)  # the reserved nodes
-    guessed: bool = False  # the shadow time is a prediction (no known end frees the nodes)
 
     def usable_by(self, end: float) -> bool:
         """Whether a job ending at ``end`` may use the reserved nodes freely (it ends first)."""
@@ -89,18 +86,13 @@ class Claims:
 
 
 def plan(res: Reservation, pool: PoolNodes, index: NodeIndex, timed_running: int, now: float,
-         claims: Claims, predictor: Optional[RuntimePredictor] = None, guess_shadow: bool = False,
-         known_first: bool = False) -> None:
+         claims: Claims) -> None:
     """Choose the reserved job's nodes among those no other reservation holds (in ``claims``)
     and fill in the shadow time and spare GPUs.
 
-    With a ``predictor``, see ``plan_predicted``. Else: with no running job of known end in the
-    pool, the nodes closest to fitting are drained (the shadow is unknown). Otherwise a one-node
-    job takes the node where it fits soonest; a multi-node job the ``nodes`` whole nodes that
-    are idle soonest."""
-    if predictor is not None:
-        plan_predicted(res, pool, index, now, claims, predictor, guess_shadow, known_first)
-        return
+    With no running job of known end in the pool, the nodes closest to fitting are drained (the
+    shadow is unknown). Otherwise a one-node job takes the node where it fits soonest; a
+    multi-node job the ``nodes`` whole nodes that are idle soonest."""
     res.ready = True
     req = res.job.request
     per = req.gpus // max(1, req.nodes)
@@ -144,65 +136,6 @@ def plan(res: Reservation, pool: PoolNodes, index: NodeIndex, timed_running: int
             _set_spare(res, chosen, per, req.nodes > 1, index)
 
 
-def known_fit(n: NodeState, need: int, index: NodeIndex, now: float) -> float:
-    """When ``need`` GPUs are free on the node by the known ends: ``now`` if they are now,
-    INF if known ends never free enough."""
-    raw = index.cached_fit_time(n, need)
-    return now if raw == -INF else (INF if raw == INF else max(now, raw))
-
-
-def predicted_fit(n: NodeState, need: int, index: NodeIndex, now: float, predictor: RuntimePredictor) -> float:
-    """When ``need`` GPUs are free on the node by the predicted ends of its jobs (known ends
-    where known); INF if they never free enough."""
-    free = len(n.free)
-    if free >= need:
-        return now
-    jobs = index.jobs
-    ends = sorted((predictor.end(j, now), len(j.placement.get(n.name, ())))
-                  for j in (jobs.get(jid) for jid in index.jobs_on.get(n.name, ()))
-                  if j is not None and j.placement)
-    for end, gpus in ends:
-        free += gpus
-        if free >= need:
-            return max(now, end)
-    return INF
-
-
-def plan_predicted(res: Reservation, pool: PoolNodes, index: NodeIndex, now: float, claims: Claims,
-                   predictor: RuntimePredictor, guess_shadow: bool, known_first: bool = False) -> None:
-    """``plan`` with predicted ends (``predict.RuntimePredictor``): the nodes (one, or ``nodes``
-    whole ones) that free up soonest by the predicted ends of their jobs, ties by the known
-    ends, the most free GPUs, name; with ``known_first``, by the known ends, the most free GPUs,
-    then the predicted ends, name (the prediction only breaks ties). The shadow time is the known one (INF if a node waits for a
-    job of no known end), or with ``guess_shadow`` the predicted one where none is known
-    (``guessed``): backfill admission still compares the backfilled job's time limit with it."""
-    res.ready = True
-    req = res.job.request
-    per = req.gpus // max(1, req.nodes)
-    multi = req.nodes > 1
-    want = max(1, req.nodes)
-    taken = claims.by_node
-    ranked: list[tuple[float, float, int, str, int]] = []
-    for n in pool.nodes:
-        if n.gpus < per or n.name in taken:
-            continue
-        need = n.gpus if multi else per
-        known = known_fit(n, need, index, now)
-        guess = known if known == now else predicted_fit(n, need, index, now, predictor)
-        ranked.append((guess, known, -len(n.free), n.name, n.gpus))
-    if known_first:
-        ranked.sort(key=lambda c: (c[1], c[2], c[0], c[3]))
-    else:
-        ranked.sort()
-    if len(ranked) < want:
-        res.shadow, res.spare, res.nodes = INF, {}, []
-        return
-    chosen = [(known if known < INF or not guess_shadow else guess, negfree, name, gpus)
-              for guess, known, negfree, name, gpus in ranked[:want]]
-    res.guessed = guess_shadow and any(known == INF for _, known, _, _, _ in ranked[:want])
-    _set_spare(res, chosen, per, multi, index)
-
-
 def drain_age(name: str, free: int, need: int, index: NodeIndex, now: float) -> float:
     """How long the oldest job that must end before ``need`` GPUs are free on the node has
     run, ending the youngest jobs first. With no end known, the node to drain is the one with
@@ -229,17 +162,15 @@ class Held(NamedTuple):
     versions: tuple[int, ...]  # the nodes' versions (NodeIndex.version) then
     shadow: float
     spare: dict[str, int]
-    guessed: bool = False  # the shadow was a prediction
 
 
 def held(res: Reservation, index: NodeIndex) -> Held:
     """What to remember of a planned reservation."""
-    return Held(res.nodes, tuple([index.versions.get(n, 0) for n in res.nodes]), res.shadow, dict(res.spare),
-                res.guessed)
+    return Held(res.nodes, tuple([index.versions.get(n, 0) for n in res.nodes]), res.shadow, dict(res.spare))
 
 
 def keep(res: Reservation, before: Held, pool: PoolNodes, index: NodeIndex, now: float,
-         claims: Claims, predictor: Optional[RuntimePredictor] = None, guess_shadow: bool = False) -> Optional[Held]:
+         claims: Claims) -> Optional[Held]:
     """Plan on the same nodes as in an earlier pass (a starved job keeps the nodes it drains),
     with the shadow time and spare GPUs as of now (as then, if none of them changed). Returns
     what to remember of it, or None (nothing planned) if one of them is down or already held
@@ -254,23 +185,19 @@ def keep(res: Reservation, before: Held, pool: PoolNodes, index: NodeIndex, now:
     res.ready = True
     versions = tuple([version.get(n, 0) for n in nodes])
     if before.shadow >= now and before.versions == versions:
-        res.nodes, res.shadow, res.spare, res.guessed = nodes, before.shadow, dict(before.spare), before.guessed
+        res.nodes, res.shadow, res.spare = nodes, before.shadow, dict(before.spare)
         return before
     req = res.job.request
     per = req.gpus // max(1, req.nodes)
     multi = req.nodes > 1
     chosen: list[Candidate] = []
-    guessed = False
     for name in nodes:
         n = pool.by_name[name]
-        need = n.gpus if multi else per
-        t_fit = known_fit(n, need, index, now)
-        if t_fit == INF and guess_shadow and predictor is not None:
-            t_fit, guessed = predicted_fit(n, need, index, now, predictor), True
+        raw = index.cached_fit_time(n, n.gpus if multi else per)
+        t_fit = now if raw == -INF else (INF if raw == INF else max(now, raw))
         chosen.append((t_fit, -len(n.free), name, n.gpus))
-    res.guessed = guessed
     _set_spare(res, chosen, per, multi, index)
-    return Held(res.nodes, versions, res.shadow, dict(res.spare), guessed)
+    return Held(res.nodes, versions, res.shadow, dict(res.spare))
 
 
 def _set_spare(res: Reservation, chosen: list[Candidate], per: int, multi: bool, index: NodeIndex) -> None:
@@ -294,8 +221,8 @@ def _set_spare(res: Reservation, chosen: list[Candidate], per: int, multi: bool,
 
 def drains_blind(res: Reservation, pool: PoolNodes) -> bool:
     """Whether the reservation holds back most of a node with no known start: it drains the
-    node until its jobs end, whenever that is (a predicted start is no known one)."""
-    if (res.shadow < INF and not res.guessed) or not res.spare:
+    node until its jobs end, whenever that is."""
+    if res.shadow < INF or not res.spare:
         return False
     req = res.job.request
     per = req.gpus // max(1, req.nodes)

@@ -531,13 +531,9 @@ class SchedulingPass:
         pool, index = self.pool, self.policy.node_index
         job_id = res.job.request.id
         before = pool.held.get(job_id)
-        predictor = self.policy.predictor
-        guess = self.policy.knobs.predict_ends == "shadow"
-        kept = None if before is None else reservations.keep(res, before, pool.nodes, index, self.now, self.claims,
-                                                             predictor, guess)
+        kept = None if before is None else reservations.keep(res, before, pool.nodes, index, self.now, self.claims)
         if kept is None:
-            reservations.plan(res, pool.nodes, index, pool.timed_running, self.now, self.claims, predictor, guess,
-                              self.policy.knobs.predict_ends == "ties" and pool.timed_running > 0)
+            reservations.plan(res, pool.nodes, index, pool.timed_running, self.now, self.claims)
             kept = reservations.held(res, index)
         if res is not self.first_blocked and reservations.drains_blind(res, pool.nodes):
             allowed = max(1, int(len(pool.nodes.nodes) * self.policy.knobs.drain_share))
