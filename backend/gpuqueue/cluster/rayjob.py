@@ -151,9 +151,9 @@ class RayNodes:
         # identity -> (its own temporary folder on this node, the bound of its /dev/shm in bytes)
         # where its jobs get /tmp, /var/tmp and /dev/shm of their own (privtmp); None: the node's
         self.own_tmp = own_tmp
-        # the private folders made here, one file each (name: the folder's; content: its uid, or
-        # JSON {uid, folder, inside}), so that a worker killed outright ends their Ray and removes
-        # them when it starts again
+        # the private folders made here, one file each (name: the folder's, which no other folder
+        # recorded here has, whatever its parent; content: its uid, or JSON {uid, folder, inside}),
+        # so that a worker killed outright ends their Ray and removes them when it starts again
         self.made = state_dir / "ray-folders"
         self.node = node
         self.identity = identity  # job id -> the identity its owner's jobs run as here
@@ -186,6 +186,20 @@ class RayNodes:
             (self.made / name).unlink(missing_ok=True)
         return len(names)
 
+    def _record(self, name: str, uid: int, folder: Path, inside: Path) -> bool:
+        """Record a private folder about to be made (``sweep``), under its name; False where a
+        folder of that name is recorded already (another identity's, in its own ``within``): the
+        caller picks another name, so that no record replaces another."""
+        try:
+            fd = os.open(self.made / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, json.dumps({"uid": uid, "folder": str(folder), "inside": str(inside)}).encode())
+        finally:
+            os.close(fd)
+        return True
+
     def _forget(self, folder: Path) -> None:
         try:
             (self.made / folder.name).unlink(missing_ok=True)
@@ -208,13 +222,19 @@ class RayNodes:
         try:
             while True:
                 name = f"gqr-{secrets.token_hex(4)}"  # short: Ray's socket paths are made in it
+                folder, inside = parent / name, Path("/tmp") / name
+                # the name is made unique on the node first (its record), then in ``parent``: each
+                # identity's folders are in its own ``within``, where another's may have the same
+                if not self._record(name, uid, folder, inside):
+                    continue
                 try:
                     os.mkdir(name, 0o700, dir_fd=pfd)
                     break
-                except FileExistsError:
-                    continue
-            folder, inside = parent / name, Path("/tmp") / name
-            (self.made / name).write_text(json.dumps({"uid": uid, "folder": str(folder), "inside": str(inside)}))
+                except FileExistsError:  # in the node's /tmp: anyone's
+                    self._forget(folder)
+                except BaseException:
+                    self._forget(folder)
+                    raise
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=pfd)
         finally:
             os.close(pfd)
