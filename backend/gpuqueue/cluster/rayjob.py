@@ -8,12 +8,15 @@ ranks on a Ray cluster made for that attempt alone:
   holding the attempt's Ray token (mode 600), picks the head's port, publishes the head's
   address in the store (``rayhead:<job>:<attempt>``, fenced) and gives the launcher
   ``GPUQUEUE_RAY_HEAD``, ``GPUQUEUE_RAY_DIR``, ``RAY_AUTH_MODE=token`` and
-  ``RAY_AUTH_TOKEN_PATH`` (a path, never the token), with no metrics export (``RAY_ENV``). The
+  ``RAY_AUTH_TOKEN_PATH`` (a path, never the token), with no metrics export (``RAY_ENV``), and
+  ``GPUQUEUE_NODE_ENV`` (the job's ``TMPDIR``, a dynamic identity's ``HOME``: this node's). The
   launcher, already running as the owner in the attempt's process tree, starts ``ray start
   --head`` (``gpuqueue.job.raynodes``).
 * Other nodes: the daemon sends each a ``ray_join`` message; its worker makes the same private
   folder and token, waits (``JOIN_WAIT_S``) for the head's address and starts ``ray start
-  --address`` under the owner's identity with the node's ``gpuqueue-node-<name>`` resource.
+  --address`` under the owner's identity with the node's ``gpuqueue-node-<name>`` resource, its
+  ``TMPDIR`` the identity's folder on this node and ``GPUQUEUE_NODE_ENV`` this node's: the job's
+  ranks here take those values of the node's in place of the first node's (``gpuqueue.job.raynodes``).
   Where the worker makes attempt cgroups (``gpuqueue.attempt.cgroup``), it makes one for this
   part of the attempt (``join-<job>-<attempt>``, beside its own attempts' ``job-...``) and the
   child that starts Ray enters it as the worker's user (root), before it becomes the owner and
@@ -73,7 +76,7 @@ from ..attempt.cgroup import AttemptCgroups, end as end_cgroup, enter as enter_c
 from ..attempt.identity import Identity
 from ..attempt.launch import package_root
 from ..attempt.removal import remove_tree
-from ..job.raynodes import node_resource
+from ..job.raynodes import NODE_ENV, node_resource
 from .forkserver import die_with_parent
 from .rayfiles import log_tail, open_log, remove_scratch
 from .redis_store import RedisStore
@@ -143,8 +146,12 @@ class RayNodes:
     def __init__(self, store: RedisStore, node: str, identity: Callable[[str], Optional[Identity]],
                  stop: threading.Event, state_dir: Path, poll_s: float = 0.5,
                  own_tmp: Optional[Callable[[Optional[Identity]], Optional[tuple[str, int]]]] = None,
-                 cgroups: Optional[AttemptCgroups] = None):
+                 cgroups: Optional[AttemptCgroups] = None,
+                 node_env: Optional[Callable[[Optional[Identity]], dict[str, str]]] = None):
         self.store = store
+        # identity -> what names its jobs' own folders on this node in their environment (TMPDIR,
+        # a dynamic identity's HOME): the job's ranks here get these, not the first node's
+        self.node_env = node_env or (lambda ident: {})
         # the worker's attempt cgroups (gpuqueue.attempt.cgroup): each join's processes are held in
         # one of its own there (``join-<job>-<attempt>``); None: no cgroups here, only the mark
         self.cgroups = cgroups
@@ -354,7 +361,7 @@ class RayNodes:
                                                    ident.uid if ident else os.geteuid()),
                          name=f"rayhead-{job_id}-{attempt}", daemon=True).start()
         env = {"GPUQUEUE_RAY_HEAD": address, MARK: str(inside), **RAY_ENV,
-               "RAY_AUTH_TOKEN_PATH": str(inside / "token"),
+               "RAY_AUTH_TOKEN_PATH": str(inside / "token"), NODE_ENV: json.dumps(self.node_env(ident)),
                "GPUQUEUE_RAY_JOIN_WAIT_S": f"{JOIN_WAIT_S:g}"}  # the launcher waits as long as the joins
         return env, ({str(inside): str(folder)} if inside != folder else {})
 
@@ -385,20 +392,21 @@ class RayNodes:
             ident = self.identity(job_id)
             uid = ident.uid if ident else uid
             own = self.own_tmp(ident) if self.own_tmp is not None and ident is not None else None
+            here = self.node_env(ident)
             folder, inside = self._private(job_id, attempt, ident, own[0] if own else None)
             cgroup = self._cgroup(job_id, attempt)  # every process of the join is born in it
             deadline = time.monotonic() + JOIN_WAIT_S
             address = self._wait_head(job_id, attempt, head, deadline)
             if address is None:
                 raise RuntimeError(f"the Ray head on {head} did not come up in {JOIN_WAIT_S:g} s")
-            proc = self._start(address, folder, inside, ident, msg, own, cgroup)
+            proc = self._start(address, folder, inside, ident, msg, own, cgroup, here)
             # the head may not have been up (its port open, Ray not yet ready): start again, within the wait
             while proc.poll() is not None or not self._wait_exit(proc, 3.0):
                 if time.monotonic() > deadline or not self._fence_holds(job_id, attempt, head):
                     raise RuntimeError(f"ray start --address {address} exited with code {proc.returncode}: "
                                        f"{log_tail(folder, 'ray.log', uid)}")
                 time.sleep(1)
-                proc = self._start(address, folder, inside, ident, msg, own, cgroup)
+                proc = self._start(address, folder, inside, ident, msg, own, cgroup, here)
             log.info("attempt %s/%s: this node joined its Ray at %s as uid %d (pid %d)", job_id, attempt, address,
                      uid, proc.pid)
         except Exception as e:  # noqa: BLE001 - the launcher says the node did not join; why is here
@@ -410,8 +418,9 @@ class RayNodes:
             self._discard(job_id, attempt)
             return
         assert inside is not None
-        # the ranks' scratch folders are in the job's /tmp: its own here, or the node's (no namespace)
-        tmps = (Path(own[0]), Path("/tmp")) if own else (Path("/tmp"),)
+        # the ranks' scratch folders are in their TMPDIR here, else in the job's /tmp: its own here, or
+        # the node's (no namespace)
+        tmps = tuple(dict.fromkeys(Path(p) for p in (here.get("TMPDIR"), own[0] if own else None, "/tmp") if p))
         self._watch(job_id, attempt, head, folder, inside, uid, proc, cgroup, tmps)
 
     def _wait_head(self, job_id: str, attempt: int, head: str, deadline: float) -> Optional[str]:
@@ -442,12 +451,17 @@ class RayNodes:
         return False
 
     def _start(self, address: str, folder: Path, inside: Path, ident: Optional[Identity], msg: dict[str, Any],
-               own: Optional[tuple[str, int]] = None, cgroup: Optional[Path] = None) -> subprocess.Popen[bytes]:
+               own: Optional[tuple[str, int]] = None, cgroup: Optional[Path] = None,
+               here: Optional[dict[str, str]] = None) -> subprocess.Popen[bytes]:
         """``ray start --address`` of this node, as the owner, its output in the folder's
         ``ray.log``; ``own`` (the identity's temporary folder, its /dev/shm's bound): in the job's
         own namespaces (``privtmp.exec_as``), where ``folder`` is ``inside``. ``cgroup``: the
         join's, which the child enters as the worker's user, before it becomes the owner and
-        before it execs, so that every process it starts is born there."""
+        before it execs, so that every process it starts is born there. ``here``: the identity's
+        :data:`NODE_ENV` on this node; its ``TMPDIR`` is the TMPDIR of every process of the job's
+        Ray here (the ranks' scratch folders among them), and the job's ranks here take from it what
+        the job got on its first node (``gpuqueue.job.raynodes``)."""
+        here = here or {}
         spec = msg.get("spec") or {}
         user_env = spec.get("env") or {}
         python = spec.get("python") or sys.executable
@@ -455,7 +469,8 @@ class RayNodes:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": str(inside),
                "USER": (ident.account or ident.user) if ident else os.environ.get("USER", ""),
                "LANG": os.environ.get("LANG", "C.UTF-8"), **RAY_ENV,
-               "RAY_AUTH_TOKEN_PATH": str(inside / "token"), MARK: str(inside)}
+               "RAY_AUTH_TOKEN_PATH": str(inside / "token"), MARK: str(inside), NODE_ENV: json.dumps(here),
+               **({"TMPDIR": here["TMPDIR"]} if "TMPDIR" in here else {})}
         argv = [python, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats", "--address", address,
                 "--node-ip-address", node_ip(self.store), "--num-gpus", str(len(msg.get("devices") or [])),
                 "--resources", json.dumps({node_resource(self.node): 1}), "--temp-dir", str(inside / "ray")]
