@@ -21,7 +21,9 @@ ranks on a Ray cluster made for that attempt alone:
   part of the attempt (``join-<job>-<attempt>``, beside its own attempts' ``job-...``) and the
   child that starts Ray enters it as the worker's user (root), before it becomes the owner and
   execs: the raylet, every Ray worker (the job's ranks there) and all they start are born in it,
-  as a one-node job's processes are in its attempt's.
+  as a one-node job's processes are in its attempt's. Where it cannot make that cgroup, the
+  job's events say so (a ``warning`` naming the node: its processes there are ended by their mark
+  alone).
 * Every node: once the attempt's fence moves on (its end settled, a cancel, a lost node, a
   requeue) or the worker stops, the join's cgroup is killed at once (``cgroup.kill``: what a
   rank started, even detached with an empty environment, ends too), then every process of the
@@ -311,9 +313,9 @@ class RayNodes:
                 self._ended.wait(left)
         return True
 
-    def _cgroup(self, job_id: str, attempt: int) -> Optional[Path]:
+    def _cgroup(self, job_id: str, attempt: int, head: str) -> Optional[Path]:
         """A new cgroup for this node's part of the attempt (None: no cgroups here, or it could
-        not be made: the mark alone ends its processes)."""
+        not be made: the mark alone ends its processes, which the job's owner is told)."""
         if self.cgroups is None:
             return None
         try:
@@ -321,7 +323,22 @@ class RayNodes:
         except OSError as e:
             log.warning("attempt %s/%s: cannot make the cgroup of its Ray on this node (%s); its processes are ended "
                         "by their mark alone", job_id, attempt, e)
+            self._tell_no_cgroup(job_id, attempt, head, f"the worker cannot make one: {e.strerror or e}")
             return None
+
+    def _tell_no_cgroup(self, job_id: str, attempt: int, head: str, why: str) -> None:
+        """Tell the job's owner, in its events (``gpuqueue logs``, the cell), that this node's part
+        of the attempt runs in no cgroup (``why``: the words of the error, never a path of the
+        node's), as the attempt's warnings of a node say what is left on it."""
+        message = (f"on node {self.node} the job's processes are held in no cgroup ({why}): when the attempt ends "
+                   f"there, only those that still carry its mark ({MARK} in their environment) are ended, so a "
+                   f"process the job detached from it with another environment (a daemon) may run on there")
+        try:
+            self.store.exec([self.store.event_op(job_id, "warning", {"message": message, "node": self.node})],
+                            guards=[(self.store.k("fence", job_id), f"{attempt}:{head}")])
+        except Exception as e:  # noqa: BLE001 - the attempt is over (fenced), or the store away: the log has it
+            log.warning("attempt %s/%s: cannot tell the job that its processes here are in no cgroup (%s)", job_id,
+                        attempt, e)
 
     @staticmethod
     def _end_cgroup(job_id: str, attempt: int, cgroup: Optional[Path]) -> int:
@@ -394,7 +411,7 @@ class RayNodes:
             own = self.own_tmp(ident) if self.own_tmp is not None and ident is not None else None
             here = self.node_env(ident)
             folder, inside = self._private(job_id, attempt, ident, own[0] if own else None)
-            cgroup = self._cgroup(job_id, attempt)  # every process of the join is born in it
+            cgroup = self._cgroup(job_id, attempt, head)  # every process of the join is born in it
             deadline = time.monotonic() + JOIN_WAIT_S
             address = self._wait_head(job_id, attempt, head, deadline)
             if address is None:
