@@ -30,6 +30,7 @@ import psutil
 import pytest
 
 from gpuqueue.attempt import cgroup as cg
+from gpuqueue.queue.text import message_event_line
 from gpuqueue.rest.client import Client
 from helpers.servers import wait_until
 from training.jobs import logs
@@ -144,12 +145,14 @@ def _assert_nothing_left(c: Cluster, job: str, ranks: list[dict], where: dict[in
     # each was in a cgroup of the attempt on its node: its own on the first, the join's on the other
     assert where[ranks[0]["pid"]].endswith(f"/gpuqueue/{_base('n1', c)}/job-{job}-1"), where
     assert where[ranks[1]["pid"]].endswith(f"/gpuqueue/{_base('n2', c)}/join-{job}-1"), where
-    # both ended and removed
+    # both ended and removed: the worker removes a cgroup, ends its Ray's folder and says so a moment
+    # after the last process in it is gone
     mount = cg.cgroup2_mount(Path("/proc/self/mounts").read_text())
     assert mount is not None
-    assert [w for w in where.values() if (mount / w.lstrip("/")).exists()] == []
-    n2 = c.log("worker-n2")
-    assert f"attempt {job}/1: its Ray on n2 ended" in n2, n2[-3000:]
+    wait_until(lambda: not [w for w in where.values() if (mount / w.lstrip("/")).exists()], 10, 0.1,
+               f"the attempt's cgroups removed: {where}")
+    wait_until(lambda: f"attempt {job}/1: its Ray on n2 ended" in c.log("worker-n2"), 10, 0.1,
+               f"n2's worker saying the job's Ray there ended: {c.log('worker-n2')[-3000:]}")
 
 
 def _base(node: str, c: Cluster) -> str:
@@ -230,6 +233,39 @@ def test_a_stopped_or_killed_worker_leaves_nothing_of_its_part_running(cluster: 
         wait_until(lambda: not _procs_of(uid), 60, 0.5, "no process of the owner's uid")
     finally:
         _kill(left)
+
+
+def test_the_owner_is_told_when_a_node_cannot_hold_the_jobs_processes_in_a_cgroup(cluster: Cluster) -> None:
+    """The worker of the other node cannot make the join's cgroup (its attempt cgroups may have no
+    more children here: ``cgroup.max.descendants`` 0). The job runs, its processes there ended by
+    their mark alone; its owner reads so, and why, where they look (the job's log: ``gpuqueue
+    logs``, the cell), not only the node's worker log (on old code: nothing but the worker log)."""
+    c = cluster
+    m = re.search(r"a cgroup per attempt under (\S*/gpuqueue/[^/\"\s]+)", c.log("worker-n2"))
+    assert m is not None, c.log("worker-n2")[-2000:]
+    limit = Path(m.group(1)) / "cgroup.max.descendants"  # of the n2 worker's attempt cgroups only
+    py, libs = job_python()
+    backend = str(Path(__file__).resolve().parents[2] / "backend")
+    alice, root = c.client("alice"), c.client("root")
+    limit.write_text("0")
+    try:
+        job = alice.submit({"kind": "command", "gpus": 2, "nodes": 2, "retries": 0, "python": py,
+                            "env": {"PYTHONPATH": os.pathsep.join([backend, libs])},
+                            "command": [py, "-c", "pass"]})["id"]
+        rec = c.wait_done([job], 180)[job]
+    finally:
+        limit.write_text("max")
+    events = alice.events(job)
+    assert rec["state"] == "succeeded", (rec.get("error"), logs(root.events(job))[-3000:])
+    said = [line for e in events if (line := message_event_line(e["type"], e["data"]))]
+    told = [line for line in said if "on node n2 the job's processes are held in no cgroup" in line]
+    assert told == ["[gpuqueue] warning: on node n2 the job's processes are held in no cgroup (the worker cannot "
+                    "make one: Resource temporarily unavailable): when the attempt ends there, only those that still "
+                    "carry its mark (GPUQUEUE_RAY_DIR in their environment) are ended, so a process the job detached "
+                    "from it with another environment (a daemon) may run on there"], said
+    uid_line = re.search(rf"attempt {job}/1: this node joined its Ray at \S+ as uid (\d+)", c.log("worker-n2"))
+    assert uid_line is not None, c.log("worker-n2")[-3000:]
+    wait_until(lambda: not _procs_of(int(uid_line.group(1))), 60, 0.5, "no process of the owner's uid (the mark)")
 
 
 def test_a_restarted_worker_ends_the_join_cgroups_a_dead_worker_left(tmp_path: Path) -> None:

@@ -182,3 +182,44 @@ def test_a_job_on_two_nodes_has_its_own_tmp_and_shared_memory_on_each(cluster: C
         for p in real:
             if os.path.lexists(p):
                 p.unlink()
+
+
+# one rank: a temporary file through Python's tempfile (TMPDIR), where it is and what named it
+TEMPFILE = r'''
+import json, os, sys, tempfile
+fd, path = tempfile.mkstemp(prefix="rank-")
+os.write(fd, b"x")
+os.close(fd)
+st = os.stat(os.path.dirname(path))
+with open(sys.argv[1], "a") as f:
+    f.write("RANK " + json.dumps(dict(rank=int(os.environ["RANK"]), node=os.environ["GPUQUEUE_NODE"], step="tmp",
+                                      path=path, dir=[st.st_dev, st.st_ino], uid=os.getuid(),
+                                      tmpdir=os.environ.get("TMPDIR"), home=os.environ.get("HOME"))) + "\n")
+os.unlink(path)
+'''
+
+
+def test_each_rank_of_a_job_on_two_nodes_has_its_own_nodes_tmpdir_and_home(cluster: Cluster) -> None:
+    """Python's tempfile works in every rank and writes in its own node's private tmp of the job;
+    TMPDIR and HOME (a dynamic identity's) name that node's folders, not the first node's (on old
+    code the rank on n2 had TMPDIR and HOME of n1's state folder: another node's, not there on a
+    real cluster unless the state folders match, and never its own /tmp)."""
+    c = cluster
+    py, libs = job_python()
+    backend = str(Path(__file__).resolve().parents[2] / "backend")
+    (c.root / "tempfile_rank.py").write_text(TEMPFILE)
+    out = c.root / "marks" / f"tmp-{uuid.uuid4().hex[:8]}.txt"
+    root = c.client("root")
+    job = c.client("alice").submit({"kind": "command", "gpus": 2, "nodes": 2, "retries": 0, "python": py,
+                                    "env": {"PYTHONPATH": os.pathsep.join([backend, libs])},
+                                    "command": [py, str(c.root / "tempfile_rank.py"), str(out)]})["id"]
+    rec = c.wait_done([job], 180)[job]
+    assert rec["state"] == "succeeded", (rec.get("error"), logs(root.events(job))[-3000:])
+    ranks = _reports(out, "tmp")
+    assert {r["node"] for r in ranks} == {"n1", "n2"}, ranks
+    for r in ranks:
+        state = c.root / f"node-{r['node']}"
+        own = os.stat(state / "tmp" / str(r["uid"]))
+        assert (r["tmpdir"], r["home"]) == (str(state / "tmp" / str(r["uid"])), str(state / "home" / str(r["uid"]))), r
+        # the file is in its node's own temporary folder of the identity: the job's /tmp there
+        assert r["dir"] == [own.st_dev, own.st_ino], r

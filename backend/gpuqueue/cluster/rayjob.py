@@ -8,17 +8,22 @@ ranks on a Ray cluster made for that attempt alone:
   holding the attempt's Ray token (mode 600), picks the head's port, publishes the head's
   address in the store (``rayhead:<job>:<attempt>``, fenced) and gives the launcher
   ``GPUQUEUE_RAY_HEAD``, ``GPUQUEUE_RAY_DIR``, ``RAY_AUTH_MODE=token`` and
-  ``RAY_AUTH_TOKEN_PATH`` (a path, never the token), with no metrics export (``RAY_ENV``). The
+  ``RAY_AUTH_TOKEN_PATH`` (a path, never the token), with no metrics export (``RAY_ENV``), and
+  ``GPUQUEUE_NODE_ENV`` (the job's ``TMPDIR``, a dynamic identity's ``HOME``: this node's). The
   launcher, already running as the owner in the attempt's process tree, starts ``ray start
   --head`` (``gpuqueue.job.raynodes``).
 * Other nodes: the daemon sends each a ``ray_join`` message; its worker makes the same private
   folder and token, waits (``JOIN_WAIT_S``) for the head's address and starts ``ray start
-  --address`` under the owner's identity with the node's ``gpuqueue-node-<name>`` resource.
+  --address`` under the owner's identity with the node's ``gpuqueue-node-<name>`` resource, its
+  ``TMPDIR`` the identity's folder on this node and ``GPUQUEUE_NODE_ENV`` this node's: the job's
+  ranks here take those values of the node's in place of the first node's (``gpuqueue.job.raynodes``).
   Where the worker makes attempt cgroups (``gpuqueue.attempt.cgroup``), it makes one for this
   part of the attempt (``join-<job>-<attempt>``, beside its own attempts' ``job-...``) and the
   child that starts Ray enters it as the worker's user (root), before it becomes the owner and
   execs: the raylet, every Ray worker (the job's ranks there) and all they start are born in it,
-  as a one-node job's processes are in its attempt's.
+  as a one-node job's processes are in its attempt's. Where it cannot make that cgroup, the
+  job's events say so (a ``warning`` naming the node: its processes there are ended by their mark
+  alone).
 * Every node: once the attempt's fence moves on (its end settled, a cancel, a lost node, a
   requeue) or the worker stops, the join's cgroup is killed at once (``cgroup.kill``: what a
   rank started, even detached with an empty environment, ends too), then every process of the
@@ -73,7 +78,7 @@ from ..attempt.cgroup import AttemptCgroups, end as end_cgroup, enter as enter_c
 from ..attempt.identity import Identity
 from ..attempt.launch import package_root
 from ..attempt.removal import remove_tree
-from ..job.raynodes import node_resource
+from ..job.raynodes import NODE_ENV, node_resource
 from .forkserver import die_with_parent
 from .rayfiles import log_tail, open_log, remove_scratch
 from .redis_store import RedisStore
@@ -143,17 +148,21 @@ class RayNodes:
     def __init__(self, store: RedisStore, node: str, identity: Callable[[str], Optional[Identity]],
                  stop: threading.Event, state_dir: Path, poll_s: float = 0.5,
                  own_tmp: Optional[Callable[[Optional[Identity]], Optional[tuple[str, int]]]] = None,
-                 cgroups: Optional[AttemptCgroups] = None):
+                 cgroups: Optional[AttemptCgroups] = None,
+                 node_env: Optional[Callable[[Optional[Identity]], dict[str, str]]] = None):
         self.store = store
+        # identity -> what names its jobs' own folders on this node in their environment (TMPDIR,
+        # a dynamic identity's HOME): the job's ranks here get these, not the first node's
+        self.node_env = node_env or (lambda ident: {})
         # the worker's attempt cgroups (gpuqueue.attempt.cgroup): each join's processes are held in
         # one of its own there (``join-<job>-<attempt>``); None: no cgroups here, only the mark
         self.cgroups = cgroups
         # identity -> (its own temporary folder on this node, the bound of its /dev/shm in bytes)
         # where its jobs get /tmp, /var/tmp and /dev/shm of their own (privtmp); None: the node's
         self.own_tmp = own_tmp
-        # the private folders made here, one file each (name: the folder's; content: its uid, or
-        # JSON {uid, folder, inside}), so that a worker killed outright ends their Ray and removes
-        # them when it starts again
+        # the private folders made here, one file each (name: the folder's, which no other folder
+        # recorded here has, whatever its parent; content: its uid, or JSON {uid, folder, inside}),
+        # so that a worker killed outright ends their Ray and removes them when it starts again
         self.made = state_dir / "ray-folders"
         self.node = node
         self.identity = identity  # job id -> the identity its owner's jobs run as here
@@ -186,6 +195,20 @@ class RayNodes:
             (self.made / name).unlink(missing_ok=True)
         return len(names)
 
+    def _record(self, name: str, uid: int, folder: Path, inside: Path) -> bool:
+        """Record a private folder about to be made (``sweep``), under its name; False where a
+        folder of that name is recorded already (another identity's, in its own ``within``): the
+        caller picks another name, so that no record replaces another."""
+        try:
+            fd = os.open(self.made / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            return False
+        try:
+            os.write(fd, json.dumps({"uid": uid, "folder": str(folder), "inside": str(inside)}).encode())
+        finally:
+            os.close(fd)
+        return True
+
     def _forget(self, folder: Path) -> None:
         try:
             (self.made / folder.name).unlink(missing_ok=True)
@@ -208,13 +231,19 @@ class RayNodes:
         try:
             while True:
                 name = f"gqr-{secrets.token_hex(4)}"  # short: Ray's socket paths are made in it
+                folder, inside = parent / name, Path("/tmp") / name
+                # the name is made unique on the node first (its record), then in ``parent``: each
+                # identity's folders are in its own ``within``, where another's may have the same
+                if not self._record(name, uid, folder, inside):
+                    continue
                 try:
                     os.mkdir(name, 0o700, dir_fd=pfd)
                     break
-                except FileExistsError:
-                    continue
-            folder, inside = parent / name, Path("/tmp") / name
-            (self.made / name).write_text(json.dumps({"uid": uid, "folder": str(folder), "inside": str(inside)}))
+                except FileExistsError:  # in the node's /tmp: anyone's
+                    self._forget(folder)
+                except BaseException:
+                    self._forget(folder)
+                    raise
             fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=pfd)
         finally:
             os.close(pfd)
@@ -284,9 +313,9 @@ class RayNodes:
                 self._ended.wait(left)
         return True
 
-    def _cgroup(self, job_id: str, attempt: int) -> Optional[Path]:
+    def _cgroup(self, job_id: str, attempt: int, head: str) -> Optional[Path]:
         """A new cgroup for this node's part of the attempt (None: no cgroups here, or it could
-        not be made: the mark alone ends its processes)."""
+        not be made: the mark alone ends its processes, which the job's owner is told)."""
         if self.cgroups is None:
             return None
         try:
@@ -294,7 +323,22 @@ class RayNodes:
         except OSError as e:
             log.warning("attempt %s/%s: cannot make the cgroup of its Ray on this node (%s); its processes are ended "
                         "by their mark alone", job_id, attempt, e)
+            self._tell_no_cgroup(job_id, attempt, head, f"the worker cannot make one: {e.strerror or e}")
             return None
+
+    def _tell_no_cgroup(self, job_id: str, attempt: int, head: str, why: str) -> None:
+        """Tell the job's owner, in its events (``gpuqueue logs``, the cell), that this node's part
+        of the attempt runs in no cgroup (``why``: the words of the error, never a path of the
+        node's), as the attempt's warnings of a node say what is left on it."""
+        message = (f"on node {self.node} the job's processes are held in no cgroup ({why}): when the attempt ends "
+                   f"there, only those that still carry its mark ({MARK} in their environment) are ended, so a "
+                   f"process the job detached from it with another environment (a daemon) may run on there")
+        try:
+            self.store.exec([self.store.event_op(job_id, "warning", {"message": message, "node": self.node})],
+                            guards=[(self.store.k("fence", job_id), f"{attempt}:{head}")])
+        except Exception as e:  # noqa: BLE001 - the attempt is over (fenced), or the store away: the log has it
+            log.warning("attempt %s/%s: cannot tell the job that its processes here are in no cgroup (%s)", job_id,
+                        attempt, e)
 
     @staticmethod
     def _end_cgroup(job_id: str, attempt: int, cgroup: Optional[Path]) -> int:
@@ -334,7 +378,7 @@ class RayNodes:
                                                    ident.uid if ident else os.geteuid()),
                          name=f"rayhead-{job_id}-{attempt}", daemon=True).start()
         env = {"GPUQUEUE_RAY_HEAD": address, MARK: str(inside), **RAY_ENV,
-               "RAY_AUTH_TOKEN_PATH": str(inside / "token"),
+               "RAY_AUTH_TOKEN_PATH": str(inside / "token"), NODE_ENV: json.dumps(self.node_env(ident)),
                "GPUQUEUE_RAY_JOIN_WAIT_S": f"{JOIN_WAIT_S:g}"}  # the launcher waits as long as the joins
         return env, ({str(inside): str(folder)} if inside != folder else {})
 
@@ -365,20 +409,21 @@ class RayNodes:
             ident = self.identity(job_id)
             uid = ident.uid if ident else uid
             own = self.own_tmp(ident) if self.own_tmp is not None and ident is not None else None
+            here = self.node_env(ident)
             folder, inside = self._private(job_id, attempt, ident, own[0] if own else None)
-            cgroup = self._cgroup(job_id, attempt)  # every process of the join is born in it
+            cgroup = self._cgroup(job_id, attempt, head)  # every process of the join is born in it
             deadline = time.monotonic() + JOIN_WAIT_S
             address = self._wait_head(job_id, attempt, head, deadline)
             if address is None:
                 raise RuntimeError(f"the Ray head on {head} did not come up in {JOIN_WAIT_S:g} s")
-            proc = self._start(address, folder, inside, ident, msg, own, cgroup)
+            proc = self._start(address, folder, inside, ident, msg, own, cgroup, here)
             # the head may not have been up (its port open, Ray not yet ready): start again, within the wait
             while proc.poll() is not None or not self._wait_exit(proc, 3.0):
                 if time.monotonic() > deadline or not self._fence_holds(job_id, attempt, head):
                     raise RuntimeError(f"ray start --address {address} exited with code {proc.returncode}: "
                                        f"{log_tail(folder, 'ray.log', uid)}")
                 time.sleep(1)
-                proc = self._start(address, folder, inside, ident, msg, own, cgroup)
+                proc = self._start(address, folder, inside, ident, msg, own, cgroup, here)
             log.info("attempt %s/%s: this node joined its Ray at %s as uid %d (pid %d)", job_id, attempt, address,
                      uid, proc.pid)
         except Exception as e:  # noqa: BLE001 - the launcher says the node did not join; why is here
@@ -390,8 +435,9 @@ class RayNodes:
             self._discard(job_id, attempt)
             return
         assert inside is not None
-        # the ranks' scratch folders are in the job's /tmp: its own here, or the node's (no namespace)
-        tmps = (Path(own[0]), Path("/tmp")) if own else (Path("/tmp"),)
+        # the ranks' scratch folders are in their TMPDIR here, else in the job's /tmp: its own here, or
+        # the node's (no namespace)
+        tmps = tuple(dict.fromkeys(Path(p) for p in (here.get("TMPDIR"), own[0] if own else None, "/tmp") if p))
         self._watch(job_id, attempt, head, folder, inside, uid, proc, cgroup, tmps)
 
     def _wait_head(self, job_id: str, attempt: int, head: str, deadline: float) -> Optional[str]:
@@ -422,12 +468,17 @@ class RayNodes:
         return False
 
     def _start(self, address: str, folder: Path, inside: Path, ident: Optional[Identity], msg: dict[str, Any],
-               own: Optional[tuple[str, int]] = None, cgroup: Optional[Path] = None) -> subprocess.Popen[bytes]:
+               own: Optional[tuple[str, int]] = None, cgroup: Optional[Path] = None,
+               here: Optional[dict[str, str]] = None) -> subprocess.Popen[bytes]:
         """``ray start --address`` of this node, as the owner, its output in the folder's
         ``ray.log``; ``own`` (the identity's temporary folder, its /dev/shm's bound): in the job's
         own namespaces (``privtmp.exec_as``), where ``folder`` is ``inside``. ``cgroup``: the
         join's, which the child enters as the worker's user, before it becomes the owner and
-        before it execs, so that every process it starts is born there."""
+        before it execs, so that every process it starts is born there. ``here``: the identity's
+        :data:`NODE_ENV` on this node; its ``TMPDIR`` is the TMPDIR of every process of the job's
+        Ray here (the ranks' scratch folders among them), and the job's ranks here take from it what
+        the job got on its first node (``gpuqueue.job.raynodes``)."""
+        here = here or {}
         spec = msg.get("spec") or {}
         user_env = spec.get("env") or {}
         python = spec.get("python") or sys.executable
@@ -435,7 +486,8 @@ class RayNodes:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": str(inside),
                "USER": (ident.account or ident.user) if ident else os.environ.get("USER", ""),
                "LANG": os.environ.get("LANG", "C.UTF-8"), **RAY_ENV,
-               "RAY_AUTH_TOKEN_PATH": str(inside / "token"), MARK: str(inside)}
+               "RAY_AUTH_TOKEN_PATH": str(inside / "token"), MARK: str(inside), NODE_ENV: json.dumps(here),
+               **({"TMPDIR": here["TMPDIR"]} if "TMPDIR" in here else {})}
         argv = [python, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats", "--address", address,
                 "--node-ip-address", node_ip(self.store), "--num-gpus", str(len(msg.get("devices") or [])),
                 "--resources", json.dumps({node_resource(self.node): 1}), "--temp-dir", str(inside / "ray")]

@@ -119,7 +119,7 @@ class NodeAgent(AttemptTailer):
         # jobs' own Ray clusters (rayjob.py), in their own /tmp, /var/tmp and /dev/shm where they get them,
         # this node's part of each in a cgroup of its own where attempts get one
         self.raynodes = RayNodes(store, node, self._identity, self._stop, state_dir, own_tmp=self._own_tmp,
-                                 cgroups=cgroups)
+                                 node_env=self._node_env, cgroups=cgroups)
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -368,8 +368,8 @@ class NodeAgent(AttemptTailer):
         try:
             if ident is not None:
                 prepare_owned(self.state_dir, job_id, number, ident.uid, ident.gid, payload)
-                home = None if ident.home else str(self._own_folder("home", ident))
-                tmpdir = str(self._own_folder("tmp", ident))
+                here = self._node_env(ident)
+                home, tmpdir = here.get("HOME"), here["TMPDIR"]
             else:
                 paths.records.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -431,6 +431,18 @@ class NodeAgent(AttemptTailer):
         except OSError as e:
             log.warning("attempt %s/%s: cannot make its cgroup (%s); it runs without one", job_id, number, e)
             return None
+
+    def _node_env(self, ident: Optional[Identity]) -> dict[str, str]:
+        """The environment of ``ident``'s jobs that names its own folders on this node (made if need
+        be): ``TMPDIR``, its temporary folder; ``HOME``, where the identity has no home of its own
+        (a dynamic identity's). A rank of a job on several nodes gets its own node's
+        (``gpuqueue.cluster.rayjob``). Empty where jobs run as the worker's own user."""
+        if ident is None:
+            return {}
+        env = {"TMPDIR": str(self._own_folder("tmp", ident))}
+        if not ident.home:
+            env["HOME"] = str(self._own_folder("home", ident))
+        return env
 
     def _own_tmp(self, ident: Optional[Identity]) -> Optional[tuple[str, int]]:
         """Where ``ident``'s jobs get their own ``/tmp``, ``/var/tmp`` and ``/dev/shm`` here: its

@@ -42,6 +42,12 @@ from .distributed import rank_failures, record_failure, report_failure, stop_req
 from .raylogs import RAY_LOG_DRAIN_S
 
 RESOURCE = "gpuqueue-node-{}"
+# JSON of the job's environment that names its identity's own folders on a node (TMPDIR, a dynamic
+# identity's HOME), from that node's worker (gpuqueue.cluster.rayjob): in the launcher's
+# environment on the first node, in that of the job's Ray on the others. A rank on another node
+# gets its own node's values of those the job has as its first node gave them (not the job's own
+# ``env``'s): the first node's folders are not on its node, or are not its own there
+NODE_ENV = "GPUQUEUE_NODE_ENV"
 
 
 def node_resource(node: str) -> str:
@@ -90,7 +96,7 @@ def _rank_actor() -> Any:
                 return ip, s.getsockname()[1]
 
         def run(self, argv: list[str], env: dict[str, str], cwd: Optional[str], payload: Optional[bytes] = None,
-                scratch: bool = False) -> int:
+                scratch: bool = False, node_local: tuple[str, ...] = ()) -> int:
             import shutil
             import subprocess
             import tempfile
@@ -107,6 +113,8 @@ def _rank_actor() -> Any:
                 env["GPUQUEUE_RAY_DIR"] = os.environ["GPUQUEUE_RAY_DIR"]
             local = None
             if scratch:  # a rank on another node: the job folder is on the first node's disk
+                here = _node_env(os.environ)  # its own folders on this node (NODE_ENV)
+                env.update({k: here[k] for k in node_local if k in here})
                 local = tempfile.mkdtemp(prefix=f"gpuqueue-{env.get('GPUQUEUE_JOB_ID', 'job')}-rank{env['RANK']}-")
                 old_job = env.get("GPUQUEUE_JOB_DIR", "")
                 attempt = os.path.join(local, "attempt")
@@ -309,7 +317,9 @@ def _run(ray: Any, placement: dict[str, list[int]], argv: list[str]) -> int:
     signal.signal(signal.SIGINT, on_term)
     host, port = ray.get(actors[0].where.remote(), timeout=120)
     base = {k: v for k, v in os.environ.items() if k not in ("GPUQUEUE_EVENT_FD", "RAY_ADDRESS", "GPUQUEUE_RAY_ADDRESS",
-                                                      "GPUQUEUE_RAY_HEAD", "GPUQUEUE_RAY_DIR")}
+                                                      "GPUQUEUE_RAY_HEAD", "GPUQUEUE_RAY_DIR", NODE_ENV)}
+    # what names the first node's own folders (not what the job's env set): each node's rank gets its own
+    node_local = tuple(sorted(k for k, v in _node_env(os.environ).items() if base.get(k) == v))
     first = next(iter(placement))
     payload = None
     job_dir = os.environ.get("GPUQUEUE_JOB_DIR", "")
@@ -327,7 +337,7 @@ def _run(ray: Any, placement: dict[str, list[int]], argv: list[str]) -> int:
             CUDA_VISIBLE_DEVICES=",".join(str(g) for g in info["gpus"]), GPUQUEUE_RAY_WORKER="1",
         )
         remote = info["node"] != first
-        runs.append(actor.run.remote(argv, env, os.getcwd(), payload_ref if remote else None, remote))
+        runs.append(actor.run.remote(argv, env, os.getcwd(), payload_ref if remote else None, remote, node_local))
     pending, failed = list(runs), None
     while pending:
         done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
@@ -363,6 +373,17 @@ def _run(ray: Any, placement: dict[str, list[int]], argv: list[str]) -> int:
         time.sleep(RAY_LOG_DRAIN_S)  # the ranks' last lines (why they stopped) come to the driver a moment late
         return 1
     return 0
+
+
+def _node_env(environ: Any) -> dict[str, str]:
+    """The :data:`NODE_ENV` of ``environ`` (``{}`` where it has none, or it is not a JSON object of strings)."""
+    try:
+        value = json.loads(environ.get(NODE_ENV) or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): v for k, v in value.items() if isinstance(v, str)}
 
 
 def _tail(ray: Any, actor: Any) -> list[str]:
