@@ -268,6 +268,36 @@ def test_the_owner_is_told_when_a_node_cannot_hold_the_jobs_processes_in_a_cgrou
     wait_until(lambda: not _procs_of(int(uid_line.group(1))), 60, 0.5, "no process of the owner's uid (the mark)")
 
 
+def test_the_owner_is_told_when_a_one_node_attempt_runs_in_no_cgroup(cluster: Cluster) -> None:
+    """No worker can make an attempt cgroup (``cgroup.max.descendants`` 0 on both): a one-node
+    job runs all the same, and its owner reads in the job's log that it runs in no cgroup, why,
+    and what that leaves open (on old code: nothing but the node's worker log)."""
+    c = cluster
+    limits = []
+    for node in ("n1", "n2"):
+        m = re.search(r"a cgroup per attempt under (\S*/gpuqueue/[^/\"\s]+)", c.log(f"worker-{node}"))
+        assert m is not None, c.log(f"worker-{node}")[-2000:]
+        limits.append(Path(m.group(1)) / "cgroup.max.descendants")
+    py, _ = job_python()
+    alice, root = c.client("alice"), c.client("root")
+    for limit in limits:
+        limit.write_text("0")
+    try:
+        job = alice.submit({"kind": "command", "gpus": 1, "retries": 0, "command": [py, "-c", "print('ran')"]})["id"]
+        rec = c.wait_done([job], 120)[job]
+    finally:
+        for limit in limits:
+            limit.write_text("max")
+    assert rec["state"] == "succeeded", (rec.get("error"), logs(root.events(job))[-3000:])
+    said = [line for e in alice.events(job) if (line := message_event_line(e["type"], e["data"]))]
+    told = [line for line in said if "the job's processes are held in no cgroup" in line]
+    assert told in ([f"[gpuqueue] warning: on node {node} the job's processes are held in no cgroup (the worker "
+                     f"cannot make one: Resource temporarily unavailable): its runner still ends them when the "
+                     f"attempt ends, but if the runner is killed together with the node's runner fork server, what "
+                     f"the job started may run on there"] for node in ("n1", "n2")), said
+    assert "ran" in logs(alice.events(job))
+
+
 def test_a_restarted_worker_ends_the_join_cgroups_a_dead_worker_left(tmp_path: Path) -> None:
     """The join cgroups are the worker's attempt cgroups: named apart from the node's own
     attempts, swept with them at a worker's start."""

@@ -423,14 +423,28 @@ class NodeAgent(AttemptTailer):
 
     def _new_cgroup(self, job_id: str, number: int) -> Optional[Path]:
         """The attempt's own cgroup, which its runner enters (None: no cgroups here, or it could
-        not be made: the attempt runs as it would without)."""
+        not be made: the attempt runs as it would without, and its owner is told so)."""
         if self.cgroups is None:
             return None
         try:
             return self.cgroups.create(job_id, number)
         except OSError as e:
             log.warning("attempt %s/%s: cannot make its cgroup (%s); it runs without one", job_id, number, e)
+            self._tell_no_cgroup(job_id, number, f"the worker cannot make one: {e.strerror or e}")
             return None
+
+    def _tell_no_cgroup(self, job_id: str, number: int, why: str) -> None:
+        """Tell the job's owner, in its events (``gpuqueue logs``, the cell), that the attempt runs
+        in no cgroup on this node (``why``: the error's words, never a path of the node's), where
+        every other attempt here has one."""
+        message = (f"on node {self.node} the job's processes are held in no cgroup ({why}): its runner still ends "
+                   f"them when the attempt ends, but if the runner is killed together with the node's runner fork "
+                   f"server, what the job started may run on there")
+        try:
+            self.store.exec([self.store.event_op(job_id, "warning", {"message": message, "node": self.node})],
+                            guards=[self.fence(job_id, number)])
+        except Exception as e:  # noqa: BLE001 - the attempt is over (fenced), or the store away: the log has it
+            log.warning("attempt %s/%s: cannot tell the job that it runs in no cgroup (%s)", job_id, number, e)
 
     def _node_env(self, ident: Optional[Identity]) -> dict[str, str]:
         """The environment of ``ident``'s jobs that names its own folders on this node (made if need
