@@ -306,3 +306,42 @@ def test_a_checkpoint_holding_a_link_or_a_file_not_the_jobs_own_is_told_to_the_j
         what, fix = expected[checkpoint]
         assert what in message and fix in message and "stays on node n1 only" in message, message
     assert [e["shared"] for e in events if e.get("shared")] == [["t/step-000000003"]], events
+
+
+@root_only
+def test_a_refused_program_tells_the_job_nothing_of_another_users_closed_folder(open_root: Path) -> None:
+    """A job's program is refused (EACCES): root looks into why, and the error its owner reads
+    names only what that uid may see. Another user's folder of mode 700 holds a program and a
+    link: the job names them (its first word, its PATH) and learns neither whether a name is there
+    (root's lookup on the job's PATH said "found at" only where it was) nor where a link there
+    leads (root followed it)."""
+    alice = open_root / "alice"  # another user's own folder
+    (alice / "bin").mkdir(parents=True)
+    (alice / "bin" / "tool").write_text("#!/bin/sh\n")
+    (alice / "bin" / "tool").chmod(0o755)
+    os.symlink(alice / "plans-for-the-merger.txt", alice / "notes")
+    for p in (alice, alice / "bin", alice / "bin" / "tool"):
+        os.lchown(p, UID - 1, UID - 1)
+    alice.chmod(0o700)
+    errors = {}
+    for i, (argv, path) in enumerate(((["tool"], f"{alice / 'bin'}:/usr/bin:/bin"),
+                                      (["no-such-tool"], f"{alice / 'bin'}:/usr/bin:/bin"),
+                                      ([str(alice / "notes")], "/usr/bin:/bin"))):
+        paths = prepare_owned(open_root, f"j-{i + 5}", 1, UID, UID)
+        launch = {"argv": argv, "cwd": str(paths.job), "job_dir": str(paths.job), "attempt_dir": str(paths.attempt),
+                  "user": {"name": "bob", "uid": UID, "gid": UID}, "env": {"PATH": path}}
+        (paths.records / "launch.json").write_text(json.dumps(launch))
+        subprocess.run([sys.executable, "-m", "gpuqueue.attempt.runner", str(paths.records)], env=runner_env(),
+                       timeout=60, check=False)
+        events = [json.loads(x) for x in (paths.records / "events.jsonl").read_text().splitlines()]
+        rec = events[-1]["data"]["launch_error"]
+        assert rec["errno"] == errno.EACCES, rec
+        errors[argv[0]] = (launchfail.message(rec), [e["data"]["line"] for e in events if e["type"] == "log"], rec)
+    closed = f"that uid may not enter {alice} (mode 700, owner uid {UID - 1})"
+    for name, (message, _, _) in errors.items():
+        assert closed in message, message
+    # the same words whether the name is in the closed folder or not
+    assert errors["tool"][0].replace("tool", "X") == errors["no-such-tool"][0].replace("no-such-tool", "X")
+    assert f"tool (looked for at {alice / 'bin' / 'tool'}) cannot be run" in errors["tool"][0], errors["tool"][0]
+    for message, lines, rec in errors.values():
+        assert "plans-for-the-merger" not in message + json.dumps(rec) + "".join(lines), (message, rec)
