@@ -24,7 +24,7 @@ from gpuqueue.attempt.jobdir import prepare_owned
 from gpuqueue.attempt.launch import runner_env
 from gpuqueue.attempt.runner import job_event
 from gpuqueue.cluster.redis_store import RedisStore
-from gpuqueue.cluster.shared_root import MAX_DEPTH, MAX_FILES, SharedRoot
+from gpuqueue.cluster.shared_root import MAX_DEPTH, MAX_FILES, MAX_PATH_CHARS, SharedRoot
 from gpuqueue.cluster.worker_uploads import AttemptUploads
 from helpers.servers import RedisServer, wait_until
 
@@ -266,6 +266,42 @@ def test_a_checkpoint_over_the_limits_is_told_to_the_job_with_the_limit_and_the_
     assert f"nested over {MAX_DEPTH} folders deep" in told["deep/step-000000001"]
     assert "fewer levels of folders" in told["deep/step-000000001"]
     assert "stays on node n1 only" in told["deep/step-000000001"]
+
+
+def test_a_checkpoint_of_long_paths_is_told_to_the_job_not_noted_whole_by_root(
+        tmp_path: Path, redis_factory: Callable[..., RedisServer]) -> None:
+    """A checkpoint nested 63 folders of 250 characters deep (within MAX_DEPTH), its files there
+    each of a path of 16 KB: root's walk noted every path before the copy (20,000 such files took
+    the worker 316 MB, and MAX_FILES allows 100,000, in each push of each of the owner's attempts,
+    again at every save: the copy then failed on the long path, and its storage error left the
+    job's other checkpoint uncopied too). Past MAX_PATH_CHARS characters of paths it is refused
+    and the job told why, its other one copied."""
+    job = tmp_path / "job"
+    _complete(job, "t", "step-000000003")
+    _complete(job, "long", "step-000000001")
+    fd = os.open(job / "checkpoints" / "long" / "step-000000001", os.O_RDONLY)
+    try:
+        for _ in range(MAX_DEPTH - 1):
+            os.mkdir("d" * 250, dir_fd=fd)
+            sub = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        for i in range(MAX_PATH_CHARS // (MAX_DEPTH * 251) + 100):
+            os.close(os.open(f"{i:06d}" + "f" * 200, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+    shared = SharedRoot(str(tmp_path / "root"))
+    shared.check()
+    store = RedisStore(redis_factory().url, "gq")
+    up = AttemptUploads(shared, store, "n1", "j-1", 1, job, None, lambda: None, lambda: False)
+    up.request()
+    wait_until(lambda: up.finish({"exit_code": 0}) is not None, 120, 0.1, "the final push")
+    events = [json.loads(op[4]) for op in up.take_ops() if op[0] == "EVENT"]
+    assert [e["shared"] for e in events if e.get("shared")] == [["t/step-000000003"]], events
+    told = [e["message"] for e in events if e.get("checkpoint") == "long/step-000000001"]
+    assert len(told) == 1 and f"take over {MAX_PATH_CHARS:,} characters in all" in told[0], events
+    assert "shorter names and fewer levels of folders" in told[0] and "stays on node n1 only" in told[0]
+    shutil.rmtree(job / "checkpoints" / "long", ignore_errors=True)  # the next tmp cleanup cannot (paths too long)
 
 
 def test_a_checkpoint_holding_a_link_or_a_file_not_the_jobs_own_is_told_to_the_job(

@@ -59,6 +59,11 @@ QUEUE_TAG = "QUEUE"
 CHUNK = 8 * 1024 * 1024
 MAX_DEPTH = 64  # folders a checkpoint may nest (root walks it to push it)
 MAX_FILES = 100_000  # files and folders a checkpoint may hold (root lists each one to push it)
+# characters of the paths (under the checkpoint) of its files and folders in all: root keeps a note
+# of each file's path until the checkpoint is copied (64 folders of 255 characters make a path of
+# 16 KB: 20,000 such files took root's worker 316 MB, 100,000 some 1.6 GB, in each push of each
+# of the owner's attempts at once)
+MAX_PATH_CHARS = 16 * 1024 * 1024
 
 
 class StorageError(RuntimeError):
@@ -74,7 +79,8 @@ class StorageError(RuntimeError):
 
 class Unfit(OSError):
     """A checkpoint the worker does not copy to the root, however often it tries: nested over
-    :data:`MAX_DEPTH` folders, holding over :data:`MAX_FILES` names, or holding a link, a special
+    :data:`MAX_DEPTH` folders, holding over :data:`MAX_FILES` names or paths over
+    :data:`MAX_PATH_CHARS` characters in all, or holding a link, a special
     file, a hard link or (for a job of its own uid) another user's file. ``str()`` is the job's
     own message: what is wrong, and what to do."""
 
@@ -482,8 +488,9 @@ class _Local:
     checkpoint notes them (:class:`CheckpointFile`) and each is opened only when it is copied
     (it held one descriptor per file until the copy was done: a checkpoint of more files than
     the worker's RLIMIT_NOFILE did the same). A checkpoint nested over :data:`MAX_DEPTH` folders
-    (the walk recurses once per level) or holding over :data:`MAX_FILES` files and folders (root
-    keeps a note of each one) is refused: :class:`Unfit`."""
+    (the walk recurses once per level), holding over :data:`MAX_FILES` files and folders (root
+    keeps a note of each one) or whose paths take over :data:`MAX_PATH_CHARS` characters in all
+    (the notes hold them) is refused: :class:`Unfit`."""
 
     def __init__(self, job_dir: Path, uid: Optional[int], gid: Optional[int]):
         self.job_dir, self.uid, self.gid = job_dir, uid, gid
@@ -576,7 +583,7 @@ class _Local:
         raises OSError; a link, a special, hard-linked or foreign file, or a checkpoint over a
         limit, :class:`Unfit`."""
         files: list[CheckpointFile] = []
-        self._walk([CHECKPOINTS, name, step], "", files, [0])
+        self._walk([CHECKPOINTS, name, step], "", files, [0, 0])
         dfd = self._open_dir([CHECKPOINTS, name, step])
         try:
             fd = self._file(dfd, MARKER)
@@ -590,7 +597,7 @@ class _Local:
 
     def _walk(self, names: list[str], rel: str, out: list[CheckpointFile], seen: list[int]) -> None:
         """Note the files under the folder ``names`` (``rel`` under the checkpoint) in ``out``;
-        ``seen[0]``: the names listed so far."""
+        ``seen``: the names listed so far, and the characters of their paths."""
         if rel.count("/") >= MAX_DEPTH:
             raise Unfit(f"its folder {rel} is nested over {MAX_DEPTH} folders deep, the most a checkpoint may be; "
                         f"save it with fewer levels of folders")
@@ -610,6 +617,11 @@ class _Local:
                     continue
                 st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
                 sub = f"{rel}/{entry}" if rel else entry
+                seen[1] += len(sub)
+                if seen[1] > MAX_PATH_CHARS:
+                    raise Unfit(f"the paths of its files and folders take over {MAX_PATH_CHARS:,} characters in all, "
+                                f"the most a checkpoint's may; save it with fewer files, or shorter names and fewer "
+                                f"levels of folders")
                 if stat.S_ISDIR(st.st_mode):
                     subs.append(entry)
                 elif stat.S_ISREG(st.st_mode):
