@@ -381,3 +381,45 @@ def test_a_refused_program_tells_the_job_nothing_of_another_users_closed_folder(
     assert f"tool (looked for at {alice / 'bin' / 'tool'}) cannot be run" in errors["tool"][0], errors["tool"][0]
     for message, lines, rec in errors.values():
         assert "plans-for-the-merger" not in message + json.dumps(rec) + "".join(lines), (message, rec)
+
+
+# the job's own process: once root opens the first file of its checkpoint (inotify), it makes the
+# second one 256 MB (sparse: it costs the job nothing)
+GROW = r'''
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+ino = libc.inotify_init1(0)
+if ino < 0 or libc.inotify_add_watch(ino, sys.argv[1].encode(), 0x20) < 0:  # IN_OPEN
+    sys.exit("no inotify: " + os.strerror(ctypes.get_errno()))
+print("ready", flush=True)
+os.read(ino, 4096)
+os.truncate(sys.argv[2], 256 << 20)
+print("grown", flush=True)
+'''
+
+
+def test_a_checkpoint_file_grown_after_roots_walk_is_not_copied_past_its_counted_size(tmp_path: Path) -> None:
+    """Root's walk notes each file's size (what the per-attempt bound and the owner's
+    max_shared_gb count), and copies the files afterwards: the job makes its second file 256 MB
+    the moment root opens the first. Root copied each file to its end, whatever it had become:
+    a checkpoint counted as 8 MB took 264 MB on the shared root, past the bound of 16 MB (and a
+    file the job kept growing was copied for as long as it grew). Now a file not of the size
+    counted is a change (the copy is given up, the next push looks again)."""
+    job = tmp_path / "job"
+    _complete(job, "t", "step-000000001")
+    step = job / "checkpoints" / "t" / "step-000000001"
+    (step / "a.bin").write_bytes(os.urandom(8 << 20))  # copied first: the job grows b.bin meanwhile
+    (step / "b.bin").write_bytes(b"b")
+    shared = SharedRoot(str(tmp_path / "root"), max_bytes=16 << 20)
+    shared.check()
+    grow = subprocess.Popen([sys.executable, "-c", GROW, str(step / "a.bin"), str(step / "b.bin")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert grow.stdout is not None and grow.stdout.readline().strip() == "ready"
+        shared.push("j-1", job)
+        assert grow.wait(30) == 0
+    finally:
+        grow.kill()
+        grow.wait()
+    on_root = sum(p.stat().st_size for p in (tmp_path / "root").rglob("*") if p.is_file())
+    assert on_root <= 16 << 20, f"{on_root:,} bytes on the shared root"

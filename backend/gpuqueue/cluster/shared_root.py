@@ -319,12 +319,12 @@ class SharedRoot:
                     memo.tagged = True
                 self._remove(dest)  # a stale copy of the same step (a rerun after a resume)
                 with closing(local.open_each(name, step, files)) as each:
-                    for rel, fd in each:
-                        target = f"{dest}/{rel}"
+                    for f, fd in each:
+                        target = f"{dest}/{f.rel}"
                         if self.local:
                             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-                        with os.fdopen(fd, "rb", closefd=False) as src, self.fs.open(target, "wb") as out:
-                            shutil.copyfileobj(src, out, CHUNK)
+                        with self.fs.open(target, "wb") as out:
+                            _copy_counted(fd, out, f)
                 self.fs.pipe_file(f"{dest}/{MARKER}", marker)
             except Changed:  # rotated away while it was copied: its part copy (no marker) goes
                 self._remove(dest)
@@ -443,6 +443,19 @@ class SharedRoot:
 
     def _u(self, path: str) -> str:
         return path if self.local else self.fs.unstrip_protocol(path)
+
+
+def _copy_counted(fd: int, out: Any, f: CheckpointFile) -> None:
+    """Copy the ``f.size`` bytes the walk counted of the job's file ``fd`` to ``out``, no more
+    (the job may grow it meanwhile, a sparse terabyte if it likes: what the bounds counted is
+    what the root gets); :class:`Changed` if it holds fewer now (cut meanwhile)."""
+    done = 0
+    while done < f.size:
+        chunk = os.pread(fd, min(CHUNK, f.size - done), done)
+        if not chunk:
+            raise Changed(f"{f.rel} was cut while it was copied")
+        out.write(chunk)
+        done += len(chunk)
 
 
 def _kind(e: BaseException) -> str:
@@ -641,12 +654,14 @@ class _Local:
         for entry in subs:  # one folder open at a time
             self._walk([*names, entry], f"{rel}/{entry}" if rel else entry, out, seen)
 
-    def open_each(self, name: str, step: str, files: list[CheckpointFile]) -> Generator[tuple[str, int], None, None]:
-        """``(rel, descriptor)`` of each of ``files`` (of :meth:`read_checkpoint`), opened in
+    def open_each(self, name: str, step: str,
+                  files: list[CheckpointFile]) -> Generator[tuple[CheckpointFile, int], None, None]:
+        """``(file, descriptor)`` of each of ``files`` (of :meth:`read_checkpoint`), opened in
         turn and closed when the next is asked for: through its folder's descriptor, without
         following a link, only if it is still the job's own regular file with one link, the
-        very file the walk found (else :class:`Changed`). At most one folder and one file are
-        open at once. Close the iterator (``contextlib.closing``) if not run to its end."""
+        very file the walk found, of the size it found (else :class:`Changed`). At most one
+        folder and one file are open at once. Close the iterator (``contextlib.closing``) if
+        not run to its end."""
         folder: Optional[str] = None
         dfd = -1
         try:
@@ -668,7 +683,9 @@ class _Local:
                     st = os.fstat(fd)
                     if (st.st_dev, st.st_ino) != (f.dev, f.ino):
                         raise Changed(f"{f.rel} is another file")
-                    yield f.rel, fd
+                    if st.st_size != f.size:
+                        raise Changed(f"{f.rel} is of another size")
+                    yield f, fd
                 finally:
                     os.close(fd)
         finally:
