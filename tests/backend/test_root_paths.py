@@ -54,6 +54,18 @@ def test_a_refused_program_through_a_chain_of_links_is_still_recorded(tmp_path: 
     assert rec["stage"] == launchfail.EXEC and rec["errno"] == errno.EACCES and rec["found"] == str(chain)
 
 
+def test_a_path_of_endless_entries_is_looked_into_only_so_far(tmp_path: Path) -> None:
+    """Root looks into a refused program's way one component at a time, as far as the job's uid
+    may (a folder it may not enter is not looked into): over the job's PATH, at most
+    launchfail.MAX_STEPS components in all, so that a PATH of thousands of entries, each through
+    links of thousands of components, cannot hold the runner before it reports the failure."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "tool").write_text("#!/bin/sh\n")
+    entries = ["/usr/no-such/a/b"] * (launchfail.MAX_STEPS // 3 + 1)
+    assert launchfail.find_program("tool", str(tmp_path / "bin"), 0, {0}) == str(tmp_path / "bin" / "tool")
+    assert launchfail.find_program("tool", ":".join([*entries, str(tmp_path / "bin")]), 0, {0}) is None
+
+
 @pytest.fixture
 def open_root() -> Iterator[Path]:
     """A state folder that other uids may traverse (as /var/lib/gpuqueue)."""

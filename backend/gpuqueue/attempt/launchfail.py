@@ -28,6 +28,10 @@ RESUME = "resume"  # the checkpoint its --resume-from JOB_ID names (gpuqueue.que
 
 # errors that the same launch meets again on a retry: a path that is missing, not reachable or
 # not a program. Anything else (ENOMEM, EAGAIN, ENOSPC, EIO, ...) may pass and is retried.
+# components the looks into a refused program's way take in all (find_program over the job's PATH,
+# _way): a PATH of thousands of entries, each through 40 links of thousands of components (the
+# job's own), would hold root's runner for minutes before it reports the launch's failure
+MAX_STEPS = 20_000
 PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.ENOTDIR,
                               errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
 
@@ -56,7 +60,7 @@ def record(stage: str, error: BaseException | str, path: Optional[str] = None,
         found = find_program(path, search_path, rec["uid"], gids)
         if found is not None and os.path.isabs(found):
             rec["found"] = found
-            refused, real = _way(found, rec["uid"], gids)
+            refused, real = _way(found, rec["uid"], gids, [MAX_STEPS])
             if real is not None and real != found:
                 rec["real"] = real
             rec["refused"] = refused
@@ -73,10 +77,13 @@ def find_program(name: str, search_path: Optional[str], uid: Optional[int] = Non
     another user's folder holds)."""
     if "/" in name:
         return name
+    steps = [MAX_STEPS]
     for d in (search_path if search_path is not None else os.environ.get("PATH", os.defpath)).split(os.pathsep):
         p = os.path.join(d or ".", name)
         if uid is not None and os.path.isabs(p):
-            closed, _ = _way(d, uid, gids or set())
+            closed, _ = _way(d, uid, gids or set(), steps)
+            if steps[0] <= 0:  # past MAX_STEPS: nothing more is looked at
+                return None
             if closed is not None and closed["kind"] == "folder":
                 return p
         if os.path.lexists(p):
@@ -101,16 +108,21 @@ def refusal(path: str, uid: int, gids: set[int]) -> Optional[dict[str, Any]]:
     return _way(path, uid, gids)[0]
 
 
-def _way(path: str, uid: int, gids: set[int]) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+def _way(path: str, uid: int, gids: set[int],
+         steps: Optional[list[int]] = None) -> tuple[Optional[dict[str, Any]], Optional[str]]:
     """:func:`refusal` of ``path``, and where ``path`` leads as far as ``uid`` may follow it: its
     links are read, as root, only in folders that uid may enter, so the rest of the way past a
     folder it may not enter is left as the last link it may read named it (the links and names in
-    another user's closed folder are that user's). None for where it leads: over 40 links, or the
-    way cannot be read."""
+    another user's closed folder are that user's). None for where it leads: over 40 links, over
+    ``steps[0]`` components (taken off it), or the way cannot be read."""
     todo = [c for c in path.split("/") if c]
     cur, hops = "/", 0
     try:
         while True:
+            if steps is not None:
+                steps[0] -= 1
+                if steps[0] < 0:
+                    return None, None
             st = os.stat(cur)
             if stat.S_ISDIR(st.st_mode) and not _may(st, uid, gids, 1):
                 return ({"kind": "folder", "path": cur, "mode": f"{st.st_mode & 0o7777:03o}", "owner": st.st_uid},
