@@ -24,7 +24,7 @@ from gpuqueue.attempt.jobdir import prepare_owned
 from gpuqueue.attempt.launch import runner_env
 from gpuqueue.attempt.runner import job_event
 from gpuqueue.cluster.redis_store import RedisStore
-from gpuqueue.cluster.shared_root import MAX_DEPTH, MAX_FILES, SharedRoot
+from gpuqueue.cluster.shared_root import MAX_DEPTH, MAX_FILES, MAX_PATH_CHARS, SharedRoot
 from gpuqueue.cluster.worker_uploads import AttemptUploads
 from helpers.servers import RedisServer, wait_until
 
@@ -52,6 +52,18 @@ def test_a_refused_program_through_a_chain_of_links_is_still_recorded(tmp_path: 
     err = PermissionError(errno.EACCES, "Permission denied", str(chain))
     rec = launchfail.record(launchfail.EXEC, err, user={"name": "ana", "uid": UID, "gid": UID})
     assert rec["stage"] == launchfail.EXEC and rec["errno"] == errno.EACCES and rec["found"] == str(chain)
+
+
+def test_a_path_of_endless_entries_is_looked_into_only_so_far(tmp_path: Path) -> None:
+    """Root looks into a refused program's way one component at a time, as far as the job's uid
+    may (a folder it may not enter is not looked into): over the job's PATH, at most
+    launchfail.MAX_STEPS components in all, so that a PATH of thousands of entries, each through
+    links of thousands of components, cannot hold the runner before it reports the failure."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "tool").write_text("#!/bin/sh\n")
+    entries = ["/usr/no-such/a/b"] * (launchfail.MAX_STEPS // 3 + 1)
+    assert launchfail.find_program("tool", str(tmp_path / "bin"), 0, {0}) == str(tmp_path / "bin" / "tool")
+    assert launchfail.find_program("tool", ":".join([*entries, str(tmp_path / "bin")]), 0, {0}) is None
 
 
 @pytest.fixture
@@ -268,6 +280,42 @@ def test_a_checkpoint_over_the_limits_is_told_to_the_job_with_the_limit_and_the_
     assert "stays on node n1 only" in told["deep/step-000000001"]
 
 
+def test_a_checkpoint_of_long_paths_is_told_to_the_job_not_noted_whole_by_root(
+        tmp_path: Path, redis_factory: Callable[..., RedisServer]) -> None:
+    """A checkpoint nested 63 folders of 250 characters deep (within MAX_DEPTH), its files there
+    each of a path of 16 KB: root's walk noted every path before the copy (20,000 such files took
+    the worker 316 MB, and MAX_FILES allows 100,000, in each push of each of the owner's attempts,
+    again at every save: the copy then failed on the long path, and its storage error left the
+    job's other checkpoint uncopied too). Past MAX_PATH_CHARS characters of paths it is refused
+    and the job told why, its other one copied."""
+    job = tmp_path / "job"
+    _complete(job, "t", "step-000000003")
+    _complete(job, "long", "step-000000001")
+    fd = os.open(job / "checkpoints" / "long" / "step-000000001", os.O_RDONLY)
+    try:
+        for _ in range(MAX_DEPTH - 1):
+            os.mkdir("d" * 250, dir_fd=fd)
+            sub = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = sub
+        for i in range(MAX_PATH_CHARS // (MAX_DEPTH * 251) + 100):
+            os.close(os.open(f"{i:06d}" + "f" * 200, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+    finally:
+        os.close(fd)
+    shared = SharedRoot(str(tmp_path / "root"))
+    shared.check()
+    store = RedisStore(redis_factory().url, "gq")
+    up = AttemptUploads(shared, store, "n1", "j-1", 1, job, None, lambda: None, lambda: False)
+    up.request()
+    wait_until(lambda: up.finish({"exit_code": 0}) is not None, 120, 0.1, "the final push")
+    events = [json.loads(op[4]) for op in up.take_ops() if op[0] == "EVENT"]
+    assert [e["shared"] for e in events if e.get("shared")] == [["t/step-000000003"]], events
+    told = [e["message"] for e in events if e.get("checkpoint") == "long/step-000000001"]
+    assert len(told) == 1 and f"take over {MAX_PATH_CHARS:,} characters in all" in told[0], events
+    assert "shorter names and fewer levels of folders" in told[0] and "stays on node n1 only" in told[0]
+    shutil.rmtree(job / "checkpoints" / "long", ignore_errors=True)  # the next tmp cleanup cannot (paths too long)
+
+
 def test_a_checkpoint_holding_a_link_or_a_file_not_the_jobs_own_is_told_to_the_job(
         tmp_path: Path, redis_factory: Callable[..., RedisServer]) -> None:
     """A complete checkpoint holding a link or a FIFO (and, for a job of its own uid, a hard
@@ -306,3 +354,84 @@ def test_a_checkpoint_holding_a_link_or_a_file_not_the_jobs_own_is_told_to_the_j
         what, fix = expected[checkpoint]
         assert what in message and fix in message and "stays on node n1 only" in message, message
     assert [e["shared"] for e in events if e.get("shared")] == [["t/step-000000003"]], events
+
+
+@root_only
+def test_a_refused_program_tells_the_job_nothing_of_another_users_closed_folder(open_root: Path) -> None:
+    """A job's program is refused (EACCES): root looks into why, and the error its owner reads
+    names only what that uid may see. Another user's folder of mode 700 holds a program and a
+    link: the job names them (its first word, its PATH) and learns neither whether a name is there
+    (root's lookup on the job's PATH said "found at" only where it was) nor where a link there
+    leads (root followed it)."""
+    alice = open_root / "alice"  # another user's own folder
+    (alice / "bin").mkdir(parents=True)
+    (alice / "bin" / "tool").write_text("#!/bin/sh\n")
+    (alice / "bin" / "tool").chmod(0o755)
+    os.symlink(alice / "plans-for-the-merger.txt", alice / "notes")
+    for p in (alice, alice / "bin", alice / "bin" / "tool"):
+        os.lchown(p, UID - 1, UID - 1)
+    alice.chmod(0o700)
+    errors = {}
+    for i, (argv, path) in enumerate(((["tool"], f"{alice / 'bin'}:/usr/bin:/bin"),
+                                      (["no-such-tool"], f"{alice / 'bin'}:/usr/bin:/bin"),
+                                      ([str(alice / "notes")], "/usr/bin:/bin"))):
+        paths = prepare_owned(open_root, f"j-{i + 5}", 1, UID, UID)
+        launch = {"argv": argv, "cwd": str(paths.job), "job_dir": str(paths.job), "attempt_dir": str(paths.attempt),
+                  "user": {"name": "bob", "uid": UID, "gid": UID}, "env": {"PATH": path}}
+        (paths.records / "launch.json").write_text(json.dumps(launch))
+        subprocess.run([sys.executable, "-m", "gpuqueue.attempt.runner", str(paths.records)], env=runner_env(),
+                       timeout=60, check=False)
+        events = [json.loads(x) for x in (paths.records / "events.jsonl").read_text().splitlines()]
+        rec = events[-1]["data"]["launch_error"]
+        assert rec["errno"] == errno.EACCES, rec
+        errors[argv[0]] = (launchfail.message(rec), [e["data"]["line"] for e in events if e["type"] == "log"], rec)
+    closed = f"that uid may not enter {alice} (mode 700, owner uid {UID - 1})"
+    for name, (message, _, _) in errors.items():
+        assert closed in message, message
+    # the same words whether the name is in the closed folder or not
+    assert errors["tool"][0].replace("tool", "X") == errors["no-such-tool"][0].replace("no-such-tool", "X")
+    assert f"tool (looked for at {alice / 'bin' / 'tool'}) cannot be run" in errors["tool"][0], errors["tool"][0]
+    for message, lines, rec in errors.values():
+        assert "plans-for-the-merger" not in message + json.dumps(rec) + "".join(lines), (message, rec)
+
+
+# the job's own process: once root opens the first file of its checkpoint (inotify), it makes the
+# second one 256 MB (sparse: it costs the job nothing)
+GROW = r'''
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+ino = libc.inotify_init1(0)
+if ino < 0 or libc.inotify_add_watch(ino, sys.argv[1].encode(), 0x20) < 0:  # IN_OPEN
+    sys.exit("no inotify: " + os.strerror(ctypes.get_errno()))
+print("ready", flush=True)
+os.read(ino, 4096)
+os.truncate(sys.argv[2], 256 << 20)
+print("grown", flush=True)
+'''
+
+
+def test_a_checkpoint_file_grown_after_roots_walk_is_not_copied_past_its_counted_size(tmp_path: Path) -> None:
+    """Root's walk notes each file's size (what the per-attempt bound and the owner's
+    max_shared_gb count), and copies the files afterwards: the job makes its second file 256 MB
+    the moment root opens the first. Root copied each file to its end, whatever it had become:
+    a checkpoint counted as 8 MB took 264 MB on the shared root, past the bound of 16 MB (and a
+    file the job kept growing was copied for as long as it grew). Now a file not of the size
+    counted is a change (the copy is given up, the next push looks again)."""
+    job = tmp_path / "job"
+    _complete(job, "t", "step-000000001")
+    step = job / "checkpoints" / "t" / "step-000000001"
+    (step / "a.bin").write_bytes(os.urandom(8 << 20))  # copied first: the job grows b.bin meanwhile
+    (step / "b.bin").write_bytes(b"b")
+    shared = SharedRoot(str(tmp_path / "root"), max_bytes=16 << 20)
+    shared.check()
+    grow = subprocess.Popen([sys.executable, "-c", GROW, str(step / "a.bin"), str(step / "b.bin")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert grow.stdout is not None and grow.stdout.readline().strip() == "ready"
+        shared.push("j-1", job)
+        assert grow.wait(30) == 0
+    finally:
+        grow.kill()
+        grow.wait()
+    on_root = sum(p.stat().st_size for p in (tmp_path / "root").rglob("*") if p.is_file())
+    assert on_root <= 16 << 20, f"{on_root:,} bytes on the shared root"

@@ -80,6 +80,20 @@ while len(sys.argv) > 1 and not os.path.exists(sys.argv[1]):
 '''
 
 
+# bob's job leaves a folder of MANY names in the node's /dev/shm (its own memory: the node's tmpfs
+# takes millions), then ends
+MANY = 400_000  # under what one removal call looks at (removal.MAX_WORK: each name is read, then removed)
+LEAVE_MANY = r'''
+import os, sys
+folder = "/dev/shm/gq-many-" + os.environ["GPUQUEUE_JOB_ID"]
+os.mkdir(folder)
+fd = os.open(folder, os.O_RDONLY)
+for i in range(int(sys.argv[1])):
+    os.close(os.open(f"{i}", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+print("made", flush=True)
+'''
+
+
 # alice's job uses the node's temporary folders under fixed names, as programs that ignore TMPDIR
 # do, and a named POSIX shared memory segment; a child of it reads what it wrote in /dev/shm (as a
 # DataLoader worker or another rank of the job does). Bob's job, run at the same time, looks for
@@ -121,7 +135,8 @@ print("still mine", json.dumps(mine == [who] * 4), flush=True)
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     def scripts(c: Cluster) -> None:
-        for name, text in (("alice.py", ALICE), ("bob.py", BOB), ("shm.py", SHM), ("names.py", NAMES)):
+        for name, text in (("alice.py", ALICE), ("bob.py", BOB), ("shm.py", SHM), ("names.py", NAMES),
+                           ("many.py", LEAVE_MANY)):
             (c.root / name).write_text(text)
 
     try:
@@ -181,6 +196,30 @@ def test_what_a_users_jobs_leave_in_shared_memory_goes_once_none_of_them_runs_on
         other.unlink()
         for p in Path("/dev/shm").glob("gq-shm-j-*"):
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+@pytest.mark.parametrize("cluster", [("--private-tmp", "off")], indirect=True)
+def test_what_a_job_leaves_in_shared_memory_holds_no_other_users_launch_while_it_goes(cluster: Cluster) -> None:
+    """Bob's job leaves 400,000 names in the node's /dev/shm. Root removes them once none of his
+    jobs runs on the node (some seconds), under the worker's lock, on its tail thread: every
+    launch on the node (the claim takes the lock), its heartbeats (which the daemon takes for
+    the node's life: a minute without them and every job on it is lost) and every job's live
+    log waited meanwhile, as long as bob's jobs had left names (millions: minutes). Alice's
+    job, submitted once the removal is under way, runs and ends before it is done; and it is done."""
+    c = cluster
+    py, libs = job_python()
+    bob = c.client("bob").submit({"kind": "command", "retries": 0, "command": [py, str(c.root / "many.py"), str(MANY)]})["id"]
+    folder = Path(f"/dev/shm/gq-many-{bob}")
+    try:
+        assert c.wait_done([bob], 120)[bob]["state"] == "succeeded", logs(c.client("bob").events(bob))
+        full = os.stat(folder).st_size  # tmpfs: a folder's size grows with its names
+        wait_until(lambda: not folder.exists() or os.stat(folder).st_size < full, 60, 0.05, "the removal to begin")
+        alice = c.client("alice").submit({"kind": "command", "retries": 0, "command": [py, "-c", "print('hi')"]})["id"]
+        assert c.wait_done([alice], 120)[alice]["state"] == "succeeded", logs(c.client("alice").events(alice))
+        assert folder.exists(), "alice's job waited for the removal of bob's names to end"
+        wait_until(lambda: not folder.exists(), 120, 0.2, "bob's names to go")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _line(text: str, start: str) -> str:

@@ -22,7 +22,7 @@ import pytest
 from gpuqueue.cluster.redis_store import RedisStore
 from gpuqueue.cluster.worker import LocalAttempt, NodeAgent
 from gpuqueue.cluster.worker_sweep import queue_id, tag_job_folder
-from helpers.servers import RedisServer
+from helpers.servers import RedisServer, wait_until
 
 
 @pytest.fixture
@@ -271,3 +271,35 @@ def test_a_job_folder_thousands_of_folders_deep_is_removed(store: RedisStore, tm
         assert (outside / "keep").read_text() == "k"
     finally:  # as an admin would (fts: no recursion); pytest's own clean-up of tmp_path would die of it
         subprocess.run(["rm", "-rf", str(state / "work" / deep)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the folder in /dev/shm is another uid's")
+def test_a_launch_of_the_uid_stops_the_removal_of_what_it_left_in_shared_memory(store: RedisStore) -> None:
+    """What a uid left in /dev/shm goes in a thread of its own (the worker's lock is free
+    meanwhile: a launch claims, a heartbeat is written); a launch of that uid stops it first, so
+    what is left stays for its job, and nothing removes it any more."""
+    uid = 61990
+    agent = NodeAgent(store, "n1", 1, None, Path("/nonexistent-state"))
+    folder = Path(f"/dev/shm/gq-test-stop-{os.getpid()}")
+    folder.mkdir()
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            for i in range(200_000):
+                os.close(os.open(str(i), os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
+        finally:
+            os.close(fd)
+        os.chown(folder, uid, uid)
+        full = os.stat(folder).st_size  # tmpfs: grows with the names
+        agent._remove_shm(uid)
+        wait_until(lambda: os.stat(folder).st_size < full, 30, 0.01, "the removal to begin")
+        with agent._lock:  # free while it runs
+            pass
+        agent._end_shm_removal(uid)  # a launch of the uid
+        assert agent._shm_removals == {}
+        left = os.stat(folder).st_size
+        assert 0 < left < full
+        agent._end_shm_removal(uid)  # none runs: nothing to wait for
+        assert os.stat(folder).st_size == left
+    finally:
+        subprocess.run(["rm", "-rf", str(folder)], check=False)

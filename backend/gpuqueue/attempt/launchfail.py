@@ -18,7 +18,6 @@ import stat
 from typing import Any, Mapping, Optional
 
 from .privtmp import HIDDEN
-from .resolve import resolve_path
 
 # the stages a launch goes through, in order
 IDENTITY = "identity"  # the owner's Unix identity on the node (cluster workers running as root)
@@ -29,6 +28,10 @@ RESUME = "resume"  # the checkpoint its --resume-from JOB_ID names (gpuqueue.que
 
 # errors that the same launch meets again on a retry: a path that is missing, not reachable or
 # not a program. Anything else (ENOMEM, EAGAIN, ENOSPC, EIO, ...) may pass and is retried.
+# components the looks into a refused program's way take in all (find_program over the job's PATH,
+# _way): a PATH of thousands of entries, each through 40 links of thousands of components (the
+# job's own), would hold root's runner for minutes before it reports the launch's failure
+MAX_STEPS = 20_000
 PERMANENT_ERRNOS = frozenset({errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.ENOTDIR,
                               errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG})
 
@@ -54,24 +57,35 @@ def record(stage: str, error: BaseException | str, path: Optional[str] = None,
                            "uid": int(user["uid"]) if user else os.getuid(), "user": str(user["name"]) if user else None}
     if stage == EXEC and num in (errno.EACCES, errno.EPERM) and path:
         gids = {int(user["gid"])} if user and "gid" in user else ({os.getgid(), *os.getgroups()} if not user else set())
-        found = find_program(path, search_path)
+        found = find_program(path, search_path, rec["uid"], gids)
         if found is not None and os.path.isabs(found):
             rec["found"] = found
-            real = resolve_path(found) or found  # None: over 40 links (that exec said ELOOP), ...
-            if real != found:
+            refused, real = _way(found, rec["uid"], gids, [MAX_STEPS])
+            if real is not None and real != found:
                 rec["real"] = real
-            rec["refused"] = refusal(found, rec["uid"], gids)
+            rec["refused"] = refused
     return rec
 
 
-def find_program(name: str, search_path: Optional[str]) -> Optional[str]:
+def find_program(name: str, search_path: Optional[str], uid: Optional[int] = None,
+                 gids: Optional[set[int]] = None) -> Optional[str]:
     """The file that an exec of ``name`` tried first: ``name`` itself if it holds a ``/``, else
     the first entry of ``search_path`` (``os.pathsep``-separated; default: this process's PATH)
-    that holds ``name`` (as this process sees it; None if none does)."""
+    that holds ``name`` (None if none does). ``uid`` (in ``gids``): the job's, for which root
+    looks only where that uid may: an entry it may not search is the one its exec was refused
+    at, whether or not ``name`` is there (root does not look: that would tell the job what
+    another user's folder holds)."""
     if "/" in name:
         return name
+    steps = [MAX_STEPS]
     for d in (search_path if search_path is not None else os.environ.get("PATH", os.defpath)).split(os.pathsep):
         p = os.path.join(d or ".", name)
+        if uid is not None and os.path.isabs(p):
+            closed, _ = _way(d, uid, gids or set(), steps)
+            if steps[0] <= 0:  # past MAX_STEPS: nothing more is looked at
+                return None
+            if closed is not None and closed["kind"] == "folder":
+                return p
         if os.path.lexists(p):
             return p
     return None
@@ -91,13 +105,28 @@ def refusal(path: str, uid: int, gids: set[int]) -> Optional[dict[str, Any]]:
     groups ``gids``) may not pass: ``{"kind": "folder", "path", "mode", "owner"}`` for a folder it
     may not enter, or ``"kind": "file"`` for the program it may not execute; None if none is
     found (or the way cannot be read)."""
+    return _way(path, uid, gids)[0]
+
+
+def _way(path: str, uid: int, gids: set[int],
+         steps: Optional[list[int]] = None) -> tuple[Optional[dict[str, Any]], Optional[str]]:
+    """:func:`refusal` of ``path``, and where ``path`` leads as far as ``uid`` may follow it: its
+    links are read, as root, only in folders that uid may enter, so the rest of the way past a
+    folder it may not enter is left as the last link it may read named it (the links and names in
+    another user's closed folder are that user's). None for where it leads: over 40 links, over
+    ``steps[0]`` components (taken off it), or the way cannot be read."""
     todo = [c for c in path.split("/") if c]
     cur, hops = "/", 0
     try:
         while True:
+            if steps is not None:
+                steps[0] -= 1
+                if steps[0] < 0:
+                    return None, None
             st = os.stat(cur)
             if stat.S_ISDIR(st.st_mode) and not _may(st, uid, gids, 1):
-                return {"kind": "folder", "path": cur, "mode": f"{st.st_mode & 0o7777:03o}", "owner": st.st_uid}
+                return ({"kind": "folder", "path": cur, "mode": f"{st.st_mode & 0o7777:03o}", "owner": st.st_uid},
+                        os.path.normpath(os.path.join(cur, *todo)))
             if not todo:
                 break
             name = todo.pop(0)
@@ -108,17 +137,17 @@ def refusal(path: str, uid: int, gids: set[int]) -> Optional[dict[str, Any]]:
             if os.path.islink(nxt):
                 hops += 1
                 if hops > 40:
-                    return None
+                    return None, None
                 target = os.readlink(nxt)
                 todo = [c for c in target.split("/") if c] + todo
                 cur = "/" if target.startswith("/") else cur
                 continue
             cur = nxt
         if not stat.S_ISDIR(st.st_mode) and not _may(st, uid, gids, 1):
-            return {"kind": "file", "path": cur, "mode": f"{st.st_mode & 0o7777:03o}", "owner": st.st_uid}
+            return {"kind": "file", "path": cur, "mode": f"{st.st_mode & 0o7777:03o}", "owner": st.st_uid}, cur
     except OSError:
-        return None
-    return None
+        return None, None
+    return None, cur
 
 
 def permanent(rec: Optional[Mapping[str, Any]]) -> bool:
@@ -178,10 +207,13 @@ def _in_own_tmp(rec: Mapping[str, Any]) -> str:
 
 
 def _program(rec: Mapping[str, Any]) -> str:
-    """The program as the job named it, with the file it was found at and where that leads."""
+    """The program as the job named it, with the file it was found at (or looked for at, in a
+    folder the job's uid may not enter: ``find_program``) and where that leads."""
     path, found, real = rec.get("path"), rec.get("found"), rec.get("real")
     if found and found != path:
-        return f"{path} (found at {found}" + (f", a link to {real})" if real else ")")
+        closed = (rec.get("refused") or {}).get("path") if (rec.get("refused") or {}).get("kind") == "folder" else None
+        at = "looked for at" if closed and found.startswith(closed.rstrip("/") + "/") else "found at"
+        return f"{path} ({at} {found}" + (f", a link to {real})" if real else ")")
     return f"{path} (a link to {real})" if real else str(path)
 
 

@@ -16,12 +16,14 @@ descriptors of its parent and of the top folder) into the top folder under a fre
 the tree is flattened as it goes (a tree some thousands of folders deep, once left for good:
 ``tests/cluster/test_local_sweep.py``). One call looks at most at :data:`MAX_WORK` names, so it
 ends whatever the owner keeps adding meanwhile; what it leaves is said (:func:`remove_tree`
-returns False) and the next call goes on from there."""
+returns False) and the next call goes on from there; likewise once its ``stop`` is set (between
+two names)."""
 
 from __future__ import annotations
 
 import errno
 import os
+import threading
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -35,16 +37,17 @@ MAX_WORK = 1_000_000  # names one call looks at (listed, unlinked, moved): over 
 BATCH = 1024  # names listed from a folder at a time
 
 
-def remove_tree(path: Path) -> bool:
+def remove_tree(path: Path, stop: Optional[threading.Event] = None) -> bool:
     """Remove ``path`` and all under it, as root, in a folder its owner controls (module
     docstring): no link is followed and nothing but a folder is opened, at any moment. Returns
-    whether ``path`` is gone (a link or file there is unlinked, not followed)."""
+    whether ``path`` is gone (a link or file there is unlinked, not followed). ``stop``, once
+    set: the rest is left."""
     try:
         pfd = os.open(path.parent, PARENT_FLAGS)
     except OSError:
         return not os.path.lexists(path)
     try:
-        remove_at(pfd, path.name)
+        remove_at(pfd, path.name, stop)
         try:
             os.lstat(path.name, dir_fd=pfd)
         except FileNotFoundError:
@@ -56,9 +59,9 @@ def remove_tree(path: Path) -> bool:
         os.close(pfd)
 
 
-def remove_at(dfd: int, name: str) -> None:
+def remove_at(dfd: int, name: str, stop: Optional[threading.Event] = None) -> None:
     """Remove ``name`` in the folder ``dfd`` as :func:`remove_tree` does; what cannot be
-    removed (or is over :data:`MAX_WORK`) is left."""
+    removed (or is over :data:`MAX_WORK`, or comes after ``stop`` is set) is left."""
     try:
         fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
     except OSError as e:
@@ -66,7 +69,7 @@ def remove_at(dfd: int, name: str) -> None:
             _unlink(dfd, name)
         return
     try:
-        _empty(fd)
+        _empty(fd, stop)
     finally:
         os.close(fd)
     try:
@@ -104,15 +107,15 @@ class _Folder:
         return read
 
 
-def _empty(top: int) -> None:
+def _empty(top: int, stop: Optional[threading.Event] = None) -> None:
     """Remove everything in the folder ``top``, depth first, without recursion: at most
     :data:`MAX_HELD` folders under it open at once, a deeper one moved up into ``top``. Each
     turn reads or removes a name (at most :data:`MAX_WORK` in all) or leaves a folder, so it
-    ends however the owner changes the tree meanwhile."""
+    ends however the owner changes the tree meanwhile; and at the turn after ``stop`` is set."""
     work = MAX_WORK
     stack: list[_Folder] = [_Folder(top, "")]
     try:
-        while stack and work > 0:
+        while stack and work > 0 and not (stop is not None and stop.is_set()):
             here = stack[-1]
             work -= here.list_more()
             if not here.pending:

@@ -1,6 +1,7 @@
 """Where a path a job controls leads, for root to look at without following the job's links
 one at a time: :func:`resolve_path`. The runner uses it for the checkpoint paths a job names in
-its events (``runner._inside``), and ``launchfail`` for where a refused program's links lead.
+its events (``runner._inside``). (``launchfail`` follows a refused program's links itself, only
+as far as the job's uid may: it reads no link in a folder that uid may not enter.)
 
 Python 3.11's ``os.path.realpath`` follows any number of links one ``readlink`` at a time,
 recursing once per link: a chain of some thousand links the job made raised RecursionError

@@ -9,13 +9,17 @@ Removal as root in a folder every user may write: each entry is looked at withou
 link, and only one of the uid's own is removed (a folder with what is in it, through
 ``gpuqueue.attempt.removal``, which follows no link, at any depth). The folder's sticky bit keeps any other user
 from renaming another entry into its place meanwhile; the uid's own processes have all ended.
+A job may leave millions of names there (some seconds a million to remove): the worker removes
+them in a thread of their own, which a launch of the uid stops first (``stop``).
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
 from pathlib import Path
+from typing import Optional
 
 import psutil
 
@@ -33,22 +37,25 @@ def uid_runs(uid: int) -> bool:
     return False
 
 
-def remove_owned(uid: int, folder: Path = SHM) -> int:
+def remove_owned(uid: int, folder: Path = SHM, stop: Optional[threading.Event] = None) -> int:
     """Remove every entry of ``folder`` that belongs to ``uid``; the number removed. Entries that
-    go away meanwhile, or that cannot be removed, are left (the next call tries again)."""
+    go away meanwhile, or that cannot be removed, are left (the next call tries again); so is
+    everything once ``stop`` is set (it is looked at between two names)."""
     try:
         names = os.listdir(folder)
     except OSError:
         return 0
     removed = 0
     for name in names:
+        if stop is not None and stop.is_set():
+            break
         path = folder / name
         try:
             st = os.lstat(path)
             if st.st_uid != uid:
                 continue
             if stat.S_ISDIR(st.st_mode):
-                if not remove_tree(path):
+                if not remove_tree(path, stop):
                     continue
             else:
                 os.unlink(path)

@@ -59,6 +59,11 @@ QUEUE_TAG = "QUEUE"
 CHUNK = 8 * 1024 * 1024
 MAX_DEPTH = 64  # folders a checkpoint may nest (root walks it to push it)
 MAX_FILES = 100_000  # files and folders a checkpoint may hold (root lists each one to push it)
+# characters of the paths (under the checkpoint) of its files and folders in all: root keeps a note
+# of each file's path until the checkpoint is copied (64 folders of 255 characters make a path of
+# 16 KB: 20,000 such files took root's worker 316 MB, 100,000 some 1.6 GB, in each push of each
+# of the owner's attempts at once)
+MAX_PATH_CHARS = 16 * 1024 * 1024
 
 
 class StorageError(RuntimeError):
@@ -74,7 +79,8 @@ class StorageError(RuntimeError):
 
 class Unfit(OSError):
     """A checkpoint the worker does not copy to the root, however often it tries: nested over
-    :data:`MAX_DEPTH` folders, holding over :data:`MAX_FILES` names, or holding a link, a special
+    :data:`MAX_DEPTH` folders, holding over :data:`MAX_FILES` names or paths over
+    :data:`MAX_PATH_CHARS` characters in all, or holding a link, a special
     file, a hard link or (for a job of its own uid) another user's file. ``str()`` is the job's
     own message: what is wrong, and what to do."""
 
@@ -313,12 +319,12 @@ class SharedRoot:
                     memo.tagged = True
                 self._remove(dest)  # a stale copy of the same step (a rerun after a resume)
                 with closing(local.open_each(name, step, files)) as each:
-                    for rel, fd in each:
-                        target = f"{dest}/{rel}"
+                    for f, fd in each:
+                        target = f"{dest}/{f.rel}"
                         if self.local:
                             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-                        with os.fdopen(fd, "rb", closefd=False) as src, self.fs.open(target, "wb") as out:
-                            shutil.copyfileobj(src, out, CHUNK)
+                        with self.fs.open(target, "wb") as out:
+                            _copy_counted(fd, out, f)
                 self.fs.pipe_file(f"{dest}/{MARKER}", marker)
             except Changed:  # rotated away while it was copied: its part copy (no marker) goes
                 self._remove(dest)
@@ -439,6 +445,19 @@ class SharedRoot:
         return path if self.local else self.fs.unstrip_protocol(path)
 
 
+def _copy_counted(fd: int, out: Any, f: CheckpointFile) -> None:
+    """Copy the ``f.size`` bytes the walk counted of the job's file ``fd`` to ``out``, no more
+    (the job may grow it meanwhile, a sparse terabyte if it likes: what the bounds counted is
+    what the root gets); :class:`Changed` if it holds fewer now (cut meanwhile)."""
+    done = 0
+    while done < f.size:
+        chunk = os.pread(fd, min(CHUNK, f.size - done), done)
+        if not chunk:
+            raise Changed(f"{f.rel} was cut while it was copied")
+        out.write(chunk)
+        done += len(chunk)
+
+
 def _kind(e: BaseException) -> str:
     """What went wrong, without the paths an error's text may name: the system error (No space
     left on device), else the error's type."""
@@ -482,8 +501,9 @@ class _Local:
     checkpoint notes them (:class:`CheckpointFile`) and each is opened only when it is copied
     (it held one descriptor per file until the copy was done: a checkpoint of more files than
     the worker's RLIMIT_NOFILE did the same). A checkpoint nested over :data:`MAX_DEPTH` folders
-    (the walk recurses once per level) or holding over :data:`MAX_FILES` files and folders (root
-    keeps a note of each one) is refused: :class:`Unfit`."""
+    (the walk recurses once per level), holding over :data:`MAX_FILES` files and folders (root
+    keeps a note of each one) or whose paths take over :data:`MAX_PATH_CHARS` characters in all
+    (the notes hold them) is refused: :class:`Unfit`."""
 
     def __init__(self, job_dir: Path, uid: Optional[int], gid: Optional[int]):
         self.job_dir, self.uid, self.gid = job_dir, uid, gid
@@ -576,7 +596,7 @@ class _Local:
         raises OSError; a link, a special, hard-linked or foreign file, or a checkpoint over a
         limit, :class:`Unfit`."""
         files: list[CheckpointFile] = []
-        self._walk([CHECKPOINTS, name, step], "", files, [0])
+        self._walk([CHECKPOINTS, name, step], "", files, [0, 0])
         dfd = self._open_dir([CHECKPOINTS, name, step])
         try:
             fd = self._file(dfd, MARKER)
@@ -590,7 +610,7 @@ class _Local:
 
     def _walk(self, names: list[str], rel: str, out: list[CheckpointFile], seen: list[int]) -> None:
         """Note the files under the folder ``names`` (``rel`` under the checkpoint) in ``out``;
-        ``seen[0]``: the names listed so far."""
+        ``seen``: the names listed so far, and the characters of their paths."""
         if rel.count("/") >= MAX_DEPTH:
             raise Unfit(f"its folder {rel} is nested over {MAX_DEPTH} folders deep, the most a checkpoint may be; "
                         f"save it with fewer levels of folders")
@@ -610,6 +630,11 @@ class _Local:
                     continue
                 st = os.stat(entry, dir_fd=dfd, follow_symlinks=False)
                 sub = f"{rel}/{entry}" if rel else entry
+                seen[1] += len(sub)
+                if seen[1] > MAX_PATH_CHARS:
+                    raise Unfit(f"the paths of its files and folders take over {MAX_PATH_CHARS:,} characters in all, "
+                                f"the most a checkpoint's may; save it with fewer files, or shorter names and fewer "
+                                f"levels of folders")
                 if stat.S_ISDIR(st.st_mode):
                     subs.append(entry)
                 elif stat.S_ISREG(st.st_mode):
@@ -629,12 +654,14 @@ class _Local:
         for entry in subs:  # one folder open at a time
             self._walk([*names, entry], f"{rel}/{entry}" if rel else entry, out, seen)
 
-    def open_each(self, name: str, step: str, files: list[CheckpointFile]) -> Generator[tuple[str, int], None, None]:
-        """``(rel, descriptor)`` of each of ``files`` (of :meth:`read_checkpoint`), opened in
+    def open_each(self, name: str, step: str,
+                  files: list[CheckpointFile]) -> Generator[tuple[CheckpointFile, int], None, None]:
+        """``(file, descriptor)`` of each of ``files`` (of :meth:`read_checkpoint`), opened in
         turn and closed when the next is asked for: through its folder's descriptor, without
         following a link, only if it is still the job's own regular file with one link, the
-        very file the walk found (else :class:`Changed`). At most one folder and one file are
-        open at once. Close the iterator (``contextlib.closing``) if not run to its end."""
+        very file the walk found, of the size it found (else :class:`Changed`). At most one
+        folder and one file are open at once. Close the iterator (``contextlib.closing``) if
+        not run to its end."""
         folder: Optional[str] = None
         dfd = -1
         try:
@@ -656,7 +683,9 @@ class _Local:
                     st = os.fstat(fd)
                     if (st.st_dev, st.st_ino) != (f.dev, f.ino):
                         raise Changed(f"{f.rel} is another file")
-                    yield f.rel, fd
+                    if st.st_size != f.size:
+                        raise Changed(f"{f.rel} is of another size")
+                    yield f, fd
                 finally:
                     os.close(fd)
         finally:

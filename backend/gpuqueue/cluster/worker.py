@@ -109,6 +109,8 @@ class NodeAgent(AttemptTailer):
         self._launching: dict[str, int] = {}
         self._sweeping: set[str] = set()
         self._swept = threading.Condition(self._lock)
+        self._shm_removals: dict[int, threading.Event] = {}  # AttemptTailer._remove_shm
+        self._shm_removed = threading.Condition(self._lock)
         self._launches: "queue.Queue[tuple[dict[str, Any], Future[str]]]" = queue.Queue()
         self._stop = threading.Event()
         self._tail_wake = threading.Event()
@@ -355,6 +357,8 @@ class NodeAgent(AttemptTailer):
         job_id, number = msg["job_id"], int(msg["attempt"])
         spec = JobSpec.model_validate(msg["spec"])
         ident = self._identity(job_id)
+        if ident is not None:  # what its uid left in /dev/shm stays from now on: the job may use it
+            self._end_shm_removal(ident.uid)
         paths = attempt_paths(self.state_dir, job_id, number, split=ident is not None)
         payload: Optional[bytes] = None
         if spec.kind == "cell":

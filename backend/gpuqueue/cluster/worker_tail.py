@@ -90,6 +90,10 @@ class AttemptTailer:
     _lock: threading.Lock
     _stop: threading.Event
     _tail_wake: threading.Event
+    # uid -> the stop of the removal of what it left in /dev/shm, while one runs (_remove_shm);
+    # _shm_removed (on _lock) is notified as one ends
+    _shm_removals: dict[int, threading.Event]
+    _shm_removed: threading.Condition
 
     def fence(self, job_id: str, number: int) -> tuple[str, str]:
         """The guard every write of this attempt carries."""
@@ -316,18 +320,38 @@ class AttemptTailer:
 
     def _remove_shm(self, uid: int) -> None:
         """Remove what a dynamic ``uid`` left in ``/dev/shm`` once no attempt of it runs here,
-        none is being launched and no process of it runs on the node (``gpuqueue.attempt.shm``;
-        the removal is under the lock that a launch takes to be listed, so no job that starts
-        meanwhile loses what it made there)."""
+        none is being launched and no process of it runs on the node (``gpuqueue.attempt.shm``),
+        in a thread of its own: a job may leave millions of names there, some seconds a million,
+        and this thread's loop and the worker's lock (every launch of the node, its heartbeats)
+        waited for them all. A launch of ``uid`` meanwhile stops it first
+        (:meth:`_end_shm_removal`), so no job that starts loses what it makes there; the rest
+        goes at the uid's next end here."""
         with self._lock:
-            if self._busy(uid):
+            if self._busy(uid) or uid in self._shm_removals:
                 return
-        if shm.uid_runs(uid):
-            return
+            stop = self._shm_removals[uid] = threading.Event()
+        threading.Thread(target=self._shm_removal, args=(uid, stop), name=f"shm-{uid}", daemon=True).start()
+
+    def _shm_removal(self, uid: int, stop: threading.Event) -> None:
+        try:
+            removed = 0 if shm.uid_runs(uid) else shm.remove_owned(uid, stop=stop)
+            if removed:
+                log.info("uid %s: removed the %d entries its jobs left in %s", uid, removed, shm.SHM)
+        finally:
+            with self._lock:
+                del self._shm_removals[uid]
+                self._shm_removed.notify_all()
+
+    def _end_shm_removal(self, uid: int) -> None:
+        """Before a job of ``uid`` starts here: stop the removal of what the uid left in
+        ``/dev/shm`` if one runs, and wait until it has (it looks between two names)."""
         with self._lock:
-            removed = 0 if self._busy(uid) else shm.remove_owned(uid)
-        if removed:
-            log.info("uid %s: removed the %d entries its jobs left in %s", uid, removed, shm.SHM)
+            stop = self._shm_removals.get(uid)
+            if stop is None:
+                return
+            stop.set()
+            while uid in self._shm_removals:
+                self._shm_removed.wait()
 
     def _busy(self, uid: int) -> bool:
         """Whether an attempt is being launched here, or one of ``uid`` runs (hold the lock)."""
