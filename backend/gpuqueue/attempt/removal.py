@@ -14,7 +14,7 @@ A tree of any depth is removed without recursion and with at most :data:`MAX_HEL
 open: a folder met deeper than that is renamed (within the tree's file system, through the
 descriptors of its parent and of the top folder) into the top folder under a fresh name, so
 the tree is flattened as it goes (a tree some thousands of folders deep, once left for good:
-``tests/cluster/test_local_sweep.py``). One call looks at most at :data:`MAX_WORK` names, so it
+``tests/cluster/test_local_sweep.py``). One call takes at most :data:`MAX_WORK` steps (listing a name, removing it), so it
 ends whatever the owner keeps adding meanwhile; what it leaves is said (:func:`remove_tree`
 returns False) and the next call goes on from there; likewise once its ``stop`` is set (between
 two names)."""
@@ -33,7 +33,8 @@ from typing import Optional
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 PARENT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC  # the folder root names (/tmp, <state>/work, ...)
 MAX_HELD = 32  # folders below the top one held open at once; a deeper one is moved up to the top
-MAX_WORK = 1_000_000  # names one call looks at (listed, unlinked, moved): over it, the rest is left for the next
+MAX_WORK = 1_000_000  # steps of one call, each name listed and each name unlinked or moved counting one (so about
+# 500,000 names are removed a call): over it, the rest is left for the next
 BATCH = 1024  # names listed from a folder at a time
 
 
