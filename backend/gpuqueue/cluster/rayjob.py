@@ -14,9 +14,11 @@ ranks on a Ray cluster made for that attempt alone:
   --head`` (``gpuqueue.job.raynodes``).
 * Other nodes: the daemon sends each a ``ray_join`` message; its worker makes the same private
   folder and token, waits (``JOIN_WAIT_S``) for the head's address and starts ``ray start
-  --address`` under the owner's identity with the node's ``gpuqueue-node-<name>`` resource, its
-  ``TMPDIR`` the identity's folder on this node and ``GPUQUEUE_NODE_ENV`` this node's: the job's
-  ranks here take those values of the node's in place of the first node's (``gpuqueue.job.raynodes``).
+  --address`` under the owner's identity with the node's ``gpuqueue-node-<name>`` resource and
+  ``GPUQUEUE_NODE_ENV`` this node's: the job's ranks here take those values of the node's in place
+  of the first node's, and make their scratch folders in that ``TMPDIR`` (``gpuqueue.job.raynodes``;
+  Ray's own processes keep the job's /tmp, as before: with that TMPDIR set for them too, two CI
+  runs saw a raylet crash at start, the cause not found).
   Where the worker makes attempt cgroups (``gpuqueue.attempt.cgroup``), it makes one for this
   part of the attempt (``join-<job>-<attempt>``, beside its own attempts' ``job-...``) and the
   child that starts Ray enters it as the worker's user (root), before it becomes the owner and
@@ -78,7 +80,7 @@ from ..attempt.cgroup import AttemptCgroups, end as end_cgroup, enter as enter_c
 from ..attempt.identity import Identity
 from ..attempt.launch import package_root
 from ..attempt.removal import remove_tree
-from ..job.raynodes import NODE_ENV, node_resource
+from ..job.raynodes import NODE_ENV, agent_port_args, node_resource
 from .forkserver import die_with_parent
 from .rayfiles import log_tail, open_log, remove_scratch
 from .redis_store import RedisStore
@@ -475,9 +477,8 @@ class RayNodes:
         own namespaces (``privtmp.exec_as``), where ``folder`` is ``inside``. ``cgroup``: the
         join's, which the child enters as the worker's user, before it becomes the owner and
         before it execs, so that every process it starts is born there. ``here``: the identity's
-        :data:`NODE_ENV` on this node; its ``TMPDIR`` is the TMPDIR of every process of the job's
-        Ray here (the ranks' scratch folders among them), and the job's ranks here take from it what
-        the job got on its first node (``gpuqueue.job.raynodes``)."""
+        :data:`NODE_ENV` on this node: the job's ranks here take from it what the job got on its
+        first node, and make their scratch folders in its ``TMPDIR`` (``gpuqueue.job.raynodes``)."""
         here = here or {}
         spec = msg.get("spec") or {}
         user_env = spec.get("env") or {}
@@ -486,11 +487,11 @@ class RayNodes:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": path, "HOME": str(inside),
                "USER": (ident.account or ident.user) if ident else os.environ.get("USER", ""),
                "LANG": os.environ.get("LANG", "C.UTF-8"), **RAY_ENV,
-               "RAY_AUTH_TOKEN_PATH": str(inside / "token"), MARK: str(inside), NODE_ENV: json.dumps(here),
-               **({"TMPDIR": here["TMPDIR"]} if "TMPDIR" in here else {})}
+               "RAY_AUTH_TOKEN_PATH": str(inside / "token"), MARK: str(inside), NODE_ENV: json.dumps(here)}
         argv = [python, "-m", "ray.scripts.scripts", "start", "--block", "--disable-usage-stats", "--address", address,
                 "--node-ip-address", node_ip(self.store), "--num-gpus", str(len(msg.get("devices") or [])),
-                "--resources", json.dumps({node_resource(self.node): 1}), "--temp-dir", str(inside / "ray")]
+                "--resources", json.dumps({node_resource(self.node): 1}), *agent_port_args(),
+                "--temp-dir", str(inside / "ray")]
         become: Optional[tuple[int, int]] = None  # the owner's (uid, gid), taken in the child
         if ident is not None and own is not None:  # it enters the namespaces as root, then becomes the owner
             argv = [sys.executable, "-I", "-c", privtmp.EXEC_AS % package_root(), own[0], str(own[1]), str(ident.uid),

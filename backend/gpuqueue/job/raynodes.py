@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from typing import Any, Optional
@@ -115,7 +116,9 @@ def _rank_actor() -> Any:
             if scratch:  # a rank on another node: the job folder is on the first node's disk
                 here = _node_env(os.environ)  # its own folders on this node (NODE_ENV)
                 env.update({k: here[k] for k in node_local if k in here})
-                local = tempfile.mkdtemp(prefix=f"gpuqueue-{env.get('GPUQUEUE_JOB_ID', 'job')}-rank{env['RANK']}-")
+                tmp = here.get("TMPDIR")
+                local = tempfile.mkdtemp(prefix=f"gpuqueue-{env.get('GPUQUEUE_JOB_ID', 'job')}-rank{env['RANK']}-",
+                                         dir=tmp if tmp and os.path.isdir(tmp) else None)
                 old_job = env.get("GPUQUEUE_JOB_DIR", "")
                 attempt = os.path.join(local, "attempt")
                 os.mkdir(attempt)
@@ -223,12 +226,29 @@ def _start_head(address: str, placement: dict[str, list[int]]) -> Any:
     argv = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", "--disable-usage-stats",
             "--port", port, "--node-ip-address", ip, "--num-gpus", str(len(placement[first])),
             "--resources", json.dumps({node_resource(first): 1}), "--include-dashboard", "false", "--no-monitor",
-            *_client_server_args(), "--temp-dir", os.path.join(folder, "ray")]
+            *_client_server_args(), *agent_port_args(), "--temp-dir", os.path.join(folder, "ray")]
     env = dict(os.environ, HOME=os.environ.get("HOME") or folder)
     env.pop("GPUQUEUE_EVENT_FD", None)
     with open(os.path.join(folder, "ray-head.log"), "wb") as out:
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGKILL))
+
+
+def agent_port_args() -> list[str]:
+    """``ray start`` arguments that give the node's Ray agents ports picked here (free now).
+    Left to pick their own, the agents write them to files the raylet waits for at most 15 s;
+    on a loaded node an agent is late and the raylet dies at start (``Timed out waiting for
+    file .../metrics_agent_port_...``; ray-project/ray#65983), seen in this project's CI."""
+    socks = [socket.socket() for _ in range(4)]
+    try:
+        for s in socks:  # all bound at once: four different ports
+            s.bind(("", 0))
+        grpc, listen, metrics, runtime_env = (str(s.getsockname()[1]) for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+    return ["--dashboard-agent-grpc-port", grpc, "--dashboard-agent-listen-port", listen,
+            "--metrics-export-port", metrics, "--runtime-env-agent-port", runtime_env]
 
 
 def _client_server_args() -> list[str]:
