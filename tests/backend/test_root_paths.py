@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import pytest
 
@@ -145,6 +145,19 @@ def test_a_job_cannot_hold_root_s_runner_from_its_kill_with_links_to_resolve(ope
     assert ended["stop_reason"] == "cancelled" and ended["exit_code"] == -signal.SIGKILL
 
 
+def _final_push(tmp_path: Path, redis_factory: Callable[..., RedisServer], job: Path,
+                uid: Optional[int] = None) -> list[dict]:
+    """The events of an attempt's final push of ``job``'s checkpoints to a fresh shared root (as
+    node n1's worker makes it, for ``uid``'s job), in the order the job's owner reads them."""
+    shared = SharedRoot(str(tmp_path / "root"))
+    shared.check()
+    store = RedisStore(redis_factory().url, "gq")
+    up = AttemptUploads(shared, store, "n1", "j-1", 1, job, uid, lambda: None, lambda: False)
+    up.request()
+    wait_until(lambda: up.finish({"exit_code": 0}) is not None, 120, 0.1, "the final push")
+    return [json.loads(op[4]) for op in up.take_ops() if op[0] == "EVENT"]
+
+
 def _complete(job: Path, name: str, step: str) -> None:
     d = job / "checkpoints" / name / step
     d.mkdir(parents=True)
@@ -262,13 +275,7 @@ def test_a_checkpoint_over_the_limits_is_told_to_the_job_with_the_limit_and_the_
         os.close(fd)
     _complete(job, "deep", "step-000000001")
     (job / "checkpoints" / "deep" / "step-000000001").joinpath(*["d"] * (MAX_DEPTH + 1)).mkdir(parents=True)
-    shared = SharedRoot(str(tmp_path / "root"))
-    shared.check()
-    store = RedisStore(redis_factory().url, "gq")
-    up = AttemptUploads(shared, store, "n1", "j-1", 1, job, None, lambda: None, lambda: False)
-    up.request()
-    wait_until(lambda: up.finish({"exit_code": 0}) is not None, 120, 0.1, "the final push")
-    events = [json.loads(op[4]) for op in up.take_ops() if op[0] == "EVENT"]
+    events = _final_push(tmp_path, redis_factory, job)
     assert [e["shared"] for e in events if e.get("shared")] == [["t/step-000000003"]], events
     told = {e["checkpoint"]: e["message"] for e in events if e.get("storage_limit")}
     assert sorted(e["checkpoint"] for e in events if e.get("storage_limit")) == sorted(told) == [
@@ -302,13 +309,7 @@ def test_a_checkpoint_of_long_paths_is_told_to_the_job_not_noted_whole_by_root(
             os.close(os.open(f"{i:06d}" + "f" * 200, os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd))
     finally:
         os.close(fd)
-    shared = SharedRoot(str(tmp_path / "root"))
-    shared.check()
-    store = RedisStore(redis_factory().url, "gq")
-    up = AttemptUploads(shared, store, "n1", "j-1", 1, job, None, lambda: None, lambda: False)
-    up.request()
-    wait_until(lambda: up.finish({"exit_code": 0}) is not None, 120, 0.1, "the final push")
-    events = [json.loads(op[4]) for op in up.take_ops() if op[0] == "EVENT"]
+    events = _final_push(tmp_path, redis_factory, job)
     assert [e["shared"] for e in events if e.get("shared")] == [["t/step-000000003"]], events
     told = [e["message"] for e in events if e.get("checkpoint") == "long/step-000000001"]
     assert len(told) == 1 and f"take over {MAX_PATH_CHARS:,} characters in all" in told[0], events
@@ -341,13 +342,7 @@ def test_a_checkpoint_holding_a_link_or_a_file_not_the_jobs_own_is_told_to_the_j
         (job / "checkpoints" / "foreign" / "step-000000001" / "root.pt").write_bytes(b"root's")
         expected["hard/step-000000001"] = ("copy.pt is a hard link (2 names)", "save a copy of it there")
         expected["foreign/step-000000001"] = ("root.pt is not the job's own", "save a copy of it there")
-    shared = SharedRoot(str(tmp_path / "root"))
-    shared.check()
-    store = RedisStore(redis_factory().url, "gq")
-    up = AttemptUploads(shared, store, "n1", "j-1", 1, job, uid, lambda: None, lambda: False)
-    up.request()
-    wait_until(lambda: up.finish({"exit_code": 0}) is not None, 120, 0.1, "the final push")
-    events = [json.loads(op[4]) for op in up.take_ops() if op[0] == "EVENT"]
+    events = _final_push(tmp_path, redis_factory, job, uid)
     told = [(e["checkpoint"], e["message"]) for e in events if e.get("storage_limit")]
     assert sorted(c for c, _ in told) == sorted(expected), events  # each told once
     for checkpoint, message in told:

@@ -17,8 +17,8 @@ ranks on a Ray cluster made for that attempt alone:
   --address`` under the owner's identity with the node's ``gpuqueue-node-<name>`` resource and
   ``GPUQUEUE_NODE_ENV`` this node's: the job's ranks here take those values of the node's in place
   of the first node's, and make their scratch folders in that ``TMPDIR`` (``gpuqueue.job.raynodes``;
-  Ray's own processes keep the job's /tmp, as before: with that TMPDIR set for them too, two CI
-  runs saw a raylet crash at start, the cause not found).
+  Ray's own processes keep the job's /tmp). The agents' ports are picked here too
+  (``agent_port_args``).
   Where the worker makes attempt cgroups (``gpuqueue.attempt.cgroup``), it makes one for this
   part of the attempt (``join-<job>-<attempt>``, beside its own attempts' ``job-...``) and the
   child that starts Ray enters it as the worker's user (root), before it becomes the owner and
