@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 import psutil
 import pytest
@@ -273,3 +273,72 @@ def test_a_node_that_does_not_join_fails_the_attempt_with_a_message_and_the_head
         wait_until(lambda: not marked(), 30, 0.5, "the job's Ray head and its processes ended")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _agent_of(start: psutil.Process) -> Optional[psutil.Process]:
+    """The dashboard agent under a ``ray start`` process (not the raylet, whose command line names
+    the agent's too)."""
+    for p in start.children(recursive=True):
+        try:
+            argv = p.cmdline()
+            if argv and "raylet" not in argv[0] and any(a.endswith("dashboard/agent.py") for a in argv):
+                return p
+        except psutil.Error:
+            continue
+    return None
+
+
+@needs_root
+@pytest.mark.parametrize("role", ["--address", "--head"])
+def test_a_nodes_ray_whose_agent_is_late_at_start_is_started_again_and_the_job_runs(cluster: Cluster,
+                                                                                     role: str) -> None:
+    """Ray's raylet waits at most 15 s for its dashboard agent's port file and dies when the agent
+    is late, as it is on a loaded node (this project's CI: 'Timed out waiting for file
+    .../dashboard_agent_listen_port_...'). The first agent of one node's Ray (the join's, or the
+    head's) is held stopped: that node's Ray is started again and both ranks of the job run."""
+    c = cluster
+    py, libs = job_python()
+    backend = str(Path(__file__).resolve().parents[2] / "backend")
+    env = {"PYTHONPATH": os.pathsep.join([backend, libs])}
+    root = c.client("root")
+    marks = c.root / "marks" / "ranks.txt"
+    job = c.client("alice").submit({"kind": "command", "gpus": 2, "nodes": 2, "retries": 0, "python": py, "env": env,
+                                    "command": [py, str(c.root / "ranks.py"), "600", str(marks)]})["id"]
+    alice = wait_until(lambda: re.search(rf"attempt {job}/1 started: .* as uid (\d+)", c.log("worker-n1") +
+                                         c.log("worker-n2")), 60, 0.2, "the attempt started")
+    uid = int(alice.group(1))
+
+    def late_agent() -> Optional[psutil.Process]:
+        for p in _procs_of(uid):
+            try:
+                argv = p.cmdline()
+            except psutil.Error:
+                continue
+            if "ray.scripts.scripts" in argv and role in argv:
+                agent = _agent_of(p)
+                if agent is not None:
+                    agent.suspend()
+                    return agent
+        return None
+
+    held = wait_until(late_agent, 90, 0.05, f"the dashboard agent of the {role} node's Ray")
+
+    def both_up() -> object:
+        j = root.get(job)
+        if j["state"] in ("failed", "succeeded", "cancelled"):
+            raise AssertionError(f"{j['state']}: {j.get('error')}\n{logs(root.events(job))[-3000:]}\n"
+                                 f"{c.log('worker-n1')[-2000:]}\n{c.log('worker-n2')[-2000:]}")
+        return len(_seen(marks.read_text() if marks.exists() else "")) == 2
+
+    try:
+        wait_until(both_up, 300, 0.5, "both ranks up")
+    finally:
+        try:
+            held.kill()
+        except psutil.Error:
+            pass
+    said = logs(root.events(job)) if role == "--head" else c.log("worker-n1") + c.log("worker-n2")
+    assert "starting it again (an agent of Ray late at start, on a loaded node, ends its raylet)" in said, said[-3000:]
+    root.cancel(job)
+    assert c.wait_done([job], 60)[job]["state"] == "cancelled"
+    wait_until(lambda: not _procs_of(uid), 60, 0.5, "no process of the owner's uid")

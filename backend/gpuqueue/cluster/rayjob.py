@@ -18,7 +18,8 @@ ranks on a Ray cluster made for that attempt alone:
   ``GPUQUEUE_NODE_ENV`` this node's: the job's ranks here take those values of the node's in place
   of the first node's, and make their scratch folders in that ``TMPDIR`` (``gpuqueue.job.raynodes``;
   Ray's own processes keep the job's /tmp). The agents' ports are picked here too
-  (``agent_port_args``).
+  (``agent_port_args``), and a ``ray start`` that exits within the wait is started again
+  (:data:`RESTART_NOTE`), as the launcher starts its head again.
   Where the worker makes attempt cgroups (``gpuqueue.attempt.cgroup``), it makes one for this
   part of the attempt (``join-<job>-<attempt>``, beside its own attempts' ``job-...``) and the
   child that starts Ray enters it as the worker's user (root), before it becomes the owner and
@@ -58,6 +59,7 @@ store. Another user's job that reaches the head's port has no token and is refus
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -87,7 +89,14 @@ from .redis_store import RedisStore
 
 log = logging.getLogger("gpuqueue.worker")
 
-JOIN_WAIT_S = float(os.environ.get("GPUQUEUE_RAY_JOIN_WAIT_S", "60"))  # a join waits this long for the head
+# a join waits this long for the head, and the launcher as long for every node to join; a join's Ray
+# that exits meanwhile is started again (RESTART_NOTE)
+JOIN_WAIT_S = float(os.environ.get("GPUQUEUE_RAY_JOIN_WAIT_S", "120"))
+# Ray's raylet waits at most 15 s for its dashboard agent to write the port it listens on, even
+# where that port was given (``--dashboard-agent-listen-port`` is not passed on to the raylet), and
+# dies at start when the agent is late, as it is on a loaded node (ray-project/ray#65983; seen in
+# this project's CI). Nothing of the job ran there yet, so the node's Ray is started again.
+RESTART_NOTE = "starting it again (an agent of Ray late at start, on a loaded node, ends its raylet)"
 MARK = "GPUQUEUE_RAY_DIR"  # in the environment of every process of the job's Ray on a node
 # Ray's settings for every process of a job's own Ray, on every node: token authentication, no
 # usage report, and no Prometheus metrics export (the dashboard agent's metrics port, where Ray
@@ -269,12 +278,14 @@ class RayNodes:
 
     def _watch(self, job_id: str, attempt: int, head: str, folder: Path, inside: Path, uid: int,
                proc: Optional[subprocess.Popen[bytes]] = None, cgroup: Optional[Path] = None,
-               tmps: tuple[Path, ...] = ()) -> None:
+               tmps: tuple[Path, ...] = (),
+               restart: Optional[tuple[Callable[[], subprocess.Popen[bytes]], float]] = None) -> None:
         """Until the attempt is over here, then end its Ray processes on this node (all of
         ``cgroup``, the join's, at once; then what carries the mark) and remove the folder (and the
         scratch folders its ranks left in ``tmps``, the job's ``/tmp`` on this node). Runs
         in the thread that started ``proc``: its death signal (``PR_SET_PDEATHSIG``) comes when
-        that thread ends."""
+        that thread ends. ``restart`` (start ``proc`` again, until when): a join's ``ray start``
+        that exits before then is started again (:data:`RESTART_NOTE`)."""
         try:
             while not self.stop.wait(self.poll_s):
                 try:
@@ -282,6 +293,14 @@ class RayNodes:
                         break
                 except Exception:  # noqa: BLE001 - the store away: the attempt goes on meanwhile
                     continue
+                if restart is not None and proc is not None and proc.poll() is not None:
+                    if time.monotonic() > restart[1]:
+                        restart = None  # the launcher no longer waits for this node: it fails the job
+                        continue
+                    log.warning("attempt %s/%s: its Ray on this node exited (code %s) before the job's ranks ran; %s: %s",
+                                job_id, attempt, proc.returncode, RESTART_NOTE, log_tail(folder, "ray.log", uid))
+                    end_ray(folder, uid, proc, inside, remove=False)
+                    proc = restart[0]()
         finally:
             n = self._end_cgroup(job_id, attempt, cgroup) + end_ray(folder, uid, proc, inside)
             self._forget(folder)
@@ -418,14 +437,15 @@ class RayNodes:
             address = self._wait_head(job_id, attempt, head, deadline)
             if address is None:
                 raise RuntimeError(f"the Ray head on {head} did not come up in {JOIN_WAIT_S:g} s")
-            proc = self._start(address, folder, inside, ident, msg, own, cgroup, here)
+            start = functools.partial(self._start, address, folder, inside, ident, msg, own, cgroup, here)
+            proc = start()
             # the head may not have been up (its port open, Ray not yet ready): start again, within the wait
             while proc.poll() is not None or not self._wait_exit(proc, 3.0):
                 if time.monotonic() > deadline or not self._fence_holds(job_id, attempt, head):
                     raise RuntimeError(f"ray start --address {address} exited with code {proc.returncode}: "
                                        f"{log_tail(folder, 'ray.log', uid)}")
                 time.sleep(1)
-                proc = self._start(address, folder, inside, ident, msg, own, cgroup, here)
+                proc = start()
             log.info("attempt %s/%s: this node joined its Ray at %s as uid %d (pid %d)", job_id, attempt, address,
                      uid, proc.pid)
         except Exception as e:  # noqa: BLE001 - the launcher says the node did not join; why is here
@@ -440,7 +460,7 @@ class RayNodes:
         # the ranks' scratch folders are in their TMPDIR here, else in the job's /tmp: its own here, or
         # the node's (no namespace)
         tmps = tuple(dict.fromkeys(Path(p) for p in (here.get("TMPDIR"), own[0] if own else None, "/tmp") if p))
-        self._watch(job_id, attempt, head, folder, inside, uid, proc, cgroup, tmps)
+        self._watch(job_id, attempt, head, folder, inside, uid, proc, cgroup, tmps, restart=(start, deadline))
 
     def _wait_head(self, job_id: str, attempt: int, head: str, deadline: float) -> Optional[str]:
         """The head's address once it is published and its port answers; None: not in time, or
@@ -531,11 +551,12 @@ def _child(cgroup: Optional[Path], become: Optional[tuple[int, int]], cwd: Optio
     die_with_parent(signal.SIGKILL)
 
 
-def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]], inside: Optional[Path] = None) -> int:
+def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]], inside: Optional[Path] = None,
+            remove: bool = True) -> int:
     """Kill the Ray processes of ``folder`` (uid ``uid``, its mark in their environment: the
-    folder's path ``inside`` the job's namespaces, by default ``folder``), then remove the folder
-    (and ``inside``, where it is a link to it: ``privtmp.link_instead``). Returns how many
-    processes were killed."""
+    folder's path ``inside`` the job's namespaces, by default ``folder``), then, unless not to
+    ``remove`` it (a join's Ray started again there), remove the folder (and ``inside``, where it
+    is a link to it: ``privtmp.link_instead``). Returns how many processes were killed."""
     victims: list[psutil.Process] = []
     if proc is not None:
         try:
@@ -565,6 +586,8 @@ def end_ray(folder: Path, uid: int, proc: Optional[subprocess.Popen[bytes]], ins
             proc.wait(5)
         except subprocess.TimeoutExpired:
             pass
+    if not remove:
+        return len(victims)
     for _ in range(10):  # a Ray process killed a moment ago may still have written there
         remove_tree(folder)  # never through a link the job put there (a FIFO: root would wait for good)
         if not os.path.lexists(folder):

@@ -184,10 +184,9 @@ def run_pinned(placement: dict[str, list[int]], argv: list[str], address: Option
     head = None
     try:
         if own:  # the job's own Ray (gpuqueue.cluster.rayjob): its head here, as this job's user
-            head = _start_head(own, placement)
-            if not _connect(ray, own, head):
-                return 1
-            if not _wait_nodes(ray, placement, head):
+            head, why = _own_ray(ray, own, placement)
+            if why:
+                print(why, file=sys.stderr)
                 return 1
         else:
             try:
@@ -201,14 +200,37 @@ def run_pinned(placement: dict[str, list[int]], argv: list[str], address: Option
             ray.shutdown()
     finally:
         if head is not None:  # the job's Ray ends with it (the worker ends what is left)
-            try:
-                os.killpg(head.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            head.wait()
+            _end_head(head)
 
 
-OWN_RAY_WAIT_S = float(os.environ.get("GPUQUEUE_RAY_JOIN_WAIT_S", "60"))
+def _end_head(head: Any) -> None:
+    try:
+        os.killpg(head.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    head.wait()
+
+
+OWN_RAY_WAIT_S = float(os.environ.get("GPUQUEUE_RAY_JOIN_WAIT_S", "120"))  # the worker sets it (rayjob.JOIN_WAIT_S)
+
+
+def _own_ray(ray: Any, address: str, placement: dict[str, list[int]]) -> tuple[Any, Optional[str]]:
+    """Start the head of the job's own Ray here, connect to it and wait until every node of the
+    gang joined, each within :data:`OWN_RAY_WAIT_S`: (the head's process, None), or (it, why not).
+    A head that exits meanwhile, within that time of the first start, is started again: Ray's raylet dies at start when its dashboard
+    agent is late, as on a loaded node (``gpuqueue.cluster.rayjob.RESTART_NOTE``)."""
+    first = time.monotonic()
+    while True:
+        head = _start_head(address, placement)
+        why = (_connect(ray, address, head, time.monotonic() + OWN_RAY_WAIT_S)
+               or _wait_nodes(ray, placement, head, time.monotonic() + OWN_RAY_WAIT_S))
+        if why is None or head.poll() is None or time.monotonic() > first + OWN_RAY_WAIT_S:
+            return head, why
+        print(f"gpuqueue: the job's Ray head exited at start (exit code {head.returncode}); starting it again "
+              f"(an agent of Ray late at start, on a loaded node, ends its raylet):\n{_head_log()[-600:]}",
+              file=sys.stderr)
+        ray.shutdown()
+        _end_head(head)
 
 
 def _start_head(address: str, placement: dict[str, list[int]]) -> Any:
@@ -229,7 +251,7 @@ def _start_head(address: str, placement: dict[str, list[int]]) -> Any:
             *_client_server_args(), *agent_port_args(), "--temp-dir", os.path.join(folder, "ray")]
     env = dict(os.environ, HOME=os.environ.get("HOME") or folder)
     env.pop("GPUQUEUE_EVENT_FD", None)
-    with open(os.path.join(folder, "ray-head.log"), "wb") as out:
+    with open(os.path.join(folder, "ray-head.log"), "ab") as out:  # a head started again: both logs
         return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=lambda: die_with_parent(signal.SIGKILL))
 
@@ -238,7 +260,9 @@ def agent_port_args() -> list[str]:
     """``ray start`` arguments that give the node's Ray agents ports picked here (free now).
     Left to pick their own, the agents write them to files the raylet waits for at most 15 s;
     on a loaded node an agent is late and the raylet dies at start (``Timed out waiting for
-    file .../metrics_agent_port_...``; ray-project/ray#65983), seen in this project's CI."""
+    file .../metrics_agent_port_...``; ray-project/ray#65983), seen in this project's CI. The
+    raylet still waits for the listen port's file (Ray does not pass that port on to it): a node's
+    Ray that dies of it is started again (:func:`_own_ray`, ``RayNodes._watch``)."""
     socks = [socket.socket() for _ in range(4)]
     try:
         for s in socks:  # all bound at once: four different ports
@@ -275,36 +299,33 @@ def _head_log() -> str:
         return ""
 
 
-def _connect(ray: Any, address: str, head: Any) -> bool:
-    deadline = time.monotonic() + OWN_RAY_WAIT_S
+def _connect(ray: Any, address: str, head: Any, deadline: float) -> Optional[str]:
+    """Connect this launcher to the job's Ray head by ``deadline``; None, or why not."""
     while True:
         if head.poll() is not None:
-            print(f"gpuqueue: the job's Ray head did not start (exit code {head.returncode}):\n{_head_log()}",
-                  file=sys.stderr)
-            return False
+            return f"gpuqueue: the job's Ray head did not start (exit code {head.returncode}):\n{_head_log()}"
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level="ERROR")
-            return True
+            return None
         except Exception as e:  # noqa: BLE001 - not up yet
             ray.shutdown()
             if time.monotonic() > deadline:
-                print(f"gpuqueue: cannot reach the job's Ray head at {address} in {OWN_RAY_WAIT_S:g} s: {e}",
-                      file=sys.stderr)
-                return False
+                return f"gpuqueue: cannot reach the job's Ray head at {address} in {OWN_RAY_WAIT_S:g} s: {e}"
             time.sleep(1)
 
 
-def _wait_nodes(ray: Any, placement: dict[str, list[int]], head: Any) -> bool:
-    """Wait until the Ray node of every node of the gang joined (their workers start them)."""
-    deadline = time.monotonic() + OWN_RAY_WAIT_S
+def _wait_nodes(ray: Any, placement: dict[str, list[int]], head: Any, deadline: float) -> Optional[str]:
+    """Wait until the Ray node of every node of the gang joined (their workers start them) by
+    ``deadline``; None, or why not."""
     while True:
+        if head.poll() is not None:  # before asking its GCS, gone with it
+            return f"gpuqueue: the job's Ray head exited (exit code {head.returncode}):\n{_head_log()}"
         missing = _missing(ray, placement)
         if not missing:
-            return True
-        if time.monotonic() > deadline or head.poll() is not None:
-            print(f"gpuqueue: the Ray node of {', '.join(missing)} did not join the job's Ray in {OWN_RAY_WAIT_S:g} s "
-                  f"(the worker log of {missing[0]} says why)", file=sys.stderr)
-            return False
+            return None
+        if time.monotonic() > deadline:
+            return (f"gpuqueue: the Ray node of {', '.join(missing)} did not join the job's Ray in {OWN_RAY_WAIT_S:g} s "
+                    f"(the worker log of {missing[0]} says why)")
         time.sleep(0.5)
 
 
