@@ -289,13 +289,12 @@ def _agent_of(start: psutil.Process) -> Optional[psutil.Process]:
 
 
 @needs_root
-@pytest.mark.parametrize("role", ["--address", "--head"])
-def test_a_nodes_ray_whose_agent_is_late_at_start_is_started_again_and_the_job_runs(cluster: Cluster,
-                                                                                     role: str) -> None:
+def test_a_nodes_ray_whose_agent_is_late_at_start_is_started_again_and_the_job_runs(cluster: Cluster) -> None:
     """Ray's raylet waits at most 15 s for its dashboard agent's port file and dies when the agent
     is late, as it is on a loaded node (this project's CI: 'Timed out waiting for file
-    .../dashboard_agent_listen_port_...'). The first agent of one node's Ray (the join's, or the
-    head's) is held stopped: that node's Ray is started again and both ranks of the job run."""
+    .../dashboard_agent_listen_port_...'). The first agent of each node's Ray (the head's and the
+    join's) is held stopped: each is started again, the owner reads why in the job's log, and both
+    ranks run."""
     c = cluster
     py, libs = job_python()
     backend = str(Path(__file__).resolve().parents[2] / "backend")
@@ -307,21 +306,21 @@ def test_a_nodes_ray_whose_agent_is_late_at_start_is_started_again_and_the_job_r
     alice = wait_until(lambda: re.search(rf"attempt {job}/1 started: .* as uid (\d+)", c.log("worker-n1") +
                                          c.log("worker-n2")), 60, 0.2, "the attempt started")
     uid = int(alice.group(1))
+    held: dict[str, psutil.Process] = {}
 
-    def late_agent() -> Optional[psutil.Process]:
+    def late_agents() -> bool:
         for p in _procs_of(uid):
             try:
                 argv = p.cmdline()
             except psutil.Error:
                 continue
-            if "ray.scripts.scripts" in argv and role in argv:
+            role = next((r for r in ("--head", "--address") if r in argv), None)
+            if "ray.scripts.scripts" in argv and role and role not in held:
                 agent = _agent_of(p)
                 if agent is not None:
                     agent.suspend()
-                    return agent
-        return None
-
-    held = wait_until(late_agent, 90, 0.05, f"the dashboard agent of the {role} node's Ray")
+                    held[role] = agent
+        return len(held) == 2
 
     def both_up() -> object:
         j = root.get(job)
@@ -331,14 +330,23 @@ def test_a_nodes_ray_whose_agent_is_late_at_start_is_started_again_and_the_job_r
         return len(_seen(marks.read_text() if marks.exists() else "")) == 2
 
     try:
+        wait_until(late_agents, 120, 0.05, "the dashboard agent of each node's Ray")
         wait_until(both_up, 300, 0.5, "both ranks up")
     finally:
-        try:
-            held.kill()
-        except psutil.Error:
-            pass
-    said = logs(root.events(job)) if role == "--head" else c.log("worker-n1") + c.log("worker-n2")
-    assert "starting it again (an agent of Ray late at start, on a loaded node, ends its raylet)" in said, said[-3000:]
+        for agent in held.values():
+            try:
+                agent.kill()
+            except psutil.Error:
+                pass
+    note = "starting it again (an agent of Ray late at start, on a loaded node, ends its raylet)"
+    said = logs(root.events(job))
+    assert f"the job's Ray head exited at start (exit code 1); {note}" in said, said[-3000:]
+    join = next(n for n in ("n1", "n2") if n != root.get(job)["attempts"][-1]["node"])
+    warned = [e["data"] for e in root.events(job) if e["type"] == "warning"]
+    assert {"node": join, "message": f"on node {join} the job's Ray exited at start (exit code 1); {note}"} in warned, \
+        warned
+    assert re.search(rf"attempt {job}/1: its Ray on this node exited \(code \d+\) before the job's ranks ran; "
+                     rf"{re.escape(note)}", c.log(f"worker-{join}")), c.log(f"worker-{join}")[-3000:]
     root.cancel(job)
     assert c.wait_done([job], 60)[job]["state"] == "cancelled"
     wait_until(lambda: not _procs_of(uid), 60, 0.5, "no process of the owner's uid")

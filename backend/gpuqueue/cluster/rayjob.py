@@ -96,6 +96,7 @@ JOIN_WAIT_S = float(os.environ.get("GPUQUEUE_RAY_JOIN_WAIT_S", "120"))
 # where that port was given (``--dashboard-agent-listen-port`` is not passed on to the raylet), and
 # dies at start when the agent is late, as it is on a loaded node (ray-project/ray#65983; seen in
 # this project's CI). Nothing of the job ran there yet, so the node's Ray is started again.
+MAX_RESTARTS = 5
 RESTART_NOTE = "starting it again (an agent of Ray late at start, on a loaded node, ends its raylet)"
 MARK = "GPUQUEUE_RAY_DIR"  # in the environment of every process of the job's Ray on a node
 # Ray's settings for every process of a job's own Ray, on every node: token authentication, no
@@ -285,7 +286,10 @@ class RayNodes:
         scratch folders its ranks left in ``tmps``, the job's ``/tmp`` on this node). Runs
         in the thread that started ``proc``: its death signal (``PR_SET_PDEATHSIG``) comes when
         that thread ends. ``restart`` (start ``proc`` again, until when): a join's ``ray start``
-        that exits before then is started again (:data:`RESTART_NOTE`)."""
+        that exits before then is started again (:data:`RESTART_NOTE`), at most
+        :data:`MAX_RESTARTS` times. Its wait ends a :data:`JOIN_WAIT_S` after the join's: the
+        launcher waits that long again after it started its head again."""
+        restarts = 0
         try:
             while not self.stop.wait(self.poll_s):
                 try:
@@ -294,13 +298,17 @@ class RayNodes:
                 except Exception:  # noqa: BLE001 - the store away: the attempt goes on meanwhile
                     continue
                 if restart is not None and proc is not None and proc.poll() is not None:
-                    if time.monotonic() > restart[1]:
+                    if time.monotonic() > restart[1] or restarts >= MAX_RESTARTS:
                         restart = None  # the launcher no longer waits for this node: it fails the job
                         continue
                     log.warning("attempt %s/%s: its Ray on this node exited (code %s) before the job's ranks ran; %s: %s",
                                 job_id, attempt, proc.returncode, RESTART_NOTE, log_tail(folder, "ray.log", uid))
+                    self.store.warn_job(job_id, self.node, f"on node {self.node} the job's Ray exited at start (exit code "
+                                        f"{proc.returncode}); {RESTART_NOTE}", (self.store.k("fence", job_id),
+                                                                               f"{attempt}:{head}"))
                     end_ray(folder, uid, proc, inside, remove=False)
                     proc = restart[0]()
+                    restarts += 1
         finally:
             n = self._end_cgroup(job_id, attempt, cgroup) + end_ray(folder, uid, proc, inside)
             self._forget(folder)
@@ -354,12 +362,10 @@ class RayNodes:
         message = (f"on node {self.node} the job's processes are held in no cgroup ({why}): when the attempt ends "
                    f"there, only those that still carry its mark ({MARK} in their environment) are ended, so a "
                    f"process the job detached from it with another environment (a daemon) may run on there")
-        try:
-            self.store.exec([self.store.event_op(job_id, "warning", {"message": message, "node": self.node})],
-                            guards=[(self.store.k("fence", job_id), f"{attempt}:{head}")])
-        except Exception as e:  # noqa: BLE001 - the attempt is over (fenced), or the store away: the log has it
+        failed = self.store.warn_job(job_id, self.node, message, (self.store.k("fence", job_id), f"{attempt}:{head}"))
+        if failed:
             log.warning("attempt %s/%s: cannot tell the job that its processes here are in no cgroup (%s)", job_id,
-                        attempt, e)
+                        attempt, failed)
 
     @staticmethod
     def _end_cgroup(job_id: str, attempt: int, cgroup: Optional[Path]) -> int:
@@ -460,7 +466,7 @@ class RayNodes:
         # the ranks' scratch folders are in their TMPDIR here, else in the job's /tmp: its own here, or
         # the node's (no namespace)
         tmps = tuple(dict.fromkeys(Path(p) for p in (here.get("TMPDIR"), own[0] if own else None, "/tmp") if p))
-        self._watch(job_id, attempt, head, folder, inside, uid, proc, cgroup, tmps, restart=(start, deadline))
+        self._watch(job_id, attempt, head, folder, inside, uid, proc, cgroup, tmps, restart=(start, deadline + JOIN_WAIT_S))
 
     def _wait_head(self, job_id: str, attempt: int, head: str, deadline: float) -> Optional[str]:
         """The head's address once it is published and its port answers; None: not in time, or

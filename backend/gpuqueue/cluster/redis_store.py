@@ -236,6 +236,16 @@ class RedisStore:
         """An op appending one event to a job's stream."""
         return ["EVENT", job_id, repr(t or time.time()), type_, json.dumps(data, default=str)]
 
+    def warn_job(self, job_id: str, node: str, message: str, guard: Guard) -> Optional[str]:
+        """Tell a job's owner, in its events (``gpuqueue logs``, the cell), what ``node`` has to say
+        of the attempt ``guard`` fences (a ``warning``, only while that attempt holds). None, or
+        why it could not (the attempt is over, or the store away): the caller logs it."""
+        try:
+            self.exec([self.event_op(job_id, "warning", {"message": message, "node": node})], guards=[guard])
+        except Exception as e:  # noqa: BLE001 - the caller's log has it
+            return str(e) or type(e).__name__
+        return None
+
     def job_ops(self, job: JobRecord) -> list[Op]:
         """Ops that save a job record and keep the indexes right. A finished job's cell payload
         is deleted with it: no attempt will read it again, and kept for ``--keep-finished`` (30

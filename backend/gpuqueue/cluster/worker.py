@@ -444,11 +444,9 @@ class NodeAgent(AttemptTailer):
         message = (f"on node {self.node} the job's processes are held in no cgroup ({why}): its runner still ends "
                    f"them when the attempt ends, but if the runner is killed together with the node's runner fork "
                    f"server, what the job started may run on there")
-        try:
-            self.store.exec([self.store.event_op(job_id, "warning", {"message": message, "node": self.node})],
-                            guards=[self.fence(job_id, number)])
-        except Exception as e:  # noqa: BLE001 - the attempt is over (fenced), or the store away: the log has it
-            log.warning("attempt %s/%s: cannot tell the job that it runs in no cgroup (%s)", job_id, number, e)
+        failed = self.store.warn_job(job_id, self.node, message, self.fence(job_id, number))
+        if failed:
+            log.warning("attempt %s/%s: cannot tell the job that it runs in no cgroup (%s)", job_id, number, failed)
 
     def _node_env(self, ident: Optional[Identity]) -> dict[str, str]:
         """The environment of ``ident``'s jobs that names its own folders on this node (made if need
