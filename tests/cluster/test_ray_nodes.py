@@ -61,7 +61,7 @@ def ray_cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 
     def start(args: list[str], name: str, count: int) -> None:
         """Start a node; wait until the cluster has ``count`` nodes. One whose raylet died at start
-        (its dashboard agent late on a loaded machine: gpuqueue.cluster.rayjob.RESTART_NOTE) is
+        (its dashboard agent late on a loaded machine: gpuqueue.job.raynodes.RESTART_NOTE) is
         started again, as the admin's service manager would."""
         for _ in range(3):
             log = open(tmp_path / f"ray-{name}.log", "ab")

@@ -111,18 +111,23 @@ def _folders_of(uid: int) -> list[str]:
     return [d for d in glob.glob("/tmp/gqr-*") if os.path.isdir(d) and os.stat(d).st_uid == uid]
 
 
-@needs_root
-def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluster) -> None:
-    c = cluster
+def _ranks_spec(c: Cluster) -> tuple[dict, Path]:
+    """A two-node job of ``ranks.py`` (each rank notes itself in the marks file, then sleeps 600 s)
+    and that file."""
     py, libs = job_python()
     backend = str(Path(__file__).resolve().parents[2] / "backend")
-    env = {"PYTHONPATH": os.pathsep.join([backend, libs])}
-    root = c.client("root")
     marks = c.root / "marks" / "ranks.txt"
-    spec = {"kind": "command", "gpus": 2, "nodes": 2, "retries": 0, "python": py, "env": env}
-    job = c.client("alice").submit(dict(spec, command=[py, str(c.root / "ranks.py"), "600", str(marks)]))["id"]
+    return {"kind": "command", "gpus": 2, "nodes": 2, "retries": 0, "python": py,
+            "env": {"PYTHONPATH": os.pathsep.join([backend, libs])},
+            "command": [py, str(c.root / "ranks.py"), "600", str(marks)]}, marks
 
-    def both_up() -> object:
+
+def _both_up(c: Cluster, job: str, marks: Path) -> list[dict]:
+    """Wait until both ranks of ``job`` noted themselves; fail with the job's and the workers' logs
+    if it ends first."""
+    root = c.client("root")
+
+    def up() -> object:
         j = root.get(job)
         if j["state"] in ("failed", "succeeded", "cancelled"):
             raise AssertionError(f"{j['state']}: {j.get('error')}\n{logs(root.events(job))[-3000:]}\n"
@@ -130,7 +135,17 @@ def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluste
         seen = _seen(marks.read_text() if marks.exists() else "")
         return len(seen) == 2 and seen
 
-    seen = wait_until(both_up, 180, 0.5, "both ranks up")
+    return wait_until(up, 300, 0.5, "both ranks up")
+
+
+@needs_root
+def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluster) -> None:
+    c = cluster
+    spec, marks = _ranks_spec(c)
+    py, env = spec["python"], spec["env"]
+    root = c.client("root")
+    job = c.client("alice").submit(spec)["id"]
+    seen = _both_up(c, job, marks)
     alice = _uid_of(c, job, "alice")
     placement = root.get(job)["attempts"][-1]["placement"]
     assert {r["node"] for r in seen} == set(placement) == {"n1", "n2"}
@@ -181,8 +196,8 @@ def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluste
     # a node of the gang lost (the second node's worker killed -9, alone): the gang is requeued;
     # no process of the job's Ray is left on either node; the next worker there removes the folder
     marks.unlink()
-    gang = c.client("alice").submit(dict(spec, command=[py, str(c.root / "ranks.py"), "600", str(marks)]))["id"]
-    wait_until(lambda: len(_seen(marks.read_text() if marks.exists() else "")) == 2, 120, 0.5, "both ranks up")
+    gang = c.client("alice").submit(spec)["id"]
+    _both_up(c, gang, marks)
     head = root.get(gang)["attempts"][-1]["node"]
     other = "n2" if head == "n1" else "n1"
     folders = _folders_of(alice)
@@ -296,13 +311,9 @@ def test_a_nodes_ray_whose_agent_is_late_at_start_is_started_again_and_the_job_r
     join's) is held stopped: each is started again, the owner reads why in the job's log, and both
     ranks run."""
     c = cluster
-    py, libs = job_python()
-    backend = str(Path(__file__).resolve().parents[2] / "backend")
-    env = {"PYTHONPATH": os.pathsep.join([backend, libs])}
+    spec, marks = _ranks_spec(c)
     root = c.client("root")
-    marks = c.root / "marks" / "ranks.txt"
-    job = c.client("alice").submit({"kind": "command", "gpus": 2, "nodes": 2, "retries": 0, "python": py, "env": env,
-                                    "command": [py, str(c.root / "ranks.py"), "600", str(marks)]})["id"]
+    job = c.client("alice").submit(spec)["id"]
     alice = wait_until(lambda: re.search(rf"attempt {job}/1 started: .* as uid (\d+)", c.log("worker-n1") +
                                          c.log("worker-n2")), 60, 0.2, "the attempt started")
     uid = int(alice.group(1))
@@ -322,16 +333,9 @@ def test_a_nodes_ray_whose_agent_is_late_at_start_is_started_again_and_the_job_r
                     held[role] = agent
         return len(held) == 2
 
-    def both_up() -> object:
-        j = root.get(job)
-        if j["state"] in ("failed", "succeeded", "cancelled"):
-            raise AssertionError(f"{j['state']}: {j.get('error')}\n{logs(root.events(job))[-3000:]}\n"
-                                 f"{c.log('worker-n1')[-2000:]}\n{c.log('worker-n2')[-2000:]}")
-        return len(_seen(marks.read_text() if marks.exists() else "")) == 2
-
     try:
         wait_until(late_agents, 120, 0.05, "the dashboard agent of each node's Ray")
-        wait_until(both_up, 300, 0.5, "both ranks up")
+        _both_up(c, job, marks)
     finally:
         for agent in held.values():
             try:

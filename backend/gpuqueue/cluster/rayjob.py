@@ -19,7 +19,7 @@ ranks on a Ray cluster made for that attempt alone:
   of the first node's, and make their scratch folders in that ``TMPDIR`` (``gpuqueue.job.raynodes``;
   Ray's own processes keep the job's /tmp). The agents' ports are picked here too
   (``agent_port_args``), and a ``ray start`` that exits within the wait is started again
-  (:data:`RESTART_NOTE`), as the launcher starts its head again.
+  (``raynodes.RESTART_NOTE``), as the launcher starts its head again.
   Where the worker makes attempt cgroups (``gpuqueue.attempt.cgroup``), it makes one for this
   part of the attempt (``join-<job>-<attempt>``, beside its own attempts' ``job-...``) and the
   child that starts Ray enters it as the worker's user (root), before it becomes the owner and
@@ -82,7 +82,7 @@ from ..attempt.cgroup import AttemptCgroups, end as end_cgroup, enter as enter_c
 from ..attempt.identity import Identity
 from ..attempt.launch import package_root
 from ..attempt.removal import remove_tree
-from ..job.raynodes import NODE_ENV, agent_port_args, node_resource
+from ..job.raynodes import NODE_ENV, RESTART_NOTE, agent_port_args, node_resource
 from .forkserver import die_with_parent
 from .rayfiles import log_tail, open_log, remove_scratch
 from .redis_store import RedisStore
@@ -92,12 +92,7 @@ log = logging.getLogger("gpuqueue.worker")
 # a join waits this long for the head, and the launcher as long for every node to join; a join's Ray
 # that exits meanwhile is started again (RESTART_NOTE)
 JOIN_WAIT_S = float(os.environ.get("GPUQUEUE_RAY_JOIN_WAIT_S", "120"))
-# Ray's raylet waits at most 15 s for its dashboard agent to write the port it listens on, even
-# where that port was given (``--dashboard-agent-listen-port`` is not passed on to the raylet), and
-# dies at start when the agent is late, as it is on a loaded node (ray-project/ray#65983; seen in
-# this project's CI). Nothing of the job ran there yet, so the node's Ray is started again.
-MAX_RESTARTS = 5
-RESTART_NOTE = "starting it again (an agent of Ray late at start, on a loaded node, ends its raylet)"
+MAX_RESTARTS = 5  # a join's Ray that exits at start is started again at most this often (RESTART_NOTE)
 MARK = "GPUQUEUE_RAY_DIR"  # in the environment of every process of the job's Ray on a node
 # Ray's settings for every process of a job's own Ray, on every node: token authentication, no
 # usage report, and no Prometheus metrics export (the dashboard agent's metrics port, where Ray
@@ -286,7 +281,7 @@ class RayNodes:
         scratch folders its ranks left in ``tmps``, the job's ``/tmp`` on this node). Runs
         in the thread that started ``proc``: its death signal (``PR_SET_PDEATHSIG``) comes when
         that thread ends. ``restart`` (start ``proc`` again, until when): a join's ``ray start``
-        that exits before then is started again (:data:`RESTART_NOTE`), at most
+        that exits before then is started again (``raynodes.RESTART_NOTE``), at most
         :data:`MAX_RESTARTS` times. Its wait ends a :data:`JOIN_WAIT_S` after the join's: the
         launcher waits that long again after it started its head again."""
         restarts = 0

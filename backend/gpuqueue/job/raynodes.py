@@ -212,13 +212,19 @@ def _end_head(head: Any) -> None:
 
 
 OWN_RAY_WAIT_S = float(os.environ.get("GPUQUEUE_RAY_JOIN_WAIT_S", "120"))  # the worker sets it (rayjob.JOIN_WAIT_S)
+# Ray's raylet waits at most 15 s for its dashboard agent to write the port it listens on, even
+# where that port was given (``--dashboard-agent-listen-port`` is not passed on to the raylet), and
+# dies at start when the agent is late, as it is on a loaded node (ray-project/ray#65983; seen in
+# this project's CI). Nothing of the job ran there yet, so that node's Ray is started again: the
+# head by the launcher (:func:`_own_ray`), a join by its worker (``gpuqueue.cluster.rayjob``).
+RESTART_NOTE = "starting it again (an agent of Ray late at start, on a loaded node, ends its raylet)"
 
 
 def _own_ray(ray: Any, address: str, placement: dict[str, list[int]]) -> tuple[Any, Optional[str]]:
     """Start the head of the job's own Ray here, connect to it and wait until every node of the
     gang joined, each within :data:`OWN_RAY_WAIT_S`: (the head's process, None), or (it, why not).
-    A head that exits meanwhile, within that time of the first start, is started again: Ray's raylet dies at start when its dashboard
-    agent is late, as on a loaded node (``gpuqueue.cluster.rayjob.RESTART_NOTE``)."""
+    A head that exits meanwhile, within that time of the first start, is started again
+    (:data:`RESTART_NOTE`)."""
     first = time.monotonic()
     while True:
         head = _start_head(address, placement)
@@ -226,9 +232,8 @@ def _own_ray(ray: Any, address: str, placement: dict[str, list[int]]) -> tuple[A
                or _wait_nodes(ray, placement, head, time.monotonic() + OWN_RAY_WAIT_S))
         if why is None or head.poll() is None or time.monotonic() > first + OWN_RAY_WAIT_S:
             return head, why
-        print(f"gpuqueue: the job's Ray head exited at start (exit code {head.returncode}); starting it again "
-              f"(an agent of Ray late at start, on a loaded node, ends its raylet):\n{_head_log()[-600:]}",
-              file=sys.stderr)
+        print(f"gpuqueue: the job's Ray head exited at start (exit code {head.returncode}); {RESTART_NOTE}:\n"
+              f"{_head_log()[-600:]}", file=sys.stderr)
         ray.shutdown()
         _end_head(head)
 
