@@ -287,6 +287,30 @@ def test_a_checkpoint_over_the_limits_is_told_to_the_job_with_the_limit_and_the_
     assert "stays on node n1 only" in told["deep/step-000000001"]
 
 
+def test_a_checkpoints_folder_of_too_many_steps_to_list_is_told_to_the_job_once(
+        tmp_path: Path, redis_factory: Callable[..., RedisServer]) -> None:
+    """A job makes MAX_FILES + 1 ``step-*`` folders in one run: root's push lists at most
+    MAX_FILES names (it listed and sorted every one, at every push: millions took the worker's
+    memory and time), still copies the job's checkpoint of another run listed before them, and
+    tells the job once that it looked at some of its checkpoints only, with the fix."""
+    job = tmp_path / "job"
+    _complete(job, "a", "step-000000001")
+    run = job / "checkpoints" / "t"
+    run.mkdir()
+    fd = os.open(run, os.O_RDONLY)
+    try:
+        for i in range(MAX_FILES + 1):
+            os.mkdir(f"step-{i:09d}", dir_fd=fd)
+    finally:
+        os.close(fd)
+    events = _final_push(tmp_path, redis_factory, job)
+    assert [e["shared"] for e in events if e.get("shared")] == [["a/step-000000001"]], events
+    told = [e["message"] for e in events if e.get("storage_limit")]
+    assert len(told) == 1, told
+    assert f"checkpoints folder on node n1: it holds over {MAX_FILES:,} runs and steps" in told[0]
+    assert "may not be copied to the shared root" in told[0] and "max_checkpoints=N" in told[0]
+
+
 def test_a_checkpoint_of_long_paths_is_told_to_the_job_not_noted_whole_by_root(
         tmp_path: Path, redis_factory: Callable[..., RedisServer]) -> None:
     """A checkpoint nested 63 folders of 250 characters deep (within MAX_DEPTH), its files there

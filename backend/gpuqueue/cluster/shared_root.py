@@ -119,7 +119,9 @@ class PushMemo:
     user_refusals: list[tuple[str, int, int, int]] = field(default_factory=list)  # (name/step, its bytes,
     # bytes all the owner's jobs take there, the owner's bound) of those refused by ``quota``, not yet told
     unfit: list[tuple[str, str]] = field(default_factory=list)  # (name/step, why: Unfit's text) of those
-    # refused for their shape (too deep, too many files), not yet told
+    # refused for their shape (too deep, too many files), not yet told; ("checkpoints", why): the
+    # job's checkpoints folder holds too many runs and steps to list
+    crowded: bool = False  # the job was told its checkpoints folder holds too many to list
 
 
 class Quota(Protocol):
@@ -275,7 +277,12 @@ class SharedRoot:
         memo = memo if memo is not None else PushMemo()
         copied: list[str] = []
         local = _Local(job_dir, uid, None)
-        found = local.complete()
+        found, crowded = local.complete()
+        if crowded and not memo.crowded:
+            memo.crowded = True
+            memo.unfit.append((CHECKPOINTS, f"it holds over {MAX_FILES:,} runs and steps, the most the worker "
+                                            f"lists; it looked at some of them only, so your latest "
+                                            f"checkpoint may not be copied to the shared root"))
         now = frozenset(found)
         if now == memo.mirrored:
             return copied
@@ -458,6 +465,19 @@ def _copy_counted(fd: int, out: Any, f: CheckpointFile) -> None:
         done += len(chunk)
 
 
+def _listed(dfd: int, budget: list[int]) -> list[str]:
+    """The names in the folder ``dfd``, at most ``budget[0]`` of them (taken off it; it goes
+    below 0 when the folder holds more, which are left unlisted)."""
+    names: list[str] = []
+    with os.scandir(dfd) as it:
+        for entry in it:
+            budget[0] -= 1
+            if budget[0] < 0:
+                break
+            names.append(entry.name)
+    return names
+
+
 def _kind(e: BaseException) -> str:
     """What went wrong, without the paths an error's text may name: the system error (No space
     left on device), else the error's type."""
@@ -551,15 +571,19 @@ class _Local:
         os.close(fd)
         return True
 
-    def complete(self) -> list[tuple[str, str, str]]:
-        """``(name, step-N, marker id)`` of every complete checkpoint here."""
+    def complete(self) -> tuple[list[tuple[str, str, str]], bool]:
+        """``(name, step-N, marker id)`` of every complete checkpoint here, and whether the
+        listing stopped short: root lists at most :data:`MAX_FILES` names of runs and steps in
+        all (a job's folder of millions of ``step-*`` folders took the worker's memory and time
+        at every push); past that it looks no further, in the order the folders list them."""
         out: list[tuple[str, str, str]] = []
+        budget = [MAX_FILES]
         try:
             root = self._open_dir([CHECKPOINTS])
         except OSError:
-            return out
+            return out, False
         try:
-            names = sorted(os.listdir(root))
+            names = sorted(_listed(root, budget))
         finally:
             os.close(root)
         for name in names:
@@ -570,7 +594,7 @@ class _Local:
             except OSError:
                 continue
             try:
-                steps = sorted(os.listdir(nfd))
+                steps = sorted(_listed(nfd, budget))
             finally:
                 os.close(nfd)
             for step in steps:
@@ -589,7 +613,7 @@ class _Local:
                 st = os.fstat(fd)
                 os.close(fd)
                 out.append((name, step, f"{st.st_ino}-{st.st_mtime_ns}"))
-        return out
+        return out, budget[0] < 0
 
     def read_checkpoint(self, name: str, step: str) -> tuple[list[CheckpointFile], bytes]:
         """A checkpoint's files (none is held open) and its marker's bytes. A file gone missing

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .redis_store import Op, RedisStore
-from .shared_root import PushMemo, SharedRoot, StorageError
+from .shared_root import CHECKPOINTS, PushMemo, SharedRoot, StorageError
 from .shared_usage import SharedUsage, UserShare
 
 log = logging.getLogger("gpuqueue.worker")
@@ -181,6 +181,12 @@ class AttemptUploads:
                 "storage_limit": True, "user_limit": True, "checkpoint": what, "bytes": size}))
         self.memo.user_refusals.clear()
         for what, why in self.memo.unfit:
+            if what == CHECKPOINTS:  # the folder of them all (``SharedRoot.push``)
+                ops.append(self.store.event_op(self.job_id, "warning", {
+                    "message": f"your job's {CHECKPOINTS} folder on node {self.node}: {why}. Keep fewer "
+                               f"(Checkpointer(max_checkpoints=N)) and delete the step folders you do not need",
+                    "storage_limit": True, "checkpoint": what}))
+                continue
             ops.append(self.store.event_op(self.job_id, "warning", {
                 "message": f"checkpoint {what} is not copied to the shared root: {why}; it stays on node {self.node} "
                            f"only, so an attempt elsewhere cannot resume from it",
