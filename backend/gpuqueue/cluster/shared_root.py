@@ -119,9 +119,8 @@ class PushMemo:
     user_refusals: list[tuple[str, int, int, int]] = field(default_factory=list)  # (name/step, its bytes,
     # bytes all the owner's jobs take there, the owner's bound) of those refused by ``quota``, not yet told
     unfit: list[tuple[str, str]] = field(default_factory=list)  # (name/step, why: Unfit's text) of those
-    # refused for their shape (too deep, too many files), not yet told; ("checkpoints", why): the
-    # job's checkpoints folder holds too many runs and steps to list
-    crowded: bool = False  # the job was told its checkpoints folder holds too many to list
+    # refused for their shape (too deep, too many files), not yet told
+    crowded: bool = False  # the last push's listing of the job's checkpoints stopped at MAX_FILES names
 
 
 class Quota(Protocol):
@@ -277,12 +276,7 @@ class SharedRoot:
         memo = memo if memo is not None else PushMemo()
         copied: list[str] = []
         local = _Local(job_dir, uid, None)
-        found, crowded = local.complete()
-        if crowded and not memo.crowded:
-            memo.crowded = True
-            memo.unfit.append((CHECKPOINTS, f"it holds over {MAX_FILES:,} runs and steps, the most the worker "
-                                            f"lists; it looked at some of them only, so your latest "
-                                            f"checkpoint may not be copied to the shared root"))
+        found, memo.crowded = local.complete()
         now = frozenset(found)
         if now == memo.mirrored:
             return copied

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .redis_store import Op, RedisStore
-from .shared_root import CHECKPOINTS, PushMemo, SharedRoot, StorageError
+from .shared_root import CHECKPOINTS, MAX_FILES, PushMemo, SharedRoot, StorageError
 from .shared_usage import SharedUsage, UserShare
 
 log = logging.getLogger("gpuqueue.worker")
@@ -54,6 +54,7 @@ class AttemptUploads:
         self._wake = wake
         self._fenced = fenced
         self._error: Optional[str] = None  # the storage error last told to the stream
+        self._told_crowded = False  # the job was told its checkpoints folder holds too many to list
         self._cond = threading.Condition()
         self._wanted = False
         self._final: Optional[ExitRec] = None  # the exit record waiting for the final push
@@ -157,7 +158,8 @@ class AttemptUploads:
 
     def _tell_refusals(self, ops: list[Op]) -> None:
         """A warning for each checkpoint the push left out for the root's per-attempt bound, for
-        its owner's (``max_shared_gb``), or for its shape (too deep, too many files)."""
+        its owner's (``max_shared_gb``), or for its shape (too deep, too many files); and once, that
+        the job's checkpoints folder holds more runs and steps than the push lists (``memo.crowded``)."""
         for what, size, held in self.memo.refusals:
             ops.append(self.store.event_op(self.job_id, "warning", {
                 "message": f"checkpoint {what} ({_size(size)}) is not copied to the shared root: with it, this "
@@ -180,13 +182,15 @@ class AttemptUploads:
                            f"max_shared_gb",
                 "storage_limit": True, "user_limit": True, "checkpoint": what, "bytes": size}))
         self.memo.user_refusals.clear()
+        if self.memo.crowded and not self._told_crowded:
+            self._told_crowded = True
+            ops.append(self.store.event_op(self.job_id, "warning", {
+                "message": f"your job's {CHECKPOINTS} folder on node {self.node}: it holds over {MAX_FILES:,} runs "
+                           f"and steps, the most the worker lists; it looked at some of them only, so your latest "
+                           f"checkpoint may not be copied to the shared root. Keep fewer "
+                           f"(Checkpointer(max_checkpoints=N)) and delete the step folders you do not need",
+                "storage_limit": True, "checkpoint": CHECKPOINTS}))
         for what, why in self.memo.unfit:
-            if what == CHECKPOINTS:  # the folder of them all (``SharedRoot.push``)
-                ops.append(self.store.event_op(self.job_id, "warning", {
-                    "message": f"your job's {CHECKPOINTS} folder on node {self.node}: {why}. Keep fewer "
-                               f"(Checkpointer(max_checkpoints=N)) and delete the step folders you do not need",
-                    "storage_limit": True, "checkpoint": what}))
-                continue
             ops.append(self.store.event_op(self.job_id, "warning", {
                 "message": f"checkpoint {what} is not copied to the shared root: {why}; it stays on node {self.node} "
                            f"only, so an attempt elsewhere cannot resume from it",
