@@ -250,6 +250,42 @@ def test_one_process_is_unchanged(api_factory, tmp_path: Path) -> None:
     assert not d.exists()
 
 
+def _dead_pid() -> int:
+    """The pid of a process that has ended (a killed process of the service)."""
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait(60)
+    return p.pid
+
+
+def test_a_metrics_file_still_empty_does_not_fail_the_scrape(api_factory, tmp_path: Path) -> None:
+    """A process creates its metrics file empty and sizes it just after: a scrape at that moment
+    (a new process' first request), or ever after when the process was killed in between, still
+    answers with every other file's values (prometheus-client alone fails the whole scrape)."""
+    d = tmp_path / "metrics"
+    api = api_factory(metrics_dir=d).start()
+    for _ in range(3):
+        api.request()
+    settled(api, 3)
+    pid = _dead_pid()
+    for kind in ("counter", "histogram", "gauge_max", "gauge_liveall"):
+        (d / f"{kind}_{pid}.db").touch()
+    for _ in range(4):  # whichever process takes it
+        s = api.scrape()
+        assert queue_requests(s) == 3, s.text
+    assert "Traceback" not in api.log.read_text()
+
+
+def test_a_damaged_metrics_file_answers_503_naming_the_fix(api_factory, tmp_path: Path) -> None:
+    d = tmp_path / "metrics"
+    api = api_factory(metrics_dir=d).start()
+    api.request()
+    settled(api, 1)
+    (d / f"counter_{_dead_pid()}.db").write_bytes((4096).to_bytes(4, "little") + b"\0" * 12)  # says more than it holds
+    r = requests.get(api.url + "/metrics", timeout=10)
+    assert r.status_code == 503 and "restart the service" in r.json()["message"], r.text
+    assert "Traceback" not in api.log.read_text()
+
+
 def test_a_removed_directory_answers_503_naming_the_fix(api_factory, tmp_path: Path) -> None:
     d = tmp_path / "metrics"
     api = api_factory(metrics_dir=d).start()

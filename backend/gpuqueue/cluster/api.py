@@ -24,6 +24,7 @@ import errno
 import hmac
 import logging
 import os
+import struct
 import sys
 import time
 from dataclasses import dataclass
@@ -256,15 +257,17 @@ class MetricsHandler(web.RequestHandler):
         from ..observability import metrics, multiproc
 
         path = self.settings.get("gpuqueue_metrics_dir")
-        try:
-            registry = multiproc.scrape_registry(path) if path else self.settings["gpuqueue_metrics"].registry
-        except (OSError, ValueError) as e:  # its directory was removed under the running service
-            log.error("cannot read the metrics directory %s: %s", path, e)
-            self.set_status(503)
-            self.finish({"message": f"the API's metrics directory {path} cannot be read ({e}): restart the "
-                                    f"service (it makes the directory again)"})
-            return
-        body, ctype = metrics.render(registry, self.request.headers.get("Accept"))
+        if not path:
+            body, ctype = metrics.render(self.settings["gpuqueue_metrics"].registry, self.request.headers.get("Accept"))
+        else:
+            try:
+                body, ctype = metrics.render(multiproc.scrape_registry(path), self.request.headers.get("Accept"))
+            except (OSError, ValueError, RuntimeError, struct.error) as e:  # removed under the service, or damaged
+                log.error("cannot read the metrics directory %s: %s", path, e)
+                self.set_status(503)
+                self.finish({"message": f"the API's metrics directory {path} cannot be read ({e}): restart the "
+                                        f"service (it empties the directory, or makes it again)"})
+                return
         self.set_header("Content-Type", ctype)
         self.finish(body)
 

@@ -11,7 +11,8 @@ by that user) and emptied at each start of the service, before any process write
 restart counts nothing of the last run. ``enable`` sets the variable; it must run before the
 first metric is created (the API calls it before it forks). A scrape (``scrape_registry``)
 first forgets the live gauges of processes that have exited (``mark_process_dead``: tornado
-restarts a process that died), then reads every file. Counters and histograms of an exited
+restarts a process that died), then reads every file (``FilesCollector``: those a process is
+creating at that moment, still empty, are read as holding nothing). Counters and histograms of an exited
 process stay counted, so totals never go backwards when one process is replaced.
 
 What multiprocess mode cannot add up is reported per process instead, with a ``pid`` label:
@@ -28,6 +29,7 @@ named is kept.
 from __future__ import annotations
 
 import errno
+import glob
 import logging
 import os
 import re
@@ -158,15 +160,46 @@ class LiveProcessesCollector:
         yield from fams.values()
 
 
+_HEADER = 8  # bytes: the length of the used part of a metrics file, which its process writes first
+
+
+def _has_header(name: str) -> bool:
+    try:
+        return os.stat(name).st_size >= _HEADER
+    except FileNotFoundError:  # a dead process' live gauges, removed by another process' scrape
+        return False
+
+
+class FilesCollector:
+    """prometheus-client's ``MultiProcessCollector`` over the files in ``path``, less the empty
+    ones. A process creates its file empty and sizes it just after, so a scrape at that moment
+    (the first request of a new process, or one that is restarted) would fail as a whole on it
+    (prometheus/client_python#1199), and for good if the process was killed in between. An empty
+    file holds no value yet; a file is never made smaller again, so one read as sized stays so."""
+
+    def __init__(self, path: str | Path):
+        self.path = path
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = [f for f in glob.glob(os.path.join(self.path, "*.db")) if _has_header(f)]
+        return MultiProcessCollector.merge(files, accumulate=True)
+
+
 def scrape_registry(path: str | Path) -> Any:
     """A registry that reads every process' files in ``path`` (after ``sweep_dead``), plus the
     live processes' ``process_*`` metrics; build one per scrape."""
     from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
 
+    if not os.path.isdir(path):
+        raise MetricsDirError(f"{path} is not a directory")
     sweep_dead(path)
     r = CollectorRegistry()
-    MultiProcessCollector(r, path=str(path))
+    r.register(FilesCollector(path))
     r.register(LiveProcessesCollector(path))
     return r
 
