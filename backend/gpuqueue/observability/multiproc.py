@@ -128,7 +128,12 @@ def sweep_dead(path: str | Path) -> list[int]:
 
     dead = sorted(pid for pid in _pids(path, _LIVE_GAUGE) if not _alive(pid))
     for pid in dead:
-        multiprocess.mark_process_dead(pid, str(path))
+        for _ in range(5):  # a process has one file per live mode at most (prometheus-client has 5)
+            try:
+                multiprocess.mark_process_dead(pid, str(path))
+                break
+            except FileNotFoundError:  # another process' scrape removed one at the same moment: the rest
+                continue
     return dead
 
 
