@@ -1,5 +1,5 @@
 """What all of one user's jobs' checkpoints take on the workers' shared root is bounded
-(``max_shared_gb``), counted in the store across workers: real redis-server (with the shipped
+(``max_shared_gb``, ``max_shared_files``), counted in the store across workers: real redis-server (with the shipped
 ACL where the worker's own user does it), a real folder root, :meth:`SharedRoot.push` with the
 worker's :class:`UserShare` and the worker's :class:`Sweeper`. The end-to-end case with real
 processes: ``test_shared_user_bound.py``."""
@@ -14,7 +14,7 @@ from typing import Callable
 import pytest
 
 from gpuqueue.cluster.redis_store import RedisStore
-from gpuqueue.cluster.shared_root import PushMemo, SharedRoot
+from gpuqueue.cluster.shared_root import PushMemo, SharedRoot, UserRefusal
 from gpuqueue.cluster.shared_usage import SharedUsage, limit_bytes
 from gpuqueue.cluster.worker_sweep import Sweeper, queue_id
 from gpuqueue.queue.config import QueueConfig
@@ -23,18 +23,20 @@ from helpers.servers import RedisServer
 from .conftest import shipped_acl
 
 
-def _ckpt(job_dir: Path, name: str, step: int, nbytes: int) -> Path:
+def _ckpt(job_dir: Path, name: str, step: int, nbytes: int, empty: int = 0) -> Path:
+    """A complete checkpoint: ``state.pt`` of ``nbytes`` bytes and ``empty`` empty files."""
     d = job_dir / "checkpoints" / name / f"step-{step:09d}"
     d.mkdir(parents=True)
     (d / "state.pt").write_bytes(b"w" * nbytes)
+    for i in range(empty):
+        (d / f"empty-{i}").touch()
     (d / "COMPLETE").write_text(json.dumps({"step": step}))
     return d
 
 
-def _publish(admin: RedisStore, users: dict[str, float]) -> None:
-    """The config the daemon publishes, with these users' ``max_shared_gb``."""
-    cfg = QueueConfig.model_validate({"pools": {"gpu": {"nodes": {"n1": 1}}},
-                                      "users": {u: {"max_shared_gb": gb} for u, gb in users.items()}})
+def _publish(admin: RedisStore, users: dict[str, dict[str, float]]) -> None:
+    """The config the daemon publishes, with these users' limits."""
+    cfg = QueueConfig.model_validate({"pools": {"gpu": {"nodes": {"n1": 1}}}, "users": users})
     admin.r.set(admin.k("config"), cfg.model_dump_json())
 
 
@@ -58,7 +60,7 @@ def test_a_users_checkpoints_on_the_root_are_bounded_across_jobs_until_the_sweep
         stores: tuple[RedisStore, RedisStore], tmp_path: Path) -> None:
     admin, worker = stores
     assert limit_bytes(worker, "alice") == 1000 * 10**9  # no config published yet: the default
-    _publish(admin, {"alice": 0.000001})  # 1000 bytes for all of alice's jobs
+    _publish(admin, {"alice": {"max_shared_gb": 0.000001}})  # 1000 bytes for all of alice's jobs
     assert limit_bytes(worker, "alice") == 1000 and limit_bytes(worker, "bob") == 1000 * 10**9
     root = SharedRoot(str(tmp_path / "root"), queue=queue_id(worker), max_bytes=1000)  # and 1000 an attempt
     usage = SharedUsage(worker)
@@ -77,7 +79,8 @@ def test_a_users_checkpoints_on_the_root_are_bounded_across_jobs_until_the_sweep
     # alice's second job: within the per-attempt bound, over alice's together: not copied
     _ckpt(node / "j-b", "t", 1, 550)
     assert push("j-b", "alice", b) == [] and _on_root(tmp_path / "root", "j-b") == []
-    assert b.user_refusals == [("t/step-000000001", size, size, 1000)] and not b.refusals
+    assert b.user_refusals == [UserRefusal("t/step-000000001", size, 2, size, 2, 1000, 1_000_000, False)]
+    assert not b.refusals
     assert usage.used("alice") == size
     # the refusal is told once, not at every later push
     assert push("j-b", "alice", b) == [] and len(b.user_refusals) == 1
@@ -102,3 +105,52 @@ def test_a_users_checkpoints_on_the_root_are_bounded_across_jobs_until_the_sweep
     assert admin.r.keys("gq:shared:job:j-a") == []
     _ckpt(node / "j-d", "t", 1, 550)
     assert push("j-d", "alice", PushMemo()) == ["t/step-000000001"] and usage.used("alice") == size
+
+
+def test_a_users_checkpoints_on_the_root_are_bounded_in_files_too(stores: tuple[RedisStore, RedisStore],
+                                                                   tmp_path: Path) -> None:
+    """Empty files count next to nothing in bytes, but each is an inode (or object) of the root:
+    ``max_shared_files`` bounds them, across jobs, given back by rotation and by the sweep."""
+    admin, worker = stores
+    _publish(admin, {"alice": {"max_shared_files": 5}})
+    root = SharedRoot(str(tmp_path / "root"), queue=queue_id(worker))
+    usage = SharedUsage(worker)
+    node = tmp_path / "node"
+
+    def push(job_id: str, memo: PushMemo) -> list[str]:
+        return root.push(job_id, node / job_id, memo=memo, quota=usage.for_job(job_id, "alice"))
+
+    for job_id in ("j-a", "j-b"):
+        admin.r.set(admin.k("job", job_id), "{}")
+    a, b = PushMemo(), PushMemo()
+    _ckpt(node / "j-a", "t", 1, 10, empty=2)  # state.pt, 2 empty files and its marker: 4 files
+    assert push("j-a", a) == ["t/step-000000001"] and usage.files("alice") == 4
+    _ckpt(node / "j-b", "t", 1, 10)  # 2 files: 6 of 5
+    assert push("j-b", b) == [] and _on_root(tmp_path / "root", "j-b") == []
+    [refused] = b.user_refusals
+    assert refused.by_files and (refused.files, refused.used_files, refused.limit_files) == (2, 4, 5), refused
+    assert usage.files("alice") == 4
+    # j-a rotates to a checkpoint of 2 files: the one it replaces is not held against it
+    shutil.rmtree(node / "j-a" / "checkpoints" / "t" / "step-000000001")
+    _ckpt(node / "j-a", "t", 2, 10)
+    assert push("j-a", a) == ["t/step-000000002"] and usage.files("alice") == 2
+    # the sweep deletes j-a's folder: its files are given back, j-b's checkpoint fits
+    admin.r.delete(admin.k("job", "j-a"))
+    assert Sweeper(worker, root, "w1", 30).sweep() == ["j-a"]
+    assert usage.files("alice") == 0 and not admin.r.keys("gq:shared:files:*")
+    assert push("j-b", PushMemo()) == ["t/step-000000001"] and usage.files("alice") == 2
+
+
+def test_a_checkpoint_counted_before_files_were_is_given_back_in_bytes(stores: tuple[RedisStore, RedisStore]) -> None:
+    """A count written by a worker of the version before (``BYTES``, no files) still leaves whole."""
+    admin, worker = stores
+    admin.r.hset("gq:shared:job:j-old", mapping={"owner": "alice", "t/step-000000001": "550"})
+    admin.r.hset("gq:shared:used:alice", mapping={"j-old": 550, "total": 550})
+    usage = SharedUsage(worker)
+    share = usage.for_job("j-old", "alice")
+    assert share.take("t/step-000000002", 100, 2) is None
+    assert (usage.used("alice"), usage.files("alice")) == (650, 2)
+    share.give(["t/step-000000001"])
+    assert (usage.used("alice"), usage.files("alice")) == (100, 2)
+    share.give(["t/step-000000002"])
+    assert (usage.used("alice"), usage.files("alice")) == (0, 0) and not admin.r.keys("gq:shared:*")

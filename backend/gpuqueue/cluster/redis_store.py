@@ -43,7 +43,9 @@ Keys (prefix ``gq`` by default)::
     shared:queue / shared:sweep   the queue's id on the workers' shared root, the sweep's turn
                         (worker_sweep.py)
     shared:used:<name>  HASH of the user's jobs' bytes on the shared root (``max_shared_gb``);
-    shared:job:<id>     HASH of the job's checkpoints' bytes there and its owner (shared_usage.py)
+    shared:files:<name> HASH of the same in files (``max_shared_files``)
+    shared:job:<id>     HASH of the job's checkpoints' bytes and files there and its owner
+                        (shared_usage.py)
 
 A finished job's keys are deleted by the daemon ``--keep-finished`` (default 30 days) after it
 ended, or sooner once its owner has more than ``max_finished`` finished jobs; a user's stored

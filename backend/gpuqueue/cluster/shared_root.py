@@ -49,7 +49,7 @@ import uuid
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generator, Optional, Protocol, Sequence
+from typing import Any, Generator, NamedTuple, Optional, Protocol, Sequence
 
 from ..attempt.jobdir import open_owned_file
 from ..job.checkpoint import MARKER, remove_checkpoint
@@ -102,6 +102,19 @@ class CheckpointFile:
     size: int
 
 
+class UserRefusal(NamedTuple):
+    """A checkpoint that its owner's bound on the root refused (:meth:`Quota.take`)."""
+
+    checkpoint: str  # name/step-N
+    size: int  # its bytes
+    files: int  # its files, its marker included
+    used: int  # the bytes all the owner's jobs' checkpoints take on the root
+    used_files: int  # the files they hold there
+    limit: int  # the owner's bound in bytes (max_shared_gb)
+    limit_files: int  # and in files (max_shared_files)
+    by_files: bool  # refused for the files (else for the bytes)
+
+
 @dataclass
 class PushMemo:
     """What one attempt's pushes already did: ``copied`` the ``name/step@marker`` keys copied;
@@ -116,8 +129,7 @@ class PushMemo:
     refused: set[str] = field(default_factory=set)  # keys not copied: over ``SharedRoot.max_bytes``
     refusals: list[tuple[str, int, int]] = field(default_factory=list)  # (name/step, its bytes, bytes
     # the attempt's others there take) of the refusals not yet told (AttemptUploads takes them)
-    user_refusals: list[tuple[str, int, int, int]] = field(default_factory=list)  # (name/step, its bytes,
-    # bytes all the owner's jobs take there, the owner's bound) of those refused by ``quota``, not yet told
+    user_refusals: list[UserRefusal] = field(default_factory=list)  # those ``quota`` refused, not yet told
     unfit: list[tuple[str, str]] = field(default_factory=list)  # (name/step, why: Unfit's text) of those
     # refused for their shape (too deep, too many files), not yet told
     crowded: bool = False  # the last push's listing of the job's checkpoints stopped at MAX_FILES names
@@ -125,14 +137,13 @@ class PushMemo:
 
 class Quota(Protocol):
     """What all the checkpoints of a job's owner may take on the root, counted across workers
-    (``shared_usage.UserShare``): ``take`` counts a checkpoint (``name/step-N``) of the job
-    before it is copied (``keep``: the job's local ones, whose runs' others on the root are
-    rotated away), or refuses it (returns the owner's bytes there, not None); ``give``
-    uncounts those deleted from the root; ``limit`` is the owner's bound in bytes."""
+    (``shared_usage.UserShare``): ``take`` counts a checkpoint (``name/step-N``: its bytes and
+    files) of the job before it is copied (``keep``: the job's local ones, whose runs' others on
+    the root are rotated away), or refuses it (returns why, not None); ``give`` uncounts those
+    deleted from the root."""
 
-    limit: int
-
-    def take(self, checkpoint: str, size: int, keep: Sequence[str] = (), bound: bool = True) -> Optional[int]: ...
+    def take(self, checkpoint: str, size: int, files: int, keep: Sequence[str] = (),
+             bound: bool = True) -> Optional[UserRefusal]: ...
 
     def give(self, checkpoints: list[str]) -> None: ...
 
@@ -296,11 +307,12 @@ class SharedRoot:
                 whole = False
                 continue  # rotated away while we looked: a newer one is there
             size = len(marker) + sum(f.size for f in files)
+            count = len(files) + 1  # the files it puts on the root, its marker included
             if memo.mirrored is None and self._there(dest, marker):  # the attempt's first push: those
                 memo.copied.add(key)  # it was started with (pulled from the root) are there already
                 memo.sizes[key] = size
                 if quota is not None:  # counted already, unless copied by a version that did not count
-                    quota.take(f"{name}/{step}", size, bound=False)
+                    quota.take(f"{name}/{step}", size, count, bound=False)
                 continue
             if self.max_bytes:
                 held = sum(memo.sizes.get(k, 0) for k in (f"{n}/{s}@{m}" for n, s, m in found) if k in memo.copied)
@@ -309,10 +321,10 @@ class SharedRoot:
                     memo.refusals.append((f"{name}/{step}", size, held))
                     continue
             keep = [f"{n}/{s}" for n, s, _ in found]  # the store unavailable: not copied, the push fails
-            used = None if quota is None else quota.take(f"{name}/{step}", size, keep)
-            if used is not None:
+            refusal = None if quota is None else quota.take(f"{name}/{step}", size, count, keep)
+            if refusal is not None:
                 memo.refused.add(key)
-                memo.user_refusals.append((f"{name}/{step}", size, used, quota.limit if quota else 0))
+                memo.user_refusals.append(refusal)
                 continue
             try:
                 if not memo.tagged:

@@ -10,8 +10,8 @@ progress of every job on the node. So each attempt with a shared root gets an
 * :meth:`AttemptUploads.finish` (the attempt ended) asks for the final push, run after any push in
   progress; the tail thread asks again each round and reports the end only once it is done, with
   the exit record the push returned (a storage error fails the attempt there, as before).
-* Each push counts what it copies against its owner's ``max_shared_gb`` (all their jobs'
-  checkpoints on the root, in the store: ``shared_usage.py``) as well as against the worker's
+* Each push counts what it copies against its owner's ``max_shared_gb`` and ``max_shared_files``
+  (all their jobs' checkpoints on the root, in the store: ``shared_usage.py``) as well as against the worker's
   ``--shared-max-gb`` (this attempt's); a checkpoint past either is not copied, and the job is
   told why.
 * What the pushes tell the job's stream (a copy made, a storage error) is kept as store ops that
@@ -158,8 +158,9 @@ class AttemptUploads:
 
     def _tell_refusals(self, ops: list[Op]) -> None:
         """A warning for each checkpoint the push left out for the root's per-attempt bound, for
-        its owner's (``max_shared_gb``), or for its shape (too deep, too many files); and once, that
-        the job's checkpoints folder holds more runs and steps than the push lists (``memo.crowded``)."""
+        its owner's (``max_shared_gb``, ``max_shared_files``), or for its shape (too deep, too many
+        files); and once, that the job's checkpoints folder holds more runs and steps than the push
+        lists (``memo.crowded``)."""
         for what, size, held in self.memo.refusals:
             ops.append(self.store.event_op(self.job_id, "warning", {
                 "message": f"checkpoint {what} ({_size(size)}) is not copied to the shared root: with it, this "
@@ -169,18 +170,26 @@ class AttemptUploads:
                            f"resume from it. Save smaller checkpoints, or keep fewer (Checkpointer(max_checkpoints=N))",
                 "storage_limit": True, "checkpoint": what, "bytes": size}))
         self.memo.refusals.clear()
-        for what, size, used, limit in self.memo.user_refusals:
+        for u in self.memo.user_refusals:
+            if u.by_files:
+                what_over = (f"{u.checkpoint} ({u.files:,} files, its marker included) is not copied to the shared "
+                             f"root: your jobs' checkpoints there hold {u.used_files:,} files of your "
+                             f"{u.limit_files:,} (max_shared_files in the queue config)")
+                smaller, knob = "save each checkpoint in fewer, larger files", "max_shared_files"
+            else:
+                what_over = (f"{u.checkpoint} ({_size(u.size)}) is not copied to the shared root: your jobs' "
+                             f"checkpoints there take {_size(u.used)} of your {_size(u.limit)} (max_shared_gb in "
+                             f"the queue config)")
+                smaller, knob = "keep fewer or smaller checkpoints", "max_shared_gb"
             ops.append(self.store.event_op(self.job_id, "warning", {
-                "message": f"checkpoint {what} ({_size(size)}) is not copied to the shared root: your jobs' "
-                           f"checkpoints there take {_size(used)} of your {_size(limit)} (max_shared_gb in the "
-                           f"queue config); it stays on node {self.node} only, so an attempt elsewhere cannot "
-                           f"resume from it. Your finished jobs' checkpoints leave the root when their records are "
-                           f"deleted: delete those you no longer need with `gpuqueue rm JOB_ID ...` "
+                "message": f"checkpoint {what_over}; it stays on node {self.node} only, so an attempt elsewhere "
+                           f"cannot resume from it. Your finished jobs' checkpoints leave the root when their "
+                           f"records are deleted: delete those you no longer need with `gpuqueue rm JOB_ID ...` "
                            f"(`%gpuqueue rm JOB_ID`; their checkpoints go at the workers' next shared sweep), or "
-                           f"they go keep_finished after they end, or past max_finished; keep fewer or smaller "
-                           f"checkpoints (Checkpointer(max_checkpoints=N)), or ask the admin for a larger "
-                           f"max_shared_gb",
-                "storage_limit": True, "user_limit": True, "checkpoint": what, "bytes": size}))
+                           f"they go keep_finished after they end, or past max_finished; {smaller} "
+                           f"(Checkpointer(max_checkpoints=N) keeps fewer), or ask the admin for a larger {knob}",
+                "storage_limit": True, "user_limit": True, "checkpoint": u.checkpoint, "bytes": u.size,
+                "files": u.files}))
         self.memo.user_refusals.clear()
         if self.memo.crowded and not self._told_crowded:
             self._told_crowded = True

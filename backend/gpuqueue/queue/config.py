@@ -127,6 +127,12 @@ class UserLimits(BaseModel):
         description="GB the checkpoints of all the user's jobs may take on the workers' shared root "
         "(gpuqueue worker --shared-dir), counted across workers until each job's record is deleted; "
         "a checkpoint past it is not copied there (it stays on its node, and the job is told)")
+    max_shared_files: int = Field(
+        1_000_000, ge=1,
+        description="files the checkpoints of all the user's jobs may hold on the workers' shared root (each "
+        "checkpoint's files and its marker), counted as max_shared_gb is; bounds what bytes do not (many "
+        "empty or tiny files, each an inode or object there); a checkpoint past it is not copied there (it "
+        "stays on its node, and the job is told)")
     max_finished: int = Field(
         10_000, ge=1,
         description="finished jobs (record, events, results) kept for the user; past it the oldest "
