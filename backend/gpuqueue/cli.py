@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("id")
         s.set_defaults(fn=fn)
     s = sub.add_parser("rm", help="delete finished jobs and what they keep (logs, results, checkpoints), freeing "
-                       "your max_results_mb, max_logs_mb and max_shared_gb")
+                       "your max_results_mb, max_logs_mb, max_shared_gb and max_shared_files")
     s.add_argument("ids", nargs="+", metavar="ID")
     s.set_defaults(fn=cmd_rm)
     s = sub.add_parser("logs", help="a job's output; its state changes and warnings on stderr")
