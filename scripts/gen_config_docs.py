@@ -196,11 +196,11 @@ state folder). Finished jobs stay in it for `keep_finished` / `gpuqueue schedule
   "Shared storage for checkpoints"); a user frees room at once with `gpuqueue rm JOB_ID ...`,
   which deletes finished jobs (their checkpoints leave the root at the next shared sweep), as it
   frees room within `max_results_mb`, `max_logs_mb` and `max_finished` (docs/user-guide.md).
-* `max_shared_files` (default 1,000,000 a user): the files those checkpoints hold there (each
-  checkpoint's files and its marker), counted and given back in the same way. It bounds what
+* `max_shared_files` (default 1,000,000 a user): the files and folders those checkpoints hold
+  there (each checkpoint's, its marker included), counted and given back in the same way. It bounds what
   bytes do not: a job saving many empty or tiny files takes next to nothing of `max_shared_gb`
   but an inode (or object) of the shared root for each. A checkpoint past it is not copied, and
-  the job's warning names its files, what the user's jobs hold there and the knob
+  the job's warning names its files and folders, what the user's jobs hold there and the knob
   (`tests/cluster/test_shared_usage.py`).
 
 ```

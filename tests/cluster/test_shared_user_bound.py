@@ -71,8 +71,8 @@ def test_a_users_jobs_together_stay_within_max_shared_gb_and_files_and_the_sweep
     [told] = _told(c, "bob", bobs)
     assert told["user_limit"] and told["files"] == 2, told
     msg = told["message"]
-    assert ("checkpoint default/step-000000001 (2 files, its marker included) is not copied to the shared root: your "
-            "jobs' checkpoints there hold 0 files of your 1 (max_shared_files in the queue config)") in msg, msg
+    assert ("checkpoint default/step-000000001 (2 files and folders, its marker included) is not copied to the "
+            "shared root: your jobs' checkpoints there hold 0 of your 1 (max_shared_files in the queue config)") in msg, msg
     assert "save each checkpoint in fewer, larger files" in msg and "a larger max_shared_files" in msg, msg
     assert on_root(bobs) == [] and not r.exists("gq:shared:files:bob")
 

@@ -107,7 +107,7 @@ class UserRefusal(NamedTuple):
 
     checkpoint: str  # name/step-N
     size: int  # its bytes
-    files: int  # its files, its marker included
+    files: int  # its files and folders, its marker included
     used: int  # the bytes all the owner's jobs' checkpoints take on the root
     used_files: int  # the files they hold there
     limit: int  # the owner's bound in bytes (max_shared_gb)
@@ -298,7 +298,7 @@ class SharedRoot:
                 continue
             dest = f"{self.job_prefix(job_id)}/{name}/{step}"
             try:
-                files, marker = local.read_checkpoint(name, step)
+                files, count, marker = local.read_checkpoint(name, step)
             except Unfit as e:
                 memo.refused.add(key)
                 memo.unfit.append((f"{name}/{step}", str(e)))
@@ -307,7 +307,6 @@ class SharedRoot:
                 whole = False
                 continue  # rotated away while we looked: a newer one is there
             size = len(marker) + sum(f.size for f in files)
-            count = len(files) + 1  # the files it puts on the root, its marker included
             if memo.mirrored is None and self._there(dest, marker):  # the attempt's first push: those
                 memo.copied.add(key)  # it was started with (pulled from the root) are there already
                 memo.sizes[key] = size
@@ -621,12 +620,13 @@ class _Local:
                 out.append((name, step, f"{st.st_ino}-{st.st_mtime_ns}"))
         return out, budget[0] < 0
 
-    def read_checkpoint(self, name: str, step: str) -> tuple[list[CheckpointFile], bytes]:
-        """A checkpoint's files (none is held open) and its marker's bytes. A file gone missing
-        raises OSError; a link, a special, hard-linked or foreign file, or a checkpoint over a
-        limit, :class:`Unfit`."""
+    def read_checkpoint(self, name: str, step: str) -> tuple[list[CheckpointFile], int, bytes]:
+        """A checkpoint's files (none is held open), how many files and folders it holds (its
+        marker included) and its marker's bytes. A file gone missing raises OSError; a link, a
+        special, hard-linked or foreign file, or a checkpoint over a limit, :class:`Unfit`."""
         files: list[CheckpointFile] = []
-        self._walk([CHECKPOINTS, name, step], "", files, [0, 0])
+        seen = [0, 0]
+        self._walk([CHECKPOINTS, name, step], "", files, seen)
         dfd = self._open_dir([CHECKPOINTS, name, step])
         try:
             fd = self._file(dfd, MARKER)
@@ -636,7 +636,7 @@ class _Local:
             raise OSError("its marker is gone")
         with os.fdopen(fd, "rb") as f:
             marker = f.read(1_000_000)
-        return files, marker
+        return files, seen[0], marker
 
     def _walk(self, names: list[str], rel: str, out: list[CheckpointFile], seen: list[int]) -> None:
         """Note the files under the folder ``names`` (``rel`` under the checkpoint) in ``out``;

@@ -19,9 +19,10 @@ A push takes a checkpoint's bytes and files before it copies it (:meth:`UserShar
 script that reads the user's totals and refuses past either bound, so the workers of one user's
 jobs cannot all pass it at once), and gives back those it deleted from the root (rotated away);
 the sweep that deletes a job's folder gives back all of it (:meth:`SharedUsage.drop_job`).
-Counted by the files' sizes, as the per-attempt bound is; a checkpoint's files are its files and
-its marker. The bounds are read from the config the daemon publishes (``config``); before it
-publishes one, the defaults hold.
+Counted by the files' sizes, as the per-attempt bound is; a checkpoint's files are all it holds,
+files and folders, its marker included (an empty folder counts, though it is not copied). The
+bounds are read from the config the daemon publishes (``config``); before it publishes one, the
+defaults hold.
 """
 
 from __future__ import annotations

@@ -172,8 +172,8 @@ class AttemptUploads:
         self.memo.refusals.clear()
         for u in self.memo.user_refusals:
             if u.by_files:
-                what_over = (f"{u.checkpoint} ({u.files:,} files, its marker included) is not copied to the shared "
-                             f"root: your jobs' checkpoints there hold {u.used_files:,} files of your "
+                what_over = (f"{u.checkpoint} ({u.files:,} files and folders, its marker included) is not copied to "
+                             f"the shared root: your jobs' checkpoints there hold {u.used_files:,} of your "
                              f"{u.limit_files:,} (max_shared_files in the queue config)")
                 smaller, knob = "save each checkpoint in fewer, larger files", "max_shared_files"
             else:

@@ -129,8 +129,8 @@ class UserLimits(BaseModel):
         "a checkpoint past it is not copied there (it stays on its node, and the job is told)")
     max_shared_files: int = Field(
         1_000_000, ge=1,
-        description="files the checkpoints of all the user's jobs may hold on the workers' shared root (each "
-        "checkpoint's files and its marker), counted as max_shared_gb is; bounds what bytes do not (many "
+        description="files and folders the checkpoints of all the user's jobs may hold on the workers' shared "
+        "root (each checkpoint's, its marker included), counted as max_shared_gb is; bounds what bytes do not (many "
         "empty or tiny files, each an inode or object there); a checkpoint past it is not copied there (it "
         "stays on its node, and the job is told)")
     max_finished: int = Field(
