@@ -24,7 +24,7 @@ from gpuqueue.attempt.jobdir import prepare_owned
 from gpuqueue.attempt.launch import runner_env
 from gpuqueue.attempt.runner import job_event
 from gpuqueue.cluster.redis_store import RedisStore
-from gpuqueue.cluster.shared_root import MAX_DEPTH, MAX_FILES, MAX_PATH_CHARS, SharedRoot
+from gpuqueue.cluster.shared_root import MAX_DEPTH, MAX_FILES, MAX_PATH_CHARS, PushMemo, SharedRoot
 from gpuqueue.cluster.worker_uploads import AttemptUploads
 from helpers.servers import RedisServer, wait_until
 
@@ -454,3 +454,47 @@ def test_a_checkpoint_file_grown_after_roots_walk_is_not_copied_past_its_counted
         grow.wait()
     on_root = sum(p.stat().st_size for p in (tmp_path / "root").rglob("*") if p.is_file())
     assert on_root <= 16 << 20, f"{on_root:,} bytes on the shared root"
+
+
+SWAP = r'''
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+ino = libc.inotify_init1(0)
+if ino < 0 or libc.inotify_add_watch(ino, sys.argv[1].encode(), 0x20) < 0:  # IN_OPEN
+    sys.exit("no inotify: " + os.strerror(ctypes.get_errno()))
+print("ready", flush=True)
+os.read(ino, 4096)
+with open(sys.argv[2] + ".new", "wb") as f:
+    f.write(b"B")
+os.rename(sys.argv[2] + ".new", sys.argv[2])
+print("swapped", flush=True)
+'''
+
+
+def test_a_checkpoint_file_replaced_after_roots_walk_is_not_copied_until_the_next_push(tmp_path: Path) -> None:
+    """Root's walk notes each file (device, inode, size) and copies them afterwards: the job
+    replaces its second file by another of the same size the moment root opens the first (a
+    save over the checkpoint, as a write to a fresh name and a rename does). The copy is given
+    up, nothing of it stays on the root (no half checkpoint another attempt could resume from),
+    and the next push copies the checkpoint as it is then."""
+    job = tmp_path / "job"
+    _complete(job, "t", "step-000000001")
+    step = job / "checkpoints" / "t" / "step-000000001"
+    (step / "a.bin").write_bytes(os.urandom(32 << 20))  # copied first: the job swaps b.bin meanwhile
+    (step / "b.bin").write_bytes(b"b")
+    shared = SharedRoot(str(tmp_path / "root"))
+    shared.check()
+    memo = PushMemo()
+    swap = subprocess.Popen([sys.executable, "-c", SWAP, str(step / "a.bin"), str(step / "b.bin")],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert swap.stdout is not None and swap.stdout.readline().strip() == "ready"
+        assert shared.push("j-1", job, memo=memo) == []
+        assert swap.wait(30) == 0
+    finally:
+        swap.kill()
+        swap.wait()
+    on_root = tmp_path / "root" / "jobs" / "j-1" / "checkpoints" / "t" / "step-000000001"
+    assert not on_root.exists(), sorted(p.name for p in on_root.iterdir())
+    assert shared.push("j-1", job, memo=memo) == ["t/step-000000001"]
+    assert (on_root / "b.bin").read_bytes() == b"B" and (on_root / "COMPLETE").exists()
