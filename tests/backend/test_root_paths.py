@@ -416,17 +416,17 @@ def test_a_refused_program_tells_the_job_nothing_of_another_users_closed_folder(
 
 # the job's own process: once root opens the first file of its checkpoint (inotify), it makes the
 # second one 256 MB (sparse: it costs the job nothing)
-GROW = r'''
-import ctypes, os, struct, sys
+# what the job does the moment root opens the file argv[1] (the first it copies), to argv[2]
+ON_OPEN = r'''
+import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
 ino = libc.inotify_init1(0)
 if ino < 0 or libc.inotify_add_watch(ino, sys.argv[1].encode(), 0x20) < 0:  # IN_OPEN
     sys.exit("no inotify: " + os.strerror(ctypes.get_errno()))
 print("ready", flush=True)
 os.read(ino, 4096)
-os.truncate(sys.argv[2], 256 << 20)
-print("grown", flush=True)
 '''
+GROW = ON_OPEN + "os.truncate(sys.argv[2], 256 << 20)\n"
 
 
 def test_a_checkpoint_file_grown_after_roots_walk_is_not_copied_past_its_counted_size(tmp_path: Path) -> None:
@@ -456,18 +456,10 @@ def test_a_checkpoint_file_grown_after_roots_walk_is_not_copied_past_its_counted
     assert on_root <= 16 << 20, f"{on_root:,} bytes on the shared root"
 
 
-SWAP = r'''
-import ctypes, os, sys
-libc = ctypes.CDLL(None, use_errno=True)
-ino = libc.inotify_init1(0)
-if ino < 0 or libc.inotify_add_watch(ino, sys.argv[1].encode(), 0x20) < 0:  # IN_OPEN
-    sys.exit("no inotify: " + os.strerror(ctypes.get_errno()))
-print("ready", flush=True)
-os.read(ino, 4096)
+SWAP = ON_OPEN + '''
 with open(sys.argv[2] + ".new", "wb") as f:
     f.write(b"B")
 os.rename(sys.argv[2] + ".new", sys.argv[2])
-print("swapped", flush=True)
 '''
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from gpuqueue.cluster.redis_store import RedisStore
 from gpuqueue.cluster.shared_root import PushMemo, SharedRoot, UserRefusal
-from gpuqueue.cluster.shared_usage import SharedUsage, limit_bytes
+from gpuqueue.cluster.shared_usage import SharedUsage, user_limits
 from gpuqueue.cluster.worker_sweep import Sweeper, queue_id
 from gpuqueue.queue.config import QueueConfig
 from helpers.servers import RedisServer
@@ -59,9 +59,9 @@ def stores(redis_factory: Callable[..., RedisServer]) -> tuple[RedisStore, Redis
 def test_a_users_checkpoints_on_the_root_are_bounded_across_jobs_until_the_sweep_deletes_them(
         stores: tuple[RedisStore, RedisStore], tmp_path: Path) -> None:
     admin, worker = stores
-    assert limit_bytes(worker, "alice") == 1000 * 10**9  # no config published yet: the default
+    assert user_limits(worker, "alice").max_shared_gb == 1000  # no config published yet: the default
     _publish(admin, {"alice": {"max_shared_gb": 0.000001}})  # 1000 bytes for all of alice's jobs
-    assert limit_bytes(worker, "alice") == 1000 and limit_bytes(worker, "bob") == 1000 * 10**9
+    assert user_limits(worker, "alice").max_shared_gb == 0.000001 and user_limits(worker, "bob").max_shared_gb == 1000
     root = SharedRoot(str(tmp_path / "root"), queue=queue_id(worker), max_bytes=1000)  # and 1000 an attempt
     usage = SharedUsage(worker)
     node = tmp_path / "node"

@@ -257,11 +257,12 @@ class MetricsHandler(web.RequestHandler):
         from ..observability import metrics, multiproc
 
         path = self.settings.get("gpuqueue_metrics_dir")
+        accept = self.request.headers.get("Accept")
         if not path:
-            body, ctype = metrics.render(self.settings["gpuqueue_metrics"].registry, self.request.headers.get("Accept"))
+            body, ctype = metrics.render(self.settings["gpuqueue_metrics"].registry, accept)
         else:
             try:
-                body, ctype = metrics.render(multiproc.scrape_registry(path), self.request.headers.get("Accept"))
+                body, ctype = metrics.render(multiproc.scrape_registry(path), accept)
             except (OSError, ValueError, RuntimeError, struct.error) as e:  # removed under the service, or damaged
                 log.error("cannot read the metrics directory %s: %s", path, e)
                 self.set_status(503)

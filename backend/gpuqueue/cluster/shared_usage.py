@@ -149,11 +149,6 @@ def user_limits(store: RedisStore, user: str) -> UserLimits:
     return cfg.limits_for(user) if cfg is not None else _DEFAULT
 
 
-def limit_bytes(store: RedisStore, user: str) -> int:
-    """The user's ``max_shared_gb`` in bytes (:func:`user_limits`)."""
-    return int(user_limits(store, user).max_shared_gb * 1e9)
-
-
 class SharedUsage:
     """The users' bytes and files on the shared root, in ``store``."""
 

@@ -10,10 +10,10 @@ progress of every job on the node. So each attempt with a shared root gets an
 * :meth:`AttemptUploads.finish` (the attempt ended) asks for the final push, run after any push in
   progress; the tail thread asks again each round and reports the end only once it is done, with
   the exit record the push returned (a storage error fails the attempt there, as before).
-* Each push counts what it copies against its owner's ``max_shared_gb`` and ``max_shared_files``
-  (all their jobs' checkpoints on the root, in the store: ``shared_usage.py``) as well as against the worker's
-  ``--shared-max-gb`` (this attempt's); a checkpoint past either is not copied, and the job is
-  told why.
+* Each push counts what it copies against its owner's ``max_shared_gb`` and
+  ``max_shared_files`` (all their jobs' checkpoints on the root, in the store:
+  ``shared_usage.py``) as well as against the worker's ``--shared-max-gb`` (this attempt's); a
+  checkpoint past any of them is not copied, and the job is told why.
 * What the pushes tell the job's stream (a copy made, a storage error) is kept as store ops that
   the tail thread writes with the attempt's next events (:meth:`AttemptUploads.take_ops`).
 

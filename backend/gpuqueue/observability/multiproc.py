@@ -11,8 +11,8 @@ by that user) and emptied at each start of the service, before any process write
 restart counts nothing of the last run. ``enable`` sets the variable; it must run before the
 first metric is created (the API calls it before it forks). A scrape (``scrape_registry``)
 first forgets the live gauges of processes that have exited (``mark_process_dead``: tornado
-restarts a process that died), then reads every file (``FilesCollector``: those a process is
-creating at that moment, still empty, are read as holding nothing). Counters and histograms of an exited
+restarts a process that died), then reads every file (``FilesCollector``: one a process is
+creating at that moment, still empty, holds nothing yet). Counters and histograms of an exited
 process stay counted, so totals never go backwards when one process is replaced.
 
 What multiprocess mode cannot add up is reported per process instead, with a ``pid`` label:
@@ -200,9 +200,7 @@ def scrape_registry(path: str | Path) -> Any:
     live processes' ``process_*`` metrics; build one per scrape."""
     from prometheus_client import CollectorRegistry
 
-    if not os.path.isdir(path):
-        raise MetricsDirError(f"{path} is not a directory")
-    sweep_dead(path)
+    sweep_dead(path)  # OSError where the directory is gone
     r = CollectorRegistry()
     r.register(FilesCollector(path))
     r.register(LiveProcessesCollector(path))
