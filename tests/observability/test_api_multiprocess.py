@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import re
 import shlex
@@ -18,6 +20,7 @@ import psutil
 import pytest
 import requests
 
+from gpuqueue.observability import multiproc
 from helpers.servers import RedisServer, free_port, wait_until
 from observability.obstools import Scrape
 
@@ -284,6 +287,48 @@ def test_a_damaged_metrics_file_answers_503_naming_the_fix(api_factory, tmp_path
     r = requests.get(api.url + "/metrics", timeout=10)
     assert r.status_code == 503 and "restart the service" in r.json()["message"], r.text
     assert "Traceback" not in api.log.read_text()
+
+
+def _sweep_rounds(d: Path, barrier: "multiprocessing.synchronize.Barrier", rounds: int,
+                  errors: "multiprocessing.Queue[str]") -> None:
+    """One of several scrapes at once: ``rounds`` times, wait for the others, sweep."""
+    for _ in range(rounds):
+        barrier.wait()
+        try:
+            multiproc.sweep_dead(d)
+        except OSError as e:
+            errors.put(repr(e))
+        barrier.wait()
+    errors.put("done")
+
+
+def test_scrapes_at_once_each_forget_a_dead_process_without_error(tmp_path: Path) -> None:
+    """Four processes of the service scrape at the same moment, right after one of them died
+    with a file for each of prometheus-client's five live-gauge modes: each scrape removes what
+    the others have not (before, a scrape that found a file gone under it failed: 503)."""
+    ctx = multiprocessing.get_context("fork")
+    n, rounds = 4, 300
+    barrier, errors = ctx.Barrier(n + 1), ctx.Queue()
+    scrapes = [ctx.Process(target=_sweep_rounds, args=(tmp_path, barrier, rounds, errors)) for _ in range(n)]
+    for p in scrapes:
+        p.start()
+    pid = _dead_pid()
+    try:
+        for _ in range(rounds):
+            for mode in ("liveall", "livesum", "livemax", "livemin", "livemostrecent"):
+                (tmp_path / f"gauge_{mode}_{pid}.db").touch()
+            barrier.wait(30)
+            barrier.wait(30)
+            assert list(tmp_path.iterdir()) == []
+        failed, done = [], 0
+        while done < n:
+            e = errors.get(timeout=30)
+            done, failed = (done + 1, failed) if e == "done" else (done, failed + [e])
+        assert failed == []
+    finally:
+        for p in scrapes:
+            p.kill()
+            p.join(10)
 
 
 def test_a_removed_directory_answers_503_naming_the_fix(api_factory, tmp_path: Path) -> None:
