@@ -1,6 +1,7 @@
 """A real JupyterLab in Debian's chromium: the "GPU Queue" sidebar and the cell widget.
 
-Runs a notebook: a ``%%train`` cell the sidebar follows from running to succeeded (its GPU on
+A command job runs first (the sidebar lists it under "Recently finished" with its Delete
+button). Then a notebook: a ``%%train`` cell the sidebar follows from running to succeeded (its GPU on
 the map, the user's share standing), a job queued behind it that the sidebar cancels (with its
 confirmation dialog), then a long ``%%train`` cell cancelled from its own widget while the cell
 waits (the job ends cancelled, its process is gone, the cell returns and the next cell runs).
@@ -81,6 +82,15 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             assert "1 of 1 free" in pool.inner_text()
             assert sidebar.locator('.jp-GPUQueue-node[data-node="local"] .jp-GPUQueue-gpu').evaluate_all(
                 "els => els.map(e => e.dataset.state)") == ["free"]
+            # a job that has run: it is under "Recently finished", with Delete and no Cancel
+            # (the screenshot below shows all three kinds of row)
+            ran = client.submit({"kind": "command", "command": [sys.executable, "-c", "print('data ready')"],
+                                 "gpus": 1, "name": "prepare-data"})
+            ran_row = sidebar.locator(f'.jp-GPUQueue-finished .jp-GPUQueue-job[data-job-id="{ran["id"]}"]'
+                                      '[data-state="succeeded"]')
+            ran_row.wait_for(timeout=60_000)
+            assert ran_row.locator("button", has_text="Delete").count() == 1
+            assert ran_row.locator("button", has_text="Cancel").count() == 0
 
             # wait for the kernel, then run the notebook
             page.wait_for_function(
