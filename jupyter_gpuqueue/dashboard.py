@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 import ipywidgets as W
 
 from gpuqueue.queue.states import STATE_GROUPS
-from gpuqueue.queue.text import pending_text
+from gpuqueue.queue.text import count, pending_text
 
 from .widget import fmt_duration
 
@@ -83,7 +83,7 @@ def job_line(j: dict[str, Any], progress: Optional[tuple[float, float]] = None) 
     if state in WAITING and p:
         text += f" {pending_text(p)}"
     elif state in ("starting", "running"):
-        gpus = f"GPUs {j.get('gpu_ids')}" if j.get("gpu_ids") else f"{j.get('gpus', 0)} GPUs"
+        gpus = f"GPUs {j.get('gpu_ids')}" if j.get("gpu_ids") else count(j.get("gpus", 0), "GPU")
         text += f" on {j.get('node') or '?'} ({gpus})"
         if j.get("started_at"):
             text += f", {fmt_duration(time.time() - j['started_at'])}"

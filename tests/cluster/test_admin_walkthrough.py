@@ -115,7 +115,7 @@ def test_a_job_over_a_users_gpu_cap_is_refused_at_submit(tmp_path: Path) -> None
         c.start()
         p = c.cli("alice", "submit", "--gpus", "2", "--", "true")
         assert p.returncode == 1 and "Traceback" not in p.stderr, (p.stdout, p.stderr)
-        assert "2 GPUs is over your quota of 1 GPUs; ask for at most 1" in p.stderr, p.stderr
+        assert "2 GPUs is over your quota of 1 GPU; ask for at most 1" in p.stderr, p.stderr
         assert p.stdout.strip() == ""
         ls = c.cli("alice", "ls", "--json")
         assert ls.returncode == 0 and ls.stdout.strip() == "[]", ls.stdout

@@ -152,7 +152,7 @@ def test_the_admin_sets_the_bounds_and_live_follows_are_bounded_per_user(tmp_pat
             bob = requests.get(f"{c.url}{API}jobs/{his}", headers={"Authorization": f"token {TOKENS['bob']}"}, timeout=30)
         assert bob.status_code == 200, bob.text
         assert alice.statuses[429] > 0 and alice.refusals[0].json()["message"].startswith(
-            "you have 1 reads of the queue in flight at once"), alice.statuses
+            "you have 1 read of the queue in flight at once"), alice.statuses
 
         live = _job(c, "alice", 1, JobState.RUNNING)  # an event: the stream answers at once
         url = f"{c.url}{API}jobs/{live}/events?follow=1"
@@ -205,7 +205,7 @@ def test_the_cli_client_waits_its_turn_instead_of_showing_the_read_bound(
         tmp_path: Path, redis_factory: Any) -> None:
     """The client of the ``gpuqueue`` command and the kernel, pointed at the API service itself
     (GPUQUEUE_URL): a script or several terminals reading at once past the user's bound got
-    "you have 1 reads of the queue in flight at once" where a user's Jupyter server waits its
+    "you have 1 read of the queue in flight at once" where a user's Jupyter server waits its
     turn. It asks again at the Retry-After too (up to 10 s), so every read is answered."""
     c = Cluster(tmp_path / "cluster", redis_factory(appendonly=False), {"n1": 1})
     try:
@@ -295,7 +295,7 @@ def test_live_follows_share_the_users_read_slots(tmp_path: Path, redis_factory: 
                 t.join(60)
         assert got and set(got) == {ROWS}, got  # every follow was served whole, none refused
         assert hers.statuses[200] > 0 and set(hers.statuses) == {200, 429}, hers.statuses
-        assert hers.refusal.startswith("you have 1 reads of the queue in flight at once on this API server"), hers.refusal
+        assert hers.refusal.startswith("you have 1 read of the queue in flight at once on this API server"), hers.refusal
         assert set(bobs.statuses) == {200}, bobs.statuses
         assert "Traceback" not in c.log("api"), c.log("api")[-3000:]
     finally:

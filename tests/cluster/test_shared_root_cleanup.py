@@ -91,8 +91,8 @@ def test_a_finished_jobs_checkpoints_leave_the_root_with_its_record(cluster_fact
         assert (s / "jobs" / "j-0123456789ab" / "checkpoints").is_dir()
         assert (s / "home" / "61184" / ".cache").read_text() == "c"
     logs = c.log("worker-n1") + c.log("worker-n2")
-    assert f"deleted from the shared root the checkpoints of 1 jobs whose records are gone: {short}" in logs
-    assert f"deleted from this node the folders of 1 jobs whose records are gone: {short}" in logs
+    assert f"deleted from the shared root the checkpoints of 1 job whose records are gone: {short}" in logs
+    assert f"deleted from this node the folders of 1 job whose records are gone: {short}" in logs
     assert "carry no queue tag" in logs and "j-0123456789ab" in logs
     alice.cancel(live)
     c.wait_done([live], 60)

@@ -85,4 +85,4 @@ def test_a_job_under_its_own_uid_resumes_on_the_other_node_from_the_root(cluster
     wait_until(lambda: not (node_dir / "work" / job).exists() and not (node_dir / "jobs" / job).exists(),
                60, 0.1, "the job's folders swept from the node that ran it last")
     assert c.redis_client().exists(f"gq:job:{job}") == 0
-    assert f"deleted from this node the folders of 1 jobs whose records are gone: {job}" in c.log(f"worker-{other}")
+    assert f"deleted from this node the folders of 1 job whose records are gone: {job}" in c.log(f"worker-{other}")

@@ -102,7 +102,7 @@ def test_the_terminal_and_a_text_cell_say_where_a_waiting_job_stands_and_why(
     holder = c.submit("bob", ticks=600)
     wait_until(lambda: c.client("bob").get(holder)["state"] == "running", 60, 0.1, "bob's job to run")
     waits = c.submit("alice", ticks=1, name="waits")
-    words = "#1: waiting for 1 GPUs in pool 'gpu' (0/1 free)"
+    words = "#1: waiting for 1 GPU in pool 'gpu' (0/1 free)"
     wait_until(lambda: words in str(c.cli("alice", "ls").stdout), 30, 0.2, "the reason in gpuqueue ls")
 
     for verb in ("ls", "list"):

@@ -38,7 +38,7 @@ def test_a_second_worker_on_one_state_dir_is_refused_and_a_restart_after_kill_9_
     # the first worker dies without a word; its restart on the same folder is not refused
     c.kill("worker-n1", signal.SIGKILL)
     again = c.start_worker("n1")
-    wait_until(lambda: c.log("worker-n1").count("node n1: 1 GPUs") == 2 or again.poll() is not None, 30, 0.1,
+    wait_until(lambda: c.log("worker-n1").count("node n1: 1 GPU") == 2 or again.poll() is not None, 30, 0.1,
                "the restarted worker to start")
     assert again.poll() is None, c.log("worker-n1")[-2000:]
     job = c.submit(ticks=1)

@@ -97,7 +97,7 @@ def test_the_servers_setting_and_a_bad_value(tmp_path: Path) -> None:
                           30, 0.1, "the finished job deleted")
         assert f"no job '{job}'" in gone, gone
         wait_until(lambda: not (server.state_dir / "jobs" / job).exists()
-                   and "deleted 1 jobs that finished over 1s ago" in server.log_path.read_text(),
+                   and "deleted 1 job that finished over 1s ago" in server.log_path.read_text(),
                    10, 0.05, "the job's folder deleted and the deletion logged")
     finally:
         server.stop()

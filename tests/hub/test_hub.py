@@ -202,7 +202,7 @@ def test_a_hub_group_is_the_users_fair_share_group(tmp_path: Path, redis_factory
         wait_until(lambda: "n1" in alice.queue()["nodes"], 60, 0.2, "node n1 up")
 
         # the group's cap refuses the job at submit (the API places alice in ml from the hub)
-        with pytest.raises(GPUQueueError, match="2 GPUs is over group 'ml''s quota of 1 GPUs; ask for at most 1"):
+        with pytest.raises(GPUQueueError, match="2 GPUs is over group 'ml''s quota of 1 GPU; ask for at most 1"):
             alice.submit({"kind": "command", "gpus": 2, "command": ["true"]})
         bobs = bob.submit({"kind": "command", "gpus": 2, "command": ["true"]})  # bob is in no group
         assert bobs["group"] == ""
@@ -232,7 +232,7 @@ def test_a_hub_group_is_the_users_fair_share_group(tmp_path: Path, redis_factory
         c.start_daemon()
         wait_until(waits_for_the_group, 60, 0.2, "the restarted daemon to hold alice's second job")
         wait_until(lambda: alice.get(early["id"])["state"] == "failed", 30, 0.2, "the early 2-GPU job refused")
-        assert alice.get(early["id"])["error"] == "rejected: 2 GPUs is over group 'ml''s quota of 1 GPUs; ask for at most 1"
+        assert alice.get(early["id"])["error"] == "rejected: 2 GPUs is over group 'ml''s quota of 1 GPU; ask for at most 1"
         alice.cancel(first["id"])
         wait_until(lambda: alice.get(second["id"])["state"] == "running", 60, 0.2,
                    "the second job, once the first is gone")

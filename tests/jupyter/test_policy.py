@@ -9,7 +9,7 @@ def test_fifo_over_a_config_with_quotas_runs_fair_share_and_says_why(jupyter_ser
     server = jupyter_server_factory(gpus=2, env={"GPUQUEUE_CONFIG": str(cfg)}, args=["--GPUQueueApp.policy=fifo"])
     r = server.api("POST", "gpuqueue/api/jobs", json={"spec": {"kind": "command", "gpus": 2, "command": ["true"]}})
     assert r.status_code == 400
-    assert r.json()["message"] == "2 GPUs is over your quota of 1 GPUs; ask for at most 1"
+    assert r.json()["message"] == "2 GPUs is over your quota of 1 GPU; ask for at most 1"
     log = server.log_path.read_text()
     assert ("GPUQueueApp.policy: policy 'fifo' does not enforce [defaults] max_gpus: use policy 'gpuqueue' "
             "(the default), or remove these limits from the config; the fair-share policy runs instead, "

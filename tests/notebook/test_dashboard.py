@@ -44,7 +44,7 @@ def test_dashboard_widget_shows_the_queue_and_cancels(jupyter_server_factory):
     lines = " | ".join(st["jobs"])
     assert f"{running['id']} first: running on local" in lines
     assert f"{waiting['id']} second: queued #1" in lines
-    assert "second" in st["queue"] and "waiting for 1 GPUs" in st["queue"]
+    assert "second" in st["queue"] and "waiting for 1 GPU" in st["queue"]
     assert "my active jobs" in st["fair"]
     # the share standing in words, never raw field names
     assert "your turn" in st["fair"] and "1st of 1 user" in st["fair"] and "GPU-hour" in st["fair"]

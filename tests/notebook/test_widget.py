@@ -427,9 +427,9 @@ def test_the_state_line_of_a_job_not_placed_yet_says_why_without_a_position():
     job = {"id": "j-000000000001", "state": "queued", "attempts": [],
            "pending": {"position": 0, "reason": "pending", "message": "waiting for the next scheduling pass"}}
     placed = {**job, "pending": {"position": 2, "eta_s": 250, "reason": "resources",
-                                 "message": "waiting for 1 GPUs in pool 'default' (0/1 free)"}}
+                                 "message": "waiting for 1 GPU in pool 'default' (0/1 free)"}}
     for shown, line in ((job, "queued: waiting for the next scheduling pass"),
-                        (placed, "queued: position 2, ETA 4m10s: waiting for 1 GPUs in pool 'default' (0/1 free)")):
+                        (placed, "queued: position 2, ETA 4m10s: waiting for 1 GPU in pool 'default' (0/1 free)")):
         w = JobWidget(show=False)
         w.start(shown)
         try:

@@ -15,6 +15,7 @@ import redis
 from ..queue.config import QueueConfig
 from ..queue.durations import format_duration
 from ..queue.models import JobRecord
+from ..queue.text import count
 from .redis_store import LostLeadership, Op, RedisStore
 from .store_bounds import EXPIRE_BATCH
 
@@ -130,7 +131,7 @@ class Upkeep:
             for i in range(0, len(expired), EXPIRE_BATCH):
                 self._exec([op for j in expired[i : i + EXPIRE_BATCH] for op in st.delete_job_ops(j)])
         if gone:
-            log.info("deleted %d jobs that finished over %s ago", len(gone), format_duration(self.keep_finished))
+            log.info("deleted %s that finished over %s ago", count(len(gone), "job"), format_duration(self.keep_finished))
 
     def _trim(self) -> None:
         """Drop handled messages older than an hour from the two inbound streams (the hour is

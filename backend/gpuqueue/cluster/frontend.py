@@ -20,6 +20,7 @@ from ..observability import gpumap
 from ..queue import bounds, ckptref
 from ..queue.config import GROWING, QueueConfig, format_validation_error
 from ..queue.errors import Conflict, Forbidden, Gone, NotFound, Rejected, Unavailable
+from ..queue.text import count
 from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import RedisBuckets, SubmitLimiter
 from ..scheduler.admission import inadmissible, over_cap
@@ -152,7 +153,7 @@ class ClusterFrontend:
             if which == "inputs":
                 raise Rejected(bounds.inputs_over_limit(n, len(payload) if payload is not None else 0, inputs_mb))
             if which == "user":
-                raise Rejected(f"you have {n} queued jobs, the limit (max_queued) is {user_limit}; "
+                raise Rejected(f"you have {count(n, 'queued job')}, the limit (max_queued) is {user_limit}; "
                                f"wait for some to start or cancel some")
             pool = f"pool {spec.pool!r}" if spec.pool else "the default pool"  # None: no config yet to name it
             raise Rejected(f"{pool} queue is full ({n} jobs, limit max_queued = {pool_limit}); "

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, TypeVar
 
 from ..queue.errors import RateLimited
+from ..queue.text import count
 
 T = TypeVar("T")
 MAX_READS_PER_USER = 4
@@ -67,7 +68,7 @@ class ReadGate:
         if slots is not None and slots.sem.locked():
             await asyncio.sleep(REFUSAL_PAUSE_S)
             raise RateLimited(
-                f"you have {self.per_user} reads of the queue in flight at once on this API server, the most "
+                f"you have {count(self.per_user, 'read')} of the queue in flight at once on this API server, the most "
                 f"it serves one user: wait for an answer before you ask again (a script that reads in "
                 f"parallel: read one at a time, or honour Retry-After); the admin sets this bound with "
                 f"`gpuqueue api --max-reads-per-user`", retry_after=RETRY_AFTER_S)

@@ -55,6 +55,7 @@ from ..attempt.jobdir import (OwnedDir, attempt_paths, job_dir, own_folder, prep
                               write_json_atomic)
 from ..attempt.launch import build_launch, runner_env
 from ..queue.models import JobSpec
+from ..queue.text import count
 from ..observability.repeats import Repeats
 from .celeryconfig import TASK_NAME, events_enabled, make_app, node_queue
 from .forkserver import ForkServer, not_dumpable
@@ -683,7 +684,7 @@ def cli_main(argv: list[str]) -> int:
     except redis.RedisError as e:
         print(f"gpuqueue worker: cannot reach Redis at {redis_url.mask(url)}: {redis_url.mask(str(e))}", file=sys.stderr)
         return 1
-    log.info("node %s: %d GPUs, queue %s, jobs in %s, checkpoints %s, jobs run as %s", args.node, gpus,
+    log.info("node %s: %s, queue %s, jobs in %s, checkpoints %s, jobs run as %s", args.node, count(gpus, "GPU"),
              node_queue(args.node), state_dir,
              f"on the shared root {shared.url}" if shared else "on this node only (no --shared-dir)",
              f"their users' own identities ({args.identities})" if idents is not None else f"uid {os.geteuid()}")

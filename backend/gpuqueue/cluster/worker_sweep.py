@@ -46,6 +46,7 @@ from typing import Callable, Optional
 import redis
 
 from ..attempt.removal import remove_tree
+from ..queue.text import count
 from .redis_store import RedisStore
 from .shared_root import QUEUE_TAG, SharedRoot, StorageError
 from .shared_usage import SharedUsage
@@ -152,8 +153,8 @@ class Sweeper:
                 continue
             deleted.append(job_id)
         if deleted:
-            log.info("deleted from the shared root the checkpoints of %d jobs whose records are gone: %s",
-                     len(deleted), ", ".join(deleted[:20]) + (" ..." if len(deleted) > 20 else ""))
+            log.info("deleted from the shared root the checkpoints of %s whose records are gone: %s",
+                     count(len(deleted), "job"), ", ".join(deleted[:20]) + (" ..." if len(deleted) > 20 else ""))
         return deleted
 
 
@@ -236,7 +237,7 @@ class LocalSweeper:
                      "tags): left alone, delete them by hand: %s", len(untagged), self.state_dir,
                      ", ".join(untagged[:20]) + (" ..." if len(untagged) > 20 else ""))
         if deleted:
-            log.info("deleted from this node the folders of %d jobs whose records are gone: %s", len(deleted),
+            log.info("deleted from this node the folders of %s whose records are gone: %s", count(len(deleted), "job"),
                      ", ".join(deleted[:20]) + (" ..." if len(deleted) > 20 else ""))
         return deleted
 

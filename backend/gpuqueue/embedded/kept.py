@@ -21,6 +21,7 @@ from ..queue.durations import format_duration
 from ..queue.errors import Rejected
 from ..queue.models import JobRecord
 from ..queue.states import JobState
+from ..queue.text import count
 from .store import SqliteStore
 from .tailing import IDLE_TAIL_S, wait_set
 
@@ -96,7 +97,7 @@ class KeptWithin:
             self._changed.pop(job_id, None)
         folders = [job_dir(self.state_dir, j) for j in gone]
         await asyncio.to_thread(remove_folders, folders)  # checkpoints may be large: off the loop
-        log.info("deleted %d jobs that finished over %s ago: %s", len(gone), format_duration(keep_s),
+        log.info("deleted %s that finished over %s ago: %s", count(len(gone), "job"), format_duration(keep_s),
                  ", ".join(gone[:20]) + (" ..." if len(gone) > 20 else ""))
         return gone
 

@@ -17,6 +17,11 @@ JavaScript before ES2019 and to many log viewers); and the bidirectional formatt
 line reversed in an admin's listing (another owner, another state)."""
 
 
+def count(n: int, noun: str) -> str:
+    """``n`` and ``noun`` in words: ``1 GPU``, ``2 GPUs``, ``0 jobs``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def printable(text: Any) -> str:
     """``text`` safe to print in a terminal: each control character (ESC, CR, BEL, ...) shown as
     a ``\\x1b``-style escape, so that a job name cannot rewrite an admin's screen."""
@@ -81,7 +86,7 @@ def message_event_line(type_: Any, d: dict[str, Any]) -> Optional[str]:
 
 
 def pending_text(p: dict[str, Any]) -> str:
-    """Where a waiting job stands and why, in words: ``#2, ETA 4m10s: waiting for 1 GPUs in pool
+    """Where a waiting job stands and why, in words: ``#2, ETA 4m10s: waiting for 1 GPU in pool
     'default' (0/1 free)`` (a job's ``pending``), as ``gpuqueue ls``, ``gpuqueue logs`` and the
     magic's ``list``, ``status`` and dashboard say it; the ``reason`` code only if it has no message.
     Without a place (``position`` 0), the words alone: ``waiting for the next scheduling pass``."""

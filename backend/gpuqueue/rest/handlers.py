@@ -33,6 +33,7 @@ from tornado.log import app_log, gen_log
 from ..queue import bounds
 from ..queue.errors import BadRequest, GPUQueueError, NotFound, RateLimited
 from ..queue.states import STATE_GROUPS
+from ..queue.text import count
 from ..queue.verbs import Caller, QueueVerbs, maybe_await
 from .jsonbody import read_submit_chunks, release
 
@@ -257,7 +258,7 @@ class EventsHandler(RestHandler):
         most = gate.follows_per_user if gate is not None else MAX_STREAMS_PER_USER
         if _streams[caller.name] >= most:
             knob = " (the admin sets it: `gpuqueue api --max-follows-per-user`)" if gate is not None else ""
-            raise RateLimited(f"you follow {_streams[caller.name]} jobs live through this server already, the "
+            raise RateLimited(f"you follow {count(_streams[caller.name], 'job')} live through this server already, the "
                               f"most it serves one user{knob}: close some (notebook tabs, `gpuqueue logs -f`), or "
                               f"read events without following (?after=N)", retry_after=10)
         _streams[caller.name] += 1

@@ -6,6 +6,7 @@ from typing import Optional
 
 from ..queue.config import PoolConfig, QueueConfig
 from ..queue.durations import format_duration
+from ..queue.text import count
 from .base import JobRequest
 
 
@@ -56,14 +57,14 @@ def over_cap(job: JobRequest, config: QueueConfig, group: Optional[str]) -> Opti
     ``group``'s ``max_gpus``; None if none is passed."""
     lim = config.limits_for(job.user)
     if lim.max_gpus is not None and job.gpus > lim.max_gpus:
-        return f"{job.gpus} GPUs is over your quota of {lim.max_gpus} GPUs; ask for at most {lim.max_gpus}"
+        return f"{count(job.gpus, 'GPU')} is over your quota of {count(lim.max_gpus, 'GPU')}; ask for at most {lim.max_gpus}"
     pc = config.pools.get(job.pool)
     cap = pc.max_gpus_per_user if pc is not None else None
     if cap is not None and job.gpus > cap:
-        return f"{job.gpus} GPUs is over pool {job.pool!r}'s per-user limit of {cap}; ask for at most {cap}"
+        return f"{count(job.gpus, 'GPU')} is over pool {job.pool!r}'s per-user limit of {cap}; ask for at most {cap}"
     gc = config.groups.get(group) if group is not None else None
     if gc is not None and gc.max_gpus is not None and job.gpus > gc.max_gpus:
-        return (f"{job.gpus} GPUs is over group {group!r}'s quota of {gc.max_gpus} GPUs; "
+        return (f"{count(job.gpus, 'GPU')} is over group {group!r}'s quota of {count(gc.max_gpus, 'GPU')}; "
                 f"ask for at most {gc.max_gpus}")
     return None
 

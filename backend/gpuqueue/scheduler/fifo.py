@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from ..queue.config import QueueConfig
 from ..queue.states import Outcome
+from ..queue.text import count
 from .admission import inadmissible
 from .base import (
     Decision,
@@ -99,7 +100,7 @@ class FifoScheduler:
             mine = self._queued_by_user.get(job.user, 0)
             limit = self.config.limits_for(job.user).max_queued
             if mine >= limit:
-                return Reject(job.id, f"you have {mine} queued jobs, the limit is {limit}")
+                return Reject(job.id, f"you have {count(mine, 'queued job')}, the limit is {limit}")
         self._dequeue(job.id)
         self._enqueue(job)
         return None
@@ -226,10 +227,10 @@ class FifoScheduler:
         if job.not_before > now:
             return Explanation("backoff", f"retrying after a failure, in {job.not_before - now:.0f}s", position)
         if position > 1:
-            return Explanation("priority", f"{position - 1} jobs are ahead in pool {job.pool!r}", position)
+            return Explanation("priority", f"{count(position - 1, 'job')} ahead in pool {job.pool!r}", position)
         total, free = self.cluster.capacity(job.pool)
         return Explanation(
-            "resources", f"waiting for {job.gpus} GPUs in pool {job.pool!r} ({free}/{total} free)", position
+            "resources", f"waiting for {count(job.gpus, 'GPU')} in pool {job.pool!r} ({free}/{total} free)", position
         )
 
     def snapshot(self) -> dict[str, Any]:

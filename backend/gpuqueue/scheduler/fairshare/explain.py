@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Optional
 
+from ...queue.text import count
 from ..base import Explanation
 from . import ordering
 from .records import INF, N_TIERS, PENDING, WAITING, Job
@@ -101,11 +102,11 @@ class Explainer:
         if j.seen_in_pass != pool.pass_no and reason in ("reservation", "priority", "resources", "starved"):
             # the last pass stopped before it (nothing free could fit it): not its old message
             reason = "resources"
-            msg = f"waiting for {req.gpus} GPUs in pool {pool.name!r} ({nodes.free}/{nodes.total} free)"
+            msg = f"waiting for {count(req.gpus, 'GPU')} in pool {pool.name!r} ({nodes.free}/{nodes.total} free)"
         if reason == "requeued":  # preempted or lost, then queued again; no pass has given it a reason since
             what = msg.split(";")[0]
             if j.seen_in_pass != pool.pass_no:  # a pass went by and stopped before it
-                msg = (f"{what}; queued again, waiting for {req.gpus} GPUs in pool {pool.name!r} "
+                msg = (f"{what}; queued again, waiting for {count(req.gpus, 'GPU')} in pool {pool.name!r} "
                        f"({nodes.free}/{nodes.total} free)")
             elif pos > 1:
                 msg = f"{what}; queued again, {_ahead(pos)} in pool {pool.name!r}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from ...queue.config import QueueConfig
+from ...queue.text import count
 from ..admission import over_cap
 from ..base import JobRequest
 from .ledger import Group, User
@@ -26,7 +27,7 @@ def refusal(config: QueueConfig, pool: Pool, user: Optional[User], group_name: O
                 "try again later or use another pool")
     mine = 0 if user is None else _queued(user)
     if mine >= lim.max_queued:
-        return (f"you have {mine} queued jobs, the limit is {lim.max_queued}; "
+        return (f"you have {count(mine, 'queued job')}, the limit is {lim.max_queued}; "
                 "wait for some to start or cancel some")
     gc = config.groups.get(group_name) if group_name is not None else None
     if gc is not None:
@@ -35,7 +36,7 @@ def refusal(config: QueueConfig, pool: Pool, user: Optional[User], group_name: O
             members.append(user)
         theirs = sum(_queued(m) for m in members)
         if gc.max_queued is not None and theirs >= gc.max_queued:
-            return (f"group {group_name!r} has {theirs} queued jobs, its limit is {gc.max_queued}; "
+            return (f"group {group_name!r} has {count(theirs, 'queued job')}, its limit is {gc.max_queued}; "
                     "wait for some to start or cancel some")
     return None
 
@@ -60,18 +61,18 @@ def over_quota(config: QueueConfig, pool: Pool, u: User, req: JobRequest) -> Opt
     """(reason code, message) when starting the job now would break a quota, else None."""
     lim = u.limits
     if lim.max_running is not None and u.running + 1 > lim.max_running:
-        return "quota_running", f"you have {u.running} jobs running, your limit is {lim.max_running}"
+        return "quota_running", f"you have {count(u.running, 'job')} running, your limit is {lim.max_running}"
     if lim.max_gpus is not None and u.gpus + req.gpus > lim.max_gpus:
-        return "quota_gpus", f"you hold {u.gpus} GPUs, your limit is {lim.max_gpus}"
+        return "quota_gpus", f"you hold {count(u.gpus, 'GPU')}, your limit is {lim.max_gpus}"
     cap = pool.config.max_gpus_per_user
     held = u.pool_gpus.get(pool.name, 0)
     if cap is not None and held + req.gpus > cap:
-        return "quota_pool_gpus", f"you hold {held} GPUs in pool {pool.name!r}, its per-user limit is {cap}"
+        return "quota_pool_gpus", f"you hold {count(held, 'GPU')} in pool {pool.name!r}, its per-user limit is {cap}"
     g = u.group
     gc = config.groups.get(g.name) if g is not None and g.configured else None
     if gc is not None:
         if gc.max_running is not None and g.running + 1 > gc.max_running:  # type: ignore[union-attr]
-            return "quota_group_running", f"group {g.name!r} runs {g.running} jobs, its limit is {gc.max_running}"  # type: ignore[union-attr]
+            return "quota_group_running", f"group {g.name!r} runs {count(g.running, 'job')}, its limit is {gc.max_running}"  # type: ignore[union-attr]
         if gc.max_gpus is not None and g.gpus + req.gpus > gc.max_gpus:  # type: ignore[union-attr]
-            return "quota_group_gpus", f"group {g.name!r} holds {g.gpus} GPUs, its limit is {gc.max_gpus}"  # type: ignore[union-attr]
+            return "quota_group_gpus", f"group {g.name!r} holds {count(g.gpus, 'GPU')}, its limit is {gc.max_gpus}"  # type: ignore[union-attr]
     return None

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional, Union
 
+from ...queue.text import count
 from ..base import JobRequest, Placement
 from .ledger import ShareKey
 
@@ -59,7 +60,7 @@ class WaitingForGpus(NamedTuple):
     reserved: str
 
     def __str__(self) -> str:
-        return (f"waiting for {self.gpus} GPUs in pool {self.pool!r} ({self.free}/{self.total} free) "
+        return (f"waiting for {count(self.gpus, 'GPU')} in pool {self.pool!r} ({self.free}/{self.total} free) "
                 f"behind job {self.reserved}")
 
 
@@ -86,7 +87,7 @@ class Reserved(NamedTuple):
     total: int
 
     def __str__(self) -> str:
-        return (f"waiting for {self.gpus} GPUs in pool {self.pool!r} ({self.free}/{self.total} free); "
+        return (f"waiting for {count(self.gpus, 'GPU')} in pool {self.pool!r} ({self.free}/{self.total} free); "
                 "GPUs are reserved for it")
 
 
