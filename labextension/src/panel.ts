@@ -272,7 +272,7 @@ export class GPUQueuePanel extends Widget {
       bits.push(waitingLine(j.pending));
     } else if (this.groups.active.includes(j.state)) {
       const ids = j.gpu_ids ?? [];
-      const gpus = ids.length ? `GPU${ids.length === 1 ? '' : 's'} ${ids.join(',')}` : j.gpus ? `${j.gpus} GPUs` : 'CPU';
+      const gpus = ids.length ? `GPU${ids.length === 1 ? '' : 's'} ${ids.join(',')}` : j.gpus ? `${j.gpus} GPU${j.gpus === 1 ? '' : 's'}` : 'CPU';
       const elapsed = j.started_at ? `, ${duration(Date.now() / 1000 - j.started_at)}` : '';
       bits.push(`on ${j.node ?? '?'} (${gpus})${elapsed}`);
     } else if (j.ended_at) {
