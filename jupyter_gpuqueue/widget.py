@@ -26,7 +26,7 @@ import ipywidgets as W
 
 from gpuqueue.queue.ckptref import entry_lines, listing, rotated_note, with_nodes
 from gpuqueue.queue.states import STATE_GROUPS
-from gpuqueue.queue.text import OutputLines, message_event_line, state_event_line
+from gpuqueue.queue.text import OutputLines, count, message_event_line, state_event_line
 
 
 REDRAW_HZ = 4.0
@@ -435,7 +435,7 @@ class JobWidget:
                 self.curve.layout.display = None
             if self.log.value != log_html:
                 self.log.value = log_html
-                self.log_box.titles = (f"Log ({self.lines_total} lines)",)
+                self.log_box.titles = (f"Log ({count(self.lines_total, 'line')})",)
             if cps:
                 kept, rotated = listing(str(self.job.get("id", "")), cps)
                 items = "".join(f"<li>{html.escape(head)}<br><code>{html.escape(where.strip())}</code></li>"
