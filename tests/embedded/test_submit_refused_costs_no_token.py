@@ -42,7 +42,7 @@ def test_refused_submits_leave_the_burst(tmp_path: Path) -> None:
             await until(first.id, "starting", "running")  # it holds the one GPU
             second, _ = await svc.submit(ALICE, sub("sleep 60"))  # queued: the queue is full now
             for _ in range(5):
-                with pytest.raises(Rejected, match="queued jobs"):
+                with pytest.raises(Rejected, match="you have 1 queued job, the limit"):
                     await svc.submit(ALICE, sub("true"))
             svc.cancel(ALICE, second.id)
             svc.cancel(ALICE, first.id)
