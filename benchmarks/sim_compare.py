@@ -15,7 +15,7 @@ result that holds on one draw of a shape only is not a result). Each trace
 runs ``python -m gpuqueue.simulate`` once per policy (as a user would; one process per CPU at
 once, the longest first) and prints
 a Markdown table: the figures the scheduler is judged on with the ratio and the goal, then the
-longest wait by job size.
+longest wait by job size, then the users that got the least and the most of their fair share.
 """
 
 from __future__ import annotations
@@ -135,7 +135,16 @@ def table(name: str, args: str, res: dict[str, dict[str, Any]]) -> str:
     for policy, d in (("gpuqueue", g), ("fifo", f)):
         cells = [f"{d['wait_by_gpus'][s]['max'] / 3600:.1f}" if d["wait_by_gpus"][s]["jobs"] else "-" for s in SIZES]
         lines.append(f"| {policy} | " + " | ".join(cells) + " |")
+    lines += ["", "Users' received / entitled GPU-time while backlogged, least served first (the three at each end):", ""]
+    lines += [f"* {policy}: {served(d['fairness_by_user'])}" for policy, d in (("gpuqueue", g), ("fifo", f))]
     return "\n".join(lines) + "\n"
+
+
+def served(by_user: dict[str, dict[str, float]]) -> str:
+    """``u1 0.37, u2 0.48, u3 0.51 … u9 1.54, u7 1.96`` from the simulator's ``fairness_by_user``
+    (least served first)."""
+    shares = [f"{u} {v['received_share']:.2f}" for u, v in by_user.items()]
+    return ", ".join(shares) if len(shares) <= 6 else ", ".join(shares[:3]) + " … " + ", ".join(shares[-3:])
 
 
 def main() -> None:

@@ -105,6 +105,11 @@ def test_fairness_and_fit_metrics_tell_fifo_from_fair_share(tmp_path):
     # fair share serves "late" beside "flood" at once; FIFO makes it wait for all 40
     assert got["gpuqueue"]["jain_fairness"] > 0.95 > got["fifo"]["jain_fairness"]
     assert got["gpuqueue"]["jain_users"] == got["fifo"]["jain_users"] == 2
+    # and who is short: "late" gets a third of its fair share under FIFO, the least served first
+    assert list(got["fifo"]["fairness_by_user"]) == ["late", "flood"]
+    late = {p: got[p]["fairness_by_user"]["late"] for p in got}
+    assert late["fifo"]["received_share"] < 0.4 and late["gpuqueue"]["received_share"] > 0.75
+    assert late["fifo"]["backlogged_hours"] > 2 * late["gpuqueue"]["backlogged_hours"]
     # nothing queued ever fits on idle GPUs while both policies keep the node full
     assert got["gpuqueue"]["utilization_while_queued"] == got["fifo"]["utilization_while_queued"] == 1.0
 
@@ -184,5 +189,7 @@ def test_groups_and_sizes_are_reported(tmp_path):
     assert r.returncode == 0, r.stderr
     d = json.loads(out.read_text())
     assert d["jain_groups"] == 2 and d["jain_fairness_groups"] > 0.95
+    assert set(d["fairness_by_user"]) == {"t1", "t2", "t3", "s1"} and set(d["fairness_by_group"]) == {"team", "solo"}
+    assert all(g["received_share"] > 0.9 for g in d["fairness_by_group"].values())
     assert d["wait_by_gpus"]["4"]["jobs"] == 1 and d["wait_by_gpus"]["1"]["jobs"] == 120
     assert d["wait_by_gpus"]["16+"]["jobs"] == 0

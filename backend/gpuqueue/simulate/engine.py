@@ -13,7 +13,7 @@ from ..queue.config import QueueConfig
 from ..queue.states import Outcome
 from ..scheduler import make_scheduler
 from ..scheduler.base import JobRequest, Preempt, Reject, Start, TimeOut
-from .report import SIZES, avg, jain, pct
+from .report import SIZES, avg, fairness_by, jain, pct
 from .tallies import FitTracker, GroupFill, UserAcct, hierarchical_fill, water_fill, whole_weight
 from .trace import SimJob
 
@@ -305,7 +305,8 @@ class Simulation:
             by_size[label] = {"jobs": len(w), "avg": avg(w), "p99": pct(w, 99), "max": w[-1] if w else 0.0}
         users_jain, n_jain = jain(accts.values(), 0.01 * span)
         groups_jain, n_groups = jain(group_accts.values(), 0.01 * span)
-        groups = {"jain_fairness_groups": groups_jain, "jain_groups": n_groups} if group_accts else {}
+        groups = {"jain_fairness_groups": groups_jain, "jain_groups": n_groups,
+                  "fairness_by_group": fairness_by(group_accts, 0.01 * span)} if group_accts else {}
         return {
             "policy": self.policy,
             "jobs": len(self.jobs),
@@ -327,6 +328,7 @@ class Simulation:
             "fits_share_of_queued_time": fit[1],
             "jain_fairness": users_jain,
             "jain_users": n_jain,
+            "fairness_by_user": fairness_by(accts, 0.01 * span),
             **groups,
             "preemptions": preemptions,
             "wasted_gpu_hours": wasted / 3600.0,

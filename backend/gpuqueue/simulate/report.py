@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 from .tallies import UserAcct
 
@@ -15,12 +15,27 @@ SIZES = (("1", 0, 1), ("2", 2, 2), ("4", 3, 4), ("8", 5, 8), ("16+", 9, 10**9))
 """Job sizes the waits are reported by: (label, fewest GPUs, most GPUs)."""
 
 
+def counted(acct: UserAcct, min_backlog_s: float) -> bool:
+    """Whether an account counts in the fairness figures: entitled to something and backlogged
+    at least ``min_backlog_s`` seconds."""
+    return acct.entitled > 0 and acct.backlog_s >= min_backlog_s
+
+
 def jain(accts: Iterable[UserAcct], min_backlog_s: float) -> tuple[float, int]:
-    """Jain's index over ``received / entitled`` of the accounts backlogged at least
-    ``min_backlog_s`` seconds, and how many there are."""
-    xs = [a.received / a.entitled for a in accts if a.entitled > 0 and a.backlog_s >= min_backlog_s]
+    """Jain's index over ``received / entitled`` of the accounts that are :func:`counted`, and
+    how many there are."""
+    xs = [a.received / a.entitled for a in accts if counted(a, min_backlog_s)]
     jain = (sum(xs) ** 2 / (len(xs) * sum(x * x for x in xs))) if xs and any(xs) else 1.0
     return jain, len(xs)
+
+
+def fairness_by(accts: Mapping[str, UserAcct], min_backlog_s: float) -> dict[str, dict[str, float]]:
+    """Each :func:`counted` account's figures, the least served first: ``received / entitled``
+    (Jain's index is over these), both in GPU-hours, and the hours it was backlogged."""
+    rows = {name: {"received_share": a.received / a.entitled, "received_gpu_hours": a.received / 3600,
+                   "entitled_gpu_hours": a.entitled / 3600, "backlogged_hours": a.backlog_s / 3600}
+            for name, a in accts.items() if counted(a, min_backlog_s)}
+    return dict(sorted(rows.items(), key=lambda kv: (kv[1]["received_share"], kv[0])))
 
 
 def avg(xs: list[float]) -> float:
