@@ -194,11 +194,6 @@ class PolicyConfig(BaseModel):
         description="seconds of waiting one priority step is worth in the order of starved jobs "
         "(a starved high job goes as if it had waited twice this much longer than a low one)",
     )
-    starved_share_credit: float = Field(
-        0.0, ge=0,
-        description="EXPERIMENT: seconds of credited age a starved job gets times its user's deficit "
-        "(1 - held / fair share, at least 0) in the order of starved jobs",
-    )
     max_reservations: int = Field(
         8, ge=1, le=1000,
         description="starved jobs a pass serves first, by credited age: each starts, or gets GPUs set aside",

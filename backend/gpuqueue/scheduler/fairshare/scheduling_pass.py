@@ -160,9 +160,6 @@ class SchedulingPass:
             return
         if self.reuse_starved():
             return
-        if policy.knobs.starved_share_credit > 0:
-            self._serve_starved_by_deficit()
-            return
         jobs = policy.jobs
         limit = policy.knobs.max_reservations
         heappop = heapq.heappop
@@ -196,68 +193,6 @@ class SchedulingPass:
                 min_need = min(min_need, need)
         for heap, e in kept:
             heapq.heappush(heap, e)
-        index = policy.node_index
-        made = self.claims.all
-        pool.starved_cache = StarvedCache(
-            pool.freed_epoch, pool.starved_epoch, index.touches, min_need,
-            [(r, r.spare.copy()) for r in made], self.claims.state(),
-            min([r.shadow for r in made], default=INF), tuple([n for r in made for n in r.nodes]))
-
-    def _fair_gpus(self) -> dict[str, float]:
-        """EXPERIMENT: each user's fair share of the pool's GPUs now (hierarchical: among the
-        groups with jobs in the pool by group weight, then among their members with jobs)."""
-        pool = self.pool
-        total = pool.nodes.total
-        users = [u for u in self.policy.ledger.users.values() if u.pool_jobs.get(pool.name, 0) > 0]
-        groups: dict[int, list] = {}
-        gw: dict[int, float] = {}
-        for u in users:
-            key = id(u.group) if u.group is not None else id(u)
-            groups.setdefault(key, []).append(u)
-            gw[key] = u.group.weight if u.group is not None else u.weight
-        gsum = sum(gw.values()) or 1.0
-        fair: dict[str, float] = {}
-        for key, members in groups.items():
-            share = total * gw[key] / gsum
-            wsum = sum(m.weight for m in members) or 1.0
-            for m in members:
-                fair[m.name] = share * m.weight / wsum
-        return fair
-
-    def _serve_starved_by_deficit(self) -> None:
-        """EXPERIMENT: serve_starved with the credited age less starved_share_credit times the
-        user's deficit (1 - held / fair, at least 0); a full sort of the starved jobs."""
-        pool, policy = self.pool, self.policy
-        jobs = policy.jobs
-        knobs = policy.knobs
-        fair = self._fair_gpus()
-        users = policy.ledger.users
-        cands = []
-        for (rank, after), heap in pool.queue.by_age.items():
-            for e in heap:
-                j = jobs.get(e.job_id)
-                if j is None or j.state != PENDING or j.queue_version != e.queue_version:
-                    continue
-                if e.submit_time + after > self.now:
-                    continue
-                u = users[j.request.user]
-                f = fair.get(u.name, 0.0)
-                deficit = max(0.0, 1.0 - u.pool_gpus.get(pool.name, 0) / f) if f > 0 else 0.0
-                key = e.submit_time - (2 - rank) * knobs.starved_priority_credit - knobs.starved_share_credit * deficit
-                cands.append((key, e.seq, j))
-        cands.sort(key=lambda c: (c[0], c[1]))
-        looked = 0
-        min_need = INF
-        for _, _, j in cands:
-            if looked >= knobs.max_reservations:
-                break
-            if j.state != PENDING:
-                continue
-            looked += 1
-            r = self.consider(j, starved=True)
-            if r != STARTED:
-                need = 0 if r == OVER_QUOTA else j.request.gpus // max(1, j.request.nodes)
-                min_need = min(min_need, need)
         index = policy.node_index
         made = self.claims.all
         pool.starved_cache = StarvedCache(
