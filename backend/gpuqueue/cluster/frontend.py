@@ -20,7 +20,6 @@ from ..observability import gpumap
 from ..queue import bounds, ckptref
 from ..queue.config import GROWING, QueueConfig, format_validation_error
 from ..queue.errors import Conflict, Forbidden, Gone, NotFound, Rejected, Unavailable
-from ..queue.text import count
 from ..queue.models import Event, JobRecord, JobSpec, SubmitRequest, new_job_id
 from ..queue.ratelimit import RedisBuckets, SubmitLimiter
 from ..scheduler.admission import inadmissible, over_cap
@@ -28,7 +27,7 @@ from ..queue.verbs import Caller
 from ..queue.states import LIVE_STATES, WAITING_STATES, JobState
 from ..queue.lifecycle import (check_deletable, decode_payload, deleted_answer, job_request, results_for_owner_only,
                                same_cell_job, with_defaults)
-from ..queue.text import PREEMPT_IS_FOR_ADMINS
+from ..queue.text import PREEMPT_IS_FOR_ADMINS, count
 from . import redis_url
 from .hub_names import released_message as hub_names_released
 from .reads import ReadGate
