@@ -166,7 +166,10 @@ def test_sidebar_and_cell_widget_in_jupyterlab(jupyter_server_factory):
             cell = page.locator(".jp-Notebook .jp-Cell").nth(1)
             cell.scroll_into_view_if_needed()
             dismiss_news(page, 500)
+            # the job's end notification (tests/browser/test_notify.py) would cover the log's end
+            hide = page.add_style_tag(content=".Toastify { display: none !important; }")
             cell.screenshot(path=str(IMAGES / "cell-widget.png"))
+            hide.evaluate("e => e.remove()")
 
             # the next cell waits for its long job; Cancel in its own widget ends it
             long_widget = page.locator(".jp-Notebook .jp-Cell").nth(2).locator(".gpuqueue-job")
