@@ -135,7 +135,8 @@ def table(name: str, args: str, res: dict[str, dict[str, Any]]) -> str:
     for policy, d in (("gpuqueue", g), ("fifo", f)):
         cells = [f"{d['wait_by_gpus'][s]['max'] / 3600:.1f}" if d["wait_by_gpus"][s]["jobs"] else "-" for s in SIZES]
         lines.append(f"| {policy} | " + " | ".join(cells) + " |")
-    lines += ["", "Users' received / entitled GPU-time while backlogged, least served first (the three at each end):", ""]
+    lines += ["", "Users' received / entitled GPU-time while backlogged, least served first "
+              "(the three at each end):", ""]
     lines += [f"* {policy}: {served(d['fairness_by_user'])}" for policy, d in (("gpuqueue", g), ("fifo", f))]
     return "\n".join(lines) + "\n"
 

@@ -272,7 +272,7 @@ export class GPUQueuePanel extends Widget {
       bits.push(waitingLine(j.pending));
     } else if (this.groups.active.includes(j.state)) {
       const ids = j.gpu_ids ?? [];
-      const gpus = ids.length ? `GPU${ids.length === 1 ? '' : 's'} ${ids.join(',')}` : j.gpus ? `${j.gpus} GPU${j.gpus === 1 ? '' : 's'}` : 'CPU';
+      const gpus = ids.length ? `GPU${ids.length === 1 ? '' : 's'} ${ids.join(',')}` : j.gpus ? count(j.gpus, 'GPU') : 'CPU';
       const elapsed = j.started_at ? `, ${duration(Date.now() / 1000 - j.started_at)}` : '';
       bits.push(`on ${j.node ?? '?'} (${gpus})${elapsed}`);
     } else if (j.ended_at) {
@@ -346,6 +346,11 @@ export class GPUQueuePanel extends Widget {
       (body.querySelector(refocus) as HTMLElement | null)?.focus();
     }
   }
+}
+
+/** ``n`` and ``noun`` in words: ``1 GPU``, ``2 GPUs``, ``0 jobs``. */
+export function count(n: number, noun: string): string {
+  return `${n} ${noun}${n === 1 ? '' : 's'}`;
 }
 
 /** ``1st``, ``2nd``, ``3rd``, ``4th``, ``11th``, ``22nd``. */
@@ -479,7 +484,7 @@ export function shareView(q: IQueue): string {
   }
   const halfLife = s.half_life_s ? ` <span class="jp-GPUQueue-hint">(halves every ${span(s.half_life_s)})</span>` : '';
   const now = s.running
-    ? `${s.running} job${s.running === 1 ? '' : 's'} on ${s.gpus_held} GPU${s.gpus_held === 1 ? '' : 's'}`
+    ? `${count(s.running, 'job')} on ${count(s.gpus_held, 'GPU')}`
     : 'nothing running';
   const rows: [string, string, string][] = [
     ['usage', 'Your recent use', `<span class="jp-GPUQueue-nowrap">${gpuHours(s.usage_gpu_hours)}</span>${halfLife}`],
@@ -487,7 +492,7 @@ export function shareView(q: IQueue): string {
     [
       'place',
       'Your turn',
-      `<span class="jp-GPUQueue-nowrap">${ordinal(s.place)} of ${s.of} user${s.of === 1 ? '' : 's'}</span>`
+      `<span class="jp-GPUQueue-nowrap">${ordinal(s.place)} of ${count(s.of, 'user')}</span>`
     ],
     ['now', 'Now', `<span class="jp-GPUQueue-nowrap">${esc(now)}</span>`]
   ];

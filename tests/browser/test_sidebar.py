@@ -1,10 +1,11 @@
 """A real JupyterLab in Debian's chromium: the "GPU Queue" sidebar and the cell widget.
 
 A command job runs first (the sidebar lists it under "Recently finished" with its Delete
-button). Then a notebook: a ``%%train`` cell the sidebar follows from running to succeeded (its GPU on
-the map, the user's share standing), a job queued behind it that the sidebar cancels (with its
-confirmation dialog), then a long ``%%train`` cell cancelled from its own widget while the cell
-waits (the job ends cancelled, its process is gone, the cell returns and the next cell runs).
+button). Then a notebook: a ``%%train`` cell the sidebar follows from running to succeeded (its
+GPU on the map, the user's share standing), a job queued behind it that the sidebar cancels
+(with its confirmation dialog), then a long ``%%train`` cell cancelled from its own widget while
+the cell waits (the job ends cancelled, its process is gone, the cell returns and the next cell
+runs).
 Saves the screenshots the docs show (light and dark theme), counts the sidebar's requests
 while idle, then deletes finished jobs from the sidebar (Delete, from the keyboard, and its
 confirmation dialog; a job deleted meanwhile elsewhere shows the server's answer).

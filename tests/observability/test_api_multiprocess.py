@@ -290,16 +290,18 @@ def test_a_damaged_metrics_file_answers_503_naming_the_fix(api_factory, tmp_path
 
 
 def _sweep_rounds(d: Path, barrier: "multiprocessing.synchronize.Barrier", rounds: int,
-                  errors: "multiprocessing.Queue[str]") -> None:
-    """One of several scrapes at once: ``rounds`` times, wait for the others, sweep."""
+                  errors: "multiprocessing.Queue[list[str]]") -> None:
+    """One of several scrapes at once: ``rounds`` times, wait for the others, sweep; then put
+    the list of what failed."""
+    failed = []
     for _ in range(rounds):
         barrier.wait()
         try:
             multiproc.sweep_dead(d)
         except OSError as e:
-            errors.put(repr(e))
+            failed.append(repr(e))
         barrier.wait()
-    errors.put("done")
+    errors.put(failed)
 
 
 def test_scrapes_at_once_each_forget_a_dead_process_without_error(tmp_path: Path) -> None:
@@ -320,11 +322,7 @@ def test_scrapes_at_once_each_forget_a_dead_process_without_error(tmp_path: Path
             barrier.wait(30)
             barrier.wait(30)
             assert list(tmp_path.iterdir()) == []
-        failed, done = [], 0
-        while done < n:
-            e = errors.get(timeout=30)
-            done, failed = (done + 1, failed) if e == "done" else (done, failed + [e])
-        assert failed == []
+        assert [e for _ in scrapes for e in errors.get(timeout=30)] == []
     finally:
         for p in scrapes:
             p.kill()

@@ -193,3 +193,14 @@ def test_groups_and_sizes_are_reported(tmp_path):
     assert all(g["received_share"] > 0.9 for g in d["fairness_by_group"].values())
     assert d["wait_by_gpus"]["4"]["jobs"] == 1 and d["wait_by_gpus"]["1"]["jobs"] == 120
     assert d["wait_by_gpus"]["16+"]["jobs"] == 0
+
+
+def test_a_user_in_no_group_is_a_group_of_its_own_in_the_fairness_figures(tmp_path):
+    rows = [f"{u}{i},{u},0,100,1" for u in ("a", "b") for i in range(10)]
+    trace = write(tmp_path, "job_id,user,submit_time,duration,gpus\n" + "\n".join(rows) + "\n")
+    cfg = tmp_path / "g.toml"
+    cfg.write_text('[pools.prod]\nnodes = { "x" = 2 }\n[groups.g]\nmembers = ["a"]\n')
+    out = tmp_path / "o.json"
+    assert run(trace, "--cluster", "prod=1x2", "--config", str(cfg), "--json", str(out)).returncode == 0
+    d = json.loads(out.read_text())
+    assert set(d["fairness_by_group"]) == {"g", "user:b"} and set(d["fairness_by_user"]) == {"a", "b"}
