@@ -202,10 +202,6 @@ class PolicyConfig(BaseModel):
         0.0625, ge=0, le=1,
         description="share of a pool's nodes (at least one) that reservations beyond the fair order's first may drain with no known end time (their free GPUs idle until the jobs there end)",
     )
-    preempt_to_share: bool = Field(
-        False,
-        description="under-share preemption for a user that holds GPUs too: a job may preempt work of users over their fair share while its user's GPUs with it stay within its own (false: only for a user that holds none)",
-    )
     backfill_depth: int = Field(500, ge=0, description="jobs examined past the first blocked one")
     min_runtime: float = Field(600.0, ge=0, description="seconds before a job may be preempted")
     grace: float = Field(120.0, ge=0, description="seconds a preempted job has to checkpoint")

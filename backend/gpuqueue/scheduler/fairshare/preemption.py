@@ -46,19 +46,14 @@ class PreemptionRules:
     min_runtime: float
     max_preemptions: int
     preempted_pairs: frozenset[tuple[str, str]] | set[tuple[str, str]]  # (victim, preemptor)
-    to_share: bool = False  # the under-share rule for users that hold GPUs too (up to their share)
 
 
-def under_share(pool: str, pool_total: int, active_weight: float, user: User, gpus: int,
-                to_share: bool = False) -> bool:
+def under_share(pool: str, pool_total: int, active_weight: float, user: User, gpus: int) -> bool:
     """Whether the under-share rule may let a job of ``gpus`` GPUs of ``user`` preempt: the
-    user holds nothing in the pool (``to_share``: whatever it holds) and the job fits its fair
-    share ``pool_total × w_u / Σ w`` (users with jobs in the pool), with what it holds when
-    ``to_share``."""
-    held = user.pool_gpus.get(pool, 0)
-    if to_share:
-        return active_weight > 0 and held + gpus <= pool_total * user.weight / active_weight
-    return held <= 0 and active_weight > 0 and gpus <= pool_total * user.weight / active_weight
+    user holds nothing in the pool and the job fits its fair share ``pool_total × w_u / Σ w``
+    (users with jobs in the pool)."""
+    return (user.pool_gpus.get(pool, 0) <= 0 and active_weight > 0
+            and gpus <= pool_total * user.weight / active_weight)
 
 
 @dataclass
@@ -85,8 +80,7 @@ def may_preempt(rules: PreemptionRules, users: dict[str, User], v: Job, r: Job, 
     if starved and (v.borrowed or v.request.priority.rank >= r.request.priority.rank):
         return True
     # under-share demand: r's user has nothing here, r fits its share, v's user is over its own
-    if not under_share(rules.pool, rules.pool_total, rules.active_weight, users[r.request.user], r.request.gpus,
-                       rules.to_share):
+    if not under_share(rules.pool, rules.pool_total, rules.active_weight, users[r.request.user], r.request.gpus):
         return False
     vu = users[v.request.user]
     return vu.pool_gpus.get(rules.pool, 0) > rules.pool_total * vu.weight / rules.active_weight
@@ -108,8 +102,7 @@ def plan(rules: PreemptionRules, users: dict[str, User], jobs: dict[str, Job], r
     rid, rrank = req.id, req.priority.rank
     pairs, pool_preemptible = rules.preempted_pairs, rules.pool_preemptible
     max_preemptions = rules.max_preemptions
-    r_under_share = under_share(rules.pool, rules.pool_total, rules.active_weight, users[req.user], req.gpus,
-                                rules.to_share)
+    r_under_share = under_share(rules.pool, rules.pool_total, rules.active_weight, users[req.user], req.gpus)
     pool_name, pool_total, active_weight = rules.pool, rules.pool_total, rules.active_weight
     # Only nodes holding a job that may be preempted now can give a plan (every such job of
     # the pool is a candidate: running preemptible jobs of the ranks the rules allow, or all
@@ -263,17 +256,14 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
     user = policy.ledger.users[req.user]
     holds_here = user.pool_gpus.get(pool.name, 0) > 0
     # victims of r's priority or higher qualify only by the starved or the under-share rule
-    may_take_share = under_share(pool.name, pool.nodes.total, pool.active_weight, user, req.gpus,
-                                 knobs.preempt_to_share)
+    may_take_share = under_share(pool.name, pool.nodes.total, pool.active_weight, user, req.gpus)
     low = 0 if res.starved or may_take_share else rank + 1
     if low and not any(pool.victims_by_rank[low:]):
         return  # no lower-priority victims, and neither other rule applies
     index = policy.node_index
     # a plan depends on the reserved job only through its shape: jobs of one shape share
     # what was learnt (the cycle rule aside, which only ever takes victims away)
-    shape: tuple = (req.gpus, req.nodes, rank, holds_here, res.starved, user.weight)
-    if knobs.preempt_to_share:  # the rule then depends on how much the user holds
-        shape += (may_take_share,)
+    shape = (req.gpus, req.nodes, rank, holds_here, res.starved, user.weight)
     last = pool.failed_plans.get(shape)
     if last is not None and now < last.retry_at and last.signature is None:
         return  # waiting for the budget
@@ -312,7 +302,7 @@ def carry_out(policy: "FairShareScheduler", pool: Pool, res: Reservation, claims
         return
     rules = PreemptionRules(
         pool.name, pool.nodes.total, pool.config.preemptible, pool.active_weight,
-        knobs.min_runtime, knobs.max_preemptions_per_job, policy.preempted_pairs, knobs.preempt_to_share)
+        knobs.min_runtime, knobs.max_preemptions_per_job, policy.preempted_pairs)
     candidates: Iterable[str]
     if only is not None:  # the jobs on those nodes
         candidates = [jid for n in only for jid in index.jobs_on.get(n, ())]
