@@ -110,6 +110,13 @@ def test_fairness_and_fit_metrics_tell_fifo_from_fair_share(tmp_path):
     late = {p: got[p]["fairness_by_user"]["late"] for p in got}
     assert late["fifo"]["received_share"] < 0.4 and late["gpuqueue"]["received_share"] > 0.75
     assert late["fifo"]["backlogged_hours"] > 2 * late["gpuqueue"]["backlogged_hours"]
+    # both run all of its work (10 jobs of 100 s): FIFO is short on "late" because "late" waits,
+    # backlogged and so entitled for longer, not because its jobs get fewer GPU-hours in the end
+    for p in got:
+        assert abs(late[p]["ran_gpu_hours"] - 1000 / 3600) < 1e-9
+        assert abs(got[p]["fairness_by_user"]["flood"]["ran_gpu_hours"] - 4000 / 3600) < 1e-9
+        assert late[p]["received_gpu_hours"] <= late[p]["ran_gpu_hours"]
+    assert late["fifo"]["entitled_gpu_hours"] > 2 * late["gpuqueue"]["entitled_gpu_hours"]
     # nothing queued ever fits on idle GPUs while both policies keep the node full
     assert got["gpuqueue"]["utilization_while_queued"] == got["fifo"]["utilization_while_queued"] == 1.0
 
@@ -191,6 +198,9 @@ def test_groups_and_sizes_are_reported(tmp_path):
     assert d["jain_groups"] == 2 and d["jain_fairness_groups"] > 0.95
     assert set(d["fairness_by_user"]) == {"t1", "t2", "t3", "s1"} and set(d["fairness_by_group"]) == {"team", "solo"}
     assert all(g["received_share"] > 0.9 for g in d["fairness_by_group"].values())
+    # a group's jobs ran its members' GPU-hours: team 90 jobs of 100 s, solo 30 and a 4-GPU one
+    assert abs(d["fairness_by_group"]["team"]["ran_gpu_hours"] - 9000 / 3600) < 1e-9
+    assert abs(d["fairness_by_group"]["solo"]["ran_gpu_hours"] - 3400 / 3600) < 1e-9
     assert d["wait_by_gpus"]["4"]["jobs"] == 1 and d["wait_by_gpus"]["1"]["jobs"] == 120
     assert d["wait_by_gpus"]["16+"]["jobs"] == 0
 

@@ -305,8 +305,17 @@ class Simulation:
             by_size[label] = {"jobs": len(w), "avg": avg(w), "p99": pct(w, 99), "max": w[-1] if w else 0.0}
         users_jain, n_jain = jain(accts.values(), 0.01 * span)
         groups_jain, n_groups = jain(group_accts.values(), 0.01 * span)
+        ran: dict[str, float] = {}  # GPU-seconds each user's (and group's) jobs ran, all attempts
+        group_ran: dict[str, float] = {}
+        for j in self.jobs:
+            ran[j.user] = ran.get(j.user, 0.0) + j.gpus * j.run_s
+        if group_accts:
+            for u, s in ran.items():
+                g = self.config.group_of(u)
+                key = g if g is not None else f"user:{u}"
+                group_ran[key] = group_ran.get(key, 0.0) + s
         groups = {"jain_fairness_groups": groups_jain, "jain_groups": n_groups,
-                  "fairness_by_group": fairness_by(group_accts, 0.01 * span)} if group_accts else {}
+                  "fairness_by_group": fairness_by(group_accts, 0.01 * span, group_ran)} if group_accts else {}
         return {
             "policy": self.policy,
             "jobs": len(self.jobs),
@@ -328,7 +337,7 @@ class Simulation:
             "fits_share_of_queued_time": fit[1],
             "jain_fairness": users_jain,
             "jain_users": n_jain,
-            "fairness_by_user": fairness_by(accts, 0.01 * span),
+            "fairness_by_user": fairness_by(accts, 0.01 * span, ran),
             **groups,
             "preemptions": preemptions,
             "wasted_gpu_hours": wasted / 3600.0,

@@ -29,11 +29,14 @@ def jain(accts: Iterable[UserAcct], min_backlog_s: float) -> tuple[float, int]:
     return jain, len(xs)
 
 
-def fairness_by(accts: Mapping[str, UserAcct], min_backlog_s: float) -> dict[str, dict[str, float]]:
+def fairness_by(accts: Mapping[str, UserAcct], min_backlog_s: float,
+                ran: Mapping[str, float]) -> dict[str, dict[str, float]]:
     """Each :func:`counted` account's figures, the least served first: ``received / entitled``
-    (Jain's index is over these), both in GPU-hours, and the hours it was backlogged."""
+    (Jain's index is over these), both in GPU-hours, the hours it was backlogged, and the
+    GPU-hours its jobs ran in all (``ran``: GPU-seconds by account, backlogged or not)."""
     rows = {name: {"received_share": a.received / a.entitled, "received_gpu_hours": a.received / 3600,
-                   "entitled_gpu_hours": a.entitled / 3600, "backlogged_hours": a.backlog_s / 3600}
+                   "entitled_gpu_hours": a.entitled / 3600, "backlogged_hours": a.backlog_s / 3600,
+                   "ran_gpu_hours": ran.get(name, 0.0) / 3600}
             for name, a in accts.items() if counted(a, min_backlog_s)}
     return dict(sorted(rows.items(), key=lambda kv: (kv[1]["received_share"], kv[0])))
 
