@@ -54,6 +54,9 @@ def test_bad_rows_name_the_line(tmp_path):
         "a,u1,0,100,2,urgent\n": "line 2",
         "a,u1,0,100,1\na,u1,0,100,1\n": "line 3",
         "a,u1,0,100\n": "line 2",
+        # bounded: an endless job, or one submitted past any float's precision, would never end
+        "a,u1,0,100,1\nb,u1,0,1e300,1\n": "line 3: duration 1e+300 is over ten years",
+        "a,u1,1e300,100,1\n": "line 2: submit_time 1e+300 is past 1e+12 s",
     }
     for body, where in cases.items():
         header = "job_id,user,submit_time,duration,gpus" + (",priority" if "urgent" in body else "") + "\n"
@@ -68,6 +71,10 @@ def test_bad_header_and_cluster(tmp_path):
     assert r.returncode == 2 and "line 1" in r.stderr
     r = run(write(tmp_path, GOOD), "--cluster", "prod=eight")
     assert r.returncode == 2 and "--cluster" in r.stderr and "Traceback" not in r.stderr
+    # a size that would take the machine's memory is refused at once, saying the bound
+    for big in ("prod=99999999x8", "prod=2x999999"):
+        r = run(write(tmp_path, GOOD), "--cluster", big)
+        assert r.returncode == 2 and "at most 100,000 nodes a pool and 4,096 GPUs a node" in r.stderr, r.stderr
 
 
 def test_deterministic(tmp_path):

@@ -44,6 +44,18 @@ class SimJob:
     placement: Optional[dict[str, tuple[int, ...]]] = None
 
 
+MAX_SUBMIT = 1e12
+"""Latest submit time, in seconds (30,000 years: Unix times fit; float times stay exact to
+a millisecond, so every later event is a later time)."""
+MAX_DURATION = 10 * 365 * 86400.0
+"""Longest run time or time limit of a trace's job: a job's usage is charged each
+``charge_ahead`` while it runs, which a near-endless job would do for ever."""
+MAX_NODES = 100_000
+"""Nodes a simulated pool may have (each is a structure of the policy's and the simulator's)."""
+MAX_NODE_GPUS = 4096
+"""GPUs a simulated node may have: the most a job may ask for."""
+
+
 def parse_cluster(spec: str) -> dict[str, tuple[int, int]]:
     """``prod=64x8,dev=2x1`` -> {pool: (nodes, gpus per node)}."""
     out: dict[str, tuple[int, int]] = {}
@@ -55,8 +67,12 @@ def parse_cluster(spec: str) -> dict[str, tuple[int, int]]:
             out[pool.strip()] = (int(n), int(g))
         except ValueError:
             raise TraceError(f"--cluster {spec!r}: write POOL=NODESxGPUS[,POOL=NODESxGPUS], e.g. prod=64x8,dev=2x1") from None
-        if out[pool.strip()][0] < 1 or out[pool.strip()][1] < 1 or not pool.strip():
+        nodes, gpus = out[pool.strip()]
+        if nodes < 1 or gpus < 1 or not pool.strip():
             raise TraceError(f"--cluster {part!r}: need at least one node with at least one GPU")
+        if nodes > MAX_NODES or gpus > MAX_NODE_GPUS:
+            raise TraceError(f"--cluster {part!r}: at most {MAX_NODES:,} nodes a pool and "
+                             f"{MAX_NODE_GPUS:,} GPUs a node")
     return out
 
 
@@ -123,8 +139,13 @@ def _row(row: list[str], col: dict[str, int], config: QueueConfig, scale: float,
     gpus = _number(cell, "gpus", int)
     if submit < 0:
         raise TraceError(f"submit_time {submit} is negative")
+    if submit / scale > MAX_SUBMIT:
+        raise TraceError(f"submit_time {submit:g} is past {MAX_SUBMIT:g} s"
+                         + (" once divided by --time-scale" if scale != 1 else ""))
     if duration <= 0:
         raise TraceError(f"duration {duration} must be positive (seconds)")
+    if duration > MAX_DURATION:
+        raise TraceError(f"duration {duration:g} is over ten years ({MAX_DURATION:g} s)")
     if gpus < 0:
         raise TraceError(f"gpus {gpus} is negative")
     pr = get("priority", "").lower() or "medium"
@@ -139,6 +160,8 @@ def _row(row: list[str], col: dict[str, int], config: QueueConfig, scale: float,
     tl = _number(cell, "time_limit") if get("time_limit") else None
     if tl is not None and tl <= 0:
         raise TraceError(f"time_limit {tl} must be positive (seconds)")
+    if tl is not None and tl > MAX_DURATION:
+        raise TraceError(f"time_limit {tl:g} is over ten years ({MAX_DURATION:g} s)")
     return SimJob(jid, user, submit / scale, duration, gpus, _PRIORITY[pr], pool,
                   bool(_BOOL[pre]), tl, remaining=duration)
 
