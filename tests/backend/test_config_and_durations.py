@@ -51,6 +51,12 @@ def test_config_file(tmp_path):
         ('[pools.dev]\nnodes = { "a" = 2 }\nmax_runtime = inf\n', "max_runtime"),
         ('[defaults]\nweight = nan\n[pools.dev]\nnodes = { "a" = 2 }\n', "defaults.weight"),
         ('max_lost_attempts = 0\n[pools.dev]\nnodes = { "a" = 2 }\n', "max_lost_attempts"),
+        # periods too short to mean anything ran the scheduler's timers away, or divided by 0
+        ('[pools.dev]\nnodes = { "a" = 2 }\n[policy]\nhalf_life = 0\n', "policy.half_life: must be at least 60 s"),
+        ('[pools.dev]\nnodes = { "a" = 2 }\n[policy]\ncharge_ahead = 0.001\n',
+         "policy.charge_ahead: must be at least 60 s, e.g. 1h"),
+        ('[pools.dev]\nnodes = { "a" = 2 }\nstarvation_timeout = 1e-300\n',
+         "pools.dev.starvation_timeout: must be at least 1 s, e.g. 1h, or 0"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path, text, message):
@@ -59,6 +65,13 @@ def test_bad_config_names_the_key(tmp_path, text, message):
     with pytest.raises(BadRequest) as e:
         load_config(p)
     assert message in str(e.value) and str(p) in str(e.value)
+
+
+def test_zero_turns_starvation_and_charging_ahead_off(tmp_path):
+    p = tmp_path / "q.toml"
+    p.write_text('[pools.dev]\nnodes = { "a" = 2 }\nstarvation_timeout = 0\n[policy]\ncharge_ahead = 0\n')
+    cfg = load_config(p)
+    assert cfg.pools["dev"].starvation_timeout == 0 and cfg.policy.charge_ahead == 0
 
 
 def test_missing_config_file(tmp_path):

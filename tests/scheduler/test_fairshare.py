@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpuqueue.queue.config import UserLimits
+from gpuqueue.queue.config import UserLimits, load_config
 from gpuqueue.scheduler import FairShareScheduler, make_scheduler
 from gpuqueue.scheduler.base import Preempt, Reject, Retry, Start, TimeOut, Warn
 from gpuqueue.queue.states import Outcome
@@ -574,3 +574,19 @@ def test_a_user_with_nothing_here_preempts_over_share_work_only_within_its_own_s
         sh.apply(s.tick(0), 0)
         s.submit(job("w1", user="w", gpus=gpus, t=10), 10)
         assert [d.job_id for d in s.tick(10) if isinstance(d, Preempt)] == victims, gpus
+
+
+@pytest.mark.parametrize("timeout, tier, reason", [(600, 1, "starved"), (0, 4, "resources")])
+def test_a_starvation_timeout_of_0_means_no_starvation_and_no_boosts(tmp_path, timeout, tier, reason):
+    # a 2-GPU low job behind a 1-GPU job that never ends, for ten days
+    p = tmp_path / "q.toml"
+    p.write_text(f'[pools.p]\nnodes = {{ "n1" = 2 }}\nstarvation_timeout = {timeout}\n')
+    s = FairShareScheduler(load_config(p))
+    sh = Shell(s)
+    s.submit(job("filler", user="a"), 0)
+    sh.apply(s.tick(0), 0)
+    s.submit(job("big", user="b", gpus=2, pr="low", t=1), 1)
+    sh.apply(s.tick(10 * 86400), 10 * 86400)
+    e = s.explain("big", 10 * 86400)
+    assert e.reason == reason and e.priority_terms["tier"] == tier
+    assert e.priority_terms["starved"] == (1.0 if timeout else 0.0)

@@ -56,7 +56,7 @@ class PoolConfig(BaseModel):
     starvation_timeout: float = Field(
         3600.0,
         description="seconds of waiting per priority boost; a job needing several GPUs a node starves after it "
-        "and gets GPUs set aside (docs/scheduling.md)",
+        "and gets GPUs set aside (docs/scheduling.md); 0: no starvation and no boosts",
     )
     max_queued: int = Field(10_000, ge=1, description="queue depth limit of the pool")
     max_gpus_per_user: Optional[int] = Field(None, ge=0, description="GPUs a user may hold here")
@@ -74,7 +74,12 @@ class PoolConfig(BaseModel):
     @field_validator("starvation_timeout", mode="before")
     @classmethod
     def _duration(cls, v: Any) -> Optional[float]:
-        return _seconds(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0:
+            return 0.0  # no starvation, no boosts
+        s = _seconds(v)
+        if s is not None and s < 1:
+            raise ValueError("must be at least 1 s, e.g. 1h, or 0: no job starves or climbs a priority step")
+        return s
 
     @field_validator("nodes")
     @classmethod
@@ -170,14 +175,20 @@ class GroupConfig(BaseModel):
         return parse_rate(v)
 
 
+MIN_PERIOD_S = 60.0
+"""The shortest usage half-life and charge period: shorter ones make the scheduler's timers
+(or its arithmetic) run away, and mean nothing for GPU jobs."""
+
+
 class PolicyConfig(BaseModel):
     """Knobs of the fair-share policy (``[policy]`` table); see docs/scheduling.md."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    half_life: float = Field(7 * 86400.0, description="seconds; usage decay half-life")
+    half_life: float = Field(7 * 86400.0, description="seconds; usage decay half-life (at least a minute)")
     charge_ahead: float = Field(
-        3600.0, description="seconds of a job's GPU time charged at admission, then per chunk"
+        3600.0, description="seconds of a job's GPU time charged at admission, then per chunk "
+        "(0: a job is charged only when it ends)"
     )
     starvation_boost_cap: int = Field(
         3, ge=0, le=3, description="tier steps a starving job may climb (never above high)"
@@ -222,6 +233,22 @@ class PolicyConfig(BaseModel):
         if isinstance(v, (int, float)) and v == 0:
             return 0.0
         return parse_duration(v)
+
+    @field_validator("half_life")
+    @classmethod
+    def _half_life(cls, v: float) -> float:
+        if v < MIN_PERIOD_S:
+            raise ValueError(f"must be at least {MIN_PERIOD_S:g} s; e.g. 7d (how long a "
+                             f"GPU-hour of usage takes to count half)")
+        return v
+
+    @field_validator("charge_ahead")
+    @classmethod
+    def _charge_ahead(cls, v: float) -> float:
+        if 0 < v < MIN_PERIOD_S:
+            raise ValueError(f"must be at least {MIN_PERIOD_S:g} s, e.g. 1h (each "
+                             f"chunk is a timer of every running job), or 0 to charge jobs when they end")
+        return v
 
 
 class QueueConfig(BaseModel):
