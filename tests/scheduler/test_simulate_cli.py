@@ -71,7 +71,7 @@ def test_bad_header_and_cluster(tmp_path):
     assert r.returncode == 2 and "line 1" in r.stderr
     r = run(write(tmp_path, GOOD), "--cluster", "prod=eight")
     assert r.returncode == 2 and "--cluster" in r.stderr and "Traceback" not in r.stderr
-    # a size that would take the machine's memory is refused at once, saying the bound
+    # a size the simulator would build for minutes (10^8 nodes) is refused at once, saying the bound
     for big in ("prod=99999999x8", "prod=2x999999"):
         r = run(write(tmp_path, GOOD), "--cluster", big)
         assert r.returncode == 2 and "at most 100,000 nodes a pool and 4,096 GPUs a node" in r.stderr, r.stderr
