@@ -590,3 +590,15 @@ def test_a_starvation_timeout_of_0_means_no_starvation_and_no_boosts(tmp_path, t
     e = s.explain("big", 10 * 86400)
     assert e.reason == reason and e.priority_terms["tier"] == tier
     assert e.priority_terms["starved"] == (1.0 if timeout else 0.0)
+
+
+def test_a_charge_ahead_of_0_charges_a_job_when_it_ends():
+    s = FairShareScheduler(config({"p": {"n1": 2}}, charge_ahead=0, half_life="3000d"))
+    sh = Shell(s)
+    s.submit(job("run", user="a", gpus=2), 0)
+    sh.apply(s.tick(0), 0)
+    s.submit(job("wait", user="a", gpus=2, t=1), 1)
+    s.tick(3600)
+    assert s.explain("wait", 3600).priority_terms["usage_gpu_hours"] == 0  # nothing charged ahead
+    sh.finish("run", Outcome.SUCCEEDED, 7200)  # charged now, before the next pass starts "wait"
+    assert abs(s.explain("wait", 7200).priority_terms["usage_gpu_hours"] - 4.0) < 0.01  # 2 GPUs x 2 h

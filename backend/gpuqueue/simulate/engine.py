@@ -271,7 +271,7 @@ class Simulation:
                 heappush(ev, (w, 3, seq, "", 0))  # a bare tick
         fit = (busy_fit / cap_fit if cap_fit > 0 else 1.0, fit_s / queued_s if queued_s > 0 else 0.0)
         return self._metrics(total, t_first, last_t, busy_s, busy_q_s, queued_s, fit, preemptions,
-                             wasted, accts, group_accts if hierarchical else {}, time.perf_counter() - t_wall)
+                             wasted, accts, group_accts if hierarchical else {}, group_of, time.perf_counter() - t_wall)
 
     def _request(self, j: SimJob) -> JobRequest:
         """The job as the scheduler sees it (no duration). A job larger than the pool's biggest
@@ -290,7 +290,7 @@ class Simulation:
 
     def _metrics(self, total: int, t0: float, t1: float, busy_s: float, busy_q_s: float,
                  queued_s: float, fit: tuple[float, float], preemptions: int, wasted: float, accts: dict[str, UserAcct],
-                 group_accts: dict[str, UserAcct], wall: float) -> dict[str, Any]:
+                 group_accts: dict[str, UserAcct], group_of: dict[str, str], wall: float) -> dict[str, Any]:
         done = [j for j in self.jobs if j.end is not None]
         jct = sorted(j.end - j.submit for j in done)  # type: ignore[operator]
         wait = sorted(max(0.0, j.end - j.submit - j.run_s) for j in done)  # type: ignore[operator]
@@ -311,9 +311,8 @@ class Simulation:
             ran[j.user] = ran.get(j.user, 0.0) + j.gpus * j.run_s
         if group_accts:
             for u, s in ran.items():
-                g = self.config.group_of(u)
-                key = g if g is not None else f"user:{u}"
-                group_ran[key] = group_ran.get(key, 0.0) + s
+                if s:  # (it started a job, so the tallies know its group)
+                    group_ran[group_of[u]] = group_ran.get(group_of[u], 0.0) + s
         groups = {"jain_fairness_groups": groups_jain, "jain_groups": n_groups,
                   "fairness_by_group": fairness_by(group_accts, 0.01 * span, group_ran)} if group_accts else {}
         return {
