@@ -82,6 +82,7 @@ from ..attempt.cgroup import AttemptCgroups, end as end_cgroup, enter as enter_c
 from ..attempt.identity import Identity
 from ..attempt.launch import package_root
 from ..attempt.removal import remove_tree
+from ..job.rayletwatch import RayletWatch
 from ..job.raynodes import NODE_ENV, RESTART_NOTE, agent_port_args, node_resource
 from .forkserver import die_with_parent
 from .rayfiles import log_tail, open_log, remove_scratch
@@ -285,6 +286,7 @@ class RayNodes:
         :data:`MAX_RESTARTS` times. Its wait ends a :data:`JOIN_WAIT_S` after the join's: the
         launcher waits that long again after it started its head again."""
         restarts = 0
+        raylet = RayletWatch(proc.pid) if proc is not None else None
         try:
             while not self.stop.wait(self.poll_s):
                 try:
@@ -292,17 +294,22 @@ class RayNodes:
                         break
                 except Exception:  # noqa: BLE001 - the store away: the attempt goes on meanwhile
                     continue
-                if restart is not None and proc is not None and proc.poll() is not None:
+                if restart is None or proc is None or raylet is None:
+                    continue
+                # its raylet gone, ray start would wait 30 s more for it (gpuqueue.job.rayletwatch)
+                how = (f"exit code {proc.returncode}" if proc.poll() is not None
+                       else "its raylet ended" if raylet.ended() else None)
+                if how is not None:
                     if time.monotonic() > restart[1] or restarts >= MAX_RESTARTS:
                         restart = None  # the launcher no longer waits for this node: it fails the job
                         continue
-                    log.warning("attempt %s/%s: its Ray on this node exited (code %s) before the job's ranks ran; %s: %s",
-                                job_id, attempt, proc.returncode, RESTART_NOTE, log_tail(folder, "ray.log", uid))
-                    self.store.warn_job(job_id, self.node, f"on node {self.node} the job's Ray exited at start (exit code "
-                                        f"{proc.returncode}); {RESTART_NOTE}", (self.store.k("fence", job_id),
-                                                                               f"{attempt}:{head}"))
+                    log.warning("attempt %s/%s: its Ray on this node exited at start (%s) before the job's ranks ran; "
+                                "%s: %s", job_id, attempt, how, RESTART_NOTE, log_tail(folder, "ray.log", uid))
+                    self.store.warn_job(job_id, self.node, f"on node {self.node} the job's Ray exited at start ({how}); "
+                                        f"{RESTART_NOTE}", (self.store.k("fence", job_id), f"{attempt}:{head}"))
                     end_ray(folder, uid, proc, inside, remove=False)
                     proc = restart[0]()
+                    raylet = RayletWatch(proc.pid)
                     restarts += 1
         finally:
             n = self._end_cgroup(job_id, attempt, cgroup) + end_ray(folder, uid, proc, inside)

@@ -40,6 +40,7 @@ from typing import Any, Optional
 
 from ..attempt.failtext import rank_error
 from .distributed import rank_failures, record_failure, report_failure, stop_requested_by_queue
+from .rayletwatch import end_when_raylet_ends
 from .raylogs import RAY_LOG_DRAIN_S
 
 RESOURCE = "gpuqueue-node-{}"
@@ -227,12 +228,17 @@ def _own_ray(ray: Any, address: str, placement: dict[str, list[int]]) -> tuple[A
     (:data:`RESTART_NOTE`)."""
     first = time.monotonic()
     while True:
+        logged = _head_log_size()  # what this start of the head writes comes after
         head = _start_head(address, placement)
-        why = (_connect(ray, address, head, time.monotonic() + OWN_RAY_WAIT_S)
+        raylet_ended: list[bool] = []  # its raylet died while ray start still waited for it
+        end_when_raylet_ends(head, lambda: raylet_ended.append(True))
+        why = (_head_started(head, logged, time.monotonic() + OWN_RAY_WAIT_S)
+               or _connect(ray, address, head, time.monotonic() + OWN_RAY_WAIT_S)
                or _wait_nodes(ray, placement, head, time.monotonic() + OWN_RAY_WAIT_S))
         if why is None or head.poll() is None or time.monotonic() > first + OWN_RAY_WAIT_S:
             return head, why
-        print(f"gpuqueue: the job's Ray head exited at start (exit code {head.returncode}); {RESTART_NOTE}:\n"
+        how = "its raylet ended" if raylet_ended else f"exit code {head.returncode}"
+        print(f"gpuqueue: the job's Ray head exited at start ({how}); {RESTART_NOTE}:\n"
               f"{_head_log()[-600:]}", file=sys.stderr)
         ray.shutdown()
         _end_head(head)
@@ -296,12 +302,43 @@ def _client_server_args() -> list[str]:
         return ["--ray-client-server-port", str(s.getsockname()[1])]
 
 
-def _head_log() -> str:
+def _head_log(since: int = 0, tail: int = 2000) -> str:
+    """The last ``tail`` characters of the head's log after its first ``since`` bytes."""
     try:
-        with open(os.path.join(os.environ["GPUQUEUE_RAY_DIR"], "ray-head.log"), errors="replace") as f:
-            return f.read()[-2000:]
+        with open(os.path.join(os.environ["GPUQUEUE_RAY_DIR"], "ray-head.log"), "rb") as f:
+            f.seek(since)
+            return f.read().decode(errors="replace")[-tail:]
     except OSError:
         return ""
+
+
+def _head_log_size() -> int:
+    try:
+        return os.path.getsize(os.path.join(os.environ["GPUQUEUE_RAY_DIR"], "ray-head.log"))
+    except OSError:
+        return 0
+
+
+HEAD_STARTED = "Ray runtime started."  # what ray start --head prints once its node is up (Ray 1.x-2.60)
+# ray start exits when its node is not up within 30 s: past this, one still running is up
+HEAD_SAYS_S = 45.0
+
+
+def _head_started(head: Any, logged: int, deadline: float) -> Optional[str]:
+    """Wait until the head's ``ray start`` says its node is up (its log past ``logged``), so
+    that connecting to it never waits on a raylet that died at start (``rayletwatch``); None, or
+    why not. A ``ray start`` that says nothing of the kind in :data:`HEAD_SAYS_S` (another
+    Ray's wording) is connected to all the same, and the job's log says so."""
+    since = time.monotonic()
+    while head.poll() is None:
+        if HEAD_STARTED in _head_log(logged, 1 << 20):
+            return None
+        if time.monotonic() > min(deadline, since + HEAD_SAYS_S):
+            print(f"gpuqueue: the job's Ray head did not say '{HEAD_STARTED}' in {HEAD_SAYS_S:g} s; "
+                  "connecting to it all the same", file=sys.stderr)
+            return None
+        time.sleep(0.2)
+    return f"gpuqueue: the job's Ray head did not start (exit code {head.returncode}):\n{_head_log(logged)}"
 
 
 def _connect(ray: Any, address: str, head: Any, deadline: float) -> Optional[str]:
