@@ -52,15 +52,17 @@ class RayletWatch:
 
 
 def end_when_raylet_ends(start: Any, on_end: Optional[Callable[[], None]] = None,
-                         every_s: float = 0.5) -> threading.Thread:
+                         every_s: float = 0.5) -> threading.Event:
     """In a daemon thread, until ``start`` (the ``subprocess.Popen`` of a ``ray start`` in a
-    session of its own) exits: once its raylet ended, call ``on_end`` and kill its process group,
-    so that ``start`` exits (by SIGKILL) and its caller starts it again."""
+    session of its own) exits or the returned event is set (the node is up: no need to look at
+    every process of the node twice a second any longer): once its raylet ended, call ``on_end``
+    and kill its process group, so that ``start`` exits (by SIGKILL) and its caller starts it
+    again."""
+    done = threading.Event()
 
     def watch() -> None:
         raylet = RayletWatch(start.pid)
-        pause = threading.Event()
-        while start.poll() is None and not pause.wait(every_s):
+        while start.poll() is None and not done.wait(every_s):
             if raylet.ended():
                 if on_end is not None:
                     on_end()
@@ -70,6 +72,5 @@ def end_when_raylet_ends(start: Any, on_end: Optional[Callable[[], None]] = None
                     pass
                 return
 
-    t = threading.Thread(target=watch, name=f"raylet-watch-{start.pid}", daemon=True)
-    t.start()
-    return t
+    threading.Thread(target=watch, name=f"raylet-watch-{start.pid}", daemon=True).start()
+    return done

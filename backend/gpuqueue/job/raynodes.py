@@ -231,10 +231,11 @@ def _own_ray(ray: Any, address: str, placement: dict[str, list[int]]) -> tuple[A
         logged = _head_log_size()  # what this start of the head writes comes after
         head = _start_head(address, placement)
         raylet_ended: list[bool] = []  # its raylet died while ray start still waited for it
-        end_when_raylet_ends(head, lambda: raylet_ended.append(True))
+        watching = end_when_raylet_ends(head, lambda: raylet_ended.append(True))
         why = (_head_started(head, logged, time.monotonic() + OWN_RAY_WAIT_S)
                or _connect(ray, address, head, time.monotonic() + OWN_RAY_WAIT_S)
                or _wait_nodes(ray, placement, head, time.monotonic() + OWN_RAY_WAIT_S))
+        watching.set()  # up (ray start --block ends with its raylet from now on), or started again
         if why is None or head.poll() is None or time.monotonic() > first + OWN_RAY_WAIT_S:
             return head, why
         how = "its raylet ended" if raylet_ended else f"exit code {head.returncode}"
