@@ -352,6 +352,9 @@ def test_a_nodes_ray_whose_agent_is_late_at_start_is_started_again_and_the_job_r
     warned = [e["data"] for e in root.events(job) if e["type"] == "warning"]
     assert {"node": join, "message": f"on node {join} the job's Ray exited at start (its raylet ended); {note}"} \
         in warned, warned
+    # its first ray start was joining the head started again: ended as soon as that head was gone
+    assert {"node": join, "message": f"on node {join} the job's Ray exited at start (the head it was joining is "
+            f"gone); {note}"} in warned, warned
     assert re.search(rf"attempt {job}/1: its Ray on this node exited at start \(its raylet ended\) before the job's "
                      rf"ranks ran; {re.escape(note)}", c.log(f"worker-{join}")), c.log(f"worker-{join}")[-3000:]
     root.cancel(job)

@@ -276,15 +276,17 @@ class RayNodes:
     def _watch(self, job_id: str, attempt: int, head: str, folder: Path, inside: Path, uid: int,
                proc: Optional[subprocess.Popen[bytes]] = None, cgroup: Optional[Path] = None,
                tmps: tuple[Path, ...] = (),
-               restart: Optional[tuple[Callable[[], subprocess.Popen[bytes]], float]] = None) -> None:
+               restart: Optional[tuple[Callable[[], subprocess.Popen[bytes]], float, str]] = None) -> None:
         """Until the attempt is over here, then end its Ray processes on this node (all of
         ``cgroup``, the join's, at once; then what carries the mark) and remove the folder (and the
         scratch folders its ranks left in ``tmps``, the job's ``/tmp`` on this node). Runs
         in the thread that started ``proc``: its death signal (``PR_SET_PDEATHSIG``) comes when
-        that thread ends. ``restart`` (start ``proc`` again, until when): a join's ``ray start``
-        that exits before then is started again (``raynodes.RESTART_NOTE``), at most
-        :data:`MAX_RESTARTS` times. Its wait ends a :data:`JOIN_WAIT_S` after the join's: the
-        launcher waits that long again after it started its head again."""
+        that thread ends. ``restart`` (start ``proc`` again, until when, the head's address): a
+        join's ``ray start`` that exits before then, whose raylet ended, or whose head went away
+        before its raylet ran (the launcher starts its head again) is started again once the head
+        answers (``raynodes.RESTART_NOTE``), at most :data:`MAX_RESTARTS` times. Its wait ends a
+        :data:`JOIN_WAIT_S` after the join's: the launcher waits that long again after it
+        started its head again."""
         restarts = 0
         raylet = RayletWatch(proc.pid) if proc is not None else None
         try:
@@ -296,9 +298,12 @@ class RayNodes:
                     continue
                 if restart is None or proc is None or raylet is None:
                     continue
-                # its raylet gone, ray start would wait 30 s more for it (gpuqueue.job.rayletwatch)
+                # its raylet gone, ray start would wait 30 s more for it; the head it was joining
+                # gone, as long for that head's node (gpuqueue.job.rayletwatch)
                 how = (f"exit code {proc.returncode}" if proc.poll() is not None
-                       else "its raylet ended" if raylet.ended() else None)
+                       else "its raylet ended" if raylet.ended()
+                       else "the head it was joining is gone" if not raylet.seen and not _answers(restart[2])
+                       else None)
                 if how is not None:
                     if time.monotonic() > restart[1] or restarts >= MAX_RESTARTS:
                         restart = None  # the launcher no longer waits for this node: it fails the job
@@ -308,6 +313,9 @@ class RayNodes:
                     self.store.warn_job(job_id, self.node, f"on node {self.node} the job's Ray exited at start ({how}); "
                                         f"{RESTART_NOTE}", (self.store.k("fence", job_id), f"{attempt}:{head}"))
                     end_ray(folder, uid, proc, inside, remove=False)
+                    if self._wait_head(job_id, attempt, head, restart[1]) is None:
+                        restart = None  # not in time, or the attempt is over: the launcher fails the job
+                        continue
                     proc = restart[0]()
                     raylet = RayletWatch(proc.pid)
                     restarts += 1
@@ -468,7 +476,7 @@ class RayNodes:
         # the ranks' scratch folders are in their TMPDIR here, else in the job's /tmp: its own here, or
         # the node's (no namespace)
         tmps = tuple(dict.fromkeys(Path(p) for p in (here.get("TMPDIR"), own[0] if own else None, "/tmp") if p))
-        self._watch(job_id, attempt, head, folder, inside, uid, proc, cgroup, tmps, restart=(start, deadline + JOIN_WAIT_S))
+        self._watch(job_id, attempt, head, folder, inside, uid, proc, cgroup, tmps, restart=(start, deadline + JOIN_WAIT_S, address))
 
     def _wait_head(self, job_id: str, attempt: int, head: str, deadline: float) -> Optional[str]:
         """The head's address once it is published and its port answers; None: not in time, or
@@ -477,12 +485,8 @@ class RayNodes:
             v = self.store.r.get(head_key(self.store, job_id, attempt))
             if v:
                 address = v if isinstance(v, str) else bytes(v).decode()
-                ip, port = address.rsplit(":", 1)
-                try:
-                    with socket.create_connection((ip, int(port)), timeout=1):
-                        return address
-                except OSError:
-                    pass
+                if _answers(address):
+                    return address
             if not self._fence_holds(job_id, attempt, head):
                 return None
             time.sleep(0.3)
@@ -536,6 +540,16 @@ class RayNodes:
                                     preexec_fn=lambda: _child(cgroup, become, cwd))
         finally:
             os.close(out)
+
+
+def _answers(address: str) -> bool:
+    """Whether something listens at ``address`` (host:port): the job's Ray head's GCS."""
+    ip, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((ip, int(port)), timeout=1):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _child(cgroup: Optional[Path], become: Optional[tuple[int, int]], cwd: Optional[str]) -> None:
