@@ -298,6 +298,9 @@ class RayNodes:
                     continue
                 if restart is None or proc is None or raylet is None:
                     continue
+                if time.monotonic() > restart[1]:
+                    restart = None  # the launcher no longer waits for this node (and no more scans of the node)
+                    continue
                 # its raylet gone, ray start would wait 30 s more for it; the head it was joining
                 # gone, as long for that head's node (gpuqueue.job.rayletwatch)
                 how = (f"exit code {proc.returncode}" if proc.poll() is not None
@@ -305,7 +308,7 @@ class RayNodes:
                        else "the head it was joining is gone" if not raylet.seen and not _answers(restart[2])
                        else None)
                 if how is not None:
-                    if time.monotonic() > restart[1] or restarts >= MAX_RESTARTS:
+                    if restarts >= MAX_RESTARTS:
                         restart = None  # the launcher no longer waits for this node: it fails the job
                         continue
                     log.warning("attempt %s/%s: its Ray on this node exited at start (%s) before the job's ranks ran; "
