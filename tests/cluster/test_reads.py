@@ -287,6 +287,9 @@ def test_live_follows_share_the_users_read_slots(tmp_path: Path, redis_factory: 
 
         followers = [threading.Thread(target=follow) for _ in range(2)]
         with Sequential(c.url, "alice", f"jobs/{small}") as hers, Sequential(c.url, "bob", f"jobs/{his}") as bobs:
+            # both served while nothing else of theirs reads (on a loaded machine the follows took
+            # alice's slot before her first read: one CI run saw her 7 reads all refused)
+            wait_until(lambda: hers.statuses[200] >= 1 and bobs.statuses[200] >= 1, 30, 0.05, "both readers served")
             for t in followers:
                 t.start()
             wait_until(lambda: len(got) >= 2 and hers.statuses[429] >= 2, 30, 0.1, "the follows to hold alice's slot")
