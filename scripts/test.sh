@@ -24,6 +24,9 @@ k6_site=$(.venv-ipykernel6/bin/python -c 'import sysconfig; print(sysconfig.get_
 echo "import site; site.addsitedir('$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
   >"$k6_site/zz-venv.pth"
 python -m pip --python .venv-ipykernel6/bin/python install -q --no-deps "ipykernel>=6.25,<7" "nest_asyncio>=1.5"
+# A Ray without token authentication (before 2.52), by itself: a job whose Python has it may not
+# start a Ray of its own (tests/cluster/test_ray_own.py puts it first on such a job's PYTHONPATH).
+python -m pip install -q --no-deps --target .ray-2.51 "ray==2.51.2"
 # One pytest worker per CPU (most tests wait on servers, kernels and jobs more than they compute);
 # --dist loadfile keeps each file's tests, and their module fixtures, on one worker.
 # GPUQUEUE_TEST_WORKERS=0 runs them one by one in this process. --no-loadscope-reorder keeps the

@@ -211,6 +211,57 @@ def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluste
     wait_until(lambda: not any(os.path.exists(f) for f in folders), 30, 0.5, "no private folder")
 
 
+@needs_root
+def test_a_running_jobs_ray_head_that_dies_fails_the_job_at_once_and_leaves_nothing(cluster: Cluster) -> None:
+    """The raylet of the job's Ray head killed while both ranks run (as the OOM killer would):
+    the job fails within a minute, its error names the rank and the node it was lost on, and no
+    process or folder of the job is left on either node."""
+    c = cluster
+    spec, marks = _ranks_spec(c)
+    root = c.client("root")
+    job = c.client("alice").submit(spec)["id"]
+    _both_up(c, job, marks)
+    uid = _uid_of(c, job, "alice")
+    first = root.get(job)["attempts"][-1]["node"]
+    starts = [p for p in _procs_of(uid) if "--head" in p.cmdline() and "ray.scripts.scripts" in p.cmdline()]
+    assert len(starts) == 1, starts
+    raylets = [p for p in starts[0].children(recursive=True) if p.name() == "raylet"]
+    assert len(raylets) == 1, raylets
+    raylets[0].kill()
+    j = c.wait_done([job], 60)[job]
+    assert j["state"] == "failed", j
+    assert re.match(rf"rank 0 failed: lost its Ray worker on {first} \(the job's Ray there ended, or that worker "
+                    r"died\): The actor \w+ is unavailable", j["error"]), j["error"]
+    wait_until(lambda: not _procs_of(uid) and not _folders_of(uid), 60, 0.5, "no process or folder of the owner")
+
+
+OLD_RAY = Path(__file__).resolve().parents[2] / ".ray-2.51"  # Ray 2.51.2 alone (scripts/test.sh)
+
+
+@needs_root
+def test_a_job_whose_ray_has_no_token_auth_is_refused_before_any_ray_starts(cluster: Cluster) -> None:
+    """A Ray older than 2.52 ignores RAY_AUTH_MODE=token and runs code for whoever reaches its
+    ports, as the job's owner; a job whose Python has one (here Ray 2.51.2 first on its
+    PYTHONPATH) fails with why and the fix, and no Ray of it ever runs, on either node."""
+    assert (OLD_RAY / "ray" / "__init__.py").exists(), f"no Ray 2.51 at {OLD_RAY}: scripts/test.sh installs it"
+    c = cluster
+    spec, marks = _ranks_spec(c)
+    spec["env"]["PYTHONPATH"] = os.pathsep.join([str(OLD_RAY), spec["env"]["PYTHONPATH"]])
+    root = c.client("root")
+    job = c.client("alice").submit(spec)["id"]
+    j = c.wait_done([job], 120)[job]
+    said = logs(root.events(job))
+    assert j["state"] == "failed", (j, said[-3000:])
+    assert "the job's Python has Ray 2.51.2, which has no token authentication (Ray 2.52 and later)" in said, said
+    assert "Install 'ray[train]>=2.52' where the job runs" in j["error"], j["error"]
+    assert not marks.exists()  # no rank ran
+    uid = _uid_of(c, job, "alice")
+    assert "ray-head.log" not in said and "Ray runtime started" not in said
+    # the other node's join waited for a head that never came, and stopped with the attempt
+    wait_until(lambda: not _procs_of(uid) and not _folders_of(uid), 60, 0.5, "no process or folder of the owner")
+    assert "joined its Ray" not in c.log("worker-n1") + c.log("worker-n2")
+
+
 # what the head's dashboard process (with Ray's dashboard packages) tells anyone: its own CPU,
 # memory and event loop (docs/deploy.md, "What a hostile job can still do on a node")
 DASHBOARD_OWN = ("ray_dashboard_", "ray_component_")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import sys
@@ -50,6 +51,24 @@ RESOURCE = "gpuqueue-node-{}"
 # gets its own node's values of those the job has as its first node gave them (not the job's own
 # ``env``'s): the first node's folders are not on its node, or are not its own there
 NODE_ENV = "GPUQUEUE_NODE_ENV"
+
+
+# Ray enforces ``RAY_AUTH_MODE=token`` from 2.52 on; an older Ray ignores it and answers anyone
+# who reaches its ports, who then runs code as the job's owner (checked with Ray 2.51.2)
+TOKEN_AUTH_SINCE = (2, 52)
+
+
+def no_token_auth(version: str) -> Optional[str]:
+    """Why a job may not start its own Ray with Ray ``version`` (one without token
+    authentication), or None."""
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if m and (int(m.group(1)), int(m.group(2))) >= TOKEN_AUTH_SINCE:
+        return None
+    since = ".".join(map(str, TOKEN_AUTH_SINCE))
+    return (f"gpuqueue: the job's Python has Ray {version}, which has no token authentication (Ray {since} "
+            f"and later): the job's own Ray would run code for anyone who reaches its ports, as you. Install "
+            f"'ray[train]>={since}' where the job runs (its --python, or the workers' environment); "
+            "docs/deploy.md, Multi-node jobs on Ray")
 
 
 def node_resource(node: str) -> str:
@@ -181,6 +200,9 @@ def run_pinned(placement: dict[str, list[int]], argv: list[str], address: Option
     if not address and not own:
         print("gpuqueue: a job placed on several nodes needs the Ray cluster of the GPU nodes: the worker's "
               "RAY_ADDRESS (or GPUQUEUE_RAY_ADDRESS) is not set (docs/deploy.md, Multi-node jobs)", file=sys.stderr)
+        return 1
+    if own and (why := no_token_auth(str(getattr(ray, "__version__", "")))):
+        print(why, file=sys.stderr)  # before any Ray of the job starts (its joins wait for the head)
         return 1
     head = None
     try:
@@ -430,7 +452,9 @@ def _run(ray: Any, placement: dict[str, list[int]], argv: list[str]) -> int:
             try:
                 code = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - an actor or its node died
-                code, err, tail = 1, f"lost: {e}", []
+                said = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+                code, err, tail = 1, (f"lost its Ray worker on {ranks[rank]['node']} (the job's Ray there ended, "
+                                      f"or that worker died): {said}"), []
             else:
                 tail = _tail(ray, actors[rank]) if code != 0 and failed is None else []
                 err = rank_error(code, tail)
