@@ -113,15 +113,25 @@ nodes = { "node-a" = 1, "node-b" = 1 }
 def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_server_factory, tmp_path: Path) -> None:
     cfg = tmp_path / "pools.toml"
     cfg.write_text(RAY_CONFIG)
-    server = jupyter_server_factory(gpus=2, env={"GPUQUEUE_CONFIG": str(cfg), "GPUQUEUE_RAY_CPUS": "2"})
+    home = tmp_path / "home"
+    home.mkdir()
+    server = jupyter_server_factory(gpus=2, env={"GPUQUEUE_CONFIG": str(cfg), "GPUQUEUE_RAY_CPUS": "2",
+                                                 "HOME": str(home)})
     out = tmp_path / "out"
     out.mkdir()
     job = submit_script(server, "ddp_train.py", [str(out), "12"], gpus=2, nodes=2)
     favour_job(server, job)
     try:
+        # the job's Ray answers only with a token of the attempt's own, which only its user reads
+        # (Ray 2.60 alone would write one to ~/.ray/auth_token, mode 644, and keep it there)
+        attempt = server.state_dir / "jobs" / job / "attempt-1"
+        token = wait_until(lambda: next(attempt.glob("ray-token-*"), None), 120, 0.1, "the job's Ray token")
+        assert token.stat().st_mode & 0o077 == 0, oct(token.stat().st_mode)
         rec = wait_done(server, job, timeout=270)  # the launcher shuts its local Ray cluster down
     finally:
         kill_job_groups(server, job)
+    assert not list(attempt.glob("ray-token-*"))  # removed with the job's Ray
+    assert not (home / ".ray").exists(), list((home / ".ray").iterdir())
     evs = server.client().events(job)
     assert rec["state"] == "succeeded", logs(evs)[-4000:]
     files = rank_files(out)
@@ -130,6 +140,35 @@ def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_serve
     assert [e["data"]["step"] for e in evs if e["type"] == "metrics"] == list(range(12))
     assert [e["data"]["step"] for e in evs if e["type"] == "checkpoint"] == [5, 10]
     assert any(e["type"] == "progress" and e["data"]["done"] == 12 for e in evs)
+
+
+def test_nodes_2_with_a_ray_that_has_no_token_auth_is_refused_before_its_ray_starts(
+        jupyter_server_factory, tmp_path: Path) -> None:
+    """Ray before 2.52 ignores RAY_AUTH_MODE=token: the job's one-node Ray would answer anyone who
+    reaches its ports (they listen on every address). With Ray 2.51.2 first on the job's
+    PYTHONPATH (scripts/test.sh installs it) the job fails with why and the fix, and no Ray of it
+    starts (its ray.log, which Ray's start would write, is not there)."""
+    old_ray = Path(__file__).resolve().parents[2] / ".ray-2.51"
+    assert (old_ray / "ray" / "__init__.py").exists(), f"no Ray 2.51 at {old_ray}: scripts/test.sh installs it"
+    cfg = tmp_path / "pools.toml"
+    cfg.write_text(RAY_CONFIG)
+    server = jupyter_server_factory(gpus=2, env={"GPUQUEUE_CONFIG": str(cfg), "GPUQUEUE_RAY_CPUS": "2"})
+    c = server.client()
+    backend = str(Path(__file__).resolve().parents[2] / "backend")
+    path = os.pathsep.join([str(old_ray), backend, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    job = c.submit({"kind": "command", "command": [sys.executable, "-c", "print('ran')"], "gpus": 2, "nodes": 2,
+                    "retries": 0, "env": {"PYTHONPATH": path}}, new=True)["id"]
+    try:
+        rec = wait_done(server, job, timeout=120)
+    finally:
+        kill_job_groups(server, job)
+    text = logs(c.events(job))
+    assert rec["state"] == "failed", text[-3000:]
+    assert "the job's Python has Ray 2.51.2, which has no token authentication (Ray 2.52 and later)" in rec["error"], \
+        (rec["error"], text[-3000:])
+    assert "ran" not in text.splitlines()
+    attempt = server.state_dir / "jobs" / job / "attempt-1"
+    assert not (attempt / "ray.log").exists() and not list(attempt.glob("ray-token-*")), list(attempt.iterdir())
 
 
 def test_nodes_2_ray_train_job_whose_rank_1_fails_shows_its_traceback_once_and_not_rays(

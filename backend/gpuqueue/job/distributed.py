@@ -489,12 +489,29 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
     Connects to ``GPUQUEUE_RAY_ADDRESS`` (or ``RAY_ADDRESS``) if set, else starts a local Ray
     cluster on this machine with ``GPUQUEUE_RAY_CPUS`` CPUs (default: one per worker + 1)."""
     _detach_event_pipe()
-    from .raylogs import RAY_LOG_DRAIN_S, RayOutput
     from .raynodes import placement_from_env, run_pinned
 
     placement = placement_from_env()
     if placement is not None:  # cluster mode: the nodes and GPUs the scheduler chose
         return run_pinned(placement, argv, os.environ.get("GPUQUEUE_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS"))
+    address = os.environ.get("GPUQUEUE_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR", os.getcwd())
+    # a one-node Ray of the job's own answers only with a token of the attempt's (set before Ray
+    # is imported: it reads RAY_AUTH_MODE once)
+    token = None if address else own_ray_token(adir)
+    try:
+        return _train(workers, gpus_per_worker, argv, address, adir)
+    finally:
+        if token is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(token)
+
+
+def _train(workers: int, gpus_per_worker: int, argv: list[str], address: Optional[str], adir: str) -> int:
+    """:func:`run_ray` past the choice of the Ray (``address``, else one of its own here)."""
+    from .raylogs import RAY_LOG_DRAIN_S, RayOutput
+    from .raynodes import no_token_auth
+
     try:
         import ray
         from ray.train import RunConfig, ScalingConfig
@@ -503,12 +520,13 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
         print(f"gpuqueue: a job on several nodes runs through Ray Train, which is not usable here "
               f"({e}). Install it in the job's environment: pip install 'ray[train]'", file=sys.stderr)
         return 1
+    if not address and (why := no_token_auth(str(getattr(ray, "__version__", "")))):
+        print(why, file=sys.stderr)  # before its Ray starts
+        return 1
 
-    address = os.environ.get("GPUQUEUE_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
     use_gpu = gpus_per_worker > 0 and _cuda_available()
     keep = {k: v for k, v in os.environ.items() if k.startswith(("GPUQUEUE_", "CUDA_", "PYTHON"))}
     keep.pop("GPUQUEUE_EVENT_FD", None)
-    adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR", os.getcwd())
     output = RayOutput(adir, runner=bool(os.environ.get("GPUQUEUE_ATTEMPT_DIR")))
     output.before_init()  # Ray's own messages to ray.log in the attempt folder, not the job's output
     init_kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
@@ -562,6 +580,23 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
         ray.shutdown()
         output.close()
     return 143 if stop["asked"] else 0
+
+
+def own_ray_token(folder: str) -> str:
+    """Make the job's own local Ray answer only those who hold a fresh random token, kept in a
+    file of ``folder`` that only the job's user may read (its path, never the token, in this
+    process's environment, which Ray's processes inherit). Without it Ray 2.60 writes a token of
+    its own to ``~/.ray/auth_token`` readable by all (umask 022), which every later Ray of that
+    user then takes up, and older Rays answer anyone. Returns the file's path."""
+    import secrets
+
+    path = os.path.join(os.path.abspath(folder), f"ray-token-{secrets.token_hex(8)}")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the file
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=path)
+    return path
 
 
 def _first_line(e: BaseException) -> str:

@@ -67,7 +67,7 @@ def no_token_auth(version: str) -> Optional[str]:
     since = ".".join(map(str, TOKEN_AUTH_SINCE))
     return (f"gpuqueue: the job's Python has Ray {version}, which has no token authentication (Ray {since} "
             f"and later): the job's own Ray would run code for anyone who reaches its ports, as you. Install "
-            f"'ray[train]>={since}' where the job runs (its --python, or the workers' environment); "
+            f"'ray[train]>={since}' where the job runs (its --python, or the environment that runs the jobs); "
             "docs/deploy.md, Multi-node jobs on Ray")
 
 
