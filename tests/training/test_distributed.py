@@ -9,6 +9,9 @@ import re
 import signal
 import sys
 from pathlib import Path
+from typing import Optional
+
+import psutil
 
 from helpers.servers import wait_until
 from training.jobs import by_attempt, logs, submit_script, wait_done, wait_metric_step
@@ -38,6 +41,20 @@ def favour_job(server, job: str) -> None:
         os.setpriority(os.PRIO_PGRP, pid, -10)
     except (PermissionError, ProcessLookupError):
         pass
+
+
+def _ray_monitor_of(server, job: str) -> Optional[psutil.Process]:
+    """The autoscaler monitor of the job's own Ray (a process of its attempt's tree), or None."""
+    f = server.state_dir / "jobs" / job / "attempt-1" / "events.jsonl"
+    runner = next((json.loads(x)["data"]["pid"] for x in (f.read_text().splitlines() if f.exists() else [])
+                   if '"runner"' in x), None)
+    if runner is None:
+        return None
+    try:
+        return next((p for p in psutil.Process(runner).children(recursive=True)
+                     if any(a.endswith("autoscaler/_private/monitor.py") for a in p.cmdline())), None)
+    except psutil.Error:
+        return None
 
 
 def rank_files(out: Path) -> dict[str, str]:
@@ -122,15 +139,17 @@ def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_serve
     job = submit_script(server, "ddp_train.py", [str(out), "12"], gpus=2, nodes=2)
     favour_job(server, job)
     try:
-        # the job's Ray answers only with a token of the attempt's own, which only its user reads
-        # (Ray 2.60 alone would write one to ~/.ray/auth_token, mode 644, and keep it there)
-        attempt = server.state_dir / "jobs" / job / "attempt-1"
-        token = wait_until(lambda: next(attempt.glob("ray-token-*"), None), 120, 0.1, "the job's Ray token")
-        assert token.stat().st_mode & 0o077 == 0, oct(token.stat().st_mode)
+        # the job's Ray is in a private folder (not /tmp/ray: folders of mode 777, logs 644) and
+        # answers only with a token of the attempt's there (Ray 2.60 alone writes one to
+        # ~/.ray/auth_token, mode 644, and keeps it)
+        monitor = wait_until(lambda: _ray_monitor_of(server, job), 120, 0.2, "the job's Ray")
+        folder = Path(re.search(r"--logs-dir=(\S+)/ray/session_", " ".join(monitor.cmdline())).group(1))
+        assert folder.stat().st_mode & 0o077 == 0 and (folder / "token").stat().st_mode & 0o077 == 0
+        assert str(folder.parent) == "/tmp" and folder.name.startswith("gqr-"), folder
         rec = wait_done(server, job, timeout=270)  # the launcher shuts its local Ray cluster down
     finally:
         kill_job_groups(server, job)
-    assert not list(attempt.glob("ray-token-*"))  # removed with the job's Ray
+    assert not folder.exists()  # removed with the job's Ray
     assert not (home / ".ray").exists(), list((home / ".ray").iterdir())
     evs = server.client().events(job)
     assert rec["state"] == "succeeded", logs(evs)[-4000:]
@@ -168,7 +187,7 @@ def test_nodes_2_with_a_ray_that_has_no_token_auth_is_refused_before_its_ray_sta
         (rec["error"], text[-3000:])
     assert "ran" not in text.splitlines()
     attempt = server.state_dir / "jobs" / job / "attempt-1"
-    assert not (attempt / "ray.log").exists() and not list(attempt.glob("ray-token-*")), list(attempt.iterdir())
+    assert not (attempt / "ray.log").exists(), list(attempt.iterdir())
 
 
 def test_nodes_2_ray_train_job_whose_rank_1_fails_shows_its_traceback_once_and_not_rays(

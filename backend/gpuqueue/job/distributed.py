@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -496,19 +497,20 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
         return run_pinned(placement, argv, os.environ.get("GPUQUEUE_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS"))
     address = os.environ.get("GPUQUEUE_RAY_ADDRESS") or os.environ.get("RAY_ADDRESS")
     adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR", os.getcwd())
-    # a one-node Ray of the job's own answers only with a token of the attempt's (set before Ray
-    # is imported: it reads RAY_AUTH_MODE once)
-    token = None if address else own_ray_token(adir)
+    # a one-node Ray of the job's own: in a private folder, answering only with a token of the
+    # attempt's (set before Ray is imported: it reads RAY_AUTH_MODE once)
+    own = None if address else own_ray_folder()
     try:
-        return _train(workers, gpus_per_worker, argv, address, adir)
+        return _train(workers, gpus_per_worker, argv, address, adir, own)
     finally:
-        if token is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(token)
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)
 
 
-def _train(workers: int, gpus_per_worker: int, argv: list[str], address: Optional[str], adir: str) -> int:
-    """:func:`run_ray` past the choice of the Ray (``address``, else one of its own here)."""
+def _train(workers: int, gpus_per_worker: int, argv: list[str], address: Optional[str], adir: str,
+           folder: Optional[str]) -> int:
+    """:func:`run_ray` past the choice of the Ray: ``address``, else one of its own here in
+    ``folder`` (:func:`own_ray_folder`)."""
     from .raylogs import RAY_LOG_DRAIN_S, RayOutput
     from .raynodes import no_token_auth
 
@@ -537,6 +539,9 @@ def _train(workers: int, gpus_per_worker: int, argv: list[str], address: Optiona
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
         init_kw["num_cpus"] = int(os.environ.get("GPUQUEUE_RAY_CPUS", str(workers + 1)))
         init_kw["num_gpus"] = len(visible) if use_gpu else 0
+        # its sessions, logs and sockets in the private folder, not in /tmp/ray (folders of mode
+        # 777, in which any local user may replace a socket; logs, the job's output among them, 644)
+        init_kw["_temp_dir"] = os.path.join(folder or adir, "ray")
     for attempt in range(1, 4):
         try:
             ray.init(**init_kw)
@@ -582,21 +587,25 @@ def _train(workers: int, gpus_per_worker: int, argv: list[str], address: Optiona
     return 143 if stop["asked"] else 0
 
 
-def own_ray_token(folder: str) -> str:
-    """Make the job's own local Ray answer only those who hold a fresh random token, kept in a
-    file of ``folder`` that only the job's user may read (its path, never the token, in this
-    process's environment, which Ray's processes inherit). Without it Ray 2.60 writes a token of
-    its own to ``~/.ray/auth_token`` readable by all (umask 022), which every later Ray of that
-    user then takes up, and older Rays answer anyone. Returns the file's path."""
+def own_ray_folder() -> str:
+    """A private folder (mode 700, short: Ray's socket paths are bounded) for the job's own
+    one-node Ray, holding a fresh random ``token`` that Ray is made to ask for
+    (``RAY_AUTH_MODE=token``; the file's path, never the token, in this process's environment,
+    which Ray's processes inherit). Left alone, Ray 2.60 writes a token of its own to
+    ``~/.ray/auth_token`` readable by all (umask 022), which every later Ray of that user takes
+    up, and Rays before 2.52 answer anyone. The caller removes the folder."""
     import secrets
+    import tempfile
 
-    path = os.path.join(os.path.abspath(folder), f"ray-token-{secrets.token_hex(8)}")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    base = "/tmp" if os.access("/tmp", os.W_OK | os.X_OK) else None
+    folder = tempfile.mkdtemp(prefix="gqr-", dir=base)
+    token = os.path.join(folder, "token")
+    fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(secrets.token_hex(32))
     os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the file
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=path)
-    return path
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
+    return folder
 
 
 def _first_line(e: BaseException) -> str:
