@@ -25,7 +25,8 @@ echo "import site; site.addsitedir('$(python -c 'import sysconfig; print(sysconf
   >"$k6_site/zz-venv.pth"
 python -m pip --python .venv-ipykernel6/bin/python install -q --no-deps "ipykernel>=6.25,<7" "nest_asyncio>=1.5"
 # A Ray without token authentication (before 2.52), by itself: a job whose Python has it may not
-# start a Ray of its own (tests/cluster/test_ray_own.py puts it first on such a job's PYTHONPATH).
+# start a Ray of its own (tests/cluster/test_ray_own.py and tests/training/test_distributed.py put
+# it first on such a job's PYTHONPATH).
 python -m pip install -q --no-deps --target .ray-2.51 "ray==2.51.2"
 # One pytest worker per CPU (most tests wait on servers, kernels and jobs more than they compute);
 # --dist loadfile keeps each file's tests, and their module fixtures, on one worker.
