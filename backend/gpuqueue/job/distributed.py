@@ -522,7 +522,7 @@ def _train(workers: int, gpus_per_worker: int, argv: list[str], address: Optiona
         print(f"gpuqueue: a job on several nodes runs through Ray Train, which is not usable here "
               f"({e}). Install it in the job's environment: pip install 'ray[train]'", file=sys.stderr)
         return 1
-    if not address and (why := no_token_auth(str(getattr(ray, "__version__", "")))):
+    if not address and (why := no_token_auth(ray)):
         print(why, file=sys.stderr)  # before its Ray starts
         return 1
 

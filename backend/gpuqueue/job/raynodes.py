@@ -58,9 +58,10 @@ NODE_ENV = "GPUQUEUE_NODE_ENV"
 TOKEN_AUTH_SINCE = (2, 52)
 
 
-def no_token_auth(version: str) -> Optional[str]:
-    """Why a job may not start its own Ray with Ray ``version`` (one without token
-    authentication), or None."""
+def no_token_auth(ray: Any) -> Optional[str]:
+    """Why a job may not start its own Ray with the imported module ``ray`` (a version without
+    token authentication), or None."""
+    version = str(getattr(ray, "__version__", ""))
     m = re.match(r"(\d+)\.(\d+)", version)
     if m and (int(m.group(1)), int(m.group(2))) >= TOKEN_AUTH_SINCE:
         return None
@@ -201,7 +202,7 @@ def run_pinned(placement: dict[str, list[int]], argv: list[str], address: Option
         print("gpuqueue: a job placed on several nodes needs the Ray cluster of the GPU nodes: the worker's "
               "RAY_ADDRESS (or GPUQUEUE_RAY_ADDRESS) is not set (docs/deploy.md, Multi-node jobs)", file=sys.stderr)
         return 1
-    if own and (why := no_token_auth(str(getattr(ray, "__version__", "")))):
+    if own and (why := no_token_auth(ray)):
         print(why, file=sys.stderr)  # before any Ray of the job starts (its joins wait for the head)
         return 1
     head = None
