@@ -3,6 +3,7 @@ CPU) that is preempted and resumes, and a 2-worker Ray Train job on a local Ray 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -55,6 +56,14 @@ def _ray_monitor_of(server, job: str) -> Optional[psutil.Process]:
                      if any(a.endswith("autoscaler/_private/monitor.py") for a in p.cmdline())), None)
     except psutil.Error:
         return None
+
+
+def _listening(p: psutil.Process) -> list:
+    """The TCP sockets ``p`` listens on (none once it has ended)."""
+    try:
+        return [c for c in p.net_connections("tcp") if c.status == psutil.CONN_LISTEN]
+    except psutil.Error:
+        return []
 
 
 def rank_files(out: Path) -> dict[str, str]:
@@ -146,6 +155,19 @@ def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_serve
         folder = Path(re.search(r"--logs-dir=(\S+)/ray/session_", " ".join(monitor.cmdline())).group(1))
         assert folder.stat().st_mode & 0o077 == 0 and (folder / "token").stat().st_mode & 0o077 == 0
         assert str(folder.parent) == "/tmp" and folder.name.startswith("gqr-"), folder
+        # ... and its servers (GCS, raylets, the autoscaler's metrics, the runtime-env agent, the
+        # driver) listen on the loopback address only: else on every address, the metrics with no
+        # token. (The ranks' torch stores listen on every address, as under torchrun.)
+        wait_until(lambda: any(e["type"] == "metrics" for e in server.client().events(job)), 240, 0.5,
+                   "the ranks' first metrics")
+        driver = monitor.parent()
+        ray_servers = [driver, *(p for p in driver.children(recursive=True)
+                                 if p.name() in ("gcs_server", "raylet", "ray::RuntimeEnvAgent") or p == monitor)]
+        listening = {(c.laddr.ip, c.laddr.port, p.name()) for p in ray_servers for c in _listening(p)}
+        assert {"gcs_server", "raylet", "ray::RuntimeEnvAgent"} <= {name for _, _, name in listening}, listening
+        assert any(port == 44217 for _, port, _ in listening), listening  # the autoscaler's metrics
+        assert all(ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback for ip, _, _ in listening), \
+            sorted(listening)
         rec = wait_done(server, job, timeout=270)  # the launcher shuts its local Ray cluster down
     finally:
         kill_job_groups(server, job)

@@ -593,7 +593,8 @@ def own_ray_folder() -> str:
     (``RAY_AUTH_MODE=token``; the file's path, never the token, in this process's environment,
     which Ray's processes inherit). Left alone, Ray 2.60 writes a token of its own to
     ``~/.ray/auth_token`` readable by all (umask 022), which every later Ray of that user takes
-    up, and Rays before 2.52 answer anyone. The caller removes the folder."""
+    up, and Rays before 2.52 answer anyone. Ray is also told to use the loopback address only.
+    The caller removes the folder."""
     import secrets
     import tempfile
 
@@ -605,6 +606,9 @@ def own_ray_folder() -> str:
         f.write(secrets.token_hex(32))
     os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the file
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
+    # a one-node Ray on the loopback address only (what Ray does on macOS and Windows): else its
+    # servers listen on every address and its autoscaler serves metrics there with no token
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     return folder
 
 
