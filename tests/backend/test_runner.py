@@ -225,3 +225,32 @@ def test_a_job_its_identity_cannot_start_says_why(open_root: Path, tmp_path: Pat
         f"the job could not start: its working folder {private} cannot be entered by uid {UID} (user ana) "
         f"(Permission denied): let that user reach it (a+x on the folders above it), or submit the job with "
         f"another working folder")
+
+
+def test_a_left_ray_folder_is_removed_only_where_own_ray_folder_would_make_it(tmp_path: Path) -> None:
+    """The attempt folder's note names the job's own Ray folder; the runner (as the job's user)
+    removes it after the job. A note the job rewrote removes nothing but such a folder: not a
+    link to one, not another folder of /tmp, not a path that climbs out with '..'."""
+    from gpuqueue.job.distributed import RAY_FOLDER_NOTE, remove_left_ray_folder
+
+    keep = Path(tempfile.mkdtemp(prefix="gqr-keep-", dir="/tmp"))
+    other = Path(tempfile.mkdtemp(prefix="other-", dir="/tmp"))
+    link = Path("/tmp") / f"gqr-link-{os.getpid()}"
+    link.symlink_to(keep)
+    made = Path(tempfile.mkdtemp(prefix="gqr-", dir="/tmp"))
+    (made / "ray").mkdir()
+    (made / "token").write_text("t")
+    try:
+        for path in (str(link), str(other), f"/tmp/{keep.name}/../{other.name}", str(tmp_path), "", "x" * 5000):
+            (tmp_path / RAY_FOLDER_NOTE).write_text(path)
+            assert remove_left_ray_folder(str(tmp_path)) is None, path
+        assert keep.is_dir() and other.is_dir() and link.is_symlink() and tmp_path.is_dir()
+        (tmp_path / RAY_FOLDER_NOTE).write_text(str(made))
+        assert remove_left_ray_folder(str(tmp_path)) == str(made)
+        assert not made.exists()
+        assert remove_left_ray_folder(str(tmp_path)) is None  # gone already
+    finally:
+        link.unlink()
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.rmtree(other, ignore_errors=True)
+        shutil.rmtree(made, ignore_errors=True)

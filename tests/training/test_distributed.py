@@ -183,6 +183,38 @@ def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_serve
     assert any(e["type"] == "progress" and e["data"]["done"] == 12 for e in evs)
 
 
+def test_nodes_2_whose_launcher_is_killed_leaves_no_ray_folder(jupyter_server_factory, tmp_path: Path) -> None:
+    """The launcher of an embedded `--nodes 2` job killed (SIGKILL, as a cancel past its grace
+    does) cannot remove its Ray's private folder (its token, Ray's logs with the job's output):
+    the runner removes it once the job's processes are gone, and says so in the job's output."""
+    cfg = tmp_path / "pools.toml"
+    cfg.write_text(RAY_CONFIG)
+    server = jupyter_server_factory(gpus=2, env={"GPUQUEUE_CONFIG": str(cfg), "GPUQUEUE_RAY_CPUS": "2"})
+    c = server.client()
+    job = c.submit({"kind": "command", "command": [sys.executable, "-c", "import time; time.sleep(600)"],
+                    "gpus": 2, "nodes": 2, "retries": 0}, new=True)["id"]
+    try:
+        monitor = wait_until(lambda: _ray_monitor_of(server, job), 120, 0.2, "the job's Ray")
+        folder = Path(re.search(r"--logs-dir=(\S+)/ray/session_", " ".join(monitor.cmdline())).group(1))
+        assert (folder / "token").exists()
+        monitor.parent().kill()  # the launcher, Ray's driver
+        rec = wait_done(server, job, timeout=120)
+    finally:
+        kill_job_groups(server, job)
+    text = logs(c.events(job))
+    assert rec["state"] == "failed", text[-3000:]
+    assert not folder.exists(), sorted(p.name for p in folder.iterdir())
+    assert f"gpuqueue: removed the folder of the job's own Ray, {folder}, which its launcher left" in text, text[-3000:]
+    assert not [p for p in psutil.process_iter() if any(str(folder) in a for a in _cmdline(p))]
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:
+        return []
+
+
 def test_nodes_2_with_a_ray_that_has_no_token_auth_is_refused_before_its_ray_starts(
         jupyter_server_factory, tmp_path: Path) -> None:
     """Ray before 2.52 ignores RAY_AUTH_MODE=token: the job's one-node Ray would answer anyone who

@@ -375,6 +375,12 @@ class Runner:
             if left:
                 self.out.write("log", {"stream": "stderr", "line": (
                     f"gpuqueue: ended {left} processes the job left running after it ended")})
+        if self.user is None:  # the job ran as this runner's user: what its own Ray left
+            from ..job.distributed import remove_left_ray_folder
+
+            if (ray_folder := remove_left_ray_folder(str(self.dir))) is not None:
+                self.out.write("log", {"stream": "stderr", "line": (
+                    f"gpuqueue: removed the folder of the job's own Ray, {ray_folder}, which its launcher left")})
         for p in pumps:  # their pipes close with their last holders: the lines being written end
             p.join(timeout=2)
         if job_events is not None:

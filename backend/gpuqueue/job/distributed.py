@@ -30,6 +30,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -499,7 +500,7 @@ def run_ray(workers: int, gpus_per_worker: int, argv: list[str]) -> int:
     adir = os.environ.get("GPUQUEUE_ATTEMPT_DIR", os.getcwd())
     # a one-node Ray of the job's own: in a private folder, answering only with a token of the
     # attempt's (set before Ray is imported: it reads RAY_AUTH_MODE once)
-    own = None if address else own_ray_folder()
+    own = None if address else own_ray_folder(adir)
     try:
         return _train(workers, gpus_per_worker, argv, address, adir, own)
     finally:
@@ -587,19 +588,27 @@ def _train(workers: int, gpus_per_worker: int, argv: list[str], address: Optiona
     return 143 if stop["asked"] else 0
 
 
-def own_ray_folder() -> str:
+RAY_FOLDER_NOTE = "ray-folder"  # in the attempt folder: the path of the job's own Ray folder
+
+
+def own_ray_folder(adir: Optional[str] = None) -> str:
     """A private folder (mode 700, short: Ray's socket paths are bounded) for the job's own
     one-node Ray, holding a fresh random ``token`` that Ray is made to ask for
     (``RAY_AUTH_MODE=token``; the file's path, never the token, in this process's environment,
     which Ray's processes inherit). Left alone, Ray 2.60 writes a token of its own to
     ``~/.ray/auth_token`` readable by all (umask 022), which every later Ray of that user takes
     up, and Rays before 2.52 answer anyone. Ray is also told to use the loopback address only.
-    The caller removes the folder."""
+    The caller removes the folder; its path is written to :data:`RAY_FOLDER_NOTE` in ``adir``, the
+    attempt folder, so that the runner removes it where the caller could not (killed:
+    :func:`remove_left_ray_folder`)."""
     import secrets
     import tempfile
 
     base = "/tmp" if os.access("/tmp", os.W_OK | os.X_OK) else None
     folder = tempfile.mkdtemp(prefix="gqr-", dir=base)
+    if adir:
+        with open(os.path.join(adir, RAY_FOLDER_NOTE), "w") as f:
+            f.write(folder)
     token = os.path.join(folder, "token")
     fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -610,6 +619,31 @@ def own_ray_folder() -> str:
     # servers listen on every address and its autoscaler serves metrics there with no token
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     return folder
+
+
+def remove_left_ray_folder(attempt_dir: str) -> Optional[str]:
+    """Remove the job's own Ray folder where its launcher left it (killed past its grace, it
+    removes nothing): called by the runner, which runs as the job's user, once the job's
+    processes are gone. Only what :func:`own_ray_folder` makes is removed: a folder ``gqr-*`` of
+    this user's (not a link) in the temporary folder. Returns its path, or None where none was left."""
+    try:
+        with open(os.path.join(attempt_dir, RAY_FOLDER_NOTE)) as f:
+            path = f.read(4096)
+    except (OSError, UnicodeDecodeError):
+        return None
+    import tempfile
+
+    parent, name = os.path.split(path)
+    if os.path.normpath(path) != path or not name.startswith("gqr-") or parent not in ("/tmp", tempfile.gettempdir()):
+        return None
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None  # removed by the launcher
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+        return None
+    shutil.rmtree(path, ignore_errors=True)
+    return path
 
 
 def _first_line(e: BaseException) -> str:
