@@ -28,6 +28,10 @@ python -m pip --python .venv-ipykernel6/bin/python install -q --no-deps "ipykern
 # start a Ray of its own (tests/cluster/test_ray_own.py and tests/training/test_distributed.py put
 # it first on such a job's PYTHONPATH).
 python -m pip install -q --no-deps --target .ray-2.51 "ray==2.51.2"
+# ... and the oldest Ray the project supports (pyproject.toml's floor for the ray extra), by itself:
+# the same tests run a job with it first on its PYTHONPATH (tests/helpers/rays.py).
+ray_floor=$(sed -n 's/^ray = \["ray\[train\]>=\([0-9.]*\)"\].*/\1/p' pyproject.toml)
+python -m pip install -q --no-deps --upgrade --target .ray-floor "ray==${ray_floor:?no ray floor in pyproject.toml}"
 # One pytest worker per CPU (most tests wait on servers, kernels and jobs more than they compute);
 # --dist loadfile keeps each file's tests, and their module fixtures, on one worker.
 # GPUQUEUE_TEST_WORKERS=0 runs them one by one in this process. --no-loadscope-reorder keeps the

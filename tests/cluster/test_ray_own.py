@@ -25,6 +25,7 @@ import psutil
 import pytest
 import redis as redislib
 
+from helpers.rays import FLOOR_RAY, OLD_RAY, floor_ray, ray_first
 from helpers.servers import RedisServer, free_port, wait_until
 from training.jobs import logs
 
@@ -212,12 +213,17 @@ def test_nodes_2_ranks_run_as_the_owner_on_a_ray_of_the_jobs_own(cluster: Cluste
 
 
 @needs_root
-def test_a_running_jobs_ray_head_that_dies_fails_the_job_at_once_and_leaves_nothing(cluster: Cluster) -> None:
+@pytest.mark.parametrize("ray", ["installed", "floor"])
+def test_a_running_jobs_ray_head_that_dies_fails_the_job_at_once_and_leaves_nothing(cluster: Cluster, ray: str) -> None:
     """The raylet of the job's Ray head killed while both ranks run (as the OOM killer would):
     the job fails within a minute, its error names the rank and the node it was lost on, and no
-    process or folder of the job is left on either node."""
+    process or folder of the job is left on either node. With the environment's Ray, and with the
+    oldest the project supports (pyproject.toml's floor) first on the job's PYTHONPATH: its nodes
+    start, join and run the ranks, and their loss is seen, as with the newest."""
     c = cluster
     spec, marks = _ranks_spec(c)
+    if ray == "floor":
+        spec["env"]["PYTHONPATH"] = ray_first(floor_ray(), spec["env"]["PYTHONPATH"])
     root = c.client("root")
     job = c.client("alice").submit(spec)["id"]
     _both_up(c, job, marks)
@@ -227,6 +233,9 @@ def test_a_running_jobs_ray_head_that_dies_fails_the_job_at_once_and_leaves_noth
     assert len(starts) == 1, starts
     raylets = [p for p in starts[0].children(recursive=True) if p.name() == "raylet"]
     assert len(raylets) == 1, raylets
+    joined = [p for p in _procs_of(uid) if p.name() == "raylet"]
+    assert len(joined) == 2 and all(p.exe().startswith(str(FLOOR_RAY)) == (ray == "floor") for p in joined), \
+        [p.exe() for p in joined]  # both nodes' raylets are of that Ray
     raylets[0].kill()
     j = c.wait_done([job], 60)[job]
     assert j["state"] == "failed", j
@@ -235,18 +244,14 @@ def test_a_running_jobs_ray_head_that_dies_fails_the_job_at_once_and_leaves_noth
     wait_until(lambda: not _procs_of(uid) and not _folders_of(uid), 60, 0.5, "no process or folder of the owner")
 
 
-OLD_RAY = Path(__file__).resolve().parents[2] / ".ray-2.51"  # Ray 2.51.2 alone (scripts/test.sh)
-
-
 @needs_root
 def test_a_job_whose_ray_has_no_token_auth_is_refused_before_any_ray_starts(cluster: Cluster) -> None:
     """A Ray older than 2.52 ignores RAY_AUTH_MODE=token and runs code for whoever reaches its
     ports, as the job's owner; a job whose Python has one (here Ray 2.51.2 first on its
     PYTHONPATH) fails with why and the fix, and no Ray of it ever runs, on either node."""
-    assert (OLD_RAY / "ray" / "__init__.py").exists(), f"no Ray 2.51 at {OLD_RAY}: scripts/test.sh installs it"
     c = cluster
     spec, marks = _ranks_spec(c)
-    spec["env"]["PYTHONPATH"] = os.pathsep.join([str(OLD_RAY), spec["env"]["PYTHONPATH"]])
+    spec["env"]["PYTHONPATH"] = ray_first(OLD_RAY, spec["env"]["PYTHONPATH"])
     root = c.client("root")
     job = c.client("alice").submit(spec)["id"]
     j = c.wait_done([job], 120)[job]

@@ -13,9 +13,15 @@ from pathlib import Path
 from typing import Optional
 
 import psutil
+import pytest
 
+from helpers.rays import FLOOR_RAY, OLD_RAY, ROOT, floor_ray, ray_first
 from helpers.servers import wait_until
 from training.jobs import by_attempt, logs, submit_script, wait_done, wait_metric_step
+
+
+# a job's PYTHONPATH that names its own Ray replaces the server's: the package comes first
+BACKEND = os.pathsep.join([str(ROOT / "backend"), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
 
 def kill_job_groups(server, job: str) -> None:
@@ -56,6 +62,20 @@ def _ray_monitor_of(server, job: str) -> Optional[psutil.Process]:
                      if any(a.endswith("autoscaler/_private/monitor.py") for a in p.cmdline())), None)
     except psutil.Error:
         return None
+
+
+def _ray_server(p: psutil.Process) -> str:
+    """Which of Ray's servers ``p`` is ('' if none): the GCS, a raylet, the runtime-env agent (named
+    so by Ray 2.60; 2.52 leaves its command line) or the autoscaler."""
+    try:
+        name, argv = p.name(), " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+    if name in ("gcs_server", "raylet"):
+        return name
+    if name == "ray::RuntimeEnvAgent" or "runtime_env/agent/main.py" in argv:
+        return "runtime-env agent"
+    return "autoscaler" if "autoscaler/_private/monitor.py" in argv else ""
 
 
 def _listening(p: psutil.Process) -> list:
@@ -136,7 +156,10 @@ nodes = { "node-a" = 1, "node-b" = 1 }
 """
 
 
-def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_server_factory, tmp_path: Path) -> None:
+@pytest.mark.parametrize("ray", ["installed", "floor"])
+def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_server_factory, tmp_path: Path,
+                                                                   ray: str) -> None:
+    """The environment's Ray, and the oldest the project supports (pyproject.toml's floor)."""
     cfg = tmp_path / "pools.toml"
     cfg.write_text(RAY_CONFIG)
     home = tmp_path / "home"
@@ -145,13 +168,15 @@ def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_serve
                                                  "HOME": str(home)})
     out = tmp_path / "out"
     out.mkdir()
-    job = submit_script(server, "ddp_train.py", [str(out), "12"], gpus=2, nodes=2)
+    spec = {"env": {"PYTHONPATH": ray_first(floor_ray(), BACKEND)}} if ray == "floor" else {}
+    job = submit_script(server, "ddp_train.py", [str(out), "12"], gpus=2, nodes=2, **spec)
     favour_job(server, job)
     try:
         # the job's Ray is in a private folder (not /tmp/ray: folders of mode 777, logs 644) and
         # answers only with a token of the attempt's there (Ray 2.60 alone writes one to
         # ~/.ray/auth_token, mode 644, and keeps it)
         monitor = wait_until(lambda: _ray_monitor_of(server, job), 120, 0.2, "the job's Ray")
+        assert (str(FLOOR_RAY / "ray") in " ".join(monitor.cmdline())) == (ray == "floor"), monitor.cmdline()
         folder = Path(re.search(r"--logs-dir=(\S+)/ray/session_", " ".join(monitor.cmdline())).group(1))
         assert folder.stat().st_mode & 0o077 == 0 and (folder / "token").stat().st_mode & 0o077 == 0
         assert str(folder.parent) == "/tmp" and folder.name.startswith("gqr-"), folder
@@ -161,11 +186,12 @@ def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_serve
         wait_until(lambda: any(e["type"] == "metrics" for e in server.client().events(job)), 240, 0.5,
                    "the ranks' first metrics")
         driver = monitor.parent()
-        ray_servers = [driver, *(p for p in driver.children(recursive=True)
-                                 if p.name() in ("gcs_server", "raylet", "ray::RuntimeEnvAgent") or p == monitor)]
-        listening = {(c.laddr.ip, c.laddr.port, p.name()) for p in ray_servers for c in _listening(p)}
-        assert {"gcs_server", "raylet", "ray::RuntimeEnvAgent"} <= {name for _, _, name in listening}, listening
-        assert any(port == 44217 for _, port, _ in listening), listening  # the autoscaler's metrics
+        ray_servers = [driver, *(p for p in driver.children(recursive=True) if p == monitor or _ray_server(p))]
+        listening = {(c.laddr.ip, c.laddr.port, _ray_server(p) or "driver") for p in ray_servers for c in _listening(p)}
+        assert {"gcs_server", "raylet", "runtime-env agent"} <= {name for _, _, name in listening}, listening
+        # the autoscaler's metrics, on a free port: Ray's fixed 44217 goes to the first such job only
+        metrics = [c.laddr.port for c in _listening(monitor)]
+        assert metrics and 44217 not in metrics, (metrics, listening)
         assert all(ipaddress.ip_address(ip.removeprefix("::ffff:")).is_loopback for ip, _, _ in listening), \
             sorted(listening)
         rec = wait_done(server, job, timeout=270)  # the launcher shuts its local Ray cluster down
@@ -221,16 +247,12 @@ def test_nodes_2_with_a_ray_that_has_no_token_auth_is_refused_before_its_ray_sta
     reaches its ports (they listen on every address). With Ray 2.51.2 first on the job's
     PYTHONPATH (scripts/test.sh installs it) the job fails with why and the fix, and no Ray of it
     starts (its ray.log, which Ray's start would write, is not there)."""
-    old_ray = Path(__file__).resolve().parents[2] / ".ray-2.51"
-    assert (old_ray / "ray" / "__init__.py").exists(), f"no Ray 2.51 at {old_ray}: scripts/test.sh installs it"
     cfg = tmp_path / "pools.toml"
     cfg.write_text(RAY_CONFIG)
     server = jupyter_server_factory(gpus=2, env={"GPUQUEUE_CONFIG": str(cfg), "GPUQUEUE_RAY_CPUS": "2"})
     c = server.client()
-    backend = str(Path(__file__).resolve().parents[2] / "backend")
-    path = os.pathsep.join([str(old_ray), backend, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     job = c.submit({"kind": "command", "command": [sys.executable, "-c", "print('ran')"], "gpus": 2, "nodes": 2,
-                    "retries": 0, "env": {"PYTHONPATH": path}}, new=True)["id"]
+                    "retries": 0, "env": {"PYTHONPATH": ray_first(OLD_RAY, BACKEND)}}, new=True)["id"]
     try:
         rec = wait_done(server, job, timeout=120)
     finally:

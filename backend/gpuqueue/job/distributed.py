@@ -616,8 +616,9 @@ def own_ray_folder(adir: Optional[str] = None) -> str:
     os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the file
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=token)
     # a one-node Ray on the loopback address only (what Ray does on macOS and Windows): else its
-    # servers listen on every address and its autoscaler serves metrics there with no token
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # servers listen on every address and its autoscaler serves metrics there with no token; and
+    # those metrics on a free port, not Ray's fixed 44217, which a second such job could not take
+    os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", AUTOSCALER_METRIC_PORT="0")
     return folder
 
 
