@@ -132,6 +132,22 @@ def _start(c: Cluster, alice: Client, root: Client, tag: str) -> tuple[str, Path
     return job, go, ranks, where
 
 
+def _no_process_of(c: Cluster, uid: int) -> None:
+    """Wait (60 s) until no process of ``uid`` is left; else fail naming those left and the
+    workers' last lines."""
+    try:
+        wait_until(lambda: not _procs_of(uid), 60, 0.5, "no process of the owner's uid")
+    except AssertionError:
+        left = []
+        for p in _procs_of(uid):
+            try:
+                left.append((p.pid, p.status(), " ".join(p.cmdline())[:200]))
+            except psutil.Error:
+                pass
+        raise AssertionError(f"processes of uid {uid} left 60 s after the job: {left}\n"
+                             f"{c.log('worker-n1')[-1500:]}\n{c.log('worker-n2')[-1500:]}") from None
+
+
 def _assert_nothing_left(c: Cluster, job: str, ranks: list[dict], where: dict[int, str]) -> None:
     """After the job: its ranks' left processes are gone, and every process of its uid."""
     try:
@@ -140,8 +156,7 @@ def _assert_nothing_left(c: Cluster, job: str, ranks: list[dict], where: dict[in
         survivors = [f"the detached process of rank {r['rank']} on {r['node']} (pid {r['pid']}, cgroup "
                      f"{where[r['pid']]}) survived the job" for r in ranks if _alive(r["pid"])]
         raise AssertionError("; ".join(survivors)) from None
-    uid = ranks[0]["uid"]
-    wait_until(lambda: not _procs_of(uid), 60, 0.5, "no process of the owner's uid")
+    _no_process_of(c, ranks[0]["uid"])
     # each was in a cgroup of the attempt on its node: its own on the first, the join's on the other
     assert where[ranks[0]["pid"]].endswith(f"/gpuqueue/{_base('n1', c)}/job-{job}-1"), where
     assert where[ranks[1]["pid"]].endswith(f"/gpuqueue/{_base('n2', c)}/join-{job}-1"), where
@@ -229,8 +244,7 @@ def test_a_stopped_or_killed_worker_leaves_nothing_of_its_part_running(cluster: 
         assert f"cgroup join-{job}-1, left by an earlier worker: " in c.log("worker-n2"), c.log("worker-n2")[-3000:]
         alice.cancel(job)
         c.wait_done([job], 120)
-        uid = ranks[0]["uid"]
-        wait_until(lambda: not _procs_of(uid), 60, 0.5, "no process of the owner's uid")
+        _no_process_of(c, ranks[0]["uid"])
     finally:
         _kill(left)
 
