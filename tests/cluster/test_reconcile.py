@@ -28,7 +28,7 @@ def _leaves(c, job: str, state: str, lost: str) -> None:
     wait_until(lambda: _state(c, job) != state, MISSING_MIN_S + 20, 0.2, f"the job to leave {state.upper()}")
     took = time.monotonic() - t0
     print(f"left {state.upper()} {took:.1f} s after {lost}")
-    assert took < MISSING_MIN_S + 12  # the rebuild (the frozen daemon lost its lock), a round, the API poll
+    assert took < MISSING_MIN_S + 20  # the rebuild (the frozen daemon lost its lock), a round, the API poll; 28 s seen under a loaded CI
 
 
 def _lose(r, job: str, ops: tuple[str, ...]) -> None:
