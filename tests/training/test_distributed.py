@@ -58,7 +58,7 @@ def _ray_monitor_of(server, job: str) -> Optional[psutil.Process]:
         return None
     try:
         return next((p for p in psutil.Process(runner).children(recursive=True)
-                     if any(a.endswith("autoscaler/_private/monitor.py") for a in p.cmdline())), None)
+                     if _ray_server(p) == "autoscaler"), None)
     except psutil.Error:
         return None
 
@@ -156,7 +156,7 @@ nodes = { "node-a" = 1, "node-b" = 1 }
 
 
 def test_nodes_2_runs_a_ray_train_job_that_reports_and_checkpoints(jupyter_server_factory, tmp_path: Path) -> None:
-    """With the environment's Ray (the next test runs the oldest the project supports)."""
+    """With the environment's Ray (the test whose rank 1 fails runs the oldest the project supports)."""
     cfg = tmp_path / "pools.toml"
     cfg.write_text(RAY_CONFIG)
     home = tmp_path / "home"
@@ -240,7 +240,7 @@ def _cmdline(p: psutil.Process) -> list[str]:
 def test_nodes_2_with_a_ray_that_has_no_token_auth_is_refused_before_its_ray_starts(
         jupyter_server_factory, tmp_path: Path) -> None:
     """Ray before 2.52 ignores RAY_AUTH_MODE=token: the job's one-node Ray would answer anyone who
-    reaches its ports (they listen on every address). With Ray 2.51.2 first on the job's
+    reaches its ports (any local user: they are on the loopback address). With Ray 2.51.2 first on the job's
     PYTHONPATH (scripts/test.sh installs it) the job fails with why and the fix, and no Ray of it
     starts (its ray.log, which Ray's start would write, is not there)."""
     cfg = tmp_path / "pools.toml"
